@@ -1,0 +1,13 @@
+// Command rbd-nbd is the replicated NBD block device: the daemon, the
+// standalone server and the administration commands, one binary.
+package main
+
+import (
+	"os"
+)
+
+func main() {
+	if err := newRootCmd().Execute(); err != nil {
+		os.Exit(1)
+	}
+}

@@ -1,0 +1,466 @@
+// Package config is the one model of a resource's configuration, shared by
+// the resource file (YAML), the control protocol (tag lists) and the daemon.
+//
+// A Resource describes one replicated device as seen from one node: the local
+// node (its disk, meta-data and NBD export), the peer, and the option
+// sections. Every field has a dotted path (e.g. "net.protocol") that errors
+// name, and Default fills every optional field, so that a zero value plus
+// Default is always a complete configuration.
+//
+// Invariants:
+//   - Validate never changes its receiver; it only reports.
+//   - Fields marked "invariant while up" may be changed only while the
+//     resource is down; the daemon refuses them otherwise (see Invariant).
+package config
+
+import (
+	"fmt"
+	"strings"
+	"time"
+)
+
+// Protocol is the replication protocol: when a write counts as done.
+type Protocol string
+
+// The replication protocols, as in DRBD.
+const (
+	// ProtocolA acknowledges after the local write and the send to the peer.
+	ProtocolA Protocol = "A"
+	// ProtocolB acknowledges after the local write and the peer's receipt.
+	ProtocolB Protocol = "B"
+	// ProtocolC acknowledges after both disks completed the write.
+	ProtocolC Protocol = "C"
+)
+
+// AfterSB is the automatic split-brain recovery policy.
+type AfterSB string
+
+// The split-brain recovery policies.
+const (
+	// AfterSBDisconnect never resolves automatically: both sides stay StandAlone.
+	AfterSBDisconnect AfterSB = "disconnect"
+	// AfterSBDiscardZeroChanges discards the side that wrote nothing since the split.
+	AfterSBDiscardZeroChanges AfterSB = "discard-zero-changes"
+	// AfterSBDiscardYoungerPrimary discards the side that became primary last.
+	AfterSBDiscardYoungerPrimary AfterSB = "discard-younger-primary"
+	// AfterSBDiscardLeastChanges discards the side with fewer changed blocks.
+	AfterSBDiscardLeastChanges AfterSB = "discard-least-changes"
+)
+
+// OnIOError is what happens when the local disk fails an I/O.
+type OnIOError string
+
+// The local disk error policies.
+const (
+	// OnIOErrorDetach detaches the local disk and continues diskless
+	// (reads and writes go to the peer).
+	OnIOErrorDetach OnIOError = "detach"
+	// OnIOErrorPassOn returns the error to the NBD client.
+	OnIOErrorPassOn OnIOError = "pass-on"
+	// OnIOErrorCallHandler runs the local-io-error handler, then detaches.
+	OnIOErrorCallHandler OnIOError = "call-local-io-error"
+)
+
+// SizeMismatch is what a connection does when the two disks differ in size.
+type SizeMismatch string
+
+// The size mismatch policies.
+const (
+	// SizeMismatchRefuse refuses the connection.
+	SizeMismatchRefuse SizeMismatch = "refuse"
+	// SizeMismatchSmaller uses the smaller of the two sizes.
+	SizeMismatchSmaller SizeMismatch = "smaller"
+)
+
+// Csums names the checksum used for checksum-based resync and verify.
+type Csums string
+
+// The checksum algorithms.
+const (
+	CsumsNone   Csums = ""
+	CsumsCRC32C Csums = "crc32c"
+	CsumsXXHash Csums = "xxhash"
+	CsumsBLAKE3 Csums = "blake3"
+)
+
+// MetaInternal is the Meta value for meta-data at the end of the backing disk.
+const MetaInternal = "internal"
+
+// Node is one node of a resource.
+type Node struct {
+	// Name is the node's name (unique within the resource).
+	Name string `yaml:"name"`
+	// ID is the node id, 0..31, unique within the resource. Invariant while up.
+	ID uint32 `yaml:"node-id"`
+	// Address is host:port where the node accepts the peer link.
+	Address string `yaml:"address"`
+	// Disk is the backing file or block device. Invariant while up.
+	Disk string `yaml:"disk,omitempty"`
+	// Meta is "internal" or the path of external meta-data. Invariant while up.
+	Meta string `yaml:"meta-disk,omitempty"`
+	// NBDListen is host:port (or unix:PATH) where the node serves NBD.
+	NBDListen string `yaml:"nbd-listen,omitempty"`
+	// Export is the NBD export name; it defaults to the resource name.
+	Export string `yaml:"export,omitempty"`
+}
+
+// Net holds the peer link options. They take effect at the next connect.
+type Net struct {
+	// Protocol is A, B or C.
+	Protocol Protocol `yaml:"protocol,omitempty"`
+	// SharedSecret authenticates the peers (HMAC challenge-response); empty
+	// means no authentication.
+	SharedSecret string `yaml:"shared-secret,omitempty"`
+	// ConnectTimeout bounds one connection attempt.
+	ConnectTimeout time.Duration `yaml:"connect-timeout,omitempty"`
+	// PingInterval is how often an idle link is probed.
+	PingInterval time.Duration `yaml:"ping-interval,omitempty"`
+	// PingTimeout is how long a ping may go unanswered before the peer counts as dead.
+	PingTimeout time.Duration `yaml:"ping-timeout,omitempty"`
+	// Timeout bounds one replicated request; past it the peer counts as dead.
+	Timeout time.Duration `yaml:"timeout,omitempty"`
+	// MaxInFlight bounds replicated writes not yet acknowledged by the peer.
+	MaxInFlight uint32 `yaml:"max-in-flight,omitempty"`
+	// MaxInFlightBytes bounds the bytes of those writes.
+	MaxInFlightBytes uint64 `yaml:"max-in-flight-bytes,omitempty"`
+	// AfterSB is the split-brain recovery policy.
+	AfterSB AfterSB `yaml:"after-sb,omitempty"`
+	// SizeMismatch is the policy for disks of different sizes.
+	SizeMismatch SizeMismatch `yaml:"size-mismatch,omitempty"`
+	// MaxProtocolVersion caps the peer protocol version this node offers
+	// (0: the newest it speaks); for tests and rolling upgrades.
+	MaxProtocolVersion uint32 `yaml:"max-protocol-version,omitempty"`
+}
+
+// DiskOptions holds the local disk options.
+type DiskOptions struct {
+	// ALExtents is the number of active 4 MiB extents in the activity log.
+	ALExtents uint32 `yaml:"al-extents,omitempty"`
+	// OnIOError is the local disk error policy.
+	OnIOError OnIOError `yaml:"on-io-error,omitempty"`
+	// DirectIO opens the backing disk with O_DIRECT.
+	DirectIO bool `yaml:"direct-io,omitempty"`
+}
+
+// ResyncOptions holds the resync and verify options.
+type ResyncOptions struct {
+	// Rate caps resync traffic in bytes per second; 0 means no cap.
+	Rate uint64 `yaml:"rate,omitempty"`
+	// Csums enables checksum-based resync with this algorithm.
+	Csums Csums `yaml:"csums,omitempty"`
+	// VerifyAlg is the checksum that online verify uses.
+	VerifyAlg Csums `yaml:"verify-alg,omitempty"`
+	// Window is the number of resync requests in flight.
+	Window uint32 `yaml:"window,omitempty"`
+	// LatencyTarget is the application write latency above which resync
+	// backs off; 0 disables the controller.
+	LatencyTarget time.Duration `yaml:"latency-target,omitempty"`
+}
+
+// Handlers configures the user-space hooks.
+type Handlers struct {
+	// Dispatcher is one command run for every handler, with the handler
+	// name as its first argument.
+	Dispatcher []string `yaml:"dispatcher,omitempty"`
+	// Commands maps a handler name to its command line (no shell).
+	Commands map[string][]string `yaml:"commands,omitempty"`
+	// Timeout is how long a handler may run before it is killed.
+	Timeout time.Duration `yaml:"timeout,omitempty"`
+}
+
+// Resource is the configuration of one resource on one node.
+type Resource struct {
+	// Name names the resource. Invariant while up.
+	Name string `yaml:"name"`
+	// Local is this node.
+	Local Node `yaml:"local"`
+	// Peer is the other node.
+	Peer Node `yaml:"peer"`
+	// Net holds the peer link options.
+	Net Net `yaml:"net,omitempty"`
+	// Disk holds the local disk options.
+	Disk DiskOptions `yaml:"disk,omitempty"`
+	// Resync holds the resync options.
+	Resync ResyncOptions `yaml:"resync,omitempty"`
+	// Handlers configures the hooks.
+	Handlers Handlers `yaml:"handlers,omitempty"`
+}
+
+// Default values of the optional fields.
+const (
+	DefaultProtocol         = ProtocolC
+	DefaultConnectTimeout   = 5 * time.Second
+	DefaultPingInterval     = 2 * time.Second
+	DefaultPingTimeout      = 3 * time.Second
+	DefaultTimeout          = 10 * time.Second
+	DefaultMaxInFlight      = 1024
+	DefaultMaxInFlightBytes = 64 << 20
+	DefaultALExtents        = 1237
+	DefaultResyncWindow     = 16
+	DefaultLatencyTarget    = 5 * time.Millisecond
+	DefaultHandlerTimeout   = 30 * time.Second
+)
+
+// Default returns a copy of r with every unset optional field set to its default.
+func (r Resource) Default() Resource {
+	if r.Local.Export == "" {
+		r.Local.Export = r.Name
+	}
+	if r.Local.Meta == "" {
+		r.Local.Meta = MetaInternal
+	}
+	r.Net = r.Net.Default()
+	r.Disk = r.Disk.Default()
+	r.Resync = r.Resync.Default()
+	r.Handlers = r.Handlers.Default()
+	return r
+}
+
+// Default returns n with unset fields set to their defaults.
+func (n Net) Default() Net {
+	if n.Protocol == "" {
+		n.Protocol = DefaultProtocol
+	}
+	if n.ConnectTimeout == 0 {
+		n.ConnectTimeout = DefaultConnectTimeout
+	}
+	if n.PingInterval == 0 {
+		n.PingInterval = DefaultPingInterval
+	}
+	if n.PingTimeout == 0 {
+		n.PingTimeout = DefaultPingTimeout
+	}
+	if n.Timeout == 0 {
+		n.Timeout = DefaultTimeout
+	}
+	if n.MaxInFlight == 0 {
+		n.MaxInFlight = DefaultMaxInFlight
+	}
+	if n.MaxInFlightBytes == 0 {
+		n.MaxInFlightBytes = DefaultMaxInFlightBytes
+	}
+	if n.AfterSB == "" {
+		n.AfterSB = AfterSBDisconnect
+	}
+	if n.SizeMismatch == "" {
+		n.SizeMismatch = SizeMismatchRefuse
+	}
+	return n
+}
+
+// Default returns d with unset fields set to their defaults.
+func (d DiskOptions) Default() DiskOptions {
+	if d.ALExtents == 0 {
+		d.ALExtents = DefaultALExtents
+	}
+	if d.OnIOError == "" {
+		d.OnIOError = OnIOErrorDetach
+	}
+	return d
+}
+
+// Default returns s with unset fields set to their defaults.
+func (s ResyncOptions) Default() ResyncOptions {
+	if s.Window == 0 {
+		s.Window = DefaultResyncWindow
+	}
+	if s.VerifyAlg == "" {
+		s.VerifyAlg = CsumsCRC32C
+	}
+	if s.LatencyTarget == 0 {
+		s.LatencyTarget = DefaultLatencyTarget
+	}
+	return s
+}
+
+// Default returns h with unset fields set to their defaults.
+func (h Handlers) Default() Handlers {
+	if h.Timeout == 0 {
+		h.Timeout = DefaultHandlerTimeout
+	}
+	return h
+}
+
+// FieldError names an invalid configuration field.
+type FieldError struct {
+	// Path is the dotted path of the field, e.g. "net.protocol".
+	Path string
+	// Value is the rejected value, as text.
+	Value string
+	// Allowed describes the accepted values or range.
+	Allowed string
+}
+
+func (e *FieldError) Error() string {
+	return fmt.Sprintf("invalid %s %q (allowed: %s)", e.Path, e.Value, e.Allowed)
+}
+
+// Limits of numeric fields.
+const (
+	MaxNodeID    = 31
+	MinALExtents = 7
+	MaxALExtents = 65534
+	MaxWindow    = 1024
+)
+
+// Validate checks every field of r (after Default) and returns the first
+// invalid one as a *FieldError.
+func (r Resource) Validate() error {
+	if err := validName("resource.name", r.Name); err != nil {
+		return err
+	}
+	if err := r.Local.validate("resource", true); err != nil {
+		return err
+	}
+	if err := r.Peer.validate("peer", false); err != nil {
+		return err
+	}
+	if r.Peer.Name != "" && r.Peer.Name == r.Local.Name {
+		return &FieldError{Path: "peer.name", Value: r.Peer.Name, Allowed: "a name other than the local node's"}
+	}
+	if r.Peer.Address != "" && r.Peer.ID == r.Local.ID {
+		return &FieldError{Path: "peer.node-id", Value: fmt.Sprint(r.Peer.ID), Allowed: "an id other than the local node's"}
+	}
+	if err := r.Net.Validate(); err != nil {
+		return err
+	}
+	if err := r.Disk.Validate(); err != nil {
+		return err
+	}
+	if err := r.Resync.Validate(); err != nil {
+		return err
+	}
+	return r.Handlers.Validate()
+}
+
+func validName(path, s string) error {
+	if s == "" || len(s) > 64 || strings.ContainsAny(s, " /\t\n\x00") {
+		return &FieldError{Path: path, Value: s, Allowed: "1 to 64 characters, no spaces or slashes"}
+	}
+	return nil
+}
+
+func (n Node) validate(section string, local bool) error {
+	if n.Name != "" {
+		if err := validName(section+".node-name", n.Name); err != nil {
+			return err
+		}
+	}
+	if n.ID > MaxNodeID {
+		return &FieldError{Path: section + ".node-id", Value: fmt.Sprint(n.ID), Allowed: fmt.Sprintf("0..%d", MaxNodeID)}
+	}
+	if local && n.Disk == "" {
+		return &FieldError{Path: section + ".disk", Value: "", Allowed: "a file or block device path"}
+	}
+	return nil
+}
+
+// Validate checks the net options.
+func (n Net) Validate() error {
+	switch n.Protocol {
+	case ProtocolA, ProtocolB, ProtocolC:
+	default:
+		return &FieldError{Path: "net.protocol", Value: string(n.Protocol), Allowed: "A, B or C"}
+	}
+	for _, d := range []struct {
+		path string
+		v    time.Duration
+	}{{"net.connect-timeout", n.ConnectTimeout}, {"net.ping-interval", n.PingInterval}, {"net.ping-timeout", n.PingTimeout}, {"net.timeout", n.Timeout}} {
+		if d.v < time.Millisecond || d.v > time.Hour {
+			return &FieldError{Path: d.path, Value: d.v.String(), Allowed: "1ms..1h"}
+		}
+	}
+	if n.MaxInFlight < 1 || n.MaxInFlight > 65536 {
+		return &FieldError{Path: "net.max-in-flight", Value: fmt.Sprint(n.MaxInFlight), Allowed: "1..65536"}
+	}
+	if n.MaxInFlightBytes < 1<<20 || n.MaxInFlightBytes > 1<<32 {
+		return &FieldError{Path: "net.max-in-flight-bytes", Value: fmt.Sprint(n.MaxInFlightBytes), Allowed: "1MiB..4GiB"}
+	}
+	switch n.AfterSB {
+	case AfterSBDisconnect, AfterSBDiscardZeroChanges, AfterSBDiscardYoungerPrimary, AfterSBDiscardLeastChanges:
+	default:
+		return &FieldError{Path: "net.after-sb", Value: string(n.AfterSB), Allowed: "disconnect, discard-zero-changes, discard-younger-primary, discard-least-changes"}
+	}
+	switch n.SizeMismatch {
+	case SizeMismatchRefuse, SizeMismatchSmaller:
+	default:
+		return &FieldError{Path: "net.size-mismatch", Value: string(n.SizeMismatch), Allowed: "refuse or smaller"}
+	}
+	return nil
+}
+
+// Validate checks the disk options.
+func (d DiskOptions) Validate() error {
+	if d.ALExtents < MinALExtents || d.ALExtents > MaxALExtents {
+		return &FieldError{Path: "disk.al-extents", Value: fmt.Sprint(d.ALExtents), Allowed: fmt.Sprintf("%d..%d", MinALExtents, MaxALExtents)}
+	}
+	switch d.OnIOError {
+	case OnIOErrorDetach, OnIOErrorPassOn, OnIOErrorCallHandler:
+	default:
+		return &FieldError{Path: "disk.on-io-error", Value: string(d.OnIOError), Allowed: "detach, pass-on or call-local-io-error"}
+	}
+	return nil
+}
+
+func validCsums(path string, c Csums, allowNone bool) error {
+	switch c {
+	case CsumsCRC32C, CsumsXXHash, CsumsBLAKE3:
+		return nil
+	case CsumsNone:
+		if allowNone {
+			return nil
+		}
+	}
+	return &FieldError{Path: path, Value: string(c), Allowed: "crc32c, xxhash or blake3"}
+}
+
+// Validate checks the resync options.
+func (s ResyncOptions) Validate() error {
+	if err := validCsums("resync.csums", s.Csums, true); err != nil {
+		return err
+	}
+	if err := validCsums("resync.verify-alg", s.VerifyAlg, false); err != nil {
+		return err
+	}
+	if s.Window < 1 || s.Window > MaxWindow {
+		return &FieldError{Path: "resync.window", Value: fmt.Sprint(s.Window), Allowed: fmt.Sprintf("1..%d", MaxWindow)}
+	}
+	if s.LatencyTarget < 0 || s.LatencyTarget > time.Minute {
+		return &FieldError{Path: "resync.latency-target", Value: s.LatencyTarget.String(), Allowed: "0..1m"}
+	}
+	return nil
+}
+
+// Validate checks the handler options.
+func (h Handlers) Validate() error {
+	if len(h.Dispatcher) > 0 && h.Dispatcher[0] == "" {
+		return &FieldError{Path: "handlers.dispatcher", Value: "", Allowed: "a command line whose first word is a program"}
+	}
+	for name, argv := range h.Commands {
+		if len(argv) == 0 || argv[0] == "" {
+			return &FieldError{Path: "handlers." + name, Value: "", Allowed: "a command line whose first word is a program"}
+		}
+	}
+	if h.Timeout < time.Millisecond || h.Timeout > time.Hour {
+		return &FieldError{Path: "handlers.timeout", Value: h.Timeout.String(), Allowed: "1ms..1h"}
+	}
+	return nil
+}
+
+// Invariant returns the path of the first field that differs between old
+// and new and may not change while the resource is up, or "" when none does.
+func Invariant(old, new Resource) string {
+	switch {
+	case old.Name != new.Name:
+		return "resource.name"
+	case old.Local.ID != new.Local.ID:
+		return "resource.node-id"
+	case old.Local.Disk != new.Local.Disk:
+		return "resource.disk"
+	case old.Local.Meta != new.Local.Meta:
+		return "resource.meta-disk"
+	case old.Peer.ID != new.Peer.ID:
+		return "peer.node-id"
+	}
+	return ""
+}

@@ -1,0 +1,759 @@
+package resource
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/rbd-nbd/rbd-nbd/config"
+)
+
+// Flags are the persistent per-node flags the machine keeps in the meta-data.
+type Flags uint32
+
+// The persistent flags.
+const (
+	// FlagConsistent: the disk holds a consistent image (not mid-resync).
+	FlagConsistent Flags = 1 << iota
+	// FlagWasUpToDate: the disk was UpToDate when last attached.
+	FlagWasUpToDate
+	// FlagOutdated: this node knows it misses newer writes.
+	FlagOutdated
+	// FlagPrimary: the node is (or was, when it crashed) Primary.
+	FlagPrimary
+	// FlagCrashedPrimary: the node was Primary when it last went down
+	// uncleanly.
+	FlagCrashedPrimary
+	// FlagPeerOutdated: the peer is known to be outdated.
+	FlagPeerOutdated
+	// FlagFullSync: a full resync is due at the next connect.
+	FlagFullSync
+)
+
+// Meta is the part of the meta-data the machine decides about.
+type Meta struct {
+	UUIDs UUIDs
+	Flags Flags
+}
+
+// MachineConfig configures a Machine.
+type MachineConfig struct {
+	// NodeID and PeerNodeID identify the two nodes.
+	NodeID, PeerNodeID uint32
+	// AfterSB is the split-brain policy.
+	AfterSB config.AfterSB
+	// NewUUID returns a fresh, non-zero generation UUID. Time is an input of
+	// the machine: the UUID carries its creation time in the top 48 bits
+	// (milliseconds), which discard-younger-primary compares.
+	NewUUID func() uint64
+}
+
+// Event is an input of the Machine.
+type Event interface{ isEvent() }
+
+// Action is an output of the Machine, carried out by the runtime in order.
+type Action interface{ isAction() }
+
+// Input events.
+type (
+	// EvAttach: the disk's meta-data was read (at up).
+	EvAttach struct {
+		Meta  Meta
+		Dirty uint64
+	}
+	// EvDetach: the disk went away (on-io-error detach, or down).
+	EvDetach struct{}
+	// EvConnect: the administrator asked to connect.
+	EvConnect struct{ DiscardMyData bool }
+	// EvDisconnect: the administrator asked to disconnect.
+	EvDisconnect struct{}
+	// EvLinkUp: a link to the peer passed its transport handshake.
+	EvLinkUp struct{}
+	// EvPeerState: the peer's state arrived (in the handshake or later).
+	EvPeerState struct{ State NodeState }
+	// EvBitmapsExchanged: both bitmaps were exchanged and merged.
+	EvBitmapsExchanged struct{ Dirty uint64 }
+	// EvLinkDown: the link failed or was closed.
+	EvLinkDown struct{ Err error }
+	// EvPromote: the administrator asked for Primary; PeerAgreed is set
+	// once a connected peer accepted the promotion.
+	EvPromote struct {
+		Force      bool
+		PeerAgreed bool
+	}
+	// EvDemote: the administrator asked for Secondary.
+	EvDemote struct{ NBDConns int }
+	// EvPeerPromoteRequest: the connected peer wants to become Primary.
+	EvPeerPromoteRequest struct{}
+	// EvSyncStart: the peer (the source) announced a resync towards us.
+	EvSyncStart struct {
+		Full   bool
+		Source UUIDs
+	}
+	// EvSyncDone: the resync finished; Source carries the source's UUIDs
+	// (as the target received them, or the local ones on the source).
+	EvSyncDone struct{ Source UUIDs }
+	// EvNewCurrentUUID: the administrator asked for a new generation.
+	EvNewCurrentUUID struct{ ClearBitmap bool }
+	// EvPeerNewUUID: the peer adopted a new generation with a cleared bitmap
+	// (new-current-uuid --clear-bitmap on a fresh pair).
+	EvPeerNewUUID struct{ Current uint64 }
+	// EvInvalidate: this node becomes sync target for every block.
+	EvInvalidate struct{}
+	// EvInvalidateRemote: the peer becomes sync target for every block
+	// (ResetBitmap) or for what the bitmap holds.
+	EvInvalidateRemote struct{ ResetBitmap bool }
+	// EvLocalIOError: the local disk failed an I/O.
+	EvLocalIOError struct{ Err error }
+)
+
+func (EvAttach) isEvent()             {}
+func (EvDetach) isEvent()             {}
+func (EvConnect) isEvent()            {}
+func (EvDisconnect) isEvent()         {}
+func (EvLinkUp) isEvent()             {}
+func (EvPeerState) isEvent()          {}
+func (EvBitmapsExchanged) isEvent()   {}
+func (EvLinkDown) isEvent()           {}
+func (EvPromote) isEvent()            {}
+func (EvDemote) isEvent()             {}
+func (EvPeerPromoteRequest) isEvent() {}
+func (EvSyncStart) isEvent()          {}
+func (EvSyncDone) isEvent()           {}
+func (EvNewCurrentUUID) isEvent()     {}
+func (EvPeerNewUUID) isEvent()        {}
+func (EvInvalidate) isEvent()         {}
+func (EvInvalidateRemote) isEvent()   {}
+func (EvLocalIOError) isEvent()       {}
+
+// Output actions.
+type (
+	// ActPersist: write the meta-data (UUIDs and flags) durably before
+	// anything that depends on it.
+	ActPersist struct{ Meta Meta }
+	// ActStartConnecting: dial or listen for the peer.
+	ActStartConnecting struct{}
+	// ActCloseLink: close the link, telling the peer why.
+	ActCloseLink struct{ Reason string }
+	// ActSendState: send the local NodeState to the peer.
+	ActSendState struct{}
+	// ActExchangeBitmaps: send the local bitmap and merge the peer's.
+	ActExchangeBitmaps struct{}
+	// ActSetAllBits: mark every block out of sync (full sync).
+	ActSetAllBits struct{}
+	// ActClearAllBits: mark every block in sync.
+	ActClearAllBits struct{}
+	// ActStartResync: start the resync engine on this side.
+	ActStartResync struct {
+		Source bool
+		Full   bool
+	}
+	// ActStopResync: stop a running resync (the bitmap keeps what is left).
+	ActStopResync struct{}
+	// ActSendSyncStart: tell the peer a resync towards it begins.
+	ActSendSyncStart struct {
+		Full   bool
+		Source UUIDs
+	}
+	// ActSendPromoteReply answers the peer's promotion request.
+	ActSendPromoteReply struct {
+		OK     bool
+		Reason string
+	}
+	// ActSendNewUUID: tell the peer to adopt a new generation with a
+	// cleared bitmap.
+	ActSendNewUUID struct{ Current uint64 }
+	// ActDetachDisk: stop using the local disk.
+	ActDetachDisk struct{}
+	// ActRunHook: run a user-space handler.
+	ActRunHook struct{ Name string }
+	// ActSplitBrain: split brain was detected; Resolved tells whether a
+	// policy resolved it.
+	ActSplitBrain struct {
+		Resolved bool
+		Reason   string
+	}
+)
+
+func (ActPersist) isAction()          {}
+func (ActStartConnecting) isAction()  {}
+func (ActCloseLink) isAction()        {}
+func (ActSendState) isAction()        {}
+func (ActExchangeBitmaps) isAction()  {}
+func (ActSetAllBits) isAction()       {}
+func (ActClearAllBits) isAction()     {}
+func (ActStartResync) isAction()      {}
+func (ActStopResync) isAction()       {}
+func (ActSendSyncStart) isAction()    {}
+func (ActSendPromoteReply) isAction() {}
+func (ActSendNewUUID) isAction()      {}
+func (ActDetachDisk) isAction()       {}
+func (ActRunHook) isAction()          {}
+func (ActSplitBrain) isAction()       {}
+
+// Errors the machine returns for refused administrative requests. They
+// wrap into *StateError, which names the current state.
+var (
+	ErrPeerPrimary      = errors.New("the peer is Primary")
+	ErrNotUpToDate      = errors.New("the local disk is not UpToDate")
+	ErrClientsConnected = errors.New("NBD clients are still connected")
+	ErrNoDisk           = errors.New("no local disk")
+	ErrNotConnected     = errors.New("not connected to the peer")
+	ErrResyncRunning    = errors.New("a resync is running")
+	ErrIsPrimary        = errors.New("the node is Primary")
+	ErrNotFresh         = errors.New("the disks already hold data of a generation")
+)
+
+// StateError is a refused request with the state that refused it.
+type StateError struct {
+	Err   error
+	State string
+}
+
+func (e *StateError) Error() string { return fmt.Sprintf("%v (state: %s)", e.Err, e.State) }
+func (e *StateError) Unwrap() error { return e.Err }
+
+// Machine is the state of one resource on one node: role, disk and
+// connection states, the peer's last known state and the generation UUIDs.
+// It does no I/O: Step takes an event and returns the actions the runtime
+// must carry out, in order. A Machine is not safe for concurrent use; the
+// runtime drives it from one goroutine.
+//
+// Invariants (checked by the tests after every step):
+//   - Role Primary implies disk UpToDate or Diskless-with-an-UpToDate-peer.
+//   - Conn SyncSource/SyncTarget implies a link and a resync direction that
+//     matches: SyncTarget never while Primary.
+//   - the peer's role and disk are unknown (Unknown/DUnknown) unless a
+//     link is up.
+type Machine struct {
+	cfg MachineConfig
+
+	role     Role
+	disk     DiskState
+	conn     ConnState
+	peerRole Role
+	peerDisk DiskState
+	peer     NodeState
+
+	meta          Meta
+	dirty         uint64
+	wantConnect   bool
+	discardMyData bool
+	linkUp        bool
+	// decision is the handshake's outcome, kept until the bitmaps are
+	// exchanged (recomputing it then could differ: the bitmaps merged).
+	decision Decision
+}
+
+// NewMachine returns a machine for a resource that is down: Secondary,
+// Diskless, StandAlone.
+func NewMachine(cfg MachineConfig) *Machine {
+	return &Machine{cfg: cfg, role: RoleSecondary, disk: DiskDiskless, conn: ConnStandAlone, peerDisk: DiskDUnknown}
+}
+
+// Role returns the local role.
+func (m *Machine) Role() Role { return m.role }
+
+// Disk returns the local disk state.
+func (m *Machine) Disk() DiskState { return m.disk }
+
+// Conn returns the connection state.
+func (m *Machine) Conn() ConnState { return m.conn }
+
+// PeerRole returns the peer's role as last reported.
+func (m *Machine) PeerRole() Role { return m.peerRole }
+
+// PeerDisk returns the peer's disk state as last reported.
+func (m *Machine) PeerDisk() DiskState { return m.peerDisk }
+
+// Meta returns the meta-data the machine wants persisted.
+func (m *Machine) Meta() Meta { return m.meta }
+
+// Replicating reports whether application writes go to the peer.
+func (m *Machine) Replicating() bool {
+	switch m.conn {
+	case ConnConnected, ConnSyncSource, ConnSyncTarget, ConnPausedSyncS, ConnPausedSyncT, ConnVerifyS, ConnVerifyT:
+		return true
+	}
+	return false
+}
+
+// LocalState is the NodeState the local node sends in the handshake.
+func (m *Machine) LocalState() NodeState {
+	return NodeState{
+		NodeID:         m.cfg.NodeID,
+		Role:           m.role,
+		Disk:           m.disk,
+		UUIDs:          m.meta.UUIDs,
+		Consistent:     m.meta.Flags&FlagConsistent != 0,
+		CrashedPrimary: m.meta.Flags&FlagCrashedPrimary != 0,
+		Dirty:          m.dirty,
+		DiscardMyData:  m.discardMyData,
+		AfterSB:        m.cfg.AfterSB,
+	}
+}
+
+// SetDirty tells the machine how many blocks the bitmap holds; it matters
+// for the split-brain policies.
+func (m *Machine) SetDirty(n uint64) { m.dirty = n }
+
+// SetAfterSB changes the split-brain policy (net options apply at the next
+// handshake).
+func (m *Machine) SetAfterSB(p config.AfterSB) { m.cfg.AfterSB = p }
+
+func (m *Machine) stateString() string {
+	return fmt.Sprintf("role:%s disk:%s conn:%s peer-role:%s peer-disk:%s", m.role, m.disk, m.conn, m.peerRole, m.peerDisk)
+}
+
+func (m *Machine) refuse(err error) error { return &StateError{Err: err, State: m.stateString()} }
+
+func (m *Machine) persist() Action { return ActPersist{Meta: m.meta} }
+
+func (m *Machine) setFlag(f Flags, on bool) {
+	if on {
+		m.meta.Flags |= f
+	} else {
+		m.meta.Flags &^= f
+	}
+}
+
+// Step applies one event. It returns the actions to carry out, or an error
+// when the event is an administrative request the current state refuses (in
+// which case nothing changed).
+func (m *Machine) Step(ev Event) ([]Action, error) {
+	switch e := ev.(type) {
+	case EvAttach:
+		return m.attach(e), nil
+	case EvDetach:
+		return m.detach(), nil
+	case EvConnect:
+		return m.connect(e)
+	case EvDisconnect:
+		return m.disconnect(), nil
+	case EvLinkUp:
+		if m.conn != ConnConnecting {
+			return []Action{ActCloseLink{Reason: "not connecting"}}, nil
+		}
+		m.conn = ConnHandshake
+		m.linkUp = true
+		return []Action{ActSendState{}}, nil
+	case EvPeerState:
+		return m.peerState(e.State), nil
+	case EvBitmapsExchanged:
+		return m.bitmapsExchanged(e), nil
+	case EvLinkDown:
+		return m.linkDown(), nil
+	case EvPromote:
+		return m.promote(e)
+	case EvDemote:
+		return m.demote(e)
+	case EvPeerPromoteRequest:
+		return m.peerPromoteRequest(), nil
+	case EvSyncStart:
+		return m.syncStart(e), nil
+	case EvSyncDone:
+		return m.syncDone(e), nil
+	case EvNewCurrentUUID:
+		return m.newCurrentUUID(e)
+	case EvPeerNewUUID:
+		return m.peerNewUUID(e), nil
+	case EvInvalidate:
+		return m.invalidate()
+	case EvInvalidateRemote:
+		return m.invalidateRemote(e)
+	case EvLocalIOError:
+		return m.localIOError(), nil
+	}
+	return nil, fmt.Errorf("resource: unknown event %T", ev)
+}
+
+func (m *Machine) attach(e EvAttach) []Action {
+	m.meta = e.Meta
+	m.dirty = e.Dirty
+	var acts []Action
+	if m.meta.Flags&FlagPrimary != 0 {
+		// It was Primary when it went down without demoting: a crash.
+		m.setFlag(FlagCrashedPrimary, true)
+		m.setFlag(FlagPrimary, false)
+		acts = append(acts, m.persist())
+	}
+	switch {
+	case m.meta.Flags&FlagConsistent == 0:
+		m.disk = DiskInconsistent
+	case m.meta.Flags&FlagOutdated != 0:
+		m.disk = DiskOutdated
+	case m.meta.Flags&FlagWasUpToDate != 0:
+		m.disk = DiskUpToDate
+	default:
+		m.disk = DiskConsistent
+	}
+	return acts
+}
+
+func (m *Machine) detach() []Action {
+	var acts []Action
+	if m.conn == ConnSyncSource || m.conn == ConnSyncTarget || m.conn == ConnPausedSyncS || m.conn == ConnPausedSyncT {
+		acts = append(acts, ActStopResync{})
+		m.conn = ConnConnected
+	}
+	m.disk = DiskDiskless
+	if m.linkUp {
+		acts = append(acts, ActSendState{})
+	}
+	return append(acts, ActDetachDisk{})
+}
+
+func (m *Machine) connect(e EvConnect) ([]Action, error) {
+	if m.disk == DiskDiskless {
+		return nil, m.refuse(ErrNoDisk)
+	}
+	if e.DiscardMyData && m.role == RolePrimary {
+		return nil, m.refuse(ErrIsPrimary)
+	}
+	m.discardMyData = e.DiscardMyData
+	m.wantConnect = true
+	if m.conn != ConnStandAlone {
+		return nil, nil
+	}
+	m.conn = ConnConnecting
+	return []Action{ActStartConnecting{}}, nil
+}
+
+func (m *Machine) disconnect() []Action {
+	m.wantConnect = false
+	m.discardMyData = false
+	if m.conn == ConnStandAlone {
+		return nil
+	}
+	acts := m.lostPeer()
+	m.conn = ConnStandAlone
+	return append(acts, ActCloseLink{Reason: "disconnect requested"})
+}
+
+// lostPeer is the bookkeeping when the link goes away for any reason.
+func (m *Machine) lostPeer() []Action {
+	var acts []Action
+	switch m.conn {
+	case ConnSyncSource, ConnSyncTarget, ConnPausedSyncS, ConnPausedSyncT, ConnVerifyS, ConnVerifyT:
+		acts = append(acts, ActStopResync{})
+	}
+	wasReplicating := m.Replicating()
+	if m.role == RolePrimary && wasReplicating && m.peerDisk == DiskUpToDate {
+		// The peer was in sync; from now on only the bitmap knows what it
+		// misses, and a new generation tells a later handshake who is newer.
+		m.meta.UUIDs.newGeneration(m.cfg.NewUUID())
+		acts = append(acts, m.persist())
+	}
+	m.peerRole, m.peerDisk, m.linkUp = RoleUnknown, DiskDUnknown, false
+	if wasReplicating || m.conn == ConnHandshake {
+		acts = append(acts, ActRunHook{Name: "disconnected"})
+	}
+	return acts
+}
+
+func (m *Machine) linkDown() []Action {
+	if m.conn == ConnStandAlone {
+		return nil
+	}
+	acts := m.lostPeer()
+	if m.wantConnect {
+		m.conn = ConnConnecting
+		return append(acts, ActStartConnecting{})
+	}
+	m.conn = ConnStandAlone
+	return acts
+}
+
+func (m *Machine) peerState(s NodeState) []Action {
+	if !m.linkUp {
+		return nil
+	}
+	m.peer = s
+	m.peerRole, m.peerDisk = s.Role, s.Disk
+	if m.conn != ConnHandshake {
+		// A state update while connected (role or disk change). A peer
+		// that turns Inconsistent while merely Connected was invalidated
+		// by its administrator: it waits for us to send everything.
+		if m.conn == ConnConnected && s.Disk == DiskInconsistent && m.disk == DiskUpToDate {
+			return append([]Action{ActSetAllBits{}}, m.beginSource(true)...)
+		}
+		return nil
+	}
+	d := Decide(m.LocalState(), s)
+	m.decision = d
+	var acts []Action
+	if d.SplitBrain {
+		acts = append(acts, ActSplitBrain{Resolved: !d.Refused(), Reason: d.Reason}, ActRunHook{Name: "split-brain"})
+	}
+	if d.Refused() {
+		m.wantConnect = false
+		m.conn = ConnStandAlone
+		m.peerRole, m.peerDisk, m.linkUp = RoleUnknown, DiskDUnknown, false
+		return append(acts, ActCloseLink{Reason: d.Reason})
+	}
+	m.discardMyData = false
+	switch {
+	case d.Kind == SyncNone:
+		m.conn = ConnConnected
+		if m.meta.Flags&FlagConsistent != 0 && s.Consistent {
+			// Same generation on both: whatever either knew about being
+			// outdated, the data is the same now.
+			m.disk, m.peerDisk = DiskUpToDate, DiskUpToDate
+			m.setFlag(FlagWasUpToDate, true)
+			m.setFlag(FlagOutdated, false)
+			m.setFlag(FlagCrashedPrimary, false)
+			m.setFlag(FlagPeerOutdated, false)
+			acts = append(acts, m.persist())
+		}
+		return append(acts, ActSendState{})
+	case d.Kind.IsFull():
+		acts = append(acts, ActSetAllBits{})
+	}
+	return append(acts, ActExchangeBitmaps{})
+}
+
+func (m *Machine) bitmapsExchanged(e EvBitmapsExchanged) []Action {
+	m.dirty = e.Dirty
+	if m.conn != ConnHandshake {
+		return nil
+	}
+	if d := m.decision; d.Kind.IsSource() {
+		return m.beginSource(d.Kind.IsFull())
+	}
+	// The target waits for the source's SyncStart, which carries the
+	// source's UUIDs.
+	m.conn = ConnSyncTarget
+	return nil
+}
+
+func (m *Machine) beginSource(full bool) []Action {
+	m.conn = ConnSyncSource
+	m.peerDisk = DiskInconsistent
+	return []Action{ActSendSyncStart{Full: full, Source: m.meta.UUIDs}, ActStartResync{Source: true, Full: full}}
+}
+
+func (m *Machine) syncStart(e EvSyncStart) []Action {
+	if !m.linkUp {
+		return nil
+	}
+	m.conn = ConnSyncTarget
+	m.disk = DiskInconsistent
+	m.setFlag(FlagConsistent, false)
+	m.setFlag(FlagWasUpToDate, false)
+	// Remember whose generation the bitmap leads to, so that an interrupted
+	// resync resumes from the bitmap (CompareUUIDs rule 2).
+	m.meta.UUIDs.Bitmap = e.Source.Current
+	acts := []Action{m.persist()}
+	if e.Full {
+		acts = append(acts, ActSetAllBits{})
+	}
+	return append(acts, ActStartResync{Source: false, Full: e.Full}, ActSendState{})
+}
+
+func (m *Machine) syncDone(e EvSyncDone) []Action {
+	switch m.conn {
+	case ConnSyncSource, ConnPausedSyncS:
+		m.conn = ConnConnected
+		m.peerDisk = DiskUpToDate
+		m.meta.UUIDs.finishSyncSource()
+		m.setFlag(FlagPeerOutdated, false)
+		m.setFlag(FlagCrashedPrimary, false)
+		return []Action{m.persist()}
+	case ConnSyncTarget, ConnPausedSyncT:
+		m.conn = ConnConnected
+		m.disk = DiskUpToDate
+		m.meta.UUIDs = e.Source
+		m.meta.UUIDs.Bitmap = 0
+		m.setFlag(FlagConsistent, true)
+		m.setFlag(FlagWasUpToDate, true)
+		m.setFlag(FlagOutdated, false)
+		m.setFlag(FlagCrashedPrimary, false)
+		return []Action{m.persist(), ActSendState{}, ActRunHook{Name: "after-resync-target"}}
+	}
+	return nil
+}
+
+// CanPromote checks a promotion request without changing anything; the
+// runtime asks the peer between CanPromote and EvPromote.
+func (m *Machine) CanPromote(force bool) error {
+	if m.role == RolePrimary {
+		return nil
+	}
+	if m.linkUp && m.peerRole == RolePrimary {
+		return m.refuse(ErrPeerPrimary)
+	}
+	if m.disk == DiskDiskless {
+		return m.refuse(ErrNoDisk)
+	}
+	if m.conn == ConnSyncTarget || m.conn == ConnPausedSyncT {
+		return m.refuse(ErrResyncRunning)
+	}
+	if m.disk != DiskUpToDate && !force {
+		if m.disk == DiskConsistent && !m.Replicating() {
+			// Consistent and nobody to ask: DRBD promotes such a disk
+			// when the peer is unreachable; so do we.
+			return nil
+		}
+		return m.refuse(ErrNotUpToDate)
+	}
+	return nil
+}
+
+func (m *Machine) promote(e EvPromote) ([]Action, error) {
+	if m.role == RolePrimary {
+		return nil, nil
+	}
+	if err := m.CanPromote(e.Force); err != nil {
+		return nil, err
+	}
+	var acts []Action
+	m.role = RolePrimary
+	m.setFlag(FlagPrimary, true)
+	m.setFlag(FlagCrashedPrimary, false)
+	forced := m.disk != DiskUpToDate
+	if forced {
+		m.disk = DiskUpToDate
+		m.setFlag(FlagConsistent, true)
+		m.setFlag(FlagWasUpToDate, true)
+		m.setFlag(FlagOutdated, false)
+	}
+	switch {
+	case m.meta.UUIDs.Current == 0:
+		m.meta.UUIDs.Current = m.cfg.NewUUID()
+		m.meta.UUIDs.Bitmap = 0
+	case !m.Replicating() || (forced && m.peerDisk != DiskUpToDate):
+		// Writes from now on belong to a generation the peer has not seen.
+		m.meta.UUIDs.newGeneration(m.cfg.NewUUID())
+	}
+	acts = append(acts, m.persist())
+	if m.linkUp {
+		acts = append(acts, ActSendState{})
+		if m.conn == ConnConnected && m.peerDisk != DiskUpToDate {
+			acts = append(acts, ActSetAllBits{})
+			acts = append(acts, m.beginSource(true)...)
+		}
+	}
+	acts = append(acts, ActRunHook{Name: "role-change"})
+	return acts, nil
+}
+
+func (m *Machine) demote(e EvDemote) ([]Action, error) {
+	if m.role != RolePrimary {
+		return nil, nil
+	}
+	if e.NBDConns > 0 {
+		return nil, m.refuse(fmt.Errorf("%w (%d)", ErrClientsConnected, e.NBDConns))
+	}
+	m.role = RoleSecondary
+	m.setFlag(FlagPrimary, false)
+	acts := []Action{m.persist()}
+	if m.linkUp {
+		acts = append(acts, ActSendState{})
+	}
+	return append(acts, ActRunHook{Name: "role-change"}), nil
+}
+
+func (m *Machine) peerPromoteRequest() []Action {
+	switch {
+	case m.role == RolePrimary:
+		return []Action{ActSendPromoteReply{Reason: fmt.Sprintf("node %d is Primary", m.cfg.NodeID)}}
+	case m.conn == ConnSyncSource || m.conn == ConnPausedSyncS:
+		return []Action{ActSendPromoteReply{Reason: fmt.Sprintf("node %d is sync source for the requester", m.cfg.NodeID)}}
+	}
+	m.peerRole = RolePrimary
+	return []Action{ActSendPromoteReply{OK: true}}
+}
+
+func (m *Machine) newCurrentUUID(e EvNewCurrentUUID) ([]Action, error) {
+	if m.disk == DiskDiskless {
+		return nil, m.refuse(ErrNoDisk)
+	}
+	if !e.ClearBitmap {
+		m.meta.UUIDs.newGeneration(m.cfg.NewUUID())
+		return []Action{m.persist()}, nil
+	}
+	// Skipping the initial sync: both disks are blank, so they are equal.
+	if m.meta.UUIDs.Current != 0 || (m.linkUp && m.peer.UUIDs.Current != 0) {
+		return nil, m.refuse(ErrNotFresh)
+	}
+	if m.conn != ConnConnected && m.conn != ConnStandAlone && m.conn != ConnConnecting {
+		return nil, m.refuse(ErrResyncRunning)
+	}
+	u := m.cfg.NewUUID()
+	m.adoptFresh(u)
+	acts := []Action{ActClearAllBits{}, m.persist()}
+	if m.linkUp {
+		m.peerDisk = DiskUpToDate
+		acts = append(acts, ActSendNewUUID{Current: u}, ActSendState{})
+	}
+	return acts, nil
+}
+
+func (m *Machine) adoptFresh(u uint64) {
+	m.meta.UUIDs = UUIDs{Current: u}
+	m.disk = DiskUpToDate
+	m.setFlag(FlagConsistent, true)
+	m.setFlag(FlagWasUpToDate, true)
+	m.setFlag(FlagOutdated, false)
+}
+
+func (m *Machine) peerNewUUID(e EvPeerNewUUID) []Action {
+	if m.meta.UUIDs.Current != 0 || !m.linkUp || m.disk == DiskDiskless {
+		return []Action{ActCloseLink{Reason: "peer sent new-current-uuid --clear-bitmap, but this disk is not fresh"}}
+	}
+	m.adoptFresh(e.Current)
+	m.peerDisk = DiskUpToDate
+	return []Action{ActClearAllBits{}, m.persist(), ActSendState{}}
+}
+
+func (m *Machine) invalidate() ([]Action, error) {
+	if m.role == RolePrimary {
+		return nil, m.refuse(ErrIsPrimary)
+	}
+	if m.disk == DiskDiskless {
+		return nil, m.refuse(ErrNoDisk)
+	}
+	if m.conn != ConnConnected {
+		if m.conn == ConnStandAlone || m.conn == ConnConnecting {
+			// Mark for the next connect: inconsistent, everything dirty.
+			m.disk = DiskInconsistent
+			m.setFlag(FlagConsistent, false)
+			m.setFlag(FlagWasUpToDate, false)
+			return []Action{ActSetAllBits{}, m.persist()}, nil
+		}
+		return nil, m.refuse(ErrResyncRunning)
+	}
+	if m.peerDisk != DiskUpToDate {
+		return nil, m.refuse(fmt.Errorf("the peer's disk is %s, not UpToDate", m.peerDisk))
+	}
+	// The peer drives the resync as source once it sees us inconsistent
+	// with every bit set; our part is to say so.
+	m.disk = DiskInconsistent
+	m.setFlag(FlagConsistent, false)
+	m.setFlag(FlagWasUpToDate, false)
+	m.meta.UUIDs.Bitmap = m.peer.UUIDs.Current
+	return []Action{ActSetAllBits{}, m.persist(), ActSendState{}}, nil
+}
+
+func (m *Machine) invalidateRemote(e EvInvalidateRemote) ([]Action, error) {
+	if m.conn != ConnConnected {
+		return nil, m.refuse(ErrNotConnected)
+	}
+	if m.disk != DiskUpToDate {
+		return nil, m.refuse(ErrNotUpToDate)
+	}
+	if m.peerRole == RolePrimary {
+		return nil, m.refuse(ErrPeerPrimary)
+	}
+	var acts []Action
+	if e.ResetBitmap {
+		acts = append(acts, ActSetAllBits{})
+	}
+	return append(acts, m.beginSource(e.ResetBitmap)...), nil
+}
+
+func (m *Machine) localIOError() []Action {
+	if m.disk == DiskDiskless {
+		return nil
+	}
+	return m.detach()
+}

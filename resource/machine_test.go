@@ -1,0 +1,349 @@
+package resource
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/cockroachdb/datadriven"
+	"pgregory.net/rapid"
+
+	"github.com/rbd-nbd/rbd-nbd/config"
+)
+
+// The scripts in testdata/machine/*.txt drive one Machine. Commands:
+//
+//	new node=1 peer=2 [after-sb=P]
+//	attach [uuids=C:B:H1:H2] [flags=consistent,was-up-to-date,...] [dirty=N]
+//	connect [discard-my-data] | disconnect | link-up | link-down
+//	peer-state [role=R] [disk=D] [uuids=...] [consistent] [crashed] [dirty=N] [discard] [after-sb=P] [node=N]
+//	bitmaps-exchanged [dirty=N]
+//	promote [force] | demote [conns=N] | peer-promote-request
+//	sync-start [full] [source=uuids] | sync-done [source=uuids]
+//	new-current-uuid [clear-bitmap] | peer-new-uuid current=X
+//	invalidate | invalidate-remote [reset] | io-error | detach
+//
+// Each prints the actions, then the state. UUIDs print in hex; the UUID
+// generator yields 0xF0, 0xF1, ... shifted so their "time" increases.
+func TestMachineScripts(t *testing.T) {
+	datadriven.Walk(t, "testdata/machine", func(t *testing.T, path string) {
+		var m *Machine
+		var next uint64
+		datadriven.RunTest(t, path, func(t *testing.T, d *datadriven.TestData) string {
+			args := parseArgs(d)
+			if d.Cmd == "new" {
+				next = 0xEF
+				m = NewMachine(MachineConfig{
+					NodeID:     uint32(args.num("node", 1)),
+					PeerNodeID: uint32(args.num("peer", 2)),
+					AfterSB:    config.AfterSB(args.str("after-sb", string(config.AfterSBDisconnect))),
+					NewUUID:    func() uint64 { next++; return next << 16 },
+				})
+				return state(m)
+			}
+			ev, err := scriptEvent(d.Cmd, args)
+			if err != nil {
+				d.Fatalf(t, "%v", err)
+			}
+			acts, err := m.Step(ev)
+			var b strings.Builder
+			if err != nil {
+				fmt.Fprintf(&b, "error: %v\n", err)
+			}
+			for _, a := range acts {
+				fmt.Fprintf(&b, "%s\n", actionString(a))
+			}
+			checkInvariants(t, m)
+			b.WriteString(state(m))
+			return b.String()
+		})
+	})
+}
+
+type scriptArgs map[string]string
+
+func parseArgs(d *datadriven.TestData) scriptArgs {
+	a := scriptArgs{}
+	for _, arg := range d.CmdArgs {
+		a[arg.Key] = strings.Join(arg.Vals, ",")
+	}
+	return a
+}
+
+func (a scriptArgs) has(k string) bool { _, ok := a[k]; return ok }
+
+func (a scriptArgs) str(k, def string) string {
+	if v, ok := a[k]; ok {
+		return v
+	}
+	return def
+}
+
+func (a scriptArgs) num(k string, def uint64) uint64 {
+	v, ok := a[k]
+	if !ok {
+		return def
+	}
+	n, err := strconv.ParseUint(v, 0, 64)
+	if err != nil {
+		panic(fmt.Sprintf("%s=%q: %v", k, v, err))
+	}
+	return n
+}
+
+func (a scriptArgs) uuids(k string) UUIDs {
+	var u UUIDs
+	v, ok := a[k]
+	if !ok {
+		return u
+	}
+	parts := strings.Split(v, ":")
+	fields := []*uint64{&u.Current, &u.Bitmap, &u.History[0], &u.History[1]}
+	for i, p := range parts {
+		n, err := strconv.ParseUint(p, 16, 64)
+		if err != nil {
+			panic(fmt.Sprintf("%s=%q: %v", k, v, err))
+		}
+		*fields[i] = n
+	}
+	return u
+}
+
+var flagNames = []struct {
+	f    Flags
+	name string
+}{
+	{FlagConsistent, "consistent"}, {FlagWasUpToDate, "was-up-to-date"}, {FlagOutdated, "outdated"},
+	{FlagPrimary, "primary"}, {FlagCrashedPrimary, "crashed-primary"}, {FlagPeerOutdated, "peer-outdated"},
+	{FlagFullSync, "full-sync"},
+}
+
+func parseFlags(s string) Flags {
+	var f Flags
+	for _, n := range strings.Split(s, ",") {
+		for _, fn := range flagNames {
+			if fn.name == n {
+				f |= fn.f
+			}
+		}
+	}
+	return f
+}
+
+func (f Flags) String() string {
+	var names []string
+	for _, fn := range flagNames {
+		if f&fn.f != 0 {
+			names = append(names, fn.name)
+		}
+	}
+	if len(names) == 0 {
+		return "-"
+	}
+	return strings.Join(names, ",")
+}
+
+func parseRole(s string) Role {
+	for i, n := range roleNames {
+		if n == s {
+			return Role(i)
+		}
+	}
+	panic("unknown role " + s)
+}
+
+func parseDisk(s string) DiskState {
+	for i, n := range diskNames {
+		if n == s {
+			return DiskState(i)
+		}
+	}
+	panic("unknown disk state " + s)
+}
+
+func scriptEvent(cmd string, a scriptArgs) (Event, error) {
+	switch cmd {
+	case "attach":
+		return EvAttach{Meta: Meta{UUIDs: a.uuids("uuids"), Flags: parseFlags(a.str("flags", ""))}, Dirty: a.num("dirty", 0)}, nil
+	case "detach":
+		return EvDetach{}, nil
+	case "connect":
+		return EvConnect{DiscardMyData: a.has("discard-my-data")}, nil
+	case "disconnect":
+		return EvDisconnect{}, nil
+	case "link-up":
+		return EvLinkUp{}, nil
+	case "link-down":
+		return EvLinkDown{}, nil
+	case "peer-state":
+		return EvPeerState{State: NodeState{
+			NodeID:         uint32(a.num("node", 2)),
+			Role:           parseRole(a.str("role", "Secondary")),
+			Disk:           parseDisk(a.str("disk", "UpToDate")),
+			UUIDs:          a.uuids("uuids"),
+			Consistent:     a.has("consistent"),
+			CrashedPrimary: a.has("crashed"),
+			Dirty:          a.num("dirty", 0),
+			DiscardMyData:  a.has("discard"),
+			AfterSB:        config.AfterSB(a.str("after-sb", string(config.AfterSBDisconnect))),
+		}}, nil
+	case "bitmaps-exchanged":
+		return EvBitmapsExchanged{Dirty: a.num("dirty", 0)}, nil
+	case "promote":
+		return EvPromote{Force: a.has("force")}, nil
+	case "demote":
+		return EvDemote{NBDConns: int(a.num("conns", 0))}, nil
+	case "peer-promote-request":
+		return EvPeerPromoteRequest{}, nil
+	case "sync-start":
+		return EvSyncStart{Full: a.has("full"), Source: a.uuids("source")}, nil
+	case "sync-done":
+		return EvSyncDone{Source: a.uuids("source")}, nil
+	case "new-current-uuid":
+		return EvNewCurrentUUID{ClearBitmap: a.has("clear-bitmap")}, nil
+	case "peer-new-uuid":
+		return EvPeerNewUUID{Current: a.num("current", 0)}, nil
+	case "invalidate":
+		return EvInvalidate{}, nil
+	case "invalidate-remote":
+		return EvInvalidateRemote{ResetBitmap: a.has("reset")}, nil
+	case "io-error":
+		return EvLocalIOError{}, nil
+	}
+	return nil, fmt.Errorf("unknown command %q", cmd)
+}
+
+func shortUUIDs(u UUIDs) string {
+	return fmt.Sprintf("%X:%X:%X:%X", u.Current, u.Bitmap, u.History[0], u.History[1])
+}
+
+func actionString(a Action) string {
+	switch a := a.(type) {
+	case ActPersist:
+		return fmt.Sprintf("persist uuids=%s flags=%s", shortUUIDs(a.Meta.UUIDs), a.Meta.Flags)
+	case ActStartConnecting:
+		return "start-connecting"
+	case ActCloseLink:
+		return fmt.Sprintf("close-link %q", a.Reason)
+	case ActSendState:
+		return "send-state"
+	case ActExchangeBitmaps:
+		return "exchange-bitmaps"
+	case ActSetAllBits:
+		return "set-all-bits"
+	case ActClearAllBits:
+		return "clear-all-bits"
+	case ActStartResync:
+		return fmt.Sprintf("start-resync source=%t full=%t", a.Source, a.Full)
+	case ActStopResync:
+		return "stop-resync"
+	case ActSendSyncStart:
+		return fmt.Sprintf("send-sync-start full=%t source=%s", a.Full, shortUUIDs(a.Source))
+	case ActSendPromoteReply:
+		return fmt.Sprintf("send-promote-reply ok=%t %q", a.OK, a.Reason)
+	case ActSendNewUUID:
+		return fmt.Sprintf("send-new-uuid %X", a.Current)
+	case ActDetachDisk:
+		return "detach-disk"
+	case ActRunHook:
+		return "run-hook " + a.Name
+	case ActSplitBrain:
+		return fmt.Sprintf("split-brain resolved=%t %q", a.Resolved, a.Reason)
+	}
+	return fmt.Sprintf("%T", a)
+}
+
+func state(m *Machine) string {
+	return fmt.Sprintf("state: %s uuids=%s flags=%s\n", m.stateString(), shortUUIDs(m.meta.UUIDs), m.meta.Flags)
+}
+
+func checkInvariants(t *testing.T, m *Machine) {
+	t.Helper()
+	if m.role == RolePrimary && m.disk != DiskUpToDate && m.disk != DiskDiskless {
+		t.Errorf("invariant: Primary with disk %s", m.disk)
+	}
+	if (m.conn == ConnSyncTarget || m.conn == ConnPausedSyncT) && m.role == RolePrimary {
+		t.Errorf("invariant: SyncTarget while Primary")
+	}
+	if !m.linkUp && (m.peerRole != RoleUnknown || m.peerDisk != DiskDUnknown) {
+		t.Errorf("invariant: peer %s/%s known without a link", m.peerRole, m.peerDisk)
+	}
+	if m.Replicating() && !m.linkUp {
+		t.Errorf("invariant: %s without a link", m.conn)
+	}
+}
+
+// Decide must be symmetric: both nodes reach opposite sides or refuse alike.
+func TestDecideSymmetric(t *testing.T) {
+	rapid.Check(t, func(t *rapid.T) {
+		pool := []uint64{0, 0xA0000, 0xB0000, 0xC0000, 0xD0000}
+		genU := func(label string) UUIDs {
+			return UUIDs{
+				Current: rapid.SampledFrom(pool).Draw(t, label+".c"),
+				Bitmap:  rapid.SampledFrom(pool).Draw(t, label+".b"),
+				History: [HistoryLen]uint64{rapid.SampledFrom(pool).Draw(t, label+".h0"), rapid.SampledFrom(pool).Draw(t, label+".h1")},
+			}
+		}
+		policies := []config.AfterSB{config.AfterSBDisconnect, config.AfterSBDiscardZeroChanges, config.AfterSBDiscardYoungerPrimary, config.AfterSBDiscardLeastChanges}
+		policy := rapid.SampledFrom(policies).Draw(t, "policy")
+		gen := func(label string, id uint32) NodeState {
+			return NodeState{
+				NodeID:         id,
+				Role:           rapid.SampledFrom([]Role{RoleSecondary, RolePrimary}).Draw(t, label+".role"),
+				UUIDs:          genU(label),
+				Consistent:     rapid.Bool().Draw(t, label+".consistent"),
+				CrashedPrimary: rapid.Bool().Draw(t, label+".crashed"),
+				Dirty:          rapid.Uint64Range(0, 3).Draw(t, label+".dirty"),
+				DiscardMyData:  rapid.Bool().Draw(t, label+".discard"),
+				AfterSB:        policy,
+			}
+		}
+		a, b := gen("a", 1), gen("b", 2)
+		da, db := Decide(a, b), Decide(b, a)
+		if da.Refused() != db.Refused() {
+			t.Fatalf("one side refuses: a=%v b=%v", da, db)
+		}
+		if da.Refused() {
+			return
+		}
+		if da.Kind.IsSource() != db.Kind.IsTarget() || da.Kind.IsTarget() != db.Kind.IsSource() || da.Kind.IsFull() != db.Kind.IsFull() {
+			t.Fatalf("sides disagree: a=%v b=%v", da.Kind, db.Kind)
+		}
+		if da.Kind.IsTarget() && a.Role == RolePrimary || db.Kind.IsTarget() && b.Role == RolePrimary {
+			t.Fatalf("a Primary would become sync target: a=%v b=%v", da, db)
+		}
+	})
+}
+
+// TestCompareUUIDsTable pins the DRBD-derived rules one by one.
+func TestCompareUUIDsTable(t *testing.T) {
+	const c0, c1, c2, c3 = 0xA0000, 0xB0000, 0xC0000, 0xD0000
+	tests := []struct {
+		name           string
+		self, peer     UUIDs
+		selfCons, peerCons bool
+		want           SyncKind
+	}{
+		{"both fresh", UUIDs{}, UUIDs{}, false, false, SyncNone},
+		{"self fresh", UUIDs{}, UUIDs{Current: c0}, false, true, SyncTargetFull},
+		{"peer fresh", UUIDs{Current: c0}, UUIDs{}, true, false, SyncSourceFull},
+		{"same generation", UUIDs{Current: c0}, UUIDs{Current: c0}, true, true, SyncNone},
+		{"peer moved on, tracks us", UUIDs{Current: c0}, UUIDs{Current: c1, Bitmap: c0}, true, true, SyncTargetBitmap},
+		{"we moved on, track peer", UUIDs{Current: c1, Bitmap: c0}, UUIDs{Current: c0}, true, true, SyncSourceBitmap},
+		{"peer lost its bitmap", UUIDs{Current: c0}, UUIDs{Current: c2, History: [2]uint64{c0}}, true, true, SyncTargetFull},
+		{"we lost our bitmap", UUIDs{Current: c2, History: [2]uint64{c0}}, UUIDs{Current: c0}, true, true, SyncSourceFull},
+		{"split brain", UUIDs{Current: c1, Bitmap: c0}, UUIDs{Current: c2, Bitmap: c0}, true, true, SyncSplitBrain},
+		{"split brain via history", UUIDs{Current: c1, History: [2]uint64{c0}}, UUIDs{Current: c2, History: [2]uint64{c0}}, true, true, SyncSplitBrain},
+		{"unrelated", UUIDs{Current: c1}, UUIDs{Current: c2}, true, true, SyncUnrelated},
+		{"resume target", UUIDs{Current: c0, Bitmap: c1}, UUIDs{Current: c1, Bitmap: c0}, false, true, SyncTargetBitmap},
+		{"resume fresh target", UUIDs{Bitmap: c1}, UUIDs{Current: c1}, false, true, SyncTargetBitmap},
+		{"resume after source moved on", UUIDs{Bitmap: c1}, UUIDs{Current: c3, Bitmap: c1}, false, true, SyncTargetBitmap},
+		{"resume source", UUIDs{Current: c1}, UUIDs{Current: c0, Bitmap: c1}, true, false, SyncSourceBitmap},
+	}
+	for _, tt := range tests {
+		if got := CompareUUIDs(tt.self, tt.selfCons, tt.peer, tt.peerCons); got != tt.want {
+			t.Errorf("%s: got %v, want %v", tt.name, got, tt.want)
+		}
+	}
+}

@@ -1,0 +1,127 @@
+package resource
+
+// Role is a node's role for a resource: only a Primary serves writes.
+type Role uint8
+
+// The roles.
+const (
+	RoleUnknown Role = iota
+	RoleSecondary
+	RolePrimary
+)
+
+var roleNames = [...]string{"Unknown", "Secondary", "Primary"}
+
+func (r Role) String() string {
+	if int(r) < len(roleNames) {
+		return roleNames[r]
+	}
+	return "Role(?)"
+}
+
+// DiskState says how much a node's disk can be trusted.
+type DiskState uint8
+
+// The disk states, as in DRBD.
+const (
+	// DiskDiskless: no local disk attached (or detached after an error).
+	DiskDiskless DiskState = iota
+	// DiskAttaching: the meta-data is being read.
+	DiskAttaching
+	// DiskInconsistent: a resync target mid-sync, or never synced.
+	DiskInconsistent
+	// DiskOutdated: consistent, but known to miss writes the peer has.
+	DiskOutdated
+	// DiskConsistent: consistent, but whether it is current is not known yet
+	// (no peer seen since start).
+	DiskConsistent
+	// DiskUpToDate: holds the newest data.
+	DiskUpToDate
+	// DiskDUnknown: the peer's disk when the peer is not connected.
+	DiskDUnknown
+)
+
+var diskNames = [...]string{"Diskless", "Attaching", "Inconsistent", "Outdated", "Consistent", "UpToDate", "DUnknown"}
+
+func (d DiskState) String() string {
+	if int(d) < len(diskNames) {
+		return diskNames[d]
+	}
+	return "DiskState(?)"
+}
+
+// ConnState is the state of the link to the peer.
+type ConnState uint8
+
+// The connection states.
+const (
+	// ConnStandAlone: not trying to connect (down, disconnected, or after
+	// split brain).
+	ConnStandAlone ConnState = iota
+	// ConnConnecting: trying to reach the peer.
+	ConnConnecting
+	// ConnHandshake: link up, exchanging versions, UUIDs and bitmaps.
+	ConnHandshake
+	// ConnConnected: replicating, nothing to resync.
+	ConnConnected
+	// ConnSyncSource: replicating and sending resync data.
+	ConnSyncSource
+	// ConnSyncTarget: replicating and receiving resync data.
+	ConnSyncTarget
+	// ConnPausedSyncS: sync source with the resync paused.
+	ConnPausedSyncS
+	// ConnPausedSyncT: sync target with the resync paused.
+	ConnPausedSyncT
+	// ConnVerifyS: running online verify as its initiator.
+	ConnVerifyS
+	// ConnVerifyT: answering an online verify.
+	ConnVerifyT
+)
+
+var connNames = [...]string{"StandAlone", "Connecting", "Handshake", "Connected", "SyncSource", "SyncTarget", "PausedSyncS", "PausedSyncT", "VerifyS", "VerifyT"}
+
+func (c ConnState) String() string {
+	if int(c) < len(connNames) {
+		return connNames[c]
+	}
+	return "ConnState(?)"
+}
+
+// Status is a snapshot of a resource's state, as status and events report it.
+type Status struct {
+	// Name is the resource name.
+	Name string
+	// Role is this node's role.
+	Role Role
+	// Disk is this node's disk state.
+	Disk DiskState
+	// Conn is the connection state.
+	Conn ConnState
+	// PeerRole is the peer's role (RoleUnknown when not connected).
+	PeerRole Role
+	// PeerDisk is the peer's disk state (DiskDUnknown when not connected).
+	PeerDisk DiskState
+	// Size is the exported size in bytes.
+	Size uint64
+	// OutOfSync is the number of bytes marked out of sync in the bitmap.
+	OutOfSync uint64
+	// ResyncDone and ResyncTotal count the bytes of the current resync.
+	ResyncDone, ResyncTotal uint64
+	// ResyncRate is the recent resync rate in bytes per second.
+	ResyncRate uint64
+	// ResyncETA is the estimated seconds to the end of the resync.
+	ResyncETA uint64
+	// ResyncedBytes counts the bytes moved by resyncs since the daemon
+	// started, for tests and monitoring.
+	ResyncedBytes uint64
+	// WritesInFlight counts application writes not yet acknowledged.
+	WritesInFlight uint64
+	// NBDConnections counts open NBD client connections.
+	NBDConnections uint32
+	// CurrentUUID is the current data generation UUID.
+	CurrentUUID uint64
+	// PeerNodeID is the peer's node id.
+	PeerNodeID uint32
+	// Generation is the configuration generation.
+	Generation uint64
+}
