@@ -1,0 +1,112 @@
+package config
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestExampleFile(t *testing.T) {
+	f, err := LoadFile("../examples/two-node-local.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := f.Node("a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir, _ := filepath.Abs("../examples")
+	if a.Name != "r0" || a.Local.Name != "a" || a.Peer.Name != "b" || a.Local.Export != "r0" {
+		t.Fatalf("unexpected resource %+v", a)
+	}
+	if a.Local.Disk != filepath.Join(dir, "a.img") {
+		t.Fatalf("disk not resolved against the file's folder: %s", a.Local.Disk)
+	}
+	if a.Net.Protocol != ProtocolC || a.Net.PingInterval != time.Second || a.Disk.ALExtents != 1237 {
+		t.Fatalf("options not read: %+v %+v", a.Net, a.Disk)
+	}
+	b, err := f.Node("b")
+	if err != nil || b.Local.ID != 1 || b.Peer.ID != 0 {
+		t.Fatalf("node b: %+v, %v", b, err)
+	}
+	if _, err := f.Node("c"); !errors.Is(err, ErrNodeNotFound) {
+		t.Fatalf("unknown node: %v", err)
+	}
+}
+
+func TestFileErrors(t *testing.T) {
+	base := "resource: r0\nnodes:\n  - {name: a, node-id: 0, address: 127.0.0.1:1, disk: a.img}\n  - {name: b, node-id: 1, address: 127.0.0.1:2, disk: b.img}\n"
+	tests := []struct {
+		name, yaml, want string
+	}{
+		{"unknown field", base + "bogus: 1\n", "field bogus not found"},
+		{"one node", "resource: r0\nnodes:\n  - {name: a, disk: x}\n", "exactly two"},
+		{"bad protocol", base + "net: {protocol: D}\n", "net.protocol"},
+		{"bad duration", base + "net: {ping-interval: fast}\n", "line 5: cannot unmarshal !!str `fast` into time.Duration"},
+		{"bad size", base + "resync: {rate: 10Q}\n", "size"},
+		{"al range", base + "disk: {al-extents: 3}\n", "disk.al-extents"},
+		{"same ids", strings.Replace(base, "node-id: 1", "node-id: 0", 1), "peer.node-id"},
+		{"bad after-sb", base + "net: {after-sb: merge}\n", "net.after-sb"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f, err := ParseFile([]byte(tt.yaml), "/x")
+			if err == nil {
+				_, err = f.Node("a")
+			}
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("got %v, want an error containing %q", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestHandlersForms(t *testing.T) {
+	y := "resource: r0\nnodes:\n  - {name: a, node-id: 0, address: 127.0.0.1:1, disk: a.img}\n  - {name: b, node-id: 1, address: 127.0.0.1:2, disk: b.img}\n" +
+		"handlers:\n  dispatcher: ./hooks/dispatch.sh --verbose\n  before-resync-target: [/bin/snap, create]\n  timeout: 5s\n"
+	f, err := ParseFile([]byte(y), "/etc/rbd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := f.Node("a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(r.Handlers.Dispatcher, " "); got != "/etc/rbd/hooks/dispatch.sh --verbose" {
+		t.Fatalf("dispatcher %q", got)
+	}
+	if got := strings.Join(r.Handlers.Commands["before-resync-target"], " "); got != "/bin/snap create" {
+		t.Fatalf("handler %q", got)
+	}
+	if r.Handlers.Timeout != 5*time.Second {
+		t.Fatalf("timeout %v", r.Handlers.Timeout)
+	}
+}
+
+func TestParseSize(t *testing.T) {
+	for in, want := range map[string]uint64{"0": 0, "512": 512, "4K": 4096, "64M": 64 << 20, "1G": 1 << 30, "2GiB": 2 << 30, "1T": 1 << 40} {
+		if got, err := ParseSize(in); err != nil || got != want {
+			t.Errorf("ParseSize(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "M", "-1", "1X", "99999999999999999999T"} {
+		if _, err := ParseSize(in); err == nil {
+			t.Errorf("ParseSize(%q) accepted", in)
+		}
+	}
+}
+
+func TestHostnameDefault(t *testing.T) {
+	h, _ := os.Hostname()
+	y := "resource: r0\nnodes:\n  - {name: " + h + ", node-id: 0, address: 127.0.0.1:1, disk: a.img}\n  - {name: other, node-id: 1, address: 127.0.0.1:2, disk: b.img}\n"
+	f, err := ParseFile([]byte(y), "/x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r, err := f.Node(""); err != nil || r.Local.Name != h {
+		t.Fatalf("hostname default: %+v %v", r.Local, err)
+	}
+}

@@ -1,0 +1,234 @@
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// File is a resource file: the role drbd.conf plays. It describes a resource
+// on every node; Resource picks one node's view of it.
+type File struct {
+	// Name is the resource name.
+	Name string `yaml:"resource"`
+	// Nodes lists the resource's nodes (exactly two).
+	Nodes []Node `yaml:"nodes"`
+	// Net, Disk, Resync and Handlers are shared by both nodes.
+	Net      fileNet      `yaml:"net,omitempty"`
+	Disk     DiskOptions  `yaml:"disk,omitempty"`
+	Resync   fileResync   `yaml:"resync,omitempty"`
+	Handlers fileHandlers `yaml:"handlers,omitempty"`
+
+	dir string
+}
+
+// Size is a byte count written as a number with an optional binary suffix
+// (K, M, G, T; KiB style suffixes too), as in "64M" or "1GiB".
+type Size uint64
+
+// ParseSize parses a Size.
+func ParseSize(s string) (uint64, error) {
+	t := strings.TrimSpace(s)
+	t = strings.TrimSuffix(strings.TrimSuffix(t, "B"), "i")
+	mult := uint64(1)
+	if n := len(t); n > 0 {
+		switch t[n-1] {
+		case 'k', 'K':
+			mult = 1 << 10
+		case 'm', 'M':
+			mult = 1 << 20
+		case 'g', 'G':
+			mult = 1 << 30
+		case 't', 'T':
+			mult = 1 << 40
+		}
+		if mult != 1 {
+			t = t[:n-1]
+		}
+	}
+	v, err := strconv.ParseUint(t, 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("size %q: want a number with an optional K, M, G or T suffix", s)
+	}
+	if v > ^uint64(0)/mult {
+		return 0, fmt.Errorf("size %q overflows", s)
+	}
+	return v * mult, nil
+}
+
+// UnmarshalYAML accepts "64M" as well as plain numbers.
+func (s *Size) UnmarshalYAML(n *yaml.Node) error {
+	v, err := ParseSize(n.Value)
+	if err != nil {
+		return err
+	}
+	*s = Size(v)
+	return nil
+}
+
+// fileNet is Net with human-friendly sizes.
+type fileNet struct {
+	Protocol           Protocol      `yaml:"protocol,omitempty"`
+	SharedSecret       string        `yaml:"shared-secret,omitempty"`
+	ConnectTimeout     time.Duration `yaml:"connect-timeout,omitempty"`
+	PingInterval       time.Duration `yaml:"ping-interval,omitempty"`
+	PingTimeout        time.Duration `yaml:"ping-timeout,omitempty"`
+	Timeout            time.Duration `yaml:"timeout,omitempty"`
+	MaxInFlight        uint32        `yaml:"max-in-flight,omitempty"`
+	MaxInFlightBytes   Size          `yaml:"max-in-flight-bytes,omitempty"`
+	AfterSB            AfterSB       `yaml:"after-sb,omitempty"`
+	SizeMismatch       SizeMismatch  `yaml:"size-mismatch,omitempty"`
+	MaxProtocolVersion uint32        `yaml:"max-protocol-version,omitempty"`
+}
+
+type fileResync struct {
+	Rate          Size          `yaml:"rate,omitempty"`
+	Csums         Csums         `yaml:"csums,omitempty"`
+	VerifyAlg     Csums         `yaml:"verify-alg,omitempty"`
+	Window        uint32        `yaml:"window,omitempty"`
+	LatencyTarget time.Duration `yaml:"latency-target,omitempty"`
+}
+
+// fileHandlers lets each handler be written as a list or as one string of
+// words separated by spaces (no shell quoting: handlers run without a shell).
+type fileHandlers struct {
+	Dispatcher words            `yaml:"dispatcher,omitempty"`
+	Timeout    time.Duration    `yaml:"timeout,omitempty"`
+	Commands   map[string]words `yaml:",inline"`
+}
+
+type words []string
+
+func (w *words) UnmarshalYAML(n *yaml.Node) error {
+	switch n.Kind {
+	case yaml.ScalarNode:
+		*w = strings.Fields(n.Value)
+		return nil
+	case yaml.SequenceNode:
+		var s []string
+		if err := n.Decode(&s); err != nil {
+			return err
+		}
+		*w = s
+		return nil
+	}
+	return fmt.Errorf("line %d: want a command line (a string or a list of words)", n.Line)
+}
+
+// ParseFile parses a resource file. dir resolves relative paths (the
+// file's folder).
+func ParseFile(data []byte, dir string) (*File, error) {
+	var f File
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(&f); err != nil {
+		return nil, fmt.Errorf("resource file: %w", err)
+	}
+	f.dir = dir
+	if len(f.Nodes) != 2 {
+		return nil, fmt.Errorf("resource file: %d nodes; a resource has exactly two", len(f.Nodes))
+	}
+	return &f, nil
+}
+
+// LoadFile reads and parses a resource file.
+func LoadFile(path string) (*File, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return nil, err
+	}
+	f, err := ParseFile(data, filepath.Dir(abs))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return f, nil
+}
+
+// ErrNodeNotFound is returned when no node of the file matches.
+var ErrNodeNotFound = errors.New("node not found in the resource file")
+
+// Node returns node's view of the resource, with relative paths made
+// absolute, defaults applied and every field validated. An empty node name
+// picks the node named like the host.
+func (f *File) Node(node string) (Resource, error) {
+	if node == "" {
+		h, err := os.Hostname()
+		if err != nil {
+			return Resource{}, err
+		}
+		node = h
+	}
+	li := -1
+	for i, n := range f.Nodes {
+		if n.Name == node {
+			li = i
+		}
+	}
+	if li < 0 {
+		names := []string{f.Nodes[0].Name, f.Nodes[1].Name}
+		return Resource{}, fmt.Errorf("%w: %q (the file has %s; use --node)", ErrNodeNotFound, node, strings.Join(names, ", "))
+	}
+	r := Resource{
+		Name:  f.Name,
+		Local: f.Nodes[li],
+		Peer:  f.Nodes[1-li],
+		Net: Net{
+			Protocol: f.Net.Protocol, SharedSecret: f.Net.SharedSecret,
+			ConnectTimeout: f.Net.ConnectTimeout, PingInterval: f.Net.PingInterval, PingTimeout: f.Net.PingTimeout,
+			Timeout: f.Net.Timeout, MaxInFlight: f.Net.MaxInFlight, MaxInFlightBytes: uint64(f.Net.MaxInFlightBytes),
+			AfterSB: f.Net.AfterSB, SizeMismatch: f.Net.SizeMismatch, MaxProtocolVersion: f.Net.MaxProtocolVersion,
+		},
+		Disk: f.Disk,
+		Resync: ResyncOptions{
+			Rate: uint64(f.Resync.Rate), Csums: f.Resync.Csums, VerifyAlg: f.Resync.VerifyAlg,
+			Window: f.Resync.Window, LatencyTarget: f.Resync.LatencyTarget,
+		},
+		Handlers: Handlers{Dispatcher: f.Handlers.Dispatcher, Timeout: f.Handlers.Timeout},
+	}
+	if len(f.Handlers.Commands) > 0 {
+		r.Handlers.Commands = make(map[string][]string, len(f.Handlers.Commands))
+		for k, v := range f.Handlers.Commands {
+			r.Handlers.Commands[k] = f.resolveCommand(v)
+		}
+	}
+	r.Handlers.Dispatcher = f.resolveCommand(r.Handlers.Dispatcher)
+	r.Local.Disk = f.resolve(r.Local.Disk)
+	if r.Local.Meta != "" && r.Local.Meta != MetaInternal {
+		r.Local.Meta = f.resolve(r.Local.Meta)
+	}
+	r.Peer.Disk, r.Peer.Meta = "", ""
+	r = r.Default()
+	if err := r.Validate(); err != nil {
+		return Resource{}, err
+	}
+	return r, nil
+}
+
+func (f *File) resolve(p string) string {
+	if p == "" || filepath.IsAbs(p) || strings.HasPrefix(p, "/dev/") {
+		return p
+	}
+	return filepath.Join(f.dir, p)
+}
+
+// resolveCommand makes a relative program path ("./hook.sh", "hooks/x")
+// absolute; bare names ("logger") stay for $PATH lookup.
+func (f *File) resolveCommand(argv []string) []string {
+	if len(argv) == 0 || !strings.Contains(argv[0], "/") {
+		return argv
+	}
+	out := append([]string(nil), argv...)
+	out[0] = f.resolve(out[0])
+	return out
+}
