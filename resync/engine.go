@@ -1,0 +1,506 @@
+// Package resync brings a peer's disk up to date from the local one by
+// walking the out-of-sync bitmap.
+//
+// The Engine runs on the sync source. It walks the bitmap in offset order,
+// reads each dirty range (in chunks of at most Config.ChunkSize), and sends
+// it to the target through a Transport, keeping a bounded window of chunks
+// in flight. Bits are cleared only after the target made the chunk durable:
+// the engine asks the target to flush every Config.FlushEvery bytes and at
+// the end, and clears the ranges acknowledged before that flush once it
+// returns. An interrupted resync therefore resumes from the bitmap: at most
+// the last FlushEvery bytes are sent twice.
+//
+// Stale data rule: a chunk holds its range in the shared rangelock.Locker
+// from before it reads the local blocks until the target acknowledged the
+// write. Application writes take the same lock, so an application write to
+// that range either completes on both nodes before the chunk reads (and the
+// chunk carries its data), or waits until the chunk landed (and then
+// overwrites it on both nodes). Resync data never overwrites a newer
+// application write.
+//
+// Checksum mode (Config.Csums): before sending a chunk the engine asks the
+// target for its digest of the range and sends the data only when it
+// differs, which makes the first sync after a primary crash cheap when most
+// of the activity log's blocks are already equal.
+//
+// Rate: by default the engine sends as fast as the window allows while
+// application I/O keeps priority: a controller halves the window when the
+// application's write latency exceeds Config.LatencyTarget and grows it by
+// one chunk per good interval (AIMD). Config.Rate caps the bytes per second
+// with a token bucket.
+package resync
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cespare/xxhash/v2"
+	"github.com/zeebo/blake3"
+	"go.uber.org/zap"
+	"golang.org/x/time/rate"
+
+	"github.com/rbd-nbd/rbd-nbd/rangelock"
+)
+
+// Bitmap is the part of the out-of-sync bitmap the engine uses.
+type Bitmap interface {
+	NextDirty(from int64) (off, length int64, ok bool)
+	Clear(off, length int64) uint64
+	DirtyBytes() int64
+	Flush() error
+}
+
+// Source reads the local blocks.
+type Source interface {
+	ReadAt(p []byte, off int64) error
+}
+
+// Transport carries resync traffic to the target. Callbacks may run on any
+// goroutine and must not block.
+type Transport interface {
+	// SendData writes p at off on the target; done runs once the target
+	// acknowledged it (or the transport failed). p stays valid until done.
+	SendData(off int64, p []byte, done func(error)) error
+	// Flush makes every write the target acknowledged so far durable.
+	Flush(done func(error)) error
+	// Digest returns the target's digest of [off, off+length) with the
+	// named algorithm; ok=false when the transport cannot (older peer).
+	Digest(off, length int64, alg string, done func(sum []byte, err error)) (ok bool, err error)
+}
+
+// Config tunes the engine.
+type Config struct {
+	// ChunkSize is the largest range one request carries.
+	ChunkSize int64
+	// Window is the most chunks in flight.
+	Window int
+	// FlushEvery is how many bytes may be acknowledged before the engine
+	// asks the target to make them durable (and clears their bits).
+	FlushEvery int64
+	// Rate caps the resync in bytes per second; 0 means no cap.
+	Rate uint64
+	// Csums is the digest algorithm for checksum-based resync, or "".
+	Csums string
+	// LatencyTarget is the application write latency above which the
+	// engine backs off; 0 disables the controller.
+	LatencyTarget time.Duration
+	// Logger receives progress and errors.
+	Logger *zap.Logger
+}
+
+// DefaultConfig returns the defaults: 512 KiB chunks, 16 in flight, a
+// durability point every 32 MiB, no rate cap, a 5 ms latency target.
+func DefaultConfig() Config {
+	return Config{ChunkSize: 512 << 10, Window: 16, FlushEvery: 32 << 20, LatencyTarget: 5 * time.Millisecond}
+}
+
+// Validate checks the configuration.
+func (c Config) Validate() error {
+	switch {
+	case c.ChunkSize < 4096 || c.ChunkSize > 32<<20:
+		return fmt.Errorf("resync: chunk size %d out of 4KiB..32MiB", c.ChunkSize)
+	case c.Window < 1 || c.Window > 1024:
+		return fmt.Errorf("resync: window %d out of 1..1024", c.Window)
+	case c.FlushEvery < c.ChunkSize:
+		return fmt.Errorf("resync: flush interval %d below the chunk size", c.FlushEvery)
+	}
+	if c.Csums != "" {
+		if _, err := NewDigest(c.Csums); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Progress is a snapshot of a running resync.
+type Progress struct {
+	// Total is the bytes to resync, as known so far (it grows if blocks
+	// turn dirty behind the cursor).
+	Total int64
+	// Done is the bytes the target acknowledged (sent or found equal).
+	Done int64
+	// Sent is the bytes actually sent (Done minus the checksum hits).
+	Sent int64
+	// Equal is the bytes checksum mode found equal and did not send.
+	Equal int64
+	// Rate is the recent rate in bytes per second.
+	Rate float64
+	// ETA is the estimated time to the end.
+	ETA time.Duration
+	// Paused reports a paused resync.
+	Paused bool
+	// Window is the controller's current window.
+	Window int
+}
+
+// ErrStopped is returned by Run when Stop was called.
+var ErrStopped = errors.New("resync: stopped")
+
+// Engine is one resync run on the source.
+type Engine struct {
+	cfg  Config
+	src  Source
+	bm   Bitmap
+	lock *rangelock.Locker
+	tr   Transport
+	log  *zap.Logger
+
+	limiter *rate.Limiter
+
+	total, done, sent, equal atomic.Int64
+	pausedFlag               atomic.Bool
+
+	mu       sync.Mutex
+	cond     *sync.Cond
+	inflight int
+	window   int
+	paused   bool
+	failed   error
+	pending  []span // acknowledged, not yet made durable
+	sinceFl  int64
+	lastDone int64
+	lastAt   time.Time
+	rateEWMA float64
+	bufs     sync.Pool
+}
+
+type span struct{ off, length int64 }
+
+// New returns an engine; nothing runs until Run.
+func New(cfg Config, src Source, bm Bitmap, lock *rangelock.Locker, tr Transport) (*Engine, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = zap.NewNop()
+	}
+	e := &Engine{cfg: cfg, src: src, bm: bm, lock: lock, tr: tr, log: cfg.Logger, window: cfg.Window}
+	e.cond = sync.NewCond(&e.mu)
+	if cfg.Rate > 0 {
+		burst := int(max(cfg.Rate/10, uint64(cfg.ChunkSize)))
+		e.limiter = rate.NewLimiter(rate.Limit(cfg.Rate), burst)
+	}
+	return e, nil
+}
+
+// Run resyncs until the bitmap is clean (nil), ctx ends, Stop is called, or
+// the transport fails.
+func (e *Engine) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stop := context.AfterFunc(ctx, func() {
+		e.mu.Lock()
+		e.cond.Broadcast()
+		e.mu.Unlock()
+	})
+	defer stop()
+	e.total.Store(e.bm.DirtyBytes())
+	e.mu.Lock()
+	e.lastAt = time.Now()
+	e.mu.Unlock()
+	for pass := 0; ; pass++ {
+		n, err := e.pass(ctx)
+		if err == nil {
+			err = e.drain(ctx)
+		}
+		if err == nil {
+			err = e.flush(ctx)
+		}
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			e.log.Info("resync finished", zap.Int64("bytes", e.done.Load()), zap.Int64("sent", e.sent.Load()), zap.Int("passes", pass+1))
+			return nil
+		}
+		// Blocks may have turned dirty behind the cursor (a write whose
+		// peer half failed); walk again until a pass finds nothing.
+	}
+}
+
+// pass walks the bitmap once and returns the number of chunks started.
+func (e *Engine) pass(ctx context.Context) (int, error) {
+	var started int
+	var cursor int64
+	for {
+		off, length, ok := e.bm.NextDirty(cursor)
+		if !ok {
+			return started, nil
+		}
+		for length > 0 {
+			n := min(length, e.cfg.ChunkSize)
+			if err := e.chunk(ctx, off, n); err != nil {
+				return started, err
+			}
+			started++
+			off += n
+			length -= n
+		}
+		cursor = off
+	}
+}
+
+// acquire waits for a window slot (and for resume).
+func (e *Engine) acquire(ctx context.Context) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for (e.inflight >= e.window || e.paused) && e.failed == nil && ctx.Err() == nil {
+		e.cond.Wait()
+	}
+	if e.failed != nil {
+		return e.failed
+	}
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	e.inflight++
+	return nil
+}
+
+func (e *Engine) release(err error) {
+	e.mu.Lock()
+	e.inflight--
+	if err != nil && e.failed == nil {
+		e.failed = err
+	}
+	e.cond.Broadcast()
+	e.mu.Unlock()
+}
+
+func (e *Engine) chunk(ctx context.Context, off, n int64) error {
+	if err := e.acquire(ctx); err != nil {
+		return err
+	}
+	if e.limiter != nil {
+		if err := e.limiter.WaitN(ctx, int(min(n, int64(e.limiter.Burst())))); err != nil {
+			e.release(nil)
+			return err
+		}
+	}
+	h, err := e.lock.LockContext(ctx, off, n)
+	if err != nil {
+		e.release(nil)
+		return err
+	}
+	buf := e.getBuf(n)
+	if err := e.src.ReadAt(buf, off); err != nil {
+		e.lock.Unlock(h)
+		e.putBuf(buf)
+		e.release(nil)
+		return fmt.Errorf("resync: reading %d bytes at %d: %w", n, off, err)
+	}
+	finish := func(err error, sent bool) {
+		e.lock.Unlock(h)
+		e.putBuf(buf)
+		if err == nil {
+			e.acked(off, n, sent)
+		}
+		e.release(err)
+	}
+	if e.cfg.Csums != "" {
+		local := e.digest(buf)
+		ok, err := e.tr.Digest(off, n, e.cfg.Csums, func(sum []byte, err error) {
+			if err != nil {
+				finish(err, false)
+				return
+			}
+			if string(sum) == string(local) {
+				finish(nil, false)
+				return
+			}
+			if err := e.tr.SendData(off, buf, func(err error) { finish(err, true) }); err != nil {
+				finish(err, false)
+			}
+		})
+		if ok || err != nil {
+			if err != nil {
+				finish(err, false)
+				return err
+			}
+			return nil
+		}
+		// The peer cannot digest: plain resync.
+	}
+	if err := e.tr.SendData(off, buf, func(err error) { finish(err, true) }); err != nil {
+		finish(err, false)
+		return err
+	}
+	return nil
+}
+
+func (e *Engine) digest(p []byte) []byte {
+	d, _ := NewDigest(e.cfg.Csums)
+	return d(p)
+}
+
+// acked records a chunk the target acknowledged; its bits clear at the next
+// durability point.
+func (e *Engine) acked(off, n int64, sent bool) {
+	e.done.Add(n)
+	if sent {
+		e.sent.Add(n)
+	} else {
+		e.equal.Add(n)
+	}
+	e.mu.Lock()
+	e.pending = append(e.pending, span{off, n})
+	e.sinceFl += n
+	needFlush := e.sinceFl >= e.cfg.FlushEvery
+	if needFlush {
+		e.sinceFl = 0
+	}
+	e.mu.Unlock()
+	if needFlush {
+		e.flushAsync()
+	}
+}
+
+// flushAsync starts a durability point for what is pending now.
+func (e *Engine) flushAsync() {
+	e.mu.Lock()
+	batch := e.pending
+	e.pending = nil
+	e.inflight++
+	e.mu.Unlock()
+	err := e.tr.Flush(func(err error) {
+		if err == nil {
+			e.clear(batch)
+		}
+		e.release(err)
+	})
+	if err != nil {
+		e.release(err)
+	}
+}
+
+func (e *Engine) clear(batch []span) {
+	for _, s := range batch {
+		e.bm.Clear(s.off, s.length)
+	}
+	if err := e.bm.Flush(); err != nil {
+		e.log.Warn("resync: writing the bitmap", zap.Error(err))
+	}
+}
+
+// drain waits until nothing is in flight.
+func (e *Engine) drain(ctx context.Context) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for e.inflight > 0 && ctx.Err() == nil {
+		e.cond.Wait()
+	}
+	if e.failed != nil {
+		return e.failed
+	}
+	return ctx.Err()
+}
+
+// flush makes everything acknowledged durable and clears its bits.
+func (e *Engine) flush(ctx context.Context) error {
+	e.mu.Lock()
+	e.sinceFl = 0
+	e.mu.Unlock()
+	e.flushAsync()
+	return e.drain(ctx)
+}
+
+func (e *Engine) getBuf(n int64) []byte {
+	if b, ok := e.bufs.Get().(*[]byte); ok && int64(cap(*b)) >= n {
+		return (*b)[:n]
+	}
+	return make([]byte, n, e.cfg.ChunkSize)
+}
+
+func (e *Engine) putBuf(b []byte) {
+	if int64(cap(b)) >= e.cfg.ChunkSize {
+		e.bufs.Put(&b)
+	}
+}
+
+// Pause stops starting new chunks; chunks in flight finish.
+func (e *Engine) Pause() {
+	e.mu.Lock()
+	e.paused = true
+	e.pausedFlag.Store(true)
+	e.mu.Unlock()
+}
+
+// Resume undoes Pause.
+func (e *Engine) Resume() {
+	e.mu.Lock()
+	e.paused = false
+	e.pausedFlag.Store(false)
+	e.cond.Broadcast()
+	e.mu.Unlock()
+}
+
+// ObserveLatency feeds the controller one application write latency.
+func (e *Engine) ObserveLatency(d time.Duration) {
+	if e.cfg.LatencyTarget <= 0 {
+		return
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if d > e.cfg.LatencyTarget {
+		e.window = max(1, e.window/2)
+	} else if e.window < e.cfg.Window {
+		e.window++
+		e.cond.Broadcast()
+	}
+}
+
+// Progress returns the current progress.
+func (e *Engine) Progress() Progress {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	done := e.done.Load()
+	now := time.Now()
+	if dt := now.Sub(e.lastAt).Seconds(); dt >= 0.5 {
+		inst := float64(done-e.lastDone) / dt
+		if e.rateEWMA == 0 {
+			e.rateEWMA = inst
+		} else {
+			e.rateEWMA = 0.5*e.rateEWMA + 0.5*inst
+		}
+		e.lastDone, e.lastAt = done, now
+	}
+	total := max(e.total.Load(), done)
+	p := Progress{Total: total, Done: done, Sent: e.sent.Load(), Equal: e.equal.Load(), Rate: e.rateEWMA, Paused: e.paused, Window: e.window}
+	if e.rateEWMA > 0 {
+		p.ETA = time.Duration(float64(total-done) / e.rateEWMA * float64(time.Second))
+	}
+	return p
+}
+
+// Digests: the algorithms resync.csums and verify-alg name.
+
+// DigestFunc hashes one range.
+type DigestFunc func(p []byte) []byte
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// NewDigest returns the named digest.
+func NewDigest(name string) (DigestFunc, error) {
+	switch name {
+	case "crc32c":
+		return func(p []byte) []byte {
+			return binary.BigEndian.AppendUint32(nil, crc32.Checksum(p, castagnoli))
+		}, nil
+	case "xxhash":
+		return func(p []byte) []byte {
+			return binary.BigEndian.AppendUint64(nil, xxhash.Sum64(p))
+		}, nil
+	case "blake3":
+		return func(p []byte) []byte {
+			s := blake3.Sum256(p)
+			return s[:16]
+		}, nil
+	}
+	return nil, fmt.Errorf("resync: unknown checksum %q (crc32c, xxhash or blake3)", name)
+}
