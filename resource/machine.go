@@ -482,7 +482,12 @@ func (m *Machine) peerState(s NodeState) []Action {
 	m.decision = d
 	var acts []Action
 	if d.SplitBrain {
-		acts = append(acts, ActSplitBrain{Resolved: !d.Refused(), Reason: d.Reason}, ActRunHook{Name: "split-brain"})
+		// initial-split-brain on every detection; split-brain only when no
+		// policy resolved it (as DRBD's handlers do).
+		acts = append(acts, ActSplitBrain{Resolved: !d.Refused(), Reason: d.Reason}, ActRunHook{Name: "initial-split-brain"})
+		if d.Refused() {
+			acts = append(acts, ActRunHook{Name: "split-brain"})
+		}
 	}
 	if d.Refused() {
 		m.wantConnect = false
