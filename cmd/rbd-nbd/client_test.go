@@ -1,0 +1,201 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/rbd-nbd/rbd-nbd/ctlproto"
+	"github.com/rbd-nbd/rbd-nbd/daemon"
+)
+
+// serveDaemon runs an in-process daemon with the registry reg (nil: the
+// current one) on a socket and returns the socket path.
+func serveDaemon(t *testing.T, reg *ctlproto.Registry, version string) string {
+	t.Helper()
+	dcfg := daemon.DefaultConfig()
+	dcfg.Registry = reg
+	dcfg.Version = version
+	d, err := daemon.New(dcfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "ctl.sock")
+	l, err := ctlproto.Listen(path, ctlproto.DefaultListenConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	scfg := ctlproto.DefaultConfig()
+	scfg.Registry = d.Registry()
+	scfg.Handler = d
+	srv, err := ctlproto.NewServer(scfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(l) }()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		srv.Shutdown(ctx)
+		<-done
+		d.Close(ctx)
+	})
+	return path
+}
+
+// run runs the CLI with args against the socket.
+func run(t *testing.T, socket string, args ...string) (stdout, stderr string, err error) {
+	t.Helper()
+	root := newRootCmd()
+	var out, errOut bytes.Buffer
+	root.SetOut(&out)
+	root.SetErr(&errOut)
+	root.SetArgs(append([]string{"--socket", socket}, args...))
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	err = root.ExecuteContext(ctx)
+	return out.String(), errOut.String(), err
+}
+
+func mustRun(t *testing.T, socket string, args ...string) string {
+	t.Helper()
+	out, errOut, err := run(t, socket, args...)
+	if err != nil {
+		t.Fatalf("rbd-nbd %s: %v\n%s", strings.Join(args, " "), err, errOut)
+	}
+	return out
+}
+
+var createArgs = []string{"ctl", "create", "r0", "--disk", "/dev/loop0", "--address", "127.0.0.1:7789", "--peer-node-id", "1", "--peer-address", "127.0.0.1:7790"}
+
+func TestUnknownMandatoryOptionSentence(t *testing.T) {
+	old := ctlproto.DefaultRegistry().Without(ctlproto.TagNetProtocol, ctlproto.TagResyncLatencyTarget)
+	sock := serveDaemon(t, old, "0.9.0")
+	mustRun(t, sock, createArgs...)
+
+	_, _, err := run(t, sock, "ctl", "change", "r0", "--protocol", "B")
+	want := "the daemon (version 0.9.0) does not support --protocol (tag 50): upgrade the daemon or leave the option out"
+	if err == nil || err.Error() != want {
+		t.Fatalf("err = %v\nwant %s", err, want)
+	}
+
+	// An optional option the daemon lacks is skipped with a warning.
+	out, errOut, err := run(t, sock, "ctl", "change", "r0", "--latency-target", "9ms", "--window", "32")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(errOut, "warning: the daemon (version 0.9.0) ignored --latency-target (tag 84)") || out != "r0: generation 2\n" {
+		t.Fatalf("stdout %q stderr %q", out, errOut)
+	}
+}
+
+func TestFriendlyErrors(t *testing.T) {
+	sock := serveDaemon(t, nil, "1.0.0")
+	mustRun(t, sock, createArgs...)
+	cases := []struct {
+		args []string
+		want string
+	}{
+		{[]string{"ctl", "change", "r0", "--protocol", "D"}, `invalid value "D" for net.protocol (--protocol): allowed A, B or C`},
+		{[]string{"ctl", "change", "r0", "--if-generation", "7", "--protocol", "A"}, "the configuration changed meanwhile (it is now at generation 1): read it again and retry"},
+		{[]string{"ctl", "change", "r0", "--timeout", "soon"}, `--timeout "soon": want a duration such as 500ms or 5s`},
+		{[]string{"status", "r9"}, `UNKNOWN_RESOURCE: no resource "r9"`},
+		{append([]string{}, createArgs...), `RESOURCE_EXISTS: resource "r0" exists already`},
+	}
+	for _, c := range cases {
+		_, _, err := run(t, sock, c.args...)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("rbd-nbd %s: %v\nwant %s", strings.Join(c.args, " "), err, c.want)
+		}
+	}
+	_, _, err := run(t, filepath.Join(t.TempDir(), "none.sock"), "status")
+	if err == nil || !strings.Contains(err.Error(), "is `rbd-nbd daemon` running?") {
+		t.Errorf("no daemon: %v", err)
+	}
+}
+
+func TestStatusVersionEventsShow(t *testing.T) {
+	sock := serveDaemon(t, nil, "1.2.3")
+	if out := mustRun(t, sock, "status", "--json"); out != "[]\n" {
+		t.Fatalf("empty status --json: %q", out)
+	}
+	mustRun(t, sock, createArgs...)
+	mustRun(t, sock, "ctl", "change", "r0", "--protocol", "A", "--handler", "split-brain=/bin/echo sb")
+
+	var sts []map[string]any
+	if err := json.Unmarshal([]byte(mustRun(t, sock, "status", "--json")), &sts); err != nil {
+		t.Fatal(err)
+	}
+	if len(sts) != 1 || sts[0]["name"] != "r0" || sts[0]["role"] != "Secondary" || sts[0]["generation"] != 2.0 || sts[0]["peer-node-id"] != 1.0 {
+		t.Fatalf("status --json: %+v", sts)
+	}
+	if out := mustRun(t, sock, "status"); !strings.HasPrefix(out, "r0 role:Secondary generation:2\n  disk:Diskless\n  peer node-id:1 connection:StandAlone role:Unknown\n") {
+		t.Fatalf("status:\n%s", out)
+	}
+	if out := mustRun(t, sock, "version"); !strings.Contains(out, "daemon: rbd-nbd 1.2.3, control protocol 1.0") {
+		t.Fatalf("version:\n%s", out)
+	}
+	out := mustRun(t, sock, "events", "--now")
+	if !strings.HasPrefix(out, "exists resource name:r0 role:Secondary") || !strings.HasSuffix(out, "exists -\n") {
+		t.Fatalf("events --now:\n%s", out)
+	}
+	out = mustRun(t, sock, "events", "--now", "--json", "--timestamps")
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	var last map[string]any
+	if err := json.Unmarshal([]byte(lines[len(lines)-1]), &last); err != nil || last["kind"] != "exists" || last["object"] != "-" || last["time"] == nil {
+		t.Fatalf("events --json: %s (%v)", lines[len(lines)-1], err)
+	}
+	show := mustRun(t, sock, "ctl", "show", "r0")
+	for _, want := range []string{"# generation 2", "protocol: A", "split-brain:", "/bin/echo"} {
+		if !strings.Contains(show, want) {
+			t.Errorf("show lacks %q:\n%s", want, show)
+		}
+	}
+	mustRun(t, sock, "ctl", "delete", "r0", "--if-generation", "2")
+	if out := mustRun(t, sock, "status"); out != "" {
+		t.Fatalf("status after delete: %q", out)
+	}
+}
+
+func TestCtlDecode(t *testing.T) {
+	root := newRootCmd()
+	var out bytes.Buffer
+	root.SetOut(&out)
+	root.SetArgs([]string{"ctl", "decode", filepath.Join("..", "..", "ctlproto", "testdata", "v1", "05-change-cas.req.hex")})
+	if err := root.Execute(); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"frame 0: change (5), protocol 1.0", `res-name (10) string mandatory "r0"`, "if-generation (12) u64 mandatory 1", `net.protocol (50) string mandatory "A"`, "net.ping-timeout (54) u64 4000 (4s)"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("decode output lacks %q:\n%s", want, out.String())
+		}
+	}
+	// Binary input on stdin, with an unknown tag.
+	frame := ctlproto.AppendFrame(nil, ctlproto.Header{Major: 1, Type: ctlproto.MsgStatus}, ctlproto.List{ctlproto.U32(777, 5)})
+	root = newRootCmd()
+	out.Reset()
+	root.SetOut(&out)
+	root.SetIn(bytes.NewReader(frame))
+	root.SetArgs([]string{"ctl", "decode", "-"})
+	if err := root.Execute(); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), "tag 777 (unknown) u32 5") {
+		t.Fatalf("decode:\n%s", out.String())
+	}
+	// A broken frame is an error after what could be printed.
+	root = newRootCmd()
+	root.SetOut(&out)
+	root.SetErr(&bytes.Buffer{})
+	root.SetIn(bytes.NewReader(frame[:25]))
+	root.SetArgs([]string{"ctl", "decode"})
+	if err := root.Execute(); err == nil || !errors.Is(err, ctlproto.ErrTruncated) {
+		t.Fatalf("truncated: %v", err)
+	}
+}

@@ -1,0 +1,510 @@
+package ctlproto
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/rbd-nbd/rbd-nbd/resource"
+)
+
+// testHandler answers hello and status, echoes change bodies, blocks on
+// "delete" until released, and hands subscribe streams to the test.
+type testHandler struct {
+	streams  chan *Stream
+	release  chan struct{}
+	started  chan struct{}
+	capacity int
+	mu       sync.Mutex
+	seen     []List
+}
+
+func newTestHandler() *testHandler {
+	return &testHandler{streams: make(chan *Stream, 4), release: make(chan struct{}), started: make(chan struct{}, 4), capacity: 8}
+}
+
+func (h *testHandler) ServeCtl(ctx context.Context, req *Request) Reply {
+	h.mu.Lock()
+	h.seen = append(h.seen, req.Body)
+	h.mu.Unlock()
+	switch req.Header.Type {
+	case MsgHello:
+		return Reply{Body: EncodeHello(HelloInfo{Version: "test", Major: ProtoMajor, Minor: ProtoMinor})}
+	case MsgStatus:
+		return Reply{Body: List{EncodeStatus(resource.Status{Name: "r0", Role: resource.RoleSecondary}, AllFields)}}
+	case MsgSubscribe:
+		st := NewStream(h.capacity, nil)
+		h.streams <- st
+		return Reply{Stream: st}
+	case MsgDelete:
+		h.started <- struct{}{}
+		select {
+		case <-h.release:
+		case <-ctx.Done():
+			return Reply{Err: Errorf(CodeInterrupted, "canceled")}
+		}
+		return Reply{}
+	case MsgPrimary:
+		panic("boom")
+	}
+	return Reply{Body: List{U64(TagGeneration, uint64(len(req.Body)))}}
+}
+
+func startServer(t *testing.T, cfg Config) (string, *Server) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "run", "ctl.sock")
+	l, err := Listen(path, DefaultListenConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Registry == nil {
+		cfg.Registry = DefaultRegistry()
+	}
+	if cfg.Limits == (Limits{}) {
+		cfg.Limits = DefaultLimits()
+	}
+	if cfg.WriteTimeout == 0 {
+		cfg.WriteTimeout = 10 * time.Second
+	}
+	srv, err := NewServer(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(l) }()
+	t.Cleanup(func() {
+		srv.Close()
+		if err := <-done; !errors.Is(err, ErrServerClosed) {
+			t.Errorf("Serve: %v", err)
+		}
+	})
+	return path, srv
+}
+
+func dialT(t *testing.T, path string) *Client {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := Dial(ctx, path, DefaultRegistry(), "test-client")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func rawConn(t *testing.T, path string) *net.UnixConn {
+	t.Helper()
+	c, err := net.Dial("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	t.Cleanup(func() { c.Close() })
+	return c.(*net.UnixConn)
+}
+
+// readReply reads one frame and decodes its body.
+func readReply(t *testing.T, c net.Conn) (Header, List) {
+	t.Helper()
+	h, raw, err := ReadFrame(c, nil, DefaultLimits())
+	if err != nil {
+		t.Fatalf("reading a reply: %v", err)
+	}
+	l, err := DecodeList(raw, DefaultLimits())
+	if err != nil {
+		t.Fatalf("decoding a reply: %v", err)
+	}
+	return h, l
+}
+
+func ctxT(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func TestServerCalls(t *testing.T) {
+	h := newTestHandler()
+	path, _ := startServer(t, Config{Handler: h})
+	c := dialT(t, path)
+	if d := c.Daemon(); d.Version != "test" || d.Major != ProtoMajor {
+		t.Fatalf("hello: %+v", d)
+	}
+	sts, err := c.Status(ctxT(t), "")
+	if err != nil || len(sts) != 1 || sts[0].Name != "r0" || sts[0].Role != resource.RoleSecondary {
+		t.Fatalf("status: %+v %v", sts, err)
+	}
+	// A handler panic is an INTERNAL error, and the connection lives on.
+	if _, err := c.Command(ctxT(t), MsgPrimary, "r0"); !IsCode(err, CodeInternal) {
+		t.Fatalf("panic: %v", err)
+	}
+	if _, err := c.Status(ctxT(t), ""); err != nil {
+		t.Fatalf("after a panic: %v", err)
+	}
+}
+
+func TestServerMalformedFrames(t *testing.T) {
+	lim := DefaultLimits()
+	lim.MaxDepth = 4
+	lim.MaxEntries = 64
+	lim.MaxValue = 128
+	path, _ := startServer(t, Config{Handler: newTestHandler(), Limits: lim})
+	other := dialT(t, path)
+
+	frame := func(h Header, body []byte) []byte {
+		if h.Major == 0 {
+			h.Major = ProtoMajor
+		}
+		h.Length = uint32(len(body))
+		return append(AppendHeader(nil, h), body...)
+	}
+	enc := func(l List) []byte { return l.Append(nil) }
+	deep := enc(List{String(TagResName, "r0")})
+	for i := 0; i < 5; i++ {
+		deep = entry(TagNet, 0, byte(TypeList), deep)
+	}
+	change := Header{Type: MsgChange, Seq: 7}
+	cases := []struct {
+		name      string
+		data      []byte
+		halfClose bool // the client stops sending after data
+		code      Code
+		closes    bool // the server closes the connection after answering
+		ignored   []uint16
+	}{
+		{name: "truncated header", data: frame(change, nil)[:10], halfClose: true, code: CodeMalformed, closes: true},
+		{name: "truncated body", data: frame(change, make([]byte, 100))[:HeaderLen+10], halfClose: true, code: CodeMalformed, closes: true},
+		{name: "wrong magic", data: append([]byte("XXXX"), frame(change, nil)[4:]...), code: CodeMalformed, closes: true},
+		{name: "length overflow", data: func() []byte {
+			b := frame(change, nil)
+			binary.BigEndian.PutUint32(b[16:], uint32(lim.MaxFrame)+1)
+			return b
+		}(), code: CodeLimitExceeded, closes: true},
+		{name: "reserved header bits", data: func() []byte {
+			b := frame(change, enc(List{String(TagResName, "r0")}))
+			b[10] = 1
+			return b
+		}(), code: CodeMalformed},
+		{name: "request with header flags", data: frame(Header{Type: MsgStatus, Flags: FlagReply}, nil), code: CodeMalformed},
+		{name: "other major version", data: frame(Header{Major: 2, Type: MsgStatus}, nil), code: CodeProtocolVersionUnsupported},
+		{name: "unknown message type", data: frame(Header{Type: 999}, nil), code: CodeUnknownMessageType},
+		{name: "event sent as a request", data: frame(Header{Type: MsgEvent}, nil), code: CodeUnknownMessageType},
+		{name: "nesting too deep", data: frame(change, deep), code: CodeLimitExceeded},
+		{name: "too many entries", data: frame(change, bytes.Repeat(entry(900, 0, byte(TypeU8), []byte{1}), 65)), code: CodeLimitExceeded},
+		{name: "string too long", data: frame(change, enc(List{String(TagResName, string(make([]byte, 129)))})), code: CodeLimitExceeded},
+		{name: "entry length overflow", data: frame(change, append(entry(TagResName, 0, byte(TypeString), nil)[:4], 0, 0, 1, 0)), code: CodeMalformed},
+		{name: "wrong type for a tag", data: frame(change, enc(List{U32(TagResName, 1)})), code: CodeMalformed},
+		{name: "duplicate tag", data: frame(change, enc(List{String(TagResName, "a"), String(TagResName, "b")})), code: CodeMalformed},
+		{name: "unknown mandatory tag", data: frame(change, enc(List{String(TagResName, "a"), U8(999, 1).AsMandatory()})), code: CodeUnknownMandatoryTag},
+		{name: "unknown optional tag", data: frame(change, enc(List{String(TagResName, "a"), U8(999, 1)})), code: CodeOK, ignored: []uint16{999}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			conn := rawConn(t, path)
+			if _, err := conn.Write(c.data); err != nil {
+				t.Fatal(err)
+			}
+			if c.halfClose {
+				conn.CloseWrite()
+			}
+			h, body := readReply(t, conn)
+			if h.Flags&FlagReply == 0 {
+				t.Fatalf("not a reply: %+v", h)
+			}
+			got := CodeOK
+			if h.Flags&FlagError != 0 {
+				got = DecodeError(body).Code
+			}
+			if got != c.code {
+				t.Fatalf("code %v (%v), want %v", got, DecodeError(body), c.code)
+			}
+			var ignored []uint16
+			for e := range body.All(TagIgnoredTag) {
+				ignored = append(ignored, uint16(e.Uint()))
+			}
+			if !slices.Equal(ignored, c.ignored) {
+				t.Fatalf("ignored %v, want %v", ignored, c.ignored)
+			}
+			if c.code == CodeUnknownMandatoryTag && !slices.Equal(DecodeError(body).Tags, []uint16{999}) {
+				t.Fatalf("error tags %v", DecodeError(body).Tags)
+			}
+			if c.closes {
+				if _, _, err := ReadFrame(conn, nil, DefaultLimits()); err != io.EOF {
+					t.Fatalf("after a broken frame the connection should close; got %v", err)
+				}
+			} else if !c.halfClose {
+				// The same connection still answers.
+				conn.Write(frame(Header{Type: MsgHello, Seq: 42}, nil))
+				h, _ := readReply(t, conn)
+				if h.Seq != 42 || h.Flags != FlagReply {
+					t.Fatalf("the connection no longer answers: %+v", h)
+				}
+			}
+			// And other clients are served all along.
+			if _, err := other.Status(ctxT(t), ""); err != nil {
+				t.Fatalf("other client: %v", err)
+			}
+		})
+	}
+}
+
+func TestServerAccess(t *testing.T) {
+	var access Access
+	var mu sync.Mutex
+	path, _ := startServer(t, Config{Handler: newTestHandler(), Access: func(Cred) Access {
+		mu.Lock()
+		defer mu.Unlock()
+		return access
+	}})
+	set := func(a Access) {
+		mu.Lock()
+		access = a
+		mu.Unlock()
+	}
+	set(AccessRead)
+	c := dialT(t, path)
+	if _, err := c.Status(ctxT(t), ""); err != nil {
+		t.Fatalf("read access, status: %v", err)
+	}
+	if _, err := c.Change(ctxT(t), "r0", ChangeOptions{}, nil); !IsCode(err, CodePermissionDenied) {
+		t.Fatalf("read access, change: %v", err)
+	}
+	set(AccessNone)
+	ctx := ctxT(t)
+	if _, err := Dial(ctx, path, DefaultRegistry(), ""); !IsCode(err, CodePermissionDenied) {
+		t.Fatalf("no access, hello: %v", err)
+	}
+}
+
+func TestAccessRules(t *testing.T) {
+	cfg := Config{AdminUIDs: []uint32{1000}, ReadGIDs: []uint32{500}}
+	self := uint32(os.Geteuid())
+	cases := []struct {
+		cred Cred
+		want Access
+	}{
+		{Cred{UID: 0}, AccessAdmin},
+		{Cred{UID: self}, AccessAdmin},
+		{Cred{UID: 1000, GID: 1000}, AccessAdmin},
+		{Cred{UID: 1001, GID: 500}, AccessRead},
+		{Cred{UID: 1001, GID: 1001, Groups: []uint32{20, 500}}, AccessRead},
+		{Cred{UID: 1001, GID: 1001, Groups: []uint32{20}}, AccessNone},
+	}
+	for _, c := range cases {
+		if c.cred.UID == 1001 && self == 1001 {
+			continue // the server's own uid is always admin
+		}
+		if got := cfg.access(c.cred); got != c.want {
+			t.Errorf("%+v: %v, want %v", c.cred, got, c.want)
+		}
+	}
+}
+
+// eventBody is an event body of about n bytes.
+func eventBody(n int) []byte {
+	return List{Nested(TagEvent, U8(TagEventKind, uint8(EventChange))), Bytes(999, make([]byte, n))}.Append(nil)
+}
+
+func TestServerStreamOverflow(t *testing.T) {
+	h := newTestHandler()
+	h.capacity = 4
+	path, _ := startServer(t, Config{Handler: h})
+	c := dialT(t, path)
+	sub, err := c.Subscribe(ctxT(t), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	st := <-h.streams
+	// The subscriber does not read: the socket buffer fills, then the queue;
+	// Send never blocks and finally reports the overflow.
+	sent := 0
+	for st.Send(eventBody(1000)) {
+		if sent++; sent > 1_000_000 {
+			t.Fatal("the queue never overflowed")
+		}
+	}
+	// Other clients are served while the subscriber lags.
+	other := dialT(t, path)
+	if _, err := other.Status(ctxT(t), ""); err != nil {
+		t.Fatal(err)
+	}
+	// The subscriber reads what was written, then the overflow error.
+	got := 0
+	for {
+		_, err := sub.Next(ctxT(t))
+		if err != nil {
+			if !IsCode(err, CodeEventQueueOverflow) {
+				t.Fatalf("after %d events: %v, want EVENT_QUEUE_OVERFLOW", got, err)
+			}
+			break
+		}
+		got++
+	}
+	if got == 0 || got > sent {
+		t.Fatalf("read %d of %d events", got, sent)
+	}
+	if _, err := sub.Next(ctxT(t)); err != io.EOF {
+		t.Fatalf("after the overflow error: %v, want EOF", err)
+	}
+	select {
+	case <-st.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatal("stream not done")
+	}
+}
+
+func TestServerStreamEvents(t *testing.T) {
+	h := newTestHandler()
+	path, _ := startServer(t, Config{Handler: h})
+	sub, err := dialT(t, path).Subscribe(ctxT(t), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := <-h.streams
+	ev := Event{Kind: EventChange, Object: ObjectResource, Status: resource.Status{Name: "r0", Role: resource.RolePrimary}, Fields: Fields(FieldName, FieldRole)}
+	for i := 0; i < 3; i++ {
+		if !st.Send(ev.Body().Append(nil)) {
+			t.Fatal("Send failed")
+		}
+	}
+	st.Close()
+	for i := 0; i < 3; i++ {
+		got, err := sub.Next(ctxT(t))
+		if err != nil || got.Text(false) != "change resource name:r0 role:Primary" {
+			t.Fatalf("event %d: %+v %v", i, got, err)
+		}
+	}
+	if _, err := sub.Next(ctxT(t)); err != io.EOF {
+		t.Fatalf("after Close: %v", err)
+	}
+}
+
+func TestServerShutdown(t *testing.T) {
+	h := newTestHandler()
+	path, srv := startServer(t, Config{Handler: h})
+	sub, err := dialT(t, path).Subscribe(ctxT(t), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-h.streams
+	idle := dialT(t, path)
+	busy := dialT(t, path)
+	busyErr := make(chan error, 1)
+	go func() { busyErr <- busy.Delete(ctxT(t), "r0", 0) }()
+	<-h.started
+
+	shut := make(chan error, 1)
+	go func() { shut <- srv.Shutdown(ctxT(t)) }()
+	// The subscriber hears why its stream ends.
+	if _, err := sub.Next(ctxT(t)); !IsCode(err, CodeInterrupted) {
+		t.Fatalf("subscriber: %v, want INTERRUPTED", err)
+	}
+	// The request in progress finishes and gets its reply.
+	close(h.release)
+	if err := <-busyErr; err != nil {
+		t.Fatalf("request in progress: %v", err)
+	}
+	if err := <-shut; err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+	if _, err := idle.Status(ctxT(t), ""); err == nil {
+		t.Fatal("idle connection still served after Shutdown")
+	}
+	if _, err := net.Dial("unix", path); err == nil {
+		t.Fatal("still accepting after Shutdown")
+	}
+}
+
+func TestServerManyClients(t *testing.T) {
+	path, _ := startServer(t, Config{Handler: newTestHandler()})
+	var wg sync.WaitGroup
+	errs := make(chan error, 16)
+	for i := 0; i < 16; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			c, err := Dial(ctx, path, DefaultRegistry(), "")
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer c.Close()
+			for j := 0; j < 50; j++ {
+				if _, err := c.Status(ctx, ""); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+}
+
+func TestListen(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "a", "b")
+	path := filepath.Join(dir, "ctl.sock")
+	l, err := Listen(path, DefaultListenConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	mode := func(p string) os.FileMode {
+		fi, err := os.Stat(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fi.Mode().Perm()
+	}
+	if mode(dir) != 0o700 || mode(path) != 0o600 {
+		t.Fatalf("modes %v %v", mode(dir), mode(path))
+	}
+	// A second daemon is refused while the first answers.
+	if _, err := Listen(path, DefaultListenConfig()); !errors.Is(err, ErrSocketInUse) {
+		t.Fatalf("second Listen: %v", err)
+	}
+	// A socket left behind is removed.
+	l.SetUnlinkOnClose(false)
+	l.Close()
+	if _, err := os.Stat(path); err != nil {
+		t.Fatal("the stale socket should still be there")
+	}
+	l, err = Listen(path, DefaultListenConfig())
+	if err != nil {
+		t.Fatalf("over a stale socket: %v", err)
+	}
+	l.Close()
+	if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("Close should remove the socket: %v", err)
+	}
+	// A file that is not a socket is left alone.
+	os.WriteFile(path, []byte("x"), 0o600)
+	if _, err := Listen(path, DefaultListenConfig()); err == nil {
+		t.Fatal("Listen over a regular file")
+	}
+	// With a group: 0710 and 0660.
+	gpath := filepath.Join(t.TempDir(), "g", "ctl.sock")
+	l, err = Listen(gpath, ListenConfig{UID: -1, GID: os.Getgid()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	if mode(filepath.Dir(gpath)) != 0o710 || mode(gpath) != 0o660 {
+		t.Fatalf("group modes %v %v", mode(filepath.Dir(gpath)), mode(gpath))
+	}
+}

@@ -1,0 +1,357 @@
+package ctlproto
+
+import (
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/rbd-nbd/rbd-nbd/resource"
+)
+
+// StatusField names one field of resource.Status. Its tag is
+// TagStatusName + the field's value.
+type StatusField uint8
+
+// The status fields, in tag order.
+const (
+	FieldName StatusField = iota
+	FieldRole
+	FieldDisk
+	FieldConn
+	FieldPeerRole
+	FieldPeerDisk
+	FieldSize
+	FieldOutOfSync
+	FieldResyncDone
+	FieldResyncTotal
+	FieldResyncRate
+	FieldResyncETA
+	FieldResyncedBytes
+	FieldWritesInFlight
+	FieldNBDConnections
+	FieldCurrentUUID
+	FieldPeerNodeID
+	FieldGeneration
+
+	numStatusFields
+)
+
+// statusKeys are the keys of the text and JSON forms, by field.
+var statusKeys = [numStatusFields]string{
+	"name", "role", "disk", "connection", "peer-role", "peer-disk", "size",
+	"out-of-sync", "resync-done", "resync-total", "resync-rate", "resync-eta",
+	"resynced-bytes", "writes-in-flight", "nbd-connections", "current-uuid",
+	"peer-node-id", "generation",
+}
+
+// Key is the field's key in text and JSON output, e.g. "peer-disk".
+func (f StatusField) Key() string {
+	if f < numStatusFields {
+		return statusKeys[f]
+	}
+	return "field" + strconv.Itoa(int(f))
+}
+
+// Tag is the field's tag number.
+func (f StatusField) Tag() uint16 { return TagStatusName + uint16(f) }
+
+func (f StatusField) wireType() Type {
+	switch f {
+	case FieldName:
+		return TypeString
+	case FieldRole, FieldDisk, FieldConn, FieldPeerRole, FieldPeerDisk:
+		return TypeU8
+	case FieldNBDConnections, FieldPeerNodeID:
+		return TypeU32
+	}
+	return TypeU64
+}
+
+// FieldSet is a set of status fields.
+type FieldSet uint32
+
+// AllFields holds every status field.
+const AllFields = FieldSet(1)<<numStatusFields - 1
+
+// Fields returns the set of the given fields.
+func Fields(fs ...StatusField) FieldSet {
+	var s FieldSet
+	for _, f := range fs {
+		s |= 1 << f
+	}
+	return s
+}
+
+// Has reports whether f is in the set.
+func (s FieldSet) Has(f StatusField) bool { return s&(1<<f) != 0 }
+
+// ObjectFields returns the status fields an event object carries: its
+// identity (ObjectIdentity) and its state.
+func ObjectFields(o ObjectKind) FieldSet {
+	switch o {
+	case ObjectResource:
+		return Fields(FieldName, FieldRole, FieldGeneration, FieldNBDConnections, FieldWritesInFlight)
+	case ObjectConnection:
+		return Fields(FieldName, FieldPeerNodeID, FieldConn, FieldPeerRole)
+	case ObjectDisk:
+		return Fields(FieldName, FieldDisk, FieldSize, FieldCurrentUUID)
+	case ObjectPeer:
+		return Fields(FieldName, FieldPeerNodeID, FieldPeerDisk, FieldOutOfSync, FieldResyncDone,
+			FieldResyncTotal, FieldResyncRate, FieldResyncETA, FieldResyncedBytes)
+	case ObjectHelper:
+		return Fields(FieldName)
+	}
+	return 0
+}
+
+// ObjectIdentity returns the fields that name an object: every event about
+// it carries them.
+func ObjectIdentity(o ObjectKind) FieldSet {
+	switch o {
+	case ObjectConnection, ObjectPeer:
+		return Fields(FieldName, FieldPeerNodeID)
+	case ObjectNone:
+		return 0
+	}
+	return Fields(FieldName)
+}
+
+// statusValue returns field f of st as an integer (not for FieldName).
+func statusValue(st *resource.Status, f StatusField) uint64 {
+	switch f {
+	case FieldRole:
+		return uint64(st.Role)
+	case FieldDisk:
+		return uint64(st.Disk)
+	case FieldConn:
+		return uint64(st.Conn)
+	case FieldPeerRole:
+		return uint64(st.PeerRole)
+	case FieldPeerDisk:
+		return uint64(st.PeerDisk)
+	case FieldSize:
+		return st.Size
+	case FieldOutOfSync:
+		return st.OutOfSync
+	case FieldResyncDone:
+		return st.ResyncDone
+	case FieldResyncTotal:
+		return st.ResyncTotal
+	case FieldResyncRate:
+		return st.ResyncRate
+	case FieldResyncETA:
+		return st.ResyncETA * 1000 // seconds in Status, milliseconds on the wire
+	case FieldResyncedBytes:
+		return st.ResyncedBytes
+	case FieldWritesInFlight:
+		return st.WritesInFlight
+	case FieldNBDConnections:
+		return uint64(st.NBDConnections)
+	case FieldCurrentUUID:
+		return st.CurrentUUID
+	case FieldPeerNodeID:
+		return uint64(st.PeerNodeID)
+	case FieldGeneration:
+		return st.Generation
+	}
+	return 0
+}
+
+func setStatusValue(st *resource.Status, f StatusField, v uint64) {
+	switch f {
+	case FieldRole:
+		st.Role = resource.Role(v)
+	case FieldDisk:
+		st.Disk = resource.DiskState(v)
+	case FieldConn:
+		st.Conn = resource.ConnState(v)
+	case FieldPeerRole:
+		st.PeerRole = resource.Role(v)
+	case FieldPeerDisk:
+		st.PeerDisk = resource.DiskState(v)
+	case FieldSize:
+		st.Size = v
+	case FieldOutOfSync:
+		st.OutOfSync = v
+	case FieldResyncDone:
+		st.ResyncDone = v
+	case FieldResyncTotal:
+		st.ResyncTotal = v
+	case FieldResyncRate:
+		st.ResyncRate = v
+	case FieldResyncETA:
+		st.ResyncETA = v / 1000
+	case FieldResyncedBytes:
+		st.ResyncedBytes = v
+	case FieldWritesInFlight:
+		st.WritesInFlight = v
+	case FieldNBDConnections:
+		st.NBDConnections = uint32(v)
+	case FieldCurrentUUID:
+		st.CurrentUUID = v
+	case FieldPeerNodeID:
+		st.PeerNodeID = uint32(v)
+	case FieldGeneration:
+		st.Generation = v
+	}
+}
+
+// StatusDiff returns the fields whose values differ between a and b.
+func StatusDiff(a, b resource.Status) FieldSet {
+	var s FieldSet
+	if a.Name != b.Name {
+		s |= 1 << FieldName
+	}
+	for f := FieldRole; f < numStatusFields; f++ {
+		if statusValue(&a, f) != statusValue(&b, f) {
+			s |= 1 << f
+		}
+	}
+	return s
+}
+
+// FieldText returns field f of st as the text and event lines show it:
+// state names for enumerations, a duration for resync-eta, hex for the UUID.
+func FieldText(st resource.Status, f StatusField) string {
+	switch f {
+	case FieldName:
+		return st.Name
+	case FieldRole:
+		return st.Role.String()
+	case FieldDisk:
+		return st.Disk.String()
+	case FieldConn:
+		return st.Conn.String()
+	case FieldPeerRole:
+		return st.PeerRole.String()
+	case FieldPeerDisk:
+		return st.PeerDisk.String()
+	case FieldResyncETA:
+		return (time.Duration(st.ResyncETA) * time.Second).String()
+	case FieldCurrentUUID:
+		return fmt.Sprintf("%016X", st.CurrentUUID)
+	}
+	return strconv.FormatUint(statusValue(&st, f), 10)
+}
+
+// EncodeStatus returns a status section with the fields of st in set.
+func EncodeStatus(st resource.Status, set FieldSet) Entry {
+	l := make(List, 0, numStatusFields)
+	for f := FieldName; f < numStatusFields; f++ {
+		if !set.Has(f) {
+			continue
+		}
+		if f == FieldName {
+			l = append(l, String(f.Tag(), st.Name))
+			continue
+		}
+		l = append(l, Entry{Tag: f.Tag(), Type: f.wireType(), num: statusValue(&st, f)})
+	}
+	return Nested(TagStatus, l...)
+}
+
+// DecodeStatus reads a status section; it returns which fields it held.
+// Tags it does not know are skipped.
+func DecodeStatus(l List) (resource.Status, FieldSet) {
+	var st resource.Status
+	var set FieldSet
+	for _, e := range l {
+		if e.Tag < TagStatusName || e.Tag >= TagStatusName+uint16(numStatusFields) {
+			continue
+		}
+		f := StatusField(e.Tag - TagStatusName)
+		if e.Type != f.wireType() {
+			continue
+		}
+		set |= 1 << f
+		if f == FieldName {
+			st.Name = e.Text()
+			continue
+		}
+		setStatusValue(&st, f, e.Uint())
+	}
+	return st, set
+}
+
+// EncodeError returns the error section of e.
+func EncodeError(e *Error) Entry {
+	l := List{U32(TagErrorCode, uint32(e.Code)), String(TagErrorMessage, e.Message)}
+	if e.Path != "" {
+		l = append(l, String(TagErrorPath, e.Path))
+	}
+	if e.Value != "" {
+		l = append(l, String(TagErrorValue, e.Value))
+	}
+	if e.Allowed != "" {
+		l = append(l, String(TagErrorAllowed, e.Allowed))
+	}
+	for _, t := range e.Tags {
+		l = append(l, U16(TagErrorTag, t))
+	}
+	if e.State != "" {
+		l = append(l, String(TagErrorState, e.State))
+	}
+	if e.Generation != 0 {
+		l = append(l, U64(TagErrorGeneration, e.Generation))
+	}
+	return Nested(TagError, l...)
+}
+
+// DecodeError reads an error reply body. A body without an error section
+// yields an INTERNAL error saying so.
+func DecodeError(body List) *Error {
+	sec, ok := body.Find(TagError)
+	if !ok {
+		return Errorf(CodeInternal, "error reply without an error section")
+	}
+	e := &Error{}
+	for _, f := range sec.list {
+		switch f.Tag {
+		case TagErrorCode:
+			e.Code = Code(f.Uint())
+		case TagErrorMessage:
+			e.Message = f.Text()
+		case TagErrorPath:
+			e.Path = f.Text()
+		case TagErrorValue:
+			e.Value = f.Text()
+		case TagErrorAllowed:
+			e.Allowed = f.Text()
+		case TagErrorTag:
+			e.Tags = append(e.Tags, uint16(f.Uint()))
+		case TagErrorState:
+			e.State = f.Text()
+		case TagErrorGeneration:
+			e.Generation = f.Uint()
+		}
+	}
+	return e
+}
+
+// HelloInfo is what hello reports about the daemon.
+type HelloInfo struct {
+	// Version is the daemon's software version.
+	Version string
+	// Major and Minor are the daemon's protocol version.
+	Major, Minor uint8
+}
+
+// EncodeHello returns the body of a hello reply.
+func EncodeHello(h HelloInfo) List {
+	return List{String(TagVersion, h.Version), U8(TagProtoMajor, h.Major), U8(TagProtoMinor, h.Minor)}
+}
+
+// DecodeHello reads a hello reply body.
+func DecodeHello(body List) HelloInfo {
+	var h HelloInfo
+	if e, ok := body.Find(TagVersion); ok {
+		h.Version = e.Text()
+	}
+	if e, ok := body.Find(TagProtoMajor); ok {
+		h.Major = uint8(e.Uint())
+	}
+	if e, ok := body.Find(TagProtoMinor); ok {
+		h.Minor = uint8(e.Uint())
+	}
+	return h
+}

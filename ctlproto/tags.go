@@ -1,0 +1,353 @@
+package ctlproto
+
+import (
+	"strings"
+
+	"github.com/rbd-nbd/rbd-nbd/resource"
+)
+
+// The message types. Numbers are wire format and append-only.
+const (
+	MsgHello            MsgType = 1
+	MsgStatus           MsgType = 2
+	MsgSubscribe        MsgType = 3
+	MsgCreate           MsgType = 4
+	MsgChange           MsgType = 5
+	MsgDelete           MsgType = 6
+	MsgShow             MsgType = 7
+	MsgUp               MsgType = 8
+	MsgDown             MsgType = 9
+	MsgAdjust           MsgType = 10
+	MsgPrimary          MsgType = 11
+	MsgSecondary        MsgType = 12
+	MsgConnect          MsgType = 13
+	MsgDisconnect       MsgType = 14
+	MsgNewCurrentUUID   MsgType = 15
+	MsgVerify           MsgType = 16
+	MsgInvalidate       MsgType = 17
+	MsgInvalidateRemote MsgType = 18
+	MsgPauseSync        MsgType = 19
+	MsgResumeSync       MsgType = 20
+	MsgEvent            MsgType = 21
+)
+
+// The tags. Numbers are wire format and append-only; see defaultTags for
+// each tag's type, section and meaning.
+const (
+	// Top-level sections.
+	TagResource uint16 = 1
+	TagPeer     uint16 = 2
+	TagNet      uint16 = 3
+	TagDisk     uint16 = 4
+	TagResync   uint16 = 5
+	TagHandlers uint16 = 6
+	TagStatus   uint16 = 7
+	TagError    uint16 = 8
+	TagEvent    uint16 = 9
+
+	// Top-level arguments and results.
+	TagResName       uint16 = 10
+	TagGeneration    uint16 = 11
+	TagIfGeneration  uint16 = 12
+	TagSetDefaults   uint16 = 13
+	TagIgnoredTag    uint16 = 14
+	TagVersion       uint16 = 15
+	TagProtoMajor    uint16 = 16
+	TagProtoMinor    uint16 = 17
+	TagForce         uint16 = 18
+	TagDiscardMyData uint16 = 19
+	TagClearBitmap   uint16 = 20
+	TagResetBitmap   uint16 = 21
+	TagVerifyStart   uint16 = 22
+	TagVerifyStop    uint16 = 23
+
+	// Section resource: the resource and the local node.
+	TagResourceName      uint16 = 30
+	TagResourceNodeName  uint16 = 31
+	TagResourceNodeID    uint16 = 32
+	TagResourceAddress   uint16 = 33
+	TagResourceDisk      uint16 = 34
+	TagResourceMetaDisk  uint16 = 35
+	TagResourceNBDListen uint16 = 36
+	TagResourceExport    uint16 = 37
+
+	// Section peer: the other node.
+	TagPeerNodeName  uint16 = 40
+	TagPeerNodeID    uint16 = 41
+	TagPeerAddress   uint16 = 42
+	TagPeerDisk      uint16 = 43
+	TagPeerMetaDisk  uint16 = 44
+	TagPeerNBDListen uint16 = 45
+	TagPeerExport    uint16 = 46
+
+	// Section net.
+	TagNetProtocol           uint16 = 50
+	TagNetSharedSecret       uint16 = 51
+	TagNetConnectTimeout     uint16 = 52
+	TagNetPingInterval       uint16 = 53
+	TagNetPingTimeout        uint16 = 54
+	TagNetTimeout            uint16 = 55
+	TagNetMaxInFlight        uint16 = 56
+	TagNetMaxInFlightBytes   uint16 = 57
+	TagNetAfterSB            uint16 = 58
+	TagNetSizeMismatch       uint16 = 59
+	TagNetMaxProtocolVersion uint16 = 60
+
+	// Section disk (disk options).
+	TagDiskALExtents uint16 = 70
+	TagDiskOnIOError uint16 = 71
+	TagDiskDirectIO  uint16 = 72
+
+	// Section resync.
+	TagResyncRate          uint16 = 80
+	TagResyncCsums         uint16 = 81
+	TagResyncVerifyAlg     uint16 = 82
+	TagResyncWindow        uint16 = 83
+	TagResyncLatencyTarget uint16 = 84
+
+	// Section handlers, and its repeated handler lists.
+	TagHandlersDispatcher uint16 = 90
+	TagHandlersHandler    uint16 = 91
+	TagHandlersTimeout    uint16 = 92
+	TagHandlerName        uint16 = 95
+	TagHandlerArg         uint16 = 96
+
+	// Section status: one field of resource.Status each.
+	TagStatusName           uint16 = 100
+	TagStatusRole           uint16 = 101
+	TagStatusDisk           uint16 = 102
+	TagStatusConn           uint16 = 103
+	TagStatusPeerRole       uint16 = 104
+	TagStatusPeerDisk       uint16 = 105
+	TagStatusSize           uint16 = 106
+	TagStatusOutOfSync      uint16 = 107
+	TagStatusResyncDone     uint16 = 108
+	TagStatusResyncTotal    uint16 = 109
+	TagStatusResyncRate     uint16 = 110
+	TagStatusResyncETA      uint16 = 111
+	TagStatusResyncedBytes  uint16 = 112
+	TagStatusWritesInFlight uint16 = 113
+	TagStatusNBDConnections uint16 = 114
+	TagStatusCurrentUUID    uint16 = 115
+	TagStatusPeerNodeID     uint16 = 116
+	TagStatusGeneration     uint16 = 117
+
+	// Section error.
+	TagErrorCode       uint16 = 120
+	TagErrorMessage    uint16 = 121
+	TagErrorPath       uint16 = 122
+	TagErrorValue      uint16 = 123
+	TagErrorAllowed    uint16 = 124
+	TagErrorTag        uint16 = 125
+	TagErrorState      uint16 = 126
+	TagErrorGeneration uint16 = 127
+
+	// Section event.
+	TagEventKind      uint16 = 130
+	TagEventObject    uint16 = 131
+	TagEventTime      uint16 = 132
+	TagEventHook      uint16 = 133
+	TagEventHookID    uint16 = 134
+	TagEventHookExit  uint16 = 135
+	TagEventHookError uint16 = 136
+)
+
+// enumNames lists String() of 0, 1, ... up to the first value whose name
+// ends in "(?)", the resource package's mark for out of range.
+func enumNames(name func(int) string) []string {
+	var out []string
+	for i := 0; i < 256; i++ {
+		n := name(i)
+		if strings.HasSuffix(n, "(?)") {
+			break
+		}
+		out = append(out, n)
+	}
+	return out
+}
+
+// defaultTags declares every tag. Append new tags at the end with the next
+// free number and the new protocol minor as Since; retire, never delete.
+func defaultTags() []Tag {
+	const v1 = "1.0"
+	roles := enumNames(func(i int) string { return resource.Role(i).String() })
+	disks := enumNames(func(i int) string { return resource.DiskState(i).String() })
+	conns := enumNames(func(i int) string { return resource.ConnState(i).String() })
+	sec := func(num uint16, name, doc string, repeated bool) Tag {
+		return Tag{Num: num, Name: name, Type: TypeList, Mandatory: true, Repeated: repeated, Since: v1, Doc: doc}
+	}
+	return []Tag{
+		sec(TagResource, "resource", "The resource and the local node.", false),
+		sec(TagPeer, "peer", "The peer node.", false),
+		sec(TagNet, "net", "Peer link options; they take effect at the next connect.", false),
+		sec(TagDisk, "disk", "Local disk options.", false),
+		sec(TagResync, "resync", "Resync and verify options.", false),
+		sec(TagHandlers, "handlers", "Hook handlers.", false),
+		{Num: TagStatus, Name: "status", Type: TypeList, Repeated: true, Since: v1, Doc: "One resource's status; repeated in status replies, one per resource."},
+		{Num: TagError, Name: "error", Type: TypeList, Since: v1, Doc: "The error of an error reply."},
+		{Num: TagEvent, Name: "event", Type: TypeList, Since: v1, Doc: "What an event message reports."},
+
+		{Num: TagResName, Name: "res-name", Type: TypeString, Mandatory: true, Since: v1, Doc: "The resource a request is about."},
+		{Num: TagGeneration, Name: "generation", Type: TypeU64, Since: v1, Doc: "The resource's configuration generation after the request."},
+		{Num: TagIfGeneration, Name: "if-generation", Type: TypeU64, Mandatory: true, Flag: "if-generation", Since: v1, Doc: "Compare-and-swap: apply only if the configuration generation is still this one."},
+		{Num: TagSetDefaults, Name: "set-defaults", Type: TypeFlag, Mandatory: true, Flag: "set-defaults", Since: v1, Doc: "Fields of a given section that the request leaves out return to their defaults (else they keep their value)."},
+		{Num: TagIgnoredTag, Name: "ignored-tag", Type: TypeU16, Repeated: true, Since: v1, Doc: "An optional tag of the request that the daemon did not understand and skipped."},
+		{Num: TagVersion, Name: "version", Type: TypeString, Since: v1, Doc: "Software version of the sender (hello)."},
+		{Num: TagProtoMajor, Name: "proto-major", Type: TypeU8, Since: v1, Doc: "Protocol major version of the daemon (hello reply)."},
+		{Num: TagProtoMinor, Name: "proto-minor", Type: TypeU8, Since: v1, Doc: "Protocol minor version of the daemon (hello reply)."},
+		{Num: TagForce, Name: "force", Type: TypeFlag, Mandatory: true, Flag: "force", Since: v1, Doc: "primary: become primary even without an up-to-date disk."},
+		{Num: TagDiscardMyData, Name: "discard-my-data", Type: TypeFlag, Mandatory: true, Flag: "discard-my-data", Since: v1, Doc: "connect: resolve a split brain by discarding this node's changes."},
+		{Num: TagClearBitmap, Name: "clear-bitmap", Type: TypeFlag, Mandatory: true, Flag: "clear-bitmap", Since: v1, Doc: "new-current-uuid: also clear the bitmap (skip the initial sync)."},
+		{Num: TagResetBitmap, Name: "reset-bitmap", Type: TypeFlag, Mandatory: true, Flag: "reset-bitmap", Since: v1, Doc: "invalidate-remote: mark the whole device out of sync first."},
+		{Num: TagVerifyStart, Name: "verify-start", Type: TypeU64, Unit: UnitBytes, Mandatory: true, Flag: "start", Since: v1, Doc: "verify: byte offset to start at."},
+		{Num: TagVerifyStop, Name: "verify-stop", Type: TypeU64, Unit: UnitBytes, Mandatory: true, Flag: "stop", Since: v1, Doc: "verify: byte offset to stop at (0: the end)."},
+
+		{Num: TagResourceName, Name: "resource.name", Type: TypeString, Section: TagResource, Mandatory: true, Since: v1, Doc: "Resource name. Invariant while up."},
+		{Num: TagResourceNodeName, Name: "resource.node-name", Type: TypeString, Section: TagResource, Mandatory: true, Flag: "node-name", Since: v1, Doc: "Local node name."},
+		{Num: TagResourceNodeID, Name: "resource.node-id", Type: TypeU32, Section: TagResource, Mandatory: true, Flag: "node-id", Since: v1, Doc: "Local node id, 0..31. Invariant while up."},
+		{Num: TagResourceAddress, Name: "resource.address", Type: TypeString, Section: TagResource, Mandatory: true, Flag: "address", Since: v1, Doc: "host:port where the local node accepts the peer link."},
+		{Num: TagResourceDisk, Name: "resource.disk", Type: TypeString, Section: TagResource, Mandatory: true, Flag: "disk", Since: v1, Doc: "Backing file or block device. Invariant while up."},
+		{Num: TagResourceMetaDisk, Name: "resource.meta-disk", Type: TypeString, Section: TagResource, Mandatory: true, Flag: "meta-disk", Since: v1, Doc: "\"internal\" or the path of external meta-data. Invariant while up."},
+		{Num: TagResourceNBDListen, Name: "resource.nbd-listen", Type: TypeString, Section: TagResource, Mandatory: true, Flag: "nbd-listen", Since: v1, Doc: "host:port or unix:PATH where the local node serves NBD."},
+		{Num: TagResourceExport, Name: "resource.export", Type: TypeString, Section: TagResource, Mandatory: true, Flag: "export", Since: v1, Doc: "NBD export name (default: the resource name)."},
+
+		{Num: TagPeerNodeName, Name: "peer.node-name", Type: TypeString, Section: TagPeer, Mandatory: true, Flag: "peer-name", Since: v1, Doc: "Peer node name."},
+		{Num: TagPeerNodeID, Name: "peer.node-id", Type: TypeU32, Section: TagPeer, Mandatory: true, Flag: "peer-node-id", Since: v1, Doc: "Peer node id, 0..31. Invariant while up."},
+		{Num: TagPeerAddress, Name: "peer.address", Type: TypeString, Section: TagPeer, Mandatory: true, Flag: "peer-address", Since: v1, Doc: "host:port of the peer's link."},
+		{Num: TagPeerDisk, Name: "peer.disk", Type: TypeString, Section: TagPeer, Flag: "peer-disk", Since: v1, Doc: "The peer's backing disk, for reference."},
+		{Num: TagPeerMetaDisk, Name: "peer.meta-disk", Type: TypeString, Section: TagPeer, Flag: "peer-meta-disk", Since: v1, Doc: "The peer's meta-data, for reference."},
+		{Num: TagPeerNBDListen, Name: "peer.nbd-listen", Type: TypeString, Section: TagPeer, Flag: "peer-nbd-listen", Since: v1, Doc: "The peer's NBD address, for reference."},
+		{Num: TagPeerExport, Name: "peer.export", Type: TypeString, Section: TagPeer, Flag: "peer-export", Since: v1, Doc: "The peer's NBD export name, for reference."},
+
+		{Num: TagNetProtocol, Name: "net.protocol", Type: TypeString, Section: TagNet, Mandatory: true, Flag: "protocol", Since: v1, Doc: "Replication protocol: A, B or C."},
+		{Num: TagNetSharedSecret, Name: "net.shared-secret", Type: TypeString, Section: TagNet, Mandatory: true, Flag: "shared-secret", Since: v1, Doc: "Secret that authenticates the peers; empty: none."},
+		{Num: TagNetConnectTimeout, Name: "net.connect-timeout", Type: TypeU64, Unit: UnitMillis, Section: TagNet, Flag: "connect-timeout", Since: v1, Doc: "Bound of one connection attempt."},
+		{Num: TagNetPingInterval, Name: "net.ping-interval", Type: TypeU64, Unit: UnitMillis, Section: TagNet, Flag: "ping-interval", Since: v1, Doc: "How often an idle link is probed."},
+		{Num: TagNetPingTimeout, Name: "net.ping-timeout", Type: TypeU64, Unit: UnitMillis, Section: TagNet, Flag: "ping-timeout", Since: v1, Doc: "How long a ping may go unanswered."},
+		{Num: TagNetTimeout, Name: "net.timeout", Type: TypeU64, Unit: UnitMillis, Section: TagNet, Flag: "timeout", Since: v1, Doc: "Bound of one replicated request."},
+		{Num: TagNetMaxInFlight, Name: "net.max-in-flight", Type: TypeU32, Section: TagNet, Flag: "max-in-flight", Since: v1, Doc: "Replicated writes not yet acknowledged, at most."},
+		{Num: TagNetMaxInFlightBytes, Name: "net.max-in-flight-bytes", Type: TypeU64, Unit: UnitBytes, Section: TagNet, Flag: "max-in-flight-bytes", Since: v1, Doc: "Bytes of those writes, at most."},
+		{Num: TagNetAfterSB, Name: "net.after-sb", Type: TypeString, Section: TagNet, Mandatory: true, Flag: "after-sb", Since: v1, Doc: "Split-brain recovery policy."},
+		{Num: TagNetSizeMismatch, Name: "net.size-mismatch", Type: TypeString, Section: TagNet, Mandatory: true, Flag: "size-mismatch", Since: v1, Doc: "Policy for disks of different sizes: refuse or smaller."},
+		{Num: TagNetMaxProtocolVersion, Name: "net.max-protocol-version", Type: TypeU32, Section: TagNet, Flag: "max-protocol-version", Since: v1, Doc: "Highest peer protocol version offered (0: newest)."},
+
+		{Num: TagDiskALExtents, Name: "disk.al-extents", Type: TypeU32, Section: TagDisk, Flag: "al-extents", Since: v1, Doc: "Active 4 MiB extents in the activity log."},
+		{Num: TagDiskOnIOError, Name: "disk.on-io-error", Type: TypeString, Section: TagDisk, Mandatory: true, Flag: "on-io-error", Since: v1, Doc: "Local disk error policy."},
+		{Num: TagDiskDirectIO, Name: "disk.direct-io", Type: TypeFlag, Section: TagDisk, Mandatory: true, Flag: "direct-io", Since: v1, Doc: "Open the backing disk with O_DIRECT."},
+
+		{Num: TagResyncRate, Name: "resync.rate", Type: TypeU64, Unit: UnitBytes, Section: TagResync, Flag: "rate", Since: v1, Doc: "Resync traffic cap in bytes per second; 0: none."},
+		{Num: TagResyncCsums, Name: "resync.csums", Type: TypeString, Section: TagResync, Mandatory: true, Flag: "csums", Since: v1, Doc: "Checksum-based resync algorithm; empty: off."},
+		{Num: TagResyncVerifyAlg, Name: "resync.verify-alg", Type: TypeString, Section: TagResync, Mandatory: true, Flag: "verify-alg", Since: v1, Doc: "Checksum used by online verify."},
+		{Num: TagResyncWindow, Name: "resync.window", Type: TypeU32, Section: TagResync, Flag: "window", Since: v1, Doc: "Resync requests in flight."},
+		{Num: TagResyncLatencyTarget, Name: "resync.latency-target", Type: TypeU64, Unit: UnitMillis, Section: TagResync, Flag: "latency-target", Since: v1, Doc: "Application write latency above which resync backs off; 0: off."},
+
+		{Num: TagHandlersDispatcher, Name: "handlers.dispatcher", Type: TypeString, Section: TagHandlers, Repeated: true, Mandatory: true, Flag: "dispatcher", Since: v1, Doc: "Dispatcher command line, one entry per word, in order."},
+		{Num: TagHandlersHandler, Name: "handlers.handler", Type: TypeList, Section: TagHandlers, Repeated: true, Mandatory: true, Flag: "handler", Since: v1, Doc: "One handler's command: handler.name and its words."},
+		{Num: TagHandlersTimeout, Name: "handlers.timeout", Type: TypeU64, Unit: UnitMillis, Section: TagHandlers, Flag: "handler-timeout", Since: v1, Doc: "How long a handler may run."},
+		{Num: TagHandlerName, Name: "handler.name", Type: TypeString, Section: TagHandlersHandler, Mandatory: true, Since: v1, Doc: "Handler name, e.g. before-resync-target."},
+		{Num: TagHandlerArg, Name: "handler.arg", Type: TypeString, Section: TagHandlersHandler, Repeated: true, Mandatory: true, Since: v1, Doc: "One word of the handler's command line, in order; none: remove the handler."},
+
+		{Num: TagStatusName, Name: "status.name", Type: TypeString, Section: TagStatus, Since: v1, Doc: "Resource name."},
+		{Num: TagStatusRole, Name: "status.role", Type: TypeU8, Enum: roles, Section: TagStatus, Since: v1, Doc: "This node's role."},
+		{Num: TagStatusDisk, Name: "status.disk", Type: TypeU8, Enum: disks, Section: TagStatus, Since: v1, Doc: "This node's disk state."},
+		{Num: TagStatusConn, Name: "status.connection", Type: TypeU8, Enum: conns, Section: TagStatus, Since: v1, Doc: "Connection state."},
+		{Num: TagStatusPeerRole, Name: "status.peer-role", Type: TypeU8, Enum: roles, Section: TagStatus, Since: v1, Doc: "The peer's role."},
+		{Num: TagStatusPeerDisk, Name: "status.peer-disk", Type: TypeU8, Enum: disks, Section: TagStatus, Since: v1, Doc: "The peer's disk state."},
+		{Num: TagStatusSize, Name: "status.size", Type: TypeU64, Unit: UnitBytes, Section: TagStatus, Since: v1, Doc: "Exported size."},
+		{Num: TagStatusOutOfSync, Name: "status.out-of-sync", Type: TypeU64, Unit: UnitBytes, Section: TagStatus, Since: v1, Doc: "Bytes marked out of sync."},
+		{Num: TagStatusResyncDone, Name: "status.resync-done", Type: TypeU64, Unit: UnitBytes, Section: TagStatus, Since: v1, Doc: "Bytes of the current resync done."},
+		{Num: TagStatusResyncTotal, Name: "status.resync-total", Type: TypeU64, Unit: UnitBytes, Section: TagStatus, Since: v1, Doc: "Bytes of the current resync in all."},
+		{Num: TagStatusResyncRate, Name: "status.resync-rate", Type: TypeU64, Unit: UnitBytes, Section: TagStatus, Since: v1, Doc: "Recent resync rate in bytes per second."},
+		{Num: TagStatusResyncETA, Name: "status.resync-eta", Type: TypeU64, Unit: UnitMillis, Section: TagStatus, Since: v1, Doc: "Estimated time to the end of the resync."},
+		{Num: TagStatusResyncedBytes, Name: "status.resynced-bytes", Type: TypeU64, Unit: UnitBytes, Section: TagStatus, Since: v1, Doc: "Bytes moved by resyncs since the daemon started."},
+		{Num: TagStatusWritesInFlight, Name: "status.writes-in-flight", Type: TypeU64, Section: TagStatus, Since: v1, Doc: "Application writes not yet acknowledged."},
+		{Num: TagStatusNBDConnections, Name: "status.nbd-connections", Type: TypeU32, Section: TagStatus, Since: v1, Doc: "Open NBD client connections."},
+		{Num: TagStatusCurrentUUID, Name: "status.current-uuid", Type: TypeU64, Section: TagStatus, Since: v1, Doc: "Current data generation UUID."},
+		{Num: TagStatusPeerNodeID, Name: "status.peer-node-id", Type: TypeU32, Section: TagStatus, Since: v1, Doc: "The peer's node id."},
+		{Num: TagStatusGeneration, Name: "status.generation", Type: TypeU64, Section: TagStatus, Since: v1, Doc: "Configuration generation."},
+
+		{Num: TagErrorCode, Name: "error.code", Type: TypeU32, Section: TagError, Since: v1, Doc: "Stable error code (see the error code table)."},
+		{Num: TagErrorMessage, Name: "error.message", Type: TypeString, Section: TagError, Since: v1, Doc: "Explanation for people."},
+		{Num: TagErrorPath, Name: "error.path", Type: TypeString, Section: TagError, Since: v1, Doc: "Dotted path of the offending attribute."},
+		{Num: TagErrorValue, Name: "error.value", Type: TypeString, Section: TagError, Since: v1, Doc: "The rejected value."},
+		{Num: TagErrorAllowed, Name: "error.allowed", Type: TypeString, Section: TagError, Since: v1, Doc: "The accepted values or range."},
+		{Num: TagErrorTag, Name: "error.tag", Type: TypeU16, Section: TagError, Repeated: true, Since: v1, Doc: "A mandatory tag the daemon does not know (UNKNOWN_MANDATORY_TAG)."},
+		{Num: TagErrorState, Name: "error.state", Type: TypeString, Section: TagError, Since: v1, Doc: "The current state (STATE_CONFLICT)."},
+		{Num: TagErrorGeneration, Name: "error.generation", Type: TypeU64, Section: TagError, Since: v1, Doc: "The current configuration generation (GENERATION_MISMATCH)."},
+
+		{Num: TagEventKind, Name: "event.kind", Type: TypeU8, Enum: eventKindNames[:], Section: TagEvent, Since: v1, Doc: "What happened."},
+		{Num: TagEventObject, Name: "event.object", Type: TypeU8, Enum: objectNames[:], Section: TagEvent, Since: v1, Doc: "What it happened to; 0 with kind exists is the end-of-dump marker."},
+		{Num: TagEventTime, Name: "event.time", Type: TypeU64, Unit: UnitUnixNano, Section: TagEvent, Since: v1, Doc: "When it happened."},
+		{Num: TagEventHook, Name: "event.hook", Type: TypeString, Section: TagEvent, Since: v1, Doc: "Handler name (call, response)."},
+		{Num: TagEventHookID, Name: "event.hook-id", Type: TypeU64, Section: TagEvent, Since: v1, Doc: "Matches a response to its call."},
+		{Num: TagEventHookExit, Name: "event.hook-exit", Type: TypeS64, Section: TagEvent, Since: v1, Doc: "The handler's exit status (response); -1: killed or not run."},
+		{Num: TagEventHookError, Name: "event.hook-error", Type: TypeString, Section: TagEvent, Since: v1, Doc: "Why the handler failed to run or was killed (response)."},
+	}
+}
+
+// defaultMsgs declares every message type. Append only.
+func defaultMsgs() []MsgDef {
+	const v1 = "1.0"
+	cfg := []uint16{TagResName, TagResource, TagPeer, TagNet, TagDisk, TagResync, TagHandlers}
+	name := []uint16{TagResName}
+	with := func(s []uint16, tags ...uint16) []uint16 { return append(append([]uint16(nil), s...), tags...) }
+	adm := func(t MsgType, n string, accepts []uint16, doc string) MsgDef {
+		return MsgDef{Type: t, Name: n, Request: true, Access: AccessAdmin, Accepts: accepts, Since: v1, Doc: doc}
+	}
+	return []MsgDef{
+		{Type: MsgHello, Name: "hello", Request: true, Access: AccessRead, Accepts: []uint16{TagVersion}, Since: v1, Doc: "Exchange software and protocol versions."},
+		{Type: MsgStatus, Name: "status", Request: true, Access: AccessRead, Accepts: name, Since: v1, Doc: "Status of one resource (res-name) or all."},
+		{Type: MsgSubscribe, Name: "subscribe", Request: true, Access: AccessRead, Accepts: name, Since: v1, Doc: "Turn the connection into an event stream (optionally one resource's)."},
+		adm(MsgCreate, "create", cfg, "Create a resource from a full configuration; it stays down."),
+		adm(MsgChange, "change", with(cfg, TagIfGeneration, TagSetDefaults), "Change a resource's configuration: a transaction."),
+		adm(MsgDelete, "delete", with(name, TagIfGeneration), "Delete a resource that is down."),
+		{Type: MsgShow, Name: "show", Request: true, Access: AccessRead, Accepts: name, Since: v1, Doc: "A resource's configuration and generation."},
+		adm(MsgUp, "up", cfg, "Create (when sections are given) and start a resource."),
+		adm(MsgDown, "down", name, "Stop a resource; its configuration stays."),
+		adm(MsgAdjust, "adjust", cfg, "Make a resource match a full configuration: create, change and start as needed."),
+		adm(MsgPrimary, "primary", with(name, TagForce), "Become primary."),
+		adm(MsgSecondary, "secondary", name, "Become secondary."),
+		adm(MsgConnect, "connect", with(name, TagDiscardMyData), "Connect to the peer."),
+		adm(MsgDisconnect, "disconnect", name, "Disconnect from the peer."),
+		adm(MsgNewCurrentUUID, "new-current-uuid", with(name, TagClearBitmap), "Start a new data generation."),
+		adm(MsgVerify, "verify", with(name, TagVerifyStart, TagVerifyStop), "Start an online verify."),
+		adm(MsgInvalidate, "invalidate", name, "Resync the local disk from the peer."),
+		adm(MsgInvalidateRemote, "invalidate-remote", with(name, TagResetBitmap), "Resync the peer's disk from the local one."),
+		adm(MsgPauseSync, "pause-sync", name, "Pause the resync."),
+		adm(MsgResumeSync, "resume-sync", name, "Resume the resync."),
+		{Type: MsgEvent, Name: "event", Since: v1, Doc: "An event on a subscribed connection (daemon to client only)."},
+	}
+}
+
+// defaultCodes declares every error code. Append only.
+func defaultCodes() []CodeDef {
+	const v1 = "1.0"
+	docs := [...]string{
+		CodeOK:                         "Not an error; never sent.",
+		CodeInternal:                   "The daemon failed in a way no other code describes.",
+		CodeMalformed:                  "The frame or its tag list is malformed (bad magic, truncated, wrong type for a tag, duplicate tag, reserved bits set).",
+		CodeLimitExceeded:              "A limit was exceeded: frame size, nesting depth, entry count or value length.",
+		CodeUnknownMessageType:         "The message type is unknown to the daemon or not a request.",
+		CodeProtocolVersionUnsupported: "The frame's protocol major version is not one the daemon speaks.",
+		CodeUnknownMandatoryTag:        "The request has mandatory tags the daemon does not know (error.tag lists them); nothing was done.",
+		CodePermissionDenied:           "The client's credentials do not allow the request.",
+		CodeUnknownResource:            "No resource has that name.",
+		CodeResourceExists:             "A resource with that name exists already.",
+		CodeInvalidValue:               "An attribute has an invalid value (error.path, error.value, error.allowed).",
+		CodeMissingValue:               "A required attribute is missing (error.path).",
+		CodeStateConflict:              "The request does not fit the resource's current state (error.state).",
+		CodeGenerationMismatch:         "The configuration changed since if-generation (error.generation is the current one).",
+		CodeInvariant:                  "The attribute cannot change while the resource is up (error.path).",
+		CodeDiskIOError:                "The local disk failed an I/O.",
+		CodeMetaDataInvalid:            "The meta-data is missing or invalid.",
+		CodePeerUnreachable:            "The peer could not be reached.",
+		CodeInterrupted:                "The request was interrupted (daemon shutting down, or canceled).",
+		CodeNotSupported:               "The daemon does not support the request (e.g. runtime commands on a configuration-only daemon).",
+		CodeEventQueueOverflow:         "The subscriber read events too slowly; its queue overflowed and it is dropped.",
+	}
+	out := make([]CodeDef, len(docs))
+	for i, d := range docs {
+		out[i] = CodeDef{Code: Code(i), Name: Code(i).String(), Since: v1, Doc: d}
+	}
+	return out
+}

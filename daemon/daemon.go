@@ -1,0 +1,651 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"reflect"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/rbd-nbd/rbd-nbd/config"
+	"github.com/rbd-nbd/rbd-nbd/ctlproto"
+	"github.com/rbd-nbd/rbd-nbd/resource"
+	"github.com/rbd-nbd/rbd-nbd/version"
+)
+
+// Config configures a Daemon.
+type Config struct {
+	// Registry declares the protocol; nil means ctlproto.DefaultRegistry().
+	Registry *ctlproto.Registry
+	// Logger logs requests and failures; nil logs nothing.
+	Logger *zap.Logger
+	// NewRuntime makes resource runtimes. Nil makes a configuration-only
+	// daemon: resources are never up, status comes from the configuration
+	// (Secondary, Diskless, StandAlone) and runtime requests (up, down,
+	// adjust, primary, ...) answer NOT_SUPPORTED.
+	NewRuntime NewRuntimeFunc
+	// EventQueue is how many events a subscriber may fall behind before it
+	// is dropped.
+	EventQueue int
+	// Version is the software version hello reports.
+	Version string
+	// Now stamps events; tests pin it.
+	Now func() time.Time
+}
+
+// DefaultConfig returns the defaults: a configuration-only daemon.
+func DefaultConfig() Config {
+	return Config{EventQueue: 1024, Version: version.Version, Now: time.Now}
+}
+
+// Validate checks the configuration.
+func (c Config) Validate() error {
+	switch {
+	case c.EventQueue < 1:
+		return fmt.Errorf("daemon: Config.EventQueue %d must be positive", c.EventQueue)
+	case c.Now == nil:
+		return errors.New("daemon: Config.Now is nil")
+	}
+	return nil
+}
+
+// Daemon keeps the resources' configurations and runtimes and answers
+// control requests; it is the ctlproto.Handler of rbd-nbd daemon.
+//
+// Requests about one resource are serialized by the resource's mutex;
+// requests about different resources run in parallel. Status and show read
+// an immutable snapshot and never wait for a request in progress.
+type Daemon struct {
+	cfg Config
+	reg *ctlproto.Registry
+	log *zap.Logger
+	bus *bus
+
+	mu     sync.Mutex
+	res    map[string]*res
+	closed bool
+}
+
+// res is one resource.
+type res struct {
+	name string
+	mu   sync.Mutex // serializes the requests about this resource
+	snap atomic.Pointer[snapshot]
+	// Guarded by mu:
+	deleted bool
+	sink    *sink // the running runtime's event sink
+}
+
+// snapshot is a resource's state between requests; it is never modified.
+type snapshot struct {
+	cfg config.Resource
+	gen uint64
+	rt  Runtime // nil while down
+}
+
+// New returns a daemon.
+func New(cfg Config) (*Daemon, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	reg := cfg.Registry
+	if reg == nil {
+		reg = ctlproto.DefaultRegistry()
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = zap.NewNop()
+	}
+	return &Daemon{cfg: cfg, reg: reg, log: log, bus: newBus(cfg.Now, cfg.EventQueue, log), res: map[string]*res{}}, nil
+}
+
+// Registry returns the registry the daemon answers with.
+func (d *Daemon) Registry() *ctlproto.Registry { return d.reg }
+
+// Close stops every running resource and ends the event streams. Requests
+// after Close fail with INTERRUPTED.
+func (d *Daemon) Close(ctx context.Context) error {
+	d.mu.Lock()
+	d.closed = true
+	all := slices.Collect(maps.Values(d.res))
+	d.mu.Unlock()
+	var errs []error
+	for _, r := range all {
+		r.mu.Lock()
+		if s := r.snap.Load(); s != nil && s.rt != nil {
+			if err := d.stop(ctx, r, s); err != nil {
+				errs = append(errs, fmt.Errorf("daemon: stop %s: %w", r.name, err))
+			}
+		}
+		r.mu.Unlock()
+	}
+	d.bus.close()
+	return errors.Join(errs...)
+}
+
+// ServeCtl answers one request.
+func (d *Daemon) ServeCtl(ctx context.Context, req *ctlproto.Request) ctlproto.Reply {
+	rep := d.serve(ctx, req)
+	if rep.Err != nil {
+		d.log.Info("request refused", zap.String("msg", req.Msg.Name), zap.Uint32("uid", req.Cred.UID),
+			zap.Stringer("code", rep.Err.Code), zap.String("error", rep.Err.Message), zap.String("path", rep.Err.Path))
+	} else {
+		d.log.Debug("request", zap.String("msg", req.Msg.Name), zap.Uint32("uid", req.Cred.UID))
+	}
+	return rep
+}
+
+func (d *Daemon) serve(ctx context.Context, req *ctlproto.Request) ctlproto.Reply {
+	body := req.Body
+	d.mu.Lock()
+	closed := d.closed
+	d.mu.Unlock()
+	if closed {
+		return ctlproto.Reply{Err: ctlproto.Errorf(ctlproto.CodeInterrupted, "the daemon is shutting down")}
+	}
+	switch req.Header.Type {
+	case ctlproto.MsgHello:
+		return ctlproto.Reply{Body: ctlproto.EncodeHello(ctlproto.HelloInfo{Version: d.cfg.Version, Major: ctlproto.ProtoMajor, Minor: ctlproto.ProtoMinor})}
+	case ctlproto.MsgStatus:
+		return d.status(body)
+	case ctlproto.MsgShow:
+		return d.show(body)
+	case ctlproto.MsgSubscribe:
+		return d.subscribe(body)
+	case ctlproto.MsgCreate:
+		return d.create(ctx, body, false)
+	case ctlproto.MsgChange:
+		return d.change(ctx, body)
+	case ctlproto.MsgDelete:
+		return d.delete(body)
+	}
+	if d.cfg.NewRuntime == nil {
+		return reply(ctlproto.Errorf(ctlproto.CodeNotSupported,
+			"%s: this daemon is configuration-only (no replication runtime); it keeps configurations but runs no resource", req.Msg.Name))
+	}
+	switch req.Header.Type {
+	case ctlproto.MsgUp:
+		return d.up(ctx, body)
+	case ctlproto.MsgDown:
+		return d.down(ctx, body)
+	case ctlproto.MsgAdjust:
+		return d.adjust(ctx, body)
+	}
+	if cmd, ok := commandOf(req.Header.Type); ok {
+		return d.command(ctx, body, cmd)
+	}
+	return reply(ctlproto.Errorf(ctlproto.CodeNotSupported, "%s is not supported by this daemon", req.Msg.Name))
+}
+
+// reply turns an error into an error reply.
+func reply(err error) ctlproto.Reply { return ctlproto.Reply{Err: toError(err)} }
+
+// toError maps an error to the protocol error the client gets.
+func toError(err error) *ctlproto.Error {
+	var pe *ctlproto.Error
+	if errors.As(err, &pe) {
+		return pe
+	}
+	var fe *config.FieldError
+	if errors.As(err, &fe) {
+		return &ctlproto.Error{Code: ctlproto.CodeInvalidValue, Message: err.Error(), Path: fe.Path, Value: fe.Value, Allowed: fe.Allowed}
+	}
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return ctlproto.Errorf(ctlproto.CodeInterrupted, "%v", err)
+	}
+	return ctlproto.Errorf(ctlproto.CodeInternal, "%v", err)
+}
+
+func generationReply(gen uint64) ctlproto.Reply {
+	return ctlproto.Reply{Body: ctlproto.List{ctlproto.U64(ctlproto.TagGeneration, gen)}}
+}
+
+// targetName returns the resource a request is about: res-name, or the
+// resource section's resource.name; when both are given they must agree.
+func targetName(body ctlproto.List) (string, *ctlproto.Error) {
+	var name string
+	if e, ok := body.Find(ctlproto.TagResName); ok {
+		name = e.Text()
+	}
+	if sec, ok := body.Find(ctlproto.TagResource); ok {
+		if e, ok := sec.List().Find(ctlproto.TagResourceName); ok {
+			if name != "" && e.Text() != name {
+				return "", &ctlproto.Error{Code: ctlproto.CodeInvariant, Path: "resource.name", Value: e.Text(),
+					Message: fmt.Sprintf("resource.name %q differs from res-name %q: a resource cannot be renamed", e.Text(), name)}
+			}
+			name = e.Text()
+		}
+	}
+	if name == "" {
+		return "", &ctlproto.Error{Code: ctlproto.CodeMissingValue, Path: "res-name", Message: "the request names no resource (res-name or resource.name)"}
+	}
+	return name, nil
+}
+
+// optName returns res-name, or "" when not given.
+func optName(body ctlproto.List) string {
+	e, _ := body.Find(ctlproto.TagResName)
+	return e.Text()
+}
+
+func unknownResource(name string) *ctlproto.Error {
+	return &ctlproto.Error{Code: ctlproto.CodeUnknownResource, Path: "res-name", Value: name, Message: fmt.Sprintf("no resource %q", name)}
+}
+
+// lookup returns the resource named name, or nil.
+func (d *Daemon) lookup(name string) *res {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.res[name]
+}
+
+// lock returns the named resource with its mutex held.
+func (d *Daemon) lock(name string) (*res, *ctlproto.Error) {
+	r := d.lookup(name)
+	if r == nil {
+		return nil, unknownResource(name)
+	}
+	r.mu.Lock()
+	if r.deleted {
+		r.mu.Unlock()
+		return nil, unknownResource(name)
+	}
+	return r, nil
+}
+
+// statusOf returns a resource's status: the runtime's, or for a resource
+// that is down, one derived from its configuration.
+func statusOf(name string, s *snapshot) resource.Status {
+	var st resource.Status
+	if s.rt != nil {
+		st = s.rt.Status()
+	} else {
+		st = resource.Status{Role: resource.RoleSecondary, Disk: resource.DiskDiskless, Conn: resource.ConnStandAlone,
+			PeerRole: resource.RoleUnknown, PeerDisk: resource.DiskDUnknown, PeerNodeID: s.cfg.Peer.ID}
+	}
+	st.Name, st.Generation = name, s.gen
+	return st
+}
+
+// current returns a function that reads r's status from its latest
+// snapshot, for the event bus.
+func (r *res) current() func() resource.Status {
+	return func() resource.Status {
+		s := r.snap.Load()
+		if s == nil {
+			return resource.Status{Name: r.name}
+		}
+		return statusOf(r.name, s)
+	}
+}
+
+func (d *Daemon) status(body ctlproto.List) ctlproto.Reply {
+	var rs []*res
+	if name := optName(body); name != "" {
+		r := d.lookup(name)
+		if r == nil {
+			return ctlproto.Reply{Err: unknownResource(name)}
+		}
+		rs = append(rs, r)
+	} else {
+		d.mu.Lock()
+		for _, name := range slices.Sorted(maps.Keys(d.res)) {
+			rs = append(rs, d.res[name])
+		}
+		d.mu.Unlock()
+	}
+	var out ctlproto.List
+	for _, r := range rs {
+		if s := r.snap.Load(); s != nil {
+			out = append(out, ctlproto.EncodeStatus(statusOf(r.name, s), ctlproto.AllFields))
+		}
+	}
+	return ctlproto.Reply{Body: out}
+}
+
+func (d *Daemon) show(body ctlproto.List) ctlproto.Reply {
+	name, perr := targetName(body)
+	if perr != nil {
+		return ctlproto.Reply{Err: perr}
+	}
+	r := d.lookup(name)
+	if r == nil {
+		return ctlproto.Reply{Err: unknownResource(name)}
+	}
+	s := r.snap.Load()
+	if s == nil {
+		return ctlproto.Reply{Err: unknownResource(name)}
+	}
+	return ctlproto.Reply{Body: append(ctlproto.List{ctlproto.U64(ctlproto.TagGeneration, s.gen)}, ctlproto.EncodeConfig(d.reg, s.cfg)...)}
+}
+
+func (d *Daemon) subscribe(body ctlproto.List) ctlproto.Reply {
+	st := d.bus.subscribe(optName(body))
+	if st == nil {
+		return ctlproto.Reply{Err: ctlproto.Errorf(ctlproto.CodeInterrupted, "the daemon is shutting down")}
+	}
+	return ctlproto.Reply{Stream: st}
+}
+
+// fullConfig builds the configuration a create, up or adjust carries:
+// the given sections over an empty configuration, then defaults.
+func fullConfig(name string, body ctlproto.List) (config.Resource, error) {
+	cfg := ctlproto.DecodeConfig(body).Apply(config.Resource{}, true)
+	cfg.Name = name
+	cfg = cfg.Default()
+	return cfg, cfg.Validate()
+}
+
+// create adds a resource; with start it also brings it up (all or nothing).
+func (d *Daemon) create(ctx context.Context, body ctlproto.List, start bool) ctlproto.Reply {
+	name, perr := targetName(body)
+	if perr != nil {
+		return ctlproto.Reply{Err: perr}
+	}
+	if d.lookup(name) != nil {
+		return ctlproto.Reply{Err: &ctlproto.Error{Code: ctlproto.CodeResourceExists, Path: "resource.name", Value: name, Message: fmt.Sprintf("resource %q exists already", name)}}
+	}
+	cfg, err := fullConfig(name, body)
+	if err != nil {
+		return reply(err)
+	}
+	r := &res{name: name}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	d.mu.Lock()
+	switch {
+	case d.closed:
+		d.mu.Unlock()
+		return ctlproto.Reply{Err: ctlproto.Errorf(ctlproto.CodeInterrupted, "the daemon is shutting down")}
+	case d.res[name] != nil:
+		d.mu.Unlock()
+		return ctlproto.Reply{Err: &ctlproto.Error{Code: ctlproto.CodeResourceExists, Path: "resource.name", Value: name, Message: fmt.Sprintf("resource %q exists already", name)}}
+	}
+	d.res[name] = r
+	d.mu.Unlock()
+
+	s := &snapshot{cfg: cfg, gen: 1}
+	if start {
+		rt, err := d.start(ctx, r, cfg)
+		if err != nil {
+			r.deleted = true
+			d.mu.Lock()
+			delete(d.res, name)
+			d.mu.Unlock()
+			return reply(err)
+		}
+		s.rt = rt
+	}
+	r.snap.Store(s)
+	d.bus.create(name, r.current())
+	return generationReply(s.gen)
+}
+
+// start makes and starts a runtime; r.mu is held.
+func (d *Daemon) start(ctx context.Context, r *res, cfg config.Resource) (Runtime, error) {
+	sk := &sink{d: d, r: r}
+	rt, err := d.cfg.NewRuntime(r.name, sk)
+	if err != nil {
+		return nil, err
+	}
+	sk.rt.Store(&rt)
+	if err := rt.Start(ctx, cfg); err != nil {
+		sk.closed.Store(true)
+		return nil, err
+	}
+	r.sink = sk
+	return rt, nil
+}
+
+// stop stops a running resource; r.mu is held.
+func (d *Daemon) stop(ctx context.Context, r *res, s *snapshot) error {
+	if err := s.rt.Stop(ctx); err != nil {
+		return err
+	}
+	if r.sink != nil {
+		r.sink.closed.Store(true)
+		r.sink = nil
+	}
+	r.snap.Store(&snapshot{cfg: s.cfg, gen: s.gen})
+	d.bus.update(r.name, r.current())
+	return nil
+}
+
+func (d *Daemon) change(ctx context.Context, body ctlproto.List) ctlproto.Reply {
+	name, perr := targetName(body)
+	if perr != nil {
+		return ctlproto.Reply{Err: perr}
+	}
+	r, perr := d.lock(name)
+	if perr != nil {
+		return ctlproto.Reply{Err: perr}
+	}
+	defer r.mu.Unlock()
+	s := r.snap.Load()
+	if perr := checkGeneration(body, s.gen); perr != nil {
+		return ctlproto.Reply{Err: perr}
+	}
+	setDefaults := false
+	if e, ok := body.Find(ctlproto.TagSetDefaults); ok {
+		setDefaults = e.Bool()
+	}
+	cfg := ctlproto.DecodeConfig(body).Apply(s.cfg, setDefaults)
+	cfg.Name = name
+	cfg = cfg.Default()
+	return d.apply(ctx, r, s, cfg)
+}
+
+// apply validates cfg and makes it the resource's configuration: through
+// the runtime when up, where invariant fields must not change. All or
+// nothing. r.mu is held.
+func (d *Daemon) apply(ctx context.Context, r *res, s *snapshot, cfg config.Resource) ctlproto.Reply {
+	if err := cfg.Validate(); err != nil {
+		return reply(err)
+	}
+	if reflect.DeepEqual(cfg, s.cfg) {
+		return generationReply(s.gen) // nothing changes, not even the generation
+	}
+	if s.rt != nil {
+		if path := config.Invariant(s.cfg, cfg); path != "" {
+			return ctlproto.Reply{Err: &ctlproto.Error{Code: ctlproto.CodeInvariant, Path: path, State: "up",
+				Message: fmt.Sprintf("%s cannot change while resource %q is up; take it down first", path, r.name)}}
+		}
+		if err := s.rt.Apply(ctx, s.cfg, cfg); err != nil {
+			return reply(err)
+		}
+	}
+	ns := &snapshot{cfg: cfg, gen: s.gen + 1, rt: s.rt}
+	r.snap.Store(ns)
+	d.bus.update(r.name, r.current())
+	return generationReply(ns.gen)
+}
+
+// checkGeneration implements if-generation.
+func checkGeneration(body ctlproto.List, gen uint64) *ctlproto.Error {
+	e, ok := body.Find(ctlproto.TagIfGeneration)
+	if !ok || e.Uint() == gen {
+		return nil
+	}
+	return &ctlproto.Error{Code: ctlproto.CodeGenerationMismatch, Path: "if-generation", Generation: gen, Value: fmt.Sprint(e.Uint()),
+		Message: fmt.Sprintf("the configuration is at generation %d, not %d: it changed meanwhile; read it again and retry", gen, e.Uint())}
+}
+
+func (d *Daemon) delete(body ctlproto.List) ctlproto.Reply {
+	name, perr := targetName(body)
+	if perr != nil {
+		return ctlproto.Reply{Err: perr}
+	}
+	r, perr := d.lock(name)
+	if perr != nil {
+		return ctlproto.Reply{Err: perr}
+	}
+	defer r.mu.Unlock()
+	s := r.snap.Load()
+	if perr := checkGeneration(body, s.gen); perr != nil {
+		return ctlproto.Reply{Err: perr}
+	}
+	if s.rt != nil {
+		return ctlproto.Reply{Err: &ctlproto.Error{Code: ctlproto.CodeStateConflict, State: "up",
+			Message: fmt.Sprintf("resource %q is up; take it down before deleting it", name)}}
+	}
+	r.deleted = true
+	d.mu.Lock()
+	delete(d.res, name)
+	d.mu.Unlock()
+	d.bus.destroy(name)
+	return ctlproto.Reply{}
+}
+
+// up starts a resource: a new one when the request carries configuration
+// sections, else an existing one that is down.
+func (d *Daemon) up(ctx context.Context, body ctlproto.List) ctlproto.Reply {
+	if !ctlproto.DecodeConfig(body).Empty() {
+		return d.create(ctx, body, true)
+	}
+	name, perr := targetName(body)
+	if perr != nil {
+		return ctlproto.Reply{Err: perr}
+	}
+	r, perr := d.lock(name)
+	if perr != nil {
+		return ctlproto.Reply{Err: perr}
+	}
+	defer r.mu.Unlock()
+	s := r.snap.Load()
+	if s.rt != nil {
+		return ctlproto.Reply{Err: &ctlproto.Error{Code: ctlproto.CodeStateConflict, State: "up", Message: fmt.Sprintf("resource %q is up already", name)}}
+	}
+	rt, err := d.start(ctx, r, s.cfg)
+	if err != nil {
+		d.bus.update(name, r.current()) // undo what the runtime reported while starting
+		return reply(err)
+	}
+	r.snap.Store(&snapshot{cfg: s.cfg, gen: s.gen, rt: rt})
+	d.bus.update(name, r.current())
+	return generationReply(s.gen)
+}
+
+// down stops a resource; its configuration stays. Down on a resource that
+// is down succeeds.
+func (d *Daemon) down(ctx context.Context, body ctlproto.List) ctlproto.Reply {
+	name, perr := targetName(body)
+	if perr != nil {
+		return ctlproto.Reply{Err: perr}
+	}
+	r, perr := d.lock(name)
+	if perr != nil {
+		return ctlproto.Reply{Err: perr}
+	}
+	defer r.mu.Unlock()
+	s := r.snap.Load()
+	if s.rt != nil {
+		if err := d.stop(ctx, r, s); err != nil {
+			return reply(err)
+		}
+	}
+	return generationReply(s.gen)
+}
+
+// adjust makes a resource match the full configuration the request
+// carries: it creates and starts a missing resource, changes an existing one
+// (sections not given return to defaults) and starts it when down.
+func (d *Daemon) adjust(ctx context.Context, body ctlproto.List) ctlproto.Reply {
+	name, perr := targetName(body)
+	if perr != nil {
+		return ctlproto.Reply{Err: perr}
+	}
+	r, perr := d.lock(name)
+	if perr != nil {
+		return d.create(ctx, body, true)
+	}
+	defer r.mu.Unlock()
+	s := r.snap.Load()
+	cfg, err := fullConfig(name, body)
+	if err != nil {
+		return reply(err)
+	}
+	if rep := d.apply(ctx, r, s, cfg); rep.Err != nil || s.rt != nil {
+		return rep
+	}
+	s = r.snap.Load()
+	rt, err := d.start(ctx, r, s.cfg)
+	if err != nil {
+		d.bus.update(name, r.current())
+		return reply(err)
+	}
+	r.snap.Store(&snapshot{cfg: s.cfg, gen: s.gen, rt: rt})
+	d.bus.update(name, r.current())
+	return generationReply(s.gen)
+}
+
+func (d *Daemon) command(ctx context.Context, body ctlproto.List, cmd Command) ctlproto.Reply {
+	name, perr := targetName(body)
+	if perr != nil {
+		return ctlproto.Reply{Err: perr}
+	}
+	r, perr := d.lock(name)
+	if perr != nil {
+		return ctlproto.Reply{Err: perr}
+	}
+	defer r.mu.Unlock()
+	s := r.snap.Load()
+	if s.rt == nil {
+		return ctlproto.Reply{Err: &ctlproto.Error{Code: ctlproto.CodeStateConflict, State: "down",
+			Message: fmt.Sprintf("%s: resource %q is down; bring it up first", cmd, name)}}
+	}
+	if err := s.rt.Do(ctx, cmd, argsOf(body)); err != nil {
+		return reply(err)
+	}
+	return generationReply(s.gen)
+}
+
+// sink is the Events a runtime reports to. It turns silent once its runtime
+// failed to start or was stopped.
+type sink struct {
+	d      *Daemon
+	r      *res
+	rt     atomic.Pointer[Runtime]
+	closed atomic.Bool
+}
+
+func (s *sink) Changed() {
+	if s.closed.Load() {
+		return
+	}
+	s.d.bus.update(s.r.name, func() resource.Status {
+		// While starting, the snapshot does not hold the runtime yet.
+		var st resource.Status
+		if rt := s.rt.Load(); rt != nil {
+			st = (*rt).Status()
+		}
+		st.Name = s.r.name
+		if snap := s.r.snap.Load(); snap != nil {
+			st.Generation = snap.gen
+		}
+		return st
+	})
+}
+
+func (s *sink) HookCalled(c HookCall) {
+	if s.closed.Load() {
+		return
+	}
+	s.d.bus.hook(s.r.name, ctlproto.Event{Kind: ctlproto.EventCall, Hook: c.Hook, HookID: c.ID})
+}
+
+func (s *sink) HookReturned(h HookResponse) {
+	if s.closed.Load() {
+		return
+	}
+	ev := ctlproto.Event{Kind: ctlproto.EventResponse, Hook: h.Hook, HookID: h.ID, HookExit: int64(h.ExitCode)}
+	if h.Err != nil {
+		ev.HookError = h.Err.Error()
+	}
+	s.d.bus.hook(s.r.name, ev)
+}

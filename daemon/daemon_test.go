@@ -1,0 +1,530 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"reflect"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/rbd-nbd/rbd-nbd/config"
+	"github.com/rbd-nbd/rbd-nbd/ctlproto"
+	"github.com/rbd-nbd/rbd-nbd/resource"
+)
+
+func TestCreateStatusShowDelete(t *testing.T) {
+	e := start(t, Config{}, nil)
+	c := e.dial(t)
+	if sts, err := c.Status(ctxT(t), ""); err != nil || len(sts) != 0 {
+		t.Fatalf("empty daemon: %v %v", sts, err)
+	}
+	a, err := c.Create(ctxT(t), minimalConfig("r1"))
+	if err != nil || a.Generation != 1 || len(a.Ignored) != 0 {
+		t.Fatalf("create: %+v %v", a, err)
+	}
+	if _, err := c.Create(ctxT(t), minimalConfig("r0")); err != nil {
+		t.Fatal(err)
+	}
+	sts, err := c.Status(ctxT(t), "")
+	if err != nil || len(sts) != 2 || sts[0].Name != "r0" || sts[1].Name != "r1" {
+		t.Fatalf("status: %+v %v", sts, err)
+	}
+	want := resource.Status{Name: "r0", Role: resource.RoleSecondary, Disk: resource.DiskDiskless, Conn: resource.ConnStandAlone,
+		PeerRole: resource.RoleUnknown, PeerDisk: resource.DiskDUnknown, PeerNodeID: 1, Generation: 1}
+	if sts[0] != want {
+		t.Fatalf("config-only status %+v, want %+v", sts[0], want)
+	}
+	one, err := c.Status(ctxT(t), "r1")
+	if err != nil || len(one) != 1 || one[0].Name != "r1" {
+		t.Fatalf("status r1: %+v %v", one, err)
+	}
+	cfg, gen, err := c.Show(ctxT(t), "r0")
+	if err != nil || gen != 1 || !reflect.DeepEqual(cfg, minimalConfig("r0").Default()) {
+		t.Fatalf("show: %+v %d %v", cfg, gen, err)
+	}
+	if err := c.Delete(ctxT(t), "r0", 2); !ctlproto.IsCode(err, ctlproto.CodeGenerationMismatch) {
+		t.Fatalf("delete with a stale generation: %v", err)
+	}
+	if err := c.Delete(ctxT(t), "r0", 1); err != nil {
+		t.Fatal(err)
+	}
+	wantCode(t, c.Delete(ctxT(t), "r0", 0), ctlproto.CodeUnknownResource)
+	_, err = c.Status(ctxT(t), "r0")
+	wantCode(t, err, ctlproto.CodeUnknownResource)
+	_, _, err = c.Show(ctxT(t), "r0")
+	wantCode(t, err, ctlproto.CodeUnknownResource)
+}
+
+func TestCreateErrors(t *testing.T) {
+	e := start(t, Config{}, nil)
+	c := e.dial(t)
+	if _, err := c.Create(ctxT(t), minimalConfig("r0")); err != nil {
+		t.Fatal(err)
+	}
+	_, err := c.Create(ctxT(t), minimalConfig("r0"))
+	wantCode(t, err, ctlproto.CodeResourceExists)
+
+	bad := minimalConfig("r1")
+	bad.Net.Protocol = "D"
+	_, err = c.Create(ctxT(t), bad)
+	pe := wantCode(t, err, ctlproto.CodeInvalidValue)
+	if pe.Path != "net.protocol" || pe.Value != "D" || pe.Allowed != "A, B or C" {
+		t.Fatalf("invalid value: %+v", pe)
+	}
+	bad = minimalConfig("r1")
+	bad.Local.Disk = ""
+	_, err = c.Create(ctxT(t), bad)
+	if pe := wantCode(t, err, ctlproto.CodeInvalidValue); pe.Path != "resource.disk" {
+		t.Fatalf("missing disk: %+v", pe)
+	}
+	_, err = c.Call(ctxT(t), ctlproto.MsgCreate, nil)
+	if pe := wantCode(t, err, ctlproto.CodeMissingValue); pe.Path != "res-name" {
+		t.Fatalf("no name: %+v", pe)
+	}
+	body := append(ctlproto.List{ctlproto.String(ctlproto.TagResName, "x")}, ctlproto.EncodeConfig(c.Registry(), minimalConfig("y"))...)
+	_, err = c.Call(ctxT(t), ctlproto.MsgCreate, body)
+	wantCode(t, err, ctlproto.CodeInvariant)
+	if sts, _ := c.Status(ctxT(t), ""); len(sts) != 1 {
+		t.Fatalf("failed creates left resources: %+v", sts)
+	}
+}
+
+func TestChangeOverlayAndSetDefaults(t *testing.T) {
+	e := start(t, Config{}, nil)
+	c := e.dial(t)
+	cfg := minimalConfig("r0")
+	cfg.Net.Timeout = 7 * time.Second
+	cfg.Disk.ALExtents = 100
+	if _, err := c.Create(ctxT(t), cfg); err != nil {
+		t.Fatal(err)
+	}
+	// Overlay: one field of net changes, the rest stays.
+	a, err := c.Change(ctxT(t), "r0", ctlproto.ChangeOptions{}, sections(t, c, ctlproto.String(ctlproto.TagNetProtocol, "A").AsMandatory()))
+	if err != nil || a.Generation != 2 {
+		t.Fatalf("overlay: %+v %v", a, err)
+	}
+	got, _, _ := c.Show(ctxT(t), "r0")
+	if got.Net.Protocol != config.ProtocolA || got.Net.Timeout != 7*time.Second || got.Disk.ALExtents != 100 {
+		t.Fatalf("after overlay: %+v", got)
+	}
+	// Set-defaults: the other net fields return to defaults; disk stays.
+	a, err = c.Change(ctxT(t), "r0", ctlproto.ChangeOptions{SetDefaults: true}, sections(t, c, ctlproto.String(ctlproto.TagNetProtocol, "B")))
+	if err != nil || a.Generation != 3 {
+		t.Fatalf("set-defaults: %+v %v", a, err)
+	}
+	got, _, _ = c.Show(ctxT(t), "r0")
+	if got.Net != (config.Net{Protocol: config.ProtocolB}).Default() || got.Disk.ALExtents != 100 {
+		t.Fatalf("after set-defaults: %+v", got)
+	}
+	// A change that changes nothing keeps the generation.
+	a, err = c.Change(ctxT(t), "r0", ctlproto.ChangeOptions{}, sections(t, c, ctlproto.String(ctlproto.TagNetProtocol, "B")))
+	if err != nil || a.Generation != 3 {
+		t.Fatalf("no-op change: %+v %v", a, err)
+	}
+	// All or nothing: one bad field refuses the whole transaction.
+	_, err = c.Change(ctxT(t), "r0", ctlproto.ChangeOptions{}, sections(t, c,
+		ctlproto.String(ctlproto.TagNetProtocol, "C"), ctlproto.U32(ctlproto.TagDiskALExtents, 1)))
+	if pe := wantCode(t, err, ctlproto.CodeInvalidValue); pe.Path != "disk.al-extents" || pe.Allowed == "" {
+		t.Fatalf("bad field: %+v", pe)
+	}
+	got2, gen, _ := c.Show(ctxT(t), "r0")
+	if gen != 3 || !reflect.DeepEqual(got2, got) {
+		t.Fatalf("a refused transaction changed the configuration: gen %d %+v", gen, got2)
+	}
+	// Unknown resource.
+	_, err = c.Change(ctxT(t), "nope", ctlproto.ChangeOptions{}, nil)
+	wantCode(t, err, ctlproto.CodeUnknownResource)
+}
+
+func TestChangeCompareAndSwap(t *testing.T) {
+	e := start(t, Config{}, nil)
+	c := e.dial(t)
+	if _, err := c.Create(ctxT(t), minimalConfig("r0")); err != nil {
+		t.Fatal(err)
+	}
+	// Eight tools read generation 1 and race to change different values.
+	const n = 8
+	var wg sync.WaitGroup
+	errs := make([]error, n)
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ci, err := ctlproto.Dial(ctxT(t), e.path, ctlproto.DefaultRegistry(), "")
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			defer ci.Close()
+			_, errs[i] = ci.Change(ctxT(t), "r0", ctlproto.ChangeOptions{IfGeneration: 1},
+				sections(t, ci, ctlproto.U32(ctlproto.TagNetMaxInFlight, uint32(100+i))))
+		}()
+	}
+	wg.Wait()
+	wins := 0
+	for _, err := range errs {
+		if err == nil {
+			wins++
+			continue
+		}
+		if pe := wantCode(t, err, ctlproto.CodeGenerationMismatch); pe.Generation != 2 {
+			t.Fatalf("mismatch reports generation %d, want 2", pe.Generation)
+		}
+	}
+	if wins != 1 {
+		t.Fatalf("%d of %d compare-and-swap changes won, want exactly 1", wins, n)
+	}
+	if _, gen, _ := c.Show(ctxT(t), "r0"); gen != 2 {
+		t.Fatalf("generation %d, want 2", gen)
+	}
+}
+
+func TestConfigOnlyRuntimeRequests(t *testing.T) {
+	e := start(t, Config{}, nil)
+	c := e.dial(t)
+	if _, err := c.Create(ctxT(t), minimalConfig("r0")); err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range []ctlproto.MsgType{ctlproto.MsgUp, ctlproto.MsgDown, ctlproto.MsgAdjust, ctlproto.MsgPrimary,
+		ctlproto.MsgSecondary, ctlproto.MsgConnect, ctlproto.MsgDisconnect, ctlproto.MsgNewCurrentUUID, ctlproto.MsgVerify,
+		ctlproto.MsgInvalidate, ctlproto.MsgInvalidateRemote, ctlproto.MsgPauseSync, ctlproto.MsgResumeSync} {
+		_, err := c.Command(ctxT(t), m, "r0")
+		wantCode(t, err, ctlproto.CodeNotSupported)
+	}
+}
+
+func TestRuntime(t *testing.T) {
+	f := newFakeFactory()
+	e := start(t, Config{NewRuntime: f.New}, nil)
+	c := e.dial(t)
+	ctx := ctxT(t)
+
+	// up with sections: create and start.
+	if _, err := c.Call(ctx, ctlproto.MsgUp, ctlproto.EncodeConfig(c.Registry(), minimalConfig("r0"))); err != nil {
+		t.Fatal(err)
+	}
+	sts, _ := c.Status(ctx, "r0")
+	if sts[0].Disk != resource.DiskUpToDate || sts[0].Conn != resource.ConnConnecting || sts[0].Generation != 1 || sts[0].Name != "r0" {
+		t.Fatalf("status of a running resource: %+v", sts[0])
+	}
+	_, err := c.Command(ctx, ctlproto.MsgUp, "r0")
+	wantCode(t, err, ctlproto.CodeStateConflict)
+
+	// Invariant fields cannot change while up; others go through Apply.
+	_, err = c.Change(ctx, "r0", ctlproto.ChangeOptions{}, sections(t, c, ctlproto.String(ctlproto.TagResourceDisk, "/dev/loop9")))
+	if pe := wantCode(t, err, ctlproto.CodeInvariant); pe.Path != "resource.disk" {
+		t.Fatalf("invariant: %+v", pe)
+	}
+	if _, err := c.Change(ctx, "r0", ctlproto.ChangeOptions{}, sections(t, c, ctlproto.String(ctlproto.TagNetProtocol, "A"))); err != nil {
+		t.Fatal(err)
+	}
+	// A runtime that fails to apply leaves the configuration as it was.
+	f.mu.Lock()
+	f.failApply = &ctlproto.Error{Code: ctlproto.CodePeerUnreachable, Message: "peer gone"}
+	f.mu.Unlock()
+	_, err = c.Change(ctx, "r0", ctlproto.ChangeOptions{}, sections(t, c, ctlproto.String(ctlproto.TagNetProtocol, "B")))
+	wantCode(t, err, ctlproto.CodePeerUnreachable)
+	f.mu.Lock()
+	f.failApply = nil
+	f.mu.Unlock()
+	if cfg, gen, _ := c.Show(ctx, "r0"); cfg.Net.Protocol != config.ProtocolA || gen != 2 {
+		t.Fatalf("after a failed apply: %s gen %d", cfg.Net.Protocol, gen)
+	}
+
+	// Commands reach the runtime with their arguments.
+	if _, err := c.Command(ctx, ctlproto.MsgPrimary, "r0", ctlproto.Flag(ctlproto.TagForce, true)); err != nil {
+		t.Fatal(err)
+	}
+	if sts, _ := c.Status(ctx, "r0"); sts[0].Role != resource.RolePrimary {
+		t.Fatalf("after primary: %+v", sts[0])
+	}
+	_, err = c.Command(ctx, ctlproto.MsgVerify, "r0", ctlproto.U64(ctlproto.TagVerifyStart, 10), ctlproto.U64(ctlproto.TagVerifyStop, 5))
+	if pe := wantCode(t, err, ctlproto.CodeInvalidValue); pe.Path != "verify-stop" {
+		t.Fatalf("verify args: %+v", pe)
+	}
+	_, err = c.Command(ctx, ctlproto.MsgPrimary, "nope")
+	wantCode(t, err, ctlproto.CodeUnknownResource)
+
+	// delete needs down; down keeps the configuration; commands need up.
+	wantCode(t, c.Delete(ctx, "r0", 0), ctlproto.CodeStateConflict)
+	if _, err := c.Command(ctx, ctlproto.MsgDown, "r0"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Command(ctx, ctlproto.MsgDown, "r0"); err != nil {
+		t.Fatalf("down twice: %v", err)
+	}
+	sts, _ = c.Status(ctx, "r0")
+	if sts[0].Disk != resource.DiskDiskless || sts[0].Generation != 2 {
+		t.Fatalf("status after down: %+v", sts[0])
+	}
+	_, err = c.Command(ctx, ctlproto.MsgPrimary, "r0")
+	if pe := wantCode(t, err, ctlproto.CodeStateConflict); pe.State != "down" {
+		t.Fatalf("command while down: %+v", pe)
+	}
+	// Invariant fields may change while down.
+	if _, err := c.Change(ctx, "r0", ctlproto.ChangeOptions{}, sections(t, c, ctlproto.String(ctlproto.TagResourceDisk, "/dev/loop9"))); err != nil {
+		t.Fatal(err)
+	}
+	// up by name starts the existing configuration.
+	if _, err := c.Command(ctx, ctlproto.MsgUp, "r0"); err != nil {
+		t.Fatal(err)
+	}
+	// adjust: the full configuration, sections not given back to defaults.
+	adj := minimalConfig("r0")
+	adj.Local.Disk = "/dev/loop9"
+	adj.Net.Timeout = 3 * time.Second
+	if _, err := c.Call(ctx, ctlproto.MsgAdjust, ctlproto.EncodeConfig(c.Registry(), adj)); err != nil {
+		t.Fatal(err)
+	}
+	if cfg, _, _ := c.Show(ctx, "r0"); !reflect.DeepEqual(cfg, adj.Default()) {
+		t.Fatalf("after adjust: %+v", cfg)
+	}
+	// A start that fails leaves nothing behind.
+	f.mu.Lock()
+	f.failStart = errors.New("no such disk")
+	f.mu.Unlock()
+	_, err = c.Call(ctx, ctlproto.MsgUp, ctlproto.EncodeConfig(c.Registry(), minimalConfig("r2")))
+	wantCode(t, err, ctlproto.CodeInternal)
+	_, err = c.Status(ctx, "r2")
+	wantCode(t, err, ctlproto.CodeUnknownResource)
+
+	want := []string{"start r0", "apply r0 A", "apply r0 B", "primary r0", "verify r0", "stop r0", "start r0", "apply r0 C", "start r2"}
+	if got := f.Calls(); !slices.Equal(got, want) {
+		t.Fatalf("runtime calls\n got %q\nwant %q", got, want)
+	}
+}
+
+// nextText returns the next event as a line without timestamp.
+func nextText(t *testing.T, sub *ctlproto.Subscription) string {
+	t.Helper()
+	ev, err := sub.Next(ctxT(t))
+	if err != nil {
+		t.Fatalf("next event: %v", err)
+	}
+	return ev.Text(false)
+}
+
+func expectEvents(t *testing.T, sub *ctlproto.Subscription, want ...string) {
+	t.Helper()
+	for _, w := range want {
+		if got := nextText(t, sub); got != w {
+			t.Fatalf("event\n got %s\nwant %s", got, w)
+		}
+	}
+}
+
+func TestEvents(t *testing.T) {
+	f := newFakeFactory()
+	e := start(t, Config{NewRuntime: f.New}, nil)
+	c := e.dial(t)
+	if _, err := c.Create(ctxT(t), minimalConfig("r0")); err != nil {
+		t.Fatal(err)
+	}
+	sub, err := e.dial(t).Subscribe(ctxT(t), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	filtered, err := e.dial(t).Subscribe(ctxT(t), "r1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer filtered.Close()
+	expectEvents(t, sub,
+		"exists resource name:r0 role:Secondary writes-in-flight:0 nbd-connections:0 generation:1",
+		"exists connection name:r0 peer-node-id:1 connection:StandAlone peer-role:Unknown",
+		"exists disk name:r0 disk:Diskless size:0 current-uuid:0000000000000000",
+		"exists peer name:r0 peer-node-id:1 peer-disk:DUnknown out-of-sync:0 resync-done:0 resync-total:0 resync-rate:0 resync-eta:0s resynced-bytes:0",
+		"exists -")
+	expectEvents(t, filtered, "exists -")
+
+	if _, err := c.Create(ctxT(t), minimalConfig("r1")); err != nil {
+		t.Fatal(err)
+	}
+	creates := []string{
+		"create resource name:r1 role:Secondary writes-in-flight:0 nbd-connections:0 generation:1",
+		"create connection name:r1 peer-node-id:1 connection:StandAlone peer-role:Unknown",
+		"create disk name:r1 disk:Diskless size:0 current-uuid:0000000000000000",
+		"create peer name:r1 peer-node-id:1 peer-disk:DUnknown out-of-sync:0 resync-done:0 resync-total:0 resync-rate:0 resync-eta:0s resynced-bytes:0",
+	}
+	expectEvents(t, sub, creates...)
+	expectEvents(t, filtered, creates...)
+
+	if _, err := c.Change(ctxT(t), "r0", ctlproto.ChangeOptions{}, sections(t, c, ctlproto.U32(ctlproto.TagPeerNodeID, 2))); err != nil {
+		t.Fatal(err)
+	}
+	expectEvents(t, sub,
+		"change resource name:r0 generation:2",
+		"change connection name:r0 peer-node-id:2",
+		"change peer name:r0 peer-node-id:2")
+
+	// Runtime state changes and hook runs.
+	if _, err := c.Command(ctxT(t), ctlproto.MsgUp, "r0"); err != nil {
+		t.Fatal(err)
+	}
+	expectEvents(t, sub,
+		"change connection name:r0 peer-node-id:2 connection:Connecting",
+		"change disk name:r0 disk:UpToDate size:1048576")
+	if _, err := c.Command(ctxT(t), ctlproto.MsgPrimary, "r0"); err != nil {
+		t.Fatal(err)
+	}
+	expectEvents(t, sub, "change resource name:r0 role:Primary")
+	if _, err := c.Command(ctxT(t), ctlproto.MsgConnect, "r0"); err != nil {
+		t.Fatal(err)
+	}
+	expectEvents(t, sub,
+		"call helper name:r0 helper:before-connect id:1",
+		"response helper name:r0 helper:before-connect id:1 status:0",
+		"change connection name:r0 peer-node-id:2 connection:Connected peer-role:Secondary",
+		"change peer name:r0 peer-node-id:2 peer-disk:UpToDate")
+	if _, err := c.Command(ctxT(t), ctlproto.MsgDown, "r0"); err != nil {
+		t.Fatal(err)
+	}
+	expectEvents(t, sub,
+		"change resource name:r0 role:Secondary",
+		"change connection name:r0 peer-node-id:2 connection:StandAlone peer-role:Unknown",
+		"change disk name:r0 disk:Diskless size:0",
+		"change peer name:r0 peer-node-id:2 peer-disk:DUnknown")
+
+	if err := c.Delete(ctxT(t), "r1", 0); err != nil {
+		t.Fatal(err)
+	}
+	destroys := []string{
+		"destroy peer name:r1 peer-node-id:1",
+		"destroy disk name:r1",
+		"destroy connection name:r1 peer-node-id:1",
+		"destroy resource name:r1",
+	}
+	expectEvents(t, sub, destroys...)
+	expectEvents(t, filtered, destroys...)
+}
+
+func TestSlowSubscriberIsDropped(t *testing.T) {
+	// A queue long enough for a reader that keeps up, even on a busy machine.
+	e := start(t, Config{EventQueue: 512}, nil)
+	c := e.dial(t)
+	if _, err := c.Create(ctxT(t), minimalConfig("r0")); err != nil {
+		t.Fatal(err)
+	}
+	sub, err := e.dial(t).Subscribe(ctxT(t), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	fast, err := e.dial(t).Subscribe(ctxT(t), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fast.Close()
+	// Both are registered once their dump has ended.
+	for _, s := range []*ctlproto.Subscription{sub, fast} {
+		for nextText(t, s) != "exists -" {
+		}
+	}
+	// The other subscriber keeps reading.
+	fastDone := make(chan error, 1)
+	go func() {
+		for {
+			if _, err := fast.Next(context.Background()); err != nil {
+				fastDone <- err
+				return
+			}
+		}
+	}()
+	subscribers := func() int {
+		e.d.bus.mu.Lock()
+		defer e.d.bus.mu.Unlock()
+		return len(e.d.bus.subs)
+	}
+	// The slow subscriber reads nothing. Every change emits an event; the
+	// daemon keeps answering, and drops the subscriber once its socket and
+	// its queue are full.
+	for changes := 0; subscribers() == 2; changes++ {
+		if changes > 100000 {
+			t.Fatal("the slow subscriber was never dropped")
+		}
+		if _, err := c.Change(ctxT(t), "r0", ctlproto.ChangeOptions{}, sections(t, c, ctlproto.U32(ctlproto.TagNetMaxInFlight, uint32(1+changes%2)))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The slow one finds the overflow error after what it missed.
+	for {
+		_, err := sub.Next(ctxT(t))
+		if err != nil {
+			wantCode(t, err, ctlproto.CodeEventQueueOverflow)
+			break
+		}
+	}
+	// The reader that kept up is still subscribed.
+	if n := subscribers(); n != 1 {
+		t.Fatalf("%d subscribers, want the fast one", n)
+	}
+	fast.Close()
+	<-fastDone
+}
+
+func TestOldDaemonRefusesUnknownMandatoryTag(t *testing.T) {
+	// A daemon built before net.protocol and resync.latency-target existed.
+	old := ctlproto.DefaultRegistry().Without(ctlproto.TagNetProtocol, ctlproto.TagResyncLatencyTarget)
+	e := start(t, Config{}, old)
+	c := e.dial(t)
+	if _, err := c.Create(ctxT(t), minimalConfig("r0")); !ctlproto.IsCode(err, ctlproto.CodeUnknownMandatoryTag) {
+		t.Fatalf("create with net.protocol: %v", err)
+	}
+	_, err := c.Change(ctxT(t), "r0", ctlproto.ChangeOptions{}, nil)
+	wantCode(t, err, ctlproto.CodeUnknownResource)
+
+	create := ctlproto.EncodeConfig(old, minimalConfig("r0"))
+	if _, err := c.Call(ctxT(t), ctlproto.MsgCreate, create); err != nil {
+		t.Fatal(err)
+	}
+	// A mandatory tag the daemon lacks refuses the whole request: the
+	// timeout that came along is not applied either.
+	_, err = c.Change(ctxT(t), "r0", ctlproto.ChangeOptions{}, sections(t, c,
+		ctlproto.String(ctlproto.TagNetProtocol, "A").AsMandatory(), ctlproto.U64(ctlproto.TagNetTimeout, 3000)))
+	pe := wantCode(t, err, ctlproto.CodeUnknownMandatoryTag)
+	if !slices.Equal(pe.Tags, []uint16{ctlproto.TagNetProtocol}) {
+		t.Fatalf("tags %v", pe.Tags)
+	}
+	if cfg, gen, _ := c.Show(ctxT(t), "r0"); gen != 1 || cfg.Net.Timeout != config.DefaultTimeout {
+		t.Fatalf("a refused request changed something: gen %d %+v", gen, cfg.Net)
+	}
+	// An optional tag the daemon lacks is skipped and reported; the rest applies.
+	a, err := c.Change(ctxT(t), "r0", ctlproto.ChangeOptions{}, sections(t, c,
+		ctlproto.U64(ctlproto.TagResyncLatencyTarget, 9), ctlproto.U32(ctlproto.TagResyncWindow, 32)))
+	if err != nil || !slices.Equal(a.Ignored, []uint16{ctlproto.TagResyncLatencyTarget}) || a.Generation != 2 {
+		t.Fatalf("optional unknown tag: %+v %v", a, err)
+	}
+	cfg := e.d.lookup("r0").snap.Load().cfg
+	if cfg.Resync.Window != 32 || cfg.Resync.LatencyTarget != config.DefaultLatencyTarget {
+		t.Fatalf("after the change: %+v", cfg.Resync)
+	}
+}
+
+func TestCloseStopsRuntimes(t *testing.T) {
+	f := newFakeFactory()
+	d, err := New(Config{NewRuntime: f.New, EventQueue: 8, Now: time.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := &ctlproto.Request{Header: ctlproto.Header{Type: ctlproto.MsgUp}, Body: ctlproto.EncodeConfig(d.Registry(), minimalConfig("r0"))}
+	if rep := d.ServeCtl(context.Background(), req); rep.Err != nil {
+		t.Fatal(rep.Err)
+	}
+	st := d.bus.subscribe("")
+	if err := d.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if got := f.Calls(); !slices.Equal(got, []string{"start r0", "stop r0"}) {
+		t.Fatalf("calls %q", got)
+	}
+	if rep := d.ServeCtl(context.Background(), &ctlproto.Request{Header: ctlproto.Header{Type: ctlproto.MsgStatus}}); rep.Err == nil || rep.Err.Code != ctlproto.CodeInterrupted {
+		t.Fatalf("after Close: %+v", rep)
+	}
+	if d.bus.subscribe("") != nil {
+		t.Fatal("subscribe after Close")
+	}
+	st.Close()
+}
