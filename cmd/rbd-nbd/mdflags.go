@@ -1,0 +1,172 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/rbd-nbd/rbd-nbd/config"
+)
+
+// mdFlags are the flags that create-md, dump-md and wipe-md share: where
+// the data and the meta-data are.
+type mdFlags struct {
+	disk string
+	meta string
+}
+
+func (f *mdFlags) register(cmd *cobra.Command) {
+	cmd.Flags().StringVar(&f.disk, "disk", "", "backing file or block device (required)")
+	cmd.Flags().StringVar(&f.meta, "meta", config.MetaInternal,
+		`"internal" (meta-data at the end of --disk) or the path of an external meta-data file or device`)
+	_ = cmd.MarkFlagRequired("disk")
+}
+
+// internal reports whether the meta-data lives on the disk itself.
+func (f *mdFlags) internal() bool { return f.meta == "" || f.meta == config.MetaInternal }
+
+// metaName is how output names the meta-data's place.
+func (f *mdFlags) metaName() string {
+	if f.internal() {
+		return config.MetaInternal
+	}
+	return f.meta
+}
+
+// where names the meta-data's place in messages.
+func (f *mdFlags) where() string {
+	if f.internal() {
+		return f.disk + " (internal meta-data)"
+	}
+	return f.meta + " (external meta-data)"
+}
+
+// mdStore is an opened meta-data store: the file holding the meta-data,
+// its size, and the data disk's size.
+type mdStore struct {
+	meta     *os.File
+	metaSize int64
+	diskSize int64
+	files    []*os.File
+}
+
+func (s *mdStore) Close() error {
+	var errs []error
+	for _, f := range s.files {
+		errs = append(errs, f.Close())
+	}
+	s.files = nil
+	return errors.Join(errs...)
+}
+
+// open opens the disk and, when external, the meta-data file; write asks
+// for the meta-data store writable. Block devices are opened exclusively, so
+// that a mounted file system or a running daemon makes the command fail
+// rather than write under it.
+func (f *mdFlags) open(write bool) (*mdStore, error) {
+	if f.disk == "" {
+		return nil, errors.New("--disk is required")
+	}
+	s := &mdStore{}
+	disk, err := mdOpenDev(f.disk, write && f.internal(), false)
+	if err != nil {
+		return nil, err
+	}
+	s.files = append(s.files, disk)
+	if s.diskSize, err = mdDevSize(disk); err != nil {
+		s.Close()
+		return nil, err
+	}
+	if f.internal() {
+		s.meta, s.metaSize = disk, s.diskSize
+		return s, nil
+	}
+	meta, err := mdOpenDev(f.meta, write, false)
+	if err != nil {
+		s.Close()
+		return nil, err
+	}
+	s.files = append(s.files, meta)
+	if s.metaSize, err = mdDevSize(meta); err != nil {
+		s.Close()
+		return nil, err
+	}
+	s.meta = meta
+	return s, nil
+}
+
+// mdOpenDev opens path for reading, or reading and writing; create makes a
+// missing regular file.
+func mdOpenDev(path string, write, create bool) (*os.File, error) {
+	flag := os.O_RDONLY
+	if write {
+		flag = os.O_RDWR
+		if create {
+			flag |= os.O_CREATE
+		}
+		if fi, err := os.Stat(path); err == nil && fi.Mode()&os.ModeDevice != 0 {
+			flag |= os.O_EXCL
+		}
+	}
+	f, err := os.OpenFile(path, flag, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	return f, nil
+}
+
+// mdDevSize returns the size of a regular file or a block device.
+func mdDevSize(f *os.File) (int64, error) {
+	n, err := f.Seek(0, io.SeekEnd)
+	if err != nil {
+		return 0, fmt.Errorf("%s: size: %w", f.Name(), err)
+	}
+	return n, nil
+}
+
+// mdParseSize parses a byte count with an optional binary suffix: 4096, 4K,
+// 4KiB, 1M, 1MiB, 2G.
+func mdParseSize(s string) (int64, error) {
+	t := strings.TrimSpace(strings.ToUpper(s))
+	t = strings.TrimSuffix(strings.TrimSuffix(t, "IB"), "B")
+	mult := int64(1)
+	if n := len(t); n > 0 {
+		switch t[n-1] {
+		case 'K':
+			mult = 1 << 10
+		case 'M':
+			mult = 1 << 20
+		case 'G':
+			mult = 1 << 30
+		case 'T':
+			mult = 1 << 40
+		}
+		if mult != 1 {
+			t = t[:n-1]
+		}
+	}
+	v, err := strconv.ParseInt(t, 10, 64)
+	if err != nil || v < 0 || v > (1<<62)/mult {
+		return 0, fmt.Errorf("size %q: want a number with an optional K, M, G or T suffix", s)
+	}
+	return v * mult, nil
+}
+
+// mdHumanBytes formats n in binary units.
+func mdHumanBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
