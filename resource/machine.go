@@ -562,7 +562,7 @@ func (m *Machine) syncDone(e EvSyncDone) []Action {
 		m.meta.UUIDs.finishSyncSource()
 		m.setFlag(FlagPeerOutdated, false)
 		m.setFlag(FlagCrashedPrimary, false)
-		return []Action{m.persist()}
+		return []Action{ActStopResync{}, m.persist()}
 	case ConnSyncTarget, ConnPausedSyncT:
 		m.conn = ConnConnected
 		m.disk = DiskUpToDate
@@ -572,7 +572,7 @@ func (m *Machine) syncDone(e EvSyncDone) []Action {
 		m.setFlag(FlagWasUpToDate, true)
 		m.setFlag(FlagOutdated, false)
 		m.setFlag(FlagCrashedPrimary, false)
-		return []Action{m.persist(), ActSendState{}, ActRunHook{Name: "after-resync-target"}}
+		return []Action{ActStopResync{}, m.persist(), ActSendState{}, ActRunHook{Name: "after-resync-target"}}
 	}
 	return nil
 }

@@ -99,6 +99,7 @@ func runDaemon(parent context.Context, g *globalOptions, o *daemonOptions) error
 	dcfg.Registry = reg
 	dcfg.Logger = log
 	dcfg.EventQueue = o.eventQueue
+	dcfg.NewRuntime = newRuntimeFunc(log)
 	d, err := daemon.New(dcfg)
 	if err != nil {
 		return err

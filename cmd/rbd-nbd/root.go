@@ -81,5 +81,6 @@ func newRootCmd() *cobra.Command {
 		newDumpMDCmd(g),
 		newWipeMDCmd(g),
 	)
+	root.AddCommand(resourceCmds(g)...)
 	return root
 }

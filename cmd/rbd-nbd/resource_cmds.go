@@ -1,0 +1,307 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"github.com/schollz/progressbar/v3"
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+
+	"github.com/rbd-nbd/rbd-nbd/config"
+	"github.com/rbd-nbd/rbd-nbd/ctlproto"
+	"github.com/rbd-nbd/rbd-nbd/resource"
+)
+
+// The resource commands: each sends one control-protocol request, so that
+// every change is one transaction the daemon validates and applies whole.
+
+// resourceCmds returns the commands that act on resources.
+func resourceCmds(g *globalOptions) []*cobra.Command {
+	return []*cobra.Command{
+		newUpCmd(g), newAdjustCmd(g), newDownCmd(g),
+		newPrimaryCmd(g), newSimpleCmd(g, "secondary", "Become Secondary (refused while NBD clients are connected)", ctlproto.MsgSecondary),
+		newConnectCmd(g), newSimpleCmd(g, "disconnect", "Drop the peer link and stay StandAlone", ctlproto.MsgDisconnect),
+		newNewUUIDCmd(g), newVerifyCmd(g),
+		newSimpleCmd(g, "invalidate", "Make this node sync target for every block", ctlproto.MsgInvalidate),
+		newInvalidateRemoteCmd(g),
+		newSimpleCmd(g, "pause-sync", "Pause the resync this node is source of", ctlproto.MsgPauseSync),
+		newSimpleCmd(g, "resume-sync", "Resume a paused resync", ctlproto.MsgResumeSync),
+		newWaitSyncCmd(g),
+	}
+}
+
+// loadResource reads this node's view of a resource file.
+func loadResource(file, node string) (config.Resource, error) {
+	f, err := config.LoadFile(file)
+	if err != nil {
+		return config.Resource{}, err
+	}
+	return f.Node(node)
+}
+
+func newUpCmd(g *globalOptions) *cobra.Command {
+	var file, node string
+	cmd := &cobra.Command{
+		Use:   "up -c FILE [--node NAME]",
+		Short: "Create the resource from a resource file, attach its disk, serve NBD and connect",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := loadResource(file, node)
+			if err != nil {
+				return err
+			}
+			return withClient(cmd.Context(), g, callTimeout, func(ctx context.Context, c *ctlproto.Client) error {
+				r, err := c.Call(ctx, ctlproto.MsgUp, ctlproto.EncodeConfig(c.Registry(), cfg))
+				warnIgnored(cmd.ErrOrStderr(), c, r.Ignored)
+				return err
+			})
+		},
+	}
+	resourceFileFlags(cmd, &file, &node)
+	return cmd
+}
+
+func resourceFileFlags(cmd *cobra.Command, file, node *string) {
+	cmd.Flags().StringVarP(file, "config", "c", "", "resource file (YAML)")
+	cmd.Flags().StringVar(node, "node", "", "this node's name in the file (default: the host name)")
+	_ = cmd.MarkFlagRequired("config")
+}
+
+func newAdjustCmd(g *globalOptions) *cobra.Command {
+	var file, node string
+	cmd := &cobra.Command{
+		Use:   "adjust -c FILE [--node NAME]",
+		Short: "Make the running resource match the resource file, as one transaction",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := loadResource(file, node)
+			if err != nil {
+				return err
+			}
+			return withClient(cmd.Context(), g, callTimeout, func(ctx context.Context, c *ctlproto.Client) error {
+				r, err := c.Call(ctx, ctlproto.MsgAdjust, ctlproto.EncodeConfig(c.Registry(), cfg))
+				warnIgnored(cmd.ErrOrStderr(), c, r.Ignored)
+				return err
+			})
+		},
+	}
+	resourceFileFlags(cmd, &file, &node)
+	return cmd
+}
+
+func newDownCmd(g *globalOptions) *cobra.Command {
+	return newSimpleCmd(g, "down", "Demote, disconnect, stop serving and close the disk", ctlproto.MsgDown)
+}
+
+// newSimpleCmd is a command that names a resource and nothing else.
+func newSimpleCmd(g *globalOptions, use, short string, t ctlproto.MsgType) *cobra.Command {
+	return &cobra.Command{
+		Use:   use + " RESOURCE",
+		Short: short,
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return command(cmd, g, t, args[0])
+		},
+	}
+}
+
+func command(cmd *cobra.Command, g *globalOptions, t ctlproto.MsgType, name string, extra ...ctlproto.Entry) error {
+	return withClient(cmd.Context(), g, callTimeout, func(ctx context.Context, c *ctlproto.Client) error {
+		_, err := c.Command(ctx, t, name, extra...)
+		return err
+	})
+}
+
+func newPrimaryCmd(g *globalOptions) *cobra.Command {
+	var force bool
+	cmd := &cobra.Command{
+		Use:   "primary RESOURCE [--force]",
+		Short: "Become Primary (--force: even without up-to-date data; this node's data wins)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var extra []ctlproto.Entry
+			if force {
+				extra = append(extra, ctlproto.Flag(ctlproto.TagForce, true).AsMandatory())
+			}
+			return command(cmd, g, ctlproto.MsgPrimary, args[0], extra...)
+		},
+	}
+	cmd.Flags().BoolVar(&force, "force", false, "promote even an Inconsistent or Outdated disk; on a fresh pair this starts the initial full sync")
+	return cmd
+}
+
+func newConnectCmd(g *globalOptions) *cobra.Command {
+	var discard bool
+	cmd := &cobra.Command{
+		Use:   "connect RESOURCE [--discard-my-data]",
+		Short: "Connect to the peer (--discard-my-data: resolve a split brain against this node)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var extra []ctlproto.Entry
+			if discard {
+				extra = append(extra, ctlproto.Flag(ctlproto.TagDiscardMyData, true).AsMandatory())
+			}
+			return command(cmd, g, ctlproto.MsgConnect, args[0], extra...)
+		},
+	}
+	cmd.Flags().BoolVar(&discard, "discard-my-data", false, "this node becomes sync target after a split brain")
+	return cmd
+}
+
+func newNewUUIDCmd(g *globalOptions) *cobra.Command {
+	var clear bool
+	cmd := &cobra.Command{
+		Use:   "new-current-uuid RESOURCE [--clear-bitmap]",
+		Short: "Start a new data generation (--clear-bitmap: skip the initial sync of two blank disks)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var extra []ctlproto.Entry
+			if clear {
+				extra = append(extra, ctlproto.Flag(ctlproto.TagClearBitmap, true).AsMandatory())
+			}
+			return command(cmd, g, ctlproto.MsgNewCurrentUUID, args[0], extra...)
+		},
+	}
+	cmd.Flags().BoolVar(&clear, "clear-bitmap", false, "both disks are blank: mark them in sync without a resync")
+	return cmd
+}
+
+func newInvalidateRemoteCmd(g *globalOptions) *cobra.Command {
+	var reset bool
+	cmd := &cobra.Command{
+		Use:   "invalidate-remote RESOURCE [--reset-bitmap=false]",
+		Short: "Make the peer sync target: for every block, or (--reset-bitmap=false) for what the bitmap holds",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return command(cmd, g, ctlproto.MsgInvalidateRemote, args[0], ctlproto.Flag(ctlproto.TagResetBitmap, reset).AsMandatory())
+		},
+	}
+	cmd.Flags().BoolVar(&reset, "reset-bitmap", true, "mark every block out of sync first (false: resync only what verify found)")
+	return cmd
+}
+
+func newVerifyCmd(g *globalOptions) *cobra.Command {
+	var start, stop string
+	var wait bool
+	cmd := &cobra.Command{
+		Use:   "verify RESOURCE [--start OFFSET] [--stop OFFSET] [--wait]",
+		Short: "Compare both replicas by checksum while in use; mark differing blocks out of sync",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var s, e uint64
+			var err error
+			if start != "" {
+				if s, err = config.ParseSize(start); err != nil {
+					return fmt.Errorf("--start: %w", err)
+				}
+			}
+			if stop != "" {
+				if e, err = config.ParseSize(stop); err != nil {
+					return fmt.Errorf("--stop: %w", err)
+				}
+			}
+			if err := command(cmd, g, ctlproto.MsgVerify, args[0],
+				ctlproto.U64(ctlproto.TagVerifyStart, s).AsMandatory(), ctlproto.U64(ctlproto.TagVerifyStop, e).AsMandatory()); err != nil {
+				return err
+			}
+			if !wait {
+				return nil
+			}
+			st, err := waitFor(cmd, g, args[0], 0, func(st resource.Status) bool { return st.Conn != resource.ConnVerifyS })
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "verify done: %d bytes out of sync\n", st.OutOfSync)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&start, "start", "", "first byte (K, M, G suffixes)")
+	cmd.Flags().StringVar(&stop, "stop", "", "end (exclusive; default: the end of the device)")
+	cmd.Flags().BoolVar(&wait, "wait", false, "wait until the verify finished and print what it found")
+	return cmd
+}
+
+// inSync reports whether a resource is connected with nothing to resync.
+func inSync(st resource.Status) bool {
+	return st.Conn == resource.ConnConnected && st.Disk == resource.DiskUpToDate && st.PeerDisk == resource.DiskUpToDate
+}
+
+func newWaitSyncCmd(g *globalOptions) *cobra.Command {
+	var timeout time.Duration
+	cmd := &cobra.Command{
+		Use:   "wait-sync RESOURCE [--timeout D]",
+		Short: "Wait until the resource is connected and both disks are UpToDate, showing resync progress",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			_, err := waitFor(cmd, g, args[0], timeout, inSync)
+			return err
+		},
+	}
+	cmd.Flags().DurationVar(&timeout, "timeout", 0, "give up after this long (0: never)")
+	return cmd
+}
+
+// waitFor polls the resource's status until done says so, drawing a
+// progress bar on a terminal while a resync or verify runs.
+func waitFor(cmd *cobra.Command, g *globalOptions, name string, timeout time.Duration, done func(resource.Status) bool) (resource.Status, error) {
+	var last resource.Status
+	out := cmd.ErrOrStderr()
+	tty := false
+	if f, ok := out.(*os.File); ok {
+		tty = term.IsTerminal(int(f.Fd()))
+	}
+	var bar *progressbar.ProgressBar
+	err := withClient(cmd.Context(), g, timeout, func(ctx context.Context, c *ctlproto.Client) error {
+		t := time.NewTicker(200 * time.Millisecond)
+		defer t.Stop()
+		for {
+			sts, err := c.Status(ctx, name)
+			if err != nil {
+				return err
+			}
+			if len(sts) != 1 {
+				return fmt.Errorf("no resource %q", name)
+			}
+			last = sts[0]
+			if done(last) {
+				if bar != nil {
+					_ = bar.Finish()
+				}
+				return nil
+			}
+			if last.ResyncTotal > 0 {
+				if bar == nil {
+					bar = newBar(out, tty, last)
+				}
+				bar.ChangeMax64(int64(last.ResyncTotal))
+				_ = bar.Set64(int64(last.ResyncDone))
+			}
+			select {
+			case <-t.C:
+			case <-ctx.Done():
+				return fmt.Errorf("still %s/%s/%s after waiting: %w", last.Conn, last.Disk, last.PeerDisk, ctx.Err())
+			}
+		}
+	})
+	return last, err
+}
+
+func newBar(w io.Writer, tty bool, st resource.Status) *progressbar.ProgressBar {
+	opts := []progressbar.Option{
+		progressbar.OptionSetWriter(w),
+		progressbar.OptionSetDescription(fmt.Sprintf("%s %s", st.Name, st.Conn)),
+		progressbar.OptionShowBytes(true),
+		progressbar.OptionSetPredictTime(true),
+		progressbar.OptionThrottle(250 * time.Millisecond),
+		progressbar.OptionOnCompletion(func() { fmt.Fprintln(w) }),
+	}
+	if !tty {
+		// Not a terminal (CI logs, make demo piped): a line now and then.
+		opts = append(opts, progressbar.OptionThrottle(2*time.Second), progressbar.OptionSetWidth(30))
+	}
+	return progressbar.NewOptions64(int64(st.ResyncTotal), opts...)
+}

@@ -1,0 +1,126 @@
+package main
+
+import (
+	"context"
+	"errors"
+
+	"go.uber.org/zap"
+
+	"github.com/rbd-nbd/rbd-nbd/config"
+	"github.com/rbd-nbd/rbd-nbd/ctlproto"
+	"github.com/rbd-nbd/rbd-nbd/daemon"
+	"github.com/rbd-nbd/rbd-nbd/hooks"
+	"github.com/rbd-nbd/rbd-nbd/resource"
+)
+
+// resourceRuntime runs a replicated resource for the daemon: it adapts
+// resource.Resource to daemon.Runtime, and the resource's errors to the
+// control protocol's codes.
+type resourceRuntime struct {
+	name   string
+	log    *zap.Logger
+	events daemon.Events
+	res    *resource.Resource
+}
+
+// newRuntimeFunc returns the daemon's runtime factory.
+func newRuntimeFunc(log *zap.Logger) daemon.NewRuntimeFunc {
+	return func(name string, events daemon.Events) (daemon.Runtime, error) {
+		return &resourceRuntime{name: name, log: log, events: events}, nil
+	}
+}
+
+// observer forwards the resource's news to the daemon's event bus.
+type observer struct{ events daemon.Events }
+
+func (o observer) Changed() { o.events.Changed() }
+
+func (o observer) Hook(ev hooks.Event) {
+	switch ev.Type {
+	case hooks.EventCall:
+		o.events.HookCalled(daemon.HookCall{ID: ev.Seq, Hook: string(ev.Handler)})
+	case hooks.EventResponse:
+		var err error
+		if ev.Error != "" {
+			err = errors.New(ev.Error)
+		}
+		o.events.HookReturned(daemon.HookResponse{ID: ev.Seq, Hook: string(ev.Handler), ExitCode: ev.ExitCode, Err: err})
+	}
+}
+
+func (rt *resourceRuntime) Start(ctx context.Context, cfg config.Resource) error {
+	res := resource.New(cfg, resource.Options{Logger: rt.log, Observer: observer{rt.events}})
+	if err := res.Start(ctx); err != nil {
+		return ctlError(err)
+	}
+	rt.res = res
+	return nil
+}
+
+func (rt *resourceRuntime) Apply(ctx context.Context, _, cfg config.Resource) error {
+	return ctlError(rt.res.Apply(ctx, cfg))
+}
+
+func (rt *resourceRuntime) Stop(ctx context.Context) error {
+	return ctlError(rt.res.Stop(ctx))
+}
+
+func (rt *resourceRuntime) Status() resource.Status {
+	if rt.res == nil {
+		return resource.Status{Name: rt.name, Role: resource.RoleSecondary, Disk: resource.DiskDiskless, PeerDisk: resource.DiskDUnknown}
+	}
+	return rt.res.Status()
+}
+
+func (rt *resourceRuntime) Do(ctx context.Context, cmd daemon.Command, a daemon.Args) error {
+	r := rt.res
+	var err error
+	switch cmd {
+	case daemon.CmdPrimary:
+		err = r.Primary(ctx, a.Force)
+	case daemon.CmdSecondary:
+		err = r.Secondary(ctx)
+	case daemon.CmdConnect:
+		err = r.Connect(ctx, a.DiscardMyData)
+	case daemon.CmdDisconnect:
+		err = r.Disconnect(ctx)
+	case daemon.CmdNewCurrentUUID:
+		err = r.NewCurrentUUID(ctx, a.ClearBitmap)
+	case daemon.CmdInvalidate:
+		err = r.Invalidate(ctx)
+	case daemon.CmdInvalidateRemote:
+		err = r.InvalidateRemote(ctx, a.ResetBitmap)
+	case daemon.CmdPauseSync:
+		err = r.PauseSync(ctx)
+	case daemon.CmdResumeSync:
+		err = r.ResumeSync(ctx)
+	case daemon.CmdVerify:
+		err = r.Verify(ctx, int64(a.VerifyStart), int64(a.VerifyStop))
+	default:
+		err = ctlproto.Errorf(ctlproto.CodeNotSupported, "%s is not supported by this daemon", cmd)
+	}
+	return ctlError(err)
+}
+
+// ctlError gives the resource's errors their control-protocol codes.
+func ctlError(err error) error {
+	if err == nil {
+		return nil
+	}
+	var ce *ctlproto.Error
+	if errors.As(err, &ce) {
+		return err
+	}
+	var se *resource.StateError
+	switch {
+	case errors.As(err, &se):
+		e := ctlproto.Errorf(ctlproto.CodeStateConflict, "%v", se.Err)
+		e.State = se.State
+		return e
+	case errors.Is(err, resource.ErrNoMeta):
+		return ctlproto.Errorf(ctlproto.CodeMetaDataInvalid, "%v", err)
+	case errors.Is(err, resource.ErrDown):
+		return ctlproto.Errorf(ctlproto.CodeStateConflict, "%v", err)
+	}
+	return err
+}

@@ -1,0 +1,418 @@
+package disk
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+	"sync/atomic"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// Options says how [Open] opens a backing file or block device.
+type Options struct {
+	// ReadOnly opens the device O_RDONLY; writing operations return
+	// ErrReadOnly.
+	ReadOnly bool
+	// Direct opens with O_DIRECT, bypassing the page cache. Offsets and
+	// lengths must then be multiples of [File.Alignment]; buffers need not
+	// be aligned (unaligned ones go through an aligned bounce buffer).
+	Direct bool
+	// Create creates a regular file that does not exist yet.
+	Create bool
+	// Size, if positive, is the minimum size of a regular file: a smaller
+	// file is extended (sparsely) to Size, a larger one is left alone. For
+	// a block device it must not exceed the device's size and is otherwise
+	// ignored.
+	Size int64
+}
+
+// File is a Device on a regular file or a block device, doing pread and
+// pwrite on one descriptor. Page cache coherency makes every completed
+// pwrite visible to later preads on any descriptor of the same file, and
+// fdatasync covers all of them.
+type File struct {
+	path     string
+	fd       int
+	size     int64
+	readOnly bool
+	blockDev bool
+	direct   bool
+	// align is the offset/length granularity of direct I/O, memAlign that
+	// of buffer addresses; both 1 without O_DIRECT.
+	align, memAlign int64
+
+	ref refCount
+
+	// Capabilities learnt at run time: set once fallocate reports
+	// EOPNOTSUPP so that we stop trying.
+	noPunch     atomic.Bool
+	noZeroRange atomic.Bool
+
+	zeroOnce sync.Once
+	zeroBuf  []byte // read-only after zeroOnce
+	bounce   sync.Pool
+}
+
+var (
+	_ Device     = (*File)(nil)
+	_ FastZeroer = (*File)(nil)
+)
+
+// zeroChunk is the size of the buffer used to write zeroes where the
+// filesystem cannot zero a range itself.
+const zeroChunk = 1 << 20
+
+// Open opens a regular file or block device as a Device.
+func Open(path string, opts Options) (*File, error) {
+	flags := unix.O_CLOEXEC
+	if opts.ReadOnly {
+		flags |= unix.O_RDONLY
+	} else {
+		flags |= unix.O_RDWR
+	}
+	if opts.Direct {
+		flags |= unix.O_DIRECT
+	}
+	if opts.Create && !opts.ReadOnly {
+		flags |= unix.O_CREAT
+	}
+	if opts.Size < 0 {
+		return nil, fmt.Errorf("open %s: size %d: %w", path, opts.Size, ErrSize)
+	}
+	fd, err := openRetry(path, flags)
+	if err != nil {
+		return nil, &os.PathError{Op: "open", Path: path, Err: err}
+	}
+	f := &File{path: path, fd: fd, readOnly: opts.ReadOnly, direct: opts.Direct, align: 1, memAlign: 1}
+	f.ref.init()
+	if err := f.setup(opts); err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	return f, nil
+}
+
+func openRetry(path string, flags int) (int, error) {
+	for {
+		fd, err := unix.Open(path, flags, 0o600)
+		if err != unix.EINTR {
+			return fd, err
+		}
+	}
+}
+
+func (f *File) setup(opts Options) error {
+	var st unix.Stat_t
+	if err := unix.Fstat(f.fd, &st); err != nil {
+		return &os.PathError{Op: "fstat", Path: f.path, Err: err}
+	}
+	switch st.Mode & unix.S_IFMT {
+	case unix.S_IFBLK:
+		f.blockDev = true
+		size, err := unix.IoctlGetUint64(f.fd, unix.BLKGETSIZE64)
+		if err != nil {
+			return &os.PathError{Op: "ioctl BLKGETSIZE64", Path: f.path, Err: err}
+		}
+		f.size = int64(size)
+		if opts.Size > f.size {
+			return fmt.Errorf("%s: device has %d bytes, %d requested: %w", f.path, f.size, opts.Size, ErrSize)
+		}
+		if f.direct {
+			ss, err := unix.IoctlGetInt(f.fd, unix.BLKSSZGET)
+			if err != nil || ss <= 0 {
+				ss = 512
+			}
+			f.align, f.memAlign = int64(ss), int64(ss)
+		}
+	case unix.S_IFREG:
+		f.size = st.Size
+		if opts.Size > f.size {
+			if opts.ReadOnly {
+				return fmt.Errorf("%s: file has %d bytes, %d requested on a read-only open: %w", f.path, f.size, opts.Size, ErrSize)
+			}
+			if err := unix.Ftruncate(f.fd, opts.Size); err != nil {
+				return &os.PathError{Op: "ftruncate", Path: f.path, Err: err}
+			}
+			f.size = opts.Size
+		}
+		if f.direct {
+			f.align, f.memAlign = 4096, 4096
+			var stx unix.Statx_t
+			if err := unix.Statx(f.fd, "", unix.AT_EMPTY_PATH, unix.STATX_DIOALIGN, &stx); err == nil &&
+				stx.Mask&unix.STATX_DIOALIGN != 0 && stx.Dio_offset_align > 0 {
+				f.align, f.memAlign = int64(stx.Dio_offset_align), int64(max(stx.Dio_mem_align, 1))
+			}
+		}
+	default:
+		return fmt.Errorf("%s: not a regular file or block device", f.path)
+	}
+	return nil
+}
+
+// Path returns the path the device was opened with.
+func (f *File) Path() string { return f.path }
+
+// Size returns the device's size in bytes.
+func (f *File) Size() int64 { return f.size }
+
+// BlockDevice reports whether the device is a block device.
+func (f *File) BlockDevice() bool { return f.blockDev }
+
+// Alignment is the granularity that offsets and lengths must have: the
+// logical block size with O_DIRECT, else 1.
+func (f *File) Alignment() int64 { return f.align }
+
+// ReadAt reads len(p) bytes at off. Reading past the end returns io.EOF
+// with the bytes that were there.
+func (f *File) ReadAt(p []byte, off int64) (int, error) {
+	if off < 0 {
+		return 0, ErrOutOfRange
+	}
+	if err := f.ref.acquire(); err != nil {
+		return 0, err
+	}
+	defer f.ref.release()
+	if f.direct {
+		return f.directIO(p, off, false)
+	}
+	return preadFull(f.fd, p, off)
+}
+
+// WriteAt writes p at off. Writing past the end of the device is an error
+// (the device never grows).
+func (f *File) WriteAt(p []byte, off int64) (int, error) {
+	if f.readOnly {
+		return 0, ErrReadOnly
+	}
+	if err := checkRange(off, int64(len(p)), f.size); err != nil {
+		return 0, err
+	}
+	if err := f.ref.acquire(); err != nil {
+		return 0, err
+	}
+	defer f.ref.release()
+	if f.direct {
+		return f.directIO(p, off, true)
+	}
+	return pwriteFull(f.fd, p, off)
+}
+
+func preadFull(fd int, p []byte, off int64) (int, error) {
+	n := 0
+	for n < len(p) {
+		m, err := unix.Pread(fd, p[n:], off+int64(n))
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return n, err
+		}
+		if m == 0 {
+			return n, io.EOF
+		}
+		n += m
+	}
+	return n, nil
+}
+
+func pwriteFull(fd int, p []byte, off int64) (int, error) {
+	n := 0
+	for n < len(p) {
+		m, err := unix.Pwrite(fd, p[n:], off+int64(n))
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return n, err
+		}
+		if m == 0 {
+			return n, io.ErrShortWrite
+		}
+		n += m
+	}
+	return n, nil
+}
+
+// directIO does an O_DIRECT transfer, through an aligned bounce buffer when
+// p's address is not aligned.
+func (f *File) directIO(p []byte, off int64, write bool) (int, error) {
+	if off%f.align != 0 || int64(len(p))%f.align != 0 {
+		return 0, ErrUnaligned
+	}
+	if len(p) == 0 || uintptr(unsafe.Pointer(&p[0]))%uintptr(f.memAlign) == 0 {
+		if write {
+			return pwriteFull(f.fd, p, off)
+		}
+		return preadFull(f.fd, p, off)
+	}
+	n := 0
+	for n < len(p) {
+		chunk := min(len(p)-n, zeroChunk)
+		bp := f.getBounce()
+		b := (*bp)[:chunk]
+		var m int
+		var err error
+		if write {
+			copy(b, p[n:n+chunk])
+			m, err = pwriteFull(f.fd, b, off+int64(n))
+		} else {
+			m, err = preadFull(f.fd, b, off+int64(n))
+			copy(p[n:], b[:m])
+		}
+		f.bounce.Put(bp)
+		n += m
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}
+
+func (f *File) getBounce() *[]byte {
+	if bp, ok := f.bounce.Get().(*[]byte); ok {
+		return bp
+	}
+	b := AlignedBuffer(zeroChunk, int(f.memAlign))
+	return &b
+}
+
+// AlignedBuffer returns a zeroed buffer of n bytes whose first byte is
+// aligned to align (a power of two), for O_DIRECT I/O.
+func AlignedBuffer(n, align int) []byte {
+	if align <= 1 {
+		return make([]byte, n)
+	}
+	b := make([]byte, n+align-1)
+	skip := 0
+	if r := int(uintptr(unsafe.Pointer(&b[0])) & uintptr(align-1)); r != 0 {
+		skip = align - r
+	}
+	return b[skip : skip+n : skip+n]
+}
+
+// Sync flushes written data to stable storage with fdatasync.
+func (f *File) Sync() error {
+	if err := f.ref.acquire(); err != nil {
+		return err
+	}
+	defer f.ref.release()
+	for {
+		err := unix.Fdatasync(f.fd)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return &os.PathError{Op: "fdatasync", Path: f.path, Err: err}
+		}
+		return nil
+	}
+}
+
+// Trim punches a hole; where the filesystem or device cannot, it zeroes the
+// range instead so that it still reads back as zeroes.
+func (f *File) Trim(off, length int64) error {
+	return f.Zero(off, length, false)
+}
+
+// Zero makes the range read back as zeroes: a punched hole unless noHole,
+// else fallocate ZERO_RANGE, else written zeroes.
+func (f *File) Zero(off, length int64, noHole bool) error {
+	err := f.ZeroFast(off, length, noHole)
+	if err == nil || !errors.Is(err, ErrNotSupported) {
+		return err
+	}
+	return f.writeZeroes(off, length)
+}
+
+// ZeroFast zeroes the range with fallocate alone, returning an error
+// wrapping ErrNotSupported (having changed nothing) when it cannot. On a
+// block device only a punched hole counts as fast: the kernel's ZERO_RANGE
+// there may itself fall back to writing zeroes.
+func (f *File) ZeroFast(off, length int64, noHole bool) error {
+	if f.readOnly {
+		return ErrReadOnly
+	}
+	if err := checkRange(off, length, f.size); err != nil {
+		return err
+	}
+	if length == 0 {
+		return nil
+	}
+	if f.direct && (off%f.align != 0 || length%f.align != 0) {
+		return ErrUnaligned
+	}
+	if err := f.ref.acquire(); err != nil {
+		return err
+	}
+	defer f.ref.release()
+	if !noHole && !f.noPunch.Load() {
+		err := fallocate(f.fd, unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, length)
+		if err == nil {
+			return nil
+		}
+		if !unsupported(err) {
+			return &os.PathError{Op: "fallocate punch-hole", Path: f.path, Err: err}
+		}
+		f.noPunch.Store(true)
+	}
+	if !f.blockDev && !f.noZeroRange.Load() {
+		err := fallocate(f.fd, unix.FALLOC_FL_ZERO_RANGE|unix.FALLOC_FL_KEEP_SIZE, off, length)
+		if err == nil {
+			return nil
+		}
+		if !unsupported(err) {
+			return &os.PathError{Op: "fallocate zero-range", Path: f.path, Err: err}
+		}
+		f.noZeroRange.Store(true)
+	}
+	return fmt.Errorf("%s: zeroing %d bytes at %d: %w", f.path, length, off, ErrNotSupported)
+}
+
+// CanFastZero reports whether fallocate is (still) believed to work, i.e.
+// whether ZeroFast may succeed.
+func (f *File) CanFastZero() bool {
+	return !f.noPunch.Load() || (!f.blockDev && !f.noZeroRange.Load())
+}
+
+func unsupported(err error) bool {
+	return err == unix.EOPNOTSUPP || err == unix.ENOSYS || err == unix.ENOTTY
+}
+
+func fallocate(fd int, mode uint32, off, length int64) error {
+	for {
+		err := unix.Fallocate(fd, mode, off, length)
+		if err != unix.EINTR {
+			return err
+		}
+	}
+}
+
+func (f *File) writeZeroes(off, length int64) error {
+	f.zeroOnce.Do(func() { f.zeroBuf = AlignedBuffer(zeroChunk, int(f.memAlign)) })
+	if err := f.ref.acquire(); err != nil {
+		return err
+	}
+	defer f.ref.release()
+	for length > 0 {
+		n := min(length, zeroChunk)
+		if _, err := pwriteFull(f.fd, f.zeroBuf[:n], off); err != nil {
+			return &os.PathError{Op: "write zeroes", Path: f.path, Err: err}
+		}
+		off += n
+		length -= n
+	}
+	return nil
+}
+
+// Close waits for running calls to return and closes the descriptor.
+// Calls made after Close return ErrClosed.
+func (f *File) Close() error {
+	if !f.ref.close() {
+		return ErrClosed
+	}
+	return unix.Close(f.fd)
+}

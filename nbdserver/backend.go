@@ -1,0 +1,192 @@
+package nbdserver
+
+import (
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/rbd-nbd/rbd-nbd/disk"
+)
+
+// Backend does an export's I/O. Its methods are called concurrently, from
+// all connections to the export. p is valid only during the call: the
+// server reuses its buffers.
+//
+// Durability contract (what makes CAN_MULTI_CONN honest): when Flush
+// returns nil, every WriteAt, Trim and Zero that returned before Flush was
+// called is durable, whichever connection it came from; when a call with
+// fua set returns nil, what it wrote is durable.
+type Backend interface {
+	// Size is the export's size in bytes; it must not change while the
+	// export is served.
+	Size() int64
+	// ReadAt fills p from off.
+	ReadAt(p []byte, off int64) error
+	// WriteAt writes p at off.
+	WriteAt(p []byte, off int64, fua bool) error
+	// Flush makes completed writes durable.
+	Flush() error
+	// Trim discards a range (a hint; what it then reads is unspecified).
+	Trim(off, length int64, fua bool) error
+	// Zero makes a range read back as zeroes; noHole forbids deallocating
+	// it. With fastZero set, Zero must either be fast or change nothing
+	// and return ErrFastZeroUnsupported.
+	Zero(off, length int64, noHole, fastZero, fua bool) error
+}
+
+// Export is a named block device the server offers.
+type Export struct {
+	// Name is what clients ask for; "" is the default export.
+	Name string
+	// Description is shown to clients that ask (NBD_INFO_DESCRIPTION,
+	// NBD_OPT_LIST).
+	Description string
+	// Backend does the I/O.
+	Backend Backend
+	// ReadOnly advertises NBD_FLAG_READ_ONLY; writes get EPERM.
+	ReadOnly bool
+	// MinBlock, PrefBlock and MaxBlock are the block size constraints
+	// advertised with NBD_INFO_BLOCK_SIZE. Zero means 1, 4096 and
+	// Config.MaxRequest. MinBlock is enforced: requests whose offset or
+	// length is not a multiple of it get EINVAL. MaxBlock is enforced
+	// for READ and WRITE payloads.
+	MinBlock, PrefBlock, MaxBlock uint32
+	// NoMultiConn withholds NBD_FLAG_CAN_MULTI_CONN. Leave it false unless
+	// the Backend breaks the durability contract across connections.
+	NoMultiConn bool
+}
+
+// TransmissionFlags returns the flags the server sends for e: HAS_FLAGS,
+// SEND_FLUSH, CAN_MULTI_CONN (unless NoMultiConn), SEND_CACHE, and
+// SEND_FUA, SEND_TRIM, SEND_WRITE_ZEROES, SEND_FAST_ZERO for writable
+// exports or READ_ONLY for read-only ones. A kernel attach passes the same
+// flags to the nbd driver.
+func (e *Export) TransmissionFlags() uint16 {
+	f := FlagHasFlags | FlagSendFlush | FlagSendCache
+	if !e.NoMultiConn {
+		f |= FlagCanMultiConn
+	}
+	if e.ReadOnly {
+		f |= FlagReadOnly
+	} else {
+		f |= FlagSendFUA | FlagSendTrim | FlagSendWriteZeroes | FlagSendFastZero
+	}
+	return f
+}
+
+// blockSizes returns the effective min, preferred and max block sizes.
+func (e *Export) blockSizes(cfg *Config) (minB, prefB, maxB uint32) {
+	minB, prefB, maxB = e.MinBlock, e.PrefBlock, e.MaxBlock
+	if minB == 0 {
+		minB = 1
+	}
+	if prefB == 0 {
+		prefB = max(4096, minB)
+	}
+	if maxB == 0 || maxB > cfg.MaxRequest {
+		maxB = cfg.MaxRequest
+	}
+	return minB, prefB, maxB
+}
+
+// validate checks an export before it is served.
+func (e *Export) validate() error {
+	if e.Backend == nil {
+		return fmt.Errorf("export %q has no backend", e.Name)
+	}
+	if len(e.Name) > maxStringLen || len(e.Description) > maxStringLen {
+		return fmt.Errorf("export %q: name or description longer than %d bytes", e.Name, maxStringLen)
+	}
+	for _, b := range []uint32{e.MinBlock, e.PrefBlock} {
+		if b != 0 && b&(b-1) != 0 {
+			return fmt.Errorf("export %q: block size %d is not a power of two", e.Name, b)
+		}
+	}
+	if e.MinBlock > 64<<10 {
+		return fmt.Errorf("export %q: minimum block size %d over 64 KiB", e.Name, e.MinBlock)
+	}
+	return nil
+}
+
+// DeviceBackend adapts a disk.Device to a Backend: FUA is the operation
+// followed by Sync, Flush is Sync (fdatasync), and a fast zero is
+// disk.ZeroFast. Because fdatasync covers every pwrite completed on the
+// file before it, whichever descriptor or connection issued it, Flush
+// covers all writes acknowledged on any connection: multi-conn is safe.
+func DeviceBackend(d disk.Device) Backend { return deviceBackend{d} }
+
+type deviceBackend struct{ d disk.Device }
+
+func (b deviceBackend) Size() int64 { return b.d.Size() }
+
+func (b deviceBackend) ReadAt(p []byte, off int64) error {
+	n, err := b.d.ReadAt(p, off)
+	if n == len(p) {
+		return nil
+	}
+	if err == nil || err == io.EOF {
+		err = fmt.Errorf("short read at %d: %d of %d bytes: %w", off, n, len(p), io.ErrUnexpectedEOF)
+	}
+	return mapDiskErr(err)
+}
+
+func (b deviceBackend) WriteAt(p []byte, off int64, fua bool) error {
+	if _, err := b.d.WriteAt(p, off); err != nil {
+		return mapDiskErr(err)
+	}
+	if fua {
+		return mapDiskErr(b.d.Sync())
+	}
+	return nil
+}
+
+func (b deviceBackend) Flush() error { return mapDiskErr(b.d.Sync()) }
+
+func (b deviceBackend) Trim(off, length int64, fua bool) error {
+	if err := b.d.Trim(off, length); err != nil {
+		return mapDiskErr(err)
+	}
+	if fua {
+		return mapDiskErr(b.d.Sync())
+	}
+	return nil
+}
+
+func (b deviceBackend) Zero(off, length int64, noHole, fastZero, fua bool) error {
+	var err error
+	if fastZero {
+		err = disk.ZeroFast(b.d, off, length, noHole)
+		if errors.Is(err, disk.ErrNotSupported) {
+			return fmt.Errorf("%w: %w", ErrFastZeroUnsupported, err)
+		}
+	} else {
+		err = b.d.Zero(off, length, noHole)
+	}
+	if err != nil {
+		return mapDiskErr(err)
+	}
+	if fua {
+		return mapDiskErr(b.d.Sync())
+	}
+	return nil
+}
+
+// mapDiskErr tags disk errors with the server sentinel choosing their
+// errno; the original stays in the chain for logs.
+func mapDiskErr(err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, disk.ErrReadOnly):
+		return fmt.Errorf("%w: %w", ErrReadOnly, err)
+	case errors.Is(err, disk.ErrOutOfRange):
+		return fmt.Errorf("%w: %w", ErrNoSpace, err)
+	case errors.Is(err, disk.ErrNotSupported):
+		return fmt.Errorf("%w: %w", ErrNotSupported, err)
+	case errors.Is(err, disk.ErrUnaligned):
+		return fmt.Errorf("%w: %w", ErrInvalid, err)
+	case errors.Is(err, disk.ErrClosed):
+		return fmt.Errorf("%w: %w", ErrShutdown, err)
+	}
+	return err
+}

@@ -1,0 +1,482 @@
+package nbdserver
+
+import (
+	"bufio"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// conn is one client connection. After the handshake it runs a pool of up
+// to Config.MaxInFlight workers in leader/follower fashion: the worker that
+// holds readMu reads the next request (header and payload) from the
+// buffered reader, releases readMu and executes the request, while the
+// next worker reads. No goroutine hand-off lies on a request's path, and
+// requests complete and reply in any order.
+//
+// Replies go through one buffered writer under writeMu, so they never
+// interleave. pending counts replies that are ready or being written; the
+// writer that brings it to zero flushes, so a burst of replies leaves in
+// one write and a lone reply leaves at once.
+type conn struct {
+	s    *Server
+	nc   net.Conn
+	log  *zap.Logger
+	done chan struct{} // closed when serve returns
+
+	// exp is set (under Server.mu) when the connection enters the
+	// transmission phase and never changes after.
+	exp *Export
+
+	// Transmission-phase settings, fixed before the workers start.
+	b          Backend
+	size       uint64
+	minBlock   uint32
+	maxPayload uint32
+	readOnly   bool
+
+	br  *bufio.Reader
+	bw  *bufio.Writer
+	src limitReader // what br reads from; see readRequest
+
+	// bigWrites is set while WRITE payloads are large: the next header is
+	// then read on its own, so that the payload after it goes straight
+	// from the socket into its buffer instead of through br. Guarded by
+	// readMu.
+	bigWrites bool
+
+	closeOnce sync.Once
+	draining  atomic.Bool // Shutdown: stop reading, finish what was read
+
+	readMu  sync.Mutex
+	stop    bool // no more requests are read; guarded by readMu
+	workers int  // workers started; guarded by readMu
+	busy    atomic.Int32
+	wg      sync.WaitGroup // workers other than the first
+
+	execAvg   atomic.Int64 // moving average of READ/WRITE time, ns; see inline
+	timerTick atomic.Uint32
+
+	writeMu   sync.Mutex
+	pending   atomic.Int32
+	unflushed atomic.Bool          // replies wait in bw for an inline worker's flush
+	replyHdr  [simpleReplyLen]byte // guarded by writeMu
+	writeErr  error                // guarded by writeMu
+}
+
+// request is a decoded request plus what the reader decided about it.
+type request struct {
+	Request
+	errno uint32  // nonzero: reply with this error without executing
+	buf   *[]byte // WRITE payload, from the pool
+}
+
+// serve runs the connection: handshake (unless exp is given), then
+// transmission, then close.
+func (c *conn) serve(exp *Export) {
+	defer close(c.done)
+	defer c.s.forget(c)
+	defer c.abort()
+	c.src = limitReader{r: c.nc}
+	c.br, c.bw = c.s.newBuffers(&c.src, c.nc)
+
+	if exp == nil {
+		var err error
+		if exp, err = c.handshake(); err != nil {
+			switch {
+			case errors.Is(err, ErrAborted):
+				c.log.Debug("client aborted negotiation")
+			case errors.Is(err, io.EOF), errors.Is(err, os.ErrDeadlineExceeded), errors.Is(err, net.ErrClosed):
+				c.log.Debug("negotiation ended", zap.Error(err))
+			default:
+				c.log.Info("negotiation failed", zap.Error(err))
+			}
+			return
+		}
+	} else if err := c.s.enter(c, exp, c.s.ticket()); err != nil {
+		c.log.Info("cannot serve export", zap.String("export", exp.Name), zap.Error(err))
+		return
+	}
+	c.log = c.log.With(zap.String("export", exp.Name))
+	c.log.Debug("transmission phase")
+	c.transmit(exp)
+	c.log.Debug("connection closed")
+}
+
+func (c *conn) handshake() (*Export, error) {
+	if t := c.s.cfg.HandshakeTimeout; t > 0 {
+		c.nc.SetDeadline(time.Now().Add(t))
+	}
+	n := negotiation{s: c.s, c: c, br: c.br, bw: c.bw}
+	exp, err := n.run()
+	if err != nil {
+		return nil, err
+	}
+	if err := c.nc.SetDeadline(time.Time{}); err != nil && !errors.Is(err, os.ErrNoDeadline) {
+		return nil, err
+	}
+	if c.draining.Load() {
+		return nil, ErrServerClosed
+	}
+	return exp, nil
+}
+
+// abort closes the socket: blocked reads and writes fail, workers finish
+// the Backend calls they are in and exit.
+func (c *conn) abort() {
+	c.closeOnce.Do(func() { c.nc.Close() })
+}
+
+// drain stops reading requests; those already read are executed and
+// answered, then the connection closes.
+func (c *conn) drain() {
+	c.draining.Store(true)
+	c.nc.SetReadDeadline(time.Now())
+}
+
+func (c *conn) transmit(exp *Export) {
+	c.b = exp.Backend
+	c.size = uint64(exp.Backend.Size())
+	c.readOnly = exp.ReadOnly
+	c.minBlock, _, c.maxPayload = exp.blockSizes(&c.s.cfg)
+	if c.draining.Load() {
+		// Shutdown raced with the handshake's last step.
+		return
+	}
+
+	c.execAvg.Store(4 * int64(max(c.s.cfg.InlineThreshold, 0)))
+	c.workers = 1
+	c.worker()
+	c.wg.Wait()
+	c.writeMu.Lock()
+	if c.writeErr == nil {
+		c.bw.Flush()
+	}
+	c.writeMu.Unlock()
+}
+
+// worker reads and executes requests until reading stops.
+//
+// A request predicted to be fast (see inline) is executed while the worker
+// keeps readMu, so a connection whose backend answers in microseconds runs
+// on one goroutine with no wake-up per request, and a burst of pipelined
+// requests is answered with one write. Any other request is executed after
+// releasing readMu, so that another worker reads on meanwhile: a slow
+// request never holds up the requests behind it.
+func (c *conn) worker() {
+	var r request
+	c.readMu.Lock()
+	for {
+		if c.stop {
+			c.readMu.Unlock()
+			return
+		}
+		err := c.readRequest(&r)
+		if err != nil || r.Type == CmdDisc {
+			c.stop = true
+			c.readMu.Unlock()
+			c.readEnded(err)
+			return
+		}
+		busy := int(c.busy.Add(1))
+		if c.inline(&r) {
+			c.execute(&r, c.br.Buffered() >= requestSize)
+			c.busy.Add(-1)
+			continue
+		}
+		// Keep a reader available while this worker is busy, up to the
+		// in-flight limit; beyond it requests wait in the socket.
+		if busy >= c.workers && c.workers < c.s.cfg.MaxInFlight {
+			c.workers++
+			c.wg.Add(1)
+			go func() {
+				defer c.wg.Done()
+				c.worker()
+			}()
+		}
+		c.readMu.Unlock()
+		c.flushIfPending()
+		c.execute(&r, false)
+		c.busy.Add(-1)
+		c.readMu.Lock()
+	}
+}
+
+// inline reports whether a request may run while its worker holds readMu:
+// a READ or plain WRITE on a connection whose recent READs and WRITEs took
+// less than Config.InlineThreshold on average. A connection starts above
+// the threshold and drops below after a run of fast requests. FLUSH, FUA, TRIM and WRITE_ZEROES, which
+// may take long on any backend, never do. Refused requests are answered
+// inline too.
+func (c *conn) inline(r *request) bool {
+	if r.errno != 0 {
+		return true
+	}
+	if (r.Type != CmdRead && r.Type != CmdWrite) || r.Flags&CmdFlagFUA != 0 {
+		return false
+	}
+	return c.execAvg.Load() < int64(c.s.cfg.InlineThreshold)
+}
+
+// startTimer decides whether to time a READ/WRITE for the moving average:
+// always while requests are slow, one in four once they run inline (where
+// reading the clock twice would be a noticeable share of a request).
+func (c *conn) startTimer() (bool, time.Time) {
+	if c.execAvg.Load() < int64(c.s.cfg.InlineThreshold) && c.timerTick.Add(1)&3 != 0 {
+		return false, time.Time{}
+	}
+	return true, time.Now()
+}
+
+// noteExecTime folds the duration of a READ or WRITE of size bytes into
+// the moving average. Durations of requests over 64 KiB are scaled down to
+// 64 KiB: their time is mostly copying, which no amount of concurrency on
+// one connection speeds up, so a large transfer at memory or link speed
+// counts as fast. What keeps requests off the inline path is latency
+// (a disk seek, a network round trip), which shows at any size.
+func (c *conn) noteExecTime(d time.Duration, size int64) {
+	if size > inlineNormSize {
+		d = time.Duration(int64(d) * inlineNormSize / size)
+	}
+	avg := c.execAvg.Load()
+	c.execAvg.Store(avg + (int64(d)-avg)/8)
+}
+
+// flushIfPending sends replies left in the buffer by inline requests
+// before this worker starts a request that may take long.
+func (c *conn) flushIfPending() {
+	if !c.unflushed.Load() {
+		return
+	}
+	c.writeMu.Lock()
+	defer c.writeMu.Unlock()
+	if c.writeErr == nil && c.bw.Buffered() > 0 {
+		c.setWriteErr(c.bw.Flush())
+	}
+	c.unflushed.Store(false)
+}
+
+// readEnded logs why reading stopped (nil: NBD_CMD_DISC).
+func (c *conn) readEnded(err error) {
+	switch {
+	case err == nil:
+		c.log.Debug("client disconnected (NBD_CMD_DISC)")
+	case c.draining.Load():
+		c.log.Debug("connection drained for shutdown")
+	case errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed):
+		c.log.Debug("client closed the connection", zap.Error(err))
+	default:
+		c.log.Info("closing connection", zap.Error(err))
+	}
+}
+
+// readRequest reads the next request header and, for WRITE, its payload:
+// into a pooled buffer when the request is valid, else read and dropped so
+// that the stream stays in sync. Called with readMu held.
+func (c *conn) readRequest(r *request) error {
+	if c.bigWrites {
+		c.src.max = requestSize
+	}
+	hdr, err := c.br.Peek(requestSize)
+	c.src.max = 0
+	if err != nil {
+		if len(hdr) > 0 && errors.Is(err, io.EOF) {
+			return ErrShortHeader
+		}
+		return err
+	}
+	r.Request, err = DecodeRequest(hdr)
+	if err != nil {
+		return err
+	}
+	c.br.Discard(requestSize)
+	r.buf = nil
+	r.errno = c.validate(&r.Request)
+	if r.Type != CmdWrite || r.Length == 0 {
+		return nil
+	}
+	if r.errno != 0 {
+		_, err := c.br.Discard(int(r.Length))
+		return err
+	}
+	c.bigWrites = r.Length >= bigWrite
+	r.buf = c.s.pool.get(int(r.Length))
+	if _, err := io.ReadFull(c.br, *r.buf); err != nil {
+		c.s.pool.put(r.buf)
+		r.buf = nil
+		return err
+	}
+	return nil
+}
+
+// inlineNormSize: see noteExecTime.
+const inlineNormSize = 64 << 10
+
+// bigWrite is the WRITE payload size from which a system call to read the
+// next header alone costs less than copying a buffer's worth of payload.
+const bigWrite = 64 << 10
+
+// limitReader reads at most max bytes per Read when max > 0.
+type limitReader struct {
+	r   io.Reader
+	max int
+}
+
+func (l *limitReader) Read(p []byte) (int, error) {
+	if l.max > 0 && len(p) > l.max {
+		p = p[:l.max]
+	}
+	return l.r.Read(p)
+}
+
+// validate returns the errno a request gets without reaching the backend,
+// or 0 if it is to be executed.
+func (c *conn) validate(r *Request) uint32 {
+	allowed := CmdFlagFUA // clients are known to set FUA anywhere
+	var write, ranged bool
+	switch r.Type {
+	case CmdRead, CmdCache:
+		ranged = true
+	case CmdWrite, CmdTrim:
+		write, ranged = true, true
+	case CmdWriteZeroes:
+		write, ranged = true, true
+		allowed |= CmdFlagNoHole | CmdFlagFastZero
+	case CmdFlush, CmdDisc:
+	default:
+		return EINVAL
+	}
+	if r.Flags&^allowed != 0 {
+		return EINVAL
+	}
+	if write && c.readOnly {
+		return EPERM
+	}
+	if (r.Type == CmdRead || r.Type == CmdWrite) && r.Length > c.maxPayload {
+		return EINVAL
+	}
+	if !ranged {
+		return 0
+	}
+	if r.Offset > c.size || uint64(r.Length) > c.size-r.Offset {
+		if write {
+			return ENOSPC
+		}
+		return EINVAL
+	}
+	if m := uint64(c.minBlock); m > 1 && (r.Offset%m != 0 || uint64(r.Length)%m != 0) {
+		return EINVAL
+	}
+	return 0
+}
+
+// execute runs a request on the backend and replies. more says that the
+// caller will execute another request right away, so the reply need not be
+// flushed yet.
+func (c *conn) execute(r *request, more bool) {
+	if r.errno != 0 {
+		c.log.Debug("request refused", zap.String("cmd", cmdName(r.Type)), zap.Uint64("offset", r.Offset),
+			zap.Uint32("length", r.Length), zap.Uint16("flags", r.Flags), zap.Uint32("errno", r.errno))
+		c.reply(r.Handle, r.errno, nil, more)
+		return
+	}
+	off, length := int64(r.Offset), int64(r.Length)
+	fua := r.Flags&CmdFlagFUA != 0
+	var err error
+	switch r.Type {
+	case CmdRead:
+		if length == 0 {
+			break
+		}
+		bp := c.s.pool.get(int(length))
+		timed, start := c.startTimer()
+		err = c.b.ReadAt(*bp, off)
+		if timed {
+			c.noteExecTime(time.Since(start), length)
+		}
+		if err == nil {
+			c.reply(r.Handle, 0, *bp, more)
+			c.s.pool.put(bp)
+			return
+		}
+		c.s.pool.put(bp)
+	case CmdWrite:
+		if r.buf != nil {
+			timed, start := c.startTimer()
+			err = c.b.WriteAt(*r.buf, off, fua)
+			if timed && !fua {
+				c.noteExecTime(time.Since(start), length)
+			}
+			c.s.pool.put(r.buf)
+			r.buf = nil
+		}
+	case CmdFlush:
+		err = c.b.Flush()
+	case CmdTrim:
+		if length > 0 {
+			err = c.b.Trim(off, length, fua)
+		}
+	case CmdWriteZeroes:
+		if length > 0 {
+			err = c.b.Zero(off, length, r.Flags&CmdFlagNoHole != 0, r.Flags&CmdFlagFastZero != 0, fua)
+		}
+	case CmdCache:
+		// A hint that the data will be read soon; nothing to do.
+	}
+	errno := Errno(err)
+	if err != nil {
+		lvl := zap.WarnLevel
+		if errno != EIO {
+			lvl = zap.DebugLevel
+		}
+		if ce := c.log.Check(lvl, "request failed"); ce != nil {
+			ce.Write(zap.String("cmd", cmdName(r.Type)), zap.Int64("offset", off), zap.Int64("length", length),
+				zap.Uint32("errno", errno), zap.Error(err))
+		}
+	}
+	c.reply(r.Handle, errno, nil, more)
+}
+
+// reply sends a simple reply, with data for a successful READ. The writer
+// that leaves no other reply pending flushes, unless more says its caller
+// has another request to answer right away.
+func (c *conn) reply(handle uint64, errno uint32, data []byte, more bool) {
+	c.pending.Add(1)
+	c.writeMu.Lock()
+	defer c.writeMu.Unlock()
+	last := c.pending.Add(-1) == 0
+	if c.writeErr != nil {
+		return
+	}
+	putSimpleReply(c.replyHdr[:], errno, handle)
+	_, err := c.bw.Write(c.replyHdr[:])
+	if err == nil && len(data) > 0 {
+		_, err = c.bw.Write(data)
+	}
+	if err == nil {
+		if last && !more {
+			err = c.bw.Flush()
+			c.unflushed.Store(false)
+		} else if more {
+			c.unflushed.Store(true)
+		}
+	}
+	c.setWriteErr(err)
+}
+
+// setWriteErr records a failed write and closes the connection. Called
+// with writeMu held.
+func (c *conn) setWriteErr(err error) {
+	if err == nil || c.writeErr != nil {
+		return
+	}
+	c.writeErr = err
+	c.log.Debug("writing reply failed", zap.Error(err))
+	c.abort()
+}

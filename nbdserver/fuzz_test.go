@@ -1,0 +1,107 @@
+package nbdserver
+
+import (
+	"bytes"
+	"encoding/binary"
+	"io"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/rbd-nbd/rbd-nbd/disk"
+)
+
+// FuzzDecodeRequest: any bytes decode without panicking, and what decodes
+// re-encodes to the same header.
+func FuzzDecodeRequest(f *testing.F) {
+	f.Add(AppendRequest(nil, Request{Type: CmdRead, Handle: 1, Offset: 4096, Length: 4096}))
+	f.Add(AppendRequest(nil, Request{Type: CmdWrite, Flags: CmdFlagFUA, Handle: 1<<64 - 1, Offset: 1<<64 - 1, Length: 1<<32 - 1}))
+	f.Add(AppendRequest(nil, Request{Type: CmdDisc}))
+	f.Add([]byte{})
+	f.Add(bytes.Repeat([]byte{0xff}, requestSize))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		r, err := DecodeRequest(b)
+		if err != nil {
+			return
+		}
+		if got := AppendRequest(nil, r); !bytes.Equal(got, b[:requestSize]) {
+			t.Fatalf("re-encoded % x, want % x", got, b[:requestSize])
+		}
+	})
+}
+
+// clientStream builds a client's byte stream: flags, then options.
+func clientStream(flags uint32, opts ...[]byte) []byte {
+	b := binary.BigEndian.AppendUint32(nil, flags)
+	for _, o := range opts {
+		b = append(b, o...)
+	}
+	return b
+}
+
+func opt(id uint32, data []byte) []byte {
+	b := binary.BigEndian.AppendUint64(nil, magicIHaveOpt)
+	b = binary.BigEndian.AppendUint32(b, id)
+	b = binary.BigEndian.AppendUint32(b, uint32(len(data)))
+	return append(b, data...)
+}
+
+// FuzzNegotiation feeds arbitrary bytes to the server as a client's whole
+// stream (negotiation and, if it gets that far, requests). The server must
+// neither panic nor hang: once the input ends, the connection must end.
+func FuzzNegotiation(f *testing.F) {
+	const fl = clientFlagFixedNewstyle | clientFlagNoZeroes
+	read := AppendRequest(nil, Request{Type: CmdRead, Handle: 1, Length: 512})
+	write := append(AppendRequest(nil, Request{Type: CmdWrite, Handle: 2, Offset: 512, Length: 4}), "data"...)
+	f.Add(clientStream(fl, opt(optGo, goData("d", infoName, infoDescription, infoBlockSize)), read, write))
+	f.Add(clientStream(fl, opt(optInfo, goData("d")), opt(optList, nil), opt(optAbort, nil)))
+	f.Add(clientStream(0, opt(optExportName, []byte("d")), read))
+	f.Add(clientStream(fl, opt(optStartTLS, nil), opt(optStructuredReply, nil), opt(optGo, goData("x"))))
+	f.Add(clientStream(fl, opt(optGo, []byte{0, 0, 0, 200, 1}), opt(99, []byte("junk"))))
+	f.Add(clientStream(fl, opt(optGo, goData("d")), AppendRequest(nil, Request{Type: CmdWrite, Length: 1 << 30})))
+	f.Add(clientStream(fl, opt(optGo, goData("d")), AppendRequest(nil, Request{Type: CmdFlush}), AppendRequest(nil, Request{Type: CmdDisc})))
+	f.Add(clientStream(1 << 7))
+	f.Add([]byte{})
+
+	f.Fuzz(func(t *testing.T, in []byte) {
+		exp := &Export{Name: "d", Description: "fuzz", Backend: DeviceBackend(disk.NewMem(64 << 10))}
+		s := &Server{
+			Lookup: func(name string) (*Export, error) {
+				if name == "d" {
+					return exp, nil
+				}
+				return nil, io.EOF
+			},
+			List:   func() []*Export { return []*Export{exp} },
+			Config: Config{HandshakeTimeout: 5 * time.Second, MaxInFlight: 4},
+		}
+		srv, cli := net.Pipe()
+		done := make(chan struct{})
+		go func() {
+			s.ServeConn(srv)
+			close(done)
+		}()
+		// Drain the server's output so it never blocks writing.
+		drained := make(chan struct{})
+		go func() {
+			io.Copy(io.Discard, cli)
+			close(drained)
+		}()
+		cli.SetWriteDeadline(time.Now().Add(5 * time.Second))
+		cli.Write(in)
+		// Writes after the server hung up fail: fine. Then hang up.
+		select {
+		case <-done:
+		default:
+			cli.Close()
+		}
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Fatal("server did not end the connection after the input ended")
+		}
+		cli.Close()
+		<-drained
+		s.Close()
+	})
+}

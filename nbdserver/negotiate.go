@@ -1,0 +1,312 @@
+package nbdserver
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/pojntfx/go-nbd/pkg/protocol"
+)
+
+// negotiation is the option haggling of one connection: from the server's
+// greeting to the export a client chose with NBD_OPT_GO or
+// NBD_OPT_EXPORT_NAME. Deadlines are the caller's business.
+type negotiation struct {
+	s        *Server
+	c        *conn
+	br       *bufio.Reader
+	bw       *bufio.Writer
+	noZeroes bool
+	buf      []byte // option data, reused
+}
+
+// errTooBig marks an option whose data was skipped for being too long.
+var errTooBig = errors.New("option data too long")
+
+// run performs the handshake and returns the export the client chose, or
+// an error once the connection must end.
+func (n *negotiation) run() (*Export, error) {
+	if err := binary.Write(n.bw, binary.BigEndian, protocol.NegotiationNewstyleHeader{
+		OldstyleMagic:  magicNBD,
+		OptionMagic:    magicIHaveOpt,
+		HandshakeFlags: flagFixedNewstyle | flagNoZeroes,
+	}); err != nil {
+		return nil, err
+	}
+	if err := n.bw.Flush(); err != nil {
+		return nil, err
+	}
+	var cflags uint32
+	if err := binary.Read(n.br, binary.BigEndian, &cflags); err != nil {
+		return nil, fmt.Errorf("reading client flags: %w", err)
+	}
+	if cflags&^(clientFlagFixedNewstyle|clientFlagNoZeroes) != 0 {
+		return nil, fmt.Errorf("%w: %#x", ErrBadClientFlags, cflags)
+	}
+	// A client without NBD_FLAG_C_FIXED_NEWSTYLE gets fixed newstyle
+	// replies anyway, as the spec allows.
+	n.noZeroes = cflags&clientFlagNoZeroes != 0
+
+	for {
+		var h protocol.NegotiationOptionHeader
+		if err := binary.Read(n.br, binary.BigEndian, &h); err != nil {
+			return nil, fmt.Errorf("reading option header: %w", err)
+		}
+		if h.OptionMagic != magicIHaveOpt {
+			return nil, fmt.Errorf("%w: option magic %#x", ErrBadMagic, h.OptionMagic)
+		}
+		data, err := n.readData(h.Length)
+		if errors.Is(err, errTooBig) {
+			if h.ID == optExportName {
+				return nil, fmt.Errorf("NBD_OPT_EXPORT_NAME of %d bytes: %w", h.Length, err)
+			}
+			if err := n.reply(h.ID, repErrTooBig, fmt.Sprintf("option data of %d bytes exceeds %d", h.Length, n.s.cfg.MaxOptionLength)); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		if n.s.shuttingDown() && h.ID != optAbort {
+			return nil, n.replyErr(h.ID, repErrShutdown, "server shutting down")
+		}
+		exp, done, err := n.option(h.ID, data)
+		if err != nil || done {
+			return exp, err
+		}
+	}
+}
+
+// readData reads an option's data into the reused buffer, skipping it
+// (errTooBig) when it exceeds MaxOptionLength.
+func (n *negotiation) readData(length uint32) ([]byte, error) {
+	if length > n.s.cfg.MaxOptionLength {
+		if _, err := io.CopyN(io.Discard, n.br, int64(length)); err != nil {
+			return nil, fmt.Errorf("skipping option data: %w", err)
+		}
+		return nil, errTooBig
+	}
+	if cap(n.buf) < int(length) {
+		n.buf = make([]byte, length)
+	}
+	data := n.buf[:length]
+	if _, err := io.ReadFull(n.br, data); err != nil {
+		return nil, fmt.Errorf("reading option data: %w", err)
+	}
+	return data, nil
+}
+
+// option handles one option. done reports that negotiation ended with exp
+// chosen.
+func (n *negotiation) option(id uint32, data []byte) (exp *Export, done bool, err error) {
+	switch id {
+	case optExportName:
+		exp, err := n.exportName(data)
+		return exp, err == nil, err
+	case optAbort:
+		if len(data) != 0 {
+			return nil, false, n.reply(id, repErrInvalid, "NBD_OPT_ABORT carries no data")
+		}
+		if err := n.reply(id, repAck, ""); err != nil {
+			return nil, false, err
+		}
+		return nil, false, ErrAborted
+	case optList:
+		return nil, false, n.list(data)
+	case optInfo, optGo:
+		return n.infoGo(id, data)
+	case optStartTLS:
+		// NOTLS mode: the spec allows ERR_UNSUP from a server without
+		// TLS support (ERR_POLICY would claim we chose not to).
+		return nil, false, n.reply(id, repErrUnsup, "TLS is not supported by this server")
+	case optStructuredReply:
+		return nil, false, n.reply(id, repErrUnsup, "structured replies are not supported; simple replies only")
+	default:
+		return nil, false, n.reply(id, repErrUnsup, fmt.Sprintf("option %d is not supported", id))
+	}
+}
+
+func (n *negotiation) exportName(data []byte) (*Export, error) {
+	if len(data) > maxStringLen {
+		return nil, fmt.Errorf("%w: export name of %d bytes", ErrUnknownExport, len(data))
+	}
+	name := string(data)
+	exp, ticket, err := n.s.lookup(name)
+	if err == nil {
+		err = n.s.enter(n.c, exp, ticket)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%w %q: %w", ErrUnknownExport, name, err)
+	}
+	var b [8 + 2 + 124]byte
+	binary.BigEndian.PutUint64(b[0:8], uint64(exp.Backend.Size()))
+	binary.BigEndian.PutUint16(b[8:10], exp.TransmissionFlags())
+	out := b[:]
+	if n.noZeroes {
+		out = b[:10]
+	}
+	if _, err := n.bw.Write(out); err != nil {
+		return nil, err
+	}
+	if err := n.bw.Flush(); err != nil {
+		return nil, err
+	}
+	return exp, nil
+}
+
+func (n *negotiation) list(data []byte) error {
+	if len(data) != 0 {
+		return n.reply(optList, repErrInvalid, "NBD_OPT_LIST carries no data")
+	}
+	if n.s.List == nil {
+		return n.reply(optList, repErrPolicy, "listing exports is disabled")
+	}
+	for _, e := range n.s.List() {
+		if e == nil {
+			continue
+		}
+		b := make([]byte, 0, 4+len(e.Name)+len(e.Description))
+		b = binary.BigEndian.AppendUint32(b, uint32(len(e.Name)))
+		b = append(b, e.Name...)
+		b = append(b, e.Description...)
+		if err := n.send(optList, repServer, b); err != nil {
+			return err
+		}
+	}
+	return n.reply(optList, repAck, "")
+}
+
+// infoGo answers NBD_OPT_INFO and NBD_OPT_GO:
+//
+//	C: 32 bits name length, name, 16 bits request count, 16 bits per request
+//	S: NBD_REP_INFO (NBD_INFO_EXPORT and what was asked for), NBD_REP_ACK
+func (n *negotiation) infoGo(id uint32, data []byte) (*Export, bool, error) {
+	if len(data) < 6 {
+		return nil, false, n.reply(id, repErrInvalid, "option data shorter than 6 bytes")
+	}
+	nameLen := binary.BigEndian.Uint32(data[0:4])
+	if uint64(nameLen) > uint64(len(data)-6) {
+		return nil, false, n.reply(id, repErrInvalid, "export name length exceeds option data")
+	}
+	if nameLen > maxStringLen {
+		return nil, false, n.reply(id, repErrInvalid, "export name longer than 4096 bytes")
+	}
+	name := string(data[4 : 4+nameLen])
+	rest := data[4+nameLen:]
+	nreq := int(binary.BigEndian.Uint16(rest[0:2]))
+	rest = rest[2:]
+	if len(rest) != 2*nreq {
+		return nil, false, n.reply(id, repErrInvalid, "information request count does not match option length")
+	}
+	var wantName, wantDesc, wantBlock bool
+	for i := 0; i < nreq; i++ {
+		switch binary.BigEndian.Uint16(rest[2*i:]) {
+		case infoName:
+			wantName = true
+		case infoDescription:
+			wantDesc = true
+		case infoBlockSize:
+			wantBlock = true
+		}
+	}
+
+	exp, ticket, err := n.s.lookup(name)
+	if err != nil {
+		return nil, false, n.reply(id, repErrUnknown, truncate(err.Error()))
+	}
+	flags := exp.TransmissionFlags()
+	if err := n.sendInfo(id, protocol.NegotiationReplyInfo{
+		Type: infoExport, Size: uint64(exp.Backend.Size()), TransmissionFlags: flags,
+	}); err != nil {
+		return nil, false, err
+	}
+	if wantName {
+		if err := n.send(id, repInfo, binary.BigEndian.AppendUint16(nil, infoName), []byte(exp.Name)); err != nil {
+			return nil, false, err
+		}
+	}
+	if wantDesc && exp.Description != "" {
+		if err := n.send(id, repInfo, binary.BigEndian.AppendUint16(nil, infoDescription), []byte(exp.Description)); err != nil {
+			return nil, false, err
+		}
+	}
+	minB, prefB, maxB := exp.blockSizes(&n.s.cfg)
+	// Block sizes are sent when asked for, and also unasked when the
+	// export needs alignment, which the spec allows.
+	if wantBlock || minB > 1 {
+		if err := n.sendInfo(id, protocol.NegotiationReplyBlockSize{
+			Type: infoBlockSize, MinimumBlockSize: minB, PreferredBlockSize: prefB, MaximumBlockSize: maxB,
+		}); err != nil {
+			return nil, false, err
+		}
+	}
+	if id == optInfo {
+		return nil, false, n.reply(id, repAck, "")
+	}
+	if err := n.s.enter(n.c, exp, ticket); err != nil {
+		return nil, false, n.reply(id, repErrUnknown, truncate(err.Error()))
+	}
+	if err := n.reply(id, repAck, ""); err != nil {
+		return nil, false, err
+	}
+	return exp, true, nil
+}
+
+// sendInfo sends an NBD_REP_INFO whose payload is the fixed-size struct v.
+func (n *negotiation) sendInfo(id uint32, v any) error {
+	return n.send(id, repInfo, encode(v))
+}
+
+func encode(v any) []byte {
+	b, err := binary.Append(nil, binary.BigEndian, v)
+	if err != nil {
+		panic(err) // only fixed-size protocol structs are encoded
+	}
+	return b
+}
+
+// reply sends a reply whose payload is msg (an error message, or nothing).
+func (n *negotiation) reply(id, typ uint32, msg string) error {
+	if err := n.send(id, typ, []byte(msg)); err != nil {
+		return err
+	}
+	return nil
+}
+
+// replyErr sends an error reply and returns an error ending negotiation.
+func (n *negotiation) replyErr(id, typ uint32, msg string) error {
+	if err := n.reply(id, typ, msg); err != nil {
+		return err
+	}
+	return fmt.Errorf("option %d refused: %s", id, msg)
+}
+
+// send writes one option reply made of the concatenated parts and flushes.
+func (n *negotiation) send(id, typ uint32, parts ...[]byte) error {
+	total := 0
+	for _, p := range parts {
+		total += len(p)
+	}
+	if err := binary.Write(n.bw, binary.BigEndian, protocol.NegotiationReplyHeader{
+		ReplyMagic: magicOptReply, ID: id, Type: typ, Length: uint32(total),
+	}); err != nil {
+		return err
+	}
+	for _, p := range parts {
+		if _, err := n.bw.Write(p); err != nil {
+			return err
+		}
+	}
+	return n.bw.Flush()
+}
+
+// truncate bounds an error message to the spec's string limit.
+func truncate(s string) string {
+	if len(s) > maxStringLen {
+		return s[:maxStringLen]
+	}
+	return s
+}

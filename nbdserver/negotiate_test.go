@@ -1,0 +1,202 @@
+package nbdserver
+
+import (
+	"bytes"
+	"encoding/binary"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestGoInfoReplies(t *testing.T) {
+	exp, _ := memExport("disk0", 1<<20)
+	exp.MinBlock, exp.PrefBlock, exp.MaxBlock = 512, 8192, 1<<20
+	_, addr := startServer(t, Config{}, exp)
+
+	c := dial(t, addr)
+	c.greet(clientFlagFixedNewstyle)
+	info := c.optGo(optInfo, "disk0", infoName, infoDescription, infoBlockSize, 0x7777)
+	want := exportInfo{
+		size:  1 << 20,
+		flags: FlagHasFlags | FlagSendFlush | FlagSendFUA | FlagSendTrim | FlagSendWriteZeroes | FlagSendFastZero | FlagCanMultiConn | FlagSendCache,
+		name:  "disk0", description: "test export disk0",
+		block: [3]uint32{512, 8192, 1 << 20}, hasBlock: true,
+	}
+	if info != want {
+		t.Fatalf("NBD_OPT_INFO = %+v\nwant %+v", info, want)
+	}
+	// INFO leaves negotiation open; GO without requests sends only
+	// EXPORT, plus BLOCK_SIZE because the export needs alignment.
+	info = c.optGo(optGo, "disk0")
+	if info.name != "" || info.description != "" || !info.hasBlock || info.size != 1<<20 {
+		t.Fatalf("NBD_OPT_GO = %+v", info)
+	}
+	if _, errno := c.readAt(0, 512); errno != 0 {
+		t.Fatalf("read after GO: errno %d", errno)
+	}
+}
+
+func TestReadOnlyFlags(t *testing.T) {
+	exp, _ := memExport("ro", 4096)
+	exp.ReadOnly = true
+	exp.NoMultiConn = true
+	_, addr := startServer(t, Config{}, exp)
+	c := dial(t, addr)
+	c.greet(clientFlagFixedNewstyle)
+	info := c.optGo(optGo, "ro", infoBlockSize)
+	if want := FlagHasFlags | FlagReadOnly | FlagSendFlush | FlagSendCache; info.flags != want {
+		t.Errorf("flags %#x, want %#x", info.flags, want)
+	}
+	if info.block != [3]uint32{1, 4096, 32 << 20} {
+		t.Errorf("default block sizes %v", info.block)
+	}
+}
+
+func TestExportName(t *testing.T) {
+	exp, _ := memExport("", 8192)
+	_, addr := startServer(t, Config{}, exp)
+	for _, noZeroes := range []bool{false, true} {
+		c := dial(t, addr)
+		flags := clientFlagFixedNewstyle
+		if noZeroes {
+			flags |= clientFlagNoZeroes
+		}
+		c.greet(flags)
+		c.sendOpt(optExportName, nil)
+		b := c.readFull(10)
+		if size := binary.BigEndian.Uint64(b); size != 8192 {
+			t.Errorf("size %d", size)
+		}
+		if !noZeroes && !bytes.Equal(c.readFull(124), make([]byte, 124)) {
+			t.Error("124 reserved bytes not zero")
+		}
+		// The next bytes are transmission replies, not zeroes.
+		if errno := c.writeAt([]byte("x"), 0, 0); errno != 0 {
+			t.Errorf("write: errno %d", errno)
+		}
+	}
+}
+
+// TestOptionReplies checks option errors: each is a reply, and the
+// negotiation then goes on to a successful NBD_OPT_GO.
+func TestOptionReplies(t *testing.T) {
+	exp, _ := memExport("disk", 4096)
+	_, addr := startServer(t, Config{MaxOptionLength: 8192}, exp)
+
+	tests := []struct {
+		name    string
+		id      uint32
+		data    []byte
+		wantTyp uint32
+		wantMsg string
+	}{
+		{"unknown option", 99, []byte("junk"), repErrUnsup, "not supported"},
+		{"STARTTLS", optStartTLS, nil, repErrUnsup, "TLS"},
+		{"structured replies", optStructuredReply, nil, repErrUnsup, "simple replies"},
+		{"meta context", optSetMetaContext, []byte{0, 0, 0, 0}, repErrUnsup, ""},
+		{"INFO shorter than 6 bytes", optInfo, []byte{0, 0, 0}, repErrInvalid, ""},
+		{"INFO name longer than data", optInfo, []byte{0, 0, 0, 9, 'a', 0, 0}, repErrInvalid, ""},
+		{"INFO request count mismatch", optInfo, append(goData("disk"), 0, 1), repErrInvalid, ""},
+		{"GO unknown export", optGo, goData("nope"), repErrUnknown, `no export "nope" here`},
+		{"LIST with data", optList, []byte("x"), repErrInvalid, ""},
+		{"ABORT with data", optAbort, []byte("x"), repErrInvalid, ""},
+		{"option too long", optGo, make([]byte, 9000), repErrTooBig, "exceeds"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c := dial(t, addr)
+			c.greet(clientFlagFixedNewstyle | clientFlagNoZeroes)
+			c.sendOpt(tc.id, tc.data)
+			r := c.readOptReply()
+			if r.id != tc.id || r.typ != tc.wantTyp || !strings.Contains(string(r.data), tc.wantMsg) {
+				t.Fatalf("reply id=%d type=%#x %q; want id=%d type=%#x containing %q", r.id, r.typ, r.data, tc.id, tc.wantTyp, tc.wantMsg)
+			}
+			c.optGo(optGo, "disk")
+			if errno := c.writeAt([]byte("ok"), 0, 0); errno != 0 {
+				t.Fatalf("write after recovering: errno %d", errno)
+			}
+		})
+	}
+}
+
+func TestOptList(t *testing.T) {
+	a, _ := memExport("a", 4096)
+	b, _ := memExport("b", 4096)
+	_, addr := startServer(t, Config{}, a, b)
+	c := dial(t, addr)
+	c.greet(clientFlagFixedNewstyle)
+	c.sendOpt(optList, nil)
+	var names []string
+	for {
+		r := c.readOptReply()
+		if r.typ == repAck {
+			break
+		}
+		if r.typ != repServer {
+			t.Fatalf("LIST reply type %#x", r.typ)
+		}
+		n := binary.BigEndian.Uint32(r.data)
+		names = append(names, string(r.data[4:4+n])+"|"+string(r.data[4+n:]))
+	}
+	if strings.Join(names, ",") != "a|test export a,b|test export b" {
+		t.Errorf("LIST = %q", names)
+	}
+}
+
+// TestNegotiationHangups covers clients the server must hang up on, each
+// while another connection keeps working.
+func TestNegotiationHangups(t *testing.T) {
+	exp, _ := memExport("disk", 4096)
+	_, addr := startServer(t, Config{HandshakeTimeout: 300 * time.Millisecond}, exp)
+	other := open(t, addr, "disk")
+
+	tests := []struct {
+		name string
+		run  func(c *client)
+	}{
+		{"unknown client flags", func(c *client) { c.greet(1 << 5) }},
+		{"bad option magic", func(c *client) {
+			c.greet(clientFlagFixedNewstyle)
+			c.write(make([]byte, 16))
+		}},
+		{"EXPORT_NAME of an unknown export", func(c *client) {
+			c.greet(clientFlagFixedNewstyle)
+			c.sendOpt(optExportName, []byte("nope"))
+		}},
+		{"option data shorter than declared", func(c *client) {
+			c.greet(clientFlagFixedNewstyle)
+			h := binary.BigEndian.AppendUint64(nil, magicIHaveOpt)
+			h = binary.BigEndian.AppendUint32(h, optGo)
+			h = binary.BigEndian.AppendUint32(h, 100)
+			c.write(append(h, goData("disk")...))
+			c.nc.(interface{ CloseWrite() error }).CloseWrite()
+		}},
+		{"option data longer than declared", func(c *client) {
+			c.greet(clientFlagFixedNewstyle)
+			h := binary.BigEndian.AppendUint64(nil, magicIHaveOpt)
+			h = binary.BigEndian.AppendUint32(h, optList)
+			h = binary.BigEndian.AppendUint32(h, 0)
+			c.write(append(h, "extra bytes that are no option header"...))
+			for c.readOptReply().typ != repAck {
+			}
+		}},
+		{"silent client hits the handshake timeout", func(c *client) { c.greet(clientFlagFixedNewstyle) }},
+		{"ABORT", func(c *client) {
+			c.greet(clientFlagFixedNewstyle)
+			c.sendOpt(optAbort, nil)
+			if r := c.readOptReply(); r.typ != repAck {
+				t.Errorf("ABORT reply %#x", r.typ)
+			}
+		}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c := dial(t, addr)
+			tc.run(c)
+			c.expectClosed()
+			if errno := other.writeAt([]byte("still here"), 0, 0); errno != 0 {
+				t.Fatalf("other connection: errno %d", errno)
+			}
+		})
+	}
+}

@@ -1,0 +1,201 @@
+package replicate
+
+import (
+	"net"
+	"sync"
+	"time"
+)
+
+// conn is the connection under yamux. It does three things:
+//
+//   - Write-behind: yamux's send loop writes each frame's header and body
+//     separately and waits for each write. conn copies them into a buffer
+//     instead, and a flusher goroutine writes whatever accumulated in one
+//     system call, so frames of all four streams that are produced while
+//     a write is in progress go out together (group commit, with no added
+//     delay). At most maxWriteBehind bytes wait; beyond that Write blocks,
+//     which keeps yamux's flow control meaningful.
+//   - Read-ahead: yamux reads through a 4 KiB bufio.Reader; conn reads
+//     from the socket in large chunks, so a burst of frames costs one
+//     system call, not one per 4 KiB.
+//   - It remembers the connection's first error, which says why the link
+//     went down better than the yamux error the streams see.
+//
+// Only yamux's send loop writes and only its receive loop reads.
+type conn struct {
+	net.Conn
+
+	wmu      sync.Mutex
+	wcond    sync.Cond
+	pending  []byte // accepted, not yet written
+	spare    []byte
+	flushing bool // the flusher was woken and has not gone idle yet
+	closing  bool
+	werr     error
+	wake     chan struct{} // one token while flushing is set
+	stopped  chan struct{} // closed when the flusher returned
+
+	rbuf []byte
+	r, w int
+
+	emu sync.Mutex
+	err error
+}
+
+const (
+	maxWriteBehind = 4 << 20
+	readAhead      = 256 << 10
+	// directWrite is the size from which an idle connection writes a
+	// frame body directly instead of copying it.
+	directWrite = 64 << 10
+	// closeLinger bounds the last write of Close.
+	closeLinger = 250 * time.Millisecond
+)
+
+func newConn(c net.Conn) *conn {
+	tc := &conn{Conn: c, wake: make(chan struct{}, 1), stopped: make(chan struct{}), rbuf: make([]byte, readAhead)}
+	tc.wcond.L = &tc.wmu
+	go tc.flush()
+	return tc
+}
+
+func (c *conn) Read(p []byte) (int, error) {
+	if c.r == c.w {
+		if len(p) >= len(c.rbuf) {
+			n, err := c.Conn.Read(p)
+			if err != nil {
+				c.setErr(err)
+			}
+			return n, err
+		}
+		n, err := c.Conn.Read(c.rbuf)
+		c.r, c.w = 0, n
+		if n == 0 {
+			if err != nil {
+				c.setErr(err)
+			}
+			return 0, err
+		}
+	}
+	n := copy(p, c.rbuf[c.r:c.w])
+	c.r += n
+	return n, nil
+}
+
+// Write queues p for the flusher.
+func (c *conn) Write(p []byte) (int, error) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	for len(c.pending) >= maxWriteBehind && c.werr == nil && !c.closing {
+		c.wcond.Wait()
+	}
+	switch {
+	case c.werr != nil:
+		return 0, c.werr
+	case c.closing:
+		return 0, net.ErrClosed
+	}
+	if len(p) >= directWrite && !c.flushing {
+		// Nothing waits and p is large: write it from here, saving a copy.
+		// flushing keeps the flusher idle meanwhile.
+		c.flushing = true
+		c.wmu.Unlock()
+		n, err := c.Conn.Write(p)
+		c.wmu.Lock()
+		c.flushing = false
+		if err != nil {
+			c.werr = err
+			c.wcond.Broadcast()
+			c.setErr(err)
+		}
+		if c.closing {
+			c.kick() // Close waits for the flusher to stop
+		}
+		return n, err
+	}
+	c.pending = append(c.pending, p...)
+	c.kick()
+	return len(p), nil
+}
+
+// kick wakes the flusher unless it is already awake (wmu held). The send
+// never blocks: the flusher took the last token before it cleared
+// flushing.
+func (c *conn) kick() {
+	if !c.flushing {
+		c.flushing = true
+		c.wake <- struct{}{}
+	}
+}
+
+// flush is the flusher goroutine. It returns after a write failed, or
+// when Close was called and everything accepted was written.
+func (c *conn) flush() {
+	defer close(c.stopped)
+	for range c.wake {
+		for {
+			c.wmu.Lock()
+			if c.werr != nil {
+				c.wmu.Unlock()
+				return
+			}
+			if len(c.pending) == 0 {
+				closing := c.closing
+				c.flushing = false
+				c.wmu.Unlock()
+				if closing {
+					return
+				}
+				break
+			}
+			buf := c.pending
+			c.pending = c.spare[:0]
+			c.wcond.Broadcast()
+			c.wmu.Unlock()
+			_, err := c.Conn.Write(buf)
+			c.wmu.Lock()
+			c.spare = buf[:0]
+			if err != nil {
+				c.werr = err
+				c.wcond.Broadcast()
+			}
+			c.wmu.Unlock()
+			if err != nil {
+				c.setErr(err)
+				return
+			}
+		}
+	}
+}
+
+// Close writes what was accepted (for at most closeLinger), then closes
+// the connection. It is idempotent.
+func (c *conn) Close() error {
+	c.wmu.Lock()
+	if c.closing {
+		c.wmu.Unlock()
+		<-c.stopped
+		return nil
+	}
+	c.closing = true
+	c.wcond.Broadcast()
+	c.kick()
+	c.wmu.Unlock()
+	_ = c.Conn.SetWriteDeadline(time.Now().Add(closeLinger))
+	<-c.stopped
+	return c.Conn.Close()
+}
+
+func (c *conn) setErr(err error) {
+	c.emu.Lock()
+	if c.err == nil {
+		c.err = err
+	}
+	c.emu.Unlock()
+}
+
+func (c *conn) firstErr() error {
+	c.emu.Lock()
+	defer c.emu.Unlock()
+	return c.err
+}

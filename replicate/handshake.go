@@ -1,0 +1,495 @@
+package replicate
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// nonceSize is the size of a Hello's random nonce.
+const nonceSize = 32
+
+// hello is the first frame each side sends.
+type hello struct {
+	minVer, maxVer uint32   // tags 1, 2 (mandatory)
+	features       Features // tag 3
+	nodeID         uint32   // tag 4 (mandatory)
+	peerID         uint32   // tag 5 (mandatory): the id it expects for us
+	resource       string   // tag 6 (mandatory)
+	nonce          [32]byte // tag 7 (mandatory)
+	auth           bool     // tag 8: a shared secret is configured
+}
+
+func (h *hello) encode() []byte {
+	var w tlvWriter
+	w.u32(1, h.minVer)
+	w.u32(2, h.maxVer)
+	w.u64(3, uint64(h.features))
+	w.u32(4, h.nodeID)
+	w.u32(5, h.peerID)
+	w.str(6, h.resource)
+	w.bytes(7, h.nonce[:])
+	w.bool(8, h.auth)
+	return w.b
+}
+
+func decodeHello(p []byte) (hello, error) {
+	var h hello
+	var found uint32
+	err := parseTLV(p, "Hello", func(tag uint16, v []byte) error {
+		if tag >= 1 && tag <= 8 {
+			found |= 1 << tag
+		}
+		switch tag {
+		case 1:
+			return getU32(v, &h.minVer)
+		case 2:
+			return getU32(v, &h.maxVer)
+		case 3:
+			var f uint64
+			err := getU64(v, &f)
+			h.features = Features(f)
+			return err
+		case 4:
+			return getU32(v, &h.nodeID)
+		case 5:
+			return getU32(v, &h.peerID)
+		case 6:
+			return getStr(v, &h.resource)
+		case 7:
+			if err := wantLen(v, nonceSize); err != nil {
+				return err
+			}
+			copy(h.nonce[:], v)
+		case 8:
+			return getBool(v, &h.auth)
+		}
+		return nil
+	})
+	if err != nil {
+		return hello{}, err
+	}
+	const mandatory = 1<<1 | 1<<2 | 1<<4 | 1<<5 | 1<<6 | 1<<7
+	if found&mandatory != mandatory {
+		return hello{}, protoErr(ErrMalformed, "Hello", "missing mandatory tags (have mask 0x%x, need 0x%x)", found&mandatory, mandatory)
+	}
+	if h.minVer == 0 || h.minVer > h.maxVer {
+		return hello{}, protoErr(ErrMalformed, "Hello", "version range %d..%d is empty", h.minVer, h.maxVer)
+	}
+	if h.resource == "" {
+		return hello{}, protoErr(ErrMalformed, "Hello", "empty resource name")
+	}
+	return h, nil
+}
+
+// ready confirms the agreement; each side checks that the peer agreed to
+// the same.
+type ready struct {
+	version  uint32   // tag 1
+	features Features // tag 2
+}
+
+func (r *ready) encode() []byte {
+	var w tlvWriter
+	w.u32(1, r.version)
+	w.u64(2, uint64(r.features))
+	return w.b
+}
+
+func decodeReady(p []byte) (ready, error) {
+	var r ready
+	err := parseTLV(p, "Ready", func(tag uint16, v []byte) error {
+		switch tag {
+		case 1:
+			return getU32(v, &r.version)
+		case 2:
+			var f uint64
+			err := getU64(v, &f)
+			r.features = Features(f)
+			return err
+		}
+		return nil
+	})
+	return r, err
+}
+
+// Refusal codes of an Error frame. Append-only.
+const (
+	refuseProtocol uint32 = 1
+	refuseVersion  uint32 = 2
+	refuseResource uint32 = 3
+	refuseNodeID   uint32 = 4
+	refuseAuth     uint32 = 5
+)
+
+// refusal is the payload of an Error frame.
+type refusal struct {
+	code   uint32 // tag 1
+	reason string // tag 2
+}
+
+func (r *refusal) encode() []byte {
+	var w tlvWriter
+	w.u32(1, r.code)
+	if len(r.reason) > maxTLVString {
+		r.reason = r.reason[:maxTLVString]
+	}
+	w.str(2, r.reason)
+	return w.b
+}
+
+func decodeRefusal(p []byte) (refusal, error) {
+	var r refusal
+	err := parseTLV(p, "Error", func(tag uint16, v []byte) error {
+		switch tag {
+		case 1:
+			return getU32(v, &r.code)
+		case 2:
+			return getStr(v, &r.reason)
+		}
+		return nil
+	})
+	return r, err
+}
+
+// err is the local error for the peer's refusal.
+func (r *refusal) err() error {
+	sentinel := ErrRefused
+	switch r.code {
+	case refuseVersion:
+		sentinel = ErrVersionMismatch
+	case refuseResource:
+		sentinel = ErrResourceMismatch
+	case refuseNodeID:
+		sentinel = ErrNodeIDMismatch
+	case refuseAuth:
+		sentinel = ErrAuthFailed
+	}
+	return fmt.Errorf("%w: refused by the peer: %s", sentinel, r.reason)
+}
+
+// authDomain separates this MAC from any other use of the secret.
+const authDomain = "rbd-nbd peer auth v1\x00"
+
+// authMAC is the proof that prover knows the secret, for verifier's
+// nonce. Binding both node ids (in order) makes a response useless in the
+// other direction, so reflecting a node's own response back fails.
+func authMAC(secret string, prover, verifier uint32, resource string, verifierNonce, proverNonce [nonceSize]byte) []byte {
+	m := hmac.New(sha256.New, []byte(secret))
+	var b [8]byte
+	m.Write([]byte(authDomain))
+	binary.BigEndian.PutUint32(b[0:], prover)
+	binary.BigEndian.PutUint32(b[4:], verifier)
+	m.Write(b[:])
+	binary.BigEndian.PutUint16(b[:2], uint16(len(resource)))
+	m.Write(b[:2])
+	m.Write([]byte(resource))
+	m.Write(verifierNonce[:])
+	m.Write(proverNonce[:])
+	return m.Sum(nil)
+}
+
+// agreement is the outcome of a handshake.
+type agreement struct {
+	version  uint32
+	features Features
+	peer     hello
+}
+
+// lingerMax bounds how long a refusing side waits for the peer to read
+// the Error frame and close, so that the peer sees the reason rather than
+// a reset.
+const lingerMax = 500 * time.Millisecond
+
+// handshaker runs the handshake on the raw connection. Writes run on a
+// goroutine of their own, so that two peers that both write first (over a
+// synchronous net.Pipe, say) cannot deadlock; they are awaited before the
+// handshake returns.
+type handshaker struct {
+	conn     net.Conn
+	cfg      *Config
+	log      *zap.Logger
+	ctx      context.Context
+	deadline time.Time
+	out      chan []byte
+	writes   chan error
+	pending  int
+	hdr      [headerSize]byte
+}
+
+// handshake runs the handshake on conn within cfg.ConnectTimeout and ctx.
+// On failure it closes conn.
+func handshake(ctx context.Context, conn net.Conn, cfg *Config, log *zap.Logger) (agreement, error) {
+	deadline := time.Now().Add(cfg.ConnectTimeout)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	_ = conn.SetDeadline(deadline)
+	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Unix(1, 0)) })
+	hs := &handshaker{conn: conn, cfg: cfg, log: log, ctx: ctx, deadline: deadline, out: make(chan []byte, 8), writes: make(chan error, 8)}
+	go hs.writeLoop()
+	defer close(hs.out)
+	ag, err := hs.run()
+	if !stop() && err == nil {
+		err = fmt.Errorf("replicate: handshake: %w", ctx.Err())
+	}
+	if err != nil {
+		_ = conn.Close()
+		hs.flushWrites()
+		return agreement{}, err
+	}
+	if err := hs.flushWrites(); err != nil {
+		_ = conn.Close()
+		return agreement{}, hs.ioErr(err, "writing the handshake")
+	}
+	_ = conn.SetDeadline(time.Time{})
+	return ag, nil
+}
+
+// send queues a frame for the handshake's writer goroutine, which writes
+// frames in order.
+func (hs *handshaker) send(t frameType, payload []byte) {
+	b := make([]byte, headerSize+len(payload))
+	h := header{typ: t, plen: uint32(len(payload))}
+	h.put(b)
+	copy(b[headerSize:], payload)
+	hs.pending++
+	hs.out <- b
+}
+
+func (hs *handshaker) writeLoop() {
+	for b := range hs.out {
+		_, err := hs.conn.Write(b)
+		hs.writes <- err
+	}
+}
+
+// flushWrites waits for every write sent so far.
+func (hs *handshaker) flushWrites() error {
+	var first error
+	for ; hs.pending > 0; hs.pending-- {
+		if err := <-hs.writes; err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
+// ioErr names a connection failure during the handshake.
+func (hs *handshaker) ioErr(err error, doing string) error {
+	switch {
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		if cerr := hs.ctx.Err(); cerr != nil {
+			return fmt.Errorf("replicate: handshake %s: %w", doing, cerr)
+		}
+		return fmt.Errorf("%w: %s: nothing within %v", ErrHandshakeTimeout, doing, hs.cfg.ConnectTimeout)
+	case errors.Is(err, io.EOF):
+		return fmt.Errorf("%w: the peer closed the connection while this node was %s", ErrRefused, doing)
+	}
+	return fmt.Errorf("replicate: handshake %s: %w", doing, err)
+}
+
+// read reads the next handshake frame, which must be of type want (or an
+// Error frame, which becomes the peer's refusal).
+func (hs *handshaker) read(want frameType) ([]byte, error) {
+	doing := "waiting for the peer's " + want.String()
+	// The magic first, so that a short non-rbd-nbd greeting fails at once
+	// instead of waiting for a full header.
+	if _, err := io.ReadFull(hs.conn, hs.hdr[:4]); err != nil {
+		return nil, hs.ioErr(err, doing)
+	}
+	if binary.BigEndian.Uint32(hs.hdr[:4]) == magic {
+		if _, err := io.ReadFull(hs.conn, hs.hdr[4:]); err != nil {
+			if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+				return nil, &ProtocolError{Stream: "handshake", Err: ErrTruncated, Detail: "connection closed inside a frame header"}
+			}
+			return nil, hs.ioErr(err, doing)
+		}
+	}
+	h, err := parseHeader(hs.hdr[:])
+	if err != nil {
+		return nil, withStream(err, stHandshake)
+	}
+	if _, err := h.check(stHandshake, 1); err != nil {
+		return nil, withStream(err, stHandshake)
+	}
+	p := make([]byte, h.plen)
+	if _, err := io.ReadFull(hs.conn, p); err != nil {
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			return nil, &ProtocolError{Stream: "handshake", Frame: h.typ.String(), Err: ErrTruncated, Detail: fmt.Sprintf("connection closed inside a %d-byte payload", h.plen)}
+		}
+		return nil, hs.ioErr(err, doing)
+	}
+	if h.typ == ftError {
+		r, err := decodeRefusal(p)
+		if err != nil {
+			return nil, withStream(err, stHandshake)
+		}
+		return nil, r.err()
+	}
+	if h.typ != want {
+		return nil, &ProtocolError{Stream: "handshake", Frame: h.typ.String(), Err: ErrMalformed, Detail: "expected " + want.String()}
+	}
+	return p, nil
+}
+
+// refuse tells the peer why this node refuses it, waits briefly for the
+// peer to take note and close, and returns err.
+func (hs *handshaker) refuse(code uint32, err error) error {
+	hs.log.Warn("peer link handshake refused", zap.Error(err), zap.Stringer("remote", hs.conn.RemoteAddr()))
+	r := refusal{code: code, reason: err.Error()}
+	hs.send(ftError, r.encode())
+	_ = hs.conn.SetWriteDeadline(hs.lingerDeadline())
+	_ = hs.flushWrites()
+	hs.linger()
+	return err
+}
+
+func (hs *handshaker) lingerDeadline() time.Time {
+	d := time.Now().Add(lingerMax)
+	if d.After(hs.deadline) {
+		d = hs.deadline
+	}
+	return d
+}
+
+// linger reads and discards until the peer closes (it does so on reading
+// the Error frame), sends its own Error frame (both sides refused), or
+// lingerMax passes.
+func (hs *handshaker) linger() {
+	_ = hs.conn.SetReadDeadline(hs.lingerDeadline())
+	var b [headerSize]byte
+	for {
+		if _, err := io.ReadFull(hs.conn, b[:]); err != nil {
+			return
+		}
+		h, err := parseHeader(b[:])
+		if err != nil {
+			_, _ = io.Copy(io.Discard, hs.conn)
+			return
+		}
+		if h.typ == ftError || h.plen > maxHandshakeLen {
+			return
+		}
+		if _, err := io.CopyN(io.Discard, hs.conn, int64(h.plen)); err != nil {
+			return
+		}
+	}
+}
+
+func (hs *handshaker) run() (agreement, error) {
+	cfg := hs.cfg
+	mine := hello{
+		minVer:   cfg.MinVersion,
+		maxVer:   cfg.MaxVersion,
+		features: cfg.Features,
+		nodeID:   cfg.NodeID,
+		peerID:   cfg.PeerID,
+		resource: cfg.Resource,
+		auth:     cfg.SharedSecret != "",
+	}
+	if _, err := rand.Read(mine.nonce[:]); err != nil {
+		return agreement{}, fmt.Errorf("replicate: handshake nonce: %w", err)
+	}
+	hs.send(ftHello, mine.encode())
+	p, err := hs.read(ftHello)
+	if err != nil {
+		return agreement{}, hs.readFailed(err)
+	}
+	peer, err := decodeHello(p)
+	if err != nil {
+		return agreement{}, hs.refuse(refuseProtocol, withStream(err, stHandshake))
+	}
+	log := hs.log.With(zap.Uint32("peer_node_id", peer.nodeID), zap.Stringer("remote", hs.conn.RemoteAddr()))
+	hs.log = log
+	switch {
+	case peer.resource != cfg.Resource:
+		return agreement{}, hs.refuse(refuseResource, fmt.Errorf("%w: the peer serves resource %q, this node %q", ErrResourceMismatch, peer.resource, cfg.Resource))
+	case peer.nodeID != cfg.PeerID:
+		return agreement{}, hs.refuse(refuseNodeID, fmt.Errorf("%w: the peer is node %d, this node expects node %d", ErrNodeIDMismatch, peer.nodeID, cfg.PeerID))
+	case peer.peerID != cfg.NodeID:
+		return agreement{}, hs.refuse(refuseNodeID, fmt.Errorf("%w: the peer expects node %d, this node is node %d", ErrNodeIDMismatch, peer.peerID, cfg.NodeID))
+	}
+	version := min(mine.maxVer, peer.maxVer)
+	if version < mine.minVer || version < peer.minVer {
+		return agreement{}, hs.refuse(refuseVersion, fmt.Errorf("%w: mine %d..%d, peer's %d..%d", ErrVersionMismatch, mine.minVer, mine.maxVer, peer.minVer, peer.maxVer))
+	}
+	switch {
+	case mine.auth && !peer.auth:
+		return agreement{}, hs.refuse(refuseAuth, fmt.Errorf("%w: this node has a shared secret configured, the peer has none", ErrAuthFailed))
+	case !mine.auth && peer.auth:
+		return agreement{}, hs.refuse(refuseAuth, fmt.Errorf("%w: the peer has a shared secret configured, this node has none", ErrAuthFailed))
+	case mine.auth && peer.nonce == mine.nonce:
+		return agreement{}, hs.refuse(refuseAuth, fmt.Errorf("%w: the peer sent this node's own nonce (reflection)", ErrAuthFailed))
+	}
+	if mine.auth {
+		proof := authMAC(cfg.SharedSecret, cfg.NodeID, cfg.PeerID, cfg.Resource, peer.nonce, mine.nonce)
+		var w tlvWriter
+		w.bytes(1, proof)
+		hs.send(ftAuth, w.b)
+		p, err := hs.read(ftAuth)
+		if err != nil {
+			return agreement{}, hs.readFailed(err)
+		}
+		var got []byte
+		if err := parseTLV(p, "Auth", func(tag uint16, v []byte) error {
+			if tag == 1 {
+				got = v
+			}
+			return nil
+		}); err != nil {
+			return agreement{}, hs.refuse(refuseProtocol, withStream(err, stHandshake))
+		}
+		want := authMAC(cfg.SharedSecret, cfg.PeerID, cfg.NodeID, cfg.Resource, mine.nonce, peer.nonce)
+		if !hmac.Equal(got, want) {
+			return agreement{}, hs.refuse(refuseAuth, fmt.Errorf("%w: the peer's response does not prove the shared secret", ErrAuthFailed))
+		}
+	}
+	ag := agreement{version: version, features: mine.features & peer.features, peer: peer}
+	r := ready{version: ag.version, features: ag.features}
+	hs.send(ftReady, r.encode())
+	p, err = hs.read(ftReady)
+	if err != nil {
+		return agreement{}, hs.readFailed(err)
+	}
+	pr, err := decodeReady(p)
+	if err != nil {
+		return agreement{}, hs.refuse(refuseProtocol, withStream(err, stHandshake))
+	}
+	if pr != r {
+		return agreement{}, hs.refuse(refuseProtocol, &ProtocolError{Stream: "handshake", Frame: "Ready", Err: ErrMalformed,
+			Detail: fmt.Sprintf("the peer agreed version %d features 0x%x, this node version %d features 0x%x", pr.version, pr.features, r.version, r.features)})
+	}
+	log.Info("peer link handshake complete", zap.Uint32("version", ag.version), zap.Uint64("features", uint64(ag.features)), zap.Bool("authenticated", mine.auth))
+	return ag, nil
+}
+
+// readFailed handles a failed read: the peer's protocol errors are
+// answered with an Error frame; refusals and I/O errors are returned.
+func (hs *handshaker) readFailed(err error) error {
+	var pe *ProtocolError
+	if errors.As(err, &pe) {
+		return hs.refuse(refuseProtocol, err)
+	}
+	hs.log.Warn("peer link handshake failed", zap.Error(err), zap.Stringer("remote", hs.conn.RemoteAddr()))
+	return err
+}
+
+// withStream sets the stream of a *ProtocolError.
+func withStream(err error, st streamID) error {
+	var pe *ProtocolError
+	if errors.As(err, &pe) && pe.Stream == "" {
+		pe.Stream = st.String()
+	}
+	return err
+}

@@ -1,0 +1,360 @@
+package replicate
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"strings"
+	"testing"
+	"time"
+)
+
+// The handshake succeeds over every connection kind, with and without a
+// shared secret.
+func TestHandshakeOK(t *testing.T) {
+	for _, kind := range connKinds {
+		for _, secret := range []string{"", "s3cret"} {
+			t.Run(kind+"/secret="+secret, func(t *testing.T) {
+				ca, cb := testConfig(t, 1, 2, newMemDisk(1)), testConfig(t, 2, 1, newMemDisk(1))
+				ca.SharedSecret, cb.SharedSecret = secret, secret
+				cb.Features = 0
+				la, lb := linkPair(t, kind, ca, cb)
+				for _, l := range []*Link{la, lb} {
+					if l.Version() != 2 || l.Features() != 0 {
+						t.Fatalf("version %d features %v; want 2, 0", l.Version(), l.Features())
+					}
+				}
+				if _, err := submitWait(t, la, &Request{Kind: Flush}); err != nil {
+					t.Fatal(err)
+				}
+			})
+		}
+	}
+}
+
+// runHandshake runs both sides and returns their errors (closing any
+// link that came up).
+func runHandshake(t *testing.T, kind string, ca, cb Config) (ea, eb error) {
+	t.Helper()
+	a, b := connPair(t, kind)
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	la, lb, ea, eb := handshakePair(ctx, a, b, ca, cb)
+	for _, l := range []*Link{la, lb} {
+		if l != nil {
+			l.Close("test")
+			waitLink(t, l)
+		}
+	}
+	return ea, eb
+}
+
+func TestVersionNegotiation(t *testing.T) {
+	for _, c := range []struct {
+		aMin, aMax, bMin, bMax uint32
+		want                   uint32 // 0: no common version
+	}{
+		{0, 0, 0, 0, 2},
+		{0, 0, 0, 1, 1},
+		{0, 1, 0, 0, 1},
+		{1, 1, 1, 2, 1},
+		{2, 2, 1, 1, 0},
+		{1, 1, 2, 2, 0},
+	} {
+		ca, cb := testConfig(t, 1, 2, newMemDisk(1)), testConfig(t, 2, 1, newMemDisk(1))
+		ca.MinVersion, ca.MaxVersion, cb.MinVersion, cb.MaxVersion = c.aMin, c.aMax, c.bMin, c.bMax
+		if c.want != 0 {
+			la, lb := linkPair(t, "pipe", ca, cb)
+			if la.Version() != c.want || lb.Version() != c.want {
+				t.Fatalf("%+v: versions %d, %d; want %d", c, la.Version(), lb.Version(), c.want)
+			}
+			continue
+		}
+		ea, eb := runHandshake(t, "tcp", ca, cb)
+		errorIs(t, ea, ErrVersionMismatch)
+		errorIs(t, eb, ErrVersionMismatch)
+		for _, err := range []error{ea, eb} {
+			msg := err.Error()
+			if !strings.Contains(msg, "mine") || !strings.Contains(msg, "peer's") {
+				t.Fatalf("unclear version error %q", msg)
+			}
+		}
+		if !strings.Contains(ea.Error(), "mine 2..2, peer's 1..1") && !strings.Contains(ea.Error(), "mine 1..1, peer's 2..2") {
+			t.Fatalf("version error %q does not name both ranges", ea)
+		}
+	}
+}
+
+func TestAuthentication(t *testing.T) {
+	for _, kind := range []string{"tcp", "pipe"} {
+		t.Run(kind, func(t *testing.T) {
+			ca, cb := testConfig(t, 1, 2, newMemDisk(1)), testConfig(t, 2, 1, newMemDisk(1))
+			ca.SharedSecret, cb.SharedSecret = "right", "wrong"
+			ea, eb := runHandshake(t, kind, ca, cb)
+			errorIs(t, ea, ErrAuthFailed)
+			errorIs(t, eb, ErrAuthFailed)
+			for _, err := range []error{ea, eb} {
+				if strings.Contains(err.Error(), "right") || strings.Contains(err.Error(), "wrong") {
+					t.Fatalf("error %q leaks the secret", err)
+				}
+			}
+
+			ca.SharedSecret, cb.SharedSecret = "only-a", ""
+			ea, eb = runHandshake(t, kind, ca, cb)
+			errorIs(t, ea, ErrAuthFailed)
+			errorIs(t, eb, ErrAuthFailed)
+			if !strings.Contains(ea.Error(), "the peer has none") || !strings.Contains(eb.Error(), "this node has none") {
+				t.Fatalf("unclear errors: %q / %q", ea, eb)
+			}
+		})
+	}
+}
+
+// A response is bound to its direction: the proof a node gives cannot
+// pass as the proof it expects from its peer, even over the same nonces.
+func TestAuthReflection(t *testing.T) {
+	var na, nb [nonceSize]byte
+	na[0], nb[0] = 1, 2
+	give := authMAC("k", 1, 2, "r0", nb, na)   // node 1 proves to node 2
+	expect := authMAC("k", 2, 1, "r0", na, nb) // what node 1 expects from 2
+	if bytes.Equal(give, expect) {
+		t.Fatal("a reflected response would verify")
+	}
+	same := authMAC("k", 1, 2, "r0", nb, na)
+	if !bytes.Equal(give, same) {
+		t.Fatal("MAC not deterministic")
+	}
+	if bytes.Equal(give, authMAC("k", 1, 2, "r1", nb, na)) {
+		t.Fatal("MAC not bound to the resource")
+	}
+
+	// A fake peer that reflects everything node 1 sends: its Hello (same
+	// nonce) and its Auth.
+	a, b := net.Pipe()
+	go func() {
+		defer b.Close()
+		_, _ = io.Copy(b, b)
+	}()
+	ca := testConfig(t, 1, 1+1, newMemDisk(1))
+	ca.SharedSecret = "k"
+	ca.PeerID = 1 // accept the reflection's node id, to reach authentication
+	ca.NodeID = 1
+	ca.PeerID = 2
+	_, err := Client(context.Background(), a, ca)
+	// The reflected Hello names node 1 where node 2 is expected.
+	errorIs(t, err, ErrNodeIDMismatch)
+}
+
+func TestIdentityMismatch(t *testing.T) {
+	ca, cb := testConfig(t, 1, 2, newMemDisk(1)), testConfig(t, 2, 1, newMemDisk(1))
+	cb.Resource = "other"
+	ea, eb := runHandshake(t, "tcp", ca, cb)
+	errorIs(t, ea, ErrResourceMismatch)
+	errorIs(t, eb, ErrResourceMismatch)
+	if !strings.Contains(ea.Error(), `"other"`) {
+		t.Fatalf("error %q does not name the peer's resource", ea)
+	}
+
+	// Node 2 expects node 3; node 1 expects node 2: both refuse.
+	ca, cb = testConfig(t, 1, 2, newMemDisk(1)), testConfig(t, 2, 3, newMemDisk(1))
+	ea, eb = runHandshake(t, "pipe", ca, cb)
+	errorIs(t, ea, ErrNodeIDMismatch)
+	errorIs(t, eb, ErrNodeIDMismatch)
+
+	// Node 1 expects node 5, but node 2 answers.
+	ca, cb = testConfig(t, 1, 5, newMemDisk(1)), testConfig(t, 2, 1, newMemDisk(1))
+	ea, eb = runHandshake(t, "tcp", ca, cb)
+	errorIs(t, ea, ErrNodeIDMismatch)
+	errorIs(t, eb, ErrNodeIDMismatch)
+	if !strings.Contains(ea.Error(), "the peer is node 2, this node expects node 5") {
+		t.Fatalf("unclear error %q", ea)
+	}
+}
+
+// Garbage instead of a Hello gives a clear error, quickly, without a
+// panic; the node answers with an Error frame.
+func TestHandshakeGarbage(t *testing.T) {
+	rnd := make([]byte, 200)
+	for i := range rnd {
+		rnd[i] = byte(i*7 + 3)
+	}
+	for _, c := range []struct {
+		name  string
+		data  []byte
+		close bool // close after sending, or stay silent
+		want  error
+	}{
+		{"http", []byte("GET / HTTP/1.1\r\nHost: peer\r\nUser-Agent: curl\r\n\r\n"), false, ErrBadMagic},
+		{"short http then silence", []byte("GET / HTTP/1.0\r\n\r\n"), false, ErrBadMagic},
+		{"random", rnd, true, ErrBadMagic},
+		{"magic then eof", []byte("RBDP\x00\x01"), true, ErrTruncated},
+		{"header of an unknown type", hdr(header{typ: 0x7777}), false, ErrUnknownType},
+		{"hello with a huge payload", hdr(header{typ: ftHello, plen: 1 << 30}), false, ErrTooLarge},
+		{"hello cut short", append(hdr(header{typ: ftHello, plen: 100}), 1, 2, 3), true, ErrTruncated},
+		{"wrong first frame", hdr(header{typ: ftReady}), false, ErrMalformed},
+	} {
+		for _, kind := range []string{"tcp", "pipe"} {
+			t.Run(c.name+"/"+kind, func(t *testing.T) {
+				t.Parallel()
+				a, b := connPair(t, kind)
+				cfg := testConfig(t, 2, 1, newMemDisk(1))
+				cfg.ConnectTimeout = 5 * time.Second
+				peerGot := make(chan []byte, 1)
+				go func() {
+					// The garbage peer writes, and reads what the node says.
+					go func() {
+						_, _ = b.Write(c.data)
+						if c.close {
+							if cw, ok := b.(interface{ CloseWrite() error }); ok {
+								_ = cw.CloseWrite()
+							} else {
+								_ = b.Close()
+							}
+						}
+					}()
+					got, _ := io.ReadAll(b)
+					_ = b.Close()
+					peerGot <- got
+				}()
+				start := time.Now()
+				l, err := Accept(context.Background(), a, cfg)
+				if l != nil {
+					t.Fatal("handshake with garbage succeeded")
+				}
+				if !errors.Is(err, c.want) || !errors.Is(err, ErrProtocol) {
+					t.Fatalf("error %v, want %v", err, c.want)
+				}
+				if d := time.Since(start); d > 2*time.Second {
+					t.Fatalf("took %v", d)
+				}
+				got := <-peerGot
+				if c.close && kind == "pipe" {
+					return // the peer closed the whole pipe: it reads nothing
+				}
+				// The node sent its Hello; unless the peer closed first, an
+				// Error frame with the reason follows.
+				if !bytes.HasPrefix(got, []byte("RBDP")) {
+					t.Fatalf("peer got %q, want a Hello", got)
+				}
+				if !c.close && !bytes.Contains(got, []byte("protocol error")) {
+					t.Fatalf("peer got no Error frame with the reason: %q", got)
+				}
+			})
+		}
+	}
+}
+
+// A peer that connects and says nothing fails the handshake after
+// ConnectTimeout; a cancelled context ends it at once.
+func TestHandshakeSilentPeer(t *testing.T) {
+	for _, kind := range []string{"tcp", "pipe", "simnet"} {
+		t.Run(kind, func(t *testing.T) {
+			a, b := connPair(t, kind)
+			defer b.Close()
+			go func() { _, _ = io.Copy(io.Discard, b) }()
+			cfg := testConfig(t, 1, 2, newMemDisk(1))
+			cfg.ConnectTimeout = 100 * time.Millisecond
+			start := time.Now()
+			_, err := Client(context.Background(), a, cfg)
+			errorIs(t, err, ErrHandshakeTimeout)
+			if d := time.Since(start); d > 5*time.Second {
+				t.Fatalf("took %v", d)
+			}
+		})
+	}
+	a, b := connPair(t, "tcp")
+	defer b.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	cfg := testConfig(t, 1, 2, newMemDisk(1))
+	errc := make(chan error, 1)
+	go func() {
+		_, err := Client(ctx, a, cfg)
+		errc <- err
+	}()
+	cancel()
+	select {
+	case err := <-errc:
+		errorIs(t, err, context.Canceled)
+	case <-time.After(waitTimeout):
+		t.Fatal("cancelled handshake did not return")
+	}
+}
+
+// Dial connects over TCP; the accepting side runs the listener.
+func TestDialAccept(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	type res struct {
+		l   *Link
+		err error
+	}
+	ch := make(chan res, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			ch <- res{nil, err}
+			return
+		}
+		l, err := Accept(context.Background(), c, testConfig(t, 2, 1, newMemDisk(1<<16)))
+		ch <- res{l, err}
+	}()
+	la, err := Dial(context.Background(), ln.Addr().String(), testConfig(t, 1, 2, newMemDisk(1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := <-ch
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	defer func() {
+		la.Close("done")
+		r.l.Close("done")
+		waitLink(t, la)
+		waitLink(t, r.l)
+	}()
+	if la.RemoteAddr().String() != ln.Addr().String() {
+		t.Fatalf("remote %v, want %v", la.RemoteAddr(), ln.Addr())
+	}
+	if _, err := submitWait(t, la, &Request{Kind: Write, Data: []byte("x")}); err != nil {
+		t.Fatal(err)
+	}
+	// Dialing nothing fails clearly.
+	if _, err := Dial(context.Background(), "127.0.0.1:1", testConfig(t, 1, 2, newMemDisk(1))); err == nil {
+		t.Fatal("dial to a closed port succeeded")
+	}
+	// An invalid config is refused before dialing.
+	bad := testConfig(t, 1, 1, newMemDisk(1))
+	if _, err := Dial(context.Background(), ln.Addr().String(), bad); !errors.Is(err, ErrInvalidConfig) {
+		t.Fatalf("invalid config: %v", err)
+	}
+}
+
+func TestConfigValidate(t *testing.T) {
+	good := testConfig(t, 1, 2, newMemDisk(1))
+	if err := good.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	for name, mut := range map[string]func(*Config){
+		"no resource":      func(c *Config) { c.Resource = "" },
+		"same ids":         func(c *Config) { c.PeerID = c.NodeID },
+		"version too high": func(c *Config) { c.MaxVersion = MaxVersion + 1 },
+		"empty versions":   func(c *Config) { c.MinVersion, c.MaxVersion = 2, 1 },
+		"no ping interval": func(c *Config) { c.PingInterval = 0 },
+		"no timeout":       func(c *Config) { c.Timeout = -1 },
+		"no in-flight":     func(c *Config) { c.MaxInFlight = 0 },
+		"no workers":       func(c *Config) { c.Workers = 0 },
+		"no handler":       func(c *Config) { c.Handler = nil },
+		"no control queue": func(c *Config) { c.ControlQueue = 0 },
+	} {
+		c := good
+		mut(&c)
+		if err := c.Validate(); !errors.Is(err, ErrInvalidConfig) {
+			t.Errorf("%s: Validate = %v", name, err)
+		}
+	}
+}

@@ -1,0 +1,277 @@
+package replicate
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/yamux"
+
+	"github.com/rbd-nbd/rbd-nbd/replicate/simnet"
+)
+
+// fakePeer is the accepting side of a link driven by hand: a test writes
+// raw frames on its streams.
+type fakePeer struct {
+	sess    *yamux.Session
+	streams [numStreams]net.Conn
+}
+
+// newFakePeer runs the handshake and stream setup on conn as the
+// accepting side described by cfg.
+func newFakePeer(t *testing.T, conn net.Conn, cfg Config) *fakePeer {
+	t.Helper()
+	cfg = cfg.normalized()
+	ctx := context.Background()
+	if _, err := handshake(ctx, conn, &cfg, cfg.Logger); err != nil {
+		t.Errorf("fake peer handshake: %v", err)
+		return nil
+	}
+	ycfg := yamux.DefaultConfig()
+	ycfg.EnableKeepAlive = false
+	ycfg.MaxStreamWindowSize = streamWindow
+	ycfg.LogOutput = io.Discard
+	sess, err := yamux.Server(conn, ycfg)
+	if err != nil {
+		t.Errorf("fake peer yamux: %v", err)
+		return nil
+	}
+	streams, err := openStreams(ctx, sess, false, time.Now().Add(waitTimeout))
+	if err != nil {
+		t.Errorf("fake peer streams: %v", err)
+		return nil
+	}
+	return &fakePeer{sess: sess, streams: streams}
+}
+
+// linkWithFake connects a real link (the dialing side, configured by
+// ca) to a fake peer.
+func linkWithFake(t *testing.T, ca Config) (*Link, *fakePeer) {
+	t.Helper()
+	a, b := connPair(t, "tcp")
+	fc := make(chan *fakePeer, 1)
+	go func() { fc <- newFakePeer(t, b, testConfig(t, 2, 1, newMemDisk(1))) }()
+	l, err := Client(context.Background(), a, ca)
+	f := <-fc
+	if err != nil || f == nil {
+		t.Fatalf("link with fake peer: %v", err)
+	}
+	t.Cleanup(func() {
+		l.Close("test over")
+		_ = f.sess.Close()
+		waitLink(t, l)
+	})
+	return l, f
+}
+
+// readBye reads the fake peer's control stream up to the link's Bye and
+// returns its reason.
+func (f *fakePeer) readBye(t *testing.T) string {
+	t.Helper()
+	s := f.streams[stControl]
+	_ = s.SetReadDeadline(time.Now().Add(waitTimeout))
+	var hb [headerSize]byte
+	for {
+		if _, err := io.ReadFull(s, hb[:]); err != nil {
+			t.Fatalf("no Bye from the link: %v", err)
+		}
+		h, err := parseHeader(hb[:])
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := make([]byte, h.plen)
+		if _, err := io.ReadFull(s, p); err != nil {
+			t.Fatal(err)
+		}
+		if h.typ == ftBye {
+			m, err := decodeControl(ftBye, p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return m.(*Bye).Reason
+		}
+	}
+}
+
+// A peer that breaks the protocol after a good handshake takes the link
+// down with a *ProtocolError naming what was wrong; the link tells the
+// peer why in its Bye.
+func TestProtocolViolations(t *testing.T) {
+	frame := func(h header, payload ...byte) []byte { return append(hdr(h), payload...) }
+	cases := []struct {
+		name       string
+		maxVersion uint32
+		st         streamID
+		data       []byte
+		closeAfter bool
+		want       error
+	}{
+		{"http on data", 0, stData, []byte("GET / HTTP/1.1\r\nHost: x\r\nAccept: */*\r\n\r\n"), false, ErrBadMagic},
+		{"unknown type on data", 0, stData, frame(header{typ: 0x7777}), false, ErrUnknownType},
+		{"write length mismatch", 0, stData, frame(header{typ: frameType(Write), length: 4096, plen: 3}, 1, 2, 3), false, ErrMalformed},
+		{"write too big", 0, stData, frame(header{typ: frameType(Write), length: 64 << 20, plen: 64 << 20}), false, ErrTooLarge},
+		{"zero at version 1", 1, stData, frame(header{typ: frameType(Zero), length: 4096}), false, ErrUnknownType},
+		{"truncated write", 0, stData, frame(header{typ: frameType(Write), length: 100, plen: 100}, make([]byte, 10)...), true, ErrTruncated},
+		{"ack for unknown id", 0, stAck, frame(header{typ: ftAck, id: 99}), false, ErrMalformed},
+		{"recv ack for unknown id", 0, stResync, frame(header{typ: ftRecvAck, id: 5}), false, ErrMalformed},
+		{"bad control tag list", 0, stControl, frame(header{typ: ftRoleChange, plen: 14}, append(entry(1, []byte{1}), entry(1, []byte{2})...)...), false, ErrMalformed},
+		{"control truncated entry", 0, stControl, frame(header{typ: ftBye, plen: 4}, 0, 1, 0, 9), false, ErrTruncated},
+		{"stream init again", 0, stData, frame(header{typ: ftStreamInit, id: 1}), false, ErrMalformed},
+		{"stream closed by the peer", 0, stAck, nil, true, ErrMalformed},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			ca := testConfig(t, 1, 2, newMemDisk(1))
+			ca.MaxVersion = c.maxVersion
+			l, f := linkWithFake(t, ca)
+			s := f.streams[c.st]
+			if len(c.data) > 0 {
+				if _, err := s.Write(c.data); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if c.closeAfter {
+				_ = s.Close()
+			}
+			if reason := f.readBye(t); !strings.Contains(reason, "protocol error") {
+				t.Fatalf("Bye reason %q", reason)
+			}
+			_ = f.sess.Close() // as a peer does on Bye
+			waitDone(t, l)
+			err := l.Err()
+			var pe *ProtocolError
+			if !errors.As(err, &pe) || !errors.Is(err, c.want) || !errors.Is(err, ErrProtocol) {
+				t.Fatalf("link error %v, want a *ProtocolError that Is %v", err, c.want)
+			}
+			if pe.Stream != c.st.String() {
+				t.Fatalf("error names stream %q, want %q", pe.Stream, c.st)
+			}
+		})
+	}
+}
+
+// An unknown control message marked ignorable is skipped; what follows
+// still arrives.
+func TestIgnorableControl(t *testing.T) {
+	l, f := linkWithFake(t, testConfig(t, 1, 2, newMemDisk(1)))
+	p, _ := encodeControl(&NewUUID{Current: 5})
+	data := append(hdr(header{typ: 0x01f0, flags: flagMayIgnore, plen: 3}), 1, 2, 3)
+	data = append(data, hdr(header{typ: ftNewUUID, flags: flagMayIgnore, plen: uint32(len(p))})...)
+	data = append(data, p...)
+	if _, err := f.streams[stControl].Write(data); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case m := <-l.Control():
+		if u, ok := m.(*NewUUID); !ok || u.Current != 5 {
+			t.Fatalf("got %#v", m)
+		}
+	case <-time.After(waitTimeout):
+		t.Fatal("message after an ignorable one did not arrive")
+	}
+	if l.Err() != nil {
+		t.Fatal(l.Err())
+	}
+}
+
+// A peer whose traffic is dropped stops answering pings: the link goes
+// down with ErrPingTimeout.
+func TestPingTimeout(t *testing.T) {
+	a, b := simnet.Pipe(simnet.Config{Seed: 7, Latency: time.Millisecond, Jitter: time.Millisecond})
+	ca := testConfig(t, 1, 2, newMemDisk(1))
+	ca.PingInterval, ca.PingTimeout = 20*time.Millisecond, 150*time.Millisecond
+	la, lb := linkPairOn(t, a, b, ca, testConfig(t, 2, 1, newMemDisk(1)))
+	// Pings flow while the network works: several intervals pass without
+	// the link going down (bounded by the completion of a round trip).
+	for range 5 {
+		if _, err := submitWait(t, la, &Request{Kind: Flush}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b.Stall() // everything node 2 sends is dropped from now on
+	waitDone(t, la)
+	errorIs(t, la.Err(), ErrPingTimeout)
+	// Node 1's Bye still reaches node 2.
+	waitDone(t, lb)
+	errorIs(t, lb.Err(), ErrPeerDisconnected)
+	if !strings.Contains(lb.Err().Error(), "ping timeout") {
+		t.Fatalf("peer error %q", lb.Err())
+	}
+}
+
+// A partition takes both sides down with ping timeouts.
+func TestPartition(t *testing.T) {
+	a, b := simnet.Pipe(simnet.Config{Seed: 9})
+	ca, cb := testConfig(t, 1, 2, newMemDisk(1)), testConfig(t, 2, 1, newMemDisk(1))
+	for _, c := range []*Config{&ca, &cb} {
+		c.PingInterval, c.PingTimeout = 20*time.Millisecond, 100*time.Millisecond
+	}
+	la, lb := linkPairOn(t, a, b, ca, cb)
+	a.Partition()
+	waitDone(t, la)
+	waitDone(t, lb)
+	errorIs(t, la.Err(), ErrPingTimeout)
+	errorIs(t, lb.Err(), ErrPingTimeout)
+}
+
+// A request the peer does not answer within Timeout takes the link down
+// with ErrTimeout, and the request completes with it.
+func TestRequestTimeout(t *testing.T) {
+	disk := newMemDisk(1 << 16)
+	g := newGate(disk, func(*Incoming) bool { return true })
+	ca := testConfig(t, 1, 2, newMemDisk(1))
+	ca.Timeout = 100 * time.Millisecond
+	ca.PingInterval = 10 * time.Millisecond
+	la, _ := linkPair(t, "tcp", ca, testConfig(t, 2, 1, g))
+	s := newStageLog()
+	if err := la.Submit(&Request{Kind: Write, Data: []byte("x"), Notify: s.notify}); err != nil {
+		t.Fatal(err)
+	}
+	<-g.started
+	stages, err := s.wait(t)
+	errorIs(t, err, ErrTimeout)
+	errorIs(t, err, ErrLinkDown)
+	if len(stages) != 2 || stages[0] != Sent || stages[1] != Done {
+		t.Fatalf("stages %v", stages)
+	}
+	errorIs(t, la.Err(), ErrTimeout)
+	close(g.release)
+}
+
+// Requests survive a slow, chopped, jittery network.
+func TestSlowNetwork(t *testing.T) {
+	a, b := simnet.Pipe(simnet.Config{Seed: 3, Latency: 200 * time.Microsecond, Jitter: time.Millisecond, MaxChunk: 1500, Buffer: 64 << 10})
+	disk := newMemDisk(1 << 20)
+	la, _ := linkPairOn(t, a, b, testConfig(t, 1, 2, newMemDisk(1)), testConfig(t, 2, 1, disk))
+	data := make([]byte, 300<<10)
+	for i := range data {
+		data[i] = byte(i * 31)
+	}
+	done := make(chan error, 8)
+	for i := range 8 {
+		r := &Request{Kind: Write, Offset: int64(i) * 100 << 10, Data: data[:100<<10], Notify: func(s Stage, err error) {
+			if s == Done {
+				done <- err
+			}
+		}}
+		if err := la.Submit(r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for range 8 {
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	}
+	buf := make([]byte, 100<<10)
+	if _, err := submitWait(t, la, &Request{Kind: Read, Offset: 700 << 10, Length: int64(len(buf)), Data: buf}); err != nil {
+		t.Fatal(err)
+	}
+	if string(buf) != string(data[:100<<10]) {
+		t.Fatal("read back differs")
+	}
+}

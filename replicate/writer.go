@@ -1,0 +1,219 @@
+package replicate
+
+import (
+	"bufio"
+	"io"
+	"sync"
+)
+
+// itemKind is what a writer item carries.
+type itemKind uint8
+
+const (
+	itemRequest itemKind = iota // a Request of this node
+	itemAck                     // the final reply to an Incoming
+	itemRecvAck                 // receipt of the peer's request id
+	itemFrame                   // a prepared frame (control stream)
+)
+
+// witem is one frame to write.
+type witem struct {
+	kind    itemKind
+	req     *Request
+	in      *Incoming
+	id      uint64
+	h       header
+	payload []byte
+	written chan struct{} // itemFrame: closed once flushed (or failed)
+}
+
+// writer is the single goroutine writing one stream. Producers queue
+// items; the writer takes everything queued, encodes it into a buffered
+// writer, and flushes only when the queue is empty (or a buffer's worth
+// was written since the last flush), so a burst of requests or acks costs
+// one write to the stream, not one each.
+type writer struct {
+	l    *Link
+	st   streamID
+	out  io.Writer
+	bw   *bufio.Writer
+	win  *window // requests written here complete through it (nil: none)
+	wake chan struct{}
+	stop <-chan struct{}
+
+	mu     sync.Mutex
+	q      []witem
+	closed bool
+
+	// Writer goroutine only.
+	batch []witem
+	hdr   [headerSize]byte
+}
+
+func newWriter(l *Link, st streamID, out io.Writer, size int, win *window, stop <-chan struct{}) *writer {
+	return &writer{
+		l:    l,
+		st:   st,
+		out:  out,
+		bw:   bufio.NewWriterSize(out, size),
+		win:  win,
+		wake: make(chan struct{}, 1),
+		stop: stop,
+	}
+}
+
+// enqueue queues it; false once the writer stopped (it was not queued).
+func (w *writer) enqueue(it witem) bool {
+	w.mu.Lock()
+	if w.closed {
+		w.mu.Unlock()
+		return false
+	}
+	w.q = append(w.q, it)
+	first := len(w.q) == 1
+	w.mu.Unlock()
+	if first {
+		select {
+		case w.wake <- struct{}{}:
+		default:
+		}
+	}
+	return true
+}
+
+func (w *writer) run(wg *sync.WaitGroup) {
+	defer wg.Done()
+	defer w.exit()
+	for {
+		select {
+		case <-w.wake:
+		case <-w.stop:
+			return
+		}
+		if err := w.drain(); err != nil {
+			w.l.connFailed(w.st, err)
+			w.complete(false)
+			return
+		}
+	}
+}
+
+// drain writes until the queue is empty. On error the unfinished batch
+// stays in w.batch.
+func (w *writer) drain() error {
+	written := 0 // bytes since the last flush
+	for {
+		w.mu.Lock()
+		start := len(w.batch)
+		w.batch = append(w.batch, w.q...)
+		clear(w.q)
+		w.q = w.q[:0]
+		w.mu.Unlock()
+		if len(w.batch) == start {
+			if start == 0 {
+				return nil
+			}
+			if err := w.bw.Flush(); err != nil {
+				return err
+			}
+			w.complete(true)
+			written = 0
+			continue
+		}
+		for i := start; i < len(w.batch); i++ {
+			n, err := w.write(&w.batch[i])
+			if err != nil {
+				return err
+			}
+			written += n
+		}
+		if written >= w.bw.Size() {
+			if err := w.bw.Flush(); err != nil {
+				return err
+			}
+			w.complete(true)
+			written = 0
+		}
+	}
+}
+
+// write encodes one item.
+func (w *writer) write(it *witem) (int, error) {
+	var h header
+	var payload []byte
+	var alg string
+	switch it.kind {
+	case itemRequest:
+		r := it.req
+		h = header{typ: frameType(r.Kind), flags: uint16(r.Flags), id: r.id, offset: uint64(r.Offset), length: uint32(r.Length)}
+		switch r.Kind {
+		case Write, ResyncData:
+			payload = r.Data
+			h.length = uint32(len(r.Data))
+		case CsumReq:
+			alg = r.Alg
+		}
+	case itemAck:
+		in := it.in
+		h = header{typ: ftAck, id: in.id, status: uint32(in.st)}
+		if in.st == statusOK {
+			switch in.Kind {
+			case Read, ResyncRead:
+				payload = in.Data
+			case CsumReq:
+				payload = in.Digest
+			}
+		}
+	case itemRecvAck:
+		h = header{typ: ftRecvAck, id: it.id}
+	case itemFrame:
+		h = it.h
+		payload = it.payload
+	}
+	h.plen = uint32(len(payload) + len(alg))
+	h.put(w.hdr[:])
+	if _, err := w.bw.Write(w.hdr[:]); err != nil {
+		return 0, err
+	}
+	if len(payload) > 0 {
+		if _, err := w.bw.Write(payload); err != nil {
+			return 0, err
+		}
+	}
+	if alg != "" {
+		if _, err := w.bw.WriteString(alg); err != nil {
+			return 0, err
+		}
+	}
+	return headerSize + int(h.plen), nil
+}
+
+// complete finishes the items of w.batch after a flush (ok) or a failed
+// write, and empties the batch.
+func (w *writer) complete(ok bool) {
+	for i := range w.batch {
+		it := &w.batch[i]
+		switch it.kind {
+		case itemRequest:
+			w.win.afterWrite(it.req, ok, w.l.requestErr)
+		case itemAck:
+			w.l.releaseIncoming(it.in)
+		case itemFrame:
+			if it.written != nil {
+				close(it.written)
+			}
+		}
+	}
+	clear(w.batch)
+	w.batch = w.batch[:0]
+}
+
+// exit stops the writer and fails whatever is still queued.
+func (w *writer) exit() {
+	w.mu.Lock()
+	w.closed = true
+	w.batch = append(w.batch, w.q...)
+	w.q = nil
+	w.mu.Unlock()
+	w.complete(false)
+}

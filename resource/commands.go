@@ -1,0 +1,142 @@
+package resource
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/rbd-nbd/rbd-nbd/replicate"
+)
+
+// The administrative commands. Each runs its decision on the loop and
+// returns the machine's refusal (a *StateError) unchanged.
+
+// do runs fn on the loop and waits for its result.
+func (r *Resource) do(ctx context.Context, fn func() error) error {
+	errc := make(chan error, 1)
+	if !r.post(func() { errc <- fn() }) {
+		return ErrDown
+	}
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (r *Resource) admin(ctx context.Context, ev Event) error {
+	return r.do(ctx, func() error {
+		_, err := r.stepAdmin(ev)
+		return err
+	})
+}
+
+// Primary promotes this node. While connected, the peer is asked first, so
+// that two nodes promoted at once cannot both win: a node that is itself
+// waiting for its promotion refuses the peer's request when its node id is
+// the lower one.
+func (r *Resource) Primary(ctx context.Context, force bool) error {
+	var wait chan error
+	err := r.do(ctx, func() error {
+		if err := r.m.CanPromote(force); err != nil {
+			return err
+		}
+		if r.m.Role() == RolePrimary || r.link == nil || !r.m.Replicating() {
+			return nil
+		}
+		if r.promoteWait != nil {
+			return fmt.Errorf("a promotion is already in progress")
+		}
+		wait = make(chan error, 1)
+		r.promoteWait = wait
+		r.sendControl(&replicate.PromoteRequest{})
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if wait != nil {
+		select {
+		case err := <-wait:
+			if err != nil {
+				return &StateError{Err: fmt.Errorf("%w: %v", ErrPeerPrimary, err), State: r.stateString()}
+			}
+		case <-ctx.Done():
+			_ = r.do(context.Background(), func() error {
+				if r.promoteWait == wait {
+					r.promoteWait = nil
+				}
+				return nil
+			})
+			return ctx.Err()
+		}
+	}
+	return r.admin(ctx, EvPromote{Force: force, PeerAgreed: wait != nil})
+}
+
+func (r *Resource) stateString() string {
+	st := r.Status()
+	return fmt.Sprintf("role:%s disk:%s conn:%s peer-role:%s peer-disk:%s", st.Role, st.Disk, st.Conn, st.PeerRole, st.PeerDisk)
+}
+
+// Secondary demotes this node; refused while NBD clients are connected.
+func (r *Resource) Secondary(ctx context.Context) error {
+	return r.do(ctx, func() error {
+		_, err := r.stepAdmin(EvDemote{NBDConns: r.nbdConns()})
+		return err
+	})
+}
+
+// Connect starts connecting to the peer.
+func (r *Resource) Connect(ctx context.Context, discardMyData bool) error {
+	return r.admin(ctx, EvConnect{DiscardMyData: discardMyData})
+}
+
+// Disconnect drops the peer link and stays StandAlone.
+func (r *Resource) Disconnect(ctx context.Context) error {
+	return r.admin(ctx, EvDisconnect{})
+}
+
+// NewCurrentUUID starts a new data generation; with clearBitmap on a fresh
+// pair it skips the initial sync.
+func (r *Resource) NewCurrentUUID(ctx context.Context, clearBitmap bool) error {
+	return r.admin(ctx, EvNewCurrentUUID{ClearBitmap: clearBitmap})
+}
+
+// Invalidate makes this node sync target for every block.
+func (r *Resource) Invalidate(ctx context.Context) error {
+	return r.admin(ctx, EvInvalidate{})
+}
+
+// InvalidateRemote makes the peer sync target: for every block with
+// resetBitmap, else for what the bitmap holds (what verify found).
+func (r *Resource) InvalidateRemote(ctx context.Context, resetBitmap bool) error {
+	return r.admin(ctx, EvInvalidateRemote{ResetBitmap: resetBitmap})
+}
+
+// PauseSync pauses a running resync on this node (the source).
+func (r *Resource) PauseSync(ctx context.Context) error {
+	return r.do(ctx, func() error {
+		e := r.engine.Load()
+		if e == nil {
+			return &StateError{Err: fmt.Errorf("no resync runs with this node as source"), State: r.m.stateString()}
+		}
+		e.Pause()
+		r.publishStatus()
+		r.changed()
+		return nil
+	})
+}
+
+// ResumeSync resumes a paused resync.
+func (r *Resource) ResumeSync(ctx context.Context) error {
+	return r.do(ctx, func() error {
+		e := r.engine.Load()
+		if e == nil {
+			return &StateError{Err: fmt.Errorf("no resync runs with this node as source"), State: r.m.stateString()}
+		}
+		e.Resume()
+		r.changed()
+		return nil
+	})
+}

@@ -1,0 +1,137 @@
+package resource
+
+import (
+	"sync"
+	"sync/atomic"
+
+	"github.com/rbd-nbd/rbd-nbd/bitmap"
+)
+
+// epochs remember which blocks the peer completed but has not yet made
+// durable. A replicated write counts as in sync once the peer completed it,
+// but the peer's disk may still lose it in a power failure until the peer
+// flushes. So every write the peer completed is recorded in the current
+// epoch; a flush sent to the peer closes the epoch (rotate) and, once the
+// peer acknowledged it, the epoch and every older one are forgotten
+// (retire). When the link goes, whatever the open epochs hold is marked out
+// of sync in the real bitmap (drainInto). This is DRBD's transfer log and
+// barriers, with a bitmap per epoch instead of a request list.
+//
+// Why a write recorded in a closed epoch is covered by that epoch's flush:
+// the write's completion arrived before the epoch closed, so the peer had
+// completed it before the flush was even sent, and the peer runs a flush
+// only after every earlier data-stream request completed.
+type epochs struct {
+	size, block int64
+
+	cur  atomic.Pointer[epoch]
+	mu   sync.Mutex
+	open []*epoch // closed but not yet retired, oldest first
+	free []*epoch
+}
+
+type epoch struct {
+	bm    *bitmap.Bitmap
+	dirty atomic.Bool
+}
+
+func newEpochs(size, block int64) (*epochs, error) {
+	es := &epochs{size: size, block: block}
+	e, err := es.alloc()
+	if err != nil {
+		return nil, err
+	}
+	es.cur.Store(e)
+	return es, nil
+}
+
+func (es *epochs) alloc() (*epoch, error) {
+	if n := len(es.free); n > 0 {
+		e := es.free[n-1]
+		es.free = es.free[:n-1]
+		return e, nil
+	}
+	bm, err := bitmap.New(es.size, es.block, nil, nil)
+	if err != nil {
+		return nil, err
+	}
+	return &epoch{bm: bm}, nil
+}
+
+// add records a write the peer completed.
+func (es *epochs) add(off, n int64) {
+	e := es.cur.Load()
+	e.bm.Set(off, n)
+	e.dirty.Store(true)
+}
+
+// pending reports whether the current epoch holds anything.
+func (es *epochs) pending() bool { return es.cur.Load().dirty.Load() }
+
+// rotate closes the current epoch and returns it; the caller sends a flush
+// to the peer and calls retire with it once the flush succeeded.
+func (es *epochs) rotate() *epoch {
+	es.mu.Lock()
+	defer es.mu.Unlock()
+	next, err := es.alloc()
+	if err != nil {
+		// Out of memory for a new epoch: keep using the current one; the
+		// flush then retires nothing (conservative).
+		return nil
+	}
+	old := es.cur.Swap(next)
+	es.open = append(es.open, old)
+	return old
+}
+
+// retire forgets e and every older closed epoch: the peer made them durable.
+func (es *epochs) retire(e *epoch) {
+	if e == nil {
+		return
+	}
+	es.mu.Lock()
+	defer es.mu.Unlock()
+	for i, o := range es.open {
+		if o != e {
+			continue
+		}
+		for _, d := range es.open[:i+1] {
+			d.bm.ClearAll()
+			d.dirty.Store(false)
+			es.free = append(es.free, d)
+		}
+		es.open = append(es.open[:0], es.open[i+1:]...)
+		return
+	}
+}
+
+// drainInto marks every block of every epoch out of sync in bm and forgets
+// the epochs. Call it when the link is gone and no write of it is still
+// running.
+func (es *epochs) drainInto(bm *bitmap.Bitmap) uint64 {
+	es.mu.Lock()
+	defer es.mu.Unlock()
+	var n uint64
+	drain := func(e *epoch) {
+		if !e.dirty.Load() {
+			return
+		}
+		for off := int64(0); ; {
+			o, l, ok := e.bm.NextDirty(off)
+			if !ok {
+				break
+			}
+			n += bm.Set(o, l)
+			off = o + l
+		}
+		e.bm.ClearAll()
+		e.dirty.Store(false)
+	}
+	for _, e := range es.open {
+		drain(e)
+		es.free = append(es.free, e)
+	}
+	es.open = es.open[:0]
+	drain(es.cur.Load())
+	return n
+}

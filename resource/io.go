@@ -1,0 +1,414 @@
+package resource
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/rbd-nbd/rbd-nbd/config"
+	"github.com/rbd-nbd/rbd-nbd/nbdserver"
+	"github.com/rbd-nbd/rbd-nbd/replicate"
+)
+
+// The write path, in the order every write takes it:
+//
+//  1. the activity log makes the 4 MiB extents the write touches active
+//     (one synced AL transaction if one was not; nothing otherwise), so that
+//     after a crash of this node the extent is resynced;
+//  2. the range lock orders it after every earlier overlapping write (and
+//     resync chunk), so overlapping writes land in the same order on both
+//     nodes, and resync data never overwrites it;
+//  3. under the replication state's read lock it either goes to the peer or,
+//     with no peer, gets its bitmap bits set — before the local write, so
+//     the bits exist before the client sees the acknowledgement;
+//  4. local write and peer write run at once; the client's acknowledgement
+//     waits for what the protocol asks (A: sent, B: received, C: done);
+//  5. a peer half that fails (link down, timeout, peer disk error) sets the
+//     bits before the acknowledgement (protocol C) or from the completion
+//     callback (A, B, which acknowledged earlier: their AL reference is held
+//     until the peer completes, so a crash before that still resyncs it).
+
+// repState is what the hot path needs to know about replication. The loop
+// replaces it (under repMu) when the connection state changes; every I/O
+// holds the state it started with (wg) until it is completely done, so the
+// loop can wait for the I/O of an old state to drain.
+type repState struct {
+	// link is the peer link when replicating, else nil.
+	link *replicate.Link
+	// proto is the replication protocol.
+	proto config.Protocol
+	// gate, when not nil, is a handshake in progress: I/O waits until it is
+	// closed, then looks again.
+	gate chan struct{}
+	// wg counts the I/O that started under this state.
+	wg sync.WaitGroup
+}
+
+// enter returns the current replication state, holding it; the caller
+// calls st.wg.Done when its I/O is finished.
+func (r *Resource) enter(ctx context.Context) (*repState, error) {
+	for {
+		r.repMu.RLock()
+		st := r.rep
+		st.wg.Add(1)
+		r.repMu.RUnlock()
+		if st.gate == nil {
+			return st, nil
+		}
+		st.wg.Done()
+		select {
+		case <-st.gate:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}
+
+// peerOp is one request to the peer with a way to wait for its stages. It
+// is pooled: the link allocates nothing per request, and neither do we.
+type peerOp struct {
+	req  replicate.Request
+	mu   sync.Mutex
+	cond sync.Cond
+	seen replicate.Stage
+	err  error
+	// after runs once Done was seen, for protocols that acknowledged
+	// earlier (nil for synchronous waits).
+	after func(err error)
+}
+
+var errWaitAbandoned = errors.New("resource: wait abandoned")
+
+func (r *Resource) getOp() *peerOp {
+	op, _ := r.ops.Get().(*peerOp)
+	if op == nil {
+		op = &peerOp{}
+		op.cond.L = &op.mu
+		op.req.Notify = op.notify
+	}
+	op.seen, op.err, op.after = 0, nil, nil
+	return op
+}
+
+func (r *Resource) putOp(op *peerOp) {
+	op.req.Data = nil
+	r.ops.Put(op)
+}
+
+func (op *peerOp) notify(s replicate.Stage, err error) {
+	op.mu.Lock()
+	op.seen = max(op.seen, s)
+	if s == replicate.Done {
+		op.err = err
+	}
+	after := op.after
+	op.mu.Unlock()
+	op.cond.Broadcast()
+	if s == replicate.Done && after != nil {
+		after(err)
+	}
+}
+
+// wait blocks until the op reached stage s (or Done); it returns the
+// peer's error if Done came.
+func (op *peerOp) wait(s replicate.Stage) (replicate.Stage, error) {
+	op.mu.Lock()
+	defer op.mu.Unlock()
+	for op.seen < s && op.seen != replicate.Done {
+		op.cond.Wait()
+	}
+	return op.seen, op.err
+}
+
+// waitThen waits for stage s; if Done has not come yet by then, fn runs
+// when it comes (from the link's goroutine) and waitThen returns false.
+func (op *peerOp) waitThen(s replicate.Stage, fn func(error)) (done bool, err error) {
+	op.mu.Lock()
+	for op.seen < s && op.seen != replicate.Done {
+		op.cond.Wait()
+	}
+	if op.seen == replicate.Done {
+		op.mu.Unlock()
+		return true, op.err
+	}
+	op.after = fn
+	op.mu.Unlock()
+	return false, nil
+}
+
+// ackStage is the stage at which a protocol acknowledges the client.
+func ackStage(p config.Protocol) replicate.Stage {
+	switch p {
+	case config.ProtocolA:
+		return replicate.Sent
+	case config.ProtocolB:
+		return replicate.Received
+	}
+	return replicate.Done
+}
+
+// Size is the exported size.
+func (r *Resource) Size() int64 { return r.size.Load() }
+
+func (r *Resource) checkWrite(off, n int64) error {
+	if !r.writable.Load() {
+		return nbdserver.ErrReadOnly
+	}
+	if off < 0 || n < 0 || off+n > r.size.Load() {
+		return nbdserver.ErrNoSpace
+	}
+	return nil
+}
+
+// ReadAt reads from the local disk, or from the peer when the local disk is
+// gone.
+func (r *Resource) ReadAt(p []byte, off int64) error {
+	if !r.diskFailed.Load() {
+		_, err := r.data.ReadAt(p, off)
+		if err == nil {
+			return nil
+		}
+		if !r.localError(err) {
+			return err
+		}
+	}
+	return r.peerRead(p, off)
+}
+
+func (r *Resource) peerRead(p []byte, off int64) error {
+	st, err := r.enter(context.Background())
+	if err != nil {
+		return err
+	}
+	defer st.wg.Done()
+	if st.link == nil {
+		return fmt.Errorf("resource %s: %w", r.cfg().Name, ErrNoData)
+	}
+	op := r.getOp()
+	defer r.putOp(op)
+	op.req = replicate.Request{Kind: replicate.Read, Offset: off, Length: int64(len(p)), Data: p, Notify: op.notify}
+	if err := st.link.Submit(&op.req); err != nil {
+		return err
+	}
+	_, err = op.wait(replicate.Done)
+	return err
+}
+
+// localError applies the on-io-error policy to a failed local I/O. It
+// reports whether the caller should carry on without the local disk.
+func (r *Resource) localError(err error) bool {
+	if r.cfg().Disk.OnIOError == config.OnIOErrorPassOn {
+		r.log.Warn("local disk error passed on", zap.Error(err))
+		return false
+	}
+	if r.diskFailed.CompareAndSwap(false, true) {
+		r.log.Error("local disk failed; detaching", zap.Error(err))
+		r.post(func() { r.step(EvLocalIOError{Err: err}) })
+	}
+	return true
+}
+
+// WriteAt writes p at off on both nodes.
+func (r *Resource) WriteAt(p []byte, off int64, fua bool) error {
+	flags := replicate.Flags(0)
+	if fua {
+		flags |= replicate.FUA
+	}
+	return r.write(replicate.Request{Kind: replicate.Write, Offset: off, Length: int64(len(p)), Data: p, Flags: flags},
+		func() error {
+			if _, err := r.data.WriteAt(p, off); err != nil {
+				return err
+			}
+			if fua {
+				return r.data.Sync()
+			}
+			return nil
+		})
+}
+
+// Trim discards a range on both nodes.
+func (r *Resource) Trim(off, length int64, fua bool) error {
+	flags := replicate.Flags(0)
+	if fua {
+		flags |= replicate.FUA
+	}
+	return r.write(replicate.Request{Kind: replicate.Trim, Offset: off, Length: length, Flags: flags},
+		func() error {
+			if err := r.data.Trim(off, length); err != nil {
+				return err
+			}
+			if fua {
+				return r.data.Sync()
+			}
+			return nil
+		})
+}
+
+// Zero zeroes a range on both nodes. FAST_ZERO is answered as unsupported:
+// a replicated zero is never cheaper than the network round trip, and the
+// spec lets the server say so.
+func (r *Resource) Zero(off, length int64, noHole, fastZero, fua bool) error {
+	if fastZero {
+		return nbdserver.ErrFastZeroUnsupported
+	}
+	flags := replicate.Flags(0)
+	if fua {
+		flags |= replicate.FUA
+	}
+	if noHole {
+		flags |= replicate.NoHole
+	}
+	return r.write(replicate.Request{Kind: replicate.Zero, Offset: off, Length: length, Flags: flags},
+		func() error {
+			if err := r.data.Zero(off, length, noHole); err != nil {
+				return err
+			}
+			if fua {
+				return r.data.Sync()
+			}
+			return nil
+		})
+}
+
+// write runs one modifying request: local through do, remote as req.
+func (r *Resource) write(req replicate.Request, do func() error) error {
+	off, n := req.Offset, req.Length
+	if err := r.checkWrite(off, n); err != nil {
+		return err
+	}
+	start := time.Now()
+	r.inflight.Add(1)
+	defer r.inflight.Add(-1)
+
+	// 1. Activity log (only with a local disk: without one, a crash of
+	// this node leaves nothing here to resync).
+	alDone := func() {}
+	if !r.diskFailed.Load() {
+		d, err := r.al.Begin(context.Background(), off, n)
+		if err != nil {
+			return fmt.Errorf("activity log: %w", err)
+		}
+		alDone = d
+	}
+	// 2. Order against overlapping writes and resync chunks.
+	h := r.locks.Lock(off, n)
+	unlockOnce := sync.OnceFunc(func() { r.locks.Unlock(h) })
+	defer unlockOnce()
+
+	// 3. Replicate or record.
+	st, err := r.enter(context.Background())
+	if err != nil {
+		alDone()
+		return err
+	}
+	var op *peerOp
+	if st.link != nil {
+		op = r.getOp()
+		op.req = req
+		op.req.Notify = op.notify
+		if err := st.link.Submit(&op.req); err != nil {
+			r.putOp(op)
+			op = nil
+		}
+	}
+	if op == nil {
+		if r.diskFailed.Load() {
+			st.wg.Done()
+			alDone()
+			return fmt.Errorf("resource %s: %w", r.cfg().Name, ErrNoData)
+		}
+		r.bm.Set(off, n)
+	}
+
+	// 4. Local half, concurrently with the peer's.
+	var lerr error
+	if !r.diskFailed.Load() {
+		if lerr = do(); lerr != nil && r.localError(lerr) {
+			lerr = nil // detached: the peer's copy is the data now
+		}
+	}
+
+	// 5. Wait as the protocol says.
+	if op == nil {
+		st.wg.Done()
+		alDone()
+		r.observeLatency(time.Since(start))
+		return lerr
+	}
+	finish := func(perr error) {
+		if perr != nil {
+			r.peerFailed(off, n, perr)
+		} else {
+			r.epochs.add(off, n)
+		}
+		r.putOp(op)
+		st.wg.Done()
+		alDone()
+	}
+	done, perr := op.waitThen(ackStage(st.proto), finish)
+	if done {
+		finish(perr)
+	}
+	if lerr == nil && r.diskFailed.Load() && perr != nil {
+		// Neither copy took it.
+		lerr = fmt.Errorf("resource %s: local disk detached and peer failed: %w", r.cfg().Name, perr)
+	}
+	r.observeLatency(time.Since(start))
+	return lerr
+}
+
+// peerFailed records a write the peer did not complete.
+func (r *Resource) peerFailed(off, n int64, err error) {
+	if !r.diskFailed.Load() {
+		r.bm.Set(off, n)
+	}
+	if !errors.Is(err, replicate.ErrLinkDown) {
+		r.log.Warn("peer failed a write; marked out of sync", zap.Int64("offset", off), zap.Int64("length", n), zap.Error(err))
+	}
+}
+
+func (r *Resource) observeLatency(d time.Duration) {
+	if e := r.engine.Load(); e != nil {
+		e.ObserveLatency(d)
+	}
+}
+
+// Flush makes every acknowledged write durable on both disks.
+func (r *Resource) Flush() error {
+	st, err := r.enter(context.Background())
+	if err != nil {
+		return err
+	}
+	defer st.wg.Done()
+	var op *peerOp
+	var epoch *epoch
+	if st.link != nil {
+		epoch = r.epochs.rotate()
+		op = r.getOp()
+		op.req = replicate.Request{Kind: replicate.Flush, Notify: op.notify}
+		if err := st.link.Submit(&op.req); err != nil {
+			r.putOp(op)
+			op = nil
+		}
+	}
+	var lerr error
+	if !r.diskFailed.Load() {
+		if lerr = r.data.Sync(); lerr != nil && r.localError(lerr) {
+			lerr = nil
+		}
+	}
+	if op != nil {
+		_, perr := op.wait(replicate.Done)
+		r.putOp(op)
+		if perr == nil {
+			r.epochs.retire(epoch)
+		} else if r.diskFailed.Load() {
+			return perr
+		}
+	}
+	return lerr
+}

@@ -1,0 +1,240 @@
+package resource
+
+import (
+	"fmt"
+
+	"go.uber.org/zap"
+
+	"github.com/rbd-nbd/rbd-nbd/hooks"
+	"github.com/rbd-nbd/rbd-nbd/metadata"
+	"github.com/rbd-nbd/rbd-nbd/replicate"
+)
+
+// run is the loop: it runs the closures posted to the inbox, one at a
+// time, so that the Machine and the loop-owned fields see one goroutine.
+func (r *Resource) run() {
+	for {
+		select {
+		case fn := <-r.inbox:
+			fn()
+		case <-r.loopCtx.Done():
+			r.shutdownLoop()
+			return
+		}
+	}
+}
+
+// shutdownLoop stops what the loop started: the connector and the resync.
+func (r *Resource) shutdownLoop() {
+	if r.connect != nil {
+		r.connect()
+		r.connect = nil
+	}
+	r.stopSync()
+}
+
+// post queues fn for the loop; false when the loop is gone.
+func (r *Resource) post(fn func()) bool {
+	select {
+	case <-r.loopCtx.Done():
+		return false
+	default:
+	}
+	select {
+	case r.inbox <- fn:
+		return true
+	case <-r.loopCtx.Done():
+		return false
+	}
+}
+
+// step feeds the machine an event that cannot be refused and carries out
+// its actions.
+func (r *Resource) step(ev Event) {
+	if _, err := r.stepAdmin(ev); err != nil {
+		r.log.Warn("event refused", zap.String("event", fmt.Sprintf("%T", ev)), zap.Error(err))
+	}
+}
+
+// stepAdmin feeds the machine an event and carries out its actions; a
+// refused administrative request returns the machine's error.
+func (r *Resource) stepAdmin(ev Event) ([]Action, error) {
+	r.m.SetDirty(r.bm.Count())
+	acts, err := r.m.Step(ev)
+	if err != nil {
+		return nil, err
+	}
+	r.publish()
+	for _, a := range acts {
+		r.exec(a)
+	}
+	r.publishStatus()
+	return acts, nil
+}
+
+// publish installs the replication state the machine's state calls for.
+func (r *Resource) publish() {
+	var next *repState
+	cur := r.rep
+	proto := r.cfg().Net.Protocol
+	switch {
+	case r.m.Replicating() && r.link != nil:
+		if cur.link == r.link && cur.gate == nil && cur.proto == proto {
+			return
+		}
+		next = &repState{link: r.link, proto: proto}
+	case r.m.Conn() == ConnHandshake:
+		if cur.gate != nil {
+			return
+		}
+		next = &repState{gate: make(chan struct{}), proto: proto}
+	default:
+		if cur.link == nil && cur.gate == nil {
+			return
+		}
+		next = &repState{proto: proto}
+	}
+	r.repMu.Lock()
+	r.rep = next
+	r.repMu.Unlock()
+	if cur.gate != nil {
+		close(cur.gate)
+	}
+	if next.gate != nil {
+		// The handshake reports our bitmap: every write of the old state
+		// must have set its bits (or completed on the old link) first.
+		cur.wg.Wait()
+		r.epochs.drainInto(r.bm)
+		r.m.SetDirty(r.bm.Count())
+		return
+	}
+	if cur.link != nil && next.link == nil {
+		go func() {
+			cur.wg.Wait()
+			r.epochs.drainInto(r.bm)
+		}()
+	}
+}
+
+// publishStatus stores the status snapshot and tells the observer.
+func (r *Resource) publishStatus() {
+	old := r.status.Load()
+	st := &Status{
+		Name:       r.cfg().Name,
+		Role:       r.m.Role(),
+		Disk:       r.m.Disk(),
+		Conn:       r.m.Conn(),
+		PeerRole:   r.m.PeerRole(),
+		PeerDisk:   r.m.PeerDisk(),
+		Size:       uint64(r.size.Load()),
+		PeerNodeID: r.cfg().Peer.ID,
+	}
+	st.CurrentUUID = r.m.Meta().UUIDs.Current
+	r.writable.Store(st.Role == RolePrimary)
+	r.status.Store(st)
+	if old.Role != st.Role || old.Disk != st.Disk || old.Conn != st.Conn || old.PeerRole != st.PeerRole ||
+		old.PeerDisk != st.PeerDisk || old.CurrentUUID != st.CurrentUUID {
+		r.log.Info("state", zap.Stringer("role", st.Role), zap.Stringer("disk", st.Disk), zap.Stringer("conn", st.Conn),
+			zap.Stringer("peer-role", st.PeerRole), zap.Stringer("peer-disk", st.PeerDisk))
+		r.changed()
+	}
+}
+
+func (r *Resource) changed() {
+	if r.opts.Observer != nil {
+		r.opts.Observer.Changed()
+	}
+}
+
+func (r *Resource) hookEvent(ev hooks.Event) {
+	if r.opts.Observer != nil {
+		r.opts.Observer.Hook(ev)
+	}
+}
+
+// exec carries out one action.
+func (r *Resource) exec(a Action) {
+	switch a := a.(type) {
+	case ActPersist:
+		if err := r.meta.Update(func(sb *metadata.Superblock) { toSB(a.Meta, sb) }); err != nil {
+			r.log.Error("writing the meta-data", zap.Error(err))
+		}
+	case ActStartConnecting:
+		r.startConnecting()
+	case ActCloseLink:
+		r.closeLink(a.Reason)
+	case ActSendState:
+		r.sendState()
+	case ActExchangeBitmaps:
+		r.sendBitmap()
+		r.maybeBitmapsExchanged()
+	case ActSetAllBits:
+		r.bm.SetAll()
+		r.flushBitmap()
+	case ActClearAllBits:
+		r.bm.ClearAll()
+		r.flushBitmap()
+	case ActStartResync:
+		r.startSync(a.Source, a.Full)
+	case ActStopResync:
+		r.stopSync()
+	case ActSendSyncStart:
+		r.sendControl(&replicate.SyncStart{Full: a.Full, SourceUUIDs: wireUUIDs(a.Source)})
+	case ActSendPromoteReply:
+		r.sendControl(&replicate.PromoteReply{OK: a.OK, Reason: a.Reason})
+	case ActSendNewUUID:
+		r.sendControl(&replicate.NewUUID{Current: a.Current, ClearBitmap: true})
+	case ActDetachDisk:
+		r.diskFailed.Store(true)
+		r.log.Warn("local disk detached: I/O goes to the peer")
+	case ActRunHook:
+		r.runHook(hooks.Name(a.Name))
+	case ActSplitBrain:
+		if a.Resolved {
+			r.log.Warn("split brain detected and resolved", zap.String("how", a.Reason))
+		} else {
+			r.log.Error("split brain detected: staying StandAlone", zap.String("reason", a.Reason))
+		}
+	default:
+		r.log.Error("unknown action", zap.String("action", fmt.Sprintf("%T", a)))
+	}
+}
+
+func (r *Resource) flushBitmap() {
+	if err := r.bm.Flush(); err != nil {
+		r.log.Error("writing the bitmap", zap.Error(err))
+	}
+}
+
+// hookEnv is the environment handlers see.
+func (r *Resource) hookEnv() hooks.Env {
+	cfg := r.cfg()
+	st := r.status.Load()
+	env := hooks.NewEnv(cfg, st.Role.String())
+	return env.With(hooks.EnvDiskState, st.Disk.String()).
+		With(hooks.EnvPeerDiskState, st.PeerDisk.String()).
+		With(hooks.EnvPeerRole, st.PeerRole.String()).
+		With(hooks.EnvConnState, st.Conn.String())
+}
+
+// runHook runs a handler that does not block its action.
+func (r *Resource) runHook(n hooks.Name) {
+	if r.hooks == nil {
+		return
+	}
+	r.hooks.RunAsync(r.loopCtx, n, r.hookEnv())
+}
+
+func wireUUIDs(u UUIDs) replicate.UUIDs {
+	w := replicate.UUIDs{Current: u.Current, Bitmap: u.Bitmap}
+	for _, h := range u.History {
+		w.History = append(w.History, h)
+	}
+	return w
+}
+
+func fromWire(w replicate.UUIDs) UUIDs {
+	u := UUIDs{Current: w.Current, Bitmap: w.Bitmap}
+	copy(u.History[:], w.History)
+	return u
+}

@@ -1,0 +1,385 @@
+package resource
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/rbd-nbd/rbd-nbd/config"
+	"github.com/rbd-nbd/rbd-nbd/replicate"
+)
+
+// Connection management: the node with the lower id dials the peer's
+// address; the other listens on its own. Either way a new link is handed
+// to the loop, which takes it only while the machine is Connecting.
+
+// linkConfig is the peer link configuration from the resource's.
+func (r *Resource) linkConfig() replicate.Config {
+	cfg := r.cfg()
+	lc := replicate.DefaultConfig()
+	lc.Resource = cfg.Name
+	lc.NodeID, lc.PeerID = cfg.Local.ID, cfg.Peer.ID
+	lc.SharedSecret = cfg.Net.SharedSecret
+	lc.MaxVersion = cfg.Net.MaxProtocolVersion
+	lc.ConnectTimeout = cfg.Net.ConnectTimeout
+	lc.PingInterval, lc.PingTimeout = cfg.Net.PingInterval, cfg.Net.PingTimeout
+	lc.Timeout = cfg.Net.Timeout
+	lc.MaxInFlight = int(cfg.Net.MaxInFlight)
+	lc.MaxInFlightBytes = int64(cfg.Net.MaxInFlightBytes)
+	lc.Handler = replicate.HandlerFunc(r.serve)
+	lc.Logger = r.log.Named("link")
+	return lc
+}
+
+// startConnecting starts the connector (dialing side) if it is not running.
+func (r *Resource) startConnecting() {
+	cfg := r.cfg()
+	if cfg.Local.ID > cfg.Peer.ID || r.connect != nil || cfg.Peer.Address == "" {
+		return // the acceptor is always running on the listening side
+	}
+	ctx, cancel := context.WithCancel(r.loopCtx)
+	r.connect = cancel
+	r.goLoop(func() { r.dialLoop(ctx, cfg.Peer.Address) })
+}
+
+// dialLoop dials until it gets a link or ctx ends, with backoff.
+func (r *Resource) dialLoop(ctx context.Context, addr string) {
+	backoff := 50 * time.Millisecond
+	for ctx.Err() == nil {
+		link, err := replicate.Dial(ctx, addr, r.linkConfig())
+		if err == nil {
+			r.post(func() { r.linkUp(link) })
+			return
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		if !isConnRefused(err) {
+			r.log.Warn("peer link: connect failed", zap.String("peer", addr), zap.Error(err))
+		}
+		t := time.NewTimer(backoff)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return
+		}
+		backoff = min(backoff*2, 2*time.Second)
+	}
+}
+
+func isConnRefused(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) && op.Op == "dial"
+}
+
+// acceptPeers runs on the listening side for as long as the resource is up.
+func (r *Resource) acceptPeers(ln net.Listener) {
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		r.goLoop(func() {
+			link, err := replicate.Accept(r.loopCtx, conn, r.linkConfig())
+			if err != nil {
+				r.log.Warn("peer link: handshake failed", zap.Stringer("from", conn.RemoteAddr()), zap.Error(err))
+				return
+			}
+			if !r.post(func() { r.linkUp(link) }) {
+				_ = link.Close("resource down")
+			}
+		})
+	}
+}
+
+// linkUp takes a new link if the machine wants one.
+func (r *Resource) linkUp(link *replicate.Link) {
+	if r.link != nil || r.m.Conn() != ConnConnecting {
+		_ = link.Close("not connecting")
+		return
+	}
+	if r.connect != nil {
+		r.connect()
+		r.connect = nil
+	}
+	r.link = link
+	r.peerBitmapDone = false
+	r.log.Info("peer link up", zap.Stringer("peer", link.RemoteAddr()), zap.Uint32("version", link.Version()))
+	r.goLoop(func() { r.readControl(link) })
+	r.goLoop(func() { r.peerFlushes(link) })
+	r.step(EvLinkUp{})
+}
+
+// readControl hands the link's control messages to the loop, in order,
+// then the link's end (the link closes the channel when it dies).
+func (r *Resource) readControl(link *replicate.Link) {
+	for msg := range link.Control() {
+		r.post(func() { r.control(link, msg) })
+	}
+	link.Wait()
+	r.post(func() { r.linkGone(link) })
+}
+
+// linkGone handles the end of a link.
+func (r *Resource) linkGone(link *replicate.Link) {
+	if link != r.link {
+		return
+	}
+	err := link.Err()
+	r.log.Warn("peer link down", zap.Error(err))
+	r.link = nil
+	if r.promoteWait != nil {
+		r.promoteWait <- fmt.Errorf("the peer went away: %w", err)
+		r.promoteWait = nil
+	}
+	r.step(EvLinkDown{Err: err})
+}
+
+// closeLink closes the current link (the machine already left it).
+func (r *Resource) closeLink(reason string) {
+	if r.connect != nil {
+		r.connect()
+		r.connect = nil
+	}
+	if r.link == nil {
+		return
+	}
+	link := r.link
+	r.link = nil
+	_ = link.Close(reason)
+	if r.promoteWait != nil {
+		r.promoteWait <- fmt.Errorf("the link closed: %s", reason)
+		r.promoteWait = nil
+	}
+	r.log.Info("peer link closed", zap.String("reason", reason))
+	r.publish()
+}
+
+func (r *Resource) sendControl(m replicate.ControlMsg) {
+	if r.link == nil {
+		return
+	}
+	if err := r.link.SendControl(m); err != nil {
+		r.log.Warn("peer link: send failed", zap.Error(err))
+	}
+}
+
+func (r *Resource) sendState() {
+	s := r.m.LocalState()
+	cfg := r.cfg()
+	r.sendControl(&replicate.State{
+		Role:          uint8(s.Role),
+		Disk:          uint8(s.Disk),
+		UUIDs:         wireUUIDs(s.UUIDs),
+		Flags:         stateFlags(s),
+		Size:          uint64(r.size.Load()),
+		DirtyBlocks:   s.Dirty,
+		BitmapBlock:   uint32(r.bm.BlockSize()),
+		DiscardMyData: s.DiscardMyData,
+		AfterSB:       string(s.AfterSB),
+		Protocol:      string(cfg.Net.Protocol),
+		NodeName:      cfg.Local.Name,
+	})
+}
+
+// Bits of State.Flags.
+const (
+	wireConsistent     = 1 << 0
+	wireCrashedPrimary = 1 << 1
+)
+
+func stateFlags(s NodeState) uint32 {
+	var f uint32
+	if s.Consistent {
+		f |= wireConsistent
+	}
+	if s.CrashedPrimary {
+		f |= wireCrashedPrimary
+	}
+	return f
+}
+
+// control handles one control message from the peer.
+func (r *Resource) control(link *replicate.Link, msg replicate.ControlMsg) {
+	if link != r.link {
+		return
+	}
+	switch m := msg.(type) {
+	case *replicate.State:
+		if err := r.checkPeerState(m); err != nil {
+			r.log.Error("refusing the peer", zap.Error(err))
+			r.m.wantConnect = true // keep trying: the administrator may fix the peer
+			r.closeLink(err.Error())
+			r.step(EvLinkDown{Err: err})
+			return
+		}
+		r.step(EvPeerState{State: NodeState{
+			NodeID:         link.PeerID(),
+			Role:           Role(m.Role),
+			Disk:           DiskState(m.Disk),
+			UUIDs:          fromWire(m.UUIDs),
+			Consistent:     m.Flags&wireConsistent != 0,
+			CrashedPrimary: m.Flags&wireCrashedPrimary != 0,
+			Dirty:          m.DirtyBlocks,
+			DiscardMyData:  m.DiscardMyData,
+			AfterSB:        config.AfterSB(m.AfterSB),
+		}})
+	case *replicate.Bitmap:
+		for _, e := range m.Extents {
+			r.bm.Set(int64(e.Off), int64(e.Len))
+		}
+		if m.Last {
+			r.peerBitmapDone = true
+			r.flushBitmap()
+			r.maybeBitmapsExchanged()
+		}
+	case *replicate.SyncStart:
+		r.step(EvSyncStart{Full: m.Full, Source: fromWire(m.SourceUUIDs)})
+	case *replicate.SyncDone:
+		r.step(EvSyncDone{Source: fromWire(m.SourceUUIDs)})
+	case *replicate.PromoteRequest:
+		r.step(EvPeerPromoteRequest{})
+	case *replicate.PromoteReply:
+		if r.promoteWait != nil {
+			var err error
+			if !m.OK {
+				err = fmt.Errorf("the peer refused: %s", m.Reason)
+			}
+			r.promoteWait <- err
+			r.promoteWait = nil
+		}
+	case *replicate.NewUUID:
+		if m.ClearBitmap {
+			r.step(EvPeerNewUUID{Current: m.Current})
+		}
+	default:
+		r.log.Debug("ignoring control message", zap.String("type", fmt.Sprintf("%T", m)))
+	}
+}
+
+// checkPeerState refuses peers whose disk does not fit.
+func (r *Resource) checkPeerState(m *replicate.State) error {
+	cfg := r.cfg()
+	if m.BitmapBlock != 0 && int64(m.BitmapBlock) != r.bm.BlockSize() {
+		return fmt.Errorf("bitmap block sizes differ: %d here, %d on the peer (recreate the meta-data with the same --bitmap-block)", r.bm.BlockSize(), m.BitmapBlock)
+	}
+	size := uint64(r.size.Load())
+	if m.Size != 0 && m.Size != size {
+		if cfg.Net.SizeMismatch == config.SizeMismatchRefuse || m.Size > size {
+			if cfg.Net.SizeMismatch == config.SizeMismatchRefuse {
+				return fmt.Errorf("disk sizes differ: %d bytes here, %d on the peer (net.size-mismatch: refuse)", size, m.Size)
+			}
+			return nil // the peer is bigger: it uses our size
+		}
+		// Smaller peer: from now on the resource is that size.
+		r.log.Warn("the peer's disk is smaller: using its size", zap.Uint64("size", m.Size), zap.Uint64("was", size))
+		r.size.Store(int64(m.Size))
+	}
+	if m.Protocol != "" && m.Protocol != string(cfg.Net.Protocol) {
+		return fmt.Errorf("replication protocols differ: %s here, %s on the peer", cfg.Net.Protocol, m.Protocol)
+	}
+	return nil
+}
+
+// sendBitmap sends the local bitmap as dirty extents.
+func (r *Resource) sendBitmap() {
+	var ext []replicate.Extent
+	for off := int64(0); ; {
+		o, l, ok := r.bm.NextDirty(off)
+		if !ok {
+			break
+		}
+		ext = append(ext, replicate.Extent{Off: uint64(o), Len: uint64(l)})
+		off = o + l
+	}
+	for _, c := range replicate.BitmapChunks(ext) {
+		r.sendControl(c)
+	}
+}
+
+func (r *Resource) maybeBitmapsExchanged() {
+	if r.peerBitmapDone && r.m.Conn() == ConnHandshake {
+		r.peerBitmapDone = false
+		r.step(EvBitmapsExchanged{Dirty: r.bm.Count()})
+	}
+}
+
+// peerFlushes closes the current epoch about once a second while writes
+// arrive, so that the peer's unflushed writes stay few (see epochs).
+func (r *Resource) peerFlushes(link *replicate.Link) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+		case <-link.Done():
+			return
+		case <-r.loopCtx.Done():
+			return
+		}
+		if !r.epochs.pending() {
+			continue
+		}
+		e := r.epochs.rotate()
+		op := r.getOp()
+		op.req = replicate.Request{Kind: replicate.Flush, Notify: op.notify}
+		if err := link.Submit(&op.req); err != nil {
+			r.putOp(op)
+			continue
+		}
+		if _, err := op.wait(replicate.Done); err == nil {
+			r.epochs.retire(e)
+		}
+		r.putOp(op)
+	}
+}
+
+// serve performs the peer's requests on the local disk.
+func (r *Resource) serve(in *replicate.Incoming) error {
+	if r.diskFailed.Load() {
+		return replicate.ErrNoDisk
+	}
+	if in.Offset < 0 || in.Offset+in.Length > r.size.Load() {
+		return replicate.ErrOutOfRange
+	}
+	var err error
+	switch in.Kind {
+	case replicate.Write:
+		_, err = r.data.WriteAt(in.Data, in.Offset)
+		if err == nil && in.Flags&replicate.FUA != 0 {
+			err = r.data.Sync()
+		}
+	case replicate.Trim:
+		err = r.data.Trim(in.Offset, in.Length)
+		if err == nil && in.Flags&replicate.FUA != 0 {
+			err = r.data.Sync()
+		}
+	case replicate.Zero:
+		err = r.data.Zero(in.Offset, in.Length, in.Flags&replicate.NoHole != 0)
+		if err == nil && in.Flags&replicate.FUA != 0 {
+			err = r.data.Sync()
+		}
+	case replicate.Flush:
+		err = r.data.Sync()
+	case replicate.Read, replicate.ResyncRead:
+		_, err = r.data.ReadAt(in.Data, in.Offset)
+	case replicate.ResyncData:
+		return r.serveResyncData(in)
+	case replicate.ResyncFlush:
+		return r.serveResyncFlush()
+	case replicate.CsumReq:
+		return r.serveCsum(in)
+	default:
+		return replicate.ErrNotSupported
+	}
+	if err != nil {
+		r.localError(err)
+		return replicate.ErrIO
+	}
+	return nil
+}

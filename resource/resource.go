@@ -1,0 +1,483 @@
+package resource
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/rbd-nbd/rbd-nbd/bitmap"
+	"github.com/rbd-nbd/rbd-nbd/config"
+	"github.com/rbd-nbd/rbd-nbd/disk"
+	"github.com/rbd-nbd/rbd-nbd/hooks"
+	"github.com/rbd-nbd/rbd-nbd/metadata"
+	"github.com/rbd-nbd/rbd-nbd/nbdserver"
+	"github.com/rbd-nbd/rbd-nbd/rangelock"
+	"github.com/rbd-nbd/rbd-nbd/replicate"
+	"github.com/rbd-nbd/rbd-nbd/resync"
+)
+
+// Observer hears what a running resource does. Its methods must not block
+// and must not call back into the Resource except Status.
+type Observer interface {
+	// Changed reports that Status changed.
+	Changed()
+	// Hook reports a handler call or response.
+	Hook(ev hooks.Event)
+}
+
+// Options configure a Resource.
+type Options struct {
+	// Logger receives the resource's log.
+	Logger *zap.Logger
+	// Observer hears state changes; nil means nobody listens.
+	Observer Observer
+	// NewUUID makes generation UUIDs; nil means time (top 48 bits,
+	// milliseconds) plus 16 random bits.
+	NewUUID func() uint64
+}
+
+// Errors of the runtime.
+var (
+	// ErrNoMeta: the disk has no meta-data (run create-md).
+	ErrNoMeta = errors.New("no meta-data on the disk")
+	// ErrNoData: neither the local disk nor the peer can serve the I/O
+	// (the NBD client sees EIO).
+	ErrNoData = errors.New("no local disk and no peer")
+	// ErrDown: the resource is not running.
+	ErrDown = errors.New("resource is down")
+)
+
+// Resource is one replicated resource running on this node: the state
+// machine, and the disk, bitmap, NBD export and peer link it drives.
+//
+// Concurrency: the Machine and every field marked "loop" belong to the loop
+// goroutine; everything else reaches it through post. The I/O hot path
+// (io.go) touches only atomics, the range lock and the replication state.
+type Resource struct {
+	opts Options
+	log  *zap.Logger
+
+	cfgMu  sync.Mutex
+	config config.Resource
+
+	// Storage.
+	dev      *disk.File
+	metaFile *disk.File // external meta-data, or nil
+	data     disk.Device
+	meta     *metadata.Meta
+	bm       *bitmap.Bitmap
+	al       *bitmap.ActivityLog
+
+	// Hot path.
+	size       atomic.Int64
+	writable   atomic.Bool
+	diskFailed atomic.Bool
+	inflight   atomic.Int64
+	locks      rangelock.Locker
+	repMu      sync.RWMutex
+	rep        *repState
+	ops        sync.Pool
+	epochs     *epochs
+	engine     atomic.Pointer[resync.Engine]
+	verify     atomic.Pointer[verifyState]
+
+	// Loop.
+	m       *Machine
+	inbox   chan func()
+	loopCtx context.Context
+	stop    context.CancelFunc
+	wg      sync.WaitGroup
+	link    *replicate.Link    // loop
+	connect context.CancelFunc // loop: the running connector
+	// peerBitmapDone: the peer's bitmap arrived during this handshake (loop).
+	peerBitmapDone bool
+	syncCancel     context.CancelFunc // loop: running resync source or target
+	target         *targetState       // loop, also read by Serve under targetMu
+	targetMu       sync.Mutex
+	targetSet      chan struct{} // closed when target is set (targetMu)
+	promoteWait    chan error // loop: a promotion waiting for the peer
+
+	// NBD.
+	nbd      *nbdserver.Server
+	nbdLn    net.Listener
+	peerLn   net.Listener
+	hooks    *hooks.Runner
+	resynced atomic.Int64 // bytes moved by resyncs since start (source and target)
+
+	status atomic.Pointer[Status]
+}
+
+// New returns a resource that is not running yet.
+func New(cfg config.Resource, opts Options) *Resource {
+	if opts.Logger == nil {
+		opts.Logger = zap.NewNop()
+	}
+	if opts.NewUUID == nil {
+		opts.NewUUID = NewUUID
+	}
+	r := &Resource{opts: opts, config: cfg, log: opts.Logger.With(zap.String("resource", cfg.Name))}
+	r.status.Store(&Status{Name: cfg.Name, Role: RoleSecondary, Disk: DiskDiskless, Conn: ConnStandAlone, PeerDisk: DiskDUnknown})
+	return r
+}
+
+// NewUUID returns a generation UUID: milliseconds since the epoch in the
+// top 48 bits (discard-younger-primary compares them), 16 random bits below.
+func NewUUID() uint64 {
+	var b [2]byte
+	_, _ = rand.Read(b[:])
+	u := uint64(time.Now().UnixMilli())<<16 | uint64(binary.BigEndian.Uint16(b[:]))
+	if u == 0 {
+		u = 1
+	}
+	return u
+}
+
+func (r *Resource) cfg() config.Resource {
+	r.cfgMu.Lock()
+	defer r.cfgMu.Unlock()
+	return r.config
+}
+
+// Start attaches the disk, serves NBD and starts connecting to the peer.
+// On error nothing is left running.
+func (r *Resource) Start(ctx context.Context) (err error) {
+	cfg := r.cfg()
+	defer func() {
+		if err != nil {
+			r.release()
+		}
+	}()
+	if err := r.attach(cfg); err != nil {
+		return err
+	}
+	hc := hooks.DefaultConfig()
+	hc.Handlers, hc.Logger, hc.Events = cfg.Handlers, r.log.Named("hooks"), r.hookEvent
+	hr, err := hooks.New(hc)
+	if err != nil {
+		return err
+	}
+	r.hooks = hr
+	r.m = NewMachine(MachineConfig{NodeID: cfg.Local.ID, PeerNodeID: cfg.Peer.ID, AfterSB: cfg.Net.AfterSB, NewUUID: r.opts.NewUUID})
+	r.rep = &repState{proto: cfg.Net.Protocol}
+	r.inbox = make(chan func(), 1024)
+	r.loopCtx, r.stop = context.WithCancel(context.Background())
+	if cfg.Local.NBDListen != "" {
+		if err := r.serveNBD(cfg); err != nil {
+			return err
+		}
+	}
+	if cfg.Local.ID > cfg.Peer.ID && cfg.Local.Address != "" {
+		ln, err := net.Listen("tcp", cfg.Local.Address)
+		if err != nil {
+			return fmt.Errorf("peer link: listen on %s: %w", cfg.Local.Address, err)
+		}
+		r.peerLn = ln
+		r.goLoop(func() { r.acceptPeers(ln) })
+	}
+	sb := r.meta.Superblock()
+	r.goLoop(r.run)
+	errc := make(chan error, 1)
+	r.post(func() {
+		r.step(EvAttach{Meta: metaFromSB(sb), Dirty: r.bm.Count()})
+		_, err := r.stepAdmin(EvConnect{})
+		errc <- err
+	})
+	select {
+	case err := <-errc:
+		if err != nil {
+			return err
+		}
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	r.log.Info("resource up", zap.Int64("size", r.size.Load()), zap.String("disk", cfg.Local.Disk))
+	return nil
+}
+
+// attach opens the disk and its meta-data.
+func (r *Resource) attach(cfg config.Resource) error {
+	dev, err := disk.Open(cfg.Local.Disk, disk.Options{Direct: cfg.Disk.DirectIO})
+	if err != nil {
+		return fmt.Errorf("disk %s: %w", cfg.Local.Disk, err)
+	}
+	r.dev = dev
+	var store metadata.Store = dev
+	storeSize, internal := dev.Size(), true
+	if cfg.Local.Meta != "" && cfg.Local.Meta != config.MetaInternal {
+		mf, err := disk.Open(cfg.Local.Meta, disk.Options{})
+		if err != nil {
+			return fmt.Errorf("meta-data %s: %w", cfg.Local.Meta, err)
+		}
+		r.metaFile = mf
+		store, storeSize, internal = mf, mf.Size(), false
+	}
+	md, err := metadata.Open(store, storeSize, internal)
+	if err != nil {
+		if errors.Is(err, metadata.ErrNoMeta) {
+			return fmt.Errorf("%w %s: run rbd-nbd create-md --disk %s: %w", ErrNoMeta, cfg.Local.Disk, cfg.Local.Disk, err)
+		}
+		return fmt.Errorf("meta-data of %s: %w", cfg.Local.Disk, err)
+	}
+	r.meta = md
+	if md.Superblock().NodeID != cfg.Local.ID {
+		if err := md.Update(func(sb *metadata.Superblock) { sb.NodeID = cfg.Local.ID }); err != nil {
+			return err
+		}
+	}
+	size := md.DataSize()
+	if !internal && size > dev.Size() {
+		return fmt.Errorf("meta-data %s describes %d bytes of data, the disk has only %d", cfg.Local.Meta, size, dev.Size())
+	}
+	data, err := disk.Slice(dev, 0, size)
+	if err != nil {
+		return err
+	}
+	r.data = data
+	r.bm = md.Bitmap()
+	r.al = md.ActivityLog()
+	r.size.Store(size)
+	if rec := md.Recovery(); rec.Unclean {
+		r.log.Warn("meta-data was not closed cleanly; activity log extents marked out of sync",
+			zap.Int("extents", rec.Extents), zap.Uint64("blocks", rec.Blocks))
+	}
+	r.epochs, err = newEpochs(size, r.bm.BlockSize())
+	return err
+}
+
+func (r *Resource) serveNBD(cfg config.Resource) error {
+	network, addr := "tcp", cfg.Local.NBDListen
+	if rest, ok := strings.CutPrefix(addr, "unix:"); ok {
+		network, addr = "unix", rest
+	}
+	ln, err := net.Listen(network, addr)
+	if err != nil {
+		return fmt.Errorf("nbd: listen on %s: %w", cfg.Local.NBDListen, err)
+	}
+	r.nbdLn = ln
+	r.nbd = &nbdserver.Server{
+		Lookup: r.lookupExport,
+		List: func() []*nbdserver.Export {
+			if e, err := r.lookupExport(""); err == nil {
+				return []*nbdserver.Export{e}
+			}
+			return nil
+		},
+		Config: nbdserver.DefaultConfig(),
+		Logger: r.log.Named("nbd"),
+	}
+	r.goLoop(func() {
+		if err := r.nbd.Serve(ln); err != nil && !errors.Is(err, nbdserver.ErrServerClosed) {
+			r.log.Error("nbd server stopped", zap.Error(err))
+		}
+	})
+	return nil
+}
+
+// lookupExport gives NBD clients the export while this node is Primary;
+// a Secondary refuses connections, as DRBD refuses opens on a Secondary.
+func (r *Resource) lookupExport(name string) (*nbdserver.Export, error) {
+	cfg := r.cfg()
+	if name != "" && name != cfg.Local.Export {
+		return nil, fmt.Errorf("no export %q here (this is %q)", name, cfg.Local.Export)
+	}
+	st := r.Status()
+	if st.Role != RolePrimary || !r.writable.Load() {
+		return nil, fmt.Errorf("resource %s is %s on node %s: connect to the Primary", cfg.Name, st.Role, cfg.Local.Name)
+	}
+	return &nbdserver.Export{
+		Name:        cfg.Local.Export,
+		Description: fmt.Sprintf("rbd-nbd resource %s on node %s", cfg.Name, cfg.Local.Name),
+		Backend:     r,
+		MinBlock:    512,
+		PrefBlock:   4096,
+	}, nil
+}
+
+func (r *Resource) goLoop(fn func()) {
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		fn()
+	}()
+}
+
+// Stop takes the resource down: demote (refused while NBD clients are
+// connected), disconnect, stop serving, close the meta-data cleanly.
+func (r *Resource) Stop(ctx context.Context) error {
+	if r.inbox == nil {
+		return nil
+	}
+	errc := make(chan error, 1)
+	if !r.post(func() {
+		if _, err := r.stepAdmin(EvDemote{NBDConns: r.nbdConns()}); err != nil {
+			errc <- err
+			return
+		}
+		r.writable.Store(false)
+		r.step(EvDisconnect{})
+		errc <- nil
+	}) {
+		return ErrDown
+	}
+	select {
+	case err := <-errc:
+		if err != nil {
+			return err
+		}
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	r.release()
+	r.log.Info("resource down")
+	return nil
+}
+
+// release stops every goroutine and closes everything that is open.
+func (r *Resource) release() {
+	if r.stop != nil {
+		r.stop()
+	}
+	if r.nbd != nil {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_ = r.nbd.Shutdown(sctx)
+		cancel()
+		_ = r.nbd.Close()
+	}
+	if r.nbdLn != nil {
+		_ = r.nbdLn.Close()
+	}
+	if r.peerLn != nil {
+		_ = r.peerLn.Close()
+	}
+	r.wg.Wait()
+	// The loop is gone: what it owned is ours now.
+	if r.link != nil {
+		_ = r.link.Close("resource down")
+		r.link.Wait()
+		r.link = nil
+	}
+	if r.hooks != nil {
+		hctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_ = r.hooks.Shutdown(hctx)
+		cancel()
+	}
+	if r.meta != nil {
+		if err := r.meta.Close(); err != nil {
+			r.log.Warn("meta-data not closed cleanly", zap.Error(err))
+		}
+		r.meta = nil
+	}
+	if r.metaFile != nil {
+		_ = r.metaFile.Close()
+		r.metaFile = nil
+	}
+	if r.dev != nil {
+		_ = r.dev.Close()
+		r.dev = nil
+	}
+}
+
+func (r *Resource) nbdConns() int {
+	if r.nbd == nil {
+		return 0
+	}
+	return r.nbd.Conns(r.cfg().Local.Export)
+}
+
+// Apply changes options of the running resource. Net options apply at the
+// next connect, resync and handler options at once.
+func (r *Resource) Apply(ctx context.Context, cfg config.Resource) error {
+	if p := config.Invariant(r.cfg(), cfg); p != "" {
+		return &config.FieldError{Path: p, Value: "", Allowed: "the current value while the resource is up"}
+	}
+	if r.hooks != nil {
+		if err := r.hooks.Reconfigure(cfg.Handlers); err != nil {
+			return err
+		}
+	}
+	r.cfgMu.Lock()
+	r.config = cfg
+	r.cfgMu.Unlock()
+	errc := make(chan error, 1)
+	if !r.post(func() { r.m.SetAfterSB(cfg.Net.AfterSB); errc <- nil }) {
+		return ErrDown
+	}
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Status returns a snapshot of the resource's state.
+func (r *Resource) Status() Status {
+	st := *r.status.Load()
+	if r.bm != nil {
+		st.OutOfSync = uint64(r.bm.DirtyBytes())
+	}
+	st.WritesInFlight = uint64(max(r.inflight.Load(), 0))
+	st.NBDConnections = uint32(r.nbdConns())
+	st.ResyncedBytes = uint64(r.resynced.Load())
+	if e := r.engine.Load(); e != nil {
+		p := e.Progress()
+		st.ResyncDone, st.ResyncTotal = uint64(p.Done), uint64(p.Total)
+		st.ResyncRate, st.ResyncETA = uint64(p.Rate), uint64(p.ETA/time.Second)
+		if p.Paused {
+			st.Conn = ConnPausedSyncS
+		}
+	} else if t := r.targetProgress(); t != nil {
+		st.ResyncDone, st.ResyncTotal = t.done, t.total
+	} else if v := r.verify.Load(); v != nil {
+		st.Conn = ConnVerifyS
+		st.ResyncDone, st.ResyncTotal = uint64(v.done.Load()), uint64(v.stop-v.start)
+	}
+	return st
+}
+
+// metaFromSB converts the superblock's UUIDs and flags for the machine.
+func metaFromSB(sb metadata.Superblock) Meta {
+	m := Meta{UUIDs: UUIDs{Current: sb.UUIDs.Current, Bitmap: sb.UUIDs.Bitmap}}
+	copy(m.UUIDs.History[:], sb.UUIDs.History[:])
+	for _, f := range flagMap {
+		if sb.Flags&f.md != 0 {
+			m.Flags |= f.res
+		}
+	}
+	return m
+}
+
+// toSB writes the machine's meta-data into a superblock.
+func toSB(m Meta, sb *metadata.Superblock) {
+	sb.UUIDs.Current, sb.UUIDs.Bitmap = m.UUIDs.Current, m.UUIDs.Bitmap
+	copy(sb.UUIDs.History[:], m.UUIDs.History[:])
+	for _, f := range flagMap {
+		if m.Flags&f.res != 0 {
+			sb.Flags |= f.md
+		} else {
+			sb.Flags &^= f.md
+		}
+	}
+}
+
+var flagMap = [...]struct {
+	res Flags
+	md  metadata.Flags
+}{
+	{FlagConsistent, metadata.FlagConsistent},
+	{FlagWasUpToDate, metadata.FlagWasUpToDate},
+	{FlagOutdated, metadata.FlagOutdated},
+	{FlagPrimary, metadata.FlagPrimaryInd},
+	{FlagCrashedPrimary, metadata.FlagCrashedPrimary},
+	{FlagPeerOutdated, metadata.FlagPeerOutdated},
+	{FlagFullSync, metadata.FlagFullSyncNeeded},
+}

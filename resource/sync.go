@@ -1,0 +1,310 @@
+package resource
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"time"
+	"sync"
+	"sync/atomic"
+
+	"go.uber.org/zap"
+
+	"github.com/rbd-nbd/rbd-nbd/hooks"
+	"github.com/rbd-nbd/rbd-nbd/replicate"
+	"github.com/rbd-nbd/rbd-nbd/resync"
+)
+
+// Resync glue. The source runs a resync.Engine over the link's resync
+// stream; the target serves ResyncData, clears its own bitmap's bits once a
+// ResyncFlush made them durable (so an interrupted resync resumes from the
+// target's bitmap too), and only starts taking data after its
+// before-resync-target handler allowed it.
+
+// targetState is the target side of a running resync.
+type targetState struct {
+	ready   chan struct{} // closed when before-resync-target allowed the resync
+	ctx     context.Context
+	mu      sync.Mutex
+	pending []span // written since the last ResyncFlush
+	done    atomic.Uint64
+	total   uint64
+}
+
+type span struct{ off, length int64 }
+
+type targetProgress struct{ done, total uint64 }
+
+func (r *Resource) targetProgress() *targetProgress {
+	r.targetMu.Lock()
+	t := r.target
+	r.targetMu.Unlock()
+	if t == nil {
+		return nil
+	}
+	return &targetProgress{done: t.done.Load(), total: max(t.total, t.done.Load())}
+}
+
+// startSync starts this node's side of a resync.
+func (r *Resource) startSync(source, full bool) {
+	r.stopSync()
+	link := r.link
+	if link == nil {
+		return
+	}
+	ctx, cancel := context.WithCancel(r.loopCtx)
+	r.syncCancel = cancel
+	if !source {
+		t := &targetState{ready: make(chan struct{}), ctx: ctx, total: uint64(r.bm.DirtyBytes())}
+		r.targetMu.Lock()
+		r.target = t
+		if r.targetSet != nil {
+			close(r.targetSet)
+			r.targetSet = nil
+		}
+		r.targetMu.Unlock()
+		r.goLoop(func() {
+			res := r.hooks.Run(ctx, hooks.BeforeResyncTarget, r.hookEnv().With(hooks.EnvResyncBytes, strconv.FormatUint(t.total, 10)))
+			if res.Vetoed() {
+				r.post(func() { r.vetoed(link, "before-resync-target", res) })
+				return
+			}
+			close(t.ready)
+		})
+		return
+	}
+	cfg := r.cfg()
+	ecfg := resync.DefaultConfig()
+	ecfg.Window = int(cfg.Resync.Window)
+	ecfg.Rate = cfg.Resync.Rate
+	ecfg.Csums = string(cfg.Resync.Csums)
+	ecfg.LatencyTarget = cfg.Resync.LatencyTarget
+	ecfg.FlushEvery = max(ecfg.ChunkSize, min(ecfg.FlushEvery, r.size.Load()/64))
+	ecfg.Logger = r.log.Named("resync")
+	e, err := resync.New(ecfg, dataSource{r}, r.bm, &r.locks, &linkTransport{link: link, r: r})
+	if err != nil {
+		r.log.Error("resync", zap.Error(err))
+		return
+	}
+	r.goLoop(func() {
+		res := r.hooks.Run(ctx, hooks.BeforeResyncSource, r.hookEnv())
+		if res.Vetoed() {
+			r.post(func() { r.vetoed(link, "before-resync-source", res) })
+			return
+		}
+		r.engine.Store(e)
+		r.changed()
+		err := e.Run(ctx)
+		r.resynced.Add(e.Progress().Sent)
+		r.post(func() {
+			if r.engine.Load() == e {
+				r.engine.Store(nil)
+			}
+			if err != nil {
+				if !errors.Is(err, context.Canceled) && r.link == link {
+					// The peer failed a resync request: start over from a
+					// fresh connection, which resumes from the bitmap.
+					r.log.Warn("resync failed; reconnecting", zap.Error(err))
+					r.closeLink("resync failed: " + err.Error())
+					r.step(EvLinkDown{Err: err})
+				}
+				return
+			}
+			if r.link != link || (r.m.Conn() != ConnSyncSource && r.m.Conn() != ConnPausedSyncS) {
+				return
+			}
+			r.step(EvSyncDone{})
+			r.sendControl(&replicate.SyncDone{SourceUUIDs: wireUUIDs(r.m.Meta().UUIDs)})
+		})
+	})
+}
+
+func (r *Resource) vetoed(link *replicate.Link, hook string, res hooks.Result) {
+	if r.link != link {
+		return
+	}
+	r.log.Warn("resync vetoed by handler; disconnecting", zap.String("handler", hook), zap.Int("exit", res.ExitCode))
+	r.closeLink(hook + " handler vetoed the resync")
+	r.step(EvLinkDown{Err: errors.New(hook + " vetoed")})
+}
+
+// stopSync stops this node's side of a running resync.
+func (r *Resource) stopSync() {
+	if r.syncCancel != nil {
+		r.syncCancel()
+		r.syncCancel = nil
+	}
+	r.targetMu.Lock()
+	r.target = nil
+	r.targetMu.Unlock()
+}
+
+func (r *Resource) currentTarget() *targetState {
+	r.targetMu.Lock()
+	defer r.targetMu.Unlock()
+	return r.target
+}
+
+// waitTarget returns the running target state. Resync data travels on its
+// own stream and may overtake the SyncStart on the control stream, so a
+// chunk that arrives first waits for the loop to take the SyncStart.
+func (r *Resource) waitTarget() *targetState {
+	timeout := time.NewTimer(r.cfg().Net.Timeout)
+	defer timeout.Stop()
+	for {
+		r.targetMu.Lock()
+		t := r.target
+		if t == nil && r.targetSet == nil {
+			r.targetSet = make(chan struct{})
+		}
+		ch := r.targetSet
+		r.targetMu.Unlock()
+		if t != nil {
+			return t
+		}
+		select {
+		case <-ch:
+		case <-timeout.C:
+			return nil
+		case <-r.loopCtx.Done():
+			return nil
+		}
+	}
+}
+
+// serveResyncData writes one resync chunk on the target.
+func (r *Resource) serveResyncData(in *replicate.Incoming) error {
+	t := r.waitTarget()
+	if t == nil {
+		return replicate.ErrRemote
+	}
+	select {
+	case <-t.ready:
+	case <-t.ctx.Done():
+		return replicate.ErrRemote
+	}
+	if _, err := r.data.WriteAt(in.Data, in.Offset); err != nil {
+		r.localError(err)
+		return replicate.ErrIO
+	}
+	t.mu.Lock()
+	t.pending = append(t.pending, span{in.Offset, int64(len(in.Data))})
+	t.mu.Unlock()
+	t.done.Add(uint64(len(in.Data)))
+	r.resynced.Add(int64(len(in.Data)))
+	return nil
+}
+
+// serveResyncFlush makes the resync data durable, then clears its bits.
+func (r *Resource) serveResyncFlush() error {
+	if err := r.data.Sync(); err != nil {
+		r.localError(err)
+		return replicate.ErrIO
+	}
+	if t := r.currentTarget(); t != nil {
+		t.mu.Lock()
+		batch := t.pending
+		t.pending = nil
+		t.mu.Unlock()
+		for _, s := range batch {
+			r.bm.Clear(s.off, s.length)
+		}
+		r.flushBitmap()
+	}
+	return nil
+}
+
+// serveCsum answers a digest request (checksum resync, verify).
+func (r *Resource) serveCsum(in *replicate.Incoming) error {
+	f, err := resync.NewDigest(in.Alg)
+	if err != nil {
+		return replicate.ErrNotSupported
+	}
+	buf := make([]byte, in.Length)
+	if _, err := r.data.ReadAt(buf, in.Offset); err != nil {
+		r.localError(err)
+		return replicate.ErrIO
+	}
+	in.Digest = append(in.Digest[:0], f(buf)...)
+	return nil
+}
+
+// dataSource reads the local data for the resync engine.
+type dataSource struct{ r *Resource }
+
+func (s dataSource) ReadAt(p []byte, off int64) error {
+	_, err := s.r.data.ReadAt(p, off)
+	return err
+}
+
+// linkTransport carries the engine's requests over the resync stream.
+type linkTransport struct {
+	link *replicate.Link
+	r    *Resource
+	pool sync.Pool
+}
+
+type resyncOp struct {
+	req  replicate.Request
+	done func(error)
+	sum  func([]byte, error)
+	t    *linkTransport
+}
+
+func (t *linkTransport) get() *resyncOp {
+	op, _ := t.pool.Get().(*resyncOp)
+	if op == nil {
+		op = &resyncOp{t: t}
+		op.req.Notify = op.notify
+	}
+	return op
+}
+
+func (op *resyncOp) notify(s replicate.Stage, err error) {
+	if s != replicate.Done {
+		return
+	}
+	done, sum, reply := op.done, op.sum, op.req.Reply
+	op.done, op.sum = nil, nil
+	if sum != nil {
+		out := append([]byte(nil), reply...)
+		op.t.pool.Put(op)
+		sum(out, err)
+		return
+	}
+	op.t.pool.Put(op)
+	done(err)
+}
+
+func (t *linkTransport) submit(op *resyncOp) error {
+	op.req.Notify = op.notify
+	if err := t.link.SubmitResync(&op.req); err != nil {
+		t.pool.Put(op)
+		return err
+	}
+	return nil
+}
+
+func (t *linkTransport) SendData(off int64, p []byte, done func(error)) error {
+	op := t.get()
+	op.req = replicate.Request{Kind: replicate.ResyncData, Offset: off, Length: int64(len(p)), Data: p}
+	op.done = done
+	return t.submit(op)
+}
+
+func (t *linkTransport) Flush(done func(error)) error {
+	op := t.get()
+	op.req = replicate.Request{Kind: replicate.ResyncFlush}
+	op.done = done
+	return t.submit(op)
+}
+
+func (t *linkTransport) Digest(off, length int64, alg string, done func([]byte, error)) (bool, error) {
+	if t.link.Version() < 2 {
+		return false, nil
+	}
+	op := t.get()
+	op.req = replicate.Request{Kind: replicate.CsumReq, Offset: off, Length: length, Alg: alg, Reply: op.req.Reply[:0]}
+	op.sum = done
+	return true, t.submit(op)
+}
