@@ -448,6 +448,9 @@ func (r *Resource) Status() Status {
 func metaFromSB(sb metadata.Superblock) Meta {
 	m := Meta{UUIDs: UUIDs{Current: sb.UUIDs.Current, Bitmap: sb.UUIDs.Bitmap}}
 	copy(m.UUIDs.History[:], sb.UUIDs.History[:])
+	if m.UUIDs.Current == metadata.UUIDJustCreated {
+		m.UUIDs.Current = 0 // the machine's "just created"
+	}
 	for _, f := range flagMap {
 		if sb.Flags&f.md != 0 {
 			m.Flags |= f.res
@@ -460,6 +463,9 @@ func metaFromSB(sb metadata.Superblock) Meta {
 func toSB(m Meta, sb *metadata.Superblock) {
 	sb.UUIDs.Current, sb.UUIDs.Bitmap = m.UUIDs.Current, m.UUIDs.Bitmap
 	copy(sb.UUIDs.History[:], m.UUIDs.History[:])
+	if sb.UUIDs.Current == 0 {
+		sb.UUIDs.Current = metadata.UUIDJustCreated
+	}
 	for _, f := range flagMap {
 		if m.Flags&f.res != 0 {
 			sb.Flags |= f.md

@@ -1,0 +1,245 @@
+package e2e
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// A cluster is two rbd-nbd daemons on this machine running one resource,
+// as two real processes talking over loopback.
+
+// nodeStatus is what `rbd-nbd status --json` prints for a resource.
+type nodeStatus struct {
+	Name          string `json:"name"`
+	Role          string `json:"role"`
+	Disk          string `json:"disk"`
+	Conn          string `json:"connection"`
+	PeerRole      string `json:"peer-role"`
+	PeerDisk      string `json:"peer-disk"`
+	Size          uint64 `json:"size"`
+	OutOfSync     uint64 `json:"out-of-sync"`
+	ResyncDone    uint64 `json:"resync-done"`
+	ResyncTotal   uint64 `json:"resync-total"`
+	ResyncedBytes uint64 `json:"resynced-bytes"`
+	NBDConns      uint32 `json:"nbd-connections"`
+}
+
+// node is one daemon of a cluster.
+type node struct {
+	t       *testing.T
+	name    string
+	id      int
+	dir     string
+	socket  string
+	disk    string
+	config  string // this node's resource file
+	nbdPort int
+	daemon  *Process
+}
+
+// cluster is a two-node resource r0.
+type cluster struct {
+	t    *testing.T
+	dir  string
+	a, b *node
+	size int64
+}
+
+// clusterOptions tune newCluster.
+type clusterOptions struct {
+	// size of each backing file (default 64 MiB).
+	size int64
+	// yaml is extra resource-file text (net:, disk:, resync:, handlers:
+	// sections) for both nodes; yamlB, when set, replaces it for node b.
+	yaml, yamlB string
+	// fresh leaves the disks Inconsistent (no new-current-uuid).
+	fresh bool
+}
+
+// newCluster creates meta-data on two blank disks, starts both daemons,
+// brings the resource up on both, skips the initial sync of the blank disks
+// (new-current-uuid --clear-bitmap) and makes node a Primary.
+func newCluster(t *testing.T, o clusterOptions) *cluster {
+	t.Helper()
+	RequireRoot(t)
+	if o.size == 0 {
+		o.size = 64 << 20
+	}
+	dir := t.TempDir()
+	c := &cluster{t: t, dir: dir, size: o.size}
+	peerA, peerB := FreePort(t), FreePort(t)
+	c.a = &node{t: t, name: "a", id: 0, dir: dir, nbdPort: FreePort(t)}
+	c.b = &node{t: t, name: "b", id: 1, dir: dir, nbdPort: FreePort(t)}
+	for _, n := range []*node{c.a, c.b} {
+		n.socket = filepath.Join(dir, n.name+".sock")
+		n.disk = filepath.Join(dir, n.name+".img")
+		MakeFile(t, n.disk, o.size, nil)
+		MustRun(t, 30*time.Second, Binary(), "create-md", "--disk", n.disk, "--node-id", fmt.Sprint(n.id))
+		extra := o.yaml
+		if n == c.b && o.yamlB != "" {
+			extra = o.yamlB
+		}
+		n.config = filepath.Join(dir, n.name+".yaml")
+		writeResourceFile(t, n.config, peerA, peerB, c.a.nbdPort, c.b.nbdPort, extra)
+		n.start()
+	}
+	c.a.up()
+	c.b.up()
+	if !o.fresh {
+		c.waitBoth("the link", func(s nodeStatus) bool { return s.Conn == "Connected" })
+		c.a.ctl("new-current-uuid", "r0", "--clear-bitmap")
+		c.waitBoth("UpToDate", func(s nodeStatus) bool { return s.Disk == "UpToDate" && s.PeerDisk == "UpToDate" })
+		c.a.ctl("primary", "r0")
+		c.a.waitPort()
+	}
+	return c
+}
+
+func writeResourceFile(t *testing.T, path string, peerA, peerB, nbdA, nbdB int, extra string) {
+	t.Helper()
+	y := fmt.Sprintf(`resource: r0
+nodes:
+  - name: a
+    node-id: 0
+    address: 127.0.0.1:%d
+    disk: a.img
+    nbd-listen: 127.0.0.1:%d
+  - name: b
+    node-id: 1
+    address: 127.0.0.1:%d
+    disk: b.img
+    nbd-listen: 127.0.0.1:%d
+`, peerA, nbdA, peerB, nbdB)
+	if !strings.Contains(extra, "net:") {
+		extra += "\nnet:\n  ping-interval: 500ms\n  ping-timeout: 1s\n  connect-timeout: 2s\n"
+	}
+	if err := os.WriteFile(path, []byte(y+extra), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// start starts the node's daemon.
+func (n *node) start() {
+	n.t.Helper()
+	n.daemon = StartProcess(n.t, Binary(), "daemon", "--socket", n.socket, "--log-level", "debug")
+	WaitPort(n.t, "unix", n.socket, 10*time.Second)
+}
+
+// kill kills the daemon with SIGKILL, as a crash.
+func (n *node) kill() {
+	n.t.Helper()
+	_ = n.daemon.Signal(syscall.SIGKILL)
+	if err := n.daemon.Wait(10 * time.Second); err == nil {
+		n.t.Fatalf("node %s: daemon exited cleanly after SIGKILL?", n.name)
+	}
+}
+
+// up brings the resource up on the node.
+func (n *node) up() {
+	n.t.Helper()
+	n.ctl("up", "-c", n.config, "--node", n.name)
+}
+
+// ctl runs an rbd-nbd command against the node's daemon and fails the
+// test if it fails.
+func (n *node) ctl(args ...string) string {
+	n.t.Helper()
+	return MustRun(n.t, 60*time.Second, Binary(), append([]string{"--socket", n.socket}, args...)...)
+}
+
+// tryCtl runs an rbd-nbd command and returns its result.
+func (n *node) tryCtl(args ...string) Result {
+	n.t.Helper()
+	return Run(n.t, 60*time.Second, Binary(), append([]string{"--socket", n.socket}, args...)...)
+}
+
+// status returns the node's status of r0.
+func (n *node) status() nodeStatus {
+	n.t.Helper()
+	out := n.ctl("status", "r0", "--json")
+	var sts []nodeStatus
+	if err := json.Unmarshal([]byte(out), &sts); err != nil || len(sts) != 1 {
+		n.t.Fatalf("node %s: status: %v in %q", n.name, err, out)
+	}
+	return sts[0]
+}
+
+// wait waits until the node's status satisfies cond.
+func (n *node) wait(what string, timeout time.Duration, cond func(nodeStatus) bool) nodeStatus {
+	n.t.Helper()
+	var last nodeStatus
+	WaitFor(n.t, timeout, fmt.Sprintf("node %s: %s (last: %+v)", n.name, what, &last), func() bool {
+		last = n.status()
+		return cond(last)
+	})
+	return last
+}
+
+func (c *cluster) waitBoth(what string, cond func(nodeStatus) bool) {
+	c.t.Helper()
+	c.a.wait(what, 60*time.Second, cond)
+	c.b.wait(what, 60*time.Second, cond)
+}
+
+// waitSynced waits until both nodes are Connected and UpToDate.
+func (c *cluster) waitSynced() {
+	c.t.Helper()
+	c.waitBoth("in sync", func(s nodeStatus) bool {
+		return s.Conn == "Connected" && s.Disk == "UpToDate" && s.PeerDisk == "UpToDate"
+	})
+}
+
+// uri is the node's NBD URI.
+func (n *node) uri() string { return fmt.Sprintf("nbd://127.0.0.1:%d/r0", n.nbdPort) }
+
+func (n *node) waitPort() {
+	n.t.Helper()
+	WaitPort(n.t, "tcp", fmt.Sprintf("127.0.0.1:%d", n.nbdPort), 10*time.Second)
+}
+
+// qemuIO runs qemu-io commands (e.g. "write -P 0xab 0 1M") against the
+// node's export.
+func (n *node) qemuIO(cmds ...string) string {
+	n.t.Helper()
+	args := []string{"-f", "raw"}
+	for _, c := range cmds {
+		args = append(args, "-c", c)
+	}
+	out := MustRun(n.t, 60*time.Second, "qemu-io", append(args, n.uri())...)
+	if strings.Contains(out, "failed") || strings.Contains(out, "Pattern verification failed") {
+		n.t.Fatalf("node %s: qemu-io %v: %s", n.name, cmds, out)
+	}
+	return out
+}
+
+// data returns the first size bytes of the node's backing file: the
+// replicated area (the meta-data after it differs by design).
+func (n *node) data(size uint64) []byte {
+	n.t.Helper()
+	b, err := os.ReadFile(n.disk)
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	return b[:size]
+}
+
+// compare fails unless both data areas are identical.
+func (c *cluster) compare() {
+	c.t.Helper()
+	size := c.a.status().Size
+	a, b := c.a.data(size), c.b.data(size)
+	if !bytes.Equal(a, b) {
+		for i := range a {
+			if a[i] != b[i] {
+				c.t.Fatalf("replicas differ, first at byte %d (block %d)", i, i/4096)
+			}
+		}
+	}
+}
