@@ -2,7 +2,6 @@ package replicate
 
 import (
 	"bytes"
-	"encoding/binary"
 	"errors"
 	"reflect"
 	"strings"
@@ -192,8 +191,6 @@ func entry(tag uint16, v []byte) []byte {
 	w.bytes(tag, v)
 	return w.b
 }
-
-func be64(v uint64) []byte { return binary.BigEndian.AppendUint64(nil, v) }
 
 // Malformed frame headers each give a defined error.
 func TestMalformedHeaders(t *testing.T) {

@@ -156,9 +156,10 @@ func newLink(ctx context.Context, conn net.Conn, cfg Config, dialer bool) (*Link
 	go l.requestLoop(stResync, streams[stResync], l.resyncW, &l.resyncWin)
 	go l.monitor()
 	// The control stream outlives a failure long enough to say Bye.
-	l.ioWG.Add(2)
+	l.ioWG.Add(3)
 	go l.ctlW.run(&l.ioWG)
 	go l.controlLoop(streams[stControl])
+	go l.refuseStreams()
 	l.workWG.Add(cfg.Workers)
 	for range cfg.Workers {
 		go l.worker()
@@ -510,6 +511,18 @@ func (l *Link) controlLoop(s net.Conn) {
 			}
 		}
 	}
+}
+
+// refuseStreams takes the link down if the peer opens a stream beyond
+// the four of the protocol; it returns when the session closes.
+func (l *Link) refuseStreams() {
+	defer l.ioWG.Done()
+	s, err := l.sess.AcceptStream()
+	if err != nil {
+		return
+	}
+	_ = s.Close()
+	l.protocolFailed(stControl, protoErr(ErrMalformed, "", "the peer opened a stream beyond the %d of the protocol", numStreams))
 }
 
 // replyLoop reads the ack stream: replies to this node's data requests.

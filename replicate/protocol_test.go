@@ -154,6 +154,25 @@ func TestProtocolViolations(t *testing.T) {
 	}
 }
 
+// A peer that opens a fifth stream breaks the protocol.
+func TestExtraStream(t *testing.T) {
+	l, f := linkWithFake(t, testConfig(t, 1, 2, newMemDisk(1)))
+	s, err := f.sess.OpenStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if _, err := s.Write([]byte("hi")); err != nil {
+		t.Fatal(err)
+	}
+	if reason := f.readBye(t); !strings.Contains(reason, "beyond the 4") {
+		t.Fatalf("Bye reason %q", reason)
+	}
+	_ = f.sess.Close()
+	waitDone(t, l)
+	errorIs(t, l.Err(), ErrMalformed)
+}
+
 // An unknown control message marked ignorable is skipped; what follows
 // still arrives.
 func TestIgnorableControl(t *testing.T) {

@@ -320,10 +320,10 @@ func TestDecideSymmetric(t *testing.T) {
 func TestCompareUUIDsTable(t *testing.T) {
 	const c0, c1, c2, c3 = 0xA0000, 0xB0000, 0xC0000, 0xD0000
 	tests := []struct {
-		name           string
-		self, peer     UUIDs
+		name               string
+		self, peer         UUIDs
 		selfCons, peerCons bool
-		want           SyncKind
+		want               SyncKind
 	}{
 		{"both fresh", UUIDs{}, UUIDs{}, false, false, SyncNone},
 		{"self fresh", UUIDs{}, UUIDs{Current: c0}, false, true, SyncTargetFull},

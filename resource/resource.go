@@ -104,7 +104,7 @@ type Resource struct {
 	target         *targetState       // loop, also read by Serve under targetMu
 	targetMu       sync.Mutex
 	targetSet      chan struct{} // closed when target is set (targetMu)
-	promoteWait    chan error // loop: a promotion waiting for the peer
+	promoteWait    chan error    // loop: a promotion waiting for the peer
 
 	// NBD.
 	nbd      *nbdserver.Server

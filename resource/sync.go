@@ -4,9 +4,9 @@ import (
 	"context"
 	"errors"
 	"strconv"
-	"time"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"go.uber.org/zap"
 
