@@ -255,6 +255,7 @@ func waitFor(cmd *cobra.Command, g *globalOptions, name string, timeout time.Dur
 		tty = term.IsTerminal(int(f.Fd()))
 	}
 	var bar *progressbar.ProgressBar
+	var base uint64 // done when the bar appeared: the bar shows what moves while we watch
 	err := withClient(cmd.Context(), g, timeout, func(ctx context.Context, c *ctlproto.Client) error {
 		t := time.NewTicker(200 * time.Millisecond)
 		defer t.Stop()
@@ -275,10 +276,11 @@ func waitFor(cmd *cobra.Command, g *globalOptions, name string, timeout time.Dur
 			}
 			if last.ResyncTotal > 0 {
 				if bar == nil {
-					bar = newBar(out, tty, last)
+					base = min(last.ResyncDone, last.ResyncTotal)
+					bar = newBar(out, tty, last, base)
 				}
-				bar.ChangeMax64(int64(last.ResyncTotal))
-				_ = bar.Set64(int64(last.ResyncDone))
+				bar.ChangeMax64(int64(last.ResyncTotal - base))
+				_ = bar.Set64(int64(max(last.ResyncDone, base) - base))
 			}
 			select {
 			case <-t.C:
@@ -290,7 +292,7 @@ func waitFor(cmd *cobra.Command, g *globalOptions, name string, timeout time.Dur
 	return last, err
 }
 
-func newBar(w io.Writer, tty bool, st resource.Status) *progressbar.ProgressBar {
+func newBar(w io.Writer, tty bool, st resource.Status, base uint64) *progressbar.ProgressBar {
 	opts := []progressbar.Option{
 		progressbar.OptionSetWriter(w),
 		progressbar.OptionSetDescription(fmt.Sprintf("%s %s", st.Name, st.Conn)),
@@ -303,5 +305,5 @@ func newBar(w io.Writer, tty bool, st resource.Status) *progressbar.ProgressBar 
 		// Not a terminal (CI logs, make demo piped): a line now and then.
 		opts = append(opts, progressbar.OptionThrottle(2*time.Second), progressbar.OptionSetWidth(30))
 	}
-	return progressbar.NewOptions64(int64(st.ResyncTotal), opts...)
+	return progressbar.NewOptions64(int64(st.ResyncTotal-base), opts...)
 }
