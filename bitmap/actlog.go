@@ -439,6 +439,12 @@ func (a *ActivityLog) commit() {
 		a.stats.Transactions++
 		for _, u := range batch {
 			s := &a.slots[u.Slot]
+			if u.Extent == NoExtent {
+				// Retired (RetireIdle): the slot is free now.
+				s.state = slotFree
+				a.free = append(a.free, int32(u.Slot))
+				continue
+			}
 			s.state = slotActive
 			if s.refs == 0 {
 				a.lruPushFront(int32(u.Slot))
@@ -516,6 +522,54 @@ func (a *ActivityLog) release(first, last uint32) {
 		a.broadcast()
 	}
 	a.mu.Unlock()
+}
+
+// RetireIdle takes every extent that has no write in flight out of the
+// activity log, in one transaction written after those extents' bitmap
+// pages, and returns how many it retired. An extent out of the log is not
+// resynced after a crash of this node, so the caller must first make the
+// writes that completed in it durable on every disk that holds them (a
+// local flush, and a peer flush while replicating); what the peer missed is
+// in the bitmap, which the transaction flushes first. A resync source calls
+// it when the resync starts, so that a crash during the resync does not
+// mark the extents it already synced out of sync again.
+func (a *ActivityLog) RetireIdle(ctx context.Context) (int, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.closed || a.err != nil {
+		return 0, a.stoppedErr()
+	}
+	var mine []int32
+	for a.lruTail >= 0 {
+		i := a.lruTail
+		a.lruRemove(i)
+		s := &a.slots[i]
+		a.extSlot[s.ext] = -1
+		a.pending = append(a.pending, SlotUpdate{Slot: uint32(i), Extent: NoExtent, Evicted: s.ext})
+		s.ext, s.state = NoExtent, slotPending
+		mine = append(mine, i)
+	}
+	for {
+		done := true
+		for _, i := range mine {
+			if a.slots[i].state == slotPending {
+				done = false
+			}
+		}
+		if done {
+			return len(mine), nil
+		}
+		if a.err != nil {
+			return 0, a.err
+		}
+		if !a.inCommit && len(a.pending) > 0 {
+			a.commit()
+			continue
+		}
+		if err := a.wait(ctx); err != nil {
+			return 0, err
+		}
+	}
 }
 
 // Covered reports whether every extent that [off, off+length) touches is

@@ -546,3 +546,50 @@ func BenchmarkBeginActiveSerial(b *testing.B) {
 		d()
 	}
 }
+
+// TestRetireIdle: extents without writes in flight leave the log in one
+// transaction written after their bitmap pages; pinned ones stay; the freed
+// slots are reused.
+func TestRetireIdle(t *testing.T) {
+	a, bm, j, ev := newTestAL(t, 4)
+	ctx := context.Background()
+	var pinned func()
+	for _, e := range []int64{3, 7, 11} {
+		done, err := a.Begin(ctx, ext(e), 4096)
+		if err != nil {
+			t.Fatal(err)
+		}
+		bm.Set(ext(e), 4096)
+		if e == 11 {
+			pinned = done
+			continue
+		}
+		done()
+	}
+	n, err := a.RetireIdle(ctx)
+	if err != nil || n != 2 {
+		t.Fatalf("RetireIdle = %d, %v; want 2 retired", n, err)
+	}
+	if got := a.Extents(); !slices.Equal(got, []uint32{11}) {
+		t.Fatalf("active after retiring %v, want [11]", got)
+	}
+	log := ev.snapshot()
+	if len(log) < 3 || log[len(log)-1] != "commit 2" || log[len(log)-2] != "sync" {
+		t.Fatalf("I/O order %v: the bitmap pages must be durable before the retiring transaction", log)
+	}
+	if j.Durable(3) || j.Durable(7) || !j.Durable(11) {
+		t.Fatalf("journal table %v", j.table)
+	}
+	pinned()
+	// The freed slots take new extents without evicting anything.
+	for _, e := range []int64{20, 21, 22} {
+		done, err := a.Begin(ctx, ext(e), 4096)
+		if err != nil {
+			t.Fatal(err)
+		}
+		done()
+	}
+	if st := a.Stats(); st.Evictions != 0 || st.Active != 4 {
+		t.Fatalf("stats %+v", st)
+	}
+}

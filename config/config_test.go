@@ -66,7 +66,7 @@ func TestFileErrors(t *testing.T) {
 
 func TestHandlersForms(t *testing.T) {
 	y := "resource: r0\nnodes:\n  - {name: a, node-id: 0, address: 127.0.0.1:1, disk: a.img}\n  - {name: b, node-id: 1, address: 127.0.0.1:2, disk: b.img}\n" +
-		"handlers:\n  dispatcher: ./hooks/dispatch.sh --verbose\n  before-resync-target: [/bin/snap, create]\n  timeout: 5s\n"
+		"handlers:\n  dispatcher: ./hooks/dispatch.sh --verbose\n  before-resync-target: [/bin/snap, create]\n  commands:\n    fence-peer: fence --now\n  timeout: 5s\n"
 	f, err := ParseFile([]byte(y), "/etc/rbd")
 	if err != nil {
 		t.Fatal(err)
@@ -80,6 +80,9 @@ func TestHandlersForms(t *testing.T) {
 	}
 	if got := strings.Join(r.Handlers.Commands["before-resync-target"], " "); got != "/bin/snap create" {
 		t.Fatalf("handler %q", got)
+	}
+	if got := strings.Join(r.Handlers.Commands["fence-peer"], " "); got != "fence --now" {
+		t.Fatalf("handler under commands: %q", got)
 	}
 	if r.Handlers.Timeout != 5*time.Second {
 		t.Fatalf("timeout %v", r.Handlers.Timeout)

@@ -99,9 +99,11 @@ type fileResync struct {
 // fileHandlers lets each handler be written as a list or as one string of
 // words separated by spaces (no shell quoting: handlers run without a shell).
 type fileHandlers struct {
-	Dispatcher words            `yaml:"dispatcher,omitempty"`
-	Timeout    time.Duration    `yaml:"timeout,omitempty"`
-	Commands   map[string]words `yaml:",inline"`
+	Dispatcher words         `yaml:"dispatcher,omitempty"`
+	Timeout    time.Duration `yaml:"timeout,omitempty"`
+	// Commands may be written under "commands:" or directly in "handlers:".
+	Commands map[string]words `yaml:"commands,omitempty"`
+	Inline   map[string]words `yaml:",inline"`
 }
 
 type words []string
@@ -196,9 +198,11 @@ func (f *File) Node(node string) (Resource, error) {
 		},
 		Handlers: Handlers{Dispatcher: f.Handlers.Dispatcher, Timeout: f.Handlers.Timeout},
 	}
-	if len(f.Handlers.Commands) > 0 {
-		r.Handlers.Commands = make(map[string][]string, len(f.Handlers.Commands))
-		for k, v := range f.Handlers.Commands {
+	for _, m := range []map[string]words{f.Handlers.Inline, f.Handlers.Commands} {
+		for k, v := range m {
+			if r.Handlers.Commands == nil {
+				r.Handlers.Commands = map[string][]string{}
+			}
 			r.Handlers.Commands[k] = f.resolveCommand(v)
 		}
 	}

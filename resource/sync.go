@@ -78,6 +78,7 @@ func (r *Resource) startSync(source, full bool) {
 	ecfg.Window = int(cfg.Resync.Window)
 	ecfg.Rate = cfg.Resync.Rate
 	ecfg.Csums = string(cfg.Resync.Csums)
+	ecfg.BlockSize = r.bm.BlockSize()
 	ecfg.LatencyTarget = cfg.Resync.LatencyTarget
 	ecfg.FlushEvery = max(ecfg.ChunkSize, min(ecfg.FlushEvery, r.size.Load()/64))
 	ecfg.Logger = r.log.Named("resync")
@@ -92,6 +93,7 @@ func (r *Resource) startSync(source, full bool) {
 			r.post(func() { r.vetoed(link, "before-resync-source", res) })
 			return
 		}
+		r.retireIdleExtents(ctx)
 		r.engine.Store(e)
 		r.changed()
 		err := e.Run(ctx)
@@ -117,6 +119,27 @@ func (r *Resource) startSync(source, full bool) {
 			r.sendControl(&replicate.SyncDone{SourceUUIDs: wireUUIDs(r.m.Meta().UUIDs)})
 		})
 	})
+}
+
+// retireIdleExtents takes the extents without writes in flight out of the
+// activity log. What they hold is either on both disks or in the bitmap, so
+// they need no resync after a crash of this node; without this, a crash of
+// the sync source would mark every extent of the degraded period out of
+// sync again and restart the resync instead of resuming it. The local flush
+// comes first: an extent may leave the log only when its writes are durable
+// here (the peer's part is covered by the bitmap, which the activity log
+// flushes before the transaction).
+func (r *Resource) retireIdleExtents(ctx context.Context) {
+	if err := r.data.Sync(); err != nil {
+		r.log.Warn("flush before retiring activity-log extents", zap.Error(err))
+		return
+	}
+	n, err := r.al.RetireIdle(ctx)
+	if err != nil {
+		r.log.Warn("retiring idle activity-log extents", zap.Error(err))
+		return
+	}
+	r.log.Debug("retired idle activity-log extents", zap.Int("extents", n))
 }
 
 func (r *Resource) vetoed(link *replicate.Link, hook string, res hooks.Result) {

@@ -87,6 +87,9 @@ type Config struct {
 	Rate uint64
 	// Csums is the digest algorithm for checksum-based resync, or "".
 	Csums string
+	// BlockSize is the granularity at which checksum mode compares a chunk
+	// that differs (the bitmap's block size).
+	BlockSize int64
 	// LatencyTarget is the application write latency above which the
 	// engine backs off; 0 disables the controller.
 	LatencyTarget time.Duration
@@ -97,7 +100,7 @@ type Config struct {
 // DefaultConfig returns the defaults: 512 KiB chunks, 16 in flight, a
 // durability point every 32 MiB, no rate cap, a 5 ms latency target.
 func DefaultConfig() Config {
-	return Config{ChunkSize: 512 << 10, Window: 16, FlushEvery: 32 << 20, LatencyTarget: 5 * time.Millisecond}
+	return Config{ChunkSize: 512 << 10, Window: 16, FlushEvery: 32 << 20, BlockSize: 4096, LatencyTarget: 5 * time.Millisecond}
 }
 
 // Validate checks the configuration.
@@ -109,6 +112,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("resync: window %d out of 1..1024", c.Window)
 	case c.FlushEvery < c.ChunkSize:
 		return fmt.Errorf("resync: flush interval %d below the chunk size", c.FlushEvery)
+	case c.BlockSize < 512 || c.BlockSize > c.ChunkSize:
+		return fmt.Errorf("resync: block size %d out of 512..chunk size", c.BlockSize)
 	}
 	if c.Csums != "" {
 		if _, err := NewDigest(c.Csums); err != nil {
@@ -295,7 +300,7 @@ func (e *Engine) chunk(ctx context.Context, off, n int64) error {
 		e.release(nil)
 		return fmt.Errorf("resync: reading %d bytes at %d: %w", n, off, err)
 	}
-	finish := func(err error, sent bool) {
+	finish := func(err error, sent int64) {
 		e.lock.Unlock(h)
 		e.putBuf(buf)
 		if err == nil {
@@ -304,34 +309,74 @@ func (e *Engine) chunk(ctx context.Context, off, n int64) error {
 		e.release(err)
 	}
 	if e.cfg.Csums != "" {
-		local := e.digest(buf)
-		ok, err := e.tr.Digest(off, n, e.cfg.Csums, func(sum []byte, err error) {
-			if err != nil {
-				finish(err, false)
-				return
-			}
-			if string(sum) == string(local) {
-				finish(nil, false)
-				return
-			}
-			if err := e.tr.SendData(off, buf, func(err error) { finish(err, true) }); err != nil {
-				finish(err, false)
-			}
-		})
-		if ok || err != nil {
-			if err != nil {
-				finish(err, false)
-				return err
-			}
-			return nil
-		}
-		// The peer cannot digest: plain resync.
+		go func() {
+			sent, err := e.csumChunk(off, buf)
+			finish(err, sent)
+		}()
+		return nil
 	}
-	if err := e.tr.SendData(off, buf, func(err error) { finish(err, true) }); err != nil {
-		finish(err, false)
+	if err := e.tr.SendData(off, buf, func(err error) { finish(err, n) }); err != nil {
+		finish(err, 0)
 		return err
 	}
 	return nil
+}
+
+// csumChunk resyncs one chunk by checksum: nothing travels when the
+// target's digest of the chunk matches; otherwise each block is compared and
+// only the differing ones are sent. It returns the bytes sent.
+func (e *Engine) csumChunk(off int64, buf []byte) (int64, error) {
+	n := int64(len(buf))
+	sum, ok, err := e.digestSync(off, n)
+	if err != nil {
+		return 0, err
+	}
+	if !ok {
+		// The peer cannot digest (older protocol): plain resync.
+		return n, e.sendSync(off, buf)
+	}
+	if string(sum) == string(e.digest(buf)) {
+		return 0, nil
+	}
+	var sent int64
+	bs := e.cfg.BlockSize
+	for b := int64(0); b < n; b += bs {
+		blk := buf[b:min(b+bs, n)]
+		sum, _, err := e.digestSync(off+b, int64(len(blk)))
+		if err != nil {
+			return sent, err
+		}
+		if string(sum) == string(e.digest(blk)) {
+			continue
+		}
+		if err := e.sendSync(off+b, blk); err != nil {
+			return sent, err
+		}
+		sent += int64(len(blk))
+	}
+	return sent, nil
+}
+
+func (e *Engine) digestSync(off, n int64) ([]byte, bool, error) {
+	type res struct {
+		sum []byte
+		err error
+	}
+	ch := make(chan res, 1)
+	ok, err := e.tr.Digest(off, n, e.cfg.Csums, func(sum []byte, err error) { ch <- res{sum, err} })
+	if err != nil || !ok {
+		return nil, ok, err
+	}
+	r := <-ch
+	return r.sum, true, r.err
+}
+
+func (e *Engine) sendSync(off int64, p []byte) error {
+	ch := make(chan error, 1)
+	if err := e.tr.SendData(off, p, func(err error) { ch <- err }); err != nil {
+		return err
+	}
+	return <-ch
 }
 
 func (e *Engine) digest(p []byte) []byte {
@@ -339,15 +384,13 @@ func (e *Engine) digest(p []byte) []byte {
 	return d(p)
 }
 
-// acked records a chunk the target acknowledged; its bits clear at the next
+// acked records a chunk the target acknowledged (sent of its n bytes
+// travelled, the rest was found equal); its bits clear at the next
 // durability point.
-func (e *Engine) acked(off, n int64, sent bool) {
+func (e *Engine) acked(off, n, sent int64) {
 	e.done.Add(n)
-	if sent {
-		e.sent.Add(n)
-	} else {
-		e.equal.Add(n)
-	}
+	e.sent.Add(sent)
+	e.equal.Add(n - sent)
 	e.mu.Lock()
 	e.pending = append(e.pending, span{off, n})
 	e.sinceFl += n

@@ -200,10 +200,10 @@ func TestResyncChecksums(t *testing.T) {
 		randomize(r, src.b)
 		copy(dst.b, src.b)
 		// Everything is dirty (a crashed primary's activity log, say), but
-		// only four 64 KiB chunks really differ.
-		for _, off := range []int64{0, 1 << 20, 2<<20 + 65536, size - 65536} {
-			randomize(r, src.b[off:off+65536])
-			differ += 65536
+		// only four blocks, in four chunks, really differ.
+		for _, off := range []int64{0, 1 << 20, 2<<20 + 65536, size - 4096} {
+			randomize(r, src.b[off:off+4096])
+			differ += 4096
 		}
 		bm.SetAll()
 	})
@@ -225,7 +225,7 @@ func TestResyncChecksums(t *testing.T) {
 		if !bytes.Equal(src.b, dst.b) {
 			t.Fatalf("%s: target differs", alg)
 		}
-		if got := tr.sent.Load(); alg == "crc32c" && got != differ {
+		if got := tr.sent.Load(); alg == "crc32c" && got != 4*4096 {
 			t.Fatalf("%s: sent %d bytes, %d differed", alg, got, differ)
 		} else if alg != "crc32c" && got != 0 {
 			t.Fatalf("%s: sent %d bytes of equal data", alg, got)
@@ -318,7 +318,8 @@ func TestConfigValidate(t *testing.T) {
 		{ChunkSize: 100, Window: 1, FlushEvery: 1 << 20},
 		{ChunkSize: 4096, Window: 0, FlushEvery: 1 << 20},
 		{ChunkSize: 1 << 20, Window: 1, FlushEvery: 4096},
-		{ChunkSize: 4096, Window: 1, FlushEvery: 1 << 20, Csums: "md5"},
+		{ChunkSize: 4096, Window: 1, FlushEvery: 1 << 20, BlockSize: 4096, Csums: "md5"},
+		{ChunkSize: 65536, Window: 1, FlushEvery: 1 << 20, BlockSize: 100},
 	}
 	for _, c := range bad {
 		if c.Validate() == nil {
