@@ -30,8 +30,9 @@ type Handler interface {
 	// from a bounded pool of Config.Workers goroutines. Requests whose
 	// ranges overlap are served one after the other in arrival order, and
 	// a Flush (ResyncFlush) only after every earlier request of its
-	// stream returned. For Read and ResyncRead, Serve fills r.Data; for
-	// CsumReq it sets r.Digest. Serve must not keep r or its buffers after
+	// stream returned. For Read and ResyncRead, Serve fills all of
+	// r.Data (a pooled buffer that holds stale bytes); for CsumReq it sets
+	// r.Digest. Serve must not keep r or its buffers after
 	// it returns, and must not call Link.Close and wait for it.
 	Serve(r *Incoming) error
 }

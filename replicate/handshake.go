@@ -241,7 +241,11 @@ func handshake(ctx context.Context, conn net.Conn, cfg *Config, log *zap.Logger)
 	defer close(hs.out)
 	ag, err := hs.run()
 	if !stop() && err == nil {
-		err = fmt.Errorf("replicate: handshake: %w", ctx.Err())
+		err = ctx.Err()
+		if errors.Is(err, context.DeadlineExceeded) {
+			err = fmt.Errorf("%w: %w", ErrHandshakeTimeout, err)
+		}
+		err = fmt.Errorf("replicate: handshake: %w", err)
 	}
 	if err != nil {
 		_ = conn.Close()
@@ -289,10 +293,10 @@ func (hs *handshaker) flushWrites() error {
 func (hs *handshaker) ioErr(err error, doing string) error {
 	switch {
 	case errors.Is(err, os.ErrDeadlineExceeded):
-		if cerr := hs.ctx.Err(); cerr != nil {
+		if cerr := hs.ctx.Err(); errors.Is(cerr, context.Canceled) {
 			return fmt.Errorf("replicate: handshake %s: %w", doing, cerr)
 		}
-		return fmt.Errorf("%w: %s: nothing within %v", ErrHandshakeTimeout, doing, hs.cfg.ConnectTimeout)
+		return fmt.Errorf("%w: %s: no answer within the connect timeout (%v)", ErrHandshakeTimeout, doing, hs.cfg.ConnectTimeout)
 	case errors.Is(err, io.EOF):
 		return fmt.Errorf("%w: the peer closed the connection while this node was %s", ErrRefused, doing)
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -38,7 +39,8 @@ type Link struct {
 	control  chan ControlMsg
 	zeroes   func() []byte
 
-	pingAcked atomic.Uint64
+	pingSent  atomic.Uint64 // sequence of the last ping sent
+	pingAcked atomic.Uint64 // highest sequence the peer answered
 
 	closeOnce sync.Once
 	down      chan struct{} // closed when the link fails
@@ -54,12 +56,16 @@ type Link struct {
 }
 
 // Dial connects to addr over TCP and runs the handshake as the dialing
-// side. ctx and cfg.ConnectTimeout bound the connect and the handshake.
+// side. ctx and cfg.ConnectTimeout bound the connect and the handshake
+// together.
 func Dial(ctx context.Context, addr string, cfg Config) (*Link, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	d := net.Dialer{Timeout: cfg.ConnectTimeout}
+	// One bound for the connect and the handshake together.
+	ctx, cancel := context.WithTimeout(ctx, cfg.ConnectTimeout)
+	defer cancel()
+	var d net.Dialer
 	conn, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("replicate: dial %s: %w", addr, err)
@@ -315,6 +321,9 @@ func (l *Link) InFlight() (data, resync int) {
 // Handler.Serve calls) has returned. Close is idempotent; only the first
 // call's reason counts.
 func (l *Link) Close(reason string) error {
+	if reason == "" {
+		reason = "closed"
+	}
 	l.fail(fmt.Errorf("%w: %s", ErrClosed, reason), reason)
 	return nil
 }
@@ -485,6 +494,10 @@ func (l *Link) controlLoop(s net.Conn) {
 		case h.typ == ftPing:
 			l.ctlW.enqueue(witem{kind: itemFrame, h: header{typ: ftPingAck, id: h.id}})
 		case h.typ == ftPingAck:
+			if h.id > l.pingSent.Load() {
+				l.protocolFailed(stControl, protoErr(ErrMalformed, "PingAck", "for ping %d, which was never sent", h.id))
+				return
+			}
 			if h.id > l.pingAcked.Load() {
 				l.pingAcked.Store(h.id)
 			}
@@ -583,7 +596,8 @@ func (l *Link) handleReply(st streamID, h *header, br io.Reader, win *window) bo
 	err := statusErr(status(h.status))
 	perr := l.readReply(h, br, r, err)
 	if perr != nil {
-		if pe := (*ProtocolError)(nil); errors.As(perr, &pe) {
+		var pe *ProtocolError
+		if errors.As(perr, &pe) {
 			l.protocolFailed(st, perr)
 		} else {
 			l.readFailed(st, perr, true)
@@ -606,7 +620,7 @@ func (l *Link) readReply(h *header, br io.Reader, r *Request, err error) error {
 		if h.plen == 0 || h.plen > MaxDigestLen {
 			return protoErr(ErrMalformed, "Ack", "digest of %d bytes (want 1..%d)", h.plen, MaxDigestLen)
 		}
-		r.Reply = append(r.Reply[:0], make([]byte, h.plen)...)
+		r.Reply = slices.Grow(r.Reply[:0], int(h.plen))[:h.plen]
 		if _, err := io.ReadFull(br, r.Reply); err != nil {
 			return err
 		}
@@ -746,6 +760,7 @@ func (l *Link) monitor() {
 		}
 		if !outstanding && time.Duration(now-lastPing) >= l.cfg.PingInterval {
 			seq++
+			l.pingSent.Store(seq)
 			l.ctlW.enqueue(witem{kind: itemFrame, h: header{typ: ftPing, id: seq}})
 			sentAt, lastPing, outstanding = now, now, true
 		}

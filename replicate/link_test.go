@@ -548,3 +548,35 @@ func TestRemoteStatus(t *testing.T) {
 		errorIs(t, err, want[i])
 	}
 }
+
+// Notify may close the link (it does not wait) and may submit more
+// requests; neither deadlocks.
+func TestCallbacksReenter(t *testing.T) {
+	la, lb := linkPair(t, "tcp", testConfig(t, 1, 2, newMemDisk(1)), testConfig(t, 2, 1, newMemDisk(1<<20)))
+	second := newStageLog()
+	first := &Request{Kind: Write, Data: []byte("a")}
+	first.Notify = func(s Stage, err error) {
+		if s == Done {
+			if err := la.Submit(&Request{Kind: Write, Offset: 1, Data: []byte("b"), Notify: second.notify}); err != nil {
+				t.Error(err)
+			}
+		}
+	}
+	if err := la.Submit(first); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := second.wait(t); err != nil {
+		t.Fatal(err)
+	}
+	closer := &Request{Kind: Flush, Notify: func(s Stage, err error) {
+		if s == Done {
+			_ = la.Close("closed from Notify")
+		}
+	}}
+	if err := la.Submit(closer); err != nil {
+		t.Fatal(err)
+	}
+	waitDone(t, la)
+	waitDone(t, lb)
+	errorIs(t, lb.Err(), ErrPeerDisconnected)
+}

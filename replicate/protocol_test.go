@@ -120,6 +120,7 @@ func TestProtocolViolations(t *testing.T) {
 		{"recv ack for unknown id", 0, stResync, frame(header{typ: ftRecvAck, id: 5}), false, ErrMalformed},
 		{"bad control tag list", 0, stControl, frame(header{typ: ftRoleChange, plen: 14}, append(entry(1, []byte{1}), entry(1, []byte{2})...)...), false, ErrMalformed},
 		{"control truncated entry", 0, stControl, frame(header{typ: ftBye, plen: 4}, 0, 1, 0, 9), false, ErrTruncated},
+		{"ack for a ping never sent", 0, stControl, frame(header{typ: ftPingAck, id: 1 << 40}), false, ErrMalformed},
 		{"stream init again", 0, stData, frame(header{typ: ftStreamInit, id: 1}), false, ErrMalformed},
 		{"stream closed by the peer", 0, stAck, nil, true, ErrMalformed},
 	}
@@ -293,4 +294,27 @@ func TestSlowNetwork(t *testing.T) {
 	if string(buf) != string(data[:100<<10]) {
 		t.Fatal("read back differs")
 	}
+}
+
+// FuzzStreams feeds arbitrary bytes to one stream of a live link: the
+// link either serves what is valid or goes down with an error; it never
+// panics or hangs.
+func FuzzStreams(f *testing.F) {
+	f.Add(uint8(stData), append(hdr(header{typ: frameType(Write), id: 1, length: 1, plen: 1}), 7))
+	f.Add(uint8(stData), append(hdr(header{typ: frameType(Read), id: 1, length: 8}), hdr(header{typ: frameType(Flush), id: 2})...))
+	f.Add(uint8(stAck), hdr(header{typ: ftAck, id: 1, plen: 3}))
+	f.Add(uint8(stResync), hdr(header{typ: frameType(CsumReq), id: 1, length: 1, plen: 2}))
+	f.Add(uint8(stControl), append(hdr(header{typ: ftBye, plen: 7}), entry(1, []byte{'x'})...))
+	f.Add(uint8(stControl), []byte("GET / HTTP/1.1\r\n\r\n"))
+	f.Fuzz(func(t *testing.T, st uint8, data []byte) {
+		l, fp := linkWithFake(t, testConfig(t, 1, 2, newMemDisk(1)))
+		s := fp.streams[st%numStreams]
+		_ = s.SetWriteDeadline(time.Now().Add(waitTimeout))
+		_, _ = s.Write(data)
+		_ = fp.sess.Close()
+		waitDone(t, l)
+		if l.Err() == nil {
+			t.Fatal("link down without an error")
+		}
+	})
 }

@@ -3,6 +3,7 @@ package replicate
 import (
 	"bufio"
 	"io"
+	"runtime"
 	"sync"
 )
 
@@ -27,11 +28,19 @@ type witem struct {
 	written chan struct{} // itemFrame: closed once flushed (or failed)
 }
 
+// largePayload is the payload size from which the writer bypasses its
+// buffer.
+const largePayload = 64 << 10
+
 // writer is the single goroutine writing one stream. Producers queue
 // items; the writer takes everything queued, encodes it into a buffered
 // writer, and flushes only when the queue is empty (or a buffer's worth
 // was written since the last flush), so a burst of requests or acks costs
-// one write to the stream, not one each.
+// one write to the stream, not one each. Before it flushes it yields the
+// processor once, so that producers already runnable (workers finishing
+// requests, submitters woken by completions) join the batch; that costs
+// no delay when nothing else is runnable and makes batches at high queue
+// depth several times larger.
 type writer struct {
 	l    *Link
 	st   streamID
@@ -102,6 +111,7 @@ func (w *writer) run(wg *sync.WaitGroup) {
 // stays in w.batch.
 func (w *writer) drain() error {
 	written := 0 // bytes since the last flush
+	yielded := false
 	for {
 		w.mu.Lock()
 		start := len(w.batch)
@@ -113,6 +123,14 @@ func (w *writer) drain() error {
 			if start == 0 {
 				return nil
 			}
+			if !yielded {
+				// Let producers that are ready to run add to this batch
+				// before it goes out (no timer, no delay when idle).
+				yielded = true
+				runtime.Gosched()
+				continue
+			}
+			yielded = false
 			if err := w.bw.Flush(); err != nil {
 				return err
 			}
@@ -174,6 +192,17 @@ func (w *writer) write(it *witem) (int, error) {
 	h.put(w.hdr[:])
 	if _, err := w.bw.Write(w.hdr[:]); err != nil {
 		return 0, err
+	}
+	if len(payload) >= largePayload {
+		// Hand a large payload to the stream as it is rather than
+		// copying it through the buffer.
+		if err := w.bw.Flush(); err != nil {
+			return 0, err
+		}
+		if _, err := w.out.Write(payload); err != nil {
+			return 0, err
+		}
+		return headerSize + int(h.plen), nil
 	}
 	if len(payload) > 0 {
 		if _, err := w.bw.Write(payload); err != nil {
