@@ -70,6 +70,9 @@ func (r *Resource) startSync(source, full bool) {
 				return
 			}
 			close(t.ready)
+			stop := r.progressEvents(ctx)
+			<-ctx.Done()
+			stop()
 		})
 		return
 	}
@@ -96,7 +99,9 @@ func (r *Resource) startSync(source, full bool) {
 		r.retireIdleExtents(ctx)
 		r.engine.Store(e)
 		r.changed()
+		stopProgress := r.progressEvents(ctx)
 		err := e.Run(ctx)
+		stopProgress()
 		r.resynced.Add(e.Progress().Sent)
 		r.post(func() {
 			if r.engine.Load() == e {
@@ -119,6 +124,30 @@ func (r *Resource) startSync(source, full bool) {
 			r.sendControl(&replicate.SyncDone{SourceUUIDs: wireUUIDs(r.m.Meta().UUIDs)})
 		})
 	})
+}
+
+// progressEvents reports the resync's progress to the observer once a
+// second until the returned function is called (or ctx ends).
+func (r *Resource) progressEvents(ctx context.Context) (stop func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-t.C:
+				r.changed()
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	return func() {
+		cancel()
+		<-done
+	}
 }
 
 // retireIdleExtents takes the extents without writes in flight out of the

@@ -71,7 +71,9 @@ func (r *Resource) Verify(ctx context.Context, start, stop int64) error {
 		r.publishStatus()
 		r.changed()
 		r.goLoop(func() {
+			stop := r.progressEvents(ctx)
 			err := r.runVerify(ctx, v, link, alg)
+			stop()
 			r.post(func() {
 				r.verify.Store(nil)
 				r.flushBitmap()

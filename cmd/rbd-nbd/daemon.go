@@ -25,6 +25,7 @@ type daemonOptions struct {
 	socketGroup     string
 	eventQueue      int
 	shutdownTimeout time.Duration
+	pprof           string
 }
 
 func newDaemonCmd(g *globalOptions) *cobra.Command {
@@ -48,6 +49,8 @@ SIGTERM or SIGINT stops it cleanly.`,
 	f.StringVar(&o.socketGroup, "socket-group", "", "group of the socket, so that its non-root members can connect (default: the first --read-group)")
 	f.IntVar(&o.eventQueue, "event-queue", daemon.DefaultConfig().EventQueue, "events a subscriber may fall behind before it is dropped")
 	f.DurationVar(&o.shutdownTimeout, "shutdown-timeout", 10*time.Second, "how long requests in progress may take at shutdown")
+	f.StringVar(&o.pprof, "pprof", "", "serve Go's profiler at this address (loopback only, for developers)")
+	_ = f.MarkHidden("pprof")
 	return cmd
 }
 
@@ -70,6 +73,9 @@ func runDaemon(parent context.Context, g *globalOptions, o *daemonOptions) error
 		return err
 	}
 	defer log.Sync()
+	if o.pprof != "" {
+		startProfiler(o.pprof, log)
+	}
 
 	srvCfg := ctlproto.DefaultConfig()
 	for _, u := range o.allowUIDs {

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -15,8 +16,9 @@ import (
 
 func newStatusCmd(g *globalOptions) *cobra.Command {
 	var asJSON bool
+	var watch time.Duration
 	cmd := &cobra.Command{
-		Use:   "status [RESOURCE]",
+		Use:   "status [RESOURCE] [--json] [--watch[=1s]]",
 		Short: "Show the status of one resource or of all",
 		Args:  cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -24,22 +26,46 @@ func newStatusCmd(g *globalOptions) *cobra.Command {
 			if len(args) == 1 {
 				name = args[0]
 			}
-			return withClient(cmd.Context(), g, callTimeout, func(ctx context.Context, c *ctlproto.Client) error {
-				sts, err := c.Status(ctx, name)
-				if err != nil {
-					return err
+			timeout := callTimeout
+			if watch > 0 {
+				timeout = 0 // until interrupted
+			}
+			return withClient(cmd.Context(), g, timeout, func(ctx context.Context, c *ctlproto.Client) error {
+				for {
+					sts, err := c.Status(ctx, name)
+					if err != nil {
+						return err
+					}
+					out := cmd.OutOrStdout()
+					if watch > 0 && !asJSON {
+						// Redraw in place, as watch(1) does.
+						fmt.Fprint(out, "\033[H\033[2J")
+						fmt.Fprintf(out, "every %v: rbd-nbd status %s    %s\n\n", watch, name, time.Now().Format(time.TimeOnly))
+					}
+					if asJSON {
+						if err := writeStatusJSON(out, sts); err != nil {
+							return err
+						}
+					} else {
+						for _, st := range sts {
+							writeStatusText(out, st)
+						}
+					}
+					if watch <= 0 {
+						return nil
+					}
+					select {
+					case <-time.After(watch):
+					case <-ctx.Done():
+						return nil
+					}
 				}
-				if asJSON {
-					return writeStatusJSON(cmd.OutOrStdout(), sts)
-				}
-				for _, st := range sts {
-					writeStatusText(cmd.OutOrStdout(), st)
-				}
-				return nil
 			})
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print a JSON array, one object per resource")
+	cmd.Flags().DurationVar(&watch, "watch", 0, "print again every interval (e.g. 1s) until interrupted")
+	cmd.Flags().Lookup("watch").NoOptDefVal = "1s"
 	return cmd
 }
 
