@@ -70,6 +70,7 @@ size=48m
 iodepth=16
 verify=crc32c
 verify_fatal=1
+verify_state_save=0
 do_verify=1
 [rw]
 rw=randwrite

@@ -51,6 +51,7 @@ iodepth=8
 bs=4k
 verify=crc32c
 verify_fatal=1
+verify_state_save=0
 do_verify=1
 [rw]
 rw=randwrite

@@ -17,8 +17,9 @@ import (
 // to Config.MaxInFlight workers in leader/follower fashion: the worker that
 // holds readMu reads the next request (header and payload) from the
 // buffered reader, releases readMu and executes the request, while the
-// next worker reads. No goroutine hand-off lies on a request's path, and
-// requests complete and reply in any order.
+// next worker reads; or, for a request predicted to be fast, executes it
+// keeping readMu (see worker). No goroutine hand-off lies on a request's
+// path, and requests complete and reply in any order.
 //
 // Replies go through one buffered writer under writeMu, so they never
 // interleave. pending counts replies that are ready or being written; the
@@ -211,9 +212,14 @@ func (c *conn) worker() {
 // inline reports whether a request may run while its worker holds readMu:
 // a READ or plain WRITE on a connection whose recent READs and WRITEs took
 // less than Config.InlineThreshold on average. A connection starts above
-// the threshold and drops below after a run of fast requests. FLUSH, FUA, TRIM and WRITE_ZEROES, which
-// may take long on any backend, never do. Refused requests are answered
-// inline too.
+// the threshold and drops below after a run of fast requests. FLUSH, FUA,
+// TRIM and WRITE_ZEROES, which may take long on any backend, never run
+// inline. Refused requests are answered inline.
+//
+// The price: while an inline request runs, the next one is not read, so a
+// READ or WRITE that is unexpectedly slow (a page-cache miss) delays the
+// requests pipelined behind it by its duration; the average then rises and
+// the connection leaves the inline mode.
 func (c *conn) inline(r *request) bool {
 	if r.errno != 0 {
 		return true
@@ -307,7 +313,7 @@ func (c *conn) readRequest(r *request) error {
 	}
 	c.bigWrites = r.Length >= bigWrite
 	r.buf = c.s.pool.get(int(r.Length))
-	if _, err := io.ReadFull(c.br, *r.buf); err != nil {
+	if err := c.readPayload(*r.buf); err != nil {
 		c.s.pool.put(r.buf)
 		r.buf = nil
 		return err
@@ -317,6 +323,20 @@ func (c *conn) readRequest(r *request) error {
 
 // inlineNormSize: see noteExecTime.
 const inlineNormSize = 64 << 10
+
+// readPayload fills p with what br holds, then reads the rest straight from
+// the socket into p, so that no byte of a large payload is copied twice.
+func (c *conn) readPayload(p []byte) error {
+	n := 0
+	if c.br.Buffered() > 0 {
+		n, _ = c.br.Read(p) // copies, never reads the socket
+	}
+	if n == len(p) {
+		return nil
+	}
+	_, err := io.ReadFull(&c.src, p[n:])
+	return err
+}
 
 // bigWrite is the WRITE payload size from which a system call to read the
 // next header alone costs less than copying a buffer's worth of payload.

@@ -55,6 +55,18 @@ const (
 	serverClosed
 )
 
+func (st serverState) String() string {
+	switch st {
+	case serverRunning:
+		return "running"
+	case serverShuttingDown:
+		return "shutting-down"
+	case serverClosed:
+		return "closed"
+	}
+	return "unknown"
+}
+
 func (s *Server) init() error {
 	s.initOnce.Do(func() {
 		if err := s.Config.Validate(); err != nil {

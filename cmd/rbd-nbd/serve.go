@@ -50,7 +50,7 @@ by its --export name or by the default name "".`,
 			if err != nil {
 				return err
 			}
-			defer log.Sync() //nolint:errcheck // stderr sync errors are not actionable
+			defer func() { _ = log.Sync() }() // syncing stderr may fail harmlessly
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			return runServe(ctx, o, log)

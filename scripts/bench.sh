@@ -1,0 +1,172 @@
+#!/usr/bin/env bash
+# Benchmarks NBD servers with fio's nbd engine, all in one run on the same
+# backing file, and prints a markdown table with each server's ratio to the
+# first (the baseline, nbdkit's file plugin).
+#
+# Environment:
+#   RUNTIME   seconds per fio job (default 8, as in shared/BASELINES.md)
+#   ROUNDS    rounds over all jobs and servers (default 1); the table shows
+#             the median round for each job and server
+#   JOBS      space-separated job names to run (default: all four)
+#   BENCH_DIR where the backing file goes (default /dev/shm)
+#   OUT       also write the table to this file
+#
+# Servers are registered with `bench_server NAME URI` after being started;
+# to add one (e.g. a replicated resource), start it in start_servers and
+# register it there. Jobs alternate servers: for each job, every server runs
+# it in turn, so a slow patch of the machine hits all of them alike.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+RUNTIME=${RUNTIME:-8}
+ROUNDS=${ROUNDS:-1}
+JOBS=${JOBS:-"randwrite4k-qd1 randwrite4k-qd32 randread4k-qd32 seqwrite1m-qd8"}
+BENCH_DIR=${BENCH_DIR:-/dev/shm}
+GO=${GO:-go}
+
+for tool in fio nbdkit python3; do
+	command -v "$tool" >/dev/null || { echo "bench: $tool is not installed (make deps)" >&2; exit 1; }
+done
+
+WORK=$(mktemp -d)
+IMG="$BENCH_DIR/rbd-nbd-bench.$$.img"
+PIDS=()
+cleanup() {
+	for pid in "${PIDS[@]}"; do
+		kill "$pid" 2>/dev/null || true
+	done
+	for pid in "${PIDS[@]}"; do
+		wait "$pid" 2>/dev/null || true
+	done
+	rm -rf "$WORK" "$IMG"
+}
+trap cleanup EXIT
+
+# free_port prints a TCP port nobody listens on.
+free_port() {
+	python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+# wait_port PORT waits (up to 10 s) until something listens on PORT.
+wait_port() {
+	local port=$1 i
+	for i in $(seq 200); do
+		if python3 -c 'import socket,sys; socket.create_connection(("127.0.0.1",int(sys.argv[1])),0.2).close()' "$1" 2>/dev/null; then
+			return 0
+		fi
+		sleep 0.05
+	done
+	echo "bench: nothing listens on port $port" >&2
+	return 1
+}
+
+SERVER_NAMES=()
+SERVER_URIS=()
+# bench_server NAME URI registers a running server; the first is the baseline.
+bench_server() {
+	SERVER_NAMES+=("$1")
+	SERVER_URIS+=("$2")
+}
+
+start_servers() {
+	local port
+	port=$(free_port)
+	nbdkit -f -i 127.0.0.1 -p "$port" file "$IMG" 2>"$WORK/nbdkit.log" &
+	PIDS+=($!)
+	wait_port "$port"
+	bench_server "nbdkit $(nbdkit --version | awk '{print $2}') file" "nbd://127.0.0.1:$port/"
+
+	port=$(free_port)
+	./bin/rbd-nbd serve --disk "$IMG" --listen "127.0.0.1:$port" --log-level warn 2>"$WORK/rbd-nbd.log" &
+	PIDS+=($!)
+	wait_port "$port"
+	bench_server "rbd-nbd serve" "nbd://127.0.0.1:$port/"
+}
+
+write_jobfile() {
+	cat >"$WORK/job.fio" <<EOF
+[global]
+ioengine=nbd
+uri=\${URI}
+size=256m
+runtime=$RUNTIME
+time_based=1
+group_reporting=1
+[randwrite4k-qd1]
+rw=randwrite
+bs=4k
+iodepth=1
+stonewall
+[randwrite4k-qd32]
+rw=randwrite
+bs=4k
+iodepth=32
+stonewall
+[randread4k-qd32]
+rw=randread
+bs=4k
+iodepth=32
+stonewall
+[seqwrite1m-qd8]
+rw=write
+bs=1m
+iodepth=8
+stonewall
+EOF
+}
+
+echo "building rbd-nbd" >&2
+$GO build -o bin/rbd-nbd ./cmd/rbd-nbd
+truncate -s 256M "$IMG"
+# Fill the file so that reads hit allocated pages, like a used disk.
+dd if=/dev/urandom of="$IMG" bs=1M count=256 conv=notrunc status=none
+write_jobfile
+start_servers
+
+# run_job ROUND JOB INDEX writes fio's JSON for one server and job.
+run_job() {
+	local round=$1 job=$2 i=$3
+	URI=${SERVER_URIS[$i]} fio --output-format=json --section="$job" \
+		--output="$WORK/r$round-$job-$i.json" "$WORK/job.fio" >/dev/null
+}
+
+# Each job runs on every server in turn; odd rounds go in registration
+# order, even rounds in reverse, so neither side always goes first.
+for round in $(seq "$ROUNDS"); do
+	order=("${!SERVER_NAMES[@]}")
+	if ((round % 2 == 0)); then
+		order=($(printf '%s\n' "${order[@]}" | tac))
+	fi
+	for job in $JOBS; do
+		for i in "${order[@]}"; do
+			echo "round $round: $job on ${SERVER_NAMES[$i]}" >&2
+			run_job "$round" "$job" "$i"
+		done
+	done
+done
+
+# Summarise per job and server: the median over rounds (and the range when
+# there are several), and the ratio to the baseline: the median of the
+# per-round ratios, since runs close in time share the machine's noise.
+python3 - "$WORK" "$ROUNDS" "$JOBS" "${SERVER_NAMES[@]}" <<'EOF' | tee "${OUT:-/dev/null}"
+import json, statistics, sys
+work, rounds, jobs, names = sys.argv[1], int(sys.argv[2]), sys.argv[3].split(), sys.argv[4:]
+
+def result(r, job, i):
+    with open(f"{work}/r{r}-{job}-{i}.json") as f:
+        j = json.load(f)["jobs"][0]
+    w = j["write"] if j["write"]["io_bytes"] > 0 else j["read"]
+    return {"iops": w["iops"], "bw": w["bw_bytes"] / 1e6, "lat": w["lat_ns"]["mean"] / 1e3}
+
+print(f"| job | server | IOPS | MB/s | mean latency (us) | ratio to {names[0]} |")
+print("|---|---|---:|---:|---:|---:|")
+med = statistics.median
+for job in jobs:
+    res = [[result(r, job, i) for r in range(1, rounds + 1)] for i in range(len(names))]
+    for i, name in enumerate(names):
+        iops = [x["iops"] for x in res[i]]
+        spread = f" ({min(iops)/1e3:.1f}k..{max(iops)/1e3:.1f}k)" if rounds > 1 else ""
+        ratio = med(res[i][r]["iops"] / res[0][r]["iops"] for r in range(rounds))
+        print(f"| {job} | {name} | {med(iops)/1e3:.1f}k{spread} | {med(x['bw'] for x in res[i]):.0f} "
+              f"| {med(x['lat'] for x in res[i]):.0f} | {ratio:.2f}x |")
+EOF
