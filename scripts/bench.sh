@@ -30,6 +30,8 @@ done
 
 WORK=$(mktemp -d)
 IMG="$BENCH_DIR/rbd-nbd-bench.$$.img"
+RA="$BENCH_DIR/rbd-nbd-bench.$$.a.img"
+RB="$BENCH_DIR/rbd-nbd-bench.$$.b.img"
 PIDS=()
 cleanup() {
 	for pid in "${PIDS[@]}"; do
@@ -38,7 +40,7 @@ cleanup() {
 	for pid in "${PIDS[@]}"; do
 		wait "$pid" 2>/dev/null || true
 	done
-	rm -rf "$WORK" "$IMG"
+	rm -rf "$WORK" "$IMG" "$RA" "$RB"
 }
 trap cleanup EXIT
 
@@ -81,6 +83,45 @@ start_servers() {
 	PIDS+=($!)
 	wait_port "$port"
 	bench_server "rbd-nbd serve" "nbd://127.0.0.1:$port/"
+
+	if [ "${REPLICATED:-1}" = 1 ]; then
+		start_replicated
+	fi
+}
+
+# start_replicated starts two daemons on this machine running one resource
+# with protocol C, node a Primary, on two copies of the same data (the
+# identical disks skip the initial sync with new-current-uuid --clear-bitmap).
+start_replicated() {
+	local pa pb na nb
+	pa=$(free_port); pb=$(free_port); na=$(free_port); nb=$(free_port)
+	printf '%s\n' "resource: r0" "nodes:" \
+		"  - {name: a, node-id: 0, address: \"127.0.0.1:$pa\", disk: \"$RA\", nbd-listen: \"127.0.0.1:$na\"}" \
+		"  - {name: b, node-id: 1, address: \"127.0.0.1:$pb\", disk: \"$RB\", nbd-listen: \"127.0.0.1:$nb\"}" \
+		"net: {protocol: C}" >"$WORK/r0.yaml"
+	cp "$IMG" "$RA"
+	truncate -s 257M "$RA" # room for the internal meta-data after the 256 MiB
+	cp "$RA" "$RB"
+	./bin/rbd-nbd create-md --disk "$RA" --node-id 0 --force >/dev/null
+	./bin/rbd-nbd create-md --disk "$RB" --node-id 1 --force >/dev/null
+	local n
+	for n in a b; do
+		./bin/rbd-nbd daemon --socket "$WORK/$n.sock" --log-level warn 2>"$WORK/daemon-$n.log" &
+		PIDS+=($!)
+	done
+	for n in a b; do
+		for _ in $(seq 100); do [ -S "$WORK/$n.sock" ] && break; sleep 0.05; done
+		./bin/rbd-nbd --socket "$WORK/$n.sock" up -c "$WORK/r0.yaml" --node "$n"
+	done
+	for _ in $(seq 100); do
+		./bin/rbd-nbd --socket "$WORK/a.sock" status r0 | grep -q connection:Connected && break
+		sleep 0.05
+	done
+	./bin/rbd-nbd --socket "$WORK/a.sock" new-current-uuid r0 --clear-bitmap
+	./bin/rbd-nbd --socket "$WORK/a.sock" wait-sync r0 --timeout 30s
+	./bin/rbd-nbd --socket "$WORK/a.sock" primary r0
+	wait_port "$na"
+	bench_server "rbd-nbd replicated, protocol C" "nbd://127.0.0.1:$na/r0"
 }
 
 write_jobfile() {
