@@ -118,7 +118,7 @@ nodes:
     nbd-listen: 127.0.0.1:%d
 `, peerA, nbdA, peerB, nbdB)
 	if !strings.Contains(extra, "net:") {
-		extra += "\nnet:\n  ping-interval: 500ms\n  ping-timeout: 1s\n  connect-timeout: 2s\n"
+		extra += "\nnet:\n  ping-interval: 1s\n  ping-timeout: 5s\n  connect-timeout: 5s\n"
 	}
 	if err := os.WriteFile(path, []byte(y+extra), 0o644); err != nil {
 		t.Fatal(err)

@@ -177,7 +177,7 @@ func (c *cluster) split(writeB bool) {
 func TestReplicationAfterSBPolicies(t *testing.T) {
 	RequireTools(t, "qemu-io")
 	t.Run("discard-zero-changes", func(t *testing.T) {
-		c := newCluster(t, clusterOptions{yaml: "net:\n  after-sb: discard-zero-changes\n  ping-interval: 500ms\n  ping-timeout: 1s\n"})
+		c := newCluster(t, clusterOptions{yaml: "net:\n  after-sb: discard-zero-changes\n  ping-interval: 1s\n  ping-timeout: 5s\n"})
 		c.split(false)
 		c.b.ctl("secondary", "r0")
 		c.a.ctl("connect", "r0")
@@ -187,7 +187,7 @@ func TestReplicationAfterSBPolicies(t *testing.T) {
 		c.a.qemuIO("read -P 0xaa 0 1M")
 	})
 	t.Run("discard-least-changes", func(t *testing.T) {
-		c := newCluster(t, clusterOptions{yaml: "net:\n  after-sb: discard-least-changes\n  ping-interval: 500ms\n  ping-timeout: 1s\n"})
+		c := newCluster(t, clusterOptions{yaml: "net:\n  after-sb: discard-least-changes\n  ping-interval: 1s\n  ping-timeout: 5s\n"})
 		c.split(true)
 		c.a.qemuIO("write -P 0xac 20M 2M") // a changed more than b
 		c.b.ctl("secondary", "r0")
@@ -198,7 +198,7 @@ func TestReplicationAfterSBPolicies(t *testing.T) {
 		c.a.qemuIO("read -P 0xaa 0 1M", "read -P 0 8M 1M", "read -P 0xac 20M 2M")
 	})
 	t.Run("discard-younger-primary", func(t *testing.T) {
-		c := newCluster(t, clusterOptions{yaml: "net:\n  after-sb: discard-younger-primary\n  ping-interval: 500ms\n  ping-timeout: 1s\n"})
+		c := newCluster(t, clusterOptions{yaml: "net:\n  after-sb: discard-younger-primary\n  ping-interval: 1s\n  ping-timeout: 5s\n"})
 		c.split(true) // b was promoted after a: b is younger
 		c.b.ctl("secondary", "r0")
 		c.a.ctl("connect", "r0")
@@ -208,7 +208,7 @@ func TestReplicationAfterSBPolicies(t *testing.T) {
 		c.a.qemuIO("read -P 0xaa 0 1M", "read -P 0 8M 1M")
 	})
 	t.Run("primary-never-discarded", func(t *testing.T) {
-		c := newCluster(t, clusterOptions{yaml: "net:\n  after-sb: discard-younger-primary\n  ping-interval: 500ms\n  ping-timeout: 1s\n"})
+		c := newCluster(t, clusterOptions{yaml: "net:\n  after-sb: discard-younger-primary\n  ping-interval: 1s\n  ping-timeout: 5s\n"})
 		c.split(true) // b, the younger, stays Primary: no automatic victim
 		c.a.ctl("connect", "r0")
 		c.b.ctl("connect", "r0")
@@ -221,7 +221,7 @@ func TestReplicationAfterSBPolicies(t *testing.T) {
 // included (sent as zero-filled writes).
 func TestReplicationOlderPeerProtocol(t *testing.T) {
 	RequireTools(t, "qemu-io")
-	c := newCluster(t, clusterOptions{yamlB: "net:\n  max-protocol-version: 1\n  ping-interval: 500ms\n  ping-timeout: 1s\n"})
+	c := newCluster(t, clusterOptions{yamlB: "net:\n  max-protocol-version: 1\n  ping-interval: 1s\n  ping-timeout: 5s\n"})
 	if !strings.Contains(c.a.daemon.Output(), `"version": 1`) {
 		t.Fatalf("the link did not settle on version 1:\n%s", c.a.daemon.Output())
 	}
@@ -232,8 +232,8 @@ func TestReplicationOlderPeerProtocol(t *testing.T) {
 func TestReplicationWrongSecretRefused(t *testing.T) {
 	c := newCluster(t, clusterOptions{
 		fresh: true,
-		yaml:  "net:\n  shared-secret: right\n  ping-interval: 500ms\n  ping-timeout: 1s\n",
-		yamlB: "net:\n  shared-secret: wrong\n  ping-interval: 500ms\n  ping-timeout: 1s\n",
+		yaml:  "net:\n  shared-secret: right\n  ping-interval: 1s\n  ping-timeout: 5s\n",
+		yamlB: "net:\n  shared-secret: wrong\n  ping-interval: 1s\n  ping-timeout: 5s\n",
 	})
 	WaitFor(t, 30*time.Second, "an authentication failure in the log", func() bool {
 		return strings.Contains(c.b.daemon.Output()+c.a.daemon.Output(), "authentication failed")

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -13,13 +14,14 @@ import (
 	"go.uber.org/zap"
 )
 
-// conn is one client connection. After the handshake it runs a pool of up
-// to Config.MaxInFlight workers in leader/follower fashion: the worker that
-// holds readMu reads the next request (header and payload) from the
-// buffered reader, releases readMu and executes the request, while the
-// next worker reads; or, for a request predicted to be fast, executes it
-// keeping readMu (see worker). No goroutine hand-off lies on a request's
-// path, and requests complete and reply in any order.
+// conn is one client connection. After the handshake one goroutine reads
+// requests (header and payload) from the buffered reader. A request
+// predicted to be fast (see inline) it executes itself, so a connection
+// whose backend answers in microseconds runs on one goroutine with no
+// wake-up per request. Any other request it hands to an executor goroutine
+// (started on demand, up to Config.MaxInFlight) and reads on at once: the
+// reading never waits for a slow request, nor for an executor to wake up,
+// and requests complete and reply in any order.
 //
 // Replies go through one buffered writer under writeMu, so they never
 // interleave. pending counts replies that are ready or being written; the
@@ -48,18 +50,24 @@ type conn struct {
 
 	// bigWrites is set while WRITE payloads are large: the next header is
 	// then read on its own, so that the payload after it goes straight
-	// from the socket into its buffer instead of through br. Guarded by
-	// readMu.
+	// from the socket into its buffer instead of through br. Reader only.
 	bigWrites bool
 
 	closeOnce sync.Once
 	draining  atomic.Bool // Shutdown: stop reading, finish what was read
 
-	readMu  sync.Mutex
-	stop    bool // no more requests are read; guarded by readMu
-	workers int  // workers started; guarded by readMu
-	busy    atomic.Int32
-	wg      sync.WaitGroup // workers other than the first
+	busy atomic.Int32
+	wg   sync.WaitGroup // executors
+
+	// Hand-off of slow requests: exec carries them to the executors
+	// (closed when reading stops), slots bounds the requests in flight to
+	// Config.MaxInFlight, execs counts executors started (reader only),
+	// execIdle those waiting for work.
+	exec     chan *request
+	slots    chan struct{}
+	execs    int
+	execIdle atomic.Int32
+	reqPool  sync.Pool
 
 	execAvg   atomic.Int64 // moving average of READ/WRITE time, ns; see inline
 	timerTick atomic.Uint32
@@ -152,7 +160,8 @@ func (c *conn) transmit(exp *Export) {
 	}
 
 	c.execAvg.Store(4 * int64(max(c.s.cfg.InlineThreshold, 0)))
-	c.workers = 1
+	c.exec = make(chan *request, c.s.cfg.MaxInFlight)
+	c.slots = make(chan struct{}, c.s.cfg.MaxInFlight)
 	c.worker()
 	c.wg.Wait()
 	c.writeMu.Lock()
@@ -162,50 +171,56 @@ func (c *conn) transmit(exp *Export) {
 	c.writeMu.Unlock()
 }
 
-// worker reads and executes requests until reading stops.
-//
-// A request predicted to be fast (see inline) is executed while the worker
-// keeps readMu, so a connection whose backend answers in microseconds runs
-// on one goroutine with no wake-up per request, and a burst of pipelined
-// requests is answered with one write. Any other request is executed after
-// releasing readMu, so that another worker reads on meanwhile: a slow
-// request never holds up the requests behind it.
+// worker reads requests until reading stops, executing fast ones itself
+// and handing the others to executors (see conn).
 func (c *conn) worker() {
 	var r request
-	c.readMu.Lock()
+	defer close(c.exec)
 	for {
-		if c.stop {
-			c.readMu.Unlock()
-			return
-		}
 		err := c.readRequest(&r)
 		if err != nil || r.Type == CmdDisc {
-			c.stop = true
-			c.readMu.Unlock()
 			c.readEnded(err)
 			return
 		}
-		busy := int(c.busy.Add(1))
+		c.busy.Add(1)
 		if c.inline(&r) {
 			c.execute(&r, c.br.Buffered() >= requestSize)
 			c.busy.Add(-1)
 			continue
 		}
-		// Keep a reader available while this worker is busy, up to the
-		// in-flight limit; beyond it requests wait in the socket.
-		if busy >= c.workers && c.workers < c.s.cfg.MaxInFlight {
-			c.workers++
-			c.wg.Add(1)
-			go func() {
-				defer c.wg.Done()
-				c.worker()
-			}()
+		rp, _ := c.reqPool.Get().(*request)
+		if rp == nil {
+			rp = new(request)
 		}
-		c.readMu.Unlock()
+		*rp = r
 		c.flushIfPending()
-		c.execute(&r, false)
+		// At most MaxInFlight requests handed off at once; beyond, this
+		// waits, and requests wait in the socket.
+		c.slots <- struct{}{}
+		if c.execIdle.Load() == 0 && c.execs < c.s.cfg.MaxInFlight {
+			c.execs++
+			c.wg.Add(1)
+			go c.executor()
+		}
+		c.exec <- rp // never blocks: slots bounds what is queued
+	}
+}
+
+// executor executes handed-off requests until the reader stops.
+func (c *conn) executor() {
+	defer c.wg.Done()
+	for {
+		c.execIdle.Add(1)
+		rp, ok := <-c.exec
+		c.execIdle.Add(-1)
+		if !ok {
+			return
+		}
+		c.execute(rp, false)
 		c.busy.Add(-1)
-		c.readMu.Lock()
+		<-c.slots
+		*rp = request{}
+		c.reqPool.Put(rp)
 	}
 }
 
@@ -284,7 +299,7 @@ func (c *conn) readEnded(err error) {
 
 // readRequest reads the next request header and, for WRITE, its payload:
 // into a pooled buffer when the request is valid, else read and dropped so
-// that the stream stays in sync. Called with readMu held.
+// that the stream stays in sync. Called by the reading goroutine only.
 func (c *conn) readRequest(r *request) error {
 	if c.bigWrites {
 		c.src.max = requestSize
@@ -468,6 +483,15 @@ func (c *conn) execute(r *request, more bool) {
 // has another request to answer right away.
 func (c *conn) reply(handle uint64, errno uint32, data []byte, more bool) {
 	c.pending.Add(1)
+	if !more && c.busy.Load() > 1 {
+		// Other requests of this connection are running and may be
+		// finishing right now (a replicated backend completes them in
+		// bursts, as the peer's acknowledgements arrive): let those
+		// that are ready queue their replies first, so that one write
+		// carries them all. With nothing else runnable this returns at
+		// once; at queue depth 1 it is skipped.
+		runtime.Gosched()
+	}
 	c.writeMu.Lock()
 	defer c.writeMu.Unlock()
 	last := c.pending.Add(-1) == 0
