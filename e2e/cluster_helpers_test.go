@@ -125,10 +125,18 @@ nodes:
 	}
 }
 
-// start starts the node's daemon.
+// start starts the node's daemon; it forgets resources across restarts
+// unless the test asks for that (restore), so that tests bring them up
+// themselves.
 func (n *node) start() {
 	n.t.Helper()
-	n.daemon = StartProcess(n.t, Binary(), "daemon", "--socket", n.socket, "--log-level", "debug")
+	n.startWith("--state-dir", "none")
+}
+
+// startWith starts the node's daemon with extra flags.
+func (n *node) startWith(args ...string) {
+	n.t.Helper()
+	n.daemon = StartProcess(n.t, Binary(), append([]string{"daemon", "--socket", n.socket, "--log-level", "debug"}, args...)...)
 	WaitPort(n.t, "unix", n.socket, 10*time.Second)
 }
 

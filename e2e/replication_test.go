@@ -302,3 +302,45 @@ func peerAddress(t *testing.T, yaml, node string) string {
 	rest := yaml[i+j+len("address: "):]
 	return strings.TrimSpace(rest[:strings.IndexByte(rest, '\n')])
 }
+
+// A daemon killed and started again brings its resources back as the
+// administrator left them: up, and Primary again once the peer answered.
+func TestDaemonRestartRestoresResources(t *testing.T) {
+	RequireTools(t, "qemu-io")
+	c := newCluster(t, clusterOptions{})
+	// Restart node a's daemon with a state directory, bring r0 up again
+	// there so that it is remembered.
+	c.a.ctl("secondary", "r0")
+	c.a.ctl("down", "r0")
+	c.a.daemon.Stop(10 * time.Second)
+	state := c.dir + "/state-a"
+	c.a.startWith("--state-dir", state)
+	c.a.up()
+	c.waitBoth("connected", func(s nodeStatus) bool { return s.Conn == "Connected" })
+	c.a.ctl("primary", "r0")
+	c.a.waitPort()
+	c.a.qemuIO("write -P 0x31 0 1M")
+
+	c.a.kill()
+	c.b.wait("the peer gone", 30*time.Second, func(s nodeStatus) bool { return s.Conn == "Connecting" })
+	c.a.startWith("--state-dir", state)
+	st := c.a.wait("r0 restored as Primary", 60*time.Second, func(s nodeStatus) bool {
+		return s.Role == "Primary" && s.Conn == "Connected"
+	})
+	if st.PeerRole != "Secondary" {
+		t.Fatalf("after the restore: %+v", st)
+	}
+	c.a.waitPort()
+	c.a.qemuIO("read -P 0x31 0 1M", "write -P 0x32 1M 1M")
+	c.compare()
+
+	// down forgets: the next restart leaves r0 down.
+	if !fileExists(state + "/r0.json") {
+		t.Fatal("no state file while r0 is up")
+	}
+	c.a.ctl("secondary", "r0")
+	c.a.ctl("down", "r0")
+	if fileExists(state + "/r0.json") {
+		t.Fatal("down did not forget r0")
+	}
+}

@@ -26,6 +26,7 @@ type daemonOptions struct {
 	eventQueue      int
 	shutdownTimeout time.Duration
 	pprof           string
+	stateDir        string
 }
 
 func newDaemonCmd(g *globalOptions) *cobra.Command {
@@ -49,6 +50,7 @@ SIGTERM or SIGINT stops it cleanly.`,
 	f.StringVar(&o.socketGroup, "socket-group", "", "group of the socket, so that its non-root members can connect (default: the first --read-group)")
 	f.IntVar(&o.eventQueue, "event-queue", daemon.DefaultConfig().EventQueue, "events a subscriber may fall behind before it is dropped")
 	f.DurationVar(&o.shutdownTimeout, "shutdown-timeout", 10*time.Second, "how long requests in progress may take at shutdown")
+	f.StringVar(&o.stateDir, "state-dir", "", "where the daemon remembers which resources are up and Primary, to restore them when it is started again (default: state.<socket name> next to the socket; \"none\" to forget)")
 	f.StringVar(&o.pprof, "pprof", "", "serve Go's profiler at this address (loopback only, for developers)")
 	_ = f.MarkHidden("pprof")
 	return cmd
@@ -105,7 +107,14 @@ func runDaemon(parent context.Context, g *globalOptions, o *daemonOptions) error
 	dcfg.Registry = reg
 	dcfg.Logger = log
 	dcfg.EventQueue = o.eventQueue
-	dcfg.NewRuntime = newRuntimeFunc(log)
+	state := &stateStore{dir: o.stateDir, log: log.Named("state")}
+	switch o.stateDir {
+	case "":
+		state.dir = defaultStateDir(g.socketPath())
+	case "none":
+		state.dir = ""
+	}
+	dcfg.NewRuntime = newRuntimeFunc(log, state)
 	d, err := daemon.New(dcfg)
 	if err != nil {
 		return err
@@ -132,6 +141,7 @@ func runDaemon(parent context.Context, g *globalOptions, o *daemonOptions) error
 	go func() { served <- srv.Serve(l) }()
 	log.Info("daemon started", zap.String("socket", path), zap.String("version", version.Version),
 		zap.String("protocol", fmt.Sprintf("%d.%d", ctlproto.ProtoMajor, ctlproto.ProtoMinor)))
+	go state.restore(ctx, path)
 
 	var serveErr error
 	select {
@@ -151,6 +161,7 @@ func runDaemon(parent context.Context, g *globalOptions, o *daemonOptions) error
 		serveErr = <-served
 	}
 	l.Close()
+	state.shutdown.Store(true) // stopping the daemon keeps what is remembered
 	if err := d.Close(sctx); err != nil {
 		log.Error("stopping resources", zap.Error(err))
 		return err

@@ -20,13 +20,15 @@ type resourceRuntime struct {
 	name   string
 	log    *zap.Logger
 	events daemon.Events
+	state  *stateStore
 	res    *resource.Resource
 }
 
-// newRuntimeFunc returns the daemon's runtime factory.
-func newRuntimeFunc(log *zap.Logger) daemon.NewRuntimeFunc {
+// newRuntimeFunc returns the daemon's runtime factory; state (may be nil)
+// remembers what the administrator asked for.
+func newRuntimeFunc(log *zap.Logger, state *stateStore) daemon.NewRuntimeFunc {
 	return func(name string, events daemon.Events) (daemon.Runtime, error) {
-		return &resourceRuntime{name: name, log: log, events: events}, nil
+		return &resourceRuntime{name: name, log: log, events: events, state: state}, nil
 	}
 }
 
@@ -54,15 +56,29 @@ func (rt *resourceRuntime) Start(ctx context.Context, cfg config.Resource) error
 		return ctlError(err)
 	}
 	rt.res = res
+	if old, ok := rt.state.load(rt.name); !ok || old.Config.Name != cfg.Name {
+		rt.state.save(rt.name, intent{Config: cfg})
+	} else {
+		// A restore: keep the remembered role until it is restored.
+		rt.state.save(rt.name, intent{Config: cfg, Primary: old.Primary})
+	}
 	return nil
 }
 
 func (rt *resourceRuntime) Apply(ctx context.Context, _, cfg config.Resource) error {
-	return ctlError(rt.res.Apply(ctx, cfg))
+	if err := rt.res.Apply(ctx, cfg); err != nil {
+		return ctlError(err)
+	}
+	rt.state.update(rt.name, func(in *intent) { in.Config = cfg })
+	return nil
 }
 
 func (rt *resourceRuntime) Stop(ctx context.Context) error {
-	return ctlError(rt.res.Stop(ctx))
+	if err := rt.res.Stop(ctx); err != nil {
+		return ctlError(err)
+	}
+	rt.state.forget(rt.name)
+	return nil
 }
 
 func (rt *resourceRuntime) Status() resource.Status {
@@ -98,6 +114,10 @@ func (rt *resourceRuntime) Do(ctx context.Context, cmd daemon.Command, a daemon.
 		err = r.Verify(ctx, int64(a.VerifyStart), int64(a.VerifyStop))
 	default:
 		err = ctlproto.Errorf(ctlproto.CodeNotSupported, "%s is not supported by this daemon", cmd)
+	}
+	if err == nil && (cmd == daemon.CmdPrimary || cmd == daemon.CmdSecondary) {
+		primary := cmd == daemon.CmdPrimary
+		rt.state.update(rt.name, func(in *intent) { in.Primary = primary })
 	}
 	return ctlError(err)
 }

@@ -1,0 +1,192 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/rbd-nbd/rbd-nbd/config"
+	"github.com/rbd-nbd/rbd-nbd/ctlproto"
+	"github.com/rbd-nbd/rbd-nbd/version"
+)
+
+// The daemon remembers, per resource, what the administrator asked for:
+// the configuration it was brought up with and whether it was made
+// Primary. After the daemon is killed and started again, it brings the
+// resources back as they were, so that a device the kernel still has
+// attached finds its export again within its dead-connection timeout (the
+// resource then reattaches it). `down` forgets a resource; stopping the
+// daemon does not, so a restart of the daemon restores it.
+//
+// The default place is next to the control socket (on /run, a tmpfs): a
+// restart of the daemon restores, a reboot of the machine does not, since
+// after a reboot which node becomes Primary is the cluster manager's call.
+
+// intent is one resource's state file.
+type intent struct {
+	Config  config.Resource `json:"config"`
+	Primary bool            `json:"primary"`
+}
+
+// stateStore keeps the intents in a directory, one file per resource.
+type stateStore struct {
+	dir string
+	log *zap.Logger
+	// shutdown is set while the daemon stops: Stop then keeps the intent.
+	shutdown atomic.Bool
+}
+
+// defaultStateDir is the state directory for a socket path.
+func defaultStateDir(socket string) string {
+	return filepath.Join(filepath.Dir(socket), "state."+filepath.Base(socket))
+}
+
+func (s *stateStore) path(name string) string { return filepath.Join(s.dir, name+".json") }
+
+func (s *stateStore) load(name string) (intent, bool) {
+	var in intent
+	b, err := os.ReadFile(s.path(name))
+	if err != nil {
+		return in, false
+	}
+	if err := json.Unmarshal(b, &in); err != nil {
+		s.log.Warn("ignoring an unreadable state file", zap.String("file", s.path(name)), zap.Error(err))
+		return in, false
+	}
+	return in, true
+}
+
+// save writes an intent atomically (temporary file, fsync, rename).
+func (s *stateStore) save(name string, in intent) {
+	if s == nil || s.dir == "" {
+		return
+	}
+	if err := s.write(name, in); err != nil {
+		s.log.Warn("could not remember the resource's state; a daemon restart will not restore it", zap.String("resource", name), zap.Error(err))
+	}
+}
+
+func (s *stateStore) write(name string, in intent) error {
+	if err := os.MkdirAll(s.dir, 0o700); err != nil {
+		return err
+	}
+	b, err := json.MarshalIndent(in, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(s.dir, name+".*.tmp")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(b); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), s.path(name))
+}
+
+func (s *stateStore) update(name string, fn func(*intent)) {
+	if s == nil || s.dir == "" {
+		return
+	}
+	in, ok := s.load(name)
+	if !ok {
+		return
+	}
+	fn(&in)
+	s.save(name, in)
+}
+
+func (s *stateStore) forget(name string) {
+	if s == nil || s.dir == "" || s.shutdown.Load() {
+		return
+	}
+	if err := os.Remove(s.path(name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		s.log.Warn("could not forget the resource's state", zap.String("resource", name), zap.Error(err))
+	}
+}
+
+// restore brings the remembered resources back through the daemon's own
+// control socket, as an administrator would: up, then — if it was Primary
+// — primary once the peer has been heard from (or could not be reached),
+// unless the peer is Primary by then.
+func (s *stateStore) restore(ctx context.Context, socket string) {
+	if s == nil || s.dir == "" {
+		return
+	}
+	entries, err := os.ReadDir(s.dir)
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		name, ok := strings.CutSuffix(e.Name(), ".json")
+		if !ok {
+			continue
+		}
+		in, ok := s.load(name)
+		if !ok {
+			continue
+		}
+		if err := s.restoreOne(ctx, socket, name, in); err != nil {
+			s.log.Error("could not restore the resource", zap.String("resource", name), zap.Error(err))
+		}
+	}
+}
+
+func (s *stateStore) restoreOne(ctx context.Context, socket, name string, in intent) error {
+	c, err := ctlproto.Dial(ctx, socket, ctlproto.DefaultRegistry(), version.Version)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if _, err := c.Call(ctx, ctlproto.MsgUp, ctlproto.EncodeConfig(c.Registry(), in.Config)); err != nil {
+		return fmt.Errorf("up: %w", err)
+	}
+	s.log.Info("resource restored", zap.String("resource", name), zap.Bool("primary", in.Primary))
+	if !in.Primary {
+		return nil
+	}
+	// Give the peer a chance to answer before promoting, so that a peer
+	// promoted meanwhile is seen (and not met with split brain).
+	wait := in.Config.Net.ConnectTimeout + in.Config.Net.PingTimeout
+	deadline := time.Now().Add(wait)
+	for time.Now().Before(deadline) {
+		sts, err := c.Status(ctx, name)
+		if err != nil {
+			return err
+		}
+		if len(sts) == 1 && sts[0].PeerRole.String() == "Primary" {
+			s.log.Warn("not restoring Primary: the peer is Primary now", zap.String("resource", name))
+			return nil
+		}
+		if len(sts) == 1 && sts[0].Conn.String() != "Connecting" && sts[0].Conn.String() != "Handshake" {
+			break
+		}
+		select {
+		case <-time.After(100 * time.Millisecond):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	if _, err := c.Command(ctx, ctlproto.MsgPrimary, name); err != nil {
+		return fmt.Errorf("primary: %w", err)
+	}
+	s.log.Info("resource Primary again", zap.String("resource", name))
+	return nil
+}
