@@ -179,13 +179,24 @@ func (n *node) status() nodeStatus {
 	return sts[0]
 }
 
+// tryStatus returns the node's status of r0, if it has the resource.
+func (n *node) tryStatus() (nodeStatus, bool) {
+	r := n.tryCtl("status", "r0", "--json")
+	var sts []nodeStatus
+	if r.ExitCode != 0 || json.Unmarshal([]byte(r.Stdout), &sts) != nil || len(sts) != 1 {
+		return nodeStatus{}, false
+	}
+	return sts[0], true
+}
+
 // wait waits until the node's status satisfies cond.
 func (n *node) wait(what string, timeout time.Duration, cond func(nodeStatus) bool) nodeStatus {
 	n.t.Helper()
 	var last nodeStatus
 	WaitFor(n.t, timeout, fmt.Sprintf("node %s: %s (last: %+v)", n.name, what, &last), func() bool {
-		last = n.status()
-		return cond(last)
+		st, ok := n.tryStatus()
+		last = st
+		return ok && cond(st)
 	})
 	return last
 }
