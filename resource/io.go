@@ -81,8 +81,6 @@ type peerOp struct {
 	after func(err error)
 }
 
-var errWaitAbandoned = errors.New("resource: wait abandoned")
-
 func (r *Resource) getOp() *peerOp {
 	op, _ := r.ops.Get().(*peerOp)
 	if op == nil {
