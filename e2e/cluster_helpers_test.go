@@ -61,6 +61,9 @@ type clusterOptions struct {
 	yaml, yamlB string
 	// fresh leaves the disks Inconsistent (no new-current-uuid).
 	fresh bool
+	// diskA, when set, makes node a's disk this path instead of a file
+	// the cluster creates (it must exist, with the size of the others).
+	diskA string
 }
 
 // newCluster creates meta-data on two blank disks, starts both daemons,
@@ -80,14 +83,18 @@ func newCluster(t *testing.T, o clusterOptions) *cluster {
 	for _, n := range []*node{c.a, c.b} {
 		n.socket = filepath.Join(dir, n.name+".sock")
 		n.disk = filepath.Join(dir, n.name+".img")
-		MakeFile(t, n.disk, o.size, nil)
+		if n == c.a && o.diskA != "" {
+			n.disk = o.diskA
+		} else {
+			MakeFile(t, n.disk, o.size, nil)
+		}
 		MustRun(t, 30*time.Second, Binary(), "create-md", "--disk", n.disk, "--node-id", fmt.Sprint(n.id))
 		extra := o.yaml
 		if n == c.b && o.yamlB != "" {
 			extra = o.yamlB
 		}
 		n.config = filepath.Join(dir, n.name+".yaml")
-		writeResourceFile(t, n.config, peerA, peerB, c.a.nbdPort, c.b.nbdPort, extra)
+		writeResourceFile(t, n.config, peerA, peerB, c.a.nbdPort, c.b.nbdPort, c.a.disk, extra)
 		n.start()
 	}
 	c.a.up()
@@ -102,21 +109,21 @@ func newCluster(t *testing.T, o clusterOptions) *cluster {
 	return c
 }
 
-func writeResourceFile(t *testing.T, path string, peerA, peerB, nbdA, nbdB int, extra string) {
+func writeResourceFile(t *testing.T, path string, peerA, peerB, nbdA, nbdB int, diskA, extra string) {
 	t.Helper()
 	y := fmt.Sprintf(`resource: r0
 nodes:
   - name: a
     node-id: 0
     address: 127.0.0.1:%d
-    disk: a.img
+    disk: %s
     nbd-listen: 127.0.0.1:%d
   - name: b
     node-id: 1
     address: 127.0.0.1:%d
     disk: b.img
     nbd-listen: 127.0.0.1:%d
-`, peerA, nbdA, peerB, nbdB)
+`, peerA, diskA, nbdA, peerB, nbdB)
 	if !strings.Contains(extra, "net:") {
 		extra += "\nnet:\n  ping-interval: 1s\n  ping-timeout: 5s\n  connect-timeout: 5s\n"
 	}

@@ -1,0 +1,85 @@
+package e2e
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+// faultyDisk serves a file through nbdkit's error filter and exposes it as
+// a plain file with nbdfuse: while the file inject exists, every read and
+// write of it fails with EIO, as a dying disk's would.
+func faultyDisk(t *testing.T, dir string, size int64) (path, inject string) {
+	t.Helper()
+	RequireTools(t, "nbdkit", "nbdfuse", "fusermount3")
+	img := filepath.Join(dir, "faulty.img")
+	MakeFile(t, img, size, nil)
+	inject = filepath.Join(dir, "inject")
+	sock := filepath.Join(dir, "nbdkit.sock")
+	StartProcess(t, "nbdkit", "-f", "-U", sock, "--filter=error", "file", img,
+		"error=EIO", "error-rate=100%", "error-file="+inject)
+	WaitPort(t, "unix", sock, 10*time.Second)
+	mnt := filepath.Join(dir, "fuse")
+	if err := os.Mkdir(mnt, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	pidfile := filepath.Join(dir, "nbdfuse.pid")
+	fuse := StartProcess(t, "nbdfuse", "-P", pidfile, mnt, "nbd+unix:///?socket="+sock)
+	t.Cleanup(func() { Run(t, time.Minute, "fusermount3", "-u", mnt) })
+	WaitFor(t, 30*time.Second, "nbdfuse to be ready", func() bool {
+		select {
+		case <-fuse.Done():
+			t.Fatalf("nbdfuse exited:\n%s", fuse.Output())
+		default:
+		}
+		return fileExists(pidfile)
+	})
+	return filepath.Join(mnt, "nbd"), inject
+}
+
+// The Primary's disk starts failing: with on-io-error detach it goes
+// Diskless and keeps serving, writes going to the peer's disk only and
+// reads coming from the peer.
+func TestReplicationLocalIOErrorDetach(t *testing.T) {
+	RequireTools(t, "qemu-io")
+	dir := t.TempDir()
+	disk, inject := faultyDisk(t, dir, 64<<20)
+	c := newCluster(t, clusterOptions{diskA: disk, yaml: "disk:\n  on-io-error: detach\n"})
+	c.a.qemuIO("write -P 0x11 0 1M")
+	c.compare()
+
+	if err := os.WriteFile(inject, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c.a.qemuIO("write -P 0x22 2M 1M")
+	st := c.a.wait("the disk detached", 30*time.Second, func(s nodeStatus) bool { return s.Disk == "Diskless" })
+	if st.Role != "Primary" || st.Conn != "Connected" {
+		t.Fatalf("after the disk failed: %+v", st)
+	}
+	// Reads now come from the peer; writes go there.
+	c.a.qemuIO("read -P 0x11 0 1M", "read -P 0x22 2M 1M", "write -P 0x33 4M 64k", "read -P 0x33 4M 64k")
+	b := c.b.data(8 << 20)
+	if !bytes.Equal(b[2<<20:3<<20], bytes.Repeat([]byte{0x22}, 1<<20)) || !bytes.Equal(b[4<<20:4<<20+65536], bytes.Repeat([]byte{0x33}, 65536)) {
+		t.Fatal("the peer's disk lacks the writes made after the local disk failed")
+	}
+}
+
+// With on-io-error pass-on the error reaches the NBD client instead.
+func TestReplicationLocalIOErrorPassOn(t *testing.T) {
+	RequireTools(t, "qemu-io")
+	dir := t.TempDir()
+	disk, inject := faultyDisk(t, dir, 64<<20)
+	c := newCluster(t, clusterOptions{diskA: disk, yaml: "disk:\n  on-io-error: pass-on\n"})
+	if err := os.WriteFile(inject, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r := Run(t, time.Minute, "qemu-io", "-f", "raw", "-c", "read 0 4k", c.a.uri())
+	if r.ExitCode == 0 && !bytes.Contains([]byte(r.Stdout+r.Stderr), []byte("Input/output error")) {
+		t.Fatalf("a read from a failing disk succeeded with pass-on:\n%s%s", r.Stdout, r.Stderr)
+	}
+	if st := c.a.status(); st.Disk != "UpToDate" {
+		t.Fatalf("pass-on detached the disk: %+v", st)
+	}
+}
