@@ -10,6 +10,8 @@
 #   JOBS      space-separated job names to run (default: all four)
 #   BENCH_DIR where the backing file goes (default /dev/shm)
 #   OUT       also write the table to this file
+#   REPLICATED=0  leave out the replicated resource
+#   RESYNC=0      leave out the resync benchmark; RESYNC_SIZE (default 1G)
 #
 # Servers are registered with `bench_server NAME URI` after being started;
 # to add one (e.g. a replicated resource), start it in start_servers and
@@ -40,7 +42,7 @@ cleanup() {
 	for pid in "${PIDS[@]}"; do
 		wait "$pid" 2>/dev/null || true
 	done
-	rm -rf "$WORK" "$IMG" "$RA" "$RB"
+	rm -rf "$WORK" "$IMG" "$RA" "$RB" "$BENCH_DIR"/rbd-nbd-rs.$$.*
 }
 trap cleanup EXIT
 
@@ -156,6 +158,73 @@ stonewall
 EOF
 }
 
+# bench_resync times a full resync of RESYNC_SIZE (default 1 GiB) of random
+# data between two daemons on this machine, and nbdcopy copying the same
+# bytes between two nbdkit file exports over loopback, in the same run.
+bench_resync() {
+	local size=${RESYNC_SIZE:-1G} src="$BENCH_DIR/rbd-nbd-rs.$$.src" pa pb na nb t0 t1 rs nc
+	RSA="$BENCH_DIR/rbd-nbd-rs.$$.a.img"; RSB="$BENCH_DIR/rbd-nbd-rs.$$.b.img"
+	head -c "$size" /dev/urandom >"$src"
+	cp "$src" "$RSA"
+	truncate -s "+1M" "$RSA" # room for the meta-data after the data
+	truncate -s "$(stat -c %s "$RSA")" "$RSB"
+	./bin/rbd-nbd create-md --disk "$RSA" --node-id 0 --force >/dev/null
+	./bin/rbd-nbd create-md --disk "$RSB" --node-id 1 --force >/dev/null
+	pa=$(free_port); pb=$(free_port); na=$(free_port); nb=$(free_port)
+	printf '%s\n' "resource: rs" "nodes:" \
+		"  - {name: a, node-id: 0, address: \"127.0.0.1:$pa\", disk: \"$RSA\", nbd-listen: \"127.0.0.1:$na\"}" \
+		"  - {name: b, node-id: 1, address: \"127.0.0.1:$pb\", disk: \"$RSB\", nbd-listen: \"127.0.0.1:$nb\"}" >"$WORK/rs.yaml"
+	local n pids=()
+	for n in a b; do
+		./bin/rbd-nbd daemon --socket "$WORK/rs-$n.sock" --state-dir none --log-level warn 2>"$WORK/rs-$n.log" &
+		pids+=($!)
+		PIDS+=($!)
+	done
+	for n in a b; do
+		for _ in $(seq 100); do [ -S "$WORK/rs-$n.sock" ] && break; sleep 0.05; done
+		./bin/rbd-nbd --socket "$WORK/rs-$n.sock" up -c "$WORK/rs.yaml" --node "$n"
+	done
+	for _ in $(seq 100); do
+		./bin/rbd-nbd --socket "$WORK/rs-a.sock" status rs | grep -q connection:Connected && break
+		sleep 0.05
+	done
+	t0=$(date +%s.%N)
+	./bin/rbd-nbd --socket "$WORK/rs-a.sock" primary rs --force
+	./bin/rbd-nbd --socket "$WORK/rs-a.sock" wait-sync rs 2>/dev/null
+	t1=$(date +%s.%N)
+	rs=$(python3 -c "print($t1 - $t0)")
+	kill "${pids[@]}" 2>/dev/null || true
+	wait "${pids[@]}" 2>/dev/null || true
+	rm -f "$RSA" "$RSB"
+
+	local px py dst="$BENCH_DIR/rbd-nbd-rs.$$.dst"
+	truncate -s "$size" "$dst"
+	px=$(free_port); py=$(free_port)
+	nbdkit -f -i 127.0.0.1 -p "$px" file "$src" 2>/dev/null &
+	pids=($!); PIDS+=($!)
+	nbdkit -f -i 127.0.0.1 -p "$py" file "$dst" 2>/dev/null &
+	pids+=($!); PIDS+=($!)
+	wait_port "$px"; wait_port "$py"
+	t0=$(date +%s.%N)
+	nbdcopy "nbd://127.0.0.1:$px/" "nbd://127.0.0.1:$py/"
+	t1=$(date +%s.%N)
+	nc=$(python3 -c "print($t1 - $t0)")
+	kill "${pids[@]}" 2>/dev/null || true
+	wait "${pids[@]}" 2>/dev/null || true
+	rm -f "$src" "$dst"
+	python3 - "$size" "$rs" "$nc" <<'PY' | tee -a "${OUT:-/dev/null}"
+import sys
+size, rs, nc = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
+mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+n = int(size[:-1]) * mult[size[-1]] if size[-1] in mult else int(size)
+print()
+print(f"| copy of {size} of random data | seconds | MB/s | ratio to nbdcopy |")
+print("|---|---:|---:|---:|")
+print(f"| nbdcopy between two nbdkit file exports | {nc:.2f} | {n/nc/1e6:.0f} | 1.00x |")
+print(f"| rbd-nbd full resync (primary --force to in sync) | {rs:.2f} | {n/rs/1e6:.0f} | {nc/rs:.2f}x |")
+PY
+}
+
 echo "building rbd-nbd" >&2
 $GO build -o bin/rbd-nbd ./cmd/rbd-nbd
 truncate -s 256M "$IMG"
@@ -211,3 +280,9 @@ for job in jobs:
         print(f"| {job} | {name} | {med(iops)/1e3:.1f}k{spread} | {med(x['bw'] for x in res[i]):.0f} "
               f"| {med(x['lat'] for x in res[i]):.0f} | {ratio:.2f}x |")
 EOF
+
+if [ "${RESYNC:-1}" = 1 ]; then
+	command -v nbdcopy >/dev/null || { echo "bench: nbdcopy is not installed (make deps)" >&2; exit 1; }
+	echo "resync benchmark" >&2
+	bench_resync
+fi
