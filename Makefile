@@ -25,12 +25,19 @@ deps:
 # Every test: unit, fuzz seed corpora, end-to-end with real clients.
 test: deps build
 	$(GO) test $(GOFLAGS_T) -timeout $(TIMEOUT) ./...
+	$(MAKE) e2e-vm
 
 unit: build
 	$(GO) test $(GOFLAGS_T) -short ./...
 
 e2e: deps build
 	$(GO) test $(GOFLAGS_T) -timeout $(TIMEOUT) ./e2e/...
+
+# Real /dev/nbdX: Debian's stock cloud kernel under qemu (TCG), with
+# rbd-nbd attach, Debian's nbd-client and a server restart under a mounted
+# file system (e2e/vm/run.sh; docs/kernel-attach.md).
+e2e-vm: deps build-static
+	RBD_NBD_BIN=bin/rbd-nbd-static ./e2e/vm/run.sh
 
 bench: deps build
 	./scripts/bench.sh

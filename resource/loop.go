@@ -31,6 +31,7 @@ func (r *Resource) shutdownLoop() {
 		r.connect = nil
 	}
 	r.stopSync()
+	r.stopWatchingAttached()
 }
 
 // post queues fn for the loop; false when the loop is gone.
@@ -132,6 +133,11 @@ func (r *Resource) publishStatus() {
 	st.CurrentUUID = r.m.Meta().UUIDs.Current
 	r.writable.Store(st.Role == RolePrimary)
 	r.status.Store(st)
+	if st.Role == RolePrimary {
+		r.watchAttached()
+	} else {
+		r.stopWatchingAttached()
+	}
 	if old.Role != st.Role || old.Disk != st.Disk || old.Conn != st.Conn || old.PeerRole != st.PeerRole ||
 		old.PeerDisk != st.PeerDisk || old.CurrentUUID != st.CurrentUUID {
 		r.log.Info("state", zap.Stringer("role", st.Role), zap.Stringer("disk", st.Disk), zap.Stringer("conn", st.Conn),

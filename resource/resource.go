@@ -103,8 +103,9 @@ type Resource struct {
 	syncCancel     context.CancelFunc // loop: running resync source or target
 	target         *targetState       // loop, also read by Serve under targetMu
 	targetMu       sync.Mutex
-	targetSet      chan struct{} // closed when target is set (targetMu)
-	promoteWait    chan error    // loop: a promotion waiting for the peer
+	targetSet      chan struct{}      // closed when target is set (targetMu)
+	promoteWait    chan error         // loop: a promotion waiting for the peer
+	reattachCancel context.CancelFunc // loop: the kernel device watch (reattach.go)
 
 	// NBD.
 	nbd      *nbdserver.Server

@@ -80,6 +80,9 @@ func newRootCmd() *cobra.Command {
 		newCreateMDCmd(g),
 		newDumpMDCmd(g),
 		newWipeMDCmd(g),
+		newAttachCmd(g),
+		newDetachCmd(g),
+		newListMappedCmd(g),
 	)
 	root.AddCommand(resourceCmds(g)...)
 	return root

@@ -67,6 +67,7 @@ by its --export name or by the default name "".`,
 	f.IntVar(&o.maxInFlight, "max-in-flight", 0, "requests run at once per connection (0: default 128)")
 	f.DurationVar(&o.shutdownTimeout, "shutdown-timeout", 10*time.Second, "how long a graceful shutdown may take before connections are cut")
 	cobra.CheckErr(cmd.MarkFlagRequired("disk"))
+	addServeReattach(cmd, o, g)
 	return cmd
 }
 

@@ -1,0 +1,315 @@
+package attach
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func TestConfigValidate(t *testing.T) {
+	good := DefaultConfig()
+	good.Export = ExportInfo{Name: "e", Size: 1 << 20, MinBlock: 512}
+	if err := good.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		mod  func(*Config)
+		has  string
+	}{
+		{"index", func(c *Config) { c.Index = -2 }, "index"},
+		{"block size not a power of two", func(c *Config) { c.BlockSize = 3000 }, "block size"},
+		{"block size over a page", func(c *Config) { c.BlockSize = 8192 }, "block size"},
+		{"block size under 512", func(c *Config) { c.BlockSize = 256 }, "block size"},
+		{"export needs larger blocks", func(c *Config) { c.Export.MinBlock = 8192 }, "at least 8192"},
+		{"export under a block", func(c *Config) { c.Export.Size = 100 }, "smaller than one block"},
+		{"negative timeout", func(c *Config) { c.DeadConnTimeout = -time.Second }, "negative"},
+		{"identifier too long", func(c *Config) { c.Identifier = strings.Repeat("x", 2000) }, "identifier"},
+		{"method", func(c *Config) { c.Method = 9 }, "method"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := good
+			tc.mod(&c)
+			err := c.Validate()
+			if err == nil || !strings.Contains(err.Error(), tc.has) {
+				t.Fatalf("Validate() = %v, want an error about %q", err, tc.has)
+			}
+		})
+	}
+}
+
+func TestServerFlags(t *testing.T) {
+	c := DefaultConfig()
+	c.Export.Flags = FlagHasFlags | FlagSendFlush | FlagSendFUA
+	if got := c.serverFlags(); got != uint64(c.Export.Flags) {
+		t.Fatalf("flags %#x", got)
+	}
+	c.ReadOnly = true
+	if got := c.serverFlags(); got&uint64(FlagReadOnly) == 0 {
+		t.Fatalf("read-only attach without NBD_FLAG_READ_ONLY: %#x", got)
+	}
+}
+
+func TestChooseMethod(t *testing.T) {
+	ctx := context.Background()
+	missing := func() (*nlConn, error) { return nil, ErrNoNetlink }
+	broken := errors.New("netlink socket refused")
+	failing := func() (*nlConn, error) { return nil, broken }
+	present := func() (*nlConn, error) { return &nlConn{}, nil }
+	noDial := func() (*nlConn, error) { t.Fatal("ioctl method dialed netlink"); return nil, nil }
+
+	for _, tc := range []struct {
+		name string
+		m    Method
+		dial func() (*nlConn, error)
+		want Method
+		err  error
+	}{
+		{"auto with family", MethodAuto, present, MethodNetlink, nil},
+		{"auto without family falls back", MethodAuto, missing, MethodIoctl, nil},
+		{"auto with a broken socket fails", MethodAuto, failing, 0, broken},
+		{"netlink without family fails", MethodNetlink, missing, 0, ErrNoNetlink},
+		{"netlink with family", MethodNetlink, present, MethodNetlink, nil},
+		{"ioctl never asks netlink", MethodIoctl, noDial, MethodIoctl, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m, nl, err := chooseMethod(ctx, tc.m, tc.dial)
+			if !errors.Is(err, tc.err) || (err == nil && m != tc.want) {
+				t.Fatalf("chooseMethod = %v, %v; want %v, %v", m, err, tc.want, tc.err)
+			}
+			if (m == MethodNetlink) != (nl != nil) && err == nil {
+				t.Fatalf("method %v with netlink conn %v", m, nl)
+			}
+		})
+	}
+}
+
+func TestParseMethod(t *testing.T) {
+	for _, m := range []Method{MethodAuto, MethodNetlink, MethodIoctl} {
+		if got, err := ParseMethod(m.String()); err != nil || got != m {
+			t.Errorf("ParseMethod(%q) = %v, %v", m.String(), got, err)
+		}
+	}
+	if _, err := ParseMethod("ioctls"); err == nil {
+		t.Error("ParseMethod accepted ioctls")
+	}
+}
+
+func TestParseDevice(t *testing.T) {
+	for in, want := range map[string]int{"/dev/nbd0": 0, "nbd12": 12, "3": 3} {
+		if got, err := ParseDevice(in); err != nil || got != want {
+			t.Errorf("ParseDevice(%q) = %d, %v", in, got, err)
+		}
+	}
+	for _, in := range []string{"", "/dev/sda", "/dev/nbd", "nbd-1", "nbd01", "/dev/nbd1p1", "nbd99999999"} {
+		if _, err := ParseDevice(in); err == nil {
+			t.Errorf("ParseDevice(%q) succeeded", in)
+		}
+	}
+	if DevicePath(4) != "/dev/nbd4" {
+		t.Error(DevicePath(4))
+	}
+}
+
+func TestSeconds(t *testing.T) {
+	for d, want := range map[time.Duration]uint64{0: 0, time.Second: 1, 1500 * time.Millisecond: 2, time.Nanosecond: 1, time.Minute: 60} {
+		if got := seconds(d); got != want {
+			t.Errorf("seconds(%v) = %d, want %d", d, got, want)
+		}
+	}
+}
+
+func TestCompatible(t *testing.T) {
+	rw := ExportInfo{Name: "e", Size: 1<<20 + 100, Flags: FlagHasFlags}
+	if err := compatible(rw, 1<<20, false); err != nil {
+		t.Fatalf("same export, rounded device size: %v", err)
+	}
+	for _, tc := range []struct {
+		name  string
+		info  ExportInfo
+		size  int64
+		devRO bool
+	}{
+		{"smaller", ExportInfo{Size: 1 << 19}, 1 << 20, false},
+		{"larger", ExportInfo{Size: 2 << 20}, 1 << 20, false},
+		{"read-only under writable", ExportInfo{Size: 1 << 20, Flags: FlagReadOnly}, 1 << 20, false},
+	} {
+		if err := compatible(tc.info, tc.size, tc.devRO); !errors.Is(err, ErrMismatch) {
+			t.Errorf("%s: err = %v, want ErrMismatch", tc.name, err)
+		}
+	}
+	if err := compatible(ExportInfo{Size: 1 << 20, Flags: FlagReadOnly}, 1<<20, true); err != nil {
+		t.Errorf("read-only under read-only: %v", err)
+	}
+}
+
+// fakeSys lays out /sys/block/nbdN files under a temporary root.
+func fakeSys(t *testing.T, files map[string]string, dirs ...string) string {
+	t.Helper()
+	root := t.TempDir()
+	for _, d := range dirs {
+		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for name, content := range files {
+		p := filepath.Join(root, name)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return root
+}
+
+func TestSysfs(t *testing.T) {
+	root := fakeSys(t, map[string]string{
+		"nbd0/backend": "rbd-nbd:disk0@127.0.0.1:10809\n",
+		"nbd0/pid":     "1234\n",
+		"nbd0/size":    "131072\n",
+		"nbd0/ro":      "0\n",
+		"nbd10/size":   "0\n",
+		"sda/size":     "100\n",
+	}, "nbd0/mq/0", "nbd0/mq/1", "nbd2", "nbd10")
+	d := sysDevice{root, 0}
+	if d.backend() != "rbd-nbd:disk0@127.0.0.1:10809" || d.pid() != 1234 || d.size() != 64<<20 || d.readOnly() || d.connections() != 2 || !d.exists() {
+		t.Fatalf("nbd0: backend %q pid %d size %d ro %v conns %d", d.backend(), d.pid(), d.size(), d.readOnly(), d.connections())
+	}
+	idle := sysDevice{root, 10}
+	if idle.backend() != "" || idle.pid() != 0 || idle.size() != 0 || idle.connections() != 0 {
+		t.Fatal("an idle device looks connected")
+	}
+	if (sysDevice{root, 7}).exists() {
+		t.Fatal("nbd7 exists")
+	}
+	got, err := listSysDevices(root)
+	if err != nil || len(got) != 3 || got[0] != 0 || got[1] != 2 || got[2] != 10 {
+		t.Fatalf("listSysDevices = %v, %v", got, err)
+	}
+	if got, err := listSysDevices(filepath.Join(root, "missing")); err != nil || len(got) != 0 {
+		t.Fatalf("missing root: %v, %v", got, err)
+	}
+}
+
+func TestWaitReleased(t *testing.T) {
+	root := fakeSys(t, map[string]string{"nbd1/pid": "99"})
+	sd := sysDevice{root, 1}
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if err := waitReleased(ctx, sd); !errors.Is(err, ErrStillHeld) {
+		t.Fatalf("held device: err = %v, want ErrStillHeld", err)
+	}
+	if err := os.Remove(sd.path("pid")); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel = context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := waitReleased(ctx, sd); err != nil {
+		t.Fatalf("released device: %v", err)
+	}
+}
+
+func TestIoctlAttachNoDevices(t *testing.T) {
+	root := fakeSys(t, nil)
+	if _, err := ioctlAttach(context.Background(), root, -1, connectParams{blockSize: 4096}); !errors.Is(err, ErrNoModule) {
+		t.Fatalf("err = %v, want ErrNoModule", err)
+	}
+	busy := fakeSys(t, map[string]string{"nbd0/pid": "1", "nbd1/pid": "2"})
+	if _, err := ioctlAttach(context.Background(), busy, -1, connectParams{blockSize: 4096}); !errors.Is(err, ErrNoFreeDevice) {
+		t.Fatalf("err = %v, want ErrNoFreeDevice", err)
+	}
+}
+
+// On machines without the nbd module (like the project's), Attach must
+// say so plainly, and close the connections it was given.
+func TestAttachWithoutModule(t *testing.T) {
+	if _, err := os.Stat("/sys/module/nbd"); err == nil {
+		t.Skip("this kernel has the nbd module; the VM harness (make e2e-vm) tests attaching")
+	}
+	a, b := net.Pipe()
+	defer b.Close()
+	cfg := DefaultConfig()
+	cfg.Export = ExportInfo{Name: "e", Size: 1 << 20, Flags: FlagHasFlags}
+	conn := &trackedConn{Conn: a}
+	_, err := Attach(context.Background(), cfg, []net.Conn{conn})
+	if err == nil {
+		t.Fatal("Attach succeeded without an nbd module")
+	}
+	if !conn.closed {
+		t.Fatal("Attach left its connection open")
+	}
+	l, lerr := net.Listen("tcp", "127.0.0.1:0")
+	if lerr != nil {
+		t.Fatal(lerr)
+	}
+	defer l.Close()
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		if c, err := l.Accept(); err == nil {
+			io.Copy(io.Discard, c) // until Attach closes its end
+			c.Close()
+		}
+	}()
+	defer func() { <-served }()
+	tc, derr := net.Dial("tcp", l.Addr().String())
+	if derr != nil {
+		t.Fatal(derr)
+	}
+	_, err = Attach(context.Background(), cfg, []net.Conn{tc})
+	if !errors.Is(err, ErrNoModule) {
+		t.Fatalf("err = %v, want ErrNoModule", err)
+	}
+	if _, err := Available(context.Background()); !errors.Is(err, ErrNoModule) {
+		t.Fatalf("Available: err = %v, want ErrNoModule", err)
+	}
+}
+
+type trackedConn struct {
+	net.Conn
+	closed bool
+}
+
+func (c *trackedConn) Close() error { c.closed = true; return c.Conn.Close() }
+
+func TestReattachConfigRequired(t *testing.T) {
+	if _, err := Reattach(context.Background(), ReattachConfig{}); err == nil {
+		t.Fatal("Reattach without Match and Connect succeeded")
+	}
+	if err := Watch(context.Background(), ReattachConfig{Match: func(string) bool { return true }}); err == nil {
+		t.Fatal("Watch without Connect succeeded")
+	}
+}
+
+func TestAttachRejects(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.Export = ExportInfo{Name: "e", Size: 1 << 20, Flags: FlagHasFlags} // no CAN_MULTI_CONN
+	a1, b1 := net.Pipe()
+	a2, b2 := net.Pipe()
+	defer b1.Close()
+	defer b2.Close()
+	if _, err := Attach(context.Background(), cfg, []net.Conn{a1, a2}); err == nil || !strings.Contains(err.Error(), "multiple connections") {
+		t.Fatalf("two connections without CAN_MULTI_CONN: %v", err)
+	}
+	if _, err := Attach(context.Background(), cfg, nil); err == nil {
+		t.Fatal("no connections accepted")
+	}
+	cfg.Export.Flags |= FlagCanMultiConn
+	p1, q1 := net.Pipe()
+	defer q1.Close()
+	if _, err := Attach(context.Background(), cfg, []net.Conn{p1}); err == nil || !strings.Contains(err.Error(), "not a socket") {
+		t.Fatalf("a net.Pipe end was accepted as a socket: %v", err)
+	}
+}

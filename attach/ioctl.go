@@ -1,0 +1,185 @@
+package attach
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"runtime"
+	"time"
+
+	"github.com/pojntfx/go-nbd/pkg/ioctl"
+	"golang.org/x/sys/unix"
+)
+
+// Ioctl requests (include/uapi/linux/nbd.h, all _IO(0xab, nr)). go-nbd's
+// ioctl package has most of them; NBD_SET_FLAGS it lacks, and without it
+// the kernel never sends FLUSH, FUA or TRIM. (go-nbd's client.Connect does
+// not fit either: it sends no client flags, ignores the transmission
+// flags, and sets a block size of 1 when the server sends none.)
+const (
+	ioctlSetSock       = uintptr(ioctl.NEGOTIATION_IOCTL_SET_SOCK)        // _IO(0xab, 0)
+	ioctlSetBlksize    = uintptr(ioctl.NEGOTIATION_IOCTL_SET_BLOCKSIZE)   // _IO(0xab, 1)
+	ioctlDoIt          = uintptr(ioctl.NEGOTIATION_IOCTL_DO_IT)           // _IO(0xab, 3)
+	ioctlClearSock     = uintptr(ioctl.TRANSMISSION_IOCTL_CLEAR_SOCK)     // _IO(0xab, 4)
+	ioctlSetSizeBlocks = uintptr(ioctl.NEGOTIATION_IOCTL_SET_SIZE_BLOCKS) // _IO(0xab, 7)
+	ioctlDisconnect    = uintptr(ioctl.TRANSMISSION_IOCTL_DISCONNECT)     // _IO(0xab, 8)
+	ioctlSetTimeout    = uintptr(ioctl.NEGOTIATION_IOCTL_SET_TIMEOUT)     // _IO(0xab, 9)
+	ioctlSetFlags      = ioctlSetSock + 10                                // _IO(0xab, 10)
+)
+
+func nbdIoctl(f *os.File, req, arg uintptr) error {
+	if _, _, e := unix.Syscall(unix.SYS_IOCTL, f.Fd(), req, arg); e != 0 {
+		return e
+	}
+	return nil
+}
+
+// ioctlAttach configures a device with ioctls and starts NBD_DO_IT on a
+// goroutine of its own. index < 0 picks the first free device.
+func ioctlAttach(ctx context.Context, root string, index int, p connectParams) (*Device, error) {
+	candidates := []int{index}
+	if index < 0 {
+		all, err := listSysDevices(root)
+		if err != nil {
+			return nil, err
+		}
+		candidates = candidates[:0]
+		for _, i := range all {
+			if (sysDevice{root, i}).pid() == 0 {
+				candidates = append(candidates, i)
+			}
+		}
+		if len(candidates) == 0 {
+			if len(all) == 0 {
+				return nil, ErrNoModule
+			}
+			return nil, ErrNoFreeDevice
+		}
+	}
+	var errs []error
+	for _, i := range candidates {
+		d, err := ioctlAttachOne(ctx, root, i, p)
+		if err == nil {
+			return d, nil
+		}
+		if index >= 0 || !errors.Is(err, unix.EBUSY) {
+			return nil, err
+		}
+		errs = append(errs, err)
+	}
+	return nil, fmt.Errorf("%w: %w", ErrNoFreeDevice, errors.Join(errs...))
+}
+
+func ioctlAttachOne(ctx context.Context, root string, index int, p connectParams) (*Device, error) {
+	f, err := os.OpenFile(DevicePath(index), os.O_RDWR, 0)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("%s: %w", DevicePath(index), ErrNoModule)
+		}
+		return nil, err
+	}
+	steps := []struct {
+		name     string
+		req, arg uintptr
+	}{
+		{"NBD_SET_BLKSIZE", ioctlSetBlksize, uintptr(p.blockSize)},
+		{"NBD_SET_SIZE_BLOCKS", ioctlSetSizeBlocks, uintptr(p.size / p.blockSize)},
+		{"NBD_SET_FLAGS", ioctlSetFlags, uintptr(p.serverFlags)},
+	}
+	if p.timeout > 0 {
+		steps = append(steps, struct {
+			name     string
+			req, arg uintptr
+		}{"NBD_SET_TIMEOUT", ioctlSetTimeout, uintptr(seconds(p.timeout))})
+	}
+	for n, fd := range p.fds {
+		if err := nbdIoctl(f, ioctlSetSock, uintptr(fd)); err != nil {
+			if n > 0 {
+				_ = nbdIoctl(f, ioctlClearSock, 0)
+			}
+			f.Close()
+			return nil, fmt.Errorf("%s: NBD_SET_SOCK: %w", DevicePath(index), err)
+		}
+	}
+	for _, s := range steps {
+		if err := nbdIoctl(f, s.req, s.arg); err != nil {
+			_ = nbdIoctl(f, ioctlClearSock, 0)
+			f.Close()
+			return nil, fmt.Errorf("%s: %s: %w", DevicePath(index), s.name, err)
+		}
+	}
+	d := &Device{Index: index, Method: MethodIoctl, done: make(chan struct{})}
+	go d.doIt(f)
+	if err := waitConnected(ctx, sysDevice{root, index}, d.done); err != nil {
+		_ = nbdIoctl(f, ioctlDisconnect, 0)
+		<-d.done
+		if d.err != nil {
+			return nil, fmt.Errorf("%s: NBD_DO_IT: %w", DevicePath(index), d.err)
+		}
+		return nil, fmt.Errorf("%s: %w", DevicePath(index), err)
+	}
+	return d, nil
+}
+
+// doIt runs NBD_DO_IT, which returns only once the device is disconnected.
+// Its thread blocks every signal: a signal interrupting the ioctl would
+// make the kernel tear the device down.
+func (d *Device) doIt(f *os.File) {
+	defer close(d.done)
+	defer f.Close()
+	// The thread is never unlocked: with its signal mask changed it must
+	// not run other goroutines, so it exits with this one.
+	runtime.LockOSThread()
+	all := unix.Sigset_t{}
+	for i := range all.Val {
+		all.Val[i] = ^all.Val[i]
+	}
+	if err := unix.PthreadSigmask(unix.SIG_BLOCK, &all, nil); err != nil {
+		d.err = fmt.Errorf("blocking signals: %w", err)
+		_ = nbdIoctl(f, ioctlClearSock, 0)
+		return
+	}
+	err := nbdIoctl(f, ioctlDoIt, 0)
+	_ = nbdIoctl(f, ioctlClearSock, 0)
+	d.err = err
+}
+
+// waitConnected waits until the device shows the pid of its connecting
+// task (the driver creates /sys/block/nbdN/pid when it starts it), until
+// NBD_DO_IT returned (done), or until ctx ends.
+func waitConnected(ctx context.Context, sd sysDevice, done <-chan struct{}) error {
+	delay := time.Millisecond
+	t := time.NewTimer(0)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-done:
+			return errors.New("NBD_DO_IT returned before the device came up")
+		case <-t.C:
+		}
+		if sd.pid() != 0 && sd.size() > 0 {
+			return nil
+		}
+		delay = min(2*delay, 50*time.Millisecond)
+		t.Reset(delay)
+	}
+}
+
+// ioctlDetach disconnects a device through its ioctls.
+func ioctlDetach(index int) error {
+	f, err := os.OpenFile(DevicePath(index), os.O_RDWR, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := nbdIoctl(f, ioctlDisconnect, 0); err != nil {
+		return fmt.Errorf("%s: NBD_DISCONNECT: %w", DevicePath(index), err)
+	}
+	// Whoever ran NBD_DO_IT clears the sockets too; this covers a holder
+	// that died.
+	_ = nbdIoctl(f, ioctlClearSock, 0)
+	return nil
+}

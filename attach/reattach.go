@@ -1,0 +1,226 @@
+package attach
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// ReattachConfig tells Reattach and Watch which devices are theirs and how
+// to reach their export.
+type ReattachConfig struct {
+	// Match reports whether a device with this backend identifier is
+	// served by the caller. Devices without an identifier never match.
+	Match func(identifier string) bool
+	// Connect opens one connection to the export identifier names,
+	// negotiated to the transmission phase (Dial does that over the
+	// network; a daemon may instead serve one end of a socketpair with
+	// nbdserver.ServeExport and return the other).
+	Connect func(ctx context.Context, identifier string) (net.Conn, ExportInfo, error)
+	// Logger receives what was reconnected and what failed; nil discards.
+	Logger *zap.Logger
+}
+
+func (c ReattachConfig) validate() error {
+	if c.Match == nil || c.Connect == nil {
+		return errors.New("attach: ReattachConfig needs Match and Connect")
+	}
+	return nil
+}
+
+func (c ReattachConfig) log() *zap.Logger {
+	if c.Logger == nil {
+		return zap.NewNop()
+	}
+	return c.Logger
+}
+
+// Reattached reports one device Reattach sent new connections to.
+type Reattached struct {
+	Index      int
+	Identifier string
+	// Sockets is how many fresh connections were offered: one per
+	// connection of the device. The kernel takes those it needs to
+	// replace dead ones and the rest are closed.
+	Sockets int
+}
+
+// Reattach finds every connected device whose backend identifier
+// cfg.Match accepts and sends it, with NBD_CMD_RECONFIGURE, one fresh
+// connection per connection it has; the kernel replaces the dead ones. A
+// device whose connections are all alive is left as it is. Call it when a
+// daemon (re)starts; the device's dead-connection timeout is the time it
+// has. It fails with ErrNoNetlink on kernels without the netlink family
+// (ioctl-attached devices cannot be reconnected), and returns the devices
+// it reached with the errors of those it did not.
+func Reattach(ctx context.Context, cfg ReattachConfig) ([]Reattached, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	nl, err := dialNetlink()
+	if err != nil {
+		return nil, err
+	}
+	defer nl.Close()
+	return reattachAll(ctx, nl, sysBlock, cfg)
+}
+
+func reattachAll(ctx context.Context, nl *nlConn, root string, cfg ReattachConfig) ([]Reattached, error) {
+	ds, err := nl.status(-1)
+	if err != nil {
+		return nil, fmt.Errorf("attach: %w", err)
+	}
+	var done []Reattached
+	var errs []error
+	for _, d := range ds {
+		if !d.connected {
+			continue
+		}
+		r, ok, err := reattachOne(ctx, nl, sysDevice{root, d.index}, cfg)
+		switch {
+		case err != nil:
+			errs = append(errs, err)
+		case ok:
+			done = append(done, r)
+		}
+	}
+	return done, errors.Join(errs...)
+}
+
+// reattachOne reconnects one device if cfg matches it; ok reports that it
+// did.
+func reattachOne(ctx context.Context, nl *nlConn, sd sysDevice, cfg ReattachConfig) (Reattached, bool, error) {
+	id := sd.backend()
+	if id == "" || !cfg.Match(id) {
+		return Reattached{}, false, nil
+	}
+	log := cfg.log().With(zap.String("device", DevicePath(sd.index)), zap.String("identifier", id))
+	n := max(sd.connections(), 1)
+	conns := make([]net.Conn, 0, n)
+	defer func() { closeAll(conns) }()
+	devSize, devRO := sd.size(), sd.readOnly()
+	for range n {
+		c, info, err := cfg.Connect(ctx, id)
+		if err != nil {
+			log.Warn("cannot reconnect device", zap.Error(err))
+			return Reattached{}, false, fmt.Errorf("%s (%s): %w", DevicePath(sd.index), id, err)
+		}
+		conns = append(conns, c)
+		if err := compatible(info, devSize, devRO); err != nil {
+			log.Error("refusing to reconnect device", zap.Error(err))
+			return Reattached{}, false, fmt.Errorf("%s (%s): %w", DevicePath(sd.index), id, err)
+		}
+	}
+	files, err := socketFiles(conns)
+	if err != nil {
+		return Reattached{}, false, err
+	}
+	defer closeFiles(files)
+	if err := nl.reconfigure(sd.index, id, fds(files)); err != nil {
+		log.Warn("reconfigure failed", zap.Error(err))
+		return Reattached{}, false, fmt.Errorf("attach: %w", err)
+	}
+	log.Info("offered fresh connections to device", zap.Int("sockets", n))
+	return Reattached{Index: sd.index, Identifier: id, Sockets: n}, true, nil
+}
+
+// compatible refuses an export that cannot stand in for the device's old
+// one: another size (the device's size is the export's, rounded down to
+// whole blocks of at most 4096 bytes), or read-only under a writable
+// device.
+func compatible(info ExportInfo, devSize int64, devRO bool) error {
+	if devSize > 0 && (info.Size < devSize || info.Size-devSize >= 4096) {
+		return fmt.Errorf("%w: export %q has %d bytes, the device %d", ErrMismatch, info.Name, info.Size, devSize)
+	}
+	if info.Flags&FlagReadOnly != 0 && !devRO {
+		return fmt.Errorf("%w: export %q is read-only, the device writable", ErrMismatch, info.Name)
+	}
+	return nil
+}
+
+// Watch reattaches like Reattach, then keeps doing so whenever the kernel
+// reports a dead connection (NBD_CMD_LINK_DEAD) on a matching device,
+// until ctx ends; it returns nil then. It subscribes before the first
+// pass, so a connection that dies during it is not missed. Failures to
+// reconnect are logged and retried on the next notification and every
+// retry interval while a matching device has had a failure.
+func Watch(ctx context.Context, cfg ReattachConfig) error {
+	if err := cfg.validate(); err != nil {
+		return err
+	}
+	log := cfg.log()
+	events, err := dialNetlink()
+	if err != nil {
+		return err
+	}
+	defer events.Close()
+	if err := events.joinLinkDead(); err != nil {
+		return err
+	}
+	nl, err := dialNetlink()
+	if err != nil {
+		return err
+	}
+	defer nl.Close()
+
+	type notice struct {
+		indexes []int
+		err     error
+	}
+	notices := make(chan notice, 16)
+	go func() {
+		for {
+			idx, err := events.receiveLinkDead()
+			select {
+			case notices <- notice{idx, err}:
+			case <-ctx.Done():
+				return
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	stop := context.AfterFunc(ctx, func() { _ = events.c.SetReadDeadline(time.Unix(1, 0)) })
+	defer stop()
+
+	const retry = time.Second
+	failing := false
+	pass := func() {
+		done, err := reattachAll(ctx, nl, sysBlock, cfg)
+		for _, r := range done {
+			log.Debug("reattach pass", zap.Int("index", r.Index), zap.Int("sockets", r.Sockets))
+		}
+		failing = err != nil && ctx.Err() == nil
+		if failing {
+			log.Warn("reattach incomplete; retrying", zap.Error(err), zap.Duration("every", retry))
+		}
+	}
+	pass()
+	t := time.NewTimer(retry)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case n := <-notices:
+			if n.err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				return fmt.Errorf("attach: receiving nbd notifications: %w", n.err)
+			}
+			log.Info("kernel reports dead nbd connections", zap.Ints("indexes", n.indexes))
+			pass()
+		case <-t.C:
+			if failing {
+				pass()
+			}
+		}
+		t.Reset(retry)
+	}
+}

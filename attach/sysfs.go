@@ -1,0 +1,125 @@
+package attach
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+)
+
+// sysBlock is where the kernel shows block devices.
+const sysBlock = "/sys/block"
+
+// DevicePath returns /dev/nbdN.
+func DevicePath(index int) string { return "/dev/nbd" + strconv.Itoa(index) }
+
+// ParseDevice accepts /dev/nbdN, nbdN or N and returns N.
+func ParseDevice(s string) (int, error) {
+	t := strings.TrimPrefix(strings.TrimPrefix(s, "/dev/"), "nbd")
+	n, err := strconv.Atoi(t)
+	if err != nil || n < 0 || n > 1<<20 || strconv.Itoa(n) != t {
+		return 0, fmt.Errorf("%q is not an nbd device (want /dev/nbdN, nbdN or N)", s)
+	}
+	return n, nil
+}
+
+// sysDevice reads one device's sysfs attributes under root (/sys/block).
+type sysDevice struct {
+	root  string
+	index int
+}
+
+func (d sysDevice) path(name string) string {
+	return filepath.Join(d.root, "nbd"+strconv.Itoa(d.index), name)
+}
+
+func (d sysDevice) read(name string) (string, error) {
+	b, err := os.ReadFile(d.path(name))
+	if err != nil {
+		return "", err
+	}
+	return strings.TrimSpace(string(b)), nil
+}
+
+// exists reports whether the kernel has the device at all.
+func (d sysDevice) exists() bool {
+	_, err := os.Stat(d.path(""))
+	return err == nil
+}
+
+// backend is the backend identifier; "" when none was set or the device
+// is not connected.
+func (d sysDevice) backend() string {
+	s, err := d.read("backend")
+	if err != nil {
+		return ""
+	}
+	return s
+}
+
+// pid is the process that connected the device; 0 when it is not
+// connected (the file exists only while it is).
+func (d sysDevice) pid() int {
+	s, err := d.read("pid")
+	if err != nil {
+		return 0
+	}
+	n, _ := strconv.Atoi(s)
+	return n
+}
+
+// size is the device's size in bytes.
+func (d sysDevice) size() int64 {
+	s, err := d.read("size")
+	if err != nil {
+		return 0
+	}
+	n, _ := strconv.ParseInt(s, 10, 64)
+	return n * 512
+}
+
+func (d sysDevice) readOnly() bool {
+	s, _ := d.read("ro")
+	return s == "1"
+}
+
+// connections is the device's number of connections: the driver sizes
+// its hardware queues to it, one directory each under mq/.
+func (d sysDevice) connections() int {
+	ents, err := os.ReadDir(d.path("mq"))
+	if err != nil {
+		return 0
+	}
+	n := 0
+	for _, e := range ents {
+		if _, err := strconv.Atoi(e.Name()); err == nil && e.IsDir() {
+			n++
+		}
+	}
+	return n
+}
+
+// listSysDevices returns the indexes of every nbdN under root, sorted.
+func listSysDevices(root string) ([]int, error) {
+	ents, err := os.ReadDir(root)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, nil
+		}
+		return nil, err
+	}
+	var out []int
+	for _, e := range ents {
+		if t, ok := strings.CutPrefix(e.Name(), "nbd"); ok {
+			if n, err := strconv.Atoi(t); err == nil {
+				out = append(out, n)
+			}
+		}
+	}
+	sort.Ints(out)
+	return out, nil
+}

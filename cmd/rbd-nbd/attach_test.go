@@ -1,0 +1,133 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/rbd-nbd/rbd-nbd/attach"
+	"github.com/rbd-nbd/rbd-nbd/disk"
+	"github.com/rbd-nbd/rbd-nbd/nbdserver"
+)
+
+func TestSecondsValue(t *testing.T) {
+	var d time.Duration
+	v := secondsValue{&d}
+	for in, want := range map[string]time.Duration{"30": 30 * time.Second, "0": 0, "1m": time.Minute, "1500ms": 1500 * time.Millisecond} {
+		if err := v.Set(in); err != nil || d != want {
+			t.Errorf("Set(%q) = %v, %v; want %v", in, d, err, want)
+		}
+	}
+	d = 45 * time.Second
+	if v.String() != "45" {
+		t.Errorf("String() = %q", v.String())
+	}
+	for _, bad := range []string{"", "-1", "-2s", "soon"} {
+		if err := v.Set(bad); err == nil {
+			t.Errorf("Set(%q) accepted", bad)
+		}
+	}
+}
+
+func TestResolveAttachTarget(t *testing.T) {
+	g := &globalOptions{}
+	tg, err := resolveAttachTarget(g, "r0", &attachOptions{nbd: "127.0.0.1:10809"})
+	if err != nil || tg != (attachTarget{addr: "127.0.0.1:10809", export: "r0"}) {
+		t.Fatalf("default export: %+v, %v", tg, err)
+	}
+	tg, err = resolveAttachTarget(g, "r0", &attachOptions{nbd: "unix:/s", export: "disk0"})
+	if err != nil || tg.export != "disk0" {
+		t.Fatalf("--export: %+v, %v", tg, err)
+	}
+	if _, err := resolveAttachTarget(g, "r0", &attachOptions{}); err == nil || !strings.Contains(err.Error(), "--nbd") {
+		t.Fatalf("no address: %v", err)
+	}
+}
+
+func TestPrintMapped(t *testing.T) {
+	ms := []attach.Mapped{
+		{Index: 0, Device: "/dev/nbd0", Identifier: "rbd-nbd:disk0@127.0.0.1:10809", Export: "disk0", Addr: "127.0.0.1:10809", PID: 42, Size: 1 << 20, Connections: 2},
+		{Index: 3, Device: "/dev/nbd3", PID: 7, Size: 4096, Connections: 1, ReadOnly: true},
+	}
+	var b bytes.Buffer
+	if err := printMapped(&b, ms, false); err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(b.String()), "\n")
+	if len(lines) != 3 || !strings.Contains(lines[1], `/dev/nbd0  42`) || !strings.Contains(lines[1], `"disk0"`) ||
+		!strings.Contains(lines[2], "yes") || !strings.HasSuffix(lines[2], "-") {
+		t.Fatalf("table:\n%s", b.String())
+	}
+	b.Reset()
+	if err := printMapped(&b, nil, true); err != nil || strings.TrimSpace(b.String()) != "[]" {
+		t.Fatalf("empty JSON %q, %v", b.String(), err)
+	}
+	b.Reset()
+	if err := printMapped(&b, ms[:1], true); err != nil || !strings.Contains(b.String(), `"identifier": "rbd-nbd:disk0@127.0.0.1:10809"`) {
+		t.Fatalf("JSON %q, %v", b.String(), err)
+	}
+}
+
+func TestServeReattachMatch(t *testing.T) {
+	if err := checkReattachListen("127.0.0.1:0"); err == nil {
+		t.Error("an ephemeral port was accepted")
+	}
+	if err := checkReattachListen("unix:/run/x.sock"); err != nil {
+		t.Error(err)
+	}
+	cfg := serveReattachConfig(&serveOptions{listen: "127.0.0.1:10809", export: "disk0"}, zap.NewNop())
+	for id, want := range map[string]bool{
+		"rbd-nbd:disk0@127.0.0.1:10809":     true,
+		"rbd-nbd:disk0@tcp:127.0.0.1:10809": true,
+		"rbd-nbd:disk1@127.0.0.1:10809":     false,
+		"rbd-nbd:disk0@127.0.0.1:10810":     false,
+		"nbd-client:disk0@127.0.0.1:10809":  false,
+		"":                                  false,
+	} {
+		if got := cfg.Match(id); got != want {
+			t.Errorf("Match(%q) = %v, want %v", id, got, want)
+		}
+	}
+}
+
+// The reattach dial waits for the server to listen, then negotiates.
+func TestDialOwnListener(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close() // nobody listens yet: the dial is refused and retried
+	exp := &nbdserver.Export{Name: "disk0", Backend: nbdserver.DeviceBackend(disk.NewMem(1 << 20))}
+	srv := &nbdserver.Server{Lookup: func(string) (*nbdserver.Export, error) { return exp, nil }}
+	defer srv.Close()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	type result struct {
+		info attach.ExportInfo
+		err  error
+	}
+	done := make(chan result, 1)
+	go func() {
+		c, info, err := dialOwnListener(ctx, addr, "disk0")
+		if err == nil {
+			c.Close()
+		}
+		done <- result{info, err}
+	}()
+	l2, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Skipf("port %s taken meanwhile: %v", addr, err)
+	}
+	go srv.Serve(l2)
+	r := <-done
+	if r.err != nil || r.info.Size != 1<<20 {
+		t.Fatalf("dialOwnListener = %+v, %v", r.info, r.err)
+	}
+}

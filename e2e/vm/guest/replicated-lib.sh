@@ -1,0 +1,57 @@
+# Helpers for replicated-resource scenarios: resource r0 on two daemons (node
+# a and node b) on the guest's loopback. Sourced after /guest/lib.sh.
+
+A=$WORK/a.sock
+B=$WORK/b.sock
+NBD_A=127.0.0.1:10821
+NBD_B=127.0.0.1:10822
+
+# r0_setup: disks, meta-data and the resource file (no daemon yet).
+r0_setup() {
+	sparse_file "$WORK/a.img" 96
+	sparse_file "$WORK/b.img" 96
+	rbd-nbd create-md --disk "$WORK/a.img" --node-id 0 >/dev/null
+	rbd-nbd create-md --disk "$WORK/b.img" --node-id 1 >/dev/null
+	cat >"$WORK/r0.yaml" <<YAML
+resource: r0
+nodes:
+  - {name: a, node-id: 0, address: "127.0.0.1:7789", disk: a.img, nbd-listen: "$NBD_A"}
+  - {name: b, node-id: 1, address: "127.0.0.1:7790", disk: b.img, nbd-listen: "$NBD_B"}
+net: {protocol: C, ping-interval: 2s, ping-timeout: 10s, connect-timeout: 10s, timeout: 30s}
+YAML
+}
+
+# sock NODE: the node's control socket.
+sock() { if [ "$1" = a ]; then echo "$A"; else echo "$B"; fi; }
+
+# r0 NODE ARGS...: rbd-nbd against NODE's daemon.
+r0() { _n=$1; shift; rbd-nbd --socket "$(sock "$_n")" "$@"; }
+
+# up NODE: bring r0 up on NODE.
+up() { r0 "$1" up -c "$WORK/r0.yaml" --node "$1"; }
+
+# status_has NODE TEXT: NODE's status line shows TEXT.
+status_has() { r0 "$1" status r0 | grep -q "$2"; }
+
+# in_sync: both nodes Connected and UpToDate.
+in_sync() {
+	for _n in a b; do
+		r0 "$_n" status r0 --json | grep -q '"connection":"Connected"' || return 1
+		r0 "$_n" status r0 --json | grep -q '"disk":"UpToDate"' || return 1
+		r0 "$_n" status r0 --json | grep -q '"peer-disk":"UpToDate"' || return 1
+	done
+}
+
+# r0_start: both daemons up and connected, node a Primary after the initial
+# full sync.
+r0_start() {
+	r0_setup
+	start_daemon a "$A"
+	start_daemon b "$B"
+	up a
+	up b
+	wait_for 60 "the peers to connect" status_has a "connection:Connected"
+	r0 a primary r0 --force
+	r0 a wait-sync r0 --timeout 120s
+	wait_for 60 "the initial sync" in_sync
+}

@@ -1,0 +1,53 @@
+package resource
+
+import (
+	"context"
+	"net"
+
+	"go.uber.org/zap"
+
+	"github.com/rbd-nbd/rbd-nbd/attach"
+)
+
+// While this node is Primary it watches the kernel's nbd devices that were
+// attached to its export (their backend identifier names the export and
+// the NBD address) and reconnects any whose connections died, with
+// NBD_CMD_RECONFIGURE: after the daemon was killed and started again (and
+// restored the resource), a mounted file system on /dev/nbdX sees its I/O
+// resume instead of failing. Without the kernel's nbd netlink family there
+// is nothing to watch, and the watch ends quietly.
+
+// watchAttached starts the watch if it is not running (loop).
+func (r *Resource) watchAttached() {
+	cfg := r.cfg()
+	if cfg.Local.NBDListen == "" || r.reattachCancel != nil {
+		return
+	}
+	ctx, cancel := context.WithCancel(r.loopCtx)
+	r.reattachCancel = cancel
+	export, addr := cfg.Local.Export, cfg.Local.NBDListen
+	log := r.log.Named("reattach")
+	r.goLoop(func() {
+		err := attach.Watch(ctx, attach.ReattachConfig{
+			Match: func(id string) bool {
+				i, err := attach.ParseIdentifier(id)
+				return err == nil && i.Export == export && attach.SameAddr(i.Addr, addr)
+			},
+			Connect: func(ctx context.Context, _ string) (net.Conn, attach.ExportInfo, error) {
+				return attach.Dial(ctx, addr, export)
+			},
+			Logger: log,
+		})
+		if err != nil && ctx.Err() == nil {
+			log.Debug("not watching for kernel devices to reattach", zap.Error(err))
+		}
+	})
+}
+
+// stopWatchingAttached stops the watch (loop).
+func (r *Resource) stopWatchingAttached() {
+	if r.reattachCancel != nil {
+		r.reattachCancel()
+		r.reattachCancel = nil
+	}
+}
