@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 
+	"github.com/rbd-nbd/rbd-nbd/hooks"
 	"github.com/rbd-nbd/rbd-nbd/replicate"
 )
 
@@ -37,10 +38,12 @@ func (r *Resource) admin(ctx context.Context, ev Event) error {
 // the lower one.
 func (r *Resource) Primary(ctx context.Context, force bool) error {
 	var wait chan error
+	fence := false
 	err := r.do(ctx, func() error {
 		if err := r.m.CanPromote(force); err != nil {
 			return err
 		}
+		fence = r.m.Role() != RolePrimary && r.link == nil
 		if r.m.Role() == RolePrimary || r.link == nil || !r.m.Replicating() {
 			return nil
 		}
@@ -54,6 +57,15 @@ func (r *Resource) Primary(ctx context.Context, force bool) error {
 	})
 	if err != nil {
 		return err
+	}
+	if fence && r.hooks != nil {
+		// Taking the Primary role without a peer to ask: the fence-peer
+		// handler must keep the peer from serving (or tell us it is
+		// Primary itself), or the promotion does not happen.
+		res := r.hooks.Run(ctx, hooks.FencePeer, r.hookEnv())
+		if res.Vetoed() {
+			return &StateError{Err: fmt.Errorf("fence-peer refused (%s, exit %d): the peer may be Primary", res.Fence, res.ExitCode), State: r.stateString()}
+		}
 	}
 	if wait != nil {
 		select {

@@ -10,6 +10,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/rbd-nbd/rbd-nbd/config"
+	"github.com/rbd-nbd/rbd-nbd/hooks"
 	"github.com/rbd-nbd/rbd-nbd/nbdserver"
 	"github.com/rbd-nbd/rbd-nbd/replicate"
 )
@@ -205,6 +206,9 @@ func (r *Resource) localError(err error) bool {
 	}
 	if r.diskFailed.CompareAndSwap(false, true) {
 		r.log.Error("local disk failed; detaching", zap.Error(err))
+		if r.cfg().Disk.OnIOError == config.OnIOErrorCallHandler && r.hooks != nil {
+			r.hooks.RunAsync(r.loopCtx, hooks.LocalIOError, r.hookEnv().With(hooks.EnvIOError, err.Error()))
+		}
 		r.post(func() { r.step(EvLocalIOError{Err: err}) })
 	}
 	return true
@@ -287,10 +291,14 @@ func (r *Resource) write(req replicate.Request, do func() error) error {
 	alDone := func() {}
 	if !r.diskFailed.Load() {
 		d, err := r.al.Begin(context.Background(), off, n)
-		if err != nil {
+		switch {
+		case err == nil:
+			alDone = d
+		case !r.localError(err):
+			// The meta-data lives on the local disk too: an activity-log
+			// write that fails is the local disk failing.
 			return fmt.Errorf("activity log: %w", err)
 		}
-		alDone = d
 	}
 	// 2. Order against overlapping writes and resync chunks.
 	h := r.locks.Lock(off, n)

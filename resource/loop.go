@@ -195,6 +195,8 @@ func (r *Resource) exec(a Action) {
 		r.log.Warn("local disk detached: I/O goes to the peer")
 	case ActRunHook:
 		r.runHook(hooks.Name(a.Name))
+	case ActFencePeer:
+		r.fencePeer()
 	case ActSplitBrain:
 		if a.Resolved {
 			r.log.Warn("split brain detected and resolved", zap.String("how", a.Reason))
@@ -221,6 +223,26 @@ func (r *Resource) hookEnv() hooks.Env {
 		With(hooks.EnvPeerDiskState, st.PeerDisk.String()).
 		With(hooks.EnvPeerRole, st.PeerRole.String()).
 		With(hooks.EnvConnState, st.Conn.String())
+}
+
+// fencePeer runs fence-peer in the background after this Primary lost its
+// peer: writes go on meanwhile (they are in the bitmap either way); a
+// result saying the peer is outdated or fenced is remembered (peer-outdated)
+// until the peer is UpToDate again, when unfence-peer runs.
+func (r *Resource) fencePeer() {
+	if r.hooks == nil {
+		return
+	}
+	env := r.hookEnv()
+	r.goLoop(func() {
+		res := r.hooks.Run(r.loopCtx, hooks.FencePeer, env)
+		switch res.Fence {
+		case hooks.FencePeerOutdated, hooks.FencePeerFenced:
+			r.post(func() { r.step(EvPeerFenced{}) })
+		case hooks.FencePeerPrimary:
+			r.log.Error("fence-peer says the peer is Primary: split brain ahead", zap.Int("exit", res.ExitCode))
+		}
+	})
 }
 
 // runHook runs a handler that does not block its action.

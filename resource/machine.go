@@ -104,6 +104,8 @@ type (
 	EvInvalidateRemote struct{ ResetBitmap bool }
 	// EvLocalIOError: the local disk failed an I/O.
 	EvLocalIOError struct{ Err error }
+	// EvPeerFenced: fence-peer reported the peer outdated or fenced.
+	EvPeerFenced struct{}
 )
 
 func (EvAttach) isEvent()             {}
@@ -124,6 +126,7 @@ func (EvPeerNewUUID) isEvent()        {}
 func (EvInvalidate) isEvent()         {}
 func (EvInvalidateRemote) isEvent()   {}
 func (EvLocalIOError) isEvent()       {}
+func (EvPeerFenced) isEvent()         {}
 
 // Output actions.
 type (
@@ -166,6 +169,9 @@ type (
 	ActDetachDisk struct{}
 	// ActRunHook: run a user-space handler.
 	ActRunHook struct{ Name string }
+	// ActFencePeer: run the fence-peer handler; a result saying the peer is
+	// outdated or fenced comes back as EvPeerFenced.
+	ActFencePeer struct{}
 	// ActSplitBrain: split brain was detected; Resolved tells whether a
 	// policy resolved it.
 	ActSplitBrain struct {
@@ -189,6 +195,7 @@ func (ActSendNewUUID) isAction()      {}
 func (ActDetachDisk) isAction()       {}
 func (ActRunHook) isAction()          {}
 func (ActSplitBrain) isAction()       {}
+func (ActFencePeer) isAction()        {}
 
 // Errors the machine returns for refused administrative requests. They
 // wrap into *StateError, which names the current state.
@@ -362,6 +369,12 @@ func (m *Machine) Step(ev Event) ([]Action, error) {
 		return m.invalidateRemote(e)
 	case EvLocalIOError:
 		return m.localIOError(), nil
+	case EvPeerFenced:
+		if m.linkUp {
+			return nil, nil // the peer is back meanwhile
+		}
+		m.setFlag(FlagPeerOutdated, true)
+		return []Action{m.persist()}, nil
 	}
 	return nil, fmt.Errorf("resource: unknown event %T", ev)
 }
@@ -443,9 +456,18 @@ func (m *Machine) lostPeer() []Action {
 		m.meta.UUIDs.newGeneration(m.cfg.NewUUID())
 		acts = append(acts, m.persist())
 	}
+	if m.role == RolePrimary && wasReplicating && m.peerDisk == DiskUpToDate {
+		// The node keeps the Primary role alone: make sure the peer
+		// cannot serve stale data (the runtime records the result).
+		acts = append(acts, ActFencePeer{})
+	}
 	m.peerRole, m.peerDisk, m.linkUp = RoleUnknown, DiskDUnknown, false
 	if wasReplicating || m.conn == ConnHandshake {
 		acts = append(acts, ActRunHook{Name: "disconnected"})
+	}
+	if m.role == RolePrimary && m.disk != DiskUpToDate {
+		// Primary, alone, without good data of its own.
+		acts = append(acts, ActRunHook{Name: "pri-on-incon-degr"})
 	}
 	return acts
 }
@@ -502,6 +524,9 @@ func (m *Machine) peerState(s NodeState) []Action {
 		if m.meta.Flags&FlagConsistent != 0 && s.Consistent {
 			// Same generation on both: whatever either knew about being
 			// outdated, the data is the same now.
+			if m.meta.Flags&FlagPeerOutdated != 0 {
+				acts = append(acts, ActRunHook{Name: "unfence-peer"})
+			}
 			m.disk, m.peerDisk = DiskUpToDate, DiskUpToDate
 			m.setFlag(FlagWasUpToDate, true)
 			m.setFlag(FlagOutdated, false)
@@ -560,9 +585,14 @@ func (m *Machine) syncDone(e EvSyncDone) []Action {
 		m.conn = ConnConnected
 		m.peerDisk = DiskUpToDate
 		m.meta.UUIDs.finishSyncSource()
+		fenced := m.meta.Flags&FlagPeerOutdated != 0
 		m.setFlag(FlagPeerOutdated, false)
 		m.setFlag(FlagCrashedPrimary, false)
-		return []Action{ActStopResync{}, m.persist()}
+		acts := []Action{ActStopResync{}, m.persist()}
+		if fenced {
+			acts = append(acts, ActRunHook{Name: "unfence-peer"})
+		}
+		return acts
 	case ConnSyncTarget, ConnPausedSyncT:
 		m.conn = ConnConnected
 		m.disk = DiskUpToDate
@@ -760,5 +790,9 @@ func (m *Machine) localIOError() []Action {
 	if m.disk == DiskDiskless {
 		return nil
 	}
-	return m.detach()
+	acts := m.detach()
+	if m.role == RolePrimary && !m.Replicating() {
+		acts = append(acts, ActRunHook{Name: "pri-on-incon-degr"})
+	}
+	return acts
 }

@@ -210,6 +210,8 @@ func scriptEvent(cmd string, a scriptArgs) (Event, error) {
 		return EvInvalidateRemote{ResetBitmap: a.has("reset")}, nil
 	case "io-error":
 		return EvLocalIOError{}, nil
+	case "peer-fenced":
+		return EvPeerFenced{}, nil
 	}
 	return nil, fmt.Errorf("unknown command %q", cmd)
 }
@@ -250,6 +252,8 @@ func actionString(a Action) string {
 		return "run-hook " + a.Name
 	case ActSplitBrain:
 		return fmt.Sprintf("split-brain resolved=%t %q", a.Resolved, a.Reason)
+	case ActFencePeer:
+		return "fence-peer"
 	}
 	return fmt.Sprintf("%T", a)
 }

@@ -81,6 +81,12 @@ func (r *Resource) Verify(ctx context.Context, start, stop int64) error {
 					r.log.Warn("verify interrupted", zap.Error(err))
 				} else {
 					r.log.Info("verify finished", zap.Int64("bytes", v.stop-v.start), zap.Int64("out-of-sync", v.found.Load()))
+					if found := v.found.Load(); found > 0 && r.hooks != nil {
+						r.hooks.RunAsync(r.loopCtx, hooks.OutOfSync, r.hookEnv().
+							With(hooks.EnvOutOfSyncBytes, strconv.FormatInt(found, 10)).
+							With(hooks.EnvOutOfSyncStart, strconv.FormatInt(v.start, 10)).
+							With(hooks.EnvOutOfSyncLen, strconv.FormatInt(v.stop-v.start, 10)))
+					}
 				}
 				r.publishStatus()
 				r.changed()
@@ -150,11 +156,6 @@ func (r *Resource) verifyChunk(link *replicate.Link, digest resync.DigestFunc, a
 		if !bytes.Equal(remote, digest(buf[b:b+l])) {
 			r.bm.Set(off+b, l)
 			v.found.Add(l)
-			if r.hooks != nil {
-				r.hooks.RunAsync(r.loopCtx, hooks.OutOfSync, r.hookEnv().
-					With(hooks.EnvOutOfSyncStart, strconv.FormatInt(off+b, 10)).
-					With(hooks.EnvOutOfSyncLen, strconv.FormatInt(l, 10)))
-			}
 		}
 	}
 	return nil
