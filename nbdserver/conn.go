@@ -62,7 +62,11 @@ type conn struct {
 	// Hand-off of slow requests: exec carries them to the executors
 	// (closed when reading stops), slots bounds the requests in flight to
 	// Config.MaxInFlight, execs counts executors started (reader only),
-	// execIdle those waiting for work.
+	// execIdle those waiting for work that no queued request is promised
+	// to. Invariant: every request in exec is matched to one executor that
+	// will receive it — one the reader claimed from execIdle or one it
+	// started for it — so a queued request never waits behind a request
+	// that blocks (a FLUSH held by the backend).
 	exec     chan *request
 	slots    chan struct{}
 	execs    int
@@ -197,22 +201,48 @@ func (c *conn) worker() {
 		// At most MaxInFlight requests handed off at once; beyond, this
 		// waits, and requests wait in the socket.
 		c.slots <- struct{}{}
-		if c.execIdle.Load() == 0 && c.execs < c.s.cfg.MaxInFlight {
+		switch {
+		case c.claimIdle():
+		case c.execs < c.s.cfg.MaxInFlight:
 			c.execs++
 			c.wg.Add(1)
 			go c.executor()
+		default:
+			// MaxInFlight executors, none idle, and this request holds a
+			// slot: fewer than MaxInFlight are executing or promised, so
+			// one is between finishing a request and offering itself.
+			// Promise it this request in advance (execIdle goes negative
+			// until it offers itself).
+			c.execIdle.Add(-1)
 		}
 		c.exec <- rp // never blocks: slots bounds what is queued
 	}
 }
 
-// executor executes handed-off requests until the reader stops.
+// claimIdle promises the next queued request to an idle executor, if
+// there is one.
+func (c *conn) claimIdle() bool {
+	for {
+		n := c.execIdle.Load()
+		if n <= 0 {
+			return false
+		}
+		if c.execIdle.CompareAndSwap(n, n-1) {
+			return true
+		}
+	}
+}
+
+// executor executes handed-off requests until the reader stops. It starts
+// matched to the request it was started for; later it offers itself in
+// execIdle, and the reader claims it before queueing a request.
 func (c *conn) executor() {
 	defer c.wg.Done()
-	for {
-		c.execIdle.Add(1)
+	for first := true; ; first = false {
+		if !first {
+			c.execIdle.Add(1)
+		}
 		rp, ok := <-c.exec
-		c.execIdle.Add(-1)
 		if !ok {
 			return
 		}

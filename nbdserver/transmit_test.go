@@ -679,6 +679,36 @@ func TestMaxInFlightBound(t *testing.T) {
 	}
 }
 
+// TestQueuedRequestsNeverWaitBehindBlockedOnes: with a small MaxInFlight,
+// FLUSHes that can only complete in pairs (each waits for a partner to
+// run at the same time) all complete. A request queued for an executor
+// that is already blocked would deadlock here.
+func TestQueuedRequestsNeverWaitBehindBlockedOnes(t *testing.T) {
+	for _, max := range []int{2, 3, 4} {
+		exp, _ := memExport("d", 1<<20)
+		pair := make(chan struct{})
+		exp.Backend = &hookBackend{Backend: exp.Backend, flush: func() {
+			select {
+			case pair <- struct{}{}:
+			case <-pair:
+			}
+		}}
+		_, addr := startServer(t, Config{MaxInFlight: max}, exp)
+		c := open(t, addr, "d") // replies bounded by the client's deadline
+		const n = 200
+		var burst []byte
+		for h := range n {
+			burst = AppendRequest(burst, Request{Type: CmdFlush, Handle: uint64(h)})
+		}
+		c.write(burst)
+		for range n {
+			if errno, _ := c.readReply(); errno != 0 {
+				t.Fatalf("MaxInFlight %d: errno %d", max, errno)
+			}
+		}
+	}
+}
+
 // hookBackend runs a hook inside Flush.
 type hookBackend struct {
 	Backend
