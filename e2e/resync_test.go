@@ -294,3 +294,82 @@ func TestResyncHangingHandlerKilled(t *testing.T) {
 	c.waitSynced()
 	c.compare()
 }
+
+// invalidate on the Secondary makes it sync target for every block: blocks
+// changed behind its back are repaired, and everything travels. On the
+// Primary it is refused with a reason; on a disconnected Secondary it
+// takes effect at the next connect.
+func TestInvalidate(t *testing.T) {
+	RequireTools(t, "qemu-io")
+	c := newCluster(t, clusterOptions{size: 32 << 20})
+	c.a.qemuIO("write -P 0x5a 0 8M")
+	if r := c.a.tryCtl("invalidate", "r0"); r.ExitCode == 0 || !strings.Contains(r.Stderr, "Primary") {
+		t.Fatalf("invalidate on the Primary: exit %d, %q", r.ExitCode, r.Stderr)
+	}
+	poke(t, c.b.disk, 4096, 4096)
+	poke(t, c.b.disk, 20<<20, 512)
+	size := c.a.status().Size
+	before := c.a.status().ResyncedBytes
+	c.b.ctl("invalidate", "r0")
+	c.waitSynced()
+	c.compare()
+	if moved := c.a.status().ResyncedBytes - before; moved != size {
+		t.Fatalf("invalidate moved %d bytes, want all %d", moved, size)
+	}
+
+	// Disconnected: the invalidation waits for the next connect.
+	c.b.ctl("disconnect", "r0")
+	c.a.wait("the peer gone", 30*time.Second, func(s nodeStatus) bool { return s.Conn == "Connecting" })
+	poke(t, c.b.disk, 12<<20, 4096)
+	c.b.ctl("invalidate", "r0")
+	if st := c.b.status(); st.Disk != "Inconsistent" || st.OutOfSync != size {
+		t.Fatalf("invalidated while disconnected: %+v", st)
+	}
+	before = c.a.status().ResyncedBytes
+	c.b.ctl("connect", "r0")
+	c.waitSynced()
+	c.compare()
+	if moved := c.a.status().ResyncedBytes - before; moved != size {
+		t.Fatalf("invalidate while disconnected moved %d bytes at the connect, want all %d", moved, size)
+	}
+}
+
+// pause-sync stops a running resync where it is (status says PausedSyncS,
+// progress stands still, application writes go on); resume-sync finishes
+// it. Neither is accepted without a resync.
+func TestPauseResumeSync(t *testing.T) {
+	RequireTools(t, "nbdcopy", "qemu-io")
+	c := newCluster(t, clusterOptions{size: 128 << 20, yaml: "resync:\n  rate: 16M\n"})
+	if r := c.a.tryCtl("pause-sync", "r0"); r.ExitCode == 0 {
+		t.Fatal("pause-sync accepted without a resync")
+	}
+	dirty := c.makeStale(64 << 20)
+	c.b.start()
+	c.b.up()
+	c.a.wait("the resync to start", 60*time.Second, func(s nodeStatus) bool {
+		return s.Conn == "SyncSource" && s.ResyncDone > 0
+	})
+	c.a.ctl("pause-sync", "r0")
+	c.a.wait("PausedSyncS", 10*time.Second, func(s nodeStatus) bool { return s.Conn == "PausedSyncS" })
+	// Chunks in flight at the pause finish; then nothing moves: progress
+	// that has not changed for a second is standing still.
+	var last uint64
+	since := time.Now()
+	WaitFor(t, 30*time.Second, "the paused resync to stand still", func() bool {
+		if done := c.a.status().ResyncDone; done != last {
+			last, since = done, time.Now()
+		}
+		return time.Since(since) >= time.Second
+	})
+	if last >= dirty {
+		t.Fatalf("the resync finished (%d of %d) although paused", last, dirty)
+	}
+	// Application writes continue while paused, and replicate.
+	c.a.qemuIO("write -P 0x77 100M 1M")
+	if st := c.a.status(); st.Conn != "PausedSyncS" || st.ResyncDone != last {
+		t.Fatalf("paused resync moved: %+v (done was %d)", st, last)
+	}
+	c.a.ctl("resume-sync", "r0")
+	c.waitSynced()
+	c.compare()
+}
