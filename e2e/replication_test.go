@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -361,4 +362,53 @@ func TestReplicationOverlappingWritesAllProtocols(t *testing.T) {
 			c.compare()
 		})
 	}
+}
+
+// Disks of different sizes: with net.size-mismatch: refuse (the default)
+// the nodes do not connect and say why; with smaller, both use the
+// smaller size, and writing, a resync and a comparison work over it.
+func TestSizeMismatch(t *testing.T) {
+	RequireTools(t, "qemu-io", "nbdinfo")
+	netYAML := "net:\n  ping-interval: 1s\n  ping-timeout: 5s\n  connect-timeout: 5s\n"
+	big := func(t *testing.T) string {
+		p := filepath.Join(t.TempDir(), "big.img")
+		MakeFile(t, p, 80<<20, nil)
+		return p
+	}
+
+	t.Run("refuse", func(t *testing.T) {
+		c := newCluster(t, clusterOptions{diskA: big(t), fresh: true, yaml: netYAML})
+		WaitFor(t, 30*time.Second, "the size mismatch to be reported", func() bool {
+			return strings.Contains(c.a.daemon.Output()+c.b.daemon.Output(), "disk sizes differ")
+		})
+		for _, n := range []*node{c.a, c.b} {
+			if st := n.status(); st.Conn == "Connected" {
+				t.Fatalf("node %s connected to a peer of another size: %+v", n.name, st)
+			}
+		}
+	})
+
+	t.Run("smaller", func(t *testing.T) {
+		c := newCluster(t, clusterOptions{diskA: big(t), yaml: netYAML + "  size-mismatch: smaller\n"})
+		sa, sb := c.a.status(), c.b.status()
+		if sa.Size != sb.Size {
+			t.Fatalf("sizes after connecting: a %d, b %d", sa.Size, sb.Size)
+		}
+		if got := strings.TrimSpace(MustRun(t, 30*time.Second, "nbdinfo", "--size", c.a.uri())); got != fmt.Sprint(sb.Size) {
+			t.Fatalf("the export's size is %s, want the smaller disk's %d", got, sb.Size)
+		}
+		end := sb.Size - 1<<20
+		c.a.qemuIO(fmt.Sprintf("write -P 0x3c %d 1M", end), "write -P 0x3d 0 1M")
+		if r := Run(t, 30*time.Second, "qemu-io", "-f", "raw", "-c", fmt.Sprintf("write %d 4k", sb.Size), c.a.uri()); !strings.Contains(r.Stdout+r.Stderr, "failed") {
+			t.Fatalf("a write past the smaller size: %+v", r)
+		}
+		c.compare()
+		// The peer misses writes, returns, and is resynced over the
+		// smaller size.
+		c.makeStale(8 << 20)
+		c.b.start()
+		c.b.up()
+		c.waitSynced()
+		c.compare()
+	})
 }
