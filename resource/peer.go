@@ -31,7 +31,7 @@ func (r *Resource) linkConfig() replicate.Config {
 	lc.MaxInFlight = int(cfg.Net.MaxInFlight)
 	lc.MaxInFlightBytes = int64(cfg.Net.MaxInFlightBytes)
 	lc.Handler = replicate.HandlerFunc(r.serve)
-	lc.Logger = r.log.Named("link")
+	lc.Logger = r.opts.Logger.Named("link") // the link adds the resource field itself
 	return lc
 }
 

@@ -161,7 +161,7 @@ func (r *Resource) Start(ctx context.Context) (err error) {
 		return err
 	}
 	hc := hooks.DefaultConfig()
-	hc.Handlers, hc.Logger, hc.Events = cfg.Handlers, r.log.Named("hooks"), r.hookEvent
+	hc.Handlers, hc.Logger, hc.Events = cfg.Handlers, r.opts.Logger.Named("hooks"), r.hookEvent // the runner adds the resource field
 	hr, err := hooks.New(hc)
 	if err != nil {
 		return err
