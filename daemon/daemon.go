@@ -503,10 +503,26 @@ func (d *Daemon) delete(body ctlproto.List) ctlproto.Reply {
 }
 
 // up starts a resource: a new one when the request carries configuration
-// sections, else an existing one that is down.
+// sections, else an existing one that is down. Configuration for a
+// resource that exists and is down replaces its configuration before the
+// start (as adjust does), so that `down` then `up -c FILE` works as it
+// does with drbdadm; for a resource that is up it is refused.
 func (d *Daemon) up(ctx context.Context, body ctlproto.List) ctlproto.Reply {
 	if !ctlproto.DecodeConfig(body).Empty() {
-		return d.create(ctx, body, true)
+		name, perr := targetName(body)
+		if perr != nil {
+			return ctlproto.Reply{Err: perr}
+		}
+		r, perr := d.lock(name)
+		if perr != nil {
+			return d.create(ctx, body, true)
+		}
+		defer r.mu.Unlock()
+		if r.snap.Load().rt != nil {
+			return ctlproto.Reply{Err: &ctlproto.Error{Code: ctlproto.CodeResourceExists, Path: "resource.name", Value: name,
+				Message: fmt.Sprintf("resource %q exists and is up already (adjust applies a changed configuration)", name)}}
+		}
+		return d.applyAndStart(ctx, r, body)
 	}
 	name, perr := targetName(body)
 	if perr != nil {
@@ -565,6 +581,13 @@ func (d *Daemon) adjust(ctx context.Context, body ctlproto.List) ctlproto.Reply 
 		return d.create(ctx, body, true)
 	}
 	defer r.mu.Unlock()
+	return d.applyAndStart(ctx, r, body)
+}
+
+// applyAndStart applies the configuration in body to r as one transaction
+// and starts r if it is down; r.mu is held.
+func (d *Daemon) applyAndStart(ctx context.Context, r *res, body ctlproto.List) ctlproto.Reply {
+	name := r.name
 	s := r.snap.Load()
 	cfg, err := fullConfig(name, body)
 	if err != nil {

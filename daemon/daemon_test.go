@@ -290,7 +290,29 @@ func TestRuntime(t *testing.T) {
 	_, err = c.Status(ctx, "r2")
 	wantCode(t, err, ctlproto.CodeUnknownResource)
 
-	want := []string{"start r0", "apply r0 A", "apply r0 B", "primary r0", "verify r0", "stop r0", "start r0", "apply r0 C", "start r2"}
+	// up with sections: refused while up; after down it replaces the
+	// configuration and starts (down, then up -c FILE, as with drbdadm).
+	f.mu.Lock()
+	f.failStart = nil
+	f.mu.Unlock()
+	again := minimalConfig("r0")
+	again.Net.Protocol = config.ProtocolB
+	_, err = c.Call(ctx, ctlproto.MsgUp, ctlproto.EncodeConfig(c.Registry(), again))
+	wantCode(t, err, ctlproto.CodeResourceExists)
+	if _, err := c.Command(ctx, ctlproto.MsgDown, "r0"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Call(ctx, ctlproto.MsgUp, ctlproto.EncodeConfig(c.Registry(), again)); err != nil {
+		t.Fatal(err)
+	}
+	if cfg, _, _ := c.Show(ctx, "r0"); !reflect.DeepEqual(cfg, again.Default()) {
+		t.Fatalf("after down and up with sections: %+v", cfg)
+	}
+	if sts, _ := c.Status(ctx, "r0"); sts[0].Disk != resource.DiskUpToDate {
+		t.Fatalf("not started: %+v", sts[0])
+	}
+
+	want := []string{"start r0", "apply r0 A", "apply r0 B", "primary r0", "verify r0", "stop r0", "start r0", "apply r0 C", "start r2", "stop r0", "start r0"}
 	if got := f.Calls(); !slices.Equal(got, want) {
 		t.Fatalf("runtime calls\n got %q\nwant %q", got, want)
 	}

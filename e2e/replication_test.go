@@ -411,4 +411,24 @@ func TestSizeMismatch(t *testing.T) {
 		c.waitSynced()
 		c.compare()
 	})
+
+	t.Run("primary-does-not-shrink", func(t *testing.T) {
+		c := newCluster(t, clusterOptions{diskA: big(t), fresh: true, yaml: netYAML + "  size-mismatch: smaller\n"})
+		// a comes back up at its full size and becomes Primary alone.
+		c.b.kill()
+		c.a.ctl("down", "r0")
+		c.a.up()
+		c.a.ctl("primary", "r0", "--force")
+		c.a.waitPort()
+		full := c.a.status().Size
+		c.b.start()
+		c.b.up()
+		WaitFor(t, 30*time.Second, "the Primary to refuse the smaller peer", func() bool {
+			return strings.Contains(c.a.daemon.Output(), "would shrink under them")
+		})
+		if st := c.a.status(); st.Size != full || st.Conn == "Connected" {
+			t.Fatalf("the Primary took a smaller peer: %+v (size was %d)", st, full)
+		}
+		c.a.qemuIO(fmt.Sprintf("write -P 0x11 %d 1M", full-1<<20))
+	})
 }

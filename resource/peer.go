@@ -276,7 +276,15 @@ func (r *Resource) checkPeerState(m *replicate.State) error {
 			}
 			return nil // the peer is bigger: it uses our size
 		}
-		// Smaller peer: from now on the resource is that size.
+		// Smaller peer. Clients that negotiated the current size must not
+		// see the device shrink under them (a file system reaching past
+		// the new end would get errors): a Primary, or any node with NBD
+		// clients, refuses, as DRBD refuses a peer too small for its
+		// Primary.
+		if r.m.Role() == RolePrimary || r.nbdConns() > 0 {
+			return fmt.Errorf("the peer's disk (%d bytes) is smaller than the %d bytes this node exports (Primary or with NBD clients): it would shrink under them; give the peer a disk at least as big, or demote and disconnect the clients first", m.Size, size)
+		}
+		// From now on the resource is that size.
 		r.log.Warn("the peer's disk is smaller: using its size", zap.Uint64("size", m.Size), zap.Uint64("was", size))
 		r.size.Store(int64(m.Size))
 	}
