@@ -334,9 +334,10 @@ func TestInvalidate(t *testing.T) {
 	}
 }
 
-// pause-sync stops a running resync where it is (status says PausedSyncS,
-// progress stands still, application writes go on); resume-sync finishes
-// it. Neither is accepted without a resync.
+// pause-sync stops a running resync where it is (status says PausedSyncS
+// on the source and PausedSyncT on the target, progress stands still,
+// application writes go on); resume-sync finishes it. Either node may
+// pause or resume; neither command is accepted without a resync.
 func TestPauseResumeSync(t *testing.T) {
 	RequireTools(t, "nbdcopy", "qemu-io")
 	c := newCluster(t, clusterOptions{size: 128 << 20, yaml: "resync:\n  rate: 16M\n"})
@@ -349,8 +350,10 @@ func TestPauseResumeSync(t *testing.T) {
 	c.a.wait("the resync to start", 60*time.Second, func(s nodeStatus) bool {
 		return s.Conn == "SyncSource" && s.ResyncDone > 0
 	})
-	c.a.ctl("pause-sync", "r0")
+	// Paused from the target: the source confirms, both show it.
+	c.b.ctl("pause-sync", "r0")
 	c.a.wait("PausedSyncS", 10*time.Second, func(s nodeStatus) bool { return s.Conn == "PausedSyncS" })
+	c.b.wait("PausedSyncT", 10*time.Second, func(s nodeStatus) bool { return s.Conn == "PausedSyncT" })
 	// Chunks in flight at the pause finish; then nothing moves: progress
 	// that has not changed for a second is standing still.
 	var last uint64
@@ -369,7 +372,9 @@ func TestPauseResumeSync(t *testing.T) {
 	if st := c.a.status(); st.Conn != "PausedSyncS" || st.ResyncDone != last {
 		t.Fatalf("paused resync moved: %+v (done was %d)", st, last)
 	}
+	// Resumed from the source: the target sees it too.
 	c.a.ctl("resume-sync", "r0")
+	c.b.wait("SyncTarget again", 10*time.Second, func(s nodeStatus) bool { return s.Conn != "PausedSyncT" })
 	c.waitSynced()
 	c.compare()
 }

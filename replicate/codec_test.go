@@ -46,7 +46,7 @@ func genString(t *rapid.T, label string) string {
 
 // genControl draws a random control message of every type.
 func genControl(t *rapid.T) ControlMsg {
-	switch rapid.IntRange(0, 9).Draw(t, "type") {
+	switch rapid.IntRange(0, 10).Draw(t, "type") {
 	case 0:
 		return &State{
 			Role:          rapid.Uint8().Draw(t, "role"),
@@ -82,6 +82,8 @@ func genControl(t *rapid.T) ControlMsg {
 		return &DiskChange{Disk: rapid.Uint8().Draw(t, "disk")}
 	case 8:
 		return &NewUUID{Current: rapid.Uint64().Draw(t, "current"), ClearBitmap: rapid.Bool().Draw(t, "clear")}
+	case 9:
+		return &SyncPause{Paused: rapid.Bool().Draw(t, "paused")}
 	default:
 		return &Bye{Reason: genString(t, "reason")}
 	}
@@ -439,7 +441,8 @@ func FuzzRoleChange(f *testing.F) { fuzzControl(f, ftRoleChange, &RoleChange{Rol
 
 func FuzzDiskChange(f *testing.F) { fuzzControl(f, ftDiskChange, &DiskChange{Disk: 3}) }
 
-func FuzzNewUUID(f *testing.F) { fuzzControl(f, ftNewUUID, &NewUUID{Current: 77, ClearBitmap: true}) }
+func FuzzNewUUID(f *testing.F)   { fuzzControl(f, ftNewUUID, &NewUUID{Current: 77, ClearBitmap: true}) }
+func FuzzSyncPause(f *testing.F) { fuzzControl(f, ftSyncPause, &SyncPause{Paused: true}) }
 
 func FuzzBye(f *testing.F) { fuzzControl(f, ftBye, &Bye{Reason: "shutdown"}) }
 

@@ -17,9 +17,12 @@ const (
 	// FeatureTrim: the node's disk can discard; without it on both sides,
 	// Submit of a Trim returns ErrNotSupported.
 	FeatureTrim Features = 1 << 0
+	// FeatureSyncPause: the node understands SyncPause, so a sync target
+	// can pause and resume the resync its peer runs.
+	FeatureSyncPause Features = 1 << 1
 
 	// AllFeatures is every feature this implementation knows.
-	AllFeatures = FeatureTrim
+	AllFeatures = FeatureTrim | FeatureSyncPause
 )
 
 // Handler performs the requests the peer sends.

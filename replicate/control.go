@@ -2,7 +2,7 @@ package replicate
 
 // ControlMsg is a typed message of the control stream: *State, *Bitmap,
 // *SyncStart, *SyncDone, *PromoteRequest, *PromoteReply, *RoleChange,
-// *DiskChange, *NewUUID or *Bye. Each travels as one frame whose type
+// *DiskChange, *NewUUID, *Bye or *SyncPause. Each travels as one frame whose type
 // names the message and whose payload is a tag list (see tlv.go), so
 // fields can be added without a protocol version bump.
 type ControlMsg interface {
@@ -88,6 +88,15 @@ type NewUUID struct {
 	ClearBitmap bool   // tag 2
 }
 
+// SyncPause pauses (Paused) or resumes the resync between the nodes. The
+// sync target sends it to ask its source; the source applies it to its
+// resync and sends it back, and also sends it when it is paused or resumed
+// itself, so that both nodes show the same state. Sent only when both
+// nodes offer FeatureSyncPause.
+type SyncPause struct {
+	Paused bool // tag 1
+}
+
 // Bye is an orderly disconnect: the receiver closes the link with an error
 // that Is ErrPeerDisconnected and carries Reason. Link.Close sends it;
 // SendControl(&Bye{...}) is the same as Close(Reason).
@@ -105,6 +114,7 @@ func (*RoleChange) ctlType() frameType     { return ftRoleChange }
 func (*DiskChange) ctlType() frameType     { return ftDiskChange }
 func (*NewUUID) ctlType() frameType        { return ftNewUUID }
 func (*Bye) ctlType() frameType            { return ftBye }
+func (*SyncPause) ctlType() frameType      { return ftSyncPause }
 
 func (u *UUIDs) appendTLV(w *tlvWriter, first uint16) {
 	w.u64(first, u.Current)
@@ -266,6 +276,15 @@ func (m *Bye) setField(tag uint16, v []byte) error {
 	return nil
 }
 
+func (m *SyncPause) appendTLV(w *tlvWriter) { w.bool(1, m.Paused) }
+
+func (m *SyncPause) setField(tag uint16, v []byte) error {
+	if tag == 1 {
+		return getBool(v, &m.Paused)
+	}
+	return nil
+}
+
 // newControl returns an empty message of type t, or nil.
 func newControl(t frameType) ControlMsg {
 	switch t {
@@ -289,6 +308,8 @@ func newControl(t frameType) ControlMsg {
 		return &NewUUID{}
 	case ftBye:
 		return &Bye{}
+	case ftSyncPause:
+		return &SyncPause{}
 	}
 	return nil
 }

@@ -72,6 +72,7 @@ const (
 	ftNewUUID        frameType = 0x0108
 	ftBye            frameType = 0x0109
 	// 0x010a VerifyRequest and 0x010b VerifyReply are reserved.
+	ftSyncPause frameType = 0x010c
 )
 
 // Kind is the kind of a request, and its frame type on the wire.
@@ -360,6 +361,8 @@ func infoOf(t frameType) (frameInfo, bool) {
 		return frameInfo{"NewUUID", onControl, 1, shapeControl}, true
 	case ftBye:
 		return frameInfo{"Bye", onControl, 1, shapeControl}, true
+	case ftSyncPause:
+		return frameInfo{"SyncPause", onControl, 1, shapeControl}, true
 	}
 	return frameInfo{}, false
 }

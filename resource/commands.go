@@ -6,6 +6,7 @@ import (
 
 	"github.com/rbd-nbd/rbd-nbd/hooks"
 	"github.com/rbd-nbd/rbd-nbd/replicate"
+	"github.com/rbd-nbd/rbd-nbd/resync"
 )
 
 // The administrative commands. Each runs its decision on the loop and
@@ -126,29 +127,45 @@ func (r *Resource) InvalidateRemote(ctx context.Context, resetBitmap bool) error
 	return r.admin(ctx, EvInvalidateRemote{ResetBitmap: resetBitmap})
 }
 
-// PauseSync pauses a running resync on this node (the source).
-func (r *Resource) PauseSync(ctx context.Context) error {
+// PauseSync pauses the running resync, on either node: the source pauses
+// its engine; the target asks its source to (SyncPause), and shows
+// PausedSyncT once the source confirmed.
+func (r *Resource) PauseSync(ctx context.Context) error { return r.setSyncPaused(ctx, true) }
+
+// ResumeSync resumes a paused resync, on either node.
+func (r *Resource) ResumeSync(ctx context.Context) error { return r.setSyncPaused(ctx, false) }
+
+func (r *Resource) setSyncPaused(ctx context.Context, paused bool) error {
 	return r.do(ctx, func() error {
-		e := r.engine.Load()
-		if e == nil {
-			return &StateError{Err: fmt.Errorf("no resync runs with this node as source"), State: r.m.stateString()}
+		if e := r.engine.Load(); e != nil {
+			r.applySyncPause(e, paused)
+			return nil
 		}
-		e.Pause()
-		r.publishStatus()
-		r.changed()
+		r.targetMu.Lock()
+		t := r.target
+		r.targetMu.Unlock()
+		if t == nil || r.link == nil {
+			return &StateError{Err: fmt.Errorf("no resync runs on this node"), State: r.m.stateString()}
+		}
+		if r.link.Features()&replicate.FeatureSyncPause == 0 {
+			return &StateError{Err: fmt.Errorf("the peer's version cannot be paused from the sync target: run this on the peer, the sync source"), State: r.m.stateString()}
+		}
+		r.sendControl(&replicate.SyncPause{Paused: paused})
 		return nil
 	})
 }
 
-// ResumeSync resumes a paused resync.
-func (r *Resource) ResumeSync(ctx context.Context) error {
-	return r.do(ctx, func() error {
-		e := r.engine.Load()
-		if e == nil {
-			return &StateError{Err: fmt.Errorf("no resync runs with this node as source"), State: r.m.stateString()}
-		}
+// applySyncPause pauses or resumes this node's resync as source and tells
+// the target, so that both show it. Loop goroutine.
+func (r *Resource) applySyncPause(e *resync.Engine, paused bool) {
+	if paused {
+		e.Pause()
+	} else {
 		e.Resume()
-		r.changed()
-		return nil
-	})
+	}
+	if r.link != nil && r.link.Features()&replicate.FeatureSyncPause != 0 {
+		r.sendControl(&replicate.SyncPause{Paused: paused})
+	}
+	r.publishStatus()
+	r.changed()
 }

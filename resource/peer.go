@@ -242,6 +242,21 @@ func (r *Resource) control(link *replicate.Link, msg replicate.ControlMsg) {
 		r.step(EvSyncStart{Full: m.Full, Source: fromWire(m.SourceUUIDs)})
 	case *replicate.SyncDone:
 		r.step(EvSyncDone{Source: fromWire(m.SourceUUIDs)})
+	case *replicate.SyncPause:
+		// From the target: a request to apply (and confirm). From the
+		// source: its confirmation, or its own pause or resume.
+		if e := r.engine.Load(); e != nil {
+			r.applySyncPause(e, m.Paused)
+			break
+		}
+		r.targetMu.Lock()
+		t := r.target
+		r.targetMu.Unlock()
+		if t != nil {
+			t.paused.Store(m.Paused)
+			r.publishStatus()
+			r.changed()
+		}
 	case *replicate.PromoteRequest:
 		r.step(EvPeerPromoteRequest{})
 	case *replicate.PromoteReply:

@@ -438,6 +438,9 @@ func (r *Resource) Status() Status {
 		}
 	} else if t := r.targetProgress(); t != nil {
 		st.ResyncDone, st.ResyncTotal = t.done, t.total
+		if t.paused {
+			st.Conn = ConnPausedSyncT
+		}
 	} else if v := r.verify.Load(); v != nil {
 		st.Conn = ConnVerifyS
 		st.ResyncDone, st.ResyncTotal = uint64(v.done.Load()), uint64(v.stop-v.start)

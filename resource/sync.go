@@ -29,11 +29,15 @@ type targetState struct {
 	pending []span // written since the last ResyncFlush
 	done    atomic.Uint64
 	total   uint64
+	paused  atomic.Bool // the source said it paused (SyncPause)
 }
 
 type span struct{ off, length int64 }
 
-type targetProgress struct{ done, total uint64 }
+type targetProgress struct {
+	done, total uint64
+	paused      bool
+}
 
 func (r *Resource) targetProgress() *targetProgress {
 	r.targetMu.Lock()
@@ -42,7 +46,7 @@ func (r *Resource) targetProgress() *targetProgress {
 	if t == nil {
 		return nil
 	}
-	return &targetProgress{done: t.done.Load(), total: max(t.total, t.done.Load())}
+	return &targetProgress{done: t.done.Load(), total: max(t.total, t.done.Load()), paused: t.paused.Load()}
 }
 
 // startSync starts this node's side of a resync.
