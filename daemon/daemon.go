@@ -509,20 +509,7 @@ func (d *Daemon) delete(body ctlproto.List) ctlproto.Reply {
 // does with drbdadm; for a resource that is up it is refused.
 func (d *Daemon) up(ctx context.Context, body ctlproto.List) ctlproto.Reply {
 	if !ctlproto.DecodeConfig(body).Empty() {
-		name, perr := targetName(body)
-		if perr != nil {
-			return ctlproto.Reply{Err: perr}
-		}
-		r, perr := d.lock(name)
-		if perr != nil {
-			return d.create(ctx, body, true)
-		}
-		defer r.mu.Unlock()
-		if r.snap.Load().rt != nil {
-			return ctlproto.Reply{Err: &ctlproto.Error{Code: ctlproto.CodeResourceExists, Path: "resource.name", Value: name,
-				Message: fmt.Sprintf("resource %q exists and is up already (adjust applies a changed configuration)", name)}}
-		}
-		return d.applyAndStart(ctx, r, body)
+		return d.applyOrCreate(ctx, body, true)
 	}
 	name, perr := targetName(body)
 	if perr != nil {
@@ -572,6 +559,13 @@ func (d *Daemon) down(ctx context.Context, body ctlproto.List) ctlproto.Reply {
 // carries: it creates and starts a missing resource, changes an existing one
 // (sections not given return to defaults) and starts it when down.
 func (d *Daemon) adjust(ctx context.Context, body ctlproto.List) ctlproto.Reply {
+	return d.applyOrCreate(ctx, body, false)
+}
+
+// applyOrCreate creates and starts a missing resource, or applies the
+// configuration in body to an existing one as one transaction and starts
+// it if it is down; with downOnly it refuses one that is up.
+func (d *Daemon) applyOrCreate(ctx context.Context, body ctlproto.List, downOnly bool) ctlproto.Reply {
 	name, perr := targetName(body)
 	if perr != nil {
 		return ctlproto.Reply{Err: perr}
@@ -581,14 +575,11 @@ func (d *Daemon) adjust(ctx context.Context, body ctlproto.List) ctlproto.Reply 
 		return d.create(ctx, body, true)
 	}
 	defer r.mu.Unlock()
-	return d.applyAndStart(ctx, r, body)
-}
-
-// applyAndStart applies the configuration in body to r as one transaction
-// and starts r if it is down; r.mu is held.
-func (d *Daemon) applyAndStart(ctx context.Context, r *res, body ctlproto.List) ctlproto.Reply {
-	name := r.name
 	s := r.snap.Load()
+	if downOnly && s.rt != nil {
+		return ctlproto.Reply{Err: &ctlproto.Error{Code: ctlproto.CodeResourceExists, Path: "resource.name", Value: name,
+			Message: fmt.Sprintf("resource %q exists and is up already (adjust applies a changed configuration)", name)}}
+	}
 	cfg, err := fullConfig(name, body)
 	if err != nil {
 		return reply(err)
