@@ -506,7 +506,8 @@ func (d *Daemon) delete(body ctlproto.List) ctlproto.Reply {
 // sections, else an existing one that is down. Configuration for a
 // resource that exists and is down replaces its configuration before the
 // start (as adjust does), so that `down` then `up -c FILE` works as it
-// does with drbdadm; for a resource that is up it is refused.
+// does with drbdadm; for a resource that is up it must equal the running
+// configuration, and then up succeeds without doing anything.
 func (d *Daemon) up(ctx context.Context, body ctlproto.List) ctlproto.Reply {
 	if !ctlproto.DecodeConfig(body).Empty() {
 		return d.applyOrCreate(ctx, body, true)
@@ -576,13 +577,18 @@ func (d *Daemon) applyOrCreate(ctx context.Context, body ctlproto.List, downOnly
 	}
 	defer r.mu.Unlock()
 	s := r.snap.Load()
-	if downOnly && s.rt != nil {
-		return ctlproto.Reply{Err: &ctlproto.Error{Code: ctlproto.CodeResourceExists, Path: "resource.name", Value: name,
-			Message: fmt.Sprintf("resource %q exists and is up already (adjust applies a changed configuration)", name)}}
-	}
 	cfg, err := fullConfig(name, body)
 	if err != nil {
 		return reply(err)
+	}
+	if downOnly && s.rt != nil {
+		// up is idempotent (a daemon restart may have brought the
+		// resource up already), but never changes a running resource.
+		if reflect.DeepEqual(cfg, s.cfg) {
+			return generationReply(s.gen)
+		}
+		return ctlproto.Reply{Err: &ctlproto.Error{Code: ctlproto.CodeResourceExists, Path: "resource.name", Value: name,
+			Message: fmt.Sprintf("resource %q is up with another configuration (adjust applies a changed one)", name)}}
 	}
 	if rep := d.apply(ctx, r, s, cfg); rep.Err != nil || s.rt != nil {
 		return rep

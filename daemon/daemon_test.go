@@ -290,8 +290,10 @@ func TestRuntime(t *testing.T) {
 	_, err = c.Status(ctx, "r2")
 	wantCode(t, err, ctlproto.CodeUnknownResource)
 
-	// up with sections: refused while up; after down it replaces the
-	// configuration and starts (down, then up -c FILE, as with drbdadm).
+	// up with sections: refused while up with another configuration;
+	// after down it replaces the configuration and starts (down, then
+	// up -c FILE, as with drbdadm); with the running configuration it
+	// succeeds and does nothing.
 	f.mu.Lock()
 	f.failStart = nil
 	f.mu.Unlock()
@@ -310,6 +312,10 @@ func TestRuntime(t *testing.T) {
 	}
 	if sts, _ := c.Status(ctx, "r0"); sts[0].Disk != resource.DiskUpToDate {
 		t.Fatalf("not started: %+v", sts[0])
+	}
+	// up again with the same configuration: nothing to do, success.
+	if _, err := c.Call(ctx, ctlproto.MsgUp, ctlproto.EncodeConfig(c.Registry(), again)); err != nil {
+		t.Fatalf("up with the running configuration: %v", err)
 	}
 
 	want := []string{"start r0", "apply r0 A", "apply r0 B", "primary r0", "verify r0", "stop r0", "start r0", "apply r0 C", "start r2", "stop r0", "start r0"}
