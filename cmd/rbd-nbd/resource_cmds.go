@@ -28,8 +28,8 @@ func resourceCmds(g *globalOptions) []*cobra.Command {
 		newNewUUIDCmd(g), newVerifyCmd(g),
 		newSimpleCmd(g, "invalidate", "Make this node sync target for every block", ctlproto.MsgInvalidate),
 		newInvalidateRemoteCmd(g),
-		newSimpleCmd(g, "pause-sync", "Pause the resync this node is source of", ctlproto.MsgPauseSync),
-		newSimpleCmd(g, "resume-sync", "Resume a paused resync", ctlproto.MsgResumeSync),
+		newSimpleCmd(g, "pause-sync", "Pause the running resync (on either node)", ctlproto.MsgPauseSync),
+		newSimpleCmd(g, "resume-sync", "Resume a paused resync (on either node)", ctlproto.MsgResumeSync),
 		newWaitSyncCmd(g),
 	}
 }
