@@ -283,16 +283,31 @@ func Detach(ctx context.Context, index int) error {
 // waitReleased waits until the device's pid file disappears: the driver
 // removes it when the last reference to the configuration is gone.
 func waitReleased(ctx context.Context, sd sysDevice) error {
+	if err := poll(ctx, nil, func() bool { return sd.pid() == 0 }); err != nil {
+		return fmt.Errorf("%s: %w: %w", DevicePath(sd.index), ErrStillHeld, err)
+	}
+	return nil
+}
+
+// errStopped: poll's stop channel was closed.
+var errStopped = errors.New("stopped")
+
+// poll checks cond, backing off up to 50 ms, until it holds (nil), ctx ends
+// (ctx.Err()) or stop is closed (errStopped). The driver announces sysfs
+// changes to nobody, so polling is what there is.
+func poll(ctx context.Context, stop <-chan struct{}, cond func() bool) error {
 	delay := time.Millisecond
 	t := time.NewTimer(0)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("%s: %w: %w", DevicePath(sd.index), ErrStillHeld, ctx.Err())
+			return ctx.Err()
+		case <-stop:
+			return errStopped
 		case <-t.C:
 		}
-		if sd.pid() == 0 {
+		if cond() {
 			return nil
 		}
 		delay = min(2*delay, 50*time.Millisecond)

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"runtime"
-	"time"
 
 	"github.com/pojntfx/go-nbd/pkg/ioctl"
 	"golang.org/x/sys/unix"
@@ -149,23 +148,11 @@ func (d *Device) doIt(f *os.File) {
 // task (the driver creates /sys/block/nbdN/pid when it starts it), until
 // NBD_DO_IT returned (done), or until ctx ends.
 func waitConnected(ctx context.Context, sd sysDevice, done <-chan struct{}) error {
-	delay := time.Millisecond
-	t := time.NewTimer(0)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-done:
-			return errors.New("NBD_DO_IT returned before the device came up")
-		case <-t.C:
-		}
-		if sd.pid() != 0 && sd.size() > 0 {
-			return nil
-		}
-		delay = min(2*delay, 50*time.Millisecond)
-		t.Reset(delay)
+	err := poll(ctx, done, func() bool { return sd.pid() != 0 && sd.size() > 0 })
+	if errors.Is(err, errStopped) {
+		return errors.New("NBD_DO_IT returned before the device came up")
 	}
+	return err
 }
 
 // ioctlDetach disconnects a device through its ioctls.

@@ -389,3 +389,26 @@ func MakeFile(t testing.TB, path string, size int64, fill func([]byte)) {
 		t.Fatal(err)
 	}
 }
+
+// NBDFuse exposes the export at uri as a file through nbdfuse (this
+// machine's kernel has no nbd module), mounted under dir/fuse and unmounted
+// at cleanup, and returns the file's path once nbdfuse is ready.
+func NBDFuse(t testing.TB, dir, uri string) string {
+	t.Helper()
+	mnt := filepath.Join(dir, "fuse")
+	if err := os.Mkdir(mnt, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	pidfile := filepath.Join(dir, "nbdfuse.pid")
+	fuse := StartProcess(t, "nbdfuse", "-P", pidfile, mnt, uri)
+	t.Cleanup(func() { Run(t, time.Minute, "fusermount3", "-u", mnt) })
+	WaitFor(t, 30*time.Second, "nbdfuse to be ready", func() bool {
+		select {
+		case <-fuse.Done():
+			t.Fatalf("nbdfuse exited:\n%s", fuse.Output())
+		default:
+		}
+		return fileExists(pidfile)
+	})
+	return filepath.Join(mnt, "nbd")
+}

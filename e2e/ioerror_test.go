@@ -21,22 +21,7 @@ func faultyDisk(t *testing.T, dir string, size int64) (path, inject string) {
 	StartProcess(t, "nbdkit", "-f", "-U", sock, "--filter=error", "file", img,
 		"error=EIO", "error-rate=100%", "error-file="+inject)
 	WaitPort(t, "unix", sock, 10*time.Second)
-	mnt := filepath.Join(dir, "fuse")
-	if err := os.Mkdir(mnt, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	pidfile := filepath.Join(dir, "nbdfuse.pid")
-	fuse := StartProcess(t, "nbdfuse", "-P", pidfile, mnt, "nbd+unix:///?socket="+sock)
-	t.Cleanup(func() { Run(t, time.Minute, "fusermount3", "-u", mnt) })
-	WaitFor(t, 30*time.Second, "nbdfuse to be ready", func() bool {
-		select {
-		case <-fuse.Done():
-			t.Fatalf("nbdfuse exited:\n%s", fuse.Output())
-		default:
-		}
-		return fileExists(pidfile)
-	})
-	return filepath.Join(mnt, "nbd"), inject
+	return NBDFuse(t, dir, "nbd+unix:///?socket="+sock), inject
 }
 
 // The Primary's disk starts failing: with on-io-error detach it goes

@@ -24,24 +24,11 @@ func TestServeExt4(t *testing.T) {
 	dir := t.TempDir()
 	s := StartServe(t, filepath.Join(dir, "fs.img"), "fs", "--size", "128M")
 
-	fuseDir, mnt := filepath.Join(dir, "fuse"), filepath.Join(dir, "mnt")
-	for _, d := range []string{fuseDir, mnt} {
-		if err := os.Mkdir(d, 0o755); err != nil {
-			t.Fatal(err)
-		}
+	mnt := filepath.Join(dir, "mnt")
+	if err := os.Mkdir(mnt, 0o755); err != nil {
+		t.Fatal(err)
 	}
-	pidfile := filepath.Join(dir, "nbdfuse.pid")
-	fuse := StartProcess(t, "nbdfuse", "-P", pidfile, fuseDir, s.URI)
-	t.Cleanup(func() { Run(t, time.Minute, "fusermount3", "-u", fuseDir) })
-	WaitFor(t, 30*time.Second, "nbdfuse to be ready", func() bool {
-		select {
-		case <-fuse.Done():
-			t.Fatalf("nbdfuse exited:\n%s", fuse.Output())
-		default:
-		}
-		return fileExists(pidfile)
-	})
-	nbdFile := filepath.Join(fuseDir, "nbd")
+	nbdFile := NBDFuse(t, dir, s.URI)
 
 	loop := strings.TrimSpace(MustRun(t, time.Minute, "losetup", "--find", "--show", nbdFile))
 	t.Cleanup(func() {

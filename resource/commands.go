@@ -141,9 +141,7 @@ func (r *Resource) setSyncPaused(ctx context.Context, paused bool) error {
 			r.applySyncPause(e, paused)
 			return nil
 		}
-		r.targetMu.Lock()
-		t := r.target
-		r.targetMu.Unlock()
+		t := r.currentTarget()
 		if t == nil || r.link == nil {
 			return &StateError{Err: fmt.Errorf("no resync runs on this node"), State: r.m.stateString()}
 		}

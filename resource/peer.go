@@ -249,9 +249,7 @@ func (r *Resource) control(link *replicate.Link, msg replicate.ControlMsg) {
 			r.applySyncPause(e, m.Paused)
 			break
 		}
-		r.targetMu.Lock()
-		t := r.target
-		r.targetMu.Unlock()
+		t := r.currentTarget()
 		if t != nil {
 			t.paused.Store(m.Paused)
 			r.publishStatus()

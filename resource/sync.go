@@ -40,9 +40,7 @@ type targetProgress struct {
 }
 
 func (r *Resource) targetProgress() *targetProgress {
-	r.targetMu.Lock()
-	t := r.target
-	r.targetMu.Unlock()
+	t := r.currentTarget()
 	if t == nil {
 		return nil
 	}
@@ -195,6 +193,7 @@ func (r *Resource) stopSync() {
 	r.targetMu.Unlock()
 }
 
+// currentTarget is the running resync's target side, or nil.
 func (r *Resource) currentTarget() *targetState {
 	r.targetMu.Lock()
 	defer r.targetMu.Unlock()

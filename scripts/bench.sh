@@ -91,39 +91,50 @@ start_servers() {
 	fi
 }
 
-# start_replicated starts two daemons on this machine running one resource
-# with protocol C, node a Primary, on two copies of the same data (the
-# identical disks skip the initial sync with new-current-uuid --clear-bitmap).
-start_replicated() {
-	local pa pb na nb
+# start_pair NAME DISK_A DISK_B: two daemons on this machine running
+# resource NAME with protocol C on the two disks (meta-data created), up
+# and connected. Sets PAIR_NBD (node a's NBD address) and PAIR_PIDS; the
+# daemons' control sockets are $WORK/NAME-a.sock and $WORK/NAME-b.sock.
+start_pair() {
+	local name=$1 pa pb na nb n
+	./bin/rbd-nbd create-md --disk "$2" --node-id 0 --force >/dev/null
+	./bin/rbd-nbd create-md --disk "$3" --node-id 1 --force >/dev/null
 	pa=$(free_port); pb=$(free_port); na=$(free_port); nb=$(free_port)
-	printf '%s\n' "resource: r0" "nodes:" \
-		"  - {name: a, node-id: 0, address: \"127.0.0.1:$pa\", disk: \"$RA\", nbd-listen: \"127.0.0.1:$na\"}" \
-		"  - {name: b, node-id: 1, address: \"127.0.0.1:$pb\", disk: \"$RB\", nbd-listen: \"127.0.0.1:$nb\"}" \
-		"net: {protocol: C}" >"$WORK/r0.yaml"
-	cp "$IMG" "$RA"
-	truncate -s 257M "$RA" # room for the internal meta-data after the 256 MiB
-	cp "$RA" "$RB"
-	./bin/rbd-nbd create-md --disk "$RA" --node-id 0 --force >/dev/null
-	./bin/rbd-nbd create-md --disk "$RB" --node-id 1 --force >/dev/null
-	local n
+	printf '%s\n' "resource: $name" "nodes:" \
+		"  - {name: a, node-id: 0, address: \"127.0.0.1:$pa\", disk: \"$2\", nbd-listen: \"127.0.0.1:$na\"}" \
+		"  - {name: b, node-id: 1, address: \"127.0.0.1:$pb\", disk: \"$3\", nbd-listen: \"127.0.0.1:$nb\"}" \
+		"net: {protocol: C}" >"$WORK/$name.yaml"
+	PAIR_PIDS=()
 	for n in a b; do
-		./bin/rbd-nbd daemon --socket "$WORK/$n.sock" --log-level warn 2>"$WORK/daemon-$n.log" &
+		rm -f "$WORK/$name-$n.sock"
+		./bin/rbd-nbd daemon --socket "$WORK/$name-$n.sock" --state-dir none --log-level warn 2>>"$WORK/$name-$n.log" &
+		PAIR_PIDS+=($!)
 		PIDS+=($!)
 	done
 	for n in a b; do
-		for _ in $(seq 100); do [ -S "$WORK/$n.sock" ] && break; sleep 0.05; done
-		./bin/rbd-nbd --socket "$WORK/$n.sock" up -c "$WORK/r0.yaml" --node "$n"
+		for _ in $(seq 100); do [ -S "$WORK/$name-$n.sock" ] && break; sleep 0.05; done
+		./bin/rbd-nbd --socket "$WORK/$name-$n.sock" up -c "$WORK/$name.yaml" --node "$n"
 	done
 	for _ in $(seq 100); do
-		./bin/rbd-nbd --socket "$WORK/a.sock" status r0 | grep -q connection:Connected && break
+		./bin/rbd-nbd --socket "$WORK/$name-a.sock" status "$name" | grep -q connection:Connected && break
 		sleep 0.05
 	done
-	./bin/rbd-nbd --socket "$WORK/a.sock" new-current-uuid r0 --clear-bitmap
-	./bin/rbd-nbd --socket "$WORK/a.sock" wait-sync r0 --timeout 30s
-	./bin/rbd-nbd --socket "$WORK/a.sock" primary r0
-	wait_port "$na"
-	bench_server "rbd-nbd replicated, protocol C" "nbd://127.0.0.1:$na/r0"
+	PAIR_NBD=127.0.0.1:$na
+}
+
+# start_replicated starts a pair running r0, node a Primary, on two copies
+# of the same data (the identical disks skip the initial sync with
+# new-current-uuid --clear-bitmap).
+start_replicated() {
+	cp "$IMG" "$RA"
+	truncate -s 257M "$RA" # room for the internal meta-data after the 256 MiB
+	cp "$RA" "$RB"
+	start_pair r0 "$RA" "$RB"
+	./bin/rbd-nbd --socket "$WORK/r0-a.sock" new-current-uuid r0 --clear-bitmap
+	./bin/rbd-nbd --socket "$WORK/r0-a.sock" wait-sync r0 --timeout 30s
+	./bin/rbd-nbd --socket "$WORK/r0-a.sock" primary r0
+	wait_port "${PAIR_NBD#*:}"
+	bench_server "rbd-nbd replicated, protocol C" "nbd://$PAIR_NBD/r0"
 }
 
 write_jobfile() {
@@ -169,37 +180,18 @@ warm_memory() {
 # resync_once SIZE SRC: seconds for a full resync of SRC's bytes between two
 # daemons on this machine (primary --force until both are UpToDate).
 resync_once() {
-	local src=$2 pa pb na nb t0 t1 n pids=()
+	local src=$2 t0 t1
 	RSA="$BENCH_DIR/rbd-nbd-rs.$$.a.img"; RSB="$BENCH_DIR/rbd-nbd-rs.$$.b.img"
 	cp "$src" "$RSA"
 	truncate -s "+1M" "$RSA" # room for the meta-data after the data
 	truncate -s "$(stat -c %s "$RSA")" "$RSB"
-	./bin/rbd-nbd create-md --disk "$RSA" --node-id 0 --force >/dev/null
-	./bin/rbd-nbd create-md --disk "$RSB" --node-id 1 --force >/dev/null
-	pa=$(free_port); pb=$(free_port); na=$(free_port); nb=$(free_port)
-	printf '%s\n' "resource: rs" "nodes:" \
-		"  - {name: a, node-id: 0, address: \"127.0.0.1:$pa\", disk: \"$RSA\", nbd-listen: \"127.0.0.1:$na\"}" \
-		"  - {name: b, node-id: 1, address: \"127.0.0.1:$pb\", disk: \"$RSB\", nbd-listen: \"127.0.0.1:$nb\"}" >"$WORK/rs.yaml"
-	for n in a b; do
-		rm -f "$WORK/rs-$n.sock"
-		./bin/rbd-nbd daemon --socket "$WORK/rs-$n.sock" --state-dir none --log-level warn 2>>"$WORK/rs-$n.log" &
-		pids+=($!)
-		PIDS+=($!)
-	done
-	for n in a b; do
-		for _ in $(seq 100); do [ -S "$WORK/rs-$n.sock" ] && break; sleep 0.05; done
-		./bin/rbd-nbd --socket "$WORK/rs-$n.sock" up -c "$WORK/rs.yaml" --node "$n"
-	done
-	for _ in $(seq 100); do
-		./bin/rbd-nbd --socket "$WORK/rs-a.sock" status rs | grep -q connection:Connected && break
-		sleep 0.05
-	done
+	start_pair rs "$RSA" "$RSB"
 	t0=$(date +%s.%N)
 	./bin/rbd-nbd --socket "$WORK/rs-a.sock" primary rs --force
 	./bin/rbd-nbd --socket "$WORK/rs-a.sock" wait-sync rs 2>/dev/null
 	t1=$(date +%s.%N)
-	kill "${pids[@]}" 2>/dev/null || true
-	wait "${pids[@]}" 2>/dev/null || true
+	kill "${PAIR_PIDS[@]}" 2>/dev/null || true
+	wait "${PAIR_PIDS[@]}" 2>/dev/null || true
 	rm -f "$RSA" "$RSB"
 	python3 -c "print($t1 - $t0)"
 }

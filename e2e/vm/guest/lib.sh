@@ -186,3 +186,61 @@ no_io_errors() {
 
 # sparse_file PATH MIB: a sparse file of MIB MiB.
 sparse_file() { dd if=/dev/zero of="$1" bs=1048576 count=0 seek="$2" 2>/dev/null; }
+
+# start_writer DIR: a background writer that writes and fsyncs files
+# (dd conv=fsync) into DIR, recording a file's checksum in
+# $WORK/during.sums only once its write was acknowledged, and failures in
+# $WORK/writer.err; writes prints how many it did. Returns once it wrote 5.
+start_writer() {
+	: >"$WORK/writer.err"
+	echo 0 >"$WORK/count"
+	mkdir -p "$1"
+	(
+		i=0
+		while [ ! -e "$WORK/stop" ]; do
+			dd if=/dev/urandom of="$WORK/wsrc" bs=65536 count=2 2>/dev/null
+			s=$(sha256sum <"$WORK/wsrc" | cut -d' ' -f1)
+			if dd if="$WORK/wsrc" of="$1/w$i" bs=65536 conv=fsync 2>"$WORK/dd.err"; then
+				echo "$s  $1/w$i" >>"$WORK/during.sums"
+			else
+				echo "write $i failed: $(cat "$WORK/dd.err")" >>"$WORK/writer.err"
+			fi
+			i=$((i + 1))
+			echo "$i" >"$WORK/count.tmp" && mv "$WORK/count.tmp" "$WORK/count"
+		done
+	) >"$WORK/writer.log" 2>&1 &
+	WRITER_PID=$!
+	wait_for 60 "the writer to get going" sh -c "[ \$(cat $WORK/count) -ge 5 ]"
+}
+
+# writes: how many files the writer wrote.
+writes() { cat "$WORK/count"; }
+
+# stop_writer: stop the writer; fail if any of its writes failed.
+stop_writer() {
+	touch "$WORK/stop"
+	wait "$WRITER_PID"
+	if [ -s "$WORK/writer.err" ]; then
+		cat "$WORK/writer.err"
+		fail "the writer saw errors"
+	fi
+}
+
+# verify_restart DEV MNT: after a restart under the mounted DEV (at MNT):
+# no I/O errors, fsck clean, and every file written before (write_files)
+# and during (start_writer) reads back; then unmount and detach. Marks
+# NO_IO_ERRORS, FSCK_CLEAN and VERIFIED.
+verify_restart() {
+	no_io_errors
+	marker NO_IO_ERRORS
+	umount "$2"
+	fsck_clean "$1"
+	marker FSCK_CLEAN
+	mount -t ext4 "$1" "$2"
+	verify_sums
+	verify_sums "$WORK/during.sums"
+	log "verified $(wc -l <"$WORK/sums") files written before and $(wc -l <"$WORK/during.sums") during the restart"
+	umount "$2"
+	rbd-nbd detach "$1"
+	marker VERIFIED
+}

@@ -55,3 +55,29 @@ r0_start() {
 	r0 a wait-sync r0 --timeout 120s
 	wait_for 60 "the initial sync" in_sync
 }
+
+# secondary_down: kill node b's daemon (kill -9); node a notices.
+secondary_down() {
+	kill_hard b
+	wait_for 60 "a to notice" status_has a "connection:Connecting"
+}
+
+# secondary_back: start node b's daemon again; it brings r0 back by itself
+# (it remembers r0 was up).
+secondary_back() {
+	start_daemon b "$B"
+	wait_for 60 "b to restore r0" status_has b "connection:"
+}
+
+# resynced: wait until the resync ended and both nodes are in sync.
+resynced() {
+	r0 a wait-sync r0 --timeout 120s
+	wait_for 60 "the resync" in_sync
+}
+
+# switch_over: once node a's NBD clients are gone, demote a and promote b.
+switch_over() {
+	wait_for 30 "the NBD clients to go" sh -c "rbd-nbd --socket $A status r0 --json | grep -q '\"nbd-connections\":0'"
+	r0 a secondary r0
+	r0 b primary r0
+}

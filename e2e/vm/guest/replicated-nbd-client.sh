@@ -22,25 +22,19 @@ write_files /mnt/c/one 6 256
 sync
 marker WRITTEN
 
-kill_hard b
-wait_for 60 "a to notice" status_has a "connection:Connecting"
+secondary_down
 write_files /mnt/c/two 6 256
 sync
 marker SECONDARY_KILLED
-# The restarted daemon brings r0 back by itself (it remembers it was up).
-start_daemon b "$B"
-wait_for 60 "b to restore r0" status_has b "connection:"
+secondary_back
 marker SECONDARY_BACK
-r0 a wait-sync r0 --timeout 120s
-wait_for 60 "the resync" in_sync
+resynced
 marker RESYNCED
 
 umount /mnt/c
 fsck_clean "$dev"
 nbd-client -d /dev/nbd3 >/dev/null 2>&1
-wait_for 30 "the NBD clients to go" sh -c "rbd-nbd --socket $A status r0 --json | grep -q '\"nbd-connections\":0'"
-r0 a secondary r0
-r0 b primary r0
+switch_over
 nbd-client 127.0.0.1 10822 /dev/nbd3 -N r0 -b 4096 >>"$WORK/nbd-client.log" 2>&1 || fail "nbd-client could not connect to node b"
 wait_for 30 "nbd3 to have a size" sh -c "[ \$(cat /sys/block/nbd3/size) -gt 0 ]"
 marker SWITCHED
