@@ -35,6 +35,20 @@ type FastZeroer interface {
 	ZeroFast(off, length int64, noHole bool) error
 }
 
+// PipeWriter is implemented by devices that can take written data straight
+// from a pipe with splice(2), so that data arriving on a socket reaches the
+// file without a copy through user memory. The NBD server uses it for
+// large WRITEs when serving a file.
+type PipeWriter interface {
+	// CanSplice reports whether WriteFromPipe works on this device (it
+	// does not with O_DIRECT or on a read-only device).
+	CanSplice() bool
+	// WriteFromPipe moves up to n bytes from the read end of a pipe to
+	// off and returns how many it moved (at least one unless it fails).
+	// Writing past the end of the device is an error.
+	WriteFromPipe(pipe int, off int64, n int) (int, error)
+}
+
 // Op names a device operation, for fault injection and counting.
 type Op uint8
 

@@ -256,6 +256,9 @@ func TestFileDirect(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer f.Close()
+	if f.CanSplice() {
+		t.Error("O_DIRECT file: CanSplice true")
+	}
 	a := f.Alignment()
 	if a < 512 {
 		t.Fatalf("Alignment = %d", a)

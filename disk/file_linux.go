@@ -60,6 +60,7 @@ type File struct {
 var (
 	_ Device     = (*File)(nil)
 	_ FastZeroer = (*File)(nil)
+	_ PipeWriter = (*File)(nil)
 )
 
 // zeroChunk is the size of the buffer used to write zeroes where the
@@ -199,6 +200,37 @@ func (f *File) WriteAt(p []byte, off int64) (int, error) {
 		return f.directIO(p, off, true)
 	}
 	return pwriteFull(f.fd, p, off)
+}
+
+// CanSplice reports whether WriteFromPipe works: not with O_DIRECT (whose
+// alignment rules a pipe's buffers do not follow) and not read-only.
+func (f *File) CanSplice() bool { return !f.direct && !f.readOnly }
+
+// WriteFromPipe moves up to n bytes from the pipe to off with splice(2).
+func (f *File) WriteFromPipe(pipe int, off int64, n int) (int, error) {
+	if !f.CanSplice() {
+		return 0, fmt.Errorf("splice to %s: %w", f.path, ErrNotSupported)
+	}
+	if err := checkRange(off, int64(n), f.size); err != nil {
+		return 0, err
+	}
+	if err := f.ref.acquire(); err != nil {
+		return 0, err
+	}
+	defer f.ref.release()
+	for {
+		m, err := unix.Splice(pipe, nil, f.fd, &off, n, unix.SPLICE_F_MOVE)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return 0, err
+		}
+		if m == 0 {
+			return 0, io.ErrShortWrite
+		}
+		return int(m), nil
+	}
 }
 
 func preadFull(fd int, p []byte, off int64) (int, error) {

@@ -17,6 +17,7 @@ type SliceDevice struct {
 var (
 	_ Device     = (*SliceDevice)(nil)
 	_ FastZeroer = (*SliceDevice)(nil)
+	_ PipeWriter = (*SliceDevice)(nil)
 )
 
 // Slice returns the view of dev's bytes [off, off+size). Closing the view
@@ -66,6 +67,24 @@ func (s *SliceDevice) WriteAt(p []byte, off int64) (int, error) {
 		return 0, err
 	}
 	return s.parent.WriteAt(p, s.off+off)
+}
+
+// CanSplice reports whether the parent takes writes from a pipe.
+func (s *SliceDevice) CanSplice() bool {
+	pw, ok := s.parent.(PipeWriter)
+	return ok && pw.CanSplice()
+}
+
+// WriteFromPipe moves up to n bytes from the pipe to off within the slice.
+func (s *SliceDevice) WriteFromPipe(pipe int, off int64, n int) (int, error) {
+	if err := checkRange(off, int64(n), s.size); err != nil {
+		return 0, err
+	}
+	pw, ok := s.parent.(PipeWriter)
+	if !ok {
+		return 0, fmt.Errorf("splice: %w", ErrNotSupported)
+	}
+	return pw.WriteFromPipe(pipe, s.off+off, n)
 }
 
 // Sync syncs the parent.

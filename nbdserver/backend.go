@@ -113,9 +113,35 @@ func (e *Export) validate() error {
 // disk.ZeroFast. Because fdatasync covers every pwrite completed on the
 // file before it, whichever descriptor or connection issued it, Flush
 // covers all writes acknowledged on any connection: multi-conn is safe.
-func DeviceBackend(d disk.Device) Backend { return deviceBackend{d} }
+func DeviceBackend(d disk.Device) Backend {
+	if pw, ok := d.(disk.PipeWriter); ok && pw.CanSplice() {
+		return pipeBackend{deviceBackend{d}, pw}
+	}
+	return deviceBackend{d}
+}
+
+// PipeWriter is an optional interface of a Backend that can take a WRITE's
+// data straight from a pipe (splice(2)). The server then moves large
+// WRITE payloads from the socket into the backend's file through a pipe,
+// without copying them through user memory (see docs/nbd-server.md).
+// WriteFromPipe moves up to n bytes from the pipe's read end to off and
+// returns how many it moved (at least one unless it fails).
+type PipeWriter interface {
+	WriteFromPipe(pipe int, off int64, n int) (int, error)
+}
 
 type deviceBackend struct{ d disk.Device }
+
+// pipeBackend is a deviceBackend on a device that takes splice(2).
+type pipeBackend struct {
+	deviceBackend
+	pw disk.PipeWriter
+}
+
+func (b pipeBackend) WriteFromPipe(pipe int, off int64, n int) (int, error) {
+	m, err := b.pw.WriteFromPipe(pipe, off, n)
+	return m, mapDiskErr(err)
+}
 
 func (b deviceBackend) Size() int64 { return b.d.Size() }
 

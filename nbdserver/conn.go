@@ -53,6 +53,10 @@ type conn struct {
 	// from the socket into its buffer instead of through br. Reader only.
 	bigWrites bool
 
+	// sp splices large WRITE payloads into the backend (splice_linux.go).
+	// Reader only.
+	sp splicer
+
 	closeOnce sync.Once
 	draining  atomic.Bool // Shutdown: stop reading, finish what was read
 
@@ -86,8 +90,9 @@ type conn struct {
 // request is a decoded request plus what the reader decided about it.
 type request struct {
 	Request
-	errno uint32  // nonzero: reply with this error without executing
-	buf   *[]byte // WRITE payload, from the pool
+	errno  uint32  // nonzero: reply with this error without executing
+	buf    *[]byte // WRITE payload, from the pool
+	splice bool    // WRITE payload left in the socket for spliceWrite
 }
 
 // serve runs the connection: handshake (unless exp is given), then
@@ -96,6 +101,7 @@ func (c *conn) serve(exp *Export) {
 	defer close(c.done)
 	defer c.s.forget(c)
 	defer c.abort()
+	defer c.sp.close()
 	c.src = limitReader{r: c.nc}
 	c.br, c.bw = c.s.newBuffers(&c.src, c.nc)
 
@@ -158,6 +164,7 @@ func (c *conn) transmit(exp *Export) {
 	c.size = uint64(exp.Backend.Size())
 	c.readOnly = exp.ReadOnly
 	c.minBlock, _, c.maxPayload = exp.blockSizes(&c.s.cfg)
+	c.sp.init(c.b, c.nc)
 	if c.draining.Load() {
 		// Shutdown raced with the handshake's last step.
 		return
@@ -187,6 +194,15 @@ func (c *conn) worker() {
 			return
 		}
 		c.busy.Add(1)
+		if r.splice {
+			err := c.spliceWrite(&r)
+			c.busy.Add(-1)
+			if err != nil {
+				c.readEnded(err)
+				return
+			}
+			continue
+		}
 		if c.inline(&r) {
 			c.execute(&r, c.br.Buffered() >= requestSize)
 			c.busy.Add(-1)
@@ -347,7 +363,7 @@ func (c *conn) readRequest(r *request) error {
 		return err
 	}
 	c.br.Discard(requestSize)
-	r.buf = nil
+	r.buf, r.splice = nil, false
 	r.errno = c.validate(&r.Request)
 	if r.Type != CmdWrite || r.Length == 0 {
 		return nil
@@ -357,6 +373,10 @@ func (c *conn) readRequest(r *request) error {
 		return err
 	}
 	c.bigWrites = r.Length >= bigWrite
+	if c.wantSplice(r) {
+		r.splice = true
+		return nil
+	}
 	r.buf = c.s.pool.get(int(r.Length))
 	if err := c.readPayload(*r.buf); err != nil {
 		c.s.pool.put(r.buf)
@@ -494,18 +514,24 @@ func (c *conn) execute(r *request, more bool) {
 	case CmdCache:
 		// A hint that the data will be read soon; nothing to do.
 	}
-	errno := Errno(err)
 	if err != nil {
-		lvl := zap.WarnLevel
-		if errno != EIO {
-			lvl = zap.DebugLevel
-		}
-		if ce := c.log.Check(lvl, "request failed"); ce != nil {
-			ce.Write(zap.String("cmd", cmdName(r.Type)), zap.Int64("offset", off), zap.Int64("length", length),
-				zap.Uint32("errno", errno), zap.Error(err))
-		}
+		c.logFailure(r, err)
 	}
-	c.reply(r.Handle, errno, nil, more)
+	c.reply(r.Handle, Errno(err), nil, more)
+}
+
+// logFailure logs a request the backend failed: an I/O error as a
+// warning, the others (ENOSPC, EINVAL) for debugging only.
+func (c *conn) logFailure(r *request, err error) {
+	errno := Errno(err)
+	lvl := zap.WarnLevel
+	if errno != EIO {
+		lvl = zap.DebugLevel
+	}
+	if ce := c.log.Check(lvl, "request failed"); ce != nil {
+		ce.Write(zap.String("cmd", cmdName(r.Type)), zap.Uint64("offset", r.Offset), zap.Uint32("length", r.Length),
+			zap.Uint32("errno", errno), zap.Error(err))
+	}
 }
 
 // reply sends a simple reply, with data for a successful READ. The writer

@@ -42,7 +42,7 @@ cleanup() {
 	for pid in "${PIDS[@]}"; do
 		wait "$pid" 2>/dev/null || true
 	done
-	rm -rf "$WORK" "$IMG" "$RA" "$RB" "$BENCH_DIR"/rbd-nbd-rs.$$.*
+	rm -rf "$WORK" "$IMG" "$RA"* "$RB"* "$BENCH_DIR"/rbd-nbd-rs.$$.*
 }
 trap cleanup EXIT
 
@@ -88,6 +88,7 @@ start_servers() {
 
 	if [ "${REPLICATED:-1}" = 1 ]; then
 		start_replicated
+		if [ -n "${PAIR_ENV2:-}" ]; then PAIR_ENV=$PAIR_ENV2 start_replicated r1; fi
 	fi
 }
 
@@ -107,7 +108,7 @@ start_pair() {
 	PAIR_PIDS=()
 	for n in a b; do
 		rm -f "$WORK/$name-$n.sock"
-		./bin/rbd-nbd daemon --socket "$WORK/$name-$n.sock" --state-dir none --log-level warn 2>>"$WORK/$name-$n.log" &
+		env ${PAIR_ENV:-} ./bin/rbd-nbd daemon --socket "$WORK/$name-$n.sock" --state-dir none --log-level warn 2>>"$WORK/$name-$n.log" &
 		PAIR_PIDS+=($!)
 		PIDS+=($!)
 	done
@@ -126,15 +127,17 @@ start_pair() {
 # of the same data (the identical disks skip the initial sync with
 # new-current-uuid --clear-bitmap).
 start_replicated() {
-	cp "$IMG" "$RA"
-	truncate -s 257M "$RA" # room for the internal meta-data after the 256 MiB
-	cp "$RA" "$RB"
-	start_pair r0 "$RA" "$RB"
-	./bin/rbd-nbd --socket "$WORK/r0-a.sock" new-current-uuid r0 --clear-bitmap
-	./bin/rbd-nbd --socket "$WORK/r0-a.sock" wait-sync r0 --timeout 30s
-	./bin/rbd-nbd --socket "$WORK/r0-a.sock" primary r0
+	local name=${1:-r0} ra=$RA rb=$RB
+	[ "$name" = r0 ] || { ra=$RA.$name; rb=$RB.$name; }
+	cp "$IMG" "$ra"
+	truncate -s 257M "$ra" # room for the internal meta-data after the 256 MiB
+	cp "$ra" "$rb"
+	start_pair $name "$ra" "$rb"
+	./bin/rbd-nbd --socket "$WORK/$name-a.sock" new-current-uuid $name --clear-bitmap
+	./bin/rbd-nbd --socket "$WORK/$name-a.sock" wait-sync $name --timeout 30s
+	./bin/rbd-nbd --socket "$WORK/$name-a.sock" primary $name
 	wait_port "${PAIR_NBD#*:}"
-	bench_server "rbd-nbd replicated, protocol C" "nbd://$PAIR_NBD/r0"
+	bench_server "rbd-nbd replicated, protocol C ${PAIR_ENV:-}" "nbd://$PAIR_NBD/$name"
 }
 
 write_jobfile() {
