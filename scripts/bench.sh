@@ -32,8 +32,6 @@ done
 
 WORK=$(mktemp -d)
 IMG="$BENCH_DIR/rbd-nbd-bench.$$.img"
-RA="$BENCH_DIR/rbd-nbd-bench.$$.a.img"
-RB="$BENCH_DIR/rbd-nbd-bench.$$.b.img"
 PIDS=()
 cleanup() {
 	for pid in "${PIDS[@]}"; do
@@ -42,7 +40,7 @@ cleanup() {
 	for pid in "${PIDS[@]}"; do
 		wait "$pid" 2>/dev/null || true
 	done
-	rm -rf "$WORK" "$IMG" "$RA"* "$RB"* "$BENCH_DIR"/rbd-nbd-rs.$$.*
+	rm -rf "$WORK" "$IMG" "$BENCH_DIR"/rbd-nbd-r?.$$.* "$BENCH_DIR"/rbd-nbd-rs.$$.*
 }
 trap cleanup EXIT
 
@@ -87,17 +85,20 @@ start_servers() {
 	bench_server "rbd-nbd serve" "nbd://127.0.0.1:$port/"
 
 	if [ "${REPLICATED:-1}" = 1 ]; then
-		start_replicated
-		if [ -n "${PAIR_ENV2:-}" ]; then PAIR_ENV=$PAIR_ENV2 start_replicated r1; fi
+		start_replicated r0 "rbd-nbd replicated, protocol C"
+		# Both nodes and fio share this machine's cores: one CPU per
+		# daemon saves the wake-ups between their threads.
+		start_replicated r1 "rbd-nbd replicated, protocol C, --max-procs 1" --max-procs 1
 	fi
 }
 
-# start_pair NAME DISK_A DISK_B: two daemons on this machine running
-# resource NAME with protocol C on the two disks (meta-data created), up
-# and connected. Sets PAIR_NBD (node a's NBD address) and PAIR_PIDS; the
+# start_pair NAME DISK_A DISK_B [DAEMON_FLAG...]: two daemons on this
+# machine running resource NAME with protocol C on the two disks
+# (meta-data created), up and connected. Sets PAIR_NBD (node a's NBD address) and PAIR_PIDS; the
 # daemons' control sockets are $WORK/NAME-a.sock and $WORK/NAME-b.sock.
 start_pair() {
 	local name=$1 pa pb na nb n
+	local flags=("${@:4}")
 	./bin/rbd-nbd create-md --disk "$2" --node-id 0 --force >/dev/null
 	./bin/rbd-nbd create-md --disk "$3" --node-id 1 --force >/dev/null
 	pa=$(free_port); pb=$(free_port); na=$(free_port); nb=$(free_port)
@@ -108,7 +109,7 @@ start_pair() {
 	PAIR_PIDS=()
 	for n in a b; do
 		rm -f "$WORK/$name-$n.sock"
-		env ${PAIR_ENV:-} ./bin/rbd-nbd daemon --socket "$WORK/$name-$n.sock" --state-dir none --log-level warn 2>>"$WORK/$name-$n.log" &
+		./bin/rbd-nbd daemon --socket "$WORK/$name-$n.sock" --state-dir none --log-level warn "${flags[@]}" 2>>"$WORK/$name-$n.log" &
 		PAIR_PIDS+=($!)
 		PIDS+=($!)
 	done
@@ -123,21 +124,21 @@ start_pair() {
 	PAIR_NBD=127.0.0.1:$na
 }
 
-# start_replicated starts a pair running r0, node a Primary, on two copies
-# of the same data (the identical disks skip the initial sync with
-# new-current-uuid --clear-bitmap).
+# start_replicated NAME LABEL [DAEMON_FLAG...] starts a pair running
+# resource NAME, node a Primary, on two copies of the same data (the
+# identical disks skip the initial sync with new-current-uuid
+# --clear-bitmap), and registers it as server LABEL.
 start_replicated() {
-	local name=${1:-r0} ra=$RA rb=$RB
-	[ "$name" = r0 ] || { ra=$RA.$name; rb=$RB.$name; }
+	local name=$1 label=$2 ra="$BENCH_DIR/rbd-nbd-$1.$$.a.img" rb="$BENCH_DIR/rbd-nbd-$1.$$.b.img"
 	cp "$IMG" "$ra"
 	truncate -s 257M "$ra" # room for the internal meta-data after the 256 MiB
 	cp "$ra" "$rb"
-	start_pair $name "$ra" "$rb"
-	./bin/rbd-nbd --socket "$WORK/$name-a.sock" new-current-uuid $name --clear-bitmap
-	./bin/rbd-nbd --socket "$WORK/$name-a.sock" wait-sync $name --timeout 30s
-	./bin/rbd-nbd --socket "$WORK/$name-a.sock" primary $name
+	start_pair "$name" "$ra" "$rb" "${@:3}"
+	./bin/rbd-nbd --socket "$WORK/$name-a.sock" new-current-uuid "$name" --clear-bitmap
+	./bin/rbd-nbd --socket "$WORK/$name-a.sock" wait-sync "$name" --timeout 30s
+	./bin/rbd-nbd --socket "$WORK/$name-a.sock" primary "$name"
 	wait_port "${PAIR_NBD#*:}"
-	bench_server "rbd-nbd replicated, protocol C ${PAIR_ENV:-}" "nbd://$PAIR_NBD/$name"
+	bench_server "$label" "nbd://$PAIR_NBD/$name"
 }
 
 write_jobfile() {
