@@ -38,6 +38,9 @@ type Config struct {
 	// Logger receives the handlers' output and their results; nil
 	// discards them.
 	Logger *zap.Logger
+	// Resource names the resource in log lines about the configuration
+	// (lines about a run name the resource of the run's Env).
+	Resource string
 	// Events, if not nil, receives every call and response. It is called
 	// synchronously from the goroutine running the handler, possibly from
 	// several at once, so it must be safe for concurrent use and quick.
@@ -130,7 +133,7 @@ func (r *Runner) setHandlers(h config.Handlers) {
 		if _, known := Lookup(Name(name)); !known {
 			// Not an error: the file may be meant for a newer release.
 			r.log.Warn("command configured for a handler this version does not know",
-				zap.String("handler", name))
+				zap.String("handler", name), zap.String("resource", r.cfg.Resource))
 		}
 		cmds[name] = append([]string(nil), argv...)
 	}

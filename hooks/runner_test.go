@@ -706,7 +706,7 @@ func TestInvalidName(t *testing.T) {
 
 func TestReconfigure(t *testing.T) {
 	dir := t.TempDir()
-	f := newFixture(t, config.Handlers{})
+	f := newFixture(t, config.Handlers{}, func(c *hooks.Config) { c.Resource = "r0" })
 	if res := f.r.Run(context.Background(), hooks.FencePeer, env()); res.Outcome != hooks.OutcomeUnconfigured {
 		t.Fatalf("%+v", res)
 	}
@@ -724,8 +724,12 @@ func TestReconfigure(t *testing.T) {
 	if err := f.r.Reconfigure(config.Handlers{Commands: map[string][]string{"some-future-handler": {"/bin/true"}}}); err != nil {
 		t.Errorf("Reconfigure rejected a handler name from a newer release: %v", err)
 	}
-	if f.logs.FilterMessage("command configured for a handler this version does not know").Len() != 1 {
-		t.Errorf("unknown handler name in the configuration not logged")
+	warned := f.logs.FilterMessage("command configured for a handler this version does not know")
+	if warned.Len() != 1 {
+		t.Fatalf("unknown handler name in the configuration not logged")
+	}
+	if fields := warned.All()[0].ContextMap(); fields["resource"] != "r0" || fields["handler"] != "some-future-handler" {
+		t.Errorf("warning's fields %v, want the resource and the handler", fields)
 	}
 }
 

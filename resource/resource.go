@@ -162,6 +162,7 @@ func (r *Resource) Start(ctx context.Context) (err error) {
 	}
 	hc := hooks.DefaultConfig()
 	hc.Handlers, hc.Logger, hc.Events = cfg.Handlers, r.opts.Logger.Named("hooks"), r.hookEvent // the runner adds the resource field
+	hc.Resource = cfg.Name
 	hr, err := hooks.New(hc)
 	if err != nil {
 		return err
