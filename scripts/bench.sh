@@ -10,7 +10,8 @@
 #   JOBS      space-separated job names to run (default: all four)
 #   BENCH_DIR where the backing file goes (default /dev/shm)
 #   OUT       also write the table to this file
-#   REPLICATED=0  leave out the replicated resource
+#   REPLICATED=0  leave out the replicated resource (run twice: with the
+#                 daemons' defaults and with --max-procs 1)
 #   RESYNC=0      leave out the resync benchmark; RESYNC_SIZE (default 1G)
 #
 # Servers are registered with `bench_server NAME URI` after being started;
