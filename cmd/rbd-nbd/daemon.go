@@ -28,7 +28,7 @@ type daemonOptions struct {
 	shutdownTimeout time.Duration
 	pprof           string
 	stateDir        string
-	maxProcs        int
+	tuning          tuningOptions
 }
 
 func newDaemonCmd(g *globalOptions) *cobra.Command {
@@ -53,7 +53,7 @@ SIGTERM or SIGINT stops it cleanly.`,
 	f.IntVar(&o.eventQueue, "event-queue", daemon.DefaultConfig().EventQueue, "events a subscriber may fall behind before it is dropped")
 	f.DurationVar(&o.shutdownTimeout, "shutdown-timeout", 10*time.Second, "how long requests in progress may take at shutdown")
 	f.StringVar(&o.stateDir, "state-dir", "", "where the daemon remembers which resources are up and Primary, to restore them when it is started again (default: state.<socket name> next to the socket; \"none\" to forget)")
-	f.IntVar(&o.maxProcs, "max-procs", 0, "CPUs the daemon runs on at once (Go's GOMAXPROCS; 0: all). 1 suits a small machine shared with the peer node and the clients: see docs/configuration.md")
+	o.tuning.addFlags(f, "daemon")
 	f.StringVar(&o.pprof, "pprof", "", "serve Go's profiler at this address (loopback only, for developers)")
 	_ = f.MarkHidden("pprof")
 	return cmd
@@ -78,11 +78,8 @@ func runDaemon(parent context.Context, g *globalOptions, o *daemonOptions) error
 		return err
 	}
 	defer log.Sync()
-	if o.maxProcs < 0 {
-		return fmt.Errorf("--max-procs %d: want 0 (all CPUs) or more", o.maxProcs)
-	}
-	if o.maxProcs > 0 {
-		runtime.GOMAXPROCS(o.maxProcs)
+	if err := o.tuning.apply(g.exec, log); err != nil {
+		return err
 	}
 	if o.pprof != "" {
 		startProfiler(o.pprof, log)
@@ -150,7 +147,7 @@ func runDaemon(parent context.Context, g *globalOptions, o *daemonOptions) error
 	go func() { served <- srv.Serve(l) }()
 	log.Info("daemon started", zap.String("socket", path), zap.String("version", version.Version),
 		zap.String("protocol", fmt.Sprintf("%d.%d", ctlproto.ProtoMajor, ctlproto.ProtoMinor)),
-		zap.Int("max-procs", runtime.GOMAXPROCS(0)))
+		zap.Int("max-procs", runtime.GOMAXPROCS(0)), zap.Bool("monitor-awake", monitorAwake()))
 	go state.restore(ctx, path)
 
 	var serveErr error

@@ -4,10 +4,11 @@ package main
 
 import (
 	"os"
+	"syscall"
 )
 
 func main() {
-	if err := newRootCmd().Execute(); err != nil {
+	if err := newRootCmdExec(syscall.Exec).Execute(); err != nil {
 		os.Exit(1)
 	}
 }

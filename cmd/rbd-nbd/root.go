@@ -21,6 +21,8 @@ type globalOptions struct {
 	socket    string
 	logFormat string
 	logLevel  string
+	// exec restarts the program (--low-latency); nil in tests.
+	exec execFunc
 }
 
 // socketPath returns the control socket path: the flag, else the
@@ -57,8 +59,12 @@ func (g *globalOptions) logger() (*zap.Logger, error) {
 	return cfg.Build()
 }
 
-func newRootCmd() *cobra.Command {
-	g := &globalOptions{}
+func newRootCmd() *cobra.Command { return newRootCmdExec(nil) }
+
+// newRootCmdExec is newRootCmd for the real program: the long-running
+// commands may restart it with exec (see tuningOptions.apply).
+func newRootCmdExec(exec execFunc) *cobra.Command {
+	g := &globalOptions{exec: exec}
 	root := &cobra.Command{
 		Use:           "rbd-nbd",
 		Short:         "A replicated block device in user space, served over NBD",
