@@ -53,9 +53,9 @@ SIGTERM or SIGINT stops it cleanly.`,
 	f.IntVar(&o.eventQueue, "event-queue", daemon.DefaultConfig().EventQueue, "events a subscriber may fall behind before it is dropped")
 	f.DurationVar(&o.shutdownTimeout, "shutdown-timeout", 10*time.Second, "how long requests in progress may take at shutdown")
 	f.StringVar(&o.stateDir, "state-dir", "", "where the daemon remembers which resources are up and Primary, to restore them when it is started again (default: state.<socket name> next to the socket; \"none\" to forget)")
-	o.tuning.addFlags(f, "daemon")
 	f.StringVar(&o.pprof, "pprof", "", "serve Go's profiler at this address (loopback only, for developers)")
 	_ = f.MarkHidden("pprof")
+	o.tuning.install(cmd, g, "daemon")
 	return cmd
 }
 
@@ -78,9 +78,6 @@ func runDaemon(parent context.Context, g *globalOptions, o *daemonOptions) error
 		return err
 	}
 	defer log.Sync()
-	if err := o.tuning.apply(g.exec, log); err != nil {
-		return err
-	}
 	if o.pprof != "" {
 		startProfiler(o.pprof, log)
 	}

@@ -52,9 +52,6 @@ by its --export name or by the default name "".`,
 				return err
 			}
 			defer func() { _ = log.Sync() }() // syncing stderr may fail harmlessly
-			if err := o.tuning.apply(g.exec, log); err != nil {
-				return err
-			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			return runServe(ctx, o, log)
@@ -70,7 +67,7 @@ by its --export name or by the default name "".`,
 	f.BoolVar(&o.direct, "direct", false, "open the disk with O_DIRECT (requests must then be block-aligned)")
 	f.IntVar(&o.maxInFlight, "max-in-flight", 0, "requests run at once per connection (0: default 128)")
 	f.DurationVar(&o.shutdownTimeout, "shutdown-timeout", 10*time.Second, "how long a graceful shutdown may take before connections are cut")
-	o.tuning.addFlags(f, "server")
+	o.tuning.install(cmd, g, "server")
 	cobra.CheckErr(cmd.MarkFlagRequired("disk"))
 	addServeReattach(cmd, o, g)
 	return cmd

@@ -6,6 +6,7 @@ import (
 	"runtime"
 	"strings"
 
+	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 	"go.uber.org/zap"
 )
@@ -30,6 +31,20 @@ type execFunc func(argv0 string, argv []string, envv []string) error
 type tuningOptions struct {
 	maxProcs   int
 	lowLatency bool
+}
+
+// install adds the flags to cmd and applies them before it runs (PreRunE:
+// before anything of the command has started, since apply may restart
+// the program).
+func (o *tuningOptions) install(cmd *cobra.Command, g *globalOptions, what string) {
+	o.addFlags(cmd.Flags(), what)
+	cmd.PreRunE = func(*cobra.Command, []string) error {
+		log, err := g.logger()
+		if err != nil {
+			return err
+		}
+		return o.apply(g.exec, log)
+	}
 }
 
 func (o *tuningOptions) addFlags(f *pflag.FlagSet, what string) {
