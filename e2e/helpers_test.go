@@ -197,6 +197,21 @@ type Process struct {
 	err  error // valid after done
 }
 
+// Environ returns the process's current environment (/proc/PID/environ),
+// which tells whether it restarted itself with other settings.
+func (p *Process) Environ(t testing.TB) []string {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", p.Cmd.Process.Pid))
+	if err != nil {
+		t.Fatalf("environment of %s: %v", p.name, err)
+	}
+	return strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
+}
+
+// lowLatencyEnv is what --low-latency (the default) puts in the
+// environment of rbd-nbd daemon and serve when they restart themselves.
+const lowLatencyEnv = "GODEBUG=schedtrace=2147483647"
+
 // StartProcess starts name with args in the background. Its combined
 // output is kept (Output) and logged if the test fails. When the test ends
 // the process gets SIGTERM, then SIGKILL after 10s.

@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -19,6 +20,9 @@ func TestServeNbdinfo(t *testing.T) {
 	RequireTools(t, "nbdinfo")
 	dir := t.TempDir()
 	s := StartServe(t, filepath.Join(dir, "disk.img"), "disk0", "--size", "64M", "--description", "e2e disk")
+	if !slices.Contains(s.Environ(t), lowLatencyEnv) {
+		t.Errorf("serve did not restart itself with the runtime monitor awake (--low-latency)")
+	}
 
 	for _, can := range []string{"flush", "fua", "trim", "zero", "fast-zero", "multi-conn", "cache"} {
 		if r := Run(t, toolTimeout, "nbdinfo", "--can", can, s.URI); r.ExitCode != 0 {
