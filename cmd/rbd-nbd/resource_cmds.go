@@ -259,6 +259,7 @@ func waitFor(cmd *cobra.Command, g *globalOptions, name string, timeout time.Dur
 	err := withClient(cmd.Context(), g, timeout, func(ctx context.Context, c *ctlproto.Client) error {
 		t := time.NewTicker(200 * time.Millisecond)
 		defer t.Stop()
+		changed := watchChanges(ctx, g, name)
 		for {
 			sts, err := c.Status(ctx, name)
 			if err != nil {
@@ -284,12 +285,45 @@ func waitFor(cmd *cobra.Command, g *globalOptions, name string, timeout time.Dur
 			}
 			select {
 			case <-t.C:
+			case <-changed:
 			case <-ctx.Done():
 				return fmt.Errorf("still %s/%s/%s after waiting: %w", last.Conn, last.Disk, last.PeerDisk, ctx.Err())
 			}
 		}
 	})
 	return last, err
+}
+
+// watchChanges subscribes to the resource's events on a connection of its
+// own and signals on the returned channel whenever one arrives, so that a
+// waiter looks at the status again at once rather than at its next tick
+// (wait-sync then returns when the resync ends, not up to a tick later).
+// It returns nil when it cannot subscribe: the waiter then only polls.
+// The subscription ends with ctx.
+func watchChanges(ctx context.Context, g *globalOptions, name string) <-chan struct{} {
+	c, err := dial(ctx, g)
+	if err != nil {
+		return nil
+	}
+	sub, err := c.Subscribe(ctx, name)
+	if err != nil {
+		c.Close()
+		return nil
+	}
+	ch := make(chan struct{}, 1)
+	go func() {
+		defer sub.Close()
+		for {
+			if _, err := sub.Next(ctx); err != nil {
+				return
+			}
+			select {
+			case ch <- struct{}{}:
+			default: // one signal pending is enough
+			}
+		}
+	}()
+	return ch
 }
 
 func newBar(w io.Writer, tty bool, st resource.Status, base uint64) *progressbar.ProgressBar {
