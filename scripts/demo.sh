@@ -40,7 +40,8 @@ start_daemon() { # name
 	"$B" daemon --socket "$W/$1.sock" >>"$W/$1.log" 2>&1 &
 	PIDS+=($!)
 	eval "PID_$1=$!"
-	for _ in $(seq 100); do [ -S "$W/$1.sock" ] && return; sleep 0.05; done
+	# Wait until it answers: a node killed earlier leaves its socket file.
+	for _ in $(seq 200); do "$B" --socket "$W/$1.sock" version >/dev/null 2>&1 && return; sleep 0.05; done
 	fail "daemon $1 did not start"
 }
 A() { "$B" --socket "$W/a.sock" "$@"; }
