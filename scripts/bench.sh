@@ -115,7 +115,7 @@ start_pair() {
 		PIDS+=($!)
 	done
 	for n in a b; do
-		for _ in $(seq 200); do ./bin/rbd-nbd --socket "$WORK/$name-$n.sock" version >/dev/null 2>&1 && break; sleep 0.05; done
+		for _ in $(seq 200); do ./bin/rbd-nbd --socket "$WORK/$name-$n.sock" status >/dev/null 2>&1 && break; sleep 0.05; done
 		./bin/rbd-nbd --socket "$WORK/$name-$n.sock" up -c "$WORK/$name.yaml" --node "$n"
 	done
 	for _ in $(seq 100); do

@@ -41,7 +41,7 @@ start_daemon() { # name
 	PIDS+=($!)
 	eval "PID_$1=$!"
 	# Wait until it answers: a node killed earlier leaves its socket file.
-	for _ in $(seq 200); do "$B" --socket "$W/$1.sock" version >/dev/null 2>&1 && return; sleep 0.05; done
+	for _ in $(seq 200); do "$B" --socket "$W/$1.sock" status >/dev/null 2>&1 && return; sleep 0.05; done
 	fail "daemon $1 did not start"
 }
 A() { "$B" --socket "$W/a.sock" "$@"; }

@@ -123,7 +123,7 @@ start_daemon() {
 	mark_start "$_name"
 	rbd-nbd --socket "$_sock" daemon "$@" >>"$WORK/$_name.log" 2>&1 &
 	echo $! >"$WORK/$_name.pid"
-	wait_for 30 "$_name control socket" rbd-nbd --socket "$_sock" version
+	wait_for 30 "$_name control socket" rbd-nbd --socket "$_sock" status
 }
 
 # nbd_name DEV: nbdN of /dev/nbdN.
