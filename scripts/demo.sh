@@ -101,6 +101,7 @@ Bn down r0
 for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
 wait 2>/dev/null || true
 PIDS=()
-"$B" dump-md --disk a.img | head -n 12
+"$B" dump-md --disk a.img >dump-md.out # not piped to head: pipefail would catch its SIGPIPE
+head -n 12 dump-md.out
 echo
 echo "DEMO OK"
