@@ -49,7 +49,7 @@ func (o *tuningOptions) install(cmd *cobra.Command, g *globalOptions, what strin
 
 func (o *tuningOptions) addFlags(f *pflag.FlagSet, what string) {
 	f.IntVar(&o.maxProcs, "max-procs", 0, "CPUs the "+what+" runs on at once (Go's GOMAXPROCS; 0: all). 1 suits a small machine shared with the peer node and the clients: see docs/configuration.md")
-	f.BoolVar(&o.lowLatency, "low-latency", true, "keep Go's runtime monitor polling (every 10 ms when idle) rather than sleeping, which saves a thread wake-up each time the "+what+" goes from idle to busy: see docs/configuration.md")
+	f.BoolVar(&o.lowLatency, "low-latency", true, "keep Go's runtime monitor polling (every 10 ms when idle) rather than sleeping, which saves a thread wake-up each time the "+what+" goes from idle to busy; the "+what+" restarts itself in place at startup with GODEBUG set for it: see docs/configuration.md")
 }
 
 // apply sets GOMAXPROCS and, for --low-latency, restarts the program in
