@@ -82,11 +82,11 @@ func (sp *splicer) close() {
 	}
 }
 
-// wantSplice reports whether the reader should leave r's payload in the
-// socket for spliceWrite: a large WRITE without FUA that would run inline.
+// wantSplice reports whether the reader should leave the payload of r, a
+// valid WRITE, in the socket for spliceWrite: a large one that would run
+// inline.
 func (c *conn) wantSplice(r *request) bool {
-	return r.Type == CmdWrite && r.Length >= spliceMin && r.Flags&CmdFlagFUA == 0 &&
-		c.execAvg.Load() < int64(c.s.cfg.InlineThreshold) && c.sp.usable()
+	return r.Length >= spliceMin && c.inline(r) && c.sp.usable()
 }
 
 // spliceWrite executes a WRITE whose payload is still in the socket and
@@ -180,25 +180,23 @@ func (sp *splicer) fill(n int, nowait bool) (int, error) {
 // returns the backend's real error.
 func (c *conn) drainPipe(off int64, n int, discard bool) (int, error) {
 	sp := &c.sp
-	if !discard {
-		m, err := sp.pw.WriteFromPipe(sp.r, off, n)
-		if err == nil {
-			return m, nil
-		}
-		if errors.Is(err, unix.EINVAL) || errors.Is(err, syscall.ENOSYS) {
-			sp.failed = true
-		}
+	if discard {
+		sp.discard(n, &c.s.pool)
+		return n, nil
+	}
+	m, err := sp.pw.WriteFromPipe(sp.r, off, n)
+	if err == nil {
+		return m, nil
+	}
+	if errors.Is(err, unix.EINVAL) || errors.Is(err, syscall.ENOSYS) {
+		sp.failed = true
 	}
 	bp := c.s.pool.get(n)
 	defer c.s.pool.put(bp)
-	b := *bp
-	if err := sp.readPipe(b); err != nil {
+	if err := sp.readPipe(*bp); err != nil {
 		return n, err // never: the bytes are in the pipe
 	}
-	if discard {
-		return n, nil
-	}
-	return n, c.b.WriteAt(b, off, false)
+	return n, c.b.WriteAt(*bp, off, false)
 }
 
 // readPipe fills b from the pipe, which holds at least len(b) bytes.

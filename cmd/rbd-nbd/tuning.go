@@ -39,11 +39,13 @@ type tuningOptions struct {
 func (o *tuningOptions) install(cmd *cobra.Command, g *globalOptions, what string) {
 	o.addFlags(cmd.Flags(), what)
 	cmd.PreRunE = func(*cobra.Command, []string) error {
-		log, err := g.logger()
-		if err != nil {
-			return err
-		}
-		return o.apply(g.exec, log)
+		return o.apply(g.exec, func(err error) {
+			// Not fatal: the program works the same, only with more
+			// wake-ups. A logger is built only to say so.
+			if log, lerr := g.logger(); lerr == nil {
+				log.Warn("cannot restart with the runtime monitor awake; going on without (--low-latency)", zap.Error(err))
+			}
+		})
 	}
 }
 
@@ -55,8 +57,9 @@ func (o *tuningOptions) addFlags(f *pflag.FlagSet, what string) {
 // apply sets GOMAXPROCS and, for --low-latency, restarts the program in
 // place (same process id, same arguments) with GODEBUG set, unless it is
 // set already. exec is nil in tests: nothing is restarted. It returns
-// only if the program was not restarted.
-func (o *tuningOptions) apply(exec execFunc, log *zap.Logger) error {
+// only if the program was not restarted; a restart that failed goes to
+// warn.
+func (o *tuningOptions) apply(exec execFunc, warn func(error)) error {
 	if o.maxProcs < 0 {
 		return fmt.Errorf("--max-procs %d: want 0 (all CPUs) or more", o.maxProcs)
 	}
@@ -74,16 +77,22 @@ func (o *tuningOptions) apply(exec execFunc, log *zap.Logger) error {
 	if err == nil {
 		err = exec(self, os.Args, env)
 	}
-	// Not fatal: the program works the same, only with more wake-ups.
-	log.Warn("cannot restart with the runtime monitor awake; going on without (--low-latency)", zap.Error(err))
+	warn(err)
 	return nil
 }
 
 // monitorAwake reports whether this process runs with a GODEBUG that
 // keeps the runtime monitor awake (see monitorSetting).
-func monitorAwake() bool {
-	_, unset := withMonitorAwake([]string{"GODEBUG=" + os.Getenv("GODEBUG")})
-	return !unset
+func monitorAwake() bool { return hasSchedtrace(os.Getenv("GODEBUG")) }
+
+// hasSchedtrace reports whether a GODEBUG value sets a scheduler trace.
+func hasSchedtrace(godebug string) bool {
+	for _, s := range strings.Split(godebug, ",") {
+		if strings.HasPrefix(s, "schedtrace=") {
+			return true
+		}
+	}
+	return false
 }
 
 // withMonitorAwake returns env with monitorSetting added to GODEBUG, and
@@ -99,10 +108,8 @@ func withMonitorAwake(env []string) ([]string, bool) {
 		}
 		out = append(out, kv)
 	}
-	for _, s := range strings.Split(debug, ",") {
-		if strings.HasPrefix(s, "schedtrace=") {
-			return env, false
-		}
+	if hasSchedtrace(debug) {
+		return env, false
 	}
 	if debug != "" {
 		debug += ","
