@@ -11,7 +11,8 @@
 #   BENCH_DIR where the backing file goes (default /dev/shm)
 #   OUT       also write the table to this file
 #   REPLICATED=0  leave out the replicated resource (run twice: with the
-#                 daemons' defaults and with --max-procs 1)
+#                 daemons' defaults and with --max-procs 1) and its
+#                 reference, nbdkit relaying to nbdkit (see start_relay)
 #   RESYNC=0      leave out the resync benchmark; RESYNC_SIZE (default 1G)
 #
 # Servers are registered with `bench_server NAME URI` after being started;
@@ -86,11 +87,28 @@ start_servers() {
 	bench_server "rbd-nbd serve" "nbd://127.0.0.1:$port/"
 
 	if [ "${REPLICATED:-1}" = 1 ]; then
+		start_relay
 		start_replicated r0 "rbd-nbd replicated, protocol C"
 		# Both nodes and fio share this machine's cores: one CPU per
 		# daemon saves the wake-ups between their threads.
 		start_replicated r1 "rbd-nbd replicated, protocol C, --max-procs 1" --max-procs 1
 	fi
+}
+
+# start_relay registers nbdkit's nbd plugin forwarding to a second nbdkit
+# file export: a write crosses four loopback connections, as a replicated
+# one does, but is written once and by C servers. No mirror over TCP on
+# this machine can beat its latency, so it shows where the floor is.
+start_relay() {
+	local back front
+	back=$(free_port); front=$(free_port)
+	nbdkit -f -i 127.0.0.1 -p "$back" file "$IMG" 2>"$WORK/nbdkit-back.log" &
+	PIDS+=($!)
+	wait_port "$back"
+	nbdkit -f -i 127.0.0.1 -p "$front" nbd hostname=127.0.0.1 port="$back" 2>"$WORK/nbdkit-relay.log" &
+	PIDS+=($!)
+	wait_port "$front"
+	bench_server "nbdkit nbd plugin relaying to nbdkit file (reference)" "nbd://127.0.0.1:$front/"
 }
 
 # start_pair NAME DISK_A DISK_B [DAEMON_FLAG...]: two daemons on this
