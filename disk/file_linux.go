@@ -61,6 +61,7 @@ var (
 	_ Device     = (*File)(nil)
 	_ FastZeroer = (*File)(nil)
 	_ PipeWriter = (*File)(nil)
+	_ Extenter   = (*File)(nil)
 )
 
 // zeroChunk is the size of the buffer used to write zeroes where the
@@ -447,4 +448,47 @@ func (f *File) Close() error {
 		return ErrClosed
 	}
 	return unix.Close(f.fd)
+}
+
+// Extents maps [off, off+length) with lseek SEEK_DATA and SEEK_HOLE. The
+// descriptor's file offset moves, which nothing else uses: all I/O is
+// pread and pwrite.
+func (f *File) Extents(off, length int64) ([]Extent, error) {
+	if err := checkRange(off, length, f.size); err != nil {
+		return nil, err
+	}
+	if f.blockDev {
+		return nil, fmt.Errorf("extents of block device %s: %w", f.path, ErrNotSupported)
+	}
+	if err := f.ref.acquire(); err != nil {
+		return nil, err
+	}
+	defer f.ref.release()
+	var es []Extent
+	end := off + length
+	for pos := off; pos < end; {
+		data, err := unix.Seek(f.fd, pos, unix.SEEK_DATA)
+		switch {
+		case err == unix.ENXIO:
+			// No data from pos to the end of the file.
+			return appendExtent(es, end-pos, true), nil
+		case err == unix.EINVAL || err == unix.EOPNOTSUPP:
+			return nil, fmt.Errorf("lseek SEEK_DATA on %s: %w", f.path, ErrNotSupported)
+		case err != nil:
+			return nil, &os.PathError{Op: "lseek", Path: f.path, Err: err}
+		}
+		data = min(data, end)
+		es = appendExtent(es, data-pos, true)
+		if pos = data; pos >= end {
+			break
+		}
+		hole, err := unix.Seek(f.fd, pos, unix.SEEK_HOLE)
+		if err != nil {
+			return nil, &os.PathError{Op: "lseek", Path: f.path, Err: err}
+		}
+		hole = min(hole, end)
+		es = appendExtent(es, hole-pos, false)
+		pos = hole
+	}
+	return es, nil
 }

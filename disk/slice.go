@@ -18,6 +18,7 @@ var (
 	_ Device     = (*SliceDevice)(nil)
 	_ FastZeroer = (*SliceDevice)(nil)
 	_ PipeWriter = (*SliceDevice)(nil)
+	_ Extenter   = (*SliceDevice)(nil)
 )
 
 // Slice returns the view of dev's bytes [off, off+size). Closing the view
@@ -112,6 +113,19 @@ func (s *SliceDevice) ZeroFast(off, length int64, noHole bool) error {
 		return err
 	}
 	return zeroFast(s.parent, s.off+off, length, noHole)
+}
+
+// Extents maps a range of the slice through the parent, when the parent
+// can map its ranges.
+func (s *SliceDevice) Extents(off, length int64) ([]Extent, error) {
+	if err := checkRange(off, length, s.size); err != nil {
+		return nil, err
+	}
+	e, ok := s.parent.(Extenter)
+	if !ok {
+		return nil, fmt.Errorf("extents: %w", ErrNotSupported)
+	}
+	return e.Extents(s.off+off, length)
 }
 
 // Close does nothing but is safe to call: the parent's owner closes it.

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -49,6 +50,15 @@ func TestReplicationProtocolC(t *testing.T) {
 	c.compare()
 	if st := c.a.status(); st.OutOfSync != 0 || st.Conn != "Connected" {
 		t.Fatalf("after replicated writes: %+v", st)
+	}
+	// The resource cannot map holes (they may differ between the
+	// replicas): block status reports one extent of data (type 0), and
+	// nbdcopy, which asks for it, copies every byte.
+	if _, err := exec.LookPath("nbdinfo"); err == nil {
+		out := MustRun(t, 30*time.Second, "nbdinfo", "--map", c.a.uri())
+		if f := strings.Fields(out); len(f) < 3 || f[0] != "0" || f[2] != "0" || strings.Count(strings.TrimSpace(out), "\n") != 0 {
+			t.Errorf("nbdinfo --map on the resource:\n%s", out)
+		}
 	}
 	// A Secondary refuses NBD clients.
 	r := Run(t, 30*time.Second, "qemu-io", "-f", "raw", "-c", "read 0 4k", c.b.uri())

@@ -197,3 +197,72 @@ func TestServeNbdcopy(t *testing.T) {
 	MustRun(t, toolTimeout, "nbdcopy", "--connections=4", s.URI, back)
 	MustRun(t, toolTimeout, "cmp", src, back)
 }
+
+// TestServeBlockStatus checks structured replies and the base:allocation
+// meta context with the clients that use them: nbdinfo --map, qemu-img
+// map, libnbd's block_status, and nbdcopy, which skips what is a hole.
+func TestServeBlockStatus(t *testing.T) {
+	RequireTools(t, "nbdinfo", "qemu-io", "qemu-img", "nbdsh", "nbdcopy", "cmp")
+	dir := t.TempDir()
+	img := filepath.Join(dir, "sparse.img")
+	s := StartServe(t, img, "m", "--size", "64M")
+	MustRun(t, toolTimeout, "qemu-io", "-f", "raw", "-c", "write -P 0x5a 8M 1M", s.URI)
+
+	const mib = 1 << 20
+	type extent struct {
+		Offset, Length int64
+		Type           int
+	}
+	var got []extent
+	out := MustRun(t, toolTimeout, "nbdinfo", "--map", "--json", s.URI)
+	if err := json.Unmarshal([]byte(out), &got); err != nil {
+		t.Fatalf("nbdinfo --map --json: %v\n%s", err, out)
+	}
+	// Type 3 is hole and zero, 0 allocated data.
+	want := []extent{{0, 8 * mib, 3}, {8 * mib, mib, 0}, {9 * mib, 55 * mib, 3}}
+	if !slices.Equal(got, want) {
+		t.Errorf("nbdinfo --map: %+v, want %+v", got, want)
+	}
+
+	var qmap []struct {
+		Start, Length int64
+		Data, Zero    bool
+	}
+	out = MustRun(t, toolTimeout, "qemu-img", "map", "--output=json", "-f", "raw", s.URI)
+	if err := json.Unmarshal([]byte(out), &qmap); err != nil {
+		t.Fatalf("qemu-img map: %v\n%s", err, out)
+	}
+	var data []int64
+	for _, e := range qmap {
+		if e.Data {
+			data = append(data, e.Start, e.Length)
+		}
+	}
+	if !slices.Equal(data, []int64{8 * mib, mib}) {
+		t.Errorf("qemu-img map: data at %v, want [8M 1M]\n%s", data, out)
+	}
+
+	script := `
+h = nbd.NBD()
+h.add_meta_context(nbd.CONTEXT_BASE_ALLOCATION)
+h.connect_uri("` + s.URI + `")
+assert h.get_structured_replies_negotiated()
+assert h.can_meta_context(nbd.CONTEXT_BASE_ALLOCATION)
+seen = []
+def f(ctx, off, entries, err):
+    seen.append((ctx, off, list(entries)))
+    return 0
+h.block_status(2 * 1024 * 1024, 7 * 1024 * 1024, f)
+assert seen == [("base:allocation", 7 * 1024 * 1024, [1024 * 1024, 3, 1024 * 1024, 0])], seen
+assert h.pread(4096, 8 * 1024 * 1024) == b"\x5a" * 4096
+print("ok")
+`
+	r := RunEnv(t, toolTimeout, []string{"PATH=/usr/bin:/bin:" + os.Getenv("PATH")}, "nbdsh", "-c", script)
+	if r.Err != nil || !strings.Contains(r.Stdout, "ok") {
+		t.Fatalf("nbdsh: %v\n%s\n%s", r.Err, r.Stdout, r.Stderr)
+	}
+
+	back := filepath.Join(dir, "back")
+	MustRun(t, toolTimeout, "nbdcopy", s.URI, back)
+	MustRun(t, toolTimeout, "cmp", img, back)
+}

@@ -130,7 +130,25 @@ type PipeWriter interface {
 	WriteFromPipe(pipe int, off int64, n int) (int, error)
 }
 
+// Extenter is an optional interface of a Backend that knows which ranges
+// hold data, for NBD_CMD_BLOCK_STATUS in the base:allocation context (see
+// disk.Extenter). Without it, or when Extents fails with an error wrapping
+// disk.ErrNotSupported, the server reports every range as allocated data,
+// which the protocol allows and which is never wrong.
+type Extenter interface {
+	Extents(off, length int64) ([]disk.Extent, error)
+}
+
 type deviceBackend struct{ d disk.Device }
+
+// Extents maps through the device when it can.
+func (b deviceBackend) Extents(off, length int64) ([]disk.Extent, error) {
+	e, ok := b.d.(disk.Extenter)
+	if !ok {
+		return nil, disk.ErrNotSupported
+	}
+	return e.Extents(off, length)
+}
 
 // pipeBackend is a deviceBackend on a device that takes splice(2).
 type pipeBackend struct {

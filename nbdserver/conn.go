@@ -2,6 +2,7 @@ package nbdserver
 
 import (
 	"bufio"
+	"encoding/binary"
 	"errors"
 	"io"
 	"net"
@@ -11,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/rbd-nbd/rbd-nbd/disk"
 	"go.uber.org/zap"
 )
 
@@ -43,6 +45,11 @@ type conn struct {
 	minBlock   uint32
 	maxPayload uint32
 	readOnly   bool
+	// structured: replies to READ and BLOCK_STATUS are structured
+	// chunks; metaAlloc: base:allocation was selected, so BLOCK_STATUS is
+	// allowed. Both are fixed by the handshake.
+	structured bool
+	metaAlloc  bool
 
 	br  *bufio.Reader
 	bw  *bufio.Writer
@@ -82,9 +89,9 @@ type conn struct {
 
 	writeMu   sync.Mutex
 	pending   atomic.Int32
-	unflushed atomic.Bool          // replies wait in bw for an inline worker's flush
-	replyHdr  [simpleReplyLen]byte // guarded by writeMu
-	writeErr  error                // guarded by writeMu
+	unflushed atomic.Bool           // replies wait in bw for an inline worker's flush
+	replyHdr  [chunkHdrLen + 8]byte // guarded by writeMu
+	writeErr  error                 // guarded by writeMu
 }
 
 // request is a decoded request plus what the reader decided about it.
@@ -143,6 +150,8 @@ func (c *conn) handshake() (*Export, error) {
 	if c.draining.Load() {
 		return nil, ErrServerClosed
 	}
+	c.structured = n.structured
+	c.metaAlloc = n.metaAlloc && n.metaExport == exp.Name
 	return exp, nil
 }
 
@@ -433,6 +442,12 @@ func (c *conn) validate(r *Request) uint32 {
 	case CmdWriteZeroes:
 		write, ranged = true, true
 		allowed |= CmdFlagNoHole | CmdFlagFastZero
+	case CmdBlockStatus:
+		if !c.metaAlloc || r.Length == 0 {
+			return EINVAL
+		}
+		ranged = true
+		allowed |= CmdFlagReqOne
 	case CmdFlush, CmdDisc:
 	default:
 		return EINVAL
@@ -468,7 +483,7 @@ func (c *conn) execute(r *request, more bool) {
 	if r.errno != 0 {
 		c.log.Debug("request refused", zap.String("cmd", cmdName(r.Type)), zap.Uint64("offset", r.Offset),
 			zap.Uint32("length", r.Length), zap.Uint16("flags", r.Flags), zap.Uint32("errno", r.errno))
-		c.reply(r.Handle, r.errno, nil, more)
+		c.reply(&r.Request, r.errno, nil, more)
 		return
 	}
 	off, length := int64(r.Offset), int64(r.Length)
@@ -486,7 +501,7 @@ func (c *conn) execute(r *request, more bool) {
 			c.noteExecTime(time.Since(start), length)
 		}
 		if err == nil {
-			c.reply(r.Handle, 0, *bp, more)
+			c.reply(&r.Request, 0, *bp, more)
 			c.s.pool.put(bp)
 			return
 		}
@@ -513,11 +528,17 @@ func (c *conn) execute(r *request, more bool) {
 		}
 	case CmdCache:
 		// A hint that the data will be read soon; nothing to do.
+	case CmdBlockStatus:
+		var status []byte
+		if status, err = c.blockStatus(off, length, r.Flags&CmdFlagReqOne != 0); err == nil {
+			c.reply(&r.Request, 0, status, more)
+			return
+		}
 	}
 	if err != nil {
 		c.logFailure(r, err)
 	}
-	c.reply(r.Handle, Errno(err), nil, more)
+	c.reply(&r.Request, Errno(err), nil, more)
 }
 
 // logFailure logs a request the backend failed: an I/O error as a
@@ -534,10 +555,13 @@ func (c *conn) logFailure(r *request, err error) {
 	}
 }
 
-// reply sends a simple reply, with data for a successful READ. The writer
-// that leaves no other reply pending flushes, unless more says its caller
-// has another request to answer right away.
-func (c *conn) reply(handle uint64, errno uint32, data []byte, more bool) {
+// reply answers r: with a simple reply, whose payload is data for a
+// successful READ; or, when structured replies were negotiated and r is a
+// READ or BLOCK_STATUS, with one structured chunk flagged DONE (the data
+// at r's offset, the block status payload, an error, or nothing for an
+// empty READ). The writer that leaves no other reply pending flushes,
+// unless more says its caller has another request to answer right away.
+func (c *conn) reply(r *Request, errno uint32, data []byte, more bool) {
 	c.pending.Add(1)
 	if !more && c.busy.Load() > 1 {
 		// Other requests of this connection are running and may be
@@ -554,9 +578,29 @@ func (c *conn) reply(handle uint64, errno uint32, data []byte, more bool) {
 	if c.writeErr != nil {
 		return
 	}
-	putSimpleReply(c.replyHdr[:], errno, handle)
-	_, err := c.bw.Write(c.replyHdr[:])
-	if err == nil && len(data) > 0 {
+	hdr := c.replyHdr[:]
+	switch {
+	case !c.structured || (r.Type != CmdRead && r.Type != CmdBlockStatus):
+		putSimpleReply(hdr, errno, r.Handle)
+		hdr = hdr[:simpleReplyLen]
+	case errno != 0:
+		// NBD_REPLY_TYPE_ERROR: the error and an empty message.
+		putChunkHeader(hdr, replyTypeError, r.Handle, 6)
+		binary.BigEndian.PutUint32(hdr[chunkHdrLen:], errno)
+		binary.BigEndian.PutUint16(hdr[chunkHdrLen+4:], 0)
+		hdr = hdr[:chunkHdrLen+6]
+	case r.Type == CmdBlockStatus:
+		putChunkHeader(hdr, replyTypeBlockStatus, r.Handle, uint32(len(data)))
+		hdr = hdr[:chunkHdrLen]
+	case len(data) == 0:
+		putChunkHeader(hdr, replyTypeNone, r.Handle, 0)
+		hdr = hdr[:chunkHdrLen]
+	default:
+		putChunkHeader(hdr, replyTypeOffsetData, r.Handle, uint32(8+len(data)))
+		binary.BigEndian.PutUint64(hdr[chunkHdrLen:], r.Offset)
+	}
+	_, err := c.bw.Write(hdr)
+	if err == nil && errno == 0 && len(data) > 0 {
 		_, err = c.bw.Write(data)
 	}
 	if err == nil {
@@ -579,4 +623,48 @@ func (c *conn) setWriteErr(err error) {
 	c.writeErr = err
 	c.log.Debug("writing reply failed", zap.Error(err))
 	c.abort()
+}
+
+// maxExtents bounds the descriptors of one BLOCK_STATUS reply; a client
+// that wants more asks again from where the reply ended.
+const maxExtents = 1024
+
+// blockStatus returns the payload of a BLOCK_STATUS chunk for [off,
+// off+length) in the base:allocation context: the context id, then per
+// extent its length and its flags (a hole reads back as zeroes). A
+// backend that cannot tell gets one extent of data for the whole range,
+// as does a map whose boundaries do not fall on the minimum block size.
+func (c *conn) blockStatus(off, length int64, one bool) ([]byte, error) {
+	var es []disk.Extent
+	if e, ok := c.b.(Extenter); ok {
+		var err error
+		if es, err = e.Extents(off, length); err != nil && !errors.Is(err, disk.ErrNotSupported) {
+			return nil, err
+		}
+	}
+	for _, e := range es {
+		if e.Length <= 0 || e.Length%int64(c.minBlock) != 0 {
+			es = nil
+			break
+		}
+	}
+	if len(es) == 0 {
+		es = []disk.Extent{{Length: length}}
+	}
+	if one {
+		es = es[:1]
+	}
+	es = es[:min(len(es), maxExtents)]
+	b := make([]byte, 0, 4+8*len(es))
+	b = binary.BigEndian.AppendUint32(b, contextAllocationID)
+	for _, e := range es {
+		var flags uint32
+		if e.Hole {
+			flags = stateHole | stateZero
+		}
+		// Extents lie within the request, whose length fits 32 bits.
+		b = binary.BigEndian.AppendUint32(b, uint32(min(e.Length, length)))
+		b = binary.BigEndian.AppendUint32(b, flags)
+	}
+	return b, nil
 }

@@ -60,6 +60,11 @@ func FuzzNegotiation(f *testing.F) {
 	f.Add(clientStream(fl, opt(optGo, []byte{0, 0, 0, 200, 1}), opt(99, []byte("junk"))))
 	f.Add(clientStream(fl, opt(optGo, goData("d")), AppendRequest(nil, Request{Type: CmdWrite, Length: 1 << 30})))
 	f.Add(clientStream(fl, opt(optGo, goData("d")), AppendRequest(nil, Request{Type: CmdFlush}), AppendRequest(nil, Request{Type: CmdDisc})))
+	bs := AppendRequest(nil, Request{Type: CmdBlockStatus, Flags: CmdFlagReqOne, Handle: 3, Length: 8192})
+	f.Add(clientStream(fl, opt(optStructuredReply, nil), opt(optListMetaContext, metaData("d")),
+		opt(optSetMetaContext, metaData("d", contextAllocation, "base:")), opt(optGo, goData("d")), read, bs,
+		AppendRequest(nil, Request{Type: CmdRead, Handle: 4, Offset: 1 << 20, Length: 512})))
+	f.Add(clientStream(fl, opt(optSetMetaContext, metaData("d", contextAllocation)), opt(optListMetaContext, []byte{0, 0, 0, 1, 'd', 0, 0, 0, 9})))
 	f.Add(clientStream(1 << 7))
 	f.Add([]byte{})
 
@@ -103,5 +108,26 @@ func FuzzNegotiation(f *testing.F) {
 		cli.Close()
 		<-drained
 		s.Close()
+	})
+}
+
+// FuzzParseMetaQuery: meta context option data either parses, and then
+// encodes back to the same bytes, or is refused with a reason.
+func FuzzParseMetaQuery(f *testing.F) {
+	f.Add(metaData("d", contextAllocation, "base:"))
+	f.Add(metaData(""))
+	f.Add([]byte{0, 0, 0, 9, 'd'})
+	f.Add(append(metaData("d")[:5], 0xff, 0xff, 0xff, 0xff))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		name, queries, msg := parseMetaQuery(b)
+		if msg != "" {
+			if name != "" || queries != nil {
+				t.Fatalf("refused (%s) yet returned %q %q", msg, name, queries)
+			}
+			return
+		}
+		if got := metaData(name, queries...); !bytes.Equal(got, b) {
+			t.Fatalf("re-encoded % x, want % x", got, b)
+		}
 	})
 }

@@ -20,6 +20,14 @@ type negotiation struct {
 	bw       *bufio.Writer
 	noZeroes bool
 	buf      []byte // option data, reused
+
+	// structured: NBD_OPT_STRUCTURED_REPLY was acknowledged. metaExport
+	// names the export the last NBD_OPT_SET_META_CONTEXT named (as Lookup
+	// resolved it), metaAlloc whether it selected base:allocation; the
+	// selection holds only if the client then chooses that export.
+	structured bool
+	metaExport string
+	metaAlloc  bool
 }
 
 // errTooBig marks an option whose data was skipped for being too long.
@@ -123,7 +131,13 @@ func (n *negotiation) option(id uint32, data []byte) (exp *Export, done bool, er
 		// TLS support (ERR_POLICY would claim we chose not to).
 		return nil, false, n.reply(id, repErrUnsup, "TLS is not supported by this server")
 	case optStructuredReply:
-		return nil, false, n.reply(id, repErrUnsup, "structured replies are not supported; simple replies only")
+		if len(data) != 0 {
+			return nil, false, n.reply(id, repErrInvalid, "NBD_OPT_STRUCTURED_REPLY carries no data")
+		}
+		n.structured = true
+		return nil, false, n.reply(id, repAck, "")
+	case optListMetaContext, optSetMetaContext:
+		return nil, false, n.metaContext(id, data)
 	default:
 		return nil, false, n.reply(id, repErrUnsup, fmt.Sprintf("option %d is not supported", id))
 	}
@@ -177,6 +191,95 @@ func (n *negotiation) list(data []byte) error {
 		}
 	}
 	return n.reply(optList, repAck, "")
+}
+
+// metaContext answers NBD_OPT_LIST_META_CONTEXT and
+// NBD_OPT_SET_META_CONTEXT:
+//
+//	C: 32 bits name length, name, 32 bits query count, per query 32 bits
+//	   length and the query
+//	S: NBD_REP_META_CONTEXT per matching context, NBD_REP_ACK
+//
+// The only context is base:allocation. LIST matches it with no query, the
+// query "base:" or its full name; SET only with its full name, and a SET
+// replaces the previous selection even when nothing matches.
+func (n *negotiation) metaContext(id uint32, data []byte) error {
+	set := id == optSetMetaContext
+	if set && !n.structured {
+		return n.reply(id, repErrInvalid, "NBD_OPT_SET_META_CONTEXT needs NBD_OPT_STRUCTURED_REPLY first")
+	}
+	name, queries, msg := parseMetaQuery(data)
+	if msg != "" {
+		return n.reply(id, repErrInvalid, msg)
+	}
+	exp, _, err := n.s.lookup(name)
+	if err != nil {
+		return n.reply(id, repErrUnknown, truncate(err.Error()))
+	}
+	match := len(queries) == 0 && !set
+	for _, q := range queries {
+		match = match || q == contextAllocation || (!set && q == "base:")
+	}
+	if set {
+		n.metaExport, n.metaAlloc = exp.Name, match
+	}
+	if match {
+		ctxID := uint32(0) // LIST replies carry no id
+		if set {
+			ctxID = contextAllocationID
+		}
+		if err := n.send(id, repMetaContext, binary.BigEndian.AppendUint32(nil, ctxID), []byte(contextAllocation)); err != nil {
+			return err
+		}
+	}
+	return n.reply(id, repAck, "")
+}
+
+// parseMetaQuery decodes the data of a meta context option; msg says what
+// is malformed.
+func parseMetaQuery(data []byte) (name string, queries []string, msg string) {
+	str := func(what string) (string, bool) {
+		if len(data) < 4 {
+			msg = what + " length missing"
+			return "", false
+		}
+		l := binary.BigEndian.Uint32(data[0:4])
+		if uint64(l) > uint64(len(data)-4) {
+			msg = what + " length exceeds option data"
+			return "", false
+		}
+		if l > maxStringLen {
+			msg = what + " longer than 4096 bytes"
+			return "", false
+		}
+		v := string(data[4 : 4+l])
+		data = data[4+l:]
+		return v, true
+	}
+	var ok bool
+	if name, ok = str("export name"); !ok {
+		return "", nil, msg
+	}
+	if len(data) < 4 {
+		return "", nil, "query count missing"
+	}
+	count := binary.BigEndian.Uint32(data[0:4])
+	data = data[4:]
+	if uint64(count) > uint64(len(data)/4) {
+		return "", nil, "query count exceeds option data"
+	}
+	queries = make([]string, 0, count)
+	for range count {
+		q, ok := str("query")
+		if !ok {
+			return "", nil, msg
+		}
+		queries = append(queries, q)
+	}
+	if len(data) != 0 {
+		return "", nil, "option data longer than its queries"
+	}
+	return name, queries, ""
 }
 
 // infoGo answers NBD_OPT_INFO and NBD_OPT_GO:

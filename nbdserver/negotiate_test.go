@@ -92,8 +92,7 @@ func TestOptionReplies(t *testing.T) {
 	}{
 		{"unknown option", 99, []byte("junk"), repErrUnsup, "not supported"},
 		{"STARTTLS", optStartTLS, nil, repErrUnsup, "TLS"},
-		{"structured replies", optStructuredReply, nil, repErrUnsup, "simple replies"},
-		{"meta context", optSetMetaContext, []byte{0, 0, 0, 0}, repErrUnsup, ""},
+		{"meta context without structured replies", optSetMetaContext, []byte{0, 0, 0, 0}, repErrInvalid, "STRUCTURED_REPLY"},
 		{"INFO shorter than 6 bytes", optInfo, []byte{0, 0, 0}, repErrInvalid, ""},
 		{"INFO name longer than data", optInfo, []byte{0, 0, 0, 9, 'a', 0, 0}, repErrInvalid, ""},
 		{"INFO request count mismatch", optInfo, append(goData("disk"), 0, 1), repErrInvalid, ""},

@@ -42,6 +42,7 @@ const (
 	repAck              = protocol.NEGOTIATION_TYPE_REPLY_ACK
 	repServer           = protocol.NEGOTIATION_TYPE_REPLY_SERVER
 	repInfo             = protocol.NEGOTIATION_TYPE_REPLY_INFO
+	repMetaContext      = uint32(4)
 	repErrUnsup         = protocol.NEGOTIATION_TYPE_REPLY_ERR_UNSUPPORTED
 	repErrPolicy        = uint32(1<<31 | 2)
 	repErrInvalid       = uint32(1<<31 | 3)
@@ -97,6 +98,26 @@ const (
 	CmdFlagFastZero = uint16(1 << 4)
 )
 
+// Structured reply chunks (NBD_REPLY_FLAG_*, NBD_REPLY_TYPE_*). This
+// server sends every structured reply as one chunk with the DONE flag.
+const (
+	replyFlagDone = uint16(1 << 0)
+
+	replyTypeNone        = uint16(0)
+	replyTypeOffsetData  = uint16(1)
+	replyTypeBlockStatus = uint16(5)
+	replyTypeError       = uint16(1<<15 | 1)
+)
+
+// The one meta context this server offers: base:allocation, whose status
+// flags say which ranges are holes and which read back as zeroes.
+const (
+	contextAllocation   = "base:allocation"
+	contextAllocationID = uint32(1) // its id in SET_META_CONTEXT replies
+	stateHole           = uint32(1 << 0)
+	stateZero           = uint32(1 << 1)
+)
+
 // Errors in simple replies (NBD_E*).
 const (
 	EPERM     = protocol.TRANSMISSION_ERROR_EPERM
@@ -111,11 +132,13 @@ const (
 
 // Transmission magics and sizes.
 const (
-	magicRequest     = protocol.TRANSMISSION_MAGIC_REQUEST
-	magicSimpleReply = protocol.TRANSMISSION_MAGIC_REPLY
+	magicRequest         = protocol.TRANSMISSION_MAGIC_REQUEST
+	magicSimpleReply     = protocol.TRANSMISSION_MAGIC_REPLY
+	magicStructuredReply = uint32(0x668e33ef)
 
 	requestSize    = 28 // magic 4, flags 2, type 2, handle 8, offset 8, length 4
 	simpleReplyLen = 16 // magic 4, error 4, handle 8
+	chunkHdrLen    = 20 // magic 4, flags 2, type 2, handle 8, length 4
 
 	maxStringLen = 4096 // the spec's limit on names and messages
 )
@@ -156,6 +179,16 @@ func AppendRequest(b []byte, r Request) []byte {
 	b = binary.BigEndian.AppendUint64(b, r.Handle)
 	b = binary.BigEndian.AppendUint64(b, r.Offset)
 	return binary.BigEndian.AppendUint32(b, r.Length)
+}
+
+// putChunkHeader encodes a structured reply chunk header, flagged DONE,
+// into b[:20].
+func putChunkHeader(b []byte, typ uint16, handle uint64, length uint32) {
+	binary.BigEndian.PutUint32(b[0:4], magicStructuredReply)
+	binary.BigEndian.PutUint16(b[4:6], replyFlagDone)
+	binary.BigEndian.PutUint16(b[6:8], typ)
+	binary.BigEndian.PutUint64(b[8:16], handle)
+	binary.BigEndian.PutUint32(b[16:20], length)
 }
 
 // putSimpleReply encodes a simple reply header into b[:16].

@@ -106,7 +106,7 @@ func (c *conn) spliceWrite(r *request) error {
 	if werr != nil {
 		c.logFailure(r, werr)
 	}
-	c.reply(r.Handle, errno, nil, c.br.Buffered() >= requestSize)
+	c.reply(&r.Request, errno, nil, c.br.Buffered() >= requestSize)
 	return nil
 }
 
