@@ -15,21 +15,34 @@ type Extent struct {
 // which lets clients such as nbdcopy and qemu-img skip the holes.
 type Extenter interface {
 	// Extents describes [off, off+length) as consecutive runs, in order,
-	// covering the whole range. It fails with an error wrapping
-	// ErrNotSupported when the device cannot tell (a block device, a file
-	// system without SEEK_DATA): callers then treat the range as data.
-	Extents(off, length int64) ([]Extent, error)
+	// from off: the whole range, or its start when max runs (max > 0)
+	// did not reach its end, so that mapping a fragmented range for a
+	// caller that wants a few runs costs a few runs. It fails with an
+	// error wrapping ErrNotSupported when the device cannot tell (a block
+	// device, a file system without SEEK_DATA): callers then treat the
+	// range as data.
+	Extents(off, length int64, max int) ([]Extent, error)
 }
 
-// appendExtent adds a run to es, merging it with the last one when both
-// are in the same state.
-func appendExtent(es []Extent, length int64, hole bool) []Extent {
+// extentList collects runs up to a maximum count.
+type extentList struct {
+	es  []Extent
+	max int
+}
+
+// add appends a run, merging it with the last one when both are in the
+// same state; false when the run would be one too many (nothing added).
+func (l *extentList) add(length int64, hole bool) bool {
 	if length <= 0 {
-		return es
+		return true
 	}
-	if n := len(es); n > 0 && es[n-1].Hole == hole {
-		es[n-1].Length += length
-		return es
+	if n := len(l.es); n > 0 && l.es[n-1].Hole == hole {
+		l.es[n-1].Length += length
+		return true
 	}
-	return append(es, Extent{Length: length, Hole: hole})
+	if l.max > 0 && len(l.es) == l.max {
+		return false
+	}
+	l.es = append(l.es, Extent{Length: length, Hole: hole})
+	return true
 }

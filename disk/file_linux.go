@@ -453,7 +453,7 @@ func (f *File) Close() error {
 // Extents maps [off, off+length) with lseek SEEK_DATA and SEEK_HOLE. The
 // descriptor's file offset moves, which nothing else uses: all I/O is
 // pread and pwrite.
-func (f *File) Extents(off, length int64) ([]Extent, error) {
+func (f *File) Extents(off, length int64, max int) ([]Extent, error) {
 	if err := checkRange(off, length, f.size); err != nil {
 		return nil, err
 	}
@@ -464,21 +464,24 @@ func (f *File) Extents(off, length int64) ([]Extent, error) {
 		return nil, err
 	}
 	defer f.ref.release()
-	var es []Extent
+	l := extentList{max: max}
 	end := off + length
 	for pos := off; pos < end; {
 		data, err := unix.Seek(f.fd, pos, unix.SEEK_DATA)
 		switch {
 		case err == unix.ENXIO:
 			// No data from pos to the end of the file.
-			return appendExtent(es, end-pos, true), nil
+			l.add(end-pos, true)
+			return l.es, nil
 		case err == unix.EINVAL || err == unix.EOPNOTSUPP:
 			return nil, fmt.Errorf("lseek SEEK_DATA on %s: %w", f.path, ErrNotSupported)
 		case err != nil:
 			return nil, &os.PathError{Op: "lseek", Path: f.path, Err: err}
 		}
 		data = min(data, end)
-		es = appendExtent(es, data-pos, true)
+		if !l.add(data-pos, true) {
+			break
+		}
 		if pos = data; pos >= end {
 			break
 		}
@@ -487,8 +490,10 @@ func (f *File) Extents(off, length int64) ([]Extent, error) {
 			return nil, &os.PathError{Op: "lseek", Path: f.path, Err: err}
 		}
 		hole = min(hole, end)
-		es = appendExtent(es, hole-pos, false)
+		if !l.add(hole-pos, false) {
+			break
+		}
 		pos = hole
 	}
-	return es, nil
+	return l.es, nil
 }

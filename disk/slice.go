@@ -117,7 +117,7 @@ func (s *SliceDevice) ZeroFast(off, length int64, noHole bool) error {
 
 // Extents maps a range of the slice through the parent, when the parent
 // can map its ranges.
-func (s *SliceDevice) Extents(off, length int64) ([]Extent, error) {
+func (s *SliceDevice) Extents(off, length int64, max int) ([]Extent, error) {
 	if err := checkRange(off, length, s.size); err != nil {
 		return nil, err
 	}
@@ -125,7 +125,7 @@ func (s *SliceDevice) Extents(off, length int64) ([]Extent, error) {
 	if !ok {
 		return nil, fmt.Errorf("extents: %w", ErrNotSupported)
 	}
-	return e.Extents(s.off+off, length)
+	return e.Extents(s.off+off, length, max)
 }
 
 // Close does nothing but is safe to call: the parent's owner closes it.

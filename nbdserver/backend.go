@@ -136,18 +136,19 @@ type PipeWriter interface {
 // disk.ErrNotSupported, the server reports every range as allocated data,
 // which the protocol allows and which is never wrong.
 type Extenter interface {
-	Extents(off, length int64) ([]disk.Extent, error)
+	Extents(off, length int64, max int) ([]disk.Extent, error)
 }
 
 type deviceBackend struct{ d disk.Device }
 
 // Extents maps through the device when it can.
-func (b deviceBackend) Extents(off, length int64) ([]disk.Extent, error) {
+func (b deviceBackend) Extents(off, length int64, max int) ([]disk.Extent, error) {
 	e, ok := b.d.(disk.Extenter)
 	if !ok {
-		return nil, disk.ErrNotSupported
+		return nil, ErrNotSupported
 	}
-	return e.Extents(off, length)
+	es, err := e.Extents(off, length, max)
+	return es, mapDiskErr(err)
 }
 
 // pipeBackend is a deviceBackend on a device that takes splice(2).

@@ -29,7 +29,12 @@ const testTimeout = 10 * time.Second
 // ends, then shuts the server down and checks Serve's result.
 func startServer(t testing.TB, cfg Config, exports ...*Export) (*Server, string) {
 	t.Helper()
-	s := newServer(t, cfg, exports...)
+	return serveTest(t, newServer(t, cfg, exports...))
+}
+
+// serveTest serves s as startServer does.
+func serveTest(t testing.TB, s *Server) (*Server, string) {
+	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

@@ -155,6 +155,15 @@ func (c *conn) handshake() (*Export, error) {
 	return exp, nil
 }
 
+// upgrade moves the connection onto tc (after STARTTLS): reads and writes
+// go through TLS from now on, and large writes no longer splice (the
+// socket carries TLS records). The buffered reader is empty at this point.
+func (c *conn) upgrade(tc net.Conn) {
+	c.nc = tc
+	c.src.r = tc
+	c.bw.Reset(tc)
+}
+
 // abort closes the socket: blocked reads and writes fail, workers finish
 // the Backend calls they are in and exit.
 func (c *conn) abort() {
@@ -631,14 +640,20 @@ const maxExtents = 1024
 
 // blockStatus returns the payload of a BLOCK_STATUS chunk for [off,
 // off+length) in the base:allocation context: the context id, then per
-// extent its length and its flags (a hole reads back as zeroes). A
+// extent its length and its flags (a hole reads back as zeroes). At most
+// maxExtents extents (one with REQ_ONE), covering at most the request. A
 // backend that cannot tell gets one extent of data for the whole range,
 // as does a map whose boundaries do not fall on the minimum block size.
 func (c *conn) blockStatus(off, length int64, one bool) ([]byte, error) {
+	limit := maxExtents
+	if one {
+		limit = 1
+	}
 	var es []disk.Extent
 	if e, ok := c.b.(Extenter); ok {
 		var err error
-		if es, err = e.Extents(off, length); err != nil && !errors.Is(err, disk.ErrNotSupported) {
+		es, err = e.Extents(off, length, limit)
+		if err != nil && !errors.Is(err, ErrNotSupported) && !errors.Is(err, disk.ErrNotSupported) {
 			return nil, err
 		}
 	}
@@ -651,19 +666,22 @@ func (c *conn) blockStatus(off, length int64, one bool) ([]byte, error) {
 	if len(es) == 0 {
 		es = []disk.Extent{{Length: length}}
 	}
-	if one {
-		es = es[:1]
-	}
-	es = es[:min(len(es), maxExtents)]
+	es = es[:min(len(es), limit)]
 	b := make([]byte, 0, 4+8*len(es))
 	b = binary.BigEndian.AppendUint32(b, contextAllocationID)
 	for _, e := range es {
+		if length == 0 {
+			break
+		}
 		var flags uint32
 		if e.Hole {
 			flags = stateHole | stateZero
 		}
-		// Extents lie within the request, whose length fits 32 bits.
-		b = binary.BigEndian.AppendUint32(b, uint32(min(e.Length, length)))
+		// What is left of the request fits 32 bits, and the extents
+		// must not go past it.
+		n := min(e.Length, length)
+		length -= n
+		b = binary.BigEndian.AppendUint32(b, uint32(n))
 		b = binary.BigEndian.AppendUint32(b, flags)
 	}
 	return b, nil

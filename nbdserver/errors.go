@@ -42,6 +42,12 @@ var (
 	ErrUnknownExport = errors.New("nbdserver: unknown export")
 	// ErrAborted: the client sent NBD_OPT_ABORT.
 	ErrAborted = errors.New("nbdserver: client aborted negotiation")
+	// ErrTLSRequired: the server requires TLS and the client chose an
+	// export with NBD_OPT_EXPORT_NAME before NBD_OPT_STARTTLS.
+	ErrTLSRequired = errors.New("nbdserver: TLS required")
+	// ErrBadTLS: the TLS handshake after NBD_OPT_STARTTLS failed, or the
+	// client sent data before it.
+	ErrBadTLS = errors.New("nbdserver: TLS handshake failed")
 )
 
 // Errno maps a Backend error to the error field of an NBD reply: nil is 0,

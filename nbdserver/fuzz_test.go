@@ -2,6 +2,7 @@ package nbdserver
 
 import (
 	"bytes"
+	"crypto/tls"
 	"encoding/binary"
 	"io"
 	"net"
@@ -9,6 +10,7 @@ import (
 	"time"
 
 	"github.com/rbd-nbd/rbd-nbd/disk"
+	"github.com/rbd-nbd/rbd-nbd/internal/testcert"
 )
 
 // FuzzDecodeRequest: any bytes decode without panicking, and what decodes
@@ -68,6 +70,15 @@ func FuzzNegotiation(f *testing.F) {
 	f.Add(clientStream(1 << 7))
 	f.Add([]byte{})
 
+	// TLS is offered, so that STARTTLS reaches the handshake (which the
+	// fuzzer's bytes fail).
+	certs, err := testcert.New()
+	if err != nil {
+		f.Fatal(err)
+	}
+	tlsCfg := &tls.Config{Certificates: []tls.Certificate{certs.Server}}
+	f.Add(clientStream(fl, opt(optStartTLS, nil), []byte{0x16, 0x03, 0x01, 0x00, 0x05, 1, 2, 3, 4, 5}))
+
 	f.Fuzz(func(t *testing.T, in []byte) {
 		exp := &Export{Name: "d", Description: "fuzz", Backend: DeviceBackend(disk.NewMem(64 << 10))}
 		s := &Server{
@@ -79,6 +90,7 @@ func FuzzNegotiation(f *testing.F) {
 			},
 			List:   func() []*Export { return []*Export{exp} },
 			Config: Config{HandshakeTimeout: 5 * time.Second, MaxInFlight: 4},
+			TLS:    tlsCfg,
 		}
 		srv, cli := net.Pipe()
 		done := make(chan struct{})

@@ -2,6 +2,7 @@ package nbdserver
 
 import (
 	"bufio"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -28,6 +29,8 @@ type negotiation struct {
 	structured bool
 	metaExport string
 	metaAlloc  bool
+
+	tls bool // the connection was upgraded with STARTTLS
 }
 
 // errTooBig marks an option whose data was skipped for being too long.
@@ -70,6 +73,9 @@ func (n *negotiation) run() (*Export, error) {
 			if h.ID == optExportName {
 				return nil, fmt.Errorf("NBD_OPT_EXPORT_NAME of %d bytes: %w", h.Length, err)
 			}
+			if h.ID == optSetMetaContext {
+				n.metaExport, n.metaAlloc = "", false // replaced even when it fails
+			}
 			if err := n.reply(h.ID, repErrTooBig, fmt.Sprintf("option data of %d bytes exceeds %d", h.Length, n.s.cfg.MaxOptionLength)); err != nil {
 				return nil, err
 			}
@@ -80,6 +86,15 @@ func (n *negotiation) run() (*Export, error) {
 		}
 		if n.s.shuttingDown() && h.ID != optAbort {
 			return nil, n.replyErr(h.ID, repErrShutdown, "server shutting down")
+		}
+		if n.s.RequireTLS && !n.tls && h.ID != optStartTLS && h.ID != optAbort {
+			if h.ID == optExportName {
+				return nil, fmt.Errorf("%w: NBD_OPT_EXPORT_NAME before STARTTLS", ErrTLSRequired)
+			}
+			if err := n.reply(h.ID, repErrTLSReqd, "this server requires TLS: NBD_OPT_STARTTLS first"); err != nil {
+				return nil, err
+			}
+			continue
 		}
 		exp, done, err := n.option(h.ID, data)
 		if err != nil || done {
@@ -127,9 +142,7 @@ func (n *negotiation) option(id uint32, data []byte) (exp *Export, done bool, er
 	case optInfo, optGo:
 		return n.infoGo(id, data)
 	case optStartTLS:
-		// NOTLS mode: the spec allows ERR_UNSUP from a server without
-		// TLS support (ERR_POLICY would claim we chose not to).
-		return nil, false, n.reply(id, repErrUnsup, "TLS is not supported by this server")
+		return nil, false, n.startTLS(data)
 	case optStructuredReply:
 		if len(data) != 0 {
 			return nil, false, n.reply(id, repErrInvalid, "NBD_OPT_STRUCTURED_REPLY carries no data")
@@ -193,6 +206,40 @@ func (n *negotiation) list(data []byte) error {
 	return n.reply(optList, repAck, "")
 }
 
+// startTLS answers NBD_OPT_STARTTLS: NBD_REP_ACK, then the TLS handshake
+// as the server, after which negotiation goes on inside TLS. A server
+// without TLS answers NBD_REP_ERR_UNSUP, as the spec allows in its NOTLS
+// mode (ERR_POLICY would claim we chose not to). A failed handshake ends
+// the connection: the stream is in no known state.
+func (n *negotiation) startTLS(data []byte) error {
+	switch {
+	case n.s.TLS == nil:
+		return n.reply(optStartTLS, repErrUnsup, "TLS is not supported by this server")
+	case len(data) != 0:
+		return n.reply(optStartTLS, repErrInvalid, "NBD_OPT_STARTTLS carries no data")
+	case n.tls:
+		return n.reply(optStartTLS, repErrInvalid, "TLS is already in use")
+	}
+	if err := n.reply(optStartTLS, repAck, ""); err != nil {
+		return err
+	}
+	if n.br.Buffered() > 0 {
+		// The client must wait for our ACK before its ClientHello; bytes
+		// read ahead would be lost to the handshake.
+		return fmt.Errorf("%w: data after NBD_OPT_STARTTLS before the TLS handshake", ErrBadTLS)
+	}
+	tc := tls.Server(n.c.nc, n.s.TLS)
+	if err := tc.Handshake(); err != nil {
+		return fmt.Errorf("%w: %w", ErrBadTLS, err)
+	}
+	n.c.upgrade(tc)
+	n.tls = true
+	// What was negotiated in the clear is forgotten: a man in the middle
+	// could have chosen it.
+	n.structured, n.metaExport, n.metaAlloc = false, "", false
+	return nil
+}
+
 // metaContext answers NBD_OPT_LIST_META_CONTEXT and
 // NBD_OPT_SET_META_CONTEXT:
 //
@@ -205,6 +252,10 @@ func (n *negotiation) list(data []byte) error {
 // replaces the previous selection even when nothing matches.
 func (n *negotiation) metaContext(id uint32, data []byte) error {
 	set := id == optSetMetaContext
+	if set {
+		// A SET replaces the selection even when it fails.
+		n.metaExport, n.metaAlloc = "", false
+	}
 	if set && !n.structured {
 		return n.reply(id, repErrInvalid, "NBD_OPT_SET_META_CONTEXT needs NBD_OPT_STRUCTURED_REPLY first")
 	}

@@ -3,6 +3,7 @@ package nbdserver
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -29,6 +30,15 @@ type Server struct {
 	Config Config
 	// Logger receives connection events; nil discards them.
 	Logger *zap.Logger
+	// TLS, when set, lets clients upgrade the connection with
+	// NBD_OPT_STARTTLS (it needs a certificate; ClientAuth and ClientCAs
+	// ask for and check client certificates). Nil: STARTTLS is answered
+	// NBD_REP_ERR_UNSUP. TLS connections never splice.
+	TLS *tls.Config
+	// RequireTLS refuses every option but STARTTLS and ABORT before the
+	// upgrade (NBD_REP_ERR_TLS_REQD; NBD_OPT_EXPORT_NAME, which cannot
+	// carry an error, closes the connection). It needs TLS.
+	RequireTLS bool
 
 	initOnce sync.Once
 	initErr  error
@@ -75,6 +85,10 @@ func (s *Server) init() error {
 		}
 		if s.Lookup == nil {
 			s.initErr = errors.New("nbdserver: Server.Lookup is nil")
+			return
+		}
+		if s.RequireTLS && s.TLS == nil {
+			s.initErr = errors.New("nbdserver: Server.RequireTLS without Server.TLS")
 			return
 		}
 		s.cfg = s.Config.withDefaults()

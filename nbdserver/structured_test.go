@@ -188,7 +188,7 @@ func TestStructuredReplies(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { dev.Close() })
-	if _, err := dev.Extents(0, size); err != nil {
+	if _, err := dev.Extents(0, size, 0); err != nil {
 		t.Skipf("file system cannot map holes: %v", err)
 	}
 	mem, _ := memExport("mem", size)
@@ -251,5 +251,64 @@ func TestStructuredReplies(t *testing.T) {
 	o.send(Request{Type: CmdBlockStatus, Handle: 8, Length: 4096}, nil)
 	if ch := o.readChunk(); ch.typ != replyTypeError || binary.BigEndian.Uint32(ch.payload) != EINVAL {
 		t.Errorf("BLOCK_STATUS without the context on this export: chunk type %#x", ch.typ)
+	}
+
+	// A SET that fails replaces the selection too: with none.
+	f := dial(t, addr)
+	f.greet(clientFlagFixedNewstyle | clientFlagNoZeroes)
+	f.sendOpt(optStructuredReply, nil)
+	f.readOptReply()
+	f.sendOpt(optSetMetaContext, metaData("file", contextAllocation))
+	f.metaReplies(optSetMetaContext)
+	f.sendOpt(optSetMetaContext, metaData("nope", contextAllocation))
+	if r := f.readOptReply(); r.typ != repErrUnknown {
+		t.Fatalf("SET on an unknown export: reply %#x", r.typ)
+	}
+	f.optGo(optGo, "file")
+	f.send(Request{Type: CmdBlockStatus, Handle: 9, Length: 4096}, nil)
+	if ch := f.readChunk(); ch.typ != replyTypeError {
+		t.Errorf("BLOCK_STATUS after a failed SET: chunk type %#x", ch.typ)
+	}
+}
+
+// TestBlockStatusLimits: a fragmented file's map is cut at maxExtents
+// descriptors, and a map finer than the export's minimum block size is
+// reported as data.
+func TestBlockStatusLimits(t *testing.T) {
+	const blk = 4096
+	const size = 2 * (maxExtents + 100) * blk
+	dev, err := disk.Open(filepath.Join(t.TempDir(), "frag.img"), disk.Options{Create: true, Size: size})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { dev.Close() })
+	if _, err := dev.Extents(0, size, 1); err != nil {
+		t.Skipf("file system cannot map holes: %v", err)
+	}
+	for off := int64(0); off < size; off += 2 * blk {
+		if _, err := dev.WriteAt(make([]byte, blk), off); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, addr := startServer(t, Config{},
+		&Export{Name: "frag", Backend: DeviceBackend(dev)},
+		&Export{Name: "coarse", Backend: DeviceBackend(dev), MinBlock: 2 * blk})
+
+	c := openStructured(t, addr, "frag", "frag")
+	c.send(Request{Type: CmdBlockStatus, Handle: 1, Length: size}, nil)
+	es := extents(t, c.readChunk().payload)
+	if len(es) != maxExtents {
+		t.Fatalf("%d extents, want %d", len(es), maxExtents)
+	}
+	for i, e := range es {
+		if want := [2]uint32{blk, uint32(i%2) * (stateHole | stateZero)}; e != want {
+			t.Fatalf("extent %d: %v, want %v", i, e, want)
+		}
+	}
+
+	k := openStructured(t, addr, "coarse", "coarse")
+	k.send(Request{Type: CmdBlockStatus, Handle: 2, Offset: 8 * blk, Length: 16 * blk}, nil)
+	if got := extents(t, k.readChunk().payload); !slices.Equal(got, [][2]uint32{{16 * blk, 0}}) {
+		t.Errorf("map finer than the minimum block size: %v", got)
 	}
 }

@@ -31,6 +31,7 @@ type serveOptions struct {
 	maxInFlight     int
 	shutdownTimeout time.Duration
 	tuning          tuningOptions
+	tls             tlsOptions
 }
 
 // newServeCmd builds `rbd-nbd serve`: one local disk exported over NBD,
@@ -68,12 +69,17 @@ by its --export name or by the default name "".`,
 	f.IntVar(&o.maxInFlight, "max-in-flight", 0, "requests run at once per connection (0: default 128)")
 	f.DurationVar(&o.shutdownTimeout, "shutdown-timeout", 10*time.Second, "how long a graceful shutdown may take before connections are cut")
 	o.tuning.install(cmd, g, "server")
+	o.tls.install(cmd)
 	cobra.CheckErr(cmd.MarkFlagRequired("disk"))
 	addServeReattach(cmd, o, g)
 	return cmd
 }
 
 func runServe(ctx context.Context, o *serveOptions, log *zap.Logger) error {
+	tlsCfg, requireTLS, err := o.tls.config()
+	if err != nil {
+		return err
+	}
 	var size int64
 	if o.size != "" {
 		var err error
@@ -101,9 +107,11 @@ func runServe(ctx context.Context, o *serveOptions, log *zap.Logger) error {
 			}
 			return nil, fmt.Errorf("no export named %q (this server exports %q)", name, exp.Name)
 		},
-		List:   func() []*nbdserver.Export { return []*nbdserver.Export{exp} },
-		Config: nbdserver.Config{MaxInFlight: o.maxInFlight},
-		Logger: log,
+		List:       func() []*nbdserver.Export { return []*nbdserver.Export{exp} },
+		Config:     nbdserver.Config{MaxInFlight: o.maxInFlight},
+		Logger:     log,
+		TLS:        tlsCfg,
+		RequireTLS: requireTLS,
 	}
 	if err := srv.Config.Validate(); err != nil {
 		return err
@@ -114,7 +122,7 @@ func runServe(ctx context.Context, o *serveOptions, log *zap.Logger) error {
 	}
 	log.Info("exporting disk", zap.String("disk", o.disk), zap.Int64("size", dev.Size()),
 		zap.String("export", exp.Name), zap.Bool("read_only", o.readOnly), zap.Bool("direct", o.direct),
-		zap.String("listen", l.Addr().String()))
+		zap.String("listen", l.Addr().String()), zap.Bool("tls", tlsCfg != nil), zap.Bool("tls_required", requireTLS))
 
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(l) }()

@@ -1,0 +1,65 @@
+package main
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/spf13/cobra"
+)
+
+// tlsOptions are the TLS flags of an NBD server (`serve`).
+type tlsOptions struct {
+	cert, key string
+	clientCA  string
+	mode      string
+}
+
+func (o *tlsOptions) install(cmd *cobra.Command) {
+	f := cmd.Flags()
+	f.StringVar(&o.cert, "tls-cert", "", "PEM certificate (chain) for NBD_OPT_STARTTLS; enables TLS")
+	f.StringVar(&o.key, "tls-key", "", "PEM private key of --tls-cert")
+	f.StringVar(&o.clientCA, "tls-client-ca", "", "PEM CA certificates: clients must present a certificate signed by one of them")
+	f.StringVar(&o.mode, "tls", "require", "with --tls-cert: require (every client must use TLS) or on (TLS offered, plain connections allowed)")
+}
+
+// config returns the server's TLS configuration and whether TLS is
+// required; nil when no certificate was given.
+func (o *tlsOptions) config() (*tls.Config, bool, error) {
+	if o.cert == "" && o.key == "" {
+		if o.clientCA != "" {
+			return nil, false, errors.New("--tls-client-ca needs --tls-cert and --tls-key")
+		}
+		return nil, false, nil
+	}
+	if o.cert == "" || o.key == "" {
+		return nil, false, errors.New("--tls-cert and --tls-key go together")
+	}
+	var require bool
+	switch o.mode {
+	case "require":
+		require = true
+	case "on":
+	default:
+		return nil, false, fmt.Errorf("--tls %q: want require or on", o.mode)
+	}
+	cert, err := tls.LoadX509KeyPair(o.cert, o.key)
+	if err != nil {
+		return nil, false, fmt.Errorf("--tls-cert/--tls-key: %w", err)
+	}
+	cfg := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	if o.clientCA != "" {
+		pem, err := os.ReadFile(o.clientCA)
+		if err != nil {
+			return nil, false, fmt.Errorf("--tls-client-ca: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, false, fmt.Errorf("--tls-client-ca %s: no PEM certificate in it", o.clientCA)
+		}
+		cfg.ClientCAs, cfg.ClientAuth = pool, tls.RequireAndVerifyClientCert
+	}
+	return cfg, require, nil
+}

@@ -1,0 +1,94 @@
+// Package testcert makes throw-away X.509 certificates for tests: a
+// certificate authority and a server certificate for 127.0.0.1 that it
+// signed, valid for an hour. Nothing outside tests uses it.
+package testcert
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"fmt"
+	"math/big"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+)
+
+// Set is a CA and a server certificate it signed.
+type Set struct {
+	// Pool holds the CA, for clients.
+	Pool *x509.CertPool
+	// Server is the server's certificate and key, for tls.Config.
+	Server tls.Certificate
+
+	caDER, serverDER []byte
+	serverKey        *ecdsa.PrivateKey
+}
+
+// New makes a CA and a server certificate for 127.0.0.1 and ::1.
+func New() (*Set, error) {
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	now := time.Now()
+	caTmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "rbd-nbd test CA"},
+		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
+	}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		return nil, err
+	}
+	caCert, err := x509.ParseCertificate(caDER)
+	if err != nil {
+		return nil, err
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "127.0.0.1"},
+		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(time.Hour),
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
+		KeyUsage:    x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &key.PublicKey, caKey)
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(caCert)
+	return &Set{
+		Pool:   pool,
+		Server: tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key},
+		caDER:  caDER, serverDER: der, serverKey: key,
+	}, nil
+}
+
+// WritePEM writes ca-cert.pem, server-cert.pem and server-key.pem into
+// dir: the names libnbd's tls-certificates directory and qemu's x509
+// credentials expect.
+func (s *Set) WritePEM(dir string) error {
+	keyDER, err := x509.MarshalECPrivateKey(s.serverKey)
+	if err != nil {
+		return err
+	}
+	for name, b := range map[string]*pem.Block{
+		"ca-cert.pem":     {Type: "CERTIFICATE", Bytes: s.caDER},
+		"server-cert.pem": {Type: "CERTIFICATE", Bytes: s.serverDER},
+		"server-key.pem":  {Type: "EC PRIVATE KEY", Bytes: keyDER},
+	} {
+		if err := os.WriteFile(filepath.Join(dir, name), pem.EncodeToMemory(b), 0o600); err != nil {
+			return fmt.Errorf("testcert: %w", err)
+		}
+	}
+	return nil
+}
