@@ -2,6 +2,7 @@ package nbdserver
 
 import (
 	"bufio"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"io"
@@ -30,8 +31,15 @@ import (
 // writer that brings it to zero flushes, so a burst of replies leaves in
 // one write and a lone reply leaves at once.
 type conn struct {
-	s    *Server
+	s *Server
+	// nc is what requests are read from and replies written to: the
+	// socket, or the TLS connection over it after STARTTLS. Only the
+	// connection's own goroutines use it. raw is the socket, fixed for
+	// the connection's life: other goroutines (Shutdown, Close,
+	// CloseExport) stop the connection through it, which also unblocks
+	// a TLS read or write stuck inside crypto/tls.
 	nc   net.Conn
+	raw  net.Conn
 	log  *zap.Logger
 	done chan struct{} // closed when serve returns
 
@@ -108,6 +116,7 @@ func (c *conn) serve(exp *Export) {
 	defer close(c.done)
 	defer c.s.forget(c)
 	defer c.abort()
+	defer c.closeTLS()
 	defer c.sp.close()
 	c.src = limitReader{r: c.nc}
 	c.br, c.bw = c.s.newBuffers(&c.src, c.nc)
@@ -137,14 +146,14 @@ func (c *conn) serve(exp *Export) {
 
 func (c *conn) handshake() (*Export, error) {
 	if t := c.s.cfg.HandshakeTimeout; t > 0 {
-		c.nc.SetDeadline(time.Now().Add(t))
+		c.raw.SetDeadline(time.Now().Add(t))
 	}
 	n := negotiation{s: c.s, c: c, br: c.br, bw: c.bw}
 	exp, err := n.run()
 	if err != nil {
 		return nil, err
 	}
-	if err := c.nc.SetDeadline(time.Time{}); err != nil && !errors.Is(err, os.ErrNoDeadline) {
+	if err := c.raw.SetDeadline(time.Time{}); err != nil && !errors.Is(err, os.ErrNoDeadline) {
 		return nil, err
 	}
 	if c.draining.Load() {
@@ -164,17 +173,30 @@ func (c *conn) upgrade(tc net.Conn) {
 	c.bw.Reset(tc)
 }
 
+// closeTLS ends a TLS connection the way TLS asks, with a close_notify
+// alert, sent from the connection's own goroutine once it is done; a
+// client that does not read gets a second before the socket closes
+// anyway.
+func (c *conn) closeTLS() {
+	tc, ok := c.nc.(*tls.Conn)
+	if !ok || c.writeErr != nil {
+		return
+	}
+	_ = c.raw.SetWriteDeadline(time.Now().Add(time.Second))
+	_ = tc.CloseWrite()
+}
+
 // abort closes the socket: blocked reads and writes fail, workers finish
 // the Backend calls they are in and exit.
 func (c *conn) abort() {
-	c.closeOnce.Do(func() { c.nc.Close() })
+	c.closeOnce.Do(func() { c.raw.Close() })
 }
 
 // drain stops reading requests; those already read are executed and
 // answered, then the connection closes.
 func (c *conn) drain() {
 	c.draining.Store(true)
-	c.nc.SetReadDeadline(time.Now())
+	c.raw.SetReadDeadline(time.Now())
 }
 
 func (c *conn) transmit(exp *Export) {

@@ -30,7 +30,8 @@ type negotiation struct {
 	metaExport string
 	metaAlloc  bool
 
-	tls bool // the connection was upgraded with STARTTLS
+	tls   bool // the connection was upgraded with STARTTLS
+	noTLS bool // NOTLS mode: the client is not fixed newstyle
 }
 
 // errTooBig marks an option whose data was skipped for being too long.
@@ -57,8 +58,13 @@ func (n *negotiation) run() (*Export, error) {
 		return nil, fmt.Errorf("%w: %#x", ErrBadClientFlags, cflags)
 	}
 	// A client without NBD_FLAG_C_FIXED_NEWSTYLE gets fixed newstyle
-	// replies anyway, as the spec allows.
+	// replies anyway, as the spec allows, but no TLS: the spec puts such
+	// a client in NOTLS mode, so a server that requires TLS hangs up.
 	n.noZeroes = cflags&clientFlagNoZeroes != 0
+	n.noTLS = cflags&clientFlagFixedNewstyle == 0
+	if n.noTLS && n.s.RequireTLS {
+		return nil, fmt.Errorf("%w: the client is not fixed newstyle, so cannot use TLS", ErrTLSRequired)
+	}
 
 	for {
 		var h protocol.NegotiationOptionHeader
@@ -69,6 +75,15 @@ func (n *negotiation) run() (*Export, error) {
 			return nil, fmt.Errorf("%w: option magic %#x", ErrBadMagic, h.OptionMagic)
 		}
 		data, err := n.readData(h.Length)
+		if err == nil || errors.Is(err, errTooBig) {
+			// Forced TLS refuses the option whatever its data.
+			if refused, err := n.needTLS(h.ID); refused || err != nil {
+				if err != nil {
+					return nil, err
+				}
+				continue
+			}
+		}
 		if errors.Is(err, errTooBig) {
 			if h.ID == optExportName {
 				return nil, fmt.Errorf("NBD_OPT_EXPORT_NAME of %d bytes: %w", h.Length, err)
@@ -86,15 +101,6 @@ func (n *negotiation) run() (*Export, error) {
 		}
 		if n.s.shuttingDown() && h.ID != optAbort {
 			return nil, n.replyErr(h.ID, repErrShutdown, "server shutting down")
-		}
-		if n.s.RequireTLS && !n.tls && h.ID != optStartTLS && h.ID != optAbort {
-			if h.ID == optExportName {
-				return nil, fmt.Errorf("%w: NBD_OPT_EXPORT_NAME before STARTTLS", ErrTLSRequired)
-			}
-			if err := n.reply(h.ID, repErrTLSReqd, "this server requires TLS: NBD_OPT_STARTTLS first"); err != nil {
-				return nil, err
-			}
-			continue
 		}
 		exp, done, err := n.option(h.ID, data)
 		if err != nil || done {
@@ -206,6 +212,20 @@ func (n *negotiation) list(data []byte) error {
 	return n.reply(optList, repAck, "")
 }
 
+// needTLS refuses option id with NBD_REP_ERR_TLS_REQD when the server
+// requires TLS and the connection has not upgraded yet (refused), or
+// ends the connection for NBD_OPT_EXPORT_NAME, which cannot carry an
+// error. STARTTLS and ABORT always pass.
+func (n *negotiation) needTLS(id uint32) (refused bool, err error) {
+	if !n.s.RequireTLS || n.tls || id == optStartTLS || id == optAbort {
+		return false, nil
+	}
+	if id == optExportName {
+		return true, fmt.Errorf("%w: NBD_OPT_EXPORT_NAME before STARTTLS", ErrTLSRequired)
+	}
+	return true, n.reply(id, repErrTLSReqd, "this server requires TLS: NBD_OPT_STARTTLS first")
+}
+
 // startTLS answers NBD_OPT_STARTTLS: NBD_REP_ACK, then the TLS handshake
 // as the server, after which negotiation goes on inside TLS. A server
 // without TLS answers NBD_REP_ERR_UNSUP, as the spec allows in its NOTLS
@@ -213,8 +233,8 @@ func (n *negotiation) list(data []byte) error {
 // the connection: the stream is in no known state.
 func (n *negotiation) startTLS(data []byte) error {
 	switch {
-	case n.s.TLS == nil:
-		return n.reply(optStartTLS, repErrUnsup, "TLS is not supported by this server")
+	case n.s.TLS == nil || n.noTLS:
+		return n.reply(optStartTLS, repErrUnsup, "TLS is not supported by this server (or for clients that are not fixed newstyle)")
 	case len(data) != 0:
 		return n.reply(optStartTLS, repErrInvalid, "NBD_OPT_STARTTLS carries no data")
 	case n.tls:
@@ -228,7 +248,7 @@ func (n *negotiation) startTLS(data []byte) error {
 		// read ahead would be lost to the handshake.
 		return fmt.Errorf("%w: data after NBD_OPT_STARTTLS before the TLS handshake", ErrBadTLS)
 	}
-	tc := tls.Server(n.c.nc, n.s.TLS)
+	tc := tls.Server(n.c.raw, n.s.TLS)
 	if err := tc.Handshake(); err != nil {
 		return fmt.Errorf("%w: %w", ErrBadTLS, err)
 	}

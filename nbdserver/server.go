@@ -403,6 +403,7 @@ func (s *Server) newConn(nc net.Conn) *conn {
 	c := &conn{
 		s:    s,
 		nc:   nc,
+		raw:  nc,
 		log:  s.log.With(zap.String("remote", remoteAddr(nc))),
 		done: make(chan struct{}),
 	}

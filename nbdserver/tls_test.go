@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"net"
 	"testing"
+	"time"
 
 	"github.com/rbd-nbd/rbd-nbd/internal/testcert"
 )
@@ -36,12 +37,17 @@ func (c *client) startTLS(pool *x509.CertPool) {
 
 func startTLSServer(t *testing.T, ca *testcert.Set, require bool) string {
 	t.Helper()
+	_, addr := startTLSServerS(t, ca, require)
+	return addr
+}
+
+func startTLSServerS(t *testing.T, ca *testcert.Set, require bool) (*Server, string) {
+	t.Helper()
 	exp, _ := memExport("disk", 256<<10)
 	s := newServer(t, Config{}, exp)
 	s.TLS = &tls.Config{Certificates: []tls.Certificate{ca.Server}}
 	s.RequireTLS = require
-	_, addr := serveTest(t, s)
-	return addr
+	return serveTest(t, s)
 }
 
 // TestRequireTLS: before STARTTLS only STARTTLS and ABORT are served;
@@ -133,5 +139,62 @@ func TestRequireTLSWithoutConfig(t *testing.T) {
 	defer l.Close()
 	if err := s.Serve(l); err == nil {
 		t.Fatal("Serve with RequireTLS and no TLS config succeeded")
+	}
+}
+
+// TestTLSModes: a client that is not fixed newstyle gets no TLS (the
+// spec's NOTLS mode), so a server that requires TLS hangs up on it; and
+// forced TLS refuses an oversized option with TLS_REQD, not TOO_BIG.
+func TestTLSModes(t *testing.T) {
+	ca := newTestCA(t)
+	required := startTLSServer(t, ca, true)
+	optional := startTLSServer(t, ca, false)
+
+	old := dial(t, required)
+	old.greet(0)
+	old.expectClosed()
+
+	o := dial(t, optional)
+	o.greet(clientFlagNoZeroes)
+	o.sendOpt(optStartTLS, nil)
+	if r := o.readOptReply(); r.typ != repErrUnsup {
+		t.Fatalf("STARTTLS from a client that is not fixed newstyle: reply %#x", r.typ)
+	}
+	o.optGo(optGo, "disk")
+
+	big := dial(t, required)
+	big.greet(clientFlagFixedNewstyle | clientFlagNoZeroes)
+	big.sendOpt(optGo, make([]byte, 70<<10))
+	if r := big.readOptReply(); r.typ != repErrTLSReqd {
+		t.Fatalf("oversized option before STARTTLS: reply %#x", r.typ)
+	}
+	big.startTLS(ca.Pool)
+	big.optGo(optGo, "disk")
+}
+
+// TestTLSCloseWithStuckClient: a TLS client that sends requests and never
+// reads the replies fills the socket, so the server's writes block inside
+// crypto/tls; Close must still end the connection at once.
+func TestTLSCloseWithStuckClient(t *testing.T) {
+	ca := newTestCA(t)
+	s, addr := startTLSServerS(t, ca, true)
+	c := dial(t, addr)
+	c.greet(clientFlagFixedNewstyle | clientFlagNoZeroes)
+	c.startTLS(ca.Pool)
+	c.optGo(optGo, "disk")
+	var reqs []byte
+	for i := range 512 {
+		reqs = AppendRequest(reqs, Request{Type: CmdRead, Handle: uint64(i), Length: 128 << 10})
+	}
+	c.write(reqs) // 64 MiB of replies that nobody reads
+	closed := make(chan struct{})
+	go func() {
+		s.Close()
+		close(closed)
+	}()
+	select {
+	case <-closed:
+	case <-time.After(testTimeout):
+		t.Fatal("Close blocked on a TLS connection whose client does not read")
 	}
 }

@@ -34,6 +34,9 @@ func addServeReattach(cmd *cobra.Command, o *serveOptions, g *globalOptions) {
 		if err := checkReattachListen(o.listen); err != nil {
 			return err
 		}
+		if o.tls.required() {
+			return errors.New("--reattach with TLS required: the kernel's nbd client has no TLS (use --tls on to serve it plain)")
+		}
 		log, err := g.logger()
 		if err != nil {
 			return err

@@ -22,15 +22,23 @@ func (o *tlsOptions) install(cmd *cobra.Command) {
 	f.StringVar(&o.cert, "tls-cert", "", "PEM certificate (chain) for NBD_OPT_STARTTLS; enables TLS")
 	f.StringVar(&o.key, "tls-key", "", "PEM private key of --tls-cert")
 	f.StringVar(&o.clientCA, "tls-client-ca", "", "PEM CA certificates: clients must present a certificate signed by one of them")
-	f.StringVar(&o.mode, "tls", "require", "with --tls-cert: require (every client must use TLS) or on (TLS offered, plain connections allowed)")
+	f.StringVar(&o.mode, "tls", "", "with --tls-cert: require (the default: every client must use TLS) or on (TLS offered, plain connections allowed)")
+}
+
+// required reports whether TLS will be required (see config).
+func (o *tlsOptions) required() bool {
+	return o.cert != "" && o.mode != "on"
 }
 
 // config returns the server's TLS configuration and whether TLS is
 // required; nil when no certificate was given.
 func (o *tlsOptions) config() (*tls.Config, bool, error) {
 	if o.cert == "" && o.key == "" {
-		if o.clientCA != "" {
+		switch {
+		case o.clientCA != "":
 			return nil, false, errors.New("--tls-client-ca needs --tls-cert and --tls-key")
+		case o.mode != "":
+			return nil, false, fmt.Errorf("--tls %s needs --tls-cert and --tls-key", o.mode)
 		}
 		return nil, false, nil
 	}
@@ -39,9 +47,13 @@ func (o *tlsOptions) config() (*tls.Config, bool, error) {
 	}
 	var require bool
 	switch o.mode {
-	case "require":
+	case "require", "":
 		require = true
 	case "on":
+		if o.clientCA != "" {
+			// Plain clients would skip the certificate check.
+			return nil, false, errors.New("--tls-client-ca needs --tls require: with --tls on, plain clients skip the client certificate check")
+		}
 	default:
 		return nil, false, fmt.Errorf("--tls %q: want require or on", o.mode)
 	}

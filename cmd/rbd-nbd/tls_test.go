@@ -32,16 +32,19 @@ func TestTLSOptions(t *testing.T) {
 		require bool
 		mTLS    bool
 	}{
-		{name: "off", o: tlsOptions{mode: "require"}},
+		{name: "off", o: tlsOptions{}},
+		{name: "required by default", o: tlsOptions{cert: cert, key: key}, tls: true, require: true},
 		{name: "required", o: tlsOptions{cert: cert, key: key, mode: "require"}, tls: true, require: true},
+		{name: "mode without certificate", o: tlsOptions{mode: "on"}, wantErr: "--tls on needs --tls-cert"},
+		{name: "client CA with TLS optional", o: tlsOptions{cert: cert, key: key, clientCA: ca, mode: "on"}, wantErr: "needs --tls require"},
 		{name: "optional", o: tlsOptions{cert: cert, key: key, mode: "on"}, tls: true},
 		{name: "client certificates", o: tlsOptions{cert: cert, key: key, clientCA: ca, mode: "require"}, tls: true, require: true, mTLS: true},
-		{name: "key alone", o: tlsOptions{key: key, mode: "require"}, wantErr: "go together"},
-		{name: "client CA alone", o: tlsOptions{clientCA: ca, mode: "require"}, wantErr: "needs --tls-cert"},
+		{name: "key alone", o: tlsOptions{key: key}, wantErr: "go together"},
+		{name: "client CA alone", o: tlsOptions{clientCA: ca}, wantErr: "needs --tls-cert"},
 		{name: "bad mode", o: tlsOptions{cert: cert, key: key, mode: "maybe"}, wantErr: `--tls "maybe"`},
 		{name: "key does not match", o: tlsOptions{cert: ca, key: key, mode: "on"}, wantErr: "--tls-cert/--tls-key"},
 		{name: "missing file", o: tlsOptions{cert: cert, key: filepath.Join(dir, "nope"), mode: "on"}, wantErr: "--tls-cert/--tls-key"},
-		{name: "client CA without PEM", o: tlsOptions{cert: cert, key: key, clientCA: junk, mode: "on"}, wantErr: "no PEM certificate"},
+		{name: "client CA without PEM", o: tlsOptions{cert: cert, key: key, clientCA: junk}, wantErr: "no PEM certificate"},
 	}
 	for _, tc := range tests {
 		cfg, require, err := tc.o.config()
