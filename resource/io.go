@@ -10,6 +10,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/rbd-nbd/rbd-nbd/config"
+	"github.com/rbd-nbd/rbd-nbd/disk"
 	"github.com/rbd-nbd/rbd-nbd/hooks"
 	"github.com/rbd-nbd/rbd-nbd/nbdserver"
 	"github.com/rbd-nbd/rbd-nbd/replicate"
@@ -176,6 +177,25 @@ func (r *Resource) ReadAt(p []byte, off int64) error {
 		}
 	}
 	return r.peerRead(p, off)
+}
+
+var _ nbdserver.Extenter = (*Resource)(nil)
+
+// Extents maps a range through the local disk, whose bytes are what
+// ReadAt returns (NBD block status, base:allocation). Without a local
+// disk, or when the disk cannot map, the range counts as data: the
+// peer's holes may differ from ours, and a map is never worth failing a
+// client for.
+func (r *Resource) Extents(off, length int64, max int) ([]disk.Extent, error) {
+	e, ok := r.data.(disk.Extenter)
+	if !ok || r.diskFailed.Load() {
+		return nil, nbdserver.ErrNotSupported
+	}
+	es, err := e.Extents(off, length, max)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", nbdserver.ErrNotSupported, err)
+	}
+	return es, nil
 }
 
 func (r *Resource) peerRead(p []byte, off int64) error {
