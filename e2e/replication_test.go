@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -45,7 +44,7 @@ func TestReplicationInitialFullSync(t *testing.T) {
 }
 
 func TestReplicationProtocolC(t *testing.T) {
-	RequireTools(t, "qemu-io")
+	RequireTools(t, "qemu-io", "nbdinfo")
 	c := newCluster(t, clusterOptions{})
 	c.a.qemuIO("write -P 0xa1 0 1M", "write -P 0xb2 5M 64k", "write -z 6M 2M", "discard 10M 1M", "write -P 0xc3 60M 512")
 	c.compare()
@@ -55,22 +54,20 @@ func TestReplicationProtocolC(t *testing.T) {
 	// Block status maps the Primary's own disk, which its reads come
 	// from: data where the first MiB was written, then a hole (type 3:
 	// hole and zero), covering the export without gaps.
-	if _, err := exec.LookPath("nbdinfo"); err == nil {
-		out := MustRun(t, 30*time.Second, "nbdinfo", "--map", "--json", c.a.uri())
-		var m []struct{ Offset, Length, Type int64 }
-		if err := json.Unmarshal([]byte(out), &m); err != nil {
-			t.Fatalf("nbdinfo --map --json: %v\n%s", err, out)
+	out := MustRun(t, 30*time.Second, "nbdinfo", "--map", "--json", c.a.uri())
+	var m []struct{ Offset, Length, Type int64 }
+	if err := json.Unmarshal([]byte(out), &m); err != nil {
+		t.Fatalf("nbdinfo --map --json: %v\n%s", err, out)
+	}
+	var end int64
+	for _, e := range m {
+		if e.Offset != end {
+			t.Fatalf("map has a gap or overlap at %d:\n%s", end, out)
 		}
-		var end int64
-		for _, e := range m {
-			if e.Offset != end {
-				t.Fatalf("map has a gap or overlap at %d:\n%s", end, out)
-			}
-			end += e.Length
-		}
-		if len(m) < 2 || m[0].Offset != 0 || m[0].Length != 1<<20 || m[0].Type != 0 || m[1].Type != 3 || end != int64(c.a.status().Size) {
-			t.Errorf("nbdinfo --map on the resource:\n%s", out)
-		}
+		end += e.Length
+	}
+	if len(m) < 2 || m[0].Offset != 0 || m[0].Length != 1<<20 || m[0].Type != 0 || m[1].Type != 3 || end != int64(c.a.status().Size) {
+		t.Errorf("nbdinfo --map on the resource:\n%s", out)
 	}
 	// A Secondary refuses NBD clients.
 	r := Run(t, 30*time.Second, "qemu-io", "-f", "raw", "-c", "read 0 4k", c.b.uri())

@@ -132,9 +132,10 @@ type PipeWriter interface {
 
 // Extenter is an optional interface of a Backend that knows which ranges
 // hold data, for NBD_CMD_BLOCK_STATUS in the base:allocation context (see
-// disk.Extenter). Without it, or when Extents fails with an error wrapping
-// disk.ErrNotSupported, the server reports every range as allocated data,
-// which the protocol allows and which is never wrong.
+// disk.Extenter, whose contract it shares). Without it, or when Extents
+// fails with an error wrapping ErrNotSupported, the server reports every
+// range as allocated data, which the protocol allows and which is never
+// wrong.
 type Extenter interface {
 	Extents(off, length int64, max int) ([]disk.Extent, error)
 }

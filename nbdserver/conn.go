@@ -176,10 +176,11 @@ func (c *conn) upgrade(tc net.Conn) {
 // closeTLS ends a TLS connection the way TLS asks, with a close_notify
 // alert, sent from the connection's own goroutine once it is done; a
 // client that does not read gets a second before the socket closes
-// anyway.
+// anyway. After a failed write the socket is closed already, and the
+// alert fails at once.
 func (c *conn) closeTLS() {
 	tc, ok := c.nc.(*tls.Conn)
-	if !ok || c.writeErr != nil {
+	if !ok {
 		return
 	}
 	_ = c.raw.SetWriteDeadline(time.Now().Add(time.Second))
@@ -675,7 +676,7 @@ func (c *conn) blockStatus(off, length int64, one bool) ([]byte, error) {
 	if e, ok := c.b.(Extenter); ok {
 		var err error
 		es, err = e.Extents(off, length, limit)
-		if err != nil && !errors.Is(err, ErrNotSupported) && !errors.Is(err, disk.ErrNotSupported) {
+		if err != nil && !errors.Is(err, ErrNotSupported) {
 			return nil, err
 		}
 	}

@@ -75,29 +75,27 @@ func (n *negotiation) run() (*Export, error) {
 			return nil, fmt.Errorf("%w: option magic %#x", ErrBadMagic, h.OptionMagic)
 		}
 		data, err := n.readData(h.Length)
-		if err == nil || errors.Is(err, errTooBig) {
-			// Forced TLS refuses the option whatever its data.
-			if refused, err := n.needTLS(h.ID); refused || err != nil {
-				if err != nil {
-					return nil, err
-				}
-				continue
-			}
+		tooBig := errors.Is(err, errTooBig)
+		if err != nil && !tooBig {
+			return nil, err
 		}
-		if errors.Is(err, errTooBig) {
+		// Forced TLS refuses the option whatever its data.
+		if refused, err := n.needTLS(h.ID); err != nil {
+			return nil, err
+		} else if refused {
+			continue
+		}
+		if tooBig {
 			if h.ID == optExportName {
-				return nil, fmt.Errorf("NBD_OPT_EXPORT_NAME of %d bytes: %w", h.Length, err)
+				return nil, fmt.Errorf("NBD_OPT_EXPORT_NAME of %d bytes: %w", h.Length, errTooBig)
 			}
 			if h.ID == optSetMetaContext {
-				n.metaExport, n.metaAlloc = "", false // replaced even when it fails
+				n.forgetMeta() // a SET replaces the selection even when it fails
 			}
 			if err := n.reply(h.ID, repErrTooBig, fmt.Sprintf("option data of %d bytes exceeds %d", h.Length, n.s.cfg.MaxOptionLength)); err != nil {
 				return nil, err
 			}
 			continue
-		}
-		if err != nil {
-			return nil, err
 		}
 		if n.s.shuttingDown() && h.ID != optAbort {
 			return nil, n.replyErr(h.ID, repErrShutdown, "server shutting down")
@@ -256,9 +254,13 @@ func (n *negotiation) startTLS(data []byte) error {
 	n.tls = true
 	// What was negotiated in the clear is forgotten: a man in the middle
 	// could have chosen it.
-	n.structured, n.metaExport, n.metaAlloc = false, "", false
+	n.structured = false
+	n.forgetMeta()
 	return nil
 }
+
+// forgetMeta drops the meta context selection.
+func (n *negotiation) forgetMeta() { n.metaExport, n.metaAlloc = "", false }
 
 // metaContext answers NBD_OPT_LIST_META_CONTEXT and
 // NBD_OPT_SET_META_CONTEXT:
@@ -273,8 +275,7 @@ func (n *negotiation) startTLS(data []byte) error {
 func (n *negotiation) metaContext(id uint32, data []byte) error {
 	set := id == optSetMetaContext
 	if set {
-		// A SET replaces the selection even when it fails.
-		n.metaExport, n.metaAlloc = "", false
+		n.forgetMeta() // a SET replaces the selection even when it fails
 	}
 	if set && !n.structured {
 		return n.reply(id, repErrInvalid, "NBD_OPT_SET_META_CONTEXT needs NBD_OPT_STRUCTURED_REPLY first")

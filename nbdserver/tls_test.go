@@ -35,13 +35,7 @@ func (c *client) startTLS(pool *x509.CertPool) {
 	c.br.Reset(tc)
 }
 
-func startTLSServer(t *testing.T, ca *testcert.Set, require bool) string {
-	t.Helper()
-	_, addr := startTLSServerS(t, ca, require)
-	return addr
-}
-
-func startTLSServerS(t *testing.T, ca *testcert.Set, require bool) (*Server, string) {
+func startTLSServer(t *testing.T, ca *testcert.Set, require bool) (*Server, string) {
 	t.Helper()
 	exp, _ := memExport("disk", 256<<10)
 	s := newServer(t, Config{}, exp)
@@ -54,7 +48,7 @@ func startTLSServerS(t *testing.T, ca *testcert.Set, require bool) (*Server, str
 // after it, negotiation starts afresh inside TLS and requests work.
 func TestRequireTLS(t *testing.T) {
 	ca := newTestCA(t)
-	addr := startTLSServer(t, ca, true)
+	_, addr := startTLSServer(t, ca, true)
 
 	c := dial(t, addr)
 	c.greet(clientFlagFixedNewstyle | clientFlagNoZeroes)
@@ -100,7 +94,7 @@ func TestRequireTLS(t *testing.T) {
 // connection.
 func TestOptionalTLS(t *testing.T) {
 	ca := newTestCA(t)
-	addr := startTLSServer(t, ca, false)
+	_, addr := startTLSServer(t, ca, false)
 
 	plain := open(t, addr, "disk")
 	if errno := plain.writeAt([]byte("plain"), 0, 0); errno != 0 {
@@ -147,8 +141,8 @@ func TestRequireTLSWithoutConfig(t *testing.T) {
 // forced TLS refuses an oversized option with TLS_REQD, not TOO_BIG.
 func TestTLSModes(t *testing.T) {
 	ca := newTestCA(t)
-	required := startTLSServer(t, ca, true)
-	optional := startTLSServer(t, ca, false)
+	_, required := startTLSServer(t, ca, true)
+	_, optional := startTLSServer(t, ca, false)
 
 	old := dial(t, required)
 	old.greet(0)
@@ -177,7 +171,7 @@ func TestTLSModes(t *testing.T) {
 // crypto/tls; Close must still end the connection at once.
 func TestTLSCloseWithStuckClient(t *testing.T) {
 	ca := newTestCA(t)
-	s, addr := startTLSServerS(t, ca, true)
+	s, addr := startTLSServer(t, ca, true)
 	c := dial(t, addr)
 	c.greet(clientFlagFixedNewstyle | clientFlagNoZeroes)
 	c.startTLS(ca.Pool)

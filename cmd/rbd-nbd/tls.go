@@ -25,7 +25,8 @@ func (o *tlsOptions) install(cmd *cobra.Command) {
 	f.StringVar(&o.mode, "tls", "", "with --tls-cert: require (the default: every client must use TLS) or on (TLS offered, plain connections allowed)")
 }
 
-// required reports whether TLS will be required (see config).
+// required reports whether TLS will be required: with a certificate,
+// unless --tls on.
 func (o *tlsOptions) required() bool {
 	return o.cert != "" && o.mode != "on"
 }
@@ -45,17 +46,12 @@ func (o *tlsOptions) config() (*tls.Config, bool, error) {
 	if o.cert == "" || o.key == "" {
 		return nil, false, errors.New("--tls-cert and --tls-key go together")
 	}
-	var require bool
-	switch o.mode {
-	case "require", "":
-		require = true
-	case "on":
-		if o.clientCA != "" {
-			// Plain clients would skip the certificate check.
-			return nil, false, errors.New("--tls-client-ca needs --tls require: with --tls on, plain clients skip the client certificate check")
-		}
-	default:
+	switch {
+	case o.mode != "" && o.mode != "require" && o.mode != "on":
 		return nil, false, fmt.Errorf("--tls %q: want require or on", o.mode)
+	case !o.required() && o.clientCA != "":
+		// Plain clients would skip the certificate check.
+		return nil, false, errors.New("--tls-client-ca needs --tls require: with --tls on, plain clients skip the client certificate check")
 	}
 	cert, err := tls.LoadX509KeyPair(o.cert, o.key)
 	if err != nil {
@@ -73,5 +69,5 @@ func (o *tlsOptions) config() (*tls.Config, bool, error) {
 		}
 		cfg.ClientCAs, cfg.ClientAuth = pool, tls.RequireAndVerifyClientCert
 	}
-	return cfg, require, nil
+	return cfg, o.required(), nil
 }
