@@ -102,6 +102,75 @@ type Node struct {
 	NBDListen string `yaml:"nbd-listen,omitempty"`
 	// Export is the NBD export name; it defaults to the resource name.
 	Export string `yaml:"export,omitempty"`
+	// NBDTLS is the TLS of the node's NBD export. Invariant while up.
+	NBDTLS NBDTLS `yaml:"nbd-tls,omitempty"`
+}
+
+// NBDTLS configures NBD_OPT_STARTTLS on a node's NBD export. A certificate
+// and its key enable it; the files are read when the export starts.
+type NBDTLS struct {
+	// Cert is a PEM file: the export's certificate (chain).
+	Cert string `yaml:"cert,omitempty"`
+	// Key is a PEM file: the private key of Cert.
+	Key string `yaml:"key,omitempty"`
+	// ClientCA, when set, is a PEM file of CA certificates: clients must
+	// present a certificate signed by one of them. It needs TLS required.
+	ClientCA string `yaml:"client-ca,omitempty"`
+	// Mode is TLSRequire (the default once Cert is set) or TLSOn.
+	Mode TLSMode `yaml:"mode,omitempty"`
+}
+
+// TLSMode says whether an NBD export with a certificate still serves
+// clients that do not upgrade to TLS.
+type TLSMode string
+
+// The TLS modes, as nbdkit's --tls=require and --tls=on.
+const (
+	// TLSRequire refuses every client that does not upgrade to TLS.
+	TLSRequire TLSMode = "require"
+	// TLSOn offers TLS and serves plain clients too. The kernel's nbd
+	// client, which has no TLS, needs this (or no certificate).
+	TLSOn TLSMode = "on"
+)
+
+// firstDiff names the first field that differs from u.
+func (t NBDTLS) firstDiff(u NBDTLS) string {
+	switch {
+	case t.Cert != u.Cert:
+		return "cert"
+	case t.Key != u.Key:
+		return "key"
+	case t.ClientCA != u.ClientCA:
+		return "client-ca"
+	}
+	return "mode"
+}
+
+// Enabled reports whether the export offers TLS.
+func (t NBDTLS) Enabled() bool { return t.Cert != "" }
+
+// Required reports whether the export serves TLS clients only.
+func (t NBDTLS) Required() bool { return t.Enabled() && t.Mode != TLSOn }
+
+// validate checks the combination (section is "resource" or "peer").
+func (t NBDTLS) validate(section string) error {
+	p := section + ".nbd-tls-"
+	switch {
+	case t.Mode != "" && t.Mode != TLSRequire && t.Mode != TLSOn:
+		return &FieldError{Path: p + "mode", Value: string(t.Mode), Allowed: "require or on"}
+	case t.Cert == "" && t.Key != "":
+		return &FieldError{Path: p + "cert", Value: "", Allowed: "a PEM certificate file, since nbd-tls-key is set"}
+	case t.Cert != "" && t.Key == "":
+		return &FieldError{Path: p + "key", Value: "", Allowed: "the PEM private key of nbd-tls-cert"}
+	case t.Cert == "" && t.ClientCA != "":
+		return &FieldError{Path: p + "client-ca", Value: t.ClientCA, Allowed: "empty unless nbd-tls-cert is set"}
+	case t.Cert == "" && t.Mode != "":
+		return &FieldError{Path: p + "mode", Value: string(t.Mode), Allowed: "empty unless nbd-tls-cert is set"}
+	case t.ClientCA != "" && !t.Required():
+		// Plain clients would skip the certificate check.
+		return &FieldError{Path: p + "client-ca", Value: t.ClientCA, Allowed: "empty with mode on: plain clients would skip the client certificate check"}
+	}
+	return nil
 }
 
 // Net holds the peer link options. They take effect at the next connect.
@@ -352,7 +421,7 @@ func (n Node) validate(section string, local bool) error {
 	if local && n.Disk == "" {
 		return &FieldError{Path: section + ".disk", Value: "", Allowed: "a file or block device path"}
 	}
-	return nil
+	return n.NBDTLS.validate(section)
 }
 
 // Validate checks the net options.
@@ -461,6 +530,9 @@ func Invariant(old, new Resource) string {
 		return "resource.meta-disk"
 	case old.Peer.ID != new.Peer.ID:
 		return "peer.node-id"
+	case old.Local.NBDTLS != new.Local.NBDTLS:
+		// The export's listener reads the files when it starts.
+		return "resource.nbd-tls-" + old.Local.NBDTLS.firstDiff(new.Local.NBDTLS)
 	}
 	return ""
 }

@@ -37,6 +37,55 @@ func TestExampleFile(t *testing.T) {
 	}
 }
 
+// tlsNode is a two-node file whose node a has nbd-tls: tls.
+func tlsNode(tls string) string {
+	return "resource: r0\nnodes:\n  - {name: a, node-id: 0, address: 127.0.0.1:1, disk: a.img, nbd-tls: " + tls + "}\n  - {name: b, node-id: 1, address: 127.0.0.1:2, disk: b.img}\n"
+}
+
+func TestNBDTLS(t *testing.T) {
+	f, err := ParseFile([]byte(tlsNode("{cert: tls/c.pem, key: /etc/k.pem, client-ca: ca.pem}")), "/srv/r0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := f.Node("a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := NBDTLS{Cert: "/srv/r0/tls/c.pem", Key: "/etc/k.pem", ClientCA: "/srv/r0/ca.pem"}
+	if a.Local.NBDTLS != want || !a.Local.NBDTLS.Required() {
+		t.Fatalf("node a: %+v (required %v)", a.Local.NBDTLS, a.Local.NBDTLS.Required())
+	}
+	// The other node's TLS is its own business: node b's view has none.
+	b, err := f.Node("b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.Local.NBDTLS.Enabled() || b.Peer.NBDTLS.Enabled() {
+		t.Fatalf("node b: %+v / peer %+v", b.Local.NBDTLS, b.Peer.NBDTLS)
+	}
+	on := a
+	on.Local.NBDTLS.ClientCA, on.Local.NBDTLS.Mode = "", TLSOn
+	if !on.Local.NBDTLS.Enabled() || on.Local.NBDTLS.Required() || on.Validate() != nil {
+		t.Fatalf("mode on: %+v", on.Local.NBDTLS)
+	}
+	// The listener reads the files when it starts: no change while up.
+	for _, c := range []struct {
+		change func(*NBDTLS)
+		path   string
+	}{
+		{func(t *NBDTLS) { t.Cert = "/new.pem" }, "resource.nbd-tls-cert"},
+		{func(t *NBDTLS) { t.Key = "" }, "resource.nbd-tls-key"},
+		{func(t *NBDTLS) { t.ClientCA = "" }, "resource.nbd-tls-client-ca"},
+		{func(t *NBDTLS) { t.Mode = TLSRequire }, "resource.nbd-tls-mode"},
+	} {
+		n := a
+		c.change(&n.Local.NBDTLS)
+		if p := Invariant(a, n); p != c.path {
+			t.Errorf("changed %s: Invariant says %q", c.path, p)
+		}
+	}
+}
+
 func TestFileErrors(t *testing.T) {
 	base := "resource: r0\nnodes:\n  - {name: a, node-id: 0, address: 127.0.0.1:1, disk: a.img}\n  - {name: b, node-id: 1, address: 127.0.0.1:2, disk: b.img}\n"
 	tests := []struct {
@@ -50,6 +99,12 @@ func TestFileErrors(t *testing.T) {
 		{"al range", base + "disk: {al-extents: 3}\n", "disk.al-extents"},
 		{"same ids", strings.Replace(base, "node-id: 1", "node-id: 0", 1), "peer.node-id"},
 		{"bad after-sb", base + "net: {after-sb: merge}\n", "net.after-sb"},
+		{"tls cert without key", tlsNode("{cert: c.pem}"), "resource.nbd-tls-key"},
+		{"tls key without cert", tlsNode("{key: k.pem}"), "resource.nbd-tls-cert"},
+		{"tls mode without cert", tlsNode("{mode: on}"), "resource.nbd-tls-mode"},
+		{"tls client CA without cert", tlsNode("{client-ca: ca.pem}"), "resource.nbd-tls-client-ca"},
+		{"tls bad mode", tlsNode("{cert: c.pem, key: k.pem, mode: maybe}"), `resource.nbd-tls-mode "maybe" (allowed: require or on)`},
+		{"tls client CA with mode on", tlsNode("{cert: c.pem, key: k.pem, client-ca: ca.pem, mode: on}"), "plain clients would skip"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -211,7 +211,9 @@ func (f *File) Node(node string) (Resource, error) {
 	if r.Local.Meta != "" && r.Local.Meta != MetaInternal {
 		r.Local.Meta = f.resolve(r.Local.Meta)
 	}
-	r.Peer.Disk, r.Peer.Meta = "", ""
+	tl := &r.Local.NBDTLS
+	tl.Cert, tl.Key, tl.ClientCA = f.resolve(tl.Cert), f.resolve(tl.Key), f.resolve(tl.ClientCA)
+	r.Peer.Disk, r.Peer.Meta, r.Peer.NBDTLS = "", "", NBDTLS{}
 	r = r.Default()
 	if err := r.Validate(); err != nil {
 		return Resource{}, err

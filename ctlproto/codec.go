@@ -22,7 +22,7 @@ const (
 	ProtoMajor = 1
 	// ProtoMinor is the protocol minor version: it grows whenever tags,
 	// message types or error codes are appended to the registry.
-	ProtoMinor = 0
+	ProtoMinor = 1
 )
 
 // MsgType is a message type number (header bytes 6-7).
@@ -266,6 +266,10 @@ func (e Entry) Data() []byte { return e.raw }
 
 // List returns a list's entries.
 func (e Entry) List() List { return e.list }
+
+// isZero reports whether e holds its type's zero value (0, false, "", no
+// bytes, an empty list).
+func (e Entry) isZero() bool { return e.num == 0 && len(e.raw) == 0 && len(e.list) == 0 }
 
 // valueLen returns the encoded length of e's value.
 func (e Entry) valueLen() int {

@@ -18,41 +18,52 @@ func configSections() [6]uint16 {
 }
 
 // binding ties a scalar configuration tag to its config.Resource field.
+// omitEmpty marks fields added after 1.0: EncodeConfig leaves them out at
+// their zero value, so that a tool that does not use them still drives a
+// daemon that predates them, and one that does gets UNKNOWN_MANDATORY_TAG
+// naming them instead of a silently ignored setting.
 type binding struct {
-	tag     uint16
-	section uint16
-	get     func(*config.Resource) Entry
-	set     func(*config.Resource, Entry)
+	tag       uint16
+	section   uint16
+	get       func(*config.Resource) Entry
+	set       func(*config.Resource, Entry)
+	omitEmpty bool
+}
+
+// sinceV1_1 marks b as a field added after 1.0 (see binding).
+func sinceV1_1(b binding) binding {
+	b.omitEmpty = true
+	return b
 }
 
 func strB(sec, tag uint16, f func(*config.Resource) *string) binding {
-	return binding{tag, sec,
-		func(r *config.Resource) Entry { return String(tag, *f(r)) },
-		func(r *config.Resource, e Entry) { *f(r) = e.Text() }}
+	return binding{tag: tag, section: sec,
+		get: func(r *config.Resource) Entry { return String(tag, *f(r)) },
+		set: func(r *config.Resource, e Entry) { *f(r) = e.Text() }}
 }
 
 func u32B(sec, tag uint16, f func(*config.Resource) *uint32) binding {
-	return binding{tag, sec,
-		func(r *config.Resource) Entry { return U32(tag, *f(r)) },
-		func(r *config.Resource, e Entry) { *f(r) = uint32(e.Uint()) }}
+	return binding{tag: tag, section: sec,
+		get: func(r *config.Resource) Entry { return U32(tag, *f(r)) },
+		set: func(r *config.Resource, e Entry) { *f(r) = uint32(e.Uint()) }}
 }
 
 func u64B(sec, tag uint16, f func(*config.Resource) *uint64) binding {
-	return binding{tag, sec,
-		func(r *config.Resource) Entry { return U64(tag, *f(r)) },
-		func(r *config.Resource, e Entry) { *f(r) = e.Uint() }}
+	return binding{tag: tag, section: sec,
+		get: func(r *config.Resource) Entry { return U64(tag, *f(r)) },
+		set: func(r *config.Resource, e Entry) { *f(r) = e.Uint() }}
 }
 
 func boolB(sec, tag uint16, f func(*config.Resource) *bool) binding {
-	return binding{tag, sec,
-		func(r *config.Resource) Entry { return Flag(tag, *f(r)) },
-		func(r *config.Resource, e Entry) { *f(r) = e.Bool() }}
+	return binding{tag: tag, section: sec,
+		get: func(r *config.Resource) Entry { return Flag(tag, *f(r)) },
+		set: func(r *config.Resource, e Entry) { *f(r) = e.Bool() }}
 }
 
 func durB(sec, tag uint16, f func(*config.Resource) *time.Duration) binding {
-	return binding{tag, sec,
-		func(r *config.Resource) Entry { return U64(tag, DurationToMillis(*f(r))) },
-		func(r *config.Resource, e Entry) { *f(r) = MillisToDuration(e.Uint()) }}
+	return binding{tag: tag, section: sec,
+		get: func(r *config.Resource) Entry { return U64(tag, DurationToMillis(*f(r))) },
+		set: func(r *config.Resource, e Entry) { *f(r) = MillisToDuration(e.Uint()) }}
 }
 
 // DurationToMillis converts a duration to its wire form, whole
@@ -86,6 +97,10 @@ func bindings() []binding {
 		strB(res, TagResourceMetaDisk, func(r *config.Resource) *string { return &r.Local.Meta }),
 		strB(res, TagResourceNBDListen, func(r *config.Resource) *string { return &r.Local.NBDListen }),
 		strB(res, TagResourceExport, func(r *config.Resource) *string { return &r.Local.Export }),
+		sinceV1_1(strB(res, TagResourceNBDTLSCert, func(r *config.Resource) *string { return &r.Local.NBDTLS.Cert })),
+		sinceV1_1(strB(res, TagResourceNBDTLSKey, func(r *config.Resource) *string { return &r.Local.NBDTLS.Key })),
+		sinceV1_1(strB(res, TagResourceNBDTLSClientCA, func(r *config.Resource) *string { return &r.Local.NBDTLS.ClientCA })),
+		sinceV1_1(strB(res, TagResourceNBDTLSMode, func(r *config.Resource) *string { return (*string)(&r.Local.NBDTLS.Mode) })),
 
 		strB(peer, TagPeerNodeName, func(r *config.Resource) *string { return &r.Peer.Name }),
 		u32B(peer, TagPeerNodeID, func(r *config.Resource) *uint32 { return &r.Peer.ID }),
@@ -130,7 +145,11 @@ func EncodeConfig(reg *Registry, cfg config.Resource) List {
 	var secs [len(all)]List
 	index := func(sec uint16) int { return slices.Index(all[:], sec) }
 	for _, b := range bindings() {
-		secs[index(b.section)] = append(secs[index(b.section)], b.get(&cfg))
+		e := b.get(&cfg)
+		if b.omitEmpty && e.isZero() {
+			continue
+		}
+		secs[index(b.section)] = append(secs[index(b.section)], e)
 	}
 	h := &secs[index(TagHandlers)]
 	for _, w := range cfg.Handlers.Dispatcher {

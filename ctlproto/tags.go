@@ -150,6 +150,12 @@ const (
 	TagEventHookID    uint16 = 134
 	TagEventHookExit  uint16 = 135
 	TagEventHookError uint16 = 136
+
+	// Section resource, added in 1.1: TLS of the local node's NBD export.
+	TagResourceNBDTLSCert     uint16 = 137
+	TagResourceNBDTLSKey      uint16 = 138
+	TagResourceNBDTLSClientCA uint16 = 139
+	TagResourceNBDTLSMode     uint16 = 140
 )
 
 // enumNames lists String() of 0, 1, ... up to the first value whose name
@@ -169,7 +175,7 @@ func enumNames(name func(int) string) []string {
 // defaultTags declares every tag. Append new tags at the end with the next
 // free number and the new protocol minor as Since; retire, never delete.
 func defaultTags() []Tag {
-	const v1 = "1.0"
+	const v1, v1_1 = "1.0", "1.1"
 	roles := enumNames(func(i int) string { return resource.Role(i).String() })
 	disks := enumNames(func(i int) string { return resource.DiskState(i).String() })
 	conns := enumNames(func(i int) string { return resource.ConnState(i).String() })
@@ -282,6 +288,11 @@ func defaultTags() []Tag {
 		{Num: TagEventHookID, Name: "event.hook-id", Type: TypeU64, Section: TagEvent, Since: v1, Doc: "Matches a response to its call."},
 		{Num: TagEventHookExit, Name: "event.hook-exit", Type: TypeS64, Section: TagEvent, Since: v1, Doc: "The handler's exit status (response); -1: killed or not run."},
 		{Num: TagEventHookError, Name: "event.hook-error", Type: TypeString, Section: TagEvent, Since: v1, Doc: "Why the handler failed to run or was killed (response)."},
+
+		{Num: TagResourceNBDTLSCert, Name: "resource.nbd-tls-cert", Type: TypeString, Section: TagResource, Mandatory: true, Flag: "nbd-tls-cert", Since: v1_1, Doc: "PEM certificate (chain) of the NBD export; enables NBD_OPT_STARTTLS. Invariant while up."},
+		{Num: TagResourceNBDTLSKey, Name: "resource.nbd-tls-key", Type: TypeString, Section: TagResource, Mandatory: true, Flag: "nbd-tls-key", Since: v1_1, Doc: "PEM private key of nbd-tls-cert. Invariant while up."},
+		{Num: TagResourceNBDTLSClientCA, Name: "resource.nbd-tls-client-ca", Type: TypeString, Section: TagResource, Mandatory: true, Flag: "nbd-tls-client-ca", Since: v1_1, Doc: "PEM CA certificates: NBD clients must present a certificate signed by one. Invariant while up."},
+		{Num: TagResourceNBDTLSMode, Name: "resource.nbd-tls-mode", Type: TypeString, Section: TagResource, Mandatory: true, Flag: "nbd-tls-mode", Since: v1_1, Doc: "require (default with a certificate: TLS clients only) or on (plain clients too). Invariant while up."},
 	}
 }
 

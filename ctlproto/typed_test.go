@@ -69,6 +69,42 @@ func TestConfigRoundTrip(t *testing.T) {
 	}
 }
 
+// TestConfigTagsSince1_1 checks the rule for fields added after 1.0: left
+// out while empty (a 1.0 daemon sees the request it always saw), sent
+// mandatory when set (a 1.0 daemon refuses it instead of ignoring it).
+func TestConfigTagsSince1_1(t *testing.T) {
+	reg := DefaultRegistry()
+	tlsTags := []uint16{TagResourceNBDTLSCert, TagResourceNBDTLSKey, TagResourceNBDTLSClientCA, TagResourceNBDTLSMode}
+	plain := EncodeConfig(reg, sampleConfig())
+	res, _ := plain.Find(TagResource)
+	for _, tag := range tlsTags {
+		if _, ok := res.List().Find(tag); ok {
+			t.Errorf("tag %d sent while empty", tag)
+		}
+	}
+	old := reg.Without(tlsTags...)
+	if r, err := old.CheckRequest(MsgCreate, roundTrip(t, reg, MsgCreate, plain)); err != nil || len(r.UnknownMandatory)+len(r.Ignored) > 0 {
+		t.Fatalf("a 1.0 registry on a request without TLS: %+v %v", r, err)
+	}
+
+	cfg := sampleConfig()
+	cfg.Local.NBDTLS = config.NBDTLS{Cert: "/c.pem", Key: "/k.pem", ClientCA: "/ca.pem", Mode: config.TLSRequire}
+	body := roundTrip(t, reg, MsgCreate, EncodeConfig(reg, cfg))
+	if got := DecodeConfig(body).Apply(config.Resource{}, true); !reflect.DeepEqual(got, cfg) {
+		t.Fatalf("round trip:\n got %+v\nwant %+v", got.Local, cfg.Local)
+	}
+	res, _ = body.Find(TagResource)
+	for _, tag := range tlsTags {
+		if !mustFind(t, res.List(), tag).Mandatory() {
+			t.Errorf("tag %d not mandatory", tag)
+		}
+	}
+	r, err := old.CheckRequest(MsgCreate, body)
+	if err != nil || !reflect.DeepEqual(r.UnknownMandatory, tlsTags) {
+		t.Fatalf("a 1.0 registry on a request with TLS: %+v %v", r, err)
+	}
+}
+
 func mustFind(t *testing.T, l List, tag uint16) Entry {
 	t.Helper()
 	e, ok := l.Find(tag)

@@ -64,6 +64,9 @@ type clusterOptions struct {
 	// diskA, when set, makes node a's disk this path instead of a file
 	// the cluster creates (it must exist, with the size of the others).
 	diskA string
+	// nodeA is extra resource-file text for node a's entry (its keys at
+	// the entry's indentation, e.g. "nbd-tls: {...}").
+	nodeA string
 }
 
 // newCluster creates meta-data on two blank disks, starts both daemons,
@@ -94,7 +97,7 @@ func newCluster(t *testing.T, o clusterOptions) *cluster {
 			extra = o.yamlB
 		}
 		n.config = filepath.Join(dir, n.name+".yaml")
-		writeResourceFile(t, n.config, peerA, peerB, c.a.nbdPort, c.b.nbdPort, c.a.disk, extra)
+		writeResourceFile(t, n.config, peerA, peerB, c.a.nbdPort, c.b.nbdPort, c.a.disk, o.nodeA, extra)
 		n.start()
 	}
 	c.a.up()
@@ -109,8 +112,11 @@ func newCluster(t *testing.T, o clusterOptions) *cluster {
 	return c
 }
 
-func writeResourceFile(t *testing.T, path string, peerA, peerB, nbdA, nbdB int, diskA, extra string) {
+func writeResourceFile(t *testing.T, path string, peerA, peerB, nbdA, nbdB int, diskA, nodeA, extra string) {
 	t.Helper()
+	if nodeA != "" {
+		nodeA = "    " + nodeA + "\n"
+	}
 	y := fmt.Sprintf(`resource: r0
 nodes:
   - name: a
@@ -118,12 +124,12 @@ nodes:
     address: 127.0.0.1:%d
     disk: %s
     nbd-listen: 127.0.0.1:%d
-  - name: b
+%s  - name: b
     node-id: 1
     address: 127.0.0.1:%d
     disk: b.img
     nbd-listen: 127.0.0.1:%d
-`, peerA, diskA, nbdA, peerB, nbdB)
+`, peerA, diskA, nbdA, nodeA, peerB, nbdB)
 	if !strings.Contains(extra, "net:") {
 		extra += "\nnet:\n  ping-interval: 1s\n  ping-timeout: 5s\n  connect-timeout: 5s\n"
 	}

@@ -3,6 +3,7 @@ package e2e
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -41,7 +42,7 @@ func TestCtlPythonClientStatus(t *testing.T) {
 	if daemon["proto-major"] != 1.0 || daemon["version"] == "" {
 		t.Fatalf("hello: %v", daemon)
 	}
-	if !strings.Contains(mustCtl(t, sock, "version"), "daemon: rbd-nbd "+daemon["version"].(string)+", control protocol 1.0") {
+	if !strings.Contains(mustCtl(t, sock, "version"), "daemon: rbd-nbd "+daemon["version"].(string)+", control protocol "+fmt.Sprint(daemon["proto-major"])+"."+fmt.Sprint(daemon["proto-minor"])) {
 		t.Fatalf("rbd-nbd version disagrees with hello %v", daemon)
 	}
 
@@ -87,11 +88,13 @@ func TestCtlDaemonLifecycle(t *testing.T) {
 	}
 	// --low-latency (the default) restarted the daemon in place, same
 	// process, with the runtime monitor kept awake.
+	// The socket accepts connections before the start line is logged.
+	WaitFor(t, 10*time.Second, "the daemon's start line", func() bool { return strings.Contains(d.Output(), `"monitor-awake"`) })
 	if !slices.Contains(d.Environ(t), lowLatencyEnv) || !strings.Contains(d.Output(), `"monitor-awake": true`) {
 		t.Fatalf("daemon not restarted with the monitor awake:\n%s", d.Output())
 	}
 	r := RunEnv(t, 30*time.Second, []string{"RBD_NBD_SOCKET=" + sock}, Binary(), "version")
-	if r.Err != nil || !regexp.MustCompile(`(?m)^client: rbd-nbd \S+, control protocol 1\.0\ndaemon: rbd-nbd \S+, control protocol 1\.0$`).MatchString(r.Stdout) {
+	if r.Err != nil || !regexp.MustCompile(`(?m)^client: rbd-nbd \S+, control protocol 1\.1\ndaemon: rbd-nbd \S+, control protocol 1\.1$`).MatchString(r.Stdout) {
 		t.Fatalf("version: %v\n%s%s", r.Err, r.Stdout, r.Stderr)
 	}
 	if out := mustCtl(t, sock, "status", "--json"); out != "[]\n" {

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bytes"
 	"os"
 	"path/filepath"
 	"strings"
@@ -16,17 +17,7 @@ import (
 func TestServeTLS(t *testing.T) {
 	RequireTools(t, "nbdinfo", "nbdcopy", "cmp")
 	dir := t.TempDir()
-	certs := filepath.Join(dir, "certs")
-	if err := os.Mkdir(certs, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	set, err := testcert.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := set.WritePEM(certs); err != nil {
-		t.Fatal(err)
-	}
+	certs := writeTestCerts(t)
 	img := filepath.Join(dir, "tls.img")
 	s := StartServe(t, img, "secure", "--size", "8M",
 		"--tls-cert", filepath.Join(certs, "server-cert.pem"), "--tls-key", filepath.Join(certs, "server-key.pem"))
@@ -51,4 +42,66 @@ func TestServeTLS(t *testing.T) {
 	if r := Run(t, toolTimeout, "nbdinfo", s.URI); r.ExitCode == 0 {
 		t.Errorf("a plain client was served by a server that requires TLS:\n%s", r.Stdout)
 	}
+}
+
+// TestResourceTLS gives the replicated resource's export on node a a
+// certificate (paths relative to the resource file) and checks that
+// libnbd's clients reach it over nbds:// (a write through nbdcopy lands on
+// both nodes), that a plain client is refused, and that a change of the TLS
+// settings while the resource is up is refused with the field's name.
+func TestResourceTLS(t *testing.T) {
+	RequireTools(t, "nbdinfo", "nbdcopy")
+	// The cluster's directory is only known once it exists; the
+	// certificates go beside it, and the file names them relative to its
+	// own folder, "..".
+	certs := writeTestCerts(t)
+	rel := "../" + filepath.Base(filepath.Dir(certs)) + "/certs/"
+	c := newCluster(t, clusterOptions{size: 16 << 20,
+		nodeA: "nbd-tls: {cert: " + rel + "server-cert.pem, key: " + rel + "server-key.pem}"})
+	tlsURI := strings.Replace(c.a.uri(), "nbd://", "nbds://", 1) + "?tls-certificates=" + certs
+
+	if r := Run(t, toolTimeout, "nbdinfo", "--can", "flush", tlsURI); r.ExitCode != 0 {
+		t.Fatalf("nbdinfo over TLS: exit %d (%v) %s", r.ExitCode, r.Err, r.Stderr)
+	}
+	src := filepath.Join(t.TempDir(), "src")
+	MakeFile(t, src, 8<<20, func(b []byte) {
+		for i := range b {
+			b[i] = byte(i*13 + i>>11)
+		}
+	})
+	MustRun(t, toolTimeout, "nbdcopy", "--flush", src, tlsURI)
+	c.compare()
+	want, err := os.ReadFile(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := c.b.data(uint64(len(want))); !bytes.Equal(got, want) {
+		t.Fatal("the Secondary's disk does not hold what was written over TLS")
+	}
+
+	if r := Run(t, toolTimeout, "nbdinfo", c.a.uri()); r.ExitCode == 0 {
+		t.Errorf("a plain client was served by an export that requires TLS:\n%s", r.Stdout)
+	}
+	if r := c.a.tryCtl("ctl", "change", "r0", "--nbd-tls-mode", "on"); r.ExitCode == 0 || !strings.Contains(r.Stderr, "resource.nbd-tls-mode") {
+		t.Errorf("changing the TLS mode while up: exit %d, %s", r.ExitCode, r.Stderr)
+	}
+}
+
+// writeTestCerts writes a test CA and a server certificate signed by it
+// (ca-cert.pem, server-cert.pem, server-key.pem: the names libnbd's
+// tls-certificates folder uses) into a new folder "certs" and returns it.
+func writeTestCerts(t *testing.T) string {
+	t.Helper()
+	certs := filepath.Join(t.TempDir(), "certs")
+	if err := os.Mkdir(certs, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	set, err := testcert.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := set.WritePEM(certs); err != nil {
+		t.Fatal(err)
+	}
+	return certs
 }

@@ -23,6 +23,11 @@ func (r *Resource) watchAttached() {
 	if cfg.Local.NBDListen == "" || r.reattachCancel != nil {
 		return
 	}
+	if cfg.Local.NBDTLS.Required() {
+		// The kernel's nbd client has no TLS: it could not reconnect.
+		r.log.Debug("not watching for kernel devices to reattach: the export requires TLS")
+		return
+	}
 	ctx, cancel := context.WithCancel(r.loopCtx)
 	r.reattachCancel = cancel
 	export, addr := cfg.Local.Export, cfg.Local.NBDListen

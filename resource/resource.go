@@ -3,6 +3,7 @@ package resource
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -260,6 +261,13 @@ func (r *Resource) serveNBD(cfg config.Resource) error {
 	if rest, ok := strings.CutPrefix(addr, "unix:"); ok {
 		network, addr = "unix", rest
 	}
+	var tlsCfg *tls.Config
+	if t := cfg.Local.NBDTLS; t.Enabled() {
+		var err error
+		if tlsCfg, err = nbdserver.LoadTLS(t.Cert, t.Key, t.ClientCA); err != nil {
+			return fmt.Errorf("nbd: TLS: %w", err)
+		}
+	}
 	ln, err := net.Listen(network, addr)
 	if err != nil {
 		return fmt.Errorf("nbd: listen on %s: %w", cfg.Local.NBDListen, err)
@@ -273,8 +281,10 @@ func (r *Resource) serveNBD(cfg config.Resource) error {
 			}
 			return nil
 		},
-		Config: nbdserver.DefaultConfig(),
-		Logger: r.log.Named("nbd"),
+		Config:     nbdserver.DefaultConfig(),
+		Logger:     r.log.Named("nbd"),
+		TLS:        tlsCfg,
+		RequireTLS: cfg.Local.NBDTLS.Required(),
 	}
 	r.goLoop(func() {
 		if err := r.nbd.Serve(ln); err != nil && !errors.Is(err, nbdserver.ErrServerClosed) {

@@ -109,6 +109,9 @@ func resolveAttachTarget(g *globalOptions, resource string, o *attachOptions) (a
 			if cfg.Local.NBDListen == "" {
 				return fmt.Errorf("resource %s has no nbd-listen address", resource)
 			}
+			if cfg.Local.NBDTLS.Required() {
+				return fmt.Errorf("resource %s's export requires TLS, which the kernel's nbd client lacks (set nbd-tls mode: on to serve it plain too)", resource)
+			}
 			t.addr = cfg.Local.NBDListen
 			if t.export == "" {
 				t.export = cfg.Local.Export

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -95,6 +96,20 @@ func TestUnknownMandatoryOptionSentence(t *testing.T) {
 	}
 }
 
+// TestNewOptionOldDaemon: a tool that knows NBD TLS (protocol 1.1) drives a
+// 1.0 daemon as long as it does not ask for TLS; when it does, the daemon
+// refuses and the tool names the option.
+func TestNewOptionOldDaemon(t *testing.T) {
+	old := ctlproto.DefaultRegistry().Without(ctlproto.TagResourceNBDTLSCert, ctlproto.TagResourceNBDTLSKey,
+		ctlproto.TagResourceNBDTLSClientCA, ctlproto.TagResourceNBDTLSMode)
+	sock := serveDaemon(t, old, "1.0.0")
+	_, _, err := run(t, sock, append(createArgs, "--nbd-tls-cert", "/c.pem", "--nbd-tls-key", "/k.pem")...)
+	if err == nil || !strings.Contains(err.Error(), "the daemon (version 1.0.0) does not support --nbd-tls-cert (tag 137)") {
+		t.Fatalf("create with TLS: %v", err)
+	}
+	mustRun(t, sock, createArgs...)
+}
+
 func TestFriendlyErrors(t *testing.T) {
 	sock := serveDaemon(t, nil, "1.0.0")
 	mustRun(t, sock, createArgs...)
@@ -138,7 +153,7 @@ func TestStatusVersionEventsShow(t *testing.T) {
 	if out := mustRun(t, sock, "status"); !strings.HasPrefix(out, "r0 role:Secondary generation:2\n  disk:Diskless\n  peer node-id:1 connection:StandAlone role:Unknown\n") {
 		t.Fatalf("status:\n%s", out)
 	}
-	if out := mustRun(t, sock, "version"); !strings.Contains(out, "daemon: rbd-nbd 1.2.3, control protocol 1.0") {
+	if out := mustRun(t, sock, "version"); !strings.Contains(out, fmt.Sprintf("daemon: rbd-nbd 1.2.3, control protocol %d.%d", ctlproto.ProtoMajor, ctlproto.ProtoMinor)) {
 		t.Fatalf("version:\n%s", out)
 	}
 	out := mustRun(t, sock, "events", "--now")

@@ -2,12 +2,12 @@ package main
 
 import (
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
-	"os"
 
 	"github.com/spf13/cobra"
+
+	"github.com/rbd-nbd/rbd-nbd/nbdserver"
 )
 
 // tlsOptions are the TLS flags of an NBD server (`serve`).
@@ -53,21 +53,9 @@ func (o *tlsOptions) config() (*tls.Config, bool, error) {
 		// Plain clients would skip the certificate check.
 		return nil, false, errors.New("--tls-client-ca needs --tls require: with --tls on, plain clients skip the client certificate check")
 	}
-	cert, err := tls.LoadX509KeyPair(o.cert, o.key)
+	cfg, err := nbdserver.LoadTLS(o.cert, o.key, o.clientCA)
 	if err != nil {
-		return nil, false, fmt.Errorf("--tls-cert/--tls-key: %w", err)
-	}
-	cfg := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
-	if o.clientCA != "" {
-		pem, err := os.ReadFile(o.clientCA)
-		if err != nil {
-			return nil, false, fmt.Errorf("--tls-client-ca: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, false, fmt.Errorf("--tls-client-ca %s: no PEM certificate in it", o.clientCA)
-		}
-		cfg.ClientCAs, cfg.ClientAuth = pool, tls.RequireAndVerifyClientCert
+		return nil, false, fmt.Errorf("--tls-cert/--tls-key/--tls-client-ca: %w", err)
 	}
 	return cfg, o.required(), nil
 }
