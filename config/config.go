@@ -104,6 +104,17 @@ type Node struct {
 	Export string `yaml:"export,omitempty"`
 	// NBDTLS is the TLS of the node's NBD export. Invariant while up.
 	NBDTLS NBDTLS `yaml:"nbd-tls,omitempty"`
+	// LinkTLS is the node's certificate for the peer link (with
+	// Net.TLSCA). Like the net options, it applies at the next connect.
+	LinkTLS LinkTLS `yaml:"link-tls,omitempty"`
+}
+
+// LinkTLS is a node's certificate and key for the peer link, PEM files.
+// The certificate must carry the node's name as a DNS name: the peer
+// checks it.
+type LinkTLS struct {
+	Cert string `yaml:"cert,omitempty"`
+	Key  string `yaml:"key,omitempty"`
 }
 
 // NBDTLS configures NBD_OPT_STARTTLS on a node's NBD export. A certificate
@@ -152,7 +163,7 @@ func (t NBDTLS) Enabled() bool { return t.Cert != "" }
 // Required reports whether the export serves TLS clients only.
 func (t NBDTLS) Required() bool { return t.Enabled() && t.Mode != TLSOn }
 
-// validate checks the combination (section is "resource" or "peer").
+// validate checks the combination (section is "resource").
 func (t NBDTLS) validate(section string) error {
 	p := section + ".nbd-tls-"
 	switch {
@@ -180,6 +191,10 @@ type Net struct {
 	// SharedSecret authenticates the peers (HMAC challenge-response); empty
 	// means no authentication.
 	SharedSecret string `yaml:"shared-secret,omitempty"`
+	// TLSCA, when set, encrypts the peer link with TLS: a PEM file of the
+	// CA certificates that sign both nodes' link certificates
+	// (Node.LinkTLS). Both nodes must set it or neither.
+	TLSCA string `yaml:"tls-ca,omitempty"`
 	// ConnectTimeout bounds one connection attempt.
 	ConnectTimeout time.Duration `yaml:"connect-timeout,omitempty"`
 	// PingInterval is how often an idle link is probed.
@@ -277,6 +292,9 @@ func (r Resource) Default() Resource {
 	}
 	if r.Local.Meta == "" {
 		r.Local.Meta = MetaInternal
+	}
+	if r.Local.NBDTLS.Enabled() && r.Local.NBDTLS.Mode == "" {
+		r.Local.NBDTLS.Mode = TLSRequire
 	}
 	r.Net = r.Net.Default()
 	r.Disk = r.Disk.Default()
@@ -393,6 +411,9 @@ func (r Resource) Validate() error {
 	if err := r.Net.Validate(); err != nil {
 		return err
 	}
+	if err := r.validateLinkTLS(); err != nil {
+		return err
+	}
 	if err := r.Disk.Validate(); err != nil {
 		return err
 	}
@@ -421,7 +442,34 @@ func (n Node) validate(section string, local bool) error {
 	if local && n.Disk == "" {
 		return &FieldError{Path: section + ".disk", Value: "", Allowed: "a file or block device path"}
 	}
+	if !local {
+		return nil
+	}
+	if n.NBDTLS.Enabled() && n.NBDListen == "" {
+		return &FieldError{Path: section + ".nbd-tls-cert", Value: n.NBDTLS.Cert, Allowed: "empty without nbd-listen (no export to protect)"}
+	}
 	return n.NBDTLS.validate(section)
+}
+
+// validateLinkTLS checks that the peer link's TLS is all there or absent:
+// the CA, this node's certificate and key, and the peer's name, which the
+// peer's certificate must carry.
+func (r Resource) validateLinkTLS() error {
+	t := r.Local.LinkTLS
+	if r.Net.TLSCA == "" && t == (LinkTLS{}) {
+		return nil
+	}
+	switch {
+	case r.Net.TLSCA == "":
+		return &FieldError{Path: "net.tls-ca", Value: "", Allowed: "a PEM CA file, since resource.link-tls-cert/-key are set"}
+	case t.Cert == "":
+		return &FieldError{Path: "resource.link-tls-cert", Value: "", Allowed: "this node's PEM certificate for the peer link, since net.tls-ca is set"}
+	case t.Key == "":
+		return &FieldError{Path: "resource.link-tls-key", Value: "", Allowed: "the PEM private key of resource.link-tls-cert"}
+	case r.Peer.Name == "":
+		return &FieldError{Path: "peer.node-name", Value: "", Allowed: "the peer's name, which its link certificate must carry (net.tls-ca is set)"}
+	}
+	return nil
 }
 
 // Validate checks the net options.

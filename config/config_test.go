@@ -39,7 +39,46 @@ func TestExampleFile(t *testing.T) {
 
 // tlsNode is a two-node file whose node a has nbd-tls: tls.
 func tlsNode(tls string) string {
-	return "resource: r0\nnodes:\n  - {name: a, node-id: 0, address: 127.0.0.1:1, disk: a.img, nbd-tls: " + tls + "}\n  - {name: b, node-id: 1, address: 127.0.0.1:2, disk: b.img}\n"
+	return "resource: r0\nnodes:\n  - {name: a, node-id: 0, address: 127.0.0.1:1, disk: a.img, nbd-listen: 127.0.0.1:3, nbd-tls: " + tls + "}\n  - {name: b, node-id: 1, address: 127.0.0.1:2, disk: b.img}\n"
+}
+
+// linkNode is a two-node file whose node a has link-tls: tls (when set)
+// and whose net section has tls-ca: ca (when set).
+func linkNode(tls, ca string) string {
+	a := ""
+	if tls != "" {
+		a = ", link-tls: " + tls
+	}
+	y := "resource: r0\nnodes:\n  - {name: a, node-id: 0, address: 127.0.0.1:1, disk: a.img" + a + "}\n  - {name: b, node-id: 1, address: 127.0.0.1:2, disk: b.img}\n"
+	if ca != "" {
+		y += "net: {tls-ca: " + ca + "}\n"
+	}
+	return y
+}
+
+func TestLinkTLS(t *testing.T) {
+	f, err := ParseFile([]byte(linkNode("{cert: a.pem, key: /k/a.pem}", "tls/ca.pem")), "/srv/r0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := f.Node("a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.Local.LinkTLS != (LinkTLS{Cert: "/srv/r0/a.pem", Key: "/k/a.pem"}) || a.Net.TLSCA != "/srv/r0/tls/ca.pem" {
+		t.Fatalf("node a: %+v, CA %q", a.Local.LinkTLS, a.Net.TLSCA)
+	}
+	// Like every net option it applies at the next connect: not invariant.
+	n := a
+	n.Local.LinkTLS.Cert, n.Net.TLSCA = "/new.pem", "/new-ca.pem"
+	if p := Invariant(a, n); p != "" {
+		t.Fatalf("Invariant says %q", p)
+	}
+	// Node b's view: b's own certificate is not in the file, so b has none
+	// and a TLS CA alone is an error naming b's certificate.
+	if _, err := f.Node("b"); err == nil || !strings.Contains(err.Error(), "resource.link-tls-cert") {
+		t.Fatalf("node b without a certificate: %v", err)
+	}
 }
 
 func TestNBDTLS(t *testing.T) {
@@ -51,7 +90,7 @@ func TestNBDTLS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := NBDTLS{Cert: "/srv/r0/tls/c.pem", Key: "/etc/k.pem", ClientCA: "/srv/r0/ca.pem"}
+	want := NBDTLS{Cert: "/srv/r0/tls/c.pem", Key: "/etc/k.pem", ClientCA: "/srv/r0/ca.pem", Mode: TLSRequire}
 	if a.Local.NBDTLS != want || !a.Local.NBDTLS.Required() {
 		t.Fatalf("node a: %+v (required %v)", a.Local.NBDTLS, a.Local.NBDTLS.Required())
 	}
@@ -76,7 +115,7 @@ func TestNBDTLS(t *testing.T) {
 		{func(t *NBDTLS) { t.Cert = "/new.pem" }, "resource.nbd-tls-cert"},
 		{func(t *NBDTLS) { t.Key = "" }, "resource.nbd-tls-key"},
 		{func(t *NBDTLS) { t.ClientCA = "" }, "resource.nbd-tls-client-ca"},
-		{func(t *NBDTLS) { t.Mode = TLSRequire }, "resource.nbd-tls-mode"},
+		{func(t *NBDTLS) { t.Mode = TLSOn }, "resource.nbd-tls-mode"},
 	} {
 		n := a
 		c.change(&n.Local.NBDTLS)
@@ -105,6 +144,11 @@ func TestFileErrors(t *testing.T) {
 		{"tls client CA without cert", tlsNode("{client-ca: ca.pem}"), "resource.nbd-tls-client-ca"},
 		{"tls bad mode", tlsNode("{cert: c.pem, key: k.pem, mode: maybe}"), `resource.nbd-tls-mode "maybe" (allowed: require or on)`},
 		{"tls client CA with mode on", tlsNode("{cert: c.pem, key: k.pem, client-ca: ca.pem, mode: on}"), "plain clients would skip"},
+		{"tls without an export", strings.Replace(tlsNode("{cert: c.pem, key: k.pem}"), "nbd-listen: 127.0.0.1:3, ", "", 1), "empty without nbd-listen"},
+		{"link tls without CA", linkNode("{cert: a.pem, key: a-key.pem}", ""), "net.tls-ca"},
+		{"link CA without certificate", linkNode("", "ca.pem"), "resource.link-tls-cert"},
+		{"link certificate without key", linkNode("{cert: a.pem}", "ca.pem"), "resource.link-tls-key"},
+		{"link tls without the peer's name", strings.Replace(linkNode("{cert: a.pem, key: a-key.pem}", "ca.pem"), "name: b, ", "", 1), "peer.node-name"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

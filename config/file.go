@@ -77,6 +77,7 @@ func (s *Size) UnmarshalYAML(n *yaml.Node) error {
 type fileNet struct {
 	Protocol           Protocol      `yaml:"protocol,omitempty"`
 	SharedSecret       string        `yaml:"shared-secret,omitempty"`
+	TLSCA              string        `yaml:"tls-ca,omitempty"`
 	ConnectTimeout     time.Duration `yaml:"connect-timeout,omitempty"`
 	PingInterval       time.Duration `yaml:"ping-interval,omitempty"`
 	PingTimeout        time.Duration `yaml:"ping-timeout,omitempty"`
@@ -186,7 +187,7 @@ func (f *File) Node(node string) (Resource, error) {
 		Local: f.Nodes[li],
 		Peer:  f.Nodes[1-li],
 		Net: Net{
-			Protocol: f.Net.Protocol, SharedSecret: f.Net.SharedSecret,
+			Protocol: f.Net.Protocol, SharedSecret: f.Net.SharedSecret, TLSCA: f.resolve(f.Net.TLSCA),
 			ConnectTimeout: f.Net.ConnectTimeout, PingInterval: f.Net.PingInterval, PingTimeout: f.Net.PingTimeout,
 			Timeout: f.Net.Timeout, MaxInFlight: f.Net.MaxInFlight, MaxInFlightBytes: uint64(f.Net.MaxInFlightBytes),
 			AfterSB: f.Net.AfterSB, SizeMismatch: f.Net.SizeMismatch, MaxProtocolVersion: f.Net.MaxProtocolVersion,
@@ -213,7 +214,9 @@ func (f *File) Node(node string) (Resource, error) {
 	}
 	tl := &r.Local.NBDTLS
 	tl.Cert, tl.Key, tl.ClientCA = f.resolve(tl.Cert), f.resolve(tl.Key), f.resolve(tl.ClientCA)
-	r.Peer.Disk, r.Peer.Meta, r.Peer.NBDTLS = "", "", NBDTLS{}
+	lt := &r.Local.LinkTLS
+	lt.Cert, lt.Key = f.resolve(lt.Cert), f.resolve(lt.Key)
+	r.Peer.Disk, r.Peer.Meta, r.Peer.NBDTLS, r.Peer.LinkTLS = "", "", NBDTLS{}, LinkTLS{}
 	r = r.Default()
 	if err := r.Validate(); err != nil {
 		return Resource{}, err

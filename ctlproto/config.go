@@ -21,7 +21,8 @@ func configSections() [6]uint16 {
 // omitEmpty marks fields added after 1.0: EncodeConfig leaves them out at
 // their zero value, so that a tool that does not use them still drives a
 // daemon that predates them, and one that does gets UNKNOWN_MANDATORY_TAG
-// naming them instead of a silently ignored setting.
+// naming them instead of a silently ignored setting. It needs a field
+// whose zero value is its default (an explicit zero could not be sent).
 type binding struct {
 	tag       uint16
 	section   uint16
@@ -30,8 +31,8 @@ type binding struct {
 	omitEmpty bool
 }
 
-// sinceV1_1 marks b as a field added after 1.0 (see binding).
-func sinceV1_1(b binding) binding {
+// omitWhenZero marks b as a field added after 1.0 (see binding).
+func omitWhenZero(b binding) binding {
 	b.omitEmpty = true
 	return b
 }
@@ -97,10 +98,12 @@ func bindings() []binding {
 		strB(res, TagResourceMetaDisk, func(r *config.Resource) *string { return &r.Local.Meta }),
 		strB(res, TagResourceNBDListen, func(r *config.Resource) *string { return &r.Local.NBDListen }),
 		strB(res, TagResourceExport, func(r *config.Resource) *string { return &r.Local.Export }),
-		sinceV1_1(strB(res, TagResourceNBDTLSCert, func(r *config.Resource) *string { return &r.Local.NBDTLS.Cert })),
-		sinceV1_1(strB(res, TagResourceNBDTLSKey, func(r *config.Resource) *string { return &r.Local.NBDTLS.Key })),
-		sinceV1_1(strB(res, TagResourceNBDTLSClientCA, func(r *config.Resource) *string { return &r.Local.NBDTLS.ClientCA })),
-		sinceV1_1(strB(res, TagResourceNBDTLSMode, func(r *config.Resource) *string { return (*string)(&r.Local.NBDTLS.Mode) })),
+		omitWhenZero(strB(res, TagResourceNBDTLSCert, func(r *config.Resource) *string { return &r.Local.NBDTLS.Cert })),
+		omitWhenZero(strB(res, TagResourceNBDTLSKey, func(r *config.Resource) *string { return &r.Local.NBDTLS.Key })),
+		omitWhenZero(strB(res, TagResourceNBDTLSClientCA, func(r *config.Resource) *string { return &r.Local.NBDTLS.ClientCA })),
+		omitWhenZero(strB(res, TagResourceNBDTLSMode, func(r *config.Resource) *string { return (*string)(&r.Local.NBDTLS.Mode) })),
+		omitWhenZero(strB(res, TagResourceLinkTLSCert, func(r *config.Resource) *string { return &r.Local.LinkTLS.Cert })),
+		omitWhenZero(strB(res, TagResourceLinkTLSKey, func(r *config.Resource) *string { return &r.Local.LinkTLS.Key })),
 
 		strB(peer, TagPeerNodeName, func(r *config.Resource) *string { return &r.Peer.Name }),
 		u32B(peer, TagPeerNodeID, func(r *config.Resource) *uint32 { return &r.Peer.ID }),
@@ -112,6 +115,7 @@ func bindings() []binding {
 
 		strB(net, TagNetProtocol, func(r *config.Resource) *string { return (*string)(&r.Net.Protocol) }),
 		strB(net, TagNetSharedSecret, func(r *config.Resource) *string { return &r.Net.SharedSecret }),
+		omitWhenZero(strB(net, TagNetTLSCA, func(r *config.Resource) *string { return &r.Net.TLSCA })),
 		durB(net, TagNetConnectTimeout, func(r *config.Resource) *time.Duration { return &r.Net.ConnectTimeout }),
 		durB(net, TagNetPingInterval, func(r *config.Resource) *time.Duration { return &r.Net.PingInterval }),
 		durB(net, TagNetPingTimeout, func(r *config.Resource) *time.Duration { return &r.Net.PingTimeout }),
@@ -139,7 +143,9 @@ func bindings() []binding {
 // EncodeConfig returns the configuration sections of cfg with every field,
 // as create, up, adjust and show carry them, with the mandatory bits reg
 // declares. Fields whose tags reg does not know are left out, as a tool of
-// reg's version would.
+// reg's version would, and so are fields added after 1.0 at their zero
+// value (see binding): the result is a whole configuration, which replaces
+// one (create, up, adjust; change with set-defaults), not an overlay.
 func EncodeConfig(reg *Registry, cfg config.Resource) List {
 	all := configSections()
 	var secs [len(all)]List

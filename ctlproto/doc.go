@@ -62,7 +62,9 @@
 // set to the new protocol minor (raise ProtoMinor); record it with
 // "go test ./ctlproto -run TestRegistryGolden -update" and add its row to
 // docs/ctlproto.md (TestDocsListTheRegistry checks). A configuration field
-// also needs a binding in config.go; a status field a StatusField. To add a
+// also needs a binding in config.go (wrapped in omitWhenZero, so that
+// tools leave it out while unset and still drive older daemons; its zero
+// value must be its default); a status field a StatusField. To add a
 // request type: append a MsgDef to defaultMsgs with the top-level tags it
 // accepts and its access level, and answer it in the daemon. Never renumber
 // or delete: retire.

@@ -156,6 +156,11 @@ const (
 	TagResourceNBDTLSKey      uint16 = 138
 	TagResourceNBDTLSClientCA uint16 = 139
 	TagResourceNBDTLSMode     uint16 = 140
+
+	// Added in 1.1: TLS of the peer link.
+	TagResourceLinkTLSCert uint16 = 141
+	TagResourceLinkTLSKey  uint16 = 142
+	TagNetTLSCA            uint16 = 143
 )
 
 // enumNames lists String() of 0, 1, ... up to the first value whose name
@@ -293,6 +298,9 @@ func defaultTags() []Tag {
 		{Num: TagResourceNBDTLSKey, Name: "resource.nbd-tls-key", Type: TypeString, Section: TagResource, Mandatory: true, Flag: "nbd-tls-key", Since: v1_1, Doc: "PEM private key of nbd-tls-cert. Invariant while up."},
 		{Num: TagResourceNBDTLSClientCA, Name: "resource.nbd-tls-client-ca", Type: TypeString, Section: TagResource, Mandatory: true, Flag: "nbd-tls-client-ca", Since: v1_1, Doc: "PEM CA certificates: NBD clients must present a certificate signed by one. Invariant while up."},
 		{Num: TagResourceNBDTLSMode, Name: "resource.nbd-tls-mode", Type: TypeString, Section: TagResource, Mandatory: true, Flag: "nbd-tls-mode", Since: v1_1, Doc: "require (default with a certificate: TLS clients only) or on (plain clients too). Invariant while up."},
+		{Num: TagResourceLinkTLSCert, Name: "resource.link-tls-cert", Type: TypeString, Section: TagResource, Mandatory: true, Flag: "link-tls-cert", Since: v1_1, Doc: "PEM certificate of the local node for the peer link; it must carry the node's name."},
+		{Num: TagResourceLinkTLSKey, Name: "resource.link-tls-key", Type: TypeString, Section: TagResource, Mandatory: true, Flag: "link-tls-key", Since: v1_1, Doc: "PEM private key of link-tls-cert."},
+		{Num: TagNetTLSCA, Name: "net.tls-ca", Type: TypeString, Section: TagNet, Mandatory: true, Flag: "tls-ca", Since: v1_1, Doc: "PEM CA certificates that sign both nodes' link certificates; set: the peer link runs in TLS."},
 	}
 }
 

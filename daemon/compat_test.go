@@ -191,7 +191,7 @@ func sameForVersion1(a, b []byte) bool {
 			var kept ctlproto.List
 			for _, e := range l {
 				if e.Tag == ctlproto.TagProtoMinor {
-					continue
+					e = ctlproto.U8(e.Tag, 0)
 				}
 				if e.Tag == ctlproto.TagError {
 					var sec ctlproto.List

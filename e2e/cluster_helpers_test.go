@@ -64,9 +64,10 @@ type clusterOptions struct {
 	// diskA, when set, makes node a's disk this path instead of a file
 	// the cluster creates (it must exist, with the size of the others).
 	diskA string
-	// nodeA is extra resource-file text for node a's entry (its keys at
-	// the entry's indentation, e.g. "nbd-tls: {...}").
-	nodeA string
+	// nodeA and nodeB are extra resource-file text for node a's and node
+	// b's entries (keys at the entry's indentation, e.g. "nbd-tls: {...}");
+	// each node's file has both.
+	nodeA, nodeB string
 }
 
 // newCluster creates meta-data on two blank disks, starts both daemons,
@@ -97,7 +98,7 @@ func newCluster(t *testing.T, o clusterOptions) *cluster {
 			extra = o.yamlB
 		}
 		n.config = filepath.Join(dir, n.name+".yaml")
-		writeResourceFile(t, n.config, peerA, peerB, c.a.nbdPort, c.b.nbdPort, c.a.disk, o.nodeA, extra)
+		writeResourceFile(t, n.config, peerA, peerB, c.a.nbdPort, c.b.nbdPort, c.a.disk, o.nodeA, o.nodeB, extra)
 		n.start()
 	}
 	c.a.up()
@@ -112,10 +113,13 @@ func newCluster(t *testing.T, o clusterOptions) *cluster {
 	return c
 }
 
-func writeResourceFile(t *testing.T, path string, peerA, peerB, nbdA, nbdB int, diskA, nodeA, extra string) {
+func writeResourceFile(t *testing.T, path string, peerA, peerB, nbdA, nbdB int, diskA, nodeA, nodeB, extra string) {
 	t.Helper()
 	if nodeA != "" {
 		nodeA = "    " + nodeA + "\n"
+	}
+	if nodeB != "" {
+		nodeB = "    " + nodeB + "\n"
 	}
 	y := fmt.Sprintf(`resource: r0
 nodes:
@@ -129,7 +133,7 @@ nodes:
     address: 127.0.0.1:%d
     disk: b.img
     nbd-listen: 127.0.0.1:%d
-`, peerA, diskA, nbdA, nodeA, peerB, nbdB)
+%s`, peerA, diskA, nbdA, nodeA, peerB, nbdB, nodeB)
 	if !strings.Contains(extra, "net:") {
 		extra += "\nnet:\n  ping-interval: 1s\n  ping-timeout: 5s\n  connect-timeout: 5s\n"
 	}

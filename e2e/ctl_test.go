@@ -17,6 +17,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/rbd-nbd/rbd-nbd/ctlproto"
 )
 
 // TestCtlPythonClientStatus: a client written only from docs/ctlproto.md
@@ -94,7 +96,7 @@ func TestCtlDaemonLifecycle(t *testing.T) {
 		t.Fatalf("daemon not restarted with the monitor awake:\n%s", d.Output())
 	}
 	r := RunEnv(t, 30*time.Second, []string{"RBD_NBD_SOCKET=" + sock}, Binary(), "version")
-	if r.Err != nil || !regexp.MustCompile(`(?m)^client: rbd-nbd \S+, control protocol 1\.1\ndaemon: rbd-nbd \S+, control protocol 1\.1$`).MatchString(r.Stdout) {
+	if r.Err != nil || !regexp.MustCompile(fmt.Sprintf(`(?m)^client: rbd-nbd \S+, control protocol 1\.%[1]d\ndaemon: rbd-nbd \S+, control protocol 1\.%[1]d$`, ctlproto.ProtoMinor)).MatchString(r.Stdout) {
 		t.Fatalf("version: %v\n%s%s", r.Err, r.Stdout, r.Stderr)
 	}
 	if out := mustCtl(t, sock, "status", "--json"); out != "[]\n" {

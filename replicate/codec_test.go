@@ -364,6 +364,8 @@ func FuzzHeader(f *testing.F) {
 func FuzzHello(f *testing.F) {
 	h := hello{minVer: 1, maxVer: 2, features: AllFeatures, nodeID: 1, peerID: 2, resource: "r0", auth: true}
 	f.Add(h.encode())
+	h.tls = true
+	f.Add(h.encode())
 	f.Add([]byte{})
 	f.Add(entry(7, make([]byte, 32)))
 	f.Fuzz(func(t *testing.T, p []byte) {

@@ -1,6 +1,9 @@
 package replicate
 
 import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
 	"fmt"
 	"time"
 
@@ -62,6 +65,16 @@ type Config struct {
 	// (HMAC-SHA256 challenge-response). Both nodes must configure one or
 	// neither. It never travels on the wire.
 	SharedSecret string
+	// TLS, when set, encrypts the link: after the Hello exchange the
+	// connection becomes TLS (the dialing node is the TLS client), and the
+	// rest of the handshake and the link run inside it. Both nodes must
+	// set it or neither. The one config serves both roles: it needs
+	// Certificates (this node's), RootCAs and ClientCAs (what the peer's
+	// certificate must chain to); the accepting side demands a client
+	// certificate. To check which node the peer is, not only that its CA
+	// signed it, set ServerName and a VerifyConnection that checks the
+	// client's certificate too.
+	TLS *tls.Config
 	// MinVersion and MaxVersion bound the peer protocol versions this node
 	// offers; 0 means the oldest (MinVersion) or newest (MaxVersion) this
 	// package speaks. Lower MaxVersion to run an older protocol during
@@ -180,6 +193,10 @@ func (c *Config) Validate() error {
 		return bad("ControlQueue %d must be at least 1", c.ControlQueue)
 	case c.Handler == nil:
 		return bad("Handler is required")
+	case c.TLS != nil && len(c.TLS.Certificates) == 0 && c.TLS.GetCertificate == nil:
+		// Both roles present one: the server's, and the client's that
+		// the accepting node demands.
+		return bad("TLS without a certificate")
 	}
 	return nil
 }
@@ -215,4 +232,29 @@ func (c Config) normalized() Config {
 		c.Logger = zap.NewNop()
 	}
 	return c
+}
+
+// TLSConfig returns a Config.TLS for a node that presents cert and accepts
+// a peer whose certificate chains to ca and is valid for peerName (a DNS
+// name of the certificate: in rbd-nbd, the peer node's name). It works in
+// both roles, as the link needs.
+func TLSConfig(cert tls.Certificate, ca *x509.CertPool, peerName string) *tls.Config {
+	return &tls.Config{
+		Certificates: []tls.Certificate{cert},
+		RootCAs:      ca,
+		ClientCAs:    ca,
+		ServerName:   peerName,
+		MinVersion:   tls.VersionTLS13,
+		// The client checks ServerName itself; this also checks the
+		// certificate the accepting node gets from the dialer.
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			if len(cs.PeerCertificates) == 0 {
+				return errors.New("the peer presented no certificate")
+			}
+			if err := cs.PeerCertificates[0].VerifyHostname(peerName); err != nil {
+				return fmt.Errorf("the peer's certificate is not for node %q: %w", peerName, err)
+			}
+			return nil
+		},
+	}
 }

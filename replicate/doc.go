@@ -27,7 +27,9 @@
 //	dialer                                   acceptor
 //	Hello{versions, features, ids, resource, nonce}  ⇄  Hello
 //	   (each side checks resource, node ids, common version,
-//	    that both or neither have a shared secret)
+//	    that both or neither require TLS and have a shared secret)
+//	TLS handshake, dialer as client (only with Config.TLS; what follows
+//	   runs inside it)
 //	Auth{HMAC-SHA256(secret, dir, ids, resource, peer nonce, own nonce)} ⇄ Auth
 //	   (only with a shared secret; the secret never travels)
 //	Ready{version, features}                         ⇄  Ready

@@ -31,6 +31,10 @@ var (
 	// ErrAuthFailed: mutual authentication failed (wrong shared secret, a
 	// secret configured on one side only, or a replayed response).
 	ErrAuthFailed = errors.New("replicate: authentication failed")
+	// ErrTLS: one node requires TLS on the link and the other does not
+	// offer it, or the TLS handshake failed (a certificate the other node
+	// does not trust, or not the expected node's).
+	ErrTLS = errors.New("replicate: TLS")
 	// ErrVersionMismatch: the two nodes have no peer protocol version in
 	// common.
 	ErrVersionMismatch = errors.New("replicate: no common peer protocol version")

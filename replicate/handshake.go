@@ -5,6 +5,7 @@ import (
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -28,6 +29,7 @@ type hello struct {
 	resource       string   // tag 6 (mandatory)
 	nonce          [32]byte // tag 7 (mandatory)
 	auth           bool     // tag 8: a shared secret is configured
+	tls            bool     // tag 9: TLS is configured (upgrade after Hello)
 }
 
 func (h *hello) encode() []byte {
@@ -40,6 +42,11 @@ func (h *hello) encode() []byte {
 	w.str(6, h.resource)
 	w.bytes(7, h.nonce[:])
 	w.bool(8, h.auth)
+	if h.tls {
+		// Only when set: peers that predate it skip unknown tags anyway,
+		// and a Hello without TLS stays byte for byte what it was.
+		w.bool(9, h.tls)
+	}
 	return w.b
 }
 
@@ -73,6 +80,8 @@ func decodeHello(p []byte) (hello, error) {
 			copy(h.nonce[:], v)
 		case 8:
 			return getBool(v, &h.auth)
+		case 9:
+			return getBool(v, &h.tls)
 		}
 		return nil
 	})
@@ -130,6 +139,7 @@ const (
 	refuseResource uint32 = 3
 	refuseNodeID   uint32 = 4
 	refuseAuth     uint32 = 5
+	refuseTLS      uint32 = 6
 )
 
 // refusal is the payload of an Error frame.
@@ -174,6 +184,8 @@ func (r *refusal) err() error {
 		sentinel = ErrNodeIDMismatch
 	case refuseAuth:
 		sentinel = ErrAuthFailed
+	case refuseTLS:
+		sentinel = ErrTLS
 	}
 	return fmt.Errorf("%w: refused by the peer: %s", sentinel, r.reason)
 }
@@ -204,6 +216,8 @@ type agreement struct {
 	version  uint32
 	features Features
 	peer     hello
+	// conn is what the link runs on: the connection, or TLS over it.
+	conn net.Conn
 }
 
 // lingerMax bounds how long a refusing side waits for the peer to read
@@ -216,27 +230,35 @@ const lingerMax = 500 * time.Millisecond
 // synchronous net.Pipe, say) cannot deadlock; they are awaited before the
 // handshake returns.
 type handshaker struct {
-	conn     net.Conn
+	conn     net.Conn // the connection, or TLS over it once upgraded
 	cfg      *Config
 	log      *zap.Logger
 	ctx      context.Context
 	deadline time.Time
-	out      chan []byte
+	dialer   bool
+	out      chan outFrame
 	writes   chan error
 	pending  int
 	hdr      [headerSize]byte
 }
 
-// handshake runs the handshake on conn within cfg.ConnectTimeout and ctx.
-// On failure it closes conn.
-func handshake(ctx context.Context, conn net.Conn, cfg *Config, log *zap.Logger) (agreement, error) {
+// outFrame is a frame for the handshake's writer, with the connection it
+// goes on (the upgrade to TLS changes it between frames).
+type outFrame struct {
+	c net.Conn
+	b []byte
+}
+
+// handshake runs the handshake on conn within cfg.ConnectTimeout and ctx;
+// the dialer is the TLS client. On failure it closes conn.
+func handshake(ctx context.Context, conn net.Conn, cfg *Config, log *zap.Logger, dialer bool) (agreement, error) {
 	deadline := time.Now().Add(cfg.ConnectTimeout)
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
 		deadline = d
 	}
 	_ = conn.SetDeadline(deadline)
 	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Unix(1, 0)) })
-	hs := &handshaker{conn: conn, cfg: cfg, log: log, ctx: ctx, deadline: deadline, out: make(chan []byte, 8), writes: make(chan error, 8)}
+	hs := &handshaker{conn: conn, cfg: cfg, log: log, ctx: ctx, deadline: deadline, dialer: dialer, out: make(chan outFrame, 8), writes: make(chan error, 8)}
 	go hs.writeLoop()
 	defer close(hs.out)
 	ag, err := hs.run()
@@ -257,6 +279,7 @@ func handshake(ctx context.Context, conn net.Conn, cfg *Config, log *zap.Logger)
 		return agreement{}, hs.ioErr(err, "writing the handshake")
 	}
 	_ = conn.SetDeadline(time.Time{})
+	ag.conn = hs.conn
 	return ag, nil
 }
 
@@ -268,12 +291,12 @@ func (hs *handshaker) send(t frameType, payload []byte) {
 	h.put(b)
 	copy(b[headerSize:], payload)
 	hs.pending++
-	hs.out <- b
+	hs.out <- outFrame{hs.conn, b}
 }
 
 func (hs *handshaker) writeLoop() {
-	for b := range hs.out {
-		_, err := hs.conn.Write(b)
+	for f := range hs.out {
+		_, err := f.c.Write(f.b)
 		hs.writes <- err
 	}
 }
@@ -299,6 +322,11 @@ func (hs *handshaker) ioErr(err error, doing string) error {
 		return fmt.Errorf("%w: %s: no answer within the connect timeout (%v)", ErrHandshakeTimeout, doing, hs.cfg.ConnectTimeout)
 	case errors.Is(err, io.EOF):
 		return fmt.Errorf("%w: the peer closed the connection while this node was %s", ErrRefused, doing)
+	}
+	if oe := (*net.OpError)(nil); errors.As(err, &oe) && oe.Op == "remote error" {
+		// A TLS alert: with TLS 1.3 the dialer learns only on its first
+		// read that the acceptor refused its certificate.
+		return fmt.Errorf("%w: the peer refused this node's TLS while this node was %s: %w", ErrTLS, doing, err)
 	}
 	return fmt.Errorf("replicate: handshake %s: %w", doing, err)
 }
@@ -401,6 +429,7 @@ func (hs *handshaker) run() (agreement, error) {
 		peerID:   cfg.PeerID,
 		resource: cfg.Resource,
 		auth:     cfg.SharedSecret != "",
+		tls:      cfg.TLS != nil,
 	}
 	if _, err := rand.Read(mine.nonce[:]); err != nil {
 		return agreement{}, fmt.Errorf("replicate: handshake nonce: %w", err)
@@ -427,6 +456,16 @@ func (hs *handshaker) run() (agreement, error) {
 	version := min(mine.maxVer, peer.maxVer)
 	if version < mine.minVer || version < peer.minVer {
 		return agreement{}, hs.refuse(refuseVersion, fmt.Errorf("%w: mine %d..%d, peer's %d..%d", ErrVersionMismatch, mine.minVer, mine.maxVer, peer.minVer, peer.maxVer))
+	}
+	switch {
+	case mine.tls && !peer.tls:
+		return agreement{}, hs.refuse(refuseTLS, fmt.Errorf("%w: this node requires TLS on the peer link, the peer does not offer it (not configured, or an older version)", ErrTLS))
+	case !mine.tls && peer.tls:
+		return agreement{}, hs.refuse(refuseTLS, fmt.Errorf("%w: the peer requires TLS on the peer link, this node has none configured", ErrTLS))
+	case mine.tls:
+		if err := hs.startTLS(); err != nil {
+			return agreement{}, err
+		}
 	}
 	switch {
 	case mine.auth && !peer.auth:
@@ -474,8 +513,35 @@ func (hs *handshaker) run() (agreement, error) {
 		return agreement{}, hs.refuse(refuseProtocol, &ProtocolError{Stream: "handshake", Frame: "Ready", Err: ErrMalformed,
 			Detail: fmt.Sprintf("the peer agreed version %d features 0x%x, this node version %d features 0x%x", pr.version, pr.features, r.version, r.features)})
 	}
-	log.Info("peer link handshake complete", zap.Uint32("version", ag.version), zap.Uint64("features", uint64(ag.features)), zap.Bool("authenticated", mine.auth))
+	log.Info("peer link handshake complete", zap.Uint32("version", ag.version), zap.Uint64("features", uint64(ag.features)), zap.Bool("authenticated", mine.auth), zap.Bool("tls", mine.tls))
 	return ag, nil
+}
+
+// startTLS moves the handshake onto TLS, right after both Hellos said
+// that both nodes use it: the dialer is the TLS client, and each side
+// checks the other's certificate (cfg.TLS says how). Everything after it,
+// the shared-secret proof included, travels inside TLS.
+func (hs *handshaker) startTLS() error {
+	if err := hs.flushWrites(); err != nil {
+		return hs.ioErr(err, "writing the Hello")
+	}
+	var tc *tls.Conn
+	if hs.dialer {
+		tc = tls.Client(hs.conn, hs.cfg.TLS)
+	} else {
+		sc := hs.cfg.TLS.Clone()
+		sc.ClientAuth = tls.RequireAndVerifyClientCert
+		tc = tls.Server(hs.conn, sc)
+	}
+	if err := tc.HandshakeContext(hs.ctx); err != nil {
+		hs.log.Warn("peer link TLS handshake failed", zap.Error(err))
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			return hs.ioErr(err, "in the TLS handshake")
+		}
+		return fmt.Errorf("%w: handshake: %w", ErrTLS, err)
+	}
+	hs.conn = tc
+	return nil
 }
 
 // readFailed handles a failed read: the peer's protocol errors are

@@ -95,11 +95,11 @@ func newLink(ctx context.Context, conn net.Conn, cfg Config, dialer bool) (*Link
 	cfg = cfg.normalized()
 	log := cfg.Logger.With(zap.String("resource", cfg.Resource), zap.Uint32("peer_node_id", cfg.PeerID))
 	start := time.Now()
-	ag, err := handshake(ctx, conn, &cfg, log)
+	ag, err := handshake(ctx, conn, &cfg, log, dialer)
 	if err != nil {
 		return nil, err
 	}
-	tc := newConn(conn)
+	tc := newConn(ag.conn)
 	ycfg := yamux.DefaultConfig()
 	ycfg.AcceptBacklog = 2 * numStreams
 	ycfg.EnableKeepAlive = false // the link pings on the control stream

@@ -27,7 +27,7 @@ func newFakePeer(t *testing.T, conn net.Conn, cfg Config) *fakePeer {
 	t.Helper()
 	cfg = cfg.normalized()
 	ctx := context.Background()
-	if _, err := handshake(ctx, conn, &cfg, cfg.Logger); err != nil {
+	if _, err := handshake(ctx, conn, &cfg, cfg.Logger, false); err != nil {
 		t.Errorf("fake peer handshake: %v", err)
 		return nil
 	}

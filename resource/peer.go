@@ -2,6 +2,7 @@ package resource
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -10,6 +11,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/rbd-nbd/rbd-nbd/config"
+	"github.com/rbd-nbd/rbd-nbd/internal/tlsfiles"
 	"github.com/rbd-nbd/rbd-nbd/replicate"
 )
 
@@ -17,8 +19,10 @@ import (
 // address; the other listens on its own. Either way a new link is handed
 // to the loop, which takes it only while the machine is Connecting.
 
-// linkConfig is the peer link configuration from the resource's.
-func (r *Resource) linkConfig() replicate.Config {
+// linkConfig is the peer link configuration from the resource's. It
+// reads the link's TLS files, if any, each time: a changed configuration
+// or renewed certificate applies at the next connect.
+func (r *Resource) linkConfig() (replicate.Config, error) {
 	cfg := r.cfg()
 	lc := replicate.DefaultConfig()
 	lc.Resource = cfg.Name
@@ -32,7 +36,28 @@ func (r *Resource) linkConfig() replicate.Config {
 	lc.MaxInFlightBytes = int64(cfg.Net.MaxInFlightBytes)
 	lc.Handler = replicate.HandlerFunc(r.serve)
 	lc.Logger = r.opts.Logger.Named("link") // the link adds the resource field itself
-	return lc
+	if cfg.Net.TLSCA != "" {
+		t, err := linkTLS(cfg)
+		if err != nil {
+			return replicate.Config{}, fmt.Errorf("peer link TLS: %w", err)
+		}
+		lc.TLS = t
+	}
+	return lc, nil
+}
+
+// linkTLS loads the peer link's TLS: this node's certificate, and the CA
+// the peer's must chain to, for the peer's name.
+func linkTLS(cfg config.Resource) (*tls.Config, error) {
+	cert, err := tlsfiles.Pair(cfg.Local.LinkTLS.Cert, cfg.Local.LinkTLS.Key)
+	if err != nil {
+		return nil, err
+	}
+	pool, err := tlsfiles.CAs(cfg.Net.TLSCA)
+	if err != nil {
+		return nil, err
+	}
+	return replicate.TLSConfig(cert, pool, cfg.Peer.Name), nil
 }
 
 // startConnecting starts the connector (dialing side) if it is not running.
@@ -50,7 +75,11 @@ func (r *Resource) startConnecting() {
 func (r *Resource) dialLoop(ctx context.Context, addr string) {
 	backoff := 50 * time.Millisecond
 	for ctx.Err() == nil {
-		link, err := replicate.Dial(ctx, addr, r.linkConfig())
+		lc, err := r.linkConfig()
+		var link *replicate.Link
+		if err == nil {
+			link, err = replicate.Dial(ctx, addr, lc)
+		}
 		if err == nil {
 			r.post(func() { r.linkUp(link) })
 			return
@@ -85,7 +114,13 @@ func (r *Resource) acceptPeers(ln net.Listener) {
 			return
 		}
 		r.goLoop(func() {
-			link, err := replicate.Accept(r.loopCtx, conn, r.linkConfig())
+			lc, err := r.linkConfig()
+			if err != nil {
+				_ = conn.Close()
+				r.log.Warn("peer link: refused", zap.Stringer("from", conn.RemoteAddr()), zap.Error(err))
+				return
+			}
+			link, err := replicate.Accept(r.loopCtx, conn, lc)
 			if err != nil {
 				r.log.Warn("peer link: handshake failed", zap.Stringer("from", conn.RemoteAddr()), zap.Error(err))
 				return

@@ -24,9 +24,7 @@ func (r *Resource) watchAttached() {
 		return
 	}
 	if cfg.Local.NBDTLS.Required() {
-		// The kernel's nbd client has no TLS: it could not reconnect.
-		r.log.Debug("not watching for kernel devices to reattach: the export requires TLS")
-		return
+		return // the kernel's nbd client has no TLS (serveNBD said so)
 	}
 	ctx, cancel := context.WithCancel(r.loopCtx)
 	r.reattachCancel = cancel

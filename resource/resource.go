@@ -19,6 +19,7 @@ import (
 	"github.com/rbd-nbd/rbd-nbd/config"
 	"github.com/rbd-nbd/rbd-nbd/disk"
 	"github.com/rbd-nbd/rbd-nbd/hooks"
+	"github.com/rbd-nbd/rbd-nbd/internal/tlsfiles"
 	"github.com/rbd-nbd/rbd-nbd/metadata"
 	"github.com/rbd-nbd/rbd-nbd/nbdserver"
 	"github.com/rbd-nbd/rbd-nbd/rangelock"
@@ -264,8 +265,11 @@ func (r *Resource) serveNBD(cfg config.Resource) error {
 	var tlsCfg *tls.Config
 	if t := cfg.Local.NBDTLS; t.Enabled() {
 		var err error
-		if tlsCfg, err = nbdserver.LoadTLS(t.Cert, t.Key, t.ClientCA); err != nil {
+		if tlsCfg, err = tlsfiles.NBDServer(t.Cert, t.Key, t.ClientCA); err != nil {
 			return fmt.Errorf("nbd: TLS: %w", err)
+		}
+		if t.Required() {
+			r.log.Info("the NBD export requires TLS: kernel nbd devices, which have none, are not reattached to it")
 		}
 	}
 	ln, err := net.Listen(network, addr)

@@ -93,6 +93,9 @@ type attachTarget struct {
 	export string
 }
 
+// errTLSExport: the export requires TLS, which the kernel's client lacks.
+var errTLSExport = errors.New("cannot attach")
+
 // resolveAttachTarget finds resource's NBD address and export name. Today
 // they come from --nbd and --export (the export name defaults to the
 // resource's name); a lookup of a configured resource through the
@@ -110,7 +113,7 @@ func resolveAttachTarget(g *globalOptions, resource string, o *attachOptions) (a
 				return fmt.Errorf("resource %s has no nbd-listen address", resource)
 			}
 			if cfg.Local.NBDTLS.Required() {
-				return fmt.Errorf("resource %s's export requires TLS, which the kernel's nbd client lacks (set nbd-tls mode: on to serve it plain too)", resource)
+				return fmt.Errorf("%w: resource %s's export requires TLS, which the kernel's nbd client lacks (set nbd-tls mode: on to serve it plain too)", errTLSExport, resource)
 			}
 			t.addr = cfg.Local.NBDListen
 			if t.export == "" {
@@ -118,7 +121,10 @@ func resolveAttachTarget(g *globalOptions, resource string, o *attachOptions) (a
 			}
 			return nil
 		})
-		if err != nil {
+		switch {
+		case errors.Is(err, errTLSExport):
+			return attachTarget{}, fmt.Errorf("attach %s: %w", resource, err)
+		case err != nil:
 			return attachTarget{}, fmt.Errorf("attach %s: %w (or give the server's address with --nbd HOST:PORT or --nbd unix:PATH)", resource, err)
 		}
 	}

@@ -110,6 +110,22 @@ func TestNewOptionOldDaemon(t *testing.T) {
 	mustRun(t, sock, createArgs...)
 }
 
+// TestAttachRefusesTLSExport: the kernel's nbd client has no TLS, so an
+// export that requires it is refused up front, with no hint to go round
+// the check with --nbd.
+func TestAttachRefusesTLSExport(t *testing.T) {
+	sock := serveDaemon(t, nil, "1.1.0")
+	mustRun(t, sock, append(createArgs, "--nbd-listen", "127.0.0.1:10809", "--nbd-tls-cert", "/c.pem", "--nbd-tls-key", "/k.pem")...)
+	_, err := resolveAttachTarget(&globalOptions{socket: sock}, "r0", &attachOptions{})
+	if err == nil || !strings.Contains(err.Error(), "requires TLS, which the kernel's nbd client lacks") || strings.Contains(err.Error(), "--nbd") {
+		t.Fatalf("attach: %v", err)
+	}
+	mustRun(t, sock, "ctl", "change", "r0", "--nbd-tls-mode", "on")
+	if tg, err := resolveAttachTarget(&globalOptions{socket: sock}, "r0", &attachOptions{}); err != nil || tg.addr != "127.0.0.1:10809" {
+		t.Fatalf("attach with TLS optional: %+v %v", tg, err)
+	}
+}
+
 func TestFriendlyErrors(t *testing.T) {
 	sock := serveDaemon(t, nil, "1.0.0")
 	mustRun(t, sock, createArgs...)

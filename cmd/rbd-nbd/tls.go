@@ -7,7 +7,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/rbd-nbd/rbd-nbd/nbdserver"
+	"github.com/rbd-nbd/rbd-nbd/internal/tlsfiles"
 )
 
 // tlsOptions are the TLS flags of an NBD server (`serve`).
@@ -53,7 +53,7 @@ func (o *tlsOptions) config() (*tls.Config, bool, error) {
 		// Plain clients would skip the certificate check.
 		return nil, false, errors.New("--tls-client-ca needs --tls require: with --tls on, plain clients skip the client certificate check")
 	}
-	cfg, err := nbdserver.LoadTLS(o.cert, o.key, o.clientCA)
+	cfg, err := tlsfiles.NBDServer(o.cert, o.key, o.clientCA)
 	if err != nil {
 		return nil, false, fmt.Errorf("--tls-cert/--tls-key/--tls-client-ca: %w", err)
 	}

@@ -1,6 +1,7 @@
 // Package testcert makes throw-away X.509 certificates for tests: a
-// certificate authority and a server certificate for 127.0.0.1 that it
-// signed, valid for an hour. Nothing outside tests uses it.
+// certificate authority, a server certificate for 127.0.0.1 that it
+// signed, and on demand certificates for names (peer-link nodes), all
+// valid for an hour. Nothing outside tests uses it.
 package testcert
 
 import (
@@ -28,6 +29,9 @@ type Set struct {
 
 	caDER, serverDER []byte
 	serverKey        *ecdsa.PrivateKey
+	ca               *x509.Certificate
+	caKey            *ecdsa.PrivateKey
+	serial           int64
 }
 
 // New makes a CA and a server certificate for 127.0.0.1 and ::1.
@@ -70,7 +74,52 @@ func New() (*Set, error) {
 		Pool:   pool,
 		Server: tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key},
 		caDER:  caDER, serverDER: der, serverKey: key,
+		ca: caCert, caKey: caKey, serial: 2,
 	}, nil
+}
+
+// Issue makes a certificate the CA signed for the DNS names given, good
+// for TLS servers and clients both (a node of a peer link is either),
+// valid for an hour. It returns it for tls.Config and as PEM.
+func (s *Set) Issue(names ...string) (cert tls.Certificate, certPEM, keyPEM []byte, err error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return tls.Certificate{}, nil, nil, err
+	}
+	s.serial++
+	now := time.Now()
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(s.serial), Subject: pkix.Name{CommonName: names[0]},
+		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(time.Hour), DNSNames: names,
+		KeyUsage:    x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, s.ca, &key.PublicKey, s.caKey)
+	if err != nil {
+		return tls.Certificate{}, nil, nil, err
+	}
+	keyDER, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		return tls.Certificate{}, nil, nil, err
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key},
+		pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
+		pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), nil
+}
+
+// WriteIssued writes a certificate Issue made for name into dir, as
+// NAME-cert.pem and NAME-key.pem.
+func (s *Set) WriteIssued(dir, name string) error {
+	_, c, k, err := s.Issue(name)
+	if err != nil {
+		return err
+	}
+	for file, b := range map[string][]byte{name + "-cert.pem": c, name + "-key.pem": k} {
+		if err := os.WriteFile(filepath.Join(dir, file), b, 0o600); err != nil {
+			return fmt.Errorf("testcert: %w", err)
+		}
+	}
+	return nil
 }
 
 // WritePEM writes ca-cert.pem, server-cert.pem and server-key.pem into
