@@ -443,8 +443,6 @@ func (hs *handshaker) run() (agreement, error) {
 	if err != nil {
 		return agreement{}, hs.refuse(refuseProtocol, withStream(err, stHandshake))
 	}
-	log := hs.log.With(zap.Uint32("peer_node_id", peer.nodeID), zap.Stringer("remote", hs.conn.RemoteAddr()))
-	hs.log = log
 	switch {
 	case peer.resource != cfg.Resource:
 		return agreement{}, hs.refuse(refuseResource, fmt.Errorf("%w: the peer serves resource %q, this node %q", ErrResourceMismatch, peer.resource, cfg.Resource))
@@ -513,7 +511,9 @@ func (hs *handshaker) run() (agreement, error) {
 		return agreement{}, hs.refuse(refuseProtocol, &ProtocolError{Stream: "handshake", Frame: "Ready", Err: ErrMalformed,
 			Detail: fmt.Sprintf("the peer agreed version %d features 0x%x, this node version %d features 0x%x", pr.version, pr.features, r.version, r.features)})
 	}
-	log.Info("peer link handshake complete", zap.Uint32("version", ag.version), zap.Uint64("features", uint64(ag.features)), zap.Bool("authenticated", mine.auth), zap.Bool("tls", mine.tls))
+	// The link's logger names the expected peer already (a peer that is
+	// another node was refused, with its id in the reason).
+	hs.log.Info("peer link handshake complete", zap.Stringer("remote", hs.conn.RemoteAddr()), zap.Uint32("version", ag.version), zap.Uint64("features", uint64(ag.features)), zap.Bool("authenticated", mine.auth), zap.Bool("tls", mine.tls))
 	return ag, nil
 }
 
@@ -534,7 +534,7 @@ func (hs *handshaker) startTLS() error {
 		tc = tls.Server(hs.conn, sc)
 	}
 	if err := tc.HandshakeContext(hs.ctx); err != nil {
-		hs.log.Warn("peer link TLS handshake failed", zap.Error(err))
+		hs.log.Warn("peer link TLS handshake failed", zap.Error(err), zap.Stringer("remote", hs.conn.RemoteAddr()))
 		if errors.Is(err, os.ErrDeadlineExceeded) {
 			return hs.ioErr(err, "in the TLS handshake")
 		}
