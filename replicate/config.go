@@ -197,6 +197,9 @@ func (c *Config) Validate() error {
 		// Both roles present one: the server's, and the client's that
 		// the accepting node demands.
 		return bad("TLS without a certificate")
+	case c.TLS != nil && (c.TLS.RootCAs == nil || c.TLS.ClientCAs == nil):
+		// Nil pools would mean the system's public CAs.
+		return bad("TLS without RootCAs and ClientCAs (the peer's CA)")
 	}
 	return nil
 }
@@ -245,6 +248,8 @@ func TLSConfig(cert tls.Certificate, ca *x509.CertPool, peerName string) *tls.Co
 		ClientCAs:    ca,
 		ServerName:   peerName,
 		MinVersion:   tls.VersionTLS13,
+		// Every connect builds a new config: tickets could never be used.
+		SessionTicketsDisabled: true,
 		// The client checks ServerName itself; this also checks the
 		// certificate the accepting node gets from the dialer.
 		VerifyConnection: func(cs tls.ConnectionState) error {

@@ -1,6 +1,7 @@
 package replicate
 
 import (
+	"crypto/tls"
 	"net"
 	"sync"
 	"time"
@@ -183,6 +184,12 @@ func (c *conn) Close() error {
 	c.wmu.Unlock()
 	_ = c.Conn.SetWriteDeadline(time.Now().Add(closeLinger))
 	<-c.stopped
+	if tc, ok := c.Conn.(*tls.Conn); ok {
+		// Not tls.Conn.Close: its close_notify waits up to 5 s (its own
+		// deadline) for a peer that does not read. The peer's TLS reader
+		// takes an end of stream at a record boundary as the end anyway.
+		return tc.NetConn().Close()
+	}
 	return c.Conn.Close()
 }
 

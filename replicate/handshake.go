@@ -106,12 +106,19 @@ func decodeHello(p []byte) (hello, error) {
 type ready struct {
 	version  uint32   // tag 1
 	features Features // tag 2
+	// transcript (tag 3, only with TLS) is SHA-256 of the dialer's Hello
+	// payload and then the acceptor's: sent inside TLS, it shows that
+	// neither Hello was changed on the way in the clear.
+	transcript [sha256.Size]byte
 }
 
 func (r *ready) encode() []byte {
 	var w tlvWriter
 	w.u32(1, r.version)
 	w.u64(2, uint64(r.features))
+	if r.transcript != ([sha256.Size]byte{}) {
+		w.bytes(3, r.transcript[:])
+	}
 	return w.b
 }
 
@@ -126,6 +133,11 @@ func decodeReady(p []byte) (ready, error) {
 			err := getU64(v, &f)
 			r.features = Features(f)
 			return err
+		case 3:
+			if err := wantLen(v, sha256.Size); err != nil {
+				return err
+			}
+			copy(r.transcript[:], v)
 		}
 		return nil
 	})
@@ -195,8 +207,11 @@ const authDomain = "rbd-nbd peer auth v1\x00"
 
 // authMAC is the proof that prover knows the secret, for verifier's
 // nonce. Binding both node ids (in order) makes a response useless in the
-// other direction, so reflecting a node's own response back fails.
-func authMAC(secret string, prover, verifier uint32, resource string, verifierNonce, proverNonce [nonceSize]byte) []byte {
+// other direction, so reflecting a node's own response back fails. With
+// TLS, channel is keying material exported from the TLS session, so that
+// a proof relayed from another TLS session fails too; without, it is nil
+// and the MAC is the one protocol versions 1 and 2 always had.
+func authMAC(secret string, prover, verifier uint32, resource string, verifierNonce, proverNonce [nonceSize]byte, channel []byte) []byte {
 	m := hmac.New(sha256.New, []byte(secret))
 	var b [8]byte
 	m.Write([]byte(authDomain))
@@ -208,6 +223,7 @@ func authMAC(secret string, prover, verifier uint32, resource string, verifierNo
 	m.Write([]byte(resource))
 	m.Write(verifierNonce[:])
 	m.Write(proverNonce[:])
+	m.Write(channel)
 	return m.Sum(nil)
 }
 
@@ -236,6 +252,7 @@ type handshaker struct {
 	ctx      context.Context
 	deadline time.Time
 	dialer   bool
+	channel  []byte // TLS keying material for the Auth MAC; nil without TLS
 	out      chan outFrame
 	writes   chan error
 	pending  int
@@ -323,7 +340,7 @@ func (hs *handshaker) ioErr(err error, doing string) error {
 	case errors.Is(err, io.EOF):
 		return fmt.Errorf("%w: the peer closed the connection while this node was %s", ErrRefused, doing)
 	}
-	if oe := (*net.OpError)(nil); errors.As(err, &oe) && oe.Op == "remote error" {
+	if isTLSAlert(err) {
 		// A TLS alert: with TLS 1.3 the dialer learns only on its first
 		// read that the acceptor refused its certificate.
 		return fmt.Errorf("%w: the peer refused this node's TLS while this node was %s: %w", ErrTLS, doing, err)
@@ -434,12 +451,13 @@ func (hs *handshaker) run() (agreement, error) {
 	if _, err := rand.Read(mine.nonce[:]); err != nil {
 		return agreement{}, fmt.Errorf("replicate: handshake nonce: %w", err)
 	}
-	hs.send(ftHello, mine.encode())
-	p, err := hs.read(ftHello)
+	myHello := mine.encode()
+	hs.send(ftHello, myHello)
+	p0, err := hs.read(ftHello)
 	if err != nil {
 		return agreement{}, hs.readFailed(err)
 	}
-	peer, err := decodeHello(p)
+	peer, err := decodeHello(p0)
 	if err != nil {
 		return agreement{}, hs.refuse(refuseProtocol, withStream(err, stHandshake))
 	}
@@ -474,7 +492,7 @@ func (hs *handshaker) run() (agreement, error) {
 		return agreement{}, hs.refuse(refuseAuth, fmt.Errorf("%w: the peer sent this node's own nonce (reflection)", ErrAuthFailed))
 	}
 	if mine.auth {
-		proof := authMAC(cfg.SharedSecret, cfg.NodeID, cfg.PeerID, cfg.Resource, peer.nonce, mine.nonce)
+		proof := authMAC(cfg.SharedSecret, cfg.NodeID, cfg.PeerID, cfg.Resource, peer.nonce, mine.nonce, hs.channel)
 		var w tlvWriter
 		w.bytes(1, proof)
 		hs.send(ftAuth, w.b)
@@ -491,21 +509,27 @@ func (hs *handshaker) run() (agreement, error) {
 		}); err != nil {
 			return agreement{}, hs.refuse(refuseProtocol, withStream(err, stHandshake))
 		}
-		want := authMAC(cfg.SharedSecret, cfg.PeerID, cfg.NodeID, cfg.Resource, mine.nonce, peer.nonce)
+		want := authMAC(cfg.SharedSecret, cfg.PeerID, cfg.NodeID, cfg.Resource, mine.nonce, peer.nonce, hs.channel)
 		if !hmac.Equal(got, want) {
 			return agreement{}, hs.refuse(refuseAuth, fmt.Errorf("%w: the peer's response does not prove the shared secret", ErrAuthFailed))
 		}
 	}
 	ag := agreement{version: version, features: mine.features & peer.features, peer: peer}
 	r := ready{version: ag.version, features: ag.features}
+	if mine.tls {
+		r.transcript = hs.transcript(myHello, p0)
+	}
 	hs.send(ftReady, r.encode())
-	p, err = hs.read(ftReady)
+	p, err := hs.read(ftReady)
 	if err != nil {
 		return agreement{}, hs.readFailed(err)
 	}
 	pr, err := decodeReady(p)
 	if err != nil {
 		return agreement{}, hs.refuse(refuseProtocol, withStream(err, stHandshake))
+	}
+	if pr.transcript != r.transcript {
+		return agreement{}, hs.refuse(refuseTLS, fmt.Errorf("%w: the peer received other Hellos than this node sent and received (changed on the way in the clear)", ErrTLS))
 	}
 	if pr != r {
 		return agreement{}, hs.refuse(refuseProtocol, &ProtocolError{Stream: "handshake", Frame: "Ready", Err: ErrMalformed,
@@ -534,14 +558,52 @@ func (hs *handshaker) startTLS() error {
 		tc = tls.Server(hs.conn, sc)
 	}
 	if err := tc.HandshakeContext(hs.ctx); err != nil {
-		hs.log.Warn("peer link TLS handshake failed", zap.Error(err), zap.Stringer("remote", hs.conn.RemoteAddr()))
-		if errors.Is(err, os.ErrDeadlineExceeded) {
+		if cerr := hs.ctx.Err(); cerr != nil || errors.Is(err, os.ErrDeadlineExceeded) {
+			// Out of time or called off: not a TLS problem.
+			if errors.Is(cerr, context.DeadlineExceeded) {
+				err = os.ErrDeadlineExceeded
+			}
 			return hs.ioErr(err, "in the TLS handshake")
+		}
+		hs.log.Warn("peer link TLS handshake failed", zap.Error(err), zap.Stringer("remote", hs.conn.RemoteAddr()))
+		if isTLSAlert(err) {
+			return fmt.Errorf("%w: the peer refused this node's TLS in the handshake: %w", ErrTLS, err)
 		}
 		return fmt.Errorf("%w: handshake: %w", ErrTLS, err)
 	}
-	hs.conn = tc
+	cs := tc.ConnectionState()
+	channel, err := cs.ExportKeyingMaterial(tlsExporterLabel, nil, 32)
+	if err != nil {
+		return fmt.Errorf("%w: exporting keying material: %w", ErrTLS, err)
+	}
+	hs.conn, hs.channel = tc, channel
 	return nil
+}
+
+// isTLSAlert reports whether err is a TLS alert the peer sent.
+func isTLSAlert(err error) bool {
+	var oe *net.OpError
+	return errors.As(err, &oe) && oe.Op == "remote error"
+}
+
+// tlsExporterLabel is the label of the keying material (RFC 8446, 7.5)
+// the Auth MAC is bound to.
+const tlsExporterLabel = "EXPORTER-rbd-nbd-peer-auth"
+
+// transcript is ready.transcript: the dialer's Hello payload, then the
+// acceptor's.
+func (hs *handshaker) transcript(mine, peer []byte) [sha256.Size]byte {
+	h := sha256.New()
+	if hs.dialer {
+		h.Write(mine)
+		h.Write(peer)
+	} else {
+		h.Write(peer)
+		h.Write(mine)
+	}
+	var out [sha256.Size]byte
+	h.Sum(out[:0])
+	return out
 }
 
 // readFailed handles a failed read: the peer's protocol errors are

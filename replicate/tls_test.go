@@ -1,7 +1,10 @@
 package replicate
 
 import (
+	"context"
 	"crypto/tls"
+	"io"
+	"net"
 	"strings"
 	"testing"
 
@@ -77,7 +80,7 @@ func TestTLSRefused(t *testing.T) {
 		{name: "untrusted acceptor",
 			tlsA:  func() *tls.Config { return nodeTLS(t, set, "node1", "node2") },
 			tlsB:  func() *tls.Config { return nodeTLS(t, other, "node2", "node1") },
-			wantA: "certificate signed by unknown authority", wantB: "handshake"},
+			wantA: "certificate signed by unknown authority", wantB: "the peer refused this node's TLS in the handshake"},
 		{name: "untrusted dialer",
 			tlsA:  func() *tls.Config { return TLSConfig(issue(t, other, "node1"), set.Pool, "node2") },
 			tlsB:  func() *tls.Config { return nodeTLS(t, set, "node2", "node1") },
@@ -85,7 +88,7 @@ func TestTLSRefused(t *testing.T) {
 		{name: "acceptor is another node",
 			tlsA:  func() *tls.Config { return nodeTLS(t, set, "node1", "node2") },
 			tlsB:  func() *tls.Config { return nodeTLS(t, set, "node3", "node1") },
-			wantA: "node2", wantB: "handshake"},
+			wantA: "valid for node3, not node2", wantB: "the peer refused this node's TLS in the handshake"},
 		{name: "dialer is another node",
 			tlsA:  func() *tls.Config { return nodeTLS(t, set, "node3", "node2") },
 			tlsB:  func() *tls.Config { return nodeTLS(t, set, "node2", "node1") },
@@ -108,4 +111,86 @@ func TestTLSRefused(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A man in the middle who lowers both nodes' version ranges in their
+// plaintext Hellos (to force the older protocol) is caught inside TLS: the
+// Ready transcripts differ and both nodes refuse. Without TLS the same
+// change goes unnoticed (the nodes agree on version 1): the Hello is not
+// protected there.
+func TestTLSHelloTampering(t *testing.T) {
+	set := newCertSet(t)
+	for _, withTLS := range []bool{true, false} {
+		a, mitmA := net.Pipe()
+		mitmB, b := net.Pipe()
+		go tamperHello(mitmA, mitmB)
+		ca, cb := testConfig(t, 1, 2, newMemDisk(1)), testConfig(t, 2, 1, newMemDisk(1))
+		if withTLS {
+			ca.TLS, cb.TLS = nodeTLS(t, set, "node1", "node2"), nodeTLS(t, set, "node2", "node1")
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+		la, lb, ea, eb := handshakePair(ctx, a, b, ca, cb)
+		cancel()
+		if !withTLS {
+			if ea != nil || eb != nil || la.Version() != 1 {
+				t.Fatalf("without TLS: %v / %v", ea, eb)
+			}
+			for _, l := range []*Link{la, lb} {
+				l.Close("test")
+				waitLink(t, l)
+			}
+			continue
+		}
+		errorIs(t, ea, ErrTLS)
+		errorIs(t, eb, ErrTLS)
+		if !strings.Contains(ea.Error()+eb.Error(), "changed on the way") {
+			t.Fatalf("errors do not say the Hellos were changed:\n%v\n%v", ea, eb)
+		}
+	}
+}
+
+// tamperHello relays between the dialer (on a) and the acceptor (on b),
+// rewriting both Hellos to offer protocol version 1 only.
+func tamperHello(a, b net.Conn) {
+	done := make(chan struct{})
+	go func() {
+		relayTampered(b, a)
+		close(done)
+	}()
+	relayTampered(a, b)
+	<-done
+	a.Close()
+	b.Close()
+}
+
+// relayTampered copies from src to dst, the first frame (a Hello) changed
+// to offer version 1 only.
+func relayTampered(src, dst net.Conn) {
+	hdr := make([]byte, headerSize)
+	if _, err := io.ReadFull(src, hdr); err != nil {
+		return
+	}
+	h, err := parseHeader(hdr)
+	if err != nil {
+		return
+	}
+	p := make([]byte, h.plen)
+	if _, err := io.ReadFull(src, p); err != nil {
+		return
+	}
+	hello, err := decodeHello(p)
+	if err != nil {
+		return
+	}
+	hello.minVer, hello.maxVer = 1, 1
+	p = hello.encode()
+	h.plen = uint32(len(p))
+	h.put(hdr)
+	if _, err := dst.Write(append(hdr, p...)); err != nil {
+		return
+	}
+	_, _ = io.Copy(dst, src)
+	// One direction ended: end the other, as a dropped connection would.
+	src.Close()
+	dst.Close()
 }

@@ -74,6 +74,7 @@ func (r *Resource) startConnecting() {
 // dialLoop dials until it gets a link or ctx ends, with backoff.
 func (r *Resource) dialLoop(ctx context.Context, addr string) {
 	backoff := 50 * time.Millisecond
+	var last string // the failure last logged as a warning
 	for ctx.Err() == nil {
 		lc, err := r.linkConfig()
 		var link *replicate.Link
@@ -87,8 +88,15 @@ func (r *Resource) dialLoop(ctx context.Context, addr string) {
 		if ctx.Err() != nil {
 			return
 		}
-		if !isConnRefused(err) {
-			r.log.Warn("peer link: connect failed", zap.String("peer", addr), zap.Error(err))
+		switch {
+		case isConnRefused(err):
+		case err.Error() != last:
+			// Once per kind of failure: a missing file or a peer that
+			// keeps refusing would otherwise log every two seconds.
+			last = err.Error()
+			r.log.Warn("peer link: connect failed (retrying; logged again when the reason changes)", zap.String("peer", addr), zap.Error(err))
+		default:
+			r.log.Debug("peer link: connect failed", zap.String("peer", addr), zap.Error(err))
 		}
 		t := time.NewTimer(backoff)
 		select {
