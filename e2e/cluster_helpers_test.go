@@ -81,9 +81,10 @@ func newCluster(t *testing.T, o clusterOptions) *cluster {
 	}
 	dir := t.TempDir()
 	c := &cluster{t: t, dir: dir, size: o.size}
-	peerA, peerB := FreePort(t), FreePort(t)
-	c.a = &node{t: t, name: "a", id: 0, dir: dir, nbdPort: FreePort(t)}
-	c.b = &node{t: t, name: "b", id: 1, dir: dir, nbdPort: FreePort(t)}
+	ports := FreePorts(t, 4)
+	peerA, peerB := ports[0], ports[1]
+	c.a = &node{t: t, name: "a", id: 0, dir: dir, nbdPort: ports[2]}
+	c.b = &node{t: t, name: "b", id: 1, dir: dir, nbdPort: ports[3]}
 	for _, n := range []*node{c.a, c.b} {
 		n.socket = filepath.Join(dir, n.name+".sock")
 		n.disk = filepath.Join(dir, n.name+".img")
