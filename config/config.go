@@ -113,8 +113,11 @@ type Node struct {
 // The certificate must carry the node's name as a DNS name: the peer
 // checks it.
 type LinkTLS struct {
+	// Cert is a PEM file: the node's certificate (chain), used as TLS
+	// server and as TLS client.
 	Cert string `yaml:"cert,omitempty"`
-	Key  string `yaml:"key,omitempty"`
+	// Key is a PEM file: the private key of Cert.
+	Key string `yaml:"key,omitempty"`
 }
 
 // NBDTLS configures NBD_OPT_STARTTLS on a node's NBD export. A certificate
@@ -403,7 +406,7 @@ func (r Resource) Validate() error {
 		return err
 	}
 	if r.Peer.Name != "" && r.Peer.Name == r.Local.Name {
-		return &FieldError{Path: "peer.name", Value: r.Peer.Name, Allowed: "a name other than the local node's"}
+		return &FieldError{Path: "peer.node-name", Value: r.Peer.Name, Allowed: "a name other than the local node's"}
 	}
 	if r.Peer.Address != "" && r.Peer.ID == r.Local.ID {
 		return &FieldError{Path: "peer.node-id", Value: fmt.Sprint(r.Peer.ID), Allowed: "an id other than the local node's"}

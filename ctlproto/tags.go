@@ -300,7 +300,7 @@ func defaultTags() []Tag {
 		{Num: TagResourceNBDTLSMode, Name: "resource.nbd-tls-mode", Type: TypeString, Section: TagResource, Mandatory: true, Flag: "nbd-tls-mode", Since: v1_1, Doc: "require (default with a certificate: TLS clients only) or on (plain clients too). Invariant while up."},
 		{Num: TagResourceLinkTLSCert, Name: "resource.link-tls-cert", Type: TypeString, Section: TagResource, Mandatory: true, Flag: "link-tls-cert", Since: v1_1, Doc: "PEM certificate of the local node for the peer link; it must carry the node's name."},
 		{Num: TagResourceLinkTLSKey, Name: "resource.link-tls-key", Type: TypeString, Section: TagResource, Mandatory: true, Flag: "link-tls-key", Since: v1_1, Doc: "PEM private key of link-tls-cert."},
-		{Num: TagNetTLSCA, Name: "net.tls-ca", Type: TypeString, Section: TagNet, Mandatory: true, Flag: "tls-ca", Since: v1_1, Doc: "PEM CA certificates that sign both nodes' link certificates; set: the peer link runs in TLS."},
+		{Num: TagNetTLSCA, Name: "net.tls-ca", Type: TypeString, Section: TagNet, Mandatory: true, Flag: "link-tls-ca", Since: v1_1, Doc: "PEM CA certificates that sign both nodes' link certificates; set: the peer link runs in TLS."},
 	}
 }
 

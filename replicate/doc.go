@@ -7,9 +7,10 @@
 //
 // One TCP connection per link (Dial, or Accept on a connection the caller
 // accepted; Client/Accept for any net.Conn, e.g. net.Pipe or a
-// replicate/simnet connection in tests). On the raw connection both sides
-// run a symmetric handshake, then the connection carries one yamux
-// session with four streams, opened by the dialing side in this order:
+// replicate/simnet connection in tests). Both sides run the same
+// handshake (with Config.TLS, the dialer is the TLS client), then the
+// connection, or TLS over it, carries one yamux session with four streams,
+// opened by the dialing side in this order:
 //
 //	stream   carries (each direction independently)
 //	control  State, Bitmap, ... control messages; Ping, PingAck; Bye
@@ -25,17 +26,20 @@
 // # Handshake
 //
 //	dialer                                   acceptor
-//	Hello{versions, features, ids, resource, nonce}  ⇄  Hello
-//	   (each side checks resource, node ids, common version,
-//	    that both or neither require TLS and have a shared secret)
-//	TLS handshake, dialer as client (only with Config.TLS; what follows
-//	   runs inside it)
-//	Auth{HMAC-SHA256(secret, dir, ids, resource, peer nonce, own nonce)} ⇄ Auth
+//	Hello{versions, features, ids, resource, nonce, tls}  ⇄  Hello
+//	   (each side checks resource, node ids, common version, and that
+//	    both or neither require TLS)
+//	TLS handshake, dialer as client (only with Config.TLS; everything
+//	   below runs inside it)
+//	   (each side checks that both or neither have a shared secret)
+//	Auth{HMAC-SHA256(secret, dir, ids, resource, peer nonce, own nonce
+//	     [, TLS exported key])}                           ⇄  Auth
 //	   (only with a shared secret; the secret never travels)
-//	Ready{version, features}                         ⇄  Ready
+//	Ready{version, features [, hash of both Hellos]}      ⇄  Ready
 //
 // A side that refuses sends Error{code, reason} and closes, so both sides
-// report the same failure (ErrVersionMismatch, ErrAuthFailed, ...). The
+// report the same failure (ErrVersionMismatch, ErrAuthFailed, ...); a
+// failed TLS handshake ends with a TLS alert instead (ErrTLS on both). The
 // agreed version is min(both max) if it is at least both min; features are
 // the AND of both. The whole handshake is bounded by Config.ConnectTimeout
 // and the context.

@@ -32,8 +32,9 @@ var (
 	// secret configured on one side only, or a replayed response).
 	ErrAuthFailed = errors.New("replicate: authentication failed")
 	// ErrTLS: one node requires TLS on the link and the other does not
-	// offer it, or the TLS handshake failed (a certificate the other node
-	// does not trust, or not the expected node's).
+	// offer it, the TLS handshake failed (a certificate the other node
+	// does not trust, or not the expected node's), or the Hellos were
+	// changed on the way (Ready's transcripts differ).
 	ErrTLS = errors.New("replicate: TLS")
 	// ErrVersionMismatch: the two nodes have no peer protocol version in
 	// common.

@@ -395,7 +395,7 @@ func (hs *handshaker) read(want frameType) ([]byte, error) {
 // refuse tells the peer why this node refuses it, waits briefly for the
 // peer to take note and close, and returns err.
 func (hs *handshaker) refuse(code uint32, err error) error {
-	hs.log.Warn("peer link handshake refused", zap.Error(err), zap.Stringer("remote", hs.conn.RemoteAddr()))
+	hs.log.Debug("peer link handshake refused", zap.Error(err), zap.Stringer("remote", hs.conn.RemoteAddr()))
 	r := refusal{code: code, reason: err.Error()}
 	hs.send(ftError, r.encode())
 	_ = hs.conn.SetWriteDeadline(hs.lingerDeadline())
@@ -565,7 +565,7 @@ func (hs *handshaker) startTLS() error {
 			}
 			return hs.ioErr(err, "in the TLS handshake")
 		}
-		hs.log.Warn("peer link TLS handshake failed", zap.Error(err), zap.Stringer("remote", hs.conn.RemoteAddr()))
+		hs.log.Debug("peer link TLS handshake failed", zap.Error(err), zap.Stringer("remote", hs.conn.RemoteAddr()))
 		if isTLSAlert(err) {
 			return fmt.Errorf("%w: the peer refused this node's TLS in the handshake: %w", ErrTLS, err)
 		}
@@ -613,7 +613,7 @@ func (hs *handshaker) readFailed(err error) error {
 	if errors.As(err, &pe) {
 		return hs.refuse(refuseProtocol, err)
 	}
-	hs.log.Warn("peer link handshake failed", zap.Error(err), zap.Stringer("remote", hs.conn.RemoteAddr()))
+	hs.log.Debug("peer link handshake failed", zap.Error(err), zap.Stringer("remote", hs.conn.RemoteAddr()))
 	return err
 }
 

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strings"
+	"sync"
 	"time"
 
 	"go.uber.org/zap"
@@ -74,7 +76,7 @@ func (r *Resource) startConnecting() {
 // dialLoop dials until it gets a link or ctx ends, with backoff.
 func (r *Resource) dialLoop(ctx context.Context, addr string) {
 	backoff := 50 * time.Millisecond
-	var last string // the failure last logged as a warning
+	var warned repeats
 	for ctx.Err() == nil {
 		lc, err := r.linkConfig()
 		var link *replicate.Link
@@ -90,10 +92,7 @@ func (r *Resource) dialLoop(ctx context.Context, addr string) {
 		}
 		switch {
 		case isConnRefused(err):
-		case err.Error() != last:
-			// Once per kind of failure: a missing file or a peer that
-			// keeps refusing would otherwise log every two seconds.
-			last = err.Error()
+		case warned.changed(err):
 			r.log.Warn("peer link: connect failed (retrying; logged again when the reason changes)", zap.String("peer", addr), zap.Error(err))
 		default:
 			r.log.Debug("peer link: connect failed", zap.String("peer", addr), zap.Error(err))
@@ -107,6 +106,32 @@ func (r *Resource) dialLoop(ctx context.Context, addr string) {
 		}
 		backoff = min(backoff*2, 2*time.Second)
 	}
+}
+
+// repeats tells a failure from the one before it, so that a failure that
+// repeats on every retry is logged as a warning once.
+type repeats struct {
+	mu   sync.Mutex
+	last string
+}
+
+// changed records err's message, without its digits (the ports and
+// addresses that differ from one attempt to the next), and reports
+// whether it differs from the last.
+func (r *repeats) changed(err error) bool {
+	kind := strings.Map(func(c rune) rune {
+		if c >= '0' && c <= '9' {
+			return -1
+		}
+		return c
+	}, err.Error())
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if kind == r.last {
+		return false
+	}
+	r.last = kind
+	return true
 }
 
 func isConnRefused(err error) bool {
@@ -125,16 +150,19 @@ func (r *Resource) acceptPeers(ln net.Listener) {
 			lc, err := r.linkConfig()
 			if err != nil {
 				_ = conn.Close()
-				r.log.Warn("peer link: refused", zap.Stringer("from", conn.RemoteAddr()), zap.Error(err))
-				return
+			} else {
+				var link *replicate.Link
+				if link, err = replicate.Accept(r.loopCtx, conn, lc); err == nil {
+					if !r.post(func() { r.linkUp(link) }) {
+						_ = link.Close("resource down")
+					}
+					return
+				}
 			}
-			link, err := replicate.Accept(r.loopCtx, conn, lc)
-			if err != nil {
-				r.log.Warn("peer link: handshake failed", zap.Stringer("from", conn.RemoteAddr()), zap.Error(err))
-				return
-			}
-			if !r.post(func() { r.linkUp(link) }) {
-				_ = link.Close("resource down")
+			if r.acceptWarned.changed(err) {
+				r.log.Warn("peer link: cannot accept (logged again when the reason changes)", zap.Stringer("from", conn.RemoteAddr()), zap.Error(err))
+			} else {
+				r.log.Debug("peer link: cannot accept", zap.Stringer("from", conn.RemoteAddr()), zap.Error(err))
 			}
 		})
 	}

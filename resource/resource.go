@@ -108,6 +108,7 @@ type Resource struct {
 	targetSet      chan struct{}      // closed when target is set (targetMu)
 	promoteWait    chan error         // loop: a promotion waiting for the peer
 	reattachCancel context.CancelFunc // loop: the kernel device watch (reattach.go)
+	acceptWarned   repeats            // the last failure of an incoming peer link, logged (peer.go)
 
 	// NBD.
 	nbd      *nbdserver.Server

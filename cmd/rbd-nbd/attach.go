@@ -94,7 +94,7 @@ type attachTarget struct {
 }
 
 // errTLSExport: the export requires TLS, which the kernel's client lacks.
-var errTLSExport = errors.New("cannot attach")
+var errTLSExport = errors.New("the export requires TLS")
 
 // resolveAttachTarget finds resource's NBD address and export name. Today
 // they come from --nbd and --export (the export name defaults to the
@@ -113,7 +113,7 @@ func resolveAttachTarget(g *globalOptions, resource string, o *attachOptions) (a
 				return fmt.Errorf("resource %s has no nbd-listen address", resource)
 			}
 			if cfg.Local.NBDTLS.Required() {
-				return fmt.Errorf("%w: resource %s's export requires TLS, which the kernel's nbd client lacks (set nbd-tls mode: on to serve it plain too)", errTLSExport, resource)
+				return fmt.Errorf("%w, which the kernel's nbd client lacks (to serve it plain too: nbd-tls mode: on in the resource file, or ctl change %s --nbd-tls-mode on while it is down)", errTLSExport, resource)
 			}
 			t.addr = cfg.Local.NBDListen
 			if t.export == "" {

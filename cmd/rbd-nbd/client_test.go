@@ -117,7 +117,7 @@ func TestAttachRefusesTLSExport(t *testing.T) {
 	sock := serveDaemon(t, nil, "1.1.0")
 	mustRun(t, sock, append(createArgs, "--nbd-listen", "127.0.0.1:10809", "--nbd-tls-cert", "/c.pem", "--nbd-tls-key", "/k.pem")...)
 	_, err := resolveAttachTarget(&globalOptions{socket: sock}, "r0", &attachOptions{})
-	if err == nil || !strings.Contains(err.Error(), "requires TLS, which the kernel's nbd client lacks") || strings.Contains(err.Error(), "--nbd") {
+	if err == nil || !strings.Contains(err.Error(), "attach r0: the export requires TLS, which the kernel's nbd client lacks") || strings.Contains(err.Error(), "--nbd HOST") {
 		t.Fatalf("attach: %v", err)
 	}
 	mustRun(t, sock, "ctl", "change", "r0", "--nbd-tls-mode", "on")
