@@ -15,19 +15,7 @@ import (
 // restarted the link comes back in TLS and resyncs what it missed.
 func TestReplicationLinkTLS(t *testing.T) {
 	RequireTools(t, "qemu-io")
-	certs := t.TempDir()
-	set, err := testcert.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := set.WritePEM(certs); err != nil { // ca-cert.pem
-		t.Fatal(err)
-	}
-	for _, n := range []string{"a", "b"} {
-		if err := set.WriteIssued(certs, n); err != nil {
-			t.Fatal(err)
-		}
-	}
+	certs := linkCerts(t, "a", "b")
 	linkTLS := func(n string) string {
 		return "link-tls: {cert: " + filepath.Join(certs, n+"-cert.pem") + ", key: " + filepath.Join(certs, n+"-key.pem") + "}"
 	}
@@ -51,4 +39,33 @@ func TestReplicationLinkTLS(t *testing.T) {
 	if !strings.Contains(c.b.daemon.Output(), `"tls": true`) {
 		t.Fatalf("the link came back without TLS:\n%s", c.b.daemon.Output())
 	}
+}
+
+// TestLinkTLSUnreadableFiles: node b (which accepts the link) cannot read
+// its key; it refuses in its Hello, so node a's log names the file too, and
+// neither connects.
+func TestLinkTLSUnreadableFiles(t *testing.T) {
+	certs := linkCerts(t, "a") // none for b
+	c := newCluster(t, clusterOptions{size: 16 << 20, fresh: true,
+		nodeA: "link-tls: {cert: " + filepath.Join(certs, "a-cert.pem") + ", key: " + filepath.Join(certs, "a-key.pem") + "}",
+		nodeB: "link-tls: {cert: " + filepath.Join(certs, "b-cert.pem") + ", key: " + filepath.Join(certs, "missing-key.pem") + "}",
+		yaml:  "net:\n  tls-ca: " + filepath.Join(certs, "ca-cert.pem") + "\n  ping-interval: 1s\n  ping-timeout: 5s\n  connect-timeout: 5s\n"})
+	WaitFor(t, 30*time.Second, "node a to report node b's refusal", func() bool {
+		out := c.a.daemon.Output()
+		return strings.Contains(out, "the peer cannot use TLS") && strings.Contains(out, "b-cert.pem")
+	})
+	if st := c.a.status(); st.Conn == "Connected" {
+		t.Fatalf("connected without TLS files: %+v", st)
+	}
+}
+
+// linkCerts writes a CA (ca-cert.pem) and, for each node name, a link
+// certificate naming it (NAME-cert.pem, NAME-key.pem) into a new folder.
+func linkCerts(t *testing.T, nodes ...string) string {
+	t.Helper()
+	dir := t.TempDir()
+	if err := testcert.WriteDir(dir, nodes...); err != nil {
+		t.Fatal(err)
+	}
+	return dir
 }

@@ -366,6 +366,8 @@ func FuzzHello(f *testing.F) {
 	f.Add(h.encode())
 	h.tls = true
 	f.Add(h.encode())
+	h.tls, h.refusal = false, refusal{code: refuseTLS, reason: "no key"}
+	f.Add(h.encode())
 	f.Add([]byte{})
 	f.Add(entry(7, make([]byte, 32)))
 	f.Fuzz(func(t *testing.T, p []byte) {

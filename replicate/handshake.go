@@ -30,6 +30,9 @@ type hello struct {
 	nonce          [32]byte // tag 7 (mandatory)
 	auth           bool     // tag 8: a shared secret is configured
 	tls            bool     // tag 9: TLS is configured (upgrade after Hello)
+	// refusal (tags 10, 11: code and reason) is set by a node that
+	// refuses every peer (see Refuse): its Hello says why.
+	refusal refusal
 }
 
 func (h *hello) encode() []byte {
@@ -46,6 +49,14 @@ func (h *hello) encode() []byte {
 		// Only when set: peers that predate it skip unknown tags anyway,
 		// and a Hello without TLS stays byte for byte what it was.
 		w.bool(9, h.tls)
+	}
+	if h.refusal != (refusal{}) {
+		w.u32(10, h.refusal.code)
+		reason := h.refusal.reason
+		if len(reason) > maxTLVString {
+			reason = reason[:maxTLVString]
+		}
+		w.str(11, reason)
 	}
 	return w.b
 }
@@ -82,6 +93,10 @@ func decodeHello(p []byte) (hello, error) {
 			return getBool(v, &h.auth)
 		case 9:
 			return getBool(v, &h.tls)
+		case 10:
+			return getU32(v, &h.refusal.code)
+		case 11:
+			return getStr(v, &h.refusal.reason)
 		}
 		return nil
 	})
@@ -300,6 +315,33 @@ func handshake(ctx context.Context, conn net.Conn, cfg *Config, log *zap.Logger,
 	return ag, nil
 }
 
+// Refuse answers the handshake of a peer on conn with a refusal, for a
+// node that cannot take part in a link (its TLS files cannot be read,
+// say): its Hello carries the refusal (code 6, ErrTLS, and why), so that
+// the peer reports the reason rather than a closed connection; then it
+// reads the peer's Hello and closes conn. Of cfg it uses the identity
+// fields, ConnectTimeout and Logger. It returns the error it sent.
+func Refuse(ctx context.Context, conn net.Conn, cfg Config, why error) error {
+	cfg = cfg.normalized()
+	deadline := time.Now().Add(cfg.ConnectTimeout)
+	_ = conn.SetDeadline(deadline)
+	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
+	hs := &handshaker{conn: conn, cfg: &cfg, log: cfg.Logger, ctx: ctx, deadline: deadline, out: make(chan outFrame, 8), writes: make(chan error, 8)}
+	go hs.writeLoop()
+	defer close(hs.out)
+	defer conn.Close()
+	err := fmt.Errorf("%w: the peer cannot use TLS: %w", ErrTLS, why)
+	mine := hello{minVer: cfg.MinVersion, maxVer: cfg.MaxVersion, nodeID: cfg.NodeID, peerID: cfg.PeerID, resource: cfg.Resource,
+		refusal: refusal{code: refuseTLS, reason: err.Error()}}
+	hs.send(ftHello, mine.encode())
+	// Read the peer's Hello before closing, so that the close does not
+	// reset the connection under the peer's read of ours.
+	_, _ = hs.read(ftHello)
+	_ = hs.flushWrites()
+	return err
+}
+
 // send queues a frame for the handshake's writer goroutine, which writes
 // frames in order.
 func (hs *handshaker) send(t frameType, payload []byte) {
@@ -460,6 +502,9 @@ func (hs *handshaker) run() (agreement, error) {
 	peer, err := decodeHello(p0)
 	if err != nil {
 		return agreement{}, hs.refuse(refuseProtocol, withStream(err, stHandshake))
+	}
+	if peer.refusal.code != 0 {
+		return agreement{}, peer.refusal.err()
 	}
 	switch {
 	case peer.resource != cfg.Resource:

@@ -3,6 +3,7 @@ package replicate
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"io"
 	"net"
 	"strings"
@@ -193,4 +194,31 @@ func relayTampered(src, dst net.Conn) {
 	// One direction ended: end the other, as a dropped connection would.
 	src.Close()
 	dst.Close()
+}
+
+// A node that cannot use TLS (its files are unreadable) refuses with an
+// Error frame: the dialer learns why instead of seeing a closed
+// connection.
+func TestRefuse(t *testing.T) {
+	set := newCertSet(t)
+	for _, kind := range []string{"tcp", "pipe"} {
+		t.Run(kind, func(t *testing.T) {
+			a, b := connPair(t, kind)
+			ca, cb := testConfig(t, 1, 2, newMemDisk(1)), testConfig(t, 2, 1, newMemDisk(1))
+			ca.TLS = nodeTLS(t, set, "node1", "node2")
+			why := errors.New("open /etc/rbd-nbd/b-key.pem: no such file or directory")
+			done := make(chan error, 1)
+			go func() { done <- Refuse(context.Background(), b, cb, why) }()
+			ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+			defer cancel()
+			_, err := Client(ctx, a, ca)
+			errorIs(t, err, ErrTLS)
+			if !strings.Contains(err.Error(), "the peer cannot use TLS: open /etc/rbd-nbd/b-key.pem") {
+				t.Fatalf("the dialer's error does not say why: %v", err)
+			}
+			if rerr := <-done; !errors.Is(rerr, why) {
+				t.Fatalf("Refuse returned %v", rerr)
+			}
+		})
+	}
 }

@@ -23,7 +23,8 @@ import (
 
 // linkConfig is the peer link configuration from the resource's. It
 // reads the link's TLS files, if any, each time: a changed configuration
-// or renewed certificate applies at the next connect.
+// or renewed certificate applies at the next connect. On error it still
+// returns the configuration without TLS, which replicate.Refuse needs.
 func (r *Resource) linkConfig() (replicate.Config, error) {
 	cfg := r.cfg()
 	lc := replicate.DefaultConfig()
@@ -41,7 +42,7 @@ func (r *Resource) linkConfig() (replicate.Config, error) {
 	if cfg.Net.TLSCA != "" {
 		t, err := linkTLS(cfg)
 		if err != nil {
-			return replicate.Config{}, fmt.Errorf("peer link TLS: %w", err)
+			return lc, fmt.Errorf("peer link TLS: %w", err)
 		}
 		lc.TLS = t
 	}
@@ -149,7 +150,8 @@ func (r *Resource) acceptPeers(ln net.Listener) {
 		r.goLoop(func() {
 			lc, err := r.linkConfig()
 			if err != nil {
-				_ = conn.Close()
+				// Tell the dialing peer why, not just hang up.
+				_ = replicate.Refuse(r.loopCtx, conn, lc, err)
 			} else {
 				var link *replicate.Link
 				if link, err = replicate.Accept(r.loopCtx, conn, lc); err == nil {

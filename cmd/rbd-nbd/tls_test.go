@@ -12,11 +12,7 @@ import (
 
 func TestTLSOptions(t *testing.T) {
 	dir := t.TempDir()
-	set, err := testcert.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := set.WritePEM(dir); err != nil {
+	if err := testcert.WriteDir(dir); err != nil {
 		t.Fatal(err)
 	}
 	cert, key, ca := filepath.Join(dir, "server-cert.pem"), filepath.Join(dir, "server-key.pem"), filepath.Join(dir, "ca-cert.pem")

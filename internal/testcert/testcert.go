@@ -141,3 +141,21 @@ func (s *Set) WritePEM(dir string) error {
 	}
 	return nil
 }
+
+// WriteDir makes a Set and writes it into dir (WritePEM), with a
+// certificate for each name (WriteIssued): what a test needs on disk.
+func WriteDir(dir string, names ...string) error {
+	s, err := New()
+	if err != nil {
+		return err
+	}
+	if err := s.WritePEM(dir); err != nil {
+		return err
+	}
+	for _, n := range names {
+		if err := s.WriteIssued(dir, n); err != nil {
+			return err
+		}
+	}
+	return nil
+}

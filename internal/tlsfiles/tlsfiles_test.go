@@ -12,11 +12,7 @@ import (
 
 func TestFiles(t *testing.T) {
 	dir := t.TempDir()
-	set, err := testcert.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := set.WritePEM(dir); err != nil {
+	if err := testcert.WriteDir(dir); err != nil {
 		t.Fatal(err)
 	}
 	f := func(name string) string { return filepath.Join(dir, name) }
