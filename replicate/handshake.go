@@ -51,12 +51,7 @@ func (h *hello) encode() []byte {
 		w.bool(9, h.tls)
 	}
 	if h.refusal != (refusal{}) {
-		w.u32(10, h.refusal.code)
-		reason := h.refusal.reason
-		if len(reason) > maxTLVString {
-			reason = reason[:maxTLVString]
-		}
-		w.str(11, reason)
+		h.refusal.put(&w, 10, 11)
 	}
 	return w.b
 }
@@ -177,12 +172,15 @@ type refusal struct {
 
 func (r *refusal) encode() []byte {
 	var w tlvWriter
-	w.u32(1, r.code)
-	if len(r.reason) > maxTLVString {
-		r.reason = r.reason[:maxTLVString]
-	}
-	w.str(2, r.reason)
+	r.put(&w, 1, 2)
 	return w.b
+}
+
+// put writes the code and the reason (cut to what a string tag holds)
+// under the given tags: in an Error frame, or in a refusing Hello.
+func (r refusal) put(w *tlvWriter, codeTag, reasonTag uint16) {
+	w.u32(codeTag, r.code)
+	w.str(reasonTag, r.reason[:min(len(r.reason), maxTLVString)])
 }
 
 func decodeRefusal(p []byte) (refusal, error) {
@@ -284,14 +282,7 @@ type outFrame struct {
 // handshake runs the handshake on conn within cfg.ConnectTimeout and ctx;
 // the dialer is the TLS client. On failure it closes conn.
 func handshake(ctx context.Context, conn net.Conn, cfg *Config, log *zap.Logger, dialer bool) (agreement, error) {
-	deadline := time.Now().Add(cfg.ConnectTimeout)
-	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
-		deadline = d
-	}
-	_ = conn.SetDeadline(deadline)
-	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Unix(1, 0)) })
-	hs := &handshaker{conn: conn, cfg: cfg, log: log, ctx: ctx, deadline: deadline, dialer: dialer, out: make(chan outFrame, 8), writes: make(chan error, 8)}
-	go hs.writeLoop()
+	hs, stop := startHandshaker(ctx, conn, cfg, log, dialer)
 	defer close(hs.out)
 	ag, err := hs.run()
 	if !stop() && err == nil {
@@ -323,12 +314,8 @@ func handshake(ctx context.Context, conn net.Conn, cfg *Config, log *zap.Logger,
 // fields, ConnectTimeout and Logger. It returns the error it sent.
 func Refuse(ctx context.Context, conn net.Conn, cfg Config, why error) error {
 	cfg = cfg.normalized()
-	deadline := time.Now().Add(cfg.ConnectTimeout)
-	_ = conn.SetDeadline(deadline)
-	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Unix(1, 0)) })
+	hs, stop := startHandshaker(ctx, conn, &cfg, cfg.Logger, false)
 	defer stop()
-	hs := &handshaker{conn: conn, cfg: &cfg, log: cfg.Logger, ctx: ctx, deadline: deadline, out: make(chan outFrame, 8), writes: make(chan error, 8)}
-	go hs.writeLoop()
 	defer close(hs.out)
 	defer conn.Close()
 	err := fmt.Errorf("%w: the peer cannot use TLS: %w", ErrTLS, why)
@@ -340,6 +327,20 @@ func Refuse(ctx context.Context, conn net.Conn, cfg Config, why error) error {
 	_, _ = hs.read(ftHello)
 	_ = hs.flushWrites()
 	return err
+}
+
+// startHandshaker bounds conn by cfg.ConnectTimeout and ctx (stop undoes
+// the latter) and starts the handshaker's writer; closing hs.out ends it.
+func startHandshaker(ctx context.Context, conn net.Conn, cfg *Config, log *zap.Logger, dialer bool) (hs *handshaker, stop func() bool) {
+	deadline := time.Now().Add(cfg.ConnectTimeout)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	_ = conn.SetDeadline(deadline)
+	stop = context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Unix(1, 0)) })
+	hs = &handshaker{conn: conn, cfg: cfg, log: log, ctx: ctx, deadline: deadline, dialer: dialer, out: make(chan outFrame, 8), writes: make(chan error, 8)}
+	go hs.writeLoop()
+	return hs, stop
 }
 
 // send queues a frame for the handshake's writer goroutine, which writes

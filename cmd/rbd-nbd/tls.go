@@ -7,6 +7,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/rbd-nbd/rbd-nbd/config"
 	"github.com/rbd-nbd/rbd-nbd/internal/tlsfiles"
 )
 
@@ -25,11 +26,15 @@ func (o *tlsOptions) install(cmd *cobra.Command) {
 	f.StringVar(&o.mode, "tls", "", "with --tls-cert: require (the default: every client must use TLS) or on (TLS offered, plain connections allowed)")
 }
 
+// settings are the flags as a resource's export would have them, whose
+// rules (when TLS is on, when required) serve follows too.
+func (o *tlsOptions) settings() config.NBDTLS {
+	return config.NBDTLS{Cert: o.cert, Key: o.key, ClientCA: o.clientCA, Mode: config.TLSMode(o.mode)}
+}
+
 // required reports whether TLS will be required: with a certificate,
 // unless --tls on.
-func (o *tlsOptions) required() bool {
-	return o.cert != "" && o.mode != "on"
-}
+func (o *tlsOptions) required() bool { return o.settings().Required() }
 
 // config returns the server's TLS configuration and whether TLS is
 // required; nil when no certificate was given.
@@ -47,7 +52,7 @@ func (o *tlsOptions) config() (*tls.Config, bool, error) {
 		return nil, false, errors.New("--tls-cert and --tls-key go together")
 	}
 	switch {
-	case o.mode != "" && o.mode != "require" && o.mode != "on":
+	case o.mode != "" && o.mode != string(config.TLSRequire) && o.mode != string(config.TLSOn):
 		return nil, false, fmt.Errorf("--tls %q: want require or on", o.mode)
 	case !o.required() && o.clientCA != "":
 		// Plain clients would skip the certificate check.
