@@ -294,11 +294,7 @@ func (d *Daemon) status(body ctlproto.List) ctlproto.Reply {
 		}
 		rs = append(rs, r)
 	} else {
-		d.mu.Lock()
-		for _, name := range slices.Sorted(maps.Keys(d.res)) {
-			rs = append(rs, d.res[name])
-		}
-		d.mu.Unlock()
+		rs = d.sorted()
 	}
 	var out ctlproto.List
 	for _, r := range rs {
@@ -307,6 +303,44 @@ func (d *Daemon) status(body ctlproto.List) ctlproto.Reply {
 		}
 	}
 	return ctlproto.Reply{Body: out}
+}
+
+// sorted returns the resources in the order of their names.
+func (d *Daemon) sorted() []*res {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	rs := make([]*res, 0, len(d.res))
+	for _, name := range slices.Sorted(maps.Keys(d.res)) {
+		rs = append(rs, d.res[name])
+	}
+	return rs
+}
+
+// Monitored is one resource's state for monitoring (rbd-nbd daemon
+// --metrics).
+type Monitored struct {
+	// Status is what status reports, with the I/O counters.
+	Status resource.Status
+	// Node is this node's name in the resource's configuration.
+	Node string
+	// Protocol is the configured replication protocol.
+	Protocol config.Protocol
+	// Up says whether the resource is running; a resource that is only
+	// configured reports Secondary, Diskless, StandAlone.
+	Up bool
+}
+
+// Monitor returns every resource's state, sorted by name. Like status, it
+// reads snapshots and never waits for a request in progress.
+func (d *Daemon) Monitor() []Monitored {
+	rs := d.sorted()
+	out := make([]Monitored, 0, len(rs))
+	for _, r := range rs {
+		if s := r.snap.Load(); s != nil {
+			out = append(out, Monitored{Status: statusOf(r.name, s), Node: s.cfg.Local.Name, Protocol: s.cfg.Net.Protocol, Up: s.rt != nil})
+		}
+	}
+	return out
 }
 
 func (d *Daemon) show(body ctlproto.List) ctlproto.Reply {

@@ -556,3 +556,33 @@ func TestCloseStopsRuntimes(t *testing.T) {
 	}
 	st.Close()
 }
+
+func TestMonitor(t *testing.T) {
+	f := newFakeFactory()
+	e := start(t, Config{NewRuntime: f.New}, nil)
+	c := e.dial(t)
+	ctx := ctxT(t)
+	if got := e.d.Monitor(); len(got) != 0 {
+		t.Fatalf("monitor without resources: %+v", got)
+	}
+	// r1 only configured, r0 up: sorted by name, with the up flag and
+	// what the configuration says.
+	if _, err := c.Call(ctx, ctlproto.MsgCreate, ctlproto.EncodeConfig(c.Registry(), minimalConfig("r1"))); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Call(ctx, ctlproto.MsgUp, ctlproto.EncodeConfig(c.Registry(), minimalConfig("r0"))); err != nil {
+		t.Fatal(err)
+	}
+	got := e.d.Monitor()
+	if len(got) != 2 {
+		t.Fatalf("monitor: %+v", got)
+	}
+	r0, r1 := got[0], got[1]
+	want := minimalConfig("r0")
+	if r0.Status.Name != "r0" || !r0.Up || r0.Status.Disk != resource.DiskUpToDate || r0.Node != want.Local.Name || r0.Protocol != config.ProtocolC {
+		t.Fatalf("r0: %+v", r0)
+	}
+	if r1.Status.Name != "r1" || r1.Up || r1.Status.Disk != resource.DiskDiskless || r1.Status.Generation != 1 {
+		t.Fatalf("r1: %+v", r1)
+	}
+}

@@ -41,7 +41,9 @@ type node struct {
 	disk    string
 	config  string // this node's resource file
 	nbdPort int
-	daemon  *Process
+	// metricsPort, when set, is where the daemon serves /metrics.
+	metricsPort int
+	daemon      *Process
 }
 
 // cluster is a two-node resource r0.
@@ -68,6 +70,8 @@ type clusterOptions struct {
 	// b's entries (keys at the entry's indentation, e.g. "nbd-tls: {...}");
 	// each node's file has both.
 	nodeA, nodeB string
+	// metrics makes the daemons serve Prometheus metrics (node.metricsPort).
+	metrics bool
 }
 
 // newCluster creates meta-data on two blank disks, starts both daemons,
@@ -81,10 +85,13 @@ func newCluster(t *testing.T, o clusterOptions) *cluster {
 	}
 	dir := t.TempDir()
 	c := &cluster{t: t, dir: dir, size: o.size}
-	ports := FreePorts(t, 4)
+	ports := FreePorts(t, 6)
 	peerA, peerB := ports[0], ports[1]
 	c.a = &node{t: t, name: "a", id: 0, dir: dir, nbdPort: ports[2]}
 	c.b = &node{t: t, name: "b", id: 1, dir: dir, nbdPort: ports[3]}
+	if o.metrics {
+		c.a.metricsPort, c.b.metricsPort = ports[4], ports[5]
+	}
 	for _, n := range []*node{c.a, c.b} {
 		n.socket = filepath.Join(dir, n.name+".sock")
 		n.disk = filepath.Join(dir, n.name+".img")
@@ -154,6 +161,9 @@ func (n *node) start() {
 // startWith starts the node's daemon with extra flags.
 func (n *node) startWith(args ...string) {
 	n.t.Helper()
+	if n.metricsPort != 0 {
+		args = append(args, "--metrics", fmt.Sprintf("127.0.0.1:%d", n.metricsPort))
+	}
 	n.daemon = StartProcess(n.t, Binary(), append([]string{"daemon", "--socket", n.socket, "--log-level", "debug"}, args...)...)
 	WaitPort(n.t, "unix", n.socket, 10*time.Second)
 }

@@ -167,6 +167,12 @@ func (r *Resource) checkWrite(off, n int64) error {
 // ReadAt reads from the local disk, or from the peer when the local disk is
 // gone.
 func (r *Resource) ReadAt(p []byte, off int64) error {
+	err := r.readAt(p, off)
+	r.io.read(len(p), err)
+	return err
+}
+
+func (r *Resource) readAt(p []byte, off int64) error {
 	if !r.diskFailed.Load() {
 		_, err := r.data.ReadAt(p, off)
 		if err == nil {
@@ -298,11 +304,17 @@ func (r *Resource) Zero(off, length int64, noHole, fastZero, fua bool) error {
 
 // write runs one modifying request: local through do, remote as req.
 func (r *Resource) write(req replicate.Request, do func() error) error {
+	start := time.Now()
+	err := r.writeReq(req, do, start)
+	r.io.modified(req.Kind, req.Length, time.Since(start), err)
+	return err
+}
+
+func (r *Resource) writeReq(req replicate.Request, do func() error, start time.Time) error {
 	off, n := req.Offset, req.Length
 	if err := r.checkWrite(off, n); err != nil {
 		return err
 	}
-	start := time.Now()
 	r.inflight.Add(1)
 	defer r.inflight.Add(-1)
 
@@ -405,6 +417,12 @@ func (r *Resource) observeLatency(d time.Duration) {
 
 // Flush makes every acknowledged write durable on both disks.
 func (r *Resource) Flush() error {
+	err := r.flush()
+	r.io.flushed(err)
+	return err
+}
+
+func (r *Resource) flush() error {
 	st, err := r.enter(context.Background())
 	if err != nil {
 		return err

@@ -84,6 +84,7 @@ type Resource struct {
 	writable   atomic.Bool
 	diskFailed atomic.Bool
 	inflight   atomic.Int64
+	io         ioCounters
 	locks      rangelock.Locker
 	repMu      sync.RWMutex
 	rep        *repState
@@ -443,6 +444,7 @@ func (r *Resource) Status() Status {
 		st.OutOfSync = uint64(r.bm.DirtyBytes())
 	}
 	st.WritesInFlight = uint64(max(r.inflight.Load(), 0))
+	st.IO = r.io.snapshot()
 	st.NBDConnections = uint32(r.nbdConns())
 	st.ResyncedBytes = uint64(r.resynced.Load())
 	if e := r.engine.Load(); e != nil {

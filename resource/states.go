@@ -124,4 +124,29 @@ type Status struct {
 	PeerNodeID uint32
 	// Generation is the configuration generation.
 	Generation uint64
+	// IO counts the application I/O served since the resource came up.
+	// It is for monitoring: the control protocol does not carry it, and
+	// status events do not fire when it changes.
+	IO IOStats
+}
+
+// IOStats counts the requests the export passed to the resource (NBD
+// clients' I/O, not resync or the peer's writes), since the resource came
+// up. Failed requests count in Errors as well as in their kind.
+type IOStats struct {
+	// Reads and ReadBytes count READs and the bytes they asked for.
+	Reads, ReadBytes uint64
+	// Writes and WrittenBytes count WRITEs and their payload.
+	Writes, WrittenBytes uint64
+	// Trims and Zeroes count TRIM and WRITE_ZEROES requests, with the bytes
+	// they covered in TrimmedBytes and ZeroedBytes.
+	Trims, TrimmedBytes, Zeroes, ZeroedBytes uint64
+	// Flushes counts FLUSH requests.
+	Flushes uint64
+	// Errors counts requests that failed.
+	Errors uint64
+	// WriteTime is the total time WRITEs, TRIMs and WRITE_ZEROES took until
+	// acknowledged, in nanoseconds; over Writes+Trims+Zeroes it is their
+	// mean latency.
+	WriteTime uint64
 }

@@ -27,6 +27,7 @@ type daemonOptions struct {
 	eventQueue      int
 	shutdownTimeout time.Duration
 	pprof           string
+	metrics         string
 	stateDir        string
 	tuning          tuningOptions
 }
@@ -53,6 +54,7 @@ SIGTERM or SIGINT stops it cleanly.`,
 	f.IntVar(&o.eventQueue, "event-queue", daemon.DefaultConfig().EventQueue, "events a subscriber may fall behind before it is dropped")
 	f.DurationVar(&o.shutdownTimeout, "shutdown-timeout", 10*time.Second, "how long requests in progress may take at shutdown")
 	f.StringVar(&o.stateDir, "state-dir", "", "where the daemon remembers which resources are up and Primary, to restore them when it is started again (default: state.<socket name> next to the socket; \"none\" to forget)")
+	f.StringVar(&o.metrics, "metrics", "", "serve Prometheus metrics at http://ADDR/metrics (host:port; docs/metrics.md)")
 	f.StringVar(&o.pprof, "pprof", "", "serve Go's profiler at this address (loopback only, for developers)")
 	_ = f.MarkHidden("pprof")
 	o.tuning.install(cmd, g, "daemon")
@@ -128,6 +130,14 @@ func runDaemon(parent context.Context, g *globalOptions, o *daemonOptions) error
 	srv, err := ctlproto.NewServer(srvCfg)
 	if err != nil {
 		return err
+	}
+
+	if o.metrics != "" {
+		stopMetrics, err := startMetrics(o.metrics, d, log)
+		if err != nil {
+			return err
+		}
+		defer stopMetrics()
 	}
 
 	path := g.socketPath()

@@ -1,0 +1,149 @@
+package e2e
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// metrics is one scrape of a daemon's /metrics: value by series, the
+// series written as the exposition format writes them (labels sorted by
+// name).
+type metrics map[string]float64
+
+// scrape fetches the node's /metrics.
+func (n *node) scrape() metrics {
+	n.t.Helper()
+	c := http.Client{Timeout: 10 * time.Second}
+	resp, err := c.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", n.metricsPort))
+	if err != nil {
+		n.t.Fatalf("node %s: scrape: %v", n.name, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		n.t.Fatalf("node %s: scrape: %s %v: %s", n.name, resp.Status, err, body)
+	}
+	m := metrics{}
+	for line := range strings.Lines(string(body)) {
+		line = strings.TrimSpace(line)
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		v, err := strconv.ParseFloat(line[i+1:], 64)
+		if err != nil {
+			n.t.Fatalf("node %s: bad metrics line %q", n.name, line)
+		}
+		m[line[:i]] = v
+	}
+	return m
+}
+
+// get returns a series of resource r0; labels are name=value pairs
+// besides resource.
+func (m metrics) get(t *testing.T, name string, labels ...string) float64 {
+	t.Helper()
+	ls := []string{`resource="r0"`}
+	for _, l := range labels {
+		k, v, _ := strings.Cut(l, "=")
+		ls = append(ls, fmt.Sprintf("%s=%q", k, v))
+	}
+	slices.Sort(ls)
+	key := name + "{" + strings.Join(ls, ",") + "}"
+	v, ok := m[key]
+	if !ok {
+		t.Fatalf("no series %s in the scrape", key)
+	}
+	return v
+}
+
+// The daemons' Prometheus metrics follow the resource through writes, a
+// lost peer, and the resync when it returns.
+func TestMetrics(t *testing.T) {
+	RequireTools(t, "qemu-io")
+	c := newCluster(t, clusterOptions{metrics: true})
+	c.a.qemuIO("write -P 0x11 0 1M", "flush", "read -P 0x11 0 64k")
+
+	check := func(n *node, m metrics, want float64, name string, labels ...string) {
+		t.Helper()
+		if got := m.get(t, name, labels...); got != want {
+			t.Fatalf("node %s: %s%v = %v, want %v", n.name, name, labels, got, want)
+		}
+	}
+	a, b := c.a.scrape(), c.b.scrape()
+	check(c.a, a, 1, "rbd_nbd_resource_info", "node=a", "peer_node_id=1", "protocol=C")
+	check(c.a, a, 1, "rbd_nbd_resource_up")
+	check(c.a, a, 1, "rbd_nbd_role", "role=Primary")
+	check(c.a, a, 0, "rbd_nbd_role", "role=Secondary")
+	check(c.a, a, 1, "rbd_nbd_disk_state", "state=UpToDate")
+	check(c.a, a, 1, "rbd_nbd_peer_disk_state", "state=UpToDate")
+	check(c.a, a, 1, "rbd_nbd_peer_role", "role=Secondary")
+	check(c.a, a, 1, "rbd_nbd_connection_state", "state=Connected")
+	check(c.a, a, 0, "rbd_nbd_connection_state", "state=StandAlone")
+	check(c.a, a, float64(c.a.status().Size), "rbd_nbd_size_bytes")
+	check(c.a, a, 1<<20, "rbd_nbd_request_bytes_total", "kind=write")
+	check(c.a, a, 64<<10, "rbd_nbd_request_bytes_total", "kind=read")
+	check(c.a, a, 0, "rbd_nbd_request_errors_total")
+	check(c.a, a, 0, "rbd_nbd_out_of_sync_bytes")
+	if n := a.get(t, "rbd_nbd_requests_total", "kind=flush"); n < 1 {
+		t.Fatalf("flushes %v, want at least qemu-io's", n)
+	}
+	if s := a.get(t, "rbd_nbd_write_seconds_total"); s <= 0 {
+		t.Fatalf("write_seconds_total %v after writes", s)
+	}
+	// The Secondary served no NBD client; its state mirrors the Primary's.
+	check(c.b, b, 1, "rbd_nbd_role", "role=Secondary")
+	check(c.b, b, 1, "rbd_nbd_peer_role", "role=Primary")
+	check(c.b, b, 1, "rbd_nbd_disk_state", "state=UpToDate")
+	check(c.b, b, 0, "rbd_nbd_requests_total", "kind=write")
+
+	// The peer goes: the Primary reports it and counts what it misses.
+	c.b.kill()
+	c.a.wait("the peer gone", 30*time.Second, func(s nodeStatus) bool { return s.Conn == "Connecting" })
+	c.a.qemuIO("write -P 0x22 4M 256k")
+	a = c.a.scrape()
+	check(c.a, a, 1, "rbd_nbd_connection_state", "state=Connecting")
+	check(c.a, a, 1, "rbd_nbd_peer_disk_state", "state=DUnknown")
+	check(c.a, a, 1, "rbd_nbd_peer_role", "role=Unknown")
+	check(c.a, a, 256<<10, "rbd_nbd_out_of_sync_bytes")
+	check(c.a, a, 1<<20+256<<10, "rbd_nbd_request_bytes_total", "kind=write")
+
+	// It returns: the resync moves what it missed.
+	c.b.start()
+	c.b.up()
+	c.waitSynced()
+	a = c.a.scrape()
+	check(c.a, a, 0, "rbd_nbd_out_of_sync_bytes")
+	check(c.a, a, 1, "rbd_nbd_connection_state", "state=Connected")
+	if moved := a.get(t, "rbd_nbd_resynced_bytes_total"); moved < 256<<10 {
+		t.Fatalf("resynced_bytes_total %v, want at least the 256 KiB written meanwhile", moved)
+	}
+	c.compare()
+
+	// A resource that is only configured is exported as down.
+	c.b.ctl("down", "r0")
+	check(c.b, c.b.scrape(), 0, "rbd_nbd_resource_up")
+}
+
+// A daemon asked for metrics on an address it cannot listen on does not
+// start, and says why.
+func TestMetricsAddressInUse(t *testing.T) {
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	r := Run(t, 30*time.Second, Binary(), "daemon", "--socket", filepath.Join(t.TempDir(), "d.sock"), "--state-dir", "none",
+		"--metrics", busy.Addr().String())
+	if r.ExitCode == 0 || !strings.Contains(r.Stderr, "--metrics") || !strings.Contains(r.Stderr, "address already in use") {
+		t.Fatalf("daemon on a busy metrics port: exit %d, stderr %q", r.ExitCode, r.Stderr)
+	}
+}

@@ -1,0 +1,174 @@
+// Package metrics exports the daemon's resources to Prometheus: their
+// states, resync progress and the I/O their exports served.
+//
+// Every value is read at scrape time from the daemon's snapshots
+// (daemon.Daemon.Monitor), so exporting costs the I/O path nothing beyond
+// the counters the resource keeps anyway, and a scrape never waits for a
+// control request in progress. States are exported as state sets: one
+// series per possible state, 1 for the current one and 0 for the others,
+// so that a query can alert on "not UpToDate" without knowing the codes.
+package metrics
+
+import (
+	"net/http"
+	"strconv"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/rbd-nbd/rbd-nbd/daemon"
+	"github.com/rbd-nbd/rbd-nbd/resource"
+)
+
+// Source is what the collector reads: *daemon.Daemon.
+type Source interface {
+	Monitor() []daemon.Monitored
+}
+
+const ns = "rbd_nbd"
+
+// The states each state set lists, in their numeric order.
+var (
+	roles      = []resource.Role{resource.RoleSecondary, resource.RolePrimary}
+	peerRoles  = []resource.Role{resource.RoleUnknown, resource.RoleSecondary, resource.RolePrimary}
+	diskStates = []resource.DiskState{resource.DiskDiskless, resource.DiskAttaching, resource.DiskInconsistent,
+		resource.DiskOutdated, resource.DiskConsistent, resource.DiskUpToDate}
+	peerDiskStates = append(diskStates[:len(diskStates):len(diskStates)], resource.DiskDUnknown)
+	connStates     = []resource.ConnState{resource.ConnStandAlone, resource.ConnConnecting, resource.ConnHandshake,
+		resource.ConnConnected, resource.ConnSyncSource, resource.ConnSyncTarget, resource.ConnPausedSyncS,
+		resource.ConnPausedSyncT, resource.ConnVerifyS, resource.ConnVerifyT}
+)
+
+// Collector is a prometheus.Collector over a Source.
+type Collector struct {
+	src Source
+
+	info, up                               *prometheus.Desc
+	role, peerRole, disk, peerDisk, conn   *prometheus.Desc
+	size, outOfSync, inFlight, clients     *prometheus.Desc
+	syncDone, syncTotal, syncRate, syncETA *prometheus.Desc
+	resynced                               *prometheus.Desc
+	requests, bytes, errors, writeSeconds  *prometheus.Desc
+}
+
+// NewCollector returns a collector of src's resources.
+func NewCollector(src Source) *Collector {
+	res := []string{"resource"}
+	d := func(name, help string, labels ...string) *prometheus.Desc {
+		return prometheus.NewDesc(ns+"_"+name, help, append(res[:1:1], labels...), nil)
+	}
+	return &Collector{
+		src:          src,
+		info:         d("resource_info", "A configured resource: this node's name, the peer's node id and the replication protocol.", "node", "peer_node_id", "protocol"),
+		up:           d("resource_up", "Whether the resource is up (1) or only configured (0)."),
+		role:         d("role", "This node's role: 1 for the current one.", "role"),
+		peerRole:     d("peer_role", "The peer's role as last seen (Unknown when not connected): 1 for the current one.", "role"),
+		disk:         d("disk_state", "This node's disk state: 1 for the current one.", "state"),
+		peerDisk:     d("peer_disk_state", "The peer's disk state (DUnknown when not connected): 1 for the current one.", "state"),
+		conn:         d("connection_state", "The state of the link to the peer: 1 for the current one.", "state"),
+		size:         d("size_bytes", "The exported size."),
+		outOfSync:    d("out_of_sync_bytes", "Bytes marked out of sync in this node's bitmap: what a resync would move."),
+		inFlight:     d("writes_in_flight", "Application writes not yet acknowledged."),
+		clients:      d("nbd_connections", "Open NBD client connections."),
+		syncDone:     d("resync_done_bytes", "Bytes done of the running resync (0 when none runs)."),
+		syncTotal:    d("resync_total_bytes", "Bytes the running resync moves in all (0 when none runs)."),
+		syncRate:     d("resync_rate_bytes_per_second", "The running resync's recent rate."),
+		syncETA:      d("resync_eta_seconds", "The running resync's estimated time to completion."),
+		resynced:     d("resynced_bytes_total", "Bytes moved by resyncs, as source or target, since the resource came up."),
+		requests:     d("requests_total", "NBD requests served by the resource since it came up, by kind.", "kind"),
+		bytes:        d("request_bytes_total", "Bytes read, written, trimmed or zeroed by NBD requests since the resource came up.", "kind"),
+		errors:       d("request_errors_total", "NBD requests that failed since the resource came up."),
+		writeSeconds: d("write_seconds_total", "Time writes, trims and zeroes took until acknowledged, summed: over their count, the mean write latency."),
+	}
+}
+
+// Describe sends every metric's description.
+func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{c.info, c.up, c.role, c.peerRole, c.disk, c.peerDisk, c.conn,
+		c.size, c.outOfSync, c.inFlight, c.clients, c.syncDone, c.syncTotal, c.syncRate, c.syncETA,
+		c.resynced, c.requests, c.bytes, c.errors, c.writeSeconds} {
+		ch <- d
+	}
+}
+
+// Collect sends every resource's metrics.
+func (c *Collector) Collect(ch chan<- prometheus.Metric) {
+	for _, m := range c.src.Monitor() {
+		c.collect(ch, m)
+	}
+}
+
+func (c *Collector) collect(ch chan<- prometheus.Metric, m daemon.Monitored) {
+	st := m.Status
+	name := st.Name
+	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, append([]string{name}, labels...)...)
+	}
+	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), append([]string{name}, labels...)...)
+	}
+	gauge(c.info, 1, m.Node, strconv.FormatUint(uint64(st.PeerNodeID), 10), string(m.Protocol))
+	gauge(c.up, bool01(m.Up))
+	stateSet(gauge, c.role, roles, st.Role)
+	stateSet(gauge, c.peerRole, peerRoles, st.PeerRole)
+	stateSet(gauge, c.disk, diskStates, st.Disk)
+	stateSet(gauge, c.peerDisk, peerDiskStates, st.PeerDisk)
+	stateSet(gauge, c.conn, connStates, st.Conn)
+	gauge(c.size, float64(st.Size))
+	gauge(c.outOfSync, float64(st.OutOfSync))
+	gauge(c.inFlight, float64(st.WritesInFlight))
+	gauge(c.clients, float64(st.NBDConnections))
+	gauge(c.syncDone, float64(st.ResyncDone))
+	gauge(c.syncTotal, float64(st.ResyncTotal))
+	gauge(c.syncRate, float64(st.ResyncRate))
+	gauge(c.syncETA, float64(st.ResyncETA))
+	counter(c.resynced, st.ResyncedBytes)
+	io := st.IO
+	counter(c.requests, io.Reads, "read")
+	counter(c.requests, io.Writes, "write")
+	counter(c.requests, io.Trims, "trim")
+	counter(c.requests, io.Zeroes, "zero")
+	counter(c.requests, io.Flushes, "flush")
+	counter(c.bytes, io.ReadBytes, "read")
+	counter(c.bytes, io.WrittenBytes, "write")
+	counter(c.bytes, io.TrimmedBytes, "trim")
+	counter(c.bytes, io.ZeroedBytes, "zero")
+	counter(c.errors, io.Errors)
+	ch <- prometheus.MustNewConstMetric(c.writeSeconds, prometheus.CounterValue, float64(io.WriteTime)/1e9, name)
+}
+
+// stateSet sends one series per state in all, 1 for cur.
+func stateSet[S interface {
+	comparable
+	String() string
+}](gauge func(*prometheus.Desc, float64, ...string), d *prometheus.Desc, all []S, cur S) {
+	for _, s := range all {
+		gauge(d, bool01(s == cur), s.String())
+	}
+}
+
+func bool01(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// Handler returns the HTTP handler of /metrics: src's resources, the
+// build, and the Go runtime and process metrics of the daemon.
+func Handler(src Source, version string) http.Handler {
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(
+		NewCollector(src),
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Namespace:   ns,
+			Name:        "build_info",
+			Help:        "The running daemon's version.",
+			ConstLabels: prometheus.Labels{"version": version},
+		}, func() float64 { return 1 }),
+	)
+	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})
+}

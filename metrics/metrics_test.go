@@ -1,0 +1,182 @@
+package metrics
+
+import (
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/rbd-nbd/rbd-nbd/config"
+	"github.com/rbd-nbd/rbd-nbd/daemon"
+	"github.com/rbd-nbd/rbd-nbd/resource"
+)
+
+type fixed []daemon.Monitored
+
+func (f fixed) Monitor() []daemon.Monitored { return f }
+
+var twoResources = fixed{
+	{
+		Node: "alpha", Protocol: config.ProtocolC, Up: true,
+		Status: resource.Status{
+			Name: "r0", Role: resource.RolePrimary, Disk: resource.DiskUpToDate, Conn: resource.ConnSyncSource,
+			PeerRole: resource.RoleSecondary, PeerDisk: resource.DiskInconsistent, PeerNodeID: 1,
+			Size: 1 << 30, OutOfSync: 3 << 20, ResyncDone: 1 << 20, ResyncTotal: 4 << 20, ResyncRate: 1 << 20, ResyncETA: 3,
+			ResyncedBytes: 5 << 20, WritesInFlight: 2, NBDConnections: 1,
+			IO: resource.IOStats{Reads: 10, ReadBytes: 40960, Writes: 4, WrittenBytes: 16384, Trims: 1, TrimmedBytes: 1 << 20,
+				Zeroes: 2, ZeroedBytes: 8192, Flushes: 3, Errors: 1, WriteTime: 1_500_000_000},
+		},
+	},
+	{
+		Node: "alpha", Protocol: config.ProtocolA,
+		Status: resource.Status{Name: "r1", Role: resource.RoleSecondary, Disk: resource.DiskDiskless, Conn: resource.ConnStandAlone,
+			PeerRole: resource.RoleUnknown, PeerDisk: resource.DiskDUnknown, PeerNodeID: 7},
+	},
+}
+
+func TestCollectorLint(t *testing.T) {
+	problems, err := testutil.CollectAndLint(NewCollector(twoResources))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range problems {
+		t.Errorf("%s: %s", p.Metric, p.Text)
+	}
+}
+
+func TestCollectorValues(t *testing.T) {
+	const want = `
+# HELP rbd_nbd_resource_info A configured resource: this node's name, the peer's node id and the replication protocol.
+# TYPE rbd_nbd_resource_info gauge
+rbd_nbd_resource_info{node="alpha",peer_node_id="1",protocol="C",resource="r0"} 1
+rbd_nbd_resource_info{node="alpha",peer_node_id="7",protocol="A",resource="r1"} 1
+# HELP rbd_nbd_resource_up Whether the resource is up (1) or only configured (0).
+# TYPE rbd_nbd_resource_up gauge
+rbd_nbd_resource_up{resource="r0"} 1
+rbd_nbd_resource_up{resource="r1"} 0
+# HELP rbd_nbd_role This node's role: 1 for the current one.
+# TYPE rbd_nbd_role gauge
+rbd_nbd_role{resource="r0",role="Primary"} 1
+rbd_nbd_role{resource="r0",role="Secondary"} 0
+rbd_nbd_role{resource="r1",role="Primary"} 0
+rbd_nbd_role{resource="r1",role="Secondary"} 1
+# HELP rbd_nbd_connection_state The state of the link to the peer: 1 for the current one.
+# TYPE rbd_nbd_connection_state gauge
+rbd_nbd_connection_state{resource="r0",state="Connected"} 0
+rbd_nbd_connection_state{resource="r0",state="Connecting"} 0
+rbd_nbd_connection_state{resource="r0",state="Handshake"} 0
+rbd_nbd_connection_state{resource="r0",state="PausedSyncS"} 0
+rbd_nbd_connection_state{resource="r0",state="PausedSyncT"} 0
+rbd_nbd_connection_state{resource="r0",state="StandAlone"} 0
+rbd_nbd_connection_state{resource="r0",state="SyncSource"} 1
+rbd_nbd_connection_state{resource="r0",state="SyncTarget"} 0
+rbd_nbd_connection_state{resource="r0",state="VerifyS"} 0
+rbd_nbd_connection_state{resource="r0",state="VerifyT"} 0
+rbd_nbd_connection_state{resource="r1",state="Connected"} 0
+rbd_nbd_connection_state{resource="r1",state="Connecting"} 0
+rbd_nbd_connection_state{resource="r1",state="Handshake"} 0
+rbd_nbd_connection_state{resource="r1",state="PausedSyncS"} 0
+rbd_nbd_connection_state{resource="r1",state="PausedSyncT"} 0
+rbd_nbd_connection_state{resource="r1",state="StandAlone"} 1
+rbd_nbd_connection_state{resource="r1",state="SyncSource"} 0
+rbd_nbd_connection_state{resource="r1",state="SyncTarget"} 0
+rbd_nbd_connection_state{resource="r1",state="VerifyS"} 0
+rbd_nbd_connection_state{resource="r1",state="VerifyT"} 0
+# HELP rbd_nbd_peer_disk_state The peer's disk state (DUnknown when not connected): 1 for the current one.
+# TYPE rbd_nbd_peer_disk_state gauge
+rbd_nbd_peer_disk_state{resource="r0",state="Attaching"} 0
+rbd_nbd_peer_disk_state{resource="r0",state="Consistent"} 0
+rbd_nbd_peer_disk_state{resource="r0",state="DUnknown"} 0
+rbd_nbd_peer_disk_state{resource="r0",state="Diskless"} 0
+rbd_nbd_peer_disk_state{resource="r0",state="Inconsistent"} 1
+rbd_nbd_peer_disk_state{resource="r0",state="Outdated"} 0
+rbd_nbd_peer_disk_state{resource="r0",state="UpToDate"} 0
+rbd_nbd_peer_disk_state{resource="r1",state="Attaching"} 0
+rbd_nbd_peer_disk_state{resource="r1",state="Consistent"} 0
+rbd_nbd_peer_disk_state{resource="r1",state="DUnknown"} 1
+rbd_nbd_peer_disk_state{resource="r1",state="Diskless"} 0
+rbd_nbd_peer_disk_state{resource="r1",state="Inconsistent"} 0
+rbd_nbd_peer_disk_state{resource="r1",state="Outdated"} 0
+rbd_nbd_peer_disk_state{resource="r1",state="UpToDate"} 0
+# HELP rbd_nbd_resync_done_bytes Bytes done of the running resync (0 when none runs).
+# TYPE rbd_nbd_resync_done_bytes gauge
+rbd_nbd_resync_done_bytes{resource="r0"} 1.048576e+06
+rbd_nbd_resync_done_bytes{resource="r1"} 0
+# HELP rbd_nbd_out_of_sync_bytes Bytes marked out of sync in this node's bitmap: what a resync would move.
+# TYPE rbd_nbd_out_of_sync_bytes gauge
+rbd_nbd_out_of_sync_bytes{resource="r0"} 3.145728e+06
+rbd_nbd_out_of_sync_bytes{resource="r1"} 0
+# HELP rbd_nbd_requests_total NBD requests served by the resource since it came up, by kind.
+# TYPE rbd_nbd_requests_total counter
+rbd_nbd_requests_total{kind="flush",resource="r0"} 3
+rbd_nbd_requests_total{kind="flush",resource="r1"} 0
+rbd_nbd_requests_total{kind="read",resource="r0"} 10
+rbd_nbd_requests_total{kind="read",resource="r1"} 0
+rbd_nbd_requests_total{kind="trim",resource="r0"} 1
+rbd_nbd_requests_total{kind="trim",resource="r1"} 0
+rbd_nbd_requests_total{kind="write",resource="r0"} 4
+rbd_nbd_requests_total{kind="write",resource="r1"} 0
+rbd_nbd_requests_total{kind="zero",resource="r0"} 2
+rbd_nbd_requests_total{kind="zero",resource="r1"} 0
+# HELP rbd_nbd_request_bytes_total Bytes read, written, trimmed or zeroed by NBD requests since the resource came up.
+# TYPE rbd_nbd_request_bytes_total counter
+rbd_nbd_request_bytes_total{kind="read",resource="r0"} 40960
+rbd_nbd_request_bytes_total{kind="read",resource="r1"} 0
+rbd_nbd_request_bytes_total{kind="trim",resource="r0"} 1.048576e+06
+rbd_nbd_request_bytes_total{kind="trim",resource="r1"} 0
+rbd_nbd_request_bytes_total{kind="write",resource="r0"} 16384
+rbd_nbd_request_bytes_total{kind="write",resource="r1"} 0
+rbd_nbd_request_bytes_total{kind="zero",resource="r0"} 8192
+rbd_nbd_request_bytes_total{kind="zero",resource="r1"} 0
+# HELP rbd_nbd_request_errors_total NBD requests that failed since the resource came up.
+# TYPE rbd_nbd_request_errors_total counter
+rbd_nbd_request_errors_total{resource="r0"} 1
+rbd_nbd_request_errors_total{resource="r1"} 0
+# HELP rbd_nbd_write_seconds_total Time writes, trims and zeroes took until acknowledged, summed: over their count, the mean write latency.
+# TYPE rbd_nbd_write_seconds_total counter
+rbd_nbd_write_seconds_total{resource="r0"} 1.5
+rbd_nbd_write_seconds_total{resource="r1"} 0
+`
+	names := []string{"rbd_nbd_resource_info", "rbd_nbd_resource_up", "rbd_nbd_role", "rbd_nbd_connection_state",
+		"rbd_nbd_peer_disk_state", "rbd_nbd_resync_done_bytes", "rbd_nbd_out_of_sync_bytes", "rbd_nbd_requests_total",
+		"rbd_nbd_request_bytes_total", "rbd_nbd_request_errors_total", "rbd_nbd_write_seconds_total"}
+	if err := testutil.CollectAndCompare(NewCollector(twoResources), strings.NewReader(want), names...); err != nil {
+		t.Fatal(err)
+	}
+	// Per resource: info, up; the state sets (2 roles, 3 peer roles, 6 disk
+	// states, 7 peer disk states, 10 connection states); size, out of
+	// sync, writes in flight, clients; 4 resync gauges; resynced; 5 kinds
+	// of requests, 4 of bytes; errors; write seconds.
+	if n := testutil.CollectAndCount(NewCollector(twoResources)); n != 2*(2+2+3+6+7+10+4+4+1+5+4+1+1) {
+		t.Fatalf("%d series", n)
+	}
+}
+
+func TestCollectorNoResources(t *testing.T) {
+	if n := testutil.CollectAndCount(NewCollector(fixed{})); n != 0 {
+		t.Fatalf("%d series without resources", n)
+	}
+}
+
+func TestHandler(t *testing.T) {
+	srv := httptest.NewServer(Handler(twoResources, "1.2.3"))
+	defer srv.Close()
+	resp, err := http.Get(srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("%s: %s", resp.Status, body)
+	}
+	for _, want := range []string{`rbd_nbd_build_info{version="1.2.3"} 1`, `rbd_nbd_role{resource="r0",role="Primary"} 1`,
+		"go_goroutines ", "process_cpu_seconds_total "} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("no %q in the scrape", want)
+		}
+	}
+}
