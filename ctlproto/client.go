@@ -209,13 +209,31 @@ func (c *Client) Hello(ctx context.Context, version string) (HelloInfo, error) {
 // Status returns the status of the named resource, or of all when name is
 // "".
 func (c *Client) Status(ctx context.Context, name string) ([]resource.Status, error) {
-	r, err := c.Call(ctx, MsgStatus, nameArg(name))
+	return c.status(ctx, name, false)
+}
+
+// Statistics is Status with each resource's statistics (IO). A daemon
+// older than protocol 1.2 refuses with UNKNOWN_MANDATORY_TAG naming
+// TagStatistics.
+func (c *Client) Statistics(ctx context.Context, name string) ([]resource.Status, error) {
+	return c.status(ctx, name, true)
+}
+
+func (c *Client) status(ctx context.Context, name string, stats bool) ([]resource.Status, error) {
+	body := nameArg(name)
+	if stats {
+		body = append(body, Flag(TagStatistics, true).AsMandatory())
+	}
+	r, err := c.Call(ctx, MsgStatus, body)
 	if err != nil {
 		return nil, err
 	}
 	var out []resource.Status
 	for e := range r.Body.All(TagStatus) {
 		st, _ := DecodeStatus(e.List())
+		if stats {
+			st.IO, _ = DecodeStatistics(e.List())
+		}
 		out = append(out, st)
 	}
 	return out, nil

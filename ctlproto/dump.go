@@ -4,6 +4,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
+	"math"
 	"strconv"
 	"strings"
 	"time"
@@ -110,6 +111,8 @@ func valueText(e Entry, t *Tag) string {
 			return s + " (" + MillisToDuration(e.num).String() + ")"
 		case UnitUnixNano:
 			return s + " (" + time.Unix(0, int64(e.num)).UTC().Format(TimeFormat) + ")"
+		case UnitNanos:
+			return s + " (" + time.Duration(min(e.num, math.MaxInt64)).String() + ")"
 		}
 		return s
 	case TypeS64:

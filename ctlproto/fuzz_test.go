@@ -154,6 +154,7 @@ func FuzzDecodeFrame(f *testing.F) {
 			DecodeHello(res.Body)
 			for e := range res.Body.All(TagStatus) {
 				DecodeStatus(e.List())
+				DecodeStatistics(e.List())
 			}
 		}
 	})

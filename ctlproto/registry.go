@@ -41,9 +41,10 @@ const (
 	UnitMillis        // a duration in milliseconds
 	UnitBytes         // a size in bytes
 	UnitUnixNano      // a point in time: nanoseconds since 1970-01-01 UTC
+	UnitNanos         // a duration in nanoseconds (added in 1.2)
 )
 
-var unitNames = [...]string{"-", "ms", "bytes", "unix-ns"}
+var unitNames = [...]string{"-", "ms", "bytes", "unix-ns", "ns"}
 
 func (u Unit) String() string {
 	if int(u) < len(unitNames) {

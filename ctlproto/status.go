@@ -236,7 +236,59 @@ func FieldText(st resource.Status, f StatusField) string {
 
 // EncodeStatus returns a status section with the fields of st in set.
 func EncodeStatus(st resource.Status, set FieldSet) Entry {
-	l := make(List, 0, numStatusFields)
+	return Nested(TagStatus, statusFields(st, set)...)
+}
+
+// EncodeStatusStatistics returns a status section with the fields of st in
+// set and st's statistics section (status with statistics, 1.2).
+func EncodeStatusStatistics(st resource.Status, set FieldSet) Entry {
+	io := st.IO
+	var l List
+	for _, f := range statsFields(&io) {
+		l = append(l, U64(f.tag, *f.v))
+	}
+	return Nested(TagStatus, append(statusFields(st, set), Nested(TagStatusStatistics, l...))...)
+}
+
+// DecodeStatistics reads the statistics section of a status section; ok is
+// false when it has none (a status without statistics, or a 1.1 daemon).
+// Tags it does not know are skipped.
+func DecodeStatistics(status List) (io resource.IOStats, ok bool) {
+	e, ok := status.Find(TagStatusStatistics)
+	if !ok || e.Type != TypeList {
+		return io, false
+	}
+	fs := statsFields(&io)
+	for _, s := range e.List() {
+		for _, f := range fs {
+			if s.Tag == f.tag && s.Type == TypeU64 {
+				*f.v = s.Uint()
+			}
+		}
+	}
+	return io, true
+}
+
+// statsFields pairs the statistics tags with io's counters, in tag order.
+func statsFields(io *resource.IOStats) [11]struct {
+	tag uint16
+	v   *uint64
+} {
+	return [11]struct {
+		tag uint16
+		v   *uint64
+	}{
+		{TagStatsReads, &io.Reads}, {TagStatsReadBytes, &io.ReadBytes},
+		{TagStatsWrites, &io.Writes}, {TagStatsWrittenBytes, &io.WrittenBytes},
+		{TagStatsTrims, &io.Trims}, {TagStatsTrimmedBytes, &io.TrimmedBytes},
+		{TagStatsZeroes, &io.Zeroes}, {TagStatsZeroedBytes, &io.ZeroedBytes},
+		{TagStatsFlushes, &io.Flushes}, {TagStatsErrors, &io.Errors},
+		{TagStatsWriteTime, &io.WriteTime},
+	}
+}
+
+func statusFields(st resource.Status, set FieldSet) List {
+	l := make(List, 0, numStatusFields+1)
 	for f := FieldName; f < numStatusFields; f++ {
 		if !set.Has(f) {
 			continue
@@ -247,7 +299,7 @@ func EncodeStatus(st resource.Status, set FieldSet) Entry {
 		}
 		l = append(l, Entry{Tag: f.Tag(), Type: f.wireType(), num: statusValue(&st, f)})
 	}
-	return Nested(TagStatus, l...)
+	return l
 }
 
 // DecodeStatus reads a status section; it returns which fields it held.

@@ -161,6 +161,21 @@ const (
 	TagResourceLinkTLSCert uint16 = 141
 	TagResourceLinkTLSKey  uint16 = 142
 	TagNetTLSCA            uint16 = 143
+
+	// Added in 1.2: statistics in status replies, on request.
+	TagStatistics        uint16 = 144
+	TagStatusStatistics  uint16 = 145
+	TagStatsReads        uint16 = 146
+	TagStatsReadBytes    uint16 = 147
+	TagStatsWrites       uint16 = 148
+	TagStatsWrittenBytes uint16 = 149
+	TagStatsTrims        uint16 = 150
+	TagStatsTrimmedBytes uint16 = 151
+	TagStatsZeroes       uint16 = 152
+	TagStatsZeroedBytes  uint16 = 153
+	TagStatsFlushes      uint16 = 154
+	TagStatsErrors       uint16 = 155
+	TagStatsWriteTime    uint16 = 156
 )
 
 // enumNames lists String() of 0, 1, ... up to the first value whose name
@@ -180,7 +195,7 @@ func enumNames(name func(int) string) []string {
 // defaultTags declares every tag. Append new tags at the end with the next
 // free number and the new protocol minor as Since; retire, never delete.
 func defaultTags() []Tag {
-	const v1, v1_1 = "1.0", "1.1"
+	const v1, v1_1, v1_2 = "1.0", "1.1", "1.2"
 	roles := enumNames(func(i int) string { return resource.Role(i).String() })
 	disks := enumNames(func(i int) string { return resource.DiskState(i).String() })
 	conns := enumNames(func(i int) string { return resource.ConnState(i).String() })
@@ -301,6 +316,19 @@ func defaultTags() []Tag {
 		{Num: TagResourceLinkTLSCert, Name: "resource.link-tls-cert", Type: TypeString, Section: TagResource, Mandatory: true, Flag: "link-tls-cert", Since: v1_1, Doc: "PEM certificate of the local node for the peer link; it must carry the node's name."},
 		{Num: TagResourceLinkTLSKey, Name: "resource.link-tls-key", Type: TypeString, Section: TagResource, Mandatory: true, Flag: "link-tls-key", Since: v1_1, Doc: "PEM private key of link-tls-cert."},
 		{Num: TagNetTLSCA, Name: "net.tls-ca", Type: TypeString, Section: TagNet, Mandatory: true, Flag: "link-tls-ca", Since: v1_1, Doc: "PEM CA certificates that sign both nodes' link certificates; set: the peer link runs in TLS."},
+		{Num: TagStatistics, Name: "statistics", Type: TypeFlag, Mandatory: true, Flag: "statistics", Since: v1_2, Doc: "status: add each resource's statistics section."},
+		{Num: TagStatusStatistics, Name: "status.statistics", Type: TypeList, Section: TagStatus, Since: v1_2, Doc: "The I/O NBD clients asked of the resource since it came up (status with statistics only)."},
+		{Num: TagStatsReads, Name: "statistics.reads", Type: TypeU64, Section: TagStatusStatistics, Since: v1_2, Doc: "READ requests."},
+		{Num: TagStatsReadBytes, Name: "statistics.read-bytes", Type: TypeU64, Unit: UnitBytes, Section: TagStatusStatistics, Since: v1_2, Doc: "Bytes READ requests asked for."},
+		{Num: TagStatsWrites, Name: "statistics.writes", Type: TypeU64, Section: TagStatusStatistics, Since: v1_2, Doc: "WRITE requests."},
+		{Num: TagStatsWrittenBytes, Name: "statistics.written-bytes", Type: TypeU64, Unit: UnitBytes, Section: TagStatusStatistics, Since: v1_2, Doc: "Bytes of WRITE payload."},
+		{Num: TagStatsTrims, Name: "statistics.trims", Type: TypeU64, Section: TagStatusStatistics, Since: v1_2, Doc: "TRIM requests."},
+		{Num: TagStatsTrimmedBytes, Name: "statistics.trimmed-bytes", Type: TypeU64, Unit: UnitBytes, Section: TagStatusStatistics, Since: v1_2, Doc: "Bytes TRIM requests covered."},
+		{Num: TagStatsZeroes, Name: "statistics.zeroes", Type: TypeU64, Section: TagStatusStatistics, Since: v1_2, Doc: "WRITE_ZEROES requests."},
+		{Num: TagStatsZeroedBytes, Name: "statistics.zeroed-bytes", Type: TypeU64, Unit: UnitBytes, Section: TagStatusStatistics, Since: v1_2, Doc: "Bytes WRITE_ZEROES requests covered."},
+		{Num: TagStatsFlushes, Name: "statistics.flushes", Type: TypeU64, Section: TagStatusStatistics, Since: v1_2, Doc: "FLUSH requests."},
+		{Num: TagStatsErrors, Name: "statistics.errors", Type: TypeU64, Section: TagStatusStatistics, Since: v1_2, Doc: "Requests that failed."},
+		{Num: TagStatsWriteTime, Name: "statistics.write-time", Type: TypeU64, Unit: UnitNanos, Section: TagStatusStatistics, Since: v1_2, Doc: "Time WRITE, TRIM and WRITE_ZEROES requests took until acknowledged, summed."},
 	}
 }
 
@@ -315,7 +343,7 @@ func defaultMsgs() []MsgDef {
 	}
 	return []MsgDef{
 		{Type: MsgHello, Name: "hello", Request: true, Access: AccessRead, Accepts: []uint16{TagVersion}, Since: v1, Doc: "Exchange software and protocol versions."},
-		{Type: MsgStatus, Name: "status", Request: true, Access: AccessRead, Accepts: name, Since: v1, Doc: "Status of one resource (res-name) or all."},
+		{Type: MsgStatus, Name: "status", Request: true, Access: AccessRead, Accepts: []uint16{TagResName, TagStatistics}, Since: v1, Doc: "Status of one resource (res-name) or all; with statistics, each with its statistics section."},
 		{Type: MsgSubscribe, Name: "subscribe", Request: true, Access: AccessRead, Accepts: name, Since: v1, Doc: "Turn the connection into an event stream (optionally one resource's)."},
 		adm(MsgCreate, "create", cfg, "Create a resource from a full configuration; it stays down."),
 		adm(MsgChange, "change", with(cfg, TagIfGeneration, TagSetDefaults), "Change a resource's configuration: a transaction."),

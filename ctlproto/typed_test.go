@@ -235,6 +235,44 @@ func TestStatusRoundTrip(t *testing.T) {
 	}
 }
 
+func TestStatisticsRoundTrip(t *testing.T) {
+	reg := DefaultRegistry()
+	st := sampleStatus()
+	st.IO = resource.IOStats{Reads: 1, ReadBytes: 2, Writes: 3, WrittenBytes: 4, Trims: 5, TrimmedBytes: 6,
+		Zeroes: 7, ZeroedBytes: 8, Flushes: 9, Errors: 10, WriteTime: 1 << 40}
+	l, err := DecodeList(List{EncodeStatusStatistics(st, AllFields)}.Append(nil), DefaultLimits())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := reg.CheckReply(l); err != nil {
+		t.Fatal(err)
+	}
+	got, set := DecodeStatus(l[0].List())
+	io, ok := DecodeStatistics(l[0].List())
+	got.IO = io
+	if !ok || got != st || set != AllFields {
+		t.Fatalf("got %+v (%v, %b)\nwant %+v", got, ok, set, st)
+	}
+	// Without the section (plain status, a 1.1 daemon), or with a malformed
+	// one: no statistics; unknown and mistyped counters are skipped.
+	if _, ok := DecodeStatistics(EncodeStatus(st, AllFields).List()); ok {
+		t.Error("statistics in a plain status")
+	}
+	if _, ok := DecodeStatistics(List{U64(TagStatusStatistics, 1)}); ok {
+		t.Error("statistics from a u64")
+	}
+	io, ok = DecodeStatistics(List{Nested(TagStatusStatistics, U64(TagStatsReads, 4), U32(TagStatsWrites, 5), U64(999, 6))})
+	if !ok || io != (resource.IOStats{Reads: 4}) {
+		t.Errorf("partial statistics: %+v %v", io, ok)
+	}
+	// An old client's registry (1.1) skips the section as unknown optional.
+	old := DefaultRegistry().Without(TagStatusStatistics, TagStatsReads, TagStatsReadBytes, TagStatsWrites, TagStatsWrittenBytes,
+		TagStatsTrims, TagStatsTrimmedBytes, TagStatsZeroes, TagStatsZeroedBytes, TagStatsFlushes, TagStatsErrors, TagStatsWriteTime)
+	if _, err := old.CheckReply(l); err != nil {
+		t.Fatalf("a 1.1 client refuses a reply with statistics: %v", err)
+	}
+}
+
 func TestEventRoundTripAndText(t *testing.T) {
 	when := time.Date(2025, 1, 2, 3, 4, 5, 6000, time.UTC)
 	st := sampleStatus()

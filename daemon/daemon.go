@@ -296,10 +296,14 @@ func (d *Daemon) status(body ctlproto.List) ctlproto.Reply {
 	} else {
 		rs = d.sorted()
 	}
+	encode := ctlproto.EncodeStatus
+	if e, ok := body.Find(ctlproto.TagStatistics); ok && e.Bool() {
+		encode = ctlproto.EncodeStatusStatistics
+	}
 	var out ctlproto.List
 	for _, r := range rs {
 		if s := r.snap.Load(); s != nil {
-			out = append(out, ctlproto.EncodeStatus(statusOf(r.name, s), ctlproto.AllFields))
+			out = append(out, encode(statusOf(r.name, s), ctlproto.AllFields))
 		}
 	}
 	return ctlproto.Reply{Body: out}

@@ -586,3 +586,43 @@ func TestMonitor(t *testing.T) {
 		t.Fatalf("r1: %+v", r1)
 	}
 }
+
+// status with statistics carries each resource's counters; without, the
+// reply is what a 1.1 daemon sent. A daemon without statistics (1.1)
+// refuses the request by naming the tag.
+func TestStatusStatistics(t *testing.T) {
+	f := newFakeFactory()
+	e := start(t, Config{NewRuntime: f.New}, nil)
+	c := e.dial(t)
+	ctx := ctxT(t)
+	if _, err := c.Call(ctx, ctlproto.MsgUp, ctlproto.EncodeConfig(c.Registry(), minimalConfig("r0"))); err != nil {
+		t.Fatal(err)
+	}
+	io := resource.IOStats{Reads: 3, ReadBytes: 12288, Writes: 2, WrittenBytes: 8192, WriteTime: 5000}
+	f.mu.Lock()
+	rt := f.rts["r0"]
+	f.mu.Unlock()
+	rt.mu.Lock()
+	rt.st.IO = io
+	rt.mu.Unlock()
+	sts, err := c.Statistics(ctx, "r0")
+	if err != nil || len(sts) != 1 || sts[0].IO != io || sts[0].Disk != resource.DiskUpToDate {
+		t.Fatalf("statistics: %+v %v", sts, err)
+	}
+	r, err := c.Call(ctx, ctlproto.MsgStatus, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for st := range r.Body.All(ctlproto.TagStatus) {
+		if _, ok := ctlproto.DecodeStatistics(st.List()); ok {
+			t.Fatal("statistics in a plain status reply")
+		}
+	}
+
+	old := ctlproto.DefaultRegistry().Without(ctlproto.TagStatistics)
+	oe := start(t, Config{NewRuntime: newFakeFactory().New}, old)
+	_, err = oe.dial(t).Statistics(ctx, "")
+	if pe := wantCode(t, err, ctlproto.CodeUnknownMandatoryTag); len(pe.Tags) != 1 || pe.Tags[0] != ctlproto.TagStatistics {
+		t.Fatalf("old daemon: %+v", pe)
+	}
+}

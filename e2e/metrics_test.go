@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -99,6 +100,27 @@ func TestMetrics(t *testing.T) {
 	if s := a.get(t, "rbd_nbd_write_seconds_total"); s <= 0 {
 		t.Fatalf("write_seconds_total %v after writes", s)
 	}
+	// status --statistics counts the same requests.
+	var sts []struct {
+		Stats struct {
+			Reads        uint64 `json:"reads"`
+			ReadBytes    uint64 `json:"read-bytes"`
+			WrittenBytes uint64 `json:"written-bytes"`
+			Flushes      uint64 `json:"flushes"`
+			WriteTime    uint64 `json:"write-time-ns"`
+		} `json:"statistics"`
+	}
+	if err := json.Unmarshal([]byte(c.a.ctl("status", "r0", "--statistics", "--json")), &sts); err != nil || len(sts) != 1 {
+		t.Fatalf("status --statistics --json: %v", err)
+	}
+	if s := sts[0].Stats; s.ReadBytes != 64<<10 || s.WrittenBytes != 1<<20 || float64(s.Flushes) != a.get(t, "rbd_nbd_requests_total", "kind=flush") ||
+		float64(s.WriteTime)/1e9 != a.get(t, "rbd_nbd_write_seconds_total") {
+		t.Fatalf("statistics %+v disagree with the metrics", s)
+	}
+	if text := c.a.ctl("status", "r0", "-s"); !strings.Contains(text, "  bytes read:65536 written:1048576 trimmed:0 zeroed:0 write-latency:") {
+		t.Fatalf("status -s:\n%s", text)
+	}
+
 	// The Secondary served no NBD client; its state mirrors the Primary's.
 	check(c.b, b, 1, "rbd_nbd_role", "role=Secondary")
 	check(c.b, b, 1, "rbd_nbd_peer_role", "role=Primary")

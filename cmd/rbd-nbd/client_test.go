@@ -230,3 +230,31 @@ func TestCtlDecode(t *testing.T) {
 		t.Fatalf("truncated: %v", err)
 	}
 }
+
+// status --statistics needs a 1.2 daemon: an older one refuses it by name,
+// and plain status still works there.
+func TestStatisticsOldDaemon(t *testing.T) {
+	old := ctlproto.DefaultRegistry().Without(ctlproto.TagStatistics)
+	sock := serveDaemon(t, old, "1.1.0")
+	mustRun(t, sock, createArgs...)
+	_, _, err := run(t, sock, "status", "--statistics")
+	if err == nil || !strings.Contains(err.Error(), "the daemon (version 1.1.0) does not support --statistics (tag 144)") {
+		t.Fatalf("status --statistics on a 1.1 daemon: %v", err)
+	}
+	if out := mustRun(t, sock, "status"); !strings.HasPrefix(out, "r0 role:Secondary") {
+		t.Fatalf("status: %q", out)
+	}
+}
+
+func TestStatisticsOutput(t *testing.T) {
+	sock := serveDaemon(t, ctlproto.DefaultRegistry(), "1.2.0")
+	mustRun(t, sock, createArgs...)
+	out := mustRun(t, sock, "status", "r0", "-s")
+	if !strings.Contains(out, "\n  requests read:0 write:0 trim:0 zero:0 flush:0 errors:0\n  bytes read:0 written:0 trimmed:0 zeroed:0\n") {
+		t.Fatalf("status -s: %q", out)
+	}
+	out = mustRun(t, sock, "status", "r0", "--statistics", "--json")
+	if !strings.HasSuffix(out, `,"statistics":{"reads":0,"read-bytes":0,"writes":0,"written-bytes":0,"trims":0,"trimmed-bytes":0,"zeroes":0,"zeroed-bytes":0,"flushes":0,"errors":0,"write-time-ns":0}}]`+"\n") {
+		t.Fatalf("status --statistics --json: %q", out)
+	}
+}

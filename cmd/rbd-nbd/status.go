@@ -15,10 +15,10 @@ import (
 )
 
 func newStatusCmd(g *globalOptions) *cobra.Command {
-	var asJSON bool
+	var asJSON, stats bool
 	var watch time.Duration
 	cmd := &cobra.Command{
-		Use:   "status [RESOURCE] [--json] [--watch[=1s]]",
+		Use:   "status [RESOURCE] [--json] [--statistics] [--watch[=1s]]",
 		Short: "Show the status of one resource or of all",
 		Args:  cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -32,7 +32,11 @@ func newStatusCmd(g *globalOptions) *cobra.Command {
 			}
 			return withClient(cmd.Context(), g, timeout, func(ctx context.Context, c *ctlproto.Client) error {
 				for {
-					sts, err := c.Status(ctx, name)
+					get := c.Status
+					if stats {
+						get = c.Statistics
+					}
+					sts, err := get(ctx, name)
 					if err != nil {
 						return err
 					}
@@ -43,12 +47,15 @@ func newStatusCmd(g *globalOptions) *cobra.Command {
 						fmt.Fprintf(out, "every %v: rbd-nbd status %s    %s\n\n", watch, name, time.Now().Format(time.TimeOnly))
 					}
 					if asJSON {
-						if err := writeStatusJSON(out, sts); err != nil {
+						if err := writeStatusJSON(out, sts, stats); err != nil {
 							return err
 						}
 					} else {
 						for _, st := range sts {
 							writeStatusText(out, st)
+							if stats {
+								writeStatisticsText(out, st.IO)
+							}
 						}
 					}
 					if watch <= 0 {
@@ -64,14 +71,15 @@ func newStatusCmd(g *globalOptions) *cobra.Command {
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print a JSON array, one object per resource")
+	cmd.Flags().BoolVarP(&stats, "statistics", "s", false, "also show the requests NBD clients made since the resource came up (daemon 1.2 or later)")
 	cmd.Flags().DurationVar(&watch, "watch", 0, "print again every interval (e.g. 1s) until interrupted")
 	cmd.Flags().Lookup("watch").NoOptDefVal = "1s"
 	return cmd
 }
 
 // statusJSON renders one status as a JSON object with the event keys, in
-// tag order.
-func statusJSON(st resource.Status) []byte {
+// tag order; with stats, a "statistics" object last.
+func statusJSON(st resource.Status, stats bool) []byte {
 	var b bytes.Buffer
 	b.WriteByte('{')
 	for f := ctlproto.FieldName; ctlproto.AllFields.Has(f); f++ {
@@ -84,18 +92,50 @@ func statusJSON(st resource.Status) []byte {
 		b.WriteByte(':')
 		b.Write(v)
 	}
+	if stats {
+		v, _ := json.Marshal(statisticsJSON(st.IO))
+		b.WriteString(`,"statistics":`)
+		b.Write(v)
+	}
 	b.WriteByte('}')
 	return b.Bytes()
 }
 
-func writeStatusJSON(w io.Writer, sts []resource.Status) error {
+// statisticsJSON has the keys of the statistics tags (statistics.reads ...).
+type statisticsJSON struct {
+	Reads        uint64 `json:"reads"`
+	ReadBytes    uint64 `json:"read-bytes"`
+	Writes       uint64 `json:"writes"`
+	WrittenBytes uint64 `json:"written-bytes"`
+	Trims        uint64 `json:"trims"`
+	TrimmedBytes uint64 `json:"trimmed-bytes"`
+	Zeroes       uint64 `json:"zeroes"`
+	ZeroedBytes  uint64 `json:"zeroed-bytes"`
+	Flushes      uint64 `json:"flushes"`
+	Errors       uint64 `json:"errors"`
+	WriteTime    uint64 `json:"write-time-ns"`
+}
+
+// writeStatisticsText prints the counters under a resource's status, as
+// drbdsetup status --statistics does under each object.
+func writeStatisticsText(w io.Writer, s resource.IOStats) {
+	fmt.Fprintf(w, "  requests read:%d write:%d trim:%d zero:%d flush:%d errors:%d\n",
+		s.Reads, s.Writes, s.Trims, s.Zeroes, s.Flushes, s.Errors)
+	fmt.Fprintf(w, "  bytes read:%d written:%d trimmed:%d zeroed:%d", s.ReadBytes, s.WrittenBytes, s.TrimmedBytes, s.ZeroedBytes)
+	if n := s.Writes + s.Trims + s.Zeroes; n > 0 {
+		fmt.Fprintf(w, " write-latency:%v", (time.Duration(s.WriteTime/n) * time.Nanosecond).Round(time.Microsecond))
+	}
+	fmt.Fprintln(w)
+}
+
+func writeStatusJSON(w io.Writer, sts []resource.Status, stats bool) error {
 	var b bytes.Buffer
 	b.WriteByte('[')
 	for i, st := range sts {
 		if i > 0 {
 			b.WriteByte(',')
 		}
-		b.Write(statusJSON(st))
+		b.Write(statusJSON(st, stats))
 	}
 	b.WriteString("]\n")
 	_, err := w.Write(b.Bytes())
