@@ -52,6 +52,8 @@ type cluster struct {
 	dir  string
 	a, b *node
 	size int64
+	// proxy relays node a's link to node b (clusterOptions.proxy).
+	proxy *proxy
 }
 
 // clusterOptions tune newCluster.
@@ -72,6 +74,9 @@ type clusterOptions struct {
 	nodeA, nodeB string
 	// metrics makes the daemons serve Prometheus metrics (node.metricsPort).
 	metrics bool
+	// proxy puts a relay (cluster.proxy) between the nodes: node a reaches
+	// node b through it.
+	proxy bool
 }
 
 // newCluster creates meta-data on two blank disks, starts both daemons,
@@ -92,6 +97,9 @@ func newCluster(t *testing.T, o clusterOptions) *cluster {
 	if o.metrics {
 		c.a.metricsPort, c.b.metricsPort = ports[4], ports[5]
 	}
+	if o.proxy {
+		c.proxy = startProxy(t, fmt.Sprintf("127.0.0.1:%d", peerB))
+	}
 	for _, n := range []*node{c.a, c.b} {
 		n.socket = filepath.Join(dir, n.name+".sock")
 		n.disk = filepath.Join(dir, n.name+".img")
@@ -106,7 +114,11 @@ func newCluster(t *testing.T, o clusterOptions) *cluster {
 			extra = o.yamlB
 		}
 		n.config = filepath.Join(dir, n.name+".yaml")
-		writeResourceFile(t, n.config, peerA, peerB, c.a.nbdPort, c.b.nbdPort, c.a.disk, o.nodeA, o.nodeB, extra)
+		dialB := peerB // where this node's file says node b is
+		if n == c.a && c.proxy != nil {
+			dialB = c.proxy.port()
+		}
+		writeResourceFile(t, n.config, peerA, dialB, c.a.nbdPort, c.b.nbdPort, c.a.disk, o.nodeA, o.nodeB, extra)
 		n.start()
 	}
 	c.a.up()

@@ -1,0 +1,92 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestChaos: verified writes run on the Primary while, over and over, the
+// link is cut under the daemons (a relay resets the connection), the
+// Secondary is killed and restarted, and the administrator disconnects and
+// reconnects; each fault lands wherever the previous recovery left off
+// (handshake, resync, or plain replication). The Primary must never fail
+// a write, every write must read back, and once the faults stop both
+// replicas must be identical.
+func TestChaos(t *testing.T) {
+	RequireTools(t, "fio")
+	c := newCluster(t, clusterOptions{size: 96 << 20, proxy: true, yaml: "resync:\n  rate: 32M\n"})
+	// About 10 s of writes: 4-16 KiB, 300 a second, over 32 MiB, each
+	// block written once and read back at the end.
+	job := fmt.Sprintf(`[global]
+ioengine=nbd
+uri=%s
+iodepth=8
+verify=crc32c
+verify_fatal=1
+verify_state_save=0
+do_verify=1
+[chaos]
+rw=randwrite
+bsrange=4k-16k
+rate_iops=300
+size=32m
+`, c.a.uri())
+	jf := filepath.Join(c.dir, "chaos.fio")
+	if err := os.WriteFile(jf, []byte(job), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	fio := StartProcess(t, "fio", "--directory="+c.dir, jf)
+
+	linked := func(s nodeStatus) bool {
+		return s.Conn == "Connected" || s.Conn == "SyncSource" || s.Conn == "PausedSyncS"
+	}
+	faults := map[string]int{}
+	deadline := time.Now().Add(2 * time.Minute)
+	for i := 0; ; i++ {
+		select {
+		case <-fio.Done():
+		default:
+			if time.Now().Before(deadline) {
+				switch i % 3 {
+				case 0:
+					// Wait for the node to dial again: its status may
+					// not show the cut yet.
+					n := c.proxy.accepted.Load()
+					if c.proxy.cut() > 0 {
+						faults["link cut"]++
+						WaitFor(t, 60*time.Second, "node a to dial again", func() bool { return c.proxy.accepted.Load() > n })
+					}
+				case 1:
+					c.b.kill()
+					c.a.wait("the peer gone", 30*time.Second, func(s nodeStatus) bool { return s.Conn == "Connecting" })
+					c.b.start()
+					c.b.up()
+					faults["secondary killed"]++
+				case 2:
+					c.a.ctl("disconnect", "r0")
+					c.a.ctl("connect", "r0")
+					faults["disconnect, connect"]++
+				}
+				c.a.wait("the link back", 60*time.Second, linked)
+				continue
+			}
+		}
+		break
+	}
+	if err := fio.Wait(3 * time.Minute); err != nil {
+		t.Fatalf("fio failed after %v: %v\n%s", faults, err, fio.Output())
+	}
+	if out := fio.Output(); strings.Contains(out, "verify: bad") || strings.Contains(out, "err=") && !strings.Contains(out, "err= 0") {
+		t.Fatalf("fio reported errors after %v:\n%s", faults, out)
+	}
+	c.waitSynced()
+	c.compare()
+	t.Logf("faults: %v", faults)
+	if len(faults) < 3 {
+		t.Fatalf("not every kind of fault happened while fio ran: %v", faults)
+	}
+}
