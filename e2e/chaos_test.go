@@ -15,10 +15,19 @@ import (
 // reconnects; each fault lands wherever the previous recovery left off
 // (handshake, resync, or plain replication). The Primary must never fail
 // a write, every write must read back, and once the faults stop both
-// replicas must be identical.
+// replicas must be identical. Protocols A and B, which acknowledge before
+// the peer's disk has the write and so record a failed copy after the
+// fact, go through it too.
 func TestChaos(t *testing.T) {
 	RequireTools(t, "fio")
-	c := newCluster(t, clusterOptions{size: 96 << 20, proxy: true, yaml: "resync:\n  rate: 32M\n"})
+	for _, proto := range []string{"C", "A", "B"} {
+		t.Run("protocol "+proto, func(t *testing.T) { chaos(t, proto) })
+	}
+}
+
+func chaos(t *testing.T, proto string) {
+	net := "net:\n  protocol: " + proto + "\n  ping-interval: 1s\n  ping-timeout: 5s\n  connect-timeout: 5s\n"
+	c := newCluster(t, clusterOptions{size: 96 << 20, proxy: true, yaml: net + "resync:\n  rate: 32M\n"})
 	// About 10 s of writes: 4-16 KiB, 300 a second, over 32 MiB, each
 	// block written once and read back at the end.
 	job := fmt.Sprintf(`[global]
