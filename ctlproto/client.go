@@ -232,7 +232,7 @@ func (c *Client) status(ctx context.Context, name string, stats bool) ([]resourc
 	for e := range r.Body.All(TagStatus) {
 		st, _ := DecodeStatus(e.List())
 		if stats {
-			st.IO, _ = DecodeStatistics(e.List())
+			DecodeStatistics(e.List(), &st)
 		}
 		out = append(out, st)
 	}

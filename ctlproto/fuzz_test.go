@@ -153,8 +153,8 @@ func FuzzDecodeFrame(f *testing.F) {
 			DecodeError(res.Body)
 			DecodeHello(res.Body)
 			for e := range res.Body.All(TagStatus) {
-				DecodeStatus(e.List())
-				DecodeStatistics(e.List())
+				st, _ := DecodeStatus(e.List())
+				DecodeStatistics(e.List(), &st)
 			}
 		}
 	})

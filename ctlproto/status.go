@@ -242,23 +242,23 @@ func EncodeStatus(st resource.Status, set FieldSet) Entry {
 // EncodeStatusStatistics returns a status section with the fields of st in
 // set and st's statistics section (status with statistics, 1.2).
 func EncodeStatusStatistics(st resource.Status, set FieldSet) Entry {
-	io := st.IO
 	var l List
-	for _, f := range statsFields(&io) {
+	for _, f := range statsFields(&st) {
 		l = append(l, U64(f.tag, *f.v))
 	}
 	return Nested(TagStatus, append(statusFields(st, set), Nested(TagStatusStatistics, l...))...)
 }
 
-// DecodeStatistics reads the statistics section of a status section; ok is
-// false when it has none (a status without statistics, or a 1.1 daemon).
-// Tags it does not know are skipped.
-func DecodeStatistics(status List) (io resource.IOStats, ok bool) {
+// DecodeStatistics reads the statistics section of a status section into
+// st's IO, Link and Meta; it reports false when there is none (a status
+// without statistics, or from a 1.1 daemon). Tags it does not know are
+// skipped.
+func DecodeStatistics(status List, st *resource.Status) bool {
 	e, ok := status.Find(TagStatusStatistics)
 	if !ok || e.Type != TypeList {
-		return io, false
+		return false
 	}
-	fs := statsFields(&io)
+	fs := statsFields(st)
 	for _, s := range e.List() {
 		for _, f := range fs {
 			if s.Tag == f.tag && s.Type == TypeU64 {
@@ -266,24 +266,27 @@ func DecodeStatistics(status List) (io resource.IOStats, ok bool) {
 			}
 		}
 	}
-	return io, true
+	return true
 }
 
-// statsFields pairs the statistics tags with io's counters, in tag order.
-func statsFields(io *resource.IOStats) [11]struct {
+type statsField struct {
 	tag uint16
 	v   *uint64
-} {
-	return [11]struct {
-		tag uint16
-		v   *uint64
-	}{
+}
+
+// statsFields pairs the statistics tags with st's counters, in tag order.
+func statsFields(st *resource.Status) []statsField {
+	io, link, meta := &st.IO, &st.Link, &st.Meta
+	return []statsField{
 		{TagStatsReads, &io.Reads}, {TagStatsReadBytes, &io.ReadBytes},
 		{TagStatsWrites, &io.Writes}, {TagStatsWrittenBytes, &io.WrittenBytes},
 		{TagStatsTrims, &io.Trims}, {TagStatsTrimmedBytes, &io.TrimmedBytes},
 		{TagStatsZeroes, &io.Zeroes}, {TagStatsZeroedBytes, &io.ZeroedBytes},
 		{TagStatsFlushes, &io.Flushes}, {TagStatsErrors, &io.Errors},
 		{TagStatsWriteTime, &io.WriteTime},
+		{TagStatsLinkConnects, &link.Connects}, {TagStatsLinkSentBytes, &link.SentBytes},
+		{TagStatsLinkReceivedBytes, &link.ReceivedBytes}, {TagStatsPingRTT, &link.PingRTT},
+		{TagStatsALWrites, &meta.ALWrites}, {TagStatsBitmapWrites, &meta.BitmapWrites},
 	}
 }
 

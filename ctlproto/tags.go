@@ -163,19 +163,25 @@ const (
 	TagNetTLSCA            uint16 = 143
 
 	// Added in 1.2: statistics in status replies, on request.
-	TagStatistics        uint16 = 144
-	TagStatusStatistics  uint16 = 145
-	TagStatsReads        uint16 = 146
-	TagStatsReadBytes    uint16 = 147
-	TagStatsWrites       uint16 = 148
-	TagStatsWrittenBytes uint16 = 149
-	TagStatsTrims        uint16 = 150
-	TagStatsTrimmedBytes uint16 = 151
-	TagStatsZeroes       uint16 = 152
-	TagStatsZeroedBytes  uint16 = 153
-	TagStatsFlushes      uint16 = 154
-	TagStatsErrors       uint16 = 155
-	TagStatsWriteTime    uint16 = 156
+	TagStatistics             uint16 = 144
+	TagStatusStatistics       uint16 = 145
+	TagStatsReads             uint16 = 146
+	TagStatsReadBytes         uint16 = 147
+	TagStatsWrites            uint16 = 148
+	TagStatsWrittenBytes      uint16 = 149
+	TagStatsTrims             uint16 = 150
+	TagStatsTrimmedBytes      uint16 = 151
+	TagStatsZeroes            uint16 = 152
+	TagStatsZeroedBytes       uint16 = 153
+	TagStatsFlushes           uint16 = 154
+	TagStatsErrors            uint16 = 155
+	TagStatsWriteTime         uint16 = 156
+	TagStatsLinkConnects      uint16 = 157
+	TagStatsLinkSentBytes     uint16 = 158
+	TagStatsLinkReceivedBytes uint16 = 159
+	TagStatsPingRTT           uint16 = 160
+	TagStatsALWrites          uint16 = 161
+	TagStatsBitmapWrites      uint16 = 162
 )
 
 // enumNames lists String() of 0, 1, ... up to the first value whose name
@@ -317,7 +323,7 @@ func defaultTags() []Tag {
 		{Num: TagResourceLinkTLSKey, Name: "resource.link-tls-key", Type: TypeString, Section: TagResource, Mandatory: true, Flag: "link-tls-key", Since: v1_1, Doc: "PEM private key of link-tls-cert."},
 		{Num: TagNetTLSCA, Name: "net.tls-ca", Type: TypeString, Section: TagNet, Mandatory: true, Flag: "link-tls-ca", Since: v1_1, Doc: "PEM CA certificates that sign both nodes' link certificates; set: the peer link runs in TLS."},
 		{Num: TagStatistics, Name: "statistics", Type: TypeFlag, Mandatory: true, Flag: "statistics", Since: v1_2, Doc: "status: add each resource's statistics section."},
-		{Num: TagStatusStatistics, Name: "status.statistics", Type: TypeList, Section: TagStatus, Since: v1_2, Doc: "The I/O NBD clients asked of the resource since it came up (status with statistics only)."},
+		{Num: TagStatusStatistics, Name: "status.statistics", Type: TypeList, Section: TagStatus, Since: v1_2, Doc: "Counters since the resource came up: NBD requests, peer links, meta-data writes (status with statistics only)."},
 		{Num: TagStatsReads, Name: "statistics.reads", Type: TypeU64, Section: TagStatusStatistics, Since: v1_2, Doc: "READ requests."},
 		{Num: TagStatsReadBytes, Name: "statistics.read-bytes", Type: TypeU64, Unit: UnitBytes, Section: TagStatusStatistics, Since: v1_2, Doc: "Bytes READ requests asked for."},
 		{Num: TagStatsWrites, Name: "statistics.writes", Type: TypeU64, Section: TagStatusStatistics, Since: v1_2, Doc: "WRITE requests."},
@@ -329,6 +335,12 @@ func defaultTags() []Tag {
 		{Num: TagStatsFlushes, Name: "statistics.flushes", Type: TypeU64, Section: TagStatusStatistics, Since: v1_2, Doc: "FLUSH requests."},
 		{Num: TagStatsErrors, Name: "statistics.errors", Type: TypeU64, Section: TagStatusStatistics, Since: v1_2, Doc: "Requests that failed."},
 		{Num: TagStatsWriteTime, Name: "statistics.write-time", Type: TypeU64, Unit: UnitNanos, Section: TagStatusStatistics, Since: v1_2, Doc: "Time WRITE, TRIM and WRITE_ZEROES requests took until acknowledged, summed."},
+		{Num: TagStatsLinkConnects, Name: "statistics.link-connects", Type: TypeU64, Section: TagStatusStatistics, Since: v1_2, Doc: "Peer links established."},
+		{Num: TagStatsLinkSentBytes, Name: "statistics.link-sent-bytes", Type: TypeU64, Unit: UnitBytes, Section: TagStatusStatistics, Since: v1_2, Doc: "Bytes sent on peer links (under TLS, before encryption)."},
+		{Num: TagStatsLinkReceivedBytes, Name: "statistics.link-received-bytes", Type: TypeU64, Unit: UnitBytes, Section: TagStatusStatistics, Since: v1_2, Doc: "Bytes received on peer links (under TLS, after decryption)."},
+		{Num: TagStatsPingRTT, Name: "statistics.ping-rtt", Type: TypeU64, Unit: UnitNanos, Section: TagStatusStatistics, Since: v1_2, Doc: "Round trip of the current link's last ping; 0 without a link."},
+		{Num: TagStatsALWrites, Name: "statistics.al-writes", Type: TypeU64, Section: TagStatusStatistics, Since: v1_2, Doc: "Activity-log transactions written."},
+		{Num: TagStatsBitmapWrites, Name: "statistics.bitmap-writes", Type: TypeU64, Section: TagStatusStatistics, Since: v1_2, Doc: "Bitmap pages written."},
 	}
 }
 

@@ -240,6 +240,8 @@ func TestStatisticsRoundTrip(t *testing.T) {
 	st := sampleStatus()
 	st.IO = resource.IOStats{Reads: 1, ReadBytes: 2, Writes: 3, WrittenBytes: 4, Trims: 5, TrimmedBytes: 6,
 		Zeroes: 7, ZeroedBytes: 8, Flushes: 9, Errors: 10, WriteTime: 1 << 40}
+	st.Link = resource.LinkStats{Connects: 11, SentBytes: 12, ReceivedBytes: 13, PingRTT: 14}
+	st.Meta = resource.MetaStats{ALWrites: 15, BitmapWrites: 16}
 	l, err := DecodeList(List{EncodeStatusStatistics(st, AllFields)}.Append(nil), DefaultLimits())
 	if err != nil {
 		t.Fatal(err)
@@ -248,26 +250,28 @@ func TestStatisticsRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 	got, set := DecodeStatus(l[0].List())
-	io, ok := DecodeStatistics(l[0].List())
-	got.IO = io
+	ok := DecodeStatistics(l[0].List(), &got)
 	if !ok || got != st || set != AllFields {
 		t.Fatalf("got %+v (%v, %b)\nwant %+v", got, ok, set, st)
 	}
 	// Without the section (plain status, a 1.1 daemon), or with a malformed
 	// one: no statistics; unknown and mistyped counters are skipped.
-	if _, ok := DecodeStatistics(EncodeStatus(st, AllFields).List()); ok {
+	var none resource.Status
+	if DecodeStatistics(EncodeStatus(st, AllFields).List(), &none) {
 		t.Error("statistics in a plain status")
 	}
-	if _, ok := DecodeStatistics(List{U64(TagStatusStatistics, 1)}); ok {
+	if DecodeStatistics(List{U64(TagStatusStatistics, 1)}, &none) {
 		t.Error("statistics from a u64")
 	}
-	io, ok = DecodeStatistics(List{Nested(TagStatusStatistics, U64(TagStatsReads, 4), U32(TagStatsWrites, 5), U64(999, 6))})
-	if !ok || io != (resource.IOStats{Reads: 4}) {
-		t.Errorf("partial statistics: %+v %v", io, ok)
+	var part resource.Status
+	ok = DecodeStatistics(List{Nested(TagStatusStatistics, U64(TagStatsReads, 4), U32(TagStatsWrites, 5), U64(999, 6), U64(TagStatsBitmapWrites, 7))}, &part)
+	if !ok || part.IO != (resource.IOStats{Reads: 4}) || part.Meta.BitmapWrites != 7 {
+		t.Errorf("partial statistics: %+v %v", part, ok)
 	}
 	// An old client's registry (1.1) skips the section as unknown optional.
 	old := DefaultRegistry().Without(TagStatusStatistics, TagStatsReads, TagStatsReadBytes, TagStatsWrites, TagStatsWrittenBytes,
-		TagStatsTrims, TagStatsTrimmedBytes, TagStatsZeroes, TagStatsZeroedBytes, TagStatsFlushes, TagStatsErrors, TagStatsWriteTime)
+		TagStatsTrims, TagStatsTrimmedBytes, TagStatsZeroes, TagStatsZeroedBytes, TagStatsFlushes, TagStatsErrors, TagStatsWriteTime,
+		TagStatsLinkConnects, TagStatsLinkSentBytes, TagStatsLinkReceivedBytes, TagStatsPingRTT, TagStatsALWrites, TagStatsBitmapWrites)
 	if _, err := old.CheckReply(l); err != nil {
 		t.Fatalf("a 1.1 client refuses a reply with statistics: %v", err)
 	}

@@ -614,7 +614,7 @@ func TestStatusStatistics(t *testing.T) {
 		t.Fatal(err)
 	}
 	for st := range r.Body.All(ctlproto.TagStatus) {
-		if _, ok := ctlproto.DecodeStatistics(st.List()); ok {
+		if ctlproto.DecodeStatistics(st.List(), new(resource.Status)) {
 			t.Fatal("statistics in a plain status reply")
 		}
 	}

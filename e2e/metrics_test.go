@@ -100,6 +100,20 @@ func TestMetrics(t *testing.T) {
 	if s := a.get(t, "rbd_nbd_write_seconds_total"); s <= 0 {
 		t.Fatalf("write_seconds_total %v after writes", s)
 	}
+	check(c.a, a, 1, "rbd_nbd_link_connects_total")
+	if sent := a.get(t, "rbd_nbd_link_bytes_total", "direction=sent"); sent < 1<<20 {
+		t.Fatalf("link sent %v bytes, less than the 1 MiB written", sent)
+	}
+	if got := b.get(t, "rbd_nbd_link_bytes_total", "direction=received"); got < 1<<20 {
+		t.Fatalf("node b received %v bytes on the link", got)
+	}
+	if n := a.get(t, "rbd_nbd_al_writes_total"); n < 1 {
+		t.Fatalf("al_writes_total %v after writes to cold extents", n)
+	}
+	WaitFor(t, 30*time.Second, "a ping round trip", func() bool {
+		return c.a.scrape().get(t, "rbd_nbd_link_ping_rtt_seconds") > 0
+	})
+
 	// status --statistics counts the same requests.
 	var sts []struct {
 		Stats struct {
@@ -145,6 +159,7 @@ func TestMetrics(t *testing.T) {
 	a = c.a.scrape()
 	check(c.a, a, 0, "rbd_nbd_out_of_sync_bytes")
 	check(c.a, a, 1, "rbd_nbd_connection_state", "state=Connected")
+	check(c.a, a, 2, "rbd_nbd_link_connects_total")
 	if moved := a.get(t, "rbd_nbd_resynced_bytes_total"); moved < 256<<10 {
 		t.Fatalf("resynced_bytes_total %v, want at least the 256 KiB written meanwhile", moved)
 	}

@@ -50,6 +50,8 @@ type Collector struct {
 	syncDone, syncTotal, syncRate, syncETA *prometheus.Desc
 	resynced                               *prometheus.Desc
 	requests, bytes, errors, writeSeconds  *prometheus.Desc
+	connects, linkBytes, pingRTT           *prometheus.Desc
+	alWrites, bitmapWrites                 *prometheus.Desc
 }
 
 // NewCollector returns a collector of src's resources.
@@ -80,6 +82,11 @@ func NewCollector(src Source) *Collector {
 		bytes:        d("request_bytes_total", "Bytes read, written, trimmed or zeroed by NBD requests since the resource came up.", "kind"),
 		errors:       d("request_errors_total", "NBD requests that failed since the resource came up."),
 		writeSeconds: d("write_seconds_total", "Time writes, trims and zeroes took until acknowledged, summed: over their count, the mean write latency."),
+		connects:     d("link_connects_total", "Peer links established since the resource came up: more than one per outage means a flapping link."),
+		linkBytes:    d("link_bytes_total", "Bytes moved on peer links since the resource came up (under TLS, before encryption).", "direction"),
+		pingRTT:      d("link_ping_rtt_seconds", "Round trip of the current peer link's last ping (0 without a link)."),
+		alWrites:     d("al_writes_total", "Activity-log transactions: synchronous meta-data writes on the write path, one per write to a cold 4 MiB extent."),
+		bitmapWrites: d("bitmap_writes_total", "Bitmap pages written to the meta-data."),
 	}
 }
 
@@ -87,7 +94,8 @@ func NewCollector(src Source) *Collector {
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.info, c.up, c.role, c.peerRole, c.disk, c.peerDisk, c.conn,
 		c.size, c.outOfSync, c.inFlight, c.clients, c.syncDone, c.syncTotal, c.syncRate, c.syncETA,
-		c.resynced, c.requests, c.bytes, c.errors, c.writeSeconds} {
+		c.resynced, c.requests, c.bytes, c.errors, c.writeSeconds, c.connects, c.linkBytes, c.pingRTT,
+		c.alWrites, c.bitmapWrites} {
 		ch <- d
 	}
 }
@@ -136,6 +144,12 @@ func (c *Collector) collect(ch chan<- prometheus.Metric, m daemon.Monitored) {
 	counter(c.bytes, io.ZeroedBytes, "zero")
 	counter(c.errors, io.Errors)
 	ch <- prometheus.MustNewConstMetric(c.writeSeconds, prometheus.CounterValue, float64(io.WriteTime)/1e9, name)
+	counter(c.connects, st.Link.Connects)
+	counter(c.linkBytes, st.Link.SentBytes, "sent")
+	counter(c.linkBytes, st.Link.ReceivedBytes, "received")
+	gauge(c.pingRTT, float64(st.Link.PingRTT)/1e9)
+	counter(c.alWrites, st.Meta.ALWrites)
+	counter(c.bitmapWrites, st.Meta.BitmapWrites)
 }
 
 // stateSet sends one series per state in all, 1 for cur.

@@ -28,6 +28,8 @@ var twoResources = fixed{
 			ResyncedBytes: 5 << 20, WritesInFlight: 2, NBDConnections: 1,
 			IO: resource.IOStats{Reads: 10, ReadBytes: 40960, Writes: 4, WrittenBytes: 16384, Trims: 1, TrimmedBytes: 1 << 20,
 				Zeroes: 2, ZeroedBytes: 8192, Flushes: 3, Errors: 1, WriteTime: 1_500_000_000},
+			Link: resource.LinkStats{Connects: 3, SentBytes: 1000, ReceivedBytes: 200, PingRTT: 250_000},
+			Meta: resource.MetaStats{ALWrites: 7, BitmapWrites: 9},
 		},
 	},
 	{
@@ -139,18 +141,34 @@ rbd_nbd_request_errors_total{resource="r1"} 0
 # TYPE rbd_nbd_write_seconds_total counter
 rbd_nbd_write_seconds_total{resource="r0"} 1.5
 rbd_nbd_write_seconds_total{resource="r1"} 0
+# HELP rbd_nbd_link_bytes_total Bytes moved on peer links since the resource came up (under TLS, before encryption).
+# TYPE rbd_nbd_link_bytes_total counter
+rbd_nbd_link_bytes_total{direction="received",resource="r0"} 200
+rbd_nbd_link_bytes_total{direction="received",resource="r1"} 0
+rbd_nbd_link_bytes_total{direction="sent",resource="r0"} 1000
+rbd_nbd_link_bytes_total{direction="sent",resource="r1"} 0
+# HELP rbd_nbd_link_ping_rtt_seconds Round trip of the current peer link's last ping (0 without a link).
+# TYPE rbd_nbd_link_ping_rtt_seconds gauge
+rbd_nbd_link_ping_rtt_seconds{resource="r0"} 0.00025
+rbd_nbd_link_ping_rtt_seconds{resource="r1"} 0
+# HELP rbd_nbd_al_writes_total Activity-log transactions: synchronous meta-data writes on the write path, one per write to a cold 4 MiB extent.
+# TYPE rbd_nbd_al_writes_total counter
+rbd_nbd_al_writes_total{resource="r0"} 7
+rbd_nbd_al_writes_total{resource="r1"} 0
 `
 	names := []string{"rbd_nbd_resource_info", "rbd_nbd_resource_up", "rbd_nbd_role", "rbd_nbd_connection_state",
 		"rbd_nbd_peer_disk_state", "rbd_nbd_resync_done_bytes", "rbd_nbd_out_of_sync_bytes", "rbd_nbd_requests_total",
-		"rbd_nbd_request_bytes_total", "rbd_nbd_request_errors_total", "rbd_nbd_write_seconds_total"}
+		"rbd_nbd_request_bytes_total", "rbd_nbd_request_errors_total", "rbd_nbd_write_seconds_total",
+		"rbd_nbd_link_bytes_total", "rbd_nbd_link_ping_rtt_seconds", "rbd_nbd_al_writes_total"}
 	if err := testutil.CollectAndCompare(NewCollector(twoResources), strings.NewReader(want), names...); err != nil {
 		t.Fatal(err)
 	}
 	// Per resource: info, up; the state sets (2 roles, 3 peer roles, 6 disk
 	// states, 7 peer disk states, 10 connection states); size, out of
 	// sync, writes in flight, clients; 4 resync gauges; resynced; 5 kinds
-	// of requests, 4 of bytes; errors; write seconds.
-	if n := testutil.CollectAndCount(NewCollector(twoResources)); n != 2*(2+2+3+6+7+10+4+4+1+5+4+1+1) {
+	// of requests, 4 of bytes; errors; write seconds; link connects, 2 link
+	// byte counters, ping; AL and bitmap writes.
+	if n := testutil.CollectAndCount(NewCollector(twoResources)); n != 2*(2+2+3+6+7+10+4+4+1+5+4+1+1+1+2+1+2) {
 		t.Fatalf("%d series", n)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -39,6 +40,10 @@ type conn struct {
 	rbuf []byte
 	r, w int
 
+	// sent and received count the bytes the link accepted for writing and
+	// read, for statistics (under TLS: before encryption).
+	sent, received atomic.Uint64
+
 	emu sync.Mutex
 	err error
 }
@@ -61,6 +66,12 @@ func newConn(c net.Conn) *conn {
 }
 
 func (c *conn) Read(p []byte) (int, error) {
+	n, err := c.read(p)
+	c.received.Add(uint64(n))
+	return n, err
+}
+
+func (c *conn) read(p []byte) (int, error) {
 	if c.r == c.w {
 		if len(p) >= len(c.rbuf) {
 			n, err := c.Conn.Read(p)
@@ -96,6 +107,7 @@ func (c *conn) Write(p []byte) (int, error) {
 	case c.closing:
 		return 0, net.ErrClosed
 	}
+	c.sent.Add(uint64(len(p)))
 	if len(p) >= directWrite && !c.flushing {
 		// Nothing waits and p is large: write it from here, saving a copy.
 		// flushing keeps the flusher idle meanwhile.

@@ -39,8 +39,10 @@ type Link struct {
 	control  chan ControlMsg
 	zeroes   func() []byte
 
-	pingSent  atomic.Uint64 // sequence of the last ping sent
-	pingAcked atomic.Uint64 // highest sequence the peer answered
+	pingSent   atomic.Uint64 // sequence of the last ping sent
+	pingAcked  atomic.Uint64 // highest sequence the peer answered
+	pingSentAt atomic.Int64  // nanotime when pingSent was sent
+	pingRTT    atomic.Int64  // round trip of the last answered ping, ns
 
 	closeOnce sync.Once
 	down      chan struct{} // closed when the link fails
@@ -271,6 +273,22 @@ func openStreams(ctx context.Context, sess *yamux.Session, dialer bool, deadline
 // Version returns the agreed peer protocol version.
 func (l *Link) Version() uint32 { return l.version }
 
+// Stats is what a link moved so far.
+type Stats struct {
+	// SentBytes and ReceivedBytes count the link's bytes: frames and the
+	// stream multiplexing around them (under TLS, before encryption).
+	SentBytes, ReceivedBytes uint64
+	// PingRTT is the round trip of the last answered ping (0 before the
+	// first): the network's latency plus how busy the peer's control
+	// stream is.
+	PingRTT time.Duration
+}
+
+// Stats returns what the link moved so far.
+func (l *Link) Stats() Stats {
+	return Stats{SentBytes: l.conn.sent.Load(), ReceivedBytes: l.conn.received.Load(), PingRTT: time.Duration(l.pingRTT.Load())}
+}
+
 // Features returns the features both nodes offered.
 func (l *Link) Features() Features { return l.features }
 
@@ -500,6 +518,9 @@ func (l *Link) controlLoop(s net.Conn) {
 			}
 			if h.id > l.pingAcked.Load() {
 				l.pingAcked.Store(h.id)
+				if h.id == l.pingSent.Load() {
+					l.pingRTT.Store(nanotime() - l.pingSentAt.Load())
+				}
 			}
 		default:
 			p := make([]byte, h.plen)
@@ -760,6 +781,7 @@ func (l *Link) monitor() {
 		}
 		if !outstanding && time.Duration(now-lastPing) >= l.cfg.PingInterval {
 			seq++
+			l.pingSentAt.Store(now)
 			l.pingSent.Store(seq)
 			l.ctlW.enqueue(witem{kind: itemFrame, h: header{typ: ftPing, id: seq}})
 			sentAt, lastPing, outstanding = now, now, true

@@ -580,3 +580,23 @@ func TestCallbacksReenter(t *testing.T) {
 	waitDone(t, lb)
 	errorIs(t, lb.Err(), ErrPeerDisconnected)
 }
+
+// Stats counts the bytes each side moved, and the pings' round trip.
+func TestLinkStats(t *testing.T) {
+	ca, cb := testConfig(t, 1, 2, newMemDisk(1<<20)), testConfig(t, 2, 1, newMemDisk(1<<20))
+	ca.PingInterval, cb.PingInterval = 10*time.Millisecond, 10*time.Millisecond
+	la, lb := linkPair(t, "tcp", ca, cb)
+	before := la.Stats()
+	payload := bytes.Repeat([]byte{7}, 64<<10)
+	if _, err := submitWait(t, la, &Request{Kind: Write, Offset: 0, Data: payload}); err != nil {
+		t.Fatal(err)
+	}
+	a, b := la.Stats(), lb.Stats()
+	if a.SentBytes-before.SentBytes < uint64(len(payload)) || b.ReceivedBytes < uint64(len(payload)) {
+		t.Fatalf("after a 64 KiB write: a %+v (before %+v), b %+v", a, before, b)
+	}
+	waitFor(t, "a ping's round trip on both sides", func() bool { return la.Stats().PingRTT > 0 && lb.Stats().PingRTT > 0 })
+	if rtt := la.Stats().PingRTT; rtt > waitTimeout {
+		t.Fatalf("ping round trip %v", rtt)
+	}
+}

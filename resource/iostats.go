@@ -1,6 +1,7 @@
 package resource
 
 import (
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -59,4 +60,53 @@ func (c *ioCounters) snapshot() IOStats {
 		Zeroes: c.zeroes.Load(), ZeroedBytes: c.zeroedBytes.Load(),
 		Flushes: c.flushes.Load(), Errors: c.errors.Load(), WriteTime: c.wtime.Load(),
 	}
+}
+
+// linkCounters sums the traffic of the links a resource had. The current
+// link counts live; a link that goes is folded into the totals under the
+// same lock that a snapshot takes, so the totals never go backwards.
+type linkCounters struct {
+	mu                       sync.Mutex
+	live                     *replicate.Link
+	connects, sent, received uint64
+}
+
+// up counts a new link.
+func (c *linkCounters) up(l *replicate.Link) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.fold()
+	c.live = l
+	c.connects++
+}
+
+// down folds the current link into the totals, if it is l.
+func (c *linkCounters) down(l *replicate.Link) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.live == l {
+		c.fold()
+	}
+}
+
+func (c *linkCounters) fold() {
+	if c.live != nil {
+		s := c.live.Stats()
+		c.sent += s.SentBytes
+		c.received += s.ReceivedBytes
+		c.live = nil
+	}
+}
+
+func (c *linkCounters) snapshot() LinkStats {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	st := LinkStats{Connects: c.connects, SentBytes: c.sent, ReceivedBytes: c.received}
+	if c.live != nil {
+		s := c.live.Stats()
+		st.SentBytes += s.SentBytes
+		st.ReceivedBytes += s.ReceivedBytes
+		st.PingRTT = uint64(max(s.PingRTT, 0))
+	}
+	return st
 }

@@ -181,6 +181,7 @@ func (r *Resource) linkUp(link *replicate.Link) {
 		r.connect = nil
 	}
 	r.link = link
+	r.links.up(link)
 	r.peerBitmapDone = false
 	r.log.Info("peer link up", zap.Stringer("peer", link.RemoteAddr()), zap.Uint32("version", link.Version()))
 	r.goLoop(func() { r.readControl(link) })
@@ -205,6 +206,7 @@ func (r *Resource) linkGone(link *replicate.Link) {
 	}
 	err := link.Err()
 	r.log.Warn("peer link down", zap.Error(err))
+	r.links.down(link)
 	r.link = nil
 	if r.promoteWait != nil {
 		r.promoteWait <- fmt.Errorf("the peer went away: %w", err)
@@ -225,6 +227,7 @@ func (r *Resource) closeLink(reason string) {
 	link := r.link
 	r.link = nil
 	_ = link.Close(reason)
+	r.links.down(link)
 	if r.promoteWait != nil {
 		r.promoteWait <- fmt.Errorf("the link closed: %s", reason)
 		r.promoteWait = nil

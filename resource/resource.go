@@ -85,6 +85,7 @@ type Resource struct {
 	diskFailed atomic.Bool
 	inflight   atomic.Int64
 	io         ioCounters
+	links      linkCounters
 	locks      rangelock.Locker
 	repMu      sync.RWMutex
 	rep        *repState
@@ -381,6 +382,7 @@ func (r *Resource) release() {
 	if r.link != nil {
 		_ = r.link.Close("resource down")
 		r.link.Wait()
+		r.links.down(r.link)
 		r.link = nil
 	}
 	if r.hooks != nil {
@@ -445,6 +447,13 @@ func (r *Resource) Status() Status {
 	}
 	st.WritesInFlight = uint64(max(r.inflight.Load(), 0))
 	st.IO = r.io.snapshot()
+	st.Link = r.links.snapshot()
+	if r.al != nil {
+		st.Meta.ALWrites = r.al.Stats().Transactions
+	}
+	if r.bm != nil {
+		st.Meta.BitmapWrites = r.bm.PagesWritten()
+	}
 	st.NBDConnections = uint32(r.nbdConns())
 	st.ResyncedBytes = uint64(r.resynced.Load())
 	if e := r.engine.Load(); e != nil {

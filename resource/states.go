@@ -124,10 +124,32 @@ type Status struct {
 	PeerNodeID uint32
 	// Generation is the configuration generation.
 	Generation uint64
-	// IO counts the application I/O served since the resource came up.
-	// It is for monitoring: the control protocol does not carry it, and
-	// status events do not fire when it changes.
-	IO IOStats
+	// IO, Link and Meta are statistics since the resource came up (status
+	// --statistics, metrics). Status events do not fire when they change.
+	IO   IOStats
+	Link LinkStats
+	Meta MetaStats
+}
+
+// LinkStats counts the peer links' work since the resource came up.
+type LinkStats struct {
+	// Connects counts the links established (handshake passed).
+	Connects uint64
+	// SentBytes and ReceivedBytes count the bytes of every link so far
+	// (frames and their multiplexing; under TLS, before encryption).
+	SentBytes, ReceivedBytes uint64
+	// PingRTT is the current link's last ping round trip in nanoseconds;
+	// 0 without a link.
+	PingRTT uint64
+}
+
+// MetaStats counts the meta-data writes since the resource came up.
+type MetaStats struct {
+	// ALWrites counts activity-log transactions, each a synchronous
+	// meta-data write on the write path (a write to a cold extent).
+	ALWrites uint64
+	// BitmapWrites counts bitmap pages written.
+	BitmapWrites uint64
 }
 
 // IOStats counts the requests the export passed to the resource (NBD

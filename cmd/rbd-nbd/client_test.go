@@ -250,11 +250,12 @@ func TestStatisticsOutput(t *testing.T) {
 	sock := serveDaemon(t, ctlproto.DefaultRegistry(), "1.2.0")
 	mustRun(t, sock, createArgs...)
 	out := mustRun(t, sock, "status", "r0", "-s")
-	if !strings.Contains(out, "\n  requests read:0 write:0 trim:0 zero:0 flush:0 errors:0\n  bytes read:0 written:0 trimmed:0 zeroed:0\n") {
+	if !strings.Contains(out, "\n  requests read:0 write:0 trim:0 zero:0 flush:0 errors:0\n  bytes read:0 written:0 trimmed:0 zeroed:0\n"+
+		"  meta-data al-writes:0 bitmap-writes:0\n  link connects:0 sent:0 received:0\n") {
 		t.Fatalf("status -s: %q", out)
 	}
 	out = mustRun(t, sock, "status", "r0", "--statistics", "--json")
-	if !strings.HasSuffix(out, `,"statistics":{"reads":0,"read-bytes":0,"writes":0,"written-bytes":0,"trims":0,"trimmed-bytes":0,"zeroes":0,"zeroed-bytes":0,"flushes":0,"errors":0,"write-time-ns":0}}]`+"\n") {
+	if !strings.HasSuffix(out, `,"statistics":{"reads":0,"read-bytes":0,"writes":0,"written-bytes":0,"trims":0,"trimmed-bytes":0,"zeroes":0,"zeroed-bytes":0,"flushes":0,"errors":0,"write-time-ns":0,"link-connects":0,"link-sent-bytes":0,"link-received-bytes":0,"ping-rtt-ns":0,"al-writes":0,"bitmap-writes":0}}]`+"\n") {
 		t.Fatalf("status --statistics --json: %q", out)
 	}
 }

@@ -54,7 +54,7 @@ func newStatusCmd(g *globalOptions) *cobra.Command {
 						for _, st := range sts {
 							writeStatusText(out, st)
 							if stats {
-								writeStatisticsText(out, st.IO)
+								writeStatisticsText(out, st)
 							}
 						}
 					}
@@ -71,7 +71,7 @@ func newStatusCmd(g *globalOptions) *cobra.Command {
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print a JSON array, one object per resource")
-	cmd.Flags().BoolVarP(&stats, "statistics", "s", false, "also show the requests NBD clients made since the resource came up (daemon 1.2 or later)")
+	cmd.Flags().BoolVarP(&stats, "statistics", "s", false, "also show counters since the resource came up: NBD requests, meta-data writes, peer links (daemon 1.2 or later)")
 	cmd.Flags().DurationVar(&watch, "watch", 0, "print again every interval (e.g. 1s) until interrupted")
 	cmd.Flags().Lookup("watch").NoOptDefVal = "1s"
 	return cmd
@@ -93,7 +93,7 @@ func statusJSON(st resource.Status, stats bool) []byte {
 		b.Write(v)
 	}
 	if stats {
-		v, _ := json.Marshal(statisticsJSON(st.IO))
+		v, _ := json.Marshal(newStatisticsJSON(st))
 		b.WriteString(`,"statistics":`)
 		b.Write(v)
 	}
@@ -114,16 +114,41 @@ type statisticsJSON struct {
 	Flushes      uint64 `json:"flushes"`
 	Errors       uint64 `json:"errors"`
 	WriteTime    uint64 `json:"write-time-ns"`
+	LinkConnects uint64 `json:"link-connects"`
+	LinkSent     uint64 `json:"link-sent-bytes"`
+	LinkReceived uint64 `json:"link-received-bytes"`
+	PingRTT      uint64 `json:"ping-rtt-ns"`
+	ALWrites     uint64 `json:"al-writes"`
+	BitmapWrites uint64 `json:"bitmap-writes"`
+}
+
+func newStatisticsJSON(st resource.Status) statisticsJSON {
+	io, l, m := st.IO, st.Link, st.Meta
+	return statisticsJSON{
+		Reads: io.Reads, ReadBytes: io.ReadBytes, Writes: io.Writes, WrittenBytes: io.WrittenBytes,
+		Trims: io.Trims, TrimmedBytes: io.TrimmedBytes, Zeroes: io.Zeroes, ZeroedBytes: io.ZeroedBytes,
+		Flushes: io.Flushes, Errors: io.Errors, WriteTime: io.WriteTime,
+		LinkConnects: l.Connects, LinkSent: l.SentBytes, LinkReceived: l.ReceivedBytes, PingRTT: l.PingRTT,
+		ALWrites: m.ALWrites, BitmapWrites: m.BitmapWrites,
+	}
 }
 
 // writeStatisticsText prints the counters under a resource's status, as
 // drbdsetup status --statistics does under each object.
-func writeStatisticsText(w io.Writer, s resource.IOStats) {
+func writeStatisticsText(w io.Writer, st resource.Status) {
+	s := st.IO
 	fmt.Fprintf(w, "  requests read:%d write:%d trim:%d zero:%d flush:%d errors:%d\n",
 		s.Reads, s.Writes, s.Trims, s.Zeroes, s.Flushes, s.Errors)
 	fmt.Fprintf(w, "  bytes read:%d written:%d trimmed:%d zeroed:%d", s.ReadBytes, s.WrittenBytes, s.TrimmedBytes, s.ZeroedBytes)
 	if n := s.Writes + s.Trims + s.Zeroes; n > 0 {
 		fmt.Fprintf(w, " write-latency:%v", (time.Duration(s.WriteTime/n) * time.Nanosecond).Round(time.Microsecond))
+	}
+	fmt.Fprintln(w)
+	fmt.Fprintf(w, "  meta-data al-writes:%d bitmap-writes:%d\n", st.Meta.ALWrites, st.Meta.BitmapWrites)
+	l := st.Link
+	fmt.Fprintf(w, "  link connects:%d sent:%d received:%d", l.Connects, l.SentBytes, l.ReceivedBytes)
+	if l.PingRTT > 0 {
+		fmt.Fprintf(w, " ping:%v", time.Duration(l.PingRTT).Round(time.Microsecond))
 	}
 	fmt.Fprintln(w)
 }
