@@ -26,7 +26,9 @@ func faultyDisk(t *testing.T, dir string, size int64) (path, inject string) {
 
 // The Primary's disk starts failing: with on-io-error detach it goes
 // Diskless and keeps serving, writes going to the peer's disk only and
-// reads coming from the peer.
+// reads coming from the peer. Then the recovery docs/operations.md gives:
+// move the Primary role to the peer, take the resource down on the node,
+// replace the disk, create meta-data, bring it up: a full sync.
 func TestReplicationLocalIOErrorDetach(t *testing.T) {
 	RequireTools(t, "qemu-io")
 	dir := t.TempDir()
@@ -49,6 +51,36 @@ func TestReplicationLocalIOErrorDetach(t *testing.T) {
 	if !bytes.Equal(b[2<<20:3<<20], bytes.Repeat([]byte{0x22}, 1<<20)) || !bytes.Equal(b[4<<20:4<<20+65536], bytes.Repeat([]byte{0x33}, 65536)) {
 		t.Fatal("the peer's disk lacks the writes made after the local disk failed")
 	}
+
+	// The clients move to the peer.
+	c.a.ctl("secondary", "r0")
+	c.b.ctl("primary", "r0")
+	c.b.waitPort()
+	c.b.qemuIO("write -P 0x44 8M 1M")
+	// The disk is replaced: a blank one at the same path, new meta-data.
+	c.a.ctl("down", "r0")
+	if err := os.Remove(inject); err != nil {
+		t.Fatal(err)
+	}
+	zero := make([]byte, 1<<20)
+	f, err := os.OpenFile(disk, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for off := int64(0); off < 64<<20; off += int64(len(zero)) {
+		if _, err := f.WriteAt(zero, off); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.Close()
+	MustRun(t, 30*time.Second, Binary(), "create-md", "--disk", disk, "--node-id", "0")
+	c.a.up()
+	c.waitSynced()
+	c.compare()
+	if st := c.b.status(); st.ResyncedBytes != st.Size {
+		t.Fatalf("the new disk got %d bytes of %d: not a full sync", st.ResyncedBytes, st.Size)
+	}
+	c.b.qemuIO("read -P 0x11 0 1M", "read -P 0x22 2M 1M", "read -P 0x33 4M 64k", "read -P 0x44 8M 1M")
 }
 
 // With on-io-error pass-on the error reaches the NBD client instead.
