@@ -22,15 +22,21 @@ type metrics map[string]float64
 // scrape fetches the node's /metrics.
 func (n *node) scrape() metrics {
 	n.t.Helper()
+	return scrape(n.t, fmt.Sprintf("127.0.0.1:%d", n.metricsPort))
+}
+
+// scrape fetches http://addr/metrics.
+func scrape(t testing.TB, addr string) metrics {
+	t.Helper()
 	c := http.Client{Timeout: 10 * time.Second}
-	resp, err := c.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", n.metricsPort))
+	resp, err := c.Get("http://" + addr + "/metrics")
 	if err != nil {
-		n.t.Fatalf("node %s: scrape: %v", n.name, err)
+		t.Fatalf("scrape %s: %v", addr, err)
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(resp.Body)
 	if err != nil || resp.StatusCode != http.StatusOK {
-		n.t.Fatalf("node %s: scrape: %s %v: %s", n.name, resp.Status, err, body)
+		t.Fatalf("scrape %s: %s %v: %s", addr, resp.Status, err, body)
 	}
 	m := metrics{}
 	for line := range strings.Lines(string(body)) {
@@ -41,7 +47,7 @@ func (n *node) scrape() metrics {
 		i := strings.LastIndexByte(line, ' ')
 		v, err := strconv.ParseFloat(line[i+1:], 64)
 		if err != nil {
-			n.t.Fatalf("node %s: bad metrics line %q", n.name, line)
+			t.Fatalf("scrape %s: bad line %q", addr, line)
 		}
 		m[line[:i]] = v
 	}
@@ -52,13 +58,22 @@ func (n *node) scrape() metrics {
 // besides resource.
 func (m metrics) get(t *testing.T, name string, labels ...string) float64 {
 	t.Helper()
-	ls := []string{`resource="r0"`}
+	return m.series(t, name, append(labels, "resource=r0")...)
+}
+
+// series returns a series; labels are name=value pairs.
+func (m metrics) series(t *testing.T, name string, labels ...string) float64 {
+	t.Helper()
+	var ls []string
 	for _, l := range labels {
 		k, v, _ := strings.Cut(l, "=")
 		ls = append(ls, fmt.Sprintf("%s=%q", k, v))
 	}
 	slices.Sort(ls)
-	key := name + "{" + strings.Join(ls, ",") + "}"
+	key := name
+	if len(ls) > 0 {
+		key += "{" + strings.Join(ls, ",") + "}"
+	}
 	v, ok := m[key]
 	if !ok {
 		t.Fatalf("no series %s in the scrape", key)
@@ -182,5 +197,36 @@ func TestMetricsAddressInUse(t *testing.T) {
 		"--metrics", busy.Addr().String())
 	if r.ExitCode == 0 || !strings.Contains(r.Stderr, "--metrics") || !strings.Contains(r.Stderr, "address already in use") {
 		t.Fatalf("daemon on a busy metrics port: exit %d, stderr %q", r.ExitCode, r.Stderr)
+	}
+}
+
+// rbd-nbd serve --metrics counts what its clients asked for.
+func TestServeMetrics(t *testing.T) {
+	RequireTools(t, "qemu-io")
+	disk := filepath.Join(t.TempDir(), "d.img")
+	MakeFile(t, disk, 16<<20, nil)
+	addr := fmt.Sprintf("127.0.0.1:%d", FreePort(t))
+	s := StartServe(t, disk, "e", "--metrics", addr)
+	MustRun(t, time.Minute, "qemu-io", "-f", "raw", "-c", "write -P 7 0 1M", "-c", "read -P 7 0 64k", "-c", "flush",
+		"-c", "discard 2M 1M", s.URI)
+	m := scrape(t, addr)
+	for _, c := range []struct {
+		name   string
+		labels []string
+		want   float64
+	}{
+		{"rbd_nbd_serve_export_info", []string{"export=e", "disk=" + disk, "read_only=false"}, 1},
+		{"rbd_nbd_serve_size_bytes", nil, 16 << 20},
+		{"rbd_nbd_serve_connections_total", nil, 2}, // StartServe's probe, qemu-io
+		{"rbd_nbd_serve_request_bytes_total", []string{"kind=write"}, 1 << 20},
+		{"rbd_nbd_serve_request_bytes_total", []string{"kind=trim"}, 1 << 20},
+		{"rbd_nbd_serve_request_errors_total", nil, 0},
+	} {
+		if got := m.series(t, c.name, c.labels...); got != c.want {
+			t.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)
+		}
+	}
+	if n := m.series(t, "rbd_nbd_serve_requests_total", "kind=flush"); n < 1 {
+		t.Errorf("flushes %v", n)
 	}
 }

@@ -1,5 +1,6 @@
-// Package metrics exports the daemon's resources to Prometheus: their
-// states, resync progress and the I/O their exports served.
+// Package metrics exports the daemon's resources to Prometheus (their
+// states, resync progress and the I/O their exports served), and the
+// standalone server of rbd-nbd serve.
 //
 // Every value is read at scrape time from the daemon's snapshots
 // (daemon.Daemon.Monitor), so exporting costs the I/O path nothing beyond
@@ -133,15 +134,10 @@ func (c *Collector) collect(ch chan<- prometheus.Metric, m daemon.Monitored) {
 	gauge(c.syncETA, float64(st.ResyncETA))
 	counter(c.resynced, st.ResyncedBytes)
 	io := st.IO
-	counter(c.requests, io.Reads, "read")
-	counter(c.requests, io.Writes, "write")
-	counter(c.requests, io.Trims, "trim")
-	counter(c.requests, io.Zeroes, "zero")
-	counter(c.requests, io.Flushes, "flush")
-	counter(c.bytes, io.ReadBytes, "read")
-	counter(c.bytes, io.WrittenBytes, "write")
-	counter(c.bytes, io.TrimmedBytes, "trim")
-	counter(c.bytes, io.ZeroedBytes, "zero")
+	requestSeries(counter, c.requests, c.bytes, requestCounts{
+		reads: io.Reads, writes: io.Writes, trims: io.Trims, zeroes: io.Zeroes, flushes: io.Flushes,
+		readBytes: io.ReadBytes, writtenBytes: io.WrittenBytes, trimmedBytes: io.TrimmedBytes, zeroedBytes: io.ZeroedBytes,
+	})
 	counter(c.errors, io.Errors)
 	ch <- prometheus.MustNewConstMetric(c.writeSeconds, prometheus.CounterValue, float64(io.WriteTime)/1e9, name)
 	counter(c.connects, st.Link.Connects)
@@ -150,6 +146,25 @@ func (c *Collector) collect(ch chan<- prometheus.Metric, m daemon.Monitored) {
 	gauge(c.pingRTT, float64(st.Link.PingRTT)/1e9)
 	counter(c.alWrites, st.Meta.ALWrites)
 	counter(c.bitmapWrites, st.Meta.BitmapWrites)
+}
+
+// requestCounts are the request counters both collectors export.
+type requestCounts struct {
+	reads, writes, trims, zeroes, flushes              uint64
+	readBytes, writtenBytes, trimmedBytes, zeroedBytes uint64
+}
+
+// requestSeries sends the requests and bytes counters by kind.
+func requestSeries(counter func(*prometheus.Desc, uint64, ...string), requests, bytes *prometheus.Desc, n requestCounts) {
+	counter(requests, n.reads, "read")
+	counter(requests, n.writes, "write")
+	counter(requests, n.trims, "trim")
+	counter(requests, n.zeroes, "zero")
+	counter(requests, n.flushes, "flush")
+	counter(bytes, n.readBytes, "read")
+	counter(bytes, n.writtenBytes, "write")
+	counter(bytes, n.trimmedBytes, "trim")
+	counter(bytes, n.zeroedBytes, "zero")
 }
 
 // stateSet sends one series per state in all, 1 for cur.
@@ -169,12 +184,12 @@ func bool01(b bool) float64 {
 	return 0
 }
 
-// Handler returns the HTTP handler of /metrics: src's resources, the
-// build, and the Go runtime and process metrics of the daemon.
-func Handler(src Source, version string) http.Handler {
+// Handler returns the HTTP handler of /metrics: c's metrics (a Collector
+// or a ServeCollector), the build, and the Go runtime and process metrics.
+func Handler(c prometheus.Collector, version string) http.Handler {
 	reg := prometheus.NewPedanticRegistry()
 	reg.MustRegister(
-		NewCollector(src),
+		c,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{

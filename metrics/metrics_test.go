@@ -11,6 +11,7 @@ import (
 
 	"github.com/rbd-nbd/rbd-nbd/config"
 	"github.com/rbd-nbd/rbd-nbd/daemon"
+	"github.com/rbd-nbd/rbd-nbd/nbdserver"
 	"github.com/rbd-nbd/rbd-nbd/resource"
 )
 
@@ -180,7 +181,7 @@ func TestCollectorNoResources(t *testing.T) {
 }
 
 func TestHandler(t *testing.T) {
-	srv := httptest.NewServer(Handler(twoResources, "1.2.3"))
+	srv := httptest.NewServer(Handler(NewCollector(twoResources), "1.2.3"))
 	defer srv.Close()
 	resp, err := http.Get(srv.URL)
 	if err != nil {
@@ -196,5 +197,45 @@ func TestHandler(t *testing.T) {
 		if !strings.Contains(string(body), want) {
 			t.Errorf("no %q in the scrape", want)
 		}
+	}
+}
+
+type fixedServe nbdserver.Stats
+
+func (f fixedServe) Stats() nbdserver.Stats { return nbdserver.Stats(f) }
+
+func TestServeCollector(t *testing.T) {
+	c := NewServeCollector(fixedServe{Connections: 3, Open: 1, Reads: 2, ReadBytes: 8192, Writes: 1, WrittenBytes: 512, Errors: 1},
+		ExportInfo{Name: "e", Disk: "/d.img", Size: 1 << 20})
+	problems, err := testutil.CollectAndLint(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range problems {
+		t.Errorf("%s: %s", p.Metric, p.Text)
+	}
+	const want = `
+# HELP rbd_nbd_serve_export_info The export: its name, backing disk and whether it is read-only.
+# TYPE rbd_nbd_serve_export_info gauge
+rbd_nbd_serve_export_info{disk="/d.img",export="e",read_only="false"} 1
+# HELP rbd_nbd_serve_connections Open client connections.
+# TYPE rbd_nbd_serve_connections gauge
+rbd_nbd_serve_connections 1
+# HELP rbd_nbd_serve_connections_total Client connections accepted.
+# TYPE rbd_nbd_serve_connections_total counter
+rbd_nbd_serve_connections_total 3
+# HELP rbd_nbd_serve_request_bytes_total Bytes read, written, trimmed or zeroed by requests.
+# TYPE rbd_nbd_serve_request_bytes_total counter
+rbd_nbd_serve_request_bytes_total{kind="read"} 8192
+rbd_nbd_serve_request_bytes_total{kind="trim"} 0
+rbd_nbd_serve_request_bytes_total{kind="write"} 512
+rbd_nbd_serve_request_bytes_total{kind="zero"} 0
+# HELP rbd_nbd_serve_request_errors_total Requests answered with an error.
+# TYPE rbd_nbd_serve_request_errors_total counter
+rbd_nbd_serve_request_errors_total 1
+`
+	if err := testutil.CollectAndCompare(c, strings.NewReader(want), "rbd_nbd_serve_export_info", "rbd_nbd_serve_connections",
+		"rbd_nbd_serve_connections_total", "rbd_nbd_serve_request_bytes_total", "rbd_nbd_serve_request_errors_total"); err != nil {
+		t.Fatal(err)
 	}
 }

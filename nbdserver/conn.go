@@ -98,6 +98,7 @@ type conn struct {
 	writeMu   sync.Mutex
 	pending   atomic.Int32
 	unflushed atomic.Bool           // replies wait in bw for an inline worker's flush
+	stats     connStats             // what this connection's client asked for
 	replyHdr  [chunkHdrLen + 8]byte // guarded by writeMu
 	writeErr  error                 // guarded by writeMu
 }
@@ -512,11 +513,16 @@ func (c *conn) validate(r *Request) uint32 {
 // caller will execute another request right away, so the reply need not be
 // flushed yet.
 func (c *conn) execute(r *request, more bool) {
+	c.stats.count(&r.Request, c.run(r, more))
+}
+
+// run carries out r and replies; it returns the reply's error (0: success).
+func (c *conn) run(r *request, more bool) uint32 {
 	if r.errno != 0 {
 		c.log.Debug("request refused", zap.String("cmd", cmdName(r.Type)), zap.Uint64("offset", r.Offset),
 			zap.Uint32("length", r.Length), zap.Uint16("flags", r.Flags), zap.Uint32("errno", r.errno))
 		c.reply(&r.Request, r.errno, nil, more)
-		return
+		return r.errno
 	}
 	off, length := int64(r.Offset), int64(r.Length)
 	fua := r.Flags&CmdFlagFUA != 0
@@ -535,7 +541,7 @@ func (c *conn) execute(r *request, more bool) {
 		if err == nil {
 			c.reply(&r.Request, 0, *bp, more)
 			c.s.pool.put(bp)
-			return
+			return 0
 		}
 		c.s.pool.put(bp)
 	case CmdWrite:
@@ -564,13 +570,15 @@ func (c *conn) execute(r *request, more bool) {
 		var status []byte
 		if status, err = c.blockStatus(off, length, r.Flags&CmdFlagReqOne != 0); err == nil {
 			c.reply(&r.Request, 0, status, more)
-			return
+			return 0
 		}
 	}
 	if err != nil {
 		c.logFailure(r, err)
 	}
-	c.reply(&r.Request, Errno(err), nil, more)
+	errno := Errno(err)
+	c.reply(&r.Request, errno, nil, more)
+	return errno
 }
 
 // logFailure logs a request the backend failed: an I/O error as a

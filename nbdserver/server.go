@@ -53,6 +53,10 @@ type Server struct {
 	seq       uint64            // counts CloseExport calls
 	closedAt  map[string]uint64 // export name -> seq of its last CloseExport
 	connWG    sync.WaitGroup
+	// accepted counts connections; closedStats holds the counters of
+	// those that ended (see Stats).
+	accepted    uint64
+	closedStats Stats
 }
 
 // serverState is the server's lifecycle: running, then shutting down
@@ -408,12 +412,14 @@ func (s *Server) newConn(nc net.Conn) *conn {
 		done: make(chan struct{}),
 	}
 	s.conns[c] = struct{}{}
+	s.accepted++
 	s.connWG.Add(1)
 	return c
 }
 
 func (s *Server) forget(c *conn) {
 	s.mu.Lock()
+	s.closedStats.add(&c.stats)
 	delete(s.conns, c)
 	s.mu.Unlock()
 	s.connWG.Done()

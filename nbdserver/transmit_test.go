@@ -759,3 +759,40 @@ func TestInlineRepliesFlushedBeforeSlowRequest(t *testing.T) {
 		t.Fatalf("flush reply errno %d handle %d", errno, h)
 	}
 }
+
+// Stats counts every connection's requests, live and closed, by kind.
+func TestStats(t *testing.T) {
+	exp, _ := memExport("d", 1<<20)
+	srv, addr := startServer(t, Config{}, exp)
+	c := open(t, addr, "d")
+	if errno := c.writeAt(fill(8192, 1), 0, 0); errno != 0 {
+		t.Fatal(errno)
+	}
+	c.readAt(0, 4096)
+	c.readAt(1<<20, 4096) // past the end: EINVAL
+	for _, r := range []Request{
+		{Type: CmdTrim, Handle: 1, Offset: 0, Length: 4096},
+		{Type: CmdWriteZeroes, Handle: 2, Offset: 4096, Length: 512},
+		{Type: CmdFlush, Handle: 3},
+		{Type: CmdCache, Handle: 4, Length: 4096},
+	} {
+		c.do(r, nil)
+	}
+	want := Stats{Connections: 1, Open: 1, Reads: 2, ReadBytes: 8192, Writes: 1, WrittenBytes: 8192,
+		Trims: 1, TrimmedBytes: 4096, Zeroes: 1, ZeroedBytes: 512, Flushes: 1, Errors: 1}
+	if got := srv.Stats(); got != want {
+		t.Fatalf("live: %+v\nwant %+v", got, want)
+	}
+	c.send(Request{Type: CmdDisc}, nil)
+	c.expectClosed()
+	c2 := open(t, addr, "d")
+	c2.readAt(0, 512)
+	want.Connections, want.Reads, want.ReadBytes = 2, 3, 8192+512
+	waitStats := time.Now().Add(10 * time.Second)
+	for got := srv.Stats(); got != want; got = srv.Stats() {
+		if time.Now().After(waitStats) {
+			t.Fatalf("after a second connection: %+v\nwant %+v", got, want)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/rbd-nbd/rbd-nbd/ctlproto"
 	"github.com/rbd-nbd/rbd-nbd/daemon"
+	"github.com/rbd-nbd/rbd-nbd/metrics"
 	"github.com/rbd-nbd/rbd-nbd/version"
 )
 
@@ -133,7 +134,7 @@ func runDaemon(parent context.Context, g *globalOptions, o *daemonOptions) error
 	}
 
 	if o.metrics != "" {
-		stopMetrics, err := startMetrics(o.metrics, d, log)
+		stopMetrics, err := startMetrics(o.metrics, metrics.NewCollector(d), log)
 		if err != nil {
 			return err
 		}

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
 	"github.com/rbd-nbd/rbd-nbd/metrics"
@@ -17,13 +18,13 @@ import (
 // startMetrics serves /metrics at addr until the returned function is
 // called. Not being able to listen is an error: whoever asked for metrics
 // would otherwise find out only when the scrapes fail.
-func startMetrics(addr string, src metrics.Source, log *zap.Logger) (stop func(), err error) {
+func startMetrics(addr string, c prometheus.Collector, log *zap.Logger) (stop func(), err error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("--metrics: %w", err)
 	}
 	mux := http.NewServeMux()
-	mux.Handle("/metrics", metrics.Handler(src, version.Version))
+	mux.Handle("/metrics", metrics.Handler(c, version.Version))
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	done := make(chan struct{})
 	go func() {

@@ -16,6 +16,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/rbd-nbd/rbd-nbd/disk"
+	"github.com/rbd-nbd/rbd-nbd/metrics"
 	"github.com/rbd-nbd/rbd-nbd/nbdserver"
 )
 
@@ -30,6 +31,7 @@ type serveOptions struct {
 	direct          bool
 	maxInFlight     int
 	shutdownTimeout time.Duration
+	metrics         string
 	tuning          tuningOptions
 	tls             tlsOptions
 }
@@ -68,6 +70,7 @@ by its --export name or by the default name "".`,
 	f.BoolVar(&o.direct, "direct", false, "open the disk with O_DIRECT (requests must then be block-aligned)")
 	f.IntVar(&o.maxInFlight, "max-in-flight", 0, "requests run at once per connection (0: default 128)")
 	f.DurationVar(&o.shutdownTimeout, "shutdown-timeout", 10*time.Second, "how long a graceful shutdown may take before connections are cut")
+	f.StringVar(&o.metrics, "metrics", "", "serve Prometheus metrics at http://ADDR/metrics (host:port; docs/metrics.md)")
 	o.tuning.install(cmd, g, "server")
 	o.tls.install(cmd)
 	cobra.CheckErr(cmd.MarkFlagRequired("disk"))
@@ -119,6 +122,15 @@ func runServe(ctx context.Context, o *serveOptions, log *zap.Logger) error {
 	l, err := listen(o.listen)
 	if err != nil {
 		return err
+	}
+	if o.metrics != "" {
+		c := metrics.NewServeCollector(srv, metrics.ExportInfo{Name: exp.Name, Disk: o.disk, Size: dev.Size(), ReadOnly: o.readOnly})
+		stopMetrics, err := startMetrics(o.metrics, c, log)
+		if err != nil {
+			l.Close()
+			return err
+		}
+		defer stopMetrics()
 	}
 	log.Info("exporting disk", zap.String("disk", o.disk), zap.Int64("size", dev.Size()),
 		zap.String("export", exp.Name), zap.Bool("read_only", o.readOnly), zap.Bool("direct", o.direct),
