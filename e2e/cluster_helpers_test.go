@@ -43,6 +43,9 @@ type node struct {
 	nbdPort int
 	// metricsPort, when set, is where the daemon serves /metrics.
 	metricsPort int
+	// stateDir, when set, is the daemon's state directory: a restarted
+	// daemon brings the resource back itself (clusterOptions.restore).
+	stateDir string
 	daemon      *Process
 }
 
@@ -77,6 +80,9 @@ type clusterOptions struct {
 	// proxy puts a relay (cluster.proxy) between the nodes: node a reaches
 	// node b through it.
 	proxy bool
+	// restore gives the daemons state directories, so that a restarted
+	// daemon restores the resource (and its Primary role) by itself.
+	restore bool
 }
 
 // newCluster creates meta-data on two blank disks, starts both daemons,
@@ -96,6 +102,9 @@ func newCluster(t *testing.T, o clusterOptions) *cluster {
 	c.b = &node{t: t, name: "b", id: 1, dir: dir, nbdPort: ports[3]}
 	if o.metrics {
 		c.a.metricsPort, c.b.metricsPort = ports[4], ports[5]
+	}
+	if o.restore {
+		c.a.stateDir, c.b.stateDir = filepath.Join(dir, "a.state"), filepath.Join(dir, "b.state")
 	}
 	if o.proxy {
 		c.proxy = startProxy(t, fmt.Sprintf("127.0.0.1:%d", peerB))
@@ -167,7 +176,23 @@ nodes:
 // themselves.
 func (n *node) start() {
 	n.t.Helper()
+	if n.stateDir != "" {
+		n.startWith("--state-dir", n.stateDir)
+		return
+	}
 	n.startWith("--state-dir", "none")
+}
+
+// restart starts the node's daemon again after a crash and brings the
+// resource up: itself from its state directory, or with up.
+func (n *node) restart() {
+	n.t.Helper()
+	n.start()
+	if n.stateDir == "" {
+		n.up()
+		return
+	}
+	n.wait("the resource restored", 60*time.Second, func(s nodeStatus) bool { return s.Conn != "StandAlone" })
 }
 
 // startWith starts the node's daemon with extra flags.

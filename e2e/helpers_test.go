@@ -48,6 +48,13 @@ func runMain(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, "e2e: building rbd-nbd:", err)
 		return 1
 	}
+	if raceEnabled {
+		// A race-enabled program sleeps 1 s when it exits, so that other
+		// goroutines can still report races; every rbd-nbd command a test
+		// runs would pay it. The processes this package starts inherit the
+		// setting; a race they find still fails them (exit code 66).
+		os.Setenv("GORACE", strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=0"))
+	}
 	return m.Run()
 }
 
@@ -219,6 +226,10 @@ func (p *Process) Environ(t testing.TB) []string {
 	return strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
 }
 
+// raceReport starts what the race detector prints (to standard error)
+// about a data race in a race-enabled rbd-nbd.
+const raceReport = "WARNING: DATA RACE"
+
 // lowLatencyEnv is what --low-latency (the default) puts in the
 // environment of rbd-nbd daemon and serve when they restart themselves.
 const lowLatencyEnv = "GODEBUG=schedtrace=2147483647"
@@ -240,6 +251,9 @@ func StartProcess(t testing.TB, name string, args ...string) *Process {
 	}()
 	t.Cleanup(func() {
 		p.Stop(10 * time.Second)
+		if strings.Contains(p.Output(), raceReport) {
+			t.Errorf("%s %s: the race detector reported a data race", name, strings.Join(args, " "))
+		}
 		if t.Failed() {
 			t.Logf("output of %s %s:\n%s", name, strings.Join(args, " "), p.Output())
 		}
@@ -312,6 +326,9 @@ func RunEnv(t testing.TB, timeout time.Duration, env []string, name string, args
 	cmd.WaitDelay = 5 * time.Second
 	err := cmd.Run()
 	r := Result{Stdout: stdout.String(), Stderr: stderr.String(), Err: err}
+	if strings.Contains(r.Stderr, raceReport) {
+		t.Errorf("%s %s: the race detector reported a data race:\n%s", name, strings.Join(args, " "), r.Stderr)
+	}
 	var ee *exec.ExitError
 	switch {
 	case err == nil:
