@@ -46,7 +46,7 @@ type node struct {
 	// stateDir, when set, is the daemon's state directory: a restarted
 	// daemon brings the resource back itself (clusterOptions.restore).
 	stateDir string
-	daemon      *Process
+	daemon   *Process
 }
 
 // cluster is a two-node resource r0.
