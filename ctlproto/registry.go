@@ -279,6 +279,28 @@ func (r *Registry) Without(nums ...uint16) *Registry {
 	return out
 }
 
+// WithoutMsgs returns a copy of r that lacks the given message types, as a
+// daemon built before them would. It is meant for tests.
+func (r *Registry) WithoutMsgs(types ...MsgType) *Registry {
+	var tags []Tag
+	for _, t := range r.tags {
+		if t != nil {
+			tags = append(tags, *t)
+		}
+	}
+	var msgs []MsgDef
+	for _, m := range r.msgs {
+		if m != nil && !slices.Contains(types, m.Type) {
+			msgs = append(msgs, m.MsgDef)
+		}
+	}
+	out, err := NewRegistry(tags, msgs, r.codes)
+	if err != nil {
+		panic(err) // removing message types from a consistent registry keeps it consistent
+	}
+	return out
+}
+
 // Tag returns the declaration of tag num.
 func (r *Registry) Tag(num uint16) (Tag, bool) {
 	if t := r.tag(num); t != nil {

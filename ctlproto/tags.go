@@ -29,6 +29,7 @@ const (
 	MsgPauseSync        MsgType = 19
 	MsgResumeSync       MsgType = 20
 	MsgEvent            MsgType = 21
+	MsgOutdate          MsgType = 22
 )
 
 // The tags. Numbers are wire format and append-only; see defaultTags for
@@ -346,7 +347,7 @@ func defaultTags() []Tag {
 
 // defaultMsgs declares every message type. Append only.
 func defaultMsgs() []MsgDef {
-	const v1 = "1.0"
+	const v1, v1_2 = "1.0", "1.2"
 	cfg := []uint16{TagResName, TagResource, TagPeer, TagNet, TagDisk, TagResync, TagHandlers}
 	name := []uint16{TagResName}
 	with := func(s []uint16, tags ...uint16) []uint16 { return append(append([]uint16(nil), s...), tags...) }
@@ -375,6 +376,7 @@ func defaultMsgs() []MsgDef {
 		adm(MsgPauseSync, "pause-sync", name, "Pause the resync."),
 		adm(MsgResumeSync, "resume-sync", name, "Resume the resync."),
 		{Type: MsgEvent, Name: "event", Since: v1, Doc: "An event on a subscribed connection (daemon to client only)."},
+		{Type: MsgOutdate, Name: "outdate", Request: true, Access: AccessAdmin, Accepts: name, Since: v1_2, Doc: "Mark the local disk Outdated (a Secondary not connected to its peer)."},
 	}
 }
 

@@ -97,10 +97,11 @@ const (
 	CmdInvalidateRemote
 	CmdPauseSync
 	CmdResumeSync
+	CmdOutdate
 )
 
 var commandNames = [...]string{"", "primary", "secondary", "connect", "disconnect", "new-current-uuid",
-	"verify", "invalidate", "invalidate-remote", "pause-sync", "resume-sync"}
+	"verify", "invalidate", "invalidate-remote", "pause-sync", "resume-sync", "outdate"}
 
 func (c Command) String() string {
 	if c > 0 && int(c) < len(commandNames) {
@@ -132,6 +133,8 @@ func commandOf(t ctlproto.MsgType) (Command, bool) {
 		return CmdPauseSync, true
 	case ctlproto.MsgResumeSync:
 		return CmdResumeSync, true
+	case ctlproto.MsgOutdate:
+		return CmdOutdate, true
 	}
 	return 0, false
 }

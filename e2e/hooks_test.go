@@ -10,7 +10,8 @@ import (
 )
 
 // fence-peer guards a promotion without a peer to ask: exit 6 ("the peer is
-// Primary") refuses it, exit 7 ("peer fenced") lets it happen. After a
+// Primary") refuses it and outdates the local disk, exit 7 ("peer fenced")
+// lets it happen. After a
 // Primary loses its peer, fence-peer runs too, and unfence-peer once the
 // peer is back in sync.
 func TestHooksFencePeer(t *testing.T) {
@@ -40,10 +41,18 @@ func TestHooksFencePeer(t *testing.T) {
 	if r.ExitCode == 0 || !strings.Contains(r.Stderr, "fence-peer") {
 		t.Fatalf("promotion with fence-peer answering 6: exit %d, %s", r.ExitCode, r.Stderr)
 	}
+	// 6 also tells b that its own data is behind, as in DRBD: Outdated, so
+	// only --force promotes it now.
+	if st := c.b.status(); st.Disk != "Outdated" {
+		t.Fatalf("after fence-peer answered 6: %+v", st)
+	}
 	if err := os.WriteFile(code, []byte("7"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	c.b.ctl("primary", "r0")
+	if r := c.b.tryCtl("primary", "r0"); r.ExitCode == 0 || !strings.Contains(r.Stderr, "not UpToDate") {
+		t.Fatalf("promotion of an Outdated disk without --force: exit %d, %s", r.ExitCode, r.Stderr)
+	}
+	c.b.ctl("primary", "r0", "--force")
 	c.b.waitPort()
 	c.b.qemuIO("read -P 0x41 0 64k")
 }

@@ -451,3 +451,36 @@ func TestSizeMismatch(t *testing.T) {
 		c.a.qemuIO(fmt.Sprintf("write -P 0x11 %d 1M", full-1<<20))
 	})
 }
+
+// outdate, as a fencing script runs it on the node it fences: refused on
+// the Primary and while connected; on a disconnected Secondary the disk
+// turns Outdated, stays so across a daemon restart, cannot be promoted
+// without --force, and is UpToDate again once it reconnected and caught up.
+func TestOutdate(t *testing.T) {
+	RequireTools(t, "qemu-io")
+	c := newCluster(t, clusterOptions{})
+	if r := c.a.tryCtl("outdate", "r0"); r.ExitCode == 0 || !strings.Contains(r.Stderr, "the node is Primary") {
+		t.Fatalf("outdate on the Primary: exit %d, %s", r.ExitCode, r.Stderr)
+	}
+	if r := c.b.tryCtl("outdate", "r0"); r.ExitCode == 0 || !strings.Contains(r.Stderr, "connected to the peer") {
+		t.Fatalf("outdate while connected: exit %d, %s", r.ExitCode, r.Stderr)
+	}
+	c.b.ctl("disconnect", "r0")
+	c.b.ctl("outdate", "r0")
+	if st := c.b.status(); st.Disk != "Outdated" {
+		t.Fatalf("after outdate: %+v", st)
+	}
+	c.a.qemuIO("write -P 0x5c 0 1M")
+	if r := c.b.tryCtl("primary", "r0"); r.ExitCode == 0 || !strings.Contains(r.Stderr, "not UpToDate") {
+		t.Fatalf("promotion of an Outdated disk: exit %d, %s", r.ExitCode, r.Stderr)
+	}
+	// Kept in the meta-data, so a crash does not forget it.
+	c.b.kill()
+	if out := MustRun(t, 30*time.Second, Binary(), "dump-md", "--disk", c.b.disk); !strings.Contains(out, "outdated") {
+		t.Fatalf("the meta-data after outdate:\n%s", out)
+	}
+	c.b.start()
+	c.b.up()
+	c.waitSynced()
+	c.compare()
+}

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 
+	"go.uber.org/zap"
+
 	"github.com/rbd-nbd/rbd-nbd/hooks"
 	"github.com/rbd-nbd/rbd-nbd/replicate"
 	"github.com/rbd-nbd/rbd-nbd/resync"
@@ -65,6 +67,13 @@ func (r *Resource) Primary(ctx context.Context, force bool) error {
 		// Primary itself), or the promotion does not happen.
 		res := r.hooks.Run(ctx, hooks.FencePeer, r.hookEnv())
 		if res.Vetoed() {
+			if res.Fence == hooks.FencePeerPrimary {
+				// The peer is Primary: our data is behind, as DRBD
+				// concludes from the same answer.
+				if err := r.admin(ctx, EvOutdate{}); err != nil {
+					r.log.Warn("could not mark the disk Outdated after fence-peer said the peer is Primary", zap.Error(err))
+				}
+			}
 			return &StateError{Err: fmt.Errorf("fence-peer refused (%s, exit %d): the peer may be Primary", res.Fence, res.ExitCode), State: r.stateString()}
 		}
 	}
@@ -114,6 +123,11 @@ func (r *Resource) Disconnect(ctx context.Context) error {
 // pair it skips the initial sync.
 func (r *Resource) NewCurrentUUID(ctx context.Context, clearBitmap bool) error {
 	return r.admin(ctx, EvNewCurrentUUID{ClearBitmap: clearBitmap})
+}
+
+// Outdate marks the local disk Outdated (Machine.outdate says when).
+func (r *Resource) Outdate(ctx context.Context) error {
+	return r.admin(ctx, EvOutdate{})
 }
 
 // Invalidate makes this node sync target for every block.

@@ -106,6 +106,10 @@ type (
 	EvLocalIOError struct{ Err error }
 	// EvPeerFenced: fence-peer reported the peer outdated or fenced.
 	EvPeerFenced struct{}
+	// EvOutdate: this node's data is to be counted as behind the peer's:
+	// the administrator (a fencing script on the peer) asked, or
+	// fence-peer said the peer is Primary.
+	EvOutdate struct{}
 )
 
 func (EvAttach) isEvent()             {}
@@ -126,6 +130,7 @@ func (EvPeerNewUUID) isEvent()        {}
 func (EvInvalidate) isEvent()         {}
 func (EvInvalidateRemote) isEvent()   {}
 func (EvLocalIOError) isEvent()       {}
+func (EvOutdate) isEvent()            {}
 func (EvPeerFenced) isEvent()         {}
 
 // Output actions.
@@ -208,6 +213,7 @@ var (
 	ErrResyncRunning    = errors.New("a resync is running")
 	ErrIsPrimary        = errors.New("the node is Primary")
 	ErrNotFresh         = errors.New("the disks already hold data of a generation")
+	ErrConnected        = errors.New("connected to the peer, which knows this disk's state")
 )
 
 // StateError is a refused request with the state that refused it.
@@ -369,6 +375,8 @@ func (m *Machine) Step(ev Event) ([]Action, error) {
 		return m.invalidateRemote(e)
 	case EvLocalIOError:
 		return m.localIOError(), nil
+	case EvOutdate:
+		return m.outdate()
 	case EvPeerFenced:
 		if m.linkUp {
 			return nil, nil // the peer is back meanwhile
@@ -784,6 +792,26 @@ func (m *Machine) invalidateRemote(e EvInvalidateRemote) ([]Action, error) {
 		acts = append(acts, ActSetAllBits{})
 	}
 	return append(acts, m.beginSource(e.ResetBitmap)...), nil
+}
+
+// outdate marks a consistent disk Outdated, persistently: it is not
+// promoted without --force, and the next handshake treats it as behind.
+// This is what a fencing script runs on the node it fences. A Primary, or
+// a node connected to its peer (the peer knows, and decides at the
+// handshake), refuses; a disk that is already Outdated, Inconsistent or
+// absent has nothing to lose.
+func (m *Machine) outdate() ([]Action, error) {
+	switch {
+	case m.role == RolePrimary:
+		return nil, m.refuse(ErrIsPrimary)
+	case m.linkUp:
+		return nil, m.refuse(ErrConnected)
+	case m.disk != DiskUpToDate && m.disk != DiskConsistent:
+		return nil, nil
+	}
+	m.disk = DiskOutdated
+	m.setFlag(FlagOutdated, true)
+	return []Action{m.persist()}, nil
 }
 
 func (m *Machine) localIOError() []Action {

@@ -168,6 +168,8 @@ func scriptEvent(cmd string, a scriptArgs) (Event, error) {
 		return EvAttach{Meta: Meta{UUIDs: a.uuids("uuids"), Flags: parseFlags(a.str("flags", ""))}, Dirty: a.num("dirty", 0)}, nil
 	case "detach":
 		return EvDetach{}, nil
+	case "outdate":
+		return EvOutdate{}, nil
 	case "connect":
 		return EvConnect{DiscardMyData: a.has("discard-my-data")}, nil
 	case "disconnect":

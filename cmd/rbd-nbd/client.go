@@ -107,6 +107,8 @@ func explain(reg *ctlproto.Registry, daemon ctlproto.HelloInfo, err error) error
 		return fmt.Errorf("invalid value %q for %s: allowed %s", e.Value, what, e.Allowed)
 	case ctlproto.CodeGenerationMismatch:
 		return fmt.Errorf("the configuration changed meanwhile (it is now at generation %d): read it again and retry", e.Generation)
+	case ctlproto.CodeUnknownMessageType:
+		return fmt.Errorf("the daemon (version %s) does not know this command: upgrade the daemon", daemonVersion(daemon))
 	case ctlproto.CodeProtocolVersionUnsupported:
 		return fmt.Errorf("the daemon does not speak this tool's protocol (%d.%d): %s", ctlproto.ProtoMajor, ctlproto.ProtoMinor, e.Message)
 	}

@@ -259,3 +259,14 @@ func TestStatisticsOutput(t *testing.T) {
 		t.Fatalf("status --statistics --json: %q", out)
 	}
 }
+
+// outdate needs a 1.2 daemon; an older one does not know the request.
+func TestOutdateOldDaemon(t *testing.T) {
+	old := ctlproto.DefaultRegistry().WithoutMsgs(ctlproto.MsgOutdate)
+	sock := serveDaemon(t, old, "1.1.0")
+	mustRun(t, sock, createArgs...)
+	_, _, err := run(t, sock, "outdate", "r0")
+	if err == nil || err.Error() != "the daemon (version 1.1.0) does not know this command: upgrade the daemon" {
+		t.Fatalf("outdate on a 1.1 daemon: %v", err)
+	}
+}

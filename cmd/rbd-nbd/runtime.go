@@ -110,6 +110,8 @@ func (rt *resourceRuntime) Do(ctx context.Context, cmd daemon.Command, a daemon.
 		err = r.PauseSync(ctx)
 	case daemon.CmdResumeSync:
 		err = r.ResumeSync(ctx)
+	case daemon.CmdOutdate:
+		err = r.Outdate(ctx)
 	case daemon.CmdVerify:
 		err = r.Verify(ctx, int64(a.VerifyStart), int64(a.VerifyStop))
 	default:
