@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -219,5 +220,44 @@ func TestMDParseSize(t *testing.T) {
 		if _, err := mdParseSize(in); err == nil {
 			t.Errorf("%q: no error", in)
 		}
+	}
+}
+
+// outdate --disk changes the meta-data of a resource that is down; in-use
+// (unclean) meta-data needs --force; other disk states stay.
+func TestOutdateOffline(t *testing.T) {
+	disk := mdTempDisk(t, 8<<20)
+	mustRunMD(t, "create-md", "--disk", disk)
+	if out := mustRunMD(t, "outdate", "--disk", disk); !strings.Contains(out, "Inconsistent; nothing to outdate") {
+		t.Fatalf("fresh meta-data: %q", out)
+	}
+	// As a resource leaves it: consistent, and (Open without Close) in use.
+	f, err := os.OpenFile(disk, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	fi, _ := f.Stat()
+	m, err := metadata.Open(f, fi.Size(), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Update(func(sb *metadata.Superblock) { sb.Flags |= metadata.FlagConsistent | metadata.FlagWasUpToDate }); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := runMD(t, "outdate", "--disk", disk); err == nil || !strings.Contains(err.Error(), "in use by a running resource") {
+		t.Fatalf("meta-data in use: %v", err)
+	}
+	if out := mustRunMD(t, "outdate", "--disk", disk, "--force"); !strings.Contains(out, ": Outdated") {
+		t.Fatalf("outdate --force: %q", out)
+	}
+	if d := mdDumpJSON(t, "--disk", disk); !slices.Contains(d.Flags, "outdated") || !slices.Contains(d.Flags, "al-clean") {
+		t.Fatalf("flags after outdate: %v", d.Flags)
+	}
+	if out := mustRunMD(t, "outdate", "--disk", disk); !strings.Contains(out, "already Outdated") {
+		t.Fatalf("twice: %q", out)
+	}
+	if _, err := runMD(t, "outdate"); err == nil {
+		t.Fatal("outdate without a resource or --disk")
 	}
 }

@@ -31,7 +31,7 @@ func resourceCmds(g *globalOptions) []*cobra.Command {
 		newSimpleCmd(g, "pause-sync", "Pause the running resync (on either node)", ctlproto.MsgPauseSync),
 		newSimpleCmd(g, "resume-sync", "Resume a paused resync (on either node)", ctlproto.MsgResumeSync),
 		newWaitSyncCmd(g),
-		newSimpleCmd(g, "outdate", "Mark this node's disk Outdated, so that it is not promoted without --force (what a fencing script runs on the node it fences; refused on a Primary and while connected)", ctlproto.MsgOutdate),
+		newOutdateCmd(g),
 	}
 }
 
