@@ -95,6 +95,9 @@ nbdcopy "nbd://127.0.0.1:$NA/r0" readback
 cmp <(head -c 64M readback) data1 || fail "read back differs from what was written"
 echo "a.img and b.img hold identical data ($DSIZE bytes); NBD reads back what was written"
 
+say "Statistics since the resource came up (also as Prometheus metrics: daemon --metrics)"
+A status r0 --statistics
+
 say "Clean shutdown"
 A down r0
 Bn down r0
