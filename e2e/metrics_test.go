@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -49,9 +50,26 @@ func scrape(t testing.TB, addr string) metrics {
 		if err != nil {
 			t.Fatalf("scrape %s: bad line %q", addr, line)
 		}
-		m[line[:i]] = v
+		m[canonical(line[:i])] = v
 	}
 	return m
+}
+
+var labelRE = regexp.MustCompile(`(\w+)="((?:[^"\\]|\\.)*)"`)
+
+// canonical writes a series with its labels sorted by name, whatever order
+// the exposition used (histograms put le last).
+func canonical(series string) string {
+	name, labels, ok := strings.Cut(series, "{")
+	if !ok {
+		return series
+	}
+	var ls []string
+	for _, m := range labelRE.FindAllStringSubmatch(labels, -1) {
+		ls = append(ls, m[1]+`="`+m[2]+`"`)
+	}
+	slices.Sort(ls)
+	return name + "{" + strings.Join(ls, ",") + "}"
 }
 
 // get returns a series of resource r0; labels are name=value pairs
@@ -112,8 +130,11 @@ func TestMetrics(t *testing.T) {
 	if n := a.get(t, "rbd_nbd_requests_total", "kind=flush"); n < 1 {
 		t.Fatalf("flushes %v, want at least qemu-io's", n)
 	}
-	if s := a.get(t, "rbd_nbd_write_seconds_total"); s <= 0 {
-		t.Fatalf("write_seconds_total %v after writes", s)
+	if s := a.get(t, "rbd_nbd_write_latency_seconds_sum"); s <= 0 {
+		t.Fatalf("write_latency_seconds_sum %v after writes", s)
+	}
+	if n, inf := a.get(t, "rbd_nbd_write_latency_seconds_count"), a.get(t, "rbd_nbd_write_latency_seconds_bucket", "le=+Inf"); n < 1 || n != inf {
+		t.Fatalf("write_latency_seconds: count %v, +Inf bucket %v", n, inf)
 	}
 	check(c.a, a, 1, "rbd_nbd_link_connects_total")
 	if sent := a.get(t, "rbd_nbd_link_bytes_total", "direction=sent"); sent < 1<<20 {
@@ -143,7 +164,7 @@ func TestMetrics(t *testing.T) {
 		t.Fatalf("status --statistics --json: %v", err)
 	}
 	if s := sts[0].Stats; s.ReadBytes != 64<<10 || s.WrittenBytes != 1<<20 || float64(s.Flushes) != a.get(t, "rbd_nbd_requests_total", "kind=flush") ||
-		float64(s.WriteTime)/1e9 != a.get(t, "rbd_nbd_write_seconds_total") {
+		float64(s.WriteTime)/1e9 != a.get(t, "rbd_nbd_write_latency_seconds_sum") {
 		t.Fatalf("statistics %+v disagree with the metrics", s)
 	}
 	if text := c.a.ctl("status", "r0", "-s"); !strings.Contains(text, "  bytes read:65536 written:1048576 trimmed:0 zeroed:0 write-latency:") {

@@ -82,7 +82,7 @@ func NewCollector(src Source) *Collector {
 		requests:     d("requests_total", "NBD requests served by the resource since it came up, by kind.", "kind"),
 		bytes:        d("request_bytes_total", "Bytes read, written, trimmed or zeroed by NBD requests since the resource came up.", "kind"),
 		errors:       d("request_errors_total", "NBD requests that failed since the resource came up."),
-		writeSeconds: d("write_seconds_total", "Time writes, trims and zeroes took until acknowledged, summed: over their count, the mean write latency."),
+		writeSeconds: d("write_latency_seconds", "Time writes, trims and zeroes took until acknowledged (protocol C: on both disks)."),
 		connects:     d("link_connects_total", "Peer links established since the resource came up: more than one per outage means a flapping link."),
 		linkBytes:    d("link_bytes_total", "Bytes moved on peer links since the resource came up (under TLS, before encryption).", "direction"),
 		pingRTT:      d("link_ping_rtt_seconds", "Round trip of the current peer link's last ping (0 without a link)."),
@@ -139,13 +139,25 @@ func (c *Collector) collect(ch chan<- prometheus.Metric, m daemon.Monitored) {
 		readBytes: io.ReadBytes, writtenBytes: io.WrittenBytes, trimmedBytes: io.TrimmedBytes, zeroedBytes: io.ZeroedBytes,
 	})
 	counter(c.errors, io.Errors)
-	ch <- prometheus.MustNewConstMetric(c.writeSeconds, prometheus.CounterValue, float64(io.WriteTime)/1e9, name)
+	ch <- writeLatency(c.writeSeconds, io, name)
 	counter(c.connects, st.Link.Connects)
 	counter(c.linkBytes, st.Link.SentBytes, "sent")
 	counter(c.linkBytes, st.Link.ReceivedBytes, "received")
 	gauge(c.pingRTT, float64(st.Link.PingRTT)/1e9)
 	counter(c.alWrites, st.Meta.ALWrites)
 	counter(c.bitmapWrites, st.Meta.BitmapWrites)
+}
+
+// writeLatency is the histogram of io.WriteLatency.
+func writeLatency(d *prometheus.Desc, io resource.IOStats, name string) prometheus.Metric {
+	buckets := map[float64]uint64{}
+	var n uint64
+	for i, b := range resource.WriteLatencyBounds() {
+		n += io.WriteLatency[i]
+		buckets[b.Seconds()] = n
+	}
+	n += io.WriteLatency[len(io.WriteLatency)-1]
+	return prometheus.MustNewConstHistogram(d, n, float64(io.WriteTime)/1e9, buckets, name)
 }
 
 // requestCounts are the request counters both collectors export.

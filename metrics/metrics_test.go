@@ -28,7 +28,8 @@ var twoResources = fixed{
 			Size: 1 << 30, OutOfSync: 3 << 20, ResyncDone: 1 << 20, ResyncTotal: 4 << 20, ResyncRate: 1 << 20, ResyncETA: 3,
 			ResyncedBytes: 5 << 20, WritesInFlight: 2, NBDConnections: 1,
 			IO: resource.IOStats{Reads: 10, ReadBytes: 40960, Writes: 4, WrittenBytes: 16384, Trims: 1, TrimmedBytes: 1 << 20,
-				Zeroes: 2, ZeroedBytes: 8192, Flushes: 3, Errors: 1, WriteTime: 1_500_000_000},
+				Zeroes: 2, ZeroedBytes: 8192, Flushes: 3, Errors: 1, WriteTime: 1_500_000_000,
+				WriteLatency: [17]uint64{0: 1, 4: 3, 16: 3}},
 			Link: resource.LinkStats{Connects: 3, SentBytes: 1000, ReceivedBytes: 200, PingRTT: 250_000},
 			Meta: resource.MetaStats{ALWrites: 7, BitmapWrites: 9},
 		},
@@ -138,10 +139,46 @@ rbd_nbd_request_bytes_total{kind="zero",resource="r1"} 0
 # TYPE rbd_nbd_request_errors_total counter
 rbd_nbd_request_errors_total{resource="r0"} 1
 rbd_nbd_request_errors_total{resource="r1"} 0
-# HELP rbd_nbd_write_seconds_total Time writes, trims and zeroes took until acknowledged, summed: over their count, the mean write latency.
-# TYPE rbd_nbd_write_seconds_total counter
-rbd_nbd_write_seconds_total{resource="r0"} 1.5
-rbd_nbd_write_seconds_total{resource="r1"} 0
+# HELP rbd_nbd_write_latency_seconds Time writes, trims and zeroes took until acknowledged (protocol C: on both disks).
+# TYPE rbd_nbd_write_latency_seconds histogram
+rbd_nbd_write_latency_seconds_bucket{resource="r0",le="5e-05"} 1
+rbd_nbd_write_latency_seconds_bucket{resource="r0",le="0.0001"} 1
+rbd_nbd_write_latency_seconds_bucket{resource="r0",le="0.00025"} 1
+rbd_nbd_write_latency_seconds_bucket{resource="r0",le="0.0005"} 1
+rbd_nbd_write_latency_seconds_bucket{resource="r0",le="0.001"} 4
+rbd_nbd_write_latency_seconds_bucket{resource="r0",le="0.0025"} 4
+rbd_nbd_write_latency_seconds_bucket{resource="r0",le="0.005"} 4
+rbd_nbd_write_latency_seconds_bucket{resource="r0",le="0.01"} 4
+rbd_nbd_write_latency_seconds_bucket{resource="r0",le="0.025"} 4
+rbd_nbd_write_latency_seconds_bucket{resource="r0",le="0.05"} 4
+rbd_nbd_write_latency_seconds_bucket{resource="r0",le="0.1"} 4
+rbd_nbd_write_latency_seconds_bucket{resource="r0",le="0.25"} 4
+rbd_nbd_write_latency_seconds_bucket{resource="r0",le="0.5"} 4
+rbd_nbd_write_latency_seconds_bucket{resource="r0",le="1"} 4
+rbd_nbd_write_latency_seconds_bucket{resource="r0",le="2.5"} 4
+rbd_nbd_write_latency_seconds_bucket{resource="r0",le="5"} 4
+rbd_nbd_write_latency_seconds_bucket{resource="r0",le="+Inf"} 7
+rbd_nbd_write_latency_seconds_sum{resource="r0"} 1.5
+rbd_nbd_write_latency_seconds_count{resource="r0"} 7
+rbd_nbd_write_latency_seconds_bucket{resource="r1",le="5e-05"} 0
+rbd_nbd_write_latency_seconds_bucket{resource="r1",le="0.0001"} 0
+rbd_nbd_write_latency_seconds_bucket{resource="r1",le="0.00025"} 0
+rbd_nbd_write_latency_seconds_bucket{resource="r1",le="0.0005"} 0
+rbd_nbd_write_latency_seconds_bucket{resource="r1",le="0.001"} 0
+rbd_nbd_write_latency_seconds_bucket{resource="r1",le="0.0025"} 0
+rbd_nbd_write_latency_seconds_bucket{resource="r1",le="0.005"} 0
+rbd_nbd_write_latency_seconds_bucket{resource="r1",le="0.01"} 0
+rbd_nbd_write_latency_seconds_bucket{resource="r1",le="0.025"} 0
+rbd_nbd_write_latency_seconds_bucket{resource="r1",le="0.05"} 0
+rbd_nbd_write_latency_seconds_bucket{resource="r1",le="0.1"} 0
+rbd_nbd_write_latency_seconds_bucket{resource="r1",le="0.25"} 0
+rbd_nbd_write_latency_seconds_bucket{resource="r1",le="0.5"} 0
+rbd_nbd_write_latency_seconds_bucket{resource="r1",le="1"} 0
+rbd_nbd_write_latency_seconds_bucket{resource="r1",le="2.5"} 0
+rbd_nbd_write_latency_seconds_bucket{resource="r1",le="5"} 0
+rbd_nbd_write_latency_seconds_bucket{resource="r1",le="+Inf"} 0
+rbd_nbd_write_latency_seconds_sum{resource="r1"} 0
+rbd_nbd_write_latency_seconds_count{resource="r1"} 0
 # HELP rbd_nbd_link_bytes_total Bytes moved on peer links since the resource came up (under TLS, before encryption).
 # TYPE rbd_nbd_link_bytes_total counter
 rbd_nbd_link_bytes_total{direction="received",resource="r0"} 200
@@ -159,7 +196,7 @@ rbd_nbd_al_writes_total{resource="r1"} 0
 `
 	names := []string{"rbd_nbd_resource_info", "rbd_nbd_resource_up", "rbd_nbd_role", "rbd_nbd_connection_state",
 		"rbd_nbd_peer_disk_state", "rbd_nbd_resync_done_bytes", "rbd_nbd_out_of_sync_bytes", "rbd_nbd_requests_total",
-		"rbd_nbd_request_bytes_total", "rbd_nbd_request_errors_total", "rbd_nbd_write_seconds_total",
+		"rbd_nbd_request_bytes_total", "rbd_nbd_request_errors_total", "rbd_nbd_write_latency_seconds",
 		"rbd_nbd_link_bytes_total", "rbd_nbd_link_ping_rtt_seconds", "rbd_nbd_al_writes_total"}
 	if err := testutil.CollectAndCompare(NewCollector(twoResources), strings.NewReader(want), names...); err != nil {
 		t.Fatal(err)

@@ -16,6 +16,7 @@ type ioCounters struct {
 	trims, trimmedBytes    atomic.Uint64
 	zeroes, zeroedBytes    atomic.Uint64
 	flushes, errors, wtime atomic.Uint64
+	wlat                   [len(writeLatencyBounds) + 1]atomic.Uint64
 }
 
 func (c *ioCounters) read(n int, err error) {
@@ -38,6 +39,11 @@ func (c *ioCounters) modified(k replicate.Kind, n int64, d time.Duration, err er
 		c.zeroedBytes.Add(uint64(n))
 	}
 	c.wtime.Add(uint64(max(d, 0)))
+	i := 0
+	for i < len(writeLatencyBounds) && d > writeLatencyBounds[i] {
+		i++
+	}
+	c.wlat[i].Add(1)
 	c.failed(err)
 }
 
@@ -53,13 +59,17 @@ func (c *ioCounters) failed(err error) {
 }
 
 func (c *ioCounters) snapshot() IOStats {
-	return IOStats{
+	s := IOStats{
 		Reads: c.reads.Load(), ReadBytes: c.readBytes.Load(),
 		Writes: c.writes.Load(), WrittenBytes: c.writtenBytes.Load(),
 		Trims: c.trims.Load(), TrimmedBytes: c.trimmedBytes.Load(),
 		Zeroes: c.zeroes.Load(), ZeroedBytes: c.zeroedBytes.Load(),
 		Flushes: c.flushes.Load(), Errors: c.errors.Load(), WriteTime: c.wtime.Load(),
 	}
+	for i := range c.wlat {
+		s.WriteLatency[i] = c.wlat[i].Load()
+	}
+	return s
 }
 
 // linkCounters sums the traffic of the links a resource had. The current

@@ -1,5 +1,10 @@
 package resource
 
+import (
+	"slices"
+	"time"
+)
+
 // Role is a node's role for a resource: only a Primary serves writes.
 type Role uint8
 
@@ -171,4 +176,22 @@ type IOStats struct {
 	// acknowledged, in nanoseconds; over Writes+Trims+Zeroes it is their
 	// mean latency.
 	WriteTime uint64
+	// WriteLatency counts the same requests by the time they took: entry
+	// i those that took at most WriteLatencyBounds()[i] and more than the
+	// bound before; the last entry those that took longer than every
+	// bound.
+	WriteLatency [len(writeLatencyBounds) + 1]uint64
 }
+
+// writeLatencyBounds are the upper bounds of IOStats.WriteLatency's
+// buckets: from a write to memory (tens of µs) to a stalled peer.
+var writeLatencyBounds = [...]time.Duration{
+	50 * time.Microsecond, 100 * time.Microsecond, 250 * time.Microsecond, 500 * time.Microsecond,
+	time.Millisecond, 2500 * time.Microsecond, 5 * time.Millisecond, 10 * time.Millisecond,
+	25 * time.Millisecond, 50 * time.Millisecond, 100 * time.Millisecond, 250 * time.Millisecond,
+	500 * time.Millisecond, time.Second, 2500 * time.Millisecond, 5 * time.Second,
+}
+
+// WriteLatencyBounds returns the upper bounds of IOStats.WriteLatency's
+// buckets, ascending.
+func WriteLatencyBounds() []time.Duration { return slices.Clone(writeLatencyBounds[:]) }
