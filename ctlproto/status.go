@@ -246,6 +246,12 @@ func EncodeStatusStatistics(st resource.Status, set FieldSet) Entry {
 	for _, f := range statsFields(&st) {
 		l = append(l, U64(f.tag, *f.v))
 	}
+	for _, b := range resource.WriteLatencyBounds() {
+		l = append(l, U64(TagStatsWriteLatencyBound, uint64(b)))
+	}
+	for _, n := range st.IO.WriteLatency {
+		l = append(l, U64(TagStatsWriteLatencyCount, n))
+	}
 	return Nested(TagStatus, append(statusFields(st, set), Nested(TagStatusStatistics, l...))...)
 }
 
@@ -259,12 +265,32 @@ func DecodeStatistics(status List, st *resource.Status) bool {
 		return false
 	}
 	fs := statsFields(st)
+	var bounds, counts []uint64
 	for _, s := range e.List() {
+		if s.Type != TypeU64 {
+			continue
+		}
+		switch s.Tag {
+		case TagStatsWriteLatencyBound:
+			bounds = append(bounds, s.Uint())
+		case TagStatsWriteLatencyCount:
+			counts = append(counts, s.Uint())
+		}
 		for _, f := range fs {
-			if s.Tag == f.tag && s.Type == TypeU64 {
+			if s.Tag == f.tag {
 				*f.v = s.Uint()
 			}
 		}
+	}
+	// The histogram is taken only with the bounds this build knows; a
+	// daemon with other buckets leaves it empty.
+	if ours := resource.WriteLatencyBounds(); len(bounds) == len(ours) && len(counts) == len(ours)+1 {
+		for i, b := range ours {
+			if uint64(b) != bounds[i] {
+				return true
+			}
+		}
+		copy(st.IO.WriteLatency[:], counts)
 	}
 	return true
 }

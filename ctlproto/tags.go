@@ -183,6 +183,8 @@ const (
 	TagStatsPingRTT           uint16 = 160
 	TagStatsALWrites          uint16 = 161
 	TagStatsBitmapWrites      uint16 = 162
+	TagStatsWriteLatencyBound uint16 = 163
+	TagStatsWriteLatencyCount uint16 = 164
 )
 
 // enumNames lists String() of 0, 1, ... up to the first value whose name
@@ -342,6 +344,8 @@ func defaultTags() []Tag {
 		{Num: TagStatsPingRTT, Name: "statistics.ping-rtt", Type: TypeU64, Unit: UnitNanos, Section: TagStatusStatistics, Since: v1_2, Doc: "Round trip of the current link's last ping; 0 without a link."},
 		{Num: TagStatsALWrites, Name: "statistics.al-writes", Type: TypeU64, Section: TagStatusStatistics, Since: v1_2, Doc: "Activity-log transactions written."},
 		{Num: TagStatsBitmapWrites, Name: "statistics.bitmap-writes", Type: TypeU64, Section: TagStatusStatistics, Since: v1_2, Doc: "Bitmap pages written."},
+		{Num: TagStatsWriteLatencyBound, Name: "statistics.write-latency-bound", Type: TypeU64, Unit: UnitNanos, Section: TagStatusStatistics, Repeated: true, Since: v1_2, Doc: "Upper bounds of the write-latency buckets, ascending, one entry each."},
+		{Num: TagStatsWriteLatencyCount, Name: "statistics.write-latency-count", Type: TypeU64, Section: TagStatusStatistics, Repeated: true, Since: v1_2, Doc: "WRITE, TRIM and WRITE_ZEROES requests per latency bucket, in the bounds' order, and a last entry for those slower than every bound."},
 	}
 }
 

@@ -242,6 +242,7 @@ func TestStatisticsRoundTrip(t *testing.T) {
 		Zeroes: 7, ZeroedBytes: 8, Flushes: 9, Errors: 10, WriteTime: 1 << 40}
 	st.Link = resource.LinkStats{Connects: 11, SentBytes: 12, ReceivedBytes: 13, PingRTT: 14}
 	st.Meta = resource.MetaStats{ALWrites: 15, BitmapWrites: 16}
+	st.IO.WriteLatency[0], st.IO.WriteLatency[3], st.IO.WriteLatency[len(st.IO.WriteLatency)-1] = 17, 18, 19
 	l, err := DecodeList(List{EncodeStatusStatistics(st, AllFields)}.Append(nil), DefaultLimits())
 	if err != nil {
 		t.Fatal(err)
@@ -263,6 +264,12 @@ func TestStatisticsRoundTrip(t *testing.T) {
 	if DecodeStatistics(List{U64(TagStatusStatistics, 1)}, &none) {
 		t.Error("statistics from a u64")
 	}
+	// A histogram with other bounds than this build's is left out.
+	var other resource.Status
+	if !DecodeStatistics(List{Nested(TagStatusStatistics, U64(TagStatsWriteLatencyBound, 1), U64(TagStatsWriteLatencyCount, 2),
+		U64(TagStatsWriteLatencyCount, 3))}, &other) || other.IO.WriteLatency != [len(other.IO.WriteLatency)]uint64{} {
+		t.Errorf("foreign histogram: %+v", other.IO)
+	}
 	var part resource.Status
 	ok = DecodeStatistics(List{Nested(TagStatusStatistics, U64(TagStatsReads, 4), U32(TagStatsWrites, 5), U64(999, 6), U64(TagStatsBitmapWrites, 7))}, &part)
 	if !ok || part.IO != (resource.IOStats{Reads: 4}) || part.Meta.BitmapWrites != 7 {
@@ -271,7 +278,8 @@ func TestStatisticsRoundTrip(t *testing.T) {
 	// An old client's registry (1.1) skips the section as unknown optional.
 	old := DefaultRegistry().Without(TagStatusStatistics, TagStatsReads, TagStatsReadBytes, TagStatsWrites, TagStatsWrittenBytes,
 		TagStatsTrims, TagStatsTrimmedBytes, TagStatsZeroes, TagStatsZeroedBytes, TagStatsFlushes, TagStatsErrors, TagStatsWriteTime,
-		TagStatsLinkConnects, TagStatsLinkSentBytes, TagStatsLinkReceivedBytes, TagStatsPingRTT, TagStatsALWrites, TagStatsBitmapWrites)
+		TagStatsLinkConnects, TagStatsLinkSentBytes, TagStatsLinkReceivedBytes, TagStatsPingRTT, TagStatsALWrites, TagStatsBitmapWrites,
+		TagStatsWriteLatencyBound, TagStatsWriteLatencyCount)
 	if _, err := old.CheckReply(l); err != nil {
 		t.Fatalf("a 1.1 client refuses a reply with statistics: %v", err)
 	}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/rbd-nbd/rbd-nbd/ctlproto"
 	"github.com/rbd-nbd/rbd-nbd/daemon"
+	"github.com/rbd-nbd/rbd-nbd/resource"
 )
 
 // serveDaemon runs an in-process daemon with the registry reg (nil: the
@@ -255,7 +256,9 @@ func TestStatisticsOutput(t *testing.T) {
 		t.Fatalf("status -s: %q", out)
 	}
 	out = mustRun(t, sock, "status", "r0", "--statistics", "--json")
-	if !strings.HasSuffix(out, `,"statistics":{"reads":0,"read-bytes":0,"writes":0,"written-bytes":0,"trims":0,"trimmed-bytes":0,"zeroes":0,"zeroed-bytes":0,"flushes":0,"errors":0,"write-time-ns":0,"link-connects":0,"link-sent-bytes":0,"link-received-bytes":0,"ping-rtt-ns":0,"al-writes":0,"bitmap-writes":0}}]`+"\n") {
+	if !strings.HasSuffix(out, `,"statistics":{"reads":0,"read-bytes":0,"writes":0,"written-bytes":0,"trims":0,"trimmed-bytes":0,"zeroes":0,"zeroed-bytes":0,"flushes":0,"errors":0,"write-time-ns":0,"link-connects":0,"link-sent-bytes":0,"link-received-bytes":0,"ping-rtt-ns":0,"al-writes":0,"bitmap-writes":0,`+
+		`"write-latency-bounds-ns":[50000,100000,250000,500000,1000000,2500000,5000000,10000000,25000000,50000000,100000000,250000000,500000000,1000000000,2500000000,5000000000],`+
+		`"write-latency-counts":[0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0]}}]`+"\n") {
 		t.Fatalf("status --statistics --json: %q", out)
 	}
 }
@@ -268,5 +271,22 @@ func TestOutdateOldDaemon(t *testing.T) {
 	_, _, err := run(t, sock, "outdate", "r0")
 	if err == nil || err.Error() != "the daemon (version 1.1.0) does not know this command: upgrade the daemon" {
 		t.Fatalf("outdate on a 1.1 daemon: %v", err)
+	}
+}
+
+func TestLatencyQuantile(t *testing.T) {
+	counts := make([]uint64, len(resource.WriteLatencyBounds())+1)
+	if _, ok := latencyQuantile(counts, 0.5); ok {
+		t.Fatal("a quantile of nothing")
+	}
+	counts[2], counts[6], counts[len(counts)-1] = 98, 1, 1 // ≤250µs, ≤5ms, beyond 5s
+	for _, c := range []struct {
+		q    float64
+		want time.Duration
+		ok   bool
+	}{{0.5, 250 * time.Microsecond, true}, {0.98, 250 * time.Microsecond, true}, {0.99, 5 * time.Millisecond, true}, {0.999, 0, false}} {
+		if got, ok := latencyQuantile(counts, c.q); got != c.want || ok != c.ok {
+			t.Errorf("q %v: %v %v, want %v %v", c.q, got, ok, c.want, c.ok)
+		}
 	}
 }

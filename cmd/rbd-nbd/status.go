@@ -103,23 +103,25 @@ func statusJSON(st resource.Status, stats bool) []byte {
 
 // statisticsJSON has the keys of the statistics tags (statistics.reads ...).
 type statisticsJSON struct {
-	Reads        uint64 `json:"reads"`
-	ReadBytes    uint64 `json:"read-bytes"`
-	Writes       uint64 `json:"writes"`
-	WrittenBytes uint64 `json:"written-bytes"`
-	Trims        uint64 `json:"trims"`
-	TrimmedBytes uint64 `json:"trimmed-bytes"`
-	Zeroes       uint64 `json:"zeroes"`
-	ZeroedBytes  uint64 `json:"zeroed-bytes"`
-	Flushes      uint64 `json:"flushes"`
-	Errors       uint64 `json:"errors"`
-	WriteTime    uint64 `json:"write-time-ns"`
-	LinkConnects uint64 `json:"link-connects"`
-	LinkSent     uint64 `json:"link-sent-bytes"`
-	LinkReceived uint64 `json:"link-received-bytes"`
-	PingRTT      uint64 `json:"ping-rtt-ns"`
-	ALWrites     uint64 `json:"al-writes"`
-	BitmapWrites uint64 `json:"bitmap-writes"`
+	Reads         uint64   `json:"reads"`
+	ReadBytes     uint64   `json:"read-bytes"`
+	Writes        uint64   `json:"writes"`
+	WrittenBytes  uint64   `json:"written-bytes"`
+	Trims         uint64   `json:"trims"`
+	TrimmedBytes  uint64   `json:"trimmed-bytes"`
+	Zeroes        uint64   `json:"zeroes"`
+	ZeroedBytes   uint64   `json:"zeroed-bytes"`
+	Flushes       uint64   `json:"flushes"`
+	Errors        uint64   `json:"errors"`
+	WriteTime     uint64   `json:"write-time-ns"`
+	LinkConnects  uint64   `json:"link-connects"`
+	LinkSent      uint64   `json:"link-sent-bytes"`
+	LinkReceived  uint64   `json:"link-received-bytes"`
+	PingRTT       uint64   `json:"ping-rtt-ns"`
+	ALWrites      uint64   `json:"al-writes"`
+	BitmapWrites  uint64   `json:"bitmap-writes"`
+	LatencyBounds []int64  `json:"write-latency-bounds-ns"`
+	LatencyCounts []uint64 `json:"write-latency-counts"`
 }
 
 func newStatisticsJSON(st resource.Status) statisticsJSON {
@@ -130,7 +132,38 @@ func newStatisticsJSON(st resource.Status) statisticsJSON {
 		Flushes: io.Flushes, Errors: io.Errors, WriteTime: io.WriteTime,
 		LinkConnects: l.Connects, LinkSent: l.SentBytes, LinkReceived: l.ReceivedBytes, PingRTT: l.PingRTT,
 		ALWrites: m.ALWrites, BitmapWrites: m.BitmapWrites,
+		LatencyBounds: latencyBoundsNS(), LatencyCounts: io.WriteLatency[:],
 	}
+}
+
+func latencyBoundsNS() []int64 {
+	var ns []int64
+	for _, b := range resource.WriteLatencyBounds() {
+		ns = append(ns, int64(b))
+	}
+	return ns
+}
+
+// latencyQuantile returns the upper bound of the bucket holding quantile q
+// of the histogram, and false when it lies beyond the last bound or the
+// histogram is empty.
+func latencyQuantile(counts []uint64, q float64) (time.Duration, bool) {
+	var total uint64
+	for _, n := range counts {
+		total += n
+	}
+	if total == 0 {
+		return 0, false
+	}
+	bounds := resource.WriteLatencyBounds()
+	var seen uint64
+	for i, b := range bounds {
+		seen += counts[i]
+		if float64(seen) >= q*float64(total) {
+			return b, true
+		}
+	}
+	return 0, false
 }
 
 // writeStatisticsText prints the counters under a resource's status, as
@@ -142,6 +175,16 @@ func writeStatisticsText(w io.Writer, st resource.Status) {
 	fmt.Fprintf(w, "  bytes read:%d written:%d trimmed:%d zeroed:%d", s.ReadBytes, s.WrittenBytes, s.TrimmedBytes, s.ZeroedBytes)
 	if n := s.Writes + s.Trims + s.Zeroes; n > 0 {
 		fmt.Fprintf(w, " write-latency:%v", (time.Duration(s.WriteTime/n) * time.Nanosecond).Round(time.Microsecond))
+		for _, q := range []struct {
+			name string
+			q    float64
+		}{{"p50", 0.5}, {"p99", 0.99}} {
+			if b, ok := latencyQuantile(s.WriteLatency[:], q.q); ok {
+				fmt.Fprintf(w, " %s<=%v", q.name, b)
+			} else {
+				fmt.Fprintf(w, " %s>%v", q.name, resource.WriteLatencyBounds()[len(resource.WriteLatencyBounds())-1])
+			}
+		}
 	}
 	fmt.Fprintln(w)
 	fmt.Fprintf(w, "  meta-data al-writes:%d bitmap-writes:%d\n", st.Meta.ALWrites, st.Meta.BitmapWrites)
