@@ -242,13 +242,9 @@ func DefaultRegistry() *Registry {
 // Without returns a copy of r that lacks the given tags and everything in
 // them, as a daemon built before those tags would. It is meant for tests.
 func (r *Registry) Without(nums ...uint16) *Registry {
-	drop := map[uint16]bool{}
-	for _, n := range nums {
-		drop[n] = true
-	}
-	dropped := func(t *Tag) bool {
+	return r.without(func(t *Tag) bool {
 		for ; t != nil; t = r.tags[t.Section] {
-			if drop[t.Num] {
+			if slices.Contains(nums, t.Num) {
 				return true
 			}
 			if t.Section == 0 {
@@ -256,47 +252,36 @@ func (r *Registry) Without(nums ...uint16) *Registry {
 			}
 		}
 		return false
-	}
-	var tags []Tag
-	for _, t := range r.tags {
-		if t != nil && !dropped(t) {
-			tags = append(tags, *t)
-		}
-	}
-	var msgs []MsgDef
-	for _, m := range r.msgs {
-		if m == nil {
-			continue
-		}
-		d := m.MsgDef
-		d.Accepts = slices.DeleteFunc(slices.Clone(d.Accepts), func(a uint16) bool { return drop[a] })
-		msgs = append(msgs, d)
-	}
-	out, err := NewRegistry(tags, msgs, r.codes)
-	if err != nil {
-		panic(err) // removing tags from a consistent registry keeps it consistent
-	}
-	return out
+	}, func(MsgType) bool { return false })
 }
 
 // WithoutMsgs returns a copy of r that lacks the given message types, as a
 // daemon built before them would. It is meant for tests.
 func (r *Registry) WithoutMsgs(types ...MsgType) *Registry {
+	return r.without(func(*Tag) bool { return false }, func(t MsgType) bool { return slices.Contains(types, t) })
+}
+
+// without copies r without the tags and message types the functions
+// drop; a message no longer accepts a dropped tag.
+func (r *Registry) without(dropTag func(*Tag) bool, dropMsg func(MsgType) bool) *Registry {
 	var tags []Tag
 	for _, t := range r.tags {
-		if t != nil {
+		if t != nil && !dropTag(t) {
 			tags = append(tags, *t)
 		}
 	}
 	var msgs []MsgDef
 	for _, m := range r.msgs {
-		if m != nil && !slices.Contains(types, m.Type) {
-			msgs = append(msgs, m.MsgDef)
+		if m == nil || dropMsg(m.Type) {
+			continue
 		}
+		d := m.MsgDef
+		d.Accepts = slices.DeleteFunc(slices.Clone(d.Accepts), func(a uint16) bool { return dropTag(r.tag(a)) })
+		msgs = append(msgs, d)
 	}
 	out, err := NewRegistry(tags, msgs, r.codes)
 	if err != nil {
-		panic(err) // removing message types from a consistent registry keeps it consistent
+		panic(err) // dropping entries of a consistent registry keeps it consistent
 	}
 	return out
 }

@@ -68,36 +68,36 @@ size=32m
 	}
 	faults := map[string]int{}
 	deadline := time.Now().Add(2 * time.Minute)
-	for i := 0; ; i++ {
+	running := func() bool {
 		select {
 		case <-fio.Done():
+			return false
 		default:
-			if time.Now().Before(deadline) {
-				switch i % 3 {
-				case 0:
-					// Wait for the node to dial again: its status may
-					// not show the cut yet.
-					n := c.proxy.accepted.Load()
-					if c.proxy.cut() > 0 {
-						faults["link cut"]++
-						WaitFor(t, 60*time.Second, "node a to dial again", func() bool { return c.proxy.accepted.Load() > n })
-					}
-				case 1:
-					c.b.kill()
-					c.a.wait("the peer gone", 30*time.Second, func(s nodeStatus) bool { return s.Conn == "Connecting" })
-					c.b.start()
-					c.b.up()
-					faults["secondary killed"]++
-				case 2:
-					c.a.ctl("disconnect", "r0")
-					c.a.ctl("connect", "r0")
-					faults["disconnect, connect"]++
-				}
-				c.a.wait("the link back", 60*time.Second, linked)
-				continue
-			}
+			return time.Now().Before(deadline)
 		}
-		break
+	}
+	for i := 0; running(); i++ {
+		switch i % 3 {
+		case 0:
+			// Wait for the node to dial again: its status may not show
+			// the cut yet.
+			n := c.proxy.accepted.Load()
+			if c.proxy.cut() > 0 {
+				faults["link cut"]++
+				WaitFor(t, 60*time.Second, "node a to dial again", func() bool { return c.proxy.accepted.Load() > n })
+			}
+		case 1:
+			c.b.kill()
+			c.a.wait("the peer gone", 30*time.Second, func(s nodeStatus) bool { return s.Conn == "Connecting" })
+			c.b.start()
+			c.b.up()
+			faults["secondary killed"]++
+		case 2:
+			c.a.ctl("disconnect", "r0")
+			c.a.ctl("connect", "r0")
+			faults["disconnect, connect"]++
+		}
+		c.a.wait("the link back", 60*time.Second, linked)
 	}
 	if err := fio.Wait(3 * time.Minute); err != nil {
 		t.Fatalf("fio failed after %v: %v\n%s", faults, err, fio.Output())

@@ -513,16 +513,11 @@ func (c *conn) validate(r *Request) uint32 {
 // caller will execute another request right away, so the reply need not be
 // flushed yet.
 func (c *conn) execute(r *request, more bool) {
-	c.stats.count(&r.Request, c.run(r, more))
-}
-
-// run carries out r and replies; it returns the reply's error (0: success).
-func (c *conn) run(r *request, more bool) uint32 {
 	if r.errno != 0 {
 		c.log.Debug("request refused", zap.String("cmd", cmdName(r.Type)), zap.Uint64("offset", r.Offset),
 			zap.Uint32("length", r.Length), zap.Uint16("flags", r.Flags), zap.Uint32("errno", r.errno))
 		c.reply(&r.Request, r.errno, nil, more)
-		return r.errno
+		return
 	}
 	off, length := int64(r.Offset), int64(r.Length)
 	fua := r.Flags&CmdFlagFUA != 0
@@ -541,7 +536,7 @@ func (c *conn) run(r *request, more bool) uint32 {
 		if err == nil {
 			c.reply(&r.Request, 0, *bp, more)
 			c.s.pool.put(bp)
-			return 0
+			return
 		}
 		c.s.pool.put(bp)
 	case CmdWrite:
@@ -570,15 +565,13 @@ func (c *conn) run(r *request, more bool) uint32 {
 		var status []byte
 		if status, err = c.blockStatus(off, length, r.Flags&CmdFlagReqOne != 0); err == nil {
 			c.reply(&r.Request, 0, status, more)
-			return 0
+			return
 		}
 	}
 	if err != nil {
 		c.logFailure(r, err)
 	}
-	errno := Errno(err)
-	c.reply(&r.Request, errno, nil, more)
-	return errno
+	c.reply(&r.Request, Errno(err), nil, more)
 }
 
 // logFailure logs a request the backend failed: an I/O error as a
@@ -602,6 +595,9 @@ func (c *conn) logFailure(r *request, err error) {
 // empty READ). The writer that leaves no other reply pending flushes,
 // unless more says its caller has another request to answer right away.
 func (c *conn) reply(r *Request, errno uint32, data []byte, more bool) {
+	// Counted before the client can see the reply, so that Stats already
+	// holds a request its client saw answered.
+	c.stats.count(r, errno)
 	c.pending.Add(1)
 	if !more && c.busy.Load() > 1 {
 		// Other requests of this connection are running and may be

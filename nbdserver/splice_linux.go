@@ -107,7 +107,6 @@ func (c *conn) spliceWrite(r *request) error {
 		c.logFailure(r, werr)
 	}
 	c.reply(&r.Request, errno, nil, c.br.Buffered() >= requestSize)
-	c.stats.count(&r.Request, errno)
 	return nil
 }
 

@@ -305,15 +305,22 @@ func (r *Resource) Zero(off, length int64, noHole, fastZero, fua bool) error {
 // write runs one modifying request: local through do, remote as req.
 func (r *Resource) write(req replicate.Request, do func() error) error {
 	start := time.Now()
-	err := r.writeReq(req, do, start)
-	r.io.modified(req.Kind, req.Length, time.Since(start), err)
+	ran, err := r.writeReq(req, do)
+	d := time.Since(start)
+	if ran {
+		// Writes that reached the disks pace the resync (latency target).
+		r.observeLatency(d)
+	}
+	r.io.modified(req.Kind, req.Length, d, err)
 	return err
 }
 
-func (r *Resource) writeReq(req replicate.Request, do func() error, start time.Time) error {
+// writeReq does write's work; ran reports whether the request got as far
+// as the disks (false: refused before, with err).
+func (r *Resource) writeReq(req replicate.Request, do func() error) (ran bool, err error) {
 	off, n := req.Offset, req.Length
 	if err := r.checkWrite(off, n); err != nil {
-		return err
+		return false, err
 	}
 	r.inflight.Add(1)
 	defer r.inflight.Add(-1)
@@ -329,7 +336,7 @@ func (r *Resource) writeReq(req replicate.Request, do func() error, start time.T
 		case !r.localError(err):
 			// The meta-data lives on the local disk too: an activity-log
 			// write that fails is the local disk failing.
-			return fmt.Errorf("activity log: %w", err)
+			return false, fmt.Errorf("activity log: %w", err)
 		}
 	}
 	// 2. Order against overlapping writes and resync chunks.
@@ -341,7 +348,7 @@ func (r *Resource) writeReq(req replicate.Request, do func() error, start time.T
 	st, err := r.enter(context.Background())
 	if err != nil {
 		alDone()
-		return err
+		return false, err
 	}
 	var op *peerOp
 	if st.link != nil {
@@ -357,7 +364,7 @@ func (r *Resource) writeReq(req replicate.Request, do func() error, start time.T
 		if r.diskFailed.Load() {
 			st.wg.Done()
 			alDone()
-			return fmt.Errorf("resource %s: %w", r.cfg().Name, ErrNoData)
+			return false, fmt.Errorf("resource %s: %w", r.cfg().Name, ErrNoData)
 		}
 		r.bm.Set(off, n)
 	}
@@ -374,8 +381,7 @@ func (r *Resource) writeReq(req replicate.Request, do func() error, start time.T
 	if op == nil {
 		st.wg.Done()
 		alDone()
-		r.observeLatency(time.Since(start))
-		return lerr
+		return true, lerr
 	}
 	finish := func(perr error) {
 		if perr != nil {
@@ -395,8 +401,7 @@ func (r *Resource) writeReq(req replicate.Request, do func() error, start time.T
 		// Neither copy took it.
 		lerr = fmt.Errorf("resource %s: local disk detached and peer failed: %w", r.cfg().Name, perr)
 	}
-	r.observeLatency(time.Since(start))
-	return lerr
+	return true, lerr
 }
 
 // peerFailed records a write the peer did not complete.

@@ -275,8 +275,9 @@ func TestOutdateOldDaemon(t *testing.T) {
 }
 
 func TestLatencyQuantile(t *testing.T) {
-	counts := make([]uint64, len(resource.WriteLatencyBounds())+1)
-	if _, ok := latencyQuantile(counts, 0.5); ok {
+	bounds := resource.WriteLatencyBounds()
+	counts := make([]uint64, len(bounds)+1)
+	if _, ok := latencyQuantile(counts, bounds, 0.5); ok {
 		t.Fatal("a quantile of nothing")
 	}
 	counts[2], counts[6], counts[len(counts)-1] = 98, 1, 1 // ≤250µs, ≤5ms, beyond 5s
@@ -285,7 +286,7 @@ func TestLatencyQuantile(t *testing.T) {
 		want time.Duration
 		ok   bool
 	}{{0.5, 250 * time.Microsecond, true}, {0.98, 250 * time.Microsecond, true}, {0.99, 5 * time.Millisecond, true}, {0.999, 0, false}} {
-		if got, ok := latencyQuantile(counts, c.q); got != c.want || ok != c.ok {
+		if got, ok := latencyQuantile(counts, bounds, c.q); got != c.want || ok != c.ok {
 			t.Errorf("q %v: %v %v, want %v %v", c.q, got, ok, c.want, c.ok)
 		}
 	}

@@ -145,9 +145,10 @@ func latencyBoundsNS() []int64 {
 }
 
 // latencyQuantile returns the upper bound of the bucket holding quantile q
-// of the histogram, and false when it lies beyond the last bound or the
-// histogram is empty.
-func latencyQuantile(counts []uint64, q float64) (time.Duration, bool) {
+// of a histogram with the given bounds (counts has one more entry, for
+// beyond the last bound), and false when it lies beyond the last bound or
+// the histogram is empty.
+func latencyQuantile(counts []uint64, bounds []time.Duration, q float64) (time.Duration, bool) {
 	var total uint64
 	for _, n := range counts {
 		total += n
@@ -155,7 +156,6 @@ func latencyQuantile(counts []uint64, q float64) (time.Duration, bool) {
 	if total == 0 {
 		return 0, false
 	}
-	bounds := resource.WriteLatencyBounds()
 	var seen uint64
 	for i, b := range bounds {
 		seen += counts[i]
@@ -175,14 +175,15 @@ func writeStatisticsText(w io.Writer, st resource.Status) {
 	fmt.Fprintf(w, "  bytes read:%d written:%d trimmed:%d zeroed:%d", s.ReadBytes, s.WrittenBytes, s.TrimmedBytes, s.ZeroedBytes)
 	if n := s.Writes + s.Trims + s.Zeroes; n > 0 {
 		fmt.Fprintf(w, " write-latency:%v", (time.Duration(s.WriteTime/n) * time.Nanosecond).Round(time.Microsecond))
+		bounds := resource.WriteLatencyBounds()
 		for _, q := range []struct {
 			name string
 			q    float64
 		}{{"p50", 0.5}, {"p99", 0.99}} {
-			if b, ok := latencyQuantile(s.WriteLatency[:], q.q); ok {
+			if b, ok := latencyQuantile(s.WriteLatency[:], bounds, q.q); ok {
 				fmt.Fprintf(w, " %s<=%v", q.name, b)
 			} else {
-				fmt.Fprintf(w, " %s>%v", q.name, resource.WriteLatencyBounds()[len(resource.WriteLatencyBounds())-1])
+				fmt.Fprintf(w, " %s>%v", q.name, bounds[len(bounds)-1])
 			}
 		}
 	}
