@@ -72,6 +72,35 @@ const (
 	SizeMismatchSmaller SizeMismatch = "smaller"
 )
 
+// Fencing is what a Primary does when it loses its UpToDate peer, after
+// DRBD's fencing policies.
+type Fencing string
+
+// The fencing policies.
+const (
+	// FencingDefault is the zero value: resource-only.
+	FencingDefault Fencing = ""
+	// FencingDontCare never runs fence-peer: a Primary that loses its
+	// peer goes on alone, and a promotion without a peer asks no one.
+	FencingDontCare Fencing = "dont-care"
+	// FencingResourceOnly runs fence-peer after the peer is lost (writes
+	// go on meanwhile) and before a promotion without a peer.
+	FencingResourceOnly Fencing = "resource-only"
+	// FencingResourceAndStonith also suspends all I/O of a Primary that
+	// lost its peer until fence-peer has fenced the peer, so that no write
+	// is acknowledged that the peer could be promoted without. A failed
+	// fence leaves I/O suspended until resume-io.
+	FencingResourceAndStonith Fencing = "resource-and-stonith"
+)
+
+// Effective returns the policy f stands for (the default is resource-only).
+func (f Fencing) Effective() Fencing {
+	if f == FencingDefault {
+		return FencingResourceOnly
+	}
+	return f
+}
+
 // Csums names the checksum used for checksum-based resync and verify.
 type Csums string
 
@@ -217,6 +246,10 @@ type Net struct {
 	// MaxProtocolVersion caps the peer protocol version this node offers
 	// (0: the newest it speaks); for tests and rolling upgrades.
 	MaxProtocolVersion uint32 `yaml:"max-protocol-version,omitempty"`
+	// Fencing is the fencing policy; empty means resource-only (kept
+	// empty rather than filled in, so that a configuration without it
+	// still drives a daemon that predates it).
+	Fencing Fencing `yaml:"fencing,omitempty"`
 }
 
 // DiskOptions holds the local disk options.
@@ -417,6 +450,12 @@ func (r Resource) Validate() error {
 	if err := r.validateLinkTLS(); err != nil {
 		return err
 	}
+	if r.Net.Fencing == FencingResourceAndStonith && len(r.Handlers.Dispatcher) == 0 && len(r.Handlers.Commands["fence-peer"]) == 0 {
+		// Without a handler nothing ever lifts the suspension but an
+		// administrator; refuse rather than freeze I/O at the first
+		// link loss.
+		return &FieldError{Path: "net.fencing", Value: string(r.Net.Fencing), Allowed: "resource-and-stonith only with a fence-peer handler (handlers.commands.fence-peer or handlers.dispatcher)"}
+	}
 	if err := r.Disk.Validate(); err != nil {
 		return err
 	}
@@ -505,6 +544,11 @@ func (n Net) Validate() error {
 	case SizeMismatchRefuse, SizeMismatchSmaller:
 	default:
 		return &FieldError{Path: "net.size-mismatch", Value: string(n.SizeMismatch), Allowed: "refuse or smaller"}
+	}
+	switch n.Fencing {
+	case FencingDefault, FencingDontCare, FencingResourceOnly, FencingResourceAndStonith:
+	default:
+		return &FieldError{Path: "net.fencing", Value: string(n.Fencing), Allowed: "dont-care, resource-only or resource-and-stonith"}
 	}
 	return nil
 }

@@ -212,3 +212,37 @@ func TestHostnameDefault(t *testing.T) {
 		t.Fatalf("hostname default: %+v %v", r.Local, err)
 	}
 }
+
+// net.fencing: the three policies (empty is resource-only); anything else
+// and resource-and-stonith without a fence-peer handler are refused by name.
+func TestFencing(t *testing.T) {
+	base := "resource: r0\nnodes:\n  - {name: a, node-id: 0, address: 127.0.0.1:1, disk: a.img}\n  - {name: b, node-id: 1, address: 127.0.0.1:2, disk: b.img}\n"
+	for _, tc := range []struct {
+		yaml string
+		want Fencing
+		err  string
+	}{
+		{"", FencingResourceOnly, ""},
+		{"net: {fencing: dont-care}\n", FencingDontCare, ""},
+		{"net: {fencing: resource-only}\n", FencingResourceOnly, ""},
+		{"net: {fencing: resource-and-stonith}\nhandlers:\n  fence-peer: /bin/fence\n", FencingResourceAndStonith, ""},
+		{"net: {fencing: resource-and-stonith}\nhandlers:\n  dispatcher: /bin/dispatch\n", FencingResourceAndStonith, ""},
+		{"net: {fencing: resource-and-stonith}\n", "", "net.fencing"},
+		{"net: {fencing: stonith}\n", "", "net.fencing"},
+	} {
+		f, err := ParseFile([]byte(base+tc.yaml), "/srv/r0")
+		var r Resource
+		if err == nil {
+			r, err = f.Node("a")
+		}
+		if tc.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("%q: err %v, want one naming %s", tc.yaml, err, tc.err)
+			}
+			continue
+		}
+		if err != nil || r.Net.Fencing.Effective() != tc.want {
+			t.Errorf("%q: %q, %v; want %q", tc.yaml, r.Net.Fencing, err, tc.want)
+		}
+	}
+}

@@ -87,6 +87,7 @@ type fileNet struct {
 	AfterSB            AfterSB       `yaml:"after-sb,omitempty"`
 	SizeMismatch       SizeMismatch  `yaml:"size-mismatch,omitempty"`
 	MaxProtocolVersion uint32        `yaml:"max-protocol-version,omitempty"`
+	Fencing            Fencing       `yaml:"fencing,omitempty"`
 }
 
 type fileResync struct {
@@ -191,6 +192,7 @@ func (f *File) Node(node string) (Resource, error) {
 			ConnectTimeout: f.Net.ConnectTimeout, PingInterval: f.Net.PingInterval, PingTimeout: f.Net.PingTimeout,
 			Timeout: f.Net.Timeout, MaxInFlight: f.Net.MaxInFlight, MaxInFlightBytes: uint64(f.Net.MaxInFlightBytes),
 			AfterSB: f.Net.AfterSB, SizeMismatch: f.Net.SizeMismatch, MaxProtocolVersion: f.Net.MaxProtocolVersion,
+			Fencing: f.Net.Fencing,
 		},
 		Disk: f.Disk,
 		Resync: ResyncOptions{

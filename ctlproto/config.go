@@ -125,6 +125,7 @@ func bindings() []binding {
 		strB(net, TagNetAfterSB, func(r *config.Resource) *string { return (*string)(&r.Net.AfterSB) }),
 		strB(net, TagNetSizeMismatch, func(r *config.Resource) *string { return (*string)(&r.Net.SizeMismatch) }),
 		u32B(net, TagNetMaxProtocolVersion, func(r *config.Resource) *uint32 { return &r.Net.MaxProtocolVersion }),
+		omitWhenZero(strB(net, TagNetFencing, func(r *config.Resource) *string { return (*string)(&r.Net.Fencing) })),
 
 		u32B(disk, TagDiskALExtents, func(r *config.Resource) *uint32 { return &r.Disk.ALExtents }),
 		strB(disk, TagDiskOnIOError, func(r *config.Resource) *string { return (*string)(&r.Disk.OnIOError) }),

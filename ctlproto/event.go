@@ -100,7 +100,7 @@ func (e Event) Body() List {
 	}
 	body := List{Nested(TagEvent, ev...)}
 	if e.Fields != 0 {
-		body = append(body, EncodeStatus(e.Status, e.Fields))
+		body = append(body, Nested(TagStatus, statusFields(e.Status, e.Fields, e.Kind == EventChange)...))
 	}
 	return body
 }
@@ -232,7 +232,7 @@ func (e Event) MarshalJSON() ([]byte, error) {
 // names, enumerations and the UUID, a number otherwise.
 func FieldJSON(st resource.Status, f StatusField) any {
 	switch f {
-	case FieldName, FieldRole, FieldDisk, FieldConn, FieldPeerRole, FieldPeerDisk, FieldCurrentUUID:
+	case FieldName, FieldRole, FieldDisk, FieldConn, FieldPeerRole, FieldPeerDisk, FieldCurrentUUID, FieldSuspended:
 		return FieldText(st, f)
 	case FieldResyncETA:
 		return st.ResyncETA

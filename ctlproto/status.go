@@ -32,6 +32,9 @@ const (
 	FieldCurrentUUID
 	FieldPeerNodeID
 	FieldGeneration
+	// FieldSuspended (1.3) is not at TagStatusName + its value: tags are
+	// appended, and the status range was full. See Tag.
+	FieldSuspended
 
 	numStatusFields
 )
@@ -41,7 +44,7 @@ var statusKeys = [numStatusFields]string{
 	"name", "role", "disk", "connection", "peer-role", "peer-disk", "size",
 	"out-of-sync", "resync-done", "resync-total", "resync-rate", "resync-eta",
 	"resynced-bytes", "writes-in-flight", "nbd-connections", "current-uuid",
-	"peer-node-id", "generation",
+	"peer-node-id", "generation", "suspended",
 }
 
 // Key is the field's key in text and JSON output, e.g. "peer-disk".
@@ -53,13 +56,29 @@ func (f StatusField) Key() string {
 }
 
 // Tag is the field's tag number.
-func (f StatusField) Tag() uint16 { return TagStatusName + uint16(f) }
+func (f StatusField) Tag() uint16 {
+	if f == FieldSuspended {
+		return TagStatusSuspended
+	}
+	return TagStatusName + uint16(f)
+}
+
+// fieldOfTag returns the status field a tag carries.
+func fieldOfTag(tag uint16) (StatusField, bool) {
+	switch {
+	case tag == TagStatusSuspended:
+		return FieldSuspended, true
+	case tag >= TagStatusName && tag < TagStatusName+uint16(FieldSuspended):
+		return StatusField(tag - TagStatusName), true
+	}
+	return 0, false
+}
 
 func (f StatusField) wireType() Type {
 	switch f {
 	case FieldName:
 		return TypeString
-	case FieldRole, FieldDisk, FieldConn, FieldPeerRole, FieldPeerDisk:
+	case FieldRole, FieldDisk, FieldConn, FieldPeerRole, FieldPeerDisk, FieldSuspended:
 		return TypeU8
 	case FieldNBDConnections, FieldPeerNodeID:
 		return TypeU32
@@ -90,7 +109,7 @@ func (s FieldSet) Has(f StatusField) bool { return s&(1<<f) != 0 }
 func ObjectFields(o ObjectKind) FieldSet {
 	switch o {
 	case ObjectResource:
-		return Fields(FieldName, FieldRole, FieldGeneration, FieldNBDConnections, FieldWritesInFlight)
+		return Fields(FieldName, FieldRole, FieldGeneration, FieldNBDConnections, FieldWritesInFlight, FieldSuspended)
 	case ObjectConnection:
 		return Fields(FieldName, FieldPeerNodeID, FieldConn, FieldPeerRole)
 	case ObjectDisk:
@@ -153,6 +172,8 @@ func statusValue(st *resource.Status, f StatusField) uint64 {
 		return uint64(st.PeerNodeID)
 	case FieldGeneration:
 		return st.Generation
+	case FieldSuspended:
+		return uint64(st.Suspended)
 	}
 	return 0
 }
@@ -193,6 +214,8 @@ func setStatusValue(st *resource.Status, f StatusField, v uint64) {
 		st.PeerNodeID = uint32(v)
 	case FieldGeneration:
 		st.Generation = v
+	case FieldSuspended:
+		st.Suspended = resource.Suspend(v)
 	}
 }
 
@@ -230,13 +253,17 @@ func FieldText(st resource.Status, f StatusField) string {
 		return (time.Duration(st.ResyncETA) * time.Second).String()
 	case FieldCurrentUUID:
 		return fmt.Sprintf("%016X", st.CurrentUUID)
+	case FieldSuspended:
+		return st.Suspended.String()
 	}
 	return strconv.FormatUint(statusValue(&st, f), 10)
 }
 
 // EncodeStatus returns a status section with the fields of st in set.
+// A suspended field that is zero (I/O runs) is left out, so that a daemon
+// where nothing is suspended answers as one that predates the field.
 func EncodeStatus(st resource.Status, set FieldSet) Entry {
-	return Nested(TagStatus, statusFields(st, set)...)
+	return Nested(TagStatus, statusFields(st, set, false)...)
 }
 
 // EncodeStatusStatistics returns a status section with the fields of st in
@@ -252,7 +279,7 @@ func EncodeStatusStatistics(st resource.Status, set FieldSet) Entry {
 	for _, n := range st.IO.WriteLatency {
 		l = append(l, U64(TagStatsWriteLatencyCount, n))
 	}
-	return Nested(TagStatus, append(statusFields(st, set), Nested(TagStatusStatistics, l...))...)
+	return Nested(TagStatus, append(statusFields(st, set, false), Nested(TagStatusStatistics, l...))...)
 }
 
 // DecodeStatistics reads the statistics section of a status section into
@@ -316,10 +343,12 @@ func statsFields(st *resource.Status) []statsField {
 	}
 }
 
-func statusFields(st resource.Status, set FieldSet) List {
+// statusFields encodes the fields of st in set; keepZero keeps a zero
+// suspended field (a change event saying I/O resumed).
+func statusFields(st resource.Status, set FieldSet, keepZero bool) List {
 	l := make(List, 0, numStatusFields+1)
 	for f := FieldName; f < numStatusFields; f++ {
-		if !set.Has(f) {
+		if !set.Has(f) || f == FieldSuspended && st.Suspended == 0 && !keepZero {
 			continue
 		}
 		if f == FieldName {
@@ -337,10 +366,10 @@ func DecodeStatus(l List) (resource.Status, FieldSet) {
 	var st resource.Status
 	var set FieldSet
 	for _, e := range l {
-		if e.Tag < TagStatusName || e.Tag >= TagStatusName+uint16(numStatusFields) {
+		f, ok := fieldOfTag(e.Tag)
+		if !ok {
 			continue
 		}
-		f := StatusField(e.Tag - TagStatusName)
 		if e.Type != f.wireType() {
 			continue
 		}

@@ -30,6 +30,8 @@ const (
 	MsgResumeSync       MsgType = 20
 	MsgEvent            MsgType = 21
 	MsgOutdate          MsgType = 22
+	MsgSuspendIO        MsgType = 23
+	MsgResumeIO         MsgType = 24
 )
 
 // The tags. Numbers are wire format and append-only; see defaultTags for
@@ -185,6 +187,10 @@ const (
 	TagStatsBitmapWrites      uint16 = 162
 	TagStatsWriteLatencyBound uint16 = 163
 	TagStatsWriteLatencyCount uint16 = 164
+
+	// Added in 1.3: the fencing policy, and why I/O is suspended.
+	TagNetFencing      uint16 = 165
+	TagStatusSuspended uint16 = 166
 )
 
 // enumNames lists String() of 0, 1, ... up to the first value whose name
@@ -204,7 +210,7 @@ func enumNames(name func(int) string) []string {
 // defaultTags declares every tag. Append new tags at the end with the next
 // free number and the new protocol minor as Since; retire, never delete.
 func defaultTags() []Tag {
-	const v1, v1_1, v1_2 = "1.0", "1.1", "1.2"
+	const v1, v1_1, v1_2, v1_3 = "1.0", "1.1", "1.2", "1.3"
 	roles := enumNames(func(i int) string { return resource.Role(i).String() })
 	disks := enumNames(func(i int) string { return resource.DiskState(i).String() })
 	conns := enumNames(func(i int) string { return resource.ConnState(i).String() })
@@ -265,6 +271,8 @@ func defaultTags() []Tag {
 		{Num: TagNetAfterSB, Name: "net.after-sb", Type: TypeString, Section: TagNet, Mandatory: true, Flag: "after-sb", Since: v1, Doc: "Split-brain recovery policy."},
 		{Num: TagNetSizeMismatch, Name: "net.size-mismatch", Type: TypeString, Section: TagNet, Mandatory: true, Flag: "size-mismatch", Since: v1, Doc: "Policy for disks of different sizes: refuse or smaller."},
 		{Num: TagNetMaxProtocolVersion, Name: "net.max-protocol-version", Type: TypeU32, Section: TagNet, Flag: "max-protocol-version", Since: v1, Doc: "Highest peer protocol version offered (0: newest)."},
+		{Num: TagNetFencing, Name: "net.fencing", Type: TypeString, Section: TagNet, Mandatory: true, Flag: "fencing", Since: v1_3, Doc: "Fencing policy: dont-care, resource-only or resource-and-stonith; absent: resource-only."},
+		{Num: TagStatusSuspended, Name: "status.suspended", Type: TypeU8, Section: TagStatus, Since: v1_3, Doc: "Why application I/O is suspended, a set of bits: 1 suspend-io (user), 2 fencing; absent when it is not."},
 
 		{Num: TagDiskALExtents, Name: "disk.al-extents", Type: TypeU32, Section: TagDisk, Flag: "al-extents", Since: v1, Doc: "Active 4 MiB extents in the activity log."},
 		{Num: TagDiskOnIOError, Name: "disk.on-io-error", Type: TypeString, Section: TagDisk, Mandatory: true, Flag: "on-io-error", Since: v1, Doc: "Local disk error policy."},
@@ -351,7 +359,7 @@ func defaultTags() []Tag {
 
 // defaultMsgs declares every message type. Append only.
 func defaultMsgs() []MsgDef {
-	const v1, v1_2 = "1.0", "1.2"
+	const v1, v1_2, v1_3 = "1.0", "1.2", "1.3"
 	cfg := []uint16{TagResName, TagResource, TagPeer, TagNet, TagDisk, TagResync, TagHandlers}
 	name := []uint16{TagResName}
 	with := func(s []uint16, tags ...uint16) []uint16 { return append(append([]uint16(nil), s...), tags...) }
@@ -381,6 +389,8 @@ func defaultMsgs() []MsgDef {
 		adm(MsgResumeSync, "resume-sync", name, "Resume the resync."),
 		{Type: MsgEvent, Name: "event", Since: v1, Doc: "An event on a subscribed connection (daemon to client only)."},
 		{Type: MsgOutdate, Name: "outdate", Request: true, Access: AccessAdmin, Accepts: name, Since: v1_2, Doc: "Mark the local disk Outdated (a Secondary not connected to its peer)."},
+		{Type: MsgSuspendIO, Name: "suspend-io", Request: true, Access: AccessAdmin, Accepts: name, Since: v1_3, Doc: "Suspend application I/O; the reply comes once the I/O that was running finished."},
+		{Type: MsgResumeIO, Name: "resume-io", Request: true, Access: AccessAdmin, Accepts: name, Since: v1_3, Doc: "Resume application I/O, whatever suspended it."},
 	}
 }
 

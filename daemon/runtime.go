@@ -98,10 +98,12 @@ const (
 	CmdPauseSync
 	CmdResumeSync
 	CmdOutdate
+	CmdSuspendIO
+	CmdResumeIO
 )
 
 var commandNames = [...]string{"", "primary", "secondary", "connect", "disconnect", "new-current-uuid",
-	"verify", "invalidate", "invalidate-remote", "pause-sync", "resume-sync", "outdate"}
+	"verify", "invalidate", "invalidate-remote", "pause-sync", "resume-sync", "outdate", "suspend-io", "resume-io"}
 
 func (c Command) String() string {
 	if c > 0 && int(c) < len(commandNames) {
@@ -135,6 +137,10 @@ func commandOf(t ctlproto.MsgType) (Command, bool) {
 		return CmdResumeSync, true
 	case ctlproto.MsgOutdate:
 		return CmdOutdate, true
+	case ctlproto.MsgSuspendIO:
+		return CmdSuspendIO, true
+	case ctlproto.MsgResumeIO:
+		return CmdResumeIO, true
 	}
 	return 0, false
 }

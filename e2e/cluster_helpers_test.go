@@ -17,18 +17,20 @@ import (
 
 // nodeStatus is what `rbd-nbd status --json` prints for a resource.
 type nodeStatus struct {
-	Name          string `json:"name"`
-	Role          string `json:"role"`
-	Disk          string `json:"disk"`
-	Conn          string `json:"connection"`
-	PeerRole      string `json:"peer-role"`
-	PeerDisk      string `json:"peer-disk"`
-	Size          uint64 `json:"size"`
-	OutOfSync     uint64 `json:"out-of-sync"`
-	ResyncDone    uint64 `json:"resync-done"`
-	ResyncTotal   uint64 `json:"resync-total"`
-	ResyncedBytes uint64 `json:"resynced-bytes"`
-	NBDConns      uint32 `json:"nbd-connections"`
+	Name           string `json:"name"`
+	Role           string `json:"role"`
+	Disk           string `json:"disk"`
+	Conn           string `json:"connection"`
+	PeerRole       string `json:"peer-role"`
+	PeerDisk       string `json:"peer-disk"`
+	Size           uint64 `json:"size"`
+	OutOfSync      uint64 `json:"out-of-sync"`
+	ResyncDone     uint64 `json:"resync-done"`
+	ResyncTotal    uint64 `json:"resync-total"`
+	ResyncedBytes  uint64 `json:"resynced-bytes"`
+	NBDConns       uint32 `json:"nbd-connections"`
+	Suspended      string `json:"suspended"`
+	WritesInFlight uint64 `json:"writes-in-flight"`
 }
 
 // node is one daemon of a cluster.

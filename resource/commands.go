@@ -3,6 +3,7 @@ package resource
 import (
 	"context"
 	"fmt"
+	"github.com/rbd-nbd/rbd-nbd/config"
 
 	"go.uber.org/zap"
 
@@ -61,7 +62,7 @@ func (r *Resource) Primary(ctx context.Context, force bool) error {
 	if err != nil {
 		return err
 	}
-	if fence && r.hooks != nil {
+	if fence && r.hooks != nil && r.cfg().Net.Fencing.Effective() != config.FencingDontCare {
 		// Taking the Primary role without a peer to ask: the fence-peer
 		// handler must keep the peer from serving (or tell us it is
 		// Primary itself), or the promotion does not happen.
@@ -128,6 +129,32 @@ func (r *Resource) NewCurrentUUID(ctx context.Context, clearBitmap bool) error {
 // Outdate marks the local disk Outdated (Machine.outdate says when).
 func (r *Resource) Outdate(ctx context.Context) error {
 	return r.admin(ctx, EvOutdate{})
+}
+
+// SuspendIO suspends application I/O: requests that arrive wait until
+// ResumeIO. It returns once the I/O that was running has finished, so
+// that the disks hold still (for a snapshot of the backing device), or
+// with ctx's error when that takes too long; I/O stays suspended either
+// way.
+func (r *Resource) SuspendIO(ctx context.Context) error {
+	if err := r.admin(ctx, EvSuspendIO{}); err != nil {
+		return err
+	}
+	r.repMu.RLock()
+	st := r.rep
+	r.repMu.RUnlock()
+	select {
+	case <-st.quiet:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("I/O is suspended, but requests that were running have not finished: %w", ctx.Err())
+	}
+}
+
+// ResumeIO resumes application I/O, whatever suspended it (suspend-io, or
+// a fence that failed under fencing resource-and-stonith).
+func (r *Resource) ResumeIO(ctx context.Context) error {
+	return r.admin(ctx, EvResumeIO{})
 }
 
 // Invalidate makes this node sync target for every block.

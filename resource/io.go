@@ -43,11 +43,63 @@ type repState struct {
 	link *replicate.Link
 	// proto is the replication protocol.
 	proto config.Protocol
-	// gate, when not nil, is a handshake in progress: I/O waits until it is
-	// closed, then looks again.
-	gate chan struct{}
+	// gate, when not nil, is a handshake in progress or a suspension
+	// (suspended): I/O waits until it is closed, then looks again.
+	gate      chan struct{}
+	handshake bool
+	suspended bool
+	// gone, for a state with a link, is closed once the loop replaced it
+	// by a state without that link: the link loss is processed, and a
+	// suspension it calls for is in place. States of one link share it.
+	gone chan struct{}
+	// quiet is closed once the I/O of every earlier state has finished
+	// (what suspend-io waits for before it reports I/O suspended).
+	quiet chan struct{}
 	// wg counts the I/O that started under this state.
 	wg sync.WaitGroup
+}
+
+// closedChan is a closed channel: the first state has no earlier I/O.
+func closedChan() chan struct{} {
+	c := make(chan struct{})
+	close(c)
+	return c
+}
+
+// awaitFence holds a write whose peer half was lost with the link, under
+// fencing resource-and-stonith on a Primary, until the loop has processed
+// the link loss and the suspension it called for is lifted (the peer is
+// fenced or back, or resume-io): the write is not acknowledged before. It
+// returns an error when the resource goes down meanwhile: the write is on
+// the local disk and in the bitmap, but the client is not told it is safe.
+func (r *Resource) awaitFence(st *repState, perr error) error {
+	if st.gone == nil || !errors.Is(perr, replicate.ErrLinkDown) ||
+		r.cfg().Net.Fencing != config.FencingResourceAndStonith {
+		return nil
+	}
+	select {
+	case <-st.gone:
+	case <-r.loopCtx.Done():
+		return ErrDown
+	}
+	return r.waitResumed()
+}
+
+// waitResumed returns once application I/O is not suspended.
+func (r *Resource) waitResumed() error {
+	for {
+		r.repMu.RLock()
+		st := r.rep
+		r.repMu.RUnlock()
+		if !st.suspended {
+			return nil
+		}
+		select {
+		case <-st.gate:
+		case <-r.loopCtx.Done():
+			return ErrDown
+		}
+	}
 }
 
 // enter returns the current replication state, holding it; the caller
@@ -66,6 +118,8 @@ func (r *Resource) enter(ctx context.Context) (*repState, error) {
 		case <-st.gate:
 		case <-ctx.Done():
 			return nil, ctx.Err()
+		case <-r.loopCtx.Done():
+			return nil, ErrDown
 		}
 	}
 }
@@ -173,6 +227,13 @@ func (r *Resource) ReadAt(p []byte, off int64) error {
 }
 
 func (r *Resource) readAt(p []byte, off int64) error {
+	if r.ioSuspended.Load() {
+		// Reads wait out a suspension too, as DRBD's do (one atomic
+		// load otherwise: reads take no replication state).
+		if err := r.waitResumed(); err != nil {
+			return err
+		}
+	}
 	if !r.diskFailed.Load() {
 		_, err := r.data.ReadAt(p, off)
 		if err == nil {
@@ -351,6 +412,7 @@ func (r *Resource) writeReq(req replicate.Request, do func() error) (ran bool, e
 		return false, err
 	}
 	var op *peerOp
+	var submitErr error // why the link did not take the write
 	if st.link != nil {
 		op = r.getOp()
 		op.req = req
@@ -358,6 +420,7 @@ func (r *Resource) writeReq(req replicate.Request, do func() error) (ran bool, e
 		if err := st.link.Submit(&op.req); err != nil {
 			r.putOp(op)
 			op = nil
+			submitErr = err
 		}
 	}
 	if op == nil {
@@ -381,6 +444,9 @@ func (r *Resource) writeReq(req replicate.Request, do func() error) (ran bool, e
 	if op == nil {
 		st.wg.Done()
 		alDone()
+		if err := r.awaitFence(st, submitErr); err != nil && lerr == nil {
+			lerr = err
+		}
 		return true, lerr
 	}
 	finish := func(perr error) {
@@ -396,6 +462,9 @@ func (r *Resource) writeReq(req replicate.Request, do func() error) (ran bool, e
 	done, perr := op.waitThen(ackStage(st.proto), finish)
 	if done {
 		finish(perr)
+		if err := r.awaitFence(st, perr); err != nil && lerr == nil {
+			lerr = err
+		}
 	}
 	if lerr == nil && r.diskFailed.Load() && perr != nil {
 		// Neither copy took it.

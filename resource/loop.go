@@ -73,43 +73,59 @@ func (r *Resource) stepAdmin(ev Event) ([]Action, error) {
 	return acts, nil
 }
 
-// publish installs the replication state the machine's state calls for.
+// publish installs the replication state the machine's state calls for:
+// the link while replicating; a gate during a handshake and while I/O is
+// suspended (a suspended state keeps its link, so that a suspension alone
+// changes nothing about replication).
 func (r *Resource) publish() {
-	var next *repState
 	cur := r.rep
 	proto := r.cfg().Net.Protocol
+	var link *replicate.Link
+	if r.m.Replicating() && r.link != nil {
+		link = r.link
+	}
+	handshake := link == nil && r.m.Conn() == ConnHandshake
+	suspended := r.m.Suspended() != 0
+	if cur.link == link && cur.handshake == handshake && cur.suspended == suspended && cur.proto == proto {
+		return
+	}
+	next := &repState{link: link, proto: proto, handshake: handshake, suspended: suspended, quiet: make(chan struct{})}
+	if handshake || suspended {
+		next.gate = make(chan struct{})
+	}
 	switch {
-	case r.m.Replicating() && r.link != nil:
-		if cur.link == r.link && cur.gate == nil && cur.proto == proto {
-			return
-		}
-		next = &repState{link: r.link, proto: proto}
-	case r.m.Conn() == ConnHandshake:
-		if cur.gate != nil {
-			return
-		}
-		next = &repState{gate: make(chan struct{}), proto: proto}
-	default:
-		if cur.link == nil && cur.gate == nil {
-			return
-		}
-		next = &repState{proto: proto}
+	case link != nil && link == cur.link:
+		next.gone = cur.gone
+	case link != nil:
+		next.gone = make(chan struct{})
 	}
 	r.repMu.Lock()
 	r.rep = next
 	r.repMu.Unlock()
+	r.ioSuspended.Store(suspended)
+	go func() {
+		// No I/O joins cur any more (it joins under repMu): once its
+		// own and the earlier states' I/O finished, all before next did.
+		<-cur.quiet
+		cur.wg.Wait()
+		close(next.quiet)
+	}()
+	if cur.gone != nil && link != cur.link {
+		close(cur.gone)
+	}
 	if cur.gate != nil {
 		close(cur.gate)
 	}
-	if next.gate != nil {
+	if handshake && !cur.handshake {
 		// The handshake reports our bitmap: every write of the old state
 		// must have set its bits (or completed on the old link) first.
+		// (Writes held by a fence released their state before.)
 		cur.wg.Wait()
 		r.epochs.drainInto(r.bm)
 		r.m.SetDirty(r.bm.Count())
 		return
 	}
-	if cur.link != nil && next.link == nil {
+	if cur.link != nil && link == nil {
 		go func() {
 			cur.wg.Wait()
 			r.epochs.drainInto(r.bm)
@@ -129,6 +145,7 @@ func (r *Resource) publishStatus() {
 		PeerDisk:   r.m.PeerDisk(),
 		Size:       uint64(r.size.Load()),
 		PeerNodeID: r.cfg().Peer.ID,
+		Suspended:  r.m.Suspended(),
 	}
 	st.CurrentUUID = r.m.Meta().UUIDs.Current
 	r.writable.Store(st.Role == RolePrimary)
@@ -139,9 +156,9 @@ func (r *Resource) publishStatus() {
 		r.stopWatchingAttached()
 	}
 	if old.Role != st.Role || old.Disk != st.Disk || old.Conn != st.Conn || old.PeerRole != st.PeerRole ||
-		old.PeerDisk != st.PeerDisk || old.CurrentUUID != st.CurrentUUID {
+		old.PeerDisk != st.PeerDisk || old.CurrentUUID != st.CurrentUUID || old.Suspended != st.Suspended {
 		r.log.Info("state", zap.Stringer("role", st.Role), zap.Stringer("disk", st.Disk), zap.Stringer("conn", st.Conn),
-			zap.Stringer("peer-role", st.PeerRole), zap.Stringer("peer-disk", st.PeerDisk))
+			zap.Stringer("peer-role", st.PeerRole), zap.Stringer("peer-disk", st.PeerDisk), zap.Stringer("suspended", st.Suspended))
 		r.changed()
 	}
 }
@@ -231,11 +248,24 @@ func (r *Resource) hookEnv() hooks.Env {
 // until the peer is UpToDate again, when unfence-peer runs.
 func (r *Resource) fencePeer() {
 	if r.hooks == nil {
+		// No handler: no result, as with an unconfigured one (posted:
+		// this runs inside a step).
+		r.goLoop(func() { r.post(func() { r.step(EvFenceDone{Proceed: true}) }) })
 		return
 	}
 	env := r.hookEnv()
 	r.goLoop(func() {
 		res := r.hooks.Run(r.loopCtx, hooks.FencePeer, env)
+		// Under resource-and-stonith I/O waits for this answer: any
+		// result but a veto lets it go on; a veto leaves it suspended
+		// until resume-io.
+		r.post(func() {
+			if res.Vetoed() && r.m.Suspended()&SuspendFencing != 0 {
+				r.log.Error("fence-peer failed: I/O stays suspended until resume-io",
+					zap.Stringer("result", res.Fence), zap.Int("exit", res.ExitCode))
+			}
+			r.step(EvFenceDone{Proceed: !res.Vetoed()})
+		})
 		switch res.Fence {
 		case hooks.FencePeerOutdated, hooks.FencePeerFenced:
 			r.post(func() { r.step(EvPeerFenced{}) })

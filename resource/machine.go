@@ -41,6 +41,8 @@ type MachineConfig struct {
 	NodeID, PeerNodeID uint32
 	// AfterSB is the split-brain policy.
 	AfterSB config.AfterSB
+	// Fencing is the fencing policy (config.Fencing.Effective).
+	Fencing config.Fencing
 	// NewUUID returns a fresh, non-zero generation UUID. Time is an input of
 	// the machine: the UUID carries its creation time in the top 48 bits
 	// (milliseconds), which discard-younger-primary compares.
@@ -110,6 +112,14 @@ type (
 	// the administrator (a fencing script on the peer) asked, or
 	// fence-peer said the peer is Primary.
 	EvOutdate struct{}
+	// EvSuspendIO: the administrator suspends application I/O.
+	EvSuspendIO struct{}
+	// EvResumeIO: the administrator resumes application I/O, whatever
+	// suspended it.
+	EvResumeIO struct{}
+	// EvFenceDone: the fence-peer run after a peer loss ended; Proceed
+	// when its result lets this node go on as Primary alone (no veto).
+	EvFenceDone struct{ Proceed bool }
 )
 
 func (EvAttach) isEvent()             {}
@@ -132,6 +142,9 @@ func (EvInvalidateRemote) isEvent()   {}
 func (EvLocalIOError) isEvent()       {}
 func (EvOutdate) isEvent()            {}
 func (EvPeerFenced) isEvent()         {}
+func (EvSuspendIO) isEvent()          {}
+func (EvResumeIO) isEvent()           {}
+func (EvFenceDone) isEvent()          {}
 
 // Output actions.
 type (
@@ -247,6 +260,9 @@ type Machine struct {
 	peerDisk DiskState
 	peer     NodeState
 
+	// suspended says why application I/O waits (none: it runs).
+	suspended Suspend
+
 	meta          Meta
 	dirty         uint64
 	wantConnect   bool
@@ -277,6 +293,9 @@ func (m *Machine) PeerRole() Role { return m.peerRole }
 
 // PeerDisk returns the peer's disk state as last reported.
 func (m *Machine) PeerDisk() DiskState { return m.peerDisk }
+
+// Suspended returns why application I/O is suspended (0: it is not).
+func (m *Machine) Suspended() Suspend { return m.suspended }
 
 // Meta returns the meta-data the machine wants persisted.
 func (m *Machine) Meta() Meta { return m.meta }
@@ -313,8 +332,16 @@ func (m *Machine) SetDirty(n uint64) { m.dirty = n }
 // handshake).
 func (m *Machine) SetAfterSB(p config.AfterSB) { m.cfg.AfterSB = p }
 
+// SetFencing changes the fencing policy; it applies from the next peer
+// loss (a suspension in place stays until lifted).
+func (m *Machine) SetFencing(f config.Fencing) { m.cfg.Fencing = f.Effective() }
+
 func (m *Machine) stateString() string {
-	return fmt.Sprintf("role:%s disk:%s conn:%s peer-role:%s peer-disk:%s", m.role, m.disk, m.conn, m.peerRole, m.peerDisk)
+	s := fmt.Sprintf("role:%s disk:%s conn:%s peer-role:%s peer-disk:%s", m.role, m.disk, m.conn, m.peerRole, m.peerDisk)
+	if m.suspended != 0 {
+		s += " suspended:" + m.suspended.String()
+	}
+	return s
 }
 
 func (m *Machine) refuse(err error) error { return &StateError{Err: err, State: m.stateString()} }
@@ -333,6 +360,16 @@ func (m *Machine) setFlag(f Flags, on bool) {
 // when the event is an administrative request the current state refuses (in
 // which case nothing changed).
 func (m *Machine) Step(ev Event) ([]Action, error) {
+	acts, err := m.step(ev)
+	if m.suspended&SuspendFencing != 0 && (m.Replicating() || m.role != RolePrimary) {
+		// The peer is back and gets every write again, or this node no
+		// longer serves writes: nothing left to fence against.
+		m.suspended &^= SuspendFencing
+	}
+	return acts, err
+}
+
+func (m *Machine) step(ev Event) ([]Action, error) {
 	switch e := ev.(type) {
 	case EvAttach:
 		return m.attach(e), nil
@@ -377,6 +414,17 @@ func (m *Machine) Step(ev Event) ([]Action, error) {
 		return m.localIOError(), nil
 	case EvOutdate:
 		return m.outdate()
+	case EvSuspendIO:
+		m.suspended |= SuspendUser
+		return nil, nil
+	case EvResumeIO:
+		m.suspended = 0
+		return nil, nil
+	case EvFenceDone:
+		if e.Proceed {
+			m.suspended &^= SuspendFencing
+		}
+		return nil, nil
 	case EvPeerFenced:
 		if m.linkUp {
 			return nil, nil // the peer is back meanwhile
@@ -464,10 +512,15 @@ func (m *Machine) lostPeer() []Action {
 		m.meta.UUIDs.newGeneration(m.cfg.NewUUID())
 		acts = append(acts, m.persist())
 	}
-	if m.role == RolePrimary && wasReplicating && m.peerDisk == DiskUpToDate {
+	if m.role == RolePrimary && wasReplicating && m.peerDisk == DiskUpToDate && m.cfg.Fencing != config.FencingDontCare {
 		// The node keeps the Primary role alone: make sure the peer
 		// cannot serve stale data (the runtime records the result).
+		// resource-and-stonith: no I/O until the peer is fenced, so that
+		// nothing is acknowledged that a promoted peer would lack.
 		acts = append(acts, ActFencePeer{})
+		if m.cfg.Fencing == config.FencingResourceAndStonith {
+			m.suspended |= SuspendFencing
+		}
 	}
 	m.peerRole, m.peerDisk, m.linkUp = RoleUnknown, DiskDUnknown, false
 	if wasReplicating || m.conn == ConnHandshake {

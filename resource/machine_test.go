@@ -38,6 +38,7 @@ func TestMachineScripts(t *testing.T) {
 					NodeID:     uint32(args.num("node", 1)),
 					PeerNodeID: uint32(args.num("peer", 2)),
 					AfterSB:    config.AfterSB(args.str("after-sb", string(config.AfterSBDisconnect))),
+					Fencing:    config.Fencing(args.str("fencing", "")).Effective(),
 					NewUUID:    func() uint64 { next++; return next << 16 },
 				})
 				return state(m)
@@ -214,6 +215,12 @@ func scriptEvent(cmd string, a scriptArgs) (Event, error) {
 		return EvLocalIOError{}, nil
 	case "peer-fenced":
 		return EvPeerFenced{}, nil
+	case "suspend-io":
+		return EvSuspendIO{}, nil
+	case "resume-io":
+		return EvResumeIO{}, nil
+	case "fence-done":
+		return EvFenceDone{Proceed: a.has("proceed")}, nil
 	}
 	return nil, fmt.Errorf("unknown command %q", cmd)
 }

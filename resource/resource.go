@@ -80,19 +80,21 @@ type Resource struct {
 	al       *bitmap.ActivityLog
 
 	// Hot path.
-	size       atomic.Int64
-	writable   atomic.Bool
-	diskFailed atomic.Bool
-	inflight   atomic.Int64
-	io         ioCounters
-	links      linkCounters
-	locks      rangelock.Locker
-	repMu      sync.RWMutex
-	rep        *repState
-	ops        sync.Pool
-	epochs     *epochs
-	engine     atomic.Pointer[resync.Engine]
-	verify     atomic.Pointer[verifyState]
+	size     atomic.Int64
+	writable atomic.Bool
+	// ioSuspended mirrors rep.suspended for reads, which take no state.
+	ioSuspended atomic.Bool
+	diskFailed  atomic.Bool
+	inflight    atomic.Int64
+	io          ioCounters
+	links       linkCounters
+	locks       rangelock.Locker
+	repMu       sync.RWMutex
+	rep         *repState
+	ops         sync.Pool
+	epochs      *epochs
+	engine      atomic.Pointer[resync.Engine]
+	verify      atomic.Pointer[verifyState]
 
 	// Loop.
 	m       *Machine
@@ -173,8 +175,8 @@ func (r *Resource) Start(ctx context.Context) (err error) {
 		return err
 	}
 	r.hooks = hr
-	r.m = NewMachine(MachineConfig{NodeID: cfg.Local.ID, PeerNodeID: cfg.Peer.ID, AfterSB: cfg.Net.AfterSB, NewUUID: r.opts.NewUUID})
-	r.rep = &repState{proto: cfg.Net.Protocol}
+	r.m = NewMachine(MachineConfig{NodeID: cfg.Local.ID, PeerNodeID: cfg.Peer.ID, AfterSB: cfg.Net.AfterSB, Fencing: cfg.Net.Fencing.Effective(), NewUUID: r.opts.NewUUID})
+	r.rep = &repState{proto: cfg.Net.Protocol, quiet: closedChan()}
 	r.inbox = make(chan func(), 1024)
 	r.loopCtx, r.stop = context.WithCancel(context.Background())
 	if cfg.Local.NBDListen != "" {
@@ -428,7 +430,7 @@ func (r *Resource) Apply(ctx context.Context, cfg config.Resource) error {
 	r.config = cfg
 	r.cfgMu.Unlock()
 	errc := make(chan error, 1)
-	if !r.post(func() { r.m.SetAfterSB(cfg.Net.AfterSB); errc <- nil }) {
+	if !r.post(func() { r.m.SetAfterSB(cfg.Net.AfterSB); r.m.SetFencing(cfg.Net.Fencing); errc <- nil }) {
 		return ErrDown
 	}
 	select {

@@ -1,7 +1,9 @@
 package resource
 
 import (
+	"fmt"
 	"slices"
+	"strings"
 	"time"
 )
 
@@ -129,6 +131,8 @@ type Status struct {
 	PeerNodeID uint32
 	// Generation is the configuration generation.
 	Generation uint64
+	// Suspended says why application I/O is suspended (0: it runs).
+	Suspended Suspend
 	// IO, Link and Meta are statistics since the resource came up (status
 	// --statistics, metrics). Status events do not fire when they change.
 	IO   IOStats
@@ -195,3 +199,35 @@ var writeLatencyBounds = [...]time.Duration{
 // WriteLatencyBounds returns the upper bounds of IOStats.WriteLatency's
 // buckets, ascending.
 func WriteLatencyBounds() []time.Duration { return slices.Clone(writeLatencyBounds[:]) }
+
+// Suspend says why application I/O is suspended: a set of reasons, as
+// DRBD shows them (suspended:user, suspended:fencing).
+type Suspend uint8
+
+// The reasons.
+const (
+	// SuspendUser: suspend-io, until resume-io.
+	SuspendUser Suspend = 1 << iota
+	// SuspendFencing: a Primary lost its peer under fencing
+	// resource-and-stonith; until fence-peer fenced the peer, the peer is
+	// back, or resume-io.
+	SuspendFencing
+)
+
+// String lists the reasons, comma-separated, or "no".
+func (s Suspend) String() string {
+	if s == 0 {
+		return "no"
+	}
+	var out []string
+	if s&SuspendUser != 0 {
+		out = append(out, "user")
+	}
+	if s&SuspendFencing != 0 {
+		out = append(out, "fencing")
+	}
+	if rest := s &^ (SuspendUser | SuspendFencing); rest != 0 {
+		out = append(out, fmt.Sprintf("0x%x", uint8(rest)))
+	}
+	return strings.Join(out, ",")
+}

@@ -32,6 +32,8 @@ func resourceCmds(g *globalOptions) []*cobra.Command {
 		newSimpleCmd(g, "resume-sync", "Resume a paused resync (on either node)", ctlproto.MsgResumeSync),
 		newWaitSyncCmd(g),
 		newOutdateCmd(g),
+		newSimpleCmd(g, "suspend-io", "Suspend application I/O (requests wait); returns once the running I/O finished, so the disks hold still for a snapshot", ctlproto.MsgSuspendIO),
+		newSimpleCmd(g, "resume-io", "Resume application I/O, whatever suspended it (suspend-io, or a failed fence under fencing resource-and-stonith)", ctlproto.MsgResumeIO),
 	}
 }
 

@@ -112,6 +112,10 @@ func (rt *resourceRuntime) Do(ctx context.Context, cmd daemon.Command, a daemon.
 		err = r.ResumeSync(ctx)
 	case daemon.CmdOutdate:
 		err = r.Outdate(ctx)
+	case daemon.CmdSuspendIO:
+		err = r.SuspendIO(ctx)
+	case daemon.CmdResumeIO:
+		err = r.ResumeIO(ctx)
 	case daemon.CmdVerify:
 		err = r.Verify(ctx, int64(a.VerifyStart), int64(a.VerifyStop))
 	default:

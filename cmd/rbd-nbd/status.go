@@ -214,7 +214,11 @@ func writeStatusJSON(w io.Writer, sts []resource.Status, stats bool) error {
 // writeStatusText prints a resource the way drbdadm status does: the
 // resource, its disk, the peer connection and the peer's disk.
 func writeStatusText(w io.Writer, st resource.Status) {
-	fmt.Fprintf(w, "%s role:%s generation:%d\n", st.Name, st.Role, st.Generation)
+	fmt.Fprintf(w, "%s role:%s generation:%d", st.Name, st.Role, st.Generation)
+	if st.Suspended != 0 {
+		fmt.Fprintf(w, " suspended:%s", st.Suspended)
+	}
+	fmt.Fprintln(w)
 	fmt.Fprintf(w, "  disk:%s", st.Disk)
 	if st.Size > 0 {
 		fmt.Fprintf(w, " size:%d", st.Size)

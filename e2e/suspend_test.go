@@ -1,0 +1,149 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// backgroundWrite starts an nbdsh write of 64 KiB of b at offset 0 on n's
+// export and returns a channel that gets its result once it exits.
+func (n *node) backgroundWrite(b byte) <-chan error {
+	n.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	cmd := exec.CommandContext(ctx, "nbdsh", "-u", n.uri(), "-c", fmt.Sprintf("h.pwrite(bytes([%d]) * 65536, 0)", b))
+	// nbdsh runs "python3 -m nbd": the system Python has the module.
+	cmd.Env = append(os.Environ(), "PATH=/usr/bin:/bin:"+os.Getenv("PATH"))
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		cancel()
+		n.t.Fatalf("nbdsh: %v", err)
+	}
+	done := make(chan error, 1)
+	exited := make(chan struct{})
+	go func() {
+		err := cmd.Wait()
+		if err != nil {
+			err = fmt.Errorf("%w: %s", err, stderr.String())
+		}
+		done <- err
+		cancel()
+		close(exited)
+	}()
+	n.t.Cleanup(func() { cancel(); <-exited })
+	return done
+}
+
+// blocked checks that a background write has not completed.
+func blocked(t *testing.T, done <-chan error, why string) {
+	t.Helper()
+	select {
+	case err := <-done:
+		t.Fatalf("%s: the write completed (%v)", why, err)
+	default:
+	}
+}
+
+// completes waits for a background write to complete successfully.
+func completes(t *testing.T, done <-chan error, why string) {
+	t.Helper()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("%s: the write failed: %v", why, err)
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatalf("%s: the write did not complete", why)
+	}
+}
+
+// suspend-io holds application I/O until resume-io; status says so.
+func TestSuspendIO(t *testing.T) {
+	RequireTools(t, "nbdsh", "qemu-io")
+	c := newCluster(t, clusterOptions{})
+	if st := c.a.status(); st.Suspended != "no" {
+		t.Fatalf("before suspend-io: suspended %q", st.Suspended)
+	}
+	c.a.ctl("suspend-io", "r0")
+	if st := c.a.status(); st.Suspended != "user" {
+		t.Fatalf("after suspend-io: suspended %q", st.Suspended)
+	}
+	if out := c.a.ctl("status", "r0"); !strings.Contains(out, "suspended:user") {
+		t.Fatalf("status text while suspended:\n%s", out)
+	}
+	done := c.a.backgroundWrite(0x61)
+	c.a.wait("the write to wait", 30*time.Second, func(s nodeStatus) bool { return s.WritesInFlight == 1 })
+	blocked(t, done, "while suspended")
+	c.a.ctl("resume-io", "r0")
+	completes(t, done, "after resume-io")
+	if st := c.a.status(); st.Suspended != "no" {
+		t.Fatalf("after resume-io: suspended %q", st.Suspended)
+	}
+	c.b.wait("the write replicated", 30*time.Second, func(s nodeStatus) bool { return s.Conn == "Connected" })
+	c.compare()
+	c.a.qemuIO("read -P 0x61 0 64k")
+}
+
+// Under fencing resource-and-stonith a Primary that loses its peer
+// suspends I/O until fence-peer has fenced the peer: a failed fence keeps
+// it suspended until resume-io; a fence that succeeds resumes by itself.
+func TestFencingResourceAndStonith(t *testing.T) {
+	RequireTools(t, "nbdsh", "qemu-io")
+	dir := t.TempDir()
+	code := filepath.Join(dir, "code")
+	if err := os.WriteFile(code, []byte("1"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// The handler waits for the test's go-ahead, so that the test sees
+	// I/O suspended while it runs.
+	writeScript(t, filepath.Join(dir, "fence.sh"), fmt.Sprintf(
+		"for i in $(seq 600); do [ -e %[1]s/go ] && break; sleep 0.1; done\nrm -f %[1]s/go\necho ran >> %[1]s/calls\nexit $(cat %[2]s)\n", dir, code))
+	calls := func() string { b, _ := os.ReadFile(filepath.Join(dir, "calls")); return string(b) }
+	goAhead := func() {
+		if err := os.WriteFile(filepath.Join(dir, "go"), nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c := newCluster(t, clusterOptions{yaml: fmt.Sprintf("net:\n  fencing: resource-and-stonith\nhandlers:\n  fence-peer: %s/fence.sh\n  timeout: 90s\n", dir)})
+
+	// A failed fence: I/O stays suspended until resume-io.
+	c.b.kill()
+	c.a.wait("I/O suspended for the fence", 30*time.Second, func(s nodeStatus) bool { return s.Suspended == "fencing" })
+	done := c.a.backgroundWrite(0x62)
+	c.a.wait("the write to wait", 30*time.Second, func(s nodeStatus) bool { return s.WritesInFlight == 1 })
+	goAhead()
+	WaitFor(t, 30*time.Second, "fence-peer to end", func() bool { return strings.Count(calls(), "ran") == 1 })
+	// The loop handles the result in order with status requests: once
+	// status answers after the handler ended, the result is applied.
+	c.a.wait("the failed fence handled", 30*time.Second, func(s nodeStatus) bool { return s.Suspended == "fencing" })
+	blocked(t, done, "after a failed fence")
+	c.a.ctl("resume-io", "r0")
+	completes(t, done, "after resume-io")
+
+	// The peer comes back; a fence that succeeds (exit 4) resumes I/O.
+	c.b.start()
+	c.b.up()
+	c.waitSynced()
+	if err := os.WriteFile(code, []byte("4"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c.b.kill()
+	c.a.wait("I/O suspended for the fence", 30*time.Second, func(s nodeStatus) bool { return s.Suspended == "fencing" })
+	done = c.a.backgroundWrite(0x63)
+	c.a.wait("the write to wait", 30*time.Second, func(s nodeStatus) bool { return s.WritesInFlight == 1 })
+	blocked(t, done, "during the fence")
+	goAhead()
+	completes(t, done, "after the peer was fenced")
+	c.a.wait("I/O resumed", 30*time.Second, func(s nodeStatus) bool { return s.Suspended == "no" })
+	c.b.start()
+	c.b.up()
+	c.waitSynced()
+	c.compare()
+	c.a.qemuIO("read -P 0x63 0 64k")
+}
