@@ -67,7 +67,7 @@ func completes(t *testing.T, done <-chan error, why string) {
 func TestSuspendIO(t *testing.T) {
 	RequireTools(t, "nbdsh", "qemu-io")
 	c := newCluster(t, clusterOptions{})
-	if st := c.a.status(); st.Suspended != "no" {
+	if st := c.a.status(); st.Suspended != "" {
 		t.Fatalf("before suspend-io: suspended %q", st.Suspended)
 	}
 	c.a.ctl("suspend-io", "r0")
@@ -82,7 +82,7 @@ func TestSuspendIO(t *testing.T) {
 	blocked(t, done, "while suspended")
 	c.a.ctl("resume-io", "r0")
 	completes(t, done, "after resume-io")
-	if st := c.a.status(); st.Suspended != "no" {
+	if st := c.a.status(); st.Suspended != "" {
 		t.Fatalf("after resume-io: suspended %q", st.Suspended)
 	}
 	c.b.wait("the write replicated", 30*time.Second, func(s nodeStatus) bool { return s.Conn == "Connected" })
@@ -140,7 +140,7 @@ func TestFencingResourceAndStonith(t *testing.T) {
 	blocked(t, done, "during the fence")
 	goAhead()
 	completes(t, done, "after the peer was fenced")
-	c.a.wait("I/O resumed", 30*time.Second, func(s nodeStatus) bool { return s.Suspended == "no" })
+	c.a.wait("I/O resumed", 30*time.Second, func(s nodeStatus) bool { return s.Suspended == "" })
 	c.b.start()
 	c.b.up()
 	c.waitSynced()

@@ -83,6 +83,10 @@ func statusJSON(st resource.Status, stats bool) []byte {
 	var b bytes.Buffer
 	b.WriteByte('{')
 	for f := ctlproto.FieldName; ctlproto.AllFields.Has(f); f++ {
+		if f == ctlproto.FieldSuspended && st.Suspended == 0 {
+			// As on the wire: present only while I/O is suspended.
+			continue
+		}
 		if f > 0 {
 			b.WriteByte(',')
 		}
