@@ -260,8 +260,7 @@ func FieldText(st resource.Status, f StatusField) string {
 }
 
 // EncodeStatus returns a status section with the fields of st in set.
-// A suspended field that is zero (I/O runs) is left out, so that a daemon
-// where nothing is suspended answers as one that predates the field.
+// Fields that are not present (FieldPresent) are left out.
 func EncodeStatus(st resource.Status, set FieldSet) Entry {
 	return Nested(TagStatus, statusFields(st, set, false)...)
 }
@@ -343,12 +342,21 @@ func statsFields(st *resource.Status) []statsField {
 	}
 }
 
-// statusFields encodes the fields of st in set; keepZero keeps a zero
-// suspended field (a change event saying I/O resumed).
-func statusFields(st resource.Status, set FieldSet, keepZero bool) List {
+// FieldPresent reports whether field f of st is sent in status replies
+// (and shown by status --json): every field but a suspended field that is
+// zero, which is left out so that a daemon where nothing is suspended
+// answers as one that predates the field.
+func FieldPresent(st resource.Status, f StatusField) bool {
+	return f != FieldSuspended || st.Suspended != 0
+}
+
+// statusFields encodes the fields of st in set; all keeps those that are
+// not present (FieldPresent) too, for a change event: it must say that I/O
+// resumed.
+func statusFields(st resource.Status, set FieldSet, all bool) List {
 	l := make(List, 0, numStatusFields+1)
 	for f := FieldName; f < numStatusFields; f++ {
-		if !set.Has(f) || f == FieldSuspended && st.Suspended == 0 && !keepZero {
+		if !set.Has(f) || !all && !FieldPresent(st, f) {
 			continue
 		}
 		if f == FieldName {

@@ -29,7 +29,7 @@ type nodeStatus struct {
 	ResyncTotal    uint64 `json:"resync-total"`
 	ResyncedBytes  uint64 `json:"resynced-bytes"`
 	NBDConns       uint32 `json:"nbd-connections"`
-	Suspended      string `json:"suspended"`
+	Suspended      string `json:"suspended"` // "" while I/O runs
 	WritesInFlight uint64 `json:"writes-in-flight"`
 }
 

@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -100,14 +101,34 @@ func TestFencingResourceAndStonith(t *testing.T) {
 	if err := os.WriteFile(code, []byte("1"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	// The handler waits for the test's go-ahead, so that the test sees
-	// I/O suspended while it runs.
+	// The handler waits for the test's go-ahead, a line in a FIFO, so that
+	// the test sees I/O suspended while it runs.
+	fifo := filepath.Join(dir, "go")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
 	writeScript(t, filepath.Join(dir, "fence.sh"), fmt.Sprintf(
-		"for i in $(seq 600); do [ -e %[1]s/go ] && break; sleep 0.1; done\nrm -f %[1]s/go\necho ran >> %[1]s/calls\nexit $(cat %[2]s)\n", dir, code))
+		"read line < %[1]s/go\necho ran >> %[1]s/calls\nexit $(cat %[2]s)\n", dir, code))
 	calls := func() string { b, _ := os.ReadFile(filepath.Join(dir, "calls")); return string(b) }
 	goAhead := func() {
-		if err := os.WriteFile(filepath.Join(dir, "go"), nil, 0o644); err != nil {
-			t.Fatal(err)
+		t.Helper()
+		written := make(chan error, 1)
+		go func() {
+			// Opening blocks until the handler opens its end.
+			f, err := os.OpenFile(fifo, os.O_WRONLY, 0)
+			if err == nil {
+				_, err = f.WriteString("go\n")
+				f.Close()
+			}
+			written <- err
+		}()
+		select {
+		case err := <-written:
+			if err != nil {
+				t.Fatal(err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatal("fence-peer did not wait for the go-ahead")
 		}
 	}
 	c := newCluster(t, clusterOptions{yaml: fmt.Sprintf("net:\n  fencing: resource-and-stonith\nhandlers:\n  fence-peer: %s/fence.sh\n  timeout: 90s\n", dir)})
@@ -118,10 +139,13 @@ func TestFencingResourceAndStonith(t *testing.T) {
 	done := c.a.backgroundWrite(0x62)
 	c.a.wait("the write to wait", 30*time.Second, func(s nodeStatus) bool { return s.WritesInFlight == 1 })
 	goAhead()
-	WaitFor(t, 30*time.Second, "fence-peer to end", func() bool { return strings.Count(calls(), "ran") == 1 })
-	// The loop handles the result in order with status requests: once
-	// status answers after the handler ended, the result is applied.
-	c.a.wait("the failed fence handled", 30*time.Second, func(s nodeStatus) bool { return s.Suspended == "fencing" })
+	// The daemon logs this once the failed fence's result is applied.
+	WaitFor(t, 30*time.Second, "the failed fence to be handled", func() bool {
+		return strings.Contains(c.a.daemon.Output(), "fence-peer failed: I/O stays suspended until resume-io")
+	})
+	if st := c.a.status(); st.Suspended != "fencing" || strings.Count(calls(), "ran") != 1 {
+		t.Fatalf("after a failed fence: suspended %q, handler runs %q", st.Suspended, calls())
+	}
 	blocked(t, done, "after a failed fence")
 	c.a.ctl("resume-io", "r0")
 	completes(t, done, "after resume-io")

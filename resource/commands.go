@@ -3,10 +3,10 @@ package resource
 import (
 	"context"
 	"fmt"
-	"github.com/rbd-nbd/rbd-nbd/config"
 
 	"go.uber.org/zap"
 
+	"github.com/rbd-nbd/rbd-nbd/config"
 	"github.com/rbd-nbd/rbd-nbd/hooks"
 	"github.com/rbd-nbd/rbd-nbd/replicate"
 	"github.com/rbd-nbd/rbd-nbd/resync"

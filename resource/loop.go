@@ -103,13 +103,6 @@ func (r *Resource) publish() {
 	r.rep = next
 	r.repMu.Unlock()
 	r.ioSuspended.Store(suspended)
-	go func() {
-		// No I/O joins cur any more (it joins under repMu): once its
-		// own and the earlier states' I/O finished, all before next did.
-		<-cur.quiet
-		cur.wg.Wait()
-		close(next.quiet)
-	}()
 	if cur.gone != nil && link != cur.link {
 		close(cur.gone)
 	}
@@ -123,14 +116,18 @@ func (r *Resource) publish() {
 		cur.wg.Wait()
 		r.epochs.drainInto(r.bm)
 		r.m.SetDirty(r.bm.Count())
-		return
 	}
-	if cur.link != nil && link == nil {
-		go func() {
-			cur.wg.Wait()
+	lostLink := cur.link != nil && link == nil
+	go func() {
+		// No I/O joins cur any more (it joins under repMu): once its
+		// own and the earlier states' I/O finished, all before next did.
+		<-cur.quiet
+		cur.wg.Wait()
+		if lostLink {
 			r.epochs.drainInto(r.bm)
-		}()
-	}
+		}
+		close(next.quiet)
+	}()
 }
 
 // publishStatus stores the status snapshot and tells the observer.
@@ -243,35 +240,32 @@ func (r *Resource) hookEnv() hooks.Env {
 }
 
 // fencePeer runs fence-peer in the background after this Primary lost its
-// peer: writes go on meanwhile (they are in the bitmap either way); a
-// result saying the peer is outdated or fenced is remembered (peer-outdated)
-// until the peer is UpToDate again, when unfence-peer runs.
+// peer. Writes go on meanwhile (they are in the bitmap either way) unless
+// fencing is resource-and-stonith, where I/O waits for the answer (any but
+// a veto lets it go on: EvFenceDone). A result saying the peer is outdated
+// or fenced is remembered (peer-outdated) until the peer is UpToDate
+// again, when unfence-peer runs.
 func (r *Resource) fencePeer() {
-	if r.hooks == nil {
-		// No handler: no result, as with an unconfigured one (posted:
-		// this runs inside a step).
-		r.goLoop(func() { r.post(func() { r.step(EvFenceDone{Proceed: true}) }) })
-		return
-	}
 	env := r.hookEnv()
 	r.goLoop(func() {
-		res := r.hooks.Run(r.loopCtx, hooks.FencePeer, env)
-		// Under resource-and-stonith I/O waits for this answer: any
-		// result but a veto lets it go on; a veto leaves it suspended
-		// until resume-io.
+		// No runner: no result, as with an unconfigured handler.
+		res := hooks.Result{Fence: hooks.FenceNoResult}
+		if r.hooks != nil {
+			res = r.hooks.Run(r.loopCtx, hooks.FencePeer, env)
+		}
 		r.post(func() {
-			if res.Vetoed() && r.m.Suspended()&SuspendFencing != 0 {
+			if res.Fence == hooks.FencePeerPrimary {
+				r.log.Error("fence-peer says the peer is Primary: split brain ahead", zap.Int("exit", res.ExitCode))
+			}
+			r.step(EvFenceDone{Proceed: !res.Vetoed()})
+			if r.m.Suspended()&SuspendFencing != 0 {
 				r.log.Error("fence-peer failed: I/O stays suspended until resume-io",
 					zap.Stringer("result", res.Fence), zap.Int("exit", res.ExitCode))
 			}
-			r.step(EvFenceDone{Proceed: !res.Vetoed()})
+			if res.Fence == hooks.FencePeerOutdated || res.Fence == hooks.FencePeerFenced {
+				r.step(EvPeerFenced{})
+			}
 		})
-		switch res.Fence {
-		case hooks.FencePeerOutdated, hooks.FencePeerFenced:
-			r.post(func() { r.step(EvPeerFenced{}) })
-		case hooks.FencePeerPrimary:
-			r.log.Error("fence-peer says the peer is Primary: split brain ahead", zap.Int("exit", res.ExitCode))
-		}
 	})
 }
 

@@ -263,15 +263,39 @@ func TestStatisticsOutput(t *testing.T) {
 	}
 }
 
-// outdate needs a 1.2 daemon; an older one does not know the request.
-func TestOutdateOldDaemon(t *testing.T) {
-	old := ctlproto.DefaultRegistry().WithoutMsgs(ctlproto.MsgOutdate)
-	sock := serveDaemon(t, old, "1.1.0")
-	mustRun(t, sock, createArgs...)
-	_, _, err := run(t, sock, "outdate", "r0")
-	if err == nil || err.Error() != "the daemon (version 1.1.0) does not know this command: upgrade the daemon" {
-		t.Fatalf("outdate on a 1.1 daemon: %v", err)
+// Requests newer than the daemon are refused by name: outdate (1.2),
+// suspend-io and resume-io (1.3).
+func TestNewRequestsOldDaemon(t *testing.T) {
+	for _, tc := range []struct {
+		cmd     string
+		msg     ctlproto.MsgType
+		version string
+	}{
+		{"outdate", ctlproto.MsgOutdate, "1.1.0"},
+		{"suspend-io", ctlproto.MsgSuspendIO, "1.2.0"},
+		{"resume-io", ctlproto.MsgResumeIO, "1.2.0"},
+	} {
+		sock := serveDaemon(t, ctlproto.DefaultRegistry().WithoutMsgs(tc.msg), tc.version)
+		mustRun(t, sock, createArgs...)
+		_, _, err := run(t, sock, tc.cmd, "r0")
+		want := "the daemon (version " + tc.version + ") does not know this command: upgrade the daemon"
+		if err == nil || err.Error() != want {
+			t.Fatalf("%s on a %s daemon: %v", tc.cmd, tc.version, err)
+		}
 	}
+}
+
+// A fencing policy is refused by a daemon that predates it (1.2) by name;
+// without one, the same tool still drives that daemon.
+func TestFencingOldDaemon(t *testing.T) {
+	sock := serveDaemon(t, ctlproto.DefaultRegistry().Without(ctlproto.TagNetFencing), "1.2.0")
+	mustRun(t, sock, createArgs...)
+	_, _, err := run(t, sock, "ctl", "change", "r0", "--fencing", "dont-care")
+	want := "the daemon (version 1.2.0) does not support --fencing (tag 165): upgrade the daemon or leave the option out"
+	if err == nil || !strings.Contains(err.Error(), want) {
+		t.Fatalf("--fencing on a 1.2 daemon: %v", err)
+	}
+	mustRun(t, sock, "ctl", "change", "r0", "--protocol", "B")
 }
 
 func TestLatencyQuantile(t *testing.T) {

@@ -83,8 +83,7 @@ func statusJSON(st resource.Status, stats bool) []byte {
 	var b bytes.Buffer
 	b.WriteByte('{')
 	for f := ctlproto.FieldName; ctlproto.AllFields.Has(f); f++ {
-		if f == ctlproto.FieldSuspended && st.Suspended == 0 {
-			// As on the wire: present only while I/O is suspended.
+		if !ctlproto.FieldPresent(st, f) {
 			continue
 		}
 		if f > 0 {
