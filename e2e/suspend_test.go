@@ -64,10 +64,19 @@ func completes(t *testing.T, done <-chan error, why string) {
 	}
 }
 
-// suspend-io holds application I/O until resume-io; status says so.
+// suspend-io holds application I/O until resume-io; status and the
+// metrics say so.
 func TestSuspendIO(t *testing.T) {
 	RequireTools(t, "nbdsh", "qemu-io")
-	c := newCluster(t, clusterOptions{})
+	c := newCluster(t, clusterOptions{metrics: true})
+	suspendedSeries := func(user, fencing float64) {
+		t.Helper()
+		m := c.a.scrape()
+		if u, f := m.get(t, "rbd_nbd_io_suspended", "reason=user"), m.get(t, "rbd_nbd_io_suspended", "reason=fencing"); u != user || f != fencing {
+			t.Fatalf("rbd_nbd_io_suspended: user %v fencing %v, want %v %v", u, f, user, fencing)
+		}
+	}
+	suspendedSeries(0, 0)
 	if st := c.a.status(); st.Suspended != "" {
 		t.Fatalf("before suspend-io: suspended %q", st.Suspended)
 	}
@@ -78,6 +87,7 @@ func TestSuspendIO(t *testing.T) {
 	if out := c.a.ctl("status", "r0"); !strings.Contains(out, "suspended:user") {
 		t.Fatalf("status text while suspended:\n%s", out)
 	}
+	suspendedSeries(1, 0)
 	done := c.a.backgroundWrite(0x61)
 	c.a.wait("the write to wait", 30*time.Second, func(s nodeStatus) bool { return s.WritesInFlight == 1 })
 	blocked(t, done, "while suspended")
@@ -86,6 +96,7 @@ func TestSuspendIO(t *testing.T) {
 	if st := c.a.status(); st.Suspended != "" {
 		t.Fatalf("after resume-io: suspended %q", st.Suspended)
 	}
+	suspendedSeries(0, 0)
 	c.b.wait("the write replicated", 30*time.Second, func(s nodeStatus) bool { return s.Conn == "Connected" })
 	c.compare()
 	c.a.qemuIO("read -P 0x61 0 64k")

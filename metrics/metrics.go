@@ -39,6 +39,7 @@ var (
 	connStates     = []resource.ConnState{resource.ConnStandAlone, resource.ConnConnecting, resource.ConnHandshake,
 		resource.ConnConnected, resource.ConnSyncSource, resource.ConnSyncTarget, resource.ConnPausedSyncS,
 		resource.ConnPausedSyncT, resource.ConnVerifyS, resource.ConnVerifyT}
+	suspendReasons = []resource.Suspend{resource.SuspendUser, resource.SuspendFencing}
 )
 
 // Collector is a prometheus.Collector over a Source.
@@ -53,6 +54,7 @@ type Collector struct {
 	requests, bytes, errors, writeSeconds  *prometheus.Desc
 	connects, linkBytes, pingRTT           *prometheus.Desc
 	alWrites, bitmapWrites                 *prometheus.Desc
+	suspended                              *prometheus.Desc
 }
 
 // NewCollector returns a collector of src's resources.
@@ -88,6 +90,7 @@ func NewCollector(src Source) *Collector {
 		pingRTT:      d("link_ping_rtt_seconds", "Round trip of the current peer link's last ping (0 without a link)."),
 		alWrites:     d("al_writes_total", "Activity-log transactions: synchronous meta-data writes on the write path, one per write to a cold 4 MiB extent."),
 		bitmapWrites: d("bitmap_writes_total", "Bitmap pages written to the meta-data."),
+		suspended:    d("io_suspended", "Whether application I/O is suspended, by reason (user: suspend-io; fencing: a failed or pending fence-peer under resource-and-stonith).", "reason"),
 	}
 }
 
@@ -96,7 +99,7 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.info, c.up, c.role, c.peerRole, c.disk, c.peerDisk, c.conn,
 		c.size, c.outOfSync, c.inFlight, c.clients, c.syncDone, c.syncTotal, c.syncRate, c.syncETA,
 		c.resynced, c.requests, c.bytes, c.errors, c.writeSeconds, c.connects, c.linkBytes, c.pingRTT,
-		c.alWrites, c.bitmapWrites} {
+		c.alWrites, c.bitmapWrites, c.suspended} {
 		ch <- d
 	}
 }
@@ -146,6 +149,9 @@ func (c *Collector) collect(ch chan<- prometheus.Metric, m daemon.Monitored) {
 	gauge(c.pingRTT, float64(st.Link.PingRTT)/1e9)
 	counter(c.alWrites, st.Meta.ALWrites)
 	counter(c.bitmapWrites, st.Meta.BitmapWrites)
+	for _, r := range suspendReasons {
+		gauge(c.suspended, bool01(st.Suspended&r != 0), r.String())
+	}
 }
 
 // writeLatency is the histogram of io.WriteLatency.
