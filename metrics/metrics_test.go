@@ -26,7 +26,7 @@ var twoResources = fixed{
 			Name: "r0", Role: resource.RolePrimary, Disk: resource.DiskUpToDate, Conn: resource.ConnSyncSource,
 			PeerRole: resource.RoleSecondary, PeerDisk: resource.DiskInconsistent, PeerNodeID: 1,
 			Suspended: resource.SuspendFencing,
-			Size: 1 << 30, OutOfSync: 3 << 20, ResyncDone: 1 << 20, ResyncTotal: 4 << 20, ResyncRate: 1 << 20, ResyncETA: 3,
+			Size:      1 << 30, OutOfSync: 3 << 20, ResyncDone: 1 << 20, ResyncTotal: 4 << 20, ResyncRate: 1 << 20, ResyncETA: 3,
 			ResyncedBytes: 5 << 20, WritesInFlight: 2, NBDConnections: 1,
 			IO: resource.IOStats{Reads: 10, ReadBytes: 40960, Writes: 4, WrittenBytes: 16384, Trims: 1, TrimmedBytes: 1 << 20,
 				Zeroes: 2, ZeroedBytes: 8192, Flushes: 3, Errors: 1, WriteTime: 1_500_000_000,
