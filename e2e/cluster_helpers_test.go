@@ -43,6 +43,9 @@ type node struct {
 	disk    string
 	config  string // this node's resource file
 	nbdPort int
+	// peerPort is the port of the node's address in the resource files
+	// (node b listens on it for node a's link).
+	peerPort int
 	// metricsPort, when set, is where the daemon serves /metrics.
 	metricsPort int
 	// stateDir, when set, is the daemon's state directory: a restarted
@@ -102,6 +105,7 @@ func newCluster(t *testing.T, o clusterOptions) *cluster {
 	peerA, peerB := ports[0], ports[1]
 	c.a = &node{t: t, name: "a", id: 0, dir: dir, nbdPort: ports[2]}
 	c.b = &node{t: t, name: "b", id: 1, dir: dir, nbdPort: ports[3]}
+	c.a.peerPort, c.b.peerPort = peerA, peerB
 	if o.metrics {
 		c.a.metricsPort, c.b.metricsPort = ports[4], ports[5]
 	}

@@ -16,8 +16,16 @@ import (
 // export and returns a channel that gets its result once it exits.
 func (n *node) backgroundWrite(b byte) <-chan error {
 	n.t.Helper()
+	return n.backgroundNbdsh(fmt.Sprintf("h.pwrite(bytes([%d]) * 65536, 0)", b))
+}
+
+// backgroundNbdsh starts nbdsh on n's export with a Python script (h is
+// the connected handle) and returns a channel that gets its result once
+// it exits.
+func (n *node) backgroundNbdsh(script string) <-chan error {
+	n.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	cmd := exec.CommandContext(ctx, "nbdsh", "-u", n.uri(), "-c", fmt.Sprintf("h.pwrite(bytes([%d]) * 65536, 0)", b))
+	cmd := exec.CommandContext(ctx, "nbdsh", "-u", n.uri(), "-c", script)
 	// nbdsh runs "python3 -m nbd": the system Python has the module.
 	cmd.Env = append(os.Environ(), "PATH=/usr/bin:/bin:"+os.Getenv("PATH"))
 	var stderr strings.Builder
@@ -39,6 +47,31 @@ func (n *node) backgroundWrite(b byte) <-chan error {
 	}()
 	n.t.Cleanup(func() { cancel(); <-exited })
 	return done
+}
+
+// fifoSend writes a line into a FIFO that who (a handler, a client
+// script) reads to go ahead; it fails the test when nobody opens the
+// FIFO's other end within 30 seconds.
+func fifoSend(t *testing.T, fifo, who string) {
+	t.Helper()
+	written := make(chan error, 1)
+	go func() {
+		// Opening blocks until the reader opens its end.
+		f, err := os.OpenFile(fifo, os.O_WRONLY, 0)
+		if err == nil {
+			_, err = f.WriteString("go\n")
+			f.Close()
+		}
+		written <- err
+	}()
+	select {
+	case err := <-written:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("%s did not wait for the go-ahead", who)
+	}
 }
 
 // blocked checks that a background write has not completed.
@@ -123,24 +156,7 @@ func TestFencingResourceAndStonith(t *testing.T) {
 	calls := func() string { b, _ := os.ReadFile(filepath.Join(dir, "calls")); return string(b) }
 	goAhead := func() {
 		t.Helper()
-		written := make(chan error, 1)
-		go func() {
-			// Opening blocks until the handler opens its end.
-			f, err := os.OpenFile(fifo, os.O_WRONLY, 0)
-			if err == nil {
-				_, err = f.WriteString("go\n")
-				f.Close()
-			}
-			written <- err
-		}()
-		select {
-		case err := <-written:
-			if err != nil {
-				t.Fatal(err)
-			}
-		case <-time.After(30 * time.Second):
-			t.Fatal("fence-peer did not wait for the go-ahead")
-		}
+		fifoSend(t, fifo, "fence-peer")
 	}
 	c := newCluster(t, clusterOptions{yaml: fmt.Sprintf("net:\n  fencing: resource-and-stonith\nhandlers:\n  fence-peer: %s/fence.sh\n  timeout: 90s\n", dir)})
 

@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -179,18 +178,11 @@ func (r *Resource) Start(ctx context.Context) (err error) {
 	r.rep = &repState{proto: cfg.Net.Protocol, quiet: closedChan()}
 	r.inbox = make(chan func(), 1024)
 	r.loopCtx, r.stop = context.WithCancel(context.Background())
-	if cfg.Local.NBDListen != "" {
-		if err := r.serveNBD(cfg); err != nil {
-			return err
-		}
+	if err := r.newNBDServer(cfg); err != nil {
+		return err
 	}
-	if cfg.Local.ID > cfg.Peer.ID && cfg.Local.Address != "" {
-		ln, err := net.Listen("tcp", cfg.Local.Address)
-		if err != nil {
-			return fmt.Errorf("peer link: listen on %s: %w", cfg.Local.Address, err)
-		}
-		r.peerLn = ln
-		r.goLoop(func() { r.acceptPeers(ln) })
+	if err := r.moveListeners(config.Resource{}, cfg); err != nil {
+		return err
 	}
 	sb := r.meta.Superblock()
 	r.goLoop(r.run)
@@ -262,11 +254,10 @@ func (r *Resource) attach(cfg config.Resource) error {
 	return err
 }
 
-func (r *Resource) serveNBD(cfg config.Resource) error {
-	network, addr := "tcp", cfg.Local.NBDListen
-	if rest, ok := strings.CutPrefix(addr, "unix:"); ok {
-		network, addr = "unix", rest
-	}
+// newNBDServer makes the resource's NBD server; it listens nowhere yet
+// (listen.go). It exists for the whole life of the resource, whether
+// resource.nbd-listen is set or not, so that Apply can start listening.
+func (r *Resource) newNBDServer(cfg config.Resource) error {
 	var tlsCfg *tls.Config
 	if t := cfg.Local.NBDTLS; t.Enabled() {
 		var err error
@@ -277,11 +268,6 @@ func (r *Resource) serveNBD(cfg config.Resource) error {
 			r.log.Info("the NBD export requires TLS: kernel nbd devices, which have none, are not reattached to it")
 		}
 	}
-	ln, err := net.Listen(network, addr)
-	if err != nil {
-		return fmt.Errorf("nbd: listen on %s: %w", cfg.Local.NBDListen, err)
-	}
-	r.nbdLn = ln
 	r.nbd = &nbdserver.Server{
 		Lookup: r.lookupExport,
 		List: func() []*nbdserver.Export {
@@ -295,11 +281,6 @@ func (r *Resource) serveNBD(cfg config.Resource) error {
 		TLS:        tlsCfg,
 		RequireTLS: cfg.Local.NBDTLS.Required(),
 	}
-	r.goLoop(func() {
-		if err := r.nbd.Serve(ln); err != nil && !errors.Is(err, nbdserver.ErrServerClosed) {
-			r.log.Error("nbd server stopped", zap.Error(err))
-		}
-	})
 	return nil
 }
 
@@ -410,16 +391,27 @@ func (r *Resource) release() {
 
 func (r *Resource) nbdConns() int {
 	if r.nbd == nil {
-		return 0
+		return 0 // not started
 	}
 	return r.nbd.Conns(r.cfg().Local.Export)
 }
 
 // Apply changes options of the running resource. Net options apply at the
-// next connect, resync and handler options at once.
+// next connect; resync and handler options, and the addresses this node
+// listens on, at once. All or nothing: on error the resource runs as
+// before.
 func (r *Resource) Apply(ctx context.Context, cfg config.Resource) error {
-	if p := config.Invariant(r.cfg(), cfg); p != "" {
+	old := r.cfg()
+	if p := config.Invariant(old, cfg); p != "" {
 		return &config.FieldError{Path: p, Value: "", Allowed: "the current value while the resource is up"}
+	}
+	// What can fail comes first: the handlers (which Reconfigure checks
+	// the same way), then the new listeners.
+	if err := cfg.Handlers.Default().Validate(); err != nil {
+		return err
+	}
+	if err := r.moveListeners(old, cfg); err != nil {
+		return err
 	}
 	if r.hooks != nil {
 		if err := r.hooks.Reconfigure(cfg.Handlers); err != nil {
@@ -430,7 +422,17 @@ func (r *Resource) Apply(ctx context.Context, cfg config.Resource) error {
 	r.config = cfg
 	r.cfgMu.Unlock()
 	errc := make(chan error, 1)
-	if !r.post(func() { r.m.SetAfterSB(cfg.Net.AfterSB); r.m.SetFencing(cfg.Net.Fencing); errc <- nil }) {
+	if !r.post(func() {
+		r.m.SetAfterSB(cfg.Net.AfterSB)
+		r.m.SetFencing(cfg.Net.Fencing)
+		if cfg.Local.NBDListen != old.Local.NBDListen && r.reattachCancel != nil {
+			// The kernel devices the watch reattaches name the export's
+			// address: watch for those of the new one.
+			r.stopWatchingAttached()
+			r.watchAttached()
+		}
+		errc <- nil
+	}) {
 		return ErrDown
 	}
 	select {

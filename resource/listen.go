@@ -1,0 +1,102 @@
+package resource
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+
+	"go.uber.org/zap"
+
+	"github.com/rbd-nbd/rbd-nbd/config"
+	"github.com/rbd-nbd/rbd-nbd/nbdserver"
+)
+
+// The addresses a resource listens on: its NBD export
+// (resource.nbd-listen) and, on the node with the higher id, the peer link
+// (resource.address). Start opens them and Apply moves them, as DRBD's
+// adjust does: the new listener opens before the old one closes, so a
+// failure (address in use, a typo) leaves the old one serving, and what
+// is connected stays connected (NBD clients, the peer link). Both run
+// with the daemon's serialization of Start, Apply and Stop, so the
+// listener fields need no lock.
+
+// moveListeners opens the listeners cfg names that old does not, then
+// closes those old names that cfg does not. All or nothing.
+func (r *Resource) moveListeners(old, cfg config.Resource) error {
+	oldPeer, newPeer := peerListenAddr(old), peerListenAddr(cfg)
+	oldNBD, newNBD := old.Local.NBDListen, cfg.Local.NBDListen
+	if r.nbdLn == nil {
+		oldNBD = "" // not listening (Start)
+	}
+	if r.peerLn == nil {
+		oldPeer = ""
+	}
+	var nbdLn, peerLn net.Listener
+	if newNBD != oldNBD && newNBD != "" {
+		ln, err := listenNBD(newNBD)
+		if err != nil {
+			return err
+		}
+		nbdLn = ln
+	}
+	if newPeer != oldPeer && newPeer != "" {
+		ln, err := net.Listen("tcp", newPeer)
+		if err != nil {
+			if nbdLn != nil {
+				_ = nbdLn.Close()
+			}
+			return fmt.Errorf("peer link: listen on %s: %w", newPeer, err)
+		}
+		peerLn = ln
+	}
+	if newNBD != oldNBD {
+		if r.nbdLn != nil {
+			_ = r.nbdLn.Close()
+			r.log.Info("NBD: stopped listening", zap.String("address", oldNBD))
+		}
+		r.nbdLn = nbdLn
+		if nbdLn != nil {
+			r.goLoop(func() {
+				err := r.nbd.Serve(nbdLn)
+				if err != nil && !errors.Is(err, nbdserver.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
+					r.log.Error("nbd server stopped", zap.Error(err))
+				}
+			})
+		}
+	}
+	if newPeer != oldPeer {
+		if r.peerLn != nil {
+			_ = r.peerLn.Close()
+			r.log.Info("peer link: stopped listening", zap.String("address", oldPeer))
+		}
+		r.peerLn = peerLn
+		if peerLn != nil {
+			r.log.Info("peer link: listening", zap.String("address", newPeer))
+			r.goLoop(func() { r.acceptPeers(peerLn) })
+		}
+	}
+	return nil
+}
+
+// peerListenAddr returns the address this node accepts peer links on, or
+// "" when it dials (the lower node id dials the higher).
+func peerListenAddr(cfg config.Resource) string {
+	if cfg.Local.ID > cfg.Peer.ID {
+		return cfg.Local.Address
+	}
+	return ""
+}
+
+// listenNBD listens on an NBD address: host:port, or unix:PATH.
+func listenNBD(addr string) (net.Listener, error) {
+	network, a := "tcp", addr
+	if rest, ok := strings.CutPrefix(addr, "unix:"); ok {
+		network, a = "unix", rest
+	}
+	ln, err := net.Listen(network, a)
+	if err != nil {
+		return nil, fmt.Errorf("nbd: listen on %s: %w", addr, err)
+	}
+	return ln, nil
+}
