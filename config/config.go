@@ -61,6 +61,23 @@ const (
 	OnIOErrorCallHandler OnIOError = "call-local-io-error"
 )
 
+// OnNoData is what a Primary does with application I/O when no copy of
+// the data is reachable (its disk is detached and its peer gone), after
+// DRBD's on-no-data-accessible.
+type OnNoData string
+
+// The policies.
+const (
+	// OnNoDataDefault is the zero value: io-error.
+	OnNoDataDefault OnNoData = ""
+	// OnNoDataIOError fails the I/O with EIO.
+	OnNoDataIOError OnNoData = "io-error"
+	// OnNoDataSuspendIO suspends application I/O until a copy is
+	// reachable again (the peer is back) or resume-io; requests that
+	// were running when the last copy went away are retried then.
+	OnNoDataSuspendIO OnNoData = "suspend-io"
+)
+
 // SizeMismatch is what a connection does when the two disks differ in size.
 type SizeMismatch string
 
@@ -260,6 +277,10 @@ type DiskOptions struct {
 	OnIOError OnIOError `yaml:"on-io-error,omitempty"`
 	// DirectIO opens the backing disk with O_DIRECT.
 	DirectIO bool `yaml:"direct-io,omitempty"`
+	// OnNoDataAccessible is the policy for I/O that no copy can serve;
+	// empty means io-error (kept empty rather than filled in, so that a
+	// configuration without it still drives a daemon that predates it).
+	OnNoDataAccessible OnNoData `yaml:"on-no-data-accessible,omitempty"`
 }
 
 // ResyncOptions holds the resync and verify options.
@@ -563,6 +584,11 @@ func (d DiskOptions) Validate() error {
 	default:
 		return &FieldError{Path: "disk.on-io-error", Value: string(d.OnIOError), Allowed: "detach, pass-on or call-local-io-error"}
 	}
+	switch d.OnNoDataAccessible {
+	case OnNoDataDefault, OnNoDataIOError, OnNoDataSuspendIO:
+	default:
+		return &FieldError{Path: "disk.on-no-data-accessible", Value: string(d.OnNoDataAccessible), Allowed: "io-error or suspend-io"}
+	}
 	return nil
 }
 
@@ -625,6 +651,10 @@ func Invariant(old, new Resource) string {
 		return "resource.meta-disk"
 	case old.Peer.ID != new.Peer.ID:
 		return "peer.node-id"
+	case old.Local.Export != new.Local.Export:
+		// Connected clients negotiated the old name; counting them (a
+		// demotion refuses while any is connected) goes by the name.
+		return "resource.export"
 	case old.Local.NBDTLS != new.Local.NBDTLS:
 		// The export's listener reads the files when it starts.
 		return "resource.nbd-tls-" + old.Local.NBDTLS.firstDiff(new.Local.NBDTLS)

@@ -74,6 +74,17 @@ func TestLinkTLS(t *testing.T) {
 	if p := Invariant(a, n); p != "" {
 		t.Fatalf("Invariant says %q", p)
 	}
+	// The export name is fixed while up; the addresses are not.
+	n = a
+	n.Local.Export = "other"
+	if p := Invariant(a, n); p != "resource.export" {
+		t.Fatalf("changed export: Invariant says %q", p)
+	}
+	n = a
+	n.Local.Address, n.Local.NBDListen = "127.0.0.1:9", "unix:/run/r0.sock"
+	if p := Invariant(a, n); p != "" {
+		t.Fatalf("changed addresses: Invariant says %q", p)
+	}
 	// Node b's view: b's own certificate is not in the file, so b has none
 	// and a TLS CA alone is an error naming b's certificate.
 	if _, err := f.Node("b"); err == nil || !strings.Contains(err.Error(), "resource.link-tls-cert") {
@@ -243,6 +254,35 @@ func TestFencing(t *testing.T) {
 		}
 		if err != nil || r.Net.Fencing.Effective() != tc.want {
 			t.Errorf("%q: %q, %v; want %q", tc.yaml, r.Net.Fencing, err, tc.want)
+		}
+	}
+}
+
+func TestOnNoDataAccessible(t *testing.T) {
+	base := "resource: r0\nnodes:\n  - {name: a, node-id: 0, address: 127.0.0.1:1, disk: a.img}\n  - {name: b, node-id: 1, address: 127.0.0.1:2, disk: b.img}\n"
+	for _, tc := range []struct {
+		yaml string
+		want OnNoData
+		err  string
+	}{
+		{"", OnNoDataDefault, ""},
+		{"disk: {on-no-data-accessible: io-error}\n", OnNoDataIOError, ""},
+		{"disk: {on-no-data-accessible: suspend-io}\n", OnNoDataSuspendIO, ""},
+		{"disk: {on-no-data-accessible: suspend}\n", "", "disk.on-no-data-accessible"},
+	} {
+		f, err := ParseFile([]byte(base+tc.yaml), "/srv/r0")
+		var r Resource
+		if err == nil {
+			r, err = f.Node("a")
+		}
+		if tc.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("%q: err %v, want one naming %s", tc.yaml, err, tc.err)
+			}
+			continue
+		}
+		if err != nil || r.Disk.OnNoDataAccessible != tc.want {
+			t.Errorf("%q: %q, %v; want %q", tc.yaml, r.Disk.OnNoDataAccessible, err, tc.want)
 		}
 	}
 }

@@ -129,6 +129,7 @@ func bindings() []binding {
 
 		u32B(disk, TagDiskALExtents, func(r *config.Resource) *uint32 { return &r.Disk.ALExtents }),
 		strB(disk, TagDiskOnIOError, func(r *config.Resource) *string { return (*string)(&r.Disk.OnIOError) }),
+		omitWhenZero(strB(disk, TagDiskOnNoDataAccessible, func(r *config.Resource) *string { return (*string)(&r.Disk.OnNoDataAccessible) })),
 		boolB(disk, TagDiskDirectIO, func(r *config.Resource) *bool { return &r.Disk.DirectIO }),
 
 		u64B(rs, TagResyncRate, func(r *config.Resource) *uint64 { return &r.Resync.Rate }),

@@ -191,6 +191,9 @@ const (
 	// Added in 1.3: the fencing policy, and why I/O is suspended.
 	TagNetFencing      uint16 = 165
 	TagStatusSuspended uint16 = 166
+
+	// Added in 1.4: the policy for I/O that no copy of the data can serve.
+	TagDiskOnNoDataAccessible uint16 = 167
 )
 
 // enumNames lists String() of 0, 1, ... up to the first value whose name
@@ -210,7 +213,7 @@ func enumNames(name func(int) string) []string {
 // defaultTags declares every tag. Append new tags at the end with the next
 // free number and the new protocol minor as Since; retire, never delete.
 func defaultTags() []Tag {
-	const v1, v1_1, v1_2, v1_3 = "1.0", "1.1", "1.2", "1.3"
+	const v1, v1_1, v1_2, v1_3, v1_4 = "1.0", "1.1", "1.2", "1.3", "1.4"
 	roles := enumNames(func(i int) string { return resource.Role(i).String() })
 	disks := enumNames(func(i int) string { return resource.DiskState(i).String() })
 	conns := enumNames(func(i int) string { return resource.ConnState(i).String() })
@@ -272,10 +275,11 @@ func defaultTags() []Tag {
 		{Num: TagNetSizeMismatch, Name: "net.size-mismatch", Type: TypeString, Section: TagNet, Mandatory: true, Flag: "size-mismatch", Since: v1, Doc: "Policy for disks of different sizes: refuse or smaller."},
 		{Num: TagNetMaxProtocolVersion, Name: "net.max-protocol-version", Type: TypeU32, Section: TagNet, Flag: "max-protocol-version", Since: v1, Doc: "Highest peer protocol version offered (0: newest)."},
 		{Num: TagNetFencing, Name: "net.fencing", Type: TypeString, Section: TagNet, Mandatory: true, Flag: "fencing", Since: v1_3, Doc: "Fencing policy: dont-care, resource-only or resource-and-stonith; absent: resource-only."},
-		{Num: TagStatusSuspended, Name: "status.suspended", Type: TypeU8, Section: TagStatus, Since: v1_3, Doc: "Why application I/O is suspended, a set of bits: 1 suspend-io (user), 2 fencing; absent when it is not."},
+		{Num: TagStatusSuspended, Name: "status.suspended", Type: TypeU8, Section: TagStatus, Since: v1_3, Doc: "Why application I/O is suspended, a set of bits: 1 suspend-io (user), 2 fencing, 4 no data accessible (from 1.4); absent when it is not."},
 
 		{Num: TagDiskALExtents, Name: "disk.al-extents", Type: TypeU32, Section: TagDisk, Flag: "al-extents", Since: v1, Doc: "Active 4 MiB extents in the activity log."},
 		{Num: TagDiskOnIOError, Name: "disk.on-io-error", Type: TypeString, Section: TagDisk, Mandatory: true, Flag: "on-io-error", Since: v1, Doc: "Local disk error policy."},
+		{Num: TagDiskOnNoDataAccessible, Name: "disk.on-no-data-accessible", Type: TypeString, Section: TagDisk, Mandatory: true, Flag: "on-no-data-accessible", Since: v1_4, Doc: "What a Primary does with I/O that no copy of the data can serve: io-error or suspend-io; absent: io-error."},
 		{Num: TagDiskDirectIO, Name: "disk.direct-io", Type: TypeFlag, Section: TagDisk, Mandatory: true, Flag: "direct-io", Since: v1, Doc: "Open the backing disk with O_DIRECT."},
 
 		{Num: TagResyncRate, Name: "resync.rate", Type: TypeU64, Unit: UnitBytes, Section: TagResync, Flag: "rate", Since: v1, Doc: "Resync traffic cap in bytes per second; 0: none."},

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -197,4 +198,97 @@ func TestFencingResourceAndStonith(t *testing.T) {
 	c.waitSynced()
 	c.compare()
 	c.a.qemuIO("read -P 0x63 0 64k")
+}
+
+// Under on-no-data-accessible suspend-io a Primary with no reachable copy
+// of the data (its disk detached, its peer gone) holds reads and writes
+// until the peer is back, instead of failing them; after resume-io they
+// fail as under io-error.
+func TestOnNoDataAccessibleSuspendIO(t *testing.T) {
+	RequireTools(t, "nbdsh", "qemu-io")
+	dir := t.TempDir()
+	disk, inject := faultyDisk(t, dir, 64<<20)
+	c := newCluster(t, clusterOptions{diskA: disk, yaml: "disk:\n  on-io-error: detach\n  on-no-data-accessible: suspend-io\n"})
+	c.a.qemuIO("write -P 0x11 0 1M")
+	if err := os.WriteFile(inject, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c.a.qemuIO("write -P 0x22 1M 1M")
+	c.a.wait("the disk detached", 30*time.Second, func(s nodeStatus) bool { return s.Disk == "Diskless" && s.Conn == "Connected" })
+
+	// The peer goes: no copy is reachable, and I/O waits.
+	c.b.kill()
+	c.a.wait("I/O suspended", 30*time.Second, func(s nodeStatus) bool { return s.Suspended == "no-data" })
+	if out := c.a.ctl("status", "r0"); !strings.Contains(out, "suspended:no-data") {
+		t.Fatalf("status text while suspended:\n%s", out)
+	}
+	write := c.a.backgroundWrite(0x66)
+	read := c.a.backgroundNbdsh(`assert h.pread(65536, 1 << 20) == b"\x22" * 65536`)
+	c.a.wait("the write to wait", 30*time.Second, func(s nodeStatus) bool { return s.WritesInFlight == 1 })
+	blocked(t, write, "while no data is accessible")
+	blocked(t, read, "the read, while no data is accessible")
+
+	// The peer is back: both complete, on the peer's disk.
+	c.b.start()
+	c.b.up()
+	c.a.wait("the peer back", 30*time.Second, func(s nodeStatus) bool { return s.Conn == "Connected" && s.Suspended == "" })
+	completes(t, write, "after the peer came back")
+	completes(t, read, "the read, after the peer came back")
+	if b := c.b.data(1 << 20); !bytes.Equal(b[:65536], bytes.Repeat([]byte{0x66}, 65536)) {
+		t.Fatal("the peer's disk lacks the write that waited")
+	}
+
+	// resume-io gives up waiting: I/O fails until the peer is back.
+	c.b.kill()
+	c.a.wait("I/O suspended again", 30*time.Second, func(s nodeStatus) bool { return s.Suspended == "no-data" })
+	write = c.a.backgroundWrite(0x67)
+	c.a.wait("the write to wait", 30*time.Second, func(s nodeStatus) bool { return s.WritesInFlight == 1 })
+	c.a.ctl("resume-io", "r0")
+	select {
+	case err := <-write:
+		if err == nil {
+			t.Fatal("after resume-io with no data accessible, the write succeeded")
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("after resume-io the write still waits")
+	}
+	if st := c.a.status(); st.Suspended != "" {
+		t.Fatalf("after resume-io: suspended %q", st.Suspended)
+	}
+}
+
+// A request in flight when the last copy goes away is retried once the
+// peer is back: the peer (frozen with SIGSTOP) holds a write when the
+// link is cut, and the write completes on the peer after it reconnects.
+func TestOnNoDataAccessibleRetriesInFlight(t *testing.T) {
+	RequireTools(t, "nbdsh", "qemu-io")
+	dir := t.TempDir()
+	disk, inject := faultyDisk(t, dir, 64<<20)
+	c := newCluster(t, clusterOptions{diskA: disk, proxy: true, yaml: "disk:\n  on-io-error: detach\n  on-no-data-accessible: suspend-io\n"})
+	if err := os.WriteFile(inject, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c.a.qemuIO("write -P 0x22 1M 1M")
+	c.a.wait("the disk detached", 30*time.Second, func(s nodeStatus) bool { return s.Disk == "Diskless" && s.Conn == "Connected" })
+
+	if err := c.b.daemon.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.b.daemon.Signal(syscall.SIGCONT) })
+	write := c.a.backgroundWrite(0x68)
+	c.a.wait("the write at the frozen peer", 30*time.Second, func(s nodeStatus) bool { return s.WritesInFlight == 1 })
+	if c.proxy.cut() == 0 {
+		t.Fatal("no link to cut")
+	}
+	c.a.wait("I/O suspended", 30*time.Second, func(s nodeStatus) bool { return s.Suspended == "no-data" })
+	blocked(t, write, "the write whose peer half was lost")
+
+	if err := c.b.daemon.Signal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	c.a.wait("the peer back", 60*time.Second, func(s nodeStatus) bool { return s.Conn == "Connected" && s.Suspended == "" })
+	completes(t, write, "after the peer came back")
+	if b := c.b.data(1 << 20); !bytes.Equal(b[:65536], bytes.Repeat([]byte{0x68}, 65536)) {
+		t.Fatal("the peer's disk lacks the retried write")
+	}
 }

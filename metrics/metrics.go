@@ -39,7 +39,7 @@ var (
 	connStates     = []resource.ConnState{resource.ConnStandAlone, resource.ConnConnecting, resource.ConnHandshake,
 		resource.ConnConnected, resource.ConnSyncSource, resource.ConnSyncTarget, resource.ConnPausedSyncS,
 		resource.ConnPausedSyncT, resource.ConnVerifyS, resource.ConnVerifyT}
-	suspendReasons = []resource.Suspend{resource.SuspendUser, resource.SuspendFencing}
+	suspendReasons = []resource.Suspend{resource.SuspendUser, resource.SuspendFencing, resource.SuspendNoData}
 )
 
 // Collector is a prometheus.Collector over a Source.
@@ -90,7 +90,7 @@ func NewCollector(src Source) *Collector {
 		pingRTT:      d("link_ping_rtt_seconds", "Round trip of the current peer link's last ping (0 without a link)."),
 		alWrites:     d("al_writes_total", "Activity-log transactions: synchronous meta-data writes on the write path, one per write to a cold 4 MiB extent."),
 		bitmapWrites: d("bitmap_writes_total", "Bitmap pages written to the meta-data."),
-		suspended:    d("io_suspended", "Whether application I/O is suspended, by reason (user: suspend-io; fencing: a failed or pending fence-peer under resource-and-stonith).", "reason"),
+		suspended:    d("io_suspended", "Whether application I/O is suspended, by reason (user: suspend-io; fencing: a failed or pending fence-peer under resource-and-stonith; no-data: no copy of the data reachable, under on-no-data-accessible suspend-io).", "reason"),
 	}
 }
 

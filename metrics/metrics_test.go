@@ -194,10 +194,12 @@ rbd_nbd_link_ping_rtt_seconds{resource="r1"} 0
 # TYPE rbd_nbd_al_writes_total counter
 rbd_nbd_al_writes_total{resource="r0"} 7
 rbd_nbd_al_writes_total{resource="r1"} 0
-# HELP rbd_nbd_io_suspended Whether application I/O is suspended, by reason (user: suspend-io; fencing: a failed or pending fence-peer under resource-and-stonith).
+# HELP rbd_nbd_io_suspended Whether application I/O is suspended, by reason (user: suspend-io; fencing: a failed or pending fence-peer under resource-and-stonith; no-data: no copy of the data reachable, under on-no-data-accessible suspend-io).
 # TYPE rbd_nbd_io_suspended gauge
 rbd_nbd_io_suspended{reason="fencing",resource="r0"} 1
 rbd_nbd_io_suspended{reason="fencing",resource="r1"} 0
+rbd_nbd_io_suspended{reason="no-data",resource="r0"} 0
+rbd_nbd_io_suspended{reason="no-data",resource="r1"} 0
 rbd_nbd_io_suspended{reason="user",resource="r0"} 0
 rbd_nbd_io_suspended{reason="user",resource="r1"} 0
 `
@@ -212,8 +214,8 @@ rbd_nbd_io_suspended{reason="user",resource="r1"} 0
 	// states, 7 peer disk states, 10 connection states); size, out of
 	// sync, writes in flight, clients; 4 resync gauges; resynced; 5 kinds
 	// of requests, 4 of bytes; errors; write seconds; link connects, 2 link
-	// byte counters, ping; AL and bitmap writes; 2 suspension reasons.
-	if n := testutil.CollectAndCount(NewCollector(twoResources)); n != 2*(2+2+3+6+7+10+4+4+1+5+4+1+1+1+2+1+2+2) {
+	// byte counters, ping; AL and bitmap writes; 3 suspension reasons.
+	if n := testutil.CollectAndCount(NewCollector(twoResources)); n != 2*(2+2+3+6+7+10+4+4+1+5+4+1+1+1+2+1+2+3) {
 		t.Fatalf("%d series", n)
 	}
 }

@@ -102,6 +102,33 @@ func (r *Resource) waitResumed() error {
 	}
 }
 
+// retryNoData reports whether an I/O of this Diskless node that no copy
+// could serve should be tried again, under on-no-data-accessible
+// suspend-io: its peer half failed with the link (perr, after the loop has
+// processed the loss, which may suspend I/O), or st had no link (perr nil);
+// and now I/O is suspended (the retry waits in enter) or a link is back.
+// Without either, after resume-io for instance, the I/O fails as under
+// io-error.
+func (r *Resource) retryNoData(st *repState, perr error) bool {
+	if r.cfg().Disk.OnNoDataAccessible != config.OnNoDataSuspendIO {
+		return false
+	}
+	if st.link != nil {
+		if !errors.Is(perr, replicate.ErrLinkDown) {
+			return false
+		}
+		select {
+		case <-st.gone:
+		case <-r.loopCtx.Done():
+			return false
+		}
+	}
+	r.repMu.RLock()
+	cur := r.rep
+	r.repMu.RUnlock()
+	return cur != st && (cur.suspended || cur.link != nil)
+}
+
 // enter returns the current replication state, holding it; the caller
 // calls st.wg.Done when its I/O is finished.
 func (r *Resource) enter(ctx context.Context) (*repState, error) {
@@ -266,11 +293,21 @@ func (r *Resource) Extents(off, length int64, max int) ([]disk.Extent, error) {
 }
 
 func (r *Resource) peerRead(p []byte, off int64) error {
-	st, err := r.enter(context.Background())
-	if err != nil {
-		return err
+	for {
+		st, err := r.enter(context.Background())
+		if err != nil {
+			return err
+		}
+		err = r.peerReadOnce(st, p, off)
+		st.wg.Done()
+		if err == nil || !r.retryNoData(st, err) {
+			return err
+		}
 	}
-	defer st.wg.Done()
+}
+
+// peerReadOnce reads from the peer under st (ErrNoData without a link).
+func (r *Resource) peerReadOnce(st *repState, p []byte, off int64) error {
 	if st.link == nil {
 		return fmt.Errorf("resource %s: %w", r.cfg().Name, ErrNoData)
 	}
@@ -280,7 +317,7 @@ func (r *Resource) peerRead(p []byte, off int64) error {
 	if err := st.link.Submit(&op.req); err != nil {
 		return err
 	}
-	_, err = op.wait(replicate.Done)
+	_, err := op.wait(replicate.Done)
 	return err
 }
 
@@ -402,15 +439,31 @@ func (r *Resource) writeReq(req replicate.Request, do func() error) (ran bool, e
 	}
 	// 2. Order against overlapping writes and resync chunks.
 	h := r.locks.Lock(off, n)
-	unlockOnce := sync.OnceFunc(func() { r.locks.Unlock(h) })
-	defer unlockOnce()
+	defer r.locks.Unlock(h)
 
-	// 3. Replicate or record.
-	st, err := r.enter(context.Background())
-	if err != nil {
-		alDone()
-		return false, err
+	// 3. Replicate or record. A Diskless node comes back here when no
+	// copy took the write and on-no-data-accessible says to wait.
+	for {
+		st, err := r.enter(context.Background())
+		if err != nil {
+			alDone()
+			return ran, err
+		}
+		retry, ran2, err := r.writeUnder(st, req, do, alDone)
+		ran = ran || ran2
+		if !retry {
+			return ran, err
+		}
+		// The AL reference is released; a Diskless node needs none.
+		alDone = func() {}
 	}
+}
+
+// writeUnder does steps 3 to 5 of a write under st, which it releases.
+// It reports retry when the write reached no copy and retryNoData says to
+// try again; alDone has been called then.
+func (r *Resource) writeUnder(st *repState, req replicate.Request, do func() error, alDone func()) (retry, ran bool, err error) {
+	off, n := req.Offset, req.Length
 	var op *peerOp
 	var submitErr error // why the link did not take the write
 	if st.link != nil {
@@ -427,7 +480,10 @@ func (r *Resource) writeReq(req replicate.Request, do func() error) (ran bool, e
 		if r.diskFailed.Load() {
 			st.wg.Done()
 			alDone()
-			return false, fmt.Errorf("resource %s: %w", r.cfg().Name, ErrNoData)
+			if r.retryNoData(st, submitErr) {
+				return true, false, nil
+			}
+			return false, false, fmt.Errorf("resource %s: %w", r.cfg().Name, ErrNoData)
 		}
 		r.bm.Set(off, n)
 	}
@@ -447,7 +503,7 @@ func (r *Resource) writeReq(req replicate.Request, do func() error) (ran bool, e
 		if err := r.awaitFence(st, submitErr); err != nil && lerr == nil {
 			lerr = err
 		}
-		return true, lerr
+		return false, true, lerr
 	}
 	finish := func(perr error) {
 		if perr != nil {
@@ -468,9 +524,12 @@ func (r *Resource) writeReq(req replicate.Request, do func() error) (ran bool, e
 	}
 	if lerr == nil && r.diskFailed.Load() && perr != nil {
 		// Neither copy took it.
+		if r.retryNoData(st, perr) {
+			return true, true, nil
+		}
 		lerr = fmt.Errorf("resource %s: local disk detached and peer failed: %w", r.cfg().Name, perr)
 	}
-	return true, lerr
+	return false, true, lerr
 }
 
 // peerFailed records a write the peer did not complete.
@@ -497,18 +556,30 @@ func (r *Resource) Flush() error {
 }
 
 func (r *Resource) flush() error {
-	st, err := r.enter(context.Background())
-	if err != nil {
-		return err
+	for {
+		st, err := r.enter(context.Background())
+		if err != nil {
+			return err
+		}
+		retry, err := r.flushUnder(st)
+		if !retry {
+			return err
+		}
 	}
-	defer st.wg.Done()
+}
+
+// flushUnder flushes both disks under st, which it releases. It reports
+// retry when the node is Diskless, the flush reached no disk, and
+// retryNoData says to try again.
+func (r *Resource) flushUnder(st *repState) (retry bool, err error) {
 	var op *peerOp
 	var epoch *epoch
+	var perr error
 	if st.link != nil {
 		epoch = r.epochs.rotate()
 		op = r.getOp()
 		op.req = replicate.Request{Kind: replicate.Flush, Notify: op.notify}
-		if err := st.link.Submit(&op.req); err != nil {
+		if perr = st.link.Submit(&op.req); perr != nil {
 			r.putOp(op)
 			op = nil
 		}
@@ -520,13 +591,21 @@ func (r *Resource) flush() error {
 		}
 	}
 	if op != nil {
-		_, perr := op.wait(replicate.Done)
+		_, perr = op.wait(replicate.Done)
 		r.putOp(op)
 		if perr == nil {
 			r.epochs.retire(epoch)
-		} else if r.diskFailed.Load() {
-			return perr
 		}
 	}
-	return lerr
+	st.wg.Done()
+	if r.diskFailed.Load() && (st.link == nil || perr != nil) {
+		if r.retryNoData(st, perr) {
+			return true, nil
+		}
+		if perr == nil {
+			perr = fmt.Errorf("resource %s: %w", r.cfg().Name, ErrNoData)
+		}
+		return false, perr
+	}
+	return false, lerr
 }

@@ -43,6 +43,9 @@ type MachineConfig struct {
 	AfterSB config.AfterSB
 	// Fencing is the fencing policy (config.Fencing.Effective).
 	Fencing config.Fencing
+	// SuspendNoData suspends application I/O when the last reachable copy
+	// of the data goes away (disk.on-no-data-accessible: suspend-io).
+	SuspendNoData bool
 	// NewUUID returns a fresh, non-zero generation UUID. Time is an input of
 	// the machine: the UUID carries its creation time in the top 48 bits
 	// (milliseconds), which discard-younger-primary compares.
@@ -336,6 +339,16 @@ func (m *Machine) SetAfterSB(p config.AfterSB) { m.cfg.AfterSB = p }
 // loss (a suspension in place stays until lifted).
 func (m *Machine) SetFencing(f config.Fencing) { m.cfg.Fencing = f.Effective() }
 
+// SetSuspendNoData changes MachineConfig.SuspendNoData; it applies from
+// the next time the data becomes inaccessible.
+func (m *Machine) SetSuspendNoData(on bool) { m.cfg.SuspendNoData = on }
+
+// dataAccessible reports whether some copy of the data is reachable: the
+// local disk is UpToDate, or the link replicates to an UpToDate peer.
+func (m *Machine) dataAccessible() bool {
+	return m.disk == DiskUpToDate || (m.Replicating() && m.peerDisk == DiskUpToDate)
+}
+
 func (m *Machine) stateString() string {
 	s := fmt.Sprintf("role:%s disk:%s conn:%s peer-role:%s peer-disk:%s", m.role, m.disk, m.conn, m.peerRole, m.peerDisk)
 	if m.suspended != 0 {
@@ -360,11 +373,22 @@ func (m *Machine) setFlag(f Flags, on bool) {
 // when the event is an administrative request the current state refuses (in
 // which case nothing changed).
 func (m *Machine) Step(ev Event) ([]Action, error) {
+	accessible := m.dataAccessible()
 	acts, err := m.step(ev)
 	if m.suspended&SuspendFencing != 0 && (m.Replicating() || m.role != RolePrimary) {
 		// The peer is back and gets every write again, or this node no
 		// longer serves writes: nothing left to fence against.
 		m.suspended &^= SuspendFencing
+	}
+	switch {
+	case m.role != RolePrimary || m.dataAccessible():
+		// A copy is reachable again (the peer is back), or there is no
+		// application I/O to hold.
+		m.suspended &^= SuspendNoData
+	case accessible && m.cfg.SuspendNoData:
+		// The last reachable copy just went away. Only on that change:
+		// after resume-io, I/O fails until a copy is back and lost again.
+		m.suspended |= SuspendNoData
 	}
 	return acts, err
 }
@@ -506,13 +530,16 @@ func (m *Machine) lostPeer() []Action {
 		acts = append(acts, ActStopResync{})
 	}
 	wasReplicating := m.Replicating()
-	if m.role == RolePrimary && wasReplicating && m.peerDisk == DiskUpToDate {
+	// Only a Primary with its own UpToDate disk starts a generation and
+	// fences: a Diskless one has no data to be newer with, and fencing its
+	// peer would outdate the only good copy.
+	if m.role == RolePrimary && wasReplicating && m.peerDisk == DiskUpToDate && m.disk == DiskUpToDate {
 		// The peer was in sync; from now on only the bitmap knows what it
 		// misses, and a new generation tells a later handshake who is newer.
 		m.meta.UUIDs.newGeneration(m.cfg.NewUUID())
 		acts = append(acts, m.persist())
 	}
-	if m.role == RolePrimary && wasReplicating && m.peerDisk == DiskUpToDate && m.cfg.Fencing != config.FencingDontCare {
+	if m.role == RolePrimary && wasReplicating && m.peerDisk == DiskUpToDate && m.disk == DiskUpToDate && m.cfg.Fencing != config.FencingDontCare {
 		// The node keeps the Primary role alone: make sure the peer
 		// cannot serve stale data (the runtime records the result).
 		// resource-and-stonith: no I/O until the peer is fenced, so that
@@ -560,6 +587,17 @@ func (m *Machine) peerState(s NodeState) []Action {
 			return append([]Action{ActSetAllBits{}}, m.beginSource(true)...)
 		}
 		return nil
+	}
+	if (m.disk == DiskDiskless || s.Disk == DiskDiskless) && (m.role != RolePrimary || s.Role != RolePrimary) {
+		// A node without its disk takes part in no resync, and the UUIDs
+		// of its detached disk decide nothing (they must not make that
+		// disk UpToDate or a sync target again): it reads and writes
+		// through its peer. Both sides see the Diskless state, so both
+		// come here and agree without a further round trip.
+		m.decision = Decision{Kind: SyncNone}
+		m.discardMyData = false
+		m.conn = ConnConnected
+		return []Action{ActSendState{}}
 	}
 	d := Decide(m.LocalState(), s)
 	m.decision = d

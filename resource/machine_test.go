@@ -14,7 +14,7 @@ import (
 
 // The scripts in testdata/machine/*.txt drive one Machine. Commands:
 //
-//	new node=1 peer=2 [after-sb=P]
+//	new node=1 peer=2 [after-sb=P] [fencing=F] [on-no-data=suspend-io]
 //	attach [uuids=C:B:H1:H2] [flags=consistent,was-up-to-date,...] [dirty=N]
 //	connect [discard-my-data] | disconnect | link-up | link-down
 //	peer-state [role=R] [disk=D] [uuids=...] [consistent] [crashed] [dirty=N] [discard] [after-sb=P] [node=N]
@@ -23,6 +23,7 @@ import (
 //	sync-start [full] [source=uuids] | sync-done [source=uuids]
 //	new-current-uuid [clear-bitmap] | peer-new-uuid current=X
 //	invalidate | invalidate-remote [reset] | io-error | detach
+//	outdate | suspend-io | resume-io | fence-done [proceed] | peer-fenced
 //
 // Each prints the actions, then the state. UUIDs print in hex; the UUID
 // generator yields 0xF0, 0xF1, ... shifted so their "time" increases.
@@ -35,11 +36,12 @@ func TestMachineScripts(t *testing.T) {
 			if d.Cmd == "new" {
 				next = 0xEF
 				m = NewMachine(MachineConfig{
-					NodeID:     uint32(args.num("node", 1)),
-					PeerNodeID: uint32(args.num("peer", 2)),
-					AfterSB:    config.AfterSB(args.str("after-sb", string(config.AfterSBDisconnect))),
-					Fencing:    config.Fencing(args.str("fencing", "")).Effective(),
-					NewUUID:    func() uint64 { next++; return next << 16 },
+					NodeID:        uint32(args.num("node", 1)),
+					PeerNodeID:    uint32(args.num("peer", 2)),
+					AfterSB:       config.AfterSB(args.str("after-sb", string(config.AfterSBDisconnect))),
+					Fencing:       config.Fencing(args.str("fencing", "")).Effective(),
+					SuspendNoData: args.str("on-no-data", "") == string(config.OnNoDataSuspendIO),
+					NewUUID:       func() uint64 { next++; return next << 16 },
 				})
 				return state(m)
 			}

@@ -174,7 +174,8 @@ func (r *Resource) Start(ctx context.Context) (err error) {
 		return err
 	}
 	r.hooks = hr
-	r.m = NewMachine(MachineConfig{NodeID: cfg.Local.ID, PeerNodeID: cfg.Peer.ID, AfterSB: cfg.Net.AfterSB, Fencing: cfg.Net.Fencing.Effective(), NewUUID: r.opts.NewUUID})
+	r.m = NewMachine(MachineConfig{NodeID: cfg.Local.ID, PeerNodeID: cfg.Peer.ID, AfterSB: cfg.Net.AfterSB, Fencing: cfg.Net.Fencing.Effective(),
+		SuspendNoData: cfg.Disk.OnNoDataAccessible == config.OnNoDataSuspendIO, NewUUID: r.opts.NewUUID})
 	r.rep = &repState{proto: cfg.Net.Protocol, quiet: closedChan()}
 	r.inbox = make(chan func(), 1024)
 	r.loopCtx, r.stop = context.WithCancel(context.Background())
@@ -425,6 +426,7 @@ func (r *Resource) Apply(ctx context.Context, cfg config.Resource) error {
 	if !r.post(func() {
 		r.m.SetAfterSB(cfg.Net.AfterSB)
 		r.m.SetFencing(cfg.Net.Fencing)
+		r.m.SetSuspendNoData(cfg.Disk.OnNoDataAccessible == config.OnNoDataSuspendIO)
 		if cfg.Local.NBDListen != old.Local.NBDListen && r.reattachCancel != nil {
 			// The kernel devices the watch reattaches name the export's
 			// address: watch for those of the new one.

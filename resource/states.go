@@ -212,6 +212,10 @@ const (
 	// resource-and-stonith; until fence-peer fenced the peer, the peer is
 	// back, or resume-io.
 	SuspendFencing
+	// SuspendNoData: a Primary lost its last reachable copy of the data
+	// (its disk detached, its peer gone) under on-no-data-accessible
+	// suspend-io; until a copy is reachable again, or resume-io.
+	SuspendNoData
 )
 
 // String lists the reasons, comma-separated, or "no".
@@ -226,7 +230,10 @@ func (s Suspend) String() string {
 	if s&SuspendFencing != 0 {
 		out = append(out, "fencing")
 	}
-	if rest := s &^ (SuspendUser | SuspendFencing); rest != 0 {
+	if s&SuspendNoData != 0 {
+		out = append(out, "no-data")
+	}
+	if rest := s &^ (SuspendUser | SuspendFencing | SuspendNoData); rest != 0 {
 		out = append(out, fmt.Sprintf("0x%x", uint8(rest)))
 	}
 	return strings.Join(out, ",")

@@ -285,17 +285,28 @@ func TestNewRequestsOldDaemon(t *testing.T) {
 	}
 }
 
-// A fencing policy is refused by a daemon that predates it (1.2) by name;
-// without one, the same tool still drives that daemon.
-func TestFencingOldDaemon(t *testing.T) {
-	sock := serveDaemon(t, ctlproto.DefaultRegistry().Without(ctlproto.TagNetFencing), "1.2.0")
-	mustRun(t, sock, createArgs...)
-	_, _, err := run(t, sock, "ctl", "change", "r0", "--fencing", "dont-care")
-	want := "the daemon (version 1.2.0) does not support --fencing (tag 165): upgrade the daemon or leave the option out"
-	if err == nil || !strings.Contains(err.Error(), want) {
-		t.Fatalf("--fencing on a 1.2 daemon: %v", err)
+// Configuration fields newer than the daemon are refused by name: a
+// fencing policy (1.3), on-no-data-accessible (1.4). Without them, the
+// same tool still drives that daemon.
+func TestNewFieldsOldDaemon(t *testing.T) {
+	for _, tc := range []struct {
+		tag     uint16
+		version string
+		args    []string
+		want    string
+	}{
+		{ctlproto.TagNetFencing, "1.2.0", []string{"--fencing", "dont-care"}, "does not support --fencing (tag 165)"},
+		{ctlproto.TagDiskOnNoDataAccessible, "1.3.0", []string{"--on-no-data-accessible", "suspend-io"}, "does not support --on-no-data-accessible (tag 167)"},
+	} {
+		sock := serveDaemon(t, ctlproto.DefaultRegistry().Without(tc.tag), tc.version)
+		mustRun(t, sock, createArgs...)
+		_, _, err := run(t, sock, append([]string{"ctl", "change", "r0"}, tc.args...)...)
+		want := "the daemon (version " + tc.version + ") " + tc.want + ": upgrade the daemon or leave the option out"
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Fatalf("%v on a %s daemon: %v", tc.args, tc.version, err)
+		}
+		mustRun(t, sock, "ctl", "change", "r0", "--protocol", "B")
 	}
-	mustRun(t, sock, "ctl", "change", "r0", "--protocol", "B")
 }
 
 func TestLatencyQuantile(t *testing.T) {
