@@ -40,7 +40,7 @@ h.flush()`, fifo))
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	writeResourceFile(t, c.a.config, peerA, oldPeer, busy, c.b.nbdPort, c.a.disk, "", "", "")
+	writeResourceFile(t, c.a.config, peerA, oldPeer, busy, c.b.nbdPort, c.a.disk, c.b.disk, "", "", "")
 	r := c.a.tryCtl("adjust", "-c", c.a.config, "--node", "a")
 	if r.ExitCode == 0 || !strings.Contains(r.Stderr, fmt.Sprintf("127.0.0.1:%d", busy)) || !strings.Contains(r.Stderr, "address already in use") {
 		t.Fatalf("adjust to an address in use: exit %d, %q", r.ExitCode, r.Stderr)
@@ -50,7 +50,7 @@ h.flush()`, fifo))
 	// Move node a's export and node b's peer address; both files name
 	// node b's new address.
 	for _, n := range []*node{c.a, c.b} {
-		writeResourceFile(t, n.config, peerA, peerB2, nbdA2, c.b.nbdPort, c.a.disk, "", "", "")
+		writeResourceFile(t, n.config, peerA, peerB2, nbdA2, c.b.nbdPort, c.a.disk, c.b.disk, "", "", "")
 		n.ctl("adjust", "-c", n.config, "--node", n.name)
 	}
 	c.a.nbdPort = nbdA2

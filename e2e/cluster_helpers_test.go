@@ -73,9 +73,10 @@ type clusterOptions struct {
 	yaml, yamlB string
 	// fresh leaves the disks Inconsistent (no new-current-uuid).
 	fresh bool
-	// diskA, when set, makes node a's disk this path instead of a file
-	// the cluster creates (it must exist, with the size of the others).
-	diskA string
+	// diskA and diskB, when set, make node a's and node b's disk this
+	// path instead of a file the cluster creates (it must exist, with the
+	// size of the others).
+	diskA, diskB string
 	// nodeA and nodeB are extra resource-file text for node a's and node
 	// b's entries (keys at the entry's indentation, e.g. "nbd-tls: {...}");
 	// each node's file has both.
@@ -118,9 +119,12 @@ func newCluster(t *testing.T, o clusterOptions) *cluster {
 	for _, n := range []*node{c.a, c.b} {
 		n.socket = filepath.Join(dir, n.name+".sock")
 		n.disk = filepath.Join(dir, n.name+".img")
-		if n == c.a && o.diskA != "" {
+		switch {
+		case n == c.a && o.diskA != "":
 			n.disk = o.diskA
-		} else {
+		case n == c.b && o.diskB != "":
+			n.disk = o.diskB
+		default:
 			MakeFile(t, n.disk, o.size, nil)
 		}
 		MustRun(t, 30*time.Second, Binary(), "create-md", "--disk", n.disk, "--node-id", fmt.Sprint(n.id))
@@ -133,7 +137,7 @@ func newCluster(t *testing.T, o clusterOptions) *cluster {
 		if n == c.a && c.proxy != nil {
 			dialB = c.proxy.port()
 		}
-		writeResourceFile(t, n.config, peerA, dialB, c.a.nbdPort, c.b.nbdPort, c.a.disk, o.nodeA, o.nodeB, extra)
+		writeResourceFile(t, n.config, peerA, dialB, c.a.nbdPort, c.b.nbdPort, c.a.disk, c.b.disk, o.nodeA, o.nodeB, extra)
 		n.start()
 	}
 	c.a.up()
@@ -148,7 +152,7 @@ func newCluster(t *testing.T, o clusterOptions) *cluster {
 	return c
 }
 
-func writeResourceFile(t *testing.T, path string, peerA, peerB, nbdA, nbdB int, diskA, nodeA, nodeB, extra string) {
+func writeResourceFile(t *testing.T, path string, peerA, peerB, nbdA, nbdB int, diskA, diskB, nodeA, nodeB, extra string) {
 	t.Helper()
 	if nodeA != "" {
 		nodeA = "    " + nodeA + "\n"
@@ -166,9 +170,9 @@ nodes:
 %s  - name: b
     node-id: 1
     address: 127.0.0.1:%d
-    disk: b.img
+    disk: %s
     nbd-listen: 127.0.0.1:%d
-%s`, peerA, diskA, nbdA, nodeA, peerB, nbdB, nodeB)
+%s`, peerA, diskA, nbdA, nodeA, peerB, diskB, nbdB, nodeB)
 	if !strings.Contains(extra, "net:") {
 		extra += "\nnet:\n  ping-interval: 1s\n  ping-timeout: 5s\n  connect-timeout: 5s\n"
 	}

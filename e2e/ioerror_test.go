@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -98,5 +99,44 @@ func TestReplicationLocalIOErrorPassOn(t *testing.T) {
 	}
 	if st := c.a.status(); st.Disk != "UpToDate" {
 		t.Fatalf("pass-on detached the disk: %+v", st)
+	}
+}
+
+// The Secondary's disk fails: it detaches and stays connected without a
+// resync; the Primary records what it misses and starts a new data
+// generation, without a warning per write. When the repaired disk comes
+// back (down, up), the handshake is a bitmap resync, not "same data".
+func TestReplicationPeerDiskFails(t *testing.T) {
+	RequireTools(t, "qemu-io")
+	dir := t.TempDir()
+	disk, inject := faultyDisk(t, dir, 64<<20)
+	c := newCluster(t, clusterOptions{diskB: disk, yaml: "disk:\n  on-io-error: detach\n"})
+	c.a.qemuIO("write -P 0x11 0 1M")
+	if err := os.WriteFile(inject, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// The next write fails on node b's disk, which detaches.
+	c.a.qemuIO("write -P 0x22 1M 1M")
+	c.b.wait("node b's disk detached", 30*time.Second, func(s nodeStatus) bool { return s.Disk == "Diskless" })
+	st := c.a.wait("node a to see it", 30*time.Second, func(s nodeStatus) bool { return s.PeerDisk == "Diskless" })
+	if st.Conn != "Connected" || st.Disk != "UpToDate" {
+		t.Fatalf("node a after node b's disk failed: %+v", st)
+	}
+	c.a.qemuIO("write -P 0x33 2M 1M", "read -P 0x33 2M 1M")
+	a := c.a.wait("the missed writes recorded", 30*time.Second, func(s nodeStatus) bool { return s.OutOfSync >= 1<<20 })
+	if n := strings.Count(c.a.daemon.Output(), "peer failed a write"); n > 1 {
+		t.Fatalf("node a warned %d times about writes to a Diskless peer", n)
+	}
+
+	// The disk is repaired; node b takes it back.
+	c.b.ctl("down", "r0")
+	if err := os.Remove(inject); err != nil {
+		t.Fatal(err)
+	}
+	c.b.up()
+	c.waitSynced()
+	c.compare()
+	if b := c.b.status(); b.ResyncedBytes == 0 || b.ResyncedBytes > 4*a.OutOfSync {
+		t.Fatalf("node b resynced %d bytes for %d out of sync: want a bitmap resync", b.ResyncedBytes, a.OutOfSync)
 	}
 }

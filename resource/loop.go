@@ -74,14 +74,16 @@ func (r *Resource) stepAdmin(ev Event) ([]Action, error) {
 }
 
 // publish installs the replication state the machine's state calls for:
-// the link while replicating; a gate during a handshake and while I/O is
+// the link while replicating to a peer with a disk; a gate during a handshake and while I/O is
 // suspended (a suspended state keeps its link, so that a suspension alone
 // changes nothing about replication).
 func (r *Resource) publish() {
 	cur := r.rep
 	proto := r.cfg().Net.Protocol
 	var link *replicate.Link
-	if r.m.Replicating() && r.link != nil {
+	if r.m.Replicating() && r.link != nil && r.m.PeerDisk() != DiskDiskless {
+		// A Diskless peer has nothing to write to or read from: the
+		// bitmap records the writes, as with no peer at all.
 		link = r.link
 	}
 	handshake := link == nil && r.m.Conn() == ConnHandshake

@@ -578,8 +578,17 @@ func (m *Machine) peerState(s NodeState) []Action {
 		return nil
 	}
 	m.peer = s
+	wasPeerDisk := m.peerDisk
 	m.peerRole, m.peerDisk = s.Role, s.Disk
 	if m.conn != ConnHandshake {
+		if m.role == RolePrimary && m.disk == DiskUpToDate && wasPeerDisk == DiskUpToDate && s.Disk == DiskDiskless {
+			// The peer's disk is gone (detached after an error): from now
+			// on only the bitmap knows what that disk misses, and a new
+			// generation makes its return a bitmap resync, not "same
+			// data", as after losing the peer itself.
+			m.meta.UUIDs.newGeneration(m.cfg.NewUUID())
+			return []Action{m.persist()}
+		}
 		// A state update while connected (role or disk change). A peer
 		// that turns Inconsistent while merely Connected was invalidated
 		// by its administrator: it waits for us to send everything.
