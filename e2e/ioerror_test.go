@@ -140,3 +140,40 @@ func TestReplicationPeerDiskFails(t *testing.T) {
 		t.Fatalf("node b resynced %d bytes for %d out of sync: want a bitmap resync", b.ResyncedBytes, a.OutOfSync)
 	}
 }
+
+// The sync target's disk fails during a resync: the target detaches, the
+// source stops the resync and stays connected, keeping what was not sent
+// in its bitmap; the repaired disk finishes the resync when it is back.
+func TestReplicationSyncTargetDiskFails(t *testing.T) {
+	RequireTools(t, "qemu-io")
+	dir := t.TempDir()
+	disk, inject := faultyDisk(t, dir, 64<<20)
+	c := newCluster(t, clusterOptions{diskB: disk, yaml: "disk:\n  on-io-error: detach\nresync:\n  rate: 8M\n"})
+	c.a.qemuIO("write -P 0x11 0 4M")
+	c.b.ctl("invalidate", "r0")
+	c.a.wait("the resync under way", 30*time.Second, func(s nodeStatus) bool { return s.Conn == "SyncSource" && s.ResyncDone > 0 })
+	if err := os.WriteFile(inject, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c.b.wait("node b's disk detached", 30*time.Second, func(s nodeStatus) bool { return s.Disk == "Diskless" })
+	st := c.a.wait("the resync stopped", 30*time.Second, func(s nodeStatus) bool { return s.Conn == "Connected" && s.PeerDisk == "Diskless" })
+	if st.OutOfSync == 0 {
+		t.Fatalf("node a forgot what the resync had not sent: %+v", st)
+	}
+	if out := c.a.daemon.Output(); strings.Contains(out, "resync failed") {
+		t.Fatalf("node a failed the resync (and dropped the link) instead of stopping it:\n%s", out)
+	}
+
+	c.b.ctl("down", "r0")
+	if err := os.Remove(inject); err != nil {
+		t.Fatal(err)
+	}
+	// The rest at full speed.
+	for _, n := range []*node{c.a, c.b} {
+		writeResourceFile(t, n.config, c.a.peerPort, c.b.peerPort, c.a.nbdPort, c.b.nbdPort, c.a.disk, c.b.disk, "", "", "disk:\n  on-io-error: detach\n")
+	}
+	c.a.ctl("adjust", "-c", c.a.config, "--node", "a")
+	c.b.up()
+	c.waitSynced()
+	c.compare()
+}

@@ -589,6 +589,12 @@ func (m *Machine) peerState(s NodeState) []Action {
 			m.meta.UUIDs.newGeneration(m.cfg.NewUUID())
 			return []Action{m.persist()}
 		}
+		if s.Disk == DiskDiskless && (m.conn == ConnSyncSource || m.conn == ConnPausedSyncS) {
+			// The sync target lost its disk: nothing to sync to. What the
+			// resync had not sent yet stays in the bitmap.
+			m.conn = ConnConnected
+			return []Action{ActStopResync{}}
+		}
 		// A state update while connected (role or disk change). A peer
 		// that turns Inconsistent while merely Connected was invalidated
 		// by its administrator: it waits for us to send everything.

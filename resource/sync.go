@@ -110,6 +110,13 @@ func (r *Resource) startSync(source, full bool) {
 				r.engine.Store(nil)
 			}
 			if err != nil {
+				if errors.Is(err, replicate.ErrNoDisk) && r.link == link {
+					// The target detached its disk; its Diskless state,
+					// on its way, ends the resync (the bitmap keeps the
+					// rest).
+					r.log.Warn("resync stopped: the peer's disk is detached", zap.Error(err))
+					return
+				}
 				if !errors.Is(err, context.Canceled) && r.link == link {
 					// The peer failed a resync request: start over from a
 					// fresh connection, which resumes from the bitmap.
@@ -239,8 +246,7 @@ func (r *Resource) serveResyncData(in *replicate.Incoming) error {
 		return replicate.ErrRemote
 	}
 	if _, err := r.data.WriteAt(in.Data, in.Offset); err != nil {
-		r.localError(err)
-		return replicate.ErrIO
+		return resyncDiskError(r.localError(err))
 	}
 	t.mu.Lock()
 	t.pending = append(t.pending, span{in.Offset, int64(len(in.Data))})
@@ -250,11 +256,21 @@ func (r *Resource) serveResyncData(in *replicate.Incoming) error {
 	return nil
 }
 
+// resyncDiskError is what a sync target answers when its disk failed a
+// resync request: ErrNoDisk when the disk was detached for it (the source
+// then stops the resync and waits for the Diskless state, instead of
+// reconnecting to try again), ErrIO otherwise.
+func resyncDiskError(detached bool) error {
+	if detached {
+		return replicate.ErrNoDisk
+	}
+	return replicate.ErrIO
+}
+
 // serveResyncFlush makes the resync data durable, then clears its bits.
 func (r *Resource) serveResyncFlush() error {
 	if err := r.data.Sync(); err != nil {
-		r.localError(err)
-		return replicate.ErrIO
+		return resyncDiskError(r.localError(err))
 	}
 	if t := r.currentTarget(); t != nil {
 		t.mu.Lock()
