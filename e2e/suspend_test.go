@@ -223,7 +223,16 @@ func TestOnNoDataAccessibleSuspendIO(t *testing.T) {
 		t.Fatalf("status text while suspended:\n%s", out)
 	}
 	write := c.a.backgroundWrite(0x66)
-	read := c.a.backgroundNbdsh(`assert h.pread(65536, 1 << 20) == b"\x22" * 65536`)
+	// The read leaves a mark once it is sent, so that "still waiting"
+	// below means held, not yet to come.
+	sent := filepath.Join(dir, "read-sent")
+	read := c.a.backgroundNbdsh(fmt.Sprintf(`buf = nbd.Buffer(65536)
+cookie = h.aio_pread(buf, 1 << 20)
+open(%q, "w").close()
+while not h.aio_command_completed(cookie):
+    h.poll(-1)
+assert buf.to_bytearray() == b"\x22" * 65536`, sent))
+	WaitFor(t, 30*time.Second, "the read to be sent", func() bool { _, err := os.Stat(sent); return err == nil })
 	c.a.wait("the write to wait", 30*time.Second, func(s nodeStatus) bool { return s.WritesInFlight == 1 })
 	blocked(t, write, "while no data is accessible")
 	blocked(t, read, "the read, while no data is accessible")
@@ -287,8 +296,52 @@ func TestOnNoDataAccessibleRetriesInFlight(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.a.wait("the peer back", 60*time.Second, func(s nodeStatus) bool { return s.Conn == "Connected" && s.Suspended == "" })
+	// Without the retry the write would have failed with EIO; the data
+	// check alone would not prove it (the frozen peer may apply the
+	// original frame from its socket buffer).
 	completes(t, write, "after the peer came back")
 	if b := c.b.data(1 << 20); !bytes.Equal(b[:65536], bytes.Repeat([]byte{0x68}, 65536)) {
 		t.Fatal("the peer's disk lacks the retried write")
+	}
+}
+
+// The other order: the peer goes first (the Primary goes on alone, a new
+// generation), then the Primary's disk fails a write. No copy holds that
+// write, so it waits instead of being acknowledged; the peer that comes
+// back has only older data, and the Diskless Primary refuses to serve it
+// as its own (StandAlone, the reason in the log). resume-io fails the
+// write.
+func TestOnNoDataAccessiblePeerFirst(t *testing.T) {
+	RequireTools(t, "nbdsh", "qemu-io")
+	dir := t.TempDir()
+	disk, inject := faultyDisk(t, dir, 64<<20)
+	c := newCluster(t, clusterOptions{diskA: disk, yaml: "disk:\n  on-io-error: detach\n  on-no-data-accessible: suspend-io\n"})
+	c.b.kill()
+	c.a.wait("alone", 30*time.Second, func(s nodeStatus) bool { return s.Conn == "Connecting" })
+	c.a.qemuIO("write -P 0x44 0 64k")
+	if err := os.WriteFile(inject, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	write := c.a.backgroundWrite(0x45)
+	c.a.wait("no data accessible", 30*time.Second, func(s nodeStatus) bool { return s.Disk == "Diskless" && s.Suspended == "no-data" })
+	blocked(t, write, "a write no copy holds")
+
+	c.b.start()
+	c.b.up()
+	WaitFor(t, 30*time.Second, "node a to refuse the older data", func() bool {
+		return strings.Contains(c.a.daemon.Output(), "a Diskless Primary can only connect to a peer with data of its current generation")
+	})
+	if st := c.a.status(); st.Conn != "StandAlone" || st.Suspended != "no-data" {
+		t.Fatalf("node a after refusing the peer: %+v", st)
+	}
+	blocked(t, write, "after the refused peer")
+	c.a.ctl("resume-io", "r0")
+	select {
+	case err := <-write:
+		if err == nil {
+			t.Fatal("a write no copy holds was acknowledged")
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("after resume-io the write still waits")
 	}
 }

@@ -106,11 +106,18 @@ func (r *Resource) waitResumed() error {
 // could serve should be tried again, under on-no-data-accessible
 // suspend-io: its peer half failed with the link (perr, after the loop has
 // processed the loss, which may suspend I/O), or st had no link (perr nil);
-// and now I/O is suspended (the retry waits in enter) or a link is back.
-// Without either, after resume-io for instance, the I/O fails as under
-// io-error.
+// and now, with the detach and any link loss processed, I/O is suspended
+// (the retry waits in enter) or a link is back. Without either, after
+// resume-io for instance, the I/O fails as under io-error.
 func (r *Resource) retryNoData(st *repState, perr error) bool {
 	if r.cfg().Disk.OnNoDataAccessible != config.OnNoDataSuspendIO {
+		return false
+	}
+	// The disk failed (the caller saw diskFailed): wait until the loop
+	// has processed that, and the suspension it may call for is in place.
+	select {
+	case <-r.detached:
+	case <-r.loopCtx.Done():
 		return false
 	}
 	if st.link != nil {
@@ -490,9 +497,10 @@ func (r *Resource) writeUnder(st *repState, req replicate.Request, do func() err
 
 	// 4. Local half, concurrently with the peer's.
 	var lerr error
+	detached := false
 	if !r.diskFailed.Load() {
 		if lerr = do(); lerr != nil && r.localError(lerr) {
-			lerr = nil // detached: the peer's copy is the data now
+			lerr, detached = nil, true // the peer's copy is the data now
 		}
 	}
 
@@ -500,6 +508,13 @@ func (r *Resource) writeUnder(st *repState, req replicate.Request, do func() err
 	if op == nil {
 		st.wg.Done()
 		alDone()
+		if detached {
+			// No link, and the disk just failed it: no copy took it.
+			if r.retryNoData(st, submitErr) {
+				return true, true, nil
+			}
+			return false, true, fmt.Errorf("resource %s: local disk detached, no peer: %w", r.cfg().Name, ErrNoData)
+		}
 		if err := r.awaitFence(st, submitErr); err != nil && lerr == nil {
 			lerr = err
 		}

@@ -74,16 +74,15 @@ func (r *Resource) stepAdmin(ev Event) ([]Action, error) {
 }
 
 // publish installs the replication state the machine's state calls for:
-// the link while replicating to a peer with a disk; a gate during a handshake and while I/O is
-// suspended (a suspended state keeps its link, so that a suspension alone
-// changes nothing about replication).
+// the link while replicating to a peer whose disk can take the I/O; a gate
+// during a handshake and while I/O is suspended (a suspended state keeps
+// its link, so that a suspension alone changes nothing about
+// replication).
 func (r *Resource) publish() {
 	cur := r.rep
 	proto := r.cfg().Net.Protocol
 	var link *replicate.Link
-	if r.m.Replicating() && r.link != nil && r.m.PeerDisk() != DiskDiskless {
-		// A Diskless peer has nothing to write to or read from: the
-		// bitmap records the writes, as with no peer at all.
+	if r.m.Replicating() && r.link != nil && r.peerTakesIO() {
 		link = r.link
 	}
 	handshake := link == nil && r.m.Conn() == ConnHandshake
@@ -130,6 +129,20 @@ func (r *Resource) publish() {
 		}
 		close(next.quiet)
 	}()
+}
+
+// peerTakesIO reports whether the peer's disk can take this node's
+// application I/O: a Diskless peer has nothing to write to or read from
+// (the bitmap records the writes, as with no peer at all), and a Diskless
+// node reads the peer's data only while it is UpToDate.
+func (r *Resource) peerTakesIO() bool {
+	switch {
+	case r.m.PeerDisk() == DiskDiskless:
+		return false
+	case r.m.Disk() == DiskDiskless:
+		return r.m.PeerDisk() == DiskUpToDate
+	}
+	return true
 }
 
 // publishStatus stores the status snapshot and tells the observer.
@@ -208,6 +221,7 @@ func (r *Resource) exec(a Action) {
 		r.sendControl(&replicate.NewUUID{Current: a.Current, ClearBitmap: true})
 	case ActDetachDisk:
 		r.diskFailed.Store(true)
+		r.detachOnce.Do(func() { close(r.detached) })
 		r.log.Warn("local disk detached: I/O goes to the peer")
 	case ActRunHook:
 		r.runHook(hooks.Name(a.Name))

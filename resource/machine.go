@@ -339,9 +339,15 @@ func (m *Machine) SetAfterSB(p config.AfterSB) { m.cfg.AfterSB = p }
 // loss (a suspension in place stays until lifted).
 func (m *Machine) SetFencing(f config.Fencing) { m.cfg.Fencing = f.Effective() }
 
-// SetSuspendNoData changes MachineConfig.SuspendNoData; it applies from
-// the next time the data becomes inaccessible.
-func (m *Machine) SetSuspendNoData(on bool) { m.cfg.SuspendNoData = on }
+// SetSuspendNoData changes MachineConfig.SuspendNoData. Turned on, it
+// applies from the next time the data becomes inaccessible; turned off, it
+// also lifts a suspension it caused (I/O then fails as under io-error).
+func (m *Machine) SetSuspendNoData(on bool) {
+	m.cfg.SuspendNoData = on
+	if !on {
+		m.suspended &^= SuspendNoData
+	}
+}
 
 // dataAccessible reports whether some copy of the data is reachable: the
 // local disk is UpToDate, or the link replicates to an UpToDate peer.
@@ -589,9 +595,15 @@ func (m *Machine) peerState(s NodeState) []Action {
 			m.meta.UUIDs.newGeneration(m.cfg.NewUUID())
 			return []Action{m.persist()}
 		}
-		if s.Disk == DiskDiskless && (m.conn == ConnSyncSource || m.conn == ConnPausedSyncS) {
+		switch {
+		case s.Disk == DiskDiskless && (m.conn == ConnSyncSource || m.conn == ConnPausedSyncS):
 			// The sync target lost its disk: nothing to sync to. What the
 			// resync had not sent yet stays in the bitmap.
+			m.conn = ConnConnected
+			return []Action{ActStopResync{}}
+		case s.Disk == DiskDiskless && (m.conn == ConnSyncTarget || m.conn == ConnPausedSyncT):
+			// The sync source lost its disk: nothing to sync from. This
+			// disk stays Inconsistent, its bitmap says what it lacks.
 			m.conn = ConnConnected
 			return []Action{ActStopResync{}}
 		}
@@ -605,10 +617,17 @@ func (m *Machine) peerState(s NodeState) []Action {
 	}
 	if (m.disk == DiskDiskless || s.Disk == DiskDiskless) && (m.role != RolePrimary || s.Role != RolePrimary) {
 		// A node without its disk takes part in no resync, and the UUIDs
-		// of its detached disk decide nothing (they must not make that
-		// disk UpToDate or a sync target again): it reads and writes
-		// through its peer. Both sides see the Diskless state, so both
-		// come here and agree without a further round trip.
+		// of its detached disk must not make that disk UpToDate or a
+		// sync target again: it reads and writes through its peer. Both
+		// sides see the Diskless state, so both come here and agree
+		// without a further round trip.
+		if disklessPrimaryMismatch(m.LocalState(), s) {
+			// A Diskless Primary would serve the peer's data as its own:
+			// only data of its current generation (as DRBD: "can only
+			// connect to data with current UUID"). Newer data, if any,
+			// went with its disk.
+			return m.dropLink("a Diskless Primary can only connect to a peer with data of its current generation")
+		}
 		m.decision = Decision{Kind: SyncNone}
 		m.discardMyData = false
 		m.conn = ConnConnected
@@ -626,10 +645,7 @@ func (m *Machine) peerState(s NodeState) []Action {
 		}
 	}
 	if d.Refused() {
-		m.wantConnect = false
-		m.conn = ConnStandAlone
-		m.peerRole, m.peerDisk, m.linkUp = RoleUnknown, DiskDUnknown, false
-		return append(acts, ActCloseLink{Reason: d.Reason})
+		return append(acts, m.dropLink(d.Reason)...)
 	}
 	m.discardMyData = false
 	switch {
@@ -653,6 +669,25 @@ func (m *Machine) peerState(s NodeState) []Action {
 		acts = append(acts, ActSetAllBits{})
 	}
 	return append(acts, ActExchangeBitmaps{})
+}
+
+// dropLink refuses the peer of a handshake: StandAlone until the
+// administrator connects again.
+func (m *Machine) dropLink(reason string) []Action {
+	m.wantConnect = false
+	m.conn = ConnStandAlone
+	m.peerRole, m.peerDisk, m.linkUp = RoleUnknown, DiskDUnknown, false
+	return []Action{ActCloseLink{Reason: reason}}
+}
+
+// disklessPrimaryMismatch reports whether one of a and b is a Diskless
+// Primary and the other has a disk of another generation. Symmetric, so
+// both nodes refuse alike.
+func disklessPrimaryMismatch(a, b NodeState) bool {
+	mismatch := func(p, d NodeState) bool {
+		return p.Role == RolePrimary && p.Disk == DiskDiskless && d.Disk != DiskDiskless && d.UUIDs.Current != p.UUIDs.Current
+	}
+	return mismatch(a, b) || mismatch(b, a)
 }
 
 func (m *Machine) bitmapsExchanged(e EvBitmapsExchanged) []Action {
@@ -769,14 +804,15 @@ func (m *Machine) promote(e EvPromote) ([]Action, error) {
 	case m.meta.UUIDs.Current == 0:
 		m.meta.UUIDs.Current = m.cfg.NewUUID()
 		m.meta.UUIDs.Bitmap = 0
-	case !m.Replicating() || (forced && m.peerDisk != DiskUpToDate):
-		// Writes from now on belong to a generation the peer has not seen.
+	case !m.Replicating() || m.peerDisk == DiskDiskless || (forced && m.peerDisk != DiskUpToDate):
+		// Writes from now on belong to a generation the peer (or its
+		// detached disk) has not seen.
 		m.meta.UUIDs.newGeneration(m.cfg.NewUUID())
 	}
 	acts = append(acts, m.persist())
 	if m.linkUp {
 		acts = append(acts, ActSendState{})
-		if m.conn == ConnConnected && m.peerDisk != DiskUpToDate {
+		if m.conn == ConnConnected && m.peerDisk != DiskUpToDate && m.peerDisk != DiskDiskless {
 			acts = append(acts, ActSetAllBits{})
 			acts = append(acts, m.beginSource(true)...)
 		}

@@ -71,14 +71,17 @@ func (r *Resource) startConnecting() {
 	}
 	ctx, cancel := context.WithCancel(r.loopCtx)
 	r.connect = cancel
-	r.goLoop(func() { r.dialLoop(ctx, cfg.Peer.Address) })
+	r.goLoop(func() { r.dialLoop(ctx) })
 }
 
-// dialLoop dials until it gets a link or ctx ends, with backoff.
-func (r *Resource) dialLoop(ctx context.Context, addr string) {
+// dialLoop dials until it gets a link or ctx ends, with backoff. It reads
+// the peer's address for every attempt, so that an adjust that moved the
+// peer takes effect at the next one.
+func (r *Resource) dialLoop(ctx context.Context) {
 	backoff := 50 * time.Millisecond
 	var warned repeats
 	for ctx.Err() == nil {
+		addr := r.cfg().Peer.Address
 		lc, err := r.linkConfig()
 		var link *replicate.Link
 		if err == nil {

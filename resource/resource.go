@@ -84,6 +84,10 @@ type Resource struct {
 	// ioSuspended mirrors rep.suspended for reads, which take no state.
 	ioSuspended atomic.Bool
 	diskFailed  atomic.Bool
+	// detached is closed once the loop has processed the local disk's
+	// detach (and published the state it leads to); detachOnce closes it.
+	detached   chan struct{}
+	detachOnce sync.Once
 	inflight    atomic.Int64
 	io          ioCounters
 	links       linkCounters
@@ -178,6 +182,7 @@ func (r *Resource) Start(ctx context.Context) (err error) {
 		SuspendNoData: cfg.Disk.OnNoDataAccessible == config.OnNoDataSuspendIO, NewUUID: r.opts.NewUUID})
 	r.rep = &repState{proto: cfg.Net.Protocol, quiet: closedChan()}
 	r.inbox = make(chan func(), 1024)
+	r.detached = make(chan struct{})
 	r.loopCtx, r.stop = context.WithCancel(context.Background())
 	if err := r.newNBDServer(cfg); err != nil {
 		return err
@@ -427,12 +432,14 @@ func (r *Resource) Apply(ctx context.Context, cfg config.Resource) error {
 		r.m.SetAfterSB(cfg.Net.AfterSB)
 		r.m.SetFencing(cfg.Net.Fencing)
 		r.m.SetSuspendNoData(cfg.Disk.OnNoDataAccessible == config.OnNoDataSuspendIO)
-		if cfg.Local.NBDListen != old.Local.NBDListen && r.reattachCancel != nil {
+		if cfg.Local.NBDListen != old.Local.NBDListen {
 			// The kernel devices the watch reattaches name the export's
-			// address: watch for those of the new one.
+			// address: publishStatus starts it again on a Primary, for
+			// those of the new one.
 			r.stopWatchingAttached()
-			r.watchAttached()
 		}
+		r.publish() // SetSuspendNoData may have lifted a suspension
+		r.publishStatus()
 		errc <- nil
 	}) {
 		return ErrDown

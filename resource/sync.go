@@ -293,8 +293,7 @@ func (r *Resource) serveCsum(in *replicate.Incoming) error {
 	}
 	buf := make([]byte, in.Length)
 	if _, err := r.data.ReadAt(buf, in.Offset); err != nil {
-		r.localError(err)
-		return replicate.ErrIO
+		return resyncDiskError(r.localError(err))
 	}
 	in.Digest = append(in.Digest[:0], f(buf)...)
 	return nil
