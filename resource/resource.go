@@ -88,16 +88,16 @@ type Resource struct {
 	// detach (and published the state it leads to); detachOnce closes it.
 	detached   chan struct{}
 	detachOnce sync.Once
-	inflight    atomic.Int64
-	io          ioCounters
-	links       linkCounters
-	locks       rangelock.Locker
-	repMu       sync.RWMutex
-	rep         *repState
-	ops         sync.Pool
-	epochs      *epochs
-	engine      atomic.Pointer[resync.Engine]
-	verify      atomic.Pointer[verifyState]
+	inflight   atomic.Int64
+	io         ioCounters
+	links      linkCounters
+	locks      rangelock.Locker
+	repMu      sync.RWMutex
+	rep        *repState
+	ops        sync.Pool
+	epochs     *epochs
+	engine     atomic.Pointer[resync.Engine]
+	verify     atomic.Pointer[verifyState]
 
 	// Loop.
 	m       *Machine
