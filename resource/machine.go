@@ -248,7 +248,9 @@ func (e *StateError) Unwrap() error { return e.Err }
 // runtime drives it from one goroutine.
 //
 // Invariants (checked by the tests after every step):
-//   - Role Primary implies disk UpToDate or Diskless-with-an-UpToDate-peer.
+//   - Role Primary implies disk UpToDate, or Diskless (detached while
+//     Primary; its I/O then goes to an UpToDate peer, or waits or fails,
+//     see disk.on-no-data-accessible).
 //   - Conn SyncSource/SyncTarget implies a link and a resync direction that
 //     matches: SyncTarget never while Primary.
 //   - the peer's role and disk are unknown (Unknown/DUnknown) unless a

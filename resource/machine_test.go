@@ -362,3 +362,80 @@ func TestCompareUUIDsTable(t *testing.T) {
 		}
 	}
 }
+
+// Two machines that meet in a handshake agree, whatever their states:
+// both refuse, both go Connected, or one becomes sync source and the other
+// its target; a Diskless node never takes part in a resync; the
+// invariants hold on both. This drives the whole peerState path (the
+// Diskless rules included), which Decide's symmetry alone does not cover.
+func TestHandshakeAgrees(t *testing.T) {
+	rapid.Check(t, func(t *rapid.T) {
+		pool := []uint64{0, 0xA0000, 0xB0000}
+		flagSets := []Flags{0, FlagConsistent | FlagWasUpToDate, FlagConsistent, FlagConsistent | FlagWasUpToDate | FlagCrashedPrimary}
+		var next uint64 = 0x100
+		newUUID := func() uint64 { next++; return next << 16 }
+		build := func(label string, id, peer uint32) *Machine {
+			m := NewMachine(MachineConfig{NodeID: id, PeerNodeID: peer, AfterSB: config.AfterSBDisconnect,
+				Fencing: config.FencingResourceOnly, NewUUID: newUUID})
+			meta := Meta{
+				UUIDs: UUIDs{Current: rapid.SampledFrom(pool).Draw(t, label+".current"), Bitmap: rapid.SampledFrom(pool).Draw(t, label+".bitmap")},
+				Flags: rapid.SampledFrom(flagSets).Draw(t, label+".flags"),
+			}
+			steps := []Event{EvAttach{Meta: meta, Dirty: rapid.Uint64Range(0, 2).Draw(t, label+".dirty")}}
+			if rapid.Bool().Draw(t, label+".primary") {
+				steps = append(steps, EvPromote{Force: rapid.Bool().Draw(t, label+".force")})
+			}
+			// A Diskless node is refused EvConnect; its disk fails while it
+			// is connecting instead.
+			steps = append(steps, EvConnect{})
+			if rapid.Bool().Draw(t, label+".detach") {
+				steps = append(steps, EvLocalIOError{})
+			}
+			steps = append(steps, EvLinkUp{})
+			for _, ev := range steps {
+				_, _ = m.Step(ev) // a refused promotion leaves a Secondary
+			}
+			return m
+		}
+		a, b := build("a", 1, 2), build("b", 2, 1)
+		sa, sb := a.LocalState(), b.LocalState()
+		actsA, _ := a.Step(EvPeerState{State: sb})
+		actsB, _ := b.Step(EvPeerState{State: sa})
+		exchanged := func(acts []Action) bool {
+			for _, x := range acts {
+				if _, ok := x.(ActExchangeBitmaps); ok {
+					return true
+				}
+			}
+			return false
+		}
+		if exchanged(actsA) != exchanged(actsB) {
+			t.Fatalf("one side exchanges bitmaps: a=%v b=%v", actsA, actsB)
+		}
+		if exchanged(actsA) {
+			_, _ = a.Step(EvBitmapsExchanged{})
+			_, _ = b.Step(EvBitmapsExchanged{})
+		}
+		ca, cb := a.Conn(), b.Conn()
+		ok := ca == cb && (ca == ConnStandAlone || ca == ConnConnected) ||
+			ca == ConnSyncSource && cb == ConnSyncTarget || ca == ConnSyncTarget && cb == ConnSyncSource
+		if !ok {
+			t.Fatalf("the sides disagree: a %s (%v), b %s (%v)", ca, sa, cb, sb)
+		}
+		if (ca == ConnSyncSource || ca == ConnSyncTarget) && (a.Disk() == DiskDiskless || b.Disk() == DiskDiskless) {
+			t.Fatalf("a Diskless node in a resync: a %s/%s, b %s/%s", ca, a.Disk(), cb, b.Disk())
+		}
+		if ca == ConnConnected && (a.Role() == RolePrimary && a.Disk() == DiskDiskless && b.Disk() != DiskDiskless && b.Meta().UUIDs.Current != a.Meta().UUIDs.Current ||
+			b.Role() == RolePrimary && b.Disk() == DiskDiskless && a.Disk() != DiskDiskless && a.Meta().UUIDs.Current != b.Meta().UUIDs.Current) {
+			t.Fatalf("a Diskless Primary connected to another generation: a %v, b %v", a.Meta().UUIDs, b.Meta().UUIDs)
+		}
+		for _, m := range []*Machine{a, b} {
+			if m.role == RolePrimary && m.disk != DiskUpToDate && m.disk != DiskDiskless {
+				t.Fatalf("invariant: Primary with disk %s", m.disk)
+			}
+			if (m.conn == ConnSyncTarget || m.conn == ConnPausedSyncT) && m.role == RolePrimary {
+				t.Fatalf("invariant: SyncTarget while Primary")
+			}
+		}
+	})
+}
