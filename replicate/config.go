@@ -23,9 +23,15 @@ const (
 	// FeatureSyncPause: the node understands SyncPause, so a sync target
 	// can pause and resume the resync its peer runs.
 	FeatureSyncPause Features = 1 << 1
+	// FeatureDisklessConnect: the node connects to or as a Diskless node
+	// without a resync and without exchanging bitmaps. A node without it
+	// decides a resync from the detached disk's UUIDs and waits for
+	// bitmaps that do not come, so a handshake with a Diskless side is
+	// refused unless both offer it.
+	FeatureDisklessConnect Features = 1 << 2
 
 	// AllFeatures is every feature this implementation knows.
-	AllFeatures = FeatureTrim | FeatureSyncPause
+	AllFeatures = FeatureTrim | FeatureSyncPause | FeatureDisklessConnect
 )
 
 // Handler performs the requests the peer sends.

@@ -290,7 +290,11 @@ func (r *Resource) control(link *replicate.Link, msg replicate.ControlMsg) {
 	}
 	switch m := msg.(type) {
 	case *replicate.State:
-		if err := r.checkPeerState(m); err != nil {
+		err := r.checkPeerState(m)
+		if err == nil && r.m.Conn() == ConnHandshake {
+			err = checkDisklessConnect(r.m.Disk(), DiskState(m.Disk), link.Features())
+		}
+		if err != nil {
 			r.log.Error("refusing the peer", zap.Error(err))
 			r.m.wantConnect = true // keep trying: the administrator may fix the peer
 			r.closeLink(err.Error())
@@ -352,6 +356,17 @@ func (r *Resource) control(link *replicate.Link, msg replicate.ControlMsg) {
 	default:
 		r.log.Debug("ignoring control message", zap.String("type", fmt.Sprintf("%T", m)))
 	}
+}
+
+// checkDisklessConnect refuses a handshake with a Diskless side (this
+// node or the peer) when the peer's release predates
+// FeatureDisklessConnect: it would wait for bitmaps that never come, in
+// the handshake, with its I/O held.
+func checkDisklessConnect(local, peer DiskState, f replicate.Features) error {
+	if (local == DiskDiskless || peer == DiskDiskless) && f&replicate.FeatureDisklessConnect == 0 {
+		return errors.New("the peer's release does not connect to or as a Diskless node: upgrade it, or bring the detached disk back (down, up)")
+	}
+	return nil
 }
 
 // checkPeerState refuses peers whose disk does not fit.
