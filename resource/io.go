@@ -483,8 +483,11 @@ func (r *Resource) writeUnder(st *repState, req replicate.Request, do func() err
 			submitErr = err
 		}
 	}
+	// Read once: a disk that fails meanwhile (another request) must not
+	// make this one skip the local half after the check said it had one.
+	diskless := r.diskFailed.Load()
 	if op == nil {
-		if r.diskFailed.Load() {
+		if diskless {
 			st.wg.Done()
 			alDone()
 			if r.retryNoData(st, submitErr) {
@@ -498,7 +501,7 @@ func (r *Resource) writeUnder(st *repState, req replicate.Request, do func() err
 	// 4. Local half, concurrently with the peer's.
 	var lerr error
 	detached := false
-	if !r.diskFailed.Load() {
+	if !diskless {
 		if lerr = do(); lerr != nil && r.localError(lerr) {
 			lerr, detached = nil, true // the peer's copy is the data now
 		}

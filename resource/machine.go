@@ -589,13 +589,19 @@ func (m *Machine) peerState(s NodeState) []Action {
 	wasPeerDisk := m.peerDisk
 	m.peerRole, m.peerDisk = s.Role, s.Disk
 	if m.conn != ConnHandshake {
-		if m.role == RolePrimary && m.disk == DiskUpToDate && wasPeerDisk == DiskUpToDate && s.Disk == DiskDiskless {
-			// The peer's disk is gone (detached after an error): from now
-			// on only the bitmap knows what that disk misses, and a new
-			// generation makes its return a bitmap resync, not "same
-			// data", as after losing the peer itself.
+		if m.disk == DiskUpToDate && wasPeerDisk == DiskUpToDate && s.Disk == DiskDiskless && (m.role == RolePrimary || s.Role == RolePrimary) {
+			// The peer's disk is gone (detached after an error) and writes
+			// go on: a new generation makes that disk's return a resync,
+			// not "same data", as after losing the peer itself. A Primary
+			// records what the disk misses in its bitmap (the writes it
+			// failed, then all of them); the Secondary of a Diskless
+			// Primary cannot tell which writes that disk still took, so
+			// the whole disk is resynced when it is back.
 			m.meta.UUIDs.newGeneration(m.cfg.NewUUID())
-			return []Action{m.persist()}
+			if m.role == RolePrimary {
+				return []Action{m.persist()}
+			}
+			return []Action{m.persist(), ActSetAllBits{}}
 		}
 		switch {
 		case s.Disk == DiskDiskless && (m.conn == ConnSyncSource || m.conn == ConnPausedSyncS):
@@ -683,11 +689,13 @@ func (m *Machine) dropLink(reason string) []Action {
 }
 
 // disklessPrimaryMismatch reports whether one of a and b is a Diskless
-// Primary and the other has a disk of another generation. Symmetric, so
-// both nodes refuse alike.
+// Primary and the other has a disk whose data does not descend from its
+// current generation (older data, or another lineage). A peer that started
+// a generation when the Primary's disk went (its writes since then went
+// there) descends from it. Symmetric, so both nodes refuse alike.
 func disklessPrimaryMismatch(a, b NodeState) bool {
 	mismatch := func(p, d NodeState) bool {
-		return p.Role == RolePrimary && p.Disk == DiskDiskless && d.Disk != DiskDiskless && d.UUIDs.Current != p.UUIDs.Current
+		return p.Role == RolePrimary && p.Disk == DiskDiskless && d.Disk != DiskDiskless && !d.UUIDs.descends(p.UUIDs.Current)
 	}
 	return mismatch(a, b) || mismatch(b, a)
 }
@@ -695,6 +703,12 @@ func disklessPrimaryMismatch(a, b NodeState) bool {
 func (m *Machine) bitmapsExchanged(e EvBitmapsExchanged) []Action {
 	m.dirty = e.Dirty
 	if m.conn != ConnHandshake {
+		return nil
+	}
+	if m.disk == DiskDiskless || m.peerDisk == DiskDiskless {
+		// A disk detached after the states were exchanged: no resync
+		// from or to it (the other side sees the same Diskless state).
+		m.conn = ConnConnected
 		return nil
 	}
 	if d := m.decision; d.Kind.IsSource() {
@@ -713,7 +727,9 @@ func (m *Machine) beginSource(full bool) []Action {
 }
 
 func (m *Machine) syncStart(e EvSyncStart) []Action {
-	if !m.linkUp {
+	if !m.linkUp || m.disk == DiskDiskless || m.peerDisk == DiskDiskless {
+		// No resync to a detached disk, nor from one (a source whose
+		// disk went after it sent this; its Diskless state follows).
 		return nil
 	}
 	m.conn = ConnSyncTarget

@@ -412,11 +412,37 @@ func TestHandshakeAgrees(t *testing.T) {
 		if exchanged(actsA) != exchanged(actsB) {
 			t.Fatalf("one side exchanges bitmaps: a=%v b=%v", actsA, actsB)
 		}
+		// A disk may also fail between the states and the bitmaps; its
+		// new state reaches the peer first (the control stream is ordered).
+		for _, p := range []struct {
+			label      string
+			self, peer *Machine
+		}{{"a", a, b}, {"b", b, a}} {
+			if p.self.Disk() != DiskDiskless && rapid.Bool().Draw(t, p.label+".late-detach") {
+				_, _ = p.self.Step(EvLocalIOError{})
+				if p.self.linkUp && p.peer.linkUp {
+					_, _ = p.peer.Step(EvPeerState{State: p.self.LocalState()})
+				}
+			}
+		}
 		if exchanged(actsA) {
 			_, _ = a.Step(EvBitmapsExchanged{})
 			_, _ = b.Step(EvBitmapsExchanged{})
 		}
 		ca, cb := a.Conn(), b.Conn()
+		if (ca == ConnStandAlone) != (cb == ConnStandAlone) {
+			// One side refused late (the other's new Diskless state) and
+			// closed the link: the other sees it go down.
+			other := a
+			if ca == ConnStandAlone {
+				other = b
+			}
+			_, _ = other.Step(EvLinkDown{})
+			if other.Replicating() {
+				t.Fatalf("still %s after the peer refused", other.Conn())
+			}
+			return
+		}
 		ok := ca == cb && (ca == ConnStandAlone || ca == ConnConnected) ||
 			ca == ConnSyncSource && cb == ConnSyncTarget || ca == ConnSyncTarget && cb == ConnSyncSource
 		if !ok {

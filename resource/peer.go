@@ -481,7 +481,14 @@ func (r *Resource) serve(in *replicate.Incoming) error {
 		}
 	case replicate.Flush:
 		err = r.data.Sync()
-	case replicate.Read, replicate.ResyncRead:
+	case replicate.Read:
+		// A Diskless peer reads its data from here: only data that is
+		// current (a sync target's disk is not, mid-resync).
+		if r.status.Load().Disk != DiskUpToDate {
+			return replicate.ErrNoDisk
+		}
+		_, err = r.data.ReadAt(in.Data, in.Offset)
+	case replicate.ResyncRead:
 		_, err = r.data.ReadAt(in.Data, in.Offset)
 	case replicate.ResyncData:
 		return r.serveResyncData(in)

@@ -429,6 +429,7 @@ func (r *Resource) Apply(ctx context.Context, cfg config.Resource) error {
 	r.cfgMu.Unlock()
 	errc := make(chan error, 1)
 	if !r.post(func() {
+		suspended := r.m.Suspended()
 		r.m.SetAfterSB(cfg.Net.AfterSB)
 		r.m.SetFencing(cfg.Net.Fencing)
 		r.m.SetSuspendNoData(cfg.Disk.OnNoDataAccessible == config.OnNoDataSuspendIO)
@@ -438,7 +439,11 @@ func (r *Resource) Apply(ctx context.Context, cfg config.Resource) error {
 			// those of the new one.
 			r.stopWatchingAttached()
 		}
-		r.publish() // SetSuspendNoData may have lifted a suspension
+		if r.m.Suspended() != suspended {
+			// SetSuspendNoData lifted a suspension. (Only then: publish
+			// also takes net.protocol, which applies at the next connect.)
+			r.publish()
+		}
 		r.publishStatus()
 		errc <- nil
 	}) {
