@@ -71,14 +71,30 @@ func (r *Resource) startConnecting() {
 	}
 	ctx, cancel := context.WithCancel(r.loopCtx)
 	r.connect = cancel
-	r.goLoop(func() { r.dialLoop(ctx) })
+	delay := r.refuseDelay
+	r.goLoop(func() { r.dialLoop(ctx, delay) })
 }
 
-// dialLoop dials until it gets a link or ctx ends, with backoff. It reads
+// errAccepted resets refuseWarned: a refusal after an accepted state is
+// logged again.
+var errAccepted = errors.New("accepted")
+
+// dialLoop dials until it gets a link or ctx ends, with backoff, after
+// waiting delay (see refuseDelay). It reads
 // the peer's address for every attempt, so that an adjust that moved the
 // peer takes effect at the next one.
-func (r *Resource) dialLoop(ctx context.Context) {
-	backoff := 50 * time.Millisecond
+func (r *Resource) dialLoop(ctx context.Context, delay time.Duration) {
+	backoff := max(50*time.Millisecond, delay)
+	if delay > 0 {
+		// This node refused the peer's last state: give its cause time.
+		t := time.NewTimer(delay)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return
+		}
+	}
 	var warned repeats
 	for ctx.Err() == nil {
 		addr := r.cfg().Peer.Address
@@ -295,12 +311,19 @@ func (r *Resource) control(link *replicate.Link, msg replicate.ControlMsg) {
 			err = checkDisklessConnect(r.m.Disk(), DiskState(m.Disk), link.Features())
 		}
 		if err != nil {
-			r.log.Error("refusing the peer", zap.Error(err))
+			if r.refuseWarned.changed(err) {
+				r.log.Error("refusing the peer (retrying; logged again when the reason changes)", zap.Error(err))
+			} else {
+				r.log.Debug("refusing the peer", zap.Error(err))
+			}
+			r.refuseDelay = min(max(2*r.refuseDelay, 100*time.Millisecond), 5*time.Second)
 			r.m.wantConnect = true // keep trying: the administrator may fix the peer
 			r.closeLink(err.Error())
 			r.step(EvLinkDown{Err: err})
 			return
 		}
+		r.refuseDelay = 0
+		r.refuseWarned.changed(errAccepted)
 		r.step(EvPeerState{State: NodeState{
 			NodeID:         link.PeerID(),
 			Role:           Role(m.Role),

@@ -116,6 +116,11 @@ type Resource struct {
 	promoteWait    chan error         // loop: a promotion waiting for the peer
 	reattachCancel context.CancelFunc // loop: the kernel device watch (reattach.go)
 	acceptWarned   repeats            // the last failure of an incoming peer link, logged (peer.go)
+	refuseWarned   repeats            // the last refusal of a peer's state, logged (peer.go)
+	// refuseDelay: loop; how long the next dial waits after this node
+	// refused the peer's state, doubling while the refusals go on (a
+	// refusal's cause rarely goes away within milliseconds).
+	refuseDelay time.Duration
 
 	// NBD.
 	nbd      *nbdserver.Server
