@@ -80,20 +80,13 @@ func (r *Resource) startConnecting() {
 var errAccepted = errors.New("accepted")
 
 // dialLoop dials until it gets a link or ctx ends, with backoff, after
-// waiting delay (see refuseDelay). It reads
-// the peer's address for every attempt, so that an adjust that moved the
-// peer takes effect at the next one.
+// waiting delay (this node refused the peer's last state: see
+// refuseDelay). It reads the peer's address for every attempt, so that
+// an adjust that moved the peer takes effect at the next one.
 func (r *Resource) dialLoop(ctx context.Context, delay time.Duration) {
 	backoff := max(50*time.Millisecond, delay)
-	if delay > 0 {
-		// This node refused the peer's last state: give its cause time.
-		t := time.NewTimer(delay)
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			t.Stop()
-			return
-		}
+	if !sleepCtx(ctx, delay) {
+		return
 	}
 	var warned repeats
 	for ctx.Err() == nil {
@@ -117,14 +110,25 @@ func (r *Resource) dialLoop(ctx context.Context, delay time.Duration) {
 		default:
 			r.log.Debug("peer link: connect failed", zap.String("peer", addr), zap.Error(err))
 		}
-		t := time.NewTimer(backoff)
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			t.Stop()
+		if !sleepCtx(ctx, backoff) {
 			return
 		}
 		backoff = min(backoff*2, 2*time.Second)
+	}
+}
+
+// sleepCtx waits d, or until ctx ends; it reports whether d passed.
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	if d <= 0 {
+		return ctx.Err() == nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
 	}
 }
 
