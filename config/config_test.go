@@ -226,13 +226,39 @@ func TestHostnameDefault(t *testing.T) {
 
 // net.fencing: the three policies (empty is resource-only); anything else
 // and resource-and-stonith without a fence-peer handler are refused by name.
-func TestFencing(t *testing.T) {
+// policyCase is a resource-file fragment for node a, and the policy it
+// gives, or the field its error names.
+type policyCase[T comparable] struct {
+	yaml string
+	want T
+	err  string
+}
+
+// checkPolicies parses each case with two plain nodes and compares get of
+// node a's resource with the case.
+func checkPolicies[T comparable](t *testing.T, cases []policyCase[T], get func(Resource) T) {
+	t.Helper()
 	base := "resource: r0\nnodes:\n  - {name: a, node-id: 0, address: 127.0.0.1:1, disk: a.img}\n  - {name: b, node-id: 1, address: 127.0.0.1:2, disk: b.img}\n"
-	for _, tc := range []struct {
-		yaml string
-		want Fencing
-		err  string
-	}{
+	for _, tc := range cases {
+		f, err := ParseFile([]byte(base+tc.yaml), "/srv/r0")
+		var r Resource
+		if err == nil {
+			r, err = f.Node("a")
+		}
+		if tc.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("%q: err %v, want one naming %s", tc.yaml, err, tc.err)
+			}
+			continue
+		}
+		if got := get(r); err != nil || got != tc.want {
+			t.Errorf("%q: %v, %v; want %v", tc.yaml, got, err, tc.want)
+		}
+	}
+}
+
+func TestFencing(t *testing.T) {
+	checkPolicies(t, []policyCase[Fencing]{
 		{"", FencingResourceOnly, ""},
 		{"net: {fencing: dont-care}\n", FencingDontCare, ""},
 		{"net: {fencing: resource-only}\n", FencingResourceOnly, ""},
@@ -240,49 +266,14 @@ func TestFencing(t *testing.T) {
 		{"net: {fencing: resource-and-stonith}\nhandlers:\n  dispatcher: /bin/dispatch\n", FencingResourceAndStonith, ""},
 		{"net: {fencing: resource-and-stonith}\n", "", "net.fencing"},
 		{"net: {fencing: stonith}\n", "", "net.fencing"},
-	} {
-		f, err := ParseFile([]byte(base+tc.yaml), "/srv/r0")
-		var r Resource
-		if err == nil {
-			r, err = f.Node("a")
-		}
-		if tc.err != "" {
-			if err == nil || !strings.Contains(err.Error(), tc.err) {
-				t.Errorf("%q: err %v, want one naming %s", tc.yaml, err, tc.err)
-			}
-			continue
-		}
-		if err != nil || r.Net.Fencing.Effective() != tc.want {
-			t.Errorf("%q: %q, %v; want %q", tc.yaml, r.Net.Fencing, err, tc.want)
-		}
-	}
+	}, func(r Resource) Fencing { return r.Net.Fencing.Effective() })
 }
 
 func TestOnNoDataAccessible(t *testing.T) {
-	base := "resource: r0\nnodes:\n  - {name: a, node-id: 0, address: 127.0.0.1:1, disk: a.img}\n  - {name: b, node-id: 1, address: 127.0.0.1:2, disk: b.img}\n"
-	for _, tc := range []struct {
-		yaml string
-		want OnNoData
-		err  string
-	}{
+	checkPolicies(t, []policyCase[OnNoData]{
 		{"", OnNoDataDefault, ""},
 		{"disk: {on-no-data-accessible: io-error}\n", OnNoDataIOError, ""},
 		{"disk: {on-no-data-accessible: suspend-io}\n", OnNoDataSuspendIO, ""},
 		{"disk: {on-no-data-accessible: suspend}\n", "", "disk.on-no-data-accessible"},
-	} {
-		f, err := ParseFile([]byte(base+tc.yaml), "/srv/r0")
-		var r Resource
-		if err == nil {
-			r, err = f.Node("a")
-		}
-		if tc.err != "" {
-			if err == nil || !strings.Contains(err.Error(), tc.err) {
-				t.Errorf("%q: err %v, want one naming %s", tc.yaml, err, tc.err)
-			}
-			continue
-		}
-		if err != nil || r.Disk.OnNoDataAccessible != tc.want {
-			t.Errorf("%q: %q, %v; want %q", tc.yaml, r.Disk.OnNoDataAccessible, err, tc.want)
-		}
-	}
+	}, func(r Resource) OnNoData { return r.Disk.OnNoDataAccessible })
 }

@@ -65,9 +65,7 @@ func TestHooksLocalIOError(t *testing.T) {
 	disk, inject := faultyDisk(t, dir, 64<<20)
 	writeScript(t, filepath.Join(dir, "ioerr.sh"), fmt.Sprintf("echo \"$RBD_NBD_IO_ERROR\" > %s/ioerr\n", dir))
 	c := newCluster(t, clusterOptions{diskA: disk, yaml: fmt.Sprintf("disk:\n  on-io-error: call-local-io-error\nhandlers:\n  local-io-error: %s/ioerr.sh\n", dir)})
-	if err := os.WriteFile(inject, nil, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	startFailing(t, inject)
 	c.a.qemuIO("write -P 0x22 0 64k")
 	c.a.wait("the disk detached", 30*time.Second, func(s nodeStatus) bool { return s.Disk == "Diskless" })
 	WaitFor(t, 30*time.Second, "local-io-error to run", func() bool { return fileExists(filepath.Join(dir, "ioerr")) })

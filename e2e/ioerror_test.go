@@ -25,6 +25,14 @@ func faultyDisk(t *testing.T, dir string, size int64) (path, inject string) {
 	return NBDFuse(t, dir, "nbd+unix:///?socket="+sock), inject
 }
 
+// startFailing makes a faultyDisk fail every read and write from now on.
+func startFailing(t *testing.T, inject string) {
+	t.Helper()
+	if err := os.WriteFile(inject, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // The Primary's disk starts failing: with on-io-error detach it goes
 // Diskless and keeps serving, writes going to the peer's disk only and
 // reads coming from the peer. Then the recovery docs/operations.md gives:
@@ -38,9 +46,7 @@ func TestReplicationLocalIOErrorDetach(t *testing.T) {
 	c.a.qemuIO("write -P 0x11 0 1M")
 	c.compare()
 
-	if err := os.WriteFile(inject, nil, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	startFailing(t, inject)
 	c.a.qemuIO("write -P 0x22 2M 1M")
 	st := c.a.wait("the disk detached", 30*time.Second, func(s nodeStatus) bool { return s.Disk == "Diskless" })
 	if st.Role != "Primary" || st.Conn != "Connected" {
@@ -90,9 +96,7 @@ func TestReplicationLocalIOErrorPassOn(t *testing.T) {
 	dir := t.TempDir()
 	disk, inject := faultyDisk(t, dir, 64<<20)
 	c := newCluster(t, clusterOptions{diskA: disk, yaml: "disk:\n  on-io-error: pass-on\n"})
-	if err := os.WriteFile(inject, nil, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	startFailing(t, inject)
 	r := Run(t, time.Minute, "qemu-io", "-f", "raw", "-c", "read 0 4k", c.a.uri())
 	if r.ExitCode == 0 && !bytes.Contains([]byte(r.Stdout+r.Stderr), []byte("Input/output error")) {
 		t.Fatalf("a read from a failing disk succeeded with pass-on:\n%s%s", r.Stdout, r.Stderr)
@@ -112,9 +116,7 @@ func TestReplicationPeerDiskFails(t *testing.T) {
 	disk, inject := faultyDisk(t, dir, 64<<20)
 	c := newCluster(t, clusterOptions{diskB: disk, yaml: "disk:\n  on-io-error: detach\n"})
 	c.a.qemuIO("write -P 0x11 0 1M")
-	if err := os.WriteFile(inject, nil, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	startFailing(t, inject)
 	// The next write fails on node b's disk, which detaches.
 	c.a.qemuIO("write -P 0x22 1M 1M")
 	c.b.wait("node b's disk detached", 30*time.Second, func(s nodeStatus) bool { return s.Disk == "Diskless" })
@@ -152,9 +154,7 @@ func TestReplicationSyncTargetDiskFails(t *testing.T) {
 	c.a.qemuIO("write -P 0x11 0 4M")
 	c.b.ctl("invalidate", "r0")
 	c.a.wait("the resync under way", 30*time.Second, func(s nodeStatus) bool { return s.Conn == "SyncSource" && s.ResyncDone > 0 })
-	if err := os.WriteFile(inject, nil, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	startFailing(t, inject)
 	c.b.wait("node b's disk detached", 30*time.Second, func(s nodeStatus) bool { return s.Disk == "Diskless" })
 	st := c.a.wait("the resync stopped", 30*time.Second, func(s nodeStatus) bool { return s.Conn == "Connected" && s.PeerDisk == "Diskless" })
 	if st.OutOfSync == 0 {

@@ -50,6 +50,19 @@ func (n *node) backgroundNbdsh(script string) <-chan error {
 	return done
 }
 
+// fails waits for a background write to fail.
+func fails(t *testing.T, done <-chan error, why string) {
+	t.Helper()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatalf("%s: the write succeeded", why)
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatalf("%s: the write still waits", why)
+	}
+}
+
 // fifoSend writes a line into a FIFO that who (a handler, a client
 // script) reads to go ahead; it fails the test when nobody opens the
 // FIFO's other end within 30 seconds.
@@ -210,9 +223,7 @@ func TestOnNoDataAccessibleSuspendIO(t *testing.T) {
 	disk, inject := faultyDisk(t, dir, 64<<20)
 	c := newCluster(t, clusterOptions{diskA: disk, yaml: "disk:\n  on-io-error: detach\n  on-no-data-accessible: suspend-io\n"})
 	c.a.qemuIO("write -P 0x11 0 1M")
-	if err := os.WriteFile(inject, nil, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	startFailing(t, inject)
 	c.a.qemuIO("write -P 0x22 1M 1M")
 	c.a.wait("the disk detached", 30*time.Second, func(s nodeStatus) bool { return s.Disk == "Diskless" && s.Conn == "Connected" })
 
@@ -253,14 +264,7 @@ assert buf.to_bytearray() == b"\x22" * 65536`, sent))
 	write = c.a.backgroundWrite(0x67)
 	c.a.wait("the write to wait", 30*time.Second, func(s nodeStatus) bool { return s.WritesInFlight == 1 })
 	c.a.ctl("resume-io", "r0")
-	select {
-	case err := <-write:
-		if err == nil {
-			t.Fatal("after resume-io with no data accessible, the write succeeded")
-		}
-	case <-time.After(60 * time.Second):
-		t.Fatal("after resume-io the write still waits")
-	}
+	fails(t, write, "after resume-io with no data accessible")
 	if st := c.a.status(); st.Suspended != "" {
 		t.Fatalf("after resume-io: suspended %q", st.Suspended)
 	}
@@ -274,9 +278,7 @@ func TestOnNoDataAccessibleRetriesInFlight(t *testing.T) {
 	dir := t.TempDir()
 	disk, inject := faultyDisk(t, dir, 64<<20)
 	c := newCluster(t, clusterOptions{diskA: disk, proxy: true, yaml: "disk:\n  on-io-error: detach\n  on-no-data-accessible: suspend-io\n"})
-	if err := os.WriteFile(inject, nil, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	startFailing(t, inject)
 	c.a.qemuIO("write -P 0x22 1M 1M")
 	c.a.wait("the disk detached", 30*time.Second, func(s nodeStatus) bool { return s.Disk == "Diskless" && s.Conn == "Connected" })
 
@@ -319,9 +321,7 @@ func TestOnNoDataAccessiblePeerFirst(t *testing.T) {
 	c.b.kill()
 	c.a.wait("alone", 30*time.Second, func(s nodeStatus) bool { return s.Conn == "Connecting" })
 	c.a.qemuIO("write -P 0x44 0 64k")
-	if err := os.WriteFile(inject, nil, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	startFailing(t, inject)
 	write := c.a.backgroundWrite(0x45)
 	c.a.wait("no data accessible", 30*time.Second, func(s nodeStatus) bool { return s.Disk == "Diskless" && s.Suspended == "no-data" })
 	blocked(t, write, "a write no copy holds")
@@ -336,12 +336,5 @@ func TestOnNoDataAccessiblePeerFirst(t *testing.T) {
 	}
 	blocked(t, write, "after the refused peer")
 	c.a.ctl("resume-io", "r0")
-	select {
-	case err := <-write:
-		if err == nil {
-			t.Fatal("a write no copy holds was acknowledged")
-		}
-	case <-time.After(60 * time.Second):
-		t.Fatal("after resume-io the write still waits")
-	}
+	fails(t, write, "a write no copy holds, after resume-io")
 }

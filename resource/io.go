@@ -313,10 +313,15 @@ func (r *Resource) peerRead(p []byte, off int64) error {
 	}
 }
 
+// errNoData is the error of an I/O that no copy of the data can serve.
+func (r *Resource) errNoData() error {
+	return fmt.Errorf("resource %s: %w", r.cfg().Name, ErrNoData)
+}
+
 // peerReadOnce reads from the peer under st (ErrNoData without a link).
 func (r *Resource) peerReadOnce(st *repState, p []byte, off int64) error {
 	if st.link == nil {
-		return fmt.Errorf("resource %s: %w", r.cfg().Name, ErrNoData)
+		return r.errNoData()
 	}
 	op := r.getOp()
 	defer r.putOp(op)
@@ -493,7 +498,7 @@ func (r *Resource) writeUnder(st *repState, req replicate.Request, do func() err
 			if r.retryNoData(st, submitErr) {
 				return true, false, nil
 			}
-			return false, false, fmt.Errorf("resource %s: %w", r.cfg().Name, ErrNoData)
+			return false, false, r.errNoData()
 		}
 		r.bm.Set(off, n)
 	}
@@ -621,7 +626,7 @@ func (r *Resource) flushUnder(st *repState) (retry bool, err error) {
 			return true, nil
 		}
 		if perr == nil {
-			perr = fmt.Errorf("resource %s: %w", r.cfg().Name, ErrNoData)
+			perr = r.errNoData()
 		}
 		return false, perr
 	}

@@ -51,32 +51,34 @@ func (r *Resource) moveListeners(old, cfg config.Resource) error {
 		peerLn = ln
 	}
 	if newNBD != oldNBD {
-		if r.nbdLn != nil {
-			_ = r.nbdLn.Close()
-			r.log.Info("NBD: stopped listening", zap.String("address", oldNBD))
-		}
-		r.nbdLn = nbdLn
-		if nbdLn != nil {
-			r.goLoop(func() {
-				err := r.nbd.Serve(nbdLn)
-				if err != nil && !errors.Is(err, nbdserver.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
-					r.log.Error("nbd server stopped", zap.Error(err))
-				}
-			})
-		}
+		r.replaceListener(&r.nbdLn, nbdLn, "NBD", oldNBD, func(ln net.Listener) {
+			// Serve logs the address it serves.
+			err := r.nbd.Serve(ln)
+			if err != nil && !errors.Is(err, nbdserver.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
+				r.log.Error("nbd server stopped", zap.Error(err))
+			}
+		})
 	}
 	if newPeer != oldPeer {
-		if r.peerLn != nil {
-			_ = r.peerLn.Close()
-			r.log.Info("peer link: stopped listening", zap.String("address", oldPeer))
-		}
-		r.peerLn = peerLn
-		if peerLn != nil {
+		r.replaceListener(&r.peerLn, peerLn, "peer link", oldPeer, func(ln net.Listener) {
 			r.log.Info("peer link: listening", zap.String("address", newPeer))
-			r.goLoop(func() { r.acceptPeers(peerLn) })
-		}
+			r.acceptPeers(ln)
+		})
 	}
 	return nil
+}
+
+// replaceListener closes *cur, the listener of what on oldAddr, if any,
+// and installs ln in its place, running serve on it when it is not nil.
+func (r *Resource) replaceListener(cur *net.Listener, ln net.Listener, what, oldAddr string, serve func(net.Listener)) {
+	if *cur != nil {
+		_ = (*cur).Close()
+		r.log.Info(what+": stopped listening", zap.String("address", oldAddr))
+	}
+	*cur = ln
+	if ln != nil {
+		r.goLoop(func() { serve(ln) })
+	}
 }
 
 // peerListenAddr returns the address this node accepts peer links on, or

@@ -451,9 +451,11 @@ func TestHandshakeAgrees(t *testing.T) {
 		if (ca == ConnSyncSource || ca == ConnSyncTarget) && (a.Disk() == DiskDiskless || b.Disk() == DiskDiskless) {
 			t.Fatalf("a Diskless node in a resync: a %s/%s, b %s/%s", ca, a.Disk(), cb, b.Disk())
 		}
-		if ca == ConnConnected && (a.Role() == RolePrimary && a.Disk() == DiskDiskless && b.Disk() != DiskDiskless && b.Meta().UUIDs.Current != a.Meta().UUIDs.Current ||
-			b.Role() == RolePrimary && b.Disk() == DiskDiskless && a.Disk() != DiskDiskless && a.Meta().UUIDs.Current != b.Meta().UUIDs.Current) {
-			t.Fatalf("a Diskless Primary connected to another generation: a %v, b %v", a.Meta().UUIDs, b.Meta().UUIDs)
+		olderThan := func(d, p *Machine) bool { // d's data lacks p's generation
+			return p.Role() == RolePrimary && p.Disk() == DiskDiskless && d.Disk() != DiskDiskless && !d.Meta().UUIDs.descends(p.Meta().UUIDs.Current)
+		}
+		if ca == ConnConnected && (olderThan(b, a) || olderThan(a, b)) {
+			t.Fatalf("a Diskless Primary connected to data without its generation: a %v, b %v", a.Meta().UUIDs, b.Meta().UUIDs)
 		}
 		for _, m := range []*Machine{a, b} {
 			if m.role == RolePrimary && m.disk != DiskUpToDate && m.disk != DiskDiskless {

@@ -75,10 +75,6 @@ func (r *Resource) startConnecting() {
 	r.goLoop(func() { r.dialLoop(ctx, delay) })
 }
 
-// errAccepted resets refuseWarned: a refusal after an accepted state is
-// logged again.
-var errAccepted = errors.New("accepted")
-
 // dialLoop dials until it gets a link or ctx ends, with backoff, after
 // waiting delay (this node refused the peer's last state: see
 // refuseDelay). It reads the peer's address for every attempt, so that
@@ -137,6 +133,13 @@ func sleepCtx(ctx context.Context, d time.Duration) bool {
 type repeats struct {
 	mu   sync.Mutex
 	last string
+}
+
+// reset forgets the last failure: the next one is logged again.
+func (r *repeats) reset() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.last = ""
 }
 
 // changed records err's message, without its digits (the ports and
@@ -327,7 +330,7 @@ func (r *Resource) control(link *replicate.Link, msg replicate.ControlMsg) {
 			return
 		}
 		r.refuseDelay = 0
-		r.refuseWarned.changed(errAccepted)
+		r.refuseWarned.reset() // a refusal after an accepted state is logged again
 		r.step(EvPeerState{State: NodeState{
 			NodeID:         link.PeerID(),
 			Role:           Role(m.Role),
