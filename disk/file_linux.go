@@ -17,9 +17,11 @@ type Options struct {
 	// ReadOnly opens the device O_RDONLY; writing operations return
 	// ErrReadOnly.
 	ReadOnly bool
-	// Direct opens with O_DIRECT, bypassing the page cache. Offsets and
-	// lengths must then be multiples of [File.Alignment]; buffers need not
-	// be aligned (unaligned ones go through an aligned bounce buffer).
+	// Direct opens with O_DIRECT, bypassing the page cache. I/O is fast
+	// when offsets and lengths are multiples of [File.Alignment]; other
+	// I/O is done on the aligned blocks around it (a write reads, patches
+	// and writes them back, excluding other writes meanwhile). Buffers
+	// need not be aligned (unaligned ones go through a bounce buffer).
 	Direct bool
 	// Create creates a regular file that does not exist yet.
 	Create bool
@@ -55,6 +57,14 @@ type File struct {
 	zeroOnce sync.Once
 	zeroBuf  []byte // read-only after zeroOnce
 	bounce   sync.Pool
+
+	// rmw makes an unaligned O_DIRECT write's read-patch-write of the
+	// blocks around it atomic against other writes, which could otherwise
+	// land between its read and its write and be undone by it: writes
+	// (and fallocate) hold it shared, an unaligned write exclusively.
+	// Reads need nothing: what they return of a block being rewritten is
+	// either its old or its new content, as with any concurrent write.
+	rmw sync.RWMutex
 }
 
 var (
@@ -164,8 +174,9 @@ func (f *File) Size() int64 { return f.size }
 // BlockDevice reports whether the device is a block device.
 func (f *File) BlockDevice() bool { return f.blockDev }
 
-// Alignment is the granularity that offsets and lengths must have: the
-// logical block size with O_DIRECT, else 1.
+// Alignment is the granularity of fast I/O: the logical block size (or
+// the filesystem's direct I/O alignment) with O_DIRECT, else 1. I/O that
+// does not follow it works, through read-modify-write.
 func (f *File) Alignment() int64 { return f.align }
 
 // ReadAt reads len(p) bytes at off. Reading past the end returns io.EOF
@@ -179,6 +190,9 @@ func (f *File) ReadAt(p []byte, off int64) (int, error) {
 	}
 	defer f.ref.release()
 	if f.direct {
+		if !f.aligned(off, int64(len(p))) {
+			return f.readUnaligned(p, off)
+		}
 		return f.directIO(p, off, false)
 	}
 	return preadFull(f.fd, p, off)
@@ -197,10 +211,20 @@ func (f *File) WriteAt(p []byte, off int64) (int, error) {
 		return 0, err
 	}
 	defer f.ref.release()
-	if f.direct {
-		return f.directIO(p, off, true)
+	return f.write(p, off)
+}
+
+// write is WriteAt once the range is checked and the descriptor held.
+func (f *File) write(p []byte, off int64) (int, error) {
+	if !f.direct {
+		return pwriteFull(f.fd, p, off)
 	}
-	return pwriteFull(f.fd, p, off)
+	if !f.aligned(off, int64(len(p))) {
+		return f.writeUnaligned(p, off)
+	}
+	f.rmw.RLock()
+	defer f.rmw.RUnlock()
+	return f.directIO(p, off, true)
 }
 
 // CanSplice reports whether WriteFromPipe works: not with O_DIRECT (whose
@@ -270,12 +294,102 @@ func pwriteFull(fd int, p []byte, off int64) (int, error) {
 	return n, nil
 }
 
-// directIO does an O_DIRECT transfer, through an aligned bounce buffer when
-// p's address is not aligned.
-func (f *File) directIO(p []byte, off int64, write bool) (int, error) {
-	if off%f.align != 0 || int64(len(p))%f.align != 0 {
-		return 0, ErrUnaligned
+// aligned reports whether O_DIRECT can transfer [off, off+n) as it is.
+func (f *File) aligned(off, n int64) bool {
+	return off%f.align == 0 && n%f.align == 0
+}
+
+// around returns the aligned range that holds [off, off+n).
+func (f *File) around(off, n int64) (start, end int64) {
+	start = off - off%f.align
+	end = off + n
+	if r := end % f.align; r != 0 {
+		end += f.align - r
 	}
+	return start, end
+}
+
+// alignedBuffer returns an aligned buffer of n bytes, from the bounce
+// pool when it fits (put it back with putBounce), and whether it did.
+func (f *File) alignedBuffer(n int64) ([]byte, *[]byte) {
+	if n <= zeroChunk {
+		bp := f.getBounce()
+		return (*bp)[:n], bp
+	}
+	return AlignedBuffer(int(n), int(f.memAlign)), nil
+}
+
+func (f *File) putBounce(bp *[]byte) {
+	if bp != nil {
+		f.bounce.Put(bp)
+	}
+}
+
+// readUnaligned reads the aligned blocks around [off, off+len(p)) and
+// copies out the part asked for.
+func (f *File) readUnaligned(p []byte, off int64) (int, error) {
+	start, end := f.around(off, int64(len(p)))
+	buf, bp := f.alignedBuffer(end - start)
+	defer f.putBounce(bp)
+	n, err := preadFull(f.fd, buf, start)
+	skip := int(off - start)
+	got := max(min(n-skip, len(p)), 0)
+	copy(p, buf[skip:skip+got])
+	if got == len(p) {
+		return got, nil
+	}
+	if err == nil {
+		err = io.EOF
+	}
+	return got, err
+}
+
+// writeUnaligned writes p at off by reading the partial blocks at either
+// end, patching p in and writing the aligned range back, with every other
+// write excluded meanwhile (rmw). Past the end of a regular file whose
+// size is not aligned, the write grows the file, which is cut back.
+func (f *File) writeUnaligned(p []byte, off int64) (int, error) {
+	start, end := f.around(off, int64(len(p)))
+	buf, bp := f.alignedBuffer(end - start)
+	defer f.putBounce(bp)
+	f.rmw.Lock()
+	defer f.rmw.Unlock()
+	if off != start {
+		if err := f.readBlock(buf[:f.align], start); err != nil {
+			return 0, err
+		}
+	}
+	if tail := end - f.align; off+int64(len(p)) != end && (tail > start || off == start) {
+		if err := f.readBlock(buf[tail-start:], tail); err != nil {
+			return 0, err
+		}
+	}
+	copy(buf[off-start:], p)
+	if _, err := pwriteFull(f.fd, buf, start); err != nil {
+		return 0, err
+	}
+	if end > f.size && !f.blockDev {
+		if err := unix.Ftruncate(f.fd, f.size); err != nil {
+			return 0, &os.PathError{Op: "ftruncate", Path: f.path, Err: err}
+		}
+	}
+	return len(p), nil
+}
+
+// readBlock fills b, an aligned block, from off; what lies past the end
+// of the file reads as zeroes.
+func (f *File) readBlock(b []byte, off int64) error {
+	n, err := preadFull(f.fd, b, off)
+	if err == io.EOF {
+		clear(b[n:])
+		return nil
+	}
+	return err
+}
+
+// directIO does an aligned O_DIRECT transfer, through an aligned bounce
+// buffer when p's address is not aligned.
+func (f *File) directIO(p []byte, off int64, write bool) (int, error) {
 	if len(p) == 0 || uintptr(unsafe.Pointer(&p[0]))%uintptr(f.memAlign) == 0 {
 		if write {
 			return pwriteFull(f.fd, p, off)
@@ -375,13 +489,19 @@ func (f *File) ZeroFast(off, length int64, noHole bool) error {
 	if length == 0 {
 		return nil
 	}
-	if f.direct && (off%f.align != 0 || length%f.align != 0) {
-		return ErrUnaligned
+	if f.direct && !f.aligned(off, length) {
+		// fallocate would zero the partial blocks through the page cache
+		// (or, on a block device, refuse them), outside rmw's order.
+		return fmt.Errorf("%s: zeroing %d bytes at %d, not aligned to %d for direct I/O: %w", f.path, length, off, f.align, ErrNotSupported)
 	}
 	if err := f.ref.acquire(); err != nil {
 		return err
 	}
 	defer f.ref.release()
+	if f.direct {
+		f.rmw.RLock()
+		defer f.rmw.RUnlock()
+	}
 	if !noHole && !f.noPunch.Load() {
 		err := fallocate(f.fd, unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, length)
 		if err == nil {
@@ -432,7 +552,10 @@ func (f *File) writeZeroes(off, length int64) error {
 	defer f.ref.release()
 	for length > 0 {
 		n := min(length, zeroChunk)
-		if _, err := pwriteFull(f.fd, f.zeroBuf[:n], off); err != nil {
+		if r := off % f.align; r != 0 {
+			n = min(n, f.align-r) // the partial block first, then aligned chunks
+		}
+		if _, err := f.write(f.zeroBuf[:n], off); err != nil {
 			return &os.PathError{Op: "write zeroes", Path: f.path, Err: err}
 		}
 		off += n
