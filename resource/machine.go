@@ -558,7 +558,10 @@ func (m *Machine) lostPeer() []Action {
 		}
 	}
 	m.peerRole, m.peerDisk, m.linkUp = RoleUnknown, DiskDUnknown, false
-	if wasReplicating || m.conn == ConnHandshake {
+	if wasReplicating {
+		// Only a link that got to Connected: a handshake that ends
+		// (refused, or cut) was no connection to the user, and a refusal
+		// repeats at every dial.
 		acts = append(acts, ActRunHook{Name: "disconnected"})
 	}
 	if m.role == RolePrimary && m.disk != DiskUpToDate {
