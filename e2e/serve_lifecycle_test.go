@@ -113,4 +113,21 @@ func TestServeDirect(t *testing.T) {
 	if err != nil || b[0] != 0x77 || b[1<<20-1] != 0x77 {
 		t.Fatalf("backing file after direct writes: %v", err)
 	}
+
+	// A size that is no multiple of the alignment: the minimum block size
+	// is 1 (an advertised minimum must divide the size), and the last,
+	// partial block reads and writes like the others.
+	odd := filepath.Join(t.TempDir(), "odd.img")
+	s = StartServe(t, odd, "d", "--size", "1000", "--direct")
+	out = MustRun(t, toolTimeout, "nbdinfo", "--json", s.URI)
+	if err := json.Unmarshal([]byte(out), &info); err != nil || len(info.Exports) != 1 {
+		t.Fatalf("nbdinfo --json: %v\n%s", err, out)
+	}
+	if m := info.Exports[0].MinBlock; m != 1 {
+		t.Fatalf("block_size_minimum %d for a 1000-byte export with --direct, want 1", m)
+	}
+	MustRun(t, toolTimeout, "qemu-io", "-f", "raw", "-c", "write -P 0x55 900 100", "-c", "read -P 0x55 900 100", s.URI)
+	if b, err := os.ReadFile(odd); err != nil || len(b) != 1000 || b[999] != 0x55 {
+		t.Fatalf("odd-sized backing file after a write to its end: %d bytes, %v", len(b), err)
+	}
 }

@@ -98,6 +98,10 @@ func (n *negotiation) run() (*Export, error) {
 			continue
 		}
 		if n.s.shuttingDown() && h.ID != optAbort {
+			if h.ID == optExportName {
+				// EXPORT_NAME has no error reply: hang up.
+				return nil, errors.New("NBD_OPT_EXPORT_NAME while the server shuts down")
+			}
 			return nil, n.replyErr(h.ID, repErrShutdown, "server shutting down")
 		}
 		exp, done, err := n.option(h.ID, data)
@@ -134,9 +138,8 @@ func (n *negotiation) option(id uint32, data []byte) (exp *Export, done bool, er
 		exp, err := n.exportName(data)
 		return exp, err == nil, err
 	case optAbort:
-		if len(data) != 0 {
-			return nil, false, n.reply(id, repErrInvalid, "NBD_OPT_ABORT carries no data")
-		}
+		// Data, which a client should not send, is ignored: the spec
+		// asks the server to acknowledge the abort whatever it carries.
 		if err := n.reply(id, repAck, ""); err != nil {
 			return nil, false, err
 		}

@@ -67,7 +67,7 @@ by its --export name or by the default name "".`,
 	f.StringVar(&o.description, "description", "", "export description shown to clients")
 	f.StringVar(&o.size, "size", "", "create the file if missing and extend it to at least SIZE (e.g. 64M, 1G)")
 	f.BoolVar(&o.readOnly, "read-only", false, "export read-only")
-	f.BoolVar(&o.direct, "direct", false, "open the disk with O_DIRECT (requests must then be block-aligned)")
+	f.BoolVar(&o.direct, "direct", false, "open the disk with O_DIRECT (the export's minimum block size is then the disk's alignment)")
 	f.IntVar(&o.maxInFlight, "max-in-flight", 0, "requests run at once per connection (0: default 128)")
 	f.DurationVar(&o.shutdownTimeout, "shutdown-timeout", 10*time.Second, "how long a graceful shutdown may take before connections are cut")
 	f.StringVar(&o.metrics, "metrics", "", "serve Prometheus metrics at http://ADDR/metrics (host:port; docs/metrics.md)")
@@ -101,7 +101,7 @@ func runServe(ctx context.Context, o *serveOptions, log *zap.Logger) error {
 		Description: o.description,
 		Backend:     nbdserver.DeviceBackend(dev),
 		ReadOnly:    o.readOnly,
-		MinBlock:    uint32(dev.Alignment()),
+		MinBlock:    minBlock(dev),
 	}
 	srv := &nbdserver.Server{
 		Lookup: func(name string) (*nbdserver.Export, error) {
@@ -202,4 +202,16 @@ func parseSize(s string) (int64, error) {
 		return 0, fmt.Errorf("size %q overflows", s)
 	}
 	return v << shift, nil
+}
+
+// minBlock is the export's minimum block size: the granularity of fast
+// I/O on dev (its O_DIRECT alignment), unless the size is not a multiple
+// of it, which the spec asks of an advertised minimum; then 1, as the
+// disk does I/O of any size anyway (unaligned direct I/O through
+// read-modify-write).
+func minBlock(dev *disk.File) uint32 {
+	if a := dev.Alignment(); dev.Size()%a == 0 {
+		return uint32(a)
+	}
+	return 1
 }
