@@ -482,6 +482,10 @@ func (r *Resource) writeUnder(st *repState, req replicate.Request, do func() err
 		op = r.getOp()
 		op.req = req
 		op.req.Notify = op.notify
+		if st.proto == config.ProtocolB {
+			// The peer says when it has read the request: B's ack stage.
+			op.req.Flags |= replicate.WantRecvAck
+		}
 		if err := st.link.Submit(&op.req); err != nil {
 			r.putOp(op)
 			op = nil
@@ -558,6 +562,12 @@ func (r *Resource) writeUnder(st *repState, req replicate.Request, do func() err
 // peerFailed records a write the peer did not complete.
 func (r *Resource) peerFailed(off, n int64, err error) {
 	if !r.diskFailed.Load() {
+		if e := r.engine.Load(); e != nil {
+			// A resync chunk of these blocks may have been acknowledged
+			// before this write (its range lock is free since): its flush
+			// must not clear the bits set here.
+			e.Dirtied(off, n)
+		}
 		r.bm.Set(off, n)
 	}
 	if !errors.Is(err, replicate.ErrLinkDown) {

@@ -111,9 +111,13 @@ func (r *Resource) publish() {
 		close(cur.gate)
 	}
 	if handshake && !cur.handshake {
-		// The handshake reports our bitmap: every write of the old state
-		// must have set its bits (or completed on the old link) first.
-		// (Writes held by a fence released their state before.)
+		// The handshake reports our bitmap: every write of the earlier
+		// states must have set its bits (or completed on the old link)
+		// first: not only those of cur (Connecting), but a write of the
+		// old link's state whose local half still runs, whose peer half
+		// the link's loss failed. (Writes held by a fence released their
+		// state before.)
+		<-cur.quiet
 		cur.wg.Wait()
 		r.epochs.drainInto(r.bm)
 		r.m.SetDirty(r.bm.Count())

@@ -276,6 +276,11 @@ type Machine struct {
 	// decision is the handshake's outcome, kept until the bitmaps are
 	// exchanged (recomputing it then could differ: the bitmaps merged).
 	decision Decision
+	// targetEcho: this node started a resync as source, and the state the
+	// target sends when it takes the SyncStart (Inconsistent) has not come
+	// yet. It may come after the resync finished (an empty one finishes
+	// at once) and is no invalidate then.
+	targetEcho bool
 }
 
 // NewMachine returns a machine for a resource that is down: Secondary,
@@ -558,6 +563,7 @@ func (m *Machine) lostPeer() []Action {
 		}
 	}
 	m.peerRole, m.peerDisk, m.linkUp = RoleUnknown, DiskDUnknown, false
+	m.targetEcho = false
 	if wasReplicating {
 		// Only a link that got to Connected: a handshake that ends
 		// (refused, or cut) was no connection to the user, and a refusal
@@ -591,6 +597,18 @@ func (m *Machine) peerState(s NodeState) []Action {
 	m.peer = s
 	wasPeerDisk := m.peerDisk
 	m.peerRole, m.peerDisk = s.Role, s.Disk
+	echo := m.targetEcho && s.Disk == DiskInconsistent
+	if m.targetEcho {
+		// The first state after the SyncStart is its answer, unless the
+		// target's disk changed meanwhile (then no echo is coming).
+		m.targetEcho = false
+	}
+	if echo && m.conn == ConnConnected {
+		// The target's answer to a resync that already finished: its
+		// UpToDate state follows. (It must not start a full resync.)
+		m.peerDisk = DiskUpToDate
+		return nil
+	}
 	if m.conn != ConnHandshake {
 		if m.disk == DiskUpToDate && wasPeerDisk == DiskUpToDate && s.Disk == DiskDiskless && (m.role == RolePrimary || s.Role == RolePrimary) {
 			// The peer's disk is gone (detached after an error) and writes
@@ -726,6 +744,7 @@ func (m *Machine) bitmapsExchanged(e EvBitmapsExchanged) []Action {
 func (m *Machine) beginSource(full bool) []Action {
 	m.conn = ConnSyncSource
 	m.peerDisk = DiskInconsistent
+	m.targetEcho = true
 	return []Action{ActSendSyncStart{Full: full, Source: m.meta.UUIDs}, ActStartResync{Source: true, Full: full}}
 }
 

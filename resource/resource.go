@@ -130,6 +130,10 @@ type Resource struct {
 	resynced atomic.Int64 // bytes moved by resyncs since start (source and target)
 
 	status atomic.Pointer[Status]
+
+	// wrapData, set by tests before Start, wraps the data device (to
+	// hold or fail chosen writes).
+	wrapData func(disk.Device) disk.Device
 }
 
 // New returns a resource that is not running yet.
@@ -254,6 +258,9 @@ func (r *Resource) attach(cfg config.Resource) error {
 		return err
 	}
 	r.data = data
+	if r.wrapData != nil {
+		r.data = r.wrapData(data)
+	}
 	r.bm = md.Bitmap()
 	r.al = md.ActivityLog()
 	r.size.Store(size)

@@ -18,6 +18,12 @@
 // overwrites it on both nodes). Resync data never overwrites a newer
 // application write.
 //
+// Bits are cleared only for what the target holds: an application write
+// whose peer half fails after a chunk of its range was acknowledged sets
+// the range's bits again, and the caller tells the engine first
+// ([Engine.Dirtied]); the durability point then leaves the bits of every
+// chunk that started before, and a later pass sends the range again.
+//
 // Checksum mode (Config.Csums): before sending a chunk the engine asks the
 // target for its digest of the range and sends the data only when it
 // differs, which makes the first sync after a primary crash cheap when most
@@ -168,6 +174,12 @@ type Engine struct {
 	paused   bool
 	failed   error
 	pending  []span // acknowledged, not yet made durable
+	// redirtied lists the ranges Dirtied reported, each with the value
+	// of seq after it; a chunk's span keeps the seq it started at, so
+	// that clear leaves the bits of a chunk that started before a range
+	// it covers turned dirty again. Emptied when nothing is in flight.
+	redirtied []span
+	seq       uint64
 	sinceFl  int64
 	lastDone int64
 	lastAt   time.Time
@@ -175,7 +187,12 @@ type Engine struct {
 	bufs     sync.Pool
 }
 
-type span struct{ off, length int64 }
+type span struct {
+	off, length int64
+	seq         uint64
+}
+
+func (s span) overlaps(o span) bool { return s.off < o.off+o.length && o.off < s.off+s.length }
 
 // New returns an engine; nothing runs until Run.
 func New(cfg Config, src Source, bm Bitmap, lock *rangelock.Locker, tr Transport) (*Engine, error) {
@@ -251,21 +268,35 @@ func (e *Engine) pass(ctx context.Context) (int, error) {
 	}
 }
 
-// acquire waits for a window slot (and for resume).
-func (e *Engine) acquire(ctx context.Context) error {
+// acquire waits for a window slot (and for resume); it returns the seq
+// the chunk starts at.
+func (e *Engine) acquire(ctx context.Context) (uint64, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	for (e.inflight >= e.window || e.paused) && e.failed == nil && ctx.Err() == nil {
 		e.cond.Wait()
 	}
 	if e.failed != nil {
-		return e.failed
+		return 0, e.failed
 	}
 	if ctx.Err() != nil {
-		return ctx.Err()
+		return 0, ctx.Err()
 	}
 	e.inflight++
-	return nil
+	return e.seq, nil
+}
+
+// Dirtied tells the engine that [off, off+length) is about to turn dirty
+// again behind its back: the caller sets the bits after Dirtied returns.
+// A chunk of that range that started before keeps its bits when it
+// completes (it may carry older data than the target must have: a write
+// whose peer half failed after the chunk was acknowledged), and a later
+// pass sends the range again.
+func (e *Engine) Dirtied(off, length int64) {
+	e.mu.Lock()
+	e.seq++
+	e.redirtied = append(e.redirtied, span{off, length, e.seq})
+	e.mu.Unlock()
 }
 
 func (e *Engine) release(err error) {
@@ -279,7 +310,8 @@ func (e *Engine) release(err error) {
 }
 
 func (e *Engine) chunk(ctx context.Context, off, n int64) error {
-	if err := e.acquire(ctx); err != nil {
+	seq, err := e.acquire(ctx)
+	if err != nil {
 		return err
 	}
 	if e.limiter != nil {
@@ -304,7 +336,7 @@ func (e *Engine) chunk(ctx context.Context, off, n int64) error {
 		e.lock.Unlock(h)
 		e.putBuf(buf)
 		if err == nil {
-			e.acked(off, n, sent)
+			e.acked(span{off, n, seq}, sent)
 		}
 		e.release(err)
 	}
@@ -387,12 +419,13 @@ func (e *Engine) digest(p []byte) []byte {
 // acked records a chunk the target acknowledged (sent of its n bytes
 // travelled, the rest was found equal); its bits clear at the next
 // durability point.
-func (e *Engine) acked(off, n, sent int64) {
+func (e *Engine) acked(s span, sent int64) {
+	n := s.length
 	e.done.Add(n)
 	e.sent.Add(sent)
 	e.equal.Add(n - sent)
 	e.mu.Lock()
-	e.pending = append(e.pending, span{off, n})
+	e.pending = append(e.pending, s)
 	e.sinceFl += n
 	needFlush := e.sinceFl >= e.cfg.FlushEvery
 	if needFlush {
@@ -423,12 +456,29 @@ func (e *Engine) flushAsync() {
 }
 
 func (e *Engine) clear(batch []span) {
+	// Under mu, so that a Dirtied either comes first (and is seen) or
+	// its bits are set after they were cleared here.
+	e.mu.Lock()
 	for _, s := range batch {
-		e.bm.Clear(s.off, s.length)
+		if !e.redirtiedSince(s) {
+			e.bm.Clear(s.off, s.length)
+		}
 	}
+	e.mu.Unlock()
 	if err := e.bm.Flush(); err != nil {
 		e.log.Warn("resync: writing the bitmap", zap.Error(err))
 	}
+}
+
+// redirtiedSince reports whether part of s turned dirty again after its
+// chunk started (mu held).
+func (e *Engine) redirtiedSince(s span) bool {
+	for _, d := range e.redirtied {
+		if d.seq > s.seq && d.overlaps(s) {
+			return true
+		}
+	}
+	return false
 }
 
 // drain waits until nothing is in flight.
@@ -437,6 +487,10 @@ func (e *Engine) drain(ctx context.Context) error {
 	defer e.mu.Unlock()
 	for e.inflight > 0 && ctx.Err() == nil {
 		e.cond.Wait()
+	}
+	if e.inflight == 0 && len(e.pending) == 0 {
+		// No chunk started before these any more.
+		e.redirtied = e.redirtied[:0]
 	}
 	if e.failed != nil {
 		return e.failed

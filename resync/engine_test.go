@@ -330,3 +330,50 @@ func TestConfigValidate(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// flushHookTransport runs onFlush once, before the first flush completes:
+// the point where a chunk is acknowledged and its bits are not yet clear.
+type flushHookTransport struct {
+	*memTransport
+	once    sync.Once
+	onFlush func()
+}
+
+func (t *flushHookTransport) Flush(done func(error)) error {
+	t.once.Do(t.onFlush)
+	return t.memTransport.Flush(done)
+}
+
+// A block whose chunk was acknowledged turns dirty again (an application
+// write whose peer half failed) before the resync's flush returns: the
+// flush must leave its bit, and a later pass sends it again.
+func TestResyncDirtiedAfterAck(t *testing.T) {
+	const size = 1 << 20
+	const x = 64 << 10
+	src, dst, bm := setup(t, size, func(bm *bitmap.Bitmap, src, dst *memDisk) {
+		copy(src.b[x:], bytes.Repeat([]byte{0x22}, 4096))
+		bm.Set(x, 4096)
+	})
+	var e *Engine
+	tr := &flushHookTransport{memTransport: &memTransport{target: dst}}
+	tr.onFlush = func() {
+		tr.wg.Wait() // the chunk landed
+		src.WriteAt(bytes.Repeat([]byte{0x33}, 4096), x)
+		e.Dirtied(x, 4096)
+		bm.Set(x, 4096)
+	}
+	var err error
+	if e, err = New(DefaultConfig(), src, bm, &rangelock.Locker{}, tr); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Run(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	tr.wg.Wait()
+	if !bytes.Equal(src.b, dst.b) {
+		t.Fatalf("target has %#x at the block that turned dirty again, source %#x", dst.b[x], src.b[x])
+	}
+	if bm.DirtyBytes() != 0 {
+		t.Fatalf("%d bytes still dirty", bm.DirtyBytes())
+	}
+}

@@ -1,0 +1,361 @@
+package resource
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/rbd-nbd/rbd-nbd/config"
+	"github.com/rbd-nbd/rbd-nbd/disk"
+	"github.com/rbd-nbd/rbd-nbd/metadata"
+)
+
+// relay is a TCP relay between the nodes that can stall and cut the
+// link; held counts the bytes a stall holds.
+type relay struct {
+	ln     net.Listener
+	target string
+	mu     sync.Mutex
+	conns  map[net.Conn]struct{}
+	stallC chan struct{} // non-nil: forwarding is stalled until closed
+	refuse bool          // close new connections at once
+	held   int           // bytes held by stalls
+	wg     sync.WaitGroup
+}
+
+func startRelay(t *testing.T, target string) *relay {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &relay{ln: ln, target: target, conns: map[net.Conn]struct{}{}}
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			p.mu.Lock()
+			refuse := p.refuse
+			p.mu.Unlock()
+			if refuse {
+				c.Close()
+				continue
+			}
+			u, err := net.Dial("tcp", target)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			p.mu.Lock()
+			p.conns[c], p.conns[u] = struct{}{}, struct{}{}
+			p.mu.Unlock()
+			p.wg.Add(2)
+			go p.pipe(u, c)
+			go p.pipe(c, u)
+		}
+	}()
+	t.Cleanup(func() { ln.Close(); p.cut(); p.wg.Wait() })
+	return p
+}
+
+func (p *relay) port() int { return p.ln.Addr().(*net.TCPAddr).Port }
+
+func (p *relay) pipe(dst, src net.Conn) {
+	defer p.wg.Done()
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			p.mu.Lock()
+			st := p.stallC
+			if st != nil {
+				p.held += n
+			}
+			p.mu.Unlock()
+			if st != nil {
+				<-st // hold the bytes; a cut drops them
+				p.mu.Lock()
+				_, alive := p.conns[dst]
+				p.mu.Unlock()
+				if !alive {
+					break
+				}
+			}
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				break
+			}
+		}
+		if err != nil {
+			break
+		}
+	}
+	dst.Close()
+	src.Close()
+}
+
+func (p *relay) heldBytes() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.held
+}
+
+func (p *relay) setRefuse(v bool) {
+	p.mu.Lock()
+	p.refuse = v
+	p.mu.Unlock()
+}
+
+// stall holds every byte from now on (both directions) until cut.
+func (p *relay) stall() {
+	p.mu.Lock()
+	p.stallC = make(chan struct{})
+	p.mu.Unlock()
+}
+
+// cut resets every relayed connection, dropping held bytes, and relays new
+// connections normally again.
+func (p *relay) cut() {
+	p.mu.Lock()
+	for c := range p.conns {
+		if tc, ok := c.(*net.TCPConn); ok {
+			_ = tc.SetLinger(0)
+		}
+		c.Close()
+	}
+	p.conns = map[net.Conn]struct{}{}
+	if p.stallC != nil {
+		close(p.stallC)
+		p.stallC = nil
+	}
+	p.mu.Unlock()
+}
+
+// hookDisk runs a test's hooks before writes and syncs of the data
+// device, to hold or fail chosen ones.
+type hookDisk struct {
+	disk.Device
+	mu        sync.Mutex
+	writeHook func(p []byte, off int64) error // runs before the write
+	syncHook  func() error
+}
+
+func (d *hookDisk) WriteAt(p []byte, off int64) (int, error) {
+	d.mu.Lock()
+	h := d.writeHook
+	d.mu.Unlock()
+	if h != nil {
+		if err := h(p, off); err != nil {
+			return 0, err
+		}
+	}
+	return d.Device.WriteAt(p, off)
+}
+
+func (d *hookDisk) Sync() error {
+	d.mu.Lock()
+	h := d.syncHook
+	d.mu.Unlock()
+	if h != nil {
+		if err := h(); err != nil {
+			return err
+		}
+	}
+	return d.Device.Sync()
+}
+
+func (d *hookDisk) setWrite(h func(p []byte, off int64) error) {
+	d.mu.Lock()
+	d.writeHook = h
+	d.mu.Unlock()
+}
+
+func (d *hookDisk) setSync(h func() error) {
+	d.mu.Lock()
+	d.syncHook = h
+	d.mu.Unlock()
+}
+
+// pair is two Resources in this process, node a reaching node b through
+// a relay, with hooks on both data devices.
+type pair struct {
+	t      *testing.T
+	a, b   *Resource
+	da, db *hookDisk
+	proxy  *relay
+}
+
+func freePort(t *testing.T) int {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+func makeDisk(t *testing.T, path string, size int64, id uint32) {
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Truncate(size); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	dev, err := disk.Open(path, disk.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := metadata.Create(dev, dev.Size(), true, metadata.CreateOptions{NodeID: id}); err != nil {
+		t.Fatal(err)
+	}
+	dev.Close()
+}
+
+// newPair starts node a (id 0, dialing b through the relay) and node b,
+// connects them, skips the initial sync and makes a Primary. extraB, when
+// set, replaces extra (resource-file sections) for node b.
+func newPair(t *testing.T, extra, extraB string) *pair {
+	dir := t.TempDir()
+	const size = 16 << 20
+	pa, pb := freePort(t), freePort(t)
+	proxy := startRelay(t, fmt.Sprintf("127.0.0.1:%d", pb))
+	makeDisk(t, filepath.Join(dir, "a.img"), size, 0)
+	makeDisk(t, filepath.Join(dir, "b.img"), size, 1)
+	mk := func(name string, bAddrPort int, extra string) config.Resource {
+		y := fmt.Sprintf(`resource: r0
+nodes:
+  - name: a
+    node-id: 0
+    address: 127.0.0.1:%d
+    disk: %s
+  - name: b
+    node-id: 1
+    address: 127.0.0.1:%d
+    disk: %s
+net:
+  ping-interval: 1s
+  ping-timeout: 5s
+  connect-timeout: 5s
+%s`, pa, filepath.Join(dir, "a.img"), bAddrPort, filepath.Join(dir, "b.img"), extra)
+		f, err := config.ParseFile([]byte(y), dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := f.Node(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	if extraB == "" {
+		extraB = extra
+	}
+	log := zap.NewNop()
+	if os.Getenv("RBD_NBD_TEST_LOG") != "" {
+		log, _ = zap.NewDevelopment()
+	}
+	c := &pair{t: t, proxy: proxy, da: &hookDisk{}, db: &hookDisk{}}
+	c.a = New(mk("a", proxy.port(), extra), Options{Logger: log.Named("A")})
+	c.b = New(mk("b", pb, extraB), Options{Logger: log.Named("B")})
+	c.a.wrapData = func(d disk.Device) disk.Device { c.da.Device = d; return c.da }
+	c.b.wrapData = func(d disk.Device) disk.Device { c.db.Device = d; return c.db }
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := c.b.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.a.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		c.da.setWrite(nil)
+		c.da.setSync(nil)
+		c.db.setWrite(nil)
+		c.db.setSync(nil)
+		for _, r := range []*Resource{c.a, c.b} {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			if err := r.Stop(ctx); err != nil {
+				t.Logf("stop: %v", err)
+			}
+			cancel()
+		}
+	})
+	c.waitBoth("connected", func(s Status) bool { return s.Conn == ConnConnected })
+	if err := c.a.NewCurrentUUID(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	c.waitBoth("uptodate", func(s Status) bool { return s.Disk == DiskUpToDate && s.PeerDisk == DiskUpToDate })
+	if err := c.a.Primary(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	c.wait(c.a, "primary", func(s Status) bool { return s.Role == RolePrimary })
+	return c
+}
+
+// wait polls r's status until cond holds, failing the test after 30 s.
+func (c *pair) wait(r *Resource, what string, cond func(Status) bool) Status {
+	c.t.Helper()
+	s, ok := waitStatus(r, 30*time.Second, cond)
+	if !ok {
+		c.t.Fatalf("timeout waiting for %s: %+v", what, s)
+	}
+	return s
+}
+
+// waitStatus polls r's status until cond holds or timeout passes.
+func waitStatus(r *Resource, timeout time.Duration, cond func(Status) bool) (Status, bool) {
+	deadline := time.Now().Add(timeout)
+	for {
+		s := r.Status()
+		if cond(s) {
+			return s, true
+		}
+		if time.Now().After(deadline) {
+			return s, false
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+func (c *pair) waitBoth(what string, cond func(Status) bool) {
+	c.t.Helper()
+	c.wait(c.a, what+" (a)", cond)
+	c.wait(c.b, what+" (b)", cond)
+}
+
+// peerData reads b's disk directly.
+func (c *pair) peerData(off, n int64) []byte {
+	p := make([]byte, n)
+	if _, err := c.db.Device.ReadAt(p, off); err != nil && err != io.EOF {
+		c.t.Fatal(err)
+	}
+	return p
+}
+
+func (c *pair) localData(off, n int64) []byte {
+	p := make([]byte, n)
+	if _, err := c.da.Device.ReadAt(p, off); err != nil && err != io.EOF {
+		c.t.Fatal(err)
+	}
+	return p
+}
+
+func fill(b byte, n int) []byte {
+	p := make([]byte, n)
+	for i := range p {
+		p[i] = b
+	}
+	return p
+}
