@@ -180,11 +180,11 @@ type Engine struct {
 	// it covers turned dirty again. Emptied when nothing is in flight.
 	redirtied []span
 	seq       uint64
-	sinceFl  int64
-	lastDone int64
-	lastAt   time.Time
-	rateEWMA float64
-	bufs     sync.Pool
+	sinceFl   int64
+	lastDone  int64
+	lastAt    time.Time
+	rateEWMA  float64
+	bufs      sync.Pool
 }
 
 type span struct {
