@@ -738,16 +738,19 @@ func (l *Link) worker() {
 			in.st = statusIO
 		}
 		ready = l.sched.done(in, ready[:0])
-		for i, r := range ready {
-			l.work <- r // never blocks: capacity is MaxIncoming
-			ready[i] = nil
-		}
 		w := l.ackW
 		if in.stream == stResync {
 			w = l.resyncW
 		}
+		// The Ack is queued before the requests waiting for this one
+		// start: a Flush's Ack then follows those of the requests before
+		// it (7.5). in belongs to the writer from here on.
 		if !w.enqueue(witem{kind: itemAck, in: in}) {
 			l.releaseIncoming(in)
+		}
+		for i, r := range ready {
+			l.work <- r // never blocks: capacity is MaxIncoming
+			ready[i] = nil
 		}
 	}
 }

@@ -269,14 +269,25 @@ func resyncDiskError(detached bool) error {
 
 // serveResyncFlush makes the resync data durable, then clears its bits.
 func (r *Resource) serveResyncFlush() error {
-	if err := r.data.Sync(); err != nil {
-		return resyncDiskError(r.localError(err))
-	}
-	if t := r.currentTarget(); t != nil {
+	// Only the chunks written before the sync starts are durable after
+	// it: take them first.
+	var batch []span
+	t := r.currentTarget()
+	if t != nil {
 		t.mu.Lock()
-		batch := t.pending
+		batch = t.pending
 		t.pending = nil
 		t.mu.Unlock()
+	}
+	if err := r.data.Sync(); err != nil {
+		if t != nil {
+			t.mu.Lock()
+			t.pending = append(t.pending, batch...)
+			t.mu.Unlock()
+		}
+		return resyncDiskError(r.localError(err))
+	}
+	if t != nil {
 		for _, s := range batch {
 			r.bm.Clear(s.off, s.length)
 		}
