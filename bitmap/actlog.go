@@ -99,6 +99,22 @@ type ActivityLog struct {
 	closed   bool
 	inflight int
 	stats    ALStats
+	// beforeEvict, set by SetBeforeEvict before any Begin, runs before a
+	// transaction that takes extents out of the log.
+	beforeEvict func(extents []uint32) error
+}
+
+// SetBeforeEvict installs fn, which runs before every transaction that
+// takes extents out of the log (an eviction, RetireIdle), with those
+// extents, outside the log's lock. Once an extent is out, a crash no
+// longer resyncs it: fn makes the writes that completed in it durable on
+// every disk that holds them, or puts their bits in the bitmap (which the
+// transaction then writes first). An error fails the transaction like a
+// journal error. Call it before the first Begin.
+func (a *ActivityLog) SetBeforeEvict(fn func(extents []uint32) error) {
+	a.mu.Lock()
+	a.beforeEvict = fn
+	a.mu.Unlock()
 }
 
 // NewActivityLog returns the activity log over bm, persisting through j.
@@ -424,9 +440,24 @@ func (a *ActivityLog) commit() {
 	batch := a.pending
 	a.pending = nil
 	a.inCommit = true
+	before := a.beforeEvict
 	a.mu.Unlock()
 
-	err := a.flushEvicted(batch)
+	var err error
+	if before != nil {
+		var out []uint32
+		for _, u := range batch {
+			if u.Evicted != NoExtent {
+				out = append(out, u.Evicted)
+			}
+		}
+		if len(out) > 0 {
+			err = before(out)
+		}
+	}
+	if err == nil {
+		err = a.flushEvicted(batch)
+	}
 	if err == nil {
 		err = a.j.Commit(batch)
 	}
@@ -571,6 +602,10 @@ func (a *ActivityLog) RetireIdle(ctx context.Context) (int, error) {
 		}
 	}
 }
+
+// Slots is al-extents: a range may touch at most that many extents
+// (Begin returns ErrTooLarge beyond).
+func (a *ActivityLog) Slots() int { return len(a.slots) }
 
 // Covered reports whether every extent that [off, off+length) touches is
 // active and durable: what must hold while a write to that range is in

@@ -41,7 +41,7 @@
 // # Invariants
 //
 // These are the claims crash recovery rests on. Invariants 1 and 2 are this
-// package's; 3 and 4 are the caller's duties. Builds with the `invariants`
+// package's; 3 to 5 are the caller's duties. Builds with the `invariants`
 // tag check the ones that can be checked.
 //
 //  1. An extent is on disk in the activity log before a write to it is
@@ -60,6 +60,13 @@
 //  4. Caller's duty: a bit is cleared only after the peer confirmed that the
 //     block is durable on its disk. Losing a Clear in a crash costs only a
 //     redundant resync of that block.
+//  5. Caller's duty: an extent leaves the activity log (an eviction,
+//     RetireIdle) only once the writes that completed in it are durable on
+//     every disk that holds them, or their bits are set: a write completes
+//     before it is durable (the local disk's cache, with meta-data on
+//     another device; the peer's, until the peer flushed), and once the
+//     extent is out a crash no longer resyncs it. ActivityLog.SetBeforeEvict
+//     installs the hook that does this before every such transaction.
 //
 // Torn bitmap page writes are harmless under the sector-atomic model: each
 // 512-byte sector of a page is either old or new. An old sector holds bits

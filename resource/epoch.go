@@ -135,3 +135,49 @@ func (es *epochs) drainInto(bm *bitmap.Bitmap) uint64 {
 	drain(es.cur.Load())
 	return n
 }
+
+// holds reports whether an epoch not yet retired has a block of
+// [off, off+n): a write there that the peer completed but may not have
+// made durable.
+func (es *epochs) holds(off, n int64) bool {
+	es.mu.Lock()
+	defer es.mu.Unlock()
+	in := func(e *epoch) bool {
+		if !e.dirty.Load() {
+			return false
+		}
+		o, _, ok := e.bm.NextDirty(off)
+		return ok && o < off+n
+	}
+	if in(es.cur.Load()) {
+		return true
+	}
+	for _, e := range es.open {
+		if in(e) {
+			return true
+		}
+	}
+	return false
+}
+
+// copyInto sets in bm the blocks of [off, off+n) that an epoch not yet
+// retired holds, and leaves the epochs as they are.
+func (es *epochs) copyInto(bm *bitmap.Bitmap, off, n int64) {
+	es.mu.Lock()
+	defer es.mu.Unlock()
+	cp := func(e *epoch) {
+		for pos := off; pos < off+n; {
+			o, l, ok := e.bm.NextDirty(pos)
+			if !ok || o >= off+n {
+				return
+			}
+			l = min(l, off+n-o)
+			bm.Set(o, l)
+			pos = o + l
+		}
+	}
+	cp(es.cur.Load())
+	for _, e := range es.open {
+		cp(e)
+	}
+}

@@ -9,6 +9,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/rbd-nbd/rbd-nbd/bitmap"
 	"github.com/rbd-nbd/rbd-nbd/config"
 	"github.com/rbd-nbd/rbd-nbd/disk"
 	"github.com/rbd-nbd/rbd-nbd/hooks"
@@ -356,16 +357,38 @@ func (r *Resource) WriteAt(p []byte, off int64, fua bool) error {
 	if fua {
 		flags |= replicate.FUA
 	}
-	return r.write(replicate.Request{Kind: replicate.Write, Offset: off, Length: int64(len(p)), Data: p, Flags: flags},
-		func() error {
-			if _, err := r.data.WriteAt(p, off); err != nil {
-				return err
-			}
-			if fua {
-				return r.data.Sync()
-			}
-			return nil
-		})
+	return r.split(off, int64(len(p)), func(o, n int64) error {
+		q := p[o-off : o-off+n]
+		return r.write(replicate.Request{Kind: replicate.Write, Offset: o, Length: n, Data: q, Flags: flags},
+			func() error {
+				if _, err := r.data.WriteAt(q, o); err != nil {
+					return err
+				}
+				if fua {
+					return r.data.Sync()
+				}
+				return nil
+			})
+	})
+}
+
+// split runs fn on [off, off+n) at once when the activity log can hold
+// every extent it touches, else on each extent's part in turn (a trim of
+// gigabytes with a small disk.al-extents): a request the log cannot cover
+// is no disk failure.
+func (r *Resource) split(off, n int64, fn func(off, n int64) error) error {
+	first, last := off>>bitmap.ExtentShift, (off+n-1)>>bitmap.ExtentShift
+	if n <= 0 || first == last || last-first < int64(r.al.Slots()) {
+		return fn(off, n)
+	}
+	for end := off + n; off < end; {
+		next := min((off>>bitmap.ExtentShift+1)<<bitmap.ExtentShift, end)
+		if err := fn(off, next-off); err != nil {
+			return err
+		}
+		off = next
+	}
+	return nil
 }
 
 // Trim discards a range on both nodes.
@@ -374,16 +397,18 @@ func (r *Resource) Trim(off, length int64, fua bool) error {
 	if fua {
 		flags |= replicate.FUA
 	}
-	return r.write(replicate.Request{Kind: replicate.Trim, Offset: off, Length: length, Flags: flags},
-		func() error {
-			if err := r.data.Trim(off, length); err != nil {
-				return err
-			}
-			if fua {
-				return r.data.Sync()
-			}
-			return nil
-		})
+	return r.split(off, length, func(off, length int64) error {
+		return r.write(replicate.Request{Kind: replicate.Trim, Offset: off, Length: length, Flags: flags},
+			func() error {
+				if err := r.data.Trim(off, length); err != nil {
+					return err
+				}
+				if fua {
+					return r.data.Sync()
+				}
+				return nil
+			})
+	})
 }
 
 // Zero zeroes a range on both nodes. FAST_ZERO is answered as unsupported:
@@ -400,16 +425,18 @@ func (r *Resource) Zero(off, length int64, noHole, fastZero, fua bool) error {
 	if noHole {
 		flags |= replicate.NoHole
 	}
-	return r.write(replicate.Request{Kind: replicate.Zero, Offset: off, Length: length, Flags: flags},
-		func() error {
-			if err := r.data.Zero(off, length, noHole); err != nil {
-				return err
-			}
-			if fua {
-				return r.data.Sync()
-			}
-			return nil
-		})
+	return r.split(off, length, func(off, length int64) error {
+		return r.write(replicate.Request{Kind: replicate.Zero, Offset: off, Length: length, Flags: flags},
+			func() error {
+				if err := r.data.Zero(off, length, noHole); err != nil {
+					return err
+				}
+				if fua {
+					return r.data.Sync()
+				}
+				return nil
+			})
+	})
 }
 
 // write runs one modifying request: local through do, remote as req.

@@ -120,6 +120,7 @@ func (r *Resource) publish() {
 		<-cur.quiet
 		cur.wg.Wait()
 		r.epochs.drainInto(r.bm)
+		r.flushBitmap()
 		r.m.SetDirty(r.bm.Count())
 	}
 	lostLink := cur.link != nil && link == nil
@@ -130,6 +131,9 @@ func (r *Resource) publish() {
 		cur.wg.Wait()
 		if lostLink {
 			r.epochs.drainInto(r.bm)
+			// On disk now: their extents may have left the activity
+			// log, and a crash would not resync them otherwise.
+			r.flushBitmap()
 		}
 		close(next.quiet)
 	}()

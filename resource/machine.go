@@ -276,11 +276,14 @@ type Machine struct {
 	// decision is the handshake's outcome, kept until the bitmaps are
 	// exchanged (recomputing it then could differ: the bitmaps merged).
 	decision Decision
-	// targetEcho: this node started a resync as source, and the state the
-	// target sends when it takes the SyncStart (Inconsistent) has not come
-	// yet. It may come after the resync finished (an empty one finishes
-	// at once) and is no invalidate then.
-	targetEcho bool
+	// peerCatchingUp: this node told the peer to change its disk state
+	// (a SyncStart: Inconsistent, then UpToDate; new-current-uuid
+	// --clear-bitmap: UpToDate), and the peer has not reported a state
+	// other than Inconsistent since. Its Inconsistent states until then
+	// answer that message, or were sent before it arrived; none is an
+	// invalidate, even after the resync finished (an empty one finishes
+	// before the target's answer to the SyncStart arrives).
+	peerCatchingUp bool
 }
 
 // NewMachine returns a machine for a resource that is down: Secondary,
@@ -563,7 +566,7 @@ func (m *Machine) lostPeer() []Action {
 		}
 	}
 	m.peerRole, m.peerDisk, m.linkUp = RoleUnknown, DiskDUnknown, false
-	m.targetEcho = false
+	m.peerCatchingUp = false
 	if wasReplicating {
 		// Only a link that got to Connected: a handshake that ends
 		// (refused, or cut) was no connection to the user, and a refusal
@@ -597,17 +600,15 @@ func (m *Machine) peerState(s NodeState) []Action {
 	m.peer = s
 	wasPeerDisk := m.peerDisk
 	m.peerRole, m.peerDisk = s.Role, s.Disk
-	echo := m.targetEcho && s.Disk == DiskInconsistent
-	if m.targetEcho {
-		// The first state after the SyncStart is its answer, unless the
-		// target's disk changed meanwhile (then no echo is coming).
-		m.targetEcho = false
-	}
-	if echo && m.conn == ConnConnected {
-		// The target's answer to a resync that already finished: its
-		// UpToDate state follows. (It must not start a full resync.)
-		m.peerDisk = DiskUpToDate
-		return nil
+	if m.peerCatchingUp && s.Disk == DiskInconsistent {
+		if m.conn == ConnConnected {
+			// Stale, or the answer to a resync that already finished:
+			// the state this node told the peer to take follows.
+			m.peerDisk = wasPeerDisk
+			return nil
+		}
+	} else {
+		m.peerCatchingUp = false
 	}
 	if m.conn != ConnHandshake {
 		if m.disk == DiskUpToDate && wasPeerDisk == DiskUpToDate && s.Disk == DiskDiskless && (m.role == RolePrimary || s.Role == RolePrimary) {
@@ -744,7 +745,7 @@ func (m *Machine) bitmapsExchanged(e EvBitmapsExchanged) []Action {
 func (m *Machine) beginSource(full bool) []Action {
 	m.conn = ConnSyncSource
 	m.peerDisk = DiskInconsistent
-	m.targetEcho = true
+	m.peerCatchingUp = true
 	return []Action{ActSendSyncStart{Full: full, Source: m.meta.UUIDs}, ActStartResync{Source: true, Full: full}}
 }
 
@@ -908,6 +909,7 @@ func (m *Machine) newCurrentUUID(e EvNewCurrentUUID) ([]Action, error) {
 	acts := []Action{ActClearAllBits{}, m.persist()}
 	if m.linkUp {
 		m.peerDisk = DiskUpToDate
+		m.peerCatchingUp = true
 		acts = append(acts, ActSendNewUUID{Current: u}, ActSendState{})
 	}
 	return acts, nil

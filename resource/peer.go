@@ -12,6 +12,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/rbd-nbd/rbd-nbd/bitmap"
 	"github.com/rbd-nbd/rbd-nbd/config"
 	"github.com/rbd-nbd/rbd-nbd/internal/tlsfiles"
 	"github.com/rbd-nbd/rbd-nbd/replicate"
@@ -470,18 +471,62 @@ func (r *Resource) peerFlushes(link *replicate.Link) {
 		if !r.epochs.pending() {
 			continue
 		}
-		e := r.epochs.rotate()
-		op := r.getOp()
-		op.req = replicate.Request{Kind: replicate.Flush, Notify: op.notify}
-		if err := link.Submit(&op.req); err != nil {
-			r.putOp(op)
+		_ = r.flushPeer(link)
+	}
+}
+
+// flushPeer closes the current epoch and has the peer flush: once it has,
+// the epoch and the older ones are retired.
+func (r *Resource) flushPeer(link *replicate.Link) error {
+	e := r.epochs.rotate()
+	op := r.getOp()
+	defer r.putOp(op)
+	op.req = replicate.Request{Kind: replicate.Flush, Notify: op.notify}
+	if err := link.Submit(&op.req); err != nil {
+		return err
+	}
+	if _, err := op.wait(replicate.Done); err != nil {
+		return err
+	}
+	r.epochs.retire(e)
+	return nil
+}
+
+// beforeEvict keeps bitmap invariant 5 (bitmap.ActivityLog.SetBeforeEvict):
+// the writes that completed in the extents leaving the activity log must
+// be durable on both disks, or have their bits set, before the
+// transaction, or a crash of this node right after it would not resync
+// them.
+func (r *Resource) beforeEvict(extents []uint32) error {
+	if r.metaFile != nil {
+		// External meta-data: the transaction's sync is on another
+		// device, and does not make this one's writes durable.
+		if err := r.data.Sync(); err != nil {
+			return fmt.Errorf("flushing the data before an activity-log eviction: %w", err)
+		}
+	}
+	flushed := false
+	for _, x := range extents {
+		off := int64(x) << bitmap.ExtentShift
+		n := min(int64(bitmap.ExtentSize), r.size.Load()-off)
+		if !r.epochs.holds(off, n) {
 			continue
 		}
-		if _, err := op.wait(replicate.Done); err == nil {
-			r.epochs.retire(e)
+		// The peer completed writes here that it may not have flushed:
+		// have it flush (once: no new write enters an extent on its way
+		// out), or else set their bits.
+		if !flushed {
+			flushed = true
+			r.repMu.RLock()
+			link := r.rep.link
+			r.repMu.RUnlock()
+			if link != nil && r.flushPeer(link) == nil && !r.epochs.holds(off, n) {
+				continue
+			}
 		}
-		r.putOp(op)
+		r.epochs.copyInto(r.bm, off, n)
 	}
+	return nil
 }
 
 // serve performs the peer's requests on the local disk.

@@ -268,8 +268,11 @@ func (r *Resource) attach(cfg config.Resource) error {
 		r.log.Warn("meta-data was not closed cleanly; activity log extents marked out of sync",
 			zap.Int("extents", rec.Extents), zap.Uint64("blocks", rec.Blocks))
 	}
-	r.epochs, err = newEpochs(size, r.bm.BlockSize())
-	return err
+	if r.epochs, err = newEpochs(size, r.bm.BlockSize()); err != nil {
+		return err
+	}
+	r.al.SetBeforeEvict(r.beforeEvict)
+	return nil
 }
 
 // newNBDServer makes the resource's NBD server; it listens nowhere yet
@@ -390,6 +393,16 @@ func (r *Resource) release() {
 		hctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		_ = r.hooks.Shutdown(hctx)
 		cancel()
+	}
+	if r.rep != nil {
+		// The last state change's I/O, and the bits of a lost link's
+		// unflushed writes (publish), must be in the bitmap before the
+		// meta-data is closed clean.
+		select {
+		case <-r.rep.quiet:
+		case <-time.After(5 * time.Second):
+			r.log.Warn("closing the meta-data with I/O still running")
+		}
 	}
 	if r.meta != nil {
 		if err := r.meta.Close(); err != nil {

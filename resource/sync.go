@@ -165,8 +165,7 @@ func (r *Resource) progressEvents(ctx context.Context) (stop func()) {
 // the sync source would mark every extent of the degraded period out of
 // sync again and restart the resync instead of resuming it. The local flush
 // comes first: an extent may leave the log only when its writes are durable
-// here (the peer's part is covered by the bitmap, which the activity log
-// flushes before the transaction).
+// here (the peer's part: beforeEvict).
 func (r *Resource) retireIdleExtents(ctx context.Context) {
 	if err := r.data.Sync(); err != nil {
 		r.log.Warn("flush before retiring activity-log extents", zap.Error(err))
