@@ -201,6 +201,12 @@ func (r *Resource) exec(a Action) {
 	case ActPersist:
 		if err := r.meta.Update(func(sb *metadata.Superblock) { toSB(a.Meta, sb) }); err != nil {
 			r.log.Error("writing the meta-data", zap.Error(err))
+			if !r.diskFailed.Load() {
+				// What the next handshake decides from (a new generation,
+				// say) is not on disk: the disk that holds the meta-data
+				// is failing, and on-io-error says what happens to it.
+				r.localError(fmt.Errorf("writing the meta-data: %w", err))
+			}
 		}
 	case ActStartConnecting:
 		r.startConnecting()
