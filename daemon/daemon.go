@@ -542,9 +542,10 @@ func (d *Daemon) delete(body ctlproto.List) ctlproto.Reply {
 
 // up starts a resource: a new one when the request carries configuration
 // sections, else an existing one that is down. Configuration for a
-// resource that exists and is down replaces its configuration before the
-// start (as adjust does), so that `down` then `up -c FILE` works as it
-// does with drbdadm; for a resource that is up it must equal the running
+// resource that exists and is down replaces its configuration when the
+// start with it succeeds (as adjust does), so that `down` then
+// `up -c FILE` works as it does with drbdadm; a failed start changes
+// nothing; for a resource that is up it must equal the running
 // configuration, and then up succeeds without doing anything.
 func (d *Daemon) up(ctx context.Context, body ctlproto.List) ctlproto.Reply {
 	if !ctlproto.DecodeConfig(body).Empty() {
@@ -603,7 +604,9 @@ func (d *Daemon) adjust(ctx context.Context, body ctlproto.List) ctlproto.Reply 
 
 // applyOrCreate creates and starts a missing resource, or applies the
 // configuration in body to an existing one as one transaction and starts
-// it if it is down; with downOnly it refuses one that is up.
+// it if it is down; with downOnly it refuses one that is up. For a
+// resource that is down, the configuration and its new generation are
+// committed only after the start succeeded.
 func (d *Daemon) applyOrCreate(ctx context.Context, body ctlproto.List, downOnly bool) ctlproto.Reply {
 	name, perr := targetName(body)
 	if perr != nil {
@@ -628,18 +631,24 @@ func (d *Daemon) applyOrCreate(ctx context.Context, body ctlproto.List, downOnly
 		return ctlproto.Reply{Err: &ctlproto.Error{Code: ctlproto.CodeResourceExists, Path: "resource.name", Value: name,
 			Message: fmt.Sprintf("resource %q is up with another configuration (adjust applies a changed one)", name)}}
 	}
-	if rep := d.apply(ctx, r, s, cfg); rep.Err != nil || s.rt != nil {
-		return rep
+	if s.rt != nil {
+		return d.apply(ctx, r, s, cfg)
 	}
-	s = r.snap.Load()
-	rt, err := d.start(ctx, r, s.cfg)
+	// Down: start with the new configuration and commit it (a new
+	// generation when it differs) only once the start succeeded, so that a
+	// failed start leaves configuration and generation as they were.
+	gen := s.gen
+	if !reflect.DeepEqual(cfg, s.cfg) {
+		gen++
+	}
+	rt, err := d.start(ctx, r, cfg)
 	if err != nil {
-		d.bus.update(name, r.current())
+		d.bus.update(name, r.current()) // undo what the runtime reported while starting
 		return reply(err)
 	}
-	r.snap.Store(&snapshot{cfg: s.cfg, gen: s.gen, rt: rt})
+	r.snap.Store(&snapshot{cfg: cfg, gen: gen, rt: rt})
 	d.bus.update(name, r.current())
-	return generationReply(s.gen)
+	return generationReply(gen)
 }
 
 func (d *Daemon) command(ctx context.Context, body ctlproto.List, cmd Command) ctlproto.Reply {

@@ -324,6 +324,61 @@ func TestRuntime(t *testing.T) {
 	}
 }
 
+// up with sections and adjust on a resource that is down commit the new
+// configuration and generation only once the start with it succeeded.
+func TestFailedStartKeepsConfiguration(t *testing.T) {
+	for _, msg := range []ctlproto.MsgType{ctlproto.MsgAdjust, ctlproto.MsgUp} {
+		t.Run(ctlproto.DefaultRegistry().MsgName(msg), func(t *testing.T) {
+			f := newFakeFactory()
+			e := start(t, Config{NewRuntime: f.New}, nil)
+			c := e.dial(t)
+			ctx := ctxT(t)
+			if _, err := c.Create(ctx, minimalConfig("r0")); err != nil {
+				t.Fatal(err)
+			}
+			f.mu.Lock()
+			f.failStart = &ctlproto.Error{Code: ctlproto.CodeDiskIOError, Message: "disk gone"}
+			f.mu.Unlock()
+			cfg := minimalConfig("r0")
+			cfg.Net.Protocol = config.ProtocolA
+			body := append(ctlproto.List{ctlproto.String(ctlproto.TagResName, "r0").AsMandatory()}, ctlproto.EncodeConfig(c.Registry(), cfg)...)
+			_, err := c.Call(ctx, msg, body)
+			wantCode(t, err, ctlproto.CodeDiskIOError)
+			got, gen, err := c.Show(ctx, "r0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got.Net.Protocol != config.ProtocolC || gen != 1 {
+				t.Fatalf("after a failed %v: protocol %s, generation %d; want C, 1 (nothing applied)", msg, got.Net.Protocol, gen)
+			}
+			if sts, _ := c.Status(ctx, "r0"); sts[0].Disk != resource.DiskDiskless || sts[0].Generation != 1 {
+				t.Fatalf("status after a failed %v: %+v", msg, sts[0])
+			}
+			// The same request once the start works: started with the new
+			// configuration, which is committed as generation 2.
+			f.mu.Lock()
+			f.failStart = nil
+			f.mu.Unlock()
+			rep, err := c.Call(ctx, msg, body)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if g, _ := rep.Body.Find(ctlproto.TagGeneration); g.Uint() != 2 {
+				t.Fatalf("reply generation %d, want 2", g.Uint())
+			}
+			f.mu.Lock()
+			rt := f.rts["r0"]
+			f.mu.Unlock()
+			rt.mu.Lock()
+			started := rt.cfg.Net.Protocol
+			rt.mu.Unlock()
+			if got, gen, _ := c.Show(ctx, "r0"); got.Net.Protocol != config.ProtocolA || gen != 2 || started != config.ProtocolA {
+				t.Fatalf("after %v: protocol %s (runtime %s), generation %d; want A, 2", msg, got.Net.Protocol, started, gen)
+			}
+		})
+	}
+}
+
 // nextText returns the next event as a line without timestamp.
 func nextText(t *testing.T, sub *ctlproto.Subscription) string {
 	t.Helper()
