@@ -37,6 +37,13 @@ type Config struct {
 	Version string
 	// Now stamps events; tests pin it.
 	Now func() time.Time
+	// Generation, when not nil, returns the configuration generation a
+	// resource of that name had before the daemon was restarted (0: none,
+	// start at 1), as remembered by the runtime (Runtime.Start's gen). A
+	// resource created under a remembered name starts at that generation,
+	// so that an if-generation read before the restart does not match
+	// another configuration after it.
+	Generation func(name string) uint64
 }
 
 // DefaultConfig returns the defaults: a configuration-only daemon.
@@ -409,8 +416,11 @@ func (d *Daemon) create(ctx context.Context, body ctlproto.List, start bool) ctl
 	d.mu.Unlock()
 
 	s := &snapshot{cfg: cfg, gen: 1}
+	if d.cfg.Generation != nil {
+		s.gen = max(d.cfg.Generation(name), 1)
+	}
 	if start {
-		rt, err := d.start(ctx, r, cfg)
+		rt, err := d.start(ctx, r, cfg, s.gen)
 		if err != nil {
 			r.deleted = true
 			d.mu.Lock()
@@ -425,15 +435,16 @@ func (d *Daemon) create(ctx context.Context, body ctlproto.List, start bool) ctl
 	return generationReply(s.gen)
 }
 
-// start makes and starts a runtime; r.mu is held.
-func (d *Daemon) start(ctx context.Context, r *res, cfg config.Resource) (Runtime, error) {
+// start makes and starts a runtime that is to run cfg as generation gen;
+// r.mu is held.
+func (d *Daemon) start(ctx context.Context, r *res, cfg config.Resource, gen uint64) (Runtime, error) {
 	sk := &sink{d: d, r: r}
 	rt, err := d.cfg.NewRuntime(r.name, sk)
 	if err != nil {
 		return nil, err
 	}
 	sk.rt.Store(&rt)
-	if err := rt.Start(ctx, cfg); err != nil {
+	if err := rt.Start(ctx, cfg, gen); err != nil {
 		sk.closed.Store(true)
 		return nil, err
 	}
@@ -494,7 +505,7 @@ func (d *Daemon) apply(ctx context.Context, r *res, s *snapshot, cfg config.Reso
 			return ctlproto.Reply{Err: &ctlproto.Error{Code: ctlproto.CodeInvariant, Path: path, State: "up",
 				Message: fmt.Sprintf("%s cannot change while resource %q is up; take it down first", path, r.name)}}
 		}
-		if err := s.rt.Apply(ctx, s.cfg, cfg); err != nil {
+		if err := s.rt.Apply(ctx, s.cfg, cfg, s.gen+1); err != nil {
 			return reply(err)
 		}
 	}
@@ -564,7 +575,7 @@ func (d *Daemon) up(ctx context.Context, body ctlproto.List) ctlproto.Reply {
 	if s.rt != nil {
 		return ctlproto.Reply{Err: &ctlproto.Error{Code: ctlproto.CodeStateConflict, State: "up", Message: fmt.Sprintf("resource %q is up already", name)}}
 	}
-	rt, err := d.start(ctx, r, s.cfg)
+	rt, err := d.start(ctx, r, s.cfg, s.gen)
 	if err != nil {
 		d.bus.update(name, r.current()) // undo what the runtime reported while starting
 		return reply(err)
@@ -641,7 +652,7 @@ func (d *Daemon) applyOrCreate(ctx context.Context, body ctlproto.List, downOnly
 	if !reflect.DeepEqual(cfg, s.cfg) {
 		gen++
 	}
-	rt, err := d.start(ctx, r, cfg)
+	rt, err := d.start(ctx, r, cfg, gen)
 	if err != nil {
 		d.bus.update(name, r.current()) // undo what the runtime reported while starting
 		return reply(err)

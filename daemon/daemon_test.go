@@ -181,6 +181,52 @@ func TestChangeCompareAndSwap(t *testing.T) {
 	}
 }
 
+// A resource created under a name whose generation the runtime remembered
+// (a daemon restart) continues at that generation, and the runtime hears
+// the generation of each configuration it is given.
+func TestRememberedGeneration(t *testing.T) {
+	f := newFakeFactory()
+	remembered := func(name string) uint64 {
+		if name == "r0" {
+			return 4
+		}
+		return 0
+	}
+	e := start(t, Config{NewRuntime: f.New, Generation: remembered}, nil)
+	c := e.dial(t)
+	ctx := ctxT(t)
+	runtimeGen := func() uint64 {
+		f.mu.Lock()
+		rt := f.rts["r0"]
+		f.mu.Unlock()
+		rt.mu.Lock()
+		defer rt.mu.Unlock()
+		return rt.gen
+	}
+	if _, err := c.Call(ctx, ctlproto.MsgUp, ctlproto.EncodeConfig(c.Registry(), minimalConfig("r0"))); err != nil {
+		t.Fatal(err)
+	}
+	if _, gen, _ := c.Show(ctx, "r0"); gen != 4 || runtimeGen() != 4 {
+		t.Fatalf("restored at generation %d (runtime told %d), want 4", gen, runtimeGen())
+	}
+	// A stale if-generation from before the restart does not match.
+	_, err := c.Change(ctx, "r0", ctlproto.ChangeOptions{IfGeneration: 3}, sections(t, c, ctlproto.String(ctlproto.TagNetProtocol, "A")))
+	if pe := wantCode(t, err, ctlproto.CodeGenerationMismatch); pe.Generation != 4 {
+		t.Fatalf("mismatch reports generation %d, want 4", pe.Generation)
+	}
+	if _, err := c.Change(ctx, "r0", ctlproto.ChangeOptions{IfGeneration: 4}, sections(t, c, ctlproto.String(ctlproto.TagNetProtocol, "A"))); err != nil {
+		t.Fatal(err)
+	}
+	if _, gen, _ := c.Show(ctx, "r0"); gen != 5 || runtimeGen() != 5 {
+		t.Fatalf("after a change: generation %d (runtime told %d), want 5", gen, runtimeGen())
+	}
+	// Names without a remembered generation start at 1.
+	a, err := c.Create(ctx, minimalConfig("r1"))
+	if err != nil || a.Generation != 1 {
+		t.Fatalf("create r1: generation %d, %v", a.Generation, err)
+	}
+}
+
 func TestConfigOnlyRuntimeRequests(t *testing.T) {
 	e := start(t, Config{}, nil)
 	c := e.dial(t)

@@ -50,26 +50,26 @@ func (o observer) Hook(ev hooks.Event) {
 	}
 }
 
-func (rt *resourceRuntime) Start(ctx context.Context, cfg config.Resource) error {
+func (rt *resourceRuntime) Start(ctx context.Context, cfg config.Resource, gen uint64) error {
 	res := resource.New(cfg, resource.Options{Logger: rt.log, Observer: observer{rt.events}})
 	if err := res.Start(ctx); err != nil {
 		return ctlError(err)
 	}
 	rt.res = res
 	if old, ok := rt.state.load(rt.name); !ok || old.Config.Name != cfg.Name {
-		rt.state.save(rt.name, intent{Config: cfg})
+		rt.state.save(rt.name, intent{Config: cfg, Generation: gen})
 	} else {
 		// A restore: keep the remembered role until it is restored.
-		rt.state.save(rt.name, intent{Config: cfg, Primary: old.Primary})
+		rt.state.save(rt.name, intent{Config: cfg, Primary: old.Primary, Generation: gen})
 	}
 	return nil
 }
 
-func (rt *resourceRuntime) Apply(ctx context.Context, _, cfg config.Resource) error {
+func (rt *resourceRuntime) Apply(ctx context.Context, _, cfg config.Resource, gen uint64) error {
 	if err := rt.res.Apply(ctx, cfg); err != nil {
 		return ctlError(err)
 	}
-	rt.state.update(rt.name, func(in *intent) { in.Config = cfg })
+	rt.state.update(rt.name, func(in *intent) { in.Config, in.Generation = cfg, gen })
 	return nil
 }
 
