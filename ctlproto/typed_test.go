@@ -2,6 +2,8 @@ package ctlproto
 
 import (
 	"encoding/json"
+	"errors"
+	"math"
 	"reflect"
 	"strings"
 	"testing"
@@ -353,5 +355,36 @@ func TestErrorRoundTrip(t *testing.T) {
 	}
 	if s := got.Error(); !strings.Contains(s, "UNKNOWN_MANDATORY_TAG") || !strings.Contains(s, "net.protocol") {
 		t.Fatalf("Error() = %s", s)
+	}
+}
+
+// A status reply with statistics of MaxResources resources, every field
+// present and names of the longest length, fits ReplyLimits with room to
+// spare (half the limits), so a client decodes whatever a daemon sends.
+func TestReplyLimitsHoldMaxResources(t *testing.T) {
+	st := resource.Status{Name: strings.Repeat("n", 64), Suspended: 1, Size: math.MaxUint64, Generation: math.MaxUint64}
+	for i := range st.IO.WriteLatency {
+		st.IO.WriteLatency[i] = math.MaxUint64
+	}
+	body := make(List, 0, MaxResources)
+	for range MaxResources {
+		body = append(body, EncodeStatusStatistics(st, AllFields))
+	}
+	raw := body.Append(nil)
+	lim := ReplyLimits()
+	if err := lim.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	half := lim
+	half.MaxFrame, half.MaxEntries = lim.MaxFrame/2, lim.MaxEntries/2
+	if len(raw) > half.MaxFrame {
+		t.Fatalf("status of %d resources: %d bytes, more than half of ReplyLimits().MaxFrame %d", MaxResources, len(raw), lim.MaxFrame)
+	}
+	if _, err := DecodeList(raw, half); err != nil {
+		t.Fatalf("status of %d resources does not fit half of ReplyLimits: %v", MaxResources, err)
+	}
+	// Requests keep the smaller limits.
+	if _, err := DecodeList(raw, DefaultLimits()); !errors.Is(err, ErrTooManyEntries) && !errors.Is(err, ErrFrameTooLarge) {
+		t.Fatalf("DefaultLimits accept the reply: %v", err)
 	}
 }

@@ -37,6 +37,11 @@ type Config struct {
 	Version string
 	// Now stamps events; tests pin it.
 	Now func() time.Time
+	// MaxResources is the most resources the daemon keeps; create (and up
+	// or adjust creating one) beyond it is refused with LIMIT_EXCEEDED. 0
+	// means ctlproto.MaxResources, which is also the most it may be: a
+	// client's ReplyLimits hold the status of that many.
+	MaxResources int
 	// Generation, when not nil, returns the configuration generation a
 	// resource of that name had before the daemon was restarted (0: none,
 	// start at 1), as remembered by the runtime (Runtime.Start's gen). A
@@ -58,6 +63,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("daemon: Config.EventQueue %d must be positive", c.EventQueue)
 	case c.Now == nil:
 		return errors.New("daemon: Config.Now is nil")
+	case c.MaxResources < 0 || c.MaxResources > ctlproto.MaxResources:
+		return fmt.Errorf("daemon: Config.MaxResources %d out of range 0..%d", c.MaxResources, ctlproto.MaxResources)
 	}
 	return nil
 }
@@ -110,6 +117,14 @@ func New(cfg Config) (*Daemon, error) {
 		log = zap.NewNop()
 	}
 	return &Daemon{cfg: cfg, reg: reg, log: log, bus: newBus(cfg.Now, cfg.EventQueue, log), res: map[string]*res{}}, nil
+}
+
+// maxResources is Config.MaxResources with its default.
+func (d *Daemon) maxResources() int {
+	if d.cfg.MaxResources == 0 {
+		return ctlproto.MaxResources
+	}
+	return d.cfg.MaxResources
 }
 
 // Registry returns the registry the daemon answers with.
@@ -411,6 +426,10 @@ func (d *Daemon) create(ctx context.Context, body ctlproto.List, start bool) ctl
 	case d.res[name] != nil:
 		d.mu.Unlock()
 		return ctlproto.Reply{Err: &ctlproto.Error{Code: ctlproto.CodeResourceExists, Path: "resource.name", Value: name, Message: fmt.Sprintf("resource %q exists already", name)}}
+	case len(d.res) >= d.maxResources():
+		d.mu.Unlock()
+		return ctlproto.Reply{Err: &ctlproto.Error{Code: ctlproto.CodeLimitExceeded, Path: "resource.name", Value: name,
+			Message: fmt.Sprintf("the daemon keeps at most %d resources; delete one first", d.maxResources())}}
 	}
 	d.res[name] = r
 	d.mu.Unlock()

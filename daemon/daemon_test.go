@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"errors"
+	"fmt"
 	"reflect"
 	"slices"
 	"sync"
@@ -725,5 +726,47 @@ func TestStatusStatistics(t *testing.T) {
 	_, err = oe.dial(t).Statistics(ctx, "")
 	if pe := wantCode(t, err, ctlproto.CodeUnknownMandatoryTag); len(pe.Tags) != 1 || pe.Tags[0] != ctlproto.TagStatistics {
 		t.Fatalf("old daemon: %+v", pe)
+	}
+}
+
+// A daemon keeps at most ctlproto.MaxResources resources, and a client
+// decodes the status (with statistics) of that many.
+func TestStatusOfMaxResources(t *testing.T) {
+	e := start(t, Config{}, nil)
+	c := e.dial(t)
+	ctx := ctxT(t)
+	for i := range ctlproto.MaxResources {
+		if _, err := c.Create(ctx, minimalConfig(fmt.Sprintf("r%04d", i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, err := c.Create(ctx, minimalConfig("one-more"))
+	if pe := wantCode(t, err, ctlproto.CodeLimitExceeded); pe.Value != "one-more" {
+		t.Fatalf("create beyond the limit: %+v", pe)
+	}
+	if sts, err := c.Status(ctx, ""); err != nil || len(sts) != ctlproto.MaxResources {
+		t.Fatalf("status of %d resources: %d, %v", ctlproto.MaxResources, len(sts), err)
+	}
+	if sts, err := c.Statistics(ctx, ""); err != nil || len(sts) != ctlproto.MaxResources {
+		t.Fatalf("status --statistics of %d resources: %d, %v", ctlproto.MaxResources, len(sts), err)
+	}
+	// Room again after a delete.
+	if err := c.Delete(ctx, "r0000", 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Create(ctx, minimalConfig("one-more")); err != nil {
+		t.Fatal(err)
+	}
+
+	// A smaller Config.MaxResources; more than ctlproto.MaxResources is
+	// refused.
+	small := start(t, Config{MaxResources: 1}, nil).dial(t)
+	if _, err := small.Create(ctx, minimalConfig("a")); err != nil {
+		t.Fatal(err)
+	}
+	_, err = small.Create(ctx, minimalConfig("b"))
+	wantCode(t, err, ctlproto.CodeLimitExceeded)
+	if _, err := New(Config{EventQueue: 1, Now: time.Now, MaxResources: ctlproto.MaxResources + 1}); err == nil {
+		t.Fatal("MaxResources above ctlproto.MaxResources accepted")
 	}
 }
