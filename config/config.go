@@ -15,6 +15,7 @@ package config
 
 import (
 	"fmt"
+	"math"
 	"strings"
 	"time"
 )
@@ -294,7 +295,9 @@ type ResyncOptions struct {
 	// Window is the number of resync requests in flight.
 	Window uint32 `yaml:"window,omitempty"`
 	// LatencyTarget is the application write latency above which resync
-	// backs off; 0 disables the controller.
+	// backs off. 0 is unset: Default makes it DefaultLatencyTarget.
+	// LatencyTargetOff, a target no write reaches, turns the controller
+	// off.
 	LatencyTarget time.Duration `yaml:"latency-target,omitempty"`
 }
 
@@ -341,6 +344,13 @@ const (
 	DefaultLatencyTarget    = 5 * time.Millisecond
 	DefaultHandlerTimeout   = 30 * time.Second
 )
+
+// LatencyTargetOff as ResyncOptions.LatencyTarget turns the resync's
+// latency controller off: the largest duration, a latency no write
+// reaches. It is "off" in a configuration file and on the command line,
+// and 2^64-1 on the wire; 0 cannot mean off, since it is the unset value
+// that takes the default (and what clients send for it).
+const LatencyTargetOff time.Duration = math.MaxInt64
 
 // Default returns a copy of r with every unset optional field set to its default.
 func (r Resource) Default() Resource {
@@ -615,8 +625,8 @@ func (s ResyncOptions) Validate() error {
 	if s.Window < 1 || s.Window > MaxWindow {
 		return &FieldError{Path: "resync.window", Value: fmt.Sprint(s.Window), Allowed: fmt.Sprintf("1..%d", MaxWindow)}
 	}
-	if s.LatencyTarget < 0 || s.LatencyTarget > time.Minute {
-		return &FieldError{Path: "resync.latency-target", Value: s.LatencyTarget.String(), Allowed: "0..1m"}
+	if s.LatencyTarget != LatencyTargetOff && (s.LatencyTarget < 0 || s.LatencyTarget > time.Minute) {
+		return &FieldError{Path: "resync.latency-target", Value: s.LatencyTarget.String(), Allowed: "0..1m, or off"}
 	}
 	return nil
 }

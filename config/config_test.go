@@ -277,3 +277,23 @@ func TestOnNoDataAccessible(t *testing.T) {
 		{"disk: {on-no-data-accessible: suspend}\n", "", "disk.on-no-data-accessible"},
 	}, func(r Resource) OnNoData { return r.Disk.OnNoDataAccessible })
 }
+
+// resync.latency-target: off turns the controller off; 0 and no value take
+// the default.
+func TestLatencyTarget(t *testing.T) {
+	checkPolicies(t, []policyCase[time.Duration]{
+		{"", DefaultLatencyTarget, ""},
+		{"resync: {latency-target: 0}\n", DefaultLatencyTarget, ""},
+		{"resync: {latency-target: 20ms}\n", 20 * time.Millisecond, ""},
+		{"resync: {latency-target: off}\n", LatencyTargetOff, ""},
+		{"resync: {latency-target: 2m}\n", 0, "resync.latency-target"},
+		{"resync: {latency-target: never}\n", 0, "latency-target"},
+	}, func(r Resource) time.Duration { return r.Default().Resync.LatencyTarget })
+	off := ResyncOptions{LatencyTarget: LatencyTargetOff}.Default()
+	if off.LatencyTarget != LatencyTargetOff {
+		t.Fatalf("Default changed off to %v", off.LatencyTarget)
+	}
+	if err := off.Validate(); err != nil {
+		t.Fatalf("off refused: %v", err)
+	}
+}

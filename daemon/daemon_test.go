@@ -770,3 +770,30 @@ func TestStatusOfMaxResources(t *testing.T) {
 		t.Fatal("MaxResources above ctlproto.MaxResources accepted")
 	}
 }
+
+// resync.latency-target 2^64-1 (off) turns the controller off and show
+// reports it so; 0 is the default, as version-1 clients send it.
+func TestLatencyTargetOff(t *testing.T) {
+	e := start(t, Config{}, nil)
+	c := e.dial(t)
+	ctx := ctxT(t)
+	if _, err := c.Create(ctx, minimalConfig("r0")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Change(ctx, "r0", ctlproto.ChangeOptions{}, sections(t, c, ctlproto.U64(ctlproto.TagResyncLatencyTarget, ctlproto.LatencyTargetOffMillis))); err != nil {
+		t.Fatal(err)
+	}
+	if got, gen, _ := c.Show(ctx, "r0"); got.Resync.LatencyTarget != config.LatencyTargetOff || gen != 2 {
+		t.Fatalf("after change to off: %v, generation %d", got.Resync.LatencyTarget, gen)
+	}
+	if _, err := c.Change(ctx, "r0", ctlproto.ChangeOptions{}, sections(t, c, ctlproto.U64(ctlproto.TagResyncLatencyTarget, 0))); err != nil {
+		t.Fatal(err)
+	}
+	if got, _, _ := c.Show(ctx, "r0"); got.Resync.LatencyTarget != config.DefaultLatencyTarget {
+		t.Fatalf("after change to 0: %v, want the default", got.Resync.LatencyTarget)
+	}
+	_, err := c.Change(ctx, "r0", ctlproto.ChangeOptions{}, sections(t, c, ctlproto.U64(ctlproto.TagResyncLatencyTarget, 120000)))
+	if pe := wantCode(t, err, ctlproto.CodeInvalidValue); pe.Path != "resync.latency-target" {
+		t.Fatalf("2m: %+v", pe)
+	}
+}
