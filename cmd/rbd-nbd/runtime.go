@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 
 	"go.uber.org/zap"
 
@@ -138,7 +139,11 @@ func ctlError(err error) error {
 		return err
 	}
 	var se *resource.StateError
+	var le *resource.ListenError
 	switch {
+	case errors.As(err, &le):
+		return &ctlproto.Error{Code: ctlproto.CodeInvalidValue, Path: le.Path, Value: le.Addr,
+			Allowed: fmt.Sprintf("an address this node can listen on, free and local (%v)", le.Err), Message: err.Error()}
 	case errors.As(err, &se):
 		e := ctlproto.Errorf(ctlproto.CodeStateConflict, "%v", se.Err)
 		e.State = se.State
