@@ -15,7 +15,9 @@ package config
 
 import (
 	"fmt"
+	"maps"
 	"math"
+	"slices"
 	"strings"
 	"time"
 )
@@ -636,9 +638,14 @@ func (h Handlers) Validate() error {
 	if len(h.Dispatcher) > 0 && h.Dispatcher[0] == "" {
 		return &FieldError{Path: "handlers.dispatcher", Value: "", Allowed: "a command line whose first word is a program"}
 	}
-	for name, argv := range h.Commands {
-		if len(argv) == 0 || argv[0] == "" {
-			return &FieldError{Path: "handlers." + name, Value: "", Allowed: "a command line whose first word is a program"}
+	// Paths are the control protocol's attribute names: the handler's name
+	// is the value of a handlers.handler entry.
+	for _, name := range slices.Sorted(maps.Keys(h.Commands)) {
+		if name == "" {
+			return &FieldError{Path: "handler.name", Value: "", Allowed: "a handler name, e.g. before-resync-target"}
+		}
+		if argv := h.Commands[name]; len(argv) == 0 || argv[0] == "" {
+			return &FieldError{Path: "handlers.handler", Value: name, Allowed: "a command line whose first word is a program"}
 		}
 	}
 	if h.Timeout < time.Millisecond || h.Timeout > time.Hour {

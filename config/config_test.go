@@ -297,3 +297,22 @@ func TestLatencyTarget(t *testing.T) {
 		t.Fatalf("off refused: %v", err)
 	}
 }
+
+// Handlers.Validate names the control protocol's attributes: the handler
+// is the value of handlers.handler, an empty name is handler.name.
+func TestHandlersValidatePaths(t *testing.T) {
+	for _, tc := range []struct {
+		cmds        map[string][]string
+		path, value string
+	}{
+		{map[string][]string{"split-brain": {""}}, "handlers.handler", "split-brain"},
+		{map[string][]string{"fence-peer": {"/bin/f"}, "split-brain": {}}, "handlers.handler", "split-brain"},
+		{map[string][]string{"": {"/bin/true"}}, "handler.name", ""},
+	} {
+		err := Handlers{Commands: tc.cmds}.Default().Validate()
+		var fe *FieldError
+		if !errors.As(err, &fe) || fe.Path != tc.path || fe.Value != tc.value {
+			t.Errorf("%q: %v, want path %s value %q", tc.cmds, err, tc.path, tc.value)
+		}
+	}
+}

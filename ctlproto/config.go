@@ -233,6 +233,18 @@ type ConfigPatch struct {
 	// Values holds the given fields; the others are zero.
 	Values config.Resource
 	given  map[uint16]bool
+	err    *Error // the first entry that cannot be decoded
+}
+
+// Err returns the first problem DecodeConfig found that the registry's
+// check cannot: a handlers.handler list without handler.name
+// (MISSING_VALUE at handler.name). Such an entry is left out of Values;
+// a request with it must be refused.
+func (p ConfigPatch) Err() error {
+	if p.err == nil {
+		return nil
+	}
+	return p.err
 }
 
 // DecodeConfig reads the configuration sections of a request body. It
@@ -255,6 +267,13 @@ func DecodeConfig(body List) ConfigPatch {
 				continue
 			case TagHandlersHandler:
 				name, argv := decodeHandler(e.list)
+				if name == "" {
+					if p.err == nil {
+						p.err = &Error{Code: CodeMissingValue, Path: "handler.name",
+							Message: "a handlers.handler entry has no handler.name: which handler is meant?"}
+					}
+					continue
+				}
 				if p.Values.Handlers.Commands == nil {
 					p.Values.Handlers.Commands = map[string][]string{}
 				}

@@ -396,7 +396,11 @@ func (d *Daemon) subscribe(body ctlproto.List) ctlproto.Reply {
 // fullConfig builds the configuration a create, up or adjust carries:
 // the given sections over an empty configuration, then defaults.
 func fullConfig(name string, body ctlproto.List) (config.Resource, error) {
-	cfg := ctlproto.DecodeConfig(body).Apply(config.Resource{}, true)
+	p := ctlproto.DecodeConfig(body)
+	if err := p.Err(); err != nil {
+		return config.Resource{}, err
+	}
+	cfg := p.Apply(config.Resource{}, true)
 	cfg.Name = name
 	cfg = cfg.Default()
 	return cfg, cfg.Validate()
@@ -503,7 +507,11 @@ func (d *Daemon) change(ctx context.Context, body ctlproto.List) ctlproto.Reply 
 	if e, ok := body.Find(ctlproto.TagSetDefaults); ok {
 		setDefaults = e.Bool()
 	}
-	cfg := ctlproto.DecodeConfig(body).Apply(s.cfg, setDefaults)
+	p := ctlproto.DecodeConfig(body)
+	if err := p.Err(); err != nil {
+		return reply(err)
+	}
+	cfg := p.Apply(s.cfg, setDefaults)
 	cfg.Name = name
 	cfg = cfg.Default()
 	return d.apply(ctx, r, s, cfg)

@@ -797,3 +797,44 @@ func TestLatencyTargetOff(t *testing.T) {
 		t.Fatalf("2m: %+v", pe)
 	}
 }
+
+// A handlers.handler entry without handler.name is refused with
+// MISSING_VALUE at handler.name (it was stored as a handler named ""); a
+// handler whose command line starts with an empty word is INVALID_VALUE
+// at handlers.handler, a registry attribute, with the handler's name as
+// error.value.
+func TestHandlerErrors(t *testing.T) {
+	e := start(t, Config{}, nil)
+	c := e.dial(t)
+	ctx := ctxT(t)
+	if _, err := c.Create(ctx, minimalConfig("r0")); err != nil {
+		t.Fatal(err)
+	}
+	handlers := func(es ...ctlproto.Entry) ctlproto.List {
+		return ctlproto.List{ctlproto.Nested(ctlproto.TagHandlers, ctlproto.Nested(ctlproto.TagHandlersHandler, es...).AsMandatory()).AsMandatory()}
+	}
+	noName := handlers(ctlproto.String(ctlproto.TagHandlerArg, "/bin/true").AsMandatory())
+	_, err := c.Change(ctx, "r0", ctlproto.ChangeOptions{}, noName)
+	if pe := wantCode(t, err, ctlproto.CodeMissingValue); pe.Path != "handler.name" {
+		t.Fatalf("handler without a name: %+v", pe)
+	}
+	create := ctlproto.EncodeConfig(c.Registry(), minimalConfig("r1"))
+	for i := range create {
+		if create[i].Tag == ctlproto.TagHandlers {
+			create[i] = noName[0]
+		}
+	}
+	_, err = c.Call(ctx, ctlproto.MsgCreate, create)
+	if pe := wantCode(t, err, ctlproto.CodeMissingValue); pe.Path != "handler.name" {
+		t.Fatalf("create with a handler without a name: %+v", pe)
+	}
+	if cfg, gen, _ := c.Show(ctx, "r0"); len(cfg.Handlers.Commands) != 0 || gen != 1 {
+		t.Fatalf("after the refused change: handlers %q, generation %d", cfg.Handlers.Commands, gen)
+	}
+	emptyArg := handlers(ctlproto.String(ctlproto.TagHandlerName, "split-brain").AsMandatory(), ctlproto.String(ctlproto.TagHandlerArg, "").AsMandatory())
+	_, err = c.Change(ctx, "r0", ctlproto.ChangeOptions{}, emptyArg)
+	pe := wantCode(t, err, ctlproto.CodeInvalidValue)
+	if _, ok := c.Registry().TagByName(pe.Path); !ok || pe.Path != "handlers.handler" || pe.Value != "split-brain" {
+		t.Fatalf("empty first word: path %q value %q, want handlers.handler, split-brain", pe.Path, pe.Value)
+	}
+}
