@@ -15,6 +15,9 @@ package config
 
 import (
 	"fmt"
+	"maps"
+	"math"
+	"slices"
 	"strings"
 	"time"
 )
@@ -294,7 +297,9 @@ type ResyncOptions struct {
 	// Window is the number of resync requests in flight.
 	Window uint32 `yaml:"window,omitempty"`
 	// LatencyTarget is the application write latency above which resync
-	// backs off; 0 disables the controller.
+	// backs off. 0 is unset: Default makes it DefaultLatencyTarget.
+	// LatencyTargetOff, a target no write reaches, turns the controller
+	// off.
 	LatencyTarget time.Duration `yaml:"latency-target,omitempty"`
 }
 
@@ -341,6 +346,13 @@ const (
 	DefaultLatencyTarget    = 5 * time.Millisecond
 	DefaultHandlerTimeout   = 30 * time.Second
 )
+
+// LatencyTargetOff as ResyncOptions.LatencyTarget turns the resync's
+// latency controller off: the largest duration, a latency no write
+// reaches. It is "off" in a configuration file and on the command line,
+// and 2^64-1 on the wire; 0 cannot mean off, since it is the unset value
+// that takes the default (and what clients send for it).
+const LatencyTargetOff time.Duration = math.MaxInt64
 
 // Default returns a copy of r with every unset optional field set to its default.
 func (r Resource) Default() Resource {
@@ -615,8 +627,8 @@ func (s ResyncOptions) Validate() error {
 	if s.Window < 1 || s.Window > MaxWindow {
 		return &FieldError{Path: "resync.window", Value: fmt.Sprint(s.Window), Allowed: fmt.Sprintf("1..%d", MaxWindow)}
 	}
-	if s.LatencyTarget < 0 || s.LatencyTarget > time.Minute {
-		return &FieldError{Path: "resync.latency-target", Value: s.LatencyTarget.String(), Allowed: "0..1m"}
+	if s.LatencyTarget != LatencyTargetOff && (s.LatencyTarget < 0 || s.LatencyTarget > time.Minute) {
+		return &FieldError{Path: "resync.latency-target", Value: s.LatencyTarget.String(), Allowed: "0..1m, or off"}
 	}
 	return nil
 }
@@ -626,9 +638,14 @@ func (h Handlers) Validate() error {
 	if len(h.Dispatcher) > 0 && h.Dispatcher[0] == "" {
 		return &FieldError{Path: "handlers.dispatcher", Value: "", Allowed: "a command line whose first word is a program"}
 	}
-	for name, argv := range h.Commands {
-		if len(argv) == 0 || argv[0] == "" {
-			return &FieldError{Path: "handlers." + name, Value: "", Allowed: "a command line whose first word is a program"}
+	// Paths are the control protocol's attribute names: the handler's name
+	// is the value of a handlers.handler entry.
+	for _, name := range slices.Sorted(maps.Keys(h.Commands)) {
+		if name == "" {
+			return &FieldError{Path: "handler.name", Value: "", Allowed: "a handler name, e.g. before-resync-target"}
+		}
+		if argv := h.Commands[name]; len(argv) == 0 || argv[0] == "" {
+			return &FieldError{Path: "handlers.handler", Value: name, Allowed: "a command line whose first word is a program"}
 		}
 	}
 	if h.Timeout < time.Millisecond || h.Timeout > time.Hour {

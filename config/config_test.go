@@ -277,3 +277,42 @@ func TestOnNoDataAccessible(t *testing.T) {
 		{"disk: {on-no-data-accessible: suspend}\n", "", "disk.on-no-data-accessible"},
 	}, func(r Resource) OnNoData { return r.Disk.OnNoDataAccessible })
 }
+
+// resync.latency-target: off turns the controller off; 0 and no value take
+// the default.
+func TestLatencyTarget(t *testing.T) {
+	checkPolicies(t, []policyCase[time.Duration]{
+		{"", DefaultLatencyTarget, ""},
+		{"resync: {latency-target: 0}\n", DefaultLatencyTarget, ""},
+		{"resync: {latency-target: 20ms}\n", 20 * time.Millisecond, ""},
+		{"resync: {latency-target: off}\n", LatencyTargetOff, ""},
+		{"resync: {latency-target: 2m}\n", 0, "resync.latency-target"},
+		{"resync: {latency-target: never}\n", 0, "latency-target"},
+	}, func(r Resource) time.Duration { return r.Default().Resync.LatencyTarget })
+	off := ResyncOptions{LatencyTarget: LatencyTargetOff}.Default()
+	if off.LatencyTarget != LatencyTargetOff {
+		t.Fatalf("Default changed off to %v", off.LatencyTarget)
+	}
+	if err := off.Validate(); err != nil {
+		t.Fatalf("off refused: %v", err)
+	}
+}
+
+// Handlers.Validate names the control protocol's attributes: the handler
+// is the value of handlers.handler, an empty name is handler.name.
+func TestHandlersValidatePaths(t *testing.T) {
+	for _, tc := range []struct {
+		cmds        map[string][]string
+		path, value string
+	}{
+		{map[string][]string{"split-brain": {""}}, "handlers.handler", "split-brain"},
+		{map[string][]string{"fence-peer": {"/bin/f"}, "split-brain": {}}, "handlers.handler", "split-brain"},
+		{map[string][]string{"": {"/bin/true"}}, "handler.name", ""},
+	} {
+		err := Handlers{Commands: tc.cmds}.Default().Validate()
+		var fe *FieldError
+		if !errors.As(err, &fe) || fe.Path != tc.path || fe.Value != tc.value {
+			t.Errorf("%q: %v, want path %s value %q", tc.cmds, err, tc.path, tc.value)
+		}
+	}
+}

@@ -91,11 +91,35 @@ type fileNet struct {
 }
 
 type fileResync struct {
-	Rate          Size          `yaml:"rate,omitempty"`
-	Csums         Csums         `yaml:"csums,omitempty"`
-	VerifyAlg     Csums         `yaml:"verify-alg,omitempty"`
-	Window        uint32        `yaml:"window,omitempty"`
-	LatencyTarget time.Duration `yaml:"latency-target,omitempty"`
+	Rate          Size        `yaml:"rate,omitempty"`
+	Csums         Csums       `yaml:"csums,omitempty"`
+	VerifyAlg     Csums       `yaml:"verify-alg,omitempty"`
+	Window        uint32      `yaml:"window,omitempty"`
+	LatencyTarget offDuration `yaml:"latency-target,omitempty"`
+}
+
+// offDuration is a duration that may also be written "off"
+// (LatencyTargetOff), or 0 for the default.
+type offDuration time.Duration
+
+// UnmarshalYAML accepts "off" and 0 as well as durations.
+func (d *offDuration) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind == yaml.ScalarNode {
+		switch n.Value {
+		case "off":
+			*d = offDuration(LatencyTargetOff)
+			return nil
+		case "0":
+			*d = 0 // the default, as on the wire
+			return nil
+		}
+	}
+	var v time.Duration
+	if err := n.Decode(&v); err != nil {
+		return fmt.Errorf("resync.latency-target %q: want a duration or off: %w", n.Value, err)
+	}
+	*d = offDuration(v)
+	return nil
 }
 
 // fileHandlers lets each handler be written as a list or as one string of
@@ -197,7 +221,7 @@ func (f *File) Node(node string) (Resource, error) {
 		Disk: f.Disk,
 		Resync: ResyncOptions{
 			Rate: uint64(f.Resync.Rate), Csums: f.Resync.Csums, VerifyAlg: f.Resync.VerifyAlg,
-			Window: f.Resync.Window, LatencyTarget: f.Resync.LatencyTarget,
+			Window: f.Resync.Window, LatencyTarget: time.Duration(f.Resync.LatencyTarget),
 		},
 		Handlers: Handlers{Dispatcher: f.Handlers.Dispatcher, Timeout: f.Handlers.Timeout},
 	}

@@ -48,7 +48,7 @@ func Dial(ctx context.Context, path string, reg *Registry, version string) (*Cli
 
 // NewClient returns a client on an established connection, without hello.
 func NewClient(c net.Conn, reg *Registry) *Client {
-	return &Client{reg: reg, lim: DefaultLimits(), c: c}
+	return &Client{reg: reg, lim: ReplyLimits(), c: c}
 }
 
 // Daemon returns what the daemon said in Dial's hello.

@@ -110,9 +110,24 @@ type Limits struct {
 	MaxValue int
 }
 
-// DefaultLimits returns the limits both sides use unless configured.
+// DefaultLimits returns the limits a daemon decodes requests with unless
+// configured.
 func DefaultLimits() Limits {
 	return Limits{MaxFrame: 1 << 20, MaxDepth: 8, MaxEntries: 8192, MaxValue: 64 << 10}
+}
+
+// MaxResources is the most resources a daemon keeps: it refuses to create
+// more with LIMIT_EXCEEDED, so that its largest reply, a status with
+// statistics of every resource, stays within ReplyLimits.
+const MaxResources = 1024
+
+// ReplyLimits returns the limits a Client decodes replies and events with.
+// They are larger than DefaultLimits, which bound requests, since a status
+// reply grows with the number of resources: they leave room for a status
+// with statistics of MaxResources resources with several times the fields
+// a status has now (TestReplyLimitsHoldMaxResources).
+func ReplyLimits() Limits {
+	return Limits{MaxFrame: 16 << 20, MaxDepth: 8, MaxEntries: 256 << 10, MaxValue: 64 << 10}
 }
 
 // Validate checks that every limit is positive and fits the wire format.

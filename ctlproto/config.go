@@ -67,6 +67,31 @@ func durB(sec, tag uint16, f func(*config.Resource) *time.Duration) binding {
 		set: func(r *config.Resource, e Entry) { *f(r) = MillisToDuration(e.Uint()) }}
 }
 
+// LatencyTargetOffMillis is resync.latency-target's wire value for
+// config.LatencyTargetOff; any value from DurationToMillis of it up means
+// off too.
+const LatencyTargetOffMillis = math.MaxUint64
+
+// latencyTargetB binds resync.latency-target: a duration whose largest
+// value, config.LatencyTargetOff, is sent as LatencyTargetOffMillis.
+func latencyTargetB(sec uint16) binding {
+	tag := TagResyncLatencyTarget
+	return binding{tag: tag, section: sec,
+		get: func(r *config.Resource) Entry {
+			if r.Resync.LatencyTarget == config.LatencyTargetOff {
+				return U64(tag, LatencyTargetOffMillis)
+			}
+			return U64(tag, DurationToMillis(r.Resync.LatencyTarget))
+		},
+		set: func(r *config.Resource, e Entry) {
+			if e.Uint() >= DurationToMillis(config.LatencyTargetOff) {
+				r.Resync.LatencyTarget = config.LatencyTargetOff
+				return
+			}
+			r.Resync.LatencyTarget = MillisToDuration(e.Uint())
+		}}
+}
+
 // DurationToMillis converts a duration to its wire form, whole
 // milliseconds; negative durations become 0.
 func DurationToMillis(d time.Duration) uint64 {
@@ -136,7 +161,7 @@ func bindings() []binding {
 		strB(rs, TagResyncCsums, func(r *config.Resource) *string { return (*string)(&r.Resync.Csums) }),
 		strB(rs, TagResyncVerifyAlg, func(r *config.Resource) *string { return (*string)(&r.Resync.VerifyAlg) }),
 		u32B(rs, TagResyncWindow, func(r *config.Resource) *uint32 { return &r.Resync.Window }),
-		durB(rs, TagResyncLatencyTarget, func(r *config.Resource) *time.Duration { return &r.Resync.LatencyTarget }),
+		latencyTargetB(rs),
 
 		durB(hd, TagHandlersTimeout, func(r *config.Resource) *time.Duration { return &r.Handlers.Timeout }),
 	}
@@ -208,6 +233,18 @@ type ConfigPatch struct {
 	// Values holds the given fields; the others are zero.
 	Values config.Resource
 	given  map[uint16]bool
+	err    *Error // the first entry that cannot be decoded
+}
+
+// Err returns the first problem DecodeConfig found that the registry's
+// check cannot: a handlers.handler list without handler.name
+// (MISSING_VALUE at handler.name). Such an entry is left out of Values;
+// a request with it must be refused.
+func (p ConfigPatch) Err() error {
+	if p.err == nil {
+		return nil
+	}
+	return p.err
 }
 
 // DecodeConfig reads the configuration sections of a request body. It
@@ -230,6 +267,13 @@ func DecodeConfig(body List) ConfigPatch {
 				continue
 			case TagHandlersHandler:
 				name, argv := decodeHandler(e.list)
+				if name == "" {
+					if p.err == nil {
+						p.err = &Error{Code: CodeMissingValue, Path: "handler.name",
+							Message: "a handlers.handler entry has no handler.name: which handler is meant?"}
+					}
+					continue
+				}
 				if p.Values.Handlers.Commands == nil {
 					p.Values.Handlers.Commands = map[string][]string{}
 				}
@@ -347,6 +391,10 @@ func ParseValue(t Tag, s string) (Entry, error) {
 		var err error
 		switch t.Unit {
 		case UnitMillis:
+			if t.Num == TagResyncLatencyTarget && s == "off" {
+				v = LatencyTargetOffMillis
+				break
+			}
 			v, err = parseMillis(s)
 			if err != nil {
 				return Entry{}, bad("a duration such as 500ms or 5s")

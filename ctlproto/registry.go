@@ -436,7 +436,12 @@ type checker struct {
 	r    *Registry
 	msg  *msgEntry // nil: any top-level tag
 	seen []bool    // indexed by tag number; set while checking one list
-	res  CheckResult
+	// marked holds the tag numbers set in seen, innermost list last: a
+	// list clears only the marks it set itself, never a parent's (an
+	// unknown entry carrying the parent's tag number is skipped, not
+	// marked).
+	marked []uint16
+	res    CheckResult
 }
 
 func (c *checker) known(e *Entry, parent *Tag) *Tag {
@@ -457,6 +462,7 @@ func (c *checker) known(e *Entry, parent *Tag) *Tag {
 // list checks l and returns it without the skipped entries.
 func (c *checker) list(l List, parent *Tag) (List, error) {
 	var out List // nil while l needs no change
+	base := len(c.marked)
 	diverge := func(i int) {
 		if out == nil {
 			out = make(List, i, len(l))
@@ -485,6 +491,7 @@ func (c *checker) list(l List, parent *Tag) (List, error) {
 					Message: fmt.Sprintf("%s (tag %d) appears more than once", t.Name, t.Num)}
 			}
 			c.seen[t.Num] = true
+			c.marked = append(c.marked, t.Num)
 		}
 		if t.Type == TypeList {
 			sub, err := c.list(e.list, t)
@@ -500,13 +507,12 @@ func (c *checker) list(l List, parent *Tag) (List, error) {
 			out = append(out, e)
 		}
 	}
-	// Tags of one list never appear in another section, so clearing our own
-	// marks leaves the parent's intact.
-	for i := range l {
-		if int(l[i].Tag) < len(c.seen) {
-			c.seen[l[i].Tag] = false
-		}
+	// Clear only the marks this list set: a skipped entry may carry the
+	// number of a tag the parent list marked.
+	for _, num := range c.marked[base:] {
+		c.seen[num] = false
 	}
+	c.marked = c.marked[:base]
 	if out == nil {
 		return l, nil
 	}

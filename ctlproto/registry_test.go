@@ -251,6 +251,14 @@ func TestCheckRequest(t *testing.T) {
 		{name: "wrong type", msg: MsgChange, body: List{net(U32(TagNetProtocol, 1))}, err: ErrWrongType, path: "net.protocol"},
 		{name: "duplicate tag", msg: MsgChange, body: List{net(String(TagNetProtocol, "A"), String(TagNetProtocol, "B"))}, err: ErrDuplicateTag, path: "net.protocol"},
 		{name: "duplicate section", msg: MsgChange, body: List{net(), net()}, err: ErrDuplicateTag, path: "net"},
+		// A skipped entry carrying a parent's tag number must not clear the
+		// parent's mark: the second net / res-name is still a duplicate.
+		{name: "duplicate section after a skipped entry with its number", msg: MsgChange,
+			body: List{String(TagResName, "r0"), net(String(TagNetProtocol, "A")), Nested(TagDisk, U32(TagNet, 0)), net(String(TagNetProtocol, "B"))},
+			err:  ErrDuplicateTag, path: "net"},
+		{name: "duplicate scalar after a skipped entry with its number", msg: MsgChange,
+			body: List{String(TagResName, "r0"), net(U8(TagResName, 1)), String(TagResName, "r1")},
+			err:  ErrDuplicateTag, path: "res-name"},
 		{name: "repeated tag", msg: MsgChange, body: List{Nested(TagHandlers, String(TagHandlersDispatcher, "a"), String(TagHandlersDispatcher, "b"))}},
 		{name: "unknown type of unknown tag", msg: MsgChange, body: List{{Tag: 903, Type: 77, raw: []byte{1}}}, ignored: []uint16{903}},
 		{name: "event is not a request", msg: MsgEvent, err: ErrUnknownMessage},

@@ -286,7 +286,7 @@ func defaultTags() []Tag {
 		{Num: TagResyncCsums, Name: "resync.csums", Type: TypeString, Section: TagResync, Mandatory: true, Flag: "csums", Since: v1, Doc: "Checksum-based resync algorithm; empty: off."},
 		{Num: TagResyncVerifyAlg, Name: "resync.verify-alg", Type: TypeString, Section: TagResync, Mandatory: true, Flag: "verify-alg", Since: v1, Doc: "Checksum used by online verify."},
 		{Num: TagResyncWindow, Name: "resync.window", Type: TypeU32, Section: TagResync, Flag: "window", Since: v1, Doc: "Resync requests in flight."},
-		{Num: TagResyncLatencyTarget, Name: "resync.latency-target", Type: TypeU64, Unit: UnitMillis, Section: TagResync, Flag: "latency-target", Since: v1, Doc: "Application write latency above which resync backs off; 0: off."},
+		{Num: TagResyncLatencyTarget, Name: "resync.latency-target", Type: TypeU64, Unit: UnitMillis, Section: TagResync, Flag: "latency-target", Since: v1, Doc: "Application write latency above which resync backs off; 0: the default (5ms); 2^64-1 (option value off): off."},
 
 		{Num: TagHandlersDispatcher, Name: "handlers.dispatcher", Type: TypeString, Section: TagHandlers, Repeated: true, Mandatory: true, Flag: "dispatcher", Since: v1, Doc: "Dispatcher command line, one entry per word, in order."},
 		{Num: TagHandlersHandler, Name: "handlers.handler", Type: TypeList, Section: TagHandlers, Repeated: true, Mandatory: true, Flag: "handler", Since: v1, Doc: "One handler's command: handler.name and its words."},

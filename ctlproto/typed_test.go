@@ -2,6 +2,8 @@ package ctlproto
 
 import (
 	"encoding/json"
+	"errors"
+	"math"
 	"reflect"
 	"strings"
 	"testing"
@@ -190,6 +192,8 @@ func TestParseValue(t *testing.T) {
 		{"net.max-in-flight-bytes", "2KiB", 2048},
 		{"disk.al-extents", "1237", 1237},
 		{"disk.direct-io", "true", 1},
+		{"resync.latency-target", "off", LatencyTargetOffMillis},
+		{"resync.latency-target", "0", 0},
 	}
 	for _, c := range ok {
 		e, err := ParseValue(tag(c.tag), c.in)
@@ -201,7 +205,7 @@ func TestParseValue(t *testing.T) {
 		t.Errorf("string: %+v", e)
 	}
 	for _, c := range []struct{ tag, in string }{
-		{"net.timeout", "soon"}, {"disk.al-extents", "-1"}, {"disk.al-extents", "99999999999"}, {"disk.direct-io", "maybe"}, {"net.max-in-flight-bytes", "12Q"},
+		{"net.timeout", "soon"}, {"net.timeout", "off"}, {"disk.al-extents", "-1"}, {"disk.al-extents", "99999999999"}, {"disk.direct-io", "maybe"}, {"net.max-in-flight-bytes", "12Q"},
 	} {
 		_, err := ParseValue(tag(c.tag), c.in)
 		if !IsCode(err, CodeInvalidValue) {
@@ -353,5 +357,60 @@ func TestErrorRoundTrip(t *testing.T) {
 	}
 	if s := got.Error(); !strings.Contains(s, "UNKNOWN_MANDATORY_TAG") || !strings.Contains(s, "net.protocol") {
 		t.Fatalf("Error() = %s", s)
+	}
+}
+
+// A status reply with statistics of MaxResources resources, every field
+// present and names of the longest length, fits ReplyLimits with room to
+// spare (half the limits), so a client decodes whatever a daemon sends.
+func TestReplyLimitsHoldMaxResources(t *testing.T) {
+	st := resource.Status{Name: strings.Repeat("n", 64), Suspended: 1, Size: math.MaxUint64, Generation: math.MaxUint64}
+	for i := range st.IO.WriteLatency {
+		st.IO.WriteLatency[i] = math.MaxUint64
+	}
+	body := make(List, 0, MaxResources)
+	for range MaxResources {
+		body = append(body, EncodeStatusStatistics(st, AllFields))
+	}
+	raw := body.Append(nil)
+	lim := ReplyLimits()
+	if err := lim.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	half := lim
+	half.MaxFrame, half.MaxEntries = lim.MaxFrame/2, lim.MaxEntries/2
+	if len(raw) > half.MaxFrame {
+		t.Fatalf("status of %d resources: %d bytes, more than half of ReplyLimits().MaxFrame %d", MaxResources, len(raw), lim.MaxFrame)
+	}
+	if _, err := DecodeList(raw, half); err != nil {
+		t.Fatalf("status of %d resources does not fit half of ReplyLimits: %v", MaxResources, err)
+	}
+	// Requests keep the smaller limits.
+	if _, err := DecodeList(raw, DefaultLimits()); !errors.Is(err, ErrTooManyEntries) && !errors.Is(err, ErrFrameTooLarge) {
+		t.Fatalf("DefaultLimits accept the reply: %v", err)
+	}
+}
+
+// resync.latency-target: off (config.LatencyTargetOff) is 2^64-1 on the
+// wire and back, as is any value from the largest duration up; 0 stays
+// the unset value that takes the default.
+func TestLatencyTargetOffOnTheWire(t *testing.T) {
+	reg := DefaultRegistry()
+	cfg := config.Resource{Resync: config.ResyncOptions{LatencyTarget: config.LatencyTargetOff}}
+	secs := EncodeConfig(reg, cfg)
+	rs, _ := secs.Find(TagResync)
+	if e, _ := rs.List().Find(TagResyncLatencyTarget); e.Uint() != LatencyTargetOffMillis {
+		t.Fatalf("off encoded as %d", e.Uint())
+	}
+	if got := DecodeConfig(secs).Apply(config.Resource{}, true).Resync.LatencyTarget; got != config.LatencyTargetOff {
+		t.Fatalf("off decoded as %v", got)
+	}
+	for ms, want := range map[uint64]time.Duration{
+		0: 0, 7: 7 * time.Millisecond, DurationToMillis(config.LatencyTargetOff): config.LatencyTargetOff, LatencyTargetOffMillis - 1: config.LatencyTargetOff,
+	} {
+		l := List{Nested(TagResync, U64(TagResyncLatencyTarget, ms))}
+		if got := DecodeConfig(l).Apply(config.Resource{}, true).Resync.LatencyTarget; got != want {
+			t.Errorf("wire %d decoded as %v, want %v", ms, got, want)
+		}
 	}
 }

@@ -37,6 +37,18 @@ type Config struct {
 	Version string
 	// Now stamps events; tests pin it.
 	Now func() time.Time
+	// MaxResources is the most resources the daemon keeps; create (and up
+	// or adjust creating one) beyond it is refused with LIMIT_EXCEEDED. 0
+	// means ctlproto.MaxResources, which is also the most it may be: a
+	// client's ReplyLimits hold the status of that many.
+	MaxResources int
+	// Generation, when not nil, returns the configuration generation a
+	// resource of that name had before the daemon was restarted (0: none,
+	// start at 1), as remembered by the runtime (Runtime.Start's gen). A
+	// resource created under a remembered name starts at that generation,
+	// so that an if-generation read before the restart does not match
+	// another configuration after it.
+	Generation func(name string) uint64
 }
 
 // DefaultConfig returns the defaults: a configuration-only daemon.
@@ -51,6 +63,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("daemon: Config.EventQueue %d must be positive", c.EventQueue)
 	case c.Now == nil:
 		return errors.New("daemon: Config.Now is nil")
+	case c.MaxResources < 0 || c.MaxResources > ctlproto.MaxResources:
+		return fmt.Errorf("daemon: Config.MaxResources %d out of range 0..%d", c.MaxResources, ctlproto.MaxResources)
 	}
 	return nil
 }
@@ -103,6 +117,14 @@ func New(cfg Config) (*Daemon, error) {
 		log = zap.NewNop()
 	}
 	return &Daemon{cfg: cfg, reg: reg, log: log, bus: newBus(cfg.Now, cfg.EventQueue, log), res: map[string]*res{}}, nil
+}
+
+// maxResources is Config.MaxResources with its default.
+func (d *Daemon) maxResources() int {
+	if d.cfg.MaxResources == 0 {
+		return ctlproto.MaxResources
+	}
+	return d.cfg.MaxResources
 }
 
 // Registry returns the registry the daemon answers with.
@@ -374,7 +396,11 @@ func (d *Daemon) subscribe(body ctlproto.List) ctlproto.Reply {
 // fullConfig builds the configuration a create, up or adjust carries:
 // the given sections over an empty configuration, then defaults.
 func fullConfig(name string, body ctlproto.List) (config.Resource, error) {
-	cfg := ctlproto.DecodeConfig(body).Apply(config.Resource{}, true)
+	p := ctlproto.DecodeConfig(body)
+	if err := p.Err(); err != nil {
+		return config.Resource{}, err
+	}
+	cfg := p.Apply(config.Resource{}, true)
 	cfg.Name = name
 	cfg = cfg.Default()
 	return cfg, cfg.Validate()
@@ -404,13 +430,20 @@ func (d *Daemon) create(ctx context.Context, body ctlproto.List, start bool) ctl
 	case d.res[name] != nil:
 		d.mu.Unlock()
 		return ctlproto.Reply{Err: &ctlproto.Error{Code: ctlproto.CodeResourceExists, Path: "resource.name", Value: name, Message: fmt.Sprintf("resource %q exists already", name)}}
+	case len(d.res) >= d.maxResources():
+		d.mu.Unlock()
+		return ctlproto.Reply{Err: &ctlproto.Error{Code: ctlproto.CodeLimitExceeded, Path: "resource.name", Value: name,
+			Message: fmt.Sprintf("the daemon keeps at most %d resources; delete one first", d.maxResources())}}
 	}
 	d.res[name] = r
 	d.mu.Unlock()
 
 	s := &snapshot{cfg: cfg, gen: 1}
+	if d.cfg.Generation != nil {
+		s.gen = max(d.cfg.Generation(name), 1)
+	}
 	if start {
-		rt, err := d.start(ctx, r, cfg)
+		rt, err := d.start(ctx, r, cfg, s.gen)
 		if err != nil {
 			r.deleted = true
 			d.mu.Lock()
@@ -425,15 +458,16 @@ func (d *Daemon) create(ctx context.Context, body ctlproto.List, start bool) ctl
 	return generationReply(s.gen)
 }
 
-// start makes and starts a runtime; r.mu is held.
-func (d *Daemon) start(ctx context.Context, r *res, cfg config.Resource) (Runtime, error) {
+// start makes and starts a runtime that is to run cfg as generation gen;
+// r.mu is held.
+func (d *Daemon) start(ctx context.Context, r *res, cfg config.Resource, gen uint64) (Runtime, error) {
 	sk := &sink{d: d, r: r}
 	rt, err := d.cfg.NewRuntime(r.name, sk)
 	if err != nil {
 		return nil, err
 	}
 	sk.rt.Store(&rt)
-	if err := rt.Start(ctx, cfg); err != nil {
+	if err := rt.Start(ctx, cfg, gen); err != nil {
 		sk.closed.Store(true)
 		return nil, err
 	}
@@ -473,7 +507,11 @@ func (d *Daemon) change(ctx context.Context, body ctlproto.List) ctlproto.Reply 
 	if e, ok := body.Find(ctlproto.TagSetDefaults); ok {
 		setDefaults = e.Bool()
 	}
-	cfg := ctlproto.DecodeConfig(body).Apply(s.cfg, setDefaults)
+	p := ctlproto.DecodeConfig(body)
+	if err := p.Err(); err != nil {
+		return reply(err)
+	}
+	cfg := p.Apply(s.cfg, setDefaults)
 	cfg.Name = name
 	cfg = cfg.Default()
 	return d.apply(ctx, r, s, cfg)
@@ -494,7 +532,7 @@ func (d *Daemon) apply(ctx context.Context, r *res, s *snapshot, cfg config.Reso
 			return ctlproto.Reply{Err: &ctlproto.Error{Code: ctlproto.CodeInvariant, Path: path, State: "up",
 				Message: fmt.Sprintf("%s cannot change while resource %q is up; take it down first", path, r.name)}}
 		}
-		if err := s.rt.Apply(ctx, s.cfg, cfg); err != nil {
+		if err := s.rt.Apply(ctx, s.cfg, cfg, s.gen+1); err != nil {
 			return reply(err)
 		}
 	}
@@ -542,9 +580,10 @@ func (d *Daemon) delete(body ctlproto.List) ctlproto.Reply {
 
 // up starts a resource: a new one when the request carries configuration
 // sections, else an existing one that is down. Configuration for a
-// resource that exists and is down replaces its configuration before the
-// start (as adjust does), so that `down` then `up -c FILE` works as it
-// does with drbdadm; for a resource that is up it must equal the running
+// resource that exists and is down replaces its configuration when the
+// start with it succeeds (as adjust does), so that `down` then
+// `up -c FILE` works as it does with drbdadm; a failed start changes
+// nothing; for a resource that is up it must equal the running
 // configuration, and then up succeeds without doing anything.
 func (d *Daemon) up(ctx context.Context, body ctlproto.List) ctlproto.Reply {
 	if !ctlproto.DecodeConfig(body).Empty() {
@@ -563,7 +602,7 @@ func (d *Daemon) up(ctx context.Context, body ctlproto.List) ctlproto.Reply {
 	if s.rt != nil {
 		return ctlproto.Reply{Err: &ctlproto.Error{Code: ctlproto.CodeStateConflict, State: "up", Message: fmt.Sprintf("resource %q is up already", name)}}
 	}
-	rt, err := d.start(ctx, r, s.cfg)
+	rt, err := d.start(ctx, r, s.cfg, s.gen)
 	if err != nil {
 		d.bus.update(name, r.current()) // undo what the runtime reported while starting
 		return reply(err)
@@ -603,7 +642,9 @@ func (d *Daemon) adjust(ctx context.Context, body ctlproto.List) ctlproto.Reply 
 
 // applyOrCreate creates and starts a missing resource, or applies the
 // configuration in body to an existing one as one transaction and starts
-// it if it is down; with downOnly it refuses one that is up.
+// it if it is down; with downOnly it refuses one that is up. For a
+// resource that is down, the configuration and its new generation are
+// committed only after the start succeeded.
 func (d *Daemon) applyOrCreate(ctx context.Context, body ctlproto.List, downOnly bool) ctlproto.Reply {
 	name, perr := targetName(body)
 	if perr != nil {
@@ -628,18 +669,24 @@ func (d *Daemon) applyOrCreate(ctx context.Context, body ctlproto.List, downOnly
 		return ctlproto.Reply{Err: &ctlproto.Error{Code: ctlproto.CodeResourceExists, Path: "resource.name", Value: name,
 			Message: fmt.Sprintf("resource %q is up with another configuration (adjust applies a changed one)", name)}}
 	}
-	if rep := d.apply(ctx, r, s, cfg); rep.Err != nil || s.rt != nil {
-		return rep
+	if s.rt != nil {
+		return d.apply(ctx, r, s, cfg)
 	}
-	s = r.snap.Load()
-	rt, err := d.start(ctx, r, s.cfg)
+	// Down: start with the new configuration and commit it (a new
+	// generation when it differs) only once the start succeeded, so that a
+	// failed start leaves configuration and generation as they were.
+	gen := s.gen
+	if !reflect.DeepEqual(cfg, s.cfg) {
+		gen++
+	}
+	rt, err := d.start(ctx, r, cfg, gen)
 	if err != nil {
-		d.bus.update(name, r.current())
+		d.bus.update(name, r.current()) // undo what the runtime reported while starting
 		return reply(err)
 	}
-	r.snap.Store(&snapshot{cfg: s.cfg, gen: s.gen, rt: rt})
+	r.snap.Store(&snapshot{cfg: cfg, gen: gen, rt: rt})
 	d.bus.update(name, r.current())
-	return generationReply(s.gen)
+	return generationReply(gen)
 }
 
 func (d *Daemon) command(ctx context.Context, body ctlproto.List, cmd Command) ctlproto.Reply {

@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"errors"
+	"fmt"
 	"reflect"
 	"slices"
 	"sync"
@@ -181,6 +182,52 @@ func TestChangeCompareAndSwap(t *testing.T) {
 	}
 }
 
+// A resource created under a name whose generation the runtime remembered
+// (a daemon restart) continues at that generation, and the runtime hears
+// the generation of each configuration it is given.
+func TestRememberedGeneration(t *testing.T) {
+	f := newFakeFactory()
+	remembered := func(name string) uint64 {
+		if name == "r0" {
+			return 4
+		}
+		return 0
+	}
+	e := start(t, Config{NewRuntime: f.New, Generation: remembered}, nil)
+	c := e.dial(t)
+	ctx := ctxT(t)
+	runtimeGen := func() uint64 {
+		f.mu.Lock()
+		rt := f.rts["r0"]
+		f.mu.Unlock()
+		rt.mu.Lock()
+		defer rt.mu.Unlock()
+		return rt.gen
+	}
+	if _, err := c.Call(ctx, ctlproto.MsgUp, ctlproto.EncodeConfig(c.Registry(), minimalConfig("r0"))); err != nil {
+		t.Fatal(err)
+	}
+	if _, gen, _ := c.Show(ctx, "r0"); gen != 4 || runtimeGen() != 4 {
+		t.Fatalf("restored at generation %d (runtime told %d), want 4", gen, runtimeGen())
+	}
+	// A stale if-generation from before the restart does not match.
+	_, err := c.Change(ctx, "r0", ctlproto.ChangeOptions{IfGeneration: 3}, sections(t, c, ctlproto.String(ctlproto.TagNetProtocol, "A")))
+	if pe := wantCode(t, err, ctlproto.CodeGenerationMismatch); pe.Generation != 4 {
+		t.Fatalf("mismatch reports generation %d, want 4", pe.Generation)
+	}
+	if _, err := c.Change(ctx, "r0", ctlproto.ChangeOptions{IfGeneration: 4}, sections(t, c, ctlproto.String(ctlproto.TagNetProtocol, "A"))); err != nil {
+		t.Fatal(err)
+	}
+	if _, gen, _ := c.Show(ctx, "r0"); gen != 5 || runtimeGen() != 5 {
+		t.Fatalf("after a change: generation %d (runtime told %d), want 5", gen, runtimeGen())
+	}
+	// Names without a remembered generation start at 1.
+	a, err := c.Create(ctx, minimalConfig("r1"))
+	if err != nil || a.Generation != 1 {
+		t.Fatalf("create r1: generation %d, %v", a.Generation, err)
+	}
+}
+
 func TestConfigOnlyRuntimeRequests(t *testing.T) {
 	e := start(t, Config{}, nil)
 	c := e.dial(t)
@@ -321,6 +368,61 @@ func TestRuntime(t *testing.T) {
 	want := []string{"start r0", "apply r0 A", "apply r0 B", "primary r0", "verify r0", "stop r0", "start r0", "apply r0 C", "start r2", "stop r0", "start r0"}
 	if got := f.Calls(); !slices.Equal(got, want) {
 		t.Fatalf("runtime calls\n got %q\nwant %q", got, want)
+	}
+}
+
+// up with sections and adjust on a resource that is down commit the new
+// configuration and generation only once the start with it succeeded.
+func TestFailedStartKeepsConfiguration(t *testing.T) {
+	for _, msg := range []ctlproto.MsgType{ctlproto.MsgAdjust, ctlproto.MsgUp} {
+		t.Run(ctlproto.DefaultRegistry().MsgName(msg), func(t *testing.T) {
+			f := newFakeFactory()
+			e := start(t, Config{NewRuntime: f.New}, nil)
+			c := e.dial(t)
+			ctx := ctxT(t)
+			if _, err := c.Create(ctx, minimalConfig("r0")); err != nil {
+				t.Fatal(err)
+			}
+			f.mu.Lock()
+			f.failStart = &ctlproto.Error{Code: ctlproto.CodeDiskIOError, Message: "disk gone"}
+			f.mu.Unlock()
+			cfg := minimalConfig("r0")
+			cfg.Net.Protocol = config.ProtocolA
+			body := append(ctlproto.List{ctlproto.String(ctlproto.TagResName, "r0").AsMandatory()}, ctlproto.EncodeConfig(c.Registry(), cfg)...)
+			_, err := c.Call(ctx, msg, body)
+			wantCode(t, err, ctlproto.CodeDiskIOError)
+			got, gen, err := c.Show(ctx, "r0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got.Net.Protocol != config.ProtocolC || gen != 1 {
+				t.Fatalf("after a failed %v: protocol %s, generation %d; want C, 1 (nothing applied)", msg, got.Net.Protocol, gen)
+			}
+			if sts, _ := c.Status(ctx, "r0"); sts[0].Disk != resource.DiskDiskless || sts[0].Generation != 1 {
+				t.Fatalf("status after a failed %v: %+v", msg, sts[0])
+			}
+			// The same request once the start works: started with the new
+			// configuration, which is committed as generation 2.
+			f.mu.Lock()
+			f.failStart = nil
+			f.mu.Unlock()
+			rep, err := c.Call(ctx, msg, body)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if g, _ := rep.Body.Find(ctlproto.TagGeneration); g.Uint() != 2 {
+				t.Fatalf("reply generation %d, want 2", g.Uint())
+			}
+			f.mu.Lock()
+			rt := f.rts["r0"]
+			f.mu.Unlock()
+			rt.mu.Lock()
+			started := rt.cfg.Net.Protocol
+			rt.mu.Unlock()
+			if got, gen, _ := c.Show(ctx, "r0"); got.Net.Protocol != config.ProtocolA || gen != 2 || started != config.ProtocolA {
+				t.Fatalf("after %v: protocol %s (runtime %s), generation %d; want A, 2", msg, got.Net.Protocol, started, gen)
+			}
+		})
 	}
 }
 
@@ -624,5 +726,115 @@ func TestStatusStatistics(t *testing.T) {
 	_, err = oe.dial(t).Statistics(ctx, "")
 	if pe := wantCode(t, err, ctlproto.CodeUnknownMandatoryTag); len(pe.Tags) != 1 || pe.Tags[0] != ctlproto.TagStatistics {
 		t.Fatalf("old daemon: %+v", pe)
+	}
+}
+
+// A daemon keeps at most ctlproto.MaxResources resources, and a client
+// decodes the status (with statistics) of that many.
+func TestStatusOfMaxResources(t *testing.T) {
+	e := start(t, Config{}, nil)
+	c := e.dial(t)
+	ctx := ctxT(t)
+	for i := range ctlproto.MaxResources {
+		if _, err := c.Create(ctx, minimalConfig(fmt.Sprintf("r%04d", i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, err := c.Create(ctx, minimalConfig("one-more"))
+	if pe := wantCode(t, err, ctlproto.CodeLimitExceeded); pe.Value != "one-more" {
+		t.Fatalf("create beyond the limit: %+v", pe)
+	}
+	if sts, err := c.Status(ctx, ""); err != nil || len(sts) != ctlproto.MaxResources {
+		t.Fatalf("status of %d resources: %d, %v", ctlproto.MaxResources, len(sts), err)
+	}
+	if sts, err := c.Statistics(ctx, ""); err != nil || len(sts) != ctlproto.MaxResources {
+		t.Fatalf("status --statistics of %d resources: %d, %v", ctlproto.MaxResources, len(sts), err)
+	}
+	// Room again after a delete.
+	if err := c.Delete(ctx, "r0000", 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Create(ctx, minimalConfig("one-more")); err != nil {
+		t.Fatal(err)
+	}
+
+	// A smaller Config.MaxResources; more than ctlproto.MaxResources is
+	// refused.
+	small := start(t, Config{MaxResources: 1}, nil).dial(t)
+	if _, err := small.Create(ctx, minimalConfig("a")); err != nil {
+		t.Fatal(err)
+	}
+	_, err = small.Create(ctx, minimalConfig("b"))
+	wantCode(t, err, ctlproto.CodeLimitExceeded)
+	if _, err := New(Config{EventQueue: 1, Now: time.Now, MaxResources: ctlproto.MaxResources + 1}); err == nil {
+		t.Fatal("MaxResources above ctlproto.MaxResources accepted")
+	}
+}
+
+// resync.latency-target 2^64-1 (off) turns the controller off and show
+// reports it so; 0 is the default, as version-1 clients send it.
+func TestLatencyTargetOff(t *testing.T) {
+	e := start(t, Config{}, nil)
+	c := e.dial(t)
+	ctx := ctxT(t)
+	if _, err := c.Create(ctx, minimalConfig("r0")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Change(ctx, "r0", ctlproto.ChangeOptions{}, sections(t, c, ctlproto.U64(ctlproto.TagResyncLatencyTarget, ctlproto.LatencyTargetOffMillis))); err != nil {
+		t.Fatal(err)
+	}
+	if got, gen, _ := c.Show(ctx, "r0"); got.Resync.LatencyTarget != config.LatencyTargetOff || gen != 2 {
+		t.Fatalf("after change to off: %v, generation %d", got.Resync.LatencyTarget, gen)
+	}
+	if _, err := c.Change(ctx, "r0", ctlproto.ChangeOptions{}, sections(t, c, ctlproto.U64(ctlproto.TagResyncLatencyTarget, 0))); err != nil {
+		t.Fatal(err)
+	}
+	if got, _, _ := c.Show(ctx, "r0"); got.Resync.LatencyTarget != config.DefaultLatencyTarget {
+		t.Fatalf("after change to 0: %v, want the default", got.Resync.LatencyTarget)
+	}
+	_, err := c.Change(ctx, "r0", ctlproto.ChangeOptions{}, sections(t, c, ctlproto.U64(ctlproto.TagResyncLatencyTarget, 120000)))
+	if pe := wantCode(t, err, ctlproto.CodeInvalidValue); pe.Path != "resync.latency-target" {
+		t.Fatalf("2m: %+v", pe)
+	}
+}
+
+// A handlers.handler entry without handler.name is refused with
+// MISSING_VALUE at handler.name (it was stored as a handler named ""); a
+// handler whose command line starts with an empty word is INVALID_VALUE
+// at handlers.handler, a registry attribute, with the handler's name as
+// error.value.
+func TestHandlerErrors(t *testing.T) {
+	e := start(t, Config{}, nil)
+	c := e.dial(t)
+	ctx := ctxT(t)
+	if _, err := c.Create(ctx, minimalConfig("r0")); err != nil {
+		t.Fatal(err)
+	}
+	handlers := func(es ...ctlproto.Entry) ctlproto.List {
+		return ctlproto.List{ctlproto.Nested(ctlproto.TagHandlers, ctlproto.Nested(ctlproto.TagHandlersHandler, es...).AsMandatory()).AsMandatory()}
+	}
+	noName := handlers(ctlproto.String(ctlproto.TagHandlerArg, "/bin/true").AsMandatory())
+	_, err := c.Change(ctx, "r0", ctlproto.ChangeOptions{}, noName)
+	if pe := wantCode(t, err, ctlproto.CodeMissingValue); pe.Path != "handler.name" {
+		t.Fatalf("handler without a name: %+v", pe)
+	}
+	create := ctlproto.EncodeConfig(c.Registry(), minimalConfig("r1"))
+	for i := range create {
+		if create[i].Tag == ctlproto.TagHandlers {
+			create[i] = noName[0]
+		}
+	}
+	_, err = c.Call(ctx, ctlproto.MsgCreate, create)
+	if pe := wantCode(t, err, ctlproto.CodeMissingValue); pe.Path != "handler.name" {
+		t.Fatalf("create with a handler without a name: %+v", pe)
+	}
+	if cfg, gen, _ := c.Show(ctx, "r0"); len(cfg.Handlers.Commands) != 0 || gen != 1 {
+		t.Fatalf("after the refused change: handlers %q, generation %d", cfg.Handlers.Commands, gen)
+	}
+	emptyArg := handlers(ctlproto.String(ctlproto.TagHandlerName, "split-brain").AsMandatory(), ctlproto.String(ctlproto.TagHandlerArg, "").AsMandatory())
+	_, err = c.Change(ctx, "r0", ctlproto.ChangeOptions{}, emptyArg)
+	pe := wantCode(t, err, ctlproto.CodeInvalidValue)
+	if _, ok := c.Registry().TagByName(pe.Path); !ok || pe.Path != "handlers.handler" || pe.Value != "split-brain" {
+		t.Fatalf("empty first word: path %q value %q, want handlers.handler, split-brain", pe.Path, pe.Value)
 	}
 }

@@ -118,6 +118,7 @@ type fakeRuntime struct {
 
 	mu  sync.Mutex
 	cfg config.Resource
+	gen uint64 // the generation of cfg, as Start and Apply were told
 	st  resource.Status
 }
 
@@ -151,7 +152,7 @@ func (f *fakeFactory) New(name string, ev Events) (Runtime, error) {
 	return rt, nil
 }
 
-func (r *fakeRuntime) Start(ctx context.Context, cfg config.Resource) error {
+func (r *fakeRuntime) Start(ctx context.Context, cfg config.Resource, gen uint64) error {
 	r.f.record("start " + r.name)
 	r.f.mu.Lock()
 	err := r.f.failStart
@@ -160,7 +161,7 @@ func (r *fakeRuntime) Start(ctx context.Context, cfg config.Resource) error {
 		return err
 	}
 	r.mu.Lock()
-	r.cfg = cfg
+	r.cfg, r.gen = cfg, gen
 	r.st = resource.Status{Role: resource.RoleSecondary, Disk: resource.DiskUpToDate, Conn: resource.ConnConnecting,
 		PeerDisk: resource.DiskDUnknown, PeerNodeID: cfg.Peer.ID, Size: 1 << 20}
 	r.mu.Unlock()
@@ -168,7 +169,7 @@ func (r *fakeRuntime) Start(ctx context.Context, cfg config.Resource) error {
 	return nil
 }
 
-func (r *fakeRuntime) Apply(ctx context.Context, old, new config.Resource) error {
+func (r *fakeRuntime) Apply(ctx context.Context, old, new config.Resource, gen uint64) error {
 	r.f.record("apply " + r.name + " " + string(new.Net.Protocol))
 	r.f.mu.Lock()
 	err := r.f.failApply
@@ -177,7 +178,7 @@ func (r *fakeRuntime) Apply(ctx context.Context, old, new config.Resource) error
 		return err
 	}
 	r.mu.Lock()
-	r.cfg = new
+	r.cfg, r.gen = new, gen
 	r.mu.Unlock()
 	return nil
 }

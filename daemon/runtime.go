@@ -22,12 +22,16 @@ import (
 // must not); an adapter there implements this interface.
 type Runtime interface {
 	// Start brings the resource up with cfg (attach the disk, serve NBD,
-	// start connecting). When it fails, nothing may be left running.
-	Start(ctx context.Context, cfg config.Resource) error
+	// start connecting). When it fails, nothing may be left running. gen
+	// is the configuration generation the daemon commits cfg as when Start
+	// succeeds; a runtime that remembers cfg across daemon restarts keeps
+	// gen with it (Config.Generation gives it back).
+	Start(ctx context.Context, cfg config.Resource, gen uint64) error
 	// Apply changes the configuration of the running resource from old to
 	// new; fields config.Invariant names never differ. All or nothing: when
-	// it fails, the runtime must still run with old.
-	Apply(ctx context.Context, old, new config.Resource) error
+	// it fails, the runtime must still run with old. gen is the generation
+	// new is committed as when Apply succeeds.
+	Apply(ctx context.Context, old, new config.Resource, gen uint64) error
 	// Stop takes the resource down. After it returns the runtime sends no
 	// more events and is not used again.
 	Stop(ctx context.Context) error

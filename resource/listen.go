@@ -21,6 +21,30 @@ import (
 // with the daemon's serialization of Start, Apply and Stop, so the
 // listener fields need no lock.
 
+// ListenError is a failure to listen on an address the configuration
+// names; Start and Apply return it (wrapped or not) when an address is in
+// use or cannot be listened on.
+type ListenError struct {
+	// Path is the configuration field of the address:
+	// resource.nbd-listen or resource.address (the peer link).
+	Path string
+	// Addr is the address.
+	Addr string
+	// Err is the listen error.
+	Err error
+}
+
+func (e *ListenError) Error() string {
+	what := "nbd"
+	if e.Path == "resource.address" {
+		what = "peer link"
+	}
+	return fmt.Sprintf("%s: listen on %s: %v", what, e.Addr, e.Err)
+}
+
+// Unwrap returns the listen error.
+func (e *ListenError) Unwrap() error { return e.Err }
+
 // moveListeners opens the listeners cfg names that old does not, then
 // closes those old names that cfg does not. All or nothing.
 func (r *Resource) moveListeners(old, cfg config.Resource) error {
@@ -46,7 +70,7 @@ func (r *Resource) moveListeners(old, cfg config.Resource) error {
 			if nbdLn != nil {
 				_ = nbdLn.Close()
 			}
-			return fmt.Errorf("peer link: listen on %s: %w", newPeer, err)
+			return &ListenError{Path: "resource.address", Addr: newPeer, Err: err}
 		}
 		peerLn = ln
 	}
@@ -98,7 +122,7 @@ func listenNBD(addr string) (net.Listener, error) {
 	}
 	ln, err := net.Listen(network, a)
 	if err != nil {
-		return nil, fmt.Errorf("nbd: listen on %s: %w", addr, err)
+		return nil, &ListenError{Path: "resource.nbd-listen", Addr: addr, Err: err}
 	}
 	return ln, nil
 }

@@ -326,3 +326,24 @@ func TestLatencyQuantile(t *testing.T) {
 		}
 	}
 }
+
+// --dispatcher "" would send no entry and so change nothing while
+// reporting success: it is refused, saying how to remove the dispatcher,
+// and that way works.
+func TestEmptyDispatcherRefused(t *testing.T) {
+	sock := serveDaemon(t, nil, "1.4.0")
+	mustRun(t, sock, append(createArgs, "--dispatcher", "/bin/disp x")...)
+	for _, v := range []string{"", "  "} {
+		_, _, err := run(t, sock, "ctl", "change", "r0", "--dispatcher", v)
+		if err == nil || !strings.Contains(err.Error(), "--dispatcher") || !strings.Contains(err.Error(), "--set-defaults") {
+			t.Fatalf("--dispatcher %q: err %v, want a refusal naming --dispatcher and --set-defaults", v, err)
+		}
+	}
+	if show := mustRun(t, sock, "ctl", "show", "r0"); !strings.Contains(show, "/bin/disp") || !strings.Contains(show, "generation 1") {
+		t.Fatalf("the refused change changed something:\n%s", show)
+	}
+	mustRun(t, sock, "ctl", "change", "r0", "--set-defaults", "--handler-timeout", "30s")
+	if show := mustRun(t, sock, "ctl", "show", "r0"); strings.Contains(show, "/bin/disp") {
+		t.Fatalf("--set-defaults --handler-timeout kept the dispatcher:\n%s", show)
+	}
+}

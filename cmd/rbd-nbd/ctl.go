@@ -152,6 +152,10 @@ func (cf *configFlags) sections(fs *pflag.FlagSet) (ctlproto.List, error) {
 		return nil, err
 	}
 	if fs.Changed("dispatcher") {
+		if len(strings.Fields(cf.dispatcher)) == 0 {
+			// No words would send no entry: a change that changes nothing.
+			return nil, fmt.Errorf("--dispatcher %q: want a command line; to remove the dispatcher, give the handlers section again with --set-defaults (e.g. --set-defaults --handler-timeout 30s; handlers not given are dropped too)", cf.dispatcher)
+		}
 		for _, w := range strings.Fields(cf.dispatcher) {
 			fields = append(fields, ctlproto.String(ctlproto.TagHandlersDispatcher, w))
 		}

@@ -121,6 +121,7 @@ func runDaemon(parent context.Context, g *globalOptions, o *daemonOptions) error
 		state.dir = ""
 	}
 	dcfg.NewRuntime = newRuntimeFunc(log, state)
+	dcfg.Generation = state.generation
 	d, err := daemon.New(dcfg)
 	if err != nil {
 		return err

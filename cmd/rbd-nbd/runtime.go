@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 
 	"go.uber.org/zap"
 
@@ -50,26 +51,26 @@ func (o observer) Hook(ev hooks.Event) {
 	}
 }
 
-func (rt *resourceRuntime) Start(ctx context.Context, cfg config.Resource) error {
+func (rt *resourceRuntime) Start(ctx context.Context, cfg config.Resource, gen uint64) error {
 	res := resource.New(cfg, resource.Options{Logger: rt.log, Observer: observer{rt.events}})
 	if err := res.Start(ctx); err != nil {
 		return ctlError(err)
 	}
 	rt.res = res
 	if old, ok := rt.state.load(rt.name); !ok || old.Config.Name != cfg.Name {
-		rt.state.save(rt.name, intent{Config: cfg})
+		rt.state.save(rt.name, intent{Config: cfg, Generation: gen})
 	} else {
 		// A restore: keep the remembered role until it is restored.
-		rt.state.save(rt.name, intent{Config: cfg, Primary: old.Primary})
+		rt.state.save(rt.name, intent{Config: cfg, Primary: old.Primary, Generation: gen})
 	}
 	return nil
 }
 
-func (rt *resourceRuntime) Apply(ctx context.Context, _, cfg config.Resource) error {
+func (rt *resourceRuntime) Apply(ctx context.Context, _, cfg config.Resource, gen uint64) error {
 	if err := rt.res.Apply(ctx, cfg); err != nil {
 		return ctlError(err)
 	}
-	rt.state.update(rt.name, func(in *intent) { in.Config = cfg })
+	rt.state.update(rt.name, func(in *intent) { in.Config, in.Generation = cfg, gen })
 	return nil
 }
 
@@ -138,7 +139,11 @@ func ctlError(err error) error {
 		return err
 	}
 	var se *resource.StateError
+	var le *resource.ListenError
 	switch {
+	case errors.As(err, &le):
+		return &ctlproto.Error{Code: ctlproto.CodeInvalidValue, Path: le.Path, Value: le.Addr,
+			Allowed: fmt.Sprintf("an address this node can listen on, free and local (%v)", le.Err), Message: err.Error()}
 	case errors.As(err, &se):
 		e := ctlproto.Errorf(ctlproto.CodeStateConflict, "%v", se.Err)
 		e.State = se.State

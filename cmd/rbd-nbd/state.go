@@ -34,6 +34,11 @@ import (
 type intent struct {
 	Config  config.Resource `json:"config"`
 	Primary bool            `json:"primary"`
+	// Generation is Config's configuration generation, restored with it
+	// so that an if-generation read before a restart still means this
+	// configuration. 0 (state files written before it was kept): the
+	// resource comes back at generation 1.
+	Generation uint64 `json:"generation,omitempty"`
 }
 
 // stateStore keeps the intents in a directory, one file per resource.
@@ -111,6 +116,19 @@ func (s *stateStore) update(name string, fn func(*intent)) {
 	}
 	fn(&in)
 	s.save(name, in)
+}
+
+// generation returns the remembered configuration generation of the
+// named resource, 0 when none (daemon.Config.Generation).
+func (s *stateStore) generation(name string) uint64 {
+	if s == nil || s.dir == "" {
+		return 0
+	}
+	in, ok := s.load(name)
+	if !ok {
+		return 0
+	}
+	return in.Generation
 }
 
 func (s *stateStore) forget(name string) {

@@ -1,0 +1,43 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+
+	"go.uber.org/zap"
+
+	"github.com/rbd-nbd/rbd-nbd/config"
+)
+
+// The state file keeps the configuration generation, so that a restored
+// resource continues at it; files written before it was kept still load
+// and restore at generation 1 (generation 0: none remembered).
+func TestStateKeepsGeneration(t *testing.T) {
+	s := &stateStore{dir: t.TempDir(), log: zap.NewNop()}
+	cfg := config.Resource{Name: "r0"}
+	s.save("r0", intent{Config: cfg, Primary: true, Generation: 7})
+	if got := s.generation("r0"); got != 7 {
+		t.Fatalf("generation %d, want 7", got)
+	}
+	s.update("r0", func(in *intent) { in.Generation = 8 })
+	if in, ok := s.load("r0"); !ok || in.Generation != 8 || !in.Primary || in.Config.Name != "r0" {
+		t.Fatalf("after update: %+v, %v", in, ok)
+	}
+	if got := s.generation("nope"); got != 0 {
+		t.Fatalf("generation of an unknown resource %d, want 0", got)
+	}
+
+	old := `{"config": {"Name": "r1"}, "primary": true}`
+	if err := os.WriteFile(filepath.Join(s.dir, "r1.json"), []byte(old), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	in, ok := s.load("r1")
+	if !ok || in.Config.Name != "r1" || !in.Primary || in.Generation != 0 || s.generation("r1") != 0 {
+		t.Fatalf("old state file: %+v, %v", in, ok)
+	}
+	var nilStore *stateStore
+	if nilStore.generation("r0") != 0 {
+		t.Fatal("a nil store remembers a generation")
+	}
+}
