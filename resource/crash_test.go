@@ -152,20 +152,6 @@ func copyFile(t *testing.T, dst, src string) {
 	}
 }
 
-func readAt(t *testing.T, path string, off, n int64) []byte {
-	t.Helper()
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	p := make([]byte, n)
-	if _, err := f.ReadAt(p, off); err != nil {
-		t.Fatal(err)
-	}
-	return p
-}
-
 func writeAt(t *testing.T, path string, p []byte, off int64) {
 	t.Helper()
 	f, err := os.OpenFile(path, os.O_WRONLY, 0)
