@@ -498,7 +498,9 @@ func (c *checker) list(l List, parent *Tag) (List, error) {
 			if err != nil {
 				return nil, err
 			}
-			if len(sub) != len(e.list) {
+			// list returns its argument itself when nothing in it, at any
+			// depth, was dropped.
+			if len(sub) != len(e.list) || (len(sub) > 0 && &sub[0] != &e.list[0]) {
 				diverge(i)
 				e.list = sub
 			}

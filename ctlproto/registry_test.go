@@ -316,3 +316,28 @@ func TestCheckStripsSkippedEntries(t *testing.T) {
 		t.Fatalf("the input was modified")
 	}
 }
+
+// An unknown optional entry three levels deep (in a handlers.handler
+// entry) is reported ignored and taken out of the body the handler acts
+// on, as one at the top is.
+func TestCheckRequestDropsDeepIgnored(t *testing.T) {
+	reg := DefaultRegistry()
+	body := List{
+		String(TagResName, "r0").AsMandatory(),
+		Nested(TagHandlers,
+			Nested(TagHandlersHandler, String(TagHandlerName, "split-brain"), String(TagHandlerArg, "/bin/true"), U32(999, 7)).AsMandatory(),
+		).AsMandatory(),
+	}
+	res, err := reg.CheckRequest(MsgChange, body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Ignored) != 1 || res.Ignored[0] != 999 {
+		t.Fatalf("ignored = %v, want [999]", res.Ignored)
+	}
+	hd, _ := res.Body.Find(TagHandlers)
+	h, _ := hd.List().Find(TagHandlersHandler)
+	if _, ok := h.List().Find(999); ok {
+		t.Fatalf("tag 999 was reported ignored but is still in the body: %v", h.List())
+	}
+}
