@@ -74,6 +74,16 @@ func Decide(local, peer NodeState) Decision {
 			d.Kind, d.Reason = SyncTargetBitmap, "peer was a crashed Primary"
 		}
 	}
+	if (d.Kind.IsSource() && !local.Consistent) || (d.Kind.IsTarget() && !peer.Consistent) {
+		// An interrupted sync target (say) would hand its half-synced
+		// blocks on as good data, and the target would turn UpToDate.
+		src := local.NodeID
+		if d.Kind.IsTarget() {
+			src = peer.NodeID
+		}
+		return Decision{Kind: SyncUnrelated, SplitBrain: d.SplitBrain,
+			Reason: fmt.Sprintf("node %d would be sync source, but its disk is inconsistent (an interrupted resync): primary --force on the node whose data is to be kept", src)}
+	}
 	if d.Kind.IsTarget() && local.Role == RolePrimary {
 		return Decision{Kind: SyncSplitBrain, SplitBrain: d.SplitBrain, Reason: "the Primary would become sync target; demote it or discard the peer's data"}
 	}

@@ -230,6 +230,7 @@ var (
 	ErrIsPrimary        = errors.New("the node is Primary")
 	ErrNotFresh         = errors.New("the disks already hold data of a generation")
 	ErrConnected        = errors.New("connected to the peer, which knows this disk's state")
+	ErrHandshake        = errors.New("the handshake with the peer is in progress: try again once it is connected")
 )
 
 // StateError is a refused request with the state that refused it.
@@ -549,9 +550,10 @@ func (m *Machine) lostPeer() []Action {
 	// Only a Primary with its own UpToDate disk starts a generation and
 	// fences: a Diskless one has no data to be newer with, and fencing its
 	// peer would outdate the only good copy.
-	if m.role == RolePrimary && wasReplicating && m.peerDisk == DiskUpToDate && m.disk == DiskUpToDate {
-		// The peer was in sync; from now on only the bitmap knows what it
-		// misses, and a new generation tells a later handshake who is newer.
+	if m.role == RolePrimary && wasReplicating && m.peerDisk.consistent() && m.disk == DiskUpToDate {
+		// The peer took the writes (in sync, or consistent but outdated);
+		// from now on only the bitmap knows what it misses, and a new
+		// generation tells a later handshake who is newer.
 		m.meta.UUIDs.newGeneration(m.cfg.NewUUID())
 		acts = append(acts, m.persist())
 	}
@@ -774,11 +776,24 @@ func (m *Machine) syncDone(e EvSyncDone) []Action {
 	case ConnSyncSource, ConnPausedSyncS:
 		m.conn = ConnConnected
 		m.peerDisk = DiskUpToDate
+		wasUpToDate := m.disk == DiskUpToDate
+		if !wasUpToDate {
+			// An Outdated (or Consistent) source: its data is what both
+			// disks hold now, the newest there is (the handshake made it
+			// source). It must not stay Outdated, or the Primary beside it
+			// would count its peer as not in sync.
+			m.disk = DiskUpToDate
+			m.setFlag(FlagWasUpToDate, true)
+			m.setFlag(FlagOutdated, false)
+		}
 		m.meta.UUIDs.finishSyncSource()
 		fenced := m.meta.Flags&FlagPeerOutdated != 0
 		m.setFlag(FlagPeerOutdated, false)
 		m.setFlag(FlagCrashedPrimary, false)
 		acts := []Action{ActStopResync{}, m.persist()}
+		if !wasUpToDate {
+			acts = append(acts, ActSendState{})
+		}
 		if fenced {
 			acts = append(acts, ActRunHook{Name: "unfence-peer"})
 		}
@@ -808,6 +823,12 @@ func (m *Machine) CanPromote(force bool) error {
 	}
 	if m.disk == DiskDiskless {
 		return m.refuse(ErrNoDisk)
+	}
+	if m.conn == ConnHandshake {
+		// The decision (who is sync source) is made or being made from
+		// the roles and UUIDs sent; a promotion now would not be asked of
+		// the peer, and could make a Primary sync target.
+		return m.refuse(ErrHandshake)
 	}
 	if m.conn == ConnSyncTarget || m.conn == ConnPausedSyncT {
 		return m.refuse(ErrResyncRunning)

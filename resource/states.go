@@ -50,6 +50,13 @@ const (
 
 var diskNames = [...]string{"Diskless", "Attaching", "Inconsistent", "Outdated", "Consistent", "UpToDate", "DUnknown"}
 
+// consistent reports whether a disk in state d holds a consistent image
+// (UpToDate, Outdated or Consistent): one that took the writes it was
+// sent, whether or not it is known to be the newest.
+func (d DiskState) consistent() bool {
+	return d == DiskUpToDate || d == DiskOutdated || d == DiskConsistent
+}
+
 func (d DiskState) String() string {
 	if int(d) < len(diskNames) {
 		return diskNames[d]
