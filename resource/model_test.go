@@ -163,7 +163,7 @@ func (s *sim) exec(i int, a Action) {
 	case ActStopResync:
 		n.syncSrc = false
 	case ActSendSyncStart:
-		s.send(i, simMsg{ev: EvSyncStart{Full: a.Full, Source: a.Source}})
+		s.send(i, simMsg{ev: EvSyncStart(a)})
 	case ActSendPromoteReply, ActSendNewUUID, ActRunHook, ActFencePeer, ActDetachDisk:
 	case ActSplitBrain:
 		s.license = append(s.license, "split brain: "+a.Reason)
