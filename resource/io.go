@@ -73,15 +73,24 @@ func closedChan() chan struct{} {
 // fenced or back, or resume-io): the write is not acknowledged before. It
 // returns an error when the resource goes down meanwhile: the write is on
 // the local disk and in the bitmap, but the client is not told it is safe.
+//
+// Under every fencing policy the write first waits until the loop has
+// processed the loss (st.gone): a Primary then starts a new generation,
+// persisted before st.gone closes. Acknowledged before that, a write that a
+// crash of this node left out of the peer's data would, after the peer was
+// promoted, pass for part of the peer's history (a bitmap resync over it)
+// instead of a split brain.
 func (r *Resource) awaitFence(st *repState, perr error) error {
-	if st.gone == nil || !errors.Is(perr, replicate.ErrLinkDown) ||
-		r.cfg().Net.Fencing != config.FencingResourceAndStonith {
+	if st.gone == nil || !errors.Is(perr, replicate.ErrLinkDown) {
 		return nil
 	}
 	select {
 	case <-st.gone:
 	case <-r.loopCtx.Done():
 		return ErrDown
+	}
+	if r.cfg().Net.Fencing != config.FencingResourceAndStonith {
+		return nil
 	}
 	return r.waitResumed()
 }

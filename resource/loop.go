@@ -65,9 +65,19 @@ func (r *Resource) stepAdmin(ev Event) ([]Action, error) {
 	if err != nil {
 		return nil, err
 	}
+	// The meta-data first: what the new state rests on (a generation
+	// started when the peer went) is on disk before I/O learns of the
+	// state (awaitFence waits for that).
+	for _, a := range acts {
+		if _, ok := a.(ActPersist); ok {
+			r.exec(a)
+		}
+	}
 	r.publish()
 	for _, a := range acts {
-		r.exec(a)
+		if _, ok := a.(ActPersist); !ok {
+			r.exec(a)
+		}
 	}
 	r.publishStatus()
 	return acts, nil

@@ -25,7 +25,7 @@ type relay struct {
 	target string
 	mu     sync.Mutex
 	conns  map[net.Conn]struct{}
-	stallC chan struct{} // non-nil: forwarding is stalled until closed
+	stallC chan struct{} // non-nil: forwarding is stalled until the next cut
 	refuse bool          // close new connections at once
 	held   int           // bytes held by stalls
 	wg     sync.WaitGroup
@@ -78,22 +78,17 @@ func (p *relay) pipe(dst, src net.Conn) {
 		n, err := src.Read(buf)
 		if n > 0 {
 			p.mu.Lock()
-			st := p.stallC
-			if st != nil {
+			stalled := p.stallC != nil
+			if stalled {
+				// Held until the cut that ends every stall, which drops
+				// them: they are never forwarded, so keep reading.
 				p.held += n
 			}
 			p.mu.Unlock()
-			if st != nil {
-				<-st // hold the bytes; a cut drops them
-				p.mu.Lock()
-				_, alive := p.conns[dst]
-				p.mu.Unlock()
-				if !alive {
+			if !stalled {
+				if _, werr := dst.Write(buf[:n]); werr != nil {
 					break
 				}
-			}
-			if _, werr := dst.Write(buf[:n]); werr != nil {
-				break
 			}
 		}
 		if err != nil {

@@ -7,6 +7,9 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/rbd-nbd/rbd-nbd/disk"
+	"github.com/rbd-nbd/rbd-nbd/metadata"
 )
 
 // A write whose peer half is lost with the link while its local half still
@@ -125,5 +128,69 @@ func TestResyncKeepsBitsSetAfterChunk(t *testing.T) {
 	})
 	if got := c.peerData(X, 4096); !bytes.Equal(got, fill(0x33, 4096)) {
 		t.Fatalf("the UpToDate peer has %#x at X, node a 0x33, and a's bitmap is clean", got[0])
+	}
+}
+
+// onDiskCurrent reads the current generation UUID from a node's meta-data
+// on disk (internal meta-data at the end of its image).
+func onDiskCurrent(t *testing.T, path string) uint64 {
+	t.Helper()
+	dev, err := disk.Open(path, disk.Options{ReadOnly: true})
+	if err != nil {
+		t.Error(err)
+		return 0
+	}
+	defer dev.Close()
+	info, err := metadata.Inspect(dev, dev.Size(), true)
+	if err != nil {
+		t.Error(err)
+		return 0
+	}
+	return info.Superblock.UUIDs.Current
+}
+
+// A write whose peer half the link's loss failed is acknowledged only
+// once the Primary's new generation is on disk: acknowledged before, a
+// crash of the Primary would leave a write the peer lacks under the old
+// generation, and a promoted peer's data would pass for newer instead of
+// a split brain.
+func TestAckAfterNewGenerationPersisted(t *testing.T) {
+	c := newPair(t, "", "")
+	path := c.a.cfg().Local.Disk
+	before := onDiskCurrent(t, path)
+	c.proxy.stall()
+	type result struct {
+		err     error
+		current uint64
+	}
+	res := make(chan result, 1)
+	go func() {
+		err := c.a.WriteAt(fill(0x22, 4096), 1<<20, false)
+		res <- result{err, onDiskCurrent(t, path)} // the moment of the acknowledgement
+	}()
+	if st, ok := waitStatus(c.a, 10*time.Second, func(Status) bool { return c.proxy.heldBytes() >= 4096 }); !ok {
+		t.Fatalf("the write's peer half did not reach the relay (%d bytes held): %+v", c.proxy.heldBytes(), st)
+	}
+	// The loop cannot process the link's loss until unblocked.
+	unblock := make(chan struct{})
+	var once sync.Once
+	release := func() { once.Do(func() { close(unblock) }) }
+	t.Cleanup(release)
+	c.a.post(func() { <-unblock })
+	c.proxy.setRefuse(true)
+	c.proxy.cut()
+	var r result
+	select {
+	case r = <-res: // acknowledged while the loop had not processed the loss
+	case <-time.After(time.Second):
+		release()
+		r = <-res
+	}
+	release()
+	if r.err != nil {
+		t.Fatalf("write: %v", r.err)
+	}
+	if r.current == before {
+		t.Fatalf("the write was acknowledged with the old generation %x still on disk", before)
 	}
 }
