@@ -29,9 +29,16 @@ const (
 	// bitmaps that do not come, so a handshake with a Diskless side is
 	// refused unless both offer it.
 	FeatureDisklessConnect Features = 1 << 2
+	// FeatureSyncReady: a sync target says when it is ready for resync
+	// data, once its before-resync-target handler allowed the resync (a
+	// SyncPause with Paused false), and a source starts sending only
+	// then. Without it a source sends at once, and a slow handler holds
+	// the first chunks past the request timeout (and the application
+	// writes that overlap them).
+	FeatureSyncReady Features = 1 << 3
 
 	// AllFeatures is every feature this implementation knows.
-	AllFeatures = FeatureTrim | FeatureSyncPause | FeatureDisklessConnect
+	AllFeatures = FeatureTrim | FeatureSyncPause | FeatureDisklessConnect | FeatureSyncReady
 )
 
 // Handler performs the requests the peer sends.

@@ -357,8 +357,14 @@ func (r *Resource) control(link *replicate.Link, msg replicate.ControlMsg) {
 	case *replicate.SyncDone:
 		r.step(EvSyncDone{Source: fromWire(m.SourceUUIDs)})
 	case *replicate.SyncPause:
-		// From the target: a request to apply (and confirm). From the
-		// source: its confirmation, or its own pause or resume.
+		// From the target: a request to apply (and confirm), or, the
+		// first resume, that it is ready for data (FeatureSyncReady).
+		// From the source: its confirmation, or its own pause or resume.
+		if r.syncReady != nil && !m.Paused {
+			close(r.syncReady)
+			r.syncReady = nil
+			break
+		}
 		if e := r.engine.Load(); e != nil {
 			r.applySyncPause(e, m.Paused)
 			break

@@ -110,7 +110,11 @@ type Resource struct {
 	// peerBitmapDone: the peer's bitmap arrived during this handshake (loop).
 	peerBitmapDone bool
 	syncCancel     context.CancelFunc // loop: running resync source or target
-	target         *targetState       // loop, also read by Serve under targetMu
+	// syncReady: loop; closed when the sync target says it is ready for
+	// data (replicate.FeatureSyncReady), nil once it did or without a
+	// source waiting.
+	syncReady      chan struct{}
+	target         *targetState // loop, also read by Serve under targetMu
 	targetMu       sync.Mutex
 	targetSet      chan struct{}      // closed when target is set (targetMu)
 	promoteWait    chan error         // loop: a promotion waiting for the peer

@@ -72,6 +72,14 @@ func (r *Resource) startSync(source, full bool) {
 				return
 			}
 			close(t.ready)
+			if link.Features()&replicate.FeatureSyncReady != 0 {
+				// The source waits for this before it sends any data.
+				r.post(func() {
+					if r.link == link && r.currentTarget() == t {
+						r.sendControl(&replicate.SyncPause{Paused: false})
+					}
+				})
+			}
 			stop := r.progressEvents(ctx)
 			<-ctx.Done()
 			stop()
@@ -92,11 +100,24 @@ func (r *Resource) startSync(source, full bool) {
 		r.log.Error("resync", zap.Error(err))
 		return
 	}
+	// targetReady closes when the target is ready for data (FeatureSyncReady).
+	var targetReady chan struct{}
+	if link.Features()&replicate.FeatureSyncReady != 0 {
+		targetReady = make(chan struct{})
+		r.syncReady = targetReady
+	}
 	r.goLoop(func() {
 		res := r.hooks.Run(ctx, hooks.BeforeResyncSource, r.hookEnv())
 		if res.Vetoed() {
 			r.post(func() { r.vetoed(link, "before-resync-source", res) })
 			return
+		}
+		if targetReady != nil {
+			select {
+			case <-targetReady:
+			case <-ctx.Done():
+				return
+			}
 		}
 		r.retireIdleExtents(ctx)
 		r.engine.Store(e)
@@ -194,6 +215,7 @@ func (r *Resource) stopSync() {
 		r.syncCancel()
 		r.syncCancel = nil
 	}
+	r.syncReady = nil
 	r.targetMu.Lock()
 	r.target = nil
 	r.targetMu.Unlock()
