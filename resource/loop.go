@@ -74,6 +74,9 @@ func (r *Resource) stepAdmin(ev Event) ([]Action, error) {
 		}
 	}
 	r.publish()
+	// The status too, before handlers run (hookEnv reads it): they see
+	// the state the event led to.
+	r.publishStatus()
 	for _, a := range acts {
 		if _, ok := a.(ActPersist); !ok {
 			r.exec(a)
@@ -314,7 +317,16 @@ func (r *Resource) runHook(n hooks.Name) {
 	if r.hooks == nil {
 		return
 	}
-	r.hooks.RunAsync(r.loopCtx, n, r.hookEnv())
+	env := r.hookEnv()
+	if n == hooks.RoleChange {
+		// Two roles: the old one is the other.
+		old := RolePrimary
+		if r.m.Role() == RolePrimary {
+			old = RoleSecondary
+		}
+		env = env.With(hooks.EnvOldRole, old.String())
+	}
+	r.hooks.RunAsync(r.loopCtx, n, env)
 }
 
 func wireUUIDs(u UUIDs) replicate.UUIDs {

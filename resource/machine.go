@@ -231,6 +231,7 @@ var (
 	ErrNotFresh         = errors.New("the disks already hold data of a generation")
 	ErrConnected        = errors.New("connected to the peer, which knows this disk's state")
 	ErrHandshake        = errors.New("the handshake with the peer is in progress: try again once it is connected")
+	ErrNothingMarked    = errors.New("no block is marked out of sync on this node (verify marks the node that ran it)")
 )
 
 // StateError is a refused request with the state that refused it.
@@ -991,6 +992,15 @@ func (m *Machine) invalidateRemote(e EvInvalidateRemote) ([]Action, error) {
 	}
 	if m.peerRole == RolePrimary {
 		return nil, m.refuse(ErrPeerPrimary)
+	}
+	if !m.peerDisk.consistent() {
+		// A Diskless peer has nothing to sync to; an Inconsistent one is
+		// a sync target already.
+		return nil, m.refuse(fmt.Errorf("the peer's disk is %s", m.peerDisk))
+	}
+	if !e.ResetBitmap && m.dirty == 0 {
+		// Nothing marked here (a verify marks the node that ran it).
+		return nil, m.refuse(ErrNothingMarked)
 	}
 	var acts []Action
 	if e.ResetBitmap {

@@ -107,7 +107,7 @@ func (r *Resource) startSync(source, full bool) {
 		r.syncReady = targetReady
 	}
 	r.goLoop(func() {
-		res := r.hooks.Run(ctx, hooks.BeforeResyncSource, r.hookEnv())
+		res := r.hooks.Run(ctx, hooks.BeforeResyncSource, r.hookEnv().With(hooks.EnvResyncBytes, strconv.FormatInt(r.bm.DirtyBytes(), 10)))
 		if res.Vetoed() {
 			r.post(func() { r.vetoed(link, "before-resync-source", res) })
 			return

@@ -31,6 +31,18 @@ type verifyState struct {
 	start, stop int64
 	done        atomic.Int64
 	found       atomic.Int64 // bytes found out of sync
+	// first and end bound the blocks found to differ (first > end:
+	// none), for the out-of-sync handler.
+	first, end atomic.Int64
+}
+
+// differs records a differing block [off, off+n).
+func (v *verifyState) differs(off, n int64) {
+	v.found.Add(n)
+	for f := v.first.Load(); off < f && !v.first.CompareAndSwap(f, off); f = v.first.Load() {
+	}
+	for e := v.end.Load(); off+n > e && !v.end.CompareAndSwap(e, off+n); e = v.end.Load() {
+	}
 }
 
 // Verify starts an online verify of [start, stop) (stop 0: the end). It
@@ -57,6 +69,7 @@ func (r *Resource) Verify(ctx context.Context, start, stop int64) error {
 			return &StateError{Err: fmt.Errorf("a verify is already running"), State: r.m.stateString()}
 		}
 		v := &verifyState{start: start, stop: stop}
+		v.first.Store(stop)
 		r.verify.Store(v)
 		link := r.link
 		alg := string(r.cfg().Resync.VerifyAlg)
@@ -84,8 +97,8 @@ func (r *Resource) Verify(ctx context.Context, start, stop int64) error {
 					if found := v.found.Load(); found > 0 && r.hooks != nil {
 						r.hooks.RunAsync(r.loopCtx, hooks.OutOfSync, r.hookEnv().
 							With(hooks.EnvOutOfSyncBytes, strconv.FormatInt(found, 10)).
-							With(hooks.EnvOutOfSyncStart, strconv.FormatInt(v.start, 10)).
-							With(hooks.EnvOutOfSyncLen, strconv.FormatInt(v.stop-v.start, 10)))
+							With(hooks.EnvOutOfSyncStart, strconv.FormatInt(v.first.Load(), 10)).
+							With(hooks.EnvOutOfSyncLen, strconv.FormatInt(v.end.Load()-v.first.Load(), 10)))
 					}
 				}
 				r.publishStatus()
@@ -155,7 +168,7 @@ func (r *Resource) verifyChunk(link *replicate.Link, digest resync.DigestFunc, a
 		}
 		if !bytes.Equal(remote, digest(buf[b:b+l])) {
 			r.bm.Set(off+b, l)
-			v.found.Add(l)
+			v.differs(off+b, l)
 		}
 	}
 	return nil

@@ -1,0 +1,117 @@
+package resource
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+)
+
+// envDispatcher returns a handlers section whose dispatcher dumps each
+// handler's environment to dir/<handler>.<pid>.env (whole: written aside,
+// then renamed) and answers 100.
+func envDispatcher(dir string, extraCmds string) string {
+	return fmt.Sprintf(`handlers:
+  dispatcher: ["/bin/sh", "-c", "env > %[1]s/$1.$$.tmp && mv %[1]s/$1.$$.tmp %[1]s/$1.$$.env; exit 100", "sh"]
+%[2]s`, dir, extraCmds)
+}
+
+// hookEnvs returns the environments dumped for handler name, as maps.
+func hookEnvs(t *testing.T, dir, name string) []map[string]string {
+	t.Helper()
+	files, _ := filepath.Glob(filepath.Join(dir, name+".*.env"))
+	sort.Strings(files)
+	var out []map[string]string
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := map[string]string{}
+		for _, l := range strings.Split(string(b), "\n") {
+			if k, v, ok := strings.Cut(l, "="); ok {
+				m[k] = v
+			}
+		}
+		out = append(out, m)
+	}
+	return out
+}
+
+// waitHookEnv waits until handler name ran n times and returns the dumps.
+func waitHookEnv(t *testing.T, dir, name string, n int) []map[string]string {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		envs := hookEnvs(t, dir, name)
+		if len(envs) >= n {
+			return envs
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("handler %s ran %d times, want %d", name, len(envs), n)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// The out-of-sync handler gets the range from the first to the end of the
+// last differing block, not the verified range.
+func TestVerifyOutOfSyncEnvRange(t *testing.T) {
+	hd := t.TempDir()
+	c := newPair(t, envDispatcher(hd, ""), "")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	// Corrupt one 4 KiB block on b behind the resource's back.
+	const off = 5 << 20
+	if _, err := c.db.Device.WriteAt(fill(0xEE, 4096), off); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.a.Verify(ctx, 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	c.wait(c.a, "verify done", func(s Status) bool { return s.Conn == ConnConnected })
+	envs := waitHookEnv(t, hd, "out-of-sync", 1)
+	e := envs[0]
+	bs := c.a.bm.BlockSize()
+	t.Logf("bytes=%s offset=%s length=%s (block size %d)", e["RBD_NBD_OUT_OF_SYNC_BYTES"], e["RBD_NBD_OUT_OF_SYNC_OFFSET"], e["RBD_NBD_OUT_OF_SYNC_LENGTH"], bs)
+	wantOff := int64(off) - int64(off)%bs
+	if e["RBD_NBD_OUT_OF_SYNC_OFFSET"] != fmt.Sprint(wantOff) || e["RBD_NBD_OUT_OF_SYNC_LENGTH"] != fmt.Sprint(bs) {
+		t.Errorf("OUT_OF_SYNC_OFFSET/LENGTH = %s/%s, want the differing block %d/%d",
+			e["RBD_NBD_OUT_OF_SYNC_OFFSET"], e["RBD_NBD_OUT_OF_SYNC_LENGTH"], wantOff, bs)
+	}
+}
+
+// Handlers see the state the event led to (they saw the one before it):
+// role-change after a promotion has RBD_NBD_ROLE Primary and
+// RBD_NBD_OLD_ROLE Secondary; disconnected has a connection state other
+// than Connected.
+func TestHookEnvIsTheNewState(t *testing.T) {
+	hd := t.TempDir()
+	c := newPair(t, envDispatcher(hd, ""), "")
+	// newPair promoted a: one role-change on a.
+	envs := waitHookEnv(t, hd, "role-change", 1)
+	e := envs[0]
+	t.Logf("role-change after promotion: ROLE=%q OLD_ROLE=%q", e["RBD_NBD_ROLE"], e["RBD_NBD_OLD_ROLE"])
+	if e["RBD_NBD_ROLE"] != "Primary" {
+		t.Errorf("role-change after promotion: RBD_NBD_ROLE=%q, want Primary", e["RBD_NBD_ROLE"])
+	}
+	if e["RBD_NBD_OLD_ROLE"] != "Secondary" {
+		t.Errorf("role-change after promotion: RBD_NBD_OLD_ROLE=%q, want Secondary", e["RBD_NBD_OLD_ROLE"])
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := c.b.Disconnect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	envs = waitHookEnv(t, hd, "disconnected", 2)
+	for _, e := range envs {
+		t.Logf("disconnected on node %s: CONN_STATE=%q PEER_DISK_STATE=%q PEER_ROLE=%q", e["RBD_NBD_NODE_NAME"], e["RBD_NBD_CONN_STATE"], e["RBD_NBD_PEER_DISK_STATE"], e["RBD_NBD_PEER_ROLE"])
+		if e["RBD_NBD_CONN_STATE"] == "Connected" {
+			t.Errorf("disconnected on %s: RBD_NBD_CONN_STATE=Connected", e["RBD_NBD_NODE_NAME"])
+		}
+	}
+}
