@@ -306,7 +306,7 @@ type ResyncOptions struct {
 // Handlers configures the user-space hooks.
 type Handlers struct {
 	// Dispatcher is one command run for every handler, with the handler
-	// name as its first argument.
+	// name appended as its last argument.
 	Dispatcher []string `yaml:"dispatcher,omitempty"`
 	// Commands maps a handler name to its command line (no shell).
 	Commands map[string][]string `yaml:"commands,omitempty"`

@@ -62,11 +62,13 @@ func (r *Resource) Primary(ctx context.Context, force bool) error {
 	if err != nil {
 		return err
 	}
+	var fenced hooks.Result
 	if fence && r.hooks != nil && r.cfg().Net.Fencing.Effective() != config.FencingDontCare {
 		// Taking the Primary role without a peer to ask: the fence-peer
 		// handler must keep the peer from serving (or tell us it is
 		// Primary itself), or the promotion does not happen.
 		res := r.hooks.Run(ctx, hooks.FencePeer, r.hookEnv())
+		fenced = res
 		if res.Vetoed() {
 			if res.Fence == hooks.FencePeerPrimary {
 				// The peer is Primary: our data is behind, as DRBD
@@ -94,7 +96,17 @@ func (r *Resource) Primary(ctx context.Context, force bool) error {
 			return ctx.Err()
 		}
 	}
-	return r.admin(ctx, EvPromote{Force: force, PeerAgreed: wait != nil})
+	return r.do(ctx, func() error {
+		if _, err := r.stepAdmin(EvPromote{Force: force, PeerAgreed: wait != nil}); err != nil {
+			return err
+		}
+		if r.fenceOutdates(fenced) {
+			// Remembered until the peer is UpToDate again, when
+			// unfence-peer runs.
+			r.step(EvPeerFenced{})
+		}
+		return nil
+	})
 }
 
 func (r *Resource) stateString() string {

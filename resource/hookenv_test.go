@@ -115,3 +115,55 @@ func TestHookEnvIsTheNewState(t *testing.T) {
 		}
 	}
 }
+
+// peerOutdated reads the node's peer-outdated flag in its loop.
+func peerOutdated(t *testing.T, r *Resource) bool {
+	t.Helper()
+	var on bool
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := r.do(ctx, func() error { on = r.m.Meta().Flags&FlagPeerOutdated != 0; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	return on
+}
+
+// fenceThenUnfence: fence-peer exits exit, after a Primary's peer loss or
+// (promote) on a promotion without the peer; the peer must then count as
+// Outdated, and unfence-peer run once it is back and UpToDate.
+func fenceThenUnfence(t *testing.T, exit int, promote bool) {
+	hd := t.TempDir()
+	// Under the net section newPair writes.
+	h := fmt.Sprintf(`  fencing: resource-only
+handlers:
+  dispatcher: ["/bin/sh", "-c", "env > %[1]s/$1.$$.tmp && mv %[1]s/$1.$$.tmp %[1]s/$1.$$.env; [ $1 = fence-peer ] && exit %[2]d; exit 100", "sh"]
+`, hd, exit)
+	c := newPair(t, h, "")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if promote {
+		if err := c.a.Secondary(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.b.Disconnect(ctx); err != nil {
+			t.Fatal(err)
+		}
+		c.wait(c.a, "a not connected", func(s Status) bool { return s.Conn != ConnConnected })
+		if err := c.a.Primary(ctx, false); err != nil {
+			t.Fatal(err)
+		}
+	} else if err := c.b.Disconnect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitHookEnv(t, hd, "fence-peer", 1)
+	c.wait(c.a, "the peer recorded Outdated", func(Status) bool { return peerOutdated(t, c.a) })
+	if err := c.b.Connect(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	c.settled()
+	waitHookEnv(t, hd, "unfence-peer", 1)
+}
+
+func TestFenceUnreachableAfterPeerLoss(t *testing.T) { fenceThenUnfence(t, 5, false) }
+func TestFenceOutdatedAfterPeerLoss(t *testing.T)    { fenceThenUnfence(t, 4, false) }
+func TestFenceOutdatedOnPromotion(t *testing.T)      { fenceThenUnfence(t, 4, true) }

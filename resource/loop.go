@@ -305,11 +305,24 @@ func (r *Resource) fencePeer() {
 				r.log.Error("fence-peer failed: I/O stays suspended until resume-io",
 					zap.Stringer("result", res.Fence), zap.Int("exit", res.ExitCode))
 			}
-			if res.Fence == hooks.FencePeerOutdated || res.Fence == hooks.FencePeerFenced {
+			if r.fenceOutdates(res) {
 				r.step(EvPeerFenced{})
 			}
 		})
 	})
+}
+
+// fenceOutdates reports whether a fence-peer result counts the peer as
+// Outdated (DRBD's rules): outdated (4) or fenced (7), or unreachable (5)
+// while this node's disk is UpToDate. Loop only.
+func (r *Resource) fenceOutdates(res hooks.Result) bool {
+	switch res.Fence {
+	case hooks.FencePeerOutdated, hooks.FencePeerFenced:
+		return true
+	case hooks.FencePeerUnreachable:
+		return r.m.Disk() == DiskUpToDate
+	}
+	return false
 }
 
 // runHook runs a handler that does not block its action.

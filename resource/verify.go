@@ -150,6 +150,7 @@ func (r *Resource) verifyChunk(link *replicate.Link, digest resync.DigestFunc, a
 	defer r.locks.Unlock(h)
 	buf := make([]byte, n)
 	if _, err := r.data.ReadAt(buf, off); err != nil {
+		r.localError(err) // a failing disk, whoever reads it
 		return err
 	}
 	remote, err := r.peerDigest(link, alg, off, n)
