@@ -2,7 +2,9 @@ package resource
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -40,7 +42,22 @@ func (r *Resource) admin(ctx context.Context, ev Event) error {
 // that two nodes promoted at once cannot both win: a node that is itself
 // waiting for its promotion refuses the peer's request when its node id is
 // the lower one.
+//
+// During a handshake with the peer a promotion is refused (ErrHandshake):
+// Primary tries again until the handshake ended or ctx ends.
 func (r *Resource) Primary(ctx context.Context, force bool) error {
+	for {
+		err := r.primary(ctx, force)
+		if !errors.Is(err, ErrHandshake) {
+			return err
+		}
+		if !sleepCtx(ctx, 10*time.Millisecond) {
+			return err
+		}
+	}
+}
+
+func (r *Resource) primary(ctx context.Context, force bool) error {
 	var wait chan error
 	fence := false
 	err := r.do(ctx, func() error {

@@ -468,8 +468,11 @@ func (m *Machine) step(ev Event) ([]Action, error) {
 		}
 		return nil, nil
 	case EvPeerFenced:
-		if m.linkUp {
-			return nil, nil // the peer is back meanwhile
+		if m.Replicating() {
+			// The peer is back meanwhile. (Not merely in a handshake,
+			// which a peer that refuses every link never ends; one that
+			// ends well clears the flag and runs unfence-peer.)
+			return nil, nil
 		}
 		m.setFlag(FlagPeerOutdated, true)
 		return []Action{m.persist()}, nil

@@ -114,6 +114,12 @@ func (r *Resource) dialLoop(ctx context.Context, delay time.Duration) {
 	}
 }
 
+// growRefuseDelay is the next delay before dialing a peer that refused
+// (or dropped) the last link in its handshake: 100 ms doubling to 5 s.
+func growRefuseDelay(d time.Duration) time.Duration {
+	return min(max(2*d, 100*time.Millisecond), 5*time.Second)
+}
+
 // sleepCtx waits d, or until ctx ends; it reports whether d passed.
 func sleepCtx(ctx context.Context, d time.Duration) bool {
 	if d <= 0 {
@@ -235,6 +241,12 @@ func (r *Resource) linkGone(link *replicate.Link) {
 	r.log.Warn("peer link down", zap.Error(err))
 	r.links.down(link)
 	r.link = nil
+	if r.m.Conn() == ConnHandshake {
+		// Lost before the handshake ended: the peer may refuse every
+		// link (a StandAlone peer closes it at once), so back off as
+		// after a refusal rather than redial at once, forever.
+		r.refuseDelay = growRefuseDelay(r.refuseDelay)
+	}
 	if r.promoteWait != nil {
 		r.promoteWait <- fmt.Errorf("the peer went away: %w", err)
 		r.promoteWait = nil
@@ -324,7 +336,7 @@ func (r *Resource) control(link *replicate.Link, msg replicate.ControlMsg) {
 			} else {
 				r.log.Debug("refusing the peer", zap.Error(err))
 			}
-			r.refuseDelay = min(max(2*r.refuseDelay, 100*time.Millisecond), 5*time.Second)
+			r.refuseDelay = growRefuseDelay(r.refuseDelay)
 			r.m.wantConnect = true // keep trying: the administrator may fix the peer
 			r.closeLink(err.Error())
 			r.step(EvLinkDown{Err: err})

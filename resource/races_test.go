@@ -194,3 +194,19 @@ func TestAckAfterNewGenerationPersisted(t *testing.T) {
 		t.Fatalf("the write was acknowledged with the old generation %x still on disk", before)
 	}
 }
+
+// A peer that drops every link in its handshake (it was disconnected, so
+// it is StandAlone) is redialed with a growing delay, not at once: a node
+// made some 150 links a second to it, each running a handshake.
+func TestRedialBacksOffFromStandAlonePeer(t *testing.T) {
+	c := newPair(t, "", "")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := c.b.Disconnect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	before := c.a.Status().Link.Connects
+	if s, hammered := waitStatus(c.a, 1500*time.Millisecond, func(s Status) bool { return s.Link.Connects > before+20 }); hammered {
+		t.Fatalf("%d links to a StandAlone peer in under 1.5 s", s.Link.Connects-before)
+	}
+}
