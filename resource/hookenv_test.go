@@ -167,3 +167,32 @@ handlers:
 func TestFenceUnreachableAfterPeerLoss(t *testing.T) { fenceThenUnfence(t, 5, false) }
 func TestFenceOutdatedAfterPeerLoss(t *testing.T)    { fenceThenUnfence(t, 4, false) }
 func TestFenceOutdatedOnPromotion(t *testing.T)      { fenceThenUnfence(t, 4, true) }
+
+// The split-brain handlers say how it was (not) resolved.
+func TestSplitBrainEnv(t *testing.T) {
+	hd := t.TempDir()
+	c := newPair(t, envDispatcher(hd, ""), "")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := c.b.Disconnect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	c.wait(c.a, "a alone", func(s Status) bool { return s.Conn != ConnConnected })
+	if err := c.a.WriteAt(fill(0x11, 4096), 0, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.b.Primary(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.b.WriteAt(fill(0x22, 4096), 4096, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.b.Connect(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range waitHookEnv(t, hd, "split-brain", 2) {
+		if v := e["RBD_NBD_SPLIT_BRAIN"]; !strings.HasPrefix(v, "not resolved: ") {
+			t.Errorf("split-brain on node %s: RBD_NBD_SPLIT_BRAIN=%q", e["RBD_NBD_NODE_NAME"], v)
+		}
+	}
+}

@@ -255,6 +255,11 @@ func (r *Resource) exec(a Action) {
 	case ActFencePeer:
 		r.fencePeer()
 	case ActSplitBrain:
+		// The split-brain handlers that follow report it.
+		r.splitBrain = a.Reason
+		if !a.Resolved {
+			r.splitBrain = "not resolved: " + a.Reason
+		}
 		if a.Resolved {
 			r.log.Warn("split brain detected and resolved", zap.String("how", a.Reason))
 		} else {
@@ -338,6 +343,9 @@ func (r *Resource) runHook(n hooks.Name) {
 			old = RoleSecondary
 		}
 		env = env.With(hooks.EnvOldRole, old.String())
+	}
+	if n == hooks.SplitBrain || n == hooks.InitialSplitBrain {
+		env = env.With(hooks.EnvSplitBrain, r.splitBrain)
 	}
 	r.hooks.RunAsync(r.loopCtx, n, env)
 }

@@ -110,6 +110,9 @@ type Resource struct {
 	// peerBitmapDone: the peer's bitmap arrived during this handshake (loop).
 	peerBitmapDone bool
 	syncCancel     context.CancelFunc // loop: running resync source or target
+	// splitBrain: loop; how the last split brain was (or was not)
+	// resolved, for the split-brain handlers.
+	splitBrain string
 	// syncReady: loop; closed when the sync target says it is ready for
 	// data (replicate.FeatureSyncReady), nil once it did or without a
 	// source waiting.
