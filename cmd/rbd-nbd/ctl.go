@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/pflag"
 	"go.yaml.in/yaml/v3"
 
+	"github.com/rbd-nbd/rbd-nbd/config"
 	"github.com/rbd-nbd/rbd-nbd/ctlproto"
 )
 
@@ -260,7 +261,7 @@ func newCtlShowCmd(g *globalOptions) *cobra.Command {
 				if err != nil {
 					return err
 				}
-				out, err := yaml.Marshal(cfg)
+				out, err := showYAML(cfg)
 				if err != nil {
 					return err
 				}
@@ -269,4 +270,14 @@ func newCtlShowCmd(g *globalOptions) *cobra.Command {
 			})
 		},
 	}
+}
+
+// showYAML renders a resource's configuration for ctl show, with
+// resync.latency-target off written as in resource files.
+func showYAML(cfg config.Resource) ([]byte, error) {
+	out, err := yaml.Marshal(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return bytes.ReplaceAll(out, []byte("latency-target: "+config.LatencyTargetOff.String()), []byte("latency-target: off")), nil
 }
