@@ -282,9 +282,10 @@ func TestFileDirect(t *testing.T) {
 	}
 }
 
-// TestFileBlockDevice opens a loop device: its size comes from
-// BLKGETSIZE64.
-func TestFileBlockDevice(t *testing.T) {
+// loopDevice attaches a new file of size bytes as a loop device (losetup
+// with args added) for the test, skipping where that cannot be done.
+func loopDevice(t *testing.T, size int64, args ...string) string {
+	t.Helper()
 	if os.Geteuid() != 0 {
 		skipUnlessRequired(t, "needs root for losetup")
 	}
@@ -295,16 +296,22 @@ func TestFileBlockDevice(t *testing.T) {
 	if err := os.WriteFile(img, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.Truncate(img, 8<<20); err != nil {
+	if err := os.Truncate(img, size); err != nil {
 		t.Fatal(err)
 	}
-	out, err := exec.Command("losetup", "--find", "--show", img).CombinedOutput()
+	out, err := exec.Command("losetup", append(append([]string{"--find", "--show"}, args...), img)...).CombinedOutput()
 	if err != nil {
 		skipUnlessRequired(t, "losetup failed: "+strings.TrimSpace(string(out)))
 	}
 	dev := strings.TrimSpace(string(out))
 	t.Cleanup(func() { exec.Command("losetup", "-d", dev).Run() })
+	return dev
+}
 
+// TestFileBlockDevice opens a loop device: its size comes from
+// BLKGETSIZE64.
+func TestFileBlockDevice(t *testing.T) {
+	dev := loopDevice(t, 8<<20)
 	f, err := Open(dev, Options{Size: 1 << 20})
 	if err != nil {
 		t.Fatal(err)

@@ -5,9 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -36,25 +34,7 @@ func directFile(t *testing.T, size int64) *File {
 // I/O is unaligned.
 func directLoop(t *testing.T, size int64, sectorSize int) *File {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		skipUnlessRequired(t, "needs root for losetup")
-	}
-	if _, err := exec.LookPath("losetup"); err != nil {
-		skipUnlessRequired(t, "losetup not installed")
-	}
-	img := filepath.Join(t.TempDir(), "loop.img")
-	if err := os.WriteFile(img, nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Truncate(img, size); err != nil {
-		t.Fatal(err)
-	}
-	out, err := exec.Command("losetup", "--find", "--show", "--sector-size", fmt.Sprint(sectorSize), img).CombinedOutput()
-	if err != nil {
-		skipUnlessRequired(t, "losetup failed: "+strings.TrimSpace(string(out)))
-	}
-	dev := strings.TrimSpace(string(out))
-	t.Cleanup(func() { exec.Command("losetup", "-d", dev).Run() })
+	dev := loopDevice(t, size, "--sector-size", fmt.Sprint(sectorSize))
 	f, err := Open(dev, Options{Direct: true})
 	if err != nil {
 		t.Fatal(err)

@@ -116,14 +116,7 @@ func (es *epochs) drainInto(bm *bitmap.Bitmap) uint64 {
 		if !e.dirty.Load() {
 			return
 		}
-		for off := int64(0); ; {
-			o, l, ok := e.bm.NextDirty(off)
-			if !ok {
-				break
-			}
-			n += bm.Set(o, l)
-			off = o + l
-		}
+		n += e.setIn(bm, 0, es.size)
 		e.bm.ClearAll()
 		e.dirty.Store(false)
 	}
@@ -165,19 +158,24 @@ func (es *epochs) holds(off, n int64) bool {
 func (es *epochs) copyInto(bm *bitmap.Bitmap, off, n int64) {
 	es.mu.Lock()
 	defer es.mu.Unlock()
-	cp := func(e *epoch) {
-		for pos := off; pos < off+n; {
-			o, l, ok := e.bm.NextDirty(pos)
-			if !ok || o >= off+n {
-				return
-			}
-			l = min(l, off+n-o)
-			bm.Set(o, l)
-			pos = o + l
-		}
-	}
-	cp(es.cur.Load())
+	es.cur.Load().setIn(bm, off, off+n)
 	for _, e := range es.open {
-		cp(e)
+		e.setIn(bm, off, off+n)
 	}
+}
+
+// setIn sets in bm the blocks of [off, end) that e holds and returns how
+// many bm did not have.
+func (e *epoch) setIn(bm *bitmap.Bitmap, off, end int64) uint64 {
+	var n uint64
+	for pos := off; pos < end; {
+		o, l, ok := e.bm.NextDirty(pos)
+		if !ok || o >= end {
+			break
+		}
+		l = min(l, end-o)
+		n += bm.Set(o, l)
+		pos = o + l
+	}
+	return n
 }

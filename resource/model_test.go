@@ -342,16 +342,7 @@ func (s *sim) check() {
 func runSim(t *testing.T, seed int64, steps int) *sim {
 	rng := rand.New(rand.NewSource(seed))
 	policies := []config.AfterSB{config.AfterSBDisconnect, config.AfterSBDiscardZeroChanges, config.AfterSBDiscardYoungerPrimary, config.AfterSBDiscardLeastChanges}
-	s := &sim{t: t, rng: rng, policy: policies[rng.Intn(len(policies))]}
-	u := s.newUUID()
-	for i := 0; i < 2; i++ {
-		s.n[i] = &simNode{id: i, up: true, bm: map[int]bool{}, meta: Meta{UUIDs: UUIDs{Current: u}, Flags: FlagConsistent | FlagWasUpToDate}}
-		s.n[i].m = s.newMachine(i)
-	}
-	for i := 0; i < 2; i++ {
-		s.step(i, EvAttach{Meta: s.n[i].meta})
-		s.step(i, EvConnect{})
-	}
+	s := newSimWith(t, rng, policies[rng.Intn(len(policies))])
 	s.logf("policy %s", s.policy)
 	for k := 0; k < steps && s.fail == ""; k++ {
 		i := rng.Intn(2)
@@ -447,8 +438,13 @@ func TestModelRandom(t *testing.T) {
 	}
 }
 
+// newSim returns two nodes of one generation, attached and connecting.
 func newSim(t *testing.T, policy config.AfterSB) *sim {
-	s := &sim{t: t, rng: rand.New(rand.NewSource(1)), policy: policy}
+	return newSimWith(t, rand.New(rand.NewSource(1)), policy)
+}
+
+func newSimWith(t *testing.T, rng *rand.Rand, policy config.AfterSB) *sim {
+	s := &sim{t: t, rng: rng, policy: policy}
 	u := s.newUUID()
 	for i := 0; i < 2; i++ {
 		s.n[i] = &simNode{id: i, up: true, bm: map[int]bool{}, meta: Meta{UUIDs: UUIDs{Current: u}, Flags: FlagConsistent | FlagWasUpToDate}}

@@ -1,6 +1,7 @@
 package resource
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -199,8 +200,17 @@ func freePort(t *testing.T) int {
 	return ln.Addr().(*net.TCPAddr).Port
 }
 
-func makeDisk(t *testing.T, path string, size int64, id uint32) {
-	f, err := os.Create(path)
+// pairDisk is one node's backing image and, for external meta-data, its
+// meta-data file.
+type pairDisk struct {
+	img, meta string // meta "" = internal
+}
+
+// makePairDisk creates the image of size bytes and its meta-data, with
+// alExtents activity-log slots (0: the default).
+func makePairDisk(t *testing.T, n pairDisk, size int64, id uint32, alExtents uint32) {
+	t.Helper()
+	f, err := os.Create(n.img)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -208,42 +218,72 @@ func makeDisk(t *testing.T, path string, size int64, id uint32) {
 		t.Fatal(err)
 	}
 	f.Close()
-	dev, err := disk.Open(path, disk.Options{})
+	dev, err := disk.Open(n.img, disk.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := metadata.Create(dev, dev.Size(), true, metadata.CreateOptions{NodeID: id}); err != nil {
+	defer dev.Close()
+	st, stSize, internal := metadata.Store(dev), dev.Size(), true
+	opts := metadata.CreateOptions{NodeID: id, ALExtents: alExtents}
+	if n.meta != "" {
+		mf, err := os.Create(n.meta)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := mf.Truncate(1 << 20); err != nil {
+			t.Fatal(err)
+		}
+		mf.Close()
+		md, err := disk.Open(n.meta, disk.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer md.Close()
+		st, stSize, internal = md, md.Size(), false
+		opts.DataSize = dev.Size()
+	}
+	if _, err := metadata.Create(st, stSize, internal, opts); err != nil {
 		t.Fatal(err)
 	}
-	dev.Close()
 }
 
-// newPair starts node a (id 0, dialing b through the relay) and node b,
-// connects them, skips the initial sync and makes a Primary. extraB, when
-// set, replaces extra (resource-file sections) for node b.
-func newPair(t *testing.T, extra, extraB string) *pair {
-	dir := t.TempDir()
-	const size = 16 << 20
+// fastTimeout (net.timeout, under the net section startPairOn writes) makes
+// a peer flush that a test holds fail in 2 s rather than 10.
+const fastTimeout = "  timeout: 2s\n"
+
+// startPairOn starts node a (id 0, dialing b through the relay) and node b
+// (id 1) on the given disks; it does not wait for anything. extra is
+// resource-file text after the net section (indented keys extend it);
+// extraB, when set, replaces it for node b.
+func startPairOn(t *testing.T, dir string, na, nb pairDisk, extra, extraB string) *pair {
+	t.Helper()
 	pa, pb := freePort(t), freePort(t)
 	proxy := startRelay(t, fmt.Sprintf("127.0.0.1:%d", pb))
-	makeDisk(t, filepath.Join(dir, "a.img"), size, 0)
-	makeDisk(t, filepath.Join(dir, "b.img"), size, 1)
+	meta := func(n pairDisk) string {
+		if n.meta == "" {
+			return ""
+		}
+		return "\n    meta-disk: " + n.meta
+	}
+	if extraB == "" {
+		extraB = extra
+	}
 	mk := func(name string, bAddrPort int, extra string) config.Resource {
 		y := fmt.Sprintf(`resource: r0
 nodes:
   - name: a
     node-id: 0
     address: 127.0.0.1:%d
-    disk: %s
+    disk: %s%s
   - name: b
     node-id: 1
     address: 127.0.0.1:%d
-    disk: %s
+    disk: %s%s
 net:
   ping-interval: 1s
   ping-timeout: 5s
   connect-timeout: 5s
-%s`, pa, filepath.Join(dir, "a.img"), bAddrPort, filepath.Join(dir, "b.img"), extra)
+%s`, pa, na.img, meta(na), bAddrPort, nb.img, meta(nb), extra)
 		f, err := config.ParseFile([]byte(y), dir)
 		if err != nil {
 			t.Fatal(err)
@@ -253,9 +293,6 @@ net:
 			t.Fatal(err)
 		}
 		return r
-	}
-	if extraB == "" {
-		extraB = extra
 	}
 	log := zap.NewNop()
 	if os.Getenv("RBD_NBD_TEST_LOG") != "" {
@@ -274,29 +311,55 @@ net:
 	if err := c.a.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		c.da.setWrite(nil)
-		c.da.setSync(nil)
-		c.db.setWrite(nil)
-		c.db.setSync(nil)
-		for _, r := range []*Resource{c.a, c.b} {
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			if err := r.Stop(ctx); err != nil {
-				t.Logf("stop: %v", err)
-			}
-			cancel()
+	return c
+}
+
+// stopBoth takes both nodes down, releasing what the hooks hold.
+func (c *pair) stopBoth() {
+	c.da.setWrite(nil)
+	c.da.setSync(nil)
+	c.db.setWrite(nil)
+	c.db.setSync(nil)
+	for _, r := range []*Resource{c.a, c.b} {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		if err := r.Stop(ctx); err != nil {
+			c.t.Logf("stop: %v", err)
 		}
-	})
+		cancel()
+	}
+}
+
+// newPair starts node a (id 0, dialing b through the relay) and node b on
+// blank 16 MiB disks, connects them, skips the initial sync and makes a
+// Primary. extraB, when set, replaces extra (resource-file text) for node b.
+func newPair(t *testing.T, extra, extraB string) *pair {
+	dir := t.TempDir()
+	na := pairDisk{img: filepath.Join(dir, "a.img")}
+	nb := pairDisk{img: filepath.Join(dir, "b.img")}
+	makePairDisk(t, na, 16<<20, 0, 0)
+	makePairDisk(t, nb, 16<<20, 1, 0)
+	c := startPairOn(t, dir, na, nb, extra, extraB)
+	t.Cleanup(c.stopBoth)
+	c.primaryA()
+	return c
+}
+
+// primaryA skips the initial sync of the pair's blank disks, makes node a
+// Primary and waits until the pair is idle and in sync.
+func (c *pair) primaryA() {
+	c.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
 	c.waitBoth("connected", func(s Status) bool { return s.Conn == ConnConnected })
 	if err := c.a.NewCurrentUUID(ctx, true); err != nil {
-		t.Fatal(err)
+		c.t.Fatal(err)
 	}
 	c.waitBoth("uptodate", func(s Status) bool { return s.Disk == DiskUpToDate && s.PeerDisk == DiskUpToDate })
 	if err := c.a.Primary(ctx, false); err != nil {
-		t.Fatal(err)
+		c.t.Fatal(err)
 	}
 	c.wait(c.a, "primary", func(s Status) bool { return s.Role == RolePrimary })
-	return c
+	c.settled()
 }
 
 // wait polls r's status until cond holds, failing the test after 30 s.
@@ -353,4 +416,24 @@ func fill(b byte, n int) []byte {
 		p[i] = b
 	}
 	return p
+}
+
+// compareBlocks fails unless both nodes hold the same 4 KiB at each offset.
+func (c *pair) compareBlocks(offs ...int64) {
+	c.t.Helper()
+	for _, off := range offs {
+		if a, b := c.localData(off, 4096), c.peerData(off, 4096); !bytes.Equal(a, b) {
+			c.t.Fatalf("replicas differ at %d after the crash recovery: a %x.., b %x..", off, a[:4], b[:4])
+		}
+	}
+}
+
+// settled waits until the pair is idle and in sync: connected, both
+// UpToDate, nothing out of sync.
+func (c *pair) settled() {
+	c.t.Helper()
+	c.wait(c.a, "a in sync", func(s Status) bool {
+		return s.Conn == ConnConnected && s.PeerDisk == DiskUpToDate && s.OutOfSync == 0
+	})
+	c.wait(c.b, "b in sync", func(s Status) bool { return s.Conn == ConnConnected && s.Disk == DiskUpToDate })
 }
