@@ -11,7 +11,7 @@
 #   BENCH_DIR where the backing file goes (default /dev/shm)
 #   OUT       also write the table to this file
 #   REPLICATED=0  leave out the replicated resource (run twice: with the
-#                 daemons' defaults and with --max-procs 1) and its
+#                 daemons' defaults and with --max-procs set to every CPU) and its
 #                 reference, nbdkit relaying to nbdkit (see start_relay)
 #   RESYNC=0      leave out the resync benchmark; RESYNC_SIZE (default 1G)
 #
@@ -88,10 +88,11 @@ start_servers() {
 
 	if [ "${REPLICATED:-1}" = 1 ]; then
 		start_relay
+		# By default each daemon of a pair on one machine runs on half
+		# its CPUs (docs/configuration.md, "CPUs and the Go runtime");
+		# the second pair runs on all of them, as a node of its own would.
 		start_replicated r0 "rbd-nbd replicated, protocol C"
-		# Both nodes and fio share this machine's cores: one CPU per
-		# daemon saves the wake-ups between their threads.
-		start_replicated r1 "rbd-nbd replicated, protocol C, --max-procs 1" --max-procs 1
+		start_replicated r1 "rbd-nbd replicated, protocol C, --max-procs $(nproc) (every CPU)" --max-procs "$(nproc)"
 	fi
 }
 

@@ -120,7 +120,7 @@ func runDaemon(parent context.Context, g *globalOptions, o *daemonOptions) error
 	case "none":
 		state.dir = ""
 	}
-	dcfg.NewRuntime = newRuntimeFunc(log, state)
+	dcfg.NewRuntime = newRuntimeFunc(log, state, newCPUShare(log, o.tuning.maxProcs))
 	dcfg.Generation = state.generation
 	d, err := daemon.New(dcfg)
 	if err != nil {

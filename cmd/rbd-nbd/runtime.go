@@ -22,14 +22,16 @@ type resourceRuntime struct {
 	log    *zap.Logger
 	events daemon.Events
 	state  *stateStore
+	cpus   *cpuShare
 	res    *resource.Resource
 }
 
-// newRuntimeFunc returns the daemon's runtime factory; state (may be nil)
+// newRuntimeFunc returns the daemon's runtime factory; cpus (may be nil)
+// sizes the Go runtime by where the peers run; state (may be nil)
 // remembers what the administrator asked for.
-func newRuntimeFunc(log *zap.Logger, state *stateStore) daemon.NewRuntimeFunc {
+func newRuntimeFunc(log *zap.Logger, state *stateStore, cpus *cpuShare) daemon.NewRuntimeFunc {
 	return func(name string, events daemon.Events) (daemon.Runtime, error) {
-		return &resourceRuntime{name: name, log: log, events: events, state: state}, nil
+		return &resourceRuntime{name: name, log: log, events: events, state: state, cpus: cpus}, nil
 	}
 }
 
@@ -57,6 +59,7 @@ func (rt *resourceRuntime) Start(ctx context.Context, cfg config.Resource, gen u
 		return ctlError(err)
 	}
 	rt.res = res
+	rt.cpus.up(rt.name, cfg)
 	if old, ok := rt.state.load(rt.name); !ok || old.Config.Name != cfg.Name {
 		rt.state.save(rt.name, intent{Config: cfg, Generation: gen})
 	} else {
@@ -70,6 +73,7 @@ func (rt *resourceRuntime) Apply(ctx context.Context, _, cfg config.Resource, ge
 	if err := rt.res.Apply(ctx, cfg); err != nil {
 		return ctlError(err)
 	}
+	rt.cpus.up(rt.name, cfg)
 	rt.state.update(rt.name, func(in *intent) { in.Config, in.Generation = cfg, gen })
 	return nil
 }
@@ -78,6 +82,7 @@ func (rt *resourceRuntime) Stop(ctx context.Context) error {
 	if err := rt.res.Stop(ctx); err != nil {
 		return ctlError(err)
 	}
+	rt.cpus.down(rt.name)
 	rt.state.forget(rt.name)
 	return nil
 }

@@ -50,7 +50,11 @@ func (o *tuningOptions) install(cmd *cobra.Command, g *globalOptions, what strin
 }
 
 func (o *tuningOptions) addFlags(f *pflag.FlagSet, what string) {
-	f.IntVar(&o.maxProcs, "max-procs", 0, "CPUs the "+what+" runs on at once (Go's GOMAXPROCS; 0: all). 1 suits a small machine shared with the peer node and the clients: see docs/configuration.md")
+	help := "CPUs the " + what + " runs on at once (Go's GOMAXPROCS; 0: all)"
+	if what == "daemon" {
+		help = "CPUs the daemon runs on at once (Go's GOMAXPROCS; 0: all of them, or half while a resource's peer node runs on this machine too): see docs/configuration.md"
+	}
+	f.IntVar(&o.maxProcs, "max-procs", 0, help)
 	f.BoolVar(&o.lowLatency, "low-latency", true, "keep Go's runtime monitor polling (every 10 ms when idle) rather than sleeping, which saves a thread wake-up each time the "+what+" goes from idle to busy; the "+what+" restarts itself in place at startup with GODEBUG set for it: see docs/configuration.md")
 }
 

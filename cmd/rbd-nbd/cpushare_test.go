@@ -1,0 +1,83 @@
+package main
+
+import (
+	"net"
+	"testing"
+
+	"go.uber.org/zap"
+
+	"github.com/rbd-nbd/rbd-nbd/config"
+)
+
+func TestCPUShare(t *testing.T) {
+	var got []int
+	c := &cpuShare{log: zap.NewNop(), all: 4, set: func(n int) { got = append(got, n) },
+		isLocal: func(addr string) bool { return addr == "127.0.0.1:7789" }, shared: map[string]bool{}}
+	local := config.Resource{Peer: config.Node{Address: "127.0.0.1:7789"}}
+	remote := config.Resource{Peer: config.Node{Address: "192.0.2.7:7789"}}
+	c.up("far", remote) // no change: the runtime's own choice stays
+	c.up("r0", local)   // half
+	c.up("r1", local)   // still half: set once
+	c.down("r0")
+	c.up("r1", remote) // adjusted to a remote peer: all again
+	c.up("r1", local)
+	c.down("r1")
+	c.down("r1") // stopped twice (a failed start): nothing
+	want := []int{2, 0, 2, 0}
+	if len(got) != len(want) {
+		t.Fatalf("set %v, want %v", got, want)
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Fatalf("set %v, want %v", got, want)
+		}
+	}
+
+	one := &cpuShare{log: zap.NewNop(), all: 1, set: func(n int) { got = append(got, n) },
+		isLocal: func(string) bool { return true }, shared: map[string]bool{}}
+	got = nil
+	one.up("r", local)
+	if len(got) != 1 || got[0] != 1 {
+		t.Errorf("one CPU: set %v, want [1]", got)
+	}
+	if newCPUShare(zap.NewNop(), 3) != nil {
+		t.Error("--max-procs 3: a policy that would override it")
+	}
+	var none *cpuShare
+	none.up("r", local) // a nil policy does nothing
+	none.down("r")
+}
+
+func TestLocalAddress(t *testing.T) {
+	for addr, want := range map[string]bool{
+		"127.0.0.1:7789":    true,
+		"127.0.0.2:7789":    true,
+		"[::1]:7789":        true,
+		"localhost:7789":    true,
+		"LOCALHOST:1":       true,
+		"192.0.2.7:7789":    false, // TEST-NET-1, never an interface here
+		"[2001:db8::1]:1":   false,
+		"peer.example:7789": false, // not resolved
+		"garbage":           false,
+	} {
+		if got := localAddress(addr); got != want {
+			t.Errorf("localAddress(%q) = %v, want %v", addr, got, want)
+		}
+	}
+}
+
+func TestLocalAddressInterface(t *testing.T) {
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		t.Skip(err)
+	}
+	for _, a := range addrs {
+		if n, ok := a.(*net.IPNet); ok && !n.IP.IsLoopback() {
+			if addr := net.JoinHostPort(n.IP.String(), "7789"); !localAddress(addr) {
+				t.Errorf("localAddress(%q) = false for an address of this machine", addr)
+			}
+			return
+		}
+	}
+	t.Skip("no interface address but loopback")
+}
