@@ -199,7 +199,8 @@ func (r *Resource) InvalidateRemote(ctx context.Context, resetBitmap bool) error
 
 // PauseSync pauses the running resync, on either node: the source pauses
 // its engine; the target asks its source to (SyncPause), and shows
-// PausedSyncT once the source confirmed.
+// PausedSyncT once the source confirmed. Given while the before-resync
+// handlers run, it applies when the resync starts.
 func (r *Resource) PauseSync(ctx context.Context) error { return r.setSyncPaused(ctx, true) }
 
 // ResumeSync resumes a paused resync, on either node.
@@ -217,6 +218,12 @@ func (r *Resource) setSyncPaused(ctx context.Context, paused bool) error {
 		}
 		if r.link.Features()&replicate.FeatureSyncPause == 0 {
 			return &StateError{Err: fmt.Errorf("the peer's version cannot be paused from the sync target: run this on the peer, the sync source"), State: r.m.stateString()}
+		}
+		if r.link.Features()&replicate.FeatureSyncReady != 0 && !t.isReady() {
+			// before-resync-target still runs; the source waits for the
+			// readiness, and this follows it.
+			t.wantPaused = &paused
+			return nil
 		}
 		r.sendControl(&replicate.SyncPause{Paused: paused})
 		return nil

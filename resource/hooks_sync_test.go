@@ -51,3 +51,61 @@ func TestSlowBeforeResyncTarget(t *testing.T) {
 	}
 	c.compareBlocks(0, 8<<20)
 }
+
+// slowHandler returns a handler command that runs until release is
+// called (at most 30 s), and a check that it is running.
+func slowHandler(t *testing.T) (cmd string, running func() bool, release func()) {
+	hd := t.TempDir()
+	calls, rel := filepath.Join(hd, "calls"), filepath.Join(hd, "release")
+	cmd = fmt.Sprintf("[\"/bin/sh\", \"-c\", %q]", fmt.Sprintf("echo call >> %s; i=0; while [ ! -e %s ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done", calls, rel))
+	running = func() bool { b, _ := os.ReadFile(calls); return len(b) > 0 }
+	release = func() {
+		if err := os.WriteFile(rel, nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return cmd, running, release
+}
+
+// A pause-sync given on either node while a before-resync handler runs
+// holds when the resync starts (it was dropped: the source had no
+// engine yet to apply it to, and the target's pause reached the source
+// before the engine existed), and resume-sync then completes the resync.
+func TestPauseDuringBeforeResyncHandlers(t *testing.T) {
+	for _, side := range []string{"source", "target"} {
+		t.Run(side, func(t *testing.T) {
+			cmd, running, release := slowHandler(t)
+			extra, extraB := fastTimeout, fastTimeout
+			if side == "source" {
+				extra += "handlers:\n  timeout: 60s\n  before-resync-source: " + cmd + "\n"
+			} else {
+				extraB += "handlers:\n  timeout: 60s\n  before-resync-target: " + cmd + "\n"
+			}
+			c := newPair(t, extra, extraB)
+			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+			defer cancel()
+			if err := c.b.Invalidate(ctx); err != nil {
+				t.Fatal(err)
+			}
+			c.wait(c.b, "the handler running", func(Status) bool { return running() })
+			pauser := c.a
+			if side == "target" {
+				pauser = c.b
+			}
+			if err := pauser.PauseSync(ctx); err != nil {
+				t.Fatalf("pause-sync while before-resync-%s runs: %v", side, err)
+			}
+			release()
+			c.wait(c.a, "the source paused", func(s Status) bool { return s.Conn == ConnPausedSyncS })
+			c.wait(c.b, "the target paused", func(s Status) bool { return s.Conn == ConnPausedSyncT })
+			if s := c.b.Status(); s.Disk != DiskInconsistent || s.OutOfSync == 0 {
+				t.Fatalf("a paused resync finished: %+v", s)
+			}
+			if err := pauser.ResumeSync(ctx); err != nil {
+				t.Fatal(err)
+			}
+			c.wait(c.b, "the resync done", func(s Status) bool { return s.Conn == ConnConnected && s.Disk == DiskUpToDate })
+			c.compareBlocks(0, 8<<20)
+		})
+	}
+}

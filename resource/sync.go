@@ -30,6 +30,20 @@ type targetState struct {
 	done    atomic.Uint64
 	total   uint64
 	paused  atomic.Bool // the source said it paused (SyncPause)
+	// wantPaused (loop): a pause-sync or resume-sync given here before
+	// the handler allowed the resync; held until then, since a resume
+	// would read as the readiness (FeatureSyncReady).
+	wantPaused *bool
+}
+
+// isReady reports whether before-resync-target allowed the resync.
+func (t *targetState) isReady() bool {
+	select {
+	case <-t.ready:
+		return true
+	default:
+		return false
+	}
 }
 
 type span struct{ off, length int64 }
@@ -76,6 +90,11 @@ func (r *Resource) startSync(source, full bool) {
 				// The source waits for this before it sends any data.
 				r.post(func() {
 					if r.link == link && r.currentTarget() == t {
+						if t.wantPaused != nil && *t.wantPaused {
+							// Before the readiness: the source's engine
+							// then never runs unpaused.
+							r.sendControl(&replicate.SyncPause{Paused: true})
+						}
 						r.sendControl(&replicate.SyncPause{Paused: false})
 					}
 				})
@@ -106,9 +125,21 @@ func (r *Resource) startSync(source, full bool) {
 		targetReady = make(chan struct{})
 		r.syncReady = targetReady
 	}
+	// The engine is the resync from here on, before it runs: a pause
+	// (here or from the target) while the handlers run applies to it.
+	r.engine.Store(e)
+	forget := func() {
+		r.post(func() {
+			if r.engine.Load() == e {
+				r.engine.Store(nil)
+				r.publishStatus()
+			}
+		})
+	}
 	r.goLoop(func() {
 		res := r.hooks.Run(ctx, hooks.BeforeResyncSource, r.hookEnv().With(hooks.EnvResyncBytes, strconv.FormatInt(r.bm.DirtyBytes(), 10)))
 		if res.Vetoed() {
+			forget()
 			r.post(func() { r.vetoed(link, "before-resync-source", res) })
 			return
 		}
@@ -116,11 +147,11 @@ func (r *Resource) startSync(source, full bool) {
 			select {
 			case <-targetReady:
 			case <-ctx.Done():
+				forget()
 				return
 			}
 		}
 		r.retireIdleExtents(ctx)
-		r.engine.Store(e)
 		r.changed()
 		stopProgress := r.progressEvents(ctx)
 		err := e.Run(ctx)

@@ -203,6 +203,7 @@ func New(cfg Config, src Source, bm Bitmap, lock *rangelock.Locker, tr Transport
 		cfg.Logger = zap.NewNop()
 	}
 	e := &Engine{cfg: cfg, src: src, bm: bm, lock: lock, tr: tr, log: cfg.Logger, window: cfg.Window}
+	e.total.Store(bm.DirtyBytes()) // Progress before Run shows what is to do
 	e.cond = sync.NewCond(&e.mu)
 	if cfg.Rate > 0 {
 		burst := int(max(cfg.Rate/10, uint64(cfg.ChunkSize)))
