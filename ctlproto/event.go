@@ -232,7 +232,7 @@ func (e Event) MarshalJSON() ([]byte, error) {
 // names, enumerations and the UUID, a number otherwise.
 func FieldJSON(st resource.Status, f StatusField) any {
 	switch f {
-	case FieldName, FieldRole, FieldDisk, FieldConn, FieldPeerRole, FieldPeerDisk, FieldCurrentUUID, FieldSuspended:
+	case FieldName, FieldRole, FieldDisk, FieldConn, FieldPeerRole, FieldPeerDisk, FieldCurrentUUID, FieldSuspended, FieldVerify:
 		return FieldText(st, f)
 	case FieldResyncETA:
 		return st.ResyncETA

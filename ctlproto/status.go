@@ -35,6 +35,9 @@ const (
 	// FieldSuspended (1.3) is not at TagStatusName + its value: tags are
 	// appended, and the status range was full. See Tag.
 	FieldSuspended
+	// FieldVerify and FieldVerifyFound (1.5): the online verify.
+	FieldVerify
+	FieldVerifyFound
 
 	numStatusFields
 )
@@ -44,7 +47,7 @@ var statusKeys = [numStatusFields]string{
 	"name", "role", "disk", "connection", "peer-role", "peer-disk", "size",
 	"out-of-sync", "resync-done", "resync-total", "resync-rate", "resync-eta",
 	"resynced-bytes", "writes-in-flight", "nbd-connections", "current-uuid",
-	"peer-node-id", "generation", "suspended",
+	"peer-node-id", "generation", "suspended", "verify", "verify-found",
 }
 
 // Key is the field's key in text and JSON output, e.g. "peer-disk".
@@ -57,19 +60,24 @@ func (f StatusField) Key() string {
 
 // Tag is the field's tag number.
 func (f StatusField) Tag() uint16 {
-	if f == FieldSuspended {
-		return TagStatusSuspended
+	if f >= FieldSuspended {
+		return laterStatusTags[f-FieldSuspended]
 	}
 	return TagStatusName + uint16(f)
 }
 
+// laterStatusTags are the tags of the fields from FieldSuspended on.
+var laterStatusTags = [...]uint16{TagStatusSuspended, TagStatusVerify, TagStatusVerifyFound}
+
 // fieldOfTag returns the status field a tag carries.
 func fieldOfTag(tag uint16) (StatusField, bool) {
-	switch {
-	case tag == TagStatusSuspended:
-		return FieldSuspended, true
-	case tag >= TagStatusName && tag < TagStatusName+uint16(FieldSuspended):
+	if tag >= TagStatusName && tag < TagStatusName+uint16(FieldSuspended) {
 		return StatusField(tag - TagStatusName), true
+	}
+	for i, t := range laterStatusTags {
+		if tag == t {
+			return FieldSuspended + StatusField(i), true
+		}
 	}
 	return 0, false
 }
@@ -78,7 +86,7 @@ func (f StatusField) wireType() Type {
 	switch f {
 	case FieldName:
 		return TypeString
-	case FieldRole, FieldDisk, FieldConn, FieldPeerRole, FieldPeerDisk, FieldSuspended:
+	case FieldRole, FieldDisk, FieldConn, FieldPeerRole, FieldPeerDisk, FieldSuspended, FieldVerify:
 		return TypeU8
 	case FieldNBDConnections, FieldPeerNodeID:
 		return TypeU32
@@ -116,7 +124,7 @@ func ObjectFields(o ObjectKind) FieldSet {
 		return Fields(FieldName, FieldDisk, FieldSize, FieldCurrentUUID)
 	case ObjectPeer:
 		return Fields(FieldName, FieldPeerNodeID, FieldPeerDisk, FieldOutOfSync, FieldResyncDone,
-			FieldResyncTotal, FieldResyncRate, FieldResyncETA, FieldResyncedBytes)
+			FieldResyncTotal, FieldResyncRate, FieldResyncETA, FieldResyncedBytes, FieldVerify, FieldVerifyFound)
 	case ObjectHelper:
 		return Fields(FieldName)
 	}
@@ -174,6 +182,10 @@ func statusValue(st *resource.Status, f StatusField) uint64 {
 		return st.Generation
 	case FieldSuspended:
 		return uint64(st.Suspended)
+	case FieldVerify:
+		return uint64(st.Verify)
+	case FieldVerifyFound:
+		return st.VerifyFound
 	}
 	return 0
 }
@@ -216,6 +228,10 @@ func setStatusValue(st *resource.Status, f StatusField, v uint64) {
 		st.Generation = v
 	case FieldSuspended:
 		st.Suspended = resource.Suspend(v)
+	case FieldVerify:
+		st.Verify = resource.VerifyState(v)
+	case FieldVerifyFound:
+		st.VerifyFound = v
 	}
 }
 
@@ -255,6 +271,8 @@ func FieldText(st resource.Status, f StatusField) string {
 		return fmt.Sprintf("%016X", st.CurrentUUID)
 	case FieldSuspended:
 		return st.Suspended.String()
+	case FieldVerify:
+		return st.Verify.String()
 	}
 	return strconv.FormatUint(statusValue(&st, f), 10)
 }
@@ -344,10 +362,16 @@ func statsFields(st *resource.Status) []statsField {
 
 // FieldPresent reports whether field f of st is sent in status replies
 // (and shown by status --json): every field but a suspended field that is
-// zero, which is left out so that a daemon where nothing is suspended
-// answers as one that predates the field.
+// zero and the verify fields while no verify ran, which are left out so
+// that such a daemon answers as one that predates the fields.
 func FieldPresent(st resource.Status, f StatusField) bool {
-	return f != FieldSuspended || st.Suspended != 0
+	switch f {
+	case FieldSuspended:
+		return st.Suspended != 0
+	case FieldVerify, FieldVerifyFound:
+		return st.Verify != resource.VerifyNone
+	}
+	return true
 }
 
 // statusFields encodes the fields of st in set; all keeps those that are

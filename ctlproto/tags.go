@@ -194,6 +194,10 @@ const (
 
 	// Added in 1.4: the policy for I/O that no copy of the data can serve.
 	TagDiskOnNoDataAccessible uint16 = 167
+
+	// Added in 1.5: the online verify's outcome.
+	TagStatusVerify      uint16 = 168
+	TagStatusVerifyFound uint16 = 169
 )
 
 // enumNames lists String() of 0, 1, ... up to the first value whose name
@@ -213,10 +217,11 @@ func enumNames(name func(int) string) []string {
 // defaultTags declares every tag. Append new tags at the end with the next
 // free number and the new protocol minor as Since; retire, never delete.
 func defaultTags() []Tag {
-	const v1, v1_1, v1_2, v1_3, v1_4 = "1.0", "1.1", "1.2", "1.3", "1.4"
+	const v1, v1_1, v1_2, v1_3, v1_4, v1_5 = "1.0", "1.1", "1.2", "1.3", "1.4", "1.5"
 	roles := enumNames(func(i int) string { return resource.Role(i).String() })
 	disks := enumNames(func(i int) string { return resource.DiskState(i).String() })
 	conns := enumNames(func(i int) string { return resource.ConnState(i).String() })
+	verifies := enumNames(func(i int) string { return resource.VerifyState(i).String() })
 	sec := func(num uint16, name, doc string, repeated bool) Tag {
 		return Tag{Num: num, Name: name, Type: TypeList, Mandatory: true, Repeated: repeated, Since: v1, Doc: doc}
 	}
@@ -276,6 +281,8 @@ func defaultTags() []Tag {
 		{Num: TagNetMaxProtocolVersion, Name: "net.max-protocol-version", Type: TypeU32, Section: TagNet, Flag: "max-protocol-version", Since: v1, Doc: "Highest peer protocol version offered (0: newest)."},
 		{Num: TagNetFencing, Name: "net.fencing", Type: TypeString, Section: TagNet, Mandatory: true, Flag: "fencing", Since: v1_3, Doc: "Fencing policy: dont-care, resource-only or resource-and-stonith; absent: resource-only."},
 		{Num: TagStatusSuspended, Name: "status.suspended", Type: TypeU8, Section: TagStatus, Since: v1_3, Doc: "Why application I/O is suspended, a set of bits: 1 suspend-io (user), 2 fencing, 4 no data accessible (from 1.4); absent when it is not."},
+		{Num: TagStatusVerify, Name: "status.verify", Type: TypeU8, Enum: verifies, Section: TagStatus, Since: v1_5, Doc: "This node's online verify: Running, or how the last one since the resource came up ended (Done: its whole range compared; Interrupted: stopped early, the rest not compared); absent when none ran."},
+		{Num: TagStatusVerifyFound, Name: "status.verify-found", Type: TypeU64, Unit: UnitBytes, Section: TagStatus, Since: v1_5, Doc: "Bytes that verify found out of sync (and marked) so far; absent when none ran."},
 
 		{Num: TagDiskALExtents, Name: "disk.al-extents", Type: TypeU32, Section: TagDisk, Flag: "al-extents", Since: v1, Doc: "Active 4 MiB extents in the activity log."},
 		{Num: TagDiskOnIOError, Name: "disk.on-io-error", Type: TypeString, Section: TagDisk, Mandatory: true, Flag: "on-io-error", Since: v1, Doc: "Local disk error policy."},

@@ -31,6 +31,8 @@ type nodeStatus struct {
 	NBDConns       uint32 `json:"nbd-connections"`
 	Suspended      string `json:"suspended"` // "" while I/O runs
 	WritesInFlight uint64 `json:"writes-in-flight"`
+	Verify         string `json:"verify"` // "" before any verify
+	VerifyFound    uint64 `json:"verify-found"`
 }
 
 // node is one daemon of a cluster.

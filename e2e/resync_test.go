@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -180,8 +181,11 @@ func TestVerify(t *testing.T) {
 	poke(t, c.b.disk, 9<<20, 4096)
 	poke(t, c.b.disk, 40<<20+4095, 2) // straddles two blocks
 	out := c.a.ctl("verify", "r0", "--wait")
-	if st := c.a.status(); st.OutOfSync != 4*4096 {
-		t.Fatalf("verify marked %d bytes out of sync, want %d (%s)", st.OutOfSync, 4*4096, out)
+	if st := c.a.status(); st.OutOfSync != 4*4096 || st.Verify != "Done" || st.VerifyFound != 4*4096 {
+		t.Fatalf("verify marked %d bytes out of sync (status: verify %s, found %d), want %d (%s)", st.OutOfSync, st.Verify, st.VerifyFound, 4*4096, out)
+	}
+	if !strings.Contains(out, "verify done: 16384 bytes found out of sync") {
+		t.Fatalf("verify --wait printed %q", out)
 	}
 	// Verify changes no data.
 	if b := c.b.data(64 << 20); b[5*4096] != 0xEE {
@@ -193,6 +197,32 @@ func TestVerify(t *testing.T) {
 	if st := c.a.status(); st.ResyncedBytes != 4*4096 {
 		t.Fatalf("repair moved %d bytes, want %d", st.ResyncedBytes, 4*4096)
 	}
+}
+
+// A verify cut off before the end of its range is not reported as done:
+// verify --wait fails and says so, and status shows Interrupted.
+func TestVerifyInterrupted(t *testing.T) {
+	c := newCluster(t, clusterOptions{})
+	if err := c.b.daemon.Signal(syscall.SIGSTOP); err != nil { // its digests never come
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.b.daemon.Signal(syscall.SIGCONT) })
+	waited := make(chan Result, 1)
+	go func() { waited <- c.a.tryCtl("verify", "r0", "--wait") }()
+	c.a.wait("the verify running", 30*time.Second, func(s nodeStatus) bool { return s.Verify == "Running" })
+	c.a.ctl("disconnect", "r0")
+	r := <-waited
+	if r.ExitCode == 0 || !strings.Contains(r.Stderr, "verify interrupted") {
+		t.Fatalf("verify --wait of an interrupted verify: exit %d, stdout %q, stderr %q", r.ExitCode, r.Stdout, r.Stderr)
+	}
+	if st := c.a.status(); st.Verify != "Interrupted" {
+		t.Fatalf("status after the cut: verify %q", st.Verify)
+	}
+	if err := c.b.daemon.Signal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	c.a.ctl("connect", "r0")
+	c.waitSynced()
 }
 
 // writeScript writes an executable shell script.

@@ -196,3 +196,38 @@ func TestSplitBrainEnv(t *testing.T) {
 		}
 	}
 }
+
+// Status tells a finished verify from an interrupted one: Done with the
+// bytes it found, or Interrupted when the link was lost before the end
+// of its range.
+func TestVerifyStatus(t *testing.T) {
+	c := newPair(t, fastTimeout, fastTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if s := c.a.Status(); s.Verify != VerifyNone {
+		t.Fatalf("before any verify: %v", s.Verify)
+	}
+	if _, err := c.db.Device.WriteAt(fill(0xEE, 4096), 3<<20); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.a.Verify(ctx, 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	s := c.wait(c.a, "verify done", func(s Status) bool { return s.Verify != VerifyRunning })
+	if bs := uint64(c.a.bm.BlockSize()); s.Verify != VerifyDone || s.VerifyFound != bs {
+		t.Fatalf("finished verify: %v, found %d; want Done, %d", s.Verify, s.VerifyFound, bs)
+	}
+
+	c.proxy.stall() // the peer's digests never come
+	if err := c.a.Verify(ctx, 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	if s := c.a.Status(); s.Verify != VerifyRunning || s.VerifyFound != 0 {
+		t.Fatalf("running verify: %v, found %d", s.Verify, s.VerifyFound)
+	}
+	c.proxy.cut()
+	s = c.wait(c.a, "verify interrupted", func(s Status) bool { return s.Verify != VerifyRunning })
+	if s.Verify != VerifyInterrupted {
+		t.Fatalf("verify cut off by the link's loss: %v", s.Verify)
+	}
+}

@@ -98,6 +98,7 @@ type Resource struct {
 	epochs     *epochs
 	engine     atomic.Pointer[resync.Engine]
 	verify     atomic.Pointer[verifyState]
+	lastVerify atomic.Pointer[verifyState] // the last verify that ended
 
 	// Loop.
 	m       *Machine
@@ -521,6 +522,14 @@ func (r *Resource) Status() Status {
 	} else if v := r.verify.Load(); v != nil {
 		st.Conn = ConnVerifyS
 		st.ResyncDone, st.ResyncTotal = uint64(v.done.Load()), uint64(v.stop-v.start)
+	}
+	if v := r.verify.Load(); v != nil {
+		st.Verify, st.VerifyFound = VerifyRunning, uint64(v.found.Load())
+	} else if v := r.lastVerify.Load(); v != nil {
+		st.Verify, st.VerifyFound = VerifyDone, uint64(v.found.Load())
+		if v.interrupted {
+			st.Verify = VerifyInterrupted
+		}
 	}
 	return st
 }

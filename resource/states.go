@@ -140,6 +140,12 @@ type Status struct {
 	Generation uint64
 	// Suspended says why application I/O is suspended (0: it runs).
 	Suspended Suspend
+	// Verify is the state of this node's online verify: the running one,
+	// else the last since the resource came up.
+	Verify VerifyState
+	// VerifyFound counts the bytes that verify found out of sync (and
+	// marked) so far.
+	VerifyFound uint64
 	// IO, Link and Meta are statistics since the resource came up (status
 	// --statistics, metrics). Status events do not fire when they change.
 	IO   IOStats
@@ -206,6 +212,32 @@ var writeLatencyBounds = [...]time.Duration{
 // WriteLatencyBounds returns the upper bounds of IOStats.WriteLatency's
 // buckets, ascending.
 func WriteLatencyBounds() []time.Duration { return slices.Clone(writeLatencyBounds[:]) }
+
+// VerifyState is the state of a node's online verify.
+type VerifyState uint8
+
+// The verify states.
+const (
+	// VerifyNone: no verify ran on this node since the resource came up.
+	VerifyNone VerifyState = iota
+	// VerifyRunning: a verify runs.
+	VerifyRunning
+	// VerifyDone: the last verify compared its whole range.
+	VerifyDone
+	// VerifyInterrupted: the last verify stopped before the end of its
+	// range (the link was lost, a read failed, the resource went down):
+	// what it found is marked out of sync, the rest was not compared.
+	VerifyInterrupted
+)
+
+var verifyNames = [...]string{"None", "Running", "Done", "Interrupted"}
+
+func (v VerifyState) String() string {
+	if int(v) < len(verifyNames) {
+		return verifyNames[v]
+	}
+	return "VerifyState(?)"
+}
 
 // Suspend says why application I/O is suspended: a set of reasons, as
 // DRBD shows them (suspended:user, suspended:fencing).

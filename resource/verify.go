@@ -34,6 +34,8 @@ type verifyState struct {
 	// first and end bound the blocks found to differ (first > end:
 	// none), for the out-of-sync handler.
 	first, end atomic.Int64
+	// interrupted is set before the verify becomes lastVerify.
+	interrupted bool
 }
 
 // differs records a differing block [off, off+n).
@@ -88,6 +90,8 @@ func (r *Resource) Verify(ctx context.Context, start, stop int64) error {
 			err := r.runVerify(ctx, v, link, alg)
 			stop()
 			r.post(func() {
+				v.interrupted = err != nil
+				r.lastVerify.Store(v)
 				r.verify.Store(nil)
 				r.flushBitmap()
 				if err != nil {

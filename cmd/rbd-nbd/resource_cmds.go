@@ -214,11 +214,23 @@ func newVerifyCmd(g *globalOptions) *cobra.Command {
 			if !wait {
 				return nil
 			}
-			st, err := waitFor(cmd, g, args[0], 0, func(st resource.Status) bool { return st.Conn != resource.ConnVerifyS })
+			st, err := waitFor(cmd, g, args[0], 0, func(st resource.Status) bool {
+				return st.Conn != resource.ConnVerifyS && st.Verify != resource.VerifyRunning
+			})
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "verify done: %d bytes out of sync\n", st.OutOfSync)
+			switch st.Verify {
+			case resource.VerifyInterrupted:
+				return fmt.Errorf("verify interrupted (now %s/%s): %d bytes found out of sync before it stopped; the rest was not compared",
+					st.Conn, st.PeerDisk, st.VerifyFound)
+			case resource.VerifyDone:
+				fmt.Fprintf(cmd.OutOrStdout(), "verify done: %d bytes found out of sync\n", st.VerifyFound)
+			default:
+				// A daemon before control protocol 1.5: it cannot say
+				// whether the verify finished.
+				fmt.Fprintf(cmd.OutOrStdout(), "verify ended: %d bytes out of sync\n", st.OutOfSync)
+			}
 			return nil
 		},
 	}

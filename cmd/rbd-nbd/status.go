@@ -236,5 +236,8 @@ func writeStatusText(w io.Writer, st resource.Status) {
 		fmt.Fprintf(w, " done:%.2f%% eta:%s", 100*float64(st.ResyncDone)/float64(st.ResyncTotal),
 			ctlproto.FieldText(st, ctlproto.FieldResyncETA))
 	}
+	if st.Verify != resource.VerifyNone {
+		fmt.Fprintf(w, " verify:%s verify-found:%d", st.Verify, st.VerifyFound)
+	}
 	fmt.Fprintln(w)
 }
