@@ -599,6 +599,9 @@ func (d *Daemon) up(ctx context.Context, body ctlproto.List) ctlproto.Reply {
 	}
 	defer r.mu.Unlock()
 	s := r.snap.Load()
+	if perr := checkGeneration(body, s.gen); perr != nil {
+		return ctlproto.Reply{Err: perr}
+	}
 	if s.rt != nil {
 		return ctlproto.Reply{Err: &ctlproto.Error{Code: ctlproto.CodeStateConflict, State: "up", Message: fmt.Sprintf("resource %q is up already", name)}}
 	}
@@ -652,10 +655,18 @@ func (d *Daemon) applyOrCreate(ctx context.Context, body ctlproto.List, downOnly
 	}
 	r, perr := d.lock(name)
 	if perr != nil {
+		if e, ok := body.Find(ctlproto.TagIfGeneration); ok {
+			// The configuration read at that generation is gone.
+			return ctlproto.Reply{Err: &ctlproto.Error{Code: ctlproto.CodeGenerationMismatch, Path: "if-generation", Value: fmt.Sprint(e.Uint()),
+				Message: fmt.Sprintf("resource %q does not exist (any more): it changed meanwhile; read it again and retry", name)}}
+		}
 		return d.create(ctx, body, true)
 	}
 	defer r.mu.Unlock()
 	s := r.snap.Load()
+	if perr := checkGeneration(body, s.gen); perr != nil {
+		return ctlproto.Reply{Err: perr}
+	}
 	cfg, err := fullConfig(name, body)
 	if err != nil {
 		return reply(err)

@@ -838,3 +838,45 @@ func TestHandlerErrors(t *testing.T) {
 		t.Fatalf("empty first word: path %q value %q, want handlers.handler, split-brain", pe.Path, pe.Value)
 	}
 }
+
+// up and adjust with if-generation (1.5) apply only to a resource at that
+// generation: a stale one changes nothing, a missing one is not created.
+func TestUpAdjustIfGeneration(t *testing.T) {
+	for _, msg := range []ctlproto.MsgType{ctlproto.MsgAdjust, ctlproto.MsgUp} {
+		t.Run(ctlproto.DefaultRegistry().MsgName(msg), func(t *testing.T) {
+			f := newFakeFactory()
+			e := start(t, Config{NewRuntime: f.New}, nil)
+			c := e.dial(t)
+			ctx := ctxT(t)
+			cfg := minimalConfig("r0")
+			cfg.Net.Protocol = config.ProtocolA
+			body := func(gen uint64) ctlproto.List {
+				return append(ctlproto.EncodeConfig(c.Registry(), cfg), ctlproto.U64(ctlproto.TagIfGeneration, gen).AsMandatory())
+			}
+			_, err := c.Call(ctx, msg, body(1))
+			if pe := wantCode(t, err, ctlproto.CodeGenerationMismatch); pe.Path != "if-generation" {
+				t.Fatalf("missing resource: %+v", pe)
+			}
+			if _, err := c.Status(ctx, "r0"); !ctlproto.IsCode(err, ctlproto.CodeUnknownResource) {
+				t.Fatalf("a %v with if-generation created the resource: %v", msg, err)
+			}
+			if _, err := c.Create(ctx, minimalConfig("r0")); err != nil {
+				t.Fatal(err)
+			}
+			_, err = c.Call(ctx, msg, body(7))
+			if pe := wantCode(t, err, ctlproto.CodeGenerationMismatch); pe.Generation != 1 {
+				t.Fatalf("stale if-generation: %+v", pe)
+			}
+			if got, gen, _ := c.Show(ctx, "r0"); got.Net.Protocol != config.ProtocolC || gen != 1 {
+				t.Fatalf("after a refused %v: protocol %s, generation %d", msg, got.Net.Protocol, gen)
+			}
+			rep, err := c.Call(ctx, msg, body(1))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if g, _ := rep.Body.Find(ctlproto.TagGeneration); g.Uint() != 2 {
+				t.Fatalf("reply generation %d, want 2", g.Uint())
+			}
+		})
+	}
+}

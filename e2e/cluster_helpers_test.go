@@ -31,6 +31,7 @@ type nodeStatus struct {
 	NBDConns       uint32 `json:"nbd-connections"`
 	Suspended      string `json:"suspended"` // "" while I/O runs
 	WritesInFlight uint64 `json:"writes-in-flight"`
+	Generation     uint64 `json:"generation"`
 	Verify         string `json:"verify"` // "" before any verify
 	VerifyFound    uint64 `json:"verify-found"`
 }

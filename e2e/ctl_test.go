@@ -360,3 +360,20 @@ func copyFile(t *testing.T, from, to string, mode os.FileMode) {
 		t.Fatal(err)
 	}
 }
+
+// adjust --if-generation applies the resource file only to the
+// configuration it was read at: a stale generation fails and changes
+// nothing.
+func TestAdjustIfGeneration(t *testing.T) {
+	c := newCluster(t, clusterOptions{})
+	gen := c.a.status().Generation
+	stale := strconv.FormatUint(gen+5, 10)
+	r := c.a.tryCtl("adjust", "-c", c.a.config, "--node", "a", "--if-generation", stale)
+	if r.ExitCode == 0 || !strings.Contains(r.Stderr, "changed meanwhile (it is now at generation "+strconv.FormatUint(gen, 10)+")") {
+		t.Fatalf("adjust with a stale generation: exit %d, stderr %q", r.ExitCode, r.Stderr)
+	}
+	if g := c.a.status().Generation; g != gen {
+		t.Fatalf("a refused adjust moved the generation from %d to %d", gen, g)
+	}
+	c.a.ctl("adjust", "-c", c.a.config, "--node", "a", "--if-generation", strconv.FormatUint(gen, 10))
+}

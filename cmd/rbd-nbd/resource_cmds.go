@@ -48,8 +48,9 @@ func loadResource(file, node string) (config.Resource, error) {
 
 func newUpCmd(g *globalOptions) *cobra.Command {
 	var file, node string
+	var ifGen uint64
 	cmd := &cobra.Command{
-		Use:   "up -c FILE [--node NAME]",
+		Use:   "up -c FILE [--node NAME] [--if-generation N]",
 		Short: "Create the resource from a resource file, attach its disk, serve NBD and connect",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -58,26 +59,32 @@ func newUpCmd(g *globalOptions) *cobra.Command {
 				return err
 			}
 			return withClient(cmd.Context(), g, callTimeout, func(ctx context.Context, c *ctlproto.Client) error {
-				r, err := c.Call(ctx, ctlproto.MsgUp, ctlproto.EncodeConfig(c.Registry(), cfg))
+				body := ctlproto.EncodeConfig(c.Registry(), cfg)
+				if ifGen != 0 {
+					body = append(body, ctlproto.U64(ctlproto.TagIfGeneration, ifGen).AsMandatory())
+				}
+				r, err := c.Call(ctx, ctlproto.MsgUp, body)
 				warnIgnored(cmd.ErrOrStderr(), c, r.Ignored)
 				return err
 			})
 		},
 	}
-	resourceFileFlags(cmd, &file, &node)
+	resourceFileFlags(cmd, &file, &node, &ifGen)
 	return cmd
 }
 
-func resourceFileFlags(cmd *cobra.Command, file, node *string) {
+func resourceFileFlags(cmd *cobra.Command, file, node *string, ifGen *uint64) {
 	cmd.Flags().StringVarP(file, "config", "c", "", "resource file (YAML)")
 	cmd.Flags().StringVar(node, "node", "", "this node's name in the file (default: the host name)")
+	cmd.Flags().Uint64Var(ifGen, "if-generation", 0, "apply only if the resource exists with its configuration at this generation (ctl show prints it)")
 	_ = cmd.MarkFlagRequired("config")
 }
 
 func newAdjustCmd(g *globalOptions) *cobra.Command {
 	var file, node string
+	var ifGen uint64
 	cmd := &cobra.Command{
-		Use:   "adjust -c FILE [--node NAME]",
+		Use:   "adjust -c FILE [--node NAME] [--if-generation N]",
 		Short: "Make the running resource match the resource file, as one transaction",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -86,13 +93,17 @@ func newAdjustCmd(g *globalOptions) *cobra.Command {
 				return err
 			}
 			return withClient(cmd.Context(), g, callTimeout, func(ctx context.Context, c *ctlproto.Client) error {
-				r, err := c.Call(ctx, ctlproto.MsgAdjust, ctlproto.EncodeConfig(c.Registry(), cfg))
+				body := ctlproto.EncodeConfig(c.Registry(), cfg)
+				if ifGen != 0 {
+					body = append(body, ctlproto.U64(ctlproto.TagIfGeneration, ifGen).AsMandatory())
+				}
+				r, err := c.Call(ctx, ctlproto.MsgAdjust, body)
 				warnIgnored(cmd.ErrOrStderr(), c, r.Ignored)
 				return err
 			})
 		},
 	}
-	resourceFileFlags(cmd, &file, &node)
+	resourceFileFlags(cmd, &file, &node, &ifGen)
 	return cmd
 }
 
