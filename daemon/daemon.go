@@ -84,6 +84,10 @@ type Daemon struct {
 	mu     sync.Mutex
 	res    map[string]*res
 	closed bool
+	// deletedGen is the generation each deleted resource had: one created
+	// again under its name continues after it, so that an if-generation
+	// read from the old one never matches the new one.
+	deletedGen map[string]uint64
 }
 
 // res is one resource.
@@ -116,7 +120,7 @@ func New(cfg Config) (*Daemon, error) {
 	if log == nil {
 		log = zap.NewNop()
 	}
-	return &Daemon{cfg: cfg, reg: reg, log: log, bus: newBus(cfg.Now, cfg.EventQueue, log), res: map[string]*res{}}, nil
+	return &Daemon{cfg: cfg, reg: reg, log: log, bus: newBus(cfg.Now, cfg.EventQueue, log), res: map[string]*res{}, deletedGen: map[string]uint64{}}, nil
 }
 
 // maxResources is Config.MaxResources with its default.
@@ -436,11 +440,12 @@ func (d *Daemon) create(ctx context.Context, body ctlproto.List, start bool) ctl
 			Message: fmt.Sprintf("the daemon keeps at most %d resources; delete one first", d.maxResources())}}
 	}
 	d.res[name] = r
+	gen := d.deletedGen[name] + 1
 	d.mu.Unlock()
 
-	s := &snapshot{cfg: cfg, gen: 1}
+	s := &snapshot{cfg: cfg, gen: gen}
 	if d.cfg.Generation != nil {
-		s.gen = max(d.cfg.Generation(name), 1)
+		s.gen = max(d.cfg.Generation(name), gen)
 	}
 	if start {
 		rt, err := d.start(ctx, r, cfg, s.gen)
@@ -573,6 +578,7 @@ func (d *Daemon) delete(body ctlproto.List) ctlproto.Reply {
 	r.deleted = true
 	d.mu.Lock()
 	delete(d.res, name)
+	d.deletedGen[name] = s.gen
 	d.mu.Unlock()
 	d.bus.destroy(name)
 	return ctlproto.Reply{}

@@ -880,3 +880,26 @@ func TestUpAdjustIfGeneration(t *testing.T) {
 		})
 	}
 }
+
+// A resource created again under a deleted one's name continues its
+// generations: an if-generation read from the old one does not match.
+func TestRecreateContinuesGenerations(t *testing.T) {
+	e := start(t, Config{}, nil)
+	c := e.dial(t)
+	ctx := ctxT(t)
+	if _, err := c.Create(ctx, minimalConfig("r0")); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Delete(ctx, "r0", 1); err != nil {
+		t.Fatal(err)
+	}
+	gen, err := c.Create(ctx, minimalConfig("r0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if gen.Generation != 2 {
+		t.Fatalf("created again at generation %d, want 2", gen.Generation)
+	}
+	_, err = c.Change(ctx, "r0", ctlproto.ChangeOptions{IfGeneration: 1}, sections(t, c, ctlproto.String(ctlproto.TagNetProtocol, "A")))
+	wantCode(t, err, ctlproto.CodeGenerationMismatch)
+}
