@@ -109,3 +109,56 @@ func TestPauseDuringBeforeResyncHandlers(t *testing.T) {
 		})
 	}
 }
+
+// A resume-sync given on the target while its before-resync-target
+// handler runs undoes a pause-sync the source gave meanwhile: the last
+// word holds when the resync starts, as it does once the resync runs.
+func TestResumeOnTargetAfterSourcePauseDuringHandler(t *testing.T) {
+	cmd, running, release := slowHandler(t)
+	c := newPair(t, fastTimeout, fastTimeout+"handlers:\n  timeout: 60s\n  before-resync-target: "+cmd+"\n")
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if err := c.b.Invalidate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	c.wait(c.b, "the handler running", func(Status) bool { return running() })
+	if err := c.a.PauseSync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	c.wait(c.b, "the target paused", func(s Status) bool { return s.Conn == ConnPausedSyncT })
+	if err := c.b.ResumeSync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	release()
+	s, ok := waitStatus(c.b, 15*time.Second, func(s Status) bool { return s.Conn == ConnConnected && s.Disk == DiskUpToDate })
+	if !ok {
+		t.Fatalf("resume-sync on the target was lost: target %+v, source %v", s.Conn, c.a.Status().Conn)
+	}
+}
+
+// Once the resync stopped (a disconnect while before-resync-source runs,
+// the resync paused), status no longer shows it: not PausedSyncS, nor its
+// progress, on a StandAlone node.
+func TestNoPausedSyncAfterDisconnectDuringHandler(t *testing.T) {
+	cmd, running, release := slowHandler(t)
+	defer release()
+	c := newPair(t, fastTimeout+"handlers:\n  timeout: 60s\n  before-resync-source: "+cmd+"\n", fastTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if err := c.b.Invalidate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	c.wait(c.a, "the handler running", func(Status) bool { return running() })
+	if err := c.a.PauseSync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.a.Disconnect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if s := c.a.Status(); s.Conn != ConnStandAlone || s.ResyncTotal != 0 {
+		t.Fatalf("after disconnect: %v, resync total %d", s.Conn, s.ResyncTotal)
+	}
+	if err := c.a.ResumeSync(ctx); err == nil {
+		t.Fatal("resume-sync on a StandAlone node succeeded")
+	}
+}

@@ -383,6 +383,9 @@ func (r *Resource) control(link *replicate.Link, msg replicate.ControlMsg) {
 		}
 		t := r.currentTarget()
 		if t != nil {
+			// The source's word is newer than a pause or resume given
+			// here before the readiness.
+			t.wantPaused = nil
 			t.paused.Store(m.Paused)
 			r.publishStatus()
 			r.changed()

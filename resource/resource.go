@@ -117,7 +117,11 @@ type Resource struct {
 	// syncReady: loop; closed when the sync target says it is ready for
 	// data (replicate.FeatureSyncReady), nil once it did or without a
 	// source waiting.
-	syncReady      chan struct{}
+	syncReady chan struct{}
+	// engineGate: loop; the source's engine has not run yet while it is
+	// false; whoever sets it, the engine's goroutine (to run it) or
+	// stopSync (to drop it), decides.
+	engineGate     *atomic.Bool
 	target         *targetState // loop, also read by Serve under targetMu
 	targetMu       sync.Mutex
 	targetSet      chan struct{}      // closed when target is set (targetMu)
@@ -507,6 +511,8 @@ func (r *Resource) Status() Status {
 	}
 	st.NBDConnections = uint32(r.nbdConns())
 	st.ResyncedBytes = uint64(r.resynced.Load())
+	// One load: the connection state and status.verify agree.
+	verify := r.verify.Load()
 	if e := r.engine.Load(); e != nil {
 		p := e.Progress()
 		st.ResyncDone, st.ResyncTotal = uint64(p.Done), uint64(p.Total)
@@ -519,11 +525,11 @@ func (r *Resource) Status() Status {
 		if t.paused {
 			st.Conn = ConnPausedSyncT
 		}
-	} else if v := r.verify.Load(); v != nil {
+	} else if v := verify; v != nil {
 		st.Conn = ConnVerifyS
 		st.ResyncDone, st.ResyncTotal = uint64(v.done.Load()), uint64(v.stop-v.start)
 	}
-	if v := r.verify.Load(); v != nil {
+	if v := verify; v != nil {
 		st.Verify, st.VerifyFound = VerifyRunning, uint64(v.found.Load())
 	} else if v := r.lastVerify.Load(); v != nil {
 		st.Verify, st.VerifyFound = VerifyDone, uint64(v.found.Load())

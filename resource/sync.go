@@ -90,12 +90,19 @@ func (r *Resource) startSync(source, full bool) {
 				// The source waits for this before it sends any data.
 				r.post(func() {
 					if r.link == link && r.currentTarget() == t {
-						if t.wantPaused != nil && *t.wantPaused {
+						want := t.wantPaused
+						if want != nil && *want {
 							// Before the readiness: the source's engine
 							// then never runs unpaused.
 							r.sendControl(&replicate.SyncPause{Paused: true})
 						}
 						r.sendControl(&replicate.SyncPause{Paused: false})
+						if want != nil && !*want {
+							// After it: a resume that undoes a pause the
+							// source gave meanwhile (the first resume
+							// is the readiness, not a resume).
+							r.sendControl(&replicate.SyncPause{Paused: false})
+						}
 					}
 				})
 			}
@@ -127,7 +134,10 @@ func (r *Resource) startSync(source, full bool) {
 	}
 	// The engine is the resync from here on, before it runs: a pause
 	// (here or from the target) while the handlers run applies to it.
+	// Until it runs, stopSync takes it back at once (gate).
 	r.engine.Store(e)
+	gate := new(atomic.Bool)
+	r.engineGate = gate
 	forget := func() {
 		r.post(func() {
 			if r.engine.Load() == e {
@@ -150,6 +160,9 @@ func (r *Resource) startSync(source, full bool) {
 				forget()
 				return
 			}
+		}
+		if !gate.CompareAndSwap(false, true) {
+			return // stopSync took the engine back
 		}
 		r.retireIdleExtents(ctx)
 		r.changed()
@@ -247,6 +260,14 @@ func (r *Resource) stopSync() {
 		r.syncCancel = nil
 	}
 	r.syncReady = nil
+	if g := r.engineGate; g != nil {
+		r.engineGate = nil
+		if g.CompareAndSwap(false, true) {
+			// The source's engine never ran: status must not show it
+			// while its handler dies (a paused one as PausedSyncS).
+			r.engine.Store(nil)
+		}
+	}
 	r.targetMu.Lock()
 	r.target = nil
 	r.targetMu.Unlock()

@@ -2,7 +2,9 @@ package main
 
 import (
 	"net"
+	"os"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 
@@ -25,8 +27,10 @@ import (
 // A node on a machine of its own keeps every CPU.
 type cpuShare struct {
 	log *zap.Logger
-	// all is the runtime's own choice, taken at start.
-	all int
+	// all is the runtime's own choice, taken at start and again (current)
+	// whenever the runtime has it, since it follows the CPU limit.
+	all     int
+	current func() int // nil: all stays
 	// set applies n processors; 0 gives the runtime back its own choice
 	// (which it then keeps up to date with the CPU limit).
 	set func(n int)
@@ -38,15 +42,21 @@ type cpuShare struct {
 	procs  int             // what was set last; 0: the runtime's choice
 }
 
-// newCPUShare returns the policy for a daemon, or nil when --max-procs
-// fixed the count (a nil cpuShare does nothing).
+// newCPUShare returns the policy for a daemon, or nil when --max-procs or
+// the GOMAXPROCS environment variable fixed the count (a nil cpuShare does
+// nothing). The variable must be honoured here: giving the runtime back
+// its own choice (runtime.SetDefaultGOMAXPROCS) ignores it.
 func newCPUShare(log *zap.Logger, maxProcs int) *cpuShare {
 	if maxProcs != 0 {
 		return nil
 	}
+	if n, err := strconv.Atoi(os.Getenv("GOMAXPROCS")); err == nil && n > 0 {
+		return nil // the runtime took it
+	}
 	return &cpuShare{
-		log: log,
-		all: runtime.GOMAXPROCS(0),
+		log:     log,
+		all:     runtime.GOMAXPROCS(0),
+		current: func() int { return runtime.GOMAXPROCS(0) },
 		set: func(n int) {
 			if n == 0 {
 				runtime.SetDefaultGOMAXPROCS()
@@ -88,6 +98,10 @@ func (c *cpuShare) down(name string) {
 // apply sets the processor count the recorded resources call for; c.mu
 // is held.
 func (c *cpuShare) apply() {
+	if c.procs == 0 && c.current != nil {
+		// The runtime's own choice now: it follows the CPU limit.
+		c.all = c.current()
+	}
 	want := 0
 	if len(c.shared) > 0 {
 		want = max(1, c.all/2)

@@ -1,8 +1,13 @@
 package main
 
 import (
+	"context"
 	"net"
+	"os"
+	"os/exec"
+	"runtime"
 	"testing"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -80,4 +85,34 @@ func TestLocalAddressInterface(t *testing.T) {
 		}
 	}
 	t.Skip("no interface address but loopback")
+}
+
+// GOMAXPROCS in the environment fixes the count as --max-procs does: a
+// resource with a local peer going up and down must not replace it with
+// the runtime's default (runtime.SetDefaultGOMAXPROCS ignores the
+// variable).
+func TestCPUShareKeepsGOMAXPROCSEnv(t *testing.T) {
+	if os.Getenv("CPUSHARE_CHILD") == "" {
+		if runtime.NumCPU() < 2 {
+			t.Skip("one CPU: the default and GOMAXPROCS=1 agree")
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestCPUShareKeepsGOMAXPROCSEnv$", "-test.count=1")
+		cmd.Env = append(os.Environ(), "CPUSHARE_CHILD=1", "GOMAXPROCS=1")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("%v\n%s", err, out)
+		}
+		return
+	}
+	if n := runtime.GOMAXPROCS(0); n != 1 {
+		t.Fatalf("GOMAXPROCS=1 in the environment, runtime says %d", n)
+	}
+	c := newCPUShare(zap.NewNop(), 0)
+	local := config.Resource{Peer: config.Node{Address: "127.0.0.1:7789"}}
+	c.up("r0", local)
+	c.down("r0")
+	if n := runtime.GOMAXPROCS(0); n != 1 {
+		t.Fatalf("GOMAXPROCS=1 in the environment: %d processors after a local peer came and went", n)
+	}
 }

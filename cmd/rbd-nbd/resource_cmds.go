@@ -218,8 +218,13 @@ func newVerifyCmd(g *globalOptions) *cobra.Command {
 					return fmt.Errorf("--stop: %w", err)
 				}
 			}
-			if err := command(cmd, g, ctlproto.MsgVerify, args[0],
-				ctlproto.U64(ctlproto.TagVerifyStart, s).AsMandatory(), ctlproto.U64(ctlproto.TagVerifyStop, e).AsMandatory()); err != nil {
+			var hello ctlproto.HelloInfo
+			if err := withClient(cmd.Context(), g, callTimeout, func(ctx context.Context, c *ctlproto.Client) error {
+				hello = c.Daemon()
+				_, err := c.Command(ctx, ctlproto.MsgVerify, args[0],
+					ctlproto.U64(ctlproto.TagVerifyStart, s).AsMandatory(), ctlproto.U64(ctlproto.TagVerifyStop, e).AsMandatory())
+				return err
+			}); err != nil {
 				return err
 			}
 			if !wait {
@@ -238,6 +243,13 @@ func newVerifyCmd(g *globalOptions) *cobra.Command {
 			case resource.VerifyDone:
 				fmt.Fprintf(cmd.OutOrStdout(), "verify done: %d bytes found out of sync\n", st.VerifyFound)
 			default:
+				if hello.Minor >= 5 {
+					// The daemon shows the verify from its start until the
+					// resource goes down: it went down (or was restarted)
+					// before the verify ended.
+					return fmt.Errorf("verify did not end: resource %s went down meanwhile (now %s/%s); the rest was not compared",
+						args[0], st.Conn, st.PeerDisk)
+				}
 				// A daemon before control protocol 1.5: it cannot say
 				// whether the verify finished.
 				fmt.Fprintf(cmd.OutOrStdout(), "verify ended: %d bytes out of sync\n", st.OutOfSync)
