@@ -145,6 +145,9 @@ func (r *Resource) runVerify(ctx context.Context, v *verifyState, link *replicat
 	if p := firstErr.Load(); p != nil {
 		return *p
 	}
+	if v.done.Load() == v.stop-v.start {
+		return nil // every chunk compared: done, even if cancelled since
+	}
 	return ctx.Err()
 }
 
