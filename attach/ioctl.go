@@ -7,25 +7,13 @@ import (
 	"os"
 	"runtime"
 
-	"github.com/pojntfx/go-nbd/pkg/ioctl"
 	"golang.org/x/sys/unix"
 )
 
-// Ioctl requests (include/uapi/linux/nbd.h, all _IO(0xab, nr)). go-nbd's
-// ioctl package has most of them; NBD_SET_FLAGS it lacks, and without it
-// the kernel never sends FLUSH, FUA or TRIM. (go-nbd's client.Connect does
-// not fit either: it sends no client flags, ignores the transmission
-// flags, and sets a block size of 1 when the server sends none.)
-const (
-	ioctlSetSock       = uintptr(ioctl.NEGOTIATION_IOCTL_SET_SOCK)        // _IO(0xab, 0)
-	ioctlSetBlksize    = uintptr(ioctl.NEGOTIATION_IOCTL_SET_BLOCKSIZE)   // _IO(0xab, 1)
-	ioctlDoIt          = uintptr(ioctl.NEGOTIATION_IOCTL_DO_IT)           // _IO(0xab, 3)
-	ioctlClearSock     = uintptr(ioctl.TRANSMISSION_IOCTL_CLEAR_SOCK)     // _IO(0xab, 4)
-	ioctlSetSizeBlocks = uintptr(ioctl.NEGOTIATION_IOCTL_SET_SIZE_BLOCKS) // _IO(0xab, 7)
-	ioctlDisconnect    = uintptr(ioctl.TRANSMISSION_IOCTL_DISCONNECT)     // _IO(0xab, 8)
-	ioctlSetTimeout    = uintptr(ioctl.NEGOTIATION_IOCTL_SET_TIMEOUT)     // _IO(0xab, 9)
-	ioctlSetFlags      = ioctlSetSock + 10                                // _IO(0xab, 10)
-)
+// The ioctl requests are in ioctl_nr.go. NBD_SET_FLAGS matters: without
+// it the kernel never sends FLUSH, FUA or TRIM. (go-nbd's client.Connect
+// does not fit: it sends no client flags, ignores the transmission flags,
+// and sets a block size of 1 when the server sends none.)
 
 func nbdIoctl(f *os.File, req, arg uintptr) error {
 	if _, _, e := unix.Syscall(unix.SYS_IOCTL, f.Fd(), req, arg); e != 0 {
