@@ -15,12 +15,17 @@ import (
 // does not fit: it sends no client flags, ignores the transmission flags,
 // and sets a block size of 1 when the server sends none.)
 
-func nbdIoctl(f *os.File, req, arg uintptr) error {
-	if _, _, e := unix.Syscall(unix.SYS_IOCTL, f.Fd(), req, arg); e != 0 {
-		return e
+// nbdIoctl issues one request on an open /dev/nbdN; openDevice opens it.
+// Variables so that tests can stand in for the kernel.
+var (
+	nbdIoctl = func(f *os.File, req, arg uintptr) error {
+		if _, _, e := unix.Syscall(unix.SYS_IOCTL, f.Fd(), req, arg); e != 0 {
+			return e
+		}
+		return nil
 	}
-	return nil
-}
+	openDevice = func(index int) (*os.File, error) { return os.OpenFile(DevicePath(index), os.O_RDWR, 0) }
+)
 
 // ioctlAttach configures a device with ioctls and starts NBD_DO_IT on a
 // goroutine of its own. index < 0 picks the first free device.
@@ -59,13 +64,39 @@ func ioctlAttach(ctx context.Context, root string, index int, p connectParams) (
 }
 
 func ioctlAttachOne(ctx context.Context, root string, index int, p connectParams) (*Device, error) {
-	f, err := os.OpenFile(DevicePath(index), os.O_RDWR, 0)
+	f, err := openDevice(index)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
 			return nil, fmt.Errorf("%s: %w", DevicePath(index), ErrNoModule)
 		}
 		return nil, err
 	}
+	if err := configureDevice(f, index, p); err != nil {
+		f.Close()
+		return nil, err
+	}
+	d := &Device{Index: index, Method: MethodIoctl, done: make(chan struct{})}
+	go d.doIt(f)
+	if err := waitConnected(ctx, sysDevice{root, index}, d.done); err != nil {
+		_ = nbdIoctl(f, ioctlDisconnect, 0)
+		<-d.done
+		if d.err != nil {
+			return nil, fmt.Errorf("%s: NBD_DO_IT: %w", DevicePath(index), d.err)
+		}
+		return nil, fmt.Errorf("%s: %w", DevicePath(index), err)
+	}
+	return d, nil
+}
+
+// configureDevice hands the sockets and the settings to the device. Its
+// thread stays the same throughout: the driver binds a device being set
+// up to the task (thread) of its first NBD_SET_SOCK and refuses
+// NBD_SET_SOCK from any other with EBUSY, "Device being setup by another
+// task" (nbd_add_socket, task_setup); a goroutine may change threads
+// between two system calls.
+func configureDevice(f *os.File, index int, p connectParams) error {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
 	steps := []struct {
 		name     string
 		req, arg uintptr
@@ -85,28 +116,16 @@ func ioctlAttachOne(ctx context.Context, root string, index int, p connectParams
 			if n > 0 {
 				_ = nbdIoctl(f, ioctlClearSock, 0)
 			}
-			f.Close()
-			return nil, fmt.Errorf("%s: NBD_SET_SOCK: %w", DevicePath(index), err)
+			return fmt.Errorf("%s: NBD_SET_SOCK: %w", DevicePath(index), err)
 		}
 	}
 	for _, s := range steps {
 		if err := nbdIoctl(f, s.req, s.arg); err != nil {
 			_ = nbdIoctl(f, ioctlClearSock, 0)
-			f.Close()
-			return nil, fmt.Errorf("%s: %s: %w", DevicePath(index), s.name, err)
+			return fmt.Errorf("%s: %s: %w", DevicePath(index), s.name, err)
 		}
 	}
-	d := &Device{Index: index, Method: MethodIoctl, done: make(chan struct{})}
-	go d.doIt(f)
-	if err := waitConnected(ctx, sysDevice{root, index}, d.done); err != nil {
-		_ = nbdIoctl(f, ioctlDisconnect, 0)
-		<-d.done
-		if d.err != nil {
-			return nil, fmt.Errorf("%s: NBD_DO_IT: %w", DevicePath(index), d.err)
-		}
-		return nil, fmt.Errorf("%s: %w", DevicePath(index), err)
-	}
-	return d, nil
+	return nil
 }
 
 // doIt runs NBD_DO_IT, which returns only once the device is disconnected.
