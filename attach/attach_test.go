@@ -303,6 +303,17 @@ func TestAttachRejects(t *testing.T) {
 	if _, err := Attach(context.Background(), cfg, []net.Conn{a1, a2}); err == nil || !strings.Contains(err.Error(), "multiple connections") {
 		t.Fatalf("two connections without CAN_MULTI_CONN: %v", err)
 	}
+	// Read-only too: nbd_start_device refuses num_connections > 1
+	// without NBD_FLAG_CAN_MULTI_CONN whatever the other flags.
+	ro := cfg
+	ro.ReadOnly = true
+	a3, b3 := net.Pipe()
+	a4, b4 := net.Pipe()
+	defer b3.Close()
+	defer b4.Close()
+	if _, err := Attach(context.Background(), ro, []net.Conn{a3, a4}); err == nil || !strings.Contains(err.Error(), "multiple connections") {
+		t.Fatalf("read-only, two connections without CAN_MULTI_CONN: %v", err)
+	}
 	if _, err := Attach(context.Background(), cfg, nil); err == nil {
 		t.Fatal("no connections accepted")
 	}
