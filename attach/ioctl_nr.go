@@ -8,7 +8,7 @@ package attach
 // it, CGO_ENABLED=0 builds (cross-compiles, the static binary) for any
 // other architecture did not compile.
 const (
-	ioctlSetSock       = iocNone | 0xab<<8 | 0  // NBD_SET_SOCK
+	ioctlSetSock       = iocNone | 0xab<<8      // NBD_SET_SOCK (nr 0)
 	ioctlSetBlksize    = iocNone | 0xab<<8 | 1  // NBD_SET_BLKSIZE
 	ioctlDoIt          = iocNone | 0xab<<8 | 3  // NBD_DO_IT
 	ioctlClearSock     = iocNone | 0xab<<8 | 4  // NBD_CLEAR_SOCK
