@@ -189,7 +189,7 @@ func Attach(ctx context.Context, cfg Config, conns []net.Conn) (*Device, error) 
 		return nil, err
 	}
 	if method == MethodIoctl {
-		return ioctlAttach(ctx, sysBlock, cfg.Index, p)
+		return ioctlAttach(ctx, kernel(), sysBlock, cfg.Index, p)
 	}
 	defer nl.Close()
 	index, err := nl.connect(p)

@@ -223,11 +223,11 @@ func TestWaitReleased(t *testing.T) {
 
 func TestIoctlAttachNoDevices(t *testing.T) {
 	root := fakeSys(t, nil)
-	if _, err := ioctlAttach(context.Background(), root, -1, connectParams{blockSize: 4096}); !errors.Is(err, ErrNoModule) {
+	if _, err := ioctlAttach(context.Background(), kernel(), root, -1, connectParams{blockSize: 4096}); !errors.Is(err, ErrNoModule) {
 		t.Fatalf("err = %v, want ErrNoModule", err)
 	}
 	busy := fakeSys(t, map[string]string{"nbd0/pid": "1", "nbd1/pid": "2"})
-	if _, err := ioctlAttach(context.Background(), busy, -1, connectParams{blockSize: 4096}); !errors.Is(err, ErrNoFreeDevice) {
+	if _, err := ioctlAttach(context.Background(), kernel(), busy, -1, connectParams{blockSize: 4096}); !errors.Is(err, ErrNoFreeDevice) {
 		t.Fatalf("err = %v, want ErrNoFreeDevice", err)
 	}
 }

@@ -15,21 +15,33 @@ import (
 // does not fit: it sends no client flags, ignores the transmission flags,
 // and sets a block size of 1 when the server sends none.)
 
-// nbdIoctl issues one request on an open /dev/nbdN; openDevice opens it.
-// Variables so that tests can stand in for the kernel.
-var (
-	nbdIoctl = func(f *os.File, req, arg uintptr) error {
-		if _, _, e := unix.Syscall(unix.SYS_IOCTL, f.Fd(), req, arg); e != 0 {
-			return e
-		}
-		return nil
+// driver is how the ioctl path reaches /dev/nbdN: open opens a device,
+// ioctl issues one request on it. Tests stand in for the kernel with
+// their own.
+type driver struct {
+	open  func(index int) (*os.File, error)
+	ioctl func(f *os.File, req, arg uintptr) error
+}
+
+// kernel returns the real driver.
+func kernel() driver {
+	return driver{
+		open:  func(index int) (*os.File, error) { return os.OpenFile(DevicePath(index), os.O_RDWR, 0) },
+		ioctl: nbdIoctl,
 	}
-	openDevice = func(index int) (*os.File, error) { return os.OpenFile(DevicePath(index), os.O_RDWR, 0) }
-)
+}
+
+// nbdIoctl issues one request on an open /dev/nbdN.
+func nbdIoctl(f *os.File, req, arg uintptr) error {
+	if _, _, e := unix.Syscall(unix.SYS_IOCTL, f.Fd(), req, arg); e != 0 {
+		return e
+	}
+	return nil
+}
 
 // ioctlAttach configures a device with ioctls and starts NBD_DO_IT on a
 // goroutine of its own. index < 0 picks the first free device.
-func ioctlAttach(ctx context.Context, root string, index int, p connectParams) (*Device, error) {
+func ioctlAttach(ctx context.Context, drv driver, root string, index int, p connectParams) (*Device, error) {
 	candidates := []int{index}
 	if index < 0 {
 		all, err := listSysDevices(root)
@@ -51,7 +63,7 @@ func ioctlAttach(ctx context.Context, root string, index int, p connectParams) (
 	}
 	var errs []error
 	for _, i := range candidates {
-		d, err := ioctlAttachOne(ctx, root, i, p)
+		d, err := ioctlAttachOne(ctx, drv, root, i, p)
 		if err == nil {
 			return d, nil
 		}
@@ -63,22 +75,22 @@ func ioctlAttach(ctx context.Context, root string, index int, p connectParams) (
 	return nil, fmt.Errorf("%w: %w", ErrNoFreeDevice, errors.Join(errs...))
 }
 
-func ioctlAttachOne(ctx context.Context, root string, index int, p connectParams) (*Device, error) {
-	f, err := openDevice(index)
+func ioctlAttachOne(ctx context.Context, drv driver, root string, index int, p connectParams) (*Device, error) {
+	f, err := drv.open(index)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
 			return nil, fmt.Errorf("%s: %w", DevicePath(index), ErrNoModule)
 		}
 		return nil, err
 	}
-	if err := configureDevice(f, index, p); err != nil {
+	if err := configureDevice(drv, f, index, p); err != nil {
 		f.Close()
 		return nil, err
 	}
 	d := &Device{Index: index, Method: MethodIoctl, done: make(chan struct{})}
-	go d.doIt(f)
+	go d.doIt(drv, f)
 	if err := waitConnected(ctx, sysDevice{root, index}, d.done); err != nil {
-		_ = nbdIoctl(f, ioctlDisconnect, 0)
+		_ = drv.ioctl(f, ioctlDisconnect, 0)
 		<-d.done
 		if d.err != nil {
 			return nil, fmt.Errorf("%s: NBD_DO_IT: %w", DevicePath(index), d.err)
@@ -94,7 +106,7 @@ func ioctlAttachOne(ctx context.Context, root string, index int, p connectParams
 // NBD_SET_SOCK from any other with EBUSY, "Device being setup by another
 // task" (nbd_add_socket, task_setup); a goroutine may change threads
 // between two system calls.
-func configureDevice(f *os.File, index int, p connectParams) error {
+func configureDevice(drv driver, f *os.File, index int, p connectParams) error {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	steps := []struct {
@@ -112,16 +124,16 @@ func configureDevice(f *os.File, index int, p connectParams) error {
 		}{"NBD_SET_TIMEOUT", ioctlSetTimeout, uintptr(seconds(p.timeout))})
 	}
 	for n, fd := range p.fds {
-		if err := nbdIoctl(f, ioctlSetSock, uintptr(fd)); err != nil {
+		if err := drv.ioctl(f, ioctlSetSock, uintptr(fd)); err != nil {
 			if n > 0 {
-				_ = nbdIoctl(f, ioctlClearSock, 0)
+				_ = drv.ioctl(f, ioctlClearSock, 0)
 			}
 			return fmt.Errorf("%s: NBD_SET_SOCK: %w", DevicePath(index), err)
 		}
 	}
 	for _, s := range steps {
-		if err := nbdIoctl(f, s.req, s.arg); err != nil {
-			_ = nbdIoctl(f, ioctlClearSock, 0)
+		if err := drv.ioctl(f, s.req, s.arg); err != nil {
+			_ = drv.ioctl(f, ioctlClearSock, 0)
 			return fmt.Errorf("%s: %s: %w", DevicePath(index), s.name, err)
 		}
 	}
@@ -131,7 +143,7 @@ func configureDevice(f *os.File, index int, p connectParams) error {
 // doIt runs NBD_DO_IT, which returns only once the device is disconnected.
 // Its thread blocks every signal: a signal interrupting the ioctl would
 // make the kernel tear the device down.
-func (d *Device) doIt(f *os.File) {
+func (d *Device) doIt(drv driver, f *os.File) {
 	defer close(d.done)
 	defer f.Close()
 	// The thread is never unlocked: with its signal mask changed it must
@@ -143,11 +155,11 @@ func (d *Device) doIt(f *os.File) {
 	}
 	if err := unix.PthreadSigmask(unix.SIG_BLOCK, &all, nil); err != nil {
 		d.err = fmt.Errorf("blocking signals: %w", err)
-		_ = nbdIoctl(f, ioctlClearSock, 0)
+		_ = drv.ioctl(f, ioctlClearSock, 0)
 		return
 	}
-	err := nbdIoctl(f, ioctlDoIt, 0)
-	_ = nbdIoctl(f, ioctlClearSock, 0)
+	err := drv.ioctl(f, ioctlDoIt, 0)
+	_ = drv.ioctl(f, ioctlClearSock, 0)
 	d.err = err
 }
 

@@ -77,10 +77,7 @@ func TestIoctlAttachSetSockOneThread(t *testing.T) {
 	}
 	dev.Close()
 	k := &fakeNBD{sysDir: filepath.Join(root, "nbd0"), stop: make(chan struct{})}
-	oldIoctl, oldOpen := nbdIoctl, openDevice
-	nbdIoctl = k.ioctl
-	openDevice = func(int) (*os.File, error) { return os.Open(dev.Name()) }
-	defer func() { nbdIoctl, openDevice = oldIoctl, oldOpen }()
+	drv := driver{ioctl: k.ioctl, open: func(int) (*os.File, error) { return os.Open(dev.Name()) }}
 
 	// Busy goroutines on every P, so that a goroutine that sleeps comes
 	// back on whichever thread is free.
@@ -101,7 +98,7 @@ func TestIoctlAttachSetSockOneThread(t *testing.T) {
 	fds := make([]int, 16)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	d, err := ioctlAttach(ctx, root, 0, connectParams{size: 1 << 20, blockSize: 4096, serverFlags: uint64(FlagHasFlags | FlagCanMultiConn), fds: fds})
+	d, err := ioctlAttach(ctx, drv, root, 0, connectParams{size: 1 << 20, blockSize: 4096, serverFlags: uint64(FlagHasFlags | FlagCanMultiConn), fds: fds})
 	if err != nil {
 		t.Fatalf("ioctl attach with %d connections: %v", len(fds), err)
 	}
