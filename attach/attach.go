@@ -163,7 +163,9 @@ func Attach(ctx context.Context, cfg Config, conns []net.Conn) (*Device, error) 
 	if len(conns) == 0 {
 		return nil, errors.New("attach: no connections")
 	}
-	if len(conns) > 1 && cfg.Export.Flags&FlagCanMultiConn == 0 && !cfg.ReadOnly {
+	// The kernel refuses several connections without CAN_MULTI_CONN, even
+	// for a read-only device (nbd_start_device: EINVAL).
+	if len(conns) > 1 && cfg.Export.Flags&FlagCanMultiConn == 0 {
 		return nil, fmt.Errorf("attach: export %q does not allow multiple connections (no NBD_FLAG_CAN_MULTI_CONN)", cfg.Export.Name)
 	}
 	files, err := socketFiles(conns)
@@ -187,7 +189,7 @@ func Attach(ctx context.Context, cfg Config, conns []net.Conn) (*Device, error) 
 		return nil, err
 	}
 	if method == MethodIoctl {
-		return ioctlAttach(ctx, sysBlock, cfg.Index, p)
+		return ioctlAttach(ctx, kernel(), sysBlock, cfg.Index, p)
 	}
 	defer nl.Close()
 	index, err := nl.connect(p)

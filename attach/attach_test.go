@@ -223,11 +223,11 @@ func TestWaitReleased(t *testing.T) {
 
 func TestIoctlAttachNoDevices(t *testing.T) {
 	root := fakeSys(t, nil)
-	if _, err := ioctlAttach(context.Background(), root, -1, connectParams{blockSize: 4096}); !errors.Is(err, ErrNoModule) {
+	if _, err := ioctlAttach(context.Background(), kernel(), root, -1, connectParams{blockSize: 4096}); !errors.Is(err, ErrNoModule) {
 		t.Fatalf("err = %v, want ErrNoModule", err)
 	}
 	busy := fakeSys(t, map[string]string{"nbd0/pid": "1", "nbd1/pid": "2"})
-	if _, err := ioctlAttach(context.Background(), busy, -1, connectParams{blockSize: 4096}); !errors.Is(err, ErrNoFreeDevice) {
+	if _, err := ioctlAttach(context.Background(), kernel(), busy, -1, connectParams{blockSize: 4096}); !errors.Is(err, ErrNoFreeDevice) {
 		t.Fatalf("err = %v, want ErrNoFreeDevice", err)
 	}
 }
@@ -302,6 +302,17 @@ func TestAttachRejects(t *testing.T) {
 	defer b2.Close()
 	if _, err := Attach(context.Background(), cfg, []net.Conn{a1, a2}); err == nil || !strings.Contains(err.Error(), "multiple connections") {
 		t.Fatalf("two connections without CAN_MULTI_CONN: %v", err)
+	}
+	// Read-only too: nbd_start_device refuses num_connections > 1
+	// without NBD_FLAG_CAN_MULTI_CONN whatever the other flags.
+	ro := cfg
+	ro.ReadOnly = true
+	a3, b3 := net.Pipe()
+	a4, b4 := net.Pipe()
+	defer b3.Close()
+	defer b4.Close()
+	if _, err := Attach(context.Background(), ro, []net.Conn{a3, a4}); err == nil || !strings.Contains(err.Error(), "multiple connections") {
+		t.Fatalf("read-only, two connections without CAN_MULTI_CONN: %v", err)
 	}
 	if _, err := Attach(context.Background(), cfg, nil); err == nil {
 		t.Fatal("no connections accepted")

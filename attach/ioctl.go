@@ -7,26 +7,31 @@ import (
 	"os"
 	"runtime"
 
-	"github.com/pojntfx/go-nbd/pkg/ioctl"
 	"golang.org/x/sys/unix"
 )
 
-// Ioctl requests (include/uapi/linux/nbd.h, all _IO(0xab, nr)). go-nbd's
-// ioctl package has most of them; NBD_SET_FLAGS it lacks, and without it
-// the kernel never sends FLUSH, FUA or TRIM. (go-nbd's client.Connect does
-// not fit either: it sends no client flags, ignores the transmission
-// flags, and sets a block size of 1 when the server sends none.)
-const (
-	ioctlSetSock       = uintptr(ioctl.NEGOTIATION_IOCTL_SET_SOCK)        // _IO(0xab, 0)
-	ioctlSetBlksize    = uintptr(ioctl.NEGOTIATION_IOCTL_SET_BLOCKSIZE)   // _IO(0xab, 1)
-	ioctlDoIt          = uintptr(ioctl.NEGOTIATION_IOCTL_DO_IT)           // _IO(0xab, 3)
-	ioctlClearSock     = uintptr(ioctl.TRANSMISSION_IOCTL_CLEAR_SOCK)     // _IO(0xab, 4)
-	ioctlSetSizeBlocks = uintptr(ioctl.NEGOTIATION_IOCTL_SET_SIZE_BLOCKS) // _IO(0xab, 7)
-	ioctlDisconnect    = uintptr(ioctl.TRANSMISSION_IOCTL_DISCONNECT)     // _IO(0xab, 8)
-	ioctlSetTimeout    = uintptr(ioctl.NEGOTIATION_IOCTL_SET_TIMEOUT)     // _IO(0xab, 9)
-	ioctlSetFlags      = ioctlSetSock + 10                                // _IO(0xab, 10)
-)
+// The ioctl requests are in ioctl_nr.go. NBD_SET_FLAGS matters: without
+// it the kernel never sends FLUSH, FUA or TRIM. (go-nbd's client.Connect
+// does not fit: it sends no client flags, ignores the transmission flags,
+// and sets a block size of 1 when the server sends none.)
 
+// driver is how the ioctl path reaches /dev/nbdN: open opens a device,
+// ioctl issues one request on it. Tests stand in for the kernel with
+// their own.
+type driver struct {
+	open  func(index int) (*os.File, error)
+	ioctl func(f *os.File, req, arg uintptr) error
+}
+
+// kernel returns the real driver.
+func kernel() driver {
+	return driver{
+		open:  func(index int) (*os.File, error) { return os.OpenFile(DevicePath(index), os.O_RDWR, 0) },
+		ioctl: nbdIoctl,
+	}
+}
+
+// nbdIoctl issues one request on an open /dev/nbdN.
 func nbdIoctl(f *os.File, req, arg uintptr) error {
 	if _, _, e := unix.Syscall(unix.SYS_IOCTL, f.Fd(), req, arg); e != 0 {
 		return e
@@ -36,7 +41,7 @@ func nbdIoctl(f *os.File, req, arg uintptr) error {
 
 // ioctlAttach configures a device with ioctls and starts NBD_DO_IT on a
 // goroutine of its own. index < 0 picks the first free device.
-func ioctlAttach(ctx context.Context, root string, index int, p connectParams) (*Device, error) {
+func ioctlAttach(ctx context.Context, drv driver, root string, index int, p connectParams) (*Device, error) {
 	candidates := []int{index}
 	if index < 0 {
 		all, err := listSysDevices(root)
@@ -58,7 +63,7 @@ func ioctlAttach(ctx context.Context, root string, index int, p connectParams) (
 	}
 	var errs []error
 	for _, i := range candidates {
-		d, err := ioctlAttachOne(ctx, root, i, p)
+		d, err := ioctlAttachOne(ctx, drv, root, i, p)
 		if err == nil {
 			return d, nil
 		}
@@ -70,14 +75,40 @@ func ioctlAttach(ctx context.Context, root string, index int, p connectParams) (
 	return nil, fmt.Errorf("%w: %w", ErrNoFreeDevice, errors.Join(errs...))
 }
 
-func ioctlAttachOne(ctx context.Context, root string, index int, p connectParams) (*Device, error) {
-	f, err := os.OpenFile(DevicePath(index), os.O_RDWR, 0)
+func ioctlAttachOne(ctx context.Context, drv driver, root string, index int, p connectParams) (*Device, error) {
+	f, err := drv.open(index)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
 			return nil, fmt.Errorf("%s: %w", DevicePath(index), ErrNoModule)
 		}
 		return nil, err
 	}
+	if err := configureDevice(drv, f, index, p); err != nil {
+		f.Close()
+		return nil, err
+	}
+	d := &Device{Index: index, Method: MethodIoctl, done: make(chan struct{})}
+	go d.doIt(drv, f)
+	if err := waitConnected(ctx, sysDevice{root, index}, d.done); err != nil {
+		_ = drv.ioctl(f, ioctlDisconnect, 0)
+		<-d.done
+		if d.err != nil {
+			return nil, fmt.Errorf("%s: NBD_DO_IT: %w", DevicePath(index), d.err)
+		}
+		return nil, fmt.Errorf("%s: %w", DevicePath(index), err)
+	}
+	return d, nil
+}
+
+// configureDevice hands the sockets and the settings to the device. Its
+// thread stays the same throughout: the driver binds a device being set
+// up to the task (thread) of its first NBD_SET_SOCK and refuses
+// NBD_SET_SOCK from any other with EBUSY, "Device being setup by another
+// task" (nbd_add_socket, task_setup); a goroutine may change threads
+// between two system calls.
+func configureDevice(drv driver, f *os.File, index int, p connectParams) error {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
 	steps := []struct {
 		name     string
 		req, arg uintptr
@@ -93,38 +124,26 @@ func ioctlAttachOne(ctx context.Context, root string, index int, p connectParams
 		}{"NBD_SET_TIMEOUT", ioctlSetTimeout, uintptr(seconds(p.timeout))})
 	}
 	for n, fd := range p.fds {
-		if err := nbdIoctl(f, ioctlSetSock, uintptr(fd)); err != nil {
+		if err := drv.ioctl(f, ioctlSetSock, uintptr(fd)); err != nil {
 			if n > 0 {
-				_ = nbdIoctl(f, ioctlClearSock, 0)
+				_ = drv.ioctl(f, ioctlClearSock, 0)
 			}
-			f.Close()
-			return nil, fmt.Errorf("%s: NBD_SET_SOCK: %w", DevicePath(index), err)
+			return fmt.Errorf("%s: NBD_SET_SOCK: %w", DevicePath(index), err)
 		}
 	}
 	for _, s := range steps {
-		if err := nbdIoctl(f, s.req, s.arg); err != nil {
-			_ = nbdIoctl(f, ioctlClearSock, 0)
-			f.Close()
-			return nil, fmt.Errorf("%s: %s: %w", DevicePath(index), s.name, err)
+		if err := drv.ioctl(f, s.req, s.arg); err != nil {
+			_ = drv.ioctl(f, ioctlClearSock, 0)
+			return fmt.Errorf("%s: %s: %w", DevicePath(index), s.name, err)
 		}
 	}
-	d := &Device{Index: index, Method: MethodIoctl, done: make(chan struct{})}
-	go d.doIt(f)
-	if err := waitConnected(ctx, sysDevice{root, index}, d.done); err != nil {
-		_ = nbdIoctl(f, ioctlDisconnect, 0)
-		<-d.done
-		if d.err != nil {
-			return nil, fmt.Errorf("%s: NBD_DO_IT: %w", DevicePath(index), d.err)
-		}
-		return nil, fmt.Errorf("%s: %w", DevicePath(index), err)
-	}
-	return d, nil
+	return nil
 }
 
 // doIt runs NBD_DO_IT, which returns only once the device is disconnected.
 // Its thread blocks every signal: a signal interrupting the ioctl would
 // make the kernel tear the device down.
-func (d *Device) doIt(f *os.File) {
+func (d *Device) doIt(drv driver, f *os.File) {
 	defer close(d.done)
 	defer f.Close()
 	// The thread is never unlocked: with its signal mask changed it must
@@ -136,11 +155,11 @@ func (d *Device) doIt(f *os.File) {
 	}
 	if err := unix.PthreadSigmask(unix.SIG_BLOCK, &all, nil); err != nil {
 		d.err = fmt.Errorf("blocking signals: %w", err)
-		_ = nbdIoctl(f, ioctlClearSock, 0)
+		_ = drv.ioctl(f, ioctlClearSock, 0)
 		return
 	}
-	err := nbdIoctl(f, ioctlDoIt, 0)
-	_ = nbdIoctl(f, ioctlClearSock, 0)
+	err := drv.ioctl(f, ioctlDoIt, 0)
+	_ = drv.ioctl(f, ioctlClearSock, 0)
 	d.err = err
 }
 

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
 )
 
 // ReattachConfig tells Reattach and Watch which devices are theirs and how
@@ -175,6 +176,11 @@ func Watch(ctx context.Context, cfg ReattachConfig) error {
 	go func() {
 		for {
 			idx, err := events.receiveLinkDead()
+			if errors.Is(err, unix.ENOBUFS) {
+				// The socket overran and notifications were lost: a
+				// pass over every device stands in for them.
+				idx, err = nil, nil
+			}
 			select {
 			case notices <- notice{idx, err}:
 			case <-ctx.Done():

@@ -170,7 +170,7 @@ func runAttach(ctx context.Context, g *globalOptions, o *attachOptions, args []s
 		if m == attach.MethodIoctl {
 			// NBD_DO_IT must keep running for as long as the device
 			// lives: leave that to a detached copy of this command.
-			return spawnIoctlHolder(ctx, g, o, args, out)
+			return spawnIoctlHolder(ctx, holderArgs(g, o, args, target), out)
 		}
 	}
 
@@ -249,9 +249,31 @@ func reportReady(o *attachOptions, err error, device ...string) error {
 	return werr
 }
 
-// spawnIoctlHolder runs this attach again, detached, as the process that
-// keeps the ioctl-attached device, and waits for it to report.
-func spawnIoctlHolder(ctx context.Context, g *globalOptions, o *attachOptions, args []string, out io.Writer) error {
+// holderArgs is the command line of the ioctl holder: this attach, with
+// the target already resolved (the holder need not reach the daemon, whose
+// --socket it would not know) and the global flags it needs.
+func holderArgs(g *globalOptions, o *attachOptions, args []string, target attachTarget) []string {
+	cargs := []string{"--log-format", g.logFormat, "--log-level", g.logLevel}
+	if g.socket != "" {
+		cargs = append(cargs, "--socket", g.socket)
+	}
+	cargs = append(cargs, "attach")
+	cargs = append(cargs, args...)
+	cargs = append(cargs, "--nbd", target.addr, "--export", target.export,
+		"--connections", strconv.Itoa(o.connections),
+		"--timeout", secondsValue{&o.timeout}.String(),
+		"--method", "ioctl", "--foreground", "--ready-fd", "3",
+		"--wait", o.waitTimeout.String())
+	if o.readOnly {
+		cargs = append(cargs, "--read-only")
+	}
+	return cargs
+}
+
+// spawnIoctlHolder runs this attach again (cargs, see holderArgs),
+// detached, as the process that keeps the ioctl-attached device, and waits
+// for it to report.
+func spawnIoctlHolder(ctx context.Context, cargs []string, out io.Writer) error {
 	exe, err := os.Executable()
 	if err != nil {
 		return err
@@ -261,16 +283,6 @@ func spawnIoctlHolder(ctx context.Context, g *globalOptions, o *attachOptions, a
 		return err
 	}
 	defer r.Close()
-	cargs := []string{"--log-format", g.logFormat, "--log-level", g.logLevel, "attach"}
-	cargs = append(cargs, args...)
-	cargs = append(cargs, "--nbd", o.nbd, "--export", o.export,
-		"--connections", strconv.Itoa(o.connections),
-		"--timeout", secondsValue{&o.timeout}.String(),
-		"--method", "ioctl", "--foreground", "--ready-fd", "3",
-		"--wait", o.waitTimeout.String())
-	if o.readOnly {
-		cargs = append(cargs, "--read-only")
-	}
 	cmd := exec.Command(exe, cargs...)
 	cmd.ExtraFiles = []*os.File{w}
 	// A session of its own: the holder must survive this terminal. Its

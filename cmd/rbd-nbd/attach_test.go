@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spf13/cobra"
 	"go.uber.org/zap"
 
 	"github.com/rbd-nbd/rbd-nbd/attach"
@@ -129,5 +130,54 @@ func TestDialOwnListener(t *testing.T) {
 	r := <-done
 	if r.err != nil || r.info.Size != 1<<20 {
 		t.Fatalf("dialOwnListener = %+v, %v", r.info, r.err)
+	}
+}
+
+// The ioctl holder gets the target attach resolved (through the daemon
+// when --nbd is missing) and the --socket it was given: with neither it
+// would ask the default control socket, another daemon or none.
+func TestHolderArgs(t *testing.T) {
+	g := &globalOptions{socket: "/run/other/ctl.sock", logFormat: "json", logLevel: "debug"}
+	o := &attachOptions{connections: 2, timeout: 8 * time.Second, readOnly: true, waitTimeout: time.Minute}
+	cargs := holderArgs(g, o, []string{"r0", "/dev/nbd3"}, attachTarget{addr: "10.0.0.1:10809", export: "disk0"})
+
+	root := newRootCmd()
+	root.SetArgs(cargs)
+	var ran bool
+	var got attachOptions
+	var gotArgs []string
+	for _, c := range root.Commands() {
+		if c.Name() == "attach" {
+			c.RunE = func(c *cobra.Command, args []string) error {
+				ran, gotArgs = true, args
+				f := c.Flags()
+				got.nbd, _ = f.GetString("nbd")
+				got.export, _ = f.GetString("export")
+				got.connections, _ = f.GetInt("connections")
+				got.readOnly, _ = f.GetBool("read-only")
+				got.foreground, _ = f.GetBool("foreground")
+				got.readyFD, _ = f.GetInt("ready-fd")
+				got.method, _ = f.GetString("method")
+				return nil
+			}
+		}
+	}
+	socket := ""
+	root.PersistentPreRunE = func(c *cobra.Command, _ []string) error {
+		socket, _ = c.Flags().GetString("socket")
+		return nil
+	}
+	if err := root.Execute(); err != nil {
+		t.Fatal(err)
+	}
+	if !ran {
+		t.Fatalf("%q did not run attach", cargs)
+	}
+	if socket != g.socket {
+		t.Errorf("holder --socket %q, want %q", socket, g.socket)
+	}
+	want := attachOptions{nbd: "10.0.0.1:10809", export: "disk0", connections: 2, readOnly: true, foreground: true, readyFD: 3, method: "ioctl"}
+	if got != want || len(gotArgs) != 2 || gotArgs[0] != "r0" || gotArgs[1] != "/dev/nbd3" {
+		t.Errorf("holder attach %v %+v, want [r0 /dev/nbd3] %+v", gotArgs, got, want)
 	}
 }
