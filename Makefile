@@ -49,6 +49,9 @@ lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	$(GO) tool staticcheck ./...
+	@# Static builds for other architectures compile too (no cgo: go-nbd's
+	@# ioctl package, for one, had amd64 only).
+	for arch in arm64 386 ppc64le; do CGO_ENABLED=0 GOARCH=$$arch $(GO) build -o /dev/null ./cmd/rbd-nbd || exit 1; done
 
 demo: deps build
 	./scripts/demo.sh

@@ -151,7 +151,8 @@ func (sp *splicer) fill(n int, nowait bool) (int, error) {
 	var serr error
 	err := sp.rc.Read(func(fd uintptr) bool {
 		for {
-			m, serr = unix.Splice(int(fd), nil, sp.w, nil, n, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+			k, e := unix.Splice(int(fd), nil, sp.w, nil, n, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+			m, serr = int64(k), e // k is an int on 32-bit platforms
 			if serr != unix.EINTR {
 				break
 			}
