@@ -5,6 +5,8 @@ import (
 	"net"
 	"net/netip"
 	"strings"
+
+	"github.com/rbd-nbd/rbd-nbd/internal/netaddr"
 )
 
 // IdentifierPrefix starts every backend identifier rbd-nbd writes.
@@ -103,6 +105,42 @@ func unhex(c byte) (byte, bool) {
 // as do "[::1]:1" and "[0:0::1]:1"). Host names are compared as text.
 func SameAddr(a, b string) bool {
 	return canonicalAddr(a) == canonicalAddr(b)
+}
+
+// Serves reports whether a server listening on listen is what a client
+// dialling addr reaches: the same address (SameAddr), or the same port
+// when the listener takes every address of the machine (0.0.0.0, ::, no
+// host) and addr names this machine, or when one of the two says
+// localhost and the other is a loopback address. No name resolution.
+func Serves(listen, addr string) bool {
+	if SameAddr(listen, addr) {
+		return true
+	}
+	if strings.HasPrefix(listen, "unix:") || strings.HasPrefix(addr, "unix:") {
+		return false
+	}
+	lh, lp, err := net.SplitHostPort(strings.TrimPrefix(listen, "tcp:"))
+	if err != nil {
+		return false
+	}
+	ah, ap, err := net.SplitHostPort(strings.TrimPrefix(addr, "tcp:"))
+	if err != nil || lp != ap {
+		return false
+	}
+	switch {
+	case netaddr.IsUnspecifiedHost(lh):
+		return netaddr.IsLocalHost(ah)
+	case strings.EqualFold(lh, "localhost"):
+		return isLoopback(ah)
+	case strings.EqualFold(ah, "localhost"):
+		return isLoopback(lh)
+	}
+	return false
+}
+
+func isLoopback(host string) bool {
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 func canonicalAddr(a string) string {

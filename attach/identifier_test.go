@@ -99,3 +99,30 @@ func FuzzNegotiate(f *testing.F) {
 		}
 	})
 }
+
+// A device attached through one spelling of the address is reattached by
+// the server that listens on it under another.
+func TestServes(t *testing.T) {
+	for _, tc := range []struct {
+		listen, addr string
+		serves       bool
+	}{
+		{"127.0.0.1:10809", "127.0.0.1:10809", true},
+		{"0.0.0.0:10809", "127.0.0.1:10809", true},
+		{":10809", "127.0.0.1:10809", true},
+		{"[::]:10809", "[::1]:10809", true},
+		{"0.0.0.0:10809", "localhost:10809", true},
+		{"localhost:10809", "127.0.0.1:10809", true},
+		{"127.0.0.1:10809", "localhost:10809", true},
+		{"0.0.0.0:10809", "127.0.0.1:10810", false},
+		{"0.0.0.0:10809", "192.0.2.7:10809", false}, // another machine
+		{"127.0.0.1:10809", "127.0.0.2:10809", false},
+		{"localhost:10809", "192.0.2.7:10809", false},
+		{"unix:/a", "unix:/a", true},
+		{"unix:/a", "127.0.0.1:1", false},
+	} {
+		if got := Serves(tc.listen, tc.addr); got != tc.serves {
+			t.Errorf("Serves(%q, %q) = %v, want %v", tc.listen, tc.addr, got, tc.serves)
+		}
+	}
+}

@@ -34,7 +34,7 @@ func (r *Resource) watchAttached() {
 		err := attach.Watch(ctx, attach.ReattachConfig{
 			Match: func(id string) bool {
 				i, err := attach.ParseIdentifier(id)
-				return err == nil && i.Export == export && attach.SameAddr(i.Addr, addr)
+				return err == nil && i.Export == export && attach.Serves(addr, i.Addr)
 			},
 			Connect: func(ctx context.Context, _ string) (net.Conn, attach.ExportInfo, error) {
 				return attach.Dial(ctx, addr, export)

@@ -5,12 +5,12 @@ import (
 	"os"
 	"runtime"
 	"strconv"
-	"strings"
 	"sync"
 
 	"go.uber.org/zap"
 
 	"github.com/rbd-nbd/rbd-nbd/config"
+	"github.com/rbd-nbd/rbd-nbd/internal/netaddr"
 )
 
 // cpuShare sizes the Go runtime of a daemon started with --max-procs 0
@@ -120,31 +120,12 @@ func (c *cpuShare) apply() {
 }
 
 // localAddress reports whether host:port names this machine: a loopback
-// address, "localhost", or an address of one of its interfaces. Other
-// host names are not resolved (no DNS lookups in a control request).
+// address, "localhost", or an address of one of its interfaces (no name
+// resolution).
 func localAddress(addr string) bool {
 	host, _, err := net.SplitHostPort(addr)
 	if err != nil {
 		host = addr
 	}
-	if strings.EqualFold(host, "localhost") {
-		return true
-	}
-	ip := net.ParseIP(host)
-	if ip == nil {
-		return false
-	}
-	if ip.IsLoopback() {
-		return true
-	}
-	addrs, err := net.InterfaceAddrs()
-	if err != nil {
-		return false
-	}
-	for _, a := range addrs {
-		if n, ok := a.(*net.IPNet); ok && n.IP.Equal(ip) {
-			return true
-		}
-	}
-	return false
+	return netaddr.IsLocalHost(host)
 }

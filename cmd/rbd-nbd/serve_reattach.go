@@ -75,7 +75,7 @@ func serveReattachConfig(o *serveOptions, log *zap.Logger) attach.ReattachConfig
 	return attach.ReattachConfig{
 		Match: func(identifier string) bool {
 			id, err := attach.ParseIdentifier(identifier)
-			return err == nil && id.Export == o.export && attach.SameAddr(id.Addr, o.listen)
+			return err == nil && id.Export == o.export && attach.Serves(o.listen, id.Addr)
 		},
 		Connect: func(cctx context.Context, _ string) (net.Conn, attach.ExportInfo, error) {
 			return dialOwnListener(cctx, o.listen, o.export)
