@@ -127,6 +127,10 @@ type Device struct {
 	// Method is the interface that attached it: MethodNetlink or
 	// MethodIoctl.
 	Method Method
+	// Identified says that the kernel keeps the backend identifier the
+	// attach gave (/sys/block/nbdN/backend), by which a restarted server
+	// finds the device to reattach. Kernels before about 5.9 ignore it.
+	Identified bool
 
 	done chan struct{} // ioctl: closed when NBD_DO_IT returned
 	err  error         // ioctl: what NBD_DO_IT returned
@@ -199,7 +203,9 @@ func Attach(ctx context.Context, cfg Config, conns []net.Conn) (*Device, error) 
 		}
 		return nil, fmt.Errorf("attach: %w", err)
 	}
-	return &Device{Index: index, Method: MethodNetlink}, nil
+	d := &Device{Index: index, Method: MethodNetlink}
+	d.Identified = p.identifier != "" && (sysDevice{sysBlock, index}).backend() == p.identifier
+	return d, nil
 }
 
 // chooseMethod decides between netlink and ioctls. It loads the nbd

@@ -201,6 +201,10 @@ func runAttach(ctx context.Context, g *globalOptions, o *attachOptions, args []s
 	log.Info("attached", zap.String("device", dev.Path()), zap.Stringer("method", dev.Method),
 		zap.String("identifier", cfg.Identifier), zap.Int64("size", cfg.Export.Size),
 		zap.Uint16("flags", cfg.Export.Flags), zap.Int("connections", o.connections))
+	if dev.Method == attach.MethodNetlink && cfg.Identifier != "" && !dev.Identified {
+		log.Warn("the kernel did not keep the backend identifier (a kernel before 5.9?): a restarted server will not reattach this device",
+			zap.String("device", dev.Path()), zap.String("identifier", cfg.Identifier))
+	}
 	fmt.Fprintln(out, dev.Path())
 	if err := reportReady(o, nil, dev.Path()); err != nil {
 		return err
