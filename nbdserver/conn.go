@@ -117,6 +117,7 @@ func (c *conn) serve(exp *Export) {
 	defer close(c.done)
 	defer c.s.forget(c)
 	defer c.abort()
+	defer c.linger()
 	defer c.closeTLS()
 	defer c.sp.close()
 	c.src = limitReader{r: c.nc}
@@ -199,6 +200,30 @@ func (c *conn) abort() {
 func (c *conn) drain() {
 	c.draining.Store(true)
 	c.raw.SetReadDeadline(time.Now())
+}
+
+// lingerTime bounds how long a drained connection waits for its client
+// to close after the last reply.
+const lingerTime = time.Second
+
+// linger ends a drained connection without losing its last replies. The
+// client may have sent requests that were never read, and closing a TCP
+// socket with unread data resets it, which drops the replies still in the
+// send buffer. So the write side is shut first (the client reads the
+// replies, then EOF), and what the client still sends is read and dropped
+// until it closes too, for at most lingerTime. Close and CloseExport cut
+// it short (abort closes the socket).
+func (c *conn) linger() {
+	if !c.draining.Load() {
+		return
+	}
+	cw, ok := c.raw.(interface{ CloseWrite() error })
+	if !ok || cw.CloseWrite() != nil {
+		return
+	}
+	if c.raw.SetReadDeadline(time.Now().Add(lingerTime)) == nil {
+		io.Copy(io.Discard, c.raw)
+	}
 }
 
 func (c *conn) transmit(exp *Export) {
