@@ -92,6 +92,14 @@ type conn struct {
 	execIdle atomic.Int32
 	reqPool  sync.Pool
 
+	// held counts the payload bytes of requests read and not yet
+	// answered (Config.MaxInFlightBytes). Only the reader adds to it, in
+	// reserve, where it waits on freed (set heldWait first) while the
+	// next request does not fit; release subtracts and wakes it.
+	held     atomic.Int64
+	heldWait atomic.Bool
+	freed    chan struct{}
+
 	execAvg   atomic.Int64 // moving average of READ/WRITE time, ns; see inline
 	timerTick atomic.Uint32
 
@@ -240,6 +248,7 @@ func (c *conn) transmit(exp *Export) {
 	c.execAvg.Store(4 * int64(max(c.s.cfg.InlineThreshold, 0)))
 	c.exec = make(chan *request, c.s.cfg.MaxInFlight)
 	c.slots = make(chan struct{}, c.s.cfg.MaxInFlight)
+	c.freed = make(chan struct{}, 1)
 	c.worker()
 	c.wg.Wait()
 	c.writeMu.Lock()
@@ -432,6 +441,9 @@ func (c *conn) readRequest(r *request) error {
 	c.br.Discard(requestSize)
 	r.buf, r.splice = nil, false
 	r.errno = c.validate(&r.Request)
+	if r.Type == CmdRead && r.errno == 0 && r.Length > 0 {
+		c.reserve(r.Length) // released by execute
+	}
 	if r.Type != CmdWrite || r.Length == 0 {
 		return nil
 	}
@@ -444,13 +456,47 @@ func (c *conn) readRequest(r *request) error {
 		r.splice = true
 		return nil
 	}
+	c.reserve(r.Length) // released by execute
 	r.buf = c.s.pool.get(int(r.Length))
 	if err := c.readPayload(*r.buf); err != nil {
 		c.s.pool.put(r.buf)
 		r.buf = nil
+		c.release(r.Length)
 		return err
 	}
 	return nil
+}
+
+// reserve counts n payload bytes as held, first waiting until they fit
+// under Config.MaxInFlightBytes or nothing else is held. Replies batched
+// in the buffer are sent before it waits. Called by the reader only.
+func (c *conn) reserve(n uint32) {
+	limit := c.s.cfg.MaxInFlightBytes
+	fits := func() bool {
+		h := c.held.Load()
+		return h == 0 || h+int64(n) <= limit
+	}
+	for !fits() {
+		c.flushIfPending()
+		c.heldWait.Store(true)
+		if !fits() {
+			<-c.freed
+		}
+		c.heldWait.Store(false)
+	}
+	// Others only subtract: what fits still fits.
+	c.held.Add(int64(n))
+}
+
+// release returns n bytes counted by reserve.
+func (c *conn) release(n uint32) {
+	c.held.Add(-int64(n))
+	if c.heldWait.Load() {
+		select {
+		case c.freed <- struct{}{}:
+		default:
+		}
+	}
 }
 
 // inlineNormSize: see noteExecTime.
@@ -561,9 +607,11 @@ func (c *conn) execute(r *request, more bool) {
 		if err == nil {
 			c.reply(&r.Request, 0, *bp, more)
 			c.s.pool.put(bp)
+			c.release(r.Length)
 			return
 		}
 		c.s.pool.put(bp)
+		c.release(r.Length)
 	case CmdWrite:
 		if r.buf != nil {
 			timed, start := c.startTimer()
@@ -573,6 +621,7 @@ func (c *conn) execute(r *request, more bool) {
 			}
 			c.s.pool.put(r.buf)
 			r.buf = nil
+			c.release(r.Length)
 		}
 	case CmdFlush:
 		err = c.b.Flush()
