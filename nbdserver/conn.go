@@ -2,6 +2,7 @@ package nbdserver
 
 import (
 	"bufio"
+	"bytes"
 	"crypto/tls"
 	"encoding/binary"
 	"errors"
@@ -129,7 +130,8 @@ func (c *conn) serve(exp *Export) {
 	defer c.closeTLS()
 	defer c.sp.close()
 	c.src = limitReader{r: c.nc}
-	c.br, c.bw = c.s.newBuffers(&c.src, c.nc)
+	// Small buffers until the transmission phase (see growBuffers).
+	c.br, c.bw = bufio.NewReaderSize(&c.src, handshakeBufSize), bufio.NewWriterSize(c.nc, handshakeBufSize)
 
 	if exp == nil {
 		var err error
@@ -181,6 +183,30 @@ func (c *conn) upgrade(tc net.Conn) {
 	c.nc = tc
 	c.src.r = tc
 	c.bw.Reset(tc)
+}
+
+// handshakeBufSize sizes the buffered reader and writer of a connection
+// still negotiating: an option's data is read straight into its own
+// buffer, and every reply is flushed at once.
+const handshakeBufSize = 4096
+
+// growBuffers gives a connection entering the transmission phase its full
+// buffers (Config.ReadBufferSize and WriteBufferSize). The handshake ran on
+// small ones, so that a client that never gets this far (one that only
+// connects, or fails TLS) costs the server little. Bytes the client sent
+// ahead stay first in line; the writer is empty, as every handshake reply
+// is flushed.
+func (c *conn) growBuffers() {
+	br := c.s.newReader(&c.src)
+	if n := c.br.Buffered(); n > 0 {
+		ahead, _ := c.br.Peek(n)
+		sock := c.src.r
+		c.src.r = bytes.NewReader(ahead)
+		br.Peek(n) // one read takes them all
+		c.src.r = sock
+	}
+	c.br = br
+	c.bw = c.s.newWriter(c.nc)
 }
 
 // closeTLS ends a TLS connection the way TLS asks, with a close_notify
@@ -244,6 +270,7 @@ func (c *conn) transmit(exp *Export) {
 		// Shutdown raced with the handshake's last step.
 		return
 	}
+	c.growBuffers()
 
 	c.execAvg.Store(4 * int64(max(c.s.cfg.InlineThreshold, 0)))
 	c.exec = make(chan *request, c.s.cfg.MaxInFlight)
