@@ -13,6 +13,13 @@ type Config struct {
 	// wait in the socket (TCP back-pressure). Default 128, the Linux nbd
 	// driver's queue depth.
 	MaxInFlight int
+	// MaxInFlightBytes bounds the READ and WRITE payload bytes one
+	// connection holds at once, from the reading of a request to its
+	// reply; beyond, requests wait in the socket, as they do beyond
+	// MaxInFlight. A request larger than the bound runs alone. Default
+	// 64 MiB: without it, 128 pipelined 28-byte READs of 32 MiB would make
+	// the server allocate 4 GiB.
+	MaxInFlightBytes int64
 	// MaxRequest is the largest READ or WRITE payload accepted, and the
 	// maximum block size advertised. Larger requests get EINVAL (a WRITE's
 	// payload is read and dropped to keep the stream in sync). Default
@@ -41,6 +48,7 @@ type Config struct {
 func DefaultConfig() Config {
 	return Config{
 		MaxInFlight:      128,
+		MaxInFlightBytes: 64 << 20,
 		MaxRequest:       32 << 20,
 		HandshakeTimeout: 30 * time.Second,
 		MaxOptionLength:  64 << 10,
@@ -55,6 +63,9 @@ func (c Config) withDefaults() Config {
 	d := DefaultConfig()
 	if c.MaxInFlight == 0 {
 		c.MaxInFlight = d.MaxInFlight
+	}
+	if c.MaxInFlightBytes == 0 {
+		c.MaxInFlightBytes = d.MaxInFlightBytes
 	}
 	if c.MaxRequest == 0 {
 		c.MaxRequest = d.MaxRequest
@@ -84,6 +95,9 @@ func (c Config) Validate() error {
 	var errs []error
 	if c.MaxInFlight < 1 || c.MaxInFlight > 1<<16 {
 		errs = append(errs, fmt.Errorf("MaxInFlight %d: want 1..65536", c.MaxInFlight))
+	}
+	if c.MaxInFlightBytes < 0 {
+		errs = append(errs, fmt.Errorf("MaxInFlightBytes %d: must not be negative", c.MaxInFlightBytes))
 	}
 	if c.MaxRequest < 512 || c.MaxRequest > 1<<30 {
 		errs = append(errs, fmt.Errorf("MaxRequest %d: want 512..1GiB", c.MaxRequest))

@@ -2,6 +2,7 @@ package nbdserver
 
 import (
 	"bufio"
+	"bytes"
 	"crypto/tls"
 	"encoding/binary"
 	"errors"
@@ -92,6 +93,14 @@ type conn struct {
 	execIdle atomic.Int32
 	reqPool  sync.Pool
 
+	// held counts the payload bytes of requests read and not yet
+	// answered (Config.MaxInFlightBytes). Only the reader adds to it, in
+	// reserve, where it waits on freed (set heldWait first) while the
+	// next request does not fit; release subtracts and wakes it.
+	held     atomic.Int64
+	heldWait atomic.Bool
+	freed    chan struct{}
+
 	execAvg   atomic.Int64 // moving average of READ/WRITE time, ns; see inline
 	timerTick atomic.Uint32
 
@@ -117,10 +126,12 @@ func (c *conn) serve(exp *Export) {
 	defer close(c.done)
 	defer c.s.forget(c)
 	defer c.abort()
+	defer c.linger()
 	defer c.closeTLS()
 	defer c.sp.close()
 	c.src = limitReader{r: c.nc}
-	c.br, c.bw = c.s.newBuffers(&c.src, c.nc)
+	// Small buffers until the transmission phase (see growBuffers).
+	c.br, c.bw = bufio.NewReaderSize(&c.src, handshakeBufSize), bufio.NewWriterSize(c.nc, handshakeBufSize)
 
 	if exp == nil {
 		var err error
@@ -174,6 +185,30 @@ func (c *conn) upgrade(tc net.Conn) {
 	c.bw.Reset(tc)
 }
 
+// handshakeBufSize sizes the buffered reader and writer of a connection
+// still negotiating: an option's data is read straight into its own
+// buffer, and every reply is flushed at once.
+const handshakeBufSize = 4096
+
+// growBuffers gives a connection entering the transmission phase its full
+// buffers (Config.ReadBufferSize and WriteBufferSize). The handshake ran on
+// small ones, so that a client that never gets this far (one that only
+// connects, or fails TLS) costs the server little. Bytes the client sent
+// ahead stay first in line; the writer is empty, as every handshake reply
+// is flushed.
+func (c *conn) growBuffers() {
+	br := c.s.newReader(&c.src)
+	if n := c.br.Buffered(); n > 0 {
+		ahead, _ := c.br.Peek(n)
+		sock := c.src.r
+		c.src.r = bytes.NewReader(ahead)
+		br.Peek(n) // one read takes them all
+		c.src.r = sock
+	}
+	c.br = br
+	c.bw = c.s.newWriter(c.nc)
+}
+
 // closeTLS ends a TLS connection the way TLS asks, with a close_notify
 // alert, sent from the connection's own goroutine once it is done; a
 // client that does not read gets a second before the socket closes
@@ -201,6 +236,30 @@ func (c *conn) drain() {
 	c.raw.SetReadDeadline(time.Now())
 }
 
+// lingerTime bounds how long a drained connection waits for its client
+// to close after the last reply.
+const lingerTime = time.Second
+
+// linger ends a drained connection without losing its last replies. The
+// client may have sent requests that were never read, and closing a TCP
+// socket with unread data resets it, which drops the replies still in the
+// send buffer. So the write side is shut first (the client reads the
+// replies, then EOF), and what the client still sends is read and dropped
+// until it closes too, for at most lingerTime. Close and CloseExport cut
+// it short (abort closes the socket).
+func (c *conn) linger() {
+	if !c.draining.Load() {
+		return
+	}
+	cw, ok := c.raw.(interface{ CloseWrite() error })
+	if !ok || cw.CloseWrite() != nil {
+		return
+	}
+	if c.raw.SetReadDeadline(time.Now().Add(lingerTime)) == nil {
+		io.Copy(io.Discard, c.raw)
+	}
+}
+
 func (c *conn) transmit(exp *Export) {
 	c.b = exp.Backend
 	c.size = uint64(exp.Backend.Size())
@@ -211,10 +270,12 @@ func (c *conn) transmit(exp *Export) {
 		// Shutdown raced with the handshake's last step.
 		return
 	}
+	c.growBuffers()
 
 	c.execAvg.Store(4 * int64(max(c.s.cfg.InlineThreshold, 0)))
 	c.exec = make(chan *request, c.s.cfg.MaxInFlight)
 	c.slots = make(chan struct{}, c.s.cfg.MaxInFlight)
+	c.freed = make(chan struct{}, 1)
 	c.worker()
 	c.wg.Wait()
 	c.writeMu.Lock()
@@ -407,6 +468,9 @@ func (c *conn) readRequest(r *request) error {
 	c.br.Discard(requestSize)
 	r.buf, r.splice = nil, false
 	r.errno = c.validate(&r.Request)
+	if r.Type == CmdRead && r.errno == 0 && r.Length > 0 {
+		c.reserve(r.Length) // released by execute
+	}
 	if r.Type != CmdWrite || r.Length == 0 {
 		return nil
 	}
@@ -419,13 +483,47 @@ func (c *conn) readRequest(r *request) error {
 		r.splice = true
 		return nil
 	}
+	c.reserve(r.Length) // released by execute
 	r.buf = c.s.pool.get(int(r.Length))
 	if err := c.readPayload(*r.buf); err != nil {
 		c.s.pool.put(r.buf)
 		r.buf = nil
+		c.release(r.Length)
 		return err
 	}
 	return nil
+}
+
+// reserve counts n payload bytes as held, first waiting until they fit
+// under Config.MaxInFlightBytes or nothing else is held. Replies batched
+// in the buffer are sent before it waits. Called by the reader only.
+func (c *conn) reserve(n uint32) {
+	limit := c.s.cfg.MaxInFlightBytes
+	fits := func() bool {
+		h := c.held.Load()
+		return h == 0 || h+int64(n) <= limit
+	}
+	for !fits() {
+		c.flushIfPending()
+		c.heldWait.Store(true)
+		if !fits() {
+			<-c.freed
+		}
+		c.heldWait.Store(false)
+	}
+	// Others only subtract: what fits still fits.
+	c.held.Add(int64(n))
+}
+
+// release returns n bytes counted by reserve.
+func (c *conn) release(n uint32) {
+	c.held.Add(-int64(n))
+	if c.heldWait.Load() {
+		select {
+		case c.freed <- struct{}{}:
+		default:
+		}
+	}
 }
 
 // inlineNormSize: see noteExecTime.
@@ -536,9 +634,11 @@ func (c *conn) execute(r *request, more bool) {
 		if err == nil {
 			c.reply(&r.Request, 0, *bp, more)
 			c.s.pool.put(bp)
+			c.release(r.Length)
 			return
 		}
 		c.s.pool.put(bp)
+		c.release(r.Length)
 	case CmdWrite:
 		if r.buf != nil {
 			timed, start := c.startTimer()
@@ -548,6 +648,7 @@ func (c *conn) execute(r *request, more bool) {
 			}
 			c.s.pool.put(r.buf)
 			r.buf = nil
+			c.release(r.Length)
 		}
 	case CmdFlush:
 		err = c.b.Flush()

@@ -432,7 +432,11 @@ func remoteAddr(nc net.Conn) string {
 	return "local"
 }
 
-// newBuffers sizes a connection's buffered reader and writer.
-func (s *Server) newBuffers(r io.Reader, w io.Writer) (*bufio.Reader, *bufio.Writer) {
-	return bufio.NewReaderSize(r, s.cfg.ReadBufferSize), bufio.NewWriterSize(w, s.cfg.WriteBufferSize)
+// newReader and newWriter make a transmission-phase connection's buffered
+// reader and writer.
+func (s *Server) newReader(r io.Reader) *bufio.Reader {
+	return bufio.NewReaderSize(r, s.cfg.ReadBufferSize)
+}
+func (s *Server) newWriter(w io.Writer) *bufio.Writer {
+	return bufio.NewWriterSize(w, s.cfg.WriteBufferSize)
 }

@@ -418,6 +418,7 @@ func TestShutdownDrains(t *testing.T) {
 	}
 	c.readFull(512)
 	c.expectClosed()
+	c.nc.Close() // else Shutdown waits out the server's linger
 	if err := <-shut; err != nil {
 		t.Fatalf("Shutdown: %v", err)
 	}
