@@ -191,6 +191,10 @@ func (s *stateStore) restoreOne(ctx context.Context, socket, name string, in int
 		}
 		if len(sts) == 1 && sts[0].PeerRole.String() == "Primary" {
 			s.log.Warn("not restoring Primary: the peer is Primary now", zap.String("resource", name))
+			// The cluster failed over: this node is Secondary now, and a
+			// later restart (perhaps with the peer out of reach) must not
+			// promote it beside the Primary peer.
+			s.update(name, func(in *intent) { in.Primary = false })
 			return nil
 		}
 		if len(sts) == 1 && sts[0].Conn.String() != "Connecting" && sts[0].Conn.String() != "Handshake" {
