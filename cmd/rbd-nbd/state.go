@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -56,15 +57,20 @@ func defaultStateDir(socket string) string {
 
 func (s *stateStore) path(name string) string { return filepath.Join(s.dir, name+".json") }
 
+// load reads a resource's intent. A file with fields this version does not
+// know (written by a newer one) is refused rather than restored without
+// them: a setting such as TLS would otherwise be silently dropped.
 func (s *stateStore) load(name string) (intent, bool) {
 	var in intent
 	b, err := os.ReadFile(s.path(name))
 	if err != nil {
 		return in, false
 	}
-	if err := json.Unmarshal(b, &in); err != nil {
-		s.log.Warn("ignoring an unreadable state file", zap.String("file", s.path(name)), zap.Error(err))
-		return in, false
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&in); err != nil {
+		s.log.Warn("ignoring an unreadable state file (torn, or written by a newer version)", zap.String("file", s.path(name)), zap.Error(err))
+		return intent{}, false
 	}
 	return in, true
 }
@@ -124,8 +130,16 @@ func (s *stateStore) generation(name string) uint64 {
 	if s == nil || s.dir == "" {
 		return 0
 	}
-	in, ok := s.load(name)
-	if !ok {
+	// Only the generation: one a newer version remembered still counts,
+	// so that the resource does not start over below it.
+	b, err := os.ReadFile(s.path(name))
+	if err != nil {
+		return 0
+	}
+	var in struct {
+		Generation uint64 `json:"generation"`
+	}
+	if json.Unmarshal(b, &in) != nil {
 		return 0
 	}
 	return in.Generation

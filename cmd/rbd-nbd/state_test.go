@@ -41,3 +41,20 @@ func TestStateKeepsGeneration(t *testing.T) {
 		t.Fatal("a nil store remembers a generation")
 	}
 }
+
+// A state file written by a newer version, with settings this one does
+// not know (as TLS was to 1.0), is not restored without them: the daemon
+// refuses it instead of bringing the resource up with less than was asked.
+func TestStateRefusesUnknownFields(t *testing.T) {
+	s := &stateStore{dir: t.TempDir(), log: zap.NewNop()}
+	newer := `{"config": {"Name": "r0", "Net": {"Protocol": "C", "FutureEncryption": "required"}}, "primary": true, "generation": 4}`
+	if err := os.WriteFile(filepath.Join(s.dir, "r0.json"), []byte(newer), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if in, ok := s.load("r0"); ok {
+		t.Fatalf("loaded a state file with unknown settings: %+v", in)
+	}
+	if got := s.generation("r0"); got != 4 {
+		t.Fatalf("generation of the newer state file %d, want 4", got)
+	}
+}
