@@ -342,6 +342,20 @@ func (s *Server) serveConn(c net.Conn) {
 			cn.writeError(h.Type, h.Seq, herr.(*Error))
 			return
 		}
+		if herr == nil {
+			if perr := cn.denied(h); perr != nil {
+				// Refused on the header: a client that may not send this
+				// request makes the daemon neither wait for nor buffer its
+				// body (up to Limits.MaxFrame); the body is skipped.
+				if !cn.writeError(h.Type, h.Seq, perr) {
+					return
+				}
+				if _, err := io.CopyN(io.Discard, c, int64(h.Length)); err != nil {
+					return
+				}
+				continue
+			}
+		}
 		if cap(buf) < int(h.Length) {
 			buf = make([]byte, h.Length)
 		}
@@ -384,6 +398,20 @@ func ignoredList(tags []uint16) List {
 	return l
 }
 
+// denied returns PERMISSION_DENIED when h is a request the client may not
+// send, or nil; a header that handle refuses for another reason (version,
+// flags, unknown type) is left to it.
+func (cn *conn) denied(h Header) *Error {
+	if h.Major != ProtoMajor || h.Flags != 0 {
+		return nil
+	}
+	m := cn.s.cfg.Registry.msg(h.Type)
+	if m == nil || !m.Request || m.Retired || cn.access >= m.Access {
+		return nil
+	}
+	return Errorf(CodePermissionDenied, "uid %d (access %s) may not send %s, which needs access %s", cn.cred.UID, cn.access, m.Name, m.Access)
+}
+
 // handle runs one request and returns the reply and the ignored tags.
 func (cn *conn) handle(h Header, body []byte) (rep Reply, ignored []uint16) {
 	s := cn.s
@@ -399,8 +427,8 @@ func (cn *conn) handle(h Header, body []byte) (rep Reply, ignored []uint16) {
 	if m == nil || !m.Request || m.Retired {
 		return Reply{Err: wrapErr(CodeUnknownMessageType, ErrUnknownMessage, "message type %d is not a request this daemon knows", h.Type)}, nil
 	}
-	if cn.access < m.Access {
-		return Reply{Err: Errorf(CodePermissionDenied, "uid %d (access %s) may not send %s, which needs access %s", cn.cred.UID, cn.access, m.Name, m.Access)}, nil
+	if perr := cn.denied(h); perr != nil {
+		return Reply{Err: perr}, nil
 	}
 	l, err := DecodeList(body, s.cfg.Limits)
 	if err != nil {

@@ -517,3 +517,35 @@ func TestListen(t *testing.T) {
 		t.Fatalf("group modes %v %v", mode(filepath.Dir(gpath)), mode(gpath))
 	}
 }
+
+// A client without the access a request needs is refused on the frame
+// header: the server neither waits for nor buffers the body (up to
+// Limits.MaxFrame per connection), so that a client that may not change
+// anything cannot make the daemon hold memory by announcing large frames.
+// The connection stays usable.
+func TestServerRefusesBeforeReadingBody(t *testing.T) {
+	path, _ := startServer(t, Config{Handler: newTestHandler(), Access: func(Cred) Access { return AccessRead }})
+	c := rawConn(t, path)
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	h := Header{Major: ProtoMajor, Minor: ProtoMinor, Type: MsgCreate, Seq: 7, Length: uint32(DefaultLimits().MaxFrame)}
+	if _, err := c.Write(AppendHeader(nil, h)); err != nil {
+		t.Fatal(err)
+	}
+	rh, l := readReply(t, c)
+	if rh.Seq != 7 || rh.Flags&FlagError == 0 {
+		t.Fatalf("reply %+v %v, want an error for seq 7", rh, l)
+	}
+	if DecodeError(l).Code != CodePermissionDenied {
+		t.Fatalf("reply %v, want PERMISSION_DENIED", l)
+	}
+	// The body follows (the client did not wait); then a request it may send.
+	if _, err := c.Write(make([]byte, h.Length)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Write(AppendFrame(nil, Header{Major: ProtoMajor, Minor: ProtoMinor, Type: MsgHello, Seq: 8}, nil)); err != nil {
+		t.Fatal(err)
+	}
+	if rh, l := readReply(t, c); rh.Seq != 8 || rh.Flags&FlagError != 0 {
+		t.Fatalf("hello after a refused request: %+v %v", rh, l)
+	}
+}
