@@ -42,13 +42,14 @@ type Config struct {
 	// means ctlproto.MaxResources, which is also the most it may be: a
 	// client's ReplyLimits hold the status of that many.
 	MaxResources int
-	// Generation, when not nil, returns the configuration generation a
-	// resource of that name had before the daemon was restarted (0: none,
-	// start at 1), as remembered by the runtime (Runtime.Start's gen). A
-	// resource created under a remembered name starts at that generation,
-	// so that an if-generation read before the restart does not match
-	// another configuration after it.
-	Generation func(name string) uint64
+	// Generation, when not nil, returns the configuration generation cfg
+	// is at for a resource of that name created after a daemon restart,
+	// as remembered by the runtime (Runtime.Start's gen): the remembered
+	// generation when cfg is the remembered configuration, one past it
+	// when cfg is another (0: nothing remembered, start at 1). So an
+	// if-generation read before the restart matches the configuration it
+	// was read with and no other.
+	Generation func(name string, cfg config.Resource) uint64
 }
 
 // DefaultConfig returns the defaults: a configuration-only daemon.
@@ -445,7 +446,7 @@ func (d *Daemon) create(ctx context.Context, body ctlproto.List, start bool) ctl
 
 	s := &snapshot{cfg: cfg, gen: gen}
 	if d.cfg.Generation != nil {
-		s.gen = max(d.cfg.Generation(name), gen)
+		s.gen = max(d.cfg.Generation(name, cfg), gen)
 	}
 	if start {
 		rt, err := d.start(ctx, r, cfg, s.gen)

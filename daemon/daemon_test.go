@@ -187,7 +187,7 @@ func TestChangeCompareAndSwap(t *testing.T) {
 // the generation of each configuration it is given.
 func TestRememberedGeneration(t *testing.T) {
 	f := newFakeFactory()
-	remembered := func(name string) uint64 {
+	remembered := func(name string, _ config.Resource) uint64 {
 		if name == "r0" {
 			return 4
 		}

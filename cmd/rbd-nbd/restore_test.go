@@ -12,6 +12,7 @@ import (
 
 	"github.com/rbd-nbd/rbd-nbd/config"
 	"github.com/rbd-nbd/rbd-nbd/ctlproto"
+	"github.com/rbd-nbd/rbd-nbd/daemon"
 	"github.com/rbd-nbd/rbd-nbd/resource"
 )
 
@@ -82,5 +83,77 @@ func TestRestoreForgetsPrimaryWhenPeerIsPrimary(t *testing.T) {
 	}
 	if in, ok := s.load("r0"); !ok || in.Primary {
 		t.Fatalf("state after a restore that stayed Secondary: %+v, %v; want Primary false", in, ok)
+	}
+}
+
+// serveStateDaemon serves a configuration-only daemon that takes remembered
+// generations from s.
+func serveStateDaemon(t *testing.T, s *stateStore) *ctlproto.Client {
+	t.Helper()
+	dcfg := daemon.DefaultConfig()
+	dcfg.Generation = s.generation
+	d, err := daemon.New(dcfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "ctl.sock")
+	l, err := ctlproto.Listen(path, ctlproto.DefaultListenConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	scfg := ctlproto.DefaultConfig()
+	scfg.Registry, scfg.Handler = d.Registry(), d
+	srv, err := ctlproto.NewServer(scfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(l) }()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := ctlproto.Dial(ctx, path, ctlproto.DefaultRegistry(), "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		c.Close()
+		srv.Close()
+		<-done
+		d.Close(context.Background())
+	})
+	return c
+}
+
+// After a restart, the remembered generation goes with the remembered
+// configuration only: another configuration created under the name (an
+// adjust that came before the restore, or after a failed one) is a newer
+// generation, so that an if-generation read before the restart does not
+// match it and a stale tool cannot overwrite it unseen.
+func TestRememberedGenerationIsTheRememberedConfigs(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	s := &stateStore{dir: t.TempDir(), log: zap.NewNop()}
+	cfg := config.Resource{Name: "r0", Local: config.Node{Name: "alpha", Address: "127.0.0.1:7789", Disk: "/dev/loop0"},
+		Peer: config.Node{Name: "beta", ID: 1, Address: "127.0.0.1:7790"}}.Default()
+	s.save("r0", intent{Config: cfg, Generation: 4})
+
+	c := serveStateDaemon(t, s)
+	a, err := c.Create(ctx, cfg)
+	if err != nil || a.Generation != 4 {
+		t.Fatalf("the remembered configuration: generation %d, %v; want 4", a.Generation, err)
+	}
+	if err := c.Delete(ctx, "r0", 0); err != nil {
+		t.Fatal(err)
+	}
+
+	c = serveStateDaemon(t, s) // another restart
+	other := cfg
+	other.Net.Protocol = config.ProtocolA
+	a, err = c.Create(ctx, other)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.Generation == 4 {
+		t.Fatalf("another configuration created at the remembered generation 4: an if-generation 4 read before the restart matches it")
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -124,9 +125,25 @@ func (s *stateStore) update(name string, fn func(*intent)) {
 	s.save(name, in)
 }
 
-// generation returns the remembered configuration generation of the
-// named resource, 0 when none (daemon.Config.Generation).
-func (s *stateStore) generation(name string) uint64 {
+// generation returns the configuration generation cfg is at for the named
+// resource (daemon.Config.Generation): the remembered one when cfg is the
+// remembered configuration, one past it when it is another (the number
+// then no longer means what a tool read before the restart), 0 when none
+// is remembered.
+func (s *stateStore) generation(name string, cfg config.Resource) uint64 {
+	gen := s.rememberedGeneration(name)
+	if gen == 0 {
+		return 0
+	}
+	if in, ok := s.load(name); ok && reflect.DeepEqual(in.Config, cfg) {
+		return gen
+	}
+	return gen + 1
+}
+
+// rememberedGeneration returns the generation in the named resource's
+// state file, 0 when none.
+func (s *stateStore) rememberedGeneration(name string) uint64 {
 	if s == nil || s.dir == "" {
 		return 0
 	}

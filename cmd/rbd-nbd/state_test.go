@@ -17,14 +17,14 @@ func TestStateKeepsGeneration(t *testing.T) {
 	s := &stateStore{dir: t.TempDir(), log: zap.NewNop()}
 	cfg := config.Resource{Name: "r0"}
 	s.save("r0", intent{Config: cfg, Primary: true, Generation: 7})
-	if got := s.generation("r0"); got != 7 {
+	if got := s.rememberedGeneration("r0"); got != 7 {
 		t.Fatalf("generation %d, want 7", got)
 	}
 	s.update("r0", func(in *intent) { in.Generation = 8 })
 	if in, ok := s.load("r0"); !ok || in.Generation != 8 || !in.Primary || in.Config.Name != "r0" {
 		t.Fatalf("after update: %+v, %v", in, ok)
 	}
-	if got := s.generation("nope"); got != 0 {
+	if got := s.rememberedGeneration("nope"); got != 0 {
 		t.Fatalf("generation of an unknown resource %d, want 0", got)
 	}
 
@@ -33,11 +33,11 @@ func TestStateKeepsGeneration(t *testing.T) {
 		t.Fatal(err)
 	}
 	in, ok := s.load("r1")
-	if !ok || in.Config.Name != "r1" || !in.Primary || in.Generation != 0 || s.generation("r1") != 0 {
+	if !ok || in.Config.Name != "r1" || !in.Primary || in.Generation != 0 || s.rememberedGeneration("r1") != 0 {
 		t.Fatalf("old state file: %+v, %v", in, ok)
 	}
 	var nilStore *stateStore
-	if nilStore.generation("r0") != 0 {
+	if nilStore.generation("r0", cfg) != 0 {
 		t.Fatal("a nil store remembers a generation")
 	}
 }
@@ -54,7 +54,7 @@ func TestStateRefusesUnknownFields(t *testing.T) {
 	if in, ok := s.load("r0"); ok {
 		t.Fatalf("loaded a state file with unknown settings: %+v", in)
 	}
-	if got := s.generation("r0"); got != 4 {
+	if got := s.rememberedGeneration("r0"); got != 4 {
 		t.Fatalf("generation of the newer state file %d, want 4", got)
 	}
 }
