@@ -5,6 +5,7 @@ import (
 	"errors"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -19,7 +20,7 @@ import (
 // fakeCtl serves the control protocol with a handler that answers up and
 // status (with st) and records the requests, as the daemon does for
 // restore.
-func fakeCtl(t *testing.T, st resource.Status) (path string, calls func() []string) {
+func fakeCtl(t *testing.T, st resource.Status, onUp ...func()) (path string, calls func() []string) {
 	t.Helper()
 	var mu sync.Mutex
 	var got []string
@@ -32,6 +33,10 @@ func fakeCtl(t *testing.T, st resource.Status) (path string, calls func() []stri
 			return ctlproto.Reply{Body: ctlproto.EncodeHello(ctlproto.HelloInfo{Version: "test", Major: ctlproto.ProtoMajor, Minor: ctlproto.ProtoMinor})}
 		case ctlproto.MsgStatus:
 			return ctlproto.Reply{Body: ctlproto.List{ctlproto.EncodeStatus(st, ctlproto.AllFields)}}
+		case ctlproto.MsgUp:
+			for _, f := range onUp {
+				f()
+			}
 		}
 		return ctlproto.Reply{Body: ctlproto.List{ctlproto.U64(ctlproto.TagGeneration, 1)}}
 	})
@@ -155,5 +160,29 @@ func TestRememberedGenerationIsTheRememberedConfigs(t *testing.T) {
 	}
 	if a.Generation == 4 {
 		t.Fatalf("another configuration created at the remembered generation 4: an if-generation 4 read before the restart matches it")
+	}
+}
+
+// Only the restore's own up keeps the remembered role: an administrator's
+// up of a remembered resource (after a failed restore, or before it ran)
+// brings it up Secondary, and the next restart must not promote it.
+func TestOnlyTheRestoreKeepsTheRole(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	s := &stateStore{dir: t.TempDir(), log: zap.NewNop()}
+	var during atomic.Bool
+	path, _ := fakeCtl(t, resource.Status{Name: "r0"}, func() { during.Store(s.keepsRole("r0")) })
+	if s.keepsRole("r0") {
+		t.Fatal("keepsRole before any restore")
+	}
+	in := intent{Config: config.Resource{Name: "r0"}.Default(), Generation: 1}
+	if err := s.restoreOne(ctx, path, "r0", in); err != nil {
+		t.Fatal(err)
+	}
+	if !during.Load() {
+		t.Fatal("the restore's up did not keep the role")
+	}
+	if s.keepsRole("r0") {
+		t.Fatal("keepsRole after the restore's up")
 	}
 }

@@ -60,11 +60,11 @@ func (rt *resourceRuntime) Start(ctx context.Context, cfg config.Resource, gen u
 	}
 	rt.res = res
 	rt.cpus.up(rt.name, cfg)
-	if old, ok := rt.state.load(rt.name); !ok || old.Config.Name != cfg.Name {
-		rt.state.save(rt.name, intent{Config: cfg, Generation: gen})
-	} else {
+	if old, ok := rt.state.load(rt.name); ok && rt.state.keepsRole(rt.name) {
 		// A restore: keep the remembered role until it is restored.
 		rt.state.save(rt.name, intent{Config: cfg, Primary: old.Primary, Generation: gen})
+	} else {
+		rt.state.save(rt.name, intent{Config: cfg, Generation: gen})
 	}
 	return nil
 }

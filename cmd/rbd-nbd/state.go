@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -49,6 +50,38 @@ type stateStore struct {
 	log *zap.Logger
 	// shutdown is set while the daemon stops: Stop then keeps the intent.
 	shutdown atomic.Bool
+
+	mu sync.Mutex
+	// restoring names the resources whose up comes from restoreOne: only
+	// such a start keeps the remembered role (keepsRole). Any other start
+	// of a remembered resource (an administrator's up after a failed or
+	// before a pending restore) brings it up Secondary, and must not leave
+	// a Primary role for the next restart to promote.
+	restoring map[string]bool
+}
+
+// keepsRole reports whether the start of the named resource is its
+// restore, which keeps the remembered role until it is restored.
+func (s *stateStore) keepsRole(name string) bool {
+	if s == nil {
+		return false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.restoring[name]
+}
+
+func (s *stateStore) setRestoring(name string, on bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.restoring == nil {
+		s.restoring = map[string]bool{}
+	}
+	if on {
+		s.restoring[name] = true
+	} else {
+		delete(s.restoring, name)
+	}
 }
 
 // defaultStateDir is the state directory for a socket path.
@@ -204,7 +237,10 @@ func (s *stateStore) restoreOne(ctx context.Context, socket, name string, in int
 		return err
 	}
 	defer c.Close()
-	if _, err := c.Call(ctx, ctlproto.MsgUp, ctlproto.EncodeConfig(c.Registry(), in.Config)); err != nil {
+	s.setRestoring(name, true)
+	_, err = c.Call(ctx, ctlproto.MsgUp, ctlproto.EncodeConfig(c.Registry(), in.Config))
+	s.setRestoring(name, false)
+	if err != nil {
 		return fmt.Errorf("up: %w", err)
 	}
 	s.log.Info("resource restored", zap.String("resource", name), zap.Bool("primary", in.Primary))
