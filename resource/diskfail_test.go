@@ -1,0 +1,82 @@
+package resource
+
+import (
+	"testing"
+
+	"github.com/rbd-nbd/rbd-nbd/config"
+)
+
+// connectedPrimary returns a machine that is Primary, UpToDate and
+// Connected to an UpToDate Secondary.
+func connectedPrimary(t *testing.T, fencing config.Fencing) *Machine {
+	t.Helper()
+	var next uint64 = 0xEF
+	m := NewMachine(MachineConfig{NodeID: 1, PeerNodeID: 2, Fencing: fencing.Effective(),
+		NewUUID: func() uint64 { next++; return next << 16 }})
+	u := UUIDs{Current: 0xAA << 16}
+	steps := []Event{
+		EvAttach{Meta: Meta{UUIDs: u, Flags: FlagConsistent | FlagWasUpToDate}},
+		EvConnect{},
+		EvLinkUp{},
+		EvPeerState{State: NodeState{NodeID: 2, Role: RoleSecondary, Disk: DiskUpToDate, UUIDs: u, Consistent: true}},
+		EvPromote{PeerAgreed: true},
+	}
+	for _, ev := range steps {
+		if _, err := m.Step(ev); err != nil {
+			t.Fatalf("%T: %v", ev, err)
+		}
+	}
+	if m.Role() != RolePrimary || m.Conn() != ConnConnected || m.PeerDisk() != DiskUpToDate {
+		t.Fatalf("setup: %s", m.stateString())
+	}
+	return m
+}
+
+// reconnect brings the machine's peer back, in sync.
+func reconnect(t *testing.T, m *Machine) {
+	t.Helper()
+	for _, ev := range []Event{EvLinkUp{}, EvPeerState{State: NodeState{NodeID: 2, Role: RoleSecondary, Disk: DiskOutdated, UUIDs: UUIDs{Current: m.meta.UUIDs.Bitmap}, Consistent: true}}, EvBitmapsExchanged{}, EvSyncDone{}} {
+		if _, err := m.Step(ev); err != nil {
+			t.Fatalf("%T: %v", ev, err)
+		}
+	}
+	if m.Conn() != ConnConnected || m.PeerDisk() != DiskUpToDate {
+		t.Fatalf("reconnect: %s", m.stateString())
+	}
+}
+
+// The fence-peer run of an earlier peer loss must not lift the suspension
+// of a later one: under resource-and-stonith, writes would be acknowledged
+// before the peer of the second loss is fenced.
+func TestStaleFenceDoneKeepsSuspension(t *testing.T) {
+	m := connectedPrimary(t, config.FencingResourceAndStonith)
+	acts, _ := m.Step(EvLinkDown{})
+	fences := countFence(acts)
+	if m.Suspended()&SuspendFencing == 0 || fences != 1 {
+		t.Fatalf("first loss: %s, %d fence-peer", m.stateString(), fences)
+	}
+	// The peer is back before the first fence-peer ended, then lost again.
+	reconnect(t, m)
+	acts, _ = m.Step(EvLinkDown{})
+	if m.Suspended()&SuspendFencing == 0 || countFence(acts) != 1 {
+		t.Fatalf("second loss: %s", m.stateString())
+	}
+	// The first run ends (it fenced the peer of the first loss).
+	m.Step(staleFenceDone(m))
+	if m.Suspended()&SuspendFencing == 0 {
+		t.Fatalf("the first loss's fence-peer lifted the second loss's suspension: %s", m.stateString())
+	}
+}
+
+func countFence(acts []Action) int {
+	n := 0
+	for _, a := range acts {
+		if _, ok := a.(ActFencePeer); ok {
+			n++
+		}
+	}
+	return n
+}
+
+// staleFenceDone is the result of the first fence-peer run.
+func staleFenceDone(m *Machine) Event { return EvFenceDone{Seq: m.fenceSeq - 1, Proceed: true} }
