@@ -1,6 +1,10 @@
 package resource
 
 import (
+	"context"
+	"errors"
+	"time"
+
 	"testing"
 
 	"github.com/rbd-nbd/rbd-nbd/config"
@@ -80,3 +84,25 @@ func countFence(acts []Action) int {
 
 // staleFenceDone is the result of the first fence-peer run.
 func staleFenceDone(m *Machine) Event { return EvFenceDone{Seq: m.fenceSeq - 1, Proceed: true} }
+
+// A sync source whose disk fails a resync read applies disk.on-io-error
+// (detach), as for an application read: the resync cannot go on from a
+// failing disk, and reconnecting to retry it fails the same way forever.
+func TestSyncSourceReadErrorDetaches(t *testing.T) {
+	c := newPair(t, "", "")
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	c.da.setRead(func(p []byte, off int64) error {
+		if off >= 8<<20 {
+			return errors.New("injected read error")
+		}
+		return nil
+	})
+	if err := c.b.Invalidate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	c.wait(c.a, "the sync source detached its failing disk", func(s Status) bool { return s.Disk == DiskDiskless })
+	c.wait(c.b, "the target sees the Diskless source", func(s Status) bool {
+		return s.Conn == ConnConnected && s.PeerDisk == DiskDiskless && s.Disk == DiskInconsistent
+	})
+}

@@ -3,6 +3,7 @@ package resource
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -175,6 +176,12 @@ func (r *Resource) startSync(source, full bool) {
 				r.engine.Store(nil)
 			}
 			if err != nil {
+				if errors.Is(err, errSourceDetached) {
+					// EvLocalIOError, on its way, stops the resync and
+					// tells the peer this disk is gone.
+					r.log.Warn("resync stopped: the local disk failed", zap.Error(err))
+					return
+				}
 				if errors.Is(err, replicate.ErrNoDisk) && r.link == link {
 					// The target detached its disk; its Diskless state,
 					// on its way, ends the resync (the bitmap keeps the
@@ -388,8 +395,16 @@ type dataSource struct{ r *Resource }
 
 func (s dataSource) ReadAt(p []byte, off int64) error {
 	_, err := s.r.data.ReadAt(p, off)
+	if err != nil && s.r.localError(err) {
+		// Detached for it (disk.on-io-error): the machine stops the
+		// resync; a reconnect would only fail the same read again.
+		return fmt.Errorf("%w: %w", errSourceDetached, err)
+	}
 	return err
 }
+
+// errSourceDetached ends a resync whose source detached its disk.
+var errSourceDetached = errors.New("the sync source's disk failed and was detached")
 
 // linkTransport carries the engine's requests over the resync stream.
 type linkTransport struct {
