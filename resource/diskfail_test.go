@@ -106,3 +106,32 @@ func TestSyncSourceReadErrorDetaches(t *testing.T) {
 		return s.Conn == ConnConnected && s.PeerDisk == DiskDiskless && s.Disk == DiskInconsistent
 	})
 }
+
+// A peer flush that fails (the Secondary's disk, under on-io-error
+// pass-on, stays attached) does not make the writes before it durable
+// there: after an fsync error the kernel may have dropped them. A later
+// flush that succeeds must not retire them with its epoch: they are marked
+// out of sync instead.
+func TestFailedPeerFlushMarksEpoch(t *testing.T) {
+	c := newPair(t, "", "disk:\n  on-io-error: pass-on\n")
+	if err := c.a.WriteAt(fill(0x33, 4096), 2<<20, false); err != nil {
+		t.Fatal(err)
+	}
+	c.db.setSync(func() error { return errors.New("injected fsync error") })
+	if err := c.a.Flush(); err != nil {
+		t.Fatalf("flush (the Primary's disk took it): %v", err)
+	}
+	c.db.setSync(nil)
+	if err := c.a.WriteAt(fill(0x34, 4096), 3<<20, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.a.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if s := c.b.Status(); s.Disk != DiskUpToDate || s.Conn != ConnConnected {
+		t.Fatalf("b: %+v", s)
+	}
+	if s := c.a.Status(); s.OutOfSync == 0 {
+		t.Fatalf("the write whose peer flush failed is not marked out of sync: %+v", s)
+	}
+}

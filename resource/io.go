@@ -649,6 +649,7 @@ func (r *Resource) flushUnder(st *repState) (retry bool, err error) {
 		op = r.getOp()
 		op.req = replicate.Request{Kind: replicate.Flush, Notify: op.notify}
 		if perr = st.link.Submit(&op.req); perr != nil {
+			r.epochs.abandon(epoch)
 			r.putOp(op)
 			op = nil
 		}
@@ -664,6 +665,8 @@ func (r *Resource) flushUnder(st *repState) (retry bool, err error) {
 		r.putOp(op)
 		if perr == nil {
 			r.epochs.retire(epoch)
+		} else {
+			r.peerFlushFailed(epoch, perr)
 		}
 	}
 	st.wg.Done()
