@@ -135,3 +135,37 @@ func TestFailedPeerFlushMarksEpoch(t *testing.T) {
 		t.Fatalf("the write whose peer flush failed is not marked out of sync: %+v", s)
 	}
 }
+
+// Under on-no-data-accessible suspend-io, a write of a Diskless Primary
+// that its peer's failing disk refused (the last copy going away) waits
+// like one whose link went, instead of failing with EIO.
+func TestDisklessPeerDiskFailsSuspends(t *testing.T) {
+	c := newPair(t, "disk:\n  on-no-data-accessible: suspend-io\n", "")
+	c.da.setWrite(func([]byte, int64) error { return errors.New("injected write error (a)") })
+	if err := c.a.WriteAt(fill(0x41, 4096), 1<<20, false); err != nil {
+		t.Fatalf("a write the peer took: %v", err)
+	}
+	c.wait(c.a, "a Diskless", func(s Status) bool { return s.Disk == DiskDiskless && s.Conn == ConnConnected })
+	c.db.setWrite(func([]byte, int64) error { return errors.New("injected write error (b)") })
+	res := make(chan error, 1)
+	go func() { res <- c.a.WriteAt(fill(0x42, 4096), 2<<20, false) }()
+	c.wait(c.a, "a suspended", func(s Status) bool { return s.Suspended&SuspendNoData != 0 })
+	select {
+	case err := <-res:
+		t.Fatalf("the write returned (%v) instead of waiting while I/O is suspended", err)
+	default:
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := c.a.ResumeIO(ctx); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-res:
+		if err == nil {
+			t.Fatal("a write no copy took was acknowledged")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the write still waits after resume-io")
+	}
+}

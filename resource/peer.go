@@ -619,8 +619,9 @@ func (r *Resource) serve(in *replicate.Incoming) error {
 		return replicate.ErrNotSupported
 	}
 	if err != nil {
-		r.localError(err)
-		return replicate.ErrIO
+		// ErrNoDisk when the disk was detached for it: the Primary then
+		// knows the copy is going away, not merely this request failing.
+		return resyncDiskError(r.localError(err))
 	}
 	return nil
 }

@@ -336,10 +336,11 @@ func (r *Resource) serveResyncData(in *replicate.Incoming) error {
 	return nil
 }
 
-// resyncDiskError is what a sync target answers when its disk failed a
-// resync request: ErrNoDisk when the disk was detached for it (the source
-// then stops the resync and waits for the Diskless state, instead of
-// reconnecting to try again), ErrIO otherwise.
+// resyncDiskError is what a node answers when its disk failed a peer's
+// request: ErrNoDisk when the disk was detached for it (a sync source then
+// stops the resync and waits for the Diskless state, instead of
+// reconnecting to try again; a Diskless Primary under suspend-io waits
+// for that state too), ErrIO otherwise.
 func resyncDiskError(detached bool) error {
 	if detached {
 		return replicate.ErrNoDisk
