@@ -33,6 +33,11 @@ type epochs struct {
 type epoch struct {
 	bm    *bitmap.Bitmap
 	dirty atomic.Bool
+	// flushing (under mu): the flush that closed the epoch has not
+	// answered yet. A newer flush's success does not retire it: if this
+	// one fails (the peer's disk failed its fsync), the writes before it
+	// are not durable there, whatever a later fsync says.
+	flushing bool
 }
 
 func newEpochs(size, block int64) (*epochs, error) {
@@ -80,12 +85,36 @@ func (es *epochs) rotate() *epoch {
 		return nil
 	}
 	old := es.cur.Swap(next)
+	old.flushing = true
 	es.open = append(es.open, old)
 	return old
 }
 
-// retire forgets e and every older closed epoch: the peer made them durable.
+// retire forgets e and every older closed epoch whose own flush is not
+// still running: the peer made them durable.
 func (es *epochs) retire(e *epoch) {
+	es.forget(e, nil)
+}
+
+// flushFailed is retire for a flush of e that failed with the peer's
+// disk: e and the older epochs it would have retired are marked in
+// mark before they are forgotten.
+func (es *epochs) flushFailed(e *epoch, mark func(off, n int64)) {
+	es.forget(e, mark)
+}
+
+// abandon records that e's flush was not sent, or went with the link
+// (whose loss drains every epoch): a newer flush may retire e.
+func (es *epochs) abandon(e *epoch) {
+	if e == nil {
+		return
+	}
+	es.mu.Lock()
+	defer es.mu.Unlock()
+	e.flushing = false
+}
+
+func (es *epochs) forget(e *epoch, mark func(off, n int64)) {
 	if e == nil {
 		return
 	}
@@ -95,12 +124,28 @@ func (es *epochs) retire(e *epoch) {
 		if o != e {
 			continue
 		}
+		keep := es.open[:0]
 		for _, d := range es.open[:i+1] {
+			if d != e && d.flushing {
+				keep = append(keep, d)
+				continue
+			}
+			if mark != nil && d.dirty.Load() {
+				for pos := int64(0); ; {
+					o, l, ok := d.bm.NextDirty(pos)
+					if !ok {
+						break
+					}
+					mark(o, l)
+					pos = o + l
+				}
+			}
 			d.bm.ClearAll()
 			d.dirty.Store(false)
+			d.flushing = false
 			es.free = append(es.free, d)
 		}
-		es.open = append(es.open[:0], es.open[i+1:]...)
+		es.open = append(keep, es.open[i+1:]...)
 		return
 	}
 }
@@ -122,6 +167,7 @@ func (es *epochs) drainInto(bm *bitmap.Bitmap) uint64 {
 	}
 	for _, e := range es.open {
 		drain(e)
+		e.flushing = false
 		es.free = append(es.free, e)
 	}
 	es.open = es.open[:0]

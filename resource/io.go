@@ -114,8 +114,9 @@ func (r *Resource) waitResumed() error {
 
 // retryNoData reports whether an I/O of this Diskless node that no copy
 // could serve should be tried again, under on-no-data-accessible
-// suspend-io: its peer half failed with the link (perr, after the loop has
-// processed the loss, which may suspend I/O), or st had no link (perr nil);
+// suspend-io: its peer half failed with the link or the peer's disk (perr,
+// after the loop has processed the loss, which may suspend I/O), or st had
+// no link (perr nil);
 // and now, with the detach and any link loss processed, I/O is suspended
 // (the retry waits in enter) or a link is back. Without either, after
 // resume-io for instance, the I/O fails as under io-error.
@@ -131,7 +132,9 @@ func (r *Resource) retryNoData(st *repState, perr error) bool {
 		return false
 	}
 	if st.link != nil {
-		if !errors.Is(perr, replicate.ErrLinkDown) {
+		// The link went, or the peer's disk was detached (its Diskless
+		// state, on its way, takes the link out of the state too).
+		if !errors.Is(perr, replicate.ErrLinkDown) && !errors.Is(perr, replicate.ErrNoDisk) {
 			return false
 		}
 		select {
@@ -649,6 +652,7 @@ func (r *Resource) flushUnder(st *repState) (retry bool, err error) {
 		op = r.getOp()
 		op.req = replicate.Request{Kind: replicate.Flush, Notify: op.notify}
 		if perr = st.link.Submit(&op.req); perr != nil {
+			r.epochs.abandon(epoch)
 			r.putOp(op)
 			op = nil
 		}
@@ -664,6 +668,8 @@ func (r *Resource) flushUnder(st *repState) (retry bool, err error) {
 		r.putOp(op)
 		if perr == nil {
 			r.epochs.retire(epoch)
+		} else {
+			r.peerFlushFailed(epoch, perr)
 		}
 	}
 	st.wg.Done()

@@ -253,7 +253,7 @@ func (r *Resource) exec(a Action) {
 	case ActRunHook:
 		r.runHook(hooks.Name(a.Name))
 	case ActFencePeer:
-		r.fencePeer()
+		r.fencePeer(a.Seq)
 	case ActSplitBrain:
 		// The split-brain handlers that follow report it.
 		r.splitBrain = a.Reason
@@ -293,7 +293,7 @@ func (r *Resource) hookEnv() hooks.Env {
 // a veto lets it go on: EvFenceDone). A result saying the peer is outdated
 // or fenced is remembered (peer-outdated) until the peer is UpToDate
 // again, when unfence-peer runs.
-func (r *Resource) fencePeer() {
+func (r *Resource) fencePeer(seq uint64) {
 	env := r.hookEnv()
 	r.goLoop(func() {
 		// No runner: no result, as with an unconfigured handler.
@@ -305,13 +305,13 @@ func (r *Resource) fencePeer() {
 			if res.Fence == hooks.FencePeerPrimary {
 				r.log.Error("fence-peer says the peer is Primary: split brain ahead", zap.Int("exit", res.ExitCode))
 			}
-			r.step(EvFenceDone{Proceed: !res.Vetoed()})
+			r.step(EvFenceDone{Seq: seq, Proceed: !res.Vetoed()})
 			if r.m.Suspended()&SuspendFencing != 0 {
 				r.log.Error("fence-peer failed: I/O stays suspended until resume-io",
 					zap.Stringer("result", res.Fence), zap.Int("exit", res.ExitCode))
 			}
 			if r.fenceOutdates(res) {
-				r.step(EvPeerFenced{})
+				r.step(EvPeerFenced{Seq: seq})
 			}
 		})
 	})

@@ -109,8 +109,10 @@ type (
 	EvInvalidateRemote struct{ ResetBitmap bool }
 	// EvLocalIOError: the local disk failed an I/O.
 	EvLocalIOError struct{ Err error }
-	// EvPeerFenced: fence-peer reported the peer outdated or fenced.
-	EvPeerFenced struct{}
+	// EvPeerFenced: fence-peer reported the peer outdated or fenced. Seq
+	// is the ActFencePeer's of the run (0: a run not after a peer loss,
+	// the one before a promotion).
+	EvPeerFenced struct{ Seq uint64 }
 	// EvOutdate: this node's data is to be counted as behind the peer's:
 	// the administrator (a fencing script on the peer) asked, or
 	// fence-peer said the peer is Primary.
@@ -122,7 +124,13 @@ type (
 	EvResumeIO struct{}
 	// EvFenceDone: the fence-peer run after a peer loss ended; Proceed
 	// when its result lets this node go on as Primary alone (no veto).
-	EvFenceDone struct{ Proceed bool }
+	// Seq is the ActFencePeer's that started the run: the result of a run
+	// for an earlier loss (the peer came back and was lost again since)
+	// says nothing about the current one.
+	EvFenceDone struct {
+		Seq     uint64
+		Proceed bool
+	}
 )
 
 func (EvAttach) isEvent()             {}
@@ -190,9 +198,10 @@ type (
 	ActDetachDisk struct{}
 	// ActRunHook: run a user-space handler.
 	ActRunHook struct{ Name string }
-	// ActFencePeer: run the fence-peer handler; a result saying the peer is
-	// outdated or fenced comes back as EvPeerFenced.
-	ActFencePeer struct{}
+	// ActFencePeer: run the fence-peer handler; its end comes back as
+	// EvFenceDone, a result saying the peer is outdated or fenced as
+	// EvPeerFenced, both with Seq.
+	ActFencePeer struct{ Seq uint64 }
 	// ActSplitBrain: split brain was detected; Resolved tells whether a
 	// policy resolved it.
 	ActSplitBrain struct {
@@ -278,6 +287,9 @@ type Machine struct {
 	// decision is the handshake's outcome, kept until the bitmaps are
 	// exchanged (recomputing it then could differ: the bitmaps merged).
 	decision Decision
+	// fenceSeq numbers the fence-peer runs after peer losses; only the
+	// latest one's result counts.
+	fenceSeq uint64
 	// peerCatchingUp: this node told the peer to change its disk state
 	// (a SyncStart: Inconsistent, then UpToDate; new-current-uuid
 	// --clear-bitmap: UpToDate), and the peer has not reported a state
@@ -463,13 +475,14 @@ func (m *Machine) step(ev Event) ([]Action, error) {
 		m.suspended = 0
 		return nil, nil
 	case EvFenceDone:
-		if e.Proceed {
+		if e.Proceed && e.Seq == m.fenceSeq {
 			m.suspended &^= SuspendFencing
 		}
 		return nil, nil
 	case EvPeerFenced:
-		if m.Replicating() {
-			// The peer is back meanwhile. (Not merely in a handshake,
+		if m.Replicating() || (e.Seq != 0 && e.Seq != m.fenceSeq) {
+			// The peer is back meanwhile, or was back and lost again
+			// since this run started (its result is about that loss). (Not merely in a handshake,
 			// which a peer that refuses every link never ends; one that
 			// ends well clears the flag and runs unfence-peer.)
 			return nil, nil
@@ -566,7 +579,8 @@ func (m *Machine) lostPeer() []Action {
 		// cannot serve stale data (the runtime records the result).
 		// resource-and-stonith: no I/O until the peer is fenced, so that
 		// nothing is acknowledged that a promoted peer would lack.
-		acts = append(acts, ActFencePeer{})
+		m.fenceSeq++
+		acts = append(acts, ActFencePeer{Seq: m.fenceSeq})
 		if m.cfg.Fencing == config.FencingResourceAndStonith {
 			m.suspended |= SuspendFencing
 		}

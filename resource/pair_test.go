@@ -144,6 +144,25 @@ type hookDisk struct {
 	mu        sync.Mutex
 	writeHook func(p []byte, off int64) error // runs before the write
 	syncHook  func() error
+	readHook  func(p []byte, off int64) error // runs before the read
+}
+
+func (d *hookDisk) ReadAt(p []byte, off int64) (int, error) {
+	d.mu.Lock()
+	h := d.readHook
+	d.mu.Unlock()
+	if h != nil {
+		if err := h(p, off); err != nil {
+			return 0, err
+		}
+	}
+	return d.Device.ReadAt(p, off)
+}
+
+func (d *hookDisk) setRead(h func(p []byte, off int64) error) {
+	d.mu.Lock()
+	d.readHook = h
+	d.mu.Unlock()
 }
 
 func (d *hookDisk) WriteAt(p []byte, off int64) (int, error) {
@@ -318,6 +337,8 @@ net:
 func (c *pair) stopBoth() {
 	c.da.setWrite(nil)
 	c.da.setSync(nil)
+	c.da.setRead(nil)
+	c.db.setRead(nil)
 	c.db.setWrite(nil)
 	c.db.setSync(nil)
 	for _, r := range []*Resource{c.a, c.b} {

@@ -504,13 +504,36 @@ func (r *Resource) flushPeer(link *replicate.Link) error {
 	defer r.putOp(op)
 	op.req = replicate.Request{Kind: replicate.Flush, Notify: op.notify}
 	if err := link.Submit(&op.req); err != nil {
+		r.epochs.abandon(e)
 		return err
 	}
 	if _, err := op.wait(replicate.Done); err != nil {
+		r.peerFlushFailed(e, err)
 		return err
 	}
 	r.epochs.retire(e)
 	return nil
+}
+
+// peerFlushFailed records a peer flush of epoch e that failed: the writes
+// the peer completed before it are not known durable there. Lost with the
+// link, the link's loss puts them in the bitmap; failed by the peer's
+// disk (on-io-error pass-on keeps it attached), they are marked now.
+func (r *Resource) peerFlushFailed(e *epoch, err error) {
+	if errors.Is(err, replicate.ErrLinkDown) {
+		r.epochs.abandon(e)
+		return
+	}
+	r.epochs.flushFailed(e, func(off, n int64) {
+		if r.diskFailed.Load() {
+			return // a Diskless node keeps no bitmap
+		}
+		if eng := r.engine.Load(); eng != nil {
+			eng.Dirtied(off, n)
+		}
+		r.bm.Set(off, n)
+	})
+	r.log.Warn("peer failed a flush; the writes before it are marked out of sync", zap.Error(err))
 }
 
 // beforeEvict keeps bitmap invariant 5 (bitmap.ActivityLog.SetBeforeEvict):
@@ -596,8 +619,9 @@ func (r *Resource) serve(in *replicate.Incoming) error {
 		return replicate.ErrNotSupported
 	}
 	if err != nil {
-		r.localError(err)
-		return replicate.ErrIO
+		// ErrNoDisk when the disk was detached for it: the Primary then
+		// knows the copy is going away, not merely this request failing.
+		return resyncDiskError(r.localError(err))
 	}
 	return nil
 }

@@ -3,6 +3,7 @@ package resource
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -175,6 +176,12 @@ func (r *Resource) startSync(source, full bool) {
 				r.engine.Store(nil)
 			}
 			if err != nil {
+				if errors.Is(err, errSourceDetached) {
+					// EvLocalIOError, on its way, stops the resync and
+					// tells the peer this disk is gone.
+					r.log.Warn("resync stopped: the local disk failed", zap.Error(err))
+					return
+				}
 				if errors.Is(err, replicate.ErrNoDisk) && r.link == link {
 					// The target detached its disk; its Diskless state,
 					// on its way, ends the resync (the bitmap keeps the
@@ -329,10 +336,11 @@ func (r *Resource) serveResyncData(in *replicate.Incoming) error {
 	return nil
 }
 
-// resyncDiskError is what a sync target answers when its disk failed a
-// resync request: ErrNoDisk when the disk was detached for it (the source
-// then stops the resync and waits for the Diskless state, instead of
-// reconnecting to try again), ErrIO otherwise.
+// resyncDiskError is what a node answers when its disk failed a peer's
+// request: ErrNoDisk when the disk was detached for it (a sync source then
+// stops the resync and waits for the Diskless state, instead of
+// reconnecting to try again; a Diskless Primary under suspend-io waits
+// for that state too), ErrIO otherwise.
 func resyncDiskError(detached bool) error {
 	if detached {
 		return replicate.ErrNoDisk
@@ -388,8 +396,16 @@ type dataSource struct{ r *Resource }
 
 func (s dataSource) ReadAt(p []byte, off int64) error {
 	_, err := s.r.data.ReadAt(p, off)
+	if err != nil && s.r.localError(err) {
+		// Detached for it (disk.on-io-error): the machine stops the
+		// resync; a reconnect would only fail the same read again.
+		return fmt.Errorf("%w: %w", errSourceDetached, err)
+	}
 	return err
 }
+
+// errSourceDetached ends a resync whose source detached its disk.
+var errSourceDetached = errors.New("the sync source's disk failed and was detached")
 
 // linkTransport carries the engine's requests over the resync stream.
 type linkTransport struct {
