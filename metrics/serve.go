@@ -1,6 +1,8 @@
 package metrics
 
 import (
+	"strings"
+
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/rbd-nbd/rbd-nbd/nbdserver"
@@ -35,6 +37,10 @@ func NewServeCollector(src ServeSource, exp ExportInfo) *ServeCollector {
 	d := func(name, help string, labels ...string) *prometheus.Desc {
 		return prometheus.NewDesc(ns+"_serve_"+name, help, labels, nil)
 	}
+	// Label values must be UTF-8 (MustNewConstMetric panics otherwise, in
+	// the registry's goroutine: the process dies); a Linux path is bytes.
+	exp.Name = strings.ToValidUTF8(exp.Name, "\uFFFD")
+	exp.Disk = strings.ToValidUTF8(exp.Disk, "\uFFFD")
 	return &ServeCollector{
 		src:      src,
 		exp:      exp,

@@ -25,7 +25,11 @@ func startMetrics(addr string, c prometheus.Collector, log *zap.Logger) (stop fu
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", metrics.Handler(c, version.Version))
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	// Every phase is bounded: the endpoint has no authentication, and a
+	// client that goes idle after a request, or stops reading a response,
+	// must not hold a connection (a descriptor and a goroutine) forever.
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second,
+		WriteTimeout: 30 * time.Second, IdleTimeout: 10 * time.Second}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
