@@ -216,18 +216,26 @@ func (r *refusal) err() error {
 }
 
 // authDomain separates this MAC from any other use of the secret.
-const authDomain = "rbd-nbd peer auth v1\x00"
+const authDomain = "rbd-nbd peer auth v2\x00"
 
 // authMAC is the proof that prover knows the secret, for verifier's
 // nonce. Binding both node ids (in order) makes a response useless in the
-// other direction, so reflecting a node's own response back fails. With
-// TLS, channel is keying material exported from the TLS session, so that
-// a proof relayed from another TLS session fails too; without, it is nil
-// and the MAC is the one protocol versions 1 and 2 always had.
-func authMAC(secret string, prover, verifier uint32, resource string, verifierNonce, proverNonce [nonceSize]byte, channel []byte) []byte {
+// other direction, so reflecting a node's own response back fails.
+// Binding the prover's role (proverDialed: it dialed the connection)
+// makes a proof useless on a connection where the prover has the other
+// role: a third party that connects to both nodes, so that both accept,
+// cannot pass one node's proof to the other. With TLS, channel is keying
+// material exported from the TLS session, so that a proof relayed from
+// another TLS session fails too; without, it is nil.
+func authMAC(secret string, prover, verifier uint32, proverDialed bool, resource string, verifierNonce, proverNonce [nonceSize]byte, channel []byte) []byte {
 	m := hmac.New(sha256.New, []byte(secret))
 	var b [8]byte
 	m.Write([]byte(authDomain))
+	role := byte('A') // the prover accepted the connection
+	if proverDialed {
+		role = 'D'
+	}
+	m.Write([]byte{role})
 	binary.BigEndian.PutUint32(b[0:], prover)
 	binary.BigEndian.PutUint32(b[4:], verifier)
 	m.Write(b[:])
@@ -538,7 +546,7 @@ func (hs *handshaker) run() (agreement, error) {
 		return agreement{}, hs.refuse(refuseAuth, fmt.Errorf("%w: the peer sent this node's own nonce (reflection)", ErrAuthFailed))
 	}
 	if mine.auth {
-		proof := authMAC(cfg.SharedSecret, cfg.NodeID, cfg.PeerID, cfg.Resource, peer.nonce, mine.nonce, hs.channel)
+		proof := authMAC(cfg.SharedSecret, cfg.NodeID, cfg.PeerID, hs.dialer, cfg.Resource, peer.nonce, mine.nonce, hs.channel)
 		var w tlvWriter
 		w.bytes(1, proof)
 		hs.send(ftAuth, w.b)
@@ -555,7 +563,7 @@ func (hs *handshaker) run() (agreement, error) {
 		}); err != nil {
 			return agreement{}, hs.refuse(refuseProtocol, withStream(err, stHandshake))
 		}
-		want := authMAC(cfg.SharedSecret, cfg.PeerID, cfg.NodeID, cfg.Resource, mine.nonce, peer.nonce, hs.channel)
+		want := authMAC(cfg.SharedSecret, cfg.PeerID, cfg.NodeID, !hs.dialer, cfg.Resource, mine.nonce, peer.nonce, hs.channel)
 		if !hmac.Equal(got, want) {
 			return agreement{}, hs.refuse(refuseAuth, fmt.Errorf("%w: the peer's response does not prove the shared secret", ErrAuthFailed))
 		}
