@@ -52,19 +52,33 @@ func TestSlowBeforeResyncTarget(t *testing.T) {
 	c.compareBlocks(0, 8<<20)
 }
 
-// slowHandler returns a handler command that runs until release is
-// called (at most 30 s), and a check that it is running.
-func slowHandler(t *testing.T) (cmd string, running func() bool, release func()) {
+// heldResync makes b sync target of a (invalidate) with the
+// before-resync handler of side ("source": a's, "target": b's) running
+// until release is called (at most 30 s), and returns once it runs.
+func heldResync(t *testing.T, side string) (c *pair, ctx context.Context, release func()) {
 	hd := t.TempDir()
 	calls, rel := filepath.Join(hd, "calls"), filepath.Join(hd, "release")
-	cmd = fmt.Sprintf("[\"/bin/sh\", \"-c\", %q]", fmt.Sprintf("echo call >> %s; i=0; while [ ! -e %s ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done", calls, rel))
-	running = func() bool { b, _ := os.ReadFile(calls); return len(b) > 0 }
+	cmd := fmt.Sprintf("[\"/bin/sh\", \"-c\", %q]", fmt.Sprintf("echo call >> %s; i=0; while [ ! -e %s ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done", calls, rel))
+	handlers := "handlers:\n  timeout: 60s\n  before-resync-" + side + ": " + cmd + "\n"
+	extra, extraB := fastTimeout, fastTimeout
+	if side == "source" {
+		extra += handlers
+	} else {
+		extraB += handlers
+	}
+	c = newPair(t, extra, extraB)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	t.Cleanup(cancel)
 	release = func() {
 		if err := os.WriteFile(rel, nil, 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
-	return cmd, running, release
+	if err := c.b.Invalidate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	c.wait(c.b, "the handler running", func(Status) bool { b, _ := os.ReadFile(calls); return len(b) > 0 })
+	return c, ctx, release
 }
 
 // A pause-sync given on either node while a before-resync handler runs
@@ -74,20 +88,7 @@ func slowHandler(t *testing.T) (cmd string, running func() bool, release func())
 func TestPauseDuringBeforeResyncHandlers(t *testing.T) {
 	for _, side := range []string{"source", "target"} {
 		t.Run(side, func(t *testing.T) {
-			cmd, running, release := slowHandler(t)
-			extra, extraB := fastTimeout, fastTimeout
-			if side == "source" {
-				extra += "handlers:\n  timeout: 60s\n  before-resync-source: " + cmd + "\n"
-			} else {
-				extraB += "handlers:\n  timeout: 60s\n  before-resync-target: " + cmd + "\n"
-			}
-			c := newPair(t, extra, extraB)
-			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-			defer cancel()
-			if err := c.b.Invalidate(ctx); err != nil {
-				t.Fatal(err)
-			}
-			c.wait(c.b, "the handler running", func(Status) bool { return running() })
+			c, ctx, release := heldResync(t, side)
 			pauser := c.a
 			if side == "target" {
 				pauser = c.b
@@ -114,14 +115,7 @@ func TestPauseDuringBeforeResyncHandlers(t *testing.T) {
 // handler runs undoes a pause-sync the source gave meanwhile: the last
 // word holds when the resync starts, as it does once the resync runs.
 func TestResumeOnTargetAfterSourcePauseDuringHandler(t *testing.T) {
-	cmd, running, release := slowHandler(t)
-	c := newPair(t, fastTimeout, fastTimeout+"handlers:\n  timeout: 60s\n  before-resync-target: "+cmd+"\n")
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	if err := c.b.Invalidate(ctx); err != nil {
-		t.Fatal(err)
-	}
-	c.wait(c.b, "the handler running", func(Status) bool { return running() })
+	c, ctx, release := heldResync(t, "target")
 	if err := c.a.PauseSync(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -140,15 +134,8 @@ func TestResumeOnTargetAfterSourcePauseDuringHandler(t *testing.T) {
 // the resync paused), status no longer shows it: not PausedSyncS, nor its
 // progress, on a StandAlone node.
 func TestNoPausedSyncAfterDisconnectDuringHandler(t *testing.T) {
-	cmd, running, release := slowHandler(t)
+	c, ctx, release := heldResync(t, "source")
 	defer release()
-	c := newPair(t, fastTimeout+"handlers:\n  timeout: 60s\n  before-resync-source: "+cmd+"\n", fastTimeout)
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	if err := c.b.Invalidate(ctx); err != nil {
-		t.Fatal(err)
-	}
-	c.wait(c.a, "the handler running", func(Status) bool { return running() })
 	if err := c.a.PauseSync(ctx); err != nil {
 		t.Fatal(err)
 	}

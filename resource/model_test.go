@@ -232,19 +232,7 @@ func (s *sim) write(i int) {
 	if !n.up || n.m.Role() != RolePrimary || n.m.Disk() != DiskUpToDate || n.m.Conn() == ConnHandshake {
 		return
 	}
-	b := s.rng.Intn(simNB)
-	s.wid++
-	v := s.wid
-	n.data[b] = v
-	n.acked[b] = v
-	o := s.n[s.other(i)]
-	if s.linked && n.m.Replicating() && n.m.PeerDisk() != DiskDiskless && o.up {
-		o.data[b] = v
-		o.acked[b] = 0
-	} else {
-		n.bm[b] = true
-	}
-	s.logf("n%d write block %d = %d", i+1, b, v)
+	s.writeBlock(i, s.rng.Intn(simNB))
 }
 
 func (s *sim) crash(i int, inflight bool) {
@@ -489,8 +477,9 @@ func (s *sim) settle() {
 	}
 }
 
+// writeBlock has node i write block b as Primary (the scripted tests
+// call it directly, whatever the state).
 func (s *sim) writeBlock(i, b int) {
-	s.rng = rand.New(rand.NewSource(int64(b))) // not used for the block
 	n := s.n[i]
 	s.wid++
 	v := s.wid
@@ -499,6 +488,7 @@ func (s *sim) writeBlock(i, b int) {
 	o := s.n[s.other(i)]
 	if s.linked && n.m.Replicating() && n.m.PeerDisk() != DiskDiskless && o.up {
 		o.data[b] = v
+		o.acked[b] = 0
 	} else {
 		n.bm[b] = true
 	}

@@ -135,22 +135,15 @@ func (r *Resource) startSync(source, full bool) {
 	}
 	// The engine is the resync from here on, before it runs: a pause
 	// (here or from the target) while the handlers run applies to it.
-	// Until it runs, stopSync takes it back at once (gate).
+	// Until it runs, stopSync takes it back at once (gate); every way the
+	// resync ends before (a veto drops the link, the wait ends with
+	// stopSync) goes through stopSync.
 	r.engine.Store(e)
 	gate := new(atomic.Bool)
 	r.engineGate = gate
-	forget := func() {
-		r.post(func() {
-			if r.engine.Load() == e {
-				r.engine.Store(nil)
-				r.publishStatus()
-			}
-		})
-	}
 	r.goLoop(func() {
 		res := r.hooks.Run(ctx, hooks.BeforeResyncSource, r.hookEnv().With(hooks.EnvResyncBytes, strconv.FormatInt(r.bm.DirtyBytes(), 10)))
 		if res.Vetoed() {
-			forget()
 			r.post(func() { r.vetoed(link, "before-resync-source", res) })
 			return
 		}
@@ -158,7 +151,6 @@ func (r *Resource) startSync(source, full bool) {
 			select {
 			case <-targetReady:
 			case <-ctx.Done():
-				forget()
 				return
 			}
 		}

@@ -23,18 +23,36 @@ func serveDaemon(t *testing.T, reg *ctlproto.Registry, version string) string {
 	dcfg := daemon.DefaultConfig()
 	dcfg.Registry = reg
 	dcfg.Version = version
+	return serveDaemonWith(t, dcfg)
+}
+
+// serveDaemonWith runs an in-process daemon made from dcfg on a socket
+// and returns the socket path; the daemon closes after the server.
+func serveDaemonWith(t *testing.T, dcfg daemon.Config) string {
+	t.Helper()
 	d, err := daemon.New(dcfg)
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		d.Close(ctx)
+	})
+	return serveCtl(t, d.Registry(), d)
+}
+
+// serveCtl serves the control protocol with h on a socket until the test
+// ends, and returns the socket path.
+func serveCtl(t *testing.T, reg *ctlproto.Registry, h ctlproto.Handler) string {
+	t.Helper()
 	path := filepath.Join(t.TempDir(), "ctl.sock")
 	l, err := ctlproto.Listen(path, ctlproto.DefaultListenConfig())
 	if err != nil {
 		t.Fatal(err)
 	}
 	scfg := ctlproto.DefaultConfig()
-	scfg.Registry = d.Registry()
-	scfg.Handler = d
+	scfg.Registry, scfg.Handler = reg, h
 	srv, err := ctlproto.NewServer(scfg)
 	if err != nil {
 		t.Fatal(err)
@@ -45,8 +63,9 @@ func serveDaemon(t *testing.T, reg *ctlproto.Registry, version string) string {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		srv.Shutdown(ctx)
-		<-done
-		d.Close(ctx)
+		if err := <-done; !errors.Is(err, ctlproto.ErrServerClosed) {
+			t.Errorf("Serve: %v", err)
+		}
 	})
 	return path
 }

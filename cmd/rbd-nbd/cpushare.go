@@ -27,8 +27,8 @@ import (
 // A node on a machine of its own keeps every CPU.
 type cpuShare struct {
 	log *zap.Logger
-	// all is the runtime's own choice, taken at start and again (current)
-	// whenever the runtime has it, since it follows the CPU limit.
+	// all is the runtime's own choice, read (current) whenever the
+	// runtime has it, since it follows the CPU limit.
 	all     int
 	current func() int // nil: all stays
 	// set applies n processors; 0 gives the runtime back its own choice
@@ -55,7 +55,6 @@ func newCPUShare(log *zap.Logger, maxProcs int) *cpuShare {
 	}
 	return &cpuShare{
 		log:     log,
-		all:     runtime.GOMAXPROCS(0),
 		current: func() int { return runtime.GOMAXPROCS(0) },
 		set: func(n int) {
 			if n == 0 {

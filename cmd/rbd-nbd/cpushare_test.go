@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"net"
 	"os"
 	"os/exec"
 	"runtime"
@@ -53,38 +52,21 @@ func TestCPUShare(t *testing.T) {
 	none.down("r")
 }
 
+// localAddress takes the host of a peer address (what counts as this
+// machine is netaddr.IsLocalHost's, tested there).
 func TestLocalAddress(t *testing.T) {
 	for addr, want := range map[string]bool{
-		"127.0.0.1:7789":    true,
-		"127.0.0.2:7789":    true,
-		"[::1]:7789":        true,
-		"localhost:7789":    true,
-		"LOCALHOST:1":       true,
-		"192.0.2.7:7789":    false, // TEST-NET-1, never an interface here
-		"[2001:db8::1]:1":   false,
-		"peer.example:7789": false, // not resolved
-		"garbage":           false,
+		"127.0.0.1:7789":  true,
+		"[::1]:7789":      true,
+		"localhost:7789":  true,
+		"192.0.2.7:7789":  false, // TEST-NET-1, never an interface here
+		"[2001:db8::1]:1": false,
+		"garbage":         false,
 	} {
 		if got := localAddress(addr); got != want {
 			t.Errorf("localAddress(%q) = %v, want %v", addr, got, want)
 		}
 	}
-}
-
-func TestLocalAddressInterface(t *testing.T) {
-	addrs, err := net.InterfaceAddrs()
-	if err != nil {
-		t.Skip(err)
-	}
-	for _, a := range addrs {
-		if n, ok := a.(*net.IPNet); ok && !n.IP.IsLoopback() {
-			if addr := net.JoinHostPort(n.IP.String(), "7789"); !localAddress(addr) {
-				t.Errorf("localAddress(%q) = false for an address of this machine", addr)
-			}
-			return
-		}
-	}
-	t.Skip("no interface address but loopback")
 }
 
 // GOMAXPROCS in the environment fixes the count as --max-procs does: a

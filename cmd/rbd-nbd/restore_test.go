@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
-	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -40,25 +38,7 @@ func fakeCtl(t *testing.T, st resource.Status, onUp ...func()) (path string, cal
 		}
 		return ctlproto.Reply{Body: ctlproto.List{ctlproto.U64(ctlproto.TagGeneration, 1)}}
 	})
-	path = filepath.Join(t.TempDir(), "ctl.sock")
-	l, err := ctlproto.Listen(path, ctlproto.DefaultListenConfig())
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := ctlproto.DefaultConfig()
-	cfg.Registry, cfg.Handler = ctlproto.DefaultRegistry(), h
-	srv, err := ctlproto.NewServer(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(l) }()
-	t.Cleanup(func() {
-		srv.Close()
-		if err := <-done; !errors.Is(err, ctlproto.ErrServerClosed) {
-			t.Errorf("Serve: %v", err)
-		}
-	})
+	path = serveCtl(t, ctlproto.DefaultRegistry(), h)
 	return path, func() []string {
 		mu.Lock()
 		defer mu.Unlock()
@@ -97,35 +77,14 @@ func serveStateDaemon(t *testing.T, s *stateStore) *ctlproto.Client {
 	t.Helper()
 	dcfg := daemon.DefaultConfig()
 	dcfg.Generation = s.generation
-	d, err := daemon.New(dcfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(t.TempDir(), "ctl.sock")
-	l, err := ctlproto.Listen(path, ctlproto.DefaultListenConfig())
-	if err != nil {
-		t.Fatal(err)
-	}
-	scfg := ctlproto.DefaultConfig()
-	scfg.Registry, scfg.Handler = d.Registry(), d
-	srv, err := ctlproto.NewServer(scfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(l) }()
+	path := serveDaemonWith(t, dcfg)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	c, err := ctlproto.Dial(ctx, path, ctlproto.DefaultRegistry(), "test")
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		c.Close()
-		srv.Close()
-		<-done
-		d.Close(context.Background())
-	})
+	t.Cleanup(func() { c.Close() })
 	return c
 }
 

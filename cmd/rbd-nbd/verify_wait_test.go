@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -56,30 +55,7 @@ func TestVerifyWaitResourceDown(t *testing.T) {
 	rt := &verifyRuntime{started: make(chan struct{})}
 	dcfg := daemon.DefaultConfig()
 	dcfg.NewRuntime = func(string, daemon.Events) (daemon.Runtime, error) { return rt, nil }
-	d, err := daemon.New(dcfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(t.TempDir(), "ctl.sock")
-	l, err := ctlproto.Listen(path, ctlproto.DefaultListenConfig())
-	if err != nil {
-		t.Fatal(err)
-	}
-	scfg := ctlproto.DefaultConfig()
-	scfg.Registry, scfg.Handler = d.Registry(), d
-	srv, err := ctlproto.NewServer(scfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(l) }()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		srv.Shutdown(ctx)
-		<-done
-		d.Close(ctx)
-	})
+	path := serveDaemonWith(t, dcfg)
 	mustRun(t, path, createArgs...)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
