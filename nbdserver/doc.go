@@ -51,7 +51,8 @@
 //     Backend made that request's data durable.
 //  7. NBD_CMD_DISC, Shutdown and a read error stop the reading of requests;
 //     requests already read are executed and answered before the
-//     connection closes.
+//     connection closes. Requests not yet read are not answered (not even
+//     with ESHUTDOWN): a kernel client resends them to a restarted server.
 //  8. Once Close or CloseExport returns, no Backend call started by the
 //     affected connections is still running.
 package nbdserver
