@@ -50,6 +50,13 @@ type Config struct {
 	// if-generation read before the restart matches the configuration it
 	// was read with and no other.
 	Generation func(name string, cfg config.Resource) uint64
+	// KeepGeneration, when not nil, is told the generation of a resource
+	// that has no runtime (so no Runtime.Start or Apply records it) each
+	// time it changes, and when the resource is deleted: a daemon restarted
+	// later then starts a resource of that name past it (through
+	// Generation), and an if-generation read now matches nothing after
+	// the restart.
+	KeepGeneration func(name string, gen uint64)
 }
 
 // DefaultConfig returns the defaults: a configuration-only daemon.
@@ -543,9 +550,18 @@ func (d *Daemon) apply(ctx context.Context, r *res, s *snapshot, cfg config.Reso
 		}
 	}
 	ns := &snapshot{cfg: cfg, gen: s.gen + 1, rt: s.rt}
+	if s.rt == nil {
+		d.keepGeneration(r.name, ns.gen)
+	}
 	r.snap.Store(ns)
 	d.bus.update(r.name, r.current())
 	return generationReply(ns.gen)
+}
+
+func (d *Daemon) keepGeneration(name string, gen uint64) {
+	if d.cfg.KeepGeneration != nil {
+		d.cfg.KeepGeneration(name, gen)
+	}
 }
 
 // checkGeneration implements if-generation.
@@ -581,6 +597,7 @@ func (d *Daemon) delete(body ctlproto.List) ctlproto.Reply {
 	delete(d.res, name)
 	d.deletedGen[name] = s.gen
 	d.mu.Unlock()
+	d.keepGeneration(name, s.gen)
 	d.bus.destroy(name)
 	return ctlproto.Reply{}
 }

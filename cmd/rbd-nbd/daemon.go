@@ -122,6 +122,7 @@ func runDaemon(parent context.Context, g *globalOptions, o *daemonOptions) error
 	}
 	dcfg.NewRuntime = newRuntimeFunc(log, state, newCPUShare(log, o.tuning.maxProcs))
 	dcfg.Generation = state.generation
+	dcfg.KeepGeneration = state.keepGone
 	d, err := daemon.New(dcfg)
 	if err != nil {
 		return err

@@ -77,6 +77,7 @@ func serveStateDaemon(t *testing.T, s *stateStore) *ctlproto.Client {
 	t.Helper()
 	dcfg := daemon.DefaultConfig()
 	dcfg.Generation = s.generation
+	dcfg.KeepGeneration = s.keepGone
 	path := serveDaemonWith(t, dcfg)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -143,5 +144,43 @@ func TestOnlyTheRestoreKeepsTheRole(t *testing.T) {
 	}
 	if s.keepsRole("r0") {
 		t.Fatal("keepsRole after the restore's up")
+	}
+}
+
+// A resource that is down (no runtime records it) and changed, or then
+// deleted, leaves its generation in the state directory: a restarted
+// daemon creates the name past it, so that an if-generation read before
+// the restart matches nothing after it.
+func TestDownResourceGenerationSurvivesRestart(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	s := &stateStore{dir: t.TempDir(), log: zap.NewNop()}
+	cfg := config.Resource{Name: "r0", Local: config.Node{Name: "alpha", Address: "127.0.0.1:7789", Disk: "/dev/loop0"},
+		Peer: config.Node{Name: "beta", ID: 1, Address: "127.0.0.1:7790"}}.Default()
+
+	c := serveStateDaemon(t, s)
+	if _, err := c.Create(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	l, err := c.Registry().Sections([]ctlproto.Entry{ctlproto.String(ctlproto.TagNetProtocol, "A").AsMandatory()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := c.Change(ctx, "r0", ctlproto.ChangeOptions{}, l)
+	if err != nil || a.Generation != 2 {
+		t.Fatalf("change: generation %d, %v; want 2", a.Generation, err)
+	}
+
+	c = serveStateDaemon(t, s) // a restart: the down resource is not restored
+	a, err = c.Create(ctx, cfg)
+	if err != nil || a.Generation != 3 {
+		t.Fatalf("created after the restart at generation %d, %v; want 3 (past the changed one)", a.Generation, err)
+	}
+	if err := c.Delete(ctx, "r0", 0); err != nil {
+		t.Fatal(err)
+	}
+	c = serveStateDaemon(t, s)
+	if a, err = c.Create(ctx, cfg); err != nil || a.Generation != 4 {
+		t.Fatalf("created after delete and restart at generation %d, %v; want 4", a.Generation, err)
 	}
 }

@@ -91,6 +91,11 @@ func defaultStateDir(socket string) string {
 
 func (s *stateStore) path(name string) string { return filepath.Join(s.dir, name+".json") }
 
+// gonePath is where a forgotten resource's last generation stays (see
+// forget). It does not end in .json: restore does not take it for a
+// resource.
+func (s *stateStore) gonePath(name string) string { return filepath.Join(s.dir, name+".gone") }
+
 // load reads a resource's intent. A file with fields this version does not
 // know (written by a newer one) is refused rather than restored without
 // them: a setting such as TLS would otherwise be silently dropped.
@@ -120,14 +125,19 @@ func (s *stateStore) save(name string, in intent) {
 }
 
 func (s *stateStore) write(name string, in intent) error {
-	if err := os.MkdirAll(s.dir, 0o700); err != nil {
-		return err
-	}
 	b, err := json.MarshalIndent(in, "", "  ")
 	if err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(s.dir, name+".*.tmp")
+	return s.writeFile(s.path(name), b)
+}
+
+// writeFile replaces path, in the store's directory, with b atomically.
+func (s *stateStore) writeFile(path string, b []byte) error {
+	if err := os.MkdirAll(s.dir, 0o700); err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(s.dir, filepath.Base(path)+".*.tmp")
 	if err != nil {
 		return err
 	}
@@ -143,7 +153,7 @@ func (s *stateStore) write(name string, in intent) error {
 	if err := tmp.Close(); err != nil {
 		return err
 	}
-	return os.Rename(tmp.Name(), s.path(name))
+	return os.Rename(tmp.Name(), path)
 }
 
 func (s *stateStore) update(name string, fn func(*intent)) {
@@ -161,28 +171,36 @@ func (s *stateStore) update(name string, fn func(*intent)) {
 // generation returns the configuration generation cfg is at for the named
 // resource (daemon.Config.Generation): the remembered one when cfg is the
 // remembered configuration, one past it when it is another (the number
-// then no longer means what a tool read before the restart), 0 when none
-// is remembered.
+// then no longer means what a tool read before the restart) or when the
+// resource was taken down (its name is then created anew), 0 when none is
+// remembered.
 func (s *stateStore) generation(name string, cfg config.Resource) uint64 {
 	gen := s.rememberedGeneration(name)
 	if gen == 0 {
 		return 0
 	}
-	if in, ok := s.load(name); ok && reflect.DeepEqual(in.Config, cfg) {
+	if in, ok := s.load(name); ok && in.Generation == gen && reflect.DeepEqual(in.Config, cfg) {
 		return gen
 	}
 	return gen + 1
 }
 
 // rememberedGeneration returns the generation in the named resource's
-// state file, 0 when none.
+// state file, or the one it had when it was last taken down, whichever is
+// higher; 0 when none.
 func (s *stateStore) rememberedGeneration(name string) uint64 {
 	if s == nil || s.dir == "" {
 		return 0
 	}
 	// Only the generation: one a newer version remembered still counts,
 	// so that the resource does not start over below it.
-	b, err := os.ReadFile(s.path(name))
+	return max(readGeneration(s.path(name)), readGeneration(s.gonePath(name)))
+}
+
+// readGeneration reads the generation field of a state file, 0 when the
+// file is missing or unreadable.
+func readGeneration(path string) uint64 {
+	b, err := os.ReadFile(path)
 	if err != nil {
 		return 0
 	}
@@ -195,12 +213,29 @@ func (s *stateStore) rememberedGeneration(name string) uint64 {
 	return in.Generation
 }
 
+// forget removes the resource's state file (down), keeping only its
+// generation in a .gone file: a resource brought up again under the name,
+// even by a restarted daemon, continues after it, so that an
+// if-generation read before the down never matches the new one.
 func (s *stateStore) forget(name string) {
 	if s == nil || s.dir == "" || s.shutdown.Load() {
 		return
 	}
+	s.keepGone(name, s.rememberedGeneration(name))
 	if err := os.Remove(s.path(name)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		s.log.Warn("could not forget the resource's state", zap.String("resource", name), zap.Error(err))
+	}
+}
+
+// keepGone records gen as the generation of the named resource, which has
+// no state file (it is down, or deleted), unless a higher one is recorded
+// already (daemon.Config.KeepGeneration).
+func (s *stateStore) keepGone(name string, gen uint64) {
+	if s == nil || s.dir == "" || s.shutdown.Load() || gen <= readGeneration(s.gonePath(name)) {
+		return
+	}
+	if err := s.writeFile(s.gonePath(name), fmt.Appendf(nil, "{\"generation\": %d}\n", gen)); err != nil {
+		s.log.Warn("could not remember the resource's last generation", zap.String("resource", name), zap.Error(err))
 	}
 }
 

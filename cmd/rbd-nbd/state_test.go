@@ -1,13 +1,16 @@
 package main
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"go.uber.org/zap"
 
 	"github.com/rbd-nbd/rbd-nbd/config"
+	"github.com/rbd-nbd/rbd-nbd/resource"
 )
 
 // The state file keeps the configuration generation, so that a restored
@@ -56,5 +59,53 @@ func TestStateRefusesUnknownFields(t *testing.T) {
 	}
 	if got := s.rememberedGeneration("r0"); got != 4 {
 		t.Fatalf("generation of the newer state file %d, want 4", got)
+	}
+}
+
+// A resource taken down leaves its generation behind: brought up again
+// under its name, by this daemon or a restarted one, it continues after
+// it, so that an if-generation read before the down cannot match the new
+// resource. The restore does not take the leftover for a resource.
+func TestForgetKeepsGeneration(t *testing.T) {
+	s := &stateStore{dir: t.TempDir(), log: zap.NewNop()}
+	cfg := config.Resource{Name: "r0"}
+	s.save("r0", intent{Config: cfg, Generation: 7})
+	s.forget("r0")
+	if in, ok := s.load("r0"); ok {
+		t.Fatalf("forgotten resource still loads: %+v", in)
+	}
+	if got := s.generation("r0", cfg); got != 8 {
+		t.Fatalf("generation after down %d, want 8", got)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	path, calls := fakeCtl(t, resource.Status{Name: "r0"})
+	s.restore(ctx, path)
+	for _, c := range calls() {
+		if c == "up" {
+			t.Fatalf("the restore brought a resource that is down up: %v", calls())
+		}
+	}
+	// Up again at 8, then a restart with that configuration: 8 stays.
+	s.save("r0", intent{Config: cfg, Generation: 8})
+	if got := s.generation("r0", cfg); got != 8 {
+		t.Fatalf("generation of the remembered configuration %d, want 8", got)
+	}
+	// A remembered state file below the leftover (written by a version
+	// without it) is not the configuration a tool read last.
+	s.save("r0", intent{Config: cfg, Generation: 3})
+	if got := s.generation("r0", cfg); got != 8 {
+		t.Fatalf("generation below the leftover %d, want 8", got)
+	}
+	entries, err := os.ReadDir(s.dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	if len(names) != 2 || names[0] != "r0.gone" || names[1] != "r0.json" {
+		t.Fatalf("state directory holds %v, want [r0.gone r0.json]", names)
 	}
 }
