@@ -1,6 +1,7 @@
 package nbdserver
 
 import (
+	"fmt"
 	"io"
 	"sync/atomic"
 	"testing"
@@ -13,13 +14,18 @@ type nullBackend struct {
 	size    int64
 	entered chan struct{}
 	gate    chan struct{}
-	held    atomic.Int64 // payload bytes inside ReadAt now
+	held    atomic.Int64 // buffer bytes (capacity) inside ReadAt now
 	peak    atomic.Int64
+	in      atomic.Int64 // calls inside ReadAt now
+	maxIn   atomic.Int64
 }
 
 func (b *nullBackend) Size() int64 { return b.size }
 func (b *nullBackend) ReadAt(p []byte, off int64) error {
-	n := b.held.Add(int64(len(p)))
+	n := b.held.Add(int64(cap(p)))
+	if k := b.in.Add(1); k > b.maxIn.Load() {
+		b.maxIn.Store(k) // only an estimate for the message
+	}
 	for {
 		pk := b.peak.Load()
 		if n <= pk || b.peak.CompareAndSwap(pk, n) {
@@ -28,7 +34,8 @@ func (b *nullBackend) ReadAt(p []byte, off int64) error {
 	}
 	b.entered <- struct{}{}
 	<-b.gate
-	b.held.Add(-int64(len(p)))
+	b.held.Add(-int64(cap(p)))
+	b.in.Add(-1)
 	clear(p)
 	return nil
 }
@@ -43,9 +50,17 @@ func (b *nullBackend) Zero(off, length int64, noHole, fastZero, fua bool) error 
 // defaults, per connection). With the default config at most
 // inFlightBytesWant bytes of payload buffers may be held by one
 // connection's requests.
+//
+// The bound is on memory: a 17 MiB payload takes a 32 MiB pooled buffer,
+// and counts so.
 func TestInFlightPayloadBytesBounded(t *testing.T) {
+	for _, size := range []int64{32 << 20, 17 << 20} {
+		t.Run(fmt.Sprintf("%dMiB", size>>20), func(t *testing.T) { testInFlightBytesBounded(t, size) })
+	}
+}
+
+func testInFlightBytesBounded(t *testing.T, reqSize int64) {
 	const (
-		reqSize           = 32 << 20 // the default MaxRequest
 		reqs              = 8
 		inFlightBytesWant = 64 << 20
 	)
@@ -54,7 +69,7 @@ func TestInFlightPayloadBytesBounded(t *testing.T) {
 	c := open(t, addr, "d")
 	var burst []byte
 	for h := range reqs {
-		burst = AppendRequest(burst, Request{Type: CmdRead, Handle: uint64(h), Offset: uint64(h) * reqSize, Length: reqSize})
+		burst = AppendRequest(burst, Request{Type: CmdRead, Handle: uint64(h), Offset: uint64(h) * uint64(reqSize), Length: uint32(reqSize)})
 	}
 	c.write(burst)
 	// Wait until the server stops taking requests (or has taken them all).
@@ -74,7 +89,7 @@ wait:
 	close(b.gate)
 	if held > inFlightBytesWant {
 		t.Errorf("one connection holds %d MiB of READ buffers (%d of %d requests of %d MiB at once), want at most %d MiB",
-			held>>20, held/reqSize, reqs, reqSize>>20, inFlightBytesWant>>20)
+			held>>20, b.maxIn.Load(), reqs, reqSize>>20, inFlightBytesWant>>20)
 	}
 	for range reqs {
 		if errno, _ := c.readReply(); errno != 0 {

@@ -13,9 +13,10 @@ type Config struct {
 	// wait in the socket (TCP back-pressure). Default 128, the Linux nbd
 	// driver's queue depth.
 	MaxInFlight int
-	// MaxInFlightBytes bounds the READ and WRITE payload bytes one
-	// connection holds at once, from the reading of a request to its
-	// reply; beyond, requests wait in the socket, as they do beyond
+	// MaxInFlightBytes bounds the memory the READ and WRITE payloads of
+	// one connection hold at once (each counted at the size of its pooled
+	// buffer, the payload rounded up to a power of two), from the reading
+	// of a request to its reply; beyond, requests wait in the socket, as they do beyond
 	// MaxInFlight. A request larger than the bound runs alone. Default
 	// 64 MiB: without it, 128 pipelined 28-byte READs of 32 MiB would make
 	// the server allocate 4 GiB.

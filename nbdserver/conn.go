@@ -494,14 +494,16 @@ func (c *conn) readRequest(r *request) error {
 	return nil
 }
 
-// reserve counts n payload bytes as held, first waiting until they fit
+// reserve counts a payload of n bytes as held (the size of the pooled
+// buffer it takes, so that the bound is on memory, not on payload bytes), first waiting until they fit
 // under Config.MaxInFlightBytes or nothing else is held. Replies batched
 // in the buffer are sent before it waits. Called by the reader only.
 func (c *conn) reserve(n uint32) {
 	limit := c.s.cfg.MaxInFlightBytes
+	cost := bufCost(n)
 	fits := func() bool {
 		h := c.held.Load()
-		return h == 0 || h+int64(n) <= limit
+		return h == 0 || h+cost <= limit
 	}
 	for !fits() {
 		c.flushIfPending()
@@ -512,12 +514,12 @@ func (c *conn) reserve(n uint32) {
 		c.heldWait.Store(false)
 	}
 	// Others only subtract: what fits still fits.
-	c.held.Add(int64(n))
+	c.held.Add(cost)
 }
 
-// release returns n bytes counted by reserve.
+// release returns what reserve(n) counted.
 func (c *conn) release(n uint32) {
-	c.held.Add(-int64(n))
+	c.held.Add(-bufCost(n))
 	if c.heldWait.Load() {
 		select {
 		case c.freed <- struct{}{}:

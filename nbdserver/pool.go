@@ -42,6 +42,16 @@ func (p *bufPool) get(n int) *[]byte {
 	return &b
 }
 
+// bufCost is the memory a buffer of n bytes from get takes: its size
+// class.
+func bufCost(n uint32) int64 {
+	c := sizeClass(int(n))
+	if c >= numClasses {
+		return int64(n)
+	}
+	return 1 << (c + minClassShift)
+}
+
 // put returns a buffer obtained from get.
 func (p *bufPool) put(bp *[]byte) {
 	c := sizeClass(cap(*bp))
