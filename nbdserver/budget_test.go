@@ -3,16 +3,16 @@ package nbdserver
 import (
 	"fmt"
 	"io"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 )
 
 // nullBackend is a large export that stores nothing; ReadAt blocks until
-// gate is closed and reports each call on entered.
+// gate is closed, counting the calls and buffer bytes inside it.
 type nullBackend struct {
 	size    int64
-	entered chan struct{}
 	gate    chan struct{}
 	held    atomic.Int64 // buffer bytes (capacity) inside ReadAt now
 	peak    atomic.Int64
@@ -32,7 +32,6 @@ func (b *nullBackend) ReadAt(p []byte, off int64) error {
 			break
 		}
 	}
-	b.entered <- struct{}{}
 	<-b.gate
 	b.held.Add(-int64(cap(p)))
 	b.in.Add(-1)
@@ -64,29 +63,31 @@ func testInFlightBytesBounded(t *testing.T, reqSize int64) {
 		reqs              = 8
 		inFlightBytesWant = 64 << 20
 	)
-	b := &nullBackend{size: reqs * reqSize, entered: make(chan struct{}, reqs), gate: make(chan struct{})}
-	_, addr := startServer(t, Config{}, &Export{Name: "d", Backend: b})
+	b := &nullBackend{size: reqs * reqSize, gate: make(chan struct{})}
+	srv, addr := startServer(t, Config{}, &Export{Name: "d", Backend: b})
+	var open_ sync.Once
+	release := func() { open_.Do(func() { close(b.gate) }) }
+	t.Cleanup(release) // before the server's cleanup, which waits for ReadAt
 	c := open(t, addr, "d")
 	var burst []byte
 	for h := range reqs {
 		burst = AppendRequest(burst, Request{Type: CmdRead, Handle: uint64(h), Offset: uint64(h) * uint64(reqSize), Length: uint32(reqSize)})
 	}
 	c.write(burst)
-	// Wait until the server stops taking requests (or has taken them all).
-	entered := 0
-	timeout := time.NewTimer(300 * time.Millisecond)
-wait:
-	for entered < reqs {
-		select {
-		case <-b.entered:
-			entered++
-		case <-timeout.C:
-			break wait
+	// Wait until the server has taken every request, or its reader waits
+	// for room with every request it took inside ReadAt.
+	deadline := time.Now().Add(testTimeout)
+	for b.in.Load() < reqs {
+		if cn := onlyConn(srv); cn != nil && cn.heldWait.Load() && int64(cn.busy.Load()) == b.in.Load() {
+			break
 		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the server neither took all %d requests nor waits for room (%d inside ReadAt)", reqs, b.in.Load())
+		}
+		time.Sleep(time.Millisecond)
 	}
-	timeout.Stop()
 	held := b.peak.Load()
-	close(b.gate)
+	release()
 	if held > inFlightBytesWant {
 		t.Errorf("one connection holds %d MiB of READ buffers (%d of %d requests of %d MiB at once), want at most %d MiB",
 			held>>20, b.maxIn.Load(), reqs, reqSize>>20, inFlightBytesWant>>20)
@@ -99,4 +100,17 @@ wait:
 			t.Fatal(err)
 		}
 	}
+}
+
+// onlyConn returns the server's connection when it has exactly one.
+func onlyConn(s *Server) *conn {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.conns) != 1 {
+		return nil
+	}
+	for c := range s.conns {
+		return c
+	}
+	return nil
 }
