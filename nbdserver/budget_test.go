@@ -12,12 +12,12 @@ import (
 // nullBackend is a large export that stores nothing; ReadAt blocks until
 // gate is closed, counting the calls and buffer bytes inside it.
 type nullBackend struct {
-	size    int64
-	gate    chan struct{}
-	held    atomic.Int64 // buffer bytes (capacity) inside ReadAt now
-	peak    atomic.Int64
-	in      atomic.Int64 // calls inside ReadAt now
-	maxIn   atomic.Int64
+	size  int64
+	gate  chan struct{}
+	held  atomic.Int64 // buffer bytes (capacity) inside ReadAt now
+	peak  atomic.Int64
+	in    atomic.Int64 // calls inside ReadAt now
+	maxIn atomic.Int64
 }
 
 func (b *nullBackend) Size() int64 { return b.size }
