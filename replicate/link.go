@@ -44,6 +44,14 @@ type Link struct {
 	pingSentAt atomic.Int64  // nanotime when pingSent was sent
 	pingRTT    atomic.Int64  // round trip of the last answered ping, ns
 
+	// The peer's latest ping not yet answered. Only the latest is
+	// answered (a PingAck answers every ping up to its id), so that a
+	// peer that floods pings while the control stream cannot be written
+	// queues one PingAck, not one per ping.
+	pingAckMu     sync.Mutex
+	pingAckID     uint64 // the latest ping's sequence
+	pingAckQueued bool   // an itemPingAck is queued on ctlW
+
 	closeOnce sync.Once
 	down      chan struct{} // closed when the link fails
 	peerBye   chan struct{} // closed when the peer's Bye arrived
@@ -510,7 +518,14 @@ func (l *Link) controlLoop(s net.Conn) {
 				return
 			}
 		case h.typ == ftPing:
-			l.ctlW.enqueue(witem{kind: itemFrame, h: header{typ: ftPingAck, id: h.id}})
+			l.pingAckMu.Lock()
+			l.pingAckID = h.id
+			queue := !l.pingAckQueued
+			l.pingAckQueued = true
+			l.pingAckMu.Unlock()
+			if queue {
+				l.ctlW.enqueue(witem{kind: itemPingAck})
+			}
 		case h.typ == ftPingAck:
 			if h.id > l.pingSent.Load() {
 				l.protocolFailed(stControl, protoErr(ErrMalformed, "PingAck", "for ping %d, which was never sent", h.id))
@@ -545,6 +560,15 @@ func (l *Link) controlLoop(s net.Conn) {
 			}
 		}
 	}
+}
+
+// takePingAck returns the sequence the queued PingAck answers: the
+// latest ping read so far. The next ping queues a new PingAck.
+func (l *Link) takePingAck() uint64 {
+	l.pingAckMu.Lock()
+	defer l.pingAckMu.Unlock()
+	l.pingAckQueued = false
+	return l.pingAckID
 }
 
 // refuseStreams takes the link down if the peer opens a stream beyond

@@ -15,6 +15,7 @@ const (
 	itemAck                     // the final reply to an Incoming
 	itemRecvAck                 // receipt of the peer's request id
 	itemFrame                   // a prepared frame (control stream)
+	itemPingAck                 // a PingAck for the peer's latest ping (control stream)
 )
 
 // witem is one frame to write.
@@ -187,6 +188,8 @@ func (w *writer) write(it *witem) (int, error) {
 	case itemFrame:
 		h = it.h
 		payload = it.payload
+	case itemPingAck:
+		h = header{typ: ftPingAck, id: w.l.takePingAck()}
 	}
 	h.plen = uint32(len(payload) + len(alg))
 	h.put(w.hdr[:])
