@@ -628,7 +628,7 @@ func (l *Link) requestLoop(st streamID, s net.Conn, replyW *writer, replies *win
 func (l *Link) handleReply(st streamID, h *header, br io.Reader, win *window) bool {
 	if h.typ == ftRecvAck {
 		if !win.recvAck(h.id) {
-			l.protocolFailed(st, protoErr(ErrMalformed, "RecvAck", "for request id %d, which is not pending or did not ask for one", h.id))
+			l.protocolFailed(st, protoErr(ErrMalformed, "RecvAck", "for request id %d, which is not pending, did not ask for one, or had one already", h.id))
 			return false
 		}
 		return true

@@ -55,6 +55,7 @@ const (
 	rsSent        uint8 = 1 << iota // Sent notified, reply reader owns Done
 	rsRecvPending                   // RecvAck arrived before Sent
 	rsDonePending                   // completion arrived before Sent (doneErr)
+	rsRecvd                         // its RecvAck arrived (a second one is an error)
 )
 
 func (r *Request) notify(s Stage, err error) {

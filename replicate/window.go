@@ -177,14 +177,16 @@ func (w *window) afterWrite(r *Request, ok bool, linkErr func() error) {
 }
 
 // recvAck records or notifies the peer's receipt of request id. ok is
-// false for an id that is not pending or did not ask for it.
+// false for an id that is not pending, did not ask for it, or had its
+// RecvAck already.
 func (w *window) recvAck(id uint64) (ok bool) {
 	w.mu.Lock()
 	r := w.pending[id]
-	if r == nil || r.Flags&WantRecvAck == 0 {
+	if r == nil || r.Flags&WantRecvAck == 0 || r.state&rsRecvd != 0 {
 		w.mu.Unlock()
 		return false
 	}
+	r.state |= rsRecvd
 	if r.state&rsSent == 0 {
 		r.state |= rsRecvPending
 		w.mu.Unlock()
