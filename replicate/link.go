@@ -628,14 +628,14 @@ func (l *Link) requestLoop(st streamID, s net.Conn, replyW *writer, replies *win
 func (l *Link) handleReply(st streamID, h *header, br io.Reader, win *window) bool {
 	if h.typ == ftRecvAck {
 		if !win.recvAck(h.id) {
-			l.protocolFailed(st, protoErr(ErrMalformed, "RecvAck", "for request id %d, which is not pending, did not ask for one, or had one already", h.id))
+			l.protocolFailed(st, protoErr(ErrMalformed, "RecvAck", "for request id %d, which is not pending (not sent yet, or answered), did not ask for one, or had one already", h.id))
 			return false
 		}
 		return true
 	}
 	r := win.take(h.id)
 	if r == nil {
-		l.protocolFailed(st, protoErr(ErrMalformed, "Ack", "for request id %d, which is not pending", h.id))
+		l.protocolFailed(st, protoErr(ErrMalformed, "Ack", "for request id %d, which is not pending (not sent yet, or answered)", h.id))
 		return false
 	}
 	err := statusErr(status(h.status))

@@ -2,6 +2,7 @@ package replicate
 
 import (
 	"io"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -60,4 +61,44 @@ func TestDuplicateRecvAck(t *testing.T) {
 	_ = f.sess.Close()
 	waitDone(t, l)
 	errorIs(t, l.Err(), ErrMalformed)
+}
+
+// A reply for a request the link has not written yet (its id guessed, or
+// a reply meant for the other stream's request) is a protocol error: the
+// request must not complete as if the peer had done it.
+func TestReplyBeforeRequestWritten(t *testing.T) {
+	for _, typ := range []frameType{ftAck, ftRecvAck} {
+		t.Run(typ.String(), func(t *testing.T) {
+			l, f := linkWithFake(t, testConfig(t, 1, 2, newMemDisk(1)))
+			// Block the data writer: more than the yamux window of a stream
+			// the peer does not read.
+			data := make([]byte, 1<<20)
+			for range streamWindow/len(data) + 2 {
+				if err := l.Submit(&Request{Kind: Write, Data: data}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			waitFor(t, "the data writer to fill the stream window", func() bool { return l.conn.sent.Load() >= streamWindow })
+			s := newStageLog()
+			r := &Request{Kind: Write, Data: []byte("x"), Flags: WantRecvAck, Notify: s.notify}
+			if err := l.Submit(r); err != nil {
+				t.Fatal(err)
+			}
+			// The peer answers the new request's id, which it never got.
+			if _, err := f.streams[stAck].Write(hdr(header{typ: typ, id: r.id})); err != nil {
+				t.Fatal(err)
+			}
+			if reason := f.readBye(t); !strings.Contains(reason, typ.String()) {
+				t.Fatalf("Bye reason %q", reason)
+			}
+			_ = f.sess.Close()
+			stages, err := s.wait(t)
+			errorIs(t, err, ErrLinkDown)
+			if slices.Contains(stages, Received) {
+				t.Fatalf("stages %v: Received from a RecvAck sent before the request", stages)
+			}
+			waitDone(t, l)
+			errorIs(t, l.Err(), ErrMalformed)
+		})
+	}
 }

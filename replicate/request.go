@@ -56,6 +56,7 @@ const (
 	rsRecvPending                   // RecvAck arrived before Sent
 	rsDonePending                   // completion arrived before Sent (doneErr)
 	rsRecvd                         // its RecvAck arrived (a second one is an error)
+	rsWritten                       // the writer took it to write: replies may come
 )
 
 func (r *Request) notify(s Stage, err error) {

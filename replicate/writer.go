@@ -139,6 +139,9 @@ func (w *writer) drain() error {
 			written = 0
 			continue
 		}
+		if w.win != nil {
+			w.win.markWritten(w.batch[start:])
+		}
 		for i := start; i < len(w.batch); i++ {
 			n, err := w.write(&w.batch[i])
 			if err != nil {
