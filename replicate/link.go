@@ -524,7 +524,7 @@ func (l *Link) controlLoop(s net.Conn) {
 			l.pingAckQueued = true
 			l.pingAckMu.Unlock()
 			if queue {
-				l.ctlW.enqueue(witem{kind: itemPingAck})
+				l.ctlW.enqueueUrgent(witem{kind: itemPingAck})
 			}
 		case h.typ == ftPingAck:
 			if h.id > l.pingSent.Load() {
@@ -810,7 +810,7 @@ func (l *Link) monitor() {
 			seq++
 			l.pingSentAt.Store(now)
 			l.pingSent.Store(seq)
-			l.ctlW.enqueue(witem{kind: itemFrame, h: header{typ: ftPing, id: seq}})
+			l.ctlW.enqueueUrgent(witem{kind: itemFrame, h: header{typ: ftPing, id: seq}})
 			sentAt, lastPing, outstanding = now, now, true
 		}
 		for _, w := range []*window{&l.dataWin, &l.resyncWin} {

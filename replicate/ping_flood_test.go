@@ -50,7 +50,7 @@ func TestPingFloodQueuesOneAck(t *testing.T) {
 	}
 	queued := 0
 	l.ctlW.mu.Lock()
-	for _, it := range l.ctlW.q {
+	for _, it := range append(l.ctlW.q[:len(l.ctlW.q):len(l.ctlW.q)], l.ctlW.urgent...) {
 		if it.kind == itemPingAck || it.h.typ == ftPingAck {
 			queued++
 		}
