@@ -68,9 +68,12 @@ func AppendHeader(dst []byte, h Header) []byte {
 }
 
 // ParseHeader decodes the frame header at the start of b. It checks the
-// magic, the reserved field and the body length against lim; it does not
-// judge the version, the flags or the message type, which the server answers
-// with their own error codes.
+// magic, the body length against lim and, in a frame of this package's
+// major version, the reserved field; it does not judge the version, the
+// flags or the message type, which the server answers with their own error
+// codes. The reserved field of another major version's frame is that
+// version's business: its frame is refused for its version, not for a
+// field whose meaning may have changed.
 func ParseHeader(b []byte, lim Limits) (Header, error) {
 	if len(b) < HeaderLen {
 		return Header{}, wrapErr(CodeMalformed, ErrTruncated, "frame header is %d bytes, want %d", len(b), HeaderLen)
@@ -90,7 +93,7 @@ func ParseHeader(b []byte, lim Limits) (Header, error) {
 		return h, wrapErr(CodeLimitExceeded, ErrFrameTooLarge, "frame body of %d bytes exceeds the limit of %d", h.Length, lim.MaxFrame)
 	}
 	// Checked last: a frame with only this fault can still be skipped whole.
-	if r := binary.BigEndian.Uint16(b[10:]); r != 0 {
+	if r := binary.BigEndian.Uint16(b[10:]); r != 0 && h.Major == ProtoMajor {
 		return h, wrapErr(CodeMalformed, ErrBadHeader, "reserved header field is %#04x, want 0", r)
 	}
 	return h, nil

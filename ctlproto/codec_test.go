@@ -156,6 +156,12 @@ func TestParseHeader(t *testing.T) {
 			t.Errorf("%s: err = %v, want %v", c.name, err, c.err)
 		}
 	}
+	// A frame of another major version is judged by its version, which
+	// the caller checks: its reserved field may mean something there.
+	other := bad(func(b []byte) { b[4] = ProtoMajor + 1; b[11] = 1 })
+	if h, err := ParseHeader(other, lim); err != nil || h.Major != ProtoMajor+1 {
+		t.Errorf("other major with the reserved field set: %+v, %v; want the header and no error", h, err)
+	}
 }
 
 func TestReadFrame(t *testing.T) {

@@ -197,6 +197,11 @@ func TestServerMalformedFrames(t *testing.T) {
 		}(), code: CodeMalformed},
 		{name: "request with header flags", data: frame(Header{Type: MsgStatus, Flags: FlagReply}, nil), code: CodeMalformed},
 		{name: "other major version", data: frame(Header{Major: 2, Type: MsgStatus}, nil), code: CodeProtocolVersionUnsupported},
+		{name: "other major version using the reserved field", data: func() []byte {
+			b := frame(Header{Major: 2, Type: MsgStatus}, nil)
+			b[10], b[11] = 0x12, 0x34
+			return b
+		}(), code: CodeProtocolVersionUnsupported},
 		{name: "unknown message type", data: frame(Header{Type: 999}, nil), code: CodeUnknownMessageType},
 		{name: "event sent as a request", data: frame(Header{Type: MsgEvent}, nil), code: CodeUnknownMessageType},
 		{name: "nesting too deep", data: frame(change, deep), code: CodeLimitExceeded},

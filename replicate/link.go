@@ -44,6 +44,14 @@ type Link struct {
 	pingSentAt atomic.Int64  // nanotime when pingSent was sent
 	pingRTT    atomic.Int64  // round trip of the last answered ping, ns
 
+	// The peer's latest ping not yet answered. Only the latest is
+	// answered (a PingAck answers every ping up to its id), so that a
+	// peer that floods pings while the control stream cannot be written
+	// queues one PingAck, not one per ping.
+	pingAckMu     sync.Mutex
+	pingAckID     uint64 // the latest ping's sequence
+	pingAckQueued bool   // an itemPingAck is queued on ctlW
+
 	closeOnce sync.Once
 	down      chan struct{} // closed when the link fails
 	peerBye   chan struct{} // closed when the peer's Bye arrived
@@ -510,7 +518,14 @@ func (l *Link) controlLoop(s net.Conn) {
 				return
 			}
 		case h.typ == ftPing:
-			l.ctlW.enqueue(witem{kind: itemFrame, h: header{typ: ftPingAck, id: h.id}})
+			l.pingAckMu.Lock()
+			l.pingAckID = h.id
+			queue := !l.pingAckQueued
+			l.pingAckQueued = true
+			l.pingAckMu.Unlock()
+			if queue {
+				l.ctlW.enqueueUrgent(witem{kind: itemPingAck})
+			}
 		case h.typ == ftPingAck:
 			if h.id > l.pingSent.Load() {
 				l.protocolFailed(stControl, protoErr(ErrMalformed, "PingAck", "for ping %d, which was never sent", h.id))
@@ -545,6 +560,15 @@ func (l *Link) controlLoop(s net.Conn) {
 			}
 		}
 	}
+}
+
+// takePingAck returns the sequence the queued PingAck answers: the
+// latest ping read so far. The next ping queues a new PingAck.
+func (l *Link) takePingAck() uint64 {
+	l.pingAckMu.Lock()
+	defer l.pingAckMu.Unlock()
+	l.pingAckQueued = false
+	return l.pingAckID
 }
 
 // refuseStreams takes the link down if the peer opens a stream beyond
@@ -604,14 +628,14 @@ func (l *Link) requestLoop(st streamID, s net.Conn, replyW *writer, replies *win
 func (l *Link) handleReply(st streamID, h *header, br io.Reader, win *window) bool {
 	if h.typ == ftRecvAck {
 		if !win.recvAck(h.id) {
-			l.protocolFailed(st, protoErr(ErrMalformed, "RecvAck", "for request id %d, which is not pending or did not ask for one", h.id))
+			l.protocolFailed(st, protoErr(ErrMalformed, "RecvAck", "for request id %d, which is not pending (not sent yet, or answered), did not ask for one, or had one already", h.id))
 			return false
 		}
 		return true
 	}
 	r := win.take(h.id)
 	if r == nil {
-		l.protocolFailed(st, protoErr(ErrMalformed, "Ack", "for request id %d, which is not pending", h.id))
+		l.protocolFailed(st, protoErr(ErrMalformed, "Ack", "for request id %d, which is not pending (not sent yet, or answered)", h.id))
 		return false
 	}
 	err := statusErr(status(h.status))
@@ -786,7 +810,7 @@ func (l *Link) monitor() {
 			seq++
 			l.pingSentAt.Store(now)
 			l.pingSent.Store(seq)
-			l.ctlW.enqueue(witem{kind: itemFrame, h: header{typ: ftPing, id: seq}})
+			l.ctlW.enqueueUrgent(witem{kind: itemFrame, h: header{typ: ftPing, id: seq}})
 			sentAt, lastPing, outstanding = now, now, true
 		}
 		for _, w := range []*window{&l.dataWin, &l.resyncWin} {

@@ -55,6 +55,8 @@ const (
 	rsSent        uint8 = 1 << iota // Sent notified, reply reader owns Done
 	rsRecvPending                   // RecvAck arrived before Sent
 	rsDonePending                   // completion arrived before Sent (doneErr)
+	rsRecvd                         // its RecvAck arrived (a second one is an error)
+	rsWritten                       // the writer took it to write: replies may come
 )
 
 func (r *Request) notify(s Stage, err error) {

@@ -176,15 +176,30 @@ func (w *window) afterWrite(r *Request, ok bool, linkErr func() error) {
 	}
 }
 
+// markWritten records that the writer is about to write the requests of
+// batch, so that replies to them are accepted: a reply to a request that
+// was not written is one to a request the peer never got.
+func (w *window) markWritten(batch []witem) {
+	w.mu.Lock()
+	for i := range batch {
+		if batch[i].kind == itemRequest {
+			batch[i].req.state |= rsWritten
+		}
+	}
+	w.mu.Unlock()
+}
+
 // recvAck records or notifies the peer's receipt of request id. ok is
-// false for an id that is not pending or did not ask for it.
+// false for an id that is not pending or not written yet, did not ask for
+// it, or had its RecvAck already.
 func (w *window) recvAck(id uint64) (ok bool) {
 	w.mu.Lock()
 	r := w.pending[id]
-	if r == nil || r.Flags&WantRecvAck == 0 {
+	if r == nil || r.state&rsWritten == 0 || r.Flags&WantRecvAck == 0 || r.state&rsRecvd != 0 {
 		w.mu.Unlock()
 		return false
 	}
+	r.state |= rsRecvd
 	if r.state&rsSent == 0 {
 		r.state |= rsRecvPending
 		w.mu.Unlock()
@@ -196,10 +211,13 @@ func (w *window) recvAck(id uint64) (ok bool) {
 }
 
 // take removes request id for completion by the reply reader; nil if it
-// is not pending.
+// is not pending or not written yet.
 func (w *window) take(id uint64) *Request {
 	w.mu.Lock()
 	r := w.pending[id]
+	if r != nil && r.state&rsWritten == 0 {
+		r = nil
+	}
 	if r != nil {
 		w.removeLocked(r)
 	}

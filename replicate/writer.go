@@ -5,6 +5,7 @@ import (
 	"io"
 	"runtime"
 	"sync"
+	"sync/atomic"
 )
 
 // itemKind is what a writer item carries.
@@ -15,6 +16,7 @@ const (
 	itemAck                     // the final reply to an Incoming
 	itemRecvAck                 // receipt of the peer's request id
 	itemFrame                   // a prepared frame (control stream)
+	itemPingAck                 // a PingAck for the peer's latest ping (control stream)
 )
 
 // witem is one frame to write.
@@ -41,6 +43,11 @@ const largePayload = 64 << 10
 // requests, submitters woken by completions) join the batch; that costs
 // no delay when nothing else is runnable and makes batches at high queue
 // depth several times larger.
+//
+// Urgent items (pings and their answers, on the control stream) jump the
+// queue: the writer writes them before the next item of its batch, so
+// that a ping does not wait behind megabytes of Bitmap messages queued
+// before it and time out while the peer is alive.
 type writer struct {
 	l    *Link
 	st   streamID
@@ -50,9 +57,11 @@ type writer struct {
 	wake chan struct{}
 	stop <-chan struct{}
 
-	mu     sync.Mutex
-	q      []witem
-	closed bool
+	mu      sync.Mutex
+	q       []witem
+	urgent  []witem // itemFrame without written, or itemPingAck
+	nUrgent atomic.Int32
+	closed  bool
 
 	// Writer goroutine only.
 	batch []witem
@@ -90,6 +99,46 @@ func (w *writer) enqueue(it witem) bool {
 	return true
 }
 
+// enqueueUrgent queues it ahead of the items queued and not yet written;
+// false once the writer stopped. it must need no completion (no written
+// channel, no request or reply).
+func (w *writer) enqueueUrgent(it witem) bool {
+	w.mu.Lock()
+	if w.closed {
+		w.mu.Unlock()
+		return false
+	}
+	w.urgent = append(w.urgent, it)
+	w.nUrgent.Add(1)
+	w.mu.Unlock()
+	select {
+	case w.wake <- struct{}{}:
+	default:
+	}
+	return true
+}
+
+// writeUrgent writes the urgent items queued so far.
+func (w *writer) writeUrgent() (int, error) {
+	if w.nUrgent.Load() == 0 {
+		return 0, nil
+	}
+	w.mu.Lock()
+	u := w.urgent
+	w.urgent = nil
+	w.nUrgent.Store(0)
+	w.mu.Unlock()
+	total := 0
+	for i := range u {
+		n, err := w.write(&u[i])
+		if err != nil {
+			return total, err
+		}
+		total += n
+	}
+	return total, nil
+}
+
 func (w *writer) run(wg *sync.WaitGroup) {
 	defer wg.Done()
 	defer w.exit()
@@ -119,8 +168,13 @@ func (w *writer) drain() error {
 		clear(w.q)
 		w.q = w.q[:0]
 		w.mu.Unlock()
+		n, err := w.writeUrgent()
+		if err != nil {
+			return err
+		}
+		written += n
 		if len(w.batch) == start {
-			if start == 0 {
+			if start == 0 && w.bw.Buffered() == 0 {
 				return nil
 			}
 			if !yielded {
@@ -138,7 +192,17 @@ func (w *writer) drain() error {
 			written = 0
 			continue
 		}
+		if w.win != nil {
+			w.win.markWritten(w.batch[start:])
+		}
 		for i := start; i < len(w.batch); i++ {
+			if i > start {
+				n, err := w.writeUrgent()
+				if err != nil {
+					return err
+				}
+				written += n
+			}
 			n, err := w.write(&w.batch[i])
 			if err != nil {
 				return err
@@ -187,6 +251,8 @@ func (w *writer) write(it *witem) (int, error) {
 	case itemFrame:
 		h = it.h
 		payload = it.payload
+	case itemPingAck:
+		h = header{typ: ftPingAck, id: w.l.takePingAck()}
 	}
 	h.plen = uint32(len(payload) + len(alg))
 	h.put(w.hdr[:])
@@ -243,6 +309,7 @@ func (w *writer) exit() {
 	w.closed = true
 	w.batch = append(w.batch, w.q...)
 	w.q = nil
+	w.urgent = nil
 	w.mu.Unlock()
 	w.complete(false)
 }
