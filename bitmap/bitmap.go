@@ -262,23 +262,28 @@ func (b *Bitmap) TestBlock(i uint64) bool {
 	return atomic.LoadUint64(&b.words[i/64])&(1<<(i%64)) != 0
 }
 
-// Count returns the number of dirty blocks.
+// Count returns the number of dirty blocks. While Set and Clear run
+// concurrently it is a snapshot that may be off by those in progress, but
+// always within [0, Bits()].
 func (b *Bitmap) Count() uint64 {
 	var n int64
 	for p := range b.counts {
 		n += b.counts[p].Load()
 	}
-	return uint64(n)
+	// A page's count changes after its bits: a Clear's decrement can come
+	// before the increment of the Set whose bit it cleared, so the sum
+	// can be briefly negative (or above the number of bits).
+	return uint64(min(max(n, 0), int64(b.nbits)))
 }
 
 // DirtyBytes returns the number of bytes in dirty blocks; a partial last
-// block counts with its real size.
+// block counts with its real size. Like Count it stays within [0, Size()].
 func (b *Bitmap) DirtyBytes() int64 {
 	n := int64(b.Count()) << b.blockShift
 	if b.TestBlock(b.nbits - 1) {
 		n -= int64(b.nbits)<<b.blockShift - b.size
 	}
-	return n
+	return min(max(n, 0), b.size)
 }
 
 // nextSet returns the first set bit at or after i, or nbits.
