@@ -20,7 +20,7 @@ const (
 	largeSlots   = 1000
 	largeBlock   = 64 << 10
 	largeOps     = 6000
-	largePoints  = 60
+	largePoints  = 32
 )
 
 func largeWorkload(st Store, seed uint64, model *crashModel) {
