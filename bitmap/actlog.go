@@ -3,6 +3,7 @@ package bitmap
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 )
@@ -486,10 +487,10 @@ func (a *ActivityLog) commit() {
 }
 
 // flushEvicted writes and syncs the dirty bitmap pages of the evicted
-// extents in batch. A page that another Flush took is durable once that
-// Flush returned, and flushPages waits for it.
+// extents in batch. A page that another flush took is durable once that
+// flush released the flush lock, and flushPages waits for it.
 func (a *ActivityLog) flushEvicted(batch []SlotUpdate) error {
-	wrote := false
+	var ranges [][2]int
 	for _, u := range batch {
 		if u.Evicted == NoExtent {
 			continue
@@ -497,19 +498,23 @@ func (a *ActivityLog) flushEvicted(batch []SlotUpdate) error {
 		off := int64(u.Evicted) << ExtentShift
 		first := a.bm.pageOf(off)
 		last := a.bm.pageOf(min(off+ExtentSize, a.bm.Size())-1) + 1
-		w, err := a.bm.flushPages(first, last, false)
-		if err != nil {
-			return err
-		}
-		wrote = wrote || w
+		ranges = append(ranges, [2]int{first, last})
 	}
-	if !wrote {
+	if len(ranges) == 0 {
 		return nil
 	}
-	if err := a.bm.store.Sync(); err != nil {
-		return fmt.Errorf("bitmap: sync: %w", err)
+	// In page order, neighbours merged, so that adjacent pages go in one
+	// write.
+	slices.SortFunc(ranges, func(x, y [2]int) int { return x[0] - y[0] })
+	merged := ranges[:1]
+	for _, r := range ranges[1:] {
+		if l := &merged[len(merged)-1]; r[0] <= l[1] {
+			l[1] = max(l[1], r[1])
+		} else {
+			merged = append(merged, r)
+		}
 	}
-	return nil
+	return a.bm.flushPages(merged)
 }
 
 // checkDurable panics unless extents [first, last] are durable in the

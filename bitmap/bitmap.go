@@ -262,23 +262,28 @@ func (b *Bitmap) TestBlock(i uint64) bool {
 	return atomic.LoadUint64(&b.words[i/64])&(1<<(i%64)) != 0
 }
 
-// Count returns the number of dirty blocks.
+// Count returns the number of dirty blocks. While Set and Clear run
+// concurrently it is a snapshot that may be off by those in progress, but
+// always within [0, Bits()].
 func (b *Bitmap) Count() uint64 {
 	var n int64
 	for p := range b.counts {
 		n += b.counts[p].Load()
 	}
-	return uint64(n)
+	// A page's count changes after its bits: a Clear's decrement can come
+	// before the increment of the Set whose bit it cleared, so the sum
+	// can be briefly negative (or above the number of bits).
+	return uint64(min(max(n, 0), int64(b.nbits)))
 }
 
 // DirtyBytes returns the number of bytes in dirty blocks; a partial last
-// block counts with its real size.
+// block counts with its real size. Like Count it stays within [0, Size()].
 func (b *Bitmap) DirtyBytes() int64 {
 	n := int64(b.Count()) << b.blockShift
 	if b.TestBlock(b.nbits - 1) {
 		n -= int64(b.nbits)<<b.blockShift - b.size
 	}
-	return n
+	return min(max(n, 0), b.size)
 }
 
 // nextSet returns the first set bit at or after i, or nbits.
@@ -384,8 +389,7 @@ func (b *Bitmap) Merge(words []uint64) (uint64, error) {
 // Flush writes every page that changed since it was last written, then
 // syncs. It writes nothing and does not sync when nothing changed.
 func (b *Bitmap) Flush() error {
-	_, err := b.flushPages(0, b.npages, true)
-	return err
+	return b.flushPages([][2]int{{0, b.npages}})
 }
 
 // DirtyPages returns the number of pages that changed since they were last
@@ -408,54 +412,62 @@ func (b *Bitmap) takeDirty(p int) bool {
 	return atomic.AndUint64(w, ^m)&m != 0
 }
 
-// flushPages writes the dirty pages among [first, last) and, if it wrote
-// any and sync is set, syncs. It reports whether it wrote any. A page's dirty bit is cleared before its
-// words are read, so a concurrent change either makes it into this write or
-// marks the page dirty again.
-func (b *Bitmap) flushPages(first, last int, sync bool) (bool, error) {
+// flushPages writes the dirty pages among the page ranges [r[0], r[1])
+// and, if it wrote any, syncs, all under flushMu. A page's dirty bit is
+// cleared before its words are read, so a concurrent change either makes
+// it into this write or marks the page dirty again. When flushMu is free,
+// a clean page is therefore durable: a Flush that finds nothing dirty may
+// return at once. On any error every page taken here is marked dirty
+// again, since none of them is known to be durable.
+func (b *Bitmap) flushPages(ranges [][2]int) error {
 	if b.store == nil {
-		return false, nil
+		return nil
 	}
 	b.flushMu.Lock()
 	defer b.flushMu.Unlock()
-	wrote := false
-	for p := first; p < last; {
-		if !b.takeDirty(p) {
-			p++
-			continue
-		}
-		run := p + 1
-		for run < last && b.takeDirty(run) {
-			run++
-		}
-		n := (run - p) * PageWords
-		if cap(b.buf) < n {
-			b.buf = make([]uint64, n)
-		}
-		buf := b.buf[:n]
-		for i := range buf {
-			buf[i] = atomic.LoadUint64(&b.words[p*PageWords+i])
-		}
-		if err := b.store.WritePages(p, buf); err != nil {
-			for q := p; q < run; q++ {
+	var taken [][2]int
+	retake := func() {
+		for _, r := range taken {
+			for q := r[0]; q < r[1]; q++ {
 				b.markDirty(q)
 			}
-			return wrote, fmt.Errorf("bitmap: write pages %d-%d: %w", p, run-1, err)
 		}
-		b.written.Add(uint64(run - p))
-		wrote = true
-		p = run
 	}
-	if wrote && sync {
-		if err := b.store.Sync(); err != nil {
-			// The pages may not be durable: write them again next time.
-			for p := first; p < last; p++ {
-				b.markDirty(p)
+	for _, r := range ranges {
+		for p := r[0]; p < r[1]; {
+			if !b.takeDirty(p) {
+				p++
+				continue
 			}
-			return wrote, fmt.Errorf("bitmap: sync: %w", err)
+			run := p + 1
+			for run < r[1] && b.takeDirty(run) {
+				run++
+			}
+			taken = append(taken, [2]int{p, run})
+			n := (run - p) * PageWords
+			if cap(b.buf) < n {
+				b.buf = make([]uint64, n)
+			}
+			buf := b.buf[:n]
+			for i := range buf {
+				buf[i] = atomic.LoadUint64(&b.words[p*PageWords+i])
+			}
+			if err := b.store.WritePages(p, buf); err != nil {
+				retake()
+				return fmt.Errorf("bitmap: write pages %d-%d: %w", p, run-1, err)
+			}
+			b.written.Add(uint64(run - p))
+			p = run
 		}
 	}
-	return wrote, nil
+	if len(taken) == 0 {
+		return nil
+	}
+	if err := b.store.Sync(); err != nil {
+		retake()
+		return fmt.Errorf("bitmap: sync: %w", err)
+	}
+	return nil
 }
 
 // pageOf returns the page that holds the bit of byte offset off.

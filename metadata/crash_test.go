@@ -62,7 +62,7 @@ type crashModel struct {
 	mustDirty  map[uint64]bool
 	durableSeq uint64
 	// Counters, to show the workload exercises what it should.
-	evictions, closes, updates, flushes int
+	evictions, closes, updates, flushes, retired int
 }
 
 func (c *crashModel) written(off, n int64, block int64) {
@@ -177,7 +177,13 @@ func newSpy(base *memstore.Store, l Layout) *spyStore {
 
 // checkCrashImage opens img and checks the promises of model.
 func checkCrashImage(img *memstore.Store, spy *spyStore, model *crashModel) error {
-	info, err := Inspect(img, crashDevSize, true)
+	return checkImage(img, crashDevSize, spy, model)
+}
+
+// checkImage opens img, internal meta-data on a device of size bytes, and
+// checks the promises of model.
+func checkImage(img *memstore.Store, size int64, spy *spyStore, model *crashModel) error {
+	info, err := Inspect(img, size, true)
 	if err != nil {
 		return fmt.Errorf("Inspect: %w", err)
 	}
@@ -190,7 +196,7 @@ func checkCrashImage(img *memstore.Store, spy *spyStore, model *crashModel) erro
 	if info.Superblock.Seq < model.durableSeq {
 		return fmt.Errorf("superblock seq %d older than durable %d", info.Superblock.Seq, model.durableSeq)
 	}
-	m, err := Open(img, crashDevSize, true)
+	m, err := Open(img, size, true)
 	if err != nil {
 		return fmt.Errorf("Open: %w", err)
 	}

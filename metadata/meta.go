@@ -346,8 +346,11 @@ func (m *Meta) IOStats() IOStats {
 // new version goes, with the next sequence number, into the slot that does
 // not hold the current one, and is synced before Update returns. Flags,
 // UUIDs and the node id may change; changing a field fixed at creation
-// fails with ErrImmutable. On error the superblock in memory and on disk is
-// the previous version.
+// fails with ErrImmutable. On error the superblock in memory is the
+// previous version. So is the one on disk, except when the write went
+// through and only the sync failed: then a later sync may still make the
+// new version durable, until the next Update, which writes the same slot,
+// replaces it.
 func (m *Meta) Update(fn func(*Superblock)) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
