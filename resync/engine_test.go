@@ -377,3 +377,46 @@ func TestResyncDirtiedAfterAck(t *testing.T) {
 		t.Fatalf("%d bytes still dirty", bm.DirtyBytes())
 	}
 }
+
+// A rate changed while the resync runs applies at once, also to the chunk
+// that already waits for the old rate's tokens; a huge rate is no cap.
+func TestSetLimitsWhileRunning(t *testing.T) {
+	const size = 1 << 20
+	src, dst, bm := setup(t, size, func(bm *bitmap.Bitmap, src, dst *memDisk) { bm.SetAll() })
+	cfg := DefaultConfig()
+	cfg.ChunkSize = 64 << 10
+	cfg.FlushEvery = 256 << 10
+	cfg.Rate = 4096 // after the first chunk's burst: 16 s per chunk
+	tr := &memTransport{target: dst}
+	e, err := New(cfg, src, bm, &rangelock.Locker{}, tr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res := make(chan error, 1)
+	go func() { res <- e.Run(context.Background()) }()
+	deadline := time.Now().Add(10 * time.Second)
+	for tr.sent.Load() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the first chunk was never sent")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if err := e.SetLimits(Limits{Rate: 1 << 62, Window: 4}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-res:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("still at the old rate after SetLimits: %d of %d bytes sent", tr.sent.Load(), size)
+	}
+	tr.wg.Wait()
+	if !bytes.Equal(src.b, dst.b) || bm.DirtyBytes() != 0 {
+		t.Fatal("not in sync after the run")
+	}
+	if err := e.SetLimits(Limits{Window: 0}); err == nil {
+		t.Fatal("window 0 accepted")
+	}
+}
