@@ -262,9 +262,10 @@ func (e *Engine) SetLimits(l Limits) error {
 	return nil
 }
 
-// throttle waits until the rate cap lets n more bytes go.
+// throttle waits until the rate cap lets n more bytes go; with n 0,
+// until what charge took on credit is paid.
 func (e *Engine) throttle(ctx context.Context, n int64) error {
-	for {
+	for first := true; first || n > 0; first = false {
 		e.mu.Lock()
 		lim, changed := e.limiter, e.limChanged
 		e.mu.Unlock()
@@ -272,15 +273,17 @@ func (e *Engine) throttle(ctx context.Context, n int64) error {
 			return nil
 		}
 		now := time.Now()
-		r := lim.ReserveN(now, int(min(n, int64(lim.Burst()))))
+		step := min(n, int64(lim.Burst()))
+		r := lim.ReserveN(now, int(step))
 		d := r.DelayFrom(now)
 		if d == 0 {
-			return nil
+			n -= step
+			continue
 		}
 		t := time.NewTimer(d)
 		select {
 		case <-t.C:
-			return nil
+			n -= step
 		case <-ctx.Done():
 			t.Stop()
 			r.Cancel()
@@ -289,6 +292,25 @@ func (e *Engine) throttle(ctx context.Context, n int64) error {
 			t.Stop()
 			r.Cancel()
 		}
+	}
+	return nil
+}
+
+// charge counts n bytes against the rate cap without waiting: a checksum
+// chunk knows what it sends only under its range lock, where it must not
+// wait for tokens (application writes to the range would wait with it).
+// The next chunk waits until they are paid.
+func (e *Engine) charge(n int64) {
+	e.mu.Lock()
+	lim := e.limiter
+	e.mu.Unlock()
+	if lim == nil {
+		return
+	}
+	for n > 0 {
+		step := min(n, int64(lim.Burst()))
+		lim.ReserveN(time.Now(), int(step))
+		n -= step
 	}
 }
 
@@ -395,7 +417,13 @@ func (e *Engine) chunk(ctx context.Context, off, n int64) error {
 	if err != nil {
 		return err
 	}
-	if err := e.throttle(ctx, n); err != nil {
+	// Checksum mode sends only what differs: the rate cap counts that
+	// (charge), not the chunk, and here waits for what was sent.
+	want := n
+	if e.cfg.Csums != "" {
+		want = 0
+	}
+	if err := e.throttle(ctx, want); err != nil {
 		e.release(nil)
 		return err
 	}
@@ -444,6 +472,7 @@ func (e *Engine) csumChunk(off int64, buf []byte) (int64, error) {
 	}
 	if !ok {
 		// The peer cannot digest (older protocol): plain resync.
+		e.charge(n)
 		return n, e.sendSync(off, buf)
 	}
 	if string(sum) == string(e.digest(buf)) {
@@ -460,6 +489,7 @@ func (e *Engine) csumChunk(off int64, buf []byte) (int64, error) {
 		if string(sum) == string(e.digest(blk)) {
 			continue
 		}
+		e.charge(int64(len(blk)))
 		if err := e.sendSync(off+b, blk); err != nil {
 			return sent, err
 		}
