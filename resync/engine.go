@@ -33,7 +33,8 @@
 // application I/O keeps priority: a controller halves the window when the
 // application's write latency exceeds Config.LatencyTarget and grows it by
 // one chunk per good interval (AIMD). Config.Rate caps the bytes per second
-// with a token bucket.
+// with a token bucket; in checksum mode it counts the blocks sent, not the
+// chunks compared. [Engine.SetLimits] changes the three while it runs.
 package resync
 
 import (
