@@ -825,7 +825,13 @@ func (m *Machine) syncDone(e EvSyncDone) []Action {
 		m.setFlag(FlagWasUpToDate, true)
 		m.setFlag(FlagOutdated, false)
 		m.setFlag(FlagCrashedPrimary, false)
-		return []Action{ActStopResync{}, m.persist(), ActSendState{}, ActRunHook{Name: "after-resync-target"}}
+		// Every block the source resynced is durable here now, also
+		// those a checksum resync found equal and never sent (and so
+		// never cleared at a ResyncFlush): without this the target would
+		// show them out of sync, and resync them again at the next
+		// reconnect. A sync target is never Primary: no bit of its own
+		// is set meanwhile.
+		return []Action{ActStopResync{}, m.persist(), ActClearAllBits{}, ActSendState{}, ActRunHook{Name: "after-resync-target"}}
 	}
 	return nil
 }

@@ -470,6 +470,13 @@ func (r *Resource) Apply(ctx context.Context, cfg config.Resource) error {
 		r.m.SetAfterSB(cfg.Net.AfterSB)
 		r.m.SetFencing(cfg.Net.Fencing)
 		r.m.SetSuspendNoData(cfg.Disk.OnNoDataAccessible == config.OnNoDataSuspendIO)
+		if e := r.engine.Load(); e != nil {
+			// The running resync picks up the new speed settings
+			// (configuration.md); a later one reads them at its start.
+			if err := e.SetLimits(resync.Limits{Rate: cfg.Resync.Rate, Window: int(cfg.Resync.Window), LatencyTarget: cfg.Resync.LatencyTarget}); err != nil {
+				r.log.Warn("resync settings not applied to the running resync", zap.Error(err))
+			}
+		}
 		if cfg.Local.NBDListen != old.Local.NBDListen {
 			// The kernel devices the watch reattaches name the export's
 			// address: publishStatus starts it again on a Primary, for

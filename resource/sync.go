@@ -119,6 +119,10 @@ func (r *Resource) startSync(source, full bool) {
 	ecfg.Rate = cfg.Resync.Rate
 	ecfg.Csums = string(cfg.Resync.Csums)
 	ecfg.BlockSize = r.bm.BlockSize()
+	// A chunk holds whole bitmap blocks, or its durability point could
+	// clear none of them (the meta-data allows blocks above the default
+	// chunk size, up to 1 MiB).
+	ecfg.ChunkSize = max(ecfg.ChunkSize, ecfg.BlockSize)
 	ecfg.LatencyTarget = cfg.Resync.LatencyTarget
 	ecfg.FlushEvery = max(ecfg.ChunkSize, min(ecfg.FlushEvery, r.size.Load()/64))
 	ecfg.Logger = r.log.Named("resync")

@@ -24,6 +24,8 @@ import (
 // next reconnect. Each chunk holds its range in the range lock while the
 // two digests are taken, so an application write cannot fall between them.
 
+// verifyChunk is the range one pair of digests covers, at least one
+// bitmap block.
 const verifyChunk = 256 << 10
 
 // verifyState is a running verify.
@@ -122,8 +124,11 @@ func (r *Resource) runVerify(ctx context.Context, v *verifyState, link *replicat
 	var wg sync.WaitGroup
 	var firstErr atomic.Pointer[error]
 	fail := func(err error) { firstErr.CompareAndSwap(nil, &err) }
-	for off := v.start; off < v.stop && ctx.Err() == nil && firstErr.Load() == nil; off += verifyChunk {
-		n := min(int64(verifyChunk), v.stop-off)
+	// Whole bitmap blocks per chunk (they may be larger than verifyChunk):
+	// a differing block is compared, marked and counted once, as a whole.
+	chunk := max(int64(verifyChunk), r.bm.BlockSize())
+	for off := v.start; off < v.stop && ctx.Err() == nil && firstErr.Load() == nil; off += chunk {
+		n := min(chunk, v.stop-off)
 		select {
 		case window <- struct{}{}:
 		case <-ctx.Done():

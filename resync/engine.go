@@ -33,7 +33,8 @@
 // application I/O keeps priority: a controller halves the window when the
 // application's write latency exceeds Config.LatencyTarget and grows it by
 // one chunk per good interval (AIMD). Config.Rate caps the bytes per second
-// with a token bucket.
+// with a token bucket; in checksum mode it counts the blocks sent, not the
+// chunks compared. [Engine.SetLimits] changes the three while it runs.
 package resync
 
 import (
@@ -162,7 +163,14 @@ type Engine struct {
 	tr   Transport
 	log  *zap.Logger
 
-	limiter *rate.Limiter
+	// limiter caps the rate (nil: no cap); limChanged closes when
+	// SetLimits replaced it, so that a chunk waiting for tokens at the
+	// old rate waits again at the new one. Both under mu.
+	limiter    *rate.Limiter
+	limChanged chan struct{}
+	// latencyTarget is cfg.LatencyTarget, which SetLimits changes; read
+	// without mu on every application write.
+	latencyTarget atomic.Int64
 
 	total, done, sent, equal atomic.Int64
 	pausedFlag               atomic.Bool
@@ -205,11 +213,106 @@ func New(cfg Config, src Source, bm Bitmap, lock *rangelock.Locker, tr Transport
 	e := &Engine{cfg: cfg, src: src, bm: bm, lock: lock, tr: tr, log: cfg.Logger, window: cfg.Window}
 	e.total.Store(bm.DirtyBytes()) // Progress before Run shows what is to do
 	e.cond = sync.NewCond(&e.mu)
-	if cfg.Rate > 0 {
-		burst := int(max(cfg.Rate/10, uint64(cfg.ChunkSize)))
-		e.limiter = rate.NewLimiter(rate.Limit(cfg.Rate), burst)
-	}
+	e.latencyTarget.Store(int64(cfg.LatencyTarget))
+	e.limiter, e.limChanged = e.newLimiter(cfg.Rate), make(chan struct{})
 	return e, nil
+}
+
+func (e *Engine) newLimiter(r uint64) *rate.Limiter {
+	if r == 0 {
+		return nil
+	}
+	burst := int(max(r/10, uint64(e.cfg.ChunkSize)))
+	return rate.NewLimiter(rate.Limit(r), burst)
+}
+
+// Limits are the settings a running resync picks up (SetLimits): the
+// Config fields of the same names.
+type Limits struct {
+	Rate          uint64
+	Window        int
+	LatencyTarget time.Duration
+}
+
+// SetLimits changes the rate cap, the window and the latency target of
+// the engine, running or not. A chunk that waits for the old rate's
+// tokens waits again at the new rate.
+func (e *Engine) SetLimits(l Limits) error {
+	if l.Window < 1 || l.Window > 1024 {
+		return fmt.Errorf("resync: window %d out of 1..1024", l.Window)
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if l.Rate != e.cfg.Rate {
+		e.cfg.Rate = l.Rate
+		e.limiter = e.newLimiter(l.Rate)
+		close(e.limChanged)
+		e.limChanged = make(chan struct{})
+	}
+	newTarget := l.LatencyTarget != e.cfg.LatencyTarget
+	e.cfg.Window = l.Window
+	e.cfg.LatencyTarget = l.LatencyTarget
+	e.latencyTarget.Store(int64(l.LatencyTarget))
+	if l.LatencyTarget <= 0 || newTarget || e.window > l.Window {
+		// Without the controller the window is the configured one; a
+		// new target starts the controller over; under an unchanged
+		// one, the window grows to a larger maximum by itself.
+		e.window = l.Window
+	}
+	e.cond.Broadcast()
+	return nil
+}
+
+// throttle waits until the rate cap lets n more bytes go; with n 0,
+// until what charge took on credit is paid.
+func (e *Engine) throttle(ctx context.Context, n int64) error {
+	for first := true; first || n > 0; first = false {
+		e.mu.Lock()
+		lim, changed := e.limiter, e.limChanged
+		e.mu.Unlock()
+		if lim == nil {
+			return nil
+		}
+		now := time.Now()
+		step := min(n, int64(lim.Burst()))
+		r := lim.ReserveN(now, int(step))
+		d := r.DelayFrom(now)
+		if d == 0 {
+			n -= step
+			continue
+		}
+		t := time.NewTimer(d)
+		select {
+		case <-t.C:
+			n -= step
+		case <-ctx.Done():
+			t.Stop()
+			r.Cancel()
+			return ctx.Err()
+		case <-changed:
+			t.Stop()
+			r.Cancel()
+		}
+	}
+	return nil
+}
+
+// charge counts n bytes against the rate cap without waiting: a checksum
+// chunk knows what it sends only under its range lock, where it must not
+// wait for tokens (application writes to the range would wait with it).
+// The next chunk waits until they are paid.
+func (e *Engine) charge(n int64) {
+	e.mu.Lock()
+	lim := e.limiter
+	e.mu.Unlock()
+	if lim == nil {
+		return
+	}
+	for n > 0 {
+		step := min(n, int64(lim.Burst()))
+		lim.ReserveN(time.Now(), int(step))
+		n -= step
+	}
 }
 
 // Run resyncs until the bitmap is clean (nil), ctx ends, Stop is called, or
@@ -315,11 +418,15 @@ func (e *Engine) chunk(ctx context.Context, off, n int64) error {
 	if err != nil {
 		return err
 	}
-	if e.limiter != nil {
-		if err := e.limiter.WaitN(ctx, int(min(n, int64(e.limiter.Burst())))); err != nil {
-			e.release(nil)
-			return err
-		}
+	// Checksum mode sends only what differs: the rate cap counts that
+	// (charge), not the chunk, and here waits for what was sent.
+	want := n
+	if e.cfg.Csums != "" {
+		want = 0
+	}
+	if err := e.throttle(ctx, want); err != nil {
+		e.release(nil)
+		return err
 	}
 	h, err := e.lock.LockContext(ctx, off, n)
 	if err != nil {
@@ -366,6 +473,7 @@ func (e *Engine) csumChunk(off int64, buf []byte) (int64, error) {
 	}
 	if !ok {
 		// The peer cannot digest (older protocol): plain resync.
+		e.charge(n)
 		return n, e.sendSync(off, buf)
 	}
 	if string(sum) == string(e.digest(buf)) {
@@ -382,6 +490,7 @@ func (e *Engine) csumChunk(off int64, buf []byte) (int64, error) {
 		if string(sum) == string(e.digest(blk)) {
 			continue
 		}
+		e.charge(int64(len(blk)))
 		if err := e.sendSync(off+b, blk); err != nil {
 			return sent, err
 		}
@@ -540,11 +649,14 @@ func (e *Engine) Resume() {
 
 // ObserveLatency feeds the controller one application write latency.
 func (e *Engine) ObserveLatency(d time.Duration) {
-	if e.cfg.LatencyTarget <= 0 {
+	if e.latencyTarget.Load() <= 0 {
 		return
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	if e.cfg.LatencyTarget <= 0 {
+		return // turned off meanwhile
+	}
 	if d > e.cfg.LatencyTarget {
 		e.window = max(1, e.window/2)
 	} else if e.window < e.cfg.Window {

@@ -377,3 +377,100 @@ func TestResyncDirtiedAfterAck(t *testing.T) {
 		t.Fatalf("%d bytes still dirty", bm.DirtyBytes())
 	}
 }
+
+// A rate changed while the resync runs applies at once, also to the chunk
+// that already waits for the old rate's tokens; a huge rate is no cap.
+func TestSetLimitsWhileRunning(t *testing.T) {
+	const size = 1 << 20
+	src, dst, bm := setup(t, size, func(bm *bitmap.Bitmap, src, dst *memDisk) { bm.SetAll() })
+	cfg := DefaultConfig()
+	cfg.ChunkSize = 64 << 10
+	cfg.FlushEvery = 256 << 10
+	cfg.Rate = 4096 // after the first chunk's burst: 16 s per chunk
+	tr := &memTransport{target: dst}
+	e, err := New(cfg, src, bm, &rangelock.Locker{}, tr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res := make(chan error, 1)
+	go func() { res <- e.Run(context.Background()) }()
+	deadline := time.Now().Add(10 * time.Second)
+	for tr.sent.Load() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the first chunk was never sent")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if err := e.SetLimits(Limits{Rate: 1 << 62, Window: 4}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-res:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("still at the old rate after SetLimits: %d of %d bytes sent", tr.sent.Load(), size)
+	}
+	tr.wg.Wait()
+	if !bytes.Equal(src.b, dst.b) || bm.DirtyBytes() != 0 {
+		t.Fatal("not in sync after the run")
+	}
+	if err := e.SetLimits(Limits{Window: 0}); err == nil {
+		t.Fatal("window 0 accepted")
+	}
+}
+
+// The rate cap counts what travels: a checksum resync that finds its
+// chunks equal sends only digests and is not held to the rate as if it
+// sent them (its point is the first sync after a crash, where most of
+// the activity log's blocks are equal); the blocks it does send are.
+func TestRateCapChecksums(t *testing.T) {
+	const size = 4 << 20
+	src, dst, bm := setup(t, size, func(bm *bitmap.Bitmap, src, dst *memDisk) {
+		r := rand.New(rand.NewPCG(7, 8))
+		randomize(r, src.b)
+		copy(dst.b, src.b)
+		bm.SetAll()
+	})
+	cfg := DefaultConfig()
+	cfg.ChunkSize = 64 << 10
+	cfg.Csums = "crc32c"
+	cfg.Rate = 128 << 10 // 4 MiB equal: 32 s if the equal chunks counted
+	tr := &memTransport{target: dst}
+	e, err := New(cfg, src, bm, &rangelock.Locker{}, tr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := e.Run(ctx); err != nil {
+		t.Fatalf("equal chunks held to the rate: %v after %d of %d bytes", err, e.Progress().Done, size)
+	}
+	tr.wg.Wait()
+	if tr.sent.Load() != 0 || bm.DirtyBytes() != 0 {
+		t.Fatalf("sent %d, %d dirty", tr.sent.Load(), bm.DirtyBytes())
+	}
+
+	// Now 1 MiB differs: the blocks sent are held to the rate.
+	r := rand.New(rand.NewPCG(9, 10))
+	randomize(r, src.b[:1<<20])
+	bm.SetAll()
+	cfg.Rate = 4 << 20 // burst 410 KiB
+	e, err = New(cfg, src, bm, &rangelock.Locker{}, tr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if err := e.Run(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	tr.wg.Wait()
+	if !bytes.Equal(src.b, dst.b) {
+		t.Fatal("target differs")
+	}
+	// The limiter's arithmetic: (1 MiB - burst - the last chunk) at 4 MiB/s.
+	if el := time.Since(start); el < 100*time.Millisecond {
+		t.Fatalf("1 MiB sent at 4 MiB/s in %v", el)
+	}
+}

@@ -1,0 +1,187 @@
+package resource
+
+import (
+	"bytes"
+	"context"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/rbd-nbd/rbd-nbd/disk"
+	"github.com/rbd-nbd/rbd-nbd/metadata"
+)
+
+// A checksum-based resync that finds the blocks equal sends nothing, so
+// the target never writes them; the target must still end with a clean
+// bitmap, or it shows them out of sync (and resyncs them at the next
+// reconnect) although both copies are equal.
+func TestCsumResyncClearsTargetBitmap(t *testing.T) {
+	c := newPair(t, "resync:\n  csums: crc32c\n", "")
+	const same, diff = 1 << 20, 3 << 20
+	if err := c.a.WriteAt(fill(0x11, 4096), same, false); err != nil {
+		t.Fatal(err)
+	}
+	c.proxy.setRefuse(true)
+	c.proxy.cut()
+	c.wait(c.a, "link lost", func(s Status) bool { return s.Conn != ConnConnected })
+	// Rewritten with the data b already has: a checksum hit.
+	if err := c.a.WriteAt(fill(0x11, 4096), same, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.a.WriteAt(fill(0x22, 4096), diff, false); err != nil {
+		t.Fatal(err)
+	}
+	c.proxy.setRefuse(false)
+	c.settled()
+	c.compareBlocks(same, diff)
+	if s := c.b.Status(); s.OutOfSync != 0 {
+		t.Fatalf("the target is UpToDate and Connected with %d bytes out of sync", s.OutOfSync)
+	}
+	if !bytes.Equal(c.peerData(diff, 4096), fill(0x22, 4096)) {
+		t.Fatal("the differing block did not reach b")
+	}
+}
+
+// adjust changes resync.rate while a resync runs: the running resync
+// picks it up (configuration.md), it does not keep the rate it started
+// with until its end.
+func TestAdjustRateAppliesToRunningResync(t *testing.T) {
+	c := newPair(t, "resync:\n  rate: 1\n", "")
+	c.proxy.setRefuse(true)
+	c.proxy.cut()
+	c.wait(c.a, "link lost", func(s Status) bool { return s.Conn != ConnConnected })
+	const n = 2 << 20
+	if err := c.a.WriteAt(fill(0x33, n), 0, false); err != nil {
+		t.Fatal(err)
+	}
+	c.proxy.setRefuse(false)
+	// At 1 B/s the resync sends its first chunk (the burst) and stalls.
+	c.wait(c.a, "resync runs", func(s Status) bool { return s.Conn == ConnSyncSource && s.ResyncDone > 0 })
+	cfg := c.a.cfg()
+	cfg.Resync.Rate = 0
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := c.a.Apply(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	if s, ok := waitStatus(c.a, 20*time.Second, func(s Status) bool { return s.Conn == ConnConnected && s.OutOfSync == 0 }); !ok {
+		t.Fatalf("the resync still runs at the old rate after adjust: %d of %d bytes", s.ResyncDone, s.ResyncTotal)
+	}
+	if !bytes.Equal(c.peerData(0, n), fill(0x33, n)) {
+		t.Fatal("b lacks the resynced data")
+	}
+}
+
+// A disk whose size is no multiple of the bitmap's block size (64 KiB
+// here): its last, partial block is resynced (plain and by checksum) and
+// verified.
+func TestPartialLastBlockResyncAndVerify(t *testing.T) {
+	for _, csums := range []string{"", "crc32c"} {
+		t.Run("csums="+csums, func(t *testing.T) {
+			dir := t.TempDir()
+			const size, bb = 16<<20 + 8192, 64 << 10
+			const partial = size % bb
+			extra := ""
+			if csums != "" {
+				extra = "resync:\n  csums: " + csums + "\n"
+			}
+			c := newPairBlock(t, dir, size, bb, extra)
+			if got, gotBB := c.a.size.Load(), c.a.bm.BlockSize(); got != size || gotBB != bb {
+				t.Fatalf("size %d, block %d; want %d, %d", got, gotBB, size, bb)
+			}
+			last := int64(size - partial)
+			c.proxy.setRefuse(true)
+			c.proxy.cut()
+			c.wait(c.a, "link lost", func(s Status) bool { return s.Conn != ConnConnected })
+			if err := c.a.WriteAt(fill(0x44, partial), last, false); err != nil {
+				t.Fatal(err)
+			}
+			c.proxy.setRefuse(false)
+			c.settled()
+			if !bytes.Equal(c.peerData(last, partial), fill(0x44, partial)) {
+				t.Fatal("the last partial block was not resynced")
+			}
+			if s := c.b.Status(); s.OutOfSync != 0 {
+				t.Fatalf("b: %d bytes out of sync", s.OutOfSync)
+			}
+			// Verify finds a difference in the partial block.
+			if _, err := c.db.Device.WriteAt(fill(0x55, 512), size-1024); err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			if err := c.a.Verify(ctx, 0, 0); err != nil {
+				t.Fatal(err)
+			}
+			s := c.wait(c.a, "verify done", func(s Status) bool { return s.Verify != VerifyRunning && s.Verify != VerifyNone })
+			if s.Verify != VerifyDone || s.VerifyFound != partial || s.OutOfSync != partial {
+				t.Fatalf("verify: %v found %d, out of sync %d; want Done, %d", s.Verify, s.VerifyFound, s.OutOfSync, partial)
+			}
+		})
+	}
+}
+
+// newPairBlock is newPair on disks of size bytes (external meta-data)
+// whose bitmaps have bb-byte blocks.
+func newPairBlock(t *testing.T, dir string, size, bb int64, extra string) *pair {
+	t.Helper()
+	na := pairDisk{img: filepath.Join(dir, "a.img"), meta: filepath.Join(dir, "a.md")}
+	nb := pairDisk{img: filepath.Join(dir, "b.img"), meta: filepath.Join(dir, "b.md")}
+	for i, n := range []pairDisk{na, nb} {
+		makePairDisk(t, n, size, uint32(i), 0)
+		dev, err := disk.Open(n.meta, disk.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = metadata.Create(dev, dev.Size(), false, metadata.CreateOptions{NodeID: uint32(i), DataSize: size, BitmapBlock: bb, Force: true})
+		dev.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	c := startPairOn(t, dir, na, nb, extra, "")
+	t.Cleanup(c.stopBoth)
+	c.primaryA()
+	return c
+}
+
+// Bitmap blocks larger than the resync's 512 KiB chunks (the meta-data
+// allows up to 1 MiB): the resync runs (it did not start: the engine
+// refused a block size above its chunk size, and the pair stayed
+// SyncSource/SyncTarget for good), and verify reports the bytes it
+// marked, whole blocks.
+func TestResyncAndVerifyWithLargeBitmapBlocks(t *testing.T) {
+	const size, bb = 16 << 20, 1 << 20
+	c := newPairBlock(t, t.TempDir(), size, bb, "")
+	c.proxy.setRefuse(true)
+	c.proxy.cut()
+	c.wait(c.a, "link lost", func(s Status) bool { return s.Conn != ConnConnected })
+	const off = 3<<20 + 4096
+	if err := c.a.WriteAt(fill(0x66, 4096), off, false); err != nil {
+		t.Fatal(err)
+	}
+	c.proxy.setRefuse(false)
+	if s, ok := waitStatus(c.a, 20*time.Second, func(s Status) bool { return s.Conn == ConnConnected && s.OutOfSync == 0 }); !ok {
+		t.Fatalf("the resync did not finish: %+v", s)
+	}
+	c.settled()
+	if !bytes.Equal(c.peerData(off, 4096), fill(0x66, 4096)) {
+		t.Fatal("the block was not resynced")
+	}
+
+	// Two differing 4 KiB pieces in one 1 MiB block: one block marked.
+	for _, o := range []int64{5 << 20, 5<<20 + 512<<10} {
+		if _, err := c.db.Device.WriteAt(fill(0x55, 4096), o); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := c.a.Verify(ctx, 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	s := c.wait(c.a, "verify done", func(s Status) bool { return s.Verify != VerifyRunning && s.Verify != VerifyNone })
+	if s.Verify != VerifyDone || s.VerifyFound != bb || s.OutOfSync != bb {
+		t.Fatalf("verify: %v found %d, out of sync %d; want Done, %d (one block)", s.Verify, s.VerifyFound, s.OutOfSync, bb)
+	}
+}
