@@ -3,12 +3,14 @@ package resource
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"os"
 	"path/filepath"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -274,7 +276,25 @@ const fastTimeout = "  timeout: 2s\n"
 // (id 1) on the given disks; it does not wait for anything. extra is
 // resource-file text after the net section (indented keys extend it);
 // extraB, when set, replaces it for node b.
+//
+// The ports come from freePort, so another process may take one before a
+// node listens on it (an outgoing connection's source port, say): a start
+// that finds its port in use is tried again on other ports.
 func startPairOn(t *testing.T, dir string, na, nb pairDisk, extra, extraB string) *pair {
+	t.Helper()
+	for attempt := 1; ; attempt++ {
+		c, err := tryStartPairOn(t, dir, na, nb, extra, extraB)
+		if err == nil {
+			return c
+		}
+		if !errors.Is(err, syscall.EADDRINUSE) || attempt == 5 {
+			t.Fatal(err)
+		}
+		t.Logf("attempt %d: %v; trying other ports", attempt, err)
+	}
+}
+
+func tryStartPairOn(t *testing.T, dir string, na, nb pairDisk, extra, extraB string) (*pair, error) {
 	t.Helper()
 	pa, pb := freePort(t), freePort(t)
 	proxy := startRelay(t, fmt.Sprintf("127.0.0.1:%d", pb))
@@ -325,12 +345,15 @@ net:
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	if err := c.b.Start(ctx); err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	if err := c.a.Start(ctx); err != nil {
-		t.Fatal(err)
+		if serr := c.b.Stop(ctx); serr != nil {
+			t.Logf("stop: %v", serr)
+		}
+		return nil, err
 	}
-	return c
+	return c, nil
 }
 
 // stopBoth takes both nodes down, releasing what the hooks hold.
@@ -457,4 +480,38 @@ func (c *pair) settled() {
 		return s.Conn == ConnConnected && s.PeerDisk == DiskUpToDate && s.OutOfSync == 0
 	})
 	c.wait(c.b, "b in sync", func(s Status) bool { return s.Conn == ConnConnected && s.Disk == DiskUpToDate })
+}
+
+// The retry in startPairOn relies on a start on a port in use failing
+// with an error that unwraps to EADDRINUSE.
+func TestStartOnPortInUseIsEADDRINUSE(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	dir := t.TempDir()
+	n := pairDisk{img: filepath.Join(dir, "b.img")}
+	makePairDisk(t, n, 16<<20, 1, 0)
+	// Node b (the higher id) listens; a dials.
+	y := fmt.Sprintf("resource: r0\nnodes:\n  - {name: a, node-id: 0, address: 127.0.0.1:1, disk: a.img}\n  - {name: b, node-id: 1, address: %q, disk: %s}\n", ln.Addr().String(), n.img)
+	f, err := config.ParseFile([]byte(y), dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := f.Node("b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := New(cfg, Options{Logger: zap.NewNop()})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	err = r.Start(ctx)
+	if err == nil {
+		r.Stop(ctx)
+		t.Fatal("started on an address in use")
+	}
+	if !errors.Is(err, syscall.EADDRINUSE) {
+		t.Fatalf("start on an address in use: %v, not EADDRINUSE", err)
+	}
 }
