@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"os"
 	"path/filepath"
@@ -212,13 +213,22 @@ type pair struct {
 	proxy  *relay
 }
 
+// freePort returns a port that is free on 127.0.0.1 now, picked at random
+// below Linux's default ephemeral range (32768-60999), where outgoing
+// connections take their source ports: a port the kernel picks for
+// "port 0" is in that range, and a connection of another test process
+// could take it before the node listens on it.
 func freePort(t *testing.T) int {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	for range 100 {
+		port := 10000 + rand.IntN(32768-10000)
+		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err == nil {
+			ln.Close()
+			return port
+		}
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	t.Fatal("no free port below 32768 in 100 tries")
+	return 0
 }
 
 // pairDisk is one node's backing image and, for external meta-data, its
@@ -277,9 +287,9 @@ const fastTimeout = "  timeout: 2s\n"
 // resource-file text after the net section (indented keys extend it);
 // extraB, when set, replaces it for node b.
 //
-// The ports come from freePort, so another process may take one before a
-// node listens on it (an outgoing connection's source port, say): a start
-// that finds its port in use is tried again on other ports.
+// The ports come from freePort, so another process may still take one
+// before a node listens on it: a start that finds its port in use is tried
+// again on other ports.
 func startPairOn(t *testing.T, dir string, na, nb pairDisk, extra, extraB string) *pair {
 	t.Helper()
 	for attempt := 1; ; attempt++ {
