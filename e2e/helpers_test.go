@@ -12,6 +12,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -148,16 +149,24 @@ func FreePort(t testing.TB) int {
 
 // FreePorts returns n distinct free ports: all are held open until the
 // last is found, since a port just closed may well be handed out again.
+// They are picked at random below Linux's default ephemeral range
+// (32768-60999): a port the kernel picks for "port 0" lies in that range,
+// where any process's outgoing connection may take it as its source port
+// before the daemon listens on it (tests of other packages run meanwhile).
 func FreePorts(t testing.TB, n int) []int {
 	t.Helper()
-	ports := make([]int, n)
-	for i := range ports {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
+	ports := make([]int, 0, n)
+	for tries := 0; len(ports) < n; tries++ {
+		if tries == 100*n {
+			t.Fatalf("no %d free ports below 32768 in %d tries", n, tries)
+		}
+		port := 10000 + rand.IntN(32768-10000)
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
 		if err != nil {
-			t.Fatal(err)
+			continue // in use, or held already by this call
 		}
 		defer l.Close()
-		ports[i] = l.Addr().(*net.TCPAddr).Port
+		ports = append(ports, port)
 	}
 	return ports
 }
