@@ -145,7 +145,8 @@ func TestFileErrors(t *testing.T) {
 		{"one node", "resource: r0\nnodes:\n  - {name: a, disk: x}\n", "exactly two"},
 		{"bad protocol", base + "net: {protocol: D}\n", "net.protocol"},
 		{"bad duration", base + "net: {ping-interval: fast}\n", "line 5: cannot unmarshal !!str `fast` into time.Duration"},
-		{"bad size", base + "resync: {rate: 10Q}\n", "size"},
+		{"bad size", base + "resync: {rate: 10Q}\n", "line 5: size"},
+		{"bad size in net", base + "net:\n  protocol: C\n  max-in-flight-bytes: 64X\n", `line 7: size "64X"`},
 		{"al range", base + "disk: {al-extents: 3}\n", "disk.al-extents"},
 		{"same ids", strings.Replace(base, "node-id: 1", "node-id: 0", 1), "peer.node-id"},
 		{"bad after-sb", base + "net: {after-sb: merge}\n", "net.after-sb"},
@@ -205,7 +206,8 @@ func TestParseSize(t *testing.T) {
 			t.Errorf("ParseSize(%q) = %d, %v; want %d", in, got, err, want)
 		}
 	}
-	for _, in := range []string{"", "M", "-1", "1X", "99999999999999999999T"} {
+	// "i" is part of a unit ("Ki"), never a unit of its own.
+	for _, in := range []string{"", "M", "-1", "1X", "99999999999999999999T", "1i", "64iB", "Ki", "16384P", "17179869184G"} {
 		if _, err := ParseSize(in); err == nil {
 			t.Errorf("ParseSize(%q) accepted", in)
 		}

@@ -36,7 +36,10 @@ type Size uint64
 // ParseSize parses a Size.
 func ParseSize(s string) (uint64, error) {
 	t := strings.TrimSpace(s)
-	t = strings.TrimSuffix(strings.TrimSuffix(t, "B"), "i")
+	t = strings.TrimSuffix(t, "B")
+	// "i" only after a unit ("4Ki"): on its own it is no unit at all.
+	iec := strings.HasSuffix(t, "i")
+	t = strings.TrimSuffix(t, "i")
 	mult := uint64(1)
 	if n := len(t); n > 0 {
 		switch t[n-1] {
@@ -54,7 +57,7 @@ func ParseSize(s string) (uint64, error) {
 		}
 	}
 	v, err := strconv.ParseUint(t, 10, 64)
-	if err != nil {
+	if err != nil || iec && mult == 1 {
 		return 0, fmt.Errorf("size %q: want a number with an optional K, M, G or T suffix", s)
 	}
 	if v > ^uint64(0)/mult {
@@ -67,7 +70,9 @@ func ParseSize(s string) (uint64, error) {
 func (s *Size) UnmarshalYAML(n *yaml.Node) error {
 	v, err := ParseSize(n.Value)
 	if err != nil {
-		return err
+		// Like the decoder's own errors: the error alone does not say
+		// which of the file's sizes is wrong.
+		return fmt.Errorf("line %d: %w", n.Line, err)
 	}
 	*s = Size(v)
 	return nil
