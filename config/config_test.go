@@ -150,6 +150,13 @@ func TestFileErrors(t *testing.T) {
 		{"al range", base + "disk: {al-extents: 3}\n", "disk.al-extents"},
 		{"same ids", strings.Replace(base, "node-id: 1", "node-id: 0", 1), "peer.node-id"},
 		{"bad after-sb", base + "net: {after-sb: merge}\n", "net.after-sb"},
+		// The file always has both nodes: they must differ even when the
+		// peer has no address (node b's node-id left out is 0, as a's).
+		{"same ids, peer without address", strings.Replace(base, "{name: b, node-id: 1, address: 127.0.0.1:2,", "{name: b,", 1), `invalid peer.node-id "0"`},
+		{"same address", strings.Replace(base, "127.0.0.1:2", "127.0.0.1:1", 1), `invalid peer.address "127.0.0.1:1"`},
+		{"handler name typo", base + "handlers:\n  fence_peer: /bin/fence\n", `invalid handlers "fence_peer"`},
+		{"handler name typo in commands", base + "handlers:\n  commands: {Fence-Peer: /bin/fence}\n", `invalid handlers "Fence-Peer"`},
+		{"handler twice", base + "handlers:\n  fence-peer: /bin/a\n  commands: {fence-peer: /bin/b}\n", `invalid handlers "fence-peer" (allowed: each handler once`},
 		{"tls cert without key", tlsNode("{cert: c.pem}"), "resource.nbd-tls-key"},
 		{"tls key without cert", tlsNode("{key: k.pem}"), "resource.nbd-tls-cert"},
 		{"tls mode without cert", tlsNode("{mode: on}"), "resource.nbd-tls-mode"},
@@ -197,6 +204,14 @@ func TestHandlersForms(t *testing.T) {
 	}
 	if r.Handlers.Timeout != 5*time.Second {
 		t.Fatalf("timeout %v", r.Handlers.Timeout)
+	}
+	// A handler name this release does not know may come from a newer one.
+	f, err = ParseFile([]byte(strings.Replace(y, "timeout: 5s", "some-future-handler: /bin/x", 1)), "/etc/rbd")
+	if err == nil {
+		r, err = f.Node("a")
+	}
+	if err != nil || r.Handlers.Commands["some-future-handler"] == nil {
+		t.Fatalf("unknown handler name: %v, %v", r.Handlers.Commands, err)
 	}
 }
 

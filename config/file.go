@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -212,6 +214,12 @@ func (f *File) Node(node string) (Resource, error) {
 		names := []string{f.Nodes[0].Name, f.Nodes[1].Name}
 		return Resource{}, fmt.Errorf("%w: %q (the file has %s; use --node)", ErrNodeNotFound, node, strings.Join(names, ", "))
 	}
+	if err := f.checkNodes(li); err != nil {
+		return Resource{}, err
+	}
+	if err := f.Handlers.check(); err != nil {
+		return Resource{}, err
+	}
 	r := Resource{
 		Name:  f.Name,
 		Local: f.Nodes[li],
@@ -253,6 +261,60 @@ func (f *File) Node(node string) (Resource, error) {
 		return Resource{}, err
 	}
 	return r, nil
+}
+
+// checkNodes checks what only the file can: that its two nodes differ.
+// Resource.Validate compares the node ids only when the peer has an
+// address (a resource configured over the control protocol may have no
+// peer yet), but the file always describes both nodes, and two nodes with
+// one id, or one address, never work: a node that dials the shared address
+// reaches itself.
+func (f *File) checkNodes(local int) error {
+	l, p := f.Nodes[local], f.Nodes[1-local]
+	switch {
+	case l.ID == p.ID:
+		return &FieldError{Path: "peer.node-id", Value: fmt.Sprint(p.ID), Allowed: fmt.Sprintf("an id other than node %s's (each node needs its own node-id)", l.Name)}
+	case l.Address != "" && l.Address == p.Address:
+		return &FieldError{Path: "peer.address", Value: p.Address, Allowed: fmt.Sprintf("an address other than node %s's", l.Name)}
+	}
+	return nil
+}
+
+// check refuses handler entries that cannot be meant: a key that is no
+// handler name in any release (handler names are 1 to 64 characters of
+// a-z, 0-9 and '-', not starting with '-'; "fence_peer" is a typo that
+// would leave fencing silently unconfigured), and a handler configured
+// both directly under handlers and under handlers.commands. Valid names
+// this release does not know are accepted: the file may be written for a
+// newer release.
+func (h fileHandlers) check() error {
+	for _, m := range []map[string]words{h.Inline, h.Commands} {
+		for _, name := range slices.Sorted(maps.Keys(m)) {
+			if !validHandlerName(name) {
+				return &FieldError{Path: "handlers", Value: name, Allowed: "a handler name (a-z, 0-9 and '-', e.g. fence-peer), dispatcher, commands or timeout"}
+			}
+		}
+	}
+	for _, name := range slices.Sorted(maps.Keys(h.Inline)) {
+		if _, ok := h.Commands[name]; ok {
+			return &FieldError{Path: "handlers", Value: name, Allowed: "each handler once, under handlers or under handlers.commands"}
+		}
+	}
+	return nil
+}
+
+// validHandlerName is hooks.Name.Valid (hooks imports this package).
+func validHandlerName(n string) bool {
+	if len(n) == 0 || len(n) > 64 || n[0] == '-' {
+		return false
+	}
+	for i := 0; i < len(n); i++ {
+		c := n[i]
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-') {
+			return false
+		}
+	}
+	return true
 }
 
 func (f *File) resolve(p string) string {
