@@ -325,7 +325,7 @@ func (r *Runner) exec(ctx context.Context, timeout time.Duration, res *Result, e
 		if runCtx.Err() != nil {
 			fail(OutcomeCanceled, context.Cause(runCtx))
 		} else {
-			fail(OutcomeStartFailed, fmt.Errorf("%w: %w", ErrStart, err))
+			fail(OutcomeStartFailed, fmt.Errorf("%w: %w", ErrStart, startHint(path, err)))
 		}
 		return
 	}
@@ -347,6 +347,20 @@ func (r *Runner) exec(ctx context.Context, timeout time.Duration, res *Result, e
 	default:
 		fail(OutcomeSignaled, err)
 	}
+}
+
+// startHint explains a start failure that the kernel's error alone does
+// not: execve answers ENOENT for a script that exists when the interpreter
+// its #! line names does not ("fork/exec /etc/rbd-nbd/dispatch: no such
+// file or directory" for a file the operator can see).
+func startHint(path string, err error) error {
+	if !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	if fi, serr := os.Stat(path); serr == nil && fi.Mode().IsRegular() {
+		return fmt.Errorf("%w (the file exists: the interpreter on its #! line, or a library it needs, does not)", err)
+	}
+	return err
 }
 
 // lookPath finds file the way a shell would with PATH set to path, not the
