@@ -142,6 +142,8 @@ func TestFileErrors(t *testing.T) {
 		name, yaml, want string
 	}{
 		{"unknown field", base + "bogus: 1\n", "field bogus not found"},
+		{"empty file", "# nothing yet\n", "resource file: empty"},
+		{"second document", base + "---\nresource: r1\n", "line 6: a second YAML document"},
 		{"one node", "resource: r0\nnodes:\n  - {name: a, disk: x}\n", "exactly two"},
 		{"bad protocol", base + "net: {protocol: D}\n", "net.protocol"},
 		{"bad duration", base + "net: {ping-interval: fast}\n", "line 5: cannot unmarshal !!str `fast` into time.Duration"},
@@ -179,6 +181,21 @@ func TestFileErrors(t *testing.T) {
 				t.Fatalf("got %v, want an error containing %q", err, tt.want)
 			}
 		})
+	}
+}
+
+// TestDocumentMarkers: "---" before the resource and after it, and "..."
+// after it, are YAML's document markers, not a second resource.
+func TestDocumentMarkers(t *testing.T) {
+	base := "resource: r0\nnodes:\n  - {name: a, node-id: 0, address: 127.0.0.1:1, disk: a.img}\n  - {name: b, node-id: 1, address: 127.0.0.1:2, disk: b.img}\n"
+	for _, y := range []string{"---\n" + base, base + "---\n", base + "...\n", "---\n" + base + "---\n# the end\n"} {
+		f, err := ParseFile([]byte(y), "/x")
+		if err == nil {
+			_, err = f.Node("a")
+		}
+		if err != nil {
+			t.Errorf("%q: %v", y, err)
+		}
 	}
 }
 

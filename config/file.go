@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"maps"
 	"os"
 	"path/filepath"
@@ -164,7 +165,27 @@ func ParseFile(data []byte, dir string) (*File, error) {
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
 	if err := dec.Decode(&f); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, errors.New("resource file: empty")
+		}
 		return nil, fmt.Errorf("resource file: %w", err)
+	}
+	// The decoder reads one document; a second one (two files
+	// concatenated, a resource added after "---") would be ignored
+	// without a word.
+	// An empty one (a trailing "---") is harmless.
+	for {
+		var next yaml.Node
+		err := dec.Decode(&next)
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return nil, fmt.Errorf("resource file: after the resource: %w", err)
+		}
+		if c := next.Content; len(c) > 0 && !(c[0].Kind == yaml.ScalarNode && c[0].ShortTag() == "!!null" && c[0].Value == "") {
+			return nil, fmt.Errorf("resource file: line %d: a second YAML document; a file holds one resource", c[0].Line)
+		}
 	}
 	f.dir = dir
 	if len(f.Nodes) != 2 {
