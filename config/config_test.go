@@ -56,6 +56,29 @@ func linkNode(tls, ca string) string {
 	return y
 }
 
+// TestNBDListenUnixRelative: a relative unix:PATH export socket resolves
+// against the file's folder like every other path of the file.
+func TestNBDListenUnixRelative(t *testing.T) {
+	for listen, want := range map[string]string{
+		"unix:r0.sock":      "unix:/srv/r0/r0.sock",
+		"unix:run/r0.sock":  "unix:/srv/r0/run/r0.sock",
+		"unix:/run/r0.sock": "unix:/run/r0.sock",
+		"unix:@rbd-nbd-r0":  "unix:@rbd-nbd-r0",
+		"127.0.0.1:10809":   "127.0.0.1:10809",
+		"\"[::1]:10809\"":   "[::1]:10809",
+	} {
+		y := "resource: r0\nnodes:\n  - {name: a, node-id: 0, address: 127.0.0.1:1, disk: a.img, nbd-listen: " + listen + "}\n  - {name: b, node-id: 1, address: 127.0.0.1:2, disk: b.img}\n"
+		f, err := ParseFile([]byte(y), "/srv/r0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := f.Node("a")
+		if err != nil || r.Local.NBDListen != want {
+			t.Errorf("nbd-listen %s: %q, %v; want %q", listen, r.Local.NBDListen, err, want)
+		}
+	}
+}
+
 func TestLinkTLS(t *testing.T) {
 	f, err := ParseFile([]byte(linkNode("{cert: a.pem, key: /k/a.pem}", "tls/ca.pem")), "/srv/r0")
 	if err != nil {

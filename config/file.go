@@ -268,6 +268,12 @@ func (f *File) Node(node string) (Resource, error) {
 		}
 	}
 	r.Handlers.Dispatcher = f.resolveCommand(r.Handlers.Dispatcher)
+	if p, ok := strings.CutPrefix(r.Local.NBDListen, "unix:"); ok && !strings.HasPrefix(p, "@") {
+		// A socket path is a path like the others; left relative, the
+		// daemon would create it in its own working directory. ("@" is
+		// Linux's abstract namespace: no file.)
+		r.Local.NBDListen = "unix:" + f.resolve(p)
+	}
 	r.Local.Disk = f.resolve(r.Local.Disk)
 	if r.Local.Meta != "" && r.Local.Meta != MetaInternal {
 		r.Local.Meta = f.resolve(r.Local.Meta)
