@@ -344,6 +344,10 @@ func TestLatencyTarget(t *testing.T) {
 		{"resync: {latency-target: 20ms}\n", 20 * time.Millisecond, ""},
 		{"resync: {latency-target: off}\n", LatencyTargetOff, ""},
 		{"resync: {latency-target: 2m}\n", 0, "resync.latency-target"},
+		// The control protocol carries whole milliseconds: 500us would
+		// arrive as 0, the default.
+		{"resync: {latency-target: 500us}\n", 0, `resync.latency-target "500µs" (allowed: 0 (the default), 1ms..1m, or off)`},
+		{"resync: {latency-target: 1ms}\n", time.Millisecond, ""},
 		{"resync: {latency-target: never}\n", 0, "latency-target"},
 	}, func(r Resource) time.Duration { return r.Default().Resync.LatencyTarget })
 	off := ResyncOptions{LatencyTarget: LatencyTargetOff}.Default()
