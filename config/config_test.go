@@ -179,6 +179,10 @@ func TestFileErrors(t *testing.T) {
 		// peer has no address (node b's node-id left out is 0, as a's).
 		{"same ids, peer without address", strings.Replace(base, "{name: b, node-id: 1, address: 127.0.0.1:2,", "{name: b,", 1), `invalid peer.node-id "0"`},
 		{"same address", strings.Replace(base, "127.0.0.1:2", "127.0.0.1:1", 1), `invalid peer.address "127.0.0.1:1"`},
+		{"address without port", strings.Replace(base, "127.0.0.1:2", "127.0.0.1", 1), `invalid peer.address "127.0.0.1" (allowed: host:port)`},
+		{"own address without port", strings.Replace(base, "127.0.0.1:1", "10.0.0.1", 1), `invalid resource.address "10.0.0.1" (allowed: host:port)`},
+		// b, the higher node-id, accepts the link: a dials b's address.
+		{"listening node without address", strings.Replace(base, " address: 127.0.0.1:2,", "", 1), `invalid peer.address "" (allowed: host:port: node b has the higher node-id`},
 		{"handler name typo", base + "handlers:\n  fence_peer: /bin/fence\n", `invalid handlers "fence_peer"`},
 		{"handler name typo in commands", base + "handlers:\n  commands: {Fence-Peer: /bin/fence}\n", `invalid handlers "Fence-Peer"`},
 		{"handler twice", base + "handlers:\n  fence-peer: /bin/a\n  commands: {fence-peer: /bin/b}\n", `invalid handlers "fence-peer" (allowed: each handler once`},
@@ -218,6 +222,21 @@ func TestDocumentMarkers(t *testing.T) {
 		}
 		if err != nil {
 			t.Errorf("%q: %v", y, err)
+		}
+	}
+}
+
+// TestDialingNodeWithoutAddress: the node with the lower node-id dials
+// and never accepts, so its address may be left out.
+func TestDialingNodeWithoutAddress(t *testing.T) {
+	y := "resource: r0\nnodes:\n  - {name: a, node-id: 0, disk: a.img}\n  - {name: b, node-id: 1, address: 127.0.0.1:2, disk: b.img}\n"
+	f, err := ParseFile([]byte(y), "/x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []string{"a", "b"} {
+		if _, err := f.Node(n); err != nil {
+			t.Errorf("node %s: %v", n, err)
 		}
 	}
 }

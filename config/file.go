@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -303,6 +304,28 @@ func (f *File) checkNodes(local int) error {
 		return &FieldError{Path: "peer.node-id", Value: fmt.Sprint(p.ID), Allowed: fmt.Sprintf("an id other than node %s's (each node needs its own node-id)", l.Name)}
 	case l.Address != "" && l.Address == p.Address:
 		return &FieldError{Path: "peer.address", Value: p.Address, Allowed: fmt.Sprintf("an address other than node %s's", l.Name)}
+	}
+	for _, n := range []struct {
+		path string
+		node Node
+	}{{"resource.address", l}, {"peer.address", p}} {
+		if n.node.Address == "" {
+			continue
+		}
+		// The peer link is TCP: without a port the dialing node would
+		// only log a dial error at every attempt.
+		if _, port, err := net.SplitHostPort(n.node.Address); err != nil || port == "" {
+			return &FieldError{Path: n.path, Value: n.node.Address, Allowed: "host:port"}
+		}
+	}
+	// The node with the higher node-id accepts the link and the other
+	// dials it (resource/listen.go): without its address nobody connects.
+	hi, path := l, "resource.address"
+	if p.ID > l.ID {
+		hi, path = p, "peer.address"
+	}
+	if hi.Address == "" {
+		return &FieldError{Path: path, Value: "", Allowed: fmt.Sprintf("host:port: node %s has the higher node-id, so it accepts the peer link and the other node dials this address", hi.Name)}
 	}
 	return nil
 }
