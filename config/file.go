@@ -294,9 +294,9 @@ func (f *File) Node(node string) (Resource, error) {
 // checkNodes checks what only the file can: that its two nodes differ.
 // Resource.Validate compares the node ids only when the peer has an
 // address (a resource configured over the control protocol may have no
-// peer yet), but the file always describes both nodes, and two nodes with
-// one id, or one address, never work: a node that dials the shared address
-// reaches itself.
+// peer yet), but the file always describes both nodes, and with one id
+// both dial and neither accepts. One address for both says that both
+// accept the link there, which two nodes cannot: one of the two is wrong.
 func (f *File) checkNodes(local int) error {
 	l, p := f.Nodes[local], f.Nodes[1-local]
 	switch {
