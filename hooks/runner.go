@@ -367,6 +367,17 @@ func startHint(path string, err error) error {
 // daemon's own PATH.
 func lookPath(file, path string) (string, error) {
 	if strings.Contains(file, "/") {
+		if filepath.IsAbs(file) {
+			return file, nil
+		}
+		if _, err := os.Stat(filepath.Join("/", file)); err != nil {
+			// It runs relative to the handler's working directory, "/",
+			// which whoever wrote it (rbd-nbd change --handler x=./hook)
+			// hardly meant; execve's "no such file" would not say so.
+			// The resource file makes such paths absolute; the control
+			// protocol passes them on.
+			return "", fmt.Errorf("%q is a relative path and handlers run in /: give an absolute path: %w", file, err)
+		}
 		return file, nil
 	}
 	for _, dir := range filepath.SplitList(path) {

@@ -333,6 +333,23 @@ func TestStartFailureSaysWhy(t *testing.T) {
 	}
 }
 
+// TestRelativeProgram: a relative program path (from the control
+// protocol; the resource file makes them absolute) runs relative to "/";
+// when it is not there, the start failure says why.
+func TestRelativeProgram(t *testing.T) {
+	f := newFixture(t, config.Handlers{Commands: map[string][]string{
+		string(hooks.FencePeer): {"./fence.sh"}, string(hooks.RoleChange): {"bin/sh", "-c", "exit 3"}}})
+	res := f.r.Run(context.Background(), hooks.FencePeer, env())
+	if res.Outcome != hooks.OutcomeStartFailed || res.Fence != hooks.FenceFailed || !errors.Is(res.Err, os.ErrNotExist) ||
+		!strings.Contains(res.Err.Error(), `"./fence.sh" is a relative path and handlers run in /`) {
+		t.Errorf("%+v; want a start failure naming the relative path", res)
+	}
+	// One that is there under "/" runs as before.
+	if res := f.r.Run(context.Background(), hooks.RoleChange, env()); res.Outcome != hooks.OutcomeExited || res.ExitCode != 3 {
+		t.Errorf("%+v; want bin/sh run from /", res)
+	}
+}
+
 func TestTimeoutKillsGroup(t *testing.T) {
 	for _, tt := range []struct {
 		name  hooks.Name
