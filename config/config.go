@@ -627,8 +627,10 @@ func (s ResyncOptions) Validate() error {
 	if s.Window < 1 || s.Window > MaxWindow {
 		return &FieldError{Path: "resync.window", Value: fmt.Sprint(s.Window), Allowed: fmt.Sprintf("1..%d", MaxWindow)}
 	}
-	if s.LatencyTarget != LatencyTargetOff && (s.LatencyTarget < 0 || s.LatencyTarget > time.Minute) {
-		return &FieldError{Path: "resync.latency-target", Value: s.LatencyTarget.String(), Allowed: "0..1m, or off"}
+	// Below 1ms only 0 (the default): the control protocol carries whole
+	// milliseconds, so 500us would arrive as 0 and mean 5ms.
+	if s.LatencyTarget != LatencyTargetOff && (s.LatencyTarget < 0 || s.LatencyTarget > 0 && s.LatencyTarget < time.Millisecond || s.LatencyTarget > time.Minute) {
+		return &FieldError{Path: "resync.latency-target", Value: s.LatencyTarget.String(), Allowed: "0 (the default), 1ms..1m, or off"}
 	}
 	return nil
 }

@@ -56,6 +56,29 @@ func linkNode(tls, ca string) string {
 	return y
 }
 
+// TestNBDListenUnixRelative: a relative unix:PATH export socket resolves
+// against the file's folder like every other path of the file.
+func TestNBDListenUnixRelative(t *testing.T) {
+	for listen, want := range map[string]string{
+		"unix:r0.sock":      "unix:/srv/r0/r0.sock",
+		"unix:run/r0.sock":  "unix:/srv/r0/run/r0.sock",
+		"unix:/run/r0.sock": "unix:/run/r0.sock",
+		"unix:@rbd-nbd-r0":  "unix:@rbd-nbd-r0",
+		"127.0.0.1:10809":   "127.0.0.1:10809",
+		"\"[::1]:10809\"":   "[::1]:10809",
+	} {
+		y := "resource: r0\nnodes:\n  - {name: a, node-id: 0, address: 127.0.0.1:1, disk: a.img, nbd-listen: " + listen + "}\n  - {name: b, node-id: 1, address: 127.0.0.1:2, disk: b.img}\n"
+		f, err := ParseFile([]byte(y), "/srv/r0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := f.Node("a")
+		if err != nil || r.Local.NBDListen != want {
+			t.Errorf("nbd-listen %s: %q, %v; want %q", listen, r.Local.NBDListen, err, want)
+		}
+	}
+}
+
 func TestLinkTLS(t *testing.T) {
 	f, err := ParseFile([]byte(linkNode("{cert: a.pem, key: /k/a.pem}", "tls/ca.pem")), "/srv/r0")
 	if err != nil {
@@ -142,13 +165,27 @@ func TestFileErrors(t *testing.T) {
 		name, yaml, want string
 	}{
 		{"unknown field", base + "bogus: 1\n", "field bogus not found"},
+		{"empty file", "# nothing yet\n", "resource file: empty"},
+		{"second document", base + "---\nresource: r1\n", "line 6: a second YAML document"},
 		{"one node", "resource: r0\nnodes:\n  - {name: a, disk: x}\n", "exactly two"},
 		{"bad protocol", base + "net: {protocol: D}\n", "net.protocol"},
 		{"bad duration", base + "net: {ping-interval: fast}\n", "line 5: cannot unmarshal !!str `fast` into time.Duration"},
-		{"bad size", base + "resync: {rate: 10Q}\n", "size"},
+		{"bad size", base + "resync: {rate: 10Q}\n", "line 5: size"},
+		{"bad size in net", base + "net:\n  protocol: C\n  max-in-flight-bytes: 64X\n", `line 7: size "64X"`},
 		{"al range", base + "disk: {al-extents: 3}\n", "disk.al-extents"},
 		{"same ids", strings.Replace(base, "node-id: 1", "node-id: 0", 1), "peer.node-id"},
 		{"bad after-sb", base + "net: {after-sb: merge}\n", "net.after-sb"},
+		// The file always has both nodes: they must differ even when the
+		// peer has no address (node b's node-id left out is 0, as a's).
+		{"same ids, peer without address", strings.Replace(base, "{name: b, node-id: 1, address: 127.0.0.1:2,", "{name: b,", 1), `invalid peer.node-id "0"`},
+		{"same address", strings.Replace(base, "127.0.0.1:2", "127.0.0.1:1", 1), `invalid peer.address "127.0.0.1:1"`},
+		{"address without port", strings.Replace(base, "127.0.0.1:2", "127.0.0.1", 1), `invalid peer.address "127.0.0.1" (allowed: host:port)`},
+		{"own address without port", strings.Replace(base, "127.0.0.1:1", "10.0.0.1", 1), `invalid resource.address "10.0.0.1" (allowed: host:port)`},
+		// b, the higher node-id, accepts the link: a dials b's address.
+		{"listening node without address", strings.Replace(base, " address: 127.0.0.1:2,", "", 1), `invalid peer.address "" (allowed: host:port: node b has the higher node-id`},
+		{"handler name typo", base + "handlers:\n  fence_peer: /bin/fence\n", `invalid handlers "fence_peer"`},
+		{"handler name typo in commands", base + "handlers:\n  commands: {Fence-Peer: /bin/fence}\n", `invalid handlers "Fence-Peer"`},
+		{"handler twice", base + "handlers:\n  fence-peer: /bin/a\n  commands: {fence-peer: /bin/b}\n", `invalid handlers "fence-peer" (allowed: each handler once`},
 		{"tls cert without key", tlsNode("{cert: c.pem}"), "resource.nbd-tls-key"},
 		{"tls key without cert", tlsNode("{key: k.pem}"), "resource.nbd-tls-cert"},
 		{"tls mode without cert", tlsNode("{mode: on}"), "resource.nbd-tls-mode"},
@@ -171,6 +208,36 @@ func TestFileErrors(t *testing.T) {
 				t.Fatalf("got %v, want an error containing %q", err, tt.want)
 			}
 		})
+	}
+}
+
+// TestDocumentMarkers: "---" before the resource and after it, and "..."
+// after it, are YAML's document markers, not a second resource.
+func TestDocumentMarkers(t *testing.T) {
+	base := "resource: r0\nnodes:\n  - {name: a, node-id: 0, address: 127.0.0.1:1, disk: a.img}\n  - {name: b, node-id: 1, address: 127.0.0.1:2, disk: b.img}\n"
+	for _, y := range []string{"---\n" + base, base + "---\n", base + "...\n", "---\n" + base + "---\n# the end\n"} {
+		f, err := ParseFile([]byte(y), "/x")
+		if err == nil {
+			_, err = f.Node("a")
+		}
+		if err != nil {
+			t.Errorf("%q: %v", y, err)
+		}
+	}
+}
+
+// TestDialingNodeWithoutAddress: the node with the lower node-id dials
+// and never accepts, so its address may be left out.
+func TestDialingNodeWithoutAddress(t *testing.T) {
+	y := "resource: r0\nnodes:\n  - {name: a, node-id: 0, disk: a.img}\n  - {name: b, node-id: 1, address: 127.0.0.1:2, disk: b.img}\n"
+	f, err := ParseFile([]byte(y), "/x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []string{"a", "b"} {
+		if _, err := f.Node(n); err != nil {
+			t.Errorf("node %s: %v", n, err)
+		}
 	}
 }
 
@@ -197,6 +264,14 @@ func TestHandlersForms(t *testing.T) {
 	if r.Handlers.Timeout != 5*time.Second {
 		t.Fatalf("timeout %v", r.Handlers.Timeout)
 	}
+	// A handler name this release does not know may come from a newer one.
+	f, err = ParseFile([]byte(strings.Replace(y, "timeout: 5s", "some-future-handler: /bin/x", 1)), "/etc/rbd")
+	if err == nil {
+		r, err = f.Node("a")
+	}
+	if err != nil || r.Handlers.Commands["some-future-handler"] == nil {
+		t.Fatalf("unknown handler name: %v, %v", r.Handlers.Commands, err)
+	}
 }
 
 func TestParseSize(t *testing.T) {
@@ -205,7 +280,8 @@ func TestParseSize(t *testing.T) {
 			t.Errorf("ParseSize(%q) = %d, %v; want %d", in, got, err, want)
 		}
 	}
-	for _, in := range []string{"", "M", "-1", "1X", "99999999999999999999T"} {
+	// "i" is part of a unit ("Ki"), never a unit of its own.
+	for _, in := range []string{"", "M", "-1", "1X", "99999999999999999999T", "1i", "64iB", "Ki", "16384P", "17179869184G"} {
 		if _, err := ParseSize(in); err == nil {
 			t.Errorf("ParseSize(%q) accepted", in)
 		}
@@ -287,6 +363,10 @@ func TestLatencyTarget(t *testing.T) {
 		{"resync: {latency-target: 20ms}\n", 20 * time.Millisecond, ""},
 		{"resync: {latency-target: off}\n", LatencyTargetOff, ""},
 		{"resync: {latency-target: 2m}\n", 0, "resync.latency-target"},
+		// The control protocol carries whole milliseconds: 500us would
+		// arrive as 0, the default.
+		{"resync: {latency-target: 500us}\n", 0, `resync.latency-target "500µs" (allowed: 0 (the default), 1ms..1m, or off)`},
+		{"resync: {latency-target: 1ms}\n", time.Millisecond, ""},
 		{"resync: {latency-target: never}\n", 0, "latency-target"},
 	}, func(r Resource) time.Duration { return r.Default().Resync.LatencyTarget })
 	off := ResyncOptions{LatencyTarget: LatencyTargetOff}.Default()

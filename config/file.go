@@ -4,8 +4,12 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
+	"maps"
+	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -36,7 +40,10 @@ type Size uint64
 // ParseSize parses a Size.
 func ParseSize(s string) (uint64, error) {
 	t := strings.TrimSpace(s)
-	t = strings.TrimSuffix(strings.TrimSuffix(t, "B"), "i")
+	t = strings.TrimSuffix(t, "B")
+	// "i" only after a unit ("4Ki"): on its own it is no unit at all.
+	iec := strings.HasSuffix(t, "i")
+	t = strings.TrimSuffix(t, "i")
 	mult := uint64(1)
 	if n := len(t); n > 0 {
 		switch t[n-1] {
@@ -54,7 +61,7 @@ func ParseSize(s string) (uint64, error) {
 		}
 	}
 	v, err := strconv.ParseUint(t, 10, 64)
-	if err != nil {
+	if err != nil || iec && mult == 1 {
 		return 0, fmt.Errorf("size %q: want a number with an optional K, M, G or T suffix", s)
 	}
 	if v > ^uint64(0)/mult {
@@ -67,7 +74,9 @@ func ParseSize(s string) (uint64, error) {
 func (s *Size) UnmarshalYAML(n *yaml.Node) error {
 	v, err := ParseSize(n.Value)
 	if err != nil {
-		return err
+		// Like the decoder's own errors: the error alone does not say
+		// which of the file's sizes is wrong.
+		return fmt.Errorf("line %d: %w", n.Line, err)
 	}
 	*s = Size(v)
 	return nil
@@ -157,7 +166,27 @@ func ParseFile(data []byte, dir string) (*File, error) {
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
 	if err := dec.Decode(&f); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, errors.New("resource file: empty")
+		}
 		return nil, fmt.Errorf("resource file: %w", err)
+	}
+	// The decoder reads one document; a second one (two files
+	// concatenated, a resource added after "---") would be ignored
+	// without a word.
+	// An empty one (a trailing "---") is harmless.
+	for {
+		var next yaml.Node
+		err := dec.Decode(&next)
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return nil, fmt.Errorf("resource file: after the resource: %w", err)
+		}
+		if c := next.Content; len(c) > 0 && !(c[0].Kind == yaml.ScalarNode && c[0].ShortTag() == "!!null" && c[0].Value == "") {
+			return nil, fmt.Errorf("resource file: line %d: a second YAML document; a file holds one resource", c[0].Line)
+		}
 	}
 	f.dir = dir
 	if len(f.Nodes) != 2 {
@@ -207,6 +236,12 @@ func (f *File) Node(node string) (Resource, error) {
 		names := []string{f.Nodes[0].Name, f.Nodes[1].Name}
 		return Resource{}, fmt.Errorf("%w: %q (the file has %s; use --node)", ErrNodeNotFound, node, strings.Join(names, ", "))
 	}
+	if err := f.checkNodes(li); err != nil {
+		return Resource{}, err
+	}
+	if err := f.Handlers.check(); err != nil {
+		return Resource{}, err
+	}
 	r := Resource{
 		Name:  f.Name,
 		Local: f.Nodes[li],
@@ -234,6 +269,12 @@ func (f *File) Node(node string) (Resource, error) {
 		}
 	}
 	r.Handlers.Dispatcher = f.resolveCommand(r.Handlers.Dispatcher)
+	if p, ok := strings.CutPrefix(r.Local.NBDListen, "unix:"); ok && !strings.HasPrefix(p, "@") {
+		// A socket path is a path like the others; left relative, the
+		// daemon would create it in its own working directory. ("@" is
+		// Linux's abstract namespace: no file.)
+		r.Local.NBDListen = "unix:" + f.resolve(p)
+	}
 	r.Local.Disk = f.resolve(r.Local.Disk)
 	if r.Local.Meta != "" && r.Local.Meta != MetaInternal {
 		r.Local.Meta = f.resolve(r.Local.Meta)
@@ -248,6 +289,82 @@ func (f *File) Node(node string) (Resource, error) {
 		return Resource{}, err
 	}
 	return r, nil
+}
+
+// checkNodes checks what only the file can: that its two nodes differ.
+// Resource.Validate compares the node ids only when the peer has an
+// address (a resource configured over the control protocol may have no
+// peer yet), but the file always describes both nodes, and with one id
+// both dial and neither accepts. One address for both says that both
+// accept the link there, which two nodes cannot: one of the two is wrong.
+func (f *File) checkNodes(local int) error {
+	l, p := f.Nodes[local], f.Nodes[1-local]
+	switch {
+	case l.ID == p.ID:
+		return &FieldError{Path: "peer.node-id", Value: fmt.Sprint(p.ID), Allowed: fmt.Sprintf("an id other than node %s's (each node needs its own node-id)", l.Name)}
+	case l.Address != "" && l.Address == p.Address:
+		return &FieldError{Path: "peer.address", Value: p.Address, Allowed: fmt.Sprintf("an address other than node %s's", l.Name)}
+	}
+	for _, n := range []struct {
+		path string
+		node Node
+	}{{"resource.address", l}, {"peer.address", p}} {
+		if n.node.Address == "" {
+			continue
+		}
+		// The peer link is TCP: without a port the dialing node would
+		// only log a dial error at every attempt.
+		if _, port, err := net.SplitHostPort(n.node.Address); err != nil || port == "" {
+			return &FieldError{Path: n.path, Value: n.node.Address, Allowed: "host:port"}
+		}
+	}
+	// The node with the higher node-id accepts the link and the other
+	// dials it (resource/listen.go): without its address nobody connects.
+	hi, path := l, "resource.address"
+	if p.ID > l.ID {
+		hi, path = p, "peer.address"
+	}
+	if hi.Address == "" {
+		return &FieldError{Path: path, Value: "", Allowed: fmt.Sprintf("host:port: node %s has the higher node-id, so it accepts the peer link and the other node dials this address", hi.Name)}
+	}
+	return nil
+}
+
+// check refuses handler entries that cannot be meant: a key that is no
+// handler name in any release (handler names are 1 to 64 characters of
+// a-z, 0-9 and '-', not starting with '-'; "fence_peer" is a typo that
+// would leave fencing silently unconfigured), and a handler configured
+// both directly under handlers and under handlers.commands. Valid names
+// this release does not know are accepted: the file may be written for a
+// newer release.
+func (h fileHandlers) check() error {
+	for _, m := range []map[string]words{h.Inline, h.Commands} {
+		for _, name := range slices.Sorted(maps.Keys(m)) {
+			if !validHandlerName(name) {
+				return &FieldError{Path: "handlers", Value: name, Allowed: "a handler name (a-z, 0-9 and '-', e.g. fence-peer), dispatcher, commands or timeout"}
+			}
+		}
+	}
+	for _, name := range slices.Sorted(maps.Keys(h.Inline)) {
+		if _, ok := h.Commands[name]; ok {
+			return &FieldError{Path: "handlers", Value: name, Allowed: "each handler once, under handlers or under handlers.commands"}
+		}
+	}
+	return nil
+}
+
+// validHandlerName is hooks.Name.Valid (hooks imports this package).
+func validHandlerName(n string) bool {
+	if len(n) == 0 || len(n) > 64 || n[0] == '-' {
+		return false
+	}
+	for i := 0; i < len(n); i++ {
+		c := n[i]
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-') {
+			return false
+		}
+	}
+	return true
 }
 
 func (f *File) resolve(p string) string {

@@ -1,6 +1,10 @@
 package config
 
-import "testing"
+import (
+	"path/filepath"
+	"strings"
+	"testing"
+)
 
 // FuzzParseFile: any bytes as a resource file give a resource or an error,
 // never a panic; a file that parses yields nodes that validate or say why.
@@ -8,6 +12,7 @@ func FuzzParseFile(f *testing.F) {
 	f.Add([]byte("resource: r0\nnodes:\n  - {name: a, node-id: 0, address: 127.0.0.1:1, disk: a.img}\n  - {name: b, node-id: 1, address: 127.0.0.1:2, disk: b.img}\n"))
 	f.Add([]byte("resource: r0\nnodes: []\n"))
 	f.Add([]byte("resource: [\n"))
+	f.Add([]byte("resource: r0\nnodes:\n  - {name: a, node-id: 0, address: 127.0.0.1:1, disk: a.img, meta-disk: m/a.meta, nbd-listen: unix:a.sock, nbd-tls: {cert: c, key: k}, link-tls: {cert: l, key: lk}}\n  - {name: b, node-id: 1, address: 127.0.0.1:2, disk: b.img}\nnet: {tls-ca: ca.pem}\nhandlers: {dispatcher: ./d x, fence-peer: [hooks/f], commands: {split-brain: logger}}\n---\n"))
 	f.Add([]byte("resource: r0\nnodes:\n  - {name: a, node-id: 99, disk: x}\n  - {name: b}\nnet: {protocol: Z, ping-interval: -1s}\nresync: {rate: 99999999T}\nhandlers: {dispatcher: 5, x: [a, b]}\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		file, err := ParseFile(data, "/x")
@@ -19,7 +24,40 @@ func FuzzParseFile(f *testing.F) {
 				if err := r.Validate(); err != nil {
 					t.Fatalf("Node returned a resource that does not validate: %v", err)
 				}
+				checkResolved(t, r)
 			}
 		}
 	})
+}
+
+// checkResolved fails unless every path of r that the file may write
+// relative was made absolute (ParseFile was given an absolute folder).
+func checkResolved(t *testing.T, r Resource) {
+	t.Helper()
+	paths := []string{r.Local.Disk, r.Local.NBDTLS.Cert, r.Local.NBDTLS.Key, r.Local.NBDTLS.ClientCA,
+		r.Local.LinkTLS.Cert, r.Local.LinkTLS.Key, r.Net.TLSCA}
+	if r.Local.Meta != MetaInternal {
+		paths = append(paths, r.Local.Meta)
+	}
+	if p, ok := strings.CutPrefix(r.Local.NBDListen, "unix:"); ok && !strings.HasPrefix(p, "@") {
+		paths = append(paths, p)
+	}
+	for _, argv := range append([][]string{r.Handlers.Dispatcher}, mapValues(r.Handlers.Commands)...) {
+		if len(argv) > 0 && strings.Contains(argv[0], "/") {
+			paths = append(paths, argv[0])
+		}
+	}
+	for _, p := range paths {
+		if p != "" && !filepath.IsAbs(p) {
+			t.Fatalf("path %q not made absolute", p)
+		}
+	}
+}
+
+func mapValues(m map[string][]string) [][]string {
+	var out [][]string
+	for _, v := range m {
+		out = append(out, v)
+	}
+	return out
 }

@@ -47,7 +47,9 @@ const MaxNameLen = 64
 
 // Valid reports whether n can name a handler: 1 to MaxNameLen characters
 // of a-z, 0-9 and '-', not starting with '-'. Valid names include names
-// this build does not know; those run as notify handlers.
+// this build does not know; those run as notify handlers. The resource
+// file refuses keys under handlers that are not valid names (config's
+// validHandlerName, the same rule), so the rule must never narrow.
 func (n Name) Valid() bool {
 	if len(n) == 0 || len(n) > MaxNameLen || n[0] == '-' {
 		return false

@@ -325,7 +325,7 @@ func (r *Runner) exec(ctx context.Context, timeout time.Duration, res *Result, e
 		if runCtx.Err() != nil {
 			fail(OutcomeCanceled, context.Cause(runCtx))
 		} else {
-			fail(OutcomeStartFailed, fmt.Errorf("%w: %w", ErrStart, err))
+			fail(OutcomeStartFailed, fmt.Errorf("%w: %w", ErrStart, startHint(path, err)))
 		}
 		return
 	}
@@ -349,10 +349,35 @@ func (r *Runner) exec(ctx context.Context, timeout time.Duration, res *Result, e
 	}
 }
 
+// startHint explains a start failure that the kernel's error alone does
+// not: execve answers ENOENT for a script that exists when the interpreter
+// its #! line names does not ("fork/exec /etc/rbd-nbd/dispatch: no such
+// file or directory" for a file the operator can see).
+func startHint(path string, err error) error {
+	if !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	if fi, serr := os.Stat(path); serr == nil && fi.Mode().IsRegular() {
+		return fmt.Errorf("%w (the file exists: the interpreter on its #! line, or a library it needs, does not)", err)
+	}
+	return err
+}
+
 // lookPath finds file the way a shell would with PATH set to path, not the
 // daemon's own PATH.
 func lookPath(file, path string) (string, error) {
 	if strings.Contains(file, "/") {
+		if filepath.IsAbs(file) {
+			return file, nil
+		}
+		if _, err := os.Stat(filepath.Join("/", file)); err != nil {
+			// It runs relative to the handler's working directory, "/",
+			// which whoever wrote it (rbd-nbd change --handler x=./hook)
+			// hardly meant; execve's "no such file" would not say so.
+			// The resource file makes such paths absolute; the control
+			// protocol passes them on.
+			return "", fmt.Errorf("%q is a relative path and handlers run in /: give an absolute path: %w", file, err)
+		}
 		return file, nil
 	}
 	for _, dir := range filepath.SplitList(path) {

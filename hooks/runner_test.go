@@ -307,6 +307,49 @@ echo started
 wait
 `
 
+// TestStartFailureSaysWhy: a script whose #! interpreter is missing fails
+// to start with ENOENT although the script is there; the error says so.
+func TestStartFailureSaysWhy(t *testing.T) {
+	dir := t.TempDir()
+	h := script(t, dir, "dispatch", "exit 0\n")
+	syscall.ForkLock.RLock()
+	err := os.WriteFile(h, []byte("#!/nonexistent/bin/sh\nexit 0\n"), 0o755)
+	syscall.ForkLock.RUnlock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := newFixture(t, config.Handlers{Dispatcher: []string{h}})
+	res := f.r.Run(context.Background(), hooks.BeforeResyncTarget, env())
+	if res.Outcome != hooks.OutcomeStartFailed || !res.Vetoed() || !errors.Is(res.Err, hooks.ErrStart) || !errors.Is(res.Err, os.ErrNotExist) {
+		t.Fatalf("%+v; want a start failure that vetoes", res)
+	}
+	if !strings.Contains(res.Err.Error(), "the file exists: the interpreter on its #! line") {
+		t.Errorf("error %q does not say the interpreter is missing", res.Err)
+	}
+	// A missing program is just missing.
+	f = newFixture(t, config.Handlers{Dispatcher: []string{filepath.Join(dir, "nothing")}})
+	if res := f.r.Run(context.Background(), hooks.BeforeResyncTarget, env()); strings.Contains(res.Err.Error(), "interpreter") {
+		t.Errorf("missing program: %q", res.Err)
+	}
+}
+
+// TestRelativeProgram: a relative program path (from the control
+// protocol; the resource file makes them absolute) runs relative to "/";
+// when it is not there, the start failure says why.
+func TestRelativeProgram(t *testing.T) {
+	f := newFixture(t, config.Handlers{Commands: map[string][]string{
+		string(hooks.FencePeer): {"./fence.sh"}, string(hooks.RoleChange): {"bin/sh", "-c", "exit 3"}}})
+	res := f.r.Run(context.Background(), hooks.FencePeer, env())
+	if res.Outcome != hooks.OutcomeStartFailed || res.Fence != hooks.FenceFailed || !errors.Is(res.Err, os.ErrNotExist) ||
+		!strings.Contains(res.Err.Error(), `"./fence.sh" is a relative path and handlers run in /`) {
+		t.Errorf("%+v; want a start failure naming the relative path", res)
+	}
+	// One that is there under "/" runs as before.
+	if res := f.r.Run(context.Background(), hooks.RoleChange, env()); res.Outcome != hooks.OutcomeExited || res.ExitCode != 3 {
+		t.Errorf("%+v; want bin/sh run from /", res)
+	}
+}
+
 func TestTimeoutKillsGroup(t *testing.T) {
 	for _, tt := range []struct {
 		name  hooks.Name
