@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -364,5 +365,36 @@ func TestEmptyDispatcherRefused(t *testing.T) {
 	mustRun(t, sock, "ctl", "change", "r0", "--set-defaults", "--handler-timeout", "30s")
 	if show := mustRun(t, sock, "ctl", "show", "r0"); strings.Contains(show, "/bin/disp") {
 		t.Fatalf("--set-defaults --handler-timeout kept the dispatcher:\n%s", show)
+	}
+}
+
+// Paths given to ctl create and change are made absolute against the
+// directory the command runs in: the daemon runs elsewhere (in / under
+// systemd) and would resolve them against its own directory. Addresses,
+// meta-disk internal, abstract sockets and bare program names stay.
+func TestCtlPathsAbsolute(t *testing.T) {
+	sock := serveDaemon(t, ctlproto.DefaultRegistry(), "test")
+	cwd, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustRun(t, sock, "ctl", "create", "r0", "--disk", "disks/a.img", "--address", "127.0.0.1:7789", "--peer-node-id", "1",
+		"--peer-address", "127.0.0.1:7790", "--nbd-listen", "unix:r0.sock", "--handler", "fence-peer=./fence.sh --now",
+		"--handler", "split-brain=logger -t rbd")
+	show := mustRun(t, sock, "ctl", "show", "r0")
+	for _, want := range []string{
+		filepath.Join(cwd, "disks/a.img"), "unix:" + filepath.Join(cwd, "r0.sock"), filepath.Join(cwd, "fence.sh"),
+		"127.0.0.1:7789", "logger",
+	} {
+		if !strings.Contains(show, want) {
+			t.Errorf("show lacks %q:\n%s", want, show)
+		}
+	}
+	mustRun(t, sock, "ctl", "change", "r0", "--meta-disk", "internal", "--nbd-listen", "127.0.0.1:10809")
+	show = mustRun(t, sock, "ctl", "show", "r0")
+	for _, want := range []string{"meta-disk: internal", "nbd-listen: 127.0.0.1:10809"} {
+		if !strings.Contains(show, want) {
+			t.Errorf("show lacks %q:\n%s", want, show)
+		}
 	}
 }

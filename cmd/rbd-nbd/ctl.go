@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 	"text/tabwriter"
 
@@ -144,8 +145,15 @@ func (cf *configFlags) sections(fs *pflag.FlagSet) (ctlproto.List, error) {
 			return
 		}
 		t, _ := cf.reg.TagByFlag(f.Name)
+		v := f.Value.String()
+		if pathFlags[f.Name] {
+			v, err = absArg(v)
+			if err != nil {
+				return
+			}
+		}
 		var e ctlproto.Entry
-		if e, err = ctlproto.ParseValue(t, f.Value.String()); err == nil {
+		if e, err = ctlproto.ParseValue(t, v); err == nil {
 			fields = append(fields, e)
 		}
 	})
@@ -157,7 +165,11 @@ func (cf *configFlags) sections(fs *pflag.FlagSet) (ctlproto.List, error) {
 			// No words would send no entry: a change that changes nothing.
 			return nil, fmt.Errorf("--dispatcher %q: want a command line; to remove the dispatcher, give the handlers section again with --set-defaults (e.g. --set-defaults --handler-timeout 30s; handlers not given are dropped too)", cf.dispatcher)
 		}
-		for _, w := range strings.Fields(cf.dispatcher) {
+		words, err := absCommand(strings.Fields(cf.dispatcher))
+		if err != nil {
+			return nil, err
+		}
+		for _, w := range words {
 			fields = append(fields, ctlproto.String(ctlproto.TagHandlersDispatcher, w))
 		}
 	}
@@ -166,9 +178,53 @@ func (cf *configFlags) sections(fs *pflag.FlagSet) (ctlproto.List, error) {
 		if !ok || name == "" {
 			return nil, fmt.Errorf("--handler %q: want NAME=COMMAND ARGS... or NAME=", h)
 		}
-		fields = append(fields, ctlproto.HandlerEntry(name, strings.Fields(cmdline)))
+		argv, err := absCommand(strings.Fields(cmdline))
+		if err != nil {
+			return nil, err
+		}
+		fields = append(fields, ctlproto.HandlerEntry(name, argv))
 	}
 	return cf.reg.Sections(fields)
+}
+
+// pathFlags are the options that name files. The daemon runs elsewhere
+// (its working directory is / under systemd), so a relative path is made
+// absolute here, against the directory the command runs in, as the
+// resource file's paths are against the file's folder.
+var pathFlags = map[string]bool{
+	"disk": true, "meta-disk": true, "nbd-listen": true,
+	"nbd-tls-cert": true, "nbd-tls-key": true, "nbd-tls-client-ca": true,
+	"link-tls-cert": true, "link-tls-key": true, "link-tls-ca": true,
+}
+
+// absArg makes the path in a path option's value absolute: meta-disk
+// internal and host:port addresses stay, unix:PATH gets an absolute PATH
+// (an abstract unix:@name stays).
+func absArg(v string) (string, error) {
+	if v == "" || v == "internal" || strings.HasPrefix(v, "unix:@") {
+		return v, nil
+	}
+	if rest, ok := strings.CutPrefix(v, "unix:"); ok {
+		p, err := filepath.Abs(rest)
+		return "unix:" + p, err
+	}
+	if !strings.Contains(v, "/") && strings.Contains(v, ":") {
+		return v, nil // host:port
+	}
+	return filepath.Abs(v)
+}
+
+// absCommand makes a relative program path with a slash ("./fence.sh")
+// absolute; a bare name ("logger") stays for the daemon's $PATH lookup.
+func absCommand(argv []string) ([]string, error) {
+	if len(argv) == 0 || !strings.Contains(argv[0], "/") || filepath.IsAbs(argv[0]) {
+		return argv, nil
+	}
+	p, err := filepath.Abs(argv[0])
+	if err != nil {
+		return nil, err
+	}
+	return append([]string{p}, argv[1:]...), nil
 }
 
 func resName(name string) ctlproto.Entry {
