@@ -40,7 +40,6 @@ package resync
 import (
 	"context"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"hash/crc32"
 	"sync"
@@ -150,9 +149,6 @@ type Progress struct {
 	// Window is the controller's current window.
 	Window int
 }
-
-// ErrStopped is returned by Run when Stop was called.
-var ErrStopped = errors.New("resync: stopped")
 
 // Engine is one resync run on the source.
 type Engine struct {
