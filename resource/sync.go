@@ -128,7 +128,12 @@ func (r *Resource) startSync(source, full bool) {
 	ecfg.Logger = r.log.Named("resync")
 	e, err := resync.New(ecfg, dataSource{r}, r.bm, &r.locks, &linkTransport{link: link, r: r})
 	if err != nil {
-		r.log.Error("resync", zap.Error(err))
+		// Not reachable with a valid configuration. Without an engine the
+		// pair would stay SyncSource/SyncTarget with nothing moving: drop
+		// the link instead (linkGone steps the machine), so that status
+		// and events show the failure and the next connect tries again.
+		r.log.Error("cannot start the resync; dropping the peer link", zap.Error(err))
+		_ = link.Close("cannot start the resync: " + err.Error())
 		return
 	}
 	// targetReady closes when the target is ready for data (FeatureSyncReady).
