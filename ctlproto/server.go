@@ -94,6 +94,13 @@ type Config struct {
 	// WriteTimeout bounds the writing of one frame, so that a client that
 	// stops reading loses its connection instead of holding a goroutine.
 	WriteTimeout time.Duration
+	// MaxConnsPerUser bounds the connections one uid without admin access
+	// (a member of a ReadGIDs group) has open at once, so that such a user
+	// cannot make the daemon hold an unbounded number of goroutines and
+	// buffers; the first request of a connection beyond it is answered
+	// LIMIT_EXCEEDED and the connection closed. 0: no bound. Admins
+	// (root, the daemon's uid, AdminUIDs) are not bounded.
+	MaxConnsPerUser int
 	// Logger logs connection failures; nil logs nothing.
 	Logger *zap.Logger
 }
@@ -101,7 +108,7 @@ type Config struct {
 // DefaultConfig returns a configuration with the default limits and
 // timeouts; the caller sets Registry and Handler.
 func DefaultConfig() Config {
-	return Config{Limits: DefaultLimits(), WriteTimeout: 10 * time.Second}
+	return Config{Limits: DefaultLimits(), WriteTimeout: 10 * time.Second, MaxConnsPerUser: 64}
 }
 
 // Validate checks the configuration.
@@ -113,6 +120,8 @@ func (c Config) Validate() error {
 		return errors.New("ctlproto: Config.Handler is nil")
 	case c.WriteTimeout <= 0:
 		return fmt.Errorf("ctlproto: Config.WriteTimeout %v must be positive", c.WriteTimeout)
+	case c.MaxConnsPerUser < 0:
+		return fmt.Errorf("ctlproto: Config.MaxConnsPerUser %d is negative", c.MaxConnsPerUser)
 	}
 	return c.Limits.Validate()
 }
@@ -148,6 +157,7 @@ type Server struct {
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
 	conns     map[net.Conn]struct{}
+	perUser   map[uint32]int // open connections per uid without admin access
 	closing   chan struct{} // closed by Shutdown and Close
 	shut      bool
 	wg        sync.WaitGroup
@@ -167,6 +177,7 @@ func NewServer(cfg Config) (*Server, error) {
 		cfg: cfg, log: log, ctx: ctx, cancel: cancel,
 		listeners: map[net.Listener]struct{}{},
 		conns:     map[net.Conn]struct{}{},
+		perUser:   map[uint32]int{},
 		closing:   make(chan struct{}),
 	}, nil
 }
@@ -322,6 +333,13 @@ func (s *Server) serveConn(c net.Conn) {
 	if err == nil || s.cfg.Access != nil {
 		cn.access = s.cfg.access(cred)
 	}
+	if cn.access < AccessAdmin && s.cfg.MaxConnsPerUser > 0 {
+		if !s.countUser(cred.UID) {
+			cn.refuseOverLimit()
+			return
+		}
+		defer s.uncountUser(cred.UID)
+	}
 	var buf []byte
 	var hb [HeaderLen]byte
 	lim := s.cfg.Limits
@@ -388,6 +406,48 @@ func (s *Server) serveConn(c net.Conn) {
 			return
 		}
 	}
+}
+
+// countUser counts a new connection of uid; false when uid has
+// MaxConnsPerUser open already.
+func (s *Server) countUser(uid uint32) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.perUser[uid] >= s.cfg.MaxConnsPerUser {
+		return false
+	}
+	s.perUser[uid]++
+	return true
+}
+
+func (s *Server) uncountUser(uid uint32) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.perUser[uid]--; s.perUser[uid] <= 0 {
+		delete(s.perUser, uid)
+	}
+}
+
+// refuseOverLimit answers the first request of a connection over
+// MaxConnsPerUser with LIMIT_EXCEEDED (a client then says why, rather than
+// seeing the connection close); a client that sends nothing within a
+// second, or a frame that cannot be read, is just closed.
+func (cn *conn) refuseOverLimit() {
+	_ = cn.c.SetReadDeadline(time.Now().Add(time.Second))
+	var hb [HeaderLen]byte
+	if _, err := io.ReadFull(cn.c, hb[:]); err != nil {
+		return
+	}
+	h, err := ParseHeader(hb[:], cn.s.cfg.Limits)
+	if err == nil || errors.Is(err, ErrBadHeader) {
+		// Read the body, so that closing with it unread does not reset
+		// the connection and lose the answer.
+		if _, err := io.CopyN(io.Discard, cn.c, int64(h.Length)); err != nil {
+			return
+		}
+	}
+	cn.s.log.Warn("control connection refused: too many open for the user", zap.Uint32("uid", cn.cred.UID), zap.Int("limit", cn.s.cfg.MaxConnsPerUser))
+	cn.writeError(h.Type, h.Seq, Errorf(CodeLimitExceeded, "uid %d has %d control connections open already, the most for a user without admin access; close one", cn.cred.UID, cn.s.cfg.MaxConnsPerUser))
 }
 
 func ignoredList(tags []uint16) List {

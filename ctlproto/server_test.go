@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -553,4 +554,36 @@ func TestServerRefusesBeforeReadingBody(t *testing.T) {
 	if rh, l := readReply(t, c); rh.Seq != 8 || rh.Flags&FlagError != 0 {
 		t.Fatalf("hello after a refused request: %+v %v", rh, l)
 	}
+}
+
+// A user without admin access gets at most MaxConnsPerUser connections;
+// the next one is answered LIMIT_EXCEEDED on its first request (the
+// client's hello), and one closed makes room again.
+func TestServerConnsPerUser(t *testing.T) {
+	path, _ := startServer(t, Config{Handler: newTestHandler(), MaxConnsPerUser: 2, Access: func(Cred) Access { return AccessRead }})
+	ctx := ctxT(t)
+	a := dialT(t, path)
+	dialT(t, path)
+	_, err := Dial(ctx, path, DefaultRegistry(), "test-client")
+	var pe *Error
+	if !errors.As(err, &pe) || pe.Code != CodeLimitExceeded || !strings.Contains(pe.Message, "control connections open already") {
+		t.Fatalf("third connection: %v, want LIMIT_EXCEEDED", err)
+	}
+	a.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c, err := Dial(ctx, path, DefaultRegistry(), "test-client")
+		if err == nil {
+			c.Close()
+			break
+		}
+		if !errors.As(err, &pe) || pe.Code != CodeLimitExceeded || time.Now().After(deadline) {
+			t.Fatalf("after closing one: %v", err)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	// Admins are not bounded.
+	path, _ = startServer(t, Config{Handler: newTestHandler(), MaxConnsPerUser: 1, Access: func(Cred) Access { return AccessAdmin }})
+	dialT(t, path)
+	dialT(t, path)
 }
