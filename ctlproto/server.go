@@ -158,7 +158,7 @@ type Server struct {
 	listeners map[net.Listener]struct{}
 	conns     map[net.Conn]struct{}
 	perUser   map[uint32]int // open connections per uid without admin access
-	closing   chan struct{} // closed by Shutdown and Close
+	closing   chan struct{}  // closed by Shutdown and Close
 	shut      bool
 	wg        sync.WaitGroup
 }
