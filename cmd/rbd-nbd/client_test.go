@@ -398,3 +398,49 @@ func TestCtlPathsAbsolute(t *testing.T) {
 		}
 	}
 }
+
+// adjust --dry-run prints the settings that differ between the running
+// configuration and the file, and changes nothing.
+func TestAdjustDryRun(t *testing.T) {
+	sock := serveDaemon(t, ctlproto.DefaultRegistry(), "test")
+	dir := t.TempDir()
+	file := filepath.Join(dir, "r0.yaml")
+	write := func(protocol, disk string) {
+		y := fmt.Sprintf("resource: r0\nnodes:\n  - {name: a, node-id: 0, address: \"127.0.0.1:7789\", disk: %s}\n  - {name: b, node-id: 1, address: \"127.0.0.1:7790\", disk: /dev/loop1}\nnet: {protocol: %s}\n", disk, protocol)
+		if err := os.WriteFile(file, []byte(y), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("C", "/dev/loop0")
+	if out := mustRun(t, sock, "adjust", "--dry-run", "-c", file, "--node", "a"); !strings.Contains(out, "no such resource: adjust would create it") {
+		t.Fatalf("dry run of a missing resource:\n%s", out)
+	}
+	cfg, err := loadResource(file, "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := ctlproto.Dial(ctx, sock, ctlproto.DefaultRegistry(), "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Create(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	if out := mustRun(t, sock, "adjust", "--dry-run", "-c", file, "--node", "a"); !strings.Contains(out, "generation 1 matches the file") {
+		t.Fatalf("dry run of an unchanged file:\n%s", out)
+	}
+	write("A", "/dev/loop2")
+	out := mustRun(t, sock, "adjust", "--dry-run", "-c", file, "--node", "a")
+	for _, want := range []string{"adjust would change, as generation 2:", `net.protocol: "C" -> "A"`, `local.disk: "/dev/loop0" -> "/dev/loop2"`,
+		"resource.disk cannot change while the resource is up"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("dry run lacks %q:\n%s", want, out)
+		}
+	}
+	if show := mustRun(t, sock, "ctl", "show", "r0"); !strings.Contains(show, "# generation 1") || !strings.Contains(show, "protocol: C") {
+		t.Fatalf("the dry run changed the resource:\n%s", show)
+	}
+}

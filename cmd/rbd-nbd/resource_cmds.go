@@ -2,13 +2,19 @@ package main
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
+	"go.yaml.in/yaml/v3"
 	"golang.org/x/term"
 
 	"github.com/rbd-nbd/rbd-nbd/config"
@@ -83,8 +89,9 @@ func resourceFileFlags(cmd *cobra.Command, file, node *string, ifGen *uint64) {
 func newAdjustCmd(g *globalOptions) *cobra.Command {
 	var file, node string
 	var ifGen uint64
+	var dryRun bool
 	cmd := &cobra.Command{
-		Use:   "adjust -c FILE [--node NAME] [--if-generation N]",
+		Use:   "adjust -c FILE [--node NAME] [--if-generation N] [--dry-run]",
 		Short: "Make the running resource match the resource file, as one transaction",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -93,6 +100,9 @@ func newAdjustCmd(g *globalOptions) *cobra.Command {
 				return err
 			}
 			return withClient(cmd.Context(), g, callTimeout, func(ctx context.Context, c *ctlproto.Client) error {
+				if dryRun {
+					return adjustDryRun(ctx, cmd.OutOrStdout(), c, cfg)
+				}
 				body := ctlproto.EncodeConfig(c.Registry(), cfg)
 				if ifGen != 0 {
 					body = append(body, ctlproto.U64(ctlproto.TagIfGeneration, ifGen).AsMandatory())
@@ -104,7 +114,96 @@ func newAdjustCmd(g *globalOptions) *cobra.Command {
 		},
 	}
 	resourceFileFlags(cmd, &file, &node, &ifGen)
+	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "print the settings adjust would change (running value -> file's value) and change nothing")
 	return cmd
+}
+
+// adjustDryRun prints what adjust would change: each setting whose running
+// value differs from the file's, by its name in ctl show, and whether the
+// change needs the resource down.
+func adjustDryRun(ctx context.Context, w io.Writer, c *ctlproto.Client, cfg config.Resource) error {
+	cfg = cfg.Default()
+	running, gen, err := c.Show(ctx, cfg.Name)
+	var pe *ctlproto.Error
+	if errors.As(err, &pe) && pe.Code == ctlproto.CodeUnknownResource {
+		fmt.Fprintf(w, "%s: no such resource: adjust would create it and bring it up\n", cfg.Name)
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	diffs, err := configDiff(running, cfg)
+	if err != nil {
+		return err
+	}
+	if len(diffs) == 0 {
+		fmt.Fprintf(w, "%s: generation %d matches the file: adjust would change nothing (and bring the resource up if it is down)\n", cfg.Name, gen)
+		return nil
+	}
+	fmt.Fprintf(w, "%s: generation %d; adjust would change, as generation %d:\n", cfg.Name, gen, gen+1)
+	for _, d := range diffs {
+		fmt.Fprintf(w, "  %s\n", d)
+	}
+	if path := config.Invariant(running, cfg); path != "" {
+		fmt.Fprintf(w, "%s cannot change while the resource is up: adjust is refused unless it is down\n", path)
+	}
+	return nil
+}
+
+// configDiff lists the settings of a and b that differ, as "path: a -> b"
+// with the paths and values ctl show prints, sorted by path.
+func configDiff(a, b config.Resource) ([]string, error) {
+	fa, err := flatConfig(a)
+	if err != nil {
+		return nil, err
+	}
+	fb, err := flatConfig(b)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, k := range slices.Sorted(maps.Keys(fa)) {
+		if vb, ok := fb[k]; !ok || vb != fa[k] {
+			if !ok {
+				vb = "(none)"
+			}
+			out = append(out, fmt.Sprintf("%s: %s -> %s", k, fa[k], vb))
+		}
+	}
+	for _, k := range slices.Sorted(maps.Keys(fb)) {
+		if _, ok := fa[k]; !ok {
+			out = append(out, fmt.Sprintf("%s: (none) -> %s", k, fb[k]))
+		}
+	}
+	slices.Sort(out)
+	return out, nil
+}
+
+// flatConfig renders cfg as ctl show does and flattens it to dotted paths.
+func flatConfig(cfg config.Resource) (map[string]string, error) {
+	out, err := showYAML(cfg)
+	if err != nil {
+		return nil, err
+	}
+	var tree map[string]any
+	if err := yaml.Unmarshal(out, &tree); err != nil {
+		return nil, err
+	}
+	flat := map[string]string{}
+	var walk func(prefix string, v any)
+	walk = func(prefix string, v any) {
+		switch v := v.(type) {
+		case map[string]any:
+			for k, sub := range v {
+				walk(strings.TrimPrefix(prefix+"."+k, "."), sub)
+			}
+		default:
+			b, _ := json.Marshal(v)
+			flat[prefix] = string(b)
+		}
+	}
+	walk("", tree)
+	return flat, nil
 }
 
 func newDownCmd(g *globalOptions) *cobra.Command {
