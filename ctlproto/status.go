@@ -38,6 +38,8 @@ const (
 	// FieldVerify and FieldVerifyFound (1.5): the online verify.
 	FieldVerify
 	FieldVerifyFound
+	// FieldDown (1.6): the resource is not up.
+	FieldDown
 
 	numStatusFields
 )
@@ -48,6 +50,7 @@ var statusKeys = [numStatusFields]string{
 	"out-of-sync", "resync-done", "resync-total", "resync-rate", "resync-eta",
 	"resynced-bytes", "writes-in-flight", "nbd-connections", "current-uuid",
 	"peer-node-id", "generation", "suspended", "verify", "verify-found",
+	"down",
 }
 
 // Key is the field's key in text and JSON output, e.g. "peer-disk".
@@ -67,7 +70,7 @@ func (f StatusField) Tag() uint16 {
 }
 
 // laterStatusTags are the tags of the fields from FieldSuspended on.
-var laterStatusTags = [...]uint16{TagStatusSuspended, TagStatusVerify, TagStatusVerifyFound}
+var laterStatusTags = [...]uint16{TagStatusSuspended, TagStatusVerify, TagStatusVerifyFound, TagStatusDown}
 
 // fieldOfTag returns the status field a tag carries.
 func fieldOfTag(tag uint16) (StatusField, bool) {
@@ -90,6 +93,8 @@ func (f StatusField) wireType() Type {
 		return TypeU8
 	case FieldNBDConnections, FieldPeerNodeID:
 		return TypeU32
+	case FieldDown:
+		return TypeFlag
 	}
 	return TypeU64
 }
@@ -186,6 +191,10 @@ func statusValue(st *resource.Status, f StatusField) uint64 {
 		return uint64(st.Verify)
 	case FieldVerifyFound:
 		return st.VerifyFound
+	case FieldDown:
+		if st.Down {
+			return 1
+		}
 	}
 	return 0
 }
@@ -232,6 +241,8 @@ func setStatusValue(st *resource.Status, f StatusField, v uint64) {
 		st.Verify = resource.VerifyState(v)
 	case FieldVerifyFound:
 		st.VerifyFound = v
+	case FieldDown:
+		st.Down = v != 0
 	}
 }
 
@@ -273,6 +284,8 @@ func FieldText(st resource.Status, f StatusField) string {
 		return st.Suspended.String()
 	case FieldVerify:
 		return st.Verify.String()
+	case FieldDown:
+		return strconv.FormatBool(st.Down)
 	}
 	return strconv.FormatUint(statusValue(&st, f), 10)
 }
@@ -362,14 +375,17 @@ func statsFields(st *resource.Status) []statsField {
 
 // FieldPresent reports whether field f of st is sent in status replies
 // (and shown by status --json): every field but a suspended field that is
-// zero and the verify fields while no verify ran, which are left out so
-// that such a daemon answers as one that predates the fields.
+// zero, the verify fields while no verify ran and down while the resource
+// is up, which are left out so that such a daemon answers as one that
+// predates the fields.
 func FieldPresent(st resource.Status, f StatusField) bool {
 	switch f {
 	case FieldSuspended:
 		return st.Suspended != 0
 	case FieldVerify, FieldVerifyFound:
 		return st.Verify != resource.VerifyNone
+	case FieldDown:
+		return st.Down
 	}
 	return true
 }

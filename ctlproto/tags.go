@@ -198,6 +198,9 @@ const (
 	// Added in 1.5: the online verify's outcome.
 	TagStatusVerify      uint16 = 168
 	TagStatusVerifyFound uint16 = 169
+
+	// Added in 1.6: a resource the daemon holds that is not up.
+	TagStatusDown uint16 = 170
 )
 
 // enumNames lists String() of 0, 1, ... up to the first value whose name
@@ -217,7 +220,7 @@ func enumNames(name func(int) string) []string {
 // defaultTags declares every tag. Append new tags at the end with the next
 // free number and the new protocol minor as Since; retire, never delete.
 func defaultTags() []Tag {
-	const v1, v1_1, v1_2, v1_3, v1_4, v1_5 = "1.0", "1.1", "1.2", "1.3", "1.4", "1.5"
+	const v1, v1_1, v1_2, v1_3, v1_4, v1_5, v1_6 = "1.0", "1.1", "1.2", "1.3", "1.4", "1.5", "1.6"
 	roles := enumNames(func(i int) string { return resource.Role(i).String() })
 	disks := enumNames(func(i int) string { return resource.DiskState(i).String() })
 	conns := enumNames(func(i int) string { return resource.ConnState(i).String() })
@@ -283,6 +286,7 @@ func defaultTags() []Tag {
 		{Num: TagStatusSuspended, Name: "status.suspended", Type: TypeU8, Section: TagStatus, Since: v1_3, Doc: "Why application I/O is suspended, a set of bits: 1 suspend-io (user), 2 fencing, 4 no data accessible (from 1.4); absent when it is not."},
 		{Num: TagStatusVerify, Name: "status.verify", Type: TypeU8, Enum: verifies, Section: TagStatus, Since: v1_5, Doc: "This node's online verify: Running, or how the last one since the resource came up ended (Done: its whole range compared; Interrupted: stopped early, the rest not compared); absent when none ran."},
 		{Num: TagStatusVerifyFound, Name: "status.verify-found", Type: TypeU64, Unit: UnitBytes, Section: TagStatus, Since: v1_5, Doc: "Bytes that verify found out of sync (and marked) so far; absent when none ran."},
+		{Num: TagStatusDown, Name: "status.down", Type: TypeFlag, Section: TagStatus, Since: v1_6, Doc: "The daemon holds the resource's configuration, but it is not up (after down, or never started): role, disk and connection then describe no running resource. Absent when it is up."},
 
 		{Num: TagDiskALExtents, Name: "disk.al-extents", Type: TypeU32, Section: TagDisk, Flag: "al-extents", Since: v1, Doc: "Active 4 MiB extents in the activity log."},
 		{Num: TagDiskOnIOError, Name: "disk.on-io-error", Type: TypeString, Section: TagDisk, Mandatory: true, Flag: "on-io-error", Since: v1, Doc: "Local disk error policy."},

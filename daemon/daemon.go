@@ -187,7 +187,7 @@ func (d *Daemon) serve(ctx context.Context, req *ctlproto.Request) ctlproto.Repl
 	case ctlproto.MsgHello:
 		return ctlproto.Reply{Body: ctlproto.EncodeHello(ctlproto.HelloInfo{Version: d.cfg.Version, Major: ctlproto.ProtoMajor, Minor: ctlproto.ProtoMinor})}
 	case ctlproto.MsgStatus:
-		return d.status(body)
+		return d.status(req.Header.Minor, body)
 	case ctlproto.MsgShow:
 		return d.show(body)
 	case ctlproto.MsgSubscribe:
@@ -301,7 +301,7 @@ func statusOf(name string, s *snapshot) resource.Status {
 		st = s.rt.Status()
 	} else {
 		st = resource.Status{Role: resource.RoleSecondary, Disk: resource.DiskDiskless, Conn: resource.ConnStandAlone,
-			PeerRole: resource.RoleUnknown, PeerDisk: resource.DiskDUnknown, PeerNodeID: s.cfg.Peer.ID}
+			PeerRole: resource.RoleUnknown, PeerDisk: resource.DiskDUnknown, PeerNodeID: s.cfg.Peer.ID, Down: true}
 	}
 	st.Name, st.Generation = name, s.gen
 	return st
@@ -319,7 +319,10 @@ func (r *res) current() func() resource.Status {
 	}
 }
 
-func (d *Daemon) status(body ctlproto.List) ctlproto.Reply {
+// status answers a status request. status.down goes only to clients of
+// protocol 1.6 or later: an older client reads a resource that is down
+// exactly as before (Secondary, Diskless, StandAlone).
+func (d *Daemon) status(minor uint8, body ctlproto.List) ctlproto.Reply {
 	var rs []*res
 	if name := optName(body); name != "" {
 		r := d.lookup(name)
@@ -334,10 +337,14 @@ func (d *Daemon) status(body ctlproto.List) ctlproto.Reply {
 	if e, ok := body.Find(ctlproto.TagStatistics); ok && e.Bool() {
 		encode = ctlproto.EncodeStatusStatistics
 	}
+	fields := ctlproto.AllFields
+	if minor < 6 {
+		fields &^= ctlproto.Fields(ctlproto.FieldDown)
+	}
 	var out ctlproto.List
 	for _, r := range rs {
 		if s := r.snap.Load(); s != nil {
-			out = append(out, encode(statusOf(r.name, s), ctlproto.AllFields))
+			out = append(out, encode(statusOf(r.name, s), fields))
 		}
 	}
 	return ctlproto.Reply{Body: out}

@@ -33,7 +33,7 @@ func TestCreateStatusShowDelete(t *testing.T) {
 		t.Fatalf("status: %+v %v", sts, err)
 	}
 	want := resource.Status{Name: "r0", Role: resource.RoleSecondary, Disk: resource.DiskDiskless, Conn: resource.ConnStandAlone,
-		PeerRole: resource.RoleUnknown, PeerDisk: resource.DiskDUnknown, PeerNodeID: 1, Generation: 1}
+		PeerRole: resource.RoleUnknown, PeerDisk: resource.DiskDUnknown, PeerNodeID: 1, Generation: 1, Down: true}
 	if sts[0] != want {
 		t.Fatalf("config-only status %+v, want %+v", sts[0], want)
 	}

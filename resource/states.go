@@ -146,6 +146,11 @@ type Status struct {
 	// VerifyFound counts the bytes that verify found out of sync (and
 	// marked) so far.
 	VerifyFound uint64
+	// Down is set by the daemon for a resource whose configuration it
+	// holds but that is not up (after down, or created and never
+	// started): the other states then describe no running resource. A
+	// Resource never reports it.
+	Down bool
 	// IO, Link and Meta are statistics since the resource came up (status
 	// --statistics, metrics). Status events do not fire when they change.
 	IO   IOStats

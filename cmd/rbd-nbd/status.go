@@ -217,6 +217,11 @@ func writeStatusJSON(w io.Writer, sts []resource.Status, stats bool) error {
 // writeStatusText prints a resource the way drbdadm status does: the
 // resource, its disk, the peer connection and the peer's disk.
 func writeStatusText(w io.Writer, st resource.Status) {
+	if st.Down {
+		// Configured, not up: no role, disk or connection to show.
+		fmt.Fprintf(w, "%s down generation:%d\n", st.Name, st.Generation)
+		return
+	}
 	fmt.Fprintf(w, "%s role:%s generation:%d", st.Name, st.Role, st.Generation)
 	if st.Suspended != 0 {
 		fmt.Fprintf(w, " suspended:%s", st.Suspended)
