@@ -340,7 +340,7 @@ func (f *File) checkNodes(local int) error {
 func (h fileHandlers) check() error {
 	for _, m := range []map[string]words{h.Inline, h.Commands} {
 		for _, name := range slices.Sorted(maps.Keys(m)) {
-			if !validHandlerName(name) {
+			if !ValidHandlerName(name) {
 				return &FieldError{Path: "handlers", Value: name, Allowed: "a handler name (a-z, 0-9 and '-', e.g. fence-peer), dispatcher, commands or timeout"}
 			}
 		}
@@ -353,9 +353,15 @@ func (h fileHandlers) check() error {
 	return nil
 }
 
-// validHandlerName is hooks.Name.Valid (hooks imports this package).
-func validHandlerName(n string) bool {
-	if len(n) == 0 || len(n) > 64 || n[0] == '-' {
+// MaxHandlerNameLen bounds the length of a handler name.
+const MaxHandlerNameLen = 64
+
+// ValidHandlerName reports whether n can name a handler in any release: 1
+// to MaxHandlerNameLen characters of a-z, 0-9 and '-', not starting with
+// '-' (hooks.Name.Valid). The rule must never narrow: a file written for a
+// newer release names handlers this one does not know.
+func ValidHandlerName(n string) bool {
+	if len(n) == 0 || len(n) > MaxHandlerNameLen || n[0] == '-' {
 		return false
 	}
 	for i := 0; i < len(n); i++ {

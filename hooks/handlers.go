@@ -1,5 +1,7 @@
 package hooks
 
+import "github.com/rbd-nbd/rbd-nbd/config"
+
 // Name names a handler, e.g. "before-resync-target". It is the key in
 // config.Handlers.Commands, the dispatcher's last argument and the value
 // of RBD_NBD_HANDLER.
@@ -43,25 +45,14 @@ const (
 )
 
 // MaxNameLen bounds the length of a handler name.
-const MaxNameLen = 64
+const MaxNameLen = config.MaxHandlerNameLen
 
 // Valid reports whether n can name a handler: 1 to MaxNameLen characters
 // of a-z, 0-9 and '-', not starting with '-'. Valid names include names
 // this build does not know; those run as notify handlers. The resource
-// file refuses keys under handlers that are not valid names (config's
-// validHandlerName, the same rule), so the rule must never narrow.
-func (n Name) Valid() bool {
-	if len(n) == 0 || len(n) > MaxNameLen || n[0] == '-' {
-		return false
-	}
-	for i := 0; i < len(n); i++ {
-		c := n[i]
-		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-') {
-			return false
-		}
-	}
-	return true
-}
+// file refuses keys under handlers that are not valid names (the rule is
+// config.ValidHandlerName), so the rule must never narrow.
+func (n Name) Valid() bool { return config.ValidHandlerName(string(n)) }
 
 // Kind says what a handler's exit code can decide.
 type Kind uint8
