@@ -89,6 +89,12 @@ func serveStateDaemon(t *testing.T, s *stateStore) *ctlproto.Client {
 	return c
 }
 
+// stateTestConfig is a valid configuration of resource r0.
+func stateTestConfig() config.Resource {
+	return config.Resource{Name: "r0", Local: config.Node{Name: "alpha", Address: "127.0.0.1:7789", Disk: "/dev/loop0"},
+		Peer: config.Node{Name: "beta", ID: 1, Address: "127.0.0.1:7790"}}.Default()
+}
+
 // After a restart, the remembered generation goes with the remembered
 // configuration only: another configuration created under the name (an
 // adjust that came before the restore, or after a failed one) is a newer
@@ -98,8 +104,7 @@ func TestRememberedGenerationIsTheRememberedConfigs(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	s := &stateStore{dir: t.TempDir(), log: zap.NewNop()}
-	cfg := config.Resource{Name: "r0", Local: config.Node{Name: "alpha", Address: "127.0.0.1:7789", Disk: "/dev/loop0"},
-		Peer: config.Node{Name: "beta", ID: 1, Address: "127.0.0.1:7790"}}.Default()
+	cfg := stateTestConfig()
 	s.save("r0", intent{Config: cfg, Generation: 4})
 
 	c := serveStateDaemon(t, s)
@@ -155,8 +160,7 @@ func TestDownResourceGenerationSurvivesRestart(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	s := &stateStore{dir: t.TempDir(), log: zap.NewNop()}
-	cfg := config.Resource{Name: "r0", Local: config.Node{Name: "alpha", Address: "127.0.0.1:7789", Disk: "/dev/loop0"},
-		Peer: config.Node{Name: "beta", ID: 1, Address: "127.0.0.1:7790"}}.Default()
+	cfg := stateTestConfig()
 
 	c := serveStateDaemon(t, s)
 	if _, err := c.Create(ctx, cfg); err != nil {
