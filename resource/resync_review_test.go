@@ -108,12 +108,7 @@ func TestPartialLastBlockResyncAndVerify(t *testing.T) {
 			if _, err := c.db.Device.WriteAt(fill(0x55, 512), size-1024); err != nil {
 				t.Fatal(err)
 			}
-			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-			defer cancel()
-			if err := c.a.Verify(ctx, 0, 0); err != nil {
-				t.Fatal(err)
-			}
-			s := c.wait(c.a, "verify done", func(s Status) bool { return s.Verify != VerifyRunning && s.Verify != VerifyNone })
+			s := c.verifyAll()
 			if s.Verify != VerifyDone || s.VerifyFound != partial || s.OutOfSync != partial {
 				t.Fatalf("verify: %v found %d, out of sync %d; want Done, %d", s.Verify, s.VerifyFound, s.OutOfSync, partial)
 			}
@@ -175,13 +170,20 @@ func TestResyncAndVerifyWithLargeBitmapBlocks(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	if err := c.a.Verify(ctx, 0, 0); err != nil {
-		t.Fatal(err)
-	}
-	s := c.wait(c.a, "verify done", func(s Status) bool { return s.Verify != VerifyRunning && s.Verify != VerifyNone })
+	s := c.verifyAll()
 	if s.Verify != VerifyDone || s.VerifyFound != bb || s.OutOfSync != bb {
 		t.Fatalf("verify: %v found %d, out of sync %d; want Done, %d (one block)", s.Verify, s.VerifyFound, s.OutOfSync, bb)
 	}
+}
+
+// verifyAll runs an online verify of the whole device on node a and
+// returns a's status once it ended.
+func (c *pair) verifyAll() Status {
+	c.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := c.a.Verify(ctx, 0, 0); err != nil {
+		c.t.Fatal(err)
+	}
+	return c.wait(c.a, "verify done", func(s Status) bool { return s.Verify != VerifyRunning && s.Verify != VerifyNone })
 }
