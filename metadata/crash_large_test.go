@@ -74,22 +74,12 @@ func largeWorkload(st Store, seed uint64, model *crashModel) {
 			model.durableSeq = m.Superblock().Seq
 			model.updates++
 		case p < 993:
-			model.evictions += int(m.ActivityLog().Stats().Evictions)
-			if m.Close() != nil {
+			if !model.restart(&m, st, largeDevSize) {
 				return
 			}
-			model.durableSeq = m.Superblock().Seq
-			if m, err = Open(st, largeDevSize, true); err != nil {
-				return
-			}
-			model.durableSeq = m.Superblock().Seq
-			model.closes++
 		}
 	}
-	model.evictions += int(m.ActivityLog().Stats().Evictions)
-	if m.Close() == nil {
-		model.durableSeq = m.Superblock().Seq
-	}
+	model.finish(m)
 }
 
 func TestCrashLargeActivityLog(t *testing.T) {

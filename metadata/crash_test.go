@@ -138,18 +138,35 @@ func crashWorkload(st Store, seed uint64, model *crashModel) {
 			model.durableSeq = m.Superblock().Seq
 			model.updates++
 		default: // a clean shutdown and restart
-			model.evictions += int(m.ActivityLog().Stats().Evictions)
-			if m.Close() != nil {
+			if !model.restart(&m, st, crashDevSize) {
 				return
 			}
-			model.durableSeq = m.Superblock().Seq
-			if m, err = Open(st, crashDevSize, true); err != nil {
-				return
-			}
-			model.durableSeq = m.Superblock().Seq
-			model.closes++
 		}
 	}
+	model.finish(m)
+}
+
+// restart shuts *m down cleanly and opens the meta-data again, as a clean
+// restart of the daemon does; false when a step failed (the crash came).
+func (model *crashModel) restart(m **Meta, st Store, size int64) bool {
+	model.evictions += int((*m).ActivityLog().Stats().Evictions)
+	if (*m).Close() != nil {
+		return false
+	}
+	model.durableSeq = (*m).Superblock().Seq
+	nm, err := Open(st, size, true)
+	if err != nil {
+		return false
+	}
+	*m = nm
+	model.durableSeq = nm.Superblock().Seq
+	model.closes++
+	return true
+}
+
+// finish shuts m down at the end of a workload that outlived its crash
+// point.
+func (model *crashModel) finish(m *Meta) {
 	model.evictions += int(m.ActivityLog().Stats().Evictions)
 	if m.Close() == nil {
 		model.durableSeq = m.Superblock().Seq
