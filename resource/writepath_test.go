@@ -1,10 +1,14 @@
 package resource
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/rbd-nbd/rbd-nbd/replicate"
 )
 
 // A write whose local half fails under on-io-error pass-on (the client
@@ -45,4 +49,67 @@ func TestPassOnLocalWriteErrorMarksOutOfSync(t *testing.T) {
 	}
 	c.settled()
 	c.compareBlocks(X)
+}
+
+// A Secondary that closes its link (disconnect) while one of the
+// Primary's writes still runs on its disk must not take a new link before
+// that write finished: the Primary marked it out of sync (its peer half
+// failed with the link), and the reconnect's resync sends the block's
+// current data; the old write landing after that leaves the Secondary
+// with stale data and both bitmaps clean.
+func TestReconnectWaitsForOldLinkWrites(t *testing.T) {
+	c := newPair(t, "", "")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	const X = 1 << 20
+	blocked, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	unblock := func() { once.Do(func() { close(release) }) }
+	t.Cleanup(unblock)
+	c.db.setWrite(func(p []byte, off int64) error {
+		if off == X && p[0] == 0x22 {
+			close(blocked)
+			<-release
+		}
+		return nil
+	})
+	res := make(chan error, 1)
+	go func() { res <- c.a.WriteAt(fill(0x22, 4096), X, false) }()
+	select {
+	case <-blocked:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the write did not reach b's disk")
+	}
+	links := make(chan *replicate.Link, 1)
+	c.b.post(func() { links <- c.b.link })
+	old := <-links
+	if err := c.b.Disconnect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-res:
+		if err != nil {
+			t.Fatalf("write whose peer half went with the link: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the write never returned")
+	}
+	if err := c.a.WriteAt(fill(0x33, 4096), X, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.b.Connect(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	// Without the fix the pair resyncs and settles while b's old write
+	// still waits; with it, the handshake waits for that write, and this
+	// runs into its deadline.
+	waitStatus(c.a, 2*time.Second, func(s Status) bool {
+		return s.Conn == ConnConnected && s.PeerDisk == DiskUpToDate && s.OutOfSync == 0
+	})
+	unblock()
+	old.Wait()
+	c.settled()
+	if got := c.peerData(X, 4096); !bytes.Equal(got, fill(0x33, 4096)) {
+		t.Fatalf("b has %#x at X after the resync, a 0x33, and both bitmaps are clean", got[0])
+	}
 }
