@@ -113,3 +113,68 @@ func TestReconnectWaitsForOldLinkWrites(t *testing.T) {
 		t.Fatalf("b has %#x at X after the resync, a 0x33, and both bitmaps are clean", got[0])
 	}
 }
+
+// A Secondary promoted after it closed its link (disconnect, then
+// primary) while one of the old Primary's writes still ran on its disk
+// must not take its own clients' writes before that write finished: it
+// would land over them, and the new Primary would read back stale data.
+func TestPromoteWaitsForOldLinkWrites(t *testing.T) {
+	c := newPair(t, "", "")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	const X = 1 << 20
+	blocked, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	unblock := func() { once.Do(func() { close(release) }) }
+	t.Cleanup(unblock)
+	c.db.setWrite(func(p []byte, off int64) error {
+		if off == X && p[0] == 0x22 {
+			close(blocked)
+			<-release
+		}
+		return nil
+	})
+	res := make(chan error, 1)
+	go func() { res <- c.a.WriteAt(fill(0x22, 4096), X, false) }()
+	select {
+	case <-blocked:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the write did not reach b's disk")
+	}
+	links := make(chan *replicate.Link, 1)
+	c.b.post(func() { links <- c.b.link })
+	old := <-links
+	if err := c.b.Disconnect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-res; err != nil {
+		t.Fatalf("write whose peer half went with the link: %v", err)
+	}
+	if err := c.a.Disconnect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	promoted := make(chan error, 1)
+	go func() { promoted <- c.b.Primary(ctx, false) }()
+	// Without the fix b is Primary at once and its write below goes
+	// before the old one; with it, the promotion waits for the release.
+	early := false
+	if _, ok := waitStatus(c.b, time.Second, func(s Status) bool { return s.Role == RolePrimary }); ok {
+		early = true
+		if err := c.b.WriteAt(fill(0x44, 4096), X, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	unblock()
+	if err := <-promoted; err != nil {
+		t.Fatal(err)
+	}
+	if !early {
+		if err := c.b.WriteAt(fill(0x44, 4096), X, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	old.Wait()
+	if got := c.peerData(X, 4096); !bytes.Equal(got, fill(0x44, 4096)) {
+		t.Fatalf("b, Primary, has %#x at X after its own write of 0x44", got[0])
+	}
+}
