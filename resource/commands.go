@@ -113,17 +113,41 @@ func (r *Resource) primary(ctx context.Context, force bool) error {
 			return ctx.Err()
 		}
 	}
-	return r.do(ctx, func() error {
-		if _, err := r.stepAdmin(EvPromote{Force: force, PeerAgreed: wait != nil}); err != nil {
+	for {
+		var pending chan struct{}
+		err := r.do(ctx, func() error {
+			if ch := r.closing; ch != nil {
+				select {
+				case <-ch:
+					r.closing = nil
+				default:
+					// A link this node closed may still be writing the
+					// old Primary's requests to the disk: promoted
+					// before they finished, they would land over our
+					// own clients' writes.
+					pending = ch
+					return nil
+				}
+			}
+			if _, err := r.stepAdmin(EvPromote{Force: force, PeerAgreed: wait != nil}); err != nil {
+				return err
+			}
+			if r.fenceOutdates(fenced) {
+				// Remembered until the peer is UpToDate again, when
+				// unfence-peer runs.
+				r.step(EvPeerFenced{})
+			}
+			return nil
+		})
+		if err != nil || pending == nil {
 			return err
 		}
-		if r.fenceOutdates(fenced) {
-			// Remembered until the peer is UpToDate again, when
-			// unfence-peer runs.
-			r.step(EvPeerFenced{})
+		select {
+		case <-pending:
+		case <-ctx.Done():
+			return ctx.Err()
 		}
-		return nil
-	})
+	}
 }
 
 func (r *Resource) stateString() string {

@@ -550,8 +550,17 @@ func (r *Resource) writeUnder(st *repState, req replicate.Request, do func() err
 	var lerr error
 	detached := false
 	if !diskless {
-		if lerr = do(); lerr != nil && r.localError(lerr) {
-			lerr, detached = nil, true // the peer's copy is the data now
+		if lerr = do(); lerr != nil {
+			if r.localError(lerr) {
+				lerr, detached = nil, true // the peer's copy is the data now
+			} else if op != nil {
+				// on-io-error pass-on: the client gets the error, the
+				// disk stays, and the peer may have taken the write.
+				// The disks may differ here now: mark it, as DRBD does
+				// when either half of a write fails (without a link,
+				// the bits are set already).
+				r.markOutOfSync(off, n)
+			}
 		}
 	}
 
@@ -600,18 +609,25 @@ func (r *Resource) writeUnder(st *repState, req replicate.Request, do func() err
 
 // peerFailed records a write the peer did not complete.
 func (r *Resource) peerFailed(off, n int64, err error) {
-	if !r.diskFailed.Load() {
-		if e := r.engine.Load(); e != nil {
-			// A resync chunk of these blocks may have been acknowledged
-			// before this write (its range lock is free since): its flush
-			// must not clear the bits set here.
-			e.Dirtied(off, n)
-		}
-		r.bm.Set(off, n)
-	}
+	r.markOutOfSync(off, n)
 	if !errors.Is(err, replicate.ErrLinkDown) {
 		r.log.Warn("peer failed a write; marked out of sync", zap.Int64("offset", off), zap.Int64("length", n), zap.Error(err))
 	}
+}
+
+// markOutOfSync sets the bits of a write that one of the disks may lack
+// (a Diskless node keeps no bitmap).
+func (r *Resource) markOutOfSync(off, n int64) {
+	if r.diskFailed.Load() {
+		return
+	}
+	if e := r.engine.Load(); e != nil {
+		// A resync chunk of these blocks may have been acknowledged
+		// before this write (its range lock is free since): its flush
+		// must not clear the bits set here.
+		e.Dirtied(off, n)
+	}
+	r.bm.Set(off, n)
 }
 
 func (r *Resource) observeLatency(d time.Duration) {

@@ -209,6 +209,31 @@ func (r *Resource) linkUp(link *replicate.Link) {
 		_ = link.Close("not connecting")
 		return
 	}
+	if ch := r.closing; ch != nil {
+		select {
+		case <-ch:
+			r.closing = nil
+		default:
+			// A link this node closed may still be writing the peer's
+			// requests to the disk (Serve). The peer marked them out of
+			// sync when the link failed them; the new link's resync
+			// sends those blocks, and an old write landing after that
+			// would leave stale data under clean bitmaps. (A link that
+			// went down by itself is waited for in readControl.)
+			r.goLoop(func() {
+				select {
+				case <-ch:
+				case <-r.loopCtx.Done():
+					_ = link.Close("resource down")
+					return
+				}
+				if !r.post(func() { r.linkUp(link) }) {
+					_ = link.Close("resource down")
+				}
+			})
+			return
+		}
+	}
 	if r.connect != nil {
 		r.connect()
 		r.connect = nil
@@ -267,6 +292,15 @@ func (r *Resource) closeLink(reason string) {
 	r.link = nil
 	_ = link.Close(reason)
 	r.links.down(link)
+	prev, drained := r.closing, make(chan struct{})
+	r.closing = drained
+	r.goLoop(func() {
+		link.Wait()
+		if prev != nil {
+			<-prev
+		}
+		close(drained)
+	})
 	if r.promoteWait != nil {
 		r.promoteWait <- fmt.Errorf("the link closed: %s", reason)
 		r.promoteWait = nil

@@ -108,6 +108,10 @@ type Resource struct {
 	wg      sync.WaitGroup
 	link    *replicate.Link    // loop
 	connect context.CancelFunc // loop: the running connector
+	// closing: loop; closed once every link that closeLink closed has
+	// finished its Handler.Serve calls (nil: none left). A new link waits
+	// for it (linkUp).
+	closing chan struct{}
 	// peerBitmapDone: the peer's bitmap arrived during this handshake (loop).
 	peerBitmapDone bool
 	syncCancel     context.CancelFunc // loop: running resync source or target

@@ -1,0 +1,180 @@
+package resource
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/rbd-nbd/rbd-nbd/replicate"
+)
+
+// A write whose local half fails under on-io-error pass-on (the client
+// gets EIO, the disk stays) while its peer half succeeded leaves the two
+// disks different: the Primary's block kept its old bytes (or whatever the
+// failing disk made of them), the peer's took the new ones. The block must
+// be marked out of sync, as DRBD does when either half fails, or the
+// replicas stay different with a clean bitmap: a failover changes what the
+// block reads, and no resync ever repairs it.
+func TestPassOnLocalWriteErrorMarksOutOfSync(t *testing.T) {
+	c := newPair(t, "disk:\n  on-io-error: pass-on\n", "")
+	const X = 1 << 20
+	if err := c.a.WriteAt(fill(0x11, 4096), X, false); err != nil {
+		t.Fatal(err)
+	}
+	c.da.setWrite(func(p []byte, off int64) error {
+		if p[0] == 0x22 {
+			return errors.New("injected EIO")
+		}
+		return nil
+	})
+	if err := c.a.WriteAt(fill(0x22, 4096), X, false); err == nil {
+		t.Fatal("a write the local disk failed under pass-on was acknowledged")
+	}
+	c.da.setWrite(nil)
+	if s := c.a.Status(); s.Disk != DiskUpToDate || s.OutOfSync == 0 {
+		t.Fatalf("the local disk failed the write, the peer took it, and the bitmap is clean: %+v", s)
+	}
+	// A reconnect resyncs the block: both disks end equal.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := c.a.Disconnect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	c.wait(c.a, "StandAlone", func(s Status) bool { return s.Conn == ConnStandAlone })
+	if err := c.a.Connect(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	c.settled()
+	c.compareBlocks(X)
+}
+
+// A Secondary that closes its link (disconnect) while one of the
+// Primary's writes still runs on its disk must not take a new link before
+// that write finished: the Primary marked it out of sync (its peer half
+// failed with the link), and the reconnect's resync sends the block's
+// current data; the old write landing after that leaves the Secondary
+// with stale data and both bitmaps clean.
+func TestReconnectWaitsForOldLinkWrites(t *testing.T) {
+	c := newPair(t, "", "")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	const X = 1 << 20
+	blocked, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	unblock := func() { once.Do(func() { close(release) }) }
+	t.Cleanup(unblock)
+	c.db.setWrite(func(p []byte, off int64) error {
+		if off == X && p[0] == 0x22 {
+			close(blocked)
+			<-release
+		}
+		return nil
+	})
+	res := make(chan error, 1)
+	go func() { res <- c.a.WriteAt(fill(0x22, 4096), X, false) }()
+	select {
+	case <-blocked:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the write did not reach b's disk")
+	}
+	links := make(chan *replicate.Link, 1)
+	c.b.post(func() { links <- c.b.link })
+	old := <-links
+	if err := c.b.Disconnect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-res:
+		if err != nil {
+			t.Fatalf("write whose peer half went with the link: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the write never returned")
+	}
+	if err := c.a.WriteAt(fill(0x33, 4096), X, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.b.Connect(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	// Without the fix the pair resyncs and settles while b's old write
+	// still waits; with it, the handshake waits for that write, and this
+	// runs into its deadline.
+	waitStatus(c.a, 2*time.Second, func(s Status) bool {
+		return s.Conn == ConnConnected && s.PeerDisk == DiskUpToDate && s.OutOfSync == 0
+	})
+	unblock()
+	old.Wait()
+	c.settled()
+	if got := c.peerData(X, 4096); !bytes.Equal(got, fill(0x33, 4096)) {
+		t.Fatalf("b has %#x at X after the resync, a 0x33, and both bitmaps are clean", got[0])
+	}
+}
+
+// A Secondary promoted after it closed its link (disconnect, then
+// primary) while one of the old Primary's writes still ran on its disk
+// must not take its own clients' writes before that write finished: it
+// would land over them, and the new Primary would read back stale data.
+func TestPromoteWaitsForOldLinkWrites(t *testing.T) {
+	c := newPair(t, "", "")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	const X = 1 << 20
+	blocked, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	unblock := func() { once.Do(func() { close(release) }) }
+	t.Cleanup(unblock)
+	c.db.setWrite(func(p []byte, off int64) error {
+		if off == X && p[0] == 0x22 {
+			close(blocked)
+			<-release
+		}
+		return nil
+	})
+	res := make(chan error, 1)
+	go func() { res <- c.a.WriteAt(fill(0x22, 4096), X, false) }()
+	select {
+	case <-blocked:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the write did not reach b's disk")
+	}
+	links := make(chan *replicate.Link, 1)
+	c.b.post(func() { links <- c.b.link })
+	old := <-links
+	if err := c.b.Disconnect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-res; err != nil {
+		t.Fatalf("write whose peer half went with the link: %v", err)
+	}
+	if err := c.a.Disconnect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	promoted := make(chan error, 1)
+	go func() { promoted <- c.b.Primary(ctx, false) }()
+	// Without the fix b is Primary at once and its write below goes
+	// before the old one; with it, the promotion waits for the release.
+	early := false
+	if _, ok := waitStatus(c.b, time.Second, func(s Status) bool { return s.Role == RolePrimary }); ok {
+		early = true
+		if err := c.b.WriteAt(fill(0x44, 4096), X, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	unblock()
+	if err := <-promoted; err != nil {
+		t.Fatal(err)
+	}
+	if !early {
+		if err := c.b.WriteAt(fill(0x44, 4096), X, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	old.Wait()
+	if got := c.peerData(X, 4096); !bytes.Equal(got, fill(0x44, 4096)) {
+		t.Fatalf("b, Primary, has %#x at X after its own write of 0x44", got[0])
+	}
+}
