@@ -567,10 +567,15 @@ func (m *Machine) lostPeer() []Action {
 	// Only a Primary with its own UpToDate disk starts a generation and
 	// fences: a Diskless one has no data to be newer with, and fencing its
 	// peer would outdate the only good copy.
-	if m.role == RolePrimary && wasReplicating && m.peerDisk.consistent() && m.disk == DiskUpToDate {
-		// The peer took the writes (in sync, or consistent but outdated);
-		// from now on only the bitmap knows what it misses, and a new
-		// generation tells a later handshake who is newer.
+	if m.role == RolePrimary && wasReplicating && (m.peerDisk.consistent() || m.peerDisk == DiskInconsistent) && m.disk == DiskUpToDate {
+		// The peer took the writes (in sync, consistent but outdated, or
+		// a sync target); from now on only the bitmap knows what it
+		// misses, and a new generation tells a later handshake who is
+		// newer. Also for a sync target: it records this node's Current
+		// as the generation it heads to (its Bitmap UUID), and once forced
+		// Primary it would claim to have left that generation with a
+		// bitmap of its changes, and become sync source over this node's
+		// writes since, unnoticed, if that Current named them too.
 		m.meta.UUIDs.newGeneration(m.cfg.NewUUID())
 		acts = append(acts, m.persist())
 	}

@@ -140,8 +140,8 @@ func (k SyncKind) IsFull() bool { return k == SyncSourceFull || k == SyncTargetF
 // wins); "self" is the local node:
 //
 //  1. both Current 0 (two fresh disks): none.
-//  2. self Inconsistent with Bitmap = peer's Current or Bitmap: resuming an
-//     interrupted resync as target (bitmap).
+//  2. self Inconsistent with Bitmap = peer's Current or Bitmap, or in the
+//     peer's History: resuming an interrupted resync as target (bitmap).
 //  3. the mirror image of 2: source (bitmap).
 //  4. self Current 0: target, full; peer Current 0: source, full.
 //  5. Currents equal: none.
@@ -170,8 +170,12 @@ func CompareUUIDs(self UUIDs, selfConsistent bool, peer UUIDs, peerConsistent bo
 	if self.Current == 0 && peer.Current == 0 {
 		return SyncNone
 	}
-	resumeSelf := !selfConsistent && self.Bitmap != 0 && (self.Bitmap == peer.Current || self.Bitmap == peer.Bitmap)
-	resumePeer := !peerConsistent && peer.Bitmap != 0 && (peer.Bitmap == self.Current || peer.Bitmap == self.Bitmap)
+	// The source may have started generations since (a Primary that lost
+	// its sync target does): the generation the target heads to is then
+	// in the source's history, and the source's bitmap, never cleared
+	// since, still holds what the target lacks.
+	resumeSelf := !selfConsistent && self.Bitmap != 0 && (self.Bitmap == peer.Current || self.Bitmap == peer.Bitmap || peer.inHistory(self.Bitmap))
+	resumePeer := !peerConsistent && peer.Bitmap != 0 && (peer.Bitmap == self.Current || peer.Bitmap == self.Bitmap || self.inHistory(peer.Bitmap))
 	if k, ok := pick(resumePeer, resumeSelf, SyncTargetBitmap, SyncSourceBitmap); ok {
 		return k
 	}

@@ -1,0 +1,82 @@
+package resource
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/rbd-nbd/rbd-nbd/config"
+)
+
+// drain delivers every message in flight without running a resync step.
+func (s *sim) drain() {
+	for k := 0; k < 100 && (len(s.q[0]) > 0 || len(s.q[1]) > 0); k++ {
+		if len(s.q[0]) > 0 {
+			s.deliver(0)
+		} else {
+			s.deliver(1)
+		}
+	}
+}
+
+func (s *sim) splitBrainReported() bool {
+	for _, l := range s.license {
+		if strings.HasPrefix(l, "split brain") {
+			return true
+		}
+	}
+	return false
+}
+
+// A Primary that loses its sync target mid-resync goes on writing alone;
+// the target, forced Primary, writes too. Both changed the data since they
+// parted: the next handshake must see split brain, not make the forced
+// node sync source and silently overwrite the first Primary's writes.
+func TestPrimaryLosesSyncTargetThenPeerForced(t *testing.T) {
+	s := newSim(t, config.AfterSBDisconnect)
+	a, b := 0, 1
+	s.linkUp()
+	s.settle()
+	s.promote(a, false)
+	s.settle()
+	s.logf("cut")
+	s.cut()
+	s.writeBlock(a, 0)
+	s.writeBlock(a, 1)
+	s.linkUp()
+	s.drain()
+	if s.n[b].m.Conn() != ConnSyncTarget {
+		t.Fatalf("B not sync target: %s", s.n[b].m.stateString())
+	}
+	s.resyncStep(a) // block 0 only
+	s.logf("cut")
+	s.cut()
+	s.writeBlock(a, 2) // A alone, still Primary
+	s.promote(b, true) // the operator keeps B's half-synced data
+	if s.n[b].m.Role() != RolePrimary {
+		t.Fatalf("B not promoted: %s", s.n[b].m.stateString())
+	}
+	s.writeBlock(b, 3)
+	s.step(a, EvDemote{})
+	s.linkUp()
+	s.settle()
+	s.report(t)
+	if !s.splitBrainReported() {
+		t.Errorf("both nodes wrote since they parted, but no split brain was detected (A %s, B %s); A's block 2: %d, acknowledged %d",
+			s.n[a].m.meta.UUIDs, s.n[b].m.meta.UUIDs, s.n[a].data[2], s.n[a].acked[2])
+	}
+}
+
+// A Primary that loses its sync target starts a generation each time: an
+// interrupted resync still resumes from the bitmap after several such
+// losses, when the generation the target heads to is only in the source's
+// history.
+func TestResumeAfterRepeatedSourceGenerations(t *testing.T) {
+	src := UUIDs{Current: 0xF30000, Bitmap: 0xF00000, History: [HistoryLen]uint64{0xF20000, 0xF10000}}
+	tgt := UUIDs{Current: 0xA0000, Bitmap: 0xF20000}
+	if k := CompareUUIDs(tgt, false, src, true); k != SyncTargetBitmap {
+		t.Errorf("target: %v, want %v", k, SyncTargetBitmap)
+	}
+	if k := CompareUUIDs(src, true, tgt, false); k != SyncSourceBitmap {
+		t.Errorf("source: %v, want %v", k, SyncSourceBitmap)
+	}
+}
