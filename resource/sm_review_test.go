@@ -80,3 +80,44 @@ func TestResumeAfterRepeatedSourceGenerations(t *testing.T) {
 		t.Errorf("source: %v, want %v", k, SyncSourceBitmap)
 	}
 }
+
+// A Diskless Primary (its disk failed) reads and writes through its peer.
+// When the link comes back after the peer was promoted and wrote on its
+// own, the peer's data holds writes the Diskless Primary's clients never
+// saw: as DRBD ("can only connect to data with current UUID"), the link is
+// refused. A link that comes back to the generation it left is accepted.
+func TestDisklessPrimaryRefusesPeerThatMovedOn(t *testing.T) {
+	for _, promoted := range []bool{false, true} {
+		s := newSim(t, config.AfterSBDisconnect)
+		a, b := 0, 1
+		s.linkUp()
+		s.settle()
+		s.promote(a, false)
+		s.settle()
+		s.writeBlock(a, 0)
+		s.logf("n1 io-error")
+		s.step(a, EvLocalIOError{})
+		s.settle()
+		if s.n[a].m.Disk() != DiskDiskless || s.n[a].m.Conn() != ConnConnected {
+			t.Fatalf("A: %s", s.n[a].m.stateString())
+		}
+		s.logf("cut")
+		s.cut()
+		if promoted {
+			s.promote(b, false)
+			if s.n[b].m.Role() != RolePrimary {
+				t.Fatalf("B not promoted: %s", s.n[b].m.stateString())
+			}
+			s.writeBlock(b, 1)
+			s.step(b, EvDemote{})
+		}
+		s.linkUp()
+		s.settle()
+		connected := s.n[a].m.Conn() == ConnConnected
+		if connected == promoted {
+			t.Errorf("peer promoted meanwhile: %v; A %s (data of %v, peer %s)", promoted,
+				s.n[a].m.stateString(), s.n[a].m.meta.UUIDs, s.n[b].m.meta.UUIDs)
+			t.Logf("%s", strings.Join(s.log, "\n"))
+		}
+	}
+}

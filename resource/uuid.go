@@ -60,23 +60,6 @@ func (u *UUIDs) newGeneration(current uint64) {
 	u.Current = current
 }
 
-// descends reports whether data of these UUIDs holds generation g: g is
-// the current generation, the one the bitmap leads from, or in the history.
-func (u UUIDs) descends(g uint64) bool {
-	if g == 0 {
-		return false
-	}
-	if u.Current == g || u.Bitmap == g {
-		return true
-	}
-	for _, h := range u.History {
-		if h == g {
-			return true
-		}
-	}
-	return false
-}
-
 // finishSyncSource is the source's bookkeeping at the end of a resync.
 func (u *UUIDs) finishSyncSource() {
 	u.pushHistory(u.Bitmap)
