@@ -658,7 +658,12 @@ func (m *Machine) peerState(s NodeState) []Action {
 		m.peerCatchingUp = false
 	}
 	if m.conn != ConnHandshake {
-		if m.disk == DiskUpToDate && wasPeerDisk == DiskUpToDate && s.Disk == DiskDiskless && (m.role == RolePrimary || s.Role == RolePrimary) {
+		peerDiskGone := s.Disk == DiskDiskless && m.disk == DiskUpToDate &&
+			(wasPeerDisk == DiskUpToDate && (m.role == RolePrimary || s.Role == RolePrimary) ||
+				// A sync target's disk: it recorded this node's Current
+				// as the generation it heads to (see lostPeer).
+				wasPeerDisk == DiskInconsistent && m.role == RolePrimary)
+		if peerDiskGone {
 			// The peer's disk is gone (detached after an error) and writes
 			// go on: a new generation makes that disk's return a resync,
 			// not "same data", as after losing the peer itself. A Primary
@@ -667,18 +672,23 @@ func (m *Machine) peerState(s NodeState) []Action {
 			// Primary cannot tell which writes that disk still took, so
 			// the whole disk is resynced when it is back.
 			m.meta.UUIDs.newGeneration(m.cfg.NewUUID())
-			if m.role == RolePrimary {
+			if m.role != RolePrimary {
+				// The Diskless Primary learns the generation its writes go
+				// to, the only one it accepts when the link comes back.
+				return []Action{m.persist(), ActSetAllBits{}, ActSendState{}}
+			}
+			if m.conn != ConnSyncSource && m.conn != ConnPausedSyncS {
 				return []Action{m.persist()}
 			}
-			// The Diskless Primary learns the generation its writes go
-			// to, the only one it accepts when the link comes back.
-			return []Action{m.persist(), ActSetAllBits{}, ActSendState{}}
 		}
 		switch {
 		case s.Disk == DiskDiskless && (m.conn == ConnSyncSource || m.conn == ConnPausedSyncS):
 			// The sync target lost its disk: nothing to sync to. What the
 			// resync had not sent yet stays in the bitmap.
 			m.conn = ConnConnected
+			if peerDiskGone {
+				return []Action{m.persist(), ActStopResync{}}
+			}
 			return []Action{ActStopResync{}}
 		case s.Disk == DiskDiskless && (m.conn == ConnSyncTarget || m.conn == ConnPausedSyncT):
 			// The sync source lost its disk: nothing to sync from. This

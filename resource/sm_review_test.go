@@ -121,3 +121,48 @@ func TestDisklessPrimaryRefusesPeerThatMovedOn(t *testing.T) {
 		}
 	}
 }
+
+// The same through a sync target's disk failure: the Primary goes on
+// writing (into its bitmap) while its peer is Diskless; the peer, restarted
+// with a repaired disk and forced Primary, wrote too. Split brain, not a
+// silent resync from the forced node.
+func TestPrimaryLosesSyncTargetDiskThenPeerForced(t *testing.T) {
+	s := newSim(t, config.AfterSBDisconnect)
+	a, b := 0, 1
+	s.linkUp()
+	s.settle()
+	s.promote(a, false)
+	s.settle()
+	s.logf("cut")
+	s.cut()
+	s.writeBlock(a, 0)
+	s.writeBlock(a, 1)
+	s.linkUp()
+	s.drain()
+	if s.n[b].m.Conn() != ConnSyncTarget {
+		t.Fatalf("B not sync target: %s", s.n[b].m.stateString())
+	}
+	s.resyncStep(a) // block 0 only
+	s.logf("n2 io-error")
+	s.step(b, EvLocalIOError{})
+	s.drain()
+	if c := s.n[a].m.Conn(); c != ConnConnected {
+		t.Fatalf("A still %s after its sync target's disk went", c)
+	}
+	s.writeBlock(a, 2) // into A's bitmap: B is Diskless
+	s.crash(b, false)
+	s.restart(b) // disk repaired; connecting, the link stays down
+	s.promote(b, true)
+	if s.n[b].m.Role() != RolePrimary {
+		t.Fatalf("B not promoted: %s", s.n[b].m.stateString())
+	}
+	s.writeBlock(b, 3)
+	s.step(a, EvDemote{})
+	s.linkUp()
+	s.settle()
+	s.report(t)
+	if !s.splitBrainReported() {
+		t.Errorf("both nodes wrote since they parted, but no split brain was detected (A %s, B %s); A's block 2: %d, acknowledged %d",
+			s.n[a].m.meta.UUIDs, s.n[b].m.meta.UUIDs, s.n[a].data[2], s.n[a].acked[2])
+	}
+}
