@@ -298,6 +298,14 @@ type Machine struct {
 	// invalidate, even after the resync finished (an empty one finishes
 	// before the target's answer to the SyncStart arrives).
 	peerCatchingUp bool
+	// disklessGen is, while the local disk is detached, the generation of
+	// the data this node reads and writes through its peer: its disk's
+	// Current when the disk went, then the Current of the UpToDate peer
+	// it was last connected to (the peer starts a generation when this
+	// disk goes). A Diskless Primary connects only to data of exactly
+	// that generation: a peer that started another one since (it was
+	// promoted and wrote) holds writes this node's clients never saw.
+	disklessGen uint64
 }
 
 // NewMachine returns a machine for a resource that is down: Secondary,
@@ -338,11 +346,18 @@ func (m *Machine) Replicating() bool {
 
 // LocalState is the NodeState the local node sends in the handshake.
 func (m *Machine) LocalState() NodeState {
+	uuids := m.meta.UUIDs
+	if m.disk == DiskDiskless && m.disklessGen != 0 {
+		// The detached disk's UUIDs decide nothing (no resync with a
+		// Diskless node); the peer checks the generation of the data
+		// this node serves.
+		uuids = UUIDs{Current: m.disklessGen}
+	}
 	return NodeState{
 		NodeID:         m.cfg.NodeID,
 		Role:           m.role,
 		Disk:           m.disk,
-		UUIDs:          m.meta.UUIDs,
+		UUIDs:          uuids,
 		Consistent:     m.meta.Flags&FlagConsistent != 0,
 		CrashedPrimary: m.meta.Flags&FlagCrashedPrimary != 0,
 		Dirty:          m.dirty,
@@ -522,6 +537,9 @@ func (m *Machine) detach() []Action {
 		acts = append(acts, ActStopResync{})
 		m.conn = ConnConnected
 	}
+	if m.disk != DiskDiskless {
+		m.disklessGen = m.meta.UUIDs.Current
+	}
 	m.disk = DiskDiskless
 	if m.linkUp {
 		acts = append(acts, ActSendState{})
@@ -567,10 +585,15 @@ func (m *Machine) lostPeer() []Action {
 	// Only a Primary with its own UpToDate disk starts a generation and
 	// fences: a Diskless one has no data to be newer with, and fencing its
 	// peer would outdate the only good copy.
-	if m.role == RolePrimary && wasReplicating && m.peerDisk.consistent() && m.disk == DiskUpToDate {
-		// The peer took the writes (in sync, or consistent but outdated);
-		// from now on only the bitmap knows what it misses, and a new
-		// generation tells a later handshake who is newer.
+	if m.role == RolePrimary && wasReplicating && (m.peerDisk.consistent() || m.peerDisk == DiskInconsistent) && m.disk == DiskUpToDate {
+		// The peer took the writes (in sync, consistent but outdated, or
+		// a sync target); from now on only the bitmap knows what it
+		// misses, and a new generation tells a later handshake who is
+		// newer. Also for a sync target: it records this node's Current
+		// as the generation it heads to (its Bitmap UUID), and once forced
+		// Primary it would claim to have left that generation with a
+		// bitmap of its changes, and become sync source over this node's
+		// writes since, unnoticed, if that Current named them too.
 		m.meta.UUIDs.newGeneration(m.cfg.NewUUID())
 		acts = append(acts, m.persist())
 	}
@@ -618,6 +641,10 @@ func (m *Machine) peerState(s NodeState) []Action {
 		return nil
 	}
 	m.peer = s
+	if m.disk == DiskDiskless && m.conn != ConnHandshake && s.Disk == DiskUpToDate {
+		// Connected: this node's I/O goes to that data now.
+		m.disklessGen = s.UUIDs.Current
+	}
 	wasPeerDisk := m.peerDisk
 	m.peerRole, m.peerDisk = s.Role, s.Disk
 	if m.peerCatchingUp && s.Disk == DiskInconsistent {
@@ -631,7 +658,12 @@ func (m *Machine) peerState(s NodeState) []Action {
 		m.peerCatchingUp = false
 	}
 	if m.conn != ConnHandshake {
-		if m.disk == DiskUpToDate && wasPeerDisk == DiskUpToDate && s.Disk == DiskDiskless && (m.role == RolePrimary || s.Role == RolePrimary) {
+		peerDiskGone := s.Disk == DiskDiskless && m.disk == DiskUpToDate &&
+			(wasPeerDisk == DiskUpToDate && (m.role == RolePrimary || s.Role == RolePrimary) ||
+				// A sync target's disk: it recorded this node's Current
+				// as the generation it heads to (see lostPeer).
+				wasPeerDisk == DiskInconsistent && m.role == RolePrimary)
+		if peerDiskGone {
 			// The peer's disk is gone (detached after an error) and writes
 			// go on: a new generation makes that disk's return a resync,
 			// not "same data", as after losing the peer itself. A Primary
@@ -640,16 +672,23 @@ func (m *Machine) peerState(s NodeState) []Action {
 			// Primary cannot tell which writes that disk still took, so
 			// the whole disk is resynced when it is back.
 			m.meta.UUIDs.newGeneration(m.cfg.NewUUID())
-			if m.role == RolePrimary {
+			if m.role != RolePrimary {
+				// The Diskless Primary learns the generation its writes go
+				// to, the only one it accepts when the link comes back.
+				return []Action{m.persist(), ActSetAllBits{}, ActSendState{}}
+			}
+			if m.conn != ConnSyncSource && m.conn != ConnPausedSyncS {
 				return []Action{m.persist()}
 			}
-			return []Action{m.persist(), ActSetAllBits{}}
 		}
 		switch {
 		case s.Disk == DiskDiskless && (m.conn == ConnSyncSource || m.conn == ConnPausedSyncS):
 			// The sync target lost its disk: nothing to sync to. What the
 			// resync had not sent yet stays in the bitmap.
 			m.conn = ConnConnected
+			if peerDiskGone {
+				return []Action{m.persist(), ActStopResync{}}
+			}
 			return []Action{ActStopResync{}}
 		case s.Disk == DiskDiskless && (m.conn == ConnSyncTarget || m.conn == ConnPausedSyncT):
 			// The sync source lost its disk: nothing to sync from. This
@@ -681,6 +720,9 @@ func (m *Machine) peerState(s NodeState) []Action {
 		m.decision = Decision{Kind: SyncNone}
 		m.discardMyData = false
 		m.conn = ConnConnected
+		if m.disk == DiskDiskless && s.Disk == DiskUpToDate {
+			m.disklessGen = s.UUIDs.Current
+		}
 		return []Action{ActSendState{}}
 	}
 	d := Decide(m.LocalState(), s)
@@ -731,13 +773,15 @@ func (m *Machine) dropLink(reason string) []Action {
 }
 
 // disklessPrimaryMismatch reports whether one of a and b is a Diskless
-// Primary and the other has a disk whose data does not descend from its
-// current generation (older data, or another lineage). A peer that started
-// a generation when the Primary's disk went (its writes since then went
-// there) descends from it. Symmetric, so both nodes refuse alike.
+// Primary and the other has a disk whose data is not of the generation the
+// Primary's data is (LocalState reports the one it read and wrote last):
+// older data, another lineage, or newer data (the peer was promoted and
+// wrote while they were apart: writes the Primary's clients never saw, as
+// DRBD's "can only connect to data with current UUID"). Symmetric, so both
+// nodes refuse alike.
 func disklessPrimaryMismatch(a, b NodeState) bool {
 	mismatch := func(p, d NodeState) bool {
-		return p.Role == RolePrimary && p.Disk == DiskDiskless && d.Disk != DiskDiskless && !d.UUIDs.descends(p.UUIDs.Current)
+		return p.Role == RolePrimary && p.Disk == DiskDiskless && d.Disk != DiskDiskless && d.UUIDs.Current != p.UUIDs.Current
 	}
 	return mismatch(a, b) || mismatch(b, a)
 }
@@ -940,6 +984,11 @@ func (m *Machine) newCurrentUUID(e EvNewCurrentUUID) ([]Action, error) {
 	}
 	if !e.ClearBitmap {
 		m.meta.UUIDs.newGeneration(m.cfg.NewUUID())
+		if m.linkUp && m.conn != ConnHandshake {
+			// A Diskless Primary peer accepts only this generation
+			// when the link comes back.
+			return []Action{m.persist(), ActSendState{}}, nil
+		}
 		return []Action{m.persist()}, nil
 	}
 	// Skipping the initial sync: both disks are blank, so they are equal.

@@ -457,7 +457,7 @@ func TestHandshakeAgrees(t *testing.T) {
 			t.Fatalf("a Diskless node in a resync: a %s/%s, b %s/%s", ca, a.Disk(), cb, b.Disk())
 		}
 		olderThan := func(d, p *Machine) bool { // d's data lacks p's generation
-			return p.Role() == RolePrimary && p.Disk() == DiskDiskless && d.Disk() != DiskDiskless && !d.Meta().UUIDs.descends(p.Meta().UUIDs.Current)
+			return p.Role() == RolePrimary && p.Disk() == DiskDiskless && d.Disk() != DiskDiskless && d.Meta().UUIDs.Current != p.LocalState().UUIDs.Current
 		}
 		if ca == ConnConnected && (olderThan(b, a) || olderThan(a, b)) {
 			t.Fatalf("a Diskless Primary connected to data without its generation: a %v, b %v", a.Meta().UUIDs, b.Meta().UUIDs)

@@ -60,23 +60,6 @@ func (u *UUIDs) newGeneration(current uint64) {
 	u.Current = current
 }
 
-// descends reports whether data of these UUIDs holds generation g: g is
-// the current generation, the one the bitmap leads from, or in the history.
-func (u UUIDs) descends(g uint64) bool {
-	if g == 0 {
-		return false
-	}
-	if u.Current == g || u.Bitmap == g {
-		return true
-	}
-	for _, h := range u.History {
-		if h == g {
-			return true
-		}
-	}
-	return false
-}
-
 // finishSyncSource is the source's bookkeeping at the end of a resync.
 func (u *UUIDs) finishSyncSource() {
 	u.pushHistory(u.Bitmap)
@@ -140,8 +123,8 @@ func (k SyncKind) IsFull() bool { return k == SyncSourceFull || k == SyncTargetF
 // wins); "self" is the local node:
 //
 //  1. both Current 0 (two fresh disks): none.
-//  2. self Inconsistent with Bitmap = peer's Current or Bitmap: resuming an
-//     interrupted resync as target (bitmap).
+//  2. self Inconsistent with Bitmap = peer's Current or Bitmap, or in the
+//     peer's History: resuming an interrupted resync as target (bitmap).
 //  3. the mirror image of 2: source (bitmap).
 //  4. self Current 0: target, full; peer Current 0: source, full.
 //  5. Currents equal: none.
@@ -170,8 +153,12 @@ func CompareUUIDs(self UUIDs, selfConsistent bool, peer UUIDs, peerConsistent bo
 	if self.Current == 0 && peer.Current == 0 {
 		return SyncNone
 	}
-	resumeSelf := !selfConsistent && self.Bitmap != 0 && (self.Bitmap == peer.Current || self.Bitmap == peer.Bitmap)
-	resumePeer := !peerConsistent && peer.Bitmap != 0 && (peer.Bitmap == self.Current || peer.Bitmap == self.Bitmap)
+	// The source may have started generations since (a Primary that lost
+	// its sync target does): the generation the target heads to is then
+	// in the source's history, and the source's bitmap, never cleared
+	// since, still holds what the target lacks.
+	resumeSelf := !selfConsistent && self.Bitmap != 0 && (self.Bitmap == peer.Current || self.Bitmap == peer.Bitmap || peer.inHistory(self.Bitmap))
+	resumePeer := !peerConsistent && peer.Bitmap != 0 && (peer.Bitmap == self.Current || peer.Bitmap == self.Bitmap || self.inHistory(peer.Bitmap))
 	if k, ok := pick(resumePeer, resumeSelf, SyncTargetBitmap, SyncSourceBitmap); ok {
 		return k
 	}
