@@ -32,22 +32,7 @@ func (s *sim) splitBrainReported() bool {
 // parted: the next handshake must see split brain, not make the forced
 // node sync source and silently overwrite the first Primary's writes.
 func TestPrimaryLosesSyncTargetThenPeerForced(t *testing.T) {
-	s := newSim(t, config.AfterSBDisconnect)
-	a, b := 0, 1
-	s.linkUp()
-	s.settle()
-	s.promote(a, false)
-	s.settle()
-	s.logf("cut")
-	s.cut()
-	s.writeBlock(a, 0)
-	s.writeBlock(a, 1)
-	s.linkUp()
-	s.drain()
-	if s.n[b].m.Conn() != ConnSyncTarget {
-		t.Fatalf("B not sync target: %s", s.n[b].m.stateString())
-	}
-	s.resyncStep(a) // block 0 only
+	s, a, b := midResync(t)
 	s.logf("cut")
 	s.cut()
 	s.writeBlock(a, 2) // A alone, still Primary
@@ -127,22 +112,7 @@ func TestDisklessPrimaryRefusesPeerThatMovedOn(t *testing.T) {
 // with a repaired disk and forced Primary, wrote too. Split brain, not a
 // silent resync from the forced node.
 func TestPrimaryLosesSyncTargetDiskThenPeerForced(t *testing.T) {
-	s := newSim(t, config.AfterSBDisconnect)
-	a, b := 0, 1
-	s.linkUp()
-	s.settle()
-	s.promote(a, false)
-	s.settle()
-	s.logf("cut")
-	s.cut()
-	s.writeBlock(a, 0)
-	s.writeBlock(a, 1)
-	s.linkUp()
-	s.drain()
-	if s.n[b].m.Conn() != ConnSyncTarget {
-		t.Fatalf("B not sync target: %s", s.n[b].m.stateString())
-	}
-	s.resyncStep(a) // block 0 only
+	s, a, b := midResync(t)
 	s.logf("n2 io-error")
 	s.step(b, EvLocalIOError{})
 	s.drain()
@@ -165,4 +135,26 @@ func TestPrimaryLosesSyncTargetDiskThenPeerForced(t *testing.T) {
 		t.Errorf("both nodes wrote since they parted, but no split brain was detected (A %s, B %s); A's block 2: %d, acknowledged %d",
 			s.n[a].m.meta.UUIDs, s.n[b].m.meta.UUIDs, s.n[a].data[2], s.n[a].acked[2])
 	}
+}
+
+// midResync returns a model pair in which A, Primary, wrote blocks 0 and 1
+// while B was away, and B, back as sync target, got block 0 only.
+func midResync(t *testing.T) (s *sim, a, b int) {
+	s = newSim(t, config.AfterSBDisconnect)
+	a, b = 0, 1
+	s.linkUp()
+	s.settle()
+	s.promote(a, false)
+	s.settle()
+	s.logf("cut")
+	s.cut()
+	s.writeBlock(a, 0)
+	s.writeBlock(a, 1)
+	s.linkUp()
+	s.drain()
+	if s.n[b].m.Conn() != ConnSyncTarget {
+		t.Fatalf("B not sync target: %s", s.n[b].m.stateString())
+	}
+	s.resyncStep(a) // block 0 only
+	return s, a, b
 }

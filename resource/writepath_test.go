@@ -62,30 +62,7 @@ func TestReconnectWaitsForOldLinkWrites(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	const X = 1 << 20
-	blocked, release := make(chan struct{}), make(chan struct{})
-	var once sync.Once
-	unblock := func() { once.Do(func() { close(release) }) }
-	t.Cleanup(unblock)
-	c.db.setWrite(func(p []byte, off int64) error {
-		if off == X && p[0] == 0x22 {
-			close(blocked)
-			<-release
-		}
-		return nil
-	})
-	res := make(chan error, 1)
-	go func() { res <- c.a.WriteAt(fill(0x22, 4096), X, false) }()
-	select {
-	case <-blocked:
-	case <-time.After(10 * time.Second):
-		t.Fatal("the write did not reach b's disk")
-	}
-	links := make(chan *replicate.Link, 1)
-	c.b.post(func() { links <- c.b.link })
-	old := <-links
-	if err := c.b.Disconnect(ctx); err != nil {
-		t.Fatal(err)
-	}
+	old, res, unblock := disconnectDuringPeerWrite(t, c, ctx, X)
 	select {
 	case err := <-res:
 		if err != nil {
@@ -123,30 +100,7 @@ func TestPromoteWaitsForOldLinkWrites(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	const X = 1 << 20
-	blocked, release := make(chan struct{}), make(chan struct{})
-	var once sync.Once
-	unblock := func() { once.Do(func() { close(release) }) }
-	t.Cleanup(unblock)
-	c.db.setWrite(func(p []byte, off int64) error {
-		if off == X && p[0] == 0x22 {
-			close(blocked)
-			<-release
-		}
-		return nil
-	})
-	res := make(chan error, 1)
-	go func() { res <- c.a.WriteAt(fill(0x22, 4096), X, false) }()
-	select {
-	case <-blocked:
-	case <-time.After(10 * time.Second):
-		t.Fatal("the write did not reach b's disk")
-	}
-	links := make(chan *replicate.Link, 1)
-	c.b.post(func() { links <- c.b.link })
-	old := <-links
-	if err := c.b.Disconnect(ctx); err != nil {
-		t.Fatal(err)
-	}
+	old, res, unblock := disconnectDuringPeerWrite(t, c, ctx, X)
 	if err := <-res; err != nil {
 		t.Fatalf("write whose peer half went with the link: %v", err)
 	}
@@ -177,4 +131,37 @@ func TestPromoteWaitsForOldLinkWrites(t *testing.T) {
 	if got := c.peerData(X, 4096); !bytes.Equal(got, fill(0x44, 4096)) {
 		t.Fatalf("b, Primary, has %#x at X after its own write of 0x44", got[0])
 	}
+}
+
+// disconnectDuringPeerWrite writes 0x22 at off on a and holds the write on
+// b's disk, then disconnects b, whose link then still runs that write. It
+// returns that link, the result of a's write and the release of b's write
+// (also released at the end of the test).
+func disconnectDuringPeerWrite(t *testing.T, c *pair, ctx context.Context, off int64) (*replicate.Link, <-chan error, func()) {
+	t.Helper()
+	blocked, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	unblock := func() { once.Do(func() { close(release) }) }
+	t.Cleanup(unblock)
+	c.db.setWrite(func(p []byte, o int64) error {
+		if o == off && p[0] == 0x22 {
+			close(blocked)
+			<-release
+		}
+		return nil
+	})
+	res := make(chan error, 1)
+	go func() { res <- c.a.WriteAt(fill(0x22, 4096), off, false) }()
+	select {
+	case <-blocked:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the write did not reach b's disk")
+	}
+	links := make(chan *replicate.Link, 1)
+	c.b.post(func() { links <- c.b.link })
+	old := <-links
+	if err := c.b.Disconnect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return old, res, unblock
 }
