@@ -37,18 +37,7 @@ func TestPrimaryLosesSyncTargetThenPeerForced(t *testing.T) {
 	s.cut()
 	s.writeBlock(a, 2) // A alone, still Primary
 	s.promote(b, true) // the operator keeps B's half-synced data
-	if s.n[b].m.Role() != RolePrimary {
-		t.Fatalf("B not promoted: %s", s.n[b].m.stateString())
-	}
-	s.writeBlock(b, 3)
-	s.step(a, EvDemote{})
-	s.linkUp()
-	s.settle()
-	s.report(t)
-	if !s.splitBrainReported() {
-		t.Errorf("both nodes wrote since they parted, but no split brain was detected (A %s, B %s); A's block 2: %d, acknowledged %d",
-			s.n[a].m.meta.UUIDs, s.n[b].m.meta.UUIDs, s.n[a].data[2], s.n[a].acked[2])
-	}
+	forcedWriteThenSplitBrain(t, s, a, b)
 }
 
 // A Primary that loses its sync target starts a generation each time: an
@@ -123,18 +112,7 @@ func TestPrimaryLosesSyncTargetDiskThenPeerForced(t *testing.T) {
 	s.crash(b, false)
 	s.restart(b) // disk repaired; connecting, the link stays down
 	s.promote(b, true)
-	if s.n[b].m.Role() != RolePrimary {
-		t.Fatalf("B not promoted: %s", s.n[b].m.stateString())
-	}
-	s.writeBlock(b, 3)
-	s.step(a, EvDemote{})
-	s.linkUp()
-	s.settle()
-	s.report(t)
-	if !s.splitBrainReported() {
-		t.Errorf("both nodes wrote since they parted, but no split brain was detected (A %s, B %s); A's block 2: %d, acknowledged %d",
-			s.n[a].m.meta.UUIDs, s.n[b].m.meta.UUIDs, s.n[a].data[2], s.n[a].acked[2])
-	}
+	forcedWriteThenSplitBrain(t, s, a, b)
 }
 
 // midResync returns a model pair in which A, Primary, wrote blocks 0 and 1
@@ -157,4 +135,23 @@ func midResync(t *testing.T) (s *sim, a, b int) {
 	}
 	s.resyncStep(a) // block 0 only
 	return s, a, b
+}
+
+// forcedWriteThenSplitBrain checks that B, just forced Primary, is
+// Primary, lets it write block 3, demotes A and reconnects: both nodes
+// wrote since they parted, so the handshake must report split brain.
+func forcedWriteThenSplitBrain(t *testing.T, s *sim, a, b int) {
+	t.Helper()
+	if s.n[b].m.Role() != RolePrimary {
+		t.Fatalf("B not promoted: %s", s.n[b].m.stateString())
+	}
+	s.writeBlock(b, 3)
+	s.step(a, EvDemote{})
+	s.linkUp()
+	s.settle()
+	s.report(t)
+	if !s.splitBrainReported() {
+		t.Errorf("both nodes wrote since they parted, but no split brain was detected (A %s, B %s); A's block 2: %d, acknowledged %d",
+			s.n[a].m.meta.UUIDs, s.n[b].m.meta.UUIDs, s.n[a].data[2], s.n[a].acked[2])
+	}
 }
