@@ -236,6 +236,8 @@ func FieldJSON(st resource.Status, f StatusField) any {
 		return FieldText(st, f)
 	case FieldResyncETA:
 		return st.ResyncETA
+	case FieldDown:
+		return st.Down
 	}
 	return statusValue(&st, f)
 }
