@@ -269,12 +269,7 @@ func (f *File) Node(node string) (Resource, error) {
 		}
 	}
 	r.Handlers.Dispatcher = f.resolveCommand(r.Handlers.Dispatcher)
-	if p, ok := strings.CutPrefix(r.Local.NBDListen, "unix:"); ok && !strings.HasPrefix(p, "@") {
-		// A socket path is a path like the others; left relative, the
-		// daemon would create it in its own working directory. ("@" is
-		// Linux's abstract namespace: no file.)
-		r.Local.NBDListen = "unix:" + f.resolve(p)
-	}
+	r.Local.NBDListen = ResolveNBDListen(f.dir, r.Local.NBDListen)
 	r.Local.Disk = f.resolve(r.Local.Disk)
 	if r.Local.Meta != "" && r.Local.Meta != MetaInternal {
 		r.Local.Meta = f.resolve(r.Local.Meta)
@@ -373,20 +368,42 @@ func ValidHandlerName(n string) bool {
 	return true
 }
 
-func (f *File) resolve(p string) string {
+func (f *File) resolve(p string) string { return ResolvePath(f.dir, p) }
+
+func (f *File) resolveCommand(argv []string) []string { return ResolveCommand(f.dir, argv) }
+
+// The daemon runs elsewhere (in / under systemd): the paths of a resource
+// file are made absolute against the file's folder, and those of a
+// command line (rbd-nbd ctl create) against its working directory, by the
+// rules below.
+
+// ResolvePath makes a relative path absolute against dir; absolute paths,
+// /dev/ names and "" stay.
+func ResolvePath(dir, p string) string {
 	if p == "" || filepath.IsAbs(p) || strings.HasPrefix(p, "/dev/") {
 		return p
 	}
-	return filepath.Join(f.dir, p)
+	return filepath.Join(dir, p)
 }
 
-// resolveCommand makes a relative program path ("./hook.sh", "hooks/x")
-// absolute; bare names ("logger") stay for $PATH lookup.
-func (f *File) resolveCommand(argv []string) []string {
+// ResolveCommand makes a relative program path ("./hook.sh", "hooks/x")
+// absolute against dir; bare names ("logger") stay for $PATH lookup.
+func ResolveCommand(dir string, argv []string) []string {
 	if len(argv) == 0 || !strings.Contains(argv[0], "/") {
 		return argv
 	}
 	out := append([]string(nil), argv...)
-	out[0] = f.resolve(out[0])
+	out[0] = ResolvePath(dir, out[0])
 	return out
+}
+
+// ResolveNBDListen makes the path of a unix:PATH export address absolute
+// against dir: left relative, the daemon would create the socket in its
+// own working directory. host:port and Linux's abstract unix:@name (no
+// file) stay.
+func ResolveNBDListen(dir, addr string) string {
+	if p, ok := strings.CutPrefix(addr, "unix:"); ok && !strings.HasPrefix(p, "@") {
+		return "unix:" + ResolvePath(dir, p)
+	}
+	return addr
 }

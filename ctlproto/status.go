@@ -102,6 +102,17 @@ func (f StatusField) wireType() Type {
 // FieldSet is a set of status fields.
 type FieldSet uint32
 
+// StatusFieldsFor returns the fields a status reply carries to a client
+// whose requests say protocol minor version minor: all but status.down
+// before 1.6, so that an older client reads a resource that is down as it
+// always did (Secondary, Diskless, StandAlone).
+func StatusFieldsFor(minor uint8) FieldSet {
+	if minor < 6 {
+		return AllFields &^ Fields(FieldDown)
+	}
+	return AllFields
+}
+
 // AllFields holds every status field.
 const AllFields = FieldSet(1)<<numStatusFields - 1
 

@@ -319,9 +319,8 @@ func (r *res) current() func() resource.Status {
 	}
 }
 
-// status answers a status request. status.down goes only to clients of
-// protocol 1.6 or later: an older client reads a resource that is down
-// exactly as before (Secondary, Diskless, StandAlone).
+// status answers a status request of a client of protocol minor version
+// minor (ctlproto.StatusFieldsFor).
 func (d *Daemon) status(minor uint8, body ctlproto.List) ctlproto.Reply {
 	var rs []*res
 	if name := optName(body); name != "" {
@@ -337,10 +336,7 @@ func (d *Daemon) status(minor uint8, body ctlproto.List) ctlproto.Reply {
 	if e, ok := body.Find(ctlproto.TagStatistics); ok && e.Bool() {
 		encode = ctlproto.EncodeStatusStatistics
 	}
-	fields := ctlproto.AllFields
-	if minor < 6 {
-		fields &^= ctlproto.Fields(ctlproto.FieldDown)
-	}
+	fields := ctlproto.StatusFieldsFor(minor)
 	var out ctlproto.List
 	for _, r := range rs {
 		if s := r.snap.Load(); s != nil {

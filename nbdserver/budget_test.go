@@ -20,18 +20,20 @@ type nullBackend struct {
 	maxIn atomic.Int64
 }
 
-func (b *nullBackend) Size() int64 { return b.size }
-func (b *nullBackend) ReadAt(p []byte, off int64) error {
-	n := b.held.Add(int64(cap(p)))
-	if k := b.in.Add(1); k > b.maxIn.Load() {
-		b.maxIn.Store(k) // only an estimate for the message
-	}
+// storeMax raises a to v unless it holds more already.
+func storeMax(a *atomic.Int64, v int64) {
 	for {
-		pk := b.peak.Load()
-		if n <= pk || b.peak.CompareAndSwap(pk, n) {
-			break
+		p := a.Load()
+		if v <= p || a.CompareAndSwap(p, v) {
+			return
 		}
 	}
+}
+
+func (b *nullBackend) Size() int64 { return b.size }
+func (b *nullBackend) ReadAt(p []byte, off int64) error {
+	storeMax(&b.peak, b.held.Add(int64(cap(p))))
+	storeMax(&b.maxIn, b.in.Add(1))
 	<-b.gate
 	b.held.Add(-int64(cap(p)))
 	b.in.Add(-1)

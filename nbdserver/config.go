@@ -16,8 +16,9 @@ type Config struct {
 	// MaxInFlightBytes bounds the memory the READ and WRITE payloads of
 	// one connection hold at once (each counted at the size of its pooled
 	// buffer, the payload rounded up to a power of two), from the reading
-	// of a request to its reply; beyond, requests wait in the socket, as they do beyond
-	// MaxInFlight. A request larger than the bound runs alone. Default
+	// of a request to its reply; beyond, requests wait in the socket, as
+	// they do beyond MaxInFlight. A request larger than the bound runs
+	// alone. Default
 	// 64 MiB: without it, 128 pipelined 28-byte READs of 32 MiB would make
 	// the server allocate 4 GiB.
 	MaxInFlightBytes int64

@@ -93,7 +93,7 @@ type conn struct {
 	execIdle atomic.Int32
 	reqPool  sync.Pool
 
-	// held counts the payload bytes of requests read and not yet
+	// held counts the buffer bytes (bufCost) of requests read and not yet
 	// answered (Config.MaxInFlightBytes). Only the reader adds to it, in
 	// reserve, where it waits on freed (set heldWait first) while the
 	// next request does not fit; release subtracts and wakes it.
@@ -494,10 +494,11 @@ func (c *conn) readRequest(r *request) error {
 	return nil
 }
 
-// reserve counts a payload of n bytes as held (the size of the pooled
-// buffer it takes, so that the bound is on memory, not on payload bytes), first waiting until they fit
-// under Config.MaxInFlightBytes or nothing else is held. Replies batched
-// in the buffer are sent before it waits. Called by the reader only.
+// reserve counts a payload of n bytes as held, at the size of the pooled
+// buffer it takes (bufCost: the bound is on memory, not on payload bytes),
+// first waiting until it fits under Config.MaxInFlightBytes or nothing
+// else is held. Replies batched in the buffer are sent before it waits.
+// Called by the reader only.
 func (c *conn) reserve(n uint32) {
 	limit := c.s.cfg.MaxInFlightBytes
 	cost := bufCost(n)

@@ -38,7 +38,7 @@ func (p *bufPool) get(n int) *[]byte {
 		*bp = (*bp)[:n]
 		return bp
 	}
-	b := disk.AlignedBuffer(1<<(c+minClassShift), bufAlign)[:n]
+	b := disk.AlignedBuffer(classSize(c), bufAlign)[:n]
 	return &b
 }
 
@@ -49,13 +49,16 @@ func bufCost(n uint32) int64 {
 	if c >= numClasses {
 		return int64(n)
 	}
-	return 1 << (c + minClassShift)
+	return int64(classSize(c))
 }
+
+// classSize is the size of the buffers of class c.
+func classSize(c int) int { return 1 << (c + minClassShift) }
 
 // put returns a buffer obtained from get.
 func (p *bufPool) put(bp *[]byte) {
 	c := sizeClass(cap(*bp))
-	if c >= numClasses || cap(*bp) != 1<<(c+minClassShift) {
+	if c >= numClasses || cap(*bp) != classSize(c) {
 		return
 	}
 	p.classes[c].Put(bp)

@@ -15,18 +15,9 @@ import (
 // the send buffer still holds, replies included.
 func TestShutdownDrainRepliesNotReset(t *testing.T) {
 	const size = 1 << 20 // more than the client's receive window holds
-	exp, _ := memExport("d", 4<<20)
-	g := &gateBackend{Backend: exp.Backend, gatedOff: 0, entered: make(chan struct{}), gate: make(chan struct{})}
-	exp.Backend = g
-	s := newServer(t, Config{}, exp)
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	served := make(chan error, 1)
-	go func() { served <- s.Serve(l) }()
+	s, g, addr, served := serveGated(t, 4<<20)
 	defer s.Close()
-	c := open(t, l.Addr().String(), "d")
+	c := open(t, addr, "d")
 
 	c.send(Request{Type: CmdRead, Handle: 1, Offset: 0, Length: size}, nil)
 	<-g.entered
@@ -63,4 +54,22 @@ func TestShutdownDrainRepliesNotReset(t *testing.T) {
 		}
 		return
 	}
+}
+
+// serveGated serves export "d" of size bytes on a TCP listener, with a
+// backend that holds requests at offset 0 until g.gate closes. served
+// gets what Serve returns.
+func serveGated(t *testing.T, size int64) (s *Server, g *gateBackend, addr string, served <-chan error) {
+	t.Helper()
+	exp, _ := memExport("d", size)
+	g = &gateBackend{Backend: exp.Backend, gatedOff: 0, entered: make(chan struct{}), gate: make(chan struct{})}
+	exp.Backend = g
+	s = newServer(t, Config{}, exp)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch := make(chan error, 1)
+	go func() { ch <- s.Serve(l) }()
+	return s, g, l.Addr().String(), ch
 }

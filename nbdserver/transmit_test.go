@@ -390,18 +390,9 @@ func TestConcurrentConnections(t *testing.T) {
 }
 
 func TestShutdownDrains(t *testing.T) {
-	exp, _ := memExport("d", 1<<20)
-	g := &gateBackend{Backend: exp.Backend, gatedOff: 0, entered: make(chan struct{}), gate: make(chan struct{})}
-	exp.Backend = g
-	s := newServer(t, Config{}, exp)
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	served := make(chan error, 1)
-	go func() { served <- s.Serve(l) }()
-	c := open(t, l.Addr().String(), "d")
-	idle := dial(t, l.Addr().String()) // still negotiating
+	s, g, addr, served := serveGated(t, 1<<20)
+	c := open(t, addr, "d")
+	idle := dial(t, addr) // still negotiating
 	idle.greet(clientFlagFixedNewstyle)
 
 	c.send(Request{Type: CmdRead, Handle: 1, Length: 512}, nil)
@@ -422,9 +413,14 @@ func TestShutdownDrains(t *testing.T) {
 	if err := <-shut; err != nil {
 		t.Fatalf("Shutdown: %v", err)
 	}
-	if _, err := net.DialTimeout("tcp", l.Addr().String(), time.Second); err == nil {
+	if _, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
 		t.Error("listener still accepting")
 	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
 	if err := s.Serve(l); !errors.Is(err, ErrServerClosed) {
 		t.Errorf("Serve after Shutdown: %v", err)
 	}

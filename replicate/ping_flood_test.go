@@ -2,6 +2,7 @@ package replicate
 
 import (
 	"io"
+	"net"
 	"testing"
 	"time"
 )
@@ -9,6 +10,28 @@ import (
 // A peer that floods pings while this node's control stream cannot be
 // written (the peer does not read it) gets one PingAck queued, not one per
 // ping, and once the stream moves the PingAck answers its latest ping.
+// writeUntilRead writes frames as the peer on the control stream s, then
+// a control message, and returns once the link delivered that message:
+// it has read every frame before it.
+func writeUntilRead(t *testing.T, l *Link, s net.Conn, frames []byte) {
+	t.Helper()
+	p, _ := encodeControl(&NewUUID{Current: 9})
+	in := append(frames, hdr(header{typ: ftNewUUID, plen: uint32(len(p))})...)
+	in = append(in, p...)
+	_ = s.SetWriteDeadline(time.Now().Add(waitTimeout))
+	if _, err := s.Write(in); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case m := <-l.Control():
+		if u, ok := m.(*NewUUID); !ok || u.Current != 9 {
+			t.Fatalf("got %#v", m)
+		}
+	case <-time.After(waitTimeout):
+		t.Fatal("the message after the frames did not arrive")
+	}
+}
+
 func TestPingFloodQueuesOneAck(t *testing.T) {
 	cfg := testConfig(t, 1, 2, newMemDisk(1))
 	// No pings of the link's own in the way of the count.
@@ -31,23 +54,7 @@ func TestPingFloodQueuesOneAck(t *testing.T) {
 	for i := uint64(1); i <= pings; i++ {
 		flood = append(flood, hdr(header{typ: ftPing, id: i})...)
 	}
-	// A control message after the pings: once it arrives, the link has
-	// read every ping.
-	p, _ := encodeControl(&NewUUID{Current: 9})
-	flood = append(flood, hdr(header{typ: ftNewUUID, plen: uint32(len(p))})...)
-	flood = append(flood, p...)
-	_ = s.SetWriteDeadline(time.Now().Add(waitTimeout))
-	if _, err := s.Write(flood); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case m := <-l.Control():
-		if u, ok := m.(*NewUUID); !ok || u.Current != 9 {
-			t.Fatalf("got %#v", m)
-		}
-	case <-time.After(waitTimeout):
-		t.Fatal("the message after the pings did not arrive")
-	}
+	writeUntilRead(t, l, s, flood)
 	queued := 0
 	l.ctlW.mu.Lock()
 	for _, it := range append(l.ctlW.q[:len(l.ctlW.q):len(l.ctlW.q)], l.ctlW.urgent...) {

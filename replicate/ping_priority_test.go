@@ -33,18 +33,7 @@ func TestPingAckPassesQueuedBitmap(t *testing.T) {
 	const queued = 8 // 1 MiB messages queued behind the blocked write
 	send(queued, true)
 
-	p, _ := encodeControl(&NewUUID{Current: 9})
-	in := append(hdr(header{typ: ftPing, id: 1}), hdr(header{typ: ftNewUUID, plen: uint32(len(p))})...)
-	in = append(in, p...)
-	_ = s.SetWriteDeadline(time.Now().Add(waitTimeout))
-	if _, err := s.Write(in); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-l.Control(): // the link read the Ping before it
-	case <-time.After(waitTimeout):
-		t.Fatal("the message after the Ping did not arrive")
-	}
+	writeUntilRead(t, l, s, hdr(header{typ: ftPing, id: 1}))
 
 	// The peer reads its control stream: count the Bitmap messages that
 	// come after the PingAck.

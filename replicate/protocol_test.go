@@ -70,6 +70,16 @@ func linkWithFake(t *testing.T, ca Config) (*Link, *fakePeer) {
 
 // readBye reads the fake peer's control stream up to the link's Bye and
 // returns its reason.
+// expectBye reads the link's Bye, checks that its reason contains want,
+// and closes the session, as a peer does on Bye.
+func (f *fakePeer) expectBye(t *testing.T, want string) {
+	t.Helper()
+	if reason := f.readBye(t); !strings.Contains(reason, want) {
+		t.Fatalf("Bye reason %q, want it to name %q", reason, want)
+	}
+	_ = f.sess.Close()
+}
+
 func (f *fakePeer) readBye(t *testing.T) string {
 	t.Helper()
 	s := f.streams[stControl]
@@ -138,10 +148,7 @@ func TestProtocolViolations(t *testing.T) {
 			if c.closeAfter {
 				_ = s.Close()
 			}
-			if reason := f.readBye(t); !strings.Contains(reason, "protocol error") {
-				t.Fatalf("Bye reason %q", reason)
-			}
-			_ = f.sess.Close() // as a peer does on Bye
+			f.expectBye(t, "protocol error")
 			waitDone(t, l)
 			err := l.Err()
 			var pe *ProtocolError
@@ -166,10 +173,7 @@ func TestExtraStream(t *testing.T) {
 	if _, err := s.Write([]byte("hi")); err != nil {
 		t.Fatal(err)
 	}
-	if reason := f.readBye(t); !strings.Contains(reason, "beyond the 4") {
-		t.Fatalf("Bye reason %q", reason)
-	}
-	_ = f.sess.Close()
+	f.expectBye(t, "beyond the 4")
 	waitDone(t, l)
 	errorIs(t, l.Err(), ErrMalformed)
 }

@@ -3,7 +3,6 @@ package replicate
 import (
 	"io"
 	"slices"
-	"strings"
 	"testing"
 	"time"
 )
@@ -55,10 +54,7 @@ func TestDuplicateRecvAck(t *testing.T) {
 		t.Fatalf("stages %v: Received more than once", stages)
 	}
 	errorIs(t, err, ErrLinkDown)
-	if reason := f.readBye(t); !strings.Contains(reason, "RecvAck") {
-		t.Fatalf("Bye reason %q", reason)
-	}
-	_ = f.sess.Close()
+	f.expectBye(t, "RecvAck")
 	waitDone(t, l)
 	errorIs(t, l.Err(), ErrMalformed)
 }
@@ -88,10 +84,7 @@ func TestReplyBeforeRequestWritten(t *testing.T) {
 			if _, err := f.streams[stAck].Write(hdr(header{typ: typ, id: r.id})); err != nil {
 				t.Fatal(err)
 			}
-			if reason := f.readBye(t); !strings.Contains(reason, typ.String()) {
-				t.Fatalf("Bye reason %q", reason)
-			}
-			_ = f.sess.Close()
+			f.expectBye(t, typ.String())
 			stages, err := s.wait(t)
 			errorIs(t, err, ErrLinkDown)
 			if slices.Contains(stages, Received) {

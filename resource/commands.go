@@ -116,18 +116,11 @@ func (r *Resource) primary(ctx context.Context, force bool) error {
 	for {
 		var pending chan struct{}
 		err := r.do(ctx, func() error {
-			if ch := r.closing; ch != nil {
-				select {
-				case <-ch:
-					r.closing = nil
-				default:
-					// A link this node closed may still be writing the
-					// old Primary's requests to the disk: promoted
-					// before they finished, they would land over our
-					// own clients' writes.
-					pending = ch
-					return nil
-				}
+			if pending = r.closedLinksBusy(); pending != nil {
+				// A link this node closed may still be writing the old
+				// Primary's requests to the disk: promoted before they
+				// finished, they would land over our own clients' writes.
+				return nil
 			}
 			if _, err := r.stepAdmin(EvPromote{Force: force, PeerAgreed: wait != nil}); err != nil {
 				return err

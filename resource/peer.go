@@ -209,30 +209,25 @@ func (r *Resource) linkUp(link *replicate.Link) {
 		_ = link.Close("not connecting")
 		return
 	}
-	if ch := r.closing; ch != nil {
-		select {
-		case <-ch:
-			r.closing = nil
-		default:
-			// A link this node closed may still be writing the peer's
-			// requests to the disk (Serve). The peer marked them out of
-			// sync when the link failed them; the new link's resync
-			// sends those blocks, and an old write landing after that
-			// would leave stale data under clean bitmaps. (A link that
-			// went down by itself is waited for in readControl.)
-			r.goLoop(func() {
-				select {
-				case <-ch:
-				case <-r.loopCtx.Done():
-					_ = link.Close("resource down")
-					return
-				}
-				if !r.post(func() { r.linkUp(link) }) {
-					_ = link.Close("resource down")
-				}
-			})
-			return
-		}
+	if ch := r.closedLinksBusy(); ch != nil {
+		// A link this node closed may still be writing the peer's
+		// requests to the disk (Serve). The peer marked them out of sync
+		// when the link failed them; the new link's resync sends those
+		// blocks, and an old write landing after that would leave stale
+		// data under clean bitmaps. (A link that went down by itself is
+		// waited for in readControl.)
+		r.goLoop(func() {
+			select {
+			case <-ch:
+			case <-r.loopCtx.Done():
+				_ = link.Close("resource down")
+				return
+			}
+			if !r.post(func() { r.linkUp(link) }) {
+				_ = link.Close("resource down")
+			}
+		})
+		return
 	}
 	if r.connect != nil {
 		r.connect()
@@ -277,6 +272,20 @@ func (r *Resource) linkGone(link *replicate.Link) {
 		r.promoteWait = nil
 	}
 	r.step(EvLinkDown{Err: err})
+}
+
+// closedLinksBusy returns r.closing while the links closeLink closed still
+// run disk calls, and nil (forgetting it) once they finished (loop).
+func (r *Resource) closedLinksBusy() chan struct{} {
+	if ch := r.closing; ch != nil {
+		select {
+		case <-ch:
+			r.closing = nil
+		default:
+			return ch
+		}
+	}
+	return nil
 }
 
 // closeLink closes the current link (the machine already left it).

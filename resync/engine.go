@@ -111,11 +111,12 @@ func DefaultConfig() Config {
 
 // Validate checks the configuration.
 func (c Config) Validate() error {
+	if err := checkWindow(c.Window); err != nil {
+		return err
+	}
 	switch {
 	case c.ChunkSize < 4096 || c.ChunkSize > 32<<20:
 		return fmt.Errorf("resync: chunk size %d out of 4KiB..32MiB", c.ChunkSize)
-	case c.Window < 1 || c.Window > 1024:
-		return fmt.Errorf("resync: window %d out of 1..1024", c.Window)
 	case c.FlushEvery < c.ChunkSize:
 		return fmt.Errorf("resync: flush interval %d below the chunk size", c.FlushEvery)
 	case c.BlockSize < 512 || c.BlockSize > c.ChunkSize:
@@ -125,6 +126,14 @@ func (c Config) Validate() error {
 		if _, err := NewDigest(c.Csums); err != nil {
 			return err
 		}
+	}
+	return nil
+}
+
+// checkWindow checks a window of chunks in flight (Config.Window).
+func checkWindow(w int) error {
+	if w < 1 || w > 1024 {
+		return fmt.Errorf("resync: window %d out of 1..1024", w)
 	}
 	return nil
 }
@@ -234,8 +243,8 @@ type Limits struct {
 // the engine, running or not. A chunk that waits for the old rate's
 // tokens waits again at the new rate.
 func (e *Engine) SetLimits(l Limits) error {
-	if l.Window < 1 || l.Window > 1024 {
-		return fmt.Errorf("resync: window %d out of 1..1024", l.Window)
+	if err := checkWindow(l.Window); err != nil {
+		return err
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"strings"
 	"text/tabwriter"
 
@@ -139,21 +138,18 @@ func addConfigFlags(fs *pflag.FlagSet) *configFlags {
 // sections returns the configuration sections of the options given.
 func (cf *configFlags) sections(fs *pflag.FlagSet) (ctlproto.List, error) {
 	var fields []ctlproto.Entry
-	var err error
+	// Paths are made absolute here: the daemon runs elsewhere.
+	cwd, err := os.Getwd()
+	if err != nil {
+		return nil, err
+	}
 	fs.Visit(func(f *pflag.Flag) {
 		if err != nil || !cf.names[f.Name] {
 			return
 		}
 		t, _ := cf.reg.TagByFlag(f.Name)
-		v := f.Value.String()
-		if pathFlags[f.Name] {
-			v, err = absArg(v)
-			if err != nil {
-				return
-			}
-		}
 		var e ctlproto.Entry
-		if e, err = ctlproto.ParseValue(t, v); err == nil {
+		if e, err = ctlproto.ParseValue(t, resolveFlag(cwd, f.Name, f.Value.String())); err == nil {
 			fields = append(fields, e)
 		}
 	})
@@ -165,11 +161,7 @@ func (cf *configFlags) sections(fs *pflag.FlagSet) (ctlproto.List, error) {
 			// No words would send no entry: a change that changes nothing.
 			return nil, fmt.Errorf("--dispatcher %q: want a command line; to remove the dispatcher, give the handlers section again with --set-defaults (e.g. --set-defaults --handler-timeout 30s; handlers not given are dropped too)", cf.dispatcher)
 		}
-		words, err := absCommand(strings.Fields(cf.dispatcher))
-		if err != nil {
-			return nil, err
-		}
-		for _, w := range words {
+		for _, w := range config.ResolveCommand(cwd, strings.Fields(cf.dispatcher)) {
 			fields = append(fields, ctlproto.String(ctlproto.TagHandlersDispatcher, w))
 		}
 	}
@@ -178,53 +170,27 @@ func (cf *configFlags) sections(fs *pflag.FlagSet) (ctlproto.List, error) {
 		if !ok || name == "" {
 			return nil, fmt.Errorf("--handler %q: want NAME=COMMAND ARGS... or NAME=", h)
 		}
-		argv, err := absCommand(strings.Fields(cmdline))
-		if err != nil {
-			return nil, err
-		}
-		fields = append(fields, ctlproto.HandlerEntry(name, argv))
+		fields = append(fields, ctlproto.HandlerEntry(name, config.ResolveCommand(cwd, strings.Fields(cmdline))))
 	}
 	return cf.reg.Sections(fields)
 }
 
-// pathFlags are the options that name files. The daemon runs elsewhere
-// (its working directory is / under systemd), so a relative path is made
-// absolute here, against the directory the command runs in, as the
-// resource file's paths are against the file's folder.
-var pathFlags = map[string]bool{
-	"disk": true, "meta-disk": true, "nbd-listen": true,
-	"nbd-tls-cert": true, "nbd-tls-key": true, "nbd-tls-client-ca": true,
-	"link-tls-cert": true, "link-tls-key": true, "link-tls-ca": true,
-}
-
-// absArg makes the path in a path option's value absolute: meta-disk
-// internal and host:port addresses stay, unix:PATH gets an absolute PATH
-// (an abstract unix:@name stays).
-func absArg(v string) (string, error) {
-	if v == "" || v == "internal" || strings.HasPrefix(v, "unix:@") {
-		return v, nil
+// resolveFlag makes the path in the value of an option that names a file
+// absolute against cwd, by the rules the resource file's paths follow
+// against its folder (config.ResolvePath).
+func resolveFlag(cwd, flag, v string) string {
+	switch flag {
+	case "nbd-listen":
+		return config.ResolveNBDListen(cwd, v)
+	case "meta-disk":
+		if v == config.MetaInternal {
+			return v
+		}
+		return config.ResolvePath(cwd, v)
+	case "disk", "nbd-tls-cert", "nbd-tls-key", "nbd-tls-client-ca", "link-tls-cert", "link-tls-key", "link-tls-ca":
+		return config.ResolvePath(cwd, v)
 	}
-	if rest, ok := strings.CutPrefix(v, "unix:"); ok {
-		p, err := filepath.Abs(rest)
-		return "unix:" + p, err
-	}
-	if !strings.Contains(v, "/") && strings.Contains(v, ":") {
-		return v, nil // host:port
-	}
-	return filepath.Abs(v)
-}
-
-// absCommand makes a relative program path with a slash ("./fence.sh")
-// absolute; a bare name ("logger") stays for the daemon's $PATH lookup.
-func absCommand(argv []string) ([]string, error) {
-	if len(argv) == 0 || !strings.Contains(argv[0], "/") || filepath.IsAbs(argv[0]) {
-		return argv, nil
-	}
-	p, err := filepath.Abs(argv[0])
-	if err != nil {
-		return nil, err
-	}
-	return append([]string{p}, argv[1:]...), nil
+	return v
 }
 
 func resName(name string) ctlproto.Entry {

@@ -161,21 +161,27 @@ func configDiff(a, b config.Resource) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	var out []string
-	for _, k := range slices.Sorted(maps.Keys(fa)) {
-		if vb, ok := fb[k]; !ok || vb != fa[k] {
-			if !ok {
-				vb = "(none)"
-			}
-			out = append(out, fmt.Sprintf("%s: %s -> %s", k, fa[k], vb))
-		}
-	}
-	for _, k := range slices.Sorted(maps.Keys(fb)) {
+	keys := slices.Sorted(maps.Keys(fa))
+	for k := range fb {
 		if _, ok := fa[k]; !ok {
-			out = append(out, fmt.Sprintf("%s: (none) -> %s", k, fb[k]))
+			keys = append(keys, k)
 		}
 	}
-	slices.Sort(out)
+	slices.Sort(keys)
+	var out []string
+	for _, k := range keys {
+		va, ok := fa[k]
+		if !ok {
+			va = "(none)"
+		}
+		vb, ok := fb[k]
+		if !ok {
+			vb = "(none)"
+		}
+		if va != vb {
+			out = append(out, fmt.Sprintf("%s: %s -> %s", k, va, vb))
+		}
+	}
 	return out, nil
 }
 
