@@ -46,7 +46,8 @@ func (l *Locker) Lock(off, length int64) Handle {
 	return h
 }
 
-// LockContext is Lock that gives up when ctx ends; it then holds nothing.
+// LockContext is Lock that gives up waiting when ctx ends; it then holds
+// nothing, and the ranges queued behind it no longer wait for it.
 func (l *Locker) LockContext(ctx context.Context, off, length int64) (Handle, error) {
 	return l.lock(ctx, off, length)
 }
@@ -78,12 +79,27 @@ func (l *Locker) lock(ctx context.Context, off, length int64) (Handle, error) {
 	case <-e.ready:
 		return Handle{e}, nil
 	case <-ctx.Done():
-		// Leave as if granted and released at once, so that later
-		// waiters' counts stay right.
-		<-e.ready
-		l.Unlock(Handle{e})
+		l.abandon(e)
 		return Handle{}, ctx.Err()
 	}
+}
+
+// abandon takes a waiting entry out of the queue as if it had been granted
+// and released at once: the later entries that waited for it stop waiting
+// for it. If it was granted meanwhile, that grant is simply released.
+func (l *Locker) abandon(e *entry) {
+	l.mu.Lock()
+	select {
+	case <-e.ready:
+		l.mu.Unlock()
+		l.Unlock(Handle{e})
+		return
+	default:
+	}
+	l.removeLocked(e)
+	l.mu.Unlock()
+	e.ready = nil
+	l.pool.Put(e)
 }
 
 // Unlock releases a range and grants the waiters it was the last obstacle for.
@@ -93,6 +109,18 @@ func (l *Locker) Unlock(h Handle) {
 		return
 	}
 	l.mu.Lock()
+	if !l.removeLocked(e) {
+		l.mu.Unlock()
+		panic("rangelock: Unlock of a range not held")
+	}
+	l.mu.Unlock()
+	e.ready = nil
+	l.pool.Put(e)
+}
+
+// removeLocked takes e out of the queue and grants the later entries it was
+// the last obstacle for. It reports false if e was not queued.
+func (l *Locker) removeLocked(e *entry) bool {
 	idx := -1
 	for i, o := range l.entries {
 		if o == e {
@@ -101,8 +129,7 @@ func (l *Locker) Unlock(h Handle) {
 		}
 	}
 	if idx < 0 {
-		l.mu.Unlock()
-		panic("rangelock: Unlock of a range not held")
+		return false
 	}
 	for _, o := range l.entries[idx+1:] {
 		if overlaps(o, e) {
@@ -115,9 +142,7 @@ func (l *Locker) Unlock(h Handle) {
 	copy(l.entries[idx:], l.entries[idx+1:])
 	l.entries[len(l.entries)-1] = nil
 	l.entries = l.entries[:len(l.entries)-1]
-	l.mu.Unlock()
-	e.ready = nil
-	l.pool.Put(e)
+	return true
 }
 
 // Len returns the number of ranges held or waiting.

@@ -2,6 +2,7 @@ package rangelock
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"testing"
 	"time"
@@ -66,23 +67,65 @@ func TestOverlapWaitsInArrivalOrder(t *testing.T) {
 	l.Unlock(<-third)
 }
 
+// TestContextCancel: a waiter whose context ends returns at once, while
+// the range it waited for is still held, and a later waiter that overlapped
+// only the canceled one is granted without waiting for the holder.
 func TestContextCancel(t *testing.T) {
 	var l Locker
 	a := l.Lock(0, 10)
 	ctx, cancel := context.WithCancel(context.Background())
 	errc := make(chan error, 1)
 	go func() {
-		_, err := l.LockContext(ctx, 5, 10)
+		_, err := l.LockContext(ctx, 5, 10) // waits for a
 		errc <- err
 	}()
 	waitLen(t, &l, 2)
+	later := make(chan Handle, 1)
+	go func() { later <- l.Lock(12, 5) }() // overlaps only the waiter
+	waitLen(t, &l, 3)
 	cancel()
-	// The canceled waiter must still leave once a is gone.
-	l.Unlock(a)
-	if err := <-errc; err == nil {
-		t.Fatal("no error after cancel")
+	select {
+	case err := <-errc:
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("canceled waiter: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("canceled waiter still waits for the holder")
 	}
+	select {
+	case h := <-later:
+		l.Unlock(h)
+	case <-time.After(10 * time.Second):
+		t.Fatal("a waiter behind the canceled one is still blocked")
+	}
+	l.Unlock(a)
 	waitLen(t, &l, 0)
+}
+
+// TestContextCancelRace: cancels that race with grants leave the locker
+// consistent: everything ends released.
+func TestContextCancelRace(t *testing.T) {
+	var l Locker
+	var wg sync.WaitGroup
+	for i := range 200 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx, cancel := context.WithCancel(context.Background())
+			if i%2 == 0 {
+				cancel()
+			}
+			h, err := l.LockContext(ctx, int64(i%7), 4)
+			cancel()
+			if err == nil {
+				l.Unlock(h)
+			}
+		}()
+	}
+	wg.Wait()
+	if n := l.Len(); n != 0 {
+		t.Fatalf("%d ranges left", n)
+	}
 }
 
 // Property: no two overlapping ranges are held at once, and everything is
