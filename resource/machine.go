@@ -819,6 +819,13 @@ func (m *Machine) syncStart(e EvSyncStart) []Action {
 		// disk went after it sent this; its Diskless state follows).
 		return nil
 	}
+	if m.role == RolePrimary {
+		// The handshake never makes a Primary the target, and a promotion
+		// waits for the peer's consent; a SyncStart now is a peer that
+		// broke the protocol. Taking it would make the data the clients
+		// read Inconsistent under them: refuse it and drop the link.
+		return []Action{ActCloseLink{Reason: "protocol error: the peer started a resync towards a Primary"}}
+	}
 	m.conn = ConnSyncTarget
 	m.disk = DiskInconsistent
 	m.setFlag(FlagConsistent, false)
