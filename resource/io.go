@@ -517,6 +517,7 @@ func (r *Resource) writeUnder(st *repState, req replicate.Request, do func() err
 	off, n := req.Offset, req.Length
 	var op *peerOp
 	var submitErr error // why the link did not take the write
+	var pendID uint64   // tracked in r.peerPending until the peer's Done
 	if st.link != nil {
 		op = r.getOp()
 		op.req = req
@@ -525,10 +526,19 @@ func (r *Resource) writeUnder(st *repState, req replicate.Request, do func() err
 			// The peer says when it has read the request: B's ack stage.
 			op.req.Flags |= replicate.WantRecvAck
 		}
+		if st.proto != config.ProtocolC {
+			// Acknowledged before the peer completes it (see
+			// peerPending); added before Submit, since Done may come
+			// before Submit returns.
+			pendID = r.peerPending.add(off, n)
+		}
 		if err := st.link.Submit(&op.req); err != nil {
 			r.putOp(op)
 			op = nil
 			submitErr = err
+			if pendID != 0 {
+				r.peerPending.remove(pendID)
+			}
 		}
 	}
 	// Read once: a disk that fails meanwhile (another request) must not
@@ -585,6 +595,9 @@ func (r *Resource) writeUnder(st *repState, req replicate.Request, do func() err
 			r.peerFailed(off, n, perr)
 		} else {
 			r.epochs.add(off, n)
+		}
+		if pendID != 0 {
+			r.peerPending.remove(pendID)
 		}
 		r.putOp(op)
 		st.wg.Done()

@@ -92,13 +92,16 @@ type Resource struct {
 	io         ioCounters
 	links      linkCounters
 	locks      rangelock.Locker
-	repMu      sync.RWMutex
-	rep        *repState
-	ops        sync.Pool
-	epochs     *epochs
-	engine     atomic.Pointer[resync.Engine]
-	verify     atomic.Pointer[verifyState]
-	lastVerify atomic.Pointer[verifyState] // the last verify that ended
+	// peerPending: writes acknowledged before the peer completed them
+	// (protocols A and B); verify waits for them.
+	peerPending peerPending
+	repMu       sync.RWMutex
+	rep         *repState
+	ops         sync.Pool
+	epochs      *epochs
+	engine      atomic.Pointer[resync.Engine]
+	verify      atomic.Pointer[verifyState]
+	lastVerify  atomic.Pointer[verifyState] // the last verify that ended
 
 	// Loop.
 	m       *Machine
