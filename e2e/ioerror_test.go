@@ -90,16 +90,27 @@ func TestReplicationLocalIOErrorDetach(t *testing.T) {
 	c.b.qemuIO("read -P 0x11 0 1M", "read -P 0x22 2M 1M", "read -P 0x33 4M 64k", "read -P 0x44 8M 1M")
 }
 
-// With on-io-error pass-on the error reaches the NBD client instead.
+// With on-io-error pass-on the disk stays: a read it fails is served by the
+// UpToDate peer, a write it fails reaches the NBD client as EIO.
 func TestReplicationLocalIOErrorPassOn(t *testing.T) {
 	RequireTools(t, "qemu-io")
 	dir := t.TempDir()
 	disk, inject := faultyDisk(t, dir, 64<<20)
 	c := newCluster(t, clusterOptions{diskA: disk, yaml: "disk:\n  on-io-error: pass-on\n"})
+	c.a.qemuIO("write -P 0x5a 8M 4k")
+	c.a.wait("the write on node b", 30*time.Second, func(s nodeStatus) bool { return s.Conn == "Connected" && s.PeerDisk == "UpToDate" })
 	startFailing(t, inject)
-	r := Run(t, time.Minute, "qemu-io", "-f", "raw", "-c", "read 0 4k", c.a.uri())
-	if r.ExitCode == 0 && !bytes.Contains([]byte(r.Stdout+r.Stderr), []byte("Input/output error")) {
-		t.Fatalf("a read from a failing disk succeeded with pass-on:\n%s%s", r.Stdout, r.Stderr)
+	// A read the failing disk refuses is served from the UpToDate peer
+	// (node a's page cache holds what it wrote: the read goes where
+	// nothing was written yet through it, where node b holds zeroes).
+	r := Run(t, time.Minute, "qemu-io", "-f", "raw", "-c", "read -P 0 16M 64k", c.a.uri())
+	if out := r.Stdout + r.Stderr; r.ExitCode != 0 || strings.Contains(out, "Input/output error") || strings.Contains(out, "Pattern verification failed") {
+		t.Fatalf("a read from a failing disk with pass-on and an UpToDate peer:\n%s", out)
+	}
+	// A write the failing disk refuses reaches the client as EIO.
+	r = Run(t, time.Minute, "qemu-io", "-f", "raw", "-c", "write -P 0x66 1M 4k", c.a.uri())
+	if out := r.Stdout + r.Stderr; r.ExitCode == 0 && !strings.Contains(out, "Input/output error") {
+		t.Fatalf("a write to a failing disk succeeded with pass-on:\n%s", out)
 	}
 	if st := c.a.status(); st.Disk != "UpToDate" {
 		t.Fatalf("pass-on detached the disk: %+v", st)
