@@ -54,6 +54,23 @@ type File struct {
 	noPunch     atomic.Bool
 	noZeroRange atomic.Bool
 
+	// syncMu guards the fdatasync state below; syncCond (on syncMu)
+	// wakes the Syncs waiting for the running one. One fdatasync runs at
+	// a time, and Syncs that arrive meanwhile share the next one (group
+	// commit). syncErr is the first one that failed: Linux reports a
+	// write-back error once per open file and may have marked the pages
+	// it could not write clean (and dropped them), so a later fdatasync
+	// succeeds although that data never reached the disk. Every Sync
+	// after a failure fails too, and none runs alongside the failing one
+	// to see success for the same lost pages.
+	syncMu      sync.Mutex
+	syncCond    sync.Cond
+	syncRunning bool
+	// syncStarted and syncDone number the fdatasyncs started and the
+	// last one finished.
+	syncStarted, syncDone uint64
+	syncErr               error
+
 	zeroOnce sync.Once
 	zeroBuf  []byte // read-only after zeroOnce
 	bounce   sync.Pool
@@ -101,6 +118,7 @@ func Open(path string, opts Options) (*File, error) {
 	}
 	f := &File{path: path, fd: fd, readOnly: opts.ReadOnly, direct: opts.Direct, align: 1, memAlign: 1}
 	f.ref.init()
+	f.syncCond.L = &f.syncMu
 	if err := f.setup(opts); err != nil {
 		unix.Close(fd)
 		return nil, err
@@ -441,21 +459,51 @@ func AlignedBuffer(n, align int) []byte {
 	return b[skip : skip+n : skip+n]
 }
 
-// Sync flushes written data to stable storage with fdatasync.
+// Sync flushes written data to stable storage with fdatasync. Syncs
+// called while one runs wait for it and share the next fdatasync. Once an
+// fdatasync has failed, every later Sync fails with that error: the
+// writes it could not make durable may be lost for good, whatever a new
+// fdatasync says.
 func (f *File) Sync() error {
 	if err := f.ref.acquire(); err != nil {
 		return err
 	}
 	defer f.ref.release()
-	for {
-		err := unix.Fdatasync(f.fd)
-		if err == unix.EINTR {
+	f.syncMu.Lock()
+	defer f.syncMu.Unlock()
+	// The running fdatasync may have started before the caller's writes
+	// returned: only one that starts from now on covers them.
+	need := f.syncStarted + 1
+	for f.syncErr == nil && f.syncDone < need {
+		if f.syncRunning {
+			f.syncCond.Wait()
 			continue
 		}
-		if err != nil {
-			return &os.PathError{Op: "fdatasync", Path: f.path, Err: err}
+		f.syncRunning = true
+		f.syncStarted++
+		n := f.syncStarted
+		f.syncMu.Unlock()
+		err := fdatasync(f.fd)
+		f.syncMu.Lock()
+		f.syncRunning, f.syncDone = false, n
+		if err != nil && f.syncErr == nil {
+			f.syncErr = &os.PathError{Op: "fdatasync", Path: f.path, Err: err}
+			f.syncCond.Broadcast()
+			return f.syncErr
 		}
-		return nil
+		f.syncCond.Broadcast()
+	}
+	if f.syncErr != nil {
+		return fmt.Errorf("%s: fdatasync failed, data written before it may be lost: %w", f.path, f.syncErr)
+	}
+	return nil
+}
+
+func fdatasync(fd int) error {
+	for {
+		if err := unix.Fdatasync(fd); err != unix.EINTR {
+			return err
+		}
 	}
 }
 
