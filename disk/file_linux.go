@@ -46,6 +46,11 @@ type File struct {
 	// align is the offset/length granularity of direct I/O, memAlign that
 	// of buffer addresses; both 1 without O_DIRECT.
 	align, memAlign int64
+	// zeroAlign is the granularity of ranges handed to fallocate: a block
+	// device's logical block size (it refuses partial blocks with EINVAL,
+	// with or without O_DIRECT), align with O_DIRECT, else 1. Zero writes
+	// the partial blocks at either end of a range instead.
+	zeroAlign int64
 
 	ref refCount
 
@@ -116,7 +121,7 @@ func Open(path string, opts Options) (*File, error) {
 	if err != nil {
 		return nil, &os.PathError{Op: "open", Path: path, Err: err}
 	}
-	f := &File{path: path, fd: fd, readOnly: opts.ReadOnly, direct: opts.Direct, align: 1, memAlign: 1}
+	f := &File{path: path, fd: fd, readOnly: opts.ReadOnly, direct: opts.Direct, align: 1, memAlign: 1, zeroAlign: 1}
 	f.ref.init()
 	f.syncCond.L = &f.syncMu
 	if err := f.setup(opts); err != nil {
@@ -151,11 +156,12 @@ func (f *File) setup(opts Options) error {
 		if opts.Size > f.size {
 			return fmt.Errorf("%s: device has %d bytes, %d requested: %w", f.path, f.size, opts.Size, ErrSize)
 		}
+		ss, err := unix.IoctlGetInt(f.fd, unix.BLKSSZGET)
+		if err != nil || ss <= 0 {
+			ss = 512
+		}
+		f.zeroAlign = int64(ss)
 		if f.direct {
-			ss, err := unix.IoctlGetInt(f.fd, unix.BLKSSZGET)
-			if err != nil || ss <= 0 {
-				ss = 512
-			}
 			f.align, f.memAlign = int64(ss), int64(ss)
 		}
 	case unix.S_IFREG:
@@ -176,6 +182,7 @@ func (f *File) setup(opts Options) error {
 				stx.Mask&unix.STATX_DIOALIGN != 0 && stx.Dio_offset_align > 0 {
 				f.align, f.memAlign = int64(stx.Dio_offset_align), int64(max(stx.Dio_mem_align, 1))
 			}
+			f.zeroAlign = f.align
 		}
 	default:
 		return fmt.Errorf("%s: not a regular file or block device", f.path)
@@ -514,13 +521,41 @@ func (f *File) Trim(off, length int64) error {
 }
 
 // Zero makes the range read back as zeroes: a punched hole unless noHole,
-// else fallocate ZERO_RANGE, else written zeroes.
+// else fallocate ZERO_RANGE, else written zeroes. Partial blocks at either
+// end (see zeroAlign) are written: fallocate takes whole blocks only.
 func (f *File) Zero(off, length int64, noHole bool) error {
-	err := f.ZeroFast(off, length, noHole)
-	if err == nil || !errors.Is(err, ErrNotSupported) {
+	if f.readOnly {
+		return ErrReadOnly
+	}
+	if err := checkRange(off, length, f.size); err != nil {
 		return err
 	}
-	return f.writeZeroes(off, length)
+	end := off + length
+	// [off, head) and [tail, end) are the partial blocks; between them
+	// lie whole ones, if any.
+	head, tail := off, end
+	if a := f.zeroAlign; a > 1 {
+		head = min(off+(a-off%a)%a, end)
+		tail = max(end-end%a, head)
+	}
+	if head > off {
+		if err := f.writeZeroes(off, head-off); err != nil {
+			return err
+		}
+	}
+	if tail > head {
+		err := f.ZeroFast(head, tail-head, noHole)
+		if errors.Is(err, ErrNotSupported) {
+			err = f.writeZeroes(head, tail-head)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	if end > tail {
+		return f.writeZeroes(tail, end-tail)
+	}
+	return nil
 }
 
 // ZeroFast zeroes the range with fallocate alone, returning an error
@@ -537,10 +572,11 @@ func (f *File) ZeroFast(off, length int64, noHole bool) error {
 	if length == 0 {
 		return nil
 	}
-	if f.direct && !f.aligned(off, length) {
-		// fallocate would zero the partial blocks through the page cache
-		// (or, on a block device, refuse them), outside rmw's order.
-		return fmt.Errorf("%s: zeroing %d bytes at %d, not aligned to %d for direct I/O: %w", f.path, length, off, f.align, ErrNotSupported)
+	if off%f.zeroAlign != 0 || length%f.zeroAlign != 0 {
+		// A block device refuses partial blocks (EINVAL); with O_DIRECT,
+		// fallocate would zero them through the page cache, outside
+		// rmw's order.
+		return fmt.Errorf("%s: zeroing %d bytes at %d, not aligned to %d: %w", f.path, length, off, f.zeroAlign, ErrNotSupported)
 	}
 	if err := f.ref.acquire(); err != nil {
 		return err
