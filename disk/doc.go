@@ -19,6 +19,9 @@
 //  3. After Trim or Zero returns, the range reads back as zeroes, whether
 //     the filesystem punched a hole, zeroed a range or we wrote zeroes.
 //  4. A Device never changes size after it is opened.
+//  5. A block device opened for writing is claimed exclusively: nothing
+//     mounts it, formats it or opens it for writing through [Open] while
+//     it is served.
 //
 // Mem models a power loss: Sync makes everything written so far durable,
 // and [Mem.CrashClone] returns a device holding only durable data.

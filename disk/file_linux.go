@@ -100,19 +100,31 @@ var (
 // filesystem cannot zero a range itself.
 const zeroChunk = 1 << 20
 
-// Open opens a regular file or block device as a Device.
+// Open opens a regular file or block device as a Device. A block device
+// opened for writing is claimed exclusively (O_EXCL), as DRBD claims its
+// backing devices: while it is open, mounting it, mkfs, or a second
+// writable Open fail with EBUSY instead of writing under each other; and
+// Open fails with EBUSY while one of those holds it.
 func Open(path string, opts Options) (*File, error) {
+	var st unix.Stat_t
+	blockDev := unix.Stat(path, &st) == nil && st.Mode&unix.S_IFMT == unix.S_IFBLK
 	flags := unix.O_CLOEXEC
-	if opts.ReadOnly {
+	switch {
+	case opts.ReadOnly:
 		flags |= unix.O_RDONLY
-	} else {
+	case blockDev:
+		// O_EXCL without O_CREAT claims a block device (Create has
+		// nothing to create there); on anything else it would mean
+		// nothing, or with O_CREAT refuse a file that exists.
+		flags |= unix.O_RDWR | unix.O_EXCL
+	default:
 		flags |= unix.O_RDWR
+		if opts.Create {
+			flags |= unix.O_CREAT
+		}
 	}
 	if opts.Direct {
 		flags |= unix.O_DIRECT
-	}
-	if opts.Create && !opts.ReadOnly {
-		flags |= unix.O_CREAT
 	}
 	if opts.Size < 0 {
 		return nil, fmt.Errorf("open %s: size %d: %w", path, opts.Size, ErrSize)
