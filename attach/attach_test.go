@@ -131,25 +131,71 @@ func TestSeconds(t *testing.T) {
 
 func TestCompatible(t *testing.T) {
 	rw := ExportInfo{Name: "e", Size: 1<<20 + 100, Flags: FlagHasFlags}
-	if err := compatible(rw, 1<<20, false); err != nil {
+	if err := compatible(rw, devState{size: 1 << 20, connections: 1}); err != nil {
 		t.Fatalf("same export, rounded device size: %v", err)
 	}
+	all := FlagHasFlags | FlagSendFlush | FlagSendFUA | FlagSendTrim | FlagCanMultiConn
+	busy := devState{size: 1 << 20, connections: 2, writeCache: true, fua: true, discard: true}
+	if err := compatible(ExportInfo{Size: 1 << 20, Flags: all}, busy); err != nil {
+		t.Fatalf("export with every flag the device uses: %v", err)
+	}
 	for _, tc := range []struct {
-		name  string
-		info  ExportInfo
-		size  int64
-		devRO bool
+		name string
+		info ExportInfo
+		dev  devState
 	}{
-		{"smaller", ExportInfo{Size: 1 << 19}, 1 << 20, false},
-		{"larger", ExportInfo{Size: 2 << 20}, 1 << 20, false},
-		{"read-only under writable", ExportInfo{Size: 1 << 20, Flags: FlagReadOnly}, 1 << 20, false},
+		{"smaller", ExportInfo{Size: 1 << 19}, devState{size: 1 << 20}},
+		{"larger", ExportInfo{Size: 2 << 20}, devState{size: 1 << 20}},
+		{"read-only under writable", ExportInfo{Size: 1 << 20, Flags: FlagReadOnly}, devState{size: 1 << 20}},
+		// The kernel keeps the flags of the first attach: it would send
+		// FLUSH, FUA and TRIM to a server that no longer takes them, and
+		// spread requests over connections without its promise of
+		// consistency between them.
+		{"no flush under a write cache", ExportInfo{Size: 1 << 20, Flags: all &^ FlagSendFlush}, busy},
+		{"no FUA under FUA", ExportInfo{Size: 1 << 20, Flags: all &^ FlagSendFUA}, busy},
+		{"no trim under discard", ExportInfo{Size: 1 << 20, Flags: all &^ FlagSendTrim}, busy},
+		{"no multi-conn under two connections", ExportInfo{Size: 1 << 20, Flags: all &^ FlagCanMultiConn}, busy},
 	} {
-		if err := compatible(tc.info, tc.size, tc.devRO); !errors.Is(err, ErrMismatch) {
+		if err := compatible(tc.info, tc.dev); !errors.Is(err, ErrMismatch) {
 			t.Errorf("%s: err = %v, want ErrMismatch", tc.name, err)
 		}
 	}
-	if err := compatible(ExportInfo{Size: 1 << 20, Flags: FlagReadOnly}, 1<<20, true); err != nil {
+	if err := compatible(ExportInfo{Size: 1 << 20, Flags: FlagReadOnly}, devState{size: 1 << 20, readOnly: true}); err != nil {
 		t.Errorf("read-only under read-only: %v", err)
+	}
+	// A device attached read-only to a writable export has FUA and
+	// discard on its queue but sends neither: a read-only export, which
+	// offers neither, still stands in for it.
+	roDev := devState{size: 1 << 20, readOnly: true, connections: 1, writeCache: true, fua: true, discard: true}
+	if err := compatible(ExportInfo{Size: 1 << 20, Flags: FlagHasFlags | FlagReadOnly | FlagSendFlush}, roDev); err != nil {
+		t.Errorf("read-only export under a read-only device of a writable one: %v", err)
+	}
+}
+
+// The device's state for compatible comes from sysfs: the queue shows
+// which commands the kernel sends.
+func TestSysDeviceState(t *testing.T) {
+	root := fakeSys(t, map[string]string{
+		"nbd0/size":                    "2048\n",
+		"nbd0/ro":                      "0\n",
+		"nbd0/queue/write_cache":       "write back\n",
+		"nbd0/queue/fua":               "1\n",
+		"nbd0/queue/discard_max_bytes": "4294966784\n",
+		"nbd1/size":                    "2048\n",
+		"nbd1/ro":                      "1\n",
+		"nbd1/queue/write_cache":       "write through\n",
+		"nbd1/queue/fua":               "0\n",
+		"nbd1/queue/discard_max_bytes": "0\n",
+	}, "nbd0/mq/0", "nbd0/mq/1", "nbd1/mq/0")
+	got := sysDevice{root, 0}.state()
+	want := devState{size: 1 << 20, connections: 2, writeCache: true, fua: true, discard: true}
+	if got != want {
+		t.Errorf("nbd0: %+v, want %+v", got, want)
+	}
+	got = sysDevice{root, 1}.state()
+	want = devState{size: 1 << 20, connections: 1, readOnly: true}
+	if got != want {
+		t.Errorf("nbd1: %+v, want %+v", got, want)
 	}
 }
 

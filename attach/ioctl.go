@@ -76,6 +76,18 @@ func ioctlAttach(ctx context.Context, drv driver, root string, index int, p conn
 }
 
 func ioctlAttachOne(ctx context.Context, drv driver, root string, index int, p connectParams) (*Device, error) {
+	// A device that shows a pid is connected, or was disconnected while
+	// something (a mount) still holds it, which keeps its pid and size
+	// until released. Settings sent to it would change the running
+	// device, the NBD_CLEAR_SOCK after our failed NBD_DO_IT would shut
+	// its sockets down, and waitConnected would take its pid for ours.
+	// The driver refuses NBD_SET_SOCK from another task only while a
+	// device is being set up or runs, and never from the thread that set
+	// it up, which may be one of ours.
+	sd := sysDevice{root, index}
+	if pid := sd.pid(); pid != 0 {
+		return nil, fmt.Errorf("%s: in use by task %d: %w", DevicePath(index), pid, unix.EBUSY)
+	}
 	f, err := drv.open(index)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
@@ -89,7 +101,7 @@ func ioctlAttachOne(ctx context.Context, drv driver, root string, index int, p c
 	}
 	d := &Device{Index: index, Method: MethodIoctl, done: make(chan struct{})}
 	go d.doIt(drv, f)
-	if err := waitConnected(ctx, sysDevice{root, index}, d.done); err != nil {
+	if err := waitConnected(ctx, sd, d.done); err != nil {
 		_ = drv.ioctl(f, ioctlDisconnect, 0)
 		<-d.done
 		if d.err != nil {
@@ -165,7 +177,10 @@ func (d *Device) doIt(drv driver, f *os.File) {
 
 // waitConnected waits until the device shows the pid of its connecting
 // task (the driver creates /sys/block/nbdN/pid when it starts it), until
-// NBD_DO_IT returned (done), or until ctx ends.
+// NBD_DO_IT returned (done), or until ctx ends. The device showed no pid
+// before this attach configured it (ioctlAttachOne checks). The pid is
+// not compared with NBD_DO_IT's thread: the driver shows it in the
+// initial pid namespace, which a containerised attach does not see.
 func waitConnected(ctx context.Context, sd sysDevice, done <-chan struct{}) error {
 	err := poll(ctx, done, func() bool { return sd.pid() != 0 && sd.size() > 0 })
 	if errors.Is(err, errStopped) {

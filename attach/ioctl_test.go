@@ -2,9 +2,11 @@ package attach
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -108,5 +110,55 @@ func TestIoctlAttachSetSockOneThread(t *testing.T) {
 	_ = k.ioctl(nil, ioctlDisconnect, 0)
 	if err := d.Wait(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// busyDriver stands in for the driver on a device that another task
+// already runs (or still holds): NBD_DO_IT fails with EBUSY, as
+// nbd_start_device does while nbd->pid is set.
+type busyDriver struct {
+	mu   sync.Mutex
+	reqs []uintptr
+}
+
+func (k *busyDriver) ioctl(_ *os.File, req, _ uintptr) error {
+	k.mu.Lock()
+	k.reqs = append(k.reqs, req)
+	k.mu.Unlock()
+	if req == ioctlDoIt {
+		return unix.EBUSY
+	}
+	return nil
+}
+
+func (k *busyDriver) issued(req uintptr) bool {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return slices.Contains(k.reqs, req)
+}
+
+// An ioctl attach to a named device that is connected (its pid file
+// shows another task) is refused before anything is sent to it: the
+// settings would land on the running device, and the NBD_CLEAR_SOCK after
+// the failed NBD_DO_IT would shut its sockets down. Before, the attach
+// even reported success, taking the other task's pid file for its own:
+// the device of a holder that was disconnected while mounted keeps its
+// pid file (and size) until unmounted.
+func TestIoctlAttachBusyDevice(t *testing.T) {
+	root := fakeSys(t, map[string]string{"nbd0/pid": "1234\n", "nbd0/size": "2048\n"})
+	k := &busyDriver{}
+	drv := driver{ioctl: k.ioctl, open: func(int) (*os.File, error) { return os.Open(os.DevNull) }}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	d, err := ioctlAttach(ctx, drv, root, 0, connectParams{size: 1 << 20, blockSize: 4096, fds: []int{3}})
+	if err == nil {
+		_ = d.Wait()
+		t.Fatal("attach to a connected device succeeded")
+	}
+	if !errors.Is(err, unix.EBUSY) {
+		t.Errorf("err = %v, want EBUSY", err)
+	}
+	if k.issued(ioctlSetSock) || k.issued(ioctlClearSock) {
+		t.Errorf("ioctls sent to a device in use: %#x", k.reqs)
 	}
 }

@@ -183,6 +183,15 @@ func TestDecodeMalformed(t *testing.T) {
 		{"connected of wrong size", nla(attrDeviceList, nla(deviceItem, cat(nla(deviceIndex, u32(1)...), nla(deviceConnected, u32(1)...))...)...)},
 		{"garbage in list", nla(attrDeviceList, 0xff, 0xff, 0xff, 0xff, 0xff)},
 		{"absurd index", statusReply(deviceStatus{index: 1 << 30})},
+		{"index all ones", statusReply(deviceStatus{index: 0xffffffff})},
+		{"garbage in item", nla(attrDeviceList, nla(deviceItem, 0xff, 0xff, 0xff, 0xff, 0xff)...)},
+		{"index of length zero", nla(attrDeviceList, nla(deviceItem, 0, 0, deviceIndex, 0)...)},
+		{"bytes after the last item", nla(attrDeviceList, cat(nla(deviceItem, nla(deviceIndex, u32(1)...)...), []byte{1, 2})...)},
+		{"good item, then one without index", nla(attrDeviceList, cat(
+			nla(deviceItem, nla(deviceIndex, u32(1)...)...),
+			nla(deviceItem, nla(deviceConnected, 1)...),
+		)...)},
+		{"good list, then a broken one", cat(statusReply(deviceStatus{index: 2}), nla(attrDeviceList, 0xff, 0xff, 0xff, 0xff, 0xff))},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if _, err := decodeStatus(tc.b); !errors.Is(err, errBadReply) {
@@ -190,7 +199,8 @@ func TestDecodeMalformed(t *testing.T) {
 			}
 		})
 	}
-	for _, b := range [][]byte{nil, {1}, nla(attrIndex, 1, 2), nla(attrSizeBytes, u64(1)...), nla(attrIndex, u32(1<<21)...)} {
+	for _, b := range [][]byte{nil, {1}, nla(attrIndex, 1, 2), nla(attrSizeBytes, u64(1)...), nla(attrIndex, u32(1<<21)...),
+		nla(attrIndex, u32(0xffffffff)...), nla(attrIndex, u64(3)...), cat(nla(attrIndex, u32(3)...), []byte{1, 2, 3})} {
 		if _, err := decodeIndex(b); !errors.Is(err, errBadReply) {
 			t.Errorf("decodeIndex(%x): err = %v, want errBadReply", b, err)
 		}

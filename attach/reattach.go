@@ -103,7 +103,7 @@ func reattachOne(ctx context.Context, nl *nlConn, sd sysDevice, cfg ReattachConf
 	n := max(sd.connections(), 1)
 	conns := make([]net.Conn, 0, n)
 	defer func() { closeAll(conns) }()
-	devSize, devRO := sd.size(), sd.readOnly()
+	dev := sd.state()
 	for range n {
 		c, info, err := cfg.Connect(ctx, id)
 		if err != nil {
@@ -111,7 +111,7 @@ func reattachOne(ctx context.Context, nl *nlConn, sd sysDevice, cfg ReattachConf
 			return Reattached{}, false, fmt.Errorf("%s (%s): %w", DevicePath(sd.index), id, err)
 		}
 		conns = append(conns, c)
-		if err := compatible(info, devSize, devRO); err != nil {
+		if err := compatible(info, dev); err != nil {
 			log.Error("refusing to reconnect device", zap.Error(err))
 			return Reattached{}, false, fmt.Errorf("%s (%s): %w", DevicePath(sd.index), id, err)
 		}
@@ -131,14 +131,33 @@ func reattachOne(ctx context.Context, nl *nlConn, sd sysDevice, cfg ReattachConf
 
 // compatible refuses an export that cannot stand in for the device's old
 // one: another size (the device's size is the export's, rounded down to
-// whole blocks of at most 4096 bytes), or read-only under a writable
-// device.
-func compatible(info ExportInfo, devSize int64, devRO bool) error {
-	if devSize > 0 && (info.Size < devSize || info.Size-devSize >= 4096) {
-		return fmt.Errorf("%w: export %q has %d bytes, the device %d", ErrMismatch, info.Name, info.Size, devSize)
+// whole blocks of at most 4096 bytes), read-only under a writable device,
+// or without a transmission flag the device was attached with and still
+// acts on (the kernel keeps the first attach's flags): it would send
+// FLUSH, FUA or TRIM to a server that does not take them (I/O errors),
+// or spread requests over connections to a server that does not promise
+// that a flush on one covers writes on the others (CAN_MULTI_CONN).
+func compatible(info ExportInfo, dev devState) error {
+	if dev.size > 0 && (info.Size < dev.size || info.Size-dev.size >= 4096) {
+		return fmt.Errorf("%w: export %q has %d bytes, the device %d", ErrMismatch, info.Name, info.Size, dev.size)
 	}
-	if info.Flags&FlagReadOnly != 0 && !devRO {
+	if info.Flags&FlagReadOnly != 0 && !dev.readOnly {
 		return fmt.Errorf("%w: export %q is read-only, the device writable", ErrMismatch, info.Name)
+	}
+	for _, need := range []struct {
+		used bool
+		flag uint16
+		name string
+	}{
+		{dev.writeCache, FlagSendFlush, "NBD_FLAG_SEND_FLUSH"},
+		// A read-only device writes nothing: neither FUA nor TRIM.
+		{dev.fua && !dev.readOnly, FlagSendFUA, "NBD_FLAG_SEND_FUA"},
+		{dev.discard && !dev.readOnly, FlagSendTrim, "NBD_FLAG_SEND_TRIM"},
+		{dev.connections > 1, FlagCanMultiConn, "NBD_FLAG_CAN_MULTI_CONN"},
+	} {
+		if need.used && info.Flags&need.flag == 0 {
+			return fmt.Errorf("%w: export %q lacks %s, which the device was attached with", ErrMismatch, info.Name, need.name)
+		}
 	}
 	return nil
 }

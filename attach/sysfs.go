@@ -103,6 +103,33 @@ func (d sysDevice) connections() int {
 	return n
 }
 
+// devState is what compatible checks an export against: the device's
+// size and mode, and what the kernel took from the first attach's
+// transmission flags (it keeps them across reconnects).
+type devState struct {
+	size        int64
+	readOnly    bool
+	connections int
+	// writeCache: the kernel sends FLUSH (NBD_FLAG_SEND_FLUSH); fua: it
+	// sends FUA (NBD_FLAG_SEND_FUA); discard: it sends TRIM
+	// (NBD_FLAG_SEND_TRIM).
+	writeCache, fua, discard bool
+}
+
+// state reads the device's devState; what sysfs does not show counts as
+// not in use.
+func (d sysDevice) state() devState {
+	st := devState{size: d.size(), readOnly: d.readOnly(), connections: d.connections()}
+	wc, _ := d.read("queue/write_cache")
+	st.writeCache = wc == "write back"
+	fua, _ := d.read("queue/fua")
+	st.fua = fua == "1"
+	dm, _ := d.read("queue/discard_max_bytes")
+	n, _ := strconv.ParseUint(dm, 10, 64)
+	st.discard = n > 0
+	return st
+}
+
 // listSysDevices returns the indexes of every nbdN under root, sorted.
 func listSysDevices(root string) ([]int, error) {
 	ents, err := os.ReadDir(root)

@@ -46,6 +46,11 @@ type File struct {
 	// align is the offset/length granularity of direct I/O, memAlign that
 	// of buffer addresses; both 1 without O_DIRECT.
 	align, memAlign int64
+	// zeroAlign is the granularity of ranges handed to fallocate: a block
+	// device's logical block size (it refuses partial blocks with EINVAL,
+	// with or without O_DIRECT), align with O_DIRECT, else 1. Zero writes
+	// the partial blocks at either end of a range instead.
+	zeroAlign int64
 
 	ref refCount
 
@@ -53,6 +58,23 @@ type File struct {
 	// EOPNOTSUPP so that we stop trying.
 	noPunch     atomic.Bool
 	noZeroRange atomic.Bool
+
+	// syncMu guards the fdatasync state below; syncCond (on syncMu)
+	// wakes the Syncs waiting for the running one. One fdatasync runs at
+	// a time, and Syncs that arrive meanwhile share the next one (group
+	// commit). syncErr is the first one that failed: Linux reports a
+	// write-back error once per open file and may have marked the pages
+	// it could not write clean (and dropped them), so a later fdatasync
+	// succeeds although that data never reached the disk. Every Sync
+	// after a failure fails too, and none runs alongside the failing one
+	// to see success for the same lost pages.
+	syncMu      sync.Mutex
+	syncCond    sync.Cond
+	syncRunning bool
+	// syncStarted and syncDone number the fdatasyncs started and the
+	// last one finished.
+	syncStarted, syncDone uint64
+	syncErr               error
 
 	zeroOnce sync.Once
 	zeroBuf  []byte // read-only after zeroOnce
@@ -78,19 +100,31 @@ var (
 // filesystem cannot zero a range itself.
 const zeroChunk = 1 << 20
 
-// Open opens a regular file or block device as a Device.
+// Open opens a regular file or block device as a Device. A block device
+// opened for writing is claimed exclusively (O_EXCL), as DRBD claims its
+// backing devices: while it is open, mounting it, mkfs, or a second
+// writable Open fail with EBUSY instead of writing under each other; and
+// Open fails with EBUSY while one of those holds it.
 func Open(path string, opts Options) (*File, error) {
+	var st unix.Stat_t
+	blockDev := unix.Stat(path, &st) == nil && st.Mode&unix.S_IFMT == unix.S_IFBLK
 	flags := unix.O_CLOEXEC
-	if opts.ReadOnly {
+	switch {
+	case opts.ReadOnly:
 		flags |= unix.O_RDONLY
-	} else {
+	case blockDev:
+		// O_EXCL without O_CREAT claims a block device (Create has
+		// nothing to create there); on anything else it would mean
+		// nothing, or with O_CREAT refuse a file that exists.
+		flags |= unix.O_RDWR | unix.O_EXCL
+	default:
 		flags |= unix.O_RDWR
+		if opts.Create {
+			flags |= unix.O_CREAT
+		}
 	}
 	if opts.Direct {
 		flags |= unix.O_DIRECT
-	}
-	if opts.Create && !opts.ReadOnly {
-		flags |= unix.O_CREAT
 	}
 	if opts.Size < 0 {
 		return nil, fmt.Errorf("open %s: size %d: %w", path, opts.Size, ErrSize)
@@ -99,8 +133,9 @@ func Open(path string, opts Options) (*File, error) {
 	if err != nil {
 		return nil, &os.PathError{Op: "open", Path: path, Err: err}
 	}
-	f := &File{path: path, fd: fd, readOnly: opts.ReadOnly, direct: opts.Direct, align: 1, memAlign: 1}
+	f := &File{path: path, fd: fd, readOnly: opts.ReadOnly, direct: opts.Direct, align: 1, memAlign: 1, zeroAlign: 1}
 	f.ref.init()
+	f.syncCond.L = &f.syncMu
 	if err := f.setup(opts); err != nil {
 		unix.Close(fd)
 		return nil, err
@@ -133,11 +168,12 @@ func (f *File) setup(opts Options) error {
 		if opts.Size > f.size {
 			return fmt.Errorf("%s: device has %d bytes, %d requested: %w", f.path, f.size, opts.Size, ErrSize)
 		}
+		ss, err := unix.IoctlGetInt(f.fd, unix.BLKSSZGET)
+		if err != nil || ss <= 0 {
+			ss = 512
+		}
+		f.zeroAlign = int64(ss)
 		if f.direct {
-			ss, err := unix.IoctlGetInt(f.fd, unix.BLKSSZGET)
-			if err != nil || ss <= 0 {
-				ss = 512
-			}
 			f.align, f.memAlign = int64(ss), int64(ss)
 		}
 	case unix.S_IFREG:
@@ -158,6 +194,7 @@ func (f *File) setup(opts Options) error {
 				stx.Mask&unix.STATX_DIOALIGN != 0 && stx.Dio_offset_align > 0 {
 				f.align, f.memAlign = int64(stx.Dio_offset_align), int64(max(stx.Dio_mem_align, 1))
 			}
+			f.zeroAlign = f.align
 		}
 	default:
 		return fmt.Errorf("%s: not a regular file or block device", f.path)
@@ -441,21 +478,51 @@ func AlignedBuffer(n, align int) []byte {
 	return b[skip : skip+n : skip+n]
 }
 
-// Sync flushes written data to stable storage with fdatasync.
+// Sync flushes written data to stable storage with fdatasync. Syncs
+// called while one runs wait for it and share the next fdatasync. Once an
+// fdatasync has failed, every later Sync fails with that error: the
+// writes it could not make durable may be lost for good, whatever a new
+// fdatasync says.
 func (f *File) Sync() error {
 	if err := f.ref.acquire(); err != nil {
 		return err
 	}
 	defer f.ref.release()
-	for {
-		err := unix.Fdatasync(f.fd)
-		if err == unix.EINTR {
+	f.syncMu.Lock()
+	defer f.syncMu.Unlock()
+	// The running fdatasync may have started before the caller's writes
+	// returned: only one that starts from now on covers them.
+	need := f.syncStarted + 1
+	for f.syncErr == nil && f.syncDone < need {
+		if f.syncRunning {
+			f.syncCond.Wait()
 			continue
 		}
-		if err != nil {
-			return &os.PathError{Op: "fdatasync", Path: f.path, Err: err}
+		f.syncRunning = true
+		f.syncStarted++
+		n := f.syncStarted
+		f.syncMu.Unlock()
+		err := fdatasync(f.fd)
+		f.syncMu.Lock()
+		f.syncRunning, f.syncDone = false, n
+		if err != nil && f.syncErr == nil {
+			f.syncErr = &os.PathError{Op: "fdatasync", Path: f.path, Err: err}
+			f.syncCond.Broadcast()
+			return f.syncErr
 		}
-		return nil
+		f.syncCond.Broadcast()
+	}
+	if f.syncErr != nil {
+		return fmt.Errorf("%s: fdatasync failed, data written before it may be lost: %w", f.path, f.syncErr)
+	}
+	return nil
+}
+
+func fdatasync(fd int) error {
+	for {
+		if err := unix.Fdatasync(fd); err != unix.EINTR {
+			return err
+		}
 	}
 }
 
@@ -466,13 +533,41 @@ func (f *File) Trim(off, length int64) error {
 }
 
 // Zero makes the range read back as zeroes: a punched hole unless noHole,
-// else fallocate ZERO_RANGE, else written zeroes.
+// else fallocate ZERO_RANGE, else written zeroes. Partial blocks at either
+// end (see zeroAlign) are written: fallocate takes whole blocks only.
 func (f *File) Zero(off, length int64, noHole bool) error {
-	err := f.ZeroFast(off, length, noHole)
-	if err == nil || !errors.Is(err, ErrNotSupported) {
+	if f.readOnly {
+		return ErrReadOnly
+	}
+	if err := checkRange(off, length, f.size); err != nil {
 		return err
 	}
-	return f.writeZeroes(off, length)
+	end := off + length
+	// [off, head) and [tail, end) are the partial blocks; between them
+	// lie whole ones, if any.
+	head, tail := off, end
+	if a := f.zeroAlign; a > 1 {
+		head = min(off+(a-off%a)%a, end)
+		tail = max(end-end%a, head)
+	}
+	if head > off {
+		if err := f.writeZeroes(off, head-off); err != nil {
+			return err
+		}
+	}
+	if tail > head {
+		err := f.ZeroFast(head, tail-head, noHole)
+		if errors.Is(err, ErrNotSupported) {
+			err = f.writeZeroes(head, tail-head)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	if end > tail {
+		return f.writeZeroes(tail, end-tail)
+	}
+	return nil
 }
 
 // ZeroFast zeroes the range with fallocate alone, returning an error
@@ -489,10 +584,11 @@ func (f *File) ZeroFast(off, length int64, noHole bool) error {
 	if length == 0 {
 		return nil
 	}
-	if f.direct && !f.aligned(off, length) {
-		// fallocate would zero the partial blocks through the page cache
-		// (or, on a block device, refuse them), outside rmw's order.
-		return fmt.Errorf("%s: zeroing %d bytes at %d, not aligned to %d for direct I/O: %w", f.path, length, off, f.align, ErrNotSupported)
+	if off%f.zeroAlign != 0 || length%f.zeroAlign != 0 {
+		// A block device refuses partial blocks (EINVAL); with O_DIRECT,
+		// fallocate would zero them through the page cache, outside
+		// rmw's order.
+		return fmt.Errorf("%s: zeroing %d bytes at %d, not aligned to %d: %w", f.path, length, off, f.zeroAlign, ErrNotSupported)
 	}
 	if err := f.ref.acquire(); err != nil {
 		return err

@@ -1,7 +1,8 @@
 // Package tlsfiles reads TLS material from PEM files for rbd-nbd's two TLS
 // users: NBD exports (rbd-nbd serve, a resource's export) and the peer
 // link. Files are read when called, so a caller that calls again picks up
-// renewed files.
+// renewed files; the NBD server's configuration ([NBDServer]) rereads
+// them by itself when they change.
 package tlsfiles
 
 import (
@@ -9,6 +10,9 @@ import (
 	"crypto/x509"
 	"fmt"
 	"os"
+	"sync"
+	"syscall"
+	"time"
 )
 
 // Pair loads a certificate (chain) and its private key.
@@ -36,19 +40,121 @@ func CAs(file string) (*x509.CertPool, error) {
 // NBDServer builds an nbdserver.Server's TLS: the server's certificate
 // and key, and, when clientCAFile is not empty, the CAs that must have
 // signed the certificate every client then has to present.
+//
+// The files are read now (an error names them) and again at a handshake
+// after one of them changed, so a renewed certificate or CA takes effect
+// for the next client without taking the export down. A change that does
+// not load (a certificate whose key is not written yet, a broken file)
+// leaves the previous material in use and is tried again at the next
+// handshake.
 func NBDServer(certFile, keyFile, clientCAFile string) (*tls.Config, error) {
-	cert, err := Pair(certFile, keyFile)
+	r := &reloader{certFile: certFile, keyFile: keyFile, caFile: clientCAFile}
+	stamps := r.stamps()
+	m, err := r.load()
 	if err != nil {
 		return nil, err
 	}
-	cfg := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
-	if clientCAFile == "" {
-		return cfg, nil
+	r.cur, r.seen = m, stamps
+	cfg := m.config()
+	cfg.GetConfigForClient = func(*tls.ClientHelloInfo) (*tls.Config, error) {
+		return r.current().config(), nil
 	}
-	pool, err := CAs(clientCAFile)
-	if err != nil {
-		return nil, fmt.Errorf("client %w", err)
-	}
-	cfg.ClientCAs, cfg.ClientAuth = pool, tls.RequireAndVerifyClientCert
 	return cfg, nil
+}
+
+// material is what one reading of the files gave.
+type material struct {
+	cert tls.Certificate
+	cas  *x509.CertPool // nil: no client certificates asked for
+}
+
+func (m *material) config() *tls.Config {
+	cfg := &tls.Config{Certificates: []tls.Certificate{m.cert}, MinVersion: tls.VersionTLS12}
+	if m.cas != nil {
+		cfg.ClientCAs, cfg.ClientAuth = m.cas, tls.RequireAndVerifyClientCert
+	}
+	return cfg
+}
+
+// reloader rereads an NBD server's files when their stamps change.
+type reloader struct {
+	certFile, keyFile, caFile string
+
+	mu   sync.Mutex
+	cur  *material
+	seen []stamp // of the files cur was read from
+}
+
+// stamp identifies a version of a file: a rewrite in place changes its
+// modification time, a replacement (rename) its inode.
+type stamp struct {
+	ino   uint64
+	size  int64
+	mtime time.Time
+	err   bool
+}
+
+func (r *reloader) files() []string {
+	if r.caFile == "" {
+		return []string{r.certFile, r.keyFile}
+	}
+	return []string{r.certFile, r.keyFile, r.caFile}
+}
+
+func (r *reloader) stamps() []stamp {
+	var out []stamp
+	for _, f := range r.files() {
+		st, err := os.Stat(f)
+		if err != nil {
+			out = append(out, stamp{err: true})
+			continue
+		}
+		s := stamp{size: st.Size(), mtime: st.ModTime()}
+		if sys, ok := st.Sys().(*syscall.Stat_t); ok {
+			s.ino = sys.Ino
+		}
+		out = append(out, s)
+	}
+	return out
+}
+
+func (r *reloader) load() (*material, error) {
+	cert, err := Pair(r.certFile, r.keyFile)
+	if err != nil {
+		return nil, err
+	}
+	m := &material{cert: cert}
+	if r.caFile != "" {
+		if m.cas, err = CAs(r.caFile); err != nil {
+			return nil, fmt.Errorf("client %w", err)
+		}
+	}
+	return m, nil
+}
+
+// current returns the material of the files as they are, rereading them
+// if they changed since the last successful reading.
+func (r *reloader) current() *material {
+	stamps := r.stamps()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if equalStamps(stamps, r.seen) {
+		return r.cur
+	}
+	if m, err := r.load(); err == nil {
+		r.cur, r.seen = m, stamps
+	}
+	return r.cur
+}
+
+func equalStamps(a, b []stamp) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i].ino != b[i].ino || a[i].size != b[i].size || !a[i].mtime.Equal(b[i].mtime) || a[i].err != b[i].err {
+			return false
+		}
+	}
+	return true
 }
