@@ -251,7 +251,7 @@ type fixedServe nbdserver.Stats
 func (f fixedServe) Stats() nbdserver.Stats { return nbdserver.Stats(f) }
 
 func TestServeCollector(t *testing.T) {
-	c := NewServeCollector(fixedServe{Connections: 3, Open: 1, Reads: 2, ReadBytes: 8192, Writes: 1, WrittenBytes: 512, Errors: 1},
+	c := NewServeCollector(fixedServe{Connections: 3, Open: 1, Refused: 2, Reads: 2, ReadBytes: 8192, Writes: 1, WrittenBytes: 512, Errors: 1},
 		ExportInfo{Name: "e", Disk: "/d.img", Size: 1 << 20})
 	problems, err := testutil.CollectAndLint(c)
 	if err != nil {
@@ -270,6 +270,9 @@ rbd_nbd_serve_connections 1
 # HELP rbd_nbd_serve_connections_total Client connections accepted.
 # TYPE rbd_nbd_serve_connections_total counter
 rbd_nbd_serve_connections_total 3
+# HELP rbd_nbd_serve_connections_refused_total Client connections closed unserved, over the connection limit.
+# TYPE rbd_nbd_serve_connections_refused_total counter
+rbd_nbd_serve_connections_refused_total 2
 # HELP rbd_nbd_serve_request_bytes_total Bytes read, written, trimmed or zeroed by requests.
 # TYPE rbd_nbd_serve_request_bytes_total counter
 rbd_nbd_serve_request_bytes_total{kind="read"} 8192
@@ -281,7 +284,7 @@ rbd_nbd_serve_request_bytes_total{kind="zero"} 0
 rbd_nbd_serve_request_errors_total 1
 `
 	if err := testutil.CollectAndCompare(c, strings.NewReader(want), "rbd_nbd_serve_export_info", "rbd_nbd_serve_connections",
-		"rbd_nbd_serve_connections_total", "rbd_nbd_serve_request_bytes_total", "rbd_nbd_serve_request_errors_total"); err != nil {
+		"rbd_nbd_serve_connections_total", "rbd_nbd_serve_connections_refused_total", "rbd_nbd_serve_request_bytes_total", "rbd_nbd_serve_request_errors_total"); err != nil {
 		t.Fatal(err)
 	}
 }
