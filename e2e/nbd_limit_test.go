@@ -11,9 +11,10 @@ import (
 // TestNBDMaxConnectionsResource: resource.nbd-max-connections bounds the
 // connections node a's export holds; one more is closed before the NBD
 // greeting; ctl change raises the limit while the resource is up; a freed
-// slot takes a new client.
+// slot takes a new client. The refusals are counted in the daemon's
+// metrics.
 func TestNBDMaxConnectionsResource(t *testing.T) {
-	c := newCluster(t, clusterOptions{nodeA: "nbd-max-connections: 1"})
+	c := newCluster(t, clusterOptions{nodeA: "nbd-max-connections: 1", metrics: true})
 	addr := fmt.Sprintf("127.0.0.1:%d", c.a.nbdPort)
 	// dial connects and reports whether the export greeted the client
 	// (the connection is then kept open) or closed it at once.
@@ -51,6 +52,11 @@ func TestNBDMaxConnectionsResource(t *testing.T) {
 	}
 	if _, ok := dial(); ok {
 		t.Fatal("a third client was greeted over nbd-max-connections: 2")
+	}
+	// The two refused: counted (newCluster's probe may have been one
+	// more).
+	if n := c.a.scrape()[`rbd_nbd_nbd_connections_refused_total{resource="r0"}`]; n < 2 {
+		t.Errorf("rbd_nbd_nbd_connections_refused_total %v, want at least 2", n)
 	}
 	first.Close()
 	WaitFor(t, 30*time.Second, "a client in the freed slot", func() bool {

@@ -72,6 +72,17 @@ func (s *Stats) add(c *connStats) {
 	s.Errors += c.errors.Load()
 }
 
+// Refused returns Stats().Refused without adding up the connections'
+// counters.
+func (s *Server) Refused() uint64 {
+	if s.init() != nil {
+		return 0
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.refused
+}
+
 // Stats returns the counters of every connection so far.
 func (s *Server) Stats() Stats {
 	if s.init() != nil {

@@ -526,6 +526,9 @@ func (r *Resource) Status() Status {
 	}
 	st.WritesInFlight = uint64(max(r.inflight.Load(), 0))
 	st.IO = r.io.snapshot()
+	if r.nbd != nil {
+		st.IO.RefusedConnections = r.nbd.Refused()
+	}
 	st.Link = r.links.snapshot()
 	if r.al != nil {
 		st.Meta.ALWrites = r.al.Stats().Transactions
