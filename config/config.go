@@ -153,6 +153,11 @@ type Node struct {
 	Export string `yaml:"export,omitempty"`
 	// NBDTLS is the TLS of the node's NBD export. Invariant while up.
 	NBDTLS NBDTLS `yaml:"nbd-tls,omitempty"`
+	// NBDMaxConnections bounds the NBD client connections the node's
+	// export holds at once, negotiating or transmitting; one more is
+	// closed before the NBD greeting. 0: DefaultNBDMaxConnections. A
+	// change applies at once to the connections that come next.
+	NBDMaxConnections uint32 `yaml:"nbd-max-connections,omitempty"`
 	// LinkTLS is the node's certificate for the peer link (with
 	// Net.TLSCA). Like the net options, it applies at the next connect.
 	LinkTLS LinkTLS `yaml:"link-tls,omitempty"`
@@ -341,10 +346,15 @@ const (
 	DefaultTimeout          = 10 * time.Second
 	DefaultMaxInFlight      = 1024
 	DefaultMaxInFlightBytes = 64 << 20
-	DefaultALExtents        = 1237
-	DefaultResyncWindow     = 16
-	DefaultLatencyTarget    = 5 * time.Millisecond
-	DefaultHandlerTimeout   = 30 * time.Second
+	// DefaultNBDMaxConnections is the NBD connections an export holds at
+	// once when resource.nbd-max-connections is 0 (nbdserver's default);
+	// MaxNBDMaxConnections the largest setting.
+	DefaultNBDMaxConnections = 1024
+	MaxNBDMaxConnections     = 1 << 20
+	DefaultALExtents         = 1237
+	DefaultResyncWindow      = 16
+	DefaultLatencyTarget     = 5 * time.Millisecond
+	DefaultHandlerTimeout    = 30 * time.Second
 )
 
 // LatencyTargetOff as ResyncOptions.LatencyTarget turns the resync's
@@ -519,6 +529,9 @@ func (n Node) validate(section string, local bool) error {
 	}
 	if !local {
 		return nil
+	}
+	if n.NBDMaxConnections > MaxNBDMaxConnections {
+		return &FieldError{Path: section + ".nbd-max-connections", Value: fmt.Sprint(n.NBDMaxConnections), Allowed: fmt.Sprintf("0 (the default, %d) or 1..%d", DefaultNBDMaxConnections, MaxNBDMaxConnections)}
 	}
 	if n.NBDTLS.Enabled() && n.NBDListen == "" {
 		return &FieldError{Path: section + ".nbd-tls-cert", Value: n.NBDTLS.Cert, Allowed: "empty without nbd-listen (no export to protect)"}

@@ -159,6 +159,35 @@ func TestNBDTLS(t *testing.T) {
 	}
 }
 
+// TestNBDMaxConnections: each node's connection limit is its own, and it
+// may change while the resource is up.
+func TestNBDMaxConnections(t *testing.T) {
+	f, err := ParseFile([]byte(`resource: r0
+nodes:
+  - {name: a, node-id: 0, address: 127.0.0.1:1, disk: a.img, nbd-listen: 127.0.0.1:3, nbd-max-connections: 8}
+  - {name: b, node-id: 1, address: 127.0.0.1:2, disk: b.img}
+`), "/srv/r0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := f.Node("a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := f.Node("b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.Local.NBDMaxConnections != 8 || b.Local.NBDMaxConnections != 0 || b.Peer.NBDMaxConnections != 0 {
+		t.Fatalf("node a %d, node b %d (its peer %d)", a.Local.NBDMaxConnections, b.Local.NBDMaxConnections, b.Peer.NBDMaxConnections)
+	}
+	n := a
+	n.Local.NBDMaxConnections = 16
+	if p := Invariant(a, n); p != "" {
+		t.Fatalf("Invariant says %q", p)
+	}
+}
+
 func TestFileErrors(t *testing.T) {
 	base := "resource: r0\nnodes:\n  - {name: a, node-id: 0, address: 127.0.0.1:1, disk: a.img}\n  - {name: b, node-id: 1, address: 127.0.0.1:2, disk: b.img}\n"
 	tests := []struct {
@@ -173,6 +202,7 @@ func TestFileErrors(t *testing.T) {
 		{"bad size", base + "resync: {rate: 10Q}\n", "line 5: size"},
 		{"bad size in net", base + "net:\n  protocol: C\n  max-in-flight-bytes: 64X\n", `line 7: size "64X"`},
 		{"al range", base + "disk: {al-extents: 3}\n", "disk.al-extents"},
+		{"nbd connection limit range", strings.Replace(base, "disk: a.img}", "disk: a.img, nbd-max-connections: 2000000}", 1), `invalid resource.nbd-max-connections "2000000"`},
 		{"same ids", strings.Replace(base, "node-id: 1", "node-id: 0", 1), "peer.node-id"},
 		{"bad after-sb", base + "net: {after-sb: merge}\n", "net.after-sb"},
 		// The file always has both nodes: they must differ even when the

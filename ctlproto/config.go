@@ -129,6 +129,7 @@ func bindings() []binding {
 		omitWhenZero(strB(res, TagResourceNBDTLSMode, func(r *config.Resource) *string { return (*string)(&r.Local.NBDTLS.Mode) })),
 		omitWhenZero(strB(res, TagResourceLinkTLSCert, func(r *config.Resource) *string { return &r.Local.LinkTLS.Cert })),
 		omitWhenZero(strB(res, TagResourceLinkTLSKey, func(r *config.Resource) *string { return &r.Local.LinkTLS.Key })),
+		omitWhenZero(u32B(res, TagResourceNBDMaxConnections, func(r *config.Resource) *uint32 { return &r.Local.NBDMaxConnections })),
 
 		strB(peer, TagPeerNodeName, func(r *config.Resource) *string { return &r.Peer.Name }),
 		u32B(peer, TagPeerNodeID, func(r *config.Resource) *uint32 { return &r.Peer.ID }),

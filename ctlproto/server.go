@@ -94,6 +94,14 @@ type Config struct {
 	// WriteTimeout bounds the writing of one frame, so that a client that
 	// stops reading loses its connection instead of holding a goroutine.
 	WriteTimeout time.Duration
+	// IdleTimeout closes a connection that has no request in progress and
+	// no event subscription, and sends no request (header and body) for
+	// that long, so that a client that connects and sends nothing does
+	// not hold a goroutine and its buffers forever. It runs from the end
+	// of the last reply (or from the connection); the time a handler
+	// takes does not count. Event subscribers never time out. 0: no
+	// timeout.
+	IdleTimeout time.Duration
 	// MaxConnsPerUser bounds the connections one uid without admin access
 	// (a member of a ReadGIDs group) has open at once, so that such a user
 	// cannot make the daemon hold an unbounded number of goroutines and
@@ -105,10 +113,15 @@ type Config struct {
 	Logger *zap.Logger
 }
 
+// DefaultIdleTimeout is Config.IdleTimeout's default: long enough for a
+// person typing at a client that keeps its connection, short enough that
+// forgotten connections do not pile up.
+const DefaultIdleTimeout = 10 * time.Minute
+
 // DefaultConfig returns a configuration with the default limits and
 // timeouts; the caller sets Registry and Handler.
 func DefaultConfig() Config {
-	return Config{Limits: DefaultLimits(), WriteTimeout: 10 * time.Second, MaxConnsPerUser: 64}
+	return Config{Limits: DefaultLimits(), WriteTimeout: 10 * time.Second, IdleTimeout: DefaultIdleTimeout, MaxConnsPerUser: 64}
 }
 
 // Validate checks the configuration.
@@ -120,6 +133,8 @@ func (c Config) Validate() error {
 		return errors.New("ctlproto: Config.Handler is nil")
 	case c.WriteTimeout <= 0:
 		return fmt.Errorf("ctlproto: Config.WriteTimeout %v must be positive", c.WriteTimeout)
+	case c.IdleTimeout < 0:
+		return fmt.Errorf("ctlproto: Config.IdleTimeout %v is negative", c.IdleTimeout)
 	case c.MaxConnsPerUser < 0:
 		return fmt.Errorf("ctlproto: Config.MaxConnsPerUser %d is negative", c.MaxConnsPerUser)
 	}
@@ -344,12 +359,15 @@ func (s *Server) serveConn(c net.Conn) {
 	var hb [HeaderLen]byte
 	lim := s.cfg.Limits
 	for {
-		if s.shuttingDown() {
+		if !cn.idleDeadline() {
 			return
 		}
 		if _, err := io.ReadFull(c, hb[:]); err != nil {
-			if err == io.ErrUnexpectedEOF {
+			switch {
+			case err == io.ErrUnexpectedEOF:
 				cn.writeError(0, 0, wrapErr(CodeMalformed, ErrTruncated, "frame header cut short"))
+			case errors.Is(err, os.ErrDeadlineExceeded) && !s.shuttingDown():
+				s.log.Debug("control connection idle; closing it", zap.Uint32("uid", cred.UID), zap.Duration("idle_timeout", s.cfg.IdleTimeout))
 			}
 			return
 		}
@@ -406,6 +424,19 @@ func (s *Server) serveConn(c net.Conn) {
 			return
 		}
 	}
+}
+
+// idleDeadline sets the read deadline of the next request to
+// Config.IdleTimeout from now, and reports false when the server is
+// shutting down. The check comes after the deadline is set: beginShutdown
+// closes s.closing before it sets every connection's deadline in the
+// past, so either the check sees the shutdown or that past deadline
+// replaces this one; the read never outwaits a shutdown.
+func (cn *conn) idleDeadline() bool {
+	if t := cn.s.cfg.IdleTimeout; t > 0 {
+		_ = cn.c.SetReadDeadline(time.Now().Add(t))
+	}
+	return !cn.s.shuttingDown()
 }
 
 // countUser counts a new connection of uid; false when uid has
@@ -546,6 +577,9 @@ func (cn *conn) writeError(t MsgType, seq uint32, e *Error) bool {
 // server shuts down.
 func (cn *conn) stream(seq uint32, st *Stream) {
 	defer st.finish()
+	// Subscribers never time out: clear the idle deadline (a shutdown
+	// that set a past one is seen on s.closing below).
+	_ = cn.c.SetReadDeadline(time.Time{})
 	readerDone := make(chan struct{})
 	go func() {
 		// A subscribed client sends nothing more; reading only notices it

@@ -587,3 +587,70 @@ func TestServerConnsPerUser(t *testing.T) {
 	dialT(t, path)
 	dialT(t, path)
 }
+
+// TestServerIdleTimeout: a connection that sends nothing, or nothing
+// after its hello, is closed after IdleTimeout; a subscriber, a connection
+// whose request runs longer than that, and one that sends requests more
+// often are kept.
+func TestServerIdleTimeout(t *testing.T) {
+	const idle = 400 * time.Millisecond
+	h := newTestHandler()
+	path, _ := startServer(t, Config{Handler: h, IdleTimeout: idle})
+
+	sub, err := dialT(t, path).Subscribe(ctxT(t), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := <-h.streams
+	busy := dialT(t, path)
+	busyErr := make(chan error, 1)
+	go func() { busyErr <- busy.Delete(ctxT(t), "r0", 0) }()
+	<-h.started
+	regular := dialT(t, path)
+
+	start := time.Now()
+	silent := rawConn(t, path)
+	hello := dialT(t, path) // says hello, then nothing
+	closed := make(chan time.Duration, 2)
+	for _, c := range []net.Conn{silent, hello.c} {
+		go func() {
+			_, _ = io.Copy(io.Discard, c) // until the server closes it
+			closed <- time.Since(start)
+		}()
+	}
+
+	// Meanwhile the regular connection sends a request every idle/8, for
+	// at least twice the idle timeout.
+	tick := time.NewTicker(idle / 8)
+	defer tick.Stop()
+	ctx := ctxT(t)
+	for n := 0; n < 2 || time.Since(start) < 2*idle; {
+		select {
+		case d := <-closed:
+			n++
+			if d < idle {
+				t.Errorf("an idle connection was closed after %v, before the idle timeout %v", d, idle)
+			}
+		case <-tick.C:
+			if _, err := regular.Status(ctx, ""); err != nil {
+				t.Fatalf("regular client after %v: %v", time.Since(start), err)
+			}
+		case <-ctx.Done():
+			t.Fatal("the idle connections were not closed")
+		}
+	}
+
+	// The request in progress all along gets its reply.
+	close(h.release)
+	if err := <-busyErr; err != nil {
+		t.Fatalf("request that ran longer than the idle timeout: %v", err)
+	}
+	// The subscriber still hears events.
+	ev := Event{Kind: EventChange, Object: ObjectResource, Status: resource.Status{Name: "r0", Role: resource.RolePrimary}, Fields: Fields(FieldName, FieldRole)}
+	if !st.Send(ev.Body().Append(nil)) {
+		t.Fatal("Send failed")
+	}
+	if got, err := sub.Next(ctx); err != nil || got.Text(false) != "change resource name:r0 role:Primary" {
+		t.Fatalf("subscriber after %v: %+v %v", time.Since(start), got, err)
+	}
+}

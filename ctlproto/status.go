@@ -133,7 +133,7 @@ func (s FieldSet) Has(f StatusField) bool { return s&(1<<f) != 0 }
 func ObjectFields(o ObjectKind) FieldSet {
 	switch o {
 	case ObjectResource:
-		return Fields(FieldName, FieldRole, FieldGeneration, FieldNBDConnections, FieldWritesInFlight, FieldSuspended)
+		return Fields(FieldName, FieldRole, FieldGeneration, FieldNBDConnections, FieldWritesInFlight, FieldSuspended, FieldDown)
 	case ObjectConnection:
 		return Fields(FieldName, FieldPeerNodeID, FieldConn, FieldPeerRole)
 	case ObjectDisk:

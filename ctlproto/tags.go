@@ -201,6 +201,10 @@ const (
 
 	// Added in 1.6: a resource the daemon holds that is not up.
 	TagStatusDown uint16 = 170
+
+	// Added in 1.7: the NBD export's connection limit. Numbered apart
+	// from the tags other 1.7 work adds (171 on).
+	TagResourceNBDMaxConnections uint16 = 190
 )
 
 // enumNames lists String() of 0, 1, ... up to the first value whose name
@@ -287,6 +291,7 @@ func defaultTags() []Tag {
 		{Num: TagStatusVerify, Name: "status.verify", Type: TypeU8, Enum: verifies, Section: TagStatus, Since: v1_5, Doc: "This node's online verify: Running, or how the last one since the resource came up ended (Done: its whole range compared; Interrupted: stopped early, the rest not compared); absent when none ran."},
 		{Num: TagStatusVerifyFound, Name: "status.verify-found", Type: TypeU64, Unit: UnitBytes, Section: TagStatus, Since: v1_5, Doc: "Bytes that verify found out of sync (and marked) so far; absent when none ran."},
 		{Num: TagStatusDown, Name: "status.down", Type: TypeFlag, Section: TagStatus, Since: v1_6, Doc: "The daemon holds the resource's configuration, but it is not up (after down, or never started): role, disk and connection then describe no running resource. Absent when it is up."},
+		{Num: TagResourceNBDMaxConnections, Name: "resource.nbd-max-connections", Type: TypeU32, Section: TagResource, Flag: "nbd-max-connections", Since: "1.7", Doc: "NBD client connections the export holds at once; one more is closed before the greeting. 0: the default, 1024. Applies at once to the next connections."},
 
 		{Num: TagDiskALExtents, Name: "disk.al-extents", Type: TypeU32, Section: TagDisk, Flag: "al-extents", Since: v1, Doc: "Active 4 MiB extents in the activity log."},
 		{Num: TagDiskOnIOError, Name: "disk.on-io-error", Type: TypeString, Section: TagDisk, Mandatory: true, Flag: "on-io-error", Since: v1, Doc: "Local disk error policy."},

@@ -30,6 +30,9 @@ type bus struct {
 
 type sub struct {
 	filter string // resource name, or "" for all
+	// fields are the status fields the subscriber's protocol version
+	// may receive (ctlproto.StatusFieldsFor), as for a status reply.
+	fields ctlproto.FieldSet
 	st     *ctlproto.Stream
 }
 
@@ -43,16 +46,31 @@ func objects() [4]ctlproto.ObjectKind {
 }
 
 // publish sends ev about resource name to the matching subscribers and
-// drops those that overflow. b.mu is held.
+// drops those that overflow. Each subscriber gets the fields its protocol
+// version may receive; a change event that its version leaves with
+// nothing but the object's identity (the resource went down or came up,
+// for a client older than 1.6) is not sent to it. (A change of an identity
+// field alone, a new peer node id, is sent to all.) b.mu is held.
 func (b *bus) publish(name string, ev ctlproto.Event) {
 	if len(b.subs) == 0 {
 		return
 	}
 	ev.Time = b.now()
-	body := ev.Body().Append(nil)
+	bodies := map[ctlproto.FieldSet][]byte{} // by the fields sent; one or two
 	for s := range b.subs {
 		if s.filter != "" && s.filter != name {
 			continue
+		}
+		fields := ev.Fields & s.fields
+		if fields != ev.Fields && ev.Kind == ctlproto.EventChange && fields&^ctlproto.ObjectIdentity(ev.Object) == 0 {
+			continue
+		}
+		body, ok := bodies[fields]
+		if !ok {
+			e := ev
+			e.Fields = fields
+			body = e.Body().Append(nil)
+			bodies[fields] = body
 		}
 		if !s.st.Send(body) {
 			delete(b.subs, s)
@@ -123,8 +141,10 @@ func (b *bus) hook(name string, ev ctlproto.Event) {
 
 // subscribe returns a stream that starts with the existing objects (of the
 // named resource, or all) and the "exists -" marker, then follows every
-// event. It returns nil after close.
-func (b *bus) subscribe(filter string) *ctlproto.Stream {
+// event, for a client of protocol minor version minor (the status fields
+// it gets are those of its status replies, ctlproto.StatusFieldsFor). It
+// returns nil after close.
+func (b *bus) subscribe(filter string, minor uint8) *ctlproto.Stream {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.closed {
@@ -132,18 +152,19 @@ func (b *bus) subscribe(filter string) *ctlproto.Stream {
 	}
 	var initial [][]byte
 	now := b.now()
+	fields := ctlproto.StatusFieldsFor(minor)
 	for _, name := range slices.Sorted(maps.Keys(b.objs)) {
 		if filter != "" && filter != name {
 			continue
 		}
 		st := b.objs[name]
 		for _, o := range objects() {
-			ev := ctlproto.Event{Kind: ctlproto.EventExists, Object: o, Time: now, Status: st, Fields: ctlproto.ObjectFields(o)}
+			ev := ctlproto.Event{Kind: ctlproto.EventExists, Object: o, Time: now, Status: st, Fields: ctlproto.ObjectFields(o) & fields}
 			initial = append(initial, ev.Body().Append(nil))
 		}
 	}
 	initial = append(initial, ctlproto.Event{Kind: ctlproto.EventExists, Object: ctlproto.ObjectNone, Time: now}.Body().Append(nil))
-	s := &sub{filter: filter}
+	s := &sub{filter: filter, fields: fields}
 	s.st = ctlproto.NewStream(len(initial)+b.queue, func() {
 		b.mu.Lock()
 		delete(b.subs, s)

@@ -191,7 +191,7 @@ func (d *Daemon) serve(ctx context.Context, req *ctlproto.Request) ctlproto.Repl
 	case ctlproto.MsgShow:
 		return d.show(body)
 	case ctlproto.MsgSubscribe:
-		return d.subscribe(body)
+		return d.subscribe(req.Header.Minor, body)
 	case ctlproto.MsgCreate:
 		return d.create(ctx, body, false)
 	case ctlproto.MsgChange:
@@ -400,8 +400,10 @@ func (d *Daemon) show(body ctlproto.List) ctlproto.Reply {
 	return ctlproto.Reply{Body: append(ctlproto.List{ctlproto.U64(ctlproto.TagGeneration, s.gen)}, ctlproto.EncodeConfig(d.reg, s.cfg)...)}
 }
 
-func (d *Daemon) subscribe(body ctlproto.List) ctlproto.Reply {
-	st := d.bus.subscribe(optName(body))
+// subscribe answers a subscribe request of a client of protocol minor
+// version minor: its events carry the status fields its status replies do.
+func (d *Daemon) subscribe(minor uint8, body ctlproto.List) ctlproto.Reply {
+	st := d.bus.subscribe(optName(body), minor)
 	if st == nil {
 		return ctlproto.Reply{Err: ctlproto.Errorf(ctlproto.CodeInterrupted, "the daemon is shutting down")}
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"reflect"
 	"slices"
 	"sync"
@@ -463,7 +464,7 @@ func TestEvents(t *testing.T) {
 	}
 	defer filtered.Close()
 	expectEvents(t, sub,
-		"exists resource name:r0 role:Secondary writes-in-flight:0 nbd-connections:0 generation:1",
+		"exists resource name:r0 role:Secondary writes-in-flight:0 nbd-connections:0 generation:1 down:true",
 		"exists connection name:r0 peer-node-id:1 connection:StandAlone peer-role:Unknown",
 		"exists disk name:r0 disk:Diskless size:0 current-uuid:0000000000000000",
 		"exists peer name:r0 peer-node-id:1 peer-disk:DUnknown out-of-sync:0 resync-done:0 resync-total:0 resync-rate:0 resync-eta:0s resynced-bytes:0",
@@ -474,7 +475,7 @@ func TestEvents(t *testing.T) {
 		t.Fatal(err)
 	}
 	creates := []string{
-		"create resource name:r1 role:Secondary writes-in-flight:0 nbd-connections:0 generation:1",
+		"create resource name:r1 role:Secondary writes-in-flight:0 nbd-connections:0 generation:1 down:true",
 		"create connection name:r1 peer-node-id:1 connection:StandAlone peer-role:Unknown",
 		"create disk name:r1 disk:Diskless size:0 current-uuid:0000000000000000",
 		"create peer name:r1 peer-node-id:1 peer-disk:DUnknown out-of-sync:0 resync-done:0 resync-total:0 resync-rate:0 resync-eta:0s resynced-bytes:0",
@@ -495,6 +496,7 @@ func TestEvents(t *testing.T) {
 		t.Fatal(err)
 	}
 	expectEvents(t, sub,
+		"change resource name:r0 down:false",
 		"change connection name:r0 peer-node-id:2 connection:Connecting",
 		"change disk name:r0 disk:UpToDate size:1048576")
 	if _, err := c.Command(ctxT(t), ctlproto.MsgPrimary, "r0"); err != nil {
@@ -513,7 +515,7 @@ func TestEvents(t *testing.T) {
 		t.Fatal(err)
 	}
 	expectEvents(t, sub,
-		"change resource name:r0 role:Secondary",
+		"change resource name:r0 role:Secondary down:true",
 		"change connection name:r0 peer-node-id:2 connection:StandAlone peer-role:Unknown",
 		"change disk name:r0 disk:Diskless size:0",
 		"change peer name:r0 peer-node-id:2 peer-disk:DUnknown")
@@ -529,6 +531,92 @@ func TestEvents(t *testing.T) {
 	}
 	expectEvents(t, sub, destroys...)
 	expectEvents(t, filtered, destroys...)
+}
+
+// TestEventsDown: a resource going down and coming back is an event even
+// when nothing else about it changes, with status.down as status replies
+// carry it: to clients of 1.6 and later only. An older subscriber sees
+// neither the field nor a change event that would carry nothing else.
+func TestEventsDown(t *testing.T) {
+	f := newFakeFactory()
+	f.standAlone = true
+	e := start(t, Config{NewRuntime: f.New}, nil)
+	c := e.dial(t)
+	if _, err := c.Create(ctxT(t), minimalConfig("r0")); err != nil {
+		t.Fatal(err)
+	}
+	sub, err := e.dial(t).Subscribe(ctxT(t), "r0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	old := subscribeMinor(t, e.path, 5)
+
+	exists := []string{
+		"exists connection name:r0 peer-node-id:1 connection:StandAlone peer-role:Unknown",
+		"exists disk name:r0 disk:Diskless size:0 current-uuid:0000000000000000",
+		"exists peer name:r0 peer-node-id:1 peer-disk:DUnknown out-of-sync:0 resync-done:0 resync-total:0 resync-rate:0 resync-eta:0s resynced-bytes:0",
+		"exists -",
+	}
+	expectEvents(t, sub, append([]string{"exists resource name:r0 role:Secondary writes-in-flight:0 nbd-connections:0 generation:1 down:true"}, exists...)...)
+	old.expect(t, append([]string{"exists resource name:r0 role:Secondary writes-in-flight:0 nbd-connections:0 generation:1"}, exists...)...)
+
+	for _, cmd := range []ctlproto.MsgType{ctlproto.MsgUp, ctlproto.MsgDown, ctlproto.MsgUp} {
+		if _, err := c.Command(ctxT(t), cmd, "r0"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	expectEvents(t, sub,
+		"change resource name:r0 down:false",
+		"change resource name:r0 down:true",
+		"change resource name:r0 down:false")
+	// A change both hear: the old subscriber got nothing before it.
+	if _, err := c.Change(ctxT(t), "r0", ctlproto.ChangeOptions{}, sections(t, c, ctlproto.String(ctlproto.TagNetProtocol, "A"))); err != nil {
+		t.Fatal(err)
+	}
+	expectEvents(t, sub, "change resource name:r0 generation:2")
+	old.expect(t, "change resource name:r0 generation:2")
+}
+
+// rawSubscriber is a subscription whose requests say an older protocol
+// minor version.
+type rawSubscriber struct{ c net.Conn }
+
+// subscribeMinor subscribes to every resource's events with requests of
+// protocol minor version minor.
+func subscribeMinor(t *testing.T, path string, minor uint8) *rawSubscriber {
+	t.Helper()
+	conn, err := net.Dial("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	conn.SetDeadline(time.Now().Add(20 * time.Second))
+	if _, err := conn.Write(ctlproto.AppendFrame(nil, ctlproto.Header{Major: ctlproto.ProtoMajor, Minor: minor, Type: ctlproto.MsgSubscribe, Seq: 1}, nil)); err != nil {
+		t.Fatal(err)
+	}
+	return &rawSubscriber{c: conn}
+}
+
+func (s *rawSubscriber) expect(t *testing.T, want ...string) {
+	t.Helper()
+	for _, w := range want {
+		h, raw, err := ctlproto.ReadFrame(s.c, nil, ctlproto.ReplyLimits())
+		if err != nil {
+			t.Fatalf("old subscriber: %v", err)
+		}
+		l, err := ctlproto.DecodeList(raw, ctlproto.ReplyLimits())
+		if err != nil || h.Type != ctlproto.MsgEvent || h.Flags != ctlproto.FlagReply {
+			t.Fatalf("old subscriber: frame %+v: %v", h, err)
+		}
+		ev, err := ctlproto.DecodeEvent(l)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := ev.Text(false); got != w {
+			t.Fatalf("old subscriber: event\n got %s\nwant %s", got, w)
+		}
+	}
 }
 
 func TestSlowSubscriberIsDropped(t *testing.T) {
@@ -643,7 +731,7 @@ func TestCloseStopsRuntimes(t *testing.T) {
 	if rep := d.ServeCtl(context.Background(), req); rep.Err != nil {
 		t.Fatal(rep.Err)
 	}
-	st := d.bus.subscribe("")
+	st := d.bus.subscribe("", ctlproto.ProtoMinor)
 	if err := d.Close(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -653,7 +741,7 @@ func TestCloseStopsRuntimes(t *testing.T) {
 	if rep := d.ServeCtl(context.Background(), &ctlproto.Request{Header: ctlproto.Header{Type: ctlproto.MsgStatus}}); rep.Err == nil || rep.Err.Code != ctlproto.CodeInterrupted {
 		t.Fatalf("after Close: %+v", rep)
 	}
-	if d.bus.subscribe("") != nil {
+	if d.bus.subscribe("", ctlproto.ProtoMinor) != nil {
 		t.Fatal("subscribe after Close")
 	}
 	st.Close()

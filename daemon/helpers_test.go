@@ -126,8 +126,12 @@ type fakeFactory struct {
 	mu        sync.Mutex
 	failStart error
 	failApply error
-	calls     []string
-	rts       map[string]*fakeRuntime
+	// standAlone: a started runtime reports the status a resource that
+	// is down shows (Secondary, Diskless, StandAlone), so that only
+	// status.down tells up from down.
+	standAlone bool
+	calls      []string
+	rts        map[string]*fakeRuntime
 }
 
 func newFakeFactory() *fakeFactory { return &fakeFactory{rts: map[string]*fakeRuntime{}} }
@@ -164,6 +168,12 @@ func (r *fakeRuntime) Start(ctx context.Context, cfg config.Resource, gen uint64
 	r.cfg, r.gen = cfg, gen
 	r.st = resource.Status{Role: resource.RoleSecondary, Disk: resource.DiskUpToDate, Conn: resource.ConnConnecting,
 		PeerDisk: resource.DiskDUnknown, PeerNodeID: cfg.Peer.ID, Size: 1 << 20}
+	r.f.mu.Lock()
+	if r.f.standAlone {
+		r.st = resource.Status{Role: resource.RoleSecondary, Disk: resource.DiskDiskless, Conn: resource.ConnStandAlone,
+			PeerRole: resource.RoleUnknown, PeerDisk: resource.DiskDUnknown, PeerNodeID: cfg.Peer.ID}
+	}
+	r.f.mu.Unlock()
 	r.mu.Unlock()
 	r.ev.Changed()
 	return nil

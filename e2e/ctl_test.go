@@ -182,7 +182,7 @@ func TestCtlEventsStream(t *testing.T) {
 	}
 	waitLine("exists -")
 	want := []string{
-		"exists resource name:r0 role:Secondary writes-in-flight:0 nbd-connections:0 generation:1",
+		"exists resource name:r0 role:Secondary writes-in-flight:0 nbd-connections:0 generation:1 down:true",
 		"exists connection name:r0 peer-node-id:1 connection:StandAlone peer-role:Unknown",
 		"exists disk name:r0 disk:Diskless size:0 current-uuid:0000000000000000",
 		"exists peer name:r0 peer-node-id:1 peer-disk:DUnknown out-of-sync:0 resync-done:0 resync-total:0 resync-rate:0 resync-eta:0s resynced-bytes:0",
@@ -217,7 +217,7 @@ func TestCtlEventsStream(t *testing.T) {
 	js := strings.Split(strings.TrimSpace(out), "\n")
 	var first, last map[string]any
 	if len(js) != 5 || json.Unmarshal([]byte(js[0]), &first) != nil || json.Unmarshal([]byte(js[4]), &last) != nil ||
-		first["kind"] != "exists" || first["object"] != "resource" || first["generation"] != 2.0 || last["object"] != "-" {
+		first["kind"] != "exists" || first["object"] != "resource" || first["generation"] != 2.0 || first["down"] != true || last["object"] != "-" {
 		t.Fatalf("events --now --json:\n%s", out)
 	}
 

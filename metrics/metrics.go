@@ -49,6 +49,7 @@ type Collector struct {
 	info, up                               *prometheus.Desc
 	role, peerRole, disk, peerDisk, conn   *prometheus.Desc
 	size, outOfSync, inFlight, clients     *prometheus.Desc
+	refused                                *prometheus.Desc
 	syncDone, syncTotal, syncRate, syncETA *prometheus.Desc
 	resynced                               *prometheus.Desc
 	requests, bytes, errors, writeSeconds  *prometheus.Desc
@@ -76,6 +77,7 @@ func NewCollector(src Source) *Collector {
 		outOfSync:    d("out_of_sync_bytes", "Bytes marked out of sync in this node's bitmap: what a resync would move."),
 		inFlight:     d("writes_in_flight", "Application writes not yet acknowledged."),
 		clients:      d("nbd_connections", "Open NBD client connections."),
+		refused:      d("nbd_connections_refused_total", "NBD client connections closed unserved because resource.nbd-max-connections were open, since the resource came up."),
 		syncDone:     d("resync_done_bytes", "Bytes done of the running resync (0 when none runs)."),
 		syncTotal:    d("resync_total_bytes", "Bytes the running resync moves in all (0 when none runs)."),
 		syncRate:     d("resync_rate_bytes_per_second", "The running resync's recent rate."),
@@ -97,7 +99,7 @@ func NewCollector(src Source) *Collector {
 // Describe sends every metric's description.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.info, c.up, c.role, c.peerRole, c.disk, c.peerDisk, c.conn,
-		c.size, c.outOfSync, c.inFlight, c.clients, c.syncDone, c.syncTotal, c.syncRate, c.syncETA,
+		c.size, c.outOfSync, c.inFlight, c.clients, c.refused, c.syncDone, c.syncTotal, c.syncRate, c.syncETA,
 		c.resynced, c.requests, c.bytes, c.errors, c.writeSeconds, c.connects, c.linkBytes, c.pingRTT,
 		c.alWrites, c.bitmapWrites, c.suspended} {
 		ch <- d
@@ -131,6 +133,7 @@ func (c *Collector) collect(ch chan<- prometheus.Metric, m daemon.Monitored) {
 	gauge(c.outOfSync, float64(st.OutOfSync))
 	gauge(c.inFlight, float64(st.WritesInFlight))
 	gauge(c.clients, float64(st.NBDConnections))
+	counter(c.refused, st.IO.RefusedConnections)
 	gauge(c.syncDone, float64(st.ResyncDone))
 	gauge(c.syncTotal, float64(st.ResyncTotal))
 	gauge(c.syncRate, float64(st.ResyncRate))

@@ -29,7 +29,7 @@ var twoResources = fixed{
 			Size:      1 << 30, OutOfSync: 3 << 20, ResyncDone: 1 << 20, ResyncTotal: 4 << 20, ResyncRate: 1 << 20, ResyncETA: 3,
 			ResyncedBytes: 5 << 20, WritesInFlight: 2, NBDConnections: 1,
 			IO: resource.IOStats{Reads: 10, ReadBytes: 40960, Writes: 4, WrittenBytes: 16384, Trims: 1, TrimmedBytes: 1 << 20,
-				Zeroes: 2, ZeroedBytes: 8192, Flushes: 3, Errors: 1, WriteTime: 1_500_000_000,
+				Zeroes: 2, ZeroedBytes: 8192, Flushes: 3, Errors: 1, WriteTime: 1_500_000_000, RefusedConnections: 5,
 				WriteLatency: [17]uint64{0: 1, 4: 3, 16: 3}},
 			Link: resource.LinkStats{Connects: 3, SentBytes: 1000, ReceivedBytes: 200, PingRTT: 250_000},
 			Meta: resource.MetaStats{ALWrites: 7, BitmapWrites: 9},
@@ -194,6 +194,10 @@ rbd_nbd_link_ping_rtt_seconds{resource="r1"} 0
 # TYPE rbd_nbd_al_writes_total counter
 rbd_nbd_al_writes_total{resource="r0"} 7
 rbd_nbd_al_writes_total{resource="r1"} 0
+# HELP rbd_nbd_nbd_connections_refused_total NBD client connections closed unserved because resource.nbd-max-connections were open, since the resource came up.
+# TYPE rbd_nbd_nbd_connections_refused_total counter
+rbd_nbd_nbd_connections_refused_total{resource="r0"} 5
+rbd_nbd_nbd_connections_refused_total{resource="r1"} 0
 # HELP rbd_nbd_io_suspended Whether application I/O is suspended, by reason (user: suspend-io; fencing: a failed or pending fence-peer under resource-and-stonith; no-data: no copy of the data reachable, under on-no-data-accessible suspend-io).
 # TYPE rbd_nbd_io_suspended gauge
 rbd_nbd_io_suspended{reason="fencing",resource="r0"} 1
@@ -206,16 +210,16 @@ rbd_nbd_io_suspended{reason="user",resource="r1"} 0
 	names := []string{"rbd_nbd_resource_info", "rbd_nbd_resource_up", "rbd_nbd_role", "rbd_nbd_connection_state",
 		"rbd_nbd_peer_disk_state", "rbd_nbd_resync_done_bytes", "rbd_nbd_out_of_sync_bytes", "rbd_nbd_requests_total",
 		"rbd_nbd_request_bytes_total", "rbd_nbd_request_errors_total", "rbd_nbd_write_latency_seconds",
-		"rbd_nbd_link_bytes_total", "rbd_nbd_link_ping_rtt_seconds", "rbd_nbd_al_writes_total", "rbd_nbd_io_suspended"}
+		"rbd_nbd_link_bytes_total", "rbd_nbd_link_ping_rtt_seconds", "rbd_nbd_al_writes_total", "rbd_nbd_nbd_connections_refused_total", "rbd_nbd_io_suspended"}
 	if err := testutil.CollectAndCompare(NewCollector(twoResources), strings.NewReader(want), names...); err != nil {
 		t.Fatal(err)
 	}
 	// Per resource: info, up; the state sets (2 roles, 3 peer roles, 6 disk
 	// states, 7 peer disk states, 10 connection states); size, out of
-	// sync, writes in flight, clients; 4 resync gauges; resynced; 5 kinds
+	// sync, writes in flight, clients, refused clients; 4 resync gauges; resynced; 5 kinds
 	// of requests, 4 of bytes; errors; write seconds; link connects, 2 link
 	// byte counters, ping; AL and bitmap writes; 3 suspension reasons.
-	if n := testutil.CollectAndCount(NewCollector(twoResources)); n != 2*(2+2+3+6+7+10+4+4+1+5+4+1+1+1+2+1+2+3) {
+	if n := testutil.CollectAndCount(NewCollector(twoResources)); n != 2*(2+2+3+6+7+10+5+4+1+5+4+1+1+1+2+1+2+3) {
 		t.Fatalf("%d series", n)
 	}
 }
@@ -251,7 +255,7 @@ type fixedServe nbdserver.Stats
 func (f fixedServe) Stats() nbdserver.Stats { return nbdserver.Stats(f) }
 
 func TestServeCollector(t *testing.T) {
-	c := NewServeCollector(fixedServe{Connections: 3, Open: 1, Reads: 2, ReadBytes: 8192, Writes: 1, WrittenBytes: 512, Errors: 1},
+	c := NewServeCollector(fixedServe{Connections: 3, Open: 1, Refused: 2, Reads: 2, ReadBytes: 8192, Writes: 1, WrittenBytes: 512, Errors: 1},
 		ExportInfo{Name: "e", Disk: "/d.img", Size: 1 << 20})
 	problems, err := testutil.CollectAndLint(c)
 	if err != nil {
@@ -270,6 +274,9 @@ rbd_nbd_serve_connections 1
 # HELP rbd_nbd_serve_connections_total Client connections accepted.
 # TYPE rbd_nbd_serve_connections_total counter
 rbd_nbd_serve_connections_total 3
+# HELP rbd_nbd_serve_connections_refused_total Client connections closed unserved, over the connection limit.
+# TYPE rbd_nbd_serve_connections_refused_total counter
+rbd_nbd_serve_connections_refused_total 2
 # HELP rbd_nbd_serve_request_bytes_total Bytes read, written, trimmed or zeroed by requests.
 # TYPE rbd_nbd_serve_request_bytes_total counter
 rbd_nbd_serve_request_bytes_total{kind="read"} 8192
@@ -281,7 +288,7 @@ rbd_nbd_serve_request_bytes_total{kind="zero"} 0
 rbd_nbd_serve_request_errors_total 1
 `
 	if err := testutil.CollectAndCompare(c, strings.NewReader(want), "rbd_nbd_serve_export_info", "rbd_nbd_serve_connections",
-		"rbd_nbd_serve_connections_total", "rbd_nbd_serve_request_bytes_total", "rbd_nbd_serve_request_errors_total"); err != nil {
+		"rbd_nbd_serve_connections_total", "rbd_nbd_serve_connections_refused_total", "rbd_nbd_serve_request_bytes_total", "rbd_nbd_serve_request_errors_total"); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -29,7 +29,7 @@ type ServeCollector struct {
 	src ServeSource
 	exp ExportInfo
 
-	info, size, open, conns, requests, bytes, errors *prometheus.Desc
+	info, size, open, conns, refused, requests, bytes, errors *prometheus.Desc
 }
 
 // NewServeCollector returns a collector of src, serving exp.
@@ -48,6 +48,7 @@ func NewServeCollector(src ServeSource, exp ExportInfo) *ServeCollector {
 		size:     d("size_bytes", "The exported size."),
 		open:     d("connections", "Open client connections."),
 		conns:    d("connections_total", "Client connections accepted."),
+		refused:  d("connections_refused_total", "Client connections closed unserved, over the connection limit."),
 		requests: d("requests_total", "Requests served, by kind.", "kind"),
 		bytes:    d("request_bytes_total", "Bytes read, written, trimmed or zeroed by requests.", "kind"),
 		errors:   d("request_errors_total", "Requests answered with an error."),
@@ -56,7 +57,7 @@ func NewServeCollector(src ServeSource, exp ExportInfo) *ServeCollector {
 
 // Describe sends every metric's description.
 func (c *ServeCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.info, c.size, c.open, c.conns, c.requests, c.bytes, c.errors} {
+	for _, d := range []*prometheus.Desc{c.info, c.size, c.open, c.conns, c.refused, c.requests, c.bytes, c.errors} {
 		ch <- d
 	}
 }
@@ -78,6 +79,7 @@ func (c *ServeCollector) Collect(ch chan<- prometheus.Metric) {
 	gauge(c.size, float64(c.exp.Size))
 	gauge(c.open, float64(st.Open))
 	counter(c.conns, st.Connections)
+	counter(c.refused, st.Refused)
 	requestSeries(counter, c.requests, c.bytes, requestCounts{
 		reads: st.Reads, writes: st.Writes, trims: st.Trims, zeroes: st.Zeroes, flushes: st.Flushes,
 		readBytes: st.ReadBytes, writtenBytes: st.WrittenBytes, trimmedBytes: st.TrimmedBytes, zeroedBytes: st.ZeroedBytes,

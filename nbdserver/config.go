@@ -27,6 +27,17 @@ type Config struct {
 	// payload is read and dropped to keep the stream in sync). Default
 	// 32 MiB, the largest payload the spec says clients may assume.
 	MaxRequest uint32
+	// MaxConnections bounds the connections Serve holds open at once,
+	// negotiating or transmitting, over all its listeners. A connection
+	// accepted beyond it is closed at once, before the greeting (as
+	// nbdkit's limit filter rejects clients before the handshake): the
+	// client sees the connection end and may retry; a greeting followed by
+	// NBD_REP_ERR_SHUTDOWN would claim the server is going away, and would
+	// cost a goroutine and buffers per refused client. Connections handed
+	// in with ServeConn or ServeExport (a kernel device's socket) are
+	// neither counted nor refused. Default 1024; negative: no limit.
+	// Server.SetMaxConnections changes it while serving.
+	MaxConnections int
 	// HandshakeTimeout bounds the whole option negotiation; a client that
 	// has not entered the transmission phase by then is disconnected.
 	// Default 30s.
@@ -52,6 +63,7 @@ func DefaultConfig() Config {
 		MaxInFlight:      128,
 		MaxInFlightBytes: 64 << 20,
 		MaxRequest:       32 << 20,
+		MaxConnections:   1024,
 		HandshakeTimeout: 30 * time.Second,
 		MaxOptionLength:  64 << 10,
 		InlineThreshold:  40 * time.Microsecond,
@@ -71,6 +83,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.MaxRequest == 0 {
 		c.MaxRequest = d.MaxRequest
+	}
+	if c.MaxConnections == 0 {
+		c.MaxConnections = d.MaxConnections
 	}
 	if c.HandshakeTimeout == 0 {
 		c.HandshakeTimeout = d.HandshakeTimeout

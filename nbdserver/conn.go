@@ -43,6 +43,9 @@ type conn struct {
 	raw  net.Conn
 	log  *zap.Logger
 	done chan struct{} // closed when serve returns
+	// counted: Serve accepted the connection, and it counts against
+	// Config.MaxConnections. Fixed at registration.
+	counted bool
 
 	// exp is set (under Server.mu) when the connection enters the
 	// transmission phase and never changes after.

@@ -179,6 +179,7 @@ func TestNegotiationHangups(t *testing.T) {
 			}
 		}},
 		{"silent client hits the handshake timeout", func(c *client) { c.greet(clientFlagFixedNewstyle) }},
+		{"client that never sends its flags hits the handshake timeout", func(c *client) { c.readFull(18) }},
 		{"ABORT", func(c *client) {
 			c.greet(clientFlagFixedNewstyle)
 			c.sendOpt(optAbort, nil)

@@ -57,7 +57,21 @@ type Server struct {
 	// those that ended (see Stats).
 	accepted    uint64
 	closedStats Stats
+	// maxConns is Config.MaxConnections (SetMaxConnections changes it;
+	// negative: no limit), served the connections Serve holds open, which
+	// it bounds. refused counts the connections refused over it;
+	// refusedLog and refusedUnlogged rate-limit their log lines.
+	maxConns        int
+	served          int
+	refused         uint64
+	refusedLog      time.Time
+	refusedUnlogged uint64
 }
+
+// refusedLogInterval is the least time between two log lines about
+// connections refused over Config.MaxConnections: a burst of refusals
+// logs once, then once per interval with the count.
+const refusedLogInterval = 10 * time.Second
 
 // serverState is the server's lifecycle: running, then shutting down
 // (Shutdown: no new connections, live ones drain) and/or closed.
@@ -96,6 +110,7 @@ func (s *Server) init() error {
 			return
 		}
 		s.cfg = s.Config.withDefaults()
+		s.maxConns = s.cfg.MaxConnections
 		s.log = s.Logger
 		if s.log == nil {
 			s.log = zap.NewNop()
@@ -137,8 +152,14 @@ func (s *Server) Serve(l net.Listener) error {
 			return err
 		}
 		delay = 0
-		c := s.newConn(nc)
+		c, refused := s.admit(nc)
 		if c == nil {
+			// Refused over the limit (logged first, so that a client
+			// seeing the close finds the log line written): closed
+			// before the greeting.
+			if refused != nil {
+				refused()
+			}
 			nc.Close()
 			continue
 		}
@@ -397,6 +418,54 @@ func (s *Server) closeListenersLocked() error {
 	return errors.Join(errs...)
 }
 
+// SetMaxConnections changes Config.MaxConnections while the server runs
+// (0: the default; negative: no limit). Connections already open stay,
+// also beyond a lowered limit; it applies to those accepted next.
+func (s *Server) SetMaxConnections(n int) {
+	if s.init() != nil {
+		return
+	}
+	if n == 0 {
+		n = DefaultConfig().MaxConnections
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.maxConns = n
+}
+
+// admit registers a connection Serve accepted, counted against
+// Config.MaxConnections. It returns nil if the server stopped or the
+// connection is over the limit; then refused, if not nil, logs the
+// refusal (outside the lock).
+func (s *Server) admit(nc net.Conn) (c *conn, refused func()) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.state != serverRunning {
+		return nil, nil
+	}
+	if s.maxConns >= 0 && s.served >= s.maxConns {
+		s.refused++
+		s.refusedUnlogged++
+		now := time.Now()
+		if !s.refusedLog.IsZero() && now.Sub(s.refusedLog) < refusedLogInterval {
+			return nil, nil
+		}
+		s.refusedLog = now
+		n, limit := s.refusedUnlogged, s.maxConns
+		s.refusedUnlogged = 0
+		remote := remoteAddr(nc)
+		return nil, func() {
+			s.log.Warn("too many NBD connections: refusing new ones",
+				zap.Int("max_connections", limit), zap.Uint64("refused", n),
+				zap.String("remote", remote), zap.Duration("next_report_after", refusedLogInterval))
+		}
+	}
+	c = s.newConnLocked(nc)
+	c.counted = true
+	s.served++
+	return c, nil
+}
+
 // newConn registers a connection, or returns nil if the server stopped.
 func (s *Server) newConn(nc net.Conn) *conn {
 	s.mu.Lock()
@@ -404,6 +473,10 @@ func (s *Server) newConn(nc net.Conn) *conn {
 	if s.state != serverRunning {
 		return nil
 	}
+	return s.newConnLocked(nc)
+}
+
+func (s *Server) newConnLocked(nc net.Conn) *conn {
 	c := &conn{
 		s:    s,
 		nc:   nc,
@@ -421,6 +494,9 @@ func (s *Server) forget(c *conn) {
 	s.mu.Lock()
 	s.closedStats.add(&c.stats)
 	delete(s.conns, c)
+	if c.counted {
+		s.served--
+	}
 	s.mu.Unlock()
 	s.connWG.Done()
 }

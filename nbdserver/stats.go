@@ -10,6 +10,9 @@ type Stats struct {
 	// Connections counts the connections accepted; Open those open now
 	// (negotiating or transmitting).
 	Connections, Open uint64
+	// Refused counts the connections closed unserved because Serve held
+	// Config.MaxConnections already (not in Connections).
+	Refused uint64
 	// Reads and ReadBytes count READs and the bytes they asked for.
 	Reads, ReadBytes uint64
 	// Writes and WrittenBytes count WRITEs and their payload.
@@ -69,6 +72,17 @@ func (s *Stats) add(c *connStats) {
 	s.Errors += c.errors.Load()
 }
 
+// Refused returns Stats().Refused without adding up the connections'
+// counters.
+func (s *Server) Refused() uint64 {
+	if s.init() != nil {
+		return 0
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.refused
+}
+
 // Stats returns the counters of every connection so far.
 func (s *Server) Stats() Stats {
 	if s.init() != nil {
@@ -79,6 +93,7 @@ func (s *Server) Stats() Stats {
 	st := s.closedStats
 	st.Connections = s.accepted
 	st.Open = uint64(len(s.conns))
+	st.Refused = s.refused
 	for c := range s.conns {
 		st.add(&c.stats)
 	}

@@ -316,12 +316,21 @@ func (r *Resource) newNBDServer(cfg config.Resource) error {
 			}
 			return nil
 		},
-		Config:     nbdserver.DefaultConfig(),
+		Config:     nbdConfig(cfg),
 		Logger:     r.log.Named("nbd"),
 		TLS:        tlsCfg,
 		RequireTLS: cfg.Local.NBDTLS.Required(),
 	}
 	return nil
+}
+
+// nbdConfig returns the NBD server's limits for cfg.
+func nbdConfig(cfg config.Resource) nbdserver.Config {
+	c := nbdserver.DefaultConfig()
+	if n := cfg.Local.NBDMaxConnections; n != 0 {
+		c.MaxConnections = int(n)
+	}
+	return c
 }
 
 // lookupExport gives NBD clients the export while this node is Primary;
@@ -471,6 +480,10 @@ func (r *Resource) Apply(ctx context.Context, cfg config.Resource) error {
 	r.cfgMu.Lock()
 	r.config = cfg
 	r.cfgMu.Unlock()
+	if cfg.Local.NBDMaxConnections != old.Local.NBDMaxConnections {
+		// For the connections that come next; those open stay.
+		r.nbd.SetMaxConnections(nbdConfig(cfg).MaxConnections)
+	}
 	errc := make(chan error, 1)
 	if !r.post(func() {
 		suspended := r.m.Suspended()
@@ -516,6 +529,9 @@ func (r *Resource) Status() Status {
 	}
 	st.WritesInFlight = uint64(max(r.inflight.Load(), 0))
 	st.IO = r.io.snapshot()
+	if r.nbd != nil {
+		st.IO.RefusedConnections = r.nbd.Refused()
+	}
 	st.Link = r.links.snapshot()
 	if r.al != nil {
 		st.Meta.ALWrites = r.al.Stats().Transactions

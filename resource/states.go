@@ -203,6 +203,10 @@ type IOStats struct {
 	// bound before; the last entry those that took longer than every
 	// bound.
 	WriteLatency [len(writeLatencyBounds) + 1]uint64
+	// RefusedConnections counts the NBD client connections closed
+	// unserved because resource.nbd-max-connections were open. Not in
+	// the control protocol's statistics (no tag); the metrics have it.
+	RefusedConnections uint64
 }
 
 // writeLatencyBounds are the upper bounds of IOStats.WriteLatency's

@@ -27,6 +27,7 @@ type daemonOptions struct {
 	socketGroup     string
 	eventQueue      int
 	shutdownTimeout time.Duration
+	ctlIdleTimeout  time.Duration
 	pprof           string
 	metrics         string
 	stateDir        string
@@ -54,6 +55,7 @@ SIGTERM or SIGINT stops it cleanly.`,
 	f.StringVar(&o.socketGroup, "socket-group", "", "group of the socket, so that its non-root members can connect (default: the first --read-group)")
 	f.IntVar(&o.eventQueue, "event-queue", daemon.DefaultConfig().EventQueue, "events a subscriber may fall behind before it is dropped")
 	f.DurationVar(&o.shutdownTimeout, "shutdown-timeout", 10*time.Second, "how long requests in progress may take at shutdown")
+	f.DurationVar(&o.ctlIdleTimeout, "ctl-idle-timeout", ctlproto.DefaultIdleTimeout, "close a control connection that sends no request for this long (event subscribers never time out; 0: never)")
 	f.StringVar(&o.stateDir, "state-dir", "", "where the daemon remembers which resources are up and Primary, to restore them when it is started again (default: state.<socket name> next to the socket; \"none\" to forget)")
 	f.StringVar(&o.metrics, "metrics", "", "serve Prometheus metrics at http://ADDR/metrics (host:port; docs/metrics.md)")
 	f.StringVar(&o.pprof, "pprof", "", "serve Go's profiler at this address (loopback only, for developers)")
@@ -86,6 +88,10 @@ func runDaemon(parent context.Context, g *globalOptions, o *daemonOptions) error
 	}
 
 	srvCfg := ctlproto.DefaultConfig()
+	if o.ctlIdleTimeout < 0 {
+		return fmt.Errorf("--ctl-idle-timeout %v: must not be negative", o.ctlIdleTimeout)
+	}
+	srvCfg.IdleTimeout = o.ctlIdleTimeout
 	for _, u := range o.allowUIDs {
 		srvCfg.AdminUIDs = append(srvCfg.AdminUIDs, uint32(u))
 	}

@@ -30,6 +30,7 @@ type serveOptions struct {
 	readOnly        bool
 	direct          bool
 	maxInFlight     int
+	maxConnections  int
 	shutdownTimeout time.Duration
 	metrics         string
 	tuning          tuningOptions
@@ -69,6 +70,7 @@ by its --export name or by the default name "".`,
 	f.BoolVar(&o.readOnly, "read-only", false, "export read-only")
 	f.BoolVar(&o.direct, "direct", false, "open the disk with O_DIRECT (the export's minimum block size is then the disk's alignment)")
 	f.IntVar(&o.maxInFlight, "max-in-flight", 0, "requests run at once per connection (0: default 128)")
+	f.IntVar(&o.maxConnections, "max-connections", 0, "client connections held at once; more are closed before the greeting (0: default 1024, negative: no limit)")
 	f.DurationVar(&o.shutdownTimeout, "shutdown-timeout", 10*time.Second, "how long a graceful shutdown may take before connections are cut")
 	f.StringVar(&o.metrics, "metrics", "", "serve Prometheus metrics at http://ADDR/metrics (host:port; docs/metrics.md)")
 	o.tuning.install(cmd, g, "server")
@@ -111,7 +113,7 @@ func runServe(ctx context.Context, o *serveOptions, log *zap.Logger) error {
 			return nil, fmt.Errorf("no export named %q (this server exports %q)", name, exp.Name)
 		},
 		List:       func() []*nbdserver.Export { return []*nbdserver.Export{exp} },
-		Config:     nbdserver.Config{MaxInFlight: o.maxInFlight},
+		Config:     nbdserver.Config{MaxInFlight: o.maxInFlight, MaxConnections: o.maxConnections},
 		Logger:     log,
 		TLS:        tlsCfg,
 		RequireTLS: requireTLS,
