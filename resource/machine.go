@@ -67,6 +67,19 @@ type (
 	}
 	// EvDetach: the disk went away (on-io-error detach, or down).
 	EvDetach struct{}
+	// EvDetachDisk: the administrator asked to detach the local disk
+	// while the resource stays up (detach-disk). The runtime then closes
+	// it cleanly (ActDetachDisk.Clean). Force allows it on a Primary that
+	// is not connected to an UpToDate peer, whose data is then out of
+	// reach.
+	EvDetachDisk struct{ Force bool }
+	// EvAttachDisk: the administrator attached the disk again on a running
+	// Diskless node (attach-disk); the runtime read its meta-data, which
+	// CheckAttachDisk accepted.
+	EvAttachDisk struct {
+		Meta  Meta
+		Dirty uint64
+	}
 	// EvConnect: the administrator asked to connect.
 	EvConnect struct{ DiscardMyData bool }
 	// EvDisconnect: the administrator asked to disconnect.
@@ -135,6 +148,8 @@ type (
 
 func (EvAttach) isEvent()             {}
 func (EvDetach) isEvent()             {}
+func (EvDetachDisk) isEvent()         {}
+func (EvAttachDisk) isEvent()         {}
 func (EvConnect) isEvent()            {}
 func (EvDisconnect) isEvent()         {}
 func (EvLinkUp) isEvent()             {}
@@ -194,8 +209,11 @@ type (
 	// ActSendNewUUID: tell the peer to adopt a new generation with a
 	// cleared bitmap.
 	ActSendNewUUID struct{ Current uint64 }
-	// ActDetachDisk: stop using the local disk.
-	ActDetachDisk struct{}
+	// ActDetachDisk: stop using the local disk. Clean (detach-disk): the
+	// I/O running on it finishes first, then the bitmap and the activity
+	// log are flushed and the meta-data closed cleanly, for a later
+	// attach-disk or up; else the disk failed and is left as it is.
+	ActDetachDisk struct{ Clean bool }
 	// ActRunHook: run a user-space handler.
 	ActRunHook struct{ Name string }
 	// ActFencePeer: run the fence-peer handler; its end comes back as
@@ -241,6 +259,10 @@ var (
 	ErrConnected        = errors.New("connected to the peer, which knows this disk's state")
 	ErrHandshake        = errors.New("the handshake with the peer is in progress: try again once it is connected")
 	ErrNothingMarked    = errors.New("no block is marked out of sync on this node (verify marks the node that ran it)")
+	ErrAttached         = errors.New("the disk is already attached")
+	ErrNoReachableCopy  = errors.New("detaching would leave no reachable copy of the data: this Primary is not connected to an UpToDate peer (--force detaches anyway; its I/O then fails, or waits under disk.on-no-data-accessible suspend-io)")
+	ErrAttachPrimary    = errors.New("attach-disk on a Primary is not supported: demote first (secondary), then attach the disk")
+	ErrUnrelatedDisk    = errors.New("the disk's meta-data belongs to another resource: its data generations share none with this resource's (run create-md on it to use it as a new, empty disk)")
 )
 
 // StateError is a refused request with the state that refused it.
@@ -444,6 +466,10 @@ func (m *Machine) step(ev Event) ([]Action, error) {
 		return m.attach(e), nil
 	case EvDetach:
 		return m.detach(), nil
+	case EvDetachDisk:
+		return m.detachDisk(e)
+	case EvAttachDisk:
+		return m.attachDisk(e)
 	case EvConnect:
 		return m.connect(e)
 	case EvDisconnect:
@@ -545,6 +571,89 @@ func (m *Machine) detach() []Action {
 		acts = append(acts, ActSendState{})
 	}
 	return append(acts, ActDetachDisk{})
+}
+
+// detachDisk is detach-disk: the node goes Diskless as after an I/O error
+// under on-io-error detach, but the runtime closes the disk cleanly. A
+// Secondary may always detach; a Primary only while an UpToDate peer
+// takes its I/O (it serves through the peer then), unless forced.
+func (m *Machine) detachDisk(e EvDetachDisk) ([]Action, error) {
+	if m.disk == DiskDiskless {
+		return nil, m.refuse(ErrNoDisk)
+	}
+	if m.role == RolePrimary && !e.Force && !(m.Replicating() && m.peerDisk == DiskUpToDate) {
+		return nil, m.refuse(ErrNoReachableCopy)
+	}
+	acts := m.detach()
+	acts[len(acts)-1] = ActDetachDisk{Clean: true}
+	if m.role == RolePrimary && !m.Replicating() {
+		acts = append(acts, ActRunHook{Name: "pri-on-incon-degr"})
+	}
+	return acts, nil
+}
+
+// CheckAttachDisk checks an attach-disk request without changing anything:
+// the runtime asks before it opens the meta-data for use (meta is what a
+// read-only look at the disk found), and EvAttachDisk asks again.
+func (m *Machine) CheckAttachDisk(meta Meta) error {
+	switch {
+	case m.disk != DiskDiskless:
+		return m.refuse(ErrAttached)
+	case m.role == RolePrimary:
+		// A Primary would have to become sync target under its clients.
+		return m.refuse(ErrAttachPrimary)
+	case !m.relatedDisk(meta):
+		return m.refuse(ErrUnrelatedDisk)
+	}
+	return nil
+}
+
+// relatedDisk reports whether a disk with meta may hold this resource's
+// data: fresh (create-md: it receives everything), or sharing a
+// generation with the disk that was detached or with the peer (the
+// handshake then decides; split brain too is a relation).
+func (m *Machine) relatedDisk(meta Meta) bool {
+	u := meta.UUIDs
+	if u.Current == 0 {
+		return true
+	}
+	consistent := meta.Flags&FlagConsistent != 0
+	known := []UUIDs{m.meta.UUIDs}
+	if m.disklessGen != 0 {
+		known = append(known, UUIDs{Current: m.disklessGen})
+	}
+	if m.linkUp {
+		known = append(known, m.peer.UUIDs)
+	}
+	for _, k := range known {
+		if k.Current == 0 && k.Bitmap == 0 {
+			continue // nothing to compare with
+		}
+		if CompareUUIDs(u, consistent, k, true) != SyncUnrelated {
+			return true
+		}
+	}
+	return false
+}
+
+// attachDisk is attach-disk on a Diskless Secondary: the disk's state
+// comes from its meta-data as at up. A link to the peer is closed and
+// made again, so that the handshake compares the attached disk's UUIDs
+// with the peer's and decides no resync, a bitmap or a full one exactly
+// as at a reconnect.
+func (m *Machine) attachDisk(e EvAttachDisk) ([]Action, error) {
+	if err := m.CheckAttachDisk(e.Meta); err != nil {
+		return nil, err
+	}
+	m.disklessGen = 0
+	acts := m.attach(EvAttach(e))
+	if !m.linkUp {
+		return acts, nil
+	}
+	acts = append(acts, m.lostPeer()...)
+	m.wantConnect = true
+	m.conn = ConnConnecting
+	return append(acts, ActCloseLink{Reason: "the disk was attached: reconnecting for the handshake"}, ActStartConnecting{}), nil
 }
 
 func (m *Machine) connect(e EvConnect) ([]Action, error) {

@@ -23,6 +23,7 @@ import (
 //	sync-start [full] [source=uuids] | sync-done [source=uuids]
 //	new-current-uuid [clear-bitmap] | peer-new-uuid current=X
 //	invalidate | invalidate-remote [reset] | io-error | detach
+//	detach-disk [force] | attach-disk [uuids=...] [flags=...] [dirty=N]
 //	outdate | suspend-io | resume-io | fence-done [proceed] | peer-fenced
 //
 // Each prints the actions, then the state. UUIDs print in hex; the UUID
@@ -176,6 +177,10 @@ func scriptEvent(cmd string, a scriptArgs) (Event, error) {
 		return EvAttach{Meta: Meta{UUIDs: a.uuids("uuids"), Flags: parseFlags(a.str("flags", ""))}, Dirty: a.num("dirty", 0)}, nil
 	case "detach":
 		return EvDetach{}, nil
+	case "detach-disk":
+		return EvDetachDisk{Force: a.has("force")}, nil
+	case "attach-disk":
+		return EvAttachDisk{Meta: Meta{UUIDs: a.uuids("uuids"), Flags: parseFlags(a.str("flags", ""))}, Dirty: a.num("dirty", 0)}, nil
 	case "outdate":
 		return EvOutdate{}, nil
 	case "connect":
@@ -263,6 +268,9 @@ func actionString(a Action) string {
 	case ActSendNewUUID:
 		return fmt.Sprintf("send-new-uuid %X", a.Current)
 	case ActDetachDisk:
+		if a.Clean {
+			return "detach-disk clean"
+		}
 		return "detach-disk"
 	case ActRunHook:
 		return "run-hook " + a.Name
@@ -291,6 +299,12 @@ func checkInvariants(t *testing.T, m *Machine) {
 	}
 	if m.Replicating() && !m.linkUp {
 		t.Errorf("invariant: %s without a link", m.conn)
+	}
+	switch m.conn {
+	case ConnSyncSource, ConnSyncTarget, ConnPausedSyncS, ConnPausedSyncT:
+		if m.disk == DiskDiskless {
+			t.Errorf("invariant: %s while Diskless", m.conn)
+		}
 	}
 }
 
