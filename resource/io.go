@@ -126,8 +126,14 @@ func (r *Resource) retryNoData(st *repState, perr error) bool {
 	}
 	// The disk failed (the caller saw diskFailed): wait until the loop
 	// has processed that, and the suspension it may call for is in place.
+	sig := r.detached.Load()
+	if !r.diskFailed.Load() {
+		// Attached again meanwhile (attach-disk installs sig after it
+		// clears diskFailed): the disk takes the retry.
+		return true
+	}
 	select {
-	case <-r.detached:
+	case <-sig.ch:
 	case <-r.loopCtx.Done():
 		return false
 	}
@@ -301,11 +307,10 @@ var _ nbdserver.Extenter = (*Resource)(nil)
 // peer's holes may differ from ours, and a map is never worth failing a
 // client for.
 func (r *Resource) Extents(off, length int64, max int) ([]disk.Extent, error) {
-	e, ok := r.data.(disk.Extenter)
-	if !ok || r.diskFailed.Load() {
+	if r.diskFailed.Load() {
 		return nil, nbdserver.ErrNotSupported
 	}
-	es, err := e.Extents(off, length, max)
+	es, err := r.data.Extents(off, length, max)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", nbdserver.ErrNotSupported, err)
 	}
@@ -349,6 +354,12 @@ func (r *Resource) peerReadOnce(st *repState, p []byte, off int64) error {
 // localError applies the on-io-error policy to a failed local I/O. It
 // reports whether the caller should carry on without the local disk.
 func (r *Resource) localError(err error) bool {
+	if r.diskFailed.Load() {
+		// The disk is detached already (detach-disk closed it under
+		// this request, or another request's error detached it): the
+		// request carries on without it, whatever the policy.
+		return true
+	}
 	if r.cfg().Disk.OnIOError == config.OnIOErrorPassOn {
 		r.log.Warn("local disk error passed on", zap.Error(err))
 		return false
@@ -390,7 +401,7 @@ func (r *Resource) WriteAt(p []byte, off int64, fua bool) error {
 // is no disk failure.
 func (r *Resource) split(off, n int64, fn func(off, n int64) error) error {
 	first, last := off>>bitmap.ExtentShift, (off+n-1)>>bitmap.ExtentShift
-	if n <= 0 || first == last || last-first < int64(r.al.Slots()) {
+	if n <= 0 || first == last || last-first < int64(r.alog().Slots()) {
 		return fn(off, n)
 	}
 	for end := off + n; off < end; {
@@ -478,7 +489,7 @@ func (r *Resource) writeReq(req replicate.Request, do func() error) (ran bool, e
 	// this node leaves nothing here to resync).
 	alDone := func() {}
 	if !r.diskFailed.Load() {
-		d, err := r.al.Begin(context.Background(), off, n)
+		d, err := r.alog().Begin(context.Background(), off, n)
 		switch {
 		case err == nil:
 			alDone = d
@@ -543,7 +554,7 @@ func (r *Resource) writeUnder(st *repState, req replicate.Request, do func() err
 			}
 			return false, false, r.errNoData()
 		}
-		r.bm.Set(off, n)
+		r.bmap().Set(off, n)
 	}
 
 	// 4. Local half, concurrently with the peer's.
@@ -627,7 +638,7 @@ func (r *Resource) markOutOfSync(off, n int64) {
 		// must not clear the bits set here.
 		e.Dirtied(off, n)
 	}
-	r.bm.Set(off, n)
+	r.bmap().Set(off, n)
 }
 
 func (r *Resource) observeLatency(d time.Duration) {

@@ -72,7 +72,7 @@ func (r *Resource) startSync(source, full bool) {
 	ctx, cancel := context.WithCancel(r.loopCtx)
 	r.syncCancel = cancel
 	if !source {
-		t := &targetState{ready: make(chan struct{}), ctx: ctx, total: uint64(r.bm.DirtyBytes())}
+		t := &targetState{ready: make(chan struct{}), ctx: ctx, total: uint64(r.bmap().DirtyBytes())}
 		r.targetMu.Lock()
 		r.target = t
 		if r.targetSet != nil {
@@ -118,7 +118,7 @@ func (r *Resource) startSync(source, full bool) {
 	ecfg.Window = int(cfg.Resync.Window)
 	ecfg.Rate = cfg.Resync.Rate
 	ecfg.Csums = string(cfg.Resync.Csums)
-	ecfg.BlockSize = r.bm.BlockSize()
+	ecfg.BlockSize = r.bmap().BlockSize()
 	// A chunk holds whole bitmap blocks, or its durability point could
 	// clear none of them (the meta-data allows blocks above the default
 	// chunk size, up to 1 MiB).
@@ -126,7 +126,7 @@ func (r *Resource) startSync(source, full bool) {
 	ecfg.LatencyTarget = cfg.Resync.LatencyTarget
 	ecfg.FlushEvery = max(ecfg.ChunkSize, min(ecfg.FlushEvery, r.size.Load()/64))
 	ecfg.Logger = r.log.Named("resync")
-	e, err := resync.New(ecfg, dataSource{r}, r.bm, &r.locks, &linkTransport{link: link, r: r})
+	e, err := resync.New(ecfg, dataSource{r}, r.bmap(), &r.locks, &linkTransport{link: link, r: r})
 	if err != nil {
 		// Not reachable with a valid configuration. Without an engine the
 		// pair would stay SyncSource/SyncTarget with nothing moving: drop
@@ -151,7 +151,7 @@ func (r *Resource) startSync(source, full bool) {
 	gate := new(atomic.Bool)
 	r.engineGate = gate
 	r.goLoop(func() {
-		res := r.hooks.Run(ctx, hooks.BeforeResyncSource, r.hookEnv().With(hooks.EnvResyncBytes, strconv.FormatInt(r.bm.DirtyBytes(), 10)))
+		res := r.hooks.Run(ctx, hooks.BeforeResyncSource, r.hookEnv().With(hooks.EnvResyncBytes, strconv.FormatInt(r.bmap().DirtyBytes(), 10)))
 		if res.Vetoed() {
 			r.post(func() { r.vetoed(link, "before-resync-source", res) })
 			return
@@ -244,7 +244,7 @@ func (r *Resource) retireIdleExtents(ctx context.Context) {
 		r.log.Warn("flush before retiring activity-log extents", zap.Error(err))
 		return
 	}
-	n, err := r.al.RetireIdle(ctx)
+	n, err := r.alog().RetireIdle(ctx)
 	if err != nil {
 		r.log.Warn("retiring idle activity-log extents", zap.Error(err))
 		return
@@ -371,7 +371,7 @@ func (r *Resource) serveResyncFlush() error {
 	}
 	if t != nil {
 		for _, s := range batch {
-			r.bm.Clear(s.off, s.length)
+			r.bmap().Clear(s.off, s.length)
 		}
 		r.flushBitmap()
 	}
