@@ -99,7 +99,7 @@ type Resource struct {
 	// detached fires once the loop has processed the local disk's detach
 	// (and published the state it leads to); an attach-disk installs a
 	// new one.
-	detached atomic.Pointer[signal]
+	detached   atomic.Pointer[signal]
 	inflight   atomic.Int64
 	io         ioCounters
 	links      linkCounters
