@@ -40,12 +40,14 @@ type storage struct {
 // looks at the superblock read-only before the meta-data is opened for
 // use (which writes to it): a refused disk is left as it was. On error
 // nothing stays open.
-func openStorage(cfg config.Resource, check func(metadata.Superblock) error, wrap func(disk.Device) disk.Device) (st *storage, err error) {
-	st = &storage{}
+func openStorage(cfg config.Resource, check func(metadata.Superblock) error, wrap func(disk.Device) disk.Device) (_ *storage, err error) {
+	st := &storage{}
 	defer func() {
 		if err != nil {
+			// Closed as it is: a refused disk's meta-data was not
+			// opened for use, and one that failed to open stays as
+			// it was found.
 			closeStorage(st, false, nil)
-			st = nil
 		}
 	}()
 	if st.dev, err = disk.Open(cfg.Local.Disk, disk.Options{Direct: cfg.Disk.DirectIO}); err != nil {

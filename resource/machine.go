@@ -261,7 +261,7 @@ var (
 	ErrNothingMarked    = errors.New("no block is marked out of sync on this node (verify marks the node that ran it)")
 	ErrAttached         = errors.New("the disk is already attached")
 	ErrNoReachableCopy  = errors.New("detaching would leave no reachable copy of the data: this Primary is not connected to an UpToDate peer (--force detaches anyway; its I/O then fails, or waits under disk.on-no-data-accessible suspend-io)")
-	ErrAttachPrimary    = errors.New("attach-disk on a Primary is not supported: demote first (secondary), then attach the disk")
+	ErrAttachPrimary    = errors.New("the node is Primary, and a Primary cannot attach its disk (it would be sync target under its clients): demote first (secondary), then attach the disk")
 	ErrUnrelatedDisk    = errors.New("the disk's meta-data belongs to another resource: its data generations share none with this resource's (run create-md on it to use it as a new, empty disk)")
 )
 
