@@ -459,7 +459,7 @@ func (r *Resource) control(link *replicate.Link, msg replicate.ControlMsg) {
 // the handshake, with its I/O held.
 func checkDisklessConnect(local, peer DiskState, f replicate.Features) error {
 	if (local == DiskDiskless || peer == DiskDiskless) && f&replicate.FeatureDisklessConnect == 0 {
-		return errors.New("the peer's release does not connect to or as a Diskless node: upgrade it, or bring the detached disk back (down, up)")
+		return errors.New("the peer's release does not connect to or as a Diskless node: upgrade it, or bring the detached disk back (attach-disk, or down and up)")
 	}
 	return nil
 }
