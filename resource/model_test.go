@@ -423,7 +423,7 @@ func runSim(t *testing.T, seed int64, steps int) *sim {
 					s.license = append(s.license, "invalidate")
 				}
 			}
-			case r < 91:
+		case r < 91:
 			if n.up {
 				f := rng.Intn(4) == 0
 				s.logf("n%d detach-disk force=%v", i+1, f)
