@@ -409,7 +409,7 @@ func defaultMsgs() []MsgDef {
 		{Type: MsgSuspendIO, Name: "suspend-io", Request: true, Access: AccessAdmin, Accepts: name, Since: v1_3, Doc: "Suspend application I/O; the reply comes once the I/O that was running finished."},
 		{Type: MsgResumeIO, Name: "resume-io", Request: true, Access: AccessAdmin, Accepts: name, Since: v1_3, Doc: "Resume application I/O, whatever suspended it."},
 		{Type: MsgDetachDisk, Name: "detach-disk", Request: true, Access: AccessAdmin, Accepts: with(name, TagForce), Since: v1_7, Doc: "Detach the local disk cleanly while the resource stays up (Diskless: I/O goes to the peer); with force also on a Primary without an UpToDate peer. The reply comes once the disk is closed."},
-		{Type: MsgAttachDisk, Name: "attach-disk", Request: true, Access: AccessAdmin, Accepts: name, Since: v1_7, Doc: "Attach the configured disk again on a running Diskless Secondary; a connected node reconnects, and the handshake decides the resync."},
+		{Type: MsgAttachDisk, Name: "attach-disk", Request: true, Access: AccessAdmin, Accepts: name, Since: v1_7, Doc: "Attach the configured disk again on a running Diskless node: a Secondary reconnects and the handshake decides the resync; a Primary connected to an UpToDate peer becomes its sync target while it serves."},
 	}
 }
 

@@ -181,8 +181,8 @@ func writeFIFO(t *testing.T, p, s string, timeout time.Duration) {
 
 // A Primary with an UpToDate peer detaches under a connected NBD client,
 // which goes on reading and writing through the peer. Without an UpToDate
-// peer detach-disk is refused; attach-disk is refused on the Primary (demote
-// first), and after the demotion the disk comes back as sync target.
+// peer detach-disk is refused, and so is attach-disk on the Primary (demote
+// first); after the demotion the disk comes back as sync target.
 func TestDetachDiskPrimary(t *testing.T) {
 	RequireTools(t, "qemu-io", "nbdsh")
 	c := newCluster(t, clusterOptions{})
@@ -233,10 +233,15 @@ assert h.pread(512, 3 << 20) == b"\x44" * 512
 		t.Fatal("the peer's disk lacks the writes made after the detach")
 	}
 
+	// Without an UpToDate peer to resync from, a Primary cannot attach.
+	c.b.ctl("disconnect", "r0")
+	c.a.wait("the peer gone", 30*time.Second, func(s nodeStatus) bool { return s.PeerDisk == "DUnknown" })
 	r = c.a.tryCtl("attach-disk", "r0")
 	if r.ExitCode == 0 || !strings.Contains(r.Stderr, "demote first") || !strings.Contains(r.Stderr, "Primary") {
-		t.Fatalf("attach-disk on a Primary: exit %d, %s", r.ExitCode, r.Stderr)
+		t.Fatalf("attach-disk on a Primary without a peer: exit %d, %s", r.ExitCode, r.Stderr)
 	}
+	c.b.ctl("connect", "r0")
+	c.waitBoth("connected", func(s nodeStatus) bool { return s.Conn == "Connected" })
 	c.a.ctl("secondary", "r0")
 	c.a.ctl("attach-disk", "r0")
 	c.b.ctl("wait-sync", "r0", "--timeout", "60s")
@@ -281,5 +286,94 @@ func TestAttachDiskAfterIOError(t *testing.T) {
 		// The activity log's extents (4 MiB each) of the unclean
 		// meta-data come on top of what node a recorded.
 		t.Fatalf("node b resynced %d bytes for %d out of sync: want a bitmap resync", b.ResyncedBytes, a.OutOfSync)
+	}
+}
+
+// attach-disk on a Diskless Primary under a connected NBD client: the disk
+// is sync target of the peer while the client goes on writing, into blocks
+// the resync has not reached yet too (512-byte writes, unaligned ones
+// across blocks, whole blocks) and reading (out-of-sync blocks come from
+// the peer). The client checks every read against a model of what it
+// wrote; at the end both replicas are identical and hold exactly that.
+func TestAttachDiskPrimaryUnderWrites(t *testing.T) {
+	RequireTools(t, "nbdsh")
+	c := newCluster(t, clusterOptions{yaml: "resync:\n  rate: 8M\n"})
+	dir := t.TempDir()
+	phase, goOn, stop, model := fifo(t, dir, "phase"), fifo(t, dir, "go"), filepath.Join(dir, "stop"), filepath.Join(dir, "model")
+	script := fmt.Sprintf(`
+import os, random
+size = h.get_size()
+model = bytearray(size)
+rng = random.Random(7)
+def write(off, n):
+    b = os.urandom(n)
+    h.pwrite(b, off)
+    model[off:off+n] = b
+def check(off, n):
+    assert h.pread(n, off) == model[off:off+n], "read [%%d, +%%d) differs from what was written" %% (off, n)
+def some_write():
+    k = rng.randrange(3)
+    if k == 0:
+        write(rng.randrange(size // 512) * 512, 512)
+    elif k == 1:
+        write(min(rng.randrange(size // 4096) * 4096 + 3584, size - 8192), 8192)
+    else:
+        write(rng.randrange(size // 4096 - 4) * 4096, 4096 * rng.randrange(1, 5))
+def signal(what):
+    open(%[1]q, "w").write(what)
+    open(%[2]q).read()
+for off in range(0, 16 << 20, 1 << 20):
+    write(off, 1 << 20)
+signal("detach")
+for i in range(300):
+    some_write()
+check(0, 1 << 20)
+signal("attach")
+n = 0
+while not os.path.exists(%[3]q):
+    some_write()
+    off = rng.randrange(size // 512 - 64) * 512
+    check(off, 32768)
+    n += 1
+h.flush()
+for off in range(0, size, 1 << 20):
+    check(off, min(1 << 20, size - off))
+open(%[4]q, "wb").write(model)
+print("writes after the attach:", n)
+`, phase, goOn, stop, model)
+	client := StartProcess(t, "env", "PATH=/usr/bin:/bin:"+os.Getenv("PATH"), "nbdsh", "-u", c.a.uri(), "-c", script)
+	if got := readFIFO(t, phase, 60*time.Second); got != "detach" {
+		t.Fatalf("client phase %q", got)
+	}
+	c.a.ctl("detach-disk", "r0")
+	writeFIFO(t, goOn, "go", 30*time.Second)
+	if got := readFIFO(t, phase, 60*time.Second); got != "attach" {
+		t.Fatalf("client phase %q", got)
+	}
+	c.a.ctl("attach-disk", "r0")
+	st := c.a.status()
+	if st.Role != "Primary" || st.Disk != "Inconsistent" {
+		t.Fatalf("after attach-disk on the Primary: %+v", st)
+	}
+	writeFIFO(t, goOn, "go", 30*time.Second)
+	c.a.wait("the resync under writes", 2*time.Minute, func(s nodeStatus) bool { return s.Disk == "UpToDate" })
+	if err := os.WriteFile(stop, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := client.Wait(2 * time.Minute); err != nil {
+		t.Fatalf("the NBD client: %v\n%s", err, client.Output())
+	}
+	t.Log(strings.TrimSpace(client.Output()))
+	c.waitSynced()
+	c.compare()
+	want, err := os.ReadFile(model)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := c.a.data(uint64(len(want))); !bytes.Equal(got, want) {
+		t.Fatal("the replicas do not hold what the client wrote")
+	}
+	if st := c.a.status(); st.Role != "Primary" || st.Disk != "UpToDate" {
+		t.Fatalf("after the resync: %+v", st)
 	}
 }

@@ -293,15 +293,32 @@ func (r *Resource) AttachDisk(ctx context.Context) error {
 			r.data.close()
 			closeStorage(old, false, r.log)
 		}
+		if r.m.Role() == RolePrimary && r.cfg().Net.Protocol != config.ProtocolC {
+			// Its writes read blocks back from the peer: an earlier
+			// write must have landed there (protocol C) first.
+			return &StateError{Err: fmt.Errorf("attach-disk on a Primary needs net.protocol C (this resource uses %s): demote first", r.cfg().Net.Protocol), State: r.m.stateString()}
+		}
 		r.diskClosing = nil
 		r.install(st)
 		installed = true
+		if r.m.Role() == RolePrimary {
+			// A Primary target: nothing of the disk is trusted before
+			// the disk takes any I/O.
+			if err := r.newWrittenSet(); err != nil {
+				return err
+			}
+			r.bmap().SetAll()
+			r.targetPrimary.Store(true)
+		}
 		r.diskClosed.Store(false)
 		r.diskFailed.Store(false)
 		r.detached.Store(newSignal())
 		_, err := r.stepAdmin(EvAttachDisk{Meta: meta, Dirty: r.bmap().Count()})
 		if err != nil {
 			r.log.Error("the machine refused an attach it had accepted", zap.Error(err))
+		}
+		if err == nil && r.m.PrimaryTarget() {
+			r.announcePrimaryTarget()
 		}
 		r.log.Info("local disk attached", zap.String("disk", cfg.Local.Disk), zap.Stringer("state", r.m.Disk()))
 		return err
@@ -437,4 +454,106 @@ func (g *diskGate) Extents(off, length int64, max int) ([]disk.Extent, error) {
 		return nil, disk.ErrNotSupported
 	}
 	return e.Extents(off, length, max)
+}
+
+// The Primary target (attach-disk on a Diskless Primary): the attached
+// disk is sync target of the peer while the node serves. Every block
+// starts out of sync (the local bitmap's bits set before the disk takes
+// any I/O). A read of a range with a block still out of sync goes to the
+// peer. A write takes the range lock over the whole blocks it touches,
+// first copies from the peer each block it covers only partly and that is
+// still out of sync (the block is then whole here), writes as usual (both
+// disks), and then counts its blocks as in sync: it records them in the
+// written set and clears their bits. A resync chunk takes the same lock
+// and skips the blocks of the written set, which hold newer data than the
+// chunk (read by the source before the write reached it). Without the
+// peer (lost link, failed request) the Primary target's writes fail: a
+// write on this disk alone would be undone by the resync that resumes.
+
+// announcePrimaryTarget tells the peer that this Primary's disk is
+// Inconsistent (which starts the resync) once the writes that began before
+// the disk was attached have finished: those may have left the disk alone
+// and recorded nothing, and a resync chunk the peer read before one of
+// them reached it would be older than the write. A new replication state
+// tells them from the writes that begin from now on (loop).
+func (r *Resource) announcePrimaryTarget() {
+	r.repEpoch++
+	r.publish()
+	r.repMu.RLock()
+	st := r.rep
+	r.repMu.RUnlock()
+	link := r.link
+	r.goLoop(func() {
+		select {
+		case <-st.quiet:
+		case <-r.loopCtx.Done():
+			return
+		}
+		r.post(func() {
+			if r.link == link && r.m.PrimaryTarget() && r.m.Conn() == ConnConnected {
+				r.sendState()
+			}
+		})
+	})
+}
+
+// primaryTargetBlocks returns the block-aligned range [start, end) that
+// [off, off+n) touches.
+func (r *Resource) primaryTargetBlocks(off, n int64) (start, end int64) {
+	bs := r.bmap().BlockSize()
+	start = off / bs * bs
+	end = min((off+n+bs-1)/bs*bs, r.size.Load())
+	return start, end
+}
+
+// makeWhole copies from the peer the blocks at the edges of [off, off+n)
+// that the range covers only partly and that are still out of sync here,
+// and writes them to the local disk (a Primary target, under the range
+// lock of the whole blocks).
+func (r *Resource) makeWhole(st *repState, off, n int64) error {
+	start, end := r.primaryTargetBlocks(off, n)
+	bs := r.bmap().BlockSize()
+	edges := []int64{start}
+	if last := end - bs; last > start {
+		edges = append(edges, last)
+	}
+	for _, b := range edges {
+		l := min(bs, end-b)
+		if b >= off && b+l <= off+n {
+			continue // covered whole by the request
+		}
+		if !r.bmap().Test(b, l) {
+			continue
+		}
+		buf := make([]byte, l)
+		if err := r.peerReadOnce(st, buf, b); err != nil {
+			return fmt.Errorf("resource %s: reading block %d from the peer to complete it: %w", r.cfg().Name, b, err)
+		}
+		if _, err := r.data.WriteAt(buf, b); err != nil {
+			r.localError(err)
+			return err
+		}
+	}
+	return nil
+}
+
+// resyncWritten counts the blocks [off, off+n) touches as in sync after a
+// Primary target's write landed on both disks.
+func (r *Resource) resyncWritten(off, n int64) {
+	start, end := r.primaryTargetBlocks(off, n)
+	if w := r.written.Load(); w != nil {
+		w.Set(start, end-start)
+	}
+	r.bmap().Clear(start, end-start)
+}
+
+// newWrittenSet makes the written set for a disk attached as Primary
+// target.
+func (r *Resource) newWrittenSet() error {
+	w, err := bitmap.New(r.size.Load(), r.bmap().BlockSize(), nil, nil)
+	if err != nil {
+		return err
+	}
+	r.written.Store(w)
+	return nil
 }

@@ -100,10 +100,10 @@ func (r *Resource) publish() {
 	}
 	handshake := link == nil && r.m.Conn() == ConnHandshake
 	suspended := r.m.Suspended() != 0
-	if cur.link == link && cur.handshake == handshake && cur.suspended == suspended && cur.proto == proto {
+	if cur.link == link && cur.handshake == handshake && cur.suspended == suspended && cur.proto == proto && cur.epoch == r.repEpoch {
 		return
 	}
-	next := &repState{link: link, proto: proto, handshake: handshake, suspended: suspended, quiet: make(chan struct{})}
+	next := &repState{link: link, proto: proto, handshake: handshake, suspended: suspended, quiet: make(chan struct{}), epoch: r.repEpoch}
 	if handshake || suspended {
 		next.gate = make(chan struct{})
 	}
@@ -181,6 +181,11 @@ func (r *Resource) publishStatus() {
 		Suspended:  r.m.Suspended(),
 	}
 	st.CurrentUUID = r.m.Meta().UUIDs.Current
+	r.targetPrimary.Store(r.m.PrimaryTarget())
+	if st.Disk == DiskUpToDate || st.Disk == DiskDiskless {
+		// The Primary target's resync is over, or its disk gone.
+		r.written.Store(nil)
+	}
 	r.writable.Store(st.Role == RolePrimary)
 	r.status.Store(st)
 	if st.Role == RolePrimary {

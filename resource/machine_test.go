@@ -288,11 +288,14 @@ func state(m *Machine) string {
 
 func checkInvariants(t *testing.T, m *Machine) {
 	t.Helper()
-	if m.role == RolePrimary && m.disk != DiskUpToDate && m.disk != DiskDiskless {
+	if m.role == RolePrimary && m.disk != DiskUpToDate && m.disk != DiskDiskless && !(m.disk == DiskInconsistent && m.primaryTarget) {
 		t.Errorf("invariant: Primary with disk %s", m.disk)
 	}
-	if (m.conn == ConnSyncTarget || m.conn == ConnPausedSyncT) && m.role == RolePrimary {
+	if (m.conn == ConnSyncTarget || m.conn == ConnPausedSyncT) && m.role == RolePrimary && !m.primaryTarget {
 		t.Errorf("invariant: SyncTarget while Primary")
+	}
+	if m.primaryTarget && (m.role != RolePrimary || m.disk != DiskInconsistent) {
+		t.Errorf("invariant: Primary target while %s with disk %s", m.role, m.disk)
 	}
 	if !m.linkUp && (m.peerRole != RoleUnknown || m.peerDisk != DiskDUnknown) {
 		t.Errorf("invariant: peer %s/%s known without a link", m.peerRole, m.peerDisk)
@@ -344,7 +347,9 @@ func TestDecideSymmetric(t *testing.T) {
 		if da.Kind.IsSource() != db.Kind.IsTarget() || da.Kind.IsTarget() != db.Kind.IsSource() || da.Kind.IsFull() != db.Kind.IsFull() {
 			t.Fatalf("sides disagree: a=%v b=%v", da.Kind, db.Kind)
 		}
-		if da.Kind.IsTarget() && a.Role == RolePrimary || db.Kind.IsTarget() && b.Role == RolePrimary {
+		// Only a Primary whose disk is inconsistent (attach-disk on a
+		// Diskless Primary) may resume as sync target.
+		if da.Kind.IsTarget() && a.Role == RolePrimary && a.Consistent || db.Kind.IsTarget() && b.Role == RolePrimary && b.Consistent {
 			t.Fatalf("a Primary would become sync target: a=%v b=%v", da, db)
 		}
 	})

@@ -258,6 +258,18 @@ func (s *sim) write(i int) {
 		s.logf("n%d (Diskless) write block %d = %d on the peer", i+1, b, s.wid)
 		return
 	}
+	if n.m.PrimaryTarget() {
+		// A Primary target writes to both disks, the block made whole
+		// from the peer's first; without an UpToDate peer it fails.
+		o := s.n[s.other(i)]
+		if !s.linked || !n.m.Replicating() || n.m.PeerDisk() != DiskUpToDate || !o.up || o.m.Disk() != DiskUpToDate {
+			return
+		}
+		b := s.rng.Intn(simNB)
+		s.writeBlock(i, b)
+		delete(n.bm, b)
+		return
+	}
 	if n.m.Disk() != DiskUpToDate {
 		return
 	}
@@ -431,9 +443,7 @@ func runSim(t *testing.T, seed int64, steps int) *sim {
 			}
 		case r < 94:
 			if n.up && n.m.CheckAttachDisk(n.meta) == nil {
-				s.logf("n%d attach-disk", i+1)
-				n.closed = false
-				s.step(i, EvAttachDisk{Meta: n.meta, Dirty: s.count(n)})
+				s.attachDisk(i)
 			}
 		}
 		s.check()
@@ -641,4 +651,88 @@ func TestModelBothPromoteDuringHandshake(t *testing.T) {
 		t.Errorf("two Primaries on one connection: A %s / B %s", s.n[a].m.stateString(), s.n[b].m.stateString())
 	}
 	s.report(t)
+}
+
+// diskless writes block b through node i's peer (node i is a Diskless
+// Primary), as write does.
+func (s *sim) disklessWrite(i, b int) {
+	o := s.n[s.other(i)]
+	s.wid++
+	o.data[b], o.acked[b] = s.wid, s.wid
+	s.logf("n%d (Diskless) write block %d = %d on the peer", i+1, b, s.wid)
+}
+
+// A Primary detaches, writes through its peer, attaches again and is sync
+// target of its peer while it writes (some blocks before the resync got to
+// them, some after), loses the link mid-resync and resumes: both replicas
+// end equal and UpToDate, the Primary still Primary.
+func TestModelPrimaryTarget(t *testing.T) {
+	s := newSim(t, config.AfterSBDisconnect)
+	a, b := 0, 1
+	s.linkUp()
+	s.settle()
+	s.promote(a, false)
+	s.settle()
+	s.writeBlock(a, 0)
+	s.writeBlock(a, 1)
+	s.logf("n1 detach-disk")
+	if _, err := s.step(a, EvDetachDisk{}); err != nil {
+		t.Fatal(err)
+	}
+	s.settle()
+	s.disklessWrite(a, 1)
+	s.disklessWrite(a, 2)
+	if err := s.attachDisk(a); err != nil {
+		t.Fatal(err)
+	}
+	if !s.n[a].m.PrimaryTarget() {
+		t.Fatalf("not a Primary target after attach-disk: %s", s.n[a].m.stateString())
+	}
+	for len(s.q[0])+len(s.q[1]) > 0 {
+		s.deliver(0)
+		s.deliver(1)
+	}
+	s.writePrimaryTarget(a, 3)
+	s.resyncStep(b)
+	s.writePrimaryTarget(a, 0)
+	s.resyncStep(b)
+	s.logf("cut")
+	s.cut()
+	s.linkUp()
+	s.settle()
+	s.writePrimaryTarget(a, 2)
+	s.settle()
+	if st := s.n[a].m; st.Role() != RolePrimary || st.Disk() != DiskUpToDate || st.PrimaryTarget() {
+		t.Errorf("after the resync: %s", st.stateString())
+	}
+	s.report(t)
+}
+
+// writePrimaryTarget writes block b on node i as write does for a
+// Primary target (or an UpToDate Primary).
+func (s *sim) writePrimaryTarget(i, b int) {
+	n := s.n[i]
+	if !n.m.PrimaryTarget() {
+		s.writeBlock(i, b)
+		return
+	}
+	s.writeBlock(i, b)
+	delete(n.bm, b)
+}
+
+// attachDisk is attach-disk on node i, as the runtime does it: a Primary
+// target's state goes to the peer after the step (once the writes begun
+// before it finished).
+func (s *sim) attachDisk(i int) error {
+	n := s.n[i]
+	s.logf("n%d attach-disk", i+1)
+	n.closed = false
+	if _, err := s.step(i, EvAttachDisk{Meta: n.meta, Dirty: s.count(n)}); err != nil {
+		return err
+	}
+	if n.m.PrimaryTarget() && n.m.Conn() == ConnConnected {
+		n.m.SetDirty(s.count(n))
+		s.send(i, simMsg{ev: EvPeerState{State: n.m.LocalState()}})
+	}
+	return nil
 }

@@ -89,6 +89,13 @@ type Resource struct {
 	// diskClosed: the disk was detached cleanly and is closed (or being
 	// closed): nothing is to be written to its meta-data.
 	diskClosed atomic.Bool
+	// targetPrimary mirrors Machine.PrimaryTarget for the hot path (set
+	// before the attached disk takes I/O); written is the Primary target's
+	// written set (attach.go), nil when none.
+	targetPrimary atomic.Bool
+	written       atomic.Pointer[bitmap.Bitmap]
+	// repEpoch: loop; see repState.epoch.
+	repEpoch uint64
 
 	// Hot path.
 	size     atomic.Int64

@@ -11,6 +11,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/rbd-nbd/rbd-nbd/bitmap"
 	"github.com/rbd-nbd/rbd-nbd/hooks"
 	"github.com/rbd-nbd/rbd-nbd/replicate"
 	"github.com/rbd-nbd/rbd-nbd/resync"
@@ -326,6 +327,11 @@ func (r *Resource) serveResyncData(in *replicate.Incoming) error {
 	case <-t.ctx.Done():
 		return replicate.ErrRemote
 	}
+	if w := r.written.Load(); w != nil {
+		// A Primary target: the blocks its writes made whole since it
+		// attached hold newer data than this chunk.
+		return r.serveResyncDataSkipping(t, w, in)
+	}
 	if _, err := r.data.WriteAt(in.Data, in.Offset); err != nil {
 		return resyncDiskError(r.localError(err))
 	}
@@ -334,6 +340,44 @@ func (r *Resource) serveResyncData(in *replicate.Incoming) error {
 	t.mu.Unlock()
 	t.done.Add(uint64(len(in.Data)))
 	r.resynced.Add(int64(len(in.Data)))
+	return nil
+}
+
+// serveResyncDataSkipping writes a resync chunk on a Primary target (or a
+// target that was one), under the range lock its writes take, except the
+// blocks of the written set.
+func (r *Resource) serveResyncDataSkipping(t *targetState, w *bitmap.Bitmap, in *replicate.Incoming) error {
+	n := int64(len(in.Data))
+	h := r.locks.Lock(in.Offset, n)
+	defer r.locks.Unlock(h)
+	bs := w.BlockSize()
+	var spans []span
+	for o := int64(0); o < n; {
+		l := min(bs-(in.Offset+o)%bs, n-o)
+		if w.Test(in.Offset+o, l) {
+			o += l
+			continue
+		}
+		// A run of blocks not written since the attach.
+		end := o + l
+		for end < n {
+			l2 := min(bs, n-end)
+			if w.Test(in.Offset+end, l2) {
+				break
+			}
+			end += l2
+		}
+		if _, err := r.data.WriteAt(in.Data[o:end], in.Offset+o); err != nil {
+			return resyncDiskError(r.localError(err))
+		}
+		spans = append(spans, span{in.Offset + o, end - o})
+		o = end
+	}
+	t.mu.Lock()
+	t.pending = append(t.pending, spans...)
+	t.mu.Unlock()
+	t.done.Add(uint64(n))
+	r.resynced.Add(n)
 	return nil
 }
 

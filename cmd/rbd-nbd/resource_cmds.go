@@ -273,16 +273,24 @@ back.`,
 func newAttachDiskCmd(g *globalOptions) *cobra.Command {
 	return &cobra.Command{
 		Use:   "attach-disk RESOURCE",
-		Short: "Attach the configured disk again on a running Diskless Secondary; the handshake with the peer decides the resync",
+		Short: "Attach the configured disk again on a running Diskless node; it resyncs from the peer",
 		Long: `Attach the resource's configured disk (and meta-data) again on a running
-Diskless Secondary, connected or not (DRBD's drbdadm attach), after
-detach-disk or a detach after an I/O error: the disk's state comes from its
-meta-data as at up. A connected node reconnects, so that the handshake
+Diskless node (DRBD's drbdadm attach), after detach-disk or a detach after
+an I/O error.
+
+On a Secondary, connected or not, the disk's state comes from its
+meta-data as at up; a connected node reconnects, so that the handshake
 compares generations and decides no resync, a bitmap resync or a full one
 as at any reconnect; the node ends UpToDate after the resync (wait-sync).
+
+On a Primary connected to an UpToDate peer (net.protocol C), the disk
+becomes sync target of everything while the node keeps serving: reads of
+blocks not in sync yet come from the peer, a write first completes the
+blocks it covers partly from the peer. Not connected to an UpToDate peer,
+a Primary must demote first.
+
 A disk without meta-data, of another size or bitmap block, or of another
-resource is refused and the node stays Diskless. A Primary must demote
-first.`,
+resource is refused and the node stays Diskless.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return command(cmd, g, ctlproto.MsgAttachDisk, args[0])
