@@ -1,6 +1,7 @@
 package resource
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"time"
@@ -167,5 +168,40 @@ func TestDisklessPeerDiskFailsSuspends(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("the write still waits after resume-io")
+	}
+}
+
+// Under on-io-error pass-on, a read the Primary's disk fails is served
+// from the connected UpToDate peer, as DRBD retries failed reads remotely:
+// the client gets the data, the disk stays attached. Once the peer is gone
+// the local error reaches the client.
+func TestPassOnReadRetriedOnPeer(t *testing.T) {
+	c := newPair(t, "disk:\n  on-io-error: pass-on\n", "")
+	want := fill(0x5A, 4096)
+	if err := c.a.WriteAt(want, 5<<20, false); err != nil {
+		t.Fatal(err)
+	}
+	injected := errors.New("injected read error (a)")
+	c.da.setRead(func(_ []byte, off int64) error {
+		if off == 5<<20 {
+			return injected
+		}
+		return nil
+	})
+	got := make([]byte, 4096)
+	if err := c.a.ReadAt(got, 5<<20); err != nil {
+		t.Fatalf("a read the local disk failed, with an UpToDate peer: %v", err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatalf("read from the peer: %x.., want %x..", got[:4], want[:4])
+	}
+	if s := c.a.Status(); s.Disk != DiskUpToDate {
+		t.Fatalf("pass-on detached the disk: %+v", s)
+	}
+	c.proxy.setRefuse(true)
+	c.proxy.cut()
+	c.wait(c.a, "a without its peer", func(s Status) bool { return s.Conn != ConnConnected })
+	if err := c.a.ReadAt(got, 5<<20); !errors.Is(err, injected) {
+		t.Fatalf("a read the local disk failed, without a peer: %v; want the local error", err)
 	}
 }

@@ -280,7 +280,7 @@ func (r *Resource) checkWrite(off, n int64) error {
 }
 
 // ReadAt reads from the local disk, or from the peer when the local disk is
-// gone.
+// gone or (on-io-error pass-on) failed this read.
 func (r *Resource) ReadAt(p []byte, off int64) error {
 	err := r.readAt(p, off)
 	r.io.read(len(p), err)
@@ -305,10 +305,31 @@ func (r *Resource) readAt(p []byte, off int64) error {
 			return nil
 		}
 		if !r.localError(err) {
-			return err
+			return r.retryReadOnPeer(p, off, err)
 		}
 	}
 	return r.peerRead(p, off)
+}
+
+// retryReadOnPeer serves a read that the local disk failed under
+// on-io-error pass-on from the peer, once, as DRBD retries a failed read
+// remotely: one bad sector need not reach the client while the peer holds
+// a good copy. The peer serves reads only from an UpToDate disk, and a
+// read on the data stream comes after every write sent before it, so what
+// it returns is current. Without a link, or if the peer fails too, the
+// client gets the local error.
+func (r *Resource) retryReadOnPeer(p []byte, off int64, lerr error) error {
+	st, err := r.enter(context.Background())
+	if err != nil {
+		return lerr
+	}
+	perr := r.peerReadOnce(st, p, off)
+	st.wg.Done()
+	if perr != nil {
+		return lerr
+	}
+	r.log.Warn("local read failed; served from the peer", zap.Int64("offset", off), zap.Int("length", len(p)), zap.Error(lerr))
+	return nil
 }
 
 var _ nbdserver.Extenter = (*Resource)(nil)
@@ -597,6 +618,7 @@ func (r *Resource) writeUnderMode(st *repState, req replicate.Request, do func()
 	off, n := req.Offset, req.Length
 	var op *peerOp
 	var submitErr error // why the link did not take the write
+	var pendID uint64   // tracked in r.peerPending until the peer's Done
 	if st.link != nil {
 		op = r.getOp()
 		op.req = req
@@ -605,10 +627,19 @@ func (r *Resource) writeUnderMode(st *repState, req replicate.Request, do func()
 			// The peer says when it has read the request: B's ack stage.
 			op.req.Flags |= replicate.WantRecvAck
 		}
+		if st.proto != config.ProtocolC {
+			// Acknowledged before the peer completes it (see
+			// peerPending); added before Submit, since Done may come
+			// before Submit returns.
+			pendID = r.peerPending.add(off, n)
+		}
 		if err := st.link.Submit(&op.req); err != nil {
 			r.putOp(op)
 			op = nil
 			submitErr = err
+			if pendID != 0 {
+				r.peerPending.remove(pendID)
+			}
 		}
 	}
 	// Read once: a disk that fails meanwhile (another request) must not
@@ -665,6 +696,9 @@ func (r *Resource) writeUnderMode(st *repState, req replicate.Request, do func()
 			r.peerFailed(off, n, perr)
 		} else {
 			r.epochs.add(off, n)
+		}
+		if pendID != 0 {
+			r.peerPending.remove(pendID)
 		}
 		r.putOp(op)
 		st.wg.Done()

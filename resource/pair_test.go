@@ -30,6 +30,7 @@ type relay struct {
 	mu     sync.Mutex
 	conns  map[net.Conn]struct{}
 	stallC chan struct{} // non-nil: forwarding is stalled until the next cut
+	holdC  chan struct{} // non-nil: forwarding waits until release closes it
 	refuse bool          // close new connections at once
 	held   int           // bytes held by stalls
 	wg     sync.WaitGroup
@@ -88,7 +89,11 @@ func (p *relay) pipe(dst, src net.Conn) {
 				// them: they are never forwarded, so keep reading.
 				p.held += n
 			}
+			hold := p.holdC
 			p.mu.Unlock()
+			if hold != nil {
+				<-hold // in order: this pipe reads nothing more meanwhile
+			}
 			if !stalled {
 				if _, werr := dst.Write(buf[:n]); werr != nil {
 					break
@@ -122,6 +127,25 @@ func (p *relay) stall() {
 	p.mu.Unlock()
 }
 
+// hold delays every byte from now on (both directions), in order, until
+// release: unlike stall, nothing is lost. A hold must end (release or cut)
+// before the link's ping timeout.
+func (p *relay) hold() {
+	p.mu.Lock()
+	p.holdC = make(chan struct{})
+	p.mu.Unlock()
+}
+
+// release forwards what hold delayed and relays normally again.
+func (p *relay) release() {
+	p.mu.Lock()
+	if p.holdC != nil {
+		close(p.holdC)
+		p.holdC = nil
+	}
+	p.mu.Unlock()
+}
+
 // cut resets every relayed connection, dropping held bytes, and relays new
 // connections normally again.
 func (p *relay) cut() {
@@ -133,6 +157,10 @@ func (p *relay) cut() {
 		c.Close()
 	}
 	p.conns = map[net.Conn]struct{}{}
+	if p.holdC != nil {
+		close(p.holdC)
+		p.holdC = nil
+	}
 	if p.stallC != nil {
 		close(p.stallC)
 		p.stallC = nil

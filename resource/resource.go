@@ -106,18 +106,21 @@ type Resource struct {
 	// detached fires once the loop has processed the local disk's detach
 	// (and published the state it leads to); an attach-disk installs a
 	// new one.
-	detached   atomic.Pointer[signal]
-	inflight   atomic.Int64
-	io         ioCounters
-	links      linkCounters
-	locks      rangelock.Locker
-	repMu      sync.RWMutex
-	rep        *repState
-	ops        sync.Pool
-	epochs     *epochs
-	engine     atomic.Pointer[resync.Engine]
-	verify     atomic.Pointer[verifyState]
-	lastVerify atomic.Pointer[verifyState] // the last verify that ended
+	detached atomic.Pointer[signal]
+	inflight atomic.Int64
+	io       ioCounters
+	links    linkCounters
+	locks    rangelock.Locker
+	// peerPending: writes acknowledged before the peer completed them
+	// (protocols A and B); verify waits for them.
+	peerPending peerPending
+	repMu       sync.RWMutex
+	rep         *repState
+	ops         sync.Pool
+	epochs      *epochs
+	engine      atomic.Pointer[resync.Engine]
+	verify      atomic.Pointer[verifyState]
+	lastVerify  atomic.Pointer[verifyState] // the last verify that ended
 
 	// Loop.
 	m       *Machine

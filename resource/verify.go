@@ -22,7 +22,9 @@ import (
 // marked out of sync. Verify never changes data: the blocks it marks are
 // resynced by a later `invalidate-remote --reset-bitmap=false`, or at the
 // next reconnect. Each chunk holds its range in the range lock while the
-// two digests are taken, so an application write cannot fall between them.
+// two digests are taken, so an application write cannot fall between them,
+// and first waits for the writes of that range that protocol A or B
+// acknowledged before the peer completed them (peerPending).
 
 // verifyChunk is the range one pair of digests covers, at least one
 // bitmap block.
@@ -160,6 +162,9 @@ func (r *Resource) runVerify(ctx context.Context, v *verifyState, link *replicat
 func (r *Resource) verifyChunk(link *replicate.Link, digest resync.DigestFunc, alg string, v *verifyState, off, n int64) error {
 	h := r.locks.Lock(off, n)
 	defer r.locks.Unlock(h)
+	// Writes acknowledged under protocol A or B may not have reached the
+	// peer's disk yet; the digest request could overtake them.
+	r.peerPending.wait(off, n)
 	buf := make([]byte, n)
 	if _, err := r.data.ReadAt(buf, off); err != nil {
 		r.localError(err) // a failing disk, whoever reads it
