@@ -245,6 +245,9 @@ func (r *Resource) AttachDisk(ctx context.Context) error {
 		if err := r.m.CheckAttachDisk(Meta{}); err != nil {
 			return err
 		}
+		if err := r.checkPrimaryTargetProtocol(); err != nil {
+			return err
+		}
 		closing, blockSize = r.diskClosing, r.bmap().BlockSize()
 		return nil
 	})
@@ -293,10 +296,8 @@ func (r *Resource) AttachDisk(ctx context.Context) error {
 			r.data.close()
 			closeStorage(old, false, r.log)
 		}
-		if r.m.Role() == RolePrimary && r.cfg().Net.Protocol != config.ProtocolC {
-			// Its writes read blocks back from the peer: an earlier
-			// write must have landed there (protocol C) first.
-			return &StateError{Err: fmt.Errorf("attach-disk on a Primary needs net.protocol C (this resource uses %s): demote first", r.cfg().Net.Protocol), State: r.m.stateString()}
+		if err := r.checkPrimaryTargetProtocol(); err != nil {
+			return err
 		}
 		r.diskClosing = nil
 		r.install(st)
@@ -327,6 +328,16 @@ func (r *Resource) AttachDisk(ctx context.Context) error {
 		closeStorage(st, true, r.log)
 	}
 	return err
+}
+
+// checkPrimaryTargetProtocol refuses attach-disk on a Primary without
+// net.protocol C: a Primary target's writes read blocks back from the
+// peer, where every earlier write must have landed (loop).
+func (r *Resource) checkPrimaryTargetProtocol() error {
+	if p := r.cfg().Net.Protocol; r.m.Role() == RolePrimary && p != config.ProtocolC {
+		return &StateError{Err: fmt.Errorf("attach-disk on a Primary needs net.protocol C (this resource uses %s): demote first", p), State: r.m.stateString()}
+	}
+	return nil
 }
 
 // signal is a one-shot broadcast.

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -396,5 +397,23 @@ func TestAttachDiskPrimaryWritesAcrossTheAttach(t *testing.T) {
 	copy(want[256:], fill(0x72, 1024))
 	if a, b := c.localData(off, 4096), c.peerData(off, 4096); !bytes.Equal(a, want) || !bytes.Equal(b, want) {
 		t.Fatalf("the block written across the attach: a %x.., b %x..", a[:8], b[:8])
+	}
+}
+
+// attach-disk on a Primary needs protocol C; the disk is left as it was.
+func TestAttachDiskPrimaryNeedsProtocolC(t *testing.T) {
+	c := newPair(t, "  protocol: A\n", "")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := c.a.DetachDisk(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	err := c.a.AttachDisk(ctx)
+	var se *StateError
+	if !errors.As(err, &se) || !strings.Contains(err.Error(), "protocol C") {
+		t.Fatalf("attach-disk on a Primary under protocol A: %v", err)
+	}
+	if st := c.a.Status(); st.Disk != DiskDiskless || st.Role != RolePrimary {
+		t.Fatalf("after the refusal: %+v", st)
 	}
 }
