@@ -661,6 +661,25 @@ func (a *ActivityLog) Err() error {
 	return a.err
 }
 
+// CloseWait is Close once the writes in flight have released their
+// references and a running transaction has ended: the caller keeps new
+// writes away first. When ctx ends before, it closes nothing and returns
+// ctx's error.
+func (a *ActivityLog) CloseWait(ctx context.Context) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for a.inflight > 0 || a.inCommit {
+		if err := a.wait(ctx); err != nil {
+			return fmt.Errorf("%w: %d writes: %w", ErrBusy, a.inflight, err)
+		}
+	}
+	a.closed = true
+	if a.waiters > 0 {
+		a.broadcast()
+	}
+	return a.err
+}
+
 // Close stops the activity log: later Begin calls fail with ErrClosed. It
 // fails with ErrBusy, and closes nothing, while writes are in flight or a
 // transaction is being written. Close does not flush the bitmap; the owner

@@ -375,6 +375,41 @@ func TestCloseAndBadRanges(t *testing.T) {
 	}
 }
 
+// CloseWait waits for the writes in flight instead of failing; a context
+// that ends first leaves the log open.
+func TestCloseWait(t *testing.T) {
+	a, _, _, _ := newTestAL(t, 2)
+	done, err := a.Begin(context.Background(), 0, 4096)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := a.CloseWait(ctx); !errors.Is(err, ErrBusy) || !errors.Is(err, context.Canceled) {
+		t.Fatalf("CloseWait with a write in flight and an ended context: %v", err)
+	}
+	closed := make(chan error, 1)
+	go func() { closed <- a.CloseWait(context.Background()) }()
+	waitFor(t, "CloseWait to wait", func() bool { return a.nwaiters() == 1 })
+	select {
+	case err := <-closed:
+		t.Fatalf("CloseWait returned %v with a write in flight", err)
+	default:
+	}
+	done()
+	select {
+	case err := <-closed:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("CloseWait did not return once the write was done")
+	}
+	if _, err := a.Begin(context.Background(), 0, 4096); !errors.Is(err, ErrClosed) {
+		t.Fatalf("after CloseWait: err = %v, want ErrClosed", err)
+	}
+}
+
 func TestNewActivityLogRejectsBadTable(t *testing.T) {
 	bm, _ := New(4*ExtentSize, 4096, nil, nil)
 	j := newFakeJournal(2)

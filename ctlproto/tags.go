@@ -32,6 +32,8 @@ const (
 	MsgOutdate          MsgType = 22
 	MsgSuspendIO        MsgType = 23
 	MsgResumeIO         MsgType = 24
+	MsgDetachDisk       MsgType = 25
+	MsgAttachDisk       MsgType = 26
 )
 
 // The tags. Numbers are wire format and append-only; see defaultTags for
@@ -251,7 +253,7 @@ func defaultTags() []Tag {
 		{Num: TagVersion, Name: "version", Type: TypeString, Since: v1, Doc: "Software version of the sender (hello)."},
 		{Num: TagProtoMajor, Name: "proto-major", Type: TypeU8, Since: v1, Doc: "Protocol major version of the daemon (hello reply)."},
 		{Num: TagProtoMinor, Name: "proto-minor", Type: TypeU8, Since: v1, Doc: "Protocol minor version of the daemon (hello reply)."},
-		{Num: TagForce, Name: "force", Type: TypeFlag, Mandatory: true, Flag: "force", Since: v1, Doc: "primary: become primary even without an up-to-date disk."},
+		{Num: TagForce, Name: "force", Type: TypeFlag, Mandatory: true, Flag: "force", Since: v1, Doc: "primary: become primary even without an up-to-date disk; detach-disk (1.7): detach a Primary's disk even without an UpToDate peer."},
 		{Num: TagDiscardMyData, Name: "discard-my-data", Type: TypeFlag, Mandatory: true, Flag: "discard-my-data", Since: v1, Doc: "connect: resolve a split brain by discarding this node's changes."},
 		{Num: TagClearBitmap, Name: "clear-bitmap", Type: TypeFlag, Mandatory: true, Flag: "clear-bitmap", Since: v1, Doc: "new-current-uuid: also clear the bitmap (skip the initial sync)."},
 		{Num: TagResetBitmap, Name: "reset-bitmap", Type: TypeFlag, Mandatory: true, Flag: "reset-bitmap", Since: v1, Doc: "invalidate-remote: mark the whole device out of sync first."},
@@ -379,7 +381,7 @@ func defaultTags() []Tag {
 
 // defaultMsgs declares every message type. Append only.
 func defaultMsgs() []MsgDef {
-	const v1, v1_2, v1_3 = "1.0", "1.2", "1.3"
+	const v1, v1_2, v1_3, v1_7 = "1.0", "1.2", "1.3", "1.7"
 	cfg := []uint16{TagResName, TagResource, TagPeer, TagNet, TagDisk, TagResync, TagHandlers}
 	name := []uint16{TagResName}
 	with := func(s []uint16, tags ...uint16) []uint16 { return append(append([]uint16(nil), s...), tags...) }
@@ -411,6 +413,8 @@ func defaultMsgs() []MsgDef {
 		{Type: MsgOutdate, Name: "outdate", Request: true, Access: AccessAdmin, Accepts: name, Since: v1_2, Doc: "Mark the local disk Outdated (a Secondary not connected to its peer)."},
 		{Type: MsgSuspendIO, Name: "suspend-io", Request: true, Access: AccessAdmin, Accepts: name, Since: v1_3, Doc: "Suspend application I/O; the reply comes once the I/O that was running finished."},
 		{Type: MsgResumeIO, Name: "resume-io", Request: true, Access: AccessAdmin, Accepts: name, Since: v1_3, Doc: "Resume application I/O, whatever suspended it."},
+		{Type: MsgDetachDisk, Name: "detach-disk", Request: true, Access: AccessAdmin, Accepts: with(name, TagForce), Since: v1_7, Doc: "Detach the local disk cleanly while the resource stays up (Diskless: I/O goes to the peer); with force also on a Primary without an UpToDate peer. The reply comes once the disk is closed."},
+		{Type: MsgAttachDisk, Name: "attach-disk", Request: true, Access: AccessAdmin, Accepts: name, Since: v1_7, Doc: "Attach the configured disk again on a running Diskless node: a Secondary reconnects and the handshake decides the resync; a Primary connected to an UpToDate peer becomes its sync target while it serves."},
 	}
 }
 

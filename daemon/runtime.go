@@ -104,10 +104,13 @@ const (
 	CmdOutdate
 	CmdSuspendIO
 	CmdResumeIO
+	CmdDetachDisk
+	CmdAttachDisk
 )
 
 var commandNames = [...]string{"", "primary", "secondary", "connect", "disconnect", "new-current-uuid",
-	"verify", "invalidate", "invalidate-remote", "pause-sync", "resume-sync", "outdate", "suspend-io", "resume-io"}
+	"verify", "invalidate", "invalidate-remote", "pause-sync", "resume-sync", "outdate", "suspend-io", "resume-io",
+	"detach-disk", "attach-disk"}
 
 func (c Command) String() string {
 	if c > 0 && int(c) < len(commandNames) {
@@ -145,13 +148,18 @@ func commandOf(t ctlproto.MsgType) (Command, bool) {
 		return CmdSuspendIO, true
 	case ctlproto.MsgResumeIO:
 		return CmdResumeIO, true
+	case ctlproto.MsgDetachDisk:
+		return CmdDetachDisk, true
+	case ctlproto.MsgAttachDisk:
+		return CmdAttachDisk, true
 	}
 	return 0, false
 }
 
 // Args are a command's arguments; each command reads only its own.
 type Args struct {
-	// Force: primary without an up-to-date disk.
+	// Force: primary without an up-to-date disk; detach-disk on a Primary
+	// without an UpToDate peer.
 	Force bool
 	// DiscardMyData: connect, resolving a split brain against this node.
 	DiscardMyData bool

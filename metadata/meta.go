@@ -1,6 +1,7 @@
 package metadata
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/binary"
 	"errors"
@@ -398,14 +399,24 @@ func (m *Meta) Flush() error { return m.bm.Flush() }
 // bitmap and sets al-clean. After an error the meta-data stays unclean, so
 // the next Open recovers as after a crash. Close does not close the Store;
 // a second Close does nothing.
-func (m *Meta) Close() error {
+func (m *Meta) Close() error { return m.close(m.al.Close) }
+
+// CloseWait is Close once the writes in flight have left the activity log
+// (bitmap.ActivityLog.CloseWait), or until ctx ends: for a disk detached
+// while writes may still hold their activity-log references. The caller
+// keeps new writes away first.
+func (m *Meta) CloseWait(ctx context.Context) error {
+	return m.close(func() error { return m.al.CloseWait(ctx) })
+}
+
+func (m *Meta) close(closeAL func() error) error {
 	m.mu.Lock()
 	closed := m.closed
 	m.mu.Unlock()
 	if closed {
 		return nil
 	}
-	if err := m.al.Close(); err != nil {
+	if err := closeAL(); err != nil {
 		return fmt.Errorf("metadata: close: %w", err)
 	}
 	if err := m.bm.Flush(); err != nil {

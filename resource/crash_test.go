@@ -137,7 +137,7 @@ func TestEvictionSyncsExternalData(t *testing.T) {
 	if err := c.a.WriteAt(fill(0xBB, 4096), yOff, false); err != nil { // evicts extent 0
 		t.Fatal(err)
 	}
-	if ext := c.a.al.Extents(); len(ext) != 1 || ext[0] != 1 {
+	if ext := c.a.alog().Extents(); len(ext) != 1 || ext[0] != 1 {
 		t.Fatalf("A's AL: %v", ext)
 	}
 	if len(synced) == 0 {

@@ -84,10 +84,14 @@ func Decide(local, peer NodeState) Decision {
 		return Decision{Kind: SyncUnrelated, SplitBrain: d.SplitBrain,
 			Reason: fmt.Sprintf("node %d would be sync source, but its disk is inconsistent (an interrupted resync): primary --force on the node whose data is to be kept", src)}
 	}
-	if d.Kind.IsTarget() && local.Role == RolePrimary {
+	// A Primary becomes sync target only to resume the resync of a disk it
+	// attached while Primary (attach-disk): its disk is inconsistent, and
+	// it already reads what is out of sync from the peer. (Forced
+	// promotion makes a disk consistent, so no other Primary's is not.)
+	if d.Kind.IsTarget() && local.Role == RolePrimary && local.Consistent {
 		return Decision{Kind: SyncSplitBrain, SplitBrain: d.SplitBrain, Reason: "the Primary would become sync target; demote it or discard the peer's data"}
 	}
-	if d.Kind.IsSource() && peer.Role == RolePrimary {
+	if d.Kind.IsSource() && peer.Role == RolePrimary && peer.Consistent {
 		return Decision{Kind: SyncSplitBrain, SplitBrain: d.SplitBrain, Reason: "the peer is Primary and would become sync target; demote it or discard this node's data"}
 	}
 	return d

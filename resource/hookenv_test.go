@@ -76,7 +76,7 @@ func TestVerifyOutOfSyncEnvRange(t *testing.T) {
 	c.wait(c.a, "verify done", func(s Status) bool { return s.Conn == ConnConnected })
 	envs := waitHookEnv(t, hd, "out-of-sync", 1)
 	e := envs[0]
-	bs := c.a.bm.BlockSize()
+	bs := c.a.bmap().BlockSize()
 	t.Logf("bytes=%s offset=%s length=%s (block size %d)", e["RBD_NBD_OUT_OF_SYNC_BYTES"], e["RBD_NBD_OUT_OF_SYNC_OFFSET"], e["RBD_NBD_OUT_OF_SYNC_LENGTH"], bs)
 	wantOff := int64(off) - int64(off)%bs
 	if e["RBD_NBD_OUT_OF_SYNC_OFFSET"] != fmt.Sprint(wantOff) || e["RBD_NBD_OUT_OF_SYNC_LENGTH"] != fmt.Sprint(bs) {
@@ -214,7 +214,7 @@ func TestVerifyStatus(t *testing.T) {
 		t.Fatal(err)
 	}
 	s := c.wait(c.a, "verify done", func(s Status) bool { return s.Verify != VerifyRunning })
-	if bs := uint64(c.a.bm.BlockSize()); s.Verify != VerifyDone || s.VerifyFound != bs {
+	if bs := uint64(c.a.bmap().BlockSize()); s.Verify != VerifyDone || s.VerifyFound != bs {
 		t.Fatalf("finished verify: %v, found %d; want Done, %d", s.Verify, s.VerifyFound, bs)
 	}
 

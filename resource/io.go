@@ -58,6 +58,10 @@ type repState struct {
 	quiet chan struct{}
 	// wg counts the I/O that started under this state.
 	wg sync.WaitGroup
+	// epoch is the loop's repEpoch when the state was made: a new epoch
+	// makes a new state even when nothing else changed, so that the I/O
+	// begun before can be waited for (attach-disk on a Primary).
+	epoch uint64
 }
 
 // closedChan is a closed channel: the first state has no earlier I/O.
@@ -126,11 +130,21 @@ func (r *Resource) retryNoData(st *repState, perr error) bool {
 	}
 	// The disk failed (the caller saw diskFailed): wait until the loop
 	// has processed that, and the suspension it may call for is in place.
-	select {
-	case <-r.detached:
-	case <-r.loopCtx.Done():
-		return false
+	sig := r.detached.Load()
+	switch {
+	case r.diskFailed.Load():
+		select {
+		case <-sig.ch:
+		case <-r.loopCtx.Done():
+			return false
+		}
+	case !r.targetPrimary.Load():
+		// Attached again meanwhile (attach-disk installs sig after it
+		// clears diskFailed): the disk takes the retry.
+		return true
 	}
+	// (A Primary target's reads of blocks not in sync yet need the peer
+	// as a Diskless node's do.)
 	if st.link != nil {
 		// The link went, or the peer's disk was detached (its Diskless
 		// state, on its way, takes the link out of the state too).
@@ -282,6 +296,10 @@ func (r *Resource) readAt(p []byte, off int64) error {
 		}
 	}
 	if !r.diskFailed.Load() {
+		if r.targetPrimary.Load() && r.bmap().Test(off, int64(len(p))) {
+			// A Primary target's block not in sync yet: the peer's.
+			return r.peerRead(p, off)
+		}
 		_, err := r.data.ReadAt(p, off)
 		if err == nil {
 			return nil
@@ -322,11 +340,10 @@ var _ nbdserver.Extenter = (*Resource)(nil)
 // peer's holes may differ from ours, and a map is never worth failing a
 // client for.
 func (r *Resource) Extents(off, length int64, max int) ([]disk.Extent, error) {
-	e, ok := r.data.(disk.Extenter)
-	if !ok || r.diskFailed.Load() {
+	if r.diskFailed.Load() || r.targetPrimary.Load() {
 		return nil, nbdserver.ErrNotSupported
 	}
-	es, err := e.Extents(off, length, max)
+	es, err := r.data.Extents(off, length, max)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", nbdserver.ErrNotSupported, err)
 	}
@@ -370,6 +387,12 @@ func (r *Resource) peerReadOnce(st *repState, p []byte, off int64) error {
 // localError applies the on-io-error policy to a failed local I/O. It
 // reports whether the caller should carry on without the local disk.
 func (r *Resource) localError(err error) bool {
+	if r.diskFailed.Load() {
+		// The disk is detached already (detach-disk closed it under
+		// this request, or another request's error detached it): the
+		// request carries on without it, whatever the policy.
+		return true
+	}
 	if r.cfg().Disk.OnIOError == config.OnIOErrorPassOn {
 		r.log.Warn("local disk error passed on", zap.Error(err))
 		return false
@@ -411,7 +434,7 @@ func (r *Resource) WriteAt(p []byte, off int64, fua bool) error {
 // is no disk failure.
 func (r *Resource) split(off, n int64, fn func(off, n int64) error) error {
 	first, last := off>>bitmap.ExtentShift, (off+n-1)>>bitmap.ExtentShift
-	if n <= 0 || first == last || last-first < int64(r.al.Slots()) {
+	if n <= 0 || first == last || last-first < int64(r.alog().Slots()) {
 		return fn(off, n)
 	}
 	for end := off + n; off < end; {
@@ -476,6 +499,11 @@ func (r *Resource) Zero(off, length int64, noHole, fastZero, fua bool) error {
 func (r *Resource) write(req replicate.Request, do func() error) error {
 	start := time.Now()
 	ran, err := r.writeReq(req, do)
+	for errors.Is(err, errRestart) {
+		// The disk was attached as a Primary target while the write
+		// began without it: again, as a Primary target's write.
+		ran, err = r.writeReq(req, do)
+	}
 	d := time.Since(start)
 	if ran {
 		// Writes that reached the disks pace the resync (latency target).
@@ -498,19 +526,27 @@ func (r *Resource) writeReq(req replicate.Request, do func() error) (ran bool, e
 	// 1. Activity log (only with a local disk: without one, a crash of
 	// this node leaves nothing here to resync).
 	alDone := func() {}
+	alTaken := false
 	if !r.diskFailed.Load() {
-		d, err := r.al.Begin(context.Background(), off, n)
+		d, err := r.alog().Begin(context.Background(), off, n)
 		switch {
 		case err == nil:
-			alDone = d
+			alDone, alTaken = d, true
 		case !r.localError(err):
 			// The meta-data lives on the local disk too: an activity-log
 			// write that fails is the local disk failing.
 			return false, fmt.Errorf("activity log: %w", err)
 		}
 	}
-	// 2. Order against overlapping writes and resync chunks.
-	h := r.locks.Lock(off, n)
+	// 2. Order against overlapping writes and resync chunks. A Primary
+	// target orders whole blocks: it makes them whole first (writeUnder).
+	target := r.targetPrimary.Load() && !r.diskFailed.Load()
+	lockOff, lockN := off, n
+	if target {
+		start, end := r.primaryTargetBlocks(off, n)
+		lockOff, lockN = start, end-start
+	}
+	h := r.locks.Lock(lockOff, lockN)
 	defer r.locks.Unlock(h)
 
 	// 3. Replicate or record. A Diskless node comes back here when no
@@ -521,20 +557,64 @@ func (r *Resource) writeReq(req replicate.Request, do func() error) (ran bool, e
 			alDone()
 			return ran, err
 		}
-		retry, ran2, err := r.writeUnder(st, req, do, alDone)
+		retry, ran2, asTarget, err := r.writeUnder(st, req, do, alDone, alTaken, target)
 		ran = ran || ran2
 		if !retry {
+			if asTarget && err == nil {
+				r.resyncWritten(off, n)
+			}
 			return ran, err
 		}
 		// The AL reference is released; a Diskless node needs none.
-		alDone = func() {}
+		alDone, alTaken = func() {}, false
 	}
 }
+
+// errRestart sends a write back to its start (writeReq): it began on a
+// Diskless node whose disk was attached as a Primary target meanwhile, and
+// lacks the activity-log reference or the lock over whole blocks that a
+// write to that disk takes.
+var errRestart = errors.New("write restarted on the attached disk")
 
 // writeUnder does steps 3 to 5 of a write under st, which it releases.
 // It reports retry when the write reached no copy and retryNoData says to
 // try again; alDone has been called then.
-func (r *Resource) writeUnder(st *repState, req replicate.Request, do func() error, alDone func()) (retry, ran bool, err error) {
+//
+// A Primary target's write (asTarget) first completes from the peer the
+// blocks it covers partly; the mode is read here, under st: the attach of
+// a Primary target waits for the writes of the states before it to finish
+// before it lets the peer start the resync. A write prepared (alTaken,
+// prepared: its lock over whole blocks) for less than the mode it finds
+// starts over (errRestart).
+func (r *Resource) writeUnder(st *repState, req replicate.Request, do func() error, alDone func(), alTaken, prepared bool) (retry, ran, asTarget bool, err error) {
+	off, n := req.Offset, req.Length
+	attached := !r.diskFailed.Load()
+	asTarget = attached && r.targetPrimary.Load()
+	if (attached && !alTaken) || (asTarget && !prepared) {
+		st.wg.Done()
+		alDone()
+		return false, false, false, errRestart
+	}
+	if asTarget {
+		if st.link == nil {
+			// A Primary target alone: its disk is not the data yet,
+			// and a write there alone would be undone by the resync.
+			st.wg.Done()
+			alDone()
+			return false, false, false, r.errNoData()
+		}
+		if err := r.makeWhole(st, off, n); err != nil {
+			st.wg.Done()
+			alDone()
+			return false, false, false, err
+		}
+	}
+	retry, ran, err = r.writeUnderMode(st, req, do, alDone)
+	return retry, ran, asTarget, err
+}
+
+// writeUnderMode is writeUnder once the mode is settled.
+func (r *Resource) writeUnderMode(st *repState, req replicate.Request, do func() error, alDone func()) (retry, ran bool, err error) {
 	off, n := req.Offset, req.Length
 	var op *peerOp
 	var submitErr error // why the link did not take the write
@@ -574,7 +654,7 @@ func (r *Resource) writeUnder(st *repState, req replicate.Request, do func() err
 			}
 			return false, false, r.errNoData()
 		}
-		r.bm.Set(off, n)
+		r.bmap().Set(off, n)
 	}
 
 	// 4. Local half, concurrently with the peer's.
@@ -631,6 +711,11 @@ func (r *Resource) writeUnder(st *repState, req replicate.Request, do func() err
 			lerr = err
 		}
 	}
+	if lerr == nil && perr != nil && r.targetPrimary.Load() && !r.diskFailed.Load() {
+		// The peer holds a Primary target's data: a write it did not
+		// take did not happen (the resync would undo the local half).
+		lerr = fmt.Errorf("resource %s: the peer failed the write of a Primary whose disk resyncs: %w", r.cfg().Name, perr)
+	}
 	if lerr == nil && r.diskFailed.Load() && perr != nil {
 		// Neither copy took it.
 		if r.retryNoData(st, perr) {
@@ -661,7 +746,7 @@ func (r *Resource) markOutOfSync(off, n int64) {
 		// must not clear the bits set here.
 		e.Dirtied(off, n)
 	}
-	r.bm.Set(off, n)
+	r.bmap().Set(off, n)
 }
 
 func (r *Resource) observeLatency(d time.Duration) {
@@ -723,6 +808,12 @@ func (r *Resource) flushUnder(st *repState) (retry bool, err error) {
 		}
 	}
 	st.wg.Done()
+	if r.targetPrimary.Load() && !r.diskFailed.Load() && (st.link == nil || perr != nil) {
+		if perr == nil {
+			perr = r.errNoData()
+		}
+		return false, perr
+	}
 	if r.diskFailed.Load() && (st.link == nil || perr != nil) {
 		if r.retryNoData(st, perr) {
 			return true, nil

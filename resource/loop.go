@@ -60,7 +60,7 @@ func (r *Resource) step(ev Event) {
 // stepAdmin feeds the machine an event and carries out its actions; a
 // refused administrative request returns the machine's error.
 func (r *Resource) stepAdmin(ev Event) ([]Action, error) {
-	r.m.SetDirty(r.bm.Count())
+	r.m.SetDirty(r.bmap().Count())
 	acts, err := r.m.Step(ev)
 	if err != nil {
 		return nil, err
@@ -100,10 +100,10 @@ func (r *Resource) publish() {
 	}
 	handshake := link == nil && r.m.Conn() == ConnHandshake
 	suspended := r.m.Suspended() != 0
-	if cur.link == link && cur.handshake == handshake && cur.suspended == suspended && cur.proto == proto {
+	if cur.link == link && cur.handshake == handshake && cur.suspended == suspended && cur.proto == proto && cur.epoch == r.repEpoch {
 		return
 	}
-	next := &repState{link: link, proto: proto, handshake: handshake, suspended: suspended, quiet: make(chan struct{})}
+	next := &repState{link: link, proto: proto, handshake: handshake, suspended: suspended, quiet: make(chan struct{}), epoch: r.repEpoch}
 	if handshake || suspended {
 		next.gate = make(chan struct{})
 	}
@@ -132,9 +132,9 @@ func (r *Resource) publish() {
 		// state before.)
 		<-cur.quiet
 		cur.wg.Wait()
-		r.epochs.drainInto(r.bm)
+		r.epochs.drainInto(r.bmap())
 		r.flushBitmap()
-		r.m.SetDirty(r.bm.Count())
+		r.m.SetDirty(r.bmap().Count())
 	}
 	lostLink := cur.link != nil && link == nil
 	go func() {
@@ -143,7 +143,7 @@ func (r *Resource) publish() {
 		<-cur.quiet
 		cur.wg.Wait()
 		if lostLink {
-			r.epochs.drainInto(r.bm)
+			r.epochs.drainInto(r.bmap())
 			// On disk now: their extents may have left the activity
 			// log, and a crash would not resync them otherwise.
 			r.flushBitmap()
@@ -181,6 +181,11 @@ func (r *Resource) publishStatus() {
 		Suspended:  r.m.Suspended(),
 	}
 	st.CurrentUUID = r.m.Meta().UUIDs.Current
+	r.targetPrimary.Store(r.m.PrimaryTarget())
+	if st.Disk == DiskUpToDate || st.Disk == DiskDiskless {
+		// The Primary target's resync is over, or its disk gone.
+		r.written.Store(nil)
+	}
 	r.writable.Store(st.Role == RolePrimary)
 	r.status.Store(st)
 	if st.Role == RolePrimary {
@@ -212,6 +217,11 @@ func (r *Resource) hookEvent(ev hooks.Event) {
 func (r *Resource) exec(a Action) {
 	switch a := a.(type) {
 	case ActPersist:
+		if r.meta == nil {
+			// The disk was detached cleanly: its meta-data is closed,
+			// and an attach reads the state from it again.
+			return
+		}
 		if err := r.meta.Update(func(sb *metadata.Superblock) { toSB(a.Meta, sb) }); err != nil {
 			r.log.Error("writing the meta-data", zap.Error(err))
 			if !r.diskFailed.Load() {
@@ -231,10 +241,10 @@ func (r *Resource) exec(a Action) {
 		r.sendBitmap()
 		r.maybeBitmapsExchanged()
 	case ActSetAllBits:
-		r.bm.SetAll()
+		r.bmap().SetAll()
 		r.flushBitmap()
 	case ActClearAllBits:
-		r.bm.ClearAll()
+		r.bmap().ClearAll()
 		r.flushBitmap()
 	case ActStartResync:
 		r.startSync(a.Source, a.Full)
@@ -248,8 +258,13 @@ func (r *Resource) exec(a Action) {
 		r.sendControl(&replicate.NewUUID{Current: a.Current, ClearBitmap: true})
 	case ActDetachDisk:
 		r.diskFailed.Store(true)
-		r.detachOnce.Do(func() { close(r.detached) })
-		r.log.Warn("local disk detached: I/O goes to the peer")
+		r.detached.Load().fire()
+		if a.Clean {
+			r.log.Info("local disk detached (detach-disk): I/O goes to the peer")
+			r.closeDetached()
+		} else {
+			r.log.Warn("local disk detached: I/O goes to the peer")
+		}
 	case ActRunHook:
 		r.runHook(hooks.Name(a.Name))
 	case ActFencePeer:
@@ -271,7 +286,10 @@ func (r *Resource) exec(a Action) {
 }
 
 func (r *Resource) flushBitmap() {
-	if err := r.bm.Flush(); err != nil {
+	if r.diskClosed.Load() {
+		return // detach-disk flushed it and closed the meta-data
+	}
+	if err := r.bmap().Flush(); err != nil {
 		r.log.Error("writing the bitmap", zap.Error(err))
 	}
 }

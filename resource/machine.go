@@ -67,6 +67,19 @@ type (
 	}
 	// EvDetach: the disk went away (on-io-error detach, or down).
 	EvDetach struct{}
+	// EvDetachDisk: the administrator asked to detach the local disk
+	// while the resource stays up (detach-disk). The runtime then closes
+	// it cleanly (ActDetachDisk.Clean). Force allows it on a Primary that
+	// is not connected to an UpToDate peer, whose data is then out of
+	// reach.
+	EvDetachDisk struct{ Force bool }
+	// EvAttachDisk: the administrator attached the disk again on a running
+	// Diskless node (attach-disk); the runtime read its meta-data, which
+	// CheckAttachDisk accepted.
+	EvAttachDisk struct {
+		Meta  Meta
+		Dirty uint64
+	}
 	// EvConnect: the administrator asked to connect.
 	EvConnect struct{ DiscardMyData bool }
 	// EvDisconnect: the administrator asked to disconnect.
@@ -135,6 +148,8 @@ type (
 
 func (EvAttach) isEvent()             {}
 func (EvDetach) isEvent()             {}
+func (EvDetachDisk) isEvent()         {}
+func (EvAttachDisk) isEvent()         {}
 func (EvConnect) isEvent()            {}
 func (EvDisconnect) isEvent()         {}
 func (EvLinkUp) isEvent()             {}
@@ -194,8 +209,11 @@ type (
 	// ActSendNewUUID: tell the peer to adopt a new generation with a
 	// cleared bitmap.
 	ActSendNewUUID struct{ Current uint64 }
-	// ActDetachDisk: stop using the local disk.
-	ActDetachDisk struct{}
+	// ActDetachDisk: stop using the local disk. Clean (detach-disk): the
+	// I/O running on it finishes first, then the bitmap and the activity
+	// log are flushed and the meta-data closed cleanly, for a later
+	// attach-disk or up; else the disk failed and is left as it is.
+	ActDetachDisk struct{ Clean bool }
 	// ActRunHook: run a user-space handler.
 	ActRunHook struct{ Name string }
 	// ActFencePeer: run the fence-peer handler; its end comes back as
@@ -241,6 +259,10 @@ var (
 	ErrConnected        = errors.New("connected to the peer, which knows this disk's state")
 	ErrHandshake        = errors.New("the handshake with the peer is in progress: try again once it is connected")
 	ErrNothingMarked    = errors.New("no block is marked out of sync on this node (verify marks the node that ran it)")
+	ErrAttached         = errors.New("the disk is already attached")
+	ErrNoReachableCopy  = errors.New("detaching would leave no reachable copy of the data: this Primary is not connected to an UpToDate peer (--force detaches anyway; its I/O then fails, or waits under disk.on-no-data-accessible suspend-io)")
+	ErrAttachPrimary    = errors.New("the node is Primary and not connected to an UpToDate peer, which its disk would resync from while it serves: connect it, or demote first (secondary), then attach the disk")
+	ErrUnrelatedDisk    = errors.New("the disk's meta-data belongs to another resource: its data generations share none with this resource's (run create-md on it to use it as a new, empty disk)")
 )
 
 // StateError is a refused request with the state that refused it.
@@ -261,9 +283,11 @@ func (e *StateError) Unwrap() error { return e.Err }
 // Invariants (checked by the tests after every step):
 //   - Role Primary implies disk UpToDate, or Diskless (detached while
 //     Primary; its I/O then goes to an UpToDate peer, or waits or fails,
-//     see disk.on-no-data-accessible).
+//     see disk.on-no-data-accessible), or Inconsistent after attach-disk
+//     on a Diskless Primary (primaryTarget: it is sync target of its peer
+//     while it serves, reading what is not in sync yet from the peer).
 //   - Conn SyncSource/SyncTarget implies a link and a resync direction that
-//     matches: SyncTarget never while Primary.
+//     matches: SyncTarget while Primary only as primaryTarget.
 //   - the peer's role and disk are unknown (Unknown/DUnknown) unless a
 //     link is up.
 type Machine struct {
@@ -306,6 +330,12 @@ type Machine struct {
 	// that generation: a peer that started another one since (it was
 	// promoted and wrote) holds writes this node's clients never saw.
 	disklessGen uint64
+	// primaryTarget: this Primary attached its disk (attach-disk on a
+	// Diskless Primary) and the disk is not in sync yet: it is sync target
+	// of its UpToDate peer while it serves its clients; the runtime reads
+	// the blocks still out of sync from the peer and makes a block whole
+	// before a write lands in it. Until SyncDone or a demotion.
+	primaryTarget bool
 }
 
 // NewMachine returns a machine for a resource that is down: Secondary,
@@ -328,6 +358,10 @@ func (m *Machine) PeerRole() Role { return m.peerRole }
 
 // PeerDisk returns the peer's disk state as last reported.
 func (m *Machine) PeerDisk() DiskState { return m.peerDisk }
+
+// PrimaryTarget reports whether this Primary attached its disk and the
+// disk is still sync target of the peer (see Machine.primaryTarget).
+func (m *Machine) PrimaryTarget() bool { return m.primaryTarget }
 
 // Suspended returns why application I/O is suspended (0: it is not).
 func (m *Machine) Suspended() Suspend { return m.suspended }
@@ -444,6 +478,10 @@ func (m *Machine) step(ev Event) ([]Action, error) {
 		return m.attach(e), nil
 	case EvDetach:
 		return m.detach(), nil
+	case EvDetachDisk:
+		return m.detachDisk(e)
+	case EvAttachDisk:
+		return m.attachDisk(e)
 	case EvConnect:
 		return m.connect(e)
 	case EvDisconnect:
@@ -540,11 +578,129 @@ func (m *Machine) detach() []Action {
 	if m.disk != DiskDiskless {
 		m.disklessGen = m.meta.UUIDs.Current
 	}
+	if m.primaryTarget {
+		// Its I/O goes to the peer, whose data it served all along.
+		m.disklessGen = m.peer.UUIDs.Current
+		m.primaryTarget = false
+	}
 	m.disk = DiskDiskless
 	if m.linkUp {
 		acts = append(acts, ActSendState{})
 	}
 	return append(acts, ActDetachDisk{})
+}
+
+// detachDisk is detach-disk: the node goes Diskless as after an I/O error
+// under on-io-error detach, but the runtime closes the disk cleanly. A
+// Secondary may always detach; a Primary only while an UpToDate peer
+// takes its I/O (it serves through the peer then), unless forced.
+func (m *Machine) detachDisk(e EvDetachDisk) ([]Action, error) {
+	if m.disk == DiskDiskless {
+		return nil, m.refuse(ErrNoDisk)
+	}
+	if m.role == RolePrimary && !e.Force && !(m.Replicating() && m.peerDisk == DiskUpToDate) {
+		return nil, m.refuse(ErrNoReachableCopy)
+	}
+	acts := m.detach()
+	acts[len(acts)-1] = ActDetachDisk{Clean: true}
+	if m.role == RolePrimary && !m.Replicating() {
+		acts = append(acts, ActRunHook{Name: "pri-on-incon-degr"})
+	}
+	return acts, nil
+}
+
+// CheckAttachDisk checks an attach-disk request without changing anything:
+// the runtime asks before it opens the meta-data for use (meta is what a
+// read-only look at the disk found), and EvAttachDisk asks again.
+func (m *Machine) CheckAttachDisk(meta Meta) error {
+	switch {
+	case m.disk != DiskDiskless:
+		return m.refuse(ErrAttached)
+	case m.role == RolePrimary && !(m.conn == ConnConnected && m.peerDisk == DiskUpToDate):
+		// It becomes sync target under its clients: only of an UpToDate
+		// peer that serves what is not in sync yet.
+		return m.refuse(ErrAttachPrimary)
+	case !m.relatedDisk(meta):
+		return m.refuse(ErrUnrelatedDisk)
+	}
+	return nil
+}
+
+// relatedDisk reports whether a disk with meta may hold this resource's
+// data: fresh (create-md: it receives everything), or sharing a
+// generation with the disk that was detached or with the peer (the
+// handshake then decides; split brain too is a relation).
+func (m *Machine) relatedDisk(meta Meta) bool {
+	u := meta.UUIDs
+	if u.Current == 0 {
+		return true
+	}
+	consistent := meta.Flags&FlagConsistent != 0
+	known := []UUIDs{m.meta.UUIDs}
+	if m.disklessGen != 0 {
+		known = append(known, UUIDs{Current: m.disklessGen})
+	}
+	if m.linkUp {
+		known = append(known, m.peer.UUIDs)
+	}
+	for _, k := range known {
+		if k.Current == 0 && k.Bitmap == 0 {
+			continue // nothing to compare with
+		}
+		if CompareUUIDs(u, consistent, k, true) != SyncUnrelated {
+			return true
+		}
+	}
+	return false
+}
+
+// attachDisk is attach-disk on a Diskless Secondary: the disk's state
+// comes from its meta-data as at up. A link to the peer is closed and
+// made again, so that the handshake compares the attached disk's UUIDs
+// with the peer's and decides no resync, a bitmap or a full one exactly
+// as at a reconnect.
+func (m *Machine) attachDisk(e EvAttachDisk) ([]Action, error) {
+	if err := m.CheckAttachDisk(e.Meta); err != nil {
+		return nil, err
+	}
+	if m.role == RolePrimary {
+		return m.attachPrimary(e), nil
+	}
+	m.disklessGen = 0
+	acts := m.attach(EvAttach(e))
+	if !m.linkUp {
+		return acts, nil
+	}
+	acts = append(acts, m.lostPeer()...)
+	m.wantConnect = true
+	m.conn = ConnConnecting
+	return append(acts, ActCloseLink{Reason: "the disk was attached: reconnecting for the handshake"}, ActStartConnecting{}), nil
+}
+
+// attachPrimary is attach-disk on a Diskless Primary connected to an
+// UpToDate peer: the disk becomes sync target of everything while the node
+// serves. It says Inconsistent to the peer, which becomes sync source of a
+// full resync as for an invalidated Secondary (the runtime sends the state
+// once the writes that began without the disk finished); the link stays
+// (the clients' data is on the peer). Its Bitmap UUID names the peer's generation, so
+// that a resync interrupted by a lost link resumes from the bitmap.
+func (m *Machine) attachPrimary(e EvAttachDisk) []Action {
+	m.meta = e.Meta
+	m.dirty = e.Dirty
+	m.meta.UUIDs.Bitmap = m.peer.UUIDs.Current
+	m.disklessGen = 0
+	m.disk = DiskInconsistent
+	m.primaryTarget = true
+	m.setFlag(FlagConsistent, false)
+	m.setFlag(FlagWasUpToDate, false)
+	m.setFlag(FlagOutdated, false)
+	m.setFlag(FlagCrashedPrimary, false)
+	m.setFlag(FlagPrimary, true)
+	// The runtime sends the state (the peer then starts the resync)
+	// once the writes that began before the disk was there finished: a
+	// resync chunk read before one of them reached the peer would be
+	// older than it, and such a write did not record its blocks.
+	return []Action{m.persist(), ActSetAllBits{}}
 }
 
 func (m *Machine) connect(e EvConnect) ([]Action, error) {
@@ -819,11 +975,12 @@ func (m *Machine) syncStart(e EvSyncStart) []Action {
 		// disk went after it sent this; its Diskless state follows).
 		return nil
 	}
-	if m.role == RolePrimary {
-		// The handshake never makes a Primary the target, and a promotion
-		// waits for the peer's consent; a SyncStart now is a peer that
-		// broke the protocol. Taking it would make the data the clients
-		// read Inconsistent under them: refuse it and drop the link.
+	if m.role == RolePrimary && !m.primaryTarget {
+		// The handshake never makes a Primary the target (but one that
+		// attached its disk), and a promotion waits for the peer's
+		// consent; a SyncStart now is a peer that broke the protocol.
+		// Taking it would make the data the clients read Inconsistent
+		// under them: refuse it and drop the link.
 		return []Action{ActCloseLink{Reason: "protocol error: the peer started a resync towards a Primary"}}
 	}
 	m.conn = ConnSyncTarget
@@ -834,7 +991,9 @@ func (m *Machine) syncStart(e EvSyncStart) []Action {
 	// resync resumes from the bitmap (CompareUUIDs rule 2).
 	m.meta.UUIDs.Bitmap = e.Source.Current
 	acts := []Action{m.persist()}
-	if e.Full {
+	if e.Full && !m.primaryTarget {
+		// (A Primary target's bits were set when it attached; those it
+		// cleared since are of blocks its writes made whole.)
 		acts = append(acts, ActSetAllBits{})
 	}
 	return append(acts, ActStartResync{Source: false, Full: e.Full}, ActSendState{})
@@ -870,6 +1029,7 @@ func (m *Machine) syncDone(e EvSyncDone) []Action {
 	case ConnSyncTarget, ConnPausedSyncT:
 		m.conn = ConnConnected
 		m.disk = DiskUpToDate
+		m.primaryTarget = false
 		m.meta.UUIDs = e.Source
 		m.meta.UUIDs.Bitmap = 0
 		m.setFlag(FlagConsistent, true)
@@ -966,6 +1126,8 @@ func (m *Machine) demote(e EvDemote) ([]Action, error) {
 		return nil, m.refuse(fmt.Errorf("%w (%d)", ErrClientsConnected, e.NBDConns))
 	}
 	m.role = RoleSecondary
+	// A Primary target goes on as an ordinary sync target.
+	m.primaryTarget = false
 	m.setFlag(FlagPrimary, false)
 	acts := []Action{m.persist()}
 	if m.linkUp {

@@ -23,6 +23,7 @@ import (
 //	sync-start [full] [source=uuids] | sync-done [source=uuids]
 //	new-current-uuid [clear-bitmap] | peer-new-uuid current=X
 //	invalidate | invalidate-remote [reset] | io-error | detach
+//	detach-disk [force] | attach-disk [uuids=...] [flags=...] [dirty=N]
 //	outdate | suspend-io | resume-io | fence-done [proceed] | peer-fenced
 //
 // Each prints the actions, then the state. UUIDs print in hex; the UUID
@@ -176,6 +177,10 @@ func scriptEvent(cmd string, a scriptArgs) (Event, error) {
 		return EvAttach{Meta: Meta{UUIDs: a.uuids("uuids"), Flags: parseFlags(a.str("flags", ""))}, Dirty: a.num("dirty", 0)}, nil
 	case "detach":
 		return EvDetach{}, nil
+	case "detach-disk":
+		return EvDetachDisk{Force: a.has("force")}, nil
+	case "attach-disk":
+		return EvAttachDisk{Meta: Meta{UUIDs: a.uuids("uuids"), Flags: parseFlags(a.str("flags", ""))}, Dirty: a.num("dirty", 0)}, nil
 	case "outdate":
 		return EvOutdate{}, nil
 	case "connect":
@@ -263,6 +268,9 @@ func actionString(a Action) string {
 	case ActSendNewUUID:
 		return fmt.Sprintf("send-new-uuid %X", a.Current)
 	case ActDetachDisk:
+		if a.Clean {
+			return "detach-disk clean"
+		}
 		return "detach-disk"
 	case ActRunHook:
 		return "run-hook " + a.Name
@@ -280,17 +288,26 @@ func state(m *Machine) string {
 
 func checkInvariants(t *testing.T, m *Machine) {
 	t.Helper()
-	if m.role == RolePrimary && m.disk != DiskUpToDate && m.disk != DiskDiskless {
+	if m.role == RolePrimary && m.disk != DiskUpToDate && m.disk != DiskDiskless && !(m.disk == DiskInconsistent && m.primaryTarget) {
 		t.Errorf("invariant: Primary with disk %s", m.disk)
 	}
-	if (m.conn == ConnSyncTarget || m.conn == ConnPausedSyncT) && m.role == RolePrimary {
+	if (m.conn == ConnSyncTarget || m.conn == ConnPausedSyncT) && m.role == RolePrimary && !m.primaryTarget {
 		t.Errorf("invariant: SyncTarget while Primary")
+	}
+	if m.primaryTarget && (m.role != RolePrimary || m.disk != DiskInconsistent) {
+		t.Errorf("invariant: Primary target while %s with disk %s", m.role, m.disk)
 	}
 	if !m.linkUp && (m.peerRole != RoleUnknown || m.peerDisk != DiskDUnknown) {
 		t.Errorf("invariant: peer %s/%s known without a link", m.peerRole, m.peerDisk)
 	}
 	if m.Replicating() && !m.linkUp {
 		t.Errorf("invariant: %s without a link", m.conn)
+	}
+	switch m.conn {
+	case ConnSyncSource, ConnSyncTarget, ConnPausedSyncS, ConnPausedSyncT:
+		if m.disk == DiskDiskless {
+			t.Errorf("invariant: %s while Diskless", m.conn)
+		}
 	}
 }
 
@@ -330,7 +347,9 @@ func TestDecideSymmetric(t *testing.T) {
 		if da.Kind.IsSource() != db.Kind.IsTarget() || da.Kind.IsTarget() != db.Kind.IsSource() || da.Kind.IsFull() != db.Kind.IsFull() {
 			t.Fatalf("sides disagree: a=%v b=%v", da.Kind, db.Kind)
 		}
-		if da.Kind.IsTarget() && a.Role == RolePrimary || db.Kind.IsTarget() && b.Role == RolePrimary {
+		// Only a Primary whose disk is inconsistent (attach-disk on a
+		// Diskless Primary) may resume as sync target.
+		if da.Kind.IsTarget() && a.Role == RolePrimary && a.Consistent || db.Kind.IsTarget() && b.Role == RolePrimary && b.Consistent {
 			t.Fatalf("a Primary would become sync target: a=%v b=%v", da, db)
 		}
 	})

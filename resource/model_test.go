@@ -13,13 +13,15 @@ import (
 
 // A two-node model: two real Machines, an abstract disk of simNB blocks
 // each, a FIFO link per direction, an abstract resync, random writes,
-// crashes, promotions, disconnects and policies. Oracles: the replicas are
-// equal when both say Connected/UpToDate and idle; no acknowledged write is
-// overwritten by an older value by a resync unless the run had a license
-// (split brain detected, discard-my-data, forced promotion). Environment:
-// RBD_NBD_MODEL_RUNS (number of random runs), and RBD_NBD_MODEL_NCU,
-// _INVALIDATE, _RESET_LICENSE to add new-current-uuid and invalidate steps
-// and to forget licenses once the replicas are equal again.
+// crashes, promotions, disconnects, detach-disk (a Diskless Primary then
+// writes through its peer) and attach-disk, and policies. Oracles: the
+// replicas are equal when both say Connected/UpToDate and idle; no
+// acknowledged write is overwritten by an older value by a resync unless
+// the run had a license (split brain detected, discard-my-data, forced
+// promotion). Environment: RBD_NBD_MODEL_RUNS (number of random runs), and
+// RBD_NBD_MODEL_NCU, _INVALIDATE, _RESET_LICENSE to add new-current-uuid
+// and invalidate steps and to forget licenses once the replicas are equal
+// again.
 
 const simNB = 4
 
@@ -39,6 +41,9 @@ type simNode struct {
 	syncSrc bool       // running a resync as source
 	sentBM  bool
 	gotBM   bool
+	// closed: detach-disk closed the disk; meta is what it holds until
+	// an attach (or a restart) reads it again.
+	closed bool
 }
 
 type sim struct {
@@ -124,7 +129,9 @@ func (s *sim) exec(i int, a Action) {
 	n := s.n[i]
 	switch a := a.(type) {
 	case ActPersist:
-		n.meta = a.Meta
+		if !n.closed {
+			n.meta = a.Meta
+		}
 	case ActStartConnecting:
 	case ActCloseLink:
 		if s.linked {
@@ -164,7 +171,13 @@ func (s *sim) exec(i int, a Action) {
 		n.syncSrc = false
 	case ActSendSyncStart:
 		s.send(i, simMsg{ev: EvSyncStart(a)})
-	case ActSendPromoteReply, ActSendNewUUID, ActRunHook, ActFencePeer, ActDetachDisk:
+	case ActDetachDisk:
+		if a.Clean {
+			// Closed cleanly: no longer a Primary's disk.
+			n.closed = true
+			n.meta.Flags &^= FlagPrimary
+		}
+	case ActSendPromoteReply, ActSendNewUUID, ActRunHook, ActFencePeer:
 	case ActSplitBrain:
 		s.license = append(s.license, "split brain: "+a.Reason)
 	}
@@ -229,7 +242,35 @@ func (s *sim) overwrite(t *simNode, b, v int) {
 
 func (s *sim) write(i int) {
 	n := s.n[i]
-	if !n.up || n.m.Role() != RolePrimary || n.m.Disk() != DiskUpToDate || n.m.Conn() == ConnHandshake {
+	if !n.up || n.m.Role() != RolePrimary || n.m.Conn() == ConnHandshake {
+		return
+	}
+	if n.m.Disk() == DiskDiskless {
+		// Through the peer only, when its disk takes it (else the
+		// write fails, or waits).
+		o := s.n[s.other(i)]
+		if !s.linked || !n.m.Replicating() || n.m.PeerDisk() != DiskUpToDate || !o.up || o.m.Disk() != DiskUpToDate {
+			return
+		}
+		b := s.rng.Intn(simNB)
+		s.wid++
+		o.data[b], o.acked[b] = s.wid, s.wid
+		s.logf("n%d (Diskless) write block %d = %d on the peer", i+1, b, s.wid)
+		return
+	}
+	if n.m.PrimaryTarget() {
+		// A Primary target writes to both disks, the block made whole
+		// from the peer's first; without an UpToDate peer it fails.
+		o := s.n[s.other(i)]
+		if !s.linked || !n.m.Replicating() || n.m.PeerDisk() != DiskUpToDate || !o.up || o.m.Disk() != DiskUpToDate {
+			return
+		}
+		b := s.rng.Intn(simNB)
+		s.writeBlock(i, b)
+		delete(n.bm, b)
+		return
+	}
+	if n.m.Disk() != DiskUpToDate {
 		return
 	}
 	s.writeBlock(i, s.rng.Intn(simNB))
@@ -271,6 +312,7 @@ func (s *sim) restart(i int) {
 	}
 	s.logf("n%d restart", i+1)
 	n.up = true
+	n.closed = false
 	n.m = s.newMachine(i)
 	s.step(i, EvAttach{Meta: n.meta, Dirty: s.count(n)})
 	s.step(i, EvConnect{})
@@ -393,6 +435,16 @@ func runSim(t *testing.T, seed int64, steps int) *sim {
 					s.license = append(s.license, "invalidate")
 				}
 			}
+		case r < 91:
+			if n.up {
+				f := rng.Intn(4) == 0
+				s.logf("n%d detach-disk force=%v", i+1, f)
+				s.step(i, EvDetachDisk{Force: f})
+			}
+		case r < 94:
+			if n.up && n.m.CheckAttachDisk(n.meta) == nil {
+				s.attachDisk(i)
+			}
 		}
 		s.check()
 	}
@@ -486,7 +538,7 @@ func (s *sim) writeBlock(i, b int) {
 	n.data[b] = v
 	n.acked[b] = v
 	o := s.n[s.other(i)]
-	if s.linked && n.m.Replicating() && n.m.PeerDisk() != DiskDiskless && o.up {
+	if s.linked && n.m.Replicating() && n.m.PeerDisk() != DiskDiskless && o.up && o.m.Disk() != DiskDiskless {
 		o.data[b] = v
 		o.acked[b] = 0
 	} else {
@@ -599,4 +651,88 @@ func TestModelBothPromoteDuringHandshake(t *testing.T) {
 		t.Errorf("two Primaries on one connection: A %s / B %s", s.n[a].m.stateString(), s.n[b].m.stateString())
 	}
 	s.report(t)
+}
+
+// diskless writes block b through node i's peer (node i is a Diskless
+// Primary), as write does.
+func (s *sim) disklessWrite(i, b int) {
+	o := s.n[s.other(i)]
+	s.wid++
+	o.data[b], o.acked[b] = s.wid, s.wid
+	s.logf("n%d (Diskless) write block %d = %d on the peer", i+1, b, s.wid)
+}
+
+// A Primary detaches, writes through its peer, attaches again and is sync
+// target of its peer while it writes (some blocks before the resync got to
+// them, some after), loses the link mid-resync and resumes: both replicas
+// end equal and UpToDate, the Primary still Primary.
+func TestModelPrimaryTarget(t *testing.T) {
+	s := newSim(t, config.AfterSBDisconnect)
+	a, b := 0, 1
+	s.linkUp()
+	s.settle()
+	s.promote(a, false)
+	s.settle()
+	s.writeBlock(a, 0)
+	s.writeBlock(a, 1)
+	s.logf("n1 detach-disk")
+	if _, err := s.step(a, EvDetachDisk{}); err != nil {
+		t.Fatal(err)
+	}
+	s.settle()
+	s.disklessWrite(a, 1)
+	s.disklessWrite(a, 2)
+	if err := s.attachDisk(a); err != nil {
+		t.Fatal(err)
+	}
+	if !s.n[a].m.PrimaryTarget() {
+		t.Fatalf("not a Primary target after attach-disk: %s", s.n[a].m.stateString())
+	}
+	for len(s.q[0])+len(s.q[1]) > 0 {
+		s.deliver(0)
+		s.deliver(1)
+	}
+	s.writePrimaryTarget(a, 3)
+	s.resyncStep(b)
+	s.writePrimaryTarget(a, 0)
+	s.resyncStep(b)
+	s.logf("cut")
+	s.cut()
+	s.linkUp()
+	s.settle()
+	s.writePrimaryTarget(a, 2)
+	s.settle()
+	if st := s.n[a].m; st.Role() != RolePrimary || st.Disk() != DiskUpToDate || st.PrimaryTarget() {
+		t.Errorf("after the resync: %s", st.stateString())
+	}
+	s.report(t)
+}
+
+// writePrimaryTarget writes block b on node i as write does for a
+// Primary target (or an UpToDate Primary).
+func (s *sim) writePrimaryTarget(i, b int) {
+	n := s.n[i]
+	if !n.m.PrimaryTarget() {
+		s.writeBlock(i, b)
+		return
+	}
+	s.writeBlock(i, b)
+	delete(n.bm, b)
+}
+
+// attachDisk is attach-disk on node i, as the runtime does it: a Primary
+// target's state goes to the peer after the step (once the writes begun
+// before it finished).
+func (s *sim) attachDisk(i int) error {
+	n := s.n[i]
+	s.logf("n%d attach-disk", i+1)
+	n.closed = false
+	if _, err := s.step(i, EvAttachDisk{Meta: n.meta, Dirty: s.count(n)}); err != nil {
+		return err
+	}
+	if n.m.PrimaryTarget() && n.m.Conn() == ConnConnected {
+		n.m.SetDirty(s.count(n))
+		s.send(i, simMsg{ev: EvPeerState{State: n.m.LocalState()}})
+	}
+	return nil
 }

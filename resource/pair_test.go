@@ -176,6 +176,7 @@ type hookDisk struct {
 	writeHook func(p []byte, off int64) error // runs before the write
 	syncHook  func() error
 	readHook  func(p []byte, off int64) error // runs before the read
+	afterRead func(p []byte, off int64)       // runs after a read that succeeded
 }
 
 func (d *hookDisk) ReadAt(p []byte, off int64) (int, error) {
@@ -187,7 +188,20 @@ func (d *hookDisk) ReadAt(p []byte, off int64) (int, error) {
 			return 0, err
 		}
 	}
-	return d.Device.ReadAt(p, off)
+	n, err := d.Device.ReadAt(p, off)
+	d.mu.Lock()
+	a := d.afterRead
+	d.mu.Unlock()
+	if err == nil && a != nil {
+		a(p, off)
+	}
+	return n, err
+}
+
+func (d *hookDisk) setAfterRead(h func(p []byte, off int64)) {
+	d.mu.Lock()
+	d.afterRead = h
+	d.mu.Unlock()
 }
 
 func (d *hookDisk) setRead(h func(p []byte, off int64) error) {
@@ -400,6 +414,8 @@ func (c *pair) stopBoth() {
 	c.da.setSync(nil)
 	c.da.setRead(nil)
 	c.db.setRead(nil)
+	c.da.setAfterRead(nil)
+	c.db.setAfterRead(nil)
 	c.db.setWrite(nil)
 	c.db.setSync(nil)
 	for _, r := range []*Resource{c.a, c.b} {

@@ -337,7 +337,7 @@ func (r *Resource) sendState() {
 		Flags:         stateFlags(s),
 		Size:          uint64(r.size.Load()),
 		DirtyBlocks:   s.Dirty,
-		BitmapBlock:   uint32(r.bm.BlockSize()),
+		BitmapBlock:   uint32(r.bmap().BlockSize()),
 		DiscardMyData: s.DiscardMyData,
 		AfterSB:       string(s.AfterSB),
 		Protocol:      string(cfg.Net.Protocol),
@@ -400,7 +400,7 @@ func (r *Resource) control(link *replicate.Link, msg replicate.ControlMsg) {
 		}})
 	case *replicate.Bitmap:
 		for _, e := range m.Extents {
-			r.bm.Set(int64(e.Off), int64(e.Len))
+			r.bmap().Set(int64(e.Off), int64(e.Len))
 		}
 		if m.Last {
 			r.peerBitmapDone = true
@@ -459,7 +459,7 @@ func (r *Resource) control(link *replicate.Link, msg replicate.ControlMsg) {
 // the handshake, with its I/O held.
 func checkDisklessConnect(local, peer DiskState, f replicate.Features) error {
 	if (local == DiskDiskless || peer == DiskDiskless) && f&replicate.FeatureDisklessConnect == 0 {
-		return errors.New("the peer's release does not connect to or as a Diskless node: upgrade it, or bring the detached disk back (down, up)")
+		return errors.New("the peer's release does not connect to or as a Diskless node: upgrade it, or bring the detached disk back (attach-disk, or down and up)")
 	}
 	return nil
 }
@@ -467,8 +467,8 @@ func checkDisklessConnect(local, peer DiskState, f replicate.Features) error {
 // checkPeerState refuses peers whose disk does not fit.
 func (r *Resource) checkPeerState(m *replicate.State) error {
 	cfg := r.cfg()
-	if m.BitmapBlock != 0 && int64(m.BitmapBlock) != r.bm.BlockSize() {
-		return fmt.Errorf("bitmap block sizes differ: %d here, %d on the peer (recreate the meta-data with the same --bitmap-block)", r.bm.BlockSize(), m.BitmapBlock)
+	if m.BitmapBlock != 0 && int64(m.BitmapBlock) != r.bmap().BlockSize() {
+		return fmt.Errorf("bitmap block sizes differ: %d here, %d on the peer (recreate the meta-data with the same --bitmap-block)", r.bmap().BlockSize(), m.BitmapBlock)
 	}
 	size := uint64(r.size.Load())
 	if m.Size != 0 && m.Size != size {
@@ -500,7 +500,7 @@ func (r *Resource) checkPeerState(m *replicate.State) error {
 func (r *Resource) sendBitmap() {
 	var ext []replicate.Extent
 	for off := int64(0); ; {
-		o, l, ok := r.bm.NextDirty(off)
+		o, l, ok := r.bmap().NextDirty(off)
 		if !ok {
 			break
 		}
@@ -515,7 +515,7 @@ func (r *Resource) sendBitmap() {
 func (r *Resource) maybeBitmapsExchanged() {
 	if r.peerBitmapDone && r.m.Conn() == ConnHandshake {
 		r.peerBitmapDone = false
-		r.step(EvBitmapsExchanged{Dirty: r.bm.Count()})
+		r.step(EvBitmapsExchanged{Dirty: r.bmap().Count()})
 	}
 }
 
@@ -574,7 +574,7 @@ func (r *Resource) peerFlushFailed(e *epoch, err error) {
 		if eng := r.engine.Load(); eng != nil {
 			eng.Dirtied(off, n)
 		}
-		r.bm.Set(off, n)
+		r.bmap().Set(off, n)
 	})
 	r.log.Warn("peer failed a flush; the writes before it are marked out of sync", zap.Error(err))
 }
@@ -611,7 +611,7 @@ func (r *Resource) beforeEvict(extents []uint32) error {
 				continue
 			}
 		}
-		r.epochs.copyInto(r.bm, off, n)
+		r.epochs.copyInto(r.bmap(), off, n)
 	}
 	return nil
 }

@@ -70,13 +70,32 @@ type Resource struct {
 	cfgMu  sync.Mutex
 	config config.Resource
 
-	// Storage.
+	// Storage. dev, metaFile and meta are the loop's (nil while the disk
+	// is detached cleanly, see attach.go); data stays the same gate
+	// whatever disk is attached; bm and al are the attached disk's, or the
+	// last one's while Diskless.
 	dev      *disk.File
 	metaFile *disk.File // external meta-data, or nil
-	data     disk.Device
+	data     *diskGate
 	meta     *metadata.Meta
-	bm       *bitmap.Bitmap
-	al       *bitmap.ActivityLog
+	bm       atomic.Pointer[bitmap.Bitmap]
+	al       atomic.Pointer[bitmap.ActivityLog]
+	// dataSize is the data size of the disk attached at Start: a disk
+	// attached later must have the same.
+	dataSize int64
+	// diskClosing: loop; the clean close of a disk that detach-disk
+	// detached, while it runs or until the next attach (nil: none).
+	diskClosing *diskClose
+	// diskClosed: the disk was detached cleanly and is closed (or being
+	// closed): nothing is to be written to its meta-data.
+	diskClosed atomic.Bool
+	// targetPrimary mirrors Machine.PrimaryTarget for the hot path (set
+	// before the attached disk takes I/O); written is the Primary target's
+	// written set (attach.go), nil when none.
+	targetPrimary atomic.Bool
+	written       atomic.Pointer[bitmap.Bitmap]
+	// repEpoch: loop; see repState.epoch.
+	repEpoch uint64
 
 	// Hot path.
 	size     atomic.Int64
@@ -84,14 +103,14 @@ type Resource struct {
 	// ioSuspended mirrors rep.suspended for reads, which take no state.
 	ioSuspended atomic.Bool
 	diskFailed  atomic.Bool
-	// detached is closed once the loop has processed the local disk's
-	// detach (and published the state it leads to); detachOnce closes it.
-	detached   chan struct{}
-	detachOnce sync.Once
-	inflight   atomic.Int64
-	io         ioCounters
-	links      linkCounters
-	locks      rangelock.Locker
+	// detached fires once the loop has processed the local disk's detach
+	// (and published the state it leads to); an attach-disk installs a
+	// new one.
+	detached atomic.Pointer[signal]
+	inflight atomic.Int64
+	io       ioCounters
+	links    linkCounters
+	locks    rangelock.Locker
 	// peerPending: writes acknowledged before the peer completed them
 	// (protocols A and B); verify waits for them.
 	peerPending peerPending
@@ -210,7 +229,7 @@ func (r *Resource) Start(ctx context.Context) (err error) {
 		SuspendNoData: cfg.Disk.OnNoDataAccessible == config.OnNoDataSuspendIO, NewUUID: r.opts.NewUUID})
 	r.rep = &repState{proto: cfg.Net.Protocol, quiet: closedChan()}
 	r.inbox = make(chan func(), 1024)
-	r.detached = make(chan struct{})
+	r.detached.Store(newSignal())
 	r.loopCtx, r.stop = context.WithCancel(context.Background())
 	if err := r.newNBDServer(cfg); err != nil {
 		return err
@@ -222,7 +241,7 @@ func (r *Resource) Start(ctx context.Context) (err error) {
 	r.goLoop(r.run)
 	errc := make(chan error, 1)
 	r.post(func() {
-		r.step(EvAttach{Meta: metaFromSB(sb), Dirty: r.bm.Count()})
+		r.step(EvAttach{Meta: metaFromSB(sb), Dirty: r.bmap().Count()})
 		_, err := r.stepAdmin(EvConnect{})
 		errc <- err
 	})
@@ -238,59 +257,21 @@ func (r *Resource) Start(ctx context.Context) (err error) {
 	return nil
 }
 
-// attach opens the disk and its meta-data.
+// attach opens the disk and its meta-data at Start.
 func (r *Resource) attach(cfg config.Resource) error {
-	dev, err := disk.Open(cfg.Local.Disk, disk.Options{Direct: cfg.Disk.DirectIO})
-	if err != nil {
-		return fmt.Errorf("disk %s: %w", cfg.Local.Disk, err)
-	}
-	r.dev = dev
-	var store metadata.Store = dev
-	storeSize, internal := dev.Size(), true
-	if cfg.Local.Meta != "" && cfg.Local.Meta != config.MetaInternal {
-		mf, err := disk.Open(cfg.Local.Meta, disk.Options{})
-		if err != nil {
-			return fmt.Errorf("meta-data %s: %w", cfg.Local.Meta, err)
-		}
-		r.metaFile = mf
-		store, storeSize, internal = mf, mf.Size(), false
-	}
-	md, err := metadata.Open(store, storeSize, internal)
-	if err != nil {
-		if errors.Is(err, metadata.ErrNoMeta) {
-			return fmt.Errorf("%w %s: run rbd-nbd create-md --disk %s: %w", ErrNoMeta, cfg.Local.Disk, cfg.Local.Disk, err)
-		}
-		return fmt.Errorf("meta-data of %s: %w", cfg.Local.Disk, err)
-	}
-	r.meta = md
-	if md.Superblock().NodeID != cfg.Local.ID {
-		if err := md.Update(func(sb *metadata.Superblock) { sb.NodeID = cfg.Local.ID }); err != nil {
-			return err
-		}
-	}
-	size := md.DataSize()
-	if !internal && size > dev.Size() {
-		return fmt.Errorf("meta-data %s describes %d bytes of data, the disk has only %d", cfg.Local.Meta, size, dev.Size())
-	}
-	data, err := disk.Slice(dev, 0, size)
+	st, err := openStorage(cfg, nil, r.wrapData)
 	if err != nil {
 		return err
 	}
-	r.data = data
-	if r.wrapData != nil {
-		r.data = r.wrapData(data)
-	}
-	r.bm = md.Bitmap()
-	r.al = md.ActivityLog()
+	size := st.meta.DataSize()
+	r.dataSize = size
 	r.size.Store(size)
-	if rec := md.Recovery(); rec.Unclean {
-		r.log.Warn("meta-data was not closed cleanly; activity log extents marked out of sync",
-			zap.Int("extents", rec.Extents), zap.Uint64("blocks", rec.Blocks))
-	}
-	if r.epochs, err = newEpochs(size, r.bm.BlockSize()); err != nil {
+	if r.epochs, err = newEpochs(size, st.meta.Bitmap().BlockSize()); err != nil {
+		closeStorage(st, false, r.log)
 		return err
 	}
-	r.al.SetBeforeEvict(r.beforeEvict)
+	r.data = &diskGate{}
+	r.install(st)
 	return nil
 }
 
@@ -524,8 +505,8 @@ func (r *Resource) Apply(ctx context.Context, cfg config.Resource) error {
 // Status returns a snapshot of the resource's state.
 func (r *Resource) Status() Status {
 	st := *r.status.Load()
-	if r.bm != nil {
-		st.OutOfSync = uint64(r.bm.DirtyBytes())
+	if r.bmap() != nil {
+		st.OutOfSync = uint64(r.bmap().DirtyBytes())
 	}
 	st.WritesInFlight = uint64(max(r.inflight.Load(), 0))
 	st.IO = r.io.snapshot()
@@ -533,11 +514,11 @@ func (r *Resource) Status() Status {
 		st.IO.RefusedConnections = r.nbd.Refused()
 	}
 	st.Link = r.links.snapshot()
-	if r.al != nil {
-		st.Meta.ALWrites = r.al.Stats().Transactions
+	if r.alog() != nil {
+		st.Meta.ALWrites = r.alog().Stats().Transactions
 	}
-	if r.bm != nil {
-		st.Meta.BitmapWrites = r.bm.PagesWritten()
+	if r.bmap() != nil {
+		st.Meta.BitmapWrites = r.bmap().PagesWritten()
 	}
 	st.NBDConnections = uint32(r.nbdConns())
 	st.ResyncedBytes = uint64(r.resynced.Load())

@@ -86,7 +86,7 @@ func TestPartialLastBlockResyncAndVerify(t *testing.T) {
 				extra = "resync:\n  csums: " + csums + "\n"
 			}
 			c := newPairBlock(t, dir, size, bb, extra)
-			if got, gotBB := c.a.size.Load(), c.a.bm.BlockSize(); got != size || gotBB != bb {
+			if got, gotBB := c.a.size.Load(), c.a.bmap().BlockSize(); got != size || gotBB != bb {
 				t.Fatalf("size %d, block %d; want %d, %d", got, gotBB, size, bb)
 			}
 			last := int64(size - partial)

@@ -11,6 +11,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/rbd-nbd/rbd-nbd/bitmap"
 	"github.com/rbd-nbd/rbd-nbd/hooks"
 	"github.com/rbd-nbd/rbd-nbd/replicate"
 	"github.com/rbd-nbd/rbd-nbd/resync"
@@ -72,7 +73,7 @@ func (r *Resource) startSync(source, full bool) {
 	ctx, cancel := context.WithCancel(r.loopCtx)
 	r.syncCancel = cancel
 	if !source {
-		t := &targetState{ready: make(chan struct{}), ctx: ctx, total: uint64(r.bm.DirtyBytes())}
+		t := &targetState{ready: make(chan struct{}), ctx: ctx, total: uint64(r.bmap().DirtyBytes())}
 		r.targetMu.Lock()
 		r.target = t
 		if r.targetSet != nil {
@@ -118,7 +119,7 @@ func (r *Resource) startSync(source, full bool) {
 	ecfg.Window = int(cfg.Resync.Window)
 	ecfg.Rate = cfg.Resync.Rate
 	ecfg.Csums = string(cfg.Resync.Csums)
-	ecfg.BlockSize = r.bm.BlockSize()
+	ecfg.BlockSize = r.bmap().BlockSize()
 	// A chunk holds whole bitmap blocks, or its durability point could
 	// clear none of them (the meta-data allows blocks above the default
 	// chunk size, up to 1 MiB).
@@ -126,7 +127,7 @@ func (r *Resource) startSync(source, full bool) {
 	ecfg.LatencyTarget = cfg.Resync.LatencyTarget
 	ecfg.FlushEvery = max(ecfg.ChunkSize, min(ecfg.FlushEvery, r.size.Load()/64))
 	ecfg.Logger = r.log.Named("resync")
-	e, err := resync.New(ecfg, dataSource{r}, r.bm, &r.locks, &linkTransport{link: link, r: r})
+	e, err := resync.New(ecfg, dataSource{r}, r.bmap(), &r.locks, &linkTransport{link: link, r: r})
 	if err != nil {
 		// Not reachable with a valid configuration. Without an engine the
 		// pair would stay SyncSource/SyncTarget with nothing moving: drop
@@ -151,7 +152,7 @@ func (r *Resource) startSync(source, full bool) {
 	gate := new(atomic.Bool)
 	r.engineGate = gate
 	r.goLoop(func() {
-		res := r.hooks.Run(ctx, hooks.BeforeResyncSource, r.hookEnv().With(hooks.EnvResyncBytes, strconv.FormatInt(r.bm.DirtyBytes(), 10)))
+		res := r.hooks.Run(ctx, hooks.BeforeResyncSource, r.hookEnv().With(hooks.EnvResyncBytes, strconv.FormatInt(r.bmap().DirtyBytes(), 10)))
 		if res.Vetoed() {
 			r.post(func() { r.vetoed(link, "before-resync-source", res) })
 			return
@@ -244,7 +245,7 @@ func (r *Resource) retireIdleExtents(ctx context.Context) {
 		r.log.Warn("flush before retiring activity-log extents", zap.Error(err))
 		return
 	}
-	n, err := r.al.RetireIdle(ctx)
+	n, err := r.alog().RetireIdle(ctx)
 	if err != nil {
 		r.log.Warn("retiring idle activity-log extents", zap.Error(err))
 		return
@@ -326,6 +327,11 @@ func (r *Resource) serveResyncData(in *replicate.Incoming) error {
 	case <-t.ctx.Done():
 		return replicate.ErrRemote
 	}
+	if w := r.written.Load(); w != nil {
+		// A Primary target: the blocks its writes made whole since it
+		// attached hold newer data than this chunk.
+		return r.serveResyncDataSkipping(t, w, in)
+	}
 	if _, err := r.data.WriteAt(in.Data, in.Offset); err != nil {
 		return resyncDiskError(r.localError(err))
 	}
@@ -334,6 +340,44 @@ func (r *Resource) serveResyncData(in *replicate.Incoming) error {
 	t.mu.Unlock()
 	t.done.Add(uint64(len(in.Data)))
 	r.resynced.Add(int64(len(in.Data)))
+	return nil
+}
+
+// serveResyncDataSkipping writes a resync chunk on a Primary target (or a
+// target that was one), under the range lock its writes take, except the
+// blocks of the written set.
+func (r *Resource) serveResyncDataSkipping(t *targetState, w *bitmap.Bitmap, in *replicate.Incoming) error {
+	n := int64(len(in.Data))
+	h := r.locks.Lock(in.Offset, n)
+	defer r.locks.Unlock(h)
+	bs := w.BlockSize()
+	var spans []span
+	for o := int64(0); o < n; {
+		l := min(bs-(in.Offset+o)%bs, n-o)
+		if w.Test(in.Offset+o, l) {
+			o += l
+			continue
+		}
+		// A run of blocks not written since the attach.
+		end := o + l
+		for end < n {
+			l2 := min(bs, n-end)
+			if w.Test(in.Offset+end, l2) {
+				break
+			}
+			end += l2
+		}
+		if _, err := r.data.WriteAt(in.Data[o:end], in.Offset+o); err != nil {
+			return resyncDiskError(r.localError(err))
+		}
+		spans = append(spans, span{in.Offset + o, end - o})
+		o = end
+	}
+	t.mu.Lock()
+	t.pending = append(t.pending, spans...)
+	t.mu.Unlock()
+	t.done.Add(uint64(n))
+	r.resynced.Add(n)
 	return nil
 }
 
@@ -371,7 +415,7 @@ func (r *Resource) serveResyncFlush() error {
 	}
 	if t != nil {
 		for _, s := range batch {
-			r.bm.Clear(s.off, s.length)
+			r.bmap().Clear(s.off, s.length)
 		}
 		r.flushBitmap()
 	}

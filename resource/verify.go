@@ -60,7 +60,7 @@ func (r *Resource) Verify(ctx context.Context, start, stop int64) error {
 		if stop == 0 || stop > size {
 			stop = size
 		}
-		bs := r.bm.BlockSize()
+		bs := r.bmap().BlockSize()
 		start -= start % bs
 		if start < 0 || start >= stop {
 			return fmt.Errorf("verify: empty range %d..%d (size %d)", start, stop, size)
@@ -128,7 +128,7 @@ func (r *Resource) runVerify(ctx context.Context, v *verifyState, link *replicat
 	fail := func(err error) { firstErr.CompareAndSwap(nil, &err) }
 	// Whole bitmap blocks per chunk (they may be larger than verifyChunk):
 	// a differing block is compared, marked and counted once, as a whole.
-	chunk := max(int64(verifyChunk), r.bm.BlockSize())
+	chunk := max(int64(verifyChunk), r.bmap().BlockSize())
 	for off := v.start; off < v.stop && ctx.Err() == nil && firstErr.Load() == nil; off += chunk {
 		n := min(chunk, v.stop-off)
 		select {
@@ -177,7 +177,7 @@ func (r *Resource) verifyChunk(link *replicate.Link, digest resync.DigestFunc, a
 	if bytes.Equal(remote, digest(buf)) {
 		return nil
 	}
-	bs := r.bm.BlockSize()
+	bs := r.bmap().BlockSize()
 	for b := int64(0); b < n; b += bs {
 		l := min(bs, n-b)
 		remote, err := r.peerDigest(link, alg, off+b, l)
@@ -185,7 +185,7 @@ func (r *Resource) verifyChunk(link *replicate.Link, digest resync.DigestFunc, a
 			return err
 		}
 		if !bytes.Equal(remote, digest(buf[b:b+l])) {
-			r.bm.Set(off+b, l)
+			r.bmap().Set(off+b, l)
 			v.differs(off+b, l)
 		}
 	}

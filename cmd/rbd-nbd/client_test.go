@@ -285,7 +285,7 @@ func TestStatisticsOutput(t *testing.T) {
 }
 
 // Requests newer than the daemon are refused by name: outdate (1.2),
-// suspend-io and resume-io (1.3).
+// suspend-io and resume-io (1.3), detach-disk and attach-disk (1.7).
 func TestNewRequestsOldDaemon(t *testing.T) {
 	for _, tc := range []struct {
 		cmd     string
@@ -295,11 +295,14 @@ func TestNewRequestsOldDaemon(t *testing.T) {
 		{"outdate", ctlproto.MsgOutdate, "1.1.0"},
 		{"suspend-io", ctlproto.MsgSuspendIO, "1.2.0"},
 		{"resume-io", ctlproto.MsgResumeIO, "1.2.0"},
+		{"detach-disk", ctlproto.MsgDetachDisk, "1.6.0"},
+		{"attach-disk", ctlproto.MsgAttachDisk, "1.6.0"},
 	} {
 		sock := serveDaemon(t, ctlproto.DefaultRegistry().WithoutMsgs(tc.msg), tc.version)
 		mustRun(t, sock, createArgs...)
 		_, _, err := run(t, sock, tc.cmd, "r0")
-		want := "the daemon (version " + tc.version + ") does not know this command: upgrade the daemon"
+		def, _ := ctlproto.DefaultRegistry().Msg(tc.msg)
+		want := "the daemon (version " + tc.version + ") does not know this command (" + tc.cmd + ", control protocol " + def.Since + "): upgrade the daemon"
 		if err == nil || err.Error() != want {
 			t.Fatalf("%s on a %s daemon: %v", tc.cmd, tc.version, err)
 		}

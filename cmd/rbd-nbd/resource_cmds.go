@@ -40,6 +40,7 @@ func resourceCmds(g *globalOptions) []*cobra.Command {
 		newOutdateCmd(g),
 		newSimpleCmd(g, "suspend-io", "Suspend application I/O (requests wait); returns once the running I/O finished, so the disks hold still for a snapshot", ctlproto.MsgSuspendIO),
 		newSimpleCmd(g, "resume-io", "Resume application I/O, whatever suspended it (suspend-io, or a failed fence under fencing resource-and-stonith)", ctlproto.MsgResumeIO),
+		newDetachDiskCmd(g), newAttachDiskCmd(g),
 	}
 }
 
@@ -231,8 +232,70 @@ func newSimpleCmd(g *globalOptions, use, short string, t ctlproto.MsgType) *cobr
 func command(cmd *cobra.Command, g *globalOptions, t ctlproto.MsgType, name string, extra ...ctlproto.Entry) error {
 	return withClient(cmd.Context(), g, callTimeout, func(ctx context.Context, c *ctlproto.Client) error {
 		_, err := c.Command(ctx, t, name, extra...)
+		var e *ctlproto.Error
+		if errors.As(err, &e) && e.Code == ctlproto.CodeUnknownMessageType {
+			// A daemon older than the request: name it, and the
+			// protocol version that brought it.
+			def, _ := c.Registry().Msg(t)
+			return fmt.Errorf("the daemon (version %s) does not know this command (%s, control protocol %s): upgrade the daemon",
+				daemonVersion(c.Daemon()), def.Name, def.Since)
+		}
 		return err
 	})
+}
+
+func newDetachDiskCmd(g *globalOptions) *cobra.Command {
+	var force bool
+	cmd := &cobra.Command{
+		Use:   "detach-disk RESOURCE [--force]",
+		Short: "Detach the local disk cleanly while the resource stays up: the node goes Diskless, its I/O goes to the peer",
+		Long: `Detach the local disk cleanly while the resource stays up and connected
+(DRBD's drbdadm detach): the writes running on it finish, its bitmap and
+activity log are flushed and its meta-data closed cleanly; the node goes
+Diskless and the peer sees it. A Secondary may always detach. A Primary
+detaches only while connected to an UpToDate peer, through which it then
+serves; --force detaches it without one (its I/O then fails, or waits
+under disk.on-no-data-accessible suspend-io). attach-disk takes the disk
+back.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var extra []ctlproto.Entry
+			if force {
+				extra = append(extra, ctlproto.Flag(ctlproto.TagForce, true).AsMandatory())
+			}
+			return command(cmd, g, ctlproto.MsgDetachDisk, args[0], extra...)
+		},
+	}
+	cmd.Flags().BoolVar(&force, "force", false, "detach a Primary's disk even without an UpToDate peer: no copy of the data stays reachable")
+	return cmd
+}
+
+func newAttachDiskCmd(g *globalOptions) *cobra.Command {
+	return &cobra.Command{
+		Use:   "attach-disk RESOURCE",
+		Short: "Attach the configured disk again on a running Diskless node; it resyncs from the peer",
+		Long: `Attach the resource's configured disk (and meta-data) again on a running
+Diskless node (DRBD's drbdadm attach), after detach-disk or a detach after
+an I/O error.
+
+On a Secondary, connected or not, the disk's state comes from its
+meta-data as at up; a connected node reconnects, so that the handshake
+compares generations and decides no resync, a bitmap resync or a full one
+as at any reconnect; the node ends UpToDate after the resync (wait-sync).
+
+On a Primary connected to an UpToDate peer (net.protocol C), the disk
+becomes sync target of everything while the node keeps serving: reads of
+blocks not in sync yet come from the peer, a write first completes the
+blocks it covers partly from the peer. Not connected to an UpToDate peer,
+a Primary must demote first.
+
+A disk without meta-data, of another size or bitmap block, or of another
+resource is refused and the node stays Diskless.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return command(cmd, g, ctlproto.MsgAttachDisk, args[0])
+		},
+	}
 }
 
 func newPrimaryCmd(g *globalOptions) *cobra.Command {

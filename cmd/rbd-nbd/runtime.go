@@ -122,6 +122,10 @@ func (rt *resourceRuntime) Do(ctx context.Context, cmd daemon.Command, a daemon.
 		err = r.SuspendIO(ctx)
 	case daemon.CmdResumeIO:
 		err = r.ResumeIO(ctx)
+	case daemon.CmdDetachDisk:
+		err = r.DetachDisk(ctx, a.Force)
+	case daemon.CmdAttachDisk:
+		err = r.AttachDisk(ctx)
 	case daemon.CmdVerify:
 		err = r.Verify(ctx, int64(a.VerifyStart), int64(a.VerifyStop))
 	default:

@@ -1,0 +1,570 @@
+package resource
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/rbd-nbd/rbd-nbd/bitmap"
+	"github.com/rbd-nbd/rbd-nbd/config"
+	"github.com/rbd-nbd/rbd-nbd/disk"
+	"github.com/rbd-nbd/rbd-nbd/metadata"
+)
+
+// Online detach and attach of the local disk (detach-disk, attach-disk).
+//
+// The I/O paths reach the disk through one diskGate for the life of the
+// resource, and check diskFailed before they use it. A detach sets
+// diskFailed (new I/O leaves the disk alone), then, off the loop, closes
+// the gate (it waits for the calls running on the disk and fails later ones
+// with disk.ErrClosed, which the paths treat as the disk being gone), syncs
+// the data, waits for the writes that hold activity-log references, and
+// closes the meta-data cleanly: bitmap flushed, al-clean set. An attach
+// opens the disk as up does, installs it, and clears diskFailed last.
+
+// storage is one attached disk: the files and the open meta-data.
+type storage struct {
+	dev      *disk.File
+	metaFile *disk.File // external meta-data, or nil
+	meta     *metadata.Meta
+	// data is the data area, as the gate serves it (wrapData applied).
+	data disk.Device
+}
+
+// openStorage opens the disk and meta-data cfg names. check, when set,
+// looks at the superblock read-only before the meta-data is opened for
+// use (which writes to it): a refused disk is left as it was. On error
+// nothing stays open.
+func openStorage(cfg config.Resource, check func(metadata.Superblock) error, wrap func(disk.Device) disk.Device) (_ *storage, err error) {
+	st := &storage{}
+	defer func() {
+		if err != nil {
+			// Closed as it is: a refused disk's meta-data was not
+			// opened for use, and one that failed to open stays as
+			// it was found.
+			closeStorage(st, false, nil)
+		}
+	}()
+	if st.dev, err = disk.Open(cfg.Local.Disk, disk.Options{Direct: cfg.Disk.DirectIO}); err != nil {
+		return nil, fmt.Errorf("disk %s: %w", cfg.Local.Disk, err)
+	}
+	var store metadata.Store = st.dev
+	storeSize, internal := st.dev.Size(), true
+	if cfg.Local.Meta != "" && cfg.Local.Meta != config.MetaInternal {
+		if st.metaFile, err = disk.Open(cfg.Local.Meta, disk.Options{}); err != nil {
+			return nil, fmt.Errorf("meta-data %s: %w", cfg.Local.Meta, err)
+		}
+		store, storeSize, internal = st.metaFile, st.metaFile.Size(), false
+	}
+	metaErr := func(err error) error {
+		if errors.Is(err, metadata.ErrNoMeta) {
+			return fmt.Errorf("%w %s: run rbd-nbd create-md --disk %s: %w", ErrNoMeta, cfg.Local.Disk, cfg.Local.Disk, err)
+		}
+		return fmt.Errorf("meta-data of %s: %w", cfg.Local.Disk, err)
+	}
+	if check != nil {
+		info, err := metadata.Inspect(store, storeSize, internal)
+		if err != nil {
+			return nil, metaErr(err)
+		}
+		if err := check(info.Superblock); err != nil {
+			return nil, err
+		}
+	}
+	md, err := metadata.Open(store, storeSize, internal)
+	if err != nil {
+		return nil, metaErr(err)
+	}
+	st.meta = md
+	if md.Superblock().NodeID != cfg.Local.ID {
+		if err := md.Update(func(sb *metadata.Superblock) { sb.NodeID = cfg.Local.ID }); err != nil {
+			return nil, err
+		}
+	}
+	size := md.DataSize()
+	if !internal && size > st.dev.Size() {
+		return nil, fmt.Errorf("meta-data %s describes %d bytes of data, the disk has only %d", cfg.Local.Meta, size, st.dev.Size())
+	}
+	data, err := disk.Slice(st.dev, 0, size)
+	if err != nil {
+		return nil, err
+	}
+	st.data = data
+	if wrap != nil {
+		st.data = wrap(data)
+	}
+	return st, nil
+}
+
+// closeStorage closes what st holds. clean closes the meta-data cleanly
+// (the caller made sure no write uses the disk any more); otherwise (the
+// disk failed, or st was never installed) it is left as it is, and the
+// next open recovers as after a crash. The error is the clean close's.
+func closeStorage(st *storage, clean bool, log *zap.Logger) error {
+	var err error
+	if st.meta != nil && clean {
+		err = st.meta.Close()
+	}
+	if st.metaFile != nil {
+		_ = st.metaFile.Close()
+	}
+	if st.dev != nil {
+		_ = st.dev.Close()
+	}
+	if err != nil && log != nil {
+		log.Warn("meta-data not closed cleanly", zap.Error(err))
+	}
+	return err
+}
+
+// install makes st the attached disk (Start, or the loop in attach-disk
+// with the disk still counted as failed).
+func (r *Resource) install(st *storage) {
+	r.dev, r.metaFile, r.meta = st.dev, st.metaFile, st.meta
+	bm, al := st.meta.Bitmap(), st.meta.ActivityLog()
+	r.bm.Store(bm)
+	r.al.Store(al)
+	al.SetBeforeEvict(r.beforeEvict)
+	r.data.open(st.data)
+	if rec := st.meta.Recovery(); rec.Unclean {
+		r.log.Warn("meta-data was not closed cleanly; activity log extents marked out of sync",
+			zap.Int("extents", rec.Extents), zap.Uint64("blocks", rec.Blocks))
+	}
+}
+
+// takeStorage takes the installed disk out of the resource (loop; the gate
+// still serves it until closed).
+func (r *Resource) takeStorage() *storage {
+	st := &storage{dev: r.dev, metaFile: r.metaFile, meta: r.meta}
+	r.dev, r.metaFile, r.meta = nil, nil, nil
+	return st
+}
+
+func (r *Resource) bmap() *bitmap.Bitmap      { return r.bm.Load() }
+func (r *Resource) alog() *bitmap.ActivityLog { return r.al.Load() }
+
+// diskClose is the clean close of a detached disk: err is set before done
+// closes.
+type diskClose struct {
+	done chan struct{}
+	err  error
+}
+
+// detachCloseTimeout bounds the wait for the writes that hold the detached
+// disk's activity log (their peer halves); after it the meta-data is left
+// unclean, and the next attach resyncs the activity log's extents.
+const detachCloseTimeout = time.Minute
+
+// closeDetached starts the clean close of the disk that a detach-disk just
+// detached (loop; diskFailed is set).
+func (r *Resource) closeDetached() {
+	st := r.takeStorage()
+	if st.meta == nil {
+		return
+	}
+	r.diskClosed.Store(true)
+	dc := &diskClose{done: make(chan struct{})}
+	r.diskClosing = dc
+	wasPrimary := r.m.Meta().Flags&FlagPrimary != 0
+	r.goLoop(func() {
+		defer close(dc.done)
+		// The calls running on the disk finish; later ones fail with
+		// disk.ErrClosed, which counts as the disk being gone.
+		r.data.close()
+		if err := st.dev.Sync(); err != nil {
+			dc.err = fmt.Errorf("flushing the detached disk: %w", err)
+			closeStorage(st, false, r.log)
+			return
+		}
+		if wasPrimary {
+			// Detached, not crashed: attached again it is no crashed
+			// Primary's disk.
+			if err := st.meta.Update(func(sb *metadata.Superblock) { sb.Flags &^= metadata.FlagPrimaryInd }); err != nil {
+				dc.err = err
+			}
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), detachCloseTimeout)
+		err := st.meta.CloseWait(ctx)
+		cancel()
+		closeStorage(st, false, r.log)
+		if err != nil {
+			dc.err = err
+			r.log.Warn("detached disk: meta-data not closed cleanly (the next attach resyncs the activity log's extents)", zap.Error(err))
+			return
+		}
+		r.log.Info("local disk detached and closed cleanly")
+	})
+}
+
+// DetachDisk is detach-disk: the node stops using its disk and goes
+// Diskless, as after an I/O error under on-io-error detach, and the disk
+// is closed cleanly for a later AttachDisk (or up). It returns once the
+// disk is closed. A Primary detaches only while connected to an UpToDate
+// peer (it then serves through the peer), unless force.
+func (r *Resource) DetachDisk(ctx context.Context, force bool) error {
+	var dc *diskClose
+	err := r.do(ctx, func() error {
+		if _, err := r.stepAdmin(EvDetachDisk{Force: force}); err != nil {
+			return err
+		}
+		dc = r.diskClosing
+		return nil
+	})
+	if err != nil || dc == nil {
+		return err
+	}
+	select {
+	case <-dc.done:
+		if dc.err != nil {
+			return fmt.Errorf("the disk is detached, but not closed cleanly: %w", dc.err)
+		}
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("the disk is detached, its close goes on: %w", ctx.Err())
+	}
+}
+
+// AttachDisk is attach-disk: on a running Diskless Secondary it opens the
+// disk and meta-data of the resource's configuration as up does, and the
+// node takes its disk's state from them. A connected node reconnects, so
+// that the handshake decides the resync as at any reconnect. A disk
+// without meta-data, of another size or bitmap block, or of another
+// resource (no generation in common) is refused, and the node stays
+// Diskless.
+func (r *Resource) AttachDisk(ctx context.Context) error {
+	var closing *diskClose
+	var blockSize int64
+	err := r.do(ctx, func() error {
+		// Fresh meta passes the relation check: the state checks first,
+		// before the disk is touched.
+		if err := r.m.CheckAttachDisk(Meta{}); err != nil {
+			return err
+		}
+		if err := r.checkPrimaryTargetProtocol(); err != nil {
+			return err
+		}
+		closing, blockSize = r.diskClosing, r.bmap().BlockSize()
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if closing != nil {
+		select {
+		case <-closing.done:
+		case <-ctx.Done():
+			return fmt.Errorf("the detached disk is still being closed: %w", ctx.Err())
+		}
+	}
+	cfg := r.cfg()
+	check := func(sb metadata.Superblock) error {
+		if sb.DataSize != r.dataSize {
+			return fmt.Errorf("the meta-data of %s describes %d bytes of data, the resource runs with %d: attach a disk of the same size (or take the resource down and up)", cfg.Local.Disk, sb.DataSize, r.dataSize)
+		}
+		if int64(sb.BitmapBlock) != blockSize {
+			return fmt.Errorf("the meta-data of %s has a bitmap block of %d bytes, the resource runs with %d: recreate it with create-md --bitmap-block %d", cfg.Local.Disk, sb.BitmapBlock, blockSize, blockSize)
+		}
+		return r.do(ctx, func() error { return r.m.CheckAttachDisk(metaFromSB(sb)) })
+	}
+	st, err := openStorage(cfg, check, r.wrapData)
+	if err != nil {
+		return err
+	}
+	installed := false
+	err = r.do(ctx, func() error {
+		sb := st.meta.Superblock()
+		meta := metaFromSB(sb)
+		// Again: the state may have changed while the disk opened.
+		if err := r.m.CheckAttachDisk(meta); err != nil {
+			return err
+		}
+		if r.diskClosing != nil {
+			select {
+			case <-r.diskClosing.done:
+			default:
+				return &StateError{Err: errors.New("another detach-disk runs"), State: r.m.stateString()}
+			}
+		}
+		if old := r.takeStorage(); old.meta != nil {
+			// A disk that failed (on-io-error detach) is still open:
+			// closed as it is, its meta-data is left unclean.
+			r.data.close()
+			closeStorage(old, false, r.log)
+		}
+		if err := r.checkPrimaryTargetProtocol(); err != nil {
+			return err
+		}
+		r.diskClosing = nil
+		r.install(st)
+		installed = true
+		if r.m.Role() == RolePrimary {
+			// A Primary target: nothing of the disk is trusted before
+			// the disk takes any I/O.
+			if err := r.newWrittenSet(); err != nil {
+				return err
+			}
+			r.bmap().SetAll()
+			r.targetPrimary.Store(true)
+		}
+		r.diskClosed.Store(false)
+		r.diskFailed.Store(false)
+		r.detached.Store(newSignal())
+		_, err := r.stepAdmin(EvAttachDisk{Meta: meta, Dirty: r.bmap().Count()})
+		if err != nil {
+			r.log.Error("the machine refused an attach it had accepted", zap.Error(err))
+		}
+		if err == nil && r.m.PrimaryTarget() {
+			r.announcePrimaryTarget()
+		}
+		r.log.Info("local disk attached", zap.String("disk", cfg.Local.Disk), zap.Stringer("state", r.m.Disk()))
+		return err
+	})
+	if !installed {
+		closeStorage(st, true, r.log)
+	}
+	return err
+}
+
+// checkPrimaryTargetProtocol refuses attach-disk on a Primary without
+// net.protocol C: a Primary target's writes read blocks back from the
+// peer, where every earlier write must have landed (loop).
+func (r *Resource) checkPrimaryTargetProtocol() error {
+	if p := r.cfg().Net.Protocol; r.m.Role() == RolePrimary && p != config.ProtocolC {
+		return &StateError{Err: fmt.Errorf("attach-disk on a Primary needs net.protocol C (this resource uses %s): demote first", p), State: r.m.stateString()}
+	}
+	return nil
+}
+
+// signal is a one-shot broadcast.
+type signal struct {
+	ch   chan struct{}
+	once sync.Once
+}
+
+func newSignal() *signal { return &signal{ch: make(chan struct{})} }
+
+func (s *signal) fire() { s.once.Do(func() { close(s.ch) }) }
+
+// diskGate is the local data area as the I/O paths see it, the same value
+// for the life of the resource whatever disk is attached. close waits for
+// the calls running on the disk and fails later ones with disk.ErrClosed
+// until open installs another disk. Each call costs an atomic load and
+// two atomic adds.
+type diskGate struct {
+	cur atomic.Pointer[gateRef]
+}
+
+type gateRef struct {
+	dev     disk.Device
+	n       atomic.Int64
+	drained chan struct{}
+	once    sync.Once
+}
+
+const gateClosing = int64(1) << 62
+
+func (g *diskGate) open(dev disk.Device) {
+	g.cur.Store(&gateRef{dev: dev, drained: make(chan struct{})})
+}
+
+// close takes the disk out of the gate and waits for its running calls.
+func (g *diskGate) close() {
+	ref := g.cur.Swap(nil)
+	if ref == nil {
+		return
+	}
+	if ref.n.Add(gateClosing) == gateClosing {
+		ref.once.Do(func() { close(ref.drained) })
+	}
+	<-ref.drained
+}
+
+func (g *diskGate) acquire() (*gateRef, error) {
+	ref := g.cur.Load()
+	if ref == nil {
+		return nil, disk.ErrClosed
+	}
+	if ref.n.Add(1)&gateClosing != 0 {
+		ref.release()
+		return nil, disk.ErrClosed
+	}
+	return ref, nil
+}
+
+func (ref *gateRef) release() {
+	if ref.n.Add(-1) == gateClosing {
+		ref.once.Do(func() { close(ref.drained) })
+	}
+}
+
+// ReadAt reads from the attached disk.
+func (g *diskGate) ReadAt(p []byte, off int64) (int, error) {
+	ref, err := g.acquire()
+	if err != nil {
+		return 0, err
+	}
+	defer ref.release()
+	return ref.dev.ReadAt(p, off)
+}
+
+// WriteAt writes to the attached disk.
+func (g *diskGate) WriteAt(p []byte, off int64) (int, error) {
+	ref, err := g.acquire()
+	if err != nil {
+		return 0, err
+	}
+	defer ref.release()
+	return ref.dev.WriteAt(p, off)
+}
+
+// Sync flushes the attached disk.
+func (g *diskGate) Sync() error {
+	ref, err := g.acquire()
+	if err != nil {
+		return err
+	}
+	defer ref.release()
+	return ref.dev.Sync()
+}
+
+// Trim discards a range of the attached disk.
+func (g *diskGate) Trim(off, length int64) error {
+	ref, err := g.acquire()
+	if err != nil {
+		return err
+	}
+	defer ref.release()
+	return ref.dev.Trim(off, length)
+}
+
+// Zero zeroes a range of the attached disk.
+func (g *diskGate) Zero(off, length int64, noHole bool) error {
+	ref, err := g.acquire()
+	if err != nil {
+		return err
+	}
+	defer ref.release()
+	return ref.dev.Zero(off, length, noHole)
+}
+
+// Extents maps a range of the attached disk (disk.Extenter), or fails
+// with disk.ErrNotSupported when it cannot.
+func (g *diskGate) Extents(off, length int64, max int) ([]disk.Extent, error) {
+	ref, err := g.acquire()
+	if err != nil {
+		return nil, err
+	}
+	defer ref.release()
+	e, ok := ref.dev.(disk.Extenter)
+	if !ok {
+		return nil, disk.ErrNotSupported
+	}
+	return e.Extents(off, length, max)
+}
+
+// The Primary target (attach-disk on a Diskless Primary): the attached
+// disk is sync target of the peer while the node serves. Every block
+// starts out of sync (the local bitmap's bits set before the disk takes
+// any I/O). A read of a range with a block still out of sync goes to the
+// peer. A write takes the range lock over the whole blocks it touches,
+// first copies from the peer each block it covers only partly and that is
+// still out of sync (the block is then whole here), writes as usual (both
+// disks), and then counts its blocks as in sync: it records them in the
+// written set and clears their bits. A resync chunk takes the same lock
+// and skips the blocks of the written set, which hold newer data than the
+// chunk (read by the source before the write reached it). Without the
+// peer (lost link, failed request) the Primary target's writes fail: a
+// write on this disk alone would be undone by the resync that resumes.
+
+// announcePrimaryTarget tells the peer that this Primary's disk is
+// Inconsistent (which starts the resync) once the writes that began before
+// the disk was attached have finished: those may have left the disk alone
+// and recorded nothing, and a resync chunk the peer read before one of
+// them reached it would be older than the write. A new replication state
+// tells them from the writes that begin from now on (loop).
+func (r *Resource) announcePrimaryTarget() {
+	r.repEpoch++
+	r.publish()
+	r.repMu.RLock()
+	st := r.rep
+	r.repMu.RUnlock()
+	link := r.link
+	r.goLoop(func() {
+		select {
+		case <-st.quiet:
+		case <-r.loopCtx.Done():
+			return
+		}
+		r.post(func() {
+			if r.link == link && r.m.PrimaryTarget() && r.m.Conn() == ConnConnected {
+				r.sendState()
+			}
+		})
+	})
+}
+
+// primaryTargetBlocks returns the block-aligned range [start, end) that
+// [off, off+n) touches.
+func (r *Resource) primaryTargetBlocks(off, n int64) (start, end int64) {
+	bs := r.bmap().BlockSize()
+	start = off / bs * bs
+	end = min((off+n+bs-1)/bs*bs, r.size.Load())
+	return start, end
+}
+
+// makeWhole copies from the peer the blocks at the edges of [off, off+n)
+// that the range covers only partly and that are still out of sync here,
+// and writes them to the local disk (a Primary target, under the range
+// lock of the whole blocks).
+func (r *Resource) makeWhole(st *repState, off, n int64) error {
+	start, end := r.primaryTargetBlocks(off, n)
+	bs := r.bmap().BlockSize()
+	edges := []int64{start}
+	if last := end - bs; last > start {
+		edges = append(edges, last)
+	}
+	for _, b := range edges {
+		l := min(bs, end-b)
+		if b >= off && b+l <= off+n {
+			continue // covered whole by the request
+		}
+		if !r.bmap().Test(b, l) {
+			continue
+		}
+		buf := make([]byte, l)
+		if err := r.peerReadOnce(st, buf, b); err != nil {
+			return fmt.Errorf("resource %s: reading block %d from the peer to complete it: %w", r.cfg().Name, b, err)
+		}
+		if _, err := r.data.WriteAt(buf, b); err != nil {
+			r.localError(err)
+			return err
+		}
+	}
+	return nil
+}
+
+// resyncWritten counts the blocks [off, off+n) touches as in sync after a
+// Primary target's write landed on both disks.
+func (r *Resource) resyncWritten(off, n int64) {
+	start, end := r.primaryTargetBlocks(off, n)
+	if w := r.written.Load(); w != nil {
+		w.Set(start, end-start)
+	}
+	r.bmap().Clear(start, end-start)
+}
+
+// newWrittenSet makes the written set for a disk attached as Primary
+// target.
+func (r *Resource) newWrittenSet() error {
+	w, err := bitmap.New(r.size.Load(), r.bmap().BlockSize(), nil, nil)
+	if err != nil {
+		return err
+	}
+	r.written.Store(w)
+	return nil
+}
