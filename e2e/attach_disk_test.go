@@ -255,9 +255,27 @@ assert h.pread(512, 3 << 20) == b"\x44" * 512
 // repaired one's meta-data (not closed cleanly) is opened as after a
 // crash, and a bitmap resync brings it up to date.
 func TestAttachDiskAfterIOError(t *testing.T) {
+	t.Run("file", func(t *testing.T) { attachDiskAfterIOError(t, false) })
+	// A block device is claimed exclusively while open: the failed disk's
+	// descriptor must be closed before the same device opens again.
+	t.Run("block device", func(t *testing.T) { attachDiskAfterIOError(t, true) })
+}
+
+func attachDiskAfterIOError(t *testing.T, loop bool) {
 	RequireTools(t, "qemu-io")
 	dir := t.TempDir()
 	disk, inject := faultyDisk(t, dir, 64<<20)
+	if loop {
+		RequireRoot(t)
+		RequireTools(t, "losetup")
+		dev := strings.TrimSpace(MustRun(t, time.Minute, "losetup", "--find", "--show", disk))
+		t.Cleanup(func() {
+			if r := Run(t, time.Minute, "losetup", "-d", dev); r.Err != nil {
+				t.Errorf("losetup -d %s: %v %s", dev, r.Err, r.Stderr)
+			}
+		})
+		disk = dev
+	}
 	c := newCluster(t, clusterOptions{diskB: disk, yaml: "disk:\n  on-io-error: detach\n"})
 	c.a.qemuIO("write -P 0x11 0 1M")
 	startFailing(t, inject)

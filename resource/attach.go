@@ -249,6 +249,16 @@ func (r *Resource) AttachDisk(ctx context.Context) error {
 			return err
 		}
 		closing, blockSize = r.diskClosing, r.bmap().BlockSize()
+		if closing == nil && r.diskFailed.Load() {
+			// A disk that failed (on-io-error detach) is still open:
+			// close it as it is (its meta-data left unclean) before the
+			// disk is opened again, which a block device claimed
+			// exclusively by the old descriptor would refuse (EBUSY).
+			if old := r.takeStorage(); old.meta != nil {
+				r.data.close()
+				closeStorage(old, false, r.log)
+			}
+		}
 		return nil
 	})
 	if err != nil {
