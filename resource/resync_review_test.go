@@ -34,7 +34,9 @@ func TestCsumResyncClearsTargetBitmap(t *testing.T) {
 	c.proxy.setRefuse(false)
 	c.settled()
 	c.compareBlocks(same, diff)
-	if s := c.b.Status(); s.OutOfSync != 0 {
+	// The status shows UpToDate before the SyncDone's actions ran (the
+	// bitmap's clearing among them): wait for them, with a deadline.
+	if s, ok := waitStatus(c.b, 10*time.Second, func(s Status) bool { return s.OutOfSync == 0 }); !ok {
 		t.Fatalf("the target is UpToDate and Connected with %d bytes out of sync", s.OutOfSync)
 	}
 	if !bytes.Equal(c.peerData(diff, 4096), fill(0x22, 4096)) {
