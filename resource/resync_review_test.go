@@ -103,7 +103,7 @@ func TestPartialLastBlockResyncAndVerify(t *testing.T) {
 			if !bytes.Equal(c.peerData(last, partial), fill(0x44, partial)) {
 				t.Fatal("the last partial block was not resynced")
 			}
-			if s := c.b.Status(); s.OutOfSync != 0 {
+			if s, ok := waitStatus(c.b, 10*time.Second, func(s Status) bool { return s.OutOfSync == 0 }); !ok {
 				t.Fatalf("b: %d bytes out of sync", s.OutOfSync)
 			}
 			// Verify finds a difference in the partial block.
