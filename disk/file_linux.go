@@ -131,6 +131,15 @@ func Open(path string, opts Options) (*File, error) {
 	}
 	fd, err := openRetry(path, flags)
 	if err != nil {
+		if err == unix.EINVAL && opts.Direct {
+			// The file system refuses O_DIRECT (tmpfs before Linux 6.6,
+			// some FUSE and network file systems): say so, rather than
+			// a bare "invalid argument".
+			return nil, &os.PathError{Op: "open (O_DIRECT, disk.direct-io)", Path: path, Err: fmt.Errorf("the file system refuses direct I/O; turn disk.direct-io off: %w", err)}
+		}
+		if err == unix.EBUSY && flags&unix.O_EXCL != 0 {
+			return nil, &os.PathError{Op: "open", Path: path, Err: fmt.Errorf("the block device is in use (mounted, or open exclusively elsewhere): %w", err)}
+		}
 		return nil, &os.PathError{Op: "open", Path: path, Err: err}
 	}
 	f := &File{path: path, fd: fd, readOnly: opts.ReadOnly, direct: opts.Direct, align: 1, memAlign: 1, zeroAlign: 1}

@@ -104,6 +104,9 @@ func TestDetachDiskWaitsForRunningWrite(t *testing.T) {
 	if dirty != 8192 && dirty != 8192+4096 {
 		t.Fatalf("a's out of sync after a write to a Diskless peer: %d", dirty)
 	}
+	if s := c.b.Status(); s.OutOfSync != 0 {
+		t.Fatalf("the Diskless node shows its detached disk's %d bytes out of sync", s.OutOfSync)
+	}
 	if err := c.b.AttachDisk(ctx); err != nil {
 		t.Fatal(err)
 	}

@@ -505,7 +505,9 @@ func (r *Resource) Apply(ctx context.Context, cfg config.Resource) error {
 // Status returns a snapshot of the resource's state.
 func (r *Resource) Status() Status {
 	st := *r.status.Load()
-	if r.bmap() != nil {
+	if r.bmap() != nil && !r.diskFailed.Load() {
+		// A Diskless node keeps no bitmap: the one of its detached disk
+		// is not what it is out of sync by.
 		st.OutOfSync = uint64(r.bmap().DirtyBytes())
 	}
 	st.WritesInFlight = uint64(max(r.inflight.Load(), 0))
