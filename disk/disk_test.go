@@ -286,13 +286,25 @@ func TestFileDirect(t *testing.T) {
 // with args added) for the test, skipping where that cannot be done.
 func loopDevice(t *testing.T, size int64, args ...string) string {
 	t.Helper()
+	needLosetup(t)
+	return loopOver(t, filepath.Join(t.TempDir(), "loop.img"), size, args...)
+}
+
+// needLosetup skips (unless required) where loop devices cannot be made.
+func needLosetup(t *testing.T) {
+	t.Helper()
 	if os.Geteuid() != 0 {
 		skipUnlessRequired(t, "needs root for losetup")
 	}
 	if _, err := exec.LookPath("losetup"); err != nil {
 		skipUnlessRequired(t, "losetup not installed")
 	}
-	img := filepath.Join(t.TempDir(), "loop.img")
+}
+
+// loopOver creates img of size bytes and attaches it as a loop device
+// (losetup with args added), detached when the test ends.
+func loopOver(t *testing.T, img string, size int64, args ...string) string {
+	t.Helper()
 	if err := os.WriteFile(img, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}

@@ -17,12 +17,7 @@ import (
 // the device reports EIO, a real medium error.
 func failingLoopDevice(t *testing.T) string {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		skipUnlessRequired(t, "needs root for mount and losetup")
-	}
-	if _, err := exec.LookPath("losetup"); err != nil {
-		skipUnlessRequired(t, "losetup not installed")
-	}
+	needLosetup(t)
 	mnt := filepath.Join(t.TempDir(), "mnt")
 	if err := os.Mkdir(mnt, 0o700); err != nil {
 		t.Fatal(err)
@@ -35,20 +30,7 @@ func failingLoopDevice(t *testing.T) string {
 			t.Errorf("umount %s: %v: %s", mnt, err, out)
 		}
 	})
-	img := filepath.Join(mnt, "back.img")
-	if err := os.WriteFile(img, nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Truncate(img, 8<<20); err != nil {
-		t.Fatal(err)
-	}
-	out, err := exec.Command("losetup", "--find", "--show", img).CombinedOutput()
-	if err != nil {
-		skipUnlessRequired(t, "losetup failed: "+strings.TrimSpace(string(out)))
-	}
-	dev := strings.TrimSpace(string(out))
-	t.Cleanup(func() { exec.Command("losetup", "-d", dev).Run() })
-	return dev
+	return loopOver(t, filepath.Join(mnt, "back.img"), 8<<20)
 }
 
 // TestFileSyncFailureSticks: after fdatasync fails, Linux may have dropped
