@@ -244,12 +244,57 @@ func command(cmd *cobra.Command, g *globalOptions, t ctlproto.MsgType, name stri
 	})
 }
 
-func newDetachDiskCmd(g *globalOptions) *cobra.Command {
-	var force bool
+// flagCommand is a command that names a resource and may set one boolean
+// flag, sent as a mandatory tag when set (so that a daemon that lacks it
+// refuses the request by name instead of ignoring it).
+type flagCommand struct {
+	use, short, long string
+	msg              ctlproto.MsgType
+	flag, usage      string
+	tag              uint16
+}
+
+func (f flagCommand) build(g *globalOptions) *cobra.Command {
+	var set bool
 	cmd := &cobra.Command{
-		Use:   "detach-disk RESOURCE [--force]",
-		Short: "Detach the local disk cleanly while the resource stays up: the node goes Diskless, its I/O goes to the peer",
-		Long: `Detach the local disk cleanly while the resource stays up and connected
+		Use:   f.use + " RESOURCE [--" + f.flag + "]",
+		Short: f.short,
+		Long:  f.long,
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var extra []ctlproto.Entry
+			if set {
+				extra = append(extra, ctlproto.Flag(f.tag, true).AsMandatory())
+			}
+			return command(cmd, g, f.msg, args[0], extra...)
+		},
+	}
+	cmd.Flags().BoolVar(&set, f.flag, false, f.usage)
+	return cmd
+}
+
+func newPrimaryCmd(g *globalOptions) *cobra.Command {
+	return flagCommand{use: "primary", short: "Become Primary (--force: even without up-to-date data; this node's data wins)",
+		msg: ctlproto.MsgPrimary, flag: "force", tag: ctlproto.TagForce,
+		usage: "promote even an Inconsistent or Outdated disk; on a fresh pair this starts the initial full sync"}.build(g)
+}
+
+func newConnectCmd(g *globalOptions) *cobra.Command {
+	return flagCommand{use: "connect", short: "Connect to the peer (--discard-my-data: resolve a split brain against this node)",
+		msg: ctlproto.MsgConnect, flag: "discard-my-data", tag: ctlproto.TagDiscardMyData,
+		usage: "this node becomes sync target after a split brain"}.build(g)
+}
+
+func newNewUUIDCmd(g *globalOptions) *cobra.Command {
+	return flagCommand{use: "new-current-uuid", short: "Start a new data generation (--clear-bitmap: skip the initial sync of two blank disks)",
+		msg: ctlproto.MsgNewCurrentUUID, flag: "clear-bitmap", tag: ctlproto.TagClearBitmap,
+		usage: "both disks are blank: mark them in sync without a resync"}.build(g)
+}
+
+func newDetachDiskCmd(g *globalOptions) *cobra.Command {
+	return flagCommand{use: "detach-disk",
+		short: "Detach the local disk cleanly while the resource stays up: the node goes Diskless, its I/O goes to the peer",
+		long: `Detach the local disk cleanly while the resource stays up and connected
 (DRBD's drbdadm detach): the writes running on it finish, its bitmap and
 activity log are flushed and its meta-data closed cleanly; the node goes
 Diskless and the peer sees it. A Secondary may always detach. A Primary
@@ -257,17 +302,8 @@ detaches only while connected to an UpToDate peer, through which it then
 serves; --force detaches it without one (its I/O then fails, or waits
 under disk.on-no-data-accessible suspend-io). attach-disk takes the disk
 back.`,
-		Args: cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			var extra []ctlproto.Entry
-			if force {
-				extra = append(extra, ctlproto.Flag(ctlproto.TagForce, true).AsMandatory())
-			}
-			return command(cmd, g, ctlproto.MsgDetachDisk, args[0], extra...)
-		},
-	}
-	cmd.Flags().BoolVar(&force, "force", false, "detach a Primary's disk even without an UpToDate peer: no copy of the data stays reachable")
-	return cmd
+		msg: ctlproto.MsgDetachDisk, flag: "force", tag: ctlproto.TagForce,
+		usage: "detach a Primary's disk even without an UpToDate peer: no copy of the data stays reachable"}.build(g)
 }
 
 func newAttachDiskCmd(g *globalOptions) *cobra.Command {
@@ -296,60 +332,6 @@ resource is refused and the node stays Diskless.`,
 			return command(cmd, g, ctlproto.MsgAttachDisk, args[0])
 		},
 	}
-}
-
-func newPrimaryCmd(g *globalOptions) *cobra.Command {
-	var force bool
-	cmd := &cobra.Command{
-		Use:   "primary RESOURCE [--force]",
-		Short: "Become Primary (--force: even without up-to-date data; this node's data wins)",
-		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			var extra []ctlproto.Entry
-			if force {
-				extra = append(extra, ctlproto.Flag(ctlproto.TagForce, true).AsMandatory())
-			}
-			return command(cmd, g, ctlproto.MsgPrimary, args[0], extra...)
-		},
-	}
-	cmd.Flags().BoolVar(&force, "force", false, "promote even an Inconsistent or Outdated disk; on a fresh pair this starts the initial full sync")
-	return cmd
-}
-
-func newConnectCmd(g *globalOptions) *cobra.Command {
-	var discard bool
-	cmd := &cobra.Command{
-		Use:   "connect RESOURCE [--discard-my-data]",
-		Short: "Connect to the peer (--discard-my-data: resolve a split brain against this node)",
-		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			var extra []ctlproto.Entry
-			if discard {
-				extra = append(extra, ctlproto.Flag(ctlproto.TagDiscardMyData, true).AsMandatory())
-			}
-			return command(cmd, g, ctlproto.MsgConnect, args[0], extra...)
-		},
-	}
-	cmd.Flags().BoolVar(&discard, "discard-my-data", false, "this node becomes sync target after a split brain")
-	return cmd
-}
-
-func newNewUUIDCmd(g *globalOptions) *cobra.Command {
-	var clear bool
-	cmd := &cobra.Command{
-		Use:   "new-current-uuid RESOURCE [--clear-bitmap]",
-		Short: "Start a new data generation (--clear-bitmap: skip the initial sync of two blank disks)",
-		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			var extra []ctlproto.Entry
-			if clear {
-				extra = append(extra, ctlproto.Flag(ctlproto.TagClearBitmap, true).AsMandatory())
-			}
-			return command(cmd, g, ctlproto.MsgNewCurrentUUID, args[0], extra...)
-		},
-	}
-	cmd.Flags().BoolVar(&clear, "clear-bitmap", false, "both disks are blank: mark them in sync without a resync")
-	return cmd
 }
 
 func newInvalidateRemoteCmd(g *globalOptions) *cobra.Command {
