@@ -1,0 +1,192 @@
+package resource
+
+import (
+	"bytes"
+	"context"
+	"sync"
+	"testing"
+	"time"
+)
+
+// quietWindow is how long a test watches for something that must not
+// happen while a write is held (the peer starting the resync, a second
+// write of the same block finishing). It only bounds the observation: a
+// test passes without waiting it out when nothing is held back.
+const quietWindow = time.Second
+
+// The peer hears of a Primary's attached disk (and starts the resync) only
+// once the writes that began before the attach finished. Here one began
+// Diskless, reached the peer's disk and is held there, before it lands:
+// a resync chunk of its block read now would be older than the write, and
+// the write recorded nothing on the attached disk that would make the
+// chunk skip the block. Both replicas must end up with the write.
+func TestAttachDiskPrimaryHoldsBackTheResyncForEarlierWrites(t *testing.T) {
+	c := newPair(t, "", "")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := c.a.DetachDisk(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	const off = 1<<20 + 1024
+	const blk = off / 4096 * 4096
+	entered, hold := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	c.db.setWrite(func(p []byte, o int64) error {
+		if o == off {
+			once.Do(func() {
+				close(entered)
+				<-hold
+			})
+		}
+		return nil
+	})
+	w1 := make(chan error, 1)
+	go func() { w1 <- c.a.WriteAt(fill(0x71, 512), off, false) }()
+	select {
+	case <-entered:
+	case <-ctx.Done():
+		t.Fatal("the write did not reach the peer's disk")
+	}
+	// A resync chunk of the block, read on the peer while the write is
+	// held (before it lands there).
+	chunkRead := make(chan struct{})
+	var readOnce sync.Once
+	c.db.setAfterRead(func(p []byte, o int64) {
+		if len(p) > 4096 && o <= blk && o+int64(len(p)) >= blk+4096 {
+			readOnce.Do(func() { close(chunkRead) })
+		}
+	})
+	if err := c.a.AttachDisk(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if s, started := waitStatus(c.b, quietWindow, func(s Status) bool {
+		return s.PeerDisk != DiskDiskless || s.Conn != ConnConnected
+	}); started {
+		t.Errorf("the peer heard of the attached disk while a write begun before the attach ran: %+v", s)
+		// Let the resync read the block before the write lands, to show
+		// what that costs.
+		select {
+		case <-chunkRead:
+		case <-ctx.Done():
+		}
+	}
+	close(hold)
+	c.db.setWrite(nil)
+	c.db.setAfterRead(nil)
+	if err := <-w1; err != nil {
+		t.Fatal(err)
+	}
+	c.wait(c.a, "a in sync", func(s Status) bool { return s.Disk == DiskUpToDate && s.Conn == ConnConnected })
+	c.settled()
+	want := make([]byte, 4096)
+	copy(want[off-blk:], fill(0x71, 512))
+	if a, b := c.localData(blk, 4096), c.peerData(blk, 4096); !bytes.Equal(a, want) || !bytes.Equal(b, want) {
+		t.Fatalf("the block of the write begun before the attach: a has it %v, b has it %v", bytes.Equal(a, want), bytes.Equal(b, want))
+	}
+}
+
+// Two writes into one block that began on a Diskless Primary (waiting in
+// the range lock behind a third, held on the peer) and run once its disk
+// is attached as sync target: they start over as writes of the attached
+// disk (errRestart), which lock the whole block and complete it from the
+// peer one after the other. Run as they began (a lock over their own bytes
+// only), both would complete the block from the peer at once, and the one
+// that read the block before the other's write reached the peer would
+// write the old block over it on the local disk; the written set then
+// keeps the resync from repairing it.
+func TestAttachDiskPrimaryRestartsWritesBegunBefore(t *testing.T) {
+	c := newPair(t, "", "")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := c.a.DetachDisk(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	const blk = 1 << 20
+	entered, hold := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	c.db.setWrite(func(p []byte, o int64) error {
+		if o == blk && len(p) == 4096 {
+			once.Do(func() {
+				close(entered)
+				<-hold
+			})
+		}
+		return nil
+	})
+	w1 := make(chan error, 1)
+	go func() { w1 <- c.a.WriteAt(fill(0x71, 4096), blk, false) }()
+	select {
+	case <-entered:
+	case <-ctx.Done():
+		t.Fatal("the first write did not reach the peer's disk")
+	}
+	w2, w3 := make(chan error, 1), make(chan error, 1)
+	go func() { w2 <- c.a.WriteAt(fill(0x72, 512), blk, false) }()
+	go func() { w3 <- c.a.WriteAt(fill(0x73, 512), blk+2048, false) }()
+	// Both have begun (they wait for the first's range lock).
+	for c.a.inflight.Load() < 3 {
+		if ctx.Err() != nil {
+			t.Fatal("the second and third writes did not begin")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	// The first completion of the block from the peer is held after the
+	// peer read it, until the other write finished (or, when the writes
+	// take their turns as they must, the other cannot finish: the window).
+	otherDone := make(chan struct{})
+	readHeld := make(chan struct{})
+	var readOnce sync.Once
+	c.db.setAfterRead(func(p []byte, o int64) {
+		if o == blk && len(p) == 4096 {
+			readOnce.Do(func() {
+				close(readHeld)
+				select {
+				case <-otherDone:
+				case <-time.After(quietWindow):
+				}
+			})
+		}
+	})
+	if err := c.a.AttachDisk(ctx); err != nil {
+		t.Fatal(err)
+	}
+	close(hold)
+	c.db.setWrite(nil)
+	if err := <-w1; err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-readHeld:
+	case <-ctx.Done():
+		t.Fatal("no write completed the block from the peer")
+	}
+	// Whichever of the two finishes first releases the other's held read.
+	var errs []error
+	for range 2 {
+		select {
+		case err := <-w2:
+			errs = append(errs, err)
+		case err := <-w3:
+			errs = append(errs, err)
+		case <-ctx.Done():
+			t.Fatal("the writes did not finish")
+		}
+		if len(errs) == 1 {
+			close(otherDone)
+		}
+	}
+	c.db.setAfterRead(nil)
+	for _, err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.wait(c.a, "a in sync", func(s Status) bool { return s.Disk == DiskUpToDate && s.Conn == ConnConnected })
+	c.settled()
+	want := fill(0x71, 4096)
+	copy(want, fill(0x72, 512))
+	copy(want[2048:], fill(0x73, 512))
+	if a, b := c.localData(blk, 4096), c.peerData(blk, 4096); !bytes.Equal(a, want) || !bytes.Equal(b, want) {
+		t.Fatalf("the block written across the attach: a has it %v, b has it %v", bytes.Equal(a, want), bytes.Equal(b, want))
+	}
+}
