@@ -190,3 +190,54 @@ func TestAttachDiskPrimaryRestartsWritesBegunBefore(t *testing.T) {
 		t.Fatalf("the block written across the attach: a has it %v, b has it %v", bytes.Equal(a, want), bytes.Equal(b, want))
 	}
 }
+
+// The written-during-resync set of a Primary target lives only as long as
+// every write of its blocks lands on its disk. Demoted, and disconnected,
+// its peer is promoted and writes a block of the set alone (the peer's
+// bitmap records it); at the reconnect the resync must copy that block
+// (the set must not make the chunk skip it), or the node ends UpToDate
+// with the block it wrote as Primary instead of the peer's newer one.
+func TestAttachDiskPrimaryWrittenSetEndsWithTheLink(t *testing.T) {
+	c := newPair(t, "resync:\n  rate: 4M\n", "resync:\n  rate: 4M\n")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := c.a.DetachDisk(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.a.AttachDisk(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// The resync stays paused until the reconnect: it does not end
+	// before the demotion.
+	c.wait(c.b, "b sync source", func(s Status) bool { return s.Conn == ConnSyncSource })
+	if err := c.b.PauseSync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	blk := c.a.Size() - 8192
+	if err := c.a.WriteAt(fill(0x61, 4096), blk, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.a.Secondary(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.a.Disconnect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	c.wait(c.b, "b alone", func(s Status) bool { return s.Conn != ConnSyncSource && s.PeerDisk == DiskDUnknown })
+	if err := c.b.Primary(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.b.WriteAt(fill(0x62, 4096), blk, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.a.Connect(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	c.wait(c.a, "a sync target", func(s Status) bool { return s.Conn == ConnSyncTarget || s.Conn == ConnPausedSyncT })
+	_ = c.b.ResumeSync(ctx)
+	c.wait(c.a, "a in sync", func(s Status) bool { return s.Disk == DiskUpToDate && s.Conn == ConnConnected })
+	want := fill(0x62, 4096)
+	if a, b := c.localData(blk, 4096), c.peerData(blk, 4096); !bytes.Equal(a, want) || !bytes.Equal(b, want) {
+		t.Fatalf("the block the promoted peer wrote alone: a has it %v (%x..), b has it %v", bytes.Equal(a, want), a[:4], bytes.Equal(b, want))
+	}
+}

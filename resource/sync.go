@@ -73,6 +73,17 @@ func (r *Resource) startSync(source, full bool) {
 	ctx, cancel := context.WithCancel(r.loopCtx)
 	r.syncCancel = cancel
 	if !source {
+		if !r.m.PrimaryTarget() {
+			// The written set holds only while every write of its blocks
+			// lands here: a Primary target's own writes do (they fail
+			// without the peer), but a node demoted since is written by
+			// its peer, alone while the link was down (the peer's bitmap
+			// has those blocks, and this resync must copy them). The
+			// links before this one are done with the disk (linkUp
+			// waits for them), so no chunk read before such a write can
+			// arrive any more.
+			r.written.Store(nil)
+		}
 		t := &targetState{ready: make(chan struct{}), ctx: ctx, total: uint64(r.bmap().DirtyBytes())}
 		r.targetMu.Lock()
 		r.target = t
