@@ -530,7 +530,8 @@ func (r *Resource) primaryTargetBlocks(off, n int64) (start, end int64) {
 // makeWhole copies from the peer the blocks at the edges of [off, off+n)
 // that the range covers only partly and that are still out of sync here,
 // and writes them to the local disk (a Primary target, under the range
-// lock of the whole blocks).
+// lock of the whole blocks). A disk that fails meanwhile and is detached
+// for it is no error: the caller finds it Diskless.
 func (r *Resource) makeWhole(st *repState, off, n int64) error {
 	start, end := r.primaryTargetBlocks(off, n)
 	bs := r.bmap().BlockSize()
@@ -551,7 +552,12 @@ func (r *Resource) makeWhole(st *repState, off, n int64) error {
 			return fmt.Errorf("resource %s: reading block %d from the peer to complete it: %w", r.cfg().Name, b, err)
 		}
 		if _, err := r.data.WriteAt(buf, b); err != nil {
-			r.localError(err)
+			if r.localError(err) {
+				// The disk is gone (on-io-error detach, or detach-disk
+				// closed it): the write goes on without it, to the peer
+				// alone, as any write whose disk failed under it.
+				return nil
+			}
 			return err
 		}
 	}

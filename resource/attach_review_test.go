@@ -2,6 +2,7 @@ package resource
 
 import (
 	"bytes"
+	"errors"
 	"context"
 	"sync"
 	"testing"
@@ -239,5 +240,46 @@ func TestAttachDiskPrimaryWrittenSetEndsWithTheLink(t *testing.T) {
 	want := fill(0x62, 4096)
 	if a, b := c.localData(blk, 4096), c.peerData(blk, 4096); !bytes.Equal(a, want) || !bytes.Equal(b, want) {
 		t.Fatalf("the block the promoted peer wrote alone: a has it %v (%x..), b has it %v", bytes.Equal(a, want), a[:4], bytes.Equal(b, want))
+	}
+}
+
+// A Primary target's disk that fails (disk.on-io-error detach) while a
+// write completes a block from the peer: the node goes Diskless, and the
+// write goes on to the peer alone, as every other write of a disk that
+// fails under it does, instead of failing the client.
+func TestAttachDiskPrimaryDiskFailsWhileMakingWhole(t *testing.T) {
+	c := newPair(t, "resync:\n  rate: 4M\n", "resync:\n  rate: 4M\n")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := c.a.DetachDisk(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.a.AttachDisk(ctx); err != nil {
+		t.Fatal(err)
+	}
+	c.wait(c.b, "b sync source", func(s Status) bool { return s.Conn == ConnSyncSource })
+	if err := c.b.PauseSync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	blk := c.a.Size() - 8192
+	c.da.setWrite(func(p []byte, o int64) error {
+		if o == blk && len(p) == 4096 {
+			return errors.New("injected disk error")
+		}
+		return nil
+	})
+	if err := c.a.WriteAt(fill(0x63, 512), blk+512, false); err != nil {
+		t.Fatalf("a write whose block completion the failing disk refused: %v", err)
+	}
+	c.da.setWrite(nil)
+	c.wait(c.a, "a Diskless", func(s Status) bool { return s.Disk == DiskDiskless && s.Role == RolePrimary })
+	want := make([]byte, 4096)
+	copy(want[512:], fill(0x63, 512))
+	p := make([]byte, 4096)
+	if err := c.a.ReadAt(p, blk); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(p, want) || !bytes.Equal(c.peerData(blk, 4096), want) {
+		t.Fatal("the write did not reach the peer")
 	}
 }
