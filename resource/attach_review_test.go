@@ -2,8 +2,8 @@ package resource
 
 import (
 	"bytes"
-	"errors"
 	"context"
+	"errors"
 	"sync"
 	"testing"
 	"time"
