@@ -574,6 +574,37 @@ func (r *Resource) resyncWritten(off, n int64) {
 	r.bmap().Clear(start, end-start)
 }
 
+// targetWriteFailed puts the blocks of a Primary target's write that
+// failed (the peer failed it, or the local disk under on-io-error pass-on)
+// back in step with the peer, under the write's lock of the whole blocks:
+// the local half may have landed, and blocks of the written set are
+// skipped by the resync, which would leave them different from the peer's
+// for good. It copies the peer's blocks back; if it cannot (the link is
+// gone), it takes them out of the written set, so that the resync (the
+// next link's: no chunk of this one can clear their bits any more) copies
+// them. Their bits are set either way: reads go to the peer meanwhile.
+func (r *Resource) targetWriteFailed(off, n int64) {
+	if r.diskFailed.Load() {
+		return
+	}
+	start, end := r.primaryTargetBlocks(off, n)
+	r.bmap().Set(start, end-start)
+	r.repMu.RLock()
+	st := r.rep
+	r.repMu.RUnlock()
+	buf := make([]byte, end-start)
+	if st.link != nil && r.peerReadOnce(st, buf, start) == nil {
+		_, err := r.data.WriteAt(buf, start)
+		if err == nil {
+			return
+		}
+		r.localError(err)
+	}
+	if w := r.written.Load(); w != nil {
+		w.Clear(start, end-start)
+	}
+}
+
 // newWrittenSet makes the written set for a disk attached as Primary
 // target.
 func (r *Resource) newWrittenSet() error {

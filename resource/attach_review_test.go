@@ -283,3 +283,46 @@ func TestAttachDiskPrimaryDiskFailsWhileMakingWhole(t *testing.T) {
 		t.Fatal("the write did not reach the peer")
 	}
 }
+
+// A Primary target's write that lands on its disk but that the peer fails
+// is an error to the client; its block was written before (it is in the
+// written set), so the resync skips it. The block must end the same on
+// both replicas: the node takes the peer's block back (or leaves it to
+// the resync).
+func TestAttachDiskPrimaryPeerFailsWriteOfWrittenBlock(t *testing.T) {
+	c := newPair(t, "resync:\n  rate: 4M\n", "resync:\n  rate: 4M\ndisk:\n  on-io-error: pass-on\n")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := c.a.DetachDisk(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.a.AttachDisk(ctx); err != nil {
+		t.Fatal(err)
+	}
+	c.wait(c.b, "b sync source", func(s Status) bool { return s.Conn == ConnSyncSource })
+	if err := c.b.PauseSync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	blk := c.a.Size() - 8192
+	if err := c.a.WriteAt(fill(0x64, 4096), blk, false); err != nil {
+		t.Fatal(err)
+	}
+	c.db.setWrite(func(p []byte, o int64) error {
+		if o == blk+512 {
+			return errors.New("injected disk error")
+		}
+		return nil
+	})
+	if err := c.a.WriteAt(fill(0x65, 512), blk+512, false); err == nil {
+		t.Fatal("a write the peer failed succeeded on a Primary target")
+	}
+	c.db.setWrite(nil)
+	if err := c.b.ResumeSync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	c.wait(c.a, "a in sync", func(s Status) bool { return s.Disk == DiskUpToDate && s.Conn == ConnConnected })
+	c.settled()
+	if a, b := c.localData(blk, 4096), c.peerData(blk, 4096); !bytes.Equal(a, b) {
+		t.Fatalf("the replicas differ in the block of the failed write: a %x.., b %x..", a[510:514], b[510:514])
+	}
+}

@@ -562,6 +562,8 @@ func (r *Resource) writeReq(req replicate.Request, do func() error) (ran bool, e
 		if !retry {
 			if asTarget && err == nil {
 				r.resyncWritten(off, n)
+			} else if asTarget {
+				r.targetWriteFailed(off, n)
 			}
 			return ran, err
 		}
