@@ -326,3 +326,53 @@ func TestAttachDiskPrimaryPeerFailsWriteOfWrittenBlock(t *testing.T) {
 		t.Fatalf("the replicas differ in the block of the failed write: a %x.., b %x..", a[510:514], b[510:514])
 	}
 }
+
+// A Primary target needs protocol C (attach-disk checks it), also after
+// an adjust to another protocol and a reconnect: acknowledged at Sent, a
+// write the peer then fails has its bits set again, and a read of its
+// block goes to the peer, which lacks it: an acknowledged write would be
+// read back as the data before it.
+func TestAttachDiskPrimaryTargetKeepsProtocolC(t *testing.T) {
+	c := newPair(t, "resync:\n  rate: 4M\n", "resync:\n  rate: 4M\ndisk:\n  on-io-error: pass-on\n")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := c.a.DetachDisk(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.a.AttachDisk(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range []*Resource{c.a, c.b} {
+		cfg := r.cfg()
+		cfg.Net.Protocol = "A"
+		if err := r.Apply(ctx, cfg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	before := c.a.Status().Link.Connects
+	c.proxy.cut()
+	c.wait(c.a, "the link back", func(s Status) bool {
+		return s.Link.Connects > before && (s.Conn == ConnSyncTarget || s.Conn == ConnPausedSyncT)
+	})
+	blk := c.a.Size() - 8192
+	c.db.setWrite(func(p []byte, o int64) error {
+		if o == blk {
+			return errors.New("injected disk error")
+		}
+		return nil
+	})
+	werr := c.a.WriteAt(fill(0x66, 4096), blk, false)
+	// The flush's answer comes after the write's on the data stream.
+	_ = c.a.Flush()
+	c.db.setWrite(nil)
+	if werr != nil {
+		return // refused as a Primary target's write the peer failed
+	}
+	p := make([]byte, 4096)
+	if err := c.a.ReadAt(p, blk); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(p, fill(0x66, 4096)) {
+		t.Fatalf("an acknowledged write of a Primary target reads back as %x..", p[:4])
+	}
+}

@@ -5,6 +5,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/rbd-nbd/rbd-nbd/config"
 	"github.com/rbd-nbd/rbd-nbd/hooks"
 	"github.com/rbd-nbd/rbd-nbd/metadata"
 	"github.com/rbd-nbd/rbd-nbd/replicate"
@@ -94,6 +95,15 @@ func (r *Resource) stepAdmin(ev Event) ([]Action, error) {
 func (r *Resource) publish() {
 	cur := r.rep
 	proto := r.cfg().Net.Protocol
+	if r.m.PrimaryTarget() {
+		// attach-disk on a Primary checked for protocol C, which its
+		// writes need (checkPrimaryTargetProtocol): an adjust to another
+		// protocol waits for the resync's end. Acknowledged before the
+		// peer's Done, a write the peer then failed would have its bits
+		// set again, and its block read back from the peer, which lacks
+		// it.
+		proto = config.ProtocolC
+	}
 	var link *replicate.Link
 	if r.m.Replicating() && r.link != nil && r.peerTakesIO() {
 		link = r.link
