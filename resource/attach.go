@@ -237,6 +237,8 @@ func (r *Resource) DetachDisk(ctx context.Context, force bool) error {
 // resource (no generation in common) is refused, and the node stays
 // Diskless.
 func (r *Resource) AttachDisk(ctx context.Context) error {
+	r.attachMu.Lock()
+	defer r.attachMu.Unlock()
 	var closing *diskClose
 	var blockSize int64
 	err := r.do(ctx, func() error {

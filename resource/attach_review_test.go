@@ -7,6 +7,9 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/rbd-nbd/rbd-nbd/disk"
+	"github.com/rbd-nbd/rbd-nbd/metadata"
 )
 
 // quietWindow is how long a test watches for something that must not
@@ -375,4 +378,63 @@ func TestAttachDiskPrimaryTargetKeepsProtocolC(t *testing.T) {
 	if !bytes.Equal(p, fill(0x66, 4096)) {
 		t.Fatalf("an acknowledged write of a Primary target reads back as %x..", p[:4])
 	}
+}
+
+// Two attach-disk at once: the one refused after it opened the disk (the
+// other attached it meanwhile) must leave the meta-data alone. Closed
+// cleanly, it wrote its own superblock and bitmap, as of its open, over
+// those of the attached disk, marked al-clean while the disk is in use:
+// a crash then replays no activity log.
+func TestAttachDiskTwiceAtOnce(t *testing.T) {
+	c := newPair(t, "", "")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := c.b.DetachDisk(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	opened, hold := make(chan struct{}), make(chan struct{})
+	var calls int
+	var mu sync.Mutex
+	c.b.wrapData = func(d disk.Device) disk.Device {
+		mu.Lock()
+		calls++
+		first := calls == 1
+		mu.Unlock()
+		if first {
+			close(opened)
+			<-hold
+		}
+		c.db.Device = d
+		return c.db
+	}
+	first := make(chan error, 1)
+	go func() { first <- c.b.AttachDisk(ctx) }()
+	select {
+	case <-opened:
+	case err := <-first:
+		t.Fatalf("the first attach-disk returned before it opened the disk: %v", err)
+	case <-ctx.Done():
+		t.Fatal("the first attach-disk did not open the disk")
+	}
+	second := make(chan error, 1)
+	go func() { second <- c.b.AttachDisk(ctx) }()
+	var err1, err2 error
+	select {
+	case err2 = <-second:
+		close(hold)
+		err1 = <-first
+	case <-time.After(quietWindow):
+		// The second waits for the first (the fix): let the first go.
+		close(hold)
+		err1, err2 = <-first, <-second
+	}
+	if (err1 == nil) == (err2 == nil) {
+		t.Fatalf("two attach-disk at once: %v, %v", err1, err2)
+	}
+	c.wait(c.b, "b attached", func(s Status) bool { return s.Disk != DiskDiskless })
+	dev := c.db.Device.(*disk.SliceDevice).Parent().(*disk.File)
+	if sb := inspectMeta(t, dev.Path()); sb.Flags.Has(metadata.FlagALClean) {
+		t.Fatalf("the attached disk's meta-data reads al-clean: %v", sb.Flags)
+	}
+	c.settled()
 }

@@ -86,6 +86,10 @@ type Resource struct {
 	// diskClosing: loop; the clean close of a disk that detach-disk
 	// detached, while it runs or until the next attach (nil: none).
 	diskClosing *diskClose
+	// attachMu runs one attach-disk at a time: one refused after it
+	// opened the disk that another attached meanwhile would close the
+	// meta-data it opened cleanly, over the attached disk's.
+	attachMu sync.Mutex
 	// diskClosed: the disk was detached cleanly and is closed (or being
 	// closed): nothing is to be written to its meta-data.
 	diskClosed atomic.Bool
