@@ -438,3 +438,118 @@ func TestAttachDiskTwiceAtOnce(t *testing.T) {
 	}
 	c.settled()
 }
+
+// A Primary target cut off from its peer, which is promoted meanwhile,
+// writes alone and is demoted again: at the reconnect the Primary must
+// not resume its resync from the peer as if nothing happened (the block
+// both wrote is in its written set and would be skipped, the replicas
+// left different with both UpToDate): two Primaries wrote, a split brain.
+func TestAttachDiskPrimaryPeerPromotedMeanwhile(t *testing.T) {
+	c := newPair(t, "resync:\n  rate: 4M\n", "resync:\n  rate: 4M\n")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := c.a.DetachDisk(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.a.AttachDisk(ctx); err != nil {
+		t.Fatal(err)
+	}
+	c.wait(c.b, "b sync source", func(s Status) bool { return s.Conn == ConnSyncSource })
+	if err := c.b.PauseSync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	blk := c.a.Size() - 8192
+	if err := c.a.WriteAt(fill(0x61, 4096), blk, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.a.Disconnect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	c.wait(c.b, "b alone", func(s Status) bool { return s.PeerDisk == DiskDUnknown })
+	if err := c.b.Primary(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.b.WriteAt(fill(0x62, 4096), blk, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.b.Secondary(ctx); err != nil {
+		t.Fatal(err)
+	}
+	before := c.a.Status().Link.Connects
+	if err := c.a.Connect(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	s := c.wait(c.a, "the handshake's outcome", func(s Status) bool {
+		return s.Disk == DiskUpToDate || (s.Conn == ConnStandAlone && s.Link.Connects > before)
+	})
+	if s.Disk == DiskUpToDate {
+		a, b := c.localData(blk, 4096), c.peerData(blk, 4096)
+		t.Fatalf("the Primary resynced from a peer that was Primary meanwhile; the block both wrote: a %x.., b %x..", a[:4], b[:4])
+	}
+	t.Logf("a after the handshake: conn %s, connects %d", s.Conn, s.Link.Connects)
+	if st := c.b.Status(); st.Conn == ConnSyncSource || st.Conn == ConnPausedSyncS {
+		t.Fatalf("the peer resyncs: %+v", st)
+	}
+}
+
+// The handshake lets a Primary with an inconsistent disk be sync target
+// only from the generation its Bitmap UUID names, on both sides.
+func TestDecidePrimaryTargetResumesOnlyItsGeneration(t *testing.T) {
+	primary := NodeState{NodeID: 0, Role: RolePrimary, Disk: DiskInconsistent, UUIDs: UUIDs{Current: 0x1000, Bitmap: 0x2000}, Dirty: 10}
+	peer := NodeState{NodeID: 1, Role: RoleSecondary, Disk: DiskUpToDate, UUIDs: UUIDs{Current: 0x2000}, Consistent: true}
+	if d := Decide(primary, peer); !d.Kind.IsTarget() {
+		t.Fatalf("resume from the attached generation: %+v", d)
+	}
+	if d := Decide(peer, primary); !d.Kind.IsSource() {
+		t.Fatalf("resume from the attached generation, the peer's side: %+v", d)
+	}
+	peer.UUIDs = UUIDs{Current: 0x3000, Bitmap: 0x2000}
+	if d := Decide(primary, peer); d.Kind != SyncSplitBrain {
+		t.Fatalf("the peer started a generation of its own: %+v", d)
+	}
+	if d := Decide(peer, primary); d.Kind != SyncSplitBrain {
+		t.Fatalf("the peer started a generation of its own, the peer's side: %+v", d)
+	}
+}
+
+// The generation rule above refuses only a peer that moved on: a Primary
+// target whose link drops while the peer stays Secondary resumes its
+// resync from the same generation at the reconnect and ends UpToDate with
+// the block it wrote meanwhile on both replicas.
+func TestAttachDiskPrimaryTargetResumesAfterLinkLoss(t *testing.T) {
+	c := newPair(t, "resync:\n  rate: 4M\n", "resync:\n  rate: 4M\n")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := c.a.DetachDisk(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.a.AttachDisk(ctx); err != nil {
+		t.Fatal(err)
+	}
+	c.wait(c.b, "b sync source", func(s Status) bool { return s.Conn == ConnSyncSource })
+	if err := c.b.PauseSync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	blk := c.a.Size() - 8192
+	if err := c.a.WriteAt(fill(0x63, 4096), blk, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.a.Disconnect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	c.wait(c.b, "b alone", func(s Status) bool { return s.PeerDisk == DiskDUnknown })
+	if err := c.a.Connect(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	c.wait(c.a, "a sync target again", func(s Status) bool { return s.Conn == ConnSyncTarget || s.Conn == ConnPausedSyncT })
+	_ = c.b.ResumeSync(ctx)
+	c.wait(c.a, "a in sync", func(s Status) bool { return s.Disk == DiskUpToDate && s.Conn == ConnConnected })
+	c.settled()
+	want := fill(0x63, 4096)
+	if a, b := c.localData(blk, 4096), c.peerData(blk, 4096); !bytes.Equal(a, want) || !bytes.Equal(b, want) {
+		t.Fatalf("the block written during the resync: a has it %v, b has it %v", bytes.Equal(a, want), bytes.Equal(b, want))
+	}
+	if a, b := c.localData(0, c.a.Size()), c.peerData(0, c.a.Size()); !bytes.Equal(a, b) {
+		t.Fatal("the replicas differ after the resumed resync")
+	}
+}

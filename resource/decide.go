@@ -94,6 +94,17 @@ func Decide(local, peer NodeState) Decision {
 	if d.Kind.IsSource() && peer.Role == RolePrimary && peer.Consistent {
 		return Decision{Kind: SyncSplitBrain, SplitBrain: d.SplitBrain, Reason: "the peer is Primary and would become sync target; demote it or discard this node's data"}
 	}
+	// ... and only from the generation it attached to (its Bitmap UUID):
+	// a source that started another one since was promoted while this
+	// node was Primary, and wrote what this Primary's clients never saw,
+	// into blocks this Primary may have written too (which its resync
+	// skips): two Primaries' writes, a split brain.
+	if d.Kind.IsTarget() && local.Role == RolePrimary && peer.UUIDs.Current != local.UUIDs.Bitmap {
+		return Decision{Kind: SyncSplitBrain, SplitBrain: true, Reason: "the peer started a data generation of its own while this Primary resynced its attached disk from it (it was Primary meanwhile): demote this node, or discard the peer's data"}
+	}
+	if d.Kind.IsSource() && peer.Role == RolePrimary && !peer.Consistent && local.UUIDs.Current != peer.UUIDs.Bitmap {
+		return Decision{Kind: SyncSplitBrain, SplitBrain: true, Reason: "this node started a data generation of its own while the peer, Primary, resynced its attached disk from it (this node was Primary meanwhile): demote the peer, or discard this node's data"}
+	}
 	return d
 }
 
