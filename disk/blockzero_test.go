@@ -57,3 +57,56 @@ func TestFileBlockDeviceZeroUnaligned(t *testing.T) {
 		})
 	}
 }
+
+// TestFileBlockDeviceZeroNoHoleInKernel: zeroing whole blocks of a block
+// device without a hole (NBD_CMD_WRITE_ZEROES with NO_HOLE, or a device
+// that cannot punch) goes to the kernel's ZERO_RANGE, not to zeroes
+// written from user space; only the partial blocks at the ends are.
+func TestFileBlockDeviceZeroNoHoleInKernel(t *testing.T) {
+	const size = 64 << 20
+	dev := loopDevice(t, size)
+	for _, direct := range []bool{false, true} {
+		t.Run(map[bool]string{false: "buffered", true: "direct"}[direct], func(t *testing.T) {
+			f, err := Open(dev, Options{Direct: direct})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			data := pattern(1<<20, 9)
+			for off := int64(0); off < size; off += int64(len(data)) {
+				if _, err := f.WriteAt(data, off); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := f.Zero(4096, size-8192, true); err != nil {
+				t.Fatal(err)
+			}
+			if n := f.zeroesWritten.Load(); n != 0 {
+				t.Errorf("%d bytes of zeroes written from user space for whole blocks", n)
+			}
+			got := make([]byte, 1<<20)
+			for off := int64(0); off < size; off += int64(len(got)) {
+				if _, err := f.ReadAt(got, off); err != nil {
+					t.Fatal(err)
+				}
+				want := make([]byte, len(got))
+				if off == 0 {
+					copy(want, data[:4096])
+				}
+				if off+int64(len(got)) == size {
+					copy(want[len(want)-4096:], data[len(data)-4096:])
+				}
+				if !bytes.Equal(got, want) {
+					t.Fatalf("MiB at %d: not what zeroing [4096, %d) should leave", off, size-4096)
+				}
+			}
+			// A partial block still goes through user space.
+			if err := f.Zero(4096+100, 50, true); err != nil {
+				t.Fatal(err)
+			}
+			if f.zeroesWritten.Load() == 0 {
+				t.Error("a partial block was not written from user space")
+			}
+		})
+	}
+}

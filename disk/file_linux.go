@@ -78,7 +78,11 @@ type File struct {
 
 	zeroOnce sync.Once
 	zeroBuf  []byte // read-only after zeroOnce
-	bounce   sync.Pool
+	// zeroesWritten counts the bytes Zero and Trim wrote as zeroes from
+	// user space, because neither a hole nor the kernel's zeroing could
+	// take them.
+	zeroesWritten atomic.Int64
+	bounce        sync.Pool
 
 	// rmw makes an unaligned O_DIRECT write's read-patch-write of the
 	// blocks around it atomic against other writes, which could otherwise
@@ -542,7 +546,8 @@ func (f *File) Trim(off, length int64) error {
 }
 
 // Zero makes the range read back as zeroes: a punched hole unless noHole,
-// else fallocate ZERO_RANGE, else written zeroes. Partial blocks at either
+// else fallocate ZERO_RANGE (ZeroFast's, or on a block device the kernel's
+// zeroing, see zeroInKernel), else written zeroes. Partial blocks at either
 // end (see zeroAlign) are written: fallocate takes whole blocks only.
 func (f *File) Zero(off, length int64, noHole bool) error {
 	if f.readOnly {
@@ -566,6 +571,9 @@ func (f *File) Zero(off, length int64, noHole bool) error {
 	}
 	if tail > head {
 		err := f.ZeroFast(head, tail-head, noHole)
+		if errors.Is(err, ErrNotSupported) && f.blockDev {
+			err = f.zeroInKernel(head, tail-head)
+		}
 		if errors.Is(err, ErrNotSupported) {
 			err = f.writeZeroes(head, tail-head)
 		}
@@ -630,6 +638,36 @@ func (f *File) ZeroFast(off, length int64, noHole bool) error {
 	return fmt.Errorf("%s: zeroing %d bytes at %d: %w", f.path, length, off, ErrNotSupported)
 }
 
+// zeroInKernel zeroes whole blocks of a block device with fallocate
+// ZERO_RANGE: the kernel offloads it (WRITE ZEROES, a loop device's
+// fallocate on its file) or writes the zeroes itself, which ZeroFast does
+// not count as fast but which beats copying zeroes from user space, a
+// gigabyte at a time for a file system's discard of a device that cannot
+// punch. ErrNotSupported (having changed nothing) where the kernel lacks
+// it.
+func (f *File) zeroInKernel(off, length int64) error {
+	if f.noZeroRange.Load() {
+		return fmt.Errorf("%s: zero-range: %w", f.path, ErrNotSupported)
+	}
+	if err := f.ref.acquire(); err != nil {
+		return err
+	}
+	defer f.ref.release()
+	if f.direct {
+		f.rmw.RLock()
+		defer f.rmw.RUnlock()
+	}
+	err := fallocate(f.fd, unix.FALLOC_FL_ZERO_RANGE|unix.FALLOC_FL_KEEP_SIZE, off, length)
+	switch {
+	case err == nil:
+		return nil
+	case unsupported(err):
+		f.noZeroRange.Store(true)
+		return fmt.Errorf("%s: zero-range: %w", f.path, ErrNotSupported)
+	}
+	return &os.PathError{Op: "fallocate zero-range", Path: f.path, Err: err}
+}
+
 // CanFastZero reports whether fallocate is (still) believed to work, i.e.
 // whether ZeroFast may succeed.
 func (f *File) CanFastZero() bool {
@@ -663,6 +701,7 @@ func (f *File) writeZeroes(off, length int64) error {
 		if _, err := f.write(f.zeroBuf[:n], off); err != nil {
 			return &os.PathError{Op: "write zeroes", Path: f.path, Err: err}
 		}
+		f.zeroesWritten.Add(n)
 		off += n
 		length -= n
 	}
