@@ -68,9 +68,10 @@ func (r *Resource) stepAdmin(ev Event) ([]Action, error) {
 	}
 	// The meta-data first: what the new state rests on (a generation
 	// started when the peer went) is on disk before I/O learns of the
-	// state (awaitFence waits for that).
+	// state (awaitFence waits for that), and the bitmap as the state
+	// says (a finished sync target's cleared) before a status shows it.
 	for _, a := range acts {
-		if _, ok := a.(ActPersist); ok {
+		if beforePublish(a) {
 			r.exec(a)
 		}
 	}
@@ -79,12 +80,23 @@ func (r *Resource) stepAdmin(ev Event) ([]Action, error) {
 	// the state the event led to.
 	r.publishStatus()
 	for _, a := range acts {
-		if _, ok := a.(ActPersist); !ok {
+		if !beforePublish(a) {
 			r.exec(a)
 		}
 	}
 	r.publishStatus()
 	return acts, nil
+}
+
+// beforePublish tells the actions stepAdmin carries out, in their order,
+// before it publishes the state: the meta-data and the bitmap it rests on.
+// Neither waits for the loop or for I/O of the new state.
+func beforePublish(a Action) bool {
+	switch a.(type) {
+	case ActPersist, ActClearAllBits:
+		return true
+	}
+	return false
 }
 
 // publish installs the replication state the machine's state calls for:

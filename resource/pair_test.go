@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -19,6 +20,7 @@ import (
 
 	"github.com/rbd-nbd/rbd-nbd/config"
 	"github.com/rbd-nbd/rbd-nbd/disk"
+	"github.com/rbd-nbd/rbd-nbd/hooks"
 	"github.com/rbd-nbd/rbd-nbd/metadata"
 )
 
@@ -253,7 +255,25 @@ type pair struct {
 	a, b   *Resource
 	da, db *hookDisk
 	proxy  *relay
+	// oa and ob hear each node's state changes as they are published.
+	oa, ob *funcObserver
 }
+
+// funcObserver calls the function set last at each published change
+// (inside the node's loop: it may read Status only).
+type funcObserver struct{ f atomic.Pointer[func()] }
+
+func (o *funcObserver) set(f func()) { o.f.Store(&f) }
+
+// Changed implements Observer.
+func (o *funcObserver) Changed() {
+	if f := o.f.Load(); f != nil {
+		(*f)()
+	}
+}
+
+// Hook implements Observer.
+func (o *funcObserver) Hook(hooks.Event) {}
 
 // freePort returns a port that is free on 127.0.0.1 now, picked at random
 // below Linux's default ephemeral range (32768-60999), where outgoing
@@ -389,9 +409,9 @@ net:
 	if os.Getenv("RBD_NBD_TEST_LOG") != "" {
 		log, _ = zap.NewDevelopment()
 	}
-	c := &pair{t: t, proxy: proxy, da: &hookDisk{}, db: &hookDisk{}}
-	c.a = New(mk("a", proxy.port(), extra), Options{Logger: log.Named("A")})
-	c.b = New(mk("b", pb, extraB), Options{Logger: log.Named("B")})
+	c := &pair{t: t, proxy: proxy, da: &hookDisk{}, db: &hookDisk{}, oa: &funcObserver{}, ob: &funcObserver{}}
+	c.a = New(mk("a", proxy.port(), extra), Options{Logger: log.Named("A"), Observer: c.oa})
+	c.b = New(mk("b", pb, extraB), Options{Logger: log.Named("B"), Observer: c.ob})
 	c.a.wrapData = func(d disk.Device) disk.Device { c.da.Device = d; return c.da }
 	c.b.wrapData = func(d disk.Device) disk.Device { c.db.Device = d; return c.db }
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -31,12 +32,21 @@ func TestCsumResyncClearsTargetBitmap(t *testing.T) {
 	if err := c.a.WriteAt(fill(0x22, 4096), diff, false); err != nil {
 		t.Fatal(err)
 	}
+	// The target's bitmap is cleared before a status shows it UpToDate:
+	// checked at every change b publishes, not once afterwards.
+	var shown atomic.Uint64
+	c.ob.set(func() {
+		if s := c.b.Status(); s.Disk == DiskUpToDate && s.Conn == ConnConnected && s.OutOfSync != 0 {
+			shown.CompareAndSwap(0, s.OutOfSync)
+		}
+	})
 	c.proxy.setRefuse(false)
 	c.settled()
 	c.compareBlocks(same, diff)
-	// The status shows UpToDate before the SyncDone's actions ran (the
-	// bitmap's clearing among them): wait for them, with a deadline.
-	if s, ok := waitStatus(c.b, 10*time.Second, func(s Status) bool { return s.OutOfSync == 0 }); !ok {
+	if n := shown.Load(); n != 0 {
+		t.Fatalf("the target was shown UpToDate and Connected with %d bytes out of sync", n)
+	}
+	if s := c.b.Status(); s.OutOfSync != 0 {
 		t.Fatalf("the target is UpToDate and Connected with %d bytes out of sync", s.OutOfSync)
 	}
 	if !bytes.Equal(c.peerData(diff, 4096), fill(0x22, 4096)) {
@@ -103,7 +113,7 @@ func TestPartialLastBlockResyncAndVerify(t *testing.T) {
 			if !bytes.Equal(c.peerData(last, partial), fill(0x44, partial)) {
 				t.Fatal("the last partial block was not resynced")
 			}
-			if s, ok := waitStatus(c.b, 10*time.Second, func(s Status) bool { return s.OutOfSync == 0 }); !ok {
+			if s := c.b.Status(); s.OutOfSync != 0 {
 				t.Fatalf("b: %d bytes out of sync", s.OutOfSync)
 			}
 			// Verify finds a difference in the partial block.
