@@ -82,15 +82,21 @@ func New() (*Set, error) {
 // for TLS servers and clients both (a node of a peer link is either),
 // valid for an hour. It returns it for tls.Config and as PEM.
 func (s *Set) Issue(names ...string) (cert tls.Certificate, certPEM, keyPEM []byte, err error) {
+	now := time.Now()
+	return s.IssueValid(now.Add(-time.Hour), now.Add(time.Hour), names...)
+}
+
+// IssueValid is Issue for a certificate valid from notBefore to notAfter
+// (one that expired, or is not valid yet).
+func (s *Set) IssueValid(notBefore, notAfter time.Time, names ...string) (cert tls.Certificate, certPEM, keyPEM []byte, err error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return tls.Certificate{}, nil, nil, err
 	}
 	s.serial++
-	now := time.Now()
 	tmpl := &x509.Certificate{
 		SerialNumber: big.NewInt(s.serial), Subject: pkix.Name{CommonName: names[0]},
-		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(time.Hour), DNSNames: names,
+		NotBefore: notBefore, NotAfter: notAfter, DNSNames: names,
 		KeyUsage:    x509.KeyUsageDigitalSignature,
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
 	}

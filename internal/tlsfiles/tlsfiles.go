@@ -15,11 +15,27 @@ import (
 	"time"
 )
 
-// Pair loads a certificate (chain) and its private key.
+// Pair loads a certificate (chain) and its private key. It refuses a key
+// file that every user may read (as ssh refuses such a key: group-readable
+// stays allowed, for a group such as Debian's ssl-cert), and a certificate
+// outside its validity period, which every peer and client would refuse
+// with a message that names neither the file nor the date.
 func Pair(certFile, keyFile string) (tls.Certificate, error) {
+	if st, err := os.Stat(keyFile); err == nil && st.Mode().Perm()&0o004 != 0 {
+		return tls.Certificate{}, fmt.Errorf("private key %s is readable by every user (mode %04o): chmod o-rwx it", keyFile, st.Mode().Perm())
+	}
 	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
 	if err != nil {
 		return tls.Certificate{}, fmt.Errorf("certificate %s, key %s: %w", certFile, keyFile, err)
+	}
+	if leaf := cert.Leaf; leaf != nil {
+		now := time.Now()
+		switch {
+		case now.After(leaf.NotAfter):
+			return tls.Certificate{}, fmt.Errorf("certificate %s expired at %s", certFile, leaf.NotAfter.UTC().Format(time.RFC3339))
+		case now.Before(leaf.NotBefore):
+			return tls.Certificate{}, fmt.Errorf("certificate %s is not valid before %s (check the clock)", certFile, leaf.NotBefore.UTC().Format(time.RFC3339))
+		}
 	}
 	return cert, nil
 }
