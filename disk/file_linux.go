@@ -546,8 +546,8 @@ func (f *File) Trim(off, length int64) error {
 }
 
 // Zero makes the range read back as zeroes: a punched hole unless noHole,
-// else fallocate ZERO_RANGE (ZeroFast's, or on a block device the kernel's
-// zeroing, see zeroInKernel), else written zeroes. Partial blocks at either
+// else fallocate ZERO_RANGE (on a block device the kernel's zeroing), else
+// written zeroes. Partial blocks at either
 // end (see zeroAlign) are written: fallocate takes whole blocks only.
 func (f *File) Zero(off, length int64, noHole bool) error {
 	if f.readOnly {
@@ -572,7 +572,13 @@ func (f *File) Zero(off, length int64, noHole bool) error {
 	if tail > head {
 		err := f.ZeroFast(head, tail-head, noHole)
 		if errors.Is(err, ErrNotSupported) && f.blockDev {
-			err = f.zeroInKernel(head, tail-head)
+			// The kernel's ZERO_RANGE, which ZeroFast does not count as
+			// fast on a block device: it offloads (WRITE ZEROES, a loop
+			// device's fallocate on its file) or writes the zeroes
+			// itself, which beats copying them from user space, a
+			// gigabyte at a time for a file system's discard of a device
+			// that cannot punch.
+			err = f.fallocZero(head, tail-head, true, true)
 		}
 		if errors.Is(err, ErrNotSupported) {
 			err = f.writeZeroes(head, tail-head)
@@ -592,6 +598,13 @@ func (f *File) Zero(off, length int64, noHole bool) error {
 // block device only a punched hole counts as fast: the kernel's ZERO_RANGE
 // there may itself fall back to writing zeroes.
 func (f *File) ZeroFast(off, length int64, noHole bool) error {
+	return f.fallocZero(off, length, noHole, !f.blockDev)
+}
+
+// fallocZero zeroes the range with fallocate: a punched hole unless
+// noHole, else ZERO_RANGE if zeroRange; an error wrapping ErrNotSupported
+// (having changed nothing) when neither works.
+func (f *File) fallocZero(off, length int64, noHole, zeroRange bool) error {
 	if f.readOnly {
 		return ErrReadOnly
 	}
@@ -625,7 +638,7 @@ func (f *File) ZeroFast(off, length int64, noHole bool) error {
 		}
 		f.noPunch.Store(true)
 	}
-	if !f.blockDev && !f.noZeroRange.Load() {
+	if zeroRange && !f.noZeroRange.Load() {
 		err := fallocate(f.fd, unix.FALLOC_FL_ZERO_RANGE|unix.FALLOC_FL_KEEP_SIZE, off, length)
 		if err == nil {
 			return nil
@@ -636,36 +649,6 @@ func (f *File) ZeroFast(off, length int64, noHole bool) error {
 		f.noZeroRange.Store(true)
 	}
 	return fmt.Errorf("%s: zeroing %d bytes at %d: %w", f.path, length, off, ErrNotSupported)
-}
-
-// zeroInKernel zeroes whole blocks of a block device with fallocate
-// ZERO_RANGE: the kernel offloads it (WRITE ZEROES, a loop device's
-// fallocate on its file) or writes the zeroes itself, which ZeroFast does
-// not count as fast but which beats copying zeroes from user space, a
-// gigabyte at a time for a file system's discard of a device that cannot
-// punch. ErrNotSupported (having changed nothing) where the kernel lacks
-// it.
-func (f *File) zeroInKernel(off, length int64) error {
-	if f.noZeroRange.Load() {
-		return fmt.Errorf("%s: zero-range: %w", f.path, ErrNotSupported)
-	}
-	if err := f.ref.acquire(); err != nil {
-		return err
-	}
-	defer f.ref.release()
-	if f.direct {
-		f.rmw.RLock()
-		defer f.rmw.RUnlock()
-	}
-	err := fallocate(f.fd, unix.FALLOC_FL_ZERO_RANGE|unix.FALLOC_FL_KEEP_SIZE, off, length)
-	switch {
-	case err == nil:
-		return nil
-	case unsupported(err):
-		f.noZeroRange.Store(true)
-		return fmt.Errorf("%s: zero-range: %w", f.path, ErrNotSupported)
-	}
-	return &os.PathError{Op: "fallocate zero-range", Path: f.path, Err: err}
 }
 
 // CanFastZero reports whether fallocate is (still) believed to work, i.e.
