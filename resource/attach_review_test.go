@@ -18,6 +18,29 @@ import (
 // test passes without waiting it out when nothing is held back.
 const quietWindow = time.Second
 
+// pausedPrimaryTarget starts a pair whose Primary a detached and attached
+// its disk again, with the resync from b paused at its start, so that the
+// test decides when it goes on. extraB is b's resource-file text; it
+// returns the pair, a context bounding the test, and a block near the end
+// of the device (the resync has not reached it).
+func pausedPrimaryTarget(t *testing.T, extraB string) (*pair, context.Context, int64) {
+	t.Helper()
+	c := newPair(t, "resync:\n  rate: 4M\n", extraB)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	if err := c.a.DetachDisk(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.a.AttachDisk(ctx); err != nil {
+		t.Fatal(err)
+	}
+	c.wait(c.b, "b sync source", func(s Status) bool { return s.Conn == ConnSyncSource })
+	if err := c.b.PauseSync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return c, ctx, c.a.Size() - 8192
+}
+
 // The peer hears of a Primary's attached disk (and starts the resync) only
 // once the writes that began before the attach finished. Here one began
 // Diskless, reached the peer's disk and is held there, before it lands:
@@ -202,22 +225,9 @@ func TestAttachDiskPrimaryRestartsWritesBegunBefore(t *testing.T) {
 // (the set must not make the chunk skip it), or the node ends UpToDate
 // with the block it wrote as Primary instead of the peer's newer one.
 func TestAttachDiskPrimaryWrittenSetEndsWithTheLink(t *testing.T) {
-	c := newPair(t, "resync:\n  rate: 4M\n", "resync:\n  rate: 4M\n")
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := c.a.DetachDisk(ctx, false); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.a.AttachDisk(ctx); err != nil {
-		t.Fatal(err)
-	}
 	// The resync stays paused until the reconnect: it does not end
 	// before the demotion.
-	c.wait(c.b, "b sync source", func(s Status) bool { return s.Conn == ConnSyncSource })
-	if err := c.b.PauseSync(ctx); err != nil {
-		t.Fatal(err)
-	}
-	blk := c.a.Size() - 8192
+	c, ctx, blk := pausedPrimaryTarget(t, "resync:\n  rate: 4M\n")
 	if err := c.a.WriteAt(fill(0x61, 4096), blk, false); err != nil {
 		t.Fatal(err)
 	}
@@ -251,20 +261,7 @@ func TestAttachDiskPrimaryWrittenSetEndsWithTheLink(t *testing.T) {
 // write goes on to the peer alone, as every other write of a disk that
 // fails under it does, instead of failing the client.
 func TestAttachDiskPrimaryDiskFailsWhileMakingWhole(t *testing.T) {
-	c := newPair(t, "resync:\n  rate: 4M\n", "resync:\n  rate: 4M\n")
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := c.a.DetachDisk(ctx, false); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.a.AttachDisk(ctx); err != nil {
-		t.Fatal(err)
-	}
-	c.wait(c.b, "b sync source", func(s Status) bool { return s.Conn == ConnSyncSource })
-	if err := c.b.PauseSync(ctx); err != nil {
-		t.Fatal(err)
-	}
-	blk := c.a.Size() - 8192
+	c, _, blk := pausedPrimaryTarget(t, "resync:\n  rate: 4M\n")
 	c.da.setWrite(func(p []byte, o int64) error {
 		if o == blk && len(p) == 4096 {
 			return errors.New("injected disk error")
@@ -293,20 +290,7 @@ func TestAttachDiskPrimaryDiskFailsWhileMakingWhole(t *testing.T) {
 // both replicas: the node takes the peer's block back (or leaves it to
 // the resync).
 func TestAttachDiskPrimaryPeerFailsWriteOfWrittenBlock(t *testing.T) {
-	c := newPair(t, "resync:\n  rate: 4M\n", "resync:\n  rate: 4M\ndisk:\n  on-io-error: pass-on\n")
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := c.a.DetachDisk(ctx, false); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.a.AttachDisk(ctx); err != nil {
-		t.Fatal(err)
-	}
-	c.wait(c.b, "b sync source", func(s Status) bool { return s.Conn == ConnSyncSource })
-	if err := c.b.PauseSync(ctx); err != nil {
-		t.Fatal(err)
-	}
-	blk := c.a.Size() - 8192
+	c, ctx, blk := pausedPrimaryTarget(t, "resync:\n  rate: 4M\ndisk:\n  on-io-error: pass-on\n")
 	if err := c.a.WriteAt(fill(0x64, 4096), blk, false); err != nil {
 		t.Fatal(err)
 	}
@@ -445,20 +429,7 @@ func TestAttachDiskTwiceAtOnce(t *testing.T) {
 // both wrote is in its written set and would be skipped, the replicas
 // left different with both UpToDate): two Primaries wrote, a split brain.
 func TestAttachDiskPrimaryPeerPromotedMeanwhile(t *testing.T) {
-	c := newPair(t, "resync:\n  rate: 4M\n", "resync:\n  rate: 4M\n")
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := c.a.DetachDisk(ctx, false); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.a.AttachDisk(ctx); err != nil {
-		t.Fatal(err)
-	}
-	c.wait(c.b, "b sync source", func(s Status) bool { return s.Conn == ConnSyncSource })
-	if err := c.b.PauseSync(ctx); err != nil {
-		t.Fatal(err)
-	}
-	blk := c.a.Size() - 8192
+	c, ctx, blk := pausedPrimaryTarget(t, "resync:\n  rate: 4M\n")
 	if err := c.a.WriteAt(fill(0x61, 4096), blk, false); err != nil {
 		t.Fatal(err)
 	}
@@ -517,20 +488,7 @@ func TestDecidePrimaryTargetResumesOnlyItsGeneration(t *testing.T) {
 // resync from the same generation at the reconnect and ends UpToDate with
 // the block it wrote meanwhile on both replicas.
 func TestAttachDiskPrimaryTargetResumesAfterLinkLoss(t *testing.T) {
-	c := newPair(t, "resync:\n  rate: 4M\n", "resync:\n  rate: 4M\n")
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := c.a.DetachDisk(ctx, false); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.a.AttachDisk(ctx); err != nil {
-		t.Fatal(err)
-	}
-	c.wait(c.b, "b sync source", func(s Status) bool { return s.Conn == ConnSyncSource })
-	if err := c.b.PauseSync(ctx); err != nil {
-		t.Fatal(err)
-	}
-	blk := c.a.Size() - 8192
+	c, ctx, blk := pausedPrimaryTarget(t, "resync:\n  rate: 4M\n")
 	if err := c.a.WriteAt(fill(0x63, 4096), blk, false); err != nil {
 		t.Fatal(err)
 	}
