@@ -204,29 +204,49 @@ func (r *Resource) closeDetached() {
 // DetachDisk is detach-disk: the node stops using its disk and goes
 // Diskless, as after an I/O error under on-io-error detach, and the disk
 // is closed cleanly for a later AttachDisk (or up). It returns once the
-// disk is closed. A Primary detaches only while connected to an UpToDate
-// peer (it then serves through the peer), unless force.
+// disk is closed and, on a Primary, the peer answered with the generation
+// it continues (until then AttachDisk is refused: ErrPeerGenPending). A
+// Primary detaches only while connected to an UpToDate peer (it then
+// serves through the peer), unless force.
 func (r *Resource) DetachDisk(ctx context.Context, force bool) error {
 	var dc *diskClose
+	var peerGen chan struct{}
 	err := r.do(ctx, func() error {
 		if _, err := r.stepAdmin(EvDetachDisk{Force: force}); err != nil {
 			return err
 		}
 		dc = r.diskClosing
-		return nil
-	})
-	if err != nil || dc == nil {
-		return err
-	}
-	select {
-	case <-dc.done:
-		if dc.err != nil {
-			return fmt.Errorf("the disk is detached, but not closed cleanly: %w", dc.err)
+		if r.m.PeerGenerationPending() {
+			if r.peerGenKnown == nil {
+				r.peerGenKnown = make(chan struct{})
+			}
+			peerGen = r.peerGenKnown
 		}
 		return nil
-	case <-ctx.Done():
-		return fmt.Errorf("the disk is detached, its close goes on: %w", ctx.Err())
+	})
+	if err != nil {
+		return err
 	}
+	if dc != nil {
+		select {
+		case <-dc.done:
+			if dc.err != nil {
+				return fmt.Errorf("the disk is detached, but not closed cleanly: %w", dc.err)
+			}
+		case <-ctx.Done():
+			return fmt.Errorf("the disk is detached, its close goes on: %w", ctx.Err())
+		}
+	}
+	if peerGen != nil {
+		// A Primary's: the peer answers with the generation the writes go
+		// to now, which an attach-disk that follows heads to.
+		select {
+		case <-peerGen:
+		case <-ctx.Done():
+			return fmt.Errorf("the disk is detached, the peer has not answered with its generation yet: %w", ctx.Err())
+		}
+	}
+	return nil
 }
 
 // AttachDisk is attach-disk: on a running Diskless Secondary it opens the

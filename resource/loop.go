@@ -210,6 +210,10 @@ func (r *Resource) publishStatus() {
 	}
 	r.writable.Store(st.Role == RolePrimary)
 	r.status.Store(st)
+	if r.peerGenKnown != nil && !r.m.PeerGenerationPending() {
+		close(r.peerGenKnown)
+		r.peerGenKnown = nil
+	}
 	if st.Role == RolePrimary {
 		r.watchAttached()
 	} else {

@@ -261,6 +261,7 @@ var (
 	ErrNothingMarked    = errors.New("no block is marked out of sync on this node (verify marks the node that ran it)")
 	ErrAttached         = errors.New("the disk is already attached")
 	ErrNoReachableCopy  = errors.New("detaching would leave no reachable copy of the data: this Primary is not connected to an UpToDate peer (--force detaches anyway; its I/O then fails, or waits under disk.on-no-data-accessible suspend-io)")
+	ErrPeerGenPending   = errors.New("the peer has not yet answered the detach of this Primary's disk with the generation it continues: attach the disk again once it has")
 	ErrAttachPrimary    = errors.New("the node is Primary and not connected to an UpToDate peer, which its disk would resync from while it serves: connect it, or demote first (secondary), then attach the disk")
 	ErrUnrelatedDisk    = errors.New("the disk's meta-data belongs to another resource: its data generations share none with this resource's (run create-md on it to use it as a new, empty disk)")
 )
@@ -336,6 +337,13 @@ type Machine struct {
 	// the blocks still out of sync from the peer and makes a block whole
 	// before a write lands in it. Until SyncDone or a demotion.
 	primaryTarget bool
+	// peerGenPending: this Primary detached its UpToDate disk while
+	// connected to an UpToDate peer, which starts a generation when it
+	// sees the disk go, and that peer's state naming it has not come yet.
+	// A disk attached meanwhile would head to the generation before it,
+	// and a link lost before its resync began would look like the peer's
+	// promotion (a split brain): attach-disk waits for the state.
+	peerGenPending bool
 }
 
 // NewMachine returns a machine for a resource that is down: Secondary,
@@ -362,6 +370,10 @@ func (m *Machine) PeerDisk() DiskState { return m.peerDisk }
 // PrimaryTarget reports whether this Primary attached its disk and the
 // disk is still sync target of the peer (see Machine.primaryTarget).
 func (m *Machine) PrimaryTarget() bool { return m.primaryTarget }
+
+// PeerGenerationPending reports whether attach-disk waits for the peer's
+// answer to this Primary's detach (see Machine.peerGenPending).
+func (m *Machine) PeerGenerationPending() bool { return m.peerGenPending }
 
 // Suspended returns why application I/O is suspended (0: it is not).
 func (m *Machine) Suspended() Suspend { return m.suspended }
@@ -601,6 +613,7 @@ func (m *Machine) detachDisk(e EvDetachDisk) ([]Action, error) {
 	if m.role == RolePrimary && !e.Force && !(m.Replicating() && m.peerDisk == DiskUpToDate) {
 		return nil, m.refuse(ErrNoReachableCopy)
 	}
+	m.peerGenPending = m.role == RolePrimary && m.disk == DiskUpToDate && m.Replicating() && m.peerDisk == DiskUpToDate
 	acts := m.detach()
 	acts[len(acts)-1] = ActDetachDisk{Clean: true}
 	if m.role == RolePrimary && !m.Replicating() {
@@ -620,6 +633,8 @@ func (m *Machine) CheckAttachDisk(meta Meta) error {
 		// It becomes sync target under its clients: only of an UpToDate
 		// peer that serves what is not in sync yet.
 		return m.refuse(ErrAttachPrimary)
+	case m.role == RolePrimary && m.peerGenPending:
+		return m.refuse(ErrPeerGenPending)
 	case !m.relatedDisk(meta):
 		return m.refuse(ErrUnrelatedDisk)
 	}
@@ -766,6 +781,8 @@ func (m *Machine) lostPeer() []Action {
 	}
 	m.peerRole, m.peerDisk, m.linkUp = RoleUnknown, DiskDUnknown, false
 	m.peerCatchingUp = false
+	// The handshake of the next link tells the peer's generation.
+	m.peerGenPending = false
 	if wasReplicating {
 		// Only a link that got to Connected: a handshake that ends
 		// (refused, or cut) was no connection to the user, and a refusal
@@ -800,6 +817,9 @@ func (m *Machine) peerState(s NodeState) []Action {
 	if m.disk == DiskDiskless && m.conn != ConnHandshake && s.Disk == DiskUpToDate {
 		// Connected: this node's I/O goes to that data now.
 		m.disklessGen = s.UUIDs.Current
+	}
+	if m.peerGenPending && s.UUIDs.Current != m.meta.UUIDs.Current {
+		m.peerGenPending = false
 	}
 	wasPeerDisk := m.peerDisk
 	m.peerRole, m.peerDisk = s.Role, s.Disk
@@ -857,6 +877,16 @@ func (m *Machine) peerState(s NodeState) []Action {
 		// by its administrator: it waits for us to send everything.
 		if m.conn == ConnConnected && s.Disk == DiskInconsistent && m.disk == DiskUpToDate {
 			return append([]Action{ActSetAllBits{}}, m.beginSource(true)...)
+		}
+		if m.primaryTarget && m.conn == ConnConnected && s.Disk == DiskUpToDate && s.UUIDs.Current != m.meta.UUIDs.Bitmap {
+			// attach-disk came before the peer's state that names the
+			// generation it started when this disk went (that state was on
+			// its way): the generation this disk heads to is the peer's
+			// current one, started while this node was its Primary, not
+			// another Primary's. Left at the old one, a link lost before the
+			// resync began would look like a split brain at the handshake.
+			m.meta.UUIDs.Bitmap = s.UUIDs.Current
+			return []Action{m.persist()}
 		}
 		return nil
 	}

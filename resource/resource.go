@@ -151,11 +151,15 @@ type Resource struct {
 	// engineGate: loop; the source's engine has not run yet while it is
 	// false; whoever sets it, the engine's goroutine (to run it) or
 	// stopSync (to drop it), decides.
-	engineGate     *atomic.Bool
-	target         *targetState // loop, also read by Serve under targetMu
-	targetMu       sync.Mutex
-	targetSet      chan struct{}      // closed when target is set (targetMu)
-	promoteWait    chan error         // loop: a promotion waiting for the peer
+	engineGate  *atomic.Bool
+	target      *targetState // loop, also read by Serve under targetMu
+	targetMu    sync.Mutex
+	targetSet   chan struct{} // closed when target is set (targetMu)
+	promoteWait chan error    // loop: a promotion waiting for the peer
+	// peerGenKnown: loop; closed when the peer answered this Primary's
+	// detach-disk with its generation (Machine.PeerGenerationPending),
+	// which DetachDisk waits for; nil when nothing waits.
+	peerGenKnown   chan struct{}
 	reattachCancel context.CancelFunc // loop: the kernel device watch (reattach.go)
 	acceptWarned   repeats            // the last failure of an incoming peer link, logged (peer.go)
 	refuseWarned   repeats            // the last refusal of a peer's state, logged (peer.go)
