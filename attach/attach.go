@@ -11,6 +11,17 @@ import (
 	"time"
 )
 
+// host is the kernel an operation talks to: its netlink family, its
+// /sys/block and /proc. Tests give a fake one (fakekernel_test.go).
+type host struct {
+	dial func() (*nlConn, error)
+	sys  string // /sys/block
+	proc string // /proc
+}
+
+// realHost is this machine's kernel.
+var realHost = host{dial: dialNetlink, sys: sysBlock, proc: "/proc"}
+
 // Method is the kernel interface an attach uses.
 type Method int
 
@@ -335,8 +346,14 @@ type Mapped struct {
 	// Export and Addr are decoded from an rbd-nbd identifier.
 	Export string `json:"export,omitempty"`
 	Addr   string `json:"address,omitempty"`
-	// PID is the process that connected the device.
+	// PID is the process that connected the device: the process of Task
+	// when that can be found (this machine's pid namespace, task still
+	// running), else Task itself, as before Task was added.
 	PID int `json:"pid"`
+	// Task is the thread that connected the device, as the kernel shows
+	// it (/sys/block/nbdN/pid): a Go program's attach runs on any of its
+	// threads, so it is often not the process id.
+	Task int `json:"task"`
 	// Size is the device's size in bytes.
 	Size int64 `json:"size"`
 	// Connections is the number of connections.
@@ -348,9 +365,13 @@ type Mapped struct {
 // List returns the connected nbd devices, in index order: from the
 // netlink family where the kernel has it, else from sysfs.
 func List(ctx context.Context) ([]Mapped, error) {
+	return realHost.list(ctx)
+}
+
+func (h host) list(ctx context.Context) ([]Mapped, error) {
 	_ = ctx // both sources answer at once
 	var indexes []int
-	nl, err := dialNetlink()
+	nl, err := h.dial()
 	switch {
 	case err == nil:
 		ds, err := nl.status(-1)
@@ -364,7 +385,7 @@ func List(ctx context.Context) ([]Mapped, error) {
 			}
 		}
 	case errors.Is(err, ErrNoNetlink):
-		all, err := listSysDevices(sysBlock)
+		all, err := listSysDevices(h.sys)
 		if err != nil {
 			return nil, err
 		}
@@ -374,12 +395,16 @@ func List(ctx context.Context) ([]Mapped, error) {
 	}
 	out := []Mapped{}
 	for _, i := range sortedInts(indexes) {
-		sd := sysDevice{sysBlock, i}
-		pid := sd.pid()
-		if pid == 0 {
+		sd := sysDevice{h.sys, i}
+		task := sd.pid()
+		if task == 0 {
 			continue // configured but not (or no longer) running
 		}
-		m := Mapped{Index: i, Device: DevicePath(i), Identifier: sd.backend(), PID: pid,
+		pid := processOf(h.proc, task)
+		if pid == 0 {
+			pid = task
+		}
+		m := Mapped{Index: i, Device: DevicePath(i), Identifier: sd.backend(), PID: pid, Task: task,
 			Size: sd.size(), Connections: sd.connections(), ReadOnly: sd.readOnly()}
 		if id, err := ParseIdentifier(m.Identifier); err == nil {
 			m.Export, m.Addr = id.Export, id.Addr

@@ -52,7 +52,7 @@ func TestResolveAttachTarget(t *testing.T) {
 
 func TestPrintMapped(t *testing.T) {
 	ms := []attach.Mapped{
-		{Index: 0, Device: "/dev/nbd0", Identifier: "rbd-nbd:disk0@127.0.0.1:10809", Export: "disk0", Addr: "127.0.0.1:10809", PID: 42, Size: 1 << 20, Connections: 2},
+		{Index: 0, Device: "/dev/nbd0", Identifier: "rbd-nbd:disk0@127.0.0.1:10809", Export: "disk0", Addr: "127.0.0.1:10809", PID: 42, Task: 45, Size: 1 << 20, Connections: 2},
 		{Index: 3, Device: "/dev/nbd3", PID: 7, Size: 4096, Connections: 1, ReadOnly: true},
 	}
 	var b bytes.Buffer
@@ -69,7 +69,8 @@ func TestPrintMapped(t *testing.T) {
 		t.Fatalf("empty JSON %q, %v", b.String(), err)
 	}
 	b.Reset()
-	if err := printMapped(&b, ms[:1], true); err != nil || !strings.Contains(b.String(), `"identifier": "rbd-nbd:disk0@127.0.0.1:10809"`) {
+	if err := printMapped(&b, ms[:1], true); err != nil || !strings.Contains(b.String(), `"identifier": "rbd-nbd:disk0@127.0.0.1:10809"`) ||
+		!strings.Contains(b.String(), `"pid": 42`) || !strings.Contains(b.String(), `"task": 45`) {
 		t.Fatalf("JSON %q, %v", b.String(), err)
 	}
 }
