@@ -171,6 +171,10 @@ func (d *Device) Done() <-chan struct{} { return d.done }
 // transmission phase (see Negotiate), to the kernel as one device. It
 // closes conns in all cases: the kernel holds its own references.
 func Attach(ctx context.Context, cfg Config, conns []net.Conn) (*Device, error) {
+	return realHost.attach(ctx, cfg, conns, kernel())
+}
+
+func (h host) attach(ctx context.Context, cfg Config, conns []net.Conn, drv driver) (*Device, error) {
 	defer closeAll(conns)
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -199,12 +203,12 @@ func Attach(ctx context.Context, cfg Config, conns []net.Conn) (*Device, error) 
 		identifier:      cfg.Identifier,
 		fds:             fds(files),
 	}
-	method, nl, err := chooseMethod(ctx, cfg.Method, dialNetlink)
+	method, nl, err := chooseMethod(ctx, cfg.Method, h.dial)
 	if err != nil {
 		return nil, err
 	}
 	if method == MethodIoctl {
-		return ioctlAttach(ctx, kernel(), sysBlock, cfg.Index, p)
+		return ioctlAttach(ctx, drv, h.sys, cfg.Index, p)
 	}
 	defer nl.Close()
 	index, err := nl.connect(p)
@@ -215,7 +219,7 @@ func Attach(ctx context.Context, cfg Config, conns []net.Conn) (*Device, error) 
 		return nil, fmt.Errorf("attach: %w", err)
 	}
 	d := &Device{Index: index, Method: MethodNetlink}
-	d.Identified = p.identifier != "" && (sysDevice{sysBlock, index}).backend() == p.identifier
+	d.Identified = p.identifier != "" && (sysDevice{h.sys, index}).backend() == p.identifier
 	return d, nil
 }
 
@@ -278,14 +282,18 @@ func loadModule(ctx context.Context) bool {
 // has released it. It fails with ErrStillHeld if the device is still in
 // use (e.g. mounted) when ctx ends; the disconnect stands.
 func Detach(ctx context.Context, index int) error {
-	sd := sysDevice{sysBlock, index}
+	return realHost.detach(ctx, index)
+}
+
+func (h host) detach(ctx context.Context, index int) error {
+	sd := sysDevice{h.sys, index}
 	if !sd.exists() {
 		return fmt.Errorf("%s: %w", DevicePath(index), ErrNoModule)
 	}
 	if sd.pid() == 0 {
 		return fmt.Errorf("%s: %w", DevicePath(index), ErrNotConnected)
 	}
-	nl, err := dialNetlink()
+	nl, err := h.dial()
 	switch {
 	case err == nil:
 		err = nl.disconnect(index)

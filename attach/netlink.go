@@ -212,6 +212,11 @@ func dialNetlink() (*nlConn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("attach: opening generic netlink: %w", err)
 	}
+	return newNLConn(c)
+}
+
+// newNLConn looks the nbd family up on c, which it closes when that fails.
+func newNLConn(c *genetlink.Conn) (*nlConn, error) {
 	f, err := c.GetFamily(genlFamily)
 	if err != nil {
 		c.Close()

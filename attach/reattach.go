@@ -59,15 +59,19 @@ type Reattached struct {
 // (ioctl-attached devices cannot be reconnected), and returns the devices
 // it reached with the errors of those it did not.
 func Reattach(ctx context.Context, cfg ReattachConfig) ([]Reattached, error) {
+	return realHost.reattach(ctx, cfg)
+}
+
+func (h host) reattach(ctx context.Context, cfg ReattachConfig) ([]Reattached, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	nl, err := dialNetlink()
+	nl, err := h.dial()
 	if err != nil {
 		return nil, err
 	}
 	defer nl.Close()
-	return reattachAll(ctx, nl, sysBlock, cfg)
+	return reattachAll(ctx, nl, h.sys, cfg)
 }
 
 func reattachAll(ctx context.Context, nl *nlConn, root string, cfg ReattachConfig) ([]Reattached, error) {
@@ -169,11 +173,15 @@ func compatible(info ExportInfo, dev devState) error {
 // reconnect are logged and retried on the next notification and every
 // retry interval while a matching device has had a failure.
 func Watch(ctx context.Context, cfg ReattachConfig) error {
+	return realHost.watch(ctx, cfg)
+}
+
+func (h host) watch(ctx context.Context, cfg ReattachConfig) error {
 	if err := cfg.validate(); err != nil {
 		return err
 	}
 	log := cfg.log()
-	events, err := dialNetlink()
+	events, err := h.dial()
 	if err != nil {
 		return err
 	}
@@ -181,7 +189,7 @@ func Watch(ctx context.Context, cfg ReattachConfig) error {
 	if err := events.joinLinkDead(); err != nil {
 		return err
 	}
-	nl, err := dialNetlink()
+	nl, err := h.dial()
 	if err != nil {
 		return err
 	}
@@ -216,7 +224,7 @@ func Watch(ctx context.Context, cfg ReattachConfig) error {
 	const retry = time.Second
 	failing := false
 	pass := func() {
-		done, err := reattachAll(ctx, nl, sysBlock, cfg)
+		done, err := reattachAll(ctx, nl, h.sys, cfg)
 		for _, r := range done {
 			log.Debug("reattach pass", zap.Int("index", r.Index), zap.Int("sockets", r.Sockets))
 		}

@@ -1,0 +1,186 @@
+package attach
+
+import (
+	"context"
+	"errors"
+	"net"
+	"os"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// socketConns returns n connected sockets (one end of a socketpair each)
+// whose other ends are closed with the test.
+func socketConns(t *testing.T, n int) []net.Conn {
+	t.Helper()
+	var out []net.Conn
+	for range n {
+		fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var pair [2]net.Conn
+		for i, fd := range fds {
+			f := os.NewFile(uintptr(fd), "socketpair")
+			c, err := net.FileConn(f)
+			f.Close()
+			if err != nil {
+				t.Fatal(err)
+			}
+			pair[i] = c
+		}
+		t.Cleanup(func() { pair[1].Close() })
+		out = append(out, pair[0])
+	}
+	return out
+}
+
+func testCtx(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+const fakeIdent = "rbd-nbd:disk0@127.0.0.1:10809"
+
+// netlinkConfig is an attach of a 1 MiB export (plus a partial block)
+// over netlink.
+func netlinkConfig() Config {
+	cfg := DefaultConfig()
+	cfg.Method = MethodNetlink
+	cfg.Identifier = fakeIdent
+	cfg.Export = ExportInfo{Name: "disk0", Size: 1<<20 + 100, Flags: FlagHasFlags | FlagSendFlush | FlagSendFUA | FlagCanMultiConn}
+	cfg.Timeout = 8 * time.Second
+	cfg.DeadConnTimeout = 1500 * time.Millisecond
+	return cfg
+}
+
+// The netlink attach sends NBD_CMD_CONNECT with every attribute the
+// driver needs, takes the device the kernel chose, and the device is then
+// listed and can be detached.
+func TestFakeKernelAttachListDetach(t *testing.T) {
+	k := newFakeKernel(t, 4)
+	k.connected(0, "rbd-nbd:other@127.0.0.1:1", 1<<20, 1)
+	h := k.host()
+	ctx := testCtx(t)
+
+	dev, err := h.attach(ctx, netlinkConfig(), socketConns(t, 2), driver{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if dev.Index != 1 || dev.Method != MethodNetlink || !dev.Identified || dev.Done() != nil {
+		t.Fatalf("device %+v, want nbd1 over netlink, identified", dev)
+	}
+	cs := k.waitCommands(cmdConnect, 1)
+	c := cs[0]
+	if c.has[attrIndex] {
+		t.Errorf("CONNECT named device %d; want any free device", c.index)
+	}
+	want := map[uint16]uint64{
+		attrSizeBytes:       1 << 20, // rounded down to whole blocks
+		attrBlockSizeBytes:  4096,
+		attrTimeout:         8,
+		attrServerFlags:     uint64(FlagHasFlags | FlagSendFlush | FlagSendFUA | FlagCanMultiConn),
+		attrClientFlags:     0,
+		attrDeadConnTimeout: 2, // rounded up to whole seconds
+	}
+	for a, v := range want {
+		if !c.has[a] || c.attrs[a] != v {
+			t.Errorf("CONNECT attribute %d = %d (present %v), want %d", a, c.attrs[a], c.has[a], v)
+		}
+	}
+	if c.ident != fakeIdent || len(c.fds) != 2 || !c.sockets {
+		t.Errorf("CONNECT identifier %q, fds %v (sockets %v); want %q and 2 sockets", c.ident, c.fds, c.sockets, fakeIdent)
+	}
+	if c.flags&unix.NLM_F_ACK != 0 {
+		t.Error("CONNECT asked for an acknowledgement besides its reply")
+	}
+
+	ms, err := h.list(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ms) != 2 || ms[1].Index != 1 || ms[1].Export != "disk0" || ms[1].PID != os.Getpid() || ms[1].Task != k.task ||
+		ms[1].Size != 1<<20 || ms[1].Connections != 2 {
+		t.Fatalf("list %+v", ms)
+	}
+
+	if err := h.detach(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	d := k.waitCommands(cmdDisconnect, 1)[0]
+	if d.index != 1 || d.flags&unix.NLM_F_ACK == 0 {
+		t.Errorf("DISCONNECT index %d flags %v; want 1, acknowledged", d.index, d.flags)
+	}
+	if k.isConnected(1) || !k.isConnected(0) {
+		t.Error("detach did not disconnect exactly nbd1")
+	}
+	if err := h.detach(ctx, 1); !errors.Is(err, ErrNotConnected) {
+		t.Fatalf("second detach: %v, want ErrNotConnected", err)
+	}
+}
+
+// A named device, a read-only attach, and the kernel's refusal.
+func TestFakeKernelAttachNamedAndRefused(t *testing.T) {
+	k := newFakeKernel(t, 4)
+	h := k.host()
+	ctx := testCtx(t)
+	cfg := netlinkConfig()
+	cfg.Index = 3
+	cfg.ReadOnly = true
+	cfg.Timeout, cfg.DeadConnTimeout, cfg.Identifier = 0, 0, ""
+	dev, err := h.attach(ctx, cfg, socketConns(t, 1), driver{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if dev.Index != 3 || dev.Identified {
+		t.Fatalf("device %+v, want nbd3 without identifier", dev)
+	}
+	c := k.waitCommands(cmdConnect, 1)[0]
+	if c.index != 3 || c.attrs[attrServerFlags]&uint64(FlagReadOnly) == 0 {
+		t.Errorf("CONNECT index %d flags %#x; want 3, read-only", c.index, c.attrs[attrServerFlags])
+	}
+	for _, a := range []uint16{attrTimeout, attrDeadConnTimeout, attrBackendIdentifier} {
+		if c.has[a] {
+			t.Errorf("CONNECT carries attribute %d, which was not asked for", a)
+		}
+	}
+	// The device is busy now: the kernel refuses, and the error says so.
+	_, err = h.attach(ctx, cfg, socketConns(t, 1), driver{})
+	if !errors.Is(err, unix.EBUSY) {
+		t.Fatalf("attach to a busy device: %v, want EBUSY", err)
+	}
+}
+
+// Reattach offers fresh sockets, one per connection, to the connected
+// devices whose identifier matches, and leaves the others alone.
+func TestFakeKernelReattach(t *testing.T) {
+	k := newFakeKernel(t, 4)
+	k.connected(0, "rbd-nbd:other@127.0.0.1:1", 1<<20, 1)
+	k.connected(2, fakeIdent, 1<<20, 2)
+	k.connected(3, "", 1<<20, 1) // an ioctl attach: no identifier
+	ctx := testCtx(t)
+	cfg := ReattachConfig{
+		Match: func(id string) bool { return id == fakeIdent },
+		Connect: func(context.Context, string) (net.Conn, ExportInfo, error) {
+			return socketConns(t, 1)[0], ExportInfo{Name: "disk0", Size: 1 << 20, Flags: FlagHasFlags | FlagCanMultiConn}, nil
+		},
+	}
+	done, err := k.host().reattach(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(done) != 1 || done[0] != (Reattached{Index: 2, Identifier: fakeIdent, Sockets: 2}) {
+		t.Fatalf("reattached %+v, want nbd2 with 2 sockets", done)
+	}
+	rs := k.waitCommands(cmdReconfigure, 1)
+	if len(rs) != 1 || rs[0].index != 2 || rs[0].ident != fakeIdent || len(rs[0].fds) != 2 || !rs[0].sockets ||
+		rs[0].flags&unix.NLM_F_ACK == 0 {
+		t.Fatalf("RECONFIGURE %+v", rs)
+	}
+	if k.waitCommands(cmdStatus, 1)[0].has[attrIndex] {
+		t.Error("STATUS named one device; want all")
+	}
+}
