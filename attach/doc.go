@@ -79,7 +79,11 @@
 // serves, it negotiates as many fresh connections as the device has
 // (/sys/block/nbdN/mq has one entry per connection) and sends them with
 // NBD_CMD_RECONFIGURE. Watch also listens for NBD_CMD_LINK_DEAD, so a
-// connection that dies while the daemon runs is replaced too. Requests that
+// connection that dies while the daemon runs is replaced too: only the
+// device the notification names gets fresh connections (every matching
+// device again only when notifications were lost, ENOBUFS). A Watch
+// started before the nbd module is loaded waits for the family to appear
+// (ReattachConfig.ModuleWait, 5 minutes by default). Requests that
 // were in flight on a dead connection are resent by the kernel when their
 // timeout fires: attach with a request timeout (--timeout) shorter than the
 // dead-connection timeout.

@@ -40,7 +40,10 @@ type fakeKernel struct {
 	// task is the thread id the fake driver shows in nbdN/pid for
 	// devices attached through it; proc maps it to this process.
 	task int
-	// sent is closed and replaced whenever a command is recorded.
+	// lookups counts CTRL_CMD_GETFAMILY requests.
+	lookups int
+	// sent is closed and replaced whenever a command or a lookup is
+	// recorded.
 	sent chan struct{}
 }
 
@@ -154,6 +157,32 @@ func (k *fakeKernel) waitCommands(cmd uint8, n int) []fakeCmd {
 			k.t.Fatalf("waited 10 s for %d commands %d, have %d", n, cmd, len(got))
 		}
 	}
+}
+
+// waitLookups waits until the family was looked up n times.
+func (k *fakeKernel) waitLookups(n int) {
+	k.t.Helper()
+	deadline := time.NewTimer(10 * time.Second)
+	defer deadline.Stop()
+	for {
+		k.mu.Lock()
+		got, sent := k.lookups, k.sent
+		k.mu.Unlock()
+		if got >= n {
+			return
+		}
+		select {
+		case <-sent:
+		case <-deadline.C:
+			k.t.Fatalf("waited 10 s for %d family lookups, have %d", n, got)
+		}
+	}
+}
+
+func (k *fakeKernel) setLoaded(v bool) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.loaded = v
 }
 
 // linkDead multicasts NBD_CMD_LINK_DEAD for device i to every socket in
@@ -327,6 +356,9 @@ func (k *fakeKernel) family(req netlink.Message, gm genetlink.Message) []netlink
 	}
 	k.mu.Lock()
 	loaded := k.loaded
+	k.lookups++
+	close(k.sent)
+	k.sent = make(chan struct{})
 	k.mu.Unlock()
 	if !loaded || name != genlFamily {
 		return k.errno(req, unix.ENOENT)
