@@ -169,7 +169,10 @@ func (d *Device) Done() <-chan struct{} { return d.done }
 
 // Attach hands conns, connections to one export that are in the
 // transmission phase (see Negotiate), to the kernel as one device. It
-// closes conns in all cases: the kernel holds its own references.
+// closes conns in all cases: the kernel holds its own references. The
+// wait for the kernel's answer ends with ctx (after 30 s at most over
+// netlink); when the answer is lost that way, the device the kernel set
+// up all the same is found by its backend identifier and returned.
 func Attach(ctx context.Context, cfg Config, conns []net.Conn) (*Device, error) {
 	return realHost.attach(ctx, cfg, conns, kernel())
 }
@@ -211,7 +214,18 @@ func (h host) attach(ctx context.Context, cfg Config, conns []net.Conn, drv driv
 		return ioctlAttach(ctx, drv, h.sys, cfg.Index, p)
 	}
 	defer nl.Close()
-	index, err := nl.connect(p)
+	before := h.connectedDevices()
+	index, err := nl.connect(ctx, p)
+	if err != nil && !refusedByKernel(err) {
+		// The reply was lost, not a refusal: the kernel may have set
+		// the device up all the same, and it would stay attached with
+		// nobody knowing which it is.
+		if i, ok := h.findConfigured(p, before); ok {
+			index, err = i, nil
+		} else {
+			err = fmt.Errorf("%w; no device was found that it attached (%s)", err, lostConnectHint(p))
+		}
+	}
 	if err != nil {
 		if cfg.Index >= 0 {
 			return nil, fmt.Errorf("attach: %s: %w", DevicePath(cfg.Index), err)
@@ -221,6 +235,52 @@ func (h host) attach(ctx context.Context, cfg Config, conns []net.Conn, drv driv
 	d := &Device{Index: index, Method: MethodNetlink}
 	d.Identified = p.identifier != "" && (sysDevice{h.sys, index}).backend() == p.identifier
 	return d, nil
+}
+
+// connectedDevices returns the devices that show a connecting task.
+func (h host) connectedDevices() map[int]bool {
+	out := map[int]bool{}
+	all, _ := listSysDevices(h.sys)
+	for _, i := range all {
+		if (sysDevice{h.sys, i}).pid() != 0 {
+			out[i] = true
+		}
+	}
+	return out
+}
+
+// findConfigured looks for the device an NBD_CMD_CONNECT whose reply was
+// lost set up: one connected since (not in before), that is p's device
+// when p names one, carries p's backend identifier, and was connected by
+// a thread of this process. Where the thread's process cannot be known
+// (another pid namespace) the identifier must do; without either there is
+// no telling this attach's device from another's.
+func (h host) findConfigured(p connectParams, before map[int]bool) (int, bool) {
+	candidates := []int{p.index}
+	if p.index < 0 {
+		candidates, _ = listSysDevices(h.sys)
+	}
+	for _, i := range candidates {
+		sd := sysDevice{h.sys, i}
+		task := sd.pid()
+		if task == 0 || before[i] || (p.identifier != "" && sd.backend() != p.identifier) {
+			continue
+		}
+		switch proc := processOf(h.proc, task); {
+		case proc == os.Getpid(), proc == 0 && p.identifier != "":
+			return i, true
+		}
+	}
+	return 0, false
+}
+
+// lostConnectHint says where to look for a device an attach whose reply
+// was lost may have left.
+func lostConnectHint(p connectParams) string {
+	if p.identifier != "" {
+		return "none carries backend " + p.identifier
+	}
+	return "without a backend identifier it cannot be told apart: see list-mapped"
 }
 
 // chooseMethod decides between netlink and ioctls. It loads the nbd

@@ -32,7 +32,11 @@
 //	      NBD_SOCK_FD (1)             u32  socket file descriptor of this process
 //	  NBD_ATTR_DEAD_CONN_TIMEOUT (8)  u64  seconds to wait for a reconnect (absent: 0, fail at once)
 //	  NBD_ATTR_BACKEND_IDENTIFIER (10) string  see Identifier; /sys/block/nbdN/backend
-//	reply: NBD_CMD_CONNECT with NBD_ATTR_INDEX (u32), the device chosen
+//	reply: NBD_CMD_CONNECT with NBD_ATTR_INDEX (u32), the device chosen;
+//	  waited for until the attach's context ends (30 s at most). When it
+//	  does not come (as opposed to an error the kernel sends), the device
+//	  the kernel may have set up is looked for: newly connected, by a
+//	  thread of this process, with the attach's backend identifier.
 //
 //	NBD_CMD_DISCONNECT (2)    NBD_ATTR_INDEX
 //	NBD_CMD_RECONFIGURE (3)   NBD_ATTR_INDEX, NBD_ATTR_BACKEND_IDENTIFIER (must match the

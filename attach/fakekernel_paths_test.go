@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -182,5 +183,50 @@ func TestFakeKernelReattach(t *testing.T) {
 	}
 	if k.waitCommands(cmdStatus, 1)[0].has[attrIndex] {
 		t.Error("STATUS named one device; want all")
+	}
+}
+
+// When NBD_CMD_CONNECT's reply does not come, the wait ends with the
+// context, and the device the kernel set up anyway is found by its
+// backend identifier instead of staying attached unknown; a device that
+// carried the identifier before is not taken for it.
+func TestFakeKernelConnectReplyLost(t *testing.T) {
+	k := newFakeKernel(t, 4)
+	k.connected(0, fakeIdent, 1<<20, 1) // an earlier attach of the same export
+	k.silentConnect = true
+	h := k.host()
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	dev, err := h.attach(ctx, netlinkConfig(), socketConns(t, 1), driver{})
+	if err != nil {
+		t.Fatalf("attach with the reply lost: %v", err)
+	}
+	if dev.Index != 1 || !dev.Identified {
+		t.Fatalf("found %+v, want nbd1, the device the kernel set up", dev)
+	}
+
+	// Neither set up nor answered: the attach fails when ctx ends, and
+	// says so.
+	k2 := newFakeKernel(t, 2)
+	k2.hangConnect = true
+	ctx2, cancel2 := context.WithCancel(context.Background())
+	defer cancel2()
+	res := make(chan error, 1)
+	go func() {
+		_, err := k2.host().attach(ctx2, netlinkConfig(), socketConns(t, 1), driver{})
+		res <- err
+	}()
+	k2.waitCommands(cmdConnect, 1)
+	cancel2()
+	select {
+	case err := <-res:
+		if !errors.Is(err, os.ErrDeadlineExceeded) || !strings.Contains(err.Error(), "no device was found") {
+			t.Fatalf("attach with no reply and no device: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("attach still waiting for the reply 10 s after its context ended")
+	}
+	if k2.isConnected(0) || k2.isConnected(1) {
+		t.Fatal("fake kernel connected a device")
 	}
 }

@@ -35,6 +35,8 @@ type fakeKernel struct {
 	// silentConnect configures the device on NBD_CMD_CONNECT but never
 	// replies, as a kernel whose reply is lost.
 	silentConnect bool
+	// hangConnect neither sets the device up nor replies.
+	hangConnect bool
 	// refuse answers a command with this errno instead of carrying it out.
 	refuse map[uint8]syscall.Errno
 	// task is the thread id the fake driver shows in nbdN/pid for
@@ -248,6 +250,9 @@ func (k *fakeKernel) handle(req netlink.Message) []netlink.Message {
 	var reply []byte
 	switch c.cmd {
 	case cmdConnect:
+		if k.hangConnect {
+			return nil
+		}
 		index := c.index
 		if index < 0 {
 			for i := range k.devices {

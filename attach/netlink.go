@@ -1,9 +1,11 @@
 package attach
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
+	"syscall"
 	"time"
 
 	"github.com/mdlayher/genetlink"
@@ -196,6 +198,19 @@ func decodeStatus(b []byte) ([]deviceStatus, error) {
 	return out, nil
 }
 
+// refusedByKernel reports whether err is the kernel's answer to a
+// request (an nlmsgerr, which netlink gives as a bare errno): the
+// command was refused, not carried out. Errors of the socket itself
+// (a deadline, a failed recvmsg) leave it unknown.
+func refusedByKernel(err error) bool {
+	var oe *netlink.OpError
+	if !errors.As(err, &oe) {
+		return false
+	}
+	_, ok := oe.Err.(syscall.Errno)
+	return ok
+}
+
 // errBadReply: the kernel's reply could not be decoded.
 var errBadReply = errors.New("attach: malformed netlink reply")
 
@@ -254,13 +269,34 @@ func (n *nlConn) execute(cmd uint8, data []byte, reply bool) ([]genetlink.Messag
 	return msgs, nil
 }
 
+// connectReplyTimeout bounds the wait for NBD_CMD_CONNECT's reply when
+// the caller's context does not: the driver answers once it has set the
+// device up, without network I/O, so a reply this late is not coming.
+const connectReplyTimeout = 30 * time.Second
+
 // connect sends NBD_CMD_CONNECT and returns the device index the kernel
-// chose.
-func (n *nlConn) connect(p connectParams) (int, error) {
+// chose. It waits for the reply until ctx ends, at most
+// connectReplyTimeout; the deadline stays on n when ctx ended during the
+// wait, so n is to be closed after a failure.
+func (n *nlConn) connect(ctx context.Context, p connectParams) (int, error) {
 	data, err := encodeConnect(p)
 	if err != nil {
 		return 0, err
 	}
+	ctx, cancel := context.WithTimeout(ctx, connectReplyTimeout)
+	defer cancel()
+	deadline, _ := ctx.Deadline()
+	if err := n.c.SetReadDeadline(deadline); err != nil {
+		return 0, fmt.Errorf("NBD_CMD_CONNECT: setting the reply deadline: %w", err)
+	}
+	// A cancelled ctx ends the wait too: a deadline in the past wakes the
+	// blocked receive.
+	stop := context.AfterFunc(ctx, func() { _ = n.c.SetReadDeadline(time.Unix(1, 0)) })
+	defer func() {
+		if stop() {
+			_ = n.c.SetReadDeadline(time.Time{})
+		}
+	}()
 	msgs, err := n.execute(cmdConnect, data, true)
 	if err != nil {
 		return 0, fmt.Errorf("NBD_CMD_CONNECT: %w", err)
