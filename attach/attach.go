@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"os"
 	"os/exec"
 	"slices"
+	"strconv"
 	"time"
 )
 
@@ -83,6 +85,25 @@ type Config struct {
 	Method Method
 }
 
+// The kernel keeps timeouts in jiffies, which are up to 1000 a second
+// (CONFIG_HZ): what it is given in seconds is multiplied by HZ into its
+// own field, and a product that does not fit is truncated, silently, to
+// some other timeout. Config.Validate refuses timeouts over these.
+const (
+	// MaxTimeout is the longest request timeout: blk-mq keeps it in an
+	// unsigned int (tag_set.timeout), 4294967 s (49.7 days) at HZ=1000.
+	MaxTimeout = time.Duration(math.MaxUint32/1000) * time.Second
+	// MaxDeadConnTimeout is the longest dead-connection timeout: the
+	// driver keeps it in an unsigned long that wait_event_timeout takes
+	// as a long, which bounds it only where a long has 32 bits (24.8 days
+	// at HZ=1000).
+	MaxDeadConnTimeout = time.Duration(maxLongSeconds) * time.Second
+)
+
+// maxLongSeconds is the most seconds whose jiffies at HZ=1000 fit in a
+// long, capped where the time.Duration would overflow.
+const maxLongSeconds = min((1<<(strconv.IntSize-1)-1)/1000, math.MaxInt64/int64(time.Second))
+
 // DefaultConfig returns a Config for any free device with 4096-byte
 // blocks, a 30 s dead-connection timeout (as Ceph's rbd-nbd), and the
 // interface chosen automatically.
@@ -108,6 +129,12 @@ func (c Config) Validate() error {
 	}
 	if c.Timeout < 0 || c.DeadConnTimeout < 0 {
 		errs = append(errs, errors.New("timeouts must not be negative"))
+	}
+	if c.Timeout > MaxTimeout {
+		errs = append(errs, fmt.Errorf("timeout %v exceeds %v, the most the kernel keeps (a 32-bit count of jiffies)", c.Timeout, MaxTimeout))
+	}
+	if c.DeadConnTimeout > MaxDeadConnTimeout {
+		errs = append(errs, fmt.Errorf("dead-connection timeout %v exceeds %v, the most the kernel keeps (a count of jiffies in a long)", c.DeadConnTimeout, MaxDeadConnTimeout))
 	}
 	if len(c.Identifier) > maxIdentifier {
 		errs = append(errs, fmt.Errorf("identifier of %d bytes exceeds %d", len(c.Identifier), maxIdentifier))

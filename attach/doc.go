@@ -23,7 +23,8 @@
 //	  NBD_ATTR_INDEX (1)              u32  device number; absent: any free device
 //	  NBD_ATTR_SIZE_BYTES (2)         u64  export size, rounded down to the block size
 //	  NBD_ATTR_BLOCK_SIZE_BYTES (3)   u64  4096
-//	  NBD_ATTR_TIMEOUT (4)            u64  request timeout, seconds (absent: kernel default)
+//	  NBD_ATTR_TIMEOUT (4)            u64  request timeout, seconds (absent: kernel default);
+//	                                       kept as jiffies in 32 bits: at most MaxTimeout
 //	  NBD_ATTR_SERVER_FLAGS (5)       u64  transmission flags as the server sent them
 //	                                       (plus NBD_FLAG_READ_ONLY for a read-only attach)
 //	  NBD_ATTR_CLIENT_FLAGS (6)       u64  0: no NBD_CFLAG_DESTROY_ON_DISCONNECT/DISCONNECT_ON_CLOSE
@@ -59,7 +60,9 @@
 // device is connected: the process that issued it must stay alive, and a
 // signal to its thread disconnects the device. NBD_DISCONNECT (8) and
 // NBD_CLEAR_SOCK (4) tear it down. There is no backend identifier, no
-// dead-connection timeout and no reattach with ioctls.
+// dead-connection timeout and no reattach with ioctls. An ioctl's argument
+// is an unsigned long: with 32 bits, NBD_SET_SIZE_BLOCKS takes no export
+// of 16 TiB or more (4096-byte blocks), which is refused.
 //
 // # Backend identifier
 //

@@ -142,6 +142,14 @@ func runAttach(ctx context.Context, g *globalOptions, o *attachOptions, args []s
 	if o.connections < 1 || o.connections > 64 {
 		return fmt.Errorf("--connections %d: want 1..64", o.connections)
 	}
+	// The kernel would truncate longer timeouts to others (see
+	// attach.MaxTimeout); say which option, before connecting.
+	if o.timeout > attach.MaxTimeout {
+		return fmt.Errorf("--timeout %v: the kernel keeps at most %v", o.timeout, attach.MaxTimeout)
+	}
+	if o.deadConnTimeout > attach.MaxDeadConnTimeout {
+		return fmt.Errorf("--dead-conn-timeout %v: the kernel keeps at most %v", o.deadConnTimeout, attach.MaxDeadConnTimeout)
+	}
 	target, err := resolveAttachTarget(g, args[0], o)
 	if err != nil {
 		return err

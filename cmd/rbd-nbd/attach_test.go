@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"io"
 	"net"
 	"strings"
 	"testing"
@@ -180,5 +181,31 @@ func TestHolderArgs(t *testing.T) {
 	want := attachOptions{nbd: "10.0.0.1:10809", export: "disk0", connections: 2, readOnly: true, foreground: true, readyFD: 3, method: "ioctl"}
 	if got != want || len(gotArgs) != 2 || gotArgs[0] != "r0" || gotArgs[1] != "/dev/nbd3" {
 		t.Errorf("holder attach %v %+v, want [r0 /dev/nbd3] %+v", gotArgs, got, want)
+	}
+}
+
+// Timeouts the kernel would truncate are refused, naming the option,
+// before anything is dialed.
+func TestAttachRefusesOverlongTimeouts(t *testing.T) {
+	maxDead := attach.MaxDeadConnTimeout // a variable: on 64 bits one second more overflows
+	for _, tc := range []struct {
+		name string
+		mod  func(*attachOptions)
+		flag string
+	}{
+		{"timeout", func(o *attachOptions) { o.timeout = attach.MaxTimeout + time.Second }, "--timeout"},
+		{"dead-conn-timeout", func(o *attachOptions) { o.deadConnTimeout = maxDead + time.Second }, "--dead-conn-timeout"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.flag == "--dead-conn-timeout" && attach.MaxDeadConnTimeout > 1<<62 {
+				t.Skip("a 64-bit long bounds no dead-connection timeout")
+			}
+			o := &attachOptions{nbd: "127.0.0.1:1", connections: 1, method: "auto", waitTimeout: time.Second, readyFD: -1}
+			tc.mod(o)
+			err := runAttach(context.Background(), &globalOptions{}, o, []string{"r0"}, io.Discard, zap.NewNop())
+			if err == nil || !strings.HasPrefix(err.Error(), tc.flag+" ") {
+				t.Fatalf("err = %v, want one naming %s", err, tc.flag)
+			}
+		})
 	}
 }
