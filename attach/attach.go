@@ -79,7 +79,9 @@ type Config struct {
 	Timeout time.Duration
 	// DeadConnTimeout is how long the kernel holds requests while the
 	// device has no live connection, waiting for Reattach; 0 fails them
-	// at once. Netlink only.
+	// at once. Netlink only: with MethodIoctl it must be 0, and an
+	// automatic attach that falls back to ioctls goes without (see
+	// Device.DeadConnTimeout).
 	DeadConnTimeout time.Duration
 	// Method chooses the kernel interface.
 	Method Method
@@ -169,6 +171,10 @@ type Device struct {
 	// attach gave (/sys/block/nbdN/backend), by which a restarted server
 	// finds the device to reattach. Kernels before about 5.9 ignore it.
 	Identified bool
+	// DeadConnTimeout is the dead-connection timeout the kernel was
+	// given: Config.DeadConnTimeout over netlink, 0 over ioctls, which
+	// have none.
+	DeadConnTimeout time.Duration
 
 	done chan struct{} // ioctl: closed when NBD_DO_IT returned
 	err  error         // ioctl: what NBD_DO_IT returned
@@ -238,6 +244,13 @@ func (h host) attach(ctx context.Context, cfg Config, conns []net.Conn, drv driv
 		return nil, err
 	}
 	if method == MethodIoctl {
+		// The ioctls have no dead-connection timeout: asked for one
+		// explicitly, say so rather than attach a device that fails
+		// I/O the moment its server restarts.
+		if cfg.Method == MethodIoctl && cfg.DeadConnTimeout > 0 {
+			return nil, fmt.Errorf("%w: %v asked for; give 0", ErrIoctlDeadConn, cfg.DeadConnTimeout)
+		}
+		p.deadConnTimeout = 0
 		return ioctlAttach(ctx, drv, h.sys, cfg.Index, p)
 	}
 	defer nl.Close()
@@ -259,7 +272,7 @@ func (h host) attach(ctx context.Context, cfg Config, conns []net.Conn, drv driv
 		}
 		return nil, fmt.Errorf("attach: %w", err)
 	}
-	d := &Device{Index: index, Method: MethodNetlink}
+	d := &Device{Index: index, Method: MethodNetlink, DeadConnTimeout: cfg.DeadConnTimeout}
 	d.Identified = p.identifier != "" && (sysDevice{h.sys, index}).backend() == p.identifier
 	return d, nil
 }

@@ -60,7 +60,10 @@
 // device is connected: the process that issued it must stay alive, and a
 // signal to its thread disconnects the device. NBD_DISCONNECT (8) and
 // NBD_CLEAR_SOCK (4) tear it down. There is no backend identifier, no
-// dead-connection timeout and no reattach with ioctls. An ioctl's argument
+// dead-connection timeout and no reattach with ioctls: an attach with
+// MethodIoctl refuses a dead-connection timeout (ErrIoctlDeadConn), and an
+// automatic one that falls back to ioctls goes without
+// (Device.DeadConnTimeout is 0). An ioctl's argument
 // is an unsigned long: with 32 bits, NBD_SET_SIZE_BLOCKS takes no export
 // of 16 TiB or more (4096-byte blocks), which is refused.
 //

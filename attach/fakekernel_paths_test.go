@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -71,7 +72,7 @@ func TestFakeKernelAttachListDetach(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if dev.Index != 1 || dev.Method != MethodNetlink || !dev.Identified || dev.Done() != nil {
+	if dev.Index != 1 || dev.Method != MethodNetlink || !dev.Identified || dev.Done() != nil || dev.DeadConnTimeout != 1500*time.Millisecond {
 		t.Fatalf("device %+v, want nbd1 over netlink, identified", dev)
 	}
 	cs := k.waitCommands(cmdConnect, 1)
@@ -228,5 +229,40 @@ func TestFakeKernelConnectReplyLost(t *testing.T) {
 	}
 	if k2.isConnected(0) || k2.isConnected(1) {
 		t.Fatal("fake kernel connected a device")
+	}
+}
+
+// The ioctls have no dead-connection timeout: an ioctl attach asked for
+// one is refused before the device is touched; an automatic attach that
+// falls back to ioctls goes without, and the device says so.
+func TestIoctlAttachDeadConnTimeout(t *testing.T) {
+	k := newFakeKernel(t, 1)
+	h := k.host()
+	ctx := testCtx(t)
+	busy := &busyDriver{}
+	cfg := netlinkConfig()
+	cfg.Method = MethodIoctl
+	_, err := h.attach(ctx, cfg, socketConns(t, 1), driver{ioctl: busy.ioctl, open: func(int) (*os.File, error) { return os.Open(os.DevNull) }})
+	if !errors.Is(err, ErrIoctlDeadConn) || !strings.Contains(err.Error(), "1.5s asked for") {
+		t.Fatalf("ioctl attach with a dead-connection timeout: %v, want ErrIoctlDeadConn", err)
+	}
+	if len(busy.reqs) != 0 {
+		t.Fatalf("the refused attach issued ioctls %v", busy.reqs)
+	}
+
+	k.setLoaded(false) // no netlink family: auto falls back
+	nbd := &fakeNBD{sysDir: filepath.Join(k.sys, "nbd0"), stop: make(chan struct{})}
+	drv := driver{ioctl: nbd.ioctl, open: func(int) (*os.File, error) { return os.Open(os.DevNull) }}
+	cfg.Method = MethodAuto
+	dev, err := h.attach(ctx, cfg, socketConns(t, 1), drv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if dev.Method != MethodIoctl || dev.DeadConnTimeout != 0 {
+		t.Errorf("fallback attach: method %v, dead-connection timeout %v; want ioctl, 0", dev.Method, dev.DeadConnTimeout)
+	}
+	_ = nbd.ioctl(nil, ioctlDisconnect, 0)
+	if err := dev.Wait(); err != nil {
+		t.Fatal(err)
 	}
 }

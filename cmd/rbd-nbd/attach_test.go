@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"net"
 	"strings"
@@ -207,5 +208,23 @@ func TestAttachRefusesOverlongTimeouts(t *testing.T) {
 				t.Fatalf("err = %v, want one naming %s", err, tc.flag)
 			}
 		})
+	}
+}
+
+// An ioctl attach refuses a --dead-conn-timeout asked for (the ioctls have
+// none), before connecting; the flag's default is for netlink and does
+// not stand in the way.
+func TestAttachIoctlRefusesDeadConnTimeout(t *testing.T) {
+	o := &attachOptions{nbd: "127.0.0.1:1", connections: 1, method: "ioctl", waitTimeout: time.Second, readyFD: -1,
+		deadConnTimeout: 30 * time.Second, deadConnSet: true}
+	err := runAttach(context.Background(), &globalOptions{}, o, []string{"r0"}, io.Discard, zap.NewNop())
+	if !errors.Is(err, attach.ErrIoctlDeadConn) || !strings.HasPrefix(err.Error(), "--dead-conn-timeout 30s: ") {
+		t.Fatalf("err = %v, want ErrIoctlDeadConn naming --dead-conn-timeout", err)
+	}
+	// The default: the attach goes on (to fail dialing a closed port).
+	o.deadConnSet, o.foreground = false, true
+	err = runAttach(context.Background(), &globalOptions{}, o, []string{"r0"}, io.Discard, zap.NewNop())
+	if err == nil || errors.Is(err, attach.ErrIoctlDeadConn) {
+		t.Fatalf("default dead-connection timeout with ioctls: %v, want a dial error", err)
 	}
 }
