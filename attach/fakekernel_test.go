@@ -127,13 +127,6 @@ func (k *fakeKernel) isConnected(i int) bool {
 	return err == nil
 }
 
-// commands returns the nbd commands received so far.
-func (k *fakeKernel) commands() []fakeCmd {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	return append([]fakeCmd(nil), k.cmds...)
-}
-
 // waitCommands waits until n commands of kind cmd arrived, failing the
 // test after 10 s.
 func (k *fakeKernel) waitCommands(cmd uint8, n int) []fakeCmd {
@@ -490,20 +483,20 @@ func (s *fakeSocket) Receive() ([]netlink.Message, error) {
 		}
 		dl, changed := s.deadline, s.changed
 		s.mu.Unlock()
-		var expired <-chan time.Time
-		if !dl.IsZero() {
-			wait := time.Until(dl)
-			if wait <= 0 {
-				return nil, os.ErrDeadlineExceeded
-			}
-			t := time.NewTimer(wait)
-			expired = t.C
-			defer t.Stop()
+		if dl.IsZero() {
+			<-changed
+			continue
 		}
+		wait := time.Until(dl)
+		if wait <= 0 {
+			return nil, os.ErrDeadlineExceeded
+		}
+		t := time.NewTimer(wait)
 		select {
 		case <-changed:
-		case <-expired:
+		case <-t.C:
 		}
+		t.Stop()
 	}
 }
 
