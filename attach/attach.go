@@ -396,7 +396,7 @@ func (h host) detach(ctx context.Context, index int) error {
 	nl, err := h.dial()
 	switch {
 	case err == nil:
-		err = nl.disconnect(index)
+		err = nl.disconnect(ctx, index)
 		nl.Close()
 	case errors.Is(err, ErrNoNetlink):
 		err = ioctlDetach(index)
@@ -477,12 +477,11 @@ func List(ctx context.Context) ([]Mapped, error) {
 }
 
 func (h host) list(ctx context.Context) ([]Mapped, error) {
-	_ = ctx // both sources answer at once
 	var indexes []int
 	nl, err := h.dial()
 	switch {
 	case err == nil:
-		ds, err := nl.status(-1)
+		ds, err := nl.status(ctx, -1)
 		nl.Close()
 		if err != nil {
 			return nil, fmt.Errorf("attach: %w", err)

@@ -209,7 +209,7 @@ func TestFakeKernelConnectReplyLost(t *testing.T) {
 	// Neither set up nor answered: the attach fails when ctx ends, and
 	// says so.
 	k2 := newFakeKernel(t, 2)
-	k2.hangConnect = true
+	k2.silence[cmdConnect] = true
 	ctx2, cancel2 := context.WithCancel(context.Background())
 	defer cancel2()
 	res := make(chan error, 1)
@@ -264,5 +264,32 @@ func TestIoctlAttachDeadConnTimeout(t *testing.T) {
 	_ = nbd.ioctl(nil, ioctlDisconnect, 0)
 	if err := dev.Wait(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A driver that does not answer DISCONNECT or STATUS holds detach and
+// list-mapped no longer than their context.
+func TestFakeKernelUnansweredCommandsBounded(t *testing.T) {
+	k := newFakeKernel(t, 2)
+	k.connected(1, fakeIdent, 1<<20, 1)
+	k.silence[cmdDisconnect] = true
+	k.silence[cmdStatus] = true
+	h := k.host()
+	for name, op := range map[string]func(context.Context) error{
+		"detach": func(ctx context.Context) error { return h.detach(ctx, 1) },
+		"list":   func(ctx context.Context) error { _, err := h.list(ctx); return err },
+	} {
+		ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+		res := make(chan error, 1)
+		go func() { res <- op(ctx) }()
+		select {
+		case err := <-res:
+			if !errors.Is(err, os.ErrDeadlineExceeded) {
+				t.Errorf("%s without an answer: %v, want the deadline's error", name, err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s still waiting 10 s after its context ended", name)
+		}
+		cancel()
 	}
 }

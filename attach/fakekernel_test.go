@@ -35,8 +35,9 @@ type fakeKernel struct {
 	// silentConnect configures the device on NBD_CMD_CONNECT but never
 	// replies, as a kernel whose reply is lost.
 	silentConnect bool
-	// hangConnect neither sets the device up nor replies.
-	hangConnect bool
+	// silence lists the commands the fake records but neither carries
+	// out nor answers, as a driver stuck on them.
+	silence map[uint8]bool
 	// refuse answers a command with this errno instead of carrying it out.
 	refuse map[uint8]syscall.Errno
 	// task is the thread id the fake driver shows in nbdN/pid for
@@ -67,7 +68,7 @@ func newFakeKernel(t *testing.T, n int) *fakeKernel {
 	t.Helper()
 	k := &fakeKernel{
 		t: t, sys: t.TempDir(), proc: t.TempDir(), familyID: 0x1f, groupID: 9, devices: n,
-		loaded: true, refuse: map[uint8]syscall.Errno{}, task: 900001, sent: make(chan struct{}),
+		loaded: true, refuse: map[uint8]syscall.Errno{}, silence: map[uint8]bool{}, task: 900001, sent: make(chan struct{}),
 	}
 	for i := range n {
 		k.write(i, "size", "0")
@@ -237,15 +238,15 @@ func (k *fakeKernel) handle(req netlink.Message) []netlink.Message {
 	k.cmds = append(k.cmds, c)
 	close(k.sent)
 	k.sent = make(chan struct{})
+	if k.silence[c.cmd] {
+		return nil
+	}
 	if e, ok := k.refuse[c.cmd]; ok {
 		return k.errno(req, e)
 	}
 	var reply []byte
 	switch c.cmd {
 	case cmdConnect:
-		if k.hangConnect {
-			return nil
-		}
 		index := c.index
 		if index < 0 {
 			for i := range k.devices {

@@ -269,25 +269,21 @@ func (n *nlConn) execute(cmd uint8, data []byte, reply bool) ([]genetlink.Messag
 	return msgs, nil
 }
 
-// connectReplyTimeout bounds the wait for NBD_CMD_CONNECT's reply when
-// the caller's context does not: the driver answers once it has set the
-// device up, without network I/O, so a reply this late is not coming.
-const connectReplyTimeout = 30 * time.Second
+// replyTimeout bounds the wait for the driver's answer when the caller's
+// context does not: it answers once it has carried the command out,
+// without network I/O, so an answer this late is not coming.
+const replyTimeout = 30 * time.Second
 
-// connect sends NBD_CMD_CONNECT and returns the device index the kernel
-// chose. It waits for the reply until ctx ends, at most
-// connectReplyTimeout; the deadline stays on n when ctx ended during the
-// wait, so n is to be closed after a failure.
-func (n *nlConn) connect(ctx context.Context, p connectParams) (int, error) {
-	data, err := encodeConnect(p)
-	if err != nil {
-		return 0, err
-	}
-	ctx, cancel := context.WithTimeout(ctx, connectReplyTimeout)
+// bounded runs fn, a request and the wait for its answer, until ctx ends,
+// at most replyTimeout: without a deadline a lost answer would block the
+// receive for good. When ctx ended during the wait the
+// deadline may stay on n, so n is to be closed after a failure.
+func (n *nlConn) bounded(ctx context.Context, fn func() error) error {
+	ctx, cancel := context.WithTimeout(ctx, replyTimeout)
 	defer cancel()
 	deadline, _ := ctx.Deadline()
 	if err := n.c.SetReadDeadline(deadline); err != nil {
-		return 0, fmt.Errorf("NBD_CMD_CONNECT: setting the reply deadline: %w", err)
+		return fmt.Errorf("setting the reply deadline: %w", err)
 	}
 	// A cancelled ctx ends the wait too: a deadline in the past wakes the
 	// blocked receive.
@@ -297,7 +293,21 @@ func (n *nlConn) connect(ctx context.Context, p connectParams) (int, error) {
 			_ = n.c.SetReadDeadline(time.Time{})
 		}
 	}()
-	msgs, err := n.execute(cmdConnect, data, true)
+	return fn()
+}
+
+// connect sends NBD_CMD_CONNECT and returns the device index the kernel
+// chose, waiting for the reply as bounded does.
+func (n *nlConn) connect(ctx context.Context, p connectParams) (int, error) {
+	data, err := encodeConnect(p)
+	if err != nil {
+		return 0, err
+	}
+	var msgs []genetlink.Message
+	err = n.bounded(ctx, func() (err error) {
+		msgs, err = n.execute(cmdConnect, data, true)
+		return err
+	})
 	if err != nil {
 		return 0, fmt.Errorf("NBD_CMD_CONNECT: %w", err)
 	}
@@ -309,35 +319,44 @@ func (n *nlConn) connect(ctx context.Context, p connectParams) (int, error) {
 	return 0, fmt.Errorf("NBD_CMD_CONNECT: %w: no reply", errBadReply)
 }
 
-func (n *nlConn) disconnect(index int) error {
+// disconnect sends NBD_CMD_DISCONNECT and waits, bounded by ctx, for
+// its acknowledgement: the driver flushes the device's receive work first.
+func (n *nlConn) disconnect(ctx context.Context, index int) error {
 	data, err := encodeIndex(index)
 	if err != nil {
 		return err
 	}
-	if _, err := n.execute(cmdDisconnect, data, false); err != nil {
+	if err := n.bounded(ctx, func() error { _, err := n.execute(cmdDisconnect, data, false); return err }); err != nil {
 		return fmt.Errorf("NBD_CMD_DISCONNECT nbd%d: %w", index, err)
 	}
 	return nil
 }
 
-func (n *nlConn) reconfigure(index int, identifier string, fds []int) error {
+// reconfigure sends NBD_CMD_RECONFIGURE and waits, bounded by ctx, for
+// its acknowledgement.
+func (n *nlConn) reconfigure(ctx context.Context, index int, identifier string, fds []int) error {
 	data, err := encodeReconfigure(index, identifier, fds)
 	if err != nil {
 		return err
 	}
-	if _, err := n.execute(cmdReconfigure, data, false); err != nil {
+	if err := n.bounded(ctx, func() error { _, err := n.execute(cmdReconfigure, data, false); return err }); err != nil {
 		return fmt.Errorf("NBD_CMD_RECONFIGURE nbd%d: %w", index, err)
 	}
 	return nil
 }
 
-// status lists devices: one (index >= 0) or all.
-func (n *nlConn) status(index int) ([]deviceStatus, error) {
+// status lists devices: one (index >= 0) or all, waiting for the reply
+// until ctx ends.
+func (n *nlConn) status(ctx context.Context, index int) ([]deviceStatus, error) {
 	data, err := encodeIndex(index)
 	if err != nil {
 		return nil, err
 	}
-	msgs, err := n.execute(cmdStatus, data, true)
+	var msgs []genetlink.Message
+	err = n.bounded(ctx, func() (err error) {
+		msgs, err = n.execute(cmdStatus, data, true)
+		return err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("NBD_CMD_STATUS: %w", err)
 	}

@@ -95,7 +95,7 @@ func (h host) reattach(ctx context.Context, cfg ReattachConfig) ([]Reattached, e
 // only when only is not nil. failed lists the devices that could not be
 // reattached; all of them when the kernel's device list could not be had.
 func reattachAll(ctx context.Context, nl *nlConn, root string, cfg ReattachConfig, only map[int]bool) (done []Reattached, failed []int, err error) {
-	ds, err := nl.status(-1)
+	ds, err := nl.status(ctx, -1)
 	if err != nil {
 		return nil, nil, fmt.Errorf("attach: %w", err)
 	}
@@ -145,7 +145,7 @@ func reattachOne(ctx context.Context, nl *nlConn, sd sysDevice, cfg ReattachConf
 		return Reattached{}, false, err
 	}
 	defer closeFiles(files)
-	if err := nl.reconfigure(sd.index, id, fds(files)); err != nil {
+	if err := nl.reconfigure(ctx, sd.index, id, fds(files)); err != nil {
 		log.Warn("reconfigure failed", zap.Error(err))
 		return Reattached{}, false, fmt.Errorf("attach: %w", err)
 	}
