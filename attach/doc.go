@@ -33,11 +33,10 @@
 //	      NBD_SOCK_FD (1)             u32  socket file descriptor of this process
 //	  NBD_ATTR_DEAD_CONN_TIMEOUT (8)  u64  seconds to wait for a reconnect (absent: 0, fail at once)
 //	  NBD_ATTR_BACKEND_IDENTIFIER (10) string  see Identifier; /sys/block/nbdN/backend
-//	reply: NBD_CMD_CONNECT with NBD_ATTR_INDEX (u32), the device chosen;
-//	  waited for until the attach's context ends (30 s at most). When it
-//	  does not come (as opposed to an error the kernel sends), the device
-//	  the kernel may have set up is looked for: newly connected, by a
-//	  thread of this process, with the attach's backend identifier.
+//	reply: NBD_CMD_CONNECT with NBD_ATTR_INDEX (u32), the device chosen.
+//	  When it does not come (as opposed to an error the kernel sends), the
+//	  device the kernel may have set up is looked for: newly connected, by
+//	  a thread of this process, with the attach's backend identifier.
 //
 //	NBD_CMD_DISCONNECT (2)    NBD_ATTR_INDEX
 //	NBD_CMD_RECONFIGURE (3)   NBD_ATTR_INDEX, NBD_ATTR_BACKEND_IDENTIFIER (must match the
@@ -52,6 +51,14 @@
 //	      NBD_DEVICE_CONNECTED (2)  u8  1 while the device is configured
 //
 // Integers are in host byte order; attributes are padded to 4 bytes.
+// Every request waits for the driver's answer (reply or acknowledgement)
+// until the caller's context ends, 30 s at most.
+//
+// Sysfs (/sys/block/nbdN, values ending in a newline): pid exists while
+// the device is connected and holds the thread id (initial pid namespace)
+// of the task that connected it, which List maps to its process through
+// /proc/TID/status (Tgid); backend, size (512-byte sectors), ro, mq/N
+// (one per connection) and queue/{write_cache,fua,discard_max_bytes}.
 //
 // Ioctls (every kernel; the fallback when the family is missing), on an
 // open /dev/nbdN, all _IO(0xab, nr): NBD_SET_SOCK (0) once per connection,
@@ -63,9 +70,9 @@
 // dead-connection timeout and no reattach with ioctls: an attach with
 // MethodIoctl refuses a dead-connection timeout (ErrIoctlDeadConn), and an
 // automatic one that falls back to ioctls goes without
-// (Device.DeadConnTimeout is 0). An ioctl's argument
-// is an unsigned long: with 32 bits, NBD_SET_SIZE_BLOCKS takes no export
-// of 16 TiB or more (4096-byte blocks), which is refused.
+// (Device.DeadConnTimeout is 0). An ioctl's argument is an unsigned long:
+// with 32 bits, NBD_SET_SIZE_BLOCKS takes no export of 16 TiB or more
+// (4096-byte blocks), which is refused.
 //
 // # Backend identifier
 //
