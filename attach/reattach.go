@@ -298,13 +298,18 @@ func (h host) watch(ctx context.Context, cfg ReattachConfig) error {
 		if ctx.Err() != nil {
 			return
 		}
-		if err != nil && failed == nil {
+		switch {
+		case err != nil && failed == nil: // no device list
 			failingAll = true
-		} else if only == nil {
+		case only == nil:
+			// Every device was looked at: what failed before and is
+			// gone now (detached) is not retried any more.
 			failingAll = false
-		}
-		for i := range only {
-			delete(failing, i) // reached, or not ours, or gone
+			clear(failing)
+		default:
+			for i := range only {
+				delete(failing, i) // reached, or not ours, or gone
+			}
 		}
 		for _, i := range failed {
 			failing[i] = true

@@ -111,3 +111,35 @@ func TestWatchWaitsForModule(t *testing.T) {
 		t.Fatal("Watch did not end with its context")
 	}
 }
+
+// A device whose reattach failed is retried alone, until it succeeds;
+// the devices that were reached are not offered connections again.
+func TestWatchRetriesOnlyFailedDevice(t *testing.T) {
+	const ident2 = "rbd-nbd:disk1@127.0.0.1:10809"
+	k := newFakeKernel(t, 3)
+	k.connected(1, fakeIdent, 1<<20, 1)
+	k.connected(2, ident2, 1<<20, 1)
+	failures := make(chan struct{}, 1)
+	failures <- struct{}{} // ident2's first connect fails
+	cfg := watchConfig(t)
+	cfg.Match = func(id string) bool { return id == fakeIdent || id == ident2 }
+	connect := cfg.Connect
+	cfg.Connect = func(ctx context.Context, id string) (net.Conn, ExportInfo, error) {
+		if id == ident2 {
+			select {
+			case <-failures:
+				return nil, ExportInfo{}, errors.New("server not up yet")
+			default:
+			}
+		}
+		return connect(ctx, id)
+	}
+	startWatch(t, k.host(), cfg)
+	if got := reconfigured(k.waitCommands(cmdReconfigure, 2)); got[0] != 1 || got[1] != 2 {
+		t.Fatalf("reconfigured %v, want nbd1, then nbd2 on the retry", got)
+	}
+	k.linkDead(1)
+	if got := reconfigured(k.waitCommands(cmdReconfigure, 3)); len(got) != 3 || got[2] != 1 {
+		t.Fatalf("reconfigured %v; want nbd2 no more once reached, nbd1 on its notification", got)
+	}
+}
