@@ -4,12 +4,25 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"os"
 	"os/exec"
 	"slices"
+	"strconv"
 	"time"
 )
+
+// host is the kernel an operation talks to: its netlink family, its
+// /sys/block and /proc. Tests give a fake one (fakekernel_test.go).
+type host struct {
+	dial func() (*nlConn, error)
+	sys  string // /sys/block
+	proc string // /proc
+}
+
+// realHost is this machine's kernel.
+var realHost = host{dial: dialNetlink, sys: sysBlock, proc: "/proc"}
 
 // Method is the kernel interface an attach uses.
 type Method int
@@ -66,11 +79,32 @@ type Config struct {
 	Timeout time.Duration
 	// DeadConnTimeout is how long the kernel holds requests while the
 	// device has no live connection, waiting for Reattach; 0 fails them
-	// at once. Netlink only.
+	// at once. Netlink only: with MethodIoctl it must be 0, and an
+	// automatic attach that falls back to ioctls goes without (see
+	// Device.DeadConnTimeout).
 	DeadConnTimeout time.Duration
 	// Method chooses the kernel interface.
 	Method Method
 }
+
+// The kernel keeps timeouts in jiffies, which are up to 1000 a second
+// (CONFIG_HZ): what it is given in seconds is multiplied by HZ into its
+// own field, and a product that does not fit is truncated, silently, to
+// some other timeout. Config.Validate refuses timeouts over these.
+const (
+	// MaxTimeout is the longest request timeout: blk-mq keeps it in an
+	// unsigned int (tag_set.timeout), 4294967 s (49.7 days) at HZ=1000.
+	MaxTimeout = time.Duration(math.MaxUint32/1000) * time.Second
+	// MaxDeadConnTimeout is the longest dead-connection timeout: the
+	// driver keeps it in an unsigned long that wait_event_timeout takes
+	// as a long, which bounds it only where a long has 32 bits (24.8 days
+	// at HZ=1000).
+	MaxDeadConnTimeout = time.Duration(maxLongSeconds) * time.Second
+)
+
+// maxLongSeconds is the most seconds whose jiffies at HZ=1000 fit in a
+// long, capped where the time.Duration would overflow.
+const maxLongSeconds = min((1<<(strconv.IntSize-1)-1)/1000, math.MaxInt64/int64(time.Second))
 
 // DefaultConfig returns a Config for any free device with 4096-byte
 // blocks, a 30 s dead-connection timeout (as Ceph's rbd-nbd), and the
@@ -97,6 +131,12 @@ func (c Config) Validate() error {
 	}
 	if c.Timeout < 0 || c.DeadConnTimeout < 0 {
 		errs = append(errs, errors.New("timeouts must not be negative"))
+	}
+	if c.Timeout > MaxTimeout {
+		errs = append(errs, fmt.Errorf("timeout %v exceeds %v, the most the kernel keeps (a 32-bit count of jiffies)", c.Timeout, MaxTimeout))
+	}
+	if c.DeadConnTimeout > MaxDeadConnTimeout {
+		errs = append(errs, fmt.Errorf("dead-connection timeout %v exceeds %v, the most the kernel keeps (a count of jiffies in a long)", c.DeadConnTimeout, MaxDeadConnTimeout))
 	}
 	if len(c.Identifier) > maxIdentifier {
 		errs = append(errs, fmt.Errorf("identifier of %d bytes exceeds %d", len(c.Identifier), maxIdentifier))
@@ -131,6 +171,10 @@ type Device struct {
 	// attach gave (/sys/block/nbdN/backend), by which a restarted server
 	// finds the device to reattach. Kernels before about 5.9 ignore it.
 	Identified bool
+	// DeadConnTimeout is the dead-connection timeout the kernel was
+	// given: Config.DeadConnTimeout over netlink, 0 over ioctls, which
+	// have none.
+	DeadConnTimeout time.Duration
 
 	done chan struct{} // ioctl: closed when NBD_DO_IT returned
 	err  error         // ioctl: what NBD_DO_IT returned
@@ -158,8 +202,15 @@ func (d *Device) Done() <-chan struct{} { return d.done }
 
 // Attach hands conns, connections to one export that are in the
 // transmission phase (see Negotiate), to the kernel as one device. It
-// closes conns in all cases: the kernel holds its own references.
+// closes conns in all cases: the kernel holds its own references. The
+// wait for the kernel's answer ends with ctx (after 30 s at most over
+// netlink); when the answer is lost that way, the device the kernel set
+// up all the same is found by its backend identifier and returned.
 func Attach(ctx context.Context, cfg Config, conns []net.Conn) (*Device, error) {
+	return realHost.attach(ctx, cfg, conns, kernel())
+}
+
+func (h host) attach(ctx context.Context, cfg Config, conns []net.Conn, drv driver) (*Device, error) {
 	defer closeAll(conns)
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -188,24 +239,88 @@ func Attach(ctx context.Context, cfg Config, conns []net.Conn) (*Device, error) 
 		identifier:      cfg.Identifier,
 		fds:             fds(files),
 	}
-	method, nl, err := chooseMethod(ctx, cfg.Method, dialNetlink)
+	method, nl, err := chooseMethod(ctx, cfg.Method, h.dial)
 	if err != nil {
 		return nil, err
 	}
 	if method == MethodIoctl {
-		return ioctlAttach(ctx, kernel(), sysBlock, cfg.Index, p)
+		// The ioctls have no dead-connection timeout: asked for one
+		// explicitly, say so rather than attach a device that fails
+		// I/O the moment its server restarts.
+		if cfg.Method == MethodIoctl && cfg.DeadConnTimeout > 0 {
+			return nil, fmt.Errorf("%w: %v asked for; give 0", ErrIoctlDeadConn, cfg.DeadConnTimeout)
+		}
+		p.deadConnTimeout = 0
+		return ioctlAttach(ctx, drv, h.sys, cfg.Index, p)
 	}
 	defer nl.Close()
-	index, err := nl.connect(p)
+	before := h.connectedDevices()
+	index, err := nl.connect(ctx, p)
+	if err != nil && !refusedByKernel(err) {
+		// The reply was lost, not a refusal: the kernel may have set
+		// the device up all the same, and it would stay attached with
+		// nobody knowing which it is.
+		if i, ok := h.findConfigured(p, before); ok {
+			index, err = i, nil
+		} else {
+			err = fmt.Errorf("%w; no device was found that it attached (%s)", err, lostConnectHint(p))
+		}
+	}
 	if err != nil {
 		if cfg.Index >= 0 {
 			return nil, fmt.Errorf("attach: %s: %w", DevicePath(cfg.Index), err)
 		}
 		return nil, fmt.Errorf("attach: %w", err)
 	}
-	d := &Device{Index: index, Method: MethodNetlink}
-	d.Identified = p.identifier != "" && (sysDevice{sysBlock, index}).backend() == p.identifier
+	d := &Device{Index: index, Method: MethodNetlink, DeadConnTimeout: cfg.DeadConnTimeout}
+	d.Identified = p.identifier != "" && (sysDevice{h.sys, index}).backend() == p.identifier
 	return d, nil
+}
+
+// connectedDevices returns the devices that show a connecting task.
+func (h host) connectedDevices() map[int]bool {
+	out := map[int]bool{}
+	all, _ := listSysDevices(h.sys)
+	for _, i := range all {
+		if (sysDevice{h.sys, i}).pid() != 0 {
+			out[i] = true
+		}
+	}
+	return out
+}
+
+// findConfigured looks for the device an NBD_CMD_CONNECT whose reply was
+// lost set up: one connected since (not in before), that is p's device
+// when p names one, carries p's backend identifier, and was connected by
+// a thread of this process. Where the thread's process cannot be known
+// (another pid namespace) the identifier must do; without either there is
+// no telling this attach's device from another's.
+func (h host) findConfigured(p connectParams, before map[int]bool) (int, bool) {
+	candidates := []int{p.index}
+	if p.index < 0 {
+		candidates, _ = listSysDevices(h.sys)
+	}
+	for _, i := range candidates {
+		sd := sysDevice{h.sys, i}
+		task := sd.pid()
+		if task == 0 || before[i] || (p.identifier != "" && sd.backend() != p.identifier) {
+			continue
+		}
+		switch proc := processOf(h.proc, task); {
+		case proc == os.Getpid(), proc == 0 && p.identifier != "":
+			return i, true
+		}
+	}
+	return 0, false
+}
+
+// lostConnectHint says where to look for a device an attach whose reply
+// was lost may have left.
+func lostConnectHint(p connectParams) string {
+	if p.identifier != "" {
+		return "none carries backend " + p.identifier
+	}
+	return "without a backend identifier it cannot be told apart: see list-mapped"
 }
 
 // chooseMethod decides between netlink and ioctls. It loads the nbd
@@ -267,17 +382,21 @@ func loadModule(ctx context.Context) bool {
 // has released it. It fails with ErrStillHeld if the device is still in
 // use (e.g. mounted) when ctx ends; the disconnect stands.
 func Detach(ctx context.Context, index int) error {
-	sd := sysDevice{sysBlock, index}
+	return realHost.detach(ctx, index)
+}
+
+func (h host) detach(ctx context.Context, index int) error {
+	sd := sysDevice{h.sys, index}
 	if !sd.exists() {
 		return fmt.Errorf("%s: %w", DevicePath(index), ErrNoModule)
 	}
 	if sd.pid() == 0 {
 		return fmt.Errorf("%s: %w", DevicePath(index), ErrNotConnected)
 	}
-	nl, err := dialNetlink()
+	nl, err := h.dial()
 	switch {
 	case err == nil:
-		err = nl.disconnect(index)
+		err = nl.disconnect(ctx, index)
 		nl.Close()
 	case errors.Is(err, ErrNoNetlink):
 		err = ioctlDetach(index)
@@ -335,8 +454,14 @@ type Mapped struct {
 	// Export and Addr are decoded from an rbd-nbd identifier.
 	Export string `json:"export,omitempty"`
 	Addr   string `json:"address,omitempty"`
-	// PID is the process that connected the device.
+	// PID is the process that connected the device: the process of Task
+	// when that can be found (this machine's pid namespace, task still
+	// running), else Task itself, as before Task was added.
 	PID int `json:"pid"`
+	// Task is the thread that connected the device, as the kernel shows
+	// it (/sys/block/nbdN/pid): a Go program's attach runs on any of its
+	// threads, so it is often not the process id.
+	Task int `json:"task"`
 	// Size is the device's size in bytes.
 	Size int64 `json:"size"`
 	// Connections is the number of connections.
@@ -348,12 +473,15 @@ type Mapped struct {
 // List returns the connected nbd devices, in index order: from the
 // netlink family where the kernel has it, else from sysfs.
 func List(ctx context.Context) ([]Mapped, error) {
-	_ = ctx // both sources answer at once
+	return realHost.list(ctx)
+}
+
+func (h host) list(ctx context.Context) ([]Mapped, error) {
 	var indexes []int
-	nl, err := dialNetlink()
+	nl, err := h.dial()
 	switch {
 	case err == nil:
-		ds, err := nl.status(-1)
+		ds, err := nl.status(ctx, -1)
 		nl.Close()
 		if err != nil {
 			return nil, fmt.Errorf("attach: %w", err)
@@ -364,7 +492,7 @@ func List(ctx context.Context) ([]Mapped, error) {
 			}
 		}
 	case errors.Is(err, ErrNoNetlink):
-		all, err := listSysDevices(sysBlock)
+		all, err := listSysDevices(h.sys)
 		if err != nil {
 			return nil, err
 		}
@@ -374,12 +502,16 @@ func List(ctx context.Context) ([]Mapped, error) {
 	}
 	out := []Mapped{}
 	for _, i := range sortedInts(indexes) {
-		sd := sysDevice{sysBlock, i}
-		pid := sd.pid()
-		if pid == 0 {
+		sd := sysDevice{h.sys, i}
+		task := sd.pid()
+		if task == 0 {
 			continue // configured but not (or no longer) running
 		}
-		m := Mapped{Index: i, Device: DevicePath(i), Identifier: sd.backend(), PID: pid,
+		pid := processOf(h.proc, task)
+		if pid == 0 {
+			pid = task
+		}
+		m := Mapped{Index: i, Device: DevicePath(i), Identifier: sd.backend(), PID: pid, Task: task,
 			Size: sd.size(), Connections: sd.connections(), ReadOnly: sd.readOnly()}
 		if id, err := ParseIdentifier(m.Identifier); err == nil {
 			m.Export, m.Addr = id.Export, id.Addr

@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"io"
+	"math"
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -34,6 +36,8 @@ func TestConfigValidate(t *testing.T) {
 		{"export needs larger blocks", func(c *Config) { c.Export.MinBlock = 8192 }, "at least 8192"},
 		{"export under a block", func(c *Config) { c.Export.Size = 100 }, "smaller than one block"},
 		{"negative timeout", func(c *Config) { c.DeadConnTimeout = -time.Second }, "negative"},
+		{"timeout over 32-bit jiffies", func(c *Config) { c.Timeout = MaxTimeout + time.Second }, "timeout 1193h2m48s exceeds"},
+		{"timeout rounding up over 32-bit jiffies", func(c *Config) { c.Timeout = MaxTimeout + time.Nanosecond }, "timeout"},
 		{"identifier too long", func(c *Config) { c.Identifier = strings.Repeat("x", 2000) }, "identifier"},
 		{"method", func(c *Config) { c.Method = 9 }, "method"},
 	} {
@@ -368,5 +372,42 @@ func TestAttachRejects(t *testing.T) {
 	defer q1.Close()
 	if _, err := Attach(context.Background(), cfg, []net.Conn{p1}); err == nil || !strings.Contains(err.Error(), "not a socket") {
 		t.Fatalf("a net.Pipe end was accepted as a socket: %v", err)
+	}
+}
+
+// The kernel multiplies timeout seconds by HZ (up to 1000) into 32-bit
+// fields: MaxTimeout is the last that fits, and Validate takes it.
+func TestMaxTimeoutFitsJiffies(t *testing.T) {
+	if got := seconds(MaxTimeout) * 1000; got > math.MaxUint32 {
+		t.Fatalf("MaxTimeout is %d jiffies at HZ=1000, over 32 bits", got)
+	}
+	if got := seconds(MaxTimeout+time.Second) * 1000; got <= math.MaxUint32 {
+		t.Fatalf("MaxTimeout is not the longest: one second more is %d jiffies", got)
+	}
+	c := DefaultConfig()
+	c.Export = ExportInfo{Name: "e", Size: 1 << 20}
+	c.Timeout = MaxTimeout
+	if err := c.Validate(); err != nil {
+		t.Fatalf("MaxTimeout refused: %v", err)
+	}
+	if strconv.IntSize == 64 && MaxDeadConnTimeout != time.Duration(math.MaxInt64/int64(time.Second))*time.Second {
+		t.Fatalf("MaxDeadConnTimeout %v bounds a 64-bit long", MaxDeadConnTimeout)
+	}
+}
+
+// NBD_SET_SIZE_BLOCKS takes an unsigned long: where it has 32 bits an
+// export of 16 TiB or more in 4096-byte blocks is refused, not truncated.
+func TestCheckIoctlSizeBlocks(t *testing.T) {
+	const tib = uint64(1) << 40
+	over := connectParams{size: 16 * tib, blockSize: 4096}
+	err := over.checkIoctl(32)
+	if err == nil || !strings.Contains(err.Error(), "NBD_SET_SIZE_BLOCKS") || !strings.Contains(err.Error(), "export size 17592186044416") {
+		t.Fatalf("16 TiB with a 32-bit long: %v", err)
+	}
+	if err := over.checkIoctl(64); err != nil {
+		t.Fatalf("16 TiB with a 64-bit long: %v", err)
+	}
+	if err := (connectParams{size: 16*tib - 4096, blockSize: 4096}).checkIoctl(32); err != nil {
+		t.Fatalf("the largest size a 32-bit long takes: %v", err)
 	}
 }

@@ -17,6 +17,9 @@ var (
 	// ErrStillHeld: a disconnect was sent but the device is still held
 	// (mounted or open) after the wait.
 	ErrStillHeld = errors.New("attach: device still held after disconnect")
+	// ErrIoctlDeadConn: a dead-connection timeout was asked of an ioctl
+	// attach; only netlink has one.
+	ErrIoctlDeadConn = errors.New("attach: the ioctl interface has no dead-connection timeout (netlink only)")
 	// ErrMismatch: a server's export no longer matches the attached device
 	// (size, or read-only under a writable device); reattaching would
 	// corrupt or fail I/O.

@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"runtime"
+	"strconv"
 
 	"golang.org/x/sys/unix"
 )
@@ -119,6 +121,9 @@ func ioctlAttachOne(ctx context.Context, drv driver, root string, index int, p c
 // task" (nbd_add_socket, task_setup); a goroutine may change threads
 // between two system calls.
 func configureDevice(drv driver, f *os.File, index int, p connectParams) error {
+	if err := p.checkIoctl(strconv.IntSize); err != nil {
+		return fmt.Errorf("%s: %w", DevicePath(index), err)
+	}
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	steps := []struct {
@@ -148,6 +153,23 @@ func configureDevice(drv driver, f *os.File, index int, p connectParams) error {
 			_ = drv.ioctl(f, ioctlClearSock, 0)
 			return fmt.Errorf("%s: %s: %w", DevicePath(index), s.name, err)
 		}
+	}
+	return nil
+}
+
+// checkIoctl refuses what the ioctls cannot carry: their argument is an
+// unsigned long of longBits bits, which a size in blocks over 16 TiB
+// (4096-byte blocks) overflows where a long has 32 bits; uintptr would
+// truncate it to some other size. (Timeouts are bounded lower, by
+// MaxTimeout, in Config.Validate.)
+func (p connectParams) checkIoctl(longBits int) error {
+	maxArg := uint64(1)<<longBits - 1
+	if longBits >= 64 {
+		maxArg = math.MaxUint64
+	}
+	if blocks := p.size / p.blockSize; blocks > maxArg {
+		return fmt.Errorf("export size %d bytes is %d blocks of %d, more than NBD_SET_SIZE_BLOCKS takes here (%d); attach over netlink",
+			p.size, blocks, p.blockSize, maxArg)
 	}
 	return nil
 }

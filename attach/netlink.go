@@ -1,9 +1,11 @@
 package attach
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
+	"syscall"
 	"time"
 
 	"github.com/mdlayher/genetlink"
@@ -196,6 +198,19 @@ func decodeStatus(b []byte) ([]deviceStatus, error) {
 	return out, nil
 }
 
+// refusedByKernel reports whether err is the kernel's answer to a
+// request (an nlmsgerr, which netlink gives as a bare errno): the
+// command was refused, not carried out. Errors of the socket itself
+// (a deadline, a failed recvmsg) leave it unknown.
+func refusedByKernel(err error) bool {
+	var oe *netlink.OpError
+	if !errors.As(err, &oe) {
+		return false
+	}
+	_, ok := oe.Err.(syscall.Errno)
+	return ok
+}
+
 // errBadReply: the kernel's reply could not be decoded.
 var errBadReply = errors.New("attach: malformed netlink reply")
 
@@ -212,6 +227,11 @@ func dialNetlink() (*nlConn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("attach: opening generic netlink: %w", err)
 	}
+	return newNLConn(c)
+}
+
+// newNLConn looks the nbd family up on c, which it closes when that fails.
+func newNLConn(c *genetlink.Conn) (*nlConn, error) {
 	f, err := c.GetFamily(genlFamily)
 	if err != nil {
 		c.Close()
@@ -249,14 +269,45 @@ func (n *nlConn) execute(cmd uint8, data []byte, reply bool) ([]genetlink.Messag
 	return msgs, nil
 }
 
+// replyTimeout bounds the wait for the driver's answer when the caller's
+// context does not: it answers once it has carried the command out,
+// without network I/O, so an answer this late is not coming.
+const replyTimeout = 30 * time.Second
+
+// bounded runs fn, a request and the wait for its answer, until ctx ends,
+// at most replyTimeout: without a deadline a lost answer would block the
+// receive for good. When ctx ended during the wait the
+// deadline may stay on n, so n is to be closed after a failure.
+func (n *nlConn) bounded(ctx context.Context, fn func() error) error {
+	ctx, cancel := context.WithTimeout(ctx, replyTimeout)
+	defer cancel()
+	deadline, _ := ctx.Deadline()
+	if err := n.c.SetReadDeadline(deadline); err != nil {
+		return fmt.Errorf("setting the reply deadline: %w", err)
+	}
+	// A cancelled ctx ends the wait too: a deadline in the past wakes the
+	// blocked receive.
+	stop := context.AfterFunc(ctx, func() { _ = n.c.SetReadDeadline(time.Unix(1, 0)) })
+	defer func() {
+		if stop() {
+			_ = n.c.SetReadDeadline(time.Time{})
+		}
+	}()
+	return fn()
+}
+
 // connect sends NBD_CMD_CONNECT and returns the device index the kernel
-// chose.
-func (n *nlConn) connect(p connectParams) (int, error) {
+// chose, waiting for the reply as bounded does.
+func (n *nlConn) connect(ctx context.Context, p connectParams) (int, error) {
 	data, err := encodeConnect(p)
 	if err != nil {
 		return 0, err
 	}
-	msgs, err := n.execute(cmdConnect, data, true)
+	var msgs []genetlink.Message
+	err = n.bounded(ctx, func() (err error) {
+		msgs, err = n.execute(cmdConnect, data, true)
+		return err
+	})
 	if err != nil {
 		return 0, fmt.Errorf("NBD_CMD_CONNECT: %w", err)
 	}
@@ -268,35 +319,44 @@ func (n *nlConn) connect(p connectParams) (int, error) {
 	return 0, fmt.Errorf("NBD_CMD_CONNECT: %w: no reply", errBadReply)
 }
 
-func (n *nlConn) disconnect(index int) error {
+// disconnect sends NBD_CMD_DISCONNECT and waits, bounded by ctx, for
+// its acknowledgement: the driver flushes the device's receive work first.
+func (n *nlConn) disconnect(ctx context.Context, index int) error {
 	data, err := encodeIndex(index)
 	if err != nil {
 		return err
 	}
-	if _, err := n.execute(cmdDisconnect, data, false); err != nil {
+	if err := n.bounded(ctx, func() error { _, err := n.execute(cmdDisconnect, data, false); return err }); err != nil {
 		return fmt.Errorf("NBD_CMD_DISCONNECT nbd%d: %w", index, err)
 	}
 	return nil
 }
 
-func (n *nlConn) reconfigure(index int, identifier string, fds []int) error {
+// reconfigure sends NBD_CMD_RECONFIGURE and waits, bounded by ctx, for
+// its acknowledgement.
+func (n *nlConn) reconfigure(ctx context.Context, index int, identifier string, fds []int) error {
 	data, err := encodeReconfigure(index, identifier, fds)
 	if err != nil {
 		return err
 	}
-	if _, err := n.execute(cmdReconfigure, data, false); err != nil {
+	if err := n.bounded(ctx, func() error { _, err := n.execute(cmdReconfigure, data, false); return err }); err != nil {
 		return fmt.Errorf("NBD_CMD_RECONFIGURE nbd%d: %w", index, err)
 	}
 	return nil
 }
 
-// status lists devices: one (index >= 0) or all.
-func (n *nlConn) status(index int) ([]deviceStatus, error) {
+// status lists devices: one (index >= 0) or all, waiting for the reply
+// until ctx ends.
+func (n *nlConn) status(ctx context.Context, index int) ([]deviceStatus, error) {
 	data, err := encodeIndex(index)
 	if err != nil {
 		return nil, err
 	}
-	msgs, err := n.execute(cmdStatus, data, true)
+	var msgs []genetlink.Message
+	err = n.bounded(ctx, func() (err error) {
+		msgs, err = n.execute(cmdStatus, data, true)
+		return err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("NBD_CMD_STATUS: %w", err)
 	}

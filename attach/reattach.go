@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"time"
 
@@ -24,6 +25,21 @@ type ReattachConfig struct {
 	Connect func(ctx context.Context, identifier string) (net.Conn, ExportInfo, error)
 	// Logger receives what was reconnected and what failed; nil discards.
 	Logger *zap.Logger
+	// ModuleWait is how long Watch waits for the nbd module (its netlink
+	// family) when it is not loaded yet: a daemon may start before the
+	// first attach loads it, and devices attached then must still be
+	// watched. 0 means DefaultModuleWait; a negative value, not at all.
+	ModuleWait time.Duration
+}
+
+// DefaultModuleWait is how long Watch waits for the nbd module by default.
+const DefaultModuleWait = 5 * time.Minute
+
+func (c ReattachConfig) moduleWait() time.Duration {
+	if c.ModuleWait == 0 {
+		return DefaultModuleWait
+	}
+	return max(c.ModuleWait, 0)
 }
 
 func (c ReattachConfig) validate() error {
@@ -59,37 +75,45 @@ type Reattached struct {
 // (ioctl-attached devices cannot be reconnected), and returns the devices
 // it reached with the errors of those it did not.
 func Reattach(ctx context.Context, cfg ReattachConfig) ([]Reattached, error) {
+	return realHost.reattach(ctx, cfg)
+}
+
+func (h host) reattach(ctx context.Context, cfg ReattachConfig) ([]Reattached, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	nl, err := dialNetlink()
+	nl, err := h.dial()
 	if err != nil {
 		return nil, err
 	}
 	defer nl.Close()
-	return reattachAll(ctx, nl, sysBlock, cfg)
+	done, _, err := reattachAll(ctx, nl, h.sys, cfg, nil)
+	return done, err
 }
 
-func reattachAll(ctx context.Context, nl *nlConn, root string, cfg ReattachConfig) ([]Reattached, error) {
-	ds, err := nl.status(-1)
+// reattachAll reattaches the connected devices cfg matches, of those in
+// only when only is not nil. failed lists the devices that could not be
+// reattached; all of them when the kernel's device list could not be had.
+func reattachAll(ctx context.Context, nl *nlConn, root string, cfg ReattachConfig, only map[int]bool) (done []Reattached, failed []int, err error) {
+	ds, err := nl.status(ctx, -1)
 	if err != nil {
-		return nil, fmt.Errorf("attach: %w", err)
+		return nil, nil, fmt.Errorf("attach: %w", err)
 	}
-	var done []Reattached
 	var errs []error
 	for _, d := range ds {
-		if !d.connected {
+		if !d.connected || (only != nil && !only[d.index]) {
 			continue
 		}
 		r, ok, err := reattachOne(ctx, nl, sysDevice{root, d.index}, cfg)
 		switch {
 		case err != nil:
 			errs = append(errs, err)
+			failed = append(failed, d.index)
 		case ok:
 			done = append(done, r)
 		}
 	}
-	return done, errors.Join(errs...)
+	return done, failed, errors.Join(errs...)
 }
 
 // reattachOne reconnects one device if cfg matches it; ok reports that it
@@ -121,7 +145,7 @@ func reattachOne(ctx context.Context, nl *nlConn, sd sysDevice, cfg ReattachConf
 		return Reattached{}, false, err
 	}
 	defer closeFiles(files)
-	if err := nl.reconfigure(sd.index, id, fds(files)); err != nil {
+	if err := nl.reconfigure(ctx, sd.index, id, fds(files)); err != nil {
 		log.Warn("reconfigure failed", zap.Error(err))
 		return Reattached{}, false, fmt.Errorf("attach: %w", err)
 	}
@@ -162,46 +186,93 @@ func compatible(info ExportInfo, dev devState) error {
 	return nil
 }
 
-// Watch reattaches like Reattach, then keeps doing so whenever the kernel
-// reports a dead connection (NBD_CMD_LINK_DEAD) on a matching device,
-// until ctx ends; it returns nil then. It subscribes before the first
-// pass, so a connection that dies during it is not missed. Failures to
-// reconnect are logged and retried on the next notification and every
-// retry interval while a matching device has had a failure.
+// Watch reattaches like Reattach, then, until ctx ends, reattaches each
+// matching device the kernel reports a dead connection of
+// (NBD_CMD_LINK_DEAD names the device), and only those; it returns nil
+// when ctx ends. The first pass covers every matching device: the kernel
+// told nobody of the connections that died while no daemon listened. It
+// subscribes before that pass, so a connection that dies during it is not
+// missed. When the notifications overran the socket, the next pass covers
+// every device again. Failures to reconnect are logged and retried on the
+// device's next notification and every retry interval. When the nbd
+// module is not loaded yet, Watch waits for it up to cfg.ModuleWait, then
+// fails with ErrNoNetlink.
 func Watch(ctx context.Context, cfg ReattachConfig) error {
+	return realHost.watch(ctx, cfg)
+}
+
+// waitFamily dials the nbd family, waiting while the module is not
+// loaded, up to wait. It returns a nil conn and no error when ctx ends.
+func (h host) waitFamily(ctx context.Context, wait time.Duration, log *zap.Logger) (*nlConn, error) {
+	nl, err := h.dial()
+	if !errors.Is(err, ErrNoNetlink) || wait <= 0 {
+		return nl, err
+	}
+	log.Info("nbd module not loaded; waiting for it", zap.Duration("up_to", wait))
+	giveUp := time.NewTimer(wait)
+	defer giveUp.Stop()
+	// Nothing announces a family's registration to a socket that has
+	// not joined the controller's group, and joining would not cover a
+	// family registered between the join and the dial: dialing again,
+	// backing off, is simpler and cheap.
+	delay := 10 * time.Millisecond
+	t := time.NewTimer(delay)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil, nil
+		case <-giveUp.C:
+			return nil, fmt.Errorf("%w (waited %v)", ErrNoNetlink, wait)
+		case <-t.C:
+		}
+		nl, err = h.dial()
+		if !errors.Is(err, ErrNoNetlink) {
+			return nl, err
+		}
+		delay = min(2*delay, 2*time.Second)
+		t.Reset(delay)
+	}
+}
+
+func (h host) watch(ctx context.Context, cfg ReattachConfig) error {
 	if err := cfg.validate(); err != nil {
 		return err
 	}
 	log := cfg.log()
-	events, err := dialNetlink()
-	if err != nil {
+	events, err := h.waitFamily(ctx, cfg.moduleWait(), log)
+	if err != nil || events == nil {
 		return err
 	}
 	defer events.Close()
 	if err := events.joinLinkDead(); err != nil {
 		return err
 	}
-	nl, err := dialNetlink()
+	nl, err := h.dial()
 	if err != nil {
 		return err
 	}
 	defer nl.Close()
 
+	// notice is what one receive brought: the devices named, or all of
+	// them when notifications were lost.
 	type notice struct {
 		indexes []int
+		all     bool
 		err     error
 	}
 	notices := make(chan notice, 16)
 	go func() {
 		for {
 			idx, err := events.receiveLinkDead()
+			all := false
 			if errors.Is(err, unix.ENOBUFS) {
 				// The socket overran and notifications were lost: a
 				// pass over every device stands in for them.
-				idx, err = nil, nil
+				idx, err, all = nil, nil, true
 			}
 			select {
-			case notices <- notice{idx, err}:
+			case notices <- notice{idx, all, err}:
 			case <-ctx.Done():
 				return
 			}
@@ -214,18 +285,40 @@ func Watch(ctx context.Context, cfg ReattachConfig) error {
 	defer stop()
 
 	const retry = time.Second
-	failing := false
-	pass := func() {
-		done, err := reattachAll(ctx, nl, sysBlock, cfg)
+	// failing holds the devices whose reattach failed, retried until it
+	// succeeds; failingAll: the device list itself could not be had.
+	failing := map[int]bool{}
+	failingAll := false
+	pass := func(only map[int]bool) {
+		done, failed, err := reattachAll(ctx, nl, h.sys, cfg, only)
 		for _, r := range done {
 			log.Debug("reattach pass", zap.Int("index", r.Index), zap.Int("sockets", r.Sockets))
+			delete(failing, r.Index)
 		}
-		failing = err != nil && ctx.Err() == nil
-		if failing {
+		if ctx.Err() != nil {
+			return
+		}
+		switch {
+		case err != nil && failed == nil: // no device list
+			failingAll = true
+		case only == nil:
+			// Every device was looked at: what failed before and is
+			// gone now (detached) is not retried any more.
+			failingAll = false
+			clear(failing)
+		default:
+			for i := range only {
+				delete(failing, i) // reached, or not ours, or gone
+			}
+		}
+		for _, i := range failed {
+			failing[i] = true
+		}
+		if err != nil {
 			log.Warn("reattach incomplete; retrying", zap.Error(err), zap.Duration("every", retry))
 		}
 	}
-	pass()
+	pass(nil)
 	t := time.NewTimer(retry)
 	defer t.Stop()
 	for {
@@ -239,11 +332,23 @@ func Watch(ctx context.Context, cfg ReattachConfig) error {
 				}
 				return fmt.Errorf("attach: receiving nbd notifications: %w", n.err)
 			}
+			if n.all {
+				log.Warn("nbd notifications were lost; checking every device")
+				pass(nil)
+				break
+			}
 			log.Info("kernel reports dead nbd connections", zap.Ints("indexes", n.indexes))
-			pass()
+			only := map[int]bool{}
+			for _, i := range n.indexes {
+				only[i] = true
+			}
+			pass(only)
 		case <-t.C:
-			if failing {
-				pass()
+			switch {
+			case failingAll:
+				pass(nil)
+			case len(failing) > 0:
+				pass(maps.Clone(failing))
 			}
 		}
 		t.Reset(retry)

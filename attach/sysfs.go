@@ -61,8 +61,12 @@ func (d sysDevice) backend() string {
 	return s
 }
 
-// pid is the process that connected the device; 0 when it is not
-// connected (the file exists only while it is).
+// pid is the task (thread) that connected the device, as the initial
+// pid namespace numbers it; 0 when it is not connected (the file exists
+// only while it is). It is a thread id, not a process id: the driver
+// records task_pid_nr(current) of whichever thread sent NBD_CMD_CONNECT or
+// NBD_DO_IT, and a Go program runs those on any of its threads (see
+// processOf).
 func (d sysDevice) pid() int {
 	s, err := d.read("pid")
 	if err != nil {
@@ -70,6 +74,44 @@ func (d sysDevice) pid() int {
 	}
 	n, _ := strconv.Atoi(s)
 	return n
+}
+
+// processOf returns the process (thread group) that task, a thread id
+// from sysfs, belongs to, read from "Tgid:" in proc/TASK/status (/proc
+// has every thread under its id, listed or not); 0 when it cannot be
+// known: the task has exited (a netlink attach's does, the device staying)
+// or this process is not in the initial pid namespace, where a sysfs
+// thread id would name some other task of ours, or nothing.
+func processOf(proc string, task int) int {
+	if task <= 0 || !initialPIDNamespace(proc) {
+		return 0
+	}
+	n, _ := strconv.Atoi(statusField(filepath.Join(proc, strconv.Itoa(task), "status"), "Tgid"))
+	return n
+}
+
+// initialPIDNamespace reports whether this process sees pids as the
+// initial namespace does: "NSpid:" in proc/self/status lists one id per
+// namespace level, a single one at the top. Kernels before 4.1 have no
+// NSpid; they are taken to be at the top.
+func initialPIDNamespace(proc string) bool {
+	ns := statusField(filepath.Join(proc, "self", "status"), "NSpid")
+	return len(strings.Fields(ns)) <= 1
+}
+
+// statusField returns the value of "NAME:\tVALUE" in a /proc status
+// file, trimmed; "" when the file or the field is missing.
+func statusField(path, name string) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return ""
+	}
+	for line := range strings.Lines(string(b)) {
+		if v, ok := strings.CutPrefix(line, name+":"); ok {
+			return strings.TrimSpace(v)
+		}
+	}
+	return ""
 }
 
 // size is the device's size in bytes.

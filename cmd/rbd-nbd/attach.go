@@ -36,6 +36,10 @@ type attachOptions struct {
 	foreground      bool
 	waitTimeout     time.Duration
 	readyFD         int // hidden: the ioctl holder reports readiness here
+	// deadConnSet: --dead-conn-timeout was given, not defaulted. The
+	// default is for netlink; an ioctl attach, which has none, goes
+	// without it, but refuses one asked for.
+	deadConnSet bool
 }
 
 // newAttachCmd builds `rbd-nbd attach`: connect a resource's export to a
@@ -59,6 +63,8 @@ a restarted server finds it again: with --dead-conn-timeout the kernel
 holds I/O that long while no connection is alive. Through ioctls (older
 kernels, or --method ioctl) a background process must keep the device; it
 ends with ` + "`rbd-nbd detach`" + `, and --foreground keeps it in this process.
+Ioctls have no dead-connection timeout: an ioctl attach given
+--dead-conn-timeout is refused.
 
 --nbd takes HOST:PORT or unix:PATH; the export name defaults to RESOURCE.
 --timeout and --dead-conn-timeout take seconds (30) or durations (1m).`,
@@ -69,6 +75,7 @@ ends with ` + "`rbd-nbd detach`" + `, and --foreground keeps it in this process.
 				return err
 			}
 			defer func() { _ = log.Sync() }() // syncing stderr may fail harmlessly
+			o.deadConnSet = cmd.Flags().Changed("dead-conn-timeout")
 			return runAttach(cmd.Context(), g, o, args, cmd.OutOrStdout(), log)
 		},
 	}
@@ -142,6 +149,14 @@ func runAttach(ctx context.Context, g *globalOptions, o *attachOptions, args []s
 	if o.connections < 1 || o.connections > 64 {
 		return fmt.Errorf("--connections %d: want 1..64", o.connections)
 	}
+	// The kernel would truncate longer timeouts to others (see
+	// attach.MaxTimeout); say which option, before connecting.
+	if o.timeout > attach.MaxTimeout {
+		return fmt.Errorf("--timeout %v: the kernel keeps at most %v", o.timeout, attach.MaxTimeout)
+	}
+	if o.deadConnTimeout > attach.MaxDeadConnTimeout {
+		return fmt.Errorf("--dead-conn-timeout %v: the kernel keeps at most %v", o.deadConnTimeout, attach.MaxDeadConnTimeout)
+	}
 	target, err := resolveAttachTarget(g, args[0], o)
 	if err != nil {
 		return err
@@ -160,6 +175,12 @@ func runAttach(ctx context.Context, g *globalOptions, o *attachOptions, args []s
 
 	ctx, cancel := context.WithTimeout(ctx, o.waitTimeout)
 	defer cancel()
+	if method == attach.MethodIoctl {
+		if err := ioctlDeadConn(o); err != nil {
+			return err
+		}
+		cfg.DeadConnTimeout = 0
+	}
 	if o.readyFD < 0 && !o.foreground && method != attach.MethodNetlink {
 		m := method
 		if m == attach.MethodAuto {
@@ -168,6 +189,9 @@ func runAttach(ctx context.Context, g *globalOptions, o *attachOptions, args []s
 			}
 		}
 		if m == attach.MethodIoctl {
+			if err := ioctlDeadConn(o); err != nil {
+				return err
+			}
 			// NBD_DO_IT must keep running for as long as the device
 			// lives: leave that to a detached copy of this command.
 			return spawnIoctlHolder(ctx, holderArgs(g, o, args, target), out)
@@ -205,6 +229,11 @@ func runAttach(ctx context.Context, g *globalOptions, o *attachOptions, args []s
 		log.Warn("the kernel did not keep the backend identifier (a kernel before 5.9?): a restarted server will not reattach this device",
 			zap.String("device", dev.Path()), zap.String("identifier", cfg.Identifier))
 	}
+	if o.deadConnSet && cfg.DeadConnTimeout > 0 && dev.DeadConnTimeout == 0 {
+		// An automatic attach in this process fell back to ioctls.
+		log.Warn("the kernel has no nbd netlink family: attached with ioctls, which have no dead-connection timeout; I/O fails at once when the server goes away",
+			zap.String("device", dev.Path()), zap.Duration("dead_conn_timeout", cfg.DeadConnTimeout))
+	}
 	fmt.Fprintln(out, dev.Path())
 	if err := reportReady(o, nil, dev.Path()); err != nil {
 		return err
@@ -213,6 +242,17 @@ func runAttach(ctx context.Context, g *globalOptions, o *attachOptions, args []s
 		return nil
 	}
 	return holdIoctlDevice(dev, log)
+}
+
+// ioctlDeadConn refuses an ioctl attach a --dead-conn-timeout was asked
+// of: the ioctls have none, and a device without one fails its I/O the
+// moment its server restarts, which the user meant to avoid.
+func ioctlDeadConn(o *attachOptions) error {
+	if o.deadConnSet && o.deadConnTimeout > 0 {
+		return fmt.Errorf("--dead-conn-timeout %v: %w (--method netlink needs the kernel's nbd netlink family, Linux 4.12 and later)",
+			o.deadConnTimeout, attach.ErrIoctlDeadConn)
+	}
+	return nil
 }
 
 // holdIoctlDevice keeps an ioctl-attached device until it is detached; on

@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
+	"io"
 	"net"
 	"strings"
 	"testing"
@@ -52,7 +54,7 @@ func TestResolveAttachTarget(t *testing.T) {
 
 func TestPrintMapped(t *testing.T) {
 	ms := []attach.Mapped{
-		{Index: 0, Device: "/dev/nbd0", Identifier: "rbd-nbd:disk0@127.0.0.1:10809", Export: "disk0", Addr: "127.0.0.1:10809", PID: 42, Size: 1 << 20, Connections: 2},
+		{Index: 0, Device: "/dev/nbd0", Identifier: "rbd-nbd:disk0@127.0.0.1:10809", Export: "disk0", Addr: "127.0.0.1:10809", PID: 42, Task: 45, Size: 1 << 20, Connections: 2},
 		{Index: 3, Device: "/dev/nbd3", PID: 7, Size: 4096, Connections: 1, ReadOnly: true},
 	}
 	var b bytes.Buffer
@@ -69,7 +71,8 @@ func TestPrintMapped(t *testing.T) {
 		t.Fatalf("empty JSON %q, %v", b.String(), err)
 	}
 	b.Reset()
-	if err := printMapped(&b, ms[:1], true); err != nil || !strings.Contains(b.String(), `"identifier": "rbd-nbd:disk0@127.0.0.1:10809"`) {
+	if err := printMapped(&b, ms[:1], true); err != nil || !strings.Contains(b.String(), `"identifier": "rbd-nbd:disk0@127.0.0.1:10809"`) ||
+		!strings.Contains(b.String(), `"pid": 42`) || !strings.Contains(b.String(), `"task": 45`) {
 		t.Fatalf("JSON %q, %v", b.String(), err)
 	}
 }
@@ -179,5 +182,49 @@ func TestHolderArgs(t *testing.T) {
 	want := attachOptions{nbd: "10.0.0.1:10809", export: "disk0", connections: 2, readOnly: true, foreground: true, readyFD: 3, method: "ioctl"}
 	if got != want || len(gotArgs) != 2 || gotArgs[0] != "r0" || gotArgs[1] != "/dev/nbd3" {
 		t.Errorf("holder attach %v %+v, want [r0 /dev/nbd3] %+v", gotArgs, got, want)
+	}
+}
+
+// Timeouts the kernel would truncate are refused, naming the option,
+// before anything is dialed.
+func TestAttachRefusesOverlongTimeouts(t *testing.T) {
+	maxDead := attach.MaxDeadConnTimeout // a variable: on 64 bits one second more overflows
+	for _, tc := range []struct {
+		name string
+		mod  func(*attachOptions)
+		flag string
+	}{
+		{"timeout", func(o *attachOptions) { o.timeout = attach.MaxTimeout + time.Second }, "--timeout"},
+		{"dead-conn-timeout", func(o *attachOptions) { o.deadConnTimeout = maxDead + time.Second }, "--dead-conn-timeout"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.flag == "--dead-conn-timeout" && attach.MaxDeadConnTimeout > 1<<62 {
+				t.Skip("a 64-bit long bounds no dead-connection timeout")
+			}
+			o := &attachOptions{nbd: "127.0.0.1:1", connections: 1, method: "auto", waitTimeout: time.Second, readyFD: -1}
+			tc.mod(o)
+			err := runAttach(context.Background(), &globalOptions{}, o, []string{"r0"}, io.Discard, zap.NewNop())
+			if err == nil || !strings.HasPrefix(err.Error(), tc.flag+" ") {
+				t.Fatalf("err = %v, want one naming %s", err, tc.flag)
+			}
+		})
+	}
+}
+
+// An ioctl attach refuses a --dead-conn-timeout asked for (the ioctls have
+// none), before connecting; the flag's default is for netlink and does
+// not stand in the way.
+func TestAttachIoctlRefusesDeadConnTimeout(t *testing.T) {
+	o := &attachOptions{nbd: "127.0.0.1:1", connections: 1, method: "ioctl", waitTimeout: time.Second, readyFD: -1,
+		deadConnTimeout: 30 * time.Second, deadConnSet: true}
+	err := runAttach(context.Background(), &globalOptions{}, o, []string{"r0"}, io.Discard, zap.NewNop())
+	if !errors.Is(err, attach.ErrIoctlDeadConn) || !strings.HasPrefix(err.Error(), "--dead-conn-timeout 30s: ") {
+		t.Fatalf("err = %v, want ErrIoctlDeadConn naming --dead-conn-timeout", err)
+	}
+	// The default: the attach goes on (to fail dialing a closed port).
+	o.deadConnSet, o.foreground = false, true
+	err = runAttach(context.Background(), &globalOptions{}, o, []string{"r0"}, io.Discard, zap.NewNop())
+	if err == nil || errors.Is(err, attach.ErrIoctlDeadConn) {
+		t.Fatalf("default dead-connection timeout with ioctls: %v, want a dial error", err)
 	}
 }
