@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"os"
 	"os/exec"
@@ -454,7 +455,12 @@ func (v secondsValue) String() string {
 }
 
 func (v secondsValue) Set(s string) error {
-	if n, err := strconv.ParseUint(s, 10, 32); err == nil {
+	if n, err := strconv.ParseUint(s, 10, 64); err == nil {
+		// Plain seconds: too many for a duration is out of range, not
+		// "not a number" (the kernel's own limits are checked later).
+		if n > uint64(math.MaxInt64/int64(time.Second)) {
+			return fmt.Errorf("%q: too many seconds", s)
+		}
 		*v.d = time.Duration(n) * time.Second
 		return nil
 	}

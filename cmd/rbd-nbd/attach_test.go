@@ -35,6 +35,14 @@ func TestSecondsValue(t *testing.T) {
 			t.Errorf("Set(%q) accepted", bad)
 		}
 	}
+	// Plain seconds beyond 32 bits are a number, which the kernel's
+	// limits then refuse by name; beyond a duration they are too many.
+	if err := v.Set("4294967296"); err != nil || d != 4294967296*time.Second {
+		t.Errorf("Set(2^32) = %v, %v", d, err)
+	}
+	if err := v.Set("99999999999999999"); err == nil || !strings.Contains(err.Error(), "too many seconds") {
+		t.Errorf("Set(huge) = %v", err)
+	}
 }
 
 func TestResolveAttachTarget(t *testing.T) {
