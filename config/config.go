@@ -596,8 +596,18 @@ func (n Net) Validate() error {
 	default:
 		return &FieldError{Path: "net.fencing", Value: string(n.Fencing), Allowed: "dont-care, resource-only or resource-and-stonith"}
 	}
+	if n.MaxProtocolVersion > MaxPeerProtocolVersion {
+		// Refused here, by name: the link would refuse it at every
+		// connect attempt, with the resource up and never connecting.
+		return &FieldError{Path: "net.max-protocol-version", Value: fmt.Sprint(n.MaxProtocolVersion), Allowed: fmt.Sprintf("0 (no cap)..%d", MaxPeerProtocolVersion)}
+	}
 	return nil
 }
+
+// MaxPeerProtocolVersion is the newest peer-protocol version this build
+// speaks (replicate.MaxVersion; a test there keeps the two equal, since
+// config does not import replicate).
+const MaxPeerProtocolVersion = 2
 
 // Validate checks the disk options.
 func (d DiskOptions) Validate() error {

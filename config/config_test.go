@@ -426,3 +426,14 @@ func TestHandlersValidatePaths(t *testing.T) {
 		}
 	}
 }
+
+// net.max-protocol-version: 0 (no cap) up to the newest version spoken;
+// beyond, the link would refuse every connect attempt, so up refuses it.
+func TestMaxProtocolVersion(t *testing.T) {
+	checkPolicies(t, []policyCase[uint32]{
+		{"", 0, ""},
+		{"net: {max-protocol-version: 1}\n", 1, ""},
+		{"net: {max-protocol-version: 2}\n", 2, ""},
+		{"net: {max-protocol-version: 3}\n", 0, "net.max-protocol-version"},
+	}, func(r Resource) uint32 { return r.Net.MaxProtocolVersion })
+}
