@@ -57,9 +57,22 @@ func (r *Resource) Primary(ctx context.Context, force bool) error {
 	}
 }
 
-func (r *Resource) primary(ctx context.Context, force bool) error {
+func (r *Resource) primary(ctx context.Context, force bool) (perr error) {
 	var wait chan error
 	fence := false
+	defer func() {
+		if perr != nil && wait != nil {
+			// The peer may have agreed, and then shows this node as
+			// Primary (and refuses its own promotion) until a state of
+			// this node says otherwise.
+			_ = r.do(context.Background(), func() error {
+				if r.link != nil && r.m.Replicating() && r.m.Role() != RolePrimary {
+					r.sendState()
+				}
+				return nil
+			})
+		}
+	}()
 	err := r.do(ctx, func() error {
 		if err := r.m.CanPromote(force); err != nil {
 			return err

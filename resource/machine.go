@@ -101,7 +101,9 @@ type (
 	// EvDemote: the administrator asked for Secondary.
 	EvDemote struct{ NBDConns int }
 	// EvPeerPromoteRequest: the connected peer wants to become Primary.
-	EvPeerPromoteRequest struct{}
+	// Promoting: this node asked the peer for its own promotion and waits
+	// for the answer (the two requests crossed).
+	EvPeerPromoteRequest struct{ Promoting bool }
 	// EvSyncStart: the peer (the source) announced a resync towards us.
 	EvSyncStart struct {
 		Full   bool
@@ -516,7 +518,7 @@ func (m *Machine) step(ev Event) ([]Action, error) {
 	case EvDemote:
 		return m.demote(e)
 	case EvPeerPromoteRequest:
-		return m.peerPromoteRequest(), nil
+		return m.peerPromoteRequest(e), nil
 	case EvSyncStart:
 		return m.syncStart(e), nil
 	case EvSyncDone:
@@ -1166,12 +1168,17 @@ func (m *Machine) demote(e EvDemote) ([]Action, error) {
 	return append(acts, ActRunHook{Name: "role-change"}), nil
 }
 
-func (m *Machine) peerPromoteRequest() []Action {
+func (m *Machine) peerPromoteRequest(e EvPeerPromoteRequest) []Action {
 	switch {
 	case m.role == RolePrimary:
 		return []Action{ActSendPromoteReply{Reason: fmt.Sprintf("node %d is Primary", m.cfg.NodeID)}}
 	case m.conn == ConnSyncSource || m.conn == ConnPausedSyncS:
 		return []Action{ActSendPromoteReply{Reason: fmt.Sprintf("node %d is sync source for the requester", m.cfg.NodeID)}}
+	case e.Promoting && m.cfg.NodeID < m.cfg.PeerNodeID:
+		// Both asked at once: the lower node id wins. Each agreeing
+		// would make each refuse its own promotion (the peer is
+		// Primary), and neither would be.
+		return []Action{ActSendPromoteReply{Reason: fmt.Sprintf("node %d is being promoted itself (the lower node id wins)", m.cfg.NodeID)}}
 	}
 	m.peerRole = RolePrimary
 	return []Action{ActSendPromoteReply{OK: true}}

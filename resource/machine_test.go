@@ -210,7 +210,7 @@ func scriptEvent(cmd string, a scriptArgs) (Event, error) {
 	case "demote":
 		return EvDemote{NBDConns: int(a.num("conns", 0))}, nil
 	case "peer-promote-request":
-		return EvPeerPromoteRequest{}, nil
+		return EvPeerPromoteRequest{Promoting: a.has("promoting")}, nil
 	case "sync-start":
 		return EvSyncStart{Full: a.has("full"), Source: a.uuids("source")}, nil
 	case "sync-done":

@@ -434,7 +434,7 @@ func (r *Resource) control(link *replicate.Link, msg replicate.ControlMsg) {
 			r.changed()
 		}
 	case *replicate.PromoteRequest:
-		r.step(EvPeerPromoteRequest{})
+		r.step(EvPeerPromoteRequest{Promoting: r.promoteWait != nil})
 	case *replicate.PromoteReply:
 		if r.promoteWait != nil {
 			var err error
