@@ -346,6 +346,11 @@ type Machine struct {
 	// and a link lost before its resync began would look like the peer's
 	// promotion (a split brain): attach-disk waits for the state.
 	peerGenPending bool
+	// outdatedDiskless: outdate (the peer's fence-peer handler) came while
+	// this node was Diskless and disconnected. The answer was "outdated";
+	// a disk attached before the link is back comes up Outdated, as the
+	// answer promised, not UpToDate from its meta-data.
+	outdatedDiskless bool
 }
 
 // NewMachine returns a machine for a resource that is down: Secondary,
@@ -506,6 +511,8 @@ func (m *Machine) step(ev Event) ([]Action, error) {
 		}
 		m.conn = ConnHandshake
 		m.linkUp = true
+		// The handshake compares generations from now on.
+		m.outdatedDiskless = false
 		return []Action{ActSendState{}}, nil
 	case EvPeerState:
 		return m.peerState(e.State), nil
@@ -579,6 +586,12 @@ func (m *Machine) attach(e EvAttach) []Action {
 		m.disk = DiskUpToDate
 	default:
 		m.disk = DiskConsistent
+	}
+	if m.outdatedDiskless && !m.linkUp && (m.disk == DiskUpToDate || m.disk == DiskConsistent) {
+		m.outdatedDiskless = false
+		m.disk = DiskOutdated
+		m.setFlag(FlagOutdated, true)
+		acts = append(acts, m.persist())
 	}
 	return acts
 }
@@ -1299,6 +1312,9 @@ func (m *Machine) outdate() ([]Action, error) {
 		return nil, m.refuse(ErrIsPrimary)
 	case m.linkUp:
 		return nil, m.refuse(ErrConnected)
+	case m.disk == DiskDiskless:
+		m.outdatedDiskless = true
+		return nil, nil
 	case m.disk != DiskUpToDate && m.disk != DiskConsistent:
 		return nil, nil
 	}
