@@ -135,6 +135,13 @@ func (r *Resource) install(st *storage) {
 		r.log.Warn("meta-data was not closed cleanly; activity log extents marked out of sync",
 			zap.Int("extents", rec.Extents), zap.Uint64("blocks", rec.Blocks))
 	}
+	// The activity log's slots are laid out on disk by create-md: a
+	// disk.al-extents set in the resource file is not applied, and a value
+	// other than the default says someone expects it to be.
+	if want, have := r.cfg().Disk.ALExtents, st.meta.Superblock().ALExtents; want != config.DefaultALExtents && want != have {
+		r.log.Warn("disk.al-extents is fixed in the meta-data (create-md --al-extents); the resource file's value is not applied",
+			zap.Uint32("al-extents", want), zap.Uint32("meta-data", have))
+	}
 }
 
 // takeStorage takes the installed disk out of the resource (loop; the gate

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/rbd-nbd/rbd-nbd/config"
 	"github.com/rbd-nbd/rbd-nbd/disk"
@@ -587,5 +588,37 @@ func TestStartOnPortInUseIsEADDRINUSE(t *testing.T) {
 	}
 	if !errors.Is(err, syscall.EADDRINUSE) {
 		t.Fatalf("start on an address in use: %v, not EADDRINUSE", err)
+	}
+}
+
+// disk.al-extents other than the meta-data's (fixed by create-md) is not
+// applied: up says so, naming both values.
+func TestALExtentsMismatchWarns(t *testing.T) {
+	dir := t.TempDir()
+	n := pairDisk{img: filepath.Join(dir, "b.img")}
+	makePairDisk(t, n, 16<<20, 1, 0)
+	y := fmt.Sprintf("resource: r0\nnodes:\n  - {name: a, node-id: 0, address: 127.0.0.1:1, disk: a.img}\n  - {name: b, node-id: 1, address: 127.0.0.1:0, disk: %s}\ndisk: {al-extents: 3001}\n", n.img)
+	f, err := config.ParseFile([]byte(y), dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := f.Node("b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	core, logs := observer.New(zap.WarnLevel)
+	r := New(cfg, Options{Logger: zap.New(core)})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := r.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer r.Stop(ctx)
+	found := logs.FilterMessageSnippet("disk.al-extents").All()
+	if len(found) != 1 {
+		t.Fatalf("%d warnings about disk.al-extents, want 1: %v", len(found), logs.All())
+	}
+	if m := found[0].ContextMap(); m["al-extents"] != uint32(3001) || m["meta-data"] != uint32(config.DefaultALExtents) {
+		t.Fatalf("warning fields %v", m)
 	}
 }
