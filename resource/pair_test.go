@@ -569,15 +569,7 @@ func TestStartOnPortInUseIsEADDRINUSE(t *testing.T) {
 	n := pairDisk{img: filepath.Join(dir, "b.img")}
 	makePairDisk(t, n, 16<<20, 1, 0)
 	// Node b (the higher id) listens; a dials.
-	y := fmt.Sprintf("resource: r0\nnodes:\n  - {name: a, node-id: 0, address: 127.0.0.1:1, disk: a.img}\n  - {name: b, node-id: 1, address: %q, disk: %s}\n", ln.Addr().String(), n.img)
-	f, err := config.ParseFile([]byte(y), dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg, err := f.Node("b")
-	if err != nil {
-		t.Fatal(err)
-	}
+	cfg := nodeB(t, dir, ln.Addr().String(), n.img, "")
 	r := New(cfg, Options{Logger: zap.NewNop()})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -597,15 +589,7 @@ func TestALExtentsMismatchWarns(t *testing.T) {
 	dir := t.TempDir()
 	n := pairDisk{img: filepath.Join(dir, "b.img")}
 	makePairDisk(t, n, 16<<20, 1, 0)
-	y := fmt.Sprintf("resource: r0\nnodes:\n  - {name: a, node-id: 0, address: 127.0.0.1:1, disk: a.img}\n  - {name: b, node-id: 1, address: 127.0.0.1:0, disk: %s}\ndisk: {al-extents: 3001}\n", n.img)
-	f, err := config.ParseFile([]byte(y), dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg, err := f.Node("b")
-	if err != nil {
-		t.Fatal(err)
-	}
+	cfg := nodeB(t, dir, "127.0.0.1:0", n.img, "disk: {al-extents: 3001}\n")
 	core, logs := observer.New(zap.WarnLevel)
 	r := New(cfg, Options{Logger: zap.New(core)})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -621,4 +605,20 @@ func TestALExtentsMismatchWarns(t *testing.T) {
 	if m := found[0].ContextMap(); m["al-extents"] != uint32(3001) || m["meta-data"] != uint32(config.DefaultALExtents) {
 		t.Fatalf("warning fields %v", m)
 	}
+}
+
+// nodeB is node b's configuration of a resource r0 whose node a nobody
+// runs: b listens on addr with disk img; extra is more resource-file text.
+func nodeB(t *testing.T, dir, addr, img, extra string) config.Resource {
+	t.Helper()
+	y := fmt.Sprintf("resource: r0\nnodes:\n  - {name: a, node-id: 0, address: 127.0.0.1:1, disk: a.img}\n  - {name: b, node-id: 1, address: %q, disk: %s}\n%s", addr, img, extra)
+	f, err := config.ParseFile([]byte(y), dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := f.Node("b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfg
 }
