@@ -201,6 +201,21 @@ func EncodeConfig(reg *Registry, cfg config.Resource) List {
 	return out
 }
 
+// RedactedSecret stands in for net.shared-secret in what show tells a
+// client without admin access: that a secret is set, not the secret. An
+// unset secret stays empty.
+const RedactedSecret = "<redacted>"
+
+// Redact returns cfg with its secrets (net.shared-secret) replaced by
+// RedactedSecret, for readers that may see the configuration but not the
+// secrets.
+func Redact(cfg config.Resource) config.Resource {
+	if cfg.Net.SharedSecret != "" {
+		cfg.Net.SharedSecret = RedactedSecret
+	}
+	return cfg
+}
+
 // HandlerEntry returns a handlers.handler list for one handler's command
 // line; an empty argv removes the handler in an overlay change.
 func HandlerEntry(name string, argv []string) Entry {

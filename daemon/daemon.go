@@ -189,7 +189,7 @@ func (d *Daemon) serve(ctx context.Context, req *ctlproto.Request) ctlproto.Repl
 	case ctlproto.MsgStatus:
 		return d.status(req.Header.Minor, body)
 	case ctlproto.MsgShow:
-		return d.show(body)
+		return d.show(req.Access, body)
 	case ctlproto.MsgSubscribe:
 		return d.subscribe(req.Header.Minor, body)
 	case ctlproto.MsgCreate:
@@ -384,7 +384,14 @@ func (d *Daemon) Monitor() []Monitored {
 	return out
 }
 
-func (d *Daemon) show(body ctlproto.List) ctlproto.Reply {
+// show answers a show request. show needs only read access, and a member
+// of a read group must not learn net.shared-secret: with it a local user
+// could pass the peer link's HMAC challenge and pose as a peer. So a
+// client without admin access gets ctlproto.RedactedSecret in its place
+// (which still tells a secret is set); admins, who could set it anyway,
+// get the configuration as it is, which adjust --dry-run compares with a
+// resource file.
+func (d *Daemon) show(access ctlproto.Access, body ctlproto.List) ctlproto.Reply {
 	name, perr := targetName(body)
 	if perr != nil {
 		return ctlproto.Reply{Err: perr}
@@ -397,7 +404,11 @@ func (d *Daemon) show(body ctlproto.List) ctlproto.Reply {
 	if s == nil {
 		return ctlproto.Reply{Err: unknownResource(name)}
 	}
-	return ctlproto.Reply{Body: append(ctlproto.List{ctlproto.U64(ctlproto.TagGeneration, s.gen)}, ctlproto.EncodeConfig(d.reg, s.cfg)...)}
+	cfg := s.cfg
+	if access < ctlproto.AccessAdmin {
+		cfg = ctlproto.Redact(cfg)
+	}
+	return ctlproto.Reply{Body: append(ctlproto.List{ctlproto.U64(ctlproto.TagGeneration, s.gen)}, ctlproto.EncodeConfig(d.reg, cfg)...)}
 }
 
 // subscribe answers a subscribe request of a client of protocol minor

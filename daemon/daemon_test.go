@@ -7,7 +7,9 @@ import (
 	"net"
 	"reflect"
 	"slices"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -990,4 +992,64 @@ func TestRecreateContinuesGenerations(t *testing.T) {
 	}
 	_, err = c.Change(ctx, "r0", ctlproto.ChangeOptions{IfGeneration: 1}, sections(t, c, ctlproto.String(ctlproto.TagNetProtocol, "A")))
 	wantCode(t, err, ctlproto.CodeGenerationMismatch)
+}
+
+// show needs only read access, so it must not hand net.shared-secret (the
+// peer link's HMAC secret) to a read-group member: such a client learns
+// only that a secret is set. An admin gets the configuration as it is.
+func TestShowRedactsSecretForReaders(t *testing.T) {
+	var readOnly atomic.Bool
+	e := startServer(t, Config{}, nil, func(c *ctlproto.Config) {
+		c.Access = func(ctlproto.Cred) ctlproto.Access {
+			if readOnly.Load() {
+				return ctlproto.AccessRead
+			}
+			return ctlproto.AccessAdmin
+		}
+	})
+	admin := e.dial(t)
+	cfg := minimalConfig("r0")
+	cfg.Net.SharedSecret = "hunter2"
+	if _, err := admin.Create(ctxT(t), cfg); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.Create(ctxT(t), minimalConfig("r1")); err != nil {
+		t.Fatal(err)
+	}
+	readOnly.Store(true)
+	reader := e.dial(t)
+	got, _, err := reader.Show(ctxT(t), "r0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Net.SharedSecret != ctlproto.RedactedSecret {
+		t.Fatalf("a reader's show: net.shared-secret %q, want %q", got.Net.SharedSecret, ctlproto.RedactedSecret)
+	}
+	if got, _, err := reader.Show(ctxT(t), "r1"); err != nil || got.Net.SharedSecret != "" {
+		t.Fatalf("a reader's show of a resource without a secret: %q, %v; want empty", got.Net.SharedSecret, err)
+	}
+	// Neither status nor the events carry it.
+	sub, err := e.dial(t).Subscribe(ctxT(t), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	for {
+		ev, err := sub.Next(ctxT(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.Contains(fmt.Sprintf("%+v", ev), "hunter2") {
+			t.Fatalf("event carries the secret: %+v", ev)
+		}
+		if ev.Kind == ctlproto.EventExists && ev.Object == ctlproto.ObjectNone {
+			break
+		}
+	}
+	if sts, err := reader.Status(ctxT(t), ""); err != nil || strings.Contains(fmt.Sprintf("%+v", sts), "hunter2") {
+		t.Fatalf("status: %+v, %v", sts, err)
+	}
+	if got, _, err := admin.Show(ctxT(t), "r0"); err != nil || got.Net.SharedSecret != "hunter2" {
+		t.Fatalf("an admin's show: net.shared-secret %q, %v; want the secret", got.Net.SharedSecret, err)
+	}
 }

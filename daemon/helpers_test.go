@@ -23,6 +23,13 @@ type testEnv struct {
 // registry (an "old daemon").
 func start(t *testing.T, cfg Config, srvReg *ctlproto.Registry) *testEnv {
 	t.Helper()
+	return startServer(t, cfg, srvReg, nil)
+}
+
+// startServer is start with the server's configuration changed by mod
+// (when not nil), e.g. its Access rule.
+func startServer(t *testing.T, cfg Config, srvReg *ctlproto.Registry, mod func(*ctlproto.Config)) *testEnv {
+	t.Helper()
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
@@ -47,6 +54,9 @@ func start(t *testing.T, cfg Config, srvReg *ctlproto.Registry) *testEnv {
 	scfg := ctlproto.DefaultConfig()
 	scfg.Registry = d.Registry()
 	scfg.Handler = d
+	if mod != nil {
+		mod(&scfg)
+	}
 	srv, err := ctlproto.NewServer(scfg)
 	if err != nil {
 		t.Fatal(err)
