@@ -328,17 +328,20 @@ type conn struct {
 	cred   Cred
 	access Access
 	wbuf   []byte
+	// answered: an error reply went out in the current request's turn;
+	// if the connection ends now, close lingers for the client to read it.
+	answered bool
 }
 
 func (s *Server) serveConn(c net.Conn) {
 	defer s.wg.Done()
+	cn := &conn{s: s, c: c}
 	defer func() {
-		c.Close()
+		cn.close()
 		s.mu.Lock()
 		delete(s.conns, c)
 		s.mu.Unlock()
 	}()
-	cn := &conn{s: s, c: c}
 	cred, err := peerCred(c, len(s.cfg.ReadGIDs) > 0)
 	if err != nil {
 		s.log.Debug("no peer credentials", zap.Error(err))
@@ -359,6 +362,10 @@ func (s *Server) serveConn(c net.Conn) {
 	var hb [HeaderLen]byte
 	lim := s.cfg.Limits
 	for {
+		// An error reply of an earlier request was read by now (the
+		// client sent another); only one the connection ends with needs
+		// the lingering close.
+		cn.answered = false
 		if !cn.idleDeadline() {
 			return
 		}
@@ -570,7 +577,38 @@ func (cn *conn) flush() error {
 
 // writeError sends an error reply and reports whether it went out.
 func (cn *conn) writeError(t MsgType, seq uint32, e *Error) bool {
-	return cn.write(Header{Type: t, Flags: FlagReply | FlagError, Seq: seq}, List{EncodeError(e)}) == nil
+	if cn.write(Header{Type: t, Flags: FlagReply | FlagError, Seq: seq}, List{EncodeError(e)}) != nil {
+		return false
+	}
+	cn.answered = true
+	return true
+}
+
+// close closes the connection. After an error reply that the connection
+// ends with (a frame that cannot be read or framed) the client may still
+// be sending: closing a socket with unread data resets it, and the
+// client's write then fails with a broken pipe or a reset before it reads
+// the reply that says why. So the sending side is closed first (the
+// client reads the reply, then EOF) and what the client still sends is
+// read and dropped, for at most Config.WriteTimeout and never beyond a
+// shutdown's or Close's end of the connection.
+func (cn *conn) close() {
+	defer cn.c.Close()
+	if !cn.answered {
+		return
+	}
+	cw, ok := cn.c.(interface{ CloseWrite() error })
+	if !ok || cw.CloseWrite() != nil {
+		return
+	}
+	_ = cn.c.SetReadDeadline(time.Now().Add(cn.s.cfg.WriteTimeout))
+	// As in idleDeadline: beginShutdown sets a past deadline after it
+	// closes s.closing, so either this sees the shutdown or the drain
+	// sees that deadline.
+	if cn.s.shuttingDown() {
+		return
+	}
+	_, _ = io.Copy(io.Discard, cn.c)
 }
 
 // stream writes a stream's events until it ends, the client leaves or the

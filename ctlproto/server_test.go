@@ -654,3 +654,18 @@ func TestServerIdleTimeout(t *testing.T) {
 		t.Fatalf("subscriber after %v: %+v %v", time.Since(start), got, err)
 	}
 }
+
+// A request the server cannot frame (here: a body over Limits.MaxFrame) is
+// answered and the connection closed; the client, still writing that
+// body, must get the answer and not a broken pipe: the server closes its
+// sending side and reads what the client still sends before it closes.
+func TestServerErrorReplySurvivesClose(t *testing.T) {
+	path, _ := startServer(t, Config{Handler: newTestHandler()})
+	c := dialT(t, path)
+	// 4 MiB: far more than the socket buffers hold, so that the client
+	// is still writing when the server answers.
+	_, err := c.Call(ctxT(t), MsgChange, List{String(TagResName, strings.Repeat("x", 4<<20))})
+	if !IsCode(err, CodeLimitExceeded) {
+		t.Fatalf("oversized request: %v, want LIMIT_EXCEEDED", err)
+	}
+}
