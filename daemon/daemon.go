@@ -324,8 +324,11 @@ func (r *res) current() func() resource.Status {
 func (d *Daemon) status(minor uint8, body ctlproto.List) ctlproto.Reply {
 	var rs []*res
 	if name := optName(body); name != "" {
+		// A resource that create registered but has not set up yet (no
+		// snapshot: its up is still starting it, and may fail) does not
+		// exist yet, as for show; a status of all leaves it out below.
 		r := d.lookup(name)
-		if r == nil {
+		if r == nil || r.snap.Load() == nil {
 			return ctlproto.Reply{Err: unknownResource(name)}
 		}
 		rs = append(rs, r)

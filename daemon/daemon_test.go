@@ -1053,3 +1053,87 @@ func TestShowRedactsSecretForReaders(t *testing.T) {
 		t.Fatalf("an admin's show: net.shared-secret %q, %v; want the secret", got.Net.SharedSecret, err)
 	}
 }
+
+// A resource whose up is still starting it (registered, not yet set up)
+// does not exist for status yet: a status of it by name answers
+// UNKNOWN_RESOURCE, as show does, rather than an empty list, and a
+// status of all leaves it out; once the start is done it is there.
+func TestStatusOfResourceBeingCreated(t *testing.T) {
+	f := newFakeFactory()
+	f.entered, f.gate = make(chan string, 1), make(chan struct{})
+	e := start(t, Config{NewRuntime: f.New}, nil)
+	c := e.dial(t)
+	up := make(chan error, 1)
+	go func() {
+		_, err := e.dial(t).Call(ctxT(t), ctlproto.MsgUp, ctlproto.EncodeConfig(c.Registry(), minimalConfig("r0")))
+		up <- err
+	}()
+	select {
+	case <-f.entered:
+	case <-ctxT(t).Done():
+		t.Fatal("up never started the runtime")
+	}
+	_, err := c.Status(ctxT(t), "r0")
+	wantCode(t, err, ctlproto.CodeUnknownResource)
+	_, _, err = c.Show(ctxT(t), "r0")
+	wantCode(t, err, ctlproto.CodeUnknownResource)
+	if sts, err := c.Status(ctxT(t), ""); err != nil || len(sts) != 0 {
+		t.Fatalf("status of all while r0 is being created: %+v, %v; want none", sts, err)
+	}
+	close(f.gate)
+	if err := <-up; err != nil {
+		t.Fatal(err)
+	}
+	if sts, err := c.Status(ctxT(t), "r0"); err != nil || len(sts) != 1 || sts[0].Down {
+		t.Fatalf("status once up: %+v, %v", sts, err)
+	}
+}
+
+// Two ups creating the same resource at once with different
+// configurations: one creates and starts it, the other is refused with
+// RESOURCE_EXISTS, and the runtime is started once.
+func TestConcurrentUpCreatesOnce(t *testing.T) {
+	f := newFakeFactory()
+	f.entered, f.gate = make(chan string, 2), make(chan struct{})
+	e := start(t, Config{NewRuntime: f.New}, nil)
+	reg := ctlproto.DefaultRegistry()
+	a, b := minimalConfig("r0"), minimalConfig("r0")
+	b.Net.Protocol = config.ProtocolA
+	errs := make(chan error, 2)
+	for _, cfg := range []config.Resource{a, b} {
+		c := e.dial(t)
+		go func() {
+			_, err := c.Call(ctxT(t), ctlproto.MsgUp, ctlproto.EncodeConfig(reg, cfg))
+			errs <- err
+		}()
+	}
+	select {
+	case <-f.entered:
+	case <-ctxT(t).Done():
+		t.Fatal("no up started the runtime")
+	}
+	close(f.gate)
+	var ok, exists int
+	for range 2 {
+		switch err := <-errs; {
+		case err == nil:
+			ok++
+		case ctlproto.IsCode(err, ctlproto.CodeResourceExists):
+			exists++
+		default:
+			t.Fatalf("up: %v", err)
+		}
+	}
+	if ok != 1 || exists != 1 {
+		t.Fatalf("%d ups succeeded, %d refused with RESOURCE_EXISTS; want 1 and 1", ok, exists)
+	}
+	n := 0
+	for _, call := range f.Calls() {
+		if call == "start r0" {
+			n++
+		}
+	}
+	if n != 1 {
+		t.Fatalf("calls %v: the runtime started %d times, want once", f.Calls(), n)
+	}
+}

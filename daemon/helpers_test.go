@@ -142,6 +142,10 @@ type fakeFactory struct {
 	standAlone bool
 	calls      []string
 	rts        map[string]*fakeRuntime
+	// entered, when not nil, hears each Start as it begins; Start then
+	// waits for gate (when not nil) or its context.
+	entered chan string
+	gate    chan struct{}
 }
 
 func newFakeFactory() *fakeFactory { return &fakeFactory{rts: map[string]*fakeRuntime{}} }
@@ -168,6 +172,19 @@ func (f *fakeFactory) New(name string, ev Events) (Runtime, error) {
 
 func (r *fakeRuntime) Start(ctx context.Context, cfg config.Resource, gen uint64) error {
 	r.f.record("start " + r.name)
+	r.f.mu.Lock()
+	entered, gate := r.f.entered, r.f.gate
+	r.f.mu.Unlock()
+	if entered != nil {
+		entered <- r.name
+	}
+	if gate != nil {
+		select {
+		case <-gate:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 	r.f.mu.Lock()
 	err := r.f.failStart
 	r.f.mu.Unlock()
