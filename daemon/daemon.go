@@ -612,12 +612,17 @@ func (d *Daemon) delete(body ctlproto.List) ctlproto.Reply {
 			Message: fmt.Sprintf("resource %q is up; take it down before deleting it", name)}}
 	}
 	r.deleted = true
+	// Tell the bus before the name is free: a create of the same name
+	// can only come after the table lets go of it, and its create
+	// events must follow these destroy events. The other way round the
+	// create's events came first and this destroy then dropped the new
+	// resource from the bus, whose later changes were never sent.
+	d.bus.destroy(name)
 	d.mu.Lock()
 	delete(d.res, name)
 	d.deletedGen[name] = s.gen
 	d.mu.Unlock()
 	d.keepGeneration(name, s.gen)
-	d.bus.destroy(name)
 	return ctlproto.Reply{}
 }
 

@@ -1137,3 +1137,67 @@ func TestConcurrentUpCreatesOnce(t *testing.T) {
 		t.Fatalf("calls %v: the runtime started %d times, want once", f.Calls(), n)
 	}
 }
+
+// A delete and a create of the same name that overlap: the subscriber
+// must see the old resource destroyed before the new one is created, and
+// then the new one's changes. (The delete took the name out of the table
+// before it told the bus, so a create could slip in between: its create
+// events came first, the delete's destroy events then dropped the new
+// resource from the bus, and its later changes were never sent.)
+func TestEventsDeleteThenCreate(t *testing.T) {
+	inDelete, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	cfg := Config{KeepGeneration: func(name string, gen uint64) {
+		// Called by delete between taking the name out of the table
+		// and reporting it gone (and by nothing else in this test):
+		// hold the first one there while the create runs.
+		once.Do(func() {
+			close(inDelete)
+			<-release
+		})
+	}}
+	e := start(t, cfg, nil)
+	c := e.dial(t)
+	if _, err := c.Create(ctxT(t), minimalConfig("r0")); err != nil {
+		t.Fatal(err)
+	}
+	sub, err := e.dial(t).Subscribe(ctxT(t), "r0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	for nextText(t, sub) != "exists -" {
+	}
+	deleted := make(chan error, 1)
+	go func() { deleted <- e.dial(t).Delete(ctxT(t), "r0", 0) }()
+	select {
+	case <-inDelete:
+	case err := <-deleted:
+		t.Fatalf("delete returned without calling KeepGeneration: %v", err)
+	}
+	// The delete has taken the name: a create of it succeeds now.
+	if _, err := c.Create(ctxT(t), minimalConfig("r0")); err != nil {
+		close(release)
+		t.Fatalf("create while the delete finishes: %v", err)
+	}
+	close(release)
+	if err := <-deleted; err != nil {
+		t.Fatal(err)
+	}
+	var kinds []string
+	for len(kinds) < 8 {
+		ev, err := sub.Next(ctxT(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		kinds = append(kinds, ev.Kind.String())
+	}
+	want := []string{"destroy", "destroy", "destroy", "destroy", "create", "create", "create", "create"}
+	if !slices.Equal(kinds, want) {
+		t.Fatalf("events after delete and create: %v, want %v", kinds, want)
+	}
+	if _, err := c.Change(ctxT(t), "r0", ctlproto.ChangeOptions{}, sections(t, c, ctlproto.String(ctlproto.TagNetProtocol, "A"))); err != nil {
+		t.Fatal(err)
+	}
+	expectEvents(t, sub, "change resource name:r0 generation:3")
+}
