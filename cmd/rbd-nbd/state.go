@@ -72,6 +72,9 @@ func (s *stateStore) keepsRole(name string) bool {
 }
 
 func (s *stateStore) setRestoring(name string, on bool) {
+	if s == nil {
+		return
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.restoring == nil {
@@ -99,8 +102,15 @@ func (s *stateStore) gonePath(name string) string { return filepath.Join(s.dir, 
 // load reads a resource's intent. A file with fields this version does not
 // know (written by a newer one) is refused rather than restored without
 // them: a setting such as TLS would otherwise be silently dropped.
+//
+// A store that remembers nothing (nil, or --state-dir none: dir "") has no
+// intent: without this check it read <name>.json in the daemon's working
+// directory, or (nil, which newRuntimeFunc allows) panicked.
 func (s *stateStore) load(name string) (intent, bool) {
 	var in intent
+	if s == nil || s.dir == "" {
+		return in, false
+	}
 	b, err := os.ReadFile(s.path(name))
 	if err != nil {
 		return in, false
