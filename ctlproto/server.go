@@ -260,8 +260,11 @@ func isTemporary(err error) bool {
 
 // Shutdown stops accepting connections, ends event streams (with an
 // INTERRUPTED error event), lets requests in progress finish and closes
-// idle connections. If ctx ends first, it closes everything as Close does
-// and returns ctx's error.
+// idle connections. If ctx ends first, it closes every connection and
+// cancels the handlers' context as Close does, and returns ctx's error
+// without waiting for the handlers: one that ignores its context (blocked
+// in a runtime call) would otherwise hold the daemon's exit forever. Such
+// a handler's connection goroutine ends when the handler returns.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.beginShutdown()
 	done := make(chan struct{})
@@ -274,8 +277,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.cancel()
 		return nil
 	case <-ctx.Done():
-		s.Close()
-		<-done
+		s.closeAll()
 		return ctx.Err()
 	}
 }
@@ -283,6 +285,14 @@ func (s *Server) Shutdown(ctx context.Context) error {
 // Close closes the listeners and every connection at once and cancels the
 // handlers' context; it waits for the connection goroutines to end.
 func (s *Server) Close() error {
+	s.closeAll()
+	s.wg.Wait()
+	return nil
+}
+
+// closeAll stops accepting, cancels the handlers' context and closes
+// every connection, without waiting for their goroutines.
+func (s *Server) closeAll() {
 	s.beginShutdown()
 	s.cancel()
 	s.mu.Lock()
@@ -290,8 +300,6 @@ func (s *Server) Close() error {
 		c.Close()
 	}
 	s.mu.Unlock()
-	s.wg.Wait()
-	return nil
 }
 
 func (s *Server) beginShutdown() {

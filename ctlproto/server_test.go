@@ -669,3 +669,39 @@ func TestServerErrorReplySurvivesClose(t *testing.T) {
 		t.Fatalf("oversized request: %v, want LIMIT_EXCEEDED", err)
 	}
 }
+
+// Shutdown is bounded by its context even when a handler ignores the
+// handlers' context and never returns, and when a client sent half a
+// frame: it closes everything and returns the context's error instead of
+// waiting for the handler.
+func TestServerShutdownBoundedByContext(t *testing.T) {
+	hung, release := make(chan struct{}), make(chan struct{})
+	h := HandlerFunc(func(ctx context.Context, req *Request) Reply {
+		if req.Header.Type == MsgDelete {
+			close(hung)
+			<-release // ignores ctx on purpose
+		}
+		return Reply{}
+	})
+	path, srv := startServer(t, Config{Handler: h})
+	t.Cleanup(func() { close(release) }) // runs before startServer's Close
+	c := dialT(t, path)
+	go c.Delete(context.Background(), "r0", 0)
+	<-hung
+	half := rawConn(t, path)
+	if _, err := half.Write(AppendHeader(nil, Header{Major: ProtoMajor, Type: MsgStatus, Seq: 1, Length: 100})[:10]); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	shut := make(chan error, 1)
+	go func() { shut <- srv.Shutdown(ctx) }()
+	select {
+	case err := <-shut:
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("Shutdown: %v, want the context's deadline", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Shutdown outwaited its context by far: it waits for a hung handler")
+	}
+}

@@ -143,7 +143,10 @@ func (d *Daemon) maxResources() int {
 func (d *Daemon) Registry() *ctlproto.Registry { return d.reg }
 
 // Close stops every running resource and ends the event streams. Requests
-// after Close fail with INTERRUPTED.
+// after Close fail with INTERRUPTED. It is bounded by ctx: a resource whose
+// request in progress does not return (a runtime call that ignores its
+// context) is left running once ctx ends, with ctx's error, rather than
+// holding the daemon's exit forever.
 func (d *Daemon) Close(ctx context.Context) error {
 	d.mu.Lock()
 	d.closed = true
@@ -151,7 +154,10 @@ func (d *Daemon) Close(ctx context.Context) error {
 	d.mu.Unlock()
 	var errs []error
 	for _, r := range all {
-		r.mu.Lock()
+		if !lockCtx(ctx, &r.mu) {
+			errs = append(errs, fmt.Errorf("daemon: stop %s: a request in progress holds it: %w", r.name, ctx.Err()))
+			continue
+		}
 		if s := r.snap.Load(); s != nil && s.rt != nil {
 			if err := d.stop(ctx, r, s); err != nil {
 				errs = append(errs, fmt.Errorf("daemon: stop %s: %w", r.name, err))
@@ -161,6 +167,30 @@ func (d *Daemon) Close(ctx context.Context) error {
 	}
 	d.bus.close()
 	return errors.Join(errs...)
+}
+
+// lockCtx locks mu and reports true, or reports false once ctx ends
+// first; the lock is then taken and released later, when its holder lets
+// go, so that nothing is left locked.
+func lockCtx(ctx context.Context, mu *sync.Mutex) bool {
+	if mu.TryLock() {
+		return true
+	}
+	locked := make(chan struct{})
+	go func() {
+		mu.Lock()
+		close(locked)
+	}()
+	select {
+	case <-locked:
+		return true
+	case <-ctx.Done():
+		go func() {
+			<-locked
+			mu.Unlock()
+		}()
+		return false
+	}
 }
 
 // ServeCtl answers one request.

@@ -1201,3 +1201,42 @@ func TestEventsDeleteThenCreate(t *testing.T) {
 	}
 	expectEvents(t, sub, "change resource name:r0 generation:3")
 }
+
+// Close is bounded by its context: a request stuck in the runtime (one
+// that ignores its context) holds its resource, and Close gives up on
+// that resource when ctx ends instead of waiting for it forever; the
+// other resources are stopped.
+func TestCloseBoundedByContext(t *testing.T) {
+	f := newFakeFactory()
+	e := start(t, Config{NewRuntime: f.New}, nil)
+	c := e.dial(t)
+	for _, name := range []string{"r0", "r1"} {
+		if _, err := c.Call(ctxT(t), ctlproto.MsgUp, ctlproto.EncodeConfig(c.Registry(), minimalConfig(name))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.mu.Lock()
+	f.entered, f.hang = make(chan string, 1), make(chan struct{})
+	f.mu.Unlock()
+	stuck := e.dial(t)
+	// Registered after stuck's and start's cleanups, so it runs first:
+	// the stuck call returns before its client is closed.
+	t.Cleanup(func() { close(f.hang) })
+	go stuck.Command(context.Background(), ctlproto.MsgPrimary, "r0")
+	<-f.entered
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	closed := make(chan error, 1)
+	go func() { closed <- e.d.Close(ctx) }()
+	select {
+	case err := <-closed:
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("Close: %v, want the context's deadline for r0", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close outwaited its context by far: it waits for a stuck request")
+	}
+	if !slices.Contains(f.Calls(), "stop r1") {
+		t.Fatalf("calls %v: r1 was not stopped", f.Calls())
+	}
+}

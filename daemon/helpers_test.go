@@ -146,6 +146,9 @@ type fakeFactory struct {
 	// waits for gate (when not nil) or its context.
 	entered chan string
 	gate    chan struct{}
+	// hang, when not nil, makes Do wait for it, ignoring its context (a
+	// runtime call that is stuck), after telling entered.
+	hang chan struct{}
 }
 
 func newFakeFactory() *fakeFactory { return &fakeFactory{rts: map[string]*fakeRuntime{}} }
@@ -233,6 +236,13 @@ func (r *fakeRuntime) Status() resource.Status {
 
 func (r *fakeRuntime) Do(ctx context.Context, cmd Command, args Args) error {
 	r.f.record(cmd.String() + " " + r.name)
+	r.f.mu.Lock()
+	entered, hang := r.f.entered, r.f.hang
+	r.f.mu.Unlock()
+	if hang != nil {
+		entered <- r.name
+		<-hang
+	}
 	r.mu.Lock()
 	switch cmd {
 	case CmdPrimary:
