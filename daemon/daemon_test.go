@@ -1240,3 +1240,38 @@ func TestCloseBoundedByContext(t *testing.T) {
 		t.Fatalf("calls %v: r1 was not stopped", f.Calls())
 	}
 }
+
+// The same handler given twice in one handlers section is refused with
+// MALFORMED naming handler.name (and the handler) and changes nothing;
+// the last one used to win silently.
+func TestDuplicateHandlerRefused(t *testing.T) {
+	e := start(t, Config{}, nil)
+	c := e.dial(t)
+	ctx := ctxT(t)
+	if _, err := c.Create(ctx, minimalConfig("r0")); err != nil {
+		t.Fatal(err)
+	}
+	h := func(argv string) ctlproto.Entry {
+		return ctlproto.HandlerEntry("split-brain", []string{argv}).AsMandatory()
+	}
+	twice := ctlproto.List{ctlproto.Nested(ctlproto.TagHandlers, h("/bin/true"), h("/bin/false")).AsMandatory()}
+	c.Registry().MarkMandatory(twice)
+	_, err := c.Change(ctx, "r0", ctlproto.ChangeOptions{}, twice)
+	pe := wantCode(t, err, ctlproto.CodeMalformed)
+	if pe.Path != "handler.name" || pe.Value != "split-brain" {
+		t.Fatalf("duplicate handler: path %q value %q, want handler.name, split-brain", pe.Path, pe.Value)
+	}
+	if cfg, gen, _ := c.Show(ctx, "r0"); len(cfg.Handlers.Commands) != 0 || gen != 1 {
+		t.Fatalf("after the refused change: handlers %q, generation %d", cfg.Handlers.Commands, gen)
+	}
+	create := ctlproto.EncodeConfig(c.Registry(), minimalConfig("r1"))
+	for i := range create {
+		if create[i].Tag == ctlproto.TagHandlers {
+			create[i] = twice[0]
+		}
+	}
+	_, err = c.Call(ctx, ctlproto.MsgCreate, create)
+	wantCode(t, err, ctlproto.CodeMalformed)
+	_, _, err = c.Show(ctx, "r1")
+	wantCode(t, err, ctlproto.CodeUnknownResource)
+}
