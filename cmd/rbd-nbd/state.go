@@ -318,6 +318,14 @@ func (s *stateStore) restoreOne(ctx context.Context, socket, name string, in int
 			return ctx.Err()
 		}
 	}
+	// in was read before the up; since then the administrator may have
+	// run secondary (or down), which the state file follows. Promote
+	// only if it still asks for Primary: the stale intent would undo
+	// the administrator's role change.
+	if now, ok := s.load(name); !ok || !now.Primary {
+		s.log.Info("not restoring Primary: the administrator changed the role meanwhile", zap.String("resource", name))
+		return nil
+	}
 	if _, err := c.Command(ctx, ctlproto.MsgPrimary, name); err != nil {
 		return fmt.Errorf("primary: %w", err)
 	}
