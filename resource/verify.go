@@ -63,7 +63,7 @@ func (r *Resource) Verify(ctx context.Context, start, stop int64) error {
 		bs := r.bmap().BlockSize()
 		start -= start % bs
 		if start < 0 || start >= stop {
-			return fmt.Errorf("verify: empty range %d..%d (size %d)", start, stop, size)
+			return &AttrError{Path: "verify-start", Value: fmt.Sprint(start), Err: fmt.Errorf("verify: empty range %d..%d (size %d)", start, stop, size)}
 		}
 		if r.m.Conn() != ConnConnected || r.link == nil {
 			return &StateError{Err: fmt.Errorf("verify needs a Connected peer"), State: r.m.stateString()}

@@ -2,6 +2,7 @@ package resource
 
 import (
 	"context"
+	"errors"
 	"testing"
 	"time"
 )
@@ -42,5 +43,19 @@ func TestVerifyAfterProtocolAWrites(t *testing.T) {
 	}
 	for i := range writes {
 		c.compareBlocks(int64(i) * stride)
+	}
+}
+
+// A verify range outside the disk is refused as the fault of verify-start
+// (an AttrError), so that the daemon's error names the argument.
+func TestVerifyRangeOutsideDiskNamesTheArgument(t *testing.T) {
+	c := newPair(t, "  protocol: C\n"+fastTimeout, "")
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	start := int64(c.a.Size()) + 1<<20
+	err := c.a.Verify(ctx, start, 0)
+	var ae *AttrError
+	if !errors.As(err, &ae) || ae.Path != "verify-start" || ae.Value == "" {
+		t.Fatalf("verify from %d, past the disk's end: %#v, want an AttrError at verify-start", start, err)
 	}
 }
