@@ -448,3 +448,28 @@ func TestAdjustDryRun(t *testing.T) {
 		t.Fatalf("the dry run changed the resource:\n%s", show)
 	}
 }
+
+// ctl decode reads a captured reply as the client does: a status of many
+// resources, beyond the limits of a request, decodes.
+func TestCtlDecodeLargeReply(t *testing.T) {
+	var body ctlproto.List
+	for i := range 1000 {
+		body = append(body, ctlproto.EncodeStatusStatistics(resource.Status{Name: fmt.Sprintf("r%d", i)}, ctlproto.AllFields))
+	}
+	frame := ctlproto.AppendFrame(nil, ctlproto.Header{Major: 1, Type: ctlproto.MsgStatus, Flags: ctlproto.FlagReply}, body)
+	if _, err := ctlproto.DecodeList(frame[ctlproto.HeaderLen:], ctlproto.DefaultLimits()); err == nil {
+		t.Fatal("the reply fits the request limits: the test proves nothing")
+	}
+	root := newRootCmd()
+	var out bytes.Buffer
+	root.SetOut(&out)
+	root.SetErr(&bytes.Buffer{})
+	root.SetIn(bytes.NewReader(frame))
+	root.SetArgs([]string{"ctl", "decode", "-"})
+	if err := root.Execute(); err != nil {
+		t.Fatalf("decode of a status reply of 1000 resources: %v", err)
+	}
+	if !strings.Contains(out.String(), `"r999"`) {
+		t.Fatal("decode output lacks the last resource")
+	}
+}
