@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rbd-nbd/rbd-nbd/config"
 	"github.com/rbd-nbd/rbd-nbd/ctlproto"
 	"github.com/rbd-nbd/rbd-nbd/daemon"
 	"github.com/rbd-nbd/rbd-nbd/resource"
@@ -471,5 +472,24 @@ func TestCtlDecodeLargeReply(t *testing.T) {
 	}
 	if !strings.Contains(out.String(), `"r999"`) {
 		t.Fatal("decode output lacks the last resource")
+	}
+}
+
+// adjust --dry-run says that net.shared-secret changes, never the secret.
+func TestConfigDiffHidesSecret(t *testing.T) {
+	a, b := config.Resource{Name: "r0"}, config.Resource{Name: "r0"}
+	for _, tc := range []struct{ from, to, want string }{
+		{"", "s3cret-new", "net.shared-secret: (none) -> (set)"},
+		{"s3cret-old", "s3cret-new", "net.shared-secret: (set) -> (another secret)"},
+		{"s3cret-old", "", "net.shared-secret: (set) -> (none)"},
+	} {
+		a.Net.SharedSecret, b.Net.SharedSecret = tc.from, tc.to
+		diffs, err := configDiff(a, b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := strings.Join(diffs, "\n"); got != tc.want || strings.Contains(got, "s3cret") {
+			t.Fatalf("%q -> %q: %q, want %q", tc.from, tc.to, got, tc.want)
+		}
 	}
 }
