@@ -705,3 +705,31 @@ func TestServerShutdownBoundedByContext(t *testing.T) {
 		t.Fatal("Shutdown outwaited its context by far: it waits for a hung handler")
 	}
 }
+
+// Close interrupts a call in progress (which holds the client's lock for
+// its whole round trip) instead of waiting for the reply: a caller that
+// gives up on a hung daemon can close its client.
+func TestClientCloseInterruptsCall(t *testing.T) {
+	h := newTestHandler()
+	path, _ := startServer(t, Config{Handler: h})
+	t.Cleanup(func() { close(h.release) })
+	c := dialT(t, path)
+	called := make(chan error, 1)
+	go func() { called <- c.Delete(context.Background(), "r0", 0) }()
+	<-h.started
+	closed := make(chan error, 1)
+	go func() { closed <- c.Close() }()
+	select {
+	case <-closed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close waited for the call in progress")
+	}
+	select {
+	case err := <-called:
+		if err == nil {
+			t.Fatal("the interrupted call succeeded")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the call in progress did not end on Close")
+	}
+}
