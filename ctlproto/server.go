@@ -339,6 +339,8 @@ type conn struct {
 	// answered: an error reply went out in the current request's turn;
 	// if the connection ends now, close lingers for the client to read it.
 	answered bool
+	// overLimit: the connection is refused for MaxConnsPerUser.
+	overLimit bool
 }
 
 func (s *Server) serveConn(c net.Conn) {
@@ -361,6 +363,7 @@ func (s *Server) serveConn(c net.Conn) {
 	}
 	if cn.access < AccessAdmin && s.cfg.MaxConnsPerUser > 0 {
 		if !s.countUser(cred.UID) {
+			cn.overLimit = true
 			cn.refuseOverLimit()
 			return
 		}
@@ -598,8 +601,9 @@ func (cn *conn) writeError(t MsgType, seq uint32, e *Error) bool {
 // client's write then fails with a broken pipe or a reset before it reads
 // the reply that says why. So the sending side is closed first (the
 // client reads the reply, then EOF) and what the client still sends is
-// read and dropped, for at most Config.WriteTimeout and never beyond a
-// shutdown's or Close's end of the connection.
+// read and dropped, for at most Config.WriteTimeout (a second for a
+// connection over MaxConnsPerUser) and never beyond a shutdown's or
+// Close's end of the connection.
 func (cn *conn) close() {
 	defer cn.c.Close()
 	if !cn.answered {
@@ -609,7 +613,14 @@ func (cn *conn) close() {
 	if !ok || cw.CloseWrite() != nil {
 		return
 	}
-	_ = cn.c.SetReadDeadline(time.Now().Add(cn.s.cfg.WriteTimeout))
+	linger := cn.s.cfg.WriteTimeout
+	if cn.overLimit {
+		// A connection refused for MaxConnsPerUser is not counted:
+		// it must not be held as long, or the refused connections of
+		// a user would be the unbounded number the limit prevents.
+		linger = min(linger, time.Second)
+	}
+	_ = cn.c.SetReadDeadline(time.Now().Add(linger))
 	// As in idleDeadline: beginShutdown sets a past deadline after it
 	// closes s.closing, so either this sees the shutdown or the drain
 	// sees that deadline.

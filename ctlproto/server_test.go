@@ -733,3 +733,34 @@ func TestClientCloseInterruptsCall(t *testing.T) {
 		t.Fatal("the call in progress did not end on Close")
 	}
 }
+
+// A connection refused for MaxConnsPerUser lingers after its answer for
+// at most a second, however long WriteTimeout is, even if its client
+// keeps sending: refused connections are not counted, so holding them
+// as long as others would let a user hold unboundedly many.
+func TestServerOverLimitLingersBriefly(t *testing.T) {
+	path, _ := startServer(t, Config{Handler: newTestHandler(), MaxConnsPerUser: 1, WriteTimeout: time.Minute,
+		Access: func(Cred) Access { return AccessRead }})
+	dialT(t, path)
+	c := rawConn(t, path)
+	if _, err := c.Write(AppendFrame(nil, Header{Major: ProtoMajor, Type: MsgHello, Seq: 1}, nil)); err != nil {
+		t.Fatal(err)
+	}
+	if h, _ := readReply(t, c); h.Flags&FlagError == 0 {
+		t.Fatalf("over the limit: reply %+v, want an error", h)
+	}
+	start := time.Now()
+	junk := make([]byte, 4096)
+	for {
+		_, err := c.Write(junk)
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("a refused connection still took data after %v", time.Since(start))
+		}
+		if err != nil {
+			break // the server closed the connection
+		}
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("a refused connection was closed after %v, want about a second", d)
+	}
+}
