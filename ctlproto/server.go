@@ -346,8 +346,14 @@ type conn struct {
 func (s *Server) serveConn(c net.Conn) {
 	defer s.wg.Done()
 	cn := &conn{s: s, c: c}
+	counted := false
 	defer func() {
 		cn.close()
+		// Uncounted only once closed: a connection that lingers
+		// still counts against MaxConnsPerUser.
+		if counted {
+			s.uncountUser(cn.cred.UID)
+		}
 		s.mu.Lock()
 		delete(s.conns, c)
 		s.mu.Unlock()
@@ -367,7 +373,7 @@ func (s *Server) serveConn(c net.Conn) {
 			cn.refuseOverLimit()
 			return
 		}
-		defer s.uncountUser(cred.UID)
+		counted = true
 	}
 	var buf []byte
 	var hb [HeaderLen]byte

@@ -764,3 +764,26 @@ func TestServerOverLimitLingersBriefly(t *testing.T) {
 		t.Fatalf("a refused connection was closed after %v, want about a second", d)
 	}
 }
+
+// A connection that lingers after the error reply it is closed after
+// still counts against MaxConnsPerUser until it is closed: else a user
+// could hold any number of lingering connections.
+func TestServerLingeringConnCounts(t *testing.T) {
+	path, _ := startServer(t, Config{Handler: newTestHandler(), MaxConnsPerUser: 1, WriteTimeout: time.Minute,
+		Access: func(Cred) Access { return AccessRead }})
+	c := rawConn(t, path)
+	b := AppendHeader(nil, Header{Major: ProtoMajor, Type: MsgStatus, Seq: 1})
+	copy(b, "XXXX") // bad magic: answered, then closed
+	if _, err := c.Write(b); err != nil {
+		t.Fatal(err)
+	}
+	if h, _ := readReply(t, c); h.Flags&FlagError == 0 {
+		t.Fatalf("bad magic: reply %+v, want an error", h)
+	}
+	// c lingers (it has not closed its side): another connection of the
+	// user is over the limit.
+	_, err := Dial(ctxT(t), path, DefaultRegistry(), "test-client")
+	if !IsCode(err, CodeLimitExceeded) {
+		t.Fatalf("second connection while the first lingers: %v, want LIMIT_EXCEEDED", err)
+	}
+}
