@@ -482,6 +482,7 @@ func TestConfigDiffHidesSecret(t *testing.T) {
 		{"", "s3cret-new", "net.shared-secret: (none) -> (set)"},
 		{"s3cret-old", "s3cret-new", "net.shared-secret: (set) -> (another secret)"},
 		{"s3cret-old", "", "net.shared-secret: (set) -> (none)"},
+		{ctlproto.RedactedSecret, "s3cret-new", "net.shared-secret: (set, not shown to this user: it may be the same) -> (set)"},
 	} {
 		a.Net.SharedSecret, b.Net.SharedSecret = tc.from, tc.to
 		diffs, err := configDiff(a, b)

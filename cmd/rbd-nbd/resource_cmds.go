@@ -186,8 +186,12 @@ func configDiff(a, b config.Resource) ([]string, error) {
 			// The dry run's output goes to terminals and logs: it
 			// says that the peer link's secret changes, never what it
 			// is or was.
+			hidden := a.Net.SharedSecret == ctlproto.RedactedSecret // show to a user without admin access
 			va, vb = secretState(va), secretState(vb)
-			if va == vb {
+			switch {
+			case hidden:
+				va = "(set, not shown to this user: it may be the same)"
+			case va == vb:
 				vb = "(another secret)"
 			}
 		}
