@@ -61,12 +61,15 @@ func (c *Client) Daemon() HelloInfo {
 // Registry returns the client's registry.
 func (c *Client) Registry() *Registry { return c.reg }
 
-// Close closes the connection.
+// Close closes the connection. A call in progress is interrupted and
+// fails: the connection is closed before the client's lock is taken,
+// since a call holds that lock until its reply comes.
 func (c *Client) Close() error {
+	err := c.c.Close()
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.closed = true
-	return c.c.Close()
+	return err
 }
 
 // Result is a successful reply.

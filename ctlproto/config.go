@@ -201,6 +201,21 @@ func EncodeConfig(reg *Registry, cfg config.Resource) List {
 	return out
 }
 
+// RedactedSecret stands in for net.shared-secret in what show tells a
+// client without admin access: that a secret is set, not the secret. An
+// unset secret stays empty.
+const RedactedSecret = "<redacted>"
+
+// Redact returns cfg with its secrets (net.shared-secret) replaced by
+// RedactedSecret, for readers that may see the configuration but not the
+// secrets.
+func Redact(cfg config.Resource) config.Resource {
+	if cfg.Net.SharedSecret != "" {
+		cfg.Net.SharedSecret = RedactedSecret
+	}
+	return cfg
+}
+
 // HandlerEntry returns a handlers.handler list for one handler's command
 // line; an empty argv removes the handler in an overlay change.
 func HandlerEntry(name string, argv []string) Entry {
@@ -239,8 +254,9 @@ type ConfigPatch struct {
 
 // Err returns the first problem DecodeConfig found that the registry's
 // check cannot: a handlers.handler list without handler.name
-// (MISSING_VALUE at handler.name). Such an entry is left out of Values;
-// a request with it must be refused.
+// (MISSING_VALUE at handler.name), or two handlers.handler lists with the
+// same handler.name (MALFORMED at handler.name, wrapping ErrDuplicateTag).
+// Such an entry is left out of Values; a request with it must be refused.
 func (p ConfigPatch) Err() error {
 	if p.err == nil {
 		return nil
@@ -272,6 +288,16 @@ func DecodeConfig(body List) ConfigPatch {
 					if p.err == nil {
 						p.err = &Error{Code: CodeMissingValue, Path: "handler.name",
 							Message: "a handlers.handler entry has no handler.name: which handler is meant?"}
+					}
+					continue
+				}
+				if _, dup := p.Values.Handlers.Commands[name]; dup {
+					// Which of the two was meant cannot be told; taking
+					// the last would run a command the sender may not
+					// have meant, and say nothing.
+					if p.err == nil {
+						p.err = &Error{Code: CodeMalformed, Path: "handler.name", Value: name, err: ErrDuplicateTag,
+							Message: fmt.Sprintf("handler %q is given twice in the handlers section: give each handler once", name)}
 					}
 					continue
 				}

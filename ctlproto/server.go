@@ -260,8 +260,11 @@ func isTemporary(err error) bool {
 
 // Shutdown stops accepting connections, ends event streams (with an
 // INTERRUPTED error event), lets requests in progress finish and closes
-// idle connections. If ctx ends first, it closes everything as Close does
-// and returns ctx's error.
+// idle connections. If ctx ends first, it closes every connection and
+// cancels the handlers' context as Close does, and returns ctx's error
+// without waiting for the handlers: one that ignores its context (blocked
+// in a runtime call) would otherwise hold the daemon's exit forever. Such
+// a handler's connection goroutine ends when the handler returns.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.beginShutdown()
 	done := make(chan struct{})
@@ -274,8 +277,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.cancel()
 		return nil
 	case <-ctx.Done():
-		s.Close()
-		<-done
+		s.closeAll()
 		return ctx.Err()
 	}
 }
@@ -283,6 +285,14 @@ func (s *Server) Shutdown(ctx context.Context) error {
 // Close closes the listeners and every connection at once and cancels the
 // handlers' context; it waits for the connection goroutines to end.
 func (s *Server) Close() error {
+	s.closeAll()
+	s.wg.Wait()
+	return nil
+}
+
+// closeAll stops accepting, cancels the handlers' context and closes
+// every connection, without waiting for their goroutines.
+func (s *Server) closeAll() {
 	s.beginShutdown()
 	s.cancel()
 	s.mu.Lock()
@@ -290,8 +300,6 @@ func (s *Server) Close() error {
 		c.Close()
 	}
 	s.mu.Unlock()
-	s.wg.Wait()
-	return nil
 }
 
 func (s *Server) beginShutdown() {
@@ -328,17 +336,28 @@ type conn struct {
 	cred   Cred
 	access Access
 	wbuf   []byte
+	// answered: an error reply went out in the current request's turn;
+	// if the connection ends now, close lingers for the client to read it.
+	answered bool
+	// overLimit: the connection is refused for MaxConnsPerUser.
+	overLimit bool
 }
 
 func (s *Server) serveConn(c net.Conn) {
 	defer s.wg.Done()
+	cn := &conn{s: s, c: c}
+	counted := false
 	defer func() {
-		c.Close()
+		cn.close()
+		// Uncounted only once closed: a connection that lingers
+		// still counts against MaxConnsPerUser.
+		if counted {
+			s.uncountUser(cn.cred.UID)
+		}
 		s.mu.Lock()
 		delete(s.conns, c)
 		s.mu.Unlock()
 	}()
-	cn := &conn{s: s, c: c}
 	cred, err := peerCred(c, len(s.cfg.ReadGIDs) > 0)
 	if err != nil {
 		s.log.Debug("no peer credentials", zap.Error(err))
@@ -350,15 +369,20 @@ func (s *Server) serveConn(c net.Conn) {
 	}
 	if cn.access < AccessAdmin && s.cfg.MaxConnsPerUser > 0 {
 		if !s.countUser(cred.UID) {
+			cn.overLimit = true
 			cn.refuseOverLimit()
 			return
 		}
-		defer s.uncountUser(cred.UID)
+		counted = true
 	}
 	var buf []byte
 	var hb [HeaderLen]byte
 	lim := s.cfg.Limits
 	for {
+		// An error reply of an earlier request was read by now (the
+		// client sent another); only one the connection ends with needs
+		// the lingering close.
+		cn.answered = false
 		if !cn.idleDeadline() {
 			return
 		}
@@ -570,7 +594,46 @@ func (cn *conn) flush() error {
 
 // writeError sends an error reply and reports whether it went out.
 func (cn *conn) writeError(t MsgType, seq uint32, e *Error) bool {
-	return cn.write(Header{Type: t, Flags: FlagReply | FlagError, Seq: seq}, List{EncodeError(e)}) == nil
+	if cn.write(Header{Type: t, Flags: FlagReply | FlagError, Seq: seq}, List{EncodeError(e)}) != nil {
+		return false
+	}
+	cn.answered = true
+	return true
+}
+
+// close closes the connection. After an error reply that the connection
+// ends with (a frame that cannot be read or framed) the client may still
+// be sending: closing a socket with unread data resets it, and the
+// client's write then fails with a broken pipe or a reset before it reads
+// the reply that says why. So the sending side is closed first (the
+// client reads the reply, then EOF) and what the client still sends is
+// read and dropped, for at most Config.WriteTimeout (a second for a
+// connection over MaxConnsPerUser) and never beyond a shutdown's or
+// Close's end of the connection.
+func (cn *conn) close() {
+	defer cn.c.Close()
+	if !cn.answered {
+		return
+	}
+	cw, ok := cn.c.(interface{ CloseWrite() error })
+	if !ok || cw.CloseWrite() != nil {
+		return
+	}
+	linger := cn.s.cfg.WriteTimeout
+	if cn.overLimit {
+		// A connection refused for MaxConnsPerUser is not counted:
+		// it must not be held as long, or the refused connections of
+		// a user would be the unbounded number the limit prevents.
+		linger = min(linger, time.Second)
+	}
+	_ = cn.c.SetReadDeadline(time.Now().Add(linger))
+	// As in idleDeadline: beginShutdown sets a past deadline after it
+	// closes s.closing, so either this sees the shutdown or the drain
+	// sees that deadline.
+	if cn.s.shuttingDown() {
+		return
+	}
+	_, _ = io.Copy(io.Discard, cn.c)
 }
 
 // stream writes a stream's events until it ends, the client leaves or the

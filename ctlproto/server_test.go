@@ -654,3 +654,136 @@ func TestServerIdleTimeout(t *testing.T) {
 		t.Fatalf("subscriber after %v: %+v %v", time.Since(start), got, err)
 	}
 }
+
+// A request the server cannot frame (here: a body over Limits.MaxFrame) is
+// answered and the connection closed; the client, still writing that
+// body, must get the answer and not a broken pipe: the server closes its
+// sending side and reads what the client still sends before it closes.
+func TestServerErrorReplySurvivesClose(t *testing.T) {
+	path, _ := startServer(t, Config{Handler: newTestHandler()})
+	c := dialT(t, path)
+	// 4 MiB: far more than the socket buffers hold, so that the client
+	// is still writing when the server answers.
+	_, err := c.Call(ctxT(t), MsgChange, List{String(TagResName, strings.Repeat("x", 4<<20))})
+	if !IsCode(err, CodeLimitExceeded) {
+		t.Fatalf("oversized request: %v, want LIMIT_EXCEEDED", err)
+	}
+}
+
+// Shutdown is bounded by its context even when a handler ignores the
+// handlers' context and never returns, and when a client sent half a
+// frame: it closes everything and returns the context's error instead of
+// waiting for the handler.
+func TestServerShutdownBoundedByContext(t *testing.T) {
+	hung, release := make(chan struct{}), make(chan struct{})
+	h := HandlerFunc(func(ctx context.Context, req *Request) Reply {
+		if req.Header.Type == MsgDelete {
+			close(hung)
+			<-release // ignores ctx on purpose
+		}
+		return Reply{}
+	})
+	path, srv := startServer(t, Config{Handler: h})
+	t.Cleanup(func() { close(release) }) // runs before startServer's Close
+	c := dialT(t, path)
+	go c.Delete(context.Background(), "r0", 0)
+	<-hung
+	half := rawConn(t, path)
+	if _, err := half.Write(AppendHeader(nil, Header{Major: ProtoMajor, Type: MsgStatus, Seq: 1, Length: 100})[:10]); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	shut := make(chan error, 1)
+	go func() { shut <- srv.Shutdown(ctx) }()
+	select {
+	case err := <-shut:
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("Shutdown: %v, want the context's deadline", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Shutdown outwaited its context by far: it waits for a hung handler")
+	}
+}
+
+// Close interrupts a call in progress (which holds the client's lock for
+// its whole round trip) instead of waiting for the reply: a caller that
+// gives up on a hung daemon can close its client.
+func TestClientCloseInterruptsCall(t *testing.T) {
+	h := newTestHandler()
+	path, _ := startServer(t, Config{Handler: h})
+	t.Cleanup(func() { close(h.release) })
+	c := dialT(t, path)
+	called := make(chan error, 1)
+	go func() { called <- c.Delete(context.Background(), "r0", 0) }()
+	<-h.started
+	closed := make(chan error, 1)
+	go func() { closed <- c.Close() }()
+	select {
+	case <-closed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close waited for the call in progress")
+	}
+	select {
+	case err := <-called:
+		if err == nil {
+			t.Fatal("the interrupted call succeeded")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the call in progress did not end on Close")
+	}
+}
+
+// A connection refused for MaxConnsPerUser lingers after its answer for
+// at most a second, however long WriteTimeout is, even if its client
+// keeps sending: refused connections are not counted, so holding them
+// as long as others would let a user hold unboundedly many.
+func TestServerOverLimitLingersBriefly(t *testing.T) {
+	path, _ := startServer(t, Config{Handler: newTestHandler(), MaxConnsPerUser: 1, WriteTimeout: time.Minute,
+		Access: func(Cred) Access { return AccessRead }})
+	dialT(t, path)
+	c := rawConn(t, path)
+	if _, err := c.Write(AppendFrame(nil, Header{Major: ProtoMajor, Type: MsgHello, Seq: 1}, nil)); err != nil {
+		t.Fatal(err)
+	}
+	if h, _ := readReply(t, c); h.Flags&FlagError == 0 {
+		t.Fatalf("over the limit: reply %+v, want an error", h)
+	}
+	start := time.Now()
+	junk := make([]byte, 4096)
+	for {
+		_, err := c.Write(junk)
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("a refused connection still took data after %v", time.Since(start))
+		}
+		if err != nil {
+			break // the server closed the connection
+		}
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("a refused connection was closed after %v, want about a second", d)
+	}
+}
+
+// A connection that lingers after the error reply it is closed after
+// still counts against MaxConnsPerUser until it is closed: else a user
+// could hold any number of lingering connections.
+func TestServerLingeringConnCounts(t *testing.T) {
+	path, _ := startServer(t, Config{Handler: newTestHandler(), MaxConnsPerUser: 1, WriteTimeout: time.Minute,
+		Access: func(Cred) Access { return AccessRead }})
+	c := rawConn(t, path)
+	b := AppendHeader(nil, Header{Major: ProtoMajor, Type: MsgStatus, Seq: 1})
+	copy(b, "XXXX") // bad magic: answered, then closed
+	if _, err := c.Write(b); err != nil {
+		t.Fatal(err)
+	}
+	if h, _ := readReply(t, c); h.Flags&FlagError == 0 {
+		t.Fatalf("bad magic: reply %+v, want an error", h)
+	}
+	// c lingers (it has not closed its side): another connection of the
+	// user is over the limit.
+	_, err := Dial(ctxT(t), path, DefaultRegistry(), "test-client")
+	if !IsCode(err, CodeLimitExceeded) {
+		t.Fatalf("second connection while the first lingers: %v, want LIMIT_EXCEEDED", err)
+	}
+}

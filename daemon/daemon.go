@@ -143,7 +143,10 @@ func (d *Daemon) maxResources() int {
 func (d *Daemon) Registry() *ctlproto.Registry { return d.reg }
 
 // Close stops every running resource and ends the event streams. Requests
-// after Close fail with INTERRUPTED.
+// after Close fail with INTERRUPTED. It is bounded by ctx: a resource whose
+// request in progress does not return (a runtime call that ignores its
+// context) is left running once ctx ends, with ctx's error, rather than
+// holding the daemon's exit forever.
 func (d *Daemon) Close(ctx context.Context) error {
 	d.mu.Lock()
 	d.closed = true
@@ -151,7 +154,10 @@ func (d *Daemon) Close(ctx context.Context) error {
 	d.mu.Unlock()
 	var errs []error
 	for _, r := range all {
-		r.mu.Lock()
+		if !lockCtx(ctx, &r.mu) {
+			errs = append(errs, fmt.Errorf("daemon: stop %s: a request in progress holds it: %w", r.name, ctx.Err()))
+			continue
+		}
 		if s := r.snap.Load(); s != nil && s.rt != nil {
 			if err := d.stop(ctx, r, s); err != nil {
 				errs = append(errs, fmt.Errorf("daemon: stop %s: %w", r.name, err))
@@ -161,6 +167,30 @@ func (d *Daemon) Close(ctx context.Context) error {
 	}
 	d.bus.close()
 	return errors.Join(errs...)
+}
+
+// lockCtx locks mu and reports true, or reports false once ctx ends
+// first; the lock is then taken and released later, when its holder lets
+// go, so that nothing is left locked.
+func lockCtx(ctx context.Context, mu *sync.Mutex) bool {
+	if mu.TryLock() {
+		return true
+	}
+	locked := make(chan struct{})
+	go func() {
+		mu.Lock()
+		close(locked)
+	}()
+	select {
+	case <-locked:
+		return true
+	case <-ctx.Done():
+		go func() {
+			<-locked
+			mu.Unlock()
+		}()
+		return false
+	}
 }
 
 // ServeCtl answers one request.
@@ -189,7 +219,7 @@ func (d *Daemon) serve(ctx context.Context, req *ctlproto.Request) ctlproto.Repl
 	case ctlproto.MsgStatus:
 		return d.status(req.Header.Minor, body)
 	case ctlproto.MsgShow:
-		return d.show(body)
+		return d.show(req.Access, body)
 	case ctlproto.MsgSubscribe:
 		return d.subscribe(req.Header.Minor, body)
 	case ctlproto.MsgCreate:
@@ -324,8 +354,11 @@ func (r *res) current() func() resource.Status {
 func (d *Daemon) status(minor uint8, body ctlproto.List) ctlproto.Reply {
 	var rs []*res
 	if name := optName(body); name != "" {
+		// A resource that create registered but has not set up yet (no
+		// snapshot: its up is still starting it, and may fail) does not
+		// exist yet, as for show; a status of all leaves it out below.
 		r := d.lookup(name)
-		if r == nil {
+		if r == nil || r.snap.Load() == nil {
 			return ctlproto.Reply{Err: unknownResource(name)}
 		}
 		rs = append(rs, r)
@@ -384,7 +417,14 @@ func (d *Daemon) Monitor() []Monitored {
 	return out
 }
 
-func (d *Daemon) show(body ctlproto.List) ctlproto.Reply {
+// show answers a show request. show needs only read access, and a member
+// of a read group must not learn net.shared-secret: with it a local user
+// could pass the peer link's HMAC challenge and pose as a peer. So a
+// client without admin access gets ctlproto.RedactedSecret in its place
+// (which still tells a secret is set); admins, who could set it anyway,
+// get the configuration as it is, which adjust --dry-run compares with a
+// resource file.
+func (d *Daemon) show(access ctlproto.Access, body ctlproto.List) ctlproto.Reply {
 	name, perr := targetName(body)
 	if perr != nil {
 		return ctlproto.Reply{Err: perr}
@@ -397,7 +437,11 @@ func (d *Daemon) show(body ctlproto.List) ctlproto.Reply {
 	if s == nil {
 		return ctlproto.Reply{Err: unknownResource(name)}
 	}
-	return ctlproto.Reply{Body: append(ctlproto.List{ctlproto.U64(ctlproto.TagGeneration, s.gen)}, ctlproto.EncodeConfig(d.reg, s.cfg)...)}
+	cfg := s.cfg
+	if access < ctlproto.AccessAdmin {
+		cfg = ctlproto.Redact(cfg)
+	}
+	return ctlproto.Reply{Body: append(ctlproto.List{ctlproto.U64(ctlproto.TagGeneration, s.gen)}, ctlproto.EncodeConfig(d.reg, cfg)...)}
 }
 
 // subscribe answers a subscribe request of a client of protocol minor
@@ -598,12 +642,17 @@ func (d *Daemon) delete(body ctlproto.List) ctlproto.Reply {
 			Message: fmt.Sprintf("resource %q is up; take it down before deleting it", name)}}
 	}
 	r.deleted = true
+	// Tell the bus before the name is free: a create of the same name
+	// can only come after the table lets go of it, and its create
+	// events must follow these destroy events. The other way round the
+	// create's events came first and this destroy then dropped the new
+	// resource from the bus, whose later changes were never sent.
+	d.bus.destroy(name)
 	d.mu.Lock()
 	delete(d.res, name)
 	d.deletedGen[name] = s.gen
 	d.mu.Unlock()
 	d.keepGeneration(name, s.gen)
-	d.bus.destroy(name)
 	return ctlproto.Reply{}
 }
 

@@ -7,7 +7,9 @@ import (
 	"net"
 	"reflect"
 	"slices"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -990,4 +992,286 @@ func TestRecreateContinuesGenerations(t *testing.T) {
 	}
 	_, err = c.Change(ctx, "r0", ctlproto.ChangeOptions{IfGeneration: 1}, sections(t, c, ctlproto.String(ctlproto.TagNetProtocol, "A")))
 	wantCode(t, err, ctlproto.CodeGenerationMismatch)
+}
+
+// show needs only read access, so it must not hand net.shared-secret (the
+// peer link's HMAC secret) to a read-group member: such a client learns
+// only that a secret is set. An admin gets the configuration as it is.
+func TestShowRedactsSecretForReaders(t *testing.T) {
+	var readOnly atomic.Bool
+	e := startServer(t, Config{}, nil, func(c *ctlproto.Config) {
+		c.Access = func(ctlproto.Cred) ctlproto.Access {
+			if readOnly.Load() {
+				return ctlproto.AccessRead
+			}
+			return ctlproto.AccessAdmin
+		}
+	})
+	admin := e.dial(t)
+	cfg := minimalConfig("r0")
+	cfg.Net.SharedSecret = "hunter2"
+	if _, err := admin.Create(ctxT(t), cfg); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.Create(ctxT(t), minimalConfig("r1")); err != nil {
+		t.Fatal(err)
+	}
+	readOnly.Store(true)
+	reader := e.dial(t)
+	got, _, err := reader.Show(ctxT(t), "r0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Net.SharedSecret != ctlproto.RedactedSecret {
+		t.Fatalf("a reader's show: net.shared-secret %q, want %q", got.Net.SharedSecret, ctlproto.RedactedSecret)
+	}
+	if got, _, err := reader.Show(ctxT(t), "r1"); err != nil || got.Net.SharedSecret != "" {
+		t.Fatalf("a reader's show of a resource without a secret: %q, %v; want empty", got.Net.SharedSecret, err)
+	}
+	// Neither status nor the events carry it.
+	sub, err := e.dial(t).Subscribe(ctxT(t), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	for {
+		ev, err := sub.Next(ctxT(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.Contains(fmt.Sprintf("%+v", ev), "hunter2") {
+			t.Fatalf("event carries the secret: %+v", ev)
+		}
+		if ev.Kind == ctlproto.EventExists && ev.Object == ctlproto.ObjectNone {
+			break
+		}
+	}
+	if sts, err := reader.Status(ctxT(t), ""); err != nil || strings.Contains(fmt.Sprintf("%+v", sts), "hunter2") {
+		t.Fatalf("status: %+v, %v", sts, err)
+	}
+	if got, _, err := admin.Show(ctxT(t), "r0"); err != nil || got.Net.SharedSecret != "hunter2" {
+		t.Fatalf("an admin's show: net.shared-secret %q, %v; want the secret", got.Net.SharedSecret, err)
+	}
+}
+
+// A resource whose up is still starting it (registered, not yet set up)
+// does not exist for status yet: a status of it by name answers
+// UNKNOWN_RESOURCE, as show does, rather than an empty list, and a
+// status of all leaves it out; once the start is done it is there.
+func TestStatusOfResourceBeingCreated(t *testing.T) {
+	f := newFakeFactory()
+	f.entered, f.gate = make(chan string, 1), make(chan struct{})
+	e := start(t, Config{NewRuntime: f.New}, nil)
+	c := e.dial(t)
+	up := make(chan error, 1)
+	go func() {
+		_, err := e.dial(t).Call(ctxT(t), ctlproto.MsgUp, ctlproto.EncodeConfig(c.Registry(), minimalConfig("r0")))
+		up <- err
+	}()
+	select {
+	case <-f.entered:
+	case <-ctxT(t).Done():
+		t.Fatal("up never started the runtime")
+	}
+	_, err := c.Status(ctxT(t), "r0")
+	wantCode(t, err, ctlproto.CodeUnknownResource)
+	_, _, err = c.Show(ctxT(t), "r0")
+	wantCode(t, err, ctlproto.CodeUnknownResource)
+	if sts, err := c.Status(ctxT(t), ""); err != nil || len(sts) != 0 {
+		t.Fatalf("status of all while r0 is being created: %+v, %v; want none", sts, err)
+	}
+	close(f.gate)
+	if err := <-up; err != nil {
+		t.Fatal(err)
+	}
+	if sts, err := c.Status(ctxT(t), "r0"); err != nil || len(sts) != 1 || sts[0].Down {
+		t.Fatalf("status once up: %+v, %v", sts, err)
+	}
+}
+
+// Two ups creating the same resource at once with different
+// configurations: one creates and starts it, the other is refused with
+// RESOURCE_EXISTS, and the runtime is started once.
+func TestConcurrentUpCreatesOnce(t *testing.T) {
+	f := newFakeFactory()
+	f.entered, f.gate = make(chan string, 2), make(chan struct{})
+	e := start(t, Config{NewRuntime: f.New}, nil)
+	reg := ctlproto.DefaultRegistry()
+	a, b := minimalConfig("r0"), minimalConfig("r0")
+	b.Net.Protocol = config.ProtocolA
+	errs := make(chan error, 2)
+	for _, cfg := range []config.Resource{a, b} {
+		c := e.dial(t)
+		go func() {
+			_, err := c.Call(ctxT(t), ctlproto.MsgUp, ctlproto.EncodeConfig(reg, cfg))
+			errs <- err
+		}()
+	}
+	select {
+	case <-f.entered:
+	case <-ctxT(t).Done():
+		t.Fatal("no up started the runtime")
+	}
+	close(f.gate)
+	var ok, exists int
+	for range 2 {
+		switch err := <-errs; {
+		case err == nil:
+			ok++
+		case ctlproto.IsCode(err, ctlproto.CodeResourceExists):
+			exists++
+		default:
+			t.Fatalf("up: %v", err)
+		}
+	}
+	if ok != 1 || exists != 1 {
+		t.Fatalf("%d ups succeeded, %d refused with RESOURCE_EXISTS; want 1 and 1", ok, exists)
+	}
+	n := 0
+	for _, call := range f.Calls() {
+		if call == "start r0" {
+			n++
+		}
+	}
+	if n != 1 {
+		t.Fatalf("calls %v: the runtime started %d times, want once", f.Calls(), n)
+	}
+}
+
+// A delete and a create of the same name that overlap: the subscriber
+// must see the old resource destroyed before the new one is created, and
+// then the new one's changes. (The delete took the name out of the table
+// before it told the bus, so a create could slip in between: its create
+// events came first, the delete's destroy events then dropped the new
+// resource from the bus, and its later changes were never sent.)
+func TestEventsDeleteThenCreate(t *testing.T) {
+	inDelete, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	cfg := Config{KeepGeneration: func(name string, gen uint64) {
+		// Called by delete between taking the name out of the table
+		// and reporting it gone (and by nothing else in this test):
+		// hold the first one there while the create runs.
+		once.Do(func() {
+			close(inDelete)
+			<-release
+		})
+	}}
+	e := start(t, cfg, nil)
+	c := e.dial(t)
+	if _, err := c.Create(ctxT(t), minimalConfig("r0")); err != nil {
+		t.Fatal(err)
+	}
+	sub, err := e.dial(t).Subscribe(ctxT(t), "r0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	for nextText(t, sub) != "exists -" {
+	}
+	deleted := make(chan error, 1)
+	go func() { deleted <- e.dial(t).Delete(ctxT(t), "r0", 0) }()
+	select {
+	case <-inDelete:
+	case err := <-deleted:
+		t.Fatalf("delete returned without calling KeepGeneration: %v", err)
+	}
+	// The delete has taken the name: a create of it succeeds now.
+	if _, err := c.Create(ctxT(t), minimalConfig("r0")); err != nil {
+		close(release)
+		t.Fatalf("create while the delete finishes: %v", err)
+	}
+	close(release)
+	if err := <-deleted; err != nil {
+		t.Fatal(err)
+	}
+	var kinds []string
+	for len(kinds) < 8 {
+		ev, err := sub.Next(ctxT(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		kinds = append(kinds, ev.Kind.String())
+	}
+	want := []string{"destroy", "destroy", "destroy", "destroy", "create", "create", "create", "create"}
+	if !slices.Equal(kinds, want) {
+		t.Fatalf("events after delete and create: %v, want %v", kinds, want)
+	}
+	if _, err := c.Change(ctxT(t), "r0", ctlproto.ChangeOptions{}, sections(t, c, ctlproto.String(ctlproto.TagNetProtocol, "A"))); err != nil {
+		t.Fatal(err)
+	}
+	expectEvents(t, sub, "change resource name:r0 generation:3")
+}
+
+// Close is bounded by its context: a request stuck in the runtime (one
+// that ignores its context) holds its resource, and Close gives up on
+// that resource when ctx ends instead of waiting for it forever; the
+// other resources are stopped.
+func TestCloseBoundedByContext(t *testing.T) {
+	f := newFakeFactory()
+	e := start(t, Config{NewRuntime: f.New}, nil)
+	c := e.dial(t)
+	for _, name := range []string{"r0", "r1"} {
+		if _, err := c.Call(ctxT(t), ctlproto.MsgUp, ctlproto.EncodeConfig(c.Registry(), minimalConfig(name))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.mu.Lock()
+	f.entered, f.hang = make(chan string, 1), make(chan struct{})
+	f.mu.Unlock()
+	stuck := e.dial(t)
+	// Registered after stuck's and start's cleanups, so it runs first:
+	// the stuck call returns before its client is closed.
+	t.Cleanup(func() { close(f.hang) })
+	go stuck.Command(context.Background(), ctlproto.MsgPrimary, "r0")
+	<-f.entered
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	closed := make(chan error, 1)
+	go func() { closed <- e.d.Close(ctx) }()
+	select {
+	case err := <-closed:
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("Close: %v, want the context's deadline for r0", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close outwaited its context by far: it waits for a stuck request")
+	}
+	if !slices.Contains(f.Calls(), "stop r1") {
+		t.Fatalf("calls %v: r1 was not stopped", f.Calls())
+	}
+}
+
+// The same handler given twice in one handlers section is refused with
+// MALFORMED naming handler.name (and the handler) and changes nothing;
+// the last one used to win silently.
+func TestDuplicateHandlerRefused(t *testing.T) {
+	e := start(t, Config{}, nil)
+	c := e.dial(t)
+	ctx := ctxT(t)
+	if _, err := c.Create(ctx, minimalConfig("r0")); err != nil {
+		t.Fatal(err)
+	}
+	h := func(argv string) ctlproto.Entry {
+		return ctlproto.HandlerEntry("split-brain", []string{argv}).AsMandatory()
+	}
+	twice := ctlproto.List{ctlproto.Nested(ctlproto.TagHandlers, h("/bin/true"), h("/bin/false")).AsMandatory()}
+	c.Registry().MarkMandatory(twice)
+	_, err := c.Change(ctx, "r0", ctlproto.ChangeOptions{}, twice)
+	pe := wantCode(t, err, ctlproto.CodeMalformed)
+	if pe.Path != "handler.name" || pe.Value != "split-brain" {
+		t.Fatalf("duplicate handler: path %q value %q, want handler.name, split-brain", pe.Path, pe.Value)
+	}
+	if cfg, gen, _ := c.Show(ctx, "r0"); len(cfg.Handlers.Commands) != 0 || gen != 1 {
+		t.Fatalf("after the refused change: handlers %q, generation %d", cfg.Handlers.Commands, gen)
+	}
+	create := ctlproto.EncodeConfig(c.Registry(), minimalConfig("r1"))
+	for i := range create {
+		if create[i].Tag == ctlproto.TagHandlers {
+			create[i] = twice[0]
+		}
+	}
+	_, err = c.Call(ctx, ctlproto.MsgCreate, create)
+	wantCode(t, err, ctlproto.CodeMalformed)
+	_, _, err = c.Show(ctx, "r1")
+	wantCode(t, err, ctlproto.CodeUnknownResource)
 }

@@ -23,6 +23,13 @@ type testEnv struct {
 // registry (an "old daemon").
 func start(t *testing.T, cfg Config, srvReg *ctlproto.Registry) *testEnv {
 	t.Helper()
+	return startServer(t, cfg, srvReg, nil)
+}
+
+// startServer is start with the server's configuration changed by mod
+// (when not nil), e.g. its Access rule.
+func startServer(t *testing.T, cfg Config, srvReg *ctlproto.Registry, mod func(*ctlproto.Config)) *testEnv {
+	t.Helper()
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
@@ -47,6 +54,9 @@ func start(t *testing.T, cfg Config, srvReg *ctlproto.Registry) *testEnv {
 	scfg := ctlproto.DefaultConfig()
 	scfg.Registry = d.Registry()
 	scfg.Handler = d
+	if mod != nil {
+		mod(&scfg)
+	}
 	srv, err := ctlproto.NewServer(scfg)
 	if err != nil {
 		t.Fatal(err)
@@ -132,6 +142,13 @@ type fakeFactory struct {
 	standAlone bool
 	calls      []string
 	rts        map[string]*fakeRuntime
+	// entered, when not nil, hears each Start as it begins; Start then
+	// waits for gate (when not nil) or its context.
+	entered chan string
+	gate    chan struct{}
+	// hang, when not nil, makes Do wait for it, ignoring its context (a
+	// runtime call that is stuck), after telling entered.
+	hang chan struct{}
 }
 
 func newFakeFactory() *fakeFactory { return &fakeFactory{rts: map[string]*fakeRuntime{}} }
@@ -158,6 +175,19 @@ func (f *fakeFactory) New(name string, ev Events) (Runtime, error) {
 
 func (r *fakeRuntime) Start(ctx context.Context, cfg config.Resource, gen uint64) error {
 	r.f.record("start " + r.name)
+	r.f.mu.Lock()
+	entered, gate := r.f.entered, r.f.gate
+	r.f.mu.Unlock()
+	if entered != nil {
+		entered <- r.name
+	}
+	if gate != nil {
+		select {
+		case <-gate:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 	r.f.mu.Lock()
 	err := r.f.failStart
 	r.f.mu.Unlock()
@@ -206,6 +236,13 @@ func (r *fakeRuntime) Status() resource.Status {
 
 func (r *fakeRuntime) Do(ctx context.Context, cmd Command, args Args) error {
 	r.f.record(cmd.String() + " " + r.name)
+	r.f.mu.Lock()
+	entered, hang := r.f.entered, r.f.hang
+	r.f.mu.Unlock()
+	if hang != nil {
+		entered <- r.name
+		<-hang
+	}
 	r.mu.Lock()
 	switch cmd {
 	case CmdPrimary:

@@ -51,13 +51,13 @@ func openStorage(cfg config.Resource, check func(metadata.Superblock) error, wra
 		}
 	}()
 	if st.dev, err = disk.Open(cfg.Local.Disk, disk.Options{Direct: cfg.Disk.DirectIO}); err != nil {
-		return nil, fmt.Errorf("disk %s: %w", cfg.Local.Disk, err)
+		return nil, &AttrError{Path: "resource.disk", Value: cfg.Local.Disk, Err: fmt.Errorf("disk %s: %w", cfg.Local.Disk, err)}
 	}
 	var store metadata.Store = st.dev
 	storeSize, internal := st.dev.Size(), true
 	if cfg.Local.Meta != "" && cfg.Local.Meta != config.MetaInternal {
 		if st.metaFile, err = disk.Open(cfg.Local.Meta, disk.Options{}); err != nil {
-			return nil, fmt.Errorf("meta-data %s: %w", cfg.Local.Meta, err)
+			return nil, &AttrError{Path: "resource.meta-disk", Value: cfg.Local.Meta, Err: fmt.Errorf("meta-data %s: %w", cfg.Local.Meta, err)}
 		}
 		store, storeSize, internal = st.metaFile, st.metaFile.Size(), false
 	}

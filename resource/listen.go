@@ -21,6 +21,27 @@ import (
 // with the daemon's serialization of Start, Apply and Stop, so the
 // listener fields need no lock.
 
+// AttrError is a failure that one attribute is at fault for: a disk or
+// meta-data file that cannot be opened, TLS files that cannot be loaded, a
+// verify range outside the disk. The daemon reports it with the attribute
+// named, as the control protocol's errors name the attribute at fault.
+type AttrError struct {
+	// Path is the attribute's name in the control protocol: a
+	// configuration field (resource.disk, resource.meta-disk,
+	// resource.nbd-tls-cert, resource.link-tls-cert, net.tls-ca) or a
+	// request's argument (verify-start).
+	Path string
+	// Value is the attribute's value, as text.
+	Value string
+	// Err is the failure, whose message says what went wrong.
+	Err error
+}
+
+func (e *AttrError) Error() string { return e.Err.Error() }
+
+// Unwrap returns the failure.
+func (e *AttrError) Unwrap() error { return e.Err }
+
 // ListenError is a failure to listen on an address the configuration
 // names; Start and Apply return it (wrapped or not) when an address is in
 // use or cannot be listened on.

@@ -55,11 +55,12 @@ func (r *Resource) linkConfig() (replicate.Config, error) {
 func linkTLS(cfg config.Resource) (*tls.Config, error) {
 	cert, err := tlsfiles.Pair(cfg.Local.LinkTLS.Cert, cfg.Local.LinkTLS.Key)
 	if err != nil {
-		return nil, err
+		// The message names the file at fault (cert or key).
+		return nil, &AttrError{Path: "resource.link-tls-cert", Value: cfg.Local.LinkTLS.Cert, Err: err}
 	}
 	pool, err := tlsfiles.CAs(cfg.Net.TLSCA)
 	if err != nil {
-		return nil, err
+		return nil, &AttrError{Path: "net.tls-ca", Value: cfg.Net.TLSCA, Err: err}
 	}
 	return replicate.TLSConfig(cert, pool, cfg.Peer.Name), nil
 }

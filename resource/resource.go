@@ -291,7 +291,8 @@ func (r *Resource) newNBDServer(cfg config.Resource) error {
 	if t := cfg.Local.NBDTLS; t.Enabled() {
 		var err error
 		if tlsCfg, err = tlsfiles.NBDServer(t.Cert, t.Key, t.ClientCA); err != nil {
-			return fmt.Errorf("nbd: TLS: %w", err)
+			// The message names the file at fault (cert, key or client CA).
+			return &AttrError{Path: "resource.nbd-tls-cert", Value: t.Cert, Err: fmt.Errorf("nbd: TLS: %w", err)}
 		}
 		if t.Required() {
 			r.log.Info("the NBD export requires TLS: kernel nbd devices, which have none, are not reattached to it")

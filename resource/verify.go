@@ -57,13 +57,21 @@ func (v *verifyState) differs(off, n int64) {
 func (r *Resource) Verify(ctx context.Context, start, stop int64) error {
 	return r.do(ctx, func() error {
 		size := r.size.Load()
+		// The error names the argument at fault: a start outside the
+		// disk, or a stop (out of range, or not after start).
+		if stop < 0 {
+			return &AttrError{Path: "verify-stop", Value: fmt.Sprint(uint64(stop)), Err: fmt.Errorf("verify: stop %d is past any disk (size %d)", uint64(stop), size)}
+		}
 		if stop == 0 || stop > size {
 			stop = size
 		}
 		bs := r.bmap().BlockSize()
+		if start < 0 || start-start%bs >= size {
+			return &AttrError{Path: "verify-start", Value: fmt.Sprint(uint64(start)), Err: fmt.Errorf("verify: start %d is at or past the end of the disk (size %d)", uint64(start), size)}
+		}
 		start -= start % bs
-		if start < 0 || start >= stop {
-			return fmt.Errorf("verify: empty range %d..%d (size %d)", start, stop, size)
+		if start >= stop {
+			return &AttrError{Path: "verify-stop", Value: fmt.Sprint(stop), Err: fmt.Errorf("verify: empty range %d..%d (size %d): stop must be after start", start, stop, size)}
 		}
 		if r.m.Conn() != ConnConnected || r.link == nil {
 			return &StateError{Err: fmt.Errorf("verify needs a Connected peer"), State: r.m.stateString()}

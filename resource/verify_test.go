@@ -2,6 +2,9 @@ package resource
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"math"
 	"testing"
 	"time"
 )
@@ -42,5 +45,29 @@ func TestVerifyAfterProtocolAWrites(t *testing.T) {
 	}
 	for i := range writes {
 		c.compareBlocks(int64(i) * stride)
+	}
+}
+
+// A verify range outside the disk is refused as the fault of verify-start
+// (an AttrError), so that the daemon's error names the argument.
+func TestVerifyRangeOutsideDiskNamesTheArgument(t *testing.T) {
+	c := newPair(t, "  protocol: C\n"+fastTimeout, "")
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	size := int64(c.a.Size())
+	for _, tc := range []struct {
+		start, stop int64
+		path, value string
+	}{
+		{size + 1<<20, 0, "verify-start", fmt.Sprint(size + 1<<20)},
+		{-1, 0, "verify-start", fmt.Sprint(uint64(math.MaxUint64))}, // 2^64-1 on the wire
+		{1 << 20, 4096, "verify-stop", "4096"},
+		{0, -1, "verify-stop", fmt.Sprint(uint64(math.MaxUint64))},
+	} {
+		err := c.a.Verify(ctx, tc.start, tc.stop)
+		var ae *AttrError
+		if !errors.As(err, &ae) || ae.Path != tc.path || ae.Value != tc.value {
+			t.Fatalf("verify %d..%d (size %d): %#v, want an AttrError at %s %s", tc.start, tc.stop, size, err, tc.path, tc.value)
+		}
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rbd-nbd/rbd-nbd/config"
 	"github.com/rbd-nbd/rbd-nbd/ctlproto"
 	"github.com/rbd-nbd/rbd-nbd/daemon"
 	"github.com/rbd-nbd/rbd-nbd/resource"
@@ -446,5 +447,50 @@ func TestAdjustDryRun(t *testing.T) {
 	}
 	if show := mustRun(t, sock, "ctl", "show", "r0"); !strings.Contains(show, "# generation 1") || !strings.Contains(show, "protocol: C") {
 		t.Fatalf("the dry run changed the resource:\n%s", show)
+	}
+}
+
+// ctl decode reads a captured reply as the client does: a status of many
+// resources, beyond the limits of a request, decodes.
+func TestCtlDecodeLargeReply(t *testing.T) {
+	var body ctlproto.List
+	for i := range 1000 {
+		body = append(body, ctlproto.EncodeStatusStatistics(resource.Status{Name: fmt.Sprintf("r%d", i)}, ctlproto.AllFields))
+	}
+	frame := ctlproto.AppendFrame(nil, ctlproto.Header{Major: 1, Type: ctlproto.MsgStatus, Flags: ctlproto.FlagReply}, body)
+	if _, err := ctlproto.DecodeList(frame[ctlproto.HeaderLen:], ctlproto.DefaultLimits()); err == nil {
+		t.Fatal("the reply fits the request limits: the test proves nothing")
+	}
+	root := newRootCmd()
+	var out bytes.Buffer
+	root.SetOut(&out)
+	root.SetErr(&bytes.Buffer{})
+	root.SetIn(bytes.NewReader(frame))
+	root.SetArgs([]string{"ctl", "decode", "-"})
+	if err := root.Execute(); err != nil {
+		t.Fatalf("decode of a status reply of 1000 resources: %v", err)
+	}
+	if !strings.Contains(out.String(), `"r999"`) {
+		t.Fatal("decode output lacks the last resource")
+	}
+}
+
+// adjust --dry-run says that net.shared-secret changes, never the secret.
+func TestConfigDiffHidesSecret(t *testing.T) {
+	a, b := config.Resource{Name: "r0"}, config.Resource{Name: "r0"}
+	for _, tc := range []struct{ from, to, want string }{
+		{"", "s3cret-new", "net.shared-secret: (none) -> (set)"},
+		{"s3cret-old", "s3cret-new", "net.shared-secret: (set) -> (another secret)"},
+		{"s3cret-old", "", "net.shared-secret: (set) -> (none)"},
+		{ctlproto.RedactedSecret, "s3cret-new", "net.shared-secret: (set, not shown to this user: it may be the same) -> (set)"},
+	} {
+		a.Net.SharedSecret, b.Net.SharedSecret = tc.from, tc.to
+		diffs, err := configDiff(a, b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := strings.Join(diffs, "\n"); got != tc.want || strings.Contains(got, "s3cret") {
+			t.Fatalf("%q -> %q: %q, want %q", tc.from, tc.to, got, tc.want)
+		}
 	}
 }

@@ -56,7 +56,10 @@ naming tags through this tool's registry; tags it does not know are shown by num
 					data = b
 				}
 			}
-			if err := ctlproto.DefaultRegistry().Dump(cmd.OutOrStdout(), data, ctlproto.DefaultLimits()); err != nil {
+			// The reply limits, the larger: a capture holds replies
+			// and events too (a status of many resources), which the
+			// request limits would refuse.
+			if err := ctlproto.DefaultRegistry().Dump(cmd.OutOrStdout(), data, ctlproto.ReplyLimits()); err != nil {
 				return fmt.Errorf("decode: %w", err)
 			}
 			return nil

@@ -179,11 +179,33 @@ func configDiff(a, b config.Resource) ([]string, error) {
 		if !ok {
 			vb = "(none)"
 		}
-		if va != vb {
-			out = append(out, fmt.Sprintf("%s: %s -> %s", k, va, vb))
+		if va == vb {
+			continue
 		}
+		if k == "net.shared-secret" {
+			// The dry run's output goes to terminals and logs: it
+			// says that the peer link's secret changes, never what it
+			// is or was.
+			hidden := a.Net.SharedSecret == ctlproto.RedactedSecret // show to a user without admin access
+			va, vb = secretState(va), secretState(vb)
+			switch {
+			case hidden:
+				va = "(set, not shown to this user: it may be the same)"
+			case va == vb:
+				vb = "(another secret)"
+			}
+		}
+		out = append(out, fmt.Sprintf("%s: %s -> %s", k, va, vb))
 	}
 	return out, nil
+}
+
+// secretState shows a secret's flattened value as whether one is set.
+func secretState(v string) string {
+	if v == "(none)" || v == "" || v == `""` {
+		return "(none)"
+	}
+	return "(set)"
 }
 
 // flatConfig renders cfg as ctl show does and flattens it to dotted paths.

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -186,5 +187,51 @@ func TestDownResourceGenerationSurvivesRestart(t *testing.T) {
 	c = serveStateDaemon(t, s)
 	if a, err = c.Create(ctx, cfg); err != nil || a.Generation != 4 {
 		t.Fatalf("created after delete and restart at generation %d, %v; want 4", a.Generation, err)
+	}
+}
+
+// The restore of a resource that was Primary promotes it only if the
+// administrator did not make it Secondary after the restore brought it
+// up: the state file follows the latest role change (Do saves it), and
+// the restore reads it again before promoting, instead of acting on the
+// intent it read before the up.
+func TestRestoreFollowsSecondaryMeanwhile(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	s := &stateStore{dir: t.TempDir(), log: zap.NewNop()}
+	cfg := config.Resource{Name: "r0"}.Default()
+	s.save("r0", intent{Config: cfg, Primary: true, Generation: 3})
+	// While the restore's up runs, the administrator runs secondary,
+	// which the runtime remembers.
+	path, calls := fakeCtl(t, resource.Status{Name: "r0", Role: resource.RoleSecondary, PeerRole: resource.RoleSecondary,
+		Conn: resource.ConnConnected, Disk: resource.DiskUpToDate, PeerDisk: resource.DiskUpToDate},
+		func() { s.update("r0", func(in *intent) { in.Primary = false }) })
+	in, _ := s.load("r0")
+	if err := s.restoreOne(ctx, path, "r0", in); err != nil {
+		t.Fatal(err)
+	}
+	if slices.Contains(calls(), "primary") {
+		t.Fatalf("promoted although the administrator made it Secondary meanwhile: %v", calls())
+	}
+	if in, ok := s.load("r0"); !ok || in.Primary {
+		t.Fatalf("state: %+v, %v; want Primary false", in, ok)
+	}
+}
+
+// With no role change meanwhile, a resource that was Primary is promoted
+// again once its peer has been heard from.
+func TestRestorePromotesRememberedPrimary(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	s := &stateStore{dir: t.TempDir(), log: zap.NewNop()}
+	s.save("r0", intent{Config: config.Resource{Name: "r0"}.Default(), Primary: true, Generation: 3})
+	path, calls := fakeCtl(t, resource.Status{Name: "r0", Role: resource.RoleSecondary, PeerRole: resource.RoleSecondary,
+		Conn: resource.ConnConnected, Disk: resource.DiskUpToDate, PeerDisk: resource.DiskUpToDate})
+	in, _ := s.load("r0")
+	if err := s.restoreOne(ctx, path, "r0", in); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Contains(calls(), "primary") {
+		t.Fatalf("not promoted: %v", calls())
 	}
 }

@@ -149,7 +149,10 @@ func ctlError(err error) error {
 	}
 	var se *resource.StateError
 	var le *resource.ListenError
+	var ae *resource.AttrError
 	switch {
+	case errors.As(err, &ae):
+		return &ctlproto.Error{Code: ctlproto.CodeInvalidValue, Path: ae.Path, Value: ae.Value, Message: err.Error()}
 	case errors.As(err, &le):
 		return &ctlproto.Error{Code: ctlproto.CodeInvalidValue, Path: le.Path, Value: le.Addr,
 			Allowed: fmt.Sprintf("an address this node can listen on, free and local (%v)", le.Err), Message: err.Error()}

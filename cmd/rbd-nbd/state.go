@@ -72,6 +72,9 @@ func (s *stateStore) keepsRole(name string) bool {
 }
 
 func (s *stateStore) setRestoring(name string, on bool) {
+	if s == nil {
+		return
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.restoring == nil {
@@ -99,8 +102,15 @@ func (s *stateStore) gonePath(name string) string { return filepath.Join(s.dir, 
 // load reads a resource's intent. A file with fields this version does not
 // know (written by a newer one) is refused rather than restored without
 // them: a setting such as TLS would otherwise be silently dropped.
+//
+// A store that remembers nothing (nil, or --state-dir none: dir "") has no
+// intent: without this check it read <name>.json in the daemon's working
+// directory, or (nil, which newRuntimeFunc allows) panicked.
 func (s *stateStore) load(name string) (intent, bool) {
 	var in intent
+	if s == nil || s.dir == "" {
+		return in, false
+	}
 	b, err := os.ReadFile(s.path(name))
 	if err != nil {
 		return in, false
@@ -307,6 +317,14 @@ func (s *stateStore) restoreOne(ctx context.Context, socket, name string, in int
 		case <-ctx.Done():
 			return ctx.Err()
 		}
+	}
+	// in was read before the up; since then the administrator may have
+	// run secondary (or down), which the state file follows. Promote
+	// only if it still asks for Primary: the stale intent would undo
+	// the administrator's role change.
+	if now, ok := s.load(name); !ok || !now.Primary {
+		s.log.Info("not restoring Primary: the administrator changed the role meanwhile", zap.String("resource", name))
+		return nil
 	}
 	if _, err := c.Command(ctx, ctlproto.MsgPrimary, name); err != nil {
 		return fmt.Errorf("primary: %w", err)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -107,5 +108,34 @@ func TestForgetKeepsGeneration(t *testing.T) {
 	}
 	if len(names) != 2 || names[0] != "r0.gone" || names[1] != "r0.json" {
 		t.Fatalf("state directory holds %v, want [r0.gone r0.json]", names)
+	}
+}
+
+// With --state-dir none (dir "") and with no store at all (nil, which
+// newRuntimeFunc allows) nothing is remembered: a resource's start finds
+// no intent, even when the daemon's working directory holds a file named
+// like a state file, and nothing panics.
+func TestStateDirNoneRemembersNothing(t *testing.T) {
+	t.Chdir(t.TempDir())
+	if err := os.WriteFile("r0.json", []byte(`{"config": {"Name": "r0"}, "primary": true, "generation": 5}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []*stateStore{{log: zap.NewNop()}, nil} {
+		s.setRestoring("r0", true)
+		if in, ok := s.load("r0"); ok || s.keepsRole("r0") && in.Primary {
+			t.Fatalf("store %+v: loaded %+v from the working directory", s, in)
+		}
+		s.setRestoring("r0", false)
+		s.save("r0", intent{Config: config.Resource{Name: "r0"}, Primary: true})
+		s.update("r0", func(in *intent) { in.Primary = false })
+		s.forget("r0")
+		s.keepGone("r0", 9)
+		if g := s.generation("r0", config.Resource{Name: "r0"}); g != 0 {
+			t.Fatalf("store %+v: generation %d, want 0", s, g)
+		}
+		s.restore(t.Context(), "/nonexistent")
+	}
+	if b, err := os.ReadFile("r0.json"); err != nil || !strings.Contains(string(b), `"generation": 5`) {
+		t.Fatalf("the working directory's r0.json changed: %s, %v", b, err)
 	}
 }
