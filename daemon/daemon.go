@@ -10,6 +10,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"go.uber.org/zap"
 
@@ -839,7 +840,25 @@ func (s *sink) HookReturned(h HookResponse) {
 	}
 	ev := ctlproto.Event{Kind: ctlproto.EventResponse, Hook: h.Hook, HookID: h.ID, HookExit: int64(h.ExitCode)}
 	if h.Err != nil {
-		ev.HookError = h.Err.Error()
+		ev.HookError = truncateText(h.Err.Error(), maxHookError)
 	}
 	s.d.bus.hook(s.r.name, ev)
+}
+
+// maxHookError bounds a handler's error text in an event: an event is one
+// message of at most the protocol's limit, and one over it would end
+// every subscriber's stream, for a message nobody reads to its end.
+const maxHookError = 4096
+
+// truncateText cuts s to at most n bytes on a UTF-8 boundary, saying so.
+func truncateText(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	const mark = " … (truncated)"
+	cut := n - len(mark)
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + mark
 }

@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/rbd-nbd/rbd-nbd/config"
 	"github.com/rbd-nbd/rbd-nbd/ctlproto"
@@ -1274,4 +1275,46 @@ func TestDuplicateHandlerRefused(t *testing.T) {
 	wantCode(t, err, ctlproto.CodeMalformed)
 	_, _, err = c.Show(ctx, "r1")
 	wantCode(t, err, ctlproto.CodeUnknownResource)
+}
+
+// A handler's error text of any length reaches subscribers cut to a size
+// an event carries, and the stream goes on.
+func TestHookErrorTruncated(t *testing.T) {
+	f := newFakeFactory()
+	f.hookErr = strings.Repeat("é", 100<<10)
+	e := start(t, Config{NewRuntime: f.New}, nil)
+	c := e.dial(t)
+	if _, err := c.Create(ctxT(t), minimalConfig("r0")); err != nil {
+		t.Fatal(err)
+	}
+	sub, err := e.dial(t).Subscribe(ctxT(t), "r0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	if _, err := c.Command(ctxT(t), ctlproto.MsgUp, "r0"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Command(ctxT(t), ctlproto.MsgConnect, "r0"); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		ev, err := sub.Next(ctxT(t))
+		if err != nil {
+			t.Fatalf("event stream: %v", err)
+		}
+		if ev.Kind != ctlproto.EventResponse {
+			continue
+		}
+		if len(ev.HookError) > maxHookError || !utf8.ValidString(ev.HookError) || !strings.HasSuffix(ev.HookError, "(truncated)") {
+			t.Fatalf("hook error of %d bytes, valid UTF-8 %v: ...%q", len(ev.HookError), utf8.ValidString(ev.HookError), ev.HookError[max(0, len(ev.HookError)-30):])
+		}
+		break
+	}
+	if _, err := c.Command(ctxT(t), ctlproto.MsgDisconnect, "r0"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sub.Next(ctxT(t)); err != nil {
+		t.Fatalf("the stream after the long error: %v", err)
+	}
 }

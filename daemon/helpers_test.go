@@ -140,8 +140,11 @@ type fakeFactory struct {
 	// is down shows (Secondary, Diskless, StandAlone), so that only
 	// status.down tells up from down.
 	standAlone bool
-	calls      []string
-	rts        map[string]*fakeRuntime
+	// hookErr: the error text the before-connect handler of a connect
+	// returns (empty: none).
+	hookErr string
+	calls   []string
+	rts     map[string]*fakeRuntime
 	// entered, when not nil, hears each Start as it begins; Start then
 	// waits for gate (when not nil) or its context.
 	entered chan string
@@ -256,7 +259,13 @@ func (r *fakeRuntime) Do(ctx context.Context, cmd Command, args Args) error {
 	case CmdConnect:
 		r.mu.Unlock()
 		r.ev.HookCalled(HookCall{ID: 1, Hook: "before-connect"})
-		r.ev.HookReturned(HookResponse{ID: 1, Hook: "before-connect", ExitCode: 0})
+		var herr error
+		r.f.mu.Lock()
+		if r.f.hookErr != "" {
+			herr = errors.New(r.f.hookErr)
+		}
+		r.f.mu.Unlock()
+		r.ev.HookReturned(HookResponse{ID: 1, Hook: "before-connect", ExitCode: 0, Err: herr})
 		r.mu.Lock()
 		r.st.Conn = resource.ConnConnected
 		r.st.PeerDisk = resource.DiskUpToDate
