@@ -104,6 +104,11 @@ func explain(reg *ctlproto.Registry, daemon ctlproto.HelloInfo, err error) error
 		if t, ok := reg.TagByName(e.Path); ok && t.Flag != "" {
 			what = fmt.Sprintf("%s (--%s)", e.Path, t.Flag)
 		}
+		if e.Allowed == "" {
+			// A value of the right form that did not work (a file that
+			// cannot be opened, say): the daemon's message says why.
+			return fmt.Errorf("invalid value %q for %s: %s", e.Value, what, e.Message)
+		}
 		return fmt.Errorf("invalid value %q for %s: allowed %s", e.Value, what, e.Allowed)
 	case ctlproto.CodeGenerationMismatch:
 		return fmt.Errorf("the configuration changed meanwhile (it is now at generation %d): read it again and retry", e.Generation)

@@ -494,3 +494,18 @@ func TestConfigDiffHidesSecret(t *testing.T) {
 		}
 	}
 }
+
+// An INVALID_VALUE without an allowed range (a file the daemon could not
+// open) is explained with the daemon's message, which names the file.
+func TestExplainInvalidValueWithoutAllowed(t *testing.T) {
+	reg := ctlproto.DefaultRegistry()
+	err := explain(reg, ctlproto.HelloInfo{}, &ctlproto.Error{Code: ctlproto.CodeInvalidValue, Path: "resource.nbd-tls-cert", Value: "/c/cert.pem",
+		Message: "nbd: TLS: key /c/missing-key.pem: no such file or directory"})
+	if err == nil || !strings.Contains(err.Error(), "missing-key.pem") || strings.Contains(err.Error(), "allowed") {
+		t.Fatalf("explained as %v", err)
+	}
+	err = explain(reg, ctlproto.HelloInfo{}, &ctlproto.Error{Code: ctlproto.CodeInvalidValue, Path: "net.protocol", Value: "D", Allowed: "A, B or C"})
+	if err == nil || !strings.Contains(err.Error(), "allowed A, B or C") {
+		t.Fatalf("explained as %v", err)
+	}
+}
