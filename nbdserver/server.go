@@ -210,7 +210,7 @@ func (s *Server) ServeExport(nc net.Conn, exp *Export) error {
 		nc.Close()
 		return err
 	}
-	if err := exp.validate(); err != nil {
+	if err := exp.validate(&s.cfg); err != nil {
 		nc.Close()
 		return fmt.Errorf("nbdserver: %w", err)
 	}
@@ -344,7 +344,7 @@ func (s *Server) lookup(name string) (*Export, uint64, error) {
 		err = fmt.Errorf("no export named %q", name)
 	}
 	if err == nil {
-		err = exp.validate()
+		err = exp.validate(&s.cfg)
 	}
 	if err != nil {
 		return nil, 0, err
