@@ -15,8 +15,8 @@ import (
 	"go.uber.org/zap"
 )
 
-// Server serves exports over NBD (fixed newstyle negotiation, simple
-// replies). Set its fields, then call Serve or ServeConn; the fields must
+// Server serves exports over NBD (fixed newstyle negotiation, simple and
+// structured replies; see the package documentation). Set its fields, then call Serve or ServeConn; the fields must
 // not change afterwards. Its methods are safe for concurrent use.
 type Server struct {
 	// Lookup returns the export a client names. An error is sent to the
