@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/bits"
 
 	"github.com/rbd-nbd/rbd-nbd/disk"
 )
@@ -49,7 +50,12 @@ type Export struct {
 	// advertised with NBD_INFO_BLOCK_SIZE. Zero means 1, 4096 and
 	// Config.MaxRequest. MinBlock is enforced: requests whose offset or
 	// length is not a multiple of it get EINVAL. MaxBlock is enforced
-	// for READ and WRITE payloads.
+	// for READ and WRITE payloads. As the spec requires, the maximum
+	// advertised (and enforced) is rounded down to a multiple of the
+	// minimum, and the default preferred size is lowered to a power of
+	// two within the maximum; an export whose preferred size is below the
+	// minimum or above the maximum, or whose maximum is below the
+	// minimum, is not served.
 	MinBlock, PrefBlock, MaxBlock uint32
 	// NoMultiConn withholds NBD_FLAG_CAN_MULTI_CONN. Leave it false unless
 	// the Backend breaks the durability contract across connections.
@@ -75,22 +81,31 @@ func (e *Export) TransmissionFlags() uint16 {
 }
 
 // blockSizes returns the effective min, preferred and max block sizes.
+// The maximum is rounded down to a multiple of the minimum, as the spec
+// requires of an advertised maximum (Config.MaxRequest and MaxBlock need
+// not be one); the default preferred size is lowered to the largest power
+// of two within the maximum, which the spec wants at least as large as
+// the preferred size. validate refuses exports where this is not enough.
 func (e *Export) blockSizes(cfg *Config) (minB, prefB, maxB uint32) {
 	minB, prefB, maxB = e.MinBlock, e.PrefBlock, e.MaxBlock
 	if minB == 0 {
 		minB = 1
 	}
-	if prefB == 0 {
-		prefB = max(4096, minB)
-	}
 	if maxB == 0 || maxB > cfg.MaxRequest {
 		maxB = cfg.MaxRequest
+	}
+	maxB -= maxB % minB
+	if prefB == 0 {
+		prefB = max(4096, minB)
+		if prefB > maxB && maxB >= minB {
+			prefB = 1 << (bits.Len32(maxB) - 1) // at least minB, a power of two
+		}
 	}
 	return minB, prefB, maxB
 }
 
-// validate checks an export before it is served.
-func (e *Export) validate() error {
+// validate checks an export before it is served with the limits in cfg.
+func (e *Export) validate(cfg *Config) error {
 	if e.Backend == nil {
 		return fmt.Errorf("export %q has no backend", e.Name)
 	}
@@ -104,6 +119,17 @@ func (e *Export) validate() error {
 	}
 	if e.MinBlock > 64<<10 {
 		return fmt.Errorf("export %q: minimum block size %d over 64 KiB", e.Name, e.MinBlock)
+	}
+	// The spec's rules for NBD_INFO_BLOCK_SIZE: clients trust them, so
+	// an export that would advertise sizes breaking them is refused.
+	minB, prefB, maxB := e.blockSizes(cfg)
+	switch {
+	case maxB < minB:
+		return fmt.Errorf("export %q: maximum block size (Export.MaxBlock %d, Config.MaxRequest %d) below the minimum %d", e.Name, e.MaxBlock, cfg.MaxRequest, minB)
+	case prefB < minB:
+		return fmt.Errorf("export %q: preferred block size %d below the minimum %d", e.Name, prefB, minB)
+	case prefB > maxB && int64(maxB) < e.Backend.Size():
+		return fmt.Errorf("export %q: preferred block size %d above the maximum %d", e.Name, prefB, maxB)
 	}
 	return nil
 }

@@ -376,7 +376,7 @@ func (c *conn) executor() {
 	}
 }
 
-// inline reports whether a request may run while its worker holds readMu:
+// inline reports whether a request may run on the reading goroutine itself:
 // a READ or plain WRITE on a connection whose recent READs and WRITEs took
 // less than Config.InlineThreshold on average. A connection starts above
 // the threshold and drops below after a run of fast requests. FLUSH, FUA,

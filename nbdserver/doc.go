@@ -1,5 +1,6 @@
 // Package nbdserver serves block devices over the NBD protocol (fixed
-// newstyle negotiation, simple replies), as specified by
+// newstyle negotiation, STARTTLS, simple and structured replies,
+// base:allocation block status), as specified by
 // NetworkBlockDevice/nbd doc/proto.md. An [Export] names a [Backend]; a
 // [Server] negotiates with clients and runs their requests against it.
 // [DeviceBackend] adapts a disk.Device.
@@ -24,6 +25,15 @@
 //
 //	C: 0x25609513 (u32)  flags (u16)  type (u16)  handle (u64)  offset (u64)  length (u32)  [WRITE: data[length]]
 //	S: 0x67446698 (u32)  error (u32)  handle (u64)  [successful READ: data[length]]
+//
+// With NBD_OPT_STRUCTURED_REPLY negotiated, READ and BLOCK_STATUS are
+// answered with one structured chunk flagged NBD_REPLY_FLAG_DONE:
+//
+//	S: 0x668e33ef (u32)  flags (u16)  type (u16)  handle (u64)  length (u32)  payload[length]
+//
+// (OFFSET_DATA: offset u64 and the data; BLOCK_STATUS: context id u32,
+// then length u32 and flags u32 per extent; ERROR: error u32, message
+// length u16 = 0; NONE for an empty READ).
 //
 // # Invariants
 //

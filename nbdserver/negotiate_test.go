@@ -206,3 +206,72 @@ func TestNegotiationHangups(t *testing.T) {
 		})
 	}
 }
+
+// TestBlockSizeConstraints checks that the advertised block sizes obey
+// the spec's rules whatever the limits that produce them: the maximum a
+// multiple of the minimum and at least the preferred size (or the export
+// size), the preferred size at least the minimum; an export whose own
+// sizes cannot satisfy them is refused, not advertised.
+func TestBlockSizeConstraints(t *testing.T) {
+	t.Run("advertised", func(t *testing.T) {
+		for _, tc := range []struct {
+			name       string
+			maxRequest uint32
+			min, max   uint32
+			want       [3]uint32
+		}{
+			// MaxRequest need not be a multiple of the minimum.
+			{"max request not a multiple of the minimum", 1000000, 4096, 0, [3]uint32{4096, 4096, 999424}},
+			// Nor is MaxBlock checked against it.
+			{"max block not a multiple of the minimum", 0, 4096, 10000, [3]uint32{4096, 4096, 8192}},
+			// A maximum below the default preferred size.
+			{"max request below the default preferred size", 1024, 0, 0, [3]uint32{1, 1024, 1024}},
+			{"max request not a power of two below 4096", 3000, 512, 0, [3]uint32{512, 2048, 2560}},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				exp, _ := memExport("d", 1<<20)
+				exp.MinBlock, exp.MaxBlock = tc.min, tc.max
+				_, addr := startServer(t, Config{MaxRequest: tc.maxRequest}, exp)
+				c := dial(t, addr)
+				c.greet(clientFlagFixedNewstyle | clientFlagNoZeroes)
+				info := c.optGo(optGo, "d", infoBlockSize)
+				if info.block != tc.want {
+					t.Fatalf("block sizes %v, want %v", info.block, tc.want)
+				}
+				// The advertised maximum is what is served, and no more.
+				if _, errno := c.readAt(0, info.block[2]); errno != 0 {
+					t.Fatalf("READ of the advertised maximum: errno %d", errno)
+				}
+				if _, errno := c.readAt(0, info.block[2]+info.block[0]); errno != EINVAL {
+					t.Fatalf("READ over the advertised maximum: errno %d, want EINVAL", errno)
+				}
+			})
+		}
+	})
+	t.Run("refused", func(t *testing.T) {
+		for _, tc := range []struct {
+			name           string
+			maxRequest     uint32
+			min, pref, max uint32
+			msg            string
+		}{
+			{"preferred below minimum", 0, 4096, 512, 0, "preferred"},
+			{"maximum below minimum", 0, 4096, 0, 2048, "maximum"},
+			{"max request below minimum", 512, 4096, 0, 0, "maximum"},
+			{"preferred above maximum", 0, 512, 8192, 4096, "preferred"},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				exp, _ := memExport("d", 1<<20)
+				exp.MinBlock, exp.PrefBlock, exp.MaxBlock = tc.min, tc.pref, tc.max
+				_, addr := startServer(t, Config{MaxRequest: tc.maxRequest}, exp)
+				c := dial(t, addr)
+				c.greet(clientFlagFixedNewstyle | clientFlagNoZeroes)
+				c.sendOpt(optGo, goData("d", infoBlockSize))
+				r := c.readOptReply()
+				if r.typ != repErrUnknown || !strings.Contains(string(r.data), tc.msg) {
+					t.Fatalf("GO: reply type %#x %q, want ERR_UNKNOWN about the %s block size", r.typ, r.data, tc.msg)
+				}
+			})
+		}
+	})
+}

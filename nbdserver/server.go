@@ -15,8 +15,8 @@ import (
 	"go.uber.org/zap"
 )
 
-// Server serves exports over NBD (fixed newstyle negotiation, simple
-// replies). Set its fields, then call Serve or ServeConn; the fields must
+// Server serves exports over NBD (fixed newstyle negotiation, simple and
+// structured replies; see the package documentation). Set its fields, then call Serve or ServeConn; the fields must
 // not change afterwards. Its methods are safe for concurrent use.
 type Server struct {
 	// Lookup returns the export a client names. An error is sent to the
@@ -210,7 +210,7 @@ func (s *Server) ServeExport(nc net.Conn, exp *Export) error {
 		nc.Close()
 		return err
 	}
-	if err := exp.validate(); err != nil {
+	if err := exp.validate(&s.cfg); err != nil {
 		nc.Close()
 		return fmt.Errorf("nbdserver: %w", err)
 	}
@@ -344,7 +344,7 @@ func (s *Server) lookup(name string) (*Export, uint64, error) {
 		err = fmt.Errorf("no export named %q", name)
 	}
 	if err == nil {
-		err = exp.validate()
+		err = exp.validate(&s.cfg)
 	}
 	if err != nil {
 		return nil, 0, err
