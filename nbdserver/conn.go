@@ -478,7 +478,10 @@ func (c *conn) readRequest(r *request) error {
 		return nil
 	}
 	if r.errno != 0 {
-		_, err := c.br.Discard(int(r.Length))
+		// Through int64: on 32-bit builds int(r.Length) of a refused
+		// 2 GiB WRITE is negative, and Discard would close the
+		// connection instead of keeping the stream in sync.
+		_, err := io.CopyN(io.Discard, c.br, int64(r.Length))
 		return err
 	}
 	c.bigWrites = r.Length >= bigWrite
