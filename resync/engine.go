@@ -321,7 +321,8 @@ func (e *Engine) charge(n int64) {
 }
 
 // Run resyncs until the bitmap is clean (nil), ctx ends, Stop is called, or
-// the transport fails.
+// the transport fails. It returns only after every chunk and flush it
+// started completed, so nothing of the run touches the bitmap afterwards.
 func (e *Engine) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -344,6 +345,13 @@ func (e *Engine) Run(ctx context.Context) error {
 			err = e.flush(ctx)
 		}
 		if err != nil {
+			// Chunks still in flight would otherwise complete after Run
+			// returned: clear bits (through a flush of their own) that
+			// the caller, who no longer routes Dirtied here, has set
+			// again meanwhile, and use the transport and the bitmap of a
+			// resync that is over. The transport completes every request
+			// (a link that goes down fails them), so this is bounded.
+			e.settle()
 			return err
 		}
 		if n == 0 {
@@ -611,6 +619,16 @@ func (e *Engine) drain(ctx context.Context) error {
 		return e.failed
 	}
 	return ctx.Err()
+}
+
+// settle waits until nothing is in flight, whatever the context: Run
+// returns only once no chunk or flush of it can complete later.
+func (e *Engine) settle() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for e.inflight > 0 {
+		e.cond.Wait()
+	}
 }
 
 // flush makes everything acknowledged durable and clears its bits.

@@ -474,3 +474,83 @@ func TestRateCapChecksums(t *testing.T) {
 		t.Fatalf("1 MiB sent at 4 MiB/s in %v", el)
 	}
 }
+
+// holdTransport holds every SendData until the test completes it; flushes
+// complete at once and are counted with the bitmap's state when they ran.
+type holdTransport struct {
+	memTransport
+	held chan func(error)
+}
+
+func (t *holdTransport) SendData(off int64, p []byte, done func(error)) error {
+	t.sent.Add(int64(len(p)))
+	t.held <- done
+	return nil
+}
+
+// Run cancelled while a chunk is in flight must wait for it: a chunk
+// acknowledged after Run returned would start a flush and clear bits of a
+// resync that is over (its caller no longer reports Dirtied to it).
+func TestRunWaitsForChunksInFlight(t *testing.T) {
+	const size = 1 << 20
+	src, dst, bm := setup(t, size, func(bm *bitmap.Bitmap, src, dst *memDisk) {
+		copy(src.b, bytes.Repeat([]byte{0x44}, 8192))
+		bm.Set(0, 8192)
+	})
+	tr := &holdTransport{memTransport: memTransport{target: dst}, held: make(chan func(error), 4)}
+	cfg := DefaultConfig()
+	cfg.ChunkSize = 4096
+	cfg.FlushEvery = 4096
+	cfg.Window = 1
+	cfg.LatencyTarget = 0
+	e, err := New(cfg, src, bm, &rangelock.Locker{}, tr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	runDone := make(chan error, 1)
+	go func() { runDone <- e.Run(ctx) }()
+	var done func(error)
+	select {
+	case done = <-tr.held:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no chunk was sent")
+	}
+	cancel()
+	// Run must not return while the chunk is in flight. A correct Run
+	// blocks until done is called below; give a wrong one time to return.
+	select {
+	case err := <-runDone:
+		e.mu.Lock()
+		inflight := e.inflight
+		e.mu.Unlock()
+		done(nil)
+		tr.wg.Wait()
+		t.Fatalf("Run returned %v with %d chunk(s) in flight", err, inflight)
+	case <-time.After(200 * time.Millisecond):
+	}
+	done(nil)
+	select {
+	case err := <-runDone:
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("Run returned %v, want context.Canceled", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return after the chunk completed")
+	}
+	flushes := tr.flushes.Load()
+	dirty := bm.DirtyBytes()
+	tr.wg.Wait()
+	if got := tr.flushes.Load(); got != flushes {
+		t.Fatalf("%d flush(es) started after Run returned", got-flushes)
+	}
+	if got := bm.DirtyBytes(); got != dirty {
+		t.Fatalf("dirty bytes changed from %d to %d after Run returned", dirty, got)
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.inflight != 0 {
+		t.Fatalf("%d in flight after Run returned", e.inflight)
+	}
+}
