@@ -228,6 +228,7 @@ func TestMalformedHeaders(t *testing.T) {
 		{"control too big", hdr(header{typ: ftState, plen: MaxControlLen + 1}), stControl, 2, ErrTooLarge},
 		{"ack payload too big", hdr(header{typ: ftAck, plen: MaxDataLen + 1}), stAck, 2, ErrTooLarge},
 		{"csum without algorithm", hdr(header{typ: frameType(CsumReq), length: 10}), stResync, 2, ErrMalformed},
+		{"csum range too big", hdr(header{typ: frameType(CsumReq), length: MaxDataLen + 1, plen: 6}), stResync, 2, ErrTooLarge},
 		{"hello too big", hdr(header{typ: ftHello, plen: maxHandshakeLen + 1}), stHandshake, 1, ErrTooLarge},
 		{"hello after handshake", hdr(header{typ: ftHello}), stControl, 2, ErrUnknownType},
 	}
