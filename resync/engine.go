@@ -551,22 +551,43 @@ func (e *Engine) acked(s span, sent int64) {
 	e.pending = append(e.pending, s)
 	e.sinceFl += n
 	needFlush := e.sinceFl >= e.cfg.FlushEvery
+	var batch []span
 	if needFlush {
 		e.sinceFl = 0
+		batch = e.takeFlushLocked()
 	}
 	e.mu.Unlock()
 	if needFlush {
-		e.flushAsync()
+		// acked runs in the transport's completion callback, which must
+		// not block, and Flush may: over a replicate.Link it waits for
+		// room in the resync window, which only the goroutine running
+		// this callback frees by reading the next reply (a window the
+		// chunk sender refilled meanwhile would deadlock the link until
+		// its request timeout).
+		go e.startFlush(batch)
 	}
 }
 
 // flushAsync starts a durability point for what is pending now.
 func (e *Engine) flushAsync() {
 	e.mu.Lock()
+	batch := e.takeFlushLocked()
+	e.mu.Unlock()
+	e.startFlush(batch)
+}
+
+// takeFlushLocked takes what is pending for a durability point and counts
+// the flush in flight, so that drain waits for it (mu held).
+func (e *Engine) takeFlushLocked() []span {
 	batch := e.pending
 	e.pending = nil
 	e.inflight++
-	e.mu.Unlock()
+	return batch
+}
+
+// startFlush sends the flush taken by takeFlushLocked and clears batch
+// once it returned.
+func (e *Engine) startFlush(batch []span) {
 	err := e.tr.Flush(func(err error) {
 		if err == nil {
 			e.clear(batch)
