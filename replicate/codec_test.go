@@ -2,7 +2,9 @@ package replicate
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
+	"math"
 	"reflect"
 	"strings"
 	"testing"
@@ -65,7 +67,7 @@ func genControl(t *rapid.T) ControlMsg {
 		m := &Bitmap{Last: rapid.Bool().Draw(t, "last")}
 		n := rapid.IntRange(0, 20).Draw(t, "n")
 		for i := range n {
-			m.Extents = append(m.Extents, Extent{Off: rapid.Uint64().Draw(t, "off"), Len: uint64(i)})
+			m.Extents = append(m.Extents, Extent{Off: rapid.Uint64Max(math.MaxInt64-uint64(i)).Draw(t, "off"), Len: uint64(i)})
 		}
 		return m
 	case 2:
@@ -275,6 +277,8 @@ func TestMalformedTLV(t *testing.T) {
 		{"bool of 2", ftBitmap, entry(2, []byte{2}), ErrMalformed},
 		{"history not a multiple of 8", ftState, entry(5, make([]byte, 12)), ErrMalformed},
 		{"extents not a multiple of 16", ftBitmap, entry(1, make([]byte, 24)), ErrMalformed},
+		{"extent past 2^63-1", ftBitmap, entry(1, binary.BigEndian.AppendUint64(binary.BigEndian.AppendUint64(nil, math.MaxInt64-10), 100)), ErrMalformed},
+		{"extent offset negative as int64", ftBitmap, entry(1, binary.BigEndian.AppendUint64(binary.BigEndian.AppendUint64(nil, 1<<63), 1)), ErrMalformed},
 		{"string too long", ftBye, entry(1, []byte(long)), ErrMalformed},
 		{"payload too big", ftBye, make([]byte, MaxControlLen+1), ErrTooLarge},
 		{"not a control type", ftPing, nil, ErrUnknownType},
