@@ -2,7 +2,9 @@ package replicate
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
+	"math"
 	"reflect"
 	"strings"
 	"testing"
@@ -65,7 +67,7 @@ func genControl(t *rapid.T) ControlMsg {
 		m := &Bitmap{Last: rapid.Bool().Draw(t, "last")}
 		n := rapid.IntRange(0, 20).Draw(t, "n")
 		for i := range n {
-			m.Extents = append(m.Extents, Extent{Off: rapid.Uint64().Draw(t, "off"), Len: uint64(i)})
+			m.Extents = append(m.Extents, Extent{Off: rapid.Uint64Max(math.MaxInt64-uint64(i)).Draw(t, "off"), Len: uint64(i)})
 		}
 		return m
 	case 2:
@@ -228,6 +230,7 @@ func TestMalformedHeaders(t *testing.T) {
 		{"control too big", hdr(header{typ: ftState, plen: MaxControlLen + 1}), stControl, 2, ErrTooLarge},
 		{"ack payload too big", hdr(header{typ: ftAck, plen: MaxDataLen + 1}), stAck, 2, ErrTooLarge},
 		{"csum without algorithm", hdr(header{typ: frameType(CsumReq), length: 10}), stResync, 2, ErrMalformed},
+		{"csum range too big", hdr(header{typ: frameType(CsumReq), length: MaxDataLen + 1, plen: 6}), stResync, 2, ErrTooLarge},
 		{"hello too big", hdr(header{typ: ftHello, plen: maxHandshakeLen + 1}), stHandshake, 1, ErrTooLarge},
 		{"hello after handshake", hdr(header{typ: ftHello}), stControl, 2, ErrUnknownType},
 	}
@@ -274,6 +277,8 @@ func TestMalformedTLV(t *testing.T) {
 		{"bool of 2", ftBitmap, entry(2, []byte{2}), ErrMalformed},
 		{"history not a multiple of 8", ftState, entry(5, make([]byte, 12)), ErrMalformed},
 		{"extents not a multiple of 16", ftBitmap, entry(1, make([]byte, 24)), ErrMalformed},
+		{"extent past 2^63-1", ftBitmap, entry(1, binary.BigEndian.AppendUint64(binary.BigEndian.AppendUint64(nil, math.MaxInt64-10), 100)), ErrMalformed},
+		{"extent offset negative as int64", ftBitmap, entry(1, binary.BigEndian.AppendUint64(binary.BigEndian.AppendUint64(nil, 1<<63), 1)), ErrMalformed},
 		{"string too long", ftBye, entry(1, []byte(long)), ErrMalformed},
 		{"payload too big", ftBye, make([]byte, MaxControlLen+1), ErrTooLarge},
 		{"not a control type", ftPing, nil, ErrUnknownType},

@@ -1,5 +1,10 @@
 package replicate
 
+import (
+	"fmt"
+	"math"
+)
+
 // ControlMsg is a typed message of the control stream: *State, *Bitmap,
 // *SyncStart, *SyncDone, *PromoteRequest, *PromoteReply, *RoleChange,
 // *DiskChange, *NewUUID, *Bye or *SyncPause. Each travels as one frame whose type
@@ -187,7 +192,18 @@ func (m *Bitmap) appendTLV(w *tlvWriter) {
 func (m *Bitmap) setField(tag uint16, v []byte) error {
 	switch tag {
 	case 1:
-		return getExtents(v, &m.Extents)
+		if err := getExtents(v, &m.Extents); err != nil {
+			return err
+		}
+		// The receiver marks these byte ranges as int64 offsets: an
+		// extent past 2^63-1 would wrap to a negative offset (marking
+		// other blocks, or none).
+		for _, e := range m.Extents {
+			if e.Off > math.MaxInt64 || e.Len > math.MaxInt64-e.Off {
+				return fmt.Errorf("extent offset %d + length %d exceeds 2^63-1", e.Off, e.Len)
+			}
+		}
+		return nil
 	case 2:
 		return getBool(v, &m.Last)
 	}

@@ -16,10 +16,11 @@ const (
 	headerSize = 40
 
 	// MaxDataLen is the largest payload of one Write, ResyncData, Read or
-	// ResyncRead request (and of a read reply). Larger requests must be
-	// split by the caller.
+	// ResyncRead request (and of a read reply), and the largest range of a
+	// CsumReq, which the peer reads whole to digest it. Larger requests
+	// must be split by the caller.
 	MaxDataLen = 32 << 20
-	// MaxRangeLen is the largest range of one Trim, Zero or CsumReq.
+	// MaxRangeLen is the largest range of one Trim or Zero.
 	MaxRangeLen = math.MaxUint32
 	// MaxControlLen is the largest payload of one control message.
 	MaxControlLen = 1 << 20
@@ -102,7 +103,8 @@ const (
 	// before it durable.
 	ResyncFlush Kind = 0x0031
 	// CsumReq asks for the digest (algorithm Alg) of the peer's
-	// [Offset, Offset+Length); the digest arrives in Reply. Version 2.
+	// [Offset, Offset+Length), at most MaxDataLen bytes; the digest
+	// arrives in Reply. Version 2.
 	CsumReq Kind = 0x0032
 	// ResyncRead is Read on the resync stream (a sync target pulling
 	// blocks, online verify).
@@ -281,7 +283,7 @@ const (
 	shapeRange                  // range ≤ MaxRangeLen, no payload
 	shapeFlush                  // no range, no payload
 	shapeRead                   // range ≤ MaxDataLen, no payload
-	shapeCsum                   // range, payload = algorithm name
+	shapeCsum                   // range ≤ MaxDataLen, payload = algorithm name
 	shapeAck                    // optional reply payload ≤ MaxDataLen
 )
 
@@ -450,6 +452,12 @@ func (h *header) check(st streamID, version uint32) (skip bool, err error) {
 			return false, protoErr(ErrMalformed, name, "unexpected payload of %d bytes", h.plen)
 		}
 	case shapeCsum:
+		// The receiver reads the whole range to digest it: a range up
+		// to the length field's 4 GiB would let the peer make it
+		// allocate gigabytes per request.
+		if h.length > MaxDataLen {
+			return false, protoErr(ErrTooLarge, name, "digest range of %d bytes exceeds %d", h.length, MaxDataLen)
+		}
 		if h.plen == 0 || h.plen > MaxAlgLen {
 			return false, protoErr(ErrMalformed, name, "algorithm name of %d bytes (want 1..%d)", h.plen, MaxAlgLen)
 		}

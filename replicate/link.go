@@ -684,7 +684,9 @@ func (l *Link) readReply(h *header, br io.Reader, r *Request, err error) error {
 func (l *Link) receive(st streamID, h *header, br io.Reader, replyW *writer) bool {
 	kind := Kind(h.typ)
 	cost := int64(h.plen)
-	if kind == Read || kind == ResyncRead {
+	if kind == Read || kind == ResyncRead || kind == CsumReq {
+		// The handler holds the range in memory: a Read's buffer, the
+		// data a CsumReq digests.
 		cost = int64(h.length)
 	}
 	if err := l.incoming.acquire(cost); err != nil {

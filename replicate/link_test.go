@@ -526,6 +526,7 @@ func TestSubmitValidation(t *testing.T) {
 		{Request{Kind: Write, Data: []byte{1}}, ErrInvalidRequest},
 		{Request{Kind: CsumReq, Length: 10}, ErrInvalidRequest},
 		{Request{Kind: CsumReq, Length: 10, Alg: string(make([]byte, MaxAlgLen+1))}, ErrInvalidRequest},
+		{Request{Kind: CsumReq, Length: MaxDataLen + 1, Alg: "sha256"}, ErrTooLarge},
 	} {
 		r := c.r
 		r.Notify = called

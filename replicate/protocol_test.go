@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -125,6 +126,9 @@ func TestProtocolViolations(t *testing.T) {
 		{"write length mismatch", 0, stData, frame(header{typ: frameType(Write), length: 4096, plen: 3}, 1, 2, 3), false, ErrMalformed},
 		{"write too big", 0, stData, frame(header{typ: frameType(Write), length: 64 << 20, plen: 64 << 20}), false, ErrTooLarge},
 		{"zero at version 1", 1, stData, frame(header{typ: frameType(Zero), length: 4096}), false, ErrUnknownType},
+		// The receiver reads a digest's range whole: 4 GiB would be 4 GiB
+		// of memory per request.
+		{"csum range too big", 0, stResync, frame(header{typ: frameType(CsumReq), length: 1<<32 - 1, plen: 6}, []byte("crc32c")...), false, ErrTooLarge},
 		{"truncated write", 0, stData, frame(header{typ: frameType(Write), length: 100, plen: 100}, make([]byte, 10)...), true, ErrTruncated},
 		{"ack for unknown id", 0, stAck, frame(header{typ: ftAck, id: 99}), false, ErrMalformed},
 		{"recv ack for unknown id", 0, stResync, frame(header{typ: ftRecvAck, id: 5}), false, ErrMalformed},
@@ -321,4 +325,68 @@ func FuzzStreams(f *testing.F) {
 			t.Fatal("link down without an error")
 		}
 	})
+}
+
+// offsetGate is a handler that reports the offset of each request it
+// starts (an Incoming is reused once Serve returned, so the offset is
+// copied here) and holds it until released.
+type offsetGate struct {
+	started chan int64
+	release chan struct{}
+}
+
+func (g *offsetGate) Serve(in *Incoming) error {
+	g.started <- in.Offset
+	<-g.release
+	in.Digest = append(in.Digest[:0], 1)
+	return nil
+}
+
+// A CsumReq costs its range against MaxIncomingBytes, like a Read: the
+// handler holds that much to digest it, so a peer's digest requests
+// cannot make this node hold more than the bound (beyond the first).
+func TestCsumReqCountsAgainstIncomingBytes(t *testing.T) {
+	const rng = 1 << 20
+	g := &offsetGate{started: make(chan int64, 2), release: make(chan struct{})}
+	ca := testConfig(t, 1, 2, g)
+	ca.MaxIncomingBytes = rng
+	l, f := linkWithFake(t, ca)
+	var releaseOnce sync.Once
+	release := func() { releaseOnce.Do(func() { close(g.release) }) }
+	t.Cleanup(release) // runs before linkWithFake's cleanup waits for Serve
+	s := f.streams[stResync]
+	for i := range 2 {
+		b := append(hdr(header{typ: frameType(CsumReq), id: uint64(i + 1), offset: uint64(i) * rng, length: rng, plen: 6}), "crc32c"...)
+		if _, err := s.Write(b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	select {
+	case off := <-g.started:
+		if off != 0 {
+			t.Fatalf("first CsumReq served at %d, want 0", off)
+		}
+	case <-time.After(waitTimeout):
+		t.Fatal("the first CsumReq was not served")
+	}
+	// The second must wait for the first's room. Its frame is written
+	// (above) and yamux delivers it at once; a handler call for it now
+	// would start within the wait below.
+	select {
+	case off := <-g.started:
+		t.Fatalf("second CsumReq (offset %d) served while the first holds all %d incoming bytes", off, rng)
+	case <-time.After(200 * time.Millisecond):
+	}
+	release()
+	select {
+	case off := <-g.started:
+		if off != rng {
+			t.Fatalf("second CsumReq served at %d, want %d", off, rng)
+		}
+	case <-time.After(waitTimeout):
+		t.Fatal("the second CsumReq was not served after the first completed")
+	}
+	if err := l.Err(); err != nil {
+		t.Fatalf("link went down: %v", err)
+	}
 }

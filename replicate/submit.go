@@ -99,8 +99,12 @@ func (l *Link) checkRequest(r *Request) (int64, error) {
 		}
 		cost = length
 	case Trim, Zero, CsumReq:
-		if length < 0 || length > MaxRangeLen {
-			return 0, fmt.Errorf("%w: %s range of %d bytes outside 0..%d", ErrTooLarge, r.Kind, length, int64(MaxRangeLen))
+		limit := int64(MaxRangeLen)
+		if r.Kind == CsumReq {
+			limit = MaxDataLen // the peer reads the range whole
+		}
+		if length < 0 || length > limit {
+			return 0, fmt.Errorf("%w: %s range of %d bytes outside 0..%d", ErrTooLarge, r.Kind, length, limit)
 		}
 		if r.Kind == Trim && l.features&FeatureTrim == 0 {
 			return 0, fmt.Errorf("%w: Trim (the peers do not both offer FeatureTrim)", ErrNotSupported)

@@ -321,7 +321,8 @@ func (e *Engine) charge(n int64) {
 }
 
 // Run resyncs until the bitmap is clean (nil), ctx ends, Stop is called, or
-// the transport fails.
+// the transport fails. It returns only after every chunk and flush it
+// started completed, so nothing of the run touches the bitmap afterwards.
 func (e *Engine) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -344,6 +345,13 @@ func (e *Engine) Run(ctx context.Context) error {
 			err = e.flush(ctx)
 		}
 		if err != nil {
+			// Chunks still in flight would otherwise complete after Run
+			// returned: clear bits (through a flush of their own) that
+			// the caller, who no longer routes Dirtied here, has set
+			// again meanwhile, and use the transport and the bitmap of a
+			// resync that is over. The transport completes every request
+			// (a link that goes down fails them), so this is bounded.
+			e.settle()
 			return err
 		}
 		if n == 0 {
@@ -543,22 +551,43 @@ func (e *Engine) acked(s span, sent int64) {
 	e.pending = append(e.pending, s)
 	e.sinceFl += n
 	needFlush := e.sinceFl >= e.cfg.FlushEvery
+	var batch []span
 	if needFlush {
 		e.sinceFl = 0
+		batch = e.takeFlushLocked()
 	}
 	e.mu.Unlock()
 	if needFlush {
-		e.flushAsync()
+		// acked runs in the transport's completion callback, which must
+		// not block, and Flush may: over a replicate.Link it waits for
+		// room in the resync window, which only the goroutine running
+		// this callback frees by reading the next reply (a window the
+		// chunk sender refilled meanwhile would deadlock the link until
+		// its request timeout).
+		go e.startFlush(batch)
 	}
 }
 
 // flushAsync starts a durability point for what is pending now.
 func (e *Engine) flushAsync() {
 	e.mu.Lock()
+	batch := e.takeFlushLocked()
+	e.mu.Unlock()
+	e.startFlush(batch)
+}
+
+// takeFlushLocked takes what is pending for a durability point and counts
+// the flush in flight, so that drain waits for it (mu held).
+func (e *Engine) takeFlushLocked() []span {
 	batch := e.pending
 	e.pending = nil
 	e.inflight++
-	e.mu.Unlock()
+	return batch
+}
+
+// startFlush sends the flush taken by takeFlushLocked and clears batch
+// once it returned.
+func (e *Engine) startFlush(batch []span) {
 	err := e.tr.Flush(func(err error) {
 		if err == nil {
 			e.clear(batch)
@@ -611,6 +640,16 @@ func (e *Engine) drain(ctx context.Context) error {
 		return e.failed
 	}
 	return ctx.Err()
+}
+
+// settle waits until nothing is in flight, whatever the context: Run
+// returns only once no chunk or flush of it can complete later.
+func (e *Engine) settle() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for e.inflight > 0 {
+		e.cond.Wait()
+	}
 }
 
 // flush makes everything acknowledged durable and clears its bits.

@@ -474,3 +474,239 @@ func TestRateCapChecksums(t *testing.T) {
 		t.Fatalf("1 MiB sent at 4 MiB/s in %v", el)
 	}
 }
+
+// holdTransport holds every SendData until the test completes it; flushes
+// complete at once and are counted with the bitmap's state when they ran.
+type holdTransport struct {
+	memTransport
+	held chan func(error)
+}
+
+func (t *holdTransport) SendData(off int64, p []byte, done func(error)) error {
+	t.sent.Add(int64(len(p)))
+	t.held <- done
+	return nil
+}
+
+// Run cancelled while a chunk is in flight must wait for it: a chunk
+// acknowledged after Run returned would start a flush and clear bits of a
+// resync that is over (its caller no longer reports Dirtied to it).
+func TestRunWaitsForChunksInFlight(t *testing.T) {
+	const size = 1 << 20
+	src, dst, bm := setup(t, size, func(bm *bitmap.Bitmap, src, dst *memDisk) {
+		copy(src.b, bytes.Repeat([]byte{0x44}, 8192))
+		bm.Set(0, 8192)
+	})
+	tr := &holdTransport{memTransport: memTransport{target: dst}, held: make(chan func(error), 4)}
+	cfg := DefaultConfig()
+	cfg.ChunkSize = 4096
+	cfg.FlushEvery = 4096
+	cfg.Window = 1
+	cfg.LatencyTarget = 0
+	e, err := New(cfg, src, bm, &rangelock.Locker{}, tr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	runDone := make(chan error, 1)
+	go func() { runDone <- e.Run(ctx) }()
+	var done func(error)
+	select {
+	case done = <-tr.held:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no chunk was sent")
+	}
+	cancel()
+	// Run must not return while the chunk is in flight. A correct Run
+	// blocks until done is called below; give a wrong one time to return.
+	select {
+	case err := <-runDone:
+		e.mu.Lock()
+		inflight := e.inflight
+		e.mu.Unlock()
+		done(nil)
+		tr.wg.Wait()
+		t.Fatalf("Run returned %v with %d chunk(s) in flight", err, inflight)
+	case <-time.After(200 * time.Millisecond):
+	}
+	done(nil)
+	select {
+	case err := <-runDone:
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("Run returned %v, want context.Canceled", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return after the chunk completed")
+	}
+	flushes := tr.flushes.Load()
+	dirty := bm.DirtyBytes()
+	tr.wg.Wait()
+	if got := tr.flushes.Load(); got != flushes {
+		t.Fatalf("%d flush(es) started after Run returned", got-flushes)
+	}
+	if got := bm.DirtyBytes(); got != dirty {
+		t.Fatalf("dirty bytes changed from %d to %d after Run returned", dirty, got)
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.inflight != 0 {
+		t.Fatalf("%d in flight after Run returned", e.inflight)
+	}
+}
+
+// windowTransport models a replicate.Link's resync stream: at most max
+// requests in flight (SendData and Flush wait for room), completed in
+// order by one reader goroutine that frees a request's room before it
+// calls its callback, as the link's reply reader does. A sender waiting
+// for room takes the freed room before the callback runs (the link wakes
+// it first), which is what makes a callback that waits for room deadlock.
+type windowTransport struct {
+	target  *memDisk
+	mu      sync.Mutex
+	cond    *sync.Cond
+	max     int
+	used    int
+	waiting int
+	chunks  int // SendData calls admitted
+	total   int // SendData calls the resync makes
+	queue   []func()
+	aborted bool
+	flushes int
+	readerQ chan struct{}
+}
+
+func newWindowTransport(target *memDisk, maxInFlight, total int) *windowTransport {
+	t := &windowTransport{target: target, max: maxInFlight, total: total, readerQ: make(chan struct{})}
+	t.cond = sync.NewCond(&t.mu)
+	return t
+}
+
+var errAborted = errors.New("aborted by the test")
+
+// admit waits for room and queues complete (mu held).
+func (t *windowTransport) admitLocked(complete func()) error {
+	t.waiting++
+	t.cond.Broadcast()
+	for t.used >= t.max && !t.aborted {
+		t.cond.Wait()
+	}
+	t.waiting--
+	if t.aborted {
+		return errAborted
+	}
+	t.used++
+	t.queue = append(t.queue, complete)
+	t.cond.Broadcast()
+	return nil
+}
+
+func (t *windowTransport) SendData(off int64, p []byte, done func(error)) error {
+	data := append([]byte(nil), p...)
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	err := t.admitLocked(func() { t.target.WriteAt(data, off); done(nil) })
+	if err == nil {
+		t.chunks++
+	}
+	return err
+}
+
+func (t *windowTransport) Flush(done func(error)) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.flushes++
+	return t.admitLocked(func() { done(nil) })
+}
+
+func (t *windowTransport) Digest(int64, int64, string, func([]byte, error)) (bool, error) {
+	return false, nil
+}
+
+// reader completes requests in order until stop is closed.
+func (t *windowTransport) reader(stop <-chan struct{}) {
+	defer close(t.readerQ)
+	for {
+		t.mu.Lock()
+		for len(t.queue) == 0 && !t.aborted {
+			t.cond.Wait()
+		}
+		if len(t.queue) == 0 {
+			t.mu.Unlock()
+			return
+		}
+		// Complete the oldest request only once the next chunk waits for
+		// room (or none will come), so that it takes the freed room first.
+		for t.waiting == 0 && t.chunks < t.total && !t.aborted {
+			t.cond.Wait()
+		}
+		complete := t.queue[0]
+		t.queue = t.queue[1:]
+		t.used--
+		t.cond.Broadcast()
+		for t.waiting > 0 && t.used < t.max && !t.aborted {
+			t.cond.Wait()
+		}
+		t.mu.Unlock()
+		complete()
+		select {
+		case <-stop:
+			return
+		default:
+		}
+	}
+}
+
+func (t *windowTransport) abort() {
+	t.mu.Lock()
+	t.aborted = true
+	t.cond.Broadcast()
+	t.mu.Unlock()
+}
+
+// The engine's completion callbacks must not block: the durability point
+// a chunk's acknowledgement triggers must not wait for room in the
+// transport on the goroutine that delivers the acknowledgements.
+func TestFlushNotStartedInCallback(t *testing.T) {
+	const chunks = 8
+	const size = chunks * 4096
+	src, dst, bm := setup(t, size, func(bm *bitmap.Bitmap, src, dst *memDisk) {
+		randomize(rand.New(rand.NewPCG(3, 4)), src.b)
+		bm.SetAll()
+	})
+	tr := newWindowTransport(dst, 1, chunks)
+	cfg := DefaultConfig()
+	cfg.ChunkSize = 4096
+	cfg.FlushEvery = 4096
+	cfg.Window = 2
+	cfg.LatencyTarget = 0
+	e, err := New(cfg, src, bm, &rangelock.Locker{}, tr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	go tr.reader(stop)
+	runDone := make(chan error, 1)
+	go func() { runDone <- e.Run(context.Background()) }()
+	select {
+	case err = <-runDone:
+	case <-time.After(10 * time.Second):
+		tr.abort() // unblock the deadlock so that the test ends
+		<-runDone
+		close(stop)
+		<-tr.readerQ
+		t.Fatal("resync deadlocked: a flush waited for room on the goroutine that frees it")
+	}
+	close(stop)
+	tr.abort()
+	<-tr.readerQ
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(src.b, dst.b) {
+		t.Fatal("target differs from source")
+	}
+	if bm.DirtyBytes() != 0 {
+		t.Fatalf("%d bytes still dirty", bm.DirtyBytes())
+	}
+}
