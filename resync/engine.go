@@ -121,6 +121,10 @@ func (c Config) Validate() error {
 		return fmt.Errorf("resync: flush interval %d below the chunk size", c.FlushEvery)
 	case c.BlockSize < 512 || c.BlockSize > c.ChunkSize:
 		return fmt.Errorf("resync: block size %d out of 512..chunk size", c.BlockSize)
+	case c.ChunkSize%c.BlockSize != 0:
+		// A block split between two chunks would never have its bit
+		// cleared, and the walk would find it dirty forever.
+		return fmt.Errorf("resync: chunk size %d is not a multiple of the block size %d", c.ChunkSize, c.BlockSize)
 	}
 	if c.Csums != "" {
 		if _, err := NewDigest(c.Csums); err != nil {

@@ -320,6 +320,8 @@ func TestConfigValidate(t *testing.T) {
 		{ChunkSize: 1 << 20, Window: 1, FlushEvery: 4096},
 		{ChunkSize: 4096, Window: 1, FlushEvery: 1 << 20, BlockSize: 4096, Csums: "md5"},
 		{ChunkSize: 65536, Window: 1, FlushEvery: 1 << 20, BlockSize: 100},
+		// A block across two chunks would never be cleared.
+		{ChunkSize: 12288, Window: 1, FlushEvery: 1 << 20, BlockSize: 8192},
 	}
 	for _, c := range bad {
 		if c.Validate() == nil {
