@@ -300,13 +300,14 @@ func (h host) findConfigured(p connectParams, before map[int]bool) (int, bool) {
 	if p.index < 0 {
 		candidates, _ = listSysDevices(h.sys)
 	}
+	processOf := processes(h.proc)
 	for _, i := range candidates {
 		sd := sysDevice{h.sys, i}
 		task := sd.pid()
 		if task == 0 || before[i] || (p.identifier != "" && sd.backend() != p.identifier) {
 			continue
 		}
-		switch proc := processOf(h.proc, task); {
+		switch proc := processOf(task); {
 		case proc == os.Getpid(), proc == 0 && p.identifier != "":
 			return i, true
 		}
@@ -501,13 +502,14 @@ func (h host) list(ctx context.Context) ([]Mapped, error) {
 		return nil, err
 	}
 	out := []Mapped{}
+	processOf := processes(h.proc)
 	for _, i := range sortedInts(indexes) {
 		sd := sysDevice{h.sys, i}
 		task := sd.pid()
 		if task == 0 {
 			continue // configured but not (or no longer) running
 		}
-		pid := processOf(h.proc, task)
+		pid := processOf(task)
 		if pid == 0 {
 			pid = task
 		}

@@ -55,14 +55,14 @@ func TestProcessOfNestedNamespace(t *testing.T) {
 		"self/status": "Name:\trbd-nbd\nNSpid:\t5000\t12\n",
 		"4321/status": "Tgid:\t4300\n",
 	})
-	if got := processOf(proc, 4321); got != 0 {
+	if got := processes(proc)(4321); got != 0 {
 		t.Fatalf("processOf in a nested namespace = %d, want 0", got)
 	}
 	top := fakeSys(t, map[string]string{"4321/status": "Tgid:\t4300\n"}) // no NSpid: before 4.1
-	if got := processOf(top, 4321); got != 4300 {
+	if got := processes(top)(4321); got != 4300 {
 		t.Fatalf("processOf = %d, want 4300", got)
 	}
-	if got := processOf(top, 0); got != 0 {
+	if got := processes(top)(0); got != 0 {
 		t.Fatalf("processOf(0) = %d", got)
 	}
 }

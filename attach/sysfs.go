@@ -66,7 +66,7 @@ func (d sysDevice) backend() string {
 // only while it is). It is a thread id, not a process id: the driver
 // records task_pid_nr(current) of whichever thread sent NBD_CMD_CONNECT or
 // NBD_DO_IT, and a Go program runs those on any of its threads (see
-// processOf).
+// processes).
 func (d sysDevice) pid() int {
 	s, err := d.read("pid")
 	if err != nil {
@@ -76,18 +76,25 @@ func (d sysDevice) pid() int {
 	return n
 }
 
-// processOf returns the process (thread group) that task, a thread id
-// from sysfs, belongs to, read from "Tgid:" in proc/TASK/status (/proc
-// has every thread under its id, listed or not); 0 when it cannot be
-// known: the task has exited (a netlink attach's does, the device staying)
-// or this process is not in the initial pid namespace, where a sysfs
-// thread id would name some other task of ours, or nothing.
-func processOf(proc string, task int) int {
-	if task <= 0 || !initialPIDNamespace(proc) {
-		return 0
+// processes returns the function that maps a task, a thread id from
+// sysfs, to the process (thread group) it belongs to, read from "Tgid:" in
+// proc/TASK/status (/proc has every thread under its id, listed or not);
+// it returns 0 when that cannot be known: the task has exited (a netlink
+// attach's does, the device staying) or this process is not in the
+// initial pid namespace, where a sysfs thread id would name some other
+// task of ours, or nothing. The namespace is looked up once, here, for
+// all the tasks of one listing.
+func processes(proc string) func(task int) int {
+	if !initialPIDNamespace(proc) {
+		return func(int) int { return 0 }
 	}
-	n, _ := strconv.Atoi(statusField(filepath.Join(proc, strconv.Itoa(task), "status"), "Tgid"))
-	return n
+	return func(task int) int {
+		if task <= 0 {
+			return 0
+		}
+		n, _ := strconv.Atoi(statusField(filepath.Join(proc, strconv.Itoa(task), "status"), "Tgid"))
+		return n
+	}
 }
 
 // initialPIDNamespace reports whether this process sees pids as the

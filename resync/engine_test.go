@@ -477,6 +477,22 @@ func TestRateCapChecksums(t *testing.T) {
 	}
 }
 
+// pageEngine is an engine of one-page chunks, each followed by a
+// durability point, with window chunks in flight and no latency control.
+func pageEngine(t *testing.T, window int, src *memDisk, bm *bitmap.Bitmap, tr Transport) *Engine {
+	t.Helper()
+	cfg := DefaultConfig()
+	cfg.ChunkSize = 4096
+	cfg.FlushEvery = 4096
+	cfg.Window = window
+	cfg.LatencyTarget = 0
+	e, err := New(cfg, src, bm, &rangelock.Locker{}, tr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
 // holdTransport holds every SendData until the test completes it; flushes
 // complete at once and are counted with the bitmap's state when they ran.
 type holdTransport struct {
@@ -500,15 +516,7 @@ func TestRunWaitsForChunksInFlight(t *testing.T) {
 		bm.Set(0, 8192)
 	})
 	tr := &holdTransport{memTransport: memTransport{target: dst}, held: make(chan func(error), 4)}
-	cfg := DefaultConfig()
-	cfg.ChunkSize = 4096
-	cfg.FlushEvery = 4096
-	cfg.Window = 1
-	cfg.LatencyTarget = 0
-	e, err := New(cfg, src, bm, &rangelock.Locker{}, tr)
-	if err != nil {
-		t.Fatal(err)
-	}
+	e := pageEngine(t, 1, src, bm, tr)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	runDone := make(chan error, 1)
@@ -677,15 +685,8 @@ func TestFlushNotStartedInCallback(t *testing.T) {
 		bm.SetAll()
 	})
 	tr := newWindowTransport(dst, 1, chunks)
-	cfg := DefaultConfig()
-	cfg.ChunkSize = 4096
-	cfg.FlushEvery = 4096
-	cfg.Window = 2
-	cfg.LatencyTarget = 0
-	e, err := New(cfg, src, bm, &rangelock.Locker{}, tr)
-	if err != nil {
-		t.Fatal(err)
-	}
+	e := pageEngine(t, 2, src, bm, tr)
+	var err error
 	stop := make(chan struct{})
 	go tr.reader(stop)
 	runDone := make(chan error, 1)

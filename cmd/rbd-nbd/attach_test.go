@@ -196,19 +196,17 @@ func TestHolderArgs(t *testing.T) {
 // Timeouts the kernel would truncate are refused, naming the option,
 // before anything is dialed.
 func TestAttachRefusesOverlongTimeouts(t *testing.T) {
-	maxDead := attach.MaxDeadConnTimeout // a variable: on 64 bits one second more overflows
 	for _, tc := range []struct {
 		name string
 		mod  func(*attachOptions)
 		flag string
 	}{
 		{"timeout", func(o *attachOptions) { o.timeout = attach.MaxTimeout + time.Second }, "--timeout"},
-		{"dead-conn-timeout", func(o *attachOptions) { o.deadConnTimeout = maxDead + time.Second }, "--dead-conn-timeout"},
+		// A nanosecond over: on 64 bits the bound is the largest whole
+		// number of seconds a Duration holds, and a second more overflows.
+		{"dead-conn-timeout", func(o *attachOptions) { o.deadConnTimeout = attach.MaxDeadConnTimeout + time.Nanosecond }, "--dead-conn-timeout"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if tc.flag == "--dead-conn-timeout" && attach.MaxDeadConnTimeout > 1<<62 {
-				t.Skip("a 64-bit long bounds no dead-connection timeout")
-			}
 			o := &attachOptions{nbd: "127.0.0.1:1", connections: 1, method: "auto", waitTimeout: time.Second, readyFD: -1}
 			tc.mod(o)
 			err := runAttach(context.Background(), &globalOptions{}, o, []string{"r0"}, io.Discard, zap.NewNop())
