@@ -75,6 +75,9 @@ type conn struct {
 	// sp splices large WRITE payloads into the backend (splice_linux.go).
 	// Reader only.
 	sp splicer
+	// lw raises the socket's low-water mark while a large payload
+	// arrives (lowat_linux.go). Reader only.
+	lw lowWater
 
 	closeOnce sync.Once
 	draining  atomic.Bool // Shutdown: stop reading, finish what was read
@@ -269,6 +272,7 @@ func (c *conn) transmit(exp *Export) {
 	c.readOnly = exp.ReadOnly
 	c.minBlock, _, c.maxPayload = exp.blockSizes(&c.s.cfg)
 	c.sp.init(c.b, c.nc)
+	c.lw.init(c.nc)
 	if c.draining.Load() {
 		// Shutdown raced with the handshake's last step.
 		return
@@ -545,11 +549,24 @@ func (c *conn) readPayload(p []byte) error {
 	if c.br.Buffered() > 0 {
 		n, _ = c.br.Read(p) // copies, never reads the socket
 	}
-	if n == len(p) {
+	rest := p[n:]
+	if len(rest) == 0 {
 		return nil
 	}
-	_, err := io.ReadFull(&c.src, p[n:])
-	return err
+	c.lw.expect(len(rest))
+	defer c.lw.reset()
+	for len(rest) > 0 {
+		c.lw.left(len(rest))
+		k, err := c.src.Read(rest)
+		rest = rest[k:]
+		if err != nil && len(rest) > 0 {
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF // the header promised more
+			}
+			return err
+		}
+	}
+	return nil
 }
 
 // bigWrite is the WRITE payload size from which a system call to read the

@@ -121,8 +121,11 @@ func (c *conn) splicePayload(off int64, n int) (werr, rerr error) {
 		off += int64(k)
 		n -= k
 	}
+	c.lw.expect(n)
+	defer c.lw.reset()
 	inPipe := 0
 	for n > 0 || inPipe > 0 {
+		c.lw.left(n)
 		if n > 0 && inPipe < sp.size {
 			k, err := sp.fill(min(n, sp.size-inPipe), inPipe > 0)
 			if err != nil {
