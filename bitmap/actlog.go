@@ -61,8 +61,10 @@ type alSlot struct {
 
 // ALStats counts the activity log's work since it was created.
 type ALStats struct {
-	// Slots is al-extents.
+	// Slots is the number of slots in the meta-data.
 	Slots int
+	// Limit is the most extents kept active (SetLimit; Slots until set).
+	Limit int
 	// Active is the number of slots that hold an extent.
 	Active int
 	// InFlight is the number of Begin calls not yet done.
@@ -100,6 +102,10 @@ type ActivityLog struct {
 	closed   bool
 	inflight int
 	stats    ALStats
+	// limit is the most extents kept active (SetLimit). used counts the
+	// slots that hold or are reserved for an extent: not free, and not
+	// being retired.
+	limit, used int
 	// beforeEvict, set by SetBeforeEvict before any Begin, runs before a
 	// transaction that takes extents out of the log.
 	beforeEvict func(extents []uint32) error
@@ -165,6 +171,8 @@ func NewActivityLog(bm *Bitmap, j Journal, table []uint32) (*ActivityLog, error)
 		}
 	}
 	a.stats.Slots = len(table)
+	a.limit = len(table)
+	a.used = len(table) - len(a.free)
 	return a, nil
 }
 
@@ -321,7 +329,7 @@ func (a *ActivityLog) beginSlow(ctx context.Context, first, last uint32) error {
 				reclaim++ // pinning it takes it off the LRU list
 			}
 		}
-		if len(a.free)+a.lruLen-reclaim >= missing {
+		if a.freeUsable(first, last)+a.lruLen-reclaim >= missing {
 			break
 		}
 		if !a.inCommit && len(a.pending) > 0 {
@@ -345,9 +353,10 @@ func (a *ActivityLog) beginSlow(ctx context.Context, first, last uint32) error {
 	}
 	for e := first; e <= last; e++ {
 		if a.extSlot[e] < 0 {
-			a.reserve(e)
+			a.reserve(e, a.freeUsable(first, last) > 0)
 		}
 	}
+	a.shrink()
 	// Phase 2: wait until every extent is durable, committing the pending
 	// batch whenever no one else is.
 	for {
@@ -376,15 +385,46 @@ func (a *ActivityLog) beginSlow(ctx context.Context, first, last uint32) error {
 	}
 }
 
-// reserve puts extent e into a free slot or the least recently released
-// one, pinned, pending the next transaction. a.mu is held and a slot is
-// available.
-func (a *ActivityLog) reserve(e uint32) {
+// freeUsable is how many free slots a range of extents [first, last] may
+// take: up to the limit, which a range larger than it may exceed (it could
+// never be covered otherwise). a.mu is held.
+func (a *ActivityLog) freeUsable(first, last uint32) int {
+	lim := max(a.limit, int(last-first)+1)
+	return min(len(a.free), max(lim-a.used, 0))
+}
+
+// shrink retires idle extents, least recently released first, while more
+// than the limit are active (after SetLimit lowered it): they go out in
+// the pending transaction, with the activations that are in it. a.mu is
+// held.
+func (a *ActivityLog) shrink() {
+	for a.used > a.limit && a.lruTail >= 0 {
+		a.retire(a.lruTail)
+	}
+}
+
+// retire takes the extent of slot i, active and idle, out of the log in
+// the pending transaction; the slot is free once that is durable. a.mu is
+// held.
+func (a *ActivityLog) retire(i int32) {
+	a.lruRemove(i)
+	s := &a.slots[i]
+	a.extSlot[s.ext] = -1
+	a.pending = append(a.pending, SlotUpdate{Slot: uint32(i), Extent: NoExtent, Evicted: s.ext})
+	s.ext, s.state = NoExtent, slotPending
+	a.used--
+}
+
+// reserve puts extent e into a free slot (when fromFree) or the least
+// recently released one, pinned, pending the next transaction. a.mu is
+// held and a slot is available.
+func (a *ActivityLog) reserve(e uint32, fromFree bool) {
 	var i int32
 	evicted := NoExtent
-	if n := len(a.free); n > 0 {
+	if n := len(a.free); n > 0 && fromFree {
 		i = a.free[n-1]
 		a.free = a.free[:n-1]
+		a.used++
 	} else {
 		i = a.lruTail
 		a.lruRemove(i)
@@ -578,11 +618,7 @@ func (a *ActivityLog) RetireIdle(ctx context.Context) (int, error) {
 	var mine []int32
 	for a.lruTail >= 0 {
 		i := a.lruTail
-		a.lruRemove(i)
-		s := &a.slots[i]
-		a.extSlot[s.ext] = -1
-		a.pending = append(a.pending, SlotUpdate{Slot: uint32(i), Extent: NoExtent, Evicted: s.ext})
-		s.ext, s.state = NoExtent, slotPending
+		a.retire(i)
 		mine = append(mine, i)
 	}
 	for {
@@ -608,9 +644,36 @@ func (a *ActivityLog) RetireIdle(ctx context.Context) (int, error) {
 	}
 }
 
-// Slots is al-extents: a range may touch at most that many extents
-// (Begin returns ErrTooLarge beyond).
+// Slots is the number of slots in the meta-data: a range may touch at
+// most that many extents (Begin returns ErrTooLarge beyond).
 func (a *ActivityLog) Slots() int { return len(a.slots) }
+
+// SetLimit keeps at most n extents active (the resource file's al-extents;
+// 1 ≤ n ≤ Slots): fewer make a crash resync less and write activity-log
+// transactions more often. Raising it takes effect at once. Lowering it
+// takes effect as the writes move on: while more than n extents are
+// active, each transaction that activates an extent also retires the
+// least recently used idle ones, down to n. It does no I/O itself. A
+// write that touches more than n extents still gets them all.
+func (a *ActivityLog) SetLimit(n int) error {
+	if n < 1 || n > len(a.slots) {
+		return fmt.Errorf("%w: limit of %d active extents: want 1 to %d (the meta-data's slots)", ErrBadConfig, n, len(a.slots))
+	}
+	a.mu.Lock()
+	a.limit = n
+	if a.waiters > 0 {
+		a.broadcast() // a raise lets waiters take free slots
+	}
+	a.mu.Unlock()
+	return nil
+}
+
+// Limit is the most extents kept active (SetLimit).
+func (a *ActivityLog) Limit() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.limit
+}
 
 // Covered reports whether every extent that [off, off+length) touches is
 // active and durable: what must hold while a write to that range is in
@@ -650,7 +713,8 @@ func (a *ActivityLog) Stats() ALStats {
 	defer a.mu.Unlock()
 	st := a.stats
 	st.InFlight = a.inflight
-	st.Active = len(a.slots) - len(a.free)
+	st.Active = a.used
+	st.Limit = a.limit
 	return st
 }
 

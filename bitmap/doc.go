@@ -28,8 +28,12 @@
 //
 // # Activity log
 //
-// The data is cut into 4 MiB extents. At most N of them (al-extents) are
-// active. Before a write is submitted, Begin makes every extent it touches
+// The data is cut into 4 MiB extents. At most N of them (the slots of the
+// meta-data) are active, or fewer when SetLimit lowered the cap (the
+// resource file's al-extents): then a new extent takes a free slot only
+// while fewer than the limit are active, and evicts otherwise; after a
+// lowering, the transactions that activate extents also retire idle ones
+// until no more than the limit are active. Before a write is submitted, Begin makes every extent it touches
 // active. For an extent that is already active this costs a mutex round
 // trip and a reference count. An inactive extent takes a slot (a free one,
 // or the least recently released active extent with no writes in flight).

@@ -135,12 +135,20 @@ func (r *Resource) install(st *storage) {
 		r.log.Warn("meta-data was not closed cleanly; activity log extents marked out of sync",
 			zap.Int("extents", rec.Extents), zap.Uint64("blocks", rec.Blocks))
 	}
-	// The activity log's slots are laid out on disk by create-md: a
-	// disk.al-extents set in the resource file is not applied, and a value
-	// other than the default says someone expects it to be.
-	if want, have := r.cfg().Disk.ALExtents, st.meta.Superblock().ALExtents; want != config.DefaultALExtents && want != have {
-		r.log.Warn("disk.al-extents is fixed in the meta-data (create-md --al-extents); the resource file's value is not applied",
-			zap.Uint32("al-extents", want), zap.Uint32("meta-data", have))
+	r.applyALExtents(al, r.cfg().Disk.ALExtents)
+}
+
+// applyALExtents keeps at most disk.al-extents extents active in al. The
+// slots are laid out on disk by create-md: a value above them uses them
+// all, with a warning.
+func (r *Resource) applyALExtents(al *bitmap.ActivityLog, want uint32) {
+	n := min(int(want), al.Slots())
+	if n < int(want) {
+		r.log.Warn("disk.al-extents is more than the meta-data's activity-log slots; using all of them (create-md --al-extents makes more)",
+			zap.Uint32("al-extents", want), zap.Int("slots", al.Slots()))
+	}
+	if err := al.SetLimit(n); err != nil {
+		r.log.Warn("disk.al-extents not applied", zap.Error(err)) // not reachable: 1 <= n <= slots
 	}
 }
 

@@ -583,8 +583,8 @@ func TestStartOnPortInUseIsEADDRINUSE(t *testing.T) {
 	}
 }
 
-// disk.al-extents other than the meta-data's (fixed by create-md) is not
-// applied: up says so, naming both values.
+// disk.al-extents above the meta-data's slots (fixed by create-md) uses
+// them all: up says so, naming both values.
 func TestALExtentsMismatchWarns(t *testing.T) {
 	dir := t.TempDir()
 	n := pairDisk{img: filepath.Join(dir, "b.img")}
@@ -602,8 +602,11 @@ func TestALExtentsMismatchWarns(t *testing.T) {
 	if len(found) != 1 {
 		t.Fatalf("%d warnings about disk.al-extents, want 1: %v", len(found), logs.All())
 	}
-	if m := found[0].ContextMap(); m["al-extents"] != uint32(3001) || m["meta-data"] != uint32(config.DefaultALExtents) {
+	if m := found[0].ContextMap(); m["al-extents"] != uint32(3001) || m["slots"] != int64(config.DefaultALExtents) {
 		t.Fatalf("warning fields %v", m)
+	}
+	if got := r.alog().Stats().Limit; got != config.DefaultALExtents {
+		t.Fatalf("limit %d, want every slot (%d)", got, config.DefaultALExtents)
 	}
 }
 

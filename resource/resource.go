@@ -480,6 +480,9 @@ func (r *Resource) Apply(ctx context.Context, cfg config.Resource) error {
 		r.m.SetAfterSB(cfg.Net.AfterSB)
 		r.m.SetFencing(cfg.Net.Fencing)
 		r.m.SetSuspendNoData(cfg.Disk.OnNoDataAccessible == config.OnNoDataSuspendIO)
+		if al := r.alog(); al != nil && cfg.Disk.ALExtents != old.Disk.ALExtents {
+			r.applyALExtents(al, cfg.Disk.ALExtents)
+		}
 		if e := r.engine.Load(); e != nil {
 			// The running resync picks up the new speed settings
 			// (configuration.md); a later one reads them at its start.
