@@ -252,7 +252,11 @@ func (h host) watch(ctx context.Context, cfg ReattachConfig) error {
 	if err != nil {
 		return err
 	}
-	defer nl.Close()
+	defer func() {
+		if nl != nil {
+			nl.Close()
+		}
+	}()
 
 	// notice is what one receive brought: the devices named, or all of
 	// them when notifications were lost.
@@ -290,7 +294,22 @@ func (h host) watch(ctx context.Context, cfg ReattachConfig) error {
 	failing := map[int]bool{}
 	failingAll := false
 	pass := func(only map[int]bool) {
+		if nl == nil {
+			var derr error
+			if nl, derr = h.dial(); derr != nil {
+				failingAll = true
+				log.Warn("reattach pass not started; retrying", zap.Error(derr), zap.Duration("every", retry))
+				return
+			}
+		}
 		done, failed, err := reattachAll(ctx, nl, h.sys, cfg, only)
+		if err != nil {
+			// A request that timed out may still be answered: on this
+			// socket the late answer would fail the next request's
+			// sequence check. The next pass starts on a new one.
+			nl.Close()
+			nl = nil
+		}
 		for _, r := range done {
 			log.Debug("reattach pass", zap.Int("index", r.Index), zap.Int("sockets", r.Sockets))
 			delete(failing, r.Index)

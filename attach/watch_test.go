@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"slices"
 	"testing"
 	"time"
 )
@@ -141,5 +142,40 @@ func TestWatchRetriesOnlyFailedDevice(t *testing.T) {
 	k.linkDead(1)
 	if got := reconfigured(k.waitCommands(cmdReconfigure, 3)); len(got) != 3 || got[2] != 1 {
 		t.Fatalf("reconfigured %v; want nbd2 no more once reached, nbd1 on its notification", got)
+	}
+}
+
+// A pass that failed leaves its netlink socket: a request of it that timed
+// out may still be answered there, and that late answer would fail the
+// next request's sequence check. The retry dials a new one.
+func TestWatchRedialsAfterFailedPass(t *testing.T) {
+	k := newFakeKernel(t, 2)
+	k.connected(1, fakeIdent, 1<<20, 1)
+	failures := make(chan struct{}, 1)
+	failures <- struct{}{} // the first connect fails
+	cfg := watchConfig(t)
+	connect := cfg.Connect
+	cfg.Connect = func(ctx context.Context, id string) (net.Conn, ExportInfo, error) {
+		select {
+		case <-failures:
+			return nil, ExportInfo{}, errors.New("server not up yet")
+		default:
+		}
+		return connect(ctx, id)
+	}
+	startWatch(t, k.host(), cfg)
+	k.waitCommands(cmdReconfigure, 1)
+	k.mu.Lock()
+	socks := slices.Clone(k.socks)
+	k.mu.Unlock()
+	// The notification socket, the first pass's, and the retry's.
+	if len(socks) != 3 {
+		t.Fatalf("%d netlink sockets dialed, want 3", len(socks))
+	}
+	socks[1].mu.Lock()
+	closed := socks[1].closed
+	socks[1].mu.Unlock()
+	if !closed {
+		t.Error("the failed pass's socket was not closed")
 	}
 }

@@ -32,19 +32,13 @@ const (
 // lowWater sets a TCP connection's SO_RCVLOWAT; on any other connection
 // (a Unix socket of a kernel attach, TLS) it does nothing. Reader only.
 type lowWater struct {
-	tc  *net.TCPConn
-	cur int // the mark set; 0: the default
+	tc   *net.TCPConn
+	cur  int // the mark set; 0: the default
+	room int // the largest mark the receive buffer was seen to hold
 }
 
 func (lw *lowWater) init(nc net.Conn) {
 	lw.tc, _ = nc.(*net.TCPConn)
-}
-
-// disable stops using the mark (after STARTTLS: the socket then carries
-// TLS records, not payload bytes).
-func (lw *lowWater) disable() {
-	lw.reset()
-	lw.tc = nil
 }
 
 // expect raises the mark for a payload of which n bytes are still to be
@@ -65,23 +59,38 @@ func (lw *lowWater) left(n int) {
 // reset puts the default mark back.
 func (lw *lowWater) reset() { lw.set(0) }
 
+// set sets the mark to v (0: the default). On any failure the mark is
+// given up for the connection, left at the default if it can be.
 func (lw *lowWater) set(v int) {
 	if v == lw.cur || lw.tc == nil {
 		return
 	}
 	rc, err := lw.tc.SyscallConn()
 	if err != nil {
+		lw.tc = nil
 		return
 	}
-	var serr error
-	err = rc.Control(func(fd uintptr) {
-		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVLOWAT, max(v, 1))
-	})
-	if err != nil || serr != nil {
-		// The mark stays where it was; never believe it raised.
-		if v == 0 {
-			lw.tc = nil // cannot lower it again: stop raising it
+	ok := false
+	cerr := rc.Control(func(fd uintptr) {
+		if unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVLOWAT, max(v, 1)) != nil {
+			return
 		}
+		if v > lw.room {
+			// Since Linux 4.19 a raised mark grows the receive buffer
+			// to hold it. On a kernel that does not, the window could
+			// close before the mark is reached and the reader would
+			// never wake: there the mark is given up.
+			rcvbuf, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF)
+			if err != nil || rcvbuf < v {
+				_ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVLOWAT, 1)
+				return
+			}
+			lw.room = v
+		}
+		ok = true
+	})
+	if cerr != nil || !ok {
+		lw.cur, lw.tc = 0, nil
 		return
 	}
 	lw.cur = v
