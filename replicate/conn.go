@@ -16,7 +16,10 @@ import (
 //     system call, so frames of all four streams that are produced while
 //     a write is in progress go out together (group commit, with no added
 //     delay). At most maxWriteBehind bytes wait; beyond that Write blocks,
-//     which keeps yamux's flow control meaningful.
+//     which keeps yamux's flow control meaningful. A large frame body is
+//     not copied: it is written from Write, with what is queued, when the
+//     flusher is idle, and a very large one waits for the flusher's write
+//     in progress first (a 1 MiB copy costs more than the wait).
 //   - Read-ahead: yamux reads through a 4 KiB bufio.Reader; conn reads
 //     from the socket in large chunks, so a burst of frames costs one
 //     system call, not one per 4 KiB.
@@ -54,6 +57,11 @@ const (
 	// directWrite is the size from which an idle connection writes a
 	// frame body directly instead of copying it.
 	directWrite = 64 << 10
+	// waitWrite is the size from which a frame body waits for the
+	// flusher's write in progress and is then written directly, rather
+	// than copied. Below it, a body (such as a burst of small writes'
+	// frames) is copied and the send loop goes on at once.
+	waitWrite = 512 << 10
 	// closeLinger bounds the last write of Close.
 	closeLinger = 250 * time.Millisecond
 )
@@ -94,11 +102,11 @@ func (c *conn) read(p []byte) (int, error) {
 	return n, nil
 }
 
-// Write queues p for the flusher.
+// Write queues p for the flusher; a large p it writes itself.
 func (c *conn) Write(p []byte) (int, error) {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	for len(c.pending) >= maxWriteBehind && c.werr == nil && !c.closing {
+	for (len(c.pending) >= maxWriteBehind || (len(p) >= waitWrite && c.flushing)) && c.werr == nil && !c.closing {
 		c.wcond.Wait()
 	}
 	switch {
@@ -109,12 +117,28 @@ func (c *conn) Write(p []byte) (int, error) {
 	}
 	c.sent.Add(uint64(len(p)))
 	if len(p) >= directWrite && !c.flushing {
-		// Nothing waits and p is large: write it from here, saving a copy.
-		// flushing keeps the flusher idle meanwhile.
+		// Write p from here, after what is queued (one writev), rather
+		// than copy it: at once when the flusher is idle, and for a
+		// very large p (waitWrite) after its write in progress, as
+		// copying a 1 MiB body costs more than that wait. The caller is
+		// the only writer, so nothing is queued meanwhile; flushing
+		// keeps the flusher idle.
 		c.flushing = true
+		queued := c.pending
+		c.pending = c.spare[:0]
 		c.wmu.Unlock()
-		n, err := c.Conn.Write(p)
+		var n int
+		var err error
+		if len(queued) > 0 {
+			bufs := net.Buffers{queued, p}
+			var m int64
+			m, err = bufs.WriteTo(c.Conn)
+			n = max(int(m)-len(queued), 0)
+		} else {
+			n, err = c.Conn.Write(p)
+		}
 		c.wmu.Lock()
+		c.spare = queued[:0]
 		c.flushing = false
 		if err != nil {
 			c.werr = err
@@ -155,6 +179,7 @@ func (c *conn) flush() {
 			if len(c.pending) == 0 {
 				closing := c.closing
 				c.flushing = false
+				c.wcond.Broadcast() // a large Write waits for this
 				c.wmu.Unlock()
 				if closing {
 					return

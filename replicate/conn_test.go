@@ -1,0 +1,144 @@
+package replicate
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"math/rand/v2"
+	"net"
+	"testing"
+	"time"
+)
+
+// tcpPair returns both ends of a loopback TCP connection.
+func tcpPair(t *testing.T) (net.Conn, net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	acc := make(chan net.Conn, 1)
+	go func() {
+		c, _ := ln.Accept()
+		acc <- c
+	}()
+	a, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := <-acc
+	if b == nil {
+		t.Fatal("accept failed")
+	}
+	t.Cleanup(func() { a.Close(); b.Close() })
+	return a, b
+}
+
+// TestConnWriteOrder: small writes (queued for the flusher), medium ones
+// (written directly when the flusher is idle, else queued) and large ones
+// (written directly after the flusher's write in progress, with what is
+// queued) arrive in the order written, byte for byte, while the reader
+// is slower than the writer.
+func TestConnWriteOrder(t *testing.T) {
+	a, b := tcpPair(t)
+	c := newConn(a)
+	defer c.Close()
+	r := rand.New(rand.NewPCG(1, 2))
+	sizes := []int{12, 4096, 100 << 10, directWrite, waitWrite, 1 << 20, 7, 600 << 10, 12}
+	var want bytes.Buffer
+	var writes [][]byte
+	for i := range 60 {
+		p := make([]byte, sizes[r.IntN(len(sizes))])
+		for j := range p {
+			p[j] = byte(i + j)
+		}
+		want.Write(p)
+		writes = append(writes, p)
+	}
+	got := make(chan []byte, 1)
+	go func() {
+		var buf bytes.Buffer
+		chunk := make([]byte, 8<<10) // small reads: the flusher is often busy
+		for buf.Len() < want.Len() {
+			n, err := b.Read(chunk)
+			buf.Write(chunk[:n])
+			if err != nil {
+				break
+			}
+		}
+		got <- buf.Bytes()
+	}()
+	for _, p := range writes {
+		// Write may keep p only until it returns, as yamux's send loop
+		// reuses its buffer.
+		q := append([]byte(nil), p...)
+		if n, err := c.Write(q); err != nil || n != len(q) {
+			t.Fatalf("Write = %d, %v", n, err)
+		}
+		clear(q)
+	}
+	select {
+	case g := <-got:
+		if !bytes.Equal(g, want.Bytes()) {
+			t.Fatalf("received %d bytes differing from the %d written", len(g), want.Len())
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("reader did not get everything within 30 s")
+	}
+}
+
+// TestConnCloseEndsWaitingWrite: a large Write waiting for the flusher,
+// whose write is stuck on a peer that does not read, returns once Close
+// is called (bounded by closeLinger), with an error.
+func TestConnCloseEndsWaitingWrite(t *testing.T) {
+	a, b := tcpPair(t) // b never reads
+	// Small socket buffers: a few hundred KiB fill them.
+	if err := a.(*net.TCPConn).SetWriteBuffer(8 << 10); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.(*net.TCPConn).SetReadBuffer(8 << 10); err != nil {
+		t.Fatal(err)
+	}
+	c := newConn(a)
+	small := make([]byte, 64<<10-1)
+	// Queue more than the socket buffers hold: the flusher is then stuck
+	// in a write.
+	for i := 0; ; i++ {
+		if _, err := c.Write(small); err != nil {
+			t.Fatal(err)
+		}
+		c.wmu.Lock()
+		stuck := len(c.pending) >= 1<<20
+		c.wmu.Unlock()
+		if stuck {
+			break
+		}
+		if i == 1000 {
+			t.Fatal("the flusher never got stuck")
+		}
+	}
+	res := make(chan error, 1)
+	go func() {
+		_, err := c.Write(make([]byte, 1<<20))
+		res <- err
+	}()
+	closed := make(chan struct{})
+	go func() { c.Close(); close(closed) }()
+	select {
+	case err := <-res:
+		if err == nil {
+			t.Fatal("large Write succeeded on a connection whose peer never read")
+		}
+		if !errors.Is(err, net.ErrClosed) && !errors.Is(err, io.ErrShortWrite) {
+			t.Logf("large Write: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("large Write still blocked 10 s after Close")
+	}
+	select {
+	case <-closed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close did not return")
+	}
+}
