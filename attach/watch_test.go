@@ -120,21 +120,9 @@ func TestWatchRetriesOnlyFailedDevice(t *testing.T) {
 	k := newFakeKernel(t, 3)
 	k.connected(1, fakeIdent, 1<<20, 1)
 	k.connected(2, ident2, 1<<20, 1)
-	failures := make(chan struct{}, 1)
-	failures <- struct{}{} // ident2's first connect fails
 	cfg := watchConfig(t)
 	cfg.Match = func(id string) bool { return id == fakeIdent || id == ident2 }
-	connect := cfg.Connect
-	cfg.Connect = func(ctx context.Context, id string) (net.Conn, ExportInfo, error) {
-		if id == ident2 {
-			select {
-			case <-failures:
-				return nil, ExportInfo{}, errors.New("server not up yet")
-			default:
-			}
-		}
-		return connect(ctx, id)
-	}
+	failFirstConnect(&cfg, ident2)
 	startWatch(t, k.host(), cfg)
 	if got := reconfigured(k.waitCommands(cmdReconfigure, 2)); got[0] != 1 || got[1] != 2 {
 		t.Fatalf("reconfigured %v, want nbd1, then nbd2 on the retry", got)
@@ -151,18 +139,8 @@ func TestWatchRetriesOnlyFailedDevice(t *testing.T) {
 func TestWatchRedialsAfterFailedPass(t *testing.T) {
 	k := newFakeKernel(t, 2)
 	k.connected(1, fakeIdent, 1<<20, 1)
-	failures := make(chan struct{}, 1)
-	failures <- struct{}{} // the first connect fails
 	cfg := watchConfig(t)
-	connect := cfg.Connect
-	cfg.Connect = func(ctx context.Context, id string) (net.Conn, ExportInfo, error) {
-		select {
-		case <-failures:
-			return nil, ExportInfo{}, errors.New("server not up yet")
-		default:
-		}
-		return connect(ctx, id)
-	}
+	failFirstConnect(&cfg, fakeIdent)
 	startWatch(t, k.host(), cfg)
 	k.waitCommands(cmdReconfigure, 1)
 	k.mu.Lock()
@@ -177,5 +155,23 @@ func TestWatchRedialsAfterFailedPass(t *testing.T) {
 	socks[1].mu.Unlock()
 	if !closed {
 		t.Error("the failed pass's socket was not closed")
+	}
+}
+
+// failFirstConnect makes cfg's first connect to the device named id fail,
+// as when its server is not up yet.
+func failFirstConnect(cfg *ReattachConfig, id string) {
+	failures := make(chan struct{}, 1)
+	failures <- struct{}{}
+	connect := cfg.Connect
+	cfg.Connect = func(ctx context.Context, ident string) (net.Conn, ExportInfo, error) {
+		if ident == id {
+			select {
+			case <-failures:
+				return nil, ExportInfo{}, errors.New("server not up yet")
+			default:
+			}
+		}
+		return connect(ctx, ident)
 	}
 }

@@ -436,7 +436,6 @@ func TestNewActivityLogRejectsBadTable(t *testing.T) {
 // while it is in flight (invariant 1), and that the counts balance.
 func TestConcurrentBeginStress(t *testing.T) {
 	a, bm, j, _ := newTestAL(t, 5)
-	ctx := context.Background()
 	var wg sync.WaitGroup
 	for w := range 8 {
 		wg.Add(1)
@@ -453,18 +452,9 @@ func TestConcurrentBeginStress(t *testing.T) {
 					off = ext(r.Int64N(3)) + r.Int64N(ExtentSize-4096)
 				}
 				n := int64(4096 * (1 + r.IntN(2)))
-				done, err := a.Begin(ctx, off, n)
-				if err != nil {
-					t.Error(err)
+				if !writeChecked(t, a, bm, j, off, n) {
 					return
 				}
-				for e := off >> ExtentShift; e <= (off+n-1)>>ExtentShift; e++ {
-					if !j.Durable(uint32(e)) {
-						t.Errorf("extent %d in flight but not durable", e)
-					}
-				}
-				bm.Set(off, n)
-				done()
 			}
 		}()
 	}
@@ -627,4 +617,23 @@ func TestRetireIdle(t *testing.T) {
 	if st := a.Stats(); st.Evictions != 0 || st.Active != 4 {
 		t.Fatalf("stats %+v", st)
 	}
+}
+
+// writeChecked is one write through a: Begin, a check that every extent
+// it touches is durable in j while the write is in flight, the write's
+// bits, done. False (and the test failed) when Begin failed.
+func writeChecked(t *testing.T, a *ActivityLog, bm *Bitmap, j *fakeJournal, off, n int64) bool {
+	done, err := a.Begin(context.Background(), off, n)
+	if err != nil {
+		t.Error(err)
+		return false
+	}
+	for e := off >> ExtentShift; e <= (off+n-1)>>ExtentShift; e++ {
+		if !j.Durable(uint32(e)) {
+			t.Errorf("extent %d in flight but not durable", e)
+		}
+	}
+	bm.Set(off, n)
+	done()
+	return true
 }
