@@ -17,9 +17,10 @@ import (
 //     a write is in progress go out together (group commit, with no added
 //     delay). At most maxWriteBehind bytes wait; beyond that Write blocks,
 //     which keeps yamux's flow control meaningful. A large frame body is
-//     not copied: it is written from Write, with what is queued, when the
-//     flusher is idle, and a very large one waits for the flusher's write
-//     in progress first (a 1 MiB copy costs more than the wait).
+//     not copied: Write writes it itself, after what is queued (one
+//     writev), when the flusher is idle; a very large one (waitWrite)
+//     waits for the write in progress, if any, then does the same (a
+//     1 MiB copy costs more than the wait).
 //   - Read-ahead: yamux reads through a 4 KiB bufio.Reader; conn reads
 //     from the socket in large chunks, so a burst of frames costs one
 //     system call, not one per 4 KiB.
@@ -35,6 +36,7 @@ type conn struct {
 	pending  []byte // accepted, not yet written
 	spare    []byte
 	flushing bool // the flusher was woken and has not gone idle yet
+	writing  bool // a write of the queue is in progress (flusher or Write)
 	closing  bool
 	werr     error
 	wake     chan struct{} // one token while flushing is set
@@ -106,7 +108,7 @@ func (c *conn) read(p []byte) (int, error) {
 func (c *conn) Write(p []byte) (int, error) {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	for (len(c.pending) >= maxWriteBehind || (len(p) >= waitWrite && c.flushing)) && c.werr == nil && !c.closing {
+	for (len(c.pending) >= maxWriteBehind || (len(p) >= waitWrite && c.writing)) && c.werr == nil && !c.closing {
 		c.wcond.Wait()
 	}
 	switch {
@@ -116,14 +118,14 @@ func (c *conn) Write(p []byte) (int, error) {
 		return 0, net.ErrClosed
 	}
 	c.sent.Add(uint64(len(p)))
-	if len(p) >= directWrite && !c.flushing {
+	if len(p) >= waitWrite || (len(p) >= directWrite && !c.flushing) {
 		// Write p from here, after what is queued (one writev), rather
-		// than copy it: at once when the flusher is idle, and for a
-		// very large p (waitWrite) after its write in progress, as
-		// copying a 1 MiB body costs more than that wait. The caller is
-		// the only writer, so nothing is queued meanwhile; flushing
-		// keeps the flusher idle.
-		c.flushing = true
+		// than copy it: a body of waitWrite bytes or more once no write
+		// is in progress (copying a 1 MiB body costs more than that
+		// wait), a smaller one only when the flusher is idle. The
+		// caller is the only writer, so nothing is queued meanwhile;
+		// writing keeps the flusher away from the buffers.
+		c.writing = true
 		queued := c.pending
 		c.pending = c.spare[:0]
 		c.wmu.Unlock()
@@ -139,10 +141,10 @@ func (c *conn) Write(p []byte) (int, error) {
 		}
 		c.wmu.Lock()
 		c.spare = queued[:0]
-		c.flushing = false
+		c.writing = false
+		c.wcond.Broadcast() // the flusher may wait for this
 		if err != nil {
 			c.werr = err
-			c.wcond.Broadcast()
 			c.setErr(err)
 		}
 		if c.closing {
@@ -172,6 +174,9 @@ func (c *conn) flush() {
 	for range c.wake {
 		for {
 			c.wmu.Lock()
+			for c.writing && c.werr == nil {
+				c.wcond.Wait() // a large Write is writing the queue
+			}
 			if c.werr != nil {
 				c.wmu.Unlock()
 				return
@@ -179,7 +184,6 @@ func (c *conn) flush() {
 			if len(c.pending) == 0 {
 				closing := c.closing
 				c.flushing = false
-				c.wcond.Broadcast() // a large Write waits for this
 				c.wmu.Unlock()
 				if closing {
 					return
@@ -188,14 +192,16 @@ func (c *conn) flush() {
 			}
 			buf := c.pending
 			c.pending = c.spare[:0]
+			c.writing = true
 			c.wcond.Broadcast()
 			c.wmu.Unlock()
 			_, err := c.Conn.Write(buf)
 			c.wmu.Lock()
 			c.spare = buf[:0]
+			c.writing = false
+			c.wcond.Broadcast() // a large Write waits for this
 			if err != nil {
 				c.werr = err
-				c.wcond.Broadcast()
 			}
 			c.wmu.Unlock()
 			if err != nil {
