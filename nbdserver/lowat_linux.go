@@ -1,6 +1,7 @@
 package nbdserver
 
 import (
+	"fmt"
 	"net"
 
 	"golang.org/x/sys/unix"
@@ -13,9 +14,9 @@ import (
 // that comes back short, a failed read (EAGAIN), a trip through epoll and
 // the scheduler, and again. Raising the socket's SO_RCVLOWAT to the bytes
 // still expected makes the kernel wake the reader once, when they are all
-// there (TCP honours it in poll and in its wake-ups since Linux 4.19, and
-// grows the receive buffer to fit). nbdkit's threads get the same effect
-// from a blocking recv.
+// there (TCP honours it in poll and in its wake-ups, and grows the
+// receive buffer to fit; used from Linux 5.8, see lowatKernel). nbdkit's
+// threads get the same effect from a blocking recv.
 //
 // Invariant: the mark is never above the bytes of the current payload not
 // yet read, or the reader could wait for bytes the client will not send
@@ -38,7 +39,25 @@ type lowWater struct {
 }
 
 func (lw *lowWater) init(nc net.Conn) {
-	lw.tc, _ = nc.(*net.TCPConn)
+	if tc, ok := nc.(*net.TCPConn); ok && lowatKernel() {
+		lw.tc = tc
+	}
+}
+
+// lowatKernel reports whether this kernel honours a raised mark safely:
+// since 4.19 the receive buffer grows to hold it, and since 5.8 memory
+// pressure wakes the reader before the mark (earlier kernels could leave
+// it waiting for bytes the window would not let in).
+func lowatKernel() bool {
+	var u unix.Utsname
+	if unix.Uname(&u) != nil {
+		return false
+	}
+	var major, minor int
+	if _, err := fmt.Sscanf(unix.ByteSliceToString(u.Release[:]), "%d.%d", &major, &minor); err != nil {
+		return false
+	}
+	return major > 5 || (major == 5 && minor >= 8)
 }
 
 // expect raises the mark for a payload of which n bytes are still to be
@@ -49,10 +68,16 @@ func (lw *lowWater) expect(n int) {
 	}
 }
 
-// left keeps the mark at or below n, the payload bytes still to be read.
+// left keeps the mark at or below n, the payload bytes still to be read:
+// lowered to n after a read that got part of the payload, so that the
+// rest still wakes the reader once.
 func (lw *lowWater) left(n int) {
 	if lw.cur > n {
-		lw.set(0)
+		if n >= lowatMin {
+			lw.set(n)
+		} else {
+			lw.set(0)
+		}
 	}
 }
 
@@ -76,10 +101,11 @@ func (lw *lowWater) set(v int) {
 			return
 		}
 		if v > lw.room {
-			// Since Linux 4.19 a raised mark grows the receive buffer
-			// to hold it. On a kernel that does not, the window could
-			// close before the mark is reached and the reader would
-			// never wake: there the mark is given up.
+			// The kernel grows the receive buffer so that its window
+			// holds the mark (or, with SO_RCVBUF set, caps the mark at
+			// what the window holds). A buffer smaller than the mark
+			// says it did neither, and the reader could wait for
+			// bytes the window keeps out: give the mark up.
 			rcvbuf, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF)
 			if err != nil || rcvbuf < v {
 				_ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVLOWAT, 1)
