@@ -65,7 +65,8 @@ type ALStats struct {
 	Slots int
 	// Limit is the most extents kept active (SetLimit; Slots until set).
 	Limit int
-	// Active is the number of slots that hold an extent.
+	// Active is the number of extents active or being activated (not
+	// counting those being retired).
 	Active int
 	// InFlight is the number of Begin calls not yet done.
 	InFlight int

@@ -2,8 +2,11 @@ package resource
 
 import (
 	"context"
+	"path/filepath"
 	"testing"
 	"time"
+
+	"go.uber.org/zap"
 )
 
 // TestALExtentsApplied: disk.al-extents caps the activity log at up, at
@@ -46,5 +49,24 @@ func TestALExtentsApplied(t *testing.T) {
 	// The Primary still writes through a limited log.
 	if err := c.a.WriteAt(make([]byte, 4096), 8<<20, false); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestALExtentsDefaultUsesEverySlot: meta-data made with more slots than
+// the default keeps them all when the resource file leaves al-extents
+// unset (it reads as the default).
+func TestALExtentsDefaultUsesEverySlot(t *testing.T) {
+	dir := t.TempDir()
+	n := pairDisk{img: filepath.Join(dir, "b.img")}
+	makePairDisk(t, n, 16<<20, 1, 3000)
+	r := New(nodeB(t, dir, "127.0.0.1:0", n.img, ""), Options{Logger: zap.NewNop()})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := r.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer r.Stop(ctx)
+	if st := r.alog().Stats(); st.Limit != 3000 || st.Slots != 3000 {
+		t.Fatalf("limit %d of %d slots, want every one of 3000", st.Limit, st.Slots)
 	}
 }

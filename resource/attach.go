@@ -140,8 +140,13 @@ func (r *Resource) install(st *storage) {
 
 // applyALExtents keeps at most disk.al-extents extents active in al. The
 // slots are laid out on disk by create-md: a value above them uses them
-// all, with a warning.
+// all, with a warning. The default (also what an unset option reads as)
+// uses them all too, so that meta-data made with more slots than the
+// default keeps them without a resource-file setting.
 func (r *Resource) applyALExtents(al *bitmap.ActivityLog, want uint32) {
+	if want == config.DefaultALExtents {
+		want = uint32(al.Slots())
+	}
 	n := min(int(want), al.Slots())
 	if n < int(want) {
 		r.log.Warn("disk.al-extents is more than the meta-data's activity-log slots; using all of them (create-md --al-extents makes more)",
