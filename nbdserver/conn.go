@@ -272,7 +272,7 @@ func (c *conn) transmit(exp *Export) {
 	c.readOnly = exp.ReadOnly
 	c.minBlock, _, c.maxPayload = exp.blockSizes(&c.s.cfg)
 	c.sp.init(c.b, c.nc)
-	c.lw.init(c.nc)
+	c.lw.init(c.nc, c.s.lowat)
 	if c.draining.Load() {
 		// Shutdown raced with the handshake's last step.
 		return

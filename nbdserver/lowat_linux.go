@@ -3,6 +3,7 @@ package nbdserver
 import (
 	"fmt"
 	"net"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -33,14 +34,15 @@ const (
 // lowWater sets a TCP connection's SO_RCVLOWAT; on any other connection
 // (a Unix socket of a kernel attach, TLS) it does nothing. Reader only.
 type lowWater struct {
-	tc   *net.TCPConn
-	cur  int // the mark set; 0: the default
-	room int // the largest mark the receive buffer was seen to hold
+	rc   syscall.RawConn // nil: the mark is not used
+	cur  int             // the mark set; 0: the default
+	room int             // the largest mark the receive buffer was seen to hold
 }
 
-func (lw *lowWater) init(nc net.Conn) {
-	if tc, ok := nc.(*net.TCPConn); ok && lowatKernel() {
-		lw.tc = tc
+// init uses the mark on nc if it is TCP and kernelOK (Server.lowat).
+func (lw *lowWater) init(nc net.Conn, kernelOK bool) {
+	if tc, ok := nc.(*net.TCPConn); ok && kernelOK {
+		lw.rc, _ = tc.SyscallConn()
 	}
 }
 
@@ -87,16 +89,11 @@ func (lw *lowWater) reset() { lw.set(0) }
 // set sets the mark to v (0: the default). On any failure the mark is
 // given up for the connection, left at the default if it can be.
 func (lw *lowWater) set(v int) {
-	if v == lw.cur || lw.tc == nil {
-		return
-	}
-	rc, err := lw.tc.SyscallConn()
-	if err != nil {
-		lw.tc = nil
+	if v == lw.cur || lw.rc == nil {
 		return
 	}
 	ok := false
-	cerr := rc.Control(func(fd uintptr) {
+	cerr := lw.rc.Control(func(fd uintptr) {
 		if unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVLOWAT, max(v, 1)) != nil {
 			return
 		}
@@ -116,7 +113,7 @@ func (lw *lowWater) set(v int) {
 		ok = true
 	})
 	if cerr != nil || !ok {
-		lw.cur, lw.tc = 0, nil
+		lw.cur, lw.rc = 0, nil
 		return
 	}
 	lw.cur = v

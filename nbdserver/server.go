@@ -45,6 +45,8 @@ type Server struct {
 	cfg      Config
 	log      *zap.Logger
 	pool     bufPool
+	// lowat: this kernel takes a raised SO_RCVLOWAT safely (lowatKernel).
+	lowat bool
 
 	mu        sync.Mutex
 	state     serverState
@@ -110,6 +112,7 @@ func (s *Server) init() error {
 			return
 		}
 		s.cfg = s.Config.withDefaults()
+		s.lowat = lowatKernel()
 		s.maxConns = s.cfg.MaxConnections
 		s.log = s.Logger
 		if s.log == nil {

@@ -2,8 +2,6 @@ package replicate
 
 import (
 	"bytes"
-	"errors"
-	"io"
 	"math/rand/v2"
 	"net"
 	"testing"
@@ -129,9 +127,6 @@ func TestConnCloseEndsWaitingWrite(t *testing.T) {
 	case err := <-res:
 		if err == nil {
 			t.Fatal("large Write succeeded on a connection whose peer never read")
-		}
-		if !errors.Is(err, net.ErrClosed) && !errors.Is(err, io.ErrShortWrite) {
-			t.Logf("large Write: %v", err)
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("large Write still blocked 10 s after Close")
