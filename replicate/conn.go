@@ -46,8 +46,13 @@ type conn struct {
 	r, w int
 
 	// sent and received count the bytes the link accepted for writing and
-	// read, for statistics (under TLS: before encryption).
+	// read (under TLS: before encryption).
 	sent, received atomic.Uint64
+	// written counts the bytes of sent that reached the socket (a write
+	// call returned them), in the same order: written >= sent at some
+	// moment means everything accepted until then is in the kernel.
+	written   atomic.Uint64
+	flushDone bool // the flusher returned (wmu): nothing more is written
 
 	emu sync.Mutex
 	err error
@@ -140,6 +145,11 @@ func (c *conn) Write(p []byte) (int, error) {
 			n, err = c.Conn.Write(p)
 		}
 		c.wmu.Lock()
+		if err == nil {
+			c.written.Add(uint64(len(queued) + n))
+		} else {
+			c.written.Add(uint64(max(n, 0)))
+		}
 		c.spare = queued[:0]
 		c.writing = false
 		c.wcond.Broadcast() // the flusher may wait for this
@@ -171,6 +181,12 @@ func (c *conn) kick() {
 // when Close was called and everything accepted was written.
 func (c *conn) flush() {
 	defer close(c.stopped)
+	defer func() {
+		c.wmu.Lock()
+		c.flushDone = true
+		c.wcond.Broadcast() // waitWritten
+		c.wmu.Unlock()
+	}()
 	for range c.wake {
 		for {
 			c.wmu.Lock()
@@ -195,8 +211,9 @@ func (c *conn) flush() {
 			c.writing = true
 			c.wcond.Broadcast()
 			c.wmu.Unlock()
-			_, err := c.Conn.Write(buf)
+			n, err := c.Conn.Write(buf)
 			c.wmu.Lock()
+			c.written.Add(uint64(n))
 			c.spare = buf[:0]
 			c.writing = false
 			c.wcond.Broadcast() // a large Write waits for this
@@ -234,6 +251,19 @@ func (c *conn) Close() error {
 		return tc.NetConn().Close()
 	}
 	return c.Conn.Close()
+}
+
+// waitWritten blocks until mark bytes (a value of sent) reached the
+// socket, or the connection failed or stopped writing.
+func (c *conn) waitWritten(mark uint64) {
+	if c.written.Load() >= mark {
+		return
+	}
+	c.wmu.Lock()
+	for c.written.Load() < mark && c.werr == nil && !c.flushDone {
+		c.wcond.Wait()
+	}
+	c.wmu.Unlock()
 }
 
 func (c *conn) setErr(err error) {

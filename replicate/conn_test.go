@@ -2,6 +2,7 @@ package replicate
 
 import (
 	"bytes"
+	"io"
 	"math/rand/v2"
 	"net"
 	"testing"
@@ -135,5 +136,64 @@ func TestConnCloseEndsWaitingWrite(t *testing.T) {
 	case <-closed:
 	case <-time.After(10 * time.Second):
 		t.Fatal("Close did not return")
+	}
+}
+
+// TestConnWaitWritten: waitWritten returns once the bytes accepted up to
+// a mark were written to the socket, not when they were queued; it
+// returns once the connection failed too; written then counts what the
+// socket took. net.Pipe writes block until the other end reads, so
+// the write of the queue is held for as long as the test wants.
+func TestConnWaitWritten(t *testing.T) {
+	a, b := net.Pipe()
+	defer b.Close()
+	c := newConn(a)
+	defer c.Close()
+	p := bytes.Repeat([]byte{7}, 4096)
+	if _, err := c.Write(p); err != nil {
+		t.Fatal(err)
+	}
+	mark := c.sent.Load()
+	waited := make(chan struct{})
+	go func() {
+		c.waitWritten(mark)
+		close(waited)
+	}()
+	select {
+	case <-waited:
+		t.Fatal("waitWritten returned before the peer read anything")
+	default: // the flusher's write is blocked until b reads
+	}
+	if c.written.Load() != 0 {
+		t.Fatalf("written %d before the socket took anything", c.written.Load())
+	}
+	got := make([]byte, len(p))
+	if _, err := io.ReadFull(b, got); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-waited:
+	case <-time.After(5 * time.Second):
+		t.Fatal("waitWritten still waiting after the bytes were read")
+	}
+	if c.written.Load() != mark {
+		t.Fatalf("written %d, want %d", c.written.Load(), mark)
+	}
+
+	// A mark the connection never reaches: the failure releases it.
+	if _, err := c.Write(p); err != nil {
+		t.Fatal(err)
+	}
+	mark = c.sent.Load()
+	failed := make(chan struct{})
+	go func() {
+		c.waitWritten(mark)
+		close(failed)
+	}()
+	b.Close() // the flusher's write fails
+	select {
+	case <-failed:
+	case <-time.After(5 * time.Second):
+		t.Fatal("waitWritten still waiting after the connection failed")
 	}
 }

@@ -285,6 +285,8 @@ func (l *Link) Version() uint32 { return l.version }
 type Stats struct {
 	// SentBytes and ReceivedBytes count the link's bytes: frames and the
 	// stream multiplexing around them (under TLS, before encryption).
+	// SentBytes counts what the socket took, not what waits in the
+	// link's write-behind buffer.
 	SentBytes, ReceivedBytes uint64
 	// PingRTT is the round trip of the last answered ping (0 before the
 	// first): the network's latency plus how busy the peer's control
@@ -294,7 +296,7 @@ type Stats struct {
 
 // Stats returns what the link moved so far.
 func (l *Link) Stats() Stats {
-	return Stats{SentBytes: l.conn.sent.Load(), ReceivedBytes: l.conn.received.Load(), PingRTT: time.Duration(l.pingRTT.Load())}
+	return Stats{SentBytes: l.conn.written.Load(), ReceivedBytes: l.conn.received.Load(), PingRTT: time.Duration(l.pingRTT.Load())}
 }
 
 // Features returns the features both nodes offered.

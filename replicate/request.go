@@ -44,7 +44,8 @@ type Request struct {
 	// Link-private tracking, valid between Submit and Done.
 	id         uint64
 	cost       int64
-	submitted  int64 // monotonic nanoseconds
+	submitted  int64  // monotonic nanoseconds
+	wire       uint64 // conn.sent once its frame was handed over (see WaitWritten)
 	state      uint8
 	doneErr    error
 	prev, next *Request // window's pending list, oldest first

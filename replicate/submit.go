@@ -31,6 +31,19 @@ func (l *Link) Submit(r *Request) error {
 	return l.submit(r, stData)
 }
 
+// WaitWritten blocks until the frame of r, which Notify saw Sent, was
+// written to the peer's socket (not merely queued behind the link's
+// write-behind), or the connection failed. It returns at once for a
+// request that never reached Sent. A caller that has its own slow work
+// for the request (the local disk write of a mirrored write) starts it
+// after this, so that the peer works on its copy meanwhile rather than
+// after.
+func (l *Link) WaitWritten(r *Request) {
+	if l.conn != nil && r.wire != 0 {
+		l.conn.waitWritten(r.wire)
+	}
+}
+
 // SubmitResync sends a resync-stream request (ResyncData, ResyncFlush,
 // CsumReq, ResyncRead) with the same semantics as Submit and a separate
 // window (ResyncMaxInFlight, ResyncMaxInFlightBytes), so that resync never

@@ -62,6 +62,7 @@ func (w *window) admit(r *Request, cost int64) error {
 	r.cost = cost
 	r.state = 0
 	r.doneErr = nil
+	r.wire = 0
 	r.submitted = nanotime()
 	r.prev, r.next = w.tail, nil
 	if w.tail != nil {

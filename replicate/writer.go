@@ -286,10 +286,17 @@ func (w *writer) write(it *witem) (int, error) {
 // complete finishes the items of w.batch after a flush (ok) or a failed
 // write, and empties the batch.
 func (w *writer) complete(ok bool) {
+	var wire uint64
+	if ok && w.l.conn != nil {
+		// Everything flushed is in the connection now: its frames are
+		// on the wire once the connection wrote this many bytes.
+		wire = w.l.conn.sent.Load()
+	}
 	for i := range w.batch {
 		it := &w.batch[i]
 		switch it.kind {
 		case itemRequest:
+			it.req.wire = wire
 			w.win.afterWrite(it.req, ok, w.l.requestErr)
 		case itemAck:
 			w.l.releaseIncoming(it.in)

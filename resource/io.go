@@ -28,8 +28,10 @@ import (
 //  3. under the replication state's read lock it either goes to the peer or,
 //     with no peer, gets its bitmap bits set — before the local write, so
 //     the bits exist before the client sees the acknowledgement;
-//  4. local write and peer write run at once; the client's acknowledgement
-//     waits for what the protocol asks (A: sent, B: received, C: done);
+//  4. local write and peer write run at once (a write with no other in
+//     flight starts its local half once its frame is on the wire); the
+//     client's acknowledgement waits for what the protocol asks (A: sent,
+//     B: received, C: done);
 //  5. a peer half that fails (link down, timeout, peer disk error) sets the
 //     bits before the acknowledgement (protocol C) or from the completion
 //     callback (A, B, which acknowledged earlier: their AL reference is held
@@ -663,6 +665,15 @@ func (r *Resource) writeUnderMode(st *repState, req replicate.Request, do func()
 	var lerr error
 	detached := false
 	if !diskless {
+		if op != nil && r.inflight.Load() == 1 {
+			// A lone write: the link's goroutines would write its frame
+			// only once this one blocks, after the local write. Let the
+			// frame reach the socket first, so that the peer writes its
+			// copy while this node writes its own (with more writes in
+			// flight, both disks are busy anyway).
+			op.wait(replicate.Sent)
+			st.link.WaitWritten(&op.req)
+		}
 		if lerr = do(); lerr != nil {
 			if r.localError(lerr) {
 				lerr, detached = nil, true // the peer's copy is the data now

@@ -165,3 +165,39 @@ func disconnectDuringPeerWrite(t *testing.T, c *pair, ctx context.Context, off i
 	}
 	return old, res, unblock
 }
+
+// A write with no other in flight has its frame on the wire before its
+// local write starts, so that the peer writes its copy meanwhile rather
+// than after (with a real disk on each node, the two writes add up
+// otherwise). The link's sent bytes count what the socket took: when the
+// local disk sees the write, they already include its 4 KiB payload.
+func TestLoneWriteSendsBeforeLocalWrite(t *testing.T) {
+	c := newPair(t, "", "")
+	const X = 3 << 20
+	data := fill(0x5a, 4096)
+	for range 3 {
+		before := c.a.Status().Link.SentBytes
+		var atLocal uint64
+		seen := false
+		c.da.setWrite(func(p []byte, off int64) error {
+			if off == X && !seen {
+				seen = true
+				atLocal = c.a.Status().Link.SentBytes
+			}
+			return nil
+		})
+		if err := c.a.WriteAt(data, X, false); err != nil {
+			t.Fatal(err)
+		}
+		c.da.setWrite(nil)
+		if !seen {
+			t.Fatal("the local disk never saw the write")
+		}
+		if atLocal < before+uint64(len(data)) {
+			t.Fatalf("the local write started with %d bytes sent since the write began; the frame carries %d", atLocal-before, len(data))
+		}
+	}
+	if got := c.peerData(X, 4096); !bytes.Equal(got, data) {
+		t.Fatal("the peer's copy differs")
+	}
+}
