@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"os"
 	"reflect"
 	"slices"
 	"sync"
@@ -243,7 +244,9 @@ func (d *Daemon) serve(ctx context.Context, req *ctlproto.Request) ctlproto.Repl
 		return d.adjust(ctx, body)
 	}
 	if cmd, ok := commandOf(req.Header.Type); ok {
-		return d.command(ctx, body, cmd)
+		a := argsOf(body)
+		a.FromDaemon = req.Cred.PID == int32(os.Getpid())
+		return d.command(ctx, body, cmd, a)
 	}
 	return reply(ctlproto.Errorf(ctlproto.CodeNotSupported, "%s is not supported by this daemon", req.Msg.Name))
 }
@@ -779,7 +782,7 @@ func (d *Daemon) applyOrCreate(ctx context.Context, body ctlproto.List, downOnly
 	return generationReply(gen)
 }
 
-func (d *Daemon) command(ctx context.Context, body ctlproto.List, cmd Command) ctlproto.Reply {
+func (d *Daemon) command(ctx context.Context, body ctlproto.List, cmd Command, a Args) ctlproto.Reply {
 	name, perr := targetName(body)
 	if perr != nil {
 		return ctlproto.Reply{Err: perr}
@@ -794,7 +797,7 @@ func (d *Daemon) command(ctx context.Context, body ctlproto.List, cmd Command) c
 		return ctlproto.Reply{Err: &ctlproto.Error{Code: ctlproto.CodeStateConflict, State: "down",
 			Message: fmt.Sprintf("%s: resource %q is down; bring it up first", cmd, name)}}
 	}
-	if err := s.rt.Do(ctx, cmd, argsOf(body)); err != nil {
+	if err := s.rt.Do(ctx, cmd, a); err != nil {
 		return reply(err)
 	}
 	return generationReply(s.gen)

@@ -169,6 +169,12 @@ type Args struct {
 	ResetBitmap bool
 	// VerifyStart and VerifyStop bound verify, in bytes (stop 0: the end).
 	VerifyStart, VerifyStop uint64
+	// FromDaemon: the request came from the daemon's own process (its
+	// peer credentials carry the daemon's pid): the restore of remembered
+	// state, which a runtime may hold to what it remembers. Commands run
+	// one at a time per resource, so a check made in Do cannot be undone
+	// by another command before the command acts.
+	FromDaemon bool
 }
 
 func argsOf(body ctlproto.List) Args {

@@ -235,3 +235,97 @@ func TestRestorePromotesRememberedPrimary(t *testing.T) {
 		t.Fatalf("not promoted: %v", calls())
 	}
 }
+
+// roleRuntime checks a restore's promotion as resourceRuntime does and
+// records the primary requests that reached it.
+type roleRuntime struct {
+	s             *stateStore
+	beforePrimary func() // runs in Do before the check
+	mu            sync.Mutex
+	asked         []bool // FromDaemon of each primary request
+	primary       bool
+}
+
+func (r *roleRuntime) Start(context.Context, config.Resource, uint64) error { return nil }
+func (r *roleRuntime) Apply(context.Context, config.Resource, config.Resource, uint64) error {
+	return nil
+}
+func (r *roleRuntime) Stop(context.Context) error { return nil }
+func (r *roleRuntime) Status() resource.Status {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	st := resource.Status{Name: "r0", Role: resource.RoleSecondary, PeerRole: resource.RoleSecondary,
+		Conn: resource.ConnConnected, Disk: resource.DiskUpToDate, PeerDisk: resource.DiskUpToDate}
+	if r.primary {
+		st.Role = resource.RolePrimary
+	}
+	return st
+}
+func (r *roleRuntime) Do(_ context.Context, cmd daemon.Command, a daemon.Args) error {
+	if cmd != daemon.CmdPrimary {
+		return nil
+	}
+	r.mu.Lock()
+	r.asked = append(r.asked, a.FromDaemon)
+	r.mu.Unlock()
+	if r.beforePrimary != nil {
+		r.beforePrimary()
+	}
+	if err := r.s.checkRestore("r0", cmd, a); err != nil {
+		return err
+	}
+	r.mu.Lock()
+	r.primary = true
+	r.mu.Unlock()
+	return nil
+}
+
+// The restore's promotion is checked again where commands on the resource
+// run one at a time: an administrator's secondary that lands after the
+// restore's early look at the remembered role, and before its primary
+// request, is not undone. The daemon knows the restore's request by the
+// peer credentials (its own pid).
+func TestRestorePromotionHeldToLatestRole(t *testing.T) {
+	for _, secondaryMeanwhile := range []bool{false, true} {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		s := &stateStore{dir: t.TempDir(), log: zap.NewNop()}
+		s.save("r0", intent{Config: stateTestConfig(), Primary: true, Generation: 1})
+		rt := &roleRuntime{s: s}
+		if secondaryMeanwhile {
+			// What Do of the administrator's secondary saves, run just
+			// before the restore's primary gets the resource's lock.
+			rt.beforePrimary = func() { s.update("r0", func(in *intent) { in.Primary = false }) }
+		}
+		dcfg := daemon.DefaultConfig()
+		dcfg.NewRuntime = func(string, daemon.Events) (daemon.Runtime, error) { return rt, nil }
+		path := serveDaemonWith(t, dcfg)
+		in, _ := s.load("r0")
+		if err := s.restoreOne(ctx, path, "r0", in); err != nil {
+			t.Fatalf("secondary meanwhile %v: %v", secondaryMeanwhile, err)
+		}
+		cancel()
+		rt.mu.Lock()
+		asked, primary := rt.asked, rt.primary
+		rt.mu.Unlock()
+		if len(asked) != 1 || !asked[0] {
+			t.Fatalf("secondary meanwhile %v: primary requests %v; want one, from the daemon's process", secondaryMeanwhile, asked)
+		}
+		if primary == secondaryMeanwhile {
+			t.Fatalf("secondary meanwhile %v: promoted %v", secondaryMeanwhile, primary)
+		}
+		if s.restoresPrimary("r0") {
+			t.Fatal("still marked as promoting after the restore")
+		}
+	}
+	// An administrator's primary (another process) is not the restore's,
+	// even while the restore asks for Primary of a role made Secondary.
+	s := &stateStore{dir: t.TempDir(), log: zap.NewNop()}
+	s.save("r0", intent{Config: stateTestConfig(), Primary: false, Generation: 1})
+	s.setPromoting("r0", true)
+	if err := s.checkRestore("r0", daemon.CmdPrimary, daemon.Args{}); err != nil {
+		t.Fatalf("an administrator's primary refused: %v", err)
+	}
+	if err := s.checkRestore("r0", daemon.CmdPrimary, daemon.Args{FromDaemon: true}); err != errRoleChanged {
+		t.Fatalf("the restore's primary of a role made Secondary: %v", err)
+	}
+}

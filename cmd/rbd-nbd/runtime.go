@@ -95,6 +95,9 @@ func (rt *resourceRuntime) Status() resource.Status {
 }
 
 func (rt *resourceRuntime) Do(ctx context.Context, cmd daemon.Command, a daemon.Args) error {
+	if err := rt.state.checkRestore(rt.name, cmd, a); err != nil {
+		return err
+	}
 	r := rt.res
 	var err error
 	switch cmd {

@@ -18,6 +18,7 @@ import (
 
 	"github.com/rbd-nbd/rbd-nbd/config"
 	"github.com/rbd-nbd/rbd-nbd/ctlproto"
+	"github.com/rbd-nbd/rbd-nbd/daemon"
 	"github.com/rbd-nbd/rbd-nbd/version"
 )
 
@@ -58,6 +59,57 @@ type stateStore struct {
 	// before a pending restore) brings it up Secondary, and must not leave
 	// a Primary role for the next restart to promote.
 	restoring map[string]bool
+	// promoting names the resources whose restore is asking for Primary
+	// (restoresPrimary).
+	promoting map[string]bool
+}
+
+// restoresPrimary reports whether the restore of the named resource is
+// asking for Primary now: a primary request from the daemon's own process
+// is then the restore's, which the runtime grants only if the remembered
+// role is still Primary.
+func (s *stateStore) restoresPrimary(name string) bool {
+	if s == nil {
+		return false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.promoting[name]
+}
+
+// errRoleChanged refuses the restore's promotion of a resource whose
+// remembered role is no longer Primary.
+var errRoleChanged = &ctlproto.Error{Code: ctlproto.CodeStateConflict, State: "secondary",
+	Message: "not restoring Primary: the administrator changed the role since the daemon started"}
+
+// checkRestore refuses the restore's promotion (a primary request from
+// the daemon's own process while the restore asks for Primary) unless the
+// remembered role is still Primary. The restore read the role before it
+// asked; an administrator's secondary may have come in between. The
+// runtime calls this in Do: commands on a resource run one at a time, so
+// the role read here is the latest, and stays so until the promotion is
+// done.
+func (s *stateStore) checkRestore(name string, cmd daemon.Command, a daemon.Args) error {
+	if cmd != daemon.CmdPrimary || !a.FromDaemon || !s.restoresPrimary(name) {
+		return nil
+	}
+	if in, ok := s.load(name); !ok || !in.Primary {
+		return errRoleChanged
+	}
+	return nil
+}
+
+func (s *stateStore) setPromoting(name string, on bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.promoting == nil {
+		s.promoting = map[string]bool{}
+	}
+	if on {
+		s.promoting[name] = true
+	} else {
+		delete(s.promoting, name)
+	}
 }
 
 // keepsRole reports whether the start of the named resource is its
@@ -321,12 +373,23 @@ func (s *stateStore) restoreOne(ctx context.Context, socket, name string, in int
 	// in was read before the up; since then the administrator may have
 	// run secondary (or down), which the state file follows. Promote
 	// only if it still asks for Primary: the stale intent would undo
-	// the administrator's role change.
+	// the administrator's role change. This early look saves a request;
+	// the runtime looks again under the resource's command lock
+	// (restoresPrimary), for a secondary between this look and the
+	// primary request.
 	if now, ok := s.load(name); !ok || !now.Primary {
 		s.log.Info("not restoring Primary: the administrator changed the role meanwhile", zap.String("resource", name))
 		return nil
 	}
-	if _, err := c.Command(ctx, ctlproto.MsgPrimary, name); err != nil {
+	s.setPromoting(name, true)
+	_, err = c.Command(ctx, ctlproto.MsgPrimary, name)
+	s.setPromoting(name, false)
+	var ce *ctlproto.Error
+	if errors.As(err, &ce) && ce.Code == errRoleChanged.Code && ce.Message == errRoleChanged.Message {
+		s.log.Info("not restoring Primary: the administrator changed the role meanwhile", zap.String("resource", name))
+		return nil
+	}
+	if err != nil {
 		return fmt.Errorf("primary: %w", err)
 	}
 	s.log.Info("resource Primary again", zap.String("resource", name))
