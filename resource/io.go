@@ -28,10 +28,10 @@ import (
 //  3. under the replication state's read lock it either goes to the peer or,
 //     with no peer, gets its bitmap bits set — before the local write, so
 //     the bits exist before the client sees the acknowledgement;
-//  4. local write and peer write run at once (a write with no other in
-//     flight starts its local half once its frame is on the wire); the
-//     client's acknowledgement waits for what the protocol asks (A: sent,
-//     B: received, C: done);
+//  4. local write and peer write run at once (one whose local half takes
+//     the disk's time starts it once its frame is on the wire: sendFirst);
+//     the client's acknowledgement waits for what the protocol asks (A:
+//     sent, B: received, C: done);
 //  5. a peer half that fails (link down, timeout, peer disk error) sets the
 //     bits before the acknowledgement (protocol C) or from the completion
 //     callback (A, B, which acknowledged earlier: their AL reference is held
@@ -665,12 +665,11 @@ func (r *Resource) writeUnderMode(st *repState, req replicate.Request, do func()
 	var lerr error
 	detached := false
 	if !diskless {
-		if op != nil && r.inflight.Load() == 1 {
-			// A lone write: the link's goroutines would write its frame
-			// only once this one blocks, after the local write. Let the
-			// frame reach the socket first, so that the peer writes its
-			// copy while this node writes its own (with more writes in
-			// flight, both disks are busy anyway).
+		if op != nil && r.sendFirst(req) {
+			// The link's goroutines would write the frame only once
+			// this one blocks, after the local write: let the frame
+			// reach the socket first, so that the peer writes its copy
+			// while this node writes its own.
 			op.wait(replicate.Sent)
 			st.link.WaitWritten(&op.req)
 		}
@@ -737,6 +736,17 @@ func (r *Resource) writeUnderMode(st *repState, req replicate.Request, do func()
 		lerr = fmt.Errorf("resource %s: local disk detached and peer failed: %w", r.cfg().Name, perr)
 	}
 	return false, true, lerr
+}
+
+// sendFirst reports whether a write's local half waits until its frame is
+// on the wire. It does when the local write takes the disk's time: with
+// O_DIRECT, for FUA (a sync follows), and for a write with no other in
+// flight (whatever the disk, nothing else keeps both busy). A buffered
+// write among others (a page-cache copy of a few µs) goes at once: the
+// wait would cost each one a wake-up for a few µs of overlap (5-8% of
+// 4 KiB writes at queue depth 32 on tmpfs).
+func (r *Resource) sendFirst(req replicate.Request) bool {
+	return r.inflight.Load() == 1 || req.Flags&replicate.FUA != 0 || r.directIO.Load()
 }
 
 // peerFailed records a write the peer did not complete.

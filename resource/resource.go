@@ -80,6 +80,9 @@ type Resource struct {
 	meta     *metadata.Meta
 	bm       atomic.Pointer[bitmap.Bitmap]
 	al       atomic.Pointer[bitmap.ActivityLog]
+	// directIO: the attached disk was opened with O_DIRECT (the write
+	// path's sendFirst).
+	directIO atomic.Bool
 	// dataSize is the data size of the disk attached at Start: a disk
 	// attached later must have the same.
 	dataSize int64

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -199,5 +200,57 @@ func TestLoneWriteSendsBeforeLocalWrite(t *testing.T) {
 	}
 	if got := c.peerData(X, 4096); !bytes.Equal(got, data) {
 		t.Fatal("the peer's copy differs")
+	}
+}
+
+// With another write in flight, a FUA write still has its frame on the
+// wire before its local write starts (its local half includes a sync);
+// so does every write on a disk opened with O_DIRECT (sendFirst).
+func TestFUAWriteSendsFirstAmongOthers(t *testing.T) {
+	c := newPair(t, "", "")
+	const X, Y = 3 << 20, 5 << 20
+	held, release := make(chan struct{}), make(chan struct{})
+	var atLocal, before uint64
+	var seen atomic.Bool
+	c.da.setWrite(func(p []byte, off int64) error {
+		switch off {
+		case Y:
+			close(held)
+			<-release
+		case X:
+			if !seen.Swap(true) {
+				atLocal = c.a.Status().Link.SentBytes
+			}
+		}
+		return nil
+	})
+	other := make(chan error, 1)
+	go func() { other <- c.a.WriteAt(fill(0x01, 4096), Y, false) }()
+	<-held // Y is in flight, held in its local write
+	before = c.a.Status().Link.SentBytes
+	data := fill(0x5b, 4096)
+	if err := c.a.WriteAt(data, X, true); err != nil {
+		t.Fatal(err)
+	}
+	close(release)
+	if err := <-other; err != nil {
+		t.Fatal(err)
+	}
+	c.da.setWrite(nil)
+	if !seen.Load() || atLocal < before+uint64(len(data)) {
+		t.Fatalf("the FUA write's local half started with %d bytes sent since it began (seen %v); the frame carries %d", atLocal-before, seen.Load(), len(data))
+	}
+	if got := c.peerData(X, 4096); !bytes.Equal(got, data) {
+		t.Fatal("the peer's copy differs")
+	}
+	c.a.directIO.Store(true)
+	c.a.inflight.Add(2) // as if this write and another were in flight
+	defer c.a.inflight.Add(-2)
+	if !c.a.sendFirst(replicate.Request{Kind: replicate.Write}) {
+		t.Fatal("a write on an O_DIRECT disk among others does not send first")
+	}
+	c.a.directIO.Store(false)
+	if c.a.sendFirst(replicate.Request{Kind: replicate.Write}) {
+		t.Fatal("a buffered write among others waits for the wire")
 	}
 }
