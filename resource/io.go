@@ -817,6 +817,11 @@ func (r *Resource) flushUnder(st *repState) (retry bool, err error) {
 	}
 	var lerr error
 	if !r.diskFailed.Load() {
+		if op != nil {
+			// As sendFirst: the peer flushes while this node does.
+			op.wait(replicate.Sent)
+			st.link.WaitWritten(&op.req)
+		}
 		if lerr = r.data.Sync(); lerr != nil && r.localError(lerr) {
 			lerr = nil
 		}

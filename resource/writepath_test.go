@@ -254,3 +254,30 @@ func TestFUAWriteSendsFirstAmongOthers(t *testing.T) {
 		t.Fatal("a buffered write among others waits for the wire")
 	}
 }
+
+// A FLUSH has its frame on the wire before the local disk syncs, so that
+// the peer's sync runs meanwhile: the link's sent bytes include at least
+// a frame header more when the local sync starts.
+func TestFlushSendsBeforeLocalSync(t *testing.T) {
+	c := newPair(t, "", "")
+	if err := c.a.WriteAt(fill(0x11, 4096), 1<<20, false); err != nil {
+		t.Fatal(err)
+	}
+	before := c.a.Status().Link.SentBytes
+	var atSync uint64
+	var seen atomic.Bool
+	c.da.setSync(func() error {
+		if !seen.Swap(true) {
+			atSync = c.a.Status().Link.SentBytes
+		}
+		return nil
+	})
+	if err := c.a.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	c.da.setSync(nil)
+	const frameHeader = 40 // the peer protocol's frame header (docs/peer-protocol.md)
+	if !seen.Load() || atSync < before+frameHeader {
+		t.Fatalf("the local sync started with %d bytes sent since the flush began (seen %v)", atSync-before, seen.Load())
+	}
+}
