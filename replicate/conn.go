@@ -53,6 +53,9 @@ type conn struct {
 	// moment means everything accepted until then is in the kernel.
 	written   atomic.Uint64
 	flushDone bool // the flusher returned (wmu): nothing more is written
+	abandoned bool // the link failed (wmu): waitWritten waits no more
+	// wwait (on wmu) wakes waitWritten: written grew, or writing ended.
+	wwait sync.Cond
 
 	emu sync.Mutex
 	err error
@@ -76,6 +79,7 @@ const (
 func newConn(c net.Conn) *conn {
 	tc := &conn{Conn: c, wake: make(chan struct{}, 1), stopped: make(chan struct{}), rbuf: make([]byte, readAhead)}
 	tc.wcond.L = &tc.wmu
+	tc.wwait.L = &tc.wmu
 	go tc.flush()
 	return tc
 }
@@ -134,22 +138,21 @@ func (c *conn) Write(p []byte) (int, error) {
 		queued := c.pending
 		c.pending = c.spare[:0]
 		c.wmu.Unlock()
-		var n int
+		var n, wrote int // of p; of queued and p
 		var err error
 		if len(queued) > 0 {
 			bufs := net.Buffers{queued, p}
 			var m int64
 			m, err = bufs.WriteTo(c.Conn)
-			n = max(int(m)-len(queued), 0)
+			wrote = int(m)
+			n = max(wrote-len(queued), 0)
 		} else {
 			n, err = c.Conn.Write(p)
+			wrote = n
 		}
 		c.wmu.Lock()
-		if err == nil {
-			c.written.Add(uint64(len(queued) + n))
-		} else {
-			c.written.Add(uint64(max(n, 0)))
-		}
+		c.written.Add(uint64(wrote))
+		c.wwait.Broadcast()
 		c.spare = queued[:0]
 		c.writing = false
 		c.wcond.Broadcast() // the flusher may wait for this
@@ -184,7 +187,7 @@ func (c *conn) flush() {
 	defer func() {
 		c.wmu.Lock()
 		c.flushDone = true
-		c.wcond.Broadcast() // waitWritten
+		c.wwait.Broadcast()
 		c.wmu.Unlock()
 	}()
 	for range c.wake {
@@ -214,6 +217,7 @@ func (c *conn) flush() {
 			n, err := c.Conn.Write(buf)
 			c.wmu.Lock()
 			c.written.Add(uint64(n))
+			c.wwait.Broadcast()
 			c.spare = buf[:0]
 			c.writing = false
 			c.wcond.Broadcast() // a large Write waits for this
@@ -254,15 +258,26 @@ func (c *conn) Close() error {
 }
 
 // waitWritten blocks until mark bytes (a value of sent) reached the
-// socket, or the connection failed or stopped writing.
+// socket, or the connection failed or stopped writing, or the link gave
+// it up (abandonWaits).
 func (c *conn) waitWritten(mark uint64) {
 	if c.written.Load() >= mark {
 		return
 	}
 	c.wmu.Lock()
-	for c.written.Load() < mark && c.werr == nil && !c.flushDone {
-		c.wcond.Wait()
+	for c.written.Load() < mark && c.werr == nil && !c.flushDone && !c.abandoned {
+		c.wwait.Wait()
 	}
+	c.wmu.Unlock()
+}
+
+// abandonWaits ends every waitWritten, now and later: the link failed,
+// and its requests are failed without waiting for a socket that may not
+// take their bytes until the close's linger runs out.
+func (c *conn) abandonWaits() {
+	c.wmu.Lock()
+	c.abandoned = true
+	c.wwait.Broadcast()
 	c.wmu.Unlock()
 }
 

@@ -197,3 +197,57 @@ func TestConnWaitWritten(t *testing.T) {
 		t.Fatal("waitWritten still waiting after the connection failed")
 	}
 }
+
+// A link that failed gives up waiting for its socket at once
+// (abandonWaits), rather than after the close's linger, while the
+// socket still holds the bytes.
+func TestConnAbandonWaits(t *testing.T) {
+	a, b := net.Pipe()
+	defer b.Close()
+	c := newConn(a)
+	defer c.Close()
+	if _, err := c.Write(make([]byte, 4096)); err != nil {
+		t.Fatal(err)
+	}
+	waited := make(chan struct{})
+	go func() {
+		c.waitWritten(c.sent.Load())
+		close(waited)
+	}()
+	c.abandonWaits()
+	select {
+	case <-waited:
+	case <-time.After(5 * time.Second):
+		t.Fatal("waitWritten still waiting after abandonWaits")
+	}
+	c.waitWritten(c.sent.Load()) // and later ones return at once
+}
+
+// A writer's mark counts from what the connection accepted before its
+// batch's first byte, plus the batch's bytes: bytes of other streams
+// accepted after that (a resync chunk queued behind) are not waited for.
+func TestMarkWriterLowerBound(t *testing.T) {
+	a, b := tcpPair(t)
+	go io.Copy(io.Discard, b)
+	c := newConn(a)
+	defer c.Close()
+	if _, err := c.Write(make([]byte, 100)); err != nil { // earlier frames
+		t.Fatal(err)
+	}
+	m := markWriter{w: c, c: c}
+	if m.take() != 0 {
+		t.Fatal("a mark with nothing written")
+	}
+	if _, err := m.Write(make([]byte, 300)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Write(make([]byte, 1000)); err != nil { // another stream's, after
+		t.Fatal(err)
+	}
+	if got := m.take(); got != 400 {
+		t.Fatalf("mark %d, want 400", got)
+	}
+	if m.take() != 0 {
+		t.Fatal("take did not start over")
+	}
+}

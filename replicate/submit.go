@@ -33,11 +33,11 @@ func (l *Link) Submit(r *Request) error {
 
 // WaitWritten blocks until the frame of r, which Notify saw Sent, was
 // written to the peer's socket (not merely queued behind the link's
-// write-behind), or the connection failed. It returns at once for a
-// request that never reached Sent. A caller that has its own slow work
-// for the request (the local disk write of a mirrored write) starts it
-// after this, so that the peer works on its copy meanwhile rather than
-// after.
+// write-behind), or the link failed. It returns at once for a request
+// that never reached Sent. A caller that has its own slow work for the
+// request (the local disk write of a mirrored write) starts it after
+// this, so that the peer works on its copy meanwhile rather than after.
+// It waits for the frames queued before r's, not for those queued after.
 func (l *Link) WaitWritten(r *Request) {
 	if l.conn != nil && r.wire != 0 {
 		l.conn.waitWritten(r.wire)

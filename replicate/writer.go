@@ -51,7 +51,8 @@ const largePayload = 64 << 10
 type writer struct {
 	l    *Link
 	st   streamID
-	out  io.Writer
+	out  io.Writer // mark, for payloads that bypass bw
+	mark markWriter
 	bw   *bufio.Writer
 	win  *window // requests written here complete through it (nil: none)
 	wake chan struct{}
@@ -69,15 +70,56 @@ type writer struct {
 }
 
 func newWriter(l *Link, st streamID, out io.Writer, size int, win *window, stop <-chan struct{}) *writer {
-	return &writer{
+	w := &writer{
 		l:    l,
 		st:   st,
-		out:  out,
-		bw:   bufio.NewWriterSize(out, size),
-		win:  win,
 		wake: make(chan struct{}, 1),
+		win:  win,
 		stop: stop,
 	}
+	w.mark.w = out
+	if l != nil {
+		w.mark.c = l.conn
+	}
+	w.out = &w.mark
+	w.bw = bufio.NewWriterSize(&w.mark, size)
+	return w
+}
+
+// markWriter passes a batch's bytes to the stream and says where they end
+// in the connection's byte count (conn.sent), for Link.WaitWritten.
+type markWriter struct {
+	w       io.Writer
+	c       *conn // nil: no marks
+	base, n uint64
+	started bool
+}
+
+func (m *markWriter) Write(p []byte) (int, error) {
+	if !m.started && m.c != nil {
+		// Everything the connection accepted so far goes out before
+		// this batch's first byte.
+		m.base, m.started = m.c.sent.Load(), true
+	}
+	n, err := m.w.Write(p)
+	m.n += uint64(n)
+	return n, err
+}
+
+// take returns the mark of the bytes written since the last take (0 if
+// none) and starts over. It is a lower bound of where they end: the
+// stream's frame headers and other streams' frames interleaved with them
+// are not counted, so a wait for it ends no later than the batch's last
+// bytes reach the socket, and usually with them (the flusher writes
+// what is queued in one call), never waiting for a later frame of another
+// stream (a resync chunk queued behind).
+func (m *markWriter) take() uint64 {
+	if !m.started {
+		return 0
+	}
+	v := m.base + m.n
+	m.started, m.n = false, 0
+	return v
 }
 
 // enqueue queues it; false once the writer stopped (it was not queued).
@@ -286,11 +328,9 @@ func (w *writer) write(it *witem) (int, error) {
 // complete finishes the items of w.batch after a flush (ok) or a failed
 // write, and empties the batch.
 func (w *writer) complete(ok bool) {
-	var wire uint64
-	if ok && w.l.conn != nil {
-		// Everything flushed is in the connection now: its frames are
-		// on the wire once the connection wrote this many bytes.
-		wire = w.l.conn.sent.Load()
+	wire := w.mark.take()
+	if !ok {
+		wire = 0
 	}
 	for i := range w.batch {
 		it := &w.batch[i]

@@ -665,7 +665,7 @@ func (r *Resource) writeUnderMode(st *repState, req replicate.Request, do func()
 	var lerr error
 	detached := false
 	if !diskless {
-		if op != nil && r.sendFirst(req) {
+		if op != nil && r.sendFirst(req, st.proto) {
 			// The link's goroutines would write the frame only once
 			// this one blocks, after the local write: let the frame
 			// reach the socket first, so that the peer writes its copy
@@ -744,8 +744,13 @@ func (r *Resource) writeUnderMode(st *repState, req replicate.Request, do func()
 // flight (whatever the disk, nothing else keeps both busy). A buffered
 // write among others (a page-cache copy of a few µs) goes at once: the
 // wait would cost each one a wake-up for a few µs of overlap (5-8% of
-// 4 KiB writes at queue depth 32 on tmpfs).
-func (r *Resource) sendFirst(req replicate.Request) bool {
+// 4 KiB writes at queue depth 32 on tmpfs). Protocol A never waits: it
+// acknowledges without the peer's copy, so the overlap gains nothing and
+// the wait (for whatever the link queued before the frame) delays it.
+func (r *Resource) sendFirst(req replicate.Request, proto config.Protocol) bool {
+	if proto == config.ProtocolA {
+		return false
+	}
 	return r.inflight.Load() == 1 || req.Flags&replicate.FUA != 0 || r.directIO.Load()
 }
 

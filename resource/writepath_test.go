@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rbd-nbd/rbd-nbd/config"
 	"github.com/rbd-nbd/rbd-nbd/replicate"
 )
 
@@ -243,21 +244,29 @@ func TestFUAWriteSendsFirstAmongOthers(t *testing.T) {
 	if got := c.peerData(X, 4096); !bytes.Equal(got, data) {
 		t.Fatal("the peer's copy differs")
 	}
-	c.a.directIO.Store(true)
+	direct := c.a.directIO.Load()
+	defer c.a.directIO.Store(direct)
 	c.a.inflight.Add(2) // as if this write and another were in flight
 	defer c.a.inflight.Add(-2)
-	if !c.a.sendFirst(replicate.Request{Kind: replicate.Write}) {
+	w := replicate.Request{Kind: replicate.Write}
+	c.a.directIO.Store(true)
+	if !c.a.sendFirst(w, config.ProtocolC) || !c.a.sendFirst(w, config.ProtocolB) {
 		t.Fatal("a write on an O_DIRECT disk among others does not send first")
 	}
+	if c.a.sendFirst(w, config.ProtocolA) {
+		t.Fatal("a protocol A write waits for the wire")
+	}
 	c.a.directIO.Store(false)
-	if c.a.sendFirst(replicate.Request{Kind: replicate.Write}) {
+	if c.a.sendFirst(w, config.ProtocolC) {
 		t.Fatal("a buffered write among others waits for the wire")
 	}
 }
 
 // A FLUSH has its frame on the wire before the local disk syncs, so that
 // the peer's sync runs meanwhile: the link's sent bytes include at least
-// a frame header more when the local sync starts.
+// a frame header more when the local sync starts. (A ping sent in the
+// same few milliseconds would count too: that could only hide a
+// regression once in a while, never fail a correct build.)
 func TestFlushSendsBeforeLocalSync(t *testing.T) {
 	c := newPair(t, "", "")
 	if err := c.a.WriteAt(fill(0x11, 4096), 1<<20, false); err != nil {

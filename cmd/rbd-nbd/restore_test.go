@@ -325,7 +325,21 @@ func TestRestorePromotionHeldToLatestRole(t *testing.T) {
 	if err := s.checkRestore("r0", daemon.CmdPrimary, daemon.Args{}); err != nil {
 		t.Fatalf("an administrator's primary refused: %v", err)
 	}
-	if err := s.checkRestore("r0", daemon.CmdPrimary, daemon.Args{FromDaemon: true}); err != errRoleChanged {
+	// resourceRuntime.Do makes the check before it touches the resource
+	// (none here), and takes the mark: it is for one request.
+	rt := &resourceRuntime{name: "r0", log: zap.NewNop(), events: nopEvents{}, state: s}
+	if err := rt.Do(context.Background(), daemon.CmdPrimary, daemon.Args{FromDaemon: true}); err != errRoleChanged {
 		t.Fatalf("the restore's primary of a role made Secondary: %v", err)
 	}
+	if s.restoresPrimary("r0") {
+		t.Fatal("the mark outlived the request it was for")
+	}
+}
+
+// restoresPrimary reports whether the restore of the named resource is
+// marked as asking for Primary.
+func (s *stateStore) restoresPrimary(name string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.promoting[name]
 }

@@ -60,21 +60,8 @@ type stateStore struct {
 	// a Primary role for the next restart to promote.
 	restoring map[string]bool
 	// promoting names the resources whose restore is asking for Primary
-	// (restoresPrimary).
+	// (checkRestore).
 	promoting map[string]bool
-}
-
-// restoresPrimary reports whether the restore of the named resource is
-// asking for Primary now: a primary request from the daemon's own process
-// is then the restore's, which the runtime grants only if the remembered
-// role is still Primary.
-func (s *stateStore) restoresPrimary(name string) bool {
-	if s == nil {
-		return false
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.promoting[name]
 }
 
 // errRoleChanged refuses the restore's promotion of a resource whose
@@ -83,20 +70,35 @@ var errRoleChanged = &ctlproto.Error{Code: ctlproto.CodeStateConflict, State: "s
 	Message: "not restoring Primary: the administrator changed the role since the daemon started"}
 
 // checkRestore refuses the restore's promotion (a primary request from
-// the daemon's own process while the restore asks for Primary) unless the
-// remembered role is still Primary. The restore read the role before it
+// the daemon's own process while the restore asks for Primary; the only
+// caller of the daemon's socket in its own process is the restore) unless
+// the remembered role is still Primary. The restore read the role before it
 // asked; an administrator's secondary may have come in between. The
 // runtime calls this in Do: commands on a resource run one at a time, so
 // the role read here is the latest, and stays so until the promotion is
 // done.
 func (s *stateStore) checkRestore(name string, cmd daemon.Command, a daemon.Args) error {
-	if cmd != daemon.CmdPrimary || !a.FromDaemon || !s.restoresPrimary(name) {
+	if cmd != daemon.CmdPrimary || !a.FromDaemon || !s.takePromoting(name) {
 		return nil
 	}
 	if in, ok := s.load(name); !ok || !in.Primary {
 		return errRoleChanged
 	}
 	return nil
+}
+
+// takePromoting reports whether the restore of the named resource asked
+// for Primary, and clears the mark: it is for one request, the one that
+// runs now.
+func (s *stateStore) takePromoting(name string) bool {
+	if s == nil {
+		return false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	on := s.promoting[name]
+	delete(s.promoting, name)
+	return on
 }
 
 func (s *stateStore) setPromoting(name string, on bool) {
@@ -375,7 +377,7 @@ func (s *stateStore) restoreOne(ctx context.Context, socket, name string, in int
 	// only if it still asks for Primary: the stale intent would undo
 	// the administrator's role change. This early look saves a request;
 	// the runtime looks again under the resource's command lock
-	// (restoresPrimary), for a secondary between this look and the
+	// (checkRestore), for a secondary between this look and the
 	// primary request.
 	if now, ok := s.load(name); !ok || !now.Primary {
 		s.log.Info("not restoring Primary: the administrator changed the role meanwhile", zap.String("resource", name))
@@ -383,9 +385,15 @@ func (s *stateStore) restoreOne(ctx context.Context, socket, name string, in int
 	}
 	s.setPromoting(name, true)
 	_, err = c.Command(ctx, ctlproto.MsgPrimary, name)
-	s.setPromoting(name, false)
 	var ce *ctlproto.Error
-	if errors.As(err, &ce) && ce.Code == errRoleChanged.Code && ce.Message == errRoleChanged.Message {
+	if err == nil || errors.As(err, &ce) {
+		// The daemon answered: it is done with the request (Do took the
+		// mark if it got that far). Without an answer (the context
+		// ended), the request may still wait for the resource's lock:
+		// the mark stays for its Do.
+		s.setPromoting(name, false)
+	}
+	if ce != nil && ce.Code == errRoleChanged.Code && ce.Message == errRoleChanged.Message {
 		s.log.Info("not restoring Primary: the administrator changed the role meanwhile", zap.String("resource", name))
 		return nil
 	}
