@@ -154,11 +154,7 @@ func TestConnWaitWritten(t *testing.T) {
 		t.Fatal(err)
 	}
 	mark := c.sent.Load()
-	waited := make(chan struct{})
-	go func() {
-		c.waitWritten(mark)
-		close(waited)
-	}()
+	waited := waitWrittenAsync(c, mark)
 	select {
 	case <-waited:
 		t.Fatal("waitWritten returned before the peer read anything")
@@ -171,11 +167,7 @@ func TestConnWaitWritten(t *testing.T) {
 	if _, err := io.ReadFull(b, got); err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case <-waited:
-	case <-time.After(5 * time.Second):
-		t.Fatal("waitWritten still waiting after the bytes were read")
-	}
+	returns(t, waited, "after the bytes were read")
 	if c.written.Load() != mark {
 		t.Fatalf("written %d, want %d", c.written.Load(), mark)
 	}
@@ -184,17 +176,29 @@ func TestConnWaitWritten(t *testing.T) {
 	if _, err := c.Write(p); err != nil {
 		t.Fatal(err)
 	}
-	mark = c.sent.Load()
-	failed := make(chan struct{})
+	failed := waitWrittenAsync(c, c.sent.Load())
+	b.Close() // the flusher's write fails
+	returns(t, failed, "after the connection failed")
+}
+
+// waitWrittenAsync runs c.waitWritten(mark); the channel closes when it
+// returned.
+func waitWrittenAsync(c *conn, mark uint64) <-chan struct{} {
+	done := make(chan struct{})
 	go func() {
 		c.waitWritten(mark)
-		close(failed)
+		close(done)
 	}()
-	b.Close() // the flusher's write fails
+	return done
+}
+
+// returns fails the test unless done closes within 5 s.
+func returns(t *testing.T, done <-chan struct{}, after string) {
+	t.Helper()
 	select {
-	case <-failed:
+	case <-done:
 	case <-time.After(5 * time.Second):
-		t.Fatal("waitWritten still waiting after the connection failed")
+		t.Fatal("waitWritten still waiting " + after)
 	}
 }
 
@@ -209,17 +213,9 @@ func TestConnAbandonWaits(t *testing.T) {
 	if _, err := c.Write(make([]byte, 4096)); err != nil {
 		t.Fatal(err)
 	}
-	waited := make(chan struct{})
-	go func() {
-		c.waitWritten(c.sent.Load())
-		close(waited)
-	}()
+	waited := waitWrittenAsync(c, c.sent.Load())
 	c.abandonWaits()
-	select {
-	case <-waited:
-	case <-time.After(5 * time.Second):
-		t.Fatal("waitWritten still waiting after abandonWaits")
-	}
+	returns(t, waited, "after abandonWaits")
 	c.waitWritten(c.sent.Load()) // and later ones return at once
 }
 

@@ -101,16 +101,19 @@ func (s *stateStore) takePromoting(name string) bool {
 	return on
 }
 
-func (s *stateStore) setPromoting(name string, on bool) {
+func (s *stateStore) setPromoting(name string, on bool) { s.mark(&s.promoting, name, on) }
+
+// mark adds name to, or removes it from, one of the sets s.mu guards.
+func (s *stateStore) mark(set *map[string]bool, name string, on bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.promoting == nil {
-		s.promoting = map[string]bool{}
+	if *set == nil {
+		*set = map[string]bool{}
 	}
 	if on {
-		s.promoting[name] = true
+		(*set)[name] = true
 	} else {
-		delete(s.promoting, name)
+		delete(*set, name)
 	}
 }
 
@@ -126,18 +129,8 @@ func (s *stateStore) keepsRole(name string) bool {
 }
 
 func (s *stateStore) setRestoring(name string, on bool) {
-	if s == nil {
-		return
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.restoring == nil {
-		s.restoring = map[string]bool{}
-	}
-	if on {
-		s.restoring[name] = true
-	} else {
-		delete(s.restoring, name)
+	if s != nil {
+		s.mark(&s.restoring, name, on)
 	}
 }
 
