@@ -224,6 +224,9 @@ func (f *File) Size() int64 { return f.size }
 // BlockDevice reports whether the device is a block device.
 func (f *File) BlockDevice() bool { return f.blockDev }
 
+// Direct reports whether the file was opened with O_DIRECT.
+func (f *File) Direct() bool { return f.direct }
+
 // Alignment is the granularity of fast I/O: the logical block size (or
 // the filesystem's direct I/O alignment) with O_DIRECT, else 1. I/O that
 // does not follow it works, through read-modify-write.

@@ -378,9 +378,7 @@ func (l *Link) fail(cause error, bye string) {
 		l.reqErr = reqErr
 		l.errMu.Unlock()
 		close(l.down)
-		if l.conn != nil {
-			l.conn.abandonWaits() // WaitWritten: the requests fail now
-		}
+		l.conn.abandonWaits() // WaitWritten: the requests fail now
 		l.dataWin.close(reqErr)
 		l.resyncWin.close(reqErr)
 		l.incoming.close()

@@ -45,7 +45,7 @@ type Request struct {
 	id         uint64
 	cost       int64
 	submitted  int64  // monotonic nanoseconds
-	wire       uint64 // conn.sent once its frame was handed over (see WaitWritten)
+	wire       uint64 // where its frame ends in conn's bytes, at most (markWriter)
 	state      uint8
 	doneErr    error
 	prev, next *Request // window's pending list, oldest first

@@ -39,7 +39,7 @@ func (l *Link) Submit(r *Request) error {
 // this, so that the peer works on its copy meanwhile rather than after.
 // It waits for the frames queued before r's, not for those queued after.
 func (l *Link) WaitWritten(r *Request) {
-	if l.conn != nil && r.wire != 0 {
+	if r.wire != 0 {
 		l.conn.waitWritten(r.wire)
 	}
 }

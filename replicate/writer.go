@@ -77,10 +77,7 @@ func newWriter(l *Link, st streamID, out io.Writer, size int, win *window, stop 
 		win:  win,
 		stop: stop,
 	}
-	w.mark.w = out
-	if l != nil {
-		w.mark.c = l.conn
-	}
+	w.mark.w, w.mark.c = out, l.conn
 	w.out = &w.mark
 	w.bw = bufio.NewWriterSize(&w.mark, size)
 	return w
@@ -90,13 +87,13 @@ func newWriter(l *Link, st streamID, out io.Writer, size int, win *window, stop 
 // in the connection's byte count (conn.sent), for Link.WaitWritten.
 type markWriter struct {
 	w       io.Writer
-	c       *conn // nil: no marks
+	c       *conn
 	base, n uint64
 	started bool
 }
 
 func (m *markWriter) Write(p []byte) (int, error) {
-	if !m.started && m.c != nil {
+	if !m.started {
 		// Everything the connection accepted so far goes out before
 		// this batch's first byte.
 		m.base, m.started = m.c.sent.Load(), true

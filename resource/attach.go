@@ -34,8 +34,6 @@ type storage struct {
 	meta     *metadata.Meta
 	// data is the data area, as the gate serves it (wrapData applied).
 	data disk.Device
-	// direct: dev was opened with O_DIRECT (disk.direct-io).
-	direct bool
 }
 
 // openStorage opens the disk and meta-data cfg names. check, when set,
@@ -52,8 +50,7 @@ func openStorage(cfg config.Resource, check func(metadata.Superblock) error, wra
 			closeStorage(st, false, nil)
 		}
 	}()
-	st.direct = cfg.Disk.DirectIO
-	if st.dev, err = disk.Open(cfg.Local.Disk, disk.Options{Direct: st.direct}); err != nil {
+	if st.dev, err = disk.Open(cfg.Local.Disk, disk.Options{Direct: cfg.Disk.DirectIO}); err != nil {
 		return nil, &AttrError{Path: "resource.disk", Value: cfg.Local.Disk, Err: fmt.Errorf("disk %s: %w", cfg.Local.Disk, err)}
 	}
 	var store metadata.Store = st.dev
@@ -129,7 +126,7 @@ func closeStorage(st *storage, clean bool, log *zap.Logger) error {
 // with the disk still counted as failed).
 func (r *Resource) install(st *storage) {
 	r.dev, r.metaFile, r.meta = st.dev, st.metaFile, st.meta
-	r.directIO.Store(st.direct)
+	r.directIO.Store(st.dev.Direct())
 	bm, al := st.meta.Bitmap(), st.meta.ActivityLog()
 	r.bm.Store(bm)
 	r.al.Store(al)

@@ -257,6 +257,14 @@ func (op *peerOp) waitThen(s replicate.Stage, fn func(error)) (done bool, err er
 	return false, nil
 }
 
+// waitWire blocks until the op's frame is on the wire (or the op is Done):
+// the link's goroutines would write it only once the caller blocks, which
+// is after its local disk work unless it waits here first.
+func (op *peerOp) waitWire(l *replicate.Link) {
+	op.wait(replicate.Sent)
+	l.WaitWritten(&op.req)
+}
+
 // ackStage is the stage at which a protocol acknowledges the client.
 func ackStage(p config.Protocol) replicate.Stage {
 	switch p {
@@ -666,12 +674,7 @@ func (r *Resource) writeUnderMode(st *repState, req replicate.Request, do func()
 	detached := false
 	if !diskless {
 		if op != nil && r.sendFirst(req, st.proto) {
-			// The link's goroutines would write the frame only once
-			// this one blocks, after the local write: let the frame
-			// reach the socket first, so that the peer writes its copy
-			// while this node writes its own.
-			op.wait(replicate.Sent)
-			st.link.WaitWritten(&op.req)
+			op.waitWire(st.link)
 		}
 		if lerr = do(); lerr != nil {
 			if r.localError(lerr) {
@@ -823,9 +826,7 @@ func (r *Resource) flushUnder(st *repState) (retry bool, err error) {
 	var lerr error
 	if !r.diskFailed.Load() {
 		if op != nil {
-			// As sendFirst: the peer flushes while this node does.
-			op.wait(replicate.Sent)
-			st.link.WaitWritten(&op.req)
+			op.waitWire(st.link) // the peer flushes while this node does
 		}
 		if lerr = r.data.Sync(); lerr != nil && r.localError(lerr) {
 			lerr = nil
