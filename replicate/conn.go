@@ -54,8 +54,10 @@ type conn struct {
 	written   atomic.Uint64
 	flushDone bool // the flusher returned (wmu): nothing more is written
 	abandoned bool // the link failed (wmu): waitWritten waits no more
-	// wwait (on wmu) wakes waitWritten: written grew, or writing ended.
-	wwait sync.Cond
+	// waiters are the waitWritten calls not yet woken (wmu), by mark;
+	// freeWaiters keeps their wake-up channels for reuse.
+	waiters     writtenWaiters
+	freeWaiters []*writtenWaiter
 
 	emu sync.Mutex
 	err error
@@ -79,7 +81,6 @@ const (
 func newConn(c net.Conn) *conn {
 	tc := &conn{Conn: c, wake: make(chan struct{}, 1), stopped: make(chan struct{}), rbuf: make([]byte, readAhead)}
 	tc.wcond.L = &tc.wmu
-	tc.wwait.L = &tc.wmu
 	go tc.flush()
 	return tc
 }
@@ -152,7 +153,6 @@ func (c *conn) Write(p []byte) (int, error) {
 		}
 		c.wmu.Lock()
 		c.written.Add(uint64(wrote))
-		c.wwait.Broadcast()
 		c.spare = queued[:0]
 		c.writing = false
 		c.wcond.Broadcast() // the flusher may wait for this
@@ -160,6 +160,7 @@ func (c *conn) Write(p []byte) (int, error) {
 			c.werr = err
 			c.setErr(err)
 		}
+		c.wakeWritten()
 		if c.closing {
 			c.kick() // Close waits for the flusher to stop
 		}
@@ -187,7 +188,7 @@ func (c *conn) flush() {
 	defer func() {
 		c.wmu.Lock()
 		c.flushDone = true
-		c.wwait.Broadcast()
+		c.wakeWritten()
 		c.wmu.Unlock()
 	}()
 	for range c.wake {
@@ -217,13 +218,13 @@ func (c *conn) flush() {
 			n, err := c.Conn.Write(buf)
 			c.wmu.Lock()
 			c.written.Add(uint64(n))
-			c.wwait.Broadcast()
 			c.spare = buf[:0]
 			c.writing = false
 			c.wcond.Broadcast() // a large Write waits for this
 			if err != nil {
 				c.werr = err
 			}
+			c.wakeWritten()
 			c.wmu.Unlock()
 			if err != nil {
 				c.setErr(err)
@@ -255,30 +256,6 @@ func (c *conn) Close() error {
 		return tc.NetConn().Close()
 	}
 	return c.Conn.Close()
-}
-
-// waitWritten blocks until mark bytes (a value of sent) reached the
-// socket, or the connection failed or stopped writing, or the link gave
-// it up (abandonWaits).
-func (c *conn) waitWritten(mark uint64) {
-	if c.written.Load() >= mark {
-		return
-	}
-	c.wmu.Lock()
-	for c.written.Load() < mark && c.werr == nil && !c.flushDone && !c.abandoned {
-		c.wwait.Wait()
-	}
-	c.wmu.Unlock()
-}
-
-// abandonWaits ends every waitWritten, now and later: the link failed,
-// and its requests are failed without waiting for a socket that may not
-// take their bytes until the close's linger runs out.
-func (c *conn) abandonWaits() {
-	c.wmu.Lock()
-	c.abandoned = true
-	c.wwait.Broadcast()
-	c.wmu.Unlock()
 }
 
 func (c *conn) setErr(err error) {

@@ -247,3 +247,65 @@ func TestMarkWriterLowerBound(t *testing.T) {
 		t.Fatal("take did not start over")
 	}
 }
+
+// A socket write wakes only the waiters whose marks it reached: the one
+// for a frame still queued behind the write in progress stays parked
+// (it used to be woken on every write, to find its mark not reached).
+func TestConnWrittenWakesOnlyReached(t *testing.T) {
+	a, b := net.Pipe()
+	defer b.Close()
+	c := newConn(a)
+	defer c.Close()
+	p := bytes.Repeat([]byte{7}, 4096)
+	if _, err := c.Write(p); err != nil {
+		t.Fatal(err)
+	}
+	first := c.sent.Load()
+	// The flusher's write of the first frame is in progress (net.Pipe
+	// blocks it until b reads), so the second one is queued behind it.
+	waitState(t, c, "the flusher writing", func() bool { return c.writing })
+	if _, err := c.Write(p); err != nil {
+		t.Fatal(err)
+	}
+	second := c.sent.Load()
+	w1, w2 := waitWrittenAsync(c, first), waitWrittenAsync(c, second)
+	waitState(t, c, "two waiters", func() bool { return len(c.waiters) == 2 })
+	if _, err := io.ReadFull(b, make([]byte, len(p))); err != nil {
+		t.Fatal(err)
+	}
+	returns(t, w1, "after its frame was read")
+	c.wmu.Lock()
+	parked := len(c.waiters) == 1 && c.waiters[0].mark == second
+	c.wmu.Unlock()
+	if !parked {
+		t.Fatal("the second frame's waiter is no longer parked, though its frame is not written")
+	}
+	select {
+	case <-w2:
+		t.Fatal("the second waiter returned before its frame was read")
+	default:
+	}
+	if _, err := io.ReadFull(b, make([]byte, len(p))); err != nil {
+		t.Fatal(err)
+	}
+	returns(t, w2, "after its frame was read")
+	waitState(t, c, "both wake-up channels kept for reuse", func() bool { return len(c.freeWaiters) == 2 })
+}
+
+// waitState polls cond under c.wmu until it holds, failing after 5 s.
+func waitState(t *testing.T, c *conn, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		c.wmu.Lock()
+		ok := cond()
+		c.wmu.Unlock()
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("timed out waiting for " + what)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
