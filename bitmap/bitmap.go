@@ -54,8 +54,16 @@ type Bitmap struct {
 	// dirty has one bit per page: the page changed since it was last
 	// written out. Accessed only atomically.
 	dirty []uint64
-	// counts holds the number of set bits per page.
+	// counts holds the number of set bits per page; while bits are set
+	// and cleared it may exceed them, never fall below (setBits).
 	counts []atomic.Int64
+	// setting counts, per page, the setBits calls between setting bits of
+	// the page and marking it dirty.
+	setting []atomic.Int32
+	// afterOr, when set (tests only), runs in setBits between setting a
+	// word's bits and marking their page dirty: a concurrent caller's
+	// moment.
+	afterOr func()
 
 	store   PageStore
 	flushMu sync.Mutex
@@ -92,6 +100,7 @@ func New(size, blockSize int64, words []uint64, store PageStore) (*Bitmap, error
 	b.words = words
 	b.dirty = make([]uint64, (b.npages+63)/64)
 	b.counts = make([]atomic.Int64, b.npages)
+	b.setting = make([]atomic.Int32, b.npages)
 	// Bits past the end must be zero: a stray one would count as dirty
 	// data that does not exist.
 	last := b.nbits / 64
@@ -188,21 +197,45 @@ func (b *Bitmap) markDirty(p int) {
 }
 
 // setBits sets bits [lo, hi) and returns how many were newly set.
+//
+// A page's count grows before its bits are set (and is corrected after,
+// should another setter have set some of them first), and shrinks only
+// after they are cleared: a count is never below the bits its page holds,
+// so nextSet may skip a page whose count is 0 even while others set and
+// clear bits in it.
+//
+// A page is marked dirty after its bits are set. Bits that were set
+// already leave it as it is (rewriting a page that holds them would cost
+// a write per eviction for nothing), unless a setter is between setting
+// bits of that page and marking it: the bits may be those, and this
+// caller's flush must find the page dirty.
 func (b *Bitmap) setBits(lo, hi uint64) uint64 {
 	var total uint64
 	for w := lo / 64; w*64 < hi; w++ {
 		m := wordMask(w, lo, hi)
 		p := &b.words[w]
-		if atomic.LoadUint64(p)&m == m {
+		page := int(w / PageWords)
+		cur := atomic.LoadUint64(p)
+		if cur&m == m {
+			if b.setting[page].Load() != 0 {
+				b.markDirty(page)
+			}
 			continue
 		}
+		b.setting[page].Add(1)
+		est := int64(bits.OnesCount64(m &^ cur))
+		b.counts[page].Add(est)
 		old := atomic.OrUint64(p, m)
-		if n := bits.OnesCount64(m &^ old); n != 0 {
-			page := int(w / PageWords)
-			b.counts[page].Add(int64(n))
-			b.markDirty(page)
-			total += uint64(n)
+		n := int64(bits.OnesCount64(m &^ old))
+		if n != est {
+			b.counts[page].Add(n - est)
 		}
+		total += uint64(n)
+		if b.afterOr != nil {
+			b.afterOr()
+		}
+		b.markDirty(page)
+		b.setting[page].Add(-1)
 	}
 	return total
 }
@@ -270,9 +303,8 @@ func (b *Bitmap) Count() uint64 {
 	for p := range b.counts {
 		n += b.counts[p].Load()
 	}
-	// A page's count changes after its bits: a Clear's decrement can come
-	// before the increment of the Set whose bit it cleared, so the sum
-	// can be briefly negative (or above the number of bits).
+	// A page's count may briefly exceed its set bits (setBits), so the
+	// sum may exceed the number of bits.
 	return uint64(min(max(n, 0), int64(b.nbits)))
 }
 

@@ -8,8 +8,8 @@ import (
 
 // TestCountDuringConcurrentSetClear: a write's Set and a resync's Clear of
 // the same block race; Count and DirtyBytes, read meanwhile, must stay
-// within the bitmap. The page counts are updated after the bits, so a
-// Clear's decrement could land before the Set's increment, and Count
+// within the bitmap. When a Set updated its page's count after the bits,
+// a Clear's decrement could land before the Set's increment, and Count
 // returned the negative sum as a uint64 near 2^64 (status showed about
 // 16 EiB out of sync). The race is a few instructions wide: under -race
 // it shows within a fraction of a second.
