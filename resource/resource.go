@@ -426,7 +426,16 @@ func (r *Resource) release() {
 		}
 	}
 	if r.meta != nil {
-		if err := r.meta.Close(); err != nil {
+		// The data must be durable before the meta-data is closed clean:
+		// a clean close skips the activity log's replay at the next
+		// start, so a write lost from the disk's cache would be lost
+		// for good. With external meta-data nothing else syncs this
+		// disk, and with internal meta-data the close's own syncs may
+		// come after its superblock write. If the sync fails, the
+		// meta-data stays unclean and the next start replays the log.
+		if err := r.data.Sync(); err != nil {
+			r.log.Warn("flushing the data before closing failed; the meta-data stays unclean, the activity log is replayed at the next start", zap.Error(err))
+		} else if err := r.meta.Close(); err != nil {
 			r.log.Warn("meta-data not closed cleanly", zap.Error(err))
 		}
 		r.meta = nil

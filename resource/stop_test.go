@@ -2,8 +2,14 @@ package resource
 
 import (
 	"context"
+	"errors"
+	"path/filepath"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/rbd-nbd/rbd-nbd/disk"
+	"github.com/rbd-nbd/rbd-nbd/metadata"
 )
 
 // TestStopMidResyncWithSilentPeer: `down` on a resync source whose peer
@@ -33,5 +39,82 @@ func TestStopMidResyncWithSilentPeer(t *testing.T) {
 	// (about 1 s measured): waiting for the timeout would take 5 s or more.
 	if took > 4*time.Second {
 		t.Fatalf("down took %v with a silent peer mid-resync; the ping timeout is 5 s", took)
+	}
+}
+
+// A clean stop syncs the data disk before it closes the meta-data clean.
+// With external meta-data nothing else did: the close's syncs went to the
+// meta-data file, so a power loss after `down` could lose a replicated
+// write from the Primary's disk cache, and the next start, finding the
+// meta-data clean, would not replay the activity log: the replicas would
+// differ with no bit set.
+func TestStopSyncsDataBeforeCleanClose(t *testing.T) {
+	dir := t.TempDir()
+	na := pairDisk{img: filepath.Join(dir, "a.img"), meta: filepath.Join(dir, "a.md")}
+	nb := pairDisk{img: filepath.Join(dir, "b.img"), meta: filepath.Join(dir, "b.md")}
+	makePairDisk(t, na, 16<<20, 0, 0)
+	makePairDisk(t, nb, 16<<20, 1, 0)
+	c := startPairOn(t, dir, na, nb, "", "")
+	t.Cleanup(c.stopBoth)
+	c.primaryA()
+
+	var syncs atomic.Int64
+	c.da.setSync(func() error { syncs.Add(1); return nil })
+	if err := c.a.WriteAt(fill(0xAA, 4096), 0, false); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := c.a.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if syncs.Load() == 0 {
+		t.Fatal("node a stopped without syncing its data disk after a write")
+	}
+	md, err := disk.Open(na.meta, disk.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer md.Close()
+	info, err := metadata.Inspect(md, md.Size(), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !info.Superblock.Flags.Has(metadata.FlagALClean) {
+		t.Fatalf("the stop did not close the meta-data clean: flags %v", info.Superblock.Flags)
+	}
+}
+
+// If that sync fails, the meta-data stays unclean, so that the next start
+// replays the activity log instead of trusting the disk.
+func TestStopLeavesMetaUncleanWhenDataSyncFails(t *testing.T) {
+	dir := t.TempDir()
+	na := pairDisk{img: filepath.Join(dir, "a.img"), meta: filepath.Join(dir, "a.md")}
+	nb := pairDisk{img: filepath.Join(dir, "b.img"), meta: filepath.Join(dir, "b.md")}
+	makePairDisk(t, na, 16<<20, 0, 0)
+	makePairDisk(t, nb, 16<<20, 1, 0)
+	c := startPairOn(t, dir, na, nb, "", "")
+	t.Cleanup(c.stopBoth)
+	c.primaryA()
+	if err := c.a.WriteAt(fill(0xAB, 4096), 0, false); err != nil {
+		t.Fatal(err)
+	}
+	c.da.setSync(func() error { return errors.New("sync failed") })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := c.a.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	md, err := disk.Open(na.meta, disk.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer md.Close()
+	info, err := metadata.Inspect(md, md.Size(), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Superblock.Flags.Has(metadata.FlagALClean) {
+		t.Fatalf("closed clean although the data sync failed: flags %v", info.Superblock.Flags)
 	}
 }
