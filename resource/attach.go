@@ -631,7 +631,7 @@ func (r *Resource) targetWriteFailed(off, n int64) {
 		return
 	}
 	start, end := r.primaryTargetBlocks(off, n)
-	r.bmap().Set(start, end-start)
+	r.setOutOfSync(start, end-start)
 	r.repMu.RLock()
 	st := r.rep
 	r.repMu.RUnlock()

@@ -150,10 +150,10 @@ func (es *epochs) forget(e *epoch, mark func(off, n int64)) {
 	}
 }
 
-// drainInto marks every block of every epoch out of sync in bm and forgets
-// the epochs. Call it when the link is gone and no write of it is still
-// running.
-func (es *epochs) drainInto(bm *bitmap.Bitmap) uint64 {
+// drainInto marks every block of every epoch out of sync with mark (which
+// sets bits and returns how many were newly set) and forgets the epochs.
+// Call it when the link is gone and no write of it is still running.
+func (es *epochs) drainInto(mark func(off, n int64) uint64) uint64 {
 	es.mu.Lock()
 	defer es.mu.Unlock()
 	var n uint64
@@ -161,7 +161,7 @@ func (es *epochs) drainInto(bm *bitmap.Bitmap) uint64 {
 		if !e.dirty.Load() {
 			return
 		}
-		n += e.setIn(bm, 0, es.size)
+		n += e.setIn(mark, 0, es.size)
 		e.bm.ClearAll()
 		e.dirty.Store(false)
 	}
@@ -199,20 +199,20 @@ func (es *epochs) holds(off, n int64) bool {
 	return false
 }
 
-// copyInto sets in bm the blocks of [off, off+n) that an epoch not yet
-// retired holds, and leaves the epochs as they are.
-func (es *epochs) copyInto(bm *bitmap.Bitmap, off, n int64) {
+// copyInto marks with mark the blocks of [off, off+n) that an epoch not
+// yet retired holds, and leaves the epochs as they are.
+func (es *epochs) copyInto(mark func(off, n int64) uint64, off, n int64) {
 	es.mu.Lock()
 	defer es.mu.Unlock()
-	es.cur.Load().setIn(bm, off, off+n)
+	es.cur.Load().setIn(mark, off, off+n)
 	for _, e := range es.open {
-		e.setIn(bm, off, off+n)
+		e.setIn(mark, off, off+n)
 	}
 }
 
-// setIn sets in bm the blocks of [off, end) that e holds and returns how
-// many bm did not have.
-func (e *epoch) setIn(bm *bitmap.Bitmap, off, end int64) uint64 {
+// setIn marks with mark the blocks of [off, end) that e holds and returns
+// how many were newly set.
+func (e *epoch) setIn(mark func(off, n int64) uint64, off, end int64) uint64 {
 	var n uint64
 	for pos := off; pos < end; {
 		o, l, ok := e.bm.NextDirty(pos)
@@ -220,7 +220,7 @@ func (e *epoch) setIn(bm *bitmap.Bitmap, off, end int64) uint64 {
 			break
 		}
 		l = min(l, end-o)
-		n += bm.Set(o, l)
+		n += mark(o, l)
 		pos = o + l
 	}
 	return n

@@ -666,7 +666,7 @@ func (r *Resource) writeUnderMode(st *repState, req replicate.Request, do func()
 			}
 			return false, false, r.errNoData()
 		}
-		r.bmap().Set(off, n)
+		r.setOutOfSync(off, n)
 	}
 
 	// 4. Local half, concurrently with the peer's.
@@ -771,13 +771,20 @@ func (r *Resource) markOutOfSync(off, n int64) {
 	if r.diskFailed.Load() {
 		return
 	}
+	r.setOutOfSync(off, n)
+}
+
+// setOutOfSync sets the bits of [off, off+n) and returns how many were
+// newly set. Every path that sets bits while a resync may run goes through
+// here: a resync chunk of these blocks may have been acknowledged before
+// (its range lock is free since), and the engine, told first
+// (Engine.Dirtied), keeps the bits when that chunk's flush completes
+// instead of clearing them.
+func (r *Resource) setOutOfSync(off, n int64) uint64 {
 	if e := r.engine.Load(); e != nil {
-		// A resync chunk of these blocks may have been acknowledged
-		// before this write (its range lock is free since): its flush
-		// must not clear the bits set here.
 		e.Dirtied(off, n)
 	}
-	r.bmap().Set(off, n)
+	return r.bmap().Set(off, n)
 }
 
 func (r *Resource) observeLatency(d time.Duration) {

@@ -154,7 +154,7 @@ func (r *Resource) publish() {
 		// state before.)
 		<-cur.quiet
 		cur.wg.Wait()
-		r.epochs.drainInto(r.bmap())
+		r.epochs.drainInto(r.setOutOfSync)
 		r.flushBitmap()
 		r.m.SetDirty(r.bmap().Count())
 	}
@@ -165,7 +165,7 @@ func (r *Resource) publish() {
 		<-cur.quiet
 		cur.wg.Wait()
 		if lostLink {
-			r.epochs.drainInto(r.bmap())
+			r.epochs.drainInto(r.setOutOfSync)
 			// On disk now: their extents may have left the activity
 			// log, and a crash would not resync them otherwise.
 			r.flushBitmap()

@@ -572,10 +572,7 @@ func (r *Resource) peerFlushFailed(e *epoch, err error) {
 		if r.diskFailed.Load() {
 			return // a Diskless node keeps no bitmap
 		}
-		if eng := r.engine.Load(); eng != nil {
-			eng.Dirtied(off, n)
-		}
-		r.bmap().Set(off, n)
+		r.setOutOfSync(off, n)
 	})
 	r.log.Warn("peer failed a flush; the writes before it are marked out of sync", zap.Error(err))
 }
@@ -612,7 +609,7 @@ func (r *Resource) beforeEvict(extents []uint32) error {
 				continue
 			}
 		}
-		r.epochs.copyInto(r.bmap(), off, n)
+		r.epochs.copyInto(r.setOutOfSync, off, n)
 	}
 	return nil
 }
