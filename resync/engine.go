@@ -231,8 +231,13 @@ func (e *Engine) newLimiter(r uint64) *rate.Limiter {
 	if r == 0 {
 		return nil
 	}
-	burst := int(max(r/10, uint64(e.cfg.ChunkSize)))
-	return rate.NewLimiter(rate.Limit(r), burst)
+	return rate.NewLimiter(rate.Limit(r), e.burst(r))
+}
+
+// burst is the limiter's burst at r bytes per second: a tenth of a
+// second's worth, at least a chunk.
+func (e *Engine) burst(r uint64) int {
+	return int(max(r/10, uint64(e.cfg.ChunkSize)))
 }
 
 // Limits are the settings a running resync picks up (SetLimits): the
@@ -254,7 +259,15 @@ func (e *Engine) SetLimits(l Limits) error {
 	defer e.mu.Unlock()
 	if l.Rate != e.cfg.Rate {
 		e.cfg.Rate = l.Rate
-		e.limiter = e.newLimiter(l.Rate)
+		if e.limiter != nil && l.Rate != 0 {
+			// The same limiter at the new rate: what checksum chunks
+			// took on credit (charge) is still owed, now at that rate.
+			now := time.Now()
+			e.limiter.SetLimitAt(now, rate.Limit(l.Rate))
+			e.limiter.SetBurstAt(now, e.burst(l.Rate))
+		} else {
+			e.limiter = e.newLimiter(l.Rate)
+		}
 		close(e.limChanged)
 		e.limChanged = make(chan struct{})
 	}
@@ -275,7 +288,8 @@ func (e *Engine) SetLimits(l Limits) error {
 // throttle waits until the rate cap lets n more bytes go; with n 0,
 // until what charge took on credit is paid.
 func (e *Engine) throttle(ctx context.Context, n int64) error {
-	for first := true; first || n > 0; first = false {
+	for first := true; first || n > 0; {
+		first = false
 		e.mu.Lock()
 		lim, changed := e.limiter, e.limChanged
 		e.mu.Unlock()
@@ -301,6 +315,7 @@ func (e *Engine) throttle(ctx context.Context, n int64) error {
 		case <-changed:
 			t.Stop()
 			r.Cancel()
+			first = true // the same step again, at the new rate
 		}
 	}
 	return nil

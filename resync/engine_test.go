@@ -459,6 +459,11 @@ func TestRateCapChecksums(t *testing.T) {
 	randomize(r, src.b[:1<<20])
 	bm.SetAll()
 	cfg.Rate = 4 << 20 // burst 410 KiB
+	// One chunk at a time: with more in flight, all of them could be
+	// compared and sent before the first charge, which the cap lets
+	// through (it overshoots by at most a window), and the timing below
+	// would depend on the scheduling (seen once under load: 22 ms).
+	cfg.Window = 1
 	e, err = New(cfg, src, bm, &rangelock.Locker{}, tr)
 	if err != nil {
 		t.Fatal(err)
@@ -711,5 +716,55 @@ func TestFlushNotStartedInCallback(t *testing.T) {
 	}
 	if bm.DirtyBytes() != 0 {
 		t.Fatalf("%d bytes still dirty", bm.DirtyBytes())
+	}
+}
+
+// What a checksum chunk took on credit (charge) is still owed after the
+// rate changes, at the new rate: a new limiter used to forget it, and the
+// waiter for it (throttle with nothing more to send) returned at the
+// change, so every rate change let a window's worth of blocks through
+// unpaid.
+func TestSetLimitsKeepsChargedDebt(t *testing.T) {
+	src, _, bm := setup(t, 1<<20, func(*bitmap.Bitmap, *memDisk, *memDisk) {})
+	cfg := DefaultConfig()
+	cfg.ChunkSize = 64 << 10
+	cfg.Rate = 64 << 10
+	e, err := New(cfg, src, bm, &rangelock.Locker{}, &memTransport{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.charge(4 * cfg.ChunkSize) // a burst's worth and three chunks more
+	if err := e.SetLimits(Limits{Rate: 32 << 10, Window: cfg.Window}); err != nil {
+		t.Fatal(err)
+	}
+	e.mu.Lock()
+	tokens := e.limiter.Tokens()
+	e.mu.Unlock()
+	if tokens > -float64(2*cfg.ChunkSize) {
+		t.Fatalf("tokens %.0f after the rate change: the debt of the charged chunks is gone", tokens)
+	}
+	// The waiter for the debt does not return at the change.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	paid := make(chan error, 1)
+	go func() { paid <- e.throttle(ctx, 0) }()
+	if err := e.SetLimits(Limits{Rate: 16 << 10, Window: cfg.Window}); err != nil {
+		t.Fatal(err)
+	}
+	e.mu.Lock()
+	tokens = e.limiter.Tokens()
+	e.mu.Unlock()
+	select {
+	case err := <-paid:
+		if tokens < 0 {
+			t.Fatalf("throttle returned (%v) with %.0f tokens still owed", err, tokens)
+		}
+	default:
+	}
+	if err := e.SetLimits(Limits{Rate: 1 << 62, Window: cfg.Window}); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-paid; err != nil {
+		t.Fatalf("throttle at a huge rate: %v", err)
 	}
 }
