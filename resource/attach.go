@@ -636,15 +636,43 @@ func (r *Resource) targetWriteFailed(off, n int64) {
 	st := r.rep
 	r.repMu.RUnlock()
 	buf := make([]byte, end-start)
-	if st.link != nil && r.peerReadOnce(st, buf, start) == nil {
-		_, err := r.data.WriteAt(buf, start)
-		if err == nil {
-			return
+	if st.link != nil {
+		if r.peerReadOnce(st, buf, start) == nil {
+			_, err := r.data.WriteAt(buf, start)
+			if err == nil {
+				return
+			}
+			r.localError(err)
 		}
-		r.localError(err)
+		if f := r.targetFailed.Load(); f != nil {
+			f.Set(start, end-start)
+		}
 	}
 	if w := r.written.Load(); w != nil {
 		w.Clear(start, end-start)
+	}
+}
+
+// clearResynced clears the bits of [off, off+n), which a resync made
+// whole, except those of a Primary target's failed writes (targetFailed).
+func (r *Resource) clearResynced(off, n int64) {
+	bm := r.bmap()
+	f := r.targetFailed.Load()
+	if f == nil {
+		bm.Clear(off, n)
+		return
+	}
+	end := off + n
+	for pos := off; pos < end; {
+		o, l, ok := f.NextDirty(pos)
+		if !ok || o >= end {
+			bm.Clear(pos, end-pos)
+			return
+		}
+		if o > pos {
+			bm.Clear(pos, o-pos)
+		}
+		pos = o + l
 	}
 }
 
@@ -655,6 +683,11 @@ func (r *Resource) newWrittenSet() error {
 	if err != nil {
 		return err
 	}
+	f, err := bitmap.New(r.size.Load(), r.bmap().BlockSize(), nil, nil)
+	if err != nil {
+		return err
+	}
+	r.targetFailed.Store(f)
 	r.written.Store(w)
 	return nil
 }

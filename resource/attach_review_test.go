@@ -511,3 +511,59 @@ func TestAttachDiskPrimaryTargetResumesAfterLinkLoss(t *testing.T) {
 		t.Fatal("the replicas differ after the resumed resync")
 	}
 }
+
+// A Primary target's write that the peer fails, in a block the resync has
+// passed already, whose copy-back from the peer fails too: the block may
+// differ between the replicas (the local half landed), so its bit stays
+// set through the rest of the resync and its end. The end of the resync
+// used to clear every bit ("a sync target is never Primary"), leaving the
+// replicas different with nothing to say so.
+func TestAttachDiskPrimaryFailedWriteKeepsItsBit(t *testing.T) {
+	c := newPair(t, "resync:\n  rate: 4M\n", "resync:\n  rate: 4M\ndisk:\n  on-io-error: pass-on\n")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := c.a.DetachDisk(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	// What the resync copies: a block at 0, then 4 MiB further on.
+	const blk = 0
+	if err := c.a.WriteAt(fill(0x41, 4096), blk, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.a.WriteAt(fill(0x42, 4<<20), 4<<20, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.a.AttachDisk(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// The resync passes the block, then holds.
+	c.wait(c.a, "the resync past the first block", func(s Status) bool {
+		return (s.Conn == ConnSyncTarget || s.Conn == ConnPausedSyncT) && s.ResyncDone >= 1<<20
+	})
+	if err := c.b.PauseSync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	c.wait(c.a, "the resync paused", func(s Status) bool { return s.Conn == ConnPausedSyncT })
+	failing := func(p []byte, o int64) error {
+		if o <= blk && blk < o+int64(len(p)) {
+			return errors.New("injected disk error")
+		}
+		return nil
+	}
+	c.db.setWrite(failing)
+	c.db.setRead(failing)
+	if err := c.a.WriteAt(fill(0x43, 4096), blk, false); err == nil {
+		t.Fatal("a write the peer failed succeeded on a Primary target")
+	}
+	c.db.setWrite(nil)
+	c.db.setRead(nil)
+	if err := c.b.ResumeSync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	c.wait(c.a, "a in sync", func(s Status) bool { return s.Disk == DiskUpToDate && s.Conn == ConnConnected })
+	c.wait(c.b, "b connected", func(s Status) bool { return s.Conn == ConnConnected && s.Disk == DiskUpToDate })
+	same := bytes.Equal(c.localData(blk, 4096), c.peerData(blk, 4096))
+	if !same && !c.a.bmap().Test(blk, 4096) {
+		t.Fatal("the replicas differ in the block of the failed write, and its bit is clear")
+	}
+}

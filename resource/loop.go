@@ -207,6 +207,7 @@ func (r *Resource) publishStatus() {
 	if st.Disk == DiskUpToDate || st.Disk == DiskDiskless {
 		// The Primary target's resync is over, or its disk gone.
 		r.written.Store(nil)
+		r.targetFailed.Store(nil)
 	}
 	r.writable.Store(st.Role == RolePrimary)
 	r.status.Store(st)
@@ -270,7 +271,11 @@ func (r *Resource) exec(a Action) {
 		r.bmap().SetAll()
 		r.flushBitmap()
 	case ActClearAllBits:
-		r.bmap().ClearAll()
+		if r.targetFailed.Load() != nil {
+			r.clearResynced(0, r.size.Load())
+		} else {
+			r.bmap().ClearAll()
+		}
 		r.flushBitmap()
 	case ActStartResync:
 		r.startSync(a.Source, a.Full)

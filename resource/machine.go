@@ -1085,8 +1085,8 @@ func (m *Machine) syncDone(e EvSyncDone) []Action {
 		// those a checksum resync found equal and never sent (and so
 		// never cleared at a ResyncFlush): without this the target would
 		// show them out of sync, and resync them again at the next
-		// reconnect. A sync target is never Primary: no bit of its own
-		// is set meanwhile.
+		// reconnect. The bits of a Primary target's own writes that
+		// failed stay set (Resource.clearResynced).
 		return []Action{ActStopResync{}, m.persist(), ActClearAllBits{}, ActSendState{}, ActRunHook{Name: "after-resync-target"}}
 	}
 	return nil

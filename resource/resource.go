@@ -101,6 +101,13 @@ type Resource struct {
 	// written set (attach.go), nil when none.
 	targetPrimary atomic.Bool
 	written       atomic.Pointer[bitmap.Bitmap]
+	// targetFailed (with written) holds the blocks of a Primary target's
+	// writes that failed and could not be put back in step with the
+	// peer while the link was up: the resync of that link may have
+	// passed them already, so its flushes and its end leave their bits
+	// set (clearResynced). Emptied when a resync towards this node
+	// starts: its source has the bits by then.
+	targetFailed atomic.Pointer[bitmap.Bitmap]
 	// repEpoch: loop; see repState.epoch.
 	repEpoch uint64
 

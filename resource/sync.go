@@ -83,6 +83,9 @@ func (r *Resource) startSync(source, full bool) {
 			// waits for them), so no chunk read before such a write can
 			// arrive any more.
 			r.written.Store(nil)
+			r.targetFailed.Store(nil)
+		} else if f := r.targetFailed.Load(); f != nil {
+			f.ClearAll()
 		}
 		t := &targetState{ready: make(chan struct{}), ctx: ctx, total: uint64(r.bmap().DirtyBytes())}
 		r.targetMu.Lock()
@@ -426,7 +429,7 @@ func (r *Resource) serveResyncFlush() error {
 	}
 	if t != nil {
 		for _, s := range batch {
-			r.bmap().Clear(s.off, s.length)
+			r.clearResynced(s.off, s.length)
 		}
 		r.flushBitmap()
 	}
