@@ -145,14 +145,7 @@ func TestConnCloseEndsWaitingWrite(t *testing.T) {
 // socket took. net.Pipe writes block until the other end reads, so
 // the write of the queue is held for as long as the test wants.
 func TestConnWaitWritten(t *testing.T) {
-	a, b := net.Pipe()
-	defer b.Close()
-	c := newConn(a)
-	defer c.Close()
-	p := bytes.Repeat([]byte{7}, 4096)
-	if _, err := c.Write(p); err != nil {
-		t.Fatal(err)
-	}
+	c, b, p := pipeConnWrote(t)
 	mark := c.sent.Load()
 	waited := waitWrittenAsync(c, mark)
 	select {
@@ -252,14 +245,7 @@ func TestMarkWriterLowerBound(t *testing.T) {
 // for a frame still queued behind the write in progress stays parked
 // (it used to be woken on every write, to find its mark not reached).
 func TestConnWrittenWakesOnlyReached(t *testing.T) {
-	a, b := net.Pipe()
-	defer b.Close()
-	c := newConn(a)
-	defer c.Close()
-	p := bytes.Repeat([]byte{7}, 4096)
-	if _, err := c.Write(p); err != nil {
-		t.Fatal(err)
-	}
+	c, b, p := pipeConnWrote(t)
 	first := c.sent.Load()
 	// The flusher's write of the first frame is in progress (net.Pipe
 	// blocks it until b reads), so the second one is queued behind it.
@@ -308,4 +294,20 @@ func waitState(t *testing.T, c *conn, what string, cond func() bool) {
 		}
 		time.Sleep(time.Millisecond)
 	}
+}
+
+// pipeConnWrote returns a conn over one end of a net.Pipe, the other end
+// (which nothing reads yet, so the flusher's write blocks), and the 4 KiB
+// it wrote. Both ends close at the test's end.
+func pipeConnWrote(t *testing.T) (*conn, net.Conn, []byte) {
+	t.Helper()
+	a, b := net.Pipe()
+	t.Cleanup(func() { b.Close() })
+	c := newConn(a)
+	t.Cleanup(func() { c.Close() })
+	p := bytes.Repeat([]byte{7}, 4096)
+	if _, err := c.Write(p); err != nil {
+		t.Fatal(err)
+	}
+	return c, b, p
 }

@@ -16,15 +16,22 @@ import (
 	"github.com/rbd-nbd/rbd-nbd/metadata"
 )
 
-// inspectMeta reads a disk's meta-data without changing it.
+// inspectMeta reads a disk's internal meta-data without changing it.
 func inspectMeta(t *testing.T, path string) metadata.Superblock {
+	t.Helper()
+	return inspectMetaFile(t, path, true)
+}
+
+// inspectMetaFile reads the meta-data in path (internal: at the end of
+// a disk; else a meta-data file) without changing it.
+func inspectMetaFile(t *testing.T, path string, internal bool) metadata.Superblock {
 	t.Helper()
 	dev, err := disk.Open(path, disk.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer dev.Close()
-	info, err := metadata.Inspect(dev, dev.Size(), true)
+	info, err := metadata.Inspect(dev, dev.Size(), internal)
 	if err != nil {
 		t.Fatal(err)
 	}

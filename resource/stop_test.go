@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/rbd-nbd/rbd-nbd/disk"
 	"github.com/rbd-nbd/rbd-nbd/metadata"
 )
 
@@ -49,6 +48,30 @@ func TestStopMidResyncWithSilentPeer(t *testing.T) {
 // meta-data clean, would not replay the activity log: the replicas would
 // differ with no bit set.
 func TestStopSyncsDataBeforeCleanClose(t *testing.T) {
+	var syncs atomic.Int64
+	sb := stopAfterWrite(t, func() error { syncs.Add(1); return nil })
+	if syncs.Load() == 0 {
+		t.Fatal("node a stopped without syncing its data disk after a write")
+	}
+	if !sb.Flags.Has(metadata.FlagALClean) {
+		t.Fatalf("the stop did not close the meta-data clean: flags %v", sb.Flags)
+	}
+}
+
+// If that sync fails, the meta-data stays unclean, so that the next start
+// replays the activity log instead of trusting the disk.
+func TestStopLeavesMetaUncleanWhenDataSyncFails(t *testing.T) {
+	sb := stopAfterWrite(t, func() error { return errors.New("sync failed") })
+	if sb.Flags.Has(metadata.FlagALClean) {
+		t.Fatalf("closed clean although the data sync failed: flags %v", sb.Flags)
+	}
+}
+
+// stopAfterWrite starts a pair with external meta-data, writes a block on
+// node a, stops it with sync as its data disk's sync, and returns its
+// meta-data's superblock.
+func stopAfterWrite(t *testing.T, sync func() error) metadata.Superblock {
+	t.Helper()
 	dir := t.TempDir()
 	na := pairDisk{img: filepath.Join(dir, "a.img"), meta: filepath.Join(dir, "a.md")}
 	nb := pairDisk{img: filepath.Join(dir, "b.img"), meta: filepath.Join(dir, "b.md")}
@@ -57,9 +80,7 @@ func TestStopSyncsDataBeforeCleanClose(t *testing.T) {
 	c := startPairOn(t, dir, na, nb, "", "")
 	t.Cleanup(c.stopBoth)
 	c.primaryA()
-
-	var syncs atomic.Int64
-	c.da.setSync(func() error { syncs.Add(1); return nil })
+	c.da.setSync(sync)
 	if err := c.a.WriteAt(fill(0xAA, 4096), 0, false); err != nil {
 		t.Fatal(err)
 	}
@@ -68,53 +89,5 @@ func TestStopSyncsDataBeforeCleanClose(t *testing.T) {
 	if err := c.a.Stop(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if syncs.Load() == 0 {
-		t.Fatal("node a stopped without syncing its data disk after a write")
-	}
-	md, err := disk.Open(na.meta, disk.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer md.Close()
-	info, err := metadata.Inspect(md, md.Size(), false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !info.Superblock.Flags.Has(metadata.FlagALClean) {
-		t.Fatalf("the stop did not close the meta-data clean: flags %v", info.Superblock.Flags)
-	}
-}
-
-// If that sync fails, the meta-data stays unclean, so that the next start
-// replays the activity log instead of trusting the disk.
-func TestStopLeavesMetaUncleanWhenDataSyncFails(t *testing.T) {
-	dir := t.TempDir()
-	na := pairDisk{img: filepath.Join(dir, "a.img"), meta: filepath.Join(dir, "a.md")}
-	nb := pairDisk{img: filepath.Join(dir, "b.img"), meta: filepath.Join(dir, "b.md")}
-	makePairDisk(t, na, 16<<20, 0, 0)
-	makePairDisk(t, nb, 16<<20, 1, 0)
-	c := startPairOn(t, dir, na, nb, "", "")
-	t.Cleanup(c.stopBoth)
-	c.primaryA()
-	if err := c.a.WriteAt(fill(0xAB, 4096), 0, false); err != nil {
-		t.Fatal(err)
-	}
-	c.da.setSync(func() error { return errors.New("sync failed") })
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := c.a.Stop(ctx); err != nil {
-		t.Fatal(err)
-	}
-	md, err := disk.Open(na.meta, disk.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer md.Close()
-	info, err := metadata.Inspect(md, md.Size(), false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if info.Superblock.Flags.Has(metadata.FlagALClean) {
-		t.Fatalf("closed clean although the data sync failed: flags %v", info.Superblock.Flags)
-	}
+	return inspectMetaFile(t, na.meta, false)
 }
