@@ -260,6 +260,7 @@ var (
 	ErrNotFresh         = errors.New("the disks already hold data of a generation")
 	ErrConnected        = errors.New("connected to the peer, which knows this disk's state")
 	ErrHandshake        = errors.New("the handshake with the peer is in progress: try again once it is connected")
+	ErrPeerNotAsked     = errors.New("the peer connected while the promotion ran, and was not asked: try again")
 	ErrNothingMarked    = errors.New("no block is marked out of sync on this node (verify marks the node that ran it)")
 	ErrAttached         = errors.New("the disk is already attached")
 	ErrNoReachableCopy  = errors.New("detaching would leave no reachable copy of the data: this Primary is not connected to an UpToDate peer (--force detaches anyway; its I/O then fails, or waits under disk.on-no-data-accessible suspend-io)")
@@ -511,8 +512,6 @@ func (m *Machine) step(ev Event) ([]Action, error) {
 		}
 		m.conn = ConnHandshake
 		m.linkUp = true
-		// The handshake compares generations from now on.
-		m.outdatedDiskless = false
 		return []Action{ActSendState{}}, nil
 	case EvPeerState:
 		return m.peerState(e.State), nil
@@ -921,6 +920,11 @@ func (m *Machine) peerState(s NodeState) []Action {
 		m.decision = Decision{Kind: SyncNone}
 		m.discardMyData = false
 		m.conn = ConnConnected
+		// Connected, a disk attached from now on reconnects, and its
+		// handshake compares generations: the answer to outdate is no
+		// longer needed. (Not at the link's start: a handshake cut or
+		// refused before this point compared nothing.)
+		m.outdatedDiskless = false
 		if m.disk == DiskDiskless && s.Disk == DiskUpToDate {
 			m.disklessGen = s.UUIDs.Current
 		}
@@ -962,6 +966,18 @@ func (m *Machine) peerState(s NodeState) []Action {
 		acts = append(acts, ActSetAllBits{})
 	}
 	return append(acts, ActExchangeBitmaps{})
+}
+
+// refusePeer closes a connected link whose peer broke the protocol: as if
+// the link was lost (a Primary starts a generation and fences, since it
+// writes alone from now on), then StandAlone until the administrator
+// connects again. The runtime ignores the end of a link it closed, so a
+// machine left in a linked state would wait for it forever.
+func (m *Machine) refusePeer(reason string) []Action {
+	acts := m.lostPeer()
+	m.wantConnect = false
+	m.conn = ConnStandAlone
+	return append(acts, ActCloseLink{Reason: reason})
 }
 
 // dropLink refuses the peer of a handshake: StandAlone until the
@@ -1026,7 +1042,7 @@ func (m *Machine) syncStart(e EvSyncStart) []Action {
 		// consent; a SyncStart now is a peer that broke the protocol.
 		// Taking it would make the data the clients read Inconsistent
 		// under them: refuse it and drop the link.
-		return []Action{ActCloseLink{Reason: "protocol error: the peer started a resync towards a Primary"}}
+		return m.refusePeer("protocol error: the peer started a resync towards a Primary")
 	}
 	m.conn = ConnSyncTarget
 	m.disk = DiskInconsistent
@@ -1130,6 +1146,13 @@ func (m *Machine) promote(e EvPromote) ([]Action, error) {
 	}
 	if err := m.CanPromote(e.Force); err != nil {
 		return nil, err
+	}
+	if m.Replicating() && !e.PeerAgreed {
+		// Started without a peer to ask (and its fence-peer handler
+		// ran), but the link came up meanwhile: the peer may be taking
+		// the Primary role the same way, and neither would refuse the
+		// other's. Only a promotion the connected peer agreed to goes.
+		return nil, m.refuse(ErrPeerNotAsked)
 	}
 	var acts []Action
 	m.role = RolePrimary
@@ -1237,8 +1260,11 @@ func (m *Machine) adoptFresh(u uint64) {
 }
 
 func (m *Machine) peerNewUUID(e EvPeerNewUUID) []Action {
-	if m.meta.UUIDs.Current != 0 || !m.linkUp || m.disk == DiskDiskless {
-		return []Action{ActCloseLink{Reason: "peer sent new-current-uuid --clear-bitmap, but this disk is not fresh"}}
+	if !m.linkUp {
+		return nil // a message of a link that is gone
+	}
+	if m.meta.UUIDs.Current != 0 || m.disk == DiskDiskless {
+		return m.refusePeer("peer sent new-current-uuid --clear-bitmap, but this disk is not fresh")
 	}
 	m.adoptFresh(e.Current)
 	m.peerDisk = DiskUpToDate
