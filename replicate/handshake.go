@@ -568,7 +568,7 @@ func (hs *handshaker) run() (agreement, error) {
 			return agreement{}, hs.refuse(refuseAuth, fmt.Errorf("%w: the peer's response does not prove the shared secret", ErrAuthFailed))
 		}
 	}
-	ag := agreement{version: version, features: mine.features & peer.features, peer: peer}
+	ag := agreement{version: version, features: agreeFeatures(mine.features, peer.features), peer: peer}
 	r := ready{version: ag.version, features: ag.features}
 	if mine.tls {
 		r.transcript = hs.transcript(myHello, p0)
@@ -678,4 +678,15 @@ func withStream(err error, st streamID) error {
 		pe.Stream = st.String()
 	}
 	return err
+}
+
+// agreeFeatures returns the features both nodes offered, less those whose
+// prerequisite is not among them: SYNC_READY is a use of SyncPause, so it
+// holds only with SYNC_PAUSE.
+func agreeFeatures(mine, peer Features) Features {
+	f := mine & peer
+	if f&FeatureSyncPause == 0 {
+		f &^= FeatureSyncReady
+	}
+	return f
 }

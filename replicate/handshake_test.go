@@ -361,3 +361,18 @@ func TestConfigValidate(t *testing.T) {
 		}
 	}
 }
+
+// SYNC_READY without SYNC_PAUSE is not agreed: a peer offering it alone
+// would otherwise be sent SyncPause frames it did not agree to.
+func TestAgreeFeaturesNeedsSyncPauseForSyncReady(t *testing.T) {
+	for _, tc := range []struct{ mine, peer, want Features }{
+		{AllFeatures, AllFeatures, AllFeatures},
+		{AllFeatures, FeatureSyncReady | FeatureTrim, FeatureTrim},
+		{AllFeatures, FeatureSyncPause, FeatureSyncPause},
+		{FeatureSyncReady, FeatureSyncReady, 0},
+	} {
+		if got := agreeFeatures(tc.mine, tc.peer); got != tc.want {
+			t.Errorf("agreeFeatures(%#x, %#x) = %#x, want %#x", tc.mine, tc.peer, got, tc.want)
+		}
+	}
+}

@@ -33,6 +33,9 @@ type Link struct {
 
 	incoming limiter
 	sched    scheduler
+	// ackOrder makes a worker's scheduler done and the queueing of its
+	// Ack one step (worker).
+	ackOrder sync.Mutex
 	work     chan *Incoming
 	bufs     bufPool
 	inPool   sync.Pool
@@ -766,15 +769,21 @@ func (l *Link) worker() {
 			l.log.Warn("handler returned a digest of bad size", zap.Int("size", len(in.Digest)))
 			in.st = statusIO
 		}
-		ready = l.sched.done(in, ready[:0])
 		w := l.ackW
 		if in.stream == stResync {
 			w = l.resyncW
 		}
 		// The Ack is queued before the requests waiting for this one
 		// start: a Flush's Ack then follows those of the requests before
-		// it (7.5). in belongs to the writer from here on.
-		if !w.enqueue(witem{kind: itemAck, in: in}) {
+		// it (7.5). Under ackOrder, so that no other worker's done (the
+		// last one a Flush waited for) and the Flush's own Ack come in
+		// between this done and this Ack. in belongs to the writer from
+		// here on.
+		l.ackOrder.Lock()
+		ready = l.sched.done(in, ready[:0])
+		queued := w.enqueue(witem{kind: itemAck, in: in})
+		l.ackOrder.Unlock()
+		if !queued {
 			l.releaseIncoming(in)
 		}
 		for i, r := range ready {

@@ -12,7 +12,10 @@ import (
 //   - Until r is marked rsSent, the stream's writer owns r: it notifies
 //     Sent after writing r, then any Received or Done that the reply reader
 //     recorded meanwhile (rsRecvPending, rsDonePending), and only then marks
-//     r rsSent. If the write fails, the writer notifies Done.
+//     r rsSent. If the write fails, the writer notifies Done, unless the
+//     reply reader took r meanwhile (its reply arrived before the write
+//     of a later request of the batch failed): then r passes to the
+//     reader as if Sent.
 //   - Once r is rsSent, the reply reader owns it: it notifies Received and
 //     Done as replies arrive, and Done with the link's error for every
 //     request still pending when it exits (failAll).
@@ -164,6 +167,16 @@ func (w *window) afterWrite(r *Request, ok bool, linkErr func() error) {
 			r.notify(Done, err)
 			return
 		case !ok:
+			if w.pending[r.id] != r && r.state&rsWritten != 0 {
+				// Neither pending nor left to the writer: the reply
+				// reader took r and is reading its reply into r.Data.
+				// It completes r (complete), and at once, as if Sent;
+				// failing it here would hand r back to its caller
+				// while the reader still writes into it.
+				r.state |= rsSent
+				w.mu.Unlock()
+				return
+			}
 			if w.pending[r.id] == r {
 				w.removeLocked(r)
 			}

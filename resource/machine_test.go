@@ -206,7 +206,10 @@ func scriptEvent(cmd string, a scriptArgs) (Event, error) {
 	case "bitmaps-exchanged":
 		return EvBitmapsExchanged{Dirty: a.num("dirty", 0)}, nil
 	case "promote":
-		return EvPromote{Force: a.has("force")}, nil
+		// As the runtime sends it: a connected peer was asked and agreed,
+		// unless the script says "unasked" (a promotion started while
+		// disconnected, the link up since).
+		return EvPromote{Force: a.has("force"), PeerAgreed: !a.has("unasked")}, nil
 	case "demote":
 		return EvDemote{NBDConns: int(a.num("conns", 0))}, nil
 	case "peer-promote-request":
