@@ -90,10 +90,13 @@ func (r *Resource) stepAdmin(ev Event) ([]Action, error) {
 
 // beforePublish tells the actions stepAdmin carries out, in their order,
 // before it publishes the state: the meta-data and the bitmap it rests on.
-// Neither waits for the loop or for I/O of the new state.
+// Neither waits for the loop or for I/O of the new state. A machine that
+// sets every bit and persists a state that relies on them (invalidate:
+// Inconsistent) lists the bits first, so that a crash between the two
+// never leaves that state on disk with only some bits set.
 func beforePublish(a Action) bool {
 	switch a.(type) {
-	case ActPersist, ActClearAllBits:
+	case ActPersist, ActClearAllBits, ActSetAllBits:
 		return true
 	}
 	return false

@@ -728,8 +728,9 @@ func (m *Machine) attachPrimary(e EvAttachDisk) []Action {
 	// The runtime sends the state (the peer then starts the resync)
 	// once the writes that began before the disk was there finished: a
 	// resync chunk read before one of them reached the peer would be
-	// older than it, and such a write did not record its blocks.
-	return []Action{m.persist(), ActSetAllBits{}}
+	// older than it, and such a write did not record its blocks. The
+	// bits before the state that relies on them (beforePublish).
+	return []Action{ActSetAllBits{}, m.persist()}
 }
 
 func (m *Machine) connect(e EvConnect) ([]Action, error) {
