@@ -44,11 +44,14 @@ func (r *Resource) admin(ctx context.Context, ev Event) error {
 // the lower one.
 //
 // During a handshake with the peer a promotion is refused (ErrHandshake):
-// Primary tries again until the handshake ended or ctx ends.
+// Primary tries again until the handshake ended or ctx ends. So it does
+// when the link came up while a promotion without a peer ran (its
+// fence-peer handler): the machine refuses that one (ErrPeerNotAsked),
+// and the next try asks the peer.
 func (r *Resource) Primary(ctx context.Context, force bool) error {
 	for {
 		err := r.primary(ctx, force)
-		if !errors.Is(err, ErrHandshake) {
+		if !errors.Is(err, ErrHandshake) && !errors.Is(err, ErrPeerNotAsked) {
 			return err
 		}
 		if !sleepCtx(ctx, 10*time.Millisecond) {
