@@ -148,25 +148,42 @@ func (d *Daemon) Registry() *ctlproto.Registry { return d.reg }
 // after Close fail with INTERRUPTED. It is bounded by ctx: a resource whose
 // request in progress does not return (a runtime call that ignores its
 // context) is left running once ctx ends, with ctx's error, rather than
-// holding the daemon's exit forever.
+// holding the daemon's exit forever. The resources stop at once, each on
+// its own, so that one held by such a request does not use up ctx before
+// the others' turn (they would get a context that ended, and stop
+// without closing their meta-data cleanly).
 func (d *Daemon) Close(ctx context.Context) error {
 	d.mu.Lock()
 	d.closed = true
 	all := slices.Collect(maps.Values(d.res))
 	d.mu.Unlock()
-	var errs []error
-	for _, r := range all {
-		if !lockCtx(ctx, &r.mu) {
-			errs = append(errs, fmt.Errorf("daemon: stop %s: a request in progress holds it: %w", r.name, ctx.Err()))
-			continue
-		}
-		if s := r.snap.Load(); s != nil && s.rt != nil {
-			if err := d.stop(ctx, r, s); err != nil {
-				errs = append(errs, fmt.Errorf("daemon: stop %s: %w", r.name, err))
-			}
-		}
-		r.mu.Unlock()
+	var (
+		mu   sync.Mutex
+		errs []error
+		wg   sync.WaitGroup
+	)
+	fail := func(err error) {
+		mu.Lock()
+		errs = append(errs, err)
+		mu.Unlock()
 	}
+	for _, r := range all {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if !lockCtx(ctx, &r.mu) {
+				fail(fmt.Errorf("daemon: stop %s: a request in progress holds it: %w", r.name, ctx.Err()))
+				return
+			}
+			defer r.mu.Unlock()
+			if s := r.snap.Load(); s != nil && s.rt != nil {
+				if err := d.stop(ctx, r, s); err != nil {
+					fail(fmt.Errorf("daemon: stop %s: %w", r.name, err))
+				}
+			}
+		}()
+	}
+	wg.Wait()
 	d.bus.close()
 	return errors.Join(errs...)
 }

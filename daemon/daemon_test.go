@@ -1318,3 +1318,65 @@ func TestHookErrorTruncated(t *testing.T) {
 		t.Fatalf("the stream after the long error: %v", err)
 	}
 }
+
+// ctxStopRuntime stops like resource.Resource.Stop: with the context's
+// error once the context has ended, and records what it got.
+type ctxStopRuntime struct {
+	Runtime
+	mu   *sync.Mutex
+	errs map[string]error
+	name string
+}
+
+func (r ctxStopRuntime) Stop(ctx context.Context) error {
+	err := ctx.Err()
+	r.mu.Lock()
+	r.errs[r.name] = err
+	r.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	return r.Runtime.Stop(ctx)
+}
+
+// A resource held by a stuck request does not use up Close's context
+// before the others stop: they stop at once, each with a live context.
+// Close went through the resources in turn, and after the stuck one (in
+// map order, half the time) the others got an ended context and stopped
+// without closing their meta-data cleanly.
+func TestCloseStopsOthersWhileOneIsStuck(t *testing.T) {
+	f := newFakeFactory()
+	var mu sync.Mutex
+	errs := map[string]error{}
+	newRT := func(name string, ev Events) (Runtime, error) {
+		rt, err := f.New(name, ev)
+		return ctxStopRuntime{Runtime: rt, mu: &mu, errs: errs, name: name}, err
+	}
+	e := start(t, Config{NewRuntime: newRT}, nil)
+	c := e.dial(t)
+	names := []string{"r0", "r1", "r2", "r3"}
+	for _, name := range names {
+		if _, err := c.Call(ctxT(t), ctlproto.MsgUp, ctlproto.EncodeConfig(c.Registry(), minimalConfig(name))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.mu.Lock()
+	f.entered, f.hang = make(chan string, 1), make(chan struct{})
+	f.mu.Unlock()
+	stuck := e.dial(t)
+	t.Cleanup(func() { close(f.hang) })
+	go stuck.Command(context.Background(), ctlproto.MsgPrimary, "r0")
+	<-f.entered
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	if err := e.d.Close(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Close: %v, want the context's deadline for r0", err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for _, name := range names[1:] {
+		if err, ok := errs[name]; !ok || err != nil {
+			t.Errorf("%s (no request on it): Stop ran %v, with context error %v", name, ok, err)
+		}
+	}
+}

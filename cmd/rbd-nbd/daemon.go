@@ -185,7 +185,12 @@ func runDaemon(parent context.Context, g *globalOptions, o *daemonOptions) error
 	}
 	l.Close()
 	state.shutdown.Store(true) // stopping the daemon keeps what is remembered
-	if err := d.Close(sctx); err != nil {
+	// The resources get a budget of their own: a request that did not
+	// finish may have used up the server's, and a resource stopped with
+	// an ended context would not close its meta-data cleanly.
+	cctx, ccancel := context.WithTimeout(context.Background(), o.shutdownTimeout)
+	defer ccancel()
+	if err := d.Close(cctx); err != nil {
 		log.Error("stopping resources", zap.Error(err))
 		return err
 	}
