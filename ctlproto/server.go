@@ -9,9 +9,11 @@ import (
 	"os"
 	"slices"
 	"sync"
+	"syscall"
 	"time"
 
 	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
 )
 
 // Request is one decoded and checked request, as a Handler sees it.
@@ -644,12 +646,15 @@ func (cn *conn) stream(seq uint32, st *Stream) {
 	// that set a past one is seen on s.closing below).
 	_ = cn.c.SetReadDeadline(time.Time{})
 	readerDone := make(chan struct{})
+	var readEOF bool // set before readerDone closes
 	go func() {
 		// A subscribed client sends nothing more; reading only notices it
-		// going away.
+		// going away, or shutting down its sending side (half-close).
 		defer close(readerDone)
-		io.Copy(io.Discard, cn.c)
+		_, err := io.Copy(io.Discard, cn.c)
+		readEOF = err == nil
 	}()
+	stopped := readerDone
 	defer func() {
 		cn.c.Close()
 		<-readerDone
@@ -675,7 +680,15 @@ func (cn *conn) stream(seq uint32, st *Stream) {
 					return
 				}
 			}
-		case <-readerDone:
+		case <-stopped:
+			if readEOF && !hungUp(cn.c) {
+				// Half-closed: the client sends nothing more, as a
+				// subscriber should (socat and shell clients do this at
+				// the end of their input), and still reads. The stream
+				// goes on until a write fails.
+				stopped = nil
+				continue
+			}
 			if cn.s.shuttingDown() {
 				cn.writeError(MsgEvent, seq, Errorf(CodeInterrupted, "the daemon is shutting down"))
 			}
@@ -685,4 +698,25 @@ func (cn *conn) stream(seq uint32, st *Stream) {
 			return
 		}
 	}
+}
+
+// hungUp reports whether the peer of c closed the connection both ways
+// (POLLHUP), as opposed to only its sending side.
+func hungUp(c net.Conn) bool {
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return true
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return true
+	}
+	hup := true
+	_ = rc.Control(func(fd uintptr) {
+		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+		if n, err := unix.Poll(fds, 0); err == nil && n >= 0 {
+			hup = fds[0].Revents&(unix.POLLHUP|unix.POLLERR) != 0
+		}
+	})
+	return hup
 }

@@ -536,6 +536,13 @@ func (d *Daemon) create(ctx context.Context, body ctlproto.List, start bool) ctl
 		}
 		s.rt = rt
 	}
+	if s.rt == nil {
+		// No runtime records it (as Start would): remembered here, so
+		// that a resource created under this name after a restart does
+		// not get this generation again, which an if-generation read
+		// now would match.
+		d.keepGeneration(name, s.gen)
+	}
 	r.snap.Store(s)
 	d.bus.create(name, r.current())
 	return generationReply(s.gen)

@@ -1147,21 +1147,22 @@ func TestConcurrentUpCreatesOnce(t *testing.T) {
 // resource from the bus, and its later changes were never sent.)
 func TestEventsDeleteThenCreate(t *testing.T) {
 	inDelete, release := make(chan struct{}), make(chan struct{})
-	var once sync.Once
+	var armed atomic.Bool
 	cfg := Config{KeepGeneration: func(name string, gen uint64) {
-		// Called by delete between taking the name out of the table
-		// and reporting it gone (and by nothing else in this test):
-		// hold the first one there while the create runs.
-		once.Do(func() {
+		// Armed for the delete, which calls it between taking the name
+		// out of the table and reporting it gone: hold it there while
+		// the create runs (creates call it too, and go on).
+		if armed.CompareAndSwap(true, false) {
 			close(inDelete)
 			<-release
-		})
+		}
 	}}
 	e := start(t, cfg, nil)
 	c := e.dial(t)
 	if _, err := c.Create(ctxT(t), minimalConfig("r0")); err != nil {
 		t.Fatal(err)
 	}
+	armed.Store(true)
 	sub, err := e.dial(t).Subscribe(ctxT(t), "r0")
 	if err != nil {
 		t.Fatal(err)

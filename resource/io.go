@@ -686,6 +686,12 @@ func (r *Resource) writeUnderMode(st *repState, req replicate.Request, do func()
 				// when either half of a write fails (without a link,
 				// the bits are set already).
 				r.markOutOfSync(off, n)
+				if req.Flags&replicate.FUA != 0 {
+					// Its sync failed, perhaps for earlier writes' lost
+					// write-back (reported once: the next FLUSH may
+					// succeed): those may differ too.
+					r.markUnflushed()
+				}
 			}
 		}
 	}
@@ -719,7 +725,14 @@ func (r *Resource) writeUnderMode(st *repState, req replicate.Request, do func()
 		st.wg.Done()
 		alDone()
 	}
-	done, perr := op.waitThen(ackStage(st.proto), finish)
+	stage := ackStage(st.proto)
+	if diskless || detached {
+		// No local copy: the peer's is the only one, and a protocol
+		// that acknowledges before the peer completed (A, B) would
+		// acknowledge a write no disk has, and lose it with the link.
+		stage = replicate.Done
+	}
+	done, perr := op.waitThen(stage, finish)
 	if done {
 		finish(perr)
 		if err := r.awaitFence(st, perr); err != nil && lerr == nil {
@@ -739,6 +752,21 @@ func (r *Resource) writeUnderMode(st *repState, req replicate.Request, do func()
 		lerr = fmt.Errorf("resource %s: local disk detached and peer failed: %w", r.cfg().Name, perr)
 	}
 	return false, true, lerr
+}
+
+// markUnflushed marks out of sync every write the peer completed and may
+// not have flushed (the epochs, which stay): after a local sync failed,
+// the local copies of those writes may be lost while the peer has them.
+func (r *Resource) markUnflushed() {
+	r.epochs.copyInto(r.markUnflushedRange, 0, r.size.Load())
+}
+
+// markUnflushedRange is setOutOfSync for a node with a disk.
+func (r *Resource) markUnflushedRange(off, n int64) uint64 {
+	if r.diskFailed.Load() {
+		return 0
+	}
+	return r.setOutOfSync(off, n)
 }
 
 // sendFirst reports whether a write's local half waits until its frame is
@@ -842,13 +870,25 @@ func (r *Resource) flushUnder(st *repState) (retry bool, err error) {
 	if op != nil {
 		_, perr = op.wait(replicate.Done)
 		r.putOp(op)
-		if perr == nil {
-			r.epochs.retire(epoch)
-		} else {
+		switch {
+		case perr != nil:
 			r.peerFlushFailed(epoch, perr)
+		case lerr != nil:
+			// on-io-error pass-on: the local sync failed, so writes the
+			// peer holds may be lost here (a failed write-back): mark
+			// them, as a failed peer flush marks them.
+			r.epochs.flushFailed(epoch, func(off, n int64) { r.markUnflushedRange(off, n) })
+		default:
+			r.epochs.retire(epoch)
 		}
 	}
 	st.wg.Done()
+	if err := r.awaitFence(st, perr); err != nil && lerr == nil {
+		// The peer's half went with the link: as for a write, the
+		// flush is answered once fencing (resource-and-stonith) is
+		// done, not before the peer is known not to serve.
+		lerr = err
+	}
 	if r.targetPrimary.Load() && !r.diskFailed.Load() && (st.link == nil || perr != nil) {
 		if perr == nil {
 			perr = r.errNoData()

@@ -1,0 +1,58 @@
+package resource
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// Under on-io-error pass-on, a local fdatasync that fails (a
+// write-back error: Linux marks the pages it could not write clean, and
+// the disk keeps the old bytes) leaves the writes acknowledged before it
+// absent from the local disk while the peer has them. The peer-side
+// analogue was handled (peerFlushFailed marks the epochs' blocks); the
+// local side marked nothing, so the replicas differed with a clean
+// bitmap, and no resync repaired them. Now it marks them the same way.
+func TestPassOnLocalFlushFailureMarksUnflushed(t *testing.T) {
+	c := newPair(t, "disk:\n  on-io-error: pass-on\n", "")
+	const X = 1 << 20
+	if err := c.a.WriteAt(fill(0x11, 4096), X, false); err != nil {
+		t.Fatal(err)
+	}
+	var once atomic.Bool
+	c.da.setSync(func() error {
+		if once.CompareAndSwap(false, true) {
+			// The write-back of X's page failed: the disk keeps its
+			// old bytes (zeroes), the page is dropped.
+			if _, err := c.da.Device.WriteAt(make([]byte, 4096), X); err != nil {
+				t.Error(err)
+			}
+			return errors.New("injected fdatasync EIO")
+		}
+		return nil
+	})
+	if err := c.a.Flush(); err == nil {
+		t.Fatal("a flush whose local fdatasync failed under pass-on succeeded")
+	}
+	c.da.setSync(nil)
+	s := c.a.Status()
+	differ := !bytes.Equal(c.localData(X, 4096), c.peerData(X, 4096))
+	t.Logf("after the failed flush: out of sync %d, replicas differ at X: %v", s.OutOfSync, differ)
+	if differ && s.OutOfSync == 0 {
+		// Show that a reconnect does not repair it.
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := c.a.Disconnect(ctx); err != nil {
+			t.Fatal(err)
+		}
+		c.wait(c.a, "StandAlone", func(s Status) bool { return s.Conn == ConnStandAlone })
+		if err := c.a.Connect(ctx, false); err != nil {
+			t.Fatal(err)
+		}
+		c.settled()
+		c.compareBlocks(X)
+	}
+}
