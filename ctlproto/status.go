@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strconv"
 	"time"
+	"unicode/utf8"
 
 	"github.com/rbd-nbd/rbd-nbd/resource"
 )
@@ -442,14 +443,34 @@ func DecodeStatus(l List) (resource.Status, FieldSet) {
 	return st, set
 }
 
-// EncodeError returns the error section of e.
+// maxErrorText bounds each text of an error reply. A message or value
+// quotes what was refused, which the request limits allow up to 64 KiB:
+// quoted whole, the reply would exceed the limit a client reads values
+// with, and the client would see a malformed reply instead of the error.
+const maxErrorText = 4 << 10
+
+// clipText cuts s to maxErrorText bytes on a character boundary, marking
+// the cut.
+func clipText(s string) string {
+	if len(s) <= maxErrorText {
+		return s
+	}
+	cut := maxErrorText - len("…")
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "…"
+}
+
+// EncodeError returns the error section of e. Its message and value are
+// cut to 4 KiB each.
 func EncodeError(e *Error) Entry {
-	l := List{U32(TagErrorCode, uint32(e.Code)), String(TagErrorMessage, e.Message)}
+	l := List{U32(TagErrorCode, uint32(e.Code)), String(TagErrorMessage, clipText(e.Message))}
 	if e.Path != "" {
 		l = append(l, String(TagErrorPath, e.Path))
 	}
 	if e.Value != "" {
-		l = append(l, String(TagErrorValue, e.Value))
+		l = append(l, String(TagErrorValue, clipText(e.Value)))
 	}
 	if e.Allowed != "" {
 		l = append(l, String(TagErrorAllowed, e.Allowed))
