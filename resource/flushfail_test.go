@@ -17,11 +17,7 @@ import (
 // local side marked nothing, so the replicas differed with a clean
 // bitmap, and no resync repaired them. Now it marks them the same way.
 func TestPassOnLocalFlushFailureMarksUnflushed(t *testing.T) {
-	c := newPair(t, "disk:\n  on-io-error: pass-on\n", "")
-	const X = 1 << 20
-	if err := c.a.WriteAt(fill(0x11, 4096), X, false); err != nil {
-		t.Fatal(err)
-	}
+	c, X := passOnPairWithBlock(t)
 	var once atomic.Bool
 	c.da.setSync(func() error {
 		if once.CompareAndSwap(false, true) {
@@ -55,4 +51,16 @@ func TestPassOnLocalFlushFailureMarksUnflushed(t *testing.T) {
 		c.settled()
 		c.compareBlocks(X)
 	}
+}
+
+// passOnPairWithBlock starts a pair whose Primary runs on-io-error
+// pass-on, and writes 0x11 at the block it returns, on both nodes.
+func passOnPairWithBlock(t *testing.T) (*pair, int64) {
+	t.Helper()
+	const off = 1 << 20
+	c := newPair(t, "disk:\n  on-io-error: pass-on\n", "")
+	if err := c.a.WriteAt(fill(0x11, 4096), off, false); err != nil {
+		t.Fatal(err)
+	}
+	return c, off
 }

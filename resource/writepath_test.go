@@ -21,11 +21,7 @@ import (
 // replicas stay different with a clean bitmap: a failover changes what the
 // block reads, and no resync ever repairs it.
 func TestPassOnLocalWriteErrorMarksOutOfSync(t *testing.T) {
-	c := newPair(t, "disk:\n  on-io-error: pass-on\n", "")
-	const X = 1 << 20
-	if err := c.a.WriteAt(fill(0x11, 4096), X, false); err != nil {
-		t.Fatal(err)
-	}
+	c, X := passOnPairWithBlock(t)
 	c.da.setWrite(func(p []byte, off int64) error {
 		if p[0] == 0x22 {
 			return errors.New("injected EIO")
