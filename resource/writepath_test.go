@@ -35,18 +35,7 @@ func TestPassOnLocalWriteErrorMarksOutOfSync(t *testing.T) {
 	if s := c.a.Status(); s.Disk != DiskUpToDate || s.OutOfSync == 0 {
 		t.Fatalf("the local disk failed the write, the peer took it, and the bitmap is clean: %+v", s)
 	}
-	// A reconnect resyncs the block: both disks end equal.
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := c.a.Disconnect(ctx); err != nil {
-		t.Fatal(err)
-	}
-	c.wait(c.a, "StandAlone", func(s Status) bool { return s.Conn == ConnStandAlone })
-	if err := c.a.Connect(ctx, false); err != nil {
-		t.Fatal(err)
-	}
-	c.settled()
-	c.compareBlocks(X)
+	reconnectAndCompare(c, X)
 }
 
 // A Secondary that closes its link (disconnect) while one of the
