@@ -68,7 +68,8 @@ func AppendHeader(dst []byte, h Header) []byte {
 }
 
 // ParseHeader decodes the frame header at the start of b. It checks the
-// magic, the body length against lim and, in a frame of this package's
+// magic, the body length against lim (over it, a frame of another major
+// version is refused for its version) and, in a frame of this package's
 // major version, the reserved field; it does not judge the version, the
 // flags or the message type, which the server answers with their own error
 // codes. The reserved field of another major version's frame is that
@@ -90,6 +91,11 @@ func ParseHeader(b []byte, lim Limits) (Header, error) {
 		Length: binary.BigEndian.Uint32(b[16:]),
 	}
 	if uint64(h.Length) > uint64(lim.MaxFrame) {
+		if h.Major != ProtoMajor {
+			// The version is what is wrong (a newer client's frames may
+			// be larger): say so, though the stream cannot go on.
+			return h, wrapErr(CodeProtocolVersionUnsupported, ErrVersion, "protocol version %d.%d is not supported; this daemon speaks %d.%d (and its frame body of %d bytes exceeds the limit of %d)", h.Major, h.Minor, ProtoMajor, ProtoMinor, h.Length, lim.MaxFrame)
+		}
 		return h, wrapErr(CodeLimitExceeded, ErrFrameTooLarge, "frame body of %d bytes exceeds the limit of %d", h.Length, lim.MaxFrame)
 	}
 	// Checked last: a frame with only this fault can still be skipped whole.

@@ -220,3 +220,21 @@ func BenchmarkDecodeStatusReply(b *testing.B) {
 		}
 	}
 }
+
+// A frame of another major version whose length is over the limit is
+// refused for its version: a newer client learns that its protocol is
+// not spoken (the stream cannot go on; the connection closes), instead of
+// a LIMIT_EXCEEDED about a frame it would not have sent to an old daemon.
+func TestParseHeaderOtherMajorOverLimit(t *testing.T) {
+	lim := DefaultLimits()
+	b := AppendHeader(nil, Header{Major: ProtoMajor + 1, Type: 1, Seq: 7, Length: uint32(lim.MaxFrame) + 1})
+	_, err := ParseHeader(b, lim)
+	var e *Error
+	if !errors.As(err, &e) || e.Code != CodeProtocolVersionUnsupported {
+		t.Fatalf("ParseHeader: %v, want PROTOCOL_VERSION_UNSUPPORTED", err)
+	}
+	b = AppendHeader(nil, Header{Major: ProtoMajor, Type: 1, Seq: 7, Length: uint32(lim.MaxFrame) + 1})
+	if _, err := ParseHeader(b, lim); !errors.As(err, &e) || e.Code != CodeLimitExceeded {
+		t.Fatalf("ParseHeader of this major version: %v, want LIMIT_EXCEEDED", err)
+	}
+}
