@@ -529,7 +529,11 @@ func (r *Resource) Apply(ctx context.Context, cfg config.Resource) error {
 	case err := <-errc:
 		return err
 	case <-ctx.Done():
-		return ctx.Err()
+		// Committed: the configuration and the listeners are the new
+		// ones, and the loop applies the rest in order. An error here
+		// would make the caller keep the old configuration (and its
+		// generation) for a resource that runs the new one.
+		return nil
 	}
 }
 
