@@ -646,15 +646,16 @@ func (cn *conn) stream(seq uint32, st *Stream) {
 	// that set a past one is seen on s.closing below).
 	_ = cn.c.SetReadDeadline(time.Time{})
 	readerDone := make(chan struct{})
-	var readEOF bool // set before readerDone closes
 	go func() {
 		// A subscribed client sends nothing more; reading only notices it
-		// going away, or shutting down its sending side (half-close).
+		// going away. One that shut down only its sending side
+		// (half-close: socat and shell clients do at the end of their
+		// input) still reads: its stream goes on until it hangs up.
 		defer close(readerDone)
-		_, err := io.Copy(io.Discard, cn.c)
-		readEOF = err == nil
+		if _, err := io.Copy(io.Discard, cn.c); err == nil {
+			waitHangUp(cn.c)
+		}
 	}()
-	stopped := readerDone
 	defer func() {
 		cn.c.Close()
 		<-readerDone
@@ -680,15 +681,7 @@ func (cn *conn) stream(seq uint32, st *Stream) {
 					return
 				}
 			}
-		case <-stopped:
-			if readEOF && !hungUp(cn.c) {
-				// Half-closed: the client sends nothing more, as a
-				// subscriber should (socat and shell clients do this at
-				// the end of their input), and still reads. The stream
-				// goes on until a write fails.
-				stopped = nil
-				continue
-			}
+		case <-readerDone:
 			if cn.s.shuttingDown() {
 				cn.writeError(MsgEvent, seq, Errorf(CodeInterrupted, "the daemon is shutting down"))
 			}
@@ -700,23 +693,22 @@ func (cn *conn) stream(seq uint32, st *Stream) {
 	}
 }
 
-// hungUp reports whether the peer of c closed the connection both ways
-// (POLLHUP), as opposed to only its sending side.
-func hungUp(c net.Conn) bool {
+// waitHangUp returns once the peer of c, which shut down its sending side,
+// closed the connection both ways (POLLHUP), or c was closed. It waits in
+// Go's poller: the hang-up is the next readiness of the socket after the
+// end of its input.
+func waitHangUp(c net.Conn) {
 	sc, ok := c.(syscall.Conn)
 	if !ok {
-		return true
+		return
 	}
 	rc, err := sc.SyscallConn()
 	if err != nil {
-		return true
+		return
 	}
-	hup := true
-	_ = rc.Control(func(fd uintptr) {
+	_ = rc.Read(func(fd uintptr) bool {
 		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
-		if n, err := unix.Poll(fds, 0); err == nil && n >= 0 {
-			hup = fds[0].Revents&(unix.POLLHUP|unix.POLLERR) != 0
-		}
+		n, err := unix.Poll(fds, 0)
+		return err != nil || (n > 0 && fds[0].Revents&(unix.POLLHUP|unix.POLLERR|unix.POLLNVAL) != 0)
 	})
-	return hup
 }

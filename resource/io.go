@@ -876,8 +876,10 @@ func (r *Resource) flushUnder(st *repState) (retry bool, err error) {
 		case lerr != nil:
 			// on-io-error pass-on: the local sync failed, so writes the
 			// peer holds may be lost here (a failed write-back): mark
-			// them, as a failed peer flush marks them.
-			r.epochs.flushFailed(epoch, func(off, n int64) { r.markUnflushedRange(off, n) })
+			// them all, also those that completed since the rotation
+			// (the error is reported once, to this sync), then retire.
+			r.markUnflushed()
+			r.epochs.retire(epoch)
 		default:
 			r.epochs.retire(epoch)
 		}

@@ -586,7 +586,9 @@ func (m *Machine) attach(e EvAttach) []Action {
 	default:
 		m.disk = DiskConsistent
 	}
-	if m.outdatedDiskless && !m.linkUp && (m.disk == DiskUpToDate || m.disk == DiskConsistent) {
+	if m.outdatedDiskless && (m.disk == DiskUpToDate || m.disk == DiskConsistent) {
+		// Set only until a handshake completes: also during one (the
+		// attach then reconnects, and that link may never come).
 		m.outdatedDiskless = false
 		m.disk = DiskOutdated
 		m.setFlag(FlagOutdated, true)
@@ -946,6 +948,7 @@ func (m *Machine) peerState(s NodeState) []Action {
 		return append(acts, m.dropLink(d.Reason)...)
 	}
 	m.discardMyData = false
+	m.outdatedDiskless = false // the generations were compared
 	switch {
 	case d.Kind == SyncNone:
 		m.conn = ConnConnected

@@ -132,3 +132,30 @@ func TestDisklessOutdateSurvivesCutHandshake(t *testing.T) {
 		t.Errorf("handshake cut: outdate answered 'outdated' but the disk attaches %s and promotes without --force", m.Disk())
 	}
 }
+
+// attach-disk during the handshake (the link is up, nothing compared yet)
+// applies the outdate answer too: it closes the link itself to reconnect,
+// and if that link never comes, the stale disk was UpToDate and
+// promotable without --force.
+func TestDisklessOutdateAppliesToAttachDuringHandshake(t *testing.T) {
+	var next uint64 = 0x100
+	m := NewMachine(MachineConfig{NodeID: 2, PeerNodeID: 1, AfterSB: config.AfterSBDisconnect,
+		Fencing: config.FencingResourceOnly, NewUUID: func() uint64 { next++; return next << 16 }})
+	disk := Meta{UUIDs: UUIDs{Current: 0xA0000}, Flags: FlagConsistent | FlagWasUpToDate}
+	m.Step(EvAttach{Meta: disk})
+	m.Step(EvConnect{})
+	if _, err := m.Step(EvDetachDisk{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Step(EvOutdate{}); err != nil {
+		t.Fatal(err)
+	}
+	m.Step(EvLinkUp{}) // handshake starts
+	if _, err := m.Step(EvAttachDisk{Meta: disk}); err != nil {
+		t.Fatal(err)
+	}
+	// attach-disk closed the link to reconnect; the peer does not come back.
+	if m.Disk() != DiskOutdated || m.CanPromote(false) == nil {
+		t.Errorf("attached during the handshake: outdate answered 'outdated' but the disk is %s and promotes without --force (%v)", m.Disk(), m.CanPromote(false))
+	}
+}

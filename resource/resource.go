@@ -438,9 +438,11 @@ func (r *Resource) release() {
 		// start, so a write lost from the disk's cache would be lost
 		// for good. With external meta-data nothing else syncs this
 		// disk, and with internal meta-data the close's own syncs may
-		// come after its superblock write. If the sync fails, the
-		// meta-data stays unclean and the next start replays the log.
-		if err := r.data.Sync(); err != nil {
+		// come after its superblock write. If the sync fails (or hangs
+		// past stopSyncTimeout: a dead disk must not hold the daemon's
+		// exit), the meta-data stays unclean and the next start replays
+		// the log.
+		if err := r.syncWithin(stopSyncTimeout); err != nil {
 			r.log.Warn("flushing the data before closing failed; the meta-data stays unclean, the activity log is replayed at the next start", zap.Error(err))
 		} else if err := r.meta.Close(); err != nil {
 			r.log.Warn("meta-data not closed cleanly", zap.Error(err))
@@ -454,6 +456,24 @@ func (r *Resource) release() {
 	if r.dev != nil {
 		_ = r.dev.Close()
 		r.dev = nil
+	}
+}
+
+// stopSyncTimeout bounds the data disk's sync at a stop.
+const stopSyncTimeout = 30 * time.Second
+
+// syncWithin syncs the data disk, or gives up after d (the sync goes on in
+// the background).
+func (r *Resource) syncWithin(d time.Duration) error {
+	done := make(chan error, 1)
+	go func() { done <- r.data.Sync() }()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case err := <-done:
+		return err
+	case <-t.C:
+		return fmt.Errorf("the data disk's sync did not return within %v", d)
 	}
 }
 
