@@ -106,25 +106,9 @@ func TestPromotionNotAskedRefusedOnceConnected(t *testing.T) {
 // is cut or refused before used to clear it, and the stale disk, attached
 // after, came up UpToDate and was promoted without --force.
 func TestDisklessOutdateSurvivesCutHandshake(t *testing.T) {
-	var next uint64 = 0x100
-	newM := func() *Machine {
-		return NewMachine(MachineConfig{NodeID: 2, PeerNodeID: 1, AfterSB: config.AfterSBDisconnect,
-			Fencing: config.FencingResourceOnly, NewUUID: func() uint64 { next++; return next << 16 }})
-	}
-	disk := Meta{UUIDs: UUIDs{Current: 0xA0000}, Flags: FlagConsistent | FlagWasUpToDate}
-
-	// Link up, handshake cut (or refused by checkPeerState) before it ends.
-	m := newM()
-	m.Step(EvAttach{Meta: disk})
-	m.Step(EvConnect{})
-	if _, err := m.Step(EvDetachDisk{}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := m.Step(EvOutdate{}); err != nil {
-		t.Fatal(err)
-	}
+	m, disk := disklessOutdated(t)
 	m.Step(EvLinkUp{})
-	m.Step(EvLinkDown{})
+	m.Step(EvLinkDown{}) // cut (or refused by checkPeerState) before it ended
 	if _, err := m.Step(EvAttachDisk{Meta: disk}); err != nil {
 		t.Fatal(err)
 	}
@@ -138,6 +122,21 @@ func TestDisklessOutdateSurvivesCutHandshake(t *testing.T) {
 // and if that link never comes, the stale disk was UpToDate and
 // promotable without --force.
 func TestDisklessOutdateAppliesToAttachDuringHandshake(t *testing.T) {
+	m, disk := disklessOutdated(t)
+	m.Step(EvLinkUp{}) // handshake starts
+	if _, err := m.Step(EvAttachDisk{Meta: disk}); err != nil {
+		t.Fatal(err)
+	}
+	// attach-disk closed the link to reconnect; the peer does not come back.
+	if m.Disk() != DiskOutdated || m.CanPromote(false) == nil {
+		t.Errorf("attached during the handshake: outdate answered 'outdated' but the disk is %s and promotes without --force (%v)", m.Disk(), m.CanPromote(false))
+	}
+}
+
+// disklessOutdated returns a machine that detached its disk (returned),
+// is connecting, and answered outdate while Diskless.
+func disklessOutdated(t *testing.T) (*Machine, Meta) {
+	t.Helper()
 	var next uint64 = 0x100
 	m := NewMachine(MachineConfig{NodeID: 2, PeerNodeID: 1, AfterSB: config.AfterSBDisconnect,
 		Fencing: config.FencingResourceOnly, NewUUID: func() uint64 { next++; return next << 16 }})
@@ -150,12 +149,5 @@ func TestDisklessOutdateAppliesToAttachDuringHandshake(t *testing.T) {
 	if _, err := m.Step(EvOutdate{}); err != nil {
 		t.Fatal(err)
 	}
-	m.Step(EvLinkUp{}) // handshake starts
-	if _, err := m.Step(EvAttachDisk{Meta: disk}); err != nil {
-		t.Fatal(err)
-	}
-	// attach-disk closed the link to reconnect; the peer does not come back.
-	if m.Disk() != DiskOutdated || m.CanPromote(false) == nil {
-		t.Errorf("attached during the handshake: outdate answered 'outdated' but the disk is %s and promotes without --force (%v)", m.Disk(), m.CanPromote(false))
-	}
+	return m, disk
 }
