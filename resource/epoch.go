@@ -99,7 +99,7 @@ func (es *epochs) retire(e *epoch) {
 // flushFailed is retire for a flush of e that failed with the peer's
 // disk: e and the older epochs it would have retired are marked in
 // mark before they are forgotten.
-func (es *epochs) flushFailed(e *epoch, mark func(off, n int64)) {
+func (es *epochs) flushFailed(e *epoch, mark func(off, n int64) uint64) {
 	es.forget(e, mark)
 }
 
@@ -114,7 +114,7 @@ func (es *epochs) abandon(e *epoch) {
 	e.flushing = false
 }
 
-func (es *epochs) forget(e *epoch, mark func(off, n int64)) {
+func (es *epochs) forget(e *epoch, mark func(off, n int64) uint64) {
 	if e == nil {
 		return
 	}

@@ -758,15 +758,7 @@ func (r *Resource) writeUnderMode(st *repState, req replicate.Request, do func()
 // not have flushed (the epochs, which stay): after a local sync failed,
 // the local copies of those writes may be lost while the peer has them.
 func (r *Resource) markUnflushed() {
-	r.epochs.copyInto(r.markUnflushedRange, 0, r.size.Load())
-}
-
-// markUnflushedRange is setOutOfSync for a node with a disk.
-func (r *Resource) markUnflushedRange(off, n int64) uint64 {
-	if r.diskFailed.Load() {
-		return 0
-	}
-	return r.setOutOfSync(off, n)
+	r.epochs.copyInto(r.markOutOfSync, 0, r.size.Load())
 }
 
 // sendFirst reports whether a write's local half waits until its frame is
@@ -794,12 +786,12 @@ func (r *Resource) peerFailed(off, n int64, err error) {
 }
 
 // markOutOfSync sets the bits of a write that one of the disks may lack
-// (a Diskless node keeps no bitmap).
-func (r *Resource) markOutOfSync(off, n int64) {
+// (a Diskless node keeps no bitmap) and returns how many were newly set.
+func (r *Resource) markOutOfSync(off, n int64) uint64 {
 	if r.diskFailed.Load() {
-		return
+		return 0
 	}
-	r.setOutOfSync(off, n)
+	return r.setOutOfSync(off, n)
 }
 
 // setOutOfSync sets the bits of [off, off+n) and returns how many were
@@ -870,17 +862,16 @@ func (r *Resource) flushUnder(st *repState) (retry bool, err error) {
 	if op != nil {
 		_, perr = op.wait(replicate.Done)
 		r.putOp(op)
-		switch {
-		case perr != nil:
+		if perr != nil {
 			r.peerFlushFailed(epoch, perr)
-		case lerr != nil:
-			// on-io-error pass-on: the local sync failed, so writes the
-			// peer holds may be lost here (a failed write-back): mark
-			// them all, also those that completed since the rotation
-			// (the error is reported once, to this sync), then retire.
-			r.markUnflushed()
-			r.epochs.retire(epoch)
-		default:
+		} else {
+			if lerr != nil {
+				// on-io-error pass-on: the local sync failed, so writes
+				// the peer holds may be lost here (a failed write-back):
+				// mark them all, also those that completed since the
+				// rotation (the error is reported once, to this sync).
+				r.markUnflushed()
+			}
 			r.epochs.retire(epoch)
 		}
 	}

@@ -568,12 +568,7 @@ func (r *Resource) peerFlushFailed(e *epoch, err error) {
 		r.epochs.abandon(e)
 		return
 	}
-	r.epochs.flushFailed(e, func(off, n int64) {
-		if r.diskFailed.Load() {
-			return // a Diskless node keeps no bitmap
-		}
-		r.setOutOfSync(off, n)
-	})
+	r.epochs.flushFailed(e, r.markOutOfSync)
 	r.log.Warn("peer failed a flush; the writes before it are marked out of sync", zap.Error(err))
 }
 
