@@ -158,10 +158,10 @@ func command(h *config.Handlers, n Name) []string {
 // handler is killed.
 func (r *Runner) Run(ctx context.Context, n Name, env Env) Result {
 	if !r.begin() {
-		return r.refuse(n, env, ErrClosed)
+		return r.closedRun(ctx, n, env)
 	}
 	defer r.running.Done()
-	return r.run(ctx, n, env)
+	return r.run(ctx, n, env, r.handlers.Load())
 }
 
 // RunAsync runs handler n in the background, as Run would, and delivers
@@ -171,12 +171,12 @@ func (r *Runner) Run(ctx context.Context, n Name, env Env) Result {
 func (r *Runner) RunAsync(ctx context.Context, n Name, env Env) <-chan Result {
 	ch := make(chan Result, 1)
 	if !r.begin() {
-		ch <- r.refuse(n, env, ErrClosed)
+		ch <- r.closedRun(ctx, n, env)
 		return ch
 	}
 	go func() {
 		defer r.running.Done()
-		ch <- r.run(ctx, n, env)
+		ch <- r.run(ctx, n, env, r.handlers.Load())
 	}()
 	return ch
 }
@@ -245,11 +245,22 @@ func (r *Runner) refuse(n Name, env Env, err error) Result {
 	return res
 }
 
-func (r *Runner) run(ctx context.Context, n Name, env Env) Result {
+// closedRun is the Result of handler n asked of a closed Runner. An
+// unconfigured handler succeeds as it would on an open one (nothing would
+// have run): a resource stopping after the Runner closed must not be
+// vetoed by a handler nobody configured. A configured one is refused.
+func (r *Runner) closedRun(ctx context.Context, n Name, env Env) Result {
+	if h := r.handlers.Load(); n.Valid() && command(h, n) == nil {
+		return r.run(ctx, n, env, h)
+	}
+	return r.refuse(n, env, ErrClosed)
+}
+
+// run runs handler n as configured in h (no command: unconfigured).
+func (r *Runner) run(ctx context.Context, n Name, env Env, h *config.Handlers) Result {
 	if !n.Valid() {
 		return r.refuse(n, env, ErrInvalidName)
 	}
-	h := r.handlers.Load()
 	spec, _ := Lookup(n)
 	res := Result{Handler: n, Kind: spec.Kind, Command: command(h, n), ExitCode: -1}
 	seq := r.seq.Add(1)

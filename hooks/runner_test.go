@@ -403,7 +403,10 @@ func TestCancelKills(t *testing.T) {
 func TestCloseKills(t *testing.T) {
 	dir := t.TempDir()
 	h := script(t, dir, "hang", hang)
-	f := newFixture(t, config.Handlers{Commands: map[string][]string{string(hooks.AfterResyncTarget): {h}}})
+	f := newFixture(t, config.Handlers{Commands: map[string][]string{
+		string(hooks.AfterResyncTarget):  {h},
+		string(hooks.BeforeResyncSource): {"true"},
+	}})
 	done := f.r.RunAsync(context.Background(), hooks.AfterResyncTarget, env())
 	child := readPid(t, h+".pid")
 	if err := f.r.Close(); err != nil {
@@ -415,18 +418,28 @@ func TestCloseKills(t *testing.T) {
 	}
 	waitFor(t, "the handler's child to die", func() bool { return gone(child) })
 
-	// A closed runner runs nothing, but still reports the call.
+	// A closed runner runs nothing, but still reports the call. A
+	// configured handler is refused (a veto vetoes); an unconfigured one
+	// succeeds, as on an open runner.
 	n := len(f.events.all())
-	res = f.r.Run(context.Background(), hooks.BeforeResyncTarget, env())
+	res = f.r.Run(context.Background(), hooks.BeforeResyncSource, env())
 	if !errors.Is(res.Err, hooks.ErrClosed) || !res.Vetoed() {
-		t.Errorf("Run after Close: %+v", res)
+		t.Errorf("configured veto handler after Close: %+v; want refused, veto", res)
+	}
+	res = f.r.Run(context.Background(), hooks.BeforeResyncTarget, env())
+	if res.Err != nil || res.Outcome != hooks.OutcomeUnconfigured || res.Vetoed() {
+		t.Errorf("unconfigured veto handler after Close: %+v; want unconfigured, proceed", res)
+	}
+	res = <-f.r.RunAsync(context.Background(), hooks.AfterResyncTarget, env())
+	if !errors.Is(res.Err, hooks.ErrClosed) || res.Vetoed() {
+		t.Errorf("RunAsync of a configured handler after Close: %+v", res)
 	}
 	res = <-f.r.RunAsync(context.Background(), hooks.RoleChange, env())
-	if !errors.Is(res.Err, hooks.ErrClosed) || res.Vetoed() {
-		t.Errorf("RunAsync after Close: %+v", res)
+	if res.Err != nil || res.Outcome != hooks.OutcomeUnconfigured {
+		t.Errorf("RunAsync of an unconfigured handler after Close: %+v", res)
 	}
-	if got := len(f.events.all()) - n; got != 4 {
-		t.Errorf("%d events after Close, want 4", got)
+	if got := len(f.events.all()) - n; got != 8 {
+		t.Errorf("%d events after Close, want 8", got)
 	}
 }
 
