@@ -571,8 +571,8 @@ func (n Net) Validate() error {
 		path string
 		v    time.Duration
 	}{{"net.connect-timeout", n.ConnectTimeout}, {"net.ping-interval", n.PingInterval}, {"net.ping-timeout", n.PingTimeout}, {"net.timeout", n.Timeout}} {
-		if d.v < time.Millisecond || d.v > time.Hour {
-			return &FieldError{Path: d.path, Value: d.v.String(), Allowed: "1ms..1h"}
+		if !wholeMillis(d.v, time.Hour) {
+			return &FieldError{Path: d.path, Value: d.v.String(), Allowed: "1ms..1h, in whole milliseconds"}
 		}
 	}
 	if n.MaxInFlight < 1 || n.MaxInFlight > 65536 {
@@ -652,8 +652,8 @@ func (s ResyncOptions) Validate() error {
 	}
 	// Below 1ms only 0 (the default): the control protocol carries whole
 	// milliseconds, so 500us would arrive as 0 and mean 5ms.
-	if s.LatencyTarget != LatencyTargetOff && (s.LatencyTarget < 0 || s.LatencyTarget > 0 && s.LatencyTarget < time.Millisecond || s.LatencyTarget > time.Minute) {
-		return &FieldError{Path: "resync.latency-target", Value: s.LatencyTarget.String(), Allowed: "0 (the default), 1ms..1m, or off"}
+	if s.LatencyTarget != LatencyTargetOff && s.LatencyTarget != 0 && !wholeMillis(s.LatencyTarget, time.Minute) {
+		return &FieldError{Path: "resync.latency-target", Value: s.LatencyTarget.String(), Allowed: "0 (the default), 1ms..1m in whole milliseconds, or off"}
 	}
 	return nil
 }
@@ -673,10 +673,17 @@ func (h Handlers) Validate() error {
 			return &FieldError{Path: "handlers.handler", Value: name, Allowed: "a command line whose first word is a program"}
 		}
 	}
-	if h.Timeout < time.Millisecond || h.Timeout > time.Hour {
-		return &FieldError{Path: "handlers.timeout", Value: h.Timeout.String(), Allowed: "1ms..1h"}
+	if !wholeMillis(h.Timeout, time.Hour) {
+		return &FieldError{Path: "handlers.timeout", Value: h.Timeout.String(), Allowed: "1ms..1h, in whole milliseconds"}
 	}
 	return nil
+}
+
+// wholeMillis reports whether d is a whole number of milliseconds from
+// 1ms to most. The control protocol carries durations in milliseconds: a
+// finer one would run cut down, and never match its file again.
+func wholeMillis(d, most time.Duration) bool {
+	return d >= time.Millisecond && d <= most && d%time.Millisecond == 0
 }
 
 // Invariant returns the path of the first field that differs between old

@@ -209,8 +209,8 @@ func TestFileErrors(t *testing.T) {
 		// peer has no address (node b's node-id left out is 0, as a's).
 		{"same ids, peer without address", strings.Replace(base, "{name: b, node-id: 1, address: 127.0.0.1:2,", "{name: b,", 1), `invalid peer.node-id "0"`},
 		{"same address", strings.Replace(base, "127.0.0.1:2", "127.0.0.1:1", 1), `invalid peer.address "127.0.0.1:1"`},
-		{"address without port", strings.Replace(base, "127.0.0.1:2", "127.0.0.1", 1), `invalid peer.address "127.0.0.1" (allowed: host:port)`},
-		{"own address without port", strings.Replace(base, "127.0.0.1:1", "10.0.0.1", 1), `invalid resource.address "10.0.0.1" (allowed: host:port)`},
+		{"address without port", strings.Replace(base, "127.0.0.1:2", "127.0.0.1", 1), `invalid peer.address "127.0.0.1" (allowed: host:port, a port from 1 to 65535)`},
+		{"own address without port", strings.Replace(base, "127.0.0.1:1", "10.0.0.1", 1), `invalid resource.address "10.0.0.1" (allowed: host:port, a port from 1 to 65535)`},
 		// b, the higher node-id, accepts the link: a dials b's address.
 		{"listening node without address", strings.Replace(base, " address: 127.0.0.1:2,", "", 1), `invalid peer.address "" (allowed: host:port: node b has the higher node-id`},
 		{"handler name typo", base + "handlers:\n  fence_peer: /bin/fence\n", `invalid handlers "fence_peer"`},
@@ -395,7 +395,7 @@ func TestLatencyTarget(t *testing.T) {
 		{"resync: {latency-target: 2m}\n", 0, "resync.latency-target"},
 		// The control protocol carries whole milliseconds: 500us would
 		// arrive as 0, the default.
-		{"resync: {latency-target: 500us}\n", 0, `resync.latency-target "500µs" (allowed: 0 (the default), 1ms..1m, or off)`},
+		{"resync: {latency-target: 500us}\n", 0, `resync.latency-target "500µs" (allowed: 0 (the default), 1ms..1m in whole milliseconds, or off)`},
 		{"resync: {latency-target: 1ms}\n", time.Millisecond, ""},
 		{"resync: {latency-target: never}\n", 0, "latency-target"},
 	}, func(r Resource) time.Duration { return r.Default().Resync.LatencyTarget })
@@ -436,4 +436,42 @@ func TestMaxProtocolVersion(t *testing.T) {
 		{"net: {max-protocol-version: 2}\n", 2, ""},
 		{"net: {max-protocol-version: 3}\n", 0, "net.max-protocol-version"},
 	}, func(r Resource) uint32 { return r.Net.MaxProtocolVersion })
+}
+
+const reviewBase = "resource: r0\nnodes:\n  - {name: a, node-id: 0, address: 127.0.0.1:1, disk: a.img}\n  - {name: b, node-id: 1, address: 127.0.0.1:2, disk: b.img}\n"
+
+// The control protocol carries durations in whole milliseconds
+// (ctlproto.DurationToMillis): a finer one would run cut down (1500us as
+// 1ms), and adjust --dry-run would report it as a difference forever.
+func TestSubMillisecondDurationsRefused(t *testing.T) {
+	for _, tc := range []struct{ yaml, path string }{
+		{"net: {connect-timeout: 1500us}\n", "net.connect-timeout"},
+		{"net: {ping-interval: 2500us}\n", "net.ping-interval"},
+		{"net: {ping-timeout: 1.5ms}\n", "net.ping-timeout"},
+		{"net: {timeout: 10000001us}\n", "net.timeout"},
+		{"handlers: {timeout: 1500us}\n", "handlers.timeout"},
+	} {
+		f, err := ParseFile([]byte(reviewBase+tc.yaml), "/x")
+		if err == nil {
+			_, err = f.Node("a")
+		}
+		if err == nil || !strings.Contains(err.Error(), tc.path) {
+			t.Errorf("%q: err %v; want an error naming %s (the wire carries whole milliseconds)", tc.yaml, err, tc.path)
+		}
+	}
+}
+
+// A peer-link port that no TCP socket can have (0, above 65535, not a
+// number) is refused by name, as a missing port is.
+func TestAddressPortRange(t *testing.T) {
+	for _, addr := range []string{"127.0.0.1:0", "127.0.0.1:70000", "127.0.0.1:abc", "127.0.0.1:-1"} {
+		y := strings.Replace(reviewBase, "127.0.0.1:2", addr, 1)
+		f, err := ParseFile([]byte(y), "/x")
+		if err == nil {
+			_, err = f.Node("a")
+		}
+		if err == nil || !strings.Contains(err.Error(), "peer.address") {
+			t.Errorf("peer address %q: err %v; want an error naming peer.address", addr, err)
+		}
+	}
 }

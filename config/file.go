@@ -34,40 +34,35 @@ type File struct {
 }
 
 // Size is a byte count written as a number with an optional binary suffix
-// (K, M, G, T; KiB style suffixes too), as in "64M" or "1GiB".
+// (K, M, G, T, P; KiB style suffixes too), as in "64M" or "1GiB".
 type Size uint64
 
-// ParseSize parses a Size.
+// ParseSize parses a byte count: a number, optionally followed by a binary
+// unit (K, M, G, T or P, any case, each a power of 1024), optionally
+// followed by "i" after a unit and "B": "512", "512B", "4K", "4KiB",
+// "100mb". It is the one size syntax of resource files, the control tool
+// and the other commands, so that a size means the same everywhere.
 func ParseSize(s string) (uint64, error) {
-	t := strings.TrimSpace(s)
+	t := strings.ToUpper(strings.TrimSpace(s))
 	t = strings.TrimSuffix(t, "B")
 	// "i" only after a unit ("4Ki"): on its own it is no unit at all.
-	iec := strings.HasSuffix(t, "i")
-	t = strings.TrimSuffix(t, "i")
-	mult := uint64(1)
+	iec := strings.HasSuffix(t, "I")
+	t = strings.TrimSuffix(t, "I")
+	shift := 0
 	if n := len(t); n > 0 {
-		switch t[n-1] {
-		case 'k', 'K':
-			mult = 1 << 10
-		case 'm', 'M':
-			mult = 1 << 20
-		case 'g', 'G':
-			mult = 1 << 30
-		case 't', 'T':
-			mult = 1 << 40
-		}
-		if mult != 1 {
+		if i := strings.IndexByte("KMGTP", t[n-1]); i >= 0 {
+			shift = 10 * (i + 1)
 			t = t[:n-1]
 		}
 	}
 	v, err := strconv.ParseUint(t, 10, 64)
-	if err != nil || iec && mult == 1 {
-		return 0, fmt.Errorf("size %q: want a number with an optional K, M, G or T suffix", s)
+	if err != nil || iec && shift == 0 {
+		return 0, fmt.Errorf("size %q: want a number with an optional K, M, G, T or P suffix", s)
 	}
-	if v > ^uint64(0)/mult {
+	if v > ^uint64(0)>>shift {
 		return 0, fmt.Errorf("size %q overflows", s)
 	}
-	return v * mult, nil
+	return v << shift, nil
 }
 
 // UnmarshalYAML accepts "64M" as well as plain numbers.
@@ -310,8 +305,17 @@ func (f *File) checkNodes(local int) error {
 		}
 		// The peer link is TCP: without a port the dialing node would
 		// only log a dial error at every attempt.
-		if _, port, err := net.SplitHostPort(n.node.Address); err != nil || port == "" {
-			return &FieldError{Path: n.path, Value: n.node.Address, Allowed: "host:port"}
+		// A port of 0 would listen where the peer cannot know.
+		_, port, err := net.SplitHostPort(n.node.Address)
+		if err == nil {
+			var p int
+			p, err = net.LookupPort("tcp", port)
+			if err == nil && p == 0 {
+				err = errors.New("port 0")
+			}
+		}
+		if err != nil {
+			return &FieldError{Path: n.path, Value: n.node.Address, Allowed: "host:port, a port from 1 to 65535"}
 		}
 	}
 	// The node with the higher node-id accepts the link and the other

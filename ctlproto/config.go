@@ -6,7 +6,6 @@ import (
 	"math"
 	"slices"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/rbd-nbd/rbd-nbd/config"
@@ -472,20 +471,11 @@ func parseMillis(s string) (uint64, error) {
 }
 
 func parseSize(s string) (uint64, error) {
-	mult := uint64(1)
-	t := strings.TrimSuffix(strings.ToUpper(s), "IB")
-	t = strings.TrimSuffix(t, "B")
-	if n := len(t); n > 0 {
-		if i := strings.IndexByte("KMGT", t[n-1]); i >= 0 {
-			mult = 1 << (10 * (i + 1))
-			t = t[:n-1]
-		}
-	}
-	v, err := strconv.ParseUint(t, 10, 64)
-	if err != nil || v > math.MaxUint64/mult {
+	v, err := config.ParseSize(s)
+	if err != nil {
 		return 0, fmt.Errorf("bad size %q", s)
 	}
-	return v * mult, nil
+	return v, nil
 }
 
 // Sections groups configuration field entries (and handlers.handler lists)

@@ -85,7 +85,7 @@ func (r *Resource) primary(ctx context.Context, force bool) (perr error) {
 			return nil
 		}
 		if r.promoteWait != nil {
-			return fmt.Errorf("a promotion is already in progress")
+			return &StateError{Err: errors.New("a promotion is already in progress"), State: r.m.stateString()}
 		}
 		wait = make(chan error, 1)
 		r.promoteWait = wait

@@ -423,7 +423,7 @@ func (r *Resource) WriteAt(p []byte, off int64, fua bool) error {
 	if fua {
 		flags |= replicate.FUA
 	}
-	return r.split(off, int64(len(p)), func(o, n int64) error {
+	return r.modify(replicate.Write, off, int64(len(p)), func(o, n int64) error {
 		q := p[o-off : o-off+n]
 		return r.write(replicate.Request{Kind: replicate.Write, Offset: o, Length: n, Data: q, Flags: flags},
 			func() error {
@@ -436,6 +436,15 @@ func (r *Resource) WriteAt(p []byte, off int64, fua bool) error {
 				return nil
 			})
 	})
+}
+
+// modify runs one NBD request of kind k on [off, off+n) through split,
+// and counts it once in the I/O statistics, however many parts it took.
+func (r *Resource) modify(k replicate.Kind, off, n int64, fn func(off, n int64) error) error {
+	start := time.Now()
+	err := r.split(off, n, fn)
+	r.io.modified(k, n, time.Since(start), err)
+	return err
 }
 
 // split runs fn on [off, off+n) at once when the activity log can hold
@@ -463,7 +472,7 @@ func (r *Resource) Trim(off, length int64, fua bool) error {
 	if fua {
 		flags |= replicate.FUA
 	}
-	return r.split(off, length, func(off, length int64) error {
+	return r.modify(replicate.Trim, off, length, func(off, length int64) error {
 		return r.write(replicate.Request{Kind: replicate.Trim, Offset: off, Length: length, Flags: flags},
 			func() error {
 				if err := r.data.Trim(off, length); err != nil {
@@ -491,7 +500,7 @@ func (r *Resource) Zero(off, length int64, noHole, fastZero, fua bool) error {
 	if noHole {
 		flags |= replicate.NoHole
 	}
-	return r.split(off, length, func(off, length int64) error {
+	return r.modify(replicate.Zero, off, length, func(off, length int64) error {
 		return r.write(replicate.Request{Kind: replicate.Zero, Offset: off, Length: length, Flags: flags},
 			func() error {
 				if err := r.data.Zero(off, length, noHole); err != nil {
@@ -505,7 +514,8 @@ func (r *Resource) Zero(off, length int64, noHole, fastZero, fua bool) error {
 	})
 }
 
-// write runs one modifying request: local through do, remote as req.
+// write runs one modifying request (or one part of a split one): local
+// through do, remote as req.
 func (r *Resource) write(req replicate.Request, do func() error) error {
 	start := time.Now()
 	ran, err := r.writeReq(req, do)
@@ -514,12 +524,10 @@ func (r *Resource) write(req replicate.Request, do func() error) error {
 		// began without it: again, as a Primary target's write.
 		ran, err = r.writeReq(req, do)
 	}
-	d := time.Since(start)
 	if ran {
 		// Writes that reached the disks pace the resync (latency target).
-		r.observeLatency(d)
+		r.observeLatency(time.Since(start))
 	}
-	r.io.modified(req.Kind, req.Length, d, err)
 	return err
 }
 

@@ -736,7 +736,10 @@ func (m *Machine) attachPrimary(e EvAttachDisk) []Action {
 }
 
 func (m *Machine) connect(e EvConnect) ([]Action, error) {
-	if m.disk == DiskDiskless {
+	if m.disk == DiskDiskless && m.disklessGen == 0 {
+		// Never attached: nothing says which data this node may serve.
+		// A detached node connects (as DRBD's diskless nodes do): a
+		// Diskless Primary's only copy of its data is its peer's.
 		return nil, m.refuse(ErrNoDisk)
 	}
 	if e.DiscardMyData && m.role == RolePrimary {

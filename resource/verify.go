@@ -76,6 +76,15 @@ func (r *Resource) Verify(ctx context.Context, start, stop int64) error {
 		if r.m.Conn() != ConnConnected || r.link == nil {
 			return &StateError{Err: fmt.Errorf("verify needs a Connected peer"), State: r.m.stateString()}
 		}
+		if r.diskFailed.Load() || r.m.Disk() == DiskDiskless || r.m.PeerDisk() == DiskDiskless {
+			return &StateError{Err: fmt.Errorf("verify needs a disk on both nodes"), State: r.m.stateString()}
+		}
+		if r.m.PeerRole() == RolePrimary {
+			// The peer's writes land here outside this node's range
+			// locks: only the Primary's lock keeps a write from falling
+			// between the two digests of a chunk.
+			return &StateError{Err: fmt.Errorf("the peer is Primary: run verify on the Primary"), State: r.m.stateString()}
+		}
 		if r.link.Version() < 2 {
 			return &StateError{Err: fmt.Errorf("the peer speaks protocol version %d; verify needs 2", r.link.Version()), State: r.m.stateString()}
 		}

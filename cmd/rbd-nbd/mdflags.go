@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"strconv"
-	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -129,32 +127,16 @@ func mdDevSize(f *os.File) (int64, error) {
 	return n, nil
 }
 
-// mdParseSize parses a byte count with an optional binary suffix: 4096, 4K,
-// 4KiB, 1M, 1MiB, 2G.
+// mdParseSize parses a byte count (config.ParseSize) that fits an int64.
 func mdParseSize(s string) (int64, error) {
-	t := strings.TrimSpace(strings.ToUpper(s))
-	t = strings.TrimSuffix(strings.TrimSuffix(t, "IB"), "B")
-	mult := int64(1)
-	if n := len(t); n > 0 {
-		switch t[n-1] {
-		case 'K':
-			mult = 1 << 10
-		case 'M':
-			mult = 1 << 20
-		case 'G':
-			mult = 1 << 30
-		case 'T':
-			mult = 1 << 40
-		}
-		if mult != 1 {
-			t = t[:n-1]
-		}
+	v, err := config.ParseSize(s)
+	if err != nil {
+		return 0, err
 	}
-	v, err := strconv.ParseInt(t, 10, 64)
-	if err != nil || v < 0 || v > (1<<62)/mult {
-		return 0, fmt.Errorf("size %q: want a number with an optional K, M, G or T suffix", s)
+	if v > 1<<62 {
+		return 0, fmt.Errorf("size %q is too large", s)
 	}
-	return v * mult, nil
+	return int64(v), nil
 }
 
 // mdHumanBytes formats n in binary units.

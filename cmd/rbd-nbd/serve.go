@@ -7,7 +7,6 @@ import (
 	"net"
 	"os"
 	"os/signal"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -15,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
 
+	"github.com/rbd-nbd/rbd-nbd/config"
 	"github.com/rbd-nbd/rbd-nbd/disk"
 	"github.com/rbd-nbd/rbd-nbd/metrics"
 	"github.com/rbd-nbd/rbd-nbd/nbdserver"
@@ -173,37 +173,17 @@ func listen(addr string) (net.Listener, error) {
 	return net.Listen("tcp", strings.TrimPrefix(addr, "tcp:"))
 }
 
-// parseSize parses a byte count with an optional binary suffix: 512, 64K,
-// 64M, 1G, 2T (also KiB/MiB/GiB/TiB, K/M/G/T with B, lower case).
+// parseSize parses a positive byte count (config.ParseSize) that fits an
+// int64.
 func parseSize(s string) (int64, error) {
-	t := strings.ToUpper(strings.TrimSpace(s))
-	t = strings.TrimSuffix(strings.TrimSuffix(t, "B"), "I")
-	shift := 0
-	if n := len(t); n > 0 {
-		switch t[n-1] {
-		case 'K':
-			shift = 10
-		case 'M':
-			shift = 20
-		case 'G':
-			shift = 30
-		case 'T':
-			shift = 40
-		case 'P':
-			shift = 50
-		}
-		if shift > 0 {
-			t = t[:n-1]
-		}
+	v, err := config.ParseSize(s)
+	if err != nil {
+		return 0, err
 	}
-	v, err := strconv.ParseInt(t, 10, 64)
-	if err != nil || v <= 0 {
+	if v == 0 || v > 1<<63-1 {
 		return 0, fmt.Errorf("bad size %q: want a positive number with an optional K, M, G, T suffix", s)
 	}
-	if v > (1<<63-1)>>shift {
-		return 0, fmt.Errorf("size %q overflows", s)
-	}
-	return v << shift, nil
+	return int64(v), nil
 }
 
 // minBlock is the export's minimum block size: the granularity of fast
