@@ -202,7 +202,7 @@ func (r *Resource) verifyChunk(link *replicate.Link, digest resync.DigestFunc, a
 			return err
 		}
 		if !bytes.Equal(remote, digest(buf[b:b+l])) {
-			r.bmap().Set(off+b, l)
+			r.setOutOfSync(off+b, l)
 			v.differs(off+b, l)
 		}
 	}
