@@ -102,6 +102,12 @@ const (
 	MaxDeadConnTimeout = time.Duration(maxLongSeconds) * time.Second
 )
 
+// MaxIndex is the highest device index any kernel takes: the driver
+// refuses an index above MINORMASK >> part_shift, which is 1<<20 - 1 only
+// with max_part=0 (with the module's default max_part=16, 65535; the
+// kernel's own refusal then says so).
+const MaxIndex = 1<<20 - 1
+
 // maxLongSeconds is the most seconds whose jiffies at HZ=1000 fit in a
 // long, capped where the time.Duration would overflow.
 const maxLongSeconds = min((1<<(strconv.IntSize-1)-1)/1000, math.MaxInt64/int64(time.Second))
@@ -116,14 +122,14 @@ func DefaultConfig() Config {
 // Validate reports what is wrong with c.
 func (c Config) Validate() error {
 	var errs []error
-	if c.Index < -1 || c.Index > 1<<20 {
-		errs = append(errs, fmt.Errorf("index %d: want -1 (any) or 0..%d", c.Index, 1<<20))
+	if c.Index < -1 || c.Index > MaxIndex {
+		errs = append(errs, fmt.Errorf("index %d: want -1 (any) or 0..%d", c.Index, MaxIndex))
 	}
 	if !pow2(c.BlockSize) || c.BlockSize < 512 || c.BlockSize > 4096 {
 		errs = append(errs, fmt.Errorf("block size %d: want a power of two from 512 to 4096", c.BlockSize))
 	} else {
 		if c.Export.MinBlock > c.BlockSize {
-			errs = append(errs, fmt.Errorf("export %q needs blocks of at least %d bytes; the kernel does at most %d", c.Export.Name, c.Export.MinBlock, c.BlockSize))
+			errs = append(errs, fmt.Errorf("export %q needs blocks of at least %d bytes; the device's blocks are %d bytes (Config.BlockSize)", c.Export.Name, c.Export.MinBlock, c.BlockSize))
 		}
 		if c.Export.Size < int64(c.BlockSize) {
 			errs = append(errs, fmt.Errorf("export %q of %d bytes is smaller than one block (%d)", c.Export.Name, c.Export.Size, c.BlockSize))
@@ -379,6 +385,17 @@ func loadModule(ctx context.Context) bool {
 	return exec.CommandContext(ctx, path, "nbd").Run() == nil
 }
 
+// missingDevice is the error for a device index that sysfs does not show:
+// ErrNoModule when no nbd device exists at all, else ErrNoDevice, naming
+// the devices there are.
+func missingDevice(sys string, index int) error {
+	all, _ := listSysDevices(sys)
+	if len(all) == 0 {
+		return fmt.Errorf("%s: %w", DevicePath(index), ErrNoModule)
+	}
+	return fmt.Errorf("%s: %w (the module has nbd%d..nbd%d; its nbds_max parameter sets how many)", DevicePath(index), ErrNoDevice, all[0], all[len(all)-1])
+}
+
 // Detach disconnects /dev/nbdN and waits, within ctx, until the kernel
 // has released it. It fails with ErrStillHeld if the device is still in
 // use (e.g. mounted) when ctx ends; the disconnect stands.
@@ -389,7 +406,7 @@ func Detach(ctx context.Context, index int) error {
 func (h host) detach(ctx context.Context, index int) error {
 	sd := sysDevice{h.sys, index}
 	if !sd.exists() {
-		return fmt.Errorf("%s: %w", DevicePath(index), ErrNoModule)
+		return missingDevice(h.sys, index)
 	}
 	if sd.pid() == 0 {
 		return fmt.Errorf("%s: %w", DevicePath(index), ErrNotConnected)

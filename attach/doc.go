@@ -22,7 +22,7 @@
 //	NBD_CMD_CONNECT (1)
 //	  NBD_ATTR_INDEX (1)              u32  device number; absent: any free device
 //	  NBD_ATTR_SIZE_BYTES (2)         u64  export size, rounded down to the block size
-//	  NBD_ATTR_BLOCK_SIZE_BYTES (3)   u64  4096
+//	  NBD_ATTR_BLOCK_SIZE_BYTES (3)   u64  Config.BlockSize (512..4096; default 4096)
 //	  NBD_ATTR_TIMEOUT (4)            u64  request timeout, seconds (absent: kernel default);
 //	                                       kept as jiffies in 32 bits: at most MaxTimeout
 //	  NBD_ATTR_SERVER_FLAGS (5)       u64  transmission flags as the server sent them

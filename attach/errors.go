@@ -10,6 +10,9 @@ var (
 	// ErrNoModule: neither the netlink family nor any /dev/nbdN exists:
 	// the nbd module is not loaded.
 	ErrNoModule = errors.New("attach: the nbd kernel module is not loaded (modprobe nbd)")
+	// ErrNoDevice: the module is loaded but has no device of that index
+	// (its nbds_max devices are fewer).
+	ErrNoDevice = errors.New("attach: no such nbd device")
 	// ErrNoFreeDevice: every /dev/nbdN is in use (ioctl attach).
 	ErrNoFreeDevice = errors.New("attach: no free nbd device")
 	// ErrNotConnected: the device is not attached.

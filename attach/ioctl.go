@@ -93,7 +93,7 @@ func ioctlAttachOne(ctx context.Context, drv driver, root string, index int, p c
 	f, err := drv.open(index)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
-			return nil, fmt.Errorf("%s: %w", DevicePath(index), ErrNoModule)
+			return nil, missingDevice(root, index)
 		}
 		return nil, err
 	}
@@ -104,7 +104,12 @@ func ioctlAttachOne(ctx context.Context, drv driver, root string, index int, p c
 	d := &Device{Index: index, Method: MethodIoctl, done: make(chan struct{})}
 	go d.doIt(drv, f)
 	if err := waitConnected(ctx, sd, d.done); err != nil {
+		// NBD_DISCONNECT only sends NBD_CMD_DISC: NBD_DO_IT returns when
+		// the server closes. NBD_CLEAR_SOCK shuts the sockets down, so
+		// that a server that never closes cannot hold this call (as
+		// ioctlDetach does).
 		_ = drv.ioctl(f, ioctlDisconnect, 0)
+		_ = drv.ioctl(f, ioctlClearSock, 0)
 		<-d.done
 		if d.err != nil {
 			return nil, fmt.Errorf("%s: NBD_DO_IT: %w", DevicePath(index), d.err)

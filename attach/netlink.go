@@ -144,7 +144,7 @@ func decodeIndex(b []byte) (int, error) {
 	if err := ad.Err(); err != nil {
 		return 0, fmt.Errorf("%w: %w", errBadReply, err)
 	}
-	if index < 0 || index > 1<<20 {
+	if index < 0 || index > MaxIndex {
 		return 0, fmt.Errorf("%w: no device index", errBadReply)
 	}
 	return index, nil
@@ -184,7 +184,7 @@ func decodeStatus(b []byte) ([]deviceStatus, error) {
 					}
 					return item.Err()
 				})
-				if d.index < 0 || d.index > 1<<20 {
+				if d.index < 0 || d.index > MaxIndex {
 					return fmt.Errorf("device item without a valid index (%d)", d.index)
 				}
 				out = append(out, d)

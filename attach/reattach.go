@@ -155,7 +155,8 @@ func reattachOne(ctx context.Context, nl *nlConn, sd sysDevice, cfg ReattachConf
 
 // compatible refuses an export that cannot stand in for the device's old
 // one: another size (the device's size is the export's, rounded down to
-// whole blocks of at most 4096 bytes), read-only under a writable device,
+// whole blocks of at most 4096 bytes), larger minimum blocks than the
+// device's (fixed at its first attach), read-only under a writable device,
 // or without a transmission flag the device was attached with and still
 // acts on (the kernel keeps the first attach's flags): it would send
 // FLUSH, FUA or TRIM to a server that does not take them (I/O errors),
@@ -164,6 +165,10 @@ func reattachOne(ctx context.Context, nl *nlConn, sd sysDevice, cfg ReattachConf
 func compatible(info ExportInfo, dev devState) error {
 	if dev.size > 0 && (info.Size < dev.size || info.Size-dev.size >= 4096) {
 		return fmt.Errorf("%w: export %q has %d bytes, the device %d", ErrMismatch, info.Name, info.Size, dev.size)
+	}
+	if dev.blockSize > 0 && int64(info.MinBlock) > dev.blockSize {
+		// The kernel would send requests the server refuses (EINVAL).
+		return fmt.Errorf("%w: export %q needs blocks of at least %d bytes, the device has %d", ErrMismatch, info.Name, info.MinBlock, dev.blockSize)
 	}
 	if info.Flags&FlagReadOnly != 0 && !dev.readOnly {
 		return fmt.Errorf("%w: export %q is read-only, the device writable", ErrMismatch, info.Name)
@@ -369,7 +374,9 @@ func (h host) watch(ctx context.Context, cfg ReattachConfig) error {
 			case len(failing) > 0:
 				pass(maps.Clone(failing))
 			}
+			// Only here: notices for other devices, however frequent,
+			// must not keep pushing back the retry of a failed one.
+			t.Reset(retry)
 		}
-		t.Reset(retry)
 	}
 }

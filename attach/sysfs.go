@@ -21,7 +21,7 @@ func DevicePath(index int) string { return "/dev/nbd" + strconv.Itoa(index) }
 func ParseDevice(s string) (int, error) {
 	t := strings.TrimPrefix(strings.TrimPrefix(s, "/dev/"), "nbd")
 	n, err := strconv.Atoi(t)
-	if err != nil || n < 0 || n > 1<<20 || strconv.Itoa(n) != t {
+	if err != nil || n < 0 || n > MaxIndex || strconv.Itoa(n) != t {
 		return 0, fmt.Errorf("%q is not an nbd device (want /dev/nbdN, nbdN or N)", s)
 	}
 	return n, nil
@@ -163,6 +163,9 @@ type devState struct {
 	// sends FUA (NBD_FLAG_SEND_FUA); discard: it sends TRIM
 	// (NBD_FLAG_SEND_TRIM).
 	writeCache, fua, discard bool
+	// blockSize is the device's logical block size, fixed at its first
+	// attach (0: unknown).
+	blockSize int64
 }
 
 // state reads the device's devState; what sysfs does not show counts as
@@ -176,6 +179,8 @@ func (d sysDevice) state() devState {
 	dm, _ := d.read("queue/discard_max_bytes")
 	n, _ := strconv.ParseUint(dm, 10, 64)
 	st.discard = n > 0
+	bs, _ := d.read("queue/logical_block_size")
+	st.blockSize, _ = strconv.ParseInt(bs, 10, 64)
 	return st
 }
 
