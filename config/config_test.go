@@ -209,8 +209,8 @@ func TestFileErrors(t *testing.T) {
 		// peer has no address (node b's node-id left out is 0, as a's).
 		{"same ids, peer without address", strings.Replace(base, "{name: b, node-id: 1, address: 127.0.0.1:2,", "{name: b,", 1), `invalid peer.node-id "0"`},
 		{"same address", strings.Replace(base, "127.0.0.1:2", "127.0.0.1:1", 1), `invalid peer.address "127.0.0.1:1"`},
-		{"address without port", strings.Replace(base, "127.0.0.1:2", "127.0.0.1", 1), `invalid peer.address "127.0.0.1" (allowed: host:port, a port from 1 to 65535)`},
-		{"own address without port", strings.Replace(base, "127.0.0.1:1", "10.0.0.1", 1), `invalid resource.address "10.0.0.1" (allowed: host:port, a port from 1 to 65535)`},
+		{"address without port", strings.Replace(base, "127.0.0.1:2", "127.0.0.1", 1), `invalid peer.address "127.0.0.1" (allowed: host:port)`},
+		{"own address without port", strings.Replace(base, "127.0.0.1:1", "10.0.0.1", 1), `invalid resource.address "10.0.0.1" (allowed: host:port)`},
 		// b, the higher node-id, accepts the link: a dials b's address.
 		{"listening node without address", strings.Replace(base, " address: 127.0.0.1:2,", "", 1), `invalid peer.address "" (allowed: host:port: node b has the higher node-id`},
 		{"handler name typo", base + "handlers:\n  fence_peer: /bin/fence\n", `invalid handlers "fence_peer"`},

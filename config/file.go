@@ -305,17 +305,10 @@ func (f *File) checkNodes(local int) error {
 		}
 		// The peer link is TCP: without a port the dialing node would
 		// only log a dial error at every attempt.
-		// A port of 0 would listen where the peer cannot know.
-		_, port, err := net.SplitHostPort(n.node.Address)
-		if err == nil {
-			var p int
-			p, err = net.LookupPort("tcp", port)
-			if err == nil && p == 0 {
-				err = errors.New("port 0")
-			}
-		}
-		if err != nil {
-			return &FieldError{Path: n.path, Value: n.node.Address, Allowed: "host:port, a port from 1 to 65535"}
+		if _, port, err := net.SplitHostPort(n.node.Address); err != nil || port == "" {
+			return &FieldError{Path: n.path, Value: n.node.Address, Allowed: "host:port"}
+		} else if _, err := net.LookupPort("tcp", port); err != nil {
+			return &FieldError{Path: n.path, Value: n.node.Address, Allowed: "host:port, a port from 0 to 65535"}
 		}
 	}
 	// The node with the higher node-id accepts the link and the other
@@ -326,6 +319,10 @@ func (f *File) checkNodes(local int) error {
 	}
 	if hi.Address == "" {
 		return &FieldError{Path: path, Value: "", Allowed: fmt.Sprintf("host:port: node %s has the higher node-id, so it accepts the peer link and the other node dials this address", hi.Name)}
+	}
+	if _, port, _ := net.SplitHostPort(hi.Address); port == "0" {
+		// It would listen on a port the other node cannot know.
+		return &FieldError{Path: path, Value: hi.Address, Allowed: fmt.Sprintf("host:port with a port from 1 to 65535: node %s has the higher node-id, so it accepts the peer link and the other node dials this address", hi.Name)}
 	}
 	return nil
 }

@@ -2,6 +2,7 @@ package resource
 
 import (
 	"context"
+	"fmt"
 	"path/filepath"
 	"testing"
 	"time"
@@ -59,7 +60,7 @@ func TestALExtentsDefaultUsesEverySlot(t *testing.T) {
 	dir := t.TempDir()
 	n := pairDisk{img: filepath.Join(dir, "b.img")}
 	makePairDisk(t, n, 16<<20, 1, 3000)
-	r := New(nodeB(t, dir, "127.0.0.1:0", n.img, ""), Options{Logger: zap.NewNop()})
+	r := New(nodeB(t, dir, fmt.Sprintf("127.0.0.1:%d", freePort(t)), n.img, ""), Options{Logger: zap.NewNop()})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := r.Start(ctx); err != nil {

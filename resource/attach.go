@@ -197,8 +197,13 @@ func (r *Resource) closeDetached() {
 		// The calls running on the disk finish; later ones fail with
 		// disk.ErrClosed, which counts as the disk being gone.
 		r.data.close()
-		if err := st.dev.Sync(); err != nil {
+		if err := syncWithin(st.dev.Sync, detachCloseTimeout); err != nil {
 			dc.err = fmt.Errorf("flushing the detached disk: %w", err)
+			if errors.Is(err, errSyncTimedOut) {
+				// Closing waits for the hung sync: in the background.
+				go func() { _ = closeStorage(st, false, r.log) }()
+				return
+			}
 			closeStorage(st, false, r.log)
 			return
 		}

@@ -304,14 +304,18 @@ type pairDisk struct {
 // alExtents activity-log slots (0: the default).
 func makePairDisk(t *testing.T, n pairDisk, size int64, id uint32, alExtents uint32) {
 	t.Helper()
-	f, err := os.Create(n.img)
-	if err != nil {
-		t.Fatal(err)
+	if fi, err := os.Stat(n.img); err != nil || fi.Mode()&os.ModeDevice == 0 {
+		// A regular file, made of size bytes (a block device keeps
+		// its own).
+		f, err := os.Create(n.img)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := f.Truncate(size); err != nil {
+			t.Fatal(err)
+		}
+		f.Close()
 	}
-	if err := f.Truncate(size); err != nil {
-		t.Fatal(err)
-	}
-	f.Close()
 	dev, err := disk.Open(n.img, disk.Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -589,7 +593,7 @@ func TestALExtentsMismatchWarns(t *testing.T) {
 	dir := t.TempDir()
 	n := pairDisk{img: filepath.Join(dir, "b.img")}
 	makePairDisk(t, n, 16<<20, 1, 0)
-	cfg := nodeB(t, dir, "127.0.0.1:0", n.img, "disk: {al-extents: 3001}\n")
+	cfg := nodeB(t, dir, fmt.Sprintf("127.0.0.1:%d", freePort(t)), n.img, "disk: {al-extents: 3001}\n")
 	core, logs := observer.New(zap.WarnLevel)
 	r := New(cfg, Options{Logger: zap.New(core)})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

@@ -66,6 +66,9 @@ var (
 type Resource struct {
 	opts Options
 	log  *zap.Logger
+	// stopSyncWait bounds the data disk's sync at a stop (stopSyncTimeout;
+	// tests shorten it).
+	stopSyncWait time.Duration
 
 	cfgMu  sync.Mutex
 	config config.Resource
@@ -200,7 +203,7 @@ func New(cfg config.Resource, opts Options) *Resource {
 	if opts.NewUUID == nil {
 		opts.NewUUID = NewUUID
 	}
-	r := &Resource{opts: opts, config: cfg, log: opts.Logger.With(zap.String("resource", cfg.Name))}
+	r := &Resource{opts: opts, config: cfg, log: opts.Logger.With(zap.String("resource", cfg.Name)), stopSyncWait: stopSyncTimeout}
 	r.status.Store(&Status{Name: cfg.Name, Role: RoleSecondary, Disk: DiskDiskless, Conn: ConnStandAlone, PeerDisk: DiskDUnknown})
 	return r
 }
@@ -442,8 +445,15 @@ func (r *Resource) release() {
 		// past stopSyncTimeout: a dead disk must not hold the daemon's
 		// exit), the meta-data stays unclean and the next start replays
 		// the log.
-		if err := r.syncWithin(stopSyncTimeout); err != nil {
+		if err := syncWithin(r.data.Sync, r.stopSyncWait); err != nil {
 			r.log.Warn("flushing the data before closing failed; the meta-data stays unclean, the activity log is replayed at the next start", zap.Error(err))
+			if errors.Is(err, errSyncTimedOut) {
+				// Closing waits for the calls running on the device,
+				// the hung sync among them: close in the background.
+				st := &storage{dev: r.dev, metaFile: r.metaFile}
+				go func() { _ = closeStorage(st, false, nil) }()
+				r.dev, r.metaFile = nil, nil
+			}
 		} else if err := r.meta.Close(); err != nil {
 			r.log.Warn("meta-data not closed cleanly", zap.Error(err))
 		}
@@ -462,18 +472,23 @@ func (r *Resource) release() {
 // stopSyncTimeout bounds the data disk's sync at a stop.
 const stopSyncTimeout = 30 * time.Second
 
-// syncWithin syncs the data disk, or gives up after d (the sync goes on in
-// the background).
-func (r *Resource) syncWithin(d time.Duration) error {
+// errSyncTimedOut: a sync did not return in time; it goes on in the
+// background, and closing its device would wait for it.
+var errSyncTimedOut = errors.New("sync timed out")
+
+// syncWithin runs sync, or gives up after d with errSyncTimedOut (the sync
+// goes on in the background): a dead disk must not hold a stop or a
+// detach.
+func syncWithin(sync func() error, d time.Duration) error {
 	done := make(chan error, 1)
-	go func() { done <- r.data.Sync() }()
+	go func() { done <- sync() }()
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
 	case err := <-done:
 		return err
 	case <-t.C:
-		return fmt.Errorf("the data disk's sync did not return within %v", d)
+		return fmt.Errorf("the data disk's sync did not return within %v: %w", d, errSyncTimedOut)
 	}
 }
 
