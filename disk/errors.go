@@ -23,10 +23,6 @@ var (
 	// filesystem without fallocate.
 	ErrNotSupported = errors.New("disk: operation not supported")
 
-	// ErrUnaligned is returned by a device opened with O_DIRECT when an
-	// offset or length is not a multiple of its [File.Alignment].
-	ErrUnaligned = fmt.Errorf("disk: unaligned direct I/O: %w", syscall.EINVAL)
-
 	// ErrInjected is the error a [FaultyDevice] returns; it wraps EIO so
 	// callers handle it like a real medium error.
 	ErrInjected = fmt.Errorf("disk: injected fault: %w", syscall.EIO)

@@ -255,8 +255,6 @@ func mapDiskErr(err error) error {
 		return fmt.Errorf("%w: %w", ErrNoSpace, err)
 	case errors.Is(err, disk.ErrNotSupported):
 		return fmt.Errorf("%w: %w", ErrNotSupported, err)
-	case errors.Is(err, disk.ErrUnaligned):
-		return fmt.Errorf("%w: %w", ErrInvalid, err)
 	case errors.Is(err, disk.ErrClosed):
 		return fmt.Errorf("%w: %w", ErrShutdown, err)
 	}

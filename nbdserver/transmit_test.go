@@ -577,7 +577,6 @@ func TestErrno(t *testing.T) {
 		{disk.ErrInjected, EIO},
 		{mapDiskErr(disk.ErrReadOnly), EPERM},
 		{mapDiskErr(disk.ErrOutOfRange), ENOSPC},
-		{mapDiskErr(disk.ErrUnaligned), EINVAL},
 		{mapDiskErr(disk.ErrClosed), ESHUTDOWN},
 	} {
 		if got := Errno(tc.err); got != tc.want {
