@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"maps"
 	"math"
+	"path/filepath"
 	"slices"
 	"strings"
 	"time"
@@ -480,6 +481,11 @@ func (r Resource) Validate() error {
 	}
 	if err := r.Peer.validate("peer", false); err != nil {
 		return err
+	}
+	if m := r.Local.Meta; m != "" && m != MetaInternal && filepath.Clean(m) == filepath.Clean(r.Local.Disk) {
+		// External meta-data on the data disk itself: writes to the
+		// data's first blocks would overwrite it.
+		return &FieldError{Path: "resource.meta-disk", Value: m, Allowed: "internal, or a file or device other than resource.disk"}
 	}
 	if r.Peer.Name != "" && r.Peer.Name == r.Local.Name {
 		return &FieldError{Path: "peer.node-name", Value: r.Peer.Name, Allowed: "a name other than the local node's"}

@@ -108,7 +108,9 @@ const zeroChunk = 1 << 20
 // opened for writing is claimed exclusively (O_EXCL), as DRBD claims its
 // backing devices: while it is open, mounting it, mkfs, or a second
 // writable Open fail with EBUSY instead of writing under each other; and
-// Open fails with EBUSY while one of those holds it.
+// Open fails with EBUSY while one of those holds it. A regular file opened
+// for writing is locked (flock) to the same end, against other writers
+// that lock: a second Open, serve, or the meta-data commands.
 func Open(path string, opts Options) (*File, error) {
 	var st unix.Stat_t
 	blockDev := unix.Stat(path, &st) == nil && st.Mode&unix.S_IFMT == unix.S_IFBLK
@@ -156,6 +158,26 @@ func Open(path string, opts Options) (*File, error) {
 	return f, nil
 }
 
+// lockFile takes an exclusive advisory lock (flock) on a regular file
+// opened for writing: the claim O_EXCL makes on a block device. A second
+// daemon, serve or meta-data command writing the same file fails with
+// EBUSY instead of writing under the first; the lock goes with the
+// descriptor. Readers take no lock.
+func lockFile(fd int) error {
+	for {
+		err := unix.Flock(fd, unix.LOCK_EX|unix.LOCK_NB)
+		switch err {
+		case nil:
+			return nil
+		case unix.EINTR:
+			continue
+		case unix.EWOULDBLOCK:
+			return fmt.Errorf("the file is in use (open for writing by a running rbd-nbd daemon, serve or meta-data command): %w", unix.EBUSY)
+		}
+		return err
+	}
+}
+
 func openRetry(path string, flags int) (int, error) {
 	for {
 		fd, err := unix.Open(path, flags, 0o600)
@@ -190,6 +212,11 @@ func (f *File) setup(opts Options) error {
 			f.align, f.memAlign = int64(ss), int64(ss)
 		}
 	case unix.S_IFREG:
+		if !opts.ReadOnly {
+			if err := lockFile(f.fd); err != nil {
+				return &os.PathError{Op: "lock", Path: f.path, Err: err}
+			}
+		}
 		f.size = st.Size
 		if opts.Size > f.size {
 			if opts.ReadOnly {

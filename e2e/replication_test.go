@@ -181,12 +181,19 @@ func TestReplicationSplitBrainDisconnect(t *testing.T) {
 }
 
 // split disconnects the nodes, promotes b and writes on both (b only when
-// writeB); b ends Primary unless demoteB.
+// writeB); b ends Primary unless demoteB. The Primary's disconnect
+// outdated b, so its promotion takes --force.
 func (c *cluster) split(writeB bool) {
 	c.t.Helper()
 	c.a.ctl("disconnect", "r0")
 	c.b.ctl("disconnect", "r0")
-	c.b.ctl("primary", "r0")
+	if st := c.b.status(); st.Disk != "Outdated" {
+		c.t.Fatalf("b after the Primary's disconnect: %+v, want Outdated", st)
+	}
+	if r := c.b.tryCtl("primary", "r0"); r.ExitCode == 0 {
+		c.t.Fatal("promoted b, Outdated by the Primary's disconnect, without --force")
+	}
+	c.b.ctl("primary", "r0", "--force")
 	c.b.waitPort()
 	c.a.qemuIO("write -P 0xaa 0 1M")
 	if writeB {

@@ -30,9 +30,12 @@
 //	+-------+-------+------------------+------------------+
 //
 // Internal meta-data is found from the device size alone: the superblock
-// slots are the last two blocks. The data size is the largest multiple of
-// 4 KiB that leaves room for the meta-data; it is recorded in the
-// superblock and must match on every Open (a resized device is refused).
+// slots are the last two blocks. The data size is U - P(U)*4 KiB, rounded
+// down to 4 KiB, where U is the device (rounded down to 4 KiB) less the
+// superblock slots and the activity-log ring, and P(U) the bitmap pages U
+// bytes would need (so a few unused pages may stay between the data and
+// the bitmap); it is recorded in the superblock and must match on every
+// Open (a resized device is refused).
 // P = ceil(ceil(DataSize/BitmapBlock) / 32768); R = max(8, ceil(al-extents /
 // 884) + 2).
 //

@@ -162,6 +162,16 @@ func ComputeLayout(storeSize int64, internal bool, g Geometry) (Layout, error) {
 	return l, nil
 }
 
+// InternalLayout returns the layout Create would give internal meta-data
+// with opts on a device of storeSize bytes: where it would write.
+func InternalLayout(storeSize int64, opts CreateOptions) (Layout, error) {
+	g, err := opts.geometry(0)
+	if err != nil {
+		return Layout{}, err
+	}
+	return ComputeLayout(storeSize, true, g)
+}
+
 // ExternalSize returns the size an external meta-data file needs for
 // dataSize bytes of data with the options' geometry.
 func ExternalSize(dataSize int64, opts CreateOptions) (int64, error) {

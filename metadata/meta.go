@@ -157,8 +157,10 @@ func Create(st Store, storeSize int64, internal bool, opts CreateOptions) (Layou
 }
 
 // Wipe destroys the meta-data: it zeroes both superblock slots and, when a
-// valid superblock locates it, the activity-log ring. It fails with
-// ErrNoMeta, writing nothing, when neither slot holds the magic.
+// valid superblock locates them, the activity-log ring and the bitmap (so
+// that a later internal create-md finds zeroes where it writes, not data
+// to protect). It fails with ErrNoMeta, writing nothing, when neither slot
+// holds the magic.
 func Wipe(st Store, storeSize int64, internal bool) error {
 	offs, err := superblockOffsets(storeSize, internal)
 	if err != nil {
@@ -168,12 +170,19 @@ func Wipe(st Store, storeSize int64, internal bool) error {
 	if isErr(errs[0], ErrBadMagic) && isErr(errs[1], ErrBadMagic) {
 		return fmt.Errorf("%w: nothing to wipe", ErrNoMeta)
 	}
-	zero := alignedBuf(BlockSize)
+	zero := alignedBuf(256 * BlockSize)
 	if rerr == nil {
 		if l, err := ComputeLayout(storeSize, internal, sb.Geometry); err == nil {
-			for i := range l.ALBlocks {
-				if _, err := st.WriteAt(zero, l.ALOffset+int64(i)*BlockSize); err != nil {
-					return fmt.Errorf("metadata: wipe activity log: %w", err)
+			for _, r := range [][2]int64{
+				{l.ALOffset, int64(l.ALBlocks) * BlockSize},
+				{l.BitmapOffset, int64(l.BitmapPages) * BlockSize},
+			} {
+				for off, end := r[0], r[0]+r[1]; off < end; {
+					n := min(int64(len(zero)), end-off)
+					if _, err := st.WriteAt(zero[:n], off); err != nil {
+						return fmt.Errorf("metadata: wipe: %w", err)
+					}
+					off += n
 				}
 			}
 		}

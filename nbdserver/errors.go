@@ -40,6 +40,12 @@ var (
 	// ErrUnknownExport: NBD_OPT_EXPORT_NAME named an export that Lookup
 	// refused; that option cannot carry an error, so the server hangs up.
 	ErrUnknownExport = errors.New("nbdserver: unknown export")
+	// ErrExportRefused: wrapped by a Lookup error for an export that
+	// exists but takes no clients now (a replicated resource's
+	// Secondary). NBD_OPT_GO and NBD_OPT_INFO answer it with
+	// NBD_REP_ERR_POLICY rather than NBD_REP_ERR_UNKNOWN, so that a client
+	// does not report a misspelt export name.
+	ErrExportRefused = errors.New("nbdserver: export refuses clients")
 	// ErrAborted: the client sent NBD_OPT_ABORT.
 	ErrAborted = errors.New("nbdserver: client aborted negotiation")
 	// ErrTLSRequired: the server requires TLS and the client chose an

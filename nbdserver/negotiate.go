@@ -163,6 +163,15 @@ func (n *negotiation) option(id uint32, data []byte) (exp *Export, done bool, er
 	}
 }
 
+// lookupErrReply is the option reply for a failed lookup of an export:
+// refused (ErrExportRefused) or unknown.
+func lookupErrReply(err error) uint32 {
+	if errors.Is(err, ErrExportRefused) {
+		return repErrPolicy
+	}
+	return repErrUnknown
+}
+
 func (n *negotiation) exportName(data []byte) (*Export, error) {
 	if len(data) > maxStringLen {
 		return nil, fmt.Errorf("%w: export name of %d bytes", ErrUnknownExport, len(data))
@@ -393,7 +402,7 @@ func (n *negotiation) infoGo(id uint32, data []byte) (*Export, bool, error) {
 
 	exp, ticket, err := n.s.lookup(name)
 	if err != nil {
-		return nil, false, n.reply(id, repErrUnknown, truncate(err.Error()))
+		return nil, false, n.reply(id, lookupErrReply(err), truncate(err.Error()))
 	}
 	flags := exp.TransmissionFlags()
 	if err := n.sendInfo(id, protocol.NegotiationReplyInfo{
@@ -425,7 +434,7 @@ func (n *negotiation) infoGo(id uint32, data []byte) (*Export, bool, error) {
 		return nil, false, n.reply(id, repAck, "")
 	}
 	if err := n.s.enter(n.c, exp, ticket); err != nil {
-		return nil, false, n.reply(id, repErrUnknown, truncate(err.Error()))
+		return nil, false, n.reply(id, lookupErrReply(err), truncate(err.Error()))
 	}
 	if err := n.reply(id, repAck, ""); err != nil {
 		return nil, false, err

@@ -3,6 +3,7 @@ package nbdserver
 import (
 	"bytes"
 	"encoding/binary"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -274,4 +275,36 @@ func TestBlockSizeConstraints(t *testing.T) {
 			})
 		}
 	})
+}
+
+// An export that exists but refuses clients now (ErrExportRefused, a
+// replicated resource's Secondary) is answered NBD_REP_ERR_POLICY with the
+// reason, to NBD_OPT_GO and NBD_OPT_INFO alike; an unknown name stays
+// NBD_REP_ERR_UNKNOWN.
+func TestRefusedExportIsPolicy(t *testing.T) {
+	s := newServer(t, Config{})
+	s.Lookup = func(name string) (*Export, error) {
+		if name == "sec" {
+			return nil, fmt.Errorf("resource sec is Secondary: connect to the Primary: %w", ErrExportRefused)
+		}
+		return nil, fmt.Errorf("no export %q here", name)
+	}
+	_, addr := serveTest(t, s)
+	for _, tc := range []struct {
+		id   uint32
+		name string
+		typ  uint32
+		msg  string
+	}{
+		{optGo, "sec", repErrPolicy, "connect to the Primary"},
+		{optInfo, "sec", repErrPolicy, "connect to the Primary"},
+		{optGo, "nope", repErrUnknown, `no export "nope"`},
+	} {
+		c := dial(t, addr)
+		c.greet(clientFlagFixedNewstyle | clientFlagNoZeroes)
+		c.sendOpt(tc.id, goData(tc.name))
+		if r := c.readOptReply(); r.typ != tc.typ || !strings.Contains(string(r.data), tc.msg) {
+			t.Errorf("option %d for %q: reply %#x %q; want %#x containing %q", tc.id, tc.name, r.typ, r.data, tc.typ, tc.msg)
+		}
+	}
 }

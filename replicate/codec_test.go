@@ -87,7 +87,7 @@ func genControl(t *rapid.T) ControlMsg {
 	case 9:
 		return &SyncPause{Paused: rapid.Bool().Draw(t, "paused")}
 	default:
-		return &Bye{Reason: genString(t, "reason")}
+		return &Bye{Reason: genString(t, "reason"), Outdate: rapid.Bool().Draw(t, "outdate")}
 	}
 }
 
@@ -453,7 +453,7 @@ func FuzzDiskChange(f *testing.F) { fuzzControl(f, ftDiskChange, &DiskChange{Dis
 func FuzzNewUUID(f *testing.F)   { fuzzControl(f, ftNewUUID, &NewUUID{Current: 77, ClearBitmap: true}) }
 func FuzzSyncPause(f *testing.F) { fuzzControl(f, ftSyncPause, &SyncPause{Paused: true}) }
 
-func FuzzBye(f *testing.F) { fuzzControl(f, ftBye, &Bye{Reason: "shutdown"}) }
+func FuzzBye(f *testing.F) { fuzzControl(f, ftBye, &Bye{Reason: "shutdown", Outdate: true}) }
 
 // FuzzRefusal decodes arbitrary Error frame payloads.
 func FuzzRefusal(f *testing.F) {

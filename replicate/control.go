@@ -102,11 +102,17 @@ type SyncPause struct {
 	Paused bool // tag 1
 }
 
-// Bye is an orderly disconnect: the receiver closes the link with an error
-// that Is ErrPeerDisconnected and carries Reason. Link.Close sends it;
-// SendControl(&Bye{...}) is the same as Close(Reason).
+// Bye is an orderly disconnect: the receiver closes the link with a
+// *ByeError (which Is ErrPeerDisconnected) carrying Reason and Outdate.
+// Link.Close sends it, Link.CloseOutdating with Outdate set;
+// SendControl(&Bye{...}) is the same as those.
 type Bye struct {
 	Reason string // tag 1
+	// Outdate: the sender, Primary, goes on writing without the
+	// receiver, whose data is behind from now: it marks its disk
+	// Outdated (as DRBD's graceful disconnect under fencing). Peers
+	// older than the field ignore it.
+	Outdate bool // tag 2
 }
 
 func (*State) ctlType() frameType          { return ftState }
@@ -283,11 +289,19 @@ func (m *NewUUID) setField(tag uint16, v []byte) error {
 	return nil
 }
 
-func (m *Bye) appendTLV(w *tlvWriter) { w.str(1, m.Reason) }
+func (m *Bye) appendTLV(w *tlvWriter) {
+	w.str(1, m.Reason)
+	if m.Outdate {
+		w.bool(2, true)
+	}
+}
 
 func (m *Bye) setField(tag uint16, v []byte) error {
-	if tag == 1 {
+	switch tag {
+	case 1:
 		return getStr(v, &m.Reason)
+	case 2:
+		return getBool(v, &m.Outdate)
 	}
 	return nil
 }

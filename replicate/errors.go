@@ -209,3 +209,18 @@ func statusOf(err error) status {
 	}
 	return statusIO
 }
+
+// ByeError is the error of a link the peer closed in order (Bye): it Is
+// ErrPeerDisconnected.
+type ByeError struct {
+	// Reason is the peer's reason.
+	Reason string
+	// Outdate: the peer asked this node to mark its disk Outdated
+	// (Bye.Outdate).
+	Outdate bool
+}
+
+func (e *ByeError) Error() string { return ErrPeerDisconnected.Error() + ": " + e.Reason }
+
+// Unwrap makes a ByeError Is ErrPeerDisconnected.
+func (e *ByeError) Unwrap() error { return ErrPeerDisconnected }

@@ -352,10 +352,21 @@ func (l *Link) InFlight() (data, resync int) {
 // Handler.Serve calls) has returned. Close is idempotent; only the first
 // call's reason counts.
 func (l *Link) Close(reason string) error {
-	if reason == "" {
-		reason = "closed"
+	return l.closeBye(Bye{Reason: reason})
+}
+
+// CloseOutdating is Close, and its Bye asks the peer to mark its disk
+// Outdated (Bye.Outdate): a Primary that disconnects and goes on writing
+// leaves its peer behind.
+func (l *Link) CloseOutdating(reason string) error {
+	return l.closeBye(Bye{Reason: reason, Outdate: true})
+}
+
+func (l *Link) closeBye(bye Bye) error {
+	if bye.Reason == "" {
+		bye.Reason = "closed"
 	}
-	l.fail(fmt.Errorf("%w: %s", ErrClosed, reason), reason)
+	l.fail(fmt.Errorf("%w: %s", ErrClosed, bye.Reason), &bye)
 	return nil
 }
 
@@ -368,9 +379,9 @@ func (l *Link) Wait() {
 	l.workWG.Wait()
 }
 
-// fail takes the link down with cause (once). A non-empty bye is sent to
-// the peer as the reason.
-func (l *Link) fail(cause error, bye string) {
+// fail takes the link down with cause (once). A non-nil bye is sent to
+// the peer.
+func (l *Link) fail(cause error, bye *Bye) {
 	l.closeOnce.Do(func() {
 		reqErr := cause
 		if !errors.Is(cause, ErrLinkDown) {
@@ -412,12 +423,12 @@ func (e *linkDownError) Unwrap() []error { return []error{ErrLinkDown, e.cause} 
 // to close.
 func (l *Link) linger() time.Duration { return min(l.cfg.PingTimeout, time.Second) }
 
-// shutdown sends Bye (if bye != ""), waits for the peer to close its side
+// shutdown sends bye (if not nil), waits for the peer to close its side
 // or the linger to pass, then closes the session.
-func (l *Link) shutdown(bye string) {
+func (l *Link) shutdown(bye *Bye) {
 	defer l.ioWG.Done()
-	if bye != "" {
-		payload, _ := encodeControl(&Bye{Reason: truncate(bye, maxTLVString)})
+	if bye != nil {
+		payload, _ := encodeControl(&Bye{Reason: truncate(bye.Reason, maxTLVString), Outdate: bye.Outdate})
 		written := make(chan struct{})
 		it := witem{kind: itemFrame, h: header{typ: ftBye}, payload: payload, written: written}
 		if l.ctlW.enqueue(it) {
@@ -461,7 +472,7 @@ func (l *Link) connFailed(st streamID, err error) {
 	if cerr := l.conn.firstErr(); cerr != nil {
 		err = cerr
 	}
-	l.fail(fmt.Errorf("%w: connection lost: %v", ErrLinkDown, err), "")
+	l.fail(fmt.Errorf("%w: connection lost: %v", ErrLinkDown, err), nil)
 }
 
 // readFailed handles a failed read of stream st; inFrame tells whether
@@ -482,7 +493,7 @@ func (l *Link) readFailed(st streamID, err error, inFrame bool) {
 // protocolFailed closes the link because the peer broke the protocol.
 func (l *Link) protocolFailed(st streamID, err error) {
 	err = withStream(err, st)
-	l.fail(err, err.Error())
+	l.fail(err, &Bye{Reason: err.Error()})
 }
 
 // readHeader reads and validates the next frame header of stream st.
@@ -555,7 +566,7 @@ func (l *Link) controlLoop(s net.Conn) {
 				return
 			}
 			if bye, ok := m.(*Bye); ok {
-				l.fail(fmt.Errorf("%w: %s", ErrPeerDisconnected, bye.Reason), "")
+				l.fail(&ByeError{Reason: bye.Reason, Outdate: bye.Outdate}, nil)
 				close(l.peerBye)
 				return
 			}
@@ -816,7 +827,7 @@ func (l *Link) monitor() {
 			if l.pingAcked.Load() >= seq {
 				outstanding = false
 			} else if time.Duration(now-sentAt) > l.cfg.PingTimeout {
-				l.fail(fmt.Errorf("%w: ping %d unanswered for %v", ErrPingTimeout, seq, l.cfg.PingTimeout), "ping timeout")
+				l.fail(fmt.Errorf("%w: ping %d unanswered for %v", ErrPingTimeout, seq, l.cfg.PingTimeout), &Bye{Reason: "ping timeout"})
 				return
 			}
 		}
@@ -829,7 +840,7 @@ func (l *Link) monitor() {
 		}
 		for _, w := range []*window{&l.dataWin, &l.resyncWin} {
 			if kind, id, off, length, age, late := w.overdue(now, l.cfg.Timeout); late {
-				l.fail(fmt.Errorf("%w: %s request %d (offset %d, length %d) unanswered for %v", ErrTimeout, kind, id, off, length, age.Round(time.Millisecond)), "request timeout")
+				l.fail(fmt.Errorf("%w: %s request %d (offset %d, length %d) unanswered for %v", ErrTimeout, kind, id, off, length, age.Round(time.Millisecond)), &Bye{Reason: "request timeout"})
 				return
 			}
 		}

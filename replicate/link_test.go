@@ -360,6 +360,26 @@ func TestLinkDeathFailsPending(t *testing.T) {
 	}
 }
 
+// CloseOutdating's Bye asks the peer to outdate its disk: the peer's
+// error is a *ByeError with Outdate set; Close's is one without.
+func TestCloseOutdatingBye(t *testing.T) {
+	for _, outdate := range []bool{false, true} {
+		la, lb := linkPair(t, "tcp", testConfig(t, 1, 2, newMemDisk(1)), testConfig(t, 2, 1, newMemDisk(1)))
+		if outdate {
+			_ = la.CloseOutdating("disconnect requested")
+		} else {
+			_ = la.Close("disconnect requested")
+		}
+		waitDone(t, la)
+		waitDone(t, lb)
+		var be *ByeError
+		if !errors.As(lb.Err(), &be) || be.Outdate != outdate || be.Reason != "disconnect requested" {
+			t.Fatalf("outdate %v: peer error %#v", outdate, lb.Err())
+		}
+		errorIs(t, lb.Err(), ErrPeerDisconnected)
+	}
+}
+
 // Close sends Bye: the peer goes down with ErrPeerDisconnected and the
 // reason; the control channel keeps what arrived before.
 func TestCloseBye(t *testing.T) {

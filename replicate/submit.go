@@ -242,7 +242,7 @@ func (a *zeroAgg) fire() {
 // MaxControlLen and an error that Is ErrLinkDown once the link is down.
 func (l *Link) SendControl(m ControlMsg) error {
 	if bye, ok := m.(*Bye); ok {
-		return l.Close(bye.Reason)
+		return l.closeBye(*bye)
 	}
 	p, err := encodeControl(m)
 	if err != nil {

@@ -264,7 +264,7 @@ func (r *Resource) exec(a Action) {
 	case ActStartConnecting:
 		r.startConnecting()
 	case ActCloseLink:
-		r.closeLink(a.Reason)
+		r.closeLinkBye(replicate.Bye{Reason: a.Reason, Outdate: a.OutdatePeer})
 	case ActSendState:
 		r.sendState()
 	case ActExchangeBitmaps:

@@ -90,8 +90,13 @@ type (
 	EvPeerState struct{ State NodeState }
 	// EvBitmapsExchanged: both bitmaps were exchanged and merged.
 	EvBitmapsExchanged struct{ Dirty uint64 }
-	// EvLinkDown: the link failed or was closed.
-	EvLinkDown struct{ Err error }
+	// EvLinkDown: the link failed or was closed. PeerOutdated: the peer
+	// closed it asking this node to mark its disk Outdated (a Primary's
+	// disconnect).
+	EvLinkDown struct {
+		Err          error
+		PeerOutdated bool
+	}
 	// EvPromote: the administrator asked for Primary; PeerAgreed is set
 	// once a connected peer accepted the promotion.
 	EvPromote struct {
@@ -181,8 +186,12 @@ type (
 	ActPersist struct{ Meta Meta }
 	// ActStartConnecting: dial or listen for the peer.
 	ActStartConnecting struct{}
-	// ActCloseLink: close the link, telling the peer why.
-	ActCloseLink struct{ Reason string }
+	// ActCloseLink: close the link, telling the peer why; OutdatePeer
+	// asks the peer to mark its disk Outdated (replicate.Bye.Outdate).
+	ActCloseLink struct {
+		Reason      string
+		OutdatePeer bool
+	}
 	// ActSendState: send the local NodeState to the peer.
 	ActSendState struct{}
 	// ActExchangeBitmaps: send the local bitmap and merge the peer's.
@@ -518,7 +527,7 @@ func (m *Machine) step(ev Event) ([]Action, error) {
 	case EvBitmapsExchanged:
 		return m.bitmapsExchanged(e), nil
 	case EvLinkDown:
-		return m.linkDown(), nil
+		return m.linkDown(e), nil
 	case EvPromote:
 		return m.promote(e)
 	case EvDemote:
@@ -760,9 +769,32 @@ func (m *Machine) disconnect() []Action {
 	if m.conn == ConnStandAlone {
 		return nil
 	}
+	// An orderly disconnect under fencing leaves no node that could serve
+	// stale data, as DRBD's does: a Primary that goes on alone asks its
+	// UpToDate peer to outdate itself, and a Secondary that leaves a
+	// Primary outdates its own disk. (Promoting an Outdated node takes
+	// --force; the next handshake makes it UpToDate again.)
+	fencing := m.cfg.Fencing != config.FencingDontCare && m.Replicating()
+	outdatePeer := fencing && m.role == RolePrimary && m.disk == DiskUpToDate && m.peerDisk == DiskUpToDate
+	outdateSelf := fencing && m.role == RoleSecondary && m.peerRole == RolePrimary
 	acts := m.lostPeer()
 	m.conn = ConnStandAlone
-	return append(acts, ActCloseLink{Reason: "disconnect requested"})
+	if outdateSelf {
+		acts = append(acts, m.outdateOnLeave()...)
+	}
+	return append(acts, ActCloseLink{Reason: "disconnect requested", OutdatePeer: outdatePeer})
+}
+
+// outdateOnLeave marks an UpToDate or Consistent disk Outdated when its
+// node parted from a Primary in order (disconnect, or the Primary's Bye
+// asking for it).
+func (m *Machine) outdateOnLeave() []Action {
+	if m.role != RoleSecondary || m.disk != DiskUpToDate && m.disk != DiskConsistent {
+		return nil
+	}
+	m.disk = DiskOutdated
+	m.setFlag(FlagOutdated, true)
+	return []Action{m.persist()}
 }
 
 // lostPeer is the bookkeeping when the link goes away for any reason.
@@ -816,11 +848,14 @@ func (m *Machine) lostPeer() []Action {
 	return acts
 }
 
-func (m *Machine) linkDown() []Action {
+func (m *Machine) linkDown(e EvLinkDown) []Action {
 	if m.conn == ConnStandAlone {
 		return nil
 	}
 	acts := m.lostPeer()
+	if e.PeerOutdated {
+		acts = append(acts, m.outdateOnLeave()...)
+	}
 	if m.wantConnect {
 		m.conn = ConnConnecting
 		return append(acts, ActStartConnecting{})

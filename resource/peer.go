@@ -272,7 +272,8 @@ func (r *Resource) linkGone(link *replicate.Link) {
 		r.promoteWait <- fmt.Errorf("the peer went away: %w", err)
 		r.promoteWait = nil
 	}
-	r.step(EvLinkDown{Err: err})
+	var bye *replicate.ByeError
+	r.step(EvLinkDown{Err: err, PeerOutdated: errors.As(err, &bye) && bye.Outdate})
 }
 
 // closedLinksBusy returns r.closing while the links closeLink closed still
@@ -291,6 +292,13 @@ func (r *Resource) closedLinksBusy() chan struct{} {
 
 // closeLink closes the current link (the machine already left it).
 func (r *Resource) closeLink(reason string) {
+	r.closeLinkBye(replicate.Bye{Reason: reason})
+}
+
+// closeLinkBye is closeLink with bye as the Bye (Outdate: the peer is
+// asked to mark its disk Outdated).
+func (r *Resource) closeLinkBye(bye replicate.Bye) {
+	reason := bye.Reason
 	if r.connect != nil {
 		r.connect()
 		r.connect = nil
@@ -300,7 +308,11 @@ func (r *Resource) closeLink(reason string) {
 	}
 	link := r.link
 	r.link = nil
-	_ = link.Close(reason)
+	if bye.Outdate {
+		_ = link.CloseOutdating(reason)
+	} else {
+		_ = link.Close(reason)
+	}
 	r.links.down(link)
 	prev, drained := r.closing, make(chan struct{})
 	r.closing = drained

@@ -345,7 +345,7 @@ func (r *Resource) lookupExport(name string) (*nbdserver.Export, error) {
 	}
 	st := r.Status()
 	if st.Role != RolePrimary || !r.writable.Load() {
-		return nil, fmt.Errorf("resource %s is %s on node %s: connect to the Primary", cfg.Name, st.Role, cfg.Local.Name)
+		return nil, fmt.Errorf("resource %s is %s on node %s: connect to the Primary: %w", cfg.Name, st.Role, cfg.Local.Name, nbdserver.ErrExportRefused)
 	}
 	return &nbdserver.Export{
 		Name:        cfg.Local.Export,

@@ -35,6 +35,10 @@ partition-table signature where the meta-data would go, unless --force.`,
 			if err != nil {
 				return fmt.Errorf("--bitmap-block: %w", err)
 			}
+			if block == 0 {
+				// 0 would read as the default below.
+				return errors.New("--bitmap-block: want a power of two from 4K to 1M")
+			}
 			if alExtents == 0 {
 				return errors.New("--al-extents: want at least 1")
 			}
@@ -69,6 +73,10 @@ func createMD(out io.Writer, md *mdFlags, opts metadata.CreateOptions) error {
 		// Existing meta-data first: its data may well hold a file
 		// system, and that is the point of it.
 		if _, err := metadata.Inspect(s.meta, s.metaSize, md.internal()); !errors.Is(err, metadata.ErrNoMeta) {
+			if errors.Is(err, metadata.ErrTooSmall) {
+				// No meta-data fits: --force would not help.
+				return fmt.Errorf("%s: %w", md.where(), err)
+			}
 			if err == nil {
 				return fmt.Errorf("%s: %w; use --force to overwrite it", md.where(), metadata.ErrExists)
 			}
@@ -86,6 +94,18 @@ func createMD(out io.Writer, md *mdFlags, opts metadata.CreateOptions) error {
 		}
 		if sig != "" {
 			return fmt.Errorf("%s holds %s; refusing to write meta-data over it (use --force to overwrite)", target, sig)
+		}
+		if md.internal() {
+			// The meta-data overwrites the end of the disk: data there
+			// (another tool's superblock, a file system that fills the
+			// disk, a raw image) is lost. As drbdmeta, refuse where
+			// that area holds anything but zeroes.
+			if off, err := nonZeroTail(s.meta, s.metaSize, opts); err != nil {
+				return err
+			} else if off >= 0 {
+				return fmt.Errorf("%s holds data at offset %d, in the area internal meta-data would overwrite (the last %s); refusing to destroy it (use --force to overwrite, or external meta-data: --meta PATH)",
+					md.disk, off, mdHumanBytes(s.metaSize-off))
+			}
 		}
 	}
 	opts.DataSize = s.diskSize
@@ -137,6 +157,29 @@ func prepareExternal(md *mdFlags, opts metadata.CreateOptions) error {
 	return f.Close()
 }
 
+// nonZeroTail returns the offset of the first non-zero byte in the area
+// internal meta-data of opts would take on a store of size bytes, or -1.
+func nonZeroTail(r io.ReaderAt, size int64, opts metadata.CreateOptions) (int64, error) {
+	l, err := metadata.InternalLayout(size, opts)
+	if err != nil {
+		return -1, err
+	}
+	buf := make([]byte, 1<<20)
+	for off := l.MetaOffset; off < size; {
+		n := min(int64(len(buf)), size-off)
+		if _, err := r.ReadAt(buf[:n], off); err != nil {
+			return -1, fmt.Errorf("read at %d: %w", off, err)
+		}
+		for i, c := range buf[:n] {
+			if c != 0 {
+				return off + int64(i), nil
+			}
+		}
+		off += n
+	}
+	return -1, nil
+}
+
 // fsSignature is a magic number at a fixed offset that marks data worth
 // keeping.
 type fsSignature struct {
@@ -153,6 +196,7 @@ var fsSignatures = []fsSignature{
 	{"a swap area", 4096 - 10, []byte("SWAP-SPACE")},
 	{"a LUKS volume", 0, []byte("LUKS\xba\xbe")},
 	{"a GPT partition table", 512, []byte("EFI PART")},
+	{"a GPT partition table (4096-byte sectors)", 4096, []byte("EFI PART")},
 	{"an LVM2 physical volume", 512 + 24, []byte("LVM2 001")},
 	{"a boot sector or MBR partition table", 510, []byte{0x55, 0xAA}},
 }

@@ -5,8 +5,10 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"syscall"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
 
 	"github.com/rbd-nbd/rbd-nbd/config"
 )
@@ -84,6 +86,13 @@ func (f *mdFlags) open(write bool) (*mdStore, error) {
 		s.meta, s.metaSize = disk, s.diskSize
 		return s, nil
 	}
+	if same, err := sameDevice(disk, f.meta); err != nil || same {
+		s.Close()
+		if err == nil {
+			err = fmt.Errorf("--meta %s is the data disk %s: external meta-data needs a file or device of its own (or --meta internal)", f.meta, f.disk)
+		}
+		return nil, err
+	}
 	meta, err := mdOpenDev(f.meta, write, false)
 	if err != nil {
 		s.Close()
@@ -96,6 +105,29 @@ func (f *mdFlags) open(write bool) (*mdStore, error) {
 	}
 	s.meta = meta
 	return s, nil
+}
+
+// sameDevice reports whether path is the file or block device that disk
+// has open (through another name or a link too). A missing path is not.
+func sameDevice(disk *os.File, path string) (bool, error) {
+	di, err := disk.Stat()
+	if err != nil {
+		return false, err
+	}
+	pi, err := os.Stat(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	if os.SameFile(di, pi) {
+		return true, nil
+	}
+	ds, ok1 := di.Sys().(*syscall.Stat_t)
+	ps, ok2 := pi.Sys().(*syscall.Stat_t)
+	// Two device nodes of one block device.
+	return ok1 && ok2 && di.Mode()&os.ModeDevice != 0 && pi.Mode()&os.ModeDevice != 0 && ds.Rdev == ps.Rdev, nil
 }
 
 // mdOpenDev opens path for reading, or reading and writing; create makes a
@@ -115,7 +147,31 @@ func mdOpenDev(path string, write, create bool) (*os.File, error) {
 	if err != nil {
 		return nil, err
 	}
+	if write && flag&os.O_EXCL == 0 {
+		// A regular file: the lock a running daemon or serve holds
+		// on it (disk.Open) keeps this command from writing under it.
+		if err := flockNB(f); err != nil {
+			f.Close()
+			return nil, &os.PathError{Op: "lock", Path: path, Err: err}
+		}
+	}
 	return f, nil
+}
+
+// flockNB takes an exclusive advisory lock on f without waiting.
+func flockNB(f *os.File) error {
+	for {
+		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		switch err {
+		case nil:
+			return nil
+		case unix.EINTR:
+			continue
+		case unix.EWOULDBLOCK:
+			return fmt.Errorf("the file is in use (a running rbd-nbd daemon or serve has it open for writing): %w", unix.EBUSY)
+		}
+		return err
+	}
 }
 
 // mdDevSize returns the size of a regular file or a block device.

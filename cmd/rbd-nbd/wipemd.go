@@ -18,7 +18,7 @@ func newWipeMDCmd(g *globalOptions) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "wipe-md --disk PATH [--meta internal|PATH] [--force]",
 		Short: "Destroy the meta-data (superblock and activity log); the data stays",
-		Long: `wipe-md zeroes both superblock slots and the activity log, so that the device no
+		Long: `wipe-md zeroes both superblock slots, the activity log and the bitmap, so that the device no
 longer counts as having meta-data. The data is not touched. Valid meta-data is
 wiped; damaged meta-data only with --force. With no meta-data it fails.`,
 		Args: cobra.NoArgs,
@@ -29,7 +29,7 @@ wiped; damaged meta-data only with --force. With no meta-data it fails.`,
 			}
 			defer s.Close()
 			if _, err := metadata.Inspect(s.meta, s.metaSize, md.internal()); err != nil {
-				if errors.Is(err, metadata.ErrNoMeta) {
+				if errors.Is(err, metadata.ErrNoMeta) || errors.Is(err, metadata.ErrTooSmall) {
 					return fmt.Errorf("%s: %w; nothing to wipe", md.where(), err)
 				}
 				if !force {
