@@ -53,17 +53,26 @@ func TestFileBlockDeviceExclusive(t *testing.T) {
 		t.Fatalf("second Open with Create: %v, want EBUSY", err)
 	}
 	g.Close()
-	// A regular file is not affected: O_EXCL means nothing there without
-	// O_CREAT, and Create of an existing file still opens it.
+	// A regular file is locked instead (flock): a second writable Open
+	// fails with EBUSY while the first is open, a read-only one works,
+	// and after Close the file opens again.
 	path := filepath.Join(t.TempDir(), "x.img")
 	a, err := Open(path, Options{Create: true, Size: 4096})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer a.Close()
+	if _, err := Open(path, Options{Create: true, Size: 4096}); !errors.Is(err, syscall.EBUSY) {
+		t.Fatalf("second writable Open of a regular file: %v, want EBUSY", err)
+	}
+	ro, err := Open(path, Options{ReadOnly: true})
+	if err != nil {
+		t.Fatalf("read-only Open of a locked file: %v", err)
+	}
+	ro.Close()
+	a.Close()
 	b, err := Open(path, Options{Create: true, Size: 4096})
 	if err != nil {
-		t.Fatalf("second Open of a regular file: %v", err)
+		t.Fatalf("Open after the first closed: %v", err)
 	}
 	b.Close()
 }

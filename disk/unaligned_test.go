@@ -105,6 +105,7 @@ func TestDirectUnalignedEnd(t *testing.T) {
 	if err := os.Truncate(f.Path(), size); err != nil {
 		t.Fatal(err)
 	}
+	f.Close() // its lock would refuse the second Open
 	h, err := Open(f.Path(), Options{Direct: true})
 	if err != nil {
 		t.Fatal(err)

@@ -26,7 +26,7 @@ func inspectMeta(t *testing.T, path string) metadata.Superblock {
 // a disk; else a meta-data file) without changing it.
 func inspectMetaFile(t *testing.T, path string, internal bool) metadata.Superblock {
 	t.Helper()
-	dev, err := disk.Open(path, disk.Options{})
+	dev, err := disk.Open(path, disk.Options{ReadOnly: true})
 	if err != nil {
 		t.Fatal(err)
 	}

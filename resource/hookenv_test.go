@@ -181,7 +181,8 @@ func TestSplitBrainEnv(t *testing.T) {
 	if err := c.a.WriteAt(fill(0x11, 4096), 0, false); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.b.Primary(ctx, false); err != nil {
+	// b outdated itself leaving a Primary: --force.
+	if err := c.b.Primary(ctx, true); err != nil {
 		t.Fatal(err)
 	}
 	if err := c.b.WriteAt(fill(0x22, 4096), 4096, false); err != nil {

@@ -776,7 +776,8 @@ func (m *Machine) disconnect() []Action {
 	// --force; the next handshake makes it UpToDate again.)
 	fencing := m.cfg.Fencing != config.FencingDontCare && m.Replicating()
 	outdatePeer := fencing && m.role == RolePrimary && m.disk == DiskUpToDate && m.peerDisk == DiskUpToDate
-	outdateSelf := fencing && m.role == RoleSecondary && m.peerRole == RolePrimary
+	// Not towards a Diskless Primary: this disk is the only copy then.
+	outdateSelf := fencing && m.role == RoleSecondary && m.peerRole == RolePrimary && m.peerDisk == DiskUpToDate
 	acts := m.lostPeer()
 	m.conn = ConnStandAlone
 	if outdateSelf {

@@ -16,7 +16,7 @@ import (
 //
 //	new node=1 peer=2 [after-sb=P] [fencing=F] [on-no-data=suspend-io]
 //	attach [uuids=C:B:H1:H2] [flags=consistent,was-up-to-date,...] [dirty=N]
-//	connect [discard-my-data] | disconnect | link-up | link-down
+//	connect [discard-my-data] | disconnect | link-up | link-down [peer-outdated]
 //	peer-state [role=R] [disk=D] [uuids=...] [consistent] [crashed] [dirty=N] [discard] [after-sb=P] [node=N]
 //	bitmaps-exchanged [dirty=N]
 //	promote [force] | demote [conns=N] | peer-promote-request
@@ -190,7 +190,7 @@ func scriptEvent(cmd string, a scriptArgs) (Event, error) {
 	case "link-up":
 		return EvLinkUp{}, nil
 	case "link-down":
-		return EvLinkDown{}, nil
+		return EvLinkDown{PeerOutdated: a.has("peer-outdated")}, nil
 	case "peer-state":
 		return EvPeerState{State: NodeState{
 			NodeID:         uint32(a.num("node", 2)),
@@ -251,6 +251,9 @@ func actionString(a Action) string {
 	case ActStartConnecting:
 		return "start-connecting"
 	case ActCloseLink:
+		if a.OutdatePeer {
+			return fmt.Sprintf("close-link %q outdate-peer", a.Reason)
+		}
 		return fmt.Sprintf("close-link %q", a.Reason)
 	case ActSendState:
 		return "send-state"

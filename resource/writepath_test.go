@@ -95,7 +95,8 @@ func TestPromoteWaitsForOldLinkWrites(t *testing.T) {
 		t.Fatal(err)
 	}
 	promoted := make(chan error, 1)
-	go func() { promoted <- c.b.Primary(ctx, false) }()
+	// The Primary's disconnect outdated b: --force.
+	go func() { promoted <- c.b.Primary(ctx, true) }()
 	// Without the fix b is Primary at once and its write below goes
 	// before the old one; with it, the promotion waits for the release.
 	early := false
