@@ -188,7 +188,7 @@ func Wipe(st Store, storeSize int64, internal bool) error {
 		}
 	}
 	for i, off := range offs {
-		if _, err := st.WriteAt(zero, off); err != nil {
+		if _, err := st.WriteAt(zero[:BlockSize], off); err != nil {
 			return fmt.Errorf("metadata: wipe superblock slot %d: %w", i, err)
 		}
 	}

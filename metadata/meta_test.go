@@ -1,6 +1,7 @@
 package metadata
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -318,12 +319,31 @@ func TestWipe(t *testing.T) {
 	if err := Wipe(st, testDevSize, true); !errors.Is(err, ErrNoMeta) {
 		t.Fatalf("wipe of nothing: err = %v", err)
 	}
-	mustCreate(t, st, testDevSize, true, CreateOptions{})
+	l := mustCreate(t, st, testDevSize, true, CreateOptions{})
+	// Data right below the meta-data, and bits in the bitmap.
+	below := bytes.Repeat([]byte{0x5a}, 4096)
+	if _, err := st.WriteAt(below, l.MetaOffset-4096); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.WriteAt(bytes.Repeat([]byte{0xff}, 4096), l.BitmapOffset); err != nil {
+		t.Fatal(err)
+	}
 	if err := Wipe(st, testDevSize, true); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := Open(st, testDevSize, true); !errors.Is(err, ErrNoMeta) {
 		t.Fatalf("after wipe: err = %v, want ErrNoMeta", err)
+	}
+	// The whole meta-data area is zeroes; the data below it is kept.
+	got := make([]byte, testDevSize-l.MetaOffset)
+	if _, err := st.ReadAt(got, l.MetaOffset); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, make([]byte, len(got))) {
+		t.Fatal("wipe left non-zero bytes in the meta-data area")
+	}
+	if _, err := st.ReadAt(got[:4096], l.MetaOffset-4096); err != nil || !bytes.Equal(got[:4096], below) {
+		t.Fatalf("wipe changed the data below the meta-data: %v", err)
 	}
 	// Create works again without force.
 	mustCreate(t, st, testDevSize, true, CreateOptions{})

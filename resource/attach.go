@@ -392,7 +392,7 @@ func (r *Resource) AttachDisk(ctx context.Context) error {
 // net.protocol C: a Primary target's writes read blocks back from the
 // peer, where every earlier write must have landed (loop).
 func (r *Resource) checkPrimaryTargetProtocol() error {
-	if p := r.cfg().Net.Protocol; r.m.Role() == RolePrimary && p != config.ProtocolC {
+	if p := r.protocol(); r.m.Role() == RolePrimary && p != config.ProtocolC {
 		return &StateError{Err: fmt.Errorf("attach-disk on a Primary needs net.protocol C (this resource uses %s): demote first", p), State: r.m.stateString()}
 	}
 	return nil

@@ -723,6 +723,11 @@ func (r *Resource) writeUnderMode(st *repState, req replicate.Request, do func()
 	finish := func(perr error) {
 		if perr != nil {
 			r.peerFailed(off, n, perr)
+			if req.Flags&replicate.FUA != 0 && !errors.Is(perr, replicate.ErrLinkDown) {
+				// The peer's sync failed: the writes it completed and
+				// had not flushed may be lost there too.
+				r.epochs.copyInto(r.setOutOfSync, 0, r.size.Load())
+			}
 		} else {
 			r.epochs.add(off, n)
 		}

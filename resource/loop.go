@@ -109,7 +109,7 @@ func beforePublish(a Action) bool {
 // replication).
 func (r *Resource) publish() {
 	cur := r.rep
-	proto := r.cfg().Net.Protocol
+	proto := r.protocol()
 	if r.m.PrimaryTarget() {
 		// attach-disk on a Primary checked for protocol C, which its
 		// writes need (checkPrimaryTargetProtocol): an adjust to another

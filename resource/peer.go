@@ -8,6 +8,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"go.uber.org/zap"
@@ -95,14 +96,17 @@ func (r *Resource) dialLoop(ctx context.Context, delay time.Duration) {
 			link, err = replicate.Dial(ctx, addr, lc)
 		}
 		if err == nil {
-			r.post(func() { r.linkUp(link) })
+			r.handLink(link)
 			return
 		}
 		if ctx.Err() != nil {
 			return
 		}
 		switch {
-		case isConnRefused(err):
+		case errors.Is(err, syscall.ECONNREFUSED):
+			// The peer is down, or not up yet: the usual wait, not
+			// worth a line each time. Anything else (a name that does
+			// not resolve, a network unreachable) is logged below.
 		case warned.changed(err):
 			r.log.Warn("peer link: connect failed (retrying; logged again when the reason changes)", zap.String("peer", addr), zap.Error(err))
 		default:
@@ -169,18 +173,29 @@ func (r *repeats) changed(err error) bool {
 	return true
 }
 
-func isConnRefused(err error) bool {
-	var op *net.OpError
-	return errors.As(err, &op) && op.Op == "dial"
-}
-
-// acceptPeers runs on the listening side for as long as the resource is up.
+// acceptPeers runs on the listening side for as long as the resource is up
+// (until ln is closed). A failed Accept (out of file descriptors, say) is
+// logged and retried with backoff, as net/http does: the peer must not be
+// shut out until an adjust or a restart.
 func (r *Resource) acceptPeers(ln net.Listener) {
+	var backoff time.Duration
+	var warned repeats
 	for {
 		conn, err := ln.Accept()
 		if err != nil {
-			return
+			if errors.Is(err, net.ErrClosed) || r.loopCtx.Err() != nil {
+				return
+			}
+			if warned.changed(err) {
+				r.log.Warn("peer link: accept failed (retrying; logged again when the reason changes)", zap.Error(err))
+			}
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			if !sleepCtx(r.loopCtx, backoff) {
+				return
+			}
+			continue
 		}
+		backoff = 0
 		r.goLoop(func() {
 			lc, err := r.linkConfig()
 			if err != nil {
@@ -189,9 +204,7 @@ func (r *Resource) acceptPeers(ln net.Listener) {
 			} else {
 				var link *replicate.Link
 				if link, err = replicate.Accept(r.loopCtx, conn, lc); err == nil {
-					if !r.post(func() { r.linkUp(link) }) {
-						_ = link.Close("resource down")
-					}
+					r.handLink(link)
 					return
 				}
 			}
@@ -202,6 +215,77 @@ func (r *Resource) acceptPeers(ln net.Listener) {
 			}
 		})
 	}
+}
+
+// handLink passes a new link to the loop (linkUp). A link whose closure
+// the stopping loop never runs is closed by release (closeHandedLinks):
+// left open it would answer pings and hold its peer in the handshake.
+func (r *Resource) handLink(link *replicate.Link) {
+	r.handedMu.Lock()
+	if r.handed == nil {
+		r.handed = map[*replicate.Link]struct{}{}
+	}
+	r.handed[link] = struct{}{}
+	r.handedMu.Unlock()
+	if !r.post(func() {
+		if r.takeHanded(link) {
+			r.linkUp(link)
+		}
+	}) && r.takeHanded(link) {
+		_ = link.Close("resource down")
+	}
+}
+
+// takeHanded removes link from the links handed to the loop; false when it
+// was not there (release closed it).
+func (r *Resource) takeHanded(link *replicate.Link) bool {
+	r.handedMu.Lock()
+	defer r.handedMu.Unlock()
+	_, ok := r.handed[link]
+	delete(r.handed, link)
+	return ok
+}
+
+// closeHandedLinks closes the links handed to a loop that stopped before
+// it took them (release, once the loop's goroutines returned).
+func (r *Resource) closeHandedLinks() {
+	r.handedMu.Lock()
+	links := r.handed
+	r.handed = nil
+	r.handedMu.Unlock()
+	for link := range links {
+		_ = link.Close("resource down")
+		link.Wait()
+	}
+}
+
+// linkStable is how long a link must last for its loss to be redialed at
+// once: one that ends sooner (refused in its handshake by either side,
+// a vetoed or failed resync) makes the next dial wait refuseDelay, which
+// doubles while links keep ending that way.
+const linkStable = 10 * time.Second
+
+// linkEnded updates refuseDelay when the current link ends (loop).
+func (r *Resource) linkEnded() {
+	if r.linkUpAt.IsZero() {
+		return
+	}
+	if time.Since(r.linkUpAt) < linkStable {
+		r.refuseDelay = growRefuseDelay(r.refuseDelay)
+	} else {
+		r.refuseDelay = 0
+	}
+	r.linkUpAt = time.Time{}
+}
+
+// protocol is the replication protocol in force: the one the current link
+// started with (net.* changes apply at the next connect; the peer checks
+// every State against it), else the configured one (loop).
+func (r *Resource) protocol() config.Protocol {
+	if r.link != nil {
+		return r.linkProto
+	}
+	return r.cfg().Net.Protocol
 }
 
 // linkUp takes a new link if the machine wants one.
@@ -224,9 +308,7 @@ func (r *Resource) linkUp(link *replicate.Link) {
 				_ = link.Close("resource down")
 				return
 			}
-			if !r.post(func() { r.linkUp(link) }) {
-				_ = link.Close("resource down")
-			}
+			r.handLink(link)
 		})
 		return
 	}
@@ -235,6 +317,8 @@ func (r *Resource) linkUp(link *replicate.Link) {
 		r.connect = nil
 	}
 	r.link = link
+	r.linkUpAt = time.Now()
+	r.linkProto = r.cfg().Net.Protocol
 	r.links.up(link)
 	r.peerBitmapDone = false
 	r.log.Info("peer link up", zap.Stringer("peer", link.RemoteAddr()), zap.Uint32("version", link.Version()))
@@ -262,12 +346,10 @@ func (r *Resource) linkGone(link *replicate.Link) {
 	r.log.Warn("peer link down", zap.Error(err))
 	r.links.down(link)
 	r.link = nil
-	if r.m.Conn() == ConnHandshake {
-		// Lost before the handshake ended: the peer may refuse every
-		// link (a StandAlone peer closes it at once), so back off as
-		// after a refusal rather than redial at once, forever.
-		r.refuseDelay = growRefuseDelay(r.refuseDelay)
-	}
+	// Lost soon after it came up (a StandAlone peer closes every link at
+	// once, a peer refuses this node's state): back off rather than
+	// redial at once, forever.
+	r.linkEnded()
 	if r.promoteWait != nil {
 		r.promoteWait <- fmt.Errorf("the peer went away: %w", err)
 		r.promoteWait = nil
@@ -308,6 +390,7 @@ func (r *Resource) closeLinkBye(bye replicate.Bye) {
 	}
 	link := r.link
 	r.link = nil
+	r.linkEnded()
 	if bye.Outdate {
 		_ = link.CloseOutdating(reason)
 	} else {
@@ -353,7 +436,7 @@ func (r *Resource) sendState() {
 		BitmapBlock:   uint32(r.bmap().BlockSize()),
 		DiscardMyData: s.DiscardMyData,
 		AfterSB:       string(s.AfterSB),
-		Protocol:      string(cfg.Net.Protocol),
+		Protocol:      string(r.protocol()),
 		NodeName:      cfg.Local.Name,
 	})
 }
@@ -382,7 +465,7 @@ func (r *Resource) control(link *replicate.Link, msg replicate.ControlMsg) {
 	}
 	switch m := msg.(type) {
 	case *replicate.State:
-		err := r.checkPeerState(m)
+		size, err := r.checkPeerState(m)
 		if err == nil && r.m.Conn() == ConnHandshake {
 			err = checkDisklessConnect(r.m.Disk(), DiskState(m.Disk), link.Features())
 		}
@@ -392,13 +475,16 @@ func (r *Resource) control(link *replicate.Link, msg replicate.ControlMsg) {
 			} else {
 				r.log.Debug("refusing the peer", zap.Error(err))
 			}
-			r.refuseDelay = growRefuseDelay(r.refuseDelay)
-			r.m.wantConnect = true // keep trying: the administrator may fix the peer
-			r.closeLink(err.Error())
+			r.m.wantConnect = true   // keep trying: the administrator may fix the peer
+			r.closeLink(err.Error()) // the next dial backs off (linkEnded)
 			r.step(EvLinkDown{Err: err})
 			return
 		}
-		r.refuseDelay = 0
+		if size != r.size.Load() {
+			// Accepted: from now on the resource is the smaller peer's size.
+			r.log.Warn("the peer's disk is smaller: using its size", zap.Int64("size", size), zap.Int64("was", r.size.Load()))
+			r.size.Store(size)
+		}
 		r.refuseWarned.reset() // a refusal after an accepted state is logged again
 		r.step(EvPeerState{State: NodeState{
 			NodeID:         link.PeerID(),
@@ -478,18 +564,22 @@ func checkDisklessConnect(local, peer DiskState, f replicate.Features) error {
 }
 
 // checkPeerState refuses peers whose disk does not fit.
-func (r *Resource) checkPeerState(m *replicate.State) error {
+func (r *Resource) checkPeerState(m *replicate.State) (int64, error) {
 	cfg := r.cfg()
+	cur := r.size.Load()
 	if m.BitmapBlock != 0 && int64(m.BitmapBlock) != r.bmap().BlockSize() {
-		return fmt.Errorf("bitmap block sizes differ: %d here, %d on the peer (recreate the meta-data with the same --bitmap-block)", r.bmap().BlockSize(), m.BitmapBlock)
+		return cur, fmt.Errorf("bitmap block sizes differ: %d here, %d on the peer (recreate the meta-data with the same --bitmap-block)", r.bmap().BlockSize(), m.BitmapBlock)
 	}
-	size := uint64(r.size.Load())
+	if p := r.protocol(); m.Protocol != "" && m.Protocol != string(p) {
+		return cur, fmt.Errorf("replication protocols differ: %s here, %s on the peer", p, m.Protocol)
+	}
+	size := uint64(cur)
 	if m.Size != 0 && m.Size != size {
 		if cfg.Net.SizeMismatch == config.SizeMismatchRefuse || m.Size > size {
 			if cfg.Net.SizeMismatch == config.SizeMismatchRefuse {
-				return fmt.Errorf("disk sizes differ: %d bytes here, %d on the peer (net.size-mismatch: refuse)", size, m.Size)
+				return cur, fmt.Errorf("disk sizes differ: %d bytes here, %d on the peer (net.size-mismatch: refuse)", size, m.Size)
 			}
-			return nil // the peer is bigger: it uses our size
+			return cur, nil // the peer is bigger: it uses our size
 		}
 		// Smaller peer. Clients that negotiated the current size must not
 		// see the device shrink under them (a file system reaching past
@@ -497,16 +587,12 @@ func (r *Resource) checkPeerState(m *replicate.State) error {
 		// clients, refuses, as DRBD refuses a peer too small for its
 		// Primary.
 		if r.m.Role() == RolePrimary || r.nbdConns() > 0 {
-			return fmt.Errorf("the peer's disk (%d bytes) is smaller than the %d bytes this node exports (Primary or with NBD clients): it would shrink under them; give the peer a disk at least as big, or demote and disconnect the clients first", m.Size, size)
+			return cur, fmt.Errorf("the peer's disk (%d bytes) is smaller than the %d bytes this node exports (Primary or with NBD clients): it would shrink under them; give the peer a disk at least as big, or demote and disconnect the clients first", m.Size, size)
 		}
-		// From now on the resource is that size.
-		r.log.Warn("the peer's disk is smaller: using its size", zap.Uint64("size", m.Size), zap.Uint64("was", size))
-		r.size.Store(int64(m.Size))
+		// The caller makes it the resource's size once every check passed.
+		return int64(m.Size), nil
 	}
-	if m.Protocol != "" && m.Protocol != string(cfg.Net.Protocol) {
-		return fmt.Errorf("replication protocols differ: %s here, %s on the peer", cfg.Net.Protocol, m.Protocol)
-	}
-	return nil
+	return cur, nil
 }
 
 // sendBitmap sends the local bitmap as dirty extents.

@@ -180,6 +180,13 @@ type Resource struct {
 	// refused the peer's state, doubling while the refusals go on (a
 	// refusal's cause rarely goes away within milliseconds).
 	refuseDelay time.Duration
+	// linkUpAt and linkProto: loop; when the current link came up, and
+	// the protocol it started with (protocol).
+	linkUpAt  time.Time
+	linkProto config.Protocol
+	// handed: the links passed to the loop and not taken yet (handLink).
+	handedMu sync.Mutex
+	handed   map[*replicate.Link]struct{}
 
 	// NBD.
 	nbd      *nbdserver.Server
@@ -413,6 +420,7 @@ func (r *Resource) release() {
 		_ = r.peerLn.Close()
 	}
 	r.wg.Wait()
+	r.closeHandedLinks()
 	// The loop is gone: what it owned is ours now.
 	if r.link != nil {
 		_ = r.link.Close("resource down")

@@ -1,0 +1,285 @@
+package resource
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/rbd-nbd/rbd-nbd/config"
+	"github.com/rbd-nbd/rbd-nbd/replicate"
+)
+
+// net.* changes "take effect at the next connect" (configuration.md,
+// operations.md, Apply's comment). An adjust of net.protocol on one node
+// (the documented procedure adjusts the nodes one after the other) must
+// not drop a connected link: the next State this node sends (a demote
+// here) must not carry the new protocol, which the peer refuses.
+func TestAdjustProtocolKeepsConnectedLink(t *testing.T) {
+	c := newPair(t, "", "")
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	cfg := c.a.cfg()
+	if cfg.Net.Protocol != config.ProtocolC {
+		t.Fatalf("protocol %s, want C", cfg.Net.Protocol)
+	}
+	cfg.Net.Protocol = config.ProtocolA
+	if err := c.a.Apply(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.a.Secondary(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// b either takes a's new role, or refuses a's State and drops the link.
+	s := c.wait(c.b, "b sees a's demotion or drops the link", func(s Status) bool {
+		return s.Conn != ConnConnected || s.PeerRole == RoleSecondary
+	})
+	if s.Conn != ConnConnected {
+		t.Fatalf("b dropped the link after adjusting net.protocol on a (which applies at the next connect): %+v", s)
+	}
+	// And a itself must still replicate with the protocol it connected with.
+	done := make(chan string, 1)
+	c.a.post(func() { done <- string(c.a.rep.proto) })
+	select {
+	case p := <-done:
+		if p != string(config.ProtocolC) {
+			t.Fatalf("a replicates with protocol %s on the link it connected with protocol C", p)
+		}
+	case <-ctx.Done():
+		t.Fatal("loop did not answer")
+	}
+}
+
+// A link the acceptor handed to the loop (post returned true) is dropped
+// with the inbox when the loop ends first (Stop's release cancels the
+// loop while the closure waits in the inbox): nobody closes it. The
+// link's goroutines go on answering the peer's pings, so the peer keeps
+// it, in Handshake, waiting for a State that never comes, for as long as
+// this process lives (the daemon outlives a resource's down).
+// (dialLoop ignores post's result outright, the same leak.)
+func TestLinkQueuedAtStopIsClosed(t *testing.T) {
+	dir := t.TempDir()
+	n := pairDisk{img: filepath.Join(dir, "b.img")}
+	makePairDisk(t, n, 16<<20, 1, 0)
+	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	b := New(nodeB(t, dir, addr, n.img, ""), Options{Logger: zap.NewNop()})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := b.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// Hold b's loop, with closures queued ahead of what comes next.
+	hold, held := make(chan struct{}), make(chan struct{})
+	b.post(func() { close(held); <-hold })
+	<-held
+	const ahead = 30
+	for range ahead {
+		b.post(func() {})
+	}
+	// The peer (node a) connects; b's acceptor queues its linkUp.
+	lc := replicate.DefaultConfig()
+	lc.Resource, lc.NodeID, lc.PeerID = "r0", 0, 1
+	lc.Logger = zap.NewNop()
+	lc.Handler = replicate.HandlerFunc(func(*replicate.Incoming) error { return replicate.ErrNotSupported })
+	peer, err := replicate.Dial(ctx, addr, lc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer peer.Close("test over")
+	for len(b.inbox) < ahead+1 {
+		select {
+		case <-ctx.Done():
+			t.Fatal("b's acceptor did not queue the link")
+		case <-time.After(time.Millisecond):
+		}
+	}
+	// Stop: the loop ends (release cancels it) before it runs the queue.
+	b.stop()
+	close(hold)
+	b.release()
+	select {
+	case <-peer.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatal("b is down, but the link it accepted is still up 10 s later (the peer stays in Handshake)")
+	}
+}
+
+// flakyListener fails its first Accept with EMFILE (the process ran out of
+// file descriptors for a moment), then accepts as ln does; again is closed
+// at the second Accept.
+type flakyListener struct {
+	net.Listener
+	calls int
+	again chan struct{}
+}
+
+func (l *flakyListener) Accept() (net.Conn, error) {
+	l.calls++
+	if l.calls == 1 {
+		return nil, &net.OpError{Op: "accept", Net: "tcp", Err: os.NewSyscallError("accept4", syscall.EMFILE)}
+	}
+	if l.calls == 2 {
+		close(l.again)
+	}
+	return l.Listener.Accept()
+}
+
+// acceptPeers ends at the first Accept error: a transient one (EMFILE
+// while the daemon holds many NBD connections) stops the node from ever
+// accepting its peer again, until the address is adjusted or the resource
+// restarted; the dialing peer stays Connecting forever.
+func TestAcceptSurvivesTransientError(t *testing.T) {
+	dir := t.TempDir()
+	n := pairDisk{img: filepath.Join(dir, "b.img")}
+	makePairDisk(t, n, 16<<20, 1, 0)
+	b := New(nodeB(t, dir, fmt.Sprintf("127.0.0.1:%d", freePort(t)), n.img, ""), Options{Logger: zap.NewNop()})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := b.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer b.Stop(ctx)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	fl := &flakyListener{Listener: ln, again: make(chan struct{})}
+	done := make(chan struct{})
+	go func() { b.acceptPeers(fl); close(done) }()
+	select {
+	case <-fl.again:
+	case <-done:
+		t.Fatal("acceptPeers stopped accepting after a transient EMFILE")
+	case <-ctx.Done():
+		t.Fatal("timeout")
+	}
+	ln.Close()
+	<-done
+}
+
+// A before-resync-target handler that vetoes (a snapshot that cannot be
+// taken, say) drops the link; the nodes reconnect at once (refuseDelay was
+// reset by the State the handshake accepted, and a link lost after the
+// handshake does not grow it), the resync starts again, the handler
+// vetoes again: a loop without backoff that runs the handler (and
+// logs a warning) many times a second for as long as it vetoes.
+func TestVetoedResyncBacksOff(t *testing.T) {
+	hd := t.TempDir()
+	calls := filepath.Join(hd, "calls")
+	cmd := fmt.Sprintf("[\"/bin/sh\", \"-c\", %q]", fmt.Sprintf("echo call >> %s; exit 1", calls))
+	c := newPair(t, "", "handlers:\n  before-resync-target: "+cmd+"\n")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := c.b.Invalidate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	count := func() int { b, _ := os.ReadFile(calls); return strings.Count(string(b), "call") }
+	start := time.Now()
+	// With a backoff like the one after a refusal (100 ms doubling to 5 s)
+	// ten vetoes take more than 10 s.
+	const n = 10
+	if _, ok := waitStatus(c.b, 8*time.Second, func(Status) bool { return count() >= n }); ok {
+		t.Fatalf("before-resync-target vetoed %d times in %v: the nodes reconnect without backoff (%d link connects on b)",
+			count(), time.Since(start).Round(time.Millisecond), c.b.Status().Link.Connects)
+	}
+	t.Logf("%d vetoes in %v", count(), time.Since(start))
+}
+
+// checkPeerState shrinks the resource to a smaller peer's size before it
+// checks the replication protocol: a peer it then refuses has shrunk the
+// device anyway, for good (a later peer with the right disk is "bigger"
+// and uses the shrunk size).
+func TestRefusedPeerDoesNotShrink(t *testing.T) {
+	dir := t.TempDir()
+	na := pairDisk{img: filepath.Join(dir, "a.img")}
+	nb := pairDisk{img: filepath.Join(dir, "b.img")}
+	makePairDisk(t, na, 16<<20, 0, 0)
+	makePairDisk(t, nb, 12<<20, 1, 0)
+	c := startPairOn(t, dir, na, nb, "  size-mismatch: smaller\n", "  size-mismatch: smaller\n  protocol: A\n")
+	t.Cleanup(c.stopBoth)
+	before := c.a.Status().Size
+	// a refused b at least once: it dials again.
+	c.wait(c.a, "a second link", func(s Status) bool { return s.Link.Connects >= 2 })
+	if after := c.a.Status().Size; after != before {
+		t.Fatalf("a's size went from %d to %d for a peer it refused (protocols differ)", before, after)
+	}
+}
+
+// The dialer's backoff after a peer that refuses it in the handshake
+// (growRefuseDelay, 100 ms doubling to 5 s) never grows when the peer
+// refuses for a reason of its own, after this node accepted the peer's
+// State: control resets refuseDelay to 0 at every accepted State, and
+// linkGone grows it from 0 to 100 ms, every time. Here the acceptor (b)
+// is Primary and refuses a smaller peer; the dialer (a) takes b's bigger
+// disk as fine, and redials ten times a second, forever.
+func TestRedialBacksOffFromRefusingPeer(t *testing.T) {
+	dir := t.TempDir()
+	na := pairDisk{img: filepath.Join(dir, "a.img")}
+	nb := pairDisk{img: filepath.Join(dir, "b.img")}
+	makePairDisk(t, na, 12<<20, 0, 0)
+	makePairDisk(t, nb, 16<<20, 1, 0)
+	c := startPairOn(t, dir, na, nb, "  size-mismatch: smaller\n", "")
+	t.Cleanup(c.stopBoth)
+	c.proxy.setRefuse(true)
+	c.proxy.cut()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := c.b.Primary(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	c.proxy.setRefuse(false)
+	s := c.wait(c.b, "a first link on b", func(s Status) bool { return s.Link.Connects >= 1 })
+	start, first := time.Now(), s.Link.Connects
+	// With the backoff growing, 20 more links take far longer than 8 s.
+	if s, ok := waitStatus(c.b, 8*time.Second, func(s Status) bool { return s.Link.Connects >= first+20 }); ok {
+		t.Fatalf("a redialed a peer that refuses it %d times in %v", s.Link.Connects-first, time.Since(start).Round(time.Millisecond))
+	}
+}
+
+// The peer (on-io-error pass-on) fails a FUA write because its sync
+// failed: that sync may have reported the lost write-back of earlier
+// writes the peer completed (Linux reports it once; the next fsync
+// succeeds). The Primary marks only the FUA write's range, and the next
+// peer flush retires the epoch that holds the earlier writes: they are
+// in sync by the bitmap, and differ on disk. (For its own disk the write
+// path marks every unflushed write on a FUA failure, markUnflushed.)
+func TestPeerFUAFailureMarksUnflushed(t *testing.T) {
+	c := newPair(t, "", "disk:\n  on-io-error: pass-on\n")
+	const X, Y = 1 << 20, 2 << 20
+	if err := c.a.WriteAt(fill(0x11, 4096), X, false); err != nil {
+		t.Fatal(err)
+	}
+	var once atomic.Bool
+	c.db.setSync(func() error {
+		if once.CompareAndSwap(false, true) {
+			// The write-back of X's page failed on b: its disk keeps
+			// the old bytes.
+			if _, err := c.db.Device.WriteAt(make([]byte, 4096), X); err != nil {
+				t.Error(err)
+			}
+			return errors.New("injected fdatasync EIO")
+		}
+		return nil
+	})
+	if err := c.a.WriteAt(fill(0x22, 4096), Y, true); err != nil {
+		t.Fatal(err) // the local half succeeded: the client sees success
+	}
+	if !once.Load() {
+		t.Fatal("b did not sync for the FUA write")
+	}
+	if err := c.a.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	c.db.setSync(nil)
+	reconnectAndCompare(c, X)
+}
