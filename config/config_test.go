@@ -193,12 +193,14 @@ func TestFileErrors(t *testing.T) {
 	tests := []struct {
 		name, yaml, want string
 	}{
-		{"unknown field", base + "bogus: 1\n", "field bogus not found"},
+		{"unknown field", base + "bogus: 1\n", `unknown key "bogus" at the top level`},
 		{"empty file", "# nothing yet\n", "resource file: empty"},
 		{"second document", base + "---\nresource: r1\n", "line 6: a second YAML document"},
 		{"one node", "resource: r0\nnodes:\n  - {name: a, disk: x}\n", "exactly two"},
 		{"bad protocol", base + "net: {protocol: D}\n", "net.protocol"},
-		{"bad duration", base + "net: {ping-interval: fast}\n", "line 5: cannot unmarshal !!str `fast` into time.Duration"},
+		{"bad duration", base + "net: {ping-interval: fast}\n", `line 5: "fast": want a duration with its unit`},
+		{"duration without unit", base + "net: {ping-timeout: 2}\n", `line 5: "2": want a duration with its unit`},
+		{"unknown key", base + "net: {protocl: C}\n", `line 5: unknown key "protocl" in net`},
 		{"bad size", base + "resync: {rate: 10Q}\n", "line 5: size"},
 		{"bad size in net", base + "net:\n  protocol: C\n  max-in-flight-bytes: 64X\n", `line 7: size "64X"`},
 		{"al range", base + "disk: {al-extents: 3}\n", "disk.al-extents"},

@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -118,9 +119,9 @@ func (d *offDuration) UnmarshalYAML(n *yaml.Node) error {
 			return nil
 		}
 	}
-	var v time.Duration
-	if err := n.Decode(&v); err != nil {
-		return fmt.Errorf("resync.latency-target %q: want a duration or off: %w", n.Value, err)
+	v, err := time.ParseDuration(n.Value)
+	if n.Kind != yaml.ScalarNode || err != nil {
+		return fmt.Errorf("line %d: resync.latency-target %q: want a duration with its unit (e.g. 5ms), 0 or off", n.Line, n.Value)
 	}
 	*d = offDuration(v)
 	return nil
@@ -164,7 +165,7 @@ func ParseFile(data []byte, dir string) (*File, error) {
 		if errors.Is(err, io.EOF) {
 			return nil, errors.New("resource file: empty")
 		}
-		return nil, fmt.Errorf("resource file: %w", err)
+		return nil, fmt.Errorf("resource file: %w", readableYAMLError(err))
 	}
 	// The decoder reads one document; a second one (two files
 	// concatenated, a resource added after "---") would be ignored
@@ -188,6 +189,50 @@ func ParseFile(data []byte, dir string) (*File, error) {
 		return nil, fmt.Errorf("resource file: %d nodes; a resource has exactly two", len(f.Nodes))
 	}
 	return &f, nil
+}
+
+// yamlSections names the file's sections by the Go types the decoder
+// reports.
+var yamlSections = map[string]string{
+	"config.File": "at the top level", "config.Node": "in a node", "config.fileNet": "in net",
+	"config.DiskOptions": "in disk", "config.fileResync": "in resync", "config.fileHandlers": "in handlers",
+}
+
+var (
+	yamlUnknownField = regexp.MustCompile(`^line (\d+): field (\S+) not found in type (\S+)$`)
+	yamlBadValue     = regexp.MustCompile("^line (\\d+): cannot unmarshal !!(\\w+) `(.*)` into (\\S+)$")
+)
+
+// readableYAMLError rewrites the decoder's messages about the file in the
+// file's terms: "unknown key" rather than a Go type's field, what a value
+// should look like rather than the Go type it did not fit.
+func readableYAMLError(err error) error {
+	var te *yaml.TypeError
+	if !errors.As(err, &te) {
+		return err
+	}
+	msgs := make([]string, len(te.Errors))
+	for i, m := range te.Errors {
+		msgs[i] = m
+		if g := yamlUnknownField.FindStringSubmatch(m); g != nil {
+			where := yamlSections[g[3]]
+			if where == "" {
+				where = "here"
+			}
+			msgs[i] = fmt.Sprintf("line %s: unknown key %q %s (see docs/configuration.md)", g[1], g[2], where)
+		} else if g := yamlBadValue.FindStringSubmatch(m); g != nil {
+			want := map[string]string{
+				"time.Duration": "a duration with its unit, e.g. 5s or 500ms",
+				"uint32":        "a whole number", "uint64": "a whole number", "int": "a whole number",
+				"bool": "true or false", "string": "a string", "[]string": "a list of strings",
+			}[g[4]]
+			if want == "" {
+				want = "a value of another kind"
+			}
+			msgs[i] = fmt.Sprintf("line %s: %q: want %s", g[1], g[3], want)
+		}
+	}
+	return errors.New(strings.Join(msgs, "; "))
 }
 
 // LoadFile reads and parses a resource file.

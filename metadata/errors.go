@@ -8,7 +8,7 @@ var (
 	// ErrNoMeta means no rbd-nbd meta-data was found where it should be.
 	ErrNoMeta = errors.New("metadata: no rbd-nbd meta-data found")
 	// ErrExists means Create found meta-data and was not told to overwrite it.
-	ErrExists = errors.New("metadata: meta-data already exists")
+	ErrExists = errors.New("meta-data already exists")
 	// ErrBadMagic means a block does not start with the expected magic.
 	ErrBadMagic = errors.New("metadata: bad magic")
 	// ErrBadChecksum means a block's crc32c does not match its contents.

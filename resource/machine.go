@@ -1178,7 +1178,9 @@ func (m *Machine) CanPromote(force bool) error {
 			// when the peer is unreachable; so do we.
 			return nil
 		}
-		return m.refuse(ErrNotUpToDate)
+		// Say the way out: an Inconsistent disk (fresh meta-data, a
+		// resync target) or an Outdated one (fenced).
+		return m.refuse(fmt.Errorf("%w (%s): wait for the resync from an UpToDate peer, or promote with --force to make this node's data the one that counts (on a fresh pair: the initial sync)", ErrNotUpToDate, m.disk))
 	}
 	return nil
 }
