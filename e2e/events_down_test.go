@@ -33,6 +33,13 @@ func TestEventsDownAndUp(t *testing.T) {
 	if out := c.a.ctl("status", "r0"); !strings.Contains(out, "down") {
 		t.Fatalf("status after down: %s", out)
 	}
-	c.a.up()
+	// up R starts it again with the kept configuration (as drbdadm up R).
+	if r := c.a.tryCtl("up"); r.ExitCode == 0 || !strings.Contains(r.Stderr, "resource file") {
+		t.Fatalf("up without a file or a name: exit %d, %s", r.ExitCode, r.Stderr)
+	}
+	c.a.ctl("up", "r0")
 	WaitFor(t, 30*time.Second, "the up event", has("down:false"))
+	if r := c.a.tryCtl("up", "r0"); r.ExitCode == 0 || !strings.Contains(r.Stderr, "up already") {
+		t.Fatalf("up R on a resource that is up: exit %d, %s", r.ExitCode, r.Stderr)
+	}
 }

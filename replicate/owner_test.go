@@ -1,6 +1,9 @@
 package replicate
 
-import "testing"
+import (
+	"testing"
+	"time"
+)
 
 // A Read whose frame went out in a batch whose later item then failed: the
 // reply reader has taken it (take) and is reading its payload when the link
@@ -22,7 +25,11 @@ func TestWriterLeavesTakenRequestToReader(t *testing.T) {
 }
 
 func takenRequestOnce(t *testing.T) bool {
-	l, f := linkWithFake(t, testConfig(t, 1, 2, newMemDisk(1)))
+	// The fake peer answers no ping: under a loaded CI machine a run may
+	// outlast the default ping timeout, which would fail the link first.
+	cfg := testConfig(t, 1, 2, newMemDisk(1))
+	cfg.PingInterval, cfg.PingTimeout, cfg.Timeout = time.Minute, time.Minute, time.Minute
+	l, f := linkWithFake(t, cfg)
 	data := make([]byte, 1<<20)
 	for range streamWindow/len(data) + 1 {
 		if err := l.Submit(&Request{Kind: Write, Data: data}); err != nil {
@@ -60,7 +67,8 @@ func takenRequestOnce(t *testing.T) bool {
 		return l.dataWin.pending[r.id] == nil
 	})
 	if s.stagesNow() != 0 {
-		t.Fatal("done before the link failed")
+		s.mu.Lock()
+		t.Fatalf("stages %v (%v) before the link failed", s.stages, s.err)
 	}
 	l.Close("test")
 	_, err := s.wait(t)

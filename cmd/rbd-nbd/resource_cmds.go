@@ -57,10 +57,29 @@ func newUpCmd(g *globalOptions) *cobra.Command {
 	var file, node string
 	var ifGen uint64
 	cmd := &cobra.Command{
-		Use:   "up -c FILE [--node NAME] [--if-generation N]",
+		Use:   "up -c FILE [--node NAME] [--if-generation N] | up RESOURCE",
 		Short: "Create the resource from a resource file, attach its disk, serve NBD and connect",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
+		Long: `up -c FILE creates the resource from a resource file (or replaces the
+configuration the daemon keeps for it while it is down), attaches its disk,
+serves NBD and connects. up RESOURCE starts a resource that is down with the
+configuration the daemon kept for it (as drbdadm up R).`,
+		Args: cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			switch {
+			case len(args) == 1 && file != "":
+				return errors.New("up: give a resource file (-c FILE) or a resource name, not both")
+			case len(args) == 1:
+				return withClient(cmd.Context(), g, callTimeout, func(ctx context.Context, c *ctlproto.Client) error {
+					body := ctlproto.List{resName(args[0])}
+					if ifGen != 0 {
+						body = append(body, ctlproto.U64(ctlproto.TagIfGeneration, ifGen).AsMandatory())
+					}
+					_, err := c.Call(ctx, ctlproto.MsgUp, body)
+					return err
+				})
+			case file == "":
+				return errors.New("up: give a resource file (-c FILE), or the name of a resource the daemon keeps (a resource taken down with down R)")
+			}
 			cfg, err := loadResource(file, node)
 			if err != nil {
 				return err
@@ -80,11 +99,15 @@ func newUpCmd(g *globalOptions) *cobra.Command {
 	return cmd
 }
 
+// resourceFileFlags registers -c FILE, --node and --if-generation; the
+// file is required unless the command takes a resource name instead.
 func resourceFileFlags(cmd *cobra.Command, file, node *string, ifGen *uint64) {
 	cmd.Flags().StringVarP(file, "config", "c", "", "resource file (YAML)")
 	cmd.Flags().StringVar(node, "node", "", "this node's name in the file (default: the host name)")
 	cmd.Flags().Uint64Var(ifGen, "if-generation", 0, "apply only if the resource exists with its configuration at this generation (ctl show prints it)")
-	_ = cmd.MarkFlagRequired("config")
+	if cmd.Name() != "up" {
+		_ = cmd.MarkFlagRequired("config")
+	}
 }
 
 func newAdjustCmd(g *globalOptions) *cobra.Command {
