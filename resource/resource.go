@@ -610,6 +610,7 @@ func (r *Resource) Status() Status {
 		st.ResyncRate, st.ResyncETA = uint64(p.Rate), uint64(p.ETA/time.Second)
 		if p.Paused {
 			st.Conn = ConnPausedSyncS
+			st.ResyncETA = 0 // no end in sight while paused
 		}
 	} else if t := r.targetProgress(); t != nil {
 		st.ResyncDone, st.ResyncTotal = t.done, t.total

@@ -223,6 +223,10 @@ func writeStatusText(w io.Writer, st resource.Status) {
 		return
 	}
 	fmt.Fprintf(w, "%s role:%s generation:%d", st.Name, st.Role, st.Generation)
+	if st.NBDConnections > 0 {
+		// What secondary and down refuse while any is connected.
+		fmt.Fprintf(w, " clients:%d", st.NBDConnections)
+	}
 	if st.Suspended != 0 {
 		fmt.Fprintf(w, " suspended:%s", st.Suspended)
 	}
@@ -238,8 +242,12 @@ func writeStatusText(w io.Writer, st resource.Status) {
 		fmt.Fprintf(w, " out-of-sync:%d", st.OutOfSync)
 	}
 	if st.ResyncTotal > 0 {
-		fmt.Fprintf(w, " done:%.2f%% eta:%s", 100*float64(st.ResyncDone)/float64(st.ResyncTotal),
-			ctlproto.FieldText(st, ctlproto.FieldResyncETA))
+		fmt.Fprintf(w, " done:%.2f%%", 100*float64(st.ResyncDone)/float64(st.ResyncTotal))
+		// No estimate while paused, nor where none is known yet (the
+		// target, which does not pace the resync, estimates nothing).
+		if st.ResyncETA > 0 && st.Conn != resource.ConnPausedSyncS && st.Conn != resource.ConnPausedSyncT {
+			fmt.Fprintf(w, " eta:%s", ctlproto.FieldText(st, ctlproto.FieldResyncETA))
+		}
 	}
 	if st.Verify != resource.VerifyNone {
 		fmt.Fprintf(w, " verify:%s verify-found:%d", st.Verify, st.VerifyFound)
