@@ -41,6 +41,12 @@ type observer struct{ events daemon.Events }
 func (o observer) Changed() { o.events.Changed() }
 
 func (o observer) Hook(ev hooks.Event) {
+	if len(ev.Command) == 0 {
+		// Nothing ran (no command configured, or refused and logged):
+		// events show the handlers that ran, as DRBD's show the helpers
+		// it called; status -1 would read as a killed handler.
+		return
+	}
 	switch ev.Type {
 	case hooks.EventCall:
 		o.events.HookCalled(daemon.HookCall{ID: ev.Seq, Hook: string(ev.Handler)})
