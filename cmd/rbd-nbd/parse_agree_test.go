@@ -59,3 +59,16 @@ func TestCtlprotoDocListsInvariants(t *testing.T) {
 		}
 	}
 }
+
+// up and adjust warn of a handler name this version does not know (a
+// typo leaves the handler unconfigured), and of nothing else.
+func TestWarnUnknownHandlers(t *testing.T) {
+	var b strings.Builder
+	cfg := config.Resource{Handlers: config.Handlers{Commands: map[string][]string{
+		"fence-peer": {"/bin/true"}, "fence-peeer": {"/bin/true"},
+	}}}
+	warnUnknownHandlers(&b, cfg)
+	if out := b.String(); !strings.Contains(out, `"fence-peeer"`) || strings.Contains(out, `"fence-peer"`) {
+		t.Fatalf("warnings:\n%s", out)
+	}
+}

@@ -19,6 +19,7 @@ import (
 
 	"github.com/rbd-nbd/rbd-nbd/config"
 	"github.com/rbd-nbd/rbd-nbd/ctlproto"
+	"github.com/rbd-nbd/rbd-nbd/hooks"
 	"github.com/rbd-nbd/rbd-nbd/resource"
 )
 
@@ -53,6 +54,18 @@ func loadResource(file, node string) (config.Resource, error) {
 	return f.Node(node)
 }
 
+// warnUnknownHandlers warns of handler names this version does not know:
+// accepted (a newer daemon may know them, and an unknown handler is never
+// run), but more likely a typo that leaves a handler unconfigured (a
+// fence-peer that never fences).
+func warnUnknownHandlers(w io.Writer, cfg config.Resource) {
+	for _, n := range slices.Sorted(maps.Keys(cfg.Handlers.Commands)) {
+		if _, known := hooks.Lookup(hooks.Name(n)); !known {
+			fmt.Fprintf(w, "warning: handler %q is not one this version knows (a typo?); it is kept, and runs only on a daemon that knows it\n", n)
+		}
+	}
+}
+
 func newUpCmd(g *globalOptions) *cobra.Command {
 	var file, node string
 	var ifGen uint64
@@ -84,6 +97,7 @@ configuration the daemon kept for it (as drbdadm up R).`,
 			if err != nil {
 				return err
 			}
+			warnUnknownHandlers(cmd.ErrOrStderr(), cfg)
 			return withClient(cmd.Context(), g, callTimeout, func(ctx context.Context, c *ctlproto.Client) error {
 				body := ctlproto.EncodeConfig(c.Registry(), cfg)
 				if ifGen != 0 {
@@ -123,6 +137,7 @@ func newAdjustCmd(g *globalOptions) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			warnUnknownHandlers(cmd.ErrOrStderr(), cfg)
 			return withClient(cmd.Context(), g, callTimeout, func(ctx context.Context, c *ctlproto.Client) error {
 				if dryRun {
 					return adjustDryRun(ctx, cmd.OutOrStdout(), c, cfg)
