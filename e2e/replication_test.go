@@ -473,6 +473,11 @@ func TestOutdate(t *testing.T) {
 		t.Fatalf("outdate while connected: exit %d, %s", r.ExitCode, r.Stderr)
 	}
 	c.b.ctl("disconnect", "r0")
+	// wait-sync on a StandAlone resource says what to do instead of
+	// waiting forever.
+	if r := c.b.tryCtl("wait-sync", "r0", "--timeout", "30s"); r.ExitCode == 0 || !strings.Contains(r.Stderr, "rbd-nbd connect r0") {
+		t.Fatalf("wait-sync while StandAlone: exit %d, %s", r.ExitCode, r.Stderr)
+	}
 	c.b.ctl("outdate", "r0")
 	if st := c.b.status(); st.Disk != "Outdated" {
 		t.Fatalf("after outdate: %+v", st)

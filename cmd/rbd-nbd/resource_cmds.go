@@ -508,6 +508,7 @@ func waitFor(cmd *cobra.Command, g *globalOptions, name string, timeout time.Dur
 		t := time.NewTicker(200 * time.Millisecond)
 		defer t.Stop()
 		changed := watchChanges(ctx, g, name)
+		var standAlone time.Time // since when it has been StandAlone
 		for {
 			sts, err := c.Status(ctx, name)
 			if err != nil {
@@ -531,11 +532,27 @@ func waitFor(cmd *cobra.Command, g *globalOptions, name string, timeout time.Dur
 				bar.ChangeMax64(int64(last.ResyncTotal - base))
 				_ = bar.Set64(int64(max(last.ResyncDone, base) - base))
 			}
+			// StandAlone (after disconnect or a split brain) goes nowhere
+			// by itself: say so rather than wait forever. (Seen for a
+			// while, not once: a connect under way passes through it.)
+			if last.Conn == resource.ConnStandAlone {
+				if standAlone.IsZero() {
+					standAlone = time.Now()
+				} else if time.Since(standAlone) > 2*time.Second {
+					return fmt.Errorf("resource %s is StandAlone (%s/%s): it does not connect by itself; run rbd-nbd connect %s (after a split brain, see docs/operations.md)", name, last.Disk, last.PeerDisk, name)
+				}
+			} else {
+				standAlone = time.Time{}
+			}
 			select {
 			case <-t.C:
 			case <-changed:
 			case <-ctx.Done():
-				return fmt.Errorf("still %s/%s/%s after waiting: %w", last.Conn, last.Disk, last.PeerDisk, ctx.Err())
+				why := "interrupted"
+				if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+					why = fmt.Sprintf("gave up after %v", timeout)
+				}
+				return fmt.Errorf("%s: still %s, disk %s, peer disk %s", why, last.Conn, last.Disk, last.PeerDisk)
 			}
 		}
 	})
