@@ -376,7 +376,9 @@ standing.`,
 			_ = g
 			index, err := attach.ParseDevice(args[0])
 			if err != nil {
-				return err
+				// drbdadm detach R detaches a resource's disk: that is
+				// detach-disk here.
+				return fmt.Errorf("%w; to detach a resource's backing disk, use detach-disk %s", err, args[0])
 			}
 			ctx, cancel := context.WithTimeout(cmd.Context(), wait)
 			defer cancel()
