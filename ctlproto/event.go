@@ -172,6 +172,12 @@ func (e Event) Text(timestamps bool) string {
 		b.WriteByte(' ')
 		b.WriteString(f.Key())
 		b.WriteByte(':')
+		if f == FieldLinkError {
+			// Free text: quoted, so that the line still splits on
+			// spaces into key:value words.
+			b.WriteString(strconv.Quote(e.Status.LinkError))
+			continue
+		}
 		b.WriteString(FieldText(e.Status, f))
 	}
 	if e.Object == ObjectHelper {
@@ -238,6 +244,8 @@ func FieldJSON(st resource.Status, f StatusField) any {
 		return st.ResyncETA
 	case FieldDown:
 		return st.Down
+	case FieldLinkError:
+		return st.LinkError
 	}
 	return statusValue(&st, f)
 }

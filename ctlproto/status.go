@@ -41,6 +41,8 @@ const (
 	FieldVerifyFound
 	// FieldDown (1.6): the resource is not up.
 	FieldDown
+	// FieldLinkError (1.8): why the last peer link failed.
+	FieldLinkError
 
 	numStatusFields
 )
@@ -51,7 +53,7 @@ var statusKeys = [numStatusFields]string{
 	"out-of-sync", "resync-done", "resync-total", "resync-rate", "resync-eta",
 	"resynced-bytes", "writes-in-flight", "nbd-connections", "current-uuid",
 	"peer-node-id", "generation", "suspended", "verify", "verify-found",
-	"down",
+	"down", "link-error",
 }
 
 // Key is the field's key in text and JSON output, e.g. "peer-disk".
@@ -71,7 +73,7 @@ func (f StatusField) Tag() uint16 {
 }
 
 // laterStatusTags are the tags of the fields from FieldSuspended on.
-var laterStatusTags = [...]uint16{TagStatusSuspended, TagStatusVerify, TagStatusVerifyFound, TagStatusDown}
+var laterStatusTags = [...]uint16{TagStatusSuspended, TagStatusVerify, TagStatusVerifyFound, TagStatusDown, TagStatusLinkError}
 
 // fieldOfTag returns the status field a tag carries.
 func fieldOfTag(tag uint16) (StatusField, bool) {
@@ -88,7 +90,7 @@ func fieldOfTag(tag uint16) (StatusField, bool) {
 
 func (f StatusField) wireType() Type {
 	switch f {
-	case FieldName:
+	case FieldName, FieldLinkError:
 		return TypeString
 	case FieldRole, FieldDisk, FieldConn, FieldPeerRole, FieldPeerDisk, FieldSuspended, FieldVerify:
 		return TypeU8
@@ -106,10 +108,14 @@ type FieldSet uint32
 // StatusFieldsFor returns the fields a status reply carries to a client
 // whose requests say protocol minor version minor: all but status.down
 // before 1.6, so that an older client reads a resource that is down as it
-// always did (Secondary, Diskless, StandAlone).
+// always did (Secondary, Diskless, StandAlone), and but status.link-error
+// before 1.8.
 func StatusFieldsFor(minor uint8) FieldSet {
-	if minor < 6 {
-		return AllFields &^ Fields(FieldDown)
+	switch {
+	case minor < 6:
+		return AllFields &^ Fields(FieldDown, FieldLinkError)
+	case minor < 8:
+		return AllFields &^ Fields(FieldLinkError)
 	}
 	return AllFields
 }
@@ -136,7 +142,7 @@ func ObjectFields(o ObjectKind) FieldSet {
 	case ObjectResource:
 		return Fields(FieldName, FieldRole, FieldGeneration, FieldNBDConnections, FieldWritesInFlight, FieldSuspended, FieldDown)
 	case ObjectConnection:
-		return Fields(FieldName, FieldPeerNodeID, FieldConn, FieldPeerRole)
+		return Fields(FieldName, FieldPeerNodeID, FieldConn, FieldPeerRole, FieldLinkError)
 	case ObjectDisk:
 		return Fields(FieldName, FieldDisk, FieldSize, FieldCurrentUUID)
 	case ObjectPeer:
@@ -264,6 +270,9 @@ func StatusDiff(a, b resource.Status) FieldSet {
 	if a.Name != b.Name {
 		s |= 1 << FieldName
 	}
+	if a.LinkError != b.LinkError {
+		s |= 1 << FieldLinkError
+	}
 	for f := FieldRole; f < numStatusFields; f++ {
 		if statusValue(&a, f) != statusValue(&b, f) {
 			s |= 1 << f
@@ -298,6 +307,8 @@ func FieldText(st resource.Status, f StatusField) string {
 		return st.Verify.String()
 	case FieldDown:
 		return strconv.FormatBool(st.Down)
+	case FieldLinkError:
+		return st.LinkError
 	}
 	return strconv.FormatUint(statusValue(&st, f), 10)
 }
@@ -398,6 +409,8 @@ func FieldPresent(st resource.Status, f StatusField) bool {
 		return st.Verify != resource.VerifyNone
 	case FieldDown:
 		return st.Down
+	case FieldLinkError:
+		return st.LinkError != ""
 	}
 	return true
 }
@@ -411,8 +424,8 @@ func statusFields(st resource.Status, set FieldSet, all bool) List {
 		if !set.Has(f) || !all && !FieldPresent(st, f) {
 			continue
 		}
-		if f == FieldName {
-			l = append(l, String(f.Tag(), st.Name))
+		if f == FieldName || f == FieldLinkError {
+			l = append(l, String(f.Tag(), FieldText(st, f)))
 			continue
 		}
 		l = append(l, Entry{Tag: f.Tag(), Type: f.wireType(), num: statusValue(&st, f)})
@@ -434,8 +447,12 @@ func DecodeStatus(l List) (resource.Status, FieldSet) {
 			continue
 		}
 		set |= 1 << f
-		if f == FieldName {
+		switch f {
+		case FieldName:
 			st.Name = e.Text()
+			continue
+		case FieldLinkError:
+			st.LinkError = e.Text()
 			continue
 		}
 		setStatusValue(&st, f, e.Uint())

@@ -207,6 +207,9 @@ const (
 	// Added in 1.7: the NBD export's connection limit. Numbered apart
 	// from the tags other 1.7 work adds (171 on).
 	TagResourceNBDMaxConnections uint16 = 190
+
+	// Added in 1.8: why the last peer link failed.
+	TagStatusLinkError uint16 = 191
 )
 
 // enumNames lists String() of 0, 1, ... up to the first value whose name
@@ -226,7 +229,7 @@ func enumNames(name func(int) string) []string {
 // defaultTags declares every tag. Append new tags at the end with the next
 // free number and the new protocol minor as Since; retire, never delete.
 func defaultTags() []Tag {
-	const v1, v1_1, v1_2, v1_3, v1_4, v1_5, v1_6 = "1.0", "1.1", "1.2", "1.3", "1.4", "1.5", "1.6"
+	const v1, v1_1, v1_2, v1_3, v1_4, v1_5, v1_6, v1_8 = "1.0", "1.1", "1.2", "1.3", "1.4", "1.5", "1.6", "1.8"
 	roles := enumNames(func(i int) string { return resource.Role(i).String() })
 	disks := enumNames(func(i int) string { return resource.DiskState(i).String() })
 	conns := enumNames(func(i int) string { return resource.ConnState(i).String() })
@@ -293,6 +296,7 @@ func defaultTags() []Tag {
 		{Num: TagStatusVerify, Name: "status.verify", Type: TypeU8, Enum: verifies, Section: TagStatus, Since: v1_5, Doc: "This node's online verify: Running, or how the last one since the resource came up ended (Done: its whole range compared; Interrupted: stopped early, the rest not compared); absent when none ran."},
 		{Num: TagStatusVerifyFound, Name: "status.verify-found", Type: TypeU64, Unit: UnitBytes, Section: TagStatus, Since: v1_5, Doc: "Bytes that verify found out of sync (and marked) so far; absent when none ran."},
 		{Num: TagStatusDown, Name: "status.down", Type: TypeFlag, Section: TagStatus, Since: v1_6, Doc: "The daemon holds the resource's configuration, but it is not up (after down, or never started): role, disk and connection then describe no running resource. Absent when it is up."},
+		{Num: TagStatusLinkError, Name: "status.link-error", Type: TypeString, Section: TagStatus, Since: v1_8, Doc: "Why the last peer link failed, was refused (by either node: a wrong shared secret, protocols or sizes that differ) or could not be made, until a handshake succeeds: why a resource stays Connecting or StandAlone. Absent when none did."},
 		{Num: TagResourceNBDMaxConnections, Name: "resource.nbd-max-connections", Type: TypeU32, Section: TagResource, Flag: "nbd-max-connections", Since: "1.7", Doc: "NBD client connections the export holds at once; one more is closed before the greeting. 0: the default, 1024. Applies at once to the next connections."},
 
 		{Num: TagDiskALExtents, Name: "disk.al-extents", Type: TypeU32, Section: TagDisk, Flag: "al-extents", Since: v1, Doc: "Active 4 MiB extents in the activity log."},

@@ -19,7 +19,7 @@ func sampleStatus() resource.Status {
 		PeerRole: resource.RoleSecondary, PeerDisk: resource.DiskInconsistent, Size: 1 << 30, OutOfSync: 4096,
 		ResyncDone: 100, ResyncTotal: 200, ResyncRate: 300, ResyncETA: 12, ResyncedBytes: 400,
 		WritesInFlight: 5, NBDConnections: 2, CurrentUUID: 0xfeedface, PeerNodeID: 1, Generation: 7, Suspended: resource.SuspendUser | resource.SuspendFencing,
-		Verify: resource.VerifyInterrupted, VerifyFound: 8192, Down: true,
+		Verify: resource.VerifyInterrupted, VerifyFound: 8192, Down: true, LinkError: "replicate: peer disconnected: refused",
 	}
 }
 
@@ -300,7 +300,7 @@ func TestEventRoundTripAndText(t *testing.T) {
 		{Event{Kind: EventChange, Object: ObjectResource, Time: when, Status: st, Fields: Fields(FieldName, FieldRole)},
 			"2025-01-02T03:04:05.000006Z change resource name:r0 role:Primary"},
 		{Event{Kind: EventExists, Object: ObjectConnection, Time: when, Status: st, Fields: ObjectFields(ObjectConnection)},
-			"2025-01-02T03:04:05.000006Z exists connection name:r0 peer-node-id:1 connection:SyncSource peer-role:Secondary"},
+			`2025-01-02T03:04:05.000006Z exists connection name:r0 peer-node-id:1 connection:SyncSource peer-role:Secondary link-error:"replicate: peer disconnected: refused"`},
 		{Event{Kind: EventExists, Object: ObjectNone, Time: when}, "2025-01-02T03:04:05.000006Z exists -"},
 		{Event{Kind: EventCall, Object: ObjectHelper, Time: when, Status: resource.Status{Name: "r0"}, Fields: Fields(FieldName), Hook: "split-brain", HookID: 3},
 			"2025-01-02T03:04:05.000006Z call helper name:r0 helper:split-brain id:3"},

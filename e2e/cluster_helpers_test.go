@@ -34,6 +34,7 @@ type nodeStatus struct {
 	Generation     uint64 `json:"generation"`
 	Verify         string `json:"verify"` // "" before any verify
 	VerifyFound    uint64 `json:"verify-found"`
+	LinkError      string `json:"link-error"` // "" when no link failed since the last handshake
 }
 
 // node is one daemon of a cluster.

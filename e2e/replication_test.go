@@ -270,6 +270,13 @@ func TestReplicationWrongSecretRefused(t *testing.T) {
 			t.Fatalf("node %s: %s with a wrong secret", n.name, st.Conn)
 		}
 	}
+	// Status says why, not only the log.
+	for _, n := range []*node{c.a, c.b} {
+		n.wait("the reason in status", 30*time.Second, func(s nodeStatus) bool { return strings.Contains(s.LinkError, "authentication") })
+	}
+	if out := c.a.ctl("status", "r0"); !strings.Contains(out, "link-error:") {
+		t.Fatalf("status text without the link error:\n%s", out)
+	}
 }
 
 // A peer speaking garbage is dropped with a logged protocol error while the

@@ -102,6 +102,7 @@ func (r *Resource) dialLoop(ctx context.Context, delay time.Duration) {
 		if ctx.Err() != nil {
 			return
 		}
+		r.setLinkError(err)
 		switch {
 		case errors.Is(err, syscall.ECONNREFUSED):
 			// The peer is down, or not up yet: the usual wait, not
@@ -208,6 +209,7 @@ func (r *Resource) acceptPeers(ln net.Listener) {
 					return
 				}
 			}
+			r.setLinkError(fmt.Errorf("link from %s: %w", conn.RemoteAddr(), err))
 			if r.acceptWarned.changed(err) {
 				r.log.Warn("peer link: cannot accept (logged again when the reason changes)", zap.Stringer("from", conn.RemoteAddr()), zap.Error(err))
 			} else {
@@ -258,6 +260,21 @@ func (r *Resource) closeHandedLinks() {
 		link.Wait()
 	}
 }
+
+// setLinkError records why a peer link failed, for status (LinkError)
+// until a handshake succeeds. Safe from any goroutine.
+func (r *Resource) setLinkError(err error) {
+	s := err.Error()
+	if len(s) > maxLinkError {
+		s = s[:maxLinkError] + "…"
+	}
+	if old := r.linkErr.Swap(&s); old == nil || *old != s {
+		r.changed()
+	}
+}
+
+// maxLinkError bounds the text of Status.LinkError.
+const maxLinkError = 1024
 
 // linkStable is how long a link must last for its loss to be redialed at
 // once: one that ends sooner (refused in its handshake by either side,
@@ -344,6 +361,7 @@ func (r *Resource) linkGone(link *replicate.Link) {
 	}
 	err := link.Err()
 	r.log.Warn("peer link down", zap.Error(err))
+	r.setLinkError(err)
 	r.links.down(link)
 	r.link = nil
 	// Lost soon after it came up (a StandAlone peer closes every link at
@@ -475,7 +493,8 @@ func (r *Resource) control(link *replicate.Link, msg replicate.ControlMsg) {
 			} else {
 				r.log.Debug("refusing the peer", zap.Error(err))
 			}
-			r.m.wantConnect = true   // keep trying: the administrator may fix the peer
+			r.m.wantConnect = true // keep trying: the administrator may fix the peer
+			r.setLinkError(fmt.Errorf("refused the peer: %w", err))
 			r.closeLink(err.Error()) // the next dial backs off (linkEnded)
 			r.step(EvLinkDown{Err: err})
 			return
@@ -486,6 +505,9 @@ func (r *Resource) control(link *replicate.Link, msg replicate.ControlMsg) {
 			r.size.Store(size)
 		}
 		r.refuseWarned.reset() // a refusal after an accepted state is logged again
+		if r.linkErr.Swap(nil) != nil {
+			r.changed()
+		}
 		r.step(EvPeerState{State: NodeState{
 			NodeID:         link.PeerID(),
 			Role:           Role(m.Role),

@@ -184,6 +184,9 @@ type Resource struct {
 	// the protocol it started with (protocol).
 	linkUpAt  time.Time
 	linkProto config.Protocol
+	// linkErr: why the last peer link failed (Status.LinkError); nil
+	// once a handshake succeeded.
+	linkErr atomic.Pointer[string]
 	// handed: the links passed to the loop and not taken yet (handLink).
 	handedMu sync.Mutex
 	handed   map[*replicate.Link]struct{}
@@ -601,6 +604,9 @@ func (r *Resource) Status() Status {
 		st.Meta.BitmapWrites = r.bmap().PagesWritten()
 	}
 	st.NBDConnections = uint32(r.nbdConns())
+	if e := r.linkErr.Load(); e != nil {
+		st.LinkError = *e
+	}
 	st.ResyncedBytes = uint64(r.resynced.Load())
 	// One load: the connection state and status.verify agree.
 	verify := r.verify.Load()

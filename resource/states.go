@@ -151,6 +151,10 @@ type Status struct {
 	// started): the other states then describe no running resource. A
 	// Resource never reports it.
 	Down bool
+	// LinkError says why the last peer link failed, was refused (by
+	// either node) or could not be made, until a handshake succeeds: why a
+	// resource stays Connecting or StandAlone ("" when none did).
+	LinkError string
 	// IO, Link and Meta are statistics since the resource came up (status
 	// --statistics, metrics). Status events do not fire when they change.
 	IO   IOStats

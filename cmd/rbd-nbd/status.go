@@ -253,4 +253,8 @@ func writeStatusText(w io.Writer, st resource.Status) {
 		fmt.Fprintf(w, " verify:%s verify-found:%d", st.Verify, st.VerifyFound)
 	}
 	fmt.Fprintln(w)
+	if st.LinkError != "" {
+		// Why it is not connected: only the log said so before.
+		fmt.Fprintf(w, "    link-error: %s\n", st.LinkError)
+	}
 }
