@@ -74,7 +74,7 @@ func TestServeBadArguments(t *testing.T) {
 		msg  string
 	}{
 		{"no disk", []string{"serve"}, `"disk" not set`},
-		{"bad size", []string{"serve", "--disk", filepath.Join(dir, "x"), "--size", "12Q"}, "bad size"},
+		{"bad size", []string{"serve", "--disk", filepath.Join(dir, "x"), "--size", "12Q"}, `--size: size "12Q"`},
 		{"missing file", []string{"serve", "--disk", filepath.Join(dir, "missing")}, "no such file"},
 		{"bad listen", []string{"serve", "--disk", "/dev/null", "--listen", "nonsense"}, ""},
 		{"bad log level", []string{"serve", "--disk", "/dev/null", "--log-level", "loud"}, "log-level"},
