@@ -264,6 +264,9 @@ func (r *Resource) exec(a Action) {
 	case ActStartConnecting:
 		r.startConnecting()
 	case ActCloseLink:
+		if a.Refused {
+			r.setLinkError(fmt.Errorf("refused the peer: %s", a.Reason))
+		}
 		r.closeLinkBye(replicate.Bye{Reason: a.Reason, Outdate: a.OutdatePeer})
 	case ActSendState:
 		r.sendState()

@@ -187,10 +187,13 @@ type (
 	// ActStartConnecting: dial or listen for the peer.
 	ActStartConnecting struct{}
 	// ActCloseLink: close the link, telling the peer why; OutdatePeer
-	// asks the peer to mark its disk Outdated (replicate.Bye.Outdate).
+	// asks the peer to mark its disk Outdated (replicate.Bye.Outdate);
+	// Refused: the handshake refused the peer (a split brain, say), which
+	// status shows (Status.LinkError).
 	ActCloseLink struct {
 		Reason      string
 		OutdatePeer bool
+		Refused     bool
 	}
 	// ActSendState: send the local NodeState to the peer.
 	ActSendState struct{}
@@ -1020,7 +1023,7 @@ func (m *Machine) refusePeer(reason string) []Action {
 	acts := m.lostPeer()
 	m.wantConnect = false
 	m.conn = ConnStandAlone
-	return append(acts, ActCloseLink{Reason: reason})
+	return append(acts, ActCloseLink{Reason: reason, Refused: true})
 }
 
 // dropLink refuses the peer of a handshake: StandAlone until the
@@ -1029,7 +1032,7 @@ func (m *Machine) dropLink(reason string) []Action {
 	m.wantConnect = false
 	m.conn = ConnStandAlone
 	m.peerRole, m.peerDisk, m.linkUp = RoleUnknown, DiskDUnknown, false
-	return []Action{ActCloseLink{Reason: reason}}
+	return []Action{ActCloseLink{Reason: reason, Refused: true}}
 }
 
 // disklessPrimaryMismatch reports whether one of a and b is a Diskless
