@@ -477,3 +477,22 @@ func TestAddressPortRange(t *testing.T) {
 		}
 	}
 }
+
+// Port 0 where the node listens for the peer is refused however spelt
+// ("00" is port 0 to net.LookupPort).
+func TestListeningPortZeroSpelledOtherwise(t *testing.T) {
+	for _, port := range []string{"0", "00"} {
+		y := `resource: r0
+nodes:
+  - {name: a, node-id: 0, address: 127.0.0.1:1, disk: /tmp/a.img}
+  - {name: b, node-id: 1, address: "127.0.0.1:` + port + `", disk: /tmp/b.img}
+`
+		f, err := ParseFile([]byte(y), t.TempDir())
+		if err == nil {
+			_, err = f.Node("b")
+		}
+		if err == nil {
+			t.Errorf("node b listening on 127.0.0.1:%s (port 0) accepted", port)
+		}
+	}
+}

@@ -235,6 +235,12 @@ func readableYAMLError(err error) error {
 	return errors.New(strings.Join(msgs, "; "))
 }
 
+// isPortZero reports whether port names port 0, however spelt ("00").
+func isPortZero(port string) bool {
+	p, err := net.LookupPort("tcp", port)
+	return err == nil && p == 0
+}
+
 // LoadFile reads and parses a resource file.
 func LoadFile(path string) (*File, error) {
 	data, err := os.ReadFile(path)
@@ -365,7 +371,7 @@ func (f *File) checkNodes(local int) error {
 	if hi.Address == "" {
 		return &FieldError{Path: path, Value: "", Allowed: fmt.Sprintf("host:port: node %s has the higher node-id, so it accepts the peer link and the other node dials this address", hi.Name)}
 	}
-	if _, port, _ := net.SplitHostPort(hi.Address); port == "0" {
+	if _, port, _ := net.SplitHostPort(hi.Address); isPortZero(port) {
 		// It would listen on a port the other node cannot know.
 		return &FieldError{Path: path, Value: hi.Address, Allowed: fmt.Sprintf("host:port with a port from 1 to 65535: node %s has the higher node-id, so it accepts the peer link and the other node dials this address", hi.Name)}
 	}

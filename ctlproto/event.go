@@ -173,8 +173,9 @@ func (e Event) Text(timestamps bool) string {
 		b.WriteString(f.Key())
 		b.WriteByte(':')
 		if f == FieldLinkError {
-			// Free text: quoted, so that the line still splits on
-			// spaces into key:value words.
+			// Free text, which may hold spaces: a Go-quoted string
+			// (a reader takes from the opening quote to the closing
+			// one, escapes included).
 			b.WriteString(strconv.Quote(e.Status.LinkError))
 			continue
 		}

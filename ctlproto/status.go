@@ -3,6 +3,7 @@ package ctlproto
 import (
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 	"unicode/utf8"
 
@@ -425,7 +426,9 @@ func statusFields(st resource.Status, set FieldSet, all bool) List {
 			continue
 		}
 		if f == FieldName || f == FieldLinkError {
-			l = append(l, String(f.Tag(), FieldText(st, f)))
+			// Only valid UTF-8 decodes: a bad byte would cost the
+			// client the whole reply or event.
+			l = append(l, String(f.Tag(), strings.ToValidUTF8(FieldText(st, f), "\uFFFD")))
 			continue
 		}
 		l = append(l, Entry{Tag: f.Tag(), Type: f.wireType(), num: statusValue(&st, f)})

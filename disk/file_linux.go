@@ -172,7 +172,11 @@ func lockFile(fd int) error {
 		case unix.EINTR:
 			continue
 		case unix.EWOULDBLOCK:
-			return fmt.Errorf("the file is in use (open for writing by a running rbd-nbd daemon, serve or meta-data command): %w", unix.EBUSY)
+			return fmt.Errorf("the file is in use (open for writing by a running rbd-nbd daemon, serve or meta-data command, or by this daemon's own close of a disk whose sync hung): %w", unix.EBUSY)
+		case unix.ENOLCK, unix.EOPNOTSUPP:
+			// The file system keeps no locks (NFS without lockd,
+			// some FUSE ones): open it unlocked, as before locks.
+			return nil
 		}
 		return err
 	}

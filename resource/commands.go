@@ -174,7 +174,13 @@ func (r *Resource) Secondary(ctx context.Context) error {
 
 // Connect starts connecting to the peer.
 func (r *Resource) Connect(ctx context.Context, discardMyData bool) error {
-	return r.admin(ctx, EvConnect{DiscardMyData: discardMyData})
+	return r.do(ctx, func() error {
+		// The administrator's connect dials at once, whatever refusals
+		// came before (they may have fixed the cause).
+		r.refuseDelay = 0
+		_, err := r.stepAdmin(EvConnect{DiscardMyData: discardMyData})
+		return err
+	})
 }
 
 // Disconnect drops the peer link and stays StandAlone.

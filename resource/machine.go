@@ -107,8 +107,9 @@ type (
 	EvDemote struct{ NBDConns int }
 	// EvPeerPromoteRequest: the connected peer wants to become Primary.
 	// Promoting: this node asked the peer for its own promotion and waits
-	// for the answer (the two requests crossed).
-	EvPeerPromoteRequest struct{ Promoting bool }
+	// for the answer (the two requests crossed). Verifying: this node runs
+	// an online verify, which a Primary peer's writes would fool.
+	EvPeerPromoteRequest struct{ Promoting, Verifying bool }
 	// EvSyncStart: the peer (the source) announced a resync towards us.
 	EvSyncStart struct {
 		Full   bool
@@ -766,6 +767,9 @@ func (m *Machine) connect(e EvConnect) ([]Action, error) {
 	return []Action{ActStartConnecting{}}, nil
 }
 
+// reasonDisconnect is the Bye reason of the administrator's disconnect.
+const reasonDisconnect = "disconnect requested"
+
 func (m *Machine) disconnect() []Action {
 	m.wantConnect = false
 	m.discardMyData = false
@@ -786,7 +790,7 @@ func (m *Machine) disconnect() []Action {
 	if outdateSelf {
 		acts = append(acts, m.outdateOnLeave()...)
 	}
-	return append(acts, ActCloseLink{Reason: "disconnect requested", OutdatePeer: outdatePeer})
+	return append(acts, ActCloseLink{Reason: reasonDisconnect, OutdatePeer: outdatePeer})
 }
 
 // outdateOnLeave marks an UpToDate or Consistent disk Outdated when its
@@ -1258,6 +1262,10 @@ func (m *Machine) peerPromoteRequest(e EvPeerPromoteRequest) []Action {
 		return []Action{ActSendPromoteReply{Reason: fmt.Sprintf("node %d is Primary", m.cfg.NodeID)}}
 	case m.conn == ConnSyncSource || m.conn == ConnPausedSyncS:
 		return []Action{ActSendPromoteReply{Reason: fmt.Sprintf("node %d is sync source for the requester", m.cfg.NodeID)}}
+	case e.Verifying:
+		// Its writes would land here outside this node's range locks,
+		// between the two digests of a chunk: false mismatches.
+		return []Action{ActSendPromoteReply{Reason: fmt.Sprintf("node %d runs an online verify: wait for it to end", m.cfg.NodeID)}}
 	case e.Promoting && m.cfg.NodeID < m.cfg.PeerNodeID:
 		// Both asked at once: the lower node id wins. Each agreeing
 		// would make each refuse its own promotion (the peer is

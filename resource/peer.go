@@ -10,6 +10,7 @@ import (
 	"sync"
 	"syscall"
 	"time"
+	"unicode/utf8"
 
 	"go.uber.org/zap"
 
@@ -209,7 +210,11 @@ func (r *Resource) acceptPeers(ln net.Listener) {
 					return
 				}
 			}
-			r.setLinkError(fmt.Errorf("link from %s: %w", conn.RemoteAddr(), err))
+			if st := r.status.Load(); st.Conn == ConnConnecting || st.Conn == ConnStandAlone {
+				// Why the peer does not get through; while a link is
+				// up, a stray connection (a scanner) is no such news.
+				r.setLinkError(fmt.Errorf("link from %s: %w", conn.RemoteAddr(), err))
+			}
 			if r.acceptWarned.changed(err) {
 				r.log.Warn("peer link: cannot accept (logged again when the reason changes)", zap.Stringer("from", conn.RemoteAddr()), zap.Error(err))
 			} else {
@@ -264,9 +269,15 @@ func (r *Resource) closeHandedLinks() {
 // setLinkError records why a peer link failed, for status (LinkError)
 // until a handshake succeeds. Safe from any goroutine.
 func (r *Resource) setLinkError(err error) {
-	s := err.Error()
+	// Part of it may be the peer's text (a Bye's reason): only valid
+	// UTF-8 may go into a status reply, or no client could read it.
+	s := strings.ToValidUTF8(err.Error(), "\uFFFD")
 	if len(s) > maxLinkError {
-		s = s[:maxLinkError] + "…"
+		cut := maxLinkError
+		for cut > 0 && !utf8.RuneStart(s[cut]) {
+			cut--
+		}
+		s = s[:cut] + "…"
 	}
 	if old := r.linkErr.Swap(&s); old == nil || *old != s {
 		r.changed()
@@ -408,7 +419,12 @@ func (r *Resource) closeLinkBye(bye replicate.Bye) {
 	}
 	link := r.link
 	r.link = nil
-	r.linkEnded()
+	if bye.Reason == reasonDisconnect {
+		// The administrator's: no refusal to back off from.
+		r.linkUpAt = time.Time{}
+	} else {
+		r.linkEnded()
+	}
 	if bye.Outdate {
 		_ = link.CloseOutdating(reason)
 	} else {
@@ -555,7 +571,7 @@ func (r *Resource) control(link *replicate.Link, msg replicate.ControlMsg) {
 			r.changed()
 		}
 	case *replicate.PromoteRequest:
-		r.step(EvPeerPromoteRequest{Promoting: r.promoteWait != nil})
+		r.step(EvPeerPromoteRequest{Promoting: r.promoteWait != nil, Verifying: r.verify.Load() != nil})
 	case *replicate.PromoteReply:
 		if r.promoteWait != nil {
 			var err error

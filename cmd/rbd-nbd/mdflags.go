@@ -169,6 +169,8 @@ func flockNB(f *os.File) error {
 			continue
 		case unix.EWOULDBLOCK:
 			return fmt.Errorf("the file is in use (a running rbd-nbd daemon or serve has it open for writing): %w", unix.EBUSY)
+		case unix.ENOLCK, unix.EOPNOTSUPP:
+			return nil // no locks on this file system
 		}
 		return err
 	}

@@ -535,6 +535,9 @@ func waitFor(cmd *cobra.Command, g *globalOptions, name string, timeout time.Dur
 			// StandAlone (after disconnect or a split brain) goes nowhere
 			// by itself: say so rather than wait forever. (Seen for a
 			// while, not once: a connect under way passes through it.)
+			if last.Down {
+				return fmt.Errorf("resource %s is down: run rbd-nbd up %s", name, name)
+			}
 			if last.Conn == resource.ConnStandAlone {
 				if standAlone.IsZero() {
 					standAlone = time.Now()
