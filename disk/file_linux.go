@@ -158,25 +158,22 @@ func Open(path string, opts Options) (*File, error) {
 	return f, nil
 }
 
-// lockFile takes an exclusive advisory lock (flock) on a regular file
-// opened for writing: the claim O_EXCL makes on a block device. A second
-// daemon, serve or meta-data command writing the same file fails with
-// EBUSY instead of writing under the first; the lock goes with the
-// descriptor. Readers take no lock.
-func lockFile(fd int) error {
+// LockFile takes an exclusive advisory lock (flock) on the regular file
+// open at fd for writing: the claim O_EXCL makes on a block device. A
+// second daemon, serve or meta-data command writing the same file fails
+// with an error that wraps EBUSY instead of writing under the first; the
+// lock goes with the descriptor. Readers take no lock. On a file system
+// that keeps no locks (NFS without lockd, some FUSE ones) it does nothing.
+func LockFile(fd int) error {
 	for {
 		err := unix.Flock(fd, unix.LOCK_EX|unix.LOCK_NB)
 		switch err {
-		case nil:
+		case nil, unix.ENOLCK, unix.EOPNOTSUPP:
 			return nil
 		case unix.EINTR:
 			continue
 		case unix.EWOULDBLOCK:
 			return fmt.Errorf("the file is in use (open for writing by a running rbd-nbd daemon, serve or meta-data command, or by this daemon's own close of a disk whose sync hung): %w", unix.EBUSY)
-		case unix.ENOLCK, unix.EOPNOTSUPP:
-			// The file system keeps no locks (NFS without lockd,
-			// some FUSE ones): open it unlocked, as before locks.
-			return nil
 		}
 		return err
 	}
@@ -217,7 +214,7 @@ func (f *File) setup(opts Options) error {
 		}
 	case unix.S_IFREG:
 		if !opts.ReadOnly {
-			if err := lockFile(f.fd); err != nil {
+			if err := LockFile(f.fd); err != nil {
 				return &os.PathError{Op: "lock", Path: f.path, Err: err}
 			}
 		}

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -32,22 +31,11 @@ func TestLinkErrorTruncationKeepsUTF8(t *testing.T) {
 // A peer's Bye reason arrives as raw bytes (replicate getStr checks no
 // encoding) and becomes status.link-error verbatim.
 func TestLinkErrorFromPeerByeIsUTF8(t *testing.T) {
-	dir := t.TempDir()
-	n := pairDisk{img: filepath.Join(dir, "b.img")}
-	makePairDisk(t, n, 16<<20, 1, 0)
-	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	b := New(nodeB(t, dir, addr, n.img, ""), Options{Logger: zap.NewNop()})
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	if err := b.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
+	b, addr := startLoneB(t, ctx)
 	defer b.Stop(ctx)
-	lc := replicate.DefaultConfig()
-	lc.Resource, lc.NodeID, lc.PeerID = "r0", 0, 1
-	lc.Logger = zap.NewNop()
-	lc.Handler = replicate.HandlerFunc(func(*replicate.Incoming) error { return replicate.ErrNotSupported })
-	peer, err := replicate.Dial(ctx, addr, lc)
+	peer, err := replicate.Dial(ctx, addr, strangerConfig())
 	if err != nil {
 		t.Fatal(err)
 	}

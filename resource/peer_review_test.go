@@ -67,16 +67,9 @@ func TestAdjustProtocolKeepsConnectedLink(t *testing.T) {
 // this process lives (the daemon outlives a resource's down).
 // (dialLoop ignores post's result outright, the same leak.)
 func TestLinkQueuedAtStopIsClosed(t *testing.T) {
-	dir := t.TempDir()
-	n := pairDisk{img: filepath.Join(dir, "b.img")}
-	makePairDisk(t, n, 16<<20, 1, 0)
-	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	b := New(nodeB(t, dir, addr, n.img, ""), Options{Logger: zap.NewNop()})
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	if err := b.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
+	b, addr := startLoneB(t, ctx)
 	// Hold b's loop, with closures queued ahead of what comes next.
 	hold, held := make(chan struct{}), make(chan struct{})
 	b.post(func() { close(held); <-hold })
@@ -86,11 +79,7 @@ func TestLinkQueuedAtStopIsClosed(t *testing.T) {
 		b.post(func() {})
 	}
 	// The peer (node a) connects; b's acceptor queues its linkUp.
-	lc := replicate.DefaultConfig()
-	lc.Resource, lc.NodeID, lc.PeerID = "r0", 0, 1
-	lc.Logger = zap.NewNop()
-	lc.Handler = replicate.HandlerFunc(func(*replicate.Incoming) error { return replicate.ErrNotSupported })
-	peer, err := replicate.Dial(ctx, addr, lc)
+	peer, err := replicate.Dial(ctx, addr, strangerConfig())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -138,15 +127,9 @@ func (l *flakyListener) Accept() (net.Conn, error) {
 // accepting its peer again, until the address is adjusted or the resource
 // restarted; the dialing peer stays Connecting forever.
 func TestAcceptSurvivesTransientError(t *testing.T) {
-	dir := t.TempDir()
-	n := pairDisk{img: filepath.Join(dir, "b.img")}
-	makePairDisk(t, n, 16<<20, 1, 0)
-	b := New(nodeB(t, dir, fmt.Sprintf("127.0.0.1:%d", freePort(t)), n.img, ""), Options{Logger: zap.NewNop()})
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	if err := b.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
+	b, _ := startLoneB(t, ctx)
 	defer b.Stop(ctx)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -282,4 +265,30 @@ func TestPeerFUAFailureMarksUnflushed(t *testing.T) {
 	}
 	c.db.setSync(nil)
 	reconnectAndCompare(c, X)
+}
+
+// startLoneB starts node b of r0 alone (node id 1, listening for its peer
+// on a free port) on a fresh disk, and returns it with that address. The
+// caller stops it.
+func startLoneB(t *testing.T, ctx context.Context) (*Resource, string) {
+	t.Helper()
+	dir := t.TempDir()
+	n := pairDisk{img: filepath.Join(dir, "b.img")}
+	makePairDisk(t, n, 16<<20, 1, 0)
+	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	b := New(nodeB(t, dir, addr, n.img, ""), Options{Logger: zap.NewNop()})
+	if err := b.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return b, addr
+}
+
+// strangerConfig is the link configuration of a bare replicate peer posing
+// as node 0 of r0: it takes links and refuses every request.
+func strangerConfig() replicate.Config {
+	lc := replicate.DefaultConfig()
+	lc.Resource, lc.NodeID, lc.PeerID = "r0", 0, 1
+	lc.Logger = zap.NewNop()
+	lc.Handler = replicate.HandlerFunc(func(*replicate.Incoming) error { return replicate.ErrNotSupported })
+	return lc
 }

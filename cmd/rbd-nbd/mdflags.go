@@ -8,9 +8,9 @@ import (
 	"syscall"
 
 	"github.com/spf13/cobra"
-	"golang.org/x/sys/unix"
 
 	"github.com/rbd-nbd/rbd-nbd/config"
+	"github.com/rbd-nbd/rbd-nbd/disk"
 )
 
 // mdFlags are the flags that create-md, dump-md and wipe-md share: where
@@ -150,30 +150,12 @@ func mdOpenDev(path string, write, create bool) (*os.File, error) {
 	if write && flag&os.O_EXCL == 0 {
 		// A regular file: the lock a running daemon or serve holds
 		// on it (disk.Open) keeps this command from writing under it.
-		if err := flockNB(f); err != nil {
+		if err := disk.LockFile(int(f.Fd())); err != nil {
 			f.Close()
 			return nil, &os.PathError{Op: "lock", Path: path, Err: err}
 		}
 	}
 	return f, nil
-}
-
-// flockNB takes an exclusive advisory lock on f without waiting.
-func flockNB(f *os.File) error {
-	for {
-		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
-		switch err {
-		case nil:
-			return nil
-		case unix.EINTR:
-			continue
-		case unix.EWOULDBLOCK:
-			return fmt.Errorf("the file is in use (a running rbd-nbd daemon or serve has it open for writing): %w", unix.EBUSY)
-		case unix.ENOLCK, unix.EOPNOTSUPP:
-			return nil // no locks on this file system
-		}
-		return err
-	}
 }
 
 // mdDevSize returns the size of a regular file or a block device.
