@@ -34,6 +34,19 @@ type storage struct {
 	meta     *metadata.Meta
 	// data is the data area, as the gate serves it (wrapData applied).
 	data disk.Device
+	// nodeIDWas is the node id the meta-data held when openStorage
+	// rewrote it to the configured one (-1: it matched).
+	nodeIDWas int64
+}
+
+// noteNodeID logs a node id openStorage rewrote: meta-data made for
+// another node (create-md without --node-id, or the other node's disk) is
+// taken, as it holds no data of another node, but not silently.
+func (r *Resource) noteNodeID(st *storage) {
+	if st != nil && st.nodeIDWas >= 0 {
+		r.log.Warn("the meta-data was made for another node id; it now holds this node's (create-md --node-id sets it)",
+			zap.Int64("was", st.nodeIDWas), zap.Uint32("node_id", r.cfg().Local.ID))
+	}
 }
 
 // openStorage opens the disk and meta-data cfg names. check, when set,
@@ -41,7 +54,7 @@ type storage struct {
 // use (which writes to it): a refused disk is left as it was. On error
 // nothing stays open.
 func openStorage(cfg config.Resource, check func(metadata.Superblock) error, wrap func(disk.Device) disk.Device) (_ *storage, err error) {
-	st := &storage{}
+	st := &storage{nodeIDWas: -1}
 	defer func() {
 		if err != nil {
 			// Closed as it is: a refused disk's meta-data was not
@@ -81,10 +94,11 @@ func openStorage(cfg config.Resource, check func(metadata.Superblock) error, wra
 		return nil, metaErr(err)
 	}
 	st.meta = md
-	if md.Superblock().NodeID != cfg.Local.ID {
+	if was := md.Superblock().NodeID; was != cfg.Local.ID {
 		if err := md.Update(func(sb *metadata.Superblock) { sb.NodeID = cfg.Local.ID }); err != nil {
 			return nil, err
 		}
+		st.nodeIDWas = int64(was)
 	}
 	size := md.DataSize()
 	if !internal && size > st.dev.Size() {
@@ -330,6 +344,7 @@ func (r *Resource) AttachDisk(ctx context.Context) error {
 		return r.do(ctx, func() error { return r.m.CheckAttachDisk(metaFromSB(sb)) })
 	}
 	st, err := openStorage(cfg, check, r.wrapData)
+	r.noteNodeID(st)
 	if err != nil {
 		return err
 	}

@@ -291,6 +291,7 @@ func (r *Resource) Start(ctx context.Context) (err error) {
 // attach opens the disk and its meta-data at Start.
 func (r *Resource) attach(cfg config.Resource) error {
 	st, err := openStorage(cfg, nil, r.wrapData)
+	r.noteNodeID(st)
 	if err != nil {
 		return err
 	}
