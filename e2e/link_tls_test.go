@@ -42,8 +42,9 @@ func TestReplicationLinkTLS(t *testing.T) {
 }
 
 // TestLinkTLSUnreadableFiles: node b (which accepts the link) cannot read
-// its key; it refuses in its Hello, so node a's log names the file too, and
-// neither connects.
+// its key; it refuses in its Hello, saying that its link configuration
+// does not load but not which file (nothing authenticated node a yet); its
+// own status names the file, and neither connects.
 func TestLinkTLSUnreadableFiles(t *testing.T) {
 	certs := linkCerts(t, "a") // none for b
 	c := newCluster(t, clusterOptions{size: 16 << 20, fresh: true,
@@ -52,8 +53,10 @@ func TestLinkTLSUnreadableFiles(t *testing.T) {
 		yaml:  "net:\n  tls-ca: " + filepath.Join(certs, "ca-cert.pem") + "\n  ping-interval: 1s\n  ping-timeout: 5s\n  connect-timeout: 5s\n"})
 	WaitFor(t, 30*time.Second, "node a to report node b's refusal", func() bool {
 		out := c.a.daemon.Output()
-		return strings.Contains(out, "the peer cannot use TLS") && strings.Contains(out, "b-cert.pem")
+		return strings.Contains(out, "does not load") && !strings.Contains(out, "b-cert.pem")
 	})
+	// The paths stay on node b: its status names the file.
+	c.b.wait("the file in b's link-error", 30*time.Second, func(s nodeStatus) bool { return strings.Contains(s.LinkError, "missing-key.pem") })
 	if st := c.a.status(); st.Conn == "Connected" {
 		t.Fatalf("connected without TLS files: %+v", st)
 	}

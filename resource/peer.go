@@ -201,8 +201,11 @@ func (r *Resource) acceptPeers(ln net.Listener) {
 		r.goLoop(func() {
 			lc, err := r.linkConfig()
 			if err != nil {
-				// Tell the dialing peer why, not just hang up.
-				_ = replicate.Refuse(r.loopCtx, conn, lc, err)
+				// Tell the dialing peer that this node refuses, not just
+				// hang up; not why: nothing authenticated it, and the
+				// reason names local files. The log and status do.
+				r.setLinkError(fmt.Errorf("cannot take peer links: %w", err))
+				_ = replicate.Refuse(r.loopCtx, conn, lc, errLinkConfig)
 			} else {
 				var link *replicate.Link
 				if link, err = replicate.Accept(r.loopCtx, conn, lc); err == nil {
@@ -223,6 +226,10 @@ func (r *Resource) acceptPeers(ln net.Listener) {
 		})
 	}
 }
+
+// errLinkConfig is what a dialing peer is told when this node's link
+// configuration (its TLS files) does not load.
+var errLinkConfig = errors.New("the peer's link configuration (TLS files) does not load: its log and status (link-error) say why")
 
 // handLink passes a new link to the loop (linkUp). A link whose closure
 // the stopping loop never runs is closed by release (closeHandedLinks):

@@ -17,12 +17,19 @@ import (
 
 // Pair loads a certificate (chain) and its private key. It refuses a key
 // file that every user may read (as ssh refuses such a key: group-readable
-// stays allowed, for a group such as Debian's ssl-cert), and a certificate
-// outside its validity period, which every peer and client would refuse
-// with a message that names neither the file nor the date.
+// stays allowed, for a group such as Debian's ssl-cert), a key or
+// certificate file that every user may write (anyone could swap it), and a
+// certificate outside its validity period, which every peer and client
+// would refuse with a message that names neither the file nor the date.
 func Pair(certFile, keyFile string) (tls.Certificate, error) {
 	if st, err := os.Stat(keyFile); err == nil && st.Mode().Perm()&0o004 != 0 {
 		return tls.Certificate{}, fmt.Errorf("private key %s is readable by every user (mode %04o): chmod o-rwx it", keyFile, st.Mode().Perm())
+	}
+	if err := notWorldWritable(keyFile, "private key"); err != nil {
+		return tls.Certificate{}, err
+	}
+	if err := notWorldWritable(certFile, "certificate"); err != nil {
+		return tls.Certificate{}, err
 	}
 	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
 	if err != nil {
@@ -40,8 +47,13 @@ func Pair(certFile, keyFile string) (tls.Certificate, error) {
 	return cert, nil
 }
 
-// CAs loads CA certificates; a file without any is an error.
+// CAs loads CA certificates; a file without any is an error, and so is
+// one that every user may write: it decides whom the node trusts, and a
+// CA added to it would let any local user in (files are reread).
 func CAs(file string) (*x509.CertPool, error) {
+	if err := notWorldWritable(file, "CA certificates"); err != nil {
+		return nil, err
+	}
 	pem, err := os.ReadFile(file)
 	if err != nil {
 		return nil, fmt.Errorf("CA certificates: %w", err)
@@ -51,6 +63,14 @@ func CAs(file string) (*x509.CertPool, error) {
 		return nil, fmt.Errorf("CA certificates %s: no PEM certificate in it", file)
 	}
 	return pool, nil
+}
+
+// notWorldWritable refuses a file every user may write.
+func notWorldWritable(file, what string) error {
+	if st, err := os.Stat(file); err == nil && st.Mode().Perm()&0o002 != 0 {
+		return fmt.Errorf("%s %s is writable by every user (mode %04o): chmod o-w it", what, file, st.Mode().Perm())
+	}
+	return nil
 }
 
 // NBDServer builds an nbdserver.Server's TLS: the server's certificate
