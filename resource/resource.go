@@ -197,6 +197,11 @@ type Resource struct {
 	peerLn   net.Listener
 	hooks    *hooks.Runner
 	resynced atomic.Int64 // bytes moved by resyncs since start (source and target)
+	// sourcing is the resync engine whose sent bytes Status counts on
+	// top of resynced while it runs (a monotonic counter as it goes);
+	// sourcingMu makes the hand-over at its end one step.
+	sourcingMu sync.Mutex
+	sourcing   *resync.Engine
 
 	status atomic.Pointer[Status]
 
@@ -481,6 +486,28 @@ func (r *Resource) release() {
 	}
 }
 
+// resyncedBytes is resynced plus what the running source engine sent.
+func (r *Resource) resyncedBytes() int64 {
+	r.sourcingMu.Lock()
+	defer r.sourcingMu.Unlock()
+	n := r.resynced.Load()
+	if e := r.sourcing; e != nil {
+		n += e.Progress().Sent
+	}
+	return n
+}
+
+// setSourcing makes e the engine resyncedBytes counts live; nil adds what
+// the last one sent to resynced, in the same step.
+func (r *Resource) setSourcing(e *resync.Engine) {
+	r.sourcingMu.Lock()
+	defer r.sourcingMu.Unlock()
+	if old := r.sourcing; old != nil && e == nil {
+		r.resynced.Add(old.Progress().Sent)
+	}
+	r.sourcing = e
+}
+
 // stopSyncTimeout bounds the data disk's sync at a stop.
 const stopSyncTimeout = 30 * time.Second
 
@@ -608,7 +635,7 @@ func (r *Resource) Status() Status {
 	if e := r.linkErr.Load(); e != nil {
 		st.LinkError = *e
 	}
-	st.ResyncedBytes = uint64(r.resynced.Load())
+	st.ResyncedBytes = uint64(r.resyncedBytes())
 	// One load: the connection state and status.verify agree.
 	verify := r.verify.Load()
 	if e := r.engine.Load(); e != nil {

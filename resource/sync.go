@@ -184,9 +184,10 @@ func (r *Resource) startSync(source, full bool) {
 		r.retireIdleExtents(ctx)
 		r.changed()
 		stopProgress := r.progressEvents(ctx)
+		r.setSourcing(e)
 		err := e.Run(ctx)
 		stopProgress()
-		r.resynced.Add(e.Progress().Sent)
+		r.setSourcing(nil)
 		r.post(func() {
 			if r.engine.Load() == e {
 				r.engine.Store(nil)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strings"
 	"os"
 	"os/signal"
 	"syscall"
@@ -60,8 +61,16 @@ func addServeReattach(cmd *cobra.Command, o *serveOptions, g *globalOptions) {
 
 // checkReattachListen refuses listen addresses a device cannot name again:
 // an ephemeral port changes on every start.
+// (A unix: socket has a fixed path.)
 func checkReattachListen(listen string) error {
-	if _, port, err := net.SplitHostPort(listen); err == nil && port == "0" {
+	if strings.HasPrefix(listen, "unix:") {
+		return nil
+	}
+	_, port, err := net.SplitHostPort(strings.TrimPrefix(listen, "tcp:"))
+	if err != nil {
+		return nil // listen reports it
+	}
+	if p, perr := net.LookupPort("tcp", port); port == "" || perr == nil && p == 0 {
 		return fmt.Errorf("--reattach needs a fixed --listen port, not %q", listen)
 	}
 	return nil

@@ -308,6 +308,11 @@ func (s *stateStore) restore(ctx context.Context, socket string) {
 	if err != nil {
 		return
 	}
+	// Each resource on its own: one waiting for its peer before its
+	// promotion (up to connect-timeout + ping-timeout) must not hold the
+	// others back past the dead-connection timeout of their kernel
+	// devices.
+	var wg sync.WaitGroup
 	for _, e := range entries {
 		name, ok := strings.CutSuffix(e.Name(), ".json")
 		if !ok {
@@ -317,10 +322,13 @@ func (s *stateStore) restore(ctx context.Context, socket string) {
 		if !ok {
 			continue
 		}
-		if err := s.restoreOne(ctx, socket, name, in); err != nil {
-			s.log.Error("could not restore the resource", zap.String("resource", name), zap.Error(err))
-		}
+		wg.Go(func() {
+			if err := s.restoreOne(ctx, socket, name, in); err != nil {
+				s.log.Error("could not restore the resource", zap.String("resource", name), zap.Error(err))
+			}
+		})
 	}
+	wg.Wait()
 }
 
 func (s *stateStore) restoreOne(ctx context.Context, socket, name string, in intent) error {
@@ -332,6 +340,19 @@ func (s *stateStore) restoreOne(ctx context.Context, socket, name string, in int
 	s.setRestoring(name, true)
 	_, err = c.Call(ctx, ctlproto.MsgUp, ctlproto.EncodeConfig(c.Registry(), in.Config))
 	s.setRestoring(name, false)
+	var ce *ctlproto.Error
+	if errors.As(err, &ce) && ctx.Err() == nil {
+		if _, serr := c.Status(ctx, name); ctlproto.IsCode(serr, ctlproto.CodeUnknownResource) {
+			// The daemon refused it (its disk is gone, say) and holds no
+			// such resource, so no down could forget the intent, and a
+			// later restart would bring it up (and Primary) long after
+			// the administrator gave up on it. Forget it now; the log
+			// says so. (A resource the administrator brought up
+			// meanwhile keeps the intent its own start wrote.)
+			s.forget(name)
+			return fmt.Errorf("up: %w (not restored; its remembered state is forgotten: bring it up by hand)", err)
+		}
+	}
 	if err != nil {
 		return fmt.Errorf("up: %w", err)
 	}
@@ -353,6 +374,14 @@ func (s *stateStore) restoreOne(ctx context.Context, socket, name string, in int
 			// The cluster failed over: this node is Secondary now, and a
 			// later restart (perhaps with the peer out of reach) must not
 			// promote it beside the Primary peer.
+			s.update(name, func(in *intent) { in.Primary = false })
+			return nil
+		}
+		if len(sts) == 1 && sts[0].Conn.String() == "StandAlone" && sts[0].LinkError != "" {
+			// The handshake refused the peer (a split brain, say): the
+			// peer's role is unknown, and a promotion could make two
+			// Primaries. The administrator decides.
+			s.log.Warn("not restoring Primary: the link to the peer was refused", zap.String("resource", name), zap.String("link_error", sts[0].LinkError))
 			s.update(name, func(in *intent) { in.Primary = false })
 			return nil
 		}
@@ -378,7 +407,7 @@ func (s *stateStore) restoreOne(ctx context.Context, socket, name string, in int
 	}
 	s.setPromoting(name, true)
 	_, err = c.Command(ctx, ctlproto.MsgPrimary, name)
-	var ce *ctlproto.Error
+	ce = nil
 	if err == nil || errors.As(err, &ce) {
 		// The daemon answered: it is done with the request (Do took the
 		// mark if it got that far). Without an answer (the context
