@@ -160,6 +160,12 @@ func runDaemon(parent context.Context, g *globalOptions, o *daemonOptions) error
 	ctx, stop := signal.NotifyContext(parent, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	served := make(chan error, 1)
+	unlockState, err := state.lock()
+	if err != nil {
+		_ = l.Close()
+		return err
+	}
+	defer unlockState()
 	go func() { served <- srv.Serve(l) }()
 	log.Info("daemon started", zap.String("socket", path), zap.String("version", version.Version),
 		zap.String("protocol", fmt.Sprintf("%d.%d", ctlproto.ProtoMajor, ctlproto.ProtoMinor)),

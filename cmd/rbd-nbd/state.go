@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"go.uber.org/zap"
@@ -19,6 +20,7 @@ import (
 	"github.com/rbd-nbd/rbd-nbd/config"
 	"github.com/rbd-nbd/rbd-nbd/ctlproto"
 	"github.com/rbd-nbd/rbd-nbd/daemon"
+	"github.com/rbd-nbd/rbd-nbd/disk"
 	"github.com/rbd-nbd/rbd-nbd/version"
 )
 
@@ -294,6 +296,31 @@ func (s *stateStore) keepGone(name string, gen uint64) {
 	if err := s.writeFile(s.gonePath(name), fmt.Appendf(nil, "{\"generation\": %d}\n", gen)); err != nil {
 		s.log.Warn("could not remember the resource's last generation", zap.String("resource", name), zap.Error(err))
 	}
+}
+
+// lock claims the state directory for this daemon (an flock on its
+// .lock file): two daemons given one --state-dir would restore each
+// other's resources and overwrite each other's files (the example's two
+// nodes both name their resource r0). It returns the release.
+func (s *stateStore) lock() (func(), error) {
+	if s == nil || s.dir == "" {
+		return func() {}, nil
+	}
+	if err := os.MkdirAll(s.dir, 0o700); err != nil {
+		return nil, fmt.Errorf("state directory: %w", err)
+	}
+	f, err := os.OpenFile(filepath.Join(s.dir, ".lock"), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("state directory: %w", err)
+	}
+	if err := disk.LockFile(int(f.Fd())); err != nil {
+		f.Close()
+		if errors.Is(err, syscall.EBUSY) {
+			return nil, fmt.Errorf("state directory %s is used by another rbd-nbd daemon: give each daemon its own --state-dir", s.dir)
+		}
+		return nil, fmt.Errorf("state directory %s: %w", s.dir, err)
+	}
+	return func() { f.Close() }, nil
 }
 
 // restore brings the remembered resources back through the daemon's own

@@ -139,3 +139,23 @@ func TestStateDirNoneRemembersNothing(t *testing.T) {
 		t.Fatalf("the working directory's r0.json changed: %s, %v", b, err)
 	}
 }
+
+// Two daemons given one --state-dir: the second is refused by name.
+func TestStateDirLocked(t *testing.T) {
+	dir := t.TempDir()
+	a := &stateStore{dir: dir, log: zap.NewNop()}
+	unlock, err := a.lock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &stateStore{dir: dir, log: zap.NewNop()}
+	if _, err := b.lock(); err == nil || !strings.Contains(err.Error(), "another rbd-nbd daemon") {
+		t.Fatalf("second daemon on the state directory: %v", err)
+	}
+	unlock()
+	unlock2, err := b.lock()
+	if err != nil {
+		t.Fatalf("after the first let go: %v", err)
+	}
+	unlock2()
+}
