@@ -182,6 +182,7 @@ func (r *repeats) changed(err error) bool {
 func (r *Resource) acceptPeers(ln net.Listener) {
 	var backoff time.Duration
 	var warned repeats
+	handshakes := make(chan struct{}, maxPeerHandshakes)
 	for {
 		conn, err := ln.Accept()
 		if err != nil {
@@ -198,7 +199,21 @@ func (r *Resource) acceptPeers(ln net.Listener) {
 			continue
 		}
 		backoff = 0
+		select {
+		case handshakes <- struct{}{}:
+		default:
+			// A flood of connections that never finish their handshake
+			// (each may hold a descriptor for net.connect-timeout) must
+			// not run the daemon out of them: beyond a few at once,
+			// close at once. The one peer retries.
+			_ = conn.Close()
+			if warned.changed(errTooManyHandshakes) {
+				r.log.Warn("peer link: too many handshakes at once; closing new connections until some end", zap.Int("limit", maxPeerHandshakes))
+			}
+			continue
+		}
 		r.goLoop(func() {
+			defer func() { <-handshakes }()
 			lc, err := r.linkConfig()
 			if err != nil {
 				// Tell the dialing peer that this node refuses, not just
@@ -226,6 +241,12 @@ func (r *Resource) acceptPeers(ln net.Listener) {
 		})
 	}
 }
+
+// maxPeerHandshakes bounds the incoming peer connections in their
+// handshake at once (acceptPeers).
+const maxPeerHandshakes = 16
+
+var errTooManyHandshakes = errors.New("too many peer handshakes at once")
 
 // errLinkConfig is what a dialing peer is told when this node's link
 // configuration (its TLS files) does not load.

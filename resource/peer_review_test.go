@@ -292,3 +292,37 @@ func strangerConfig() replicate.Config {
 	lc.Handler = replicate.HandlerFunc(func(*replicate.Incoming) error { return replicate.ErrNotSupported })
 	return lc
 }
+
+// Connections to the peer port that never finish their handshake are held
+// at most maxPeerHandshakes at once: one more is closed at once, rather
+// than each holding a descriptor for net.connect-timeout.
+func TestPeerHandshakesBounded(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	b, addr := startLoneB(t, ctx)
+	defer b.Stop(ctx)
+	var idle []net.Conn
+	defer func() {
+		for _, c := range idle {
+			c.Close()
+		}
+	}()
+	for range maxPeerHandshakes {
+		c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		idle = append(idle, c)
+	}
+	// The next one is closed without a Hello. (Accepting is in order:
+	// the ones before it hold every slot by then.)
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetReadDeadline(time.Now().Add(3 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("connection beyond %d handshakes at once: read %v, want it closed", maxPeerHandshakes, err)
+	}
+}
