@@ -331,7 +331,7 @@ func defaultTags() []Tag {
 		{Num: TagStatusResyncedBytes, Name: "status.resynced-bytes", Type: TypeU64, Unit: UnitBytes, Section: TagStatus, Since: v1, Doc: "Bytes moved by resyncs since the daemon started."},
 		{Num: TagStatusWritesInFlight, Name: "status.writes-in-flight", Type: TypeU64, Section: TagStatus, Since: v1, Doc: "Application writes not yet acknowledged."},
 		{Num: TagStatusNBDConnections, Name: "status.nbd-connections", Type: TypeU32, Section: TagStatus, Since: v1, Doc: "Open NBD client connections."},
-		{Num: TagStatusCurrentUUID, Name: "status.current-uuid", Type: TypeU64, Section: TagStatus, Since: v1, Doc: "Current data generation UUID."},
+		{Num: TagStatusCurrentUUID, Name: "status.current-uuid", Type: TypeU64, Section: TagStatus, Since: v1, Doc: "Current data generation UUID; 0 while the meta-data is as create-md left it (dump-md shows its on-disk mark for that, 4)."},
 		{Num: TagStatusPeerNodeID, Name: "status.peer-node-id", Type: TypeU32, Section: TagStatus, Since: v1, Doc: "The peer's node id."},
 		{Num: TagStatusGeneration, Name: "status.generation", Type: TypeU64, Section: TagStatus, Since: v1, Doc: "Configuration generation."},
 
