@@ -51,7 +51,7 @@ func uuidTime(u uint64) uint64 { return u >> 16 }
 // without a further round trip.
 func Decide(local, peer NodeState) Decision {
 	if local.Role == RolePrimary && peer.Role == RolePrimary {
-		return Decision{Kind: SyncSplitBrain, SplitBrain: true, Reason: "both nodes are Primary"}
+		return Decision{Kind: SyncSplitBrain, SplitBrain: true, Reason: "split brain: both nodes are Primary; demote the victim (secondary), then connect --discard-my-data on it and connect on the other"}
 	}
 	kind := CompareUUIDs(local.UUIDs, local.Consistent, peer.UUIDs, peer.Consistent)
 	d := Decision{Kind: kind}

@@ -756,7 +756,7 @@ func (m *Machine) connect(e EvConnect) ([]Action, error) {
 		return nil, m.refuse(ErrNoDisk)
 	}
 	if e.DiscardMyData && m.role == RolePrimary {
-		return nil, m.refuse(ErrIsPrimary)
+		return nil, m.refuse(fmt.Errorf("%w: its data is what it serves; demote it first (secondary), then connect --discard-my-data", ErrIsPrimary))
 	}
 	m.discardMyData = e.DiscardMyData
 	m.wantConnect = true

@@ -383,7 +383,7 @@ func (s *stateStore) restoreOne(ctx context.Context, socket, name string, in int
 	if err != nil {
 		return fmt.Errorf("up: %w", err)
 	}
-	s.log.Info("resource restored", zap.String("resource", name), zap.Bool("primary", in.Primary))
+	s.log.Info("resource restored (up); its role follows", zap.String("resource", name), zap.Bool("was_primary", in.Primary))
 	if !in.Primary {
 		return nil
 	}
