@@ -172,11 +172,11 @@ func (e Event) Text(timestamps bool) string {
 		b.WriteByte(' ')
 		b.WriteString(f.Key())
 		b.WriteByte(':')
-		if f == FieldLinkError {
+		if f == FieldLinkError || f == FieldDiskError {
 			// Free text, which may hold spaces: a Go-quoted string
 			// (a reader takes from the opening quote to the closing
 			// one, escapes included).
-			b.WriteString(strconv.Quote(e.Status.LinkError))
+			b.WriteString(strconv.Quote(FieldText(e.Status, f)))
 			continue
 		}
 		b.WriteString(FieldText(e.Status, f))
@@ -247,6 +247,8 @@ func FieldJSON(st resource.Status, f StatusField) any {
 		return st.Down
 	case FieldLinkError:
 		return st.LinkError
+	case FieldDiskError:
+		return st.DiskError
 	}
 	return statusValue(&st, f)
 }

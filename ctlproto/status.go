@@ -42,8 +42,10 @@ const (
 	FieldVerifyFound
 	// FieldDown (1.6): the resource is not up.
 	FieldDown
-	// FieldLinkError (1.8): why the last peer link failed.
+	// FieldLinkError and FieldDiskError (1.8): why the last peer link
+	// failed, why the disk was detached.
 	FieldLinkError
+	FieldDiskError
 
 	numStatusFields
 )
@@ -54,7 +56,7 @@ var statusKeys = [numStatusFields]string{
 	"out-of-sync", "resync-done", "resync-total", "resync-rate", "resync-eta",
 	"resynced-bytes", "writes-in-flight", "nbd-connections", "current-uuid",
 	"peer-node-id", "generation", "suspended", "verify", "verify-found",
-	"down", "link-error",
+	"down", "link-error", "disk-error",
 }
 
 // Key is the field's key in text and JSON output, e.g. "peer-disk".
@@ -74,7 +76,7 @@ func (f StatusField) Tag() uint16 {
 }
 
 // laterStatusTags are the tags of the fields from FieldSuspended on.
-var laterStatusTags = [...]uint16{TagStatusSuspended, TagStatusVerify, TagStatusVerifyFound, TagStatusDown, TagStatusLinkError}
+var laterStatusTags = [...]uint16{TagStatusSuspended, TagStatusVerify, TagStatusVerifyFound, TagStatusDown, TagStatusLinkError, TagStatusDiskError}
 
 // fieldOfTag returns the status field a tag carries.
 func fieldOfTag(tag uint16) (StatusField, bool) {
@@ -91,7 +93,7 @@ func fieldOfTag(tag uint16) (StatusField, bool) {
 
 func (f StatusField) wireType() Type {
 	switch f {
-	case FieldName, FieldLinkError:
+	case FieldName, FieldLinkError, FieldDiskError:
 		return TypeString
 	case FieldRole, FieldDisk, FieldConn, FieldPeerRole, FieldPeerDisk, FieldSuspended, FieldVerify:
 		return TypeU8
@@ -110,13 +112,13 @@ type FieldSet uint32
 // whose requests say protocol minor version minor: all but status.down
 // before 1.6, so that an older client reads a resource that is down as it
 // always did (Secondary, Diskless, StandAlone), and but status.link-error
-// before 1.8.
+// and status.disk-error before 1.8.
 func StatusFieldsFor(minor uint8) FieldSet {
 	switch {
 	case minor < 6:
-		return AllFields &^ Fields(FieldDown, FieldLinkError)
+		return AllFields &^ Fields(FieldDown, FieldLinkError, FieldDiskError)
 	case minor < 8:
-		return AllFields &^ Fields(FieldLinkError)
+		return AllFields &^ Fields(FieldLinkError, FieldDiskError)
 	}
 	return AllFields
 }
@@ -145,7 +147,7 @@ func ObjectFields(o ObjectKind) FieldSet {
 	case ObjectConnection:
 		return Fields(FieldName, FieldPeerNodeID, FieldConn, FieldPeerRole, FieldLinkError)
 	case ObjectDisk:
-		return Fields(FieldName, FieldDisk, FieldSize, FieldCurrentUUID)
+		return Fields(FieldName, FieldDisk, FieldSize, FieldCurrentUUID, FieldDiskError)
 	case ObjectPeer:
 		return Fields(FieldName, FieldPeerNodeID, FieldPeerDisk, FieldOutOfSync, FieldResyncDone,
 			FieldResyncTotal, FieldResyncRate, FieldResyncETA, FieldResyncedBytes, FieldVerify, FieldVerifyFound)
@@ -274,6 +276,9 @@ func StatusDiff(a, b resource.Status) FieldSet {
 	if a.LinkError != b.LinkError {
 		s |= 1 << FieldLinkError
 	}
+	if a.DiskError != b.DiskError {
+		s |= 1 << FieldDiskError
+	}
 	for f := FieldRole; f < numStatusFields; f++ {
 		if statusValue(&a, f) != statusValue(&b, f) {
 			s |= 1 << f
@@ -310,6 +315,8 @@ func FieldText(st resource.Status, f StatusField) string {
 		return strconv.FormatBool(st.Down)
 	case FieldLinkError:
 		return st.LinkError
+	case FieldDiskError:
+		return st.DiskError
 	}
 	return strconv.FormatUint(statusValue(&st, f), 10)
 }
@@ -412,6 +419,8 @@ func FieldPresent(st resource.Status, f StatusField) bool {
 		return st.Down
 	case FieldLinkError:
 		return st.LinkError != ""
+	case FieldDiskError:
+		return st.DiskError != ""
 	}
 	return true
 }
@@ -425,7 +434,7 @@ func statusFields(st resource.Status, set FieldSet, all bool) List {
 		if !set.Has(f) || !all && !FieldPresent(st, f) {
 			continue
 		}
-		if f == FieldName || f == FieldLinkError {
+		if f.wireType() == TypeString {
 			// Only valid UTF-8 decodes: a bad byte would cost the
 			// client the whole reply or event.
 			l = append(l, String(f.Tag(), strings.ToValidUTF8(FieldText(st, f), "\uFFFD")))
@@ -456,6 +465,9 @@ func DecodeStatus(l List) (resource.Status, FieldSet) {
 			continue
 		case FieldLinkError:
 			st.LinkError = e.Text()
+			continue
+		case FieldDiskError:
+			st.DiskError = e.Text()
 			continue
 		}
 		setStatusValue(&st, f, e.Uint())

@@ -208,8 +208,9 @@ const (
 	// from the tags other 1.7 work adds (171 on).
 	TagResourceNBDMaxConnections uint16 = 190
 
-	// Added in 1.8: why the last peer link failed.
+	// Added in 1.8: why the last peer link failed, why the disk went.
 	TagStatusLinkError uint16 = 191
+	TagStatusDiskError uint16 = 192
 )
 
 // enumNames lists String() of 0, 1, ... up to the first value whose name
@@ -296,6 +297,7 @@ func defaultTags() []Tag {
 		{Num: TagStatusVerify, Name: "status.verify", Type: TypeU8, Enum: verifies, Section: TagStatus, Since: v1_5, Doc: "This node's online verify: Running, or how the last one since the resource came up ended (Done: its whole range compared; Interrupted: stopped early, the rest not compared); absent when none ran."},
 		{Num: TagStatusVerifyFound, Name: "status.verify-found", Type: TypeU64, Unit: UnitBytes, Section: TagStatus, Since: v1_5, Doc: "Bytes that verify found out of sync (and marked) so far; absent when none ran."},
 		{Num: TagStatusDown, Name: "status.down", Type: TypeFlag, Section: TagStatus, Since: v1_6, Doc: "The daemon holds the resource's configuration, but it is not up (after down, or never started): role, disk and connection then describe no running resource. Absent when it is up."},
+		{Num: TagStatusDiskError, Name: "status.disk-error", Type: TypeString, Section: TagStatus, Since: v1_8, Doc: "Why the local disk was detached: the I/O error that on-io-error detach (or call-local-io-error) acted on. Absent while the disk is attached and after a detach-disk."},
 		{Num: TagStatusLinkError, Name: "status.link-error", Type: TypeString, Section: TagStatus, Since: v1_8, Doc: "Why the last peer link failed, was refused (by either node: a wrong shared secret, protocols or sizes that differ) or could not be made, until a handshake succeeds: why a resource stays Connecting or StandAlone. Absent when none did."},
 		{Num: TagResourceNBDMaxConnections, Name: "resource.nbd-max-connections", Type: TypeU32, Section: TagResource, Flag: "nbd-max-connections", Since: "1.7", Doc: "NBD client connections the export holds at once; one more is closed before the greeting. 0: the default, 1024. Applies at once to the next connections."},
 

@@ -139,6 +139,7 @@ func closeStorage(st *storage, clean bool, log *zap.Logger) error {
 // install makes st the attached disk (Start, or the loop in attach-disk
 // with the disk still counted as failed).
 func (r *Resource) install(st *storage) {
+	r.diskErr.Store(nil) // a disk again: the last one's failure is history
 	r.dev, r.metaFile, r.meta = st.dev, st.metaFile, st.meta
 	r.directIO.Store(st.dev.Direct())
 	bm, al := st.meta.Bitmap(), st.meta.ActivityLog()

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"strings"
 	"time"
 
 	"testing"
@@ -102,7 +103,11 @@ func TestSyncSourceReadErrorDetaches(t *testing.T) {
 	if err := c.b.Invalidate(ctx); err != nil {
 		t.Fatal(err)
 	}
-	c.wait(c.a, "the sync source detached its failing disk", func(s Status) bool { return s.Disk == DiskDiskless })
+	s := c.wait(c.a, "the sync source detached its failing disk", func(s Status) bool { return s.Disk == DiskDiskless })
+	// Status says why (status.disk-error), not only the log.
+	if !strings.Contains(s.DiskError, "injected read error") {
+		t.Fatalf("DiskError %q", s.DiskError)
+	}
 	c.wait(c.b, "the target sees the Diskless source", func(s Status) bool {
 		return s.Conn == ConnConnected && s.PeerDisk == DiskDiskless && s.Disk == DiskInconsistent
 	})

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -409,6 +410,8 @@ func (r *Resource) localError(err error) bool {
 	}
 	if r.diskFailed.CompareAndSwap(false, true) {
 		r.log.Error("local disk failed; detaching", zap.Error(err))
+		msg := strings.ToValidUTF8(err.Error(), "\uFFFD")
+		r.diskErr.Store(&msg)
 		if r.cfg().Disk.OnIOError == config.OnIOErrorCallHandler && r.hooks != nil {
 			r.hooks.RunAsync(r.loopCtx, hooks.LocalIOError, r.hookEnv().With(hooks.EnvIOError, err.Error()))
 		}

@@ -187,6 +187,9 @@ type Resource struct {
 	// linkErr: why the last peer link failed (Status.LinkError); nil
 	// once a handshake succeeded.
 	linkErr atomic.Pointer[string]
+	// diskErr: the I/O error the local disk was detached for
+	// (Status.DiskError); nil while one is attached.
+	diskErr atomic.Pointer[string]
 	// handed: the links passed to the loop and not taken yet (handLink).
 	handedMu sync.Mutex
 	handed   map[*replicate.Link]struct{}
@@ -634,6 +637,9 @@ func (r *Resource) Status() Status {
 	st.NBDConnections = uint32(r.nbdConns())
 	if e := r.linkErr.Load(); e != nil {
 		st.LinkError = *e
+	}
+	if e := r.diskErr.Load(); e != nil && st.Disk == DiskDiskless {
+		st.DiskError = *e
 	}
 	st.ResyncedBytes = uint64(r.resyncedBytes())
 	// One load: the connection state and status.verify agree.

@@ -155,6 +155,10 @@ type Status struct {
 	// either node) or could not be made, until a handshake succeeds: why a
 	// resource stays Connecting or StandAlone ("" when none did).
 	LinkError string
+	// DiskError says why the local disk was detached: the I/O error
+	// that on-io-error detach (or call-local-io-error) acted on; "" while
+	// attached, and after a detach-disk.
+	DiskError string
 	// IO, Link and Meta are statistics since the resource came up (status
 	// --statistics, metrics). Status events do not fire when they change.
 	IO   IOStats

@@ -236,6 +236,10 @@ func writeStatusText(w io.Writer, st resource.Status) {
 		fmt.Fprintf(w, " size:%d", st.Size)
 	}
 	fmt.Fprintln(w)
+	if st.DiskError != "" {
+		// Why it is Diskless: only the log said so before.
+		fmt.Fprintf(w, "  disk-error: %s\n", st.DiskError)
+	}
 	fmt.Fprintf(w, "  peer node-id:%d connection:%s role:%s\n", st.PeerNodeID, st.Conn, st.PeerRole)
 	fmt.Fprintf(w, "    peer-disk:%s", st.PeerDisk)
 	if st.OutOfSync > 0 {
