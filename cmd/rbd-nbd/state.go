@@ -212,7 +212,16 @@ func (s *stateStore) writeFile(path string, b []byte) error {
 	if err := tmp.Close(); err != nil {
 		return err
 	}
-	return os.Rename(tmp.Name(), path)
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return err
+	}
+	// The rename is durable once the folder is synced (a --state-dir on
+	// a disk: after a crash the old file, or none, could come back).
+	if d, err := os.Open(s.dir); err == nil {
+		_ = d.Sync()
+		d.Close()
+	}
+	return nil
 }
 
 func (s *stateStore) update(name string, fn func(*intent)) {
@@ -319,6 +328,12 @@ func (s *stateStore) lock() (func(), error) {
 			return nil, fmt.Errorf("state directory %s is used by another rbd-nbd daemon: give each daemon its own --state-dir", s.dir)
 		}
 		return nil, fmt.Errorf("state directory %s: %w", s.dir, err)
+	}
+	// Ours alone now: temporary files a crash left mid-write go.
+	if tmps, err := filepath.Glob(filepath.Join(s.dir, "*.tmp")); err == nil {
+		for _, t := range tmps {
+			_ = os.Remove(t)
+		}
 	}
 	return func() { f.Close() }, nil
 }

@@ -159,3 +159,21 @@ func TestStateDirLocked(t *testing.T) {
 	}
 	unlock2()
 }
+
+// A temporary file a crash left in the state directory goes when a daemon
+// takes the directory.
+func TestStateDirLockCleansTemporaryFiles(t *testing.T) {
+	dir := t.TempDir()
+	left := filepath.Join(dir, "r0.json.123.tmp")
+	if err := os.WriteFile(left, []byte("{"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	unlock, err := (&stateStore{dir: dir, log: zap.NewNop()}).lock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unlock()
+	if _, err := os.Stat(left); !os.IsNotExist(err) {
+		t.Fatalf("left-over temporary file: %v", err)
+	}
+}
