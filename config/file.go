@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/rbd-nbd/rbd-nbd/internal/netaddr"
 )
 
 // File is a resource file: the role drbd.conf plays. It describes a resource
@@ -235,12 +237,6 @@ func readableYAMLError(err error) error {
 	return errors.New(strings.Join(msgs, "; "))
 }
 
-// isPortZero reports whether port names port 0, however spelt ("00").
-func isPortZero(port string) bool {
-	p, err := net.LookupPort("tcp", port)
-	return err == nil && p == 0
-}
-
 // LoadFile reads and parses a resource file.
 func LoadFile(path string) (*File, error) {
 	data, err := os.ReadFile(path)
@@ -371,7 +367,7 @@ func (f *File) checkNodes(local int) error {
 	if hi.Address == "" {
 		return &FieldError{Path: path, Value: "", Allowed: fmt.Sprintf("host:port: node %s has the higher node-id, so it accepts the peer link and the other node dials this address", hi.Name)}
 	}
-	if _, port, _ := net.SplitHostPort(hi.Address); isPortZero(port) {
+	if _, port, _ := net.SplitHostPort(hi.Address); netaddr.IsEphemeralPort(port) {
 		// It would listen on a port the other node cannot know.
 		return &FieldError{Path: path, Value: hi.Address, Allowed: fmt.Sprintf("host:port with a port from 1 to 65535: node %s has the higher node-id, so it accepts the peer link and the other node dials this address", hi.Name)}
 	}

@@ -5,8 +5,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
-	"unicode/utf8"
 
+	"github.com/rbd-nbd/rbd-nbd/internal/textclip"
 	"github.com/rbd-nbd/rbd-nbd/resource"
 )
 
@@ -483,16 +483,7 @@ const maxErrorText = 4 << 10
 
 // clipText cuts s to maxErrorText bytes on a character boundary, marking
 // the cut.
-func clipText(s string) string {
-	if len(s) <= maxErrorText {
-		return s
-	}
-	cut := maxErrorText - len("…")
-	for cut > 0 && !utf8.RuneStart(s[cut]) {
-		cut--
-	}
-	return s[:cut] + "…"
-}
+func clipText(s string) string { return textclip.Cut(s, maxErrorText, "…") }
 
 // EncodeError returns the error section of e. Its message and value are
 // cut to 4 KiB each.

@@ -11,12 +11,12 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-	"unicode/utf8"
 
 	"go.uber.org/zap"
 
 	"github.com/rbd-nbd/rbd-nbd/config"
 	"github.com/rbd-nbd/rbd-nbd/ctlproto"
+	"github.com/rbd-nbd/rbd-nbd/internal/textclip"
 	"github.com/rbd-nbd/rbd-nbd/resource"
 	"github.com/rbd-nbd/rbd-nbd/version"
 )
@@ -878,14 +878,4 @@ func (s *sink) HookReturned(h HookResponse) {
 const maxHookError = 4096
 
 // truncateText cuts s to at most n bytes on a UTF-8 boundary, saying so.
-func truncateText(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	const mark = " … (truncated)"
-	cut := n - len(mark)
-	for cut > 0 && !utf8.RuneStart(s[cut]) {
-		cut--
-	}
-	return s[:cut] + mark
-}
+func truncateText(s string, n int) string { return textclip.Cut(s, n, " … (truncated)") }

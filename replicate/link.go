@@ -14,6 +14,8 @@ import (
 
 	"github.com/hashicorp/yamux"
 	"go.uber.org/zap"
+
+	"github.com/rbd-nbd/rbd-nbd/internal/textclip"
 )
 
 // Link is an established peer link: one connection carrying a yamux
@@ -428,7 +430,7 @@ func (l *Link) linger() time.Duration { return min(l.cfg.PingTimeout, time.Secon
 func (l *Link) shutdown(bye *Bye) {
 	defer l.ioWG.Done()
 	if bye != nil {
-		payload, _ := encodeControl(&Bye{Reason: truncate(bye.Reason, maxTLVString), Outdate: bye.Outdate})
+		payload, _ := encodeControl(&Bye{Reason: textclip.Cut(bye.Reason, maxTLVString, "…"), Outdate: bye.Outdate})
 		written := make(chan struct{})
 		it := witem{kind: itemFrame, h: header{typ: ftBye}, payload: payload, written: written}
 		if l.ctlW.enqueue(it) {
@@ -448,13 +450,6 @@ func (l *Link) shutdown(bye *Bye) {
 		}
 	}
 	_ = l.sess.Close()
-}
-
-func truncate(s string, n int) string {
-	if len(s) > n {
-		return s[:n]
-	}
-	return s
 }
 
 // connFailed handles a failed read or write on stream st.

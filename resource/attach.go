@@ -136,6 +136,17 @@ func closeStorage(st *storage, clean bool, log *zap.Logger) error {
 	return err
 }
 
+// closeAfterSync closes st unclean after its data sync failed with
+// syncErr: in the background when the sync hangs (errSyncTimedOut), since
+// closing waits for the calls running on the device, the sync among them.
+func closeAfterSync(st *storage, syncErr error, log *zap.Logger) {
+	if errors.Is(syncErr, errSyncTimedOut) {
+		go func() { _ = closeStorage(st, false, log) }()
+		return
+	}
+	_ = closeStorage(st, false, log)
+}
+
 // install makes st the attached disk (Start, or the loop in attach-disk
 // with the disk still counted as failed).
 func (r *Resource) install(st *storage) {
@@ -214,12 +225,7 @@ func (r *Resource) closeDetached() {
 		r.data.close()
 		if err := syncWithin(st.dev.Sync, detachCloseTimeout); err != nil {
 			dc.err = fmt.Errorf("flushing the detached disk: %w", err)
-			if errors.Is(err, errSyncTimedOut) {
-				// Closing waits for the hung sync: in the background.
-				go func() { _ = closeStorage(st, false, r.log) }()
-				return
-			}
-			closeStorage(st, false, r.log)
+			closeAfterSync(st, err, r.log)
 			return
 		}
 		if wasPrimary {

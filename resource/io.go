@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"sync"
 	"time"
 
@@ -410,7 +409,7 @@ func (r *Resource) localError(err error) bool {
 	}
 	if r.diskFailed.CompareAndSwap(false, true) {
 		r.log.Error("local disk failed; detaching", zap.Error(err))
-		msg := strings.ToValidUTF8(err.Error(), "\uFFFD")
+		msg := statusText(err)
 		r.diskErr.Store(&msg)
 		if r.cfg().Disk.OnIOError == config.OnIOErrorCallHandler && r.hooks != nil {
 			r.hooks.RunAsync(r.loopCtx, hooks.LocalIOError, r.hookEnv().With(hooks.EnvIOError, err.Error()))

@@ -267,7 +267,7 @@ func (r *Resource) exec(a Action) {
 		if a.Refused {
 			r.setLinkError(fmt.Errorf("refused the peer: %s", a.Reason))
 		}
-		r.closeLinkBye(replicate.Bye{Reason: a.Reason, Outdate: a.OutdatePeer})
+		r.closeLinkBye(replicate.Bye{Reason: a.Reason, Outdate: a.OutdatePeer}, a.Admin)
 	case ActSendState:
 		r.sendState()
 	case ActExchangeBitmaps:

@@ -190,11 +190,13 @@ type (
 	// ActCloseLink: close the link, telling the peer why; OutdatePeer
 	// asks the peer to mark its disk Outdated (replicate.Bye.Outdate);
 	// Refused: the handshake refused the peer (a split brain, say), which
-	// status shows (Status.LinkError).
+	// status shows (Status.LinkError); Admin: the administrator's
+	// disconnect, no failure to back off from.
 	ActCloseLink struct {
 		Reason      string
 		OutdatePeer bool
 		Refused     bool
+		Admin       bool
 	}
 	// ActSendState: send the local NodeState to the peer.
 	ActSendState struct{}
@@ -767,9 +769,6 @@ func (m *Machine) connect(e EvConnect) ([]Action, error) {
 	return []Action{ActStartConnecting{}}, nil
 }
 
-// reasonDisconnect is the Bye reason of the administrator's disconnect.
-const reasonDisconnect = "disconnect requested"
-
 func (m *Machine) disconnect() []Action {
 	m.wantConnect = false
 	m.discardMyData = false
@@ -790,7 +789,7 @@ func (m *Machine) disconnect() []Action {
 	if outdateSelf {
 		acts = append(acts, m.outdateOnLeave()...)
 	}
-	return append(acts, ActCloseLink{Reason: reasonDisconnect, OutdatePeer: outdatePeer})
+	return append(acts, ActCloseLink{Reason: "disconnect requested", OutdatePeer: outdatePeer, Admin: true})
 }
 
 // outdateOnLeave marks an UpToDate or Consistent disk Outdated when its

@@ -456,14 +456,24 @@ func (c *pair) stopBoth() {
 // blank 16 MiB disks, connects them, skips the initial sync and makes a
 // Primary. extraB, when set, replaces extra (resource-file text) for node b.
 func newPair(t *testing.T, extra, extraB string) *pair {
+	c := startPairSized(t, 16<<20, 16<<20, 0, extra, extraB)
+	c.primaryA()
+	return c
+}
+
+// startPairSized starts nodes a and b (as startPairOn, stopped at the
+// test's end) on blank disks of sizeA and sizeB bytes with internal
+// meta-data of alExtents activity-log slots (0: the default); it waits
+// for nothing.
+func startPairSized(t *testing.T, sizeA, sizeB int64, alExtents uint32, extra, extraB string) *pair {
+	t.Helper()
 	dir := t.TempDir()
 	na := pairDisk{img: filepath.Join(dir, "a.img")}
 	nb := pairDisk{img: filepath.Join(dir, "b.img")}
-	makePairDisk(t, na, 16<<20, 0, 0)
-	makePairDisk(t, nb, 16<<20, 1, 0)
+	makePairDisk(t, na, sizeA, 0, alExtents)
+	makePairDisk(t, nb, sizeB, 1, alExtents)
 	c := startPairOn(t, dir, na, nb, extra, extraB)
 	t.Cleanup(c.stopBoth)
-	c.primaryA()
 	return c
 }
 

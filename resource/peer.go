@@ -10,12 +10,12 @@ import (
 	"sync"
 	"syscall"
 	"time"
-	"unicode/utf8"
 
 	"go.uber.org/zap"
 
 	"github.com/rbd-nbd/rbd-nbd/bitmap"
 	"github.com/rbd-nbd/rbd-nbd/config"
+	"github.com/rbd-nbd/rbd-nbd/internal/textclip"
 	"github.com/rbd-nbd/rbd-nbd/internal/tlsfiles"
 	"github.com/rbd-nbd/rbd-nbd/replicate"
 )
@@ -297,23 +297,22 @@ func (r *Resource) closeHandedLinks() {
 // setLinkError records why a peer link failed, for status (LinkError)
 // until a handshake succeeds. Safe from any goroutine.
 func (r *Resource) setLinkError(err error) {
-	// Part of it may be the peer's text (a Bye's reason): only valid
-	// UTF-8 may go into a status reply, or no client could read it.
-	s := strings.ToValidUTF8(err.Error(), "\uFFFD")
-	if len(s) > maxLinkError {
-		cut := maxLinkError
-		for cut > 0 && !utf8.RuneStart(s[cut]) {
-			cut--
-		}
-		s = s[:cut] + "…"
-	}
+	s := statusText(err)
 	if old := r.linkErr.Swap(&s); old == nil || *old != s {
 		r.changed()
 	}
 }
 
-// maxLinkError bounds the text of Status.LinkError.
-const maxLinkError = 1024
+// statusText is err's text as Status carries it (LinkError, DiskError):
+// valid UTF-8, since part of it may be a peer's text (a Bye's reason) and
+// a status reply with anything else no client could read, and at most
+// maxStatusText bytes.
+func statusText(err error) string {
+	return textclip.Cut(strings.ToValidUTF8(err.Error(), "\uFFFD"), maxStatusText, "…")
+}
+
+// maxStatusText bounds Status.LinkError and Status.DiskError.
+const maxStatusText = 1024
 
 // linkStable is how long a link must last for its loss to be redialed at
 // once: one that ends sooner (refused in its handshake by either side,
@@ -431,12 +430,13 @@ func (r *Resource) closedLinksBusy() chan struct{} {
 
 // closeLink closes the current link (the machine already left it).
 func (r *Resource) closeLink(reason string) {
-	r.closeLinkBye(replicate.Bye{Reason: reason})
+	r.closeLinkBye(replicate.Bye{Reason: reason}, false)
 }
 
 // closeLinkBye is closeLink with bye as the Bye (Outdate: the peer is
-// asked to mark its disk Outdated).
-func (r *Resource) closeLinkBye(bye replicate.Bye) {
+// asked to mark its disk Outdated); admin: the administrator closes it,
+// which no redial backs off from.
+func (r *Resource) closeLinkBye(bye replicate.Bye, admin bool) {
 	reason := bye.Reason
 	if r.connect != nil {
 		r.connect()
@@ -447,8 +447,7 @@ func (r *Resource) closeLinkBye(bye replicate.Bye) {
 	}
 	link := r.link
 	r.link = nil
-	if bye.Reason == reasonDisconnect {
-		// The administrator's: no refusal to back off from.
+	if admin {
 		r.linkUpAt = time.Time{}
 	} else {
 		r.linkEnded()

@@ -467,13 +467,8 @@ func (r *Resource) release() {
 		// the log.
 		if err := syncWithin(r.data.Sync, r.stopSyncWait); err != nil {
 			r.log.Warn("flushing the data before closing failed; the meta-data stays unclean, the activity log is replayed at the next start", zap.Error(err))
-			if errors.Is(err, errSyncTimedOut) {
-				// Closing waits for the calls running on the device,
-				// the hung sync among them: close in the background.
-				st := &storage{dev: r.dev, metaFile: r.metaFile}
-				go func() { _ = closeStorage(st, false, nil) }()
-				r.dev, r.metaFile = nil, nil
-			}
+			closeAfterSync(&storage{dev: r.dev, metaFile: r.metaFile}, err, nil)
+			r.dev, r.metaFile = nil, nil
 		} else if err := r.meta.Close(); err != nil {
 			r.log.Warn("meta-data not closed cleanly", zap.Error(err))
 		}

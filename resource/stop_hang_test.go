@@ -2,6 +2,7 @@ package resource
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,23 +21,23 @@ import (
 func TestStopReturnsWhileDataSyncHangs(t *testing.T) {
 	for _, tool := range []string{"losetup", "mkfs.ext4", "fsfreeze", "mount"} {
 		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("no %s", tool)
+			skipUnlessRequired(t, "no "+tool)
 		}
 	}
 	if os.Geteuid() != 0 {
-		t.Skip("needs root (loop devices, mount)")
+		skipUnlessRequired(t, "needs root (loop devices, mount)")
 	}
 	dir := t.TempDir()
 	lower := loopOver(t, filepath.Join(dir, "lower.img"), 64<<20)
 	if out, err := exec.Command("mkfs.ext4", "-q", lower).CombinedOutput(); err != nil {
-		t.Skipf("mkfs.ext4: %v: %s", err, out)
+		skipUnlessRequired(t, fmt.Sprintf("mkfs.ext4: %v: %s", err, out))
 	}
 	mnt := filepath.Join(dir, "mnt")
 	if err := os.Mkdir(mnt, 0o700); err != nil {
 		t.Fatal(err)
 	}
 	if out, err := exec.Command("mount", lower, mnt).CombinedOutput(); err != nil {
-		t.Skipf("mount: %v: %s", err, out)
+		skipUnlessRequired(t, fmt.Sprintf("mount: %v: %s", err, out))
 	}
 	t.Cleanup(func() {
 		if out, err := exec.Command("umount", mnt).CombinedOutput(); err != nil {
@@ -65,7 +66,7 @@ func TestStopReturnsWhileDataSyncHangs(t *testing.T) {
 		t.Fatal(err)
 	}
 	if out, err := exec.Command("fsfreeze", "-f", mnt).CombinedOutput(); err != nil {
-		t.Skipf("fsfreeze: %v: %s", err, out)
+		skipUnlessRequired(t, fmt.Sprintf("fsfreeze: %v: %s", err, out))
 	}
 	frozen = true
 	c.a.stopSyncWait = 300 * time.Millisecond
@@ -101,9 +102,20 @@ func loopOver(t *testing.T, img string, size int64) string {
 	}
 	out, err := exec.Command("losetup", "--find", "--show", img).CombinedOutput()
 	if err != nil {
-		t.Skipf("losetup: %v: %s", err, out)
+		skipUnlessRequired(t, fmt.Sprintf("losetup: %v: %s", err, out))
 	}
 	dev := strings.TrimSpace(string(out))
 	t.Cleanup(func() { _ = exec.Command("losetup", "-d", dev).Run() })
 	return dev
+}
+
+// skipUnlessRequired skips a test that needs what this machine lacks, or
+// fails it where the tests must all run (RBD_NBD_E2E_REQUIRED, set by
+// make test), as disk's tests do.
+func skipUnlessRequired(t *testing.T, why string) {
+	t.Helper()
+	if os.Getenv("RBD_NBD_E2E_REQUIRED") != "" {
+		t.Fatalf("RBD_NBD_E2E_REQUIRED is set but %s", why)
+	}
+	t.Skip(why)
 }

@@ -78,28 +78,27 @@ serves NBD and connects. up RESOURCE starts a resource that is down with the
 configuration the daemon kept for it (as drbdadm up R).`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			var cfg config.Resource
 			switch {
 			case len(args) == 1 && file != "":
 				return errors.New("up: give a resource file (-c FILE) or a resource name, not both")
-			case len(args) == 1:
-				return withClient(cmd.Context(), g, callTimeout, func(ctx context.Context, c *ctlproto.Client) error {
-					body := ctlproto.List{resName(args[0])}
-					if ifGen != 0 {
-						body = append(body, ctlproto.U64(ctlproto.TagIfGeneration, ifGen).AsMandatory())
-					}
-					_, err := c.Call(ctx, ctlproto.MsgUp, body)
-					return err
-				})
-			case file == "":
+			case len(args) == 0 && file == "":
 				return errors.New("up: give a resource file (-c FILE), or the name of a resource the daemon keeps (a resource taken down with down R)")
+			case file != "":
+				var err error
+				if cfg, err = loadResource(file, node); err != nil {
+					return err
+				}
+				warnUnknownHandlers(cmd.ErrOrStderr(), cfg)
 			}
-			cfg, err := loadResource(file, node)
-			if err != nil {
-				return err
-			}
-			warnUnknownHandlers(cmd.ErrOrStderr(), cfg)
 			return withClient(cmd.Context(), g, callTimeout, func(ctx context.Context, c *ctlproto.Client) error {
-				body := ctlproto.EncodeConfig(c.Registry(), cfg)
+				var body ctlproto.List
+				if len(args) == 1 {
+					// A name alone starts the configuration the daemon kept.
+					body = ctlproto.List{resName(args[0])}
+				} else {
+					body = ctlproto.EncodeConfig(c.Registry(), cfg)
+				}
 				if ifGen != 0 {
 					body = append(body, ctlproto.U64(ctlproto.TagIfGeneration, ifGen).AsMandatory())
 				}
@@ -113,15 +112,11 @@ configuration the daemon kept for it (as drbdadm up R).`,
 	return cmd
 }
 
-// resourceFileFlags registers -c FILE, --node and --if-generation; the
-// file is required unless the command takes a resource name instead.
+// resourceFileFlags registers -c FILE, --node and --if-generation.
 func resourceFileFlags(cmd *cobra.Command, file, node *string, ifGen *uint64) {
 	cmd.Flags().StringVarP(file, "config", "c", "", "resource file (YAML)")
 	cmd.Flags().StringVar(node, "node", "", "this node's name in the file (default: the host name)")
 	cmd.Flags().Uint64Var(ifGen, "if-generation", 0, "apply only if the resource exists with its configuration at this generation (ctl show prints it)")
-	if cmd.Name() != "up" {
-		_ = cmd.MarkFlagRequired("config")
-	}
 }
 
 func newAdjustCmd(g *globalOptions) *cobra.Command {
@@ -153,6 +148,7 @@ func newAdjustCmd(g *globalOptions) *cobra.Command {
 		},
 	}
 	resourceFileFlags(cmd, &file, &node, &ifGen)
+	_ = cmd.MarkFlagRequired("config")
 	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "print the settings adjust would change (running value -> file's value) and change nothing")
 	return cmd
 }

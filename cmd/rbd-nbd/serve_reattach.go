@@ -15,6 +15,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/rbd-nbd/rbd-nbd/attach"
+	"github.com/rbd-nbd/rbd-nbd/internal/netaddr"
 )
 
 // addServeReattach gives `rbd-nbd serve` the --reattach flag. With it,
@@ -70,7 +71,7 @@ func checkReattachListen(listen string) error {
 	if err != nil {
 		return nil // listen reports it
 	}
-	if p, perr := net.LookupPort("tcp", port); port == "" || perr == nil && p == 0 {
+	if netaddr.IsEphemeralPort(port) {
 		return fmt.Errorf("--reattach needs a fixed --listen port, not %q", listen)
 	}
 	return nil

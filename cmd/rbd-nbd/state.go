@@ -382,8 +382,8 @@ func (s *stateStore) restoreOne(ctx context.Context, socket, name string, in int
 	s.setRestoring(name, true)
 	_, err = c.Call(ctx, ctlproto.MsgUp, ctlproto.EncodeConfig(c.Registry(), in.Config))
 	s.setRestoring(name, false)
-	var ce *ctlproto.Error
-	if errors.As(err, &ce) && ctx.Err() == nil {
+	var refused *ctlproto.Error
+	if errors.As(err, &refused) && ctx.Err() == nil {
 		if _, serr := c.Status(ctx, name); ctlproto.IsCode(serr, ctlproto.CodeUnknownResource) {
 			// The daemon refused it (its disk is gone, say) and holds no
 			// such resource, so no down could forget the intent, and a
@@ -449,7 +449,7 @@ func (s *stateStore) restoreOne(ctx context.Context, socket, name string, in int
 	}
 	s.setPromoting(name, true)
 	_, err = c.Command(ctx, ctlproto.MsgPrimary, name)
-	ce = nil
+	var ce *ctlproto.Error
 	if err == nil || errors.As(err, &ce) {
 		// The daemon answered: it is done with the request (Do took the
 		// mark if it got that far). Without an answer (the context

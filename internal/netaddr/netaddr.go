@@ -43,3 +43,16 @@ func IsUnspecifiedHost(host string) bool {
 	ip := net.ParseIP(host)
 	return ip != nil && ip.IsUnspecified()
 }
+
+// IsEphemeralPort reports whether port (of a host:port) asks the system
+// for a port of its choice: empty, or 0 however spelt ("00"). A listener
+// on it gets another port at every start, which a peer or a device that
+// names the address cannot follow. Service names ("http") are looked up
+// in the local services file only.
+func IsEphemeralPort(port string) bool {
+	if port == "" {
+		return true
+	}
+	p, err := net.LookupPort("tcp", port)
+	return err == nil && p == 0
+}

@@ -36,3 +36,11 @@ func TestIsUnspecifiedHost(t *testing.T) {
 		}
 	}
 }
+
+func TestIsEphemeralPort(t *testing.T) {
+	for port, want := range map[string]bool{"": true, "0": true, "00": true, "0000": true, "7789": false, "1": false, "bogus-no-such-service": false} {
+		if got := IsEphemeralPort(port); got != want {
+			t.Errorf("IsEphemeralPort(%q) = %v, want %v", port, got, want)
+		}
+	}
+}

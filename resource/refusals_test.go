@@ -11,13 +11,7 @@ import (
 // A second promotion while the first waits for the peer's answer is
 // refused as a state conflict (STATE_CONFLICT), not an internal error.
 func TestSecondPromotionRefusedAsStateConflict(t *testing.T) {
-	dir := t.TempDir()
-	na := pairDisk{img: dir + "/a.img"}
-	nb := pairDisk{img: dir + "/b.img"}
-	makePairDisk(t, na, 16<<20, 0, 0)
-	makePairDisk(t, nb, 16<<20, 1, 0)
-	c := startPairOn(t, dir, na, nb, "  protocol: C\n"+fastTimeout, "")
-	t.Cleanup(c.stopBoth)
+	c := startPairSized(t, 16<<20, 16<<20, 0, "  protocol: C\n"+fastTimeout, "")
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	c.waitBoth("connected", func(s Status) bool { return s.Conn == ConnConnected })
@@ -81,13 +75,7 @@ func TestDisklessPrimaryReconnects(t *testing.T) {
 // (requests_total{kind="trim"}, the write latency histogram) count the
 // client's one request once.
 func TestSplitTrimCountsOneRequest(t *testing.T) {
-	dir := t.TempDir()
-	na := pairDisk{img: dir + "/a.img"}
-	nb := pairDisk{img: dir + "/b.img"}
-	makePairDisk(t, na, 64<<20, 0, 7)
-	makePairDisk(t, nb, 64<<20, 1, 7)
-	c := startPairOn(t, dir, na, nb, "  protocol: C\n"+fastTimeout, "")
-	t.Cleanup(c.stopBoth)
+	c := startPairSized(t, 64<<20, 64<<20, 7, "  protocol: C\n"+fastTimeout, "")
 	c.primaryA()
 	before := c.a.Status().IO
 	if err := c.a.Trim(0, 60<<20, false); err != nil {

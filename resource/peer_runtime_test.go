@@ -19,11 +19,10 @@ import (
 	"github.com/rbd-nbd/rbd-nbd/replicate"
 )
 
-// net.* changes "take effect at the next connect" (configuration.md,
-// operations.md, Apply's comment). An adjust of net.protocol on one node
-// (the documented procedure adjusts the nodes one after the other) must
-// not drop a connected link: the next State this node sends (a demote
-// here) must not carry the new protocol, which the peer refuses.
+// net.* changes take effect at the next connect: an adjust of
+// net.protocol on one node (the documented procedure adjusts the nodes one
+// after the other) keeps the connected link, whose States go on carrying
+// the protocol it started with, and this node replicates with that one.
 func TestAdjustProtocolKeepsConnectedLink(t *testing.T) {
 	c := newPair(t, "", "")
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
@@ -59,13 +58,10 @@ func TestAdjustProtocolKeepsConnectedLink(t *testing.T) {
 	}
 }
 
-// A link the acceptor handed to the loop (post returned true) is dropped
-// with the inbox when the loop ends first (Stop's release cancels the
-// loop while the closure waits in the inbox): nobody closes it. The
-// link's goroutines go on answering the peer's pings, so the peer keeps
-// it, in Handshake, waiting for a State that never comes, for as long as
-// this process lives (the daemon outlives a resource's down).
-// (dialLoop ignores post's result outright, the same leak.)
+// A link handed to the loop while it stops (its closure still in the
+// inbox when release cancels the loop) is closed by release: left open,
+// it would answer the peer's pings and hold the peer in Handshake for as
+// long as the daemon lives.
 func TestLinkQueuedAtStopIsClosed(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
@@ -122,10 +118,9 @@ func (l *flakyListener) Accept() (net.Conn, error) {
 	return l.Listener.Accept()
 }
 
-// acceptPeers ends at the first Accept error: a transient one (EMFILE
-// while the daemon holds many NBD connections) stops the node from ever
-// accepting its peer again, until the address is adjusted or the resource
-// restarted; the dialing peer stays Connecting forever.
+// A transient Accept error (EMFILE while the daemon holds many NBD
+// connections) does not end acceptPeers: it accepts again, so that the
+// peer is not shut out until an adjust or a restart.
 func TestAcceptSurvivesTransientError(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
@@ -151,11 +146,9 @@ func TestAcceptSurvivesTransientError(t *testing.T) {
 }
 
 // A before-resync-target handler that vetoes (a snapshot that cannot be
-// taken, say) drops the link; the nodes reconnect at once (refuseDelay was
-// reset by the State the handshake accepted, and a link lost after the
-// handshake does not grow it), the resync starts again, the handler
-// vetoes again: a loop without backoff that runs the handler (and
-// logs a warning) many times a second for as long as it vetoes.
+// taken, say) drops the link, and the resync starts again at the next
+// link: links that end soon after they came up back off the next dial
+// (linkEnded), so the handler does not run many times a second.
 func TestVetoedResyncBacksOff(t *testing.T) {
 	hd := t.TempDir()
 	calls := filepath.Join(hd, "calls")
@@ -178,18 +171,11 @@ func TestVetoedResyncBacksOff(t *testing.T) {
 	t.Logf("%d vetoes in %v", count(), time.Since(start))
 }
 
-// checkPeerState shrinks the resource to a smaller peer's size before it
-// checks the replication protocol: a peer it then refuses has shrunk the
-// device anyway, for good (a later peer with the right disk is "bigger"
-// and uses the shrunk size).
+// A smaller peer refused for another reason (the protocols differ) does
+// not shrink the resource: the size is taken only once every check of
+// the peer's State passed.
 func TestRefusedPeerDoesNotShrink(t *testing.T) {
-	dir := t.TempDir()
-	na := pairDisk{img: filepath.Join(dir, "a.img")}
-	nb := pairDisk{img: filepath.Join(dir, "b.img")}
-	makePairDisk(t, na, 16<<20, 0, 0)
-	makePairDisk(t, nb, 12<<20, 1, 0)
-	c := startPairOn(t, dir, na, nb, "  size-mismatch: smaller\n", "  size-mismatch: smaller\n  protocol: A\n")
-	t.Cleanup(c.stopBoth)
+	c := startPairSized(t, 16<<20, 12<<20, 0, "  size-mismatch: smaller\n", "  size-mismatch: smaller\n  protocol: A\n")
 	before := c.a.Status().Size
 	// a refused b at least once: it dials again.
 	c.wait(c.a, "a second link", func(s Status) bool { return s.Link.Connects >= 2 })
@@ -198,21 +184,12 @@ func TestRefusedPeerDoesNotShrink(t *testing.T) {
 	}
 }
 
-// The dialer's backoff after a peer that refuses it in the handshake
-// (growRefuseDelay, 100 ms doubling to 5 s) never grows when the peer
-// refuses for a reason of its own, after this node accepted the peer's
-// State: control resets refuseDelay to 0 at every accepted State, and
-// linkGone grows it from 0 to 100 ms, every time. Here the acceptor (b)
-// is Primary and refuses a smaller peer; the dialer (a) takes b's bigger
-// disk as fine, and redials ten times a second, forever.
+// The dialer backs off (growRefuseDelay, 100 ms doubling to 5 s) from a
+// peer that refuses it for a reason of its own after this node accepted
+// the peer's State. Here the acceptor (b) is Primary and refuses a smaller
+// peer; the dialer (a) takes b's bigger disk as fine.
 func TestRedialBacksOffFromRefusingPeer(t *testing.T) {
-	dir := t.TempDir()
-	na := pairDisk{img: filepath.Join(dir, "a.img")}
-	nb := pairDisk{img: filepath.Join(dir, "b.img")}
-	makePairDisk(t, na, 12<<20, 0, 0)
-	makePairDisk(t, nb, 16<<20, 1, 0)
-	c := startPairOn(t, dir, na, nb, "  size-mismatch: smaller\n", "")
-	t.Cleanup(c.stopBoth)
+	c := startPairSized(t, 12<<20, 16<<20, 0, "  size-mismatch: smaller\n", "")
 	c.proxy.setRefuse(true)
 	c.proxy.cut()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -231,11 +208,10 @@ func TestRedialBacksOffFromRefusingPeer(t *testing.T) {
 
 // The peer (on-io-error pass-on) fails a FUA write because its sync
 // failed: that sync may have reported the lost write-back of earlier
-// writes the peer completed (Linux reports it once; the next fsync
-// succeeds). The Primary marks only the FUA write's range, and the next
-// peer flush retires the epoch that holds the earlier writes: they are
-// in sync by the bitmap, and differ on disk. (For its own disk the write
-// path marks every unflushed write on a FUA failure, markUnflushed.)
+// writes the peer completed (Linux reports it once; the next fsync may
+// succeed). The Primary marks those unflushed writes out of sync too, as
+// it does for its own disk (markUnflushed), so that the resync repairs
+// them rather than the next peer flush retiring them.
 func TestPeerFUAFailureMarksUnflushed(t *testing.T) {
 	c := newPair(t, "", "disk:\n  on-io-error: pass-on\n")
 	const X, Y = 1 << 20, 2 << 20
