@@ -1307,6 +1307,17 @@ func TestHookErrorTruncated(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer sub.Close()
+	// Subscribe returns once the request is sent: the dump's end says the
+	// daemon has the subscriber, so the handler's events reach it.
+	for {
+		ev, err := sub.Next(ctxT(t))
+		if err != nil {
+			t.Fatalf("event stream: %v", err)
+		}
+		if ev.Kind == ctlproto.EventExists && ev.Object == ctlproto.ObjectNone {
+			break
+		}
+	}
 	if _, err := c.Command(ctxT(t), ctlproto.MsgUp, "r0"); err != nil {
 		t.Fatal(err)
 	}
