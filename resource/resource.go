@@ -322,7 +322,7 @@ func (r *Resource) newNBDServer(cfg config.Resource) error {
 	var tlsCfg *tls.Config
 	if t := cfg.Local.NBDTLS; t.Enabled() {
 		var err error
-		if tlsCfg, err = tlsfiles.NBDServer(t.Cert, t.Key, t.ClientCA); err != nil {
+		if tlsCfg, err = tlsfiles.NBDServer(t.Cert, t.Key, t.ClientCA, tlsfiles.LogReloads(r.log)); err != nil {
 			// The message names the file at fault (cert, key or client CA).
 			return &AttrError{Path: "resource.nbd-tls-cert", Value: t.Cert, Err: fmt.Errorf("nbd: TLS: %w", err)}
 		}

@@ -81,7 +81,7 @@ by its --export name or by the default name "".`,
 }
 
 func runServe(ctx context.Context, o *serveOptions, log *zap.Logger) error {
-	tlsCfg, requireTLS, err := o.tls.config()
+	tlsCfg, requireTLS, err := o.tls.config(log)
 	if err != nil {
 		return err
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 
 	"github.com/spf13/cobra"
+	"go.uber.org/zap"
 
 	"github.com/rbd-nbd/rbd-nbd/config"
 	"github.com/rbd-nbd/rbd-nbd/internal/tlsfiles"
@@ -38,7 +39,7 @@ func (o *tlsOptions) required() bool { return o.settings().Required() }
 
 // config returns the server's TLS configuration and whether TLS is
 // required; nil when no certificate was given.
-func (o *tlsOptions) config() (*tls.Config, bool, error) {
+func (o *tlsOptions) config(log *zap.Logger) (*tls.Config, bool, error) {
 	if o.cert == "" && o.key == "" {
 		switch {
 		case o.clientCA != "":
@@ -58,7 +59,7 @@ func (o *tlsOptions) config() (*tls.Config, bool, error) {
 		// Plain clients would skip the certificate check.
 		return nil, false, errors.New("--tls-client-ca needs --tls require: with --tls on, plain clients skip the client certificate check")
 	}
-	cfg, err := tlsfiles.NBDServer(o.cert, o.key, o.clientCA)
+	cfg, err := tlsfiles.NBDServer(o.cert, o.key, o.clientCA, tlsfiles.LogReloads(log))
 	if err != nil {
 		return nil, false, fmt.Errorf("--tls-cert/--tls-key/--tls-client-ca: %w", err)
 	}

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 
+	"go.uber.org/zap"
+
 	"github.com/rbd-nbd/rbd-nbd/internal/testcert"
 )
 
@@ -43,7 +45,7 @@ func TestTLSOptions(t *testing.T) {
 		{name: "client CA without PEM", o: tlsOptions{cert: cert, key: key, clientCA: junk}, wantErr: "no PEM certificate"},
 	}
 	for _, tc := range tests {
-		cfg, require, err := tc.o.config()
+		cfg, require, err := tc.o.config(zap.NewNop())
 		switch {
 		case tc.wantErr != "":
 			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {

@@ -21,7 +21,7 @@ func TestCAFileWritableByEveryoneRefused(t *testing.T) {
 	if _, err := CAs(f("ca-cert.pem")); err == nil {
 		t.Error("CAs accepted a CA file every user may write (mode 0666)")
 	}
-	if _, err := NBDServer(f("server-cert.pem"), f("server-key.pem"), f("ca-cert.pem")); err == nil {
+	if _, err := NBDServer(f("server-cert.pem"), f("server-key.pem"), f("ca-cert.pem"), nil); err == nil {
 		t.Error("NBDServer accepted a client CA file every user may write (mode 0666)")
 	}
 }

@@ -86,7 +86,8 @@ func TestNBDServerReloadsRenewedFiles(t *testing.T) {
 	f := func(name string) string { return filepath.Join(dir, name) }
 	now := time.Now()
 	first := rewrite(t, dir, now.Add(-time.Minute))
-	cfg, err := NBDServer(f("server-cert.pem"), f("server-key.pem"), "")
+	var reports []error // what the administrator is told, in order
+	cfg, err := NBDServer(f("server-cert.pem"), f("server-key.pem"), "", func(err error) { reports = append(reports, err) })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -106,6 +107,9 @@ func TestNBDServerReloadsRenewedFiles(t *testing.T) {
 	}
 	if !bytes.Equal(got2, second.Server.Certificate[0]) {
 		t.Fatal("after the files were renewed the server still presents the old certificate")
+	}
+	if len(reports) != 1 || reports[0] != nil {
+		t.Fatalf("after a renewal: reports %v, want one success", reports)
 	}
 
 	// A half-written renewal: the new certificate without its key.
@@ -135,6 +139,13 @@ func TestNBDServerReloadsRenewedFiles(t *testing.T) {
 	if !bytes.Equal(got3, second.Server.Certificate[0]) {
 		t.Fatal("a pair that does not match was put in use")
 	}
+	// The failure is told once, not at every handshake.
+	if _, err := handshake(t, cfg, client); err != nil {
+		t.Fatal(err)
+	}
+	if len(reports) != 2 || reports[1] == nil {
+		t.Fatalf("after a half-written renewal and two handshakes: reports %v, want one success then one error", reports)
+	}
 	// The key arrives: the new pair is used.
 	b, err = os.ReadFile(filepath.Join(tmp, "server-key.pem"))
 	if err != nil {
@@ -153,6 +164,9 @@ func TestNBDServerReloadsRenewedFiles(t *testing.T) {
 	if !bytes.Equal(got4, third.Server.Certificate[0]) {
 		t.Fatal("the completed renewal is not in use")
 	}
+	if len(reports) != 3 || reports[2] != nil {
+		t.Fatalf("after the renewal completed: reports %v, want success, error, success", reports)
+	}
 }
 
 // Client certificates are checked against the client CA file as it is
@@ -163,7 +177,7 @@ func TestNBDServerReloadsClientCA(t *testing.T) {
 	f := func(name string) string { return filepath.Join(dir, name) }
 	now := time.Now()
 	old := rewrite(t, dir, now.Add(-time.Minute))
-	cfg, err := NBDServer(f("server-cert.pem"), f("server-key.pem"), f("ca-cert.pem"))
+	cfg, err := NBDServer(f("server-cert.pem"), f("server-key.pem"), f("ca-cert.pem"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

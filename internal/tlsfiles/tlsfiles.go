@@ -13,6 +13,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"go.uber.org/zap"
 )
 
 // Pair loads a certificate (chain) and its private key. It refuses a key
@@ -83,8 +85,13 @@ func notWorldWritable(file, what string) error {
 // not load (a certificate whose key is not written yet, a broken file)
 // leaves the previous material in use and is tried again at the next
 // handshake.
-func NBDServer(certFile, keyFile, clientCAFile string) (*tls.Config, error) {
-	r := &reloader{certFile: certFile, keyFile: keyFile, caFile: clientCAFile}
+//
+// reloaded, when not nil, hears of each change read after this call: nil
+// when the new files are in use, the error when they did not load (once
+// per change, not at every handshake), so that an administrator learns
+// why a renewed certificate is not being presented.
+func NBDServer(certFile, keyFile, clientCAFile string, reloaded func(error)) (*tls.Config, error) {
+	r := &reloader{certFile: certFile, keyFile: keyFile, caFile: clientCAFile, reloaded: reloaded}
 	stamps := r.stamps()
 	m, err := r.load()
 	if err != nil {
@@ -96,6 +103,19 @@ func NBDServer(certFile, keyFile, clientCAFile string) (*tls.Config, error) {
 		return r.current().config(), nil
 	}
 	return cfg, nil
+}
+
+// LogReloads returns a reloaded function for NBDServer that logs each
+// change of the files to log: Info when the new files are in use, Warn
+// with the reason when they did not load and the old ones stay.
+func LogReloads(log *zap.Logger) func(error) {
+	return func(err error) {
+		if err != nil {
+			log.Warn("NBD TLS files changed but did not load; the previous certificate stays in use", zap.Error(err))
+			return
+		}
+		log.Info("NBD TLS files changed; the new certificate is in use")
+	}
 }
 
 // material is what one reading of the files gave.
@@ -115,10 +135,12 @@ func (m *material) config() *tls.Config {
 // reloader rereads an NBD server's files when their stamps change.
 type reloader struct {
 	certFile, keyFile, caFile string
+	reloaded                  func(error) // may be nil
 
-	mu   sync.Mutex
-	cur  *material
-	seen []stamp // of the files cur was read from
+	mu     sync.Mutex
+	cur    *material
+	seen   []stamp // of the files cur was read from
+	failed []stamp // of the files that last failed to load, reported
 }
 
 // stamp identifies a version of a file: a rewrite in place changes its
@@ -173,14 +195,26 @@ func (r *reloader) load() (*material, error) {
 func (r *reloader) current() *material {
 	stamps := r.stamps()
 	r.mu.Lock()
-	defer r.mu.Unlock()
 	if equalStamps(stamps, r.seen) {
+		defer r.mu.Unlock()
 		return r.cur
 	}
-	if m, err := r.load(); err == nil {
-		r.cur, r.seen = m, stamps
+	m, err := r.load()
+	report := r.reloaded != nil
+	switch {
+	case err == nil:
+		r.cur, r.seen, r.failed = m, stamps, nil
+	case equalStamps(stamps, r.failed):
+		report = false // told already
+	default:
+		r.failed = stamps
 	}
-	return r.cur
+	cur := r.cur
+	r.mu.Unlock()
+	if report {
+		r.reloaded(err)
+	}
+	return cur
 }
 
 func equalStamps(a, b []stamp) bool {

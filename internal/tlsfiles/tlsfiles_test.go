@@ -56,11 +56,11 @@ func TestFiles(t *testing.T) {
 	if _, err := Pair(f("server-cert.pem"), f("group-key.pem")); err != nil {
 		t.Errorf("a group-readable key: %v", err)
 	}
-	cfg, err := NBDServer(f("server-cert.pem"), f("server-key.pem"), f("ca-cert.pem"))
+	cfg, err := NBDServer(f("server-cert.pem"), f("server-key.pem"), f("ca-cert.pem"), nil)
 	if err != nil || len(cfg.Certificates) != 1 || cfg.ClientAuth != tls.RequireAndVerifyClientCert || cfg.ClientCAs == nil {
 		t.Fatalf("NBDServer with client CAs: %+v %v", cfg, err)
 	}
-	if cfg, err := NBDServer(f("server-cert.pem"), f("server-key.pem"), ""); err != nil || cfg.ClientAuth != tls.NoClientCert {
+	if cfg, err := NBDServer(f("server-cert.pem"), f("server-key.pem"), "", nil); err != nil || cfg.ClientAuth != tls.NoClientCert {
 		t.Fatalf("NBDServer without client CAs: %v", err)
 	}
 	for _, c := range []struct {
@@ -74,13 +74,13 @@ func TestFiles(t *testing.T) {
 		{"certificate not valid yet", func() error { _, err := Pair(f("future-cert.pem"), f("future-key.pem")); return err }, "future-cert.pem is not valid before"},
 		{"key every user may read", func() error { _, err := Pair(f("server-cert.pem"), f("open-key.pem")); return err }, "open-key.pem is readable by every user (mode 0644)"},
 		{"expired certificate for an export", func() error {
-			_, err := NBDServer(f("expired-cert.pem"), f("expired-key.pem"), "")
+			_, err := NBDServer(f("expired-cert.pem"), f("expired-key.pem"), "", nil)
 			return err
 		}, "expired at"},
 		{"missing CA file", func() error { _, err := CAs(f("none.pem")); return err }, "none.pem"},
 		{"CA file without a certificate", func() error { _, err := CAs(f("junk.pem")); return err }, "no PEM certificate"},
 		{"client CA file without a certificate", func() error {
-			_, err := NBDServer(f("server-cert.pem"), f("server-key.pem"), f("junk.pem"))
+			_, err := NBDServer(f("server-cert.pem"), f("server-key.pem"), f("junk.pem"), nil)
 			return err
 		}, "client CA certificates"},
 	} {
