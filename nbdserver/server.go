@@ -37,7 +37,8 @@ type Server struct {
 	TLS *tls.Config
 	// RequireTLS refuses every option but STARTTLS and ABORT before the
 	// upgrade (NBD_REP_ERR_TLS_REQD; NBD_OPT_EXPORT_NAME, which cannot
-	// carry an error, closes the connection). It needs TLS.
+	// carry an error, closes the connection). It needs TLS, and a TLS
+	// that checks client certificates needs it.
 	RequireTLS bool
 
 	initOnce sync.Once
@@ -109,6 +110,12 @@ func (s *Server) init() error {
 		}
 		if s.RequireTLS && s.TLS == nil {
 			s.initErr = errors.New("nbdserver: Server.RequireTLS without Server.TLS")
+			return
+		}
+		if s.TLS != nil && (s.TLS.ClientAuth == tls.RequireAnyClientCert || s.TLS.ClientAuth == tls.RequireAndVerifyClientCert) && !s.RequireTLS {
+			// A plain client would skip the certificate check the
+			// configuration asks for.
+			s.initErr = errors.New("nbdserver: Server.TLS requires client certificates but RequireTLS is off")
 			return
 		}
 		s.cfg = s.Config.withDefaults()

@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -133,6 +134,22 @@ func TestRequireTLSWithoutConfig(t *testing.T) {
 	defer l.Close()
 	if err := s.Serve(l); err == nil {
 		t.Fatal("Serve with RequireTLS and no TLS config succeeded")
+	}
+}
+
+// A server that requires client certificates must require TLS: a plain
+// client would skip the check.
+func TestClientAuthWithoutRequireTLS(t *testing.T) {
+	exp, _ := memExport("disk", 4096)
+	s := newServer(t, Config{}, exp)
+	s.TLS = &tls.Config{ClientAuth: tls.RequireAndVerifyClientCert}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	if err := s.Serve(l); err == nil || !strings.Contains(err.Error(), "RequireTLS is off") {
+		t.Fatalf("Serve with client certificates checked and TLS optional: %v", err)
 	}
 }
 
