@@ -17,8 +17,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"runtime/debug"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -375,9 +375,12 @@ type Server struct {
 	Disk string
 }
 
-// StartServe starts `rbd-nbd serve --disk disk` on a free loopback port
-// (unless args has --listen) with extra args, and waits until it accepts
-// connections.
+// serveListenRE finds the address in serve's "exporting disk" log line.
+var serveListenRE = regexp.MustCompile(`"listen": "([^"]+)"`)
+
+// StartServe starts `rbd-nbd serve --disk disk` with extra args on a
+// loopback port the kernel picks when serve listens (unless args has
+// --listen), and waits until it accepts connections.
 func StartServe(t testing.TB, disk, export string, args ...string) *Server {
 	t.Helper()
 	s := &Server{Disk: disk}
@@ -389,9 +392,9 @@ func StartServe(t testing.TB, disk, export string, args ...string) *Server {
 		}
 	}
 	if listen == "" {
-		s.Addr = "127.0.0.1:" + strconv.Itoa(FreePort(t))
-		all = append(all, "--listen", s.Addr)
-		s.URI = "nbd://" + s.Addr + "/" + export
+		// Port 0: no port is picked here and released, for another
+		// process to take before serve listens; serve logs the one it got.
+		all = append(all, "--listen", "127.0.0.1:0")
 	} else if path, ok := strings.CutPrefix(listen, "unix:"); ok {
 		s.URI = "nbd+unix:///" + export + "?socket=" + path
 	} else {
@@ -399,17 +402,31 @@ func StartServe(t testing.TB, disk, export string, args ...string) *Server {
 		s.URI = "nbd://" + listen + "/" + export
 	}
 	s.Process = StartProcess(t, Binary(), append(all, args...)...)
+	exited := func() {
+		select {
+		case <-s.Done():
+			t.Fatalf("rbd-nbd serve exited: %v\n%s", s.err, s.Output())
+		default:
+		}
+	}
+	if listen == "" {
+		WaitFor(t, 30*time.Second, "rbd-nbd serve to log its address", func() bool {
+			exited()
+			m := serveListenRE.FindStringSubmatch(s.Output())
+			if m != nil {
+				s.Addr = m[1]
+			}
+			return m != nil
+		})
+		s.URI = "nbd://" + s.Addr + "/" + export
+	}
 	network, address := "tcp", s.Addr
 	if s.Addr == "" {
 		network, address = "unix", strings.TrimPrefix(listen, "unix:")
 	}
 	deadline := time.Now().Add(30 * time.Second)
 	WaitFor(t, 30*time.Second, "rbd-nbd serve to listen", func() bool {
-		select {
-		case <-s.Done():
-			t.Fatalf("rbd-nbd serve exited: %v\n%s", s.err, s.Output())
-		default:
-		}
+		exited()
 		c, err := net.DialTimeout(network, address, time.Until(deadline))
 		if err == nil {
 			c.Close()
