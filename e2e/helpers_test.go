@@ -469,8 +469,38 @@ func NBDFuse(t testing.TB, dir, uri string) string {
 		t.Fatal(err)
 	}
 	pidfile := filepath.Join(dir, "nbdfuse.pid")
+	// Last, once nbdfuse is stopped: nothing may stay mounted, where later
+	// tests would find it (and t.TempDir could not be removed).
+	t.Cleanup(func() {
+		if mounted(t, mnt) {
+			r := Run(t, time.Minute, "fusermount3", "-u", "-z", mnt)
+			t.Errorf("nbdfuse's mount %s outlived nbdfuse (lazy unmount: %v %s)", mnt, r.Err, r.Stderr)
+		}
+	})
 	fuse := StartProcess(t, "nbdfuse", "-P", pidfile, mnt, uri)
-	t.Cleanup(func() { Run(t, time.Minute, "fusermount3", "-u", mnt) })
+	t.Cleanup(func() {
+		if !mounted(t, mnt) {
+			return // nbdfuse failed, or never mounted
+		}
+		// A loop device detached a moment ago may still hold the file
+		// while someone (udev's probe) has the device open: busy for a
+		// while, then free.
+		var r Result
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+			if r = Run(t, time.Minute, "fusermount3", "-u", mnt); r.Err == nil {
+				return
+			}
+			if time.Now().After(deadline) {
+				break
+			}
+		}
+		// Still busy: something (a loop device, a mount) holds the file.
+		// Detach it lazily, so that the mount goes when they let go.
+		t.Errorf("fusermount3 -u %s: %v %s", mnt, r.Err, r.Stderr)
+		if r := Run(t, time.Minute, "fusermount3", "-u", "-z", mnt); r.Err != nil {
+			t.Errorf("fusermount3 -u -z %s: %v %s", mnt, r.Err, r.Stderr)
+		}
+	})
 	WaitFor(t, 30*time.Second, "nbdfuse to be ready", func() bool {
 		select {
 		case <-fuse.Done():
@@ -480,4 +510,22 @@ func NBDFuse(t testing.TB, dir, uri string) string {
 		return fileExists(pidfile)
 	})
 	return filepath.Join(mnt, "nbd")
+}
+
+// mounted reports whether something is mounted at path, as
+// /proc/self/mountinfo says (its fifth field, with spaces and the like
+// escaped in octal).
+func mounted(t testing.TB, path string) bool {
+	t.Helper()
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	esc := strings.NewReplacer(" ", `\040`, "\t", `\011`, "\n", `\012`, `\`, `\134`).Replace(path)
+	for _, l := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(l); len(f) > 4 && f[4] == esc {
+			return true
+		}
+	}
+	return false
 }
