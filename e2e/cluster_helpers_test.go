@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -215,8 +216,23 @@ func (n *node) startWith(args ...string) {
 	if n.metricsPort != 0 {
 		args = append(args, "--metrics", fmt.Sprintf("127.0.0.1:%d", n.metricsPort))
 	}
-	n.daemon = StartProcess(n.t, Binary(), append([]string{"daemon", "--socket", n.socket, "--log-level", "debug"}, args...)...)
-	WaitPort(n.t, "unix", n.socket, 10*time.Second)
+	d := StartProcess(n.t, Binary(), append([]string{"daemon", "--socket", n.socket, "--log-level", "debug"}, args...)...)
+	n.daemon = d
+	// A killed daemon leaves its socket file: wait for one that answers,
+	// and stop waiting if the daemon exits (a race-enabled daemon on a
+	// loaded machine can take more than a few seconds to start).
+	WaitFor(n.t, 30*time.Second, "node "+n.name+"'s daemon to serve "+n.socket, func() bool {
+		select {
+		case <-d.Done():
+			n.t.Fatalf("node %s: the daemon exited: %v\n%s", n.name, d.Wait(0), d.Output())
+		default:
+		}
+		c, err := net.DialTimeout("unix", n.socket, time.Second)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	})
 }
 
 // kill kills the daemon with SIGKILL, as a crash.
