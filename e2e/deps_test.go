@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -26,17 +27,22 @@ func installDepsList(t *testing.T, name string) []string {
 }
 
 // TestInstallDepsPackages: every package scripts/install-deps.sh names is
-// installed by that name once it ran (make test runs it first). A name
-// that another package only provides (nbdfuse, in libnbd-bin) is never
-// reported installed, so the script would update and install on every run
-// and could not tell a real gap from it.
+// installed by that name once it ran (make test runs it first, and sets
+// RBD_NBD_E2E_REQUIRED). A name that another package only provides
+// (nbdfuse, in libnbd-bin) is never reported installed, so the script
+// would update and install on every run and could not tell a real gap
+// from it. Elsewhere a package not installed skips the test.
 func TestInstallDepsPackages(t *testing.T) {
 	RequireTools(t, "dpkg-query")
+	var missing []string
 	for _, p := range installDepsList(t, "PKGS") {
 		r := Run(t, time.Minute, "dpkg-query", "-W", "-f=${Status}", p)
 		if r.Stdout != "install ok installed" {
-			t.Errorf("package %s: dpkg-query says %q (exit %d, %s): not a package of its own, or not installed by make deps", p, r.Stdout, r.ExitCode, strings.TrimSpace(r.Stderr))
+			missing = append(missing, fmt.Sprintf("%s (dpkg-query: %q, exit %d, %s)", p, r.Stdout, r.ExitCode, strings.TrimSpace(r.Stderr)))
 		}
+	}
+	if len(missing) > 0 {
+		SkipOrFail(t, "packages scripts/install-deps.sh names are not installed by those names (not a package of its own, or make deps did not run): %s", strings.Join(missing, "; "))
 	}
 }
 
