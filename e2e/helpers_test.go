@@ -259,7 +259,9 @@ func StartProcess(t testing.TB, name string, args ...string) *Process {
 		close(p.done)
 	}()
 	t.Cleanup(func() {
-		p.Stop(10 * time.Second)
+		if err := p.Stop(10 * time.Second); errors.Is(err, errStillRunning) {
+			t.Errorf("stopping %s: %v", name, err)
+		}
 		if strings.Contains(p.Output(), raceReport) {
 			t.Errorf("%s %s: the race detector reported a data race", name, strings.Join(args, " "))
 		}
@@ -290,8 +292,13 @@ func (p *Process) Wait(timeout time.Duration) error {
 	}
 }
 
+// errStillRunning is Stop's error for a process SIGKILL did not end.
+var errStillRunning = errors.New("still running 30s after SIGKILL")
+
 // Stop sends SIGTERM, waits up to grace, then kills the whole process
-// group. It returns the exit error.
+// group. It returns the exit error, or says that the process outlived
+// SIGKILL by 30 s (stuck in the kernel, on a dead FUSE mount say): the
+// test's other cleanups, which may be what frees it, still run.
 func (p *Process) Stop(grace time.Duration) error {
 	select {
 	case <-p.done:
@@ -305,8 +312,12 @@ func (p *Process) Stop(grace time.Duration) error {
 	case <-time.After(grace):
 	}
 	syscall.Kill(-p.Cmd.Process.Pid, syscall.SIGKILL)
-	<-p.done
-	return p.err
+	select {
+	case <-p.done:
+		return p.err
+	case <-time.After(30 * time.Second):
+		return fmt.Errorf("%s: %w", p.name, errStillRunning)
+	}
 }
 
 // Result is a finished command.
