@@ -62,7 +62,9 @@ func TestServeSizes(t *testing.T) {
 		if fi, err := os.Stat(img); err != nil || fi.Size() != tc.want {
 			t.Errorf("--size %s: file %v %v", tc.arg, fi.Size(), err)
 		}
-		s.Stop(10 * time.Second)
+		if err := s.Stop(10 * time.Second); err != nil {
+			t.Fatalf("--size %s: serve after SIGTERM: %v", tc.arg, err)
+		}
 	}
 }
 
