@@ -15,6 +15,10 @@
 #                 reference, nbdkit relaying to nbdkit (see start_relay)
 #   RESYNC=0      leave out the resync benchmark; RESYNC_SIZE (default 1G)
 #
+# The run fails rather than print a number when fio reports an error or
+# another job, when a replicated pair stopped replicating during a job, or
+# when a copy differs from its source.
+#
 # Servers are registered with `bench_server NAME URI` after being started;
 # to add one (e.g. a replicated resource), start it in start_servers and
 # register it there. Jobs alternate servers: for each job, every server runs
