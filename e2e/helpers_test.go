@@ -141,12 +141,6 @@ func RequireRoot(t testing.TB) {
 	}
 }
 
-// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
-func FreePort(t testing.TB) int {
-	t.Helper()
-	return FreePorts(t, 1)[0]
-}
-
 // FreePorts returns n distinct free ports: all are held open until the
 // last is found, since a port just closed may well be handed out again.
 // They are picked at random below Linux's default ephemeral range
