@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -50,7 +52,9 @@ type node struct {
 	// peerPort is the port of the node's address in the resource files
 	// (node b listens on it for node a's link).
 	peerPort int
-	// metricsPort, when set, is where the daemon serves /metrics.
+	// metrics makes the daemon serve /metrics, on a port the kernel picks
+	// at each start (metricsPort, read from the daemon's log).
+	metrics     bool
 	metricsPort int
 	// stateDir, when set, is the daemon's state directory: a restarted
 	// daemon brings the resource back itself (clusterOptions.restore).
@@ -106,13 +110,13 @@ func newCluster(t *testing.T, o clusterOptions) *cluster {
 	}
 	dir := t.TempDir()
 	c := &cluster{t: t, dir: dir, size: o.size}
-	ports := FreePorts(t, 6)
+	ports := FreePorts(t, 4)
 	peerA, peerB := ports[0], ports[1]
 	c.a = &node{t: t, name: "a", id: 0, dir: dir, nbdPort: ports[2]}
 	c.b = &node{t: t, name: "b", id: 1, dir: dir, nbdPort: ports[3]}
 	c.a.peerPort, c.b.peerPort = peerA, peerB
 	if o.metrics {
-		c.a.metricsPort, c.b.metricsPort = ports[4], ports[5]
+		c.a.metrics, c.b.metrics = true, true
 	}
 	if o.restore {
 		c.a.stateDir, c.b.stateDir = filepath.Join(dir, "a.state"), filepath.Join(dir, "b.state")
@@ -212,11 +216,42 @@ func (n *node) restart() {
 // startWith starts the node's daemon with extra flags.
 func (n *node) startWith(args ...string) {
 	n.t.Helper()
-	if n.metricsPort != 0 {
-		args = append(args, "--metrics", fmt.Sprintf("127.0.0.1:%d", n.metricsPort))
+	if n.metrics {
+		args = append(args, "--metrics", "127.0.0.1:0")
 	}
-	n.daemon = StartProcess(n.t, Binary(), append([]string{"daemon", "--socket", n.socket, "--log-level", "debug"}, args...)...)
-	WaitPort(n.t, "unix", n.socket, 10*time.Second)
+	d := StartProcess(n.t, Binary(), append([]string{"daemon", "--socket", n.socket, "--log-level", "debug"}, args...)...)
+	n.daemon = d
+	// A killed daemon leaves its socket file: wait for one that answers,
+	// and stop waiting if the daemon exits (a race-enabled daemon on a
+	// loaded machine can take more than a few seconds to start).
+	WaitFor(n.t, 30*time.Second, "node "+n.name+"'s daemon to serve "+n.socket, func() bool {
+		select {
+		case <-d.Done():
+			n.t.Fatalf("node %s: the daemon exited: %v\n%s", n.name, d.Wait(0), d.Output())
+		default:
+		}
+		c, err := net.DialTimeout("unix", n.socket, time.Second)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	})
+	if n.metrics {
+		WaitFor(n.t, 30*time.Second, "node "+n.name+"'s daemon to log its metrics address", func() bool {
+			m := metricsURLRE.FindStringSubmatch(d.Output())
+			if m == nil {
+				return false
+			}
+			_, port, err := net.SplitHostPort(m[1])
+			if err == nil {
+				n.metricsPort, err = strconv.Atoi(port)
+			}
+			if err != nil {
+				n.t.Fatalf("node %s: metrics address %q: %v", n.name, m[1], err)
+			}
+			return true
+		})
+	}
 }
 
 // kill kills the daemon with SIGKILL, as a crash.

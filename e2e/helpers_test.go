@@ -17,8 +17,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"runtime/debug"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -141,12 +141,6 @@ func RequireRoot(t testing.TB) {
 	}
 }
 
-// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
-func FreePort(t testing.TB) int {
-	t.Helper()
-	return FreePorts(t, 1)[0]
-}
-
 // FreePorts returns n distinct free ports: all are held open until the
 // last is found, since a port just closed may well be handed out again.
 // They are picked at random below Linux's default ephemeral range
@@ -259,7 +253,9 @@ func StartProcess(t testing.TB, name string, args ...string) *Process {
 		close(p.done)
 	}()
 	t.Cleanup(func() {
-		p.Stop(10 * time.Second)
+		if err := p.Stop(10 * time.Second); errors.Is(err, errStillRunning) {
+			t.Errorf("stopping %s: %v", name, err)
+		}
 		if strings.Contains(p.Output(), raceReport) {
 			t.Errorf("%s %s: the race detector reported a data race", name, strings.Join(args, " "))
 		}
@@ -290,8 +286,13 @@ func (p *Process) Wait(timeout time.Duration) error {
 	}
 }
 
+// errStillRunning is Stop's error for a process SIGKILL did not end.
+var errStillRunning = errors.New("still running 30s after SIGKILL")
+
 // Stop sends SIGTERM, waits up to grace, then kills the whole process
-// group. It returns the exit error.
+// group. It returns the exit error, or says that the process outlived
+// SIGKILL by 30 s (stuck in the kernel, on a dead FUSE mount say): the
+// test's other cleanups, which may be what frees it, still run.
 func (p *Process) Stop(grace time.Duration) error {
 	select {
 	case <-p.done:
@@ -305,8 +306,12 @@ func (p *Process) Stop(grace time.Duration) error {
 	case <-time.After(grace):
 	}
 	syscall.Kill(-p.Cmd.Process.Pid, syscall.SIGKILL)
-	<-p.done
-	return p.err
+	select {
+	case <-p.done:
+		return p.err
+	case <-time.After(30 * time.Second):
+		return fmt.Errorf("%s: %w", p.name, errStillRunning)
+	}
 }
 
 // Result is a finished command.
@@ -375,9 +380,12 @@ type Server struct {
 	Disk string
 }
 
-// StartServe starts `rbd-nbd serve --disk disk` on a free loopback port
-// (unless args has --listen) with extra args, and waits until it accepts
-// connections.
+// serveListenRE finds the address in serve's "exporting disk" log line.
+var serveListenRE = regexp.MustCompile(`"listen": "([^"]+)"`)
+
+// StartServe starts `rbd-nbd serve --disk disk` with extra args on a
+// loopback port the kernel picks when serve listens (unless args has
+// --listen), and waits until it accepts connections.
 func StartServe(t testing.TB, disk, export string, args ...string) *Server {
 	t.Helper()
 	s := &Server{Disk: disk}
@@ -389,9 +397,9 @@ func StartServe(t testing.TB, disk, export string, args ...string) *Server {
 		}
 	}
 	if listen == "" {
-		s.Addr = "127.0.0.1:" + strconv.Itoa(FreePort(t))
-		all = append(all, "--listen", s.Addr)
-		s.URI = "nbd://" + s.Addr + "/" + export
+		// Port 0: no port is picked here and released, for another
+		// process to take before serve listens; serve logs the one it got.
+		all = append(all, "--listen", "127.0.0.1:0")
 	} else if path, ok := strings.CutPrefix(listen, "unix:"); ok {
 		s.URI = "nbd+unix:///" + export + "?socket=" + path
 	} else {
@@ -399,17 +407,31 @@ func StartServe(t testing.TB, disk, export string, args ...string) *Server {
 		s.URI = "nbd://" + listen + "/" + export
 	}
 	s.Process = StartProcess(t, Binary(), append(all, args...)...)
+	exited := func() {
+		select {
+		case <-s.Done():
+			t.Fatalf("rbd-nbd serve exited: %v\n%s", s.err, s.Output())
+		default:
+		}
+	}
+	if listen == "" {
+		WaitFor(t, 30*time.Second, "rbd-nbd serve to log its address", func() bool {
+			exited()
+			m := serveListenRE.FindStringSubmatch(s.Output())
+			if m != nil {
+				s.Addr = m[1]
+			}
+			return m != nil
+		})
+		s.URI = "nbd://" + s.Addr + "/" + export
+	}
 	network, address := "tcp", s.Addr
 	if s.Addr == "" {
 		network, address = "unix", strings.TrimPrefix(listen, "unix:")
 	}
 	deadline := time.Now().Add(30 * time.Second)
 	WaitFor(t, 30*time.Second, "rbd-nbd serve to listen", func() bool {
-		select {
-		case <-s.Done():
-			t.Fatalf("rbd-nbd serve exited: %v\n%s", s.err, s.Output())
-		default:
-		}
+		exited()
 		c, err := net.DialTimeout(network, address, time.Until(deadline))
 		if err == nil {
 			c.Close()
@@ -452,8 +474,38 @@ func NBDFuse(t testing.TB, dir, uri string) string {
 		t.Fatal(err)
 	}
 	pidfile := filepath.Join(dir, "nbdfuse.pid")
+	// Last, once nbdfuse is stopped: nothing may stay mounted, where later
+	// tests would find it (and t.TempDir could not be removed).
+	t.Cleanup(func() {
+		if mounted(t, mnt) {
+			r := Run(t, time.Minute, "fusermount3", "-u", "-z", mnt)
+			t.Errorf("nbdfuse's mount %s outlived nbdfuse (lazy unmount: %v %s)", mnt, r.Err, r.Stderr)
+		}
+	})
 	fuse := StartProcess(t, "nbdfuse", "-P", pidfile, mnt, uri)
-	t.Cleanup(func() { Run(t, time.Minute, "fusermount3", "-u", mnt) })
+	t.Cleanup(func() {
+		if !mounted(t, mnt) {
+			return // nbdfuse failed, or never mounted
+		}
+		// A loop device detached a moment ago may still hold the file
+		// while someone (udev's probe) has the device open: busy for a
+		// while, then free.
+		var r Result
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+			if r = Run(t, time.Minute, "fusermount3", "-u", mnt); r.Err == nil {
+				return
+			}
+			if time.Now().After(deadline) {
+				break
+			}
+		}
+		// Still busy: something (a loop device, a mount) holds the file.
+		// Detach it lazily, so that the mount goes when they let go.
+		t.Errorf("fusermount3 -u %s: %v %s", mnt, r.Err, r.Stderr)
+		if r := Run(t, time.Minute, "fusermount3", "-u", "-z", mnt); r.Err != nil {
+			t.Errorf("fusermount3 -u -z %s: %v %s", mnt, r.Err, r.Stderr)
+		}
+	})
 	WaitFor(t, 30*time.Second, "nbdfuse to be ready", func() bool {
 		select {
 		case <-fuse.Done():
@@ -463,4 +515,22 @@ func NBDFuse(t testing.TB, dir, uri string) string {
 		return fileExists(pidfile)
 	})
 	return filepath.Join(mnt, "nbd")
+}
+
+// mounted reports whether something is mounted at path, as
+// /proc/self/mountinfo says (its fifth field, with spaces and the like
+// escaped in octal).
+func mounted(t testing.TB, path string) bool {
+	t.Helper()
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	esc := strings.NewReplacer(" ", `\040`, "\t", `\011`, "\n", `\012`, `\`, `\134`).Replace(path)
+	for _, l := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(l); len(f) > 4 && f[4] == esc {
+			return true
+		}
+	}
+	return false
 }

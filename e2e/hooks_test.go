@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bytes"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -68,8 +69,13 @@ func TestHooksLocalIOError(t *testing.T) {
 	startFailing(t, inject)
 	c.a.qemuIO("write -P 0x22 0 64k")
 	c.a.wait("the disk detached", 30*time.Second, func(s nodeStatus) bool { return s.Disk == "Diskless" })
-	WaitFor(t, 30*time.Second, "local-io-error to run", func() bool { return fileExists(filepath.Join(dir, "ioerr")) })
-	msg, _ := os.ReadFile(filepath.Join(dir, "ioerr"))
+	// The handler's echo creates the file before it writes the line: wait
+	// for the line, not the file.
+	var msg []byte
+	WaitFor(t, 30*time.Second, "local-io-error to run", func() bool {
+		msg, _ = os.ReadFile(filepath.Join(dir, "ioerr"))
+		return bytes.HasSuffix(msg, []byte("\n"))
+	})
 	if !strings.Contains(string(msg), "input/output error") {
 		t.Fatalf("RBD_NBD_IO_ERROR = %q", msg)
 	}

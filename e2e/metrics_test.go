@@ -55,6 +55,9 @@ func scrape(t testing.TB, addr string) metrics {
 	return m
 }
 
+// metricsURLRE finds the address in the "serving metrics" log line.
+var metricsURLRE = regexp.MustCompile(`"url": "http://([^/"]+)/metrics"`)
+
 var labelRE = regexp.MustCompile(`(\w+)="((?:[^"\\]|\\.)*)"`)
 
 // canonical writes a series with its labels sorted by name, whatever order
@@ -226,8 +229,16 @@ func TestServeMetrics(t *testing.T) {
 	RequireTools(t, "qemu-io")
 	disk := filepath.Join(t.TempDir(), "d.img")
 	MakeFile(t, disk, 16<<20, nil)
-	addr := fmt.Sprintf("127.0.0.1:%d", FreePort(t))
-	s := StartServe(t, disk, "e", "--metrics", addr)
+	// Port 0, as for the export: serve logs the address it got.
+	s := StartServe(t, disk, "e", "--metrics", "127.0.0.1:0")
+	var addr string
+	WaitFor(t, 30*time.Second, "serve to log its metrics address", func() bool {
+		m := metricsURLRE.FindStringSubmatch(s.Output())
+		if m != nil {
+			addr = m[1]
+		}
+		return m != nil
+	})
 	MustRun(t, time.Minute, "qemu-io", "-f", "raw", "-c", "write -P 7 0 1M", "-c", "read -P 7 0 64k", "-c", "flush",
 		"-c", "discard 2M 1M", s.URI)
 	m := scrape(t, addr)

@@ -346,7 +346,9 @@ func TestDaemonRestartRestoresResources(t *testing.T) {
 	// there so that it is remembered.
 	c.a.ctl("secondary", "r0")
 	c.a.ctl("down", "r0")
-	c.a.daemon.Stop(10 * time.Second)
+	if err := c.a.daemon.Stop(10 * time.Second); err != nil {
+		t.Fatalf("node a's daemon after SIGTERM: %v", err)
+	}
 	state := c.dir + "/state-a"
 	c.a.startWith("--state-dir", state)
 	c.a.up()

@@ -36,11 +36,13 @@ func (c *cluster) makeStale(n int64) uint64 {
 	return st.OutOfSync
 }
 
-// Application I/O with verification runs through the whole resync; both
-// replicas end identical.
+// Application I/O with verification starts while a resync runs and goes
+// on, the resync ending under it or after it; fio reads back what it
+// wrote, and both replicas end identical.
 func TestResyncUnderLoad(t *testing.T) {
 	RequireTools(t, "fio", "nbdcopy")
-	c := newCluster(t, clusterOptions{size: 128 << 20, yaml: "resync:\n  rate: 24M\n"})
+	// 96 MiB at 12 MiB/s: 8 s of resync, for fio to start well within.
+	c := newCluster(t, clusterOptions{size: 128 << 20, yaml: "resync:\n  rate: 12M\n"})
 	dirty := c.makeStale(96 << 20)
 	c.b.start()
 	c.b.up()
@@ -63,7 +65,16 @@ size=32m
 	if err := os.WriteFile(jf, []byte(job), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	MustRun(t, 5*time.Minute, "fio", "--directory="+c.dir, jf)
+	fio := StartProcess(t, "fio", "--directory="+c.dir, jf)
+	// The writes must meet the resync: fio connected while blocks were
+	// still to send.
+	st := c.a.wait("fio connected", 60*time.Second, func(s nodeStatus) bool { return s.NBDConns > 0 })
+	if st.Conn != "SyncSource" || st.OutOfSync == 0 {
+		t.Fatalf("the resync was over before fio's writes began: %+v", st)
+	}
+	if err := fio.Wait(5 * time.Minute); err != nil {
+		t.Fatalf("fio: %v\n%s", err, fio.Output())
+	}
 	if st := c.a.status(); st.Conn != "SyncSource" {
 		t.Logf("note: the resync ended before fio did (%+v)", st)
 	}

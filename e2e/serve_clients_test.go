@@ -93,6 +93,10 @@ func TestServeReadOnly(t *testing.T) {
 	if r.ExitCode == 0 && !strings.Contains(r.Stdout+r.Stderr, "ermission") && !strings.Contains(r.Stdout+r.Stderr, "read-only") {
 		t.Errorf("write to a read-only export succeeded:\n%s%s", r.Stdout, r.Stderr)
 	}
+	// Refused, not only reported so: the file is as it was.
+	if b, err := os.ReadFile(img); err != nil || !bytes.Equal(b, bytes.Repeat([]byte{0x5a}, 8<<20)) {
+		t.Errorf("the read-only export's file changed (%v)", err)
+	}
 }
 
 // TestServeQemuIO writes, reads, discards and zeroes through qemu-io and
@@ -143,6 +147,7 @@ func TestServeQemuIO(t *testing.T) {
 	check(192<<10, 64<<10, 0xab)
 	check(1<<20, 512<<10, 0xcd)
 	check(2<<20, 64<<10, 0x22)
+	check(3<<20, 64<<10, 0x33)
 }
 
 // TestServeNbdsh drives libnbd's Python API: flags on each command.

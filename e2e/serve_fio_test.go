@@ -47,7 +47,11 @@ bs=128k
 		t.Fatalf("fio: %v\n%s\n%s", r.Err, r.Stdout, r.Stderr)
 	}
 	// fio prints a line about connecting before its JSON.
-	out := r.Stdout[strings.Index(r.Stdout, "{"):]
+	i := strings.Index(r.Stdout, "{")
+	if i < 0 {
+		t.Fatalf("no JSON in fio's output:\n%s\n%s", r.Stdout, r.Stderr)
+	}
+	out := r.Stdout[i:]
 	var res struct {
 		Jobs []struct {
 			Name  string `json:"jobname"`

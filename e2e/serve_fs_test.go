@@ -50,7 +50,12 @@ func TestServeExt4(t *testing.T) {
 	t.Cleanup(func() {
 		if mounted {
 			if r := Run(t, time.Minute, "umount", mnt); r.Err != nil {
-				Run(t, time.Minute, "umount", "-l", mnt)
+				// Busy: detach it lazily so that the loop device and
+				// nbdfuse can go, and say so.
+				t.Errorf("umount %s: %v %s", mnt, r.Err, r.Stderr)
+				if r := Run(t, time.Minute, "umount", "-l", mnt); r.Err != nil {
+					t.Errorf("umount -l %s: %v %s", mnt, r.Err, r.Stderr)
+				}
 			}
 		}
 	})

@@ -15,11 +15,18 @@
 #                 reference, nbdkit relaying to nbdkit (see start_relay)
 #   RESYNC=0      leave out the resync benchmark; RESYNC_SIZE (default 1G)
 #
+# The run fails rather than print a number when fio reports an error or
+# another job, when a replicated pair stopped replicating during a job, or
+# when a copy differs from its source.
+#
 # Servers are registered with `bench_server NAME URI` after being started;
 # to add one (e.g. a replicated resource), start it in start_servers and
 # register it there. Jobs alternate servers: for each job, every server runs
 # it in turn, so a slow patch of the machine hits all of them alike.
 set -euo pipefail
+# A function whose output $(...) takes stops at its first failure too
+# (bash turns set -e off inside command substitutions without this).
+shopt -s inherit_errexit
 
 cd "$(dirname "$0")/.."
 RUNTIME=${RUNTIME:-8}
@@ -35,6 +42,18 @@ done
 WORK=$(mktemp -d)
 IMG="$BENCH_DIR/rbd-nbd-bench.$$.img"
 PIDS=()
+# stop PID...: ends processes this script started and forgets them, so
+# that cleanup cannot signal a later process that got the same number.
+stop() {
+	local p q keep=()
+	kill "$@" 2>/dev/null || true
+	wait "$@" 2>/dev/null || true
+	for p in "${PIDS[@]}"; do
+		for q in "$@"; do [ "$p" = "$q" ] && continue 2; done
+		keep+=("$p")
+	done
+	PIDS=("${keep[@]}")
+}
 cleanup() {
 	for pid in "${PIDS[@]}"; do
 		kill "$pid" 2>/dev/null || true
@@ -46,16 +65,48 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# free_port prints a TCP port nobody listens on.
-free_port() {
-	python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+# PORTS holds distinct loopback ports that were free when the run began,
+# all picked at once (so no two servers are given the same one) and below
+# Linux's ephemeral range (32768-60999), where any outgoing connection may
+# take one as its source port before a server listens on it. take_port
+# VAR hands out the next one.
+PORTS=()
+NEXT_PORT=0
+pick_ports() {
+	local out
+	out=$(python3 - "$1" <<'PY'
+import random, socket, sys
+held = []
+while len(held) < int(sys.argv[1]):
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", random.randrange(10000, 32768)))
+    except OSError:
+        s.close()
+        continue
+    held.append(s)
+print(" ".join(str(s.getsockname()[1]) for s in held))
+PY
+)
+	read -r -a PORTS <<<"$out"
+}
+take_port() {
+	[ "$NEXT_PORT" -lt "${#PORTS[@]}" ] || { echo "bench: out of ports" >&2; exit 1; }
+	printf -v "$1" %s "${PORTS[NEXT_PORT]}"
+	NEXT_PORT=$((NEXT_PORT + 1))
 }
 
-# wait_port PORT waits (up to 10 s) until something listens on PORT.
+# wait_port PORT [PID] waits (up to 10 s) until something listens on
+# PORT, and fails unless process PID, which was to listen there, still
+# runs: one that could not listen may have found another in its place.
 wait_port() {
-	local port=$1 i
-	for i in $(seq 200); do
+	local port=$1
+	for _ in $(seq 200); do
 		if python3 -c 'import socket,sys; socket.create_connection(("127.0.0.1",int(sys.argv[1])),0.2).close()' "$1" 2>/dev/null; then
+			if [ -n "${2:-}" ] && ! kill -0 "$2" 2>/dev/null; then
+				echo "bench: the server for port $port exited" >&2
+				return 1
+			fi
 			return 0
 		fi
 		sleep 0.05
@@ -66,24 +117,28 @@ wait_port() {
 
 SERVER_NAMES=()
 SERVER_URIS=()
-# bench_server NAME URI registers a running server; the first is the baseline.
+SERVER_PAIRS=()
+# bench_server NAME URI [PAIR] registers a running server; the first is the
+# baseline. PAIR names the replicated resource the server is, whose link
+# is checked after each job.
 bench_server() {
 	SERVER_NAMES+=("$1")
 	SERVER_URIS+=("$2")
+	SERVER_PAIRS+=("${3:-}")
 }
 
 start_servers() {
 	local port
-	port=$(free_port)
+	take_port port
 	nbdkit -f -i 127.0.0.1 -p "$port" file "$IMG" 2>"$WORK/nbdkit.log" &
 	PIDS+=($!)
-	wait_port "$port"
+	wait_port "$port" $!
 	bench_server "nbdkit $(nbdkit --version | awk '{print $2}') file" "nbd://127.0.0.1:$port/"
 
-	port=$(free_port)
+	take_port port
 	./bin/rbd-nbd serve --disk "$IMG" --listen "127.0.0.1:$port" --log-level warn 2>"$WORK/rbd-nbd.log" &
 	PIDS+=($!)
-	wait_port "$port"
+	wait_port "$port" $!
 	bench_server "rbd-nbd serve" "nbd://127.0.0.1:$port/"
 
 	if [ "${REPLICATED:-1}" = 1 ]; then
@@ -102,13 +157,14 @@ start_servers() {
 # this machine can beat its latency, so it shows where the floor is.
 start_relay() {
 	local back front
-	back=$(free_port); front=$(free_port)
+	take_port back
+	take_port front
 	nbdkit -f -i 127.0.0.1 -p "$back" file "$IMG" 2>"$WORK/nbdkit-back.log" &
 	PIDS+=($!)
-	wait_port "$back"
+	wait_port "$back" $!
 	nbdkit -f -i 127.0.0.1 -p "$front" nbd hostname=127.0.0.1 port="$back" 2>"$WORK/nbdkit-relay.log" &
 	PIDS+=($!)
-	wait_port "$front"
+	wait_port "$front" $!
 	bench_server "nbdkit nbd plugin relaying to nbdkit file (reference)" "nbd://127.0.0.1:$front/"
 }
 
@@ -121,7 +177,10 @@ start_pair() {
 	local flags=("${@:4}")
 	./bin/rbd-nbd create-md --disk "$2" --node-id 0 --force >/dev/null
 	./bin/rbd-nbd create-md --disk "$3" --node-id 1 --force >/dev/null
-	pa=$(free_port); pb=$(free_port); na=$(free_port); nb=$(free_port)
+	take_port pa
+	take_port pb
+	take_port na
+	take_port nb
 	printf '%s\n' "resource: $name" "nodes:" \
 		"  - {name: a, node-id: 0, address: \"127.0.0.1:$pa\", disk: \"$2\", nbd-listen: \"127.0.0.1:$na\"}" \
 		"  - {name: b, node-id: 1, address: \"127.0.0.1:$pb\", disk: \"$3\", nbd-listen: \"127.0.0.1:$nb\"}" \
@@ -137,11 +196,25 @@ start_pair() {
 		for _ in $(seq 200); do ./bin/rbd-nbd --socket "$WORK/$name-$n.sock" status >/dev/null 2>&1 && break; sleep 0.05; done
 		./bin/rbd-nbd --socket "$WORK/$name-$n.sock" up -c "$WORK/$name.yaml" --node "$n"
 	done
-	for _ in $(seq 100); do
-		./bin/rbd-nbd --socket "$WORK/$name-a.sock" status "$name" | grep -q connection:Connected && break
+	for _ in $(seq 600); do
+		[[ $(./bin/rbd-nbd --socket "$WORK/$name-a.sock" status "$name") == *connection:Connected* ]] && break
 		sleep 0.05
 	done
+	[[ $(./bin/rbd-nbd --socket "$WORK/$name-a.sock" status "$name") == *connection:Connected* ]] ||
+		{ echo "bench: the pair $name did not connect (logs: $WORK/$name-[ab].log)" >&2; exit 1; }
 	PAIR_NBD=127.0.0.1:$na
+}
+
+# pair_in_sync NAME: node a of pair NAME is connected, both disks UpToDate,
+# nothing out of sync: what it served went to both disks.
+pair_in_sync() {
+	./bin/rbd-nbd --socket "$WORK/$1-a.sock" status "$1" --json | python3 -c '
+import json, sys
+s = json.load(sys.stdin)[0]
+ok = s["connection"] == "Connected" and s["disk"] == "UpToDate" and s["peer-disk"] == "UpToDate" and s["out-of-sync"] == 0
+if not ok:
+    print("bench: pair %s: %s %s/%s, %d bytes out of sync" % (s["name"], s["connection"], s["disk"], s["peer-disk"], s["out-of-sync"]), file=sys.stderr)
+sys.exit(0 if ok else 1)'
 }
 
 # start_replicated NAME LABEL [DAEMON_FLAG...] starts a pair running
@@ -158,7 +231,8 @@ start_replicated() {
 	./bin/rbd-nbd --socket "$WORK/$name-a.sock" wait-sync "$name" --timeout 30s
 	./bin/rbd-nbd --socket "$WORK/$name-a.sock" primary "$name"
 	wait_port "${PAIR_NBD#*:}"
-	bench_server "$label" "nbd://$PAIR_NBD/$name"
+	pair_in_sync "$name"
+	bench_server "$label" "nbd://$PAIR_NBD/$name" "$name"
 }
 
 write_jobfile() {
@@ -201,10 +275,13 @@ warm_memory() {
 	rm -f "$BENCH_DIR/rbd-nbd-warm.$$"
 }
 
-# resync_once SIZE SRC: seconds for a full resync of SRC's bytes between two
-# daemons on this machine (primary --force until both are UpToDate).
+# resync_once SRC: ELAPSED is the seconds a full resync of SRC's bytes
+# between two daemons on this machine took (primary --force until both
+# are UpToDate); the copy is then compared with SRC. It sets a variable
+# rather than printing, so that it runs in this shell: its daemons are in
+# PIDS for cleanup and a failure stops the script.
 resync_once() {
-	local src=$2 t0 t1
+	local src=$1 t0 t1 n
 	RSA="$BENCH_DIR/rbd-nbd-rs.$$.a.img"; RSB="$BENCH_DIR/rbd-nbd-rs.$$.b.img"
 	cp "$src" "$RSA"
 	truncate -s "+1M" "$RSA" # room for the meta-data after the data
@@ -212,32 +289,36 @@ resync_once() {
 	start_pair rs "$RSA" "$RSB"
 	t0=$(date +%s.%N)
 	./bin/rbd-nbd --socket "$WORK/rs-a.sock" primary rs --force
-	./bin/rbd-nbd --socket "$WORK/rs-a.sock" wait-sync rs 2>/dev/null
+	./bin/rbd-nbd --socket "$WORK/rs-a.sock" wait-sync rs --timeout 30m 2>/dev/null
 	t1=$(date +%s.%N)
-	kill "${PAIR_PIDS[@]}" 2>/dev/null || true
-	wait "${PAIR_PIDS[@]}" 2>/dev/null || true
+	pair_in_sync rs
+	stop "${PAIR_PIDS[@]}"
+	n=$(stat -c %s "$src")
+	cmp -n "$n" "$RSB" "$src" || { echo "bench: the resync target differs from the source" >&2; exit 1; }
 	rm -f "$RSA" "$RSB"
-	python3 -c "print($t1 - $t0)"
+	ELAPSED=$(python3 -c "print($t1 - $t0)")
 }
 
-# nbdcopy_once SIZE SRC: seconds for nbdcopy to copy SRC between two
-# nbdkit file exports over loopback.
+# nbdcopy_once SIZE SRC: ELAPSED is the seconds nbdcopy took to copy SRC
+# between two nbdkit file exports over loopback (then compared).
 nbdcopy_once() {
 	local src=$2 dst="$BENCH_DIR/rbd-nbd-rs.$$.dst" px py t0 t1 pids=()
 	truncate -s "$1" "$dst"
-	px=$(free_port); py=$(free_port)
+	take_port px
+	take_port py
 	nbdkit -f -i 127.0.0.1 -p "$px" file "$src" 2>/dev/null &
 	pids=($!); PIDS+=($!)
+	wait_port "$px" $!
 	nbdkit -f -i 127.0.0.1 -p "$py" file "$dst" 2>/dev/null &
 	pids+=($!); PIDS+=($!)
-	wait_port "$px"; wait_port "$py"
+	wait_port "$py" $!
 	t0=$(date +%s.%N)
 	nbdcopy "nbd://127.0.0.1:$px/" "nbd://127.0.0.1:$py/"
 	t1=$(date +%s.%N)
-	kill "${pids[@]}" 2>/dev/null || true
-	wait "${pids[@]}" 2>/dev/null || true
+	stop "${pids[@]}"
+	cmp "$src" "$dst" || { echo "bench: nbdcopy's copy differs from the source" >&2; exit 1; }
 	rm -f "$dst"
-	python3 -c "print($t1 - $t0)"
+	ELAPSED=$(python3 -c "print($t1 - $t0)")
 }
 
 # bench_resync compares a full resync of RESYNC_SIZE (default 1 GiB) of
@@ -250,8 +331,10 @@ bench_resync() {
 	warm_memory 4096
 	for r in $(seq "$ROUNDS"); do
 		echo "resync round $r" >&2
-		nc+=("$(nbdcopy_once "$size" "$src")")
-		rs+=("$(resync_once "$size" "$src")")
+		nbdcopy_once "$size" "$src"
+		nc+=("$ELAPSED")
+		resync_once "$src"
+		rs+=("$ELAPSED")
 	done
 	rm -f "$src"
 	python3 - "$size" "${#rs[@]}" "${rs[@]}" "${nc[@]}" <<'PY' | tee -a "${OUT:-/dev/null}"
@@ -275,6 +358,8 @@ truncate -s 256M "$IMG"
 # Fill the file so that reads hit allocated pages, like a used disk.
 dd if=/dev/urandom of="$IMG" bs=1M count=256 conv=notrunc status=none
 write_jobfile
+# Two ports per nbdkit copy and four per resync pair, each round.
+pick_ports $((12 + 6 * ROUNDS))
 start_servers
 
 # run_job ROUND JOB INDEX writes fio's JSON for one server and job.
@@ -282,6 +367,12 @@ run_job() {
 	local round=$1 job=$2 i=$3
 	URI=${SERVER_URIS[$i]} fio --output-format=json --section="$job" \
 		--output="$WORK/r$round-$job-$i.json" "$WORK/job.fio" >/dev/null
+	# A pair whose link dropped served some of the job from one disk:
+	# its numbers would not be those of replicated writes.
+	if [ -n "${SERVER_PAIRS[$i]}" ]; then
+		pair_in_sync "${SERVER_PAIRS[$i]}" ||
+			{ echo "bench: ${SERVER_NAMES[$i]} was not replicating after $job" >&2; exit 1; }
+	fi
 }
 
 # Each job runs on every server in turn; odd rounds go in registration
@@ -289,7 +380,7 @@ run_job() {
 for round in $(seq "$ROUNDS"); do
 	order=("${!SERVER_NAMES[@]}")
 	if ((round % 2 == 0)); then
-		order=($(printf '%s\n' "${order[@]}" | tac))
+		mapfile -t order < <(printf "%s\n" "${order[@]}" | tac)
 	fi
 	for job in $JOBS; do
 		for i in "${order[@]}"; do
@@ -308,7 +399,12 @@ work, rounds, jobs, names = sys.argv[1], int(sys.argv[2]), sys.argv[3].split(), 
 
 def result(r, job, i):
     with open(f"{work}/r{r}-{job}-{i}.json") as f:
-        j = json.load(f)["jobs"][0]
+        jobs = json.load(f)["jobs"]
+    # One job each, the one asked for, without errors: anything else would
+    # compare different work.
+    if len(jobs) != 1 or jobs[0]["jobname"] != job or jobs[0]["error"] != 0:
+        sys.exit(f"bench: round {r}, {job} on {names[i]}: fio ran {[(x['jobname'], x['error']) for x in jobs]}")
+    j = jobs[0]
     w = j["write"] if j["write"]["io_bytes"] > 0 else j["read"]
     return {"iops": w["iops"], "bw": w["bw_bytes"] / 1e6, "lat": w["lat_ns"]["mean"] / 1e3}
 

@@ -23,8 +23,26 @@ cleanup() {
 trap cleanup EXIT
 fail() { echo "DEMO FAILED: $*" >&2; tail -n 30 "$W"/a.log "$W"/b.log >&2 || true; exit 1; }
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-PA=$(free_port); PB=$(free_port); NA=$(free_port); NB=$(free_port)
+# free_ports N: N distinct free loopback ports, all held until the last is
+# found, below Linux's ephemeral range (32768-60999), where any outgoing
+# connection may take one as its source port before a daemon listens on it.
+free_ports() {
+	python3 - "$1" <<'PY'
+import random, socket, sys
+held = []
+while len(held) < int(sys.argv[1]):
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", random.randrange(10000, 32768)))
+    except OSError:
+        s.close()
+        continue
+    held.append(s)
+print(" ".join(str(s.getsockname()[1]) for s in held))
+PY
+}
+read -r PA PB NA NB <<<"$(free_ports 4)"
+[ -n "$NB" ] || fail "no free ports"
 
 cd "$W"
 sed -e "s/127.0.0.1:7788/127.0.0.1:$PA/" -e "s/127.0.0.1:7789/127.0.0.1:$PB/" \
@@ -36,13 +54,30 @@ truncate -s "$SIZE" a.img b.img
 "$B" create-md --disk a.img --node-id 0
 "$B" create-md --disk b.img --node-id 1
 
+# wait_for WHAT SECONDS CMD...: polls CMD until it succeeds; the demo fails
+# after SECONDS.
+wait_for() {
+	local what=$1 secs=$2 tries=$(($2 * 10))
+	shift 2
+	until "$@" >/dev/null 2>&1; do
+		tries=$((tries - 1))
+		[ "$tries" -gt 0 ] || fail "timed out after $secs s waiting for $what"
+		sleep 0.1
+	done
+}
+# status_has NODE TEXT: the node's status of r0 says TEXT.
+status_has() {
+	local out
+	out=$("$B" --socket "$W/$1.sock" status r0) || return 1
+	[[ $out == *"$2"* ]]
+}
+declare -A PID
 start_daemon() { # name
 	"$B" daemon --socket "$W/$1.sock" >>"$W/$1.log" 2>&1 &
 	PIDS+=($!)
-	eval "PID_$1=$!"
+	PID[$1]=$!
 	# Wait until it answers: a node killed earlier leaves its socket file.
-	for _ in $(seq 200); do "$B" --socket "$W/$1.sock" status >/dev/null 2>&1 && return; sleep 0.05; done
-	fail "daemon $1 did not start"
+	wait_for "daemon $1 to start" 10 "$B" --socket "$W/$1.sock" status
 }
 A() { "$B" --socket "$W/a.sock" "$@"; }
 Bn() { "$B" --socket "$W/b.sock" "$@"; }
@@ -52,7 +87,7 @@ start_daemon a
 start_daemon b
 A up -c r0.yaml --node a
 Bn up -c r0.yaml --node b
-for _ in $(seq 100); do A status r0 | grep -q "connection:Connected" && break; sleep 0.1; done
+wait_for "a and b to connect" 30 status_has a "connection:Connected"
 A status r0
 
 say "primary --force on a: a's data wins; full initial sync to b"
@@ -65,9 +100,9 @@ head -c 64M /dev/urandom > data1
 nbdcopy --flush data1 "nbd://127.0.0.1:$NA/r0"
 
 say "Crash of node b (kill -9); a keeps serving"
-kill -9 "$PID_b"
-wait "$PID_b" 2>/dev/null || true
-for _ in $(seq 100); do A status r0 | grep -q "connection:Connecting" && break; sleep 0.1; done
+kill -9 "${PID[b]}"
+wait "${PID[b]}" 2>/dev/null || true
+wait_for "a to see b gone" 30 status_has a "connection:Connecting"
 A status r0
 
 say "More writes while b is away: 3 MiB at 100 MiB and 4 KiB writes at 150 MiB"
@@ -76,6 +111,7 @@ A status r0
 DIRTY=$(A status r0 --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["out-of-sync"])')
 BEFORE=$(A status r0 --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["resynced-bytes"])')
 echo "out of sync on a: $DIRTY bytes (what b missed)"
+[ "$DIRTY" -gt 0 ] || fail "a recorded nothing out of sync while b was away"
 
 say "Node b comes back: it resyncs only what it missed"
 start_daemon b
@@ -93,6 +129,8 @@ DSIZE=$(A status r0 --json | python3 -c 'import json,sys; print(json.load(sys.st
 cmp <(head -c "$DSIZE" a.img) <(head -c "$DSIZE" b.img) || fail "replicas differ"
 nbdcopy "nbd://127.0.0.1:$NA/r0" readback
 cmp <(head -c 64M readback) data1 || fail "read back differs from what was written"
+qemu-io -r -f raw -c "read -P 0x5a 100M 3M" -c "read -P 0xa5 150M 4k" -c "read -P 0x3c 157351936 4k" \
+	"nbd://127.0.0.1:$NA/r0" >qemu-io.out || fail "the writes made while b was away do not read back: $(cat qemu-io.out)"
 echo "a.img and b.img hold identical data ($DSIZE bytes); NBD reads back what was written"
 
 say "Statistics since the resource came up (also as Prometheus metrics: daemon --metrics)"
