@@ -144,8 +144,9 @@ func checkWindow(w int) error {
 
 // Progress is a snapshot of a running resync.
 type Progress struct {
-	// Total is the bytes to resync, as known so far (it grows if blocks
-	// turn dirty behind the cursor).
+	// Total is the bytes to resync, as known so far: it grows at each
+	// pass over the bitmap after the first by the blocks that turned
+	// dirty again (sent again, they count twice in Done).
 	Total int64
 	// Done is the bytes the target acknowledged (sent or found equal).
 	Done int64
@@ -356,6 +357,15 @@ func (e *Engine) Run(ctx context.Context) error {
 	e.lastAt = time.Now()
 	e.mu.Unlock()
 	for pass := 0; ; pass++ {
+		if pass > 0 {
+			// Between passes nothing is in flight and every chunk's
+			// bits were cleared, but those of blocks that turned dirty
+			// again: what is left is this pass's work, on top of what
+			// the earlier ones did (Total would otherwise stay at the
+			// first pass's, and show the resync done while this one
+			// runs).
+			e.total.Store(e.done.Load() + e.bm.DirtyBytes())
+		}
 		n, err := e.pass(ctx)
 		if err == nil {
 			err = e.drain(ctx)
