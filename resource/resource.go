@@ -635,8 +635,9 @@ func (r *Resource) Status() Status {
 	}
 	if r.bmap() != nil && !r.diskFailed.Load() {
 		// A Diskless node keeps no bitmap: the one of its detached disk
-		// is not what it is out of sync by.
-		st.OutOfSync = uint64(r.bmap().DirtyBytes())
+		// is not what it is out of sync by. Blocks past the size a
+		// smaller peer set are no part of the resource.
+		st.OutOfSync = uint64(r.bmap().DirtyBytesBelow(r.size.Load()))
 	}
 	st.WritesInFlight = uint64(max(r.inflight.Load(), 0))
 	st.IO = r.io.snapshot()
