@@ -143,3 +143,24 @@ func TestStatusShowsVerifyMarksWithItsEnd(t *testing.T) {
 		t.Fatalf("verify: %v found %d, out of sync %d; want Done, 4096, 4096", s.Verify, s.VerifyFound, s.OutOfSync)
 	}
 }
+
+// A verify whose stop falls inside a block marks the whole block when its
+// part differs, and reports what it marked: verify-found counted only the
+// part compared.
+func TestVerifyStopInsideBlockCountsTheMarkedBlock(t *testing.T) {
+	c := newPair(t, "", "")
+	bs := c.a.bmap().BlockSize()
+	const off = 3 << 20
+	if _, err := c.db.Device.WriteAt(fill(0x55, 512), off); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := c.a.Verify(ctx, 0, off+1024); err != nil {
+		t.Fatal(err)
+	}
+	s := c.wait(c.a, "verify done", func(s Status) bool { return s.Verify != VerifyRunning && s.Verify != VerifyNone })
+	if s.Verify != VerifyDone || s.VerifyFound != uint64(bs) || s.OutOfSync != uint64(bs) {
+		t.Fatalf("verify: %v found %d, out of sync %d; want Done, %d, %d (the block)", s.Verify, s.VerifyFound, s.OutOfSync, bs, bs)
+	}
+}
