@@ -318,6 +318,21 @@ func (b *Bitmap) DirtyBytes() int64 {
 	return min(max(n, 0), b.size)
 }
 
+// DirtyBytesBelow is DirtyBytes for the data before end: a block that
+// end splits counts up to end. A resource that uses less of the disk than
+// the bitmap covers (a smaller peer) counts only its part.
+func (b *Bitmap) DirtyBytesBelow(end int64) int64 {
+	n := b.DirtyBytes()
+	if end >= b.size {
+		return n
+	}
+	end = max(end, 0)
+	for off, l, ok := b.NextDirty(end); ok; off, l, ok = b.NextDirty(off + l) {
+		n -= off + l - max(off, end)
+	}
+	return max(n, 0)
+}
+
 // nextSet returns the first set bit at or after i, or nbits.
 func (b *Bitmap) nextSet(i uint64) uint64 {
 	for i < b.nbits {

@@ -50,3 +50,31 @@ func TestCountDuringConcurrentSetClear(t *testing.T) {
 		t.Fatalf("Count %d, DirtyBytes %d of a bitmap of %d blocks", bad, badBytes, bm.Bits())
 	}
 }
+
+// DirtyBytesBelow counts the dirty bytes before an end inside the data,
+// a block that the end splits up to the end.
+func TestDirtyBytesBelow(t *testing.T) {
+	const bs = 64 << 10
+	b, err := New(16<<20+8192, bs, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.Set(0, 1)        // block 0
+	b.Set(4<<20, 1)    // a block that 4 MiB + 4 KiB splits
+	b.Set(8<<20, 3*bs) // three blocks past it
+	b.Set(16<<20, 1)   // the partial last block (8 KiB)
+	for _, tc := range []struct{ end, want int64 }{
+		{0, 0},
+		{bs, bs},
+		{4<<20 + 4096, bs + 4096},
+		{8<<20 + bs + 1, 2*bs + bs + 1},
+		{16 << 20, 5 * bs},
+		{16<<20 + 4096, 5*bs + 4096},
+		{16<<20 + 8192, 5*bs + 8192},
+		{32 << 20, 5*bs + 8192},
+	} {
+		if got := b.DirtyBytesBelow(tc.end); got != tc.want {
+			t.Errorf("DirtyBytesBelow(%d) = %d, want %d", tc.end, got, tc.want)
+		}
+	}
+}

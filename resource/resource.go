@@ -211,6 +211,9 @@ type Resource struct {
 	// wrapData, set by tests before Start, wraps the data device (to
 	// hold or fail chosen writes).
 	wrapData func(disk.Device) disk.Device
+	// statusMidway, set by tests, runs in Status between its read of the
+	// verify and its read of the bitmap.
+	statusMidway atomic.Pointer[func()]
 }
 
 // New returns a resource that is not running yet.
@@ -612,10 +615,29 @@ func (r *Resource) Apply(ctx context.Context, cfg config.Resource) error {
 // Status returns a snapshot of the resource's state.
 func (r *Resource) Status() Status {
 	st := *r.status.Load()
+	// The verify is read before the bitmap: a verify marks its blocks
+	// before it counts them and ends, so a status that shows it ended (or
+	// found n bytes) also counts the bits it set. Read the other way
+	// round, a verify that ended between the two reads showed its bytes
+	// found but none of them out of sync.
+	verify := r.verify.Load()
+	last := r.lastVerify.Load()
+	if v := verify; v != nil {
+		st.Verify, st.VerifyFound = VerifyRunning, uint64(v.found.Load())
+	} else if v := last; v != nil {
+		st.Verify, st.VerifyFound = VerifyDone, uint64(v.found.Load())
+		if v.interrupted {
+			st.Verify = VerifyInterrupted
+		}
+	}
+	if h := r.statusMidway.Load(); h != nil {
+		(*h)()
+	}
 	if r.bmap() != nil && !r.diskFailed.Load() {
 		// A Diskless node keeps no bitmap: the one of its detached disk
-		// is not what it is out of sync by.
-		st.OutOfSync = uint64(r.bmap().DirtyBytes())
+		// is not what it is out of sync by. Blocks past the size a
+		// smaller peer set are no part of the resource.
+		st.OutOfSync = uint64(r.bmap().DirtyBytesBelow(r.size.Load()))
 	}
 	st.WritesInFlight = uint64(max(r.inflight.Load(), 0))
 	st.IO = r.io.snapshot()
@@ -637,8 +659,7 @@ func (r *Resource) Status() Status {
 		st.DiskError = *e
 	}
 	st.ResyncedBytes = uint64(r.resyncedBytes())
-	// One load: the connection state and status.verify agree.
-	verify := r.verify.Load()
+	// verify (one load): the connection state and status.verify agree.
 	if e := r.engine.Load(); e != nil {
 		p := e.Progress()
 		st.ResyncDone, st.ResyncTotal = uint64(p.Done), uint64(p.Total)
@@ -655,14 +676,6 @@ func (r *Resource) Status() Status {
 	} else if v := verify; v != nil {
 		st.Conn = ConnVerifyS
 		st.ResyncDone, st.ResyncTotal = uint64(v.done.Load()), uint64(v.stop-v.start)
-	}
-	if v := verify; v != nil {
-		st.Verify, st.VerifyFound = VerifyRunning, uint64(v.found.Load())
-	} else if v := r.lastVerify.Load(); v != nil {
-		st.Verify, st.VerifyFound = VerifyDone, uint64(v.found.Load())
-		if v.interrupted {
-			st.Verify = VerifyInterrupted
-		}
 	}
 	return st
 }

@@ -199,3 +199,43 @@ func (c *pair) verifyAll() Status {
 	}
 	return c.wait(c.a, "verify done", func(s Status) bool { return s.Verify != VerifyRunning && s.Verify != VerifyNone })
 }
+
+// A full resync towards a smaller peer (net.size-mismatch: smaller) ends:
+// the source's bitmap covers its bigger disk, and the engine sent the
+// blocks past the peer's end, which the peer failed (out of range); the
+// pair reconnected and started over for good, the peer Inconsistent.
+// Out of sync counts only the resource's (the smaller) size.
+func TestFullResyncTowardsSmallerPeer(t *testing.T) {
+	c := startPairSized(t, 16<<20, 12<<20, 0, "  size-mismatch: smaller\n", "")
+	t.Cleanup(c.stopBoth)
+	c.waitBoth("connected", func(s Status) bool { return s.Conn == ConnConnected })
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := c.a.NewCurrentUUID(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	c.waitBoth("uptodate", func(s Status) bool { return s.Disk == DiskUpToDate && s.PeerDisk == DiskUpToDate })
+	size := int64(c.a.Status().Size)
+	if size != int64(c.b.Status().Size) || size >= 16<<20 {
+		t.Fatalf("sizes: a %d, b %d", size, c.b.Status().Size)
+	}
+	// Data on a that b lacks, up to the shared end.
+	if _, err := c.da.Device.WriteAt(fill(0x77, 64<<10), size-64<<10); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.b.Invalidate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if s, ok := waitStatus(c.b, 20*time.Second, func(s Status) bool { return s.Conn == ConnConnected && s.Disk == DiskUpToDate }); !ok {
+		t.Fatalf("the full resync towards the smaller peer did not end: b %v %v, a %+v", s.Conn, s.Disk, c.a.Status())
+	}
+	if s, ok := waitStatus(c.a, 20*time.Second, func(s Status) bool { return s.Conn == ConnConnected && s.OutOfSync == 0 }); !ok {
+		t.Fatalf("a after the resync: %v, %d bytes out of sync", s.Conn, s.OutOfSync)
+	}
+	if s := c.a.Status(); s.Link.Connects != 1 {
+		t.Fatalf("a connected %d times: the resync failed and started over", s.Link.Connects)
+	}
+	if !bytes.Equal(c.peerData(size-64<<10, 64<<10), fill(0x77, 64<<10)) {
+		t.Fatal("b lacks the last blocks")
+	}
+}

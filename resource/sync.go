@@ -87,7 +87,7 @@ func (r *Resource) startSync(source, full bool) {
 		} else if f := r.targetFailed.Load(); f != nil {
 			f.ClearAll()
 		}
-		t := &targetState{ready: make(chan struct{}), ctx: ctx, total: uint64(r.bmap().DirtyBytes())}
+		t := &targetState{ready: make(chan struct{}), ctx: ctx, total: uint64(r.bmap().DirtyBytesBelow(r.size.Load()))}
 		r.targetMu.Lock()
 		r.target = t
 		if r.targetSet != nil {
@@ -134,6 +134,10 @@ func (r *Resource) startSync(source, full bool) {
 	ecfg.Rate = cfg.Resync.Rate
 	ecfg.Csums = string(cfg.Resync.Csums)
 	ecfg.BlockSize = r.bmap().BlockSize()
+	// A smaller peer's disk (net.size-mismatch: smaller) ends before the
+	// bitmap: nothing past its end is sent (the peer would fail it, and
+	// the resync start over for good).
+	ecfg.Size = r.size.Load()
 	// A chunk holds whole bitmap blocks, or its durability point could
 	// clear none of them (the meta-data allows blocks above the default
 	// chunk size, up to 1 MiB).
@@ -166,7 +170,7 @@ func (r *Resource) startSync(source, full bool) {
 	gate := new(atomic.Bool)
 	r.engineGate = gate
 	r.goLoop(func() {
-		res := r.hooks.Run(ctx, hooks.BeforeResyncSource, r.hookEnv().With(hooks.EnvResyncBytes, strconv.FormatInt(r.bmap().DirtyBytes(), 10)))
+		res := r.hooks.Run(ctx, hooks.BeforeResyncSource, r.hookEnv().With(hooks.EnvResyncBytes, strconv.FormatInt(r.bmap().DirtyBytesBelow(ecfg.Size), 10)))
 		if res.Vetoed() {
 			r.post(func() { r.vetoed(link, "before-resync-source", res) })
 			return

@@ -202,8 +202,10 @@ func (r *Resource) verifyChunk(link *replicate.Link, digest resync.DigestFunc, a
 			return err
 		}
 		if !bytes.Equal(remote, digest(buf[b:b+l])) {
+			// A stop inside a block compares only its part, but the
+			// whole block is marked: found counts what is marked.
 			r.setOutOfSync(off+b, l)
-			v.differs(off+b, l)
+			v.differs(off+b, min(bs, r.size.Load()-(off+b)))
 		}
 	}
 	return nil

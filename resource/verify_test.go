@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"sync"
 	"testing"
 	"time"
 )
@@ -69,5 +70,97 @@ func TestVerifyRangeOutsideDiskNamesTheArgument(t *testing.T) {
 		if !errors.As(err, &ae) || ae.Path != tc.path || ae.Value != tc.value {
 			t.Fatalf("verify %d..%d (size %d): %#v, want an AttrError at %s %s", tc.start, tc.stop, size, err, tc.path, tc.value)
 		}
+	}
+}
+
+// A status read while a verify ends is one snapshot: one that shows the
+// verify ended counts the bits it marked. Status read the bitmap before
+// the verify's state, so a verify that marked its last block and ended
+// between the two reads showed "done, n bytes found" with 0 out of sync
+// (TestPartialLastBlockResyncAndVerify failed so under load). Here the
+// status read is held between its two reads until the verify ended.
+func TestStatusShowsVerifyMarksWithItsEnd(t *testing.T) {
+	c := newPair(t, "", "")
+	const off = 5 << 20
+	if _, err := c.db.Device.WriteAt(fill(0x55, 4096), off); err != nil {
+		t.Fatal(err)
+	}
+	// a's read of the differing chunk waits until the status read is
+	// midway.
+	chunkOff := int64(off) - int64(off)%verifyChunk
+	reading, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	c.da.setRead(func(p []byte, o int64) error {
+		if o == chunkOff && c.a.verify.Load() != nil {
+			once.Do(func() { close(reading) })
+			<-release
+		}
+		return nil
+	})
+	defer c.da.setRead(nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := c.a.Verify(ctx, 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-reading:
+	case <-ctx.Done():
+		close(release)
+		t.Fatal("the verify never read the differing chunk")
+	}
+	midway, ended := make(chan struct{}), make(chan struct{})
+	var midOnce sync.Once
+	hold := func() {
+		midOnce.Do(func() {
+			close(midway)
+			<-ended
+		})
+	}
+	c.a.statusMidway.Store(&hold)
+	got := make(chan Status, 1)
+	go func() { got <- c.a.Status() }()
+	<-midway
+	c.a.statusMidway.Store(nil)
+	close(release)
+	// The verify ends (the loop publishes its end) while the status
+	// read waits.
+	deadline := time.Now().Add(20 * time.Second)
+	for c.a.lastVerify.Load() == nil || c.a.verify.Load() != nil {
+		if time.Now().After(deadline) {
+			close(ended)
+			t.Fatal("the verify did not end")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	close(ended)
+	s := <-got
+	if s.Verify == VerifyDone && s.OutOfSync < s.VerifyFound {
+		t.Fatalf("status: verify %v found %d bytes, but %d out of sync", s.Verify, s.VerifyFound, s.OutOfSync)
+	}
+	s = c.wait(c.a, "verify done", func(s Status) bool { return s.Verify != VerifyRunning })
+	if s.Verify != VerifyDone || s.VerifyFound != 4096 || s.OutOfSync != 4096 {
+		t.Fatalf("verify: %v found %d, out of sync %d; want Done, 4096, 4096", s.Verify, s.VerifyFound, s.OutOfSync)
+	}
+}
+
+// A verify whose stop falls inside a block marks the whole block when its
+// part differs, and reports what it marked: verify-found counted only the
+// part compared.
+func TestVerifyStopInsideBlockCountsTheMarkedBlock(t *testing.T) {
+	c := newPair(t, "", "")
+	bs := c.a.bmap().BlockSize()
+	const off = 3 << 20
+	if _, err := c.db.Device.WriteAt(fill(0x55, 512), off); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := c.a.Verify(ctx, 0, off+1024); err != nil {
+		t.Fatal(err)
+	}
+	s := c.wait(c.a, "verify done", func(s Status) bool { return s.Verify != VerifyRunning && s.Verify != VerifyNone })
+	if s.Verify != VerifyDone || s.VerifyFound != uint64(bs) || s.OutOfSync != uint64(bs) {
+		t.Fatalf("verify: %v found %d, out of sync %d; want Done, %d, %d (the block)", s.Verify, s.VerifyFound, s.OutOfSync, bs, bs)
 	}
 }

@@ -99,6 +99,12 @@ type Config struct {
 	// LatencyTarget is the application write latency above which the
 	// engine backs off; 0 disables the controller.
 	LatencyTarget time.Duration
+	// Size is the end of the data the target holds (0: the bitmap's
+	// size): a smaller peer's disk. The walk ends there; the bits of the
+	// blocks past it stay (they are not this resync's to clear), but for
+	// the block it splits, which the last chunk clears (BlockSize must
+	// be the bitmap's then).
+	Size int64
 	// Logger receives progress and errors.
 	Logger *zap.Logger
 }
@@ -121,6 +127,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("resync: flush interval %d below the chunk size", c.FlushEvery)
 	case c.BlockSize < 512 || c.BlockSize > c.ChunkSize:
 		return fmt.Errorf("resync: block size %d out of 512..chunk size", c.BlockSize)
+	case c.Size < 0:
+		return fmt.Errorf("resync: size %d is negative", c.Size)
 	case c.ChunkSize%c.BlockSize != 0:
 		// A block split between two chunks would never have its bit
 		// cleared, and the walk would find it dirty forever.
@@ -144,8 +152,9 @@ func checkWindow(w int) error {
 
 // Progress is a snapshot of a running resync.
 type Progress struct {
-	// Total is the bytes to resync, as known so far (it grows if blocks
-	// turn dirty behind the cursor).
+	// Total is the bytes to resync, as known so far: it grows at each
+	// pass over the bitmap after the first by the blocks that turned
+	// dirty again (sent again, they count twice in Done).
 	Total int64
 	// Done is the bytes the target acknowledged (sent or found equal).
 	Done int64
@@ -220,7 +229,7 @@ func New(cfg Config, src Source, bm Bitmap, lock *rangelock.Locker, tr Transport
 		cfg.Logger = zap.NewNop()
 	}
 	e := &Engine{cfg: cfg, src: src, bm: bm, lock: lock, tr: tr, log: cfg.Logger, window: cfg.Window}
-	e.total.Store(bm.DirtyBytes()) // Progress before Run shows what is to do
+	e.total.Store(e.dirtyBytes()) // Progress before Run shows what is to do
 	e.cond = sync.NewCond(&e.mu)
 	e.latencyTarget.Store(int64(cfg.LatencyTarget))
 	e.limiter, e.limChanged = e.newLimiter(cfg.Rate), make(chan struct{})
@@ -351,11 +360,20 @@ func (e *Engine) Run(ctx context.Context) error {
 		e.mu.Unlock()
 	})
 	defer stop()
-	e.total.Store(e.bm.DirtyBytes())
+	e.total.Store(e.dirtyBytes())
 	e.mu.Lock()
 	e.lastAt = time.Now()
 	e.mu.Unlock()
 	for pass := 0; ; pass++ {
+		if pass > 0 {
+			// Between passes nothing is in flight and every chunk's
+			// bits were cleared, but those of blocks that turned dirty
+			// again: what is left is this pass's work, on top of what
+			// the earlier ones did (Total would otherwise stay at the
+			// first pass's, and show the resync done while this one
+			// runs).
+			e.total.Store(e.done.Load() + e.dirtyBytes())
+		}
 		n, err := e.pass(ctx)
 		if err == nil {
 			err = e.drain(ctx)
@@ -382,14 +400,29 @@ func (e *Engine) Run(ctx context.Context) error {
 	}
 }
 
+// dirtyBytes is the bitmap's dirty bytes before Config.Size.
+func (e *Engine) dirtyBytes() int64 {
+	n := e.bm.DirtyBytes()
+	if e.cfg.Size == 0 {
+		return n
+	}
+	for off, l, ok := e.bm.NextDirty(e.cfg.Size); ok; off, l, ok = e.bm.NextDirty(off + l) {
+		n -= off + l - max(off, e.cfg.Size)
+	}
+	return max(n, 0)
+}
+
 // pass walks the bitmap once and returns the number of chunks started.
 func (e *Engine) pass(ctx context.Context) (int, error) {
 	var started int
 	var cursor int64
-	for {
+	for e.cfg.Size == 0 || cursor < e.cfg.Size {
 		off, length, ok := e.bm.NextDirty(cursor)
-		if !ok {
+		if !ok || (e.cfg.Size > 0 && off >= e.cfg.Size) {
 			return started, nil
+		}
+		if e.cfg.Size > 0 {
+			length = min(length, e.cfg.Size-off)
 		}
 		for length > 0 {
 			n := min(length, e.cfg.ChunkSize)
@@ -402,6 +435,9 @@ func (e *Engine) pass(ctx context.Context) (int, error) {
 		}
 		cursor = off
 	}
+	// At the target's end, which may split a block: NextDirty would
+	// return that block again.
+	return started, nil
 }
 
 // acquire waits for a window slot (and for resume); it returns the seq
@@ -624,7 +660,14 @@ func (e *Engine) clear(batch []span) {
 	e.mu.Lock()
 	for _, s := range batch {
 		if !e.redirtiedSince(s) {
-			e.bm.Clear(s.off, s.length)
+			n := s.length
+			if e.cfg.Size > 0 && s.off+n == e.cfg.Size {
+				// The block the end of the target's data splits: its
+				// part past the end is no data of this resync, and
+				// Clear leaves a block it covers only partly.
+				n += (e.cfg.BlockSize - e.cfg.Size%e.cfg.BlockSize) % e.cfg.BlockSize
+			}
+			e.bm.Clear(s.off, n)
 		}
 	}
 	e.mu.Unlock()

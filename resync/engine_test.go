@@ -768,3 +768,103 @@ func TestSetLimitsKeepsChargedDebt(t *testing.T) {
 		t.Fatalf("throttle at a huge rate: %v", err)
 	}
 }
+
+// sendHookTransport runs onSend before each SendData.
+type sendHookTransport struct {
+	*flushHookTransport
+	onSend func(off int64)
+}
+
+func (t *sendHookTransport) SendData(off int64, p []byte, done func(error)) error {
+	t.onSend(off)
+	return t.flushHookTransport.SendData(off, p, done)
+}
+
+// Blocks that turn dirty behind the cursor are resent by a later pass:
+// Progress counts them in Total while that pass runs, instead of showing
+// the resync done (Done == Total, no ETA) with blocks still to send.
+func TestProgressTotalGrowsWithLaterPasses(t *testing.T) {
+	const size = 1 << 20
+	const x, y = 512 << 10, 64 << 10
+	src, dst, bm := setup(t, size, func(bm *bitmap.Bitmap, src, dst *memDisk) {
+		copy(src.b[x:], bytes.Repeat([]byte{0x22}, 4096))
+		bm.Set(x, 4096)
+	})
+	var e *Engine
+	tr := &sendHookTransport{flushHookTransport: &flushHookTransport{memTransport: &memTransport{target: dst}}}
+	tr.onFlush = func() {
+		tr.wg.Wait() // x landed
+		// y, behind the cursor, turns dirty: the next pass sends it.
+		src.WriteAt(bytes.Repeat([]byte{0x33}, 4096), y)
+		e.Dirtied(y, 4096)
+		bm.Set(y, 4096)
+	}
+	var during Progress
+	tr.onSend = func(off int64) {
+		if off == y {
+			during = e.Progress()
+		}
+	}
+	var err error
+	if e, err = New(DefaultConfig(), src, bm, &rangelock.Locker{}, tr); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Run(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	tr.wg.Wait()
+	if !bytes.Equal(src.b, dst.b) {
+		t.Fatal("the target differs")
+	}
+	if during.Done != 4096 || during.Total != 8192 {
+		t.Fatalf("while the second pass sends y: done %d of %d; want 4096 of 8192", during.Done, during.Total)
+	}
+	if p := e.Progress(); p.Done != 8192 || p.Total != 8192 {
+		t.Fatalf("at the end: done %d of %d; want 8192 of 8192", p.Done, p.Total)
+	}
+}
+
+// A target smaller than the bitmap (a smaller peer's disk) gets nothing
+// past its end: the resync ends once the blocks before it are sent (the
+// block its end splits included), and the bits of the blocks past it
+// stay. It sent chunks past the end, which such a peer fails, and the
+// resync never ended.
+func TestResyncStopsAtTheTargetsSize(t *testing.T) {
+	const size = 1 << 20
+	const end = size - 6144 // splits the next-to-last 4 KiB block
+	r := rand.New(rand.NewPCG(3, 4))
+	src, _, bm := setup(t, size, func(bm *bitmap.Bitmap, src, dst *memDisk) {
+		randomize(r, src.b)
+		bm.SetAll()
+	})
+	for _, csums := range []string{"", "crc32c"} {
+		bm.SetAll()
+		dst := &memDisk{b: make([]byte, end)} // a write past it panics
+		cfg := DefaultConfig()
+		cfg.Size, cfg.Csums = end, csums
+		tr := &memTransport{target: dst}
+		e, err := New(cfg, src, bm, &rangelock.Locker{}, tr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p := e.Progress(); p.Total != end {
+			t.Fatalf("csums %q: total %d before the run, want %d", csums, p.Total, end)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		err = e.Run(ctx)
+		cancel()
+		if err != nil {
+			t.Fatalf("csums %q: %v", csums, err)
+		}
+		tr.wg.Wait()
+		if !bytes.Equal(src.b[:end], dst.b) {
+			t.Fatalf("csums %q: the target differs", csums)
+		}
+		if n := bm.DirtyBytes(); n != 4096 {
+			t.Fatalf("csums %q: %d bytes dirty after the run, want 4096 (the block past the end)", csums, n)
+		}
+		if p := e.Progress(); p.Done != end || p.Total != end {
+			t.Fatalf("csums %q: done %d of %d, want %d of %d", csums, p.Done, p.Total, end, end)
+		}
+	}
+}
