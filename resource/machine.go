@@ -398,6 +398,11 @@ func (m *Machine) PrimaryTarget() bool { return m.primaryTarget }
 // answer to this Primary's detach (see Machine.peerGenPending).
 func (m *Machine) PeerGenerationPending() bool { return m.peerGenPending }
 
+// OutdatedDiskless reports whether this Diskless node answered outdate
+// and has had no handshake since (see Machine.outdatedDiskless): the
+// runtime marks the detached disk's meta-data Outdated too.
+func (m *Machine) OutdatedDiskless() bool { return m.outdatedDiskless }
+
 // Suspended returns why application I/O is suspended (0: it is not).
 func (m *Machine) Suspended() Suspend { return m.suspended }
 
