@@ -415,6 +415,9 @@ func (s *stateStore) lock() (func(), error) {
 	if err := os.MkdirAll(s.dir, 0o700); err != nil {
 		return nil, fmt.Errorf("state directory: %w", err)
 	}
+	if err := checkStateDir(s.dir); err != nil {
+		return nil, err
+	}
 	f, err := os.OpenFile(filepath.Join(s.dir, ".lock"), os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("state directory: %w", err)
@@ -433,6 +436,29 @@ func (s *stateStore) lock() (func(), error) {
 		}
 	}
 	return func() { f.Close() }, nil
+}
+
+// checkStateDir refuses a state directory that another user owns or may
+// write to: a state file is a configuration the restore brings up, with
+// the handlers it runs (as the daemon's user) and the Primary role it
+// takes. (MkdirAll keeps a directory that is there already: one made
+// beforehand in a shared place such as /tmp, where a socket path may
+// point.)
+func checkStateDir(dir string) error {
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return fmt.Errorf("state directory: %w", err)
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("state directory %s is not a directory", dir)
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok && int(st.Uid) != os.Geteuid() {
+		return fmt.Errorf("state directory %s belongs to uid %d, not to this daemon's user (uid %d): its files would be restored as this daemon's resources; remove it, or give --state-dir a directory of this user", dir, st.Uid, os.Geteuid())
+	}
+	if perm := fi.Mode().Perm(); perm&0o022 != 0 {
+		return fmt.Errorf("state directory %s may be written by other users (mode %04o): its files would be restored as this daemon's resources; chmod go-w it", dir, perm)
+	}
+	return nil
 }
 
 // restore brings the remembered resources back through the daemon's own

@@ -209,3 +209,38 @@ func TestUpdateKeepsUnknownFields(t *testing.T) {
 		t.Fatalf("the newer file is restored after the update: %+v", in)
 	}
 }
+
+// A state directory other users may write to, or that another user owns
+// (made beforehand in a shared place such as /tmp), is refused: its files
+// are configurations, with handlers, that the restore brings up as this
+// daemon's resources, Primary if they say so.
+func TestStateDirOfOthersRefused(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "state")
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(dir, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	s := &stateStore{dir: dir, log: zap.NewNop()}
+	if _, err := s.lock(); err == nil || !strings.Contains(err.Error(), "chmod go-w") {
+		t.Fatalf("a state directory every user may write: %v", err)
+	}
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	unlock, err := s.lock()
+	if err != nil {
+		t.Fatalf("a state directory others may read: %v", err)
+	}
+	unlock()
+	if os.Geteuid() != 0 {
+		return // chown needs root
+	}
+	if err := os.Chown(dir, 65534, 65534); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.lock(); err == nil || !strings.Contains(err.Error(), "belongs to uid 65534") {
+		t.Fatalf("a state directory of another user: %v", err)
+	}
+}
