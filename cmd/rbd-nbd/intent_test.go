@@ -209,3 +209,62 @@ func dialNBD(t *testing.T, cfg config.Resource) net.Conn {
 	}
 	return c
 }
+
+// While a restore's up is on its way, an administrator's up of the same
+// resource with another configuration may start it first. That start is
+// no restore: the remembered Primary role must not stay with the new
+// configuration, or the next restart promotes it.
+func TestAdminUpDuringRestoreIsSecondary(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	s := &stateStore{dir: t.TempDir(), log: zap.NewNop()}
+	remembered := loneDisk(t)
+	s.save("r0", intent{Config: remembered, Primary: true, Generation: 3})
+	s.setRestoring("r0", true) // the restore's up is on its way
+	defer s.setRestoring("r0", false)
+	other := remembered
+	other.Net.Protocol = config.ProtocolA
+	rt := &resourceRuntime{name: "r0", log: zap.NewNop(), events: nopEvents{}, state: s}
+	if err := rt.Start(ctx, other, 4); err != nil {
+		t.Fatal(err)
+	}
+	defer rt.res.Load().Stop(ctx)
+	if in, ok := s.load("r0"); !ok || in.Primary || in.Config.Net.Protocol != config.ProtocolA {
+		t.Fatalf("an administrator's up with another configuration during the restore: state %+v, %v; want it, Secondary", in, ok)
+	}
+}
+
+// The restore's own up keeps the remembered role and generation, also for
+// a state file an older version wrote (without the defaults a newer one
+// fills in): the check above must not take the restore for another up.
+func TestRestoreUpKeepsRole(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	s := &stateStore{dir: t.TempDir(), log: zap.NewNop()}
+	cfg := loneDisk(t)
+	cfg.Handlers.Commands = map[string][]string{"fence-peer": {"/bin/true"}}
+	cfg.Net.SharedSecret = "s3cret"
+	// As an older version wrote it: without the defaults.
+	s.save("r0", intent{Config: config.Resource{Name: cfg.Name, Local: cfg.Local, Peer: cfg.Peer, Handlers: cfg.Handlers, Net: config.Net{SharedSecret: "s3cret"}}, Primary: true, Generation: 3})
+	dcfg := daemon.DefaultConfig()
+	dcfg.NewRuntime = newRuntimeFunc(zap.NewNop(), s, nil)
+	dcfg.Generation = s.generation
+	d, err := daemon.New(dcfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close(ctx)
+	path := serveCtl(t, d.Registry(), d)
+	in, _ := s.load("r0")
+	in.Config.Net.ConnectTimeout, in.Config.Net.PingTimeout = time.Millisecond, time.Millisecond // promote without waiting
+	s.save("r0", in)
+	in, _ = s.load("r0")
+	if err := s.restoreOne(ctx, path, "r0", in); err != nil {
+		t.Logf("restore: %v", err) // the promotion's outcome is not what this checks
+	}
+	if got, ok := s.load("r0"); !ok || !got.Primary {
+		t.Fatalf("the restore's up dropped the remembered role: %+v, %v", got, ok)
+	} else if got.Generation != 3 {
+		t.Fatalf("restored at generation %d; want the remembered 3 (it is the remembered configuration)", got.Generation)
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"reflect"
 	"sync/atomic"
 
 	"go.uber.org/zap"
@@ -70,8 +71,12 @@ func (rt *resourceRuntime) Start(ctx context.Context, cfg config.Resource, gen u
 	}
 	rt.res.Store(res)
 	rt.cpus.up(rt.name, cfg)
-	if old, ok := rt.state.load(rt.name); ok && rt.state.keepsRole(rt.name) {
+	if old, ok := rt.state.load(rt.name); ok && rt.state.keepsRole(rt.name) && reflect.DeepEqual(old.Config.Default(), cfg.Default()) {
 		// A restore: keep the remembered role until it is restored.
+		// (Only with the remembered configuration: an administrator's
+		// up with another one, which came in while the restore's was
+		// on its way, is no restore, and the next restart must not
+		// promote that configuration.)
 		rt.state.save(rt.name, intent{Config: cfg, Primary: old.Primary, Generation: gen})
 	} else {
 		rt.state.save(rt.name, intent{Config: cfg, Generation: gen})

@@ -304,7 +304,7 @@ func (s *stateStore) generation(name string, cfg config.Resource) uint64 {
 	if gen == 0 {
 		return 0
 	}
-	if in, ok := s.load(name); ok && in.Generation == gen && reflect.DeepEqual(in.Config, cfg) {
+	if in, ok := s.load(name); ok && in.Generation == gen && reflect.DeepEqual(in.Config.Default(), cfg.Default()) {
 		return gen
 	}
 	return gen + 1
