@@ -365,7 +365,9 @@ type Machine struct {
 	// outdatedDiskless: outdate (the peer's fence-peer handler) came while
 	// this node was Diskless and disconnected. The answer was "outdated";
 	// a disk attached before the link is back comes up Outdated, as the
-	// answer promised, not UpToDate from its meta-data.
+	// answer promised, not UpToDate from its meta-data. (The runtime
+	// marks the detached disk's meta-data Outdated too, which outlives
+	// this machine: Resource.Outdate.)
 	outdatedDiskless bool
 }
 
