@@ -9,6 +9,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/rbd-nbd/rbd-nbd/disk"
 	"github.com/rbd-nbd/rbd-nbd/metadata"
 )
 
@@ -61,5 +62,47 @@ func TestDisklessOutdateSurvivesRestart(t *testing.T) {
 	}
 	if err := b.Primary(ctx, false); err == nil {
 		t.Fatal("promoted without --force after the restart")
+	}
+}
+
+// detach-disk on a Secondary connected to its Primary marks the disk
+// Outdated before it is closed, as a disconnect from the Primary does:
+// the Primary writes on without it. Attached again while the peer is away
+// (here: the node restarted alone, as a restarted daemon's restore
+// attaches the disk), it came back UpToDate from its meta-data, missing
+// the Primary's writes, and was promoted without --force.
+func TestDetachFromPrimaryOutdates(t *testing.T) {
+	c := newPair(t, "", "")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	dev := c.db.Device.(*disk.SliceDevice).Parent().(*disk.File)
+	img := dev.Path()
+	if err := c.b.DetachDisk(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	if sb := inspectMeta(t, img); !sb.Flags.Has(metadata.FlagOutdated) || !sb.Flags.Has(metadata.FlagALClean) {
+		t.Fatalf("the disk detached from a Primary: meta-data %v; want outdated, al-clean", sb.Flags)
+	}
+	// The Primary writes on.
+	c.wait(c.a, "a sees b Diskless", func(s Status) bool { return s.PeerDisk == DiskDiskless })
+	if err := c.a.WriteAt(fill(0x7c, 4096), 1<<20, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.a.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	cfg := c.b.cfg()
+	if err := c.b.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	c.b = New(cfg, Options{Logger: zap.NewNop()})
+	if err := c.b.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if st := c.b.Status(); st.Disk != DiskOutdated {
+		t.Fatalf("the detached disk, attached again without its Primary: %s; want Outdated", st.Disk)
+	}
+	if err := c.b.Primary(ctx, false); err == nil {
+		t.Fatal("the detached disk was promoted without --force, missing the Primary's writes")
 	}
 }

@@ -652,7 +652,21 @@ func (m *Machine) detachDisk(e EvDetachDisk) ([]Action, error) {
 		return nil, m.refuse(ErrNoReachableCopy)
 	}
 	m.peerGenPending = m.role == RolePrimary && m.disk == DiskUpToDate && m.Replicating() && m.peerDisk == DiskUpToDate
-	acts := m.detach()
+	// A Secondary leaving its Primary's replication in order marks its
+	// disk Outdated, as a disconnect does (outdateOnLeave): the Primary
+	// writes on without it, and the detached disk, attached again while
+	// the peer is away (by attach-disk, or by the up of a restarted
+	// daemon), must not come back UpToDate from its meta-data and be
+	// promoted without --force. A handshake makes it UpToDate again
+	// (nothing written meanwhile) or its sync target. Persisted before
+	// the detach, while the meta-data is still open.
+	var acts []Action
+	if m.role == RoleSecondary && m.peerRole == RolePrimary && m.Replicating() && m.cfg.Fencing != config.FencingDontCare &&
+		(m.disk == DiskUpToDate || m.disk == DiskConsistent) {
+		m.setFlag(FlagOutdated, true)
+		acts = append(acts, m.persist())
+	}
+	acts = append(acts, m.detach()...)
 	acts[len(acts)-1] = ActDetachDisk{Clean: true}
 	if m.role == RolePrimary && !m.Replicating() {
 		acts = append(acts, ActRunHook{Name: "pri-on-incon-degr"})
