@@ -515,7 +515,14 @@ func (s *stateStore) restoreOne(ctx context.Context, socket, name string, in int
 			// says so. (A resource the administrator brought up
 			// meanwhile keeps the intent its own start wrote.)
 			if !s.shutdown.Load() {
-				s.forget(name)
+				undo := s.forget(name)
+				// An administrator's up may have come in between the
+				// status and the forget: the file its start wrote is
+				// the one just removed. The resource is there now.
+				if sts, err := c.Status(ctx, name); err == nil && len(sts) == 1 && !sts[0].Down {
+					undo()
+					return fmt.Errorf("up: %w (not restored; the resource was brought up meanwhile)", refused)
+				}
 			}
 			return fmt.Errorf("up: %w (not restored; its remembered state is forgotten: bring it up by hand)", err)
 		}
