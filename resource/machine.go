@@ -1416,6 +1416,13 @@ func (m *Machine) outdate() ([]Action, error) {
 		return nil, m.refuse(ErrConnected)
 	case m.disk == DiskDiskless:
 		m.outdatedDiskless = true
+		if m.meta.Flags&FlagConsistent != 0 {
+			// The detached disk's meta-data as the machine keeps it:
+			// the runtime marks the disk itself (Resource.Outdate), and
+			// a later persist through a failed disk still held must
+			// not take the mark back.
+			m.setFlag(FlagOutdated, true)
+		}
 		return nil, nil
 	case m.disk != DiskUpToDate && m.disk != DiskConsistent:
 		return nil, nil
