@@ -153,6 +153,7 @@ func (d *Daemon) Registry() *ctlproto.Registry { return d.reg }
 // the others' turn (they would get a context that ended, and stop
 // without closing their meta-data cleanly).
 func (d *Daemon) Close(ctx context.Context) error {
+	ctx = context.WithValue(ctx, closingKey{}, true)
 	d.mu.Lock()
 	d.closed = true
 	all := slices.Collect(maps.Values(d.res))

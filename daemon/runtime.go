@@ -33,7 +33,8 @@ type Runtime interface {
 	// new is committed as when Apply succeeds.
 	Apply(ctx context.Context, old, new config.Resource, gen uint64) error
 	// Stop takes the resource down. After it returns the runtime sends no
-	// more events and is not used again.
+	// more events and is not used again. Closing(ctx) tells the daemon's
+	// own stop at Close from an administrator's down.
 	Stop(ctx context.Context) error
 	// Status returns a snapshot of the state; the daemon fills in Name and
 	// Generation. It may be called at any time, from any goroutine, and
@@ -194,4 +195,18 @@ func argsOf(body ctlproto.List) Args {
 		VerifyStart:   num(ctlproto.TagVerifyStart),
 		VerifyStop:    num(ctlproto.TagVerifyStop),
 	}
+}
+
+// closingKey marks the context of the stops Daemon.Close makes.
+type closingKey struct{}
+
+// Closing reports whether ctx is that of a Runtime.Stop the daemon makes
+// because it is closing (the daemon stops), not because the administrator
+// took the resource down: a runtime that remembers resources across daemon
+// restarts forgets one on down only. (A flag the daemon sets when it
+// begins to close would also catch a down that was in progress then, and
+// keep a resource the administrator took down.)
+func Closing(ctx context.Context) bool {
+	v, _ := ctx.Value(closingKey{}).(bool)
+	return v
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/rbd-nbd/rbd-nbd/config"
 	"github.com/rbd-nbd/rbd-nbd/hooks"
+	"github.com/rbd-nbd/rbd-nbd/metadata"
 	"github.com/rbd-nbd/rbd-nbd/replicate"
 	"github.com/rbd-nbd/rbd-nbd/resync"
 )
@@ -195,8 +196,101 @@ func (r *Resource) NewCurrentUUID(ctx context.Context, clearBitmap bool) error {
 }
 
 // Outdate marks the local disk Outdated (Machine.outdate says when).
+//
+// On a Diskless node the machine keeps the answer until a handshake, and
+// the detached disk's meta-data is marked Outdated as well, as drbdadm
+// outdate falls back to drbdmeta on a diskless minor: the answer then
+// holds for a disk attached later also when the daemon was restarted in
+// between (its restore attaches the disk at up), or the machine rebooted.
+// A mark that cannot be written is an error (the answer "outdated" would
+// last only as long as this process): the fencing script then does not
+// report the node outdated.
 func (r *Resource) Outdate(ctx context.Context) error {
-	return r.admin(ctx, EvOutdate{})
+	// No attach-disk meanwhile: it would read the meta-data before the
+	// mark, and a disk attached after the outdate takes it from there.
+	r.attachMu.Lock()
+	defer r.attachMu.Unlock()
+	var (
+		diskless bool
+		closing  *diskClose
+	)
+	err := r.do(ctx, func() error {
+		if _, err := r.stepAdmin(EvOutdate{}); err != nil {
+			return err
+		}
+		if r.m.Disk() != DiskDiskless || !r.m.OutdatedDiskless() {
+			return nil
+		}
+		diskless, closing = true, r.diskClosing
+		if r.meta != nil {
+			// A disk that failed (on-io-error detach) is still open:
+			// its meta-data is marked through it (it cannot be opened
+			// twice).
+			diskless = false
+			return markOutdated(r.meta)
+		}
+		return nil
+	})
+	if err != nil || !diskless {
+		if err != nil && !errors.As(err, new(*StateError)) && !errors.Is(err, ErrDown) && ctx.Err() == nil {
+			return fmt.Errorf("the node answers outdated until its next handshake, but its failed disk's meta-data could not be marked Outdated (a restart forgets it): %w", err)
+		}
+		return err
+	}
+	if closing != nil {
+		// A detach-disk still closes the disk: its meta-data is marked
+		// once it is closed (cleanly or not).
+		select {
+		case <-closing.done:
+		case <-ctx.Done():
+			return fmt.Errorf("the detached disk is still being closed, its meta-data is not marked Outdated yet: %w", ctx.Err())
+		}
+	}
+	if err := r.outdateDetached(); err != nil {
+		return fmt.Errorf("the node answers outdated until its next handshake, but the detached disk's meta-data could not be marked Outdated (a restart forgets it): %w", err)
+	}
+	return nil
+}
+
+// errNothingToOutdate: the detached disk is Inconsistent or Outdated
+// already (or fresh); its meta-data stays as it is.
+var errNothingToOutdate = errors.New("nothing to outdate")
+
+// outdateDetached marks the meta-data of the resource's detached disk
+// Outdated, if it holds consistent data that is not Outdated yet.
+// attachMu is held, and no detach-disk closes the disk any more.
+func (r *Resource) outdateDetached() error {
+	check := func(sb metadata.Superblock) error {
+		if !sb.Flags.Has(metadata.FlagConsistent) || sb.Flags.Has(metadata.FlagOutdated) {
+			return errNothingToOutdate
+		}
+		return nil
+	}
+	st, err := openStorage(r.cfg(), check, nil)
+	if errors.Is(err, errNothingToOutdate) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if err := markOutdated(st.meta); err != nil {
+		closeStorage(st, false, r.log)
+		return err
+	}
+	if err := closeStorage(st, true, r.log); err != nil {
+		return err
+	}
+	r.log.Info("outdate on a Diskless node: the detached disk's meta-data is marked Outdated", zap.String("disk", r.cfg().Local.Disk))
+	return nil
+}
+
+// markOutdated sets the outdated flag in consistent meta-data.
+func markOutdated(m *metadata.Meta) error {
+	return m.Update(func(sb *metadata.Superblock) {
+		if sb.Flags.Has(metadata.FlagConsistent) {
+			sb.Flags |= metadata.FlagOutdated
+		}
+	})
 }
 
 // SuspendIO suspends application I/O: requests that arrive wait until

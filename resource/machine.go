@@ -365,7 +365,9 @@ type Machine struct {
 	// outdatedDiskless: outdate (the peer's fence-peer handler) came while
 	// this node was Diskless and disconnected. The answer was "outdated";
 	// a disk attached before the link is back comes up Outdated, as the
-	// answer promised, not UpToDate from its meta-data.
+	// answer promised, not UpToDate from its meta-data. (The runtime
+	// marks the detached disk's meta-data Outdated too, which outlives
+	// this machine: Resource.Outdate.)
 	outdatedDiskless bool
 }
 
@@ -397,6 +399,11 @@ func (m *Machine) PrimaryTarget() bool { return m.primaryTarget }
 // PeerGenerationPending reports whether attach-disk waits for the peer's
 // answer to this Primary's detach (see Machine.peerGenPending).
 func (m *Machine) PeerGenerationPending() bool { return m.peerGenPending }
+
+// OutdatedDiskless reports whether this Diskless node answered outdate
+// and has had no handshake since (see Machine.outdatedDiskless): the
+// runtime marks the detached disk's meta-data Outdated too.
+func (m *Machine) OutdatedDiskless() bool { return m.outdatedDiskless }
 
 // Suspended returns why application I/O is suspended (0: it is not).
 func (m *Machine) Suspended() Suspend { return m.suspended }
@@ -645,7 +652,21 @@ func (m *Machine) detachDisk(e EvDetachDisk) ([]Action, error) {
 		return nil, m.refuse(ErrNoReachableCopy)
 	}
 	m.peerGenPending = m.role == RolePrimary && m.disk == DiskUpToDate && m.Replicating() && m.peerDisk == DiskUpToDate
-	acts := m.detach()
+	// A Secondary leaving its Primary's replication in order marks its
+	// disk Outdated, as a disconnect does (outdateOnLeave): the Primary
+	// writes on without it, and the detached disk, attached again while
+	// the peer is away (by attach-disk, or by the up of a restarted
+	// daemon), must not come back UpToDate from its meta-data and be
+	// promoted without --force. A handshake makes it UpToDate again
+	// (nothing written meanwhile) or its sync target. Persisted before
+	// the detach, while the meta-data is still open.
+	var acts []Action
+	if m.role == RoleSecondary && m.peerRole == RolePrimary && m.Replicating() && m.cfg.Fencing != config.FencingDontCare &&
+		(m.disk == DiskUpToDate || m.disk == DiskConsistent) {
+		m.setFlag(FlagOutdated, true)
+		acts = append(acts, m.persist())
+	}
+	acts = append(acts, m.detach()...)
 	acts[len(acts)-1] = ActDetachDisk{Clean: true}
 	if m.role == RolePrimary && !m.Replicating() {
 		acts = append(acts, ActRunHook{Name: "pri-on-incon-degr"})
@@ -1395,6 +1416,13 @@ func (m *Machine) outdate() ([]Action, error) {
 		return nil, m.refuse(ErrConnected)
 	case m.disk == DiskDiskless:
 		m.outdatedDiskless = true
+		if m.meta.Flags&FlagConsistent != 0 {
+			// The detached disk's meta-data as the machine keeps it:
+			// the runtime marks the disk itself (Resource.Outdate), and
+			// a later persist through a failed disk still held must
+			// not take the mark back.
+			m.setFlag(FlagOutdated, true)
+		}
 		return nil, nil
 	case m.disk != DiskUpToDate && m.disk != DiskConsistent:
 		return nil, nil

@@ -170,7 +170,23 @@ func runDaemon(parent context.Context, g *globalOptions, o *daemonOptions) error
 	log.Info("daemon started", zap.String("socket", path), zap.String("version", version.Version),
 		zap.String("protocol", fmt.Sprintf("%d.%d", ctlproto.ProtoMajor, ctlproto.ProtoMinor)),
 		zap.Int("max-procs", runtime.GOMAXPROCS(0)), zap.Bool("monitor-awake", monitorAwake()))
-	go state.restore(ctx, path)
+	restored := make(chan struct{})
+	go func() {
+		defer close(restored)
+		state.restore(ctx, path)
+	}()
+	defer func() {
+		stop() // ends the restore also when the socket failed
+		// The state directory is let go (unlockState, deferred before)
+		// only once the restore is done writing to it: ctx has ended,
+		// so it ends soon. A daemon started next on the directory must
+		// not have this one's restore change its files.
+		select {
+		case <-restored:
+		case <-time.After(o.shutdownTimeout):
+			log.Warn("the restore did not end; letting go of the state directory anyway")
+		}
+	}()
 
 	var serveErr error
 	select {

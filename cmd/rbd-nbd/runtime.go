@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"reflect"
+	"sync/atomic"
 
 	"go.uber.org/zap"
 
@@ -23,7 +25,10 @@ type resourceRuntime struct {
 	events daemon.Events
 	state  *stateStore
 	cpus   *cpuShare
-	res    *resource.Resource
+	// res is set once Start succeeded. Status reads it from the
+	// resource's own goroutines (its events while it starts), hence
+	// atomic; the other methods come after Start.
+	res atomic.Pointer[resource.Resource]
 }
 
 // newRuntimeFunc returns the daemon's runtime factory; cpus (may be nil)
@@ -64,10 +69,14 @@ func (rt *resourceRuntime) Start(ctx context.Context, cfg config.Resource, gen u
 	if err := res.Start(ctx); err != nil {
 		return ctlError(err)
 	}
-	rt.res = res
+	rt.res.Store(res)
 	rt.cpus.up(rt.name, cfg)
-	if old, ok := rt.state.load(rt.name); ok && rt.state.keepsRole(rt.name) {
+	if old, ok := rt.state.load(rt.name); ok && rt.state.keepsRole(rt.name) && reflect.DeepEqual(old.Config.Default(), cfg.Default()) {
 		// A restore: keep the remembered role until it is restored.
+		// (Only with the remembered configuration: an administrator's
+		// up with another one, which came in while the restore's was
+		// on its way, is no restore, and the next restart must not
+		// promote that configuration.)
 		rt.state.save(rt.name, intent{Config: cfg, Primary: old.Primary, Generation: gen})
 	} else {
 		rt.state.save(rt.name, intent{Config: cfg, Generation: gen})
@@ -76,7 +85,7 @@ func (rt *resourceRuntime) Start(ctx context.Context, cfg config.Resource, gen u
 }
 
 func (rt *resourceRuntime) Apply(ctx context.Context, _, cfg config.Resource, gen uint64) error {
-	if err := rt.res.Apply(ctx, cfg); err != nil {
+	if err := rt.res.Load().Apply(ctx, cfg); err != nil {
 		return ctlError(err)
 	}
 	rt.cpus.up(rt.name, cfg)
@@ -84,33 +93,48 @@ func (rt *resourceRuntime) Apply(ctx context.Context, _, cfg config.Resource, ge
 	return nil
 }
 
+// Stop takes the resource down. The daemon's own stop (it is closing)
+// keeps the remembered intent, so that a restart restores the resource.
+// The administrator's down forgets it first, before the resource stops:
+// a down cut off (a daemon killed while the resource stopped, or one
+// whose shutdown overtook the request) must not bring the resource back
+// at the next start. Only the resource's refusal (a Primary with clients
+// connected), which left it running as it was, gives the intent back.
 func (rt *resourceRuntime) Stop(ctx context.Context) error {
-	if err := rt.res.Stop(ctx); err != nil {
+	undo := func() {}
+	if !daemon.Closing(ctx) {
+		undo = rt.state.forget(rt.name)
+	}
+	if err := rt.res.Load().Stop(ctx); err != nil {
+		var refused *resource.StateError
+		if errors.As(err, &refused) {
+			undo()
+		}
 		return ctlError(err)
 	}
 	rt.cpus.down(rt.name)
-	rt.state.forget(rt.name)
 	return nil
 }
 
 func (rt *resourceRuntime) Status() resource.Status {
-	if rt.res == nil {
+	res := rt.res.Load()
+	if res == nil {
 		return resource.Status{Name: rt.name, Role: resource.RoleSecondary, Disk: resource.DiskDiskless, PeerDisk: resource.DiskDUnknown}
 	}
-	return rt.res.Status()
+	return res.Status()
 }
 
 func (rt *resourceRuntime) Do(ctx context.Context, cmd daemon.Command, a daemon.Args) error {
 	if err := rt.state.checkRestore(rt.name, cmd, a); err != nil {
 		return err
 	}
-	r := rt.res
+	r := rt.res.Load()
 	var err error
 	switch cmd {
 	case daemon.CmdPrimary:
 		err = r.Primary(ctx, a.Force)
 	case daemon.CmdSecondary:
-		err = r.Secondary(ctx)
+		err = rt.secondary(ctx)
 	case daemon.CmdConnect:
 		err = r.Connect(ctx, a.DiscardMyData)
 	case daemon.CmdDisconnect:
@@ -140,11 +164,32 @@ func (rt *resourceRuntime) Do(ctx context.Context, cmd daemon.Command, a daemon.
 	default:
 		err = ctlproto.Errorf(ctlproto.CodeNotSupported, "%s is not supported by this daemon", cmd)
 	}
-	if err == nil && (cmd == daemon.CmdPrimary || cmd == daemon.CmdSecondary) {
-		primary := cmd == daemon.CmdPrimary
-		rt.state.update(rt.name, func(in *intent) { in.Primary = primary })
+	if err == nil && cmd == daemon.CmdPrimary {
+		// Only once the node is Primary: a promotion that failed, or was
+		// cut off, leaves the remembered role as it was (a restart does
+		// not promote a node that was not).
+		rt.state.update(rt.name, func(in *intent) { in.Primary = true })
 	}
 	return ctlError(err)
+}
+
+// secondary is the administrator's secondary. The remembered role is
+// Secondary before the demotion runs, not after it: a request cut off
+// (the daemon's shutdown ends it after --shutdown-timeout, or the daemon
+// is killed) may still demote the node, or may have demoted it already,
+// and a state file left saying Primary would have the restarted daemon
+// promote the node the administrator demoted. Only the machine's refusal
+// (clients connected, say), which left the node Primary, gives the
+// remembered role back.
+func (rt *resourceRuntime) secondary(ctx context.Context) error {
+	was := false
+	rt.state.update(rt.name, func(in *intent) { was, in.Primary = in.Primary, false })
+	err := rt.res.Load().Secondary(ctx)
+	var refused *resource.StateError
+	if err != nil && was && errors.As(err, &refused) && rt.res.Load().Status().Role == resource.RolePrimary {
+		rt.state.update(rt.name, func(in *intent) { in.Primary = true })
+	}
+	return err
 }
 
 // ctlError gives the resource's errors their control-protocol codes.

@@ -51,8 +51,16 @@ type intent struct {
 type stateStore struct {
 	dir string
 	log *zap.Logger
-	// shutdown is set while the daemon stops: Stop then keeps the intent.
+	// shutdown is set while the daemon stops: a restore's up refused
+	// then (INTERRUPTED) does not forget the resource. (The resources'
+	// stops at the daemon's close keep their intent by daemon.Closing.)
 	shutdown atomic.Bool
+
+	// fileMu makes each change of a state file one step: the restore
+	// changes the role (update) outside the resource's command lock,
+	// and a read-modify-write beside an adjust's would write the old
+	// configuration back over the new one.
+	fileMu sync.Mutex
 
 	mu sync.Mutex
 	// restoring names the resources whose up comes from restoreOne: only
@@ -188,6 +196,8 @@ func (s *stateStore) write(name string, in intent) error {
 	if err != nil {
 		return err
 	}
+	s.fileMu.Lock()
+	defer s.fileMu.Unlock()
 	return s.writeFile(s.path(name), b)
 }
 
@@ -224,16 +234,63 @@ func (s *stateStore) writeFile(path string, b []byte) error {
 	return nil
 }
 
+// update changes a resource's remembered intent through fn, if it has a
+// state file. Only the fields fn changed are written; everything else in
+// the file stays as it was, also fields this version does not know (a
+// newer version's file, which load refuses to restore): a secondary must
+// reach the role such a file remembers, or the newer version, started
+// again, would promote the node the administrator demoted.
 func (s *stateStore) update(name string, fn func(*intent)) {
 	if s == nil || s.dir == "" {
 		return
 	}
-	in, ok := s.load(name)
-	if !ok {
+	s.fileMu.Lock()
+	defer s.fileMu.Unlock()
+	b, err := os.ReadFile(s.path(name))
+	if err != nil {
 		return
 	}
+	var raw map[string]json.RawMessage
+	if err := json.Unmarshal(b, &raw); err != nil || raw == nil {
+		// Torn: load refuses it, the restore ignores it.
+		return
+	}
+	var in intent
+	fields := map[string]any{"config": &in.Config, "primary": &in.Primary, "generation": &in.Generation}
+	for k, v := range fields {
+		if r, ok := raw[k]; ok {
+			// One field at a time: a setting this version cannot read
+			// leaves that field unread, and unchanged, but not the
+			// others.
+			_ = json.Unmarshal(r, v)
+		}
+	}
+	before := map[string][]byte{}
+	for k, v := range fields {
+		before[k], _ = json.Marshal(v)
+	}
 	fn(&in)
-	s.save(name, in)
+	changed := false
+	for k, v := range fields {
+		after, err := json.Marshal(v)
+		if err != nil {
+			s.log.Warn("could not remember the resource's state", zap.String("resource", name), zap.Error(err))
+			return
+		}
+		if !bytes.Equal(after, before[k]) {
+			raw[k], changed = after, true
+		}
+	}
+	if !changed {
+		return
+	}
+	out, err := json.MarshalIndent(raw, "", "  ")
+	if err == nil {
+		err = s.writeFile(s.path(name), out)
+	}
+	if err != nil {
+		s.log.Warn("could not remember the resource's state; a daemon restart may restore it as it was", zap.String("resource", name), zap.Error(err))
+	}
 }
 
 // generation returns the configuration generation cfg is at for the named
@@ -247,7 +304,7 @@ func (s *stateStore) generation(name string, cfg config.Resource) uint64 {
 	if gen == 0 {
 		return 0
 	}
-	if in, ok := s.load(name); ok && in.Generation == gen && reflect.DeepEqual(in.Config, cfg) {
+	if in, ok := s.load(name); ok && in.Generation == gen && reflect.DeepEqual(in.Config.Default(), cfg.Default()) {
 		return gen
 	}
 	return gen + 1
@@ -284,22 +341,62 @@ func readGeneration(path string) uint64 {
 // forget removes the resource's state file (down), keeping only its
 // generation in a .gone file: a resource brought up again under the name,
 // even by a restarted daemon, continues after it, so that an
-// if-generation read before the down never matches the new one.
-func (s *stateStore) forget(name string) {
-	if s == nil || s.dir == "" || s.shutdown.Load() {
-		return
+// if-generation read before the down never matches the new one. The
+// returned undo writes the file back as it was (a down the resource
+// refused).
+func (s *stateStore) forget(name string) (undo func()) {
+	undo = func() {}
+	if s == nil || s.dir == "" {
+		return undo
 	}
-	s.keepGone(name, s.rememberedGeneration(name))
+	// Under fileMu: an update running meanwhile (the restore's) would
+	// otherwise write the file back, and the resource return at the next
+	// restart.
+	s.fileMu.Lock()
+	defer s.fileMu.Unlock()
+	s.keepGoneLocked(name, s.rememberedGeneration(name))
+	old, err := os.ReadFile(s.path(name))
+	if err != nil {
+		return undo
+	}
 	if err := os.Remove(s.path(name)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		s.log.Warn("could not forget the resource's state", zap.String("resource", name), zap.Error(err))
+		return undo
 	}
+	undo = func() {
+		s.fileMu.Lock()
+		defer s.fileMu.Unlock()
+		if _, err := os.Stat(s.path(name)); err == nil {
+			return // written anew meanwhile
+		}
+		if err := s.writeFile(s.path(name), old); err != nil {
+			s.log.Warn("could not remember the resource's state again; a daemon restart will not restore it", zap.String("resource", name), zap.Error(err))
+		}
+	}
+	if d, err := os.Open(s.dir); err == nil {
+		// The removal is durable too: a forgotten resource that came
+		// back after a crash would be one the administrator took down.
+		_ = d.Sync()
+		d.Close()
+	}
+	return undo
 }
 
 // keepGone records gen as the generation of the named resource, which has
 // no state file (it is down, or deleted), unless a higher one is recorded
 // already (daemon.Config.KeepGeneration).
 func (s *stateStore) keepGone(name string, gen uint64) {
-	if s == nil || s.dir == "" || s.shutdown.Load() || gen <= readGeneration(s.gonePath(name)) {
+	if s == nil || s.dir == "" {
+		return
+	}
+	s.fileMu.Lock()
+	defer s.fileMu.Unlock()
+	s.keepGoneLocked(name, gen)
+}
+
+// keepGoneLocked is keepGone with fileMu held.
+func (s *stateStore) keepGoneLocked(name string, gen uint64) {
+	if gen <= readGeneration(s.gonePath(name)) {
 		return
 	}
 	if err := s.writeFile(s.gonePath(name), fmt.Appendf(nil, "{\"generation\": %d}\n", gen)); err != nil {
@@ -317,6 +414,9 @@ func (s *stateStore) lock() (func(), error) {
 	}
 	if err := os.MkdirAll(s.dir, 0o700); err != nil {
 		return nil, fmt.Errorf("state directory: %w", err)
+	}
+	if err := checkStateDir(s.dir); err != nil {
+		return nil, err
 	}
 	f, err := os.OpenFile(filepath.Join(s.dir, ".lock"), os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
@@ -336,6 +436,29 @@ func (s *stateStore) lock() (func(), error) {
 		}
 	}
 	return func() { f.Close() }, nil
+}
+
+// checkStateDir refuses a state directory that another user owns or may
+// write to: a state file is a configuration the restore brings up, with
+// the handlers it runs (as the daemon's user) and the Primary role it
+// takes. (MkdirAll keeps a directory that is there already: one made
+// beforehand in a shared place such as /tmp, where a socket path may
+// point.)
+func checkStateDir(dir string) error {
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return fmt.Errorf("state directory: %w", err)
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("state directory %s is not a directory", dir)
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok && int(st.Uid) != os.Geteuid() {
+		return fmt.Errorf("state directory %s belongs to uid %d, not to this daemon's user (uid %d): its files would be restored as this daemon's resources; remove it, or give --state-dir a directory of this user", dir, st.Uid, os.Geteuid())
+	}
+	if perm := fi.Mode().Perm(); perm&0o022 != 0 {
+		return fmt.Errorf("state directory %s may be written by other users (mode %04o): its files would be restored as this daemon's resources; chmod go-w it", dir, perm)
+	}
+	return nil
 }
 
 // restore brings the remembered resources back through the daemon's own
@@ -391,7 +514,16 @@ func (s *stateStore) restoreOne(ctx context.Context, socket, name string, in int
 			// the administrator gave up on it. Forget it now; the log
 			// says so. (A resource the administrator brought up
 			// meanwhile keeps the intent its own start wrote.)
-			s.forget(name)
+			if !s.shutdown.Load() {
+				undo := s.forget(name)
+				// An administrator's up may have come in between the
+				// status and the forget: the file its start wrote is
+				// the one just removed. The resource is there now.
+				if sts, err := c.Status(ctx, name); err == nil && len(sts) == 1 && !sts[0].Down {
+					undo()
+					return fmt.Errorf("up: %w (not restored; the resource was brought up meanwhile)", refused)
+				}
+			}
 			return fmt.Errorf("up: %w (not restored; its remembered state is forgotten: bring it up by hand)", err)
 		}
 	}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -175,5 +176,71 @@ func TestStateDirLockCleansTemporaryFiles(t *testing.T) {
 	defer unlock()
 	if _, err := os.Stat(left); !os.IsNotExist(err) {
 		t.Fatalf("left-over temporary file: %v", err)
+	}
+}
+
+// A role change reaches a state file this version does not fully read (a
+// newer version's, with settings it does not know): a secondary left
+// Primary in it, and the newer version, started again, promoted the node
+// the administrator demoted. What it does not know stays in the file.
+func TestUpdateKeepsUnknownFields(t *testing.T) {
+	s := &stateStore{dir: t.TempDir(), log: zap.NewNop()}
+	newer := `{"config": {"Name": "r0", "Net": {"Protocol": "C", "FutureEncryption": "required"}}, "primary": true, "generation": 4, "future": {"x": 1}}`
+	file := filepath.Join(s.dir, "r0.json")
+	if err := os.WriteFile(file, []byte(newer), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s.update("r0", func(in *intent) { in.Primary = false })
+	b, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got map[string]any
+	if err := json.Unmarshal(b, &got); err != nil {
+		t.Fatal(err)
+	}
+	if got["primary"] != false {
+		t.Fatalf("primary after secondary: %v (%s)", got["primary"], b)
+	}
+	if got["generation"] != float64(4) || got["future"] == nil || !strings.Contains(string(b), `"FutureEncryption": "required"`) {
+		t.Fatalf("the update lost what it did not change: %s", b)
+	}
+	if in, ok := s.load("r0"); ok {
+		t.Fatalf("the newer file is restored after the update: %+v", in)
+	}
+}
+
+// A state directory other users may write to, or that another user owns
+// (made beforehand in a shared place such as /tmp), is refused: its files
+// are configurations, with handlers, that the restore brings up as this
+// daemon's resources, Primary if they say so.
+func TestStateDirOfOthersRefused(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "state")
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(dir, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	s := &stateStore{dir: dir, log: zap.NewNop()}
+	if _, err := s.lock(); err == nil || !strings.Contains(err.Error(), "chmod go-w") {
+		t.Fatalf("a state directory every user may write: %v", err)
+	}
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	unlock, err := s.lock()
+	if err != nil {
+		t.Fatalf("a state directory others may read: %v", err)
+	}
+	unlock()
+	if os.Geteuid() != 0 {
+		return // chown needs root
+	}
+	if err := os.Chown(dir, 65534, 65534); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.lock(); err == nil || !strings.Contains(err.Error(), "belongs to uid 65534") {
+		t.Fatalf("a state directory of another user: %v", err)
 	}
 }
