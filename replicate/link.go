@@ -372,6 +372,21 @@ func (l *Link) closeBye(bye Bye) error {
 	return nil
 }
 
+// Down returns a channel that is closed as soon as the link fails or is
+// closed (Err is set by then): before its pending requests completed and
+// before the connection closes.
+func (l *Link) Down() <-chan struct{} { return l.down }
+
+// WaitServed blocks until the link is down, every request submitted on it
+// got its Done notification and every Handler.Serve call returned: nothing
+// of the link touches the caller's data any more. Unlike Wait it does not
+// wait for the connection to close, which after a failure can take the
+// linger for the Bye (Close). Do not call it from Notify or Serve.
+func (l *Link) WaitServed() {
+	<-l.done
+	l.workWG.Wait()
+}
+
 // Wait blocks until the link is down and all its goroutines returned,
 // including Handler.Serve calls in progress, and the connection is
 // closed. Do not call it from Notify or Serve.

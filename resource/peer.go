@@ -355,7 +355,7 @@ func (r *Resource) linkUp(link *replicate.Link) {
 		// when the link failed them; the new link's resync sends those
 		// blocks, and an old write landing after that would leave stale
 		// data under clean bitmaps. (A link that went down by itself is
-		// waited for in readControl.)
+		// waited for in readControl: WaitServed.)
 		r.goLoop(func() {
 			select {
 			case <-ch:
@@ -383,13 +383,42 @@ func (r *Resource) linkUp(link *replicate.Link) {
 }
 
 // readControl hands the link's control messages to the loop, in order,
-// then the link's end (the link closes the channel when it dies).
+// then the link's end: once it failed, the messages it read before, and
+// once its requests completed and its Serve calls returned. The loop does
+// not wait for the connection to close: after a failure that is the
+// linger for the Bye, up to a second, which a peer that answers no ping
+// (a black-holed link) never reads, and meanwhile the Primary's writes
+// wait for the loop to record the loss (awaitFence).
 func (r *Resource) readControl(link *replicate.Link) {
-	for msg := range link.Control() {
-		r.post(func() { r.control(link, msg) })
+	ctl := link.Control()
+	for ctl != nil {
+		select {
+		case msg, ok := <-ctl:
+			if !ok {
+				ctl = nil
+				break
+			}
+			r.post(func() { r.control(link, msg) })
+		case <-link.Down():
+			// What is buffered was read before the failure; what the
+			// link still reads is of a dead link (control ignores it).
+			for ctl != nil {
+				select {
+				case msg, ok := <-ctl:
+					if !ok {
+						ctl = nil
+						break
+					}
+					r.post(func() { r.control(link, msg) })
+				default:
+					ctl = nil
+				}
+			}
+		}
 	}
-	link.Wait()
+	link.WaitServed()
 	r.post(func() { r.linkGone(link) })
+	link.Wait() // Stop waits for the connection's end (goLoop)
 }
 
 // linkGone handles the end of a link.

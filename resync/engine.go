@@ -207,6 +207,9 @@ type Engine struct {
 	redirtied []span
 	seq       uint64
 	sinceFl   int64
+	// lastWrite is when ObserveLatency last heard of an application
+	// write (recoverIdle).
+	lastWrite time.Time
 	lastDone  int64
 	lastAt    time.Time
 	rateEWMA  float64
@@ -445,7 +448,7 @@ func (e *Engine) pass(ctx context.Context) (int, error) {
 func (e *Engine) acquire(ctx context.Context) (uint64, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	for (e.inflight >= e.window || e.paused) && e.failed == nil && ctx.Err() == nil {
+	for e.recoverIdle(); (e.inflight >= e.window || e.paused) && e.failed == nil && ctx.Err() == nil; e.recoverIdle() {
 		e.cond.Wait()
 	}
 	if e.failed != nil {
@@ -456,6 +459,24 @@ func (e *Engine) acquire(ctx context.Context) (uint64, error) {
 	}
 	e.inflight++
 	return e.seq, nil
+}
+
+// controllerIdle is how long the application may write nothing before
+// the window the latency controller shrank is back at Config.Window.
+const controllerIdle = time.Second
+
+// recoverIdle gives the window back its maximum once no application write
+// came for controllerIdle: only writes grow it again otherwise, and
+// without them (the application stopped, or writes slower than the
+// target because the link's round trip alone exceeds it stopped) the
+// resync would go on at the window the last writes left, one chunk per
+// round trip at worst, with nothing left to protect. Called under mu, at
+// every acquire and after every wake-up (a chunk's end), so no timer is
+// needed.
+func (e *Engine) recoverIdle() {
+	if e.window < e.cfg.Window && e.cfg.LatencyTarget > 0 && time.Since(e.lastWrite) >= controllerIdle {
+		e.window = e.cfg.Window
+	}
 }
 
 // Dirtied tells the engine that [off, off+length) is about to turn dirty
@@ -763,6 +784,7 @@ func (e *Engine) ObserveLatency(d time.Duration) {
 	if e.cfg.LatencyTarget <= 0 {
 		return // turned off meanwhile
 	}
+	e.lastWrite = time.Now()
 	if d > e.cfg.LatencyTarget {
 		e.window = max(1, e.window/2)
 	} else if e.window < e.cfg.Window {

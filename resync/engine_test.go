@@ -868,3 +868,80 @@ func TestResyncStopsAtTheTargetsSize(t *testing.T) {
 		}
 	}
 }
+
+// slowTransport completes every chunk after rtt, as a link with that round
+// trip would, and records the most chunks it ever had in flight at once.
+type slowTransport struct {
+	memTransport
+	rtt      time.Duration
+	inflight atomic.Int64
+	peak     atomic.Int64
+}
+
+func (t *slowTransport) SendData(off int64, p []byte, done func(error)) error {
+	n := t.inflight.Add(1)
+	for {
+		old := t.peak.Load()
+		if n <= old || t.peak.CompareAndSwap(old, n) {
+			break
+		}
+	}
+	data := append([]byte(nil), p...)
+	t.wg.Add(1)
+	go func() {
+		defer t.wg.Done()
+		time.Sleep(t.rtt) // the link's round trip
+		t.target.WriteAt(data, off)
+		t.inflight.Add(-1)
+		done(nil)
+	}()
+	return nil
+}
+
+// A window the latency controller shrank grows back once the application
+// stops writing: on a link whose round trip alone exceeds the latency
+// target (a WAN under protocol C), every write halved it, and with no
+// write left to say otherwise the resync went on one chunk per round trip
+// for good (33 MB of scattered blocks took minutes at 50 ms).
+func TestWindowRecoversWhenWritesStop(t *testing.T) {
+	const size = 4 << 20
+	src, dst, bm := setup(t, size, func(bm *bitmap.Bitmap, src, dst *memDisk) {
+		r := rand.New(rand.NewPCG(7, 7))
+		for off := int64(0); off < size; off += 2 * 4096 {
+			randomize(r, src.b[off:off+4096])
+			bm.Set(off, 4096) // scattered: one 4 KiB chunk each
+		}
+	})
+	cfg := DefaultConfig()
+	cfg.FlushEvery = 1 << 20
+	tr := &slowTransport{memTransport: memTransport{target: dst}, rtt: 10 * time.Millisecond}
+	e, err := New(cfg, src, bm, &rangelock.Locker{}, tr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The last application writes, each slower than the target (the
+	// round trip): the window is down to one chunk.
+	for range 8 {
+		e.ObserveLatency(5 * cfg.LatencyTarget)
+	}
+	if w := e.Progress().Window; w != 1 {
+		t.Fatalf("window %d after slow writes, want 1", w)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := e.Run(ctx); err != nil {
+		t.Fatal(err)
+	}
+	tr.wg.Wait()
+	if !bytes.Equal(src.b, dst.b) || bm.DirtyBytes() != 0 {
+		t.Fatal("not in sync after the run")
+	}
+	// 512 chunks of 10 ms: at one chunk at a time 5 s, of which the
+	// first second (controllerIdle) is spent before the window recovers.
+	if p := tr.peak.Load(); p < 2 {
+		t.Fatalf("at most %d chunk in flight after the writes stopped: the window never recovered", p)
+	}
+	if w := e.Progress().Window; w != cfg.Window {
+		t.Fatalf("window %d at the end, want %d", w, cfg.Window)
+	}
+}
