@@ -606,7 +606,10 @@ func (r *Resource) makeWhole(st *repState, off, n int64) error {
 	start, end := r.primaryTargetBlocks(off, n)
 	bs := r.bmap().BlockSize()
 	edges := []int64{start}
-	if last := end - bs; last > start {
+	// The block that holds end-1: end is the resource's end when that
+	// splits a block, and end-bs would then start inside the block
+	// before, whose part outside the request this would copy again.
+	if last := (end - 1) / bs * bs; last > start {
 		edges = append(edges, last)
 	}
 	for _, b := range edges {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"path/filepath"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -237,5 +238,64 @@ func TestFullResyncTowardsSmallerPeer(t *testing.T) {
 	}
 	if !bytes.Equal(c.peerData(size-64<<10, 64<<10), fill(0x77, 64<<10)) {
 		t.Fatal("b lacks the last blocks")
+	}
+}
+
+// primaryTargetBlock starts a pair on disks of size bytes with bb-byte
+// bitmap blocks whose Primary a detached and attached its disk again,
+// with the resync from b paused at its start.
+func primaryTargetBlock(t *testing.T, size, bb int64) (*pair, context.Context) {
+	t.Helper()
+	c := newPairBlock(t, t.TempDir(), size, bb, "resync:\n  rate: 4M\n")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	if err := c.a.DetachDisk(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.a.AttachDisk(ctx); err != nil {
+		t.Fatal(err)
+	}
+	c.wait(c.b, "b sync source", func(s Status) bool { return s.Conn == ConnSyncSource })
+	if err := c.b.PauseSync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return c, ctx
+}
+
+// A Primary target's write that covers the partial last block whole and
+// the block before it in part, that block being in sync already: nothing
+// is to be copied from the peer. The last edge block was taken as
+// starting a block size before the end, inside the block before, and the
+// write copied that range from the peer (and rewrote the part of the
+// block before outside the request).
+func TestAttachDiskPrimaryWriteToPartialLastBlock(t *testing.T) {
+	const size, bb = 16<<20 + 8192, 64 << 10
+	c, _ := primaryTargetBlock(t, size, bb)
+	last := int64(size - size%bb)
+	prev := last - bb
+	if err := c.a.WriteAt(fill(0x71, bb), prev, false); err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var peerReads [][2]int64
+	c.db.setRead(func(p []byte, off int64) error {
+		mu.Lock()
+		peerReads = append(peerReads, [2]int64{off, int64(len(p))})
+		mu.Unlock()
+		return nil
+	})
+	off := prev + bb/2
+	if err := c.a.WriteAt(fill(0x72, int(size-off)), off, false); err != nil {
+		t.Fatal(err)
+	}
+	c.db.setRead(nil)
+	mu.Lock()
+	if len(peerReads) != 0 {
+		t.Errorf("the write copied from the peer %v ([off, len]); nothing was to be copied", peerReads)
+	}
+	mu.Unlock()
+	want := append(fill(0x71, bb/2), fill(0x72, int(size-off))...)
+	if a, b := c.localData(prev, size-prev), c.peerData(prev, size-prev); !bytes.Equal(a, want) || !bytes.Equal(b, want) {
+		t.Fatalf("the blocks differ from what was written: a %v, b %v", bytes.Equal(a, want), bytes.Equal(b, want))
 	}
 }
