@@ -133,9 +133,20 @@ func TestPartialLastBlockResyncAndVerify(t *testing.T) {
 // whose bitmaps have bb-byte blocks.
 func newPairBlock(t *testing.T, dir string, size, bb int64, extra string) *pair {
 	t.Helper()
+	c := startPairBlock(t, dir, size, size, bb, extra)
+	c.primaryA()
+	return c
+}
+
+// startPairBlock starts a pair (as startPairOn, stopped at the test's
+// end) on disks of sizeA and sizeB bytes (external meta-data) whose
+// bitmaps have bb-byte blocks; it waits for nothing.
+func startPairBlock(t *testing.T, dir string, sizeA, sizeB, bb int64, extra string) *pair {
+	t.Helper()
 	na := pairDisk{img: filepath.Join(dir, "a.img"), meta: filepath.Join(dir, "a.md")}
 	nb := pairDisk{img: filepath.Join(dir, "b.img"), meta: filepath.Join(dir, "b.md")}
 	for i, n := range []pairDisk{na, nb} {
+		size := []int64{sizeA, sizeB}[i]
 		makePairDisk(t, n, size, uint32(i), 0)
 		dev, err := disk.Open(n.meta, disk.Options{})
 		if err != nil {
@@ -149,7 +160,6 @@ func newPairBlock(t *testing.T, dir string, size, bb int64, extra string) *pair 
 	}
 	c := startPairOn(t, dir, na, nb, extra, "")
 	t.Cleanup(c.stopBoth)
-	c.primaryA()
 	return c
 }
 
@@ -247,6 +257,14 @@ func TestFullResyncTowardsSmallerPeer(t *testing.T) {
 func primaryTargetBlock(t *testing.T, size, bb int64) (*pair, context.Context) {
 	t.Helper()
 	c := newPairBlock(t, t.TempDir(), size, bb, "resync:\n  rate: 4M\n")
+	return c, primaryTargetAgain(t, c)
+}
+
+// primaryTargetAgain has c's Primary a detach and attach its disk again,
+// and pauses the resync from b at its start. It returns a context that
+// bounds the test.
+func primaryTargetAgain(t *testing.T, c *pair) context.Context {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	t.Cleanup(cancel)
 	if err := c.a.DetachDisk(ctx, false); err != nil {
@@ -259,7 +277,7 @@ func primaryTargetBlock(t *testing.T, size, bb int64) (*pair, context.Context) {
 	if err := c.b.PauseSync(ctx); err != nil {
 		t.Fatal(err)
 	}
-	return c, ctx
+	return ctx
 }
 
 // A Primary target's write that covers the partial last block whole and
@@ -297,5 +315,40 @@ func TestAttachDiskPrimaryWriteToPartialLastBlock(t *testing.T) {
 	want := append(fill(0x71, bb/2), fill(0x72, int(size-off))...)
 	if a, b := c.localData(prev, size-prev), c.peerData(prev, size-prev); !bytes.Equal(a, want) || !bytes.Equal(b, want) {
 		t.Fatalf("the blocks differ from what was written: a %v, b %v", bytes.Equal(a, want), bytes.Equal(b, want))
+	}
+}
+
+// A Primary target whose peer's disk is smaller (net.size-mismatch:
+// smaller) and ends inside a bitmap block: the resync into it and its
+// writes to that block leave it in sync. The block's bit stayed set (the
+// write and the resync cleared only up to the resource's end, and Clear
+// leaves a block it covers in part), and the node ended UpToDate with
+// that block out of sync.
+func TestAttachDiskPrimaryTargetSmallerPeerSplitBlock(t *testing.T) {
+	const sizeA, sizeB, bb = 16 << 20, 12<<20 + 8192, 64 << 10
+	c := startPairBlock(t, t.TempDir(), sizeA, sizeB, bb, "  size-mismatch: smaller\nresync:\n  rate: 4M\n")
+	c.primaryA()
+	if s := c.a.Size(); s != sizeB {
+		t.Fatalf("a's size %d, want the peer's %d", s, sizeB)
+	}
+	ctx := primaryTargetAgain(t, c)
+	split := int64(sizeB - sizeB%bb)
+	if err := c.a.WriteAt(fill(0x73, 512), split+512, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.b.ResumeSync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	c.wait(c.a, "a in sync", func(s Status) bool { return s.Disk == DiskUpToDate && s.Conn == ConnConnected })
+	if s, ok := waitStatus(c.a, 5*time.Second, func(s Status) bool { return s.OutOfSync == 0 }); !ok {
+		t.Fatalf("a is UpToDate with %d bytes out of sync", s.OutOfSync)
+	}
+	if s := c.b.Status(); s.OutOfSync != 0 {
+		t.Fatalf("b: %d bytes out of sync", s.OutOfSync)
+	}
+	want := make([]byte, sizeB-split)
+	copy(want[512:], fill(0x73, 512))
+	if a, b := c.localData(split, sizeB-split), c.peerData(split, sizeB-split); !bytes.Equal(a, want) || !bytes.Equal(b, want) {
+		t.Fatalf("the split block: a has the write %v, b %v", bytes.Equal(a, want), bytes.Equal(b, want))
 	}
 }
