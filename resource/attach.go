@@ -394,7 +394,7 @@ func (r *Resource) AttachDisk(ctx context.Context) error {
 		r.diskClosed.Store(false)
 		r.diskFailed.Store(false)
 		r.detached.Store(newSignal())
-		_, err := r.stepAdmin(EvAttachDisk{Meta: meta, Dirty: r.bmap().Count()})
+		_, err := r.stepAdmin(EvAttachDisk{Meta: meta, Dirty: r.dirtyBlocks()})
 		if err != nil {
 			r.log.Error("the machine refused an attach it had accepted", zap.Error(err))
 		}

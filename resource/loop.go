@@ -58,10 +58,19 @@ func (r *Resource) step(ev Event) {
 	}
 }
 
+// dirtyBlocks is the bitmap's dirty blocks that hold the resource's data,
+// what the machine counts (invalidate-remote without a reset, the
+// split-brain policies, the peer's State): the bitmap may cover more than
+// the resource (a smaller peer), and its bits past the resource's end are
+// no changes the peer can take (status counts them out too).
+func (r *Resource) dirtyBlocks() uint64 {
+	return r.bmap().CountBelow(r.size.Load())
+}
+
 // stepAdmin feeds the machine an event and carries out its actions; a
 // refused administrative request returns the machine's error.
 func (r *Resource) stepAdmin(ev Event) ([]Action, error) {
-	r.m.SetDirty(r.bmap().Count())
+	r.m.SetDirty(r.dirtyBlocks())
 	acts, err := r.m.Step(ev)
 	if err != nil {
 		return nil, err
@@ -159,7 +168,7 @@ func (r *Resource) publish() {
 		cur.wg.Wait()
 		r.epochs.drainInto(r.setOutOfSync)
 		r.flushBitmap()
-		r.m.SetDirty(r.bmap().Count())
+		r.m.SetDirty(r.dirtyBlocks())
 	}
 	lostLink := cur.link != nil && link == nil
 	go func() {

@@ -679,7 +679,7 @@ func (r *Resource) sendBitmap() {
 func (r *Resource) maybeBitmapsExchanged() {
 	if r.peerBitmapDone && r.m.Conn() == ConnHandshake {
 		r.peerBitmapDone = false
-		r.step(EvBitmapsExchanged{Dirty: r.bmap().Count()})
+		r.step(EvBitmapsExchanged{Dirty: r.dirtyBlocks()})
 	}
 }
 

@@ -283,7 +283,7 @@ func (r *Resource) Start(ctx context.Context) (err error) {
 	r.goLoop(r.run)
 	errc := make(chan error, 1)
 	r.post(func() {
-		r.step(EvAttach{Meta: metaFromSB(sb), Dirty: r.bmap().Count()})
+		r.step(EvAttach{Meta: metaFromSB(sb), Dirty: r.dirtyBlocks()})
 		_, err := r.stepAdmin(EvConnect{})
 		errc <- err
 	})

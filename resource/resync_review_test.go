@@ -3,6 +3,7 @@ package resource
 import (
 	"bytes"
 	"context"
+	"errors"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
@@ -350,5 +351,37 @@ func TestAttachDiskPrimaryTargetSmallerPeerSplitBlock(t *testing.T) {
 	copy(want[512:], fill(0x73, 512))
 	if a, b := c.localData(split, sizeB-split), c.peerData(split, sizeB-split); !bytes.Equal(a, want) || !bytes.Equal(b, want) {
 		t.Fatalf("the split block: a has the write %v, b %v", bytes.Equal(a, want), bytes.Equal(b, want))
+	}
+}
+
+// After a full resync towards a smaller peer the source's bitmap keeps
+// the bits past the peer's end (no resync reaches them). The machine must
+// not count them: invalidate-remote without a reset found them, started
+// a resync with nothing to send, and the split-brain policies compared
+// counts of blocks the peer does not have.
+func TestInvalidateRemoteIgnoresBitsPastSmallerPeer(t *testing.T) {
+	const sizeA, sizeB, bb = 16 << 20, 12<<20 + 8192, 64 << 10
+	c := startPairBlock(t, t.TempDir(), sizeA, sizeB, bb, "  size-mismatch: smaller\n")
+	c.waitBoth("connected", func(s Status) bool { return s.Conn == ConnConnected })
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := c.a.NewCurrentUUID(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	c.waitBoth("uptodate", func(s Status) bool { return s.Disk == DiskUpToDate && s.PeerDisk == DiskUpToDate })
+	if err := c.a.InvalidateRemote(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	c.wait(c.b, "b resynced", func(s Status) bool { return s.Conn == ConnConnected && s.Disk == DiskUpToDate })
+	c.wait(c.a, "a in sync", func(s Status) bool { return s.Conn == ConnConnected && s.OutOfSync == 0 })
+	if c.a.bmap().Count() == 0 {
+		t.Fatal("a's bitmap holds no bit past b's end: the test sets up nothing")
+	}
+	err := c.a.InvalidateRemote(ctx, false)
+	if !errors.Is(err, ErrNothingMarked) {
+		t.Fatalf("invalidate-remote --reset-bitmap=false with nothing marked below b's end: %v, want %v", err, ErrNothingMarked)
+	}
+	if s := c.a.Status(); s.Conn != ConnConnected || s.OutOfSync != 0 {
+		t.Fatalf("a: %v, %d bytes out of sync", s.Conn, s.OutOfSync)
 	}
 }
