@@ -597,6 +597,13 @@ func (r *Resource) control(link *replicate.Link, msg replicate.ControlMsg) {
 			r.publishStatus()
 			r.changed()
 		}
+	case *replicate.SyncProgress:
+		// The source's count, which includes what a checksum resync
+		// found equal and never sent.
+		if t := r.currentTarget(); t != nil {
+			t.reported.Store(m.Done)
+			r.changed()
+		}
 	case *replicate.PromoteRequest:
 		r.step(EvPeerPromoteRequest{Promoting: r.promoteWait != nil, Verifying: r.verify.Load() != nil})
 	case *replicate.PromoteReply:

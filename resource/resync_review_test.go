@@ -385,3 +385,55 @@ func TestInvalidateRemoteIgnoresBitsPastSmallerPeer(t *testing.T) {
 		t.Fatalf("a: %v, %d bytes out of sync", s.Conn, s.OutOfSync)
 	}
 }
+
+// A checksum resync that finds every chunk equal sends no data: the
+// target's progress comes from the source (SyncProgress), or the target's
+// ResyncDone stays 0 below its total until the end, a stuck bar in
+// wait-sync on the target.
+func TestCsumResyncTargetProgressReachesTotal(t *testing.T) {
+	c := newPair(t, "resync:\n  csums: crc32c\n", "")
+	const off, n = 1 << 20, 2 << 20
+	data := fill(0x5a, n)
+	if err := c.a.WriteAt(data, off, false); err != nil {
+		t.Fatal(err)
+	}
+	c.proxy.setRefuse(true)
+	c.proxy.cut()
+	c.wait(c.a, "link lost", func(s Status) bool { return s.Conn != ConnConnected })
+	// Rewritten with the data b already has: every chunk a checksum hit.
+	if err := c.a.WriteAt(data, off, false); err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var seen, reached bool
+	var last Status
+	c.ob.set(func() {
+		s := c.b.Status()
+		if s.Conn != ConnSyncTarget || s.ResyncTotal == 0 {
+			return
+		}
+		mu.Lock()
+		seen, last = true, s
+		if s.ResyncDone >= s.ResyncTotal {
+			reached = true
+		}
+		mu.Unlock()
+	})
+	c.proxy.setRefuse(false)
+	c.settled()
+	c.ob.set(func() {})
+	if s := c.a.Status(); s.Link.Connects < 2 {
+		t.Fatalf("a connected %d times: no resync after the cut", s.Link.Connects)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if !seen {
+		t.Fatal("b was never shown sync target with bytes to resync")
+	}
+	if !reached {
+		t.Fatalf("b's resync progress stayed below its total: last %d of %d", last.ResyncDone, last.ResyncTotal)
+	}
+	if !bytes.Equal(c.peerData(off, n), data) {
+		t.Fatal("b's data changed")
+	}
+}
