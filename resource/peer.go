@@ -376,6 +376,7 @@ func (r *Resource) linkUp(link *replicate.Link) {
 	r.linkProto = r.cfg().Net.Protocol
 	r.links.up(link)
 	r.peerBitmapDone = false
+	r.linkSize = r.size.Load()
 	r.log.Info("peer link up", zap.Stringer("peer", link.RemoteAddr()), zap.Uint32("version", link.Version()))
 	r.goLoop(func() { r.readControl(link) })
 	r.goLoop(func() { r.peerFlushes(link) })

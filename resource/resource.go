@@ -176,6 +176,10 @@ type Resource struct {
 	reattachCancel context.CancelFunc // loop: the kernel device watch (reattach.go)
 	acceptWarned   repeats            // the last failure of an incoming peer link, logged (peer.go)
 	refuseWarned   repeats            // the last refusal of a peer's state, logged (peer.go)
+	// linkSize: loop; the resource's size when the link came up, which
+	// the dirty count the handshake's State told the peer rests on
+	// (dirtyBlocks).
+	linkSize int64
 	// refuseDelay: loop; how long the next dial waits after this node
 	// refused the peer's state, doubling while the refusals go on (a
 	// refusal's cause rarely goes away within milliseconds).
