@@ -333,6 +333,24 @@ func (b *Bitmap) DirtyBytesBelow(end int64) int64 {
 	return max(n, 0)
 }
 
+// CountBelow is Count for the blocks that hold data before end: a block
+// that end splits counts. A resource that uses less of the disk than the
+// bitmap covers (a smaller peer) counts only its blocks.
+func (b *Bitmap) CountBelow(end int64) uint64 {
+	n := b.Count()
+	if end >= b.size {
+		return n
+	}
+	bs := int64(1) << b.blockShift
+	from := (max(end, 0) + bs - 1) >> b.blockShift << b.blockShift
+	for off, l, ok := b.NextDirty(from); ok; off, l, ok = b.NextDirty(off + l) {
+		// Concurrent Set and Clear may make the walk and Count disagree:
+		// stay within [0, Count()].
+		n -= min(n, uint64((off+l+bs-1)>>b.blockShift-off>>b.blockShift))
+	}
+	return n
+}
+
 // nextSet returns the first set bit at or after i, or nbits.
 func (b *Bitmap) nextSet(i uint64) uint64 {
 	for i < b.nbits {

@@ -78,3 +78,36 @@ func TestDirtyBytesBelow(t *testing.T) {
 		}
 	}
 }
+
+// CountBelow counts the dirty blocks that hold data before an end inside
+// the data, a block that the end splits included.
+func TestCountBelow(t *testing.T) {
+	const bs = 64 << 10
+	b, err := New(16<<20+8192, bs, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.Set(0, 1)        // block 0
+	b.Set(4<<20, 1)    // a block that 4 MiB + 4 KiB splits
+	b.Set(8<<20, 3*bs) // three blocks past it
+	b.Set(16<<20, 1)   // the partial last block (8 KiB)
+	for _, tc := range []struct {
+		end  int64
+		want uint64
+	}{
+		{-1, 0},
+		{0, 0},
+		{1, 1},
+		{bs, 1},
+		{4 << 20, 1},
+		{4<<20 + 4096, 2},
+		{8<<20 + bs + 1, 4},
+		{16 << 20, 5},
+		{16<<20 + 4096, 6},
+		{32 << 20, 6},
+	} {
+		if got := b.CountBelow(tc.end); got != tc.want {
+			t.Errorf("CountBelow(%d) = %d, want %d", tc.end, got, tc.want)
+		}
+	}
+}

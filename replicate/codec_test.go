@@ -48,7 +48,7 @@ func genString(t *rapid.T, label string) string {
 
 // genControl draws a random control message of every type.
 func genControl(t *rapid.T) ControlMsg {
-	switch rapid.IntRange(0, 10).Draw(t, "type") {
+	switch rapid.IntRange(0, 11).Draw(t, "type") {
 	case 0:
 		return &State{
 			Role:          rapid.Uint8().Draw(t, "role"),
@@ -86,6 +86,8 @@ func genControl(t *rapid.T) ControlMsg {
 		return &NewUUID{Current: rapid.Uint64().Draw(t, "current"), ClearBitmap: rapid.Bool().Draw(t, "clear")}
 	case 9:
 		return &SyncPause{Paused: rapid.Bool().Draw(t, "paused")}
+	case 10:
+		return &SyncProgress{Done: rapid.Uint64().Draw(t, "done")}
 	default:
 		return &Bye{Reason: genString(t, "reason"), Outdate: rapid.Bool().Draw(t, "outdate")}
 	}
@@ -452,6 +454,9 @@ func FuzzDiskChange(f *testing.F) { fuzzControl(f, ftDiskChange, &DiskChange{Dis
 
 func FuzzNewUUID(f *testing.F)   { fuzzControl(f, ftNewUUID, &NewUUID{Current: 77, ClearBitmap: true}) }
 func FuzzSyncPause(f *testing.F) { fuzzControl(f, ftSyncPause, &SyncPause{Paused: true}) }
+func FuzzSyncProgress(f *testing.F) {
+	fuzzControl(f, ftSyncProgress, &SyncProgress{Done: 1 << 20})
+}
 
 func FuzzBye(f *testing.F) { fuzzControl(f, ftBye, &Bye{Reason: "shutdown", Outdate: true}) }
 

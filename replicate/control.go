@@ -7,7 +7,7 @@ import (
 
 // ControlMsg is a typed message of the control stream: *State, *Bitmap,
 // *SyncStart, *SyncDone, *PromoteRequest, *PromoteReply, *RoleChange,
-// *DiskChange, *NewUUID, *Bye or *SyncPause. Each travels as one frame whose type
+// *DiskChange, *NewUUID, *Bye, *SyncPause or *SyncProgress. Each travels as one frame whose type
 // names the message and whose payload is a tag list (see tlv.go), so
 // fields can be added without a protocol version bump.
 type ControlMsg interface {
@@ -102,6 +102,14 @@ type SyncPause struct {
 	Paused bool // tag 1
 }
 
+// SyncProgress tells the sync target how far the resync went: Done bytes
+// of it the target acknowledged, sent or, by a checksum resync, found
+// equal (which the target never sees as data). It is optional: it travels
+// with the may-ignore flag, and a peer older than the message skips it.
+type SyncProgress struct {
+	Done uint64 // tag 1
+}
+
 // Bye is an orderly disconnect: the receiver closes the link with a
 // *ByeError (which Is ErrPeerDisconnected) carrying Reason and Outdate.
 // Link.Close sends it, Link.CloseOutdating with Outdate set;
@@ -126,6 +134,21 @@ func (*DiskChange) ctlType() frameType     { return ftDiskChange }
 func (*NewUUID) ctlType() frameType        { return ftNewUUID }
 func (*Bye) ctlType() frameType            { return ftBye }
 func (*SyncPause) ctlType() frameType      { return ftSyncPause }
+func (*SyncProgress) ctlType() frameType   { return ftSyncProgress }
+
+// ignorable is a control message that older peers, which do not know its
+// type, skip (it travels with flagMayIgnore).
+type ignorable interface{ mayIgnore() }
+
+func (*SyncProgress) mayIgnore() {}
+
+// controlFlags returns the header flags of m's frame.
+func controlFlags(m ControlMsg) uint16 {
+	if _, ok := m.(ignorable); ok {
+		return flagMayIgnore
+	}
+	return 0
+}
 
 func (u *UUIDs) appendTLV(w *tlvWriter, first uint16) {
 	w.u64(first, u.Current)
@@ -315,6 +338,15 @@ func (m *SyncPause) setField(tag uint16, v []byte) error {
 	return nil
 }
 
+func (m *SyncProgress) appendTLV(w *tlvWriter) { w.u64(1, m.Done) }
+
+func (m *SyncProgress) setField(tag uint16, v []byte) error {
+	if tag == 1 {
+		return getU64(v, &m.Done)
+	}
+	return nil
+}
+
 // newControl returns an empty message of type t, or nil.
 func newControl(t frameType) ControlMsg {
 	switch t {
@@ -340,6 +372,8 @@ func newControl(t frameType) ControlMsg {
 		return &Bye{}
 	case ftSyncPause:
 		return &SyncPause{}
+	case ftSyncProgress:
+		return &SyncProgress{}
 	}
 	return nil
 }

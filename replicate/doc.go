@@ -78,6 +78,7 @@
 //	0x0103 SyncDone  0x0104 PromoteRequest  0x0105 PromoteReply
 //	0x0106 RoleChange  0x0107 DiskChange  0x0108 NewUUID  0x0109 Bye
 //	(0x010a VerifyRequest, 0x010b VerifyReply reserved)  0x010c SyncPause
+//	0x010d SyncProgress (may-ignore flag: older peers skip it)
 //
 // Write and ResyncData carry length bytes of data (payload length must
 // equal length); Trim, Zero, Read, ResyncRead carry a range and no

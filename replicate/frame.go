@@ -73,7 +73,8 @@ const (
 	ftNewUUID        frameType = 0x0108
 	ftBye            frameType = 0x0109
 	// 0x010a VerifyRequest and 0x010b VerifyReply are reserved.
-	ftSyncPause frameType = 0x010c
+	ftSyncPause    frameType = 0x010c
+	ftSyncProgress frameType = 0x010d
 )
 
 // Kind is the kind of a request, and its frame type on the wire.
@@ -365,6 +366,8 @@ func infoOf(t frameType) (frameInfo, bool) {
 		return frameInfo{"Bye", onControl, 1, shapeControl}, true
 	case ftSyncPause:
 		return frameInfo{"SyncPause", onControl, 1, shapeControl}, true
+	case ftSyncProgress:
+		return frameInfo{"SyncProgress", onControl, 1, shapeControl}, true
 	}
 	return frameInfo{}, false
 }

@@ -390,3 +390,42 @@ func TestCsumReqCountsAgainstIncomingBytes(t *testing.T) {
 		t.Fatalf("link went down: %v", err)
 	}
 }
+
+// SyncProgress, a control message newer than version 1 without a version
+// bump, goes out with the may-ignore flag: older peers skip it.
+func TestSyncProgressIsIgnorable(t *testing.T) {
+	l, f := linkWithFake(t, testConfig(t, 1, 2, newMemDisk(1)))
+	if err := l.SendControl(&SyncProgress{Done: 12345}); err != nil {
+		t.Fatal(err)
+	}
+	s := f.streams[stControl]
+	_ = s.SetReadDeadline(time.Now().Add(waitTimeout))
+	var hb [headerSize]byte
+	for {
+		if _, err := io.ReadFull(s, hb[:]); err != nil {
+			t.Fatalf("no SyncProgress from the link: %v", err)
+		}
+		h, err := parseHeader(hb[:])
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := make([]byte, h.plen)
+		if _, err := io.ReadFull(s, p); err != nil {
+			t.Fatal(err)
+		}
+		if h.typ != ftSyncProgress {
+			continue // pings
+		}
+		if h.flags != flagMayIgnore {
+			t.Fatalf("SyncProgress flags 0x%04x, want 0x%04x", h.flags, flagMayIgnore)
+		}
+		m, err := decodeControl(ftSyncProgress, p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d := m.(*SyncProgress).Done; d != 12345 {
+			t.Fatalf("Done %d, want 12345", d)
+		}
+		return
+	}
+}

@@ -253,7 +253,7 @@ func (l *Link) SendControl(m ControlMsg) error {
 		return l.requestErr()
 	default:
 	}
-	if !l.ctlW.enqueue(witem{kind: itemFrame, h: header{typ: m.ctlType()}, payload: p}) {
+	if !l.ctlW.enqueue(witem{kind: itemFrame, h: header{typ: m.ctlType(), flags: controlFlags(m)}, payload: p}) {
 		return l.requestErr()
 	}
 	return nil

@@ -394,7 +394,7 @@ func (r *Resource) AttachDisk(ctx context.Context) error {
 		r.diskClosed.Store(false)
 		r.diskFailed.Store(false)
 		r.detached.Store(newSignal())
-		_, err := r.stepAdmin(EvAttachDisk{Meta: meta, Dirty: r.bmap().Count()})
+		_, err := r.stepAdmin(EvAttachDisk{Meta: meta, Dirty: r.dirtyBlocks()})
 		if err != nil {
 			r.log.Error("the machine refused an attach it had accepted", zap.Error(err))
 		}
@@ -606,7 +606,10 @@ func (r *Resource) makeWhole(st *repState, off, n int64) error {
 	start, end := r.primaryTargetBlocks(off, n)
 	bs := r.bmap().BlockSize()
 	edges := []int64{start}
-	if last := end - bs; last > start {
+	// The block that holds end-1: end is the resource's end when that
+	// splits a block, and end-bs would then start inside the block
+	// before, whose part outside the request this would copy again.
+	if last := (end - 1) / bs * bs; last > start {
 		edges = append(edges, last)
 	}
 	for _, b := range edges {
@@ -641,7 +644,22 @@ func (r *Resource) resyncWritten(off, n int64) {
 	if w := r.written.Load(); w != nil {
 		w.Set(start, end-start)
 	}
-	r.bmap().Clear(start, end-start)
+	r.bmap().Clear(start, r.clearEnd(end)-start)
+}
+
+// clearEnd is the end of a range to clear in the bitmap for one that
+// ends at end: one that reaches the resource's end reaches the end of
+// the block that splits, since the bitmap can cover more than the
+// resource (a smaller peer, net.size-mismatch: smaller) and Clear leaves
+// a block it covers only partly. The block's part past the resource's end
+// is no data of it (the resync engine clears the block so too).
+func (r *Resource) clearEnd(end int64) int64 {
+	size := r.size.Load()
+	if end < size {
+		return end
+	}
+	bs := r.bmap().BlockSize()
+	return max(end, (size+bs-1)/bs*bs)
 }
 
 // targetWriteFailed puts the blocks of a Primary target's write that
@@ -685,11 +703,11 @@ func (r *Resource) targetWriteFailed(off, n int64) {
 func (r *Resource) clearResynced(off, n int64) {
 	bm := r.bmap()
 	f := r.targetFailed.Load()
+	end := r.clearEnd(off + n)
 	if f == nil {
-		bm.Clear(off, n)
+		bm.Clear(off, end-off)
 		return
 	}
-	end := off + n
 	for pos := off; pos < end; {
 		o, l, ok := f.NextDirty(pos)
 		if !ok || o >= end {

@@ -58,10 +58,29 @@ func (r *Resource) step(ev Event) {
 	}
 }
 
+// dirtyBlocks is the bitmap's dirty blocks that hold the resource's data,
+// what the machine counts (invalidate-remote without a reset, the
+// split-brain policies, the peer's State): the bitmap may cover more than
+// the resource (a smaller peer), and its bits past the resource's end are
+// no changes the peer can take (status counts them out too).
+//
+// In the handshake it counts up to the size the link came up with: the
+// State sent then told the peer that count, before the peer's smaller
+// size was known, and both nodes must decide on the same counts (the
+// first handshake after up, when the resource still has its disk's
+// size, counts the bits past the peer's end on both sides).
+func (r *Resource) dirtyBlocks() uint64 {
+	end := r.size.Load()
+	if r.m.Conn() == ConnHandshake {
+		end = max(end, r.linkSize)
+	}
+	return r.bmap().CountBelow(end)
+}
+
 // stepAdmin feeds the machine an event and carries out its actions; a
 // refused administrative request returns the machine's error.
 func (r *Resource) stepAdmin(ev Event) ([]Action, error) {
-	r.m.SetDirty(r.bmap().Count())
+	r.m.SetDirty(r.dirtyBlocks())
 	acts, err := r.m.Step(ev)
 	if err != nil {
 		return nil, err
@@ -159,7 +178,7 @@ func (r *Resource) publish() {
 		cur.wg.Wait()
 		r.epochs.drainInto(r.setOutOfSync)
 		r.flushBitmap()
-		r.m.SetDirty(r.bmap().Count())
+		r.m.SetDirty(r.dirtyBlocks())
 	}
 	lostLink := cur.link != nil && link == nil
 	go func() {

@@ -442,8 +442,9 @@ func (m *Machine) LocalState() NodeState {
 	}
 }
 
-// SetDirty tells the machine how many blocks the bitmap holds; it matters
-// for the split-brain policies.
+// SetDirty tells the machine how many blocks the bitmap holds within the
+// resource's size; it matters for invalidate-remote and the split-brain
+// policies.
 func (m *Machine) SetDirty(n uint64) { m.dirty = n }
 
 // SetAfterSB changes the split-brain policy (net options apply at the next

@@ -376,6 +376,7 @@ func (r *Resource) linkUp(link *replicate.Link) {
 	r.linkProto = r.cfg().Net.Protocol
 	r.links.up(link)
 	r.peerBitmapDone = false
+	r.linkSize = r.size.Load()
 	r.log.Info("peer link up", zap.Stringer("peer", link.RemoteAddr()), zap.Uint32("version", link.Version()))
 	r.goLoop(func() { r.readControl(link) })
 	r.goLoop(func() { r.peerFlushes(link) })
@@ -626,6 +627,13 @@ func (r *Resource) control(link *replicate.Link, msg replicate.ControlMsg) {
 			r.publishStatus()
 			r.changed()
 		}
+	case *replicate.SyncProgress:
+		// The source's count, which includes what a checksum resync
+		// found equal and never sent.
+		if t := r.currentTarget(); t != nil {
+			t.reported.Store(m.Done)
+			r.changed()
+		}
 	case *replicate.PromoteRequest:
 		r.step(EvPeerPromoteRequest{Promoting: r.promoteWait != nil, Verifying: r.verify.Load() != nil})
 	case *replicate.PromoteReply:
@@ -708,7 +716,7 @@ func (r *Resource) sendBitmap() {
 func (r *Resource) maybeBitmapsExchanged() {
 	if r.peerBitmapDone && r.m.Conn() == ConnHandshake {
 		r.peerBitmapDone = false
-		r.step(EvBitmapsExchanged{Dirty: r.bmap().Count()})
+		r.step(EvBitmapsExchanged{Dirty: r.dirtyBlocks()})
 	}
 }
 

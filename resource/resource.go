@@ -176,6 +176,10 @@ type Resource struct {
 	reattachCancel context.CancelFunc // loop: the kernel device watch (reattach.go)
 	acceptWarned   repeats            // the last failure of an incoming peer link, logged (peer.go)
 	refuseWarned   repeats            // the last refusal of a peer's state, logged (peer.go)
+	// linkSize: loop; the resource's size when the link came up, which
+	// the dirty count the handshake's State told the peer rests on
+	// (dirtyBlocks).
+	linkSize int64
 	// refuseDelay: loop; how long the next dial waits after this node
 	// refused the peer's state, doubling while the refusals go on (a
 	// refusal's cause rarely goes away within milliseconds).
@@ -283,7 +287,7 @@ func (r *Resource) Start(ctx context.Context) (err error) {
 	r.goLoop(r.run)
 	errc := make(chan error, 1)
 	r.post(func() {
-		r.step(EvAttach{Meta: metaFromSB(sb), Dirty: r.bmap().Count()})
+		r.step(EvAttach{Meta: metaFromSB(sb), Dirty: r.dirtyBlocks()})
 		_, err := r.stepAdmin(EvConnect{})
 		errc <- err
 	})

@@ -3,7 +3,9 @@ package resource
 import (
 	"bytes"
 	"context"
+	"errors"
 	"path/filepath"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -132,9 +134,20 @@ func TestPartialLastBlockResyncAndVerify(t *testing.T) {
 // whose bitmaps have bb-byte blocks.
 func newPairBlock(t *testing.T, dir string, size, bb int64, extra string) *pair {
 	t.Helper()
+	c := startPairBlock(t, dir, size, size, bb, extra)
+	c.primaryA()
+	return c
+}
+
+// startPairBlock starts a pair (as startPairOn, stopped at the test's
+// end) on disks of sizeA and sizeB bytes (external meta-data) whose
+// bitmaps have bb-byte blocks; it waits for nothing.
+func startPairBlock(t *testing.T, dir string, sizeA, sizeB, bb int64, extra string) *pair {
+	t.Helper()
 	na := pairDisk{img: filepath.Join(dir, "a.img"), meta: filepath.Join(dir, "a.md")}
 	nb := pairDisk{img: filepath.Join(dir, "b.img"), meta: filepath.Join(dir, "b.md")}
 	for i, n := range []pairDisk{na, nb} {
+		size := []int64{sizeA, sizeB}[i]
 		makePairDisk(t, n, size, uint32(i), 0)
 		dev, err := disk.Open(n.meta, disk.Options{})
 		if err != nil {
@@ -148,7 +161,6 @@ func newPairBlock(t *testing.T, dir string, size, bb int64, extra string) *pair 
 	}
 	c := startPairOn(t, dir, na, nb, extra, "")
 	t.Cleanup(c.stopBoth)
-	c.primaryA()
 	return c
 }
 
@@ -237,5 +249,191 @@ func TestFullResyncTowardsSmallerPeer(t *testing.T) {
 	}
 	if !bytes.Equal(c.peerData(size-64<<10, 64<<10), fill(0x77, 64<<10)) {
 		t.Fatal("b lacks the last blocks")
+	}
+}
+
+// primaryTargetBlock starts a pair on disks of size bytes with bb-byte
+// bitmap blocks whose Primary a detached and attached its disk again,
+// with the resync from b paused at its start.
+func primaryTargetBlock(t *testing.T, size, bb int64) (*pair, context.Context) {
+	t.Helper()
+	c := newPairBlock(t, t.TempDir(), size, bb, "resync:\n  rate: 4M\n")
+	return c, primaryTargetAgain(t, c)
+}
+
+// primaryTargetAgain has c's Primary a detach and attach its disk again,
+// and pauses the resync from b at its start. It returns a context that
+// bounds the test.
+func primaryTargetAgain(t *testing.T, c *pair) context.Context {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	if err := c.a.DetachDisk(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.a.AttachDisk(ctx); err != nil {
+		t.Fatal(err)
+	}
+	c.wait(c.b, "b sync source", func(s Status) bool { return s.Conn == ConnSyncSource })
+	if err := c.b.PauseSync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return ctx
+}
+
+// A Primary target's write that covers the partial last block whole and
+// the block before it in part, that block being in sync already: nothing
+// is to be copied from the peer. The last edge block was taken as
+// starting a block size before the end, inside the block before, and the
+// write copied that range from the peer (and rewrote the part of the
+// block before outside the request).
+func TestAttachDiskPrimaryWriteToPartialLastBlock(t *testing.T) {
+	const size, bb = 16<<20 + 8192, 64 << 10
+	c, _ := primaryTargetBlock(t, size, bb)
+	last := int64(size - size%bb)
+	prev := last - bb
+	if err := c.a.WriteAt(fill(0x71, bb), prev, false); err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var peerReads [][2]int64
+	c.db.setRead(func(p []byte, off int64) error {
+		mu.Lock()
+		peerReads = append(peerReads, [2]int64{off, int64(len(p))})
+		mu.Unlock()
+		return nil
+	})
+	off := prev + bb/2
+	if err := c.a.WriteAt(fill(0x72, int(size-off)), off, false); err != nil {
+		t.Fatal(err)
+	}
+	c.db.setRead(nil)
+	mu.Lock()
+	if len(peerReads) != 0 {
+		t.Errorf("the write copied from the peer %v ([off, len]); nothing was to be copied", peerReads)
+	}
+	mu.Unlock()
+	want := append(fill(0x71, bb/2), fill(0x72, int(size-off))...)
+	if a, b := c.localData(prev, size-prev), c.peerData(prev, size-prev); !bytes.Equal(a, want) || !bytes.Equal(b, want) {
+		t.Fatalf("the blocks differ from what was written: a %v, b %v", bytes.Equal(a, want), bytes.Equal(b, want))
+	}
+}
+
+// A Primary target whose peer's disk is smaller (net.size-mismatch:
+// smaller) and ends inside a bitmap block: the resync into it and its
+// writes to that block leave it in sync. The block's bit stayed set (the
+// write and the resync cleared only up to the resource's end, and Clear
+// leaves a block it covers in part), and the node ended UpToDate with
+// that block out of sync.
+func TestAttachDiskPrimaryTargetSmallerPeerSplitBlock(t *testing.T) {
+	const sizeA, sizeB, bb = 16 << 20, 12<<20 + 8192, 64 << 10
+	c := startPairBlock(t, t.TempDir(), sizeA, sizeB, bb, "  size-mismatch: smaller\nresync:\n  rate: 4M\n")
+	c.primaryA()
+	if s := c.a.Size(); s != sizeB {
+		t.Fatalf("a's size %d, want the peer's %d", s, sizeB)
+	}
+	ctx := primaryTargetAgain(t, c)
+	split := int64(sizeB - sizeB%bb)
+	if err := c.a.WriteAt(fill(0x73, 512), split+512, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.b.ResumeSync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	c.wait(c.a, "a in sync", func(s Status) bool { return s.Disk == DiskUpToDate && s.Conn == ConnConnected })
+	if s, ok := waitStatus(c.a, 5*time.Second, func(s Status) bool { return s.OutOfSync == 0 }); !ok {
+		t.Fatalf("a is UpToDate with %d bytes out of sync", s.OutOfSync)
+	}
+	if s := c.b.Status(); s.OutOfSync != 0 {
+		t.Fatalf("b: %d bytes out of sync", s.OutOfSync)
+	}
+	want := make([]byte, sizeB-split)
+	copy(want[512:], fill(0x73, 512))
+	if a, b := c.localData(split, sizeB-split), c.peerData(split, sizeB-split); !bytes.Equal(a, want) || !bytes.Equal(b, want) {
+		t.Fatalf("the split block: a has the write %v, b %v", bytes.Equal(a, want), bytes.Equal(b, want))
+	}
+}
+
+// After a full resync towards a smaller peer the source's bitmap keeps
+// the bits past the peer's end (no resync reaches them). The machine must
+// not count them: invalidate-remote without a reset found them, started
+// a resync with nothing to send, and the split-brain policies compared
+// counts of blocks the peer does not have.
+func TestInvalidateRemoteIgnoresBitsPastSmallerPeer(t *testing.T) {
+	const sizeA, sizeB, bb = 16 << 20, 12<<20 + 8192, 64 << 10
+	c := startPairBlock(t, t.TempDir(), sizeA, sizeB, bb, "  size-mismatch: smaller\n")
+	c.waitBoth("connected", func(s Status) bool { return s.Conn == ConnConnected })
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := c.a.NewCurrentUUID(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	c.waitBoth("uptodate", func(s Status) bool { return s.Disk == DiskUpToDate && s.PeerDisk == DiskUpToDate })
+	if err := c.a.InvalidateRemote(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	c.wait(c.b, "b resynced", func(s Status) bool { return s.Conn == ConnConnected && s.Disk == DiskUpToDate })
+	c.wait(c.a, "a in sync", func(s Status) bool { return s.Conn == ConnConnected && s.OutOfSync == 0 })
+	if c.a.bmap().Count() == 0 {
+		t.Fatal("a's bitmap holds no bit past b's end: the test sets up nothing")
+	}
+	err := c.a.InvalidateRemote(ctx, false)
+	if !errors.Is(err, ErrNothingMarked) {
+		t.Fatalf("invalidate-remote --reset-bitmap=false with nothing marked below b's end: %v, want %v", err, ErrNothingMarked)
+	}
+	if s := c.a.Status(); s.Conn != ConnConnected || s.OutOfSync != 0 {
+		t.Fatalf("a: %v, %d bytes out of sync", s.Conn, s.OutOfSync)
+	}
+}
+
+// A checksum resync that finds every chunk equal sends no data: the
+// target's progress comes from the source (SyncProgress), or the target's
+// ResyncDone stays 0 below its total until the end, a stuck bar in
+// wait-sync on the target.
+func TestCsumResyncTargetProgressReachesTotal(t *testing.T) {
+	c := newPair(t, "resync:\n  csums: crc32c\n", "")
+	const off, n = 1 << 20, 2 << 20
+	data := fill(0x5a, n)
+	if err := c.a.WriteAt(data, off, false); err != nil {
+		t.Fatal(err)
+	}
+	c.proxy.setRefuse(true)
+	c.proxy.cut()
+	c.wait(c.a, "link lost", func(s Status) bool { return s.Conn != ConnConnected })
+	// Rewritten with the data b already has: every chunk a checksum hit.
+	if err := c.a.WriteAt(data, off, false); err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var seen, reached bool
+	var last Status
+	c.ob.set(func() {
+		s := c.b.Status()
+		if s.Conn != ConnSyncTarget || s.ResyncTotal == 0 {
+			return
+		}
+		mu.Lock()
+		seen, last = true, s
+		if s.ResyncDone >= s.ResyncTotal {
+			reached = true
+		}
+		mu.Unlock()
+	})
+	c.proxy.setRefuse(false)
+	c.settled()
+	c.ob.set(func() {})
+	if s := c.a.Status(); s.Link.Connects < 2 {
+		t.Fatalf("a connected %d times: no resync after the cut", s.Link.Connects)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if !seen {
+		t.Fatal("b was never shown sync target with bytes to resync")
+	}
+	if !reached {
+		t.Fatalf("b's resync progress stayed below its total: last %d of %d", last.ResyncDone, last.ResyncTotal)
+	}
+	if !bytes.Equal(c.peerData(off, n), data) {
+		t.Fatal("b's data changed")
 	}
 }

@@ -30,8 +30,11 @@ type targetState struct {
 	mu      sync.Mutex
 	pending []span // written since the last ResyncFlush
 	done    atomic.Uint64
-	total   uint64
-	paused  atomic.Bool // the source said it paused (SyncPause)
+	// reported is the Done of the source's last SyncProgress: with
+	// checksums, chunks found equal never reach the target as data.
+	reported atomic.Uint64
+	total    uint64
+	paused   atomic.Bool // the source said it paused (SyncPause)
 	// wantPaused (loop): a pause-sync or resume-sync given here before
 	// the handler allowed the resync; held until then, since a resume
 	// would read as the readiness (FeatureSyncReady).
@@ -60,7 +63,8 @@ func (r *Resource) targetProgress() *targetProgress {
 	if t == nil {
 		return nil
 	}
-	return &targetProgress{done: t.done.Load(), total: max(t.total, t.done.Load()), paused: t.paused.Load()}
+	done := max(t.done.Load(), t.reported.Load())
+	return &targetProgress{done: done, total: max(t.total, done), paused: t.paused.Load()}
 }
 
 // startSync starts this node's side of a resync.
@@ -188,8 +192,13 @@ func (r *Resource) startSync(source, full bool) {
 		r.retireIdleExtents(ctx)
 		r.changed()
 		stopProgress := r.progressEvents(ctx)
+		stopReport := func() {}
+		if ecfg.Csums != "" {
+			stopReport = r.reportProgress(ctx, link, e)
+		}
 		r.setSourcing(e)
 		err := e.Run(ctx)
+		stopReport()
 		stopProgress()
 		r.setSourcing(nil)
 		r.post(func() {
@@ -222,6 +231,10 @@ func (r *Resource) startSync(source, full bool) {
 			if r.link != link || (r.m.Conn() != ConnSyncSource && r.m.Conn() != ConnPausedSyncS) {
 				return
 			}
+			if ecfg.Csums != "" {
+				// The whole of it, before the target ends it.
+				r.sendControl(&replicate.SyncProgress{Done: uint64(e.Progress().Done)})
+			}
 			r.step(EvSyncDone{})
 			r.sendControl(&replicate.SyncDone{SourceUUIDs: wireUUIDs(r.m.Meta().UUIDs)})
 		})
@@ -241,6 +254,36 @@ func (r *Resource) progressEvents(ctx context.Context) (stop func()) {
 			select {
 			case <-t.C:
 				r.changed()
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	return func() {
+		cancel()
+		<-done
+	}
+}
+
+// reportProgress sends the target the checksum resync's progress
+// (SyncProgress) once a second until the returned function is called (or
+// ctx ends): the chunks found equal never reach the target, whose own
+// count would fall behind its total. Peers older than the message skip it.
+func (r *Resource) reportProgress(ctx context.Context, link *replicate.Link, e *resync.Engine) (stop func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-t.C:
+				r.post(func() {
+					if r.link == link && r.engine.Load() == e {
+						r.sendControl(&replicate.SyncProgress{Done: uint64(e.Progress().Done)})
+					}
+				})
 			case <-ctx.Done():
 				return
 			}
