@@ -93,6 +93,9 @@ type Config struct {
 	// package speaks. Lower MaxVersion to run an older protocol during
 	// rolling upgrades (and in tests).
 	MinVersion, MaxVersion uint32
+	// olderAuth, set by tests only, runs the Auth step as an older
+	// version did (its Hello then lacks roleAuth).
+	olderAuth func(hs *handshaker, peer hello) error
 	// Features this node offers.
 	Features Features
 

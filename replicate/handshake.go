@@ -30,6 +30,10 @@ type hello struct {
 	nonce          [32]byte // tag 7 (mandatory)
 	auth           bool     // tag 8: a shared secret is configured
 	tls            bool     // tag 9: TLS is configured (upgrade after Hello)
+	// roleAuth (tag 12): the sender's Auth binds its role and goes out
+	// without waiting for the peer's. A peer whose Hello lacks it is an
+	// older version, which sends its Auth first (see authOlderPeer).
+	roleAuth bool
 	// refusal (tags 10, 11: code and reason) is set by a node that
 	// refuses every peer (see Refuse): its Hello says why.
 	refusal refusal
@@ -52,6 +56,9 @@ func (h *hello) encode() []byte {
 	}
 	if h.refusal != (refusal{}) {
 		h.refusal.put(&w, 10, 11)
+	}
+	if h.roleAuth {
+		w.bool(12, h.roleAuth)
 	}
 	return w.b
 }
@@ -92,6 +99,8 @@ func decodeHello(p []byte) (hello, error) {
 			return getU32(v, &h.refusal.code)
 		case 11:
 			return getStr(v, &h.refusal.reason)
+		case 12:
+			return getBool(v, &h.roleAuth)
 		}
 		return nil
 	})
@@ -215,27 +224,43 @@ func (r *refusal) err() error {
 	return fmt.Errorf("%w: refused by the peer: %s", sentinel, r.reason)
 }
 
-// authDomain separates this MAC from any other use of the secret.
-const authDomain = "rbd-nbd peer auth v2\x00"
+// authForm says how an Auth response is computed.
+type authForm int
+
+const (
+	// authRole is the current form ("auth v2"): the MAC binds the
+	// prover's role.
+	authRole authForm = iota
+	// authNoRole ("auth v1") is the form of versions before the role
+	// byte; it is accepted from, and sent to, only a peer that is an
+	// older version and sent it first (see authOlderPeer).
+	authNoRole
+)
+
+// authDomains separate this MAC from any other use of the secret, one
+// per form.
+var authDomains = [...]string{authRole: "rbd-nbd peer auth v2\x00", authNoRole: "rbd-nbd peer auth v1\x00"}
 
 // authMAC is the proof that prover knows the secret, for verifier's
 // nonce. Binding both node ids (in order) makes a response useless in the
 // other direction, so reflecting a node's own response back fails.
-// Binding the prover's role (proverDialed: it dialed the connection)
-// makes a proof useless on a connection where the prover has the other
-// role: a third party that connects to both nodes, so that both accept,
-// cannot pass one node's proof to the other. With TLS, channel is keying
-// material exported from the TLS session, so that a proof relayed from
-// another TLS session fails too; without, it is nil.
-func authMAC(secret string, prover, verifier uint32, proverDialed bool, resource string, verifierNonce, proverNonce [nonceSize]byte, channel []byte) []byte {
+// Binding the prover's role (proverDialed: it dialed the connection;
+// form authRole) makes a proof useless on a connection where the prover
+// has the other role: a third party that connects to both nodes, so that
+// both accept, cannot pass one node's proof to the other. With TLS,
+// channel is keying material exported from the TLS session, so that a
+// proof relayed from another TLS session fails too; without, it is nil.
+func authMAC(form authForm, secret string, prover, verifier uint32, proverDialed bool, resource string, verifierNonce, proverNonce [nonceSize]byte, channel []byte) []byte {
 	m := hmac.New(sha256.New, []byte(secret))
 	var b [8]byte
-	m.Write([]byte(authDomain))
-	role := byte('A') // the prover accepted the connection
-	if proverDialed {
-		role = 'D'
+	m.Write([]byte(authDomains[form]))
+	if form == authRole {
+		role := byte('A') // the prover accepted the connection
+		if proverDialed {
+			role = 'D'
+		}
+		m.Write([]byte{role})
 	}
-	m.Write([]byte{role})
 	binary.BigEndian.PutUint32(b[0:], prover)
 	binary.BigEndian.PutUint32(b[4:], verifier)
 	m.Write(b[:])
@@ -273,7 +298,8 @@ type handshaker struct {
 	ctx      context.Context
 	deadline time.Time
 	dialer   bool
-	channel  []byte // TLS keying material for the Auth MAC; nil without TLS
+	nonce    [nonceSize]byte // this node's Hello nonce
+	channel  []byte          // TLS keying material for the Auth MAC; nil without TLS
 	out      chan outFrame
 	writes   chan error
 	pending  int
@@ -498,10 +524,12 @@ func (hs *handshaker) run() (agreement, error) {
 		resource: cfg.Resource,
 		auth:     cfg.SharedSecret != "",
 		tls:      cfg.TLS != nil,
+		roleAuth: cfg.SharedSecret != "" && cfg.olderAuth == nil,
 	}
 	if _, err := rand.Read(mine.nonce[:]); err != nil {
 		return agreement{}, fmt.Errorf("replicate: handshake nonce: %w", err)
 	}
+	hs.nonce = mine.nonce
 	myHello := mine.encode()
 	hs.send(ftHello, myHello)
 	p0, err := hs.read(ftHello)
@@ -546,26 +574,17 @@ func (hs *handshaker) run() (agreement, error) {
 		return agreement{}, hs.refuse(refuseAuth, fmt.Errorf("%w: the peer sent this node's own nonce (reflection)", ErrAuthFailed))
 	}
 	if mine.auth {
-		proof := authMAC(cfg.SharedSecret, cfg.NodeID, cfg.PeerID, hs.dialer, cfg.Resource, peer.nonce, mine.nonce, hs.channel)
-		var w tlvWriter
-		w.bytes(1, proof)
-		hs.send(ftAuth, w.b)
-		p, err := hs.read(ftAuth)
+		var err error
+		switch {
+		case cfg.olderAuth != nil:
+			err = cfg.olderAuth(hs, peer)
+		case peer.roleAuth:
+			err = hs.auth(peer)
+		default:
+			err = hs.authOlderPeer(peer)
+		}
 		if err != nil {
-			return agreement{}, hs.readFailed(err)
-		}
-		var got []byte
-		if err := parseTLV(p, "Auth", func(tag uint16, v []byte) error {
-			if tag == 1 {
-				got = v
-			}
-			return nil
-		}); err != nil {
-			return agreement{}, hs.refuse(refuseProtocol, withStream(err, stHandshake))
-		}
-		want := authMAC(cfg.SharedSecret, cfg.PeerID, cfg.NodeID, !hs.dialer, cfg.Resource, mine.nonce, peer.nonce, hs.channel)
-		if !hmac.Equal(got, want) {
-			return agreement{}, hs.refuse(refuseAuth, fmt.Errorf("%w: the peer's response does not prove the shared secret", ErrAuthFailed))
+			return agreement{}, err
 		}
 	}
 	ag := agreement{version: version, features: agreeFeatures(mine.features, peer.features), peer: peer}
@@ -593,6 +612,79 @@ func (hs *handshaker) run() (agreement, error) {
 	// another node was refused, with its id in the reason).
 	hs.log.Info("peer link handshake complete", zap.Stringer("remote", hs.conn.RemoteAddr()), zap.Uint32("version", ag.version), zap.Uint64("features", uint64(ag.features)), zap.Bool("authenticated", mine.auth), zap.Bool("tls", mine.tls))
 	return ag, nil
+}
+
+// auth proves the shared secret to a peer of this version (its Hello says
+// roleAuth) and checks its proof: both send at once, in the current form.
+func (hs *handshaker) auth(peer hello) error {
+	cfg := hs.cfg
+	hs.sendAuth(authMAC(authRole, cfg.SharedSecret, cfg.NodeID, cfg.PeerID, hs.dialer, cfg.Resource, peer.nonce, hs.nonce, hs.channel))
+	got, err := hs.readAuth()
+	if err != nil {
+		return err
+	}
+	want := authMAC(authRole, cfg.SharedSecret, cfg.PeerID, cfg.NodeID, !hs.dialer, cfg.Resource, hs.nonce, peer.nonce, hs.channel)
+	if !hmac.Equal(got, want) {
+		return hs.refuse(refuseAuth, fmt.Errorf("%w: the peer's response does not prove the shared secret", ErrAuthFailed))
+	}
+	return nil
+}
+
+// authOlderPeer authenticates a peer of an older version (its Hello lacks
+// roleAuth), which computes its proof with or without the role byte
+// depending on its age, and sends it without waiting for this node's. So
+// this node reads the peer's proof first, finds which form it has, and
+// answers in that form: a rolling upgrade keeps its link, whichever node
+// dials.
+//
+// Reading first is what keeps the relay between two accepting nodes
+// (TestAuthRelayBetweenTwoAcceptors) refused between nodes of this
+// version even if a third party removes roleAuth from both Hellos: each
+// waits for the other's proof, and it has none to pass on. A node of this
+// version gives a proof without the role only in answer to one, so the
+// weakness of that form stays where it was, with the older node: a third
+// party can still relay between it and this node until it is upgraded
+// (or the link uses TLS, which binds the proof to its session).
+func (hs *handshaker) authOlderPeer(peer hello) error {
+	cfg := hs.cfg
+	got, err := hs.readAuth()
+	if err != nil {
+		return err
+	}
+	form := authRole
+	if !hmac.Equal(got, authMAC(authRole, cfg.SharedSecret, cfg.PeerID, cfg.NodeID, !hs.dialer, cfg.Resource, hs.nonce, peer.nonce, hs.channel)) {
+		if !hmac.Equal(got, authMAC(authNoRole, cfg.SharedSecret, cfg.PeerID, cfg.NodeID, false, cfg.Resource, hs.nonce, peer.nonce, hs.channel)) {
+			return hs.refuse(refuseAuth, fmt.Errorf("%w: the peer's response does not prove the shared secret", ErrAuthFailed))
+		}
+		form = authNoRole
+		hs.log.Info("peer link: the peer is an older version that proves the shared secret without its role (auth v1); answered in that form", zap.Stringer("remote", hs.conn.RemoteAddr()))
+	}
+	hs.sendAuth(authMAC(form, cfg.SharedSecret, cfg.NodeID, cfg.PeerID, hs.dialer, cfg.Resource, peer.nonce, hs.nonce, hs.channel))
+	return nil
+}
+
+func (hs *handshaker) sendAuth(proof []byte) {
+	var w tlvWriter
+	w.bytes(1, proof)
+	hs.send(ftAuth, w.b)
+}
+
+// readAuth reads the peer's Auth frame and returns its response.
+func (hs *handshaker) readAuth() ([]byte, error) {
+	p, err := hs.read(ftAuth)
+	if err != nil {
+		return nil, hs.readFailed(err)
+	}
+	var got []byte
+	if err := parseTLV(p, "Auth", func(tag uint16, v []byte) error {
+		if tag == 1 {
+			got = v
+		}
+		return nil
+	}); err != nil {
+		return nil, hs.refuse(refuseProtocol, withStream(err, stHandshake))
+	}
+	return got, nil
 }
 
 // startTLS moves the handshake onto TLS, right after both Hellos said

@@ -117,19 +117,19 @@ func TestAuthentication(t *testing.T) {
 func TestAuthReflection(t *testing.T) {
 	var na, nb [nonceSize]byte
 	na[0], nb[0] = 1, 2
-	give := authMAC("k", 1, 2, true, "r0", nb, na, nil)    // node 1 proves to node 2
-	expect := authMAC("k", 2, 1, false, "r0", na, nb, nil) // what node 1 expects from 2
+	give := authMAC(authRole, "k", 1, 2, true, "r0", nb, na, nil)    // node 1 proves to node 2
+	expect := authMAC(authRole, "k", 2, 1, false, "r0", na, nb, nil) // what node 1 expects from 2
 	if bytes.Equal(give, expect) {
 		t.Fatal("a reflected response would verify")
 	}
-	same := authMAC("k", 1, 2, true, "r0", nb, na, nil)
+	same := authMAC(authRole, "k", 1, 2, true, "r0", nb, na, nil)
 	if !bytes.Equal(give, same) {
 		t.Fatal("MAC not deterministic")
 	}
-	if bytes.Equal(give, authMAC("k", 1, 2, true, "r1", nb, na, nil)) {
+	if bytes.Equal(give, authMAC(authRole, "k", 1, 2, true, "r1", nb, na, nil)) {
 		t.Fatal("MAC not bound to the resource")
 	}
-	if bytes.Equal(give, authMAC("k", 1, 2, true, "r0", nb, na, []byte{1})) {
+	if bytes.Equal(give, authMAC(authRole, "k", 1, 2, true, "r0", nb, na, []byte{1})) {
 		t.Fatal("MAC not bound to the TLS channel")
 	}
 
