@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/tls"
 	"encoding/binary"
+	"errors"
 	"io"
 	"net"
 	"testing"
@@ -13,8 +14,9 @@ import (
 	"github.com/rbd-nbd/rbd-nbd/internal/testcert"
 )
 
-// FuzzDecodeRequest: any bytes decode without panicking, and what decodes
-// re-encodes to the same header.
+// FuzzDecodeRequest: any bytes decode without panicking; a short input
+// fails with ErrShortHeader, a wrong magic with ErrBadMagic, and what
+// decodes re-encodes to the same header.
 func FuzzDecodeRequest(f *testing.F) {
 	f.Add(AppendRequest(nil, Request{Type: CmdRead, Handle: 1, Offset: 4096, Length: 4096}))
 	f.Add(AppendRequest(nil, Request{Type: CmdWrite, Flags: CmdFlagFUA, Handle: 1<<64 - 1, Offset: 1<<64 - 1, Length: 1<<32 - 1}))
@@ -23,8 +25,19 @@ func FuzzDecodeRequest(f *testing.F) {
 	f.Add(bytes.Repeat([]byte{0xff}, requestSize))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		r, err := DecodeRequest(b)
-		if err != nil {
+		switch {
+		case len(b) < requestSize:
+			if !errors.Is(err, ErrShortHeader) {
+				t.Fatalf("%d bytes: err = %v, want ErrShortHeader", len(b), err)
+			}
 			return
+		case binary.BigEndian.Uint32(b) != magicRequest:
+			if !errors.Is(err, ErrBadMagic) {
+				t.Fatalf("magic %x: err = %v, want ErrBadMagic", b[:4], err)
+			}
+			return
+		case err != nil:
+			t.Fatalf("a whole header with the right magic: %v", err)
 		}
 		if got := AppendRequest(nil, r); !bytes.Equal(got, b[:requestSize]) {
 			t.Fatalf("re-encoded % x, want % x", got, b[:requestSize])

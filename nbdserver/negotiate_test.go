@@ -97,6 +97,8 @@ func TestOptionReplies(t *testing.T) {
 		{"INFO shorter than 6 bytes", optInfo, []byte{0, 0, 0}, repErrInvalid, ""},
 		{"INFO name longer than data", optInfo, []byte{0, 0, 0, 9, 'a', 0, 0}, repErrInvalid, ""},
 		{"INFO request count mismatch", optInfo, append(goData("disk"), 0, 1), repErrInvalid, ""},
+		{"INFO name length 4 GiB", optInfo, []byte{0xff, 0xff, 0xff, 0xff, 'a', 0, 0}, repErrInvalid, "exceeds option data"},
+		{"GO name longer than 4096 bytes", optGo, goData(strings.Repeat("d", maxStringLen+1)), repErrInvalid, "longer than 4096"},
 		{"GO unknown export", optGo, goData("nope"), repErrUnknown, `no export "nope" here`},
 		{"LIST with data", optList, []byte("x"), repErrInvalid, ""},
 		{"option too long", optGo, make([]byte, 9000), repErrTooBig, "exceeds"},
