@@ -2,9 +2,11 @@ package ctlproto
 
 import (
 	"bytes"
+	"errors"
 	"io"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 )
@@ -103,8 +105,9 @@ func TestDump(t *testing.T) {
 
 // FuzzDecodeFrame feeds arbitrary bytes through everything that reads a
 // frame: header, tag list, registry check, typed decoders and Dump. None may
-// panic, errors must carry a code, and whatever decodes must re-encode to
-// the same bytes.
+// panic, errors must carry a code, whatever decodes must re-encode to the
+// same bytes, and ReadFrame reads the frame the header declares and not a
+// byte past it.
 func FuzzDecodeFrame(f *testing.F) {
 	for _, v := range v1Vectors(f) {
 		f.Add(v)
@@ -119,7 +122,24 @@ func FuzzDecodeFrame(f *testing.F) {
 	lim.MaxFrame = 64 << 10
 	f.Fuzz(func(t *testing.T, data []byte) {
 		reg.Dump(io.Discard, data, lim)
+		rh, rbody, rerr := ReadFrame(bytes.NewReader(data), nil, lim)
 		h, err := ParseHeader(data, lim)
+		switch {
+		case err == nil && len(data) >= HeaderLen+int(h.Length):
+			if rerr != nil || rh != h || !bytes.Equal(rbody, data[HeaderLen:HeaderLen+int(h.Length)]) {
+				t.Fatalf("ReadFrame = %+v, %d bytes, %v; ParseHeader %+v", rh, len(rbody), rerr, h)
+			}
+			// A second frame starts right after the declared body.
+			r := bytes.NewReader(data)
+			ReadFrame(r, nil, lim)
+			if r.Len() != len(data)-HeaderLen-int(h.Length) {
+				t.Fatalf("ReadFrame left %d bytes, want %d", r.Len(), len(data)-HeaderLen-int(h.Length))
+			}
+		case err == nil && len(data) == HeaderLen+int(h.Length)-1, len(data) > 0 && len(data) < HeaderLen:
+			if !errors.Is(rerr, ErrTruncated) {
+				t.Fatalf("ReadFrame of a cut frame: %v, want ErrTruncated", rerr)
+			}
+		}
 		if err != nil {
 			if CodeOf(err) == CodeOK || CodeOf(err) == CodeInternal {
 				t.Fatalf("header error without a code: %v", err)
@@ -153,7 +173,12 @@ func FuzzDecodeFrame(f *testing.F) {
 			DecodeError(res.Body)
 			DecodeHello(res.Body)
 			for e := range res.Body.All(TagStatus) {
-				st, _ := DecodeStatus(e.List())
+				st, set := DecodeStatus(e.List())
+				// What a client decodes, encoded again (as a change
+				// event does, every field of set), decodes the same.
+				if again, _ := DecodeStatus(statusFields(st, set, true)); !reflect.DeepEqual(again, st) {
+					t.Fatalf("status round trip:\n got %+v\nwant %+v", again, st)
+				}
 				DecodeStatistics(e.List(), &st)
 			}
 		}
