@@ -2,13 +2,19 @@ package ctlproto
 
 import (
 	"bytes"
+	"context"
 	"errors"
+	"fmt"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/rbd-nbd/rbd-nbd/resource"
 )
 
 // v1Vectors returns the golden version-1 frames (written by the daemon
@@ -180,6 +186,91 @@ func FuzzDecodeFrame(f *testing.F) {
 					t.Fatalf("status round trip:\n got %+v\nwant %+v", again, st)
 				}
 				DecodeStatistics(e.List(), &st)
+			}
+		}
+	})
+}
+
+// fuzzHandler answers hello and status, and refuses other requests with
+// an error quoting the resource name, as the daemon's refusals do.
+type fuzzHandler struct{}
+
+func (fuzzHandler) ServeCtl(_ context.Context, req *Request) Reply {
+	switch req.Header.Type {
+	case MsgHello:
+		return Reply{Body: EncodeHello(HelloInfo{Version: "fuzz", Major: ProtoMajor, Minor: ProtoMinor})}
+	case MsgStatus:
+		return Reply{Body: List{EncodeStatus(resource.Status{Name: "r0"}, AllFields)}}
+	}
+	name, _ := req.Body.Find(TagResName)
+	return Reply{Err: &Error{Code: CodeUnknownResource, Message: fmt.Sprintf("no resource %q", name.Text()), Value: name.Text()}}
+}
+
+// FuzzServe sends arbitrary bytes to a control server as a client's whole
+// stream. Whatever the client sends, the server answers with frames a
+// client decodes (within ReplyLimits, registered reply tags, an error
+// section with a code in every error reply) and, once the client's side
+// is closed, ends the connection.
+func FuzzServe(f *testing.F) {
+	for _, v := range v1Vectors(f) {
+		f.Add(v)
+	}
+	f.Add(AppendFrame(nil, Header{Major: 1, Type: MsgChange}, List{String(TagResName, strings.Repeat("\x01", 8000)).AsMandatory()}))
+	f.Add(AppendFrame(nil, Header{Major: 1, Type: MsgStatus}, List{U32(999, 1).AsMandatory(), U32(998, 1).AsMandatory()}))
+	f.Add(AppendFrame(nil, Header{Major: 2, Type: MsgHello}, nil))
+	f.Add(AppendHeader(nil, Header{Major: 1, Type: MsgHello, Length: 1 << 30}))
+	f.Add([]byte("RBNC\x01"))
+
+	path := filepath.Join(f.TempDir(), "ctl.sock")
+	l, err := Listen(path, DefaultListenConfig())
+	if err != nil {
+		f.Fatal(err)
+	}
+	cfg := DefaultConfig()
+	cfg.Handler, cfg.Registry, cfg.Limits, cfg.WriteTimeout = fuzzHandler{}, DefaultRegistry(), DefaultLimits(), 5*time.Second
+	srv, err := NewServer(cfg)
+	if err != nil {
+		f.Fatal(err)
+	}
+	go srv.Serve(l)
+	f.Cleanup(func() { srv.Close() })
+	reg, lim := DefaultRegistry(), ReplyLimits()
+
+	f.Fuzz(func(t *testing.T, in []byte) {
+		c, err := net.Dial("unix", path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		out := make(chan []byte, 1)
+		go func() {
+			b, _ := io.ReadAll(c)
+			out <- b
+		}()
+		c.Write(in) // the server may hang up first
+		c.(*net.UnixConn).CloseWrite()
+		r := bytes.NewReader(<-out)
+		if _, err := c.Read(make([]byte, 1)); errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatal("the server did not end the connection after the client's side closed")
+		}
+		for r.Len() > 0 {
+			h, body, err := ReadFrame(r, nil, lim)
+			if err != nil {
+				t.Fatalf("reply frame: %v", err)
+			}
+			rl, err := DecodeList(body, lim)
+			if err != nil {
+				t.Fatalf("reply body: %v", err)
+			}
+			res, err := reg.CheckReply(rl)
+			if err != nil || len(res.UnknownMandatory) > 0 {
+				t.Fatalf("reply %+v: %v, unknown mandatory %v", h, err, res.UnknownMandatory)
+			}
+			if h.Flags&FlagError != 0 {
+				if e := DecodeError(res.Body); e.Code == CodeOK {
+					t.Fatalf("error reply without a code: %+v", e)
+				}
 			}
 		}
 	})
