@@ -2,6 +2,7 @@ package attach
 
 import (
 	"errors"
+	"io"
 	"strings"
 	"testing"
 )
@@ -75,6 +76,9 @@ func FuzzParseIdentifier(f *testing.F) {
 	f.Fuzz(func(t *testing.T, s string) {
 		id, err := ParseIdentifier(s)
 		if err != nil {
+			if !errors.Is(err, ErrBadIdentifier) {
+				t.Fatalf("ParseIdentifier(%q): %v, want ErrBadIdentifier", s, err)
+			}
 			return
 		}
 		// One identifier per export: what parses prints back the same.
@@ -94,9 +98,20 @@ func FuzzNegotiate(f *testing.F) {
 	f.Add([]byte("NBDMAGIC"))
 	f.Fuzz(func(t *testing.T, server []byte) {
 		info, err := negotiate(&scripted{r: strings.NewReader(string(server))}, "e")
-		if err == nil && (info.Size < 0 || info.Name != "e") {
-			t.Fatalf("accepted %+v", info)
+		if err == nil {
+			if info.Size < 0 || info.Name != "e" {
+				t.Fatalf("accepted %+v", info)
+			}
+			return
 		}
+		// A server's bytes end the handshake with one of the documented
+		// errors, or by ending (the reader's EOF).
+		for _, want := range []error{ErrNotNBD, ErrOldstyle, ErrProtocol, ErrUnknownExport, ErrRefused, io.EOF, io.ErrUnexpectedEOF} {
+			if errors.Is(err, want) {
+				return
+			}
+		}
+		t.Fatalf("undocumented error: %v", err)
 	})
 }
 

@@ -219,6 +219,8 @@ func TestNegotiateScripted(t *testing.T) {
 		{name: "info empty", server: new(script).greet(fixedNZ).reply(optGo, repInfo, nil).Bytes(), err: ErrProtocol},
 		{name: "block sizes not powers of two", server: new(script).greet(fixedNZ).reply(optGo, repInfo, infoBlockData(3, 4096, 8192)).Bytes(), err: ErrProtocol},
 		{name: "block sizes out of order", server: new(script).greet(fixedNZ).reply(optGo, repInfo, infoBlockData(4096, 512, 8192)).Bytes(), err: ErrProtocol},
+		{name: "minimum block over 64 KiB", server: new(script).greet(fixedNZ).reply(optGo, repInfo, infoBlockData(128<<10, 128<<10, 1<<20)).Bytes(), err: ErrProtocol},
+		{name: "block size info of 13 bytes", server: new(script).greet(fixedNZ).reply(optGo, repInfo, infoBlockData(512, 4096, 8192)[:13]).Bytes(), err: ErrProtocol},
 		{name: "huge size", server: new(script).greet(fixedNZ).reply(optGo, repInfo, infoExportData(1<<63, 1)).Bytes(), err: ErrProtocol},
 		{name: "unexpected reply type", server: new(script).greet(fixedNZ).reply(optGo, 2, nil).Bytes(), err: ErrProtocol},
 		{name: "truncated reply data", server: new(script).greet(fixedNZ).reply(optGo, repInfo, infoExportData(1, 1)).Bytes()[:18+20+5], err: io.ErrUnexpectedEOF},

@@ -217,14 +217,21 @@ func FuzzDecodeStatus(f *testing.F) {
 	f.Add([]byte{4, 0, 9, 0})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		ds, err := decodeStatus(b)
+		if err != nil && !errors.Is(err, errBadReply) {
+			t.Fatalf("decodeStatus: %v, want errBadReply", err)
+		}
 		if err == nil {
 			for _, d := range ds {
-				if d.index < 0 || d.index > 1<<20 {
+				if d.index < 0 || d.index > MaxIndex {
 					t.Fatalf("decoded index %d", d.index)
 				}
 			}
 		}
-		if i, err := decodeIndex(b); err == nil && (i < 0 || i > 1<<20) {
+		i, err := decodeIndex(b)
+		if err != nil && !errors.Is(err, errBadReply) {
+			t.Fatalf("decodeIndex: %v, want errBadReply", err)
+		}
+		if err == nil && (i < 0 || i > MaxIndex) {
 			t.Fatalf("decoded index %d", i)
 		}
 	})

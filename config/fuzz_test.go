@@ -1,13 +1,15 @@
 package config
 
 import (
+	"errors"
 	"path/filepath"
 	"strings"
 	"testing"
 )
 
 // FuzzParseFile: any bytes as a resource file give a resource or an error,
-// never a panic; a file that parses yields nodes that validate or say why.
+// never a panic; a file that parses yields nodes that validate or say why,
+// each with itself as the local node and the other as the peer.
 func FuzzParseFile(f *testing.F) {
 	f.Add([]byte("resource: r0\nnodes:\n  - {name: a, node-id: 0, address: 127.0.0.1:1, disk: a.img}\n  - {name: b, node-id: 1, address: 127.0.0.1:2, disk: b.img}\n"))
 	f.Add([]byte("resource: r0\nnodes: []\n"))
@@ -20,12 +22,22 @@ func FuzzParseFile(f *testing.F) {
 			return
 		}
 		for _, n := range file.Nodes {
+			if n.Name == "" {
+				continue // Node("") means this host's name
+			}
 			if r, err := file.Node(n.Name); err == nil {
 				if err := r.Validate(); err != nil {
 					t.Fatalf("Node returned a resource that does not validate: %v", err)
 				}
+				if r.Local.Name != n.Name || r.Peer.Name == n.Name {
+					t.Fatalf("Node(%q) gave local %q, peer %q", n.Name, r.Local.Name, r.Peer.Name)
+				}
 				checkResolved(t, r)
 			}
+		}
+		// Longer than either name, so neither.
+		if _, err := file.Node(file.Nodes[0].Name + file.Nodes[1].Name + "x"); !errors.Is(err, ErrNodeNotFound) {
+			t.Fatalf("Node of a name not in the file: %v, want ErrNodeNotFound", err)
 		}
 	})
 }

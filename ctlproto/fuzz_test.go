@@ -2,11 +2,19 @@ package ctlproto
 
 import (
 	"bytes"
+	"context"
+	"errors"
+	"fmt"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/rbd-nbd/rbd-nbd/resource"
 )
 
 // v1Vectors returns the golden version-1 frames (written by the daemon
@@ -103,8 +111,9 @@ func TestDump(t *testing.T) {
 
 // FuzzDecodeFrame feeds arbitrary bytes through everything that reads a
 // frame: header, tag list, registry check, typed decoders and Dump. None may
-// panic, errors must carry a code, and whatever decodes must re-encode to
-// the same bytes.
+// panic, errors must carry a code, whatever decodes must re-encode to the
+// same bytes, and ReadFrame reads the frame the header declares and not a
+// byte past it.
 func FuzzDecodeFrame(f *testing.F) {
 	for _, v := range v1Vectors(f) {
 		f.Add(v)
@@ -119,7 +128,24 @@ func FuzzDecodeFrame(f *testing.F) {
 	lim.MaxFrame = 64 << 10
 	f.Fuzz(func(t *testing.T, data []byte) {
 		reg.Dump(io.Discard, data, lim)
+		rh, rbody, rerr := ReadFrame(bytes.NewReader(data), nil, lim)
 		h, err := ParseHeader(data, lim)
+		switch {
+		case err == nil && len(data) >= HeaderLen+int(h.Length):
+			if rerr != nil || rh != h || !bytes.Equal(rbody, data[HeaderLen:HeaderLen+int(h.Length)]) {
+				t.Fatalf("ReadFrame = %+v, %d bytes, %v; ParseHeader %+v", rh, len(rbody), rerr, h)
+			}
+			// A second frame starts right after the declared body.
+			r := bytes.NewReader(data)
+			ReadFrame(r, nil, lim)
+			if r.Len() != len(data)-HeaderLen-int(h.Length) {
+				t.Fatalf("ReadFrame left %d bytes, want %d", r.Len(), len(data)-HeaderLen-int(h.Length))
+			}
+		case err == nil && len(data) == HeaderLen+int(h.Length)-1, len(data) > 0 && len(data) < HeaderLen:
+			if !errors.Is(rerr, ErrTruncated) {
+				t.Fatalf("ReadFrame of a cut frame: %v, want ErrTruncated", rerr)
+			}
+		}
 		if err != nil {
 			if CodeOf(err) == CodeOK || CodeOf(err) == CodeInternal {
 				t.Fatalf("header error without a code: %v", err)
@@ -153,8 +179,98 @@ func FuzzDecodeFrame(f *testing.F) {
 			DecodeError(res.Body)
 			DecodeHello(res.Body)
 			for e := range res.Body.All(TagStatus) {
-				st, _ := DecodeStatus(e.List())
+				st, set := DecodeStatus(e.List())
+				// What a client decodes, encoded again (as a change
+				// event does, every field of set), decodes the same.
+				if again, _ := DecodeStatus(statusFields(st, set, true)); !reflect.DeepEqual(again, st) {
+					t.Fatalf("status round trip:\n got %+v\nwant %+v", again, st)
+				}
 				DecodeStatistics(e.List(), &st)
+			}
+		}
+	})
+}
+
+// fuzzHandler answers hello and status, and refuses other requests with
+// an error quoting the resource name, as the daemon's refusals do.
+type fuzzHandler struct{}
+
+func (fuzzHandler) ServeCtl(_ context.Context, req *Request) Reply {
+	switch req.Header.Type {
+	case MsgHello:
+		return Reply{Body: EncodeHello(HelloInfo{Version: "fuzz", Major: ProtoMajor, Minor: ProtoMinor})}
+	case MsgStatus:
+		return Reply{Body: List{EncodeStatus(resource.Status{Name: "r0"}, AllFields)}}
+	}
+	name, _ := req.Body.Find(TagResName)
+	return Reply{Err: &Error{Code: CodeUnknownResource, Message: fmt.Sprintf("no resource %q", name.Text()), Value: name.Text()}}
+}
+
+// FuzzServe sends arbitrary bytes to a control server as a client's whole
+// stream. Whatever the client sends, the server answers with frames a
+// client decodes (within ReplyLimits, registered reply tags, an error
+// section with a code in every error reply) and, once the client's side
+// is closed, ends the connection.
+func FuzzServe(f *testing.F) {
+	for _, v := range v1Vectors(f) {
+		f.Add(v)
+	}
+	f.Add(AppendFrame(nil, Header{Major: 1, Type: MsgChange}, List{String(TagResName, strings.Repeat("\x01", 8000)).AsMandatory()}))
+	f.Add(AppendFrame(nil, Header{Major: 1, Type: MsgStatus}, List{U32(999, 1).AsMandatory(), U32(998, 1).AsMandatory()}))
+	f.Add(AppendFrame(nil, Header{Major: 2, Type: MsgHello}, nil))
+	f.Add(AppendHeader(nil, Header{Major: 1, Type: MsgHello, Length: 1 << 30}))
+	f.Add([]byte("RBNC\x01"))
+
+	path := filepath.Join(f.TempDir(), "ctl.sock")
+	l, err := Listen(path, DefaultListenConfig())
+	if err != nil {
+		f.Fatal(err)
+	}
+	cfg := DefaultConfig()
+	cfg.Handler, cfg.Registry, cfg.Limits, cfg.WriteTimeout = fuzzHandler{}, DefaultRegistry(), DefaultLimits(), 5*time.Second
+	srv, err := NewServer(cfg)
+	if err != nil {
+		f.Fatal(err)
+	}
+	go srv.Serve(l)
+	f.Cleanup(func() { srv.Close() })
+	reg, lim := DefaultRegistry(), ReplyLimits()
+
+	f.Fuzz(func(t *testing.T, in []byte) {
+		c, err := net.Dial("unix", path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		out := make(chan []byte, 1)
+		go func() {
+			b, _ := io.ReadAll(c)
+			out <- b
+		}()
+		c.Write(in) // the server may hang up first
+		c.(*net.UnixConn).CloseWrite()
+		r := bytes.NewReader(<-out)
+		if _, err := c.Read(make([]byte, 1)); errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatal("the server did not end the connection after the client's side closed")
+		}
+		for r.Len() > 0 {
+			h, body, err := ReadFrame(r, nil, lim)
+			if err != nil {
+				t.Fatalf("reply frame: %v", err)
+			}
+			rl, err := DecodeList(body, lim)
+			if err != nil {
+				t.Fatalf("reply body: %v", err)
+			}
+			res, err := reg.CheckReply(rl)
+			if err != nil || len(res.UnknownMandatory) > 0 {
+				t.Fatalf("reply %+v: %v, unknown mandatory %v", h, err, res.UnknownMandatory)
+			}
+			if h.Flags&FlagError != 0 {
+				if e := DecodeError(res.Body); e.Code == CodeOK {
+					t.Fatalf("error reply without a code: %+v", e)
+				}
 			}
 		}
 	})

@@ -1,9 +1,13 @@
 package nbdserver
 
 import (
+	"bufio"
 	"bytes"
+	"crypto/tls"
 	"encoding/binary"
+	"errors"
 	"fmt"
+	"io"
 	"strings"
 	"testing"
 	"time"
@@ -97,6 +101,8 @@ func TestOptionReplies(t *testing.T) {
 		{"INFO shorter than 6 bytes", optInfo, []byte{0, 0, 0}, repErrInvalid, ""},
 		{"INFO name longer than data", optInfo, []byte{0, 0, 0, 9, 'a', 0, 0}, repErrInvalid, ""},
 		{"INFO request count mismatch", optInfo, append(goData("disk"), 0, 1), repErrInvalid, ""},
+		{"INFO name length 4 GiB", optInfo, []byte{0xff, 0xff, 0xff, 0xff, 'a', 0, 0}, repErrInvalid, "exceeds option data"},
+		{"GO name longer than 4096 bytes", optGo, goData(strings.Repeat("d", maxStringLen+1)), repErrInvalid, "longer than 4096"},
 		{"GO unknown export", optGo, goData("nope"), repErrUnknown, `no export "nope" here`},
 		{"LIST with data", optList, []byte("x"), repErrInvalid, ""},
 		{"option too long", optGo, make([]byte, 9000), repErrTooBig, "exceeds"},
@@ -306,5 +312,60 @@ func TestRefusedExportIsPolicy(t *testing.T) {
 		if r := c.readOptReply(); r.typ != tc.typ || !strings.Contains(string(r.data), tc.msg) {
 			t.Errorf("option %d for %q: reply %#x %q; want %#x containing %q", tc.id, tc.name, r.typ, r.data, tc.typ, tc.msg)
 		}
+	}
+}
+
+// Malformed negotiation streams that end the connection each end it with
+// a defined error.
+func TestNegotiationMalformed(t *testing.T) {
+	const fl = clientFlagFixedNewstyle | clientFlagNoZeroes
+	exp, _ := memExport("d", 4096)
+	lookup := func(name string) (*Export, error) {
+		if name == "d" {
+			return exp, nil
+		}
+		return nil, io.EOF
+	}
+	optHdr := func(id, length uint32) []byte {
+		b := binary.BigEndian.AppendUint64(nil, magicIHaveOpt)
+		b = binary.BigEndian.AppendUint32(b, id)
+		return binary.BigEndian.AppendUint32(b, length)
+	}
+	badMagic := append(binary.BigEndian.AppendUint64(nil, magicOptReply), optHdr(optList, 0)[8:]...)
+	for _, tc := range []struct {
+		name    string
+		in      []byte
+		tlsOnly bool
+		want    error
+	}{
+		{"no client flags", nil, false, io.EOF},
+		{"client flags cut", []byte{0, 0}, false, io.ErrUnexpectedEOF},
+		{"unknown client flags", clientStream(fl | 1<<5), false, ErrBadClientFlags},
+		{"no option", clientStream(fl), false, io.EOF},
+		{"option header cut", clientStream(fl, optHdr(optGo, 0)[:10]), false, io.ErrUnexpectedEOF},
+		{"option magic", clientStream(fl, badMagic), false, ErrBadMagic},
+		{"option data cut", clientStream(fl, optHdr(optGo, 10), []byte{0, 0, 0}), false, io.ErrUnexpectedEOF},
+		{"too long option data cut while skipped", clientStream(fl, optHdr(optGo, 1<<31), []byte{1, 2, 3}), false, io.EOF},
+		{"EXPORT_NAME over the option limit", clientStream(fl, opt(optExportName, make([]byte, 8193))), false, errTooBig},
+		{"EXPORT_NAME over 4096 bytes", clientStream(fl, opt(optExportName, bytes.Repeat([]byte("d"), maxStringLen+1))), false, ErrUnknownExport},
+		{"EXPORT_NAME unknown", clientStream(fl, opt(optExportName, []byte("x"))), false, ErrUnknownExport},
+		{"ABORT", clientStream(fl, opt(optAbort, []byte("ignored"))), false, ErrAborted},
+		{"not fixed newstyle, TLS required", clientStream(clientFlagNoZeroes), true, ErrTLSRequired},
+		{"EXPORT_NAME before STARTTLS", clientStream(fl, opt(optExportName, []byte("d"))), true, ErrTLSRequired},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := &Server{Lookup: lookup, Config: Config{MaxOptionLength: 8192}}
+			if tc.tlsOnly {
+				s.TLS, s.RequireTLS = &tls.Config{}, true
+			}
+			if err := s.init(); err != nil {
+				t.Fatal(err)
+			}
+			n := negotiation{s: s, br: bufio.NewReader(bytes.NewReader(tc.in)), bw: bufio.NewWriter(io.Discard)}
+			exp, err := n.run()
+			if exp != nil || !errors.Is(err, tc.want) {
+				t.Fatalf("run = %v, %v; want %v", exp, err, tc.want)
+			}
+		})
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/rbd-nbd/rbd-nbd/disk"
@@ -68,6 +69,10 @@ func TestMetaContextOptions(t *testing.T) {
 		{"huge query count", true, optSetMetaContext, append(metaData("disk")[:8], 0xff, 0xff, 0xff, 0xff), repErrInvalid},
 		{"query length over data", true, optSetMetaContext, append(metaData("disk")[:8], 0, 0, 0, 1, 0, 0, 0, 50, 'b'), repErrInvalid},
 		{"trailing bytes", true, optSetMetaContext, append(valid, 0), repErrInvalid},
+		{"name length 4 GiB", true, optListMetaContext, []byte{0xff, 0xff, 0xff, 0xff, 'd', 0, 0, 0, 0}, repErrInvalid},
+		{"name longer than 4096 bytes", true, optListMetaContext, metaData(strings.Repeat("d", maxStringLen+1)), repErrInvalid},
+		{"query longer than 4096 bytes", true, optSetMetaContext, metaData("disk", strings.Repeat("q", maxStringLen+1)), repErrInvalid},
+		{"query length 4 GiB", true, optSetMetaContext, append(metaData("disk")[:8], 0, 0, 0, 1, 0xff, 0xff, 0xff, 0xff, 'b'), repErrInvalid},
 		{"unknown export", true, optSetMetaContext, metaData("nope", contextAllocation), repErrUnknown},
 	}
 	for _, tc := range tests {

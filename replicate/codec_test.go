@@ -132,6 +132,81 @@ func TestHelloRoundTrip(t *testing.T) {
 	})
 }
 
+// encodeControl refuses what decodeControl refuses: a message the peer
+// would drop the link for is never sent.
+func TestEncodeControlRefusesWhatDecodeRefuses(t *testing.T) {
+	long := strings.Repeat("x", maxTLVString+1)
+	for _, m := range []ControlMsg{
+		&State{NodeName: long},
+		&State{AfterSB: long},
+		&PromoteReply{Reason: long},
+		&Bye{Reason: long},
+		&Bitmap{Extents: []Extent{{Off: 0, Len: math.MaxInt64}, {Off: 1, Len: math.MaxInt64}}},
+		&Bitmap{Extents: []Extent{{Off: 1 << 63, Len: 0}}},
+	} {
+		if _, err := encodeControl(m); !errors.Is(err, ErrTooLarge) {
+			t.Errorf("%T: encodeControl = %v, want ErrTooLarge", m, err)
+		}
+	}
+	// At the bounds both sides accept.
+	for _, m := range []ControlMsg{
+		&State{NodeName: long[:maxTLVString]},
+		&Bitmap{Extents: []Extent{{Off: 0, Len: math.MaxInt64}, {Off: math.MaxInt64, Len: 0}}},
+	} {
+		p, err := encodeControl(m)
+		if err != nil {
+			t.Fatalf("%T: %v", m, err)
+		}
+		if got, err := decodeControl(m.ctlType(), p); err != nil || !reflect.DeepEqual(got, m) {
+			t.Fatalf("%T: decode = %#v, %v", m, got, err)
+		}
+	}
+}
+
+// FuzzEncodeControl builds control messages from arbitrary values: what
+// encodeControl accepts, decodeControl accepts and gives back unchanged;
+// what it refuses, it refuses with ErrTooLarge.
+func FuzzEncodeControl(f *testing.F) {
+	f.Add(uint8(0), "a", "disconnect", []byte{1, 2, 3, 4, 5, 6, 7, 8}, true)
+	f.Add(uint8(1), "", "", make([]byte, 32), false)
+	f.Add(uint8(2), strings.Repeat("r", maxTLVString+1), "", []byte{0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1}, true)
+	f.Fuzz(func(t *testing.T, kind uint8, s1, s2 string, raw []byte, flag bool) {
+		var u64s []uint64
+		for b := raw; len(b) >= 8; b = b[8:] {
+			u64s = append(u64s, binary.BigEndian.Uint64(b))
+		}
+		var exts []Extent
+		for b := raw; len(b) >= 16; b = b[16:] {
+			exts = append(exts, Extent{Off: binary.BigEndian.Uint64(b), Len: binary.BigEndian.Uint64(b[8:])})
+		}
+		var m ControlMsg
+		switch kind % 4 {
+		case 0:
+			m = &State{Role: uint8(len(s1)), UUIDs: UUIDs{Current: 1, History: u64s}, AfterSB: s1, Protocol: s2, NodeName: s1 + s2, DiscardMyData: flag}
+		case 1:
+			m = &Bitmap{Extents: exts, Last: flag}
+		case 2:
+			m = &PromoteReply{OK: flag, Reason: s1}
+		default:
+			m = &Bye{Reason: s1 + s2, Outdate: flag}
+		}
+		p, err := encodeControl(m)
+		if err != nil {
+			if !errors.Is(err, ErrTooLarge) {
+				t.Fatalf("encode %T: %v, want ErrTooLarge", m, err)
+			}
+			return
+		}
+		got, err := decodeControl(m.ctlType(), p)
+		if err != nil {
+			t.Fatalf("the peer refuses what was sent: %v", err)
+		}
+		if !reflect.DeepEqual(got, m) {
+			t.Fatalf("round trip:\n got %#v\nwant %#v", got, m)
+		}
+	})
+}
+
 // Tags a receiver does not know are skipped; missing tags are zero.
 func TestControlUnknownAndMissingTags(t *testing.T) {
 	var w tlvWriter
@@ -159,7 +234,7 @@ func TestBitmapChunks(t *testing.T) {
 	for _, n := range []int{0, 1, maxBitmapExtents, maxBitmapExtents + 1, 3*maxBitmapExtents + 5} {
 		ext := make([]Extent, n)
 		for i := range ext {
-			ext[i] = Extent{Off: uint64(i), Len: ^uint64(0)}
+			ext[i] = Extent{Off: uint64(i), Len: math.MaxInt64 - uint64(i)}
 		}
 		msgs := BitmapChunks(ext)
 		var all []Extent
@@ -460,10 +535,13 @@ func FuzzSyncProgress(f *testing.F) {
 
 func FuzzBye(f *testing.F) { fuzzControl(f, ftBye, &Bye{Reason: "shutdown", Outdate: true}) }
 
-// FuzzRefusal decodes arbitrary Error frame payloads.
+// FuzzRefusal decodes arbitrary Error frame payloads: what decodes
+// re-encodes to the same refusal, and always gives an error.
 func FuzzRefusal(f *testing.F) {
 	r := refusal{code: refuseAuth, reason: "wrong secret"}
 	f.Add(r.encode())
+	f.Add([]byte{})
+	f.Add(entry(2, make([]byte, maxTLVString+1)))
 	f.Fuzz(func(t *testing.T, p []byte) {
 		r, err := decodeRefusal(p)
 		if err != nil {
@@ -472,8 +550,64 @@ func FuzzRefusal(f *testing.F) {
 			}
 			return
 		}
+		if r2, err := decodeRefusal(r.encode()); err != nil || r2 != r {
+			t.Fatalf("re-decode: %+v, %v; want %+v", r2, err, r)
+		}
 		if r.err() == nil {
 			t.Fatal("refusal without an error")
 		}
 	})
 }
+
+// FuzzReady decodes arbitrary Ready payloads: what decodes re-encodes to
+// the same Ready.
+func FuzzReady(f *testing.F) {
+	f.Add((&ready{version: 2, features: AllFeatures}).encode())
+	r := ready{version: 1}
+	r.transcript[0] = 1
+	f.Add(r.encode())
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, p []byte) {
+		r, err := decodeReady(p)
+		if err != nil {
+			if !errors.Is(err, ErrProtocol) {
+				t.Fatalf("error %v is not a protocol error", err)
+			}
+			return
+		}
+		if r2, err := decodeReady(r.encode()); err != nil || r2 != r {
+			t.Fatalf("re-decode: %+v, %v; want %+v", r2, err, r)
+		}
+	})
+}
+
+// Malformed Ready and Error payloads each give a defined error.
+func TestMalformedReadyRefusal(t *testing.T) {
+	cases := []struct {
+		name   string
+		decode func([]byte) error
+		in     []byte
+		want   error
+	}{
+		{"ready version of 8 bytes", decodeReadyErr, entry(1, make([]byte, 8)), ErrMalformed},
+		{"ready features of 4 bytes", decodeReadyErr, entry(2, make([]byte, 4)), ErrMalformed},
+		{"ready short transcript", decodeReadyErr, entry(3, make([]byte, 31)), ErrMalformed},
+		{"ready duplicate version", decodeReadyErr, append(entry(1, make([]byte, 4)), entry(1, make([]byte, 4))...), ErrMalformed},
+		{"ready entry claims 4 GiB", decodeReadyErr, []byte{0, 1, 0xff, 0xff, 0xff, 0xff, 0}, ErrTruncated},
+		{"ready cut header", decodeReadyErr, []byte{0, 1, 0}, ErrTruncated},
+		{"error code of 2 bytes", decodeRefusalErr, entry(1, []byte{0, 5}), ErrMalformed},
+		{"error reason too long", decodeRefusalErr, entry(2, make([]byte, maxTLVString+1)), ErrMalformed},
+		{"error truncated", decodeRefusalErr, entry(2, []byte("why"))[:8], ErrTruncated},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			err := c.decode(c.in)
+			if !errors.Is(err, c.want) || !errors.Is(err, ErrProtocol) {
+				t.Fatalf("got %v, want %v", err, c.want)
+			}
+		})
+	}
+}
+
+func decodeReadyErr(p []byte) error   { _, err := decodeReady(p); return err }
+func decodeRefusalErr(p []byte) error { _, err := decodeRefusal(p); return err }

@@ -2,7 +2,6 @@ package replicate
 
 import (
 	"fmt"
-	"math"
 )
 
 // ControlMsg is a typed message of the control stream: *State, *Bitmap,
@@ -224,11 +223,8 @@ func (m *Bitmap) setField(tag uint16, v []byte) error {
 		if err := getExtents(v, &m.Extents); err != nil {
 			return err
 		}
-		// The receiver marks these byte ranges as int64 offsets: an
-		// extent past 2^63-1 would wrap to a negative offset (marking
-		// other blocks, or none).
 		for _, e := range m.Extents {
-			if e.Off > math.MaxInt64 || e.Len > math.MaxInt64-e.Off {
+			if !extentFits(e) {
 				return fmt.Errorf("extent offset %d + length %d exceeds 2^63-1", e.Off, e.Len)
 			}
 		}
@@ -378,10 +374,15 @@ func newControl(t frameType) ControlMsg {
 	return nil
 }
 
-// encodeControl returns m's payload.
+// encodeControl returns m's payload. It refuses, with ErrTooLarge, a
+// message the peer would refuse: over MaxControlLen, or with a value
+// beyond its type's bound.
 func encodeControl(m ControlMsg) ([]byte, error) {
 	var w tlvWriter
 	m.appendTLV(&w)
+	if w.err != nil {
+		return nil, protoErr(ErrTooLarge, m.ctlType().String(), "%v", w.err)
+	}
 	if len(w.b) > MaxControlLen {
 		return nil, protoErr(ErrTooLarge, m.ctlType().String(), "payload of %d bytes exceeds %d", len(w.b), MaxControlLen)
 	}

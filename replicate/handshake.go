@@ -431,13 +431,19 @@ func (hs *handshaker) read(want frameType) ([]byte, error) {
 	doing := "waiting for the peer's " + want.String()
 	// The magic first, so that a short non-rbd-nbd greeting fails at once
 	// instead of waiting for a full header.
+	// A close before the first byte is the peer hanging up (ErrRefused,
+	// from ioErr); a close after some of the header is a cut frame.
+	truncated := &ProtocolError{Stream: "handshake", Err: ErrTruncated, Detail: "connection closed inside a frame header"}
 	if _, err := io.ReadFull(hs.conn, hs.hdr[:4]); err != nil {
+		if errors.Is(err, io.ErrUnexpectedEOF) {
+			return nil, truncated
+		}
 		return nil, hs.ioErr(err, doing)
 	}
 	if binary.BigEndian.Uint32(hs.hdr[:4]) == magic {
 		if _, err := io.ReadFull(hs.conn, hs.hdr[4:]); err != nil {
 			if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-				return nil, &ProtocolError{Stream: "handshake", Err: ErrTruncated, Detail: "connection closed inside a frame header"}
+				return nil, truncated
 			}
 			return nil, hs.ioErr(err, doing)
 		}

@@ -376,3 +376,63 @@ func TestAgreeFeaturesNeedsSyncPauseForSyncReady(t *testing.T) {
 		}
 	}
 }
+
+// handshakeFrame is a handshake frame of type typ carrying payload.
+func handshakeFrame(typ frameType, payload []byte) []byte {
+	return append(hdr(header{typ: typ, plen: uint32(len(payload))}), payload...)
+}
+
+// FuzzHandshake plays arbitrary bytes as the peer's side of the handshake,
+// to a dialer or an acceptor, with or without a shared secret. Once the
+// bytes end (the peer closes), the handshake ends at once: with a link,
+// or with one of the documented errors; never with a panic or a hang
+// until the connect timeout.
+func FuzzHandshake(f *testing.F) {
+	peer := hello{minVer: 1, maxVer: 2, features: AllFeatures, nodeID: 2, peerID: 1, resource: "r0"}
+	peer.nonce[0] = 9
+	ok := append(handshakeFrame(ftHello, peer.encode()),
+		handshakeFrame(ftReady, (&ready{version: 2, features: agreeFeatures(AllFeatures, AllFeatures)}).encode())...)
+	f.Add(ok, false, false)
+	f.Add(ok, true, false)
+	authed := peer
+	authed.auth = true
+	f.Add(append(handshakeFrame(ftHello, authed.encode()), handshakeFrame(ftAuth, entry(1, make([]byte, 32)))...), true, true)
+	f.Add(handshakeFrame(ftError, (&refusal{code: refuseNodeID, reason: "no"}).encode()), false, false)
+	other := peer
+	other.resource, other.minVer = "r1", 3
+	f.Add(handshakeFrame(ftHello, other.encode()), true, false)
+	f.Add([]byte("GET / HTTP/1.1\r\n\r\n"), false, false)
+	f.Add(hdr(header{typ: ftHello, plen: maxHandshakeLen + 1}), false, false)
+	f.Fuzz(func(t *testing.T, in []byte, dialer, secret bool) {
+		cfg := testConfig(t, 1, 2, newMemDisk(1))
+		if secret {
+			cfg.SharedSecret = "s3cret"
+		}
+		cfg = cfg.normalized()
+		a, b := net.Pipe()
+		defer b.Close()
+		go func() {
+			_, _ = b.Write(in)
+			_ = b.Close()
+		}()
+		go func() { _, _ = io.Copy(io.Discard, b) }()
+		start := time.Now()
+		ag, err := handshake(context.Background(), a, &cfg, cfg.Logger, dialer)
+		if d := time.Since(start); d > waitTimeout/2 {
+			t.Fatalf("handshake took %v after the peer's bytes ended", d)
+		}
+		if err == nil {
+			if secret {
+				t.Fatal("handshake with a shared secret passed on forged bytes")
+			}
+			_ = ag.conn.Close()
+			return
+		}
+		for _, want := range []error{ErrProtocol, ErrRefused, ErrVersionMismatch, ErrResourceMismatch, ErrNodeIDMismatch, ErrAuthFailed, ErrTLS, io.ErrClosedPipe} {
+			if errors.Is(err, want) {
+				return
+			}
+		}
+		t.Fatalf("undocumented error: %v", err)
+	})
+}

@@ -612,10 +612,12 @@ func TestLinkStats(t *testing.T) {
 	if _, err := submitWait(t, la, &Request{Kind: Write, Offset: 0, Data: payload}); err != nil {
 		t.Fatal(err)
 	}
-	a, b := la.Stats(), lb.Stats()
-	if a.SentBytes-before.SentBytes < uint64(len(payload)) || b.ReceivedBytes < uint64(len(payload)) {
-		t.Fatalf("after a 64 KiB write: a %+v (before %+v), b %+v", a, before, b)
-	}
+	// SentBytes counts what a write call returned, which the peer may
+	// have read, written and acknowledged before the sending goroutine
+	// counts it: wait for it rather than read it at once.
+	waitFor(t, "a 64 KiB write counted on both sides", func() bool {
+		return la.Stats().SentBytes-before.SentBytes >= uint64(len(payload)) && lb.Stats().ReceivedBytes >= uint64(len(payload))
+	})
 	waitFor(t, "a ping's round trip on both sides", func() bool { return la.Stats().PingRTT > 0 && lb.Stats().PingRTT > 0 })
 	if rtt := la.Stats().PingRTT; rtt > waitTimeout {
 		t.Fatalf("ping round trip %v", rtt)

@@ -305,8 +305,9 @@ func TestSlowNetwork(t *testing.T) {
 }
 
 // FuzzStreams feeds arbitrary bytes to one stream of a live link: the
-// link either serves what is valid or goes down with an error; it never
-// panics or hangs.
+// link either serves what is valid or goes down with a documented error
+// (a protocol error, the peer's Bye, the lost connection); it never panics
+// or hangs.
 func FuzzStreams(f *testing.F) {
 	f.Add(uint8(stData), append(hdr(header{typ: frameType(Write), id: 1, length: 1, plen: 1}), 7))
 	f.Add(uint8(stData), append(hdr(header{typ: frameType(Read), id: 1, length: 8}), hdr(header{typ: frameType(Flush), id: 2})...))
@@ -321,8 +322,14 @@ func FuzzStreams(f *testing.F) {
 		_, _ = s.Write(data)
 		_ = fp.sess.Close()
 		waitDone(t, l)
-		if l.Err() == nil {
+		err := l.Err()
+		if err == nil {
 			t.Fatal("link down without an error")
+		}
+		// The peer's bytes break the protocol, say goodbye, or the
+		// link ends with the closed connection; nothing else.
+		if !errors.Is(err, ErrProtocol) && !errors.Is(err, ErrPeerDisconnected) && !errors.Is(err, ErrLinkDown) {
+			t.Fatalf("link down with an undocumented error: %v", err)
 		}
 	})
 }

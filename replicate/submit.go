@@ -239,7 +239,9 @@ func (a *zeroAgg) fire() {
 // SendControl queues a control message for the peer; messages arrive in
 // the order they were sent. It does not wait for the peer. Sending *Bye
 // is Close(reason). It returns ErrTooLarge for a message beyond
-// MaxControlLen and an error that Is ErrLinkDown once the link is down.
+// MaxControlLen or with a value the peer would refuse (a string over 4096
+// bytes, a Bitmap extent past 2^63-1), and an error that Is ErrLinkDown
+// once the link is down.
 func (l *Link) SendControl(m ControlMsg) error {
 	if bye, ok := m.(*Bye); ok {
 		return l.closeBye(*bye)

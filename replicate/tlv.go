@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
 )
 
 // Tag lists (TLV): the payload of handshake frames and control messages is
@@ -27,8 +28,20 @@ const (
 	maxTLVString = 4096
 )
 
-// tlvWriter appends entries to b.
-type tlvWriter struct{ b []byte }
+// tlvWriter appends entries to b. err records the first value that a
+// receiver would refuse (a string over maxTLVString, an extent past
+// 2^63-1): the encoder refuses it too, so that a message sent is never
+// one that the peer drops the link for.
+type tlvWriter struct {
+	b   []byte
+	err error
+}
+
+func (w *tlvWriter) fail(tag uint16, format string, args ...any) {
+	if w.err == nil {
+		w.err = fmt.Errorf("tag %d: %s", tag, fmt.Sprintf(format, args...))
+	}
+}
 
 func (w *tlvWriter) head(tag uint16, n int) {
 	w.b = binary.BigEndian.AppendUint16(w.b, tag)
@@ -64,6 +77,9 @@ func (w *tlvWriter) str(tag uint16, v string) {
 	if v == "" {
 		return
 	}
+	if len(v) > maxTLVString {
+		w.fail(tag, "string of %d bytes exceeds %d", len(v), maxTLVString)
+	}
 	w.head(tag, len(v))
 	w.b = append(w.b, v...)
 }
@@ -91,6 +107,9 @@ func (w *tlvWriter) extents(tag uint16, v []Extent) {
 	}
 	w.head(tag, 16*len(v))
 	for _, e := range v {
+		if !extentFits(e) {
+			w.fail(tag, "extent offset %d + length %d exceeds 2^63-1", e.Off, e.Len)
+		}
 		w.b = binary.BigEndian.AppendUint64(w.b, e.Off)
 		w.b = binary.BigEndian.AppendUint64(w.b, e.Len)
 	}
@@ -192,6 +211,11 @@ func getU64s(v []byte, dst *[]uint64) error {
 	*dst = out
 	return nil
 }
+
+// extentFits reports whether e ends within 2^63-1: the receiver marks
+// byte ranges as int64 offsets, and an extent past it would wrap to a
+// negative offset (marking other blocks, or none).
+func extentFits(e Extent) bool { return e.Off <= math.MaxInt64 && e.Len <= math.MaxInt64-e.Off }
 
 func getExtents(v []byte, dst *[]Extent) error {
 	if len(v)%16 != 0 {
