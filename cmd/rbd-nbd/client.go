@@ -85,6 +85,13 @@ func daemonVersion(h ctlproto.HelloInfo) string {
 	return h.Version
 }
 
+// daemonDesc names the daemon in a refusal: its software version, which
+// development builds share, and the control protocol it speaks, which
+// says what it supports.
+func daemonDesc(h ctlproto.HelloInfo) string {
+	return fmt.Sprintf("version %s, control protocol %d.%d", daemonVersion(h), h.Major, h.Minor)
+}
+
 // explain turns an error reply into a sentence that says what to do.
 func explain(reg *ctlproto.Registry, daemon ctlproto.HelloInfo, err error) error {
 	var e *ctlproto.Error
@@ -97,8 +104,8 @@ func explain(reg *ctlproto.Registry, daemon ctlproto.HelloInfo, err error) error
 		for _, tag := range e.Tags {
 			parts = append(parts, fmt.Sprintf("%s (tag %d)", optionName(reg, tag), tag))
 		}
-		return fmt.Errorf("the daemon (version %s) does not support %s: upgrade the daemon or leave the option out",
-			daemonVersion(daemon), strings.Join(parts, ", "))
+		return fmt.Errorf("the daemon (%s) does not support %s: upgrade the daemon or leave the option out",
+			daemonDesc(daemon), strings.Join(parts, ", "))
 	case ctlproto.CodeInvalidValue:
 		what := e.Path
 		if t, ok := reg.TagByName(e.Path); ok && t.Flag != "" {
@@ -113,7 +120,7 @@ func explain(reg *ctlproto.Registry, daemon ctlproto.HelloInfo, err error) error
 	case ctlproto.CodeGenerationMismatch:
 		return fmt.Errorf("the configuration changed meanwhile (it is now at generation %d): read it again and retry", e.Generation)
 	case ctlproto.CodeUnknownMessageType:
-		return fmt.Errorf("the daemon (version %s) does not know this command: upgrade the daemon", daemonVersion(daemon))
+		return fmt.Errorf("the daemon (%s) does not know this command: upgrade the daemon", daemonDesc(daemon))
 	case ctlproto.CodeProtocolVersionUnsupported:
 		return fmt.Errorf("the daemon does not speak this tool's protocol (%d.%d): %s", ctlproto.ProtoMajor, ctlproto.ProtoMinor, e.Message)
 	}
@@ -123,7 +130,7 @@ func explain(reg *ctlproto.Registry, daemon ctlproto.HelloInfo, err error) error
 // warnIgnored tells the user which options the daemon skipped.
 func warnIgnored(w io.Writer, c *ctlproto.Client, ignored []uint16) {
 	for _, tag := range ignored {
-		fmt.Fprintf(w, "warning: the daemon (version %s) ignored %s (tag %d): it does not support it\n",
-			daemonVersion(c.Daemon()), optionName(c.Registry(), tag), tag)
+		fmt.Fprintf(w, "warning: the daemon (%s) ignored %s (tag %d): it does not support it\n",
+			daemonDesc(c.Daemon()), optionName(c.Registry(), tag), tag)
 	}
 }

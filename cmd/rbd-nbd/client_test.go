@@ -103,7 +103,7 @@ func TestUnknownMandatoryOptionSentence(t *testing.T) {
 	mustRun(t, sock, createArgs...)
 
 	_, _, err := run(t, sock, "ctl", "change", "r0", "--protocol", "B")
-	want := "the daemon (version 0.9.0) does not support --protocol (tag 50): upgrade the daemon or leave the option out"
+	want := "the daemon (version 0.9.0" + protoDesc + ") does not support --protocol (tag 50): upgrade the daemon or leave the option out"
 	if err == nil || err.Error() != want {
 		t.Fatalf("err = %v\nwant %s", err, want)
 	}
@@ -113,7 +113,7 @@ func TestUnknownMandatoryOptionSentence(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(errOut, "warning: the daemon (version 0.9.0) ignored --latency-target (tag 84)") || out != "r0: generation 2\n" {
+	if !strings.Contains(errOut, "warning: the daemon (version 0.9.0" + protoDesc + ") ignored --latency-target (tag 84)") || out != "r0: generation 2\n" {
 		t.Fatalf("stdout %q stderr %q", out, errOut)
 	}
 }
@@ -126,7 +126,7 @@ func TestNewOptionOldDaemon(t *testing.T) {
 		ctlproto.TagResourceNBDTLSClientCA, ctlproto.TagResourceNBDTLSMode)
 	sock := serveDaemon(t, old, "1.0.0")
 	_, _, err := run(t, sock, append(createArgs, "--nbd-tls-cert", "/c.pem", "--nbd-tls-key", "/k.pem")...)
-	if err == nil || !strings.Contains(err.Error(), "the daemon (version 1.0.0) does not support --nbd-tls-cert (tag 137)") {
+	if err == nil || !strings.Contains(err.Error(), "the daemon (version 1.0.0" + protoDesc + ") does not support --nbd-tls-cert (tag 137)") {
 		t.Fatalf("create with TLS: %v", err)
 	}
 	mustRun(t, sock, createArgs...)
@@ -261,7 +261,7 @@ func TestStatisticsOldDaemon(t *testing.T) {
 	sock := serveDaemon(t, old, "1.1.0")
 	mustRun(t, sock, createArgs...)
 	_, _, err := run(t, sock, "status", "--statistics")
-	if err == nil || !strings.Contains(err.Error(), "the daemon (version 1.1.0) does not support --statistics (tag 144)") {
+	if err == nil || !strings.Contains(err.Error(), "the daemon (version 1.1.0" + protoDesc + ") does not support --statistics (tag 144)") {
 		t.Fatalf("status --statistics on a 1.1 daemon: %v", err)
 	}
 	if out := mustRun(t, sock, "status"); !strings.HasPrefix(out, "r0 down") {
@@ -303,7 +303,7 @@ func TestNewRequestsOldDaemon(t *testing.T) {
 		mustRun(t, sock, createArgs...)
 		_, _, err := run(t, sock, tc.cmd, "r0")
 		def, _ := ctlproto.DefaultRegistry().Msg(tc.msg)
-		want := "the daemon (version " + tc.version + ") does not know this command (" + tc.cmd + ", control protocol " + def.Since + "): upgrade the daemon"
+		want := "the daemon (version " + tc.version + protoDesc + ") does not know this command (" + tc.cmd + ", since control protocol " + def.Since + "): upgrade the daemon"
 		if err == nil || err.Error() != want {
 			t.Fatalf("%s on a %s daemon: %v", tc.cmd, tc.version, err)
 		}
@@ -326,7 +326,7 @@ func TestNewFieldsOldDaemon(t *testing.T) {
 		sock := serveDaemon(t, ctlproto.DefaultRegistry().Without(tc.tag), tc.version)
 		mustRun(t, sock, createArgs...)
 		_, _, err := run(t, sock, append([]string{"ctl", "change", "r0"}, tc.args...)...)
-		want := "the daemon (version " + tc.version + ") " + tc.want + ": upgrade the daemon or leave the option out"
+		want := "the daemon (version " + tc.version + protoDesc + ") " + tc.want + ": upgrade the daemon or leave the option out"
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Fatalf("%v on a %s daemon: %v", tc.args, tc.version, err)
 		}
@@ -509,3 +509,7 @@ func TestExplainInvalidValueWithoutAllowed(t *testing.T) {
 		t.Fatalf("explained as %v", err)
 	}
 }
+
+// protoDesc is how a refusal names the test daemons' control protocol:
+// they run this version's, with an older version string and registry.
+var protoDesc = fmt.Sprintf(", control protocol %d.%d", ctlproto.ProtoMajor, ctlproto.ProtoMinor)

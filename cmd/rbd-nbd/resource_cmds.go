@@ -293,8 +293,8 @@ func command(cmd *cobra.Command, g *globalOptions, t ctlproto.MsgType, name stri
 			// A daemon older than the request: name it, and the
 			// protocol version that brought it.
 			def, _ := c.Registry().Msg(t)
-			return fmt.Errorf("the daemon (version %s) does not know this command (%s, control protocol %s): upgrade the daemon",
-				daemonVersion(c.Daemon()), def.Name, def.Since)
+			return fmt.Errorf("the daemon (%s) does not know this command (%s, since control protocol %s): upgrade the daemon",
+				daemonDesc(c.Daemon()), def.Name, def.Since)
 		}
 		return err
 	})
