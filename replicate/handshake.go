@@ -280,6 +280,9 @@ type agreement struct {
 	peer     hello
 	// conn is what the link runs on: the connection, or TLS over it.
 	conn net.Conn
+	// authenticated and tls say whether the shared secret was proved
+	// and the link runs over TLS.
+	authenticated, tls bool
 }
 
 // lingerMax bounds how long a refusing side waits for the peer to read
@@ -337,6 +340,11 @@ func handshake(ctx context.Context, conn net.Conn, cfg *Config, log *zap.Logger,
 	}
 	_ = conn.SetDeadline(time.Time{})
 	ag.conn = hs.conn
+	// Logged once the last frame is written: a write that fails makes
+	// the handshake fail, not complete. The link's logger names the
+	// expected peer already (a peer that is another node was refused,
+	// with its id in the reason).
+	hs.log.Info("peer link handshake complete", zap.Stringer("remote", hs.conn.RemoteAddr()), zap.Uint32("version", ag.version), zap.Uint64("features", uint64(ag.features)), zap.Bool("authenticated", ag.authenticated), zap.Bool("tls", ag.tls))
 	return ag, nil
 }
 
@@ -614,9 +622,7 @@ func (hs *handshaker) run() (agreement, error) {
 		return agreement{}, hs.refuse(refuseProtocol, &ProtocolError{Stream: "handshake", Frame: "Ready", Err: ErrMalformed,
 			Detail: fmt.Sprintf("the peer agreed version %d features 0x%x, this node version %d features 0x%x", pr.version, pr.features, r.version, r.features)})
 	}
-	// The link's logger names the expected peer already (a peer that is
-	// another node was refused, with its id in the reason).
-	hs.log.Info("peer link handshake complete", zap.Stringer("remote", hs.conn.RemoteAddr()), zap.Uint32("version", ag.version), zap.Uint64("features", uint64(ag.features)), zap.Bool("authenticated", mine.auth), zap.Bool("tls", mine.tls))
+	ag.authenticated, ag.tls = mine.auth, mine.tls
 	return ag, nil
 }
 
