@@ -415,6 +415,12 @@ func (s *stateStore) lock() (func(), error) {
 	if err := os.MkdirAll(s.dir, 0o700); err != nil {
 		return nil, fmt.Errorf("state directory: %w", err)
 	}
+	// A directory just made is durable once its parent is synced: after
+	// a crash its files would otherwise go with it.
+	if p, err := os.Open(filepath.Dir(s.dir)); err == nil {
+		_ = p.Sync()
+		p.Close()
+	}
 	if err := checkStateDir(s.dir); err != nil {
 		return nil, err
 	}
