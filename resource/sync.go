@@ -244,25 +244,7 @@ func (r *Resource) startSync(source, full bool) {
 // progressEvents reports the resync's progress to the observer once a
 // second until the returned function is called (or ctx ends).
 func (r *Resource) progressEvents(ctx context.Context) (stop func()) {
-	ctx, cancel := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		t := time.NewTicker(time.Second)
-		defer t.Stop()
-		for {
-			select {
-			case <-t.C:
-				r.changed()
-			case <-ctx.Done():
-				return
-			}
-		}
-	}()
-	return func() {
-		cancel()
-		<-done
-	}
+	return everySecond(ctx, r.changed)
 }
 
 // reportProgress sends the target the checksum resync's progress
@@ -270,6 +252,19 @@ func (r *Resource) progressEvents(ctx context.Context) (stop func()) {
 // ctx ends): the chunks found equal never reach the target, whose own
 // count would fall behind its total. Peers older than the message skip it.
 func (r *Resource) reportProgress(ctx context.Context, link *replicate.Link, e *resync.Engine) (stop func()) {
+	return everySecond(ctx, func() {
+		r.post(func() {
+			if r.link == link && r.engine.Load() == e {
+				r.sendControl(&replicate.SyncProgress{Done: uint64(e.Progress().Done)})
+			}
+		})
+	})
+}
+
+// everySecond calls fn once a second on a goroutine of its own until the
+// returned function is called (which returns once fn no longer runs) or
+// ctx ends.
+func everySecond(ctx context.Context, fn func()) (stop func()) {
 	ctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() {
@@ -279,11 +274,7 @@ func (r *Resource) reportProgress(ctx context.Context, link *replicate.Link, e *
 		for {
 			select {
 			case <-t.C:
-				r.post(func() {
-					if r.link == link && r.engine.Load() == e {
-						r.sendControl(&replicate.SyncProgress{Done: uint64(e.Progress().Done)})
-					}
-				})
+				fn()
 			case <-ctx.Done():
 				return
 			}

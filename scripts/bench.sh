@@ -74,20 +74,7 @@ PORTS=()
 NEXT_PORT=0
 pick_ports() {
 	local out
-	out=$(python3 - "$1" <<'PY'
-import random, socket, sys
-held = []
-while len(held) < int(sys.argv[1]):
-    s = socket.socket()
-    try:
-        s.bind(("127.0.0.1", random.randrange(10000, 32768)))
-    except OSError:
-        s.close()
-        continue
-    held.append(s)
-print(" ".join(str(s.getsockname()[1]) for s in held))
-PY
-)
+	out=$(python3 scripts/free-ports.py "$1")
 	read -r -a PORTS <<<"$out"
 }
 take_port() {

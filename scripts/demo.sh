@@ -23,24 +23,9 @@ cleanup() {
 trap cleanup EXIT
 fail() { echo "DEMO FAILED: $*" >&2; tail -n 30 "$W"/a.log "$W"/b.log >&2 || true; exit 1; }
 
-# free_ports N: N distinct free loopback ports, all held until the last is
-# found, below Linux's ephemeral range (32768-60999), where any outgoing
-# connection may take one as its source port before a daemon listens on it.
-free_ports() {
-	python3 - "$1" <<'PY'
-import random, socket, sys
-held = []
-while len(held) < int(sys.argv[1]):
-    s = socket.socket()
-    try:
-        s.bind(("127.0.0.1", random.randrange(10000, 32768)))
-    except OSError:
-        s.close()
-        continue
-    held.append(s)
-print(" ".join(str(s.getsockname()[1]) for s in held))
-PY
-}
+# free_ports N: N distinct free loopback ports below the ephemeral range
+# (scripts/free-ports.py says why).
+free_ports() { python3 "$ROOT/scripts/free-ports.py" "$1"; }
 read -r PA PB NA NB <<<"$(free_ports 4)"
 [ -n "$NB" ] || fail "no free ports"
 
