@@ -83,12 +83,24 @@ func (f *fakePeer) expectBye(t *testing.T, want string) {
 
 func (f *fakePeer) readBye(t *testing.T) string {
 	t.Helper()
+	_, p := f.readControlFrame(t, ftBye, "Bye")
+	m, err := decodeControl(ftBye, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m.(*Bye).Reason
+}
+
+// readControlFrame reads the control stream up to the first frame of type
+// typ (skipping pings and the like) and returns its header and payload.
+func (f *fakePeer) readControlFrame(t *testing.T, typ frameType, name string) (header, []byte) {
+	t.Helper()
 	s := f.streams[stControl]
 	_ = s.SetReadDeadline(time.Now().Add(waitTimeout))
 	var hb [headerSize]byte
 	for {
 		if _, err := io.ReadFull(s, hb[:]); err != nil {
-			t.Fatalf("no Bye from the link: %v", err)
+			t.Fatalf("no %s from the link: %v", name, err)
 		}
 		h, err := parseHeader(hb[:])
 		if err != nil {
@@ -98,12 +110,8 @@ func (f *fakePeer) readBye(t *testing.T) string {
 		if _, err := io.ReadFull(s, p); err != nil {
 			t.Fatal(err)
 		}
-		if h.typ == ftBye {
-			m, err := decodeControl(ftBye, p)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return m.(*Bye).Reason
+		if h.typ == typ {
+			return h, p
 		}
 	}
 }
@@ -405,34 +413,15 @@ func TestSyncProgressIsIgnorable(t *testing.T) {
 	if err := l.SendControl(&SyncProgress{Done: 12345}); err != nil {
 		t.Fatal(err)
 	}
-	s := f.streams[stControl]
-	_ = s.SetReadDeadline(time.Now().Add(waitTimeout))
-	var hb [headerSize]byte
-	for {
-		if _, err := io.ReadFull(s, hb[:]); err != nil {
-			t.Fatalf("no SyncProgress from the link: %v", err)
-		}
-		h, err := parseHeader(hb[:])
-		if err != nil {
-			t.Fatal(err)
-		}
-		p := make([]byte, h.plen)
-		if _, err := io.ReadFull(s, p); err != nil {
-			t.Fatal(err)
-		}
-		if h.typ != ftSyncProgress {
-			continue // pings
-		}
-		if h.flags != flagMayIgnore {
-			t.Fatalf("SyncProgress flags 0x%04x, want 0x%04x", h.flags, flagMayIgnore)
-		}
-		m, err := decodeControl(ftSyncProgress, p)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if d := m.(*SyncProgress).Done; d != 12345 {
-			t.Fatalf("Done %d, want 12345", d)
-		}
-		return
+	h, p := f.readControlFrame(t, ftSyncProgress, "SyncProgress")
+	if h.flags != flagMayIgnore {
+		t.Fatalf("SyncProgress flags 0x%04x, want 0x%04x", h.flags, flagMayIgnore)
+	}
+	m, err := decodeControl(ftSyncProgress, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := m.(*SyncProgress).Done; d != 12345 {
+		t.Fatalf("Done %d, want 12345", d)
 	}
 }

@@ -391,31 +391,24 @@ func (r *Resource) linkUp(link *replicate.Link) {
 // (a black-holed link) never reads, and meanwhile the Primary's writes
 // wait for the loop to record the loss (awaitFence).
 func (r *Resource) readControl(link *replicate.Link) {
-	ctl := link.Control()
+	ctl, down := link.Control(), link.Down()
 	for ctl != nil {
+		var msg replicate.ControlMsg
+		var ok bool
 		select {
-		case msg, ok := <-ctl:
-			if !ok {
-				ctl = nil
-				break
-			}
-			r.post(func() { r.control(link, msg) })
-		case <-link.Down():
+		case msg, ok = <-ctl:
+		case <-down:
 			// What is buffered was read before the failure; what the
 			// link still reads is of a dead link (control ignores it).
-			for ctl != nil {
-				select {
-				case msg, ok := <-ctl:
-					if !ok {
-						ctl = nil
-						break
-					}
-					r.post(func() { r.control(link, msg) })
-				default:
-					ctl = nil
-				}
+			select {
+			case msg, ok = <-ctl:
+			default:
 			}
 		}
+		if !ok {
+			break
+		}
+		r.post(func() { r.control(link, msg) })
 	}
 	link.WaitServed()
 	r.post(func() { r.linkGone(link) })
