@@ -603,5 +603,10 @@ func newBar(w io.Writer, tty bool, st resource.Status, base uint64) *progressbar
 		// Not a terminal (CI logs, make demo piped): a line now and then.
 		opts = append(opts, progressbar.OptionThrottle(2*time.Second), progressbar.OptionSetWidth(30))
 	}
-	return progressbar.NewOptions64(int64(st.ResyncTotal-base), opts...)
+	bar := progressbar.NewOptions64(int64(st.ResyncTotal-base), opts...)
+	// The clock starts now: left to the first frame, which comes with
+	// the first bytes, the rate was those bytes over no time at all
+	// ("1.5 TB/s").
+	bar.StartWithoutRender()
+	return bar
 }

@@ -90,3 +90,14 @@ func TestVerifyWaitResourceDown(t *testing.T) {
 		t.Fatalf("verify --wait: %v", r.err)
 	}
 }
+
+// The progress bar's clock starts when the bar is made: started at its
+// first frame, which carries the first bytes, it showed a rate of those
+// bytes over no time ("1.5 TB/s").
+func TestProgressBarClockStartsAtCreation(t *testing.T) {
+	var w strings.Builder
+	bar := newBar(&w, false, resource.Status{Name: "r0", Conn: resource.ConnSyncTarget, ResyncTotal: 1 << 30}, 0)
+	if !bar.IsStarted() {
+		t.Fatal("the bar's clock starts at its first frame, not at its creation")
+	}
+}
