@@ -113,7 +113,7 @@ func TestUnknownMandatoryOptionSentence(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(errOut, "warning: the daemon (version 0.9.0" + protoDesc + ") ignored --latency-target (tag 84)") || out != "r0: generation 2\n" {
+	if !strings.Contains(errOut, "warning: the daemon (version 0.9.0"+protoDesc+") ignored --latency-target (tag 84)") || out != "r0: generation 2\n" {
 		t.Fatalf("stdout %q stderr %q", out, errOut)
 	}
 }
@@ -126,7 +126,7 @@ func TestNewOptionOldDaemon(t *testing.T) {
 		ctlproto.TagResourceNBDTLSClientCA, ctlproto.TagResourceNBDTLSMode)
 	sock := serveDaemon(t, old, "1.0.0")
 	_, _, err := run(t, sock, append(createArgs, "--nbd-tls-cert", "/c.pem", "--nbd-tls-key", "/k.pem")...)
-	if err == nil || !strings.Contains(err.Error(), "the daemon (version 1.0.0" + protoDesc + ") does not support --nbd-tls-cert (tag 137)") {
+	if err == nil || !strings.Contains(err.Error(), "the daemon (version 1.0.0"+protoDesc+") does not support --nbd-tls-cert (tag 137)") {
 		t.Fatalf("create with TLS: %v", err)
 	}
 	mustRun(t, sock, createArgs...)
@@ -261,7 +261,7 @@ func TestStatisticsOldDaemon(t *testing.T) {
 	sock := serveDaemon(t, old, "1.1.0")
 	mustRun(t, sock, createArgs...)
 	_, _, err := run(t, sock, "status", "--statistics")
-	if err == nil || !strings.Contains(err.Error(), "the daemon (version 1.1.0" + protoDesc + ") does not support --statistics (tag 144)") {
+	if err == nil || !strings.Contains(err.Error(), "the daemon (version 1.1.0"+protoDesc+") does not support --statistics (tag 144)") {
 		t.Fatalf("status --statistics on a 1.1 daemon: %v", err)
 	}
 	if out := mustRun(t, sock, "status"); !strings.HasPrefix(out, "r0 down") {
