@@ -29,7 +29,8 @@ func relayFrame(src, dst net.Conn) (header, error) {
 }
 
 // A third party that does not know the shared secret connects to both
-// nodes (both accept: rbd-nbd's nodes both listen) and relays the
+// nodes (both accept: rbd-nbd lets only the node with the higher id
+// listen, but a user of this package may let both) and relays the
 // handshake frames between them. Each node takes the other's proof for
 // its own challenge, although neither talks to the other: the proof does
 // not say whether its node dialed or accepted. The third party then owns
