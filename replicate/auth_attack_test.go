@@ -92,7 +92,9 @@ func TestAuthAttackOlderImpostorGetsNoProof(t *testing.T) {
 			t.Run(name, func(t *testing.T) {
 				cfg := testConfig(t, 1, 2, newMemDisk(4096))
 				cfg.SharedSecret = "s3cret"
-				cfg.ConnectTimeout = 500 * time.Millisecond
+				if !send {
+					cfg.ConnectTimeout = 500 * time.Millisecond // it must run out
+				}
 				a, m := net.Pipe()
 				defer m.Close()
 				errs := runNode(context.Background(), a, cfg, dial)
