@@ -945,3 +945,46 @@ func TestWindowRecoversWhenWritesStop(t *testing.T) {
 		t.Fatalf("window %d at the end, want %d", w, cfg.Window)
 	}
 }
+
+// A quiet spell after a write that took seconds is no sign that the
+// application stopped: the engine hears of a write only once it completed,
+// and on a link the resync congests the next one may still be waiting.
+// The window stays where the slow writes put it for twice their latency.
+func TestWindowStaysShrunkWhileAWriteMayBeWaiting(t *testing.T) {
+	const size = 1200 << 10 // 150 scattered chunks: 1.5 s at one chunk of 10 ms at a time
+	src, dst, bm := setup(t, size, func(bm *bitmap.Bitmap, src, dst *memDisk) {
+		r := rand.New(rand.NewPCG(8, 8))
+		for off := int64(0); off < size; off += 2 * 4096 {
+			randomize(r, src.b[off:off+4096])
+			bm.Set(off, 4096)
+		}
+	})
+	cfg := DefaultConfig()
+	cfg.FlushEvery = 1 << 20
+	tr := &slowTransport{memTransport: memTransport{target: dst}, rtt: 10 * time.Millisecond}
+	e, err := New(cfg, src, bm, &rangelock.Locker{}, tr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Writes of 2 s each (queued behind the resync): the window is down
+	// to one chunk, and the next write may complete up to 4 s later.
+	for range 8 {
+		e.ObserveLatency(2 * time.Second)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	start := time.Now()
+	if err := e.Run(ctx); err != nil {
+		t.Fatal(err)
+	}
+	tr.wg.Wait()
+	if !bytes.Equal(src.b, dst.b) || bm.DirtyBytes() != 0 {
+		t.Fatal("not in sync after the run")
+	}
+	if took := time.Since(start); took >= 4*time.Second {
+		t.Skipf("the run took %v, past the 4 s the window is held for: nothing to check", took)
+	}
+	if p := tr.peak.Load(); p != 1 {
+		t.Fatalf("%d chunks in flight within 4 s of a 2 s write: the window recovered after %v while a write may be waiting", p, controllerIdle)
+	}
+}
