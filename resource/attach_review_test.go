@@ -26,18 +26,7 @@ const quietWindow = time.Second
 func pausedPrimaryTarget(t *testing.T, extraB string) (*pair, context.Context, int64) {
 	t.Helper()
 	c := newPair(t, "resync:\n  rate: 4M\n", extraB)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	t.Cleanup(cancel)
-	if err := c.a.DetachDisk(ctx, false); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.a.AttachDisk(ctx); err != nil {
-		t.Fatal(err)
-	}
-	c.wait(c.b, "b sync source", func(s Status) bool { return s.Conn == ConnSyncSource })
-	if err := c.b.PauseSync(ctx); err != nil {
-		t.Fatal(err)
-	}
+	ctx := primaryTargetAgain(t, c)
 	return c, ctx, c.a.Size() - 8192
 }
 

@@ -3,7 +3,9 @@ package resource
 import (
 	"context"
 	"fmt"
+	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -104,5 +106,49 @@ func TestDetachFromPrimaryOutdates(t *testing.T) {
 	}
 	if err := c.b.Primary(ctx, false); err == nil {
 		t.Fatal("the detached disk was promoted without --force, missing the Primary's writes")
+	}
+}
+
+// outdate on a Diskless node whose detached disk cannot be marked (gone
+// from its path) fails and says so, rather than answering "outdated" for
+// this process's life only; the machine still holds the answer, so the
+// disk, back and attached before a handshake, comes up Outdated.
+func TestDisklessOutdateUnmarkableDiskFails(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	dir := t.TempDir()
+	n := pairDisk{img: filepath.Join(dir, "b.img")}
+	makePairDisk(t, n, 16<<20, 1, 0)
+	cfg := nodeB(t, dir, fmt.Sprintf("127.0.0.1:%d", freePort(t)), n.img, "")
+	b := New(cfg, Options{Logger: zap.NewNop()})
+	if err := b.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer b.Stop(ctx)
+	if err := b.NewCurrentUUID(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.DetachDisk(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	away := n.img + ".away"
+	if err := os.Rename(n.img, away); err != nil {
+		t.Fatal(err)
+	}
+	err := b.Outdate(ctx)
+	if err == nil || !strings.Contains(err.Error(), "could not be marked Outdated") {
+		t.Fatalf("outdate with the detached disk gone: %v; want the failure to mark it", err)
+	}
+	if err := os.Rename(away, n.img); err != nil {
+		t.Fatal(err)
+	}
+	if sb := inspectMeta(t, n.img); sb.Flags.Has(metadata.FlagOutdated) {
+		t.Fatalf("the disk that was away is marked %v", sb.Flags)
+	}
+	if err := b.AttachDisk(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if st := b.Status(); st.Disk != DiskOutdated {
+		t.Fatalf("attached after the outdate the disk is %s; want Outdated, as the machine answered", st.Disk)
 	}
 }

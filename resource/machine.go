@@ -660,10 +660,12 @@ func (m *Machine) detachDisk(e EvDetachDisk) ([]Action, error) {
 	// daemon), must not come back UpToDate from its meta-data and be
 	// promoted without --force. A handshake makes it UpToDate again
 	// (nothing written meanwhile) or its sync target. Persisted before
-	// the detach, while the meta-data is still open.
+	// the detach, while the meta-data is still open. As for a disconnect,
+	// only from a Primary with an UpToDate disk: a Diskless Primary's
+	// data is this disk's, which then holds the only copy.
 	var acts []Action
-	if m.role == RoleSecondary && m.peerRole == RolePrimary && m.Replicating() && m.cfg.Fencing != config.FencingDontCare &&
-		(m.disk == DiskUpToDate || m.disk == DiskConsistent) {
+	if m.role == RoleSecondary && m.peerRole == RolePrimary && m.peerDisk == DiskUpToDate && m.Replicating() &&
+		m.cfg.Fencing != config.FencingDontCare && (m.disk == DiskUpToDate || m.disk == DiskConsistent) {
 		m.setFlag(FlagOutdated, true)
 		acts = append(acts, m.persist())
 	}

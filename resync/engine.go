@@ -208,12 +208,13 @@ type Engine struct {
 	seq       uint64
 	sinceFl   int64
 	// lastWrite is when ObserveLatency last heard of an application
-	// write (recoverIdle).
-	lastWrite time.Time
-	lastDone  int64
-	lastAt    time.Time
-	rateEWMA  float64
-	bufs      sync.Pool
+	// write, and lastLatency that write's latency (recoverIdle).
+	lastWrite   time.Time
+	lastLatency time.Duration
+	lastDone    int64
+	lastAt      time.Time
+	rateEWMA    float64
+	bufs        sync.Pool
 }
 
 type span struct {
@@ -462,7 +463,8 @@ func (e *Engine) acquire(ctx context.Context) (uint64, error) {
 }
 
 // controllerIdle is how long the application may write nothing before
-// the window the latency controller shrank is back at Config.Window.
+// the window the latency controller shrank is back at Config.Window; at
+// least twice the last write's latency (recoverIdle).
 const controllerIdle = time.Second
 
 // recoverIdle gives the window back its maximum once no application write
@@ -470,11 +472,15 @@ const controllerIdle = time.Second
 // without them (the application stopped, or writes slower than the
 // target because the link's round trip alone exceeds it stopped) the
 // resync would go on at the window the last writes left, one chunk per
-// round trip at worst, with nothing left to protect. Called under mu, at
-// every acquire and after every wake-up (a chunk's end), so no timer is
-// needed.
+// round trip at worst, with nothing left to protect. The engine hears of
+// a write only once it completed: a quiet spell shorter than twice the
+// last write's latency may be the next write still waiting (on a link the
+// resync congests, writes take seconds), and recovering then would undo
+// the back-off that the slow writes asked for. Called under mu, at every
+// acquire and after every wake-up (a chunk's end), so no timer is needed.
 func (e *Engine) recoverIdle() {
-	if e.window < e.cfg.Window && e.cfg.LatencyTarget > 0 && time.Since(e.lastWrite) >= controllerIdle {
+	idle := max(controllerIdle, 2*e.lastLatency)
+	if e.window < e.cfg.Window && e.cfg.LatencyTarget > 0 && time.Since(e.lastWrite) >= idle {
 		e.window = e.cfg.Window
 	}
 }
@@ -784,7 +790,7 @@ func (e *Engine) ObserveLatency(d time.Duration) {
 	if e.cfg.LatencyTarget <= 0 {
 		return // turned off meanwhile
 	}
-	e.lastWrite = time.Now()
+	e.lastWrite, e.lastLatency = time.Now(), d
 	if d > e.cfg.LatencyTarget {
 		e.window = max(1, e.window/2)
 	} else if e.window < e.cfg.Window {

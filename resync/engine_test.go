@@ -904,7 +904,44 @@ func (t *slowTransport) SendData(off int64, p []byte, done func(error)) error {
 // write left to say otherwise the resync went on one chunk per round trip
 // for good (33 MB of scattered blocks took minutes at 50 ms).
 func TestWindowRecoversWhenWritesStop(t *testing.T) {
-	const size = 4 << 20
+	cfg := DefaultConfig()
+	// The last application writes, each slower than the target (the
+	// round trip): the window is down to one chunk.
+	tr, e := runAfterSlowWrites(t, 4<<20, 5*cfg.LatencyTarget)
+	// 512 chunks of 10 ms: at one chunk at a time 5 s, of which the
+	// first second (controllerIdle) is spent before the window recovers.
+	if p := tr.peak.Load(); p < 2 {
+		t.Fatalf("at most %d chunk in flight after the writes stopped: the window never recovered", p)
+	}
+	if w := e.Progress().Window; w != cfg.Window {
+		t.Fatalf("window %d at the end, want %d", w, cfg.Window)
+	}
+}
+
+// A quiet spell after a write that took seconds is no sign that the
+// application stopped: the engine hears of a write only once it completed,
+// and on a link the resync congests the next one may still be waiting.
+// The window stays where the slow writes put it for twice their latency.
+func TestWindowStaysShrunkWhileAWriteMayBeWaiting(t *testing.T) {
+	// Writes of 2 s each (queued behind the resync): the window is down
+	// to one chunk, and the next write may complete up to 4 s later. 150
+	// scattered chunks: 1.5 s at one chunk of 10 ms at a time.
+	start := time.Now()
+	tr, _ := runAfterSlowWrites(t, 1200<<10, 2*time.Second)
+	if took := time.Since(start); took >= 4*time.Second {
+		t.Skipf("the run took %v, past the 4 s the window is held for: nothing to check", took)
+	}
+	if p := tr.peak.Load(); p != 1 {
+		t.Fatalf("%d chunks in flight within 4 s of a 2 s write: the window recovered after %v while a write may be waiting", p, controllerIdle)
+	}
+}
+
+// runAfterSlowWrites resyncs size bytes of scattered 4 KiB blocks (every
+// other one dirty) over a link of 10 ms round trip, after eight
+// application writes of latency d have shrunk the window to one chunk,
+// and checks that the target ends in sync.
+func runAfterSlowWrites(t *testing.T, size int64, d time.Duration) (*slowTransport, *Engine) {
+	t.Helper()
 	src, dst, bm := setup(t, size, func(bm *bitmap.Bitmap, src, dst *memDisk) {
 		r := rand.New(rand.NewPCG(7, 7))
 		for off := int64(0); off < size; off += 2 * 4096 {
@@ -919,10 +956,8 @@ func TestWindowRecoversWhenWritesStop(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The last application writes, each slower than the target (the
-	// round trip): the window is down to one chunk.
 	for range 8 {
-		e.ObserveLatency(5 * cfg.LatencyTarget)
+		e.ObserveLatency(d)
 	}
 	if w := e.Progress().Window; w != 1 {
 		t.Fatalf("window %d after slow writes, want 1", w)
@@ -936,12 +971,5 @@ func TestWindowRecoversWhenWritesStop(t *testing.T) {
 	if !bytes.Equal(src.b, dst.b) || bm.DirtyBytes() != 0 {
 		t.Fatal("not in sync after the run")
 	}
-	// 512 chunks of 10 ms: at one chunk at a time 5 s, of which the
-	// first second (controllerIdle) is spent before the window recovers.
-	if p := tr.peak.Load(); p < 2 {
-		t.Fatalf("at most %d chunk in flight after the writes stopped: the window never recovered", p)
-	}
-	if w := e.Progress().Window; w != cfg.Window {
-		t.Fatalf("window %d at the end, want %d", w, cfg.Window)
-	}
+	return tr, e
 }
