@@ -304,8 +304,10 @@ func (r *Resource) DetachDisk(ctx context.Context, force bool) error {
 // resource (no generation in common) is refused, and the node stays
 // Diskless.
 func (r *Resource) AttachDisk(ctx context.Context) error {
-	r.attachMu.Lock()
-	defer r.attachMu.Unlock()
+	if err := r.lockAttach(ctx); err != nil {
+		return err
+	}
+	defer r.unlockAttach()
 	var closing *diskClose
 	var blockSize int64
 	err := r.do(ctx, func() error {
@@ -409,6 +411,18 @@ func (r *Resource) AttachDisk(ctx context.Context) error {
 	}
 	return err
 }
+
+// lockAttach takes attachSem unless ctx ends first.
+func (r *Resource) lockAttach(ctx context.Context) error {
+	select {
+	case r.attachSem <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("another attach-disk or outdate is running: %w", ctx.Err())
+	}
+}
+
+func (r *Resource) unlockAttach() { <-r.attachSem }
 
 // checkPrimaryTargetProtocol refuses attach-disk on a Primary without
 // net.protocol C: a Primary target's writes read blocks back from the

@@ -208,8 +208,10 @@ func (r *Resource) NewCurrentUUID(ctx context.Context, clearBitmap bool) error {
 func (r *Resource) Outdate(ctx context.Context) error {
 	// No attach-disk meanwhile: it would read the meta-data before the
 	// mark, and a disk attached after the outdate takes it from there.
-	r.attachMu.Lock()
-	defer r.attachMu.Unlock()
+	if err := r.lockAttach(ctx); err != nil {
+		return err
+	}
+	defer r.unlockAttach()
 	var (
 		diskless bool
 		closing  *diskClose
@@ -258,7 +260,7 @@ var errNothingToOutdate = errors.New("nothing to outdate")
 
 // outdateDetached marks the meta-data of the resource's detached disk
 // Outdated, if it holds consistent data that is not Outdated yet.
-// attachMu is held, and no detach-disk closes the disk any more.
+// attachSem is held, and no detach-disk closes the disk any more.
 func (r *Resource) outdateDetached() error {
 	check := func(sb metadata.Superblock) error {
 		if !sb.Flags.Has(metadata.FlagConsistent) || sb.Flags.Has(metadata.FlagOutdated) {

@@ -2,6 +2,7 @@ package resource
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -150,5 +151,20 @@ func TestDisklessOutdateUnmarkableDiskFails(t *testing.T) {
 	}
 	if st := b.Status(); st.Disk != DiskOutdated {
 		t.Fatalf("attached after the outdate the disk is %s; want Outdated, as the machine answered", st.Disk)
+	}
+}
+
+// An outdate (a fence-peer script's) behind an attach-disk that holds the
+// attach lock gives up with its context rather than waiting for the
+// attach however long it takes.
+func TestOutdateWaitsForAttachOnlyAsLongAsItsContext(t *testing.T) {
+	c := newPair(t, "", "")
+	c.b.attachSem <- struct{}{} // an attach-disk running
+	defer c.b.unlockAttach()
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	err := c.b.Outdate(ctx)
+	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "another attach-disk or outdate is running") {
+		t.Fatalf("outdate behind a running attach-disk: %v", err)
 	}
 }

@@ -92,10 +92,12 @@ type Resource struct {
 	// diskClosing: loop; the clean close of a disk that detach-disk
 	// detached, while it runs or until the next attach (nil: none).
 	diskClosing *diskClose
-	// attachMu runs one attach-disk at a time: one refused after it
-	// opened the disk that another attached meanwhile would close the
-	// meta-data it opened cleanly, over the attached disk's.
-	attachMu sync.Mutex
+	// attachSem runs one attach-disk (or outdate of a detached disk) at
+	// a time: one refused after it opened the disk that another attached
+	// meanwhile would close the meta-data it opened cleanly, over the
+	// attached disk's. A channel, not a mutex, so that a waiter gives up
+	// with its context (a fence-peer's outdate behind a slow attach).
+	attachSem chan struct{}
 	// diskClosed: the disk was detached cleanly and is closed (or being
 	// closed): nothing is to be written to its meta-data.
 	diskClosed atomic.Bool
@@ -228,7 +230,7 @@ func New(cfg config.Resource, opts Options) *Resource {
 	if opts.NewUUID == nil {
 		opts.NewUUID = NewUUID
 	}
-	r := &Resource{opts: opts, config: cfg, log: opts.Logger.With(zap.String("resource", cfg.Name)), stopSyncWait: stopSyncTimeout}
+	r := &Resource{opts: opts, config: cfg, log: opts.Logger.With(zap.String("resource", cfg.Name)), stopSyncWait: stopSyncTimeout, attachSem: make(chan struct{}, 1)}
 	r.status.Store(&Status{Name: cfg.Name, Role: RoleSecondary, Disk: DiskDiskless, Conn: ConnStandAlone, PeerDisk: DiskDUnknown})
 	return r
 }
