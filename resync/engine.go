@@ -42,6 +42,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"hash/crc32"
+	"math"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -58,7 +59,9 @@ import (
 type Bitmap interface {
 	NextDirty(from int64) (off, length int64, ok bool)
 	Clear(off, length int64) uint64
-	DirtyBytes() int64
+	// DirtyBytesBelow is the dirty bytes before end (a block that end
+	// splits counts up to end).
+	DirtyBytesBelow(end int64) int64
 	Flush() error
 }
 
@@ -406,14 +409,10 @@ func (e *Engine) Run(ctx context.Context) error {
 
 // dirtyBytes is the bitmap's dirty bytes before Config.Size.
 func (e *Engine) dirtyBytes() int64 {
-	n := e.bm.DirtyBytes()
 	if e.cfg.Size == 0 {
-		return n
+		return e.bm.DirtyBytesBelow(math.MaxInt64)
 	}
-	for off, l, ok := e.bm.NextDirty(e.cfg.Size); ok; off, l, ok = e.bm.NextDirty(off + l) {
-		n -= off + l - max(off, e.cfg.Size)
-	}
-	return max(n, 0)
+	return e.bm.DirtyBytesBelow(e.cfg.Size)
 }
 
 // pass walks the bitmap once and returns the number of chunks started.
