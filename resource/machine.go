@@ -660,14 +660,10 @@ func (m *Machine) detachDisk(e EvDetachDisk) ([]Action, error) {
 	// daemon), must not come back UpToDate from its meta-data and be
 	// promoted without --force. A handshake makes it UpToDate again
 	// (nothing written meanwhile) or its sync target. Persisted before
-	// the detach, while the meta-data is still open. As for a disconnect,
-	// only from a Primary with an UpToDate disk: a Diskless Primary's
-	// data is this disk's, which then holds the only copy.
+	// the detach, while the meta-data is still open.
 	var acts []Action
-	if m.role == RoleSecondary && m.peerRole == RolePrimary && m.peerDisk == DiskUpToDate && m.Replicating() &&
-		m.cfg.Fencing != config.FencingDontCare && (m.disk == DiskUpToDate || m.disk == DiskConsistent) {
-		m.setFlag(FlagOutdated, true)
-		acts = append(acts, m.persist())
+	if m.leavesPrimary() {
+		acts = m.outdateOnLeave()
 	}
 	acts = append(acts, m.detach()...)
 	acts[len(acts)-1] = ActDetachDisk{Clean: true}
@@ -804,16 +800,24 @@ func (m *Machine) disconnect() []Action {
 	// UpToDate peer to outdate itself, and a Secondary that leaves a
 	// Primary outdates its own disk. (Promoting an Outdated node takes
 	// --force; the next handshake makes it UpToDate again.)
-	fencing := m.cfg.Fencing != config.FencingDontCare && m.Replicating()
-	outdatePeer := fencing && m.role == RolePrimary && m.disk == DiskUpToDate && m.peerDisk == DiskUpToDate
-	// Not towards a Diskless Primary: this disk is the only copy then.
-	outdateSelf := fencing && m.role == RoleSecondary && m.peerRole == RolePrimary && m.peerDisk == DiskUpToDate
+	outdatePeer := m.cfg.Fencing != config.FencingDontCare && m.Replicating() && m.role == RolePrimary && m.disk == DiskUpToDate && m.peerDisk == DiskUpToDate
+	outdateSelf := m.leavesPrimary()
 	acts := m.lostPeer()
 	m.conn = ConnStandAlone
 	if outdateSelf {
 		acts = append(acts, m.outdateOnLeave()...)
 	}
 	return append(acts, ActCloseLink{Reason: "disconnect requested", OutdatePeer: outdatePeer, Admin: true})
+}
+
+// leavesPrimary reports whether this node, parting in order (disconnect,
+// detach-disk), leaves under fencing a Primary that writes on without it:
+// a Secondary replicating from a Primary with an UpToDate disk. Its disk
+// is outdated then (outdateOnLeave); not when the Primary is Diskless,
+// whose data is this disk's, the only copy.
+func (m *Machine) leavesPrimary() bool {
+	return m.cfg.Fencing != config.FencingDontCare && m.Replicating() &&
+		m.role == RoleSecondary && m.peerRole == RolePrimary && m.peerDisk == DiskUpToDate
 }
 
 // outdateOnLeave marks an UpToDate or Consistent disk Outdated when its
