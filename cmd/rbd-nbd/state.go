@@ -227,11 +227,17 @@ func (s *stateStore) writeFile(path string, b []byte) error {
 	}
 	// The rename is durable once the folder is synced (a --state-dir on
 	// a disk: after a crash the old file, or none, could come back).
-	if d, err := os.Open(s.dir); err == nil {
+	syncDir(s.dir)
+	return nil
+}
+
+// syncDir makes the entries of dir durable (best effort: a file system
+// that cannot sync a directory has nothing better to offer).
+func syncDir(dir string) {
+	if d, err := os.Open(dir); err == nil {
 		_ = d.Sync()
 		d.Close()
 	}
-	return nil
 }
 
 // update changes a resource's remembered intent through fn, if it has a
@@ -373,12 +379,9 @@ func (s *stateStore) forget(name string) (undo func()) {
 			s.log.Warn("could not remember the resource's state again; a daemon restart will not restore it", zap.String("resource", name), zap.Error(err))
 		}
 	}
-	if d, err := os.Open(s.dir); err == nil {
-		// The removal is durable too: a forgotten resource that came
-		// back after a crash would be one the administrator took down.
-		_ = d.Sync()
-		d.Close()
-	}
+	// The removal is durable too: a forgotten resource that came back
+	// after a crash would be one the administrator took down.
+	syncDir(s.dir)
 	return undo
 }
 
@@ -417,10 +420,7 @@ func (s *stateStore) lock() (func(), error) {
 	}
 	// A directory just made is durable once its parent is synced: after
 	// a crash its files would otherwise go with it.
-	if p, err := os.Open(filepath.Dir(s.dir)); err == nil {
-		_ = p.Sync()
-		p.Close()
-	}
+	syncDir(filepath.Dir(s.dir))
 	if err := checkStateDir(s.dir); err != nil {
 		return nil, err
 	}
