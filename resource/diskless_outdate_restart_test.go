@@ -12,6 +12,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/rbd-nbd/rbd-nbd/config"
 	"github.com/rbd-nbd/rbd-nbd/disk"
 	"github.com/rbd-nbd/rbd-nbd/metadata"
 )
@@ -26,23 +27,7 @@ import (
 func TestDisklessOutdateSurvivesRestart(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	dir := t.TempDir()
-	n := pairDisk{img: filepath.Join(dir, "b.img")}
-	makePairDisk(t, n, 16<<20, 1, 0)
-	cfg := nodeB(t, dir, fmt.Sprintf("127.0.0.1:%d", freePort(t)), n.img, "")
-	b := New(cfg, Options{Logger: zap.NewNop()})
-	if err := b.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := b.NewCurrentUUID(ctx, true); err != nil {
-		t.Fatal(err)
-	}
-	if st := b.Status(); st.Disk != DiskUpToDate {
-		t.Fatalf("after new-current-uuid: %s", st.Disk)
-	}
-	if err := b.DetachDisk(ctx, false); err != nil {
-		t.Fatal(err)
-	}
+	b, cfg, n := detachedLoneNode(t, ctx)
 	if err := b.Outdate(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -117,21 +102,8 @@ func TestDetachFromPrimaryOutdates(t *testing.T) {
 func TestDisklessOutdateUnmarkableDiskFails(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	dir := t.TempDir()
-	n := pairDisk{img: filepath.Join(dir, "b.img")}
-	makePairDisk(t, n, 16<<20, 1, 0)
-	cfg := nodeB(t, dir, fmt.Sprintf("127.0.0.1:%d", freePort(t)), n.img, "")
-	b := New(cfg, Options{Logger: zap.NewNop()})
-	if err := b.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
+	b, _, n := detachedLoneNode(t, ctx)
 	defer b.Stop(ctx)
-	if err := b.NewCurrentUUID(ctx, true); err != nil {
-		t.Fatal(err)
-	}
-	if err := b.DetachDisk(ctx, false); err != nil {
-		t.Fatal(err)
-	}
 	away := n.img + ".away"
 	if err := os.Rename(n.img, away); err != nil {
 		t.Fatal(err)
@@ -167,4 +139,29 @@ func TestOutdateWaitsForAttachOnlyAsLongAsItsContext(t *testing.T) {
 	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "another attach-disk or outdate is running") {
 		t.Fatalf("outdate behind a running attach-disk: %v", err)
 	}
+}
+
+// detachedLoneNode starts node b alone on a fresh 16 MiB disk, makes its
+// data UpToDate (new-current-uuid --clear-bitmap) and detaches the disk
+// cleanly; the caller stops b.
+func detachedLoneNode(t *testing.T, ctx context.Context) (*Resource, config.Resource, pairDisk) {
+	t.Helper()
+	dir := t.TempDir()
+	n := pairDisk{img: filepath.Join(dir, "b.img")}
+	makePairDisk(t, n, 16<<20, 1, 0)
+	cfg := nodeB(t, dir, fmt.Sprintf("127.0.0.1:%d", freePort(t)), n.img, "")
+	b := New(cfg, Options{Logger: zap.NewNop()})
+	if err := b.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.NewCurrentUUID(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	if st := b.Status(); st.Disk != DiskUpToDate {
+		t.Fatalf("after new-current-uuid: %s", st.Disk)
+	}
+	if err := b.DetachDisk(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	return b, cfg, n
 }
