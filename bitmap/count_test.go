@@ -54,15 +54,8 @@ func TestCountDuringConcurrentSetClear(t *testing.T) {
 // DirtyBytesBelow counts the dirty bytes before an end inside the data,
 // a block that the end splits up to the end.
 func TestDirtyBytesBelow(t *testing.T) {
-	const bs = 64 << 10
-	b, err := New(16<<20+8192, bs, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b.Set(0, 1)        // block 0
-	b.Set(4<<20, 1)    // a block that 4 MiB + 4 KiB splits
-	b.Set(8<<20, 3*bs) // three blocks past it
-	b.Set(16<<20, 1)   // the partial last block (8 KiB)
+	const bs = belowBlock
+	b := belowBitmap(t)
 	for _, tc := range []struct{ end, want int64 }{
 		{0, 0},
 		{bs, bs},
@@ -82,15 +75,8 @@ func TestDirtyBytesBelow(t *testing.T) {
 // CountBelow counts the dirty blocks that hold data before an end inside
 // the data, a block that the end splits included.
 func TestCountBelow(t *testing.T) {
-	const bs = 64 << 10
-	b, err := New(16<<20+8192, bs, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b.Set(0, 1)        // block 0
-	b.Set(4<<20, 1)    // a block that 4 MiB + 4 KiB splits
-	b.Set(8<<20, 3*bs) // three blocks past it
-	b.Set(16<<20, 1)   // the partial last block (8 KiB)
+	const bs = belowBlock
+	b := belowBitmap(t)
 	for _, tc := range []struct {
 		end  int64
 		want uint64
@@ -110,4 +96,24 @@ func TestCountBelow(t *testing.T) {
 			t.Errorf("CountBelow(%d) = %d, want %d", tc.end, got, tc.want)
 		}
 	}
+}
+
+// belowBlock is belowBitmap's block size.
+const belowBlock = 64 << 10
+
+// belowBitmap is the bitmap the Below tests count in: 16 MiB + 8 KiB in
+// 64 KiB blocks, with block 0, the block at 4 MiB, three blocks at 8 MiB
+// and the partial last block dirty.
+func belowBitmap(t *testing.T) *Bitmap {
+	t.Helper()
+	const bs = belowBlock
+	b, err := New(16<<20+8192, bs, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.Set(0, 1)        // block 0
+	b.Set(4<<20, 1)    // a block that 4 MiB + 4 KiB splits
+	b.Set(8<<20, 3*bs) // three blocks past it
+	b.Set(16<<20, 1)   // the partial last block (8 KiB)
+	return b
 }
