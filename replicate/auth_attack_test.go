@@ -31,6 +31,21 @@ func readHSFrame(c net.Conn) (header, []byte, error) {
 	return h, p, err
 }
 
+// noProofUntilClosed reads c's handshake frames until it closes and fails
+// the test with msg if one of them is an Auth: the node gave a proof.
+func noProofUntilClosed(t *testing.T, c net.Conn, msg string) {
+	t.Helper()
+	for {
+		fh, _, err := readHSFrame(c)
+		if err != nil {
+			return
+		}
+		if fh.typ == ftAuth {
+			t.Fatal(msg)
+		}
+	}
+}
+
 // authProof returns the response of an Auth payload.
 func authProof(t *testing.T, p []byte) []byte {
 	t.Helper()
@@ -114,15 +129,7 @@ func TestAuthAttackOlderImpostorGetsNoProof(t *testing.T) {
 					_, _ = rand.Read(bogus)
 					go func() { _, _ = m.Write(authFrame(bogus)) }()
 				}
-				for {
-					fh, _, err := readHSFrame(m)
-					if err != nil {
-						break
-					}
-					if fh.typ == ftAuth {
-						t.Fatal("the node sent a proof to a peer that proved nothing")
-					}
-				}
+				noProofUntilClosed(t, m, "the node sent a proof to a peer that proved nothing")
 				err = <-errs
 				if send {
 					errorIs(t, err, ErrAuthFailed)
@@ -175,15 +182,7 @@ func TestAuthAttackReflectProof(t *testing.T) {
 				_, _ = m2.Write(handshakeFrame(ftHello, h.encode()))
 				_, _ = m2.Write(authFrame(proof))
 			}()
-			for {
-				fh, _, err := readHSFrame(m2)
-				if err != nil {
-					break
-				}
-				if fh.typ == ftAuth {
-					t.Fatal("the node answered a reflected proof with its own")
-				}
-			}
+			noProofUntilClosed(t, m2, "the node answered a reflected proof with its own")
 			errorIs(t, <-errs, ErrAuthFailed)
 		})
 	}
@@ -251,15 +250,7 @@ func TestAuthAttackReplayOlderProof(t *testing.T) {
 			_, _ = m.Write(rec[0])
 			_, _ = m.Write(rec[1])
 		}()
-		for {
-			fh, _, err := readHSFrame(m)
-			if err != nil {
-				break
-			}
-			if fh.typ == ftAuth {
-				t.Fatal("node 1 answered a replayed proof")
-			}
-		}
+		noProofUntilClosed(t, m, "node 1 answered a replayed proof")
 		errorIs(t, <-errs, ErrAuthFailed)
 		_ = m.Close()
 	}
