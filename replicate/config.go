@@ -36,9 +36,16 @@ const (
 	// the first chunks past the request timeout (and the application
 	// writes that overlap them).
 	FeatureSyncReady Features = 1 << 3
+	// FeatureAttachBitmap: a Primary that attaches its disk again while
+	// connected (attach-disk after detach-disk) may send, outside the
+	// handshake, the blocks in which that disk differs from the peer's
+	// data (Bitmap messages), and the peer may then resync only those
+	// instead of the whole disk. A peer without it receives no such
+	// Bitmap messages and resyncs everything.
+	FeatureAttachBitmap Features = 1 << 4
 
 	// AllFeatures is every feature this implementation knows.
-	AllFeatures = FeatureTrim | FeatureSyncPause | FeatureDisklessConnect | FeatureSyncReady
+	AllFeatures = FeatureTrim | FeatureSyncPause | FeatureDisklessConnect | FeatureSyncReady | FeatureAttachBitmap
 )
 
 // Handler performs the requests the peer sends.

@@ -14,6 +14,7 @@ import (
 	"github.com/rbd-nbd/rbd-nbd/config"
 	"github.com/rbd-nbd/rbd-nbd/disk"
 	"github.com/rbd-nbd/rbd-nbd/metadata"
+	"github.com/rbd-nbd/rbd-nbd/replicate"
 )
 
 // Online detach and attach of the local disk (detach-disk, attach-disk).
@@ -384,24 +385,32 @@ func (r *Resource) AttachDisk(ctx context.Context) error {
 		r.diskClosing = nil
 		r.install(st)
 		installed = true
+		var missed *bitmap.Bitmap // what the disk misses, if recorded
 		if r.m.Role() == RolePrimary {
 			// A Primary target: nothing of the disk is trusted before
 			// the disk takes any I/O.
 			if err := r.newWrittenSet(); err != nil {
 				return err
 			}
+			missed = r.missedOnDisk()
 			r.bmap().SetAll()
 			r.targetPrimary.Store(true)
+		} else {
+			r.missed.Store(nil)
 		}
 		r.diskClosed.Store(false)
 		r.diskFailed.Store(false)
 		r.detached.Store(newSignal())
-		_, err := r.stepAdmin(EvAttachDisk{Meta: meta, Dirty: r.dirtyBlocks()})
+		_, err := r.stepAdmin(EvAttachDisk{Meta: meta, Dirty: r.dirtyBlocks(), Tracked: missed != nil})
 		if err != nil {
 			r.log.Error("the machine refused an attach it had accepted", zap.Error(err))
 		}
 		if err == nil && r.m.PrimaryTarget() {
-			r.announcePrimaryTarget()
+			if !r.m.LocalState().BitmapAttach {
+				r.missed.Store(nil)
+				missed = nil
+			}
+			r.announcePrimaryTarget(missed)
 		}
 		r.log.Info("local disk attached", zap.String("disk", cfg.Local.Disk), zap.Stringer("state", r.m.Disk()))
 		return err
@@ -581,7 +590,10 @@ func (g *diskGate) Extents(off, length int64, max int) ([]disk.Extent, error) {
 // and recorded nothing, and a resync chunk the peer read before one of
 // them reached it would be older than the write. A new replication state
 // tells them from the writes that begin from now on (loop).
-func (r *Resource) announcePrimaryTarget() {
+//
+// missed, when not nil, is what the disk misses (missedOnDisk): it is sent
+// to the peer first, once the writes that may still add to it finished.
+func (r *Resource) announcePrimaryTarget(missed *bitmap.Bitmap) {
 	r.repEpoch++
 	r.publish()
 	r.repMu.RLock()
@@ -595,7 +607,15 @@ func (r *Resource) announcePrimaryTarget() {
 			return
 		}
 		r.post(func() {
+			if missed != nil {
+				r.missed.CompareAndSwap(missed, nil)
+			}
 			if r.link == link && r.m.PrimaryTarget() && r.m.Conn() == ConnConnected {
+				if missed != nil && r.m.LocalState().BitmapAttach {
+					for _, c := range replicate.BitmapChunks(dirtyExtents(missed)) {
+						r.sendControl(c)
+					}
+				}
 				r.sendState()
 			}
 		})
@@ -733,6 +753,24 @@ func (r *Resource) clearResynced(off, n int64) {
 		}
 		pos = o + l
 	}
+}
+
+// missedOnDisk returns, for a disk being attached as a Primary target
+// (before its bits are all set), the blocks it misses: those the runtime
+// recorded since the detach (Resource.missed, which writes begun before
+// the attach may still add to) and the disk's own out-of-sync blocks. Nil
+// when nothing was recorded or the peer could not use them
+// (FeatureAttachBitmap): the peer then resyncs everything.
+func (r *Resource) missedOnDisk() *bitmap.Bitmap {
+	missed := r.missed.Load()
+	if missed == nil || r.link == nil || r.link.Features()&replicate.FeatureAttachBitmap == 0 {
+		r.missed.Store(nil)
+		return nil
+	}
+	for _, e := range dirtyExtents(r.bmap()) {
+		missed.Set(int64(e.Off), int64(e.Len))
+	}
+	return missed
 }
 
 // newWrittenSet makes the written set for a disk attached as Primary

@@ -265,6 +265,11 @@ func TestAttachDiskPrimaryTarget(t *testing.T) {
 	if err := c.a.DetachDisk(ctx, false); err != nil {
 		t.Fatal(err)
 	}
+	// Written again while the disk is away: the disk misses every block,
+	// and the resync (of them all) runs long enough for the writes below.
+	for off := int64(0); off < size; off += 1 << 20 {
+		write(off, min(1<<20, size-off))
+	}
 	for range 100 {
 		randomWrite()
 	}

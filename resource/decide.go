@@ -22,6 +22,10 @@ type NodeState struct {
 	Dirty         uint64
 	DiscardMyData bool
 	AfterSB       config.AfterSB
+	// BitmapAttach: a Primary that attached its disk again sent, before
+	// this state, every block in which that disk differs from the peer's
+	// data (Machine.attachPrimary).
+	BitmapAttach bool
 }
 
 // Decision is the outcome of a handshake.

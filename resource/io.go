@@ -667,6 +667,9 @@ func (r *Resource) writeUnderMode(st *repState, req replicate.Request, do func()
 	// Read once: a disk that fails meanwhile (another request) must not
 	// make this one skip the local half after the check said it had one.
 	diskless := r.diskFailed.Load()
+	if diskless {
+		r.trackMissed(off, n)
+	}
 	if op == nil {
 		if diskless {
 			st.wg.Done()
@@ -689,6 +692,7 @@ func (r *Resource) writeUnderMode(st *repState, req replicate.Request, do func()
 		if lerr = do(); lerr != nil {
 			if r.localError(lerr) {
 				lerr, detached = nil, true // the peer's copy is the data now
+				r.trackMissed(off, n)
 			} else if op != nil {
 				// on-io-error pass-on: the client gets the error, the
 				// disk stays, and the peer may have taken the write.
@@ -804,9 +808,20 @@ func (r *Resource) peerFailed(off, n int64, err error) {
 // (a Diskless node keeps no bitmap) and returns how many were newly set.
 func (r *Resource) markOutOfSync(off, n int64) uint64 {
 	if r.diskFailed.Load() {
+		r.trackMissed(off, n)
 		return 0
 	}
 	return r.setOutOfSync(off, n)
+}
+
+// trackMissed records [off, off+n) as missing on a detached Primary's disk
+// (Resource.missed) while that is recorded: a write without a local half,
+// one whose local half failed (the disk closed under it), and one whose
+// bits would go to a bitmap the detach is closing.
+func (r *Resource) trackMissed(off, n int64) {
+	if bm := r.missed.Load(); bm != nil {
+		bm.Set(off, n)
+	}
 }
 
 // setOutOfSync sets the bits of [off, off+n) and returns how many were
@@ -816,6 +831,7 @@ func (r *Resource) markOutOfSync(off, n int64) uint64 {
 // (Engine.Dirtied), keeps the bits when that chunk's flush completes
 // instead of clearing them.
 func (r *Resource) setOutOfSync(off, n int64) uint64 {
+	r.trackMissed(off, n)
 	if e := r.engine.Load(); e != nil {
 		e.Dirtied(off, n)
 	}

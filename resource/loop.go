@@ -5,6 +5,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/rbd-nbd/rbd-nbd/bitmap"
 	"github.com/rbd-nbd/rbd-nbd/config"
 	"github.com/rbd-nbd/rbd-nbd/hooks"
 	"github.com/rbd-nbd/rbd-nbd/metadata"
@@ -295,6 +296,18 @@ func (r *Resource) exec(a Action) {
 	case ActSetAllBits:
 		r.bmap().SetAll()
 		r.flushBitmap()
+	case ActUsePeerExtents:
+		r.bmap().ClearAll()
+		for off := int64(0); r.peerExtents != nil; {
+			o, l, ok := r.peerExtents.NextDirty(off)
+			if !ok {
+				break
+			}
+			r.bmap().Set(o, l)
+			off = o + l
+		}
+		r.peerExtents, r.peerExtentsDone = nil, false
+		r.flushBitmap()
 	case ActClearAllBits:
 		if r.targetFailed.Load() != nil {
 			r.clearResynced(0, r.size.Load())
@@ -313,6 +326,17 @@ func (r *Resource) exec(a Action) {
 	case ActSendNewUUID:
 		r.sendControl(&replicate.NewUUID{Current: a.Current, ClearBitmap: true})
 	case ActDetachDisk:
+		r.missed.Store(nil)
+		if a.Track {
+			// Before the disk stops taking writes: a write that finds
+			// it gone records itself (trackMissed).
+			bm, err := bitmap.New(r.bmap().Size(), r.bmap().BlockSize(), nil, nil)
+			if err != nil {
+				r.log.Error("recording the writes the detached disk misses: attach-disk resyncs all of it", zap.Error(err))
+			} else {
+				r.missed.Store(bm)
+			}
+		}
 		r.diskFailed.Store(true)
 		r.detached.Load().fire()
 		if a.Clean {

@@ -79,6 +79,11 @@ type (
 	EvAttachDisk struct {
 		Meta  Meta
 		Dirty uint64
+		// Tracked (a Primary's attach): the runtime recorded every write
+		// since this node's detach-disk that may be missing on the disk,
+		// and will send them, with the disk's own out-of-sync blocks, to
+		// the peer (FeatureAttachBitmap), which may then resync only those.
+		Tracked bool
 	}
 	// EvConnect: the administrator asked to connect.
 	EvConnect struct{ DiscardMyData bool }
@@ -87,7 +92,13 @@ type (
 	// EvLinkUp: a link to the peer passed its transport handshake.
 	EvLinkUp struct{}
 	// EvPeerState: the peer's state arrived (in the handshake or later).
-	EvPeerState struct{ State NodeState }
+	// PeerExtents: the runtime holds the complete list of blocks that a
+	// Primary attaching its disk sent before this state (see
+	// NodeState.BitmapAttach).
+	EvPeerState struct {
+		State       NodeState
+		PeerExtents bool
+	}
 	// EvBitmapsExchanged: both bitmaps were exchanged and merged.
 	EvBitmapsExchanged struct{ Dirty uint64 }
 	// EvLinkDown: the link failed or was closed. PeerOutdated: the peer
@@ -230,7 +241,14 @@ type (
 	// I/O running on it finishes first, then the bitmap and the activity
 	// log are flushed and the meta-data closed cleanly, for a later
 	// attach-disk or up; else the disk failed and is left as it is.
-	ActDetachDisk struct{ Clean bool }
+	//
+	// Track (a clean detach of a connected Primary's UpToDate disk): from
+	// before the disk stops taking writes, record each write that may be
+	// missing on it, for EvAttachDisk.Tracked.
+	ActDetachDisk struct{ Clean, Track bool }
+	// ActUsePeerExtents: the bitmap becomes exactly the blocks the peer
+	// sent (EvPeerState.PeerExtents): every other bit is cleared.
+	ActUsePeerExtents struct{}
 	// ActRunHook: run a user-space handler.
 	ActRunHook struct{ Name string }
 	// ActFencePeer: run the fence-peer handler; its end comes back as
@@ -258,6 +276,7 @@ func (ActSendSyncStart) isAction()    {}
 func (ActSendPromoteReply) isAction() {}
 func (ActSendNewUUID) isAction()      {}
 func (ActDetachDisk) isAction()       {}
+func (ActUsePeerExtents) isAction()   {}
 func (ActRunHook) isAction()          {}
 func (ActSplitBrain) isAction()       {}
 func (ActFencePeer) isAction()        {}
@@ -355,6 +374,17 @@ type Machine struct {
 	// the blocks still out of sync from the peer and makes a block whole
 	// before a write lands in it. Until SyncDone or a demotion.
 	primaryTarget bool
+	// detachedGen is, from a clean detach-disk of this Primary's UpToDate
+	// disk while connected to its UpToDate peer, that disk's Current; the
+	// runtime records from then on what the disk misses (ActDetachDisk
+	// Track). Zero once the record may be incomplete: the link went (the
+	// peer may be promoted and write), or this node was demoted (the peer
+	// may be Primary and write); and once attach-disk used it.
+	detachedGen uint64
+	// bitmapAttach: this Primary target attached the disk detachedGen
+	// named, and the runtime sends the peer the blocks the disk misses
+	// before this node's Inconsistent state (NodeState.BitmapAttach).
+	bitmapAttach bool
 	// peerGenPending: this Primary detached its UpToDate disk while
 	// connected to an UpToDate peer, which starts a generation when it
 	// sees the disk go, and that peer's state naming it has not come yet.
@@ -439,6 +469,7 @@ func (m *Machine) LocalState() NodeState {
 		Dirty:          m.dirty,
 		DiscardMyData:  m.discardMyData,
 		AfterSB:        m.cfg.AfterSB,
+		BitmapAttach:   m.primaryTarget && m.bitmapAttach,
 	}
 }
 
@@ -537,7 +568,7 @@ func (m *Machine) step(ev Event) ([]Action, error) {
 		m.linkUp = true
 		return []Action{ActSendState{}}, nil
 	case EvPeerState:
-		return m.peerState(e.State), nil
+		return m.peerState(e.State, e.PeerExtents), nil
 	case EvBitmapsExchanged:
 		return m.bitmapsExchanged(e), nil
 	case EvLinkDown:
@@ -634,6 +665,7 @@ func (m *Machine) detach() []Action {
 		m.disklessGen = m.peer.UUIDs.Current
 		m.primaryTarget = false
 	}
+	m.detachedGen, m.bitmapAttach = 0, false
 	m.disk = DiskDiskless
 	if m.linkUp {
 		acts = append(acts, ActSendState{})
@@ -665,8 +697,16 @@ func (m *Machine) detachDisk(e EvDetachDisk) ([]Action, error) {
 	if m.leavesPrimary() {
 		acts = m.outdateOnLeave()
 	}
+	// Only this detach leaves a disk whose differences the runtime can
+	// know: nothing failed on it, and every write from now on is the
+	// Primary's own (see detachedGen).
+	track := m.peerGenPending
+	gen := m.meta.UUIDs.Current
 	acts = append(acts, m.detach()...)
-	acts[len(acts)-1] = ActDetachDisk{Clean: true}
+	acts[len(acts)-1] = ActDetachDisk{Clean: true, Track: track}
+	if track {
+		m.detachedGen = gen
+	}
 	if m.role == RolePrimary && !m.Replicating() {
 		acts = append(acts, ActRunHook{Name: "pri-on-incon-degr"})
 	}
@@ -733,7 +773,7 @@ func (m *Machine) attachDisk(e EvAttachDisk) ([]Action, error) {
 		return m.attachPrimary(e), nil
 	}
 	m.disklessGen = 0
-	acts := m.attach(EvAttach(e))
+	acts := m.attach(EvAttach{Meta: e.Meta, Dirty: e.Dirty})
 	if !m.linkUp {
 		return acts, nil
 	}
@@ -750,7 +790,16 @@ func (m *Machine) attachDisk(e EvAttachDisk) ([]Action, error) {
 // once the writes that began without the disk finished); the link stays
 // (the clients' data is on the peer). Its Bitmap UUID names the peer's generation, so
 // that a resync interrupted by a lost link resumes from the bitmap.
+//
+// The disk that this node's clean detach-disk took away, unchanged since
+// (its Current is detachedGen), while the runtime recorded the writes it
+// misses (e.Tracked), needs only those and its own out-of-sync blocks: the
+// runtime sends them before the state, and says so in it (BitmapAttach),
+// so that a peer whose data continues that disk's generation resyncs only
+// them. Otherwise, or when the peer cannot tell, everything.
 func (m *Machine) attachPrimary(e EvAttachDisk) []Action {
+	m.bitmapAttach = e.Tracked && m.detachedGen != 0 && e.Meta.UUIDs.Current == m.detachedGen
+	m.detachedGen = 0
 	m.meta = e.Meta
 	m.dirty = e.Dirty
 	m.meta.UUIDs.Bitmap = m.peer.UUIDs.Current
@@ -868,6 +917,10 @@ func (m *Machine) lostPeer() []Action {
 	}
 	m.peerRole, m.peerDisk, m.linkUp = RoleUnknown, DiskDUnknown, false
 	m.peerCatchingUp = false
+	// The peer may be promoted and write now: what the runtime records
+	// of a detached disk is no longer all it misses, and the blocks a
+	// Primary target sent went with the link.
+	m.detachedGen, m.bitmapAttach = 0, false
 	// The handshake of the next link tells the peer's generation.
 	m.peerGenPending = false
 	if wasReplicating {
@@ -899,7 +952,7 @@ func (m *Machine) linkDown(e EvLinkDown) []Action {
 	return acts
 }
 
-func (m *Machine) peerState(s NodeState) []Action {
+func (m *Machine) peerState(s NodeState, peerExtents bool) []Action {
 	if !m.linkUp {
 		return nil
 	}
@@ -966,6 +1019,9 @@ func (m *Machine) peerState(s NodeState) []Action {
 		// that turns Inconsistent while merely Connected was invalidated
 		// by its administrator: it waits for us to send everything.
 		if m.conn == ConnConnected && s.Disk == DiskInconsistent && m.disk == DiskUpToDate {
+			if m.peerAttachedKnownDisk(s, peerExtents) {
+				return append([]Action{ActUsePeerExtents{}}, m.beginSource(false)...)
+			}
 			return append([]Action{ActSetAllBits{}}, m.beginSource(true)...)
 		}
 		if m.primaryTarget && m.conn == ConnConnected && s.Disk == DiskUpToDate && s.UUIDs.Current != m.meta.UUIDs.Bitmap {
@@ -1078,6 +1134,19 @@ func disklessPrimaryMismatch(a, b NodeState) bool {
 		return p.Role == RolePrimary && p.Disk == DiskDiskless && d.Disk != DiskDiskless && d.UUIDs.Current != p.UUIDs.Current
 	}
 	return mismatch(a, b) || mismatch(b, a)
+}
+
+// peerAttachedKnownDisk reports whether the peer, turning Inconsistent,
+// is a Primary that attached the disk it detached from this node's data,
+// and sent (peerExtents) every block in which that disk differs from it:
+// the disk holds the generation this node's Bitmap UUID names (the one
+// this node left when that disk went, peerState), and the peer, Primary
+// all along with this link up, made every write since (its runtime
+// recorded them; Machine.detachedGen). Then those blocks are the resync;
+// this node's own bits (all set when that disk went) say nothing more.
+func (m *Machine) peerAttachedKnownDisk(s NodeState, peerExtents bool) bool {
+	return peerExtents && s.BitmapAttach && s.Role == RolePrimary &&
+		m.role == RoleSecondary && m.meta.UUIDs.Bitmap != 0 && s.UUIDs.Current == m.meta.UUIDs.Bitmap
 }
 
 func (m *Machine) bitmapsExchanged(e EvBitmapsExchanged) []Action {
@@ -1273,8 +1342,10 @@ func (m *Machine) demote(e EvDemote) ([]Action, error) {
 		return nil, m.refuse(fmt.Errorf("%w (%d)", ErrClientsConnected, e.NBDConns))
 	}
 	m.role = RoleSecondary
-	// A Primary target goes on as an ordinary sync target.
+	// A Primary target goes on as an ordinary sync target. The peer may
+	// be promoted and write now (detachedGen).
 	m.primaryTarget = false
+	m.detachedGen, m.bitmapAttach = 0, false
 	m.setFlag(FlagPrimary, false)
 	acts := []Action{m.persist()}
 	if m.linkUp {

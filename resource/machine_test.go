@@ -17,14 +17,15 @@ import (
 //	new node=1 peer=2 [after-sb=P] [fencing=F] [on-no-data=suspend-io]
 //	attach [uuids=C:B:H1:H2] [flags=consistent,was-up-to-date,...] [dirty=N]
 //	connect [discard-my-data] | disconnect | link-up | link-down [peer-outdated]
-//	peer-state [role=R] [disk=D] [uuids=...] [consistent] [crashed] [dirty=N] [discard] [after-sb=P] [node=N]
+//	peer-state [role=R] [disk=D] [uuids=...] [consistent] [crashed] [dirty=N] [discard] [after-sb=P] [node=N] [bitmap-attach] [extents]
 //	bitmaps-exchanged [dirty=N]
 //	promote [force] | demote [conns=N] | peer-promote-request
 //	sync-start [full] [source=uuids] | sync-done [source=uuids]
 //	new-current-uuid [clear-bitmap] | peer-new-uuid current=X
 //	invalidate | invalidate-remote [reset] | io-error | detach
-//	detach-disk [force] | attach-disk [uuids=...] [flags=...] [dirty=N]
+//	detach-disk [force] | attach-disk [uuids=...] [flags=...] [dirty=N] [tracked]
 //	outdate | suspend-io | resume-io | fence-done [proceed] | peer-fenced
+//	local-state (prints what LocalState says beyond the state line)
 //
 // Each prints the actions, then the state. UUIDs print in hex; the UUID
 // generator yields 0xF0, 0xF1, ... shifted so their "time" increases.
@@ -45,6 +46,9 @@ func TestMachineScripts(t *testing.T) {
 					NewUUID:       func() uint64 { next++; return next << 16 },
 				})
 				return state(m)
+			}
+			if d.Cmd == "local-state" {
+				return fmt.Sprintf("bitmap-attach=%t\n", m.LocalState().BitmapAttach)
 			}
 			ev, err := scriptEvent(d.Cmd, args)
 			if err != nil {
@@ -180,7 +184,7 @@ func scriptEvent(cmd string, a scriptArgs) (Event, error) {
 	case "detach-disk":
 		return EvDetachDisk{Force: a.has("force")}, nil
 	case "attach-disk":
-		return EvAttachDisk{Meta: Meta{UUIDs: a.uuids("uuids"), Flags: parseFlags(a.str("flags", ""))}, Dirty: a.num("dirty", 0)}, nil
+		return EvAttachDisk{Meta: Meta{UUIDs: a.uuids("uuids"), Flags: parseFlags(a.str("flags", ""))}, Dirty: a.num("dirty", 0), Tracked: a.has("tracked")}, nil
 	case "outdate":
 		return EvOutdate{}, nil
 	case "connect":
@@ -202,7 +206,8 @@ func scriptEvent(cmd string, a scriptArgs) (Event, error) {
 			Dirty:          a.num("dirty", 0),
 			DiscardMyData:  a.has("discard"),
 			AfterSB:        config.AfterSB(a.str("after-sb", string(config.AfterSBDisconnect))),
-		}}, nil
+			BitmapAttach:   a.has("bitmap-attach"),
+		}, PeerExtents: a.has("extents")}, nil
 	case "bitmaps-exchanged":
 		return EvBitmapsExchanged{Dirty: a.num("dirty", 0)}, nil
 	case "promote":
@@ -274,6 +279,9 @@ func actionString(a Action) string {
 	case ActSendNewUUID:
 		return fmt.Sprintf("send-new-uuid %X", a.Current)
 	case ActDetachDisk:
+		if a.Clean && a.Track {
+			return "detach-disk clean track"
+		}
 		if a.Clean {
 			return "detach-disk clean"
 		}
@@ -284,6 +292,8 @@ func actionString(a Action) string {
 		return fmt.Sprintf("split-brain resolved=%t %q", a.Resolved, a.Reason)
 	case ActFencePeer:
 		return "fence-peer"
+	case ActUsePeerExtents:
+		return "use-peer-extents"
 	}
 	return fmt.Sprintf("%T", a)
 }

@@ -376,6 +376,7 @@ func (r *Resource) linkUp(link *replicate.Link) {
 	r.linkProto = r.cfg().Net.Protocol
 	r.links.up(link)
 	r.peerBitmapDone = false
+	r.peerExtents, r.peerExtentsDone = nil, false
 	r.linkSize = r.size.Load()
 	r.log.Info("peer link up", zap.Stringer("peer", link.RemoteAddr()), zap.Uint32("version", link.Version()))
 	r.goLoop(func() { r.readControl(link) })
@@ -529,6 +530,9 @@ func (r *Resource) sendState() {
 const (
 	wireConsistent     = 1 << 0
 	wireCrashedPrimary = 1 << 1
+	// wireBitmapAttach: NodeState.BitmapAttach. A peer older than it
+	// ignores it (and resyncs everything).
+	wireBitmapAttach = 1 << 2
 )
 
 func stateFlags(s NodeState) uint32 {
@@ -538,6 +542,9 @@ func stateFlags(s NodeState) uint32 {
 	}
 	if s.CrashedPrimary {
 		f |= wireCrashedPrimary
+	}
+	if s.BitmapAttach {
+		f |= wireBitmapAttach
 	}
 	return f
 }
@@ -584,8 +591,35 @@ func (r *Resource) control(link *replicate.Link, msg replicate.ControlMsg) {
 			Dirty:          m.DirtyBlocks,
 			DiscardMyData:  m.DiscardMyData,
 			AfterSB:        config.AfterSB(m.AfterSB),
-		}})
+			BitmapAttach:   m.Flags&wireBitmapAttach != 0,
+		}, PeerExtents: r.peerExtentsDone})
+		if r.peerExtentsDone {
+			// Sent for this state alone (ActUsePeerExtents took them, or
+			// the machine resyncs everything).
+			r.peerExtents, r.peerExtentsDone = nil, false
+		}
 	case *replicate.Bitmap:
+		if r.m.Conn() != ConnHandshake {
+			// A Primary attaching its disk: the blocks that disk misses,
+			// for the state that follows.
+			if link.Features()&replicate.FeatureAttachBitmap == 0 || r.peerExtentsDone {
+				r.log.Debug("ignoring a bitmap outside the handshake")
+				break
+			}
+			if r.peerExtents == nil {
+				bm, err := bitmap.New(r.bmap().Size(), r.bmap().BlockSize(), nil, nil)
+				if err != nil {
+					r.log.Error("receiving the peer's out-of-sync blocks: resyncing everything", zap.Error(err))
+					break
+				}
+				r.peerExtents = bm
+			}
+			for _, e := range m.Extents {
+				r.peerExtents.Set(int64(e.Off), int64(e.Len))
+			}
+			r.peerExtentsDone = m.Last
+			break
+		}
 		for _, e := range m.Extents {
 			r.bmap().Set(int64(e.Off), int64(e.Len))
 		}
@@ -692,17 +726,21 @@ func (r *Resource) checkPeerState(m *replicate.State) (int64, error) {
 
 // sendBitmap sends the local bitmap as dirty extents.
 func (r *Resource) sendBitmap() {
+	for _, c := range replicate.BitmapChunks(dirtyExtents(r.bmap())) {
+		r.sendControl(c)
+	}
+}
+
+// dirtyExtents lists bm's dirty ranges in offset order.
+func dirtyExtents(bm *bitmap.Bitmap) []replicate.Extent {
 	var ext []replicate.Extent
 	for off := int64(0); ; {
-		o, l, ok := r.bmap().NextDirty(off)
+		o, l, ok := bm.NextDirty(off)
 		if !ok {
-			break
+			return ext
 		}
 		ext = append(ext, replicate.Extent{Off: uint64(o), Len: uint64(l)})
 		off = o + l
-	}
-	for _, c := range replicate.BitmapChunks(ext) {
-		r.sendControl(c)
 	}
 }
 

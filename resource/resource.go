@@ -155,7 +155,18 @@ type Resource struct {
 	closing chan struct{}
 	// peerBitmapDone: the peer's bitmap arrived during this handshake (loop).
 	peerBitmapDone bool
-	syncCancel     context.CancelFunc // loop: running resync source or target
+	// peerExtents: loop; the blocks a Primary attaching its disk sent on
+	// this link outside the handshake (FeatureAttachBitmap), complete once
+	// peerExtentsDone; its next state uses them (ActUsePeerExtents) or not.
+	// (A bitmap: however many messages the peer sends, their memory is
+	// bounded.)
+	peerExtents     *bitmap.Bitmap
+	peerExtentsDone bool
+	// missed: from a Primary's clean detach-disk (ActDetachDisk Track)
+	// to its attach-disk, every block whose write the detached disk may
+	// lack (trackMissed); in memory only: a restart resyncs everything.
+	missed     atomic.Pointer[bitmap.Bitmap]
+	syncCancel context.CancelFunc // loop: running resync source or target
 	// splitBrain: loop; how the last split brain was (or was not)
 	// resolved, for the split-brain handlers.
 	splitBrain string

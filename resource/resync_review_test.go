@@ -271,6 +271,11 @@ func primaryTargetAgain(t *testing.T, c *pair) context.Context {
 	if err := c.a.DetachDisk(ctx, false); err != nil {
 		t.Fatal(err)
 	}
+	// Zeroes over the whole disk while it is away: the attached disk
+	// misses every block, and the resync is of all of them.
+	if err := c.a.Zero(0, c.a.Size(), false, false, false); err != nil {
+		t.Fatal(err)
+	}
 	if err := c.a.AttachDisk(ctx); err != nil {
 		t.Fatal(err)
 	}
