@@ -333,7 +333,7 @@ func attachDiskAfterIOError(t *testing.T, loop bool) {
 // wrote; at the end both replicas are identical and hold exactly that.
 func TestAttachDiskPrimaryUnderWrites(t *testing.T) {
 	RequireTools(t, "nbdsh")
-	c := newCluster(t, clusterOptions{yaml: "resync:\n  rate: 8M\n"})
+	c := newCluster(t, clusterOptions{yaml: "resync:\n  rate: 1M\n"})
 	dir := t.TempDir()
 	phase, goOn, stop, model := fifo(t, dir, "phase"), fifo(t, dir, "go"), filepath.Join(dir, "stop"), filepath.Join(dir, "model")
 	script := fmt.Sprintf(`
@@ -386,6 +386,7 @@ print("writes after the attach:", n)
 	if got := readFIFO(t, phase, 60*time.Second); got != "attach" {
 		t.Fatalf("client phase %q", got)
 	}
+	before := c.b.status().ResyncedBytes
 	c.a.ctl("attach-disk", "r0")
 	st := c.a.status()
 	if st.Role != "Primary" || st.Disk != "Inconsistent" {
@@ -411,5 +412,10 @@ print("writes after the attach:", n)
 	}
 	if st := c.a.status(); st.Role != "Primary" || st.Disk != "UpToDate" {
 		t.Fatalf("after the resync: %+v", st)
+	}
+	// The disk missed the blocks of the 300 writes while it was away (at
+	// most 4 blocks each), not the whole of it.
+	if moved := c.b.status().ResyncedBytes - before; moved == 0 || moved > 300*4*4096 {
+		t.Fatalf("node b resynced %d bytes for at most %d missed: want only what the disk missed", moved, 300*4*4096)
 	}
 }
