@@ -345,10 +345,17 @@ func (r *Resource) setSyncPaused(ctx context.Context, paused bool) error {
 	return r.do(ctx, func() error {
 		if e := r.engine.Load(); e != nil {
 			r.applySyncPause(e, paused)
+			r.syncPaused = paused
 			return nil
 		}
 		t := r.currentTarget()
 		if t == nil || r.link == nil {
+			if !paused && r.syncPaused {
+				// A resync paused before the link went: the next one
+				// starts unpaused.
+				r.syncPaused = false
+				return nil
+			}
 			return &StateError{Err: fmt.Errorf("no resync runs on this node"), State: r.m.stateString()}
 		}
 		if r.link.Features()&replicate.FeatureSyncPause == 0 {
@@ -358,9 +365,11 @@ func (r *Resource) setSyncPaused(ctx context.Context, paused bool) error {
 			// before-resync-target still runs; the source waits for the
 			// readiness, and this follows it.
 			t.wantPaused = &paused
+			r.syncPaused = paused
 			return nil
 		}
 		r.sendControl(&replicate.SyncPause{Paused: paused})
+		r.syncPaused = paused
 		return nil
 	})
 }

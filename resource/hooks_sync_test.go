@@ -135,10 +135,12 @@ func TestResumeOnTargetAfterSourcePauseDuringHandler(t *testing.T) {
 
 // Once the resync stopped (a disconnect while before-resync-source runs,
 // the resync paused), status no longer shows it: not PausedSyncS, nor its
-// progress, on a StandAlone node.
+// progress, on a StandAlone node. The pause is remembered for the resync
+// the next connect starts (TestPauseSurvivesReconnect); resume-sync
+// meanwhile forgets it, and that resync runs to its end; a second
+// resume-sync has nothing to resume.
 func TestNoPausedSyncAfterDisconnectDuringHandler(t *testing.T) {
 	c, ctx, release := heldResync(t, "source")
-	defer release()
 	if err := c.a.PauseSync(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -148,7 +150,15 @@ func TestNoPausedSyncAfterDisconnectDuringHandler(t *testing.T) {
 	if s := c.a.Status(); s.Conn != ConnStandAlone || s.ResyncTotal != 0 {
 		t.Fatalf("after disconnect: %v, resync total %d", s.Conn, s.ResyncTotal)
 	}
-	if err := c.a.ResumeSync(ctx); err == nil {
-		t.Fatal("resume-sync on a StandAlone node succeeded")
+	if err := c.a.ResumeSync(ctx); err != nil {
+		t.Fatalf("resume-sync of the remembered pause: %v", err)
 	}
+	if err := c.a.ResumeSync(ctx); err == nil {
+		t.Fatal("a second resume-sync on a StandAlone node succeeded")
+	}
+	release()
+	if err := c.a.Connect(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	c.wait(c.b, "the resync done", func(s Status) bool { return s.Conn == ConnConnected && s.Disk == DiskUpToDate })
 }

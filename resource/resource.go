@@ -174,6 +174,12 @@ type Resource struct {
 	// data (replicate.FeatureSyncReady), nil once it did or without a
 	// source waiting.
 	syncReady chan struct{}
+	// syncPaused: loop; a pause-sync given on this node holds for the
+	// resyncs after the one it paused too, as DRBD's user pause does: a
+	// resync that a lost link cut and the reconnect starts again starts
+	// paused. A resume-sync on either node clears it, and so does the end
+	// of a resync. (A pause given on the peer is the peer's to remember.)
+	syncPaused bool
 	// engineGate: loop; the source's engine has not run yet while it is
 	// false; whoever sets it, the engine's goroutine (to run it) or
 	// stopSync (to drop it), decides.

@@ -92,6 +92,17 @@ func (r *Resource) startSync(source, full bool) {
 			f.ClearAll()
 		}
 		t := &targetState{ready: make(chan struct{}), ctx: ctx, total: uint64(r.bmap().DirtyBytesBelow(r.size.Load()))}
+		if r.syncPaused {
+			// Paused before the link went: this resync asks its source
+			// to start paused too (the source, if it remembers the
+			// pause itself, starts so anyway).
+			r.log.Info("the resync starts paused, as the one before it was (resume-sync resumes it)")
+			paused := true
+			t.wantPaused = &paused
+			if link.Features()&replicate.FeatureSyncReady == 0 && link.Features()&replicate.FeatureSyncPause != 0 {
+				r.sendControl(&replicate.SyncPause{Paused: true})
+			}
+		}
 		r.targetMu.Lock()
 		r.target = t
 		if r.targetSet != nil {
@@ -171,6 +182,12 @@ func (r *Resource) startSync(source, full bool) {
 	// resync ends before (a veto drops the link, the wait ends with
 	// stopSync) goes through stopSync.
 	r.engine.Store(e)
+	if r.syncPaused {
+		// Paused before the link went: so is this resync (the target
+		// shows it, and resume-sync on either node resumes it).
+		r.log.Info("the resync starts paused, as the one before it was (resume-sync resumes it)")
+		r.applySyncPause(e, true)
+	}
 	gate := new(atomic.Bool)
 	r.engineGate = gate
 	r.goLoop(func() {
@@ -235,6 +252,7 @@ func (r *Resource) startSync(source, full bool) {
 				// The whole of it, before the target ends it.
 				r.sendControl(&replicate.SyncProgress{Done: uint64(e.Progress().Done)})
 			}
+			r.syncPaused = false
 			r.step(EvSyncDone{})
 			r.sendControl(&replicate.SyncDone{SourceUUIDs: wireUUIDs(r.m.Meta().UUIDs)})
 		})
