@@ -294,6 +294,13 @@ func (r *Resource) exec(a Action) {
 		r.sendBitmap()
 		r.maybeBitmapsExchanged()
 	case ActSetAllBits:
+		if r.m.Role() == RoleSecondary && r.m.PeerDisk() == DiskDiskless {
+			// Its Primary's disk went (ownBits).
+			r.ownBits = nil
+			if r.bmap().Count() != 0 {
+				r.ownBits = copyBitmap(r.bmap())
+			}
+		}
 		r.bmap().SetAll()
 		r.flushBitmap()
 	case ActUsePeerExtents:
@@ -306,7 +313,12 @@ func (r *Resource) exec(a Action) {
 			r.bmap().Set(o, l)
 			off = o + l
 		}
-		r.peerExtents, r.peerExtentsDone = nil, false
+		if r.ownBits != nil {
+			for _, e := range dirtyExtents(r.ownBits) {
+				r.bmap().Set(int64(e.Off), int64(e.Len))
+			}
+		}
+		r.peerExtents, r.peerExtentsDone, r.ownBits = nil, false, nil
 		r.flushBitmap()
 	case ActClearAllBits:
 		if r.targetFailed.Load() != nil {

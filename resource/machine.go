@@ -246,8 +246,10 @@ type (
 	// before the disk stops taking writes, record each write that may be
 	// missing on it, for EvAttachDisk.Tracked.
 	ActDetachDisk struct{ Clean, Track bool }
-	// ActUsePeerExtents: the bitmap becomes exactly the blocks the peer
-	// sent (EvPeerState.PeerExtents): every other bit is cleared.
+	// ActUsePeerExtents: the bitmap becomes the blocks the peer sent
+	// (EvPeerState.PeerExtents) and those this node had marked itself
+	// before the peer's disk went (Resource.ownBits): every other bit is
+	// cleared.
 	ActUsePeerExtents struct{}
 	// ActRunHook: run a user-space handler.
 	ActRunHook struct{ Name string }
@@ -1143,7 +1145,8 @@ func disklessPrimaryMismatch(a, b NodeState) bool {
 // this node left when that disk went, peerState), and the peer, Primary
 // all along with this link up, made every write since (its runtime
 // recorded them; Machine.detachedGen). Then those blocks are the resync;
-// this node's own bits (all set when that disk went) say nothing more.
+// this node's own bits (all set when that disk went) add only those it
+// had marked before (ActUsePeerExtents).
 func (m *Machine) peerAttachedKnownDisk(s NodeState, peerExtents bool) bool {
 	return peerExtents && s.BitmapAttach && s.Role == RolePrimary &&
 		m.role == RoleSecondary && m.meta.UUIDs.Bitmap != 0 && s.UUIDs.Current == m.meta.UUIDs.Bitmap

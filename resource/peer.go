@@ -377,6 +377,7 @@ func (r *Resource) linkUp(link *replicate.Link) {
 	r.links.up(link)
 	r.peerBitmapDone = false
 	r.peerExtents, r.peerExtentsDone = nil, false
+	r.ownBits = nil
 	r.linkSize = r.size.Load()
 	r.log.Info("peer link up", zap.Stringer("peer", link.RemoteAddr()), zap.Uint32("version", link.Version()))
 	r.goLoop(func() { r.readControl(link) })
@@ -746,6 +747,23 @@ func dirtyExtents(bm *bitmap.Bitmap) []replicate.Extent {
 			return ext
 		}
 		ext = append(ext, replicate.Extent{Off: uint64(o), Len: uint64(l)})
+		off = o + l
+	}
+}
+
+// copyBitmap returns an in-memory copy of bm's dirty blocks (nil only if
+// bm's own size and block were refused, which they are not).
+func copyBitmap(bm *bitmap.Bitmap) *bitmap.Bitmap {
+	c, err := bitmap.New(bm.Size(), bm.BlockSize(), nil, nil)
+	if err != nil {
+		return nil
+	}
+	for off := int64(0); ; {
+		o, l, ok := bm.NextDirty(off)
+		if !ok {
+			return c
+		}
+		c.Set(o, l)
 		off = o + l
 	}
 }

@@ -162,6 +162,13 @@ type Resource struct {
 	// bounded.)
 	peerExtents     *bitmap.Bitmap
 	peerExtentsDone bool
+	// ownBits: loop; a Secondary's out-of-sync blocks just before its
+	// bitmap was last set in full on this link (ActSetAllBits: when its
+	// Primary's disk went), nil if none. Some are its own (an online
+	// verify it ran, a Primary target's failed write) and not in the
+	// blocks that Primary sends when it attaches that disk again: they
+	// are kept (ActUsePeerExtents).
+	ownBits *bitmap.Bitmap
 	// missed: from a Primary's clean detach-disk (ActDetachDisk Track)
 	// to its attach-disk, every block whose write the detached disk may
 	// lack (trackMissed); in memory only: a restart resyncs everything.
