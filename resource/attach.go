@@ -607,17 +607,15 @@ func (r *Resource) announcePrimaryTarget(missed *bitmap.Bitmap) {
 			return
 		}
 		r.post(func() {
-			send := r.link == link && r.m.PrimaryTarget() && r.m.Conn() == ConnConnected
-			if missed != nil && send && r.m.LocalState().BitmapAttach {
-				// (An empty list too: its Last says the list is whole.)
-				for _, c := range replicate.BitmapChunks(r.narrowToMissed(missed)) {
-					r.sendControl(c)
-				}
-			}
 			if missed != nil {
 				r.missed.CompareAndSwap(missed, nil)
 			}
-			if send {
+			if r.link == link && r.m.PrimaryTarget() && r.m.Conn() == ConnConnected {
+				if missed != nil && r.m.LocalState().BitmapAttach {
+					for _, c := range replicate.BitmapChunks(dirtyExtents(missed)) {
+						r.sendControl(c)
+					}
+				}
 				r.sendState()
 			}
 		})
@@ -773,32 +771,6 @@ func (r *Resource) missedOnDisk() *bitmap.Bitmap {
 		missed.Set(int64(e.Off), int64(e.Len))
 	}
 	return missed
-}
-
-// narrowToMissed leaves set, of this Primary target's bits (all set at the
-// attach), those of the blocks the disk misses (missedOnDisk), and returns
-// them: the other blocks hold the peer's data, so their reads are local,
-// and the status and the resync's total count only what the resync copies.
-// It clears while missed still records (Resource.missed), then sets again
-// what missed holds after: a write that the peer fails meanwhile records
-// its blocks there, and so keeps its bits (they would be cleared, and the
-// replicas differ unnoticed, if the clearing came after). Whatever the peer
-// resyncs, the blocks cleared are equal on both disks.
-func (r *Resource) narrowToMissed(missed *bitmap.Bitmap) []replicate.Extent {
-	bm := r.bmap()
-	prev := int64(0)
-	for _, e := range dirtyExtents(missed) {
-		bm.Clear(prev, int64(e.Off)-prev)
-		prev = int64(e.Off + e.Len)
-	}
-	bm.Clear(prev, bm.Size()-prev)
-	r.missed.CompareAndSwap(missed, nil)
-	ext := dirtyExtents(missed)
-	for _, e := range ext {
-		bm.Set(int64(e.Off), int64(e.Len))
-	}
-	r.flushBitmap()
-	return ext
 }
 
 // newWrittenSet makes the written set for a disk attached as Primary
