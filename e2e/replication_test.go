@@ -370,6 +370,26 @@ func TestDaemonRestartRestoresResources(t *testing.T) {
 	c.a.qemuIO("read -P 0x31 0 1M", "write -P 0x32 1M 1M")
 	c.compare()
 
+	// A disconnect is remembered too: the restart brings r0 back
+	// StandAlone (and Primary), and connect undoes it for the restart
+	// after.
+	c.a.ctl("disconnect", "r0")
+	c.a.kill()
+	c.a.startWith("--state-dir", state)
+	c.a.wait("r0 restored StandAlone", 60*time.Second, func(s nodeStatus) bool {
+		return s.Role == "Primary" && s.Conn == "StandAlone"
+	})
+	c.a.ctl("connect", "r0")
+	c.waitBoth("connected again", func(s nodeStatus) bool { return s.Conn == "Connected" })
+	c.a.kill()
+	c.a.startWith("--state-dir", state)
+	c.a.wait("r0 restored connected", 60*time.Second, func(s nodeStatus) bool {
+		return s.Role == "Primary" && s.Conn == "Connected"
+	})
+	c.a.waitPort()
+	c.a.qemuIO("read -P 0x32 1M 1M")
+	c.compare()
+
 	// down forgets: the next restart leaves r0 down.
 	if !fileExists(state + "/r0.json") {
 		t.Fatal("no state file while r0 is up")

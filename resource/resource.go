@@ -44,6 +44,10 @@ type Options struct {
 	// NewUUID makes generation UUIDs; nil means time (top 48 bits,
 	// milliseconds) plus 16 random bits.
 	NewUUID func() uint64
+	// StandAlone: Start does not connect to the peer (a resource the
+	// administrator had disconnected, brought back by a restarted
+	// daemon); connect does.
+	StandAlone bool
 }
 
 // Errors of the runtime.
@@ -277,8 +281,8 @@ func (r *Resource) cfg() config.Resource {
 	return r.config
 }
 
-// Start attaches the disk, serves NBD and starts connecting to the peer.
-// On error nothing is left running.
+// Start attaches the disk, serves NBD and starts connecting to the peer
+// (unless Options.StandAlone). On error nothing is left running.
 func (r *Resource) Start(ctx context.Context) (err error) {
 	cfg := r.cfg()
 	defer func() {
@@ -314,7 +318,10 @@ func (r *Resource) Start(ctx context.Context) (err error) {
 	errc := make(chan error, 1)
 	r.post(func() {
 		r.step(EvAttach{Meta: metaFromSB(sb), Dirty: r.dirtyBlocks()})
-		_, err := r.stepAdmin(EvConnect{})
+		var err error
+		if !r.opts.StandAlone {
+			_, err = r.stepAdmin(EvConnect{})
+		}
 		errc <- err
 	})
 	select {

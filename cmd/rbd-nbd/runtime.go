@@ -65,19 +65,24 @@ func (o observer) Hook(ev hooks.Event) {
 }
 
 func (rt *resourceRuntime) Start(ctx context.Context, cfg config.Resource, gen uint64) error {
-	res := resource.New(cfg, resource.Options{Logger: rt.log, Observer: observer{rt.events}})
+	// A restore keeps the remembered role until it is restored, and a
+	// disconnect. (Only with the remembered configuration: an
+	// administrator's up with another one, which came in while the
+	// restore's was on its way, is no restore, and the next restart must
+	// not promote that configuration.)
+	old, ok := rt.state.load(rt.name)
+	restoring := ok && rt.state.keepsRole(rt.name) && reflect.DeepEqual(old.Config.Default(), cfg.Default())
+	res := resource.New(cfg, resource.Options{Logger: rt.log, Observer: observer{rt.events}, StandAlone: restoring && old.StandAlone})
 	if err := res.Start(ctx); err != nil {
 		return ctlError(err)
 	}
 	rt.res.Store(res)
 	rt.cpus.up(rt.name, cfg)
-	if old, ok := rt.state.load(rt.name); ok && rt.state.keepsRole(rt.name) && reflect.DeepEqual(old.Config.Default(), cfg.Default()) {
-		// A restore: keep the remembered role until it is restored.
-		// (Only with the remembered configuration: an administrator's
-		// up with another one, which came in while the restore's was
-		// on its way, is no restore, and the next restart must not
-		// promote that configuration.)
-		rt.state.save(rt.name, intent{Config: cfg, Primary: old.Primary, Generation: gen})
+	if restoring {
+		if old.StandAlone {
+			rt.log.Info("restored StandAlone, as the administrator had disconnected it (connect connects it)")
+		}
+		rt.state.save(rt.name, intent{Config: cfg, Primary: old.Primary, Generation: gen, StandAlone: old.StandAlone})
 	} else {
 		rt.state.save(rt.name, intent{Config: cfg, Generation: gen})
 	}
@@ -169,6 +174,11 @@ func (rt *resourceRuntime) Do(ctx context.Context, cmd daemon.Command, a daemon.
 		// cut off, leaves the remembered role as it was (a restart does
 		// not promote a node that was not).
 		rt.state.update(rt.name, func(in *intent) { in.Primary = true })
+	}
+	if err == nil && (cmd == daemon.CmdDisconnect || cmd == daemon.CmdConnect) {
+		// A restarted daemon brings the resource back connected or not,
+		// as the administrator last said.
+		rt.state.update(rt.name, func(in *intent) { in.StandAlone = cmd == daemon.CmdDisconnect })
 	}
 	return ctlError(err)
 }

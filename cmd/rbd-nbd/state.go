@@ -45,6 +45,9 @@ type intent struct {
 	// configuration. 0 (state files written before it was kept): the
 	// resource comes back at generation 1.
 	Generation uint64 `json:"generation,omitempty"`
+	// StandAlone: the administrator disconnected the resource (and has
+	// not connected it since): it comes back without connecting.
+	StandAlone bool `json:"standalone,omitempty"`
 }
 
 // stateStore keeps the intents in a directory, one file per resource.
@@ -262,7 +265,7 @@ func (s *stateStore) update(name string, fn func(*intent)) {
 		return
 	}
 	var in intent
-	fields := map[string]any{"config": &in.Config, "primary": &in.Primary, "generation": &in.Generation}
+	fields := map[string]any{"config": &in.Config, "primary": &in.Primary, "generation": &in.Generation, "standalone": &in.StandAlone}
 	for k, v := range fields {
 		if r, ok := raw[k]; ok {
 			// One field at a time: a setting this version cannot read
