@@ -528,7 +528,8 @@ func (r *Resource) write(req replicate.Request, do func() error) error {
 	}
 	if ran {
 		// Writes that reached the disks pace the resync (latency target).
-		r.observeLatency(time.Since(start))
+		now := time.Now()
+		r.observeLatency(now, now.Sub(start))
 	}
 	return err
 }
@@ -838,9 +839,11 @@ func (r *Resource) setOutOfSync(off, n int64) uint64 {
 	return r.bmap().Set(off, n)
 }
 
-func (r *Resource) observeLatency(d time.Duration) {
+// observeLatency records a write of latency d that ended at now.
+func (r *Resource) observeLatency(now time.Time, d time.Duration) {
+	r.latFloor.observe(now, d)
 	if e := r.engine.Load(); e != nil {
-		e.ObserveLatency(d)
+		e.ObserveLatency(d, r.latFloor.floor(now))
 	}
 }
 

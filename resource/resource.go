@@ -173,6 +173,9 @@ type Resource struct {
 	// blocks that Primary sends when it attaches that disk again: they
 	// are kept (ActUsePeerExtents).
 	ownBits *bitmap.Bitmap
+	// latFloor: the fastest application write of the last seconds, what
+	// the resync's latency controller measures a write's slowdown from.
+	latFloor latencyFloor
 	// missed: from a Primary's clean detach-disk (ActDetachDisk Track)
 	// to its attach-disk, every block whose write the detached disk may
 	// lack (trackMissed); in memory only: a restart resyncs everything.
@@ -304,6 +307,7 @@ func (r *Resource) Start(ctx context.Context) (err error) {
 	r.m = NewMachine(MachineConfig{NodeID: cfg.Local.ID, PeerNodeID: cfg.Peer.ID, AfterSB: cfg.Net.AfterSB, Fencing: cfg.Net.Fencing.Effective(),
 		SuspendNoData: cfg.Disk.OnNoDataAccessible == config.OnNoDataSuspendIO, NewUUID: r.opts.NewUUID})
 	r.rep = &repState{proto: cfg.Net.Protocol, quiet: closedChan()}
+	r.latFloor.base = time.Now()
 	r.inbox = make(chan func(), 1024)
 	r.detached.Store(newSignal())
 	r.loopCtx, r.stop = context.WithCancel(context.Background())

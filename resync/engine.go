@@ -30,9 +30,10 @@
 // of the activity log's blocks are already equal.
 //
 // Rate: by default the engine sends as fast as the window allows while
-// application I/O keeps priority: a controller halves the window when the
-// application's write latency exceeds Config.LatencyTarget and grows it by
-// one chunk per good interval (AIMD). Config.Rate caps the bytes per second
+// application I/O keeps priority: a controller halves the window when an
+// application write takes more than Config.LatencyTarget beyond the floor
+// the caller measures (what a write takes with nothing in its way; see
+// ObserveLatency) and grows it by one chunk per good interval (AIMD). Config.Rate caps the bytes per second
 // with a token bucket; in checksum mode it counts the blocks sent, not the
 // chunks compared. [Engine.SetLimits] changes the three while it runs.
 package resync
@@ -779,8 +780,13 @@ func (e *Engine) Resume() {
 	e.mu.Unlock()
 }
 
-// ObserveLatency feeds the controller one application write latency.
-func (e *Engine) ObserveLatency(d time.Duration) {
+// ObserveLatency feeds the controller one application write latency d.
+// floor is what a write takes with nothing in its way (the caller's
+// estimate: on a distant peer the link's round trip, with a slow disk
+// its write time), which the resync cannot make shorter: the controller
+// backs off when d exceeds floor by more than Config.LatencyTarget. 0
+// compares d itself.
+func (e *Engine) ObserveLatency(d, floor time.Duration) {
 	if e.latencyTarget.Load() <= 0 {
 		return
 	}
@@ -790,7 +796,7 @@ func (e *Engine) ObserveLatency(d time.Duration) {
 		return // turned off meanwhile
 	}
 	e.lastWrite, e.lastLatency = time.Now(), d
-	if d > e.cfg.LatencyTarget {
+	if d-min(floor, d) > e.cfg.LatencyTarget {
 		e.window = max(1, e.window/2)
 	} else if e.window < e.cfg.Window {
 		e.window++

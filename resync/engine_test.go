@@ -954,7 +954,7 @@ func runAfterSlowWrites(t *testing.T, size int64, d time.Duration) (*slowTranspo
 		t.Fatal(err)
 	}
 	for range 8 {
-		e.ObserveLatency(d)
+		e.ObserveLatency(d, 0)
 	}
 	if w := e.Progress().Window; w != 1 {
 		t.Fatalf("window %d after slow writes, want 1", w)
@@ -969,4 +969,26 @@ func runAfterSlowWrites(t *testing.T, size int64, d time.Duration) (*slowTranspo
 		t.Fatal("not in sync after the run")
 	}
 	return tr, e
+}
+
+// The controller counts what a write takes beyond the floor it is given
+// (a distant peer's round trip): 60 ms writes over a 58 ms floor leave the
+// window alone, as 2 ms writes would; without the floor they halve it.
+func TestLatencyControllerAboveTheFloor(t *testing.T) {
+	for _, c := range []struct {
+		floor time.Duration
+		want  int
+	}{{58 * time.Millisecond, DefaultConfig().Window}, {0, 1}} {
+		src, _, bm := setup(t, 1<<20, func(*bitmap.Bitmap, *memDisk, *memDisk) {})
+		e, err := New(DefaultConfig(), src, bm, &rangelock.Locker{}, &memTransport{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for range 8 {
+			e.ObserveLatency(60*time.Millisecond, c.floor)
+		}
+		if w := e.Progress().Window; w != c.want {
+			t.Errorf("floor %v: window %d after 60 ms writes, want %d", c.floor, w, c.want)
+		}
+	}
 }
