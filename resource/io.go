@@ -840,11 +840,14 @@ func (r *Resource) setOutOfSync(off, n int64) uint64 {
 }
 
 // observeLatency records a write of latency d that ended at now.
+// The write is compared with the floor of the writes before it: a floor
+// that included it would be d itself after an idle spell, and writes the
+// resync slowed would never count as slowed.
 func (r *Resource) observeLatency(now time.Time, d time.Duration) {
-	r.latFloor.observe(now, d)
 	if e := r.engine.Load(); e != nil {
 		e.ObserveLatency(d, r.latFloor.floor(now))
 	}
+	r.latFloor.observe(now, d)
 }
 
 // Flush makes every acknowledged write durable on both disks.
