@@ -92,14 +92,20 @@ func (r *Resource) startSync(source, full bool) {
 			f.ClearAll()
 		}
 		t := &targetState{ready: make(chan struct{}), ctx: ctx, total: uint64(r.bmap().DirtyBytesBelow(r.size.Load()))}
-		if r.syncPaused {
+		switch {
+		case r.syncPaused && link.Features()&replicate.FeatureSyncPause == 0:
+			// A source too old to be paused from here: the pause is
+			// forgotten, not shown as holding while the resync runs.
+			r.syncPaused = false
+			r.log.Warn("the resync runs although it was paused before the link went: the peer's version cannot be paused from the sync target (pause-sync there)")
+		case r.syncPaused:
 			// Paused before the link went: this resync asks its source
 			// to start paused too (the source, if it remembers the
 			// pause itself, starts so anyway).
 			r.log.Info("the resync starts paused, as the one before it was (resume-sync resumes it)")
 			paused := true
 			t.wantPaused = &paused
-			if link.Features()&replicate.FeatureSyncReady == 0 && link.Features()&replicate.FeatureSyncPause != 0 {
+			if link.Features()&replicate.FeatureSyncReady == 0 {
 				r.sendControl(&replicate.SyncPause{Paused: true})
 			}
 		}
