@@ -710,22 +710,33 @@ func (r *Resource) targetWriteFailed(off, n int64) {
 		return
 	}
 	start, end := r.primaryTargetBlocks(off, n)
+	// Recorded as failed before the bits are set, and until the copy-back
+	// below made the block whole: a resync flush that clears these blocks
+	// meanwhile (serveResyncFlush, for a chunk acknowledged before this
+	// write) then keeps their bits (clearResynced), which it cleared when
+	// it came between the two.
+	f := r.targetFailed.Load()
+	if f != nil {
+		f.Set(start, end-start)
+	}
 	r.setOutOfSync(start, end-start)
 	r.repMu.RLock()
 	st := r.rep
 	r.repMu.RUnlock()
 	buf := make([]byte, end-start)
-	if st.link != nil {
-		if r.peerReadOnce(st, buf, start) == nil {
-			_, err := r.data.WriteAt(buf, start)
-			if err == nil {
-				return
+	if st.link == nil {
+		if f != nil {
+			f.Clear(start, end-start) // as before: no peer, no copy-back
+		}
+	} else if r.peerReadOnce(st, buf, start) == nil {
+		_, err := r.data.WriteAt(buf, start)
+		if err == nil {
+			if f != nil {
+				f.Clear(start, end-start)
 			}
-			r.localError(err)
+			return
 		}
-		if f := r.targetFailed.Load(); f != nil {
-			f.Set(start, end-start)
-		}
+		r.localError(err)
 	}
 	if w := r.written.Load(); w != nil {
 		w.Clear(start, end-start)
