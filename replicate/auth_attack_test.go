@@ -49,23 +49,14 @@ func noProofUntilClosed(t *testing.T, c net.Conn, msg string) {
 // authProof returns the response of an Auth payload.
 func authProof(t *testing.T, p []byte) []byte {
 	t.Helper()
-	var got []byte
-	if err := parseTLV(p, "Auth", func(tag uint16, v []byte) error {
-		if tag == 1 {
-			got = v
-		}
-		return nil
-	}); err != nil {
+	got, err := decodeAuth(p)
+	if err != nil {
 		t.Fatal(err)
 	}
 	return got
 }
 
-func authFrame(proof []byte) []byte {
-	var w tlvWriter
-	w.bytes(1, proof)
-	return handshakeFrame(ftAuth, w.b)
-}
+func authFrame(proof []byte) []byte { return handshakeFrame(ftAuth, encodeAuth(proof)) }
 
 // impostorHello is the Hello of a third party that claims to be node 2
 // (of an older version when roleAuth is false).
@@ -257,14 +248,15 @@ func TestAuthAttackReplayOlderProof(t *testing.T) {
 }
 
 // relayFrames relays handshake frames from src to dst, removing tag 12
-// from the Hello when strip, and records the types it passed on.
-func relayFrames(src, dst net.Conn, strip bool, seen chan<- frameType) {
+// from the Hello when strip, and shows each frame as read to seen.
+func relayFrames(src, dst net.Conn, strip bool, seen func(frameType, []byte)) {
 	first := true
 	for {
 		h, p, err := readHSFrame(src)
 		if err != nil {
 			return
 		}
+		seen(h.typ, p)
 		if first && strip {
 			hl, err := decodeHello(p)
 			if err != nil {
@@ -274,7 +266,6 @@ func relayFrames(src, dst net.Conn, strip bool, seen chan<- frameType) {
 			p = hl.encode()
 		}
 		first = false
-		seen <- h.typ
 		if _, err := dst.Write(handshakeFrame(h.typ, p)); err != nil {
 			return
 		}
@@ -295,8 +286,9 @@ func TestAuthAttackStripRoleTagBothWays(t *testing.T) {
 	seen := make(chan frameType, 16)
 	var wg sync.WaitGroup
 	wg.Add(2)
-	go func() { defer wg.Done(); relayFrames(ma, mb, true, seen) }()
-	go func() { defer wg.Done(); relayFrames(mb, ma, true, seen) }()
+	see := func(typ frameType, _ []byte) { seen <- typ }
+	go func() { defer wg.Done(); relayFrames(ma, mb, true, see) }()
+	go func() { defer wg.Done(); relayFrames(mb, ma, true, see) }()
 	e1, e2 := make(chan error, 1), make(chan error, 1)
 	go func() { e1 <- <-runNode(context.Background(), a, c1, true) }()
 	go func() { e2 <- <-runNode(context.Background(), b, c2, false) }()
@@ -404,26 +396,7 @@ func TestAuthAttackRelaySameRole(t *testing.T) {
 				var wg sync.WaitGroup
 				relay := func(src, dst net.Conn, from uint32, strip bool) {
 					defer wg.Done()
-					first := true
-					for {
-						h, p, err := readHSFrame(src)
-						if err != nil {
-							return
-						}
-						seen <- frame{from, h.typ, p}
-						if first && strip {
-							hl, err := decodeHello(p)
-							if err != nil {
-								return
-							}
-							hl.roleAuth = false
-							p = hl.encode()
-						}
-						first = false
-						if _, err := dst.Write(handshakeFrame(h.typ, p)); err != nil {
-							return
-						}
-					}
+					relayFrames(src, dst, strip, func(typ frameType, p []byte) { seen <- frame{from, typ, p} })
 				}
 				wg.Add(2)
 				go relay(ma, mb, 1, strip[0])

@@ -675,10 +675,25 @@ func (hs *handshaker) authOlderPeer(peer hello) error {
 	return nil
 }
 
-func (hs *handshaker) sendAuth(proof []byte) {
+func (hs *handshaker) sendAuth(proof []byte) { hs.send(ftAuth, encodeAuth(proof)) }
+
+// encodeAuth is an Auth frame's payload: the proof as tag 1.
+func encodeAuth(proof []byte) []byte {
 	var w tlvWriter
 	w.bytes(1, proof)
-	hs.send(ftAuth, w.b)
+	return w.b
+}
+
+// decodeAuth returns the proof of an Auth payload.
+func decodeAuth(p []byte) ([]byte, error) {
+	var got []byte
+	err := parseTLV(p, "Auth", func(tag uint16, v []byte) error {
+		if tag == 1 {
+			got = v
+		}
+		return nil
+	})
+	return got, err
 }
 
 // readAuth reads the peer's Auth frame and returns its response.
@@ -687,13 +702,8 @@ func (hs *handshaker) readAuth() ([]byte, error) {
 	if err != nil {
 		return nil, hs.readFailed(err)
 	}
-	var got []byte
-	if err := parseTLV(p, "Auth", func(tag uint16, v []byte) error {
-		if tag == 1 {
-			got = v
-		}
-		return nil
-	}); err != nil {
+	got, err := decodeAuth(p)
+	if err != nil {
 		return nil, hs.refuse(refuseProtocol, withStream(err, stHandshake))
 	}
 	return got, nil

@@ -778,8 +778,10 @@ func (r *Resource) missedOnDisk() *bitmap.Bitmap {
 		r.missed.Store(nil)
 		return nil
 	}
-	for _, e := range dirtyExtents(r.bmap()) {
-		missed.Set(int64(e.Off), int64(e.Len))
+	if _, err := missed.Merge(r.bmap().Snapshot()); err != nil {
+		// Not reached: the attach checked the disk's size and block.
+		r.missed.Store(nil)
+		return nil
 	}
 	return missed
 }

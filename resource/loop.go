@@ -298,25 +298,19 @@ func (r *Resource) exec(a Action) {
 			// Its Primary's disk went (ownBits).
 			r.ownBits = nil
 			if r.bmap().Count() != 0 {
-				r.ownBits = copyBitmap(r.bmap())
+				r.ownBits = r.bmap().Snapshot()
 			}
 		}
 		r.bmap().SetAll()
 		r.flushBitmap()
 	case ActUsePeerExtents:
+		// Both are of this bitmap's size and block: Merge cannot refuse.
 		r.bmap().ClearAll()
-		for off := int64(0); r.peerExtents != nil; {
-			o, l, ok := r.peerExtents.NextDirty(off)
-			if !ok {
-				break
-			}
-			r.bmap().Set(o, l)
-			off = o + l
+		if r.peerExtents != nil {
+			_, _ = r.bmap().Merge(r.peerExtents.Snapshot())
 		}
 		if r.ownBits != nil {
-			for _, e := range dirtyExtents(r.ownBits) {
-				r.bmap().Set(int64(e.Off), int64(e.Len))
-			}
+			_, _ = r.bmap().Merge(r.ownBits)
 		}
 		r.peerExtents, r.peerExtentsDone, r.ownBits = nil, false, nil
 		r.flushBitmap()

@@ -751,23 +751,6 @@ func dirtyExtents(bm *bitmap.Bitmap) []replicate.Extent {
 	}
 }
 
-// copyBitmap returns an in-memory copy of bm's dirty blocks (nil only if
-// bm's own size and block were refused, which they are not).
-func copyBitmap(bm *bitmap.Bitmap) *bitmap.Bitmap {
-	c, err := bitmap.New(bm.Size(), bm.BlockSize(), nil, nil)
-	if err != nil {
-		return nil
-	}
-	for off := int64(0); ; {
-		o, l, ok := bm.NextDirty(off)
-		if !ok {
-			return c
-		}
-		c.Set(o, l)
-		off = o + l
-	}
-}
-
 func (r *Resource) maybeBitmapsExchanged() {
 	if r.peerBitmapDone && r.m.Conn() == ConnHandshake {
 		r.peerBitmapDone = false

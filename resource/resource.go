@@ -172,7 +172,8 @@ type Resource struct {
 	// verify it ran, a Primary target's failed write) and not in the
 	// blocks that Primary sends when it attaches that disk again: they
 	// are kept (ActUsePeerExtents).
-	ownBits *bitmap.Bitmap
+	// (Bitmap.Snapshot words.)
+	ownBits []uint64
 	// latFloor: the fastest application write of the last seconds, what
 	// the resync's latency controller measures a write's slowdown from.
 	latFloor latencyFloor
