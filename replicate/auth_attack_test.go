@@ -343,12 +343,7 @@ func TestAuthAttackStripRoleTagOneWay(t *testing.T) {
 				ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 				defer cancel()
 				l1, l2, e1, e2 := handshakePair(ctx, a, b, c1, c2)
-				for _, l := range []*Link{l1, l2} {
-					if l != nil {
-						l.Close("test")
-						waitLink(t, l)
-					}
-				}
+				closeLinks(t, l1, l2)
 				_ = ma.Close()
 				_ = mb.Close()
 				wg.Wait()

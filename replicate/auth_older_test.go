@@ -96,12 +96,7 @@ func TestAuthOlderPeer(t *testing.T) {
 			} else {
 				ln, lo, en, eo = handshakePair(ctx, a, b, cn, co)
 			}
-			for _, l := range []*Link{ln, lo} {
-				if l != nil {
-					l.Close("test")
-					waitLink(t, l)
-				}
-			}
+			closeLinks(t, ln, lo)
 			if c.refused == "" {
 				if en != nil || eo != nil {
 					t.Fatalf("this node: %v; older node: %v", en, eo)

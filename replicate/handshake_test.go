@@ -42,12 +42,7 @@ func runHandshake(t *testing.T, kind string, ca, cb Config) (ea, eb error) {
 	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 	defer cancel()
 	la, lb, ea, eb := handshakePair(ctx, a, b, ca, cb)
-	for _, l := range []*Link{la, lb} {
-		if l != nil {
-			l.Close("test")
-			waitLink(t, l)
-		}
-	}
+	closeLinks(t, la, lb)
 	return ea, eb
 }
 

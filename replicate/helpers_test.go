@@ -152,6 +152,17 @@ func linkPairOn(t testing.TB, a, b net.Conn, ca, cb Config) (la, lb *Link) {
 }
 
 // waitLink waits (bounded) for l to be fully down.
+// closeLinks closes each link that came up (not nil) and waits for it.
+func closeLinks(t testing.TB, links ...*Link) {
+	t.Helper()
+	for _, l := range links {
+		if l != nil {
+			l.Close("test")
+			waitLink(t, l)
+		}
+	}
+}
+
 func waitLink(t testing.TB, l *Link) {
 	t.Helper()
 	done := make(chan struct{})

@@ -136,10 +136,7 @@ func TestTLSHelloTampering(t *testing.T) {
 			if ea != nil || eb != nil || la.Version() != 1 {
 				t.Fatalf("without TLS: %v / %v", ea, eb)
 			}
-			for _, l := range []*Link{la, lb} {
-				l.Close("test")
-				waitLink(t, l)
-			}
+			closeLinks(t, la, lb)
 			continue
 		}
 		errorIs(t, ea, ErrTLS)
