@@ -245,6 +245,8 @@ func FieldJSON(st resource.Status, f StatusField) any {
 		return st.ResyncETA
 	case FieldDown:
 		return st.Down
+	case FieldSyncPaused:
+		return st.SyncPaused
 	case FieldLinkError:
 		return st.LinkError
 	case FieldDiskError:

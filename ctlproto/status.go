@@ -46,6 +46,8 @@ const (
 	// failed, why the disk was detached.
 	FieldLinkError
 	FieldDiskError
+	// FieldSyncPaused (1.9): a pause-sync given on this node holds.
+	FieldSyncPaused
 
 	numStatusFields
 )
@@ -56,7 +58,7 @@ var statusKeys = [numStatusFields]string{
 	"out-of-sync", "resync-done", "resync-total", "resync-rate", "resync-eta",
 	"resynced-bytes", "writes-in-flight", "nbd-connections", "current-uuid",
 	"peer-node-id", "generation", "suspended", "verify", "verify-found",
-	"down", "link-error", "disk-error",
+	"down", "link-error", "disk-error", "resync-paused",
 }
 
 // Key is the field's key in text and JSON output, e.g. "peer-disk".
@@ -76,7 +78,7 @@ func (f StatusField) Tag() uint16 {
 }
 
 // laterStatusTags are the tags of the fields from FieldSuspended on.
-var laterStatusTags = [...]uint16{TagStatusSuspended, TagStatusVerify, TagStatusVerifyFound, TagStatusDown, TagStatusLinkError, TagStatusDiskError}
+var laterStatusTags = [...]uint16{TagStatusSuspended, TagStatusVerify, TagStatusVerifyFound, TagStatusDown, TagStatusLinkError, TagStatusDiskError, TagStatusSyncPaused}
 
 // fieldOfTag returns the status field a tag carries.
 func fieldOfTag(tag uint16) (StatusField, bool) {
@@ -99,7 +101,7 @@ func (f StatusField) wireType() Type {
 		return TypeU8
 	case FieldNBDConnections, FieldPeerNodeID:
 		return TypeU32
-	case FieldDown:
+	case FieldDown, FieldSyncPaused:
 		return TypeFlag
 	}
 	return TypeU64
@@ -111,14 +113,17 @@ type FieldSet uint32
 // StatusFieldsFor returns the fields a status reply carries to a client
 // whose requests say protocol minor version minor: all but status.down
 // before 1.6, so that an older client reads a resource that is down as it
-// always did (Secondary, Diskless, StandAlone), and but status.link-error
-// and status.disk-error before 1.8.
+// always did (Secondary, Diskless, StandAlone), but status.link-error
+// and status.disk-error before 1.8, and but status.resync-paused before
+// 1.9.
 func StatusFieldsFor(minor uint8) FieldSet {
 	switch {
 	case minor < 6:
-		return AllFields &^ Fields(FieldDown, FieldLinkError, FieldDiskError)
+		return AllFields &^ Fields(FieldDown, FieldLinkError, FieldDiskError, FieldSyncPaused)
 	case minor < 8:
-		return AllFields &^ Fields(FieldLinkError, FieldDiskError)
+		return AllFields &^ Fields(FieldLinkError, FieldDiskError, FieldSyncPaused)
+	case minor < 9:
+		return AllFields &^ Fields(FieldSyncPaused)
 	}
 	return AllFields
 }
@@ -150,7 +155,7 @@ func ObjectFields(o ObjectKind) FieldSet {
 		return Fields(FieldName, FieldDisk, FieldSize, FieldCurrentUUID, FieldDiskError)
 	case ObjectPeer:
 		return Fields(FieldName, FieldPeerNodeID, FieldPeerDisk, FieldOutOfSync, FieldResyncDone,
-			FieldResyncTotal, FieldResyncRate, FieldResyncETA, FieldResyncedBytes, FieldVerify, FieldVerifyFound)
+			FieldResyncTotal, FieldResyncRate, FieldResyncETA, FieldResyncedBytes, FieldVerify, FieldVerifyFound, FieldSyncPaused)
 	case ObjectHelper:
 		return Fields(FieldName)
 	}
@@ -216,6 +221,10 @@ func statusValue(st *resource.Status, f StatusField) uint64 {
 		if st.Down {
 			return 1
 		}
+	case FieldSyncPaused:
+		if st.SyncPaused {
+			return 1
+		}
 	}
 	return 0
 }
@@ -264,6 +273,8 @@ func setStatusValue(st *resource.Status, f StatusField, v uint64) {
 		st.VerifyFound = v
 	case FieldDown:
 		st.Down = v != 0
+	case FieldSyncPaused:
+		st.SyncPaused = v != 0
 	}
 }
 
@@ -313,6 +324,8 @@ func FieldText(st resource.Status, f StatusField) string {
 		return st.Verify.String()
 	case FieldDown:
 		return strconv.FormatBool(st.Down)
+	case FieldSyncPaused:
+		return strconv.FormatBool(st.SyncPaused)
 	case FieldLinkError:
 		return st.LinkError
 	case FieldDiskError:
@@ -406,9 +419,9 @@ func statsFields(st *resource.Status) []statsField {
 
 // FieldPresent reports whether field f of st is sent in status replies
 // (and shown by status --json): every field but a suspended field that is
-// zero, the verify fields while no verify ran and down while the resource
-// is up, which are left out so that such a daemon answers as one that
-// predates the fields.
+// zero, the verify fields while no verify ran, down while the resource
+// is up and resync-paused while no pause holds, which are left out so that
+// such a daemon answers as one that predates the fields.
 func FieldPresent(st resource.Status, f StatusField) bool {
 	switch f {
 	case FieldSuspended:
@@ -417,6 +430,8 @@ func FieldPresent(st resource.Status, f StatusField) bool {
 		return st.Verify != resource.VerifyNone
 	case FieldDown:
 		return st.Down
+	case FieldSyncPaused:
+		return st.SyncPaused
 	case FieldLinkError:
 		return st.LinkError != ""
 	case FieldDiskError:

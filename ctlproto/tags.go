@@ -211,6 +211,9 @@ const (
 	// Added in 1.8: why the last peer link failed, why the disk went.
 	TagStatusLinkError uint16 = 191
 	TagStatusDiskError uint16 = 192
+
+	// Added in 1.9: a pause-sync that holds.
+	TagStatusSyncPaused uint16 = 193
 )
 
 // enumNames lists String() of 0, 1, ... up to the first value whose name
@@ -230,7 +233,7 @@ func enumNames(name func(int) string) []string {
 // defaultTags declares every tag. Append new tags at the end with the next
 // free number and the new protocol minor as Since; retire, never delete.
 func defaultTags() []Tag {
-	const v1, v1_1, v1_2, v1_3, v1_4, v1_5, v1_6, v1_8 = "1.0", "1.1", "1.2", "1.3", "1.4", "1.5", "1.6", "1.8"
+	const v1, v1_1, v1_2, v1_3, v1_4, v1_5, v1_6, v1_8, v1_9 = "1.0", "1.1", "1.2", "1.3", "1.4", "1.5", "1.6", "1.8", "1.9"
 	roles := enumNames(func(i int) string { return resource.Role(i).String() })
 	disks := enumNames(func(i int) string { return resource.DiskState(i).String() })
 	conns := enumNames(func(i int) string { return resource.ConnState(i).String() })
@@ -299,6 +302,7 @@ func defaultTags() []Tag {
 		{Num: TagStatusDown, Name: "status.down", Type: TypeFlag, Section: TagStatus, Since: v1_6, Doc: "The daemon holds the resource's configuration, but it is not up (after down, or never started): role, disk and connection then describe no running resource. Absent when it is up."},
 		{Num: TagStatusDiskError, Name: "status.disk-error", Type: TypeString, Section: TagStatus, Since: v1_8, Doc: "Why the local disk was detached: the I/O error that on-io-error detach (or call-local-io-error) acted on. Absent while the disk is attached and after a detach-disk."},
 		{Num: TagStatusLinkError, Name: "status.link-error", Type: TypeString, Section: TagStatus, Since: v1_8, Doc: "Why the last peer link failed, was refused (by either node: a wrong shared secret, protocols or sizes that differ) or could not be made, until a handshake succeeds: why a resource stays Connecting or StandAlone. Absent when none did."},
+		{Num: TagStatusSyncPaused, Name: "status.resync-paused", Type: TypeFlag, Section: TagStatus, Since: v1_9, Doc: "A pause-sync given on this node holds: the resync runs paused, or the next one starts paused (given while none ran, or the paused one was cut by a lost link), until resume-sync on either node or the resync's end. Absent when none does."},
 		{Num: TagResourceNBDMaxConnections, Name: "resource.nbd-max-connections", Type: TypeU32, Section: TagResource, Flag: "nbd-max-connections", Since: "1.7", Doc: "NBD client connections the export holds at once; one more is closed before the greeting. 0: the default, 1024. Applies at once to the next connections."},
 
 		{Num: TagDiskALExtents, Name: "disk.al-extents", Type: TypeU32, Section: TagDisk, Flag: "al-extents", Since: v1, Doc: "Active 4 MiB extents in the activity log."},

@@ -37,6 +37,7 @@ type nodeStatus struct {
 	Verify         string `json:"verify"` // "" before any verify
 	VerifyFound    uint64 `json:"verify-found"`
 	LinkError      string `json:"link-error"` // "" when no link failed since the last handshake
+	ResyncPaused   bool   `json:"resync-paused"`
 }
 
 // node is one daemon of a cluster.

@@ -389,18 +389,31 @@ func TestInvalidate(t *testing.T) {
 // pause-sync stops a running resync where it is (status says PausedSyncS
 // on the source and PausedSyncT on the target, progress stands still,
 // application writes go on); resume-sync finishes it. Either node may
-// pause or resume; neither command is accepted without a resync.
+// pause or resume. Given before the resync (the peer still down), the
+// pause holds it back from its start, as drbdadm pause-sync does; a
+// resume-sync with nothing paused is refused.
 func TestPauseResumeSync(t *testing.T) {
 	RequireTools(t, "nbdcopy", "qemu-io")
 	c := newCluster(t, clusterOptions{size: 128 << 20, yaml: "resync:\n  rate: 16M\n"})
-	if r := c.a.tryCtl("pause-sync", "r0"); r.ExitCode == 0 {
-		t.Fatal("pause-sync accepted without a resync")
+	if r := c.a.tryCtl("resume-sync", "r0"); r.ExitCode == 0 {
+		t.Fatal("resume-sync accepted with nothing paused")
 	}
 	dirty := c.makeStale(64 << 20)
+	c.a.ctl("pause-sync", "r0")
+	if st := c.a.status(); !st.ResyncPaused || st.Conn == "SyncSource" {
+		t.Fatalf("pause-sync before the resync: %+v", st)
+	}
 	c.b.start()
 	c.b.up()
-	c.a.wait("the resync to start", 60*time.Second, func(s nodeStatus) bool {
-		return s.Conn == "SyncSource" && s.ResyncDone > 0
+	c.a.wait("the resync to start paused", 60*time.Second, func(s nodeStatus) bool { return s.Conn == "PausedSyncS" })
+	c.b.wait("PausedSyncT", 10*time.Second, func(s nodeStatus) bool { return s.Conn == "PausedSyncT" })
+	if st := c.a.status(); st.ResyncDone != 0 || !st.ResyncPaused {
+		t.Fatalf("a resync paused before it started moved: %+v", st)
+	}
+	// Resumed from the other node.
+	c.b.ctl("resume-sync", "r0")
+	c.a.wait("the resync to run", 30*time.Second, func(s nodeStatus) bool {
+		return s.Conn == "SyncSource" && s.ResyncDone > 0 && !s.ResyncPaused
 	})
 	// Paused from the target: the source confirms, both show it.
 	c.b.ctl("pause-sync", "r0")

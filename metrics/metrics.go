@@ -55,7 +55,7 @@ type Collector struct {
 	requests, bytes, errors, writeSeconds  *prometheus.Desc
 	connects, linkBytes, pingRTT           *prometheus.Desc
 	alWrites, bitmapWrites                 *prometheus.Desc
-	suspended                              *prometheus.Desc
+	suspended, syncPaused                  *prometheus.Desc
 }
 
 // NewCollector returns a collector of src's resources.
@@ -92,6 +92,7 @@ func NewCollector(src Source) *Collector {
 		pingRTT:      d("link_ping_rtt_seconds", "Round trip of the current peer link's last ping (0 without a link)."),
 		alWrites:     d("al_writes_total", "Activity-log transactions: synchronous meta-data writes on the write path, one per write to a cold 4 MiB extent."),
 		bitmapWrites: d("bitmap_writes_total", "Bitmap pages written to the meta-data."),
+		syncPaused:   d("resync_paused", "Whether a pause-sync given on this node holds: the resync runs paused, or the next one will start paused, until resume-sync."),
 		suspended:    d("io_suspended", "Whether application I/O is suspended, by reason (user: suspend-io; fencing: a failed or pending fence-peer under resource-and-stonith; no-data: no copy of the data reachable, under on-no-data-accessible suspend-io).", "reason"),
 	}
 }
@@ -101,7 +102,7 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.info, c.up, c.role, c.peerRole, c.disk, c.peerDisk, c.conn,
 		c.size, c.outOfSync, c.inFlight, c.clients, c.refused, c.syncDone, c.syncTotal, c.syncRate, c.syncETA,
 		c.resynced, c.requests, c.bytes, c.errors, c.writeSeconds, c.connects, c.linkBytes, c.pingRTT,
-		c.alWrites, c.bitmapWrites, c.suspended} {
+		c.alWrites, c.bitmapWrites, c.suspended, c.syncPaused} {
 		ch <- d
 	}
 }
@@ -155,6 +156,7 @@ func (c *Collector) collect(ch chan<- prometheus.Metric, m daemon.Monitored) {
 	for _, r := range suspendReasons {
 		gauge(c.suspended, bool01(st.Suspended&r != 0), r.String())
 	}
+	gauge(c.syncPaused, bool01(st.SyncPaused))
 }
 
 // writeLatency is the histogram of io.WriteLatency.

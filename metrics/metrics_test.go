@@ -25,8 +25,8 @@ var twoResources = fixed{
 		Status: resource.Status{
 			Name: "r0", Role: resource.RolePrimary, Disk: resource.DiskUpToDate, Conn: resource.ConnSyncSource,
 			PeerRole: resource.RoleSecondary, PeerDisk: resource.DiskInconsistent, PeerNodeID: 1,
-			Suspended: resource.SuspendFencing,
-			Size:      1 << 30, OutOfSync: 3 << 20, ResyncDone: 1 << 20, ResyncTotal: 4 << 20, ResyncRate: 1 << 20, ResyncETA: 3,
+			Suspended: resource.SuspendFencing, SyncPaused: true,
+			Size: 1 << 30, OutOfSync: 3 << 20, ResyncDone: 1 << 20, ResyncTotal: 4 << 20, ResyncRate: 1 << 20, ResyncETA: 3,
 			ResyncedBytes: 5 << 20, WritesInFlight: 2, NBDConnections: 1,
 			IO: resource.IOStats{Reads: 10, ReadBytes: 40960, Writes: 4, WrittenBytes: 16384, Trims: 1, TrimmedBytes: 1 << 20,
 				Zeroes: 2, ZeroedBytes: 8192, Flushes: 3, Errors: 1, WriteTime: 1_500_000_000, RefusedConnections: 5,
@@ -206,11 +206,15 @@ rbd_nbd_io_suspended{reason="no-data",resource="r0"} 0
 rbd_nbd_io_suspended{reason="no-data",resource="r1"} 0
 rbd_nbd_io_suspended{reason="user",resource="r0"} 0
 rbd_nbd_io_suspended{reason="user",resource="r1"} 0
+# HELP rbd_nbd_resync_paused Whether a pause-sync given on this node holds: the resync runs paused, or the next one will start paused, until resume-sync.
+# TYPE rbd_nbd_resync_paused gauge
+rbd_nbd_resync_paused{resource="r0"} 1
+rbd_nbd_resync_paused{resource="r1"} 0
 `
 	names := []string{"rbd_nbd_resource_info", "rbd_nbd_resource_up", "rbd_nbd_role", "rbd_nbd_connection_state",
 		"rbd_nbd_peer_disk_state", "rbd_nbd_resync_done_bytes", "rbd_nbd_out_of_sync_bytes", "rbd_nbd_requests_total",
 		"rbd_nbd_request_bytes_total", "rbd_nbd_request_errors_total", "rbd_nbd_write_latency_seconds",
-		"rbd_nbd_link_bytes_total", "rbd_nbd_link_ping_rtt_seconds", "rbd_nbd_al_writes_total", "rbd_nbd_nbd_connections_refused_total", "rbd_nbd_io_suspended"}
+		"rbd_nbd_link_bytes_total", "rbd_nbd_link_ping_rtt_seconds", "rbd_nbd_al_writes_total", "rbd_nbd_nbd_connections_refused_total", "rbd_nbd_io_suspended", "rbd_nbd_resync_paused"}
 	if err := testutil.CollectAndCompare(NewCollector(twoResources), strings.NewReader(want), names...); err != nil {
 		t.Fatal(err)
 	}
@@ -218,8 +222,9 @@ rbd_nbd_io_suspended{reason="user",resource="r1"} 0
 	// states, 7 peer disk states, 10 connection states); size, out of
 	// sync, writes in flight, clients, refused clients; 4 resync gauges; resynced; 5 kinds
 	// of requests, 4 of bytes; errors; write seconds; link connects, 2 link
-	// byte counters, ping; AL and bitmap writes; 3 suspension reasons.
-	if n := testutil.CollectAndCount(NewCollector(twoResources)); n != 2*(2+2+3+6+7+10+5+4+1+5+4+1+1+1+2+1+2+3) {
+	// byte counters, ping; AL and bitmap writes; 3 suspension reasons;
+	// resync paused.
+	if n := testutil.CollectAndCount(NewCollector(twoResources)); n != 2*(2+2+3+6+7+10+5+4+1+5+4+1+1+1+2+1+2+3+1) {
 		t.Fatalf("%d series", n)
 	}
 }

@@ -335,28 +335,36 @@ func (r *Resource) InvalidateRemote(ctx context.Context, resetBitmap bool) error
 // PauseSync pauses the running resync, on either node: the source pauses
 // its engine; the target asks its source to (SyncPause), and shows
 // PausedSyncT once the source confirmed. Given while the before-resync
-// handlers run, it applies when the resync starts.
+// handlers run, it applies when the resync starts. Given while no resync
+// runs, it holds for the next one, which starts paused (DRBD's user
+// pause, which a sync can be held back with before it starts). Either
+// way Status.SyncPaused shows it until resume-sync or the resync's end.
 func (r *Resource) PauseSync(ctx context.Context) error { return r.setSyncPaused(ctx, true) }
 
-// ResumeSync resumes a paused resync, on either node.
+// ResumeSync resumes a paused resync, on either node, or forgets a pause
+// given while none ran.
 func (r *Resource) ResumeSync(ctx context.Context) error { return r.setSyncPaused(ctx, false) }
 
 func (r *Resource) setSyncPaused(ctx context.Context, paused bool) error {
 	return r.do(ctx, func() error {
 		if e := r.engine.Load(); e != nil {
 			r.applySyncPause(e, paused)
-			r.syncPaused = paused
+			r.rememberPause(paused)
 			return nil
 		}
 		t := r.currentTarget()
 		if t == nil || r.link == nil {
-			if !paused && r.syncPaused {
-				// A resync paused before the link went: the next one
-				// starts unpaused.
-				r.syncPaused = false
-				return nil
+			switch {
+			case paused && !r.syncPaused:
+				r.log.Info("pause-sync while no resync runs: the next one starts paused (resume-sync resumes it)")
+				r.rememberPause(true)
+			case !paused && !r.syncPaused:
+				return &StateError{Err: fmt.Errorf("no resync runs on this node, and none is paused"), State: r.m.stateString()}
+			case !paused:
+				// The next resync starts unpaused.
+				r.rememberPause(false)
 			}
-			return &StateError{Err: fmt.Errorf("no resync runs on this node"), State: r.m.stateString()}
+			return nil
 		}
 		if r.link.Features()&replicate.FeatureSyncPause == 0 {
 			return &StateError{Err: fmt.Errorf("the peer's version cannot be paused from the sync target: run this on the peer, the sync source"), State: r.m.stateString()}
@@ -365,13 +373,23 @@ func (r *Resource) setSyncPaused(ctx context.Context, paused bool) error {
 			// before-resync-target still runs; the source waits for the
 			// readiness, and this follows it.
 			t.wantPaused = &paused
-			r.syncPaused = paused
+			r.rememberPause(paused)
 			return nil
 		}
 		r.sendControl(&replicate.SyncPause{Paused: paused})
-		r.syncPaused = paused
+		r.rememberPause(paused)
 		return nil
 	})
+}
+
+// rememberPause sets syncPaused and shows it in the status. Loop
+// goroutine.
+func (r *Resource) rememberPause(paused bool) {
+	if r.syncPaused == paused {
+		return
+	}
+	r.syncPaused = paused
+	r.publishStatus()
 }
 
 // applySyncPause pauses or resumes this node's resync as source and tells

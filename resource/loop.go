@@ -224,6 +224,7 @@ func (r *Resource) publishStatus() {
 		Size:       uint64(r.size.Load()),
 		PeerNodeID: r.cfg().Peer.ID,
 		Suspended:  r.m.Suspended(),
+		SyncPaused: r.syncPaused,
 	}
 	st.CurrentUUID = r.m.Meta().UUIDs.Current
 	r.targetPrimary.Store(r.m.PrimaryTarget())
@@ -244,9 +245,9 @@ func (r *Resource) publishStatus() {
 		r.stopWatchingAttached()
 	}
 	if old.Role != st.Role || old.Disk != st.Disk || old.Conn != st.Conn || old.PeerRole != st.PeerRole ||
-		old.PeerDisk != st.PeerDisk || old.CurrentUUID != st.CurrentUUID || old.Suspended != st.Suspended {
+		old.PeerDisk != st.PeerDisk || old.CurrentUUID != st.CurrentUUID || old.Suspended != st.Suspended || old.SyncPaused != st.SyncPaused {
 		r.log.Info("state", zap.Stringer("role", st.Role), zap.Stringer("disk", st.Disk), zap.Stringer("conn", st.Conn),
-			zap.Stringer("peer-role", st.PeerRole), zap.Stringer("peer-disk", st.PeerDisk), zap.Stringer("suspended", st.Suspended))
+			zap.Stringer("peer-role", st.PeerRole), zap.Stringer("peer-disk", st.PeerDisk), zap.Stringer("suspended", st.Suspended), zap.Bool("sync-paused", st.SyncPaused))
 		r.changed()
 	}
 }

@@ -632,7 +632,7 @@ func (r *Resource) control(link *replicate.Link, msg replicate.ControlMsg) {
 	case *replicate.SyncStart:
 		r.step(EvSyncStart{Full: m.Full, Source: fromWire(m.SourceUUIDs)})
 	case *replicate.SyncDone:
-		r.syncPaused = false
+		r.rememberPause(false)
 		r.step(EvSyncDone{Source: fromWire(m.SourceUUIDs)})
 	case *replicate.SyncPause:
 		// From the target: a request to apply (and confirm), or, the
@@ -646,7 +646,7 @@ func (r *Resource) control(link *replicate.Link, msg replicate.ControlMsg) {
 		if !m.Paused {
 			// A resume given on the peer ends a pause remembered here;
 			// a pause given there is the peer's to remember.
-			r.syncPaused = false
+			r.rememberPause(false)
 		}
 		if e := r.engine.Load(); e != nil {
 			r.applySyncPause(e, m.Paused)

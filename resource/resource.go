@@ -192,8 +192,10 @@ type Resource struct {
 	// syncPaused: loop; a pause-sync given on this node holds for the
 	// resyncs after the one it paused too, as DRBD's user pause does: a
 	// resync that a lost link cut and the reconnect starts again starts
-	// paused. A resume-sync on either node clears it, and so does the end
-	// of a resync. (A pause given on the peer is the peer's to remember.)
+	// paused, and so does the first resync after a pause-sync given while
+	// none ran. A resume-sync on either node clears it, and so does the
+	// end of a resync. (A pause given on the peer is the peer's to
+	// remember.) Status.SyncPaused shows it; set it with rememberPause.
 	syncPaused bool
 	// engineGate: loop; the source's engine has not run yet while it is
 	// false; whoever sets it, the engine's goroutine (to run it) or

@@ -140,6 +140,11 @@ type Status struct {
 	Generation uint64
 	// Suspended says why application I/O is suspended (0: it runs).
 	Suspended Suspend
+	// SyncPaused says that a pause-sync given on this node holds: the
+	// resync runs paused, or the next one will start paused (given while
+	// none ran, or the paused one was cut by a lost link), until
+	// resume-sync on either node. DRBD shows it as resync-suspended:user.
+	SyncPaused bool
 	// Verify is the state of this node's online verify: the running one,
 	// else the last since the resource came up.
 	Verify VerifyState

@@ -96,7 +96,7 @@ func (r *Resource) startSync(source, full bool) {
 		case r.syncPaused && link.Features()&replicate.FeatureSyncPause == 0:
 			// A source too old to be paused from here: the pause is
 			// forgotten, not shown as holding while the resync runs.
-			r.syncPaused = false
+			r.rememberPause(false)
 			r.log.Warn("the resync runs although it was paused before the link went: the peer's version cannot be paused from the sync target (pause-sync there)")
 		case r.syncPaused:
 			// Paused before the link went: this resync asks its source
@@ -258,7 +258,7 @@ func (r *Resource) startSync(source, full bool) {
 				// The whole of it, before the target ends it.
 				r.sendControl(&replicate.SyncProgress{Done: uint64(e.Progress().Done)})
 			}
-			r.syncPaused = false
+			r.rememberPause(false)
 			r.step(EvSyncDone{})
 			r.sendControl(&replicate.SyncDone{SourceUUIDs: wireUUIDs(r.m.Meta().UUIDs)})
 		})

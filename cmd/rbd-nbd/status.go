@@ -256,6 +256,10 @@ func writeStatusText(w io.Writer, st resource.Status) {
 	if st.Verify != resource.VerifyNone {
 		fmt.Fprintf(w, " verify:%s verify-found:%d", st.Verify, st.VerifyFound)
 	}
+	if st.SyncPaused {
+		// Why a resync does not run, or will start paused.
+		fmt.Fprint(w, " resync-paused:true")
+	}
 	fmt.Fprintln(w)
 	if st.LinkError != "" {
 		// Why it is not connected: only the log said so before.
