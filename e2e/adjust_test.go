@@ -81,3 +81,35 @@ h.flush()`, fifo))
 	c.waitSynced()
 	c.compare()
 }
+
+// adjust brings a resource back to what its file describes, as drbdadm
+// adjust does: a node whose disk was detached attaches it, and one left
+// StandAlone connects; --skip-net and --skip-disk leave those out, and
+// --dry-run says what adjust would run. The writes the node missed
+// meanwhile resync.
+func TestAdjustAttachesAndConnects(t *testing.T) {
+	RequireTools(t, "qemu-io")
+	c := newCluster(t, clusterOptions{size: 32 << 20})
+	c.a.qemuIO("write -P 0x41 0 1M")
+	c.waitSynced()
+	c.b.ctl("detach-disk", "r0")
+	c.b.ctl("disconnect", "r0")
+	c.b.wait("Diskless and StandAlone", 30*time.Second, func(s nodeStatus) bool { return s.Disk == "Diskless" && s.Conn == "StandAlone" })
+	c.a.qemuIO("write -P 0x42 4M 1M")
+
+	out := c.b.ctl("adjust", "-c", c.b.config, "--node", "b", "--dry-run")
+	for _, want := range []string{"adjust would then run attach-disk", "adjust would then run connect"} {
+		if !strings.Contains(out, want) {
+			t.Fatalf("dry run lacks %q:\n%s", want, out)
+		}
+	}
+	c.b.ctl("adjust", "-c", c.b.config, "--node", "b", "--skip-disk", "--skip-net")
+	if st := c.b.status(); st.Disk != "Diskless" || st.Conn != "StandAlone" {
+		t.Fatalf("adjust with --skip-disk --skip-net: %s, %s", st.Disk, st.Conn)
+	}
+	c.b.ctl("adjust", "-c", c.b.config, "--node", "b", "--skip-net")
+	c.b.wait("the disk attached, still StandAlone", 30*time.Second, func(s nodeStatus) bool { return s.Disk != "Diskless" && s.Conn == "StandAlone" })
+	c.b.ctl("adjust", "-c", c.b.config, "--node", "b")
+	c.waitSynced()
+	c.compare()
+}

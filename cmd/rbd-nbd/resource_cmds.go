@@ -123,10 +123,17 @@ func newAdjustCmd(g *globalOptions) *cobra.Command {
 	var file, node string
 	var ifGen uint64
 	var dryRun bool
+	var skip adjustSkip
 	cmd := &cobra.Command{
-		Use:   "adjust -c FILE [--node NAME] [--if-generation N] [--dry-run]",
-		Short: "Make the running resource match the resource file, as one transaction",
-		Args:  cobra.NoArgs,
+		Use:   "adjust -c FILE [--node NAME] [--if-generation N] [--dry-run] [--skip-disk] [--skip-net]",
+		Short: "Make the running resource match the resource file, as one transaction; attach a detached disk and connect a StandAlone resource",
+		Long: `Make the running resource match the resource file: the differences are
+applied as one transaction, or not at all. Then, as drbdadm adjust does,
+the resource is brought to the state the file describes, a disk attached
+and a peer connected: a Diskless node attaches its disk again
+(attach-disk), and a StandAlone one connects (connect). --skip-disk and
+--skip-net leave those out.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, err := loadResource(file, node)
 			if err != nil {
@@ -135,7 +142,7 @@ func newAdjustCmd(g *globalOptions) *cobra.Command {
 			warnUnknownHandlers(cmd.ErrOrStderr(), cfg)
 			return withClient(cmd.Context(), g, callTimeout, func(ctx context.Context, c *ctlproto.Client) error {
 				if dryRun {
-					return adjustDryRun(ctx, cmd.OutOrStdout(), c, cfg)
+					return adjustDryRun(ctx, cmd.OutOrStdout(), c, cfg, skip)
 				}
 				body := ctlproto.EncodeConfig(c.Registry(), cfg)
 				if ifGen != 0 {
@@ -143,20 +150,65 @@ func newAdjustCmd(g *globalOptions) *cobra.Command {
 				}
 				r, err := c.Call(ctx, ctlproto.MsgAdjust, body)
 				warnIgnored(cmd.ErrOrStderr(), c, r.Ignored)
-				return err
+				if err != nil {
+					return err
+				}
+				return adjustRunning(ctx, cmd.ErrOrStderr(), c, cfg.Name, skip)
 			})
 		},
 	}
 	resourceFileFlags(cmd, &file, &node, &ifGen)
 	_ = cmd.MarkFlagRequired("config")
 	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "print the settings adjust would change (running value -> file's value) and change nothing")
+	cmd.Flags().BoolVar(&skip.disk, "skip-disk", false, "leave a Diskless node Diskless (no attach-disk)")
+	cmd.Flags().BoolVar(&skip.net, "skip-net", false, "leave a StandAlone resource StandAlone (no connect)")
 	return cmd
+}
+
+// adjustSkip says which of adjust's steps beyond the configuration to
+// leave out.
+type adjustSkip struct{ disk, net bool }
+
+// adjustActions returns the requests that bring the running resource to
+// the state a resource file describes, its disk attached and its peer
+// connected, as drbdadm adjust does: attach-disk for a Diskless node,
+// then connect for a StandAlone one. Nothing for a resource that is down:
+// the adjust that brings it up connects it.
+func adjustActions(st resource.Status, skip adjustSkip) []ctlproto.MsgType {
+	if st.Down {
+		return nil
+	}
+	var ts []ctlproto.MsgType
+	if !skip.disk && st.Disk == resource.DiskDiskless {
+		ts = append(ts, ctlproto.MsgAttachDisk)
+	}
+	if !skip.net && st.Conn == resource.ConnStandAlone {
+		ts = append(ts, ctlproto.MsgConnect)
+	}
+	return ts
+}
+
+// adjustRunning sends the requests of adjustActions, saying each on w. The
+// configuration is applied already: a failure says so.
+func adjustRunning(ctx context.Context, w io.Writer, c *ctlproto.Client, name string, skip adjustSkip) error {
+	sts, err := c.Status(ctx, name)
+	if err != nil || len(sts) != 1 {
+		return err
+	}
+	for _, t := range adjustActions(sts[0], skip) {
+		def, _ := c.Registry().Msg(t)
+		fmt.Fprintf(w, "%s: %s (%s, %s)\n", name, def.Name, sts[0].Disk, sts[0].Conn)
+		if _, err := c.Command(ctx, t, name); err != nil {
+			return fmt.Errorf("the configuration is applied, but %s failed: %w", def.Name, err)
+		}
+	}
+	return nil
 }
 
 // adjustDryRun prints what adjust would change: each setting whose running
 // value differs from the file's, by its name in ctl show, and whether the
 // change needs the resource down.
-func adjustDryRun(ctx context.Context, w io.Writer, c *ctlproto.Client, cfg config.Resource) error {
+func adjustDryRun(ctx context.Context, w io.Writer, c *ctlproto.Client, cfg config.Resource, skip adjustSkip) error {
 	cfg = cfg.Default()
 	running, gen, err := c.Show(ctx, cfg.Name)
 	var pe *ctlproto.Error
@@ -172,15 +224,24 @@ func adjustDryRun(ctx context.Context, w io.Writer, c *ctlproto.Client, cfg conf
 		return err
 	}
 	if len(diffs) == 0 {
-		fmt.Fprintf(w, "%s: generation %d matches the file: adjust would change nothing (and bring the resource up if it is down)\n", cfg.Name, gen)
-		return nil
+		fmt.Fprintf(w, "%s: generation %d matches the file: adjust would change no setting (and bring the resource up if it is down)\n", cfg.Name, gen)
+	} else {
+		fmt.Fprintf(w, "%s: generation %d; adjust would change, as generation %d:\n", cfg.Name, gen, gen+1)
+		for _, d := range diffs {
+			fmt.Fprintf(w, "  %s\n", d)
+		}
+		if path := config.Invariant(running, cfg); path != "" {
+			fmt.Fprintf(w, "%s cannot change while the resource is up: adjust is refused unless it is down\n", path)
+			return nil
+		}
 	}
-	fmt.Fprintf(w, "%s: generation %d; adjust would change, as generation %d:\n", cfg.Name, gen, gen+1)
-	for _, d := range diffs {
-		fmt.Fprintf(w, "  %s\n", d)
+	sts, err := c.Status(ctx, cfg.Name)
+	if err != nil || len(sts) != 1 {
+		return err
 	}
-	if path := config.Invariant(running, cfg); path != "" {
-		fmt.Fprintf(w, "%s cannot change while the resource is up: adjust is refused unless it is down\n", path)
+	for _, t := range adjustActions(sts[0], skip) {
+		def, _ := c.Registry().Msg(t)
+		fmt.Fprintf(w, "%s: %s, %s: adjust would then run %s\n", cfg.Name, sts[0].Disk, sts[0].Conn, def.Name)
 	}
 	return nil
 }
