@@ -410,6 +410,10 @@ func TestPauseResumeSync(t *testing.T) {
 	if st := c.a.status(); st.ResyncDone != 0 || !st.ResyncPaused {
 		t.Fatalf("a resync paused before it started moved: %+v", st)
 	}
+	// wait-sync says why it does not end.
+	if r := c.b.tryCtl("wait-sync", "r0", "--timeout", "2s"); r.ExitCode == 0 || !strings.Contains(r.Stderr, "the resync is paused") {
+		t.Fatalf("wait-sync on a paused resync: exit %d, %q", r.ExitCode, r.Stderr)
+	}
 	// Resumed from the other node.
 	c.b.ctl("resume-sync", "r0")
 	c.a.wait("the resync to run", 30*time.Second, func(s nodeStatus) bool {

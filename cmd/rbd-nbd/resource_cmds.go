@@ -566,6 +566,7 @@ func waitFor(cmd *cobra.Command, g *globalOptions, name string, timeout time.Dur
 		defer t.Stop()
 		changed := watchChanges(ctx, g, name)
 		var standAlone time.Time // since when it has been StandAlone
+		pausedSaid := false
 		for {
 			sts, err := c.Status(ctx, name)
 			if err != nil {
@@ -594,6 +595,14 @@ func waitFor(cmd *cobra.Command, g *globalOptions, name string, timeout time.Dur
 			// while, not once: a connect under way passes through it.)
 			if last.Down {
 				return fmt.Errorf("resource %s is down: run rbd-nbd up %s", name, name)
+			}
+			// A paused resync goes nowhere until resume-sync: say why
+			// the wait does not end (once per pause).
+			if paused := last.SyncPaused || last.Conn == resource.ConnPausedSyncS || last.Conn == resource.ConnPausedSyncT; paused && !pausedSaid {
+				fmt.Fprintf(out, "%s: the resync is paused (pause-sync); it waits for rbd-nbd resume-sync %s (on either node)\n", name, name)
+				pausedSaid = true
+			} else if !paused {
+				pausedSaid = false
 			}
 			if last.Conn == resource.ConnStandAlone {
 				if standAlone.IsZero() {
