@@ -40,8 +40,22 @@ func TestStopReturnsWhileDataSyncHangs(t *testing.T) {
 		skipUnlessRequired(t, fmt.Sprintf("mount: %v: %s", err, out))
 	}
 	t.Cleanup(func() {
-		if out, err := exec.Command("umount", mnt).CombinedOutput(); err != nil {
-			t.Errorf("umount: %v: %s", err, out)
+		// The stopped resource closes the loop device over a.img in the
+		// background (once the thawed sync returned), and the loop
+		// device lets go of a.img only then (losetup -d of a busy one
+		// detaches it at its last close): until both happened the mount
+		// is busy. Wait for that, bounded.
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			out, err := exec.Command("umount", mnt).CombinedOutput()
+			if err == nil {
+				return
+			}
+			if !strings.Contains(string(out), "busy") || time.Now().After(deadline) {
+				t.Errorf("umount: %v: %s", err, out)
+				return
+			}
+			time.Sleep(50 * time.Millisecond)
 		}
 	})
 	upper := loopOver(t, filepath.Join(mnt, "a.img"), 16<<20)
