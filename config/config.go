@@ -159,6 +159,13 @@ type Node struct {
 	// closed before the NBD greeting. 0: DefaultNBDMaxConnections. A
 	// change applies at once to the connections that come next.
 	NBDMaxConnections uint32 `yaml:"nbd-max-connections,omitempty"`
+	// AutoPromote lets NBD clients promote the node, as DRBD 9's
+	// auto-promote does at the first open of its device: a client
+	// entering a Secondary's export makes it Primary (as `primary`
+	// without force would, or the client is refused with the reason), and
+	// the last client's leaving demotes a node promoted so. A change
+	// applies to the connections that come next.
+	AutoPromote bool `yaml:"auto-promote,omitempty"`
 	// LinkTLS is the node's certificate for the peer link (with
 	// Net.TLSCA). Like the net options, it applies at the next connect.
 	LinkTLS LinkTLS `yaml:"link-tls,omitempty"`

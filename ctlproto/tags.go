@@ -212,8 +212,9 @@ const (
 	TagStatusLinkError uint16 = 191
 	TagStatusDiskError uint16 = 192
 
-	// Added in 1.9: a pause-sync that holds.
-	TagStatusSyncPaused uint16 = 193
+	// Added in 1.9: a pause-sync that holds; NBD clients that promote.
+	TagStatusSyncPaused    uint16 = 193
+	TagResourceAutoPromote uint16 = 194
 )
 
 // enumNames lists String() of 0, 1, ... up to the first value whose name
@@ -304,6 +305,7 @@ func defaultTags() []Tag {
 		{Num: TagStatusLinkError, Name: "status.link-error", Type: TypeString, Section: TagStatus, Since: v1_8, Doc: "Why the last peer link failed, was refused (by either node: a wrong shared secret, protocols or sizes that differ) or could not be made, until a handshake succeeds: why a resource stays Connecting or StandAlone. Absent when none did."},
 		{Num: TagStatusSyncPaused, Name: "status.resync-paused", Type: TypeFlag, Section: TagStatus, Since: v1_9, Doc: "A pause-sync given on this node holds: the resync runs paused, or the next one starts paused (given while none ran, or the paused one was cut by a lost link), until resume-sync on either node or the resync's end. Absent when none does."},
 		{Num: TagResourceNBDMaxConnections, Name: "resource.nbd-max-connections", Type: TypeU32, Section: TagResource, Flag: "nbd-max-connections", Since: "1.7", Doc: "NBD client connections the export holds at once; one more is closed before the greeting. 0: the default, 1024. Applies at once to the next connections."},
+		{Num: TagResourceAutoPromote, Name: "resource.auto-promote", Type: TypeFlag, Section: TagResource, Mandatory: true, Flag: "auto-promote", Since: v1_9, Doc: "NBD clients promote the node: one entering a Secondary's export makes it Primary (or is refused with the reason), and the last one's leaving demotes a node promoted so (DRBD 9's auto-promote). Sent only when set; a daemon older than 1.9 refuses it."},
 
 		{Num: TagDiskALExtents, Name: "disk.al-extents", Type: TypeU32, Section: TagDisk, Flag: "al-extents", Since: v1, Doc: "Active 4 MiB extents in the activity log."},
 		{Num: TagDiskOnIOError, Name: "disk.on-io-error", Type: TypeString, Section: TagDisk, Mandatory: true, Flag: "on-io-error", Since: v1, Doc: "Local disk error policy."},

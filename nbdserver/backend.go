@@ -60,6 +60,19 @@ type Export struct {
 	// NoMultiConn withholds NBD_FLAG_CAN_MULTI_CONN. Leave it false unless
 	// the Backend breaks the durability contract across connections.
 	NoMultiConn bool
+	// Open, when set, is the export's say on each connection about to
+	// enter the transmission phase on it (NBD_OPT_GO, NBD_OPT_EXPORT_NAME,
+	// Server.ServeExport), before the client is told: an error refuses
+	// the connection with the error's text (GO gets it as the reply;
+	// EXPORT_NAME, which cannot carry one, is hung up on). NBD_OPT_INFO
+	// and NBD_OPT_LIST do not call it: they open nothing. It may block
+	// (the handshake timeout still runs) and is called from the
+	// connection's goroutine, several at once for several connections.
+	Open func() error
+	// Close, when set, is called once when a connection that entered the
+	// transmission phase on the export has ended, its requests all
+	// answered or abandoned: the pair to a successful Open.
+	Close func()
 }
 
 // TransmissionFlags returns the flags the server sends for e: HAS_FLAGS,

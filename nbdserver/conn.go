@@ -130,6 +130,7 @@ type request struct {
 // transmission, then close.
 func (c *conn) serve(exp *Export) {
 	defer close(c.done)
+	defer c.closeExport()
 	defer c.s.forget(c)
 	defer c.abort()
 	defer c.linger()
@@ -152,7 +153,7 @@ func (c *conn) serve(exp *Export) {
 			}
 			return
 		}
-	} else if err := c.s.enter(c, exp, c.s.ticket()); err != nil {
+	} else if err := c.s.open(c, exp, c.s.ticket()); err != nil {
 		c.log.Info("cannot serve export", zap.String("export", exp.Name), zap.Error(err))
 		return
 	}
@@ -160,6 +161,15 @@ func (c *conn) serve(exp *Export) {
 	c.log.Debug("transmission phase")
 	c.transmit(exp)
 	c.log.Debug("connection closed")
+}
+
+// closeExport calls the Close of the export c entered the transmission
+// phase on (Export.Close), once the connection is gone from the server's
+// count.
+func (c *conn) closeExport() {
+	if c.exp != nil && c.exp.Close != nil {
+		c.exp.Close()
+	}
 }
 
 func (c *conn) handshake() (*Export, error) {

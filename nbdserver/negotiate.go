@@ -179,7 +179,7 @@ func (n *negotiation) exportName(data []byte) (*Export, error) {
 	name := string(data)
 	exp, ticket, err := n.s.lookup(name)
 	if err == nil {
-		err = n.s.enter(n.c, exp, ticket)
+		err = n.s.open(n.c, exp, ticket)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("%w %q: %w", ErrUnknownExport, name, err)
@@ -433,7 +433,7 @@ func (n *negotiation) infoGo(id uint32, data []byte) (*Export, bool, error) {
 	if id == optInfo {
 		return nil, false, n.reply(id, repAck, "")
 	}
-	if err := n.s.enter(n.c, exp, ticket); err != nil {
+	if err := n.s.open(n.c, exp, ticket); err != nil {
 		return nil, false, n.reply(id, lookupErrReply(err), truncate(err.Error()))
 	}
 	if err := n.reply(id, repAck, ""); err != nil {

@@ -369,6 +369,24 @@ func (s *Server) ticket() uint64 {
 	return s.seq
 }
 
+// open asks exp whether c may enter the transmission phase on it
+// (Export.Open), then enters it (enter); an Open that the entry then
+// refused is closed again.
+func (s *Server) open(c *conn, exp *Export, ticket uint64) error {
+	if exp.Open != nil {
+		if err := exp.Open(); err != nil {
+			return err
+		}
+	}
+	if err := s.enter(c, exp, ticket); err != nil {
+		if exp.Close != nil {
+			exp.Close()
+		}
+		return err
+	}
+	return nil
+}
+
 // enter moves c into the transmission phase on exp, unless the server is
 // stopping or CloseExport(exp.Name) ran after the ticket was taken.
 func (s *Server) enter(c *conn, exp *Export, ticket uint64) error {

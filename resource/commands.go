@@ -50,8 +50,14 @@ func (r *Resource) admin(ctx context.Context, ev Event) error {
 // fence-peer handler): the machine refuses that one (ErrPeerNotAsked),
 // and the next try asks the peer.
 func (r *Resource) Primary(ctx context.Context, force bool) error {
+	return r.promote(ctx, force, false)
+}
+
+// promote is Primary; auto says that an NBD client asks for it
+// (auto-promote), not the administrator.
+func (r *Resource) promote(ctx context.Context, force, auto bool) error {
 	for {
-		err := r.primary(ctx, force)
+		err := r.primary(ctx, force, auto)
 		if !errors.Is(err, ErrHandshake) && !errors.Is(err, ErrPeerNotAsked) {
 			return err
 		}
@@ -61,7 +67,7 @@ func (r *Resource) Primary(ctx context.Context, force bool) error {
 	}
 }
 
-func (r *Resource) primary(ctx context.Context, force bool) (perr error) {
+func (r *Resource) primary(ctx context.Context, force, auto bool) (perr error) {
 	var wait chan error
 	fence := false
 	defer func() {
@@ -139,7 +145,7 @@ func (r *Resource) primary(ctx context.Context, force bool) (perr error) {
 				// finished, they would land over our own clients' writes.
 				return nil
 			}
-			if _, err := r.stepAdmin(EvPromote{Force: force, PeerAgreed: wait != nil}); err != nil {
+			if _, err := r.stepAdmin(EvPromote{Force: force, PeerAgreed: wait != nil, Auto: auto}); err != nil {
 				return err
 			}
 			if r.fenceOutdates(fenced) {

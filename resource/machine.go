@@ -109,13 +109,22 @@ type (
 		PeerOutdated bool
 	}
 	// EvPromote: the administrator asked for Primary; PeerAgreed is set
-	// once a connected peer accepted the promotion.
+	// once a connected peer accepted the promotion. Auto: an NBD client
+	// asked for it, by entering the export of a node with auto-promote
+	// (DRBD 9's promotion at the first open); the administrator's
+	// promotion of an auto-promoted node makes its role his.
 	EvPromote struct {
 		Force      bool
 		PeerAgreed bool
+		Auto       bool
 	}
-	// EvDemote: the administrator asked for Secondary.
-	EvDemote struct{ NBDConns int }
+	// EvDemote: the administrator asked for Secondary. Auto: the last NBD
+	// client of an auto-promoted Primary left; it demotes only a node
+	// whose role auto-promote gave (AutoPrimary).
+	EvDemote struct {
+		NBDConns int
+		Auto     bool
+	}
 	// EvPeerPromoteRequest: the connected peer wants to become Primary.
 	// Promoting: this node asked the peer for its own promotion and waits
 	// for the answer (the two requests crossed). Verifying: this node runs
@@ -340,6 +349,11 @@ type Machine struct {
 	peerDisk DiskState
 	peer     NodeState
 
+	// autoPrimary: the Primary role came from auto-promote (EvPromote
+	// Auto) and goes with the last NBD client (EvDemote Auto); false for
+	// a Secondary and for a Primary the administrator promoted.
+	autoPrimary bool
+
 	// suspended says why application I/O waits (none: it runs).
 	suspended Suspend
 
@@ -411,6 +425,10 @@ func NewMachine(cfg MachineConfig) *Machine {
 
 // Role returns the local role.
 func (m *Machine) Role() Role { return m.role }
+
+// AutoPrimary reports whether this Primary's role came from auto-promote,
+// so that the last NBD client's leaving demotes it.
+func (m *Machine) AutoPrimary() bool { return m.autoPrimary }
 
 // Disk returns the local disk state.
 func (m *Machine) Disk() DiskState { return m.disk }
@@ -1293,6 +1311,10 @@ func (m *Machine) CanPromote(force bool) error {
 
 func (m *Machine) promote(e EvPromote) ([]Action, error) {
 	if m.role == RolePrimary {
+		if !e.Auto {
+			// The administrator's now: no demotion with the last client.
+			m.autoPrimary = false
+		}
 		return nil, nil
 	}
 	if err := m.CanPromote(e.Force); err != nil {
@@ -1307,6 +1329,7 @@ func (m *Machine) promote(e EvPromote) ([]Action, error) {
 	}
 	var acts []Action
 	m.role = RolePrimary
+	m.autoPrimary = e.Auto
 	m.setFlag(FlagPrimary, true)
 	m.setFlag(FlagCrashedPrimary, false)
 	forced := m.disk != DiskUpToDate
@@ -1338,13 +1361,14 @@ func (m *Machine) promote(e EvPromote) ([]Action, error) {
 }
 
 func (m *Machine) demote(e EvDemote) ([]Action, error) {
-	if m.role != RolePrimary {
+	if m.role != RolePrimary || e.Auto && !m.autoPrimary {
 		return nil, nil
 	}
 	if e.NBDConns > 0 {
 		return nil, m.refuse(fmt.Errorf("%w (%d)", ErrClientsConnected, e.NBDConns))
 	}
 	m.role = RoleSecondary
+	m.autoPrimary = false
 	// A Primary target goes on as an ordinary sync target. The peer may
 	// be promoted and write now (detachedGen).
 	m.primaryTarget = false

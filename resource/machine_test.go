@@ -19,7 +19,7 @@ import (
 //	connect [discard-my-data] | disconnect | link-up | link-down [peer-outdated]
 //	peer-state [role=R] [disk=D] [uuids=...] [consistent] [crashed] [dirty=N] [discard] [after-sb=P] [node=N] [bitmap-attach] [extents]
 //	bitmaps-exchanged [dirty=N]
-//	promote [force] | demote [conns=N] | peer-promote-request
+//	promote [force] [auto] | demote [conns=N] [auto] | peer-promote-request
 //	sync-start [full] [source=uuids] | sync-done [source=uuids]
 //	new-current-uuid [clear-bitmap] | peer-new-uuid current=X
 //	invalidate | invalidate-remote [reset] | io-error | detach
@@ -214,9 +214,9 @@ func scriptEvent(cmd string, a scriptArgs) (Event, error) {
 		// As the runtime sends it: a connected peer was asked and agreed,
 		// unless the script says "unasked" (a promotion started while
 		// disconnected, the link up since).
-		return EvPromote{Force: a.has("force"), PeerAgreed: !a.has("unasked")}, nil
+		return EvPromote{Force: a.has("force"), PeerAgreed: !a.has("unasked"), Auto: a.has("auto")}, nil
 	case "demote":
-		return EvDemote{NBDConns: int(a.num("conns", 0))}, nil
+		return EvDemote{NBDConns: int(a.num("conns", 0)), Auto: a.has("auto")}, nil
 	case "peer-promote-request":
 		return EvPeerPromoteRequest{Promoting: a.has("promoting")}, nil
 	case "sync-start":

@@ -189,6 +189,10 @@ type Resource struct {
 	// data (replicate.FeatureSyncReady), nil once it did or without a
 	// source waiting.
 	syncReady chan struct{}
+	// openConns counts the NBD connections in the transmission phase
+	// that auto-promote admitted (openExport); changed on the loop, so
+	// that an auto-demotion and an admission cannot cross.
+	openConns atomic.Int64
 	// syncPaused: loop; a pause-sync given on this node holds for the
 	// resyncs after the one it paused too, as DRBD's user pause does: a
 	// resync that a lost link cut and the reconnect starts again starts
@@ -403,23 +407,29 @@ func nbdConfig(cfg config.Resource) nbdserver.Config {
 }
 
 // lookupExport gives NBD clients the export while this node is Primary;
-// a Secondary refuses connections, as DRBD refuses opens on a Secondary.
+// a Secondary refuses connections, as DRBD refuses opens on a Secondary,
+// unless auto-promote lets a client entering the export promote it
+// (autopromote.go).
 func (r *Resource) lookupExport(name string) (*nbdserver.Export, error) {
 	cfg := r.cfg()
 	if name != "" && name != cfg.Local.Export {
 		return nil, fmt.Errorf("no export %q here (this is %q)", name, cfg.Local.Export)
 	}
 	st := r.Status()
-	if st.Role != RolePrimary || !r.writable.Load() {
+	if !cfg.Local.AutoPromote && (st.Role != RolePrimary || !r.writable.Load()) {
 		return nil, fmt.Errorf("resource %s is %s on node %s: connect to the Primary: %w", cfg.Name, st.Role, cfg.Local.Name, nbdserver.ErrExportRefused)
 	}
-	return &nbdserver.Export{
+	exp := &nbdserver.Export{
 		Name:        cfg.Local.Export,
 		Description: fmt.Sprintf("rbd-nbd resource %s on node %s", cfg.Name, cfg.Local.Name),
 		Backend:     r,
 		MinBlock:    512,
 		PrefBlock:   4096,
-	}, nil
+	}
+	if cfg.Local.AutoPromote {
+		exp.Open, exp.Close = r.openExport, r.closeExport
+	}
+	return exp, nil
 }
 
 func (r *Resource) goLoop(fn func()) {
