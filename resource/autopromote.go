@@ -34,6 +34,10 @@ func (r *Resource) openExport() error {
 		primary = r.m.Role() == RolePrimary && r.writable.Load()
 		return nil
 	}); err != nil {
+		// The count may still be taken (ctx ended with the closure
+		// queued, or as it ran): give it back after it, in the loop's
+		// order. Without a loop neither runs.
+		r.closeExport()
 		return fmt.Errorf("auto-promote: %w: %w", err, nbdserver.ErrExportRefused)
 	}
 	if primary {
@@ -65,5 +69,5 @@ func (r *Resource) closeExport() {
 
 // autoPromoteTimeout bounds a promotion for an NBD client: below the NBD
 // server's handshake timeout (30 s), so that the client still gets the
-// refusal.
-const autoPromoteTimeout = 25 * time.Second
+// refusal. A variable for the tests.
+var autoPromoteTimeout = 25 * time.Second
