@@ -2,6 +2,7 @@ package resource
 
 import (
 	"context"
+	"errors"
 	"testing"
 	"time"
 )
@@ -32,4 +33,30 @@ func openConnsOf(t *testing.T, r *Resource) int64 {
 		t.Fatal(err)
 	}
 	return n
+}
+
+// A client that auto-promote admitted (Export.Open returned) holds the
+// node Primary before the NBD server counts it in the transmission phase
+// too: an administrator's secondary in between is refused, as it is once
+// the client transmits. It demoted the node under the client, which then
+// entered the transmission phase of a Secondary.
+func TestAutoPromoteSecondaryRefusedWhileAdmitted(t *testing.T) {
+	c := startAutoPair(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := c.b.openExport(); err != nil {
+		t.Fatal(err)
+	}
+	if st := c.b.Status(); st.Role != RolePrimary {
+		t.Fatalf("b after an admitted client: %s", st.Role)
+	}
+	err := c.b.Secondary(ctx)
+	if !errors.Is(err, ErrClientsConnected) {
+		t.Fatalf("secondary with an admitted client: %v, want %v", err, ErrClientsConnected)
+	}
+	if err := c.b.Stop(ctx); !errors.Is(err, ErrClientsConnected) {
+		t.Fatalf("down with an admitted client: %v, want %v", err, ErrClientsConnected)
+	}
+	c.b.closeExport()
+	c.wait(c.b, "b demoted by its last client's leaving", func(s Status) bool { return s.Role == RoleSecondary })
 }

@@ -174,7 +174,7 @@ func (r *Resource) stateString() string {
 // Secondary demotes this node; refused while NBD clients are connected.
 func (r *Resource) Secondary(ctx context.Context) error {
 	return r.do(ctx, func() error {
-		_, err := r.stepAdmin(EvDemote{NBDConns: r.nbdConns()})
+		_, err := r.stepAdmin(EvDemote{NBDConns: r.clientConns()})
 		return err
 	})
 }

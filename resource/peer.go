@@ -722,7 +722,7 @@ func (r *Resource) checkPeerState(m *replicate.State) (int64, error) {
 		// the new end would get errors): a Primary, or any node with NBD
 		// clients, refuses, as DRBD refuses a peer too small for its
 		// Primary.
-		if r.m.Role() == RolePrimary || r.nbdConns() > 0 {
+		if r.m.Role() == RolePrimary || r.clientConns() > 0 {
 			return cur, fmt.Errorf("the peer's disk (%d bytes) is smaller than the %d bytes this node exports (Primary or with NBD clients): it would shrink under them; give the peer a disk at least as big, or demote and disconnect the clients first", m.Size, size)
 		}
 		// The caller makes it the resource's size once every check passed.

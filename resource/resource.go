@@ -448,7 +448,7 @@ func (r *Resource) Stop(ctx context.Context) error {
 	}
 	errc := make(chan error, 1)
 	if !r.post(func() {
-		if _, err := r.stepAdmin(EvDemote{NBDConns: r.nbdConns()}); err != nil {
+		if _, err := r.stepAdmin(EvDemote{NBDConns: r.clientConns()}); err != nil {
 			errc <- err
 			return
 		}
@@ -584,6 +584,14 @@ func syncWithin(sync func() error, d time.Duration) error {
 	case <-t.C:
 		return fmt.Errorf("the data disk's sync did not return within %v: %w", d, errSyncTimedOut)
 	}
+}
+
+// clientConns is the NBD clients a demotion waits for (loop): those in
+// the transmission phase (nbdConns) and those auto-promote admitted or is
+// admitting (openConns), which the server counts only once they entered
+// it, after Export.Open returned.
+func (r *Resource) clientConns() int {
+	return max(r.nbdConns(), int(r.openConns.Load()))
 }
 
 func (r *Resource) nbdConns() int {
