@@ -3,6 +3,7 @@ package resource
 import (
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 )
@@ -59,4 +60,46 @@ func TestAutoPromoteSecondaryRefusedWhileAdmitted(t *testing.T) {
 	}
 	c.b.closeExport()
 	c.wait(c.b, "b demoted by its last client's leaving", func(s Status) bool { return s.Role == RoleSecondary })
+}
+
+// Under auto-promote the kernel devices attached to the export are
+// watched (and reattached when their connections died) in either role: a
+// restarted daemon brings the resource back Secondary, having forgotten
+// the automatic promotion, and only the device's reattach promotes it
+// again (operations.md). The watch ran on a Primary only, so that a
+// device attached under auto-promote never came back after a restart.
+func TestAutoPromoteWatchesAttachedOnSecondary(t *testing.T) {
+	c := startAutoPair(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	watching := func() bool {
+		t.Helper()
+		var w bool
+		if err := c.b.do(ctx, func() error { w = c.b.reattachCancel != nil; return nil }); err != nil {
+			t.Fatal(err)
+		}
+		return w
+	}
+	cfg := c.b.cfg()
+	cfg.Local.NBDListen = fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	if err := c.b.Apply(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	if watching() {
+		t.Fatal("a Secondary without auto-promote watches its kernel devices")
+	}
+	cfg.Local.AutoPromote = true
+	if err := c.b.Apply(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	if !watching() {
+		t.Fatal("a Secondary with auto-promote does not watch its kernel devices: none is reattached after a restart")
+	}
+	cfg.Local.AutoPromote = false
+	if err := c.b.Apply(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	if watching() {
+		t.Fatal("the watch outlived auto-promote on a Secondary")
+	}
 }

@@ -239,7 +239,10 @@ func (r *Resource) publishStatus() {
 		close(r.peerGenKnown)
 		r.peerGenKnown = nil
 	}
-	if st.Role == RolePrimary {
+	if st.Role == RolePrimary || r.cfg().Local.AutoPromote {
+		// Under auto-promote a Secondary's kernel devices (their
+		// connections cut by a daemon restart, which forgets the
+		// automatic promotion) promote it again by reattaching.
 		r.watchAttached()
 	} else {
 		r.stopWatchingAttached()

@@ -9,7 +9,8 @@ import (
 	"github.com/rbd-nbd/rbd-nbd/attach"
 )
 
-// While this node is Primary it watches the kernel's nbd devices that were
+// While this node is Primary (in either role under auto-promote, where
+// the reattach promotes it) it watches the kernel's nbd devices that were
 // attached to its export (their backend identifier names the export and
 // the NBD address) and reconnects any whose connections died, with
 // NBD_CMD_RECONFIGURE: after the daemon was killed and started again (and
