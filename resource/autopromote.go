@@ -31,6 +31,9 @@ func (r *Resource) openExport() error {
 	primary := false
 	if err := r.do(ctx, func() error {
 		r.openConns.Add(1)
+		if r.stopping {
+			return ErrDown
+		}
 		primary = r.m.Role() == RolePrimary && r.writable.Load()
 		return nil
 	}); err != nil {

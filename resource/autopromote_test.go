@@ -103,3 +103,31 @@ func TestAutoPromoteWatchesAttachedOnSecondary(t *testing.T) {
 		t.Fatal("the watch outlived auto-promote on a Secondary")
 	}
 }
+
+// A down demotes the node and disconnects it on the loop (stopRole), then
+// stops the loop: a promotion that reaches the loop in between (an NBD
+// client's under auto-promote, whose promotion was under way) must not
+// make the node Primary again, or it goes down Primary, with writes the
+// peer lacks. Both the admission and a promotion already past it are
+// refused.
+func TestAutoPromoteNoPromotionAfterDownDemoted(t *testing.T) {
+	c := startAutoPair(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	// As Stop does, without its release: the loop runs on.
+	if err := c.b.do(ctx, c.b.stopRole); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.b.openExport(); err == nil {
+		t.Fatal("an NBD client admitted after down demoted the node")
+	}
+	if err := c.b.promote(ctx, false, true); err == nil {
+		t.Fatal("an auto-promotion after down demoted the node succeeded")
+	}
+	if st := c.b.Status(); st.Role != RoleSecondary {
+		t.Fatalf("b after down's demotion and a client: %s", st.Role)
+	}
+	if n := openConnsOf(t, c.b); n != 0 {
+		t.Fatalf("%d connections counted after refused admissions, want 0", n)
+	}
+}

@@ -84,6 +84,9 @@ func (r *Resource) primary(ctx context.Context, force, auto bool) (perr error) {
 		}
 	}()
 	err := r.do(ctx, func() error {
+		if r.stopping {
+			return ErrDown
+		}
 		if err := r.m.CanPromote(force); err != nil {
 			return err
 		}
@@ -139,6 +142,10 @@ func (r *Resource) primary(ctx context.Context, force, auto bool) (perr error) {
 	for {
 		var pending chan struct{}
 		err := r.do(ctx, func() error {
+			if r.stopping {
+				// Stop demoted the node meanwhile (stopRole).
+				return ErrDown
+			}
 			if pending = r.closedLinksBusy(); pending != nil {
 				// A link this node closed may still be writing the old
 				// Primary's requests to the disk: promoted before they

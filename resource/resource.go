@@ -193,6 +193,9 @@ type Resource struct {
 	// that auto-promote admitted (openExport); changed on the loop, so
 	// that an auto-demotion and an admission cannot cross.
 	openConns atomic.Int64
+	// stopping: loop; Stop demoted the node to take it down, and no
+	// promotion is made any more (stopRole).
+	stopping bool
 	// syncPaused: loop; a pause-sync given on this node holds for the
 	// resyncs after the one it paused too, as DRBD's user pause does: a
 	// resync that a lost link cut and the reconnect starts again starts
@@ -447,15 +450,7 @@ func (r *Resource) Stop(ctx context.Context) error {
 		return nil
 	}
 	errc := make(chan error, 1)
-	if !r.post(func() {
-		if _, err := r.stepAdmin(EvDemote{NBDConns: r.clientConns()}); err != nil {
-			errc <- err
-			return
-		}
-		r.writable.Store(false)
-		r.step(EvDisconnect{})
-		errc <- nil
-	}) {
+	if !r.post(func() { errc <- r.stopRole() }) {
 		return ErrDown
 	}
 	select {
@@ -468,6 +463,21 @@ func (r *Resource) Stop(ctx context.Context) error {
 	}
 	r.release()
 	r.log.Info("resource down")
+	return nil
+}
+
+// stopRole is Stop's step on the loop: demote (refused while NBD clients
+// are connected) and disconnect. No promotion is made after it (stopping):
+// one under way (an NBD client's under auto-promote, most likely) would
+// make the node Primary again between this step and the loop's end, and
+// the resource would go down Primary, with writes the peer lacks.
+func (r *Resource) stopRole() error {
+	if _, err := r.stepAdmin(EvDemote{NBDConns: r.clientConns()}); err != nil {
+		return err
+	}
+	r.stopping = true
+	r.writable.Store(false)
+	r.step(EvDisconnect{})
 	return nil
 }
 
