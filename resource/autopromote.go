@@ -62,8 +62,10 @@ func (r *Resource) closeExport() {
 		if r.openConns.Add(-1) > 0 || !r.m.AutoPrimary() {
 			return
 		}
-		if _, err := r.stepAdmin(EvDemote{Auto: true}); err != nil {
-			r.log.Warn("auto-promote: the last NBD client left, but the node stays Primary", zap.Error(err))
+		// Clients admitted without auto-promote (turned off meanwhile,
+		// the Primary took them as any Primary does) hold the role too.
+		if _, err := r.stepAdmin(EvDemote{Auto: true, NBDConns: r.clientConns()}); err != nil {
+			r.log.Warn("auto-promote: the last NBD client it admitted left, but the node stays Primary", zap.Error(err))
 			return
 		}
 		r.log.Info("demoted as the last NBD client left (auto-promote)")

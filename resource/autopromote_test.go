@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"testing"
 	"time"
+
+	"github.com/rbd-nbd/rbd-nbd/attach"
 )
 
 // startAutoPair starts a connected pair whose disks are UpToDate, both
@@ -129,5 +131,52 @@ func TestAutoPromoteNoPromotionAfterDownDemoted(t *testing.T) {
 	}
 	if n := openConnsOf(t, c.b); n != 0 {
 		t.Fatalf("%d connections counted after refused admissions, want 0", n)
+	}
+}
+
+// The last auto-promote client's leaving demotes the node only when no
+// other NBD client is connected: one admitted without auto-promote (it
+// was turned off meanwhile, and the Primary took the client as any
+// Primary does) is not counted by openConns, and the demotion went on
+// under it, turning its writes into errors.
+func TestAutoDemoteSparesOtherClients(t *testing.T) {
+	c := startAutoPair(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cfg := c.b.cfg()
+	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	cfg.Local.NBDListen = addr
+	cfg.Local.AutoPromote = true
+	if err := c.b.Apply(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	nc1, _, err := attach.Dial(ctx, addr, cfg.Local.Export)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc1.Close()
+	c.wait(c.b, "b promoted by its client", func(s Status) bool { return s.Role == RolePrimary && s.NBDConnections == 1 })
+
+	cfg.Local.AutoPromote = false
+	if err := c.b.Apply(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	nc2, _, err := attach.Dial(ctx, addr, cfg.Local.Export)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc2.Close()
+	c.wait(c.b, "b with both clients", func(s Status) bool { return s.NBDConnections == 2 })
+
+	nc1.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for openConnsOf(t, c.b) != 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the auto-promote client's leaving was not counted")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if st := c.b.Status(); st.Role != RolePrimary || st.NBDConnections != 1 {
+		t.Fatalf("b with a client still connected after the auto-promote client left: %s, %d clients", st.Role, st.NBDConnections)
 	}
 }
