@@ -46,7 +46,18 @@ func (r *Resource) openExport() error {
 	if primary {
 		return nil
 	}
-	if err := r.promote(ctx, false, true); err != nil {
+	// One promotion at a time: the clients entering together (a
+	// multi-connection client) wait for the first one's, which leaves
+	// the node Primary for them (promote then changes nothing).
+	select {
+	case r.autoSem <- struct{}{}:
+	case <-ctx.Done():
+		r.closeExport()
+		return fmt.Errorf("auto-promote: %w: %w", ctx.Err(), nbdserver.ErrExportRefused)
+	}
+	err := r.promote(ctx, false, true)
+	<-r.autoSem
+	if err != nil {
 		r.closeExport()
 		cfg := r.cfg()
 		return fmt.Errorf("resource %s on node %s: auto-promote failed: %w: %w", cfg.Name, cfg.Local.Name, err, nbdserver.ErrExportRefused)

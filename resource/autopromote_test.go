@@ -180,3 +180,43 @@ func TestAutoDemoteSparesOtherClients(t *testing.T) {
 		t.Fatalf("b with a client still connected after the auto-promote client left: %s, %d clients", st.Role, st.NBDConnections)
 	}
 }
+
+// Clients entering a Secondary's export at once (a multi-connection
+// client, the kernel's connections of one device) all get in: one
+// promotes the node and the others wait for it. The second promotion
+// found the first waiting for the peer's answer and was refused ("a
+// promotion is already in progress").
+func TestAutoPromoteConcurrentClients(t *testing.T) {
+	c := startAutoPair(t)
+	const n = 4
+	for round := 0; round < 5; round++ {
+		errs := make(chan error, n)
+		start := make(chan struct{})
+		for range n {
+			go func() {
+				<-start
+				errs <- c.b.openExport()
+			}()
+		}
+		close(start)
+		admitted := 0
+		for range n {
+			if err := <-errs; err != nil {
+				t.Errorf("round %d: a client refused: %v", round, err)
+			} else {
+				admitted++
+			}
+		}
+		if st := c.b.Status(); st.Role != RolePrimary {
+			t.Fatalf("round %d: b with %d clients admitted: %s", round, admitted, st.Role)
+		}
+		for range admitted {
+			c.b.closeExport()
+		}
+		c.wait(c.b, "b demoted by its last client's leaving", func(s Status) bool { return s.Role == RoleSecondary })
+		c.wait(c.a, "a sees b Secondary", func(s Status) bool { return s.PeerRole == RoleSecondary })
+		if t.Failed() {
+			return
+		}
+	}
+}

@@ -193,6 +193,10 @@ type Resource struct {
 	// that auto-promote admitted (openExport); changed on the loop, so
 	// that an auto-demotion and an admission cannot cross.
 	openConns atomic.Int64
+	// autoSem lets one auto-promotion run at a time: the clients that
+	// come meanwhile wait for it (and find the node Primary), rather
+	// than being refused as a second promotion in progress.
+	autoSem chan struct{}
 	// stopping: loop; Stop demoted the node to take it down, and no
 	// promotion is made any more (stopRole).
 	stopping bool
@@ -271,7 +275,7 @@ func New(cfg config.Resource, opts Options) *Resource {
 	if opts.NewUUID == nil {
 		opts.NewUUID = NewUUID
 	}
-	r := &Resource{opts: opts, config: cfg, log: opts.Logger.With(zap.String("resource", cfg.Name)), stopSyncWait: stopSyncTimeout, attachSem: make(chan struct{}, 1)}
+	r := &Resource{opts: opts, config: cfg, log: opts.Logger.With(zap.String("resource", cfg.Name)), stopSyncWait: stopSyncTimeout, attachSem: make(chan struct{}, 1), autoSem: make(chan struct{}, 1)}
 	r.status.Store(&Status{Name: cfg.Name, Role: RoleSecondary, Disk: DiskDiskless, Conn: ConnStandAlone, PeerDisk: DiskDUnknown})
 	return r
 }
