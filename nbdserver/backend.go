@@ -71,7 +71,9 @@ type Export struct {
 	Open func() error
 	// Close, when set, is called once when a connection that entered the
 	// transmission phase on the export has ended, its requests all
-	// answered or abandoned: the pair to a successful Open.
+	// answered or abandoned: the pair to a successful Open. Server.Close,
+	// Shutdown and CloseExport return only after the Close of the
+	// connections they ended (so it must not call them).
 	Close func()
 }
 

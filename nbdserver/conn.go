@@ -130,6 +130,8 @@ type request struct {
 // transmission, then close.
 func (c *conn) serve(exp *Export) {
 	defer close(c.done)
+	// After Export.Close: Server.Close and Shutdown wait for it too.
+	defer c.s.connWG.Done()
 	defer c.closeExport()
 	defer c.s.forget(c)
 	defer c.abort()

@@ -92,3 +92,47 @@ func TestExportOpenClose(t *testing.T) {
 		t.Fatalf("%d Closes more than connections admitted", len(closed))
 	}
 }
+
+// Server.Close (and Shutdown) return once the connections' goroutines
+// have ended, Export.Close included: a caller that tears down what Close
+// uses (the resource's loop) after them finds no Close still running.
+// Close ran after the connection left the server's wait group.
+func TestServerCloseWaitsForExportClose(t *testing.T) {
+	exp, _ := memExport("d", 1<<20)
+	entered, release := make(chan struct{}), make(chan struct{})
+	var finished atomic.Bool
+	exp.Open = func() error { return nil }
+	exp.Close = func() {
+		close(entered)
+		<-release
+		finished.Store(true)
+	}
+	s, addr := startServer(t, Config{}, exp)
+	c := open(t, addr, "d")
+	c.nc.Close()
+	select {
+	case <-entered:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no Close after the connection ended")
+	}
+	closed := make(chan struct{})
+	go func() {
+		s.Close()
+		close(closed)
+	}()
+	select {
+	case <-closed:
+		t.Error("Server.Close returned while Export.Close still ran")
+	case <-time.After(100 * time.Millisecond):
+		// Still waiting, as it should: let Close finish.
+	}
+	close(release)
+	select {
+	case <-closed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Server.Close did not return after Export.Close did")
+	}
+	if !finished.Load() {
+		t.Fatal("Server.Close returned before Export.Close did")
+	}
+}

@@ -526,7 +526,6 @@ func (s *Server) forget(c *conn) {
 		s.served--
 	}
 	s.mu.Unlock()
-	s.connWG.Done()
 }
 
 func remoteAddr(nc net.Conn) string {
