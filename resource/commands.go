@@ -29,6 +29,16 @@ func (r *Resource) do(ctx context.Context, fn func() error) error {
 		return err
 	case <-ctx.Done():
 		return ctx.Err()
+	case <-r.loopDone:
+		// The loop stopped with fn queued (post found it running), or
+		// after fn ran: without this, a caller with no deadline (a
+		// cleanup under context.Background) waited forever.
+		select {
+		case err := <-errc:
+			return err
+		default:
+			return ErrDown
+		}
 	}
 }
 

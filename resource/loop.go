@@ -15,6 +15,7 @@ import (
 // run is the loop: it runs the closures posted to the inbox, one at a
 // time, so that the Machine and the loop-owned fields see one goroutine.
 func (r *Resource) run() {
+	defer close(r.loopDone)
 	for {
 		select {
 		case fn := <-r.inbox:

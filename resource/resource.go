@@ -146,13 +146,16 @@ type Resource struct {
 	lastVerify  atomic.Pointer[verifyState] // the last verify that ended
 
 	// Loop.
-	m       *Machine
-	inbox   chan func()
-	loopCtx context.Context
-	stop    context.CancelFunc
-	wg      sync.WaitGroup
-	link    *replicate.Link    // loop
-	connect context.CancelFunc // loop: the running connector
+	m     *Machine
+	inbox chan func()
+	// loopDone is closed when the loop has returned: no closure runs on
+	// it any more (do stops waiting for one then).
+	loopDone chan struct{}
+	loopCtx  context.Context
+	stop     context.CancelFunc
+	wg       sync.WaitGroup
+	link     *replicate.Link    // loop
+	connect  context.CancelFunc // loop: the running connector
 	// closing: loop; closed once every link that closeLink closed has
 	// finished its Handler.Serve calls (nil: none left). A new link waits
 	// for it (linkUp).
@@ -323,6 +326,7 @@ func (r *Resource) Start(ctx context.Context) (err error) {
 	r.rep = &repState{proto: cfg.Net.Protocol, quiet: closedChan()}
 	r.latFloor.base = time.Now()
 	r.inbox = make(chan func(), 1024)
+	r.loopDone = make(chan struct{})
 	r.detached.Store(newSignal())
 	r.loopCtx, r.stop = context.WithCancel(context.Background())
 	if err := r.newNBDServer(cfg); err != nil {
