@@ -2,10 +2,13 @@
 # primary/secondary step is needed. rbd-nbd attach on a Secondary makes it
 # Primary, detach makes it Secondary again, and the volume then moves to the
 # other node by detaching here and attaching there; an attach on one node
-# while the other holds the volume is refused.
+# while the other holds the volume is refused. Then the holder's daemon is
+# killed under a mounted ext4 with a writer running: restarted, it restores
+# r0 as Secondary (an automatic promotion is not remembered), reattaches the
+# kernel device, whose reconnect promotes it again, and the writer goes on.
 . /guest/lib.sh
 . /guest/replicated-lib.sh
-# markers: UP PROMOTED WRITTEN DEMOTED REFUSED SWITCHED VERIFIED
+# markers: UP PROMOTED WRITTEN DEMOTED REFUSED SWITCHED VERIFIED WRITER_RUNNING DAEMON_KILLED DAEMON_RESTARTED REATTACHED WRITES_CONTINUED WRITER_CLEAN NO_IO_ERRORS FSCK_CLEAN IDENTICAL
 
 r0_setup
 sed -i "s|nbd-listen: \"$NBD_A\"}|nbd-listen: \"$NBD_A\", auto-promote: true}|; s|nbd-listen: \"$NBD_B\"}|nbd-listen: \"$NBD_B\", auto-promote: true}|" "$WORK/r0.yaml"
@@ -63,6 +66,34 @@ rbd-nbd detach "$dev"
 wait_for 30 "node a to demote" status_has a "role:Secondary"
 no_io_errors
 marker VERIFIED
+
+dev=$(r0 a attach r0 --connections 2 --dead-conn-timeout 90 --timeout 8)
+status_has a "role:Primary" || fail "attach did not promote node a: $(r0 a status r0)"
+mount -t ext4 "$dev" /mnt/p
+start_writer /mnt/p/during
+marker WRITER_RUNNING
+# Earlier scenarios of this boot may have reconnected this nbdN too.
+reconnects=$(dmesg | grep -c "$(nbd_name "$dev"): reconnected socket" || true)
+kill_hard a
+at_kill=$(writes)
+log "daemon a killed after $at_kill writes"
+marker DAEMON_KILLED
+start_daemon a "$A"
+marker DAEMON_RESTARTED
+wait_for 120 "the kernel to take both new sockets" sh -c "[ \$(dmesg | grep -c '$(nbd_name "$dev"): reconnected socket') -ge $((reconnects + 2)) ]"
+wait_for 60 "node a Primary again, by its reattached device" status_has a "role:Primary"
+marker REATTACHED
+wait_for 180 "writes to continue" sh -c "[ \$(cat $WORK/count) -ge $((at_kill + 10)) ]"
+log "writer at $(writes) writes"
+marker WRITES_CONTINUED
+stop_writer
+marker WRITER_CLEAN
+verify_restart "$dev" /mnt/p
+wait_for 30 "node a to demote" status_has a "role:Secondary"
+resynced
+size=$(r0 a status r0 --json | sed 's/.*"size":\([0-9]*\).*/\1/')
+[ "$(head -c "$size" "$WORK/a.img" | sha256sum)" = "$(head -c "$size" "$WORK/b.img" | sha256sum)" ] || fail "the replicas differ"
+marker IDENTICAL
 
 stop_daemon a
 stop_daemon b
