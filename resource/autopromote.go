@@ -26,7 +26,7 @@ import (
 
 // openExport admits an NBD connection to the export (Export.Open).
 func (r *Resource) openExport() error {
-	ctx, cancel := context.WithTimeout(r.loopCtx, autoPromoteTimeout)
+	ctx, cancel := context.WithTimeout(r.loopCtx, r.autoPromoteWait)
 	defer cancel()
 	primary := false
 	if err := r.do(ctx, func() error {
@@ -85,5 +85,5 @@ func (r *Resource) closeExport() {
 
 // autoPromoteTimeout bounds a promotion for an NBD client: below the NBD
 // server's handshake timeout (30 s), so that the client still gets the
-// refusal. A variable for the tests.
-var autoPromoteTimeout = 25 * time.Second
+// refusal.
+const autoPromoteTimeout = 25 * time.Second

@@ -6,14 +6,12 @@ import (
 )
 
 // An admission whose wait for the loop timed out (the loop busy past
-// autoPromoteTimeout) counted its connection once the loop got to it, and
+// autoPromoteWait) counted its connection once the loop got to it, and
 // nothing took the count back: the node never demoted again when its
 // clients left.
 func TestAutoPromoteOpenTimeoutDoesNotLeak(t *testing.T) {
 	c := startAutoPair(t)
-	old := autoPromoteTimeout
-	autoPromoteTimeout = 200 * time.Millisecond
-	t.Cleanup(func() { autoPromoteTimeout = old })
+	c.b.autoPromoteWait = 200 * time.Millisecond
 
 	block := make(chan struct{})
 	blocked := make(chan struct{})
@@ -29,7 +27,7 @@ func TestAutoPromoteOpenTimeoutDoesNotLeak(t *testing.T) {
 	if n := openConnsOf(t, c.b); n != 0 {
 		t.Fatalf("%d connections counted after a refused admission, want 0", n)
 	}
-	autoPromoteTimeout = old
+	c.b.autoPromoteWait = autoPromoteTimeout
 	// The consequence: a client's promotion outlives its leaving.
 	if err := c.b.openExport(); err != nil {
 		t.Fatal(err)

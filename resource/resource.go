@@ -73,6 +73,9 @@ type Resource struct {
 	// stopSyncWait bounds the data disk's sync at a stop (stopSyncTimeout;
 	// tests shorten it).
 	stopSyncWait time.Duration
+	// autoPromoteWait bounds an NBD client's admission under
+	// auto-promote (autoPromoteTimeout; shorter in tests).
+	autoPromoteWait time.Duration
 
 	cfgMu  sync.Mutex
 	config config.Resource
@@ -278,7 +281,7 @@ func New(cfg config.Resource, opts Options) *Resource {
 	if opts.NewUUID == nil {
 		opts.NewUUID = NewUUID
 	}
-	r := &Resource{opts: opts, config: cfg, log: opts.Logger.With(zap.String("resource", cfg.Name)), stopSyncWait: stopSyncTimeout, attachSem: make(chan struct{}, 1), autoSem: make(chan struct{}, 1)}
+	r := &Resource{opts: opts, config: cfg, log: opts.Logger.With(zap.String("resource", cfg.Name)), stopSyncWait: stopSyncTimeout, autoPromoteWait: autoPromoteTimeout, attachSem: make(chan struct{}, 1), autoSem: make(chan struct{}, 1)}
 	r.status.Store(&Status{Name: cfg.Name, Role: RoleSecondary, Disk: DiskDiskless, Conn: ConnStandAlone, PeerDisk: DiskDUnknown})
 	return r
 }
