@@ -2,6 +2,7 @@ package resource
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -56,6 +57,16 @@ func (r *Resource) openExport() error {
 		return fmt.Errorf("auto-promote: %w: %w", ctx.Err(), nbdserver.ErrExportRefused)
 	}
 	err := r.promote(ctx, false, true)
+	// The peer may be letting go of the volume as this client arrives (a
+	// move between nodes: its last client leaving, or secondary): wait a
+	// little for that, as DRBD's auto-promote-timeout does, instead of
+	// refusing a client that came a moment early.
+	for deadline := time.Now().Add(r.autoPromotePeerWait); errors.Is(err, ErrPeerPrimary) && time.Now().Before(deadline); {
+		if !sleepCtx(ctx, 50*time.Millisecond) {
+			break
+		}
+		err = r.promote(ctx, false, true)
+	}
 	<-r.autoSem
 	if err != nil {
 		r.closeExport()
@@ -87,3 +98,7 @@ func (r *Resource) closeExport() {
 // server's handshake timeout (30 s), so that the client still gets the
 // refusal.
 const autoPromoteTimeout = 25 * time.Second
+
+// autoPromotePeerTimeout is how long a client's promotion waits for a
+// Primary peer to become Secondary: DRBD's auto-promote-timeout default.
+const autoPromotePeerTimeout = 2 * time.Second

@@ -220,3 +220,49 @@ func TestAutoPromoteConcurrentClients(t *testing.T) {
 		}
 	}
 }
+
+// A client arriving while the peer still holds the volume waits a little
+// for it to let go, as DRBD's auto-promote-timeout does: admitted when the
+// peer's last client leaves within the wait (a move between nodes whose
+// two halves cross), refused with the peer's role after it.
+func TestAutoPromoteWaitsForThePeerToLetGo(t *testing.T) {
+	c := startAutoPair(t)
+	if err := c.a.openExport(); err != nil {
+		t.Fatal(err)
+	}
+	c.waitBoth("a Primary", func(s Status) bool { return s.Role == RolePrimary || s.PeerRole == RolePrimary })
+	admitted := make(chan error, 1)
+	go func() { admitted <- c.b.openExport() }()
+	// b's client is counted, and its promotion then finds the peer
+	// Primary: it waits until a's client leaves.
+	for deadline := time.Now().Add(10 * time.Second); openConnsOf(t, c.b) != 1; {
+		if time.Now().After(deadline) {
+			t.Fatal("b's admission never counted its client")
+		}
+	}
+	c.a.closeExport()
+	select {
+	case err := <-admitted:
+		if err != nil {
+			t.Fatalf("b's client, the peer letting go within the wait: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("b's admission did not return")
+	}
+	c.wait(c.b, "b Primary", func(s Status) bool { return s.Role == RolePrimary })
+
+	// Now b holds it and does not let go: a's client is refused after the
+	// wait, naming the peer's role.
+	c.a.autoPromotePeerWait = 300 * time.Millisecond
+	start := time.Now()
+	err := c.a.openExport()
+	if !errors.Is(err, ErrPeerPrimary) {
+		t.Fatalf("a's client while b holds the volume: %v, want %v", err, ErrPeerPrimary)
+	}
+	if waited := time.Since(start); waited < 300*time.Millisecond {
+		t.Fatalf("refused after %v, before the wait ended", waited)
+	}
+	if n := openConnsOf(t, c.a); n != 0 {
+		t.Fatalf("%d connections counted on a after its refusal", n)
+	}
+}
