@@ -166,6 +166,11 @@ type Node struct {
 	// the last client's leaving demotes a node promoted so. A change
 	// applies to the connections that come next.
 	AutoPromote bool `yaml:"auto-promote,omitempty"`
+	// AutoPromoteTimeout is how long a client's promotion under
+	// AutoPromote waits for a Primary peer to become Secondary before the
+	// client is refused (DRBD's auto-promote-timeout). 0:
+	// DefaultAutoPromoteTimeout.
+	AutoPromoteTimeout time.Duration `yaml:"auto-promote-timeout,omitempty"`
 	// LinkTLS is the node's certificate for the peer link (with
 	// Net.TLSCA). Like the net options, it applies at the next connect.
 	LinkTLS LinkTLS `yaml:"link-tls,omitempty"`
@@ -359,10 +364,15 @@ const (
 	// MaxNBDMaxConnections the largest setting.
 	DefaultNBDMaxConnections = 1024
 	MaxNBDMaxConnections     = 1 << 20
-	DefaultALExtents         = 1237
-	DefaultResyncWindow      = 16
-	DefaultLatencyTarget     = 5 * time.Millisecond
-	DefaultHandlerTimeout    = 30 * time.Second
+	// DefaultAutoPromoteTimeout is Node.AutoPromoteTimeout when 0 (DRBD's
+	// default); MaxAutoPromoteTimeout the longest, which keeps a refused
+	// client's answer within the NBD handshake's 30 s.
+	DefaultAutoPromoteTimeout = 2 * time.Second
+	MaxAutoPromoteTimeout     = 20 * time.Second
+	DefaultALExtents          = 1237
+	DefaultResyncWindow       = 16
+	DefaultLatencyTarget      = 5 * time.Millisecond
+	DefaultHandlerTimeout     = 30 * time.Second
 )
 
 // LatencyTargetOff as ResyncOptions.LatencyTarget turns the resync's
@@ -545,6 +555,9 @@ func (n Node) validate(section string, local bool) error {
 	}
 	if n.NBDMaxConnections > MaxNBDMaxConnections {
 		return &FieldError{Path: section + ".nbd-max-connections", Value: fmt.Sprint(n.NBDMaxConnections), Allowed: fmt.Sprintf("0 (the default, %d) or 1..%d", DefaultNBDMaxConnections, MaxNBDMaxConnections)}
+	}
+	if n.AutoPromoteTimeout != 0 && !wholeMillis(n.AutoPromoteTimeout, MaxAutoPromoteTimeout) {
+		return &FieldError{Path: section + ".auto-promote-timeout", Value: n.AutoPromoteTimeout.String(), Allowed: fmt.Sprintf("0 (the default, %v) or 1ms..%v in whole milliseconds", DefaultAutoPromoteTimeout, MaxAutoPromoteTimeout)}
 	}
 	if n.NBDTLS.Enabled() && n.NBDListen == "" {
 		return &FieldError{Path: section + ".nbd-tls-cert", Value: n.NBDTLS.Cert, Allowed: "empty without nbd-listen (no export to protect)"}

@@ -188,6 +188,39 @@ nodes:
 	}
 }
 
+// TestAutoPromote: auto-promote and its timeout are each node's own, the
+// timeout a duration in whole milliseconds up to 20 s.
+func TestAutoPromote(t *testing.T) {
+	parse := func(a string) (Resource, Resource, error) {
+		f, err := ParseFile([]byte(`resource: r0
+nodes:
+  - {name: a, node-id: 0, address: 127.0.0.1:1, disk: a.img, nbd-listen: 127.0.0.1:3`+a+`}
+  - {name: b, node-id: 1, address: 127.0.0.1:2, disk: b.img}
+`), "/srv/r0")
+		if err != nil {
+			return Resource{}, Resource{}, err
+		}
+		ra, err := f.Node("a")
+		if err != nil {
+			return Resource{}, Resource{}, err
+		}
+		rb, err := f.Node("b")
+		return ra, rb, err
+	}
+	a, b, err := parse(", auto-promote: true, auto-promote-timeout: 500ms")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !a.Local.AutoPromote || a.Local.AutoPromoteTimeout != 500*time.Millisecond || b.Local.AutoPromote || b.Peer.AutoPromote || b.Peer.AutoPromoteTimeout != 0 {
+		t.Fatalf("node a %v %v, node b %v (its peer %v %v)", a.Local.AutoPromote, a.Local.AutoPromoteTimeout, b.Local.AutoPromote, b.Peer.AutoPromote, b.Peer.AutoPromoteTimeout)
+	}
+	for _, bad := range []string{"21s", "1500us", "-1s"} {
+		if _, _, err := parse(", auto-promote-timeout: " + bad); err == nil || !strings.Contains(err.Error(), "auto-promote-timeout") {
+			t.Errorf("auto-promote-timeout %s: %v, want an error naming it", bad, err)
+		}
+	}
+}
+
 func TestFileErrors(t *testing.T) {
 	base := "resource: r0\nnodes:\n  - {name: a, node-id: 0, address: 127.0.0.1:1, disk: a.img}\n  - {name: b, node-id: 1, address: 127.0.0.1:2, disk: b.img}\n"
 	tests := []struct {

@@ -321,7 +321,8 @@ func (f *File) Node(node string) (Resource, error) {
 	lt := &r.Local.LinkTLS
 	lt.Cert, lt.Key = f.resolve(lt.Cert), f.resolve(lt.Key)
 	r.Peer.Disk, r.Peer.Meta, r.Peer.NBDTLS, r.Peer.LinkTLS = "", "", NBDTLS{}, LinkTLS{}
-	r.Peer.NBDMaxConnections = 0 // each node's export its own
+	// Each node's export its own.
+	r.Peer.NBDMaxConnections, r.Peer.AutoPromote, r.Peer.AutoPromoteTimeout = 0, false, 0
 	r = r.Default()
 	if err := r.Validate(); err != nil {
 		return Resource{}, err

@@ -130,6 +130,7 @@ func bindings() []binding {
 		omitWhenZero(strB(res, TagResourceLinkTLSKey, func(r *config.Resource) *string { return &r.Local.LinkTLS.Key })),
 		omitWhenZero(u32B(res, TagResourceNBDMaxConnections, func(r *config.Resource) *uint32 { return &r.Local.NBDMaxConnections })),
 		omitWhenZero(boolB(res, TagResourceAutoPromote, func(r *config.Resource) *bool { return &r.Local.AutoPromote })),
+		omitWhenZero(durB(res, TagResourceAutoPromoteTimeout, func(r *config.Resource) *time.Duration { return &r.Local.AutoPromoteTimeout })),
 
 		strB(peer, TagPeerNodeName, func(r *config.Resource) *string { return &r.Peer.Name }),
 		u32B(peer, TagPeerNodeID, func(r *config.Resource) *uint32 { return &r.Peer.ID }),

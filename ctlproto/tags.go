@@ -215,6 +215,9 @@ const (
 	// Added in 1.9: a pause-sync that holds; NBD clients that promote.
 	TagStatusSyncPaused    uint16 = 193
 	TagResourceAutoPromote uint16 = 194
+	// TagResourceAutoPromoteTimeout: how long a client's promotion waits
+	// for a Primary peer to let go.
+	TagResourceAutoPromoteTimeout uint16 = 195
 )
 
 // enumNames lists String() of 0, 1, ... up to the first value whose name
@@ -306,6 +309,7 @@ func defaultTags() []Tag {
 		{Num: TagStatusSyncPaused, Name: "status.resync-paused", Type: TypeFlag, Section: TagStatus, Since: v1_9, Doc: "A pause-sync given on this node holds: the resync runs paused, or the next one starts paused (given while none ran, or the paused one was cut by a lost link), until resume-sync on either node or the resync's end. Absent when none does."},
 		{Num: TagResourceNBDMaxConnections, Name: "resource.nbd-max-connections", Type: TypeU32, Section: TagResource, Flag: "nbd-max-connections", Since: "1.7", Doc: "NBD client connections the export holds at once; one more is closed before the greeting. 0: the default, 1024. Applies at once to the next connections."},
 		{Num: TagResourceAutoPromote, Name: "resource.auto-promote", Type: TypeFlag, Section: TagResource, Mandatory: true, Flag: "auto-promote", Since: v1_9, Doc: "NBD clients promote the node: one entering a Secondary's export makes it Primary (or is refused with the reason), and the last one's leaving demotes a node promoted so (DRBD 9's auto-promote). Sent only when set; a daemon older than 1.9 refuses it."},
+		{Num: TagResourceAutoPromoteTimeout, Name: "resource.auto-promote-timeout", Type: TypeU64, Unit: UnitMillis, Section: TagResource, Flag: "auto-promote-timeout", Since: v1_9, Doc: "Under auto-promote, how long a client's promotion waits for a Primary peer to become Secondary before the client is refused. 0: the default, 2 s; at most 20 s. Sent only when set."},
 
 		{Num: TagDiskALExtents, Name: "disk.al-extents", Type: TypeU32, Section: TagDisk, Flag: "al-extents", Since: v1, Doc: "Active 4 MiB extents in the activity log."},
 		{Num: TagDiskOnIOError, Name: "disk.on-io-error", Type: TypeString, Section: TagDisk, Mandatory: true, Flag: "on-io-error", Since: v1, Doc: "Local disk error policy."},

@@ -8,6 +8,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/rbd-nbd/rbd-nbd/config"
 	"github.com/rbd-nbd/rbd-nbd/nbdserver"
 )
 
@@ -61,7 +62,11 @@ func (r *Resource) openExport() error {
 	// move between nodes: its last client leaving, or secondary): wait a
 	// little for that, as DRBD's auto-promote-timeout does, instead of
 	// refusing a client that came a moment early.
-	for deadline := time.Now().Add(r.autoPromotePeerWait); errors.Is(err, ErrPeerPrimary) && time.Now().Before(deadline); {
+	wait := r.cfg().Local.AutoPromoteTimeout
+	if wait == 0 {
+		wait = config.DefaultAutoPromoteTimeout
+	}
+	for deadline := time.Now().Add(wait); errors.Is(err, ErrPeerPrimary) && time.Now().Before(deadline); {
 		if !sleepCtx(ctx, 50*time.Millisecond) {
 			break
 		}
@@ -98,7 +103,3 @@ func (r *Resource) closeExport() {
 // server's handshake timeout (30 s), so that the client still gets the
 // refusal.
 const autoPromoteTimeout = 25 * time.Second
-
-// autoPromotePeerTimeout is how long a client's promotion waits for a
-// Primary peer to become Secondary: DRBD's auto-promote-timeout default.
-const autoPromotePeerTimeout = 2 * time.Second

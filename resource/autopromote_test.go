@@ -253,7 +253,14 @@ func TestAutoPromoteWaitsForThePeerToLetGo(t *testing.T) {
 
 	// Now b holds it and does not let go: a's client is refused after the
 	// wait, naming the peer's role.
-	c.a.autoPromotePeerWait = 300 * time.Millisecond
+	// (auto-promote-timeout, changed while up.)
+	cfg := c.a.cfg()
+	cfg.Local.AutoPromoteTimeout = 300 * time.Millisecond
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := c.a.Apply(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
 	start := time.Now()
 	err := c.a.openExport()
 	if !errors.Is(err, ErrPeerPrimary) {

@@ -76,9 +76,6 @@ type Resource struct {
 	// autoPromoteWait bounds an NBD client's admission under
 	// auto-promote (autoPromoteTimeout; shorter in tests).
 	autoPromoteWait time.Duration
-	// autoPromotePeerWait is how long a client's promotion waits for a
-	// Primary peer to let go (autoPromotePeerTimeout).
-	autoPromotePeerWait time.Duration
 
 	cfgMu  sync.Mutex
 	config config.Resource
@@ -284,7 +281,7 @@ func New(cfg config.Resource, opts Options) *Resource {
 	if opts.NewUUID == nil {
 		opts.NewUUID = NewUUID
 	}
-	r := &Resource{opts: opts, config: cfg, log: opts.Logger.With(zap.String("resource", cfg.Name)), stopSyncWait: stopSyncTimeout, autoPromoteWait: autoPromoteTimeout, autoPromotePeerWait: autoPromotePeerTimeout, attachSem: make(chan struct{}, 1), autoSem: make(chan struct{}, 1)}
+	r := &Resource{opts: opts, config: cfg, log: opts.Logger.With(zap.String("resource", cfg.Name)), stopSyncWait: stopSyncTimeout, autoPromoteWait: autoPromoteTimeout, attachSem: make(chan struct{}, 1), autoSem: make(chan struct{}, 1)}
 	r.status.Store(&Status{Name: cfg.Name, Role: RoleSecondary, Disk: DiskDiskless, Conn: ConnStandAlone, PeerDisk: DiskDUnknown})
 	return r
 }
