@@ -189,20 +189,55 @@ func adjustActions(st resource.Status, skip adjustSkip) []ctlproto.MsgType {
 }
 
 // adjustRunning sends the requests of adjustActions, saying each on w. The
-// configuration is applied already: a failure says so.
+// configuration is applied already: a failure says so, with the daemon's
+// error explained here (withClient's explain would otherwise replace the
+// whole sentence with its own, and an attach-disk whose disk cannot be
+// opened read as adjust refusing the file's resource.disk). A daemon
+// older than attach-disk (control protocol 1.7) leaves a Diskless node
+// Diskless, as adjust did before: w says so, and the connect still runs.
 func adjustRunning(ctx context.Context, w io.Writer, c *ctlproto.Client, name string, skip adjustSkip) error {
 	sts, err := c.Status(ctx, name)
-	if err != nil || len(sts) != 1 {
-		return err
+	if err != nil {
+		return fmt.Errorf("the configuration is applied, but reading the status failed: %w", explain(c.Registry(), c.Daemon(), err))
+	}
+	if len(sts) != 1 {
+		return nil
 	}
 	for _, t := range adjustActions(sts[0], skip) {
 		def, _ := c.Registry().Msg(t)
+		if !daemonKnows(c, t) {
+			fmt.Fprintf(w, "%s: the daemon (%s) has no %s (control protocol %s): the disk stays %s (down and up attach it)\n",
+				name, daemonDesc(c.Daemon()), def.Name, def.Since, sts[0].Disk)
+			continue
+		}
 		fmt.Fprintf(w, "%s: %s (%s, %s)\n", name, def.Name, sts[0].Disk, sts[0].Conn)
 		if _, err := c.Command(ctx, t, name); err != nil {
-			return fmt.Errorf("the configuration is applied, but %s failed: %w", def.Name, err)
+			var e *ctlproto.Error
+			if errors.As(err, &e) && e.Code == ctlproto.CodeUnknownMessageType {
+				fmt.Fprintf(w, "%s: the daemon (%s) does not know %s (control protocol %s): the disk stays %s (down and up attach it)\n",
+					name, daemonDesc(c.Daemon()), def.Name, def.Since, sts[0].Disk)
+				continue
+			}
+			return fmt.Errorf("the configuration is applied, but %s failed: %w", def.Name, explain(c.Registry(), c.Daemon(), err))
 		}
 	}
 	return nil
+}
+
+// daemonKnows reports whether the daemon's protocol version has request
+// t, by the version its hello said (a daemon that said none is taken to
+// know it: its refusal is handled where it comes).
+func daemonKnows(c *ctlproto.Client, t ctlproto.MsgType) bool {
+	def, ok := c.Registry().Msg(t)
+	h := c.Daemon()
+	if !ok || h.Major == 0 {
+		return true
+	}
+	var major, minor uint8
+	if _, err := fmt.Sscanf(def.Since, "%d.%d", &major, &minor); err != nil {
+		return true
+	}
+	return h.Major > major || h.Major == major && h.Minor >= minor
 }
 
 // adjustDryRun prints what adjust would change: each setting whose running
@@ -241,6 +276,11 @@ func adjustDryRun(ctx context.Context, w io.Writer, c *ctlproto.Client, cfg conf
 	}
 	for _, t := range adjustActions(sts[0], skip) {
 		def, _ := c.Registry().Msg(t)
+		if !daemonKnows(c, t) {
+			fmt.Fprintf(w, "%s: %s, %s: the daemon (%s) has no %s (control protocol %s): adjust would leave it so\n",
+				cfg.Name, sts[0].Disk, sts[0].Conn, daemonDesc(c.Daemon()), def.Name, def.Since)
+			continue
+		}
 		fmt.Fprintf(w, "%s: %s, %s: adjust would then run %s\n", cfg.Name, sts[0].Disk, sts[0].Conn, def.Name)
 	}
 	return nil
