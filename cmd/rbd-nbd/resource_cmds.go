@@ -539,7 +539,7 @@ func newVerifyCmd(g *globalOptions) *cobra.Command {
 			}
 			st, err := waitFor(cmd, g, args[0], 0, func(st resource.Status) bool {
 				return st.Conn != resource.ConnVerifyS && st.Verify != resource.VerifyRunning
-			})
+			}, false)
 			if err != nil {
 				return err
 			}
@@ -582,7 +582,7 @@ func newWaitSyncCmd(g *globalOptions) *cobra.Command {
 		Short: "Wait until the resource is connected and both disks are UpToDate, showing resync progress",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			_, err := waitFor(cmd, g, args[0], timeout, inSync)
+			_, err := waitFor(cmd, g, args[0], timeout, inSync, true)
 			return err
 		},
 	}
@@ -591,8 +591,10 @@ func newWaitSyncCmd(g *globalOptions) *cobra.Command {
 }
 
 // waitFor polls the resource's status until done says so, drawing a
-// progress bar on a terminal while a resync or verify runs.
-func waitFor(cmd *cobra.Command, g *globalOptions, name string, timeout time.Duration, done func(resource.Status) bool) (resource.Status, error) {
+// progress bar on a terminal while a resync or verify runs. With
+// resyncWait (wait-sync: a resync is what it waits for) it says when a
+// pause holds the resync back; a verify is not held by one.
+func waitFor(cmd *cobra.Command, g *globalOptions, name string, timeout time.Duration, done func(resource.Status) bool, resyncWait bool) (resource.Status, error) {
 	var last resource.Status
 	out := cmd.ErrOrStderr()
 	tty := false
@@ -638,8 +640,20 @@ func waitFor(cmd *cobra.Command, g *globalOptions, name string, timeout time.Dur
 			}
 			// A paused resync goes nowhere until resume-sync: say why
 			// the wait does not end (once per pause).
-			if paused := last.SyncPaused || last.Conn == resource.ConnPausedSyncS || last.Conn == resource.ConnPausedSyncT; paused && !pausedSaid {
-				fmt.Fprintf(out, "%s: the resync is paused (pause-sync); it waits for rbd-nbd resume-sync %s (on either node)\n", name, name)
+			var running bool // a resync runs: the pause is on it, or about to be
+			switch last.Conn {
+			case resource.ConnSyncSource, resource.ConnSyncTarget, resource.ConnPausedSyncS, resource.ConnPausedSyncT:
+				running = true
+			}
+			paused := last.SyncPaused || last.Conn == resource.ConnPausedSyncS || last.Conn == resource.ConnPausedSyncT
+			if paused = paused && resyncWait; paused && !pausedSaid {
+				if running {
+					fmt.Fprintf(out, "%s: the resync is paused (pause-sync); it waits for rbd-nbd resume-sync %s (on either node)\n", name, name)
+				} else {
+					// Remembered here while no resync runs: the peer
+					// knows nothing of it (its resume-sync is refused).
+					fmt.Fprintf(out, "%s: a pause-sync given on this node holds the next resync back; rbd-nbd resume-sync %s on this node lets it run\n", name, name)
+				}
 				pausedSaid = true
 			} else if !paused {
 				pausedSaid = false
