@@ -105,9 +105,9 @@ type attachTarget struct {
 var errTLSExport = errors.New("the export requires TLS")
 
 // resolveAttachTarget finds resource's NBD address and export name. Today
-// they come from --nbd and --export (the export name defaults to the
-// resource's name); a lookup of a configured resource through the
-// daemon's control socket (g.socketPath()) belongs here.
+// they come from --nbd and --export, or, without --nbd, from the
+// resource's configuration, which the daemon's control socket
+// (g.socketPath()) gives.
 func resolveAttachTarget(g *globalOptions, resource string, o *attachOptions) (attachTarget, error) {
 	t := attachTarget{addr: o.nbd, export: o.export}
 	if t.addr == "" {
