@@ -104,8 +104,8 @@ type attachTarget struct {
 // errTLSExport: the export requires TLS, which the kernel's client lacks.
 var errTLSExport = errors.New("the export requires TLS")
 
-// resolveAttachTarget finds resource's NBD address and export name. Today
-// they come from --nbd and --export, or, without --nbd, from the
+// resolveAttachTarget finds resource's NBD address and export name: from
+// --nbd and --export, or, without --nbd, from the
 // resource's configuration, which the daemon's control socket
 // (g.socketPath()) gives.
 func resolveAttachTarget(g *globalOptions, resource string, o *attachOptions) (attachTarget, error) {
