@@ -107,18 +107,27 @@ func TestAuthAttackOlderImpostorGetsNoProof(t *testing.T) {
 				var nonce [nonceSize]byte
 				_, _ = rand.Read(nonce[:])
 				h := impostorHello(false, nonce)
-				go func() { _, _ = m.Write(handshakeFrame(ftHello, h.encode())) }()
+				// One writer, so that the bogus proof cannot overtake the
+				// Hello (two goroutines writing to a net.Pipe race: the
+				// node then read the Auth frame first and failed with a
+				// malformed Hello instead of the authentication).
+				var bogus []byte
+				if send {
+					bogus = make([]byte, 32)
+					_, _ = rand.Read(bogus)
+				}
+				go func() {
+					if _, err := m.Write(handshakeFrame(ftHello, h.encode())); err != nil || bogus == nil {
+						return
+					}
+					_, _ = m.Write(authFrame(bogus))
+				}()
 				fh, p, err := readHSFrame(m)
 				if err != nil || fh.typ != ftHello {
 					t.Fatalf("node's Hello: %v %v", fh.typ, err)
 				}
 				if mh, err := decodeHello(p); err != nil || !mh.roleAuth {
 					t.Fatalf("the node's Hello lacks tag 12 (%v)", err)
-				}
-				if send {
-					bogus := make([]byte, 32)
-					_, _ = rand.Read(bogus)
-					go func() { _, _ = m.Write(authFrame(bogus)) }()
 				}
 				noProofUntilClosed(t, m, "the node sent a proof to a peer that proved nothing")
 				err = <-errs
