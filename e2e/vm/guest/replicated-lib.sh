@@ -81,3 +81,10 @@ switch_over() {
 	r0 a secondary r0
 	r0 b primary r0
 }
+
+# replicas_identical: once resynced, both nodes' data areas (the exported
+# size of a.img and b.img) hold the same bytes.
+replicas_identical() {
+	_size=$(r0 a status r0 --json | sed 's/.*"size":\([0-9]*\).*/\1/')
+	[ "$(head -c "$_size" "$WORK/a.img" | sha256sum)" = "$(head -c "$_size" "$WORK/b.img" | sha256sum)" ] || fail "the replicas differ"
+}

@@ -42,8 +42,7 @@ marker WRITER_CLEAN
 verify_restart "$dev" /mnt/q
 
 resynced
-size=$(r0 a status r0 --json | sed 's/.*"size":\([0-9]*\).*/\1/')
-[ "$(head -c "$size" "$WORK/a.img" | sha256sum)" = "$(head -c "$size" "$WORK/b.img" | sha256sum)" ] || fail "the replicas differ"
+replicas_identical
 marker IDENTICAL
 
 stop_daemon a
