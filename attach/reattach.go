@@ -131,7 +131,9 @@ func reattachOne(ctx context.Context, nl *nlConn, sd sysDevice, cfg ReattachConf
 	for range n {
 		c, info, err := cfg.Connect(ctx, id)
 		if err != nil {
-			log.Warn("cannot reconnect device", zap.Error(err))
+			// The pass's warning carries it (rate-limited: a device
+			// whose export refuses it is retried every second).
+			log.Debug("cannot reconnect device", zap.Error(err))
 			return Reattached{}, false, fmt.Errorf("%s (%s): %w", DevicePath(sd.index), id, err)
 		}
 		conns = append(conns, c)
@@ -146,7 +148,7 @@ func reattachOne(ctx context.Context, nl *nlConn, sd sysDevice, cfg ReattachConf
 	}
 	defer closeFiles(files)
 	if err := nl.reconfigure(ctx, sd.index, id, fds(files)); err != nil {
-		log.Warn("reconfigure failed", zap.Error(err))
+		log.Debug("reconfigure failed", zap.Error(err))
 		return Reattached{}, false, fmt.Errorf("attach: %w", err)
 	}
 	log.Info("offered fresh connections to device", zap.Int("sockets", n))
@@ -298,12 +300,27 @@ func (h host) watch(ctx context.Context, cfg ReattachConfig) error {
 	// succeeds; failingAll: the device list itself could not be had.
 	failing := map[int]bool{}
 	failingAll := false
+	// A failure is logged as a warning when it is new (another text) and
+	// again once a minute while it lasts; the retries in between at debug
+	// level. A device that cannot be reconnected for good (its export
+	// refuses it: under auto-promote, the peer holds the volume) would
+	// otherwise fill the log every second.
+	var lastWarn string
+	var lastWarnAt time.Time
+	warn := func(msg string, err error) {
+		if text := err.Error(); text != lastWarn || time.Since(lastWarnAt) >= time.Minute {
+			lastWarn, lastWarnAt = text, time.Now()
+			log.Warn(msg, zap.Error(err), zap.Duration("every", retry))
+			return
+		}
+		log.Debug(msg, zap.Error(err))
+	}
 	pass := func(only map[int]bool) {
 		if nl == nil {
 			var derr error
 			if nl, derr = h.dial(); derr != nil {
 				failingAll = true
-				log.Warn("reattach pass not started; retrying", zap.Error(derr), zap.Duration("every", retry))
+				warn("reattach pass not started; retrying", derr)
 				return
 			}
 		}
@@ -339,7 +356,9 @@ func (h host) watch(ctx context.Context, cfg ReattachConfig) error {
 			failing[i] = true
 		}
 		if err != nil {
-			log.Warn("reattach incomplete; retrying", zap.Error(err), zap.Duration("every", retry))
+			warn("reattach incomplete; retrying", err)
+		} else {
+			lastWarn = ""
 		}
 	}
 	pass(nil)

@@ -7,6 +7,10 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
 )
 
 func watchConfig(t *testing.T) ReattachConfig {
@@ -173,5 +177,35 @@ func failFirstConnect(cfg *ReattachConfig, id string) {
 			}
 		}
 		return connect(ctx, ident)
+	}
+}
+
+// A device whose export refuses it for good (under auto-promote, the peer
+// holds the volume) is retried every second; the failure is a warning
+// once, its retries debug lines, so that the log does not fill up.
+func TestWatchWarnsOnceForALastingFailure(t *testing.T) {
+	k := newFakeKernel(t, 2)
+	k.connected(1, fakeIdent, 1<<20, 1)
+	cfg := watchConfig(t)
+	attempts := make(chan struct{}, 16)
+	cfg.Connect = func(context.Context, string) (net.Conn, ExportInfo, error) {
+		select {
+		case attempts <- struct{}{}:
+		default:
+		}
+		return nil, ExportInfo{}, errors.New("auto-promote failed: the peer is Primary")
+	}
+	core, logs := observer.New(zapcore.DebugLevel)
+	cfg.Logger = zap.New(core)
+	startWatch(t, k.host(), cfg)
+	for i := range 3 {
+		select {
+		case <-attempts:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("attempt %d never came", i+1)
+		}
+	}
+	if n := logs.FilterLevelExact(zapcore.WarnLevel).Len(); n != 1 {
+		t.Fatalf("%d warnings over 3 attempts, want 1: %v", n, logs.FilterLevelExact(zapcore.WarnLevel).All())
 	}
 }
