@@ -32,7 +32,7 @@ func (r *Resource) openExport() error {
 	defer cancel()
 	primary := false
 	if err := r.do(ctx, func() error {
-		r.openConns.Add(1)
+		r.openConns++
 		if r.stopping {
 			return ErrDown
 		}
@@ -86,7 +86,8 @@ func (r *Resource) openExport() error {
 // last one demotes a node that auto-promote made Primary.
 func (r *Resource) closeExport() {
 	r.post(func() {
-		if r.openConns.Add(-1) > 0 || !r.m.AutoPrimary() {
+		r.openConns--
+		if r.openConns > 0 || !r.m.AutoPrimary() {
 			return
 		}
 		// Clients admitted without auto-promote (turned off meanwhile,

@@ -27,12 +27,12 @@ func startAutoPair(t *testing.T) *pair {
 
 // openConnsOf reads r's count of admitted NBD connections on the loop,
 // after everything posted before.
-func openConnsOf(t *testing.T, r *Resource) int64 {
+func openConnsOf(t *testing.T, r *Resource) int {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	var n int64
-	if err := r.do(ctx, func() error { n = r.openConns.Load(); return nil }); err != nil {
+	var n int
+	if err := r.do(ctx, func() error { n = r.openConns; return nil }); err != nil {
 		t.Fatal(err)
 	}
 	return n

@@ -195,10 +195,10 @@ type Resource struct {
 	// data (replicate.FeatureSyncReady), nil once it did or without a
 	// source waiting.
 	syncReady chan struct{}
-	// openConns counts the NBD connections in the transmission phase
-	// that auto-promote admitted (openExport); changed on the loop, so
-	// that an auto-demotion and an admission cannot cross.
-	openConns atomic.Int64
+	// openConns: loop; the NBD connections auto-promote admitted
+	// (openExport) and that have not left (closeExport). Counted on the
+	// loop, where the auto-demotion decides, so that the two cannot cross.
+	openConns int
 	// autoSem lets one auto-promotion run at a time: the clients that
 	// come meanwhile wait for it (and find the node Primary), rather
 	// than being refused as a second promotion in progress.
@@ -612,7 +612,7 @@ func syncWithin(sync func() error, d time.Duration) error {
 // admitting (openConns), which the server counts only once they entered
 // it, after Export.Open returned.
 func (r *Resource) clientConns() int {
-	return max(r.nbdConns(), int(r.openConns.Load()))
+	return max(r.nbdConns(), r.openConns)
 }
 
 func (r *Resource) nbdConns() int {

@@ -205,17 +205,19 @@ func adjustRunning(ctx context.Context, w io.Writer, c *ctlproto.Client, name st
 	}
 	for _, t := range adjustActions(sts[0], skip) {
 		def, _ := c.Registry().Msg(t)
-		if !daemonKnows(c, t) {
+		lacks := func() {
 			fmt.Fprintf(w, "%s: the daemon (%s) has no %s (control protocol %s): the disk stays %s (down and up attach it)\n",
 				name, daemonDesc(c.Daemon()), def.Name, def.Since, sts[0].Disk)
+		}
+		if !daemonKnows(c, t) {
+			lacks()
 			continue
 		}
 		fmt.Fprintf(w, "%s: %s (%s, %s)\n", name, def.Name, sts[0].Disk, sts[0].Conn)
 		if _, err := c.Command(ctx, t, name); err != nil {
 			var e *ctlproto.Error
 			if errors.As(err, &e) && e.Code == ctlproto.CodeUnknownMessageType {
-				fmt.Fprintf(w, "%s: the daemon (%s) does not know %s (control protocol %s): the disk stays %s (down and up attach it)\n",
-					name, daemonDesc(c.Daemon()), def.Name, def.Since, sts[0].Disk)
+				lacks() // a daemon whose hello said no version
 				continue
 			}
 			return fmt.Errorf("the configuration is applied, but %s failed: %w", def.Name, explain(c.Registry(), c.Daemon(), err))
@@ -608,7 +610,7 @@ func waitFor(cmd *cobra.Command, g *globalOptions, name string, timeout time.Dur
 		defer t.Stop()
 		changed := watchChanges(ctx, g, name)
 		var standAlone time.Time // since when it has been StandAlone
-		pausedSaid := false
+		pausedSaid := ""         // the pause note printed for the pause that holds
 		for {
 			sts, err := c.Status(ctx, name)
 			if err != nil {
@@ -639,24 +641,12 @@ func waitFor(cmd *cobra.Command, g *globalOptions, name string, timeout time.Dur
 				return fmt.Errorf("resource %s is down: run rbd-nbd up %s", name, name)
 			}
 			// A paused resync goes nowhere until resume-sync: say why
-			// the wait does not end (once per pause).
-			var running bool // a resync runs: the pause is on it, or about to be
-			switch last.Conn {
-			case resource.ConnSyncSource, resource.ConnSyncTarget, resource.ConnPausedSyncS, resource.ConnPausedSyncT:
-				running = true
-			}
-			paused := last.SyncPaused || last.Conn == resource.ConnPausedSyncS || last.Conn == resource.ConnPausedSyncT
-			if paused = paused && resyncWait; paused && !pausedSaid {
-				if running {
-					fmt.Fprintf(out, "%s: the resync is paused (pause-sync); it waits for rbd-nbd resume-sync %s (on either node)\n", name, name)
-				} else {
-					// Remembered here while no resync runs: the peer
-					// knows nothing of it (its resume-sync is refused).
-					fmt.Fprintf(out, "%s: a pause-sync given on this node holds the next resync back; rbd-nbd resume-sync %s on this node lets it run\n", name, name)
-				}
-				pausedSaid = true
-			} else if !paused {
-				pausedSaid = false
+			// the wait does not end, once per pause.
+			if note := pauseNote(last); !resyncWait || note == "" {
+				pausedSaid = ""
+			} else if note != pausedSaid {
+				fmt.Fprintln(out, note)
+				pausedSaid = note
 			}
 			if last.Conn == resource.ConnStandAlone {
 				if standAlone.IsZero() {
@@ -680,6 +670,21 @@ func waitFor(cmd *cobra.Command, g *globalOptions, name string, timeout time.Dur
 		}
 	})
 	return last, err
+}
+
+// pauseNote says why a resync st waits for does not move, when a pause
+// holds it ("" when none does).
+func pauseNote(st resource.Status) string {
+	switch {
+	case st.Conn == resource.ConnPausedSyncS || st.Conn == resource.ConnPausedSyncT ||
+		st.SyncPaused && (st.Conn == resource.ConnSyncSource || st.Conn == resource.ConnSyncTarget):
+		return fmt.Sprintf("%s: the resync is paused (pause-sync); it waits for rbd-nbd resume-sync %s (on either node)", st.Name, st.Name)
+	case st.SyncPaused:
+		// Remembered here while no resync runs: the peer knows nothing
+		// of it (its resume-sync is refused).
+		return fmt.Sprintf("%s: a pause-sync given on this node holds the next resync back; rbd-nbd resume-sync %s on this node lets it run", st.Name, st.Name)
+	}
+	return ""
 }
 
 // watchChanges subscribes to the resource's events on a connection of its
