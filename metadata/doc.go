@@ -35,7 +35,7 @@
 // superblock slots and the activity-log ring, and P(U) the bitmap pages U
 // bytes would need (so a few unused pages may stay between the data and
 // the bitmap); it is recorded in the superblock and must match on every
-// Open (a resized device is refused).
+// Open (a resized device is refused until Grow moved the meta-data).
 // P = ceil(ceil(DataSize/BitmapBlock) / 32768); R = max(8, ceil(al-extents /
 // 884) + 2).
 //
@@ -122,6 +122,55 @@
 // the data are zero. Pages carry no checksum: a torn page is a mix of old
 // and new 512-byte sectors, and both are safe (see package bitmap,
 // invariant 2).
+//
+// # Growing
+//
+// Grow adapts the meta-data to a grown data device, offline. It keeps the
+// geometry and every superblock field but the data size, advances the
+// sequence number, keeps every dirty bit (an unclean activity log is
+// recovered into the bitmap first, exactly as Open would, crashed-primary
+// included) and leaves the added data clean and the meta-data closed
+// cleanly (al-clean).
+//
+// Internal meta-data moves to the new end of the device, in this order:
+//
+//  1. the new bitmap (the old pages, then zero pages), a zeroed ring
+//     holding only transaction 1 (an empty activity log), and zeroed new
+//     superblock slots; sync;
+//  2. both new superblock slots, sequence numbers n+1 and n+2; sync;
+//  3. the part of the old area and the old slack that is now data, the
+//     old superblock slots excepted, zeroed; sync;
+//  4. the old superblock slots zeroed; sync.
+//
+// Until step 2 is durable the old area is untouched: Open at the old size
+// finds the old meta-data intact, and Open at the new size finds no valid
+// pair of slots there (zeros: ErrNoMeta; one new slot whole and the other
+// zero: rule 4, refused) or, one slot whole and the other torn, the new
+// meta-data, which step 1 made complete before. Both slots are written
+// because a single new slot beside a zeroed one is refused by rule 4, and
+// the zeroing in step 1 keeps whatever bytes lay there from pairing with
+// it. From step 2 on, Open at the new size finds the new meta-data. The
+// old slots are zeroed last so that, while any of the old area may still
+// hold old bytes, a valid old superblock of the same meta id says so:
+// Grow run again finds the new meta-data in force and the old superblock,
+// and finishes steps 3 and 4; with the old superblock gone it reports
+// ErrNotGrown. Zeroing makes two replicas grown alike hold the same bytes
+// where the old meta-data was, which no bitmap bit would otherwise cover.
+//
+// The new area must not overlap the old one: a device that grew by less
+// than its meta-data's size (the old end plus the new meta-data size) is
+// refused with ErrNotGrown naming the smallest size. Moving over the old
+// area in place would need an on-disk "move in progress" state and its
+// recovery, for a growth of a few megabytes per terabyte that nobody needs.
+//
+// External meta-data stays in place: its bitmap grows at the end of the
+// file (extended when the store is a regular file). Order: the bitmap, old
+// pages with the recovered extents set and new pages zero; sync; then one
+// superblock slot, as Update writes it; sync. Before that write the old
+// superblock is in force over a bitmap holding at least its bits (old
+// pages torn between two contents with the same or more bits are safe);
+// after it, the new one. The ring is kept: with al-clean set its slots
+// are what a clean Close leaves.
 //
 // # Invariants
 //

@@ -30,6 +30,10 @@ var (
 	ErrBadOptions = errors.New("metadata: invalid options")
 	// ErrImmutable means Update tried to change a field fixed at creation.
 	ErrImmutable = errors.New("metadata: immutable superblock field changed")
+	// ErrNotGrown means Grow found nothing to grow: the device is not
+	// larger than before (or, internal, not by enough to hold the moved
+	// meta-data), or the meta-data already fits it.
+	ErrNotGrown = errors.New("metadata: device not grown")
 	// ErrClosed means the Meta was closed.
 	ErrClosed = errors.New("metadata: closed")
 )

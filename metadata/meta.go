@@ -299,12 +299,7 @@ func Open(st Store, storeSize int64, internal bool) (*Meta, error) {
 	var set Flags
 	if !sb.Flags.Has(FlagALClean) {
 		m.rec.Unclean = true
-		for _, e := range s.table {
-			if e != bitmap.NoExtent {
-				m.rec.Extents++
-				m.rec.Blocks += m.bm.Set(int64(e)<<bitmap.ExtentShift, bitmap.ExtentSize)
-			}
-		}
+		m.rec.Extents, m.rec.Blocks = recoverAL(m.bm, s.table)
 		if err := m.bm.Flush(); err != nil {
 			return nil, err
 		}
