@@ -86,6 +86,7 @@ func newRootCmdExec(exec execFunc) *cobra.Command {
 		newCreateMDCmd(g),
 		newDumpMDCmd(g),
 		newWipeMDCmd(g),
+		newResizeMDCmd(g),
 		newAttachCmd(g),
 		newDetachCmd(g),
 		newListMappedCmd(g),

@@ -1,0 +1,233 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
+
+	"github.com/rbd-nbd/rbd-nbd/metadata"
+)
+
+// newResizeMDCmd is `rbd-nbd resize-md`: adapt the meta-data to a grown
+// data device, offline.
+func newResizeMDCmd(g *globalOptions) *cobra.Command {
+	var (
+		md          mdFlags
+		oldSizeStr  string
+		dryRun      bool
+		zeroNew     bool
+		assumeClean bool
+	)
+	cmd := &cobra.Command{
+		Use:   "resize-md --disk PATH [--meta internal|PATH] [--old-size SIZE] [--dry-run] [--zero-new|--assume-clean]",
+		Short: "Adapt the meta-data to a grown data device (offline)",
+		Long: `resize-md grows the meta-data after the data device grew (truncate, lvextend),
+while no daemon uses it. Internal meta-data moves from the old end of --disk to
+the new end; --old-size is the device's size before it grew. External meta-data
+stays in --meta, whose bitmap grows (a regular file is extended). Dirty bits,
+UUIDs and flags are kept; the added data starts clean, so the added range must
+read as zeros on every node: resize-md checks that and refuses otherwise.
+--zero-new zeroes it, --assume-clean skips the check (the added space is known
+identical on both nodes). Grow both nodes' devices by the same amount and run
+resize-md on both (docs/operations.md, "Growing a resource (offline)").`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if zeroNew && assumeClean {
+				return errors.New("--zero-new and --assume-clean exclude each other")
+			}
+			var oldSize int64
+			switch {
+			case md.internal() && oldSizeStr == "":
+				return errors.New("--old-size is required for internal meta-data: the size of --disk before it grew (the meta-data is at its end)")
+			case !md.internal() && oldSizeStr != "":
+				return errors.New("--old-size is for internal meta-data only: external meta-data records its data size")
+			case oldSizeStr != "":
+				v, err := mdParseSize(oldSizeStr)
+				if err != nil {
+					return fmt.Errorf("--old-size: %w", err)
+				}
+				oldSize = v
+			}
+			return resizeMD(cmd.OutOrStdout(), &md, resizeMDOptions{
+				oldSize: oldSize, dryRun: dryRun, zeroNew: zeroNew, assumeClean: assumeClean,
+			})
+		},
+	}
+	md.register(cmd)
+	f := cmd.Flags()
+	f.StringVar(&oldSizeStr, "old-size", "", "internal meta-data: the size of --disk before it grew (e.g. 10G, or bytes)")
+	f.BoolVar(&dryRun, "dry-run", false, "print what would change, write nothing")
+	f.BoolVar(&zeroNew, "zero-new", false, "write zeros over the added data range")
+	f.BoolVar(&assumeClean, "assume-clean", false, "do not check that the added data range reads as zeros")
+	return cmd
+}
+
+type resizeMDOptions struct {
+	oldSize                      int64
+	dryRun, zeroNew, assumeClean bool
+}
+
+func resizeMD(out io.Writer, md *mdFlags, o resizeMDOptions) error {
+	s, err := md.open(!o.dryRun)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	disk := s.files[0]
+	internal := md.internal()
+	gopts := metadata.GrowOptions{OldStoreSize: o.oldSize, DataSize: s.diskSize, DryRun: true}
+	plan, err := metadata.Grow(s.meta, s.metaSize, internal, gopts)
+	if err != nil {
+		return resizeMDError(md, err)
+	}
+	// The data the grow adds: on the disk past its old end (internal)
+	// or past the old data size (external), up to the new data size.
+	added := [2]int64{plan.Old.DataSize, plan.New.DataSize}
+	if internal {
+		added[0] = min(max(added[0], o.oldSize), added[1])
+	}
+	addedNote := "not checked (--assume-clean)"
+	switch {
+	case o.zeroNew:
+		addedNote = "zeroed (--zero-new)"
+		if o.dryRun {
+			addedNote = "would be zeroed (--zero-new)"
+		}
+	case !o.assumeClean:
+		off, err := firstNonZero(disk, added[0], added[1])
+		if err != nil {
+			return fmt.Errorf("%s: check the added range: %w", md.disk, err)
+		}
+		if off >= 0 {
+			return fmt.Errorf("%s holds data at offset %d, in the added range [%d, %d) that resize-md would export as clean: the replicas would differ there unseen; zero it on every node with --zero-new, or pass --assume-clean if every node's added space is known identical",
+				md.disk, off, added[0], added[1])
+		}
+		addedNote = "reads as zeros"
+	}
+	verb := "grew"
+	if o.dryRun {
+		verb = "would grow"
+	} else {
+		if o.zeroNew {
+			if err := zeroFileRange(disk, added[0], added[1]); err != nil {
+				return fmt.Errorf("%s: zero the added range [%d, %d): %w", md.disk, added[0], added[1], err)
+			}
+		}
+		gopts.DryRun = false
+		if plan, err = metadata.Grow(s.meta, s.metaSize, internal, gopts); err != nil {
+			return resizeMDError(md, err)
+		}
+		if err := s.Close(); err != nil {
+			return err
+		}
+	}
+	old, nw := plan.Old, plan.New
+	fmt.Fprintf(out, "%s %s meta-data of %s\n", verb, md.metaName(), md.disk)
+	fmt.Fprintf(out, "data size     %d bytes (%s) -> %d bytes (%s), %d bytes added (%s)\n",
+		old.DataSize, mdHumanBytes(old.DataSize), nw.DataSize, mdHumanBytes(nw.DataSize),
+		nw.DataSize-old.DataSize, mdHumanBytes(nw.DataSize-old.DataSize))
+	fmt.Fprintf(out, "meta-data     %d bytes at offset %d -> %d bytes at offset %d\n",
+		old.MetaSize, old.MetaOffset, nw.MetaSize, nw.MetaOffset)
+	if plan.Extended > 0 {
+		fmt.Fprintf(out, "meta file     extended to %d bytes\n", plan.Extended)
+	}
+	if internal {
+		fmt.Fprintf(out, "old area      [%d, %d) becomes data, zeroed\n", plan.Zeroed[0], plan.Zeroed[1])
+	}
+	fmt.Fprintf(out, "added range   [%d, %d) %s\n", added[0], added[1], addedNote)
+	if plan.Unclean {
+		fmt.Fprintf(out, "recovered     not shut down cleanly: %d activity-log extents (%d blocks) marked dirty\n",
+			plan.ALExtents, plan.ALBlocks)
+	}
+	if plan.Resumed {
+		fmt.Fprintln(out, "note          an interrupted resize-md had moved the meta-data already; this run finished zeroing the old area")
+	}
+	fmt.Fprintf(out, "dirty         %d bitmap blocks\n", plan.DirtyBlocks)
+	return nil
+}
+
+// resizeMDError names the meta-data's place and says what to do.
+func resizeMDError(md *mdFlags, err error) error {
+	if md.internal() && errors.Is(err, metadata.ErrNoMeta) {
+		return fmt.Errorf("%s: %w; is --old-size the size of the device before it grew?", md.where(), err)
+	}
+	return fmt.Errorf("%s: %w", md.where(), err)
+}
+
+// firstNonZero returns the offset of the first non-zero byte of f in
+// [from, to), or -1. A regular file's holes are skipped without reading
+// (SEEK_DATA, SEEK_HOLE), so that a sparse grown file costs nothing.
+func firstNonZero(f *os.File, from, to int64) (int64, error) {
+	fd := int(f.Fd())
+	for pos := from; pos < to; {
+		data, err := unix.Seek(fd, pos, unix.SEEK_DATA)
+		switch {
+		case err == unix.ENXIO:
+			return -1, nil // no data from pos on
+		case err == unix.EINVAL || err == unix.EOPNOTSUPP:
+			return readNonZero(f, pos, to) // a block device
+		case err != nil:
+			return -1, &os.PathError{Op: "lseek", Path: f.Name(), Err: err}
+		}
+		if data >= to {
+			return -1, nil
+		}
+		hole, err := unix.Seek(fd, data, unix.SEEK_HOLE)
+		if err != nil {
+			return -1, &os.PathError{Op: "lseek", Path: f.Name(), Err: err}
+		}
+		hole = min(hole, to)
+		if off, err := readNonZero(f, data, hole); err != nil || off >= 0 {
+			return off, err
+		}
+		pos = hole
+	}
+	return -1, nil
+}
+
+// readNonZero reads [from, to) and returns the offset of its first
+// non-zero byte, or -1.
+func readNonZero(r io.ReaderAt, from, to int64) (int64, error) {
+	buf := make([]byte, 1<<20)
+	for off := from; off < to; {
+		n := min(int64(len(buf)), to-off)
+		if _, err := r.ReadAt(buf[:n], off); err != nil {
+			return -1, fmt.Errorf("read at %d: %w", off, err)
+		}
+		for i, c := range buf[:n] {
+			if c != 0 {
+				return off + int64(i), nil
+			}
+		}
+		off += n
+	}
+	return -1, nil
+}
+
+// zeroFileRange makes [from, to) of f read as zeros and durable: a punched
+// hole where the file system or device can, written zeros where not.
+func zeroFileRange(f *os.File, from, to int64) error {
+	if to <= from {
+		return nil
+	}
+	fd := int(f.Fd())
+	err := unix.Fallocate(fd, unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, from, to-from)
+	if err != nil {
+		err = unix.Fallocate(fd, unix.FALLOC_FL_ZERO_RANGE|unix.FALLOC_FL_KEEP_SIZE, from, to-from)
+	}
+	if err != nil {
+		buf := make([]byte, 1<<20)
+		for off := from; off < to; {
+			n := min(int64(len(buf)), to-off)
+			if _, err := f.WriteAt(buf[:n], off); err != nil {
+				return err
+			}
+			off += n
+		}
+	}
+	return f.Sync()
+}
