@@ -76,8 +76,14 @@ func openStorage(cfg config.Resource, check func(metadata.Superblock) error, wra
 		store, storeSize, internal = st.metaFile, st.metaFile.Size(), false
 	}
 	metaErr := func(err error) error {
+		if errors.Is(err, metadata.ErrNoMeta) && internal {
+			// Internal meta-data sits at the end: a disk that grew
+			// has it where the end used to be.
+			return fmt.Errorf("%w %s: run rbd-nbd create-md --disk %s for a new disk; if the disk grew, rbd-nbd resize-md --disk %s --old-size SIZE (its size before it grew; docs/operations.md, \"Growing a resource (offline)\"): %w",
+				ErrNoMeta, cfg.Local.Disk, cfg.Local.Disk, cfg.Local.Disk, err)
+		}
 		if errors.Is(err, metadata.ErrNoMeta) {
-			return fmt.Errorf("%w %s: run rbd-nbd create-md --disk %s: %w", ErrNoMeta, cfg.Local.Disk, cfg.Local.Disk, err)
+			return fmt.Errorf("%w %s: run rbd-nbd create-md --disk %s --meta %s: %w", ErrNoMeta, cfg.Local.Disk, cfg.Local.Disk, cfg.Local.Meta, err)
 		}
 		return fmt.Errorf("meta-data of %s: %w", cfg.Local.Disk, err)
 	}
