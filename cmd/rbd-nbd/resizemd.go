@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -32,7 +33,9 @@ stays in --meta, whose bitmap grows (a regular file is extended). Dirty bits,
 UUIDs and flags are kept; the added data starts clean, so the added range must
 read as zeros on every node: resize-md checks that and refuses otherwise.
 --zero-new zeroes it, --assume-clean skips the check (the added space is known
-identical on both nodes). Grow both nodes' devices by the same amount and run
+identical on both nodes). Without --old-size, internal meta-data is looked
+for by a scan back from the end, which reports what it finds and moves nothing:
+confirm it with --old-size. Grow both nodes' devices by the same amount and run
 resize-md on both (docs/operations.md, "Growing a resource (offline)").`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -42,7 +45,7 @@ resize-md on both (docs/operations.md, "Growing a resource (offline)").`,
 			var oldSize int64
 			switch {
 			case md.internal() && oldSizeStr == "":
-				return errors.New("--old-size is required for internal meta-data: the size of --disk before it grew (the meta-data is at its end)")
+				return resizeMDScan(&md)
 			case !md.internal() && oldSizeStr != "":
 				return errors.New("--old-size is for internal meta-data only: external meta-data records its data size")
 			case oldSizeStr != "":
@@ -59,7 +62,7 @@ resize-md on both (docs/operations.md, "Growing a resource (offline)").`,
 	}
 	md.register(cmd)
 	f := cmd.Flags()
-	f.StringVar(&oldSizeStr, "old-size", "", "internal meta-data: the size of --disk before it grew (e.g. 10G, or bytes)")
+	f.StringVar(&oldSizeStr, "old-size", "", "internal meta-data: the size of --disk before it grew (e.g. 10G, or bytes); without it, a scan reports where the meta-data is")
 	f.BoolVar(&dryRun, "dry-run", false, "print what would change, write nothing")
 	f.BoolVar(&zeroNew, "zero-new", false, "write zeros over the added data range")
 	f.BoolVar(&assumeClean, "assume-clean", false, "do not check that the added data range reads as zeros")
@@ -136,7 +139,11 @@ func resizeMD(out io.Writer, md *mdFlags, o resizeMDOptions) error {
 		fmt.Fprintf(out, "meta file     extended to %d bytes\n", plan.Extended)
 	}
 	if internal {
-		fmt.Fprintf(out, "old area      [%d, %d) becomes data, zeroed\n", plan.Zeroed[0], plan.Zeroed[1])
+		zeroed := "zeroed"
+		if o.dryRun {
+			zeroed = "to be zeroed"
+		}
+		fmt.Fprintf(out, "old area      [%d, %d) becomes data, %s\n", plan.Zeroed[0], plan.Zeroed[1], zeroed)
 	}
 	fmt.Fprintf(out, "added range   [%d, %d) %s\n", added[0], added[1], addedNote)
 	if plan.Unclean {
@@ -230,4 +237,106 @@ func zeroFileRange(f *os.File, from, to int64) error {
 		}
 	}
 	return f.Sync()
+}
+
+// resizeMDScanLimit bounds the data a scan for the old meta-data reads
+// (holes of a sparse file are free).
+const resizeMDScanLimit = 64 << 30
+
+// resizeMDScan is resize-md without --old-size on internal meta-data: it
+// looks for the old meta-data and reports it, but moves nothing. A disk
+// image inside the volume may hold another device's superblock, so what a
+// scan finds needs the administrator's confirmation: --old-size.
+func resizeMDScan(md *mdFlags) error {
+	s, err := md.open(false)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	if info, err := metadata.Inspect(s.meta, s.metaSize, true); err == nil {
+		return fmt.Errorf("%s: %w: the meta-data already fits the device of %d bytes (data size %d); nothing to do",
+			md.where(), metadata.ErrNotGrown, s.metaSize, info.Layout.DataSize)
+	}
+	end, info, err := findOldMeta(s.meta, s.metaSize, resizeMDScanLimit)
+	if err != nil {
+		return fmt.Errorf("--old-size is required for internal meta-data (the size of --disk before it grew); scanning %s for it: %w", md.disk, err)
+	}
+	if info == nil {
+		return fmt.Errorf("--old-size is required for internal meta-data (the size of --disk before it grew); a scan of %s found no meta-data whose layout ends where it lies", md.disk)
+	}
+	sb := info.Superblock
+	return fmt.Errorf("--old-size is required for internal meta-data; a scan found meta-data ending at offset %d (%s) of %s: data size %d, node id %d, meta id %016x, device uuid %016x. If %d is the size of the device before it grew, run resize-md --disk %s --old-size %d (a disk image stored inside the volume can hold another device's meta-data: check before you confirm)",
+		end, mdHumanBytes(end), md.disk, sb.DataSize, sb.NodeID, sb.MetaID, sb.DeviceUUID, end, md.disk, end)
+}
+
+// findOldMeta scans f backwards from size for internal meta-data whose own
+// layout ends exactly where it lies: a superblock slot at end-4K or end-8K
+// for which Inspect at end succeeds. It returns that end and what Inspect
+// read, or a nil Info when none was found within limit bytes of data.
+// A regular file's holes are skipped (SEEK_DATA, SEEK_HOLE).
+func findOldMeta(f *os.File, size, limit int64) (int64, *metadata.Info, error) {
+	segs, err := dataSegments(f, size)
+	if err != nil {
+		return 0, nil, err
+	}
+	buf := make([]byte, 1<<20)
+	magic := []byte(metadata.SuperblockMagic)
+	var read int64
+	for i := len(segs) - 1; i >= 0; i-- {
+		lo := (segs[i][0] + metadata.BlockSize - 1) &^ (metadata.BlockSize - 1)
+		for hi := segs[i][1] &^ (metadata.BlockSize - 1); hi > lo; {
+			from := max(lo, hi-int64(len(buf)))
+			b := buf[:hi-from]
+			if _, err := f.ReadAt(b, from); err != nil {
+				return 0, nil, fmt.Errorf("read at %d: %w", from, err)
+			}
+			for o := int64(len(b)) - metadata.BlockSize; o >= 0; o -= metadata.BlockSize {
+				if !bytes.HasPrefix(b[o:], magic) {
+					continue
+				}
+				for _, end := range []int64{from + o + metadata.BlockSize, from + o + 2*metadata.BlockSize} {
+					if end > size {
+						continue
+					}
+					if info, err := metadata.Inspect(f, end, true); err == nil {
+						return end, info, nil
+					}
+				}
+			}
+			if read += int64(len(b)); read >= limit {
+				return 0, nil, nil
+			}
+			hi = from
+		}
+	}
+	return 0, nil, nil
+}
+
+// dataSegments returns the ranges of f below size that may hold data, in
+// order: the allocated extents of a regular file, all of a block device.
+func dataSegments(f *os.File, size int64) ([][2]int64, error) {
+	fd := int(f.Fd())
+	var segs [][2]int64
+	for pos := int64(0); pos < size; {
+		data, err := unix.Seek(fd, pos, unix.SEEK_DATA)
+		switch {
+		case err == unix.ENXIO:
+			return segs, nil
+		case err == unix.EINVAL || err == unix.EOPNOTSUPP:
+			return [][2]int64{{0, size}}, nil
+		case err != nil:
+			return nil, &os.PathError{Op: "lseek", Path: f.Name(), Err: err}
+		}
+		if data >= size {
+			break
+		}
+		hole, err := unix.Seek(fd, data, unix.SEEK_HOLE)
+		if err != nil {
+			return nil, &os.PathError{Op: "lseek", Path: f.Name(), Err: err}
+		}
+		hole = min(hole, size)
+		segs = append(segs, [2]int64{data, hole})
+		pos = hole
+	}
+	return segs, nil
 }

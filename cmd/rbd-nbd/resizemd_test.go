@@ -56,7 +56,10 @@ func TestResizeMDInternal(t *testing.T) {
 	if _, err := runMD(t, "dump-md", "--disk", img); !errors.Is(err, metadata.ErrNoMeta) {
 		t.Fatalf("dump-md of the grown device: %v, want ErrNoMeta", err)
 	}
-	if _, err := runMD(t, "resize-md", "--disk", img); err == nil || !strings.Contains(err.Error(), "--old-size is required") {
+	// Without --old-size: a scan finds the old meta-data, and the user
+	// is to confirm it.
+	if _, err := runMD(t, "resize-md", "--disk", img); err == nil || !strings.Contains(err.Error(), "--old-size is required") ||
+		!strings.Contains(err.Error(), "--old-size 268435456") {
 		t.Fatalf("resize-md without --old-size: %v", err)
 	}
 	if _, err := runMD(t, "resize-md", "--disk", img, "--old-size", "255M"); !errors.Is(err, metadata.ErrNoMeta) ||
@@ -82,8 +85,10 @@ func TestResizeMDInternal(t *testing.T) {
 		t.Fatalf("after resize-md:\n %+v\nbefore:\n %+v", after, before)
 	}
 	t.Logf("resize-md output:\n%s", out)
-	if _, err := runMD(t, "resize-md", "--disk", img, "--old-size", "256M"); !errors.Is(err, metadata.ErrNotGrown) {
-		t.Fatalf("second resize-md: %v, want ErrNotGrown", err)
+	for _, args := range [][]string{{"--old-size", "256M"}, nil} {
+		if _, err := runMD(t, append([]string{"resize-md", "--disk", img}, args...)...); !errors.Is(err, metadata.ErrNotGrown) {
+			t.Fatalf("second resize-md %v: %v, want ErrNotGrown", args, err)
+		}
 	}
 }
 
@@ -154,5 +159,35 @@ func TestResizeMDInUse(t *testing.T) {
 	defer d.Close()
 	if _, err := runMD(t, "resize-md", "--disk", img, "--old-size", "64M"); err == nil || !strings.Contains(err.Error(), "in use") {
 		t.Errorf("resize-md on a file in use: %v; want refused as in use", err)
+	}
+}
+
+// TestResizeMDScan: without --old-size, the scan skips a sparse file's
+// holes, reports the meta-data nearest the end whose layout ends where it
+// lies (not a stray superblock copy), and moves nothing.
+func TestResizeMDScan(t *testing.T) {
+	img := mdTempDisk(t, 64<<20)
+	mustRunMD(t, "create-md", "--disk", img)
+	mdGrowFile(t, img, 1<<30)
+	// A stray copy of a superblock in the added space, not meta-data
+	// that opens there: the scan must pass it by.
+	f, err := os.OpenFile(img, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sb := make([]byte, 4096)
+	if _, err := f.ReadAt(sb, 64<<20-4096); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt(sb, 512<<20); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	_, err = runMD(t, "resize-md", "--disk", img)
+	if err == nil || !strings.Contains(err.Error(), "--old-size 67108864") {
+		t.Fatalf("resize-md without --old-size: %v", err)
+	}
+	if _, err := runMD(t, "dump-md", "--disk", img); !errors.Is(err, metadata.ErrNoMeta) {
+		t.Fatalf("the scan wrote: dump-md: %v", err)
 	}
 }
