@@ -27,7 +27,8 @@ func growBase(t *testing.T, st *memstore.Store, internal, unclean bool) {
 	mustCreate(t, st, size, internal, CreateOptions{ALExtents: 7, NodeID: 3, DataSize: growOldSize})
 	m := mustOpen(t, st, size, internal)
 	// Bits in both old bitmap pages, one at the last block.
-	for _, off := range []int64{0, 5 << 20, 130 << 20, m.DataSize() - 4096} {
+	ds := m.DataSize()
+	for _, off := range []int64{0, 5 << 20, ds / 2 &^ 4095, ds - 4096} {
 		m.Bitmap().Set(off, 8192)
 	}
 	if err := m.Flush(); err != nil {
@@ -46,8 +47,8 @@ func growBase(t *testing.T, st *memstore.Store, internal, unclean bool) {
 		return
 	}
 	// Writes whose bits were never set: only the activity log knows
-	// them (extents 20 and 41).
-	for _, off := range []int64{20 << 22, 41<<22 + 4096} {
+	// them: two extents no bit above covers.
+	for _, off := range []int64{ds * 5 / 16 &^ 4095, ds*41/64&^4095 + 4096} {
 		done, err := m.ActivityLog().Begin(context.Background(), off, 4096)
 		if err != nil {
 			t.Fatal(err)
@@ -425,5 +426,34 @@ func TestRecoverALMatchesOpen(t *testing.T) {
 	}
 	if g.sb.Flags&^FlagALClean != m.Superblock().Flags {
 		t.Errorf("grow flags %v, Open's %v", g.sb.Flags, m.Superblock().Flags)
+	}
+}
+
+// TestGrowUnalignedSizes: device sizes that are not multiples of 4 KiB.
+// The old tail past the last whole block lies in the zeroed range; the
+// new meta-data ends at the new size rounded down.
+func TestGrowUnalignedSizes(t *testing.T) {
+	const oldSize, newSize = 64<<20 + 1000, 128<<20 + 3000
+	st := memstore.New(oldSize)
+	growBase(t, st, true, true)
+	want := dirtyAfterOpen(t, st, oldSize, true)
+	st.Resize(newSize)
+	// Junk in the old tail, past the old end's last whole block: it
+	// becomes data and must be zeroed.
+	if _, err := st.WriteAt([]byte{1, 2, 3}, oldSize-3); err != nil {
+		t.Fatal(err)
+	}
+	res, err := Grow(st, newSize, true, GrowOptions{OldStoreSize: oldSize})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Zeroed != [2]int64{res.Old.DataSize, 64<<20 + 4096} || res.New.Superblock[1] != 128<<20-4096 {
+		t.Errorf("zeroed %v, new superblock slots %v", res.Zeroed, res.New.Superblock)
+	}
+	if err := checkZero(st, res.Zeroed[0], res.Zeroed[1]); err != nil {
+		t.Error(err)
+	}
+	if err := checkBits(st.Clone(), newSize, true, want, res.New.DataSize); err != nil {
+		t.Fatal(err)
 	}
 }
