@@ -149,7 +149,6 @@ func TestCompatible(t *testing.T) {
 		dev  devState
 	}{
 		{"smaller", ExportInfo{Size: 1 << 19}, devState{size: 1 << 20}},
-		{"larger", ExportInfo{Size: 2 << 20}, devState{size: 1 << 20}},
 		{"read-only under writable", ExportInfo{Size: 1 << 20, Flags: FlagReadOnly}, devState{size: 1 << 20}},
 		// The kernel keeps the flags of the first attach: it would send
 		// FLUSH, FUA and TRIM to a server that no longer takes them, and
@@ -163,6 +162,11 @@ func TestCompatible(t *testing.T) {
 		if err := compatible(tc.info, tc.dev); !errors.Is(err, ErrMismatch) {
 			t.Errorf("%s: err = %v, want ErrMismatch", tc.name, err)
 		}
+	}
+	// A larger export (resize-md while the daemon was down) grows the
+	// device instead (grownSize).
+	if err := compatible(ExportInfo{Size: 2 << 20}, devState{size: 1 << 20}); err != nil {
+		t.Errorf("larger export: %v, want it taken (the device grows)", err)
 	}
 	if err := compatible(ExportInfo{Size: 1 << 20, Flags: FlagReadOnly}, devState{size: 1 << 20, readOnly: true}); err != nil {
 		t.Errorf("read-only under read-only: %v", err)
@@ -409,5 +413,29 @@ func TestCheckIoctlSizeBlocks(t *testing.T) {
 	}
 	if err := (connectParams{size: 16*tib - 4096, blockSize: 4096}).checkIoctl(32); err != nil {
 		t.Fatalf("the largest size a 32-bit long takes: %v", err)
+	}
+}
+
+// grownSize is the export's size in whole blocks of the device when that
+// is more than the device's, and 0 (keep the size) otherwise.
+func TestGrownSize(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		info int64
+		dev  devState
+		want uint64
+	}{
+		{"same", 1 << 20, devState{size: 1 << 20, blockSize: 4096}, 0},
+		{"larger", 3 << 20, devState{size: 1 << 20, blockSize: 4096}, 3 << 20},
+		{"larger, rounded down to the device's blocks", 2<<20 + 6000, devState{size: 1 << 20, blockSize: 4096}, 2<<20 + 4096},
+		{"less than a block more", 1<<20 + 4000, devState{size: 1 << 20, blockSize: 4096}, 0},
+		{"512-byte blocks", 1<<20 + 1024, devState{size: 1 << 20, blockSize: 512}, 1<<20 + 1024},
+		{"block size unknown: 512", 1<<20 + 1000, devState{size: 1 << 20}, 1<<20 + 512},
+		{"smaller", 1 << 19, devState{size: 1 << 20, blockSize: 4096}, 0},
+		{"device size unknown", 2 << 20, devState{}, 0},
+	} {
+		if got := grownSize(ExportInfo{Size: tc.info}, tc.dev); got != tc.want {
+			t.Errorf("%s: grownSize = %d, want %d", tc.name, got, tc.want)
+		}
 	}
 }

@@ -293,3 +293,52 @@ func TestFakeKernelUnansweredCommandsBounded(t *testing.T) {
 		cancel()
 	}
 }
+
+// A device whose export grew while its daemon was down (resize-md) grows
+// with it when reattached: NBD_CMD_RECONFIGURE carries the export's size,
+// which the kernel announces as the device's new capacity; an export that
+// shrank is refused and the device keeps its size.
+func TestFakeKernelReattachGrows(t *testing.T) {
+	k := newFakeKernel(t, 2)
+	k.connected(0, fakeIdent, 1<<20, 1)
+	exportSize := int64(3 << 20)
+	cfg := ReattachConfig{
+		Match: func(id string) bool { return id == fakeIdent },
+		Connect: func(context.Context, string) (net.Conn, ExportInfo, error) {
+			return socketConns(t, 1)[0], ExportInfo{Name: "disk0", Size: exportSize, Flags: FlagHasFlags}, nil
+		},
+	}
+	done, err := k.host().reattach(testCtx(t), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(done) != 1 || done[0].Grown != 3<<20 {
+		t.Fatalf("reattached %+v, want nbd0 grown to %d", done, 3<<20)
+	}
+	rs := k.waitCommands(cmdReconfigure, 1)
+	if !rs[0].has[attrSizeBytes] || rs[0].attrs[attrSizeBytes] != 3<<20 {
+		t.Fatalf("RECONFIGURE %+v, want NBD_ATTR_SIZE_BYTES %d", rs[0], 3<<20)
+	}
+	if got := (sysDevice{k.sys, 0}).size(); got != 3<<20 {
+		t.Fatalf("device size %d after the reattach, want %d", got, 3<<20)
+	}
+
+	// Same size again: no size attribute, nothing grows.
+	done, err = k.host().reattach(testCtx(t), cfg)
+	if err != nil || len(done) != 1 || done[0].Grown != 0 {
+		t.Fatalf("reattach at the same size: done %+v, err %v; want no growth", done, err)
+	}
+	if rs := k.waitCommands(cmdReconfigure, 2); rs[1].has[attrSizeBytes] {
+		t.Fatalf("second RECONFIGURE %+v carries a size; want none", rs[1])
+	}
+
+	// Smaller: refused, the device keeps its size.
+	exportSize = 2 << 20
+	done, err = k.host().reattach(testCtx(t), cfg)
+	if !errors.Is(err, ErrMismatch) || len(done) != 0 {
+		t.Fatalf("reattach to a smaller export: done %+v, err %v; want ErrMismatch", done, err)
+	}
+	if got := (sysDevice{k.sys, 0}).size(); got != 3<<20 {
+		t.Fatalf("device size %d after a refused reattach, want %d", got, 3<<20)
+	}
+}

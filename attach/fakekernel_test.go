@@ -297,6 +297,10 @@ func (k *fakeKernel) handle(req netlink.Message) []netlink.Message {
 		if b, _ := os.ReadFile(filepath.Join(k.sys, "nbd"+strconv.Itoa(c.index), "backend")); c.ident != string(b[:max(len(b)-1, 0)]) {
 			return k.errno(req, unix.EINVAL)
 		}
+		if c.has[attrSizeBytes] {
+			// nbd_genl_size_set: the running device takes the new size.
+			k.write(c.index, "size", strconv.FormatUint(c.attrs[attrSizeBytes]/512, 10))
+		}
 	case cmdStatus:
 		ae := netlink.NewAttributeEncoder()
 		ae.Nested(attrDeviceList, func(list *netlink.AttributeEncoder) error {

@@ -94,13 +94,16 @@ func encodeConnect(p connectParams) ([]byte, error) {
 }
 
 // encodeReconfigure builds NBD_CMD_RECONFIGURE's attributes: the device,
-// its identifier (the kernel compares it with the device's) and the new
-// sockets.
-func encodeReconfigure(index int, identifier string, fds []int) ([]byte, error) {
+// its identifier (the kernel compares it with the device's), its new size
+// when it grows (0: left out, the size stays) and the new sockets.
+func encodeReconfigure(index int, identifier string, fds []int, size uint64) ([]byte, error) {
 	ae := netlink.NewAttributeEncoder()
 	ae.Uint32(attrIndex, uint32(index))
 	if identifier != "" {
 		ae.String(attrBackendIdentifier, identifier)
+	}
+	if size > 0 {
+		ae.Uint64(attrSizeBytes, size)
 	}
 	encodeSockets(ae, fds)
 	return ae.Encode()
@@ -332,10 +335,10 @@ func (n *nlConn) disconnect(ctx context.Context, index int) error {
 	return nil
 }
 
-// reconfigure sends NBD_CMD_RECONFIGURE and waits, bounded by ctx, for
-// its acknowledgement.
-func (n *nlConn) reconfigure(ctx context.Context, index int, identifier string, fds []int) error {
-	data, err := encodeReconfigure(index, identifier, fds)
+// reconfigure sends NBD_CMD_RECONFIGURE (with a new size when size > 0)
+// and waits, bounded by ctx, for its acknowledgement.
+func (n *nlConn) reconfigure(ctx context.Context, index int, identifier string, fds []int, size uint64) error {
+	data, err := encodeReconfigure(index, identifier, fds, size)
 	if err != nil {
 		return err
 	}

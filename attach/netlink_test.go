@@ -110,7 +110,7 @@ func TestEncodeConnectDecodes(t *testing.T) {
 }
 
 func TestEncodeReconfigureAndIndex(t *testing.T) {
-	got, err := encodeReconfigure(2, "rbd-nbd:x@unix:/s", []int{4})
+	got, err := encodeReconfigure(2, "rbd-nbd:x@unix:/s", []int{4}, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -121,6 +121,19 @@ func TestEncodeReconfigureAndIndex(t *testing.T) {
 	)
 	if !bytes.Equal(got, want) {
 		t.Fatalf("NBD_CMD_RECONFIGURE\n got %x\nwant %x", got, want)
+	}
+	// A grown export: the size goes before the sockets.
+	got, err = encodeReconfigure(2, "", []int{4}, 2<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want = cat(
+		nla(attrIndex, u32(2)...),
+		nla(attrSizeBytes, u64(2<<20)...),
+		nla(attrSockets|nested, nla(sockItem|nested, nla(sockFD, u32(4)...)...)...),
+	)
+	if !bytes.Equal(got, want) {
+		t.Fatalf("NBD_CMD_RECONFIGURE with a size\n got %x\nwant %x", got, want)
 	}
 	if got, _ := encodeIndex(6); !bytes.Equal(got, nla(attrIndex, u32(6)...)) {
 		t.Fatalf("index message %x", got)

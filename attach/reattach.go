@@ -64,6 +64,9 @@ type Reattached struct {
 	// connection of the device. The kernel takes those it needs to
 	// replace dead ones and the rest are closed.
 	Sockets int
+	// Grown is the size the device was told to grow to because its
+	// export is larger than the device (0: it kept its size).
+	Grown uint64
 }
 
 // Reattach finds every connected device whose backend identifier
@@ -128,7 +131,10 @@ func reattachOne(ctx context.Context, nl *nlConn, sd sysDevice, cfg ReattachConf
 	conns := make([]net.Conn, 0, n)
 	defer func() { closeAll(conns) }()
 	dev := sd.state()
-	for range n {
+	// export: what the connections negotiated (the smallest size of
+	// them, should a resize land between two of them).
+	var export ExportInfo
+	for i := range n {
 		c, info, err := cfg.Connect(ctx, id)
 		if err != nil {
 			// The pass's warning carries it (rate-limited: a device
@@ -141,23 +147,52 @@ func reattachOne(ctx context.Context, nl *nlConn, sd sysDevice, cfg ReattachConf
 			log.Error("refusing to reconnect device", zap.Error(err))
 			return Reattached{}, false, fmt.Errorf("%s (%s): %w", DevicePath(sd.index), id, err)
 		}
+		if i == 0 || info.Size < export.Size {
+			export = info
+		}
 	}
 	files, err := socketFiles(conns)
 	if err != nil {
 		return Reattached{}, false, err
 	}
 	defer closeFiles(files)
-	if err := nl.reconfigure(ctx, sd.index, id, fds(files)); err != nil {
+	grow := grownSize(export, dev)
+	if err := nl.reconfigure(ctx, sd.index, id, fds(files), grow); err != nil {
 		log.Debug("reconfigure failed", zap.Error(err))
 		return Reattached{}, false, fmt.Errorf("attach: %w", err)
 	}
+	if grow > 0 {
+		log.Info("the export grew: the device grows with it (grow the file system on it, e.g. resize2fs)",
+			zap.Int64("was", dev.size), zap.Uint64("size", grow))
+	}
 	log.Info("offered fresh connections to device", zap.Int("sockets", n))
-	return Reattached{Index: sd.index, Identifier: id, Sockets: n}, true, nil
+	return Reattached{Index: sd.index, Identifier: id, Sockets: n, Grown: grow}, true, nil
+}
+
+// grownSize returns the size a device grows to when its export grew
+// (resize-md while the daemon was down): the export's size in whole
+// blocks of the device, as the first attach rounded it; 0 when the
+// device keeps its size. The kernel (Linux 5.3 and later) takes it in
+// NBD_CMD_RECONFIGURE and announces the new capacity, so that a mounted
+// file system can be grown online; older kernels ignore the attribute and
+// the device keeps its size (still correct: a device smaller than its
+// export only leaves the end unused).
+func grownSize(info ExportInfo, dev devState) uint64 {
+	bs := dev.blockSize
+	if bs <= 0 {
+		bs = 512
+	}
+	size := info.Size / bs * bs
+	if dev.size <= 0 || size <= dev.size {
+		return 0
+	}
+	return uint64(size)
 }
 
 // compatible refuses an export that cannot stand in for the device's old
-// one: another size (the device's size is the export's, rounded down to
-// whole blocks of at most 4096 bytes), larger minimum blocks than the
+// one: a smaller size (the device's size is the export's, rounded down to
+// whole blocks of at most 4096 bytes; a file system on it would reach past
+// the new end; a larger export grows the device, grownSize), larger minimum blocks than the
 // device's (fixed at its first attach), read-only under a writable device,
 // or without a transmission flag the device was attached with and still
 // acts on (the kernel keeps the first attach's flags): it would send
@@ -165,8 +200,8 @@ func reattachOne(ctx context.Context, nl *nlConn, sd sysDevice, cfg ReattachConf
 // or spread requests over connections to a server that does not promise
 // that a flush on one covers writes on the others (CAN_MULTI_CONN).
 func compatible(info ExportInfo, dev devState) error {
-	if dev.size > 0 && (info.Size < dev.size || info.Size-dev.size >= 4096) {
-		return fmt.Errorf("%w: export %q has %d bytes, the device %d", ErrMismatch, info.Name, info.Size, dev.size)
+	if dev.size > 0 && info.Size < dev.size {
+		return fmt.Errorf("%w: export %q has %d bytes, less than the device's %d", ErrMismatch, info.Name, info.Size, dev.size)
 	}
 	if dev.blockSize > 0 && int64(info.MinBlock) > dev.blockSize {
 		// The kernel would send requests the server refuses (EINVAL).
