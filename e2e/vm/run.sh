@@ -121,8 +121,8 @@ for a in $(/bin/busybox --list); do [ "$a" = busybox ] || ln -sf busybox "$R/bin
 module nbd >"$R/nbd.ko"
 module loop >"$R/loop.ko"
 # Dynamically linked Debian tools, with the libraries they need: nbd-client
-# from its package, mkfs.ext4/e2fsck (ext4 with a journal; busybox has
-# neither) from the host's e2fsprogs.
+# from its package, mkfs.ext4/e2fsck/resize2fs (ext4 with a journal; busybox
+# has none of them) from the host's e2fsprogs.
 LIBPATH=$W/cache/x-libnl-genl-3-200/lib/x86_64-linux-gnu:$W/cache/x-libnl-3-200/lib/x86_64-linux-gnu
 add_tool() { # add_tool SRC DEST: copy a binary and its libraries
 	cp "$1" "$R$2"
@@ -139,6 +139,7 @@ for p in x-nbd-client/usr/sbin/nbd-client x-nbd-client/sbin/nbd-client; do [ -x 
 add_tool "$NBDC" /usr/sbin/nbd-client
 add_tool "$(command -v mke2fs)" /usr/sbin/mke2fs
 add_tool "$(command -v e2fsck)" /usr/sbin/e2fsck
+add_tool "$(command -v resize2fs)" /usr/sbin/resize2fs
 ln -sf mke2fs "$R/usr/sbin/mkfs.ext4"
 cp /etc/mke2fs.conf "$R/etc/" 2>/dev/null || true
 cp -L /lib64/ld-linux-x86-64.so.2 "$R/lib64/"
