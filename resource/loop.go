@@ -106,6 +106,9 @@ func (r *Resource) stepAdmin(ev Event) ([]Action, error) {
 		}
 	}
 	r.publishStatus()
+	// A link held for the end of the one before it (holdLink) is taken
+	// once the machine is Connecting, closed once it is StandAlone.
+	r.settlePending()
 	return acts, nil
 }
 

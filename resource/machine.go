@@ -436,6 +436,39 @@ func (m *Machine) Disk() DiskState { return m.disk }
 // Conn returns the connection state.
 func (m *Machine) Conn() ConnState { return m.conn }
 
+// LinkVerdict is what becomes of a new link that reaches the loop
+// (Machine.NewLink).
+type LinkVerdict uint8
+
+const (
+	// LinkTake: the machine is Connecting; the link is taken (once the
+	// links this node closed finished their disk calls).
+	LinkTake LinkVerdict = iota
+	// LinkWait: the link waits, held, until the current link's end is
+	// processed: the machine will be Connecting by itself then.
+	LinkWait
+	// LinkRefuse: the node does not want a link (StandAlone: disconnect,
+	// down, a refused peer); it is closed.
+	LinkRefuse
+)
+
+// NewLink says what becomes of a new link from the peer. A link can reach
+// this node before the end of the one it replaces was processed (the
+// peer saw it end first, and dialed at once: an administrator's
+// disconnect and connect, a failed link): while the machine is linked and
+// wants to connect, that end leads to Connecting (linkDown), so the new
+// link waits for it rather than being refused, which would cost the peer
+// a backoff for nothing (DRBD refuses no connection for that).
+func (m *Machine) NewLink() LinkVerdict {
+	switch {
+	case m.conn == ConnConnecting:
+		return LinkTake
+	case m.conn != ConnStandAlone && m.wantConnect:
+		return LinkWait
+	}
+	return LinkRefuse
+}
+
 // PeerRole returns the peer's role as last reported.
 func (m *Machine) PeerRole() Role { return m.peerRole }
 

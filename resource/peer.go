@@ -22,7 +22,9 @@ import (
 
 // Connection management: the node with the lower id dials the peer's
 // address; the other listens on its own. Either way a new link is handed
-// to the loop, which takes it only while the machine is Connecting.
+// to the loop, which takes it only while the machine is Connecting; one
+// that arrives before the loop processed the end of the link it replaces
+// waits for that (holdLink).
 
 // linkConfig is the peer link configuration from the resource's. It
 // reads the link's TLS files, if any, each time: a changed configuration
@@ -343,10 +345,16 @@ func (r *Resource) protocol() config.Protocol {
 	return r.cfg().Net.Protocol
 }
 
-// linkUp takes a new link if the machine wants one.
+// linkUp takes a new link if the machine wants one, holds it while the
+// current link's end is still to be processed (holdLink), and closes it
+// otherwise.
 func (r *Resource) linkUp(link *replicate.Link) {
-	if r.link != nil || r.m.Conn() != ConnConnecting {
+	switch v := r.m.NewLink(); {
+	case v == LinkRefuse:
 		_ = link.Close("not connecting")
+		return
+	case v == LinkWait || r.link != nil:
+		r.holdLink(link)
 		return
 	}
 	if ch := r.closedLinksBusy(); ch != nil {
@@ -383,6 +391,77 @@ func (r *Resource) linkUp(link *replicate.Link) {
 	r.goLoop(func() { r.readControl(link) })
 	r.goLoop(func() { r.peerFlushes(link) })
 	r.step(EvLinkUp{})
+}
+
+// holdLink keeps link, which arrived before the current link's end was
+// processed, until the machine is Connecting (settlePending); it closes
+// it if the machine goes StandAlone meanwhile, if the link fails, or
+// after net.connect-timeout, the bound of one connection attempt (the
+// current link is alive after all: the peer, if it still wants this
+// link, dials again). One link at most is held: a newer one replaces it,
+// since the peer dials again only once it gave up on the older one
+// (loop).
+func (r *Resource) holdLink(link *replicate.Link) {
+	if r.pending != nil {
+		r.dropPending("replaced by a newer link from the peer")
+	}
+	ctx, cancel := context.WithTimeout(r.loopCtx, r.cfg().Net.ConnectTimeout)
+	r.pending, r.pendingStop = link, cancel
+	r.log.Debug("peer link: a new link waits for the end of the current one", zap.Stringer("peer", link.RemoteAddr()))
+	r.goLoop(func() {
+		select {
+		case <-ctx.Done():
+			if r.loopCtx.Err() != nil {
+				return // release closes it
+			}
+		case <-link.Down():
+		}
+		r.post(func() {
+			if r.pending != link {
+				return // taken, dropped or replaced
+			}
+			if err := link.Err(); err != nil {
+				r.log.Debug("peer link: the new link that waited failed", zap.Error(err))
+			} else {
+				r.log.Info("peer link: the current link did not end in time: closing the new one", zap.Duration("waited", r.cfg().Net.ConnectTimeout))
+			}
+			r.dropPending("not connecting")
+		})
+	})
+}
+
+// dropPending closes the held link (holdLink) with reason (loop).
+func (r *Resource) dropPending(reason string) {
+	link := r.pending
+	r.pending = nil
+	r.pendingStop()
+	r.pendingStop = nil
+	_ = link.Close(reason)
+}
+
+// settlePending acts on the held link after a step: it is taken once the
+// machine is Connecting and the current link is gone, closed once the
+// machine refuses links (StandAlone: disconnect, down); otherwise it
+// goes on waiting. It is handed to the loop again to be taken rather than
+// taken here, within the step of the caller, which may still act on the
+// state that step left (loop).
+func (r *Resource) settlePending() {
+	link := r.pending
+	if link == nil {
+		return
+	}
+	switch r.m.NewLink() {
+	case LinkRefuse:
+		r.dropPending("not connecting")
+	case LinkTake:
+		if r.link != nil {
+			return
+		}
+		r.pending = nil
+		r.pendingStop()
+		r.pendingStop = nil
+		r.goLoop(func() { r.handLink(link) })
+	}
 }
 
 // readControl hands the link's control messages to the loop, in order,

@@ -163,6 +163,11 @@ type Resource struct {
 	// finished its Handler.Serve calls (nil: none left). A new link waits
 	// for it (linkUp).
 	closing chan struct{}
+	// pending: loop; a new link from the peer that arrived before the
+	// current link's end was processed, held until the machine is
+	// Connecting (holdLink); pendingStop ends its wait.
+	pending     *replicate.Link
+	pendingStop context.CancelFunc
 	// peerBitmapDone: the peer's bitmap arrived during this handshake (loop).
 	peerBitmapDone bool
 	// peerExtents: loop; the blocks a Primary attaching its disk sent on
@@ -511,6 +516,10 @@ func (r *Resource) release() {
 	}
 	r.wg.Wait()
 	r.closeHandedLinks()
+	if link := r.pending; link != nil {
+		r.dropPending("resource down")
+		link.Wait()
+	}
 	// The loop is gone: what it owned is ours now.
 	if r.link != nil {
 		_ = r.link.Close("resource down")
