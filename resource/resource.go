@@ -376,6 +376,13 @@ func (r *Resource) attach(cfg config.Resource) error {
 	size := st.meta.DataSize()
 	r.dataSize = size
 	r.size.Store(size)
+	if st.metaFile != nil && st.dev.Size()&^(metadata.BlockSize-1) > size {
+		// External meta-data fixes the data size: a data device that
+		// grew since is used only up to it until resize-md says more
+		// (internal meta-data is not found at all then, and says so).
+		r.log.Warn("the disk is larger than its meta-data's data size (it grew?); while the resource is down on both nodes, rbd-nbd resize-md grows it",
+			zap.String("disk", cfg.Local.Disk), zap.Int64("disk_size", st.dev.Size()), zap.Int64("data_size", size))
+	}
 	if r.epochs, err = newEpochs(size, st.meta.Bitmap().BlockSize()); err != nil {
 		closeStorage(st, false, r.log)
 		return err
