@@ -711,9 +711,10 @@ func (r *Resource) clearEnd(end int64) int64 {
 // gone), it takes them out of the written set, so that the resync (the
 // next link's: no chunk of this one can clear their bits any more) copies
 // them. Their bits are set either way: reads go to the peer meanwhile.
-func (r *Resource) targetWriteFailed(off, n int64) {
+// It reports whether the copy-back succeeded (a read repair counts it).
+func (r *Resource) targetWriteFailed(off, n int64) (copied bool) {
 	if r.diskFailed.Load() {
-		return
+		return false
 	}
 	start, end := r.primaryTargetBlocks(off, n)
 	// Recorded as failed before the bits are set, and until the copy-back
@@ -740,13 +741,14 @@ func (r *Resource) targetWriteFailed(off, n int64) {
 			if f != nil {
 				f.Clear(start, end-start)
 			}
-			return
+			return true
 		}
 		r.localError(err)
 	}
 	if w := r.written.Load(); w != nil {
 		w.Clear(start, end-start)
 	}
+	return false
 }
 
 // clearResynced clears the bits of [off, off+n), which a resync made

@@ -321,27 +321,6 @@ func (r *Resource) readAt(p []byte, off int64) error {
 	return r.peerRead(p, off)
 }
 
-// retryReadOnPeer serves a read that the local disk failed under
-// on-io-error pass-on from the peer, once, as DRBD retries a failed read
-// remotely: one bad sector need not reach the client while the peer holds
-// a good copy. The peer serves reads only from an UpToDate disk, and a
-// read on the data stream comes after every write sent before it, so what
-// it returns is current. Without a link, or if the peer fails too, the
-// client gets the local error.
-func (r *Resource) retryReadOnPeer(p []byte, off int64, lerr error) error {
-	st, err := r.enter(context.Background())
-	if err != nil {
-		return lerr
-	}
-	perr := r.peerReadOnce(st, p, off)
-	st.wg.Done()
-	if perr != nil {
-		return lerr
-	}
-	r.log.Warn("local read failed; served from the peer", zap.Int64("offset", off), zap.Int("length", len(p)), zap.Error(lerr))
-	return nil
-}
-
 var _ nbdserver.Extenter = (*Resource)(nil)
 
 // Extents maps a range through the local disk, whose bytes are what

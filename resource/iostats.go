@@ -16,7 +16,10 @@ type ioCounters struct {
 	trims, trimmedBytes    atomic.Uint64
 	zeroes, zeroedBytes    atomic.Uint64
 	flushes, errors, wtime atomic.Uint64
-	wlat                   [len(writeLatencyBounds) + 1]atomic.Uint64
+	// repaired and marked count the reads the local disk failed that
+	// the peer served (on-io-error pass-on): rewritten, or marked.
+	repaired, marked atomic.Uint64
+	wlat             [len(writeLatencyBounds) + 1]atomic.Uint64
 }
 
 func (c *ioCounters) read(n int, err error) {
@@ -47,6 +50,13 @@ func (c *ioCounters) modified(k replicate.Kind, n int64, d time.Duration, err er
 	c.failed(err)
 }
 
+// readRepaired counts a failed local read rewritten from the peer's copy.
+func (c *ioCounters) readRepaired() { c.repaired.Add(1) }
+
+// readMarked counts a failed local read whose blocks were marked out of
+// sync instead.
+func (c *ioCounters) readMarked() { c.marked.Add(1) }
+
 func (c *ioCounters) flushed(err error) {
 	c.flushes.Add(1)
 	c.failed(err)
@@ -65,6 +75,7 @@ func (c *ioCounters) snapshot() IOStats {
 		Trims: c.trims.Load(), TrimmedBytes: c.trimmedBytes.Load(),
 		Zeroes: c.zeroes.Load(), ZeroedBytes: c.zeroedBytes.Load(),
 		Flushes: c.flushes.Load(), Errors: c.errors.Load(), WriteTime: c.wtime.Load(),
+		ReadRepairs: c.repaired.Load(), ReadsMarked: c.marked.Load(),
 	}
 	for i := range c.wlat {
 		s.WriteLatency[i] = c.wlat[i].Load()

@@ -216,6 +216,13 @@ type IOStats struct {
 	// bound before; the last entry those that took longer than every
 	// bound.
 	WriteLatency [len(writeLatencyBounds) + 1]uint64
+	// ReadRepairs counts the reads the local disk failed under
+	// on-io-error pass-on that the peer served and that were rewritten
+	// on the local disk (read back good); ReadsMarked those whose blocks
+	// were marked out of sync instead (no safe rewrite, a rewrite that
+	// failed, or a peer that could not serve either). Not in the control
+	// protocol's statistics (no tag); the metrics have them.
+	ReadRepairs, ReadsMarked uint64
 	// RefusedConnections counts the NBD client connections closed
 	// unserved because resource.nbd-max-connections were open. Not in
 	// the control protocol's statistics (no tag); the metrics have it.

@@ -1,0 +1,210 @@
+package resource
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+
+	"go.uber.org/zap"
+)
+
+// Read repair (on-io-error pass-on). A read the local disk fails is served
+// from the peer once (retryReadOnPeer), as DRBD retries a failed read
+// remotely. The bad blocks would stay bad, and nothing would record that
+// the replicas may differ there (the disk may fail them again, or after a
+// remap return old or zero bytes), so the read then does what Linux md
+// RAID1 does (fix_read_error): it writes the peer's bytes back to the local
+// disk, which makes the disk remap a bad sector, and reads them back. When
+// that cannot be done safely, or fails, it does what DRBD does on a failed
+// local read: it sets the blocks' bits (marks them out of sync).
+//
+// Why the rewrite never overwrites newer data: it runs under the range
+// lock that every write to these blocks takes (writeReq) for as long as it
+// reaches the disks, taken before the peer read. A write that took the
+// lock before has submitted its peer half before it released the lock
+// (whatever the protocol), and the peer serves overlapping requests in
+// arrival order (replicate's scheduler), so the peer read returns that
+// write's bytes; a write that comes later waits for the rewrite. Blocks
+// whose bits are set already are not rewritten: the peer may have failed
+// a write there (its copy is then older than this node's), and the bits
+// are set anyway. Only a Primary rewrites: a Secondary's disk is written
+// by the peer's requests (serve), which take no range lock, and the peer
+// read on the data stream is not ordered with writes the peer sends the
+// other way. A Primary target rewrites as its failed writes do
+// (targetWriteFailed), under the lock of whole blocks that its writes and
+// the resync chunks it receives take.
+//
+// Why a mark is safe: a set bit counts the blocks out of sync in status,
+// and the next resync moves them. Bits set while a resync runs from this
+// node go through setOutOfSync, which tells the engine, so a chunk of
+// these blocks acknowledged before does not clear them; a Primary
+// target's failed copy-back keeps its bits through the resync's end
+// (targetFailed, see targetWriteFailed). A connected Primary that is no
+// sync target clears no bits outside a resync, so nothing else can undo
+// the mark there. (A sync target's flushes and its resync's end clear
+// bits: a Secondary marked during a resync towards it may lose the mark,
+// and so may a Primary target without a written set; neither serves
+// client reads in practice: a Secondary's export refuses clients, and a
+// Primary target has its written set from the attach on.)
+//
+// Which way a mark sends data: a Primary that is no sync target is the
+// side a later resync copies from (it starts a new generation when it
+// loses the peer), so the resync reads the marked blocks from this node's
+// disk. A read that fails there fails the chunk and the resync
+// (resync/engine.go: nothing is sent, the bit stays, the link reconnects
+// and tries again), so a bad block that still fails never overwrites the
+// peer's good copy. A disk that returns other bytes without an error (a
+// failed rewrite's remap to zeros) is not told from good data by any
+// resync: those bytes would be copied (an online verify finds such
+// blocks). A Secondary's or a Primary target's mark is resynced from the
+// peer, which is the source then. Without the mark nothing would be
+// copied either way, and nothing would show that the replicas differ.
+
+// repairMode is what a read the local disk failed does to its blocks once
+// the peer has served it.
+type repairMode uint8
+
+const (
+	// repairMark sets the blocks' bits (no rewrite is safe here).
+	repairMark repairMode = iota
+	// repairRewrite rewrites them, under the range lock (a Primary).
+	repairRewrite
+	// repairTarget copies them back as a Primary target's failed write
+	// does, under the lock of whole blocks (targetWriteFailed).
+	repairTarget
+)
+
+// String names the mode in the log.
+func (m repairMode) String() string {
+	switch m {
+	case repairRewrite:
+		return "rewrite"
+	case repairTarget:
+		return "target-copy-back"
+	}
+	return "mark"
+}
+
+// readRepairMode is the repair the node's state allows now: the state the
+// machine published (role, Primary target, disk) decides.
+func (r *Resource) readRepairMode() repairMode {
+	switch {
+	case r.diskFailed.Load() || !r.writable.Load():
+		return repairMark
+	case r.targetPrimary.Load():
+		if r.written.Load() == nil {
+			// The resync chunks this disk receives take the range
+			// lock only with a written set (serveResyncData).
+			return repairMark
+		}
+		return repairTarget
+	}
+	return repairRewrite
+}
+
+// Why a read repair left the blocks marked instead of rewritten.
+var (
+	errRepairState  = errors.New("no rewrite in this state (Secondary, Diskless, or a Primary target without a written set)")
+	errRepairMarked = errors.New("the blocks are out of sync already: the peer's copy may be older")
+	errRepairCopy   = errors.New("the copy-back of a Primary target failed")
+	errRepairVerify = errors.New("the rewritten blocks read back different")
+)
+
+// retryReadOnPeer serves a read that the local disk failed (lerr) under
+// on-io-error pass-on from the peer, once, and repairs or marks the local
+// blocks (see above). The peer serves reads only from an UpToDate disk,
+// and a read on the data stream comes after every write sent before it,
+// so what it returns is current. Without a link, or if the peer fails too,
+// the client gets the local error and the blocks are marked.
+func (r *Resource) retryReadOnPeer(p []byte, off int64, lerr error) error {
+	n := int64(len(p))
+	mode := r.readRepairMode()
+	if mode != repairMark {
+		lockOff, lockN := off, n
+		if mode == repairTarget {
+			start, end := r.primaryTargetBlocks(off, n)
+			lockOff, lockN = start, end-start
+		}
+		h := r.locks.Lock(lockOff, lockN)
+		defer r.locks.Unlock(h)
+		if r.readRepairMode() != mode {
+			// Changed while waiting: the writes may take another range
+			// (whole blocks) or none (a Secondary's) now.
+			mode = repairMark
+		}
+	}
+	st, err := r.enter(context.Background())
+	if err != nil {
+		// The resource is going down: nothing to mark in.
+		return lerr
+	}
+	// Held until the rewrite is done, as a write holds it through its
+	// local half: the loop waits for the I/O of a state to drain.
+	defer st.wg.Done()
+	if perr := r.peerReadOnce(st, p, off); perr != nil {
+		r.markOutOfSync(off, n)
+		r.io.readMarked()
+		r.log.Warn("local read failed and the peer could not serve it; marked out of sync",
+			zap.Int64("offset", off), zap.Int64("length", n), zap.String("outcome", "marked"),
+			zap.Error(lerr), zap.NamedError("peer_error", perr))
+		return lerr
+	}
+	why := r.repairRead(mode, p, off)
+	if why == nil {
+		r.io.readRepaired()
+		r.log.Warn("local read failed; served from the peer and rewritten on the local disk",
+			zap.Int64("offset", off), zap.Int64("length", n), zap.String("outcome", "repaired"), zap.Error(lerr))
+		return nil
+	}
+	if !errors.Is(why, errRepairCopy) {
+		// (A failed copy-back has set them, with the Primary target's
+		// records that keep them at the resync's end.)
+		r.markOutOfSync(off, n)
+	}
+	r.io.readMarked()
+	r.log.Warn("local read failed; served from the peer, marked out of sync",
+		zap.Int64("offset", off), zap.Int64("length", n), zap.String("outcome", "marked"),
+		zap.Stringer("mode", mode), zap.NamedError("reason", why), zap.Error(lerr))
+	return nil
+}
+
+// repairRead puts the peer's bytes p of [off, off+len(p)) on the local
+// disk as mode says, under the lock retryReadOnPeer took; it returns why
+// it did not (the caller marks the blocks then).
+func (r *Resource) repairRead(mode repairMode, p []byte, off int64) error {
+	n := int64(len(p))
+	if r.readRepairMode() != mode {
+		return errRepairState // changed during the peer read
+	}
+	switch mode {
+	case repairTarget:
+		if !r.targetWriteFailed(off, n) {
+			return errRepairCopy
+		}
+		return nil
+	case repairMark:
+		return errRepairState
+	}
+	if r.bmap().Test(off, n) {
+		return errRepairMarked
+	}
+	// No activity-log extent is needed: the rewrite writes the bytes the
+	// peer holds, so a crash in the middle leaves nothing the peer lacks
+	// (the block may stay bad, and the next read repairs it again).
+	if _, err := r.data.WriteAt(p, off); err != nil {
+		r.localError(err)
+		return fmt.Errorf("rewriting the blocks on the local disk: %w", err)
+	}
+	// Read back, as md does: a disk that takes the write and still fails
+	// the read has not remapped the sector.
+	got := make([]byte, len(p))
+	if _, err := r.data.ReadAt(got, off); err != nil {
+		r.localError(err)
+		return fmt.Errorf("reading the rewritten blocks back: %w", err)
+	}
+	if !bytes.Equal(got, p) {
+		return errRepairVerify
+	}
+	return nil
+}
