@@ -53,6 +53,7 @@ type Collector struct {
 	syncDone, syncTotal, syncRate, syncETA *prometheus.Desc
 	resynced                               *prometheus.Desc
 	requests, bytes, errors, writeSeconds  *prometheus.Desc
+	readRepairs, readsMarked               *prometheus.Desc
 	connects, linkBytes, pingRTT           *prometheus.Desc
 	alWrites, bitmapWrites                 *prometheus.Desc
 	suspended, syncPaused                  *prometheus.Desc
@@ -86,6 +87,8 @@ func NewCollector(src Source) *Collector {
 		requests:     d("requests_total", "NBD requests served by the resource since it came up, by kind.", "kind"),
 		bytes:        d("request_bytes_total", "Bytes read, written, trimmed or zeroed by NBD requests since the resource came up.", "kind"),
 		errors:       d("request_errors_total", "NBD requests that failed since the resource came up."),
+		readRepairs:  d("read_repairs_total", "Reads the local disk failed (disk.on-io-error: pass-on) that the peer served and that were rewritten on the local disk, since the resource came up."),
+		readsMarked:  d("reads_marked_out_of_sync_total", "Reads the local disk failed (disk.on-io-error: pass-on) whose blocks were marked out of sync instead of rewritten (no safe rewrite, a failed rewrite, or a peer that could not serve), since the resource came up."),
 		writeSeconds: d("write_latency_seconds", "Time writes, trims and zeroes took until acknowledged (protocol C: on both disks)."),
 		connects:     d("link_connects_total", "Peer links established since the resource came up: more than one per outage means a flapping link."),
 		linkBytes:    d("link_bytes_total", "Bytes moved on peer links since the resource came up (under TLS, before encryption).", "direction"),
@@ -101,7 +104,7 @@ func NewCollector(src Source) *Collector {
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.info, c.up, c.role, c.peerRole, c.disk, c.peerDisk, c.conn,
 		c.size, c.outOfSync, c.inFlight, c.clients, c.refused, c.syncDone, c.syncTotal, c.syncRate, c.syncETA,
-		c.resynced, c.requests, c.bytes, c.errors, c.writeSeconds, c.connects, c.linkBytes, c.pingRTT,
+		c.resynced, c.requests, c.bytes, c.errors, c.readRepairs, c.readsMarked, c.writeSeconds, c.connects, c.linkBytes, c.pingRTT,
 		c.alWrites, c.bitmapWrites, c.suspended, c.syncPaused} {
 		ch <- d
 	}
@@ -146,6 +149,8 @@ func (c *Collector) collect(ch chan<- prometheus.Metric, m daemon.Monitored) {
 		readBytes: io.ReadBytes, writtenBytes: io.WrittenBytes, trimmedBytes: io.TrimmedBytes, zeroedBytes: io.ZeroedBytes,
 	})
 	counter(c.errors, io.Errors)
+	counter(c.readRepairs, io.ReadRepairs)
+	counter(c.readsMarked, io.ReadsMarked)
 	ch <- writeLatency(c.writeSeconds, io, name)
 	counter(c.connects, st.Link.Connects)
 	counter(c.linkBytes, st.Link.SentBytes, "sent")
