@@ -25,6 +25,22 @@ func faultyDisk(t *testing.T, dir string, size int64) (path, inject string) {
 	return NBDFuse(t, dir, "nbd+unix:///?socket="+sock), inject
 }
 
+// readFaultyDisk is faultyDisk failing reads only, while inject exists (a
+// bad sector the disk remaps when it is written); img is the file under
+// it, to look at and change what the disk holds behind the daemon.
+func readFaultyDisk(t *testing.T, dir string, size int64) (path, img, inject string) {
+	t.Helper()
+	RequireTools(t, "nbdkit", "nbdfuse", "fusermount3")
+	img = filepath.Join(dir, "faulty.img")
+	MakeFile(t, img, size, nil)
+	inject = filepath.Join(dir, "inject")
+	sock := filepath.Join(dir, "nbdkit.sock")
+	StartProcess(t, "nbdkit", "-f", "-U", sock, "--filter=error", "file", img,
+		"error-pread=EIO", "error-pread-rate=100%", "error-pread-file="+inject)
+	WaitPort(t, "unix", sock, 10*time.Second)
+	return NBDFuse(t, dir, "nbd+unix:///?socket="+sock), img, inject
+}
+
 // startFailing makes a faultyDisk fail every read and write from now on.
 func startFailing(t *testing.T, inject string) {
 	t.Helper()
@@ -115,6 +131,57 @@ func TestReplicationLocalIOErrorPassOn(t *testing.T) {
 	if st := c.a.status(); st.Disk != "UpToDate" {
 		t.Fatalf("pass-on detached the disk: %+v", st)
 	}
+}
+
+// With on-io-error pass-on, a read the disk fails is served by the peer
+// and its bytes are written back to the local disk (read repair): the
+// bad range (other bytes than the peer's, failing reads) holds the peer's
+// bytes afterwards, and reads of it work once the disk reads again.
+func TestReplicationPassOnReadRepair(t *testing.T) {
+	RequireTools(t, "qemu-io")
+	dir := t.TempDir()
+	disk, img, inject := readFaultyDisk(t, dir, 64<<20)
+	// O_DIRECT: the reads reach the disk, not the page cache of the
+	// writes before them.
+	c := newCluster(t, clusterOptions{diskA: disk, yaml: "disk:\n  on-io-error: pass-on\n  direct-io: true\n"})
+	c.a.qemuIO("write -P 0x5a 16M 64k")
+	c.a.wait("the write on node b", 30*time.Second, func(s nodeStatus) bool { return s.Conn == "Connected" && s.PeerDisk == "UpToDate" })
+	// The bad range, behind the daemon: other bytes, and failing reads.
+	f, err := os.OpenFile(img, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt(bytes.Repeat([]byte{0xEE}, 64<<10), 16<<20); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	startFailing(t, inject)
+	r := Run(t, time.Minute, "qemu-io", "-f", "raw", "-c", "read -P 0x5a 16M 64k", c.a.uri())
+	if out := r.Stdout + r.Stderr; r.ExitCode != 0 || strings.Contains(out, "Input/output error") || strings.Contains(out, "Pattern verification failed") {
+		t.Fatalf("a read from a failing disk with pass-on and an UpToDate peer:\n%s", out)
+	}
+	got, err := os.ReadFile(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got[16<<20:16<<20+64<<10], bytes.Repeat([]byte{0x5a}, 64<<10)) {
+		t.Fatalf("the failed range was not rewritten with the peer's bytes: %x..", got[16<<20:16<<20+4])
+	}
+	// The read back of the rewrite failed too (the filter fails every
+	// read): the range is marked out of sync as well.
+	if st := c.a.status(); st.Disk != "UpToDate" || st.Conn != "Connected" || st.OutOfSync == 0 {
+		t.Fatalf("after the repair whose read back failed: %+v; want UpToDate, Connected, out of sync", st)
+	}
+	if err := os.Remove(inject); err != nil {
+		t.Fatal(err)
+	}
+	c.a.qemuIO("read -P 0x5a 16M 64k")
+	// The next link's resync moves the marked range: the replicas match.
+	c.a.ctl("disconnect", "r0")
+	c.a.ctl("connect", "r0")
+	c.a.wait("the marked range resynced", 30*time.Second, func(s nodeStatus) bool { return s.Conn == "Connected" && s.OutOfSync == 0 })
+	c.waitSynced()
+	c.compare()
 }
 
 // The Secondary's disk fails: it detaches and stays connected without a
