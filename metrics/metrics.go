@@ -53,7 +53,7 @@ type Collector struct {
 	syncDone, syncTotal, syncRate, syncETA *prometheus.Desc
 	resynced                               *prometheus.Desc
 	requests, bytes, errors, writeSeconds  *prometheus.Desc
-	readRepairs, readsMarked               *prometheus.Desc
+	readRepairs, readsUnrepaired           *prometheus.Desc
 	connects, linkBytes, pingRTT           *prometheus.Desc
 	alWrites, bitmapWrites                 *prometheus.Desc
 	suspended, syncPaused                  *prometheus.Desc
@@ -66,37 +66,37 @@ func NewCollector(src Source) *Collector {
 		return prometheus.NewDesc(ns+"_"+name, help, append(res[:1:1], labels...), nil)
 	}
 	return &Collector{
-		src:          src,
-		info:         d("resource_info", "A configured resource: this node's name, the peer's node id and the replication protocol.", "node", "peer_node_id", "protocol"),
-		up:           d("resource_up", "Whether the resource is up (1) or only configured (0)."),
-		role:         d("role", "This node's role: 1 for the current one.", "role"),
-		peerRole:     d("peer_role", "The peer's role as last seen (Unknown when not connected): 1 for the current one.", "role"),
-		disk:         d("disk_state", "This node's disk state: 1 for the current one.", "state"),
-		peerDisk:     d("peer_disk_state", "The peer's disk state (DUnknown when not connected): 1 for the current one.", "state"),
-		conn:         d("connection_state", "The state of the link to the peer: 1 for the current one.", "state"),
-		size:         d("size_bytes", "The exported size."),
-		outOfSync:    d("out_of_sync_bytes", "Bytes marked out of sync in this node's bitmap: what a resync would move."),
-		inFlight:     d("writes_in_flight", "Application writes not yet acknowledged."),
-		clients:      d("nbd_connections", "Open NBD client connections."),
-		refused:      d("nbd_connections_refused_total", "NBD client connections closed unserved because resource.nbd-max-connections were open, since the resource came up."),
-		syncDone:     d("resync_done_bytes", "Bytes done of the running resync (0 when none runs)."),
-		syncTotal:    d("resync_total_bytes", "Bytes the running resync moves in all (0 when none runs)."),
-		syncRate:     d("resync_rate_bytes_per_second", "The running resync's recent rate."),
-		syncETA:      d("resync_eta_seconds", "The running resync's estimated time to completion."),
-		resynced:     d("resynced_bytes_total", "Bytes moved by resyncs, as source or target, since the resource came up."),
-		requests:     d("requests_total", "NBD requests served by the resource since it came up, by kind.", "kind"),
-		bytes:        d("request_bytes_total", "Bytes read, written, trimmed or zeroed by NBD requests since the resource came up.", "kind"),
-		errors:       d("request_errors_total", "NBD requests that failed since the resource came up."),
-		readRepairs:  d("read_repairs_total", "Reads the local disk failed (disk.on-io-error: pass-on) that the peer served and that were rewritten on the local disk, since the resource came up."),
-		readsMarked:  d("reads_marked_out_of_sync_total", "Reads the local disk failed (disk.on-io-error: pass-on) whose blocks were marked out of sync instead of rewritten (no safe rewrite, a failed rewrite, or a peer that could not serve), since the resource came up."),
-		writeSeconds: d("write_latency_seconds", "Time writes, trims and zeroes took until acknowledged (protocol C: on both disks)."),
-		connects:     d("link_connects_total", "Peer links established since the resource came up: more than one per outage means a flapping link."),
-		linkBytes:    d("link_bytes_total", "Bytes moved on peer links since the resource came up (under TLS, before encryption).", "direction"),
-		pingRTT:      d("link_ping_rtt_seconds", "Round trip of the current peer link's last ping (0 without a link)."),
-		alWrites:     d("al_writes_total", "Activity-log transactions: synchronous meta-data writes on the write path, one per write to a cold 4 MiB extent."),
-		bitmapWrites: d("bitmap_writes_total", "Bitmap pages written to the meta-data."),
-		syncPaused:   d("resync_paused", "Whether a pause-sync given on this node holds: the resync runs paused, or the next one will start paused, until resume-sync."),
-		suspended:    d("io_suspended", "Whether application I/O is suspended, by reason (user: suspend-io; fencing: a failed or pending fence-peer under resource-and-stonith; no-data: no copy of the data reachable, under on-no-data-accessible suspend-io).", "reason"),
+		src:             src,
+		info:            d("resource_info", "A configured resource: this node's name, the peer's node id and the replication protocol.", "node", "peer_node_id", "protocol"),
+		up:              d("resource_up", "Whether the resource is up (1) or only configured (0)."),
+		role:            d("role", "This node's role: 1 for the current one.", "role"),
+		peerRole:        d("peer_role", "The peer's role as last seen (Unknown when not connected): 1 for the current one.", "role"),
+		disk:            d("disk_state", "This node's disk state: 1 for the current one.", "state"),
+		peerDisk:        d("peer_disk_state", "The peer's disk state (DUnknown when not connected): 1 for the current one.", "state"),
+		conn:            d("connection_state", "The state of the link to the peer: 1 for the current one.", "state"),
+		size:            d("size_bytes", "The exported size."),
+		outOfSync:       d("out_of_sync_bytes", "Bytes marked out of sync in this node's bitmap: what a resync would move."),
+		inFlight:        d("writes_in_flight", "Application writes not yet acknowledged."),
+		clients:         d("nbd_connections", "Open NBD client connections."),
+		refused:         d("nbd_connections_refused_total", "NBD client connections closed unserved because resource.nbd-max-connections were open, since the resource came up."),
+		syncDone:        d("resync_done_bytes", "Bytes done of the running resync (0 when none runs)."),
+		syncTotal:       d("resync_total_bytes", "Bytes the running resync moves in all (0 when none runs)."),
+		syncRate:        d("resync_rate_bytes_per_second", "The running resync's recent rate."),
+		syncETA:         d("resync_eta_seconds", "The running resync's estimated time to completion."),
+		resynced:        d("resynced_bytes_total", "Bytes moved by resyncs, as source or target, since the resource came up."),
+		requests:        d("requests_total", "NBD requests served by the resource since it came up, by kind.", "kind"),
+		bytes:           d("request_bytes_total", "Bytes read, written, trimmed or zeroed by NBD requests since the resource came up.", "kind"),
+		errors:          d("request_errors_total", "NBD requests that failed since the resource came up."),
+		readRepairs:     d("read_repairs_total", "Reads the local disk failed (disk.on-io-error: pass-on) that the peer served and that were rewritten on the local disk, since the resource came up."),
+		readsUnrepaired: d("reads_unrepaired_total", "Reads the local disk failed (disk.on-io-error: pass-on) whose blocks could not be rewritten (a failed rewrite or read-back, no safe rewrite, or a peer that could not serve), since the resource came up."),
+		writeSeconds:    d("write_latency_seconds", "Time writes, trims and zeroes took until acknowledged (protocol C: on both disks)."),
+		connects:        d("link_connects_total", "Peer links established since the resource came up: more than one per outage means a flapping link."),
+		linkBytes:       d("link_bytes_total", "Bytes moved on peer links since the resource came up (under TLS, before encryption).", "direction"),
+		pingRTT:         d("link_ping_rtt_seconds", "Round trip of the current peer link's last ping (0 without a link)."),
+		alWrites:        d("al_writes_total", "Activity-log transactions: synchronous meta-data writes on the write path, one per write to a cold 4 MiB extent."),
+		bitmapWrites:    d("bitmap_writes_total", "Bitmap pages written to the meta-data."),
+		syncPaused:      d("resync_paused", "Whether a pause-sync given on this node holds: the resync runs paused, or the next one will start paused, until resume-sync."),
+		suspended:       d("io_suspended", "Whether application I/O is suspended, by reason (user: suspend-io; fencing: a failed or pending fence-peer under resource-and-stonith; no-data: no copy of the data reachable, under on-no-data-accessible suspend-io).", "reason"),
 	}
 }
 
@@ -104,7 +104,7 @@ func NewCollector(src Source) *Collector {
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.info, c.up, c.role, c.peerRole, c.disk, c.peerDisk, c.conn,
 		c.size, c.outOfSync, c.inFlight, c.clients, c.refused, c.syncDone, c.syncTotal, c.syncRate, c.syncETA,
-		c.resynced, c.requests, c.bytes, c.errors, c.readRepairs, c.readsMarked, c.writeSeconds, c.connects, c.linkBytes, c.pingRTT,
+		c.resynced, c.requests, c.bytes, c.errors, c.readRepairs, c.readsUnrepaired, c.writeSeconds, c.connects, c.linkBytes, c.pingRTT,
 		c.alWrites, c.bitmapWrites, c.suspended, c.syncPaused} {
 		ch <- d
 	}
@@ -150,7 +150,7 @@ func (c *Collector) collect(ch chan<- prometheus.Metric, m daemon.Monitored) {
 	})
 	counter(c.errors, io.Errors)
 	counter(c.readRepairs, io.ReadRepairs)
-	counter(c.readsMarked, io.ReadsMarked)
+	counter(c.readsUnrepaired, io.ReadsUnrepaired)
 	ch <- writeLatency(c.writeSeconds, io, name)
 	counter(c.connects, st.Link.Connects)
 	counter(c.linkBytes, st.Link.SentBytes, "sent")

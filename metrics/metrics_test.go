@@ -30,7 +30,7 @@ var twoResources = fixed{
 			ResyncedBytes: 5 << 20, WritesInFlight: 2, NBDConnections: 1,
 			IO: resource.IOStats{Reads: 10, ReadBytes: 40960, Writes: 4, WrittenBytes: 16384, Trims: 1, TrimmedBytes: 1 << 20,
 				Zeroes: 2, ZeroedBytes: 8192, Flushes: 3, Errors: 1, WriteTime: 1_500_000_000, RefusedConnections: 5,
-				ReadRepairs: 2, ReadsMarked: 1,
+				ReadRepairs: 2, ReadsUnrepaired: 1,
 				WriteLatency: [17]uint64{0: 1, 4: 3, 16: 3}},
 			Link: resource.LinkStats{Connects: 3, SentBytes: 1000, ReceivedBytes: 200, PingRTT: 250_000},
 			Meta: resource.MetaStats{ALWrites: 7, BitmapWrites: 9},
@@ -145,10 +145,10 @@ rbd_nbd_request_errors_total{resource="r1"} 0
 # TYPE rbd_nbd_read_repairs_total counter
 rbd_nbd_read_repairs_total{resource="r0"} 2
 rbd_nbd_read_repairs_total{resource="r1"} 0
-# HELP rbd_nbd_reads_marked_out_of_sync_total Reads the local disk failed (disk.on-io-error: pass-on) whose blocks were marked out of sync instead of rewritten (no safe rewrite, a failed rewrite, or a peer that could not serve), since the resource came up.
-# TYPE rbd_nbd_reads_marked_out_of_sync_total counter
-rbd_nbd_reads_marked_out_of_sync_total{resource="r0"} 1
-rbd_nbd_reads_marked_out_of_sync_total{resource="r1"} 0
+# HELP rbd_nbd_reads_unrepaired_total Reads the local disk failed (disk.on-io-error: pass-on) whose blocks could not be rewritten (a failed rewrite or read-back, no safe rewrite, or a peer that could not serve), since the resource came up.
+# TYPE rbd_nbd_reads_unrepaired_total counter
+rbd_nbd_reads_unrepaired_total{resource="r0"} 1
+rbd_nbd_reads_unrepaired_total{resource="r1"} 0
 # HELP rbd_nbd_write_latency_seconds Time writes, trims and zeroes took until acknowledged (protocol C: on both disks).
 # TYPE rbd_nbd_write_latency_seconds histogram
 rbd_nbd_write_latency_seconds_bucket{resource="r0",le="5e-05"} 1
@@ -222,7 +222,7 @@ rbd_nbd_resync_paused{resource="r1"} 0
 `
 	names := []string{"rbd_nbd_resource_info", "rbd_nbd_resource_up", "rbd_nbd_role", "rbd_nbd_connection_state",
 		"rbd_nbd_peer_disk_state", "rbd_nbd_resync_done_bytes", "rbd_nbd_out_of_sync_bytes", "rbd_nbd_requests_total",
-		"rbd_nbd_request_bytes_total", "rbd_nbd_request_errors_total", "rbd_nbd_read_repairs_total", "rbd_nbd_reads_marked_out_of_sync_total", "rbd_nbd_write_latency_seconds",
+		"rbd_nbd_request_bytes_total", "rbd_nbd_request_errors_total", "rbd_nbd_read_repairs_total", "rbd_nbd_reads_unrepaired_total", "rbd_nbd_write_latency_seconds",
 		"rbd_nbd_link_bytes_total", "rbd_nbd_link_ping_rtt_seconds", "rbd_nbd_al_writes_total", "rbd_nbd_nbd_connections_refused_total", "rbd_nbd_io_suspended", "rbd_nbd_resync_paused"}
 	if err := testutil.CollectAndCompare(NewCollector(twoResources), strings.NewReader(want), names...); err != nil {
 		t.Fatal(err)

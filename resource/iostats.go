@@ -16,10 +16,10 @@ type ioCounters struct {
 	trims, trimmedBytes    atomic.Uint64
 	zeroes, zeroedBytes    atomic.Uint64
 	flushes, errors, wtime atomic.Uint64
-	// repaired and marked count the reads the local disk failed that
-	// the peer served (on-io-error pass-on): rewritten, or marked.
-	repaired, marked atomic.Uint64
-	wlat             [len(writeLatencyBounds) + 1]atomic.Uint64
+	// repaired and unrepaired count the reads the local disk failed
+	// (on-io-error pass-on): rewritten from the peer's copy, or not.
+	repaired, unrepaired atomic.Uint64
+	wlat                 [len(writeLatencyBounds) + 1]atomic.Uint64
 }
 
 func (c *ioCounters) read(n int, err error) {
@@ -53,9 +53,9 @@ func (c *ioCounters) modified(k replicate.Kind, n int64, d time.Duration, err er
 // readRepaired counts a failed local read rewritten from the peer's copy.
 func (c *ioCounters) readRepaired() { c.repaired.Add(1) }
 
-// readMarked counts a failed local read whose blocks were marked out of
-// sync instead.
-func (c *ioCounters) readMarked() { c.marked.Add(1) }
+// readUnrepaired counts a failed local read whose blocks were not
+// rewritten (marked out of sync, or left as they are on a sync source).
+func (c *ioCounters) readUnrepaired() { c.unrepaired.Add(1) }
 
 func (c *ioCounters) flushed(err error) {
 	c.flushes.Add(1)
@@ -75,7 +75,7 @@ func (c *ioCounters) snapshot() IOStats {
 		Trims: c.trims.Load(), TrimmedBytes: c.trimmedBytes.Load(),
 		Zeroes: c.zeroes.Load(), ZeroedBytes: c.zeroedBytes.Load(),
 		Flushes: c.flushes.Load(), Errors: c.errors.Load(), WriteTime: c.wtime.Load(),
-		ReadRepairs: c.repaired.Load(), ReadsMarked: c.marked.Load(),
+		ReadRepairs: c.repaired.Load(), ReadsUnrepaired: c.unrepaired.Load(),
 	}
 	for i := range c.wlat {
 		s.WriteLatency[i] = c.wlat[i].Load()

@@ -16,8 +16,15 @@ import (
 // remap return old or zero bytes), so the read then does what Linux md
 // RAID1 does (fix_read_error): it writes the peer's bytes back to the local
 // disk, which makes the disk remap a bad sector, and reads them back. When
-// that cannot be done safely, or fails, it does what DRBD does on a failed
-// local read: it sets the blocks' bits (marks them out of sync).
+// that cannot be done safely, or fails, a node whose peer is the side a
+// resync copies from (a Secondary, a Primary target) does what DRBD does
+// on a failed local read: it sets the blocks' bits (marks them out of
+// sync), so that the resync puts the peer's copy back. A Primary that is
+// no sync target marks nothing (see "Which way a mark sends data").
+//
+// A Primary that is no sync target does not serve a read from the peer
+// when the blocks are out of sync: the peer's copy may be older. The
+// client gets the local error (DRBD's pass-on: the error passes on).
 //
 // Why the rewrite never overwrites newer data: it runs under the range
 // lock that every write to these blocks takes (writeReq) for as long as it
@@ -50,19 +57,22 @@ import (
 //
 // Which way a mark sends data: a Primary that is no sync target is the
 // side a later resync copies from (it starts a new generation when it
-// loses the peer), so the resync reads the marked blocks from this node's
-// disk. A read that fails there fails the chunk and the resync
-// (resync/engine.go: nothing is sent, the bit stays, the link reconnects
-// and tries again), so a bad block that still fails never overwrites the
-// peer's good copy. A disk that returns other bytes without an error (a
-// failed rewrite's remap to zeros) is not told from good data by any
-// resync: those bytes would be copied (an online verify finds such
-// blocks). A Secondary's or a Primary target's mark is resynced from the
-// peer, which is the source then. Without the mark nothing would be
-// copied either way, and nothing would show that the replicas differ.
+// loses the peer), so a resync would read the marked blocks from this
+// node's disk, the copy known to be bad, and write them over the peer's,
+// the copy known to be good: a block that still fails would fail every
+// resync (resync/engine.go: the chunk fails, the link reconnects and tries
+// again, the peer stays Inconsistent meanwhile), and one the disk now
+// returns wrong without an error (a failed rewrite's remap to zeros)
+// would be copied over the good one. So such a Primary leaves the blocks
+// unmarked: the next read that fails repairs them again, and the metric
+// of unrepaired reads and the log say that the disk has bad blocks. A
+// Secondary's or a Primary target's mark is resynced from the peer, which
+// is the source then: the direction that repairs.
 
 // repairMode is what a read the local disk failed does to its blocks once
-// the peer has served it.
+// the peer has served it; when that fails, marks counts for repairMark
+// and repairTarget (the peer is the resync source), not for
+// repairRewrite (this node is).
 type repairMode uint8
 
 const (
@@ -116,7 +126,8 @@ var (
 // blocks (see above). The peer serves reads only from an UpToDate disk,
 // and a read on the data stream comes after every write sent before it,
 // so what it returns is current. Without a link, or if the peer fails too,
-// the client gets the local error and the blocks are marked.
+// the client gets the local error (and the blocks are marked where a mark
+// is safe, above).
 func (r *Resource) retryReadOnPeer(p []byte, off int64, lerr error) error {
 	n := int64(len(p))
 	mode := r.readRepairMode()
@@ -134,6 +145,17 @@ func (r *Resource) retryReadOnPeer(p []byte, off int64, lerr error) error {
 			mode = repairMark
 		}
 	}
+	if mode == repairRewrite && r.bmap().Test(off, n) {
+		// On the side a resync copies from, a set bit says the peer's
+		// copy may be older (it failed a write there, missed writes
+		// while away, or the resync has not reached the block): serving
+		// it would return old data. Under the range lock no write
+		// changes that meanwhile.
+		r.io.readUnrepaired()
+		r.log.Warn("local read failed; not served from the peer, whose copy of these blocks may be older (out of sync)",
+			zap.Int64("offset", off), zap.Int64("length", n), zap.String("outcome", "unrepaired"), zap.Error(lerr))
+		return lerr
+	}
 	st, err := r.enter(context.Background())
 	if err != nil {
 		// The resource is going down: nothing to mark in.
@@ -143,8 +165,14 @@ func (r *Resource) retryReadOnPeer(p []byte, off int64, lerr error) error {
 	// local half: the loop waits for the I/O of a state to drain.
 	defer st.wg.Done()
 	if perr := r.peerReadOnce(st, p, off); perr != nil {
+		r.io.readUnrepaired()
+		if mode == repairRewrite {
+			r.log.Warn("local read failed and the peer could not serve it; not marked: this Primary is the side a resync copies from",
+				zap.Int64("offset", off), zap.Int64("length", n), zap.String("outcome", "unrepaired"),
+				zap.Error(lerr), zap.NamedError("peer_error", perr))
+			return lerr
+		}
 		r.markOutOfSync(off, n)
-		r.io.readMarked()
 		r.log.Warn("local read failed and the peer could not serve it; marked out of sync",
 			zap.Int64("offset", off), zap.Int64("length", n), zap.String("outcome", "marked"),
 			zap.Error(lerr), zap.NamedError("peer_error", perr))
@@ -157,12 +185,19 @@ func (r *Resource) retryReadOnPeer(p []byte, off int64, lerr error) error {
 			zap.Int64("offset", off), zap.Int64("length", n), zap.String("outcome", "repaired"), zap.Error(lerr))
 		return nil
 	}
+	r.io.readUnrepaired()
+	if mode == repairRewrite {
+		// Left as they are (errRepairMarked: set already).
+		r.log.Warn("local read failed; served from the peer, not repaired, not marked: this Primary is the side a resync copies from",
+			zap.Int64("offset", off), zap.Int64("length", n), zap.String("outcome", "unrepaired"),
+			zap.Stringer("mode", mode), zap.NamedError("reason", why), zap.Error(lerr))
+		return nil
+	}
 	if !errors.Is(why, errRepairCopy) {
 		// (A failed copy-back has set them, with the Primary target's
 		// records that keep them at the resync's end.)
 		r.markOutOfSync(off, n)
 	}
-	r.io.readMarked()
 	r.log.Warn("local read failed; served from the peer, marked out of sync",
 		zap.Int64("offset", off), zap.Int64("length", n), zap.String("outcome", "marked"),
 		zap.Stringer("mode", mode), zap.NamedError("reason", why), zap.Error(lerr))

@@ -59,8 +59,8 @@ func TestReadRepairRewritesLocalDisk(t *testing.T) {
 		t.Fatalf("the local disk holds %x.. after the repair, want %x..", local[:4], want[:4])
 	}
 	s := c.a.Status()
-	if s.OutOfSync != 0 || s.IO.ReadRepairs != 1 || s.IO.ReadsMarked != 0 {
-		t.Fatalf("after a repair: out of sync %d, repairs %d, marked %d; want 0, 1, 0", s.OutOfSync, s.IO.ReadRepairs, s.IO.ReadsMarked)
+	if s.OutOfSync != 0 || s.IO.ReadRepairs != 1 || s.IO.ReadsUnrepaired != 0 {
+		t.Fatalf("after a repair: out of sync %d, repairs %d, unrepaired %d; want 0, 1, 0", s.OutOfSync, s.IO.ReadRepairs, s.IO.ReadsUnrepaired)
 	}
 	if err := c.a.ReadAt(got, off); err != nil || !bytes.Equal(got, want) {
 		t.Fatalf("the read after the repair: %v, %x..", err, got[:4])
@@ -70,10 +70,12 @@ func TestReadRepairRewritesLocalDisk(t *testing.T) {
 	}
 }
 
-// A rewrite the local disk fails leaves the blocks marked out of sync
-// (the client still gets the peer's bytes); the resync of the next link
-// puts the replicas back in step and clears the bits.
-func TestReadRepairFailedRewriteMarks(t *testing.T) {
+// A rewrite the Primary's disk fails leaves the blocks as they are, not
+// marked out of sync (the client still gets the peer's bytes): the
+// Primary is the side a resync copies from, and a mark would send its bad
+// copy over the peer's good one. The next link resyncs nothing there, and
+// the peer's copy stays as it was.
+func TestReadRepairFailedRewriteLeavesPrimaryUnmarked(t *testing.T) {
 	c := newPair(t, passOnA, "")
 	const off = 6 << 20
 	want := fill(0x3C, 4096)
@@ -97,13 +99,13 @@ func TestReadRepairFailedRewriteMarks(t *testing.T) {
 		t.Fatalf("%d rewrites tried; want 1", rewrites.Load())
 	}
 	s := c.a.Status()
-	if s.OutOfSync == 0 || s.IO.ReadsMarked != 1 || s.IO.ReadRepairs != 0 {
-		t.Fatalf("after a failed rewrite: out of sync %d, marked %d, repairs %d; want >0, 1, 0", s.OutOfSync, s.IO.ReadsMarked, s.IO.ReadRepairs)
+	if s.OutOfSync != 0 || s.IO.ReadsUnrepaired != 1 || s.IO.ReadRepairs != 0 {
+		t.Fatalf("after a failed rewrite: out of sync %d, unrepaired %d, repairs %d; want 0, 1, 0", s.OutOfSync, s.IO.ReadsUnrepaired, s.IO.ReadRepairs)
 	}
 	if s.Disk != DiskUpToDate || s.Conn != ConnConnected {
 		t.Fatalf("pass-on changed the states: %+v", s)
 	}
-	// The disk recovers; a new link resyncs the marked blocks.
+	// The disk recovers; a new link resyncs nothing there.
 	c.da.setWrite(nil)
 	c.da.setRead(nil)
 	connects := s.Link.Connects
@@ -116,9 +118,9 @@ func TestReadRepairFailedRewriteMarks(t *testing.T) {
 	}
 }
 
-// A read neither copy serves (no link) returns the local error and marks
-// the blocks.
-func TestReadRepairNoPeerMarks(t *testing.T) {
+// A read neither copy serves (no link) returns the local error; the
+// Primary marks nothing (it is the side a resync copies from).
+func TestReadRepairNoPeerLeavesPrimaryUnmarked(t *testing.T) {
 	c := newPair(t, passOnA, "")
 	const off = 7 << 20
 	c.proxy.setRefuse(true)
@@ -130,8 +132,8 @@ func TestReadRepairNoPeerMarks(t *testing.T) {
 		t.Fatalf("a read the local disk failed, without a peer: %v; want the local error", err)
 	}
 	s := c.a.Status()
-	if s.OutOfSync < 4096 || s.IO.ReadsMarked != 1 {
-		t.Fatalf("out of sync %d, marked %d; want >= 4096, 1", s.OutOfSync, s.IO.ReadsMarked)
+	if s.OutOfSync != 0 || s.IO.ReadsUnrepaired != 1 {
+		t.Fatalf("out of sync %d, unrepaired %d; want 0, 1", s.OutOfSync, s.IO.ReadsUnrepaired)
 	}
 }
 
@@ -273,8 +275,8 @@ func TestReadRepairPrimaryTarget(t *testing.T) {
 	if local := c.localData(inStep, 4096); !bytes.Equal(local, want) {
 		t.Fatalf("the local disk holds %x.. after the repair, want %x..", local[:4], want[:4])
 	}
-	if s := c.a.Status(); s.IO.ReadRepairs != 1 || s.IO.ReadsMarked != 0 {
-		t.Fatalf("repairs %d, marked %d; want 1, 0", s.IO.ReadRepairs, s.IO.ReadsMarked)
+	if s := c.a.Status(); s.IO.ReadRepairs != 1 || s.IO.ReadsUnrepaired != 0 {
+		t.Fatalf("repairs %d, unrepaired %d; want 1, 0", s.IO.ReadRepairs, s.IO.ReadsUnrepaired)
 	}
 	released = true
 	close(release)
@@ -282,10 +284,12 @@ func TestReadRepairPrimaryTarget(t *testing.T) {
 	c.compareBlocks(inStep, missed)
 }
 
-// Blocks out of sync already are not rewritten: here the peer failed the
-// last write of the block (its disk under pass-on), so its copy is older
-// than the local one, and a rewrite would lose the newer bytes.
-func TestReadRepairLeavesMarkedBlocks(t *testing.T) {
+// Blocks out of sync are neither served from the peer nor rewritten: here
+// the peer failed the last write of the block (its disk under pass-on), so
+// its copy is older than the local one: the client would read old bytes,
+// and a rewrite would lose the newer ones. The client gets the local
+// error.
+func TestReadRepairRefusesAnOlderPeerCopy(t *testing.T) {
 	c := newPair(t, passOnA, passOnA)
 	const off = 11 << 20
 	if err := c.a.WriteAt(fill(0x01, 4096), off, false); err != nil {
@@ -307,14 +311,15 @@ func TestReadRepairLeavesMarkedBlocks(t *testing.T) {
 	if !c.a.bmap().Test(off, 4096) {
 		t.Fatal("setup: the block the peer failed is not marked")
 	}
-	failReadOnce(c.da, off, errors.New("injected read error (a)"))
-	if err := c.a.ReadAt(make([]byte, 4096), off); err != nil {
-		t.Fatalf("read: %v", err)
+	injected := errors.New("injected read error (a)")
+	failReadOnce(c.da, off, injected)
+	if err := c.a.ReadAt(make([]byte, 4096), off); !errors.Is(err, injected) {
+		t.Fatalf("read of a block the peer holds an older copy of: %v; want the local error", err)
 	}
 	if local := c.localData(off, 4096); !bytes.Equal(local, newer) {
 		t.Fatalf("the repair overwrote the newer local bytes with the peer's: %x..", local[:4])
 	}
-	if s := c.a.Status(); s.IO.ReadRepairs != 0 || s.IO.ReadsMarked != 1 {
-		t.Fatalf("repairs %d, marked %d; want 0, 1", s.IO.ReadRepairs, s.IO.ReadsMarked)
+	if s := c.a.Status(); s.IO.ReadRepairs != 0 || s.IO.ReadsUnrepaired != 1 {
+		t.Fatalf("repairs %d, unrepaired %d; want 0, 1", s.IO.ReadRepairs, s.IO.ReadsUnrepaired)
 	}
 }

@@ -218,11 +218,13 @@ type IOStats struct {
 	WriteLatency [len(writeLatencyBounds) + 1]uint64
 	// ReadRepairs counts the reads the local disk failed under
 	// on-io-error pass-on that the peer served and that were rewritten
-	// on the local disk (read back good); ReadsMarked those whose blocks
-	// were marked out of sync instead (no safe rewrite, a rewrite that
-	// failed, or a peer that could not serve either). Not in the control
-	// protocol's statistics (no tag); the metrics have them.
-	ReadRepairs, ReadsMarked uint64
+	// on the local disk (read back good); ReadsUnrepaired those whose
+	// blocks were not (a rewrite or read-back that failed, no safe
+	// rewrite, or a peer that could not serve either): marked out of sync
+	// where the peer is the side a resync copies from, left as they are
+	// on a Primary (readrepair.go). Not in the control protocol's
+	// statistics (no tag); the metrics have them.
+	ReadRepairs, ReadsUnrepaired uint64
 	// RefusedConnections counts the NBD client connections closed
 	// unserved because resource.nbd-max-connections were open. Not in
 	// the control protocol's statistics (no tag); the metrics have it.
