@@ -1,6 +1,7 @@
 package metadata
 
 import (
+	"encoding/binary"
 	"errors"
 	"reflect"
 	"testing"
@@ -31,7 +32,11 @@ func seedSuperblocks() [][]byte {
 	}
 	ext := sb
 	ext.Internal, ext.Seq, ext.BitmapBlock = false, 1, 1<<20
-	return [][]byte{EncodeSuperblock(sb), EncodeSuperblock(ext), make([]byte, BlockSize), []byte("RBDNBDMD")}
+	// Grown meta-data: the agreed size is the size before the grow.
+	grown := sb
+	grown.Seq, grown.AgreedSize = 9, 1<<29
+	return [][]byte{EncodeSuperblock(sb), EncodeSuperblock(ext), make([]byte, BlockSize), []byte("RBDNBDMD"),
+		EncodeSuperblock(grown)}
 }
 
 // fuzzBlock turns a fuzz input into a block. With fix set, the input is
@@ -151,6 +156,11 @@ func TestDecodeMalformed(t *testing.T) {
 		{"sb node id", true, mod(good, func(b []byte) { be32(b[sbNodeID:], 32) }, sbCRC), ErrCorrupt},
 		{"sb placement", true, mod(good, func(b []byte) { b[sbPlacement] = 3 }, sbCRC), ErrCorrupt},
 		{"sb data size unaligned", true, mod(good, func(b []byte) { b[sbDataSize+7] = 1 }, sbCRC), ErrCorrupt},
+		{"sb agreed size unaligned", true, mod(good, func(b []byte) { b[sbAgreedSize+7] = 1 }, sbCRC), ErrCorrupt},
+		{"sb agreed size > data size", true, mod(good, func(b []byte) {
+			binary.BigEndian.PutUint64(b[sbAgreedSize:], 1<<30+4096)
+		}, sbCRC), ErrCorrupt},
+		{"sb agreed size negative", true, mod(good, func(b []byte) { b[sbAgreedSize] = 0x80 }, sbCRC), ErrCorrupt},
 		{"tx short", false, goodTx[:4095], ErrCorrupt},
 		{"tx zero", false, make([]byte, BlockSize), ErrBadMagic},
 		{"tx flipped bit", false, mod(goodTx, func(b []byte) { b[700] ^= 1 }, -1), ErrBadChecksum},
@@ -174,3 +184,34 @@ func TestDecodeMalformed(t *testing.T) {
 }
 
 func be32(b []byte, v uint32) { b[0], b[1], b[2], b[3] = byte(v>>24), byte(v>>16), byte(v>>8), byte(v) }
+
+// TestAgreedSizeField: the agreed size sits at offset 128 as 8 bytes
+// big-endian and round-trips; 0 (every superblock written before the field
+// existed) reads as the data size; a value up to the data size decodes.
+func TestAgreedSizeField(t *testing.T) {
+	seeds := seedSuperblocks()
+	old, err := DecodeSuperblock(seeds[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if old.AgreedSize != 0 || old.Agreed() != old.DataSize {
+		t.Fatalf("superblock without an agreed size: AgreedSize %d, Agreed %d, want 0 and %d", old.AgreedSize, old.Agreed(), old.DataSize)
+	}
+	for _, agreed := range []int64{4096, 1 << 29, 1 << 30} {
+		sb := old
+		sb.AgreedSize = agreed
+		b := EncodeSuperblock(sb)
+		if got := int64(binary.BigEndian.Uint64(b[128:])); got != agreed {
+			t.Errorf("agreed size %d encoded as %d at offset 128", agreed, got)
+		}
+		for _, c := range b[136:] {
+			if c != 0 {
+				t.Fatalf("agreed size %d: reserved bytes from 136 on are not zero", agreed)
+			}
+		}
+		got, err := DecodeSuperblock(b)
+		if err != nil || got != sb || got.Agreed() != agreed {
+			t.Errorf("agreed size %d: decoded %+v, %v", agreed, got, err)
+		}
+	}
+}

@@ -28,6 +28,11 @@ type GrowResult struct {
 	Old, New Layout
 	// Superblock is the superblock after the grow.
 	Superblock Superblock
+	// AgreedSize is the size the node keeps exporting after the grow,
+	// Superblock.Agreed(): the old data size, or the smaller agreed size
+	// an earlier grow recorded. The two nodes agree on a larger one at
+	// their next handshake, not before.
+	AgreedSize int64
 	// Unclean is true when the meta-data was not closed cleanly; ALExtents
 	// and ALBlocks then count the activity-log extents and the bitmap
 	// blocks they made dirty, as Open's recovery would.
@@ -58,7 +63,10 @@ type Truncater interface {
 // internal meta-data the grown device, for external the meta-data file.
 //
 // Everything the superblock holds is kept and its sequence number
-// advances; every dirty bit is kept and the added data starts clean. Meta-
+// advances, except that an agreed size of 0 (the data size) becomes the
+// old data size: the grown node must keep exporting the size its peer
+// agreed to until both agree on a larger one at their next handshake (see
+// keepAgreed). Every dirty bit is kept and the added data starts clean. Meta-
 // data that was not closed cleanly is recovered first exactly as Open
 // would (its activity-log extents become dirty, crashed-primary is set
 // when the primary indicator was), and the result is closed cleanly
@@ -84,6 +92,15 @@ func Grow(st Store, storeSize int64, internal bool, opts GrowOptions) (GrowResul
 		return growInternal(st, storeSize, opts)
 	}
 	return growExternal(st, storeSize, opts)
+}
+
+// keepAgreed returns sb with its data size grown to dataSize and its
+// agreed size kept: an agreed size of 0 stood for the old data size and
+// becomes it; a recorded one stays as it is.
+func keepAgreed(sb Superblock, dataSize int64) Superblock {
+	sb.AgreedSize = sb.Agreed()
+	sb.DataSize = dataSize
+	return sb
 }
 
 // recoverAL marks the extents of an activity-log slot table dirty in bm:
@@ -235,10 +252,9 @@ func growInternal(st Store, storeSize int64, opts GrowOptions) (GrowResult, erro
 		return GrowResult{}, fmt.Errorf("%w: data size %d on the device of %d bytes, %d on the device of %d bytes",
 			ErrNotGrown, res.New.DataSize, storeSize, res.Old.DataSize, oldSize)
 	}
-	sb := g.sb
-	sb.DataSize = res.New.DataSize
+	sb := keepAgreed(g.sb, res.New.DataSize)
 	sb.Seq = g.sb.Seq + 2
-	res.Superblock = sb
+	res.Superblock, res.AgreedSize = sb, sb.Agreed()
 	res.Zeroed = [2]int64{res.Old.DataSize, min(roundUp(oldSize), res.New.MetaOffset)}
 	if opts.DryRun {
 		return res, nil
@@ -325,7 +341,7 @@ func resumeInternal(st Store, storeSize, oldSize int64, cur growState, opts Grow
 	if err != nil || oldL.DataSize != old.DataSize {
 		return GrowResult{}, notGrown
 	}
-	res := GrowResult{Old: oldL, New: cur.l, Superblock: cur.sb, Resumed: true, DirtyBlocks: cur.res.DirtyBlocks}
+	res := GrowResult{Old: oldL, New: cur.l, Superblock: cur.sb, AgreedSize: cur.sb.Agreed(), Resumed: true, DirtyBlocks: cur.res.DirtyBlocks}
 	res.Zeroed = [2]int64{oldL.DataSize, min(roundUp(oldSize), cur.l.MetaOffset)}
 	if opts.DryRun {
 		return res, nil
@@ -400,10 +416,9 @@ func growExternal(st Store, storeSize int64, opts GrowOptions) (GrowResult, erro
 	if err != nil {
 		return GrowResult{}, err
 	}
-	sb := g.sb
-	sb.DataSize = newData
+	sb := keepAgreed(g.sb, newData)
 	sb.Seq++
-	res.Superblock = sb
+	res.Superblock, res.AgreedSize = sb, sb.Agreed()
 	if opts.DryRun {
 		return res, nil
 	}

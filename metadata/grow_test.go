@@ -128,12 +128,15 @@ func TestGrowInternal(t *testing.T) {
 			got, old := info.Superblock, before.Superblock
 			wantSB := old
 			wantSB.Seq, wantSB.DataSize = old.Seq+2, res.New.DataSize
+			// The node keeps exporting the old size until its peer
+			// agrees on a larger one.
+			wantSB.AgreedSize = old.DataSize
 			wantSB.Flags |= FlagALClean
 			if unclean {
 				wantSB.Flags |= FlagCrashedPrimary
 			}
-			if got != wantSB || res.Superblock != wantSB {
-				t.Errorf("superblock after grow\n got  %+v\n want %+v", got, wantSB)
+			if got != wantSB || res.Superblock != wantSB || res.AgreedSize != old.DataSize || got.Agreed() != old.DataSize {
+				t.Errorf("superblock after grow\n got  %+v\n want %+v (result's agreed size %d)", got, wantSB, res.AgreedSize)
 			}
 			if len(info.ALExtents) != 0 || info.SlotErrors != [2]string{} {
 				t.Errorf("new activity log holds %v, slot errors %q", info.ALExtents, info.SlotErrors)
@@ -225,12 +228,13 @@ func TestGrowExternal(t *testing.T) {
 			}
 			wantSB := before.Superblock
 			wantSB.Seq, wantSB.DataSize = wantSB.Seq+1, growNewSize
+			wantSB.AgreedSize = before.Superblock.DataSize
 			wantSB.Flags |= FlagALClean
 			if unclean {
 				wantSB.Flags |= FlagCrashedPrimary
 			}
-			if info.Superblock != wantSB {
-				t.Errorf("superblock after grow\n got  %+v\n want %+v", info.Superblock, wantSB)
+			if info.Superblock != wantSB || res.AgreedSize != before.Superblock.DataSize {
+				t.Errorf("superblock after grow\n got  %+v\n want %+v (result's agreed size %d)", info.Superblock, wantSB, res.AgreedSize)
 			}
 			if err := checkBits(st.Clone(), st.Size(), false, want, growNewSize); err != nil {
 				t.Fatal(err)
@@ -366,6 +370,9 @@ func growCrash(t *testing.T, internal, unclean bool) {
 			// (b) the new meta-data, complete; else (a) the old, intact.
 			if info, err := Inspect(img, newSize, internal); err == nil && info.Layout.DataSize == res.New.DataSize {
 				sawNew++
+				if info.Superblock.AgreedSize != before.Superblock.DataSize {
+					t.Fatalf("%s: new meta-data's agreed size %d, want the old data size %d", where, info.Superblock.AgreedSize, before.Superblock.DataSize)
+				}
 				if err := checkBits(img.Clone(), newSize, internal, want, res.New.DataSize); err != nil {
 					t.Fatalf("%s: new meta-data: %v", where, err)
 				}
@@ -396,6 +403,9 @@ func growCrash(t *testing.T, internal, unclean bool) {
 			}
 			if err := checkBits(img.Clone(), newSize, internal, want, res.New.DataSize); err != nil {
 				t.Fatalf("%s: after grow again: %v", where, err)
+			}
+			if info, err := Inspect(img, newSize, internal); err != nil || info.Superblock.AgreedSize != before.Superblock.DataSize {
+				t.Fatalf("%s: after grow again: agreed size not the old data size %d: %+v, %v", where, before.Superblock.DataSize, info, err)
 			}
 			if internal {
 				if err := checkZero(img, res.Zeroed[0], res.Zeroed[1]); err != nil {
@@ -456,4 +466,117 @@ func TestGrowUnalignedSizes(t *testing.T) {
 	if err := checkBits(st.Clone(), newSize, true, want, res.New.DataSize); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestGrowKeepsAgreedSize: a grow records the old data size as the agreed
+// size when none was recorded, and keeps one that was: a node grown twice
+// before its peer agreed still exports the size agreed before the first
+// grow, internal and external, and a resumed grow reports it too.
+func TestGrowKeepsAgreedSize(t *testing.T) {
+	const midSize, bigSize = 384 << 20, 640 << 20
+	for _, internal := range []bool{true, false} {
+		t.Run(fmt.Sprintf("internal=%v", internal), func(t *testing.T) {
+			st := memstore.New(growOldSize)
+			size := int64(growOldSize)
+			if !internal {
+				var err error
+				if size, err = ExternalSize(growOldSize, CreateOptions{ALExtents: 7}); err != nil {
+					t.Fatal(err)
+				}
+				st.Resize(size)
+			}
+			growBase(t, st, internal, false)
+			before, err := Inspect(st, size, internal)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if before.Superblock.AgreedSize != 0 || before.Superblock.Agreed() != before.Superblock.DataSize {
+				t.Fatalf("created meta-data: agreed size %d (Agreed %d), want 0 (the data size %d)",
+					before.Superblock.AgreedSize, before.Superblock.Agreed(), before.Superblock.DataSize)
+			}
+			agreed := before.Superblock.DataSize
+			grow := func(from, to int64) GrowResult {
+				t.Helper()
+				if internal {
+					st.Resize(to)
+					res, err := Grow(st, to, true, GrowOptions{OldStoreSize: from})
+					if err != nil {
+						t.Fatal(err)
+					}
+					size = to
+					return res
+				}
+				res, err := Grow(truncStore{st}, size, false, GrowOptions{DataSize: to})
+				if err != nil {
+					t.Fatal(err)
+				}
+				size = st.Size()
+				return res
+			}
+			for _, to := range []int64{midSize, bigSize} {
+				res := grow(size, to)
+				info, err := Inspect(st, size, internal)
+				if err != nil {
+					t.Fatal(err)
+				}
+				sb := info.Superblock
+				if sb.AgreedSize != agreed || sb.Agreed() != agreed || res.AgreedSize != agreed || sb.DataSize <= agreed {
+					t.Fatalf("grown to %d: agreed size %d (result %d), data size %d; want agreed %d",
+						to, sb.AgreedSize, res.AgreedSize, sb.DataSize, agreed)
+				}
+			}
+			// A size the nodes agreed on later (the resource layer's
+			// Update) is kept by the next grow as well.
+			m := mustOpen(t, st, size, internal)
+			agreed = m.DataSize() - 1<<20
+			if err := m.Update(func(sb *Superblock) { sb.AgreedSize = agreed }); err != nil {
+				t.Fatal(err)
+			}
+			if err := m.Close(); err != nil {
+				t.Fatal(err)
+			}
+			if res := grow(size, bigSize+128<<20); res.AgreedSize != agreed || res.Superblock.AgreedSize != agreed {
+				t.Fatalf("grow after an agreed size %d was recorded: result %d, superblock %d", agreed, res.AgreedSize, res.Superblock.AgreedSize)
+			}
+		})
+	}
+}
+
+// TestGrowResumedReportsAgreedSize: a grow interrupted after its commit
+// and run again reports the agreed size the commit recorded.
+func TestGrowResumedReportsAgreedSize(t *testing.T) {
+	base := memstore.New(growOldSize)
+	growBase(t, base, true, false)
+	before, err := Inspect(base, growOldSize, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	base.Resize(growNewSize)
+	full := base.Clone()
+	start := full.Writes()
+	if _, err := Grow(full, growNewSize, true, GrowOptions{OldStoreSize: growOldSize}); err != nil {
+		t.Fatal(err)
+	}
+	// Crash after the last write: the old superblock slots' zeroing may
+	// be lost, and the new meta-data is committed.
+	for k := full.Writes() - start; k >= 1; k-- {
+		st := base.Clone()
+		st.CrashAfter(start + k)
+		if _, err := Grow(st, growNewSize, true, GrowOptions{OldStoreSize: growOldSize}); !errors.Is(err, memstore.ErrCrashed) {
+			t.Fatalf("crash after write %d: grow returned %v", k, err)
+		}
+		img := st.CrashClone(memstore.KeepNone)
+		res, err := Grow(img, growNewSize, true, GrowOptions{OldStoreSize: growOldSize})
+		if err != nil {
+			continue
+		}
+		if !res.Resumed {
+			continue
+		}
+		if res.AgreedSize != before.Superblock.DataSize || res.Superblock.AgreedSize != before.Superblock.DataSize {
+			t.Fatalf("resumed grow: agreed size %d (superblock %d), want %d", res.AgreedSize, res.Superblock.AgreedSize, before.Superblock.DataSize)
+		}
+		return
+	}
+	t.Fatal("no crash point left a grow to resume")
 }

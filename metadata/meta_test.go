@@ -280,8 +280,32 @@ func TestUpdateAlternatesSlots(t *testing.T) {
 	if err := m.Update(func(sb *Superblock) { sb.Flags |= 1 << 20 }); !errors.Is(err, ErrBadOptions) {
 		t.Errorf("unknown flag: err = %v", err)
 	}
+	ds := m.DataSize()
+	for _, agreed := range []int64{-4096, 4095, ds + 4096} {
+		if err := m.Update(func(sb *Superblock) { sb.AgreedSize = agreed }); !errors.Is(err, ErrBadOptions) {
+			t.Errorf("agreed size %d: err = %v, want ErrBadOptions", agreed, err)
+		}
+	}
 	if got := m.Superblock().Seq; got != seq {
 		t.Fatalf("failed updates advanced seq to %d", got)
+	}
+	// The agreed size may change, to a smaller size and back to 0 (the
+	// data size), and reads back.
+	for _, agreed := range []int64{ds - 8192, ds, 0} {
+		if err := m.Update(func(sb *Superblock) { sb.AgreedSize = agreed }); err != nil {
+			t.Fatalf("agreed size %d: %v", agreed, err)
+		}
+		info, err := Inspect(st, testDevSize, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := agreed
+		if agreed == 0 {
+			want = ds
+		}
+		if info.Superblock.AgreedSize != agreed || info.Superblock.Agreed() != want {
+			t.Errorf("agreed size %d reads back as %d (Agreed %d)", agreed, info.Superblock.AgreedSize, info.Superblock.Agreed())
+		}
 	}
 }
 

@@ -46,7 +46,8 @@ const (
 	sbCurrent     = 80
 	sbBitmapUUID  = 88
 	sbHistory     = 96
-	sbEnd         = sbHistory + 8*HistoryUUIDs
+	sbAgreedSize  = sbHistory + 8*HistoryUUIDs // 128
+	sbEnd         = sbAgreedSize + 8
 )
 
 // Placement values on disk.
@@ -165,6 +166,33 @@ type Superblock struct {
 	Flags Flags
 	// UUIDs are the data-generation UUIDs.
 	UUIDs UUIDs
+	// AgreedSize is the size in bytes both nodes of the resource last
+	// agreed on (DRBD's la-size): a multiple of BlockSize, at most
+	// DataSize. 0 means not recorded: the data size (see Agreed). It is
+	// kept apart from DataSize, the capacity this meta-data allows,
+	// because a node whose device grew alone must keep exporting the
+	// size its peer agreed to.
+	AgreedSize int64
+}
+
+// Agreed returns the size both nodes last agreed on: AgreedSize, or
+// DataSize when it is 0. Meta-data written before the field existed, and
+// meta-data never grown, records 0, so its agreed size is the size it
+// always exported.
+func (s Superblock) Agreed() int64 {
+	if s.AgreedSize == 0 {
+		return s.DataSize
+	}
+	return s.AgreedSize
+}
+
+// validAgreedSize checks an agreed size against the data size: 0, or a
+// positive multiple of BlockSize not larger than dataSize.
+func validAgreedSize(agreed, dataSize int64) error {
+	if agreed < 0 || agreed%BlockSize != 0 || agreed > dataSize {
+		return fmt.Errorf("agreed size %d: want 0 or a multiple of %d up to the data size %d", agreed, BlockSize, dataSize)
+	}
+	return nil
 }
 
 // immutable returns the fields that Update must not change.
@@ -188,6 +216,9 @@ func (s *Superblock) validate() error {
 	}
 	if s.DataSize <= 0 || s.DataSize%BlockSize != 0 || s.DataSize > maxDataSize {
 		return fmt.Errorf("%w: data size %d", ErrCorrupt, s.DataSize)
+	}
+	if err := validAgreedSize(s.AgreedSize, s.DataSize); err != nil {
+		return fmt.Errorf("%w: %v", ErrCorrupt, err)
 	}
 	if s.NodeID > MaxNodeID {
 		return fmt.Errorf("%w: node id %d > %d", ErrCorrupt, s.NodeID, MaxNodeID)
@@ -224,6 +255,7 @@ func EncodeSuperblock(s Superblock) []byte {
 	for i, u := range s.UUIDs.History {
 		be.PutUint64(b[sbHistory+8*i:], u)
 	}
+	be.PutUint64(b[sbAgreedSize:], uint64(s.AgreedSize))
 	be.PutUint32(b[sbCRC:], blockCRC(b, sbCRC))
 	return b
 }
@@ -277,6 +309,7 @@ func DecodeSuperblock(b []byte) (Superblock, error) {
 	for i := range s.UUIDs.History {
 		s.UUIDs.History[i] = be.Uint64(b[sbHistory+8*i:])
 	}
+	s.AgreedSize = int64(be.Uint64(b[sbAgreedSize:]))
 	if err := s.validate(); err != nil {
 		return Superblock{}, fmt.Errorf("superblock: %w", err)
 	}
