@@ -63,7 +63,18 @@
 //	 80     8  current UUID
 //	 88     8  bitmap UUID
 //	 96    32  history UUIDs ×4, newest first
-//	128  3968  reserved: written as zero, ignored when read
+//	128     8  agreed size in bytes: the size both nodes of the resource
+//	           last agreed on (DRBD's la-size); 0 = the data size; a
+//	           multiple of 4096, at most the data size
+//	136  3960  reserved: written as zero, ignored when read
+//
+// The agreed size was added within format version 1, in what was
+// reserved: a reader that does not know it ignores it, and every
+// superblock written before holds 0 there, which means the data size. The
+// data size is what this node's meta-data allows (its capacity); the
+// agreed size is the resource's size as both nodes last agreed it, the
+// smaller of their capacities at a handshake, which never grows on one
+// node alone.
 //
 // # Choosing a superblock
 //
@@ -127,7 +138,10 @@
 //
 // Grow adapts the meta-data to a grown data device, offline. It keeps the
 // geometry and every superblock field but the data size, advances the
-// sequence number, keeps every dirty bit (an unclean activity log is
+// sequence number, records the old data size as the agreed size when that
+// was 0 (a recorded one stays: the node keeps exporting the size its peer
+// agreed to until both agree on a larger one at their next handshake),
+// keeps every dirty bit (an unclean activity log is
 // recovered into the bitmap first, exactly as Open would, crashed-primary
 // included) and leaves the added data clean and the meta-data closed
 // cleanly (al-clean).
