@@ -53,7 +53,9 @@ documented in docs/metadata.md.`,
 
 // mdDump is dump-md's output. The JSON field names are an interface:
 // add fields, never rename or remove them. UUIDs and ids are 16-digit hex
-// strings, because JSON numbers lose 64-bit precision.
+// strings, because JSON numbers lose 64-bit precision. AgreedSize is the
+// size the agreed-size field stands for (Superblock.Agreed): the data size
+// when the field holds 0.
 type mdDump struct {
 	Disk          string      `json:"disk"`
 	Meta          string      `json:"meta"`
@@ -66,6 +68,7 @@ type mdDump struct {
 	DeviceUUID    string      `json:"device_uuid"`
 	NodeID        uint32      `json:"node_id"`
 	DataSize      int64       `json:"data_size"`
+	AgreedSize    int64       `json:"agreed_size"`
 	BitmapBlock   int64       `json:"bitmap_block"`
 	BitmapBlocks  uint64      `json:"bitmap_blocks"`
 	ALExtents     uint32      `json:"al_extents"`
@@ -113,6 +116,7 @@ func newMDDump(md *mdFlags, s *mdStore, info *metadata.Info) *mdDump {
 		DeviceUUID:    hex64(sb.DeviceUUID),
 		NodeID:        sb.NodeID,
 		DataSize:      sb.DataSize,
+		AgreedSize:    sb.Agreed(),
 		BitmapBlock:   sb.BitmapBlock,
 		BitmapBlocks:  uint64((sb.DataSize + sb.BitmapBlock - 1) / sb.BitmapBlock),
 		ALExtents:     sb.ALExtents,
@@ -154,6 +158,9 @@ func (d *mdDump) writeText(w io.Writer) {
 	p("device uuid", "%s", d.DeviceUUID)
 	p("node id", "%d", d.NodeID)
 	p("data size", "%d bytes (%s)", d.DataSize, mdHumanBytes(d.DataSize))
+	if d.AgreedSize != d.DataSize {
+		p("agreed size", "%d bytes (%s), last agreed by both nodes: exported until the peer agrees on more", d.AgreedSize, mdHumanBytes(d.AgreedSize))
+	}
 	if d.Meta != "internal" && d.DiskSize&^4095 != d.DataSize {
 		p("warning", "disk is %d bytes, meta-data was created for %d", d.DiskSize, d.DataSize)
 	}

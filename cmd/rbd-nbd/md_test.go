@@ -78,7 +78,15 @@ func TestMDCreateDumpWipeInternal(t *testing.T) {
 	if d.DataSize <= 0 || d.DataSize+d.Layout.MetaSize > 300<<20 || d.Layout.Superblock[1] != 300<<20-4096 {
 		t.Fatalf("layout: data %d, %+v", d.DataSize, d.Layout)
 	}
+	// Fresh meta-data records no agreed size: it is the data size, and
+	// the text output has no line for it.
+	if d.AgreedSize != d.DataSize {
+		t.Fatalf("agreed size %d, data size %d", d.AgreedSize, d.DataSize)
+	}
 	text := mustRunMD(t, "dump-md", "--disk", disk)
+	if strings.Contains(text, "agreed size") {
+		t.Errorf("dump-md of fresh meta-data shows an agreed size:\n%s", text)
+	}
 	for _, want := range []string{"format          version 1, sequence 2", "flags           al-clean", "node id         5", "al extents      0 active"} {
 		if !strings.Contains(text, want) {
 			t.Errorf("dump-md text lacks %q:\n%s", want, text)

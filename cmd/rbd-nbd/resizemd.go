@@ -30,7 +30,9 @@ func newResizeMDCmd(g *globalOptions) *cobra.Command {
 while no daemon uses it. Internal meta-data moves from the old end of --disk to
 the new end; --old-size is the device's size before it grew. External meta-data
 stays in --meta, whose bitmap grows (a regular file is extended). Dirty bits,
-UUIDs and flags are kept; the added data starts clean, so the added range must
+UUIDs and flags are kept, and so is the agreed size: the node keeps exporting
+the size both nodes agreed on until its peer, grown too, agrees on more at
+their next handshake. The added data starts clean, so the added range must
 read as zeros on every node: resize-md checks that and refuses otherwise.
 --zero-new zeroes it, --assume-clean skips the check (the added space is known
 identical on both nodes). Without --old-size, internal meta-data is looked
@@ -133,6 +135,12 @@ func resizeMD(out io.Writer, md *mdFlags, o resizeMDOptions) error {
 	fmt.Fprintf(out, "data size     %d bytes (%s) -> %d bytes (%s), %d bytes added (%s)\n",
 		old.DataSize, mdHumanBytes(old.DataSize), nw.DataSize, mdHumanBytes(nw.DataSize),
 		nw.DataSize-old.DataSize, mdHumanBytes(nw.DataSize-old.DataSize))
+	kept := "kept"
+	if o.dryRun {
+		kept = "would be kept"
+	}
+	fmt.Fprintf(out, "agreed size   %d bytes (%s) %s: the node exports it until its peer, grown too, agrees on more at their next handshake\n",
+		plan.AgreedSize, mdHumanBytes(plan.AgreedSize), kept)
 	fmt.Fprintf(out, "meta-data     %d bytes at offset %d -> %d bytes at offset %d\n",
 		old.MetaSize, old.MetaOffset, nw.MetaSize, nw.MetaOffset)
 	if plan.Extended > 0 {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -67,7 +68,8 @@ func TestResizeMDInternal(t *testing.T) {
 		t.Fatalf("resize-md with a wrong --old-size: %v", err)
 	}
 	out := mustRunMD(t, "resize-md", "--disk", img, "--old-size", "256M", "--dry-run")
-	if !strings.Contains(out, "would grow internal meta-data") || !strings.Contains(out, "reads as zeros") {
+	if !strings.Contains(out, "would grow internal meta-data") || !strings.Contains(out, "reads as zeros") ||
+		!strings.Contains(out, fmt.Sprintf("agreed size   %d bytes (%s) would be kept", before.DataSize, mdHumanBytes(before.DataSize))) {
 		t.Fatalf("dry run output:\n%s", out)
 	}
 	if _, err := runMD(t, "dump-md", "--disk", img); !errors.Is(err, metadata.ErrNoMeta) {
@@ -83,6 +85,15 @@ func TestResizeMDInternal(t *testing.T) {
 		after.MetaID != before.MetaID || after.DeviceUUID != before.DeviceUUID || after.NodeID != 2 ||
 		after.UUIDs.Current != before.UUIDs.Current || after.Sequence <= before.Sequence {
 		t.Fatalf("after resize-md:\n %+v\nbefore:\n %+v", after, before)
+	}
+	// The node keeps exporting the old size until its peer agrees on
+	// more: the agreed size is the old data size, and dump-md says so.
+	if before.AgreedSize != before.DataSize || after.AgreedSize != before.DataSize ||
+		!strings.Contains(out, fmt.Sprintf("agreed size   %d bytes", before.DataSize)) || !strings.Contains(out, "until its peer") {
+		t.Fatalf("agreed size: before %d (data %d), after %d; output:\n%s", before.AgreedSize, before.DataSize, after.AgreedSize, out)
+	}
+	if text := mustRunMD(t, "dump-md", "--disk", img); !strings.Contains(text, fmt.Sprintf("agreed size     %d bytes", before.DataSize)) {
+		t.Fatalf("dump-md after resize-md lacks the agreed size:\n%s", text)
 	}
 	t.Logf("resize-md output:\n%s", out)
 	for _, args := range [][]string{{"--old-size", "256M"}, nil} {
@@ -142,7 +153,8 @@ func TestResizeMDExternal(t *testing.T) {
 	out := mustRunMD(t, "resize-md", "--disk", img, "--meta", meta)
 	d := mdDumpJSON(t, "--disk", img, "--meta", meta)
 	fi, _ := os.Stat(meta)
-	if d.DataSize != 1<<30 || d.DirtyBlocks != 1 || fi.Size() <= fi0.Size() || !strings.Contains(out, "extended to") {
+	if d.DataSize != 1<<30 || d.DirtyBlocks != 1 || fi.Size() <= fi0.Size() || !strings.Contains(out, "extended to") ||
+		d.AgreedSize != 256<<20 || !strings.Contains(out, "agreed size   268435456 bytes") {
 		t.Fatalf("after resize-md: data %d, dirty %d, meta file %d bytes (was %d)\n%s", d.DataSize, d.DirtyBlocks, fi.Size(), fi0.Size(), out)
 	}
 }
