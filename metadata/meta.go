@@ -315,7 +315,9 @@ func Open(st Store, storeSize int64, internal bool) (*Meta, error) {
 	return m, nil
 }
 
-// DataSize returns the size of the data in bytes: what is exported.
+// DataSize returns the size of the data in bytes: the capacity this
+// meta-data allows. The size both nodes agreed on, at most this, is
+// Superblock().Agreed().
 func (m *Meta) DataSize() int64 { return m.layout.DataSize }
 
 // Layout returns where the meta-data lives.
@@ -352,11 +354,11 @@ func (m *Meta) IOStats() IOStats {
 // not hold the current one, and is synced before Update returns. Flags,
 // UUIDs, the node id and the agreed size (0, or a multiple of BlockSize
 // up to the data size; else ErrBadOptions) may change; changing a field
-// fixed at creation fails with ErrImmutable. On error the superblock in memory is the
-// previous version. So is the one on disk, except when the write went
-// through and only the sync failed: then a later sync may still make the
-// new version durable, until the next Update, which writes the same slot,
-// replaces it.
+// fixed at creation fails with ErrImmutable. On error the superblock in
+// memory is the previous version. So is the one on disk, except when the
+// write went through and only the sync failed: then a later sync may
+// still make the new version durable, until the next Update, which writes
+// the same slot, replaces it.
 func (m *Meta) Update(fn func(*Superblock)) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
