@@ -62,6 +62,7 @@ func genControl(t *rapid.T) ControlMsg {
 			AfterSB:       genString(t, "aftersb"),
 			Protocol:      genString(t, "protocol"),
 			NodeName:      genString(t, "name"),
+			Capacity:      rapid.OneOf(rapid.Just(uint64(0)), rapid.Uint64()).Draw(t, "capacity"),
 		}
 	case 1:
 		m := &Bitmap{Last: rapid.Bool().Draw(t, "last")}
@@ -183,6 +184,9 @@ func FuzzEncodeControl(f *testing.F) {
 		switch kind % 4 {
 		case 0:
 			m = &State{Role: uint8(len(s1)), UUIDs: UUIDs{Current: 1, History: u64s}, AfterSB: s1, Protocol: s2, NodeName: s1 + s2, DiscardMyData: flag}
+			if len(u64s) > 0 {
+				m.(*State).Capacity = u64s[0]
+			}
 		case 1:
 			m = &Bitmap{Extents: exts, Last: flag}
 		case 2:
@@ -351,6 +355,11 @@ func TestMalformedTLV(t *testing.T) {
 		{"u64 of 9 bytes", ftState, entry(7, make([]byte, 9)), ErrMalformed},
 		{"u8 of 2 bytes", ftState, entry(1, []byte{1, 2}), ErrMalformed},
 		{"u32 of 3 bytes", ftState, entry(6, []byte{1, 2, 3}), ErrMalformed},
+		{"capacity of 4 bytes", ftState, entry(14, make([]byte, 4)), ErrMalformed},
+		{"capacity of 9 bytes", ftState, entry(14, make([]byte, 9)), ErrMalformed},
+		{"capacity empty", ftState, entry(14, nil), ErrMalformed},
+		{"duplicate capacity", ftState, append(entry(14, make([]byte, 8)), entry(14, make([]byte, 8))...), ErrMalformed},
+		{"capacity truncated", ftState, append(entry(7, make([]byte, 8)), entry(14, make([]byte, 8))[:10]...), ErrTruncated},
 		{"bool of 2", ftBitmap, entry(2, []byte{2}), ErrMalformed},
 		{"history not a multiple of 8", ftState, entry(5, make([]byte, 12)), ErrMalformed},
 		{"extents not a multiple of 16", ftBitmap, entry(1, make([]byte, 24)), ErrMalformed},
@@ -502,7 +511,9 @@ func fuzzControl(f *testing.F, t frameType, seeds ...ControlMsg) {
 }
 
 func FuzzState(f *testing.F) {
-	fuzzControl(f, ftState, &State{Role: 1, Disk: 4, UUIDs: UUIDs{Current: 1, Bitmap: 2, History: []uint64{3, 4}}, Size: 1 << 30, AfterSB: "disconnect", Protocol: "C", NodeName: "a"})
+	fuzzControl(f, ftState,
+		&State{Role: 1, Disk: 4, UUIDs: UUIDs{Current: 1, Bitmap: 2, History: []uint64{3, 4}}, Size: 1 << 30, AfterSB: "disconnect", Protocol: "C", NodeName: "a"},
+		&State{Role: 2, Disk: 4, UUIDs: UUIDs{Current: 1}, Size: 1 << 30, Capacity: 3 << 29, Protocol: "C", NodeName: "b"})
 }
 
 func FuzzBitmap(f *testing.F) {

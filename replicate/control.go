@@ -40,6 +40,13 @@ type State struct {
 	AfterSB       string // tag 11, split-brain policy
 	Protocol      string // tag 12, "A", "B" or "C"
 	NodeName      string // tag 13
+	// Capacity is the data size in bytes that the sender's disk and
+	// meta-data allow (>= Size): how far the resource could grow on that
+	// node. 0 means not sent: a node older than the field, or a
+	// Diskless one. Tag 14, optional: written only when non-zero, and
+	// skipped by receivers older than it (they ignore tags they do not
+	// know).
+	Capacity uint64 // tag 14
 }
 
 // Extent is a byte range [Off, Off+Len).
@@ -181,6 +188,9 @@ func (m *State) appendTLV(w *tlvWriter) {
 	w.str(11, m.AfterSB)
 	w.str(12, m.Protocol)
 	w.str(13, m.NodeName)
+	if m.Capacity != 0 {
+		w.u64(14, m.Capacity)
+	}
 }
 
 func (m *State) setField(tag uint16, v []byte) error {
@@ -208,6 +218,8 @@ func (m *State) setField(tag uint16, v []byte) error {
 		return getStr(v, &m.Protocol)
 	case 13:
 		return getStr(v, &m.NodeName)
+	case 14:
+		return getU64(v, &m.Capacity)
 	}
 	return nil
 }
