@@ -43,9 +43,17 @@ const (
 	// instead of the whole disk. A peer without it receives no such
 	// Bitmap messages and resyncs everything.
 	FeatureAttachBitmap Features = 1 << 4
+	// FeatureResize: the node sends its capacity (State.Capacity, the
+	// data size its disk and meta-data allow) and follows the growth rule
+	// at the handshake: when both nodes' capacities exceed the current
+	// size, both grow the resource to the smaller capacity (as DRBD's
+	// P_SIZES). Without it on both sides no State carries Capacity (the
+	// link leaves it out when sending and clears it when receiving), and
+	// no node grows at the handshake.
+	FeatureResize Features = 1 << 5
 
 	// AllFeatures is every feature this implementation knows.
-	AllFeatures = FeatureTrim | FeatureSyncPause | FeatureDisklessConnect | FeatureSyncReady | FeatureAttachBitmap
+	AllFeatures = FeatureTrim | FeatureSyncPause | FeatureDisklessConnect | FeatureSyncReady | FeatureAttachBitmap | FeatureResize
 )
 
 // Handler performs the requests the peer sends.

@@ -42,10 +42,11 @@ type State struct {
 	NodeName      string // tag 13
 	// Capacity is the data size in bytes that the sender's disk and
 	// meta-data allow (>= Size): how far the resource could grow on that
-	// node. 0 means not sent: a node older than the field, or a
-	// Diskless one. Tag 14, optional: written only when non-zero, and
-	// skipped by receivers older than it (they ignore tags they do not
-	// know).
+	// node. 0 means not sent: a node older than the field, a Diskless
+	// one, or a link without FeatureResize (Link.SendControl leaves it
+	// out and the receiving link clears it unless both nodes offer that
+	// feature). Tag 14, optional: written only when non-zero, and skipped
+	// by receivers older than it (they ignore tags they do not know).
 	Capacity uint64 // tag 14
 }
 
@@ -174,6 +175,19 @@ func (u *UUIDs) setField(first, tag uint16, v []byte) (ok bool, err error) {
 		return true, getU64s(v, &u.History)
 	}
 	return false, nil
+}
+
+// withoutUnagreed returns m less the fields that travel only under a
+// feature that f lacks: a State's Capacity without FeatureResize. It
+// returns m itself when nothing is left out, else a copy (m is the
+// caller's).
+func withoutUnagreed(m ControlMsg, f Features) ControlMsg {
+	if s, ok := m.(*State); ok && s.Capacity != 0 && f&FeatureResize == 0 {
+		c := *s
+		c.Capacity = 0
+		return &c
+	}
+	return m
 }
 
 func (m *State) appendTLV(w *tlvWriter) {

@@ -575,6 +575,9 @@ func (l *Link) controlLoop(s net.Conn) {
 				l.protocolFailed(stControl, err)
 				return
 			}
+			// A field of a feature not agreed is dropped, as a node
+			// without the feature would.
+			m = withoutUnagreed(m, l.features)
 			if bye, ok := m.(*Bye); ok {
 				l.fail(&ByeError{Reason: bye.Reason, Outdate: bye.Outdate}, nil)
 				close(l.peerBye)

@@ -6,6 +6,7 @@ import (
 	"math"
 	"reflect"
 	"testing"
+	"time"
 )
 
 // stateBeforeCapacityHex is the payload of stateBeforeCapacity() as the
@@ -128,5 +129,134 @@ func TestStateCapacitySkippedByOlderDecoder(t *testing.T) {
 	old, err = decodeStateBefore(mustHex(t, stateBeforeCapacityHex))
 	if err != nil || !reflect.DeepEqual(old, stateBeforeCapacity()) {
 		t.Fatalf("older decoder on the older format: %#v, %v", old, err)
+	}
+}
+
+// The resize feature is bit 5, offered by default, and agreed only when
+// both nodes offer it: a node of the release before it (bits 0..4) or
+// one configured without it agrees a link without it.
+func TestFeatureResizeAgreed(t *testing.T) {
+	if FeatureResize != 1<<5 || FeatureResize&(FeatureTrim|FeatureSyncPause|FeatureDisklessConnect|FeatureSyncReady|FeatureAttachBitmap) != 0 {
+		t.Fatalf("FeatureResize = %#x, want bit 5 alone", uint64(FeatureResize))
+	}
+	if AllFeatures&FeatureResize == 0 || DefaultConfig().Features&FeatureResize == 0 {
+		t.Fatal("FeatureResize is not offered by default")
+	}
+	const older = FeatureTrim | FeatureSyncPause | FeatureDisklessConnect | FeatureSyncReady | FeatureAttachBitmap
+	for _, tc := range []struct{ mine, peer, want Features }{
+		{AllFeatures, AllFeatures, AllFeatures},
+		{AllFeatures, older, older},
+		{older, AllFeatures, older},
+		{AllFeatures, AllFeatures &^ FeatureResize, AllFeatures &^ FeatureResize},
+		{FeatureResize, FeatureResize, FeatureResize},
+		{FeatureResize, FeatureTrim, 0},
+	} {
+		if got := agreeFeatures(tc.mine, tc.peer); got != tc.want {
+			t.Errorf("agreeFeatures(%#x, %#x) = %#x, want %#x", tc.mine, tc.peer, got, tc.want)
+		}
+	}
+}
+
+// nextState returns the next control message of l, which must be a State.
+func nextState(t *testing.T, l *Link) *State {
+	t.Helper()
+	select {
+	case m, ok := <-l.Control():
+		if !ok {
+			t.Fatalf("link down: %v", l.Err())
+		}
+		s, ok := m.(*State)
+		if !ok {
+			t.Fatalf("got %#v, want a State", m)
+		}
+		return s
+	case <-time.After(waitTimeout):
+		t.Fatal("no State arrived")
+	}
+	return nil
+}
+
+// Over a link on which both nodes offer FeatureResize, State carries
+// Capacity both ways; when either node lacks the feature (configured
+// without it, as a node of an older release is), no State carries it:
+// the sending link leaves it out, and the caller's State keeps it.
+func TestStateCapacityOverLink(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		fa, fb Features
+		want   bool // Capacity arrives
+	}{
+		{"both", AllFeatures, AllFeatures, true},
+		{"dialer-without", AllFeatures &^ FeatureResize, AllFeatures, false},
+		{"acceptor-without", AllFeatures, AllFeatures &^ FeatureResize, false},
+		{"acceptor-older", AllFeatures, FeatureTrim | FeatureSyncPause | FeatureDisklessConnect | FeatureSyncReady | FeatureAttachBitmap, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ca, cb := testConfig(t, 1, 2, newMemDisk(1)), testConfig(t, 2, 1, newMemDisk(1))
+			ca.Features, cb.Features = tc.fa, tc.fb
+			la, lb := linkPair(t, "pipe", ca, cb)
+			for _, l := range []*Link{la, lb} {
+				if got := l.Features()&FeatureResize != 0; got != tc.want {
+					t.Fatalf("FeatureResize agreed: %v, want %v", got, tc.want)
+				}
+			}
+			for i, p := range [][2]*Link{{la, lb}, {lb, la}} {
+				sent := stateBeforeCapacity()
+				sent.Capacity = uint64(3+i) << 30
+				if err := p[0].SendControl(sent); err != nil {
+					t.Fatal(err)
+				}
+				if sent.Capacity != uint64(3+i)<<30 {
+					t.Fatalf("SendControl changed the caller's State: Capacity %d", sent.Capacity)
+				}
+				want := *sent
+				if !tc.want {
+					want.Capacity = 0
+				}
+				if got := nextState(t, p[1]); !reflect.DeepEqual(got, &want) {
+					t.Fatalf("direction %d: got %#v, want %#v", i, got, &want)
+				}
+			}
+		})
+	}
+}
+
+// A receiving link clears a Capacity that arrives on a link without
+// FeatureResize (a peer that sends it though the feature was not
+// agreed): to the resource layer, Capacity is non-zero only under the
+// feature.
+func TestStateCapacityClearedWithoutFeature(t *testing.T) {
+	ca, cb := testConfig(t, 1, 2, newMemDisk(1)), testConfig(t, 2, 1, newMemDisk(1))
+	cb.Features &^= FeatureResize
+	la, lb := linkPair(t, "pipe", ca, cb)
+	s := stateBeforeCapacity()
+	s.Capacity = 1 << 40
+	p, err := encodeControl(s) // past SendControl, which would leave it out
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !la.ctlW.enqueue(witem{kind: itemFrame, h: header{typ: ftState}, payload: p}) {
+		t.Fatal("link down")
+	}
+	if got := nextState(t, lb); !reflect.DeepEqual(got, stateBeforeCapacity()) {
+		t.Fatalf("got %#v, want %#v", got, stateBeforeCapacity())
+	}
+}
+
+// withoutUnagreed leaves every message alone under FeatureResize, and
+// every message but a State with Capacity without it.
+func TestWithoutUnagreed(t *testing.T) {
+	s := &State{Size: 1, Capacity: 2}
+	if got := withoutUnagreed(s, FeatureResize); got != ControlMsg(s) {
+		t.Fatalf("with the feature: %#v", got)
+	}
+	got := withoutUnagreed(s, AllFeatures&^FeatureResize)
+	if got == ControlMsg(s) || !reflect.DeepEqual(got, &State{Size: 1}) || s.Capacity != 2 {
+		t.Fatalf("without the feature: %#v (from %#v)", got, s)
+	}
+	for _, m := range []ControlMsg{&State{Size: 1}, &Bye{Reason: "x"}, &SyncProgress{Done: 3}} {
+		if got := withoutUnagreed(m, 0); got != m {
+			t.Fatalf("%#v became %#v", m, got)
+		}
 	}
 }

@@ -241,12 +241,14 @@ func (a *zeroAgg) fire() {
 // is Close(reason). It returns ErrTooLarge for a message beyond
 // MaxControlLen or with a value the peer would refuse (a string over 4096
 // bytes, a Bitmap extent past 2^63-1), and an error that Is ErrLinkDown
-// once the link is down.
+// once the link is down. A field that travels only under a feature the
+// nodes did not agree (State.Capacity without FeatureResize) is left
+// out; m itself is not changed.
 func (l *Link) SendControl(m ControlMsg) error {
 	if bye, ok := m.(*Bye); ok {
 		return l.closeBye(*bye)
 	}
-	p, err := encodeControl(m)
+	p, err := encodeControl(withoutUnagreed(m, l.features))
 	if err != nil {
 		return fmt.Errorf("%w: %v", ErrTooLarge, err)
 	}
