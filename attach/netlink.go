@@ -95,7 +95,8 @@ func encodeConnect(p connectParams) ([]byte, error) {
 
 // encodeReconfigure builds NBD_CMD_RECONFIGURE's attributes: the device,
 // its identifier (the kernel compares it with the device's), its new size
-// when it grows (0: left out, the size stays) and the new sockets.
+// when it grows (0: left out, the size stays) and the new sockets, if
+// any (none: a resize alone).
 func encodeReconfigure(index int, identifier string, fds []int, size uint64) ([]byte, error) {
 	ae := netlink.NewAttributeEncoder()
 	ae.Uint32(attrIndex, uint32(index))
@@ -105,7 +106,9 @@ func encodeReconfigure(index int, identifier string, fds []int, size uint64) ([]
 	if size > 0 {
 		ae.Uint64(attrSizeBytes, size)
 	}
-	encodeSockets(ae, fds)
+	if len(fds) > 0 {
+		encodeSockets(ae, fds)
+	}
 	return ae.Encode()
 }
 

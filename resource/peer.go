@@ -17,6 +17,7 @@ import (
 	"github.com/rbd-nbd/rbd-nbd/config"
 	"github.com/rbd-nbd/rbd-nbd/internal/textclip"
 	"github.com/rbd-nbd/rbd-nbd/internal/tlsfiles"
+	"github.com/rbd-nbd/rbd-nbd/metadata"
 	"github.com/rbd-nbd/rbd-nbd/replicate"
 )
 
@@ -603,7 +604,55 @@ func (r *Resource) sendState() {
 		AfterSB:       string(s.AfterSB),
 		Protocol:      string(r.protocol()),
 		NodeName:      cfg.Local.Name,
+		Capacity:      r.capacity(),
 	})
+}
+
+// capacity is what this node sends as its State's Capacity: the data size
+// its attached disk's meta-data allows (0 while Diskless, or on a link
+// whose peer does not grow resources: FeatureResize).
+func (r *Resource) capacity() uint64 {
+	if r.link == nil || r.link.Features()&replicate.FeatureResize == 0 || r.m.Disk() == DiskDiskless || r.diskFailed.Load() {
+		return 0
+	}
+	return uint64(r.dataSize)
+}
+
+// capacitySize applies DRBD's size rule at a handshake: when both nodes
+// sent their capacity (each node's disk, as its meta-data allows:
+// resize-md grew it), the resource's size is the smaller capacity,
+// provided that is at least the current size on both nodes (ok): a node
+// below it grows. Both nodes compute the same from the same two States,
+// so both end at the same size; a node whose peer grew already (its
+// record of the larger size survived, this node's did not: a link lost
+// in between) grows to it, and the peer takes this node's smaller State
+// for the growth it is. Space past a node's current size has never been
+// written through it (nothing is exported or replicated there), and
+// resize-md checked that it reads as zeros, so the grown area is in sync
+// without a resync. A capacity below either current size is no growth
+// (not ok): the mismatch rules decide (checkPeerState). (A Primary
+// target's written sets keep their size: the grown area has no bits to
+// resync, and its writes there need no record.)
+func (r *Resource) capacitySize(m *replicate.State) (size int64, ok bool) {
+	own := r.capacity()
+	if own == 0 || m.Capacity == 0 || r.m.Conn() != ConnHandshake {
+		return 0, false
+	}
+	size = int64(min(own, m.Capacity))
+	if size < r.size.Load() || size < int64(m.Size) {
+		return 0, false
+	}
+	return size, true
+}
+
+// recordGrowth makes size the agreed size in the meta-data (DRBD's
+// la-size) before the resource takes it: a node that restarts exports
+// what both nodes agreed on, not its disk's capacity.
+func (r *Resource) recordGrowth(size int64) error {
+	if err := r.meta.Update(func(sb *metadata.Superblock) { sb.AgreedSize = size }); err != nil {
+		return fmt.Errorf("cannot record the grown size %d in the meta-data: %w", size, err)
+	}
+	return nil
 }
 
 // Bits of State.Flags.
@@ -652,9 +701,15 @@ func (r *Resource) control(link *replicate.Link, msg replicate.ControlMsg) {
 			r.step(EvLinkDown{Err: err})
 			return
 		}
-		if size != r.size.Load() {
+		switch cur := r.size.Load(); {
+		case size > cur:
+			// Both disks grew (capacitySize): recorded by checkPeerState.
+			r.log.Info("the resource grows: both nodes' disks hold more than it did", zap.Int64("size", size), zap.Int64("was", cur))
+			r.size.Store(size)
+			r.growAttached(size)
+		case size < cur:
 			// Accepted: from now on the resource is the smaller peer's size.
-			r.log.Warn("the peer's disk is smaller: using its size", zap.Int64("size", size), zap.Int64("was", r.size.Load()))
+			r.log.Warn("the peer's disk is smaller: using its size", zap.Int64("size", size), zap.Int64("was", cur))
 			r.size.Store(size)
 		}
 		r.refuseWarned.reset() // a refusal after an accepted state is logged again
@@ -787,6 +842,14 @@ func (r *Resource) checkPeerState(m *replicate.State) (int64, error) {
 	}
 	if p := r.protocol(); m.Protocol != "" && m.Protocol != string(p) {
 		return cur, fmt.Errorf("replication protocols differ: %s here, %s on the peer", p, m.Protocol)
+	}
+	if size, ok := r.capacitySize(m); ok {
+		if size > cur {
+			if err := r.recordGrowth(size); err != nil {
+				return cur, err
+			}
+		}
+		return size, nil
 	}
 	size := uint64(cur)
 	if m.Size != 0 && m.Size != size {

@@ -2,7 +2,9 @@ package resource
 
 import (
 	"context"
+	"errors"
 	"net"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -33,10 +35,7 @@ func (r *Resource) watchAttached() {
 	log := r.log.Named("reattach")
 	r.goLoop(func() {
 		err := attach.Watch(ctx, attach.ReattachConfig{
-			Match: func(id string) bool {
-				i, err := attach.ParseIdentifier(id)
-				return err == nil && i.Export == export && attach.Serves(addr, i.Addr)
-			},
+			Match: attachedTo(export, addr),
 			Connect: func(ctx context.Context, _ string) (net.Conn, attach.ExportInfo, error) {
 				return attach.Dial(ctx, addr, export)
 			},
@@ -44,6 +43,33 @@ func (r *Resource) watchAttached() {
 		})
 		if err != nil && ctx.Err() == nil {
 			log.Debug("not watching for kernel devices to reattach", zap.Error(err))
+		}
+	})
+}
+
+// attachedTo matches the backend identifiers of kernel devices attached
+// to the export at addr.
+func attachedTo(export, addr string) func(string) bool {
+	return func(id string) bool {
+		i, err := attach.ParseIdentifier(id)
+		return err == nil && i.Export == export && attach.Serves(addr, i.Addr)
+	}
+}
+
+// growAttached tells the kernel devices attached to the export that it
+// grew to size (attach.Grow), in the background: a file system on them
+// can then be grown. Devices attached later get the new size anyway.
+func (r *Resource) growAttached(size int64) {
+	cfg := r.cfg()
+	if cfg.Local.NBDListen == "" || cfg.Local.NBDTLS.Required() {
+		return
+	}
+	match, log := attachedTo(cfg.Local.Export, cfg.Local.NBDListen), r.log.Named("reattach")
+	r.goLoop(func() {
+		ctx, cancel := context.WithTimeout(r.loopCtx, 30*time.Second)
+		defer cancel()
+		if _, err := attach.Grow(ctx, match, size, log); err != nil && !errors.Is(err, attach.ErrNoNetlink) && ctx.Err() == nil {
+			log.Warn("kernel devices of the export not grown", zap.Error(err))
 		}
 	})
 }

@@ -375,7 +375,15 @@ func (r *Resource) attach(cfg config.Resource) error {
 	}
 	size := st.meta.DataSize()
 	r.dataSize = size
-	r.size.Store(size)
+	// What both nodes last agreed on (DRBD's la-size): less than the
+	// disk's capacity once resize-md grew it, until the peer's disk
+	// holds as much (capacitySize).
+	agreed := st.meta.Superblock().Agreed()
+	r.size.Store(agreed)
+	if agreed < size {
+		r.log.Info("the disk grew (resize-md): the resource keeps the size both nodes agreed on until the peer's disk holds as much",
+			zap.Int64("size", agreed), zap.Int64("capacity", size))
+	}
 	if st.metaFile != nil && st.dev.Size()&^(metadata.BlockSize-1) > size {
 		// External meta-data fixes the data size: a data device that
 		// grew since is used only up to it until resize-md says more
