@@ -118,6 +118,16 @@ func resizeMD(out io.Writer, md *mdFlags, o resizeMDOptions) error {
 		verb = "would grow"
 	} else {
 		if o.zeroNew {
+			if !internal {
+				// open opened the data disk read-only (the meta-data
+				// is elsewhere): zeroing writes it.
+				w, err := mdOpenDev(md.disk, true, false)
+				if err != nil {
+					return err
+				}
+				defer w.Close()
+				disk = w
+			}
 			if err := zeroFileRange(disk, added[0], added[1]); err != nil {
 				return fmt.Errorf("%s: zero the added range [%d, %d): %w", md.disk, added[0], added[1], err)
 			}

@@ -203,3 +203,35 @@ func TestResizeMDScan(t *testing.T) {
 		t.Fatalf("the scan wrote: dump-md: %v", err)
 	}
 }
+
+// TestResizeMDExternalZeroNew: --zero-new zeroes the added range of a data
+// disk whose meta-data is external too (the data disk is written then).
+func TestResizeMDExternalZeroNew(t *testing.T) {
+	img := mdTempDisk(t, 64<<20)
+	meta := filepath.Join(t.TempDir(), "meta")
+	mustRunMD(t, "create-md", "--disk", img, "--meta", meta)
+	mdGrowFile(t, img, 128<<20)
+	f, err := os.OpenFile(img, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const junk = 80 << 20
+	if _, err := f.WriteAt([]byte{0xAA}, junk); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	if _, err := runMD(t, "resize-md", "--disk", img, "--meta", meta); err == nil {
+		t.Fatal("resize-md over data in the added range succeeded")
+	}
+	out, err := runMD(t, "resize-md", "--disk", img, "--meta", meta, "--zero-new")
+	if err != nil {
+		t.Fatalf("resize-md --zero-new with external meta-data: %v\n%s", err, out)
+	}
+	b := make([]byte, 1)
+	f, _ = os.Open(img)
+	f.ReadAt(b, junk)
+	f.Close()
+	if b[0] != 0 {
+		t.Fatalf("byte in the added range is %#x after --zero-new", b[0])
+	}
+}
