@@ -337,6 +337,15 @@ func resumeInternal(st Store, storeSize, oldSize int64, cur growState, opts Grow
 	if err != nil || old.MetaID != cur.sb.MetaID || old.DataSize >= cur.sb.DataSize {
 		return GrowResult{}, notGrown
 	}
+	if cur.sb.Seq <= old.Seq || cur.sb.Seq > old.Seq+2 {
+		// The new meta-data is not the one a grow committed (n+1, n+2)
+		// over this old superblock (n): it was opened since (a daemon
+		// ran on the grown device), and the old area is data that
+		// clients may have written: zeroing it would lose that, on this
+		// node alone under clean bits.
+		return GrowResult{}, fmt.Errorf("%w: the meta-data already fits the device of %d bytes (data size %d) and was used since an interrupted grow (sequence %d, the old superblock's %d): the old area is data now; nothing to do",
+			ErrNotGrown, storeSize, cur.l.DataSize, cur.sb.Seq, old.Seq)
+	}
 	oldL, err := ComputeLayout(oldSize, true, old.Geometry)
 	if err != nil || oldL.DataSize != old.DataSize {
 		return GrowResult{}, notGrown

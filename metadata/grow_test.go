@@ -580,3 +580,48 @@ func TestGrowResumedReportsAgreedSize(t *testing.T) {
 	}
 	t.Fatal("no crash point left a grow to resume")
 }
+
+// TestGrowResumeAfterUseRefused: a grow that stopped after its commit
+// (the old superblock slots, zeroed last, still valid), whose new
+// meta-data a daemon then opened and used, is no interrupted grow any
+// more: the old area is data now and may hold what clients wrote there.
+// Grow run again must not zero it (this node alone, under clean bits).
+func TestGrowResumeAfterUseRefused(t *testing.T) {
+	st := memstore.New(growOldSize)
+	growBase(t, st, true, false)
+	info, err := Inspect(st, growOldSize, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := info.Layout
+	slots := make([]byte, old.Superblock[1]+BlockSize-old.Superblock[0])
+	if _, err := st.ReadAt(slots, old.Superblock[0]); err != nil {
+		t.Fatal(err)
+	}
+	st.Resize(growNewSize)
+	res, err := Grow(st, growNewSize, true, GrowOptions{OldStoreSize: growOldSize})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The crash before step 4: the old slots as they were.
+	if _, err := st.WriteAt(slots, old.Superblock[0]); err != nil {
+		t.Fatal(err)
+	}
+	// A daemon opens the grown meta-data and a client writes into what
+	// was the old bitmap.
+	m := mustOpen(t, st, growNewSize, true)
+	client := res.Zeroed[0] + 4096
+	if _, err := st.WriteAt([]byte{0xC5}, client); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Grow(st, growNewSize, true, GrowOptions{OldStoreSize: growOldSize}); !errors.Is(err, ErrNotGrown) {
+		t.Errorf("grow again after the new meta-data was used: %v, want ErrNotGrown", err)
+	}
+	b := make([]byte, 1)
+	if _, err := st.ReadAt(b, client); err != nil || b[0] != 0xC5 {
+		t.Fatalf("the client's byte in the old area is %#x after grow again, want 0xc5", b[0])
+	}
+}
