@@ -35,7 +35,10 @@ import (
 // write's bytes; a write that comes later waits for the rewrite. Blocks
 // whose bits are set already are not rewritten: the peer may have failed
 // a write there (its copy is then older than this node's), and the bits
-// are set anyway. Only a Primary rewrites: a Secondary's disk is written
+// are set anyway. A write acknowledged under protocol A or B before the
+// peer completed it sets its bits only when the peer fails it, after it
+// released the lock: the repair waits for such writes first
+// (peerPending), and bits set during the peer read refuse its copy too. Only a Primary rewrites: a Secondary's disk is written
 // by the peer's requests (serve), which take no range lock, and the peer
 // read on the data stream is not ordered with writes the peer sends the
 // other way. A Primary target rewrites as its failed writes do
@@ -145,6 +148,14 @@ func (r *Resource) retryReadOnPeer(p []byte, off int64, lerr error) error {
 			mode = repairMark
 		}
 	}
+	if mode == repairRewrite {
+		// A write acknowledged under protocol A or B released the lock
+		// before the peer completed it, and the peer may still fail it
+		// (its bits are set only then, peerFailed): its copy is older
+		// than the acknowledged bytes then. Under the lock no new write
+		// starts; wait for those, as a verify chunk does.
+		r.peerPending.wait(off, n)
+	}
 	if mode == repairRewrite && r.bmap().Test(off, n) {
 		// On the side a resync copies from, a set bit says the peer's
 		// copy may be older (it failed a write there, missed writes
@@ -186,8 +197,15 @@ func (r *Resource) retryReadOnPeer(p []byte, off int64, lerr error) error {
 		return nil
 	}
 	r.io.readUnrepaired()
+	if mode == repairRewrite && errors.Is(why, errRepairMarked) {
+		// Set during the peer read: the copy it returned may be older
+		// than what this node acknowledged, as above.
+		r.log.Warn("local read failed; not served from the peer, whose copy of these blocks may be older (out of sync)",
+			zap.Int64("offset", off), zap.Int64("length", n), zap.String("outcome", "unrepaired"), zap.Error(lerr))
+		return lerr
+	}
 	if mode == repairRewrite {
-		// Left as they are (errRepairMarked: set already).
+		// Left as they are.
 		r.log.Warn("local read failed; served from the peer, not repaired, not marked: this Primary is the side a resync copies from",
 			zap.Int64("offset", off), zap.Int64("length", n), zap.String("outcome", "unrepaired"),
 			zap.Stringer("mode", mode), zap.NamedError("reason", why), zap.Error(lerr))

@@ -323,3 +323,67 @@ func TestReadRepairRefusesAnOlderPeerCopy(t *testing.T) {
 		t.Fatalf("repairs %d, unrepaired %d; want 0, 1", s.IO.ReadRepairs, s.IO.ReadsUnrepaired)
 	}
 }
+
+// Under protocol A a write is acknowledged before the peer completed it,
+// and it releases its range lock then: the peer may still fail it. A read
+// the local disk fails meanwhile must not be served the peer's copy,
+// which the failed write left older than what the client was told is
+// written (nor rewrite the local disk with it).
+func TestReadRepairPendingPeerWriteFailure(t *testing.T) {
+	c := newPair(t, "  protocol: A\n"+passOnA, "")
+	const off = 12 << 20
+	old, newer := fill(0x01, 4096), fill(0x02, 4096)
+	if err := c.a.WriteAt(old, off, false); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); c.a.peerPending.len() > 0; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the first write never completed at b")
+		}
+	}
+	entered, release := make(chan struct{}), make(chan struct{})
+	var once atomic.Bool
+	c.db.setWrite(func(_ []byte, o int64) error {
+		if o != off {
+			return nil
+		}
+		if once.CompareAndSwap(false, true) {
+			close(entered)
+			<-release
+		}
+		return errors.New("injected write error (b)")
+	})
+	released := false
+	defer func() {
+		if !released {
+			close(release)
+		}
+	}()
+	// Acknowledged once sent (protocol A): b's half is still running.
+	if err := c.a.WriteAt(newer, off, false); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-entered:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the write never reached b's disk")
+	}
+	injected := errors.New("injected read error (a)")
+	failReadOnce(c.da, off, injected)
+	got := make([]byte, 4096)
+	rres := make(chan error, 1)
+	go func() { rres <- c.a.ReadAt(got, off) }()
+	time.Sleep(200 * time.Millisecond) // the peer read queues behind the write at b
+	released = true
+	close(release)
+	err := <-rres
+	if err == nil && !bytes.Equal(got, newer) {
+		t.Fatalf("the read returned %x.. (the peer's copy, older than the acknowledged write); want %x.. or the local error", got[:4], newer[:4])
+	}
+	if err != nil && !errors.Is(err, injected) {
+		t.Fatalf("the read: %v; want the local error", err)
+	}
+	if local := c.localData(off, 4096); !bytes.Equal(local, newer) {
+		t.Fatalf("the local disk holds %x.. after the read; want the acknowledged %x..", local[:4], newer[:4])
+	}
+}
