@@ -142,10 +142,17 @@ func (r *Resource) retryReadOnPeer(p []byte, off int64, lerr error) error {
 		}
 		h := r.locks.Lock(lockOff, lockN)
 		defer r.locks.Unlock(h)
-		if r.readRepairMode() != mode {
+		if cur := r.readRepairMode(); cur != mode {
 			// Changed while waiting: the writes may take another range
-			// (whole blocks) or none (a Secondary's) now.
+			// (whole blocks) or none (a Secondary's) now. A Primary
+			// target whose resync ended is a Primary that is no sync
+			// target: it rewrites (the lock of whole blocks covers the
+			// range) and must not mark (see "Which way a mark sends
+			// data").
 			mode = repairMark
+			if cur == repairRewrite {
+				mode = repairRewrite
+			}
 		}
 	}
 	if mode == repairRewrite {
@@ -177,7 +184,7 @@ func (r *Resource) retryReadOnPeer(p []byte, off int64, lerr error) error {
 	defer st.wg.Done()
 	if perr := r.peerReadOnce(st, p, off); perr != nil {
 		r.io.readUnrepaired()
-		if mode == repairRewrite {
+		if mode == repairRewrite || r.readRepairMode() == repairRewrite {
 			r.log.Warn("local read failed and the peer could not serve it; not marked: this Primary is the side a resync copies from",
 				zap.Int64("offset", off), zap.Int64("length", n), zap.String("outcome", "unrepaired"),
 				zap.Error(lerr), zap.NamedError("peer_error", perr))
@@ -189,7 +196,7 @@ func (r *Resource) retryReadOnPeer(p []byte, off int64, lerr error) error {
 			zap.Error(lerr), zap.NamedError("peer_error", perr))
 		return lerr
 	}
-	why := r.repairRead(mode, p, off)
+	mode, why := r.repairRead(mode, p, off)
 	if why == nil {
 		r.io.readRepaired()
 		r.log.Warn("local read failed; served from the peer and rewritten on the local disk",
@@ -204,7 +211,7 @@ func (r *Resource) retryReadOnPeer(p []byte, off int64, lerr error) error {
 			zap.Int64("offset", off), zap.Int64("length", n), zap.String("outcome", "unrepaired"), zap.Error(lerr))
 		return lerr
 	}
-	if mode == repairRewrite {
+	if mode == repairRewrite || r.readRepairMode() == repairRewrite {
 		// Left as they are.
 		r.log.Warn("local read failed; served from the peer, not repaired, not marked: this Primary is the side a resync copies from",
 			zap.Int64("offset", off), zap.Int64("length", n), zap.String("outcome", "unrepaired"),
@@ -223,22 +230,36 @@ func (r *Resource) retryReadOnPeer(p []byte, off int64, lerr error) error {
 }
 
 // repairRead puts the peer's bytes p of [off, off+len(p)) on the local
-// disk as mode says, under the lock retryReadOnPeer took; it returns why
-// it did not (the caller marks the blocks then).
-func (r *Resource) repairRead(mode repairMode, p []byte, off int64) error {
+// disk as mode says, under the lock retryReadOnPeer took; it returns the
+// mode it went by (a Primary target whose resync ended during the peer
+// read rewrites, as the Primary it is now) and why it did not put them
+// there (the caller marks the blocks then, where a mark is safe).
+func (r *Resource) repairRead(mode repairMode, p []byte, off int64) (repairMode, error) {
 	n := int64(len(p))
-	if r.readRepairMode() != mode {
-		return errRepairState // changed during the peer read
+	if cur := r.readRepairMode(); cur != mode {
+		// Changed during the peer read. A Primary target's lock of
+		// whole blocks covers the rewrite's range.
+		if mode != repairTarget || cur != repairRewrite {
+			return mode, errRepairState
+		}
+		mode = repairRewrite
 	}
 	switch mode {
 	case repairTarget:
 		if !r.targetWriteFailed(off, n) {
-			return errRepairCopy
+			return mode, errRepairCopy
 		}
-		return nil
+		return mode, nil
 	case repairMark:
-		return errRepairState
+		return mode, errRepairState
 	}
+	return mode, r.rewrite(p, off)
+}
+
+// rewrite writes the peer's bytes p over [off, off+len(p)) of the local
+// disk and reads them back (repairRewrite).
+func (r *Resource) rewrite(p []byte, off int64) error {
+	n := int64(len(p))
 	if r.bmap().Test(off, n) {
 		return errRepairMarked
 	}

@@ -387,3 +387,98 @@ func TestReadRepairPendingPeerWriteFailure(t *testing.T) {
 		t.Fatalf("the local disk holds %x.. after the read; want the acknowledged %x..", local[:4], newer[:4])
 	}
 }
+
+// A Primary target whose resync ends while a read its disk failed waits
+// for the peer is a Primary that is no sync target when the repair
+// finishes: it is the side the next resync copies from, and must not
+// mark the blocks (its bad copy would go over the peer's good one).
+func TestReadRepairTargetResyncEndsDuringPeerRead(t *testing.T) {
+	c := newPair(t, passOnA, "")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	const inStep, missed = 3 << 20, 10 << 20
+	want := fill(0x6B, 4096)
+	if err := c.a.WriteAt(want, inStep, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.a.DetachDisk(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.a.WriteAt(fill(0x6C, 4096), missed, false); err != nil {
+		t.Fatal(err)
+	}
+	release := make(chan struct{})
+	var once sync.Once
+	c.da.setWrite(func(p []byte, o int64) error {
+		if o <= missed && missed < o+int64(len(p)) {
+			once.Do(func() { <-release })
+		}
+		return nil
+	})
+	releasedSync := false
+	defer func() {
+		if !releasedSync {
+			close(release)
+		}
+	}()
+	if err := c.a.AttachDisk(ctx); err != nil {
+		t.Fatal(err)
+	}
+	c.wait(c.a, "a sync target", func(s Status) bool { return s.Conn == ConnSyncTarget })
+	if err := c.a.WriteAt(want, inStep, false); err != nil {
+		t.Fatal(err)
+	}
+	if !c.a.targetPrimary.Load() || c.a.bmap().Test(inStep, 4096) {
+		t.Fatalf("setup: Primary target %v, block in step %v", c.a.targetPrimary.Load(), !c.a.bmap().Test(inStep, 4096))
+	}
+	// The peer read of the repair is held at b's disk.
+	entered, releaseRead := make(chan struct{}), make(chan struct{})
+	var readOnce atomic.Bool
+	c.db.setRead(func(_ []byte, o int64) error {
+		if o == inStep && readOnce.CompareAndSwap(false, true) {
+			close(entered)
+			<-releaseRead
+		}
+		return nil
+	})
+	releasedRead := false
+	defer func() {
+		if !releasedRead {
+			close(releaseRead)
+		}
+	}()
+	failReadOnce(c.da, inStep, errors.New("injected read error (a)"))
+	rres := make(chan error, 1)
+	got := make([]byte, 4096)
+	go func() { rres <- c.a.ReadAt(got, inStep) }()
+	select {
+	case <-entered:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the repair's peer read never reached b's disk")
+	}
+	releasedSync = true
+	close(release)
+	deadline := time.Now().Add(10 * time.Second)
+	for c.a.targetPrimary.Load() {
+		if time.Now().After(deadline) {
+			t.Fatalf("the resync did not end during the peer read: %+v", c.a.Status())
+		}
+		time.Sleep(time.Millisecond)
+	}
+	releasedRead = true
+	close(releaseRead)
+	if err := <-rres; err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("the read: %v, %x..; want %x..", err, got[:4], want[:4])
+	}
+	if s := c.a.Status(); s.OutOfSync != 0 {
+		t.Fatalf("a Primary that is no sync target any more marked %d bytes out of sync (status %+v)", s.OutOfSync, s)
+	}
+	// Rewritten as the Primary it is now: the lock of whole blocks it
+	// took as a target covers the range.
+	if local := c.localData(inStep, 4096); !bytes.Equal(local, want) {
+		t.Fatalf("the local disk holds %x.. after the repair, want %x..", local[:4], want[:4])
+	}
+	if s := c.a.Status(); s.IO.ReadRepairs != 1 {
+		t.Fatalf("repairs %d; want 1", s.IO.ReadRepairs)
+	}
+}
