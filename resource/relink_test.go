@@ -188,3 +188,29 @@ func TestMachineNewLink(t *testing.T) {
 		t.Fatalf("linked, not reconnecting: %v, want LinkRefuse", v)
 	}
 }
+
+// A node taken down while it holds a new link closes it: Stop returns
+// (once the old link's disk call ended), and the dialing peer sees its
+// link end rather than wait in the handshake.
+func TestHeldLinkClosedOnStop(t *testing.T) {
+	c := newPair(t, "", "")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	release := relinkRace(t, c, ctx)
+	stopped := make(chan error, 1)
+	go func() { stopped <- c.b.Stop(ctx) }()
+	time.Sleep(50 * time.Millisecond)
+	release()
+	select {
+	case err := <-stopped:
+		if err != nil {
+			t.Fatalf("stop: %v", err)
+		}
+	case <-ctx.Done():
+		t.Fatal("stop never returned")
+	}
+	if c.b.pending != nil {
+		t.Fatal("b still holds a link after stop")
+	}
+	c.wait(c.a, "a's link to the stopped node ended", func(s Status) bool { return s.Conn == ConnConnecting })
+}
