@@ -168,7 +168,9 @@
 // hold old bytes, a valid old superblock of the same meta id says so:
 // Grow run again finds the new meta-data in force and the old superblock,
 // and finishes steps 3 and 4; with the old superblock gone it reports
-// ErrNotGrown. Zeroing makes two replicas grown alike hold the same bytes
+// ErrNotGrown, and so it does once the new meta-data was opened since
+// (its sequence number is past n+2): the old area is data then, which
+// clients may have written. Zeroing makes two replicas grown alike hold the same bytes
 // where the old meta-data was, which no bitmap bit would otherwise cover.
 //
 // The new area must not overlap the old one: a device that grew by less
