@@ -48,6 +48,8 @@ const (
 	FieldDiskError
 	// FieldSyncPaused (1.9): a pause-sync given on this node holds.
 	FieldSyncPaused
+	// FieldCapacity (1.10): the disk's data size, when more than Size.
+	FieldCapacity
 
 	numStatusFields
 )
@@ -58,7 +60,7 @@ var statusKeys = [numStatusFields]string{
 	"out-of-sync", "resync-done", "resync-total", "resync-rate", "resync-eta",
 	"resynced-bytes", "writes-in-flight", "nbd-connections", "current-uuid",
 	"peer-node-id", "generation", "suspended", "verify", "verify-found",
-	"down", "link-error", "disk-error", "resync-paused",
+	"down", "link-error", "disk-error", "resync-paused", "capacity",
 }
 
 // Key is the field's key in text and JSON output, e.g. "peer-disk".
@@ -78,7 +80,7 @@ func (f StatusField) Tag() uint16 {
 }
 
 // laterStatusTags are the tags of the fields from FieldSuspended on.
-var laterStatusTags = [...]uint16{TagStatusSuspended, TagStatusVerify, TagStatusVerifyFound, TagStatusDown, TagStatusLinkError, TagStatusDiskError, TagStatusSyncPaused}
+var laterStatusTags = [...]uint16{TagStatusSuspended, TagStatusVerify, TagStatusVerifyFound, TagStatusDown, TagStatusLinkError, TagStatusDiskError, TagStatusSyncPaused, TagStatusCapacity}
 
 // fieldOfTag returns the status field a tag carries.
 func fieldOfTag(tag uint16) (StatusField, bool) {
@@ -114,16 +116,18 @@ type FieldSet uint32
 // whose requests say protocol minor version minor: all but status.down
 // before 1.6, so that an older client reads a resource that is down as it
 // always did (Secondary, Diskless, StandAlone), but status.link-error
-// and status.disk-error before 1.8, and but status.resync-paused before
-// 1.9.
+// and status.disk-error before 1.8, but status.resync-paused before
+// 1.9, and but status.capacity before 1.10.
 func StatusFieldsFor(minor uint8) FieldSet {
 	switch {
 	case minor < 6:
-		return AllFields &^ Fields(FieldDown, FieldLinkError, FieldDiskError, FieldSyncPaused)
+		return AllFields &^ Fields(FieldDown, FieldLinkError, FieldDiskError, FieldSyncPaused, FieldCapacity)
 	case minor < 8:
-		return AllFields &^ Fields(FieldLinkError, FieldDiskError, FieldSyncPaused)
+		return AllFields &^ Fields(FieldLinkError, FieldDiskError, FieldSyncPaused, FieldCapacity)
 	case minor < 9:
-		return AllFields &^ Fields(FieldSyncPaused)
+		return AllFields &^ Fields(FieldSyncPaused, FieldCapacity)
+	case minor < 10:
+		return AllFields &^ Fields(FieldCapacity)
 	}
 	return AllFields
 }
@@ -152,7 +156,7 @@ func ObjectFields(o ObjectKind) FieldSet {
 	case ObjectConnection:
 		return Fields(FieldName, FieldPeerNodeID, FieldConn, FieldPeerRole, FieldLinkError)
 	case ObjectDisk:
-		return Fields(FieldName, FieldDisk, FieldSize, FieldCurrentUUID, FieldDiskError)
+		return Fields(FieldName, FieldDisk, FieldSize, FieldCurrentUUID, FieldDiskError, FieldCapacity)
 	case ObjectPeer:
 		return Fields(FieldName, FieldPeerNodeID, FieldPeerDisk, FieldOutOfSync, FieldResyncDone,
 			FieldResyncTotal, FieldResyncRate, FieldResyncETA, FieldResyncedBytes, FieldVerify, FieldVerifyFound, FieldSyncPaused)
@@ -189,6 +193,8 @@ func statusValue(st *resource.Status, f StatusField) uint64 {
 		return uint64(st.PeerDisk)
 	case FieldSize:
 		return st.Size
+	case FieldCapacity:
+		return st.Capacity
 	case FieldOutOfSync:
 		return st.OutOfSync
 	case FieldResyncDone:
@@ -243,6 +249,8 @@ func setStatusValue(st *resource.Status, f StatusField, v uint64) {
 		st.PeerDisk = resource.DiskState(v)
 	case FieldSize:
 		st.Size = v
+	case FieldCapacity:
+		st.Capacity = v
 	case FieldOutOfSync:
 		st.OutOfSync = v
 	case FieldResyncDone:
@@ -432,6 +440,8 @@ func FieldPresent(st resource.Status, f StatusField) bool {
 		return st.Down
 	case FieldSyncPaused:
 		return st.SyncPaused
+	case FieldCapacity:
+		return st.Capacity > st.Size
 	case FieldLinkError:
 		return st.LinkError != ""
 	case FieldDiskError:

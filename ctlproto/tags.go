@@ -218,6 +218,11 @@ const (
 	// TagResourceAutoPromoteTimeout: how long a client's promotion waits
 	// for a Primary peer to let go.
 	TagResourceAutoPromoteTimeout uint16 = 195
+
+	// Added in 1.10: the data size the attached disk allows, when it is
+	// more than the resource's size (a disk grown with resize-md whose
+	// peer has not grown yet).
+	TagStatusCapacity uint16 = 196
 )
 
 // enumNames lists String() of 0, 1, ... up to the first value whose name
@@ -237,7 +242,7 @@ func enumNames(name func(int) string) []string {
 // defaultTags declares every tag. Append new tags at the end with the next
 // free number and the new protocol minor as Since; retire, never delete.
 func defaultTags() []Tag {
-	const v1, v1_1, v1_2, v1_3, v1_4, v1_5, v1_6, v1_8, v1_9 = "1.0", "1.1", "1.2", "1.3", "1.4", "1.5", "1.6", "1.8", "1.9"
+	const v1, v1_1, v1_2, v1_3, v1_4, v1_5, v1_6, v1_8, v1_9, v1_10 = "1.0", "1.1", "1.2", "1.3", "1.4", "1.5", "1.6", "1.8", "1.9", "1.10"
 	roles := enumNames(func(i int) string { return resource.Role(i).String() })
 	disks := enumNames(func(i int) string { return resource.DiskState(i).String() })
 	conns := enumNames(func(i int) string { return resource.ConnState(i).String() })
@@ -309,6 +314,7 @@ func defaultTags() []Tag {
 		{Num: TagStatusSyncPaused, Name: "status.resync-paused", Type: TypeFlag, Section: TagStatus, Since: v1_9, Doc: "A pause-sync given on this node holds: the resync runs paused, or the next one starts paused (given while none ran, or the paused one was cut by a lost link), until resume-sync on either node or the resync's end. Absent when none does."},
 		{Num: TagResourceNBDMaxConnections, Name: "resource.nbd-max-connections", Type: TypeU32, Section: TagResource, Flag: "nbd-max-connections", Since: "1.7", Doc: "NBD client connections the export holds at once; one more is closed before the greeting. 0: the default, 1024. Applies at once to the next connections."},
 		{Num: TagResourceAutoPromote, Name: "resource.auto-promote", Type: TypeFlag, Section: TagResource, Mandatory: true, Flag: "auto-promote", Since: v1_9, Doc: "NBD clients promote the node: one entering a Secondary's export makes it Primary (or is refused with the reason), and the last one's leaving demotes a node promoted so (DRBD 9's auto-promote). Sent only when set; a daemon older than 1.9 refuses it."},
+		{Num: TagStatusCapacity, Name: "status.capacity", Type: TypeU64, Unit: UnitBytes, Section: TagStatus, Since: v1_10, Doc: "The data size the attached disk allows, when it is more than status.size: the disk grew (resize-md) and the resource grows to it once the peer's disk holds as much, at their next handshake. Absent otherwise."},
 		{Num: TagResourceAutoPromoteTimeout, Name: "resource.auto-promote-timeout", Type: TypeU64, Unit: UnitMillis, Section: TagResource, Flag: "auto-promote-timeout", Since: v1_9, Doc: "Under auto-promote, how long a client's promotion waits for a Primary peer to become Secondary before the client is refused. 0: the default, 2 s; at most 20 s. Sent only when set."},
 
 		{Num: TagDiskALExtents, Name: "disk.al-extents", Type: TypeU32, Section: TagDisk, Flag: "al-extents", Since: v1, Doc: "Active 4 MiB extents in the activity log."},

@@ -19,7 +19,7 @@ func sampleStatus() resource.Status {
 		PeerRole: resource.RoleSecondary, PeerDisk: resource.DiskInconsistent, Size: 1 << 30, OutOfSync: 4096,
 		ResyncDone: 100, ResyncTotal: 200, ResyncRate: 300, ResyncETA: 12, ResyncedBytes: 400,
 		WritesInFlight: 5, NBDConnections: 2, CurrentUUID: 0xfeedface, PeerNodeID: 1, Generation: 7, Suspended: resource.SuspendUser | resource.SuspendFencing,
-		SyncPaused: true, Verify: resource.VerifyInterrupted, VerifyFound: 8192, Down: true, LinkError: "replicate: peer disconnected: refused", DiskError: "read b.img: input/output error",
+		SyncPaused: true, Capacity: 2 << 30, Verify: resource.VerifyInterrupted, VerifyFound: 8192, Down: true, LinkError: "replicate: peer disconnected: refused", DiskError: "read b.img: input/output error",
 	}
 }
 

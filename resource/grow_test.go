@@ -75,6 +75,9 @@ func TestGrowAtHandshake(t *testing.T) {
 	if a, b := c.a.Size(), c.b.Size(); a != old || b != old {
 		t.Fatalf("sizes %d and %d with one disk grown; want both %d", a, b, old)
 	}
+	if a, b := c.a.Status(), c.b.Status(); a.Capacity != uint64(old) || b.Capacity != uint64(capacityOf(t, 32<<20)) {
+		t.Fatalf("capacities %d and %d; want %d (a) and b's grown disk's %d", a.Capacity, b.Capacity, old, capacityOf(t, 32<<20))
+	}
 	c.stopBoth()
 
 	// Both grew: the next handshake grows the resource on both nodes.

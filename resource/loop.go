@@ -231,6 +231,9 @@ func (r *Resource) publishStatus() {
 		SyncPaused: r.syncPaused,
 	}
 	st.CurrentUUID = r.m.Meta().UUIDs.Current
+	if st.Disk != DiskDiskless {
+		st.Capacity = uint64(r.dataSize)
+	}
 	r.targetPrimary.Store(r.m.PrimaryTarget())
 	if st.Disk == DiskUpToDate || st.Disk == DiskDiskless {
 		// The Primary target's resync is over, or its disk gone.

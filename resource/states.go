@@ -140,6 +140,11 @@ type Status struct {
 	Generation uint64
 	// Suspended says why application I/O is suspended (0: it runs).
 	Suspended Suspend
+	// Capacity is the data size the attached disk's meta-data allows
+	// (0 while Diskless): more than Size once resize-md grew the disk and
+	// until the peer's disk holds as much (operations.md, "Growing a
+	// resource").
+	Capacity uint64
 	// SyncPaused says that a pause-sync given on this node holds: the
 	// resync runs paused, or the next one will start paused (given while
 	// none ran, or the paused one was cut by a lost link), until

@@ -27,6 +27,24 @@ func TestStatusTextShowsResyncPaused(t *testing.T) {
 	}
 }
 
+// A disk grown beyond the resource (resize-md, the peer not grown yet)
+// shows its capacity in the text form; a capacity equal to the size does
+// not show.
+func TestStatusTextShowsCapacity(t *testing.T) {
+	st := resource.Status{Name: "r0", Conn: resource.ConnConnected, Size: 1 << 20, Capacity: 2 << 20}
+	var b bytes.Buffer
+	writeStatusText(&b, st)
+	if !strings.Contains(b.String(), " capacity:2097152") {
+		t.Fatalf("no capacity in:\n%s", b.String())
+	}
+	st.Capacity = st.Size
+	b.Reset()
+	writeStatusText(&b, st)
+	if strings.Contains(b.String(), "capacity") {
+		t.Fatalf("capacity shown equal to the size:\n%s", b.String())
+	}
+}
+
 // adjust brings the running resource to what the file describes, as
 // drbdadm adjust does: a Diskless node attaches its disk, then a
 // StandAlone one connects; the --skip flags leave each out, and a

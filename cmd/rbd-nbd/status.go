@@ -260,6 +260,10 @@ func writeStatusText(w io.Writer, st resource.Status) {
 		// Why a resync does not run, or will start paused.
 		fmt.Fprint(w, " resync-paused:true")
 	}
+	if st.Capacity > st.Size {
+		// The disk grew: the resource grows once the peer's did too.
+		fmt.Fprintf(w, " capacity:%d", st.Capacity)
+	}
 	fmt.Fprintln(w)
 	if st.LinkError != "" {
 		// Why it is not connected: only the log said so before.
