@@ -11,6 +11,9 @@
 # the replicas end identical.
 . /guest/lib.sh
 . /guest/replicated-lib.sh
+# Small disks (48 MiB, grown to 80): filling the grown file system beyond
+# what the old one held stays well inside the guest's tmpfs.
+R0_MIB=48
 # markers: UP ATTACHED B_GROWN_ALONE A_KILLED GROWN DAEMON_RESTARTED DEVICE_GREW FS_GREW WRITTEN NO_IO_ERRORS FSCK_CLEAN VERIFIED IDENTICAL
 
 r0_start
@@ -27,10 +30,10 @@ size_old=$(r0 a status r0 --json | sed 's/.*"size":\([0-9]*\).*/\1/')
 fs_old=$(df -k /mnt/g | awk 'NR==2 {print $2}')
 marker ATTACHED
 
-# Node b first: 96 MiB -> 128 MiB, sparse (the added space reads as zeros).
+# Node b first: 48 MiB -> 80 MiB, sparse (the added space reads as zeros).
 kill_hard b
-sparse_file "$WORK/b.img" 128
-rbd-nbd resize-md --disk "$WORK/b.img" --old-size 96M || fail "resize-md on b"
+sparse_file "$WORK/b.img" 80
+rbd-nbd resize-md --disk "$WORK/b.img" --old-size 48M || fail "resize-md on b"
 start_daemon b "$B"
 wait_for 60 "b to reconnect" in_sync
 expect_eq "resource size with b grown alone" "$(r0 a status r0 --json | sed 's/.*"size":\([0-9]*\).*/\1/')" "$size_old"
@@ -40,8 +43,8 @@ marker B_GROWN_ALONE
 # Then node a, the Primary, under the mounted file system.
 kill_hard a
 marker A_KILLED
-sparse_file "$WORK/a.img" 128
-rbd-nbd resize-md --disk "$WORK/a.img" --old-size 96M || fail "resize-md on a"
+sparse_file "$WORK/a.img" 80
+rbd-nbd resize-md --disk "$WORK/a.img" --old-size 48M || fail "resize-md on a"
 marker GROWN
 start_daemon a "$A"
 marker DAEMON_RESTARTED
@@ -57,7 +60,7 @@ log "file system $fs_old -> $fs_new KiB"
 marker FS_GREW
 
 # More than the old file system held: some of it lands in the new space.
-write_files /mnt/g/after 50 2048
+write_files /mnt/g/after 24 2048
 sync
 marker WRITTEN
 

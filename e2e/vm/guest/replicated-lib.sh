@@ -6,10 +6,11 @@ B=$WORK/b.sock
 NBD_A=127.0.0.1:10821
 NBD_B=127.0.0.1:10822
 
-# r0_setup: disks, meta-data and the resource file (no daemon yet).
+# r0_setup: disks of R0_MIB MiB (default 96), meta-data and the resource
+# file (no daemon yet).
 r0_setup() {
-	sparse_file "$WORK/a.img" 96
-	sparse_file "$WORK/b.img" 96
+	sparse_file "$WORK/a.img" "${R0_MIB:-96}"
+	sparse_file "$WORK/b.img" "${R0_MIB:-96}"
 	rbd-nbd create-md --disk "$WORK/a.img" --node-id 0 >/dev/null
 	rbd-nbd create-md --disk "$WORK/b.img" --node-id 1 >/dev/null
 	cat >"$WORK/r0.yaml" <<YAML
