@@ -117,7 +117,7 @@ func TestAutoPromoteNoPromotionAfterDownDemoted(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	// As Stop does, without its release: the loop runs on.
-	if err := c.b.do(ctx, c.b.stopRole); err != nil {
+	if err := c.b.doAsync(ctx, func(reply func(error)) { c.b.stopRole(ctx, reply) }); err != nil {
 		t.Fatal(err)
 	}
 	if err := c.b.openExport(); err == nil {

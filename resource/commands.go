@@ -20,8 +20,14 @@ import (
 
 // do runs fn on the loop and waits for its result.
 func (r *Resource) do(ctx context.Context, fn func() error) error {
+	return r.doAsync(ctx, func(reply func(error)) { reply(fn()) })
+}
+
+// doAsync runs fn on the loop and waits for the result fn, or what it
+// started, passes to reply (once; from the loop or not).
+func (r *Resource) doAsync(ctx context.Context, fn func(reply func(error))) error {
 	errc := make(chan error, 1)
-	if !r.post(func() { errc <- fn() }) {
+	if !r.post(func() { fn(func(err error) { errc <- err }) }) {
 		return ErrDown
 	}
 	select {
@@ -31,7 +37,8 @@ func (r *Resource) do(ctx context.Context, fn func() error) error {
 		return ctx.Err()
 	case <-r.loopDone:
 		// The loop stopped with fn queued (post found it running), or
-		// after fn ran: without this, a caller with no deadline (a
+		// after fn ran (and before what it started replied, its reply
+		// now never posted): without this, a caller with no deadline (a
 		// cleanup under context.Background) waited forever.
 		select {
 		case err := <-errc:
@@ -207,9 +214,18 @@ func (r *Resource) Connect(ctx context.Context, discardMyData bool) error {
 	})
 }
 
-// Disconnect drops the peer link and stays StandAlone.
+// Disconnect drops the peer link and stays StandAlone. The peer flushes
+// the writes it completed first (flushPeerThen), so that an orderly
+// disconnect does not mark them out of sync as a lost link does. If ctx
+// ends during that flush, Disconnect returns its error and the link is
+// dropped all the same.
 func (r *Resource) Disconnect(ctx context.Context) error {
-	return r.admin(ctx, EvDisconnect{})
+	return r.doAsync(ctx, func(reply func(error)) {
+		r.flushPeerThen(ctx, "disconnect", func() {
+			_, err := r.stepAdmin(EvDisconnect{})
+			reply(err)
+		})
+	})
 }
 
 // NewCurrentUUID starts a new data generation; with clearBitmap on a fresh

@@ -73,6 +73,23 @@ func (es *epochs) add(off, n int64) {
 // pending reports whether the current epoch holds anything.
 func (es *epochs) pending() bool { return es.cur.Load().dirty.Load() }
 
+// unretired reports whether any epoch, the current one or a closed one
+// whose flush has not retired it yet, holds a write: a link that ended now
+// would mark it out of sync (drainInto).
+func (es *epochs) unretired() bool {
+	es.mu.Lock()
+	defer es.mu.Unlock()
+	if es.cur.Load().dirty.Load() {
+		return true
+	}
+	for _, e := range es.open {
+		if e.dirty.Load() {
+			return true
+		}
+	}
+	return false
+}
+
 // rotate closes the current epoch and returns it; the caller sends a flush
 // to the peer and calls retire with it once the flush succeeded.
 func (es *epochs) rotate() *epoch {

@@ -939,6 +939,100 @@ func (r *Resource) flushPeer(link *replicate.Link) error {
 	return nil
 }
 
+// flushPeerThen runs then on the loop once the peer flushed the writes it
+// completed and had not flushed (the epochs), or gave that up: an orderly
+// stop or disconnect, which then ends the link, is no failure, and
+// should not mark those writes out of sync as a lost link's end does
+// (publish), to stay marked until some later resync. Loop only.
+//
+// Without a link replicating, or with no such write, then runs at once.
+// Otherwise the flush runs from a goroutine: its answer comes from the
+// link's goroutines, but the loop must keep serving the link's events
+// (its loss among them) meanwhile. With no NBD client connected (a stop
+// has demoted the node, refused while one is) it first waits for the
+// application writes still running, and for the peer's completion of
+// those protocols A and B acknowledged before it, so that the flush
+// covers them; a client still connected (a Primary's disconnect) may
+// write on, and what completes after the flush was sent is marked when
+// the link ends, as before. All of it is bounded by net.timeout and by
+// half of what ctx leaves (the rest is for the caller's own work): a
+// flush that fails or does not answer in time leaves the writes to be
+// marked (safe).
+func (r *Resource) flushPeerThen(ctx context.Context, why string, then func()) {
+	link := r.rep.link
+	if link == nil || !r.epochs.unretired() {
+		then()
+		return
+	}
+	bound := r.cfg().Net.Timeout
+	if bound <= 0 {
+		bound = config.DefaultTimeout
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		bound = min(bound, time.Until(dl)/2)
+	}
+	settle := r.clientConns() == 0
+	r.goLoop(func() {
+		start := time.Now()
+		err := r.flushPeerWithin(ctx, link, settle, bound)
+		if err != nil {
+			r.log.Warn("the peer did not flush before the "+why+": the writes it may not have made durable are marked out of sync",
+				zap.Duration("waited", time.Since(start)), zap.Error(err))
+		} else {
+			r.log.Debug("the peer flushed before the "+why, zap.Duration("took", time.Since(start)))
+		}
+		// A loop gone meanwhile (another Stop released the resource)
+		// closed the link itself; its caller hears of it (loopDone).
+		r.post(then)
+	})
+}
+
+// flushPeerWithin has the peer flush over link (flushPeer), first waiting
+// for the application writes to settle when settle says so, all within
+// bound and ctx.
+func (r *Resource) flushPeerWithin(ctx context.Context, link *replicate.Link, settle bool, bound time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, bound)
+	defer cancel()
+	if settle {
+		if err := r.writesSettled(ctx); err != nil {
+			return fmt.Errorf("waiting for the writes in flight: %w", err)
+		}
+	}
+	// flushPeer cannot be stopped: past the bound it goes on until the
+	// link, which the caller then closes, ends it.
+	done := make(chan error, 1)
+	r.goLoop(func() { done <- r.flushPeer(link) })
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		return fmt.Errorf("waiting for the peer's flush: %w", ctx.Err())
+	case <-r.loopCtx.Done():
+		return ErrDown
+	}
+}
+
+// writesSettled returns once no application write is running and the
+// peer completed every write protocol A or B acknowledged before it (its
+// completion put the write in an epoch), or with ctx's error.
+func (r *Resource) writesSettled(ctx context.Context) error {
+	if r.inflight.Load() == 0 && r.peerPending.len() == 0 {
+		return nil
+	}
+	t := time.NewTicker(time.Millisecond)
+	defer t.Stop()
+	for r.inflight.Load() != 0 || r.peerPending.len() != 0 {
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-r.loopCtx.Done():
+			return ErrDown
+		}
+	}
+	return nil
+}
+
 // peerFlushFailed records a peer flush of epoch e that failed: the writes
 // the peer completed before it are not known durable there. Lost with the
 // link, the link's loss puts them in the bitmap; failed by the peer's

@@ -475,22 +475,14 @@ func (r *Resource) goLoop(fn func()) {
 }
 
 // Stop takes the resource down: demote (refused while NBD clients are
-// connected), disconnect, stop serving, close the meta-data cleanly.
+// connected), have the peer flush what it completed (flushPeerThen),
+// disconnect, stop serving, close the meta-data cleanly.
 func (r *Resource) Stop(ctx context.Context) error {
 	if r.inbox == nil {
 		return nil
 	}
-	errc := make(chan error, 1)
-	if !r.post(func() { errc <- r.stopRole() }) {
-		return ErrDown
-	}
-	select {
-	case err := <-errc:
-		if err != nil {
-			return err
-		}
-	case <-ctx.Done():
-		return ctx.Err()
+	if err := r.doAsync(ctx, func(reply func(error)) { r.stopRole(ctx, reply) }); err != nil {
+		return err
 	}
 	r.release()
 	r.log.Info("resource down")
@@ -498,18 +490,26 @@ func (r *Resource) Stop(ctx context.Context) error {
 }
 
 // stopRole is Stop's step on the loop: demote (refused while NBD clients
-// are connected) and disconnect. No promotion is made after it (stopping):
-// one under way (an NBD client's under auto-promote, most likely) would
-// make the node Primary again between this step and the loop's end, and
-// the resource would go down Primary, with writes the peer lacks.
-func (r *Resource) stopRole() error {
+// are connected) and disconnect, which it reports to reply (on the loop).
+// No promotion is made after it (stopping): one under way (an NBD
+// client's under auto-promote, most likely) would make the node Primary
+// again between this step and the loop's end, and the resource would go
+// down Primary, with writes the peer lacks.
+//
+// Between the two the peer flushes the writes it completed
+// (flushPeerThen): a clean stop is no lost link, and does not mark them
+// out of sync. No application write starts after the demotion.
+func (r *Resource) stopRole(ctx context.Context, reply func(error)) {
 	if _, err := r.stepAdmin(EvDemote{NBDConns: r.clientConns()}); err != nil {
-		return err
+		reply(err)
+		return
 	}
 	r.stopping = true
 	r.writable.Store(false)
-	r.step(EvDisconnect{})
-	return nil
+	r.flushPeerThen(ctx, "stop", func() {
+		r.step(EvDisconnect{})
+		reply(nil)
+	})
 }
 
 // release stops every goroutine and closes everything that is open.
