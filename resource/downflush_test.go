@@ -160,3 +160,83 @@ func TestStopPeerFlushFailsMarks(t *testing.T) {
 		})
 	}
 }
+
+// Under protocol A a write is acknowledged before the peer completed it:
+// a stop right after such writes waits for the peer's completions before
+// it has the peer flush, so that the flush covers them too.
+func TestStopFlushesPeerFirstProtocolA(t *testing.T) {
+	dir := t.TempDir()
+	na := pairDisk{img: filepath.Join(dir, "a.img")}
+	nb := pairDisk{img: filepath.Join(dir, "b.img")}
+	makePairDisk(t, na, 16<<20, 0, 0)
+	makePairDisk(t, nb, 16<<20, 1, 0)
+	c := startPairOn(t, dir, na, nb, "  protocol: A\n", "")
+	c.primaryA()
+	for i := range 8 {
+		if err := c.a.WriteAt(fill(byte(i+1), 64<<10), int64(i)<<20, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.stopBoth()
+	if n := c.a.Status().OutOfSync; n != 0 {
+		t.Fatalf("a stopped cleanly with %d bytes out of sync, want 0", n)
+	}
+}
+
+// A Primary's disconnect with an NBD client connected does not wait for
+// the writes to stop (the client may write on): the peer flushes what it
+// completed, the writes that complete after are marked, and the connect
+// after it resyncs them. The disconnect returns at once, and the replicas
+// end equal.
+func TestDisconnectWhileWriting(t *testing.T) {
+	c := newPair(t, "", "")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	setOpen := func(n int) {
+		if err := c.a.do(ctx, func() error { c.a.openConns = n; return nil }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	setOpen(1) // a client admitted: the disconnect does not wait for quiet
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if err := c.a.WriteAt(fill(byte(i), 4096), int64(i%64)*4096, false); err != nil {
+				t.Error(err)
+				return
+			}
+		}
+	}()
+	time.Sleep(50 * time.Millisecond)
+	start := time.Now()
+	if err := c.a.Disconnect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	took := time.Since(start)
+	time.Sleep(20 * time.Millisecond)
+	close(stop)
+	<-done
+	if took > 2*time.Second {
+		t.Fatalf("the disconnect took %v while a client wrote", took)
+	}
+	setOpen(0)
+	if err := c.a.Connect(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	c.waitBoth("in sync", func(s Status) bool {
+		return s.Conn == ConnConnected && s.Disk == DiskUpToDate && s.PeerDisk == DiskUpToDate && s.OutOfSync == 0
+	})
+	offs := make([]int64, 64)
+	for i := range offs {
+		offs[i] = int64(i) * 4096
+	}
+	c.compareBlocks(offs...)
+	t.Logf("disconnect took %v", took.Round(time.Microsecond))
+}
