@@ -946,8 +946,7 @@ func (r *Resource) flushPeer(link *replicate.Link) error {
 // (publish), to stay marked until some later resync. Loop only.
 //
 // Without a link replicating, or with no such write and none still
-// running, then runs at once.
-// Otherwise the flush runs from a goroutine: its answer comes from the
+// running, then runs at once. Otherwise the flush runs from a goroutine: its answer comes from the
 // link's goroutines, but the loop must keep serving the link's events
 // (its loss among them) meanwhile. With no NBD client connected (a stop
 // has demoted the node, refused while one is) it first waits for the
@@ -961,7 +960,7 @@ func (r *Resource) flushPeer(link *replicate.Link) error {
 // marked (safe).
 func (r *Resource) flushPeerThen(ctx context.Context, why string, then func()) {
 	link := r.rep.link
-	if link == nil || !r.epochs.unretired() && r.inflight.Load() == 0 && r.peerPending.len() == 0 {
+	if link == nil || (!r.epochs.unretired() && r.inflight.Load() == 0 && r.peerPending.len() == 0) {
 		// No write the peer completed is unflushed, and none is on
 		// its way to be (protocols A and B complete theirs later).
 		then()
