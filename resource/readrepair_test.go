@@ -222,48 +222,9 @@ func TestReadRepairOrdersRacingWrite(t *testing.T) {
 // blocks its writes and the resync's chunks take.
 func TestReadRepairPrimaryTarget(t *testing.T) {
 	c := newPair(t, passOnA, "")
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
 	const inStep, missed = 3 << 20, 10 << 20
 	want := fill(0x6B, 4096)
-	if err := c.a.WriteAt(want, inStep, false); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.a.DetachDisk(ctx, false); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.a.WriteAt(fill(0x6C, 4096), missed, false); err != nil {
-		t.Fatal(err)
-	}
-	// The resync (of every block, or of those the disk missed: the
-	// attach may tell the peer which) holds at its write of the missed
-	// block here, until the repair is done.
-	release := make(chan struct{})
-	var once sync.Once
-	c.da.setWrite(func(p []byte, o int64) error {
-		if o <= missed && missed < o+int64(len(p)) {
-			once.Do(func() { <-release })
-		}
-		return nil
-	})
-	released := false
-	defer func() {
-		if !released {
-			close(release)
-		}
-	}()
-	if err := c.a.AttachDisk(ctx); err != nil {
-		t.Fatal(err)
-	}
-	c.wait(c.a, "a sync target", func(s Status) bool { return s.Conn == ConnSyncTarget })
-	// Written as a Primary target writes, the block is in step here
-	// whatever the resync covers.
-	if err := c.a.WriteAt(want, inStep, false); err != nil {
-		t.Fatal(err)
-	}
-	if !c.a.targetPrimary.Load() || c.a.bmap().Test(inStep, 4096) {
-		t.Fatalf("setup: Primary target %v, block in step %v", c.a.targetPrimary.Load(), !c.a.bmap().Test(inStep, 4096))
-	}
+	release := holdPrimaryTarget(t, c, inStep, missed, want)
 	if _, err := c.da.Device.WriteAt(make([]byte, 4096), inStep); err != nil {
 		t.Fatal(err)
 	}
@@ -278,8 +239,7 @@ func TestReadRepairPrimaryTarget(t *testing.T) {
 	if s := c.a.Status(); s.IO.ReadRepairs != 1 || s.IO.ReadsUnrepaired != 0 {
 		t.Fatalf("repairs %d, unrepaired %d; want 1, 0", s.IO.ReadRepairs, s.IO.ReadsUnrepaired)
 	}
-	released = true
-	close(release)
+	release()
 	c.wait(c.a, "a in sync", func(s Status) bool { return s.Disk == DiskUpToDate && s.Conn == ConnConnected && s.OutOfSync == 0 })
 	c.compareBlocks(inStep, missed)
 }
@@ -394,43 +354,9 @@ func TestReadRepairPendingPeerWriteFailure(t *testing.T) {
 // mark the blocks (its bad copy would go over the peer's good one).
 func TestReadRepairTargetResyncEndsDuringPeerRead(t *testing.T) {
 	c := newPair(t, passOnA, "")
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
 	const inStep, missed = 3 << 20, 10 << 20
 	want := fill(0x6B, 4096)
-	if err := c.a.WriteAt(want, inStep, false); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.a.DetachDisk(ctx, false); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.a.WriteAt(fill(0x6C, 4096), missed, false); err != nil {
-		t.Fatal(err)
-	}
-	release := make(chan struct{})
-	var once sync.Once
-	c.da.setWrite(func(p []byte, o int64) error {
-		if o <= missed && missed < o+int64(len(p)) {
-			once.Do(func() { <-release })
-		}
-		return nil
-	})
-	releasedSync := false
-	defer func() {
-		if !releasedSync {
-			close(release)
-		}
-	}()
-	if err := c.a.AttachDisk(ctx); err != nil {
-		t.Fatal(err)
-	}
-	c.wait(c.a, "a sync target", func(s Status) bool { return s.Conn == ConnSyncTarget })
-	if err := c.a.WriteAt(want, inStep, false); err != nil {
-		t.Fatal(err)
-	}
-	if !c.a.targetPrimary.Load() || c.a.bmap().Test(inStep, 4096) {
-		t.Fatalf("setup: Primary target %v, block in step %v", c.a.targetPrimary.Load(), !c.a.bmap().Test(inStep, 4096))
-	}
+	release := holdPrimaryTarget(t, c, inStep, missed, want)
 	// The peer read of the repair is held at b's disk.
 	entered, releaseRead := make(chan struct{}), make(chan struct{})
 	var readOnce atomic.Bool
@@ -456,8 +382,7 @@ func TestReadRepairTargetResyncEndsDuringPeerRead(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the repair's peer read never reached b's disk")
 	}
-	releasedSync = true
-	close(release)
+	release()
 	deadline := time.Now().Add(10 * time.Second)
 	for c.a.targetPrimary.Load() {
 		if time.Now().After(deadline) {
@@ -481,4 +406,46 @@ func TestReadRepairTargetResyncEndsDuringPeerRead(t *testing.T) {
 	if s := c.a.Status(); s.IO.ReadRepairs != 1 {
 		t.Fatalf("repairs %d; want 1", s.IO.ReadRepairs)
 	}
+}
+
+// holdPrimaryTarget makes node a of c a Primary target (detach-disk, a
+// write its disk misses at missed, attach-disk) whose resync holds at its
+// write of the missed block until release is called (once; the test's
+// cleanup calls it otherwise), with want written at inStep as a Primary
+// target writes: in step there whatever the resync covers (of every
+// block, or of those the disk missed: the attach may tell the peer which).
+func holdPrimaryTarget(t *testing.T, c *pair, inStep, missed int64, want []byte) (release func()) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := c.a.WriteAt(want, inStep, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.a.DetachDisk(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.a.WriteAt(fill(0x6C, 4096), missed, false); err != nil {
+		t.Fatal(err)
+	}
+	held := make(chan struct{})
+	var once, released sync.Once
+	release = func() { released.Do(func() { close(held) }) }
+	t.Cleanup(release)
+	c.da.setWrite(func(p []byte, o int64) error {
+		if o <= missed && missed < o+int64(len(p)) {
+			once.Do(func() { <-held })
+		}
+		return nil
+	})
+	if err := c.a.AttachDisk(ctx); err != nil {
+		t.Fatal(err)
+	}
+	c.wait(c.a, "a sync target", func(s Status) bool { return s.Conn == ConnSyncTarget })
+	if err := c.a.WriteAt(want, inStep, false); err != nil {
+		t.Fatal(err)
+	}
+	if !c.a.targetPrimary.Load() || c.a.bmap().Test(inStep, 4096) {
+		t.Fatalf("setup: Primary target %v, block in step %v", c.a.targetPrimary.Load(), !c.a.bmap().Test(inStep, 4096))
+	}
+	return release
 }
