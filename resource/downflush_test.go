@@ -3,7 +3,6 @@ package resource
 import (
 	"context"
 	"errors"
-	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -50,11 +49,7 @@ func waitRepQuiet(t *testing.T, r *Resource) {
 // with the same UUIDs, so nothing would clear a mark until a later
 // resync).
 func TestStopFlushesPeerFirst(t *testing.T) {
-	dir := t.TempDir()
-	na := pairDisk{img: filepath.Join(dir, "a.img")}
-	nb := pairDisk{img: filepath.Join(dir, "b.img")}
-	makePairDisk(t, na, 16<<20, 0, 0)
-	makePairDisk(t, nb, 16<<20, 1, 0)
+	dir, na, nb := freshPairDisks(t)
 	c := startPairOn(t, dir, na, nb, "", "")
 	c.primaryA()
 	c.writeUnflushed(8192)
@@ -114,11 +109,7 @@ func TestStopPeerFlushFailsMarks(t *testing.T) {
 		hang bool
 	}{{"fails", false}, {"hangs", true}} {
 		t.Run(tc.name, func(t *testing.T) {
-			dir := t.TempDir()
-			na := pairDisk{img: filepath.Join(dir, "a.img")}
-			nb := pairDisk{img: filepath.Join(dir, "b.img")}
-			makePairDisk(t, na, 16<<20, 0, 0)
-			makePairDisk(t, nb, 16<<20, 1, 0)
+			dir, na, nb := freshPairDisks(t)
 			// pass-on: b keeps its disk when the sync fails, so that a
 			// flush failed by the peer's disk (not the link) is what a
 			// sees.
@@ -165,11 +156,7 @@ func TestStopPeerFlushFailsMarks(t *testing.T) {
 // a stop right after such writes waits for the peer's completions before
 // it has the peer flush, so that the flush covers them too.
 func TestStopFlushesPeerFirstProtocolA(t *testing.T) {
-	dir := t.TempDir()
-	na := pairDisk{img: filepath.Join(dir, "a.img")}
-	nb := pairDisk{img: filepath.Join(dir, "b.img")}
-	makePairDisk(t, na, 16<<20, 0, 0)
-	makePairDisk(t, nb, 16<<20, 1, 0)
+	dir, na, nb := freshPairDisks(t)
 	c := startPairOn(t, dir, na, nb, "  protocol: A\n", "")
 	c.primaryA()
 	for i := range 8 {

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -44,11 +43,7 @@ func capacityOf(t *testing.T, size int64) int64 {
 // keeps the size both agreed on. The grown size is recorded: a restarted
 // node exports it at once. Writes in the grown area replicate.
 func TestGrowAtHandshake(t *testing.T) {
-	dir := t.TempDir()
-	na := pairDisk{img: filepath.Join(dir, "a.img")}
-	nb := pairDisk{img: filepath.Join(dir, "b.img")}
-	makePairDisk(t, na, 16<<20, 0, 0)
-	makePairDisk(t, nb, 16<<20, 1, 0)
+	dir, na, nb := freshPairDisks(t)
 	c := startPairOn(t, dir, na, nb, "", "")
 	c.primaryA()
 	old := c.a.Size()
@@ -118,11 +113,7 @@ func TestGrowAtHandshake(t *testing.T) {
 // is (capacitySize comes before the mismatch rules, which would refuse
 // it under net.size-mismatch: refuse).
 func TestGrowAfterOneSideRecorded(t *testing.T) {
-	dir := t.TempDir()
-	na := pairDisk{img: filepath.Join(dir, "a.img")}
-	nb := pairDisk{img: filepath.Join(dir, "b.img")}
-	makePairDisk(t, na, 16<<20, 0, 0)
-	makePairDisk(t, nb, 16<<20, 1, 0)
+	dir, na, nb := freshPairDisks(t)
 	c := startPairOn(t, dir, na, nb, "", "")
 	c.primaryA()
 	old := c.a.Size()

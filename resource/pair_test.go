@@ -477,6 +477,19 @@ func startPairSized(t *testing.T, sizeA, sizeB int64, alExtents uint32, extra, e
 	return c
 }
 
+// freshPairDisks makes blank 16 MiB disks for nodes a and b (internal
+// meta-data, node ids 0 and 1) in a new temporary folder, for tests that
+// stop a pair and start it again on the same disks (startPairOn).
+func freshPairDisks(t *testing.T) (dir string, na, nb pairDisk) {
+	t.Helper()
+	dir = t.TempDir()
+	na = pairDisk{img: filepath.Join(dir, "a.img")}
+	nb = pairDisk{img: filepath.Join(dir, "b.img")}
+	makePairDisk(t, na, 16<<20, 0, 0)
+	makePairDisk(t, nb, 16<<20, 1, 0)
+	return dir, na, nb
+}
+
 // primaryA skips the initial sync of the pair's blank disks, makes node a
 // Primary and waits until the pair is idle and in sync.
 func (c *pair) primaryA() {

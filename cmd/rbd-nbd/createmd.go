@@ -164,20 +164,7 @@ func nonZeroTail(r io.ReaderAt, size int64, opts metadata.CreateOptions) (int64,
 	if err != nil {
 		return -1, err
 	}
-	buf := make([]byte, 1<<20)
-	for off := l.MetaOffset; off < size; {
-		n := min(int64(len(buf)), size-off)
-		if _, err := r.ReadAt(buf[:n], off); err != nil {
-			return -1, fmt.Errorf("read at %d: %w", off, err)
-		}
-		for i, c := range buf[:n] {
-			if c != 0 {
-				return off + int64(i), nil
-			}
-		}
-		off += n
-	}
-	return -1, nil
+	return readNonZero(r, l.MetaOffset, size)
 }
 
 // fsSignature is a magic number at a fixed offset that marks data worth
