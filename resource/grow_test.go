@@ -147,3 +147,79 @@ func TestGrowAfterOneSideRecorded(t *testing.T) {
 		t.Fatalf("a refused b: %s", s.LinkError)
 	}
 }
+
+// The handshake that grows a resource decides a split brain on the dirty
+// counts both nodes sent in their States (counted up to the size the link
+// came up with). A node whose disk grew alone earlier holds bits past the
+// agreed size: a full resync it was the source of at the old size set
+// every bit of its bitmap (its capacity) and cleared only those below the
+// size. Counted once the resource grew, they made that node see far more
+// changes of its own than its State told the peer, and the two nodes
+// resolved discard-least-changes in opposite ways: each took itself for
+// the source.
+func TestGrowSplitBrainCountsAgree(t *testing.T) {
+	dir := t.TempDir()
+	na := pairDisk{img: filepath.Join(dir, "a.img")}
+	nb := pairDisk{img: filepath.Join(dir, "b.img")}
+	makePairDisk(t, na, 16<<20, 0, 0)
+	makePairDisk(t, nb, 16<<20, 1, 0)
+	growDisk(t, na.img, 16<<20, 32<<20) // a grew alone: the pair keeps the old size
+	const extra = "  after-sb: discard-least-changes\n"
+	c := startPairOn(t, dir, na, nb, extra, "")
+	c.primaryA()
+	old := c.a.Size()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	// A full resync from a at the old size: a's bits past it stay.
+	if err := c.a.InvalidateRemote(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	c.settled()
+	if all, below := c.a.bmap().Count(), c.a.dirtyBlocks(); all <= below {
+		t.Fatalf("a's bitmap holds %d bits, %d below the size: want bits past it", all, below)
+	}
+	// Split brain: a writes one block, b two.
+	if err := c.a.Disconnect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.b.Disconnect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.b.Primary(ctx, true); err != nil { // outdated by the disconnect
+		t.Fatal(err)
+	}
+	if err := c.a.WriteAt(fill(0xAA, 4096), 0, true); err != nil {
+		t.Fatal(err)
+	}
+	for _, off := range []int64{0, 1 << 20} {
+		if err := c.b.WriteAt(fill(0xBB, 4096), off, true); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := c.a.Secondary(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.b.Secondary(ctx); err != nil {
+		t.Fatal(err)
+	}
+	c.stopBoth()
+	growDisk(t, nb.img, 16<<20, 32<<20)
+
+	// Both grew: the handshake grows the resource and resolves the split
+	// brain; a made fewer changes: b is the source.
+	c = startPairOn(t, dir, na, nb, extra, "")
+	t.Cleanup(c.stopBoth)
+	want := capacityOf(t, 32<<20)
+	c.waitBoth("grown and in sync", func(s Status) bool {
+		return s.Conn == ConnConnected && s.Size == uint64(want) && s.Disk == DiskUpToDate && s.PeerDisk == DiskUpToDate
+	})
+	if want <= old {
+		t.Fatal("not grown")
+	}
+	for _, off := range []int64{0, 1 << 20} {
+		if got := c.localData(off, 4096); !bytes.Equal(got, fill(0xBB, 4096)) {
+			t.Fatalf("a's block at %d: %x..; want b's (discard-least-changes: a changed less)", off, got[:4])
+		}
+	}
+	c.compareBlocks(0, 1<<20)
+}
