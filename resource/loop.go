@@ -70,11 +70,16 @@ func (r *Resource) step(ev Event) {
 // State sent then told the peer that count, before the peer's smaller
 // size was known, and both nodes must decide on the same counts (the
 // first handshake after up, when the resource still has its disk's
-// size, counts the bits past the peer's end on both sides).
+// size, counts the bits past the peer's end on both sides). A resource
+// that grows in the handshake (capacitySize) still counts up to the old
+// size: the bits past it (a full resync at the old size sets every bit
+// of the capacity and clears only those below the size) are in no State,
+// and counted on one side alone they would make the two nodes resolve a
+// split brain differently.
 func (r *Resource) dirtyBlocks() uint64 {
 	end := r.size.Load()
 	if r.m.Conn() == ConnHandshake {
-		end = max(end, r.linkSize)
+		end = r.linkSize
 	}
 	return r.bmap().CountBelow(end)
 }
