@@ -7,7 +7,11 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/zap"
+
+	"github.com/rbd-nbd/rbd-nbd/disk"
 	"github.com/rbd-nbd/rbd-nbd/metadata"
+	"github.com/rbd-nbd/rbd-nbd/replicate"
 )
 
 // growDisk grows the file img with internal meta-data from oldSize to
@@ -222,4 +226,72 @@ func TestGrowSplitBrainCountsAgree(t *testing.T) {
 		}
 	}
 	c.compareBlocks(0, 1<<20)
+}
+
+// A Primary target (attach-disk on a Diskless Primary) whose resync goes
+// on after a handshake that grew the resource: its writes in the grown
+// area are in its written set, so that a resync chunk read on the peer
+// before such a write and arriving after it does not overwrite it. The
+// written set was sized at the attach, by the old size, and left the
+// grown area out (its bits are set there: the attach set every bit of
+// the capacity).
+func TestGrowPrimaryTargetWrittenSet(t *testing.T) {
+	dir := t.TempDir()
+	na := pairDisk{img: filepath.Join(dir, "a.img")}
+	nb := pairDisk{img: filepath.Join(dir, "b.img")}
+	makePairDisk(t, na, 16<<20, 0, 0)
+	makePairDisk(t, nb, 16<<20, 1, 0)
+	growDisk(t, na.img, 16<<20, 32<<20) // a grew alone: the pair keeps the old size
+	c := startPairOn(t, dir, na, nb, "resync:\n  rate: 4M\n", "")
+	t.Cleanup(func() { c.stopBoth() })
+	c.primaryA()
+	old := c.a.Size()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if err := c.a.DetachDisk(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	c.wait(c.b, "b sees a Diskless", func(s Status) bool { return s.PeerDisk == DiskDiskless })
+	// b's disk grows: down, resize-md, up.
+	cfg := c.b.cfg()
+	if err := c.b.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	growDisk(t, nb.img, 16<<20, 32<<20)
+	c.b = New(cfg, Options{Logger: zap.NewNop()})
+	c.b.wrapData = func(d disk.Device) disk.Device { c.db.Device = d; return c.db }
+	if err := c.b.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	c.waitBoth("connected", func(s Status) bool { return s.Conn == ConnConnected })
+	if a, b := c.a.Size(), c.b.Size(); a != old || b != old {
+		t.Fatalf("sizes %d and %d with a Diskless; want both %d", a, b, old)
+	}
+	// a attaches its disk as a Primary target; the link goes and comes
+	// back: the handshake grows the resource, the resync goes on.
+	if err := c.a.AttachDisk(ctx); err != nil {
+		t.Fatal(err)
+	}
+	c.wait(c.b, "b sync source", func(s Status) bool { return s.Conn == ConnSyncSource })
+	if err := c.b.PauseSync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	c.proxy.cut()
+	want := capacityOf(t, 32<<20)
+	c.wait(c.a, "a grown, sync target", func(s Status) bool {
+		return s.Size == uint64(want) && (s.Conn == ConnSyncTarget || s.Conn == ConnPausedSyncT)
+	})
+	c.wait(c.b, "b grown", func(s Status) bool { return s.Size == uint64(want) })
+	data := fill(0x5C, 4096)
+	if err := c.a.WriteAt(data, old, false); err != nil {
+		t.Fatalf("a's write in the grown area: %v", err)
+	}
+	// A chunk of that block the peer read before the write reached it.
+	in := &replicate.Incoming{Kind: replicate.ResyncData, Offset: old, Length: 4096, Data: make([]byte, 4096)}
+	if err := c.a.serveResyncData(in); err != nil {
+		t.Fatal(err)
+	}
+	if got := c.localData(old, 4096); !bytes.Equal(got, data) {
+		t.Fatalf("a's write in the grown area was overwritten by an older resync chunk: %x..", got[:4])
+	}
 }
