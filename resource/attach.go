@@ -795,13 +795,17 @@ func (r *Resource) missedOnDisk() *bitmap.Bitmap {
 }
 
 // newWrittenSet makes the written set for a disk attached as Primary
-// target.
+// target. It covers what the bitmap covers (the disk's capacity), not
+// only the resource's size now: a handshake may grow the resource while
+// the disk is still sync target, and the writes in the grown area must
+// be skipped by the resync as any others.
 func (r *Resource) newWrittenSet() error {
-	w, err := bitmap.New(r.size.Load(), r.bmap().BlockSize(), nil, nil)
+	size := r.bmap().Size()
+	w, err := bitmap.New(size, r.bmap().BlockSize(), nil, nil)
 	if err != nil {
 		return err
 	}
-	f, err := bitmap.New(r.size.Load(), r.bmap().BlockSize(), nil, nil)
+	f, err := bitmap.New(size, r.bmap().BlockSize(), nil, nil)
 	if err != nil {
 		return err
 	}
