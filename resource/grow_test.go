@@ -49,6 +49,7 @@ func capacityOf(t *testing.T, size int64) int64 {
 func TestGrowAtHandshake(t *testing.T) {
 	dir, na, nb := freshPairDisks(t)
 	c := startPairOn(t, dir, na, nb, "", "")
+	t.Cleanup(c.stopBoth) // before its relay's cleanup, which waits for its links
 	c.primaryA()
 	old := c.a.Size()
 	last := fill(0x5A, 4096)
@@ -61,6 +62,7 @@ func TestGrowAtHandshake(t *testing.T) {
 	// b's disk alone grows: the pair keeps the old size.
 	growDisk(t, nb.img, 16<<20, 32<<20)
 	c = startPairOn(t, dir, na, nb, "", "")
+	t.Cleanup(c.stopBoth) // before its relay's cleanup, which waits for its links
 	if got := c.b.Size(); got != old {
 		t.Fatalf("b, grown alone, starts with %d bytes; want the agreed %d", got, old)
 	}
@@ -106,6 +108,7 @@ func TestGrowAtHandshake(t *testing.T) {
 
 	// Recorded: both start with the grown size, before any handshake.
 	c = startPairOn(t, dir, na, nb, "", "")
+	t.Cleanup(c.stopBoth) // before its relay's cleanup, which waits for its links
 	if a, b := c.a.Size(), c.b.Size(); a != want || b != want {
 		t.Fatalf("after a restart: sizes %d and %d; want both %d", a, b, want)
 	}
@@ -119,6 +122,7 @@ func TestGrowAtHandshake(t *testing.T) {
 func TestGrowAfterOneSideRecorded(t *testing.T) {
 	dir, na, nb := freshPairDisks(t)
 	c := startPairOn(t, dir, na, nb, "", "")
+	t.Cleanup(c.stopBoth) // before its relay's cleanup, which waits for its links
 	c.primaryA()
 	old := c.a.Size()
 	c.stopBoth()
@@ -170,6 +174,7 @@ func TestGrowSplitBrainCountsAgree(t *testing.T) {
 	growDisk(t, na.img, 16<<20, 32<<20) // a grew alone: the pair keeps the old size
 	const extra = "  after-sb: discard-least-changes\n"
 	c := startPairOn(t, dir, na, nb, extra, "")
+	t.Cleanup(c.stopBoth) // before its relay's cleanup, which waits for its links
 	c.primaryA()
 	old := c.a.Size()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
@@ -243,7 +248,7 @@ func TestGrowPrimaryTargetWrittenSet(t *testing.T) {
 	makePairDisk(t, nb, 16<<20, 1, 0)
 	growDisk(t, na.img, 16<<20, 32<<20) // a grew alone: the pair keeps the old size
 	c := startPairOn(t, dir, na, nb, "resync:\n  rate: 4M\n", "")
-	t.Cleanup(func() { c.stopBoth() })
+	t.Cleanup(c.stopBoth) // before its relay's cleanup, which waits for its links
 	c.primaryA()
 	old := c.a.Size()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
