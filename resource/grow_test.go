@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -158,13 +159,14 @@ func TestGrowAfterOneSideRecorded(t *testing.T) {
 
 // The handshake that grows a resource decides a split brain on the dirty
 // counts both nodes sent in their States (counted up to the size the link
-// came up with). A node whose disk grew alone earlier holds bits past the
-// agreed size: a full resync it was the source of at the old size set
-// every bit of its bitmap (its capacity) and cleared only those below the
-// size. Counted once the resource grew, they made that node see far more
-// changes of its own than its State told the peer, and the two nodes
-// resolved discard-least-changes in opposite ways: each took itself for
-// the source.
+// came up with). A node whose disk grew alone earlier may hold bits past
+// the agreed size (a full resync it was the source of set every bit of
+// its capacity, before set-all was bounded by the size; a node that ran
+// larger than its peer under size-mismatch: smaller keeps the bits of
+// its writes there). Counted once the resource grew, they made that node
+// see far more changes of its own than its State told the peer, and the
+// two nodes resolved discard-least-changes in opposite ways: each took
+// itself for the source.
 func TestGrowSplitBrainCountsAgree(t *testing.T) {
 	dir := t.TempDir()
 	na := pairDisk{img: filepath.Join(dir, "a.img")}
@@ -179,11 +181,11 @@ func TestGrowSplitBrainCountsAgree(t *testing.T) {
 	old := c.a.Size()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	// A full resync from a at the old size: a's bits past it stay.
-	if err := c.a.InvalidateRemote(ctx, true); err != nil {
+	// Bits past the old size on a, flushed as its bitmap is.
+	c.a.bmap().Set(old, 4<<20)
+	if err := c.a.bmap().Flush(); err != nil {
 		t.Fatal(err)
 	}
-	c.settled()
 	if all, below := c.a.bmap().Count(), c.a.dirtyBlocks(); all <= below {
 		t.Fatalf("a's bitmap holds %d bits, %d below the size: want bits past it", all, below)
 	}
@@ -298,5 +300,41 @@ func TestGrowPrimaryTargetWrittenSet(t *testing.T) {
 	}
 	if got := c.localData(old, 4096); !bytes.Equal(got, data) {
 		t.Fatalf("a's write in the grown area was overwritten by an older resync chunk: %x..", got[:4])
+	}
+}
+
+// A full resync at the old size (invalidate-remote with a reset) from a
+// node whose disk grew alone marks the blocks of the resource, not of the
+// disk: once both disks grew and the resource with them, nothing is out
+// of sync (the grown area is zeros on both, and no resync clears bits
+// past the size it ran at).
+func TestGrowAfterFullResyncLeavesNothingOutOfSync(t *testing.T) {
+	dir, na, nb := freshPairDisks(t)
+	growDisk(t, na.img, 16<<20, 32<<20)
+	c := startPairOn(t, dir, na, nb, "", "")
+	t.Cleanup(c.stopBoth)
+	c.primaryA()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if err := c.a.InvalidateRemote(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	c.settled()
+	if n := c.a.bmap().Count(); n != 0 {
+		t.Fatalf("a's bitmap holds %d bits after the full resync; want none", n)
+	}
+	if err := c.a.Secondary(ctx); err != nil {
+		t.Fatal(err)
+	}
+	c.stopBoth()
+	growDisk(t, nb.img, 16<<20, 32<<20)
+	c = startPairOn(t, dir, na, nb, "", "")
+	t.Cleanup(c.stopBoth)
+	want := capacityOf(t, 32<<20)
+	c.waitBoth("grown", func(s Status) bool { return s.Conn == ConnConnected && s.Size == uint64(want) })
+	for _, r := range []*Resource{c.a, c.b} {
+		if s := r.Status(); s.OutOfSync != 0 {
+			t.Fatalf("%s: %d bytes out of sync after the growth; want 0", s.Name, s.OutOfSync)
+		}
 	}
 }

@@ -317,7 +317,11 @@ func (r *Resource) exec(a Action) {
 				r.ownBits = r.bmap().Snapshot()
 			}
 		}
-		r.bmap().SetAll()
+		// Every block of the resource, not of the disk: a disk that grew
+		// alone (resize-md) holds more, which no resync below the size
+		// clears, and which the resource's growth would then count out
+		// of sync for good (its grown area is in sync: zeros on both).
+		r.bmap().Set(0, r.size.Load())
 		r.flushBitmap()
 	case ActUsePeerExtents:
 		// Both are of this bitmap's size and block: Merge cannot refuse.
