@@ -338,3 +338,87 @@ func TestGrowAfterFullResyncLeavesNothingOutOfSync(t *testing.T) {
 		}
 	}
 }
+
+// A node that ran larger than its peer (net.size-mismatch: smaller) holds
+// data past the resource's size: written while the resource was larger
+// (its peer then was a disk as big, replaced since by a smaller one). A
+// full resync to the smaller peer copies only the resource's blocks, so
+// the area past the size differs between the nodes once the peer's disk
+// grew (resize-md: zeros there): growing over it would take it as in
+// sync. Under size-mismatch: smaller the nodes send no capacity, and the
+// resource does not grow.
+func TestNoGrowthUnderSizeMismatchSmaller(t *testing.T) {
+	dir := t.TempDir()
+	na := pairDisk{img: filepath.Join(dir, "a.img")}
+	nb := pairDisk{img: filepath.Join(dir, "b.img")}
+	makePairDisk(t, na, 32<<20, 0, 0)
+	makePairDisk(t, nb, 32<<20, 1, 0)
+	c := startPairOn(t, dir, na, nb, "", "")
+	t.Cleanup(c.stopBoth)
+	c.primaryA()
+	small := capacityOf(t, 16<<20)
+	off := small + 1<<20 // past the smaller disk's end, inside a's
+	if err := c.a.WriteAt(fill(0x5a, 64<<10), off, false); err != nil {
+		t.Fatal(err)
+	}
+	c.settled()
+	c.stopBoth()
+	// b's disk replaced by a smaller, blank one: a full resync from a.
+	if err := os.Remove(nb.img); err != nil {
+		t.Fatal(err)
+	}
+	makePairDisk(t, nb, 16<<20, 1, 0)
+	c = startPairOn(t, dir, na, nb, "  size-mismatch: smaller\n", "")
+	t.Cleanup(c.stopBoth)
+	c.waitBoth("synced at the smaller size", func(s Status) bool {
+		return s.Conn == ConnConnected && s.Disk == DiskUpToDate && s.PeerDisk == DiskUpToDate && s.OutOfSync == 0 && s.Size == uint64(small)
+	})
+	c.stopBoth()
+	growDisk(t, nb.img, 16<<20, 32<<20)
+	c = startPairOn(t, dir, na, nb, "  size-mismatch: smaller\n", "")
+	t.Cleanup(c.stopBoth)
+	c.waitBoth("connected", func(s Status) bool {
+		return s.Conn == ConnConnected && s.Disk == DiskUpToDate && s.PeerDisk == DiskUpToDate
+	})
+	if a, b := c.a.Size(), c.b.Size(); a != small || b != small {
+		t.Fatalf("sizes %d and %d after b's disk grew, under size-mismatch: smaller; want both %d (no growth)", a, b, small)
+	}
+}
+
+// A Primary that attaches its disk again is its peer's sync target for
+// every block of the resource. A disk grown alone (resize-md before up)
+// holds more: the bits the attach set past the size no resync below it
+// clears, and once the peer's disk grew and the resource with it, they
+// counted out of sync for good (the grown area is zeros on both), as
+// set-all's did before it was bounded by the size.
+func TestGrowAfterPrimaryTargetAttachLeavesNothingOutOfSync(t *testing.T) {
+	dir, na, nb := freshPairDisks(t)
+	growDisk(t, na.img, 16<<20, 32<<20)
+	c := startPairOn(t, dir, na, nb, "", "")
+	t.Cleanup(c.stopBoth)
+	c.primaryA()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if err := c.a.DetachDisk(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.a.AttachDisk(ctx); err != nil {
+		t.Fatal(err)
+	}
+	c.settled()
+	if err := c.a.Secondary(ctx); err != nil {
+		t.Fatal(err)
+	}
+	c.stopBoth()
+	growDisk(t, nb.img, 16<<20, 32<<20)
+	c = startPairOn(t, dir, na, nb, "", "")
+	t.Cleanup(c.stopBoth)
+	want := capacityOf(t, 32<<20)
+	c.waitBoth("grown", func(s Status) bool { return s.Conn == ConnConnected && s.Size == uint64(want) })
+	time.Sleep(200 * time.Millisecond)
+	for _, r := range []*Resource{c.a, c.b} {
+		if s := r.Status(); s.OutOfSync != 0 {
+			t.Fatalf("%s: %d bytes out of sync after the growth; want 0", s.Name, s.OutOfSync)
+		}
+	}
+}
