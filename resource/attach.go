@@ -399,7 +399,12 @@ func (r *Resource) AttachDisk(ctx context.Context) error {
 				return err
 			}
 			missed = r.missedOnDisk()
-			r.bmap().SetAll()
+			// Every block of the resource, as set-all marks: a disk
+			// grown alone (resize-md) holds more, whose bits no resync
+			// below the size clears, and which the resource's growth
+			// would count out of sync for good (its grown area is
+			// zeros on both).
+			r.bmap().Set(0, r.size.Load())
 			r.targetPrimary.Store(true)
 		} else {
 			r.missed.Store(nil)
