@@ -240,8 +240,7 @@ func TestGrowSplitBrainCountsAgree(t *testing.T) {
 // area are in its written set, so that a resync chunk read on the peer
 // before such a write and arriving after it does not overwrite it. The
 // written set was sized at the attach, by the old size, and left the
-// grown area out (its bits are set there: the attach set every bit of
-// the capacity).
+// grown area out.
 func TestGrowPrimaryTargetWrittenSet(t *testing.T) {
 	dir := t.TempDir()
 	na := pairDisk{img: filepath.Join(dir, "a.img")}

@@ -631,9 +631,9 @@ func (r *Resource) capacity() uint64 {
 // resize-md checked that it reads as zeros, so the grown area is in sync
 // without a resync. A capacity below either current size is no growth
 // (not ok): the mismatch rules decide (checkPeerState). (A Primary
-// target's written sets cover its whole bitmap, grown area included: the
-// attach set every bit of the capacity, so the resync does copy the
-// grown area, and its writes there must be skipped by it.)
+// target's written sets cover its whole bitmap, grown area included; its
+// attach set the bits of the resource's size only, as set-all does, so
+// no bit of the grown area is left that no resync clears.)
 func (r *Resource) capacitySize(m *replicate.State) (size int64, ok bool) {
 	own := r.capacity()
 	if own == 0 || m.Capacity == 0 || r.m.Conn() != ConnHandshake {
