@@ -609,10 +609,19 @@ func (r *Resource) sendState() {
 }
 
 // capacity is what this node sends as its State's Capacity: the data size
-// its attached disk's meta-data allows (0 while Diskless, or on a link
-// whose peer does not grow resources: FeatureResize).
+// its attached disk's meta-data allows. 0 (no growth) while Diskless, on
+// a link whose peer does not grow resources (FeatureResize), and under
+// net.size-mismatch: smaller, where a node may have run larger
+// than its peer and hold data past the resource's size that a growth
+// would take as in sync (the peer's grown area holds zeros); nor once the
+// resource shrank to a smaller peer's size in this run. The growth rule
+// needs what lies past both sizes known equal: zeros that resize-md
+// checked, on a disk never exported past its agreed size.
 func (r *Resource) capacity() uint64 {
 	if r.link == nil || r.link.Features()&replicate.FeatureResize == 0 || r.m.Disk() == DiskDiskless || r.diskFailed.Load() {
+		return 0
+	}
+	if r.cfg().Net.SizeMismatch == config.SizeMismatchSmaller || r.size.Load() < r.agreed {
 		return 0
 	}
 	return uint64(r.dataSize)
@@ -653,6 +662,7 @@ func (r *Resource) recordGrowth(size int64) error {
 	if err := r.meta.Update(func(sb *metadata.Superblock) { sb.AgreedSize = size }); err != nil {
 		return fmt.Errorf("cannot record the grown size %d in the meta-data: %w", size, err)
 	}
+	r.agreed = size
 	return nil
 }
 

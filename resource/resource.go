@@ -96,6 +96,10 @@ type Resource struct {
 	// dataSize is the data size of the disk attached at Start: a disk
 	// attached later must have the same.
 	dataSize int64
+	// agreed: the size both nodes last agreed on, as recorded (at Start,
+	// or by the last growth): the resource below it shrank to a smaller
+	// peer in this run (capacity).
+	agreed int64
 	// diskClosing: loop; the clean close of a disk that detach-disk
 	// detached, while it runs or until the next attach (nil: none).
 	diskClosing *diskClose
@@ -379,6 +383,7 @@ func (r *Resource) attach(cfg config.Resource) error {
 	// disk's capacity once resize-md grew it, until the peer's disk
 	// holds as much (capacitySize).
 	agreed := st.meta.Superblock().Agreed()
+	r.agreed = agreed
 	r.size.Store(agreed)
 	if agreed < size {
 		r.log.Info("the disk grew (resize-md): the resource keeps the size both nodes agreed on until the peer's disk holds as much",
