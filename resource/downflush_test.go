@@ -187,6 +187,7 @@ func TestDisconnectWhileWriting(t *testing.T) {
 	setOpen(1) // a client admitted: the disconnect does not wait for quiet
 	stop := make(chan struct{})
 	done := make(chan struct{})
+	var writes atomic.Int64
 	go func() {
 		defer close(done)
 		for i := 0; ; i++ {
@@ -199,15 +200,24 @@ func TestDisconnectWhileWriting(t *testing.T) {
 				t.Error(err)
 				return
 			}
+			writes.Add(1)
 		}
 	}()
-	time.Sleep(50 * time.Millisecond)
+	writesPast := func(n int64, what string) {
+		t.Helper()
+		for deadline := time.Now().Add(10 * time.Second); writes.Load() < n; time.Sleep(time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("the writer did not get %s", what)
+			}
+		}
+	}
+	writesPast(20, "going")
 	start := time.Now()
 	if err := c.a.Disconnect(ctx); err != nil {
 		t.Fatal(err)
 	}
 	took := time.Since(start)
-	time.Sleep(20 * time.Millisecond)
+	writesPast(writes.Load()+20, "on after the disconnect")
 	close(stop)
 	<-done
 	if took > 2*time.Second {

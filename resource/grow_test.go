@@ -322,20 +322,7 @@ func TestGrowAfterFullResyncLeavesNothingOutOfSync(t *testing.T) {
 	if n := c.a.bmap().Count(); n != 0 {
 		t.Fatalf("a's bitmap holds %d bits after the full resync; want none", n)
 	}
-	if err := c.a.Secondary(ctx); err != nil {
-		t.Fatal(err)
-	}
-	c.stopBoth()
-	growDisk(t, nb.img, 16<<20, 32<<20)
-	c = startPairOn(t, dir, na, nb, "", "")
-	t.Cleanup(c.stopBoth)
-	want := capacityOf(t, 32<<20)
-	c.waitBoth("grown", func(s Status) bool { return s.Conn == ConnConnected && s.Size == uint64(want) })
-	for _, r := range []*Resource{c.a, c.b} {
-		if s := r.Status(); s.OutOfSync != 0 {
-			t.Fatalf("%s: %d bytes out of sync after the growth; want 0", s.Name, s.OutOfSync)
-		}
-	}
+	growPeerNothingOutOfSync(t, ctx, c, dir, na, nb)
 }
 
 // A node that ran larger than its peer (net.size-mismatch: smaller) holds
@@ -405,6 +392,15 @@ func TestGrowAfterPrimaryTargetAttachLeavesNothingOutOfSync(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.settled()
+	growPeerNothingOutOfSync(t, ctx, c, dir, na, nb)
+}
+
+// growPeerNothingOutOfSync demotes node a of c (whose disk grew alone),
+// stops the pair, grows b's disk as a's grew, starts the pair again on
+// the same disks and waits until the resource grew and both nodes are
+// Connected and UpToDate: nothing may be out of sync on either then.
+func growPeerNothingOutOfSync(t *testing.T, ctx context.Context, c *pair, dir string, na, nb pairDisk) {
+	t.Helper()
 	if err := c.a.Secondary(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -413,8 +409,9 @@ func TestGrowAfterPrimaryTargetAttachLeavesNothingOutOfSync(t *testing.T) {
 	c = startPairOn(t, dir, na, nb, "", "")
 	t.Cleanup(c.stopBoth)
 	want := capacityOf(t, 32<<20)
-	c.waitBoth("grown", func(s Status) bool { return s.Conn == ConnConnected && s.Size == uint64(want) })
-	time.Sleep(200 * time.Millisecond)
+	c.waitBoth("grown and idle", func(s Status) bool {
+		return s.Conn == ConnConnected && s.Size == uint64(want) && s.Disk == DiskUpToDate && s.PeerDisk == DiskUpToDate
+	})
 	for _, r := range []*Resource{c.a, c.b} {
 		if s := r.Status(); s.OutOfSync != 0 {
 			t.Fatalf("%s: %d bytes out of sync after the growth; want 0", s.Name, s.OutOfSync)

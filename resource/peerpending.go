@@ -79,6 +79,14 @@ func (p *peerPending) wait(off, n int64) {
 	}
 }
 
+// waiting reports whether a caller of wait is blocked (tests use it to
+// know that a request reached its wait, rather than sleeping).
+func (p *peerPending) waiting() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.wake != nil
+}
+
 // len returns the number of tracked writes.
 func (p *peerPending) len() int {
 	p.mu.Lock()

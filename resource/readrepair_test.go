@@ -333,7 +333,12 @@ func TestReadRepairPendingPeerWriteFailure(t *testing.T) {
 	got := make([]byte, 4096)
 	rres := make(chan error, 1)
 	go func() { rres <- c.a.ReadAt(got, off) }()
-	time.Sleep(200 * time.Millisecond) // the peer read queues behind the write at b
+	// The repair waits for b's pending write before its peer read.
+	for deadline := time.Now().Add(10 * time.Second); !c.a.peerPending.waiting(); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the read never waited for the write pending at b")
+		}
+	}
 	released = true
 	close(release)
 	err := <-rres

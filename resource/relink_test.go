@@ -199,7 +199,9 @@ func TestHeldLinkClosedOnStop(t *testing.T) {
 	release := relinkRace(t, c, ctx)
 	stopped := make(chan error, 1)
 	go func() { stopped <- c.b.Stop(ctx) }()
-	time.Sleep(50 * time.Millisecond)
+	// The stop has disconnected b (its held link goes with it) while the
+	// old link's end still waits for the held write.
+	c.wait(c.b, "b stopping", func(s Status) bool { return s.Conn == ConnStandAlone || s.Down })
 	release()
 	select {
 	case err := <-stopped:
