@@ -267,16 +267,11 @@ func growInternal(st Store, storeSize int64, opts GrowOptions) (GrowResult, erro
 	if err := w.zeroRange(res.New.ALOffset, res.New.ALOffset+int64(res.New.ALBlocks)*BlockSize, "activity log"); err != nil {
 		return GrowResult{}, err
 	}
-	first := ALTransaction{MetaID: sb.MetaID, Seq: 1, Slots: sb.ALExtents}
-	first.Context = make([]uint32, min(ALContextEntries, sb.ALExtents))
-	for i := range first.Context {
-		first.Context[i] = bitmap.NoExtent
-	}
-	tx, err := EncodeALTransaction(first)
+	tx, err := firstALTransaction(sb.MetaID, sb.ALExtents)
 	if err != nil {
 		return GrowResult{}, err
 	}
-	if err := w.write(tx, res.New.ALOffset+int64(1%res.New.ALBlocks)*BlockSize, "activity log"); err != nil {
+	if err := w.write(tx, firstALOffset(res.New), "activity log"); err != nil {
 		return GrowResult{}, err
 	}
 	for _, off := range res.New.Superblock {

@@ -201,3 +201,18 @@ type IOStats struct {
 
 // Writes returns the number of write calls of every kind.
 func (s IOStats) Writes() uint64 { return s.SuperblockWrites + s.ALWrites + s.BitmapWrites }
+
+// firstALTransaction encodes transaction 1 of a fresh activity-log ring
+// (Create, and Grow's new ring): an empty first context window. The ring
+// is never empty, so an empty ring means damage.
+func firstALTransaction(metaID uint64, slots uint32) ([]byte, error) {
+	first := ALTransaction{MetaID: metaID, Seq: 1, Slots: slots}
+	first.Context = make([]uint32, min(ALContextEntries, slots))
+	for i := range first.Context {
+		first.Context[i] = bitmap.NoExtent
+	}
+	return EncodeALTransaction(first)
+}
+
+// firstALOffset is where transaction 1 of l's ring lies.
+func firstALOffset(l Layout) int64 { return l.ALOffset + int64(1%l.ALBlocks)*BlockSize }

@@ -130,18 +130,11 @@ func Create(st Store, storeSize int64, internal bool, opts CreateOptions) (Layou
 		Flags:      FlagALClean,
 		UUIDs:      UUIDs{Current: UUIDJustCreated},
 	}
-	// Transaction 1 carries an empty first context window: the ring is
-	// never empty, so an empty ring means damage.
-	first := ALTransaction{MetaID: sb.MetaID, Seq: 1, Slots: g.ALExtents}
-	first.Context = make([]uint32, min(ALContextEntries, g.ALExtents))
-	for i := range first.Context {
-		first.Context[i] = bitmap.NoExtent
-	}
-	tx, err := EncodeALTransaction(first)
+	tx, err := firstALTransaction(sb.MetaID, g.ALExtents)
 	if err != nil {
 		return Layout{}, err
 	}
-	if err := write(tx, l.ALOffset+int64(1%l.ALBlocks)*BlockSize, "activity log"); err != nil {
+	if err := write(tx, firstALOffset(l), "activity log"); err != nil {
 		return Layout{}, err
 	}
 	if err := sync(); err != nil {

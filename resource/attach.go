@@ -79,7 +79,7 @@ func openStorage(cfg config.Resource, check func(metadata.Superblock) error, wra
 		if errors.Is(err, metadata.ErrNoMeta) && internal {
 			// Internal meta-data sits at the end: a disk that grew
 			// has it where the end used to be.
-			return fmt.Errorf("%w %s: run rbd-nbd create-md --disk %s for a new disk; if the disk grew, rbd-nbd resize-md --disk %s --old-size SIZE (its size before it grew; docs/operations.md, \"Growing a resource (offline)\"): %w",
+			return fmt.Errorf("%w %s: run rbd-nbd create-md --disk %s for a new disk; if the disk grew, rbd-nbd resize-md --disk %s --old-size SIZE (its size before it grew; docs/operations.md, \"Growing a resource\"): %w",
 				ErrNoMeta, cfg.Local.Disk, cfg.Local.Disk, cfg.Local.Disk, err)
 		}
 		if errors.Is(err, metadata.ErrNoMeta) {
@@ -201,6 +201,14 @@ func (r *Resource) takeStorage() *storage {
 
 func (r *Resource) bmap() *bitmap.Bitmap      { return r.bm.Load() }
 func (r *Resource) alog() *bitmap.ActivityLog { return r.al.Load() }
+
+// markAll marks every block of the resource out of sync (a full resync,
+// an invalidate, a Primary target's attach): of the resource, not of the
+// disk. A disk that grew alone (resize-md) holds more, whose bits no
+// resync below the size would clear, and which the resource's growth
+// would then count out of sync for good (its grown area is in sync:
+// zeros on both).
+func (r *Resource) markAll() { r.bmap().Set(0, r.size.Load()) }
 
 // diskClose is the clean close of a detached disk: err is set before done
 // closes.
@@ -399,12 +407,7 @@ func (r *Resource) AttachDisk(ctx context.Context) error {
 				return err
 			}
 			missed = r.missedOnDisk()
-			// Every block of the resource, as set-all marks: a disk
-			// grown alone (resize-md) holds more, whose bits no resync
-			// below the size clears, and which the resource's growth
-			// would count out of sync for good (its grown area is
-			// zeros on both).
-			r.bmap().Set(0, r.size.Load())
+			r.markAll()
 			r.targetPrimary.Store(true)
 		} else {
 			r.missed.Store(nil)

@@ -72,10 +72,10 @@ func (r *Resource) step(ev Event) {
 // first handshake after up, when the resource still has its disk's
 // size, counts the bits past the peer's end on both sides). A resource
 // that grows in the handshake (capacitySize) still counts up to the old
-// size: the bits past it (a full resync at the old size sets every bit
-// of the capacity and clears only those below the size) are in no State,
-// and counted on one side alone they would make the two nodes resolve a
-// split brain differently.
+// size: the bits past it (a node that ran larger than a smaller peer
+// keeps those of its writes there) are in no State, and counted on one
+// side alone they would make the two nodes resolve a split brain
+// differently.
 func (r *Resource) dirtyBlocks() uint64 {
 	end := r.size.Load()
 	if r.m.Conn() == ConnHandshake {
@@ -317,11 +317,7 @@ func (r *Resource) exec(a Action) {
 				r.ownBits = r.bmap().Snapshot()
 			}
 		}
-		// Every block of the resource, not of the disk: a disk that grew
-		// alone (resize-md) holds more, which no resync below the size
-		// clears, and which the resource's growth would then count out
-		// of sync for good (its grown area is in sync: zeros on both).
-		r.bmap().Set(0, r.size.Load())
+		r.markAll()
 		r.flushBitmap()
 	case ActUsePeerExtents:
 		// Both are of this bitmap's size and block: Merge cannot refuse.

@@ -431,14 +431,18 @@ func (r *Resource) holdLink(link *replicate.Link) {
 	})
 }
 
-// dropPending closes the held link (holdLink) with reason (loop).
-func (r *Resource) dropPending(reason string) {
+// takePending ends the wait of the held link (holdLink) and returns it,
+// held no more (loop).
+func (r *Resource) takePending() *replicate.Link {
 	link := r.pending
 	r.pending = nil
 	r.pendingStop()
 	r.pendingStop = nil
-	_ = link.Close(reason)
+	return link
 }
+
+// dropPending closes the held link with reason (loop).
+func (r *Resource) dropPending(reason string) { _ = r.takePending().Close(reason) }
 
 // settlePending acts on the held link after a step: it is taken once the
 // machine is Connecting and the current link is gone, closed once the
@@ -455,13 +459,10 @@ func (r *Resource) settlePending() {
 	case LinkRefuse:
 		r.dropPending("not connecting")
 	case LinkTake:
-		if r.link != nil {
-			return
+		if r.link == nil {
+			r.takePending()
+			r.goLoop(func() { r.handLink(link) })
 		}
-		r.pending = nil
-		r.pendingStop()
-		r.pendingStop = nil
-		r.goLoop(func() { r.handLink(link) })
 	}
 }
 
@@ -609,19 +610,17 @@ func (r *Resource) sendState() {
 }
 
 // capacity is what this node sends as its State's Capacity: the data size
-// its attached disk's meta-data allows. 0 (no growth) while Diskless, on
-// a link whose peer does not grow resources (FeatureResize), and under
-// net.size-mismatch: smaller, where a node may have run larger
+// its attached disk's meta-data allows (the link leaves it out, and clears
+// the peer's, unless both nodes offer FeatureResize). 0 (no growth) while
+// Diskless, and under net.size-mismatch: smaller, where a node may have run larger
 // than its peer and hold data past the resource's size that a growth
 // would take as in sync (the peer's grown area holds zeros); nor once the
 // resource shrank to a smaller peer's size in this run. The growth rule
 // needs what lies past both sizes known equal: zeros that resize-md
 // checked, on a disk never exported past its agreed size.
 func (r *Resource) capacity() uint64 {
-	if r.link == nil || r.link.Features()&replicate.FeatureResize == 0 || r.m.Disk() == DiskDiskless || r.diskFailed.Load() {
-		return 0
-	}
-	if r.cfg().Net.SizeMismatch == config.SizeMismatchSmaller || r.size.Load() < r.agreed {
+	if r.m.Disk() == DiskDiskless || r.diskFailed.Load() ||
+		r.cfg().Net.SizeMismatch == config.SizeMismatchSmaller || r.size.Load() < r.agreed {
 		return 0
 	}
 	return uint64(r.dataSize)

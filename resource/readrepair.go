@@ -149,10 +149,10 @@ func (r *Resource) retryReadOnPeer(p []byte, off int64, lerr error) error {
 			// target: it rewrites (the lock of whole blocks covers the
 			// range) and must not mark (see "Which way a mark sends
 			// data").
-			mode = repairMark
-			if cur == repairRewrite {
-				mode = repairRewrite
+			if cur != repairRewrite {
+				cur = repairMark
 			}
+			mode = cur
 		}
 	}
 	if mode == repairRewrite {
@@ -169,10 +169,7 @@ func (r *Resource) retryReadOnPeer(p []byte, off int64, lerr error) error {
 		// while away, or the resync has not reached the block): serving
 		// it would return old data. Under the range lock no write
 		// changes that meanwhile.
-		r.io.readUnrepaired()
-		r.log.Warn("local read failed; not served from the peer, whose copy of these blocks may be older (out of sync)",
-			zap.Int64("offset", off), zap.Int64("length", n), zap.String("outcome", "unrepaired"), zap.Error(lerr))
-		return lerr
+		return r.peerCopyOlder(off, n, lerr)
 	}
 	st, err := r.enter(context.Background())
 	if err != nil {
@@ -182,9 +179,12 @@ func (r *Resource) retryReadOnPeer(p []byte, off int64, lerr error) error {
 	// Held until the rewrite is done, as a write holds it through its
 	// local half: the loop waits for the I/O of a state to drain.
 	defer st.wg.Done()
+	// source: this node is (or became, a Primary target whose resync
+	// ended) the side a resync copies from, which marks nothing.
+	source := func() bool { return mode == repairRewrite || r.readRepairMode() == repairRewrite }
 	if perr := r.peerReadOnce(st, p, off); perr != nil {
 		r.io.readUnrepaired()
-		if mode == repairRewrite || r.readRepairMode() == repairRewrite {
+		if source() {
 			r.log.Warn("local read failed and the peer could not serve it; not marked: this Primary is the side a resync copies from",
 				zap.Int64("offset", off), zap.Int64("length", n), zap.String("outcome", "unrepaired"),
 				zap.Error(lerr), zap.NamedError("peer_error", perr))
@@ -203,15 +203,13 @@ func (r *Resource) retryReadOnPeer(p []byte, off int64, lerr error) error {
 			zap.Int64("offset", off), zap.Int64("length", n), zap.String("outcome", "repaired"), zap.Error(lerr))
 		return nil
 	}
-	r.io.readUnrepaired()
 	if mode == repairRewrite && errors.Is(why, errRepairMarked) {
 		// Set during the peer read: the copy it returned may be older
 		// than what this node acknowledged, as above.
-		r.log.Warn("local read failed; not served from the peer, whose copy of these blocks may be older (out of sync)",
-			zap.Int64("offset", off), zap.Int64("length", n), zap.String("outcome", "unrepaired"), zap.Error(lerr))
-		return lerr
+		return r.peerCopyOlder(off, n, lerr)
 	}
-	if mode == repairRewrite || r.readRepairMode() == repairRewrite {
+	r.io.readUnrepaired()
+	if source() {
 		// Left as they are.
 		r.log.Warn("local read failed; served from the peer, not repaired, not marked: this Primary is the side a resync copies from",
 			zap.Int64("offset", off), zap.Int64("length", n), zap.String("outcome", "unrepaired"),
@@ -227,6 +225,15 @@ func (r *Resource) retryReadOnPeer(p []byte, off int64, lerr error) error {
 		zap.Int64("offset", off), zap.Int64("length", n), zap.String("outcome", "marked"),
 		zap.Stringer("mode", mode), zap.NamedError("reason", why), zap.Error(lerr))
 	return nil
+}
+
+// peerCopyOlder refuses the peer's copy of out-of-sync blocks for a read
+// the local disk failed with lerr: the client gets lerr.
+func (r *Resource) peerCopyOlder(off, n int64, lerr error) error {
+	r.io.readUnrepaired()
+	r.log.Warn("local read failed; not served from the peer, whose copy of these blocks may be older (out of sync)",
+		zap.Int64("offset", off), zap.Int64("length", n), zap.String("outcome", "unrepaired"), zap.Error(lerr))
+	return lerr
 }
 
 // repairRead puts the peer's bytes p of [off, off+len(p)) on the local

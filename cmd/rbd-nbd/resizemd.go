@@ -37,8 +37,9 @@ read as zeros on every node: resize-md checks that and refuses otherwise.
 --zero-new zeroes it, --assume-clean skips the check (the added space is known
 identical on both nodes). Without --old-size, internal meta-data is looked
 for by a scan back from the end, which reports what it finds and moves nothing:
-confirm it with --old-size. Grow both nodes' devices by the same amount and run
-resize-md on both (docs/operations.md, "Growing a resource (offline)").`,
+confirm it with --old-size. Run it on each node whose device grew; the
+resource grows to the smaller of the two once both did (docs/operations.md,
+"Growing a resource").`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if zeroNew && assumeClean {
@@ -185,31 +186,16 @@ func resizeMDError(md *mdFlags, err error) error {
 
 // firstNonZero returns the offset of the first non-zero byte of f in
 // [from, to), or -1. A regular file's holes are skipped without reading
-// (SEEK_DATA, SEEK_HOLE), so that a sparse grown file costs nothing.
+// (dataSegments), so that a sparse grown file costs nothing.
 func firstNonZero(f *os.File, from, to int64) (int64, error) {
-	fd := int(f.Fd())
-	for pos := from; pos < to; {
-		data, err := unix.Seek(fd, pos, unix.SEEK_DATA)
-		switch {
-		case err == unix.ENXIO:
-			return -1, nil // no data from pos on
-		case err == unix.EINVAL || err == unix.EOPNOTSUPP:
-			return readNonZero(f, pos, to) // a block device
-		case err != nil:
-			return -1, &os.PathError{Op: "lseek", Path: f.Name(), Err: err}
-		}
-		if data >= to {
-			return -1, nil
-		}
-		hole, err := unix.Seek(fd, data, unix.SEEK_HOLE)
-		if err != nil {
-			return -1, &os.PathError{Op: "lseek", Path: f.Name(), Err: err}
-		}
-		hole = min(hole, to)
-		if off, err := readNonZero(f, data, hole); err != nil || off >= 0 {
+	segs, err := dataSegments(f, from, to)
+	if err != nil {
+		return -1, err
+	}
+	for _, seg := range segs {
+		if off, err := readNonZero(f, seg[0], seg[1]); err != nil || off >= 0 {
 			return off, err
 		}
-		pos = hole
 	}
 	return -1, nil
 }
@@ -293,7 +279,7 @@ func resizeMDScan(md *mdFlags) error {
 // read, or a nil Info when none was found within limit bytes of data.
 // A regular file's holes are skipped (SEEK_DATA, SEEK_HOLE).
 func findOldMeta(f *os.File, size, limit int64) (int64, *metadata.Info, error) {
-	segs, err := dataSegments(f, size)
+	segs, err := dataSegments(f, 0, size)
 	if err != nil {
 		return 0, nil, err
 	}
@@ -330,29 +316,30 @@ func findOldMeta(f *os.File, size, limit int64) (int64, *metadata.Info, error) {
 	return 0, nil, nil
 }
 
-// dataSegments returns the ranges of f below size that may hold data, in
-// order: the allocated extents of a regular file, all of a block device.
-func dataSegments(f *os.File, size int64) ([][2]int64, error) {
+// dataSegments returns the ranges of f in [from, to) that may hold data,
+// in order: the allocated extents of a regular file (SEEK_DATA,
+// SEEK_HOLE), all of a block device.
+func dataSegments(f *os.File, from, to int64) ([][2]int64, error) {
 	fd := int(f.Fd())
 	var segs [][2]int64
-	for pos := int64(0); pos < size; {
+	for pos := from; pos < to; {
 		data, err := unix.Seek(fd, pos, unix.SEEK_DATA)
 		switch {
 		case err == unix.ENXIO:
 			return segs, nil
 		case err == unix.EINVAL || err == unix.EOPNOTSUPP:
-			return [][2]int64{{0, size}}, nil
+			return [][2]int64{{pos, to}}, nil
 		case err != nil:
 			return nil, &os.PathError{Op: "lseek", Path: f.Name(), Err: err}
 		}
-		if data >= size {
+		if data >= to {
 			break
 		}
 		hole, err := unix.Seek(fd, data, unix.SEEK_HOLE)
 		if err != nil {
 			return nil, &os.PathError{Op: "lseek", Path: f.Name(), Err: err}
 		}
-		hole = min(hole, size)
+		hole = min(hole, to)
 		segs = append(segs, [2]int64{data, hole})
 		pos = hole
 	}
