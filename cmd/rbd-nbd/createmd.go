@@ -164,7 +164,7 @@ func nonZeroTail(r io.ReaderAt, size int64, opts metadata.CreateOptions) (int64,
 	if err != nil {
 		return -1, err
 	}
-	return readNonZero(r, l.MetaOffset, size)
+	return metadata.ReadNonZero(r, l.MetaOffset, size)
 }
 
 // fsSignature is a magic number at a fixed offset that marks data worth

@@ -8,7 +8,6 @@ import (
 	"os"
 
 	"github.com/spf13/cobra"
-	"golang.org/x/sys/unix"
 
 	"github.com/rbd-nbd/rbd-nbd/metadata"
 )
@@ -85,61 +84,44 @@ func resizeMD(out io.Writer, md *mdFlags, o resizeMDOptions) error {
 	defer s.Close()
 	disk := s.files[0]
 	internal := md.internal()
-	gopts := metadata.GrowOptions{OldStoreSize: o.oldSize, DataSize: s.diskSize, DryRun: true}
-	plan, err := metadata.Grow(s.meta, s.metaSize, internal, gopts)
-	if err != nil {
+	if o.zeroNew && !o.dryRun && !internal {
+		// open opened the data disk read-only (the meta-data is
+		// elsewhere): zeroing writes it.
+		w, err := mdOpenDev(md.disk, true, false)
+		if err != nil {
+			return err
+		}
+		defer w.Close()
+		disk = w
+	}
+	res, err := metadata.GrowDevice(disk, s.diskSize, s.meta, s.metaSize, internal, metadata.GrowDeviceOptions{
+		OldStoreSize: o.oldSize, DryRun: o.dryRun, ZeroNew: o.zeroNew, AssumeClean: o.assumeClean,
+	})
+	var notZero *metadata.AddedDataError
+	switch {
+	case errors.As(err, &notZero):
+		return fmt.Errorf("%s holds %w", md.disk, err)
+	case err != nil:
 		return resizeMDError(md, err)
 	}
-	// The data the grow adds: on the disk past its old end (internal)
-	// or past the old data size (external), up to the new data size.
-	added := [2]int64{plan.Old.DataSize, plan.New.DataSize}
-	if internal {
-		added[0] = min(max(added[0], o.oldSize), added[1])
+	if !o.dryRun {
+		if err := s.Close(); err != nil {
+			return err
+		}
 	}
+	plan := res.GrowResult
 	addedNote := "not checked (--assume-clean)"
 	switch {
+	case o.zeroNew && o.dryRun:
+		addedNote = "would be zeroed (--zero-new)"
 	case o.zeroNew:
 		addedNote = "zeroed (--zero-new)"
-		if o.dryRun {
-			addedNote = "would be zeroed (--zero-new)"
-		}
 	case !o.assumeClean:
-		off, err := firstNonZero(disk, added[0], added[1])
-		if err != nil {
-			return fmt.Errorf("%s: check the added range: %w", md.disk, err)
-		}
-		if off >= 0 {
-			return fmt.Errorf("%s holds data at offset %d, in the added range [%d, %d) that resize-md would export as clean: the replicas would differ there unseen; zero it on every node with --zero-new, or pass --assume-clean if every node's added space is known identical",
-				md.disk, off, added[0], added[1])
-		}
 		addedNote = "reads as zeros"
 	}
 	verb := "grew"
 	if o.dryRun {
 		verb = "would grow"
-	} else {
-		if o.zeroNew {
-			if !internal {
-				// open opened the data disk read-only (the meta-data
-				// is elsewhere): zeroing writes it.
-				w, err := mdOpenDev(md.disk, true, false)
-				if err != nil {
-					return err
-				}
-				defer w.Close()
-				disk = w
-			}
-			if err := zeroFileRange(disk, added[0], added[1]); err != nil {
-				return fmt.Errorf("%s: zero the added range [%d, %d): %w", md.disk, added[0], added[1], err)
-			}
-		}
-		gopts.DryRun = false
-		if plan, err = metadata.Grow(s.meta, s.metaSize, internal, gopts); err != nil {
-			return resizeMDError(md, err)
-		}
-		if err := s.Close(); err != nil {
-			return err
-		}
 	}
 	old, nw := plan.Old, plan.New
 	fmt.Fprintf(out, "%s %s meta-data of %s\n", verb, md.metaName(), md.disk)
@@ -164,7 +146,7 @@ func resizeMD(out io.Writer, md *mdFlags, o resizeMDOptions) error {
 		}
 		fmt.Fprintf(out, "old area      [%d, %d) becomes data, %s\n", plan.Zeroed[0], plan.Zeroed[1], zeroed)
 	}
-	fmt.Fprintf(out, "added range   [%d, %d) %s\n", added[0], added[1], addedNote)
+	fmt.Fprintf(out, "added range   [%d, %d) %s\n", res.Added[0], res.Added[1], addedNote)
 	if plan.Unclean {
 		fmt.Fprintf(out, "recovered     not shut down cleanly: %d activity-log extents (%d blocks) marked dirty\n",
 			plan.ALExtents, plan.ALBlocks)
@@ -182,65 +164,6 @@ func resizeMDError(md *mdFlags, err error) error {
 		return fmt.Errorf("%s: %w; is --old-size the size of the device before it grew?", md.where(), err)
 	}
 	return fmt.Errorf("%s: %w", md.where(), err)
-}
-
-// firstNonZero returns the offset of the first non-zero byte of f in
-// [from, to), or -1. A regular file's holes are skipped without reading
-// (dataSegments), so that a sparse grown file costs nothing.
-func firstNonZero(f *os.File, from, to int64) (int64, error) {
-	segs, err := dataSegments(f, from, to)
-	if err != nil {
-		return -1, err
-	}
-	for _, seg := range segs {
-		if off, err := readNonZero(f, seg[0], seg[1]); err != nil || off >= 0 {
-			return off, err
-		}
-	}
-	return -1, nil
-}
-
-// readNonZero reads [from, to) and returns the offset of its first
-// non-zero byte, or -1.
-func readNonZero(r io.ReaderAt, from, to int64) (int64, error) {
-	buf := make([]byte, 1<<20)
-	for off := from; off < to; {
-		n := min(int64(len(buf)), to-off)
-		if _, err := r.ReadAt(buf[:n], off); err != nil {
-			return -1, fmt.Errorf("read at %d: %w", off, err)
-		}
-		for i, c := range buf[:n] {
-			if c != 0 {
-				return off + int64(i), nil
-			}
-		}
-		off += n
-	}
-	return -1, nil
-}
-
-// zeroFileRange makes [from, to) of f read as zeros and durable: a punched
-// hole where the file system or device can, written zeros where not.
-func zeroFileRange(f *os.File, from, to int64) error {
-	if to <= from {
-		return nil
-	}
-	fd := int(f.Fd())
-	err := unix.Fallocate(fd, unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, from, to-from)
-	if err != nil {
-		err = unix.Fallocate(fd, unix.FALLOC_FL_ZERO_RANGE|unix.FALLOC_FL_KEEP_SIZE, from, to-from)
-	}
-	if err != nil {
-		buf := make([]byte, 1<<20)
-		for off := from; off < to; {
-			n := min(int64(len(buf)), to-off)
-			if _, err := f.WriteAt(buf[:n], off); err != nil {
-				return err
-			}
-			off += n
-		}
-	}
-	return f.Sync()
 }
 
 // resizeMDScanLimit bounds the data a scan for the old meta-data reads
@@ -279,7 +202,7 @@ func resizeMDScan(md *mdFlags) error {
 // read, or a nil Info when none was found within limit bytes of data.
 // A regular file's holes are skipped (SEEK_DATA, SEEK_HOLE).
 func findOldMeta(f *os.File, size, limit int64) (int64, *metadata.Info, error) {
-	segs, err := dataSegments(f, 0, size)
+	segs, err := metadata.DataSegments(f, 0, size)
 	if err != nil {
 		return 0, nil, err
 	}
@@ -314,34 +237,4 @@ func findOldMeta(f *os.File, size, limit int64) (int64, *metadata.Info, error) {
 		}
 	}
 	return 0, nil, nil
-}
-
-// dataSegments returns the ranges of f in [from, to) that may hold data,
-// in order: the allocated extents of a regular file (SEEK_DATA,
-// SEEK_HOLE), all of a block device.
-func dataSegments(f *os.File, from, to int64) ([][2]int64, error) {
-	fd := int(f.Fd())
-	var segs [][2]int64
-	for pos := from; pos < to; {
-		data, err := unix.Seek(fd, pos, unix.SEEK_DATA)
-		switch {
-		case err == unix.ENXIO:
-			return segs, nil
-		case err == unix.EINVAL || err == unix.EOPNOTSUPP:
-			return [][2]int64{{pos, to}}, nil
-		case err != nil:
-			return nil, &os.PathError{Op: "lseek", Path: f.Name(), Err: err}
-		}
-		if data >= to {
-			break
-		}
-		hole, err := unix.Seek(fd, data, unix.SEEK_HOLE)
-		if err != nil {
-			return nil, &os.PathError{Op: "lseek", Path: f.Name(), Err: err}
-		}
-		hole = min(hole, to)
-		segs = append(segs, [2]int64{data, hole})
-		pos = hole
-	}
-	return segs, nil
 }
