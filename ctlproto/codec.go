@@ -22,7 +22,7 @@ const (
 	ProtoMajor = 1
 	// ProtoMinor is the protocol minor version: it grows whenever tags,
 	// message types or error codes are appended to the registry.
-	ProtoMinor = 10
+	ProtoMinor = 11
 )
 
 // MsgType is a message type number (header bytes 6-7).

@@ -34,6 +34,7 @@ const (
 	MsgResumeIO         MsgType = 24
 	MsgDetachDisk       MsgType = 25
 	MsgAttachDisk       MsgType = 26
+	MsgResize           MsgType = 27
 )
 
 // The tags. Numbers are wire format and append-only; see defaultTags for
@@ -223,6 +224,12 @@ const (
 	// more than the resource's size (a disk grown with resize-md whose
 	// peer has not grown yet).
 	TagStatusCapacity uint16 = 196
+
+	// Added in 1.11: how resize treats the data range a grown disk adds
+	// (metadata.GrowDevice's options, resize-md's --zero-new and
+	// --assume-clean).
+	TagZeroNew     uint16 = 197
+	TagAssumeClean uint16 = 198
 )
 
 // enumNames lists String() of 0, 1, ... up to the first value whose name
@@ -242,7 +249,7 @@ func enumNames(name func(int) string) []string {
 // defaultTags declares every tag. Append new tags at the end with the next
 // free number and the new protocol minor as Since; retire, never delete.
 func defaultTags() []Tag {
-	const v1, v1_1, v1_2, v1_3, v1_4, v1_5, v1_6, v1_8, v1_9, v1_10 = "1.0", "1.1", "1.2", "1.3", "1.4", "1.5", "1.6", "1.8", "1.9", "1.10"
+	const v1, v1_1, v1_2, v1_3, v1_4, v1_5, v1_6, v1_8, v1_9, v1_10, v1_11 = "1.0", "1.1", "1.2", "1.3", "1.4", "1.5", "1.6", "1.8", "1.9", "1.10", "1.11"
 	roles := enumNames(func(i int) string { return resource.Role(i).String() })
 	disks := enumNames(func(i int) string { return resource.DiskState(i).String() })
 	conns := enumNames(func(i int) string { return resource.ConnState(i).String() })
@@ -316,6 +323,8 @@ func defaultTags() []Tag {
 		{Num: TagResourceAutoPromote, Name: "resource.auto-promote", Type: TypeFlag, Section: TagResource, Mandatory: true, Flag: "auto-promote", Since: v1_9, Doc: "NBD clients promote the node: one entering a Secondary's export makes it Primary (or is refused with the reason), and the last one's leaving demotes a node promoted so (DRBD 9's auto-promote). Sent only when set; a daemon older than 1.9 refuses it."},
 		{Num: TagStatusCapacity, Name: "status.capacity", Type: TypeU64, Unit: UnitBytes, Section: TagStatus, Since: v1_10, Doc: "The data size the attached disk allows, when it is more than status.size: the disk grew (resize-md) and the resource grows to it once the peer's disk holds as much, at their next handshake. Absent otherwise."},
 		{Num: TagResourceAutoPromoteTimeout, Name: "resource.auto-promote-timeout", Type: TypeU64, Unit: UnitMillis, Section: TagResource, Flag: "auto-promote-timeout", Since: v1_9, Doc: "Under auto-promote, how long a client's promotion waits for a Primary peer to become Secondary before the client is refused. 0: the default, 2 s; at most 20 s. Sent only when set."},
+		{Num: TagZeroNew, Name: "zero-new", Type: TypeFlag, Mandatory: true, Flag: "zero-new", Since: v1_11, Doc: "resize: write zeros over the data range the grown disk adds, instead of refusing it when it does not read as zeros."},
+		{Num: TagAssumeClean, Name: "assume-clean", Type: TypeFlag, Mandatory: true, Flag: "assume-clean", Since: v1_11, Doc: "resize: take the data range the grown disk adds as in sync without checking that it reads as zeros (it is known identical on both nodes). Excludes zero-new."},
 
 		{Num: TagDiskALExtents, Name: "disk.al-extents", Type: TypeU32, Section: TagDisk, Flag: "al-extents", Since: v1, Doc: "Active 4 MiB extents in the activity log."},
 		{Num: TagDiskOnIOError, Name: "disk.on-io-error", Type: TypeString, Section: TagDisk, Mandatory: true, Flag: "on-io-error", Since: v1, Doc: "Local disk error policy."},
@@ -403,7 +412,7 @@ func defaultTags() []Tag {
 
 // defaultMsgs declares every message type. Append only.
 func defaultMsgs() []MsgDef {
-	const v1, v1_2, v1_3, v1_7 = "1.0", "1.2", "1.3", "1.7"
+	const v1, v1_2, v1_3, v1_7, v1_11 = "1.0", "1.2", "1.3", "1.7", "1.11"
 	cfg := []uint16{TagResName, TagResource, TagPeer, TagNet, TagDisk, TagResync, TagHandlers}
 	name := []uint16{TagResName}
 	with := func(s []uint16, tags ...uint16) []uint16 { return append(append([]uint16(nil), s...), tags...) }
@@ -437,6 +446,7 @@ func defaultMsgs() []MsgDef {
 		{Type: MsgResumeIO, Name: "resume-io", Request: true, Access: AccessAdmin, Accepts: name, Since: v1_3, Doc: "Resume application I/O, whatever suspended it."},
 		{Type: MsgDetachDisk, Name: "detach-disk", Request: true, Access: AccessAdmin, Accepts: with(name, TagForce), Since: v1_7, Doc: "Detach the local disk cleanly while the resource stays up (Diskless: I/O goes to the peer); with force also on a Primary without an UpToDate peer. The reply comes once the disk is closed."},
 		{Type: MsgAttachDisk, Name: "attach-disk", Request: true, Access: AccessAdmin, Accepts: name, Since: v1_7, Doc: "Attach the configured disk again on a running Diskless node: a Secondary reconnects and the handshake decides the resync; a Primary connected to an UpToDate peer becomes its sync target while it serves."},
+		{Type: MsgResize, Name: "resize", Request: true, Access: AccessAdmin, Accepts: with(name, TagZeroNew, TagAssumeClean), Since: v1_11, Doc: "Online resize after the local backing disk grew: detach the disk cleanly, grow its meta-data in place, attach it again; the resource grows to the smaller disk once both nodes' disks hold more. A Primary needs protocol C and a connected UpToDate peer. The reply comes once the disk is attached again."},
 	}
 }
 

@@ -240,7 +240,7 @@ func TestConfigOnlyRuntimeRequests(t *testing.T) {
 	}
 	for _, m := range []ctlproto.MsgType{ctlproto.MsgUp, ctlproto.MsgDown, ctlproto.MsgAdjust, ctlproto.MsgPrimary,
 		ctlproto.MsgSecondary, ctlproto.MsgConnect, ctlproto.MsgDisconnect, ctlproto.MsgNewCurrentUUID, ctlproto.MsgVerify,
-		ctlproto.MsgInvalidate, ctlproto.MsgInvalidateRemote, ctlproto.MsgPauseSync, ctlproto.MsgResumeSync, ctlproto.MsgOutdate, ctlproto.MsgSuspendIO, ctlproto.MsgResumeIO, ctlproto.MsgDetachDisk, ctlproto.MsgAttachDisk} {
+		ctlproto.MsgInvalidate, ctlproto.MsgInvalidateRemote, ctlproto.MsgPauseSync, ctlproto.MsgResumeSync, ctlproto.MsgOutdate, ctlproto.MsgSuspendIO, ctlproto.MsgResumeIO, ctlproto.MsgDetachDisk, ctlproto.MsgAttachDisk, ctlproto.MsgResize} {
 		_, err := c.Command(ctxT(t), m, "r0")
 		wantCode(t, err, ctlproto.CodeNotSupported)
 	}

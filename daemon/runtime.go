@@ -107,11 +107,12 @@ const (
 	CmdResumeIO
 	CmdDetachDisk
 	CmdAttachDisk
+	CmdResize
 )
 
 var commandNames = [...]string{"", "primary", "secondary", "connect", "disconnect", "new-current-uuid",
 	"verify", "invalidate", "invalidate-remote", "pause-sync", "resume-sync", "outdate", "suspend-io", "resume-io",
-	"detach-disk", "attach-disk"}
+	"detach-disk", "attach-disk", "resize"}
 
 func (c Command) String() string {
 	if c > 0 && int(c) < len(commandNames) {
@@ -153,6 +154,8 @@ func commandOf(t ctlproto.MsgType) (Command, bool) {
 		return CmdDetachDisk, true
 	case ctlproto.MsgAttachDisk:
 		return CmdAttachDisk, true
+	case ctlproto.MsgResize:
+		return CmdResize, true
 	}
 	return 0, false
 }
@@ -170,6 +173,10 @@ type Args struct {
 	ResetBitmap bool
 	// VerifyStart and VerifyStop bound verify, in bytes (stop 0: the end).
 	VerifyStart, VerifyStop uint64
+	// ZeroNew and AssumeClean: resize, zeroing the data range the grown
+	// disk adds, or taking it as in sync unchecked; without either, that
+	// range must read as zeros.
+	ZeroNew, AssumeClean bool
 	// FromDaemon: the request came from the daemon's own process (its
 	// peer credentials carry the daemon's pid): the restore of remembered
 	// state, which a runtime may hold to what it remembers. Commands run
@@ -194,6 +201,8 @@ func argsOf(body ctlproto.List) Args {
 		ResetBitmap:   flag(ctlproto.TagResetBitmap),
 		VerifyStart:   num(ctlproto.TagVerifyStart),
 		VerifyStop:    num(ctlproto.TagVerifyStop),
+		ZeroNew:       flag(ctlproto.TagZeroNew),
+		AssumeClean:   flag(ctlproto.TagAssumeClean),
 	}
 }
 

@@ -286,7 +286,8 @@ func TestStatisticsOutput(t *testing.T) {
 }
 
 // Requests newer than the daemon are refused by name: outdate (1.2),
-// suspend-io and resume-io (1.3), detach-disk and attach-disk (1.7).
+// suspend-io and resume-io (1.3), detach-disk and attach-disk (1.7),
+// resize (1.11).
 func TestNewRequestsOldDaemon(t *testing.T) {
 	for _, tc := range []struct {
 		cmd     string
@@ -298,6 +299,7 @@ func TestNewRequestsOldDaemon(t *testing.T) {
 		{"resume-io", ctlproto.MsgResumeIO, "1.2.0"},
 		{"detach-disk", ctlproto.MsgDetachDisk, "1.6.0"},
 		{"attach-disk", ctlproto.MsgAttachDisk, "1.6.0"},
+		{"resize", ctlproto.MsgResize, "1.10.0"},
 	} {
 		sock := serveDaemon(t, ctlproto.DefaultRegistry().WithoutMsgs(tc.msg), tc.version)
 		mustRun(t, sock, createArgs...)

@@ -41,7 +41,7 @@ func resourceCmds(g *globalOptions) []*cobra.Command {
 		newOutdateCmd(g),
 		newSimpleCmd(g, "suspend-io", "Suspend application I/O (requests wait); returns once the running I/O finished, so the disks hold still for a snapshot", ctlproto.MsgSuspendIO),
 		newSimpleCmd(g, "resume-io", "Resume application I/O, whatever suspended it (suspend-io, or a failed fence under fencing resource-and-stonith)", ctlproto.MsgResumeIO),
-		newDetachDiskCmd(g), newAttachDiskCmd(g),
+		newDetachDiskCmd(g), newAttachDiskCmd(g), newResizeCmd(g),
 	}
 }
 
@@ -390,17 +390,23 @@ func newSimpleCmd(g *globalOptions, use, short string, t ctlproto.MsgType) *cobr
 
 func command(cmd *cobra.Command, g *globalOptions, t ctlproto.MsgType, name string, extra ...ctlproto.Entry) error {
 	return withClient(cmd.Context(), g, callTimeout, func(ctx context.Context, c *ctlproto.Client) error {
-		_, err := c.Command(ctx, t, name, extra...)
-		var e *ctlproto.Error
-		if errors.As(err, &e) && e.Code == ctlproto.CodeUnknownMessageType {
-			// A daemon older than the request: name it, and the
-			// protocol version that brought it.
-			def, _ := c.Registry().Msg(t)
-			return fmt.Errorf("the daemon (%s) does not know this command (%s, since control protocol %s): upgrade the daemon",
-				daemonDesc(c.Daemon()), def.Name, def.Since)
-		}
-		return err
+		return sendCommand(ctx, c, t, name, extra...)
 	})
+}
+
+// sendCommand sends request t about the named resource. A daemon older
+// than the request refuses it as a type it does not know; the error then
+// names the request and the protocol version that brought it, which the
+// daemon's refusal (a type number) does not.
+func sendCommand(ctx context.Context, c *ctlproto.Client, t ctlproto.MsgType, name string, extra ...ctlproto.Entry) error {
+	_, err := c.Command(ctx, t, name, extra...)
+	var e *ctlproto.Error
+	if errors.As(err, &e) && e.Code == ctlproto.CodeUnknownMessageType {
+		def, _ := c.Registry().Msg(t)
+		return fmt.Errorf("the daemon (%s) does not know this command (%s, since control protocol %s): upgrade the daemon",
+			daemonDesc(c.Daemon()), def.Name, def.Since)
+	}
+	return err
 }
 
 // flagCommand is a command that names a resource and may set one boolean
@@ -491,6 +497,84 @@ resource is refused and the node stays Diskless.`,
 			return command(cmd, g, ctlproto.MsgAttachDisk, args[0])
 		},
 	}
+}
+
+func newResizeCmd(g *globalOptions) *cobra.Command {
+	var zeroNew, assumeClean bool
+	var timeout time.Duration
+	cmd := &cobra.Command{
+		Use:   "resize RESOURCE [--zero-new|--assume-clean]",
+		Short: "Take a grown backing disk into use while the resource runs (online resize); run it on each node",
+		Long: `Take the local backing disk into use after it grew (truncate, lvextend)
+while the resource runs (DRBD's drbdadm resize): the daemon detaches the
+disk cleanly, grows its meta-data in place (internal meta-data moves to the
+new end of the disk) and attaches it again. Run it on each node after its
+backing device grew, in either order: the resource grows to the smaller of
+the two disks once both did, both nodes record the new size, and NBD
+clients that connect afterwards see it (a kernel nbd device is told at
+once). Until the peer grew too, status shows the node's capacity above the
+resource's size.
+
+On a Primary the disk is detached while the node keeps serving through its
+peer: that needs net.protocol C and a connected UpToDate peer. A StandAlone
+Primary is refused: stop its daemon and use resize-md, the offline
+procedure (docs/operations.md, "Growing a resource").
+
+The data range the grow adds starts in sync on both nodes, so it must read
+as zeros on each: resize checks that and refuses otherwise. --zero-new
+zeroes it first, --assume-clean skips the check (the added space is known
+identical on both nodes). The reply comes once the disk is attached again;
+the command then prints the disk's capacity and the resource's size.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if zeroNew && assumeClean {
+				return errors.New("--zero-new and --assume-clean exclude each other: zero the added range, or take it as identical on both nodes")
+			}
+			var extra []ctlproto.Entry
+			if zeroNew {
+				extra = append(extra, ctlproto.Flag(ctlproto.TagZeroNew, true).AsMandatory())
+			}
+			if assumeClean {
+				extra = append(extra, ctlproto.Flag(ctlproto.TagAssumeClean, true).AsMandatory())
+			}
+			name := args[0]
+			return withClient(cmd.Context(), g, timeout, func(ctx context.Context, c *ctlproto.Client) error {
+				if err := sendCommand(ctx, c, ctlproto.MsgResize, name, extra...); err != nil {
+					return err
+				}
+				sts, err := c.Status(ctx, name)
+				if err != nil {
+					return fmt.Errorf("resize done, but reading the status of %s failed: %w", name, err)
+				}
+				if len(sts) != 1 {
+					return fmt.Errorf("resize done, but the daemon reports no status for %s", name)
+				}
+				fmt.Fprintln(cmd.OutOrStdout(), resizeSummary(sts[0]))
+				return nil
+			})
+		},
+	}
+	f := cmd.Flags()
+	f.BoolVar(&zeroNew, "zero-new", false, "write zeros over the added data range first")
+	f.BoolVar(&assumeClean, "assume-clean", false, "do not check that the added data range reads as zeros: it is known identical on both nodes")
+	// Detaching, zeroing a large added range and attaching again may take
+	// longer than a plain command's bound; the daemon ends the work
+	// itself, so by default the tool waits for its reply.
+	f.DurationVar(&timeout, "timeout", 0, "give up waiting for the daemon's reply after this long (0: never)")
+	return cmd
+}
+
+// resizeSummary says, after a resize, what the local disk allows and what
+// the resource exports: status.capacity is present (more than the size)
+// only while the peer's disk holds less, and then the resource waits for
+// the peer.
+func resizeSummary(st resource.Status) string {
+	capacity := max(st.Capacity, st.Size)
+	s := fmt.Sprintf("%s: disk capacity %d bytes, resource size %d bytes", st.Name, capacity, st.Size)
+	if st.Capacity > st.Size {
+		s += "; the resource grows once the peer's disk holds as much (run resize there)"
+	}
+	return s
 }
 
 func newInvalidateRemoteCmd(g *globalOptions) *cobra.Command {

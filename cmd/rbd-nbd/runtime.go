@@ -164,6 +164,8 @@ func (rt *resourceRuntime) Do(ctx context.Context, cmd daemon.Command, a daemon.
 		err = r.DetachDisk(ctx, a.Force)
 	case daemon.CmdAttachDisk:
 		err = r.AttachDisk(ctx)
+	case daemon.CmdResize:
+		err = resize(ctx, r, a)
 	case daemon.CmdVerify:
 		err = r.Verify(ctx, int64(a.VerifyStart), int64(a.VerifyStop))
 	default:
@@ -181,6 +183,21 @@ func (rt *resourceRuntime) Do(ctx context.Context, cmd daemon.Command, a daemon.
 		rt.state.update(rt.name, func(in *intent) { in.StandAlone = cmd == daemon.CmdDisconnect })
 	}
 	return ctlError(err)
+}
+
+// resize is the administrator's online resize. zero-new and
+// assume-clean exclude each other: one zeroes the added range, the other
+// says it already holds the same data on both nodes; a request with both
+// (from a client other than this tool, which refuses it) is refused
+// before the disk is touched. The result's sizes reach the client through
+// status, which the tool reads after the reply.
+func resize(ctx context.Context, r *resource.Resource, a daemon.Args) error {
+	if a.ZeroNew && a.AssumeClean {
+		return &ctlproto.Error{Code: ctlproto.CodeInvalidValue, Path: "assume-clean", Value: "true",
+			Message: "zero-new and assume-clean exclude each other: zero the added range, or take it as identical on both nodes, not both"}
+	}
+	_, err := r.Resize(ctx, resource.ResizeOptions{ZeroNew: a.ZeroNew, AssumeClean: a.AssumeClean})
+	return err
 }
 
 // secondary is the administrator's secondary. The remembered role is
