@@ -26,6 +26,7 @@ type nodeStatus struct {
 	PeerRole       string `json:"peer-role"`
 	PeerDisk       string `json:"peer-disk"`
 	Size           uint64 `json:"size"`
+	Capacity       uint64 `json:"capacity"` // 0 unless the disk allows more than Size
 	OutOfSync      uint64 `json:"out-of-sync"`
 	ResyncDone     uint64 `json:"resync-done"`
 	ResyncTotal    uint64 `json:"resync-total"`

@@ -1,0 +1,211 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// Online resize (rbd-nbd resize) on a running, connected pair: see
+// docs/operations.md, "Growing a resource".
+
+// resizeYAML is the pair's net section: protocol C, which a Primary's
+// resize needs (it serves through the peer while its disk is out).
+const resizeYAML = "net:\n  protocol: C\n  ping-interval: 1s\n  ping-timeout: 5s\n  connect-timeout: 5s\n"
+
+// growFile grows a backing file to size; the added bytes read as zeros.
+func growFile(t *testing.T, path string, size int64) {
+	t.Helper()
+	if err := os.Truncate(path, size); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// waitIdle waits until the node is Connected, both disks UpToDate and
+// nothing is out of sync: any resync the resize started has ended.
+func (n *node) waitIdle(what string) nodeStatus {
+	n.t.Helper()
+	return n.wait(what, 60*time.Second, func(s nodeStatus) bool {
+		return s.Conn == "Connected" && s.Disk == "UpToDate" && s.PeerDisk == "UpToDate" && s.OutOfSync == 0
+	})
+}
+
+// TestResizeOnline grows a connected pair while it runs, as
+// docs/operations.md says: both backing files grow, resize on the
+// Secondary (the resource waits, status shows the capacity above the
+// size), then on the Primary while an NBD client writes through it (the
+// node serves through its peer while its disk is out, and no write
+// fails). The resource then grows on both nodes to the new capacity, a
+// new NBD connection sees it, a write at its new end replicates, and the
+// replicas end byte-identical.
+func TestResizeOnline(t *testing.T) {
+	RequireTools(t, "qemu-io", "nbdinfo", "nbdsh")
+	const oldFile, newFile = 64 << 20, 96 << 20
+	c := newCluster(t, clusterOptions{size: oldFile, yaml: resizeYAML})
+	c.a.qemuIO("write -P 0x11 0 1M", "write -P 0x12 32M 1M")
+	c.waitSynced()
+	oldSize := c.a.status().Size
+	if b := c.b.status(); b.Size != oldSize {
+		t.Fatalf("sizes before the grow: a %d, b %d", oldSize, b.Size)
+	}
+
+	growFile(t, c.a.disk, newFile)
+	growFile(t, c.b.disk, newFile)
+
+	// The Secondary first: its disk holds more, the resource waits for
+	// the Primary's.
+	out := c.b.ctl("resize", "r0")
+	t.Logf("node b: resize: %s", strings.TrimSpace(out))
+	if !strings.Contains(out, "r0: disk capacity ") || !strings.Contains(out, "run resize there") {
+		t.Fatalf("node b: resize printed %q, want the capacity and that the resource waits for the peer", out)
+	}
+	b := c.b.wait("the grown capacity above the old size", 30*time.Second, func(s nodeStatus) bool {
+		return s.Capacity > oldSize && s.Size == oldSize && s.Disk == "UpToDate" && s.Conn == "Connected"
+	})
+	newSize := b.Capacity
+	if newSize > newFile-oldFile+oldSize+1<<20 || newSize <= oldSize+16<<20 {
+		t.Fatalf("node b: capacity %d after growing the file from %d to %d bytes (size %d)", newSize, oldFile, newFile, oldSize)
+	}
+	if want := fmt.Sprintf("r0: disk capacity %d bytes, resource size %d bytes;", newSize, oldSize); !strings.Contains(out, want) {
+		t.Fatalf("node b: resize printed %q, want %q", out, want)
+	}
+	c.a.waitIdle("the peer back after its resize")
+	if a := c.a.status(); a.Size != oldSize || a.Capacity != 0 {
+		t.Fatalf("node a grew before its own resize: %+v", a)
+	}
+
+	// The Primary, under a client that writes all through the resize.
+	dir := t.TempDir()
+	ready, stop := fifo(t, dir, "ready"), filepath.Join(dir, "stop")
+	script := fmt.Sprintf(`
+import os
+n = 0
+def write():
+    global n
+    h.pwrite(bytes([0x40 + n %% 64]) * 65536, (8 << 20) + (n %% 64) * 65536)
+    n += 1
+for _ in range(16):
+    write()
+h.flush()
+open(%[1]q, "w").write("ready")
+while not os.path.exists(%[2]q):
+    write()
+for _ in range(16):
+    write()
+h.flush()
+print("writes:", n)
+`, ready, stop)
+	// nbdsh runs "python3 -m nbd": the system Python has the module.
+	client := StartProcess(t, "env", "PATH=/usr/bin:/bin:"+os.Getenv("PATH"), "nbdsh", "-u", c.a.uri(), "-c", script)
+	readFIFO(t, ready, 30*time.Second)
+	out = c.a.ctl("resize", "r0")
+	t.Logf("node a: resize: %s", strings.TrimSpace(out))
+	if err := os.WriteFile(stop, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := client.Wait(60 * time.Second); err != nil {
+		t.Fatalf("writes during the Primary's resize failed: %v\n%s", err, client.Output())
+	}
+	t.Log(strings.TrimSpace(client.Output()))
+
+	for _, n := range []*node{c.a, c.b} {
+		n.wait("the resource grown", 30*time.Second, func(s nodeStatus) bool { return s.Size == newSize })
+	}
+	for _, n := range []*node{c.a, c.b} {
+		st := n.waitIdle("in sync at the new size")
+		if st.Size != newSize || st.Capacity != 0 || (n == c.a && st.Role != "Primary") {
+			t.Fatalf("node %s after both resized: %+v, want size %d and no capacity beyond it", n.name, st, newSize)
+		}
+	}
+
+	got := strings.TrimSpace(MustRun(t, 30*time.Second, "nbdinfo", "--size", c.a.uri()))
+	if n, err := strconv.ParseUint(got, 10, 64); err != nil || n != newSize {
+		t.Fatalf("nbdinfo --size on a new connection: %q, want %d", got, newSize)
+	}
+	last := fmt.Sprint(newSize - 1<<20)
+	c.a.qemuIO("read -P 0 "+fmt.Sprint(oldSize)+" 1M", "read -P 0x11 0 1M", "read -P 0x12 32M 1M",
+		"write -P 0x5a "+last+" 1M", "flush", "read -P 0x5a "+last+" 1M")
+	c.a.waitIdle("the write at the new end replicated")
+	c.b.waitIdle("the write at the new end replicated")
+	c.compare()
+}
+
+// TestResizeOnlineAddedData: data in the range the grow adds (here one
+// byte in node b's grown file) makes resize refuse, naming --zero-new,
+// and the node stays attached and in sync at the old size; resize
+// --zero-new then zeroes the range and grows the node's disk.
+func TestResizeOnlineAddedData(t *testing.T) {
+	RequireTools(t, "qemu-io")
+	const oldFile, newFile = 64 << 20, 96 << 20
+	c := newCluster(t, clusterOptions{size: oldFile, yaml: resizeYAML})
+	c.a.qemuIO("write -P 0x11 0 1M")
+	c.waitSynced()
+	oldSize := c.a.status().Size
+
+	growFile(t, c.b.disk, newFile)
+	const junkAt = oldFile + 4<<20 // in the added data range, clear of the new meta-data
+	f, err := os.OpenFile(c.b.disk, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt([]byte{0xAA}, junkAt); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	r := c.b.tryCtl("resize", "r0")
+	if r.ExitCode == 0 || !strings.Contains(r.Stderr, "--zero-new") {
+		t.Fatalf("resize with data in the added range: exit %d\nstdout: %s\nstderr: %s", r.ExitCode, r.Stdout, r.Stderr)
+	}
+	t.Logf("node b: resize refused: %s", strings.TrimSpace(r.Stderr))
+	st := c.b.waitIdle("node b attached after the refused resize")
+	if st.Size != oldSize || st.Capacity != 0 {
+		t.Fatalf("node b after the refused resize: %+v, want size %d and no capacity", st, oldSize)
+	}
+	c.a.waitIdle("the peer attached after its refused resize")
+
+	out := c.b.ctl("resize", "r0", "--zero-new")
+	t.Logf("node b: resize --zero-new: %s", strings.TrimSpace(out))
+	c.b.wait("the grown capacity above the old size", 30*time.Second, func(s nodeStatus) bool {
+		return s.Capacity > oldSize && s.Size == oldSize && s.Disk == "UpToDate" && s.Conn == "Connected"
+	})
+	b, err := os.ReadFile(c.b.disk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b[junkAt] != 0 {
+		t.Fatalf("byte at %d is %#x after resize --zero-new", junkAt, b[junkAt])
+	}
+	c.a.qemuIO("read -P 0x11 0 1M")
+	c.a.waitIdle("in sync")
+	c.compare()
+}
+
+// TestResizeOnlineNotGrown: resize on a node whose disk did not grow
+// fails, on the Secondary and on the Primary, and leaves the pair
+// connected and UpToDate at its size.
+func TestResizeOnlineNotGrown(t *testing.T) {
+	c := newCluster(t, clusterOptions{yaml: resizeYAML})
+	size := c.a.status().Size
+	for _, n := range []*node{c.b, c.a} {
+		r := n.tryCtl("resize", "r0")
+		if r.ExitCode == 0 {
+			t.Fatalf("node %s: resize of a disk that did not grow succeeded:\n%s", n.name, r.Stdout)
+		}
+		t.Logf("node %s: resize refused: %s", n.name, strings.TrimSpace(r.Stderr))
+		for _, m := range []*node{c.a, c.b} {
+			if st := m.waitIdle("connected and UpToDate after the refused resize"); st.Size != size || st.Capacity != 0 {
+				t.Fatalf("node %s after node %s's refused resize: %+v, want size %d", m.name, n.name, st, size)
+			}
+		}
+	}
+	if st := c.a.status(); st.Role != "Primary" {
+		t.Fatalf("node a after the refused resizes: %+v", st)
+	}
+}
