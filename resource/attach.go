@@ -359,13 +359,15 @@ func (r *Resource) AttachDisk(ctx context.Context) error {
 	}
 	cfg := r.cfg()
 	check := func(sb metadata.Superblock) error {
-		if sb.DataSize != r.dataSize {
-			return fmt.Errorf("the meta-data of %s describes %d bytes of data, the resource runs with %d: attach a disk of the same size (or take the resource down and up)", cfg.Local.Disk, sb.DataSize, r.dataSize)
-		}
 		if int64(sb.BitmapBlock) != blockSize {
 			return fmt.Errorf("the meta-data of %s has a bitmap block of %d bytes, the resource runs with %d: recreate it with create-md --bitmap-block %d", cfg.Local.Disk, sb.BitmapBlock, blockSize, blockSize)
 		}
-		return r.do(ctx, func() error { return r.m.CheckAttachDisk(metaFromSB(sb)) })
+		return r.do(ctx, func() error {
+			if err := r.checkAttachSize(sb); err != nil {
+				return err
+			}
+			return r.m.CheckAttachDisk(metaFromSB(sb))
+		})
 	}
 	st, err := openStorage(cfg, check, r.wrapData)
 	r.noteNodeID(st)
@@ -396,9 +398,17 @@ func (r *Resource) AttachDisk(ctx context.Context) error {
 		if err := r.checkPrimaryTargetProtocol(); err != nil {
 			return err
 		}
+		if err := r.checkAttachSize(sb); err != nil {
+			return err
+		}
 		r.diskClosing = nil
 		r.install(st)
 		installed = true
+		if c := sb.DataSize; c != r.dataSize {
+			r.log.Info("the attached disk grew (resize): the resource keeps its size until the peer's disk holds as much",
+				zap.Int64("size", r.size.Load()), zap.Int64("capacity", c), zap.Int64("was", r.dataSize))
+			r.dataSize = c
+		}
 		var missed *bitmap.Bitmap // what the disk misses, if recorded
 		if r.m.Role() == RolePrimary {
 			// A Primary target: nothing of the disk is trusted before
@@ -433,6 +443,18 @@ func (r *Resource) AttachDisk(ctx context.Context) error {
 		closeStorage(st, true, r.log)
 	}
 	return err
+}
+
+// checkAttachSize refuses a disk whose meta-data does not describe the
+// resource's data (loop): the same data size as the disk before it, or a
+// larger one that resize grew it to, keeping the size both nodes agreed
+// on (a disk grown elsewhere, or meant for another resource, is not).
+func (r *Resource) checkAttachSize(sb metadata.Superblock) error {
+	if sb.DataSize == r.dataSize || sb.DataSize > r.dataSize && sb.Agreed() == r.agreed {
+		return nil
+	}
+	return fmt.Errorf("the meta-data of %s describes %d bytes of data (agreed size %d), the resource runs with %d (agreed size %d): attach a disk of the same size, or one that resize or resize-md grew from it (or take the resource down and up)",
+		r.cfg().Local.Disk, sb.DataSize, sb.Agreed(), r.dataSize, r.agreed)
 }
 
 // lockAttach takes attachSem unless ctx ends first.
@@ -794,8 +816,23 @@ func (r *Resource) missedOnDisk() *bitmap.Bitmap {
 		r.missed.Store(nil)
 		return nil
 	}
-	if _, err := missed.Merge(r.bmap().Snapshot()); err != nil {
-		// Not reached: the attach checked the disk's size and block.
+	snap := r.bmap().Snapshot()
+	if n := missed.Words(); len(snap) > n {
+		// The disk grew (resize) while detached. The tracker covers the
+		// old size, in place (writes that found the disk gone may still
+		// record themselves in it), and so does what it needs of the
+		// disk's bitmap: the grown area, which the resource never
+		// exported, holds no bits unless the meta-data was unclean.
+		for _, w := range snap[n:] {
+			if w != 0 {
+				r.missed.Store(nil)
+				return nil
+			}
+		}
+		snap = snap[:n]
+	}
+	if _, err := missed.Merge(snap); err != nil {
+		// Not reached: the attach checked the disk's block size.
 		r.missed.Store(nil)
 		return nil
 	}

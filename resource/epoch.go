@@ -63,6 +63,29 @@ func (es *epochs) alloc() (*epoch, error) {
 	return &epoch{bm: bm}, nil
 }
 
+// grow makes new epochs cover size bytes (the resource grew): the current
+// epoch is closed as rotate would close it, without a flush of its own,
+// so that a completion recorded in it meanwhile stays until a later
+// flush retires it; the smaller free epochs are dropped. Writes past the
+// old size come only after the resource took the new size, so after grow:
+// they find the larger current epoch.
+func (es *epochs) grow(size int64) error {
+	es.mu.Lock()
+	defer es.mu.Unlock()
+	if size <= es.size {
+		return nil
+	}
+	old := es.size
+	es.size, es.free = size, nil
+	next, err := es.alloc()
+	if err != nil {
+		es.size = old
+		return err
+	}
+	es.open = append(es.open, es.cur.Swap(next))
+	return nil
+}
+
 // add records a write the peer completed.
 func (es *epochs) add(off, n int64) {
 	e := es.cur.Load()
@@ -160,10 +183,17 @@ func (es *epochs) forget(e *epoch, mark func(off, n int64) uint64) {
 			d.bm.ClearAll()
 			d.dirty.Store(false)
 			d.flushing = false
-			es.free = append(es.free, d)
+			es.recycle(d)
 		}
 		es.open = append(keep, es.open[i+1:]...)
 		return
+	}
+}
+
+// recycle keeps e for reuse unless grow made it too small (mu held).
+func (es *epochs) recycle(e *epoch) {
+	if e.bm.Size() == es.size {
+		es.free = append(es.free, e)
 	}
 }
 
@@ -185,7 +215,7 @@ func (es *epochs) drainInto(mark func(off, n int64) uint64) uint64 {
 	for _, e := range es.open {
 		drain(e)
 		e.flushing = false
-		es.free = append(es.free, e)
+		es.recycle(e)
 	}
 	es.open = es.open[:0]
 	drain(es.cur.Load())

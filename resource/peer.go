@@ -642,14 +642,23 @@ func (r *Resource) capacity() uint64 {
 // target's written sets cover its whole bitmap, grown area included; its
 // attach set the bits of the resource's size only, as set-all does, so
 // no bit of the grown area is left that no resync clears.)
+//
+// On a connected link (a disk that resize grew while attached again
+// without a new handshake: a Primary's), the same rule, ordered so that
+// no write reaches past the peer's end: a node that is not Primary grows
+// at once and sends its State, and the Primary grows when that State
+// says the peer's size holds the new one.
 func (r *Resource) capacitySize(m *replicate.State) (size int64, ok bool) {
 	own := r.capacity()
-	if own == 0 || m.Capacity == 0 || r.m.Conn() != ConnHandshake {
+	if own == 0 || m.Capacity == 0 || r.m.Conn() < ConnHandshake {
 		return 0, false
 	}
 	size = int64(min(own, m.Capacity))
 	if size < r.size.Load() || size < int64(m.Size) {
 		return 0, false
+	}
+	if r.m.Conn() != ConnHandshake && r.m.Role() == RolePrimary && int64(m.Size) < size {
+		return 0, false // the peer grows first
 	}
 	return size, true
 }
@@ -717,6 +726,10 @@ func (r *Resource) control(link *replicate.Link, msg replicate.ControlMsg) {
 			r.log.Info("the resource grows: both nodes' disks hold more than it did", zap.Int64("size", size), zap.Int64("was", cur))
 			r.size.Store(size)
 			r.growAttached(size)
+			if r.m.Conn() != ConnHandshake {
+				// The Primary grows once it sees this node's new size.
+				r.sendState()
+			}
 		case size < cur:
 			// Accepted: from now on the resource is the smaller peer's size.
 			r.log.Warn("the peer's disk is smaller: using its size", zap.Int64("size", size), zap.Int64("was", cur))
@@ -855,6 +868,11 @@ func (r *Resource) checkPeerState(m *replicate.State) (int64, error) {
 	}
 	if size, ok := r.capacitySize(m); ok {
 		if size > cur {
+			// The epochs first: a write past the old size, once the
+			// resource took the new one, must find an epoch covering it.
+			if err := r.epochs.grow(size); err != nil {
+				return cur, fmt.Errorf("cannot grow to %d bytes: %w", size, err)
+			}
 			if err := r.recordGrowth(size); err != nil {
 				return cur, err
 			}

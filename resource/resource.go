@@ -93,8 +93,9 @@ type Resource struct {
 	// directIO: the attached disk was opened with O_DIRECT (the write
 	// path's sendFirst).
 	directIO atomic.Bool
-	// dataSize is the data size of the disk attached at Start: a disk
-	// attached later must have the same.
+	// dataSize (loop) is the data size the attached disk's meta-data
+	// allows (its capacity): set at Start, and by an attach-disk of a disk
+	// that grew (resize), never smaller.
 	dataSize int64
 	// agreed: the size both nodes last agreed on, as recorded (at Start,
 	// or by the last growth): the resource below it shrank to a smaller
@@ -109,6 +110,8 @@ type Resource struct {
 	// attached disk's. A channel, not a mutex, so that a waiter gives up
 	// with its context (a fence-peer's outdate behind a slow attach).
 	attachSem chan struct{}
+	// resizing runs one resize at a time (its detach, grow and attach).
+	resizing sync.Mutex
 	// diskClosed: the disk was detached cleanly and is closed (or being
 	// closed): nothing is to be written to its meta-data.
 	diskClosed atomic.Bool

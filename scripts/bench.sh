@@ -13,6 +13,9 @@
 #   REPLICATED=0  leave out the replicated resource (run twice: with the
 #                 daemons' defaults and with --max-procs set to every CPU) and its
 #                 reference, nbdkit relaying to nbdkit (see start_relay)
+#   FLOOR=0       leave out the floor of a mirror's round trip (scripts/loopchain:
+#                 four loopback crossings through three processes doing no
+#                 work, against two), measured after the fio table
 #   RESYNC=0      leave out the resync benchmark; RESYNC_SIZE (default 1G)
 #
 # The run fails rather than print a number when fio reports an error or
@@ -407,6 +410,20 @@ for job in jobs:
         print(f"| {job} | {name} | {med(iops)/1e3:.1f}k{spread} | {med(x['bw'] for x in res[i]):.0f} "
               f"| {med(x['lat'] for x in res[i]):.0f} | {ratio:.2f}x |")
 EOF
+
+# The floor under the replicated QD1 latency: a chain of three processes
+# doing no work but a 4 KiB pwrite each (client -> mid -> end, four
+# loopback crossings) against two (client -> end), on this machine now.
+if [ "${FLOOR:-1}" = 1 ]; then
+	echo "floor of a mirror's round trip (scripts/loopchain)" >&2
+	$GO build -o "$WORK/loopchain" ./scripts/loopchain
+	{
+		echo
+		echo "Floor of a mirror's round trip on this machine (scripts/loopchain): QD1 round trips of 4 KiB requests, each process doing nothing but a pwrite, through two loopback crossings (client → end) and four (client → mid → end, as a replicated write)."
+		echo
+		"$WORK/loopchain" -dir "$BENCH_DIR"
+	} | tee -a "${OUT:-/dev/null}"
+fi
 
 if [ "${RESYNC:-1}" = 1 ]; then
 	command -v nbdcopy >/dev/null || { echo "bench: nbdcopy is not installed (make deps)" >&2; exit 1; }

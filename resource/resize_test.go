@@ -1,0 +1,216 @@
+package resource
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/rbd-nbd/rbd-nbd/metadata"
+)
+
+// truncateDisk grows the file behind a node's disk, as truncate(1) or
+// lvextend would; the added bytes read as zeros.
+func truncateDisk(t *testing.T, img string, size int64) {
+	t.Helper()
+	if err := os.Truncate(img, size); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// writeWhile writes 4 KiB blocks of increasing content to the first size
+// bytes of r until stop is closed, and returns the offsets it wrote (each
+// once, the last content wins on both nodes alike).
+func writeWhile(t *testing.T, r *Resource, size int64, stop <-chan struct{}) func() []int64 {
+	t.Helper()
+	var wg sync.WaitGroup
+	var offs []int64
+	var n atomic.Int64
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for i := int64(0); ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			off := (i * 7 * 4096) % (size - 4096)
+			if err := r.WriteAt(fill(byte(i), 4096), off, false); err != nil {
+				t.Errorf("write at %d during the resize: %v", off, err)
+				return
+			}
+			offs = append(offs, off)
+			n.Add(1)
+		}
+	}()
+	return func() []int64 { wg.Wait(); return offs }
+}
+
+// Online resize, Secondary first: its disk grows alone and the resource
+// keeps its size; then the Primary's (which serves through the peer while
+// its meta-data grows, writes going on): both nodes grow to the new size
+// on the connected link, nothing is left out of sync, and writes at the
+// grown end replicate.
+func TestResizeOnlineSecondaryThenPrimary(t *testing.T) {
+	dir, na, nb := freshPairDisks(t)
+	c := startPairOn(t, dir, na, nb, "", "")
+	t.Cleanup(c.stopBoth)
+	c.primaryA()
+	old := c.a.Size()
+	last := fill(0x5A, 4096)
+	if err := c.a.WriteAt(last, old-4096, false); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	truncateDisk(t, na.img, 32<<20)
+	truncateDisk(t, nb.img, 32<<20)
+	want := capacityOf(t, 32<<20)
+
+	res, err := c.b.Resize(ctx, ResizeOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.OldCapacity != old || res.Capacity != want || res.Size != old {
+		t.Fatalf("b's resize: %+v; want capacity %d -> %d, size %d", res, old, want, old)
+	}
+	c.settled()
+	if a, b := c.a.Size(), c.b.Size(); a != old || b != old {
+		t.Fatalf("sizes %d and %d with one disk grown; want both %d", a, b, old)
+	}
+	if s := c.b.Status(); s.Capacity != uint64(want) {
+		t.Fatalf("b's capacity %d; want %d", s.Capacity, want)
+	}
+
+	stop := make(chan struct{})
+	written := writeWhile(t, c.a, old, stop)
+	res, err = c.a.Resize(ctx, ResizeOptions{})
+	close(stop)
+	offs := written()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.OldCapacity != old || res.Capacity != want {
+		t.Fatalf("a's resize: %+v; want capacity %d -> %d", res, old, want)
+	}
+	c.waitBoth("grown and in sync", func(s Status) bool {
+		return s.Conn == ConnConnected && s.Size == uint64(want) && s.Disk == DiskUpToDate && s.PeerDisk == DiskUpToDate && s.OutOfSync == 0
+	})
+	end := fill(0xA5, 4096)
+	if err := c.a.WriteAt(end, want-4096, false); err != nil {
+		t.Fatalf("write at the grown end: %v", err)
+	}
+	if err := c.a.WriteAt(end, want, false); err == nil {
+		t.Fatal("a write past the grown end succeeded")
+	}
+	c.settled()
+	if got := c.peerData(want-4096, 4096); !bytes.Equal(got, end) {
+		t.Fatalf("b's copy of the grown end: %x..", got[:4])
+	}
+	c.compareBlocks(append(offs, old-4096, want-4096)...)
+	if len(offs) == 0 {
+		t.Fatal("no write ran during the Primary's resize")
+	}
+	// Recorded on both: a restart keeps the grown size.
+	c.stopBoth()
+	c = startPairOn(t, dir, na, nb, "", "")
+	t.Cleanup(c.stopBoth)
+	if a, b := c.a.Size(), c.b.Size(); a != want || b != want {
+		t.Fatalf("after a restart: sizes %d and %d; want both %d", a, b, want)
+	}
+}
+
+// Online resize, Primary first: the Primary's disk grows alone (the
+// resource keeps its size), then the Secondary's, whose attach starts a
+// handshake that grows both.
+func TestResizeOnlinePrimaryThenSecondary(t *testing.T) {
+	dir, na, nb := freshPairDisks(t)
+	c := startPairOn(t, dir, na, nb, "", "")
+	t.Cleanup(c.stopBoth)
+	c.primaryA()
+	old := c.a.Size()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	truncateDisk(t, na.img, 32<<20)
+	truncateDisk(t, nb.img, 40<<20) // larger than a: a's capacity counts
+	want := capacityOf(t, 32<<20)
+	if _, err := c.a.Resize(ctx, ResizeOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	c.settled()
+	if a, b := c.a.Size(), c.b.Size(); a != old || b != old {
+		t.Fatalf("sizes %d and %d with one disk grown; want both %d", a, b, old)
+	}
+	if _, err := c.b.Resize(ctx, ResizeOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	c.waitBoth("grown and in sync", func(s Status) bool {
+		return s.Conn == ConnConnected && s.Size == uint64(want) && s.Disk == DiskUpToDate && s.PeerDisk == DiskUpToDate && s.OutOfSync == 0
+	})
+	end := fill(0x3C, 4096)
+	if err := c.a.WriteAt(end, want-4096, false); err != nil {
+		t.Fatalf("write at the grown end: %v", err)
+	}
+	c.settled()
+	c.compareBlocks(old-4096, want-4096)
+}
+
+// Resize refuses before it detaches anything, and leaves the node as it
+// was: a disk that did not grow, data in the added range (which
+// --zero-new then zeroes), a Primary without a connected peer.
+func TestResizeRefusals(t *testing.T) {
+	dir, na, nb := freshPairDisks(t)
+	c := startPairOn(t, dir, na, nb, "", "")
+	t.Cleanup(c.stopBoth)
+	c.primaryA()
+	old := c.a.Size()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+
+	if _, err := c.b.Resize(ctx, ResizeOptions{}); !errors.Is(err, metadata.ErrNotGrown) {
+		t.Fatalf("resize of a disk that did not grow: %v; want ErrNotGrown", err)
+	}
+	if _, err := c.b.Resize(ctx, ResizeOptions{ZeroNew: true, AssumeClean: true}); err == nil {
+		t.Fatal("resize with zero-new and assume-clean succeeded")
+	}
+
+	truncateDisk(t, nb.img, 32<<20)
+	f, err := os.OpenFile(nb.img, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = f.WriteAt([]byte{0xEE}, 24<<20)
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = c.b.Resize(ctx, ResizeOptions{})
+	var notZero *metadata.AddedDataError
+	if !errors.As(err, &notZero) || notZero.Offset != 24<<20 {
+		t.Fatalf("resize over data in the added range: %v; want an AddedDataError at %d", err, 24<<20)
+	}
+	c.settled()
+	if s := c.b.Status(); s.Capacity != uint64(old) || s.Disk != DiskUpToDate {
+		t.Fatalf("b after the refused resize: capacity %d, disk %s; want %d, UpToDate", s.Capacity, s.Disk, old)
+	}
+	if res, err := c.b.Resize(ctx, ResizeOptions{ZeroNew: true}); err != nil || res.Capacity != capacityOf(t, 32<<20) {
+		t.Fatalf("resize --zero-new: %+v, %v", res, err)
+	}
+	c.settled()
+
+	if err := c.a.Disconnect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	truncateDisk(t, na.img, 32<<20)
+	if _, err := c.a.Resize(ctx, ResizeOptions{}); err == nil {
+		t.Fatal("resize of a StandAlone Primary succeeded")
+	}
+	if s := c.a.Status(); s.Disk != DiskUpToDate || s.Size != uint64(old) {
+		t.Fatalf("a after the refused resize: %s, size %d", s.Disk, s.Size)
+	}
+}
