@@ -35,14 +35,20 @@ func (n *node) waitIdle(what string) nodeStatus {
 }
 
 // TestResizeOnline grows a connected pair while it runs, as
-// docs/operations.md says: both backing files grow, resize on the
-// Secondary (the resource waits, status shows the capacity above the
-// size), then on the Primary while an NBD client writes through it (the
-// node serves through its peer while its disk is out, and no write
-// fails). The resource then grows on both nodes to the new capacity, a
-// new NBD connection sees it, a write at its new end replicates, and the
-// replicas end byte-identical.
+// docs/operations.md says: both backing files grow, resize runs on one
+// node (the resource waits, status shows its capacity above the size),
+// then on the other, in either order; the Primary's under an NBD client
+// that writes through it all along (the node serves through its peer
+// while its disk is out, and no write fails). The resource then grows on
+// both nodes to the new capacity, the second resize prints it, a new NBD
+// connection sees it, a write at its new end replicates, and the replicas
+// end byte-identical.
 func TestResizeOnline(t *testing.T) {
+	t.Run("secondary first", func(t *testing.T) { resizeOnline(t, false) })
+	t.Run("primary first", func(t *testing.T) { resizeOnline(t, true) })
+}
+
+func resizeOnline(t *testing.T, primaryFirst bool) {
 	RequireTools(t, "qemu-io", "nbdinfo", "nbdsh")
 	const oldFile, newFile = 64 << 20, 96 << 20
 	c := newCluster(t, clusterOptions{size: oldFile, yaml: resizeYAML})
@@ -55,30 +61,68 @@ func TestResizeOnline(t *testing.T) {
 
 	growFile(t, c.a.disk, newFile)
 	growFile(t, c.b.disk, newFile)
-
-	// The Secondary first: its disk holds more, the resource waits for
-	// the Primary's.
-	out := c.b.ctl("resize", "r0")
-	t.Logf("node b: resize: %s", strings.TrimSpace(out))
-	if !strings.Contains(out, "r0: disk capacity ") || !strings.Contains(out, "run resize there") {
-		t.Fatalf("node b: resize printed %q, want the capacity and that the resource waits for the peer", out)
+	first, second := c.b, c.a
+	if primaryFirst {
+		first, second = c.a, c.b
 	}
-	b := c.b.wait("the grown capacity above the old size", 30*time.Second, func(s nodeStatus) bool {
+
+	// The first node's disk holds more; the resource waits for the
+	// other's.
+	out := resizeNode(t, c, first)
+	st := first.wait("the grown capacity above the old size", 30*time.Second, func(s nodeStatus) bool {
 		return s.Capacity > oldSize && s.Size == oldSize && s.Disk == "UpToDate" && s.Conn == "Connected"
 	})
-	newSize := b.Capacity
+	newSize := st.Capacity
 	if newSize > newFile-oldFile+oldSize+1<<20 || newSize <= oldSize+16<<20 {
-		t.Fatalf("node b: capacity %d after growing the file from %d to %d bytes (size %d)", newSize, oldFile, newFile, oldSize)
+		t.Fatalf("node %s: capacity %d after growing the file from %d to %d bytes (size %d)", first.name, newSize, oldFile, newFile, oldSize)
 	}
-	if want := fmt.Sprintf("r0: disk capacity %d bytes, resource size %d bytes;", newSize, oldSize); !strings.Contains(out, want) {
-		t.Fatalf("node b: resize printed %q, want %q", out, want)
+	if want := fmt.Sprintf("r0: disk capacity %d bytes, resource size %d bytes; the resource grows once the peer's disk holds as much (run resize there)\n", newSize, oldSize); out != want {
+		t.Fatalf("node %s: resize printed %q, want %q", first.name, out, want)
 	}
-	c.a.waitIdle("the peer back after its resize")
-	if a := c.a.status(); a.Size != oldSize || a.Capacity != 0 {
-		t.Fatalf("node a grew before its own resize: %+v", a)
+	second.waitIdle("the peer back after its resize")
+	if st := second.status(); st.Size != oldSize || st.Capacity != 0 {
+		t.Fatalf("node %s grew before its own resize: %+v", second.name, st)
 	}
 
-	// The Primary, under a client that writes all through the resize.
+	// The second: the growth follows its reply (at the handshake of the
+	// Secondary's attach, or once the Primary sees the peer's new size);
+	// the tool waits for it before it prints the size.
+	out = resizeNode(t, c, second)
+	if want := fmt.Sprintf("r0: disk capacity %d bytes, resource size %d bytes\n", newSize, newSize); out != want {
+		t.Fatalf("node %s: resize printed %q, want %q", second.name, out, want)
+	}
+	for _, n := range []*node{c.a, c.b} {
+		n.wait("the resource grown", 30*time.Second, func(s nodeStatus) bool { return s.Size == newSize })
+	}
+	for _, n := range []*node{c.a, c.b} {
+		st := n.waitIdle("in sync at the new size")
+		if st.Size != newSize || st.Capacity != 0 || (n == c.a && st.Role != "Primary") {
+			t.Fatalf("node %s after both resized: %+v, want size %d and no capacity beyond it", n.name, st, newSize)
+		}
+	}
+
+	got := strings.TrimSpace(MustRun(t, 30*time.Second, "nbdinfo", "--size", c.a.uri()))
+	if n, err := strconv.ParseUint(got, 10, 64); err != nil || n != newSize {
+		t.Fatalf("nbdinfo --size on a new connection: %q, want %d", got, newSize)
+	}
+	last := fmt.Sprint(newSize - 1<<20)
+	c.a.qemuIO("read -P 0 "+fmt.Sprint(oldSize)+" 1M", "read -P 0x11 0 1M", "read -P 0x12 32M 1M",
+		"write -P 0x5a "+last+" 1M", "flush", "read -P 0x5a "+last+" 1M")
+	c.a.waitIdle("the write at the new end replicated")
+	c.b.waitIdle("the write at the new end replicated")
+	c.compare()
+}
+
+// resizeNode runs resize on node n and returns what it printed; on the
+// Primary (node a) under an NBD client that writes from before the
+// resize until after it, none of whose writes may fail.
+func resizeNode(t *testing.T, c *cluster, n *node) string {
+	t.Helper()
+	if n != c.a {
+		out := n.ctl("resize", "r0")
+		t.Logf("node %s: resize: %s", n.name, strings.TrimSpace(out))
+		return out
+	}
 	dir := t.TempDir()
 	ready, stop := fifo(t, dir, "ready"), filepath.Join(dir, "stop")
 	script := fmt.Sprintf(`
@@ -102,8 +146,8 @@ print("writes:", n)
 	// nbdsh runs "python3 -m nbd": the system Python has the module.
 	client := StartProcess(t, "env", "PATH=/usr/bin:/bin:"+os.Getenv("PATH"), "nbdsh", "-u", c.a.uri(), "-c", script)
 	readFIFO(t, ready, 30*time.Second)
-	out = c.a.ctl("resize", "r0")
-	t.Logf("node a: resize: %s", strings.TrimSpace(out))
+	out := n.ctl("resize", "r0")
+	t.Logf("node %s: resize: %s", n.name, strings.TrimSpace(out))
 	if err := os.WriteFile(stop, nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -111,27 +155,7 @@ print("writes:", n)
 		t.Fatalf("writes during the Primary's resize failed: %v\n%s", err, client.Output())
 	}
 	t.Log(strings.TrimSpace(client.Output()))
-
-	for _, n := range []*node{c.a, c.b} {
-		n.wait("the resource grown", 30*time.Second, func(s nodeStatus) bool { return s.Size == newSize })
-	}
-	for _, n := range []*node{c.a, c.b} {
-		st := n.waitIdle("in sync at the new size")
-		if st.Size != newSize || st.Capacity != 0 || (n == c.a && st.Role != "Primary") {
-			t.Fatalf("node %s after both resized: %+v, want size %d and no capacity beyond it", n.name, st, newSize)
-		}
-	}
-
-	got := strings.TrimSpace(MustRun(t, 30*time.Second, "nbdinfo", "--size", c.a.uri()))
-	if n, err := strconv.ParseUint(got, 10, 64); err != nil || n != newSize {
-		t.Fatalf("nbdinfo --size on a new connection: %q, want %d", got, newSize)
-	}
-	last := fmt.Sprint(newSize - 1<<20)
-	c.a.qemuIO("read -P 0 "+fmt.Sprint(oldSize)+" 1M", "read -P 0x11 0 1M", "read -P 0x12 32M 1M",
-		"write -P 0x5a "+last+" 1M", "flush", "read -P 0x5a "+last+" 1M")
-	c.a.waitIdle("the write at the new end replicated")
-	c.b.waitIdle("the write at the new end replicated")
-	c.compare()
+	return out
 }
 
 // TestResizeOnlineAddedData: data in the range the grow adds (here one
@@ -208,4 +232,26 @@ func TestResizeOnlineNotGrown(t *testing.T) {
 	if st := c.a.status(); st.Role != "Primary" {
 		t.Fatalf("node a after the refused resizes: %+v", st)
 	}
+}
+
+// TestResizeOnlinePrimaryStandAlone: a Primary without its peer has no
+// copy of the data to serve from while its disk is out: resize is refused
+// naming resize-md (the offline procedure), and the node stays Primary
+// and UpToDate at its size.
+func TestResizeOnlinePrimaryStandAlone(t *testing.T) {
+	c := newCluster(t, clusterOptions{yaml: resizeYAML})
+	size := c.a.status().Size
+	growFile(t, c.a.disk, 96<<20)
+	c.a.ctl("disconnect", "r0")
+	c.a.wait("StandAlone", 30*time.Second, func(s nodeStatus) bool { return s.Conn == "StandAlone" })
+	r := c.a.tryCtl("resize", "r0")
+	if r.ExitCode == 0 || !strings.Contains(r.Stderr, "resize-md") {
+		t.Fatalf("resize on a StandAlone Primary: exit %d\nstdout: %s\nstderr: %s", r.ExitCode, r.Stdout, r.Stderr)
+	}
+	t.Logf("node a: resize refused: %s", strings.TrimSpace(r.Stderr))
+	if st := c.a.status(); st.Role != "Primary" || st.Disk != "UpToDate" || st.Size != size || st.Capacity != 0 {
+		t.Fatalf("node a after the refused resize: %+v, want Primary, UpToDate, size %d", st, size)
+	}
+	c.a.ctl("connect", "r0")
+	c.waitSynced()
 }

@@ -11,18 +11,23 @@ import (
 )
 
 // resizeCtl serves a fake daemon that answers resize with success and
-// status with st, and records the flags each resize request carried
-// ("zero-new", "assume-clean", or "" for none) and whether they were sent
-// mandatory.
-func resizeCtl(t *testing.T, st resource.Status) (path string, resizes func() []string) {
+// status with sts, one after the other (the last one from then on), and
+// records the flags each resize request carried ("zero-new",
+// "assume-clean", or "" for none) and whether they were sent mandatory.
+func resizeCtl(t *testing.T, sts ...resource.Status) (path string, resizes func() []string) {
 	t.Helper()
 	var mu sync.Mutex
 	var got []string
+	reads := 0
 	h := ctlproto.HandlerFunc(func(ctx context.Context, req *ctlproto.Request) ctlproto.Reply {
 		switch req.Header.Type {
 		case ctlproto.MsgHello:
 			return ctlproto.Reply{Body: ctlproto.EncodeHello(ctlproto.HelloInfo{Version: "test", Major: ctlproto.ProtoMajor, Minor: ctlproto.ProtoMinor})}
 		case ctlproto.MsgStatus:
+			mu.Lock()
+			st := sts[min(reads, len(sts)-1)]
+			reads++
+			mu.Unlock()
 			return ctlproto.Reply{Body: ctlproto.List{ctlproto.EncodeStatus(st, ctlproto.AllFields)}}
 		case ctlproto.MsgResize:
 			var flags []string
@@ -54,27 +59,32 @@ func resizeCtl(t *testing.T, st resource.Status) (path string, resizes func() []
 // resize sends its flags as mandatory tags (an old daemon must refuse
 // them, not ignore them and check the range) and prints the disk's
 // capacity and the resource's size from the status that follows; while
-// the peer has not grown (status.capacity above the size) it says what
-// the resource waits for.
+// the peer has not grown (status.capacity above the size while the node
+// stays connected) it says what the resource waits for.
 func TestResizeCommand(t *testing.T) {
 	waiting := resource.Status{Name: "r0", Role: resource.RoleSecondary, Disk: resource.DiskUpToDate, Conn: resource.ConnConnected,
 		PeerDisk: resource.DiskUpToDate, Size: 64 << 20, Capacity: 96 << 20}
 	grown := waiting
 	grown.Size, grown.Capacity = 96<<20, 0
+	// The peer grew before: the growth follows the reply, the summary
+	// waits for it (the node reconnects after the Secondary's attach).
+	handshake := waiting
+	handshake.Conn = resource.ConnHandshake
 	for _, tc := range []struct {
 		name  string
-		st    resource.Status
+		sts   []resource.Status
 		args  []string
 		flags string
 		want  string
 	}{
-		{"waiting for the peer", waiting, nil, "",
+		{"waiting for the peer", []resource.Status{waiting}, nil, "",
 			"r0: disk capacity 100663296 bytes, resource size 67108864 bytes; the resource grows once the peer's disk holds as much (run resize there)\n"},
-		{"grown", grown, []string{"--zero-new"}, "zero-new", "r0: disk capacity 100663296 bytes, resource size 100663296 bytes\n"},
-		{"assume clean", grown, []string{"--assume-clean"}, "assume-clean", "r0: disk capacity 100663296 bytes, resource size 100663296 bytes\n"},
+		{"grown", []resource.Status{grown}, []string{"--zero-new"}, "zero-new", "r0: disk capacity 100663296 bytes, resource size 100663296 bytes\n"},
+		{"assume clean", []resource.Status{grown}, []string{"--assume-clean"}, "assume-clean", "r0: disk capacity 100663296 bytes, resource size 100663296 bytes\n"},
+		{"grows after the reply", []resource.Status{handshake, waiting, waiting, grown}, nil, "", "r0: disk capacity 100663296 bytes, resource size 100663296 bytes\n"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			sock, resizes := resizeCtl(t, tc.st)
+			sock, resizes := resizeCtl(t, tc.sts...)
 			out := mustRun(t, sock, append([]string{"resize", "r0"}, tc.args...)...)
 			if out != tc.want {
 				t.Errorf("stdout %q, want %q", out, tc.want)

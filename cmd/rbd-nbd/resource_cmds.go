@@ -523,8 +523,9 @@ procedure (docs/operations.md, "Growing a resource").
 The data range the grow adds starts in sync on both nodes, so it must read
 as zeros on each: resize checks that and refuses otherwise. --zero-new
 zeroes it first, --assume-clean skips the check (the added space is known
-identical on both nodes). The reply comes once the disk is attached again;
-the command then prints the disk's capacity and the resource's size.`,
+identical on both nodes). The daemon replies once the disk is attached
+again; the command then prints the disk's capacity and the resource's size,
+after waiting a moment for the growth when the peer's disk grew already.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if zeroNew && assumeClean {
@@ -542,14 +543,11 @@ the command then prints the disk's capacity and the resource's size.`,
 				if err := sendCommand(ctx, c, ctlproto.MsgResize, name, extra...); err != nil {
 					return err
 				}
-				sts, err := c.Status(ctx, name)
+				st, err := awaitGrowth(ctx, c, name)
 				if err != nil {
 					return fmt.Errorf("resize done, but reading the status of %s failed: %w", name, err)
 				}
-				if len(sts) != 1 {
-					return fmt.Errorf("resize done, but the daemon reports no status for %s", name)
-				}
-				fmt.Fprintln(cmd.OutOrStdout(), resizeSummary(sts[0]))
+				fmt.Fprintln(cmd.OutOrStdout(), resizeSummary(st))
 				return nil
 			})
 		},
@@ -562,6 +560,49 @@ the command then prints the disk's capacity and the resource's size.`,
 	// itself, so by default the tool waits for its reply.
 	f.DurationVar(&timeout, "timeout", 0, "give up waiting for the daemon's reply after this long (0: never)")
 	return cmd
+}
+
+// resizeSettle is how long a node whose capacity is above the
+// resource's size must stay connected after resize before the tool says
+// that the resource waits for the peer's disk; resizeGrowWait bounds the
+// whole wait. The growth does not come with resize's reply: when the
+// peer's disk already holds more, the nodes agree on the new size at the
+// handshake the Secondary's attach starts, or, on a Primary, once the
+// peer's state says it grew, both shortly after the reply.
+var resizeSettle, resizeGrowWait = time.Second, 10 * time.Second
+
+// awaitGrowth reads the resource's status after a resize until it grew
+// (no capacity above its size), or the node stayed connected for
+// resizeSettle without growing (the peer's disk holds less), or cannot
+// grow now (StandAlone, down), or resizeGrowWait passed.
+func awaitGrowth(ctx context.Context, c *ctlproto.Client, name string) (resource.Status, error) {
+	deadline := time.Now().Add(resizeGrowWait)
+	var connectedSince time.Time
+	for {
+		sts, err := c.Status(ctx, name)
+		if err != nil {
+			return resource.Status{}, err
+		}
+		if len(sts) != 1 {
+			return resource.Status{}, fmt.Errorf("the daemon reports no status for %s", name)
+		}
+		st, now := sts[0], time.Now()
+		switch {
+		case st.Conn < resource.ConnConnected:
+			connectedSince = time.Time{}
+		case connectedSince.IsZero():
+			connectedSince = now
+		}
+		if st.Capacity <= st.Size || st.Down || st.Conn == resource.ConnStandAlone || now.After(deadline) ||
+			!connectedSince.IsZero() && now.Sub(connectedSince) >= resizeSettle {
+			return st, nil
+		}
+		select {
+		case <-ctx.Done():
+			return st, nil // the status read last: the wait is only for a better summary
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
 
 // resizeSummary says, after a resize, what the local disk allows and what

@@ -13,6 +13,7 @@ import (
 	"github.com/rbd-nbd/rbd-nbd/ctlproto"
 	"github.com/rbd-nbd/rbd-nbd/daemon"
 	"github.com/rbd-nbd/rbd-nbd/hooks"
+	"github.com/rbd-nbd/rbd-nbd/metadata"
 	"github.com/rbd-nbd/rbd-nbd/resource"
 )
 
@@ -244,6 +245,11 @@ func ctlError(err error) error {
 	case errors.Is(err, resource.ErrNoMeta):
 		return ctlproto.Errorf(ctlproto.CodeMetaDataInvalid, "%v", err)
 	case errors.Is(err, resource.ErrDown):
+		return ctlproto.Errorf(ctlproto.CodeStateConflict, "%v", err)
+	case errors.Is(err, metadata.ErrNotGrown) || errors.As(err, new(*metadata.AddedDataError)):
+		// resize's refusals of the disk as it is (not grown, or data in
+		// the added range): the operator's to fix, not the daemon's
+		// failure.
 		return ctlproto.Errorf(ctlproto.CodeStateConflict, "%v", err)
 	}
 	return err
