@@ -90,30 +90,37 @@ func (r *Resource) Resize(ctx context.Context, o ResizeOptions) (ResizeResult, e
 	if err := r.DetachDisk(ctx, false); err != nil {
 		return res, fmt.Errorf("resize: detach the disk: %w", err)
 	}
-	grown, growErr := growMeta(cfg, layout, o, false)
-	if growErr == nil {
-		r.log.Info("resize: the meta-data grew", zap.Int64("capacity", grown.New.DataSize), zap.Int64("was", grown.Old.DataSize),
-			zap.Int64("agreed_size", grown.AgreedSize), zap.Int64("meta_offset", grown.New.MetaOffset))
+	grown, err := growMeta(cfg, layout, o, false)
+	if err != nil {
+		// Grow is resumable: a second run redoes what did not commit,
+		// or finishes the zeroing of the old area that did.
+		r.log.Warn("resize: the grow failed; trying once more", zap.Error(err))
+		grown, err = growMeta(cfg, layout, o, false)
+		if errors.Is(err, metadata.ErrNotGrown) {
+			// Nothing left to do: the first run's error came after
+			// it finished (a sync of the grown meta-data, say).
+			err = nil
+		}
+		if err != nil {
+			// Attached now, the disk might export bytes of the old
+			// meta-data area as in sync: it stays detached.
+			return res, fmt.Errorf("resize: %w; the disk stays detached: complete the grow with rbd-nbd resize-md --disk %s --old-size %d (the daemon does not use the disk now), then attach-disk", err, cfg.Local.Disk, layout.StoreSize)
+		}
 	}
-	// Attached again even when the grow failed (which only a failing
-	// disk or a change since the dry run makes it do), and even when the
-	// caller gave up: a resize must not leave the node without its disk.
+	r.log.Info("resize: the meta-data grew", zap.Int64("capacity", grown.New.DataSize), zap.Int64("was", grown.Old.DataSize),
+		zap.Int64("agreed_size", grown.AgreedSize), zap.Int64("meta_offset", grown.New.MetaOffset))
+	// Attached again even when the caller gave up: a resize must not
+	// leave the node without its disk.
 	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), reattachTimeout)
 	defer cancel()
-	attachErr := r.AttachDisk(actx)
-	_ = r.do(actx, func() error {
+	if err := r.AttachDisk(actx); err != nil {
+		return res, fmt.Errorf("resize: the meta-data grew, but the disk is not attached again: %w", err)
+	}
+	err = r.do(actx, func() error {
 		res.Capacity, res.Size = r.dataSize, r.size.Load()
 		return nil
 	})
-	switch {
-	case growErr != nil && attachErr != nil:
-		return res, fmt.Errorf("resize: %w; and the disk is not attached again: %w (attach-disk, or resize-md if the meta-data moved)", growErr, attachErr)
-	case growErr != nil:
-		return res, fmt.Errorf("resize: %w", growErr)
-	case attachErr != nil:
-		return res, fmt.Errorf("resize: the meta-data grew, but the disk is not attached again: %w", attachErr)
-	}
-	return res, nil
+	return res, err
 }
 
 // checkGrown refuses, before the disk is detached, a resize of a disk
