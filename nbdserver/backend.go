@@ -18,8 +18,11 @@ import (
 // called is durable, whichever connection it came from; when a call with
 // fua set returns nil, what it wrote is durable.
 type Backend interface {
-	// Size is the export's size in bytes; it must not change while the
-	// export is served.
+	// Size is the export's size in bytes. It may grow while the export is
+	// served (an online resize): a connection takes a request past the
+	// size it negotiated when it fits the current size, since a client
+	// can be told of the growth (a kernel device's NBD_CMD_RECONFIGURE).
+	// It must not shrink while connections use it.
 	Size() int64
 	// ReadAt fills p from off.
 	ReadAt(p []byte, off int64) error

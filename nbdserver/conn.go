@@ -51,7 +51,9 @@ type conn struct {
 	// transmission phase and never changes after.
 	exp *Export
 
-	// Transmission-phase settings, fixed before the workers start.
+	// Transmission-phase settings, fixed before the workers start
+	// (size, the export's size as negotiated, grows with the export's:
+	// grown, on the reader goroutine).
 	b          Backend
 	size       uint64
 	minBlock   uint32
@@ -633,7 +635,7 @@ func (c *conn) validate(r *Request) uint32 {
 	if !ranged {
 		return 0
 	}
-	if r.Offset > c.size || uint64(r.Length) > c.size-r.Offset {
+	if (r.Offset > c.size || uint64(r.Length) > c.size-r.Offset) && !c.grown(r) {
 		if write {
 			return ENOSPC
 		}
@@ -643,6 +645,18 @@ func (c *conn) validate(r *Request) uint32 {
 		return EINVAL
 	}
 	return 0
+}
+
+// grown reports whether r fits the export's current size, which grew
+// past the size the connection negotiated (an online resize, of which a
+// kernel device's size was told), and takes that size. Reader goroutine.
+func (c *conn) grown(r *Request) bool {
+	cur := uint64(max(c.b.Size(), 0))
+	if cur <= c.size {
+		return false
+	}
+	c.size = cur
+	return r.Offset <= c.size && uint64(r.Length) <= c.size-r.Offset
 }
 
 // execute runs a request on the backend and replies. more says that the

@@ -790,3 +790,39 @@ func TestStats(t *testing.T) {
 		t.Fatalf("after a second connection: %+v\nwant %+v", got, want)
 	}
 }
+
+// growBackend is a Backend whose size grows when the test says (an online
+// resize); its data is a device of the final size.
+type growBackend struct {
+	Backend
+	size atomic.Int64
+}
+
+func (g *growBackend) Size() int64 { return g.size.Load() }
+
+// An export that grows while a connection is open: the connection takes
+// requests past the size it negotiated once they fit the current size (a
+// kernel device is told of the growth and uses it), and still refuses
+// those past that.
+func TestExportGrowsUnderConnection(t *testing.T) {
+	exp, _ := memExport("g", 2<<20)
+	g := &growBackend{Backend: exp.Backend}
+	g.size.Store(1 << 20)
+	exp.Backend = g
+	_, addr := startServer(t, Config{}, exp)
+	c := open(t, addr, "g")
+	if _, errno := c.readAt(1<<20, 4096); errno != EINVAL {
+		t.Fatalf("read past the size before the growth: errno %d, want EINVAL", errno)
+	}
+	g.size.Store(2 << 20)
+	data := fill(4096, 7)
+	if errno := c.writeAt(data, 2<<20-4096, 0); errno != 0 {
+		t.Fatalf("write at the grown end: errno %d", errno)
+	}
+	if got, errno := c.readAt(2<<20-4096, 4096); errno != 0 || !bytes.Equal(got, data) {
+		t.Fatalf("read at the grown end: errno %d", errno)
+	}
+	if errno := c.writeAt(data, 2<<20, 0); errno != ENOSPC {
+		t.Fatalf("write past the grown end: errno %d, want ENOSPC", errno)
+	}
+}
