@@ -161,6 +161,18 @@ func TestDecodeMalformed(t *testing.T) {
 			binary.BigEndian.PutUint64(b[sbAgreedSize:], 1<<30+4096)
 		}, sbCRC), ErrCorrupt},
 		{"sb agreed size negative", true, mod(good, func(b []byte) { b[sbAgreedSize] = 0x80 }, sbCRC), ErrCorrupt},
+		{"sb pending zero unaligned", true, mod(good, func(b []byte) {
+			binary.BigEndian.PutUint64(b[sbPendingZero:], 4096)
+			binary.BigEndian.PutUint64(b[sbPendingZero+8:], 8193)
+		}, sbCRC), ErrCorrupt},
+		{"sb pending zero empty", true, mod(good, func(b []byte) {
+			binary.BigEndian.PutUint64(b[sbPendingZero:], 8192)
+			binary.BigEndian.PutUint64(b[sbPendingZero+8:], 8192)
+		}, sbCRC), ErrCorrupt},
+		{"sb pending zero past the data", true, mod(good, func(b []byte) {
+			binary.BigEndian.PutUint64(b[sbPendingZero+8:], 1<<40)
+		}, sbCRC), ErrCorrupt},
+		{"sb pending zero negative", true, mod(good, func(b []byte) { b[sbPendingZero] = 0x80 }, sbCRC), ErrCorrupt},
 		{"tx short", false, goodTx[:4095], ErrCorrupt},
 		{"tx zero", false, make([]byte, BlockSize), ErrBadMagic},
 		{"tx flipped bit", false, mod(goodTx, func(b []byte) { b[700] ^= 1 }, -1), ErrBadChecksum},

@@ -254,8 +254,14 @@ func growInternal(st Store, storeSize int64, opts GrowOptions) (GrowResult, erro
 	}
 	sb := keepAgreed(g.sb, res.New.DataSize)
 	sb.Seq = g.sb.Seq + 2
-	res.Superblock, res.AgreedSize = sb, sb.Agreed()
 	res.Zeroed = [2]int64{res.Old.DataSize, min(roundUp(oldSize), res.New.MetaOffset)}
+	// Open zeroes the old area again before the meta-data is used: a
+	// crash during the zeroing below leaves none of it behind. A pending
+	// range of an earlier grow that no Open completed is kept: nothing
+	// was exported past the agreed size since, so the span of both is
+	// safe to zero.
+	sb.PendingZero = spanZero(g.sb.PendingZero, res.Zeroed)
+	res.Superblock, res.AgreedSize = sb, sb.Agreed()
 	if opts.DryRun {
 		return res, nil
 	}
@@ -354,6 +360,21 @@ func resumeInternal(st Store, storeSize, oldSize int64, cur growState, opts Grow
 		return GrowResult{}, err
 	}
 	return res, nil
+}
+
+// spanZero returns the smallest range holding the non-empty ones of a
+// and b ({0, 0} for none).
+func spanZero(a, b [2]int64) [2]int64 {
+	switch {
+	case a[0] >= a[1]:
+		if b[0] >= b[1] {
+			return [2]int64{}
+		}
+		return b
+	case b[0] >= b[1]:
+		return a
+	}
+	return [2]int64{min(a[0], b[0]), max(a[1], b[1])}
 }
 
 // roundUp rounds n up to a multiple of BlockSize.

@@ -135,6 +135,8 @@ func TestGrowInternal(t *testing.T) {
 			if unclean {
 				wantSB.Flags |= FlagCrashedPrimary
 			}
+			// The old area, for Open to zero again.
+			wantSB.PendingZero = res.Zeroed
 			if got != wantSB || res.Superblock != wantSB || res.AgreedSize != old.DataSize || got.Agreed() != old.DataSize {
 				t.Errorf("superblock after grow\n got  %+v\n want %+v (result's agreed size %d)", got, wantSB, res.AgreedSize)
 			}
@@ -145,8 +147,11 @@ func TestGrowInternal(t *testing.T) {
 				t.Fatal(err)
 			}
 			m := mustOpen(t, st.Clone(), growNewSize, true)
-			if r := m.Recovery(); r.Unclean {
-				t.Errorf("Open after grow recovered: %+v", r)
+			if r := m.Recovery(); r.Unclean || r.Zeroed != res.Zeroed {
+				t.Errorf("Open after grow recovered: %+v; want only the pending zeroing of %v", r, res.Zeroed)
+			}
+			if z := m.Superblock().PendingZero; z != [2]int64{} {
+				t.Errorf("Open left the pending zero range %v", z)
 			}
 			// The old area, now data, reads as zeros; so does Open at
 			// the old size: no meta-data is left there.
@@ -375,6 +380,17 @@ func growCrash(t *testing.T, internal, unclean bool) {
 				}
 				if err := checkBits(img.Clone(), newSize, internal, want, res.New.DataSize); err != nil {
 					t.Fatalf("%s: new meta-data: %v", where, err)
+				}
+				if internal {
+					// Brought up without growing again: Open
+					// zeroes what the grow left of the old area.
+					opened := img.Clone()
+					if _, err := Open(opened, newSize, true); err != nil {
+						t.Fatalf("%s: Open of the new meta-data: %v", where, err)
+					}
+					if err := checkZero(opened, res.Zeroed[0], res.Zeroed[1]); err != nil {
+						t.Fatalf("%s: after Open, old area: %v", where, err)
+					}
 				}
 			} else {
 				sawOld++

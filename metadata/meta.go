@@ -237,6 +237,9 @@ type Recovery struct {
 	// TornSlot is the superblock slot (0 or 1) that failed its checksum,
 	// or -1: a torn superblock write, repaired by the next Update.
 	TornSlot int
+	// Zeroed is the old meta-data area a grow had left pending
+	// (Superblock.PendingZero), which Open zeroed; {0, 0}: none.
+	Zeroed [2]int64
 }
 
 // Meta is open meta-data: the superblock, the bitmap and the activity log
@@ -300,8 +303,21 @@ func Open(st Store, storeSize int64, internal bool) (*Meta, error) {
 			set = FlagCrashedPrimary
 		}
 	}
+	if z := sb.PendingZero; z != [2]int64{} {
+		// A grow's old area, data now: zeroed before anything uses the
+		// meta-data (Superblock.PendingZero), idempotently.
+		w := newGrowWriter(st)
+		if err := w.zeroRange(z[0], z[1], "old meta-data area pending since a grow"); err != nil {
+			return nil, err
+		}
+		if err := w.sync("old meta-data area pending since a grow"); err != nil {
+			return nil, err
+		}
+		m.rec.Zeroed = z
+	}
 	if err := m.Update(func(sb *Superblock) {
 		sb.Flags = sb.Flags&^FlagALClean | set
+		sb.PendingZero = [2]int64{}
 	}); err != nil {
 		return nil, err
 	}

@@ -47,7 +47,8 @@ const (
 	sbBitmapUUID  = 88
 	sbHistory     = 96
 	sbAgreedSize  = sbHistory + 8*HistoryUUIDs // 128
-	sbEnd         = sbAgreedSize + 8
+	sbPendingZero = sbAgreedSize + 8           // 136, two u64
+	sbEnd         = sbPendingZero + 16
 )
 
 // Placement values on disk.
@@ -173,6 +174,15 @@ type Superblock struct {
 	// because a node whose device grew alone must keep exporting the
 	// size its peer agreed to.
 	AgreedSize int64
+	// PendingZero is a data range [PendingZero[0], PendingZero[1]) that
+	// must be zeroed before the meta-data is used: the old area of
+	// internal meta-data that Grow moved (data now, which the grown
+	// resource takes as in sync: zeros on both nodes). Grow records it
+	// with the move and zeroes it; Open zeroes it again and clears it, so
+	// that a grow cut off before its zeroing ended leaves no old
+	// meta-data bytes for the resource to export. {0, 0}: none. Meta-data
+	// written before the field existed reads {0, 0}.
+	PendingZero [2]int64
 }
 
 // Agreed returns the size both nodes last agreed on: AgreedSize, or
@@ -191,6 +201,18 @@ func (s Superblock) Agreed() int64 {
 func validAgreedSize(agreed, dataSize int64) error {
 	if agreed < 0 || agreed%BlockSize != 0 || agreed > dataSize {
 		return fmt.Errorf("agreed size %d: want 0 or a multiple of %d up to the data size %d", agreed, BlockSize, dataSize)
+	}
+	return nil
+}
+
+// validPendingZero checks a pending zero range against the data size:
+// none, or a non-empty range of whole blocks within the data.
+func validPendingZero(r [2]int64, dataSize int64) error {
+	if r == [2]int64{} {
+		return nil
+	}
+	if r[0] < 0 || r[0] >= r[1] || r[1] > dataSize || r[0]%BlockSize != 0 || r[1]%BlockSize != 0 {
+		return fmt.Errorf("pending zero range [%d, %d): want none or whole blocks within the data size %d", r[0], r[1], dataSize)
 	}
 	return nil
 }
@@ -219,6 +241,13 @@ func (s *Superblock) validate() error {
 	}
 	if err := validAgreedSize(s.AgreedSize, s.DataSize); err != nil {
 		return fmt.Errorf("%w: %v", ErrCorrupt, err)
+	}
+	if err := validPendingZero(s.PendingZero, s.DataSize); err != nil {
+		return fmt.Errorf("%w: %v", ErrCorrupt, err)
+	}
+	if !s.Internal && s.PendingZero != [2]int64{} {
+		// Only a grow of internal meta-data leaves an old area behind.
+		return fmt.Errorf("%w: pending zero range %v on external meta-data", ErrCorrupt, s.PendingZero)
 	}
 	if s.NodeID > MaxNodeID {
 		return fmt.Errorf("%w: node id %d > %d", ErrCorrupt, s.NodeID, MaxNodeID)
@@ -256,6 +285,8 @@ func EncodeSuperblock(s Superblock) []byte {
 		be.PutUint64(b[sbHistory+8*i:], u)
 	}
 	be.PutUint64(b[sbAgreedSize:], uint64(s.AgreedSize))
+	be.PutUint64(b[sbPendingZero:], uint64(s.PendingZero[0]))
+	be.PutUint64(b[sbPendingZero+8:], uint64(s.PendingZero[1]))
 	be.PutUint32(b[sbCRC:], blockCRC(b, sbCRC))
 	return b
 }
@@ -310,6 +341,7 @@ func DecodeSuperblock(b []byte) (Superblock, error) {
 		s.UUIDs.History[i] = be.Uint64(b[sbHistory+8*i:])
 	}
 	s.AgreedSize = int64(be.Uint64(b[sbAgreedSize:]))
+	s.PendingZero = [2]int64{int64(be.Uint64(b[sbPendingZero:])), int64(be.Uint64(b[sbPendingZero+8:]))}
 	if err := s.validate(); err != nil {
 		return Superblock{}, fmt.Errorf("superblock: %w", err)
 	}

@@ -57,32 +57,35 @@ documented in docs/metadata.md.`,
 // size the agreed-size field stands for (Superblock.Agreed): the data size
 // when the field holds 0.
 type mdDump struct {
-	Disk          string      `json:"disk"`
-	Meta          string      `json:"meta"`
-	DiskSize      int64       `json:"disk_size"`
-	FormatVersion uint32      `json:"format_version"`
-	Sequence      uint64      `json:"sequence"`
-	Slot          int         `json:"slot"`
-	SlotErrors    [2]string   `json:"slot_errors"`
-	MetaID        string      `json:"meta_id"`
-	DeviceUUID    string      `json:"device_uuid"`
-	NodeID        uint32      `json:"node_id"`
-	DataSize      int64       `json:"data_size"`
-	AgreedSize    int64       `json:"agreed_size"`
-	BitmapBlock   int64       `json:"bitmap_block"`
-	BitmapBlocks  uint64      `json:"bitmap_blocks"`
-	ALExtents     uint32      `json:"al_extents"`
-	ALExtentSize  int64       `json:"al_extent_size"`
-	ALRingBlocks  uint32      `json:"al_ring_blocks"`
-	ALNewest      uint64      `json:"al_newest_transaction"`
-	ALReplayed    int         `json:"al_replayed_transactions"`
-	Flags         []string    `json:"flags"`
-	FlagBits      uint32      `json:"flag_bits"`
-	UUIDs         mdDumpUUIDs `json:"uuids"`
-	DirtyBlocks   uint64      `json:"dirty_blocks"`
-	DirtyBytes    int64       `json:"dirty_bytes"`
-	ALActive      []uint32    `json:"al_active_extents"`
-	Layout        mdLayout    `json:"layout"`
+	Disk          string    `json:"disk"`
+	Meta          string    `json:"meta"`
+	DiskSize      int64     `json:"disk_size"`
+	FormatVersion uint32    `json:"format_version"`
+	Sequence      uint64    `json:"sequence"`
+	Slot          int       `json:"slot"`
+	SlotErrors    [2]string `json:"slot_errors"`
+	MetaID        string    `json:"meta_id"`
+	DeviceUUID    string    `json:"device_uuid"`
+	NodeID        uint32    `json:"node_id"`
+	DataSize      int64     `json:"data_size"`
+	AgreedSize    int64     `json:"agreed_size"`
+	// PendingZero is the old meta-data area a grow left for the next
+	// open to zero (metadata.Superblock.PendingZero); absent when none.
+	PendingZero  *[2]int64   `json:"pending_zero,omitempty"`
+	BitmapBlock  int64       `json:"bitmap_block"`
+	BitmapBlocks uint64      `json:"bitmap_blocks"`
+	ALExtents    uint32      `json:"al_extents"`
+	ALExtentSize int64       `json:"al_extent_size"`
+	ALRingBlocks uint32      `json:"al_ring_blocks"`
+	ALNewest     uint64      `json:"al_newest_transaction"`
+	ALReplayed   int         `json:"al_replayed_transactions"`
+	Flags        []string    `json:"flags"`
+	FlagBits     uint32      `json:"flag_bits"`
+	UUIDs        mdDumpUUIDs `json:"uuids"`
+	DirtyBlocks  uint64      `json:"dirty_blocks"`
+	DirtyBytes   int64       `json:"dirty_bytes"`
+	ALActive     []uint32    `json:"al_active_extents"`
+	Layout       mdLayout    `json:"layout"`
 }
 
 type mdDumpUUIDs struct {
@@ -117,6 +120,7 @@ func newMDDump(md *mdFlags, s *mdStore, info *metadata.Info) *mdDump {
 		NodeID:        sb.NodeID,
 		DataSize:      sb.DataSize,
 		AgreedSize:    sb.Agreed(),
+		PendingZero:   pendingZero(sb.PendingZero),
 		BitmapBlock:   sb.BitmapBlock,
 		BitmapBlocks:  uint64((sb.DataSize + sb.BitmapBlock - 1) / sb.BitmapBlock),
 		ALExtents:     sb.ALExtents,
@@ -161,6 +165,9 @@ func (d *mdDump) writeText(w io.Writer) {
 	if d.AgreedSize != d.DataSize {
 		p("agreed size", "%d bytes (%s), last agreed by both nodes: exported until the peer agrees on more", d.AgreedSize, mdHumanBytes(d.AgreedSize))
 	}
+	if z := d.PendingZero; z != nil {
+		p("pending zero", "[%d, %d): the old meta-data area of a grow, zeroed at the next open", z[0], z[1])
+	}
 	if d.Meta != "internal" && d.DiskSize&^4095 != d.DataSize {
 		p("warning", "disk is %d bytes, meta-data was created for %d", d.DiskSize, d.DataSize)
 	}
@@ -181,4 +188,12 @@ func (d *mdDump) writeText(w io.Writer) {
 		ext[i] = fmt.Sprint(e)
 	}
 	p("al extents", "%d active: %s", len(d.ALActive), strings.Join(ext, " "))
+}
+
+// pendingZero is r for dump-md, or nil when there is none.
+func pendingZero(r [2]int64) *[2]int64 {
+	if r == [2]int64{} {
+		return nil
+	}
+	return &r
 }

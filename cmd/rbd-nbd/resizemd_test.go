@@ -92,8 +92,9 @@ func TestResizeMDInternal(t *testing.T) {
 		!strings.Contains(out, fmt.Sprintf("agreed size   %d bytes", before.DataSize)) || !strings.Contains(out, "until its peer") {
 		t.Fatalf("agreed size: before %d (data %d), after %d; output:\n%s", before.AgreedSize, before.DataSize, after.AgreedSize, out)
 	}
-	if text := mustRunMD(t, "dump-md", "--disk", img); !strings.Contains(text, fmt.Sprintf("agreed size     %d bytes", before.DataSize)) {
-		t.Fatalf("dump-md after resize-md lacks the agreed size:\n%s", text)
+	if text := mustRunMD(t, "dump-md", "--disk", img); !strings.Contains(text, fmt.Sprintf("agreed size     %d bytes", before.DataSize)) ||
+		!strings.Contains(text, fmt.Sprintf("pending zero    [%d, ", before.DataSize)) {
+		t.Fatalf("dump-md after resize-md lacks the agreed size or the pending zero range:\n%s", text)
 	}
 	t.Logf("resize-md output:\n%s", out)
 	for _, args := range [][]string{{"--old-size", "256M"}, nil} {
