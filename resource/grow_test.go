@@ -236,7 +236,7 @@ func TestGrowSplitBrainCountsAgree(t *testing.T) {
 }
 
 // A Primary target (attach-disk on a Diskless Primary) whose resync goes
-// on after a handshake that grew the resource: its writes in the grown
+// on after the resource grew: its writes in the grown
 // area are in its written set, so that a resync chunk read on the peer
 // before such a write and arriving after it does not overwrite it. The
 // written set was sized at the attach, by the old size, and left the
@@ -273,8 +273,9 @@ func TestGrowPrimaryTargetWrittenSet(t *testing.T) {
 	if a, b := c.a.Size(), c.b.Size(); a != old || b != old {
 		t.Fatalf("sizes %d and %d with a Diskless; want both %d", a, b, old)
 	}
-	// a attaches its disk as a Primary target; the link goes and comes
-	// back: the handshake grows the resource, the resync goes on.
+	// a attaches its disk as a Primary target, on the connected link: the
+	// State it sends then carries its capacity, and the resource grows
+	// (b first, then a: capacitySize) while the resync goes on.
 	if err := c.a.AttachDisk(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -282,7 +283,6 @@ func TestGrowPrimaryTargetWrittenSet(t *testing.T) {
 	if err := c.b.PauseSync(ctx); err != nil {
 		t.Fatal(err)
 	}
-	c.proxy.cut()
 	want := capacityOf(t, 32<<20)
 	c.wait(c.a, "a grown, sync target", func(s Status) bool {
 		return s.Size == uint64(want) && (s.Conn == ConnSyncTarget || s.Conn == ConnPausedSyncT)
