@@ -76,7 +76,7 @@ func resizeOnline(t *testing.T, primaryFirst bool) {
 	if newSize > newFile-oldFile+oldSize+1<<20 || newSize <= oldSize+16<<20 {
 		t.Fatalf("node %s: capacity %d after growing the file from %d to %d bytes (size %d)", first.name, newSize, oldFile, newFile, oldSize)
 	}
-	if want := fmt.Sprintf("r0: disk capacity %d bytes, resource size %d bytes; the resource grows once the peer's disk holds as much (run resize there)\n", newSize, oldSize); out != want {
+	if want := fmt.Sprintf("r0: disk capacity %d bytes, resource size %d bytes; the resource grows once the peer's disk holds as much (run resize there; with a peer of an older release, at the pair's next reconnect)\n", newSize, oldSize); out != want {
 		t.Fatalf("node %s: resize printed %q, want %q", first.name, out, want)
 	}
 	second.waitIdle("the peer back after its resize")

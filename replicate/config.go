@@ -51,9 +51,17 @@ const (
 	// link leaves it out when sending and clears it when receiving), and
 	// no node grows at the handshake.
 	FeatureResize Features = 1 << 5
+	// FeatureGrowConnected: with FeatureResize, the node also follows the
+	// growth rule on a connected link, where a State carries a capacity
+	// that grew since the handshake (a Primary's disk that resize grew
+	// and attached again without a new handshake): the node that is not
+	// Primary grows first and sends its State, the Primary grows once a
+	// State shows the peer at the new size. Without it on both sides the
+	// resource grows at handshakes only.
+	FeatureGrowConnected Features = 1 << 6
 
 	// AllFeatures is every feature this implementation knows.
-	AllFeatures = FeatureTrim | FeatureSyncPause | FeatureDisklessConnect | FeatureSyncReady | FeatureAttachBitmap | FeatureResize
+	AllFeatures = FeatureTrim | FeatureSyncPause | FeatureDisklessConnect | FeatureSyncReady | FeatureAttachBitmap | FeatureResize | FeatureGrowConnected
 )
 
 // Handler performs the requests the peer sends.

@@ -323,6 +323,11 @@ func (r *Resource) AttachDisk(ctx context.Context) error {
 		return err
 	}
 	defer r.unlockAttach()
+	return r.attachDisk(ctx)
+}
+
+// attachDisk is AttachDisk with attachSem held.
+func (r *Resource) attachDisk(ctx context.Context) error {
 	var closing *diskClose
 	var blockSize int64
 	err := r.do(ctx, func() error {

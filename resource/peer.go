@@ -653,6 +653,9 @@ func (r *Resource) capacitySize(m *replicate.State) (size int64, ok bool) {
 	if own == 0 || m.Capacity == 0 || r.m.Conn() < ConnHandshake {
 		return 0, false
 	}
+	if r.m.Conn() != ConnHandshake && (r.link == nil || r.link.Features()&replicate.FeatureGrowConnected == 0) {
+		return 0, false // a peer that grows at handshakes only
+	}
 	size = int64(min(own, m.Capacity))
 	if size < r.size.Load() || size < int64(m.Size) {
 		return 0, false

@@ -51,23 +51,32 @@ func (r *Resource) Resize(ctx context.Context, o ResizeOptions) (ResizeResult, e
 	if o.ZeroNew && o.AssumeClean {
 		return ResizeResult{}, errors.New("zero-new and assume-clean exclude each other")
 	}
-	if !r.resizing.TryLock() {
-		return ResizeResult{}, errors.New("another resize of this resource is running")
+	select {
+	case r.resizeSem <- struct{}{}:
+	default:
+		return ResizeResult{}, &StateError{Err: errors.New("another resize of this resource is running, or it is going down"), State: "resizing"}
 	}
-	defer r.resizing.Unlock()
+	defer func() { <-r.resizeSem }()
+	// No attach-disk (or outdate of the detached disk) from the detach
+	// to the attach: one would open the meta-data the grow rewrites.
+	if err := r.lockAttach(ctx); err != nil {
+		return ResizeResult{}, err
+	}
+	defer r.unlockAttach()
 	var layout metadata.Layout
 	var res ResizeResult
 	err := r.do(ctx, func() error {
 		if r.m.Disk() == DiskDiskless || r.diskFailed.Load() || r.meta == nil {
 			return &StateError{Err: errors.New("resize grows the attached disk's meta-data: attach the disk first (attach-disk), or use resize-md while the daemon is stopped"), State: r.m.stateString()}
 		}
-		if r.m.Role() == RolePrimary {
-			if p := r.protocol(); p != config.ProtocolC {
-				return &StateError{Err: fmt.Errorf("resize on a Primary needs net.protocol C (this resource uses %s): demote first, or use resize-md while the daemon is stopped", p), State: r.m.stateString()}
-			}
-			if r.m.Conn() < ConnConnected || r.m.PeerDisk() != DiskUpToDate {
-				return &StateError{Err: errors.New("resize on a Primary serves through the peer while the disk's meta-data grows: it needs a connected UpToDate peer (or use resize-md while the daemon is stopped)"), State: r.m.stateString()}
-			}
+		switch connected := r.m.Conn() >= ConnConnected; {
+		case r.m.Role() == RolePrimary && r.protocol() != config.ProtocolC:
+			return &StateError{Err: fmt.Errorf("resize on a Primary needs net.protocol C (this resource uses %s): demote first, or use resize-md while the daemon is stopped", r.protocol()), State: r.m.stateString()}
+		case r.m.Role() == RolePrimary && (!connected || r.m.PeerDisk() != DiskUpToDate):
+			return &StateError{Err: errors.New("resize on a Primary serves through the peer while the disk's meta-data grows: it needs a connected UpToDate peer (or use resize-md while the daemon is stopped)"), State: r.m.stateString()}
+		case r.m.PeerRole() == RolePrimary && connected && r.m.PeerDisk() != DiskUpToDate:
+			// The Primary reads from this disk what its own lacks.
+			return &StateError{Err: errors.New("the Primary's disk is not UpToDate: it serves from this node's disk, which resize would take away for a moment; resize once the Primary's disk is UpToDate"), State: r.m.stateString()}
 		}
 		layout, res.OldCapacity, res.Size = r.meta.Layout(), r.dataSize, r.size.Load()
 		return nil
@@ -84,11 +93,25 @@ func (r *Resource) Resize(ctx context.Context, o ResizeOptions) (ResizeResult, e
 	// only once it moved (internal meta-data sits at the end). The dry
 	// run reads the meta-data the node keeps writing; the added range,
 	// which it checks too, the node never touches.
-	if _, err := growMeta(cfg, layout, o, true); err != nil {
+	plan, err := growMeta(cfg, layout, o, true)
+	if err != nil {
 		return res, fmt.Errorf("resize: %w", err)
 	}
-	if err := r.DetachDisk(ctx, false); err != nil {
-		return res, fmt.Errorf("resize: detach the disk: %w", err)
+	// From the detach on, the caller's giving up does not stop the
+	// resize: a node left without its disk would serve nothing of its
+	// own.
+	octx, cancel := context.WithTimeout(context.WithoutCancel(ctx), reattachTimeout)
+	defer cancel()
+	if err := r.DetachDisk(octx, false); err != nil {
+		var detached bool
+		_ = r.do(octx, func() error { detached = r.m.Disk() == DiskDiskless; return nil })
+		if !detached {
+			return res, fmt.Errorf("resize: detach the disk: %w", err)
+		}
+		// Detached, but not cleanly closed (Grow recovers unclean
+		// meta-data as Open would), or the peer's answer is late
+		// (the attach below waits for it).
+		r.log.Warn("resize: the disk is detached, not cleanly", zap.Error(err))
 	}
 	grown, err := growMeta(cfg, layout, o, false)
 	if err != nil {
@@ -99,28 +122,51 @@ func (r *Resource) Resize(ctx context.Context, o ResizeOptions) (ResizeResult, e
 		if errors.Is(err, metadata.ErrNotGrown) {
 			// Nothing left to do: the first run's error came after
 			// it finished (a sync of the grown meta-data, say).
-			err = nil
+			grown, err = plan, nil
 		}
 		if err != nil {
+			if _, again := growMeta(cfg, layout, ResizeOptions{AssumeClean: true}, true); again == nil && !layout.Internal {
+				// Nothing committed, and external meta-data is found
+				// where it was: the disk as it was attaches. (Internal
+				// meta-data is looked for at the grown device's end.)
+				if aerr := r.attachDisk(octx); aerr != nil {
+					return res, fmt.Errorf("resize: %w; and the disk, as it was, is not attached again: %w", err, aerr)
+				}
+				return res, fmt.Errorf("resize: %w (the disk is attached again as it was)", err)
+			}
 			// Attached now, the disk might export bytes of the old
 			// meta-data area as in sync: it stays detached.
-			return res, fmt.Errorf("resize: %w; the disk stays detached: complete the grow with rbd-nbd resize-md --disk %s --old-size %d (the daemon does not use the disk now), then attach-disk", err, cfg.Local.Disk, layout.StoreSize)
+			return res, fmt.Errorf("resize: %w; the disk stays detached: complete the grow with %s (the daemon does not use the disk now), then attach-disk", err, resizeMDCommand(cfg, layout, o))
 		}
 	}
 	r.log.Info("resize: the meta-data grew", zap.Int64("capacity", grown.New.DataSize), zap.Int64("was", grown.Old.DataSize),
 		zap.Int64("agreed_size", grown.AgreedSize), zap.Int64("meta_offset", grown.New.MetaOffset))
-	// Attached again even when the caller gave up: a resize must not
-	// leave the node without its disk.
-	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), reattachTimeout)
-	defer cancel()
-	if err := r.AttachDisk(actx); err != nil {
+	if err := r.attachDisk(octx); err != nil {
 		return res, fmt.Errorf("resize: the meta-data grew, but the disk is not attached again: %w", err)
 	}
-	err = r.do(actx, func() error {
+	err = r.do(octx, func() error {
 		res.Capacity, res.Size = r.dataSize, r.size.Load()
 		return nil
 	})
 	return res, err
+}
+
+// resizeMDCommand is the resize-md command line that completes a grow
+// of cfg's disk, whose meta-data had layout l, with o's options.
+func resizeMDCommand(cfg config.Resource, l metadata.Layout, o ResizeOptions) string {
+	cmd := "rbd-nbd resize-md --disk " + cfg.Local.Disk
+	if l.Internal {
+		cmd += fmt.Sprintf(" --old-size %d", l.StoreSize)
+	} else {
+		cmd += " --meta " + cfg.Local.Meta
+	}
+	switch {
+	case o.ZeroNew:
+		cmd += " --zero-new"
+	case o.AssumeClean:
+		cmd += " --assume-clean"
+	}
+	return cmd
 }
 
 // checkGrown refuses, before the disk is detached, a resize of a disk

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -162,7 +163,8 @@ func TestResizeOnlinePrimaryThenSecondary(t *testing.T) {
 
 // Resize refuses before it detaches anything, and leaves the node as it
 // was: a disk that did not grow, data in the added range (which
-// --zero-new then zeroes), a Primary without a connected peer.
+// --zero-new then zeroes), the disk a Diskless Primary serves from, a
+// Primary without a connected peer.
 func TestResizeRefusals(t *testing.T) {
 	dir, na, nb := freshPairDisks(t)
 	c := startPairOn(t, dir, na, nb, "", "")
@@ -200,6 +202,23 @@ func TestResizeRefusals(t *testing.T) {
 	}
 	if res, err := c.b.Resize(ctx, ResizeOptions{ZeroNew: true}); err != nil || res.Capacity != capacityOf(t, 32<<20) {
 		t.Fatalf("resize --zero-new: %+v, %v", res, err)
+	}
+	c.settled()
+
+	// A Diskless Primary serves from b's disk: b's resize would take it
+	// away.
+	if err := c.a.DetachDisk(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	c.wait(c.b, "b sees a Diskless", func(s Status) bool { return s.PeerDisk == DiskDiskless })
+	if _, err := c.b.Resize(ctx, ResizeOptions{}); err == nil || !strings.Contains(err.Error(), "Primary's disk is not UpToDate") {
+		t.Fatalf("resize of the disk a Diskless Primary serves from: %v", err)
+	}
+	if s := c.b.Status(); s.Disk != DiskUpToDate || s.Conn != ConnConnected {
+		t.Fatalf("b after the refused resize: %s, %s", s.Disk, s.Conn)
+	}
+	if err := c.a.AttachDisk(ctx); err != nil {
+		t.Fatal(err)
 	}
 	c.settled()
 

@@ -110,8 +110,11 @@ type Resource struct {
 	// attached disk's. A channel, not a mutex, so that a waiter gives up
 	// with its context (a fence-peer's outdate behind a slow attach).
 	attachSem chan struct{}
-	// resizing runs one resize at a time (its detach, grow and attach).
-	resizing sync.Mutex
+	// resizeSem runs one resize at a time (its detach, grow and attach),
+	// and Stop waits for it, so that no resize runs on, growing the
+	// meta-data, once the resource is down and its disk free for another
+	// up. A channel, so that Stop gives up with its context.
+	resizeSem chan struct{}
 	// diskClosed: the disk was detached cleanly and is closed (or being
 	// closed): nothing is to be written to its meta-data.
 	diskClosed atomic.Bool
@@ -293,7 +296,7 @@ func New(cfg config.Resource, opts Options) *Resource {
 	if opts.NewUUID == nil {
 		opts.NewUUID = NewUUID
 	}
-	r := &Resource{opts: opts, config: cfg, log: opts.Logger.With(zap.String("resource", cfg.Name)), stopSyncWait: stopSyncTimeout, autoPromoteWait: autoPromoteTimeout, attachSem: make(chan struct{}, 1), autoSem: make(chan struct{}, 1)}
+	r := &Resource{opts: opts, config: cfg, log: opts.Logger.With(zap.String("resource", cfg.Name)), stopSyncWait: stopSyncTimeout, autoPromoteWait: autoPromoteTimeout, attachSem: make(chan struct{}, 1), autoSem: make(chan struct{}, 1), resizeSem: make(chan struct{}, 1)}
 	r.status.Store(&Status{Name: cfg.Name, Role: RoleSecondary, Disk: DiskDiskless, Conn: ConnStandAlone, PeerDisk: DiskDUnknown})
 	return r
 }
@@ -489,6 +492,13 @@ func (r *Resource) Stop(ctx context.Context) error {
 	if r.inbox == nil {
 		return nil
 	}
+	select {
+	case r.resizeSem <- struct{}{}:
+	case <-ctx.Done():
+		return fmt.Errorf("a resize of the disk is still running (down waits for it): %w", ctx.Err())
+	}
+	// Released once down: a resize that starts then finds the loop gone.
+	defer func() { <-r.resizeSem }()
 	if err := r.doAsync(ctx, func(reply func(error)) { r.stopRole(ctx, reply) }); err != nil {
 		return err
 	}

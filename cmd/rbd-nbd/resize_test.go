@@ -78,7 +78,7 @@ func TestResizeCommand(t *testing.T) {
 		want  string
 	}{
 		{"waiting for the peer", []resource.Status{waiting}, nil, "",
-			"r0: disk capacity 100663296 bytes, resource size 67108864 bytes; the resource grows once the peer's disk holds as much (run resize there)\n"},
+			"r0: disk capacity 100663296 bytes, resource size 67108864 bytes; the resource grows once the peer's disk holds as much (run resize there; with a peer of an older release, at the pair's next reconnect)\n"},
 		{"grown", []resource.Status{grown}, []string{"--zero-new"}, "zero-new", "r0: disk capacity 100663296 bytes, resource size 100663296 bytes\n"},
 		{"assume clean", []resource.Status{grown}, []string{"--assume-clean"}, "assume-clean", "r0: disk capacity 100663296 bytes, resource size 100663296 bytes\n"},
 		{"grows after the reply", []resource.Status{handshake, waiting, waiting, grown}, nil, "", "r0: disk capacity 100663296 bytes, resource size 100663296 bytes\n"},

@@ -613,7 +613,7 @@ func resizeSummary(st resource.Status) string {
 	capacity := max(st.Capacity, st.Size)
 	s := fmt.Sprintf("%s: disk capacity %d bytes, resource size %d bytes", st.Name, capacity, st.Size)
 	if st.Capacity > st.Size {
-		s += "; the resource grows once the peer's disk holds as much (run resize there)"
+		s += "; the resource grows once the peer's disk holds as much (run resize there; with a peer of an older release, at the pair's next reconnect)"
 	}
 	return s
 }
