@@ -34,6 +34,7 @@ import (
 func (r *Resource) linkConfig() (replicate.Config, error) {
 	cfg := r.cfg()
 	lc := replicate.DefaultConfig()
+	lc.Features &^= replicate.Features(r.withoutFeatures.Load())
 	lc.Resource = cfg.Name
 	lc.NodeID, lc.PeerID = cfg.Local.ID, cfg.Peer.ID
 	lc.SharedSecret = cfg.Net.SharedSecret

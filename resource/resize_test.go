@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/rbd-nbd/rbd-nbd/metadata"
+	"github.com/rbd-nbd/rbd-nbd/replicate"
 )
 
 // truncateDisk grows the file behind a node's disk, as truncate(1) or
@@ -232,4 +233,47 @@ func TestResizeRefusals(t *testing.T) {
 	if s := c.a.Status(); s.Disk != DiskUpToDate || s.Size != uint64(old) {
 		t.Fatalf("a after the refused resize: %s, size %d", s.Disk, s.Size)
 	}
+}
+
+// A peer without GROW_CONNECTED (the previous release) grows at
+// handshakes only: after the Primary's resize the resource keeps its size
+// on the connected link, and grows at the pair's next reconnect.
+func TestResizePeerWithoutGrowConnected(t *testing.T) {
+	dir, na, nb := freshPairDisks(t)
+	c := startPairOn(t, dir, na, nb, "", "")
+	t.Cleanup(c.stopBoth)
+	c.b.withoutFeatures.Store(uint64(replicate.FeatureGrowConnected)) // from b's next connect
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	c.waitBoth("connected", func(s Status) bool { return s.Conn == ConnConnected })
+	if err := c.a.Disconnect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.a.Connect(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	c.primaryA()
+	old := c.a.Size()
+	truncateDisk(t, na.img, 32<<20)
+	truncateDisk(t, nb.img, 32<<20)
+	want := capacityOf(t, 32<<20)
+	if _, err := c.b.Resize(ctx, ResizeOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	c.settled()
+	if _, err := c.a.Resize(ctx, ResizeOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	c.settled()
+	c.waitBoth("a's capacity known", func(s Status) bool { return s.Capacity == uint64(want) })
+	if a, b := c.a.Size(), c.b.Size(); a != old || b != old {
+		t.Fatalf("sizes %d and %d on the connected link without GROW_CONNECTED; want both %d", a, b, old)
+	}
+	if err := c.a.Disconnect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.a.Connect(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	c.waitBoth("grown at the handshake", func(s Status) bool { return s.Conn == ConnConnected && s.Size == uint64(want) })
 }

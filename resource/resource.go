@@ -283,6 +283,10 @@ type Resource struct {
 	// wrapData, set by tests before Start, wraps the data device (to
 	// hold or fail chosen writes).
 	wrapData func(disk.Device) disk.Device
+	// withoutFeatures (tests) leaves peer-protocol features out of
+	// what the link offers at the next connect, as a peer of an older
+	// release would.
+	withoutFeatures atomic.Uint64
 	// statusMidway, set by tests, runs in Status between its read of the
 	// verify and its read of the bitmap.
 	statusMidway atomic.Pointer[func()]
