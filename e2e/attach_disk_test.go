@@ -42,36 +42,9 @@ func TestDetachAttachDiskSecondary(t *testing.T) {
 	// client writes before the detach (it says when), all through it, and
 	// after it (until told to stop), so that the detach really happens
 	// under writes.
-	dir := t.TempDir()
-	ready, stop := fifo(t, dir, "ready"), filepath.Join(dir, "stop")
-	script := fmt.Sprintf(`
-import os
-n = 0
-def write():
-    global n
-    h.pwrite(bytes([0x40 + n %% 64]) * 32768, (8 << 20) + (n %% 128) * 65536)
-    n += 1
-for _ in range(16):
-    write()
-open(%[1]q, "w").write("ready")
-while not os.path.exists(%[2]q):
-    write()
-for _ in range(16):
-    write()
-h.flush()
-print("writes:", n)
-`, ready, stop)
-	// nbdsh runs "python3 -m nbd": the system Python has the module.
-	client := StartProcess(t, "env", "PATH=/usr/bin:/bin:"+os.Getenv("PATH"), "nbdsh", "-u", c.a.uri(), "-c", script)
-	readFIFO(t, ready, 30*time.Second)
-	c.b.ctl("detach-disk", "r0")
-	if err := os.WriteFile(stop, nil, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := client.Wait(60 * time.Second); err != nil {
-		t.Fatalf("writes during the detach failed: %v\n%s", err, client.Output())
-	}
-	t.Log(strings.TrimSpace(client.Output()))
+	writesAround(t, c.a.uri(), nbdWriter{block: 32768, slots: 128}, "the detach", func() {
+		c.b.ctl("detach-disk", "r0")
+	})
 	st := c.b.status()
 	if st.Disk != "Diskless" || st.Conn != "Connected" || st.Role != "Secondary" {
 		t.Fatalf("after detach-disk: %+v", st)
@@ -147,6 +120,56 @@ func fifo(t *testing.T, dir, name string) string {
 		t.Fatal(err)
 	}
 	return p
+}
+
+// nbdWriter says what writesAround writes: block bytes at a time, at
+// the start of one of slots 64 KiB slots from 8 MiB on, in turn;
+// flushFirst flushes the first 16 before the action.
+type nbdWriter struct {
+	block, slots int
+	flushFirst   bool
+}
+
+// writesAround runs action while an NBD client (nbdsh) writes to uri as
+// w says: 16 writes before it (the client says when), writes all through
+// it, and 16 after, then a flush. None of them may fail.
+func writesAround(t *testing.T, uri string, w nbdWriter, what string, action func()) {
+	t.Helper()
+	dir := t.TempDir()
+	ready, stop := fifo(t, dir, "ready"), filepath.Join(dir, "stop")
+	flush := ""
+	if w.flushFirst {
+		flush = "h.flush()"
+	}
+	script := fmt.Sprintf(`
+import os
+n = 0
+def write():
+    global n
+    h.pwrite(bytes([0x40 + n %% 64]) * %[3]d, (8 << 20) + (n %% %[4]d) * 65536)
+    n += 1
+for _ in range(16):
+    write()
+%[5]s
+open(%[1]q, "w").write("ready")
+while not os.path.exists(%[2]q):
+    write()
+for _ in range(16):
+    write()
+h.flush()
+print("writes:", n)
+`, ready, stop, w.block, w.slots, flush)
+	// nbdsh runs "python3 -m nbd": the system Python has the module.
+	client := StartProcess(t, "env", "PATH=/usr/bin:/bin:"+os.Getenv("PATH"), "nbdsh", "-u", uri, "-c", script)
+	readFIFO(t, ready, 30*time.Second)
+	action()
+	if err := os.WriteFile(stop, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := client.Wait(60 * time.Second); err != nil {
+		t.Fatalf("writes during %s failed: %v\n%s", what, err, client.Output())
+	}
+	t.Log(strings.TrimSpace(client.Output()))
 }
 
 // readFIFO opens a FIFO for reading (which waits for its writer) and reads

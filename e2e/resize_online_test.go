@@ -3,7 +3,6 @@ package e2e
 import (
 	"fmt"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -123,38 +122,11 @@ func resizeNode(t *testing.T, c *cluster, n *node) string {
 		t.Logf("node %s: resize: %s", n.name, strings.TrimSpace(out))
 		return out
 	}
-	dir := t.TempDir()
-	ready, stop := fifo(t, dir, "ready"), filepath.Join(dir, "stop")
-	script := fmt.Sprintf(`
-import os
-n = 0
-def write():
-    global n
-    h.pwrite(bytes([0x40 + n %% 64]) * 65536, (8 << 20) + (n %% 64) * 65536)
-    n += 1
-for _ in range(16):
-    write()
-h.flush()
-open(%[1]q, "w").write("ready")
-while not os.path.exists(%[2]q):
-    write()
-for _ in range(16):
-    write()
-h.flush()
-print("writes:", n)
-`, ready, stop)
-	// nbdsh runs "python3 -m nbd": the system Python has the module.
-	client := StartProcess(t, "env", "PATH=/usr/bin:/bin:"+os.Getenv("PATH"), "nbdsh", "-u", c.a.uri(), "-c", script)
-	readFIFO(t, ready, 30*time.Second)
-	out := n.ctl("resize", "r0")
-	t.Logf("node %s: resize: %s", n.name, strings.TrimSpace(out))
-	if err := os.WriteFile(stop, nil, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := client.Wait(60 * time.Second); err != nil {
-		t.Fatalf("writes during the Primary's resize failed: %v\n%s", err, client.Output())
-	}
-	t.Log(strings.TrimSpace(client.Output()))
+	var out string
+	writesAround(t, c.a.uri(), nbdWriter{block: 65536, slots: 64, flushFirst: true}, "the Primary's resize", func() {
+		out = n.ctl("resize", "r0")
+		t.Logf("node %s: resize: %s", n.name, strings.TrimSpace(out))
+	})
 	return out
 }
 

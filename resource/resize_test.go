@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -22,6 +23,20 @@ func truncateDisk(t *testing.T, img string, size int64) {
 	if err := os.Truncate(img, size); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// resizePair starts a pair on fresh 16 MiB disks (stopped at the test's
+// end) with node a Primary, and returns it, its disks, its size and a
+// context for the test's steps.
+func resizePair(t *testing.T) (c *pair, na, nb pairDisk, old int64, ctx context.Context) {
+	t.Helper()
+	dir, na, nb := freshPairDisks(t)
+	c = startPairOn(t, dir, na, nb, "", "")
+	t.Cleanup(c.stopBoth)
+	c.primaryA()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	t.Cleanup(cancel)
+	return c, na, nb, c.a.Size(), ctx
 }
 
 // writeWhile writes 4 KiB blocks of increasing content to the first size
@@ -59,17 +74,11 @@ func writeWhile(t *testing.T, r *Resource, size int64, stop <-chan struct{}) fun
 // on the connected link, nothing is left out of sync, and writes at the
 // grown end replicate.
 func TestResizeOnlineSecondaryThenPrimary(t *testing.T) {
-	dir, na, nb := freshPairDisks(t)
-	c := startPairOn(t, dir, na, nb, "", "")
-	t.Cleanup(c.stopBoth)
-	c.primaryA()
-	old := c.a.Size()
+	c, na, nb, old, ctx := resizePair(t)
 	last := fill(0x5A, 4096)
 	if err := c.a.WriteAt(last, old-4096, false); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
 	truncateDisk(t, na.img, 32<<20)
 	truncateDisk(t, nb.img, 32<<20)
 	want := capacityOf(t, 32<<20)
@@ -120,7 +129,7 @@ func TestResizeOnlineSecondaryThenPrimary(t *testing.T) {
 	}
 	// Recorded on both: a restart keeps the grown size.
 	c.stopBoth()
-	c = startPairOn(t, dir, na, nb, "", "")
+	c = startPairOn(t, filepath.Dir(na.img), na, nb, "", "")
 	t.Cleanup(c.stopBoth)
 	if a, b := c.a.Size(), c.b.Size(); a != want || b != want {
 		t.Fatalf("after a restart: sizes %d and %d; want both %d", a, b, want)
@@ -131,13 +140,7 @@ func TestResizeOnlineSecondaryThenPrimary(t *testing.T) {
 // resource keeps its size), then the Secondary's, whose attach starts a
 // handshake that grows both.
 func TestResizeOnlinePrimaryThenSecondary(t *testing.T) {
-	dir, na, nb := freshPairDisks(t)
-	c := startPairOn(t, dir, na, nb, "", "")
-	t.Cleanup(c.stopBoth)
-	c.primaryA()
-	old := c.a.Size()
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
+	c, na, nb, old, ctx := resizePair(t)
 	truncateDisk(t, na.img, 32<<20)
 	truncateDisk(t, nb.img, 40<<20) // larger than a: a's capacity counts
 	want := capacityOf(t, 32<<20)
@@ -167,13 +170,7 @@ func TestResizeOnlinePrimaryThenSecondary(t *testing.T) {
 // --zero-new then zeroes), the disk a Diskless Primary serves from, a
 // Primary without a connected peer.
 func TestResizeRefusals(t *testing.T) {
-	dir, na, nb := freshPairDisks(t)
-	c := startPairOn(t, dir, na, nb, "", "")
-	t.Cleanup(c.stopBoth)
-	c.primaryA()
-	old := c.a.Size()
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
+	c, na, nb, old, ctx := resizePair(t)
 
 	if _, err := c.b.Resize(ctx, ResizeOptions{}); !errors.Is(err, metadata.ErrNotGrown) {
 		t.Fatalf("resize of a disk that did not grow: %v; want ErrNotGrown", err)
