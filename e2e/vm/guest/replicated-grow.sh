@@ -53,33 +53,5 @@ wait_for 120 "the device to grow" sh -c "[ \$(blockdev --getsize64 $dev) -gt $ol
 log "device $old -> $(blockdev --getsize64 "$dev") bytes"
 marker DEVICE_GREW
 
-resize2fs "$dev" >"$WORK/resize2fs.out" 2>&1 || { cat "$WORK/resize2fs.out"; fail "resize2fs $dev"; }
-fs_new=$(df -k /mnt/g | awk 'NR==2 {print $2}')
-[ "$fs_new" -gt $((fs_old + 16384)) ] || fail "the file system did not grow: $fs_old -> $fs_new KiB"
-log "file system $fs_old -> $fs_new KiB"
-marker FS_GREW
-
-# More than the old file system held: some of it lands in the new space.
-write_files /mnt/g/after 24 2048
-sync
-marker WRITTEN
-
-no_io_errors
-marker NO_IO_ERRORS
-umount /mnt/g
-fsck_clean "$dev"
-marker FSCK_CLEAN
-mount -t ext4 "$dev" /mnt/g
-verify_sums
-log "verified $(wc -l <"$WORK/sums") files"
-umount /mnt/g
-rbd-nbd detach "$dev"
-marker VERIFIED
-
-resynced
-replicas_identical
-marker IDENTICAL
-
-stop_daemon a
-stop_daemon b
+grown_fs_end "$dev" "$fs_old"
 pass

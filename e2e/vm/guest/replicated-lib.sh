@@ -89,3 +89,44 @@ replicas_identical() {
 	_size=$(r0 a status r0 --json | sed 's/.*"size":\([0-9]*\).*/\1/')
 	[ "$(head -c "$_size" "$WORK/a.img" | sha256sum)" = "$(head -c "$_size" "$WORK/b.img" | sha256sum)" ] || fail "the replicas differ"
 }
+
+# grown_fs_end DEV FS_OLD [SUMS...]: after DEV, with an ext4 mounted at
+# /mnt/g of FS_OLD KiB, grew: resize2fs grows the mounted file system,
+# files written into the new space, those of $WORK/sums and those of
+# each SUMS file read back, no I/O errors, fsck clean, and the replicas
+# end identical; then both daemons stop. Marks FS_GREW WRITTEN
+# NO_IO_ERRORS FSCK_CLEAN VERIFIED IDENTICAL.
+grown_fs_end() {
+	_dev=$1 _fs_old=$2
+	shift 2
+	resize2fs "$_dev" >"$WORK/resize2fs.out" 2>&1 || { cat "$WORK/resize2fs.out"; fail "resize2fs $_dev"; }
+	_fs_new=$(df -k /mnt/g | awk 'NR==2 {print $2}')
+	[ "$_fs_new" -gt $((_fs_old + 16384)) ] || fail "the file system did not grow: $_fs_old -> $_fs_new KiB"
+	log "file system $_fs_old -> $_fs_new KiB"
+	marker FS_GREW
+
+	# More than the old file system held: some of it lands in the new space.
+	write_files /mnt/g/after 24 2048
+	sync
+	marker WRITTEN
+
+	no_io_errors
+	marker NO_IO_ERRORS
+	umount /mnt/g
+	fsck_clean "$_dev"
+	marker FSCK_CLEAN
+	mount -t ext4 "$_dev" /mnt/g
+	verify_sums
+	for _s in "$@"; do verify_sums "$_s"; done
+	log "verified $(wc -l <"$WORK/sums") files, and $(cat "$@" </dev/null | wc -l) more"
+	umount /mnt/g
+	rbd-nbd detach "$_dev"
+	marker VERIFIED
+
+	resynced
+	replicas_identical
+	marker IDENTICAL
+
+	stop_daemon a
+	stop_daemon b
+}
