@@ -734,6 +734,12 @@ func (r *Resource) control(link *replicate.Link, msg replicate.ControlMsg) {
 				// The Primary grows once it sees this node's new size.
 				r.sendState()
 			}
+		case size == cur && r.m.Conn() != ConnHandshake && r.m.Role() != RolePrimary &&
+			int64(m.Size) < size && int64(m.Capacity) >= size:
+			// A Primary whose size lags behind this node's, with the
+			// capacity to catch up (it had been Diskless when this node
+			// grew): it grows on this node's State (capacitySize).
+			r.sendState()
 		case size < cur:
 			// Accepted: from now on the resource is the smaller peer's size.
 			r.log.Warn("the peer's disk is smaller: using its size", zap.Int64("size", size), zap.Int64("was", cur))
@@ -885,6 +891,15 @@ func (r *Resource) checkPeerState(m *replicate.State) (int64, error) {
 	}
 	size := uint64(cur)
 	if m.Size != 0 && m.Size != size {
+		if local, peer := r.m.Disk() == DiskDiskless, DiskState(m.Disk) == DiskDiskless; local && m.Size > size || peer && m.Size < size {
+			// A Diskless node has no disk to hold a size to, and the
+			// disk of the other holds all it can address: both keep
+			// their sizes (a growth on a connected link that the link's
+			// loss cut short, the Primary's disk detached before it
+			// grew). The Diskless node grows once its disk, attached
+			// again, offers its capacity (capacitySize).
+			return cur, nil
+		}
 		if cfg.Net.SizeMismatch == config.SizeMismatchRefuse || m.Size > size {
 			if cfg.Net.SizeMismatch == config.SizeMismatchRefuse {
 				return cur, fmt.Errorf("disk sizes differ: %d bytes here, %d on the peer (net.size-mismatch: refuse)", size, m.Size)

@@ -274,3 +274,74 @@ func TestResizePeerWithoutGrowConnected(t *testing.T) {
 	}
 	c.waitBoth("grown at the handshake", func(s Status) bool { return s.Conn == ConnConnected && s.Size == uint64(want) })
 }
+
+// A growth on a connected link cut short: b recorded and took the grown
+// size, a did not, and a's disk was detached before the next handshake.
+// A Diskless node has no size of its own to hold: the two connect (under
+// net.size-mismatch: refuse too), each keeping its size, and a grows once
+// its disk, attached again, offers its capacity (here at the handshake
+// a Secondary's attach starts; a Primary's attach keeps the link, and b
+// answers its lagging State so that it grows there).
+func TestGrowCutShortDisklessConnects(t *testing.T) {
+	c, na, nb, old, ctx := resizePair(t)
+	c.stopBoth()
+	growDisk(t, na.img, 16<<20, 32<<20)
+	growDisk(t, nb.img, 16<<20, 32<<20)
+	want := capacityOf(t, 32<<20)
+	recordAgreed(t, nb.img, 32<<20, want) // b alone recorded the growth
+	c = startPairOn(t, filepath.Dir(na.img), na, nb, "", "")
+	t.Cleanup(c.stopBoth)
+	c.proxy.setRefuse(true) // no link until a is Diskless
+	c.proxy.cut()
+	c.wait(c.a, "a not connected", func(s Status) bool { return s.Conn < ConnHandshake })
+	if err := c.a.DetachDisk(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	if a, b := c.a.Size(), c.b.Size(); a != old || b != want {
+		t.Fatalf("sizes %d and %d; want a's old %d and b's recorded %d", a, b, old, want)
+	}
+	c.proxy.setRefuse(false)
+	c.wait(c.a, "a Diskless, connected", func(s Status) bool {
+		return s.Conn == ConnConnected && s.Disk == DiskDiskless && s.PeerDisk == DiskUpToDate
+	})
+	if s := c.a.Status(); s.LinkError != "" || s.Size != uint64(old) {
+		t.Fatalf("a connected with link error %q, size %d; want none and %d", s.LinkError, s.Size, old)
+	}
+	if err := c.a.AttachDisk(ctx); err != nil {
+		t.Fatal(err)
+	}
+	c.waitBoth("grown, in sync", func(s Status) bool {
+		return s.Conn == ConnConnected && s.Size == uint64(want) && s.Disk == DiskUpToDate && s.PeerDisk == DiskUpToDate
+	})
+	if err := c.a.Primary(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	end := fill(0x7E, 4096)
+	if err := c.a.WriteAt(end, want-4096, false); err != nil {
+		t.Fatalf("write at the grown end: %v", err)
+	}
+	c.settled()
+	c.compareBlocks(old-4096, want-4096)
+}
+
+// recordAgreed records agreed as the agreed size in the meta-data of the
+// internal-meta-data disk img of size bytes, as a node that took a growth
+// does.
+func recordAgreed(t *testing.T, img string, size, agreed int64) {
+	t.Helper()
+	f, err := os.OpenFile(img, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	m, err := metadata.Open(f, size, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Update(func(sb *metadata.Superblock) { sb.AgreedSize = agreed }); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
