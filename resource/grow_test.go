@@ -32,6 +32,24 @@ func growDisk(t *testing.T, img string, oldSize, newSize int64) {
 	}
 }
 
+// writeGrownEnd writes a block of b's at the end of the grown size want
+// through node a, checks that a write past it fails, and waits until the
+// pair is in sync and node b holds the block.
+func (c *pair) writeGrownEnd(want int64, b byte) {
+	c.t.Helper()
+	end := fill(b, 4096)
+	if err := c.a.WriteAt(end, want-4096, false); err != nil {
+		c.t.Fatalf("write at the grown end: %v", err)
+	}
+	if err := c.a.WriteAt(end, want, false); err == nil {
+		c.t.Fatal("a write past the grown end succeeded")
+	}
+	c.settled()
+	if got := c.peerData(want-4096, 4096); !bytes.Equal(got, end) {
+		c.t.Fatalf("b's copy of the grown end: %x..", got[:4])
+	}
+}
+
 // capacityOf is the data size internal meta-data gives a device of size
 // bytes with the default options.
 func capacityOf(t *testing.T, size int64) int64 {
@@ -87,18 +105,8 @@ func TestGrowAtHandshake(t *testing.T) {
 	if err := c.a.Primary(ctx, false); err != nil {
 		t.Fatal(err)
 	}
-	end := fill(0xA5, 4096)
-	if err := c.a.WriteAt(end, want-4096, false); err != nil {
-		t.Fatalf("write at the grown end: %v", err)
-	}
-	if err := c.a.WriteAt(end, want, false); err == nil {
-		t.Fatal("a write past the grown end succeeded")
-	}
-	c.settled()
+	c.writeGrownEnd(want, 0xA5)
 	c.compareBlocks(old-4096, old, want-4096)
-	if got := c.peerData(want-4096, 4096); !bytes.Equal(got, end) {
-		t.Fatalf("b's copy of the grown end: %x..", got[:4])
-	}
 	if got := c.peerData(old-4096, 4096); !bytes.Equal(got, last) {
 		t.Fatalf("b's copy of the old end: %x..", got[:4])
 	}
@@ -308,13 +316,7 @@ func TestGrowPrimaryTargetWrittenSet(t *testing.T) {
 // of sync (the grown area is zeros on both, and no resync clears bits
 // past the size it ran at).
 func TestGrowAfterFullResyncLeavesNothingOutOfSync(t *testing.T) {
-	dir, na, nb := freshPairDisks(t)
-	growDisk(t, na.img, 16<<20, 32<<20)
-	c := startPairOn(t, dir, na, nb, "", "")
-	t.Cleanup(c.stopBoth)
-	c.primaryA()
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
+	c, dir, na, nb, ctx := grownAlonePair(t)
 	if err := c.a.InvalidateRemote(ctx, true); err != nil {
 		t.Fatal(err)
 	}
@@ -378,13 +380,7 @@ func TestNoGrowthUnderSizeMismatchSmaller(t *testing.T) {
 // counted out of sync for good (the grown area is zeros on both), as
 // set-all's did before it was bounded by the size.
 func TestGrowAfterPrimaryTargetAttachLeavesNothingOutOfSync(t *testing.T) {
-	dir, na, nb := freshPairDisks(t)
-	growDisk(t, na.img, 16<<20, 32<<20)
-	c := startPairOn(t, dir, na, nb, "", "")
-	t.Cleanup(c.stopBoth)
-	c.primaryA()
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
+	c, dir, na, nb, ctx := grownAlonePair(t)
 	if err := c.a.DetachDisk(ctx, false); err != nil {
 		t.Fatal(err)
 	}
@@ -393,6 +389,21 @@ func TestGrowAfterPrimaryTargetAttachLeavesNothingOutOfSync(t *testing.T) {
 	}
 	c.settled()
 	growPeerNothingOutOfSync(t, ctx, c, dir, na, nb)
+}
+
+// grownAlonePair starts a pair (stopped at the test's end) on fresh disks
+// of which a's grew alone (resize-md), with node a Primary, and returns it,
+// its folder and disks, and a context for the test's steps.
+func grownAlonePair(t *testing.T) (c *pair, dir string, na, nb pairDisk, ctx context.Context) {
+	t.Helper()
+	dir, na, nb = freshPairDisks(t)
+	growDisk(t, na.img, 16<<20, 32<<20)
+	c = startPairOn(t, dir, na, nb, "", "")
+	t.Cleanup(c.stopBoth)
+	c.primaryA()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	t.Cleanup(cancel)
+	return c, dir, na, nb, ctx
 }
 
 // growPeerNothingOutOfSync demotes node a of c (whose disk grew alone),

@@ -650,18 +650,19 @@ func (r *Resource) capacity() uint64 {
 // at once and sends its State, and the Primary grows when that State
 // says the peer's size holds the new one.
 func (r *Resource) capacitySize(m *replicate.State) (size int64, ok bool) {
-	own := r.capacity()
-	if own == 0 || m.Capacity == 0 || r.m.Conn() < ConnHandshake {
+	own, conn := r.capacity(), r.m.Conn()
+	if own == 0 || m.Capacity == 0 || conn < ConnHandshake {
 		return 0, false
 	}
-	if r.m.Conn() != ConnHandshake && (r.link == nil || r.link.Features()&replicate.FeatureGrowConnected == 0) {
+	linked := conn != ConnHandshake
+	if linked && (r.link == nil || r.link.Features()&replicate.FeatureGrowConnected == 0) {
 		return 0, false // a peer that grows at handshakes only
 	}
 	size = int64(min(own, m.Capacity))
 	if size < r.size.Load() || size < int64(m.Size) {
 		return 0, false
 	}
-	if r.m.Conn() != ConnHandshake && r.m.Role() == RolePrimary && int64(m.Size) < size {
+	if linked && r.m.Role() == RolePrimary && int64(m.Size) < size {
 		return 0, false // the peer grows first
 	}
 	return size, true

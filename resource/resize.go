@@ -85,18 +85,19 @@ func (r *Resource) Resize(ctx context.Context, o ResizeOptions) (ResizeResult, e
 		return res, err
 	}
 	cfg := r.cfg()
-	if err := checkGrown(cfg, layout); err != nil {
-		return res, err
-	}
-	// Everything Grow would refuse, refused while the disk is still
-	// attached: after the detach the grown device's meta-data is found
-	// only once it moved (internal meta-data sits at the end). The dry
-	// run reads the meta-data the node keeps writing; the added range,
-	// which it checks too, the node never touches.
+	// Everything Grow would refuse (a disk that did not grow, data in
+	// the added range), refused while the disk is still attached: after
+	// the detach the grown device's meta-data is found only once it
+	// moved (internal meta-data sits at the end). The dry run reads the
+	// meta-data the node keeps writing; the added range, which it
+	// checks, the node never touches, so the grow need not read it again
+	// (all of it, on a block device) while the disk is detached.
 	plan, err := growMeta(cfg, layout, o, true)
 	if err != nil {
 		return res, fmt.Errorf("resize: %w", err)
 	}
+	checked := o
+	checked.AssumeClean = !o.ZeroNew
 	// From the detach on, the caller's giving up does not stop the
 	// resize: a node left without its disk would serve nothing of its
 	// own.
@@ -113,31 +114,9 @@ func (r *Resource) Resize(ctx context.Context, o ResizeOptions) (ResizeResult, e
 		// (the attach below waits for it).
 		r.log.Warn("resize: the disk is detached, not cleanly", zap.Error(err))
 	}
-	grown, err := growMeta(cfg, layout, o, false)
+	grown, err := r.growDetached(cfg, layout, checked, plan)
 	if err != nil {
-		// Grow is resumable: a second run redoes what did not commit,
-		// or finishes the zeroing of the old area that did.
-		r.log.Warn("resize: the grow failed; trying once more", zap.Error(err))
-		grown, err = growMeta(cfg, layout, o, false)
-		if errors.Is(err, metadata.ErrNotGrown) {
-			// Nothing left to do: the first run's error came after
-			// it finished (a sync of the grown meta-data, say).
-			grown, err = plan, nil
-		}
-		if err != nil {
-			if _, again := growMeta(cfg, layout, ResizeOptions{AssumeClean: true}, true); again == nil && !layout.Internal {
-				// Nothing committed, and external meta-data is found
-				// where it was: the disk as it was attaches. (Internal
-				// meta-data is looked for at the grown device's end.)
-				if aerr := r.attachDisk(octx); aerr != nil {
-					return res, fmt.Errorf("resize: %w; and the disk, as it was, is not attached again: %w", err, aerr)
-				}
-				return res, fmt.Errorf("resize: %w (the disk is attached again as it was)", err)
-			}
-			// Attached now, the disk might export bytes of the old
-			// meta-data area as in sync: it stays detached.
-			return res, fmt.Errorf("resize: %w; the disk stays detached: complete the grow with %s (the daemon does not use the disk now), then attach-disk", err, resizeMDCommand(cfg, layout, o))
-		}
+		return res, r.growFailed(octx, cfg, layout, o, err)
 	}
 	r.log.Info("resize: the meta-data grew", zap.Int64("capacity", grown.New.DataSize), zap.Int64("was", grown.Old.DataSize),
 		zap.Int64("agreed_size", grown.AgreedSize), zap.Int64("meta_offset", grown.New.MetaOffset))
@@ -149,6 +128,44 @@ func (r *Resource) Resize(ctx context.Context, o ResizeOptions) (ResizeResult, e
 		return nil
 	})
 	return res, err
+}
+
+// growDetached grows the detached disk's meta-data (plan: what the dry
+// run said), once more if that fails: Grow is resumable, a second run
+// redoes what did not commit or finishes the zeroing of the old area
+// that did.
+func (r *Resource) growDetached(cfg config.Resource, l metadata.Layout, o ResizeOptions, plan metadata.GrowDeviceResult) (metadata.GrowDeviceResult, error) {
+	grown, err := growMeta(cfg, l, o, false)
+	if err == nil {
+		return grown, nil
+	}
+	r.log.Warn("resize: the grow failed; trying once more", zap.Error(err))
+	grown, err = growMeta(cfg, l, o, false)
+	if errors.Is(err, metadata.ErrNotGrown) {
+		// Nothing left to do: the first run's error came after it
+		// finished.
+		return plan, nil
+	}
+	return grown, err
+}
+
+// growFailed is what a failed grow of the detached disk leaves: external
+// meta-data that committed nothing is where it was, and the disk as it
+// was is attached again; otherwise the disk stays detached (attached, it
+// might export bytes of the old meta-data area as in sync), and the
+// error names the resize-md command (of the user's options o) that
+// completes the grow. (Internal meta-data is looked for at the grown
+// device's end, where it is not yet.)
+func (r *Resource) growFailed(ctx context.Context, cfg config.Resource, l metadata.Layout, o ResizeOptions, err error) error {
+	if !l.Internal {
+		if _, again := growMeta(cfg, l, ResizeOptions{AssumeClean: true}, true); again == nil {
+			if aerr := r.attachDisk(ctx); aerr != nil {
+				return fmt.Errorf("resize: %w; and the disk, as it was, is not attached again: %w", err, aerr)
+			}
+			return fmt.Errorf("resize: %w (the disk is attached again as it was)", err)
+		}
+	}
+	return fmt.Errorf("resize: %w; the disk stays detached: complete the grow with %s (the daemon does not use the disk now), then attach-disk", err, resizeMDCommand(cfg, l, o))
 }
 
 // resizeMDCommand is the resize-md command line that completes a grow
@@ -169,71 +186,46 @@ func resizeMDCommand(cfg config.Resource, l metadata.Layout, o ResizeOptions) st
 	return cmd
 }
 
-// checkGrown refuses, before the disk is detached, a resize of a disk
-// that did not grow past what its meta-data describes.
-func checkGrown(cfg config.Resource, l metadata.Layout) error {
-	size, err := fileSize(cfg.Local.Disk)
-	if err != nil {
-		return fmt.Errorf("resize: %w", err)
-	}
-	if l.Internal && size > l.StoreSize || !l.Internal && size&^(metadata.BlockSize-1) > l.DataSize {
-		return nil
-	}
-	return fmt.Errorf("resize: %s holds %d bytes, no more than when its meta-data was laid out (data size %d): grow it first (truncate, lvextend): %w",
-		cfg.Local.Disk, size, l.DataSize, metadata.ErrNotGrown)
-}
-
 // growMeta runs resize-md's grow on the detached disk of cfg, whose
-// meta-data had layout l, or with dryRun its checks only.
+// meta-data had layout l, or with dryRun its checks only. Grow syncs what
+// it writes.
 func growMeta(cfg config.Resource, l metadata.Layout, o ResizeOptions, dryRun bool) (metadata.GrowDeviceResult, error) {
-	data, err := os.OpenFile(cfg.Local.Disk, os.O_RDWR, 0)
+	data, dataSize, err := openSized(cfg.Local.Disk)
 	if err != nil {
 		return metadata.GrowDeviceResult{}, err
 	}
 	defer data.Close()
-	dataSize, err := data.Seek(0, io.SeekEnd)
-	if err != nil {
-		return metadata.GrowDeviceResult{}, fmt.Errorf("%s: %w", cfg.Local.Disk, err)
-	}
 	meta, metaSize := data, dataSize
 	if !l.Internal {
-		if meta, err = os.OpenFile(cfg.Local.Meta, os.O_RDWR, 0); err != nil {
+		if meta, metaSize, err = openSized(cfg.Local.Meta); err != nil {
 			return metadata.GrowDeviceResult{}, err
 		}
 		defer meta.Close()
-		if metaSize, err = meta.Seek(0, io.SeekEnd); err != nil {
-			return metadata.GrowDeviceResult{}, fmt.Errorf("%s: %w", cfg.Local.Meta, err)
-		}
 	}
 	res, err := metadata.GrowDevice(data, dataSize, meta, metaSize, l.Internal, metadata.GrowDeviceOptions{
 		OldStoreSize: l.StoreSize, ZeroNew: o.ZeroNew, AssumeClean: o.AssumeClean, DryRun: dryRun,
 	})
-	if err != nil {
-		var notZero *metadata.AddedDataError
-		if errors.As(err, &notZero) {
-			return res, fmt.Errorf("%s holds %w", cfg.Local.Disk, err)
-		}
+	var notZero *metadata.AddedDataError
+	switch {
+	case errors.As(err, &notZero):
+		return res, fmt.Errorf("%s holds %w", cfg.Local.Disk, err)
+	case err != nil:
 		return res, fmt.Errorf("grow the meta-data of %s: %w", cfg.Local.Disk, err)
 	}
-	if dryRun {
-		return res, nil
-	}
-	if err := meta.Sync(); err != nil {
-		return res, err
-	}
-	return res, data.Sync()
+	return res, nil
 }
 
-// fileSize is the size of the file or block device at path.
-func fileSize(path string) (int64, error) {
-	f, err := os.Open(path)
+// openSized opens the file or block device at path for writing and
+// returns its size.
+func openSized(path string) (*os.File, int64, error) {
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
 	if err != nil {
-		return 0, err
+		return nil, 0, err
 	}
-	defer f.Close()
 	size, err := f.Seek(0, io.SeekEnd)
 	if err != nil {
-		return 0, fmt.Errorf("%s: %w", path, err)
+		f.Close()
+		return nil, 0, fmt.Errorf("%s: %w", path, err)
 	}
-	return size, nil
+	return f, size, nil
 }

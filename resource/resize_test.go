@@ -1,7 +1,6 @@
 package resource
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"os"
@@ -112,17 +111,7 @@ func TestResizeOnlineSecondaryThenPrimary(t *testing.T) {
 	c.waitBoth("grown and in sync", func(s Status) bool {
 		return s.Conn == ConnConnected && s.Size == uint64(want) && s.Disk == DiskUpToDate && s.PeerDisk == DiskUpToDate && s.OutOfSync == 0
 	})
-	end := fill(0xA5, 4096)
-	if err := c.a.WriteAt(end, want-4096, false); err != nil {
-		t.Fatalf("write at the grown end: %v", err)
-	}
-	if err := c.a.WriteAt(end, want, false); err == nil {
-		t.Fatal("a write past the grown end succeeded")
-	}
-	c.settled()
-	if got := c.peerData(want-4096, 4096); !bytes.Equal(got, end) {
-		t.Fatalf("b's copy of the grown end: %x..", got[:4])
-	}
+	c.writeGrownEnd(want, 0xA5)
 	c.compareBlocks(append(offs, old-4096, want-4096)...)
 	if len(offs) == 0 {
 		t.Fatal("no write ran during the Primary's resize")
@@ -157,11 +146,7 @@ func TestResizeOnlinePrimaryThenSecondary(t *testing.T) {
 	c.waitBoth("grown and in sync", func(s Status) bool {
 		return s.Conn == ConnConnected && s.Size == uint64(want) && s.Disk == DiskUpToDate && s.PeerDisk == DiskUpToDate && s.OutOfSync == 0
 	})
-	end := fill(0x3C, 4096)
-	if err := c.a.WriteAt(end, want-4096, false); err != nil {
-		t.Fatalf("write at the grown end: %v", err)
-	}
-	c.settled()
+	c.writeGrownEnd(want, 0x3C)
 	c.compareBlocks(old-4096, want-4096)
 }
 
@@ -316,11 +301,7 @@ func TestGrowCutShortDisklessConnects(t *testing.T) {
 	if err := c.a.Primary(ctx, false); err != nil {
 		t.Fatal(err)
 	}
-	end := fill(0x7E, 4096)
-	if err := c.a.WriteAt(end, want-4096, false); err != nil {
-		t.Fatalf("write at the grown end: %v", err)
-	}
-	c.settled()
+	c.writeGrownEnd(want, 0x7E)
 	c.compareBlocks(old-4096, want-4096)
 }
 
