@@ -7,7 +7,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -38,32 +37,41 @@ func resizePair(t *testing.T) (c *pair, na, nb pairDisk, old int64, ctx context.
 	return c, na, nb, c.a.Size(), ctx
 }
 
-// writeWhile writes 4 KiB blocks of increasing content to the first size
-// bytes of r until stop is closed, and returns the offsets it wrote (each
-// once, the last content wins on both nodes alike).
+// writeWhile writes 4 KiB blocks of changing content to the first size
+// bytes of r until stop is closed, and returns once the first write
+// completed; the function it returns waits for the writer and gives the
+// offsets it wrote (in order; a block written twice holds the last
+// content, on both nodes alike).
 func writeWhile(t *testing.T, r *Resource, size int64, stop <-chan struct{}) func() []int64 {
 	t.Helper()
 	var wg sync.WaitGroup
 	var offs []int64
-	var n atomic.Int64
+	first := make(chan struct{})
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		for i := int64(0); ; i++ {
-			select {
-			case <-stop:
-				return
-			default:
+		defer func() {
+			if len(offs) == 0 {
+				close(first) // failed: the test's error says why
 			}
+		}()
+		for i := int64(0); ; i++ {
 			off := (i * 7 * 4096) % (size - 4096)
 			if err := r.WriteAt(fill(byte(i), 4096), off, false); err != nil {
 				t.Errorf("write at %d during the resize: %v", off, err)
 				return
 			}
-			offs = append(offs, off)
-			n.Add(1)
+			if offs = append(offs, off); len(offs) == 1 {
+				close(first)
+			}
+			select {
+			case <-stop:
+				return
+			default:
+			}
 		}
 	}()
+	<-first
 	return func() []int64 { wg.Wait(); return offs }
 }
 
@@ -113,9 +121,6 @@ func TestResizeOnlineSecondaryThenPrimary(t *testing.T) {
 	})
 	c.writeGrownEnd(want, 0xA5)
 	c.compareBlocks(append(offs, old-4096, want-4096)...)
-	if len(offs) == 0 {
-		t.Fatal("no write ran during the Primary's resize")
-	}
 	// Recorded on both: a restart keeps the grown size.
 	c.stopBoth()
 	c = startPairOn(t, filepath.Dir(na.img), na, nb, "", "")
