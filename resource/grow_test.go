@@ -176,11 +176,7 @@ func TestGrowAfterOneSideRecorded(t *testing.T) {
 // two nodes resolved discard-least-changes in opposite ways: each took
 // itself for the source.
 func TestGrowSplitBrainCountsAgree(t *testing.T) {
-	dir := t.TempDir()
-	na := pairDisk{img: filepath.Join(dir, "a.img")}
-	nb := pairDisk{img: filepath.Join(dir, "b.img")}
-	makePairDisk(t, na, 16<<20, 0, 0)
-	makePairDisk(t, nb, 16<<20, 1, 0)
+	dir, na, nb := freshPairDisks(t)
 	growDisk(t, na.img, 16<<20, 32<<20) // a grew alone: the pair keeps the old size
 	const extra = "  after-sb: discard-least-changes\n"
 	c := startPairOn(t, dir, na, nb, extra, "")
@@ -250,11 +246,7 @@ func TestGrowSplitBrainCountsAgree(t *testing.T) {
 // written set was sized at the attach, by the old size, and left the
 // grown area out.
 func TestGrowPrimaryTargetWrittenSet(t *testing.T) {
-	dir := t.TempDir()
-	na := pairDisk{img: filepath.Join(dir, "a.img")}
-	nb := pairDisk{img: filepath.Join(dir, "b.img")}
-	makePairDisk(t, na, 16<<20, 0, 0)
-	makePairDisk(t, nb, 16<<20, 1, 0)
+	dir, na, nb := freshPairDisks(t)
 	growDisk(t, na.img, 16<<20, 32<<20) // a grew alone: the pair keeps the old size
 	c := startPairOn(t, dir, na, nb, "resync:\n  rate: 4M\n", "")
 	t.Cleanup(c.stopBoth) // before its relay's cleanup, which waits for its links
