@@ -305,16 +305,22 @@ func (n *node) tryStatus() (nodeStatus, bool) {
 	return sts[0], true
 }
 
-// wait waits until the node's status satisfies cond.
+// wait waits until the node's status satisfies cond; on a timeout it
+// fails the test showing the status it read last.
 func (n *node) wait(what string, timeout time.Duration, cond func(nodeStatus) bool) nodeStatus {
 	n.t.Helper()
 	var last nodeStatus
-	WaitFor(n.t, timeout, fmt.Sprintf("node %s: %s (last: %+v)", n.name, what, &last), func() bool {
-		st, ok := n.tryStatus()
-		last = st
-		return ok && cond(st)
-	})
-	return last
+	var ok bool
+	deadline := time.Now().Add(timeout)
+	for delay := time.Millisecond; ; delay = min(2*delay, 100*time.Millisecond) {
+		if last, ok = n.tryStatus(); ok && cond(last) {
+			return last
+		}
+		if time.Now().After(deadline) {
+			n.t.Fatalf("timed out after %v waiting for node %s: %s (last: %+v, read: %v)", timeout, n.name, what, last, ok)
+		}
+		time.Sleep(delay)
+	}
 }
 
 func (c *cluster) waitBoth(what string, cond func(nodeStatus) bool) {

@@ -469,9 +469,20 @@ func TestSizeMismatch(t *testing.T) {
 
 	t.Run("primary-does-not-shrink", func(t *testing.T) {
 		c := newCluster(t, clusterOptions{diskA: big(t), fresh: true, yaml: netYAML + "  size-mismatch: smaller\n"})
-		// a comes back up at its full size and becomes Primary alone.
+		c.waitBoth("the link", func(s nodeStatus) bool { return s.Conn == "Connected" })
+		small := c.b.status().Size
 		c.b.kill()
 		c.a.ctl("down", "r0")
+		c.a.up()
+		// a recorded the shrink at the first handshake (DRBD's la-size):
+		// it comes back at the size both agreed on.
+		if st := c.a.status(); st.Size != small {
+			t.Fatalf("a after a restart: size %d, want the agreed %d", st.Size, small)
+		}
+		// With fresh meta-data a comes back up at its full size and
+		// becomes Primary alone.
+		c.a.ctl("down", "r0")
+		MustRun(t, 30*time.Second, Binary(), "create-md", "--force", "--disk", c.a.disk, "--node-id", "0")
 		c.a.up()
 		c.a.ctl("primary", "r0", "--force")
 		c.a.waitPort()

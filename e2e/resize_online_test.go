@@ -3,6 +3,7 @@ package e2e
 import (
 	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -226,4 +227,66 @@ func TestResizeOnlinePrimaryStandAlone(t *testing.T) {
 	}
 	c.a.ctl("connect", "r0")
 	c.waitSynced()
+}
+
+// TestResizeOnlineWrittenTail: a node that shrank to its smaller peer's
+// size (net.size-mismatch: smaller) records the data it may hold past that
+// size, and the resource does not grow over it once the peer's disk grew:
+// the data there (one byte in node a's file, past the resource's size)
+// would be taken as in sync with the peer's zeros. resize on that node,
+// whose disk did not grow, refuses the data, naming --zero-new; with
+// --zero-new it zeroes the tail and the resource grows on both nodes,
+// with the replicas byte-identical.
+func TestResizeOnlineWrittenTail(t *testing.T) {
+	RequireTools(t, "qemu-io", "nbdinfo")
+	const smallFile, bigFile = 64 << 20, 96 << 20
+	big := filepath.Join(t.TempDir(), "big.img")
+	MakeFile(t, big, bigFile, nil)
+	c := newCluster(t, clusterOptions{size: smallFile, diskA: big, yaml: resizeYAML + "  size-mismatch: smaller\n"})
+	small := c.b.status().Size
+	if st := c.a.status(); st.Size != small || st.Capacity != 0 {
+		t.Fatalf("node a after the shrink to b's size: %+v, want size %d and no capacity", st, small)
+	}
+	junkAt := int64(small) + 4<<20 // past the resource's size, in a's data
+	f, err := os.OpenFile(c.a.disk, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt([]byte{0xAA}, junkAt); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	growFile(t, c.b.disk, bigFile)
+	t.Logf("node b: resize: %s", strings.TrimSpace(c.b.ctl("resize", "r0")))
+	grown := c.b.wait("b's grown capacity, the resource at its size", 30*time.Second, func(s nodeStatus) bool {
+		return s.Capacity > small && s.Size == small && s.Conn == "Connected" && s.Disk == "UpToDate"
+	}).Capacity
+	if st := c.a.waitIdle("in sync after b's resize"); st.Size != small {
+		t.Fatalf("the resource grew over node a's written tail: %+v", st)
+	}
+
+	r := c.a.tryCtl("resize", "r0")
+	if r.ExitCode == 0 || !strings.Contains(r.Stderr, "--zero-new") || !strings.Contains(r.Stderr, "exported larger") {
+		t.Fatalf("resize with data in the written tail: exit %d\nstdout: %s\nstderr: %s", r.ExitCode, r.Stdout, r.Stderr)
+	}
+	t.Logf("node a: resize refused: %s", strings.TrimSpace(r.Stderr))
+	out := c.a.ctl("resize", "r0", "--zero-new")
+	t.Logf("node a: resize --zero-new: %s", strings.TrimSpace(out))
+	if !strings.Contains(out, fmt.Sprintf("disk capacity %d bytes", grown)) {
+		t.Fatalf("resize --zero-new printed %q, want the disk capacity %d", out, grown)
+	}
+	for _, n := range []*node{c.a, c.b} {
+		n.wait("the grown resource", 30*time.Second, func(s nodeStatus) bool {
+			return s.Size == grown && s.Conn == "Connected" && s.Disk == "UpToDate" && s.PeerDisk == "UpToDate" && s.OutOfSync == 0
+		})
+	}
+	if got := strings.TrimSpace(MustRun(t, 30*time.Second, "nbdinfo", "--size", c.a.uri())); got != strconv.FormatUint(grown, 10) {
+		t.Fatalf("the export's size after the growth: %s, want %d", got, grown)
+	}
+	c.a.qemuIO(fmt.Sprintf("write -P 0x5c %d 64k", grown-64<<10))
+	c.a.waitIdle("the write at the new end replicated")
+	c.compare()
 }

@@ -173,6 +173,11 @@ func TestDecodeMalformed(t *testing.T) {
 			binary.BigEndian.PutUint64(b[sbPendingZero+8:], 1<<40)
 		}, sbCRC), ErrCorrupt},
 		{"sb pending zero negative", true, mod(good, func(b []byte) { b[sbPendingZero] = 0x80 }, sbCRC), ErrCorrupt},
+		{"sb written end unaligned", true, mod(good, func(b []byte) { b[sbWrittenEnd+7] = 1 }, sbCRC), ErrCorrupt},
+		{"sb written end past the data", true, mod(good, func(b []byte) {
+			binary.BigEndian.PutUint64(b[sbWrittenEnd:], 1<<40)
+		}, sbCRC), ErrCorrupt},
+		{"sb written end negative", true, mod(good, func(b []byte) { b[sbWrittenEnd] = 0x80 }, sbCRC), ErrCorrupt},
 		{"tx short", false, goodTx[:4095], ErrCorrupt},
 		{"tx zero", false, make([]byte, BlockSize), ErrBadMagic},
 		{"tx flipped bit", false, mod(goodTx, func(b []byte) { b[700] ^= 1 }, -1), ErrBadChecksum},

@@ -20,6 +20,11 @@ type GrowOptions struct {
 	// DryRun reads and checks everything and computes the result, but
 	// writes nothing (and does not extend an external meta-data file).
 	DryRun bool
+	// ClearTail drops the superblock's written tail (WrittenTail): the
+	// caller checked that it reads as zeros, or zeroed it (GrowDevice).
+	// Without it the tail is kept, and the grown node still offers no
+	// capacity.
+	ClearTail bool
 }
 
 // GrowResult says what Grow did, or with DryRun would do.
@@ -96,10 +101,14 @@ func Grow(st Store, storeSize int64, internal bool, opts GrowOptions) (GrowResul
 
 // keepAgreed returns sb with its data size grown to dataSize and its
 // agreed size kept: an agreed size of 0 stood for the old data size and
-// becomes it; a recorded one stays as it is.
-func keepAgreed(sb Superblock, dataSize int64) Superblock {
+// becomes it; a recorded one stays as it is. The written tail is kept
+// unless clearTail.
+func keepAgreed(sb Superblock, dataSize int64, clearTail bool) Superblock {
 	sb.AgreedSize = sb.Agreed()
 	sb.DataSize = dataSize
+	if clearTail {
+		sb.WrittenEnd = 0
+	}
 	return sb
 }
 
@@ -252,7 +261,7 @@ func growInternal(st Store, storeSize int64, opts GrowOptions) (GrowResult, erro
 		return GrowResult{}, fmt.Errorf("%w: data size %d on the device of %d bytes, %d on the device of %d bytes",
 			ErrNotGrown, res.New.DataSize, storeSize, res.Old.DataSize, oldSize)
 	}
-	sb := keepAgreed(g.sb, res.New.DataSize)
+	sb := keepAgreed(g.sb, res.New.DataSize, opts.ClearTail)
 	sb.Seq = g.sb.Seq + 2
 	res.Zeroed = [2]int64{res.Old.DataSize, min(roundUp(oldSize), res.New.MetaOffset)}
 	// Open zeroes the old area again before the meta-data is used: a
@@ -441,7 +450,7 @@ func growExternal(st Store, storeSize int64, opts GrowOptions) (GrowResult, erro
 	if err != nil {
 		return GrowResult{}, err
 	}
-	sb := keepAgreed(g.sb, newData)
+	sb := keepAgreed(g.sb, newData, opts.ClearTail)
 	sb.Seq++
 	res.Superblock, res.AgreedSize = sb, sb.Agreed()
 	if opts.DryRun {

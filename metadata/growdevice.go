@@ -20,11 +20,16 @@ type GrowDeviceOptions struct {
 	ZeroNew, AssumeClean bool
 }
 
-// GrowDeviceResult is Grow's result and the data range the grow added.
+// GrowDeviceResult is Grow's result and the data ranges the grow takes as
+// in sync.
 type GrowDeviceResult struct {
 	GrowResult
 	// Added is the data range [Added[0], Added[1]) the grow adds.
 	Added [2]int64
+	// Tail is the superblock's written tail (Superblock.WrittenTail),
+	// checked or zeroed like the added range and then dropped; {0, 0}:
+	// none.
+	Tail [2]int64
 }
 
 // AddedDataError is GrowDevice's refusal of an added range that holds
@@ -34,21 +39,29 @@ type GrowDeviceResult struct {
 type AddedDataError struct {
 	// Offset is the first non-zero byte, in the added range [From, To).
 	Offset, From, To int64
+	// Tail is true when [From, To) is the written tail: data past the
+	// agreed size, written while the disk was exported larger.
+	Tail bool
 }
 
 func (e *AddedDataError) Error() string {
-	return fmt.Sprintf("data at offset %d, in the added range [%d, %d) that the grow would take as in sync: the replicas would differ there unseen; zero it on every node (--zero-new), or pass --assume-clean if every node's added space is known identical",
-		e.Offset, e.From, e.To)
+	what := "the added range"
+	if e.Tail {
+		what = "the range past the agreed size that this node wrote while it was exported larger"
+	}
+	return fmt.Sprintf("data at offset %d, in %s [%d, %d) that the grow would take as in sync: the replicas would differ there unseen; zero it on every node (--zero-new), or pass --assume-clean if every node's added space is known identical",
+		e.Offset, what, e.From, e.To)
 }
 
 // GrowDevice is Grow for a data device that grew, with the check that the
 // grown resource stays consistent: the range of data the grow adds (on
 // data, from the old data size, or from the device's old end for internal
 // meta-data, to the new data size) must read as zeros, unless ZeroNew
-// zeroes it first or AssumeClean skips the check. dataSize is data's
-// current size; meta and metaSize are the meta-data's store (data itself
-// for internal meta-data). data must be open for writing when ZeroNew is
-// set and DryRun is not.
+// zeroes it first or AssumeClean skips the check; so must the written
+// tail (Superblock.WrittenTail), which the grown superblock then drops.
+// dataSize is data's current size; meta and metaSize are the meta-data's
+// store (data itself for internal meta-data). data must be open for
+// writing when ZeroNew is set and DryRun is not.
 func GrowDevice(data *os.File, dataSize int64, meta Store, metaSize int64, internal bool, o GrowDeviceOptions) (GrowDeviceResult, error) {
 	gopts := GrowOptions{OldStoreSize: o.OldStoreSize, DataSize: dataSize, DryRun: true}
 	plan, err := Grow(meta, metaSize, internal, gopts)
@@ -61,29 +74,57 @@ func GrowDevice(data *os.File, dataSize int64, meta Store, metaSize int64, inter
 		// itself once the meta-data moved out of it.
 		res.Added[0] = min(max(res.Added[0], o.OldStoreSize), res.Added[1])
 	}
-	from, to := res.Added[0], res.Added[1]
-	if !o.ZeroNew && !o.AssumeClean {
-		off, err := FirstNonZero(data, from, to)
-		if err != nil {
-			return res, fmt.Errorf("check the added range: %w", err)
-		}
-		if off >= 0 {
-			return res, &AddedDataError{Offset: off, From: from, To: to}
-		}
+	tail, hasTail := plan.Superblock.WrittenTail()
+	if hasTail {
+		res.Tail = tail
+	}
+	if err := CheckZeros(data, res.Tail, res.Added, o.ZeroNew || o.AssumeClean); err != nil {
+		return res, err
 	}
 	if o.DryRun {
 		return res, nil
 	}
 	if o.ZeroNew {
-		if err := ZeroRange(data, from, to); err != nil {
-			return res, fmt.Errorf("zero the added range [%d, %d): %w", from, to, err)
+		if err := ZeroRanges(data, res.Tail, res.Added); err != nil {
+			return res, err
 		}
 	}
-	gopts.DryRun = false
+	gopts.DryRun, gopts.ClearTail = false, hasTail
 	if res.GrowResult, err = Grow(meta, metaSize, internal, gopts); err != nil {
 		return res, err
 	}
 	return res, nil
+}
+
+// CheckZeros refuses (AddedDataError) data in the written tail or the
+// added range, each [from, to) and empty when from >= to, unless skip.
+func CheckZeros(data *os.File, tail, added [2]int64, skip bool) error {
+	if skip {
+		return nil
+	}
+	for i, r := range [][2]int64{tail, added} {
+		if r[0] >= r[1] {
+			continue
+		}
+		off, err := FirstNonZero(data, r[0], r[1])
+		if err != nil {
+			return fmt.Errorf("check [%d, %d): %w", r[0], r[1], err)
+		}
+		if off >= 0 {
+			return &AddedDataError{Offset: off, From: r[0], To: r[1], Tail: i == 0}
+		}
+	}
+	return nil
+}
+
+// ZeroRanges zeroes each non-empty range of ranges (ZeroRange).
+func ZeroRanges(data *os.File, ranges ...[2]int64) error {
+	for _, r := range ranges {
+		if err := ZeroRange(data, r[0], r[1]); err != nil {
+			return fmt.Errorf("zero [%d, %d): %w", r[0], r[1], err)
+		}
+	}
+	return nil
 }
 
 // FirstNonZero returns the offset of the first non-zero byte of f in

@@ -361,8 +361,9 @@ func (m *Meta) IOStats() IOStats {
 // Update changes the superblock through fn and persists it atomically: the
 // new version goes, with the next sequence number, into the slot that does
 // not hold the current one, and is synced before Update returns. Flags,
-// UUIDs, the node id and the agreed size (0, or a multiple of BlockSize
-// up to the data size; else ErrBadOptions) may change; changing a field
+// UUIDs, the node id, the agreed size and the written end (each 0, or a
+// multiple of BlockSize up to the data size; else ErrBadOptions) may
+// change; changing a field
 // fixed at creation fails with ErrImmutable. On error the superblock in
 // memory is the previous version. So is the one on disk, except when the
 // write went through and only the sync failed: then a later sync may
@@ -377,9 +378,12 @@ func (m *Meta) Update(fn func(*Superblock)) error {
 	next := m.sb
 	fn(&next)
 	if next.immutable() != m.sb.immutable() {
-		return fmt.Errorf("%w: only flags, UUIDs, node id and agreed size may change", ErrImmutable)
+		return fmt.Errorf("%w: only flags, UUIDs, node id, agreed size and written end may change", ErrImmutable)
 	}
 	if err := validAgreedSize(next.AgreedSize, next.DataSize); err != nil {
+		return fmt.Errorf("%w: %v", ErrBadOptions, err)
+	}
+	if err := validWrittenEnd(next.WrittenEnd, next.DataSize); err != nil {
 		return fmt.Errorf("%w: %v", ErrBadOptions, err)
 	}
 	if next.NodeID > MaxNodeID {

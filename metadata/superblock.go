@@ -48,7 +48,8 @@ const (
 	sbHistory     = 96
 	sbAgreedSize  = sbHistory + 8*HistoryUUIDs // 128
 	sbPendingZero = sbAgreedSize + 8           // 136, two u64
-	sbEnd         = sbPendingZero + 16
+	sbWrittenEnd  = sbPendingZero + 16         // 152
+	sbEnd         = sbWrittenEnd + 8
 )
 
 // Placement values on disk.
@@ -183,6 +184,26 @@ type Superblock struct {
 	// meta-data bytes for the resource to export. {0, 0}: none. Meta-data
 	// written before the field existed reads {0, 0}.
 	PendingZero [2]int64
+	// WrittenEnd is where the data this node may have written past the
+	// agreed size ends: the disk was exported larger before the resource
+	// shrank to a smaller peer's size (net.size-mismatch: smaller), so
+	// [Agreed(), WrittenEnd) may hold data its peer does not have. A
+	// growth takes the area past both nodes' size as in sync, which only
+	// zeros on both make true, so a node with such a tail offers no
+	// capacity until a grow checked or zeroed it (WrittenTail). 0, or any
+	// value up to the agreed size: none. Meta-data written before the
+	// field existed reads 0.
+	WrittenEnd int64
+}
+
+// WrittenTail returns the data range past the agreed size that may hold
+// data written while the disk was exported larger (WrittenEnd), and
+// whether there is one.
+func (s Superblock) WrittenTail() (tail [2]int64, ok bool) {
+	if a := s.Agreed(); s.WrittenEnd > a {
+		return [2]int64{a, s.WrittenEnd}, true
+	}
+	return [2]int64{}, false
 }
 
 // Agreed returns the size both nodes last agreed on: AgreedSize, or
@@ -217,6 +238,15 @@ func validPendingZero(r [2]int64, dataSize int64) error {
 	return nil
 }
 
+// validWrittenEnd checks a written end against the data size: 0 or a
+// multiple of BlockSize up to dataSize.
+func validWrittenEnd(end, dataSize int64) error {
+	if end < 0 || end%BlockSize != 0 || end > dataSize {
+		return fmt.Errorf("written end %d: want 0 or a multiple of %d up to the data size %d", end, BlockSize, dataSize)
+	}
+	return nil
+}
+
 // immutable returns the fields that Update must not change.
 func (s *Superblock) immutable() any {
 	return struct {
@@ -243,6 +273,9 @@ func (s *Superblock) validate() error {
 		return fmt.Errorf("%w: %v", ErrCorrupt, err)
 	}
 	if err := validPendingZero(s.PendingZero, s.DataSize); err != nil {
+		return fmt.Errorf("%w: %v", ErrCorrupt, err)
+	}
+	if err := validWrittenEnd(s.WrittenEnd, s.DataSize); err != nil {
 		return fmt.Errorf("%w: %v", ErrCorrupt, err)
 	}
 	if !s.Internal && s.PendingZero != [2]int64{} {
@@ -287,6 +320,7 @@ func EncodeSuperblock(s Superblock) []byte {
 	be.PutUint64(b[sbAgreedSize:], uint64(s.AgreedSize))
 	be.PutUint64(b[sbPendingZero:], uint64(s.PendingZero[0]))
 	be.PutUint64(b[sbPendingZero+8:], uint64(s.PendingZero[1]))
+	be.PutUint64(b[sbWrittenEnd:], uint64(s.WrittenEnd))
 	be.PutUint32(b[sbCRC:], blockCRC(b, sbCRC))
 	return b
 }
@@ -342,6 +376,7 @@ func DecodeSuperblock(b []byte) (Superblock, error) {
 	}
 	s.AgreedSize = int64(be.Uint64(b[sbAgreedSize:]))
 	s.PendingZero = [2]int64{int64(be.Uint64(b[sbPendingZero:])), int64(be.Uint64(b[sbPendingZero+8:]))}
+	s.WrittenEnd = int64(be.Uint64(b[sbWrittenEnd:]))
 	if err := s.validate(); err != nil {
 		return Superblock{}, fmt.Errorf("superblock: %w", err)
 	}

@@ -238,6 +238,12 @@ func (r *Resource) publishStatus() {
 	st.CurrentUUID = r.m.Meta().UUIDs.Current
 	if st.Disk != DiskDiskless {
 		st.Capacity = uint64(r.dataSize)
+		if r.meta != nil {
+			if _, tail := r.meta.Superblock().WrittenTail(); tail {
+				// No growth before resize checked the tail (capacity).
+				st.Capacity = st.Size
+			}
+		}
 	}
 	r.targetPrimary.Store(r.m.PrimaryTarget())
 	if st.Disk == DiskUpToDate || st.Disk == DiskDiskless {

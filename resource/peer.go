@@ -613,18 +613,43 @@ func (r *Resource) sendState() {
 // capacity is what this node sends as its State's Capacity: the data size
 // its attached disk's meta-data allows (the link leaves it out, and clears
 // the peer's, unless both nodes offer FeatureResize). 0 (no growth) while
-// Diskless, and under net.size-mismatch: smaller, where a node may have run larger
-// than its peer and hold data past the resource's size that a growth
-// would take as in sync (the peer's grown area holds zeros); nor once the
-// resource shrank to a smaller peer's size in this run. The growth rule
-// needs what lies past both sizes known equal: zeros that resize-md
-// checked, on a disk never exported past its agreed size.
+// Diskless; while the disk holds data past the resource's size that it
+// wrote while exported larger (the resource shrank to a smaller peer's
+// size under net.size-mismatch: smaller, recorded as the written tail,
+// metadata.Superblock.WrittenTail, or in this run while Diskless), which
+// a growth would take as in sync with the peer's zeros; and while the
+// disk's written tail was not checked since. The growth rule needs what
+// lies past both sizes known equal: zeros that resize checked, on a disk
+// never exported past its agreed size.
 func (r *Resource) capacity() uint64 {
-	if r.m.Disk() == DiskDiskless || r.diskFailed.Load() ||
-		r.cfg().Net.SizeMismatch == config.SizeMismatchSmaller || r.size.Load() < r.agreed {
+	if r.m.Disk() == DiskDiskless || r.diskFailed.Load() || r.meta == nil || r.size.Load() < r.agreed {
+		return 0
+	}
+	if _, tail := r.meta.Superblock().WrittenTail(); tail {
 		return 0
 	}
 	return uint64(r.dataSize)
+}
+
+// recordShrink records, before the resource takes a smaller peer's size,
+// that size as the agreed one (DRBD's la-size: a restarted node exports
+// it) and the size it leaves as the end of the disk's written tail
+// (capacity). A Diskless node records nothing: its disk, attached again,
+// still holds the old agreed size, and capacity compares it with the
+// smaller size in this run.
+func (r *Resource) recordShrink(size, was int64) error {
+	if r.m.Disk() == DiskDiskless || r.meta == nil {
+		return nil
+	}
+	err := r.meta.Update(func(sb *metadata.Superblock) {
+		sb.WrittenEnd = max(sb.WrittenEnd, sb.Agreed(), was)
+		sb.AgreedSize = size
+	})
+	if err != nil {
+		return fmt.Errorf("cannot record the smaller size %d in the meta-data: %w", size, err)
+	}
+	r.agreed = size
+	return nil
 }
 
 // capacitySize applies DRBD's size rule at a handshake: when both nodes
@@ -713,6 +738,9 @@ func (r *Resource) control(link *replicate.Link, msg replicate.ControlMsg) {
 		if err == nil && r.m.Conn() == ConnHandshake {
 			err = checkDisklessConnect(r.m.Disk(), DiskState(m.Disk), link.Features())
 		}
+		if cur := r.size.Load(); err == nil && size < cur {
+			err = r.recordShrink(size, cur)
+		}
 		if err != nil {
 			if r.refuseWarned.changed(err) {
 				r.log.Error("refusing the peer (retrying; logged again when the reason changes)", zap.Error(err))
@@ -740,6 +768,14 @@ func (r *Resource) control(link *replicate.Link, msg replicate.ControlMsg) {
 			// A Primary whose size lags behind this node's, with the
 			// capacity to catch up (it had been Diskless when this node
 			// grew): it grows on this node's State (capacitySize).
+			r.sendState()
+		case size == cur && r.m.Conn() != ConnHandshake && r.m.Role() == RolePrimary &&
+			int64(m.Size) == cur && int64(min(r.capacity(), m.Capacity)) > cur &&
+			link.Features()&replicate.FeatureGrowConnected != 0:
+			// A peer that now offers the capacity (its written tail
+			// checked by resize) and waits, as a non-Primary, for a
+			// State to grow on: this node's grows it, then this node
+			// (capacitySize).
 			r.sendState()
 		case size < cur:
 			// Accepted: from now on the resource is the smaller peer's size.

@@ -46,7 +46,8 @@ const reattachTimeout = time.Minute
 // on the connected link of a Primary's attach. A Primary needs protocol C
 // and a connected UpToDate peer (what attach-disk on a Primary needs); a
 // node whose disk did not grow is refused before anything is detached
-// (metadata.ErrNotGrown).
+// (metadata.ErrNotGrown), unless its meta-data records a written tail,
+// which resize then checks and drops (clearTail).
 func (r *Resource) Resize(ctx context.Context, o ResizeOptions) (ResizeResult, error) {
 	if o.ZeroNew && o.AssumeClean {
 		return ResizeResult{}, errors.New("zero-new and assume-clean exclude each other")
@@ -93,6 +94,11 @@ func (r *Resource) Resize(ctx context.Context, o ResizeOptions) (ResizeResult, e
 	// checks, the node never touches, so the grow need not read it again
 	// (all of it, on a block device) while the disk is detached.
 	plan, err := growMeta(cfg, layout, o, true)
+	if errors.Is(err, metadata.ErrNotGrown) {
+		if done, terr := r.clearTail(ctx, cfg, o, &res); done || terr != nil {
+			return res, terr
+		}
+	}
 	if err != nil {
 		return res, fmt.Errorf("resize: %w", err)
 	}
@@ -128,6 +134,63 @@ func (r *Resource) Resize(ctx context.Context, o ResizeOptions) (ResizeResult, e
 		return nil
 	})
 	return res, err
+}
+
+// clearTail is resize on a disk that did not grow but holds a written
+// tail (metadata.Superblock.WrittenTail: data past the agreed size,
+// written while the disk was exported larger than its smaller peer's),
+// which keeps the node from offering its capacity (capacity): it checks
+// that the tail reads as zeros, or zeroes it (o.ZeroNew; o.AssumeClean
+// trusts it), and drops it from the meta-data; a connected peer is sent
+// this node's State, and the resource grows as after a resize. The disk
+// stays attached: the tail lies past the resource's size, where nothing
+// reads or writes, and no growth reaches it while it is recorded. done
+// is false when there is no tail (the caller reports the disk not grown).
+func (r *Resource) clearTail(ctx context.Context, cfg config.Resource, o ResizeOptions, res *ResizeResult) (done bool, err error) {
+	var tail [2]int64
+	err = r.do(ctx, func() error {
+		if r.meta != nil {
+			tail, done = r.meta.Superblock().WrittenTail()
+		}
+		return nil
+	})
+	if err != nil || !done {
+		return false, err
+	}
+	data, _, err := openSized(cfg.Local.Disk)
+	if err != nil {
+		return true, fmt.Errorf("resize: %w", err)
+	}
+	defer data.Close()
+	if err := metadata.CheckZeros(data, tail, [2]int64{}, o.ZeroNew || o.AssumeClean); err != nil {
+		return true, fmt.Errorf("resize: %s holds %w", cfg.Local.Disk, err)
+	}
+	if o.ZeroNew {
+		if err := metadata.ZeroRanges(data, tail); err != nil {
+			return true, fmt.Errorf("resize: %w", err)
+		}
+	}
+	err = r.do(ctx, func() error {
+		if r.meta == nil {
+			return &StateError{Err: errors.New("the disk was detached during the resize"), State: r.m.stateString()}
+		}
+		if err := r.meta.Update(func(sb *metadata.Superblock) { sb.WrittenEnd = 0 }); err != nil {
+			return fmt.Errorf("drop the written tail from the meta-data: %w", err)
+		}
+		r.log.Info("resize: the data past the agreed size reads as zeros now; the node offers its capacity",
+			zap.Int64("from", tail[0]), zap.Int64("to", tail[1]), zap.Int64("capacity", r.dataSize))
+		if r.m.Conn() >= ConnConnected {
+			r.sendState()
+		}
+		r.publishStatus() // the capacity it shows
+		r.changed()
+		res.Capacity, res.Size = r.dataSize, r.size.Load()
+		return nil
+	})
+	if err != nil {
+		return true, fmt.Errorf("resize: %w", err)
+	}
+	return true, nil
 }
 
 // growDetached grows the detached disk's meta-data (plan: what the dry

@@ -395,7 +395,10 @@ func (r *Resource) attach(cfg config.Resource) error {
 	agreed := st.meta.Superblock().Agreed()
 	r.agreed = agreed
 	r.size.Store(agreed)
-	if agreed < size {
+	if tail, ok := st.meta.Superblock().WrittenTail(); ok {
+		r.log.Warn("the disk holds data past the resource's size, written while it was exported larger than its peer's: the resource does not grow until rbd-nbd resize --zero-new zeroes it",
+			zap.Int64("size", agreed), zap.Int64("tail_end", tail[1]))
+	} else if agreed < size {
 		r.log.Info("the disk grew (resize-md): the resource keeps the size both nodes agreed on until the peer's disk holds as much",
 			zap.Int64("size", agreed), zap.Int64("capacity", size))
 	}

@@ -143,7 +143,9 @@ type Status struct {
 	// Capacity is the data size the attached disk's meta-data allows
 	// (0 while Diskless): more than Size once resize-md grew the disk and
 	// until the peer's disk holds as much (operations.md, "Growing a
-	// resource").
+	// resource"). Size while the meta-data records a written tail
+	// (metadata.Superblock.WrittenTail), which keeps the resource from
+	// growing until resize checked it.
 	Capacity uint64
 	// SyncPaused says that a pause-sync given on this node holds: the
 	// resync runs paused, or the next one will start paused (given while

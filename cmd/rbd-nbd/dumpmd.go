@@ -71,7 +71,11 @@ type mdDump struct {
 	AgreedSize    int64     `json:"agreed_size"`
 	// PendingZero is the old meta-data area a grow left for the next
 	// open to zero (metadata.Superblock.PendingZero); absent when none.
-	PendingZero  *[2]int64   `json:"pending_zero,omitempty"`
+	PendingZero *[2]int64 `json:"pending_zero,omitempty"`
+	// WrittenTail is the range past the agreed size that the node may
+	// have written while exported larger than its peer
+	// (metadata.Superblock.WrittenTail); absent when none.
+	WrittenTail  *[2]int64   `json:"written_tail,omitempty"`
 	BitmapBlock  int64       `json:"bitmap_block"`
 	BitmapBlocks uint64      `json:"bitmap_blocks"`
 	ALExtents    uint32      `json:"al_extents"`
@@ -121,6 +125,7 @@ func newMDDump(md *mdFlags, s *mdStore, info *metadata.Info) *mdDump {
 		DataSize:      sb.DataSize,
 		AgreedSize:    sb.Agreed(),
 		PendingZero:   pendingZero(sb.PendingZero),
+		WrittenTail:   writtenTail(sb),
 		BitmapBlock:   sb.BitmapBlock,
 		BitmapBlocks:  uint64((sb.DataSize + sb.BitmapBlock - 1) / sb.BitmapBlock),
 		ALExtents:     sb.ALExtents,
@@ -168,6 +173,9 @@ func (d *mdDump) writeText(w io.Writer) {
 	if z := d.PendingZero; z != nil {
 		p("pending zero", "[%d, %d): the old meta-data area of a grow, zeroed at the next open", z[0], z[1])
 	}
+	if z := d.WrittenTail; z != nil {
+		p("written tail", "[%d, %d): data past the agreed size, written while exported larger than the peer; no growth until resize --zero-new zeroes it", z[0], z[1])
+	}
 	if d.Meta != "internal" && d.DiskSize&^4095 != d.DataSize {
 		p("warning", "disk is %d bytes, meta-data was created for %d", d.DiskSize, d.DataSize)
 	}
@@ -196,4 +204,12 @@ func pendingZero(r [2]int64) *[2]int64 {
 		return nil
 	}
 	return &r
+}
+
+// writtenTail is sb's written tail for dump-md, or nil when there is none.
+func writtenTail(sb metadata.Superblock) *[2]int64 {
+	if r, ok := sb.WrittenTail(); ok {
+		return &r
+	}
+	return nil
 }

@@ -523,7 +523,11 @@ procedure (docs/operations.md, "Growing a resource").
 The data range the grow adds starts in sync on both nodes, so it must read
 as zeros on each: resize checks that and refuses otherwise. --zero-new
 zeroes it first, --assume-clean skips the check (the added space is known
-identical on both nodes). The daemon replies once the disk is attached
+identical on both nodes). A node that shrank to a smaller peer's size
+(net.size-mismatch: smaller) records the data it may hold past that size,
+its written tail, and offers no growth until resize checked or zeroed the
+tail the same way; on a disk that did not grow, resize does only that,
+with the disk attached. The daemon replies once the disk is attached
 again; the command then prints the disk's capacity and the resource's size,
 after waiting a moment for the growth when the peer's disk grew already.`,
 		Args: cobra.ExactArgs(1),
