@@ -178,6 +178,11 @@ func TestDecodeMalformed(t *testing.T) {
 			binary.BigEndian.PutUint64(b[sbWrittenEnd:], 1<<40)
 		}, sbCRC), ErrCorrupt},
 		{"sb written end negative", true, mod(good, func(b []byte) { b[sbWrittenEnd] = 0x80 }, sbCRC), ErrCorrupt},
+		{"sb written-tail flag without a tail", true, mod(good, func(b []byte) { b[sbFlags+2] |= 1 }, sbCRC), ErrCorrupt},
+		{"sb written tail without its flag", true, mod(good, func(b []byte) {
+			binary.BigEndian.PutUint64(b[sbAgreedSize:], 4096)
+			binary.BigEndian.PutUint64(b[sbWrittenEnd:], 8192)
+		}, sbCRC), ErrCorrupt},
 		{"tx short", false, goodTx[:4095], ErrCorrupt},
 		{"tx zero", false, make([]byte, BlockSize), ErrBadMagic},
 		{"tx flipped bit", false, mod(goodTx, func(b []byte) { b[700] ^= 1 }, -1), ErrBadChecksum},

@@ -58,7 +58,8 @@ func (e *AddedDataError) Error() string {
 // data, from the old data size, or from the device's old end for internal
 // meta-data, to the new data size) must read as zeros, unless ZeroNew
 // zeroes it first or AssumeClean skips the check; so must the written
-// tail (Superblock.WrittenTail), which the grown superblock then drops.
+// tail (Superblock.WrittenTail), unless ZeroNew zeroes it (AssumeClean
+// does not skip its check), which the grown superblock then drops.
 // dataSize is data's current size; meta and metaSize are the meta-data's
 // store (data itself for internal meta-data). data must be open for
 // writing when ZeroNew is set and DryRun is not.
@@ -78,8 +79,10 @@ func GrowDevice(data *os.File, dataSize int64, meta Store, metaSize int64, inter
 	if hasTail {
 		res.Tail = tail
 	}
-	if err := CheckZeros(data, res.Tail, res.Added, o.ZeroNew || o.AssumeClean); err != nil {
-		return res, err
+	if !o.ZeroNew {
+		if err := CheckZeros(data, res.Tail, o.AssumeClean, res.Added); err != nil {
+			return res, err
+		}
 	}
 	if o.DryRun {
 		return res, nil
@@ -96,13 +99,17 @@ func GrowDevice(data *os.File, dataSize int64, meta Store, metaSize int64, inter
 	return res, nil
 }
 
-// CheckZeros refuses (AddedDataError) data in the written tail or the
-// added range, each [from, to) and empty when from >= to, unless skip.
-func CheckZeros(data *os.File, tail, added [2]int64, skip bool) error {
-	if skip {
-		return nil
+// CheckZeros refuses (AddedDataError) data in the written tail or, unless
+// skipAdded, in the added range; each is [from, to), empty when from >=
+// to. --assume-clean (skipAdded) does not cover the tail: it says that
+// the added space is the same on both nodes, and the tail is what this
+// node alone wrote.
+func CheckZeros(data *os.File, tail [2]int64, skipAdded bool, added [2]int64) error {
+	ranges := [][2]int64{tail}
+	if !skipAdded {
+		ranges = append(ranges, added)
 	}
-	for i, r := range [][2]int64{tail, added} {
+	for i, r := range ranges {
 		if r[0] >= r[1] {
 			continue
 		}

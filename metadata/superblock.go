@@ -98,6 +98,15 @@ const (
 		FlagALClean | FlagPeerOutdated | FlagFullSyncNeeded | FlagOutdated
 )
 
+// flagWrittenTail is set on disk while the superblock records a written
+// tail (Superblock.WrittenTail), and only then; it is not one of the
+// Flags in memory: EncodeSuperblock derives it and DecodeSuperblock checks
+// it. Releases from before the written end refuse the meta-data for it
+// (an unknown flag) instead of opening it and, since their writes of the
+// superblock drop the field, forgetting the tail: a growth over it would
+// take the node's own data as in sync with its peer's zeros.
+const flagWrittenTail Flags = 1 << 8
+
 var flagNames = []struct {
 	f    Flags
 	name string
@@ -307,7 +316,11 @@ func EncodeSuperblock(s Superblock) []byte {
 	be.PutUint32(b[sbALExtents:], s.ALExtents)
 	be.PutUint32(b[sbALRing:], s.ALRingBlocks)
 	be.PutUint32(b[sbNodeID:], s.NodeID)
-	be.PutUint32(b[sbFlags:], uint32(s.Flags))
+	flags := s.Flags &^ flagWrittenTail
+	if _, tail := s.WrittenTail(); tail {
+		flags |= flagWrittenTail
+	}
+	be.PutUint32(b[sbFlags:], uint32(flags))
 	b[sbPlacement] = placementExternal
 	if s.Internal {
 		b[sbPlacement] = placementInternal
@@ -362,6 +375,8 @@ func DecodeSuperblock(b []byte) (Superblock, error) {
 	s.ALRingBlocks = be.Uint32(b[sbALRing:])
 	s.NodeID = be.Uint32(b[sbNodeID:])
 	s.Flags = Flags(be.Uint32(b[sbFlags:]))
+	tailFlag := s.Flags&flagWrittenTail != 0
+	s.Flags &^= flagWrittenTail
 	switch b[sbPlacement] {
 	case placementInternal:
 		s.Internal = true
@@ -379,6 +394,9 @@ func DecodeSuperblock(b []byte) (Superblock, error) {
 	s.WrittenEnd = int64(be.Uint64(b[sbWrittenEnd:]))
 	if err := s.validate(); err != nil {
 		return Superblock{}, fmt.Errorf("superblock: %w", err)
+	}
+	if _, tail := s.WrittenTail(); tail != tailFlag {
+		return Superblock{}, fmt.Errorf("superblock: %w: written end %d (agreed size %d) and the written-tail flag (%v) disagree", ErrCorrupt, s.WrittenEnd, s.Agreed(), tailFlag)
 	}
 	return s, nil
 }

@@ -406,6 +406,19 @@ func (r *Resource) attachDisk(ctx context.Context) error {
 		if err := r.checkAttachSize(sb); err != nil {
 			return err
 		}
+		if size := r.size.Load(); sb.Agreed() > size {
+			// A disk exported larger than the resource is now: the
+			// resource shrank to a smaller peer's size while this node
+			// was Diskless, or the disk replaces one that had shrunk
+			// (fresh meta-data). What it holds past the size, no growth
+			// may take as in sync (recordShrink).
+			if err := recordDiskTail(st.meta, size); err != nil {
+				return fmt.Errorf("record the resource's smaller size in the meta-data: %w", err)
+			}
+			r.log.Info("the disk holds more than the resource's size: recorded as its written tail",
+				zap.Int64("size", size), zap.Int64("disk_agreed_size", sb.Agreed()))
+			r.agreed = size
+		}
 		r.diskClosing = nil
 		r.install(st)
 		installed = true

@@ -2,13 +2,8 @@ package resource
 
 import (
 	"bytes"
-	"os"
 	"sync/atomic"
 	"testing"
-
-	"go.uber.org/zap"
-
-	"github.com/rbd-nbd/rbd-nbd/disk"
 )
 
 // A growth on a connected link cut short after the Secondary took it: b
@@ -34,30 +29,10 @@ func TestGrowLaggingPrimaryAttachesOnConnectedLink(t *testing.T) {
 	}
 	c.settled()
 
-	// a's disk goes before the growth reaches it: a Diskless Primary.
-	if err := c.a.DetachDisk(ctx, false); err != nil {
-		t.Fatal(err)
-	}
-	c.wait(c.b, "b sees a Diskless", func(s Status) bool { return s.PeerDisk == DiskDiskless })
-
-	// b took the growth and recorded it (its disk grew as a's did), and
-	// the link went down before a heard of it: b restarts with the grown
-	// size.
-	cfg := c.b.cfg()
-	if err := c.b.Stop(ctx); err != nil {
-		t.Fatal(err)
-	}
-	growDisk(t, nb.img, 16<<20, 32<<20)
-	recordAgreed(t, nb.img, 32<<20, want)
-	log := zap.NewNop()
-	if os.Getenv("RBD_NBD_TEST_LOG") != "" {
-		log, _ = zap.NewDevelopment()
-	}
-	c.b = New(cfg, Options{Logger: log.Named("B"), Observer: c.ob})
-	c.b.wrapData = func(d disk.Device) disk.Device { c.db.Device = d; return c.db }
-	if err := c.b.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
+	// a's disk goes before the growth reaches it: a Diskless Primary. b
+	// took the growth and recorded it (its disk grew as a's did), and the
+	// link went down before a heard of it: b restarts with the grown size.
+	c.growBWhileADiskless(ctx, nb, func() { recordAgreed(t, nb.img, 32<<20, want) })
 
 	// The Diskless Primary connects, each node keeping its size.
 	c.wait(c.a, "a Diskless Primary, connected", func(s Status) bool {

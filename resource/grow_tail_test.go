@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -20,11 +19,7 @@ import (
 // the shrunk size and the offset of a's data past it.
 func shrunkPair(t *testing.T) (dir string, na, nb pairDisk, small, off int64) {
 	t.Helper()
-	dir = t.TempDir()
-	na = pairDisk{img: filepath.Join(dir, "a.img")}
-	nb = pairDisk{img: filepath.Join(dir, "b.img")}
-	makePairDisk(t, na, 32<<20, 0, 0)
-	makePairDisk(t, nb, 32<<20, 1, 0)
+	dir, na, nb = pairDisksSized(t, 32<<20, 32<<20)
 	c := startPairOn(t, dir, na, nb, "", "")
 	t.Cleanup(c.stopBoth)
 	c.primaryA()
@@ -128,4 +123,170 @@ func TestGrowUnderSizeMismatchSmaller(t *testing.T) {
 	c.waitBoth("grown", func(s Status) bool {
 		return s.Conn == ConnConnected && s.Size == uint64(want) && s.Disk == DiskUpToDate && s.PeerDisk == DiskUpToDate
 	})
+}
+
+// tailOf returns the written tail r's attached disk's meta-data records.
+func tailOf(t *testing.T, r *Resource) (tail [2]int64, ok bool) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	err := r.do(ctx, func() error {
+		if r.meta != nil {
+			tail, ok = r.meta.Superblock().WrittenTail()
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tail, ok
+}
+
+// writeImg writes p into the file img at off, past what the daemon
+// exports.
+func writeImg(t *testing.T, img string, p []byte, off int64) {
+	t.Helper()
+	f, err := os.OpenFile(img, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.WriteAt(p, off); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A disk attached to a resource smaller than what its meta-data agreed
+// on (here a replacement of the same size with fresh meta-data, after the
+// resource shrank to its peer's size; or the node's own disk after the
+// resource shrank while it was Diskless) may hold data past the size: the
+// attach records it as the disk's written tail, and the resource does not
+// grow over it once the peer's disk grew. resize --zero-new zeroes it,
+// and the resource grows with nothing of it left.
+func TestAttachRecordsTheTailOfALargerDisk(t *testing.T) {
+	dir, na, nb := pairDisksSized(t, 32<<20, 16<<20)
+	c := startPairOn(t, dir, na, nb, "  size-mismatch: smaller\n", "")
+	t.Cleanup(c.stopBoth)
+	c.waitBoth("connected", func(s Status) bool { return s.Conn == ConnConnected })
+	small := capacityOf(t, 16<<20)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	t.Cleanup(cancel)
+	if err := c.b.NewCurrentUUID(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	c.waitBoth("uptodate", func(s Status) bool { return s.Disk == DiskUpToDate && s.PeerDisk == DiskUpToDate })
+	if err := c.b.Primary(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.a.DetachDisk(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	// The replacement: same size, fresh meta-data, old contents past the
+	// resource's size.
+	makePairDisk(t, na, 32<<20, 0, 0)
+	off := small + 1<<20
+	writeImg(t, na.img, fill(0x5a, 4096), off)
+	if err := c.a.AttachDisk(ctx); err != nil {
+		t.Fatal(err)
+	}
+	c.waitBoth("a resynced", func(s Status) bool {
+		return s.Conn == ConnConnected && s.Disk == DiskUpToDate && s.PeerDisk == DiskUpToDate && s.OutOfSync == 0
+	})
+	if tail, ok := tailOf(t, c.a); !ok || tail[0] != small {
+		t.Fatalf("a's attached replacement records the tail %v (%v); want one from %d", tail, ok, small)
+	}
+	if s := c.a.Status(); s.Size != uint64(small) || s.Capacity != s.Size {
+		t.Fatalf("a after the attach: size %d, capacity %d; want %d and no capacity over it", s.Size, s.Capacity, small)
+	}
+	if err := os.Truncate(nb.img, 32<<20); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.b.Resize(ctx, ResizeOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	want := capacityOf(t, 32<<20)
+	c.wait(c.b, "b's capacity", func(s Status) bool { return s.Capacity == uint64(want) && s.Conn == ConnConnected })
+	if _, err := c.a.Resize(ctx, ResizeOptions{ZeroNew: true}); err != nil {
+		t.Fatal(err)
+	}
+	c.waitBoth("grown", func(s Status) bool {
+		return s.Conn == ConnConnected && s.Size == uint64(want) && s.Disk == DiskUpToDate && s.PeerDisk == DiskUpToDate && s.OutOfSync == 0
+	})
+	if got := c.localData(off, 4096); !bytes.Equal(got, make([]byte, 4096)) {
+		t.Fatalf("the replacement's old data at %d after the growth: %x..", off, got[:4])
+	}
+	c.compareBlocks(off)
+}
+
+// A handshake that the machine refuses after the peer's State passed
+// (here a split brain: both became Primary alone and wrote) does not
+// record the shrink to that peer's smaller size: restarted, the node
+// exports its own size again and records no tail.
+func TestRefusedHandshakeRecordsNoShrink(t *testing.T) {
+	dir, na, nb := pairDisksSized(t, 32<<20, 16<<20)
+	c := startPairOn(t, dir, na, nb, "", "") // refuse: they never connect
+	t.Cleanup(c.stopBoth)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	t.Cleanup(cancel)
+	for _, r := range []*Resource{c.a, c.b} {
+		if err := r.Primary(ctx, true); err != nil {
+			t.Fatal(err)
+		}
+		if err := r.WriteAt(fill(0xAA, 4096), 0, true); err != nil {
+			t.Fatal(err)
+		}
+		if err := r.Secondary(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	full := c.a.Size()
+	c.stopBoth()
+	c = startPairOn(t, dir, na, nb, "  size-mismatch: smaller\n", "")
+	t.Cleanup(c.stopBoth)
+	c.wait(c.a, "the split brain", func(s Status) bool { return s.Conn == ConnStandAlone && s.Link.Connects > 0 })
+	if _, ok := tailOf(t, c.a); ok {
+		t.Fatal("a recorded a tail for a peer it refused")
+	}
+	c.stopBoth()
+	c = startPairOn(t, dir, na, nb, "", "")
+	t.Cleanup(c.stopBoth)
+	if got := c.a.Size(); got != full {
+		t.Fatalf("a restarted after a refused handshake: size %d, want its own %d", got, full)
+	}
+}
+
+// resize drops the written tail of a Primary that has no peer to serve
+// through (it detaches nothing for that); the pair then grows at its next
+// handshake.
+func TestResizeDropsTheTailOfAStandAlonePrimary(t *testing.T) {
+	dir, na, nb, small, off := shrunkPair(t)
+	c := startPairOn(t, dir, na, nb, "", "")
+	t.Cleanup(c.stopBoth)
+	c.waitBoth("connected", func(s Status) bool { return s.Conn == ConnConnected && s.Disk == DiskUpToDate })
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	t.Cleanup(cancel)
+	if err := c.a.Primary(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.a.Disconnect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	res, err := c.a.Resize(ctx, ResizeOptions{ZeroNew: true})
+	if err != nil {
+		t.Fatalf("resize on a StandAlone Primary with a written tail: %v", err)
+	}
+	want := capacityOf(t, 32<<20)
+	if res.Capacity != want || res.Size != small {
+		t.Fatalf("resize: capacity %d, size %d; want %d and %d", res.Capacity, res.Size, want, small)
+	}
+	if _, ok := tailOf(t, c.a); ok {
+		t.Fatal("the tail is still recorded after resize --zero-new")
+	}
+	if err := c.a.Connect(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	c.waitBoth("grown at the handshake", func(s Status) bool {
+		return s.Conn == ConnConnected && s.Size == uint64(want) && s.Disk == DiskUpToDate && s.PeerDisk == DiskUpToDate && s.OutOfSync == 0
+	})
+	c.compareBlocks(off, want-4096)
 }

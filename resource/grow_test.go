@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -254,21 +253,8 @@ func TestGrowPrimaryTargetWrittenSet(t *testing.T) {
 	old := c.a.Size()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	if err := c.a.DetachDisk(ctx, false); err != nil {
-		t.Fatal(err)
-	}
-	c.wait(c.b, "b sees a Diskless", func(s Status) bool { return s.PeerDisk == DiskDiskless })
 	// b's disk grows: down, resize-md, up.
-	cfg := c.b.cfg()
-	if err := c.b.Stop(ctx); err != nil {
-		t.Fatal(err)
-	}
-	growDisk(t, nb.img, 16<<20, 32<<20)
-	c.b = New(cfg, Options{Logger: zap.NewNop()})
-	c.b.wrapData = func(d disk.Device) disk.Device { c.db.Device = d; return c.db }
-	if err := c.b.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
+	c.growBWhileADiskless(ctx, nb, nil)
 	c.waitBoth("connected", func(s Status) bool { return s.Conn == ConnConnected })
 	if a, b := c.a.Size(), c.b.Size(); a != old || b != old {
 		t.Fatalf("sizes %d and %d with a Diskless; want both %d", a, b, old)
@@ -325,37 +311,11 @@ func TestGrowAfterFullResyncLeavesNothingOutOfSync(t *testing.T) {
 // full resync to the smaller peer copies only the resource's blocks, so
 // the area past the size differs between the nodes once the peer's disk
 // grew (resize-md: zeros there): growing over it would take it as in
-// sync. Under size-mismatch: smaller the nodes send no capacity, and the
-// resource does not grow.
+// sync. The node records that written tail when it shrinks and sends no
+// capacity while it is recorded: the resource does not grow.
 func TestNoGrowthUnderSizeMismatchSmaller(t *testing.T) {
-	dir := t.TempDir()
-	na := pairDisk{img: filepath.Join(dir, "a.img")}
-	nb := pairDisk{img: filepath.Join(dir, "b.img")}
-	makePairDisk(t, na, 32<<20, 0, 0)
-	makePairDisk(t, nb, 32<<20, 1, 0)
-	c := startPairOn(t, dir, na, nb, "", "")
-	t.Cleanup(c.stopBoth)
-	c.primaryA()
-	small := capacityOf(t, 16<<20)
-	off := small + 1<<20 // past the smaller disk's end, inside a's
-	if err := c.a.WriteAt(fill(0x5a, 64<<10), off, false); err != nil {
-		t.Fatal(err)
-	}
-	c.settled()
-	c.stopBoth()
-	// b's disk replaced by a smaller, blank one: a full resync from a.
-	if err := os.Remove(nb.img); err != nil {
-		t.Fatal(err)
-	}
-	makePairDisk(t, nb, 16<<20, 1, 0)
-	c = startPairOn(t, dir, na, nb, "  size-mismatch: smaller\n", "")
-	t.Cleanup(c.stopBoth)
-	c.waitBoth("synced at the smaller size", func(s Status) bool {
-		return s.Conn == ConnConnected && s.Disk == DiskUpToDate && s.PeerDisk == DiskUpToDate && s.OutOfSync == 0 && s.Size == uint64(small)
-	})
-	c.stopBoth()
-	growDisk(t, nb.img, 16<<20, 32<<20)
-	c = startPairOn(t, dir, na, nb, "  size-mismatch: smaller\n", "")
+	dir, na, nb, small, _ := shrunkPair(t)
+	c := startPairOn(t, dir, na, nb, "  size-mismatch: smaller\n", "")
 	t.Cleanup(c.stopBoth)
 	c.waitBoth("connected", func(s Status) bool {
 		return s.Conn == ConnConnected && s.Disk == DiskUpToDate && s.PeerDisk == DiskUpToDate
@@ -419,5 +379,33 @@ func growPeerNothingOutOfSync(t *testing.T, ctx context.Context, c *pair, dir st
 		if s := r.Status(); s.OutOfSync != 0 {
 			t.Fatalf("%s: %d bytes out of sync after the growth; want 0", s.Name, s.OutOfSync)
 		}
+	}
+}
+
+// growBWhileADiskless detaches node a's disk (a Primary then serves
+// through b), stops b, grows b's disk from 16 to 32 MiB as resize-md does,
+// runs then (when set), and starts b again with its configuration.
+func (c *pair) growBWhileADiskless(ctx context.Context, nb pairDisk, then func()) {
+	c.t.Helper()
+	if err := c.a.DetachDisk(ctx, false); err != nil {
+		c.t.Fatal(err)
+	}
+	c.wait(c.b, "b sees a Diskless", func(s Status) bool { return s.PeerDisk == DiskDiskless })
+	cfg := c.b.cfg()
+	if err := c.b.Stop(ctx); err != nil {
+		c.t.Fatal(err)
+	}
+	growDisk(c.t, nb.img, 16<<20, 32<<20)
+	if then != nil {
+		then()
+	}
+	log := zap.NewNop()
+	if os.Getenv("RBD_NBD_TEST_LOG") != "" {
+		log, _ = zap.NewDevelopment()
+	}
+	c.b = New(cfg, Options{Logger: log.Named("B"), Observer: c.ob})
+	c.b.wrapData = func(d disk.Device) disk.Device { c.db.Device = d; return c.db }
+	if err := c.b.Start(ctx); err != nil {
+		c.t.Fatal(err)
 	}
 }

@@ -92,6 +92,7 @@ func (r *Resource) stepAdmin(ev Event) ([]Action, error) {
 	if err != nil {
 		return nil, err
 	}
+	r.recordShrink()
 	// The meta-data first: what the new state rests on (a generation
 	// started when the peer went) is on disk before I/O learns of the
 	// state (awaitFence waits for that), and the bitmap as the state

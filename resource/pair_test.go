@@ -482,11 +482,17 @@ func startPairSized(t *testing.T, sizeA, sizeB int64, alExtents uint32, extra, e
 // stop a pair and start it again on the same disks (startPairOn).
 func freshPairDisks(t *testing.T) (dir string, na, nb pairDisk) {
 	t.Helper()
+	return pairDisksSized(t, 16<<20, 16<<20)
+}
+
+// pairDisksSized is freshPairDisks with disks of sizeA and sizeB bytes.
+func pairDisksSized(t *testing.T, sizeA, sizeB int64) (dir string, na, nb pairDisk) {
+	t.Helper()
 	dir = t.TempDir()
 	na = pairDisk{img: filepath.Join(dir, "a.img")}
 	nb = pairDisk{img: filepath.Join(dir, "b.img")}
-	makePairDisk(t, na, 16<<20, 0, 0)
-	makePairDisk(t, nb, 16<<20, 1, 0)
+	makePairDisk(t, na, sizeA, 0, 0)
+	makePairDisk(t, nb, sizeB, 1, 0)
 	return dir, na, nb
 }
 

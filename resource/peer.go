@@ -613,12 +613,12 @@ func (r *Resource) sendState() {
 // capacity is what this node sends as its State's Capacity: the data size
 // its attached disk's meta-data allows (the link leaves it out, and clears
 // the peer's, unless both nodes offer FeatureResize). 0 (no growth) while
-// Diskless; while the disk holds data past the resource's size that it
-// wrote while exported larger (the resource shrank to a smaller peer's
-// size under net.size-mismatch: smaller, recorded as the written tail,
-// metadata.Superblock.WrittenTail, or in this run while Diskless), which
-// a growth would take as in sync with the peer's zeros; and while the
-// disk's written tail was not checked since. The growth rule needs what
+// Diskless, and while the disk may hold data past the resource's size
+// that it wrote while exported larger: the resource shrank to a smaller
+// peer's size (net.size-mismatch: smaller), recorded as the disk's written
+// tail (metadata.Superblock.WrittenTail, recordShrink) or, until then, in
+// this run. A growth would take that data as in sync with the peer's
+// zeros; resize checks the tail and drops it. The growth rule needs what
 // lies past both sizes known equal: zeros that resize checked, on a disk
 // never exported past its agreed size.
 func (r *Resource) capacity() uint64 {
@@ -631,25 +631,36 @@ func (r *Resource) capacity() uint64 {
 	return uint64(r.dataSize)
 }
 
-// recordShrink records, before the resource takes a smaller peer's size,
-// that size as the agreed one (DRBD's la-size: a restarted node exports
-// it) and the size it leaves as the end of the disk's written tail
-// (capacity). A Diskless node records nothing: its disk, attached again,
-// still holds the old agreed size, and capacity compares it with the
-// smaller size in this run.
-func (r *Resource) recordShrink(size, was int64) error {
-	if r.m.Disk() == DiskDiskless || r.meta == nil {
-		return nil
+// recordShrink records a shrink to a smaller peer's size in the attached
+// disk's meta-data once the machine accepted the peer (stepAdmin: a
+// handshake that ends refused, unrelated data or a split brain, leaves
+// the disk's size to the next run): the resource's size as the agreed
+// one (DRBD's la-size: a restarted node exports it), and the end of what
+// the disk was exported at as the end of its written tail (capacity). A
+// Diskless node records nothing: its disk, attached again, records it
+// then (attachDisk, recordDiskTail). A failed record is logged; capacity
+// still sees the shrink in this run, and the next handshake records it.
+func (r *Resource) recordShrink() {
+	size := r.size.Load()
+	if size >= r.agreed || r.m.Conn() < ConnConnected || r.m.Disk() == DiskDiskless || r.meta == nil {
+		return
 	}
-	err := r.meta.Update(func(sb *metadata.Superblock) {
-		sb.WrittenEnd = max(sb.WrittenEnd, sb.Agreed(), was)
+	if err := recordDiskTail(r.meta, size); err != nil {
+		r.log.Error("cannot record the smaller size in the meta-data", zap.Int64("size", size), zap.Error(err))
+		return
+	}
+	r.log.Info("recorded the smaller size: past it the disk may hold data its peer lacks (its written tail)",
+		zap.Int64("size", size), zap.Int64("was", r.agreed))
+	r.agreed = size
+}
+
+// recordDiskTail makes size, smaller than what meta records as agreed,
+// the agreed size, and what meta recorded the end of its written tail.
+func recordDiskTail(meta *metadata.Meta, size int64) error {
+	return meta.Update(func(sb *metadata.Superblock) {
+		sb.WrittenEnd = max(sb.WrittenEnd, sb.Agreed())
 		sb.AgreedSize = size
 	})
-	if err != nil {
-		return fmt.Errorf("cannot record the smaller size %d in the meta-data: %w", size, err)
-	}
-	r.agreed = size
-	return nil
 }
 
 // capacitySize applies DRBD's size rule at a handshake: when both nodes
@@ -738,9 +749,6 @@ func (r *Resource) control(link *replicate.Link, msg replicate.ControlMsg) {
 		if err == nil && r.m.Conn() == ConnHandshake {
 			err = checkDisklessConnect(r.m.Disk(), DiskState(m.Disk), link.Features())
 		}
-		if cur := r.size.Load(); err == nil && size < cur {
-			err = r.recordShrink(size, cur)
-		}
 		if err != nil {
 			if r.refuseWarned.changed(err) {
 				r.log.Error("refusing the peer (retrying; logged again when the reason changes)", zap.Error(err))
@@ -769,13 +777,15 @@ func (r *Resource) control(link *replicate.Link, msg replicate.ControlMsg) {
 			// capacity to catch up (it had been Diskless when this node
 			// grew): it grows on this node's State (capacitySize).
 			r.sendState()
-		case size == cur && r.m.Conn() != ConnHandshake && r.m.Role() == RolePrimary &&
+		case size == cur && r.m.Conn() == ConnConnected && r.m.Role() == RolePrimary && Role(m.Role) != RolePrimary &&
+			r.m.Disk() == DiskUpToDate && DiskState(m.Disk) == DiskUpToDate &&
 			int64(m.Size) == cur && int64(min(r.capacity(), m.Capacity)) > cur &&
 			link.Features()&replicate.FeatureGrowConnected != 0:
-			// A peer that now offers the capacity (its written tail
-			// checked by resize) and waits, as a non-Primary, for a
-			// State to grow on: this node's grows it, then this node
-			// (capacitySize).
+			// A peer in sync that now offers the capacity (resize
+			// checked its written tail) and waits, as the non-Primary,
+			// for a State to grow on: this node's grows it, then this
+			// node (capacitySize). Not during a resync: its end sends
+			// the States that grow the pair.
 			r.sendState()
 		case size < cur:
 			// Accepted: from now on the resource is the smaller peer's size.
@@ -950,6 +960,11 @@ func (r *Resource) checkPeerState(m *replicate.State) (int64, error) {
 		// Primary.
 		if r.m.Role() == RolePrimary || r.clientConns() > 0 {
 			return cur, fmt.Errorf("the peer's disk (%d bytes) is smaller than the %d bytes this node exports (Primary or with NBD clients): it would shrink under them; give the peer a disk at least as big, or demote and disconnect the clients first", m.Size, size)
+		}
+		if len(r.resizeSem) > 0 {
+			// A shrink records a written tail (recordShrink), which
+			// the running resize may be checking or dropping.
+			return cur, fmt.Errorf("the peer's disk (%d bytes) is smaller than the %d bytes this node exports, and a resize runs here: the smaller size is taken once it ended", m.Size, size)
 		}
 		// The caller makes it the resource's size once every check passed.
 		return int64(m.Size), nil

@@ -47,7 +47,7 @@ const reattachTimeout = time.Minute
 // and a connected UpToDate peer (what attach-disk on a Primary needs); a
 // node whose disk did not grow is refused before anything is detached
 // (metadata.ErrNotGrown), unless its meta-data records a written tail,
-// which resize then checks and drops (clearTail).
+// which resize then checks and drops (clearTail), whatever the roles.
 func (r *Resource) Resize(ctx context.Context, o ResizeOptions) (ResizeResult, error) {
 	if o.ZeroNew && o.AssumeClean {
 		return ResizeResult{}, errors.New("zero-new and assume-clean exclude each other")
@@ -66,10 +66,28 @@ func (r *Resource) Resize(ctx context.Context, o ResizeOptions) (ResizeResult, e
 	defer r.unlockAttach()
 	var layout metadata.Layout
 	var res ResizeResult
+	var tail [2]int64
+	var hasTail bool
 	err := r.do(ctx, func() error {
 		if r.m.Disk() == DiskDiskless || r.diskFailed.Load() || r.meta == nil {
 			return &StateError{Err: errors.New("resize grows the attached disk's meta-data: attach the disk first (attach-disk), or use resize-md while the daemon is stopped"), State: r.m.stateString()}
 		}
+		layout, res.OldCapacity, res.Size = r.meta.Layout(), r.dataSize, r.size.Load()
+		tail, hasTail = r.meta.Superblock().WrittenTail()
+		return nil
+	})
+	if err != nil {
+		return res, err
+	}
+	cfg := r.cfg()
+	if hasTail {
+		// A disk that did not grow: only its tail to check and drop,
+		// with the disk attached, whatever the roles (clearTail).
+		if _, err := growMeta(cfg, layout, ResizeOptions{AssumeClean: true}, true); errors.Is(err, metadata.ErrNotGrown) {
+			return res, r.clearTail(ctx, cfg, tail, o, &res)
+		}
+	}
+	err = r.do(ctx, func() error {
 		switch connected := r.m.Conn() >= ConnConnected; {
 		case r.m.Role() == RolePrimary && r.protocol() != config.ProtocolC:
 			return &StateError{Err: fmt.Errorf("resize on a Primary needs net.protocol C (this resource uses %s): demote first, or use resize-md while the daemon is stopped", r.protocol()), State: r.m.stateString()}
@@ -79,26 +97,21 @@ func (r *Resource) Resize(ctx context.Context, o ResizeOptions) (ResizeResult, e
 			// The Primary reads from this disk what its own lacks.
 			return &StateError{Err: errors.New("the Primary's disk is not UpToDate: it serves from this node's disk, which resize would take away for a moment; resize once the Primary's disk is UpToDate"), State: r.m.stateString()}
 		}
-		layout, res.OldCapacity, res.Size = r.meta.Layout(), r.dataSize, r.size.Load()
 		return nil
 	})
 	if err != nil {
 		return res, err
 	}
-	cfg := r.cfg()
 	// Everything Grow would refuse (a disk that did not grow, data in
-	// the added range), refused while the disk is still attached: after
-	// the detach the grown device's meta-data is found only once it
-	// moved (internal meta-data sits at the end). The dry run reads the
-	// meta-data the node keeps writing; the added range, which it
-	// checks, the node never touches, so the grow need not read it again
-	// (all of it, on a block device) while the disk is detached.
+	// the added range or the written tail), refused while the disk is
+	// still attached: after the detach the grown device's meta-data is
+	// found only once it moved (internal meta-data sits at the end). The
+	// dry run reads the meta-data the node keeps writing; the added
+	// range, which it checks, the node never touches, so the grow need
+	// not read it again (all of it, on a block device) while the disk is
+	// detached. (The written tail it checks again: no shrink changes it
+	// during a resize, checkPeerState, but it is this node's data.)
 	plan, err := growMeta(cfg, layout, o, true)
-	if errors.Is(err, metadata.ErrNotGrown) {
-		if done, terr := r.clearTail(ctx, cfg, o, &res); done || terr != nil {
-			return res, terr
-		}
-	}
 	if err != nil {
 		return res, fmt.Errorf("resize: %w", err)
 	}
@@ -141,45 +154,44 @@ func (r *Resource) Resize(ctx context.Context, o ResizeOptions) (ResizeResult, e
 // written while the disk was exported larger than its smaller peer's),
 // which keeps the node from offering its capacity (capacity): it checks
 // that the tail reads as zeros, or zeroes it (o.ZeroNew; o.AssumeClean
-// trusts it), and drops it from the meta-data; a connected peer is sent
-// this node's State, and the resource grows as after a resize. The disk
-// stays attached: the tail lies past the resource's size, where nothing
-// reads or writes, and no growth reaches it while it is recorded. done
-// is false when there is no tail (the caller reports the disk not grown).
-func (r *Resource) clearTail(ctx context.Context, cfg config.Resource, o ResizeOptions, res *ResizeResult) (done bool, err error) {
-	var tail [2]int64
-	err = r.do(ctx, func() error {
-		if r.meta != nil {
-			tail, done = r.meta.Superblock().WrittenTail()
-		}
-		return nil
-	})
-	if err != nil || !done {
-		return false, err
-	}
+// does not skip the check: the tail is this node's data alone), and drops
+// it from the meta-data; a peer connected and in sync is sent this node's
+// State, and the resource grows as after a resize (during a resync, on
+// the State its end brings). The disk stays attached: the tail lies past
+// the resource's size, where nothing reads or writes, no growth reaches
+// it while it is recorded, and no shrink changes it while a resize runs
+// (checkPeerState), which the drop checks.
+func (r *Resource) clearTail(ctx context.Context, cfg config.Resource, tail [2]int64, o ResizeOptions, res *ResizeResult) error {
 	data, _, err := openSized(cfg.Local.Disk)
 	if err != nil {
-		return true, fmt.Errorf("resize: %w", err)
+		return fmt.Errorf("resize: %w", err)
 	}
 	defer data.Close()
-	if err := metadata.CheckZeros(data, tail, [2]int64{}, o.ZeroNew || o.AssumeClean); err != nil {
-		return true, fmt.Errorf("resize: %s holds %w", cfg.Local.Disk, err)
-	}
 	if o.ZeroNew {
-		if err := metadata.ZeroRanges(data, tail); err != nil {
-			return true, fmt.Errorf("resize: %w", err)
-		}
+		err = metadata.ZeroRanges(data, tail)
+	} else {
+		err = metadata.CheckZeros(data, tail, true, [2]int64{})
+	}
+	var notZero *metadata.AddedDataError
+	switch {
+	case errors.As(err, &notZero):
+		return fmt.Errorf("resize: %s holds %w", cfg.Local.Disk, err)
+	case err != nil:
+		return fmt.Errorf("resize: %w", err)
 	}
 	err = r.do(ctx, func() error {
 		if r.meta == nil {
 			return &StateError{Err: errors.New("the disk was detached during the resize"), State: r.m.stateString()}
+		}
+		if now, _ := r.meta.Superblock().WrittenTail(); now != tail {
+			return &StateError{Err: fmt.Errorf("the written tail changed during the resize (%v, was %v): run resize again", now, tail), State: r.m.stateString()}
 		}
 		if err := r.meta.Update(func(sb *metadata.Superblock) { sb.WrittenEnd = 0 }); err != nil {
 			return fmt.Errorf("drop the written tail from the meta-data: %w", err)
 		}
 		r.log.Info("resize: the data past the agreed size reads as zeros now; the node offers its capacity",
 			zap.Int64("from", tail[0]), zap.Int64("to", tail[1]), zap.Int64("capacity", r.dataSize))
-		if r.m.Conn() >= ConnConnected {
+		if r.m.Conn() == ConnConnected {
 			r.sendState()
 		}
 		r.publishStatus() // the capacity it shows
@@ -188,9 +200,9 @@ func (r *Resource) clearTail(ctx context.Context, cfg config.Resource, o ResizeO
 		return nil
 	})
 	if err != nil {
-		return true, fmt.Errorf("resize: %w", err)
+		return fmt.Errorf("resize: %w", err)
 	}
-	return true, nil
+	return nil
 }
 
 // growDetached grows the detached disk's meta-data (plan: what the dry

@@ -396,7 +396,7 @@ func (r *Resource) attach(cfg config.Resource) error {
 	r.agreed = agreed
 	r.size.Store(agreed)
 	if tail, ok := st.meta.Superblock().WrittenTail(); ok {
-		r.log.Warn("the disk holds data past the resource's size, written while it was exported larger than its peer's: the resource does not grow until rbd-nbd resize --zero-new zeroes it",
+		r.log.Warn("the disk may hold data past the resource's size, written while it was exported larger than its peer's (its written tail): the resource does not grow until rbd-nbd resize checked that the tail reads as zeros, or zeroed it (--zero-new: whatever it holds is lost)",
 			zap.Int64("size", agreed), zap.Int64("tail_end", tail[1]))
 	} else if agreed < size {
 		r.log.Info("the disk grew (resize-md): the resource keeps the size both nodes agreed on until the peer's disk holds as much",

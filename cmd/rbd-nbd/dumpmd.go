@@ -174,7 +174,7 @@ func (d *mdDump) writeText(w io.Writer) {
 		p("pending zero", "[%d, %d): the old meta-data area of a grow, zeroed at the next open", z[0], z[1])
 	}
 	if z := d.WrittenTail; z != nil {
-		p("written tail", "[%d, %d): data past the agreed size, written while exported larger than the peer; no growth until resize --zero-new zeroes it", z[0], z[1])
+		p("written tail", "[%d, %d): may hold data written past the agreed size while exported larger than the peer; no growth until resize checked that it reads as zeros, or zeroed it (--zero-new)", z[0], z[1])
 	}
 	if d.Meta != "internal" && d.DiskSize&^4095 != d.DataSize {
 		p("warning", "disk is %d bytes, meta-data was created for %d", d.DiskSize, d.DataSize)

@@ -525,9 +525,10 @@ as zeros on each: resize checks that and refuses otherwise. --zero-new
 zeroes it first, --assume-clean skips the check (the added space is known
 identical on both nodes). A node that shrank to a smaller peer's size
 (net.size-mismatch: smaller) records the data it may hold past that size,
-its written tail, and offers no growth until resize checked or zeroed the
-tail the same way; on a disk that did not grow, resize does only that,
-with the disk attached. The daemon replies once the disk is attached
+its written tail, and offers no growth until resize checked that the tail
+reads as zeros (--assume-clean does not skip this check: the tail is this
+node's data alone) or zeroed it (--zero-new); on a disk that did not
+grow, resize does only that, with the disk attached, on a Primary too. The daemon replies once the disk is attached
 again; the command then prints the disk's capacity and the resource's size,
 after waiting a moment for the growth when the peer's disk grew already.`,
 		Args: cobra.ExactArgs(1),
