@@ -359,8 +359,21 @@ const fastTimeout = "  timeout: 2s\n"
 // again on other ports.
 func startPairOn(t *testing.T, dir string, na, nb pairDisk, extra, extraB string) *pair {
 	t.Helper()
+	return startPairLinked(t, dir, na, nb, extra, extraB, true)
+}
+
+// startPairApart is startPairOn with the relay refusing connections from
+// before the nodes start (c.proxy.setRefuse(false) lets them connect):
+// for tests that need a node to do something before its first handshake.
+func startPairApart(t *testing.T, dir string, na, nb pairDisk, extra, extraB string) *pair {
+	t.Helper()
+	return startPairLinked(t, dir, na, nb, extra, extraB, false)
+}
+
+func startPairLinked(t *testing.T, dir string, na, nb pairDisk, extra, extraB string, link bool) *pair {
+	t.Helper()
 	for attempt := 1; ; attempt++ {
-		c, err := tryStartPairOn(t, dir, na, nb, extra, extraB)
+		c, err := tryStartPairOn(t, dir, na, nb, extra, extraB, link)
 		if err == nil {
 			return c
 		}
@@ -371,10 +384,11 @@ func startPairOn(t *testing.T, dir string, na, nb pairDisk, extra, extraB string
 	}
 }
 
-func tryStartPairOn(t *testing.T, dir string, na, nb pairDisk, extra, extraB string) (*pair, error) {
+func tryStartPairOn(t *testing.T, dir string, na, nb pairDisk, extra, extraB string, link bool) (*pair, error) {
 	t.Helper()
 	pa, pb := freePort(t), freePort(t)
 	proxy := startRelay(t, fmt.Sprintf("127.0.0.1:%d", pb))
+	proxy.setRefuse(!link)
 	meta := func(n pairDisk) string {
 		if n.meta == "" {
 			return ""
