@@ -271,6 +271,8 @@ func TestResizeOnlineWrittenTail(t *testing.T) {
 		t.Fatalf("resize with data in the written tail: exit %d\nstdout: %s\nstderr: %s", r.ExitCode, r.Stdout, r.Stderr)
 	}
 	t.Logf("node a: resize refused: %s", strings.TrimSpace(r.Stderr))
+	ev := StartProcess(t, Binary(), "--socket", c.a.socket, "events", "r0")
+	WaitFor(t, 30*time.Second, "the events' dump", func() bool { return strings.Contains(ev.Output(), "exists -") })
 	out := c.a.ctl("resize", "r0", "--zero-new")
 	t.Logf("node a: resize --zero-new: %s", strings.TrimSpace(out))
 	if !strings.Contains(out, fmt.Sprintf("disk capacity %d bytes", grown)) {
@@ -284,6 +286,15 @@ func TestResizeOnlineWrittenTail(t *testing.T) {
 	if got := strings.TrimSpace(MustRun(t, 30*time.Second, "nbdinfo", "--size", c.a.uri())); got != strconv.FormatUint(grown, 10) {
 		t.Fatalf("the export's size after the growth: %s, want %d", got, grown)
 	}
+	// The growth is an event of the disk object.
+	WaitFor(t, 30*time.Second, "the growth's event", func() bool {
+		for _, l := range strings.Split(ev.Output(), "\n") {
+			if strings.HasPrefix(l, "change disk name:r0 ") && strings.Contains(l+" ", fmt.Sprintf(" size:%d ", grown)) {
+				return true
+			}
+		}
+		return false
+	})
 	c.a.qemuIO(fmt.Sprintf("write -P 0x5c %d 64k", grown-64<<10))
 	c.a.waitIdle("the write at the new end replicated")
 	c.compare()

@@ -45,12 +45,12 @@ type AddedDataError struct {
 }
 
 func (e *AddedDataError) Error() string {
-	what := "the added range"
 	if e.Tail {
-		what = "the range past the agreed size that this node wrote while it was exported larger"
+		return fmt.Sprintf("data at offset %d, in the range past the agreed size [%d, %d) that this node wrote while it was exported larger (its written tail), which a growth would take as in sync with the peer's zeros: copy what you need from there, then zero it (--zero-new; --assume-clean does not cover this node's own data)",
+			e.Offset, e.From, e.To)
 	}
-	return fmt.Sprintf("data at offset %d, in %s [%d, %d) that the grow would take as in sync: the replicas would differ there unseen; zero it on every node (--zero-new), or pass --assume-clean if every node's added space is known identical",
-		e.Offset, what, e.From, e.To)
+	return fmt.Sprintf("data at offset %d, in the added range [%d, %d) that the grow would take as in sync: the replicas would differ there unseen; zero it on every node (--zero-new), or pass --assume-clean if every node's added space is known identical",
+		e.Offset, e.From, e.To)
 }
 
 // GrowDevice is Grow for a data device that grew, with the check that the

@@ -468,6 +468,12 @@ func (r *Resource) attachDisk(ctx context.Context) error {
 // larger one that resize grew it to, keeping the size both nodes agreed
 // on (a disk grown elsewhere, or meant for another resource, is not).
 func (r *Resource) checkAttachSize(sb metadata.Superblock) error {
+	if size := r.size.Load(); sb.Agreed() < size {
+		// Meta-data of a smaller era (a disk that shrank to a smaller
+		// peer since): its written tail would lie inside the data.
+		return fmt.Errorf("the meta-data of %s agreed on %d bytes, less than the resource's %d: attach the disk the resource runs with, or one with fresh meta-data (create-md)",
+			r.cfg().Local.Disk, sb.Agreed(), size)
+	}
 	if sb.DataSize == r.dataSize || sb.DataSize > r.dataSize && sb.Agreed() == r.agreed {
 		return nil
 	}

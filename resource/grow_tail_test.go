@@ -5,9 +5,13 @@ import (
 	"context"
 	"errors"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
+	"go.uber.org/zap"
+
+	"github.com/rbd-nbd/rbd-nbd/disk"
 	"github.com/rbd-nbd/rbd-nbd/metadata"
 )
 
@@ -289,4 +293,99 @@ func TestResizeDropsTheTailOfAStandAlonePrimary(t *testing.T) {
 		return s.Conn == ConnConnected && s.Size == uint64(want) && s.Disk == DiskUpToDate && s.PeerDisk == DiskUpToDate && s.OutOfSync == 0
 	})
 	c.compareBlocks(off, want-4096)
+}
+
+// A refused handshake with a smaller peer gives the size back (undoShrink):
+// the next handshake that the machine accepts, here with the peer's disk
+// replaced by a blank one as large as this node's, finds nothing to
+// record, and this node keeps its size and records no tail (it never
+// accepted a smaller peer).
+func TestRefusedHandshakeGivesTheSizeBack(t *testing.T) {
+	dir, na, nb := pairDisksSized(t, 32<<20, 16<<20)
+	c := startPairOn(t, dir, na, nb, "", "")
+	t.Cleanup(c.stopBoth)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	t.Cleanup(cancel)
+	for _, r := range []*Resource{c.a, c.b} {
+		if err := r.Primary(ctx, true); err != nil {
+			t.Fatal(err)
+		}
+		if err := r.WriteAt(fill(0xAA, 4096), 0, true); err != nil {
+			t.Fatal(err)
+		}
+		if err := r.Secondary(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	full := c.a.Size()
+	c.stopBoth()
+	c = startPairOn(t, dir, na, nb, "  size-mismatch: smaller\n", "")
+	t.Cleanup(c.stopBoth)
+	c.wait(c.a, "the split brain", func(s Status) bool {
+		return s.Conn == ConnStandAlone && s.Link.Connects > 0 && s.Size == uint64(full)
+	})
+	// b's disk replaced by a blank one as large as a's.
+	cfg := c.b.cfg()
+	if err := c.b.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(nb.img); err != nil {
+		t.Fatal(err)
+	}
+	makePairDisk(t, nb, 32<<20, 1, 0)
+	c.b = New(cfg, Options{Logger: zap.NewNop(), Observer: c.ob})
+	c.b.wrapData = func(d disk.Device) disk.Device { c.db.Device = d; return c.db }
+	if err := c.b.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.a.Connect(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	c.waitBoth("synced", func(s Status) bool {
+		return s.Conn == ConnConnected && s.Disk == DiskUpToDate && s.PeerDisk == DiskUpToDate
+	})
+	for _, r := range []*Resource{c.a, c.b} {
+		if tail, ok := tailOf(t, r); ok || r.Size() != full {
+			t.Fatalf("%s, with no smaller peer accepted: size %d (want %d), tail %v", r.Status().Name, r.Size(), full, tail)
+		}
+	}
+}
+
+// A disk whose meta-data agreed on less than the resource's size (a disk
+// that shrank to a smaller peer once, swapped back in) is refused by
+// attach-disk: its written tail would lie inside the resource's data,
+// where resize --zero-new would zero replicated data on this node alone.
+func TestAttachRefusesASmallerAgreedSize(t *testing.T) {
+	dir, na, nb := pairDisksSized(t, 32<<20, 32<<20)
+	c := startPairOn(t, dir, na, nb, "", "")
+	t.Cleanup(c.stopBoth)
+	c.primaryA()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	t.Cleanup(cancel)
+	full := c.a.Size()
+	small := capacityOf(t, 16<<20)
+	if err := c.b.DetachDisk(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	dev, err := disk.Open(nb.img, disk.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := metadata.Open(dev, dev.Size(), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Update(func(sb *metadata.Superblock) { sb.AgreedSize, sb.WrittenEnd = small, full }); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Close(); err != nil {
+		t.Fatal(err)
+	}
+	dev.Close()
+	if err := c.b.AttachDisk(ctx); err == nil || !strings.Contains(err.Error(), "agreed on") {
+		t.Fatalf("attach-disk of meta-data that agreed on %d bytes, the resource at %d: %v; want it refused", small, full, err)
+	}
+	if s := c.b.Status(); s.Disk != DiskDiskless || s.Size != uint64(full) {
+		t.Fatalf("b after the refused attach: disk %v, size %d", s.Disk, s.Size)
+	}
 }

@@ -88,11 +88,17 @@ func (r *Resource) dirtyBlocks() uint64 {
 // refused administrative request returns the machine's error.
 func (r *Resource) stepAdmin(ev Event) ([]Action, error) {
 	r.m.SetDirty(r.dirtyBlocks())
+	before := r.m.Conn()
 	acts, err := r.m.Step(ev)
 	if err != nil {
 		return nil, err
 	}
-	r.recordShrink()
+	switch after := r.m.Conn(); {
+	case before < ConnConnected && after >= ConnConnected:
+		r.recordShrink()
+	case before == ConnHandshake && after < ConnHandshake:
+		r.undoShrink()
+	}
 	// The meta-data first: what the new state rests on (a generation
 	// started when the peer went) is on disk before I/O learns of the
 	// state (awaitFence waits for that), and the bitmap as the state
@@ -270,6 +276,10 @@ func (r *Resource) publishStatus() {
 		old.PeerDisk != st.PeerDisk || old.CurrentUUID != st.CurrentUUID || old.Suspended != st.Suspended || old.SyncPaused != st.SyncPaused {
 		r.log.Info("state", zap.Stringer("role", st.Role), zap.Stringer("disk", st.Disk), zap.Stringer("conn", st.Conn),
 			zap.Stringer("peer-role", st.PeerRole), zap.Stringer("peer-disk", st.PeerDisk), zap.Stringer("suspended", st.Suspended), zap.Bool("sync-paused", st.SyncPaused))
+		r.changed()
+	} else if old.Size != st.Size || old.Capacity != st.Capacity {
+		// A growth, a shrink to a smaller peer, a resize: the disk's
+		// change event says so (resize's tool waits for it).
 		r.changed()
 	}
 }

@@ -632,17 +632,18 @@ func (r *Resource) capacity() uint64 {
 }
 
 // recordShrink records a shrink to a smaller peer's size in the attached
-// disk's meta-data once the machine accepted the peer (stepAdmin: a
-// handshake that ends refused, unrelated data or a split brain, leaves
-// the disk's size to the next run): the resource's size as the agreed
-// one (DRBD's la-size: a restarted node exports it), and the end of what
-// the disk was exported at as the end of its written tail (capacity). A
-// Diskless node records nothing: its disk, attached again, records it
-// then (attachDisk, recordDiskTail). A failed record is logged; capacity
-// still sees the shrink in this run, and the next handshake records it.
+// disk's meta-data once the machine accepted the peer (stepAdmin, as the
+// connection reaches Connected; a handshake that ends refused, unrelated
+// data or a split brain, gives the size back, undoShrink): the
+// resource's size as the agreed one (DRBD's la-size: a restarted node
+// exports it), and the end of what the disk was exported at as the end of
+// its written tail (capacity). A Diskless node records nothing: its disk,
+// attached again, records it then (attachDisk, recordDiskTail). A failed
+// record is logged; capacity still sees the shrink in this run, and the
+// next handshake tries again.
 func (r *Resource) recordShrink() {
 	size := r.size.Load()
-	if size >= r.agreed || r.m.Conn() < ConnConnected || r.m.Disk() == DiskDiskless || r.meta == nil {
+	if size >= r.agreed || r.m.Disk() == DiskDiskless || r.meta == nil || r.diskFailed.Load() {
 		return
 	}
 	if err := recordDiskTail(r.meta, size); err != nil {
@@ -652,6 +653,18 @@ func (r *Resource) recordShrink() {
 	r.log.Info("recorded the smaller size: past it the disk may hold data its peer lacks (its written tail)",
 		zap.Int64("size", size), zap.Int64("was", r.agreed))
 	r.agreed = size
+}
+
+// undoShrink gives back, when a handshake ends before the machine
+// accepted the peer, the size the link came up with if the resource
+// shrank to that peer's (checkPeerState): nothing was exported or written
+// at the smaller size (the node is no Primary and has no NBD clients),
+// and a node never connected to a peer must not keep its size.
+func (r *Resource) undoShrink() {
+	if size := r.size.Load(); size < r.linkSize {
+		r.log.Info("the handshake ended before the peer was accepted: the resource keeps its size", zap.Int64("size", r.linkSize), zap.Int64("peer_size", size))
+		r.size.Store(r.linkSize)
+	}
 }
 
 // recordDiskTail makes size, smaller than what meta records as agreed,
@@ -745,9 +758,15 @@ func (r *Resource) control(link *replicate.Link, msg replicate.ControlMsg) {
 	}
 	switch m := msg.(type) {
 	case *replicate.State:
-		size, err := r.checkPeerState(m)
-		if err == nil && r.m.Conn() == ConnHandshake {
+		// Every check that may refuse the peer before checkPeerState,
+		// which records a growth.
+		var err error
+		size := r.size.Load()
+		if r.m.Conn() == ConnHandshake {
 			err = checkDisklessConnect(r.m.Disk(), DiskState(m.Disk), link.Features())
+		}
+		if err == nil {
+			size, err = r.checkPeerState(m)
 		}
 		if err != nil {
 			if r.refuseWarned.changed(err) {
@@ -964,7 +983,7 @@ func (r *Resource) checkPeerState(m *replicate.State) (int64, error) {
 		if len(r.resizeSem) > 0 {
 			// A shrink records a written tail (recordShrink), which
 			// the running resize may be checking or dropping.
-			return cur, fmt.Errorf("the peer's disk (%d bytes) is smaller than the %d bytes this node exports, and a resize runs here: the smaller size is taken once it ended", m.Size, size)
+			return cur, fmt.Errorf("the peer's disk (%d bytes) is smaller than the %d bytes this node exports, and a resize runs here (or the resource goes down): the smaller size is taken once it ended", m.Size, size)
 		}
 		// The caller makes it the resource's size once every check passed.
 		return int64(m.Size), nil

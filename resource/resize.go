@@ -72,6 +72,11 @@ func (r *Resource) Resize(ctx context.Context, o ResizeOptions) (ResizeResult, e
 		if r.m.Disk() == DiskDiskless || r.diskFailed.Load() || r.meta == nil {
 			return &StateError{Err: errors.New("resize grows the attached disk's meta-data: attach the disk first (attach-disk), or use resize-md while the daemon is stopped"), State: r.m.stateString()}
 		}
+		if r.size.Load() < r.agreed {
+			// Taken in a handshake, recorded once it ends (recordShrink):
+			// the tail a resize would check is not known yet.
+			return &StateError{Err: errors.New("the resource shrank to its peer's size in a handshake still running: run resize again once connected"), State: r.m.stateString()}
+		}
 		layout, res.OldCapacity, res.Size = r.meta.Layout(), r.dataSize, r.size.Load()
 		tail, hasTail = r.meta.Superblock().WrittenTail()
 		return nil
@@ -83,7 +88,8 @@ func (r *Resource) Resize(ctx context.Context, o ResizeOptions) (ResizeResult, e
 	if hasTail {
 		// A disk that did not grow: only its tail to check and drop,
 		// with the disk attached, whatever the roles (clearTail).
-		if _, err := growMeta(cfg, layout, ResizeOptions{AssumeClean: true}, true); errors.Is(err, metadata.ErrNotGrown) {
+		// (A dry run with ZeroNew checks nothing and zeroes nothing.)
+		if _, err := growMeta(cfg, layout, ResizeOptions{ZeroNew: true}, true); errors.Is(err, metadata.ErrNotGrown) {
 			return res, r.clearTail(ctx, cfg, tail, o, &res)
 		}
 	}
@@ -183,11 +189,16 @@ func (r *Resource) clearTail(ctx context.Context, cfg config.Resource, tail [2]i
 		if r.meta == nil {
 			return &StateError{Err: errors.New("the disk was detached during the resize"), State: r.m.stateString()}
 		}
-		if now, _ := r.meta.Superblock().WrittenTail(); now != tail {
-			return &StateError{Err: fmt.Errorf("the written tail changed during the resize (%v, was %v): run resize again", now, tail), State: r.m.stateString()}
+		if now, _ := r.meta.Superblock().WrittenTail(); now != tail || tail[0] < r.size.Load() {
+			return &StateError{Err: fmt.Errorf("the written tail changed during the resize (%v, was %v; size %d): run resize again", now, tail, r.size.Load()), State: r.m.stateString()}
 		}
-		if err := r.meta.Update(func(sb *metadata.Superblock) { sb.WrittenEnd = 0 }); err != nil {
-			return fmt.Errorf("drop the written tail from the meta-data: %w", err)
+		// Twice: each write goes to the slot the other does not hold,
+		// and a release from before the field refuses a slot whose
+		// flags say "written tail" (metadata, flagWrittenTail).
+		for range 2 {
+			if err := r.meta.Update(func(sb *metadata.Superblock) { sb.WrittenEnd = 0 }); err != nil {
+				return fmt.Errorf("drop the written tail from the meta-data: %w", err)
+			}
 		}
 		r.log.Info("resize: the data past the agreed size reads as zeros now; the node offers its capacity",
 			zap.Int64("from", tail[0]), zap.Int64("to", tail[1]), zap.Int64("capacity", r.dataSize))
@@ -233,7 +244,7 @@ func (r *Resource) growDetached(cfg config.Resource, l metadata.Layout, o Resize
 // device's end, where it is not yet.)
 func (r *Resource) growFailed(ctx context.Context, cfg config.Resource, l metadata.Layout, o ResizeOptions, err error) error {
 	if !l.Internal {
-		if _, again := growMeta(cfg, l, ResizeOptions{AssumeClean: true}, true); again == nil {
+		if _, again := growMeta(cfg, l, ResizeOptions{ZeroNew: true}, true); again == nil {
 			if aerr := r.attachDisk(ctx); aerr != nil {
 				return fmt.Errorf("resize: %w; and the disk, as it was, is not attached again: %w", err, aerr)
 			}

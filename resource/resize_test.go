@@ -279,7 +279,8 @@ func TestGrowCutShortDisklessConnects(t *testing.T) {
 	growDisk(t, nb.img, 16<<20, 32<<20)
 	want := capacityOf(t, 32<<20)
 	recordAgreed(t, nb.img, 32<<20, want) // b alone recorded the growth
-	c = startPairApart(t, filepath.Dir(na.img), na, nb, "", "") // no link until a is Diskless
+	// No link until a is Diskless.
+	c = startPairApart(t, filepath.Dir(na.img), na, nb, "", "")
 	t.Cleanup(c.stopBoth)
 	if err := c.a.DetachDisk(ctx, false); err != nil {
 		t.Fatal(err)

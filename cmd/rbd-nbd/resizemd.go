@@ -147,7 +147,11 @@ func resizeMD(out io.Writer, md *mdFlags, o resizeMDOptions) error {
 		fmt.Fprintf(out, "old area      [%d, %d) becomes data, %s\n", plan.Zeroed[0], plan.Zeroed[1], zeroed)
 	}
 	if res.Tail != [2]int64{} {
-		fmt.Fprintf(out, "written tail  [%d, %d) past the agreed size, written while exported larger, %s\n", res.Tail[0], res.Tail[1], addedNote)
+		tailNote := "reads as zeros" // --assume-clean does not skip its check
+		if o.zeroNew {
+			tailNote = addedNote
+		}
+		fmt.Fprintf(out, "written tail  [%d, %d) past the agreed size, written while exported larger, %s\n", res.Tail[0], res.Tail[1], tailNote)
 	}
 	fmt.Fprintf(out, "added range   [%d, %d) %s\n", res.Added[0], res.Added[1], addedNote)
 	if plan.Unclean {

@@ -545,10 +545,15 @@ after waiting a moment for the growth when the peer's disk grew already.`,
 			}
 			name := args[0]
 			return withClient(cmd.Context(), g, timeout, func(ctx context.Context, c *ctlproto.Client) error {
+				// Subscribed first: the growth may follow the reply at
+				// once.
+				wctx, cancel := context.WithCancel(ctx)
+				defer cancel()
+				changes := watchChanges(wctx, g, name)
 				if err := sendCommand(ctx, c, ctlproto.MsgResize, name, extra...); err != nil {
 					return err
 				}
-				st, err := awaitGrowth(ctx, c, name)
+				st, err := awaitGrowth(ctx, c, name, changes)
 				if err != nil {
 					return fmt.Errorf("resize done, but reading the status of %s failed: %w", name, err)
 				}
@@ -579,8 +584,11 @@ var resizeSettle, resizeGrowWait = time.Second, 10 * time.Second
 // awaitGrowth reads the resource's status after a resize until it grew
 // (no capacity above its size), or the node stayed connected for
 // resizeSettle without growing (the peer's disk holds less), or cannot
-// grow now (StandAlone, down), or resizeGrowWait passed.
-func awaitGrowth(ctx context.Context, c *ctlproto.Client, name string) (resource.Status, error) {
+// grow now (StandAlone, down), or resizeGrowWait passed. It reads it
+// again on each of the resource's events (changes, watchChanges: a
+// growth sends one) and every 250 ms; without a subscription (changes
+// nil), every 100 ms.
+func awaitGrowth(ctx context.Context, c *ctlproto.Client, name string, changes <-chan struct{}) (resource.Status, error) {
 	deadline := time.Now().Add(resizeGrowWait)
 	var connectedSince time.Time
 	for {
@@ -602,10 +610,17 @@ func awaitGrowth(ctx context.Context, c *ctlproto.Client, name string) (resource
 			!connectedSince.IsZero() && now.Sub(connectedSince) >= resizeSettle {
 			return st, nil
 		}
+		// Events wake the wait at once; the reads between them catch
+		// what no event reports (a daemon that sends none).
+		wait := 100 * time.Millisecond
+		if changes != nil {
+			wait = 250 * time.Millisecond
+		}
 		select {
 		case <-ctx.Done():
 			return st, nil // the status read last: the wait is only for a better summary
-		case <-time.After(100 * time.Millisecond):
+		case <-changes:
+		case <-time.After(max(wait, time.Millisecond)):
 		}
 	}
 }
