@@ -810,6 +810,10 @@ func (r *Resource) control(link *replicate.Link, msg replicate.ControlMsg) {
 			// Accepted: from now on the resource is the smaller peer's size.
 			r.log.Warn("the peer's disk is smaller: using its size", zap.Int64("size", size), zap.Int64("was", cur))
 			r.size.Store(size)
+			if r.m.Conn() >= ConnConnected {
+				// On a connected link: no handshake end to record it at.
+				r.recordShrink()
+			}
 		}
 		r.refuseWarned.reset() // a refusal after an accepted state is logged again
 		if r.linkErr.Swap(nil) != nil {
