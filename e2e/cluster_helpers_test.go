@@ -311,16 +311,13 @@ func (n *node) wait(what string, timeout time.Duration, cond func(nodeStatus) bo
 	n.t.Helper()
 	var last nodeStatus
 	var ok bool
-	deadline := time.Now().Add(timeout)
-	for delay := time.Millisecond; ; delay = min(2*delay, 100*time.Millisecond) {
-		if last, ok = n.tryStatus(); ok && cond(last) {
-			return last
-		}
-		if time.Now().After(deadline) {
-			n.t.Fatalf("timed out after %v waiting for node %s: %s (last: %+v, read: %v)", timeout, n.name, what, last, ok)
-		}
-		time.Sleep(delay)
-	}
+	waitFor(n.t, timeout, func() string {
+		return fmt.Sprintf("node %s: %s (last: %+v, read: %v)", n.name, what, last, ok)
+	}, func() bool {
+		last, ok = n.tryStatus()
+		return ok && cond(last)
+	})
+	return last
 }
 
 func (c *cluster) waitBoth(what string, cond func(nodeStatus) bool) {

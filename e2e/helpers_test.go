@@ -169,10 +169,17 @@ func FreePorts(t testing.TB, n int) []int {
 // timeout.
 func WaitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
+	waitFor(t, timeout, func() string { return what }, cond)
+}
+
+// waitFor is WaitFor saying what it waited for, on a timeout, as what
+// returns it then (the state it saw last, say).
+func waitFor(t testing.TB, timeout time.Duration, what func() string, cond func() bool) {
+	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for delay := time.Millisecond; !cond(); delay = min(2*delay, 100*time.Millisecond) {
 		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
+			t.Fatalf("timed out after %v waiting for %s", timeout, what())
 		}
 		time.Sleep(delay)
 	}

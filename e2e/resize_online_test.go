@@ -25,22 +25,6 @@ func growFile(t *testing.T, path string, size int64) {
 	}
 }
 
-// writeByteAt writes b at off into the file at path (behind the daemon's
-// back: past what it exports).
-func writeByteAt(t *testing.T, path string, off int64, b byte) {
-	t.Helper()
-	f, err := os.OpenFile(path, os.O_WRONLY, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := f.WriteAt([]byte{b}, off); err != nil {
-		t.Fatal(err)
-	}
-	if err := f.Close(); err != nil {
-		t.Fatal(err)
-	}
-}
-
 // waitIdle waits until the node is Connected, both disks UpToDate and
 // nothing is out of sync: any resync the resize started has ended.
 func (n *node) waitIdle(what string) nodeStatus {
@@ -161,7 +145,7 @@ func TestResizeOnlineAddedData(t *testing.T) {
 
 	growFile(t, c.b.disk, newFile)
 	const junkAt = oldFile + 4<<20 // in the added data range, clear of the new meta-data
-	writeByteAt(t, c.b.disk, junkAt, 0xAA)
+	poke(t, c.b.disk, junkAt, 1)
 
 	r := c.b.tryCtl("resize", "r0")
 	if r.ExitCode == 0 || !strings.Contains(r.Stderr, "--zero-new") {
@@ -255,7 +239,7 @@ func TestResizeOnlineWrittenTail(t *testing.T) {
 		t.Fatalf("node a after the shrink to b's size: %+v, want size %d and no capacity", st, small)
 	}
 	junkAt := int64(small) + 4<<20 // past the resource's size, in a's data
-	writeByteAt(t, c.a.disk, junkAt, 0xAA)
+	poke(t, c.a.disk, junkAt, 1)
 
 	growFile(t, c.b.disk, bigFile)
 	t.Logf("node b: resize: %s", strings.TrimSpace(c.b.ctl("resize", "r0")))

@@ -75,12 +75,14 @@ func GrowDevice(data *os.File, dataSize int64, meta Store, metaSize int64, inter
 		// itself once the meta-data moved out of it.
 		res.Added[0] = min(max(res.Added[0], o.OldStoreSize), res.Added[1])
 	}
-	tail, hasTail := plan.Superblock.WrittenTail()
-	if hasTail {
-		res.Tail = tail
-	}
+	var hasTail bool
+	res.Tail, hasTail = plan.Superblock.WrittenTail()
 	if !o.ZeroNew {
-		if err := CheckZeros(data, res.Tail, o.AssumeClean, res.Added); err != nil {
+		added := res.Added
+		if o.AssumeClean {
+			added = [2]int64{} // the tail's check stays: it is this node's data alone
+		}
+		if err := CheckZeros(data, res.Tail, added); err != nil {
 			return res, err
 		}
 	}
@@ -99,17 +101,10 @@ func GrowDevice(data *os.File, dataSize int64, meta Store, metaSize int64, inter
 	return res, nil
 }
 
-// CheckZeros refuses (AddedDataError) data in the written tail or, unless
-// skipAdded, in the added range; each is [from, to), empty when from >=
-// to. --assume-clean (skipAdded) does not cover the tail: it says that
-// the added space is the same on both nodes, and the tail is what this
-// node alone wrote.
-func CheckZeros(data *os.File, tail [2]int64, skipAdded bool, added [2]int64) error {
-	ranges := [][2]int64{tail}
-	if !skipAdded {
-		ranges = append(ranges, added)
-	}
-	for i, r := range ranges {
+// CheckZeros refuses (AddedDataError) data in the written tail or in the
+// added range; each is [from, to), nothing when from >= to.
+func CheckZeros(data *os.File, tail, added [2]int64) error {
+	for i, r := range [2][2]int64{tail, added} {
 		if r[0] >= r[1] {
 			continue
 		}

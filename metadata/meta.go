@@ -380,10 +380,7 @@ func (m *Meta) Update(fn func(*Superblock)) error {
 	if next.immutable() != m.sb.immutable() {
 		return fmt.Errorf("%w: only flags, UUIDs, node id, agreed size and written end may change", ErrImmutable)
 	}
-	if err := validAgreedSize(next.AgreedSize, next.DataSize); err != nil {
-		return fmt.Errorf("%w: %v", ErrBadOptions, err)
-	}
-	if err := validWrittenEnd(next.WrittenEnd, next.DataSize); err != nil {
+	if err := next.validSizes(); err != nil {
 		return fmt.Errorf("%w: %v", ErrBadOptions, err)
 	}
 	if next.NodeID > MaxNodeID {

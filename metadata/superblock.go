@@ -226,11 +226,17 @@ func (s Superblock) Agreed() int64 {
 	return s.AgreedSize
 }
 
-// validAgreedSize checks an agreed size against the data size: 0, or a
-// positive multiple of BlockSize not larger than dataSize.
-func validAgreedSize(agreed, dataSize int64) error {
-	if agreed < 0 || agreed%BlockSize != 0 || agreed > dataSize {
-		return fmt.Errorf("agreed size %d: want 0 or a multiple of %d up to the data size %d", agreed, BlockSize, dataSize)
+// validSizes checks the sizes Update may change against the data size:
+// the agreed size and the written end, each 0 or a multiple of BlockSize
+// up to the data size.
+func (s *Superblock) validSizes() error {
+	for _, f := range []struct {
+		name string
+		v    int64
+	}{{"agreed size", s.AgreedSize}, {"written end", s.WrittenEnd}} {
+		if f.v < 0 || f.v%BlockSize != 0 || f.v > s.DataSize {
+			return fmt.Errorf("%s %d: want 0 or a multiple of %d up to the data size %d", f.name, f.v, BlockSize, s.DataSize)
+		}
 	}
 	return nil
 }
@@ -243,15 +249,6 @@ func validPendingZero(r [2]int64, dataSize int64) error {
 	}
 	if r[0] < 0 || r[0] >= r[1] || r[1] > dataSize || r[0]%BlockSize != 0 || r[1]%BlockSize != 0 {
 		return fmt.Errorf("pending zero range [%d, %d): want none or whole blocks within the data size %d", r[0], r[1], dataSize)
-	}
-	return nil
-}
-
-// validWrittenEnd checks a written end against the data size: 0 or a
-// multiple of BlockSize up to dataSize.
-func validWrittenEnd(end, dataSize int64) error {
-	if end < 0 || end%BlockSize != 0 || end > dataSize {
-		return fmt.Errorf("written end %d: want 0 or a multiple of %d up to the data size %d", end, BlockSize, dataSize)
 	}
 	return nil
 }
@@ -278,13 +275,10 @@ func (s *Superblock) validate() error {
 	if s.DataSize <= 0 || s.DataSize%BlockSize != 0 || s.DataSize > maxDataSize {
 		return fmt.Errorf("%w: data size %d", ErrCorrupt, s.DataSize)
 	}
-	if err := validAgreedSize(s.AgreedSize, s.DataSize); err != nil {
+	if err := s.validSizes(); err != nil {
 		return fmt.Errorf("%w: %v", ErrCorrupt, err)
 	}
 	if err := validPendingZero(s.PendingZero, s.DataSize); err != nil {
-		return fmt.Errorf("%w: %v", ErrCorrupt, err)
-	}
-	if err := validWrittenEnd(s.WrittenEnd, s.DataSize); err != nil {
 		return fmt.Errorf("%w: %v", ErrCorrupt, err)
 	}
 	if !s.Internal && s.PendingZero != [2]int64{} {

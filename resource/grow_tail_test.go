@@ -146,20 +146,6 @@ func tailOf(t *testing.T, r *Resource) (tail [2]int64, ok bool) {
 	return tail, ok
 }
 
-// writeImg writes p into the file img at off, past what the daemon
-// exports.
-func writeImg(t *testing.T, img string, p []byte, off int64) {
-	t.Helper()
-	f, err := os.OpenFile(img, os.O_RDWR, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	if _, err := f.WriteAt(p, off); err != nil {
-		t.Fatal(err)
-	}
-}
-
 // A disk attached to a resource smaller than what its meta-data agreed
 // on (here a replacement of the same size with fresh meta-data, after the
 // resource shrank to its peer's size; or the node's own disk after the
@@ -189,7 +175,7 @@ func TestAttachRecordsTheTailOfALargerDisk(t *testing.T) {
 	// resource's size.
 	makePairDisk(t, na, 32<<20, 0, 0)
 	off := small + 1<<20
-	writeImg(t, na.img, fill(0x5a, 4096), off)
+	writeAt(t, na.img, fill(0x5a, 4096), off)
 	if err := c.a.AttachDisk(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -361,21 +347,7 @@ func TestAttachRefusesASmallerAgreedSize(t *testing.T) {
 	if err := c.b.DetachDisk(ctx, false); err != nil {
 		t.Fatal(err)
 	}
-	dev, err := disk.Open(nb.img, disk.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, err := metadata.Open(dev, dev.Size(), true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := m.Update(func(sb *metadata.Superblock) { sb.AgreedSize, sb.WrittenEnd = small, full }); err != nil {
-		t.Fatal(err)
-	}
-	if err := m.Close(); err != nil {
-		t.Fatal(err)
-	}
-	dev.Close()
+	updateMeta(t, nb.img, 32<<20, func(sb *metadata.Superblock) { sb.AgreedSize, sb.WrittenEnd = small, full })
 	if err := c.b.AttachDisk(ctx); err == nil || !strings.Contains(err.Error(), "agreed on") {
 		t.Fatalf("attach-disk of meta-data that agreed on %d bytes, the resource at %d: %v; want it refused", small, full, err)
 	}

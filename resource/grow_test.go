@@ -137,22 +137,7 @@ func TestGrowAfterOneSideRecorded(t *testing.T) {
 	growDisk(t, na.img, 16<<20, 32<<20)
 	growDisk(t, nb.img, 16<<20, 32<<20)
 	want := capacityOf(t, 32<<20)
-	// a alone recorded the growth.
-	f, err := os.OpenFile(na.img, os.O_RDWR, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, err := metadata.Open(f, 32<<20, true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := m.Update(func(sb *metadata.Superblock) { sb.AgreedSize = want }); err != nil {
-		t.Fatal(err)
-	}
-	if err := m.Close(); err != nil {
-		t.Fatal(err)
-	}
-	f.Close()
+	recordAgreed(t, na.img, 32<<20, want) // a alone recorded the growth
 	c = startPairOn(t, dir, na, nb, "", "")
 	t.Cleanup(c.stopBoth)
 	if a, b := c.a.Size(), c.b.Size(); a != want || b != old {

@@ -176,7 +176,7 @@ func (r *Resource) clearTail(ctx context.Context, cfg config.Resource, tail [2]i
 	if o.ZeroNew {
 		err = metadata.ZeroRanges(data, tail)
 	} else {
-		err = metadata.CheckZeros(data, tail, true, [2]int64{})
+		err = metadata.CheckZeros(data, tail, [2]int64{})
 	}
 	var notZero *metadata.AddedDataError
 	switch {

@@ -313,6 +313,13 @@ func TestGrowCutShortDisklessConnects(t *testing.T) {
 // does.
 func recordAgreed(t *testing.T, img string, size, agreed int64) {
 	t.Helper()
+	updateMeta(t, img, size, func(sb *metadata.Superblock) { sb.AgreedSize = agreed })
+}
+
+// updateMeta changes the superblock of the internal meta-data on the disk
+// img of size bytes through fn, with no daemon using it.
+func updateMeta(t *testing.T, img string, size int64, fn func(*metadata.Superblock)) {
+	t.Helper()
 	f, err := os.OpenFile(img, os.O_RDWR, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -322,7 +329,7 @@ func recordAgreed(t *testing.T, img string, size, agreed int64) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := m.Update(func(sb *metadata.Superblock) { sb.AgreedSize = agreed }); err != nil {
+	if err := m.Update(fn); err != nil {
 		t.Fatal(err)
 	}
 	if err := m.Close(); err != nil {

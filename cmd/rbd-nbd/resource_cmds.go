@@ -528,9 +528,10 @@ identical on both nodes). A node that shrank to a smaller peer's size
 its written tail, and offers no growth until resize checked that the tail
 reads as zeros (--assume-clean does not skip this check: the tail is this
 node's data alone) or zeroed it (--zero-new); on a disk that did not
-grow, resize does only that, with the disk attached, on a Primary too. The daemon replies once the disk is attached
-again; the command then prints the disk's capacity and the resource's size,
-after waiting a moment for the growth when the peer's disk grew already.`,
+grow, resize does only that, with the disk attached, on a Primary too.
+The daemon replies once the disk is attached again; the command then
+prints the disk's capacity and the resource's size, after waiting a
+moment for the growth when the peer's disk grew already.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if zeroNew && assumeClean {
@@ -620,7 +621,7 @@ func awaitGrowth(ctx context.Context, c *ctlproto.Client, name string, changes <
 		case <-ctx.Done():
 			return st, nil // the status read last: the wait is only for a better summary
 		case <-changes:
-		case <-time.After(max(wait, time.Millisecond)):
+		case <-time.After(wait):
 		}
 	}
 }
